@@ -1,0 +1,139 @@
+# memattn — one plain Makefile.
+#
+#   make            build build/memattnd (release: -O2 -march=native)
+#   make run        install missing Debian packages, build, start with built-in defaults
+#   make test       install missing packages, build with address+undefined sanitizers, run every test
+#   make bench      build the benchmarks (build/bench/*) and run the quick ones
+#   make deps       install the Debian packages the project needs (apt-get, as root)
+#   make V=1 ...    show the commands
+#
+# Sources are found by directory: every core/*.c, config/*.c, store/*.c and server/*.c goes into
+# $(BUILD)/libmemattn.a (server/main.c only into the daemon), every tests/unit/test_*.c and
+# tests/e2e/test_*.c is its own test binary, every bench/*.c with a main() is its own benchmark.
+# SAN=1 builds into build/san with -fsanitize=address,undefined; TSAN=1 into build/tsan.
+
+V       ?= 0
+Q        = $(if $(filter 1,$(V)),,@)
+CC      ?= cc
+ARCH    ?= -march=native
+
+ifeq ($(TSAN),1)
+BUILD   ?= build/tsan
+OPT      = -O1 -g -fsanitize=thread -fno-omit-frame-pointer
+LDSAN    = -fsanitize=thread
+else ifeq ($(SAN),1)
+BUILD   ?= build/san
+OPT      = -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+LDSAN    = -fsanitize=address,undefined
+else
+BUILD   ?= build
+OPT      = -O2 -g $(ARCH)
+LDSAN    =
+endif
+
+LLHTTP_DIR  = /usr/share/llhttp
+LLHTTP_INC  = /usr/share/include/llhttp
+PKGS        = libuv libcjson openblas sqlite3
+# Lazily expanded: `make deps` may install pkg-config and the packages first.
+PKG_CFLAGS  = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS    = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP $(OPT)
+CFLAGS_ALL  = $(CFLAGS_BASE) -I. -I$(LLHTTP_INC) $(PKG_CFLAGS) $(CFLAGS)
+LDLIBS_ALL  = $(PKG_LIBS) -lm -lpthread $(LDSAN) $(LDLIBS)
+
+LIB_SRC   = $(filter-out server/main.c,$(wildcard core/*.c config/*.c store/*.c server/*.c))
+LIB_OBJ   = $(LIB_SRC:%.c=$(BUILD)/%.o)
+LLHTTP_OBJ= $(patsubst $(LLHTTP_DIR)/%.c,$(BUILD)/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c))
+LIB       = $(BUILD)/libmemattn.a
+DAEMON    = $(BUILD)/memattnd
+
+UNIT_SRC  = $(wildcard tests/unit/test_*.c)
+UNIT_BIN  = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%)
+E2E_SRC   = $(wildcard tests/e2e/test_*.c)
+E2E_HELP  = $(filter-out $(E2E_SRC),$(wildcard tests/e2e/*.c))
+E2E_HOBJ  = $(E2E_HELP:%.c=$(BUILD)/%.o)
+E2E_BIN   = $(E2E_SRC:tests/e2e/%.c=$(BUILD)/tests/e2e/%)
+BENCH_SRC = $(shell grep -l '^int main' bench/*.c 2>/dev/null)
+BENCH_HELP= $(filter-out $(BENCH_SRC),$(wildcard bench/*.c))
+BENCH_HOBJ= $(BENCH_HELP:%.c=$(BUILD)/%.o)
+BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+
+DEB_PKGS  = build-essential pkg-config libuv1-dev libcjson-dev libopenblas-dev libsqlite3-dev node-llhttp \
+            libcmocka-dev libcurl4-openssl-dev curl wrk nginx-light gnuplot-nox sqlite3 python3
+
+.PHONY: all build run test check unit e2e bench deps clean tsan
+all: build
+build: $(DAEMON)
+
+$(DAEMON): $(BUILD)/server/main.o $(LIB) $(LLHTTP_OBJ)
+	@echo "  LD      $@"
+	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL)
+
+$(LIB): $(LIB_OBJ)
+	@echo "  AR      $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	$(Q)$(CC) -std=c11 -O2 -w $(filter -fsanitize%,$(OPT)) -I$(LLHTTP_INC) -c -o $@ $<
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	$(Q)$(CC) $(CFLAGS_ALL) -c -o $@ $<
+
+$(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(LIB) $(LLHTTP_OBJ)
+	@echo "  LD      $@"
+	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL) -lcmocka
+
+$(BUILD)/tests/e2e/%: $(BUILD)/tests/e2e/%.o $(E2E_HOBJ) $(LIB) $(LLHTTP_OBJ)
+	@echo "  LD      $@"
+	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL) -lcmocka -lcurl
+
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(BENCH_HOBJ) $(LIB) $(LLHTTP_OBJ)
+	@echo "  LD      $@"
+	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL)
+
+# ---- the two README commands ------------------------------------------------------------------
+run: deps
+	$(Q)$(MAKE) --no-print-directory build
+	./$(DAEMON)
+
+test: deps
+	$(Q)$(MAKE) --no-print-directory SAN=1 check
+
+# Build and run every unit and end-to-end test of $(BUILD); tests/run.sh prints the totals.
+check: $(DAEMON) $(UNIT_BIN) $(E2E_BIN)
+	$(Q)MEMATTN_BIN=$(abspath $(DAEMON)) tests/run.sh $(UNIT_BIN) $(E2E_BIN)
+
+unit: $(UNIT_BIN)
+	$(Q)tests/run.sh $(UNIT_BIN)
+
+e2e: $(DAEMON) $(E2E_BIN)
+	$(Q)MEMATTN_BIN=$(abspath $(DAEMON)) tests/run.sh $(E2E_BIN)
+
+# The end-to-end suite once more under ThreadSanitizer (a separate build; see docs/TESTING.md).
+tsan:
+	$(Q)$(MAKE) --no-print-directory TSAN=1 e2e
+
+bench: $(BENCH_BIN)
+
+deps:
+	$(Q)missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  echo "  DEPS   $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else \
+	  echo "missing Debian packages:$$missing"; \
+	  echo "run: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; \
+	fi
+
+clean:
+	rm -rf build
+
+-include $(wildcard $(patsubst %.o,%.d,$(LIB_OBJ) $(BUILD)/server/main.o $(E2E_HOBJ) $(BENCH_HOBJ)) $(UNIT_BIN:=.d) $(E2E_BIN:=.d) $(BENCH_BIN:=.d))

@@ -1,0 +1,90 @@
+/*
+ * core/archive.h — every event's per-head key and value, kept in chunks of C events, and the reads over
+ * them: full softmax attention (the exact reference), sparse top-k attention through a selector, and a
+ * sliding window. DESIGN.md 3.3; docs/ARCHIVE.md.
+ *
+ * Selectors (ma_params.selector):
+ *  - chunks: per-chunk summaries (mean key, per-dimension min/max per head) score every chunk; the top-k
+ *    chunks (ma_params.topk or the per-query override) are read exactly.
+ *  - index: an inverted-file index over the keys (k-means centroids computed with OpenBLAS, an inverted
+ *    list per cluster, grown online and rebuilt as the archive grows); a query probes the nearest clusters
+ *    and scores their events exactly.
+ * Either way the read is exact softmax attention (scale 1/sqrt(d), per head) over the selected events.
+ *
+ * Paging: a chunk's keys and values can live outside RAM. The archive asks a chunk source (set by the
+ * store) for chunks it does not hold; summaries and the index stay resident, so a read touches them plus
+ * only the chunks of the events it selected. Without a source every chunk is resident.
+ *
+ * Threads: reads may run in parallel with each other (the chunk cache is internally locked); appends must
+ * not run alongside anything else on the same handle.
+ */
+#ifndef MA_ARCHIVE_H
+#define MA_ARCHIVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/params.h"
+
+typedef struct ma_archive ma_archive;
+
+/* What a read returns. The caller provides v (H·d_v floats); chunks is malloc'd by the read and freed by
+ * ma_read_result_clear. */
+typedef struct {
+    float *v;                /* in: caller's buffer of H·d_v; out: attention output, head-major */
+    int64_t pointer;         /* event with the largest attention weight summed over heads, -1 if empty */
+    double score;            /* the pointer's mean over heads of q·k/(|q||k|) (cosine), in [-1, 1] */
+    double weight;           /* the pointer's attention weight averaged over heads, in [0, 1] */
+    uint32_t *chunks;        /* indices of the chunks the read touched, ascending */
+    size_t n_chunks;
+    uint64_t events_scored;  /* how many events' keys were scored exactly */
+} ma_read_result;
+
+void ma_read_result_clear(ma_read_result *r);
+
+/* A source of non-resident chunks (the store). load fills k (n·H·d) and v (n·H·d_v) of chunk `chunk`
+ * (n = C except for the last chunk); returns 0 or a negative MA_E* code, which the read passes on. */
+typedef struct {
+    int (*load)(void *ctx, uint32_t chunk, float *k, float *v, size_t n);
+    void *ctx;
+} ma_chunk_source;
+
+int ma_archive_create(const ma_params *p, ma_archive **out);
+void ma_archive_destroy(ma_archive *a);
+
+/* Appends n events (k: n·H·d, v: n·H·d_v); they get indices length..length+n-1. 0 or MA_ENOMEM. */
+int ma_archive_append(ma_archive *a, size_t n, const float *k, const float *v);
+
+uint64_t ma_archive_length(const ma_archive *a);
+uint32_t ma_archive_chunks(const ma_archive *a);
+
+/* Copies event i's k (H·d) and v (H·d_v); either may be NULL. 0, MA_ENOTFOUND, or a chunk-source error. */
+int ma_archive_get(const ma_archive *a, uint64_t i, float *k, float *v);
+
+/* Exact softmax attention over every event. q: H·d. 0, or MA_ENOTFOUND when the archive is empty. */
+int ma_archive_read_full(const ma_archive *a, const float *q, ma_read_result *r);
+
+/* Exact softmax attention over the last `window` events. */
+int ma_archive_read_window(const ma_archive *a, const float *q, int window, ma_read_result *r);
+
+/* Sparse read through the session's selector; topk <= 0 means ma_params.topk. */
+int ma_archive_read_sparse(const ma_archive *a, const float *q, int topk, ma_read_result *r);
+
+/* Bytes held in RAM (resident chunks, summaries, index) and the bytes all events take in full. */
+size_t ma_archive_bytes(const ma_archive *a);
+size_t ma_archive_bytes_total(const ma_archive *a);
+
+/* --- paging and persistence (used by store/) --- */
+
+/* Sets the source of non-resident chunks and the number of chunks to cache (>= 1). With a source set,
+ * ma_archive_release() drops sealed (full) chunks from RAM; they are loaded on demand. */
+int ma_archive_set_source(ma_archive *a, ma_chunk_source src, size_t cache_chunks);
+void ma_archive_release(ma_archive *a);
+
+/* Serialises / restores everything but the chunk contents (length, summaries, index) in a versioned,
+ * checked format; a restored archive reads chunks through src. Truncated or foreign buffer: MA_ECORRUPT. */
+int ma_archive_serialize_meta(const ma_archive *a, void **buf, size_t *len);
+int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, ma_chunk_source src,
+                            size_t cache_chunks, ma_archive **out);
+
+#endif

@@ -1,0 +1,197 @@
+/*
+ * core/session.h — one session: backbone + archive + slots + router, the hybrid read of DESIGN.md 3.
+ *
+ * This is the object the server's worker threads call. It composes core/backbone.h (fixed-state memory),
+ * core/archive.h (every event, sparse/full/window reads), core/slots.h (the editable, versioned slot
+ * table) and core/featurize.h (text -> vector), and implements the write controller (an event carrying a
+ * slot name writes that slot) and the router (memory first, hard switch, DESIGN.md 3.5).
+ *
+ * Contract:
+ *  - Every mutation is all-or-nothing: it either applies whole and returns 0, or returns an error and the
+ *    session is unchanged (checks that can fail are done before anything is applied).
+ *  - Inputs are validated by the caller (dimensions, finiteness, names); core trusts lengths.
+ *  - Times are milliseconds since the Unix epoch, passed in by the caller (deterministic tests).
+ *  - Threads: no internal lock. Queries may run in parallel with each other (usage counters are atomic);
+ *    mutations must be serialised by the caller and never run alongside a query of the same session.
+ *  - Strings returned inside result structs are owned by the struct and freed by its *_clear function.
+ */
+#ifndef MA_SESSION_H
+#define MA_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/archive.h"
+#include "core/backbone.h"
+#include "core/params.h"
+
+typedef struct ma_session ma_session;
+
+typedef enum {
+    MA_ROUTE_AUTO = 0, MA_ROUTE_SLOT, MA_ROUTE_SPARSE, MA_ROUTE_FULL, MA_ROUTE_STATE, MA_ROUTE_WINDOW
+} ma_route;
+
+const char *ma_route_name(ma_route r);                 /* "auto", "slot", ...; NULL if unknown */
+int ma_route_parse(const char *name, ma_route *out);   /* 0 or MA_EINVAL */
+
+/* ---- events ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    const float *k;        /* H·d */
+    const float *v;        /* H·d_v */
+    const char *payload;   /* JSON text (any JSON value) or NULL */
+    const char *slot;      /* write signal: slot name or NULL */
+    bool protect;          /* with slot: protect the slot after the write */
+} ma_event;
+
+typedef struct { char slot[MA_MAX_NAME + 1]; uint64_t version; uint64_t event; } ma_write_rec;
+typedef struct { char slot[MA_MAX_NAME + 1]; uint64_t event; const char *reason; } ma_void_rec;
+typedef struct { char slot[MA_MAX_NAME + 1]; } ma_name_rec;
+
+typedef struct {
+    uint64_t length;           /* archive length after the batch */
+    size_t appended;
+    ma_write_rec *writes;  size_t n_writes;
+    ma_void_rec *voids;    size_t n_voids;      /* reason "protected" */
+    ma_name_rec *evicted;  size_t n_evicted;    /* capacity evictions caused by the batch */
+} ma_ingest_report;
+
+void ma_ingest_report_clear(ma_ingest_report *r);
+
+/* ---- slots ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    char name[MA_MAX_NAME + 1];
+    uint64_t version;          /* current version (>= 1) */
+    bool protect;              /* protected flag */
+    int64_t event;             /* source event, -1 if written through the slot verbs */
+    uint64_t usage;            /* how many queries this slot answered */
+    int64_t updated_at;        /* ms */
+} ma_slot_info;
+
+typedef struct {
+    uint64_t version;
+    int64_t event;
+    int64_t at;                /* ms */
+    bool tombstone;            /* an eviction marker: no value */
+} ma_version_info;
+
+typedef struct {
+    ma_slot_info info;         /* for an old version: version/event/updated_at of that version */
+    float *k;                  /* H·d, malloc'd */
+    float *v;                  /* H·d_v, malloc'd */
+    char *payload;             /* JSON text or NULL, malloc'd */
+} ma_slot_value;
+
+void ma_slot_value_clear(ma_slot_value *sv);
+
+typedef struct {
+    const char *name;
+    const float *k;            /* H·d; NULL: the name's text embedding (core/featurize.h) */
+    const float *v;            /* H·d_v; NULL: the payload's embedding if payload is a JSON string */
+    const char *payload;       /* JSON text or NULL */
+    bool protect;              /* protect after writing */
+} ma_slot_input;
+
+typedef struct {
+    uint64_t version;          /* version now current */
+    bool created;              /* the verb created the slot */
+    bool evicted;              /* a capacity eviction happened ... */
+    char evicted_name[MA_MAX_NAME + 1];   /* ... of this slot */
+} ma_slot_result;
+
+/* write: create a slot. MA_EEXISTS if resident; MA_EFULL if at capacity and all resident are protected;
+ * MA_EINVAL if v is NULL and the payload is not a JSON string. A name evicted earlier continues its
+ * version numbers (versions are never reused). */
+int ma_session_slot_write(ma_session *s, const ma_slot_input *in, int64_t now, ma_slot_result *res);
+
+/* overwrite: new version (or create, res->created). explicit_version > 0 must be greater than the current
+ * version (else MA_ECONFLICT) and becomes the new version; if_match > 0 must equal the current version
+ * (else MA_EPRECOND). MA_EPROTECTED if protected. */
+int ma_session_slot_overwrite(ma_session *s, const ma_slot_input *in, uint64_t explicit_version,
+                              uint64_t if_match, int64_t now, ma_slot_result *res);
+
+/* read: version 0 = current (resident only, else MA_ENOTFOUND); version n > 0: any version in the history,
+ * resident or not (MA_ENOTFOUND if the name has no history, MA_ENOVERSION if no such version or a
+ * tombstone). */
+int ma_session_slot_read(const ma_session *s, const char *name, uint64_t version, ma_slot_value *out);
+
+/* history of a name (resident or evicted), oldest first; *out malloc'd. MA_ENOTFOUND if never written. */
+int ma_session_slot_history(const ma_session *s, const char *name, ma_version_info **out, size_t *n);
+
+/* restore: a new version whose value equals version `version`. MA_ENOTFOUND, MA_ENOVERSION, MA_EPROTECTED;
+ * restoring an evicted slot makes it resident again (may cause a capacity eviction, reported in res). */
+int ma_session_slot_restore(ma_session *s, const char *name, uint64_t version, int64_t now,
+                            ma_slot_result *res);
+
+/* protect / unprotect a resident slot. MA_ENOTFOUND if not resident. */
+int ma_session_slot_protect(ma_session *s, const char *name, bool protect, int64_t now);
+
+/* evict a resident slot: records a tombstone version. MA_ENOTFOUND, MA_EPROTECTED. */
+int ma_session_slot_evict(ma_session *s, const char *name, int64_t now);
+
+/* resident slots in name order; *out malloc'd. */
+int ma_session_slot_list(const ma_session *s, ma_slot_info **out, size_t *n);
+
+/* ---- queries --------------------------------------------------------------------------------- */
+
+typedef struct {
+    const float *q;            /* H·d, or NULL when the query only names a slot */
+    const char *slot;          /* a slot name, or NULL */
+    uint64_t version;          /* with slot: 0 = current */
+    ma_route route;            /* MA_ROUTE_AUTO follows the router */
+    int topk;                  /* 0 = config */
+} ma_query;
+
+typedef struct {
+    ma_route route;            /* the route that answered (never AUTO) */
+    float *v;                  /* in: caller's buffer of H·d_v; out: the answer */
+    double score;              /* slot: cosine(q, key) averaged over heads (1 for a named slot without q);
+                                  sparse/full/window: the pointer's cosine score; state: 0 */
+    bool has_slot;
+    char slot[MA_MAX_NAME + 1];
+    uint64_t version;
+    int64_t event;             /* pointer event (archive routes) or the slot's source event; -1 if none */
+    char *payload;             /* JSON text of the slot's or pointer event's payload, or NULL */
+    uint32_t *chunks;          /* chunks touched (archive routes) */
+    size_t n_chunks;
+} ma_answer;
+
+void ma_answer_clear(ma_answer *a);
+
+/* Answers one query. Router (auto): named resident slot -> slot; else best mean-over-heads cosine of q
+ * against resident slot keys >= route_threshold -> slot; else sparse. A named slot that is not resident
+ * falls through to the cosine/sparse steps when q is given. Forced routes: slot (MA_ENOTFOUND if no
+ * resident match: named, or cosine >= threshold), sparse, full, window, state. A query that needs q and
+ * has none: MA_EINVAL. Archive routes on an empty archive: MA_ENOTFOUND. */
+int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a);
+
+/* ---- the session itself ---------------------------------------------------------------------- */
+
+int ma_session_create(const ma_params *p, ma_session **out);
+void ma_session_destroy(ma_session *s);
+const ma_params *ma_session_params(const ma_session *s);
+
+/* Appends a batch of events: backbone update, archive append, payloads, write controller. MA_EFULL (and
+ * nothing applied) if a slot write in the batch would need an eviction when every resident slot is
+ * protected. */
+int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, ma_ingest_report *rep);
+
+typedef struct {
+    uint64_t length;
+    uint32_t chunks;
+    size_t slots_resident;
+    size_t bytes;              /* resident bytes of everything the session holds */
+    double *state_norm;        /* H, malloc'd */
+    double *penalty_norm;      /* H, malloc'd */
+} ma_session_stats;
+
+int ma_session_stats_get(const ma_session *s, ma_session_stats *st);
+void ma_session_stats_clear(ma_session_stats *st);
+
+/* Components, for the store and benchmarks (borrowed pointers, valid while the session lives). */
+ma_backbone *ma_session_backbone(ma_session *s);
+ma_archive *ma_session_archive(ma_session *s);
+
+#endif
