@@ -1,0 +1,99 @@
+/*
+ * store/store.h — durable sessions in sqlite3 (the only module that includes sqlite3.h).
+ *
+ * One database file <data>/memattn.db in WAL mode. What a session is made of on disk:
+ *   sessions   (id, config JSON, created_at, updated_at, length, backbone blob, slots blob, archive-meta blob)
+ *   events     (session, idx, k blob, v blob, payload JSON text or NULL)  — the archive's chunks are read
+ *              back from here a chunk at a time (ma_store_load_chunk), so a large session is paged.
+ * Blobs are the versioned, checked serialisations made by core/ (backbone, slots, archive meta).
+ *
+ * Durability: every function that changes the database returns only after its transaction committed
+ * (synchronous chosen in store.c and documented in docs/STORE.md); a 2xx answer is sent after that.
+ * Failure (disk full, read-only directory, I/O error, corrupt file) returns MA_EIO or MA_ECORRUPT with a
+ * message in err, and the database is unchanged (the transaction rolled back).
+ *
+ * Threads: one ma_store handle may be used from several worker threads at once; calls for one session
+ * are made in order by the caller (per-session job ordering). Internally: one connection per thread or a
+ * lock around the writer — see store.c.
+ */
+#ifndef MA_STORE_H
+#define MA_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ma_store ma_store;
+
+typedef struct {
+    const void *data;
+    size_t len;
+} ma_blob;
+
+/* Opens (creating if needed) <dir>/memattn.db, checking schema version (a newer one is refused) and
+ * integrity. Returns 0, MA_EIO (cannot create/open/write), MA_ECORRUPT; err gets a message. */
+int ma_store_open(const char *dir, ma_store **out, char *err, size_t errlen);
+void ma_store_close(ma_store *st);
+
+/* A session row as stored. Strings and blobs are malloc'd; free with ma_store_session_clear. */
+typedef struct {
+    char *id;
+    char *config_json;
+    int64_t created_at, updated_at;   /* ms since epoch */
+    uint64_t length;                  /* events */
+    size_t slots;                     /* resident slots (for listings) */
+    ma_blob backbone, slots_blob, archive_meta;
+    size_t stored_bytes;              /* bytes this session takes in the database (approximate) */
+} ma_store_session;
+
+void ma_store_session_clear(ma_store_session *s);
+
+/* Creates the session row. MA_EEXISTS if the id exists. */
+int ma_store_session_create(ma_store *st, const char *id, const char *config_json, int64_t now,
+                            char *err, size_t errlen);
+
+/* Loads a session row (with blobs). MA_ENOTFOUND if absent. */
+int ma_store_session_load(ma_store *st, const char *id, ma_store_session *out, char *err, size_t errlen);
+
+/* Lists sessions ordered by id, after `after` (NULL: from the start), at most limit; blobs not loaded.
+ * *out malloc'd array of n rows, each cleared with ma_store_session_clear, then free(*out). */
+int ma_store_session_list(ma_store *st, const char *after, size_t limit, ma_store_session **out, size_t *n,
+                          char *err, size_t errlen);
+
+/* Deletes the session and all its rows, durably. MA_ENOTFOUND if absent. */
+int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errlen);
+
+/* One mutation of a session, committed in one transaction:
+ *   - n_events new events with indices first_event .. first_event+n_events-1 (k: n·H·d floats, v: n·H·d_v
+ *     floats, payloads: n JSON texts or NULLs; payloads may be NULL as a whole),
+ *   - the new blobs (a NULL data pointer leaves that blob as it was),
+ *   - length, resident slot count and updated_at. */
+typedef struct {
+    uint64_t first_event;
+    size_t n_events;
+    size_t k_floats, v_floats;        /* floats per event: H·d and H·d_v */
+    const float *k, *v;
+    const char *const *payloads;
+    ma_blob backbone, slots_blob, archive_meta;
+    uint64_t length;
+    size_t slots;
+    int64_t updated_at;
+} ma_store_delta;
+
+int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen);
+
+/* Reads events [first, first+n) of a session into k (n·k_floats) and v (n·v_floats); payloads (if not
+ * NULL) gets n malloc'd JSON texts or NULLs. Used as the archive's chunk source. */
+int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n, size_t k_floats,
+                         size_t v_floats, float *k, float *v, char **payloads, char *err, size_t errlen);
+
+/* Reads one event's payload (malloc'd JSON text, or NULL when it has none). */
+int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **payload, char *err,
+                          size_t errlen);
+
+/* Consistent online snapshot of the whole database into the file `path` (sqlite backup API). */
+int ma_store_backup(ma_store *st, const char *path, char *err, size_t errlen);
+
+/* Bytes of the database file(s). */
+size_t ma_store_bytes(ma_store *st);
+
+#endif
