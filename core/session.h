@@ -194,4 +194,25 @@ void ma_session_stats_clear(ma_session_stats *st);
 ma_backbone *ma_session_backbone(ma_session *s);
 ma_archive *ma_session_archive(ma_session *s);
 
+/* ---- persistence (used by the server's session registry together with store/) ----------------- */
+
+/* Serialises the slot table (resident slots, full version history with values and payloads, usage,
+ * eviction order state) in a versioned, checked format; *buf malloc'd. */
+int ma_session_serialize_slots(const ma_session *s, void **buf, size_t *len);
+
+/* Where a restored session finds the payload of an archived event (the store); payloads of events are
+ * not kept in RAM by a restored session. load sets *payload to a malloc'd JSON text or NULL. */
+typedef struct {
+    int (*load)(void *ctx, uint64_t event, char **payload);
+    void *ctx;
+} ma_payload_source;
+
+/* Rebuilds a session from the blobs of ma_backbone_serialize, ma_session_serialize_slots and
+ * ma_archive_serialize_meta, reading archive chunks through chunks and payloads through payloads.
+ * The restored session answers every query exactly as the original did (same bits). MA_ECORRUPT. */
+int ma_session_restore(const ma_params *p, const void *backbone, size_t backbone_len, const void *slots,
+                       size_t slots_len, const void *archive_meta, size_t archive_meta_len,
+                       ma_chunk_source chunks, size_t cache_chunks, ma_payload_source payloads,
+                       ma_session **out);
+
 #endif
