@@ -354,8 +354,6 @@ static void fail_cur(srv_conn *c, int status, const char *why)
         srv_request_fail(r, 400, "bad_request", "malformed HTTP request: %s", why);
         break;
     }
-    if (!c->closing)
-        srv_log(CFG_LOG_WARN, "%s: answered %d and closing: %s", c->remote, status, why ? why : "limit exceeded");
 }
 
 static bool media_type_ok(const char *ct)

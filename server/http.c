@@ -379,10 +379,14 @@ int srv_respond_error(srv_request *req, int status, const char *code, const char
 void srv_request_fail(srv_request *req, int status, const char *code, const char *fmt, ...)
 {
     req->close_after = true;
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    verror(req, status, code, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    srv_log(CFG_LOG_WARN, "%s: %s %s: %d %s (closing): %s", req->conn ? req->conn->remote : "-",
+            req->method[0] ? req->method : "-", req->path ? req->path : "-", status, code, msg);
+    srv_respond_error(req, status, code, "%s", msg);
 }
 
 /* ---- dispatch ---- */
@@ -400,9 +404,15 @@ static bool token_equal(const char *given, size_t glen, const char *token)
 void srv_request_dispatch(srv_request *req)
 {
     srv_server *srv = req->srv;
-    if (srv->draining) {
-        srv_request_fail(req, 503, "shutting_down", "the server is shutting down; retry on another instance");
-        return;
+    /* Auth before routing: without the token nothing under /v1/ is revealed, not even which paths exist. */
+    if (srv->cfg.token[0] && strncmp(req->path, "/v1/", 4) == 0) {
+        const char *auth = srv_req_header(req, "Authorization");
+        if (!auth || strncasecmp(auth, "Bearer ", 7) != 0 || !token_equal(auth + 7, strlen(auth + 7), srv->cfg.token)) {
+            srv_resp_header(req, "WWW-Authenticate", "Bearer realm=\"memattn\"");
+            srv_respond_error(req, 401, "unauthorized",
+                              auth ? "the bearer token is not valid" : "missing Authorization: Bearer <token> header");
+            return;
+        }
     }
     char allow[128];
     int rc = srv_router_match(srv->router, req->method, req->path, &req->match, req->params, sizeof req->params,
@@ -425,14 +435,5 @@ void srv_request_dispatch(srv_request *req)
         return;
     }
     snprintf(req->route, sizeof req->route, "%s", req->match.tmpl);
-    if (srv->cfg.token[0] && strncmp(req->path, "/v1/", 4) == 0) {
-        const char *auth = srv_req_header(req, "Authorization");
-        if (!auth || strncasecmp(auth, "Bearer ", 7) != 0 || !token_equal(auth + 7, strlen(auth + 7), srv->cfg.token)) {
-            srv_resp_header(req, "WWW-Authenticate", "Bearer realm=\"memattn\"");
-            srv_respond_error(req, 401, "unauthorized",
-                              auth ? "the bearer token is not valid" : "missing Authorization: Bearer <token> header");
-            return;
-        }
-    }
     req->match.handler(req, req->match.userdata);
 }
