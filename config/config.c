@@ -152,7 +152,10 @@ static int fail(errbuf *e, const char *src, const option *o, const char *fmt, ..
 {
     if (e->errlen == 0)
         return MA_EINVAL;
-    int n = o ? snprintf(e->err, e->errlen, "%s: %s: ", src, o->name) : snprintf(e->err, e->errlen, "%s: ", src);
+    /* "--threads: ..." names the key already; "MEMATTN_THREADS: threads: ..." and "f.conf:3: threads: ..." */
+    bool flag = strncmp(src, "--", 2) == 0;
+    int n = o && !flag ? snprintf(e->err, e->errlen, "%s: %s: ", src, o->name)
+                       : snprintf(e->err, e->errlen, "%s: ", src);
     if (n < 0 || (size_t)n >= e->errlen)
         return MA_EINVAL;
     va_list ap;
@@ -253,7 +256,9 @@ static int set_value(cfg_config *cfg, const option *o, const char *val, const ch
             what = "a duration (suffix ms, s, m or h; bare number = seconds)";
         }
         if (!ok)
-            return fail(e, src, o, "\"%s\" is not %s", val, what);
+            return fail(e, src, o, "\"%s\" is not %s; expected %llu..%llu%s", val, what,
+                        (unsigned long long)o->min, (unsigned long long)o->max,
+                        o->type == T_DURATION ? " ms" : o->type == T_SIZE ? " bytes" : "");
         if (v < o->min || v > o->max)
             return fail(e, src, o, "\"%s\" is out of range; expected %llu..%llu%s", val, (unsigned long long)o->min,
                         (unsigned long long)o->max, o->type == T_DURATION ? " ms" : o->type == T_SIZE ? " bytes" : "");
