@@ -168,21 +168,37 @@ void srv_conn_flush(srv_conn *c)
             c->qtail = NULL;
         c->nqueued--;
         bool last = r->close_after;
-        write_op *op = r->resp_len ? malloc(sizeof(*op)) : NULL;
-        if (!op) {
+        if (!r->resp_len) {   /* the answer could not be serialised (out of memory) */
             srv_request_free(r);
             srv_conn_close(c);
             return;
         }
-        op->req = r;
+        /* Most answers fit the socket buffer: write now and skip the write request and its deferred
+         * callback. uv_try_write refuses (EAGAIN) while earlier writes are queued, keeping order. */
         uv_buf_t b = uv_buf_init(r->resp, (unsigned)r->resp_len);
-        if (uv_write(&op->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (n == (int)r->resp_len) {
             srv_request_free(r);
-            free(op);
-            srv_conn_close(c);
-            return;
+        } else {
+            if (n > 0) {
+                b.base += n;
+                b.len -= (size_t)n;
+            } else if (n != UV_EAGAIN) {
+                srv_request_free(r);
+                srv_conn_close(c);
+                return;
+            }
+            write_op *op = malloc(sizeof(*op));
+            if (op)
+                op->req = r;
+            if (!op || uv_write(&op->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+                free(op);
+                srv_request_free(r);
+                srv_conn_close(c);
+                return;
+            }
+            c->writes_pending++;
         }
-        c->writes_pending++;
         if (last) {
             /* Requests parsed after a closing answer are never answered on this connection. */
             while (c->qhead) {

@@ -313,12 +313,9 @@ static int finish(srv_request *req, int status, const char *ctype, const char *b
         req->close_after = true;
 
     uint64_t us = (uv_hrtime() - req->t_start) / 1000;
-    char st[8];
-    snprintf(st, sizeof st, "%d", status);
-    const char *labels[3] = { req->method[0] ? req->method : "-", req->route, st };
-    srv_metric_child_add(srv_metric_child_getv(srv->m_requests, labels), 1);
-    srv_metric_observe(srv->m_latency, req->route, (double)us / 1e6);
-    srv_log_request(labels[0], req->path ? req->path : (req->url.p ? req->url.p : "-"), status, blen, us,
+    const char *method = req->method[0] ? req->method : "-";
+    srv_server_count(srv, method, req->route, status, (double)us / 1e6);
+    srv_log_request(method, req->path ? req->path : (req->url.p ? req->url.p : "-"), status, blen, us,
                     c ? c->remote : "-");
 
     if (c)
