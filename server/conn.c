@@ -110,13 +110,14 @@ static void on_shutdown(uv_shutdown_t *sr, int status)
 }
 
 /* The last answer is queued for writing: send FIN after it, then linger. */
-static void conn_shutdown(srv_conn *c)
+void srv_conn_shutdown(srv_conn *c)
 {
     if (c->shutting || c->closing)
         return;
     c->shutting = true;
     c->stop_parsing = true;
-    uv_timer_stop(&c->timer);
+    /* Bounds the wait for a client that does not read the last answer. */
+    timer_start(c, c->srv->cfg.idle_timeout_ms);
     c->shutdown_req.data = c;
     if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) < 0)
         srv_conn_close(c);
@@ -213,7 +214,7 @@ void srv_conn_flush(srv_conn *c)
             }
             c->qtail = NULL;
             c->nqueued = 0;
-            conn_shutdown(c);
+            srv_conn_shutdown(c);
             return;
         }
     }

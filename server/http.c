@@ -281,15 +281,25 @@ static int finish(srv_request *req, int status, const char *ctype, const char *b
     }
     srv_server *srv = req->srv;
     srv_conn *c = req->conn;
-    if (srv->draining || (c && c->eof))
+    /* Draining, or the client has finished sending: the last request queued on the connection closes
+     * it. Earlier ones keep it open so every request already read still gets its answer. */
+    if (c && (srv->draining || c->eof) && !req->next && !c->cur)
         req->close_after = true;
     bool close = req->close_after || !req->keep_alive;
+    /* 1xx, 204 and 304 carry no body and no Content-Length; HEAD gets the length but no body. */
+    bool no_length = status < 200 || status == 204 || status == 304;
+    if (no_length)
+        blen = 0;
+    size_t send_blen = strcmp(req->method, "HEAD") == 0 ? 0 : blen;
+    char clen[48] = "";
+    if (!no_length)
+        snprintf(clen, sizeof clen, "Content-Length: %zu\r\n", blen);
     char head[512];
-    int hn = snprintf(head, sizeof head,
-                      "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: memattn\r\n%s%s%sContent-Length: %zu\r\n%s",
-                      status, reason_phrase(status), srv_server_date(srv), ctype ? "Content-Type: " : "",
-                      ctype ? ctype : "", ctype ? "\r\n" : "", blen, close ? "Connection: close\r\n" : "");
-    size_t total = (size_t)hn + req->extra.len + 2 + blen;
+    int hn = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: memattn\r\n%s%s%s%s%s",
+                      status, reason_phrase(status), srv_server_date(srv), ctype && blen ? "Content-Type: " : "",
+                      ctype && blen ? ctype : "", ctype && blen ? "\r\n" : "", clen,
+                      close ? "Connection: close\r\n" : "");
+    size_t total = (size_t)hn + req->extra.len + 2 + send_blen;
     req->resp = malloc(total);
     int rc = 0;
     if (!req->resp) {
@@ -302,8 +312,8 @@ static int finish(srv_request *req, int status, const char *ctype, const char *b
         if (req->extra.len)
             memcpy(req->resp + hn, req->extra.p, req->extra.len);
         memcpy(req->resp + hn + req->extra.len, "\r\n", 2);
-        if (blen)
-            memcpy(req->resp + hn + req->extra.len + 2, body, blen);
+        if (send_blen)
+            memcpy(req->resp + hn + req->extra.len + 2, body, send_blen);
     }
     req->resp_len = total;
     req->body_len = blen;

@@ -134,6 +134,7 @@ struct srv_server {
 void srv_conn_accept(srv_server *srv);
 void srv_conn_flush(srv_conn *c);          /* writes answered requests at the queue head */
 void srv_conn_close(srv_conn *c);
+void srv_conn_shutdown(srv_conn *c);      /* FIN after pending writes, then linger and close */
 void srv_settings_init(llhttp_settings_t *s);
 
 /* http.c */

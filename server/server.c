@@ -277,8 +277,12 @@ void srv_server_drain(srv_server *srv, void (*on_drained)(srv_server *srv, void 
     }
     for (srv_conn *c = srv->conns, *next; c; c = next) {
         next = c->next;
-        if (!c->cur && !c->qhead && !c->shutting)
-            srv_conn_close(c);   /* idle keep-alive */
+        if (c->cur || c->qhead || c->shutting)
+            continue;            /* in flight: its last answer closes it */
+        if (c->writes_pending)
+            srv_conn_shutdown(c);   /* an answer is still being written */
+        else
+            srv_conn_close(c);      /* idle keep-alive */
     }
     uv_timer_start(&srv->drain_timer, on_drain_timeout, srv->cfg.drain_timeout_ms, 0);
     /* Connections close asynchronously; maybe_drained runs from their close callbacks. With none
