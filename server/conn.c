@@ -221,7 +221,7 @@ void srv_conn_flush(srv_conn *c)
     if (c->qhead || c->cur)
         return;
     if (c->eof || (c->srv->draining && !c->pipeline_full)) {
-        srv_conn_close(c);
+        srv_conn_shutdown(c);   /* after the answers still being written */
         return;
     }
     timer_start(c, c->srv->cfg.idle_timeout_ms);
@@ -248,13 +248,16 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         uv_read_stop(s);
         c->reading = false;
         c->eof = true;
-        /* A request cut off mid-way is abandoned; complete ones still get their answers. */
-        if (c->lingering || nread != UV_EOF || (!c->qhead && !c->shutting)) {
+        if (c->lingering || nread != UV_EOF) {
             srv_conn_close(c);
             return;
         }
+        /* The client has finished sending (it may still read): a request cut off mid-way is
+         * abandoned, complete ones still get their answers, written ones are not cut short. */
         srv_request_free(c->cur);
         c->cur = NULL;
+        if (!c->qhead && !c->shutting)
+            srv_conn_shutdown(c);
         return;
     }
     if (nread == 0 || c->lingering || c->stop_parsing)

@@ -493,6 +493,18 @@ static void test_http10_and_close(void **state)
     assert_true(strncmp(second + 4, "HTTP/1.1 200 ", 13) == 0);
     close(fd);
 
+    /* A client that half-closes after its pipelined requests still gets every answer. */
+    fd = mh_connect(&d);
+    assert_int_equal(mh_sends(fd, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /metrics HTTP/1.1\r\nHost: t\r\n\r\n"), 0);
+    shutdown(fd, SHUT_WR);
+    mh_reader_init(&rb, fd);
+    assert_int_equal(mh_read_response(&rb, NULL, WAIT), 200);
+    assert_int_equal(mh_read_response(&rb, &r, WAIT), 200);
+    assert_non_null(strstr(r.body, "memattn_http_requests_total"));
+    mh_resp_free(&r);
+    assert_true(mh_wait_closed(fd, WAIT));
+    close(fd);
+
     assert_int_equal(raw_once(&d, "GET /healthz HTTP/1.0\r\n\r\n", &r, &fd), 200);
     assert_non_null(strstr(r.headers, "Connection: close"));
     mh_resp_free(&r);
