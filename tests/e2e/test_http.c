@@ -549,6 +549,91 @@ static void test_sigterm_drains(void **state)
     assert_int_equal(mh_wait(&d, 20000), 0);
 }
 
+/* Builds "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Pad: aaa...\r\n\r\n" of exactly `total` head bytes. */
+static void head_of(char *out, size_t total)
+{
+    const char *pre = "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Pad: ";
+    size_t pad = total - strlen(pre) - 4;
+    strcpy(out, pre);
+    memset(out + strlen(pre), 'a', pad);
+    strcpy(out + strlen(pre) + pad, "\r\n\r\n");
+    assert_int_equal(strlen(out), total);
+}
+
+/* Sends s in random fragments of 1..max bytes with a pause after each, so the daemon reads them
+ * separately and every parser state is crossed by a read boundary somewhere. */
+static void send_fragmented(int fd, const char *s, int max)
+{
+    size_t n = strlen(s);
+    for (size_t off = 0; off < n;) {
+        size_t k = 1 + (size_t)(rand() % max);
+        if (k > n - off)
+            k = n - off;
+        assert_int_equal(mh_send(fd, s + off, k), 0);
+        off += k;
+        mh_sleep_ms(1);
+    }
+}
+
+static void test_fragmented_and_exact_head(void **state)
+{
+    (void)state;
+    mh_daemon d;
+    const char *args[] = { "--max-header-bytes", "1024", NULL };
+    start(&d, args);
+    srand(11);
+    static char req[4096];
+    mh_resp r;
+    /* The limit counts the bytes sent: a 1024-byte head passes, 1025 bytes do not, whole or in pieces. */
+    for (int frag = 0; frag < 2; frag++) {
+        head_of(req, 1024);
+        int fd = mh_connect(&d);
+        mh_reader rb;
+        mh_reader_init(&rb, fd);
+        if (frag)
+            send_fragmented(fd, req, 64);
+        else
+            mh_sends(fd, req);
+        assert_int_equal(mh_read_response(&rb, NULL, WAIT), 200);
+        head_of(req, 1025);
+        if (frag)
+            send_fragmented(fd, req, 64);
+        else
+            mh_sends(fd, req);
+        assert_int_equal(mh_read_response(&rb, &r, WAIT), 431);
+        mh_resp_free(&r);
+        close(fd);
+    }
+    /* Pipelined requests, one with a chunked body and one with a Content-Length body, in 1..7-byte
+     * fragments: answered in order. */
+    const char *pipe = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+                       "GET /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       "3\r\n{ }\r\n0\r\n\r\n"
+                       "GET /nope?x=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
+                       "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n";
+    for (int round = 0; round < 3; round++) {
+        int fd = mh_connect(&d);
+        mh_reader rb;
+        mh_reader_init(&rb, fd);
+        send_fragmented(fd, pipe, 7);
+        assert_int_equal(mh_read_response(&rb, NULL, WAIT), 200);
+        assert_int_equal(mh_read_response(&rb, NULL, WAIT), 200);
+        assert_int_equal(mh_read_response(&rb, NULL, WAIT), 404);
+        assert_int_equal(mh_read_response(&rb, NULL, WAIT), 200);
+        close(fd);
+    }
+    /* A bare LF split from its line by a read boundary is still caught. */
+    int fd = mh_connect(&d);
+    mh_reader rb;
+    mh_reader_init(&rb, fd);
+    assert_int_equal(mh_sends(fd, "GET /healthz HTTP/1.1\r\nHost: t"), 0);
+    mh_sleep_ms(50);
+    assert_int_equal(mh_sends(fd, "\nX: y\r\n\r\n"), 0);
+    assert_int_equal(mh_read_response(&rb, NULL, WAIT), 400);
+    close(fd);
+    stop_ok(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -563,6 +648,7 @@ int main(void)
         cmocka_unit_test_teardown(test_auth, mh_teardown),
         cmocka_unit_test_teardown(test_logging, mh_teardown),
         cmocka_unit_test_teardown(test_http10_and_close, mh_teardown),
+        cmocka_unit_test_teardown(test_fragmented_and_exact_head, mh_teardown),
         cmocka_unit_test_teardown(test_sigterm_drains, mh_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
