@@ -4,8 +4,8 @@
  *
  * Design. An answer is serialised at once into one buffer (status line, headers, body), counted in
  * the metrics and logged; the connection then writes the answers at the head of its queue in order
- * (conn.c). Nothing here blocks. Requests arriving while the server drains are answered 503
- * `shutting_down` before routing.
+ * (conn.c). Nothing here blocks. Auth is checked before routing; requests that start after the
+ * drain began never get here (conn.c answers them 503 `shutting_down`).
  *
  * Not done here: content negotiation (every answer is JSON except /metrics), compression, ETags.
  */
