@@ -2,14 +2,17 @@
 # bench/http_bench.sh — memattnd's GET /healthz against nginx serving the same 15-byte JSON, with wrk
 # on loopback, at 1, 64 and 256 connections, both measured in the same run, alternating per point.
 #
-#   bench/http_bench.sh [SECONDS_PER_POINT (default 10)] [CONNECTIONS... (default 1 64 256)]
+#   bench/http_bench.sh [SECONDS_PER_RUN (default 5)] [CONNECTIONS... (default 1 64 256)]
+#   ROUNDS=3 (default): each point is measured ROUNDS times, alternating memattnd and nginx, and the
+#   median of each is reported, so a burst of load from other processes hits both alike.
 #
-# Prints one table row per point: requests/s and p99 latency of each server, and the ratio
-# memattn/nginx of requests/s. Both servers get one event loop (memattnd's loop thread; nginx one
+# Prints one table row per point: requests/s and p99 latency of each server (medians), and the
+# ratio memattn/nginx of the median requests/s. Both servers get one event loop (memattnd's loop thread; nginx one
 # worker process) and log no per-request line. Uses build/memattnd (built by `make` if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs=${1:-10}
+secs=${1:-5}
+rounds=${ROUNDS:-3}
 shift || true
 conns=("$@")
 [ ${#conns[@]} -eq 0 ] && conns=(1 64 256)
@@ -54,12 +57,19 @@ measure() {  # url conns -> "rps p99_ms"
   echo "$rps $p99"
 }
 
-echo "memattnd $(build/memattnd --version | cut -d' ' -f2) vs $(nginx -v 2>&1 | cut -d' ' -f3), wrk -t1 -d${secs}s, $(nproc) cores"
+median() { sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
+
+echo "memattnd $(build/memattnd --version | cut -d' ' -f2) vs $(nginx -v 2>&1 | cut -d' ' -f3), wrk -t1 -d${secs}s x $rounds rounds, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '| connections | memattnd req/s | memattnd p99 ms | nginx req/s | nginx p99 ms | req/s ratio |\n'
 printf '|---:|---:|---:|---:|---:|---:|\n'
 for c in "${conns[@]}"; do
-  read -r mr mp < <(measure "http://127.0.0.1:$mport/healthz" "$c")
-  read -r nr np < <(measure "http://127.0.0.1:$nport/healthz" "$c")
+  mrs=() mps=() nrs=() nps=()
+  for _ in $(seq "$rounds"); do
+    read -r r p < <(measure "http://127.0.0.1:$mport/healthz" "$c"); mrs+=("$r"); mps+=("$p")
+    read -r r p < <(measure "http://127.0.0.1:$nport/healthz" "$c"); nrs+=("$r"); nps+=("$p")
+  done
+  mr=$(printf '%s\n' "${mrs[@]}" | median); mp=$(printf '%s\n' "${mps[@]}" | median)
+  nr=$(printf '%s\n' "${nrs[@]}" | median); np=$(printf '%s\n' "${nps[@]}" | median)
   ratio=$(awk -v a="$mr" -v b="$nr" 'BEGIN { printf "%.2f", a / b }')
   printf '| %d | %.0f | %.3f | %.0f | %.3f | %s |\n' "$c" "$mr" "$mp" "$nr" "$np" "$ratio"
 done
