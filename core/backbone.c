@@ -35,6 +35,7 @@
 #define LIN_DEN_EPS  1e-6   /* linear read: S phi(q) / (max(zᵀphi(q), 0) + LIN_DEN_EPS) */
 #define LIN_GEMM_MIN 16     /* linear update: batches at least this long go through sgemm */
 #define READ_BLOCK   2048   /* floats of stack scratch for a block of normalised queries */
+#define READ_GEMM_MIN 4     /* reads of fewer queries per head use the row sweep instead of sgemm */
 
 #define FMT_MAGIC   0x4242414du  /* "MABB" little-endian */
 #define FMT_VERSION 1u
@@ -324,20 +325,19 @@ static void linear_update_head(ma_backbone *b, int h, size_t n, const float *k, 
     const size_t block = 256;  /* rows of phi(K) per sgemm, see work_floats() */
     float *phi = b->work, *pk = b->work + block * d, *pv = pk + ld;
 
-    for (size_t i = 0; i < n; i++) {
-        const float *ki = k + i * kstride + (size_t)h * d;
-        for (size_t j = 0; j < d; j++)
-            z[j] += b->feature == MA_FEATURE_ELU1 ? (double)elu1(ki[j]) : (double)ki[j];
-    }
     if (n < LIN_GEMM_MIN) {
         /* A few events: one row sweep each (an sgemm call costs more than it saves here). */
         for (size_t i = 0; i < n; i++) {
             phi_into(pk, k + i * kstride + (size_t)h * d, d, ld, b->feature);
-            memcpy(pv, v + i * vstride + (size_t)h * dv, dv * sizeof(float));
-            memset(pv + dv, 0, (ldv - dv) * sizeof(float));
+            bb_acc_double(z, pk, ld);
+            bb_load(pv, v + i * vstride + (size_t)h * dv, dv, ldv);
             bb_rank1_matvec(St, ldv, d, pk, pv, NULL, NULL, NULL, NULL);
         }
         return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        phi_into(pk, k + i * kstride + (size_t)h * d, d, ld, b->feature);
+        bb_acc_double(z, pk, ld);
     }
     /* Sᵀ += phi(K)ᵀ V over the batch. */
     for (size_t i0 = 0; i0 < n; i0 += block) {
@@ -395,6 +395,7 @@ int ma_backbone_read(const ma_backbone *b, size_t n, const float *q, float *out,
     /* Queries are normalised before the product (so no query overflows a float sum) and the true scale
      * of each read is applied to the output row afterwards. */
     float qb[READ_BLOCK] __attribute__((aligned(BB_ALIGN)));
+    float qp[MA_MAX_DIM] __attribute__((aligned(BB_ALIGN))), op[MA_MAX_DIM] __attribute__((aligned(BB_ALIGN)));
     double scale[READ_BLOCK];
     const size_t rows = d <= READ_BLOCK ? READ_BLOCK / d : 1;
     for (size_t h = 0; h < H; h++) {
@@ -422,6 +423,16 @@ int ma_backbone_read(const ma_backbone *b, size_t n, const float *q, float *out,
                 scale[i] = sc;
             }
             float *o = out + i0 * H * dv + h * dv;
+            if (m < READ_GEMM_MIN) {
+                /* One or two queries: the row sweep beats sgemm's call and packing overhead. */
+                for (size_t i = 0; i < m; i++) {
+                    bb_load(qp, qb + i * d, d, b->ld);
+                    bb_matvec(St, b->ldv, d, qp, op);
+                    for (size_t j = 0; j < dv; j++)
+                        o[i * H * dv + j] = (float)(op[j] * scale[i]);
+                }
+                continue;
+            }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)dv, (int)d, 1.0f, qb, (int)d,
                         St, (int)b->ldv, 0.0f, o, (int)(H * dv));
             for (size_t i = 0; i < m; i++)

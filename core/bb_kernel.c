@@ -178,3 +178,9 @@ void bb_load(float *dst, const float *src, size_t n, size_t ld)
     for (; i < ld; i++)
         dst[i] = 0.0f;
 }
+
+void bb_matvec(const float *M, size_t ld, size_t rows, const float *b, float *o)
+{
+    /* With a == NULL the kernel only reads M. */
+    bb_rank1_matvec((float *)M, ld, rows, NULL, NULL, b, o, NULL, NULL);
+}
