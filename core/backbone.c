@@ -109,14 +109,14 @@ static ma_feature feature_of(const ma_backbone *b)
     return b->kind == MA_BACKBONE_DELTA ? MA_FEATURE_IDENTITY : b->feature;
 }
 
-/* Update scratch: VLA needs 14 vectors of ld floats and 4 of ldv; delta 4 + 4; linear one block of
- * LIN_GEMM_MIN.. rows of phi(k) plus 3 vectors. */
+/* Update scratch (see the *_update_head functions): VLA 11 vectors of ld floats and 3 of ldv; delta
+ * 3 + 3; linear a block of 256 rows of phi(k) plus one vector of each length. */
 static size_t work_floats(const ma_backbone *b)
 {
     switch (b->kind) {
-    case MA_BACKBONE_VLA:    return 14 * b->ld + 4 * b->ldv;
-    case MA_BACKBONE_DELTA:  return 4 * b->ld + 4 * b->ldv;
-    case MA_BACKBONE_LINEAR: return 256 * (size_t)b->dim + 2 * b->ld + 2 * b->ldv;
+    case MA_BACKBONE_VLA:    return 11 * b->ld + 3 * b->ldv;
+    case MA_BACKBONE_DELTA:  return 3 * b->ld + 3 * b->ldv;
+    case MA_BACKBONE_LINEAR: return 256 * (size_t)b->dim + b->ld + b->ldv;
     default:                 return 0;
     }
 }
@@ -230,7 +230,7 @@ static void vla_update_head(ma_backbone *b, int h, size_t n, const float *k, con
     float *u[2] = {w, w + ld}, *kp[2] = {w + 2 * ld, w + 3 * ld};
     float *g[2] = {w + 4 * ld, w + 5 * ld}, *gp[2] = {w + 6 * ld, w + 7 * ld};
     float *hv = w + 8 * ld, *negh = w + 9 * ld, *alpha = w + 10 * ld;
-    float *pS[2] = {w + 14 * ld, w + 14 * ld + ldv}, *e = w + 14 * ld + 2 * ldv;
+    float *pS[2] = {w + 11 * ld, w + 11 * ld + ldv}, *e = w + 11 * ld + 2 * ldv;
     if (!elu)
         kp[0] = u[0], kp[1] = u[1], gp[0] = g[0], gp[1] = g[1];
 
@@ -296,7 +296,7 @@ static void delta_update_head(ma_backbone *b, int h, size_t n, const float *k, c
     float *St = b->S + (size_t)h * d * ldv;
     float *w = b->work;
     float *kh[2] = {w, w + ld}, *a = w + 2 * ld;
-    float *pS[2] = {w + 4 * ld, w + 4 * ld + ldv}, *e = w + 4 * ld + 2 * ldv;
+    float *pS[2] = {w + 3 * ld, w + 3 * ld + ldv}, *e = w + 3 * ld + 2 * ldv;
 
     int cur = 0;
     normalize_into(kh[0], k + (size_t)h * d, d, ld);
