@@ -428,7 +428,8 @@ static void test_decode(void **state)
     const float *cb = tg_codebook(s);
     for (int r = 0; r < c->codebook; r++)
         assert_int_equal(tg_decode(s, cb + (size_t)r * d), r);
-    float mix[64], zero[64] = { 0 };
+    float mix[64] = { 0 }, zero[64] = { 0 };
+    assert_int_equal(d, 64);
     for (int j = 0; j < d; j++)
         mix[j] = 0.5f * cb[3 * d + j] + 0.5f * cb[9 * d + j];
     int r = tg_decode(s, mix);
