@@ -41,8 +41,6 @@
 #include "core/params.h"
 #include "core/session.h"
 
-void openblas_set_num_threads(int n);
-
 #define ALPHA      40.0      /* attention logit of a perfect match: q = ALPHA·sqrt(d)·key */
 #define BATCH      4096      /* filler events per ingest call */
 #define MAX_SEEDS  64
@@ -64,7 +62,7 @@ typedef struct {
     int correct[TG_TASKS], total[TG_TASKS], pointer[TG_TASKS], no_answer[TG_TASKS];
     int seed_correct[MAX_SEEDS], seed_total[MAX_SEEDS];    /* stress scenarios only */
     double chunks_sum, events_sum;
-    long chunks_max, events_max, chunk_queries, event_queries, whole_scans;
+    long chunks_min, chunks_max, events_max, chunk_queries, event_queries, whole_scans;
     long routed_slot, routed_sparse;                        /* hybrid only */
     double seconds;
     long queries;
@@ -172,6 +170,8 @@ static int ingest(const tg_stream *st, tg_stream_kind kind, methods_state *m, ui
 
 static void note_chunks(tally *t, size_t n_chunks)
 {
+    if (!t->chunk_queries || (long)n_chunks < t->chunks_min)
+        t->chunks_min = (long)n_chunks;
     t->chunks_sum += (double)n_chunks;
     t->chunks_max = (long)n_chunks > t->chunks_max ? (long)n_chunks : t->chunks_max;
     t->chunk_queries++;
@@ -226,10 +226,8 @@ static int ask(const tg_stream *st, methods_state *m, const tg_query *q, int see
             } else {
                 pointer = a.event;
                 route = ma_route_name(a.route);
-                if (a.route != MA_ROUTE_SLOT)
+                if (a.route != MA_ROUTE_SLOT) /* a slot answer reads no chunk */
                     note_chunks(t, a.n_chunks);
-                else if (mi == M_HYBRID)
-                    note_chunks(t, 0);
                 if (mi == M_HYBRID && a.route == MA_ROUTE_SLOT)
                     t->routed_slot++;
                 else if (mi == M_HYBRID)
@@ -375,15 +373,11 @@ done:
 
 static void print_size(const size_run *run)
 {
-    int stress_total = 0;
     const tally *h = &run->t[M_HYBRID];
-    for (int t = 0; t < TG_TASKS; t++)
-        if (stress_task((tg_task)t))
-            stress_total += h->total[t];
     printf("\n### T = %llu events, seeds %d..%d, %d trials per task per seed\n\n", (unsigned long long)run->length,
            run->first_seed, run->first_seed + run->seeds - 1, h->total[TG_RECALL] / (run->seeds ? run->seeds : 1));
     printf("| method | recall | overwrite | versioning | distractor | pressure | **stress total** | streaming |"
-           " pointer hits | active chunks / query (mean, max) | scored events / query (mean) | ms / query |\n");
+           " pointer hits | active chunks / archive query: mean (min–max) of all | scored events / query (mean) | ms / query |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int mi = 0; mi < M_METHODS; mi++) {
         const tally *t = &run->t[mi];
@@ -408,8 +402,8 @@ static void print_size(const size_run *run)
         else
             printf(" — |");
         if (t->chunk_queries)
-            printf(" %.1f, %ld of %llu |", t->chunks_sum / (double)t->chunk_queries, t->chunks_max,
-                   (unsigned long long)run->archive_chunks);
+            printf(" %.1f (%ld–%ld) of %llu |", t->chunks_sum / (double)t->chunk_queries, t->chunks_min,
+                   t->chunks_max, (unsigned long long)run->archive_chunks);
         else
             printf(" — |");
         if (t->event_queries)
@@ -418,7 +412,6 @@ static void print_size(const size_run *run)
             printf(" — |");
         printf(" %.2f |\n", 1e3 * t->seconds / (double)t->queries);
     }
-    (void)stress_total;
 
     printf("\nPer seed (stress total: 5 scenarios × %d trials):\n\n| method |", h->total[TG_RECALL] / run->seeds);
     for (int s = 0; s < run->seeds; s++)
@@ -436,7 +429,7 @@ static void print_size(const size_run *run)
             printf(" %d/%d |", t->seed_correct[s], t->seed_total[s]);
         printf("\n");
     }
-    printf("\nhybrid routes: %ld slot, %ld sparse; pure slots without an answer: ", h->routed_slot,
+    printf("\nhybrid routes: %ld slot (no chunk read), %ld sparse; pure slots without an answer: ", h->routed_slot,
            h->routed_sparse);
     int na = 0;
     for (int tk = 0; tk < TG_TASKS; tk++)
@@ -450,16 +443,39 @@ static void print_size(const size_run *run)
            run->part_seconds[2], run->part_seconds[3], run->part_seconds[4]);
 }
 
+/* Appends "T method-index "method" correct total" per method (stress scenarios) for docs/tasks.gp. */
+static int write_dat(const char *path, const size_run *run)
+{
+    FILE *f = fopen(path, "a");
+    if (!f) {
+        fprintf(stderr, "bench_tasks: --dat %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    for (int mi = 0; mi < M_METHODS; mi++) {
+        const tally *t = &run->t[mi];
+        int sc = 0, st = 0;
+        for (int tk = 0; tk < TG_TASKS; tk++)
+            if (stress_task((tg_task)tk)) {
+                sc += t->correct[tk];
+                st += t->total[tk];
+            }
+        if (t->queries)
+            fprintf(f, "%llu %d \"%s\" %d %d\n", (unsigned long long)run->length, mi, method_names[mi], sc, st);
+    }
+    return fclose(f) ? -1 : 0;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: bench_tasks [--quick] [--sizes T1,T2,...] [--seeds N] [--first-seed S] [--no-chunks] "
-            "[--verbose]\n"
+            "usage: bench_tasks [--quick] [--sizes T1,T2,...] [--seeds N] [--first-seed S] [--no-chunks]\n"
+            "                   [--dat FILE] [--verbose]\n"
             "  EVAL.md A task table for every method. Default: T = 16384 and 2097152, seeds 1..5.\n"
             "  --quick        T = 16384 only, one seed (a smoke run)\n"
             "  --sizes LIST   comma-separated stream lengths\n"
             "  --seeds N      seeds first-seed..first-seed+N-1 (1..%d)\n"
             "  --no-chunks    skip the second archive with the chunks selector (saves its memory)\n"
+            "  --dat FILE     append the stress totals per method to FILE (for docs/tasks.gp)\n"
             "  --verbose      one line per question and method\n", MAX_SEEDS);
 }
 
@@ -468,6 +484,7 @@ int main(int argc, char **argv)
     uint64_t sizes[16] = { 16384, 2097152 };
     int n_sizes = 2, seeds = 5, first_seed = 1;
     bool chunks = true, verbose = false;
+    const char *dat = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--quick")) {
@@ -491,6 +508,8 @@ int main(int argc, char **argv)
             seeds = atoi(argv[++i]);
         } else if (!strcmp(a, "--first-seed") && i + 1 < argc) {
             first_seed = atoi(argv[++i]);
+        } else if (!strcmp(a, "--dat") && i + 1 < argc) {
+            dat = argv[++i];
         } else if (!strcmp(a, "--no-chunks")) {
             chunks = false;
         } else if (!strcmp(a, "--verbose")) {
@@ -504,8 +523,9 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (seeds < 1 || seeds > MAX_SEEDS || n_sizes < 1) {
-        fprintf(stderr, "bench_tasks: --seeds %d: expected 1..%d\n", seeds, MAX_SEEDS);
+    if (seeds < 1 || seeds > MAX_SEEDS || first_seed < 0 || n_sizes < 1) {
+        fprintf(stderr, "bench_tasks: --seeds %d --first-seed %d: expected 1..%d seeds from a seed >= 0\n", seeds,
+                first_seed, MAX_SEEDS);
         return 2;
     }
     openblas_set_num_threads(1);
@@ -547,6 +567,8 @@ int main(int argc, char **argv)
             break;
         }
         print_size(run);
+        if (dat && write_dat(dat, run))
+            rc = 1;
         printf("\nwall time for T = %llu: %.1f s\n", (unsigned long long)sizes[si], now_s() - t0);
         fflush(stdout);
     }
