@@ -345,6 +345,8 @@ size_t ma_slots_bytes(const ma_slots *s)
 int ma_slots_put(ma_slots *s, const ma_slot_write *w, bool create_only, uint64_t explicit_version,
                  uint64_t if_match, int64_t now, ma_slot_result *res)
 {
+    if (!ma_name_valid(w->name))
+        return MA_EINVAL;     /* names are fixed-size fields of the result structs */
     rec *r = find(s, w->name);
     bool resident = r && r->resident;
     if (create_only && resident)
@@ -507,6 +509,10 @@ int ma_slots_batch_prepare(ma_slots *s, size_t n, const ma_slot_write *w, ma_slo
     for (size_t i = 0; i < s->nres; i++)
         P += s->res[i]->protect;
     for (size_t i = 0; i < n; i++) {
+        if (!ma_name_valid(w[i].name)) {
+            rc = MA_EINVAL;
+            goto fail;
+        }
         rec *r = find(s, w[i].name);
         if (!r) {
             if (!(r = create_rec(s, w[i].name)))

@@ -684,6 +684,24 @@ static void test_create_errors(void **state)
     assert_int_equal(ma_slots_create(H, D, DV, 0, &s), MA_EINVAL);
     assert_int_equal(ma_slots_create(H, D, DV, MA_MAX_SLOTS + 1, &s), MA_EINVAL);
     assert_null(s);
+
+    /* Names enter the table checked: they are copied into fixed-size result fields. */
+    s = table(2);
+    wr a;
+    char longname[MA_MAX_NAME + 2];
+    memset(longname, 'n', sizeof longname - 1);
+    longname[sizeof longname - 1] = 0;
+    assert_int_equal(ma_slots_put(s, mk(&a, "", 1, NULL), false, 0, 0, 1, NULL), MA_EINVAL);
+    assert_int_equal(ma_slots_put(s, mk(&a, "a b", 1, NULL), false, 0, 0, 1, NULL), MA_EINVAL);
+    assert_int_equal(ma_slots_put(s, mk(&a, longname, 1, NULL), false, 0, 0, 1, NULL), MA_EINVAL);
+    ma_slot_write w[2] = {*mk(&a, "ok", 1, NULL), *mk(&a, longname, 1, NULL)};
+    ma_slots_batch *b;
+    assert_int_equal(ma_slots_batch_prepare(s, 2, w, &b), MA_EINVAL);
+    assert_int_equal(ma_slots_resident(s), 0);
+    ma_version_info *h;
+    size_t n;
+    assert_int_equal(ma_slots_history(s, "ok", &h, &n), MA_ENOTFOUND);
+    ma_slots_destroy(s);
 }
 
 int main(void)
