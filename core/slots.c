@@ -6,15 +6,18 @@
  *  - One record per name ever written, found through a chained hash table (FNV-1a of the name). A record
  *    keeps its whole history as an array of versions; a version owns one block holding key then value
  *    (NULL for a tombstone) and its payload text. Versions are immutable once appended.
- *  - Resident records are in an array (for the router's scan) and in a doubly linked list ordered by last
+ *  - Resident records are in an array whose rows also hold a contiguous copy of each current key and its
+ *    per-head norms (the router's scan reads only these), and in a doubly linked list ordered by last
  *    update, least recent first: a capacity eviction walks it from the head, skipping protected slots.
  *  - Nothing fails half-way. Each operation first checks, then allocates everything it needs (version
  *    blocks, hash/array growth), then applies in code that cannot fail. The one allocation an apply step
  *    could still need — the tombstone of a slot evicted for capacity, which may be any resident slot — is
  *    covered by an invariant: a resident record always has room for one more version in its array.
- *  - The router's cosine scan is a plain double-accumulating loop rather than BLAS: M·H·d is small next to
- *    the archive, and a fixed summation order makes scores independent of BLAS threading and of the
- *    order of the resident array, so a restored table answers with the same bits.
+ *  - The router's cosine scan is a plain loop rather than BLAS sgemv: each dot product is summed in a
+ *    fixed order (8 independent float lanes, which the compiler vectorises, then the lanes in order) and
+ *    norms in double, so a score depends only on q and the key — not on BLAS threading, nor on the row a
+ *    key sits in — and a restored table answers with the same bits. bench/bench_slots.c measures it
+ *    against sgemv.
  * Not done here: validation of names and vectors (the server's), text embedding, I/O.
  */
 #include "core/slots.h"
@@ -53,6 +56,8 @@ struct ma_slots {
     rec **bucket;
     size_t nbucket, nrec;
     rec **res;                       /* resident records, unordered */
+    float *rkey;                     /* row i: the current key of res[i] (H·d) */
+    double *rnorm;                   /* row i: its per-head L2 norms (H) */
     size_t nres, res_cap;
     rec *head, *tail;                /* update order */
     size_t bytes;                    /* running total of everything allocated for the table */
@@ -170,13 +175,80 @@ static int reserve_resident(ma_slots *s, size_t need)
         cap *= 2;
     if (cap > (size_t)s->capacity)
         cap = (size_t)s->capacity;
+    /* Each array keeps its own success: a partial failure leaves larger arrays, which is harmless. */
     rec **a = realloc(s->res, cap * sizeof *a);
     if (!a)
         return MA_ENOMEM;
-    s->bytes += (cap - s->res_cap) * sizeof *a;
     s->res = a;
+    float *k = realloc(s->rkey, cap * s->kn * sizeof *k);
+    if (!k)
+        return MA_ENOMEM;
+    s->rkey = k;
+    double *n = realloc(s->rnorm, cap * (size_t)s->heads * sizeof *n);
+    if (!n)
+        return MA_ENOMEM;
+    s->rnorm = n;
+    s->bytes += (cap - s->res_cap) * (sizeof *a + s->kn * sizeof *k + (size_t)s->heads * sizeof *n);
     s->res_cap = cap;
     return 0;
+}
+
+/* ---- cosine ----------------------------------------------------------------------------------- */
+
+static double head_norm(const float *x, int dim)
+{
+    double ss = 0;
+    for (int j = 0; j < dim; j++)
+        ss += (double)x[j] * x[j];
+    return sqrt(ss);
+}
+
+/* a·b summed in a fixed order: 8 independent lanes (vectorisable without reassociation), then the lanes
+ * and the tail in order. */
+static float dot_lanes(const float *a, const float *b, int n)
+{
+    float lane[8] = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++)
+            lane[l] += a[j + l] * b[j + l];
+    float sum = 0;
+    for (int l = 0; l < 8; l++)
+        sum += lane[l];
+    for (; j < n; j++)
+        sum += a[j] * b[j];
+    return sum;
+}
+
+/* Mean over heads of cos(q_h, k_h), given the heads' norms; a zero head scores 0. */
+static double score(const float *q, const double *qn, const float *k, const double *kn, int heads, int dim)
+{
+    double sum = 0;
+    for (int h = 0; h < heads; h++)
+        if (qn[h] > 0 && kn[h] > 0)
+            sum += (double)dot_lanes(q + (size_t)h * (size_t)dim, k + (size_t)h * (size_t)dim, dim) /
+                   (qn[h] * kn[h]);
+    return sum / heads;
+}
+
+static void head_norms(const float *x, int heads, int dim, double *out)
+{
+    for (int h = 0; h < heads; h++)
+        out[h] = head_norm(x + (size_t)h * (size_t)dim, dim);
+}
+
+/* Copies r's current key into its resident row. */
+static void set_row(ma_slots *s, size_t row, const float *key)
+{
+    memcpy(s->rkey + row * s->kn, key, s->kn * sizeof *key);
+    head_norms(key, s->heads, s->dim, s->rnorm + row * (size_t)s->heads);
+}
+
+static void move_row(ma_slots *s, size_t to, size_t from)
+{
+    memcpy(s->rkey + to * s->kn, s->rkey + from * s->kn, s->kn * sizeof *s->rkey);
+    memcpy(s->rnorm + to * (size_t)s->heads, s->rnorm + from * (size_t)s->heads,
+           (size_t)s->heads * sizeof *s->rnorm);
 }
 
 static uint64_t last_version(const rec *r)
@@ -240,6 +312,7 @@ static void evict_rec(ma_slots *s, rec *r, int64_t now)
     append_version(r, last_version(r) + 1, -1, now, NULL, NULL);
     s->res[r->row] = s->res[--s->nres];
     s->res[r->row]->row = r->row;
+    move_row(s, r->row, s->nres);
     lru_unlink(s, r);
     r->resident = false;
     r->protect = false;
@@ -276,6 +349,7 @@ static void apply_write(ma_slots *s, rec *r, uint64_t version, int64_t event, fl
     }
     lru_append(s, r);
     append_version(r, version, event, now, kv, payload);
+    set_row(s, r->row, kv);
     if (protect)
         r->protect = true;
     out.version = version;
@@ -327,6 +401,8 @@ void ma_slots_destroy(ma_slots *s)
         }
     free(s->bucket);
     free(s->res);
+    free(s->rkey);
+    free(s->rnorm);
     free(s);
 }
 
@@ -706,37 +782,29 @@ int ma_slots_list(const ma_slots *s, ma_slot_info **out, size_t *n)
 
 double ma_slots_cosine(const float *q, const float *k, int heads, int dim)
 {
-    double sum = 0;
-    for (int h = 0; h < heads; h++) {
-        const float *qh = q + (size_t)h * (size_t)dim, *kh = k + (size_t)h * (size_t)dim;
-        double qq = 0, kk = 0, qk = 0;
-        for (int j = 0; j < dim; j++) {
-            qq += (double)qh[j] * qh[j];
-            kk += (double)kh[j] * kh[j];
-            qk += (double)qh[j] * kh[j];
-        }
-        if (qq > 0 && kk > 0)
-            sum += qk / sqrt(qq * kk);
-    }
-    return sum / heads;
+    double qn[MA_MAX_HEADS], kn[MA_MAX_HEADS];
+    head_norms(q, heads, dim, qn);
+    head_norms(k, heads, dim, kn);
+    return score(q, qn, k, kn, heads, dim);
 }
 
-int ma_slots_match(const ma_slots *s, const float *q, ma_slot_view *best, double *score)
+int ma_slots_match(const ma_slots *s, const float *q, ma_slot_view *best, double *out)
 {
+    double qn[MA_MAX_HEADS];
+    head_norms(q, s->heads, s->dim, qn);
     const rec *br = NULL;
     double bs = 0;
     for (size_t i = 0; i < s->nres; i++) {
-        const rec *r = s->res[i];
-        double c = ma_slots_cosine(q, r->ver[r->nver - 1].kv, s->heads, s->dim);
-        if (!br || c > bs || (c == bs && strcmp(r->name, br->name) < 0)) {
-            br = r;
+        double c = score(q, qn, s->rkey + i * s->kn, s->rnorm + i * (size_t)s->heads, s->heads, s->dim);
+        if (!br || c > bs || (c == bs && strcmp(s->res[i]->name, br->name) < 0)) {
+            br = s->res[i];
             bs = c;
         }
     }
     if (!br)
         return MA_ENOTFOUND;
     fill_view(s, br, &br->ver[br->nver - 1], best);
-    *score = bs;
+    *out = bs;
     return 0;
 }
 
@@ -1034,6 +1102,7 @@ int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, cons
         rec *r = recs[ord];
         r->row = s->nres;
         s->res[s->nres++] = r;
+        set_row(s, r->row, r->ver[r->nver - 1].kv);
         lru_append(s, r);
     }
     if (b.bad || b.off != b.n)

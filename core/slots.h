@@ -123,8 +123,9 @@ int ma_slots_history(const ma_slots *s, const char *name, ma_version_info **out,
 /* Resident slots in name (strcmp) order; *out malloc'd, NULL when *n = 0. MA_ENOMEM. */
 int ma_slots_list(const ma_slots *s, ma_slot_info **out, size_t *n);
 
-/* Cosine of q against k per head, averaged over heads (a head where either vector is zero scores 0);
- * accumulated in double in a fixed order, so the result does not depend on anything but q and k. */
+/* Cosine of q against k per head, averaged over heads (a head where either vector is zero scores 0).
+ * Summed in a fixed order (float dot products in 8 lanes, norms in double): the result depends only on
+ * q and k, and equals the score ma_slots_match gives that key, bit for bit. */
 double ma_slots_cosine(const float *q, const float *k, int heads, int dim);
 
 /* The resident slot whose current key has the largest ma_slots_cosine with q (ties: the smaller name).
