@@ -63,6 +63,8 @@ DEB_PKGS  = build-essential pkg-config libuv1-dev libcjson-dev libopenblas-dev l
             libcmocka-dev libcurl4-openssl-dev curl wrk nginx-light gnuplot-nox sqlite3 python3
 
 .PHONY: all build run test check unit e2e bench deps clean tsan
+# Keep the objects of test and bench binaries (make would delete them as intermediates and rebuild).
+.SECONDARY:
 all: build
 build: $(DAEMON)
 
