@@ -351,7 +351,7 @@ static void sb_double(sbuf *sb, double x)
     if (isinf(x))
         sb_puts(sb, x > 0 ? "+Inf" : "-Inf");
     else
-        sb_printf(sb, "%.17g", x);
+        sb_printf(sb, "%.15g", x);
 }
 
 /* name{l1="v1",...,extra} — `extra` is an already formatted le="..." or NULL. */
@@ -396,7 +396,7 @@ int srv_metrics_render(srv_metrics *reg, char **out, size_t *len)
                 cum += atomic_load_explicit(&((srv_metric_child *)c)->buckets[b], memory_order_relaxed);
                 char le[64] = "le=\"+Inf\"";
                 if (b < m->nbuckets)
-                    snprintf(le, sizeof le, "le=\"%.17g\"", m->bounds[b]);
+                    snprintf(le, sizeof le, "le=\"%.15g\"", m->bounds[b]);
                 sb_series(&sb, m, c, "_bucket", le);
                 sb_printf(&sb, " %llu\n", (unsigned long long)cum);
             }

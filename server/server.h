@@ -42,6 +42,10 @@ int srv_server_listen(srv_server *srv, char *bound, size_t boundlen, char *err, 
  * is called on the loop thread. Idempotent. */
 void srv_server_drain(srv_server *srv, void (*on_drained)(srv_server *srv, void *arg), void *arg);
 
+/* Ends a drain at once: closes every connection (unanswered requests are orphaned). Call after
+ * srv_server_drain (a second SIGTERM); on_drained follows from the close callbacks. */
+void srv_server_drain_now(srv_server *srv);
+
 /* Frees the server after srv_server_drain has completed: destroys the pool (waits for running jobs),
  * router and metrics, closes every handle. Runs the loop until its handles are closed. */
 void srv_server_destroy(srv_server *srv);
