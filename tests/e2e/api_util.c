@@ -140,11 +140,10 @@ static void strip(cJSON *j)
         n = c->next;
         bool gone = false;
         for (const char *const *d = drop; c->string && *d && !gone; d++)
-            if (strcmp(c->string, *d) == 0) {
-                cJSON_Delete(cJSON_DetachItemViaPointer(j, c));
-                gone = true;
-            }
-        if (!gone)
+            gone = strcmp(c->string, *d) == 0;
+        if (gone)
+            cJSON_Delete(cJSON_DetachItemViaPointer(j, c));
+        else
             strip(c);
     }
 }
