@@ -30,6 +30,7 @@ struct reg_session {
     bool blobs_stored;          /* the store row holds all three blobs (else the next commit writes all) */
     bool stale;                 /* in-memory state may differ from the store: drop at last release */
     bool linked;                /* in the map and LRU list */
+    bool paged;                 /* archive chunks released to the store since the last append */
     int refs;                   /* under reg->mu */
     pthread_mutex_t load_mu;    /* serialises loading */
     reg_session *hnext;         /* hash chain */
@@ -148,6 +149,11 @@ static void link_session(reg_registry *r, reg_session *s)
     r->count++;
 }
 
+static bool over_budget(const reg_registry *r)
+{
+    return r->opt.memory_budget && r->bytes > r->opt.memory_budget;
+}
+
 /* Removes s from map and list (not freed). */
 static void unlink_session(reg_registry *r, reg_session *s)
 {
@@ -256,6 +262,7 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
             goto done;
         }
         s->blobs_stored = true;
+        s->paged = true;   /* a restored archive reads its chunks from the store on demand */
     }
     s->created_at = row.created_at;
     s->updated_at = row.updated_at;
@@ -380,9 +387,19 @@ void reg_release(reg_registry *r, reg_session *s)
         s->hnext = drop;
         drop = s;
     }
-    /* Budget: unload unused sessions from the cold end; the one just used stays even if alone it is over. */
-    for (reg_session *c = r->lru_tail, *prev; c && r->opt.memory_budget && r->bytes > r->opt.memory_budget;
-         c = prev) {
+    /* Budget, cheapest remedy first. 1: page out the archive chunks of unused sessions from the cold end
+     * (every event is in the store, and the summaries and index stay, so they still answer, reading
+     * chunks back on demand); done under mu so no job can acquire the session meanwhile. 2: unload unused
+     * sessions from the cold end; the one just released stays loaded even if alone it is over. */
+    for (reg_session *c = r->lru_tail; c && over_budget(r); c = c->prev)
+        if (c->refs == 0 && c->core && !c->paged) {
+            ma_archive_release(ma_session_archive(c->core));
+            c->paged = true;
+            size_t bytes = measure(c->core);
+            r->bytes = r->bytes - c->bytes + bytes;
+            c->bytes = bytes;
+        }
+    for (reg_session *c = r->lru_tail, *prev; c && over_budget(r); c = prev) {
         prev = c->prev;
         if (c == s || c->refs > 0)
             continue;
@@ -482,7 +499,7 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
     s->blobs_stored = true;
     s->updated_at = now;
     if (c->n_events)
-        ma_archive_release(ma_session_archive(s->core));  /* sealed chunks are in the store now */
+        s->paged = false;   /* new chunks are resident; reg_release pages them out under memory pressure */
     ma_session_stats_clear(&st);
     free(bb);
     free(sl);

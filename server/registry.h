@@ -4,8 +4,10 @@
  * Design. The store (store/store.h) is the source of truth; the registry is a cache of loaded sessions
  * in front of it. A session is loaded on first use (ma_session_restore over the stored blobs, with the
  * archive's chunks and the events' payloads paged from the store), reference-counted while a job uses
- * it, and unloaded least-recently-used when the resident bytes of all loaded sessions exceed the memory
- * budget (--memory). Unloading loses nothing: every mutation was committed before it was acknowledged.
+ * it, and kept resident while the resident bytes of all loaded sessions fit the memory budget (--memory).
+ * Over budget, unused sessions first have their archive chunks paged out (they keep answering, reading
+ * chunks back through a small cache), then are unloaded, least recently used first. Neither loses
+ * anything: every mutation was committed before it was acknowledged.
  *
  * Mutations follow one protocol (the api's exclusive jobs):
  *   1. apply the change to the in-memory session (the core checks everything first, so a refused change

@@ -485,6 +485,66 @@ static void test_restart(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* ---- memory budget: sessions paged out and unloaded, answers unchanged -------------------------- */
+
+static long metric(mh_daemon *d, const char *name)
+{
+    mh_resp r;
+    assert_int_equal(mh_request(d, "GET", "/metrics", NULL, NULL, &r), 0);
+    char key[128];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *p = strstr(r.body, key);
+    long v = p ? atol(p + strlen(key)) : -1;
+    mh_resp_free(&r);
+    return v;
+}
+
+static void test_memory_budget(void **state)
+{
+    (void)state;
+    enum { S = 6, E = 300 };   /* dim 256: a backbone alone is ~0.5 MB */
+    const char *args[] = {"--memory", "1M", NULL};
+    const char *q = "{\"queries\":[{\"text\":\"event 17\"},{\"text\":\"event 299\",\"route\":\"full\"},{\"slot\":\"fact\"}]}";
+    mh_daemon m;
+    char *snap[S];
+    assert_int_equal(mh_start(&m, args, NULL), 0);
+    for (int i = 0; i < S; i++) {
+        char path[64], *body = malloc(E * 64 + 64);
+        size_t o = (size_t)sprintf(body, "{\"events\":[");
+        for (int e = 0; e < E; e++)
+            o += (size_t)sprintf(body + o, "%s{\"text\":\"event %d of %d\",\"payload\":\"p%d\"}", e ? "," : "", e, i, e);
+        strcpy(body + o, "]}");
+        snprintf(path, sizeof path, "/v1/sessions/m%d", i);
+        cJSON_Delete(au_call(&m, "PUT", path, 201, "{\"dim\":256,\"chunk\":16}"));
+        snprintf(path, sizeof path, "/v1/sessions/m%d/events", i);
+        cJSON_Delete(au_call(&m, "POST", path, 200, "%s", body));
+        snprintf(path, sizeof path, "/v1/sessions/m%d/slots", i);
+        cJSON_Delete(au_call(&m, "POST", path, 201, "{\"name\":\"fact\",\"payload\":\"f%d\"}", i));
+        free(body);
+        char id[16];
+        snprintf(id, sizeof id, "m%d", i);
+        snap[i] = au_snapshot(&m, id, q);
+    }
+    long loaded = metric(&m, "memattn_sessions_loaded"), unloads = metric(&m, "memattn_session_unloads_total");
+    long bytes = metric(&m, "memattn_session_memory_bytes");
+    assert_true(loaded >= 1 && loaded < S);   /* six sessions do not fit 1 MiB */
+    assert_true(unloads >= 1);
+    assert_true(bytes > 0);
+    /* every session, reloaded from the store when needed, gives the same answers */
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < S; i++) {
+            char id[16];
+            snprintf(id, sizeof id, "m%d", i);
+            char *again = au_snapshot(&m, id, q);
+            assert_string_equal(snap[i], again);
+            free(again);
+        }
+    assert_true(metric(&m, "memattn_session_loads_total") > S);
+    for (int i = 0; i < S; i++)
+        free(snap[i]);
+    assert_int_equal(mh_stop(&m, 30000), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -495,6 +555,7 @@ int main(void)
         cmocka_unit_test(test_protect_and_evict),
         cmocka_unit_test(test_capacity_eviction),
         cmocka_unit_test(test_restart),
+        cmocka_unit_test(test_memory_budget),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
