@@ -193,6 +193,72 @@ static void test_one_session(void **state)
     }
 }
 
+/* ---- a full queue: 503 overloaded, and a refused mutation changes nothing ----------------------- */
+
+typedef struct {
+    const mh_daemon *d;
+    const char *body;
+    long status;
+    char code[32];
+} shot;
+
+static void *fire(void *arg)
+{
+    shot *x = arg;
+    au_client *c = au_client_new(x->d);
+    cJSON *j = NULL;
+    x->status = c ? au_client_call(c, "POST", "/v1/sessions/busy/events", x->body, &j) : 0;
+    const cJSON *code = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "error"), "code");
+    snprintf(x->code, sizeof x->code, "%s", cJSON_IsString(code) ? code->valuestring : "");
+    cJSON_Delete(j);
+    au_client_free(c);
+    return NULL;
+}
+
+static void test_overloaded(void **state)
+{
+    (void)state;
+    mh_daemon b;
+    const char *args[] = {"--threads", "1", "--queue", "1", "--max-body", "16M", NULL};
+    assert_int_equal(mh_start(&b, args, NULL), 0);
+    cJSON_Delete(au_call(&b, "PUT", "/v1/sessions/busy", 201, "{\"dim\":64}"));
+    /* 512 events of JSON numbers: long enough to decode and apply that 16 of them queue up */
+    size_t cap = 512 * 1400 + 64, o = 0;
+    char *body = malloc(cap);
+    o += (size_t)snprintf(body + o, cap - o, "{\"events\":[");
+    for (int e = 0; e < 512; e++) {
+        o += (size_t)snprintf(body + o, cap - o, "%s{\"k\":[", e ? "," : "");
+        for (int j = 0; j < 64; j++)
+            o += (size_t)snprintf(body + o, cap - o, "%s%.6f", j ? "," : "", (double)((e * 64 + j) % 97) / 97.0 + 0.01);
+        o += (size_t)snprintf(body + o, cap - o, "],\"payload\":\"e%d\"}", e);
+    }
+    snprintf(body + o, cap - o, "]}");
+    long ok = 0, refused = 0;
+    for (int round = 0; round < 5 && !refused; round++) {
+        shot x[THREADS];
+        pthread_t t[THREADS];
+        for (int i = 0; i < THREADS; i++) {
+            x[i] = (shot){.d = &b, .body = body};
+            assert_int_equal(pthread_create(&t[i], NULL, fire, &x[i]), 0);
+        }
+        for (int i = 0; i < THREADS; i++) {
+            pthread_join(t[i], NULL);
+            if (x[i].status == 200)
+                ok++;
+            else if (x[i].status == 503 && strcmp(x[i].code, "overloaded") == 0)
+                refused++;
+            else
+                fail_msg("unexpected answer %ld %s", x[i].status, x[i].code);
+        }
+    }
+    free(body);
+    assert_true(refused > 0);
+    cJSON *j = au_call(&b, "GET", "/v1/sessions/busy", 200, NULL);
+    assert_int_equal((long)au_num(j, "length"), 512 * ok);   /* refused batches left no trace */
+    cJSON_Delete(j);
+    assert_int_equal(mh_stop(&b, 30000), 0);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -211,6 +277,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_many_sessions),
         cmocka_unit_test(test_one_session),
+        cmocka_unit_test(test_overloaded),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
