@@ -35,6 +35,7 @@
 #define LIN_DEN_EPS  1e-6   /* linear read: S phi(q) / (max(zᵀphi(q), 0) + LIN_DEN_EPS) */
 #define LIN_GEMM_MIN 16     /* linear update: batches at least this long go through sgemm */
 #define READ_BLOCK   2048   /* floats of stack scratch for a block of normalised queries */
+#define READ_GEMM_MIN 4     /* reads of fewer queries per head use the row sweep instead of sgemm */
 
 #define FMT_MAGIC   0x4242414du  /* "MABB" little-endian */
 #define FMT_VERSION 1u
@@ -50,7 +51,7 @@ struct ma_backbone {
     uint64_t steps;
     float *S;             /* heads × dim × ldv: Sᵀ per head */
     float *A;             /* heads × dim × ld (vla only) */
-    double *z;            /* heads × dim: sum of phi(k) (vla, linear) */
+    double *z;            /* heads × ld doubles: sum of phi(k) (vla, linear), zero padded */
     float *work;          /* update scratch, see work_floats() */
     size_t work_len;      /* floats in work */
 };
@@ -83,11 +84,12 @@ static void scale_into(float *dst, const float *src, size_t n, size_t ld, double
     memset(dst + n, 0, (ld - n) * sizeof(float));
 }
 
-/* dst = normalize(x) (zero padded to ld); returns |x|. */
+/* dst = normalize(x) (aligned, zero padded to ld); returns |x|. */
 static double normalize_into(float *dst, const float *x, size_t n, size_t ld)
 {
-    double nrm = bb_norm(x, n);
-    scale_into(dst, x, n, ld, 1.0 / fmax(nrm, NORM_EPS));
+    bb_load(dst, x, n, ld);
+    double nrm = bb_norm_padded(dst, ld);
+    bb_scale(dst, ld, 1.0 / fmax(nrm, NORM_EPS));
     return nrm;
 }
 
@@ -107,14 +109,14 @@ static ma_feature feature_of(const ma_backbone *b)
     return b->kind == MA_BACKBONE_DELTA ? MA_FEATURE_IDENTITY : b->feature;
 }
 
-/* Update scratch: VLA needs 14 vectors of ld floats and 4 of ldv; delta 4 + 4; linear one block of
- * LIN_GEMM_MIN.. rows of phi(k) plus 3 vectors. */
+/* Update scratch (see the *_update_head functions): VLA 11 vectors of ld floats and 3 of ldv; delta
+ * 3 + 3; linear a block of 256 rows of phi(k) plus one vector of each length. */
 static size_t work_floats(const ma_backbone *b)
 {
     switch (b->kind) {
-    case MA_BACKBONE_VLA:    return 14 * b->ld + 4 * b->ldv;
-    case MA_BACKBONE_DELTA:  return 4 * b->ld + 4 * b->ldv;
-    case MA_BACKBONE_LINEAR: return 256 * (size_t)b->dim + 2 * b->ld + 2 * b->ldv;
+    case MA_BACKBONE_VLA:    return 11 * b->ld + 3 * b->ldv;
+    case MA_BACKBONE_DELTA:  return 3 * b->ld + 3 * b->ldv;
+    case MA_BACKBONE_LINEAR: return 256 * (size_t)b->dim + b->ld + b->ldv;
     default:                 return 0;
     }
 }
@@ -150,7 +152,7 @@ static ma_backbone *alloc_backbone(const ma_params *p)
             goto fail;
     }
     if (b->kind == MA_BACKBONE_VLA || b->kind == MA_BACKBONE_LINEAR) {
-        b->z = calloc(H * d, sizeof(double));
+        b->z = alloc_floats(2 * H * b->ld);  /* H × ld doubles */
         if (!b->z)
             goto fail;
     }
@@ -200,18 +202,17 @@ void ma_backbone_destroy(ma_backbone *b)
  * and kp = normalize(phi(k)) (the write key); with identity features kp is u. Adds phi(k) to z. */
 static void vla_prepare(const ma_backbone *b, const float *k, float *u, float *kp, double *z)
 {
-    const size_t d = (size_t)b->dim;
-    normalize_into(u, k, d, b->ld);
+    const size_t d = (size_t)b->dim, ld = b->ld;
     if (b->feature == MA_FEATURE_IDENTITY) {
-        for (size_t j = 0; j < d; j++)
-            z[j] += k[j];
+        bb_load(u, k, d, ld);
+        bb_acc_double(z, u, ld);
+        bb_scale(u, ld, 1.0 / fmax(bb_norm_padded(u, ld), NORM_EPS));
         return;
     }
-    phi_into(kp, k, d, b->ld, b->feature);
-    for (size_t j = 0; j < d; j++)
-        z[j] += kp[j];
-    double n = bb_norm(kp, d);
-    scale_into(kp, kp, d, b->ld, 1.0 / fmax(n, NORM_EPS));
+    normalize_into(u, k, d, ld);
+    phi_into(kp, k, d, ld, b->feature);
+    bb_acc_double(z, kp, ld);
+    bb_scale(kp, ld, 1.0 / fmax(bb_norm_padded(kp, ld), NORM_EPS));
 }
 
 /* Applies n events to head h; t0 is the number of events before the batch (the refresh schedule). */
@@ -219,16 +220,17 @@ static void vla_update_head(ma_backbone *b, int h, size_t n, const float *k, con
 {
     const size_t d = (size_t)b->dim, dv = (size_t)b->vdim, ld = b->ld, ldv = b->ldv;
     const size_t kstride = (size_t)b->heads * d, vstride = (size_t)b->heads * dv;
+    const size_t nvec = ld / BB_LANES, nvecv = ldv / BB_LANES;
     const int elu = b->feature != MA_FEATURE_IDENTITY;
     const double s2 = b->scale * b->scale, r = b->refresh;
     float *A = b->A + (size_t)h * d * ld, *St = b->S + (size_t)h * d * ldv;
-    double *z = b->z + (size_t)h * d;
+    double *z = b->z + (size_t)h * ld;
 
     float *w = b->work;
     float *u[2] = {w, w + ld}, *kp[2] = {w + 2 * ld, w + 3 * ld};
     float *g[2] = {w + 4 * ld, w + 5 * ld}, *gp[2] = {w + 6 * ld, w + 7 * ld};
     float *hv = w + 8 * ld, *negh = w + 9 * ld, *alpha = w + 10 * ld;
-    float *pS[2] = {w + 14 * ld, w + 14 * ld + ldv}, *e = w + 14 * ld + 2 * ldv;
+    float *pS[2] = {w + 11 * ld, w + 11 * ld + ldv}, *e = w + 11 * ld + 2 * ldv;
     if (!elu)
         kp[0] = u[0], kp[1] = u[1], gp[0] = g[0], gp[1] = g[1];
 
@@ -250,25 +252,23 @@ static void vla_update_head(ma_backbone *b, int h, size_t n, const float *k, con
 
         /* Write direction alpha = A_new k̂ = A k̂ − c g (gᵀk̂) (+ r k̂ on refresh steps). */
         const double gk = elu ? bb_dot(g[cur], kp[cur], ld) : q;
-        const float cg = (float)(c * gk);
-        for (size_t j = 0; j < ld; j++)
-            alpha[j] = gp[cur][j] - cg * g[cur][j];
+        const float cg = (float)(c * gk), rf = (float)r;
+        for (size_t j = 0; j < nvec; j++)
+            BB_V(alpha)[j] = BB_V(gp[cur])[j] - cg * BB_V(g[cur])[j];
         if (refresh)
-            for (size_t j = 0; j < d; j++)
-                alpha[j] += (float)r * kp[cur][j];
-        const double an = bb_norm(alpha, d);
-        scale_into(alpha, alpha, d, ld, 1.0 / fmax(an, NORM_EPS));
+            for (size_t j = 0; j < nvec; j++)
+                BB_V(alpha)[j] += rf * BB_V(kp[cur])[j];
+        bb_scale(alpha, ld, 1.0 / fmax(bb_norm_padded(alpha, ld), NORM_EPS));
 
         /* Prediction error of the current state on the write key. */
-        const float *vi = v + i * vstride + (size_t)h * dv;
-        for (size_t j = 0; j < dv; j++)
-            e[j] = vi[j] - pS[cur][j];
-        memset(e + dv, 0, (ldv - dv) * sizeof(float));
+        bb_load(e, v + i * vstride + (size_t)h * dv, dv, ldv);
+        for (size_t j = 0; j < nvecv; j++)
+            BB_V(e)[j] -= BB_V(pS[cur])[j];
 
         const float sc = (float)sqrt(c);
-        for (size_t j = 0; j < ld; j++) {
-            hv[j] = sc * g[cur][j];
-            negh[j] = -hv[j];
+        for (size_t j = 0; j < nvec; j++) {
+            BB_V(hv)[j] = sc * BB_V(g[cur])[j];
+            BB_V(negh)[j] = -BB_V(hv)[j];
         }
         bb_rank1_matvec(A, ld, d, negh, hv, more ? u[nx] : NULL, g[nx], more && elu ? kp[nx] : NULL,
                         gp[nx]);
@@ -276,11 +276,11 @@ static void vla_update_head(ma_backbone *b, int h, size_t n, const float *k, con
             for (size_t j = 0; j < d; j++)
                 A[j * ld + j] += (float)r;
             if (more) {
-                for (size_t j = 0; j < d; j++)
-                    g[nx][j] += (float)r * u[nx][j];
+                for (size_t j = 0; j < nvec; j++)
+                    BB_V(g[nx])[j] += rf * BB_V(u[nx])[j];
                 if (elu)
-                    for (size_t j = 0; j < d; j++)
-                        gp[nx][j] += (float)r * kp[nx][j];
+                    for (size_t j = 0; j < nvec; j++)
+                        BB_V(gp[nx])[j] += rf * BB_V(kp[nx])[j];
             }
         }
         bb_rank1_matvec(St, ldv, d, alpha, e, more ? kp[nx] : NULL, pS[nx], NULL, NULL);
@@ -296,7 +296,7 @@ static void delta_update_head(ma_backbone *b, int h, size_t n, const float *k, c
     float *St = b->S + (size_t)h * d * ldv;
     float *w = b->work;
     float *kh[2] = {w, w + ld}, *a = w + 2 * ld;
-    float *pS[2] = {w + 4 * ld, w + 4 * ld + ldv}, *e = w + 4 * ld + 2 * ldv;
+    float *pS[2] = {w + 3 * ld, w + 3 * ld + ldv}, *e = w + 3 * ld + 2 * ldv;
 
     int cur = 0;
     normalize_into(kh[0], k + (size_t)h * d, d, ld);
@@ -305,12 +305,11 @@ static void delta_update_head(ma_backbone *b, int h, size_t n, const float *k, c
         const int nx = cur ^ 1, more = i + 1 < n;
         if (more)
             normalize_into(kh[nx], k + (i + 1) * kstride + (size_t)h * d, d, ld);
-        const float *vi = v + i * vstride + (size_t)h * dv;
-        for (size_t j = 0; j < dv; j++)
-            e[j] = vi[j] - pS[cur][j];
-        memset(e + dv, 0, (ldv - dv) * sizeof(float));
-        for (size_t j = 0; j < d; j++)
-            a[j] = beta * kh[cur][j];
+        bb_load(e, v + i * vstride + (size_t)h * dv, dv, ldv);
+        for (size_t j = 0; j < ldv / BB_LANES; j++)
+            BB_V(e)[j] -= BB_V(pS[cur])[j];
+        for (size_t j = 0; j < ld / BB_LANES; j++)
+            BB_V(a)[j] = beta * BB_V(kh[cur])[j];
         /* S += beta (v − S k̂) k̂ᵀ, i.e. row j of Sᵀ gains beta·k̂_j·e. */
         bb_rank1_matvec(St, ldv, d, a, e, more ? kh[nx] : NULL, pS[nx], NULL, NULL);
         cur = nx;
@@ -322,24 +321,23 @@ static void linear_update_head(ma_backbone *b, int h, size_t n, const float *k, 
     const size_t d = (size_t)b->dim, dv = (size_t)b->vdim, ld = b->ld, ldv = b->ldv;
     const size_t kstride = (size_t)b->heads * d, vstride = (size_t)b->heads * dv;
     float *St = b->S + (size_t)h * d * ldv;
-    double *z = b->z + (size_t)h * d;
+    double *z = b->z + (size_t)h * ld;
     const size_t block = 256;  /* rows of phi(K) per sgemm, see work_floats() */
     float *phi = b->work, *pk = b->work + block * d, *pv = pk + ld;
 
-    for (size_t i = 0; i < n; i++) {
-        const float *ki = k + i * kstride + (size_t)h * d;
-        for (size_t j = 0; j < d; j++)
-            z[j] += b->feature == MA_FEATURE_ELU1 ? (double)elu1(ki[j]) : (double)ki[j];
-    }
     if (n < LIN_GEMM_MIN) {
         /* A few events: one row sweep each (an sgemm call costs more than it saves here). */
         for (size_t i = 0; i < n; i++) {
             phi_into(pk, k + i * kstride + (size_t)h * d, d, ld, b->feature);
-            memcpy(pv, v + i * vstride + (size_t)h * dv, dv * sizeof(float));
-            memset(pv + dv, 0, (ldv - dv) * sizeof(float));
+            bb_acc_double(z, pk, ld);
+            bb_load(pv, v + i * vstride + (size_t)h * dv, dv, ldv);
             bb_rank1_matvec(St, ldv, d, pk, pv, NULL, NULL, NULL, NULL);
         }
         return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        phi_into(pk, k + i * kstride + (size_t)h * d, d, ld, b->feature);
+        bb_acc_double(z, pk, ld);
     }
     /* Sᵀ += phi(K)ᵀ V over the batch. */
     for (size_t i0 = 0; i0 < n; i0 += block) {
@@ -397,11 +395,12 @@ int ma_backbone_read(const ma_backbone *b, size_t n, const float *q, float *out,
     /* Queries are normalised before the product (so no query overflows a float sum) and the true scale
      * of each read is applied to the output row afterwards. */
     float qb[READ_BLOCK] __attribute__((aligned(BB_ALIGN)));
+    float qp[MA_MAX_DIM] __attribute__((aligned(BB_ALIGN))), op[MA_MAX_DIM] __attribute__((aligned(BB_ALIGN)));
     double scale[READ_BLOCK];
     const size_t rows = d <= READ_BLOCK ? READ_BLOCK / d : 1;
     for (size_t h = 0; h < H; h++) {
         const float *St = b->S + h * d * b->ldv;
-        const double *z = b->z ? b->z + h * d : NULL;
+        const double *z = b->z ? b->z + h * b->ld : NULL;
         for (size_t i0 = 0; i0 < n; i0 += rows) {
             const size_t m = n - i0 < rows ? n - i0 : rows;
             for (size_t i = 0; i < m; i++) {
@@ -424,6 +423,16 @@ int ma_backbone_read(const ma_backbone *b, size_t n, const float *q, float *out,
                 scale[i] = sc;
             }
             float *o = out + i0 * H * dv + h * dv;
+            if (m < READ_GEMM_MIN) {
+                /* One or two queries: the row sweep beats sgemm's call and packing overhead. */
+                for (size_t i = 0; i < m; i++) {
+                    bb_load(qp, qb + i * d, d, b->ld);
+                    bb_matvec(St, b->ldv, d, qp, op);
+                    for (size_t j = 0; j < dv; j++)
+                        o[i * H * dv + j] = (float)(op[j] * scale[i]);
+                }
+                continue;
+            }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)dv, (int)d, 1.0f, qb, (int)d,
                         St, (int)b->ldv, 0.0f, o, (int)(H * dv));
             for (size_t i = 0; i < m; i++)
@@ -472,7 +481,7 @@ size_t ma_backbone_bytes(const ma_backbone *b)
     if (b->A)
         n += padded_bytes(H * d * b->ld);
     if (b->z)
-        n += H * d * sizeof(double);
+        n += padded_bytes(2 * H * b->ld);
     if (b->work)
         n += padded_bytes(b->work_len);
     return n;
@@ -597,7 +606,7 @@ int ma_backbone_serialize(const ma_backbone *b, void **buf, size_t *len)
         if (b->A)
             p = put_rows(p, b->A + h * d * b->ld, d, d, b->ld);
         for (size_t j = 0; b->z && j < d; j++, p += 8)
-            putf64(p, b->z[h * d + j]);
+            putf64(p, b->z[h * b->ld + j]);
     }
     put64(p, fnv1a(out, FMT_HEADER + pay));
     *buf = out;
@@ -643,7 +652,7 @@ int ma_backbone_restore(const ma_params *p, const void *buf, size_t len, ma_back
         if (b->A)
             q = get_rows(q, b->A + h * d * b->ld, d, d, b->ld);
         for (size_t j = 0; b->z && j < d; j++, q += 8)
-            b->z[h * d + j] = getf64(q);
+            b->z[h * b->ld + j] = getf64(q);
     }
     *out = b;
     return 0;
