@@ -6,15 +6,18 @@
  *  - One record per name ever written, found through a chained hash table (FNV-1a of the name). A record
  *    keeps its whole history as an array of versions; a version owns one block holding key then value
  *    (NULL for a tombstone) and its payload text. Versions are immutable once appended.
- *  - Resident records are in an array (for the router's scan) and in a doubly linked list ordered by last
+ *  - Resident records are in an array whose rows also hold a contiguous copy of each current key and its
+ *    per-head norms (the router's scan reads only these), and in a doubly linked list ordered by last
  *    update, least recent first: a capacity eviction walks it from the head, skipping protected slots.
  *  - Nothing fails half-way. Each operation first checks, then allocates everything it needs (version
  *    blocks, hash/array growth), then applies in code that cannot fail. The one allocation an apply step
  *    could still need — the tombstone of a slot evicted for capacity, which may be any resident slot — is
  *    covered by an invariant: a resident record always has room for one more version in its array.
- *  - The router's cosine scan is a plain double-accumulating loop rather than BLAS: M·H·d is small next to
- *    the archive, and a fixed summation order makes scores independent of BLAS threading and of the
- *    order of the resident array, so a restored table answers with the same bits.
+ *  - The router's cosine scan is a plain loop rather than BLAS sgemv: each dot product is summed in a
+ *    fixed order (8 independent float lanes, which the compiler vectorises, then the lanes in order) and
+ *    norms in double, so a score depends only on q and the key — not on BLAS threading, nor on the row a
+ *    key sits in — and a restored table answers with the same bits. bench/bench_slots.c measures it
+ *    against sgemv.
  * Not done here: validation of names and vectors (the server's), text embedding, I/O.
  */
 #include "core/slots.h"
@@ -53,6 +56,8 @@ struct ma_slots {
     rec **bucket;
     size_t nbucket, nrec;
     rec **res;                       /* resident records, unordered */
+    float *rkey;                     /* row i: the current key of res[i] (H·d) */
+    double *rnorm;                   /* row i: its per-head L2 norms (H) */
     size_t nres, res_cap;
     rec *head, *tail;                /* update order */
     size_t bytes;                    /* running total of everything allocated for the table */
@@ -170,13 +175,80 @@ static int reserve_resident(ma_slots *s, size_t need)
         cap *= 2;
     if (cap > (size_t)s->capacity)
         cap = (size_t)s->capacity;
+    /* Each array keeps its own success: a partial failure leaves larger arrays, which is harmless. */
     rec **a = realloc(s->res, cap * sizeof *a);
     if (!a)
         return MA_ENOMEM;
-    s->bytes += (cap - s->res_cap) * sizeof *a;
     s->res = a;
+    float *k = realloc(s->rkey, cap * s->kn * sizeof *k);
+    if (!k)
+        return MA_ENOMEM;
+    s->rkey = k;
+    double *n = realloc(s->rnorm, cap * (size_t)s->heads * sizeof *n);
+    if (!n)
+        return MA_ENOMEM;
+    s->rnorm = n;
+    s->bytes += (cap - s->res_cap) * (sizeof *a + s->kn * sizeof *k + (size_t)s->heads * sizeof *n);
     s->res_cap = cap;
     return 0;
+}
+
+/* ---- cosine ----------------------------------------------------------------------------------- */
+
+static double head_norm(const float *x, int dim)
+{
+    double ss = 0;
+    for (int j = 0; j < dim; j++)
+        ss += (double)x[j] * x[j];
+    return sqrt(ss);
+}
+
+/* a·b summed in a fixed order: 8 independent lanes (vectorisable without reassociation), then the lanes
+ * and the tail in order. */
+static float dot_lanes(const float *a, const float *b, int n)
+{
+    float lane[8] = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++)
+            lane[l] += a[j + l] * b[j + l];
+    float sum = 0;
+    for (int l = 0; l < 8; l++)
+        sum += lane[l];
+    for (; j < n; j++)
+        sum += a[j] * b[j];
+    return sum;
+}
+
+/* Mean over heads of cos(q_h, k_h), given the heads' norms; a zero head scores 0. */
+static double score(const float *q, const double *qn, const float *k, const double *kn, int heads, int dim)
+{
+    double sum = 0;
+    for (int h = 0; h < heads; h++)
+        if (qn[h] > 0 && kn[h] > 0)
+            sum += (double)dot_lanes(q + (size_t)h * (size_t)dim, k + (size_t)h * (size_t)dim, dim) /
+                   (qn[h] * kn[h]);
+    return sum / heads;
+}
+
+static void head_norms(const float *x, int heads, int dim, double *out)
+{
+    for (int h = 0; h < heads; h++)
+        out[h] = head_norm(x + (size_t)h * (size_t)dim, dim);
+}
+
+/* Copies r's current key into its resident row. */
+static void set_row(ma_slots *s, size_t row, const float *key)
+{
+    memcpy(s->rkey + row * s->kn, key, s->kn * sizeof *key);
+    head_norms(key, s->heads, s->dim, s->rnorm + row * (size_t)s->heads);
+}
+
+static void move_row(ma_slots *s, size_t to, size_t from)
+{
+    memcpy(s->rkey + to * s->kn, s->rkey + from * s->kn, s->kn * sizeof *s->rkey);
+    memcpy(s->rnorm + to * (size_t)s->heads, s->rnorm + from * (size_t)s->heads,
+           (size_t)s->heads * sizeof *s->rnorm);
 }
 
 static uint64_t last_version(const rec *r)
@@ -240,6 +312,7 @@ static void evict_rec(ma_slots *s, rec *r, int64_t now)
     append_version(r, last_version(r) + 1, -1, now, NULL, NULL);
     s->res[r->row] = s->res[--s->nres];
     s->res[r->row]->row = r->row;
+    move_row(s, r->row, s->nres);
     lru_unlink(s, r);
     r->resident = false;
     r->protect = false;
@@ -276,6 +349,7 @@ static void apply_write(ma_slots *s, rec *r, uint64_t version, int64_t event, fl
     }
     lru_append(s, r);
     append_version(r, version, event, now, kv, payload);
+    set_row(s, r->row, kv);
     if (protect)
         r->protect = true;
     out.version = version;
@@ -327,6 +401,8 @@ void ma_slots_destroy(ma_slots *s)
         }
     free(s->bucket);
     free(s->res);
+    free(s->rkey);
+    free(s->rnorm);
     free(s);
 }
 
@@ -345,6 +421,8 @@ size_t ma_slots_bytes(const ma_slots *s)
 int ma_slots_put(ma_slots *s, const ma_slot_write *w, bool create_only, uint64_t explicit_version,
                  uint64_t if_match, int64_t now, ma_slot_result *res)
 {
+    if (!ma_name_valid(w->name))
+        return MA_EINVAL;     /* names are fixed-size fields of the result structs */
     rec *r = find(s, w->name);
     bool resident = r && r->resident;
     if (create_only && resident)
@@ -507,6 +585,10 @@ int ma_slots_batch_prepare(ma_slots *s, size_t n, const ma_slot_write *w, ma_slo
     for (size_t i = 0; i < s->nres; i++)
         P += s->res[i]->protect;
     for (size_t i = 0; i < n; i++) {
+        if (!ma_name_valid(w[i].name)) {
+            rc = MA_EINVAL;
+            goto fail;
+        }
         rec *r = find(s, w[i].name);
         if (!r) {
             if (!(r = create_rec(s, w[i].name)))
@@ -700,37 +782,29 @@ int ma_slots_list(const ma_slots *s, ma_slot_info **out, size_t *n)
 
 double ma_slots_cosine(const float *q, const float *k, int heads, int dim)
 {
-    double sum = 0;
-    for (int h = 0; h < heads; h++) {
-        const float *qh = q + (size_t)h * (size_t)dim, *kh = k + (size_t)h * (size_t)dim;
-        double qq = 0, kk = 0, qk = 0;
-        for (int j = 0; j < dim; j++) {
-            qq += (double)qh[j] * qh[j];
-            kk += (double)kh[j] * kh[j];
-            qk += (double)qh[j] * kh[j];
-        }
-        if (qq > 0 && kk > 0)
-            sum += qk / sqrt(qq * kk);
-    }
-    return sum / heads;
+    double qn[MA_MAX_HEADS], kn[MA_MAX_HEADS];
+    head_norms(q, heads, dim, qn);
+    head_norms(k, heads, dim, kn);
+    return score(q, qn, k, kn, heads, dim);
 }
 
-int ma_slots_match(const ma_slots *s, const float *q, ma_slot_view *best, double *score)
+int ma_slots_match(const ma_slots *s, const float *q, ma_slot_view *best, double *out)
 {
+    double qn[MA_MAX_HEADS];
+    head_norms(q, s->heads, s->dim, qn);
     const rec *br = NULL;
     double bs = 0;
     for (size_t i = 0; i < s->nres; i++) {
-        const rec *r = s->res[i];
-        double c = ma_slots_cosine(q, r->ver[r->nver - 1].kv, s->heads, s->dim);
-        if (!br || c > bs || (c == bs && strcmp(r->name, br->name) < 0)) {
-            br = r;
+        double c = score(q, qn, s->rkey + i * s->kn, s->rnorm + i * (size_t)s->heads, s->heads, s->dim);
+        if (!br || c > bs || (c == bs && strcmp(s->res[i]->name, br->name) < 0)) {
+            br = s->res[i];
             bs = c;
         }
     }
     if (!br)
         return MA_ENOTFOUND;
     fill_view(s, br, &br->ver[br->nver - 1], best);
-    *score = bs;
+    *out = bs;
     return 0;
 }
 
@@ -750,7 +824,7 @@ void ma_slots_count_use(const ma_slots *s, const char *name)
  *     u64 versions | per version: u64 version, i64 event, i64 at, u8 kind (0 tombstone, 1 value)
  *       [kind 1: H·d + H·d_v floats as IEEE-754 bits, u8 has_payload, [u64 len, bytes]]
  *   resident update order, least recent first: u64 record ordinal each
- *   u64 FNV-1a 64 of every byte before it
+ *   u64 checksum (see checksum()) of every byte before it
  */
 #define SLOTS_MAGIC "MASLOTS1"
 #define SLOTS_FORMAT 1u
@@ -788,13 +862,56 @@ static void put_u8(wbuf *b, uint8_t x)
     put(b, &x, 1);
 }
 
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define HOST_LE 1
+#else
+#define HOST_LE 0
+#endif
+
+/* Floats are the bulk of a table: on a little-endian host their bytes are already the format's. */
 static void put_floats(wbuf *b, const float *f, size_t n)
 {
+    if (HOST_LE || !b->p) {
+        put(b, f, n * sizeof *f);
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, &f[i], 4);
         put_u32(b, u);
     }
+}
+
+static void get_floats(const unsigned char *p, float *f, size_t n)
+{
+    if (HOST_LE) {
+        memcpy(f, p, n * sizeof *f);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 | (uint32_t)p[4 * i + 2] << 16 |
+                     (uint32_t)p[4 * i + 3] << 24;
+        memcpy(&f[i], &u, 4);
+    }
+}
+
+/* The trailer: FNV-1a's offset basis and prime applied to 8-byte little-endian words (the tail byte by
+ * byte), with an xor-shift after each multiply so that high bits reach low ones. One multiply per 8 bytes
+ * instead of per byte: the table is re-serialised on every commit. Detects corruption, not forgery. */
+static uint64_t checksum(const unsigned char *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w = 0;
+        for (int j = 0; j < 8; j++)
+            w |= (uint64_t)p[i + j] << (8 * j);
+        h = (h ^ w) * 0x100000001b3ULL;
+        h ^= h >> 29;
+    }
+    for (; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
 }
 
 static void emit(const ma_slots *s, rec *const *recs, size_t nrec, wbuf *b)
@@ -859,7 +976,7 @@ int ma_slots_serialize(const ma_slots *s, void **buf, size_t *len)
     if (out) {
         b = (wbuf){out, 0};
         emit(s, recs, nrec, &b);
-        put_u64(&b, ma_fnv1a64(out, b.n));
+        put_u64(&b, checksum(out, b.n));
     }
     free(recs);
     if (!out)
@@ -938,11 +1055,7 @@ static int read_versions(ma_slots *s, rbuf *b, rec *r, uint64_t nver)
                 free(kv);
                 return MA_ENOMEM;
             }
-            for (size_t i = 0; i < nf; i++) {
-                uint32_t u = (uint32_t)fp[4 * i] | (uint32_t)fp[4 * i + 1] << 8 |
-                             (uint32_t)fp[4 * i + 2] << 16 | (uint32_t)fp[4 * i + 3] << 24;
-                memcpy(&kv[i], &u, 4);
-            }
+            get_floats(fp, kv, nf);
             if (has) {
                 memcpy(pl, pp, (size_t)pn);
                 pl[pn] = 0;
@@ -969,7 +1082,7 @@ int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, cons
     uint64_t sum = 0;
     for (int i = 0; i < 8; i++)
         sum |= (uint64_t)((const unsigned char *)buf)[len - 8 + i] << (8 * i);
-    if (memcmp(buf, SLOTS_MAGIC, 8) != 0 || ma_fnv1a64(buf, len - 8) != sum)
+    if (memcmp(buf, SLOTS_MAGIC, 8) != 0 || checksum(buf, len - 8) != sum)
         goto fail;
     rbuf b = {buf, len - 8, 8, false};
     if (get_u32(&b) != SLOTS_FORMAT || get_u32(&b) != (uint32_t)heads || get_u32(&b) != (uint32_t)dim ||
@@ -1028,6 +1141,7 @@ int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, cons
         rec *r = recs[ord];
         r->row = s->nres;
         s->res[s->nres++] = r;
+        set_row(s, r->row, r->ver[r->nver - 1].kv);
         lru_append(s, r);
     }
     if (b.bad || b.off != b.n)

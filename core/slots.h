@@ -15,7 +15,9 @@
  * the table is unchanged. Event batches go through ma_slots_batch_prepare (all checks, all allocations)
  * and ma_slots_batch_commit (cannot fail), so a caller can fail other work in between and abort.
  *
- * Validation: names, dimensions and finiteness are the caller's (the server's); this module trusts them.
+ * Validation: dimensions and finiteness are the caller's (the server's); this module trusts them. Names
+ * are checked (ma_name_valid, MA_EINVAL) where they enter the table, as they are copied into fixed-size
+ * fields.
  * Threads: no lock. Const functions may run in parallel with each other, including ma_slots_count_use
  * (atomic counter); everything else must not run alongside anything on the same table.
  * Not done here: text embedding (core/featurize.h), JSON (payloads are opaque text), persistence I/O.
@@ -55,11 +57,12 @@ typedef struct {
 } ma_slot_write;
 
 /* The write and overwrite verbs. create_only: MA_EEXISTS if the name is resident (write verb); else the
- * slot is overwritten or created (res->created). Checks, in this order: MA_EEXISTS, MA_EPROTECTED,
- * if_match > 0 must equal the current version of a resident slot (else MA_EPRECOND; a name that is not
- * resident has no current version), explicit_version > 0 must be greater than the name's last version
- * (else MA_ECONFLICT) and becomes the new version, MA_EFULL, MA_ENOMEM. An explicit version above
- * MA_SLOT_VERSION_MAX is MA_EINVAL. res (may be NULL) gets the new version and any capacity eviction. */
+ * slot is overwritten or created (res->created). Checks, in this order: MA_EINVAL (name), MA_EEXISTS,
+ * MA_EPROTECTED, if_match > 0 must equal the current version of a resident slot (else MA_EPRECOND; a
+ * name that is not resident has no current version), explicit_version > 0 must be at most
+ * MA_SLOT_VERSION_MAX (else MA_EINVAL) and greater than the name's last version (else MA_ECONFLICT) and
+ * becomes the new version, MA_EFULL, MA_ENOMEM. res (may be NULL) gets the new version and any capacity
+ * eviction. */
 int ma_slots_put(ma_slots *s, const ma_slot_write *w, bool create_only, uint64_t explicit_version,
                  uint64_t if_match, int64_t now, ma_slot_result *res);
 
@@ -81,9 +84,9 @@ typedef struct ma_slots_batch ma_slots_batch;
 
 /* Checks and allocates everything n writes in order need (w[i].event set by the caller). A write to a
  * slot that is protected at its turn (before or by an earlier write of the batch) will be void. Returns
- * MA_EFULL if some write would need a capacity eviction while every resident slot is protected, or
- * MA_ENOMEM; either way *out is NULL and nothing observable changed. The table must not be changed
- * between prepare and commit/abort. n = 0 is valid. */
+ * MA_EINVAL for an invalid name, MA_EFULL if some write would need a capacity eviction while every
+ * resident slot is protected, or MA_ENOMEM; then *out is NULL and nothing observable changed. The table
+ * must not be changed between prepare and commit/abort. n = 0 is valid. */
 int ma_slots_batch_prepare(ma_slots *s, size_t n, const ma_slot_write *w, ma_slots_batch **out);
 
 /* Applies a prepared batch and frees it. out[i] (n entries, may be NULL) gets write i's outcome:
@@ -120,8 +123,9 @@ int ma_slots_history(const ma_slots *s, const char *name, ma_version_info **out,
 /* Resident slots in name (strcmp) order; *out malloc'd, NULL when *n = 0. MA_ENOMEM. */
 int ma_slots_list(const ma_slots *s, ma_slot_info **out, size_t *n);
 
-/* Cosine of q against k per head, averaged over heads (a head where either vector is zero scores 0);
- * accumulated in double in a fixed order, so the result does not depend on anything but q and k. */
+/* Cosine of q against k per head, averaged over heads (a head where either vector is zero scores 0).
+ * Summed in a fixed order (float dot products in 8 lanes, norms in double): the result depends only on
+ * q and k, and equals the score ma_slots_match gives that key, bit for bit. */
 double ma_slots_cosine(const float *q, const float *k, int heads, int dim);
 
 /* The resident slot whose current key has the largest ma_slots_cosine with q (ties: the smaller name).
