@@ -487,6 +487,13 @@ static void test_inconsistent_rows_are_refused(void **state)
     assert_non_null(strstr(errbuf, "session 'p1' has length 1000 but 999 event rows"));
     raw_sql(dir, "UPDATE sessions SET length = 999 WHERE id = 'p1'");   /* count matches, a hole remains */
     assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
+    raw_sql(dir, "DELETE FROM events WHERE sid = (SELECT sid FROM sessions WHERE id = 'p1')");
+    assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);   /* no rows at all */
+    assert_non_null(strstr(errbuf, "but 0 event rows"));
+    /* Rows of a session that is gone (foreign keys off, as another program might have them). */
+    raw_sql(dir, "UPDATE sessions SET length = 0 WHERE id = 'p1'; DELETE FROM sessions WHERE id = 'p2'");
+    assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "missing session"));
     rm_dir(dir);
 
     /* What is loaded is checked too: a short key, state blobs that do not add up. */
