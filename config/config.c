@@ -123,20 +123,26 @@ void cfg_usage(FILE *f)
         const char *field = (const char *)&d + o->off;
         switch (o->type) {
         case T_STRING: case T_ADDR: snprintf(def, sizeof def, "%s", *field ? field : "none"); break;
-        case T_INT: snprintf(def, sizeof def, "%d", *(const int *)field); break;
+        case T_INT:
+            if (strcmp(o->name, "threads") == 0)
+                snprintf(def, sizeof def, "online CPUs (%d here)", *(const int *)field);
+            else
+                snprintf(def, sizeof def, "%d", *(const int *)field);
+            break;
         case T_SIZE: snprintf(def, sizeof def, "%zu", *(const size_t *)field); break;
         case T_DURATION: snprintf(def, sizeof def, "%ums", *(const unsigned *)field); break;
         case T_LEVEL: snprintf(def, sizeof def, "%s", level_names[d.log_level]); break;
         case T_FORMAT: snprintf(def, sizeof def, "%s", format_names[d.log_format]); break;
         }
         if (o->max)
-            fprintf(f, "  --%-18s %-26s %s\n  %-20s %-26s default %s, accepted %llu..%llu\n", o->name, env,
-                    o->help, "", "", def, (unsigned long long)o->min, (unsigned long long)o->max);
+            fprintf(f, "  --%-18s %-26s %s\n  %-20s %-26s default %s, accepted %llu..%llu%s\n", o->name, env,
+                    o->help, "", "", def, (unsigned long long)o->min, (unsigned long long)o->max,
+                    o->type == T_DURATION ? " ms" : o->type == T_SIZE ? " bytes" : "");
         else
             fprintf(f, "  --%-18s %-26s %s\n  %-20s %-26s default %s\n", o->name, env, o->help, "", "", def);
     }
-    fprintf(f, "  --help                                        this text\n"
-               "  --version                                     print the version and exit\n");
+    fprintf(f, "  --%-18s %-26s %s\n  --%-18s %-26s %s\n", "help", "", "this text", "version", "",
+            "print the version and exit");
 }
 
 /* ---- value parsing: each writes a complete message into err on failure ---- */
@@ -152,7 +158,10 @@ static int fail(errbuf *e, const char *src, const option *o, const char *fmt, ..
 {
     if (e->errlen == 0)
         return MA_EINVAL;
-    int n = o ? snprintf(e->err, e->errlen, "%s: %s: ", src, o->name) : snprintf(e->err, e->errlen, "%s: ", src);
+    /* "--threads: ..." names the key already; "MEMATTN_THREADS: threads: ..." and "f.conf:3: threads: ..." */
+    bool flag = strncmp(src, "--", 2) == 0;
+    int n = o && !flag ? snprintf(e->err, e->errlen, "%s: %s: ", src, o->name)
+                       : snprintf(e->err, e->errlen, "%s: ", src);
     if (n < 0 || (size_t)n >= e->errlen)
         return MA_EINVAL;
     va_list ap;
@@ -253,7 +262,9 @@ static int set_value(cfg_config *cfg, const option *o, const char *val, const ch
             what = "a duration (suffix ms, s, m or h; bare number = seconds)";
         }
         if (!ok)
-            return fail(e, src, o, "\"%s\" is not %s", val, what);
+            return fail(e, src, o, "\"%s\" is not %s; expected %llu..%llu%s", val, what,
+                        (unsigned long long)o->min, (unsigned long long)o->max,
+                        o->type == T_DURATION ? " ms" : o->type == T_SIZE ? " bytes" : "");
         if (v < o->min || v > o->max)
             return fail(e, src, o, "\"%s\" is out of range; expected %llu..%llu%s", val, (unsigned long long)o->min,
                         (unsigned long long)o->max, o->type == T_DURATION ? " ms" : o->type == T_SIZE ? " bytes" : "");

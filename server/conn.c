@@ -110,13 +110,14 @@ static void on_shutdown(uv_shutdown_t *sr, int status)
 }
 
 /* The last answer is queued for writing: send FIN after it, then linger. */
-static void conn_shutdown(srv_conn *c)
+void srv_conn_shutdown(srv_conn *c)
 {
     if (c->shutting || c->closing)
         return;
     c->shutting = true;
     c->stop_parsing = true;
-    uv_timer_stop(&c->timer);
+    /* Bounds the wait for a client that does not read the last answer. */
+    timer_start(c, c->srv->cfg.idle_timeout_ms);
     c->shutdown_req.data = c;
     if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) < 0)
         srv_conn_close(c);
@@ -168,21 +169,37 @@ void srv_conn_flush(srv_conn *c)
             c->qtail = NULL;
         c->nqueued--;
         bool last = r->close_after;
-        write_op *op = r->resp_len ? malloc(sizeof(*op)) : NULL;
-        if (!op) {
+        if (!r->resp_len) {   /* the answer could not be serialised (out of memory) */
             srv_request_free(r);
             srv_conn_close(c);
             return;
         }
-        op->req = r;
+        /* Most answers fit the socket buffer: write now and skip the write request and its deferred
+         * callback. uv_try_write refuses (EAGAIN) while earlier writes are queued, keeping order. */
         uv_buf_t b = uv_buf_init(r->resp, (unsigned)r->resp_len);
-        if (uv_write(&op->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (n == (int)r->resp_len) {
             srv_request_free(r);
-            free(op);
-            srv_conn_close(c);
-            return;
+        } else {
+            if (n > 0) {
+                b.base += n;
+                b.len -= (size_t)n;
+            } else if (n != UV_EAGAIN) {
+                srv_request_free(r);
+                srv_conn_close(c);
+                return;
+            }
+            write_op *op = malloc(sizeof(*op));
+            if (op)
+                op->req = r;
+            if (!op || uv_write(&op->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+                free(op);
+                srv_request_free(r);
+                srv_conn_close(c);
+                return;
+            }
+            c->writes_pending++;
         }
-        c->writes_pending++;
         if (last) {
             /* Requests parsed after a closing answer are never answered on this connection. */
             while (c->qhead) {
@@ -197,14 +214,14 @@ void srv_conn_flush(srv_conn *c)
             }
             c->qtail = NULL;
             c->nqueued = 0;
-            conn_shutdown(c);
+            srv_conn_shutdown(c);
             return;
         }
     }
     if (c->qhead || c->cur)
         return;
     if (c->eof || (c->srv->draining && !c->pipeline_full)) {
-        srv_conn_close(c);
+        srv_conn_shutdown(c);   /* after the answers still being written */
         return;
     }
     timer_start(c, c->srv->cfg.idle_timeout_ms);
@@ -231,13 +248,16 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         uv_read_stop(s);
         c->reading = false;
         c->eof = true;
-        /* A request cut off mid-way is abandoned; complete ones still get their answers. */
-        if (c->lingering || nread != UV_EOF || (!c->qhead && !c->shutting)) {
+        if (c->lingering || nread != UV_EOF) {
             srv_conn_close(c);
             return;
         }
+        /* The client has finished sending (it may still read): a request cut off mid-way is
+         * abandoned, complete ones still get their answers, written ones are not cut short. */
         srv_request_free(c->cur);
         c->cur = NULL;
+        if (!c->qhead && !c->shutting)
+            srv_conn_shutdown(c);
         return;
     }
     if (nread == 0 || c->lingering || c->stop_parsing)
@@ -354,8 +374,6 @@ static void fail_cur(srv_conn *c, int status, const char *why)
         srv_request_fail(r, 400, "bad_request", "malformed HTTP request: %s", why);
         break;
     }
-    if (!c->closing)
-        srv_log(CFG_LOG_WARN, "%s: answered %d and closing: %s", c->remote, status, why ? why : "limit exceeded");
 }
 
 static bool media_type_ok(const char *ct)

@@ -4,8 +4,8 @@
  *
  * Design. An answer is serialised at once into one buffer (status line, headers, body), counted in
  * the metrics and logged; the connection then writes the answers at the head of its queue in order
- * (conn.c). Nothing here blocks. Requests arriving while the server drains are answered 503
- * `shutting_down` before routing.
+ * (conn.c). Nothing here blocks. Auth is checked before routing; requests that start after the
+ * drain began never get here (conn.c answers them 503 `shutting_down`).
  *
  * Not done here: content negotiation (every answer is JSON except /metrics), compression, ETags.
  */
@@ -281,15 +281,25 @@ static int finish(srv_request *req, int status, const char *ctype, const char *b
     }
     srv_server *srv = req->srv;
     srv_conn *c = req->conn;
-    if (srv->draining || (c && c->eof))
+    /* Draining, or the client has finished sending: the last request queued on the connection closes
+     * it. Earlier ones keep it open so every request already read still gets its answer. */
+    if (c && (srv->draining || c->eof) && !req->next && !c->cur)
         req->close_after = true;
     bool close = req->close_after || !req->keep_alive;
+    /* 1xx, 204 and 304 carry no body and no Content-Length; HEAD gets the length but no body. */
+    bool no_length = status < 200 || status == 204 || status == 304;
+    if (no_length)
+        blen = 0;
+    size_t send_blen = strcmp(req->method, "HEAD") == 0 ? 0 : blen;
+    char clen[48] = "";
+    if (!no_length)
+        snprintf(clen, sizeof clen, "Content-Length: %zu\r\n", blen);
     char head[512];
-    int hn = snprintf(head, sizeof head,
-                      "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: memattn\r\n%s%s%sContent-Length: %zu\r\n%s",
-                      status, reason_phrase(status), srv_server_date(srv), ctype ? "Content-Type: " : "",
-                      ctype ? ctype : "", ctype ? "\r\n" : "", blen, close ? "Connection: close\r\n" : "");
-    size_t total = (size_t)hn + req->extra.len + 2 + blen;
+    int hn = snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nDate: %s\r\nServer: memattn\r\n%s%s%s%s%s",
+                      status, reason_phrase(status), srv_server_date(srv), ctype && blen ? "Content-Type: " : "",
+                      ctype && blen ? ctype : "", ctype && blen ? "\r\n" : "", clen,
+                      close ? "Connection: close\r\n" : "");
+    size_t total = (size_t)hn + req->extra.len + 2 + send_blen;
     req->resp = malloc(total);
     int rc = 0;
     if (!req->resp) {
@@ -302,8 +312,8 @@ static int finish(srv_request *req, int status, const char *ctype, const char *b
         if (req->extra.len)
             memcpy(req->resp + hn, req->extra.p, req->extra.len);
         memcpy(req->resp + hn + req->extra.len, "\r\n", 2);
-        if (blen)
-            memcpy(req->resp + hn + req->extra.len + 2, body, blen);
+        if (send_blen)
+            memcpy(req->resp + hn + req->extra.len + 2, body, send_blen);
     }
     req->resp_len = total;
     req->body_len = blen;
@@ -313,12 +323,9 @@ static int finish(srv_request *req, int status, const char *ctype, const char *b
         req->close_after = true;
 
     uint64_t us = (uv_hrtime() - req->t_start) / 1000;
-    char st[8];
-    snprintf(st, sizeof st, "%d", status);
-    const char *labels[3] = { req->method[0] ? req->method : "-", req->route, st };
-    srv_metric_child_add(srv_metric_child_getv(srv->m_requests, labels), 1);
-    srv_metric_observe(srv->m_latency, req->route, (double)us / 1e6);
-    srv_log_request(labels[0], req->path ? req->path : (req->url.p ? req->url.p : "-"), status, blen, us,
+    const char *method = req->method[0] ? req->method : "-";
+    srv_server_count(srv, method, req->route, status, (double)us / 1e6);
+    srv_log_request(method, req->path ? req->path : (req->url.p ? req->url.p : "-"), status, blen, us,
                     c ? c->remote : "-");
 
     if (c)
@@ -379,10 +386,14 @@ int srv_respond_error(srv_request *req, int status, const char *code, const char
 void srv_request_fail(srv_request *req, int status, const char *code, const char *fmt, ...)
 {
     req->close_after = true;
+    char msg[1024];
     va_list ap;
     va_start(ap, fmt);
-    verror(req, status, code, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    srv_log(CFG_LOG_WARN, "%s: %s %s: %d %s (closing): %s", req->conn ? req->conn->remote : "-",
+            req->method[0] ? req->method : "-", req->path ? req->path : "-", status, code, msg);
+    srv_respond_error(req, status, code, "%s", msg);
 }
 
 /* ---- dispatch ---- */
@@ -400,9 +411,15 @@ static bool token_equal(const char *given, size_t glen, const char *token)
 void srv_request_dispatch(srv_request *req)
 {
     srv_server *srv = req->srv;
-    if (srv->draining) {
-        srv_request_fail(req, 503, "shutting_down", "the server is shutting down; retry on another instance");
-        return;
+    /* Auth before routing: without the token nothing under /v1/ is revealed, not even which paths exist. */
+    if (srv->cfg.token[0] && strncmp(req->path, "/v1/", 4) == 0) {
+        const char *auth = srv_req_header(req, "Authorization");
+        if (!auth || strncasecmp(auth, "Bearer ", 7) != 0 || !token_equal(auth + 7, strlen(auth + 7), srv->cfg.token)) {
+            srv_resp_header(req, "WWW-Authenticate", "Bearer realm=\"memattn\"");
+            srv_respond_error(req, 401, "unauthorized",
+                              auth ? "the bearer token is not valid" : "missing Authorization: Bearer <token> header");
+            return;
+        }
     }
     char allow[128];
     int rc = srv_router_match(srv->router, req->method, req->path, &req->match, req->params, sizeof req->params,
@@ -425,14 +442,5 @@ void srv_request_dispatch(srv_request *req)
         return;
     }
     snprintf(req->route, sizeof req->route, "%s", req->match.tmpl);
-    if (srv->cfg.token[0] && strncmp(req->path, "/v1/", 4) == 0) {
-        const char *auth = srv_req_header(req, "Authorization");
-        if (!auth || strncasecmp(auth, "Bearer ", 7) != 0 || !token_equal(auth + 7, strlen(auth + 7), srv->cfg.token)) {
-            srv_resp_header(req, "WWW-Authenticate", "Bearer realm=\"memattn\"");
-            srv_respond_error(req, 401, "unauthorized",
-                              auth ? "the bearer token is not valid" : "missing Authorization: Bearer <token> header");
-            return;
-        }
-    }
     req->match.handler(req, req->match.userdata);
 }

@@ -94,6 +94,15 @@ struct srv_conn {
     uv_shutdown_t shutdown_req;
 };
 
+/* The metric children of one (method, route, status), cached on the loop thread so answering a
+ * request does not take the registry's lock. */
+#define SRV_MCACHE 512
+typedef struct {
+    uint64_t hash;             /* 0 = empty slot */
+    char key[160];             /* method NUL route NUL status, for exact comparison */
+    srv_metric_child *requests, *latency;
+} srv_mcache_entry;
+
 struct srv_server {
     uv_loop_t *loop;
     cfg_config cfg;
@@ -114,6 +123,7 @@ struct srv_server {
     bool drained_called;
     srv_metric *m_requests, *m_latency, *m_conns, *m_queue, *m_rejected, *m_inflight;
     srv_metric_child *c_conns;
+    srv_mcache_entry *mcache;   /* SRV_MCACHE entries, open addressing; full = fall back to lookups */
     char *rbuf;                 /* the read buffer: input is consumed (or copied) inside on_read */
     char date[40];              /* cached Date header value */
     uint64_t date_sec;
@@ -124,6 +134,7 @@ struct srv_server {
 void srv_conn_accept(srv_server *srv);
 void srv_conn_flush(srv_conn *c);          /* writes answered requests at the queue head */
 void srv_conn_close(srv_conn *c);
+void srv_conn_shutdown(srv_conn *c);      /* FIN after pending writes, then linger and close */
 void srv_settings_init(llhttp_settings_t *s);
 
 /* http.c */
@@ -135,6 +146,8 @@ void srv_request_fail(srv_request *req, int status, const char *code, const char
     __attribute__((format(printf, 4, 5)));
 
 /* server.c */
+/* Counts an answered request in the request counter and latency histogram (loop thread). */
+void srv_server_count(srv_server *srv, const char *method, const char *route, int status, double seconds);
 void srv_server_conn_gone(srv_server *srv);       /* a connection was freed: drain bookkeeping */
 const char *srv_server_date(srv_server *srv);
 void srv_server_reject(srv_server *srv, const char *reason);   /* counts a limit rejection */

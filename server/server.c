@@ -80,9 +80,10 @@ int srv_server_create(uv_loop_t *loop, const cfg_config *cfg, srv_server **out, 
     srv->cfg = *cfg;
     srv_settings_init(&srv->settings);
     srv->rbuf = malloc(65536);
+    srv->mcache = calloc(SRV_MCACHE, sizeof(*srv->mcache));
     srv->router = srv_router_create();
     srv->metrics = srv_metrics_create();
-    if (!srv->rbuf || !srv->router || !srv->metrics || register_metrics(srv) < 0)
+    if (!srv->rbuf || !srv->mcache || !srv->router || !srv->metrics || register_metrics(srv) < 0)
         goto fail;
     if ((rc = srv_pool_create(loop, cfg->threads, cfg->queue_max, &srv->pool)) < 0)
         goto fail;
@@ -103,6 +104,7 @@ fail:
         srv_router_destroy(srv->router);
         srv_metrics_destroy(srv->metrics);
         free(srv->rbuf);
+        free(srv->mcache);
         free(srv);
     }
     return rc;
@@ -125,6 +127,50 @@ const char *srv_server_date(srv_server *srv)
         strftime(srv->date, sizeof srv->date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
     }
     return srv->date;
+}
+
+void srv_server_count(srv_server *srv, const char *method, const char *route, int status, double seconds)
+{
+    char key[160];
+    int kl = snprintf(key, sizeof key, "%s%c%s%c%d", method, 0, route, 0, status);
+    if (kl < 0 || (size_t)kl >= sizeof key)
+        kl = sizeof key - 1;
+    uint64_t h = 1469598103934665603ull;   /* FNV-1a over the key, never 0 */
+    for (int i = 0; i < kl; i++)
+        h = (h ^ (uint8_t)key[i]) * 1099511628211ull;
+    h |= 1;
+    srv_mcache_entry *e = NULL;
+    for (size_t i = 0, slot = h % SRV_MCACHE; i < SRV_MCACHE; i++, slot = (slot + 1) % SRV_MCACHE) {
+        srv_mcache_entry *s = &srv->mcache[slot];
+        if (s->hash == h && memcmp(s->key, key, (size_t)kl + 1) == 0) {
+            e = s;
+            break;
+        }
+        if (s->hash == 0) {
+            char st[8];
+            snprintf(st, sizeof st, "%d", status);
+            const char *labels[3] = { method, route, st };
+            s->requests = srv_metric_child_getv(srv->m_requests, labels);
+            s->latency = srv_metric_child_get(srv->m_latency, route);
+            if (s->requests && s->latency) {
+                s->hash = h;
+                memcpy(s->key, key, (size_t)kl + 1);
+                e = s;
+            }
+            break;
+        }
+    }
+    if (e) {
+        srv_metric_child_add(e->requests, 1);
+        srv_metric_child_observe(e->latency, seconds);
+        return;
+    }
+    /* Cache full (more distinct label sets than slots) or out of memory: look up each time. */
+    char st[8];
+    snprintf(st, sizeof st, "%d", status);
+    const char *labels[3] = { method, route, st };
+    srv_metric_child_add(srv_metric_child_getv(srv->m_requests, labels), 1);
+    srv_metric_observe(srv->m_latency, route, seconds);
 }
 
 void srv_server_reject(srv_server *srv, const char *reason)
@@ -231,8 +277,12 @@ void srv_server_drain(srv_server *srv, void (*on_drained)(srv_server *srv, void 
     }
     for (srv_conn *c = srv->conns, *next; c; c = next) {
         next = c->next;
-        if (!c->cur && !c->qhead && !c->shutting)
-            srv_conn_close(c);   /* idle keep-alive */
+        if (c->cur || c->qhead || c->shutting)
+            continue;            /* in flight: its last answer closes it */
+        if (c->writes_pending)
+            srv_conn_shutdown(c);   /* an answer is still being written */
+        else
+            srv_conn_close(c);      /* idle keep-alive */
     }
     uv_timer_start(&srv->drain_timer, on_drain_timeout, srv->cfg.drain_timeout_ms, 0);
     /* Connections close asynchronously; maybe_drained runs from their close callbacks. With none
@@ -267,5 +317,6 @@ void srv_server_destroy(srv_server *srv)
     srv_router_destroy(srv->router);
     srv_metrics_destroy(srv->metrics);
     free(srv->rbuf);
+    free(srv->mcache);
     free(srv);
 }

@@ -21,7 +21,8 @@
 
 typedef struct srv_server srv_server;
 
-/* Creates a server on `loop` with the limits, token and thread count of `cfg` (copied). Starts the
+/* Creates a server on `loop` (the process must ignore SIGPIPE, as memattnd's main does: writes to a
+ * peer that has reset would otherwise kill it), with the limits, token and thread count of `cfg` (copied). Starts the
  * worker pool. Returns 0 and *out, or MA_ENOMEM / MA_EINVAL with a message in err. */
 int srv_server_create(uv_loop_t *loop, const cfg_config *cfg, srv_server **out, char *err,
                       size_t errlen);
