@@ -67,8 +67,22 @@ int ma_archive_read_full(const ma_archive *a, const float *q, ma_read_result *r)
 /* Exact softmax attention over the last `window` events. */
 int ma_archive_read_window(const ma_archive *a, const float *q, int window, ma_read_result *r);
 
-/* Sparse read through the session's selector; topk <= 0 means ma_params.topk. */
+/* Sparse read through the session's selector; topk <= 0 means ma_params.topk. What topk means:
+ *  - chunks: the topk best-scoring chunks are read (at most topk·C events attended);
+ *  - index: the topk clusters nearest to q are probed, their events scored exactly, and the best topk·C
+ *    of them attended (the same attention budget as the chunks selector).
+ * events_scored counts the chunk summaries' events (chunks: every chunk in a selected chunk) or the
+ * probed events (index). */
 int ma_archive_read_sparse(const ma_archive *a, const float *q, int topk, ma_read_result *r);
+
+/* How the chunks selector scores a chunk against q (summed over heads):
+ *  - BOUND (default): Quest's upper bound of q.k over the chunk, sum_j max(q_j min_j, q_j max_j);
+ *  - MEAN: q . (mean key of the chunk);
+ *  - BOTH: half the chunks (rounded up) by BOUND, the rest by MEAN.
+ * A runtime setting for comparisons (bench/); not part of the config nor of the serialised state. Must not
+ * run alongside a read. Added to the agreed interface by the archive helper (additive). */
+typedef enum { MA_CHUNK_SCORE_BOUND = 0, MA_CHUNK_SCORE_MEAN, MA_CHUNK_SCORE_BOTH } ma_chunk_score;
+void ma_archive_set_chunk_score(ma_archive *a, ma_chunk_score s);
 
 /* Bytes held in RAM (resident chunks, summaries, index) and the bytes all events take in full. */
 size_t ma_archive_bytes(const ma_archive *a);

@@ -1,0 +1,979 @@
+/*
+ * core/archive.c — the archive of every event's keys and values, and the reads over it (core/archive.h).
+ *
+ * Layout. Events are appended to chunks of C events (the last one may be partial). A chunk's keys and
+ * values are two arrays in the archive's event-major, head-major layout, so a chunk is directly a segment
+ * for the attention kernel (core/attn.c). Per chunk the archive keeps a summary — mean key, per-dimension
+ * min and max, each H·d floats, in three flat arrays so that scoring every chunk is one or two sgemv —
+ * and, for the `index` selector, an inverted-file index (core/ivf.c) with its own copy of the keys.
+ *
+ * Paging. A chunk is either owned (resident, never evicted) or absent. With a chunk source set,
+ * ma_archive_release() frees the owned storage of sealed (full) chunks; a read then gets them through a
+ * small LRU cache of cache_chunks entries. Cache entries are reference-counted while a read uses them and
+ * loaded outside the lock (other readers of the same chunk wait on a condition variable); when every
+ * entry is in use a read gets an extra entry, freed again when released, so a read never fails for a
+ * small cache (it only costs memory for its duration). The tail (partial) chunk is always owned.
+ *
+ * Reads: full (every chunk), window (the last W events), sparse through the selector (chunks: top-k
+ * chunks by summary score; index: probe the nearest clusters, attend over the best topk·C probed events).
+ * Each ends in the exact kernel ma_attn over the selected events.
+ *
+ * Not here: no online softmax over the chunk stream (a full read of a paged archive holds every chunk for
+ * its duration), no eviction of the summaries or the index (they stay resident by design), no locking of
+ * appends against reads (the session serialises mutations).
+ */
+#include "core/archive.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/attn.h"
+#include "core/error.h"
+#include "core/ivf.h"
+
+typedef struct {
+    float *k, *v;         /* owned storage, or NULL when the chunk is only in the source */
+    uint32_t n, cap;      /* events held; events the owned arrays can hold */
+} chunk;
+
+typedef struct {
+    uint32_t chunk;
+    int refs;             /* readers using it; > 0 while loading */
+    bool ready;           /* loaded */
+    uint64_t tick;        /* last use, for LRU */
+    float *k, *v;
+} centry;
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;    /* signalled when an entry finished loading (or failed) */
+    centry **e;           /* pointers, so that readers' references survive array changes */
+    size_t n, alloc, cap;
+    uint64_t clock;
+    size_t bytes;
+} ccache;
+
+struct ma_archive {
+    int H, d, dv, C, topk, window;
+    ma_selector selector;
+    ma_chunk_score cscore;
+    size_t kf, vf;                 /* floats per event: H·d and H·d_v */
+    uint64_t length;
+    uint32_t nchunks;
+    size_t ch_alloc, sum_alloc[3]; /* capacities of ch and of mean / mn / mx (rows) */
+    chunk *ch;
+    float *mean, *mn, *mx;         /* [chunk][H·d] */
+    double *tail_sum;              /* running sum of the last chunk's keys (its mean, exactly) */
+    size_t owned_bytes;
+    ma_ivf *ivf;                   /* selector index only */
+    bool has_src;
+    ma_chunk_source src;
+    ccache *cache;                 /* with a source */
+};
+
+/* A reader's hold on one chunk's data. */
+typedef struct {
+    const float *k, *v;
+    centry *e;            /* NULL for an owned chunk */
+} cref;
+
+void ma_read_result_clear(ma_read_result *r)
+{
+    if (!r)
+        return;
+    free(r->chunks);
+    r->chunks = NULL;
+    r->n_chunks = 0;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------- */
+
+static ma_archive *alloc_archive(const ma_params *p)
+{
+    ma_archive *a = calloc(1, sizeof *a);
+    if (!a)
+        return NULL;
+    a->H = p->heads;
+    a->d = p->dim;
+    a->dv = p->value_dim;
+    a->C = p->chunk;
+    a->topk = p->topk;
+    a->window = p->window;
+    a->selector = p->selector;
+    a->cscore = MA_CHUNK_SCORE_BOUND;
+    a->kf = (size_t)a->H * a->d;
+    a->vf = (size_t)a->H * a->dv;
+    a->tail_sum = calloc(a->kf, sizeof(double));
+    if (!a->tail_sum) {
+        free(a);
+        return NULL;
+    }
+    return a;
+}
+
+int ma_archive_create(const ma_params *p, ma_archive **out)
+{
+    if (!p || !out || ma_params_validate(p, NULL, 0) != 0)
+        return MA_EINVAL;
+    ma_archive *a = alloc_archive(p);
+    if (!a)
+        return MA_ENOMEM;
+    if (a->selector == MA_SELECTOR_INDEX) {
+        int rc = ma_ivf_create(a->H, a->d, &a->ivf);
+        if (rc) {
+            ma_archive_destroy(a);
+            return rc;
+        }
+    }
+    *out = a;
+    return 0;
+}
+
+static void cache_free(ccache *cc)
+{
+    if (!cc)
+        return;
+    for (size_t i = 0; i < cc->n; i++) {
+        free(cc->e[i]->k);
+        free(cc->e[i]->v);
+        free(cc->e[i]);
+    }
+    free(cc->e);
+    pthread_mutex_destroy(&cc->mu);
+    pthread_cond_destroy(&cc->cv);
+    free(cc);
+}
+
+void ma_archive_destroy(ma_archive *a)
+{
+    if (!a)
+        return;
+    for (uint32_t c = 0; c < a->nchunks; c++) {
+        free(a->ch[c].k);
+        free(a->ch[c].v);
+    }
+    free(a->ch);
+    free(a->mean);
+    free(a->mn);
+    free(a->mx);
+    free(a->tail_sum);
+    ma_ivf_destroy(a->ivf);
+    cache_free(a->cache);
+    free(a);
+}
+
+uint64_t ma_archive_length(const ma_archive *a)
+{
+    return a->length;
+}
+
+uint32_t ma_archive_chunks(const ma_archive *a)
+{
+    return a->nchunks;
+}
+
+void ma_archive_set_chunk_score(ma_archive *a, ma_chunk_score s)
+{
+    if (s == MA_CHUNK_SCORE_BOUND || s == MA_CHUNK_SCORE_MEAN || s == MA_CHUNK_SCORE_BOTH)
+        a->cscore = s;
+}
+
+/* ---- append ---------------------------------------------------------------------------------- */
+
+/* Makes room for nc chunks in the chunk table and the summaries. Entries past nchunks stay zero. */
+static int grow_tables(ma_archive *a, uint32_t nc)
+{
+    if (nc > a->ch_alloc) {
+        size_t na = a->ch_alloc ? a->ch_alloc * 2 : 16;
+        if (na < nc)
+            na = nc;
+        chunk *ch = realloc(a->ch, na * sizeof *ch);
+        if (!ch)
+            return MA_ENOMEM;
+        memset(ch + a->ch_alloc, 0, (na - a->ch_alloc) * sizeof *ch);
+        a->ch = ch;
+        a->ch_alloc = na;
+    }
+    float **arr[3] = {&a->mean, &a->mn, &a->mx};
+    for (int i = 0; i < 3; i++) {
+        if (nc <= a->sum_alloc[i])
+            continue;
+        size_t na = a->ch_alloc;
+        float *p = realloc(*arr[i], na * a->kf * sizeof(float));
+        if (!p)
+            return MA_ENOMEM;
+        *arr[i] = p;
+        a->sum_alloc[i] = na;
+    }
+    return 0;
+}
+
+/* Ensures chunk c's owned arrays hold `need` events (growing geometrically up to C). */
+static int reserve_chunk(ma_archive *a, uint32_t c, uint32_t need)
+{
+    chunk *ch = &a->ch[c];
+    if (ch->cap >= need)
+        return 0;
+    uint32_t cap = ch->cap ? ch->cap * 2 : 8;
+    if (cap < need)
+        cap = need;
+    if (cap > (uint32_t)a->C)
+        cap = (uint32_t)a->C;
+    float *k = realloc(ch->k, (size_t)cap * a->kf * sizeof(float));
+    if (!k)
+        return MA_ENOMEM;
+    ch->k = k;
+    float *v = realloc(ch->v, (size_t)cap * a->vf * sizeof(float));
+    if (!v)
+        return MA_ENOMEM;   /* k is merely larger than cap says; harmless */
+    ch->v = v;
+    a->owned_bytes += (size_t)(cap - ch->cap) * (a->kf + a->vf) * sizeof(float);
+    ch->cap = cap;
+    return 0;
+}
+
+int ma_archive_append(ma_archive *a, size_t n, const float *k, const float *v)
+{
+    if (n == 0)
+        return 0;
+    const uint64_t C = (uint64_t)a->C;
+    uint64_t newlen = a->length + n;
+    uint64_t nc64 = (newlen + C - 1) / C;
+    if (nc64 > UINT32_MAX)
+        return MA_ENOMEM;
+    uint32_t nc = (uint32_t)nc64;
+    uint32_t c0 = (uint32_t)(a->length / C);
+    int rc = grow_tables(a, nc);
+    if (rc)
+        return rc;
+
+    /* Storage first (nothing visible changes), then the index, then the copy, which cannot fail. */
+    for (uint32_t c = c0; c < nc; c++) {
+        uint64_t after = newlen - (uint64_t)c * C;
+        rc = reserve_chunk(a, c, (uint32_t)(after < C ? after : C));
+        if (rc)
+            goto fail;
+    }
+    if (a->ivf) {
+        rc = ma_ivf_add(a->ivf, n, k);
+        if (rc)
+            goto fail;
+    }
+
+    for (size_t i = 0; i < n; i++) {
+        uint64_t idx = a->length + i;
+        uint32_t c = (uint32_t)(idx / C), r = (uint32_t)(idx % C);
+        chunk *ch = &a->ch[c];
+        const float *ki = k + i * a->kf;
+        memcpy(ch->k + (size_t)r * a->kf, ki, a->kf * sizeof(float));
+        memcpy(ch->v + (size_t)r * a->vf, v + i * a->vf, a->vf * sizeof(float));
+        ch->n = r + 1;
+        float *mn = a->mn + (size_t)c * a->kf, *mx = a->mx + (size_t)c * a->kf;
+        if (r == 0) {
+            memset(a->tail_sum, 0, a->kf * sizeof(double));
+            memcpy(mn, ki, a->kf * sizeof(float));
+            memcpy(mx, ki, a->kf * sizeof(float));
+        }
+        for (size_t j = 0; j < a->kf; j++) {
+            a->tail_sum[j] += ki[j];
+            if (ki[j] < mn[j])
+                mn[j] = ki[j];
+            if (ki[j] > mx[j])
+                mx[j] = ki[j];
+        }
+        if (r + 1 == C || i + 1 == n) {
+            float *mean = a->mean + (size_t)c * a->kf;
+            for (size_t j = 0; j < a->kf; j++)
+                mean[j] = (float)(a->tail_sum[j] / (r + 1));
+        }
+    }
+    a->length = newlen;
+    a->nchunks = nc;
+    return 0;
+
+fail:
+    /* Chunks that did not exist before get their storage back; the partial tail keeps its larger arrays. */
+    for (uint32_t c = a->nchunks; c < nc; c++) {
+        chunk *ch = &a->ch[c];
+        a->owned_bytes -= (size_t)ch->cap * (a->kf + a->vf) * sizeof(float);
+        free(ch->k);
+        free(ch->v);
+        memset(ch, 0, sizeof *ch);
+    }
+    return rc;
+}
+
+/* ---- chunk access (owned or through the cache) ----------------------------------------------- */
+
+static size_t entry_bytes(const ma_archive *a)
+{
+    return (size_t)a->C * (a->kf + a->vf) * sizeof(float) + sizeof(centry);
+}
+
+static void entry_remove(ccache *cc, centry *e)
+{
+    for (size_t i = 0; i < cc->n; i++) {
+        if (cc->e[i] == e) {
+            cc->e[i] = cc->e[--cc->n];
+            break;
+        }
+    }
+    free(e->k);
+    free(e->v);
+    free(e);
+}
+
+static int chunk_acquire(const ma_archive *a, uint32_t c, cref *r)
+{
+    const chunk *ch = &a->ch[c];
+    if (ch->k) {
+        r->k = ch->k;
+        r->v = ch->v;
+        r->e = NULL;
+        return 0;
+    }
+    if (!a->has_src)
+        return MA_EIO;   /* unreachable: chunks are only released with a source set */
+    ccache *cc = a->cache;
+    pthread_mutex_lock(&cc->mu);
+    for (;;) {
+        centry *hit = NULL;
+        for (size_t i = 0; i < cc->n; i++)
+            if (cc->e[i]->chunk == c) {
+                hit = cc->e[i];
+                break;
+            }
+        if (!hit)
+            break;
+        if (!hit->ready) {
+            pthread_cond_wait(&cc->cv, &cc->mu);
+            continue;   /* re-find: the entry may have failed and gone */
+        }
+        hit->refs++;
+        hit->tick = ++cc->clock;
+        pthread_mutex_unlock(&cc->mu);
+        r->k = hit->k;
+        r->v = hit->v;
+        r->e = hit;
+        return 0;
+    }
+
+    centry *e = NULL;
+    if (cc->n >= cc->cap) {
+        for (size_t i = 0; i < cc->n; i++) {
+            centry *x = cc->e[i];
+            if (x->refs == 0 && x->ready && (!e || x->tick < e->tick))
+                e = x;
+        }
+    }
+    if (!e) {
+        if (cc->n == cc->alloc) {
+            size_t na = cc->alloc ? cc->alloc * 2 : 8;
+            centry **p = realloc(cc->e, na * sizeof *p);
+            if (!p)
+                goto oom;
+            cc->e = p;
+            cc->alloc = na;
+        }
+        e = calloc(1, sizeof *e);
+        if (!e)
+            goto oom;
+        e->k = malloc((size_t)a->C * a->kf * sizeof(float));
+        e->v = malloc((size_t)a->C * a->vf * sizeof(float));
+        if (!e->k || !e->v) {
+            free(e->k);
+            free(e->v);
+            free(e);
+            goto oom;
+        }
+        cc->e[cc->n++] = e;
+        cc->bytes += entry_bytes(a);
+    }
+    e->chunk = c;
+    e->ready = false;
+    e->refs = 1;
+    pthread_mutex_unlock(&cc->mu);
+
+    /* Loading outside the lock: other chunks stay readable meanwhile. */
+    int rc = a->src.load(a->src.ctx, c, e->k, e->v, ch->n);
+
+    pthread_mutex_lock(&cc->mu);
+    if (rc) {
+        cc->bytes -= entry_bytes(a);
+        entry_remove(cc, e);
+    } else {
+        e->ready = true;
+        e->tick = ++cc->clock;
+    }
+    pthread_cond_broadcast(&cc->cv);
+    pthread_mutex_unlock(&cc->mu);
+    if (rc)
+        return rc;
+    r->k = e->k;
+    r->v = e->v;
+    r->e = e;
+    return 0;
+oom:
+    pthread_mutex_unlock(&cc->mu);
+    return MA_ENOMEM;
+}
+
+static void chunk_release(const ma_archive *a, cref *r)
+{
+    if (!r->e)
+        return;
+    ccache *cc = a->cache;
+    pthread_mutex_lock(&cc->mu);
+    if (--r->e->refs == 0 && cc->n > cc->cap) {
+        cc->bytes -= entry_bytes(a);
+        entry_remove(cc, r->e);
+    }
+    pthread_mutex_unlock(&cc->mu);
+    r->e = NULL;
+}
+
+int ma_archive_get(const ma_archive *a, uint64_t i, float *k, float *v)
+{
+    if (i >= a->length)
+        return MA_ENOTFOUND;
+    uint32_t c = (uint32_t)(i / (uint64_t)a->C), row = (uint32_t)(i % (uint64_t)a->C);
+    cref r;
+    int rc = chunk_acquire(a, c, &r);
+    if (rc)
+        return rc;
+    if (k)
+        memcpy(k, r.k + (size_t)row * a->kf, a->kf * sizeof(float));
+    if (v)
+        memcpy(v, r.v + (size_t)row * a->vf, a->vf * sizeof(float));
+    chunk_release(a, &r);
+    return 0;
+}
+
+/* ---- reads ----------------------------------------------------------------------------------- */
+
+static void fill_result(ma_read_result *r, const ma_attn_best *b, uint32_t *chunks, size_t n_chunks,
+                        uint64_t scored)
+{
+    r->pointer = b->pointer;
+    r->score = b->score;
+    r->weight = b->weight;
+    r->chunks = chunks;
+    r->n_chunks = n_chunks;
+    r->events_scored = scored;
+}
+
+/* Exact attention over the events in [lo, hi) of the listed chunks (ascending). Takes ownership of cl
+ * (it becomes r->chunks on success, freed on failure). */
+static int attend_chunks(const ma_archive *a, const float *q, uint32_t *cl, size_t ncl, uint64_t lo,
+                         uint64_t hi, ma_read_result *r)
+{
+    int rc = MA_ENOMEM;
+    size_t held = 0;
+    cref *refs = calloc(ncl ? ncl : 1, sizeof *refs);
+    ma_attn_seg *segs = calloc(ncl ? ncl : 1, sizeof *segs);
+    if (!refs || !segs)
+        goto done;
+    uint64_t scored = 0;
+    for (size_t i = 0; i < ncl; i++) {
+        rc = chunk_acquire(a, cl[i], &refs[i]);
+        if (rc)
+            goto done;
+        held++;
+        uint64_t c0 = (uint64_t)cl[i] * (uint64_t)a->C, c1 = c0 + a->ch[cl[i]].n;
+        uint64_t s0 = c0 > lo ? c0 : lo, s1 = c1 < hi ? c1 : hi;
+        if (s1 < s0)
+            s1 = s0;
+        segs[i].k = refs[i].k + (size_t)(s0 - c0) * a->kf;
+        segs[i].v = refs[i].v + (size_t)(s0 - c0) * a->vf;
+        segs[i].n = (size_t)(s1 - s0);
+        segs[i].first = s0;
+        scored += s1 - s0;
+    }
+    ma_attn_best best;
+    rc = ma_attn(segs, ncl, a->H, a->d, a->dv, q, r->v, &best);
+    if (rc == 0) {
+        fill_result(r, &best, cl, ncl, scored);
+        cl = NULL;
+    }
+done:
+    for (size_t i = 0; i < held; i++)
+        chunk_release(a, &refs[i]);
+    free(refs);
+    free(segs);
+    free(cl);
+    return rc;
+}
+
+static int range_chunks(const ma_archive *a, uint64_t lo, uint64_t hi, uint32_t **cl, size_t *ncl)
+{
+    uint32_t c0 = (uint32_t)(lo / (uint64_t)a->C), c1 = (uint32_t)((hi - 1) / (uint64_t)a->C);
+    *ncl = (size_t)c1 - c0 + 1;
+    *cl = malloc(*ncl * sizeof **cl);
+    if (!*cl)
+        return MA_ENOMEM;
+    for (size_t i = 0; i < *ncl; i++)
+        (*cl)[i] = c0 + (uint32_t)i;
+    return 0;
+}
+
+int ma_archive_read_full(const ma_archive *a, const float *q, ma_read_result *r)
+{
+    if (a->length == 0)
+        return MA_ENOTFOUND;
+    uint32_t *cl;
+    size_t ncl;
+    int rc = range_chunks(a, 0, a->length, &cl, &ncl);
+    if (rc)
+        return rc;
+    return attend_chunks(a, q, cl, ncl, 0, a->length, r);
+}
+
+int ma_archive_read_window(const ma_archive *a, const float *q, int window, ma_read_result *r)
+{
+    if (a->length == 0)
+        return MA_ENOTFOUND;
+    uint64_t w = (uint64_t)(window > 0 ? window : a->window);
+    uint64_t lo = a->length > w ? a->length - w : 0;
+    uint32_t *cl;
+    size_t ncl;
+    int rc = range_chunks(a, lo, a->length, &cl, &ncl);
+    if (rc)
+        return rc;
+    return attend_chunks(a, q, cl, ncl, lo, a->length, r);
+}
+
+/* Scores every chunk's summary against q into s (nchunks floats). */
+static void score_bound(const ma_archive *a, const float *q, float *qpn, float *s)
+{
+    float *qp = qpn, *qn = qpn + a->kf;
+    for (size_t j = 0; j < a->kf; j++) {
+        qp[j] = q[j] > 0 ? q[j] : 0;
+        qn[j] = q[j] < 0 ? q[j] : 0;
+    }
+    /* sum_j max(q_j min_j, q_j max_j) = q+ . max + q- . min */
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)a->nchunks, (int)a->kf, 1.0f, a->mx, (int)a->kf, qp, 1, 0.0f,
+                s, 1);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)a->nchunks, (int)a->kf, 1.0f, a->mn, (int)a->kf, qn, 1, 1.0f,
+                s, 1);
+}
+
+static int cmp_u32(const void *x, const void *y)
+{
+    uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+    return (a > b) - (a < b);
+}
+
+static int select_chunks(const ma_archive *a, const float *q, size_t k, uint32_t **cl, size_t *ncl)
+{
+    int rc = MA_ENOMEM;
+    size_t n = a->nchunks, got = 0, got2 = 0;
+    float *s = malloc(n * sizeof(float));
+    float *s2 = NULL;
+    float *qpn = malloc(2 * a->kf * sizeof(float));
+    size_t *idx = malloc(k * sizeof(size_t));
+    uint32_t *out = malloc(k * sizeof(uint32_t));
+    if (!s || !qpn || !idx || !out)
+        goto fail;
+    if (a->cscore == MA_CHUNK_SCORE_MEAN) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)n, (int)a->kf, 1.0f, a->mean, (int)a->kf, q, 1, 0.0f, s, 1);
+        if (ma_topk(s, n, k, idx, &got) != 0)
+            goto fail;
+    } else if (a->cscore == MA_CHUNK_SCORE_BOUND) {
+        score_bound(a, q, qpn, s);
+        if (ma_topk(s, n, k, idx, &got) != 0)
+            goto fail;
+    } else {
+        s2 = malloc(n * sizeof(float));
+        if (!s2)
+            goto fail;
+        score_bound(a, q, qpn, s);
+        if (ma_topk(s, n, (k + 1) / 2, idx, &got) != 0)
+            goto fail;
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)n, (int)a->kf, 1.0f, a->mean, (int)a->kf, q, 1, 0.0f, s2, 1);
+        for (size_t i = 0; i < got; i++)
+            s2[idx[i]] = -INFINITY;   /* already chosen by the bound; k <= n leaves enough others */
+        if (ma_topk(s2, n, k - got, idx + got, &got2) != 0)
+            goto fail;
+    }
+    for (size_t i = 0; i < got + got2; i++)
+        out[i] = (uint32_t)idx[i];
+    qsort(out, got + got2, sizeof *out, cmp_u32);
+    *cl = out;
+    *ncl = got + got2;
+    rc = 0;
+    out = NULL;
+fail:
+    free(s);
+    free(s2);
+    free(qpn);
+    free(idx);
+    free(out);
+    return rc;
+}
+
+static int read_index(const ma_archive *a, const float *q, int topk, ma_read_result *r)
+{
+    int rc = MA_ENOMEM;
+    uint64_t budget64 = (uint64_t)topk * (uint64_t)a->C;
+    size_t budget = budget64 < a->length ? (size_t)budget64 : (size_t)a->length;
+    uint64_t *ids = malloc(budget * sizeof *ids);
+    float *k = malloc(budget * a->kf * sizeof(float));
+    float *v = malloc(budget * a->vf * sizeof(float));
+    uint32_t *cl = malloc(budget * sizeof *cl);
+    size_t n = 0, ncl = 0;
+    uint64_t scored = 0;
+    if (!ids || !k || !v || !cl)
+        goto done;
+    rc = ma_ivf_search(a->ivf, q, topk, budget, ids, &n, &scored);
+    if (rc)
+        goto done;
+    /* ids ascending: events of one chunk are consecutive; hold one chunk at a time while copying. */
+    for (size_t i = 0; i < n;) {
+        uint32_t c = (uint32_t)(ids[i] / (uint64_t)a->C);
+        cref ref;
+        rc = chunk_acquire(a, c, &ref);
+        if (rc)
+            goto done;
+        for (; i < n && ids[i] / (uint64_t)a->C == c; i++) {
+            size_t row = (size_t)(ids[i] % (uint64_t)a->C);
+            memcpy(k + i * a->kf, ref.k + row * a->kf, a->kf * sizeof(float));
+            memcpy(v + i * a->vf, ref.v + row * a->vf, a->vf * sizeof(float));
+        }
+        chunk_release(a, &ref);
+        cl[ncl++] = c;
+    }
+    ma_attn_seg seg = {.k = k, .v = v, .n = n, .first = 0, .ids = ids};
+    ma_attn_best best;
+    rc = ma_attn(&seg, 1, a->H, a->d, a->dv, q, r->v, &best);
+    if (rc)
+        goto done;
+    uint32_t *shrunk = realloc(cl, (ncl ? ncl : 1) * sizeof *cl);
+    if (shrunk)
+        cl = shrunk;
+    fill_result(r, &best, cl, ncl, scored);
+    cl = NULL;
+done:
+    free(ids);
+    free(k);
+    free(v);
+    free(cl);
+    return rc;
+}
+
+int ma_archive_read_sparse(const ma_archive *a, const float *q, int topk, ma_read_result *r)
+{
+    if (a->length == 0)
+        return MA_ENOTFOUND;
+    if (topk <= 0)
+        topk = a->topk;
+    if (a->selector == MA_SELECTOR_INDEX)
+        return read_index(a, q, topk, r);
+    size_t k = (size_t)topk < a->nchunks ? (size_t)topk : a->nchunks;
+    uint32_t *cl;
+    size_t ncl;
+    int rc = select_chunks(a, q, k, &cl, &ncl);
+    if (rc)
+        return rc;
+    return attend_chunks(a, q, cl, ncl, 0, a->length, r);
+}
+
+/* ---- memory ---------------------------------------------------------------------------------- */
+
+size_t ma_archive_bytes(const ma_archive *a)
+{
+    size_t b = sizeof *a + a->ch_alloc * sizeof(chunk) + a->kf * sizeof(double) + a->owned_bytes;
+    for (int i = 0; i < 3; i++)
+        b += a->sum_alloc[i] * a->kf * sizeof(float);
+    if (a->ivf)
+        b += ma_ivf_bytes(a->ivf);
+    if (a->cache) {
+        pthread_mutex_lock(&a->cache->mu);
+        b += sizeof *a->cache + a->cache->alloc * sizeof(centry *) + a->cache->bytes;
+        pthread_mutex_unlock(&a->cache->mu);
+    }
+    return b;
+}
+
+size_t ma_archive_bytes_total(const ma_archive *a)
+{
+    return (size_t)a->length * (a->kf + a->vf) * sizeof(float);
+}
+
+/* ---- paging ---------------------------------------------------------------------------------- */
+
+int ma_archive_set_source(ma_archive *a, ma_chunk_source src, size_t cache_chunks)
+{
+    if (!src.load || cache_chunks < 1)
+        return MA_EINVAL;
+    if (!a->cache) {
+        ccache *cc = calloc(1, sizeof *cc);
+        if (!cc)
+            return MA_ENOMEM;
+        if (pthread_mutex_init(&cc->mu, NULL) != 0) {
+            free(cc);
+            return MA_ENOMEM;
+        }
+        if (pthread_cond_init(&cc->cv, NULL) != 0) {
+            pthread_mutex_destroy(&cc->mu);
+            free(cc);
+            return MA_ENOMEM;
+        }
+        a->cache = cc;
+    } else {
+        /* A new source may serve other bytes: drop what the old one loaded (no reader runs now). */
+        while (a->cache->n > 0) {
+            a->cache->bytes -= entry_bytes(a);
+            entry_remove(a->cache, a->cache->e[0]);
+        }
+    }
+    a->cache->cap = cache_chunks;
+    a->src = src;
+    a->has_src = true;
+    return 0;
+}
+
+void ma_archive_release(ma_archive *a)
+{
+    if (!a->has_src)
+        return;
+    for (uint32_t c = 0; c < a->nchunks; c++) {
+        chunk *ch = &a->ch[c];
+        if (ch->k && ch->n == (uint32_t)a->C) {
+            a->owned_bytes -= (size_t)ch->cap * (a->kf + a->vf) * sizeof(float);
+            free(ch->k);
+            free(ch->v);
+            ch->k = ch->v = NULL;
+            ch->cap = 0;
+        }
+    }
+}
+
+/* ---- meta serialisation ---------------------------------------------------------------------- */
+
+#define META_MAGIC   "MAARCHV\0"
+#define META_VERSION 1u
+#define META_ENDIAN  0x01020304u
+
+typedef struct {
+    unsigned char *p;
+    size_t len, cap;
+    bool oom;
+} wbuf;
+
+static void put(wbuf *w, const void *src, size_t n)
+{
+    if (w->oom)
+        return;
+    if (w->len + n > w->cap) {
+        size_t nc = w->cap ? w->cap * 2 : 4096;
+        while (nc < w->len + n)
+            nc *= 2;
+        unsigned char *p = realloc(w->p, nc);
+        if (!p) {
+            w->oom = true;
+            return;
+        }
+        w->p = p;
+        w->cap = nc;
+    }
+    memcpy(w->p + w->len, src, n);
+    w->len += n;
+}
+
+static void put_u32(wbuf *w, uint32_t x) { put(w, &x, sizeof x); }
+static void put_u64(wbuf *w, uint64_t x) { put(w, &x, sizeof x); }
+
+typedef struct {
+    const unsigned char *p;
+    size_t len, off;
+    bool bad;
+} rbuf;
+
+static const void *take(rbuf *r, size_t n)
+{
+    if (r->bad || n > r->len - r->off) {
+        r->bad = true;
+        return NULL;
+    }
+    const void *p = r->p + r->off;
+    r->off += n;
+    return p;
+}
+
+static uint32_t get_u32(rbuf *r)
+{
+    uint32_t x = 0;
+    const void *p = take(r, sizeof x);
+    if (p)
+        memcpy(&x, p, sizeof x);
+    return x;
+}
+
+static uint64_t get_u64(rbuf *r)
+{
+    uint64_t x = 0;
+    const void *p = take(r, sizeof x);
+    if (p)
+        memcpy(&x, p, sizeof x);
+    return x;
+}
+
+static uint64_t fnv1a(const unsigned char *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+int ma_archive_serialize_meta(const ma_archive *a, void **buf, size_t *len)
+{
+    wbuf w = {0};
+    void *ivf = NULL;
+    size_t ivf_len = 0;
+    if (a->ivf && ma_ivf_serialize(a->ivf, &ivf, &ivf_len) != 0)
+        return MA_ENOMEM;
+    put(&w, META_MAGIC, 8);
+    put_u32(&w, META_VERSION);
+    put_u32(&w, META_ENDIAN);
+    put_u32(&w, (uint32_t)a->H);
+    put_u32(&w, (uint32_t)a->d);
+    put_u32(&w, (uint32_t)a->dv);
+    put_u32(&w, (uint32_t)a->C);
+    put_u32(&w, (uint32_t)a->selector);
+    put_u64(&w, a->length);
+    put_u32(&w, a->nchunks);
+    size_t rows = (size_t)a->nchunks * a->kf * sizeof(float);
+    if (a->nchunks) {
+        put(&w, a->mean, rows);
+        put(&w, a->mn, rows);
+        put(&w, a->mx, rows);
+    }
+    put(&w, a->tail_sum, a->kf * sizeof(double));
+    put_u64(&w, ivf_len);
+    if (ivf_len)
+        put(&w, ivf, ivf_len);
+    free(ivf);
+    if (!w.oom)
+        put_u64(&w, fnv1a(w.p, w.len));
+    if (w.oom) {
+        free(w.p);
+        return MA_ENOMEM;
+    }
+    *buf = w.p;
+    *len = w.len;
+    return 0;
+}
+
+/* Feeds ma_ivf_restore the keys of events [first, first+n): one chunk per call. */
+typedef struct {
+    ma_archive *a;
+    float *vtmp;
+} restore_ctx;
+
+static int restore_load(void *ctx, uint64_t first, size_t n, float *k)
+{
+    restore_ctx *rc = ctx;
+    ma_archive *a = rc->a;
+    uint32_t c = (uint32_t)(first / (uint64_t)a->C);
+    if (first % (uint64_t)a->C != 0 || n != a->ch[c].n)
+        return MA_ECORRUPT;
+    if (a->ch[c].k) {
+        memcpy(k, a->ch[c].k, n * a->kf * sizeof(float));
+        return 0;
+    }
+    return a->src.load(a->src.ctx, c, k, rc->vtmp, n);
+}
+
+int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, ma_chunk_source src,
+                            size_t cache_chunks, ma_archive **out)
+{
+    if (!p || !buf || !out || !src.load || cache_chunks < 1 || ma_params_validate(p, NULL, 0) != 0)
+        return MA_EINVAL;
+    if (len < 8 + 8 || memcmp(buf, META_MAGIC, 8) != 0)
+        return MA_ECORRUPT;
+    uint64_t sum;
+    memcpy(&sum, (const unsigned char *)buf + len - 8, 8);
+    if (sum != fnv1a(buf, len - 8))
+        return MA_ECORRUPT;
+
+    rbuf r = {.p = buf, .len = len - 8, .off = 8};
+    ma_archive *a = NULL;
+    restore_ctx rctx = {0};
+    int rc = MA_ECORRUPT;
+    if (get_u32(&r) != META_VERSION || get_u32(&r) != META_ENDIAN)
+        goto fail;
+    uint32_t H = get_u32(&r), d = get_u32(&r), dv = get_u32(&r), C = get_u32(&r), sel = get_u32(&r);
+    if (r.bad || H != (uint32_t)p->heads || d != (uint32_t)p->dim || dv != (uint32_t)p->value_dim ||
+        C != (uint32_t)p->chunk || sel != (uint32_t)p->selector)
+        goto fail;
+    uint64_t length = get_u64(&r);
+    uint32_t nchunks = get_u32(&r);
+    if (r.bad || (uint64_t)nchunks != (length + C - 1) / C)
+        goto fail;
+
+    rc = MA_ENOMEM;
+    a = alloc_archive(p);
+    if (!a || grow_tables(a, nchunks ? nchunks : 1) != 0)
+        goto fail;
+    rc = MA_ECORRUPT;
+    size_t rows = (size_t)nchunks * a->kf * sizeof(float);
+    const void *mean = take(&r, rows), *mn = take(&r, rows), *mx = take(&r, rows);
+    const void *ts = take(&r, a->kf * sizeof(double));
+    uint64_t ivf_len = get_u64(&r);
+    const void *ivf = r.bad ? NULL : take(&r, (size_t)ivf_len);
+    if (r.bad || r.off != r.len || (ivf_len != 0) != (p->selector == MA_SELECTOR_INDEX))
+        goto fail;
+    if (rows) {
+        memcpy(a->mean, mean, rows);
+        memcpy(a->mn, mn, rows);
+        memcpy(a->mx, mx, rows);
+    }
+    memcpy(a->tail_sum, ts, a->kf * sizeof(double));
+    a->length = length;
+    a->nchunks = nchunks;
+    for (uint32_t c = 0; c < nchunks; c++)
+        a->ch[c].n = (uint32_t)(c + 1 < nchunks ? C : length - (uint64_t)c * C);
+
+    rc = ma_archive_set_source(a, src, cache_chunks);
+    if (rc)
+        goto fail;
+    /* The partial tail stays owned (appends continue it). */
+    if (nchunks && a->ch[nchunks - 1].n < C) {
+        chunk *t = &a->ch[nchunks - 1];
+        uint32_t n = t->n;
+        rc = reserve_chunk(a, nchunks - 1, n);
+        if (rc)
+            goto fail;
+        rc = src.load(src.ctx, nchunks - 1, t->k, t->v, n);
+        if (rc)
+            goto fail;
+    }
+    if (ivf_len) {
+        rc = MA_ENOMEM;
+        rctx.a = a;
+        rctx.vtmp = malloc((size_t)C * a->vf * sizeof(float));
+        if (!rctx.vtmp)
+            goto fail;
+        rc = ma_ivf_restore(a->H, a->d, ivf, (size_t)ivf_len, restore_load, &rctx, C, &a->ivf);
+        if (rc)
+            goto fail;
+        if (ma_ivf_count(a->ivf) != length) {
+            rc = MA_ECORRUPT;
+            goto fail;
+        }
+    }
+    free(rctx.vtmp);
+    *out = a;
+    return 0;
+fail:
+    free(rctx.vtmp);
+    ma_archive_destroy(a);
+    return rc;
+}
