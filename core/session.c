@@ -1,0 +1,534 @@
+/*
+ * core/session.c — one session: backbone + archive + slots + payloads, the write controller and the
+ * router (DESIGN.md 3; contract in core/session.h).
+ *
+ * Design:
+ *  - Composition only: the maths lives in core/backbone.c, core/archive.c, core/slots.c and
+ *    core/featurize.c. This file decides the order of operations so that a mutation is all-or-nothing:
+ *    every check and allocation that can fail comes first (slot batch prepared, payload copies made,
+ *    report arrays sized), then the components are changed.
+ *  - Payloads of events are JSON text kept in an array sorted by event index (events are appended in
+ *    order, so appending keeps it sorted); events without a payload cost nothing. A restored session
+ *    reads the payloads of events it did not ingest itself through its ma_payload_source (the store).
+ *  - The router is the hard switch of DESIGN.md 3.5: a named resident slot, else the best cosine over
+ *    resident slot keys if it reaches route_threshold, else the sparse read. There is no mixed score.
+ * Not done here: validation of dimensions, finiteness and names (the server's codec does that), locking
+ * (the server orders jobs per session), I/O (the store, through the two source callbacks).
+ */
+#include "core/session.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/featurize.h"
+#include "core/slots.h"
+
+typedef struct {
+    uint64_t event;
+    char *text;
+} payload_t;
+
+struct ma_session {
+    ma_params p;
+    size_t kn, vn;                   /* floats per key/query (H·d) and per value (H·d_v) */
+    ma_backbone *bb;
+    ma_archive *ar;
+    ma_slots *slots;
+    payload_t *pl;                   /* payloads of events ingested by this process, by event */
+    size_t npl, plcap, pl_bytes;
+    uint64_t first_local;            /* events below this index had been ingested before a restore */
+    ma_payload_source psrc;
+};
+
+static const char *const route_names[] = {"auto", "slot", "sparse", "full", "state", "window"};
+
+const char *ma_route_name(ma_route r)
+{
+    return (unsigned)r < sizeof route_names / sizeof *route_names ? route_names[r] : NULL;
+}
+
+int ma_route_parse(const char *name, ma_route *out)
+{
+    for (size_t i = 0; name && i < sizeof route_names / sizeof *route_names; i++)
+        if (strcmp(name, route_names[i]) == 0) {
+            *out = (ma_route)i;
+            return 0;
+        }
+    return MA_EINVAL;
+}
+
+/* ---- result structs ---------------------------------------------------------------------------- */
+
+void ma_ingest_report_clear(ma_ingest_report *r)
+{
+    free(r->writes);
+    free(r->voids);
+    free(r->evicted);
+    memset(r, 0, sizeof *r);
+}
+
+void ma_answer_clear(ma_answer *a)
+{
+    free(a->payload);
+    free(a->chunks);
+    a->payload = NULL;
+    a->chunks = NULL;
+    a->n_chunks = 0;
+}
+
+void ma_session_stats_clear(ma_session_stats *st)
+{
+    free(st->state_norm);
+    free(st->penalty_norm);
+    st->state_norm = st->penalty_norm = NULL;
+}
+
+/* ---- lifecycle --------------------------------------------------------------------------------- */
+
+static ma_session *session_new(const ma_params *p)
+{
+    ma_session *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->p = *p;
+    s->kn = (size_t)p->heads * (size_t)p->dim;
+    s->vn = (size_t)p->heads * (size_t)p->value_dim;
+    return s;
+}
+
+int ma_session_create(const ma_params *p, ma_session **out)
+{
+    *out = NULL;
+    if (ma_params_validate(p, NULL, 0))
+        return MA_EINVAL;
+    ma_session *s = session_new(p);
+    if (!s)
+        return MA_ENOMEM;
+    int rc;
+    if ((rc = ma_backbone_create(p, &s->bb)) || (rc = ma_archive_create(p, &s->ar)) ||
+        (rc = ma_slots_create(p->heads, p->dim, p->value_dim, p->slots, &s->slots))) {
+        ma_session_destroy(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+void ma_session_destroy(ma_session *s)
+{
+    if (!s)
+        return;
+    ma_backbone_destroy(s->bb);
+    ma_archive_destroy(s->ar);
+    ma_slots_destroy(s->slots);
+    for (size_t i = 0; i < s->npl; i++)
+        free(s->pl[i].text);
+    free(s->pl);
+    free(s);
+}
+
+const ma_params *ma_session_params(const ma_session *s)
+{
+    return &s->p;
+}
+
+ma_backbone *ma_session_backbone(ma_session *s)
+{
+    return s->bb;
+}
+
+ma_archive *ma_session_archive(ma_session *s)
+{
+    return s->ar;
+}
+
+/* ---- ingest: backbone, archive, payloads, write controller ------------------------------------- */
+
+int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, ma_ingest_report *rep)
+{
+    memset(rep, 0, sizeof *rep);
+    uint64_t first = ma_archive_length(s->ar);
+    rep->length = first;
+    if (n == 0)
+        return 0;
+
+    int rc = MA_ENOMEM;
+    float *k = NULL, *v = NULL;
+    ma_slot_write *w = NULL;
+    ma_slot_result *res = NULL;
+    char **texts = NULL;
+    ma_slots_batch *batch = NULL;
+    size_t nw = 0, npay = 0;
+    for (size_t i = 0; i < n; i++) {
+        nw += ev[i].slot != NULL;
+        npay += ev[i].payload != NULL;
+    }
+
+    /* Everything that can fail, before anything changes. */
+    k = malloc(n * s->kn * sizeof *k);
+    v = malloc(n * s->vn * sizeof *v);
+    if (!k || !v)
+        goto fail;
+    for (size_t i = 0; i < n; i++) {
+        memcpy(k + i * s->kn, ev[i].k, s->kn * sizeof *k);
+        memcpy(v + i * s->vn, ev[i].v, s->vn * sizeof *v);
+    }
+    if (nw) {
+        w = malloc(nw * sizeof *w);
+        res = malloc(nw * sizeof *res);
+        rep->writes = malloc(nw * sizeof *rep->writes);
+        rep->voids = malloc(nw * sizeof *rep->voids);
+        rep->evicted = malloc(nw * sizeof *rep->evicted);
+        if (!w || !res || !rep->writes || !rep->voids || !rep->evicted)
+            goto fail;
+        for (size_t i = 0, j = 0; i < n; i++)
+            if (ev[i].slot)
+                w[j++] = (ma_slot_write){ev[i].slot, ev[i].k, ev[i].v, ev[i].payload, (int64_t)(first + i),
+                                         ev[i].protect};
+    }
+    if ((rc = ma_slots_batch_prepare(s->slots, nw, w, &batch)))
+        goto fail;
+    rc = MA_ENOMEM;
+    if (npay) {
+        if (s->npl + npay > s->plcap) {
+            size_t cap = s->plcap ? s->plcap : 64;
+            while (cap < s->npl + npay)
+                cap *= 2;
+            payload_t *pl = realloc(s->pl, cap * sizeof *pl);
+            if (!pl)
+                goto fail;
+            s->pl = pl;
+            s->plcap = cap;
+        }
+        if (!(texts = calloc(npay, sizeof *texts)))
+            goto fail;
+        for (size_t i = 0, j = 0; i < n; i++)
+            if (ev[i].payload && !(texts[j++] = strdup(ev[i].payload)))
+                goto fail;
+    }
+    /* The archive first: if the backbone then failed, the archive could not be rolled back. The backbone
+     * update allocates nothing per event (its state is sized at creation), so it cannot fail here. */
+    if ((rc = ma_archive_append(s->ar, n, k, v)))
+        goto fail;
+    if ((rc = ma_backbone_update(s->bb, n, k, v)))
+        goto fail;   /* not reached with the backbones of core/backbone.c; reported if it ever is */
+
+    ma_slots_batch_commit(batch, now, res);
+    batch = NULL;
+    for (size_t i = 0, j = 0; i < n; i++)
+        if (ev[i].payload) {
+            s->pl[s->npl++] = (payload_t){first + i, texts[j]};
+            s->pl_bytes += strlen(texts[j]) + 1;
+            j++;
+        }
+    for (size_t j = 0; j < nw; j++) {
+        uint64_t event = (uint64_t)w[j].event;
+        if (res[j].version == 0) {
+            ma_void_rec *vr = &rep->voids[rep->n_voids++];
+            strcpy(vr->slot, w[j].name);
+            vr->event = event;
+            vr->reason = "protected";
+            continue;
+        }
+        ma_write_rec *wr = &rep->writes[rep->n_writes++];
+        strcpy(wr->slot, w[j].name);
+        wr->version = res[j].version;
+        wr->event = event;
+        if (res[j].evicted)
+            strcpy(rep->evicted[rep->n_evicted++].slot, res[j].evicted_name);
+    }
+    rep->length = first + n;
+    rep->appended = n;
+    free(texts);
+    free(k);
+    free(v);
+    free(w);
+    free(res);
+    return 0;
+fail:
+    ma_slots_batch_abort(batch);
+    for (size_t j = 0; texts && j < npay; j++)
+        free(texts[j]);
+    free(texts);
+    free(k);
+    free(v);
+    free(w);
+    free(res);
+    ma_ingest_report_clear(rep);
+    rep->length = first;
+    return rc;
+}
+
+/* ---- slot verbs -------------------------------------------------------------------------------- */
+
+/* Fills in the key (the name's embedding) and value (the payload string's embedding) a verb left out.
+ * *buf gets the malloc'd storage of whatever was made. */
+static int complete_input(const ma_session *s, const ma_slot_input *in, ma_slot_write *w, float **buf)
+{
+    *buf = NULL;
+    *w = (ma_slot_write){in->name, in->k, in->v, in->payload, -1, in->protect};
+    if (in->k && in->v)
+        return 0;
+    cJSON *js = NULL;
+    if (!in->v) {
+        /* Only a JSON string has text to embed. */
+        js = in->payload ? cJSON_Parse(in->payload) : NULL;
+        if (!cJSON_IsString(js)) {
+            cJSON_Delete(js);
+            return MA_EINVAL;
+        }
+    }
+    float *b = malloc((s->kn + s->vn) * sizeof *b);
+    if (!b) {
+        cJSON_Delete(js);
+        return MA_ENOMEM;
+    }
+    int rc = 0;
+    if (!in->k) {
+        rc = ma_embed_text_heads(in->name, strlen(in->name), s->p.heads, s->p.dim, b);
+        w->k = b;
+    }
+    if (rc >= 0 && !in->v) {
+        const char *t = cJSON_GetStringValue(js);
+        rc = ma_embed_text_heads(t, strlen(t), s->p.heads, s->p.value_dim, b + s->kn);
+        w->v = b + s->kn;
+    }
+    cJSON_Delete(js);
+    if (rc < 0) {
+        free(b);
+        return rc;
+    }
+    *buf = b;
+    return 0;
+}
+
+int ma_session_slot_write(ma_session *s, const ma_slot_input *in, int64_t now, ma_slot_result *res)
+{
+    ma_slot_write w;
+    float *buf;
+    int rc = complete_input(s, in, &w, &buf);
+    if (rc == 0)
+        rc = ma_slots_put(s->slots, &w, true, 0, 0, now, res);
+    free(buf);
+    return rc;
+}
+
+int ma_session_slot_overwrite(ma_session *s, const ma_slot_input *in, uint64_t explicit_version,
+                              uint64_t if_match, int64_t now, ma_slot_result *res)
+{
+    ma_slot_write w;
+    float *buf;
+    int rc = complete_input(s, in, &w, &buf);
+    if (rc == 0)
+        rc = ma_slots_put(s->slots, &w, false, explicit_version, if_match, now, res);
+    free(buf);
+    return rc;
+}
+
+int ma_session_slot_read(const ma_session *s, const char *name, uint64_t version, ma_slot_value *out)
+{
+    return ma_slots_read(s->slots, name, version, out);
+}
+
+int ma_session_slot_history(const ma_session *s, const char *name, ma_version_info **out, size_t *n)
+{
+    return ma_slots_history(s->slots, name, out, n);
+}
+
+int ma_session_slot_restore(ma_session *s, const char *name, uint64_t version, int64_t now,
+                            ma_slot_result *res)
+{
+    return ma_slots_restore(s->slots, name, version, now, res);
+}
+
+/* Protecting is not an update of the value: it changes neither updated_at nor the eviction order, so
+ * `now` is not recorded. */
+int ma_session_slot_protect(ma_session *s, const char *name, bool protect, int64_t now)
+{
+    (void)now;
+    return ma_slots_protect(s->slots, name, protect);
+}
+
+int ma_session_slot_evict(ma_session *s, const char *name, int64_t now)
+{
+    return ma_slots_evict(s->slots, name, now);
+}
+
+int ma_session_slot_list(const ma_session *s, ma_slot_info **out, size_t *n)
+{
+    return ma_slots_list(s->slots, out, n);
+}
+
+/* ---- queries ----------------------------------------------------------------------------------- */
+
+/* The payload of event e: kept in RAM if this process ingested it, else from the payload source. */
+static int event_payload(const ma_session *s, uint64_t e, char **out)
+{
+    *out = NULL;
+    if (e < s->first_local)
+        return s->psrc.load ? s->psrc.load(s->psrc.ctx, e, out) : 0;
+    size_t lo = 0, hi = s->npl;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->pl[mid].event < e)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < s->npl && s->pl[lo].event == e && !(*out = strdup(s->pl[lo].text)))
+        return MA_ENOMEM;
+    return 0;
+}
+
+static int answer_slot(const ma_session *s, const ma_slot_view *sv, double score, ma_answer *a)
+{
+    if (sv->payload && !(a->payload = strdup(sv->payload)))
+        return MA_ENOMEM;
+    memcpy(a->v, sv->v, s->vn * sizeof *a->v);
+    a->route = MA_ROUTE_SLOT;
+    a->score = score;
+    a->has_slot = true;
+    strcpy(a->slot, sv->name);
+    a->version = sv->version;
+    a->event = sv->event;
+    ma_slots_count_use(s->slots, sv->name);
+    return 0;
+}
+
+static int answer_archive(const ma_session *s, ma_route route, const ma_query *q, ma_answer *a)
+{
+    if (ma_archive_length(s->ar) == 0)
+        return MA_ENOTFOUND;
+    ma_read_result r = {.v = a->v};
+    int rc;
+    switch (route) {
+    case MA_ROUTE_FULL:   rc = ma_archive_read_full(s->ar, q->q, &r); break;
+    case MA_ROUTE_WINDOW: rc = ma_archive_read_window(s->ar, q->q, s->p.window, &r); break;
+    default:              rc = ma_archive_read_sparse(s->ar, q->q, q->topk, &r); break;
+    }
+    if (rc) {
+        ma_read_result_clear(&r);
+        return rc;
+    }
+    a->route = route;
+    a->score = r.score;
+    a->event = r.pointer;
+    a->chunks = r.chunks;
+    a->n_chunks = r.n_chunks;
+    if (r.pointer >= 0 && (rc = event_payload(s, (uint64_t)r.pointer, &a->payload))) {
+        ma_answer_clear(a);
+        return rc;
+    }
+    return 0;
+}
+
+/* Step 2 of the router: the best resident slot by cosine, if it reaches the threshold. */
+static bool match_slot(const ma_session *s, const float *q, ma_slot_view *sv, double *score)
+{
+    return q && ma_slots_match(s->slots, q, sv, score) == 0 && *score >= s->p.route_threshold;
+}
+
+int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a)
+{
+    float *v = a->v;
+    memset(a, 0, sizeof *a);
+    a->v = v;
+    a->event = -1;
+
+    ma_slot_view sv;
+    double score;
+    switch (q->route) {
+    case MA_ROUTE_AUTO:
+    case MA_ROUTE_SLOT:
+        if (!q->q && !q->slot)
+            return MA_EINVAL;
+        if (q->slot && ma_slots_view(s->slots, q->slot, 0, &sv) == 0) {
+            /* Named and resident: that slot (and the requested version of it). */
+            int rc = q->version ? ma_slots_view(s->slots, q->slot, q->version, &sv) : 0;
+            if (rc)
+                return rc;
+            score = q->q ? ma_slots_cosine(q->q, sv.k, s->p.heads, s->p.dim) : 1.0;
+            return answer_slot(s, &sv, score, a);
+        }
+        if (match_slot(s, q->q, &sv, &score))
+            return answer_slot(s, &sv, score, a);
+        if (q->route == MA_ROUTE_SLOT || !q->q)
+            return MA_ENOTFOUND;
+        return answer_archive(s, MA_ROUTE_SPARSE, q, a);
+    case MA_ROUTE_SPARSE:
+    case MA_ROUTE_FULL:
+    case MA_ROUTE_WINDOW:
+        if (!q->q)
+            return MA_EINVAL;
+        return answer_archive(s, q->route, q, a);
+    case MA_ROUTE_STATE: {
+        if (!q->q)
+            return MA_EINVAL;
+        int rc = ma_backbone_read(s->bb, 1, q->q, a->v, MA_READ_DEFAULT);
+        if (rc)
+            return rc;
+        a->route = MA_ROUTE_STATE;
+        return 0;
+    }
+    }
+    return MA_EINVAL;
+}
+
+/* ---- stats ------------------------------------------------------------------------------------- */
+
+int ma_session_stats_get(const ma_session *s, ma_session_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    st->state_norm = malloc((size_t)s->p.heads * sizeof *st->state_norm);
+    st->penalty_norm = malloc((size_t)s->p.heads * sizeof *st->penalty_norm);
+    if (!st->state_norm || !st->penalty_norm) {
+        ma_session_stats_clear(st);
+        return MA_ENOMEM;
+    }
+    ma_backbone_norms(s->bb, st->state_norm, st->penalty_norm);
+    st->length = ma_archive_length(s->ar);
+    st->chunks = ma_archive_chunks(s->ar);
+    st->slots_resident = ma_slots_resident(s->slots);
+    st->bytes = sizeof *s + ma_backbone_bytes(s->bb) + ma_archive_bytes(s->ar) + ma_slots_bytes(s->slots) +
+                s->plcap * sizeof *s->pl + s->pl_bytes;
+    return 0;
+}
+
+/* ---- persistence ------------------------------------------------------------------------------- */
+
+int ma_session_serialize_slots(const ma_session *s, void **buf, size_t *len)
+{
+    return ma_slots_serialize(s->slots, buf, len);
+}
+
+int ma_session_restore(const ma_params *p, const void *backbone, size_t backbone_len, const void *slots,
+                       size_t slots_len, const void *archive_meta, size_t archive_meta_len,
+                       ma_chunk_source chunks, size_t cache_chunks, ma_payload_source payloads,
+                       ma_session **out)
+{
+    *out = NULL;
+    if (ma_params_validate(p, NULL, 0))
+        return MA_EINVAL;
+    ma_session *s = session_new(p);
+    if (!s)
+        return MA_ENOMEM;
+    int rc;
+    if ((rc = ma_backbone_restore(p, backbone, backbone_len, &s->bb)) ||
+        (rc = ma_slots_restore_table(p->heads, p->dim, p->value_dim, p->slots, slots, slots_len,
+                                     &s->slots)) ||
+        (rc = ma_archive_restore_meta(p, archive_meta, archive_meta_len, chunks, cache_chunks, &s->ar)))
+        goto fail;
+    /* The three blobs must describe one session: every event went through the backbone. */
+    rc = MA_ECORRUPT;
+    if (ma_backbone_steps(s->bb) != ma_archive_length(s->ar))
+        goto fail;
+    s->first_local = ma_archive_length(s->ar);
+    s->psrc = payloads;
+    *out = s;
+    return 0;
+fail:
+    ma_session_destroy(s);
+    return rc;
+}

@@ -1,0 +1,1165 @@
+/*
+ * core/slots.c — the versioned slot table (see core/slots.h for the contract, docs/SLOTS.md for the
+ * lifecycle).
+ *
+ * Design:
+ *  - One record per name ever written, found through a chained hash table (FNV-1a of the name). A record
+ *    keeps its whole history as an array of versions; a version owns one block holding key then value
+ *    (NULL for a tombstone) and its payload text. Versions are immutable once appended.
+ *  - Resident records are in an array whose rows also hold a contiguous copy of each current key and its
+ *    per-head norms (the router's scan reads only these), and in a doubly linked list ordered by last
+ *    update, least recent first: a capacity eviction walks it from the head, skipping protected slots.
+ *  - Nothing fails half-way. Each operation first checks, then allocates everything it needs (version
+ *    blocks, hash/array growth), then applies in code that cannot fail. The one allocation an apply step
+ *    could still need — the tombstone of a slot evicted for capacity, which may be any resident slot — is
+ *    covered by an invariant: a resident record always has room for one more version in its array.
+ *  - The router's cosine scan is a plain loop rather than BLAS sgemv: each dot product is summed in a
+ *    fixed order (8 independent float lanes, which the compiler vectorises, then the lanes in order) and
+ *    norms in double, so a score depends only on q and the key — not on BLAS threading, nor on the row a
+ *    key sits in — and a restored table answers with the same bits. bench/bench_slots.c measures it
+ *    against sgemv.
+ * Not done here: validation of names and vectors (the server's), text embedding, I/O.
+ */
+#include "core/slots.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/featurize.h"
+
+typedef struct {
+    uint64_t version;
+    int64_t event;
+    int64_t at;
+    float *kv;        /* H·d key, then H·d_v value; NULL: tombstone */
+    char *payload;    /* JSON text or NULL */
+} version_t;
+
+typedef struct rec {
+    struct rec *hnext;               /* hash chain */
+    struct rec *prev, *next;         /* update order of resident records; head = least recently updated */
+    version_t *ver;
+    size_t nver, cap;
+    size_t row;                      /* index in ma_slots.res while resident */
+    bool resident, protect;
+    _Atomic uint64_t usage;
+    size_t name_len;
+    char name[];
+} rec;
+
+struct ma_slots {
+    int heads, dim, value_dim, capacity;
+    size_t kn, vn;                   /* floats per key (H·d) and per value (H·d_v) */
+    rec **bucket;
+    size_t nbucket, nrec;
+    rec **res;                       /* resident records, unordered */
+    float *rkey;                     /* row i: the current key of res[i] (H·d) */
+    double *rnorm;                   /* row i: its per-head L2 norms (H) */
+    size_t nres, res_cap;
+    rec *head, *tail;                /* update order */
+    size_t bytes;                    /* running total of everything allocated for the table */
+};
+
+/* ---- records and the hash table --------------------------------------------------------------- */
+
+static size_t block_bytes(const ma_slots *s)
+{
+    return (s->kn + s->vn) * sizeof(float);
+}
+
+static rec *find(const ma_slots *s, const char *name)
+{
+    size_t n = strlen(name);
+    uint64_t h = ma_fnv1a64(name, n);
+    for (rec *r = s->bucket[h & (s->nbucket - 1)]; r; r = r->hnext)
+        if (r->name_len == n && memcmp(r->name, name, n) == 0)
+            return r;
+    return NULL;
+}
+
+/* Doubles the bucket array when records outnumber buckets. Failing to grow is harmless (longer chains)
+ * except that it signals memory pressure, so it is reported. */
+static int grow_buckets(ma_slots *s)
+{
+    if (s->nrec < s->nbucket)
+        return 0;
+    size_t nb = s->nbucket * 2;
+    rec **b = calloc(nb, sizeof *b);
+    if (!b)
+        return MA_ENOMEM;
+    for (size_t i = 0; i < s->nbucket; i++)
+        for (rec *r = s->bucket[i], *next; r; r = next) {
+            next = r->hnext;
+            size_t j = ma_fnv1a64(r->name, r->name_len) & (nb - 1);
+            r->hnext = b[j];
+            b[j] = r;
+        }
+    free(s->bucket);
+    s->bucket = b;
+    s->bytes += (nb - s->nbucket) * sizeof *b;
+    s->nbucket = nb;
+    return 0;
+}
+
+static rec *create_rec(ma_slots *s, const char *name)
+{
+    if (grow_buckets(s))
+        return NULL;
+    size_t n = strlen(name);
+    rec *r = calloc(1, sizeof *r + n + 1);
+    if (!r)
+        return NULL;
+    memcpy(r->name, name, n + 1);
+    r->name_len = n;
+    atomic_init(&r->usage, 0);
+    size_t j = ma_fnv1a64(name, n) & (s->nbucket - 1);
+    r->hnext = s->bucket[j];
+    s->bucket[j] = r;
+    s->nrec++;
+    s->bytes += sizeof *r + n + 1;
+    return r;
+}
+
+static void free_version(ma_slots *s, version_t *v)
+{
+    if (v->kv)
+        s->bytes -= block_bytes(s);
+    if (v->payload)
+        s->bytes -= strlen(v->payload) + 1;
+    free(v->kv);
+    free(v->payload);
+}
+
+/* Unlinks and frees a record that is not resident (used to undo a record created by a failed call). */
+static void remove_rec(ma_slots *s, rec *r)
+{
+    rec **pp = &s->bucket[ma_fnv1a64(r->name, r->name_len) & (s->nbucket - 1)];
+    while (*pp != r)
+        pp = &(*pp)->hnext;
+    *pp = r->hnext;
+    for (size_t i = 0; i < r->nver; i++)
+        free_version(s, &r->ver[i]);
+    s->bytes -= sizeof *r + r->name_len + 1 + r->cap * sizeof *r->ver;
+    s->nrec--;
+    free(r->ver);
+    free(r);
+}
+
+static int reserve_versions(ma_slots *s, rec *r, size_t need)
+{
+    if (r->cap >= need)
+        return 0;
+    size_t cap = r->cap ? r->cap : 2;
+    while (cap < need)
+        cap *= 2;
+    version_t *v = realloc(r->ver, cap * sizeof *v);
+    if (!v)
+        return MA_ENOMEM;
+    s->bytes += (cap - r->cap) * sizeof *v;
+    r->ver = v;
+    r->cap = cap;
+    return 0;
+}
+
+static int reserve_resident(ma_slots *s, size_t need)
+{
+    if (need > (size_t)s->capacity)
+        need = (size_t)s->capacity;
+    if (s->res_cap >= need)
+        return 0;
+    size_t cap = s->res_cap ? s->res_cap : 8;
+    while (cap < need)
+        cap *= 2;
+    if (cap > (size_t)s->capacity)
+        cap = (size_t)s->capacity;
+    /* Each array keeps its own success: a partial failure leaves larger arrays, which is harmless. */
+    rec **a = realloc(s->res, cap * sizeof *a);
+    if (!a)
+        return MA_ENOMEM;
+    s->res = a;
+    float *k = realloc(s->rkey, cap * s->kn * sizeof *k);
+    if (!k)
+        return MA_ENOMEM;
+    s->rkey = k;
+    double *n = realloc(s->rnorm, cap * (size_t)s->heads * sizeof *n);
+    if (!n)
+        return MA_ENOMEM;
+    s->rnorm = n;
+    s->bytes += (cap - s->res_cap) * (sizeof *a + s->kn * sizeof *k + (size_t)s->heads * sizeof *n);
+    s->res_cap = cap;
+    return 0;
+}
+
+/* ---- cosine ----------------------------------------------------------------------------------- */
+
+static double head_norm(const float *x, int dim)
+{
+    double ss = 0;
+    for (int j = 0; j < dim; j++)
+        ss += (double)x[j] * x[j];
+    return sqrt(ss);
+}
+
+/* a·b summed in a fixed order: 8 independent lanes (vectorisable without reassociation), then the lanes
+ * and the tail in order. */
+static float dot_lanes(const float *a, const float *b, int n)
+{
+    float lane[8] = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++)
+            lane[l] += a[j + l] * b[j + l];
+    float sum = 0;
+    for (int l = 0; l < 8; l++)
+        sum += lane[l];
+    for (; j < n; j++)
+        sum += a[j] * b[j];
+    return sum;
+}
+
+/* Mean over heads of cos(q_h, k_h), given the heads' norms; a zero head scores 0. */
+static double score(const float *q, const double *qn, const float *k, const double *kn, int heads, int dim)
+{
+    double sum = 0;
+    for (int h = 0; h < heads; h++)
+        if (qn[h] > 0 && kn[h] > 0)
+            sum += (double)dot_lanes(q + (size_t)h * (size_t)dim, k + (size_t)h * (size_t)dim, dim) /
+                   (qn[h] * kn[h]);
+    return sum / heads;
+}
+
+static void head_norms(const float *x, int heads, int dim, double *out)
+{
+    for (int h = 0; h < heads; h++)
+        out[h] = head_norm(x + (size_t)h * (size_t)dim, dim);
+}
+
+/* Copies r's current key into its resident row. */
+static void set_row(ma_slots *s, size_t row, const float *key)
+{
+    memcpy(s->rkey + row * s->kn, key, s->kn * sizeof *key);
+    head_norms(key, s->heads, s->dim, s->rnorm + row * (size_t)s->heads);
+}
+
+static void move_row(ma_slots *s, size_t to, size_t from)
+{
+    memcpy(s->rkey + to * s->kn, s->rkey + from * s->kn, s->kn * sizeof *s->rkey);
+    memcpy(s->rnorm + to * (size_t)s->heads, s->rnorm + from * (size_t)s->heads,
+           (size_t)s->heads * sizeof *s->rnorm);
+}
+
+static uint64_t last_version(const rec *r)
+{
+    return r && r->nver ? r->ver[r->nver - 1].version : 0;
+}
+
+/* Copies a key, value and payload into a new version block. */
+static int make_block(ma_slots *s, const float *k, const float *v, const char *payload, float **kv,
+                      char **pl)
+{
+    *kv = malloc(block_bytes(s));
+    *pl = payload ? strdup(payload) : NULL;
+    if (!*kv || (payload && !*pl)) {
+        free(*kv);
+        free(*pl);
+        *kv = NULL;
+        *pl = NULL;
+        return MA_ENOMEM;
+    }
+    memcpy(*kv, k, s->kn * sizeof(float));
+    memcpy(*kv + s->kn, v, s->vn * sizeof(float));
+    s->bytes += block_bytes(s) + (payload ? strlen(payload) + 1 : 0);
+    return 0;
+}
+
+/* ---- applying (cannot fail: everything was reserved) ----------------------------------------- */
+
+static void lru_unlink(ma_slots *s, rec *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        s->head = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    else
+        s->tail = r->prev;
+    r->prev = r->next = NULL;
+}
+
+static void lru_append(ma_slots *s, rec *r)
+{
+    r->prev = s->tail;
+    r->next = NULL;
+    if (s->tail)
+        s->tail->next = r;
+    else
+        s->head = r;
+    s->tail = r;
+}
+
+static void append_version(rec *r, uint64_t version, int64_t event, int64_t at, float *kv, char *payload)
+{
+    r->ver[r->nver++] = (version_t){version, event, at, kv, payload};
+}
+
+/* Records the tombstone and leaves the resident set. Room for the tombstone is the resident invariant. */
+static void evict_rec(ma_slots *s, rec *r, int64_t now)
+{
+    append_version(r, last_version(r) + 1, -1, now, NULL, NULL);
+    s->res[r->row] = s->res[--s->nres];
+    s->res[r->row]->row = r->row;
+    move_row(s, r->row, s->nres);
+    lru_unlink(s, r);
+    r->resident = false;
+    r->protect = false;
+}
+
+static rec *lru_victim(const ma_slots *s)
+{
+    for (rec *r = s->head; r; r = r->next)
+        if (!r->protect)
+            return r;
+    return NULL;
+}
+
+/* Makes kv/payload the new current version of r. The caller checked that an eviction, if one is needed,
+ * has a victim, and reserved room for the version and (for the resident invariant) one more. */
+static void apply_write(ma_slots *s, rec *r, uint64_t version, int64_t event, float *kv, char *payload,
+                        bool protect, int64_t now, ma_slot_result *res)
+{
+    ma_slot_result out = {0};
+    if (!r->resident) {
+        if (s->nres == (size_t)s->capacity) {
+            rec *victim = lru_victim(s);
+            evict_rec(s, victim, now);
+            out.evicted = true;
+            memcpy(out.evicted_name, victim->name, victim->name_len + 1);
+        }
+        r->row = s->nres;
+        s->res[s->nres++] = r;
+        r->resident = true;
+        r->protect = false;
+        out.created = true;
+    } else {
+        lru_unlink(s, r);
+    }
+    lru_append(s, r);
+    append_version(r, version, event, now, kv, payload);
+    set_row(s, r->row, kv);
+    if (protect)
+        r->protect = true;
+    out.version = version;
+    if (res)
+        *res = out;
+}
+
+/* ---- lifecycle -------------------------------------------------------------------------------- */
+
+int ma_slots_create(int heads, int dim, int value_dim, int capacity, ma_slots **out)
+{
+    *out = NULL;
+    if (heads < 1 || heads > MA_MAX_HEADS || dim < 1 || dim > MA_MAX_DIM || value_dim < 1 ||
+        value_dim > MA_MAX_DIM || capacity < 1 || capacity > MA_MAX_SLOTS)
+        return MA_EINVAL;
+    ma_slots *s = calloc(1, sizeof *s);
+    if (!s)
+        return MA_ENOMEM;
+    s->heads = heads;
+    s->dim = dim;
+    s->value_dim = value_dim;
+    s->capacity = capacity;
+    s->kn = (size_t)heads * (size_t)dim;
+    s->vn = (size_t)heads * (size_t)value_dim;
+    s->nbucket = 16;
+    s->bucket = calloc(s->nbucket, sizeof *s->bucket);
+    if (!s->bucket) {
+        free(s);
+        return MA_ENOMEM;
+    }
+    s->bytes = sizeof *s + s->nbucket * sizeof *s->bucket;
+    *out = s;
+    return 0;
+}
+
+void ma_slots_destroy(ma_slots *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->nbucket; i++)
+        for (rec *r = s->bucket[i], *next; r; r = next) {
+            next = r->hnext;
+            for (size_t j = 0; j < r->nver; j++) {
+                free(r->ver[j].kv);
+                free(r->ver[j].payload);
+            }
+            free(r->ver);
+            free(r);
+        }
+    free(s->bucket);
+    free(s->res);
+    free(s->rkey);
+    free(s->rnorm);
+    free(s);
+}
+
+size_t ma_slots_resident(const ma_slots *s)
+{
+    return s->nres;
+}
+
+size_t ma_slots_bytes(const ma_slots *s)
+{
+    return s->bytes;
+}
+
+/* ---- verbs ------------------------------------------------------------------------------------ */
+
+int ma_slots_put(ma_slots *s, const ma_slot_write *w, bool create_only, uint64_t explicit_version,
+                 uint64_t if_match, int64_t now, ma_slot_result *res)
+{
+    if (!ma_name_valid(w->name))
+        return MA_EINVAL;     /* names are fixed-size fields of the result structs */
+    rec *r = find(s, w->name);
+    bool resident = r && r->resident;
+    if (create_only && resident)
+        return MA_EEXISTS;
+    if (resident && r->protect)
+        return MA_EPROTECTED;
+    if (if_match > 0 && (!resident || last_version(r) != if_match))
+        return MA_EPRECOND;
+    if (explicit_version > MA_SLOT_VERSION_MAX)
+        return MA_EINVAL;
+    if (explicit_version > 0 && explicit_version <= last_version(r))
+        return MA_ECONFLICT;
+    if (!resident && s->nres == (size_t)s->capacity && !lru_victim(s))
+        return MA_EFULL;
+
+    bool created = false;
+    float *kv = NULL;
+    char *pl = NULL;
+    if (!r) {
+        if (!(r = create_rec(s, w->name)))
+            return MA_ENOMEM;
+        created = true;
+    }
+    /* The new version, plus room for a later tombstone (the resident invariant). */
+    if (reserve_versions(s, r, r->nver + 2) || reserve_resident(s, s->nres + 1) ||
+        make_block(s, w->k, w->v, w->payload, &kv, &pl)) {
+        if (created)
+            remove_rec(s, r);
+        return MA_ENOMEM;
+    }
+    uint64_t version = explicit_version ? explicit_version : last_version(r) + 1;
+    apply_write(s, r, version, w->event, kv, pl, w->protect, now, res);
+    return 0;
+}
+
+int ma_slots_restore(ma_slots *s, const char *name, uint64_t version, int64_t now, ma_slot_result *res)
+{
+    ma_slot_view old;
+    /* Version 0 names no version (UINT64_MAX is never reached): MA_ENOVERSION, or MA_ENOTFOUND. */
+    int rc = ma_slots_view(s, name, version ? version : UINT64_MAX, &old);
+    if (rc)
+        return rc;
+    rec *r = find(s, name);
+    if (r->resident && r->protect)
+        return MA_EPROTECTED;
+    if (!r->resident && s->nres == (size_t)s->capacity && !lru_victim(s))
+        return MA_EFULL;
+    float *kv;
+    char *pl;
+    if (reserve_versions(s, r, r->nver + 2) || reserve_resident(s, s->nres + 1) ||
+        make_block(s, old.k, old.v, old.payload, &kv, &pl))
+        return MA_ENOMEM;
+    apply_write(s, r, last_version(r) + 1, old.event, kv, pl, false, now, res);
+    return 0;
+}
+
+int ma_slots_protect(ma_slots *s, const char *name, bool protect)
+{
+    rec *r = find(s, name);
+    if (!r || !r->resident)
+        return MA_ENOTFOUND;
+    r->protect = protect;
+    return 0;
+}
+
+int ma_slots_evict(ma_slots *s, const char *name, int64_t now)
+{
+    rec *r = find(s, name);
+    if (!r || !r->resident)
+        return MA_ENOTFOUND;
+    if (r->protect)
+        return MA_EPROTECTED;
+    evict_rec(s, r, now);
+    return 0;
+}
+
+/* ---- event batches ---------------------------------------------------------------------------- */
+
+typedef struct {
+    rec *r;
+    float *kv;
+    char *payload;
+    int64_t event;
+    bool protect;
+} batch_op;
+
+struct ma_slots_batch {
+    ma_slots *s;
+    size_t n;
+    batch_op *op;
+    rec **created;                   /* records made by prepare, removed again by abort */
+    size_t ncreated;
+};
+
+/* Per-record scratch of a prepare pass, kept in a small open-addressing map from record to state. */
+typedef struct {
+    rec *r;
+    size_t ops;                      /* writes of the batch to this record */
+    bool written, protect;           /* simulated state at the current point of the batch */
+} plan_ent;
+
+static plan_ent *plan_get(plan_ent *map, size_t mask, rec *r)
+{
+    size_t i = (size_t)(ma_fnv1a64(&r, sizeof r) & mask);
+    while (map[i].r && map[i].r != r)
+        i = (i + 1) & mask;
+    map[i].r = r;
+    return &map[i];
+}
+
+void ma_slots_batch_abort(ma_slots_batch *b)
+{
+    if (!b)
+        return;
+    ma_slots *s = b->s;
+    for (size_t i = 0; i < b->n; i++)
+        if (b->op[i].kv) {
+            s->bytes -= block_bytes(s) + (b->op[i].payload ? strlen(b->op[i].payload) + 1 : 0);
+            free(b->op[i].kv);
+            free(b->op[i].payload);
+        }
+    for (size_t i = 0; i < b->ncreated; i++)
+        remove_rec(s, b->created[i]);
+    free(b->op);
+    free(b->created);
+    free(b);
+}
+
+/*
+ * Whether the batch can hit MA_EFULL is decided without simulating the eviction order, because within a
+ * batch nothing is unprotected and protected slots are never evicted: the set of protected slots only
+ * grows, and the resident count R only grows until it reaches M. A write to a name that is not protected
+ * fails exactly when R == M and all M resident slots are protected (P == M). While R < M no eviction has
+ * happened yet, so a name is resident iff it was resident before the batch or written earlier in it.
+ */
+int ma_slots_batch_prepare(ma_slots *s, size_t n, const ma_slot_write *w, ma_slots_batch **out)
+{
+    *out = NULL;
+    int rc = MA_ENOMEM;
+    plan_ent *map = NULL;
+    ma_slots_batch *b = calloc(1, sizeof *b);
+    if (!b)
+        return MA_ENOMEM;
+    b->s = s;
+    if (n == 0) {
+        *out = b;
+        return 0;
+    }
+    size_t mapn = 16;
+    while (mapn < 2 * n)
+        mapn *= 2;
+    b->op = calloc(n, sizeof *b->op);
+    b->created = calloc(n, sizeof *b->created);
+    map = calloc(mapn, sizeof *map);
+    if (!b->op || !b->created || !map)
+        goto fail;
+    b->n = n;
+
+    size_t R = s->nres, P = 0, M = (size_t)s->capacity;
+    for (size_t i = 0; i < s->nres; i++)
+        P += s->res[i]->protect;
+    for (size_t i = 0; i < n; i++) {
+        if (!ma_name_valid(w[i].name)) {
+            rc = MA_EINVAL;
+            goto fail;
+        }
+        rec *r = find(s, w[i].name);
+        if (!r) {
+            if (!(r = create_rec(s, w[i].name)))
+                goto fail;
+            b->created[b->ncreated++] = r;
+        }
+        b->op[i].r = r;
+        plan_ent *e = plan_get(map, mapn - 1, r);
+        e->ops++;
+        if ((r->resident && r->protect) || e->protect)
+            continue;                        /* void write */
+        if (R == M && P == M) {
+            rc = MA_EFULL;
+            goto fail;
+        }
+        if (R < M && !r->resident && !e->written)
+            R++;
+        e->written = true;
+        if (w[i].protect) {
+            e->protect = true;
+            P++;
+        }
+    }
+    /* Room per record: each write of the batch may add a version and a later tombstone, plus one for
+     * the resident invariant. */
+    for (size_t i = 0; i < mapn; i++)
+        if (map[i].r && reserve_versions(s, map[i].r, map[i].r->nver + 2 * map[i].ops + 1))
+            goto fail;
+    if (reserve_resident(s, R))
+        goto fail;
+    for (size_t i = 0; i < n; i++) {
+        if (make_block(s, w[i].k, w[i].v, w[i].payload, &b->op[i].kv, &b->op[i].payload))
+            goto fail;
+        b->op[i].event = w[i].event;
+        b->op[i].protect = w[i].protect;
+    }
+    free(map);
+    *out = b;
+    return 0;
+fail:
+    free(map);
+    ma_slots_batch_abort(b);
+    return rc;
+}
+
+void ma_slots_batch_commit(ma_slots_batch *b, int64_t now, ma_slot_result *out)
+{
+    ma_slots *s = b->s;
+    for (size_t i = 0; i < b->n; i++) {
+        batch_op *op = &b->op[i];
+        if (op->r->resident && op->r->protect) {
+            s->bytes -= block_bytes(s) + (op->payload ? strlen(op->payload) + 1 : 0);
+            free(op->kv);
+            free(op->payload);
+            if (out)
+                out[i] = (ma_slot_result){0};
+            continue;
+        }
+        apply_write(s, op->r, last_version(op->r) + 1, op->event, op->kv, op->payload, op->protect, now,
+                    out ? &out[i] : NULL);
+    }
+    free(b->op);
+    free(b->created);
+    free(b);
+}
+
+/* ---- reads ------------------------------------------------------------------------------------ */
+
+static const version_t *find_version(const rec *r, uint64_t version)
+{
+    size_t lo = 0, hi = r->nver;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (r->ver[mid].version < version)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < r->nver && r->ver[lo].version == version ? &r->ver[lo] : NULL;
+}
+
+static void fill_view(const ma_slots *s, const rec *r, const version_t *v, ma_slot_view *out)
+{
+    out->name = r->name;
+    out->version = v->version;
+    out->event = v->event;
+    out->at = v->at;
+    out->protect = r->protect;
+    out->usage = atomic_load_explicit(&((rec *)r)->usage, memory_order_relaxed);
+    out->k = v->kv;
+    out->v = v->kv + s->kn;
+    out->payload = v->payload;
+}
+
+int ma_slots_view(const ma_slots *s, const char *name, uint64_t version, ma_slot_view *out)
+{
+    const rec *r = find(s, name);
+    if (!r || r->nver == 0)
+        return MA_ENOTFOUND;
+    if (version == 0) {
+        if (!r->resident)
+            return MA_ENOTFOUND;
+        fill_view(s, r, &r->ver[r->nver - 1], out);
+        return 0;
+    }
+    const version_t *v = find_version(r, version);
+    if (!v || !v->kv)
+        return MA_ENOVERSION;
+    fill_view(s, r, v, out);
+    return 0;
+}
+
+int ma_slots_read(const ma_slots *s, const char *name, uint64_t version, ma_slot_value *out)
+{
+    memset(out, 0, sizeof *out);
+    ma_slot_view v;
+    int rc = ma_slots_view(s, name, version, &v);
+    if (rc)
+        return rc;
+    out->k = malloc(s->kn * sizeof(float));
+    out->v = malloc(s->vn * sizeof(float));
+    out->payload = v.payload ? strdup(v.payload) : NULL;
+    if (!out->k || !out->v || (v.payload && !out->payload)) {
+        ma_slot_value_clear(out);
+        return MA_ENOMEM;
+    }
+    memcpy(out->k, v.k, s->kn * sizeof(float));
+    memcpy(out->v, v.v, s->vn * sizeof(float));
+    size_t n = strlen(v.name);
+    memcpy(out->info.name, v.name, n + 1);
+    out->info.version = v.version;
+    out->info.protect = v.protect;
+    out->info.event = v.event;
+    out->info.usage = v.usage;
+    out->info.updated_at = v.at;
+    return 0;
+}
+
+int ma_slots_history(const ma_slots *s, const char *name, ma_version_info **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    const rec *r = find(s, name);
+    if (!r || r->nver == 0)
+        return MA_ENOTFOUND;
+    ma_version_info *h = malloc(r->nver * sizeof *h);
+    if (!h)
+        return MA_ENOMEM;
+    for (size_t i = 0; i < r->nver; i++)
+        h[i] = (ma_version_info){r->ver[i].version, r->ver[i].event, r->ver[i].at, r->ver[i].kv == NULL};
+    *out = h;
+    *n = r->nver;
+    return 0;
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp((*(rec *const *)a)->name, (*(rec *const *)b)->name);
+}
+
+int ma_slots_list(const ma_slots *s, ma_slot_info **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (s->nres == 0)
+        return 0;
+    rec **sorted = malloc(s->nres * sizeof *sorted);
+    ma_slot_info *info = calloc(s->nres, sizeof *info);
+    if (!sorted || !info) {
+        free(sorted);
+        free(info);
+        return MA_ENOMEM;
+    }
+    memcpy(sorted, s->res, s->nres * sizeof *sorted);
+    qsort(sorted, s->nres, sizeof *sorted, by_name);
+    for (size_t i = 0; i < s->nres; i++) {
+        const rec *r = sorted[i];
+        const version_t *v = &r->ver[r->nver - 1];
+        memcpy(info[i].name, r->name, r->name_len + 1);
+        info[i].version = v->version;
+        info[i].protect = r->protect;
+        info[i].event = v->event;
+        info[i].usage = atomic_load_explicit(&sorted[i]->usage, memory_order_relaxed);
+        info[i].updated_at = v->at;
+    }
+    free(sorted);
+    *out = info;
+    *n = s->nres;
+    return 0;
+}
+
+double ma_slots_cosine(const float *q, const float *k, int heads, int dim)
+{
+    double qn[MA_MAX_HEADS], kn[MA_MAX_HEADS];
+    head_norms(q, heads, dim, qn);
+    head_norms(k, heads, dim, kn);
+    return score(q, qn, k, kn, heads, dim);
+}
+
+int ma_slots_match(const ma_slots *s, const float *q, ma_slot_view *best, double *out)
+{
+    double qn[MA_MAX_HEADS];
+    head_norms(q, s->heads, s->dim, qn);
+    const rec *br = NULL;
+    double bs = 0;
+    for (size_t i = 0; i < s->nres; i++) {
+        double c = score(q, qn, s->rkey + i * s->kn, s->rnorm + i * (size_t)s->heads, s->heads, s->dim);
+        if (!br || c > bs || (c == bs && strcmp(s->res[i]->name, br->name) < 0)) {
+            br = s->res[i];
+            bs = c;
+        }
+    }
+    if (!br)
+        return MA_ENOTFOUND;
+    fill_view(s, br, &br->ver[br->nver - 1], best);
+    *out = bs;
+    return 0;
+}
+
+void ma_slots_count_use(const ma_slots *s, const char *name)
+{
+    rec *r = find(s, name);
+    if (r)
+        atomic_fetch_add_explicit(&r->usage, 1, memory_order_relaxed);
+}
+
+/* ---- persistence ------------------------------------------------------------------------------ */
+
+/*
+ * Format 1, little-endian:
+ *   "MASLOTS1" | u32 format | u32 heads, dim, value_dim, capacity | u64 records | u64 resident
+ *   per record (name order): u32 name_len, name | u8 flags (1 resident, 2 protected) | u64 usage |
+ *     u64 versions | per version: u64 version, i64 event, i64 at, u8 kind (0 tombstone, 1 value)
+ *       [kind 1: H·d + H·d_v floats as IEEE-754 bits, u8 has_payload, [u64 len, bytes]]
+ *   resident update order, least recent first: u64 record ordinal each
+ *   u64 checksum (see checksum()) of every byte before it
+ */
+#define SLOTS_MAGIC "MASLOTS1"
+#define SLOTS_FORMAT 1u
+
+typedef struct {
+    unsigned char *p;                /* NULL: only count */
+    size_t n;
+} wbuf;
+
+static void put(wbuf *b, const void *src, size_t n)
+{
+    if (b->p)
+        memcpy(b->p + b->n, src, n);
+    b->n += n;
+}
+
+static void put_u64(wbuf *b, uint64_t x)
+{
+    unsigned char t[8];
+    for (int i = 0; i < 8; i++)
+        t[i] = (unsigned char)(x >> (8 * i));
+    put(b, t, 8);
+}
+
+static void put_u32(wbuf *b, uint32_t x)
+{
+    unsigned char t[4];
+    for (int i = 0; i < 4; i++)
+        t[i] = (unsigned char)(x >> (8 * i));
+    put(b, t, 4);
+}
+
+static void put_u8(wbuf *b, uint8_t x)
+{
+    put(b, &x, 1);
+}
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define HOST_LE 1
+#else
+#define HOST_LE 0
+#endif
+
+/* Floats are the bulk of a table: on a little-endian host their bytes are already the format's. */
+static void put_floats(wbuf *b, const float *f, size_t n)
+{
+    if (HOST_LE || !b->p) {
+        put(b, f, n * sizeof *f);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &f[i], 4);
+        put_u32(b, u);
+    }
+}
+
+static void get_floats(const unsigned char *p, float *f, size_t n)
+{
+    if (HOST_LE) {
+        memcpy(f, p, n * sizeof *f);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 | (uint32_t)p[4 * i + 2] << 16 |
+                     (uint32_t)p[4 * i + 3] << 24;
+        memcpy(&f[i], &u, 4);
+    }
+}
+
+/* The trailer: FNV-1a's offset basis and prime applied to 8-byte little-endian words (the tail byte by
+ * byte), with an xor-shift after each multiply so that high bits reach low ones. One multiply per 8 bytes
+ * instead of per byte: the table is re-serialised on every commit. Detects corruption, not forgery. */
+static uint64_t checksum(const unsigned char *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w = 0;
+        for (int j = 0; j < 8; j++)
+            w |= (uint64_t)p[i + j] << (8 * j);
+        h = (h ^ w) * 0x100000001b3ULL;
+        h ^= h >> 29;
+    }
+    for (; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+static void emit(const ma_slots *s, rec *const *recs, size_t nrec, wbuf *b)
+{
+    put(b, SLOTS_MAGIC, 8);
+    put_u32(b, SLOTS_FORMAT);
+    put_u32(b, (uint32_t)s->heads);
+    put_u32(b, (uint32_t)s->dim);
+    put_u32(b, (uint32_t)s->value_dim);
+    put_u32(b, (uint32_t)s->capacity);
+    put_u64(b, nrec);
+    put_u64(b, s->nres);
+    for (size_t i = 0; i < nrec; i++) {
+        const rec *r = recs[i];
+        put_u32(b, (uint32_t)r->name_len);
+        put(b, r->name, r->name_len);
+        put_u8(b, (uint8_t)(r->resident | (r->protect << 1)));
+        put_u64(b, atomic_load_explicit(&((rec *)r)->usage, memory_order_relaxed));
+        put_u64(b, r->nver);
+        for (size_t j = 0; j < r->nver; j++) {
+            const version_t *v = &r->ver[j];
+            put_u64(b, v->version);
+            put_u64(b, (uint64_t)v->event);
+            put_u64(b, (uint64_t)v->at);
+            put_u8(b, v->kv != NULL);
+            if (!v->kv)
+                continue;
+            put_floats(b, v->kv, s->kn + s->vn);
+            put_u8(b, v->payload != NULL);
+            if (v->payload) {
+                size_t pn = strlen(v->payload);
+                put_u64(b, pn);
+                put(b, v->payload, pn);
+            }
+        }
+    }
+    /* A resident record's ordinal is its position in recs[], which is in name order. */
+    for (const rec *r = s->head; r; r = r->next) {
+        rec *const *pos = bsearch(&r, recs, nrec, sizeof *recs, by_name);
+        put_u64(b, (uint64_t)(pos - recs));
+    }
+}
+
+int ma_slots_serialize(const ma_slots *s, void **buf, size_t *len)
+{
+    *buf = NULL;
+    *len = 0;
+    rec **recs = malloc((s->nrec ? s->nrec : 1) * sizeof *recs);
+    if (!recs)
+        return MA_ENOMEM;
+    size_t nrec = 0;
+    for (size_t i = 0; i < s->nbucket; i++)
+        for (rec *r = s->bucket[i]; r; r = r->hnext)
+            if (r->nver)
+                recs[nrec++] = r;
+    qsort(recs, nrec, sizeof *recs, by_name);
+
+    wbuf b = {NULL, 0};
+    emit(s, recs, nrec, &b);
+    size_t total = b.n + 8;
+    unsigned char *out = malloc(total);
+    if (out) {
+        b = (wbuf){out, 0};
+        emit(s, recs, nrec, &b);
+        put_u64(&b, checksum(out, b.n));
+    }
+    free(recs);
+    if (!out)
+        return MA_ENOMEM;
+    *buf = out;
+    *len = total;
+    return 0;
+}
+
+typedef struct {
+    const unsigned char *p;
+    size_t n, off;
+    bool bad;
+} rbuf;
+
+static const unsigned char *take(rbuf *b, size_t n)
+{
+    if (b->bad || b->n - b->off < n) {
+        b->bad = true;
+        return NULL;
+    }
+    const unsigned char *p = b->p + b->off;
+    b->off += n;
+    return p;
+}
+
+static uint64_t get_u64(rbuf *b)
+{
+    const unsigned char *p = take(b, 8);
+    uint64_t x = 0;
+    for (int i = 0; p && i < 8; i++)
+        x |= (uint64_t)p[i] << (8 * i);
+    return x;
+}
+
+static uint32_t get_u32(rbuf *b)
+{
+    const unsigned char *p = take(b, 4);
+    uint32_t x = 0;
+    for (int i = 0; p && i < 4; i++)
+        x |= (uint32_t)p[i] << (8 * i);
+    return x;
+}
+
+static uint8_t get_u8(rbuf *b)
+{
+    const unsigned char *p = take(b, 1);
+    return p ? *p : 0;
+}
+
+/* Reads one record's versions; the record is already in the table. */
+static int read_versions(ma_slots *s, rbuf *b, rec *r, uint64_t nver)
+{
+    /* Each version takes at least 25 bytes: a count larger than the rest of the buffer is corrupt. */
+    if (nver == 0 || nver > (b->n - b->off) / 25)
+        return MA_ECORRUPT;
+    if (reserve_versions(s, r, (size_t)nver + 1))
+        return MA_ENOMEM;
+    for (uint64_t j = 0; j < nver; j++) {
+        uint64_t version = get_u64(b);
+        int64_t event = (int64_t)get_u64(b), at = (int64_t)get_u64(b);
+        uint8_t kind = get_u8(b);
+        if (b->bad || kind > 1 || version == 0 || version <= last_version(r) || event < -1)
+            return MA_ECORRUPT;
+        float *kv = NULL;
+        char *pl = NULL;
+        if (kind == 1) {
+            size_t nf = s->kn + s->vn;
+            const unsigned char *fp = take(b, nf * 4);
+            uint8_t has = get_u8(b);
+            uint64_t pn = has ? get_u64(b) : 0;
+            const unsigned char *pp = has ? take(b, (size_t)pn) : NULL;
+            if (b->bad || has > 1 || (has && memchr(pp, 0, (size_t)pn)))
+                return MA_ECORRUPT;
+            if (!(kv = malloc(nf * sizeof *kv)) || (has && !(pl = malloc((size_t)pn + 1)))) {
+                free(kv);
+                return MA_ENOMEM;
+            }
+            get_floats(fp, kv, nf);
+            if (has) {
+                memcpy(pl, pp, (size_t)pn);
+                pl[pn] = 0;
+            }
+            s->bytes += block_bytes(s) + (has ? (size_t)pn + 1 : 0);
+        }
+        append_version(r, version, event, at, kv, pl);
+    }
+    return 0;
+}
+
+int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, const void *buf, size_t len,
+                           ma_slots **out)
+{
+    *out = NULL;
+    ma_slots *s = NULL;
+    rec **recs = NULL;
+    int rc = ma_slots_create(heads, dim, value_dim, capacity, &s);
+    if (rc)
+        return rc;
+    rc = MA_ECORRUPT;
+    if (len < 8 + 4 * 5 + 16 + 8)
+        goto fail;
+    uint64_t sum = 0;
+    for (int i = 0; i < 8; i++)
+        sum |= (uint64_t)((const unsigned char *)buf)[len - 8 + i] << (8 * i);
+    if (memcmp(buf, SLOTS_MAGIC, 8) != 0 || checksum(buf, len - 8) != sum)
+        goto fail;
+    rbuf b = {buf, len - 8, 8, false};
+    if (get_u32(&b) != SLOTS_FORMAT || get_u32(&b) != (uint32_t)heads || get_u32(&b) != (uint32_t)dim ||
+        get_u32(&b) != (uint32_t)value_dim || get_u32(&b) != (uint32_t)capacity)
+        goto fail;
+    uint64_t nrec = get_u64(&b), nres = get_u64(&b);
+    /* A record takes at least 4 + 1 + 1 + 8 + 8 + 25 bytes. */
+    if (b.bad || nrec > (b.n - b.off) / 47 || nres > nrec || nres > (uint64_t)capacity)
+        goto fail;
+    if (nrec && !(recs = calloc((size_t)nrec, sizeof *recs))) {
+        rc = MA_ENOMEM;
+        goto fail;
+    }
+    if (reserve_resident(s, (size_t)nres)) {
+        rc = MA_ENOMEM;
+        goto fail;
+    }
+    size_t resident = 0;
+    for (uint64_t i = 0; i < nrec; i++) {
+        uint32_t nl = get_u32(&b);
+        const unsigned char *np = nl >= 1 && nl <= MA_MAX_NAME ? take(&b, nl) : NULL;
+        if (!np)
+            goto fail;
+        char name[MA_MAX_NAME + 1];
+        memcpy(name, np, nl);
+        name[nl] = 0;
+        if (!ma_name_valid(name) || find(s, name) || (i > 0 && strcmp(recs[i - 1]->name, name) >= 0))
+            goto fail;
+        uint8_t flags = get_u8(&b);
+        uint64_t usage = get_u64(&b), nver = get_u64(&b);
+        if (b.bad || flags > 3 || flags == 2)
+            goto fail;
+        rec *r = create_rec(s, name);
+        if (!r) {
+            rc = MA_ENOMEM;
+            goto fail;
+        }
+        recs[i] = r;
+        atomic_store(&r->usage, usage);
+        if ((rc = read_versions(s, &b, r, nver)))
+            goto fail;
+        rc = MA_ECORRUPT;
+        r->resident = flags & 1;
+        r->protect = flags & 2;
+        /* Resident names end with a value, evicted ones with their tombstone. */
+        if ((r->ver[r->nver - 1].kv != NULL) != r->resident)
+            goto fail;
+        resident += r->resident;
+    }
+    if (resident != nres)
+        goto fail;
+    for (uint64_t i = 0; i < nres; i++) {
+        uint64_t ord = get_u64(&b);
+        if (b.bad || ord >= nrec || !recs[ord]->resident || recs[ord]->prev || recs[ord] == s->tail)
+            goto fail;
+        rec *r = recs[ord];
+        r->row = s->nres;
+        s->res[s->nres++] = r;
+        set_row(s, r->row, r->ver[r->nver - 1].kv);
+        lru_append(s, r);
+    }
+    if (b.bad || b.off != b.n)
+        goto fail;
+    free(recs);
+    *out = s;
+    return 0;
+fail:
+    free(recs);
+    ma_slots_destroy(s);
+    return rc;
+}
+
+void ma_slot_value_clear(ma_slot_value *sv)
+{
+    free(sv->k);
+    free(sv->v);
+    free(sv->payload);
+    sv->k = sv->v = NULL;
+    sv->payload = NULL;
+}

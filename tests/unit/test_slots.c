@@ -1,0 +1,799 @@
+/* tests/unit/test_slots.c — every slot verb and edge case of core/slots.h, batches, matching, persistence. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "core/slots.h"
+
+enum { H = 2, D = 4, DV = 3, KN = H * D, VN = H * DV };
+
+static uint64_t rng_state;
+
+static float frand(void)
+{
+    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+/* A write whose key and value are filled from `seed` (so two writes with one seed are equal). */
+typedef struct {
+    float k[KN], v[VN];
+    ma_slot_write w;
+} wr;
+
+static ma_slot_write *mk(wr *x, const char *name, uint64_t seed, const char *payload)
+{
+    rng_state = seed * 2654435761u + 1;
+    for (int i = 0; i < KN; i++)
+        x->k[i] = frand();
+    for (int i = 0; i < VN; i++)
+        x->v[i] = frand();
+    x->w = (ma_slot_write){name, x->k, x->v, payload, -1, false};
+    return &x->w;
+}
+
+static ma_slots *table(int capacity)
+{
+    ma_slots *s;
+    assert_int_equal(ma_slots_create(H, D, DV, capacity, &s), 0);
+    return s;
+}
+
+/* Whole-table snapshot, to check that a failed call changed nothing. */
+static void snapshot(const ma_slots *s, void **buf, size_t *len)
+{
+    assert_int_equal(ma_slots_serialize(s, buf, len), 0);
+}
+
+static void assert_unchanged(const ma_slots *s, const void *buf, size_t len)
+{
+    void *now;
+    size_t n;
+    snapshot(s, &now, &n);
+    assert_int_equal(n, len);
+    assert_memory_equal(now, buf, len);
+    free(now);
+}
+
+static uint64_t current(const ma_slots *s, const char *name)
+{
+    ma_slot_view v;
+    return ma_slots_view(s, name, 0, &v) == 0 ? v.version : 0;
+}
+
+static void test_write_read(void **state)
+{
+    (void)state;
+    ma_slots *s = table(4);
+    wr a;
+    ma_slot_result res;
+    assert_int_equal(ma_slots_put(s, mk(&a, "capital_of_france", 1, "\"Paris\""), true, 0, 0, 100, &res), 0);
+    assert_int_equal(res.version, 1);
+    assert_true(res.created);
+    assert_false(res.evicted);
+
+    ma_slot_value val;
+    assert_int_equal(ma_slots_read(s, "capital_of_france", 0, &val), 0);
+    assert_string_equal(val.info.name, "capital_of_france");
+    assert_int_equal(val.info.version, 1);
+    assert_int_equal(val.info.event, -1);
+    assert_int_equal(val.info.updated_at, 100);
+    assert_false(val.info.protect);
+    assert_memory_equal(val.k, a.k, sizeof a.k);
+    assert_memory_equal(val.v, a.v, sizeof a.v);
+    assert_string_equal(val.payload, "\"Paris\"");
+    ma_slot_value_clear(&val);
+
+    /* The write verb refuses a resident name and changes nothing. */
+    void *snap;
+    size_t sn;
+    snapshot(s, &snap, &sn);
+    wr b;
+    assert_int_equal(ma_slots_put(s, mk(&b, "capital_of_france", 2, NULL), true, 0, 0, 101, &res), MA_EEXISTS);
+    assert_unchanged(s, snap, sn);
+    free(snap);
+
+    assert_int_equal(ma_slots_read(s, "nope", 0, &val), MA_ENOTFOUND);
+    assert_int_equal(ma_slots_read(s, "capital_of_france", 2, &val), MA_ENOVERSION);
+    ma_slots_destroy(s);
+}
+
+static void test_overwrite_supersedes(void **state)
+{
+    (void)state;
+    ma_slots *s = table(4);
+    wr a, b;
+    ma_slot_result res;
+    assert_int_equal(ma_slots_put(s, mk(&a, "x", 1, "1"), false, 0, 0, 1, &res), 0);
+    assert_true(res.created);
+    assert_int_equal(ma_slots_put(s, mk(&b, "x", 2, NULL), false, 0, 0, 2, &res), 0);
+    assert_false(res.created);
+    assert_int_equal(res.version, 2);
+
+    ma_slot_view v;
+    assert_int_equal(ma_slots_view(s, "x", 0, &v), 0);
+    assert_int_equal(v.version, 2);
+    assert_memory_equal(v.v, b.v, sizeof b.v);      /* the new value exactly, never an average */
+    assert_memory_equal(v.k, b.k, sizeof b.k);
+    assert_null(v.payload);
+    assert_int_equal(ma_slots_view(s, "x", 1, &v), 0);   /* the old version stays readable */
+    assert_memory_equal(v.v, a.v, sizeof a.v);
+    assert_string_equal(v.payload, "1");
+    assert_int_equal(v.at, 1);
+    ma_slots_destroy(s);
+}
+
+static void test_explicit_version_and_if_match(void **state)
+{
+    (void)state;
+    ma_slots *s = table(4);
+    wr a;
+    ma_slot_result res;
+    void *snap;
+    size_t sn;
+    assert_int_equal(ma_slots_put(s, mk(&a, "x", 1, NULL), false, 0, 0, 1, NULL), 0);
+    assert_int_equal(ma_slots_put(s, mk(&a, "x", 2, NULL), false, 10, 0, 2, &res), 0);
+    assert_int_equal(res.version, 10);
+
+    snapshot(s, &snap, &sn);
+    assert_int_equal(ma_slots_put(s, mk(&a, "x", 3, NULL), false, 10, 0, 3, &res), MA_ECONFLICT);
+    assert_int_equal(ma_slots_put(s, mk(&a, "x", 3, NULL), false, 5, 0, 3, &res), MA_ECONFLICT);
+    assert_int_equal(ma_slots_put(s, mk(&a, "x", 3, NULL), false, MA_SLOT_VERSION_MAX + 1, 0, 3, &res),
+                     MA_EINVAL);
+    assert_int_equal(ma_slots_put(s, mk(&a, "x", 3, NULL), false, 0, 9, 3, &res), MA_EPRECOND);
+    assert_int_equal(ma_slots_put(s, mk(&a, "y", 3, NULL), false, 0, 1, 3, &res), MA_EPRECOND);
+    assert_unchanged(s, snap, sn);
+    free(snap);
+
+    assert_int_equal(ma_slots_put(s, mk(&a, "x", 4, NULL), false, 0, 10, 4, &res), 0);
+    assert_int_equal(res.version, 11);
+    assert_int_equal(ma_slots_put(s, mk(&a, "x", 5, NULL), false, MA_SLOT_VERSION_MAX, 11, 5, &res), 0);
+    assert_int_equal(res.version, MA_SLOT_VERSION_MAX);
+
+    ma_version_info *h;
+    size_t n;
+    assert_int_equal(ma_slots_history(s, "x", &h, &n), 0);
+    assert_int_equal(n, 4);
+    uint64_t want[] = {1, 10, 11, MA_SLOT_VERSION_MAX};
+    for (size_t i = 0; i < n; i++) {
+        assert_true(h[i].version == want[i]);
+        assert_false(h[i].tombstone);
+    }
+    free(h);
+    ma_slot_view v;
+    assert_int_equal(ma_slots_view(s, "x", 5, &v), MA_ENOVERSION);
+    ma_slots_destroy(s);
+}
+
+static void test_protect(void **state)
+{
+    (void)state;
+    ma_slots *s = table(4);
+    wr a;
+    void *snap;
+    size_t sn;
+    assert_int_equal(ma_slots_put(s, mk(&a, "x", 1, NULL), false, 0, 0, 1, NULL), 0);
+    assert_int_equal(ma_slots_protect(s, "x", true), 0);
+    assert_int_equal(ma_slots_protect(s, "x", true), 0);           /* idempotent */
+    assert_int_equal(ma_slots_protect(s, "y", true), MA_ENOTFOUND);
+
+    snapshot(s, &snap, &sn);
+    wr b;
+    assert_int_equal(ma_slots_put(s, mk(&b, "x", 2, NULL), false, 0, 0, 2, NULL), MA_EPROTECTED);
+    assert_int_equal(ma_slots_put(s, mk(&b, "x", 2, NULL), false, 5, 1, 2, NULL), MA_EPROTECTED);
+    assert_int_equal(ma_slots_put(s, mk(&b, "x", 2, NULL), true, 0, 0, 2, NULL), MA_EEXISTS);
+    assert_int_equal(ma_slots_evict(s, "x", 2), MA_EPROTECTED);
+    assert_int_equal(ma_slots_restore(s, "x", 1, 2, NULL), MA_EPROTECTED);
+    assert_unchanged(s, snap, sn);
+    free(snap);
+
+    ma_slot_view v;
+    assert_int_equal(ma_slots_view(s, "x", 0, &v), 0);
+    assert_true(v.protect);
+    assert_memory_equal(v.v, a.v, sizeof a.v);
+
+    assert_int_equal(ma_slots_protect(s, "x", false), 0);
+    assert_int_equal(ma_slots_put(s, mk(&b, "x", 2, NULL), false, 0, 0, 2, NULL), 0);
+    assert_int_equal(current(s, "x"), 2);
+
+    /* A write may protect the slot after writing it. */
+    b.w.protect = true;
+    assert_int_equal(ma_slots_put(s, &b.w, false, 0, 0, 3, NULL), 0);
+    assert_int_equal(ma_slots_view(s, "x", 0, &v), 0);
+    assert_true(v.protect);
+    assert_int_equal(v.version, 3);
+    ma_slots_destroy(s);
+}
+
+static void test_evict_tombstone_rewrite(void **state)
+{
+    (void)state;
+    ma_slots *s = table(4);
+    wr a, b;
+    ma_slot_result res;
+    assert_int_equal(ma_slots_put(s, mk(&a, "x", 1, "\"a\""), false, 0, 0, 1, NULL), 0);
+    assert_int_equal(ma_slots_evict(s, "x", 7), 0);
+    assert_int_equal(ma_slots_evict(s, "x", 8), MA_ENOTFOUND);
+    assert_int_equal(ma_slots_resident(s), 0);
+
+    ma_slot_view v;
+    assert_int_equal(ma_slots_view(s, "x", 0, &v), MA_ENOTFOUND);
+    assert_int_equal(ma_slots_view(s, "x", 1, &v), 0);              /* history stays readable */
+    assert_string_equal(v.payload, "\"a\"");
+    assert_int_equal(ma_slots_view(s, "x", 2, &v), MA_ENOVERSION);  /* the tombstone has no value */
+
+    ma_version_info *h;
+    size_t n;
+    assert_int_equal(ma_slots_history(s, "x", &h, &n), 0);
+    assert_int_equal(n, 2);
+    assert_true(h[1].tombstone);
+    assert_int_equal(h[1].version, 2);
+    assert_int_equal(h[1].at, 7);
+    free(h);
+    assert_int_equal(ma_slots_history(s, "never", &h, &n), MA_ENOTFOUND);
+
+    /* Written again: numbering continues after the tombstone, never reused. */
+    assert_int_equal(ma_slots_put(s, mk(&b, "x", 2, NULL), true, 0, 0, 9, &res), 0);
+    assert_true(res.created);
+    assert_int_equal(res.version, 3);
+    assert_int_equal(ma_slots_evict(s, "x", 10), 0);
+    assert_int_equal(ma_slots_put(s, mk(&b, "x", 3, NULL), false, 0, 0, 11, &res), 0);
+    assert_true(res.created);
+    assert_int_equal(res.version, 5);
+    /* Explicit versions must also pass the tombstone's number. */
+    assert_int_equal(ma_slots_evict(s, "x", 12), 0);
+    assert_int_equal(ma_slots_put(s, mk(&b, "x", 3, NULL), false, 6, 0, 13, &res), MA_ECONFLICT);
+    assert_int_equal(ma_slots_put(s, mk(&b, "x", 3, NULL), false, 7, 0, 13, &res), 0);
+    ma_slots_destroy(s);
+}
+
+static void test_capacity_eviction_lru_skips_protected(void **state)
+{
+    (void)state;
+    ma_slots *s = table(3);
+    wr a;
+    ma_slot_result res;
+    assert_int_equal(ma_slots_put(s, mk(&a, "a", 1, NULL), false, 0, 0, 1, NULL), 0);
+    assert_int_equal(ma_slots_put(s, mk(&a, "b", 2, NULL), false, 0, 0, 1, NULL), 0);
+    assert_int_equal(ma_slots_put(s, mk(&a, "c", 3, NULL), false, 0, 0, 1, NULL), 0);
+    /* Same millisecond for all: the order of updates decides, not the clock. b becomes the most recent;
+     * protecting a is not an update. */
+    assert_int_equal(ma_slots_put(s, mk(&a, "b", 4, NULL), false, 0, 0, 1, NULL), 0);
+    assert_int_equal(ma_slots_protect(s, "a", true), 0);
+
+    assert_int_equal(ma_slots_put(s, mk(&a, "d", 5, NULL), true, 0, 0, 2, &res), 0);
+    assert_true(res.evicted);
+    assert_string_equal(res.evicted_name, "c");
+    assert_int_equal(ma_slots_resident(s), 3);
+    ma_version_info *h;
+    size_t n;
+    assert_int_equal(ma_slots_history(s, "c", &h, &n), 0);
+    assert_true(h[n - 1].tombstone);
+    free(h);
+
+    assert_int_equal(ma_slots_put(s, mk(&a, "e", 6, NULL), true, 0, 0, 3, &res), 0);
+    assert_string_equal(res.evicted_name, "b");
+
+    /* Overwriting a resident slot at capacity evicts nothing. */
+    assert_int_equal(ma_slots_put(s, mk(&a, "d", 7, NULL), false, 0, 0, 4, &res), 0);
+    assert_false(res.evicted);
+
+    ma_slot_info *info;
+    assert_int_equal(ma_slots_list(s, &info, &n), 0);
+    assert_int_equal(n, 3);
+    assert_string_equal(info[0].name, "a");
+    assert_true(info[0].protect);
+    assert_string_equal(info[1].name, "d");
+    assert_int_equal(info[1].version, 2);
+    assert_string_equal(info[2].name, "e");
+    free(info);
+    ma_slots_destroy(s);
+}
+
+static void test_all_protected_is_full(void **state)
+{
+    (void)state;
+    ma_slots *s = table(2);
+    wr a;
+    void *snap;
+    size_t sn;
+    assert_int_equal(ma_slots_put(s, mk(&a, "a", 1, NULL), false, 0, 0, 1, NULL), 0);
+    assert_int_equal(ma_slots_put(s, mk(&a, "b", 2, NULL), false, 0, 0, 1, NULL), 0);
+    assert_int_equal(ma_slots_evict(s, "b", 2), 0);
+    assert_int_equal(ma_slots_put(s, mk(&a, "c", 3, NULL), false, 0, 0, 3, NULL), 0);
+    assert_int_equal(ma_slots_protect(s, "a", true), 0);
+    assert_int_equal(ma_slots_protect(s, "c", true), 0);
+    size_t bytes = ma_slots_bytes(s);
+
+    snapshot(s, &snap, &sn);
+    assert_int_equal(ma_slots_put(s, mk(&a, "new", 4, NULL), true, 0, 0, 4, NULL), MA_EFULL);
+    assert_int_equal(ma_slots_restore(s, "b", 1, 4, NULL), MA_EFULL);
+    ma_slot_write w = *mk(&a, "new", 5, NULL);
+    ma_slots_batch *b;
+    assert_int_equal(ma_slots_batch_prepare(s, 1, &w, &b), MA_EFULL);
+    assert_null(b);
+    assert_unchanged(s, snap, sn);
+    assert_int_equal(ma_slots_bytes(s), bytes);
+    free(snap);
+    ma_version_info *h;
+    size_t n;
+    assert_int_equal(ma_slots_history(s, "new", &h, &n), MA_ENOTFOUND);
+    ma_slots_destroy(s);
+}
+
+static void test_restore(void **state)
+{
+    (void)state;
+    ma_slots *s = table(2);
+    wr a, b;
+    ma_slot_result res;
+    mk(&a, "x", 1, "\"one\"");
+    a.w.event = 42;
+    assert_int_equal(ma_slots_put(s, &a.w, false, 0, 0, 1, NULL), 0);
+    assert_int_equal(ma_slots_put(s, mk(&b, "x", 2, "\"two\""), false, 0, 0, 2, NULL), 0);
+
+    assert_int_equal(ma_slots_restore(s, "x", 1, 3, &res), 0);
+    assert_int_equal(res.version, 3);
+    assert_false(res.created);
+    ma_slot_view v;
+    assert_int_equal(ma_slots_view(s, "x", 0, &v), 0);
+    assert_int_equal(v.version, 3);
+    assert_memory_equal(v.v, a.v, sizeof a.v);
+    assert_memory_equal(v.k, a.k, sizeof a.k);
+    assert_string_equal(v.payload, "\"one\"");
+    assert_int_equal(v.at, 3);
+    assert_int_equal(v.event, 42);                   /* provenance of the restored value */
+
+    assert_int_equal(ma_slots_restore(s, "x", 9, 4, NULL), MA_ENOVERSION);
+    assert_int_equal(ma_slots_restore(s, "x", 0, 4, NULL), MA_ENOVERSION);
+    assert_int_equal(ma_slots_restore(s, "nope", 1, 4, NULL), MA_ENOTFOUND);
+
+    /* Restoring an evicted name makes it resident again, evicting the least recently updated. */
+    assert_int_equal(ma_slots_evict(s, "x", 5), 0);                 /* tombstone = version 4 */
+    assert_int_equal(ma_slots_restore(s, "x", 4, 6, NULL), MA_ENOVERSION);
+    assert_int_equal(ma_slots_put(s, mk(&b, "y", 3, NULL), false, 0, 0, 6, NULL), 0);
+    assert_int_equal(ma_slots_put(s, mk(&b, "z", 4, NULL), false, 0, 0, 7, NULL), 0);
+    assert_int_equal(ma_slots_restore(s, "x", 2, 8, &res), 0);
+    assert_int_equal(res.version, 5);
+    assert_true(res.created);
+    assert_true(res.evicted);
+    assert_string_equal(res.evicted_name, "y");
+    assert_int_equal(ma_slots_view(s, "x", 0, &v), 0);
+    assert_string_equal(v.payload, "\"two\"");
+    ma_slots_destroy(s);
+}
+
+static void test_match_and_cosine(void **state)
+{
+    (void)state;
+    ma_slots *s = table(8);
+    ma_slot_view v;
+    double score;
+    float q[KN];
+    rng_state = 99;
+    for (int i = 0; i < KN; i++)
+        q[i] = frand();
+    assert_int_equal(ma_slots_match(s, q, &v, &score), MA_ENOTFOUND);
+
+    char names[6][16];
+    wr w[6];
+    for (int i = 0; i < 6; i++) {
+        snprintf(names[i], sizeof names[i], "s%d", i);
+        assert_int_equal(ma_slots_put(s, mk(&w[i], names[i], (uint64_t)i + 10, NULL), false, 0, 0, 1, NULL), 0);
+    }
+    /* Reference: per-head cosine in double, averaged over heads. */
+    int best = -1;
+    double bs = -2;
+    for (int i = 0; i < 6; i++) {
+        double sum = 0;
+        for (int h = 0; h < H; h++) {
+            double qk = 0, qq = 0, kk = 0;
+            for (int j = 0; j < D; j++) {
+                qk += (double)q[h * D + j] * w[i].k[h * D + j];
+                qq += (double)q[h * D + j] * q[h * D + j];
+                kk += (double)w[i].k[h * D + j] * w[i].k[h * D + j];
+            }
+            sum += qk / sqrt(qq) / sqrt(kk);
+        }
+        sum /= H;
+        assert_true(fabs(ma_slots_cosine(q, w[i].k, H, D) - sum) < 1e-6);   /* float dot products */
+        if (sum > bs) {
+            bs = sum;
+            best = i;
+        }
+    }
+    assert_int_equal(ma_slots_match(s, q, &v, &score), 0);
+    assert_string_equal(v.name, names[best]);
+    assert_true(fabs(score - bs) < 1e-6);
+    assert_true(score == ma_slots_cosine(q, w[best].k, H, D));   /* the scan and a named score agree */
+
+    /* A query equal to a key scores 1; a zero head scores 0 for that head. */
+    assert_true(fabs(ma_slots_cosine(w[2].k, w[2].k, H, D) - 1.0) < 1e-6);
+    float half[KN];
+    memcpy(half, w[2].k, sizeof half);
+    memset(half + D, 0, D * sizeof(float));
+    assert_true(fabs(ma_slots_cosine(half, w[2].k, H, D) - 0.5) < 1e-6);
+
+    /* Ties go to the smaller name, whatever the order of the resident set. */
+    wr t;
+    assert_int_equal(ma_slots_put(s, mk(&t, "zz", 5, NULL), false, 0, 0, 1, NULL), 0);
+    assert_int_equal(ma_slots_put(s, mk(&t, "aa", 5, NULL), false, 0, 0, 1, NULL), 0);
+    assert_int_equal(ma_slots_match(s, t.k, &v, &score), 0);
+    assert_string_equal(v.name, "aa");
+
+    /* Evicted slots are not matched. */
+    assert_int_equal(ma_slots_evict(s, "aa", 2), 0);
+    assert_int_equal(ma_slots_match(s, t.k, &v, &score), 0);
+    assert_string_equal(v.name, "zz");
+    ma_slots_destroy(s);
+}
+
+typedef struct {
+    const ma_slots *s;
+    int n;
+} use_arg;
+
+static void *count_uses(void *p)
+{
+    use_arg *a = p;
+    for (int i = 0; i < a->n; i++)
+        ma_slots_count_use(a->s, "x");
+    return NULL;
+}
+
+static void test_usage_is_atomic(void **state)
+{
+    (void)state;
+    ma_slots *s = table(2);
+    wr a;
+    assert_int_equal(ma_slots_put(s, mk(&a, "x", 1, NULL), false, 0, 0, 1, NULL), 0);
+    enum { T = 4, N = 20000 };
+    pthread_t th[T];
+    use_arg arg = {s, N};
+    for (int i = 0; i < T; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, count_uses, &arg), 0);
+    for (int i = 0; i < T; i++)
+        pthread_join(th[i], NULL);
+    ma_slot_info *info;
+    size_t n;
+    assert_int_equal(ma_slots_list(s, &info, &n), 0);
+    assert_int_equal(info[0].usage, (uint64_t)T * N);
+    free(info);
+    ma_slots_destroy(s);
+}
+
+static void test_batch(void **state)
+{
+    (void)state;
+    ma_slots *s = table(3);
+    wr a;
+    assert_int_equal(ma_slots_put(s, mk(&a, "p", 1, NULL), false, 0, 0, 1, NULL), 0);
+    assert_int_equal(ma_slots_protect(s, "p", true), 0);
+
+    wr e[5];
+    ma_slot_write w[5];
+    w[0] = *mk(&e[0], "a", 10, "{\"i\":0}");
+    w[1] = *mk(&e[1], "p", 11, NULL);               /* protected: void */
+    w[2] = *mk(&e[2], "a", 12, NULL);               /* overwrite within the batch, then protect */
+    w[2].protect = true;
+    w[3] = *mk(&e[3], "a", 13, NULL);               /* protected by the batch itself: void */
+    w[4] = *mk(&e[4], "b", 14, NULL);
+    for (int i = 0; i < 5; i++)
+        w[i].event = 100 + i;
+
+    ma_slots_batch *b;
+    ma_slot_result out[5];
+    assert_int_equal(ma_slots_batch_prepare(s, 5, w, &b), 0);
+    ma_slots_batch_commit(b, 50, out);
+    assert_int_equal(out[0].version, 1);
+    assert_true(out[0].created);
+    assert_int_equal(out[1].version, 0);
+    assert_int_equal(out[2].version, 2);
+    assert_int_equal(out[3].version, 0);
+    assert_int_equal(out[4].version, 1);
+
+    ma_slot_view v;
+    assert_int_equal(ma_slots_view(s, "a", 0, &v), 0);
+    assert_true(v.protect);
+    assert_int_equal(v.event, 102);
+    assert_memory_equal(v.v, e[2].v, sizeof e[2].v);
+    assert_int_equal(ma_slots_view(s, "a", 1, &v), 0);
+    assert_string_equal(v.payload, "{\"i\":0}");
+    assert_int_equal(ma_slots_view(s, "p", 0, &v), 0);
+    assert_memory_equal(v.v, a.v, sizeof a.v);
+
+    /* Now p and a are protected and b is not. A batch writing c (evicting b) and protecting it leaves no
+     * victim for d: the batch fails whole. Abort of a good batch changes nothing either. */
+    void *snap;
+    size_t sn;
+    snapshot(s, &snap, &sn);
+    size_t bytes = ma_slots_bytes(s);
+    w[0] = *mk(&e[0], "c", 20, NULL);
+    w[0].protect = true;
+    w[1] = *mk(&e[1], "d", 21, NULL);
+    assert_int_equal(ma_slots_batch_prepare(s, 2, w, &b), MA_EFULL);
+    assert_unchanged(s, snap, sn);
+    assert_int_equal(ma_slots_batch_prepare(s, 1, w, &b), 0);
+    ma_slots_batch_abort(b);
+    assert_unchanged(s, snap, sn);
+    assert_int_equal(ma_slots_bytes(s), bytes);
+    assert_int_equal(ma_slots_batch_prepare(s, 0, w, &b), 0);
+    ma_slots_batch_commit(b, 60, NULL);
+    assert_unchanged(s, snap, sn);
+    free(snap);
+
+    assert_int_equal(ma_slots_batch_prepare(s, 1, w, &b), 0);
+    ma_slots_batch_commit(b, 60, out);
+    assert_true(out[0].evicted);
+    assert_string_equal(out[0].evicted_name, "b");
+    ma_slots_destroy(s);
+}
+
+/* The router's scan over the resident rows equals a brute-force pass over the listed slots. */
+static void assert_match_is_brute_force(const ma_slots *s, const float *q)
+{
+    ma_slot_info *info;
+    size_t n;
+    assert_int_equal(ma_slots_list(s, &info, &n), 0);
+    ma_slot_view v, best;
+    double score;
+    if (n == 0) {
+        assert_int_equal(ma_slots_match(s, q, &best, &score), MA_ENOTFOUND);
+        return;
+    }
+    const char *want = NULL;
+    double ws = 0;
+    for (size_t i = 0; i < n; i++) {      /* name order: a tie keeps the smaller name */
+        assert_int_equal(ma_slots_view(s, info[i].name, 0, &v), 0);
+        double c = ma_slots_cosine(q, v.k, H, D);
+        if (!want || c > ws) {
+            want = info[i].name;
+            ws = c;
+        }
+    }
+    assert_int_equal(ma_slots_match(s, q, &best, &score), 0);
+    assert_string_equal(best.name, want);
+    assert_true(score == ws);
+    free(info);
+}
+
+/*
+ * Property: a batch behaves exactly like its writes applied one by one through the verbs (void when
+ * protected), and prepare reports MA_EFULL exactly when that sequence would hit it. Random batches over
+ * a small name pool and a small capacity, starting from random tables.
+ */
+static void test_batch_equals_sequential(void **state)
+{
+    (void)state;
+    const char *pool[] = {"a", "b", "c", "d", "e", "f"};
+    int full_seen = 0, ok_seen = 0;
+    for (int trial = 0; trial < 400; trial++) {
+        rng_state = (uint64_t)trial * 7919 + 3;
+        int M = 1 + (int)((frand() + 1) * 2);             /* 1..4 */
+        ma_slots *s = table(M);
+        int pre = (int)((frand() + 1) * 3);
+        for (int i = 0; i < pre; i++) {
+            wr x;
+            const char *nm = pool[(int)((frand() + 1) * 2.99)];
+            uint64_t seed = (uint64_t)trial * 100 + (uint64_t)i;
+            int prot = frand() > 0.3f;
+            (void)ma_slots_put(s, mk(&x, nm, seed, NULL), false, 0, 0, 1, NULL);
+            if (prot)
+                (void)ma_slots_protect(s, nm, true);
+        }
+        void *buf;
+        size_t len;
+        snapshot(s, &buf, &len);
+        ma_slots *seq;
+        assert_int_equal(ma_slots_restore_table(H, D, DV, M, buf, len, &seq), 0);
+
+        int n = 1 + (int)((frand() + 1) * 3);
+        wr e[8];
+        ma_slot_write w[8];
+        uint64_t st = rng_state;
+        for (int i = 0; i < n; i++) {
+            rng_state = st + (uint64_t)i * 31;
+            int pick = (int)((frand() + 1) * 2.99);
+            int prot = frand() > 0.5f;
+            w[i] = *mk(&e[i], pool[pick], (uint64_t)trial * 1000 + (uint64_t)i, i % 2 ? "\"p\"" : NULL);
+            w[i].protect = prot;
+            w[i].event = i;
+        }
+        int seq_rc = 0;
+        ma_slot_result want[8], got[8];
+        for (int i = 0; i < n && !seq_rc; i++) {
+            ma_slot_view v;
+            if (ma_slots_view(seq, w[i].name, 0, &v) == 0 && v.protect) {
+                want[i] = (ma_slot_result){0};
+                continue;
+            }
+            seq_rc = ma_slots_put(seq, &w[i], false, 0, 0, 9, &want[i]);
+        }
+        ma_slots_batch *b;
+        int rc = ma_slots_batch_prepare(s, (size_t)n, w, &b);
+        assert_int_equal(rc, seq_rc);
+        if (rc == 0) {
+            ok_seen++;
+            ma_slots_batch_commit(b, 9, got);
+            for (int i = 0; i < n; i++) {
+                assert_int_equal(got[i].version, want[i].version);
+                assert_int_equal(got[i].evicted, want[i].evicted);
+                if (got[i].evicted)
+                    assert_string_equal(got[i].evicted_name, want[i].evicted_name);
+            }
+            void *b2;
+            size_t l2;
+            snapshot(seq, &b2, &l2);
+            assert_unchanged(s, b2, l2);
+            free(b2);
+            float q[KN];
+            for (int i = 0; i < KN; i++)
+                q[i] = frand();
+            assert_match_is_brute_force(s, q);
+            assert_match_is_brute_force(seq, q);
+            assert_match_is_brute_force(s, e[0].k);
+        } else {
+            full_seen++;
+            assert_unchanged(s, buf, len);
+        }
+        free(buf);
+        ma_slots_destroy(s);
+        ma_slots_destroy(seq);
+    }
+    /* Both outcomes must actually have been exercised. */
+    assert_true(full_seen > 10);
+    assert_true(ok_seen > 10);
+}
+
+/* The format's trailer (core/slots.c, checksum()), written out again from its description. */
+static uint64_t trailer(const unsigned char *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);      /* the test runs on little-endian hosts */
+        h = (h ^ w) * 0x100000001b3ULL;
+        h ^= h >> 29;
+    }
+    for (; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+static void test_serialize_roundtrip_and_corruption(void **state)
+{
+    (void)state;
+    ma_slots *s = table(3);
+    wr a;
+    assert_int_equal(ma_slots_put(s, mk(&a, "a", 1, "\"x\""), false, 0, 0, 1, NULL), 0);
+    assert_int_equal(ma_slots_put(s, mk(&a, "b", 2, NULL), false, 0, 0, 2, NULL), 0);
+    assert_int_equal(ma_slots_put(s, mk(&a, "c", 3, "[1,2]"), false, 0, 0, 3, NULL), 0);
+    assert_int_equal(ma_slots_put(s, mk(&a, "a", 4, NULL), false, 0, 0, 4, NULL), 0);
+    assert_int_equal(ma_slots_evict(s, "b", 5), 0);
+    assert_int_equal(ma_slots_protect(s, "c", true), 0);
+    ma_slots_count_use(s, "a");
+    ma_slots_count_use(s, "a");
+
+    void *buf;
+    size_t len;
+    snapshot(s, &buf, &len);
+    ma_slots *r;
+    assert_int_equal(ma_slots_restore_table(H, D, DV, 3, buf, len, &r), 0);
+    assert_unchanged(r, buf, len);
+
+    /* The restored table continues exactly: same eviction order, same versions. */
+    wr x;
+    ma_slot_result r1, r2;
+    assert_int_equal(ma_slots_put(s, mk(&x, "d", 6, NULL), false, 0, 0, 6, &r1), 0);
+    assert_int_equal(ma_slots_put(r, mk(&x, "d", 6, NULL), false, 0, 0, 6, &r2), 0);
+    assert_int_equal(ma_slots_put(s, mk(&x, "e", 7, NULL), false, 0, 0, 7, &r1), 0);
+    assert_int_equal(ma_slots_put(r, mk(&x, "e", 7, NULL), false, 0, 0, 7, &r2), 0);
+    assert_string_equal(r1.evicted_name, r2.evicted_name);
+    assert_string_equal(r1.evicted_name, "a");          /* c is protected, a the least recently updated */
+    void *b2;
+    size_t l2;
+    snapshot(s, &b2, &l2);
+    assert_unchanged(r, b2, l2);
+    free(b2);
+    ma_slot_value val;
+    assert_int_equal(ma_slots_read(r, "a", 2, &val), 0);      /* evicted: its history keeps usage */
+    assert_int_equal(val.info.usage, 2);
+    ma_slot_value_clear(&val);
+    ma_slots_destroy(r);
+
+    /* Every truncation, every single-byte change, and a config mismatch are refused. */
+    for (size_t n = 0; n < len; n++)
+        assert_int_equal(ma_slots_restore_table(H, D, DV, 3, buf, n, &r), MA_ECORRUPT);
+    unsigned char *c = malloc(len);
+    for (size_t i = 0; i < len; i++) {
+        memcpy(c, buf, len);
+        c[i] ^= 0x5a;
+        assert_int_equal(ma_slots_restore_table(H, D, DV, 3, c, len, &r), MA_ECORRUPT);
+    }
+    /* The checksum hides the structural checks from the test above: fix it up after each change, so the
+     * parser itself must refuse the damage (or, for a change that leaves a valid table — a float, a
+     * usage count, a time — accept it and serialise back to exactly the same bytes). */
+    int accepted = 0, refused = 0;
+    for (size_t i = 8; i + 8 < len; i++)
+        for (int bit = 0; bit < 8; bit += 3) {
+            memcpy(c, buf, len);
+            c[i] ^= (unsigned char)(1u << bit);
+            uint64_t sum = trailer(c, len - 8);
+            for (int j = 0; j < 8; j++)
+                c[len - 8 + j] = (unsigned char)(sum >> (8 * j));
+            int rc = ma_slots_restore_table(H, D, DV, 3, c, len, &r);
+            if (rc == 0) {
+                accepted++;
+                assert_unchanged(r, c, len);
+                ma_slots_destroy(r);
+            } else {
+                assert_int_equal(rc, MA_ECORRUPT);
+                refused++;
+            }
+        }
+    assert_true(accepted > 0 && refused > 0);
+    free(c);
+    assert_int_equal(ma_slots_restore_table(H, D + 1, DV, 3, buf, len, &r), MA_ECORRUPT);
+    assert_int_equal(ma_slots_restore_table(H, D, DV, 4, buf, len, &r), MA_ECORRUPT);
+    free(buf);
+    ma_slots_destroy(s);
+}
+
+static void test_create_errors(void **state)
+{
+    (void)state;
+    ma_slots *s;
+    assert_int_equal(ma_slots_create(0, D, DV, 4, &s), MA_EINVAL);
+    assert_int_equal(ma_slots_create(H, D, DV, 0, &s), MA_EINVAL);
+    assert_int_equal(ma_slots_create(H, D, DV, MA_MAX_SLOTS + 1, &s), MA_EINVAL);
+    assert_null(s);
+
+    /* Names enter the table checked: they are copied into fixed-size result fields. */
+    s = table(2);
+    wr a;
+    char longname[MA_MAX_NAME + 2];
+    memset(longname, 'n', sizeof longname - 1);
+    longname[sizeof longname - 1] = 0;
+    assert_int_equal(ma_slots_put(s, mk(&a, "", 1, NULL), false, 0, 0, 1, NULL), MA_EINVAL);
+    assert_int_equal(ma_slots_put(s, mk(&a, "a b", 1, NULL), false, 0, 0, 1, NULL), MA_EINVAL);
+    assert_int_equal(ma_slots_put(s, mk(&a, longname, 1, NULL), false, 0, 0, 1, NULL), MA_EINVAL);
+    ma_slot_write w[2] = {*mk(&a, "ok", 1, NULL), *mk(&a, longname, 1, NULL)};
+    ma_slots_batch *b;
+    assert_int_equal(ma_slots_batch_prepare(s, 2, w, &b), MA_EINVAL);
+    assert_int_equal(ma_slots_resident(s), 0);
+    ma_version_info *h;
+    size_t n;
+    assert_int_equal(ma_slots_history(s, "ok", &h, &n), MA_ENOTFOUND);
+    ma_slots_destroy(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_write_read),
+        cmocka_unit_test(test_overwrite_supersedes),
+        cmocka_unit_test(test_explicit_version_and_if_match),
+        cmocka_unit_test(test_protect),
+        cmocka_unit_test(test_evict_tombstone_rewrite),
+        cmocka_unit_test(test_capacity_eviction_lru_skips_protected),
+        cmocka_unit_test(test_all_protected_is_full),
+        cmocka_unit_test(test_restore),
+        cmocka_unit_test(test_match_and_cosine),
+        cmocka_unit_test(test_usage_is_atomic),
+        cmocka_unit_test(test_batch),
+        cmocka_unit_test(test_batch_equals_sequential),
+        cmocka_unit_test(test_serialize_roundtrip_and_corruption),
+        cmocka_unit_test(test_create_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
