@@ -640,12 +640,16 @@ int ma_store_readonly(const ma_store *st)
 
 /* ---- writes ----------------------------------------------------------------------------------- */
 
+/* Counts a write transaction: committed, failed (storage), or neither (refused: no session, exists,
+ * a delta that does not continue the session). */
 static void count_commit(ma_store *st, uint64_t t0, int ret)
 {
-    if (ret) {
+    if (ret == MA_EIO || ret == MA_ECORRUPT || ret == MA_ENOMEM) {
         atomic_fetch_add(&st->failures, 1);
         return;
     }
+    if (ret)
+        return;
     uint64_t dt = now_ns() - t0;
     atomic_fetch_add(&st->commits, 1);
     atomic_fetch_add(&st->commit_ns, dt);
@@ -747,7 +751,7 @@ int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errl
 done:
     if (ret)
         rollback(st, c);
-    count_commit(st, t0, ret == MA_ENOTFOUND ? 0 : ret);
+    count_commit(st, t0, ret);
     pthread_mutex_unlock(&st->wlock);
     return ret;
 }
@@ -887,7 +891,7 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
 done:
     if (ret)
         rollback(st, c);
-    count_commit(st, t0, ret == MA_ENOTFOUND || ret == MA_EINVAL ? 0 : ret);
+    count_commit(st, t0, ret);
     pthread_mutex_unlock(&st->wlock);
     return ret;
 }
