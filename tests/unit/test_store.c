@@ -265,6 +265,11 @@ static void test_roundtrip_and_reopen(void **state)
     assert_true(stats.commits >= 6);
     assert_int_equal(stats.events_written, 311);
     assert_true(ma_store_bytes(st) > 300 * (KF + VF) * sizeof(float));
+    /* One store per directory: a second open is refused while the first is open. */
+    ma_store *second = NULL;
+    assert_int_equal(ma_store_open(dir, &second, errbuf, sizeof errbuf), MA_EBUSY);
+    assert_null(second);
+    assert_non_null(strstr(errbuf, "in use by another process"));
     ma_store_close(st);
 
     st = open_ok(dir);
