@@ -218,6 +218,8 @@ static char *uri_path(const char *path, const char *query)
     return out;
 }
 
+static int sync_path(const char *path, bool dir);
+
 /* ---- connections ------------------------------------------------------------------------------ */
 
 static void conn_close(conn *c)
@@ -588,7 +590,14 @@ int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **ou
         if (!st->path || !st->uri)
             goto oom;
     } else {
-        if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        if (mkdir(dir, 0755) == 0) {
+            /* the new directory's entry must survive a power cut like the commits inside it */
+            char *parent = strdup(dir);
+            if (!parent)
+                goto oom;
+            sync_path(dirname(parent), true);
+            free(parent);
+        } else if (errno != EEXIST) {
             seterr(err, errlen, "store: cannot create the data directory %s: %s", dir, strerror(errno));
             ret = MA_EIO;
             goto fail;
