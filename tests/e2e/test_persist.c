@@ -204,6 +204,9 @@ static char *snapshot_anon(mh_daemon *d, const char *id, const char *queries)
     return t;
 }
 
+#define CD 8
+static void fill_session(mh_daemon *d, const char *id, unsigned seed, int events);
+
 /* ---- restart equivalence ----------------------------------------------------------------------- */
 
 #define H 2
@@ -303,6 +306,9 @@ static void test_restart_equivalence(void **state)
         q[i] = queries_for(10u + (unsigned)i);
         before[i] = au_snapshot(&d, id, q[i]);
     }
+    /* A deleted session is gone for good, also after a restart; its id starts afresh. */
+    fill_session(&d, "gone", 3, 40);
+    assert_null(au_call(&d, "DELETE", "/v1/sessions/gone", 204, NULL));
     /* The history of w2 holds versions 1, 5 and the restore; some slot was evicted by capacity. */
     cJSON *v = au_call(&d, "GET", "/v1/sessions/r-vla-0/slots/w2/versions", 200, NULL);
     assert_true(au_len(v, "versions") >= 2);
@@ -315,6 +321,7 @@ static void test_restart_equivalence(void **state)
         else
             kill9(&d);
         start(&d, dir, NULL, NULL);
+        au_error(&d, "GET", "/v1/sessions/gone", 404, "no_session", NULL);
         for (int i = 0; i < 8; i++) {
             snprintf(id, sizeof id, "r-%s-%d", backbones[i % 4], i / 4);
             char *after = au_snapshot(&d, id, q[i]);
@@ -322,6 +329,11 @@ static void test_restart_equivalence(void **state)
             free(after);
         }
     }
+    cJSON_Delete(au_call(&d, "PUT", "/v1/sessions/gone", 201, "{\"dim\":%d}", CD));
+    cJSON *g = au_call(&d, "GET", "/v1/sessions/gone", 200, NULL);
+    assert_int_equal((int)au_num(g, "length"), 0);
+    assert_int_equal((int)au_num(g, "slots_resident"), 0);
+    cJSON_Delete(g);
     /* A restored session takes further mutations, and they persist like the first ones. */
     event_style es = {H * D, H * DV, 7, -1, false};
     char *body = events_body(10, 300, 50, &es);
@@ -351,7 +363,6 @@ static void test_restart_equivalence(void **state)
 
 #define CRASH_ROUNDS 20
 #define BATCH 8
-#define CD 8
 
 typedef struct {
     mh_daemon *d;
