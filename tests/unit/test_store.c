@@ -322,6 +322,17 @@ static void test_create_delete_list(void **state)
         after = last;
     }
     assert_int_equal(seen, 25);
+    /* One page larger than the first allocation of the listing. */
+    for (int i = 0; i < 60; i++) {
+        snprintf(id, sizeof id, "t%02d", i);
+        assert_int_equal(ma_store_session_create(st, id, "{}", i, errbuf, sizeof errbuf), 0);
+    }
+    assert_int_equal(ma_store_session_list(st, NULL, 1000, &rows, &n, errbuf, sizeof errbuf), 0);
+    assert_int_equal(n, 85);
+    assert_string_equal(rows[84].id, "t59");
+    for (size_t i = 0; i < n; i++)
+        ma_store_session_clear(&rows[i]);
+    free(rows);
 
     /* DELETE removes every row: a new session of the same id starts empty. */
     assert_int_equal(ma_store_session_delete(st, "s07", errbuf, sizeof errbuf), 0);
