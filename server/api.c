@@ -16,6 +16,11 @@
  * Error codes: those of API.md; 503 `storage_error` for store failures (disk full, read-only, I/O, corrupt
  * data) is this implementation's addition to the 503 row.
  *
+ * Bodies are parsed on the workers, not the loop thread, so a 1 MB batch does not stall every other
+ * connection. One wart of that: libcjson records the position of a parse error in a process-wide
+ * variable as well as in the return_parse_end pointer we use; two workers failing to parse at the same
+ * moment both write it (a benign race on a value nobody reads).
+ *
  * Not done here: HTTP parsing, limits, auth, Content-Type (server/), validation rules (codec.c), the
  * attention maths (core/), SQL (store/).
  */
