@@ -7,13 +7,18 @@
  *    (core/bb_kernel.h). With Sᵀ, both "S x" and the delta-rule write S += e aᵀ become row sweeps.
  *  - Heads are independent, so an update batch runs head by head (outer) and event by event (inner): one
  *    head's A and S stay in L1/L2 for the whole batch instead of every head being touched per event.
- *  - VLA per event: one fused pass over A (Sherman–Morrison downdate + the product A·k of the NEXT
- *    event) and one fused pass over Sᵀ (the write + S·k of the next event). With identity features the
- *    write direction needs no extra product: A_new k̂ = g (1 − c·k̂ᵀg) with g = A k̂ (see BACKBONE.md).
+ *  - VLA per event: one fused pass over A (Sherman–Morrison downdate + the product A·û of the NEXT
+ *    event) and one fused pass over Sᵀ (the write + S·k̂ of the next event). With identity features the
+ *    write direction needs no extra product: A_new k̂ = g (1 − c·k̂ᵀg) with g = A k̂ (see BACKBONE.md),
+ *    and two events share each pass (rank-2 update; the second event's products are corrected for the
+ *    first one's rank-1 change in O(d)), which halves the traffic over A and S — what limits d >= 128,
+ *    where they no longer fit L1. DeltaNet uses the same two-event pass over Sᵀ.
  *    A stays exactly symmetric because its downdate is −h hᵀ with one product per element.
  *  - Linear attention's update is a sum of outer products, so a batch is one sgemm (OpenBLAS); small
  *    batches use the row-sweep kernel. Reads of every backbone are one sgemm per head and block of queries.
- *  - Norms, normalisations and the scalar recurrences are in double; matrix entries are float.
+ *  - Matrix entries are float; norms and dot products feeding the scalar recurrence are summed in float
+ *    lanes and reduced in double (in double throughout when squares would leave float's normal range);
+ *    the scalar recurrence and z are double.
  *
  * Deliberately not here: locking (callers serialise updates, see the header), input validation beyond the
  * config (the server checks lengths and finiteness), anything about sessions, slots or the archive.
