@@ -82,10 +82,16 @@ static void nearest(const float *cent, uint32_t nlist, size_t D, const float *X,
                 (int)D, 0.0f, S, (int)nlist);
     for (size_t i = 0; i < n; i++) {
         const float *s = S + i * nlist;
+        /* The best value stays in a register: comparing against s[best] made every iteration wait for a
+         * load whose address depends on the previous compare (measured ~6x slower, the largest cost of
+         * ingesting 2M events). Same result: the first maximum wins. */
+        float bv = s[0];
         uint32_t best = 0;
         for (uint32_t c = 1; c < nlist; c++)
-            if (s[c] > s[best])
+            if (s[c] > bv) {
+                bv = s[c];
                 best = c;
+            }
         a[i] = best;
     }
 }
