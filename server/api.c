@@ -656,7 +656,6 @@ static int do_slot_versions(job *j)
 /* restore, protect/unprotect, evict: small bodies, one verb, a commit of the slot table. */
 static int do_slot_verb(job *j)
 {
-    static const char *const restore_fields[] = {"version"}, *const patch_fields[] = {"protected"};
     cJSON *body = NULL;
     reg_session *s = NULL;
     ma_slot_result res = {0};
@@ -665,7 +664,7 @@ static int do_slot_verb(job *j)
     int rc = -1, vrc;
 
     if (j->op == OP_SLOT_RESTORE || j->op == OP_SLOT_PATCH) {
-        const char *field = j->op == OP_SLOT_RESTORE ? restore_fields[0] : patch_fields[0];
+        const char *field = j->op == OP_SLOT_RESTORE ? "version" : "protected";
         char expected[64];
         snprintf(expected, sizeof expected, "{\"%s\": %s}", field, j->op == OP_SLOT_RESTORE ? "n" : "true|false");
         if (need_body(j, &body, expected))
