@@ -416,7 +416,9 @@ static int on_head_done(srv_conn *c, const char **why)
         uv_try_write((uv_stream_t *)&c->tcp, &b, 1);   /* best effort: the client sends anyway after ~1 s */
     }
     c->in_body = true;
-    timer_start(c, cfg->body_timeout_ms);
+    /* Without a body the head's timer runs on until message complete stops it a moment later. */
+    if (chunked || (has_length && c->parser.content_length > 0))
+        timer_start(c, cfg->body_timeout_ms);
     return 0;
 }
 
@@ -520,6 +522,14 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
 
 /* ---- llhttp callbacks ---- */
 
+static void set_method(srv_request *r, const llhttp_t *p)
+{
+    const char *m = llhttp_method_name((llhttp_method_t)p->method);
+    size_t n = strnlen(m, sizeof r->method - 1);
+    memcpy(r->method, m, n);
+    r->method[n] = '\0';
+}
+
 static int cb_message_begin(llhttp_t *p)
 {
     srv_conn *c = p->data;
@@ -547,7 +557,7 @@ static int cb_url(llhttp_t *p, const char *at, size_t len)
     srv_conn *c = p->data;
     srv_request *r = c->cur;
     if (!r->method[0])
-        snprintf(r->method, sizeof r->method, "%s", llhttp_method_name((llhttp_method_t)p->method));
+        set_method(r, p);
     if (r->url.len + len > c->srv->cfg.max_uri) {
         c->user_status = 414;
         return HPE_USER;
@@ -615,7 +625,7 @@ static int cb_headers_complete(llhttp_t *p)
     if (r->hstate == 2 && srv_buf_append(&r->hbuf, "", 1) < 0)
         return -1;
     r->hstate = 0;
-    snprintf(r->method, sizeof r->method, "%s", llhttp_method_name((llhttp_method_t)p->method));
+    set_method(r, p);
     c->pause_event = EV_HEADERS;
     return HPE_PAUSED;
 }
