@@ -77,6 +77,7 @@ void srv_conn_close(srv_conn *c)
     }
     c->qtail = NULL;
     c->nqueued = 0;
+    c->queued_bytes = 0;
     srv_request_free(c->cur);
     c->cur = NULL;
     free(c->stash);
@@ -125,10 +126,23 @@ void srv_conn_shutdown(srv_conn *c)
 
 /* ---- the request queue and writes ---- */
 
+static size_t request_bytes(const srv_request *r)
+{
+    return r->url.len + r->hbuf.len + r->body.len;
+}
+
+/* True when the connection holds as many parsed requests as it may: stop reading. */
+static bool queue_full(const srv_conn *c)
+{
+    const cfg_config *cfg = &c->srv->cfg;
+    return c->nqueued >= SRV_PIPELINE_MAX || c->queued_bytes > cfg->max_body + cfg->max_header_bytes;
+}
+
 static void enqueue_cur(srv_conn *c)
 {
     srv_request *r = c->cur;
     c->cur = NULL;
+    c->queued_bytes += request_bytes(r);
     r->next = NULL;
     if (c->qtail)
         c->qtail->next = r;
@@ -168,6 +182,7 @@ void srv_conn_flush(srv_conn *c)
         if (!c->qhead)
             c->qtail = NULL;
         c->nqueued--;
+        c->queued_bytes -= request_bytes(r);
         bool last = r->close_after;
         if (!r->resp_len) {   /* the answer could not be serialised (out of memory) */
             srv_request_free(r);
@@ -214,19 +229,25 @@ void srv_conn_flush(srv_conn *c)
             }
             c->qtail = NULL;
             c->nqueued = 0;
+            c->queued_bytes = 0;
             srv_conn_shutdown(c);
             return;
         }
     }
+    if (c->pipeline_full) {
+        /* Room again: parse the stashed input (which may queue more) and read on. Not from inside
+         * conn_feed, which resumes by itself when it returns. */
+        if (!c->in_feed && !queue_full(c))
+            resume_reading(c);
+        return;
+    }
     if (c->qhead || c->cur)
         return;
-    if (c->eof || (c->srv->draining && !c->pipeline_full)) {
+    if (c->eof || c->srv->draining) {
         srv_conn_shutdown(c);   /* after the answers still being written */
         return;
     }
     timer_start(c, c->srv->cfg.idle_timeout_ms);
-    if (c->pipeline_full && !c->in_feed)
-        resume_reading(c);
 }
 
 /* ---- reading ---- */
@@ -494,7 +515,7 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
                 srv_request_dispatch(r);
             if (c->closing || c->stop_parsing)
                 break;
-            if (c->nqueued >= SRV_PIPELINE_MAX && len > 0) {
+            if (queue_full(c) && len > 0) {
                 c->stash = malloc(len);
                 if (!c->stash) {
                     srv_conn_close(c);
@@ -514,7 +535,7 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
     c->in_feed = false;
     (void)srv;
     /* Answers given synchronously inside the loop above may have emptied the queue meanwhile. */
-    if (!c->closing && c->pipeline_full && c->nqueued < SRV_PIPELINE_MAX)
+    if (!c->closing && c->pipeline_full && !queue_full(c))
         resume_reading(c);
     else if (!c->closing && !c->qhead && !c->cur && !c->shutting)
         timer_start(c, srv->cfg.idle_timeout_ms);
