@@ -22,6 +22,7 @@
  *  - Integrity at open: quick_check, foreign_key_check, and every session's event rows against its
  *    length (count, first and last index). At load: blob byte totals against the session row, each
  *    event's key/value byte length against what the caller expects, indices contiguous.
+ *  - One process per data directory (an flock on <dir>/memattn.lock); a second open fails with MA_EBUSY.
  *  - Failure: every write runs in one transaction; any error rolls it back and returns MA_EIO (or
  *    MA_ECORRUPT / MA_ENOMEM) with sqlite's message. A data directory that is not writable opens
  *    read-only (immutable) so stored sessions are still served; every change then fails with MA_EIO.
@@ -41,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <fcntl.h>
@@ -135,6 +137,7 @@ struct ma_store {
     const char *vfs;            /* NULL: default */
     ma_store_options opt;
     bool readonly;
+    int lock_fd;                /* <dir>/memattn.lock, flock'd while open (-1: none) */
 
     pthread_mutex_t wlock;      /* the writer connection and its transaction */
     conn *writer;
@@ -214,6 +217,8 @@ static char *uri_path(const char *path, const char *query)
     memcpy(p, query, q + 1);
     return out;
 }
+
+static int sync_path(const char *path, bool dir);
 
 /* ---- connections ------------------------------------------------------------------------------ */
 
@@ -515,6 +520,35 @@ static int choose_mode(ma_store *st, const char *dir, char *err, size_t errlen)
     return st->uri ? 0 : MA_ENOMEM;
 }
 
+/* One daemon per data directory: each caches sessions in memory, so a second writer would make the
+ * caches diverge from the file. An flock on <dir>/memattn.lock (not on the database: closing any other
+ * descriptor of the database would drop sqlite's POSIX locks) is released by the kernel if we die. */
+static int lock_dir(ma_store *st, const char *dir, char *err, size_t errlen)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/memattn.lock", dir);
+    st->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (st->lock_fd < 0) {
+        seterr(err, errlen, "store: cannot create %s: %s", path, strerror(errno));
+        return MA_EIO;
+    }
+    if (flock(st->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        char pid[32] = "";
+        ssize_t n = pread(st->lock_fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        seterr(err, errlen, "store: the data directory %s is in use by another process (pid %s)", dir,
+               pid[0] ? pid : "unknown");
+        return MA_EBUSY;
+    }
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%d\n", (int)getpid());
+    if (ftruncate(st->lock_fd, 0) != 0 || pwrite(st->lock_fd, buf, (size_t)n, 0) != n) {
+        /* the pid is only for the message above; the lock itself is held */
+    }
+    return 0;
+}
+
 void ma_store_options_default(ma_store_options *o)
 {
     *o = (ma_store_options){.synchronous = MA_STORE_SYNC_FULL, .quick_check = 1};
@@ -542,6 +576,7 @@ int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **ou
         return MA_ENOMEM;
     }
     st->opt = *o;
+    st->lock_fd = -1;
     pthread_mutex_init(&st->wlock, NULL);
     pthread_mutex_init(&st->rlock, NULL);
     pthread_cond_init(&st->rfree, NULL);
@@ -555,7 +590,14 @@ int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **ou
         if (!st->path || !st->uri)
             goto oom;
     } else {
-        if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        if (mkdir(dir, 0755) == 0) {
+            /* the new directory's entry must survive a power cut like the commits inside it */
+            char *parent = strdup(dir);
+            if (!parent)
+                goto oom;
+            sync_path(dirname(parent), true);
+            free(parent);
+        } else if (errno != EEXIST) {
             seterr(err, errlen, "store: cannot create the data directory %s: %s", dir, strerror(errno));
             ret = MA_EIO;
             goto fail;
@@ -564,7 +606,7 @@ int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **ou
         if (!(st->path = malloc(n)))
             goto oom;
         snprintf(st->path, n, "%s/memattn.db", dir);
-        if ((ret = choose_mode(st, dir, err, errlen)))
+        if ((ret = choose_mode(st, dir, err, errlen)) || (!st->readonly && (ret = lock_dir(st, dir, err, errlen))))
             goto fail;
         const char *spec = getenv("MEMATTN_STORE_FAULT");
         if (spec && *spec) {
@@ -625,6 +667,8 @@ void ma_store_close(ma_store *st)
     for (size_t i = 0; i < MAX_READERS; i++)
         conn_close(st->readers[i]);
     conn_close(st->writer);   /* last: closing the last connection checkpoints and removes the WAL */
+    if (st->lock_fd >= 0)
+        close(st->lock_fd);   /* after the checkpoint: the next owner finds a closed database */
     pthread_mutex_destroy(&st->wlock);
     pthread_mutex_destroy(&st->rlock);
     pthread_cond_destroy(&st->rfree);
@@ -640,12 +684,16 @@ int ma_store_readonly(const ma_store *st)
 
 /* ---- writes ----------------------------------------------------------------------------------- */
 
+/* Counts a write transaction: committed, failed (storage), or neither (refused: no session, exists,
+ * a delta that does not continue the session). */
 static void count_commit(ma_store *st, uint64_t t0, int ret)
 {
-    if (ret) {
+    if (ret == MA_EIO || ret == MA_ECORRUPT || ret == MA_ENOMEM) {
         atomic_fetch_add(&st->failures, 1);
         return;
     }
+    if (ret)
+        return;
     uint64_t dt = now_ns() - t0;
     atomic_fetch_add(&st->commits, 1);
     atomic_fetch_add(&st->commit_ns, dt);
@@ -747,7 +795,7 @@ int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errl
 done:
     if (ret)
         rollback(st, c);
-    count_commit(st, t0, ret == MA_ENOTFOUND ? 0 : ret);
+    count_commit(st, t0, ret);
     pthread_mutex_unlock(&st->wlock);
     return ret;
 }
@@ -887,7 +935,7 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
 done:
     if (ret)
         rollback(st, c);
-    count_commit(st, t0, ret == MA_ENOTFOUND || ret == MA_EINVAL ? 0 : ret);
+    count_commit(st, t0, ret);
     pthread_mutex_unlock(&st->wlock);
     return ret;
 }

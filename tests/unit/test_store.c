@@ -265,6 +265,11 @@ static void test_roundtrip_and_reopen(void **state)
     assert_true(stats.commits >= 6);
     assert_int_equal(stats.events_written, 311);
     assert_true(ma_store_bytes(st) > 300 * (KF + VF) * sizeof(float));
+    /* One store per directory: a second open is refused while the first is open. */
+    ma_store *second = NULL;
+    assert_int_equal(ma_store_open(dir, &second, errbuf, sizeof errbuf), MA_EBUSY);
+    assert_null(second);
+    assert_non_null(strstr(errbuf, "in use by another process"));
     ma_store_close(st);
 
     st = open_ok(dir);
@@ -284,8 +289,13 @@ static void test_create_delete_list(void **state)
         snprintf(id, sizeof id, "s%02d", 24 - i);
         assert_int_equal(ma_store_session_create(st, id, "{}", i, errbuf, sizeof errbuf), 0);
     }
+    ma_store_stats st0, st1;
+    ma_store_stats_get(st, &st0);
     assert_int_equal(ma_store_session_create(st, "s03", "{}", 0, errbuf, sizeof errbuf), MA_EEXISTS);
     assert_non_null(strstr(errbuf, "s03"));
+    ma_store_stats_get(st, &st1);   /* a refusal is neither a commit nor a storage failure */
+    assert_int_equal(st1.commits, st0.commits);
+    assert_int_equal(st1.failures, st0.failures);
     assert_int_equal(commit_batch(st, "s07", 7, 0, 20), 0);
 
     /* Pages of 10, in id order, resuming after the last id. */
@@ -571,6 +581,9 @@ static void fault_round(ma_store_fault_kind kind, unsigned long after)
     ma_store_fault_set(MA_FAULT_NONE, 0);
     check_session(st, "p1", 1, L);
     check_session(st, "p2", 2, 1000);
+    ma_store_stats stats;
+    ma_store_stats_get(st, &stats);
+    assert_int_equal(stats.failures, 2);
     /* Once the disk is back the same handle writes again. */
     assert_int_equal(commit_batch(st, "p1", 1, L, 10), 0);
     L += 10;
