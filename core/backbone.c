@@ -109,6 +109,15 @@ static void phi_into(float *dst, const float *x, size_t n, size_t ld, ma_feature
     memset(dst + n, 0, (ld - n) * sizeof(float));
 }
 
+/* With H > 1 heads one head's key (or value) of consecutive events is H·d floats apart, a stride the
+ * hardware prefetchers do not follow well; the update loops ask for the inputs a few events ahead. */
+#define PREFETCH_AHEAD 8
+static inline void prefetch_span(const float *p, size_t n)
+{
+    for (size_t off = 0; off < n; off += 64 / sizeof(float))
+        __builtin_prefetch(p + off);
+}
+
 static ma_feature feature_of(const ma_backbone *b)
 {
     return b->kind == MA_BACKBONE_DELTA ? MA_FEATURE_IDENTITY : b->feature;
@@ -284,6 +293,10 @@ static void vla_update_head_pairs(ma_backbone *b, int h, size_t n, const float *
             break;
         }
         const int has2 = i + 2 < n, has3 = i + 3 < n;
+        if (b->heads > 1 && i + PREFETCH_AHEAD + 1 < n) {
+            prefetch_span(KEY(i + PREFETCH_AHEAD), d), prefetch_span(KEY(i + PREFETCH_AHEAD + 1), d);
+            prefetch_span(VAL(i + PREFETCH_AHEAD), dv), prefetch_span(VAL(i + PREFETCH_AHEAD + 1), dv);
+        }
         if (has2)
             vla_prepare(b, KEY(i + 2), u[n0], NULL, z);
         if (has3)
@@ -346,6 +359,10 @@ static void vla_update_head(ma_backbone *b, int h, size_t n, const float *k, con
 
     for (size_t i = 0; i < n; i++) {
         const int nx = cur ^ 1, more = i + 1 < n;
+        if (b->heads > 1 && i + PREFETCH_AHEAD < n) {
+            prefetch_span(k + (i + PREFETCH_AHEAD) * kstride + (size_t)h * d, d);
+            prefetch_span(v + (i + PREFETCH_AHEAD) * vstride + (size_t)h * dv, dv);
+        }
         if (more)
             vla_prepare(b, k + (i + 1) * kstride + (size_t)h * d, u[nx], kp[nx], z);
 
@@ -425,6 +442,10 @@ static void delta_update_head(ma_backbone *b, int h, size_t n, const float *k, c
             break;
         }
         const int has2 = i + 2 < n, has3 = i + 3 < n;
+        if (b->heads > 1 && i + PREFETCH_AHEAD + 1 < n) {
+            prefetch_span(KEY(i + PREFETCH_AHEAD), d), prefetch_span(KEY(i + PREFETCH_AHEAD + 1), d);
+            prefetch_span(VAL(i + PREFETCH_AHEAD), dv), prefetch_span(VAL(i + PREFETCH_AHEAD + 1), dv);
+        }
         if (has2)
             normalize_into(kh[n0], KEY(i + 2), d, ld);
         if (has3)
