@@ -26,6 +26,7 @@
 #include "core/backbone.h"
 
 #include <cblas.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +71,13 @@ static void *alloc_floats(size_t n)
     if (p)
         memset(p, 0, bytes ? bytes : BB_ALIGN);
     return p;
+}
+
+/* A read scaled beyond float's range (a huge query over a tiny normaliser) saturates at ±FLT_MAX rather
+ * than becoming inf (converting an out-of-range double to float is undefined in C). */
+static inline float to_float(double x)
+{
+    return x > FLT_MAX ? FLT_MAX : x < -FLT_MAX ? -FLT_MAX : (float)x;
 }
 
 static inline float elu1(float x) { return x > 0.0f ? x + 1.0f : expf(x); }
@@ -581,7 +589,7 @@ int ma_backbone_read(const ma_backbone *b, size_t n, const float *q, float *out,
                     bb_load(qp, qb + i * d, d, b->ld);
                     bb_matvec(St, b->ldv, d, qp, op);
                     for (size_t j = 0; j < dv; j++)
-                        o[i * H * dv + j] = (float)(op[j] * scale[i]);
+                        o[i * H * dv + j] = to_float(op[j] * scale[i]);
                 }
                 continue;
             }
@@ -590,7 +598,7 @@ int ma_backbone_read(const ma_backbone *b, size_t n, const float *q, float *out,
             for (size_t i = 0; i < m; i++)
                 if (scale[i] != 1.0)
                     for (size_t j = 0; j < dv; j++)
-                        o[i * H * dv + j] = (float)(o[i * H * dv + j] * scale[i]);
+                        o[i * H * dv + j] = to_float(o[i * H * dv + j] * scale[i]);
         }
     }
     return 0;
