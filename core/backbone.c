@@ -259,7 +259,7 @@ static void vla_direction(const ma_backbone *b, const float *u, const float *g, 
     bb_scale(alpha, b->ld, 1.0 / fmax(bb_norm_padded(alpha, b->ld), NORM_EPS));
 }
 
-/* VLA with identity features, two events per pass over A and over Sᵀ. With A' = A − h0 h0ᵀ (+ r·I),
+/* VLA with identity features, two events per pass over A and over Sᵀ (t0 as for the single version). With A' = A − h0 h0ᵀ (+ r·I),
  * the second event's g1 = A' û1 = A û1 − h0 (h0ᵀû1) (+ r û1), and S' û1 = S û1 + e0 (α̂0ᵀû1): the pass
  * that applies both downdates (both writes) also yields A'' û and S'' û for the next two events. */
 static void vla_update_head_pairs(ma_backbone *b, int h, size_t n, const float *k, const float *v,
@@ -341,8 +341,10 @@ static void vla_update_head_pairs(ma_backbone *b, int h, size_t n, const float *
 #undef VAL
 }
 
-/* Applies n events to head h; t0 is the number of events before the batch (the refresh schedule). */
-static void vla_update_head(ma_backbone *b, int h, size_t n, const float *k, const float *v, uint64_t t0)
+/* VLA for any feature map, one event per pass over A and over Sᵀ (used for elu1 features, whose write key
+ * k̂ = normalize(phi(k)) differs from û: each pass over A also yields A·k̂ of the next event). Applies n
+ * events to head h; t0 is the number of events before the batch (the refresh schedule). */
+static void vla_update_head_single(ma_backbone *b, int h, size_t n, const float *k, const float *v, uint64_t t0)
 {
     const size_t d = (size_t)b->dim, dv = (size_t)b->vdim, ld = b->ld, ldv = b->ldv;
     const size_t kstride = (size_t)b->heads * d, vstride = (size_t)b->heads * dv;
@@ -522,7 +524,7 @@ int ma_backbone_update(ma_backbone *b, size_t n, const float *k, const float *v)
             if (b->feature == MA_FEATURE_IDENTITY)
                 vla_update_head_pairs(b, h, n, k, v, b->steps);
             else
-                vla_update_head(b, h, n, k, v, b->steps);
+                vla_update_head_single(b, h, n, k, v, b->steps);
             break;
         case MA_BACKBONE_DELTA:  delta_update_head(b, h, n, k, v); break;
         case MA_BACKBONE_LINEAR: linear_update_head(b, h, n, k, v); break;
