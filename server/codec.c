@@ -837,7 +837,7 @@ int codec_slot_body_decode(const cJSON *body, const char *path_name, bool allow_
                                            "version", NULL};
     static const codec_vec_fields kf = {"k", "k_b64", "text"}, vf = {"v", "v_b64", NULL};
     codec_slot_body b = {0};
-    const cJSON *empty = NULL;
+    cJSON *empty = NULL;   /* stands in for an absent body */
     int r;
 
     memset(out, 0, sizeof *out);
@@ -898,11 +898,11 @@ int codec_slot_body_decode(const cJSON *body, const char *path_name, bool allow_
         goto fail;
     if (allow_version && codec_get_uint(body, "version", 1, (uint64_t)MAX_EXACT_INT, "", &b.version, err) < 0)
         goto fail;
-    cJSON_Delete((cJSON *)empty);
+    cJSON_Delete(empty);
     *out = b;
     return 0;
 fail:
-    cJSON_Delete((cJSON *)empty);
+    cJSON_Delete(empty);
     codec_slot_body_clear(&b);
     return MA_EINVAL;
 }
