@@ -611,13 +611,14 @@ int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **ou
         const char *spec = getenv("MEMATTN_STORE_FAULT");
         if (spec && *spec) {
             ma_store_fault_kind kind;
-            unsigned long after;
-            if (ma_store_fault_parse(spec, &kind, &after)) {
-                seterr(err, errlen, "store: MEMATTN_STORE_FAULT=%s: expected <write|read|sync|full>:<n>", spec);
+            unsigned long after, count;
+            if (ma_store_fault_parse(spec, &kind, &after, &count)) {
+                seterr(err, errlen, "store: MEMATTN_STORE_FAULT=%s: expected <write|read|sync|full>:<n>[:<count>]",
+                       spec);
                 ret = MA_EINVAL;
                 goto fail;
             }
-            ma_store_fault_set(kind, after);
+            ma_store_fault_set_limited(kind, after, count);
             st->opt.fault_vfs = 1;
         }
         if (st->opt.fault_vfs && !(st->vfs = ma_store_fault_vfs())) {
@@ -680,6 +681,19 @@ void ma_store_close(ma_store *st)
 int ma_store_readonly(const ma_store *st)
 {
     return st->readonly;
+}
+
+/* After a write transaction failed with an I/O error. If it was the commit's fsync that failed, the
+ * transaction's WAL frames are in the file (only their fsync failed) but not in the WAL index, so no
+ * reader sees them — yet WAL recovery after a crash would find them complete and bring back a change we
+ * reported as failed. A TRUNCATE checkpoint copies only what the index holds into the database and
+ * empties the WAL, so they are gone. If the disk still fails this fails too (nothing more can be done;
+ * docs/STORE.md); the next successful commit overwrites the frames anyway. Writer lock held. */
+static void forget_failed_frames(ma_store *st, conn *c, int ret)
+{
+    if (ret != MA_EIO || st->readonly || st->opt.in_memory)
+        return;
+    sqlite3_wal_checkpoint_v2(c->db, "main", SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
 }
 
 /* ---- writes ----------------------------------------------------------------------------------- */
@@ -752,8 +766,10 @@ int ma_store_session_create(ma_store *st, const char *id, const char *config_jso
     if ((rc = run(st, c, ST_COMMIT, err, errlen)))
         ret = fail_db(st, c->db, rc, err, errlen, "committing a session creation");
 done:
-    if (ret)
+    if (ret) {
         rollback(st, c);
+        forget_failed_frames(st, c, ret);
+    }
     count_commit(st, t0, ret);
     pthread_mutex_unlock(&st->wlock);
     return ret;
@@ -793,8 +809,10 @@ int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errl
     if ((rc = run(st, c, ST_COMMIT, err, errlen)))
         ret = fail_db(st, c->db, rc, err, errlen, "committing a session deletion");
 done:
-    if (ret)
+    if (ret) {
         rollback(st, c);
+        forget_failed_frames(st, c, ret);
+    }
     count_commit(st, t0, ret);
     pthread_mutex_unlock(&st->wlock);
     return ret;
@@ -933,8 +951,10 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
     }
     atomic_fetch_add(&st->events_written, d->n_events);
 done:
-    if (ret)
+    if (ret) {
         rollback(st, c);
+        forget_failed_frames(st, c, ret);
+    }
     count_commit(st, t0, ret);
     pthread_mutex_unlock(&st->wlock);
     return ret;
