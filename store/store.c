@@ -19,8 +19,8 @@
  *    keeps BEGIN IMMEDIATE from ever waiting on ourselves) and a pool of reader connections, created on
  *    demand up to MAX_READERS; in WAL a reader never blocks the writer nor the writer a reader. Every
  *    connection caches its prepared statements. Connections are opened NOMUTEX: our locks serialise them.
- *  - Integrity at open: quick_check, foreign_key_check, and every session's event rows against its
- *    length (count, first and last index). At load: blob byte totals against the session row, each
+ *  - Integrity at open: quick_check, and beside it (second connection, own thread) the rows: no blobs or
+ *    events of a missing session, every session's events exactly 0..length-1. At load: blob byte totals against the session row, each
  *    event's key/value byte length against what the caller expects, indices contiguous.
  *  - One process per data directory (an flock on <dir>/memattn.lock); a second open fails with MA_EBUSY.
  *  - Failure: every write runs in one transaction; any error rolls it back and returns MA_EIO (or
