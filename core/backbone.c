@@ -7,13 +7,18 @@
  *    (core/bb_kernel.h). With Sᵀ, both "S x" and the delta-rule write S += e aᵀ become row sweeps.
  *  - Heads are independent, so an update batch runs head by head (outer) and event by event (inner): one
  *    head's A and S stay in L1/L2 for the whole batch instead of every head being touched per event.
- *  - VLA per event: one fused pass over A (Sherman–Morrison downdate + the product A·k of the NEXT
- *    event) and one fused pass over Sᵀ (the write + S·k of the next event). With identity features the
- *    write direction needs no extra product: A_new k̂ = g (1 − c·k̂ᵀg) with g = A k̂ (see BACKBONE.md).
+ *  - VLA per event: one fused pass over A (Sherman–Morrison downdate + the product A·û of the NEXT
+ *    event) and one fused pass over Sᵀ (the write + S·k̂ of the next event). With identity features the
+ *    write direction needs no extra product: A_new k̂ = g (1 − c·k̂ᵀg) with g = A k̂ (see BACKBONE.md),
+ *    and two events share each pass (rank-2 update; the second event's products are corrected for the
+ *    first one's rank-1 change in O(d)), which halves the traffic over A and S — what limits d >= 128,
+ *    where they no longer fit L1. DeltaNet uses the same two-event pass over Sᵀ.
  *    A stays exactly symmetric because its downdate is −h hᵀ with one product per element.
  *  - Linear attention's update is a sum of outer products, so a batch is one sgemm (OpenBLAS); small
  *    batches use the row-sweep kernel. Reads of every backbone are one sgemm per head and block of queries.
- *  - Norms, normalisations and the scalar recurrences are in double; matrix entries are float.
+ *  - Matrix entries are float; norms and dot products feeding the scalar recurrence are summed in float
+ *    lanes and reduced in double (in double throughout when squares would leave float's normal range);
+ *    the scalar recurrence and z are double.
  *
  * Deliberately not here: locking (callers serialise updates, see the header), input validation beyond the
  * config (the server checks lengths and finiteness), anything about sessions, slots or the archive.
@@ -21,6 +26,7 @@
 #include "core/backbone.h"
 
 #include <cblas.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +73,13 @@ static void *alloc_floats(size_t n)
     return p;
 }
 
+/* A read scaled beyond float's range (a huge query over a tiny normaliser) saturates at ±FLT_MAX rather
+ * than becoming inf (converting an out-of-range double to float is undefined in C). */
+static inline float to_float(double x)
+{
+    return x > FLT_MAX ? FLT_MAX : x < -FLT_MAX ? -FLT_MAX : (float)x;
+}
+
 static inline float elu1(float x) { return x > 0.0f ? x + 1.0f : expf(x); }
 
 /* dst[0..ld) = src[0..n) * inv, zero padded. The product is taken in double when inv is too large for a
@@ -102,6 +115,15 @@ static void phi_into(float *dst, const float *x, size_t n, size_t ld, ma_feature
     else
         memcpy(dst, x, n * sizeof(float));
     memset(dst + n, 0, (ld - n) * sizeof(float));
+}
+
+/* With H > 1 heads one head's key (or value) of consecutive events is H·d floats apart, a stride the
+ * hardware prefetchers do not follow well; the update loops ask for the inputs a few events ahead. */
+#define PREFETCH_AHEAD 8
+static inline void prefetch_span(const float *p, size_t n)
+{
+    for (size_t off = 0; off < n; off += 64 / sizeof(float))
+        __builtin_prefetch(p + off);
 }
 
 static ma_feature feature_of(const ma_backbone *b)
@@ -237,7 +259,7 @@ static void vla_direction(const ma_backbone *b, const float *u, const float *g, 
     bb_scale(alpha, b->ld, 1.0 / fmax(bb_norm_padded(alpha, b->ld), NORM_EPS));
 }
 
-/* VLA with identity features, two events per pass over A and over Sᵀ. With A' = A − h0 h0ᵀ (+ r·I),
+/* VLA with identity features, two events per pass over A and over Sᵀ (t0 as for the single version). With A' = A − h0 h0ᵀ (+ r·I),
  * the second event's g1 = A' û1 = A û1 − h0 (h0ᵀû1) (+ r û1), and S' û1 = S û1 + e0 (α̂0ᵀû1): the pass
  * that applies both downdates (both writes) also yields A'' û and S'' û for the next two events. */
 static void vla_update_head_pairs(ma_backbone *b, int h, size_t n, const float *k, const float *v,
@@ -279,6 +301,10 @@ static void vla_update_head_pairs(ma_backbone *b, int h, size_t n, const float *
             break;
         }
         const int has2 = i + 2 < n, has3 = i + 3 < n;
+        if (b->heads > 1 && i + PREFETCH_AHEAD + 1 < n) {
+            prefetch_span(KEY(i + PREFETCH_AHEAD), d), prefetch_span(KEY(i + PREFETCH_AHEAD + 1), d);
+            prefetch_span(VAL(i + PREFETCH_AHEAD), dv), prefetch_span(VAL(i + PREFETCH_AHEAD + 1), dv);
+        }
         if (has2)
             vla_prepare(b, KEY(i + 2), u[n0], NULL, z);
         if (has3)
@@ -315,8 +341,10 @@ static void vla_update_head_pairs(ma_backbone *b, int h, size_t n, const float *
 #undef VAL
 }
 
-/* Applies n events to head h; t0 is the number of events before the batch (the refresh schedule). */
-static void vla_update_head(ma_backbone *b, int h, size_t n, const float *k, const float *v, uint64_t t0)
+/* VLA for any feature map, one event per pass over A and over Sᵀ (used for elu1 features, whose write key
+ * k̂ = normalize(phi(k)) differs from û: each pass over A also yields A·k̂ of the next event). Applies n
+ * events to head h; t0 is the number of events before the batch (the refresh schedule). */
+static void vla_update_head_single(ma_backbone *b, int h, size_t n, const float *k, const float *v, uint64_t t0)
 {
     const size_t d = (size_t)b->dim, dv = (size_t)b->vdim, ld = b->ld, ldv = b->ldv;
     const size_t kstride = (size_t)b->heads * d, vstride = (size_t)b->heads * dv;
@@ -341,6 +369,10 @@ static void vla_update_head(ma_backbone *b, int h, size_t n, const float *k, con
 
     for (size_t i = 0; i < n; i++) {
         const int nx = cur ^ 1, more = i + 1 < n;
+        if (b->heads > 1 && i + PREFETCH_AHEAD < n) {
+            prefetch_span(k + (i + PREFETCH_AHEAD) * kstride + (size_t)h * d, d);
+            prefetch_span(v + (i + PREFETCH_AHEAD) * vstride + (size_t)h * dv, dv);
+        }
         if (more)
             vla_prepare(b, k + (i + 1) * kstride + (size_t)h * d, u[nx], kp[nx], z);
 
@@ -420,6 +452,10 @@ static void delta_update_head(ma_backbone *b, int h, size_t n, const float *k, c
             break;
         }
         const int has2 = i + 2 < n, has3 = i + 3 < n;
+        if (b->heads > 1 && i + PREFETCH_AHEAD + 1 < n) {
+            prefetch_span(KEY(i + PREFETCH_AHEAD), d), prefetch_span(KEY(i + PREFETCH_AHEAD + 1), d);
+            prefetch_span(VAL(i + PREFETCH_AHEAD), dv), prefetch_span(VAL(i + PREFETCH_AHEAD + 1), dv);
+        }
         if (has2)
             normalize_into(kh[n0], KEY(i + 2), d, ld);
         if (has3)
@@ -488,7 +524,7 @@ int ma_backbone_update(ma_backbone *b, size_t n, const float *k, const float *v)
             if (b->feature == MA_FEATURE_IDENTITY)
                 vla_update_head_pairs(b, h, n, k, v, b->steps);
             else
-                vla_update_head(b, h, n, k, v, b->steps);
+                vla_update_head_single(b, h, n, k, v, b->steps);
             break;
         case MA_BACKBONE_DELTA:  delta_update_head(b, h, n, k, v); break;
         case MA_BACKBONE_LINEAR: linear_update_head(b, h, n, k, v); break;
@@ -555,7 +591,7 @@ int ma_backbone_read(const ma_backbone *b, size_t n, const float *q, float *out,
                     bb_load(qp, qb + i * d, d, b->ld);
                     bb_matvec(St, b->ldv, d, qp, op);
                     for (size_t j = 0; j < dv; j++)
-                        o[i * H * dv + j] = (float)(op[j] * scale[i]);
+                        o[i * H * dv + j] = to_float(op[j] * scale[i]);
                 }
                 continue;
             }
@@ -564,7 +600,7 @@ int ma_backbone_read(const ma_backbone *b, size_t n, const float *q, float *out,
             for (size_t i = 0; i < m; i++)
                 if (scale[i] != 1.0)
                     for (size_t j = 0; j < dv; j++)
-                        o[i * H * dv + j] = (float)(o[i * H * dv + j] * scale[i]);
+                        o[i * H * dv + j] = to_float(o[i * H * dv + j] * scale[i]);
         }
     }
     return 0;

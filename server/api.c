@@ -16,6 +16,11 @@
  * Error codes: those of API.md; 503 `storage_error` for store failures (disk full, read-only, I/O, corrupt
  * data) is this implementation's addition to the 503 row.
  *
+ * Bodies are parsed on the workers, not the loop thread, so a 1 MB batch does not stall every other
+ * connection. One wart of that: libcjson records the position of a parse error in a process-wide
+ * variable as well as in the return_parse_end pointer we use; two workers failing to parse at the same
+ * moment both write it (a benign race on a value nobody reads).
+ *
  * Not done here: HTTP parsing, limits, auth, Content-Type (server/), validation rules (codec.c), the
  * attention maths (core/), SQL (store/).
  */
@@ -651,7 +656,6 @@ static int do_slot_versions(job *j)
 /* restore, protect/unprotect, evict: small bodies, one verb, a commit of the slot table. */
 static int do_slot_verb(job *j)
 {
-    static const char *const restore_fields[] = {"version"}, *const patch_fields[] = {"protected"};
     cJSON *body = NULL;
     reg_session *s = NULL;
     ma_slot_result res = {0};
@@ -660,7 +664,7 @@ static int do_slot_verb(job *j)
     int rc = -1, vrc;
 
     if (j->op == OP_SLOT_RESTORE || j->op == OP_SLOT_PATCH) {
-        const char *field = j->op == OP_SLOT_RESTORE ? restore_fields[0] : patch_fields[0];
+        const char *field = j->op == OP_SLOT_RESTORE ? "version" : "protected";
         char expected[64];
         snprintf(expected, sizeof expected, "{\"%s\": %s}", field, j->op == OP_SLOT_RESTORE ? "n" : "true|false");
         if (need_body(j, &body, expected))

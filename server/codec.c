@@ -433,26 +433,6 @@ cJSON *codec_params_to_json(const ma_params *p)
     return o;
 }
 
-/* ---- routes ---------------------------------------------------------------------------------- */
-
-/* Route names as in API.md, indexed by ma_route. */
-static const char *const route_names[] = {"auto", "slot", "sparse", "full", "state", "window"};
-
-static const char *route_name(ma_route r)
-{
-    return (unsigned)r < sizeof route_names / sizeof route_names[0] ? route_names[r] : "unknown";
-}
-
-static int route_parse(const char *name, ma_route *out)
-{
-    for (unsigned i = 0; i < sizeof route_names / sizeof route_names[0]; i++)
-        if (strcmp(route_names[i], name) == 0) {
-            *out = (ma_route)i;
-            return 0;
-        }
-    return MA_EINVAL;
-}
-
 /* ---- batches --------------------------------------------------------------------------------- */
 
 /* body = {"<field>": [...]} with nothing else; returns the array and its length. */
@@ -659,7 +639,7 @@ int codec_queries_decode(const cJSON *body, const codec_shape *sh, size_t max_qu
         q->route = MA_ROUTE_AUTO;
         const cJSON *rt = member(it, "route");
         if (rt) {
-            if (!cJSON_IsString(rt) || route_parse(rt->valuestring, &q->route) != 0) {
+            if (!cJSON_IsString(rt) || ma_route_parse(rt->valuestring, &q->route) != 0) {
                 codec_fail(err, "bad_request", "%s.route: %s%.32s%s is not a route, expected auto, slot, sparse, "
                            "full, state or window", where, cJSON_IsString(rt) ? "\"" : "",
                            cJSON_IsString(rt) ? rt->valuestring : type_name(rt), cJSON_IsString(rt) ? "\"" : "");
@@ -668,7 +648,7 @@ int codec_queries_decode(const cJSON *body, const codec_shape *sh, size_t max_qu
         }
         if (!q->q && q->route != MA_ROUTE_AUTO && q->route != MA_ROUTE_SLOT) {
             codec_fail(err, "bad_request", "%s: route %s needs a query vector (q, q_b64 or text)", where,
-                       route_name(q->route));
+                       ma_route_name(q->route));
             goto fail;
         }
     }
@@ -744,7 +724,7 @@ static bool add_floats(cJSON *o, const char *field, const float *x, size_t n)
 cJSON *codec_answer_to_json(const ma_answer *a, size_t value_len)
 {
     cJSON *o = cJSON_CreateObject();
-    bool ok = o && cJSON_AddStringToObject(o, "route", route_name(a->route)) &&
+    bool ok = o && cJSON_AddStringToObject(o, "route", ma_route_name(a->route)) &&
               add_floats(o, "v", a->v, value_len) &&
               cJSON_AddNumberToObject(o, "score", isfinite(a->score) ? a->score : 0.0);
     if (ok && a->has_slot)
@@ -857,7 +837,7 @@ int codec_slot_body_decode(const cJSON *body, const char *path_name, bool allow_
                                            "version", NULL};
     static const codec_vec_fields kf = {"k", "k_b64", "text"}, vf = {"v", "v_b64", NULL};
     codec_slot_body b = {0};
-    const cJSON *empty = NULL;
+    cJSON *empty = NULL;   /* stands in for an absent body */
     int r;
 
     memset(out, 0, sizeof *out);
@@ -918,11 +898,11 @@ int codec_slot_body_decode(const cJSON *body, const char *path_name, bool allow_
         goto fail;
     if (allow_version && codec_get_uint(body, "version", 1, (uint64_t)MAX_EXACT_INT, "", &b.version, err) < 0)
         goto fail;
-    cJSON_Delete((cJSON *)empty);
+    cJSON_Delete(empty);
     *out = b;
     return 0;
 fail:
-    cJSON_Delete((cJSON *)empty);
+    cJSON_Delete(empty);
     codec_slot_body_clear(&b);
     return MA_EINVAL;
 }

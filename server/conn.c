@@ -77,6 +77,7 @@ void srv_conn_close(srv_conn *c)
     }
     c->qtail = NULL;
     c->nqueued = 0;
+    c->queued_bytes = 0;
     srv_request_free(c->cur);
     c->cur = NULL;
     free(c->stash);
@@ -125,10 +126,23 @@ void srv_conn_shutdown(srv_conn *c)
 
 /* ---- the request queue and writes ---- */
 
+static size_t request_bytes(const srv_request *r)
+{
+    return r->url.len + r->hbuf.len + r->body.len;
+}
+
+/* True when the connection holds as many parsed requests as it may: stop reading. */
+static bool queue_full(const srv_conn *c)
+{
+    const cfg_config *cfg = &c->srv->cfg;
+    return c->nqueued >= SRV_PIPELINE_MAX || c->queued_bytes > cfg->max_body + cfg->max_header_bytes;
+}
+
 static void enqueue_cur(srv_conn *c)
 {
     srv_request *r = c->cur;
     c->cur = NULL;
+    c->queued_bytes += request_bytes(r);
     r->next = NULL;
     if (c->qtail)
         c->qtail->next = r;
@@ -168,6 +182,7 @@ void srv_conn_flush(srv_conn *c)
         if (!c->qhead)
             c->qtail = NULL;
         c->nqueued--;
+        c->queued_bytes -= request_bytes(r);
         bool last = r->close_after;
         if (!r->resp_len) {   /* the answer could not be serialised (out of memory) */
             srv_request_free(r);
@@ -214,19 +229,25 @@ void srv_conn_flush(srv_conn *c)
             }
             c->qtail = NULL;
             c->nqueued = 0;
+            c->queued_bytes = 0;
             srv_conn_shutdown(c);
             return;
         }
     }
+    if (c->pipeline_full) {
+        /* Room again: parse the stashed input (which may queue more) and read on. Not from inside
+         * conn_feed, which resumes by itself when it returns. */
+        if (!c->in_feed && !queue_full(c))
+            resume_reading(c);
+        return;
+    }
     if (c->qhead || c->cur)
         return;
-    if (c->eof || (c->srv->draining && !c->pipeline_full)) {
+    if (c->eof || c->srv->draining) {
         srv_conn_shutdown(c);   /* after the answers still being written */
         return;
     }
     timer_start(c, c->srv->cfg.idle_timeout_ms);
-    if (c->pipeline_full && !c->in_feed)
-        resume_reading(c);
 }
 
 /* ---- reading ---- */
@@ -416,7 +437,9 @@ static int on_head_done(srv_conn *c, const char **why)
         uv_try_write((uv_stream_t *)&c->tcp, &b, 1);   /* best effort: the client sends anyway after ~1 s */
     }
     c->in_body = true;
-    timer_start(c, cfg->body_timeout_ms);
+    /* Without a body the head's timer runs on until message complete stops it a moment later. */
+    if (chunked || (has_length && c->parser.content_length > 0))
+        timer_start(c, cfg->body_timeout_ms);
     return 0;
 }
 
@@ -492,7 +515,7 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
                 srv_request_dispatch(r);
             if (c->closing || c->stop_parsing)
                 break;
-            if (c->nqueued >= SRV_PIPELINE_MAX && len > 0) {
+            if (queue_full(c) && len > 0) {
                 c->stash = malloc(len);
                 if (!c->stash) {
                     srv_conn_close(c);
@@ -512,13 +535,21 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
     c->in_feed = false;
     (void)srv;
     /* Answers given synchronously inside the loop above may have emptied the queue meanwhile. */
-    if (!c->closing && c->pipeline_full && c->nqueued < SRV_PIPELINE_MAX)
+    if (!c->closing && c->pipeline_full && !queue_full(c))
         resume_reading(c);
     else if (!c->closing && !c->qhead && !c->cur && !c->shutting)
         timer_start(c, srv->cfg.idle_timeout_ms);
 }
 
 /* ---- llhttp callbacks ---- */
+
+static void set_method(srv_request *r, const llhttp_t *p)
+{
+    const char *m = llhttp_method_name((llhttp_method_t)p->method);
+    size_t n = strnlen(m, sizeof r->method - 1);
+    memcpy(r->method, m, n);
+    r->method[n] = '\0';
+}
 
 static int cb_message_begin(llhttp_t *p)
 {
@@ -547,7 +578,7 @@ static int cb_url(llhttp_t *p, const char *at, size_t len)
     srv_conn *c = p->data;
     srv_request *r = c->cur;
     if (!r->method[0])
-        snprintf(r->method, sizeof r->method, "%s", llhttp_method_name((llhttp_method_t)p->method));
+        set_method(r, p);
     if (r->url.len + len > c->srv->cfg.max_uri) {
         c->user_status = 414;
         return HPE_USER;
@@ -615,7 +646,7 @@ static int cb_headers_complete(llhttp_t *p)
     if (r->hstate == 2 && srv_buf_append(&r->hbuf, "", 1) < 0)
         return -1;
     r->hstate = 0;
-    snprintf(r->method, sizeof r->method, "%s", llhttp_method_name((llhttp_method_t)p->method));
+    set_method(r, p);
     c->pause_event = EV_HEADERS;
     return HPE_PAUSED;
 }

@@ -18,6 +18,8 @@
 #include "server/server.h"
 
 #define SRV_PIPELINE_MAX 32     /* parsed requests queued per connection before reading pauses */
+/* Reading also pauses when the queued requests hold more than --max-body + --max-header-bytes bytes,
+ * so a pipelining client buffers about one maximal request, not SRV_PIPELINE_MAX of them. */
 
 typedef struct srv_conn srv_conn;
 
@@ -72,6 +74,7 @@ struct srv_conn {
     srv_request *cur;           /* being parsed */
     srv_request *qhead, *qtail; /* parsed, answers sent in this order */
     int nqueued;
+    size_t queued_bytes;        /* request bytes (target, headers, body) held by the queue */
     size_t head_bytes;          /* raw bytes of the current request's head so far */
     int scan_state;             /* head syntax scanner (conn.c) */
     char scan_prev;

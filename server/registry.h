@@ -44,7 +44,9 @@ typedef struct reg_session reg_session;   /* one session known to the registry (
 typedef struct {
     ma_store *store;          /* borrowed; must outlive the registry */
     size_t memory_budget;     /* resident bytes of loaded sessions before LRU unloading; 0 = unlimited */
-    size_t cache_chunks;      /* archive chunks cached per session once chunks are paged (>= 1) */
+    size_t cache_chunks;      /* archive chunks cached per session once chunks are paged (>= 1); this
+                                 cache is measured when a session is re-measured (commits, paging),
+                                 so the budget can be exceeded by up to one cache per loaded session */
     /* Optional: called after every store commit with its duration and result (metrics). Any thread. */
     void (*on_commit)(void *ctx, double seconds, int rc);
     void *ctx;

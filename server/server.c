@@ -131,10 +131,20 @@ const char *srv_server_date(srv_server *srv)
 
 void srv_server_count(srv_server *srv, const char *method, const char *route, int status, double seconds)
 {
+    /* key = method NUL route NUL status (3 digits), assembled without printf: once per request. */
     char key[160];
-    int kl = snprintf(key, sizeof key, "%s%c%s%c%d", method, 0, route, 0, status);
-    if (kl < 0 || (size_t)kl >= sizeof key)
-        kl = sizeof key - 1;
+    size_t ml = strnlen(method, 15), rl = strnlen(route, sizeof key - 24);
+    memcpy(key, method, ml);
+    key[ml] = '\0';
+    memcpy(key + ml + 1, route, rl);
+    key[ml + 1 + rl] = '\0';
+    char *sp = key + ml + rl + 2;
+    unsigned st3 = status > 0 && status < 1000 ? (unsigned)status : 0;
+    sp[0] = (char)('0' + st3 / 100);
+    sp[1] = (char)('0' + st3 / 10 % 10);
+    sp[2] = (char)('0' + st3 % 10);
+    sp[3] = '\0';
+    int kl = (int)(sp + 3 - key);
     uint64_t h = 1469598103934665603ull;   /* FNV-1a over the key, never 0 */
     for (int i = 0; i < kl; i++)
         h = (h ^ (uint8_t)key[i]) * 1099511628211ull;

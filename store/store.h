@@ -31,7 +31,9 @@ typedef struct {
 } ma_blob;
 
 /* Opens (creating if needed) <dir>/memattn.db, checking schema version (a newer one is refused) and
- * integrity. Returns 0, MA_EIO (cannot create/open/write), MA_ECORRUPT; err gets a message. */
+ * integrity. Returns 0, MA_EIO (cannot create/open/write), MA_ECORRUPT, MA_EBUSY (another process has the
+ * data directory open: one store per directory, held by an flock on <dir>/memattn.lock); err gets a
+ * message. */
 int ma_store_open(const char *dir, ma_store **out, char *err, size_t errlen);
 
 /* Options of ma_store_open_with (additive; ma_store_open uses the defaults of ma_store_options_default).

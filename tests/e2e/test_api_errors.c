@@ -196,16 +196,22 @@ static void test_http_level(void **state)
     const char *hs[] = {h, NULL};
     UNCHANGED(cJSON_Delete(au_callh(&dmn, "GET", "/v1/sessions/s", hs, 431, NULL)));
     free(h);
-    /* 411: a POST with a body but neither Content-Length nor chunked */
-    int fd = mh_connect(&dmn);
-    assert_true(fd >= 0);
-    mh_reader rb;
-    mh_reader_init(&rb, fd);
-    assert_int_equal(mh_sends(fd, "POST /v1/sessions/s/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n"), 0);
-    int st = mh_read_response(&rb, NULL, 5000);
-    close(fd);
-    if (st != 411 && st != 400)
-        fail_msg("POST without length: %d", st);
+    /* A POST with neither Content-Length nor chunked: RFC 9112 6.3 says it has no body, so the server
+     * may answer 411 length_required or pass an empty body on (then: 400, the batch is missing). */
+    UNCHANGED({
+        int fd = mh_connect(&dmn);
+        assert_true(fd >= 0);
+        mh_reader rb;
+        mh_reader_init(&rb, fd);
+        assert_int_equal(mh_sends(fd, "POST /v1/sessions/s/events HTTP/1.1\r\nHost: x\r\n"
+                                      "Content-Type: application/json\r\n\r\n"), 0);
+        mh_resp lr = {0};
+        int st = mh_read_response(&rb, &lr, 5000);
+        close(fd);
+        if (!(st == 411 && strstr(lr.body, "length_required")) && !(st == 400 && strstr(lr.body, "missing body")))
+            fail_msg("POST without length: %d %s", st, lr.body ? lr.body : "");
+        mh_resp_free(&lr);
+    });
 }
 
 static void test_unauthorized(void **state)

@@ -1,6 +1,6 @@
 /*
  * tests/e2e/test_api_examples.c — runs tests/api_examples.sh from `make check`: every curl example of
- * docs/API.md against a live daemon ($MEMATTN_BIN), answers checked, and docs/openapi.yaml checked
+ * docs/API.md and of README.md's quick start against a live daemon ($MEMATTN_BIN), answers checked, and docs/openapi.yaml checked
  * against the routes of server/api.c. Run from the repository root (as make does).
  */
 #include <stdarg.h>
@@ -19,6 +19,9 @@ static void test_api_examples(void **state)
     if (access("tests/api_examples.sh", X_OK) != 0)
         fail_msg("tests/api_examples.sh not found: run from the repository root");
     int rc = system("tests/api_examples.sh docs/API.md");
+    assert_true(WIFEXITED(rc));
+    assert_int_equal(WEXITSTATUS(rc), 0);
+    rc = system("tests/api_examples.sh README.md 'Quick start'");   /* the quick start */
     assert_true(WIFEXITED(rc));
     assert_int_equal(WEXITSTATUS(rc), 0);
 }

@@ -2,7 +2,7 @@
  * tests/e2e/test_api_flow.c — the REST API end to end, over real HTTP against build/memattnd:
  * sessions, events, every query route (outputs checked against a double-precision reference computed
  * here), and the slot lifecycle scenarios of the issue (demo, overwrite, versions, protect, evict then
- * sparse fallback, restore), plus durability across a restart.
+ * sparse fallback, restore), plus durability across a restart and an online backup.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "tests/e2e/api_util.h"
@@ -477,7 +478,25 @@ static void test_restart(void **state)
     assert_int_equal(mh_start(&b, args, NULL), 0);
     char *after = au_snapshot(&b, "keep", q);
     assert_string_equal(before, after);   /* same state, same answers (bits: floats print exactly) */
+    free(after);
+
+    /* an online backup, started as the data of a third daemon, holds the same session */
+    char bdir[300], bfile[340];
+    snprintf(bdir, sizeof bdir, "%s/restored", dir);
+    snprintf(bfile, sizeof bfile, "%s/memattn.db", bdir);
+    assert_int_equal(mkdir(bdir, 0700), 0);
+    cJSON *j = au_call(&b, "POST", "/v1/admin/backup", 200, "{\"path\":\"%s\"}", bfile);
+    assert_string_equal(au_str(j, "path"), bfile);
+    cJSON_Delete(j);
+    au_error(&b, "POST", "/v1/admin/backup", 409, "exists", "{\"path\":\"%s\"}", bfile);
+    au_error(&b, "POST", "/v1/admin/backup", 400, "bad_request", "{\"path\":\"relative.db\"}");
     assert_int_equal(mh_stop(&b, 30000), 0);
+    const char *bargs[] = {"--data", bdir, NULL};
+    mh_daemon c;
+    assert_int_equal(mh_start(&c, bargs, NULL), 0);
+    after = au_snapshot(&c, "keep", q);
+    assert_string_equal(before, after);
+    assert_int_equal(mh_stop(&c, 30000), 0);
     free(before);
     free(after);
     char cmd[128];

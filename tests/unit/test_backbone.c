@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include <cblas.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -356,6 +357,26 @@ static void test_vla_paper_settings_exact(void **state)
     check_kind(MA_BACKBONE_VLA, MA_FEATURE_IDENTITY, -0.5, 1, 0.0);
 }
 
+/* Non-default constants reach the recurrence: refresh every event (two refreshes inside one two-event
+ * sweep), an odd period, another lambda0 and refresh size, for both feature maps. */
+static void test_vla_constants(void **state)
+{
+    (void)state;
+    const int periods[3] = {1, 3, 7};
+    for (int i = 0; i < 3; i++)
+        for (int f = 0; f < 2; f++) {
+            ma_params p = params(MA_BACKBONE_VLA, 2, 12, 20);
+            p.vla.period = periods[i];
+            p.vla.refresh = 0.05 * (i + 1);
+            p.vla.lambda0 = 0.5 + i;
+            p.vla.feature = f ? MA_FEATURE_ELU1 : MA_FEATURE_IDENTITY;
+            double err = run_compare(&p, (uint64_t)(500 + 10 * i + f), 10000, 37, 0.0, 0.0);
+            print_message("  vla %s period=%d refresh=%g lambda0=%g: max rel err %.2e\n",
+                          ma_feature_name(p.vla.feature), p.vla.period, p.vla.refresh, p.vla.lambda0, err);
+            assert_true(err < 1e-4);
+        }
+}
+
 static void test_delta_exact(void **state)
 {
     (void)state;
@@ -510,6 +531,16 @@ static void test_extreme_inputs(void **state)
                 q[32 + j] = 0.0f;
             }
             assert_int_equal(ma_backbone_read(b, 4, q, o, MA_READ_RAW), 0);
+            if (!kind) {
+                /* The normalised read of a huge query over a tiny zᵀφ(q) saturates, stays finite. */
+                float o2[16 * 4];
+                assert_int_equal(ma_backbone_read(b, 4, q, o2, MA_READ_NORMALIZED), 0);
+                for (int j = 0; j < 64; j++)
+                    assert_true(isfinite(o2[j]));
+                assert_int_equal(ma_backbone_read(b, 1, q, o2, MA_READ_NORMALIZED), 0);
+                for (int j = 0; j < 16; j++)
+                    assert_true(isfinite(o2[j]));
+            }
             double sn, an;
             ma_backbone_norms(b, &sn, &an);
             for (int j = 0; j < 64; j++)
@@ -521,6 +552,26 @@ static void test_extreme_inputs(void **state)
             ma_backbone_destroy(b);
         }
     }
+}
+
+/* A normalised read whose true value exceeds float's range saturates at ±FLT_MAX instead of overflowing:
+ * VLA with identity features, keys e0, a query -3e38·e0, so zᵀq < 0 and the denominator is the floor. */
+static void test_read_saturates(void **state)
+{
+    (void)state;
+    ma_params p = params(MA_BACKBONE_VLA, 1, 4, 2);
+    ma_backbone *b;
+    assert_int_equal(ma_backbone_create(&p, &b), 0);
+    const float k[4] = {1, 0, 0, 0}, v[2] = {1, -2};
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(ma_backbone_update(b, 1, k, v), 0);
+    const float q[4] = {-3e38f, 0, 0, 0};
+    float o[2];
+    assert_int_equal(ma_backbone_read(b, 1, q, o, MA_READ_NORMALIZED), 0);
+    assert_true(o[0] == -FLT_MAX && o[1] == FLT_MAX);
+    assert_int_equal(ma_backbone_read(b, 1, q, o, MA_READ_RAW), 0);
+    assert_true(fabs(o[0] + 1.0) < 1e-5 && fabs(o[1] - 2.0) < 1e-5);  /* S(-e0) = -v */
+    ma_backbone_destroy(b);
 }
 
 /* ---- the paper's state-norm property ---------------------------------------------------------- */
@@ -702,11 +753,13 @@ int main(void)
         cmocka_unit_test(test_interface),
         cmocka_unit_test(test_vla_identity_exact),
         cmocka_unit_test(test_vla_paper_settings_exact),
+        cmocka_unit_test(test_vla_constants),
         cmocka_unit_test(test_delta_exact),
         cmocka_unit_test(test_linear_exact),
         cmocka_unit_test(test_normalized_read),
         cmocka_unit_test(test_vla_spd_million),
         cmocka_unit_test(test_extreme_inputs),
+        cmocka_unit_test(test_read_saturates),
         cmocka_unit_test(test_state_norm_growth),
         cmocka_unit_test(test_serialize_roundtrip),
     };

@@ -550,6 +550,71 @@ static void test_report_json(void **state)
     cJSON_Delete(o);
 }
 
+/* ---- robustness: mutated bodies never crash, and every refusal has a code and a message ---------- */
+
+/* Returns whether text was JSON (and so went through every decoder). */
+static bool decode_any(const char *text)
+{
+    cJSON *j = cJSON_Parse(text);
+    if (!j)
+        return false;
+    codec_error err;
+    codec_events e;
+    codec_queries q;
+    codec_slot_body b;
+    ma_params p;
+    int rc;
+    err.code = NULL;
+    if ((rc = codec_events_decode(j, &shape, 64, &e, &err)) == 0)
+        codec_events_clear(&e);
+    else
+        assert_true(err.code && err.message[0]);
+    if ((rc = codec_queries_decode(j, &shape, 64, &q, &err)) == 0)
+        codec_queries_clear(&q);
+    else
+        assert_true(err.code && err.message[0]);
+    if ((rc = codec_slot_body_decode(j, NULL, false, &shape, &b, &err)) == 0)
+        codec_slot_body_clear(&b);
+    else
+        assert_true(err.code && err.message[0]);
+    if (codec_params_from_json(j, &p, &err) != 0)
+        assert_string_equal(err.code, "bad_config");
+    else
+        assert_int_equal(ma_params_validate(&p, NULL, 0), 0);
+    cJSON_Delete(j);
+    return true;
+}
+
+static void test_mutated_bodies(void **state)
+{
+    (void)state;
+    static const char *const seeds[] = {
+        "{\"events\":[{\"k\":" K8 ",\"v\":" V6 ",\"slot\":\"a\",\"protect\":true,\"payload\":{\"x\":[1]}},"
+        "{\"k_b64\":\"AACAPwAAAAAAAAAAAACAPwAAgD8AAAAAAAAAAAAAgD8=\",\"text\":\"t\",\"v_b64\":\"AAAA\"}]}",
+        "{\"queries\":[{\"q\":" K8 ",\"route\":\"sparse\",\"topk\":3},{\"slot\":\"b\",\"version\":2},{\"text\":\"hi\"}]}",
+        "{\"name\":\"n\",\"k\":" K8 ",\"v\":" V6 ",\"payload\":\"p\",\"protect\":false}",
+        "{\"heads\":2,\"dim\":4,\"vla\":{\"period\":3,\"feature\":\"elu1\"},\"delta\":{\"beta\":0.5},\"selector\":\"chunks\"}",
+    };
+    static const char alphabet[] = "{}[]\",:0123456789.-eE+ tfnulrsa_\\";
+    rng_state = 2024;
+    for (size_t sd = 0; sd < sizeof seeds / sizeof seeds[0]; sd++) {
+        size_t n = strlen(seeds[sd]);
+        char *buf = malloc(n + 8);
+        int parsed = 0;
+        for (int round = 0; round < 3000; round++) {
+            memcpy(buf, seeds[sd], n + 1);
+            int edits = 1 + (int)((frand() + 1) * 2);
+            for (int e = 0; e < edits; e++) {
+                size_t at = (size_t)((frand() + 1) / 2 * (double)(n - 1));
+                buf[at] = alphabet[(size_t)((frand() + 1) / 2 * (sizeof alphabet - 2))];
+            }
+            parsed += decode_any(buf);
+        }
+        free(buf);
+        assert_true(parsed >= 300);   /* enough mutants are JSON to reach the decoders */
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -567,6 +632,7 @@ int main(void)
         cmocka_unit_test(test_floats_exact),
         cmocka_unit_test(test_answer_json),
         cmocka_unit_test(test_report_json),
+        cmocka_unit_test(test_mutated_bodies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

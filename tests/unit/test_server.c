@@ -136,11 +136,17 @@ static void *loop_main(void *arg)
     return NULL;
 }
 
+static size_t small_limits;   /* when set: --max-body and --max-header-bytes of the next fixture */
+
 static int fx_setup(void **state)
 {
     fixture *fx = calloc(1, sizeof(*fx));
     cfg_config cfg;
     cfg_defaults(&cfg);
+    if (small_limits) {
+        cfg.max_body = small_limits;
+        cfg.max_header_bytes = small_limits;
+    }
     snprintf(cfg.listen, sizeof cfg.listen, "127.0.0.1:0");
     cfg.threads = 2;
     cfg.queue_max = 4;
@@ -365,6 +371,43 @@ static void test_drain_waits_for_job(void **state)
     *state = NULL;
 }
 
+static int setup_small(void **state)
+{
+    small_limits = 1024;
+    int rc = fx_setup(state);
+    small_limits = 0;
+    return rc;
+}
+
+/* A client pipelining large bodies is not read ahead without bound: with 1 KiB limits, reading
+ * pauses once the queued requests hold more than 2 KiB, and resumes as answers go out. */
+static void test_pipeline_bytes_bounded(void **state)
+{
+    fixture *fx = *state;
+    static char all[16384], body[901];
+    memset(body, ' ', 900);
+    body[0] = '[';
+    body[899] = ']';
+    body[900] = '\0';
+    size_t len = 0;
+    for (int i = 0; i < 6; i++)
+        len += (size_t)snprintf(all + len, sizeof all - len,
+                                "GET /sleep/%d?key=k HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                                "Content-Length: 900\r\n\r\n%s", i == 0 ? 300 : 0, body);
+    int fd = conn(fx);
+    sendall(fd, all);
+    sleep_ms(150);   /* the first job sleeps 300 ms: meanwhile at most 3 requests may be queued */
+    size_t pending = srv_pool_pending(srv_server_pool(fx->srv));
+    assert_true(pending >= 1 && pending <= 3);
+    rbuf rb = { .len = 0 };
+    char out[64];
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(read_resp(fd, &rb, out, sizeof out), 200);
+        assert_string_equal(out, i == 0 ? "300" : "0");
+    }
+    close(fd);
+}
+
 static int teardown_maybe(void **state)
 {
     return *state ? fx_teardown(state) : 0;
@@ -377,6 +420,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_client_gone_before_answer, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_overloaded, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_request_api, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_pipeline_bytes_bounded, setup_small, fx_teardown),
         cmocka_unit_test_setup_teardown(test_drain_waits_for_job, fx_setup, teardown_maybe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -265,6 +265,11 @@ static void test_roundtrip_and_reopen(void **state)
     assert_true(stats.commits >= 6);
     assert_int_equal(stats.events_written, 311);
     assert_true(ma_store_bytes(st) > 300 * (KF + VF) * sizeof(float));
+    /* One store per directory: a second open is refused while the first is open. */
+    ma_store *second = NULL;
+    assert_int_equal(ma_store_open(dir, &second, errbuf, sizeof errbuf), MA_EBUSY);
+    assert_null(second);
+    assert_non_null(strstr(errbuf, "in use by another process"));
     ma_store_close(st);
 
     st = open_ok(dir);
@@ -284,8 +289,13 @@ static void test_create_delete_list(void **state)
         snprintf(id, sizeof id, "s%02d", 24 - i);
         assert_int_equal(ma_store_session_create(st, id, "{}", i, errbuf, sizeof errbuf), 0);
     }
+    ma_store_stats st0, st1;
+    ma_store_stats_get(st, &st0);
     assert_int_equal(ma_store_session_create(st, "s03", "{}", 0, errbuf, sizeof errbuf), MA_EEXISTS);
     assert_non_null(strstr(errbuf, "s03"));
+    ma_store_stats_get(st, &st1);   /* a refusal is neither a commit nor a storage failure */
+    assert_int_equal(st1.commits, st0.commits);
+    assert_int_equal(st1.failures, st0.failures);
     assert_int_equal(commit_batch(st, "s07", 7, 0, 20), 0);
 
     /* Pages of 10, in id order, resuming after the last id. */
@@ -312,6 +322,17 @@ static void test_create_delete_list(void **state)
         after = last;
     }
     assert_int_equal(seen, 25);
+    /* One page larger than the first allocation of the listing. */
+    for (int i = 0; i < 60; i++) {
+        snprintf(id, sizeof id, "t%02d", i);
+        assert_int_equal(ma_store_session_create(st, id, "{}", i, errbuf, sizeof errbuf), 0);
+    }
+    assert_int_equal(ma_store_session_list(st, NULL, 1000, &rows, &n, errbuf, sizeof errbuf), 0);
+    assert_int_equal(n, 85);
+    assert_string_equal(rows[84].id, "t59");
+    for (size_t i = 0; i < n; i++)
+        ma_store_session_clear(&rows[i]);
+    free(rows);
 
     /* DELETE removes every row: a new session of the same id starts empty. */
     assert_int_equal(ma_store_session_delete(st, "s07", errbuf, sizeof errbuf), 0);
@@ -571,6 +592,9 @@ static void fault_round(ma_store_fault_kind kind, unsigned long after)
     ma_store_fault_set(MA_FAULT_NONE, 0);
     check_session(st, "p1", 1, L);
     check_session(st, "p2", 2, 1000);
+    ma_store_stats stats;
+    ma_store_stats_get(st, &stats);
+    assert_int_equal(stats.failures, 2);
     /* Once the disk is back the same handle writes again. */
     assert_int_equal(commit_batch(st, "p1", 1, L, 10), 0);
     L += 10;
@@ -618,6 +642,55 @@ static void test_sync_errors(void **state)
     check_session(st, "p0", 0, 1005);
     ma_store_close(st);
     rm_dir(dir);
+}
+
+/* fsync fails at commit (once), then the process dies before any other commit: the WAL frames of the
+ * failed transaction were written (only their fsync failed), so WAL recovery would find them complete.
+ * The store must not let a mutation it reported as failed come back after a restart. */
+static void test_sync_error_then_crash(void **state)
+{
+    (void)state;
+    char *dir = populated_dir();
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        ma_store_options o;
+        ma_store_options_default(&o);
+        o.fault_vfs = 1;
+        ma_store *st;
+        if (ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf) || commit_batch(st, "p0", 0, 1000, 5))
+            _exit(2);
+        /* the WAL has a header now: the commit's fsync is the next one; it fails, the disk recovers */
+        ma_store_fault_set_limited(MA_FAULT_SYNC, 0, 1);
+        int rc = commit_batch(st, "p0", 0, 1005, 5);
+        ma_store_fault_set(MA_FAULT_NONE, 0);
+        _exit(rc == MA_EIO ? 0 : 3);   /* no close: a crash */
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    ma_store *st = open_ok(dir);
+    check_session(st, "p0", 0, 1005);
+    ma_store_close(st);
+    rm_dir(dir);
+}
+
+static void test_fault_spec(void **state)
+{
+    (void)state;
+    ma_store_fault_kind k;
+    unsigned long a, c;
+    assert_int_equal(ma_store_fault_parse("write:12", &k, &a, &c), 0);
+    assert_true(k == MA_FAULT_WRITE && a == 12 && c == 0);
+    assert_int_equal(ma_store_fault_parse("sync:0:3", &k, &a, &c), 0);
+    assert_true(k == MA_FAULT_SYNC && a == 0 && c == 3);
+    assert_int_equal(ma_store_fault_parse("full:1", &k, &a, &c), 0);
+    assert_true(k == MA_FAULT_FULL);
+    const char *bad[] = {"", "write", "write:", "write:x", "writes:1", "read:1:", "read:1:2:3", "sync:-1", NULL};
+    for (int i = 0; bad[i]; i++)
+        assert_int_equal(ma_store_fault_parse(bad[i], &k, &a, &c), MA_EINVAL);
 }
 
 static void test_read_errors(void **state)
@@ -933,6 +1006,8 @@ int main(void)
         cmocka_unit_test(test_full_database),
         cmocka_unit_test(test_write_errors),
         cmocka_unit_test(test_sync_errors),
+        cmocka_unit_test(test_sync_error_then_crash),
+        cmocka_unit_test(test_fault_spec),
         cmocka_unit_test(test_read_errors),
         cmocka_unit_test(test_readonly_directory),
         cmocka_unit_test(test_concurrent_readers_and_writer),
