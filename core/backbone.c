@@ -547,9 +547,10 @@ int ma_backbone_read(const ma_backbone *b, size_t n, const float *q, float *out,
         return 0;
     }
     if (mode == MA_READ_DEFAULT)
-        mode = (b->kind == MA_BACKBONE_LINEAR || (b->kind == MA_BACKBONE_VLA && b->feature == MA_FEATURE_ELU1))
-                   ? MA_READ_NORMALIZED
-                   : MA_READ_RAW;
+        /* The normaliser z·phi(q) is a sum of positive terms only with ELU+1 features; with identity
+         * features it can be near zero or negative for any query, so the raw read is the meaningful one. */
+        mode = (b->kind != MA_BACKBONE_DELTA && b->feature == MA_FEATURE_ELU1) ? MA_READ_NORMALIZED
+                                                                             : MA_READ_RAW;
     if (mode == MA_READ_NORMALIZED && b->kind == MA_BACKBONE_DELTA)
         return MA_EINVAL;
 

@@ -22,7 +22,7 @@
 typedef struct ma_backbone ma_backbone;
 
 typedef enum {
-    MA_READ_DEFAULT = 0,  /* what the `state` route uses: normalised for vla/elu1 and linear, raw otherwise */
+    MA_READ_DEFAULT = 0,  /* what the `state` route uses: normalised for vla and linear with elu1 features, raw otherwise */
     MA_READ_RAW,          /* o = S · normalize(phi(q))   (vla, delta); linear: o = S phi(q) */
     MA_READ_NORMALIZED,   /* o = S phi(q) / max(z·phi(q), eps)  (vla, linear) */
 } ma_read_mode;

@@ -223,10 +223,8 @@ static double read_error(const ma_backbone *b, const ref_t *r, int nq, ma_read_m
     assert_int_equal(ma_backbone_read(b, (size_t)nq, q, o, mode), 0);
     ma_read_mode rm = mode;
     if (mode == MA_READ_DEFAULT)
-        rm = (r->p.backbone == MA_BACKBONE_LINEAR ||
-              (r->p.backbone == MA_BACKBONE_VLA && r->p.vla.feature == MA_FEATURE_ELU1))
-                 ? MA_READ_NORMALIZED
-                 : MA_READ_RAW;
+        rm = (r->p.backbone != MA_BACKBONE_DELTA && r->p.vla.feature == MA_FEATURE_ELU1) ? MA_READ_NORMALIZED
+                                                                                    : MA_READ_RAW;
     /* The first queries once more one at a time (reads of 1..3 queries take the row-sweep path). */
     float *o1 = malloc(3 * H * dv * sizeof(float));
     assert_non_null(o1);
@@ -284,7 +282,8 @@ static double run_compare(const ma_params *p, uint64_t seed, int n, int maxbatch
                  * queries: its relative error is the raw read's times an unbounded factor. Those reads
                  * are checked on well-conditioned data in test_normalized_read. */
                 int normalized = modes[mi] == MA_READ_NORMALIZED ||
-                                 (modes[mi] == MA_READ_DEFAULT && p->backbone == MA_BACKBONE_LINEAR);
+                                 (modes[mi] == MA_READ_DEFAULT && p->backbone != MA_BACKBONE_DELTA &&
+                                  p->vla.feature == MA_FEATURE_ELU1);
                 if (normalized && p->backbone != MA_BACKBONE_DELTA && p->vla.feature == MA_FEATURE_IDENTITY &&
                     kmean == 0.0)
                     continue;
