@@ -131,11 +131,13 @@ static size_t request_bytes(const srv_request *r)
     return r->url.len + r->hbuf.len + r->body.len;
 }
 
-/* True when the connection holds as many parsed requests as it may: stop reading. */
+/* True when the connection holds as many parsed requests, or as many unsent answer bytes (a client
+ * that sends but does not read), as it may: stop reading until answers or writes make room. */
 static bool queue_full(const srv_conn *c)
 {
     const cfg_config *cfg = &c->srv->cfg;
-    return c->nqueued >= SRV_PIPELINE_MAX || c->queued_bytes > cfg->max_body + cfg->max_header_bytes;
+    return c->nqueued >= SRV_PIPELINE_MAX || c->queued_bytes > cfg->max_body + cfg->max_header_bytes ||
+           uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp) > SRV_WRITE_BACKLOG;
 }
 
 static void enqueue_cur(srv_conn *c)
@@ -157,20 +159,27 @@ typedef struct {
     srv_request *req;
 } write_op;
 
+static void resume_reading(srv_conn *c);
+
 static void on_write(uv_write_t *w, int status)
 {
     write_op *op = (write_op *)w;
     srv_conn *c = op->req->conn;
     srv_request_free(op->req);
     free(op);
-    if (c) {
-        c->writes_pending--;
-        if (status < 0 && !c->closing)
-            srv_conn_close(c);
+    if (!c)
+        return;
+    c->writes_pending--;
+    if (c->closing)
+        return;
+    if (status < 0) {
+        srv_conn_close(c);
+        return;
     }
+    /* The slow reader has caught up: read on. */
+    if (c->pipeline_full && !c->in_feed && !queue_full(c))
+        resume_reading(c);
 }
-
-static void resume_reading(srv_conn *c);
 
 void srv_conn_flush(srv_conn *c)
 {
@@ -524,6 +533,9 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
                 memcpy(c->stash, data, len);
                 c->stash_len = len;
                 c->pipeline_full = true;
+                srv_log(CFG_LOG_DEBUG, "%s: reading paused: %d requests, %zu request bytes, %zu answer bytes unsent",
+                        c->remote, c->nqueued, c->queued_bytes,
+                        uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp));
                 uv_read_stop((uv_stream_t *)&c->tcp);
                 c->reading = false;
                 break;

@@ -18,6 +18,7 @@
 #include "server/server.h"
 
 #define SRV_PIPELINE_MAX 32     /* parsed requests queued per connection before reading pauses */
+#define SRV_WRITE_BACKLOG (1u << 20)  /* answer bytes waiting for a slow reader before reading pauses */
 /* Reading also pauses when the queued requests hold more than --max-body + --max-header-bytes bytes,
  * so a pipelining client buffers about one maximal request, not SRV_PIPELINE_MAX of them. */
 
