@@ -88,9 +88,25 @@ void srv_conn_close(srv_conn *c)
 
 static void on_timer(uv_timer_t *t);
 
+/* Sets the connection's one deadline `ms` from now. The timer is re-armed only when the new deadline
+ * is earlier than the armed one; a timer that fires before the deadline re-arms for the rest
+ * (on_timer). In steady keep-alive traffic this makes the per-request deadline changes (head, body,
+ * idle) plain stores instead of timer-heap operations. */
 static void timer_start(srv_conn *c, unsigned ms)
 {
-    uv_timer_start(&c->timer, on_timer, ms, 0);
+    uint64_t now = uv_now(c->srv->loop);
+    c->deadline = now + ms;
+    if (!c->timer_armed || c->armed_at > c->deadline) {
+        uv_timer_start(&c->timer, on_timer, ms, 0);
+        c->timer_armed = true;
+        c->armed_at = c->deadline;
+    }
+}
+
+/* No deadline (a request is being worked on): the armed timer, if any, will find none and stop. */
+static void timer_clear(srv_conn *c)
+{
+    c->deadline = 0;
 }
 
 static void on_shutdown(uv_shutdown_t *sr, int status)
@@ -366,7 +382,7 @@ static void fail_cur(srv_conn *c, int status, const char *why)
         snprintf(r->method, sizeof r->method, "-");   /* failed before the method was known */
     enqueue_cur(c);
     c->stop_parsing = true;
-    uv_timer_stop(&c->timer);
+    timer_clear(c);
     const cfg_config *cfg = &srv->cfg;
     switch (status) {
     case 408:
@@ -512,7 +528,7 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
             c->in_body = false;
             c->head_bytes = 0;
             enqueue_cur(c);
-            uv_timer_stop(&c->timer);
+            timer_clear(c);
             if (c->parser.upgrade) {
                 /* No protocol switch here: answer as plain HTTP, then close (what follows is not HTTP). */
                 r->close_after = true;
@@ -699,8 +715,17 @@ void srv_settings_init(llhttp_settings_t *s)
 static void on_timer(uv_timer_t *t)
 {
     srv_conn *c = t->data;
-    if (c->closing)
+    c->timer_armed = false;
+    if (c->closing || c->deadline == 0)
         return;
+    uint64_t now = uv_now(c->srv->loop);
+    if (now < c->deadline) {
+        c->timer_armed = true;
+        c->armed_at = c->deadline;
+        uv_timer_start(&c->timer, on_timer, c->deadline - now, 0);
+        return;
+    }
+    c->deadline = 0;
     if (c->lingering || c->shutting) {
         srv_conn_close(c);
         return;

@@ -68,6 +68,9 @@ struct srv_request {
 struct srv_conn {
     uv_tcp_t tcp;
     uv_timer_t timer;
+    uint64_t deadline;          /* loop time (ms) of the current timeout, 0 = none (conn.c) */
+    uint64_t armed_at;          /* when the timer is set to fire, if timer_armed */
+    bool timer_armed;
     srv_server *srv;
     srv_conn *prev, *next;
     llhttp_t parser;
