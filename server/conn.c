@@ -88,9 +88,25 @@ void srv_conn_close(srv_conn *c)
 
 static void on_timer(uv_timer_t *t);
 
+/* Sets the connection's one deadline `ms` from now. The timer is re-armed only when the new deadline
+ * is earlier than the armed one; a timer that fires before the deadline re-arms for the rest
+ * (on_timer). In steady keep-alive traffic this makes the per-request deadline changes (head, body,
+ * idle) plain stores instead of timer-heap operations. */
 static void timer_start(srv_conn *c, unsigned ms)
 {
-    uv_timer_start(&c->timer, on_timer, ms, 0);
+    uint64_t now = uv_now(c->srv->loop);
+    c->deadline = now + ms;
+    if (!c->timer_armed || c->armed_at > c->deadline) {
+        uv_timer_start(&c->timer, on_timer, ms, 0);
+        c->timer_armed = true;
+        c->armed_at = c->deadline;
+    }
+}
+
+/* No deadline (a request is being worked on): the armed timer, if any, will find none and stop. */
+static void timer_clear(srv_conn *c)
+{
+    c->deadline = 0;
 }
 
 static void on_shutdown(uv_shutdown_t *sr, int status)
@@ -131,11 +147,13 @@ static size_t request_bytes(const srv_request *r)
     return r->url.len + r->hbuf.len + r->body.len;
 }
 
-/* True when the connection holds as many parsed requests as it may: stop reading. */
+/* True when the connection holds as many parsed requests, or as many unsent answer bytes (a client
+ * that sends but does not read), as it may: stop reading until answers or writes make room. */
 static bool queue_full(const srv_conn *c)
 {
     const cfg_config *cfg = &c->srv->cfg;
-    return c->nqueued >= SRV_PIPELINE_MAX || c->queued_bytes > cfg->max_body + cfg->max_header_bytes;
+    return c->nqueued >= SRV_PIPELINE_MAX || c->queued_bytes > cfg->max_body + cfg->max_header_bytes ||
+           uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp) > SRV_WRITE_BACKLOG;
 }
 
 static void enqueue_cur(srv_conn *c)
@@ -157,20 +175,27 @@ typedef struct {
     srv_request *req;
 } write_op;
 
+static void resume_reading(srv_conn *c);
+
 static void on_write(uv_write_t *w, int status)
 {
     write_op *op = (write_op *)w;
     srv_conn *c = op->req->conn;
     srv_request_free(op->req);
     free(op);
-    if (c) {
-        c->writes_pending--;
-        if (status < 0 && !c->closing)
-            srv_conn_close(c);
+    if (!c)
+        return;
+    c->writes_pending--;
+    if (c->closing)
+        return;
+    if (status < 0) {
+        srv_conn_close(c);
+        return;
     }
+    /* The slow reader has caught up: read on. */
+    if (c->pipeline_full && !c->in_feed && !queue_full(c))
+        resume_reading(c);
 }
-
-static void resume_reading(srv_conn *c);
 
 void srv_conn_flush(srv_conn *c)
 {
@@ -357,7 +382,7 @@ static void fail_cur(srv_conn *c, int status, const char *why)
         snprintf(r->method, sizeof r->method, "-");   /* failed before the method was known */
     enqueue_cur(c);
     c->stop_parsing = true;
-    uv_timer_stop(&c->timer);
+    timer_clear(c);
     const cfg_config *cfg = &srv->cfg;
     switch (status) {
     case 408:
@@ -503,7 +528,7 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
             c->in_body = false;
             c->head_bytes = 0;
             enqueue_cur(c);
-            uv_timer_stop(&c->timer);
+            timer_clear(c);
             if (c->parser.upgrade) {
                 /* No protocol switch here: answer as plain HTTP, then close (what follows is not HTTP). */
                 r->close_after = true;
@@ -524,6 +549,9 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
                 memcpy(c->stash, data, len);
                 c->stash_len = len;
                 c->pipeline_full = true;
+                srv_log(CFG_LOG_DEBUG, "%s: reading paused: %d requests, %zu request bytes, %zu answer bytes unsent",
+                        c->remote, c->nqueued, c->queued_bytes,
+                        uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp));
                 uv_read_stop((uv_stream_t *)&c->tcp);
                 c->reading = false;
                 break;
@@ -687,8 +715,17 @@ void srv_settings_init(llhttp_settings_t *s)
 static void on_timer(uv_timer_t *t)
 {
     srv_conn *c = t->data;
-    if (c->closing)
+    c->timer_armed = false;
+    if (c->closing || c->deadline == 0)
         return;
+    uint64_t now = uv_now(c->srv->loop);
+    if (now < c->deadline) {
+        c->timer_armed = true;
+        c->armed_at = c->deadline;
+        uv_timer_start(&c->timer, on_timer, c->deadline - now, 0);
+        return;
+    }
+    c->deadline = 0;
     if (c->lingering || c->shutting) {
         srv_conn_close(c);
         return;

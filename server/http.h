@@ -32,8 +32,9 @@ const char *srv_req_route(const srv_request *req);    /* matched template, e.g. 
 /* Path parameter `{name}` of the matched template, percent-decoded; NULL if the template has none. */
 const char *srv_req_param(const srv_request *req, const char *name);
 
-/* First value of query parameter `name`, percent-decoded ('+' is a space); "" for `?name` without
- * '='; NULL when absent. */
+/* First value of query parameter `name`, percent-decoded ('+' is a space; %00 and malformed escapes
+ * stay literal); "" for `?name` without '='; NULL when absent (or when the decoded copy cannot be
+ * allocated). */
 const char *srv_req_query(const srv_request *req, const char *name);
 
 /* First header named `name` (case-insensitive); NULL when absent. Repeated headers are not merged. */
@@ -50,8 +51,9 @@ const char *srv_req_remote(const srv_request *req);
 srv_server *srv_req_server(const srv_request *req);
 
 /* Parses the body as JSON. Returns 0 with *out the document (caller frees with cJSON_Delete), or 0
- * with *out NULL when the body is empty. On invalid JSON it ANSWERS the request with 400 `bad_json`
- * (the message gives the byte offset) and returns MA_EINVAL: the request is then gone. */
+ * with *out NULL when the body is empty. On invalid JSON, or bytes after the value, it ANSWERS the
+ * request with 400 `bad_json` (the message gives the byte offset) and returns MA_EINVAL: the request
+ * is then gone. Non-finite numbers (1e999 parses as inf) are the caller's to reject. */
 int srv_req_json(srv_request *req, cJSON **out);
 
 /* ---- answering (loop thread; exactly one of srv_respond_* per request) ---- */

@@ -18,6 +18,7 @@
 #include "server/server.h"
 
 #define SRV_PIPELINE_MAX 32     /* parsed requests queued per connection before reading pauses */
+#define SRV_WRITE_BACKLOG (1u << 20)  /* answer bytes waiting for a slow reader before reading pauses */
 /* Reading also pauses when the queued requests hold more than --max-body + --max-header-bytes bytes,
  * so a pipelining client buffers about one maximal request, not SRV_PIPELINE_MAX of them. */
 
@@ -67,6 +68,9 @@ struct srv_request {
 struct srv_conn {
     uv_tcp_t tcp;
     uv_timer_t timer;
+    uint64_t deadline;          /* loop time (ms) of the current timeout, 0 = none (conn.c) */
+    uint64_t armed_at;          /* when the timer is set to fire, if timer_armed */
+    bool timer_armed;
     srv_server *srv;
     srv_conn *prev, *next;
     llhttp_t parser;

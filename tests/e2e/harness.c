@@ -376,9 +376,16 @@ const char *mh_error_code(const mh_resp *r)
 
 int mh_connect(const mh_daemon *d)
 {
+    return mh_connect_rcvbuf(d, 0);
+}
+
+int mh_connect_rcvbuf(const mh_daemon *d, int rcvbuf)
+{
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
+    if (rcvbuf > 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)d->port) };
     inet_pton(AF_INET, d->host, &a.sin_addr);
     if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {

@@ -81,6 +81,10 @@ const char *mh_error_code(const mh_resp *r);
 /* A blocking TCP connection to the daemon; fd or -1. */
 int mh_connect(const mh_daemon *d);
 
+/* The same with SO_RCVBUF set to `rcvbuf` bytes before connecting (a client whose kernel buffers little,
+ * so a daemon's unsent answers pile up on the daemon's side). */
+int mh_connect_rcvbuf(const mh_daemon *d, int rcvbuf);
+
 /* Writes all of data; 0 or -1. */
 int mh_send(int fd, const char *data, size_t len);
 int mh_sends(int fd, const char *s);   /* a C string */

@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <stdbool.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -140,11 +142,14 @@ static void test_sources_reach_the_server(void **state)
 static void test_ipv6(void **state)
 {
     (void)state;
+    /* Containers often have IPv6 sockets but no ::1: skip unless ::1 can be bound. */
     int s = socket(AF_INET6, SOCK_STREAM, 0);
-    if (s < 0) {
-        skip();   /* no IPv6 in this environment */
-    }
-    close(s);
+    struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+    bool ok = s >= 0 && bind(s, (struct sockaddr *)&a, sizeof a) == 0;
+    if (s >= 0)
+        close(s);
+    if (!ok)
+        skip();
     mh_daemon d;
     assert_int_equal(mh_start(&d, (const char *[]){ "--listen", "[::1]:0", NULL }, NULL), 0);
     assert_string_equal(d.host, "[::1]");

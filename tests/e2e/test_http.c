@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include <signal.h>
+#include <stdbool.h>
 #include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -549,6 +550,53 @@ static void test_sigterm_drains(void **state)
     assert_int_equal(mh_wait(&d, 20000), 0);
 }
 
+/* A client that pipelines thousands of requests and does not read for a while: the daemon stops
+ * reading once its unsent answers pass its write backlog (logged at debug), resumes as the client
+ * reads, and every answer arrives, in order. */
+static void test_slow_reader(void **state)
+{
+    (void)state;
+    mh_daemon d;
+    start(&d, (const char *[]){ "--log-level", "debug", NULL });
+    enum { N = 6000 };
+    static char reqs[N * 40];
+    size_t len = 0;
+    for (int i = 0; i < N; i++)
+        len += (size_t)sprintf(reqs + len, "GET /%s HTTP/1.1\r\nHost: t\r\n\r\n", i % 2 ? "metrics" : "healthz");
+    /* A 64 KiB receive buffer: the ~15 MB of answers cannot all sit in the kernels' buffers. */
+    int fd = mh_connect_rcvbuf(&d, 65536);
+    size_t sent = 0;
+    /* Phase 1: send without reading until the daemon logs the pause (bounded wait). */
+    bool paused = false;
+    for (int t = 0; t < WAIT && !paused; t++) {
+        ssize_t w = sent < len ? send(fd, reqs + sent, len - sent, MSG_DONTWAIT | MSG_NOSIGNAL) : 0;
+        if (w > 0)
+            sent += (size_t)w;
+        mh_sleep_ms(1);
+        if (t % 50 == 49)
+            paused = mh_log_contains(&d, "reading paused");
+    }
+    assert_true(paused);
+    /* Phase 2: read every answer in order, sending the rest as the daemon accepts it. */
+    mh_reader rb;
+    mh_reader_init(&rb, fd);
+    for (int i = 0; i < N; i++) {
+        while (sent < len) {
+            ssize_t w = send(fd, reqs + sent, len - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (w <= 0)
+                break;
+            sent += (size_t)w;
+        }
+        mh_resp r;
+        int st = mh_read_response(&rb, &r, WAIT);
+        if (st != 200 || (i % 2 == 0) != (r.len == 15))
+            fail_msg("answer %d: status %d, %zu bytes", i, st, r.len);
+        mh_resp_free(&r);
+    }
+    close(fd);
+    stop_ok(&d);
+}
+
 /* Builds "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Pad: aaa...\r\n\r\n" of exactly `total` head bytes. */
 static void head_of(char *out, size_t total)
 {
@@ -649,6 +697,7 @@ int main(void)
         cmocka_unit_test_teardown(test_logging, mh_teardown),
         cmocka_unit_test_teardown(test_http10_and_close, mh_teardown),
         cmocka_unit_test_teardown(test_fragmented_and_exact_head, mh_teardown),
+        cmocka_unit_test_teardown(test_slow_reader, mh_teardown),
         cmocka_unit_test_teardown(test_sigterm_drains, mh_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
