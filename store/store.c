@@ -19,8 +19,8 @@
  *    keeps BEGIN IMMEDIATE from ever waiting on ourselves) and a pool of reader connections, created on
  *    demand up to MAX_READERS; in WAL a reader never blocks the writer nor the writer a reader. Every
  *    connection caches its prepared statements. Connections are opened NOMUTEX: our locks serialise them.
- *  - Integrity at open: quick_check, foreign_key_check, and every session's event rows against its
- *    length (count, first and last index). At load: blob byte totals against the session row, each
+ *  - Integrity at open: quick_check, and beside it (second connection, own thread) the rows: no blobs or
+ *    events of a missing session, every session's events exactly 0..length-1. At load: blob byte totals against the session row, each
  *    event's key/value byte length against what the caller expects, indices contiguous.
  *  - One process per data directory (an flock on <dir>/memattn.lock); a second open fails with MA_EBUSY.
  *  - Failure: every write runs in one transaction; any error rolls it back and returns MA_EIO (or
@@ -426,26 +426,28 @@ fail:
     return ret;
 }
 
-static int check_integrity(ma_store *st, char *err, size_t errlen)
+/* PRAGMA quick_check on c: the b-tree structure of every page. */
+static int check_pages(ma_store *st, conn *c, char *err, size_t errlen)
 {
-    conn *c = st->writer;
+    char buf[512];
+    int ret = pragma_text(st, c, "PRAGMA quick_check(4)", buf, sizeof buf, err, errlen);
+    if (ret || strcmp(buf, "ok") == 0)
+        return ret;
+    /* quick_check reports pages it could not read as text ("error code=266"); a failing disk is an I/O
+     * error, not a corrupt file. */
+    const char *ec = strstr(buf, "error code=");
+    int code = ec ? atoi(ec + strlen("error code=")) : SQLITE_CORRUPT;
+    bool io = (code & 0xff) == SQLITE_IOERR || (code & 0xff) == SQLITE_NOMEM;
+    seterr(err, errlen, "store %s: integrity check %s: %s", st->path, io ? "could not read the file" : "failed", buf);
+    return io ? MA_EIO : MA_ECORRUPT;
+}
+
+/* The rows against each other: no state blobs or events of a missing session, and every session's events
+ * exactly 0..length-1. */
+static int check_rows(ma_store *st, conn *c, char *err, size_t errlen)
+{
     int ret = 0;
     sqlite3_stmt *s = NULL;
-    if (st->opt.quick_check) {
-        char buf[512];
-        if ((ret = pragma_text(st, c, "PRAGMA quick_check(4)", buf, sizeof buf, err, errlen)))
-            return ret;
-        if (strcmp(buf, "ok") != 0) {
-            /* quick_check reports pages it could not read as text ("error code=266"); a failing disk
-             * is an I/O error, not a corrupt file. */
-            const char *ec = strstr(buf, "error code=");
-            int code = ec ? atoi(ec + strlen("error code=")) : SQLITE_CORRUPT;
-            bool io = (code & 0xff) == SQLITE_IOERR || (code & 0xff) == SQLITE_NOMEM;
-            seterr(err, errlen, "store %s: integrity check %s: %s", st->path,
-                   io ? "could not read the file" : "failed", buf);
-            return io ? MA_EIO : MA_ECORRUPT;
-        }
-    }
     /* Orphan state blobs (a small table). */
     int rc = sqlite3_prepare_v2(c->db, "PRAGMA foreign_key_check(blobs)", -1, &s, NULL);
     if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
@@ -486,6 +488,46 @@ static int check_integrity(ma_store *st, char *err, size_t errlen)
 done:
     sqlite3_finalize(s);
     return ret;
+}
+
+typedef struct {
+    ma_store *st;
+    conn *c;
+    int ret;
+    char err[512];
+} rows_job;
+
+static void *rows_main(void *p)
+{
+    rows_job *j = p;
+    j->ret = check_rows(j->st, j->c, j->err, sizeof j->err);
+    return NULL;
+}
+
+/* Both checks read the whole file; on a second connection the row check runs alongside quick_check
+ * (restart time of a large store: docs/STORE.md). A corrupt page is reported before a row mismatch. */
+static int check_integrity(ma_store *st, char *err, size_t errlen)
+{
+    if (!st->opt.quick_check)
+        return check_rows(st, st->writer, err, errlen);
+    rows_job j = {.st = st};
+    pthread_t t;
+    bool threaded = !st->opt.in_memory && conn_open(st, true, &j.c, NULL, 0) == 0;
+    if (threaded && pthread_create(&t, NULL, rows_main, &j) != 0) {
+        conn_close(j.c);
+        threaded = false;
+    }
+    int ret = check_pages(st, st->writer, err, errlen);
+    if (threaded) {
+        pthread_join(t, NULL);
+        conn_close(j.c);
+        if (!ret && j.ret) {
+            seterr(err, errlen, "%s", j.err);
+            ret = j.ret;
+        }
+        return ret;
+    }
+    return ret ? ret : check_rows(st, st->writer, err, errlen);
 }
 
 /* Decides how to open <dir>/memattn.db: read-write, or read-only when the directory or file is not
@@ -611,13 +653,14 @@ int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **ou
         const char *spec = getenv("MEMATTN_STORE_FAULT");
         if (spec && *spec) {
             ma_store_fault_kind kind;
-            unsigned long after;
-            if (ma_store_fault_parse(spec, &kind, &after)) {
-                seterr(err, errlen, "store: MEMATTN_STORE_FAULT=%s: expected <write|read|sync|full>:<n>", spec);
+            unsigned long after, count;
+            if (ma_store_fault_parse(spec, &kind, &after, &count)) {
+                seterr(err, errlen, "store: MEMATTN_STORE_FAULT=%s: expected <write|read|sync|full>:<n>[:<count>]",
+                       spec);
                 ret = MA_EINVAL;
                 goto fail;
             }
-            ma_store_fault_set(kind, after);
+            ma_store_fault_set_limited(kind, after, count);
             st->opt.fault_vfs = 1;
         }
         if (st->opt.fault_vfs && !(st->vfs = ma_store_fault_vfs())) {
@@ -680,6 +723,19 @@ void ma_store_close(ma_store *st)
 int ma_store_readonly(const ma_store *st)
 {
     return st->readonly;
+}
+
+/* After a write transaction failed with an I/O error. If it was the commit's fsync that failed, the
+ * transaction's WAL frames are in the file (only their fsync failed) but not in the WAL index, so no
+ * reader sees them — yet WAL recovery after a crash would find them complete and bring back a change we
+ * reported as failed. A TRUNCATE checkpoint copies only what the index holds into the database and
+ * empties the WAL, so they are gone. If the disk still fails this fails too (nothing more can be done;
+ * docs/STORE.md); the next successful commit overwrites the frames anyway. Writer lock held. */
+static void forget_failed_frames(ma_store *st, conn *c, int ret)
+{
+    if (ret != MA_EIO || st->readonly || st->opt.in_memory)
+        return;
+    sqlite3_wal_checkpoint_v2(c->db, "main", SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
 }
 
 /* ---- writes ----------------------------------------------------------------------------------- */
@@ -752,8 +808,10 @@ int ma_store_session_create(ma_store *st, const char *id, const char *config_jso
     if ((rc = run(st, c, ST_COMMIT, err, errlen)))
         ret = fail_db(st, c->db, rc, err, errlen, "committing a session creation");
 done:
-    if (ret)
+    if (ret) {
         rollback(st, c);
+        forget_failed_frames(st, c, ret);
+    }
     count_commit(st, t0, ret);
     pthread_mutex_unlock(&st->wlock);
     return ret;
@@ -793,8 +851,10 @@ int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errl
     if ((rc = run(st, c, ST_COMMIT, err, errlen)))
         ret = fail_db(st, c->db, rc, err, errlen, "committing a session deletion");
 done:
-    if (ret)
+    if (ret) {
         rollback(st, c);
+        forget_failed_frames(st, c, ret);
+    }
     count_commit(st, t0, ret);
     pthread_mutex_unlock(&st->wlock);
     return ret;
@@ -933,8 +993,10 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
     }
     atomic_fetch_add(&st->events_written, d->n_events);
 done:
-    if (ret)
+    if (ret) {
         rollback(st, c);
+        forget_failed_frames(st, c, ret);
+    }
     count_commit(st, t0, ret);
     pthread_mutex_unlock(&st->wlock);
     return ret;

@@ -38,14 +38,21 @@ static atomic_int fault_kind;
 static atomic_ulong fault_after;
 static atomic_ulong fault_count;
 static atomic_ulong fault_hits_n;
+static atomic_ulong fault_limit;     /* 0: every call past fault_after fails */
 
-void ma_store_fault_set(ma_store_fault_kind kind, unsigned long after)
+void ma_store_fault_set_limited(ma_store_fault_kind kind, unsigned long after, unsigned long count)
 {
     atomic_store(&fault_kind, MA_FAULT_NONE);
     atomic_store(&fault_count, 0);
     atomic_store(&fault_hits_n, 0);
     atomic_store(&fault_after, after);
+    atomic_store(&fault_limit, count);
     atomic_store(&fault_kind, (int)kind);
+}
+
+void ma_store_fault_set(ma_store_fault_kind kind, unsigned long after)
+{
+    ma_store_fault_set_limited(kind, after, 0);
 }
 
 unsigned long ma_store_fault_hits(void)
@@ -53,7 +60,7 @@ unsigned long ma_store_fault_hits(void)
     return atomic_load(&fault_hits_n);
 }
 
-int ma_store_fault_parse(const char *spec, ma_store_fault_kind *kind, unsigned long *after)
+int ma_store_fault_parse(const char *spec, ma_store_fault_kind *kind, unsigned long *after, unsigned long *count)
 {
     static const struct { const char *name; ma_store_fault_kind kind; } kinds[] = {
         {"write", MA_FAULT_WRITE}, {"read", MA_FAULT_READ}, {"sync", MA_FAULT_SYNC}, {"full", MA_FAULT_FULL},
@@ -62,13 +69,19 @@ int ma_store_fault_parse(const char *spec, ma_store_fault_kind *kind, unsigned l
     if (!colon || colon[1] < '0' || colon[1] > '9')
         return MA_EINVAL;
     char *end;
-    unsigned long n = strtoul(colon + 1, &end, 10);
+    unsigned long n = strtoul(colon + 1, &end, 10), c = 0;
+    if (*end == ':') {
+        if (end[1] < '0' || end[1] > '9')
+            return MA_EINVAL;
+        c = strtoul(end + 1, &end, 10);
+    }
     if (*end != '\0')
         return MA_EINVAL;
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         if (strlen(kinds[i].name) == (size_t)(colon - spec) && !strncmp(spec, kinds[i].name, (size_t)(colon - spec))) {
             *kind = kinds[i].kind;
             *after = n;
+            *count = c;
             return 0;
         }
     }
@@ -81,7 +94,9 @@ static bool fault_hit(ma_store_fault_kind kind)
     int armed = atomic_load(&fault_kind);
     if (armed == MA_FAULT_NONE || armed != (int)kind)
         return false;
-    if (atomic_fetch_add(&fault_count, 1) < atomic_load(&fault_after))
+    unsigned long nth = atomic_fetch_add(&fault_count, 1), after = atomic_load(&fault_after);
+    unsigned long limit = atomic_load(&fault_limit);
+    if (nth < after || (limit > 0 && nth - after >= limit))
         return false;
     atomic_fetch_add(&fault_hits_n, 1);
     return true;

@@ -7,8 +7,10 @@
  * stores opened with ma_store_options.fault_vfs (tests) or when the environment variable
  * MEMATTN_STORE_FAULT is set at ma_store_open (end-to-end tests of the daemon, see docs/STORE.md):
  *
- *     MEMATTN_STORE_FAULT=<kind>:<n>     kind = write | read | sync | full; the first n calls of that
- *                                        kind succeed, every later one fails (sticky).
+ *     MEMATTN_STORE_FAULT=<kind>:<n>[:<count>]
+ *                                        kind = write | read | sync | full; the first n calls of that
+ *                                        kind succeed, every later one fails (sticky), or only the next
+ *                                        `count` of them when given (a transient fault).
  *
  * The fault state is process-wide (atomics), like a failing disk would be. Not for production use;
  * a store opened without the shim never consults it.
@@ -30,11 +32,14 @@ typedef enum {
  * Thread-safe. */
 void ma_store_fault_set(ma_store_fault_kind kind, unsigned long after);
 
+/* Like ma_store_fault_set, but only `count` calls fail (a transient fault); count 0 = all later ones. */
+void ma_store_fault_set_limited(ma_store_fault_kind kind, unsigned long after, unsigned long count);
+
 /* How many calls failed because of the armed fault since the last ma_store_fault_set. */
 unsigned long ma_store_fault_hits(void);
 
-/* Parses "<kind>:<n>" (the MEMATTN_STORE_FAULT syntax). 0 or MA_EINVAL. */
-int ma_store_fault_parse(const char *spec, ma_store_fault_kind *kind, unsigned long *after);
+/* Parses "<kind>:<n>[:<count>]" (the MEMATTN_STORE_FAULT syntax; count 0 when absent). 0 or MA_EINVAL. */
+int ma_store_fault_parse(const char *spec, ma_store_fault_kind *kind, unsigned long *after, unsigned long *count);
 
 /* Registers the shim with sqlite once (not as the default VFS) and returns its name, or NULL if
  * registration failed. Thread-safe. */

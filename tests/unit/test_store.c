@@ -644,6 +644,55 @@ static void test_sync_errors(void **state)
     rm_dir(dir);
 }
 
+/* fsync fails at commit (once), then the process dies before any other commit: the WAL frames of the
+ * failed transaction were written (only their fsync failed), so WAL recovery would find them complete.
+ * The store must not let a mutation it reported as failed come back after a restart. */
+static void test_sync_error_then_crash(void **state)
+{
+    (void)state;
+    char *dir = populated_dir();
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        ma_store_options o;
+        ma_store_options_default(&o);
+        o.fault_vfs = 1;
+        ma_store *st;
+        if (ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf) || commit_batch(st, "p0", 0, 1000, 5))
+            _exit(2);
+        /* the WAL has a header now: the commit's fsync is the next one; it fails, the disk recovers */
+        ma_store_fault_set_limited(MA_FAULT_SYNC, 0, 1);
+        int rc = commit_batch(st, "p0", 0, 1005, 5);
+        ma_store_fault_set(MA_FAULT_NONE, 0);
+        _exit(rc == MA_EIO ? 0 : 3);   /* no close: a crash */
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    ma_store *st = open_ok(dir);
+    check_session(st, "p0", 0, 1005);
+    ma_store_close(st);
+    rm_dir(dir);
+}
+
+static void test_fault_spec(void **state)
+{
+    (void)state;
+    ma_store_fault_kind k;
+    unsigned long a, c;
+    assert_int_equal(ma_store_fault_parse("write:12", &k, &a, &c), 0);
+    assert_true(k == MA_FAULT_WRITE && a == 12 && c == 0);
+    assert_int_equal(ma_store_fault_parse("sync:0:3", &k, &a, &c), 0);
+    assert_true(k == MA_FAULT_SYNC && a == 0 && c == 3);
+    assert_int_equal(ma_store_fault_parse("full:1", &k, &a, &c), 0);
+    assert_true(k == MA_FAULT_FULL);
+    const char *bad[] = {"", "write", "write:", "write:x", "writes:1", "read:1:", "read:1:2:3", "sync:-1", NULL};
+    for (int i = 0; bad[i]; i++)
+        assert_int_equal(ma_store_fault_parse(bad[i], &k, &a, &c), MA_EINVAL);
+}
+
 static void test_read_errors(void **state)
 {
     (void)state;
@@ -957,6 +1006,8 @@ int main(void)
         cmocka_unit_test(test_full_database),
         cmocka_unit_test(test_write_errors),
         cmocka_unit_test(test_sync_errors),
+        cmocka_unit_test(test_sync_error_then_crash),
+        cmocka_unit_test(test_fault_spec),
         cmocka_unit_test(test_read_errors),
         cmocka_unit_test(test_readonly_directory),
         cmocka_unit_test(test_concurrent_readers_and_writer),
