@@ -7,6 +7,8 @@
 # 2. Ingest through HTTP: POST /v1/sessions/{id}/events with batches of 1, 64, 1024 events (H = 1,
 #    d = 64), JSON arrays against base64, one fresh session per point, 4 connections; events/s =
 #    requests/s x batch, and its ratio to the in-process rates.
+#    And the same work as the in-process runs (65,536 events in 64 base64 batches of 1024, sequential on
+#    one keep-alive connection), against the in-process rates.
 # 3. Queries: a session of 65,536 events (loaded in base64 batches of 1024), POST .../query with one
 #    random query (auto route: no slots, so a sparse read) at 1 and 16 connections: requests/s, p50, p99.
 # The daemon is build/memattnd (release build) with a fresh --data directory and --max-body 64M.
@@ -84,6 +86,21 @@ print(f'| {n} | $enc | {rps:.0f} | {ev:.0f} | $p50 | $p99 | {ev/core:.2f} | {ev/
   done
 done
 cat "$TMP/ingest.md"
+
+echo
+echo "== the same work as the in-process runs: 65,536 events in 64 base64 batches of 1024, one connection"
+curl -sf -X PUT "$URL/v1/sessions/seq" -d '{"dim":64}' >/dev/null
+args=()
+for i in $(seq 0 63); do args+=(--next -sf -o /dev/null --data-binary @"$TMP/load_$i.json" "$URL/v1/sessions/seq/events"); done
+t0=$(date +%s.%N)
+curl "${args[@]:1}"
+t1=$(date +%s.%N)
+core=$(sed -n "s/^inproc core batch=1024 .*events_per_s=\([0-9]*\)/\1/p" "$TMP/inproc.txt")
+dur=$(sed -n "s/^inproc durable batch=1024 .*events_per_s=\([0-9]*\)/\1/p" "$TMP/inproc.txt")
+python3 -c "
+ev=65536/($t1-$t0)
+print('| HTTP, 1 connection | %.0f events/s | vs in-process core %.2f | vs in-process durable %.2f |' % (ev, ev/$core, ev/$dur))"
+curl -sf -X DELETE "$URL/v1/sessions/seq" >/dev/null
 
 echo
 echo "== queries on a 65,536-event session (H = 1, d = 64, auto route -> sparse, ${SECS}s per point)"

@@ -134,20 +134,17 @@ int codec_get_uint(const cJSON *obj, const char *field, uint64_t lo, uint64_t hi
 
 static const char b64_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-static int b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
+/* Decoding table: the value of a base64 character plus one; 0 marks every other byte. */
+static const unsigned char b64_dec[256] = {
+    ['A'] = 1, ['B'] = 2, ['C'] = 3, ['D'] = 4, ['E'] = 5, ['F'] = 6, ['G'] = 7, ['H'] = 8, ['I'] = 9,
+    ['J'] = 10, ['K'] = 11, ['L'] = 12, ['M'] = 13, ['N'] = 14, ['O'] = 15, ['P'] = 16, ['Q'] = 17,
+    ['R'] = 18, ['S'] = 19, ['T'] = 20, ['U'] = 21, ['V'] = 22, ['W'] = 23, ['X'] = 24, ['Y'] = 25,
+    ['Z'] = 26, ['a'] = 27, ['b'] = 28, ['c'] = 29, ['d'] = 30, ['e'] = 31, ['f'] = 32, ['g'] = 33,
+    ['h'] = 34, ['i'] = 35, ['j'] = 36, ['k'] = 37, ['l'] = 38, ['m'] = 39, ['n'] = 40, ['o'] = 41,
+    ['p'] = 42, ['q'] = 43, ['r'] = 44, ['s'] = 45, ['t'] = 46, ['u'] = 47, ['v'] = 48, ['w'] = 49,
+    ['x'] = 50, ['y'] = 51, ['z'] = 52, ['0'] = 53, ['1'] = 54, ['2'] = 55, ['3'] = 56, ['4'] = 57,
+    ['5'] = 58, ['6'] = 59, ['7'] = 60, ['8'] = 61, ['9'] = 62, ['+'] = 63, ['/'] = 64
+};
 
 /* Decoded size of a well-formed base64 text of len chars, or -1 if len or padding is impossible. */
 static long b64_decoded_len(const char *src, size_t len)
@@ -162,26 +159,38 @@ static long b64_decoded_len(const char *src, size_t len)
 
 int codec_b64_decode(const char *src, size_t len, unsigned char *dst, size_t *out_len)
 {
+    const unsigned char *s = (const unsigned char *)src;
     long n = b64_decoded_len(src, len);
+    size_t o = 0, full = len < 4 ? 0 : len - 4;   /* quads before the last one: no padding allowed */
     if (n < 0)
         return MA_EINVAL;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 4) {
-        int a = b64_value((unsigned char)src[i]), b = b64_value((unsigned char)src[i + 1]);
-        bool last = i + 4 == len;
-        int c = (last && src[i + 2] == '=' && src[i + 3] == '=') ? -2 : b64_value((unsigned char)src[i + 2]);
-        int d = (last && src[i + 3] == '=') ? -2 : b64_value((unsigned char)src[i + 3]);
-        if (a < 0 || b < 0 || c == -1 || d == -1)
+    /* One table lookup per character; value - 1 wraps to a huge unsigned for a foreign byte, so one
+     * compare checks all four (this loop is the hot path of base64 ingest). */
+    for (size_t i = 0; i < full; i += 4) {
+        uint32_t a = b64_dec[s[i]] - 1u, b = b64_dec[s[i + 1]] - 1u, c = b64_dec[s[i + 2]] - 1u,
+                 d = b64_dec[s[i + 3]] - 1u;
+        if ((a | b | c | d) > 63)
             return MA_EINVAL;
-        uint32_t w = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)(c < 0 ? 0 : c) << 6 | (uint32_t)(d < 0 ? 0 : d);
+        uint32_t w = a << 18 | b << 12 | c << 6 | d;
+        dst[o] = (unsigned char)(w >> 16);
+        dst[o + 1] = (unsigned char)(w >> 8);
+        dst[o + 2] = (unsigned char)w;
+        o += 3;
+    }
+    if (len) {
+        /* The last quad: "xy==", "xyz=" or "xyzw". */
+        const unsigned char *q = s + full;
+        int pads = (q[3] == '=') + (q[2] == '=' && q[3] == '=');
+        uint32_t a = b64_dec[q[0]] - 1u, b = b64_dec[q[1]] - 1u, c = pads >= 2 ? 0 : b64_dec[q[2]] - 1u,
+                 d = pads >= 1 ? 0 : b64_dec[q[3]] - 1u;
+        if ((a | b | c | d) > 63)
+            return MA_EINVAL;
+        uint32_t w = a << 18 | b << 12 | c << 6 | d;
         dst[o++] = (unsigned char)(w >> 16);
-        if (c >= 0)
+        if (pads < 2)
             dst[o++] = (unsigned char)(w >> 8);
-        if (d >= 0)
+        if (pads < 1)
             dst[o++] = (unsigned char)w;
-        /* "ab=c" is malformed: after padding nothing may follow (c pad implies d pad, checked above). */
-        if (c < 0 && d >= 0)
-            return MA_EINVAL;
     }
     *out_len = o;
     return 0;

@@ -450,7 +450,8 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-void reg_touch_bytes(reg_registry *r, reg_session *s)
+/* Re-measures the resident bytes of s (after a mutation). */
+static void touch_bytes(reg_registry *r, reg_session *s)
 {
     size_t bytes = measure(s->core);
     pthread_mutex_lock(&r->mu);
@@ -504,7 +505,7 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
     free(bb);
     free(sl);
     free(am);
-    reg_touch_bytes(r, s);
+    touch_bytes(r, s);
     return 0;
 fail:
     /* The in-memory session is ahead of the store: drop it at release, reload on next use. */

@@ -98,9 +98,6 @@ typedef struct {
  * and reloaded from the store on next use. */
 int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, char *err, size_t errlen);
 
-/* Re-measures the resident bytes of s (after a mutation or a read that paged chunks in). */
-void reg_touch_bytes(reg_registry *r, reg_session *s);
-
 typedef struct {
     size_t loaded;             /* sessions in memory */
     size_t bytes;              /* their resident bytes (as last measured) */
