@@ -68,6 +68,7 @@ typedef struct {
     char name[MA_MAX_NAME + 1];       /* slot name */
     const char *body;                 /* the request's body: immutable until the request is answered */
     size_t body_len;
+    bool delimited;                   /* the request framed a body (Content-Length or chunked) */
     uint64_t version;                 /* ?version= of a slot read */
     uint64_t if_match;                /* If-Match of an overwrite, 0 if absent */
     size_t limit;                     /* ?limit= of the session list */
@@ -168,12 +169,23 @@ static int parse_body(job *j, cJSON **out)
     return 0;
 }
 
+/* A request that needs a body but framed none (no Content-Length, not chunked: RFC 9112 says it has no
+ * body) gets 411; a framed but empty one gets 400. Routes whose body is optional never ask. */
+static int missing_body(job *j, const char *expected)
+{
+    if (!j->delimited)
+        return job_fail(j, 411, "length_required",
+                        "this request needs a body (with Content-Length or chunked Transfer-Encoding), "
+                        "expected %s", expected);
+    return job_fail(j, 400, "bad_request", "missing body, expected %s", expected);
+}
+
 static int need_body(job *j, cJSON **out, const char *expected)
 {
     if (parse_body(j, out))
         return -1;
     if (!*out)
-        return job_fail(j, 400, "bad_request", "missing body, expected %s", expected);
+        return missing_body(j, expected);
     return 0;
 }
 
@@ -570,7 +582,7 @@ static int do_slot_write(job *j)
         goto done;
     codec_shape_from_params(&sh, reg_params(s), embed);
     if (!body && !put) {
-        rc = job_fail(j, 400, "bad_request", "missing body, expected {\"name\": ..., \"payload\": ...}");
+        rc = missing_body(j, "{\"name\": ..., \"payload\": ...}");
         goto done;
     }
     if (codec_slot_body_decode(body, put ? j->name : NULL, put, &sh, &b, &ce)) {
@@ -872,6 +884,7 @@ static job *job_new(srv_request *req, op_kind op)
     if (name)
         snprintf(j->name, sizeof j->name, "%s", name);
     j->body = srv_req_body(req, &j->body_len);
+    j->delimited = srv_req_header(req, "Content-Length") || srv_req_header(req, "Transfer-Encoding");
     return j;
 }
 
