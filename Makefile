@@ -3,7 +3,8 @@
 #   make            build build/memattnd (release: -O2 -march=native)
 #   make run        install missing Debian packages, build, start with built-in defaults
 #   make test       install missing packages, build with address+undefined sanitizers, run every test
-#   make bench      build the benchmarks (build/bench/*) and run the quick ones
+#   make bench      build the benchmarks (build/bench/*); docs/RESULTS.md gives the command of each result
+#   make tsan       the end-to-end suite once more under ThreadSanitizer (build/tsan; CI runs it after make test)
 #   make bench-http wrk: memattnd's GET /healthz against nginx at 1, 64, 256 connections (~1 min)
 #   make deps       install the Debian packages the project needs (apt-get, as root)
 #   make V=1 ...    show the commands
