@@ -222,6 +222,7 @@ static int ask(const tg_stream *st, methods_state *m, const tg_query *q, int see
                 rc = 0;
             } else if (rc) {
                 fprintf(stderr, "bench_tasks: %s query failed: %s\n", method_names[mi], ma_strerror(rc));
+                ma_answer_clear(&a);
                 return rc;
             } else {
                 pointer = a.event;
@@ -236,8 +237,10 @@ static int ask(const tg_stream *st, methods_state *m, const tg_query *q, int see
             ma_answer_clear(&a);
         } else if (mi == M_CHUNKS) {
             ma_read_result r = { .v = out };
-            if ((rc = ma_archive_read_sparse(m->chunks, qv, 0, &r)))
+            if ((rc = ma_archive_read_sparse(m->chunks, qv, 0, &r))) {
+                ma_read_result_clear(&r);
                 return rc;
+            }
             pointer = r.pointer;
             note_chunks(t, r.n_chunks);
             note_events(t, r.events_scored, length);
@@ -245,9 +248,10 @@ static int ask(const tg_stream *st, methods_state *m, const tg_query *q, int see
         } else if (mi == M_VLA) {
             ma_query mq = { .q = qv, .route = MA_ROUTE_STATE };
             ma_answer a = { .v = out };
-            if ((rc = ma_session_query(m->s, &mq, &a)))
-                return rc;
+            rc = ma_session_query(m->s, &mq, &a);
             ma_answer_clear(&a);
+            if (rc)
+                return rc;
         } else {
             /* raw reads: S·phi(q) (linear) and S·normalize(q) (DeltaNet); identity features make the
              * linear normalised read divide by z·q, which changes sign with q */
@@ -276,8 +280,10 @@ static int ask(const tg_stream *st, methods_state *m, const tg_query *q, int see
     }
     /* the sparse (index) read's scored events, straight from the session's archive */
     ma_read_result r = { .v = out };
-    if ((rc = ma_archive_read_sparse(ma_session_archive(m->s), qv, 0, &r)))
+    if ((rc = ma_archive_read_sparse(ma_session_archive(m->s), qv, 0, &r))) {
+        ma_read_result_clear(&r);
         return rc;
+    }
     note_events(&run->t[M_SPARSE], r.events_scored, length);
     ma_read_result_clear(&r);
     return 0;
