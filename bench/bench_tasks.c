@@ -72,6 +72,7 @@ typedef struct {
     uint64_t length;
     int seeds, first_seed;
     bool chunks, verbose;
+    double query_cos;             /* cosine of the question's direction to the fact's key (1: the key) */
     tally t[M_METHODS];
     double ingest_seconds;
     double part_seconds[5];       /* generate, session, linear, DeltaNet, chunks archive */
@@ -187,15 +188,16 @@ static void note_events(tally *t, uint64_t scored, uint64_t length)
 }
 
 /* Asks question q of every method and scores the answers. */
-static int ask(const tg_stream *st, methods_state *m, const tg_query *q, int seed_index, size_run *run,
-               uint64_t seed)
+static int ask(const tg_stream *st, methods_state *m, size_t qi, int seed_index, size_run *run, uint64_t seed)
 {
     const tg_config *c = tg_stream_config(st);
+    size_t nq;
+    const tg_query *q = &tg_queries(st, &nq)[qi];
     int d = c->dim, rc = 0;
     float qv[1024], out[1024];
-    const float *key = tg_anchor(st, q->key);
+    tg_query_direction(st, qi, run->query_cos, qv);
     for (int j = 0; j < d; j++)
-        qv[j] = (float)(ALPHA * sqrt((double)d)) * key[j];
+        qv[j] *= (float)(ALPHA * sqrt((double)d));
     uint64_t length = ma_archive_length(ma_session_archive(m->s));
 
     for (int mi = 0; mi < M_METHODS; mi++) {
@@ -338,7 +340,7 @@ static int run_stream(const tg_config *c, tg_stream_kind kind, uint64_t seed, in
         while (qi < nq && qs[qi].at == at) {
             if (qs[qi].task == TG_PRESSURE)
                 check_evicted(&m, &qs[qi], run);
-            if ((rc = ask(st, &m, &qs[qi], seed_index, run, seed)))
+            if ((rc = ask(st, &m, qi, seed_index, run, seed)))
                 goto done_m;
             qi++;
         }
@@ -475,13 +477,15 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: bench_tasks [--quick] [--sizes T1,T2,...] [--seeds N] [--first-seed S] [--no-chunks]\n"
-            "                   [--dat FILE] [--verbose]\n"
+            "                   [--dat FILE] [--query-cos C] [--verbose]\n"
             "  EVAL.md A task table for every method. Default: T = 16384 and 2097152, seeds 1..5.\n"
             "  --quick        T = 16384 only, one seed (a smoke run)\n"
             "  --sizes LIST   comma-separated stream lengths\n"
             "  --seeds N      seeds first-seed..first-seed+N-1 (1..%d)\n"
             "  --no-chunks    skip the second archive with the chunks selector (saves its memory)\n"
             "  --dat FILE     append the stress totals per method to FILE (for docs/tasks.gp)\n"
+            "  --query-cos C  paraphrased questions: the query direction at cosine C in (0, 1] to the key\n"
+            "                 (default 1: the key itself)\n"
             "  --verbose      one line per question and method\n", MAX_SEEDS);
 }
 
@@ -491,6 +495,7 @@ int main(int argc, char **argv)
     int n_sizes = 2, seeds = 5, first_seed = 1;
     bool chunks = true, verbose = false;
     const char *dat = NULL;
+    double query_cos = 1.0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--quick")) {
@@ -514,6 +519,13 @@ int main(int argc, char **argv)
             seeds = atoi(argv[++i]);
         } else if (!strcmp(a, "--first-seed") && i + 1 < argc) {
             first_seed = atoi(argv[++i]);
+        } else if (!strcmp(a, "--query-cos") && i + 1 < argc) {
+            char *end;
+            query_cos = strtod(argv[++i], &end);
+            if (*end || !(query_cos > 0 && query_cos <= 1)) {
+                fprintf(stderr, "bench_tasks: --query-cos %s: expected a number in (0, 1]\n", argv[i]);
+                return 2;
+            }
         } else if (!strcmp(a, "--dat") && i + 1 < argc) {
             dat = argv[++i];
         } else if (!strcmp(a, "--no-chunks")) {
@@ -536,7 +548,7 @@ int main(int argc, char **argv)
     }
     openblas_set_num_threads(1);
     printf("# bench_tasks: EVAL.md A, H = 1, d = 64, M = 32 slots, C = 64, top-k 16, W = 256, "
-           "q = %.0f·sqrt(d)·key\n", ALPHA);
+           "q = %.0f·sqrt(d)·direction, direction at cosine %.3g to the key\n", ALPHA, query_cos);
     int rc = 0;
     size_run *run = calloc(1, sizeof *run);
     if (!run)
@@ -548,6 +560,7 @@ int main(int argc, char **argv)
         run->first_seed = first_seed;
         run->chunks = chunks;
         run->verbose = verbose;
+        run->query_cos = query_cos;
         tg_config c;
         char err[256];
         tg_config_default(&c, sizes[si]);
