@@ -82,17 +82,24 @@ static void nearest(const float *cent, uint32_t nlist, size_t D, const float *X,
                 (int)D, 0.0f, S, (int)nlist);
     for (size_t i = 0; i < n; i++) {
         const float *s = S + i * nlist;
-        /* The best value stays in a register: comparing against s[best] made every iteration wait for a
-         * load whose address depends on the previous compare (measured ~6x slower, the largest cost of
-         * ingesting 2M events). Same result: the first maximum wins. */
-        float bv = s[0];
+        /* The maximum with 8 independent lanes (the compiler turns them into one vector max), then the
+         * first index holding it: the same answer as a scalar scan, several times faster at large nlist. */
+        float m8[8];
+        for (int l = 0; l < 8; l++)
+            m8[l] = s[0];
+        uint32_t c = 0;
+        for (; c + 8 <= nlist; c += 8)
+            for (int l = 0; l < 8; l++)
+                m8[l] = s[c + l] > m8[l] ? s[c + l] : m8[l];
+        float mx = m8[0];
+        for (int l = 1; l < 8; l++)
+            mx = m8[l] > mx ? m8[l] : mx;
+        for (; c < nlist; c++)
+            mx = s[c] > mx ? s[c] : mx;
         uint32_t best = 0;
-        for (uint32_t c = 1; c < nlist; c++)
-            if (s[c] > bv) {
-                bv = s[c];
-                best = c;
-            }
-        a[i] = best;
+        while (best < nlist && s[best] != mx)
+            best++;
+        a[i] = best < nlist ? best : 0;   /* only a NaN score (non-finite key) misses: list 0 */
     }
 }
 

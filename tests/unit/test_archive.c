@@ -14,6 +14,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <cblas.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -722,6 +723,7 @@ static void test_needle_chunks_rates(void **state)
 
 int main(void)
 {
+    openblas_set_num_threads(1);   /* as the daemon does: one BLAS thread per worker */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_matches_reference),
         cmocka_unit_test(test_window_matches_reference),
@@ -736,5 +738,8 @@ int main(void)
         cmocka_unit_test(test_needle_index_100k),
         cmocka_unit_test(test_needle_chunks_rates),
     };
+    /* e.g. MA_TEST_FILTER='*concurrent*' for a ThreadSanitizer run of the paging cache alone */
+    if (getenv("MA_TEST_FILTER"))
+        cmocka_set_test_filter(getenv("MA_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

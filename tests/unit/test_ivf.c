@@ -12,6 +12,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -337,6 +338,7 @@ static void test_explicit_rebuild(void **state)
 
 int main(void)
 {
+    openblas_set_num_threads(1);   /* as the daemon does: one BLAS thread per worker */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_topk_matches_sort),
         cmocka_unit_test(test_rebuild_schedule),
