@@ -7,13 +7,18 @@
  *    (core/bb_kernel.h). With Sᵀ, both "S x" and the delta-rule write S += e aᵀ become row sweeps.
  *  - Heads are independent, so an update batch runs head by head (outer) and event by event (inner): one
  *    head's A and S stay in L1/L2 for the whole batch instead of every head being touched per event.
- *  - VLA per event: one fused pass over A (Sherman–Morrison downdate + the product A·k of the NEXT
- *    event) and one fused pass over Sᵀ (the write + S·k of the next event). With identity features the
- *    write direction needs no extra product: A_new k̂ = g (1 − c·k̂ᵀg) with g = A k̂ (see BACKBONE.md).
+ *  - VLA per event: one fused pass over A (Sherman–Morrison downdate + the product A·û of the NEXT
+ *    event) and one fused pass over Sᵀ (the write + S·k̂ of the next event). With identity features the
+ *    write direction needs no extra product: A_new k̂ = g (1 − c·k̂ᵀg) with g = A k̂ (see BACKBONE.md),
+ *    and two events share each pass (rank-2 update; the second event's products are corrected for the
+ *    first one's rank-1 change in O(d)), which halves the traffic over A and S — what limits d >= 128,
+ *    where they no longer fit L1. DeltaNet uses the same two-event pass over Sᵀ.
  *    A stays exactly symmetric because its downdate is −h hᵀ with one product per element.
  *  - Linear attention's update is a sum of outer products, so a batch is one sgemm (OpenBLAS); small
  *    batches use the row-sweep kernel. Reads of every backbone are one sgemm per head and block of queries.
- *  - Norms, normalisations and the scalar recurrences are in double; matrix entries are float.
+ *  - Matrix entries are float; norms and dot products feeding the scalar recurrence are summed in float
+ *    lanes and reduced in double (in double throughout when squares would leave float's normal range);
+ *    the scalar recurrence and z are double.
  *
  * Deliberately not here: locking (callers serialise updates, see the header), input validation beyond the
  * config (the server checks lengths and finiteness), anything about sessions, slots or the archive.
@@ -35,6 +40,7 @@
 #define LIN_DEN_EPS  1e-6   /* linear read: S phi(q) / (max(zᵀphi(q), 0) + LIN_DEN_EPS) */
 #define LIN_GEMM_MIN 16     /* linear update: batches at least this long go through sgemm */
 #define READ_BLOCK   2048   /* floats of stack scratch for a block of normalised queries */
+#define READ_GEMM_MIN 4     /* reads of fewer queries per head use the row sweep instead of sgemm */
 
 #define FMT_MAGIC   0x4242414du  /* "MABB" little-endian */
 #define FMT_VERSION 1u
@@ -103,19 +109,28 @@ static void phi_into(float *dst, const float *x, size_t n, size_t ld, ma_feature
     memset(dst + n, 0, (ld - n) * sizeof(float));
 }
 
+/* With H > 1 heads one head's key (or value) of consecutive events is H·d floats apart, a stride the
+ * hardware prefetchers do not follow well; the update loops ask for the inputs a few events ahead. */
+#define PREFETCH_AHEAD 8
+static inline void prefetch_span(const float *p, size_t n)
+{
+    for (size_t off = 0; off < n; off += 64 / sizeof(float))
+        __builtin_prefetch(p + off);
+}
+
 static ma_feature feature_of(const ma_backbone *b)
 {
     return b->kind == MA_BACKBONE_DELTA ? MA_FEATURE_IDENTITY : b->feature;
 }
 
-/* Update scratch: VLA needs 14 vectors of ld floats and 4 of ldv; delta 4 + 4; linear one block of
- * LIN_GEMM_MIN.. rows of phi(k) plus 3 vectors. */
+/* Update scratch (see the *_update_head functions): VLA at most 14 vectors of ld floats and 6 of ldv;
+ * delta 6 + 6; linear a block of 256 rows of phi(k) plus one vector of each length. */
 static size_t work_floats(const ma_backbone *b)
 {
     switch (b->kind) {
-    case MA_BACKBONE_VLA:    return 14 * b->ld + 4 * b->ldv;
-    case MA_BACKBONE_DELTA:  return 4 * b->ld + 4 * b->ldv;
-    case MA_BACKBONE_LINEAR: return 256 * (size_t)b->dim + 2 * b->ld + 2 * b->ldv;
+    case MA_BACKBONE_VLA:    return 14 * b->ld + 6 * b->ldv;
+    case MA_BACKBONE_DELTA:  return 6 * b->ld + 6 * b->ldv;
+    case MA_BACKBONE_LINEAR: return 256 * (size_t)b->dim + b->ld + b->ldv;
     default:                 return 0;
     }
 }
@@ -214,6 +229,110 @@ static void vla_prepare(const ma_backbone *b, const float *k, float *u, float *k
     bb_scale(kp, ld, 1.0 / fmax(bb_norm_padded(kp, ld), NORM_EPS));
 }
 
+/* One VLA event's scalar recurrence with identity features, given g = A û for the current A:
+ * h = sqrt(c)·g (the downdate is -h hᵀ), nh = -h, alpha = normalize(A_new û) = normalize(g (1 − c·ûᵀg)
+ * + [refresh] r·û). */
+static void vla_direction(const ma_backbone *b, const float *u, const float *g, int refresh, float *hv,
+                          float *nh, float *alpha)
+{
+    const size_t nvec = b->ld / BB_LANES;
+    const double s2 = b->scale * b->scale;
+    const double q = bb_dot(u, g, b->ld);
+    const double c = s2 / fmax(1.0 + s2 * q, DELTA_CLAMP);
+    const float cg = (float)(c * q), sc = (float)sqrt(c), rf = (float)b->refresh;
+    for (size_t j = 0; j < nvec; j++) {
+        BB_V(alpha)[j] = BB_V(g)[j] - cg * BB_V(g)[j];
+        BB_V(hv)[j] = sc * BB_V(g)[j];
+        BB_V(nh)[j] = -BB_V(hv)[j];
+    }
+    if (refresh)
+        for (size_t j = 0; j < nvec; j++)
+            BB_V(alpha)[j] += rf * BB_V(u)[j];
+    bb_scale(alpha, b->ld, 1.0 / fmax(bb_norm_padded(alpha, b->ld), NORM_EPS));
+}
+
+/* VLA with identity features, two events per pass over A and over Sᵀ. With A' = A − h0 h0ᵀ (+ r·I),
+ * the second event's g1 = A' û1 = A û1 − h0 (h0ᵀû1) (+ r û1), and S' û1 = S û1 + e0 (α̂0ᵀû1): the pass
+ * that applies both downdates (both writes) also yields A'' û and S'' û for the next two events. */
+static void vla_update_head_pairs(ma_backbone *b, int h, size_t n, const float *k, const float *v,
+                                  uint64_t t0)
+{
+    const size_t d = (size_t)b->dim, dv = (size_t)b->vdim, ld = b->ld, ldv = b->ldv;
+    const size_t kstride = (size_t)b->heads * d, vstride = (size_t)b->heads * dv;
+    const size_t nvec = ld / BB_LANES, nvecv = ldv / BB_LANES;
+    const uint64_t period = (uint64_t)b->period;
+    const float rf = (float)b->refresh;
+    float *A = b->A + (size_t)h * d * ld, *St = b->S + (size_t)h * d * ldv;
+    double *z = b->z + (size_t)h * ld;
+    float *w = b->work, *wv = b->work + 14 * ld;
+    float *u[4] = {w, w + ld, w + 2 * ld, w + 3 * ld}, *g[4] = {w + 4 * ld, w + 5 * ld, w + 6 * ld, w + 7 * ld};
+    float *hv[2] = {w + 8 * ld, w + 9 * ld}, *nh[2] = {w + 10 * ld, w + 11 * ld};
+    float *al[2] = {w + 12 * ld, w + 13 * ld};
+    float *pS[4] = {wv, wv + ldv, wv + 2 * ldv, wv + 3 * ldv}, *e[2] = {wv + 4 * ldv, wv + 5 * ldv};
+#define KEY(i) (k + (i) * kstride + (size_t)h * d)
+#define VAL(i) (v + (i) * vstride + (size_t)h * dv)
+
+    vla_prepare(b, KEY(0), u[0], NULL, z);
+    if (n > 1)
+        vla_prepare(b, KEY(1), u[1], NULL, z);
+    bb_rank2_matvec(A, ld, d, NULL, NULL, NULL, NULL, u[0], g[0], n > 1 ? u[1] : NULL, g[1]);
+    bb_rank2_matvec(St, ldv, d, NULL, NULL, NULL, NULL, u[0], pS[0], n > 1 ? u[1] : NULL, pS[1]);
+    for (size_t i = 0, P = 0; i < n; i += 2, P ^= 2) {
+        const size_t c0 = P, c1 = P + 1, n0 = P ^ 2, n1 = (P ^ 2) + 1;
+        const int ref0 = (t0 + i + 1) % period == 0, ref1 = (t0 + i + 2) % period == 0;
+        vla_direction(b, u[c0], g[c0], ref0, hv[0], nh[0], al[0]);
+        bb_load(e[0], VAL(i), dv, ldv);
+        for (size_t j = 0; j < nvecv; j++)
+            BB_V(e[0])[j] -= BB_V(pS[c0])[j];
+        if (i + 1 == n) {  /* an odd event at the end */
+            bb_rank1_matvec(A, ld, d, nh[0], hv[0], NULL, NULL, NULL, NULL);
+            if (ref0)
+                for (size_t j = 0; j < d; j++)
+                    A[j * ld + j] += rf;
+            bb_rank1_matvec(St, ldv, d, al[0], e[0], NULL, NULL, NULL, NULL);
+            break;
+        }
+        const int has2 = i + 2 < n, has3 = i + 3 < n;
+        if (b->heads > 1 && i + PREFETCH_AHEAD + 1 < n) {
+            prefetch_span(KEY(i + PREFETCH_AHEAD), d), prefetch_span(KEY(i + PREFETCH_AHEAD + 1), d);
+            prefetch_span(VAL(i + PREFETCH_AHEAD), dv), prefetch_span(VAL(i + PREFETCH_AHEAD + 1), dv);
+        }
+        if (has2)
+            vla_prepare(b, KEY(i + 2), u[n0], NULL, z);
+        if (has3)
+            vla_prepare(b, KEY(i + 3), u[n1], NULL, z);
+
+        /* The second event sees the first one's downdate, refresh and write. */
+        const float hu = (float)bb_dot(hv[0], u[c1], ld);
+        for (size_t j = 0; j < nvec; j++)
+            BB_V(g[c1])[j] -= hu * BB_V(hv[0])[j];
+        if (ref0)
+            for (size_t j = 0; j < nvec; j++)
+                BB_V(g[c1])[j] += rf * BB_V(u[c1])[j];
+        vla_direction(b, u[c1], g[c1], ref1, hv[1], nh[1], al[1]);
+        const float au = (float)bb_dot(al[0], u[c1], ld);
+        bb_load(e[1], VAL(i + 1), dv, ldv);
+        for (size_t j = 0; j < nvecv; j++)
+            BB_V(e[1])[j] -= BB_V(pS[c1])[j] + au * BB_V(e[0])[j];
+
+        bb_rank2_matvec(A, ld, d, nh[0], hv[0], nh[1], hv[1], has2 ? u[n0] : NULL, g[n0],
+                        has3 ? u[n1] : NULL, g[n1]);
+        if (ref0 + ref1) {
+            const float rr = (float)((ref0 + ref1) * b->refresh);
+            for (size_t j = 0; j < d; j++)
+                A[j * ld + j] += rr;
+            for (size_t j = 0; has2 && j < nvec; j++)
+                BB_V(g[n0])[j] += rr * BB_V(u[n0])[j];
+            for (size_t j = 0; has3 && j < nvec; j++)
+                BB_V(g[n1])[j] += rr * BB_V(u[n1])[j];
+        }
+        bb_rank2_matvec(St, ldv, d, al[0], e[0], al[1], e[1], has2 ? u[n0] : NULL, pS[n0],
+                        has3 ? u[n1] : NULL, pS[n1]);
+    }
+#undef KEY
+#undef VAL
+}
+
 /* Applies n events to head h; t0 is the number of events before the batch (the refresh schedule). */
 static void vla_update_head(ma_backbone *b, int h, size_t n, const float *k, const float *v, uint64_t t0)
 {
@@ -229,7 +348,7 @@ static void vla_update_head(ma_backbone *b, int h, size_t n, const float *k, con
     float *u[2] = {w, w + ld}, *kp[2] = {w + 2 * ld, w + 3 * ld};
     float *g[2] = {w + 4 * ld, w + 5 * ld}, *gp[2] = {w + 6 * ld, w + 7 * ld};
     float *hv = w + 8 * ld, *negh = w + 9 * ld, *alpha = w + 10 * ld;
-    float *pS[2] = {w + 14 * ld, w + 14 * ld + ldv}, *e = w + 14 * ld + 2 * ldv;
+    float *pS[2] = {w + 11 * ld, w + 11 * ld + ldv}, *e = w + 11 * ld + 2 * ldv;
     if (!elu)
         kp[0] = u[0], kp[1] = u[1], gp[0] = g[0], gp[1] = g[1];
 
@@ -240,6 +359,10 @@ static void vla_update_head(ma_backbone *b, int h, size_t n, const float *k, con
 
     for (size_t i = 0; i < n; i++) {
         const int nx = cur ^ 1, more = i + 1 < n;
+        if (b->heads > 1 && i + PREFETCH_AHEAD < n) {
+            prefetch_span(k + (i + PREFETCH_AHEAD) * kstride + (size_t)h * d, d);
+            prefetch_span(v + (i + PREFETCH_AHEAD) * vstride + (size_t)h * dv, dv);
+        }
         if (more)
             vla_prepare(b, k + (i + 1) * kstride + (size_t)h * d, u[nx], kp[nx], z);
 
@@ -287,32 +410,57 @@ static void vla_update_head(ma_backbone *b, int h, size_t n, const float *k, con
     }
 }
 
+/* DeltaNet, two events per pass over Sᵀ: with S' = S + e0 a0ᵀ (a0 = β k̂0), the second event's
+ * prediction is S' k̂1 = S k̂1 + e0 (a0ᵀk̂1), so one pass applies both writes and yields S'' k̂ for the
+ * next two events. */
 static void delta_update_head(ma_backbone *b, int h, size_t n, const float *k, const float *v)
 {
     const size_t d = (size_t)b->dim, dv = (size_t)b->vdim, ld = b->ld, ldv = b->ldv;
     const size_t kstride = (size_t)b->heads * d, vstride = (size_t)b->heads * dv;
+    const size_t nvec = ld / BB_LANES, nvecv = ldv / BB_LANES;
     const float beta = (float)b->beta;
     float *St = b->S + (size_t)h * d * ldv;
-    float *w = b->work;
-    float *kh[2] = {w, w + ld}, *a = w + 2 * ld;
-    float *pS[2] = {w + 4 * ld, w + 4 * ld + ldv}, *e = w + 4 * ld + 2 * ldv;
+    float *w = b->work, *wv = b->work + 6 * ld;
+    float *kh[4] = {w, w + ld, w + 2 * ld, w + 3 * ld}, *a[2] = {w + 4 * ld, w + 5 * ld};
+    float *pS[4] = {wv, wv + ldv, wv + 2 * ldv, wv + 3 * ldv}, *e[2] = {wv + 4 * ldv, wv + 5 * ldv};
+#define KEY(i) (k + (i) * kstride + (size_t)h * d)
+#define VAL(i) (v + (i) * vstride + (size_t)h * dv)
 
-    int cur = 0;
-    normalize_into(kh[0], k + (size_t)h * d, d, ld);
-    bb_rank1_matvec(St, ldv, d, NULL, NULL, kh[0], pS[0], NULL, NULL);
-    for (size_t i = 0; i < n; i++) {
-        const int nx = cur ^ 1, more = i + 1 < n;
-        if (more)
-            normalize_into(kh[nx], k + (i + 1) * kstride + (size_t)h * d, d, ld);
-        bb_load(e, v + i * vstride + (size_t)h * dv, dv, ldv);
-        for (size_t j = 0; j < ldv / BB_LANES; j++)
-            BB_V(e)[j] -= BB_V(pS[cur])[j];
-        for (size_t j = 0; j < ld / BB_LANES; j++)
-            BB_V(a)[j] = beta * BB_V(kh[cur])[j];
-        /* S += beta (v − S k̂) k̂ᵀ, i.e. row j of Sᵀ gains beta·k̂_j·e. */
-        bb_rank1_matvec(St, ldv, d, a, e, more ? kh[nx] : NULL, pS[nx], NULL, NULL);
-        cur = nx;
+    normalize_into(kh[0], KEY(0), d, ld);
+    if (n > 1)
+        normalize_into(kh[1], KEY(1), d, ld);
+    bb_rank2_matvec(St, ldv, d, NULL, NULL, NULL, NULL, kh[0], pS[0], n > 1 ? kh[1] : NULL, pS[1]);
+    for (size_t i = 0, P = 0; i < n; i += 2, P ^= 2) {
+        const size_t c0 = P, c1 = P + 1, n0 = P ^ 2, n1 = (P ^ 2) + 1;
+        bb_load(e[0], VAL(i), dv, ldv);
+        for (size_t j = 0; j < nvecv; j++)
+            BB_V(e[0])[j] -= BB_V(pS[c0])[j];
+        for (size_t j = 0; j < nvec; j++)
+            BB_V(a[0])[j] = beta * BB_V(kh[c0])[j];
+        if (i + 1 == n) {  /* an odd event at the end */
+            bb_rank1_matvec(St, ldv, d, a[0], e[0], NULL, NULL, NULL, NULL);
+            break;
+        }
+        const int has2 = i + 2 < n, has3 = i + 3 < n;
+        if (b->heads > 1 && i + PREFETCH_AHEAD + 1 < n) {
+            prefetch_span(KEY(i + PREFETCH_AHEAD), d), prefetch_span(KEY(i + PREFETCH_AHEAD + 1), d);
+            prefetch_span(VAL(i + PREFETCH_AHEAD), dv), prefetch_span(VAL(i + PREFETCH_AHEAD + 1), dv);
+        }
+        if (has2)
+            normalize_into(kh[n0], KEY(i + 2), d, ld);
+        if (has3)
+            normalize_into(kh[n1], KEY(i + 3), d, ld);
+        const float ak = (float)bb_dot(a[0], kh[c1], ld);
+        bb_load(e[1], VAL(i + 1), dv, ldv);
+        for (size_t j = 0; j < nvecv; j++)
+            BB_V(e[1])[j] -= BB_V(pS[c1])[j] + ak * BB_V(e[0])[j];
+        for (size_t j = 0; j < nvec; j++)
+            BB_V(a[1])[j] = beta * BB_V(kh[c1])[j];
+        bb_rank2_matvec(St, ldv, d, a[0], e[0], a[1], e[1], has2 ? kh[n0] : NULL, pS[n0],
+                        has3 ? kh[n1] : NULL, pS[n1]);
     }
+#undef KEY
+#undef VAL
 }
 
 static void linear_update_head(ma_backbone *b, int h, size_t n, const float *k, const float *v)
@@ -324,20 +472,19 @@ static void linear_update_head(ma_backbone *b, int h, size_t n, const float *k, 
     const size_t block = 256;  /* rows of phi(K) per sgemm, see work_floats() */
     float *phi = b->work, *pk = b->work + block * d, *pv = pk + ld;
 
-    for (size_t i = 0; i < n; i++) {
-        const float *ki = k + i * kstride + (size_t)h * d;
-        for (size_t j = 0; j < d; j++)
-            z[j] += b->feature == MA_FEATURE_ELU1 ? (double)elu1(ki[j]) : (double)ki[j];
-    }
     if (n < LIN_GEMM_MIN) {
         /* A few events: one row sweep each (an sgemm call costs more than it saves here). */
         for (size_t i = 0; i < n; i++) {
             phi_into(pk, k + i * kstride + (size_t)h * d, d, ld, b->feature);
-            memcpy(pv, v + i * vstride + (size_t)h * dv, dv * sizeof(float));
-            memset(pv + dv, 0, (ldv - dv) * sizeof(float));
+            bb_acc_double(z, pk, ld);
+            bb_load(pv, v + i * vstride + (size_t)h * dv, dv, ldv);
             bb_rank1_matvec(St, ldv, d, pk, pv, NULL, NULL, NULL, NULL);
         }
         return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        phi_into(pk, k + i * kstride + (size_t)h * d, d, ld, b->feature);
+        bb_acc_double(z, pk, ld);
     }
     /* Sᵀ += phi(K)ᵀ V over the batch. */
     for (size_t i0 = 0; i0 < n; i0 += block) {
@@ -363,7 +510,12 @@ int ma_backbone_update(ma_backbone *b, size_t n, const float *k, const float *v)
         return 0;
     for (int h = 0; h < b->heads; h++) {
         switch (b->kind) {
-        case MA_BACKBONE_VLA:    vla_update_head(b, h, n, k, v, b->steps); break;
+        case MA_BACKBONE_VLA:
+            if (b->feature == MA_FEATURE_IDENTITY)
+                vla_update_head_pairs(b, h, n, k, v, b->steps);
+            else
+                vla_update_head(b, h, n, k, v, b->steps);
+            break;
         case MA_BACKBONE_DELTA:  delta_update_head(b, h, n, k, v); break;
         case MA_BACKBONE_LINEAR: linear_update_head(b, h, n, k, v); break;
         default: break;
@@ -395,6 +547,7 @@ int ma_backbone_read(const ma_backbone *b, size_t n, const float *q, float *out,
     /* Queries are normalised before the product (so no query overflows a float sum) and the true scale
      * of each read is applied to the output row afterwards. */
     float qb[READ_BLOCK] __attribute__((aligned(BB_ALIGN)));
+    float qp[MA_MAX_DIM] __attribute__((aligned(BB_ALIGN))), op[MA_MAX_DIM] __attribute__((aligned(BB_ALIGN)));
     double scale[READ_BLOCK];
     const size_t rows = d <= READ_BLOCK ? READ_BLOCK / d : 1;
     for (size_t h = 0; h < H; h++) {
@@ -422,6 +575,16 @@ int ma_backbone_read(const ma_backbone *b, size_t n, const float *q, float *out,
                 scale[i] = sc;
             }
             float *o = out + i0 * H * dv + h * dv;
+            if (m < READ_GEMM_MIN) {
+                /* One or two queries: the row sweep beats sgemm's call and packing overhead. */
+                for (size_t i = 0; i < m; i++) {
+                    bb_load(qp, qb + i * d, d, b->ld);
+                    bb_matvec(St, b->ldv, d, qp, op);
+                    for (size_t j = 0; j < dv; j++)
+                        o[i * H * dv + j] = (float)(op[j] * scale[i]);
+                }
+                continue;
+            }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)dv, (int)d, 1.0f, qb, (int)d,
                         St, (int)b->ldv, 0.0f, o, (int)(H * dv));
             for (size_t i = 0; i < m; i++)

@@ -25,37 +25,46 @@ static inline double hsum(bb_v16 a)
 
 /* The accumulators are named variables, not an array: GCC 12 keeps an array indexed in a loop in memory,
  * which turns each accumulation into a store-to-load round trip. Unused lanes (t >= nv) and the unused
- * branches are removed at compile time because every argument after o2 is a constant. */
+ * branches are removed at compile time because nv, upd (0, 1 or 2 rank-1 terms) and nout are constants
+ * in every instance. */
 static inline __attribute__((always_inline)) void tile(float *M, size_t ld, size_t rows, const float *a,
-                                                       const float *y, const float *b1, float *o1,
-                                                       const float *b2, float *o2, const int nv,
-                                                       const int upd, const int nout)
+                                                       const float *y, const float *a2, const float *y2,
+                                                       const float *b1, float *o1, const float *b2,
+                                                       float *o2, const int nv, const int upd,
+                                                       const int nout)
 {
     const bb_v16 zero = {0};
-    const bb_v16 *yv = (const bb_v16 *)y;
+    const bb_v16 *yv = (const bb_v16 *)y, *zv = (const bb_v16 *)y2;
     const bb_v16 y0 = upd ? yv[0] : zero, y1 = upd && nv > 1 ? yv[1] : zero;
-    const bb_v16 y2 = upd && nv > 2 ? yv[2] : zero, y3 = upd && nv > 3 ? yv[3] : zero;
+    const bb_v16 y2_ = upd && nv > 2 ? yv[2] : zero, y3 = upd && nv > 3 ? yv[3] : zero;
+    const bb_v16 z0 = upd > 1 ? zv[0] : zero, z1 = upd > 1 && nv > 1 ? zv[1] : zero;
+    const bb_v16 z2 = upd > 1 && nv > 2 ? zv[2] : zero, z3 = upd > 1 && nv > 3 ? zv[3] : zero;
+    bb_v16 p0 = zero, p1 = zero, p2 = zero, p3 = zero;  /* sums for o1 */
+    bb_v16 q0 = zero, q1 = zero, q2 = zero, q3 = zero;  /* sums for o2 */
     /* (A second set of sums for odd rows, to shorten the add chains, measured no faster.) */
-    bb_v16 p0 = zero, p1 = zero, p2 = zero, p3 = zero;
-    bb_v16 q0 = zero, q1 = zero, q2 = zero, q3 = zero;
-#define LANE(J, T, Y, P, Q)                                     \
+#define LANE(T, Y, Z, P, Q)                                     \
     if (nv > T) {                                               \
-        bb_v16 r = ((bb_v16 *)(M + (J) * ld))[T];               \
+        bb_v16 r = row[T];                                      \
         if (upd) {                                              \
-            r = r + a[J] * Y;                                   \
-            ((bb_v16 *)(M + (J) * ld))[T] = r;                  \
+            r = r + aj * Y;                                     \
+            if (upd > 1)                                        \
+                r = r + a2j * Z;                                \
+            row[T] = r;                                         \
         }                                                       \
         if (nout >= 1)                                          \
-            P += b1[J] * r;                                     \
+            P += c1 * r;                                        \
         if (nout >= 2)                                          \
-            Q += b2[J] * r;                                     \
+            Q += c2 * r;                                        \
     }
-#define ROW(J, P0, P1, P2, P3, Q0, Q1, Q2, Q3) \
-    LANE(J, 0, y0, P0, Q0) LANE(J, 1, y1, P1, Q1) LANE(J, 2, y2, P2, Q2) LANE(J, 3, y3, P3, Q3)
     for (size_t j = 0; j < rows; j++) {
-        ROW(j, p0, p1, p2, p3, q0, q1, q2, q3)
+        bb_v16 *row = (bb_v16 *)(M + j * ld);
+        const float aj = upd ? a[j] : 0.0f, a2j = upd > 1 ? a2[j] : 0.0f;
+        const float c1 = nout >= 1 ? b1[j] : 0.0f, c2 = nout >= 2 ? b2[j] : 0.0f;
+        LANE(0, y0, z0, p0, q0)
+        LANE(1, y1, z1, p1, q1)
+        LANE(2, y2_, z2, p2, q2)
+        LANE(3, y3, z3, p3, q3)
     }
-#undef ROW
 #undef LANE
     bb_v16 *w1 = (bb_v16 *)o1, *w2 = (bb_v16 *)o2;
     if (nout >= 1) {
@@ -72,10 +81,10 @@ static inline __attribute__((always_inline)) void tile(float *M, size_t ld, size
     }
 }
 
-void bb_rank1_matvec(float *M, size_t ld, size_t rows, const float *a, const float *y, const float *b1,
-                     float *o1, const float *b2, float *o2)
+void bb_rank2_matvec(float *M, size_t ld, size_t rows, const float *a, const float *y, const float *a2,
+                     const float *y2, const float *b1, float *o1, const float *b2, float *o2)
 {
-    const int upd = a != NULL;
+    const int upd = a ? (a2 ? 2 : 1) : 0;
     const int nout = b1 ? (b2 ? 2 : 1) : 0;
     if (!upd && !nout)
         return;
@@ -83,19 +92,26 @@ void bb_rank1_matvec(float *M, size_t ld, size_t rows, const float *a, const flo
         const size_t left = (ld - c0) / BB_LANES;
         const int nv = left < TILE_MAX ? (int)left : TILE_MAX;
         float *m = M + c0;
-        const float *yy = upd ? y + c0 : NULL;
+        const float *yy = upd ? y + c0 : NULL, *yy2 = upd > 1 ? y2 + c0 : NULL;
         float *p1 = nout >= 1 ? o1 + c0 : NULL, *p2 = nout >= 2 ? o2 + c0 : NULL;
-        /* One specialised instance per combination; nout == 0 only happens with an update. */
+        /* One specialised instance per combination (nout == 0 only happens with an update). */
 #define TILE(NV, U, N)                                                        \
     if (nv == NV && upd == U && nout == N) {                                  \
-        tile(m, ld, rows, a, yy, b1, p1, b2, p2, NV, U, N);                   \
+        tile(m, ld, rows, a, yy, a2, yy2, b1, p1, b2, p2, NV, U, N);          \
         continue;                                                             \
     }
-#define TILES(NV) TILE(NV, 1, 0) TILE(NV, 1, 1) TILE(NV, 1, 2) TILE(NV, 0, 1) TILE(NV, 0, 2)
+#define TILES(NV) TILE(NV, 1, 0) TILE(NV, 1, 1) TILE(NV, 1, 2) TILE(NV, 2, 0) TILE(NV, 2, 1) \
+                  TILE(NV, 2, 2) TILE(NV, 0, 1) TILE(NV, 0, 2)
         TILES(4) TILES(3) TILES(2) TILES(1)
 #undef TILES
 #undef TILE
     }
+}
+
+void bb_rank1_matvec(float *M, size_t ld, size_t rows, const float *a, const float *y, const float *b1,
+                     float *o1, const float *b2, float *o2)
+{
+    bb_rank2_matvec(M, ld, rows, a, y, NULL, NULL, b1, o1, b2, o2);
 }
 
 double bb_dot(const float *x, const float *y, size_t n)
@@ -177,4 +193,10 @@ void bb_load(float *dst, const float *src, size_t n, size_t ld)
         dst[i] = src[i];
     for (; i < ld; i++)
         dst[i] = 0.0f;
+}
+
+void bb_matvec(const float *M, size_t ld, size_t rows, const float *b, float *o)
+{
+    /* With a == NULL the kernel only reads M. */
+    bb_rank1_matvec((float *)M, ld, rows, NULL, NULL, b, o, NULL, NULL);
 }

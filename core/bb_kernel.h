@@ -55,6 +55,16 @@ void bb_load(float *dst, const float *src, size_t n, size_t ld);
 /* z[0..n) += x[0..n) in double; z (doubles) and x (floats) aligned, n a multiple of BB_LANES. */
 void bb_acc_double(double *z, const float *x, size_t n);
 
+/* As bb_rank1_matvec with two rank-1 terms: M[j][:] += a[j]*y[:] + a2[j]*y2[:] (in that order, so a
+ * symmetric M updated by -h hᵀ - h2 h2ᵀ stays exactly symmetric), then the products with b1 and b2 as
+ * above. a2 == NULL gives bb_rank1_matvec. One pass over M serves two events. */
+void bb_rank2_matvec(float *M, size_t ld, size_t rows, const float *a, const float *y, const float *a2,
+                     const float *y2, const float *b1, float *o1, const float *b2, float *o2);
+
+/* o[:] = sum_j b[j] * M[j][:] without touching M (bb_rank1_matvec with no update; safe to run in
+ * parallel with other readers of M). */
+void bb_matvec(const float *M, size_t ld, size_t rows, const float *b, float *o);
+
 /* Sum of x[i]*y[i] over n (a multiple of BB_LANES, aligned); float lanes, summed in double at the end. */
 double bb_dot(const float *x, const float *y, size_t n);
 

@@ -226,11 +226,16 @@ static double read_error(const ma_backbone *b, const ref_t *r, int nq, ma_read_m
               (r->p.backbone == MA_BACKBONE_VLA && r->p.vla.feature == MA_FEATURE_ELU1))
                  ? MA_READ_NORMALIZED
                  : MA_READ_RAW;
+    /* The first queries once more one at a time (reads of 1..3 queries take the row-sweep path). */
+    float *o1 = malloc(3 * H * dv * sizeof(float));
+    assert_non_null(o1);
+    assert_int_equal(ma_backbone_read(b, 1, q, o1, mode), 0);
+    assert_int_equal(ma_backbone_read(b, 2, q + H * d, o1 + H * dv, mode), 0);
     double num = 0, den = 0;
-    for (int i = 0; i < nq; i++) {
-        ref_read(r, q + i * H * d, ro, rm);
+    for (int i = 0; i < nq + 3; i++) {
+        ref_read(r, q + (i % nq) * H * d, ro, rm);
         for (size_t j = 0; j < H * dv; j++) {
-            double x = o[i * H * dv + j];
+            double x = i < nq ? o[i * H * dv + j] : o1[(i - nq) * H * dv + j];
             assert_true(isfinite(x));
             num += (x - ro[j]) * (x - ro[j]);
             den += ro[j] * ro[j];
@@ -238,6 +243,7 @@ static double read_error(const ma_backbone *b, const ref_t *r, int nq, ma_read_m
     }
     free(q);
     free(o);
+    free(o1);
     free(ro);
     return sqrt(num) / fmax(sqrt(den), 1e-30);
 }
@@ -348,6 +354,26 @@ static void test_vla_paper_settings_exact(void **state)
     (void)state;
     check_kind(MA_BACKBONE_VLA, MA_FEATURE_ELU1, -0.5, 1, 0.0);
     check_kind(MA_BACKBONE_VLA, MA_FEATURE_IDENTITY, -0.5, 1, 0.0);
+}
+
+/* Non-default constants reach the recurrence: refresh every event (two refreshes inside one two-event
+ * sweep), an odd period, another lambda0 and refresh size, for both feature maps. */
+static void test_vla_constants(void **state)
+{
+    (void)state;
+    const int periods[3] = {1, 3, 7};
+    for (int i = 0; i < 3; i++)
+        for (int f = 0; f < 2; f++) {
+            ma_params p = params(MA_BACKBONE_VLA, 2, 12, 20);
+            p.vla.period = periods[i];
+            p.vla.refresh = 0.05 * (i + 1);
+            p.vla.lambda0 = 0.5 + i;
+            p.vla.feature = f ? MA_FEATURE_ELU1 : MA_FEATURE_IDENTITY;
+            double err = run_compare(&p, (uint64_t)(500 + 10 * i + f), 10000, 37, 0.0, 0.0);
+            print_message("  vla %s period=%d refresh=%g lambda0=%g: max rel err %.2e\n",
+                          ma_feature_name(p.vla.feature), p.vla.period, p.vla.refresh, p.vla.lambda0, err);
+            assert_true(err < 1e-4);
+        }
 }
 
 static void test_delta_exact(void **state)
@@ -696,6 +722,7 @@ int main(void)
         cmocka_unit_test(test_interface),
         cmocka_unit_test(test_vla_identity_exact),
         cmocka_unit_test(test_vla_paper_settings_exact),
+        cmocka_unit_test(test_vla_constants),
         cmocka_unit_test(test_delta_exact),
         cmocka_unit_test(test_linear_exact),
         cmocka_unit_test(test_normalized_read),
