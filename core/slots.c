@@ -824,7 +824,7 @@ void ma_slots_count_use(const ma_slots *s, const char *name)
  *     u64 versions | per version: u64 version, i64 event, i64 at, u8 kind (0 tombstone, 1 value)
  *       [kind 1: H·d + H·d_v floats as IEEE-754 bits, u8 has_payload, [u64 len, bytes]]
  *   resident update order, least recent first: u64 record ordinal each
- *   u64 FNV-1a 64 of every byte before it
+ *   u64 checksum (see checksum()) of every byte before it
  */
 #define SLOTS_MAGIC "MASLOTS1"
 #define SLOTS_FORMAT 1u
@@ -862,13 +862,56 @@ static void put_u8(wbuf *b, uint8_t x)
     put(b, &x, 1);
 }
 
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define HOST_LE 1
+#else
+#define HOST_LE 0
+#endif
+
+/* Floats are the bulk of a table: on a little-endian host their bytes are already the format's. */
 static void put_floats(wbuf *b, const float *f, size_t n)
 {
+    if (HOST_LE || !b->p) {
+        put(b, f, n * sizeof *f);
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
         uint32_t u;
         memcpy(&u, &f[i], 4);
         put_u32(b, u);
     }
+}
+
+static void get_floats(const unsigned char *p, float *f, size_t n)
+{
+    if (HOST_LE) {
+        memcpy(f, p, n * sizeof *f);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 | (uint32_t)p[4 * i + 2] << 16 |
+                     (uint32_t)p[4 * i + 3] << 24;
+        memcpy(&f[i], &u, 4);
+    }
+}
+
+/* The trailer: FNV-1a's offset basis and prime applied to 8-byte little-endian words (the tail byte by
+ * byte), with an xor-shift after each multiply so that high bits reach low ones. One multiply per 8 bytes
+ * instead of per byte: the table is re-serialised on every commit. Detects corruption, not forgery. */
+static uint64_t checksum(const unsigned char *p, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w = 0;
+        for (int j = 0; j < 8; j++)
+            w |= (uint64_t)p[i + j] << (8 * j);
+        h = (h ^ w) * 0x100000001b3ULL;
+        h ^= h >> 29;
+    }
+    for (; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
 }
 
 static void emit(const ma_slots *s, rec *const *recs, size_t nrec, wbuf *b)
@@ -933,7 +976,7 @@ int ma_slots_serialize(const ma_slots *s, void **buf, size_t *len)
     if (out) {
         b = (wbuf){out, 0};
         emit(s, recs, nrec, &b);
-        put_u64(&b, ma_fnv1a64(out, b.n));
+        put_u64(&b, checksum(out, b.n));
     }
     free(recs);
     if (!out)
@@ -1012,11 +1055,7 @@ static int read_versions(ma_slots *s, rbuf *b, rec *r, uint64_t nver)
                 free(kv);
                 return MA_ENOMEM;
             }
-            for (size_t i = 0; i < nf; i++) {
-                uint32_t u = (uint32_t)fp[4 * i] | (uint32_t)fp[4 * i + 1] << 8 |
-                             (uint32_t)fp[4 * i + 2] << 16 | (uint32_t)fp[4 * i + 3] << 24;
-                memcpy(&kv[i], &u, 4);
-            }
+            get_floats(fp, kv, nf);
             if (has) {
                 memcpy(pl, pp, (size_t)pn);
                 pl[pn] = 0;
@@ -1043,7 +1082,7 @@ int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, cons
     uint64_t sum = 0;
     for (int i = 0; i < 8; i++)
         sum |= (uint64_t)((const unsigned char *)buf)[len - 8 + i] << (8 * i);
-    if (memcmp(buf, SLOTS_MAGIC, 8) != 0 || ma_fnv1a64(buf, len - 8) != sum)
+    if (memcmp(buf, SLOTS_MAGIC, 8) != 0 || checksum(buf, len - 8) != sum)
         goto fail;
     rbuf b = {buf, len - 8, 8, false};
     if (get_u32(&b) != SLOTS_FORMAT || get_u32(&b) != (uint32_t)heads || get_u32(&b) != (uint32_t)dim ||

@@ -694,6 +694,36 @@ static void test_serialize_restore(void **state)
     }
 }
 
+/* The store pages a live session's archive (set_source + release): answers stay the same. */
+static void test_paged_archive(void **state)
+{
+    (void)state;
+    ma_params p = params(4);
+    ma_session *s, *ref;
+    assert_int_equal(ma_session_create(&p, &s), 0);
+    assert_int_equal(ma_session_create(&p, &ref), 0);
+    events e;
+    make_events(&e, 41, 12);
+    e.ev[9].payload = "\"nine\"";
+    e.ev[22].slot = "x";
+    ma_ingest_report rep;
+    ingest(s, &e, &rep);
+    ma_ingest_report_clear(&rep);
+    ingest(ref, &e, &rep);
+    ma_ingest_report_clear(&rep);
+    src_ctx ctx = {&e, &p, 0};
+    assert_int_equal(ma_archive_set_source(ma_session_archive(s), (ma_chunk_source){load_chunk, &ctx}, 2), 0);
+    ma_archive_release(ma_session_archive(s));
+    ma_query qs[] = {{.q = e.k + 9 * KN, .route = MA_ROUTE_FULL}, {.q = e.k + 9 * KN},
+                     {.q = e.k + 22 * KN}, {.q = e.k + 40 * KN, .route = MA_ROUTE_WINDOW}};
+    for (size_t i = 0; i < sizeof qs / sizeof *qs; i++)
+        same_answers(s, ref, &qs[i]);
+    assert_true(ctx.loads > 0);
+    free_events(&e);
+    ma_session_destroy(s);
+    ma_session_destroy(ref);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -705,6 +735,7 @@ int main(void)
         cmocka_unit_test(test_text_slots),
         cmocka_unit_test(test_parallel_queries_count_usage),
         cmocka_unit_test(test_serialize_restore),
+        cmocka_unit_test(test_paged_archive),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
