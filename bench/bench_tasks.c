@@ -73,6 +73,7 @@ typedef struct {
     int seeds, first_seed;
     bool chunks, verbose;
     double query_cos;             /* cosine of the question's direction to the fact's key (1: the key) */
+    int topk;                     /* sparse reads: chunks or probed lists; 0 = the config default (16) */
     tally t[M_METHODS];
     double ingest_seconds;
     double part_seconds[5];       /* generate, session, linear, DeltaNet, chunks archive */
@@ -109,7 +110,7 @@ static void methods_destroy(methods_state *m)
     memset(m, 0, sizeof *m);
 }
 
-static int methods_create(const tg_config *c, bool chunks, methods_state *m)
+static int methods_create(const tg_config *c, bool chunks, int topk, methods_state *m)
 {
     memset(m, 0, sizeof *m);
     ma_params_default(&m->p);
@@ -119,6 +120,8 @@ static int methods_create(const tg_config *c, bool chunks, methods_state *m)
     m->p.slots = c->slots;
     m->p.backbone = MA_BACKBONE_VLA;
     m->p.selector = MA_SELECTOR_INDEX;
+    if (topk > 0)
+        m->p.topk = topk;
     ma_params lp = m->p, dp = m->p, cp = m->p;
     lp.backbone = MA_BACKBONE_LINEAR;
     dp.backbone = MA_BACKBONE_DELTA;
@@ -321,7 +324,7 @@ static int run_stream(const tg_config *c, tg_stream_kind kind, uint64_t seed, in
         rc = MA_ENOMEM;
         goto done;
     }
-    if ((rc = methods_create(c, run->chunks, &m)))
+    if ((rc = methods_create(c, run->chunks, run->topk, &m)))
         goto done;
     if (tg_check_bounded(c, m.p.window, m.p.topk, m.p.chunk, err, sizeof err)) {
         fprintf(stderr, "bench_tasks: %s\n", err);
@@ -477,13 +480,14 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: bench_tasks [--quick] [--sizes T1,T2,...] [--seeds N] [--first-seed S] [--no-chunks]\n"
-            "                   [--dat FILE] [--query-cos C] [--verbose]\n"
+            "                   [--dat FILE] [--query-cos C] [--topk K] [--verbose]\n"
             "  EVAL.md A task table for every method. Default: T = 16384 and 2097152, seeds 1..5.\n"
             "  --quick        T = 16384 only, one seed (a smoke run)\n"
             "  --sizes LIST   comma-separated stream lengths\n"
             "  --seeds N      seeds first-seed..first-seed+N-1 (1..%d)\n"
             "  --no-chunks    skip the second archive with the chunks selector (saves its memory)\n"
             "  --dat FILE     append the stress totals per method to FILE (for docs/tasks.gp)\n"
+            "  --topk K       sparse reads: top-K chunks / K probed index lists (default 16, the config's)\n"
             "  --query-cos C  paraphrased questions: the query direction at cosine C in (0, 1] to the key\n"
             "                 (default 1: the key itself)\n"
             "  --verbose      one line per question and method\n", MAX_SEEDS);
@@ -496,6 +500,7 @@ int main(int argc, char **argv)
     bool chunks = true, verbose = false;
     const char *dat = NULL;
     double query_cos = 1.0;
+    int topk = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--quick")) {
@@ -526,6 +531,12 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bench_tasks: --query-cos %s: expected a number in (0, 1]\n", argv[i]);
                 return 2;
             }
+        } else if (!strcmp(a, "--topk") && i + 1 < argc) {
+            topk = atoi(argv[++i]);
+            if (topk < 1 || topk > MA_MAX_TOPK) {
+                fprintf(stderr, "bench_tasks: --topk %s: expected 1..%d\n", argv[i], MA_MAX_TOPK);
+                return 2;
+            }
         } else if (!strcmp(a, "--dat") && i + 1 < argc) {
             dat = argv[++i];
         } else if (!strcmp(a, "--no-chunks")) {
@@ -547,8 +558,8 @@ int main(int argc, char **argv)
         return 2;
     }
     openblas_set_num_threads(1);
-    printf("# bench_tasks: EVAL.md A, H = 1, d = 64, M = 32 slots, C = 64, top-k 16, W = 256, "
-           "q = %.0f·sqrt(d)·direction, direction at cosine %.3g to the key\n", ALPHA, query_cos);
+    printf("# bench_tasks: EVAL.md A, H = 1, d = 64, M = 32 slots, C = 64, top-k %d, W = 256, "
+           "q = %.0f·sqrt(d)·direction, direction at cosine %.3g to the key\n", topk ? topk : 16, ALPHA, query_cos);
     int rc = 0;
     size_run *run = calloc(1, sizeof *run);
     if (!run)
@@ -561,6 +572,7 @@ int main(int argc, char **argv)
         run->chunks = chunks;
         run->verbose = verbose;
         run->query_cos = query_cos;
+        run->topk = topk;
         tg_config c;
         char err[256];
         tg_config_default(&c, sizes[si]);
