@@ -190,6 +190,53 @@ static void select_best(cand *c, size_t n, size_t m)
     }
 }
 
+/* Min-heap of indices on rank (heap[0] the worst kept). */
+static int worse_idx(const float *s, size_t a, size_t b)
+{
+    float ka = isnan(s[a]) ? -INFINITY : s[a], kb = isnan(s[b]) ? -INFINITY : s[b];
+    return ka < kb || (ka == kb && a > b);
+}
+
+static void sift_down(const float *s, size_t *heap, size_t m, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, w = i;
+        if (l < m && worse_idx(s, heap[l], heap[w]))
+            w = l;
+        if (r < m && worse_idx(s, heap[r], heap[w]))
+            w = r;
+        if (w == i)
+            return;
+        size_t t = heap[i];
+        heap[i] = heap[w];
+        heap[w] = t;
+        i = w;
+    }
+}
+
+static int cmp_size(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Few winners of many (chunks, clusters): one comparison per candidate against the worst kept, no
+ * allocation. */
+static void topk_heap(const float *score, size_t n, size_t m, size_t *idx)
+{
+    for (size_t i = 0; i < m; i++)
+        idx[i] = i;
+    for (size_t i = m / 2; i-- > 0;)
+        sift_down(score, idx, m, i);
+    for (size_t i = m; i < n; i++) {
+        if (worse_idx(score, idx[0], i)) {
+            idx[0] = i;
+            sift_down(score, idx, m, 0);
+        }
+    }
+    qsort(idx, m, sizeof *idx, cmp_size);
+}
+
 int ma_topk(const float *score, size_t n, size_t m, size_t *idx, size_t *n_out)
 {
     if (m >= n) {
@@ -200,6 +247,11 @@ int ma_topk(const float *score, size_t n, size_t m, size_t *idx, size_t *n_out)
     }
     if (m == 0) {
         *n_out = 0;
+        return 0;
+    }
+    if (m <= n / 64) {
+        topk_heap(score, n, m, idx);
+        *n_out = m;
         return 0;
     }
     cand *c = malloc(n * sizeof *c);

@@ -39,7 +39,7 @@ int ma_attn(const ma_attn_seg *segs, size_t nseg, int H, int d, int dv, const fl
 
 /* Indices of the m largest of score[0..n) (on equal scores the smaller index wins), written in ascending
  * index order into idx (caller's buffer of min(m, n)) and their number into *n_out. NaN scores rank
- * lowest. O(n) expected (quickselect). 0 or MA_ENOMEM. */
+ * lowest. A heap for m <= n/64, else quickselect (O(n) expected). 0 or MA_ENOMEM. */
 int ma_topk(const float *score, size_t n, size_t m, size_t *idx, size_t *n_out);
 
 #endif

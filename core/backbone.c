@@ -26,6 +26,7 @@
 #include "core/backbone.h"
 
 #include <cblas.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +71,13 @@ static void *alloc_floats(size_t n)
     if (p)
         memset(p, 0, bytes ? bytes : BB_ALIGN);
     return p;
+}
+
+/* A read scaled beyond float's range (a huge query over a tiny normaliser) saturates at ±FLT_MAX rather
+ * than becoming inf (converting an out-of-range double to float is undefined in C). */
+static inline float to_float(double x)
+{
+    return x > FLT_MAX ? FLT_MAX : x < -FLT_MAX ? -FLT_MAX : (float)x;
 }
 
 static inline float elu1(float x) { return x > 0.0f ? x + 1.0f : expf(x); }
@@ -251,7 +259,7 @@ static void vla_direction(const ma_backbone *b, const float *u, const float *g, 
     bb_scale(alpha, b->ld, 1.0 / fmax(bb_norm_padded(alpha, b->ld), NORM_EPS));
 }
 
-/* VLA with identity features, two events per pass over A and over Sᵀ. With A' = A − h0 h0ᵀ (+ r·I),
+/* VLA with identity features, two events per pass over A and over Sᵀ (t0 as for the single version). With A' = A − h0 h0ᵀ (+ r·I),
  * the second event's g1 = A' û1 = A û1 − h0 (h0ᵀû1) (+ r û1), and S' û1 = S û1 + e0 (α̂0ᵀû1): the pass
  * that applies both downdates (both writes) also yields A'' û and S'' û for the next two events. */
 static void vla_update_head_pairs(ma_backbone *b, int h, size_t n, const float *k, const float *v,
@@ -333,8 +341,10 @@ static void vla_update_head_pairs(ma_backbone *b, int h, size_t n, const float *
 #undef VAL
 }
 
-/* Applies n events to head h; t0 is the number of events before the batch (the refresh schedule). */
-static void vla_update_head(ma_backbone *b, int h, size_t n, const float *k, const float *v, uint64_t t0)
+/* VLA for any feature map, one event per pass over A and over Sᵀ (used for elu1 features, whose write key
+ * k̂ = normalize(phi(k)) differs from û: each pass over A also yields A·k̂ of the next event). Applies n
+ * events to head h; t0 is the number of events before the batch (the refresh schedule). */
+static void vla_update_head_single(ma_backbone *b, int h, size_t n, const float *k, const float *v, uint64_t t0)
 {
     const size_t d = (size_t)b->dim, dv = (size_t)b->vdim, ld = b->ld, ldv = b->ldv;
     const size_t kstride = (size_t)b->heads * d, vstride = (size_t)b->heads * dv;
@@ -514,7 +524,7 @@ int ma_backbone_update(ma_backbone *b, size_t n, const float *k, const float *v)
             if (b->feature == MA_FEATURE_IDENTITY)
                 vla_update_head_pairs(b, h, n, k, v, b->steps);
             else
-                vla_update_head(b, h, n, k, v, b->steps);
+                vla_update_head_single(b, h, n, k, v, b->steps);
             break;
         case MA_BACKBONE_DELTA:  delta_update_head(b, h, n, k, v); break;
         case MA_BACKBONE_LINEAR: linear_update_head(b, h, n, k, v); break;
@@ -581,7 +591,7 @@ int ma_backbone_read(const ma_backbone *b, size_t n, const float *q, float *out,
                     bb_load(qp, qb + i * d, d, b->ld);
                     bb_matvec(St, b->ldv, d, qp, op);
                     for (size_t j = 0; j < dv; j++)
-                        o[i * H * dv + j] = (float)(op[j] * scale[i]);
+                        o[i * H * dv + j] = to_float(op[j] * scale[i]);
                 }
                 continue;
             }
@@ -590,7 +600,7 @@ int ma_backbone_read(const ma_backbone *b, size_t n, const float *q, float *out,
             for (size_t i = 0; i < m; i++)
                 if (scale[i] != 1.0)
                     for (size_t j = 0; j < dv; j++)
-                        o[i * H * dv + j] = (float)(o[i * H * dv + j] * scale[i]);
+                        o[i * H * dv + j] = to_float(o[i * H * dv + j] * scale[i]);
         }
     }
     return 0;

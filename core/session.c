@@ -28,7 +28,7 @@
 typedef struct {
     uint64_t event;
     char *text;
-} payload_t;
+} event_payload_rec;
 
 struct ma_session {
     ma_params p;
@@ -36,7 +36,7 @@ struct ma_session {
     ma_backbone *bb;
     ma_archive *ar;
     ma_slots *slots;
-    payload_t *pl;                   /* payloads of events ingested by this process, by event */
+    event_payload_rec *pl;           /* payloads of events ingested by this process, by event */
     size_t npl, plcap, pl_bytes;
     uint64_t first_local;            /* events below this index had been ingested before a restore */
     ma_payload_source psrc;
@@ -196,7 +196,7 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
             size_t cap = s->plcap ? s->plcap : 64;
             while (cap < s->npl + npay)
                 cap *= 2;
-            payload_t *pl = realloc(s->pl, cap * sizeof *pl);
+            event_payload_rec *pl = realloc(s->pl, cap * sizeof *pl);
             if (!pl)
                 goto fail;
             s->pl = pl;
@@ -219,7 +219,7 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
     batch = NULL;
     for (size_t i = 0, j = 0; i < n; i++)
         if (ev[i].payload) {
-            s->pl[s->npl++] = (payload_t){first + i, texts[j]};
+            s->pl[s->npl++] = (event_payload_rec){first + i, texts[j]};
             s->pl_bytes += strlen(texts[j]) + 1;
             j++;
         }

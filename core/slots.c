@@ -18,7 +18,8 @@
  *    norms in double, so a score depends only on q and the key — not on BLAS threading, nor on the row a
  *    key sits in — and a restored table answers with the same bits. bench/bench_slots.c measures it
  *    against sgemv.
- * Not done here: validation of names and vectors (the server's), text embedding, I/O.
+ * Not done here: validation of vectors (the server's; names are checked as they enter), text embedding,
+ * I/O (the store keeps the serialised table).
  */
 #include "core/slots.h"
 
@@ -36,12 +37,12 @@ typedef struct {
     int64_t at;
     float *kv;        /* H·d key, then H·d_v value; NULL: tombstone */
     char *payload;    /* JSON text or NULL */
-} version_t;
+} slot_ver;
 
 typedef struct rec {
     struct rec *hnext;               /* hash chain */
     struct rec *prev, *next;         /* update order of resident records; head = least recently updated */
-    version_t *ver;
+    slot_ver *ver;
     size_t nver, cap;
     size_t row;                      /* index in ma_slots.res while resident */
     bool resident, protect;
@@ -123,7 +124,7 @@ static rec *create_rec(ma_slots *s, const char *name)
     return r;
 }
 
-static void free_version(ma_slots *s, version_t *v)
+static void free_version(ma_slots *s, slot_ver *v)
 {
     if (v->kv)
         s->bytes -= block_bytes(s);
@@ -155,7 +156,7 @@ static int reserve_versions(ma_slots *s, rec *r, size_t need)
     size_t cap = r->cap ? r->cap : 2;
     while (cap < need)
         cap *= 2;
-    version_t *v = realloc(r->ver, cap * sizeof *v);
+    slot_ver *v = realloc(r->ver, cap * sizeof *v);
     if (!v)
         return MA_ENOMEM;
     s->bytes += (cap - r->cap) * sizeof *v;
@@ -303,7 +304,7 @@ static void lru_append(ma_slots *s, rec *r)
 
 static void append_version(rec *r, uint64_t version, int64_t event, int64_t at, float *kv, char *payload)
 {
-    r->ver[r->nver++] = (version_t){version, event, at, kv, payload};
+    r->ver[r->nver++] = (slot_ver){version, event, at, kv, payload};
 }
 
 /* Records the tombstone and leaves the resident set. Room for the tombstone is the resident invariant. */
@@ -657,7 +658,7 @@ void ma_slots_batch_commit(ma_slots_batch *b, int64_t now, ma_slot_result *out)
 
 /* ---- reads ------------------------------------------------------------------------------------ */
 
-static const version_t *find_version(const rec *r, uint64_t version)
+static const slot_ver *find_version(const rec *r, uint64_t version)
 {
     size_t lo = 0, hi = r->nver;
     while (lo < hi) {
@@ -670,7 +671,7 @@ static const version_t *find_version(const rec *r, uint64_t version)
     return lo < r->nver && r->ver[lo].version == version ? &r->ver[lo] : NULL;
 }
 
-static void fill_view(const ma_slots *s, const rec *r, const version_t *v, ma_slot_view *out)
+static void fill_view(const ma_slots *s, const rec *r, const slot_ver *v, ma_slot_view *out)
 {
     out->name = r->name;
     out->version = v->version;
@@ -694,7 +695,7 @@ int ma_slots_view(const ma_slots *s, const char *name, uint64_t version, ma_slot
         fill_view(s, r, &r->ver[r->nver - 1], out);
         return 0;
     }
-    const version_t *v = find_version(r, version);
+    const slot_ver *v = find_version(r, version);
     if (!v || !v->kv)
         return MA_ENOVERSION;
     fill_view(s, r, v, out);
@@ -766,7 +767,7 @@ int ma_slots_list(const ma_slots *s, ma_slot_info **out, size_t *n)
     qsort(sorted, s->nres, sizeof *sorted, by_name);
     for (size_t i = 0; i < s->nres; i++) {
         const rec *r = sorted[i];
-        const version_t *v = &r->ver[r->nver - 1];
+        const slot_ver *v = &r->ver[r->nver - 1];
         memcpy(info[i].name, r->name, r->name_len + 1);
         info[i].version = v->version;
         info[i].protect = r->protect;
@@ -932,7 +933,7 @@ static void emit(const ma_slots *s, rec *const *recs, size_t nrec, wbuf *b)
         put_u64(b, atomic_load_explicit(&((rec *)r)->usage, memory_order_relaxed));
         put_u64(b, r->nver);
         for (size_t j = 0; j < r->nver; j++) {
-            const version_t *v = &r->ver[j];
+            const slot_ver *v = &r->ver[j];
             put_u64(b, v->version);
             put_u64(b, (uint64_t)v->event);
             put_u64(b, (uint64_t)v->at);

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include <cblas.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -530,6 +531,16 @@ static void test_extreme_inputs(void **state)
                 q[32 + j] = 0.0f;
             }
             assert_int_equal(ma_backbone_read(b, 4, q, o, MA_READ_RAW), 0);
+            if (!kind) {
+                /* The normalised read of a huge query over a tiny zᵀφ(q) saturates, stays finite. */
+                float o2[16 * 4];
+                assert_int_equal(ma_backbone_read(b, 4, q, o2, MA_READ_NORMALIZED), 0);
+                for (int j = 0; j < 64; j++)
+                    assert_true(isfinite(o2[j]));
+                assert_int_equal(ma_backbone_read(b, 1, q, o2, MA_READ_NORMALIZED), 0);
+                for (int j = 0; j < 16; j++)
+                    assert_true(isfinite(o2[j]));
+            }
             double sn, an;
             ma_backbone_norms(b, &sn, &an);
             for (int j = 0; j < 64; j++)
@@ -541,6 +552,26 @@ static void test_extreme_inputs(void **state)
             ma_backbone_destroy(b);
         }
     }
+}
+
+/* A normalised read whose true value exceeds float's range saturates at ±FLT_MAX instead of overflowing:
+ * VLA with identity features, keys e0, a query -3e38·e0, so zᵀq < 0 and the denominator is the floor. */
+static void test_read_saturates(void **state)
+{
+    (void)state;
+    ma_params p = params(MA_BACKBONE_VLA, 1, 4, 2);
+    ma_backbone *b;
+    assert_int_equal(ma_backbone_create(&p, &b), 0);
+    const float k[4] = {1, 0, 0, 0}, v[2] = {1, -2};
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(ma_backbone_update(b, 1, k, v), 0);
+    const float q[4] = {-3e38f, 0, 0, 0};
+    float o[2];
+    assert_int_equal(ma_backbone_read(b, 1, q, o, MA_READ_NORMALIZED), 0);
+    assert_true(o[0] == -FLT_MAX && o[1] == FLT_MAX);
+    assert_int_equal(ma_backbone_read(b, 1, q, o, MA_READ_RAW), 0);
+    assert_true(fabs(o[0] + 1.0) < 1e-5 && fabs(o[1] - 2.0) < 1e-5);  /* S(-e0) = -v */
+    ma_backbone_destroy(b);
 }
 
 /* ---- the paper's state-norm property ---------------------------------------------------------- */
@@ -728,6 +759,7 @@ int main(void)
         cmocka_unit_test(test_normalized_read),
         cmocka_unit_test(test_vla_spd_million),
         cmocka_unit_test(test_extreme_inputs),
+        cmocka_unit_test(test_read_saturates),
         cmocka_unit_test(test_state_norm_growth),
         cmocka_unit_test(test_serialize_roundtrip),
     };
