@@ -4,6 +4,7 @@
 #   make run        install missing Debian packages, build, start with built-in defaults
 #   make test       install missing packages, build with address+undefined sanitizers, run every test
 #   make bench      build the benchmarks (build/bench/*) and run the quick ones
+#   make bench-http wrk: memattnd's GET /healthz against nginx at 1, 64, 256 connections (~1 min)
 #   make deps       install the Debian packages the project needs (apt-get, as root)
 #   make V=1 ...    show the commands
 #
@@ -62,7 +63,9 @@ BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 DEB_PKGS  = build-essential pkg-config libuv1-dev libcjson-dev libopenblas-dev libsqlite3-dev node-llhttp \
             libcmocka-dev libcurl4-openssl-dev curl wrk nginx-light gnuplot-nox sqlite3 python3
 
-.PHONY: all build run test check unit e2e bench deps clean tsan
+.PHONY: all build run test check unit e2e bench bench-http deps clean tsan
+# Keep the objects of test and bench binaries (make would delete them as intermediates and rebuild).
+.SECONDARY:
 all: build
 build: $(DAEMON)
 
@@ -119,6 +122,11 @@ tsan:
 	$(Q)$(MAKE) --no-print-directory TSAN=1 e2e
 
 bench: $(BENCH_BIN)
+
+# Needs both cores to itself for a meaningful ratio; see docs/RESULTS.md.
+bench-http: deps
+	$(Q)$(MAKE) --no-print-directory build
+	bench/http_bench.sh
 
 deps:
 	$(Q)missing=""; for p in $(DEB_PKGS); do \

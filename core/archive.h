@@ -71,8 +71,8 @@ int ma_archive_read_window(const ma_archive *a, const float *q, int window, ma_r
  *  - chunks: the topk best-scoring chunks are read (at most topk·C events attended);
  *  - index: the topk clusters nearest to q are probed, their events scored exactly, and the best topk·C
  *    of them attended (the same attention budget as the chunks selector).
- * events_scored counts the chunk summaries' events (chunks: every chunk in a selected chunk) or the
- * probed events (index). */
+ * events_scored counts the events of the selected chunks (chunks) or the events of the probed clusters
+ * (index), each scored exactly. Paged archives: only the chunks of attended events are loaded. */
 int ma_archive_read_sparse(const ma_archive *a, const float *q, int topk, ma_read_result *r);
 
 /* How the chunks selector scores a chunk against q (summed over heads):

@@ -464,6 +464,10 @@ int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, u
     if (x->cent) {
         direction(x, q, qd);
         cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)x->nlist, (int)D, 1.0f, x->cent, (int)D, qd, 1, 0.0f, cs, 1);
+        /* An empty list (a centroid that won no event at reassignment) is never worth a probe. */
+        for (uint32_t c = 0; c < x->nlist; c++)
+            if (x->lists[c].n == 0)
+                cs[c] = -INFINITY;
         if (ma_topk(cs, x->nlist, np, probe, &got) != 0)
             goto done;
     } else {

@@ -44,10 +44,10 @@ int ma_ivf_add(ma_ivf *x, size_t n, const float *k);
 /* Rebuilds now (k-means on the current events, all reassigned). 0 or MA_ENOMEM (index unchanged). */
 int ma_ivf_rebuild(ma_ivf *x);
 
-/* Probes the nprobe lists whose centroids are nearest to q (H·d), scores each of their events exactly
- * and writes the ids of the best max_ids (largest score first among equals the smaller id), in ascending
- * id order, into ids (caller's buffer of max_ids); *n_ids gets their number and *scored (if not NULL) the
- * number of events scored. 0 or MA_ENOMEM. */
+/* Probes the nprobe non-empty lists whose centroids are nearest to q (H·d), scores each of their events
+ * exactly (sum over heads of q_h . k_h) and writes the ids of the best max_ids (ties: the earlier in
+ * probe order), in ascending id order, into ids (caller's buffer of max_ids); *n_ids gets their number
+ * and *scored (if not NULL) the number of events scored. 0 or MA_ENOMEM. */
 int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, uint64_t *ids, size_t *n_ids,
                   uint64_t *scored);
 

@@ -4,7 +4,8 @@
  * One database file <data>/memattn.db in WAL mode. What a session is made of on disk:
  *   sessions   (id, config JSON, created_at, updated_at, length, backbone blob, slots blob, archive-meta blob)
  *   events     (session, idx, k blob, v blob, payload JSON text or NULL)  — the archive's chunks are read
- *              back from here a chunk at a time (ma_store_load_chunk), so a large session is paged.
+ *              back from here a chunk at a time (ma_store_load_events), so a large session is paged.
+ * (In store.c the three blobs live in a table of their own, one row per blob; docs/STORE.md.)
  * Blobs are the versioned, checked serialisations made by core/ (backbone, slots, archive meta).
  *
  * Durability: every function that changes the database returns only after its transaction committed
@@ -32,7 +33,32 @@ typedef struct {
 /* Opens (creating if needed) <dir>/memattn.db, checking schema version (a newer one is refused) and
  * integrity. Returns 0, MA_EIO (cannot create/open/write), MA_ECORRUPT; err gets a message. */
 int ma_store_open(const char *dir, ma_store **out, char *err, size_t errlen);
+
+/* Options of ma_store_open_with (additive; ma_store_open uses the defaults of ma_store_options_default).
+ * synchronous: the sqlite PRAGMA for the WAL: MA_STORE_SYNC_FULL (default: a commit survives power loss)
+ *   or MA_STORE_SYNC_NORMAL (survives a crash of the process, not of the machine); docs/STORE.md.
+ * in_memory: no file at all (benchmarks: the "store against an in-memory store" baseline); dir ignored.
+ * quick_check: run PRAGMA quick_check at open (default true).
+ * max_pages: > 0 caps the database at that many pages (PRAGMA max_page_count: a full disk, for tests).
+ * fault_vfs: open through the fault-injection shim of store/store_fault.h (tests). */
+enum { MA_STORE_SYNC_FULL = 0, MA_STORE_SYNC_NORMAL = 1 };
+typedef struct {
+    int synchronous;
+    int in_memory;
+    int quick_check;
+    long long max_pages;
+    int fault_vfs;
+} ma_store_options;
+
+void ma_store_options_default(ma_store_options *o);
+int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **out, char *err, size_t errlen);
+
+/* Closes every connection (checkpointing the WAL). NULL is a no-op. No call may be in flight. */
 void ma_store_close(ma_store *st);
+
+/* True when the store was opened read-only because the data directory is not writable: reads are served,
+ * every change fails with MA_EIO. */
+int ma_store_readonly(const ma_store *st);
 
 /* A session row as stored. Strings and blobs are malloc'd; free with ma_store_session_clear. */
 typedef struct {
@@ -90,10 +116,38 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
 int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **payload, char *err,
                           size_t errlen);
 
+/* Adapters for core's ma_chunk_source / ma_payload_source (core/archive.h, core/session.h): set
+ * src.ctx = &pager (which must outlive the session) and src.load = ma_store_pager_chunk (or
+ * ma_store_pager_payload). Chunk c holds events [c·chunk, c·chunk + n). Errors come back as MA_E* codes
+ * only (the callbacks have no message buffer); the last message is kept in pager.err. Thread-safe for
+ * concurrent reads of one session (err is then the message of one of them). */
+typedef struct {
+    ma_store *st;
+    char id[129];                     /* MA_MAX_NAME + 1 */
+    size_t chunk;                     /* events per chunk (ma_params.chunk) */
+    size_t k_floats, v_floats;        /* H·d, H·d_v */
+    char err[256];
+} ma_store_pager;
+
+int ma_store_pager_chunk(void *pager, uint32_t chunk, float *k, float *v, size_t n);
+int ma_store_pager_payload(void *pager, uint64_t event, char **payload);
+
 /* Consistent online snapshot of the whole database into the file `path` (sqlite backup API). */
 int ma_store_backup(ma_store *st, const char *path, char *err, size_t errlen);
 
 /* Bytes of the database file(s). */
 size_t ma_store_bytes(ma_store *st);
+
+/* Counters for /metrics (additive). Thread-safe; a snapshot. */
+typedef struct {
+    uint64_t commits;          /* successful write transactions (create, commit, delete) */
+    uint64_t failures;         /* write transactions that failed and rolled back */
+    uint64_t commit_ns;        /* total wall time of the successful ones, ns */
+    uint64_t commit_ns_max;    /* the slowest one, ns */
+    uint64_t events_written;
+    uint64_t events_read;
+} ma_store_stats;
+
+void ma_store_stats_get(ma_store *st, ma_store_stats *out);
 
 #endif

@@ -1,0 +1,131 @@
+/*
+ * bench/api_inproc.c — the in-process baselines of the HTTP ingest benchmark (bench/api_bench.sh).
+ *
+ * For batches of 1, 64 and 1024 events (H = 1, d = 64, random unit keys and values, fixed seed) it
+ * measures, on one thread:
+ *   core     ma_session_ingest alone (backbone update, archive append, index) — what the daemon's
+ *            compute costs without HTTP, JSON or the store;
+ *   durable  ma_session_ingest + reg_commit into a real store (sqlite, synchronous FULL as the daemon
+ *            runs it) — the daemon's work per batch minus HTTP and decoding.
+ * Output: one line per (path, batch) "inproc <path> batch=<n> events=<N> seconds=<s> events_per_s=<r>",
+ * parsed by api_bench.sh. Usage: api_inproc DATA_DIR [EVENTS]
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cblas.h>
+
+#include "core/error.h"
+#include "core/session.h"
+#include "server/registry.h"
+#include "store/store.h"
+
+static uint64_t rng = 42;
+static float frand(void)
+{
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void unit_rows(float *x, size_t n, int d)
+{
+    for (size_t i = 0; i < n; i++) {
+        double s = 0;
+        for (int j = 0; j < d; j++) {
+            x[i * d + j] = frand();
+            s += (double)x[i * d + j] * x[i * d + j];
+        }
+        for (int j = 0; j < d; j++)
+            x[i * d + j] = (float)(x[i * d + j] / sqrt(s));
+    }
+}
+
+int main(int argc, char **argv)
+{
+    const int d = 64;
+    const size_t total = argc > 2 ? (size_t)atol(argv[2]) : 65536;
+    const size_t batches[] = {1, 64, 1024};
+    char err[256];
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s DATA_DIR [EVENTS]\n", argv[0]);
+        return 2;
+    }
+    openblas_set_num_threads(1);
+    float *k = malloc(sizeof(float) * total * d), *v = malloc(sizeof(float) * total * d);
+    ma_event *ev = calloc(total, sizeof *ev);
+    if (!k || !v || !ev)
+        return 1;
+    unit_rows(k, total, d);
+    unit_rows(v, total, d);
+    for (size_t i = 0; i < total; i++)
+        ev[i] = (ma_event){.k = k + i * d, .v = v + i * d};
+
+    ma_params p;
+    ma_params_default(&p);
+    p.dim = p.value_dim = d;
+
+    ma_store *st;
+    if (ma_store_open(argv[1], &st, err, sizeof err)) {
+        fprintf(stderr, "store: %s\n", err);
+        return 1;
+    }
+    reg_options ro = {.store = st, .cache_chunks = 128};
+    reg_registry *reg;
+    if (reg_create(&ro, &reg))
+        return 1;
+
+    for (int durable = 0; durable <= 1; durable++)
+        for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
+            size_t bs = batches[b];
+            /* batch 1 with a commit each is slow: fewer events keep the run short */
+            size_t n = durable && bs == 1 ? total / 16 : total;
+            char id[64];
+            snprintf(id, sizeof id, "inproc-%d-%zu", durable, bs);
+            reg_session *s;
+            if (reg_create_session(reg, id, &p, 0, &s, err, sizeof err)) {
+                fprintf(stderr, "create: %s\n", err);
+                return 1;
+            }
+            double t0 = now();
+            for (size_t i = 0; i < n; i += bs) {
+                size_t m = i + bs <= n ? bs : n - i;
+                ma_ingest_report rep = {0};
+                int rc = ma_session_ingest(reg_core(s), m, ev + i, 0, &rep);
+                ma_ingest_report_clear(&rep);
+                if (rc) {
+                    fprintf(stderr, "ingest: %s\n", ma_strerror(rc));
+                    return 1;
+                }
+                if (durable) {
+                    reg_change c = {.first_event = i, .n_events = m, .k = k + i * d, .v = v + i * d,
+                                    .backbone = true, .archive = true};
+                    if (reg_commit(reg, s, &c, 0, err, sizeof err)) {
+                        fprintf(stderr, "commit: %s\n", err);
+                        return 1;
+                    }
+                }
+            }
+            double dt = now() - t0;
+            printf("inproc %s batch=%zu events=%zu seconds=%.3f events_per_s=%.0f\n", durable ? "durable" : "core",
+                   bs, n, dt, (double)n / dt);
+            fflush(stdout);
+            reg_release(reg, s);
+            reg_delete(reg, id, err, sizeof err);
+        }
+    reg_destroy(reg);
+    ma_store_close(st);
+    free(k);
+    free(v);
+    free(ev);
+    return 0;
+}

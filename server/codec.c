@@ -1,0 +1,928 @@
+/*
+ * server/codec.c — JSON <-> core structs (see server/codec.h for the design and contracts).
+ *
+ * Every decoder follows one shape: check the object's members against the accepted names (unknown or
+ * duplicate → 400), then each field's JSON type, then its value; the first problem found is reported
+ * with its full path ("queries[2].route") and nothing is returned. Batch buffers are allocated once for
+ * the whole batch.
+ */
+#include "server/codec.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/error.h"
+
+#if !defined(__BYTE_ORDER__) || (__BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__ && __BYTE_ORDER__ != __ORDER_BIG_ENDIAN__)
+#error "unknown byte order"
+#endif
+
+#define MAX_EXACT_INT 9007199254740992.0   /* 2^53: larger integers are not exact in a JSON double */
+
+int codec_fail(codec_error *err, const char *code, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        err->code = code;
+        va_start(ap, fmt);
+        vsnprintf(err->message, sizeof err->message, fmt, ap);
+        va_end(ap);
+    }
+    return MA_EINVAL;
+}
+
+void codec_shape_from_params(codec_shape *sh, const ma_params *p, codec_embed_fn embed)
+{
+    sh->heads = p->heads;
+    sh->dim = p->dim;
+    sh->value_dim = p->value_dim;
+    sh->embed = embed;
+}
+
+static const char *type_name(const cJSON *it)
+{
+    if (!it)
+        return "nothing";
+    if (cJSON_IsString(it))
+        return "a string";
+    if (cJSON_IsNumber(it))
+        return "a number";
+    if (cJSON_IsBool(it))
+        return "a boolean";
+    if (cJSON_IsNull(it))
+        return "null";
+    if (cJSON_IsArray(it))
+        return "an array";
+    if (cJSON_IsObject(it))
+        return "an object";
+    return "an unknown value";
+}
+
+static const cJSON *member(const cJSON *obj, const char *name)
+{
+    return name ? cJSON_GetObjectItemCaseSensitive(obj, name) : NULL;
+}
+
+/* "events[3]" + "k" -> "events[3].k"; top-level (empty where) -> "k". */
+static void join(char *buf, size_t len, const char *where, const char *field)
+{
+    if (where && *where)
+        snprintf(buf, len, "%s.%s", where, field);
+    else
+        snprintf(buf, len, "%s", field);
+}
+
+/* obj must be an object whose members are all in allowed (NULL-terminated), each at most once. */
+static int check_members(const cJSON *obj, const char *const *allowed, const char *where, codec_error *err)
+{
+    if (!cJSON_IsObject(obj))
+        return codec_fail(err, "bad_request", "%s: expected an object, got %s", *where ? where : "body",
+                          type_name(obj));
+    for (const cJSON *c = obj->child; c; c = c->next) {
+        char path[192];
+        join(path, sizeof path, where, c->string ? c->string : "?");
+        bool known = false;
+        for (const char *const *a = allowed; *a && !known; a++)
+            known = c->string && strcmp(*a, c->string) == 0;
+        if (!known) {
+            char list[256] = "";
+            size_t off = 0;
+            for (const char *const *a = allowed; *a && off < sizeof list; a++)
+                off += (size_t)snprintf(list + off, sizeof list - off, "%s%s", a == allowed ? "" : ", ", *a);
+            return codec_fail(err, "bad_request", "%s: unknown field, expected one of: %s", path, list);
+        }
+        for (const cJSON *d = obj->child; d != c; d = d->next)
+            if (strcmp(d->string, c->string) == 0)
+                return codec_fail(err, "bad_request", "%s: field given twice", path);
+    }
+    return 0;
+}
+
+int codec_check_name(const char *name, const char *where, codec_error *err)
+{
+    if (ma_name_valid(name))
+        return 0;
+    return codec_fail(err, "bad_name", "%s: \"%.*s%s\" is not a valid name, expected 1-%d characters of "
+                      "[A-Za-z0-9._:-]", where, 64, name ? name : "", name && strlen(name) > 64 ? "..." : "",
+                      MA_MAX_NAME);
+}
+
+int codec_get_uint(const cJSON *obj, const char *field, uint64_t lo, uint64_t hi, const char *where,
+                   uint64_t *out, codec_error *err)
+{
+    const cJSON *it = member(obj, field);
+    char path[192];
+    if (!it)
+        return 0;
+    join(path, sizeof path, where, field);
+    if (!cJSON_IsNumber(it))
+        return codec_fail(err, "bad_request", "%s: expected an integer, got %s", path, type_name(it));
+    double x = it->valuedouble;
+    if (!isfinite(x) || x != floor(x) || x < (double)lo || x > (double)hi || x > MAX_EXACT_INT)
+        return codec_fail(err, "bad_request", "%s: %g is not an integer in %llu..%llu", path, x,
+                          (unsigned long long)lo, (unsigned long long)hi);
+    *out = (uint64_t)x;
+    return 1;
+}
+
+/* ---- base64 --------------------------------------------------------------------------------- */
+
+static const char b64_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static int b64_value(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+/* Decoded size of a well-formed base64 text of len chars, or -1 if len or padding is impossible. */
+static long b64_decoded_len(const char *src, size_t len)
+{
+    if (len % 4)
+        return -1;
+    size_t pads = 0;
+    if (len && src[len - 1] == '=')
+        pads = (len >= 2 && src[len - 2] == '=') ? 2 : 1;
+    return (long)(len / 4 * 3 - pads);
+}
+
+int codec_b64_decode(const char *src, size_t len, unsigned char *dst, size_t *out_len)
+{
+    long n = b64_decoded_len(src, len);
+    if (n < 0)
+        return MA_EINVAL;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 4) {
+        int a = b64_value((unsigned char)src[i]), b = b64_value((unsigned char)src[i + 1]);
+        bool last = i + 4 == len;
+        int c = (last && src[i + 2] == '=' && src[i + 3] == '=') ? -2 : b64_value((unsigned char)src[i + 2]);
+        int d = (last && src[i + 3] == '=') ? -2 : b64_value((unsigned char)src[i + 3]);
+        if (a < 0 || b < 0 || c == -1 || d == -1)
+            return MA_EINVAL;
+        uint32_t w = (uint32_t)a << 18 | (uint32_t)b << 12 | (uint32_t)(c < 0 ? 0 : c) << 6 | (uint32_t)(d < 0 ? 0 : d);
+        dst[o++] = (unsigned char)(w >> 16);
+        if (c >= 0)
+            dst[o++] = (unsigned char)(w >> 8);
+        if (d >= 0)
+            dst[o++] = (unsigned char)w;
+        /* "ab=c" is malformed: after padding nothing may follow (c pad implies d pad, checked above). */
+        if (c < 0 && d >= 0)
+            return MA_EINVAL;
+    }
+    *out_len = o;
+    return 0;
+}
+
+size_t codec_b64_encode(const unsigned char *src, size_t n, char *dst)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t w = (uint32_t)src[i] << 16;
+        if (i + 1 < n)
+            w |= (uint32_t)src[i + 1] << 8;
+        if (i + 2 < n)
+            w |= src[i + 2];
+        dst[o++] = b64_chars[w >> 18 & 63];
+        dst[o++] = b64_chars[w >> 12 & 63];
+        dst[o++] = i + 1 < n ? b64_chars[w >> 6 & 63] : '=';
+        dst[o++] = i + 2 < n ? b64_chars[w & 63] : '=';
+    }
+    dst[o] = '\0';
+    return o;
+}
+
+/* ---- vectors --------------------------------------------------------------------------------- */
+
+static bool float_ok(double x)
+{
+    return isfinite(x) && fabs(x) <= FLT_MAX;
+}
+
+static void embed_heads(const codec_shape *sh, const char *text, size_t len, int per_head, float *out)
+{
+    sh->embed(text, len, per_head, out);
+    for (int h = 1; h < sh->heads; h++)
+        memcpy(out + (size_t)h * per_head, out, sizeof(float) * (size_t)per_head);
+}
+
+static int vector_array(const cJSON *a, size_t n, const char *path, const char *what_len, float *out,
+                        codec_error *err)
+{
+    if (!cJSON_IsArray(a))
+        return codec_fail(err, "bad_request", "%s: expected an array of %zu numbers (%s), got %s", path, n,
+                          what_len, type_name(a));
+    size_t i = 0;
+    for (const cJSON *e = a->child; e; e = e->next, i++) {
+        if (i >= n)
+            continue;  /* keep counting for the message */
+        if (!cJSON_IsNumber(e))
+            return codec_fail(err, "bad_request", "%s[%zu]: expected a number, got %s", path, i, type_name(e));
+        if (!float_ok(e->valuedouble))
+            return codec_fail(err, "non_finite", "%s[%zu]: %g is not a finite float32 (overflow or infinity)",
+                              path, i, e->valuedouble);
+        out[i] = (float)e->valuedouble;
+    }
+    if (i != n)
+        return codec_fail(err, "dim_mismatch", "%s: expected %zu numbers (%s), got %zu", path, n, what_len, i);
+    return 0;
+}
+
+static int vector_b64(const cJSON *s, size_t n, const char *path, const char *what_len, float *out,
+                      codec_error *err)
+{
+    if (!cJSON_IsString(s))
+        return codec_fail(err, "bad_request", "%s: expected a base64 string, got %s", path, type_name(s));
+    size_t len = strlen(s->valuestring), got;
+    long bytes = b64_decoded_len(s->valuestring, len);
+    if (bytes < 0)
+        return codec_fail(err, "bad_request", "%s: not valid base64 (length %zu is not a multiple of 4)", path,
+                          len);
+    if ((size_t)bytes != n * sizeof(float))
+        return codec_fail(err, "dim_mismatch", "%s: expected %zu bytes (%zu little-endian float32, %s), got %ld",
+                          path, n * sizeof(float), n, what_len, bytes);
+    if (codec_b64_decode(s->valuestring, len, (unsigned char *)out, &got) != 0)
+        return codec_fail(err, "bad_request", "%s: not valid base64 (standard alphabet with padding expected)",
+                          path);
+    for (size_t i = 0; i < n; i++) {
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        uint32_t w;
+        memcpy(&w, out + i, 4);
+        w = __builtin_bswap32(w);
+        memcpy(out + i, &w, 4);
+#endif
+        if (!float_ok(out[i]))
+            return codec_fail(err, "non_finite", "%s: float %zu is not finite (%g)", path, i, (double)out[i]);
+    }
+    return 0;
+}
+
+int codec_vector(const cJSON *obj, const codec_vec_fields *f, const codec_shape *sh, int per_head,
+                 const char *what_len, const char *where, float *out, codec_error *err)
+{
+    const cJSON *a = member(obj, f->arr), *b = member(obj, f->b64), *t = member(obj, f->text);
+    size_t n = (size_t)sh->heads * (size_t)per_head;
+    char path[192];
+    int given = (a != NULL) + (b != NULL) + (t != NULL);
+
+    if (given == 0)
+        return 0;
+    if (given > 1) {
+        return codec_fail(err, "bad_request", "%s: give only one of %s, %s%s%s", *where ? where : "body",
+                          f->arr, f->b64, f->text ? " or " : "", f->text ? f->text : "");
+    }
+    if (a) {
+        join(path, sizeof path, where, f->arr);
+        return vector_array(a, n, path, what_len, out, err) ? MA_EINVAL : 1;
+    }
+    if (b) {
+        join(path, sizeof path, where, f->b64);
+        return vector_b64(b, n, path, what_len, out, err) ? MA_EINVAL : 1;
+    }
+    join(path, sizeof path, where, f->text);
+    if (!cJSON_IsString(t))
+        return codec_fail(err, "bad_request", "%s: expected a string, got %s", path, type_name(t));
+    if (!*t->valuestring)
+        return codec_fail(err, "bad_request", "%s: empty text, expected some words", path);
+    if (!sh->embed)
+        return codec_fail(err, "bad_request", "%s: text is not accepted here", path);
+    embed_heads(sh, t->valuestring, strlen(t->valuestring), per_head, out);
+    return 1;
+}
+
+/* ---- session config -------------------------------------------------------------------------- */
+
+static int get_int(const cJSON *obj, const char *field, const char *where, int *out, codec_error *err)
+{
+    const cJSON *it = member(obj, field);
+    char path[96];
+    if (!it)
+        return 0;
+    join(path, sizeof path, where, field);
+    if (!cJSON_IsNumber(it))
+        return codec_fail(err, "bad_config", "%s: expected an integer, got %s", path, type_name(it));
+    double x = it->valuedouble;
+    if (!isfinite(x) || x != floor(x))
+        return codec_fail(err, "bad_config", "%s: expected an integer, got %g", path, x);
+    if (x < -2147483648.0 || x > 2147483647.0)
+        return codec_fail(err, "bad_config", "%s: %g is out of range (not a 32-bit integer)", path, x);
+    *out = (int)x;
+    return 0;
+}
+
+static int get_real(const cJSON *obj, const char *field, const char *where, double *out, codec_error *err)
+{
+    const cJSON *it = member(obj, field);
+    char path[96];
+    if (!it)
+        return 0;
+    join(path, sizeof path, where, field);
+    if (!cJSON_IsNumber(it))
+        return codec_fail(err, "bad_config", "%s: expected a number, got %s", path, type_name(it));
+    if (!isfinite(it->valuedouble))
+        return codec_fail(err, "bad_config", "%s: expected a finite number (overflow?)", path);
+    *out = it->valuedouble;
+    return 0;
+}
+
+static int get_enum(const cJSON *obj, const char *field, const char *where, const char *accepted,
+                    int (*parse)(const char *, void *), void *out, codec_error *err)
+{
+    const cJSON *it = member(obj, field);
+    char path[96];
+    if (!it)
+        return 0;
+    join(path, sizeof path, where, field);
+    if (!cJSON_IsString(it))
+        return codec_fail(err, "bad_config", "%s: expected a string (%s), got %s", path, accepted, type_name(it));
+    if (parse(it->valuestring, out) != 0)
+        return codec_fail(err, "bad_config", "%s: \"%.64s\" is not accepted, expected %s", path, it->valuestring,
+                          accepted);
+    return 0;
+}
+
+/* Adapters: the enum parsers have typed out-parameters. */
+static int parse_backbone(const char *n, void *o) { return ma_backbone_parse(n, o); }
+static int parse_feature(const char *n, void *o) { return ma_feature_parse(n, o); }
+static int parse_selector(const char *n, void *o) { return ma_selector_parse(n, o); }
+
+int codec_params_from_json(const cJSON *obj, ma_params *out, codec_error *err)
+{
+    static const char *const top[] = {"heads", "dim", "value_dim", "slots", "chunk", "topk", "window",
+                                      "backbone", "vla", "delta", "route_threshold", "selector", NULL};
+    static const char *const vla[] = {"lambda0", "period", "refresh", "feature", "penalty_scale", NULL};
+    static const char *const delta[] = {"beta", NULL};
+    ma_params p;
+    int rc;
+
+    ma_params_default(&p);
+    if (obj && !cJSON_IsNull(obj)) {
+        if (check_members(obj, top, "", err))
+            return err->code = "bad_config", MA_EINVAL;
+        p.value_dim = 0;  /* 0: not given, = dim below */
+        if ((rc = get_int(obj, "heads", "", &p.heads, err)) || (rc = get_int(obj, "dim", "", &p.dim, err)) ||
+            (rc = get_int(obj, "value_dim", "", &p.value_dim, err)) ||
+            (rc = get_int(obj, "slots", "", &p.slots, err)) || (rc = get_int(obj, "chunk", "", &p.chunk, err)) ||
+            (rc = get_int(obj, "topk", "", &p.topk, err)) || (rc = get_int(obj, "window", "", &p.window, err)) ||
+            (rc = get_real(obj, "route_threshold", "", &p.route_threshold, err)) ||
+            (rc = get_enum(obj, "backbone", "", "vla, linear, delta or none", parse_backbone, &p.backbone, err)) ||
+            (rc = get_enum(obj, "selector", "", "index or chunks", parse_selector, &p.selector, err)))
+            return rc;
+        if (!member(obj, "value_dim"))
+            p.value_dim = p.dim;
+        const cJSON *v = member(obj, "vla"), *d = member(obj, "delta");
+        if (v && !cJSON_IsNull(v)) {
+            if (check_members(v, vla, "vla", err))
+                return err->code = "bad_config", MA_EINVAL;
+            if ((rc = get_real(v, "lambda0", "vla", &p.vla.lambda0, err)) ||
+                (rc = get_int(v, "period", "vla", &p.vla.period, err)) ||
+                (rc = get_real(v, "refresh", "vla", &p.vla.refresh, err)) ||
+                (rc = get_real(v, "penalty_scale", "vla", &p.vla.penalty_scale, err)) ||
+                (rc = get_enum(v, "feature", "vla", "identity or elu1", parse_feature, &p.vla.feature, err)))
+                return rc;
+        }
+        if (d && !cJSON_IsNull(d)) {
+            if (check_members(d, delta, "delta", err))
+                return err->code = "bad_config", MA_EINVAL;
+            if ((rc = get_real(d, "beta", "delta", &p.delta.beta, err)))
+                return rc;
+        }
+    }
+    char msg[256];
+    if (ma_params_validate(&p, msg, sizeof msg) != 0)
+        return codec_fail(err, "bad_config", "%s", msg);
+    *out = p;
+    return 0;
+}
+
+cJSON *codec_params_to_json(const ma_params *p)
+{
+    cJSON *o = cJSON_CreateObject(), *v = NULL, *d = NULL;
+    if (!o)
+        return NULL;
+    bool ok = cJSON_AddNumberToObject(o, "heads", p->heads) && cJSON_AddNumberToObject(o, "dim", p->dim) &&
+              cJSON_AddNumberToObject(o, "value_dim", p->value_dim) &&
+              cJSON_AddNumberToObject(o, "slots", p->slots) && cJSON_AddNumberToObject(o, "chunk", p->chunk) &&
+              cJSON_AddNumberToObject(o, "topk", p->topk) && cJSON_AddNumberToObject(o, "window", p->window) &&
+              cJSON_AddStringToObject(o, "backbone", ma_backbone_name(p->backbone)) &&
+              (v = cJSON_AddObjectToObject(o, "vla")) && cJSON_AddNumberToObject(v, "lambda0", p->vla.lambda0) &&
+              cJSON_AddNumberToObject(v, "period", p->vla.period) &&
+              cJSON_AddNumberToObject(v, "refresh", p->vla.refresh) &&
+              cJSON_AddStringToObject(v, "feature", ma_feature_name(p->vla.feature)) &&
+              cJSON_AddNumberToObject(v, "penalty_scale", p->vla.penalty_scale) &&
+              (d = cJSON_AddObjectToObject(o, "delta")) && cJSON_AddNumberToObject(d, "beta", p->delta.beta) &&
+              cJSON_AddNumberToObject(o, "route_threshold", p->route_threshold) &&
+              cJSON_AddStringToObject(o, "selector", ma_selector_name(p->selector));
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* ---- routes ---------------------------------------------------------------------------------- */
+
+/* Route names as in API.md, indexed by ma_route. */
+static const char *const route_names[] = {"auto", "slot", "sparse", "full", "state", "window"};
+
+static const char *route_name(ma_route r)
+{
+    return (unsigned)r < sizeof route_names / sizeof route_names[0] ? route_names[r] : "unknown";
+}
+
+static int route_parse(const char *name, ma_route *out)
+{
+    for (unsigned i = 0; i < sizeof route_names / sizeof route_names[0]; i++)
+        if (strcmp(route_names[i], name) == 0) {
+            *out = (ma_route)i;
+            return 0;
+        }
+    return MA_EINVAL;
+}
+
+/* ---- batches --------------------------------------------------------------------------------- */
+
+/* body = {"<field>": [...]} with nothing else; returns the array and its length. */
+static int batch_array(const cJSON *body, const char *field, size_t max, const cJSON **arr, size_t *n,
+                       codec_error *err)
+{
+    const char *const allowed[] = {field, NULL};
+    if (check_members(body, allowed, "", err))
+        return MA_EINVAL;
+    const cJSON *a = member(body, field);
+    if (!a)
+        return codec_fail(err, "bad_request", "%s: missing, expected an array", field);
+    if (!cJSON_IsArray(a))
+        return codec_fail(err, "bad_request", "%s: expected an array, got %s", field, type_name(a));
+    size_t count = 0;
+    for (const cJSON *e = a->child; e; e = e->next)
+        count++;
+    if (count > max)
+        return codec_fail(err, "bad_request", "%s: %zu elements, at most %zu per request", field, count, max);
+    *arr = a;
+    *n = count;
+    return 0;
+}
+
+static int get_slot_name(const cJSON *obj, const char *where, char **out, codec_error *err)
+{
+    const cJSON *s = member(obj, "slot");
+    char path[96];
+    if (!s || cJSON_IsNull(s))
+        return 0;
+    join(path, sizeof path, where, "slot");
+    if (!cJSON_IsString(s))
+        return codec_fail(err, "bad_request", "%s: expected a string, got %s", path, type_name(s));
+    if (codec_check_name(s->valuestring, path, err))
+        return MA_EINVAL;
+    if (!(*out = strdup(s->valuestring)))
+        return codec_fail(err, "bad_request", "%s: out of memory", path);
+    return 0;
+}
+
+static int get_bool(const cJSON *obj, const char *field, const char *where, bool *out, codec_error *err)
+{
+    const cJSON *it = member(obj, field);
+    char path[96];
+    if (!it)
+        return 0;
+    join(path, sizeof path, where, field);
+    if (!cJSON_IsBool(it))
+        return codec_fail(err, "bad_request", "%s: expected true or false, got %s", path, type_name(it));
+    *out = cJSON_IsTrue(it);
+    return 0;
+}
+
+/* A payload member as JSON text (NULL when absent or null). */
+static int get_payload(const cJSON *obj, const char *where, char **out, codec_error *err)
+{
+    const cJSON *p = member(obj, "payload");
+    char path[96];
+    if (!p || cJSON_IsNull(p))
+        return 0;
+    join(path, sizeof path, where, "payload");
+    if (!(*out = cJSON_PrintUnformatted(p)))
+        return codec_fail(err, "bad_request", "%s: out of memory", path);
+    return 0;
+}
+
+void codec_events_clear(codec_events *e)
+{
+    for (size_t i = 0; e->payloads && i < e->n; i++)
+        cJSON_free(e->payloads[i]);
+    for (size_t i = 0; e->slots && i < e->n; i++)
+        free(e->slots[i]);
+    free(e->payloads);
+    free(e->slots);
+    free(e->ev);
+    free(e->k);
+    free(e->v);
+    memset(e, 0, sizeof *e);
+}
+
+int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_events, codec_events *out,
+                        codec_error *err)
+{
+    static const char *const allowed[] = {"k", "k_b64", "text", "v", "v_b64", "payload", "slot", "protect", NULL};
+    static const codec_vec_fields kf = {"k", "k_b64", "text"}, vf = {"v", "v_b64", NULL};
+    const size_t kn = (size_t)sh->heads * sh->dim, vn = (size_t)sh->heads * sh->value_dim;
+    codec_events e = {0};
+    const cJSON *arr;
+    size_t n, i = 0;
+
+    memset(out, 0, sizeof *out);
+    if (batch_array(body, "events", max_events, &arr, &n, err))
+        return MA_EINVAL;
+    e.n = n;
+    e.ev = calloc(n ? n : 1, sizeof *e.ev);
+    e.k = malloc(sizeof(float) * (n ? n * kn : 1));
+    e.v = malloc(sizeof(float) * (n ? n * vn : 1));
+    e.payloads = calloc(n ? n : 1, sizeof *e.payloads);
+    e.slots = calloc(n ? n : 1, sizeof *e.slots);
+    if (!e.ev || !e.k || !e.v || !e.payloads || !e.slots) {
+        codec_fail(err, "bad_request", "events: out of memory for %zu events", n);
+        goto fail;
+    }
+    for (const cJSON *it = arr->child; it; it = it->next, i++) {
+        char where[48];
+        float *k = e.k + i * kn, *v = e.v + i * vn;
+        bool protect = false;
+        int r;
+        snprintf(where, sizeof where, "events[%zu]", i);
+        if (check_members(it, allowed, where, err))
+            goto fail;
+        if ((r = codec_vector(it, &kf, sh, sh->dim, "heads*dim", where, k, err)) < 0)
+            goto fail;
+        if (r == 0) {
+            codec_fail(err, "bad_request", "%s: missing key, expected k, k_b64 or text", where);
+            goto fail;
+        }
+        if (get_payload(it, where, &e.payloads[i], err))
+            goto fail;
+        if ((r = codec_vector(it, &vf, sh, sh->value_dim, "heads*value_dim", where, v, err)) < 0)
+            goto fail;
+        if (r == 0) {
+            const cJSON *p = member(it, "payload");
+            if (!cJSON_IsString(p) || !*p->valuestring || !sh->embed) {
+                codec_fail(err, "bad_request", "%s: missing value, expected v or v_b64 (or a string payload "
+                           "to embed)", where);
+                goto fail;
+            }
+            embed_heads(sh, p->valuestring, strlen(p->valuestring), sh->value_dim, v);
+        }
+        if (get_slot_name(it, where, &e.slots[i], err) || get_bool(it, "protect", where, &protect, err))
+            goto fail;
+        if (protect && !e.slots[i]) {
+            codec_fail(err, "bad_request", "%s.protect: needs slot (protect applies to the slot written)", where);
+            goto fail;
+        }
+        e.ev[i] = (ma_event){.k = k, .v = v, .payload = e.payloads[i], .slot = e.slots[i], .protect = protect};
+    }
+    *out = e;
+    return 0;
+fail:
+    codec_events_clear(&e);
+    return MA_EINVAL;
+}
+
+void codec_queries_clear(codec_queries *q)
+{
+    for (size_t i = 0; q->slots && i < q->n; i++)
+        free(q->slots[i]);
+    free(q->slots);
+    free(q->q);
+    free(q->vecs);
+    memset(q, 0, sizeof *q);
+}
+
+int codec_queries_decode(const cJSON *body, const codec_shape *sh, size_t max_queries, codec_queries *out,
+                         codec_error *err)
+{
+    static const char *const allowed[] = {"q", "q_b64", "text", "slot", "version", "route", "topk", NULL};
+    static const codec_vec_fields qf = {"q", "q_b64", "text"};
+    const size_t qn = (size_t)sh->heads * sh->dim;
+    codec_queries qs = {0};
+    const cJSON *arr;
+    size_t n, i = 0;
+
+    memset(out, 0, sizeof *out);
+    if (batch_array(body, "queries", max_queries, &arr, &n, err))
+        return MA_EINVAL;
+    qs.n = n;
+    qs.q = calloc(n ? n : 1, sizeof *qs.q);
+    qs.vecs = malloc(sizeof(float) * (n ? n * qn : 1));
+    qs.slots = calloc(n ? n : 1, sizeof *qs.slots);
+    if (!qs.q || !qs.vecs || !qs.slots) {
+        codec_fail(err, "bad_request", "queries: out of memory for %zu queries", n);
+        goto fail;
+    }
+    for (const cJSON *it = arr->child; it; it = it->next, i++) {
+        char where[48];
+        ma_query *q = &qs.q[i];
+        uint64_t version = 0, topk = 0;
+        int r;
+        snprintf(where, sizeof where, "queries[%zu]", i);
+        if (check_members(it, allowed, where, err))
+            goto fail;
+        if ((r = codec_vector(it, &qf, sh, sh->dim, "heads*dim", where, qs.vecs + i * qn, err)) < 0)
+            goto fail;
+        q->q = r ? qs.vecs + i * qn : NULL;
+        if (get_slot_name(it, where, &qs.slots[i], err))
+            goto fail;
+        q->slot = qs.slots[i];
+        if (!q->q && !q->slot) {
+            codec_fail(err, "bad_request", "%s: expected a query vector (q, q_b64 or text) or a slot name", where);
+            goto fail;
+        }
+        if (codec_get_uint(it, "version", 1, (uint64_t)MAX_EXACT_INT, where, &version, err) < 0 ||
+            codec_get_uint(it, "topk", 1, MA_MAX_TOPK, where, &topk, err) < 0)
+            goto fail;
+        if (version && !q->slot) {
+            codec_fail(err, "bad_request", "%s.version: needs slot (a version of which slot?)", where);
+            goto fail;
+        }
+        q->version = version;
+        q->topk = (int)topk;
+        q->route = MA_ROUTE_AUTO;
+        const cJSON *rt = member(it, "route");
+        if (rt) {
+            if (!cJSON_IsString(rt) || route_parse(rt->valuestring, &q->route) != 0) {
+                codec_fail(err, "bad_request", "%s.route: %s%.32s%s is not a route, expected auto, slot, sparse, "
+                           "full, state or window", where, cJSON_IsString(rt) ? "\"" : "",
+                           cJSON_IsString(rt) ? rt->valuestring : type_name(rt), cJSON_IsString(rt) ? "\"" : "");
+                goto fail;
+            }
+        }
+        if (!q->q && q->route != MA_ROUTE_AUTO && q->route != MA_ROUTE_SLOT) {
+            codec_fail(err, "bad_request", "%s: route %s needs a query vector (q, q_b64 or text)", where,
+                       route_name(q->route));
+            goto fail;
+        }
+    }
+    *out = qs;
+    return 0;
+fail:
+    codec_queries_clear(&qs);
+    return MA_EINVAL;
+}
+
+/* ---- encoders -------------------------------------------------------------------------------- */
+
+cJSON *codec_floats_to_json(const float *x, size_t n)
+{
+    /* "-1.23456789e-38," is 16 chars; 18 per number leaves room. */
+    size_t cap = n * 18 + 3, off = 0;
+    char *buf = malloc(cap);
+    if (!buf)
+        return NULL;
+    buf[off++] = '[';
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            buf[off++] = ',';
+        off += (size_t)snprintf(buf + off, cap - off, "%.9g", (double)x[i]);
+    }
+    buf[off++] = ']';
+    buf[off] = '\0';
+    cJSON *r = cJSON_CreateRaw(buf);
+    free(buf);
+    return r;
+}
+
+void codec_time_format(int64_t ms, char *buf, size_t len)
+{
+    time_t s = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+             tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+}
+
+static bool add_time(cJSON *o, const char *field, int64_t ms)
+{
+    char buf[40];
+    codec_time_format(ms, buf, sizeof buf);
+    return cJSON_AddStringToObject(o, field, buf) != NULL;
+}
+
+/* payload JSON text verbatim, or null */
+static bool add_payload(cJSON *o, const char *payload)
+{
+    cJSON *p = payload ? cJSON_CreateRaw(payload) : cJSON_CreateNull();
+    if (!p)
+        return false;
+    cJSON_AddItemToObject(o, "payload", p);
+    return true;
+}
+
+static bool add_event(cJSON *o, const char *field, int64_t event)
+{
+    return (event >= 0 ? cJSON_AddNumberToObject(o, field, (double)event) : cJSON_AddNullToObject(o, field)) != NULL;
+}
+
+static bool add_floats(cJSON *o, const char *field, const float *x, size_t n)
+{
+    cJSON *a = codec_floats_to_json(x, n);
+    if (!a)
+        return false;
+    cJSON_AddItemToObject(o, field, a);
+    return true;
+}
+
+cJSON *codec_answer_to_json(const ma_answer *a, size_t value_len)
+{
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o && cJSON_AddStringToObject(o, "route", route_name(a->route)) &&
+              add_floats(o, "v", a->v, value_len) &&
+              cJSON_AddNumberToObject(o, "score", isfinite(a->score) ? a->score : 0.0);
+    if (ok && a->has_slot)
+        ok = cJSON_AddStringToObject(o, "slot", a->slot) && cJSON_AddNumberToObject(o, "version", (double)a->version);
+    if (ok && a->event >= 0)
+        ok = cJSON_AddNumberToObject(o, "event", (double)a->event) != NULL;
+    if (ok && a->payload)
+        ok = add_payload(o, a->payload);
+    if (ok && (a->route == MA_ROUTE_SPARSE || a->route == MA_ROUTE_FULL || a->route == MA_ROUTE_WINDOW)) {
+        cJSON *c = cJSON_AddArrayToObject(o, "chunks");
+        for (size_t i = 0; ok && c && i < a->n_chunks; i++) {
+            cJSON *x = cJSON_CreateNumber(a->chunks[i]);
+            ok = x && cJSON_AddItemToArray(c, x);
+        }
+        ok = ok && c;
+    }
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+cJSON *codec_ingest_report_to_json(const ma_ingest_report *r)
+{
+    cJSON *o = cJSON_CreateObject(), *w = NULL, *vw = NULL, *ev = NULL;
+    bool ok = o && cJSON_AddNumberToObject(o, "length", (double)r->length) &&
+              cJSON_AddNumberToObject(o, "appended", (double)r->appended) &&
+              (w = cJSON_AddArrayToObject(o, "writes")) && (vw = cJSON_AddArrayToObject(o, "void_writes")) &&
+              (ev = cJSON_AddArrayToObject(o, "evicted"));
+    for (size_t i = 0; ok && i < r->n_writes; i++) {
+        cJSON *x = cJSON_CreateObject();
+        ok = x && cJSON_AddItemToArray(w, x) && cJSON_AddStringToObject(x, "slot", r->writes[i].slot) &&
+             cJSON_AddNumberToObject(x, "version", (double)r->writes[i].version) &&
+             cJSON_AddNumberToObject(x, "event", (double)r->writes[i].event);
+    }
+    for (size_t i = 0; ok && i < r->n_voids; i++) {
+        cJSON *x = cJSON_CreateObject();
+        ok = x && cJSON_AddItemToArray(vw, x) && cJSON_AddStringToObject(x, "slot", r->voids[i].slot) &&
+             cJSON_AddNumberToObject(x, "event", (double)r->voids[i].event) &&
+             cJSON_AddStringToObject(x, "reason", r->voids[i].reason ? r->voids[i].reason : "protected");
+    }
+    for (size_t i = 0; ok && i < r->n_evicted; i++) {
+        cJSON *x = cJSON_CreateString(r->evicted[i].slot);
+        ok = x && cJSON_AddItemToArray(ev, x);
+    }
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+cJSON *codec_slot_info_to_json(const ma_slot_info *si)
+{
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o && cJSON_AddStringToObject(o, "name", si->name) &&
+              cJSON_AddNumberToObject(o, "version", (double)si->version) &&
+              cJSON_AddBoolToObject(o, "protected", si->protect) && add_event(o, "event", si->event) &&
+              cJSON_AddNumberToObject(o, "usage", (double)si->usage) && add_time(o, "updated_at", si->updated_at);
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+cJSON *codec_slot_value_to_json(const ma_slot_value *sv, size_t key_len, size_t value_len)
+{
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o && cJSON_AddStringToObject(o, "name", sv->info.name) &&
+              cJSON_AddNumberToObject(o, "version", (double)sv->info.version) &&
+              cJSON_AddBoolToObject(o, "protected", sv->info.protect) && add_floats(o, "k", sv->k, key_len) &&
+              add_floats(o, "v", sv->v, value_len) && add_payload(o, sv->payload) &&
+              add_event(o, "event", sv->info.event) && add_time(o, "updated_at", sv->info.updated_at);
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+cJSON *codec_version_info_to_json(const ma_version_info *vi)
+{
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o && cJSON_AddNumberToObject(o, "version", (double)vi->version) && add_event(o, "event", vi->event) &&
+              add_time(o, "at", vi->at) && cJSON_AddBoolToObject(o, "tombstone", vi->tombstone);
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* ---- slot bodies ----------------------------------------------------------------------------- */
+
+void codec_slot_body_clear(codec_slot_body *b)
+{
+    free(b->k);
+    free(b->v);
+    cJSON_free(b->payload);
+    memset(b, 0, sizeof *b);
+}
+
+int codec_slot_body_decode(const cJSON *body, const char *path_name, bool allow_version,
+                           const codec_shape *sh, codec_slot_body *out, codec_error *err)
+{
+    static const char *const fields[] = {"name", "k", "k_b64", "text", "v", "v_b64", "payload", "protect", NULL};
+    static const char *const fields_v[] = {"name", "k", "k_b64", "text", "v", "v_b64", "payload", "protect",
+                                           "version", NULL};
+    static const codec_vec_fields kf = {"k", "k_b64", "text"}, vf = {"v", "v_b64", NULL};
+    codec_slot_body b = {0};
+    const cJSON *empty = NULL;
+    int r;
+
+    memset(out, 0, sizeof *out);
+    if (!body) /* PUT with no body at all: only possible with a path name, and then v is missing anyway */
+        body = empty = cJSON_CreateObject();
+    if (!body)
+        return codec_fail(err, "bad_request", "out of memory");
+    if (check_members(body, allow_version ? fields_v : fields, "", err))
+        goto fail;
+    const cJSON *nm = member(body, "name");
+    if (nm && !cJSON_IsString(nm)) {
+        codec_fail(err, "bad_request", "name: expected a string, got %s", type_name(nm));
+        goto fail;
+    }
+    if (path_name) {
+        if (nm && strcmp(nm->valuestring, path_name) != 0) {
+            codec_fail(err, "bad_request", "name: \"%.64s\" differs from the name in the path \"%s\"",
+                       nm->valuestring, path_name);
+            goto fail;
+        }
+        if (codec_check_name(path_name, "name", err))
+            goto fail;
+        snprintf(b.name, sizeof b.name, "%s", path_name);
+    } else {
+        if (!nm) {
+            codec_fail(err, "bad_request", "name: missing, expected the slot's name");
+            goto fail;
+        }
+        if (codec_check_name(nm->valuestring, "name", err))
+            goto fail;
+        snprintf(b.name, sizeof b.name, "%s", nm->valuestring);
+    }
+    b.k = malloc(sizeof(float) * (size_t)sh->heads * sh->dim);
+    b.v = malloc(sizeof(float) * (size_t)sh->heads * sh->value_dim);
+    if (!b.k || !b.v) {
+        codec_fail(err, "bad_request", "out of memory");
+        goto fail;
+    }
+    if ((r = codec_vector(body, &kf, sh, sh->dim, "heads*dim", "", b.k, err)) < 0)
+        goto fail;
+    if (r == 0) {
+        free(b.k);
+        b.k = NULL;
+    }
+    if ((r = codec_vector(body, &vf, sh, sh->value_dim, "heads*value_dim", "", b.v, err)) < 0)
+        goto fail;
+    if (r == 0) {
+        free(b.v);
+        b.v = NULL;
+        const cJSON *p = member(body, "payload");
+        if (!cJSON_IsString(p)) {
+            codec_fail(err, "bad_request", "v: missing, expected v or v_b64 (or a string payload, whose "
+                       "embedding becomes the value)");
+            goto fail;
+        }
+    }
+    if (get_payload(body, "", &b.payload, err) || get_bool(body, "protect", "", &b.protect, err))
+        goto fail;
+    if (allow_version && codec_get_uint(body, "version", 1, (uint64_t)MAX_EXACT_INT, "", &b.version, err) < 0)
+        goto fail;
+    cJSON_Delete((cJSON *)empty);
+    *out = b;
+    return 0;
+fail:
+    cJSON_Delete((cJSON *)empty);
+    codec_slot_body_clear(&b);
+    return MA_EINVAL;
+}

@@ -1,0 +1,166 @@
+/*
+ * server/codec.h — JSON <-> core structs for the REST API (../shared/design/API.md).
+ *
+ * Design: the codec is pure translation and validation. Decoders take a parsed cJSON tree and either
+ * fill a core struct completely or fail with a codec_error that carries API.md's error code and a
+ * message naming the element and field, what was wrong and what was expected, e.g.
+ *   dim_mismatch  "events[3].k: expected 64 numbers (heads*dim), got 63".
+ * A batch (events, queries) is decoded whole before anything is handed to the core, so a request with one
+ * bad element changes nothing. Vectors arrive as JSON arrays of numbers, as base64 of little-endian
+ * float32 (`*_b64`), or as `text` (embedded by the caller-supplied embedder, the same vector per head);
+ * every number must be a finite float32 (cJSON turns overflow such as 1e999 into inf: rejected, like any
+ * value beyond FLT_MAX). Unknown and duplicate fields are rejected (they are typos, not extensions), as
+ * are values of the wrong JSON type.
+ *
+ * Encoders build cJSON trees for answers. Float vectors are emitted with 9 significant digits, which
+ * round-trips float32 exactly, as one raw array (faster and shorter than cJSON's per-number printing).
+ * Payloads are stored and returned as JSON text verbatim (cJSON raw items), never re-parsed.
+ *
+ * Not here: HTTP, sessions, the store. The codec allocates with malloc and does no I/O; all functions
+ * are thread-safe (no shared state).
+ */
+#ifndef SRV_CODEC_H
+#define SRV_CODEC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "core/params.h"
+#include "core/session.h"
+
+typedef struct {
+    const char *code;     /* API.md error code (static string): bad_request, dim_mismatch, non_finite,
+                             bad_name, bad_config */
+    char message[384];    /* what was wrong, where, what was expected */
+} codec_error;
+
+/* Embeds text (len bytes, not NUL-terminated necessarily) into dim floats. Must be thread-safe. */
+typedef void (*codec_embed_fn)(const char *text, size_t len, int dim, float *out);
+
+/* What vectors must look like for one session. */
+typedef struct {
+    int heads, dim, value_dim;
+    codec_embed_fn embed;  /* for `text` (and string payloads standing in for a value); NULL: rejected */
+} codec_shape;
+
+void codec_shape_from_params(codec_shape *sh, const ma_params *p, codec_embed_fn embed);
+
+/* ---- base64 (RFC 4648, standard alphabet, padding required) ------------------------------------ */
+
+/* Decodes src (len chars) into dst; *out_len gets the byte count. dst must hold (len / 4) * 3 bytes.
+ * Returns 0, or MA_EINVAL for a length not a multiple of 4, a foreign character or misplaced padding. */
+int codec_b64_decode(const char *src, size_t len, unsigned char *dst, size_t *out_len);
+
+/* Encodes n bytes into dst (NUL-terminated); dst must hold 4 * ((n + 2) / 3) + 1 chars. Returns the
+ * length without the NUL. */
+size_t codec_b64_encode(const unsigned char *src, size_t n, char *dst);
+
+/* ---- session config ---------------------------------------------------------------------------- */
+
+/* Fills *out from a config object (NULL or absent fields: defaults; value_dim defaults to dim) and
+ * validates it with ma_params_validate. Errors: bad_config naming the field ("vla.period: expected an
+ * integer, got 2.5"; "heads: 0 is out of range, expected an integer 1..64"; "colour: unknown field"). */
+int codec_params_from_json(const cJSON *obj, ma_params *out, codec_error *err);
+
+/* The full config (every field, defaults included) as a new object; NULL on allocation failure. */
+cJSON *codec_params_to_json(const ma_params *p);
+
+/* ---- vectors --------------------------------------------------------------------------------- */
+
+/* Which of the three spellings of one vector an object used. */
+typedef struct {
+    const char *arr;   /* "k": JSON numbers */
+    const char *b64;   /* "k_b64" */
+    const char *text;  /* "text", or NULL where text is not accepted */
+} codec_vec_fields;
+
+/* Decodes the vector of obj named by f into out (heads * per_head floats). `where` prefixes messages
+ * ("events[3]"); what_len names the expected count ("heads*dim"). Returns 1 and fills out when present,
+ * 0 when none of the fields is present (out untouched), negative MA_EINVAL with *err on bad input. */
+int codec_vector(const cJSON *obj, const codec_vec_fields *f, const codec_shape *sh, int per_head,
+                 const char *what_len, const char *where, float *out, codec_error *err);
+
+/* ---- event batches --------------------------------------------------------------------------- */
+
+typedef struct {
+    size_t n;
+    ma_event *ev;        /* n events pointing into the buffers below */
+    float *k, *v;        /* n*H*d and n*H*d_v */
+    char **payloads;     /* n JSON texts or NULLs (owned) */
+    char **slots;        /* n slot names or NULLs (owned) */
+} codec_events;
+
+/* Decodes {"events":[E,...]}; E = {"k"|"k_b64"|"text", "v"|"v_b64", "payload"?, "slot"?, "protect"?}.
+ * A missing v is the embedding of the payload when the payload is a JSON string (as for slot writes);
+ * otherwise 400. An empty batch is accepted (n = 0). On error *out is left empty. */
+int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_events, codec_events *out,
+                        codec_error *err);
+void codec_events_clear(codec_events *e);
+
+/* {"length","appended","writes":[...],"void_writes":[...],"evicted":[...]}; NULL on allocation failure. */
+cJSON *codec_ingest_report_to_json(const ma_ingest_report *r);
+
+/* ---- queries --------------------------------------------------------------------------------- */
+
+typedef struct {
+    size_t n;
+    ma_query *q;         /* n queries pointing into the buffers below */
+    float *vecs;         /* n*H*d (rows of queries without a vector are unused) */
+    char **slots;        /* n names or NULLs (owned) */
+} codec_queries;
+
+/* Decodes {"queries":[Q,...]}; Q = {"q"|"q_b64"|"text"?, "slot"?, "version"?, "route"?, "topk"?}.
+ * A query needs a vector or a slot name; `version` needs `slot`. Errors name queries[i].field. */
+int codec_queries_decode(const cJSON *body, const codec_shape *sh, size_t max_queries, codec_queries *out,
+                         codec_error *err);
+void codec_queries_clear(codec_queries *q);
+
+/* One result object R of API.md; value_len = H*d_v. NULL on allocation failure. */
+cJSON *codec_answer_to_json(const ma_answer *a, size_t value_len);
+
+/* ---- slots ------------------------------------------------------------------------------------ */
+
+typedef struct {
+    char name[MA_MAX_NAME + 1];
+    float *k, *v;          /* malloc'd, or NULL when absent (core then embeds the name / payload) */
+    char *payload;         /* JSON text or NULL (owned) */
+    bool protect;
+    uint64_t version;      /* explicit version (overwrite only), 0 if absent */
+} codec_slot_body;
+
+/* Decodes a write/overwrite body. path_name: the {name} of the URL for PUT (the body's "name", if any,
+ * must equal it), NULL for POST (the body's "name" is required). allow_version: PUT accepts "version".
+ * A body without v and without a string payload is 400 (nothing to take the value from). */
+int codec_slot_body_decode(const cJSON *body, const char *path_name, bool allow_version,
+                           const codec_shape *sh, codec_slot_body *out, codec_error *err);
+void codec_slot_body_clear(codec_slot_body *b);
+
+/* Slot listings and reads; times are ms since the epoch, emitted as RFC 3339 UTC strings. */
+cJSON *codec_slot_info_to_json(const ma_slot_info *si);
+cJSON *codec_slot_value_to_json(const ma_slot_value *sv, size_t key_len, size_t value_len);
+cJSON *codec_version_info_to_json(const ma_version_info *vi);
+
+/* ---- small helpers shared by the handlers ----------------------------------------------------- */
+
+/* "2026-11-28T19:04:05.123Z" into buf (>= 32 chars). */
+void codec_time_format(int64_t ms, char *buf, size_t len);
+
+/* A float vector as a raw JSON array with 9 significant digits; NULL on allocation failure. */
+cJSON *codec_floats_to_json(const float *x, size_t n);
+
+/* Validates a name field: 0, or MA_EINVAL with bad_name "<where>: \"...\" is not a valid name, ...". */
+int codec_check_name(const char *name, const char *where, codec_error *err);
+
+/* Reads an optional non-negative integer member: 1 found (*out set), 0 absent, MA_EINVAL bad_request
+ * naming "<where>.<field>" when not an integer in [lo, hi]. */
+int codec_get_uint(const cJSON *obj, const char *field, uint64_t lo, uint64_t hi, const char *where,
+                   uint64_t *out, codec_error *err);
+
+/* Formats *err (code and message); returns MA_EINVAL so callers can `return codec_fail(...)`. */
+int codec_fail(codec_error *err, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

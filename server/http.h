@@ -1,0 +1,83 @@
+/*
+ * server/http.h — what a handler sees: the request, and the ways to answer it.
+ *
+ * A srv_request is created by the server when a request's headers and complete body have been read
+ * and checked (size limits, Content-Type rule of API.md, auth), routed, and handed to the handler.
+ * Everything a handler reads from it is owned by the request and valid until the request is answered.
+ *
+ * Answering. Exactly one srv_respond_* call per request, on the loop thread, either inside the handler
+ * or later (asynchronous completion: submit a job with srv_pool_submit() and answer from its `done`
+ * callback). The request stays valid until answered even if the client has gone away; answering a
+ * request whose connection is closed just frees it. After a srv_respond_* call the request pointer
+ * is invalid. Responses of pipelined requests on one connection are sent in request order even when
+ * they are answered out of order. Every answer is counted in the metrics and logged.
+ *
+ * Not done here: streaming responses, trailers, request bodies larger than --max-body, HTTP/2.
+ */
+#ifndef SRV_HTTP_H
+#define SRV_HTTP_H
+
+#include <stddef.h>
+#include <cjson/cJSON.h>
+
+typedef struct srv_request srv_request;
+typedef struct srv_server srv_server;
+
+/* ---- reading the request (loop thread; the strings live until the request is answered) ---- */
+
+const char *srv_req_method(const srv_request *req);   /* "GET", "POST", ... */
+const char *srv_req_path(const srv_request *req);     /* request path without query, as sent */
+const char *srv_req_route(const srv_request *req);    /* matched template, e.g. "/v1/sessions/{id}" */
+
+/* Path parameter `{name}` of the matched template, percent-decoded; NULL if the template has none. */
+const char *srv_req_param(const srv_request *req, const char *name);
+
+/* First value of query parameter `name`, percent-decoded ('+' is a space); "" for `?name` without
+ * '='; NULL when absent. */
+const char *srv_req_query(const srv_request *req, const char *name);
+
+/* First header named `name` (case-insensitive); NULL when absent. Repeated headers are not merged. */
+const char *srv_req_header(const srv_request *req, const char *name);
+
+/* The complete body (de-chunked), NUL-terminated for convenience; *len (if non-NULL) gets its length,
+ * which may be 0. Never NULL. */
+const char *srv_req_body(const srv_request *req, size_t *len);
+
+/* The peer as "ip:port" ("[v6]:port" for IPv6). */
+const char *srv_req_remote(const srv_request *req);
+
+/* The server the request came from (for its pool and metrics). */
+srv_server *srv_req_server(const srv_request *req);
+
+/* Parses the body as JSON. Returns 0 with *out the document (caller frees with cJSON_Delete), or 0
+ * with *out NULL when the body is empty. On invalid JSON it ANSWERS the request with 400 `bad_json`
+ * (the message gives the byte offset) and returns MA_EINVAL: the request is then gone. */
+int srv_req_json(srv_request *req, cJSON **out);
+
+/* ---- answering (loop thread; exactly one of srv_respond_* per request) ---- */
+
+/* Adds a response header (copied) to send with the answer, e.g. ("ETag", "\"3\""). Must be called
+ * before the srv_respond_* call. Returns 0, MA_EINVAL (name/value with CR, LF or NUL, or a header
+ * the server sets itself: Content-Length, Content-Type, Connection, Date, Transfer-Encoding), MA_ENOMEM. */
+int srv_resp_header(srv_request *req, const char *name, const char *value);
+
+/* Answers `status` with `body` serialised as JSON (takes ownership of body, even on error; NULL body
+ * sends "{}"). Returns 0 or MA_ENOMEM (then a 503 `overloaded` answer is attempted instead). */
+int srv_respond_json(srv_request *req, int status, cJSON *body);
+
+/* Answers API.md's error body {"error":{"code":code,"message":<formatted>}} with `status`. */
+int srv_respond_error(srv_request *req, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Answers `status` (typically 204) with no body. */
+int srv_respond_empty(srv_request *req, int status);
+
+/* Answers with an arbitrary body (copied) and Content-Type (e.g. Prometheus text). */
+int srv_respond_raw(srv_request *req, int status, const char *content_type, const char *body,
+                    size_t len);
+
+/* Maps an MA_E* code to the HTTP status and API.md error code used for it when a handler has nothing
+ * more specific (e.g. MA_ENOMEM -> 503 "overloaded", MA_EPROTECTED -> 423 "protected"). */
+int srv_status_of(int ma_err, const char **code);
+
+#endif

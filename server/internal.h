@@ -1,0 +1,155 @@
+/*
+ * server/internal.h — private structures shared by server.c (lifecycle), conn.c (connections and
+ * parsing) and http.c (the request API). Not for handlers: they use server/http.h.
+ *
+ * Ownership. The server owns its connections (a doubly linked list). A connection owns the request
+ * being parsed (`cur`) and the queue of parsed requests awaiting their answers, in arrival order.
+ * When a connection closes, answered requests are freed and unanswered ones are orphaned
+ * (req->conn = NULL): the handler still answers them later and the answer frees them.
+ */
+#ifndef SRV_INTERNAL_H
+#define SRV_INTERNAL_H
+
+#include <llhttp.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "server/server.h"
+
+#define SRV_PIPELINE_MAX 32     /* parsed requests queued per connection before reading pauses */
+
+typedef struct srv_conn srv_conn;
+
+/* A growable byte buffer. */
+typedef struct {
+    char *p;
+    size_t len, cap;
+} srv_buf;
+
+int srv_buf_append(srv_buf *b, const void *data, size_t n);   /* keeps p NUL-terminated; MA_ENOMEM */
+void srv_buf_free(srv_buf *b);
+
+typedef struct {
+    size_t name, value;     /* offsets into srv_request.hbuf */
+} srv_header;
+
+struct srv_request {
+    srv_request *next;          /* in the connection's queue */
+    srv_conn *conn;             /* NULL once the connection is gone */
+    srv_server *srv;
+    uint64_t t_start;           /* uv_hrtime() at the first byte */
+    char method[16];
+    srv_buf url;                /* request target as sent, then split: path NUL query */
+    const char *path, *query;   /* into url.p; query NULL when absent */
+    srv_buf hbuf;               /* header names and values, NUL-terminated */
+    srv_header *headers;
+    size_t nheaders, capheaders;
+    int hstate;                 /* 0 none, 1 in field, 2 in value */
+    srv_buf body;
+    srv_match match;
+    char params[1024];
+    char route[128];            /* metrics label: the template, or a fixed name when unrouted */
+    char *qbuf;                 /* decoded query: name NUL value NUL ..., built on first use */
+    size_t qlen;
+    bool keep_alive;
+    bool late;                  /* began after the drain started: answered 503 shutting_down */
+    bool answered;
+    bool close_after;           /* the answer carries Connection: close and the connection closes */
+    int status;
+    srv_buf extra;              /* extra response headers, "Name: value\r\n"... */
+    char *resp;                 /* the serialised answer */
+    size_t resp_len, body_len;
+};
+
+struct srv_conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    srv_server *srv;
+    srv_conn *prev, *next;
+    llhttp_t parser;
+    char remote[80];
+    srv_request *cur;           /* being parsed */
+    srv_request *qhead, *qtail; /* parsed, answers sent in this order */
+    int nqueued;
+    size_t head_bytes;          /* raw bytes of the current request's head so far */
+    int scan_state;             /* head syntax scanner (conn.c) */
+    char scan_prev;
+    bool in_body;
+    bool reading;
+    bool closing;               /* uv_close issued */
+    bool stop_parsing;          /* an answer with close_after is queued: ignore further input */
+    bool eof;                   /* peer finished sending */
+    bool in_feed;               /* feed() is on the stack: do not re-enter it from an answer */
+    bool pipeline_full;         /* reading paused until the queue shrinks; the rest is in stash */
+    bool shutting;              /* final answer queued: shutdown(SHUT_WR) once written */
+    bool lingering;             /* after shutdown: reading and discarding until EOF or a short timer */
+    int handles_open;
+    int pause_event;            /* which callback paused the parser (conn.c) */
+    int user_status;            /* a limit a data callback hit: answer this status (conn.c) */
+    const char *head_mark;      /* head bytes before this point of the current input are counted */
+    char *stash;                /* unparsed input kept while the pipeline is full */
+    size_t stash_len;
+    int writes_pending;
+    uv_shutdown_t shutdown_req;
+};
+
+/* The metric children of one (method, route, status), cached on the loop thread so answering a
+ * request does not take the registry's lock. */
+#define SRV_MCACHE 512
+typedef struct {
+    uint64_t hash;             /* 0 = empty slot */
+    char key[160];             /* method NUL route NUL status, for exact comparison */
+    srv_metric_child *requests, *latency;
+} srv_mcache_entry;
+
+struct srv_server {
+    uv_loop_t *loop;
+    cfg_config cfg;
+    uv_tcp_t listener;
+    bool listening;
+    srv_router *router;
+    srv_pool *pool;
+    srv_metrics *metrics;
+    llhttp_settings_t settings;
+    srv_conn *conns;
+    size_t nconns;              /* open connections (in `conns`) */
+    size_t conn_objs;           /* connection objects not yet freed (closing ones included) */
+    bool draining;
+    uv_timer_t drain_timer;
+    bool drain_timer_on;
+    void (*on_drained)(srv_server *, void *);
+    void *drained_arg;
+    bool drained_called;
+    srv_metric *m_requests, *m_latency, *m_conns, *m_queue, *m_rejected, *m_inflight;
+    srv_metric_child *c_conns;
+    srv_mcache_entry *mcache;   /* SRV_MCACHE entries, open addressing; full = fall back to lookups */
+    char *rbuf;                 /* the read buffer: input is consumed (or copied) inside on_read */
+    char date[40];              /* cached Date header value */
+    uint64_t date_sec;
+    int closing_handles;
+};
+
+/* conn.c */
+void srv_conn_accept(srv_server *srv);
+void srv_conn_flush(srv_conn *c);          /* writes answered requests at the queue head */
+void srv_conn_close(srv_conn *c);
+void srv_conn_shutdown(srv_conn *c);      /* FIN after pending writes, then linger and close */
+void srv_settings_init(llhttp_settings_t *s);
+
+/* http.c */
+srv_request *srv_request_new(srv_server *srv);
+void srv_request_free(srv_request *req);
+void srv_request_dispatch(srv_request *req);      /* route, auth, call the handler */
+/* Answers with an error on behalf of the server (limits, parse errors) and marks close_after. */
+void srv_request_fail(srv_request *req, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* server.c */
+/* Counts an answered request in the request counter and latency histogram (loop thread). */
+void srv_server_count(srv_server *srv, const char *method, const char *route, int status, double seconds);
+void srv_server_conn_gone(srv_server *srv);       /* a connection was freed: drain bookkeeping */
+const char *srv_server_date(srv_server *srv);
+void srv_server_reject(srv_server *srv, const char *reason);   /* counts a limit rejection */
+
+#endif

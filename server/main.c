@@ -1,0 +1,113 @@
+/*
+ * server/main.c — memattnd: configuration, logging, the server, the API, signals, graceful exit.
+ *
+ * Order of start-up (API.md "Running"): parse the configuration (exit 2 on a bad value), bind, print
+ * `listening on HOST:PORT` as the first line of standard output, open the API (store, routes), run.
+ * SIGTERM / SIGINT start the drain; when it completes the server and the API are closed and the
+ * process exits 0. A second signal during the drain shortens it: remaining connections are closed.
+ */
+#include <cblas.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "config/config.h"
+#include "core/error.h"
+#include "server/api.h"
+#include "server/log.h"
+#include "server/server.h"
+
+extern char **environ;
+
+typedef struct {
+    uv_signal_t sigterm, sigint;
+    srv_server *srv;
+    int signals;
+} app;
+
+static void on_drained(srv_server *srv, void *arg)
+{
+    (void)arg;
+    srv_log(CFG_LOG_INFO, "drained; stopping");
+    uv_stop(srv_server_loop(srv));
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    app *a = s->data;
+    if (a->signals++ == 0) {
+        srv_log(CFG_LOG_INFO, "%s received: draining", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+        srv_server_drain(a->srv, on_drained, a);
+        return;
+    }
+    srv_log(CFG_LOG_WARN, "second signal: closing remaining connections now");
+    srv_server_drain_now(a->srv);
+}
+
+int main(int argc, char **argv)
+{
+    cfg_config cfg;
+    char err[1024];
+    int rc = cfg_load(&cfg, argc, argv, environ, err, sizeof err);
+    if (rc < 0) {
+        fprintf(stderr, "memattnd: %s\n", err);
+        return 2;
+    }
+    if (cfg.action == CFG_HELP) {
+        cfg_usage(stdout);
+        return 0;
+    }
+    if (cfg.action == CFG_VERSION) {
+        printf("memattnd %s\n", cfg_version());
+        return 0;
+    }
+    srv_log_setup(cfg.log_level, cfg.log_format);
+    /* The worker threads are the parallelism; OpenBLAS threads on top would oversubscribe the cores. */
+    openblas_set_num_threads(1);
+    signal(SIGPIPE, SIG_IGN);
+
+    uv_loop_t loop;
+    app a = { 0 };
+    int status = 1;
+    bool api_up = false;
+    if ((rc = uv_loop_init(&loop)) < 0) {
+        fprintf(stderr, "memattnd: %s\n", uv_strerror(rc));
+        return 1;
+    }
+    if (srv_server_create(&loop, &cfg, &a.srv, err, sizeof err) < 0)
+        goto fail;
+    char bound[128];
+    if (srv_server_listen(a.srv, bound, sizeof bound, err, sizeof err) < 0)
+        goto fail;
+    printf("listening on %s\n", bound);
+    fflush(stdout);
+    if (api_init(&cfg, a.srv, err, sizeof err) < 0)
+        goto fail;
+    api_up = true;
+    uv_signal_init(&loop, &a.sigterm);
+    uv_signal_init(&loop, &a.sigint);
+    a.sigterm.data = a.sigint.data = &a;
+    uv_signal_start(&a.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&a.sigint, on_signal, SIGINT);
+    srv_log(CFG_LOG_INFO, "memattnd %s listening on %s (threads %d, data %s, auth %s)", cfg_version(), bound,
+            cfg.threads, cfg.data_dir, cfg.token[0] ? "on" : "off");
+
+    uv_run(&loop, UV_RUN_DEFAULT);
+
+    uv_close((uv_handle_t *)&a.sigterm, NULL);
+    uv_close((uv_handle_t *)&a.sigint, NULL);
+    status = 0;
+fail:
+    if (status != 0)
+        fprintf(stderr, "memattnd: %s\n", err);
+    srv_server_destroy(a.srv);   /* stops the workers: no job runs after this */
+    if (api_up)
+        api_shutdown();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    srv_log(CFG_LOG_INFO, "exit %d", status);
+    return status;
+}

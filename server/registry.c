@@ -1,0 +1,543 @@
+/*
+ * server/registry.c — the session registry (see server/registry.h for the design).
+ *
+ * Data structures: a chained hash table id -> reg_session and a doubly linked LRU list (most recently
+ * released at the head), both under reg_registry.mu. A reg_session is created in the map before it is
+ * loaded; its own load_mu serialises the load so parallel readers wait for one load instead of doing
+ * two. Sessions unloaded by the budget or dropped as stale are unlinked under mu and destroyed after mu
+ * is released (destroying a large session frees a lot of memory; nobody should wait for that).
+ */
+#include "server/registry.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+
+#include "core/error.h"
+#include "server/codec.h"
+
+struct reg_session {
+    char id[MA_MAX_NAME + 1];
+    reg_registry *reg;
+    ma_params params;
+    ma_session *core;           /* NULL until loaded */
+    int64_t created_at, updated_at;
+    size_t bytes;               /* resident bytes as last measured (under reg->mu) */
+    bool blobs_stored;          /* the store row holds all three blobs (else the next commit writes all) */
+    bool stale;                 /* in-memory state may differ from the store: drop at last release */
+    bool linked;                /* in the map and LRU list */
+    bool paged;                 /* archive chunks released to the store since the last append */
+    int refs;                   /* under reg->mu */
+    pthread_mutex_t load_mu;    /* serialises loading */
+    reg_session *hnext;         /* hash chain */
+    reg_session *prev, *next;   /* LRU list */
+};
+
+struct reg_registry {
+    reg_options opt;
+    pthread_mutex_t mu;
+    reg_session **buckets;
+    size_t nbuckets, count;
+    reg_session *lru_head, *lru_tail;
+    size_t bytes;               /* sum of bytes of linked sessions */
+    size_t loaded;
+    uint64_t loads, unloads;
+};
+
+static uint64_t hash_id(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+    return h;
+}
+
+int reg_create(const reg_options *o, reg_registry **out)
+{
+    reg_registry *r;
+    if (!o || !o->store)
+        return MA_EINVAL;
+    if (!(r = calloc(1, sizeof *r)))
+        return MA_ENOMEM;
+    r->opt = *o;
+    if (r->opt.cache_chunks < 1)
+        r->opt.cache_chunks = 1;
+    r->nbuckets = 256;
+    if (!(r->buckets = calloc(r->nbuckets, sizeof *r->buckets))) {
+        free(r);
+        return MA_ENOMEM;
+    }
+    pthread_mutex_init(&r->mu, NULL);
+    *out = r;
+    return 0;
+}
+
+static void session_free(reg_session *s)
+{
+    if (!s)
+        return;
+    ma_session_destroy(s->core);
+    pthread_mutex_destroy(&s->load_mu);
+    free(s);
+}
+
+/* ---- map and LRU (caller holds mu) ----------------------------------------------------------- */
+
+static reg_session *find(reg_registry *r, const char *id)
+{
+    for (reg_session *s = r->buckets[hash_id(id) % r->nbuckets]; s; s = s->hnext)
+        if (strcmp(s->id, id) == 0)
+            return s;
+    return NULL;
+}
+
+static void lru_unlink(reg_registry *r, reg_session *s)
+{
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        r->lru_head = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    else
+        r->lru_tail = s->prev;
+    s->prev = s->next = NULL;
+}
+
+static void lru_push_front(reg_registry *r, reg_session *s)
+{
+    s->prev = NULL;
+    s->next = r->lru_head;
+    if (r->lru_head)
+        r->lru_head->prev = s;
+    r->lru_head = s;
+    if (!r->lru_tail)
+        r->lru_tail = s;
+}
+
+static void grow(reg_registry *r)
+{
+    size_t n = r->nbuckets * 2;
+    reg_session **b = calloc(n, sizeof *b);
+    if (!b)
+        return;  /* longer chains, still correct */
+    for (size_t i = 0; i < r->nbuckets; i++)
+        for (reg_session *s = r->buckets[i], *nx; s; s = nx) {
+            nx = s->hnext;
+            size_t j = hash_id(s->id) % n;
+            s->hnext = b[j];
+            b[j] = s;
+        }
+    free(r->buckets);
+    r->buckets = b;
+    r->nbuckets = n;
+}
+
+static void link_session(reg_registry *r, reg_session *s)
+{
+    if (r->count >= 2 * r->nbuckets)
+        grow(r);
+    size_t i = hash_id(s->id) % r->nbuckets;
+    s->hnext = r->buckets[i];
+    r->buckets[i] = s;
+    lru_push_front(r, s);
+    s->linked = true;
+    r->count++;
+}
+
+static bool over_budget(const reg_registry *r)
+{
+    return r->opt.memory_budget && r->bytes > r->opt.memory_budget;
+}
+
+/* Removes s from map and list (not freed). */
+static void unlink_session(reg_registry *r, reg_session *s)
+{
+    reg_session **pp = &r->buckets[hash_id(s->id) % r->nbuckets];
+    while (*pp && *pp != s)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = s->hnext;
+    lru_unlink(r, s);
+    s->linked = false;
+    r->count--;
+    r->bytes -= s->bytes;
+    if (s->core) {
+        r->loaded--;
+        r->unloads++;
+    }
+}
+
+static reg_session *session_new(reg_registry *r, const char *id)
+{
+    reg_session *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    snprintf(s->id, sizeof s->id, "%s", id);
+    s->reg = r;
+    pthread_mutex_init(&s->load_mu, NULL);
+    return s;
+}
+
+/* ---- paging callbacks: the archive and the payloads of a restored session live in the store ---- */
+
+static int chunk_load(void *ctx, uint32_t chunk, float *k, float *v, size_t n)
+{
+    reg_session *s = ctx;
+    char err[256];
+    size_t kf = (size_t)s->params.heads * s->params.dim, vf = (size_t)s->params.heads * s->params.value_dim;
+    return ma_store_load_events(s->reg->opt.store, s->id, (uint64_t)chunk * (uint64_t)s->params.chunk, n, kf, vf,
+                                k, v, NULL, err, sizeof err);
+}
+
+static int payload_load(void *ctx, uint64_t event, char **payload)
+{
+    reg_session *s = ctx;
+    char err[256];
+    return ma_store_load_payload(s->reg->opt.store, s->id, event, payload, err, sizeof err);
+}
+
+static size_t measure(ma_session *core)
+{
+    ma_session_stats st;
+    size_t bytes = 0;
+    if (ma_session_stats_get(core, &st) == 0) {
+        bytes = st.bytes;
+        ma_session_stats_clear(&st);
+    }
+    return bytes;
+}
+
+/* A fresh core for s->params whose archive pages sealed chunks through the store. */
+static int fresh_core(reg_registry *r, reg_session *s, ma_session **out)
+{
+    ma_session *core;
+    int rc = ma_session_create(&s->params, &core);
+    if (rc)
+        return rc;
+    ma_chunk_source src = {chunk_load, s};
+    if ((rc = ma_archive_set_source(ma_session_archive(core), src, r->opt.cache_chunks)) != 0) {
+        ma_session_destroy(core);
+        return rc;
+    }
+    *out = core;
+    return 0;
+}
+
+/* Loads s from the store (called with s->load_mu held, s->core NULL). */
+static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
+{
+    ma_store_session row = {0};
+    ma_session *core = NULL;
+    cJSON *cfg = NULL;
+    codec_error cerr;
+    int rc = ma_store_session_load(r->opt.store, s->id, &row, err, errlen);
+    if (rc)
+        return rc;
+    cfg = cJSON_Parse(row.config_json ? row.config_json : "");
+    if (!cfg || codec_params_from_json(cfg, &s->params, &cerr) != 0) {
+        snprintf(err, errlen, "session %s: stored config is invalid: %s", s->id,
+                 cfg ? cerr.message : "not JSON");
+        rc = MA_ECORRUPT;
+        goto done;
+    }
+    if (row.backbone.len == 0) {
+        /* created but never mutated: nothing to restore */
+        if ((rc = fresh_core(r, s, &core)) != 0) {
+            snprintf(err, errlen, "session %s: %s", s->id, ma_strerror(rc));
+            goto done;
+        }
+    } else {
+        ma_chunk_source chunks = {chunk_load, s};
+        ma_payload_source payloads = {payload_load, s};
+        rc = ma_session_restore(&s->params, row.backbone.data, row.backbone.len, row.slots_blob.data,
+                                row.slots_blob.len, row.archive_meta.data, row.archive_meta.len, chunks,
+                                r->opt.cache_chunks, payloads, &core);
+        if (rc) {
+            snprintf(err, errlen, "session %s: cannot restore the stored state: %s", s->id, ma_strerror(rc));
+            goto done;
+        }
+        s->blobs_stored = true;
+        s->paged = true;   /* a restored archive reads its chunks from the store on demand */
+    }
+    s->created_at = row.created_at;
+    s->updated_at = row.updated_at;
+    size_t bytes = measure(core);
+    pthread_mutex_lock(&r->mu);
+    s->core = core;
+    s->bytes = bytes;
+    if (s->linked) {
+        r->bytes += bytes;
+        r->loaded++;
+        r->loads++;
+    }
+    pthread_mutex_unlock(&r->mu);
+    core = NULL;
+done:
+    ma_session_destroy(core);
+    cJSON_Delete(cfg);
+    ma_store_session_clear(&row);
+    return rc;
+}
+
+int reg_acquire(reg_registry *r, const char *id, reg_session **out, char *err, size_t errlen)
+{
+    reg_session *s;
+    int rc = 0;
+
+    pthread_mutex_lock(&r->mu);
+    if (!(s = find(r, id))) {
+        if (!(s = session_new(r, id))) {
+            pthread_mutex_unlock(&r->mu);
+            snprintf(err, errlen, "out of memory");
+            return MA_ENOMEM;
+        }
+        link_session(r, s);
+    }
+    s->refs++;
+    pthread_mutex_unlock(&r->mu);
+
+    pthread_mutex_lock(&s->load_mu);
+    if (!s->core)
+        rc = load(r, s, err, errlen);
+    pthread_mutex_unlock(&s->load_mu);
+    if (rc) {
+        reg_release(r, s);  /* unloaded entries are dropped at their last release */
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int64_t now, reg_session **out,
+                       char *err, size_t errlen)
+{
+    reg_session *s;
+    cJSON *cfg = NULL;
+    char *cfg_text = NULL;
+    int rc;
+
+    pthread_mutex_lock(&r->mu);
+    s = find(r, id);
+    bool exists = s && s->core;
+    pthread_mutex_unlock(&r->mu);
+    if (exists) {
+        snprintf(err, errlen, "session %s exists", id);
+        return MA_EEXISTS;
+    }
+    if (!(s = session_new(r, id)))
+        return MA_ENOMEM;
+    s->params = *p;
+    s->created_at = s->updated_at = now;
+    if ((rc = fresh_core(r, s, &s->core)) != 0) {
+        snprintf(err, errlen, "cannot create the session: %s", ma_strerror(rc));
+        goto fail;
+    }
+    if (!(cfg = codec_params_to_json(p)) || !(cfg_text = cJSON_PrintUnformatted(cfg))) {
+        snprintf(err, errlen, "out of memory");
+        rc = MA_ENOMEM;
+        goto fail;
+    }
+    if ((rc = ma_store_session_create(r->opt.store, id, cfg_text, now, err, errlen)) != 0)
+        goto fail;
+    s->bytes = measure(s->core);
+    s->refs = 1;
+    pthread_mutex_lock(&r->mu);
+    /* An entry for id may be in the map without a core: a failed or concurrent load of a missing id.
+     * The caller's per-id ordering means nobody uses it now; replace it. */
+    reg_session *old = find(r, id);
+    if (old && old->refs == 0)
+        unlink_session(r, old);
+    else
+        old = NULL;
+    link_session(r, s);
+    r->bytes += s->bytes;
+    r->loaded++;
+    r->loads++;
+    pthread_mutex_unlock(&r->mu);
+    session_free(old);
+    cJSON_free(cfg_text);
+    cJSON_Delete(cfg);
+    *out = s;
+    return 0;
+fail:
+    cJSON_free(cfg_text);
+    cJSON_Delete(cfg);
+    session_free(s);
+    return rc;
+}
+
+void reg_release(reg_registry *r, reg_session *s)
+{
+    reg_session *drop = NULL;   /* sessions to destroy after unlocking, chained through hnext */
+
+    pthread_mutex_lock(&r->mu);
+    s->refs--;
+    if (s->linked) {
+        lru_unlink(r, s);
+        lru_push_front(r, s);
+    }
+    if (s->refs == 0 && (s->stale || !s->core || !s->linked)) {
+        if (s->linked)
+            unlink_session(r, s);
+        s->hnext = drop;
+        drop = s;
+    }
+    /* Budget, cheapest remedy first. 1: page out the archive chunks of unused sessions from the cold end
+     * (every event is in the store, and the summaries and index stay, so they still answer, reading
+     * chunks back on demand); done under mu so no job can acquire the session meanwhile. 2: unload unused
+     * sessions from the cold end; the one just released stays loaded even if alone it is over. */
+    for (reg_session *c = r->lru_tail; c && over_budget(r); c = c->prev)
+        if (c->refs == 0 && c->core && !c->paged) {
+            ma_archive_release(ma_session_archive(c->core));
+            c->paged = true;
+            size_t bytes = measure(c->core);
+            r->bytes = r->bytes - c->bytes + bytes;
+            c->bytes = bytes;
+        }
+    for (reg_session *c = r->lru_tail, *prev; c && over_budget(r); c = prev) {
+        prev = c->prev;
+        if (c == s || c->refs > 0)
+            continue;
+        unlink_session(r, c);
+        c->hnext = drop;
+        drop = c;
+    }
+    pthread_mutex_unlock(&r->mu);
+    while (drop) {
+        reg_session *n = drop->hnext;
+        session_free(drop);
+        drop = n;
+    }
+}
+
+int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
+{
+    int rc = ma_store_session_delete(r->opt.store, id, err, errlen);
+    reg_session *drop = NULL;
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&r->mu);
+    reg_session *s = find(r, id);
+    if (s) {
+        if (s->refs == 0) {
+            unlink_session(r, s);
+            drop = s;
+        } else {
+            s->stale = true;  /* cannot happen with per-id ordering; be safe: drop at last release */
+            unlink_session(r, s);
+        }
+    }
+    pthread_mutex_unlock(&r->mu);
+    session_free(drop);
+    return 0;
+}
+
+ma_session *reg_core(reg_session *s) { return s->core; }
+const char *reg_id(const reg_session *s) { return s->id; }
+const ma_params *reg_params(const reg_session *s) { return &s->params; }
+int64_t reg_created_at(const reg_session *s) { return s->created_at; }
+int64_t reg_updated_at(const reg_session *s) { return s->updated_at; }
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void reg_touch_bytes(reg_registry *r, reg_session *s)
+{
+    size_t bytes = measure(s->core);
+    pthread_mutex_lock(&r->mu);
+    if (s->linked)
+        r->bytes = r->bytes - s->bytes + bytes;
+    s->bytes = bytes;
+    pthread_mutex_unlock(&r->mu);
+}
+
+int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, char *err, size_t errlen)
+{
+    void *bb = NULL, *sl = NULL, *am = NULL;
+    size_t bbl = 0, sll = 0, aml = 0;
+    bool all = !s->blobs_stored;
+    ma_session_stats st = {0};
+    int rc;
+
+    if (((c->backbone || all) && (rc = ma_backbone_serialize(ma_session_backbone(s->core), &bb, &bbl)) != 0) ||
+        ((c->slots || all) && (rc = ma_session_serialize_slots(s->core, &sl, &sll)) != 0) ||
+        ((c->archive || all) && (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0) ||
+        (rc = ma_session_stats_get(s->core, &st)) != 0) {
+        snprintf(err, errlen, "session %s: cannot serialise the new state: %s", s->id, ma_strerror(rc));
+        goto fail;
+    }
+    ma_store_delta d = {
+        .first_event = c->first_event,
+        .n_events = c->n_events,
+        .k_floats = (size_t)s->params.heads * s->params.dim,
+        .v_floats = (size_t)s->params.heads * s->params.value_dim,
+        .k = c->k,
+        .v = c->v,
+        .payloads = c->payloads,
+        .backbone = {bb, bbl},
+        .slots_blob = {sl, sll},
+        .archive_meta = {am, aml},
+        .length = st.length,
+        .slots = st.slots_resident,
+        .updated_at = now,
+    };
+    double t0 = now_seconds();
+    rc = ma_store_commit(r->opt.store, s->id, &d, err, errlen);
+    if (r->opt.on_commit)
+        r->opt.on_commit(r->opt.ctx, now_seconds() - t0, rc);
+    if (rc)
+        goto fail;
+    s->blobs_stored = true;
+    s->updated_at = now;
+    if (c->n_events)
+        s->paged = false;   /* new chunks are resident; reg_release pages them out under memory pressure */
+    ma_session_stats_clear(&st);
+    free(bb);
+    free(sl);
+    free(am);
+    reg_touch_bytes(r, s);
+    return 0;
+fail:
+    /* The in-memory session is ahead of the store: drop it at release, reload on next use. */
+    pthread_mutex_lock(&r->mu);
+    s->stale = true;
+    pthread_mutex_unlock(&r->mu);
+    ma_session_stats_clear(&st);
+    free(bb);
+    free(sl);
+    free(am);
+    return rc ? rc : MA_EIO;
+}
+
+void reg_stats_get(reg_registry *r, reg_stats *st)
+{
+    pthread_mutex_lock(&r->mu);
+    st->loaded = r->loaded;
+    st->bytes = r->bytes;
+    st->loads = r->loads;
+    st->unloads = r->unloads;
+    pthread_mutex_unlock(&r->mu);
+}
+
+void reg_destroy(reg_registry *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->nbuckets; i++)
+        for (reg_session *s = r->buckets[i], *n; s; s = n) {
+            n = s->hnext;
+            session_free(s);
+        }
+    free(r->buckets);
+    pthread_mutex_destroy(&r->mu);
+    free(r);
+}

@@ -1,0 +1,110 @@
+/*
+ * server/registry.h — the session registry: id -> loaded session, backed by the sqlite store.
+ *
+ * Design. The store (store/store.h) is the source of truth; the registry is a cache of loaded sessions
+ * in front of it. A session is loaded on first use (ma_session_restore over the stored blobs, with the
+ * archive's chunks and the events' payloads paged from the store), reference-counted while a job uses
+ * it, and kept resident while the resident bytes of all loaded sessions fit the memory budget (--memory).
+ * Over budget, unused sessions first have their archive chunks paged out (they keep answering, reading
+ * chunks back through a small cache), then are unloaded, least recently used first. Neither loses
+ * anything: every mutation was committed before it was acknowledged.
+ *
+ * Mutations follow one protocol (the api's exclusive jobs):
+ *   1. apply the change to the in-memory session (the core checks everything first, so a refused change
+ *      leaves it untouched and needs no commit);
+ *   2. reg_commit(): serialise what changed and commit it with the new events in one store transaction;
+ *   3. only then answer 2xx.
+ * If the commit fails (disk full, read-only, I/O error) the in-memory session is ahead of the stored one;
+ * reg_commit marks it stale, it is dropped when the job releases it, and the next use reloads it from the
+ * store — so the in-memory state always equals the stored state as seen by any later request. (Applying
+ * only after the commit is impossible here: the blobs to commit are serialisations of the new state.)
+ *
+ * Threads: every function may be called from any worker thread. The registry's map and LRU list are
+ * under one mutex, never held across store I/O or compute; loading a session is serialised per session
+ * (two parallel reads of an unloaded session load it once). The caller orders jobs per session id
+ * (server/worker.h): mutations of one session never run alongside anything else of that session, which
+ * is what the core requires.
+ *
+ * Not done here: JSON, HTTP, id generation, validation of ids (callers pass valid names).
+ */
+#ifndef SRV_REGISTRY_H
+#define SRV_REGISTRY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/params.h"
+#include "core/session.h"
+#include "store/store.h"
+
+typedef struct reg_registry reg_registry;
+typedef struct reg_session reg_session;   /* one session known to the registry (loaded or loading) */
+
+typedef struct {
+    ma_store *store;          /* borrowed; must outlive the registry */
+    size_t memory_budget;     /* resident bytes of loaded sessions before LRU unloading; 0 = unlimited */
+    size_t cache_chunks;      /* archive chunks cached per session once chunks are paged (>= 1) */
+    /* Optional: called after every store commit with its duration and result (metrics). Any thread. */
+    void (*on_commit)(void *ctx, double seconds, int rc);
+    void *ctx;
+} reg_options;
+
+/* Creates an empty registry. 0, MA_EINVAL (no store), MA_ENOMEM. */
+int reg_create(const reg_options *o, reg_registry **out);
+
+/* Unloads every session (none may be in use) and frees the registry. NULL is a no-op. */
+void reg_destroy(reg_registry *r);
+
+/* Gets the session `id`, loading it from the store if needed, and takes a reference (release with
+ * reg_release). MA_ENOTFOUND if the store has no such session; MA_ECORRUPT / MA_EIO / MA_ENOMEM when
+ * loading fails (err says why). */
+int reg_acquire(reg_registry *r, const char *id, reg_session **out, char *err, size_t errlen);
+
+/* Creates session `id` with config p: durably in the store first, then in memory; returns it acquired.
+ * MA_EEXISTS if the id exists (loaded or stored), MA_EIO, MA_ENOMEM. */
+int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int64_t now, reg_session **out,
+                       char *err, size_t errlen);
+
+/* Drops a reference. A stale session is unloaded when its last reference goes; then, while the budget
+ * is exceeded, unused sessions are unloaded least recently used first (never the one just released). */
+void reg_release(reg_registry *r, reg_session *s);
+
+/* Deletes session `id` from the store (durably) and unloads it. MA_ENOTFOUND, MA_EIO. The caller must
+ * hold no reference to it. */
+int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen);
+
+/* Accessors of an acquired session. */
+ma_session *reg_core(reg_session *s);
+const char *reg_id(const reg_session *s);
+const ma_params *reg_params(const reg_session *s);
+int64_t reg_created_at(const reg_session *s);
+int64_t reg_updated_at(const reg_session *s);
+
+/* What a mutation changed, for reg_commit. */
+typedef struct {
+    uint64_t first_event;      /* index of the first new event */
+    size_t n_events;           /* new events (k: n*H*d, v: n*H*d_v floats, payloads: n texts or NULLs) */
+    const float *k, *v;
+    const char *const *payloads;
+    bool backbone, archive, slots;   /* components whose state changed */
+} reg_change;
+
+/* Commits a change already applied to the acquired session s (caller runs exclusively for s): serialises
+ * the changed components and writes them with the new events in one transaction, stamped `now`.
+ * 0 once durable. On failure (MA_EIO, MA_ECORRUPT, MA_ENOMEM; err says why) the session is marked stale
+ * and reloaded from the store on next use. */
+int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, char *err, size_t errlen);
+
+/* Re-measures the resident bytes of s (after a mutation or a read that paged chunks in). */
+void reg_touch_bytes(reg_registry *r, reg_session *s);
+
+typedef struct {
+    size_t loaded;             /* sessions in memory */
+    size_t bytes;              /* their resident bytes (as last measured) */
+    uint64_t loads, unloads;   /* since start */
+} reg_stats;
+
+void reg_stats_get(reg_registry *r, reg_stats *st);
+
+#endif

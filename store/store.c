@@ -1,0 +1,1362 @@
+/*
+ * store/store.c — durable sessions in sqlite3 (store/store.h; docs/STORE.md).
+ *
+ * Design
+ *  - One database file <dir>/memattn.db in WAL mode. Schema (version MA_SCHEMA in PRAGMA user_version,
+ *    application_id 'mAtN'):
+ *        sessions(sid INTEGER PRIMARY KEY, id TEXT UNIQUE, config, created_at, updated_at, length, slots,
+ *                 event_bytes, blob_bytes)
+ *        blobs(sid, kind, data)              kind 0 backbone, 1 slot table, 2 archive meta; one row each,
+ *                                            so a commit rewrites only the blobs that changed
+ *        events(sid, idx, k, v, payload)     WITHOUT ROWID, primary key (sid, idx): a range of a session's
+ *                                            events is one contiguous b-tree scan (the archive's pages)
+ *    Children reference sessions(sid) ON DELETE CASCADE, so deleting a session is one statement.
+ *    Floats are stored as little-endian float32 (static-asserted host order).
+ *  - Durability: synchronous=FULL by default (a commit is fsync'd to the WAL before it returns; it
+ *    survives power loss), NORMAL on request (survives a process crash only). Measured in
+ *    bench/bench_store.c; the choice is argued in docs/STORE.md.
+ *  - Threads: one writer connection behind a mutex (sqlite allows one writer at a time anyway, and this
+ *    keeps BEGIN IMMEDIATE from ever waiting on ourselves) and a pool of reader connections, created on
+ *    demand up to MAX_READERS; in WAL a reader never blocks the writer nor the writer a reader. Every
+ *    connection caches its prepared statements. Connections are opened NOMUTEX: our locks serialise them.
+ *  - Integrity at open: quick_check, foreign_key_check, and every session's event rows against its
+ *    length (count, first and last index). At load: blob byte totals against the session row, each
+ *    event's key/value byte length against what the caller expects, indices contiguous.
+ *  - Failure: every write runs in one transaction; any error rolls it back and returns MA_EIO (or
+ *    MA_ECORRUPT / MA_ENOMEM) with sqlite's message. A data directory that is not writable opens
+ *    read-only (immutable) so stored sessions are still served; every change then fails with MA_EIO.
+ *
+ * Deliberately not done: no caching of rows (the server caches sessions), no checksums inside blobs (the
+ * core's serialisations carry their own; sqlite has no page checksums, see docs/STORE.md), no vacuum
+ * after deletes (freed pages are reused).
+ */
+#include "store/store.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "core/error.h"
+#include "store/store_fault.h"
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "events are stored as little-endian float32");
+
+#define MA_SCHEMA       1
+#define MA_APP_ID       0x6D41744E      /* 'mAtN' */
+#define MAX_READERS     16
+#define BUSY_TIMEOUT_MS 5000
+
+enum { BLOB_BACKBONE = 0, BLOB_SLOTS = 1, BLOB_ARCHIVE = 2, N_BLOBS };
+
+/* Migration i brings a database from user_version i to i+1. Append, never edit: a shipped step is
+ * history. Each runs inside the open transaction of migrate(). */
+static const char *const migrations[MA_SCHEMA] = {
+    /* 0 -> 1 */
+    "CREATE TABLE sessions("
+    "  sid INTEGER PRIMARY KEY,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  config TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL,"
+    "  length INTEGER NOT NULL DEFAULT 0 CHECK (length >= 0),"
+    "  slots INTEGER NOT NULL DEFAULT 0 CHECK (slots >= 0),"
+    "  event_bytes INTEGER NOT NULL DEFAULT 0,"
+    "  blob_bytes INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE blobs("
+    "  sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  kind INTEGER NOT NULL CHECK (kind BETWEEN 0 AND 2),"
+    "  data BLOB NOT NULL,"
+    "  PRIMARY KEY (sid, kind));"
+    "CREATE TABLE events("
+    "  sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  idx INTEGER NOT NULL CHECK (idx >= 0),"
+    "  k BLOB NOT NULL,"
+    "  v BLOB NOT NULL,"
+    "  payload TEXT,"
+    "  PRIMARY KEY (sid, idx)) WITHOUT ROWID;",
+};
+
+enum {
+    ST_BEGIN, ST_BEGIN_IMMEDIATE, ST_COMMIT, ST_ROLLBACK,
+    ST_SID, ST_INSERT_SESSION, ST_INSERT_EVENT, ST_PUT_BLOB, ST_UPDATE_SESSION, ST_DELETE_SESSION,
+    ST_LOAD_SESSION, ST_LOAD_BLOBS, ST_LIST, ST_EVENTS, ST_EVENTS_PAYLOAD, ST_PAYLOAD,
+    N_STMTS
+};
+
+#define SESSION_COLS "sid, id, config, created_at, updated_at, length, slots, event_bytes, blob_bytes"
+
+static const char *const stmt_sql[N_STMTS] = {
+    [ST_BEGIN] = "BEGIN",
+    [ST_BEGIN_IMMEDIATE] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_SID] = "SELECT sid, length FROM sessions WHERE id = ?1",
+    [ST_INSERT_SESSION] = "INSERT INTO sessions(id, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
+    [ST_INSERT_EVENT] = "INSERT INTO events(sid, idx, k, v, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_PUT_BLOB] = "INSERT OR REPLACE INTO blobs(sid, kind, data) VALUES (?1, ?2, ?3)",
+    [ST_UPDATE_SESSION] =
+        "UPDATE sessions SET length = ?2, slots = ?3, updated_at = ?4, event_bytes = event_bytes + ?5,"
+        " blob_bytes = (SELECT coalesce(sum(length(data)), 0) FROM blobs WHERE sid = ?1) WHERE sid = ?1",
+    [ST_DELETE_SESSION] = "DELETE FROM sessions WHERE id = ?1",
+    [ST_LOAD_SESSION] = "SELECT " SESSION_COLS " FROM sessions WHERE id = ?1",
+    [ST_LOAD_BLOBS] = "SELECT kind, data FROM blobs WHERE sid = ?1",
+    [ST_LIST] = "SELECT " SESSION_COLS " FROM sessions WHERE id > ?1 ORDER BY id LIMIT ?2",
+    [ST_EVENTS] = "SELECT idx, k, v FROM events WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
+                  " AND idx >= ?2 AND idx < ?3 ORDER BY idx",
+    [ST_EVENTS_PAYLOAD] = "SELECT idx, k, v, payload FROM events WHERE sid = (SELECT sid FROM sessions"
+                          " WHERE id = ?1) AND idx >= ?2 AND idx < ?3 ORDER BY idx",
+    [ST_PAYLOAD] = "SELECT payload FROM events WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
+                   " AND idx = ?2",
+};
+
+typedef struct conn {
+    sqlite3 *db;
+    sqlite3_stmt *st[N_STMTS];
+    struct conn *next_free;
+} conn;
+
+struct ma_store {
+    char *path;                 /* the file (or memdb name) shown in messages */
+    char *uri;                  /* what sqlite3_open_v2 gets */
+    int open_flags;
+    const char *vfs;            /* NULL: default */
+    ma_store_options opt;
+    bool readonly;
+
+    pthread_mutex_t wlock;      /* the writer connection and its transaction */
+    conn *writer;
+
+    pthread_mutex_t rlock;      /* the reader pool */
+    pthread_cond_t rfree;
+    conn *readers[MAX_READERS];
+    size_t n_readers;
+    conn *free_list;
+
+    _Atomic uint64_t commits, failures, commit_ns, commit_ns_max, events_written, events_read;
+};
+
+/* ---- small helpers ---------------------------------------------------------------------------- */
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The MA_E* code for a failed sqlite call (constraint violations are mapped by the callers). */
+static int map_rc(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+        return MA_ECORRUPT;
+    case SQLITE_NOMEM:
+        return MA_ENOMEM;
+    default:
+        return MA_EIO;
+    }
+}
+
+/* Records sqlite's message for a failed call `what` and returns the mapped code. */
+static int fail_db(ma_store *st, sqlite3 *db, int rc, char *err, size_t errlen, const char *what)
+{
+    const char *msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    seterr(err, errlen, "store %s: %s failed: %s (%s)%s", st->path, what, msg, sqlite3_errstr(rc),
+           st->readonly ? "; the data directory is read-only, the store serves reads only" : "");
+    return map_rc(rc);
+}
+
+static char *xstrdup(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+/* Percent-encodes a path for a file: URI (RFC 3986 unreserved and '/' pass through). */
+static char *uri_path(const char *path, const char *query)
+{
+    size_t n = strlen(path), q = strlen(query);
+    char *out = malloc(5 + 3 * n + q + 1), *p = out;
+    if (!out)
+        return NULL;
+    p += sprintf(p, "file:");
+    for (const unsigned char *s = (const unsigned char *)path; *s; s++) {
+        if ((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
+            strchr("/-._~", *s))
+            *p++ = (char)*s;
+        else
+            p += sprintf(p, "%%%02X", *s);
+    }
+    memcpy(p, query, q + 1);
+    return out;
+}
+
+/* ---- connections ------------------------------------------------------------------------------ */
+
+static void conn_close(conn *c)
+{
+    if (!c)
+        return;
+    for (int i = 0; i < N_STMTS; i++)
+        sqlite3_finalize(c->st[i]);
+    sqlite3_close(c->db);
+    free(c);
+}
+
+/* The cached prepared statement i of c (prepared on first use). NULL with the message in err. */
+static sqlite3_stmt *stmt(ma_store *st, conn *c, int i, char *err, size_t errlen)
+{
+    if (!c->st[i]) {
+        int rc = sqlite3_prepare_v3(c->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->st[i], NULL);
+        if (rc != SQLITE_OK) {
+            fail_db(st, c->db, rc, err, errlen, "preparing a statement");
+            return NULL;
+        }
+    }
+    return c->st[i];
+}
+
+/* Runs a statement that returns no rows (BEGIN/COMMIT/...). 0 or the sqlite code. */
+static int run(ma_store *st, conn *c, int i, char *err, size_t errlen)
+{
+    sqlite3_stmt *s = stmt(st, c, i, err, errlen);
+    if (!s)
+        return SQLITE_ERROR;
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Rolls back whatever transaction c has open (after a failure; its own failure is moot). */
+static void rollback(ma_store *st, conn *c)
+{
+    if (!sqlite3_get_autocommit(c->db))
+        run(st, c, ST_ROLLBACK, NULL, 0);
+}
+
+static int exec_sql(ma_store *st, conn *c, const char *sql, char *err, size_t errlen, const char *what)
+{
+    int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? 0 : fail_db(st, c->db, rc, err, errlen, what);
+}
+
+/* Runs a one-row, one-column pragma and copies its text result (NULL row: ""). */
+static int pragma_text(ma_store *st, conn *c, const char *sql, char *out, size_t outlen, char *err,
+                       size_t errlen)
+{
+    sqlite3_stmt *s = NULL;
+    int rc = sqlite3_prepare_v2(c->db, sql, -1, &s, NULL);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(s);
+        if (rc == SQLITE_ROW) {
+            const unsigned char *t = sqlite3_column_text(s, 0);
+            snprintf(out, outlen, "%s", t ? (const char *)t : "");
+            rc = SQLITE_OK;
+        } else if (rc == SQLITE_DONE) {
+            out[0] = '\0';
+            rc = SQLITE_OK;
+        }
+    }
+    int ret = rc == SQLITE_OK ? 0 : fail_db(st, c->db, rc, err, errlen, sql);
+    sqlite3_finalize(s);
+    return ret;
+}
+
+static int conn_open(ma_store *st, bool reader, conn **out, char *err, size_t errlen)
+{
+    conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        seterr(err, errlen, "store %s: out of memory", st->path);
+        return MA_ENOMEM;
+    }
+    int rc = sqlite3_open_v2(st->uri, &c->db, st->open_flags, st->vfs);
+    if (rc != SQLITE_OK) {
+        int ret = fail_db(st, c->db, rc, err, errlen, "opening the database");
+        conn_close(c);
+        return ret;
+    }
+    sqlite3_extended_result_codes(c->db, 1);
+    sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
+    /* Readers: a small page cache each (the OS caches the file; 16 readers x 512 KiB bounds what the
+     * store adds to the daemon's resident memory). Writer: the WAL is truncated back to 64 MiB after a
+     * checkpoint that a long reader (a backup) let grow. */
+    char sql[256];
+    snprintf(sql, sizeof sql, "PRAGMA foreign_keys = ON; PRAGMA synchronous = %s;%s",
+             st->opt.synchronous == MA_STORE_SYNC_NORMAL ? "NORMAL" : "FULL",
+             reader ? " PRAGMA query_only = ON; PRAGMA cache_size = -512;"
+                    : " PRAGMA journal_size_limit = 67108864;");
+    int ret = exec_sql(st, c, sql, err, errlen, "setting connection pragmas");
+    if (ret) {
+        conn_close(c);
+        return ret;
+    }
+    *out = c;
+    return 0;
+}
+
+/* A reader connection for this thread's call, opened on demand; waits if MAX_READERS are busy. */
+static int reader_get(ma_store *st, conn **out, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&st->rlock);
+    for (;;) {
+        if (st->free_list) {
+            *out = st->free_list;
+            st->free_list = (*out)->next_free;
+            pthread_mutex_unlock(&st->rlock);
+            return 0;
+        }
+        if (st->n_readers < MAX_READERS) {
+            st->n_readers++;   /* reserve the slot, open outside the lock */
+            pthread_mutex_unlock(&st->rlock);
+            conn *c = NULL;
+            int ret = conn_open(st, true, &c, err, errlen);
+            pthread_mutex_lock(&st->rlock);
+            if (ret) {
+                st->n_readers--;
+                pthread_cond_signal(&st->rfree);
+                pthread_mutex_unlock(&st->rlock);
+                return ret;
+            }
+            for (size_t i = 0; i < MAX_READERS; i++) {
+                if (!st->readers[i]) {
+                    st->readers[i] = c;
+                    break;
+                }
+            }
+            pthread_mutex_unlock(&st->rlock);
+            *out = c;
+            return 0;
+        }
+        pthread_cond_wait(&st->rfree, &st->rlock);
+    }
+}
+
+static void reader_put(ma_store *st, conn *c)
+{
+    pthread_mutex_lock(&st->rlock);
+    c->next_free = st->free_list;
+    st->free_list = c;
+    pthread_cond_signal(&st->rfree);
+    pthread_mutex_unlock(&st->rlock);
+}
+
+/* ---- open: schema and integrity ---------------------------------------------------------------- */
+
+static int migrate(ma_store *st, char *err, size_t errlen)
+{
+    conn *c = st->writer;
+    char buf[64];
+    int ret = pragma_text(st, c, "PRAGMA user_version", buf, sizeof buf, err, errlen);
+    if (ret)
+        return ret;
+    long version = strtol(buf, NULL, 10);
+    if (version > MA_SCHEMA) {
+        seterr(err, errlen, "store %s: schema version %ld is newer than this memattnd supports (%d); "
+               "use the memattnd that wrote it or another data directory", st->path, version, MA_SCHEMA);
+        return MA_ECORRUPT;
+    }
+    if ((ret = pragma_text(st, c, "PRAGMA application_id", buf, sizeof buf, err, errlen)))
+        return ret;
+    long app = strtol(buf, NULL, 10);
+    if (app != 0 && app != MA_APP_ID) {
+        seterr(err, errlen, "store %s: not a memattn database (application_id %ld)", st->path, app);
+        return MA_ECORRUPT;
+    }
+    if (version == MA_SCHEMA)
+        return 0;
+    if (version == 0) {
+        if ((ret = pragma_text(st, c, "SELECT count(*) FROM sqlite_schema", buf, sizeof buf, err, errlen)))
+            return ret;
+        if (strcmp(buf, "0") != 0) {
+            seterr(err, errlen, "store %s: not a memattn database (it has tables but no schema version)",
+                   st->path);
+            return MA_ECORRUPT;
+        }
+    }
+    if (st->readonly) {
+        seterr(err, errlen, "store %s: schema version %ld needs an upgrade to %d, but the data directory "
+               "is read-only", st->path, version, MA_SCHEMA);
+        return MA_EIO;
+    }
+    if ((ret = exec_sql(st, c, "BEGIN IMMEDIATE", err, errlen, "starting the schema upgrade")))
+        return ret;
+    for (long v = version; v < MA_SCHEMA; v++) {
+        char what[64];
+        snprintf(what, sizeof what, "schema upgrade %ld -> %ld", v, v + 1);
+        if ((ret = exec_sql(st, c, migrations[v], err, errlen, what)))
+            goto fail;
+    }
+    char sql[96];
+    snprintf(sql, sizeof sql, "PRAGMA user_version = %d; PRAGMA application_id = %d;", MA_SCHEMA, MA_APP_ID);
+    if ((ret = exec_sql(st, c, sql, err, errlen, "recording the schema version")) ||
+        (ret = exec_sql(st, c, "COMMIT", err, errlen, "committing the schema upgrade")))
+        goto fail;
+    return 0;
+fail:
+    rollback(st, c);
+    return ret;
+}
+
+static int check_integrity(ma_store *st, char *err, size_t errlen)
+{
+    conn *c = st->writer;
+    int ret = 0;
+    sqlite3_stmt *s = NULL;
+    if (st->opt.quick_check) {
+        char buf[512];
+        if ((ret = pragma_text(st, c, "PRAGMA quick_check(4)", buf, sizeof buf, err, errlen)))
+            return ret;
+        if (strcmp(buf, "ok") != 0) {
+            /* quick_check reports pages it could not read as text ("error code=266"); a failing disk
+             * is an I/O error, not a corrupt file. */
+            const char *ec = strstr(buf, "error code=");
+            int code = ec ? atoi(ec + strlen("error code=")) : SQLITE_CORRUPT;
+            bool io = (code & 0xff) == SQLITE_IOERR || (code & 0xff) == SQLITE_NOMEM;
+            seterr(err, errlen, "store %s: integrity check %s: %s", st->path,
+                   io ? "could not read the file" : "failed", buf);
+            return io ? MA_EIO : MA_ECORRUPT;
+        }
+    }
+    /* Orphan state blobs (a small table). */
+    int rc = sqlite3_prepare_v2(c->db, "PRAGMA foreign_key_check(blobs)", -1, &s, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        seterr(err, errlen, "store %s: integrity check failed: state blobs of a missing session (sid %lld)",
+               st->path, sqlite3_column_int64(s, 1));
+        ret = MA_ECORRUPT;
+        goto done;
+    }
+    if (rc != SQLITE_DONE && rc != SQLITE_OK) {
+        ret = fail_db(st, c->db, rc, err, errlen, "foreign key check");
+        goto done;
+    }
+    sqlite3_finalize(s);
+    /* One pass over the events, in primary-key order: every session's rows must be exactly
+     * 0..length-1 (the key rules out duplicates), and no rows may belong to a missing session. The
+     * second part finds sessions with a length but no rows at all (index probes only). */
+    rc = sqlite3_prepare_v2(c->db,
+        "SELECT s.id, e.sid, coalesce(s.length, -1), e.n, e.lo, e.hi FROM "
+        "(SELECT sid, count(*) AS n, min(idx) AS lo, max(idx) AS hi FROM events GROUP BY sid) e "
+        "LEFT JOIN sessions s ON s.sid = e.sid "
+        "WHERE s.sid IS NULL OR e.n != s.length OR e.lo != 0 OR e.hi != s.length - 1 "
+        "UNION ALL SELECT id, sid, length, 0, NULL, NULL FROM sessions s WHERE length > 0 AND "
+        "NOT EXISTS (SELECT 1 FROM events WHERE events.sid = s.sid) LIMIT 1", -1, &s, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (sqlite3_column_type(s, 0) == SQLITE_NULL)
+            seterr(err, errlen, "store %s: integrity check failed: %lld event rows of a missing session "
+                   "(sid %lld)", st->path, sqlite3_column_int64(s, 3), sqlite3_column_int64(s, 1));
+        else
+            seterr(err, errlen, "store %s: integrity check failed: session '%s' has length %lld but %lld "
+                   "event rows (indices %lld..%lld)", st->path, (const char *)sqlite3_column_text(s, 0),
+                   sqlite3_column_int64(s, 2), sqlite3_column_int64(s, 3), sqlite3_column_int64(s, 4),
+                   sqlite3_column_int64(s, 5));
+        ret = MA_ECORRUPT;
+        goto done;
+    }
+    if (rc != SQLITE_DONE && rc != SQLITE_OK)
+        ret = fail_db(st, c->db, rc, err, errlen, "checking event counts");
+done:
+    sqlite3_finalize(s);
+    return ret;
+}
+
+/* Decides how to open <dir>/memattn.db: read-write, or read-only when the directory or file is not
+ * writable (an immutable open, since sqlite cannot create the WAL index there). */
+static int choose_mode(ma_store *st, const char *dir, char *err, size_t errlen)
+{
+    bool dir_rw = access(dir, W_OK) == 0;
+    int dir_errno = errno;
+    bool file_exists = access(st->path, F_OK) == 0;
+    bool file_rw = !file_exists || access(st->path, W_OK) == 0;
+    if (dir_rw && file_rw) {
+        st->uri = uri_path(st->path, "");
+        st->open_flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI;
+        return st->uri ? 0 : MA_ENOMEM;
+    }
+    if (!file_exists) {
+        seterr(err, errlen, "store %s: cannot create the database: the data directory %s is not writable "
+               "(%s)", st->path, dir, strerror(dir_errno));
+        return MA_EIO;
+    }
+    char wal[4096];
+    struct stat sb;
+    snprintf(wal, sizeof wal, "%s-wal", st->path);
+    if (!dir_rw && stat(wal, &sb) == 0 && sb.st_size > 0) {
+        seterr(err, errlen, "store %s: the data directory is read-only and %s holds commits that only a "
+               "writable directory can recover; make it writable and restart", st->path, wal);
+        return MA_EIO;
+    }
+    st->readonly = true;
+    st->uri = uri_path(st->path, dir_rw ? "?mode=ro" : "?mode=ro&immutable=1");
+    st->open_flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI;
+    return st->uri ? 0 : MA_ENOMEM;
+}
+
+void ma_store_options_default(ma_store_options *o)
+{
+    *o = (ma_store_options){.synchronous = MA_STORE_SYNC_FULL, .quick_check = 1};
+}
+
+int ma_store_open(const char *dir, ma_store **out, char *err, size_t errlen)
+{
+    ma_store_options o;
+    ma_store_options_default(&o);
+    return ma_store_open_with(dir, &o, out, err, errlen);
+}
+
+int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **out, char *err, size_t errlen)
+{
+    static atomic_uint memdb_seq;
+    int ret = MA_ENOMEM;
+    *out = NULL;
+    if (!o->in_memory && (!dir || !*dir)) {
+        seterr(err, errlen, "store: no data directory given");
+        return MA_EINVAL;
+    }
+    ma_store *st = calloc(1, sizeof *st);
+    if (!st) {
+        seterr(err, errlen, "store: out of memory");
+        return MA_ENOMEM;
+    }
+    st->opt = *o;
+    pthread_mutex_init(&st->wlock, NULL);
+    pthread_mutex_init(&st->rlock, NULL);
+    pthread_cond_init(&st->rfree, NULL);
+
+    if (o->in_memory) {
+        char name[64];
+        snprintf(name, sizeof name, "file:/memattn-%d-%u?vfs=memdb", (int)getpid(), atomic_fetch_add(&memdb_seq, 1));
+        st->path = strdup(name);
+        st->uri = strdup(name);
+        st->open_flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_URI;
+        if (!st->path || !st->uri)
+            goto oom;
+    } else {
+        if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+            seterr(err, errlen, "store: cannot create the data directory %s: %s", dir, strerror(errno));
+            ret = MA_EIO;
+            goto fail;
+        }
+        size_t n = strlen(dir) + sizeof "/memattn.db";
+        if (!(st->path = malloc(n)))
+            goto oom;
+        snprintf(st->path, n, "%s/memattn.db", dir);
+        if ((ret = choose_mode(st, dir, err, errlen)))
+            goto fail;
+        const char *spec = getenv("MEMATTN_STORE_FAULT");
+        if (spec && *spec) {
+            ma_store_fault_kind kind;
+            unsigned long after;
+            if (ma_store_fault_parse(spec, &kind, &after)) {
+                seterr(err, errlen, "store: MEMATTN_STORE_FAULT=%s: expected <write|read|sync|full>:<n>", spec);
+                ret = MA_EINVAL;
+                goto fail;
+            }
+            ma_store_fault_set(kind, after);
+            st->opt.fault_vfs = 1;
+        }
+        if (st->opt.fault_vfs && !(st->vfs = ma_store_fault_vfs())) {
+            seterr(err, errlen, "store: cannot register the fault-injection VFS");
+            ret = MA_EIO;
+            goto fail;
+        }
+    }
+
+    if ((ret = conn_open(st, false, &st->writer, err, errlen)))
+        goto fail;
+    /* The first read of the header: a file that is not a database fails here. */
+    char buf[64];
+    if ((ret = pragma_text(st, st->writer, "PRAGMA user_version", buf, sizeof buf, err, errlen)))
+        goto fail;
+    if (!o->in_memory && !st->readonly) {
+        if ((ret = pragma_text(st, st->writer, "PRAGMA journal_mode = WAL", buf, sizeof buf, err, errlen)))
+            goto fail;
+        if (strcmp(buf, "wal") != 0) {
+            seterr(err, errlen, "store %s: cannot switch to WAL mode (journal_mode is %s)", st->path, buf);
+            ret = MA_EIO;
+            goto fail;
+        }
+    }
+    if ((ret = migrate(st, err, errlen)) || (ret = check_integrity(st, err, errlen)))
+        goto fail;
+    if (o->max_pages > 0) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA max_page_count = %lld", o->max_pages);
+        if ((ret = pragma_text(st, st->writer, sql, buf, sizeof buf, err, errlen)))
+            goto fail;
+    }
+    *out = st;
+    return 0;
+oom:
+    seterr(err, errlen, "store: out of memory");
+    ret = MA_ENOMEM;
+fail:
+    ma_store_close(st);
+    return ret;
+}
+
+void ma_store_close(ma_store *st)
+{
+    if (!st)
+        return;
+    for (size_t i = 0; i < MAX_READERS; i++)
+        conn_close(st->readers[i]);
+    conn_close(st->writer);   /* last: closing the last connection checkpoints and removes the WAL */
+    pthread_mutex_destroy(&st->wlock);
+    pthread_mutex_destroy(&st->rlock);
+    pthread_cond_destroy(&st->rfree);
+    free(st->path);
+    free(st->uri);
+    free(st);
+}
+
+int ma_store_readonly(const ma_store *st)
+{
+    return st->readonly;
+}
+
+/* ---- writes ----------------------------------------------------------------------------------- */
+
+static void count_commit(ma_store *st, uint64_t t0, int ret)
+{
+    if (ret) {
+        atomic_fetch_add(&st->failures, 1);
+        return;
+    }
+    uint64_t dt = now_ns() - t0;
+    atomic_fetch_add(&st->commits, 1);
+    atomic_fetch_add(&st->commit_ns, dt);
+    uint64_t max = atomic_load(&st->commit_ns_max);
+    while (dt > max && !atomic_compare_exchange_weak(&st->commit_ns_max, &max, dt))
+        ;
+}
+
+static int check_id(ma_store *st, const char *id, char *err, size_t errlen)
+{
+    if (!id || !*id) {
+        seterr(err, errlen, "store %s: empty session id", st->path);
+        return MA_EINVAL;
+    }
+    return 0;
+}
+
+int ma_store_session_create(ma_store *st, const char *id, const char *config_json, int64_t now,
+                            char *err, size_t errlen)
+{
+    int ret = check_id(st, id, err, errlen);
+    if (ret)
+        return ret;
+    if (!config_json) {
+        seterr(err, errlen, "store %s: session '%s': no config", st->path, id);
+        return MA_EINVAL;
+    }
+    pthread_mutex_lock(&st->wlock);
+    uint64_t t0 = now_ns();
+    conn *c = st->writer;
+    int rc = run(st, c, ST_BEGIN_IMMEDIATE, err, errlen);
+    if (rc) {
+        ret = fail_db(st, c->db, rc, err, errlen, "starting a transaction");
+        goto done;
+    }
+    sqlite3_stmt *s = stmt(st, c, ST_INSERT_SESSION, err, errlen);
+    if (!s) {
+        ret = MA_EIO;
+        goto done;
+    }
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, config_json, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, now);
+    rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    if (rc == SQLITE_CONSTRAINT_UNIQUE) {
+        seterr(err, errlen, "session '%s' already exists", id);
+        ret = MA_EEXISTS;
+        goto done;
+    }
+    if (rc != SQLITE_DONE) {
+        ret = fail_db(st, c->db, rc, err, errlen, "creating a session");
+        goto done;
+    }
+    if ((rc = run(st, c, ST_COMMIT, err, errlen)))
+        ret = fail_db(st, c->db, rc, err, errlen, "committing a session creation");
+done:
+    if (ret)
+        rollback(st, c);
+    count_commit(st, t0, ret);
+    pthread_mutex_unlock(&st->wlock);
+    return ret;
+}
+
+int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errlen)
+{
+    int ret = check_id(st, id, err, errlen);
+    if (ret)
+        return ret;
+    pthread_mutex_lock(&st->wlock);
+    uint64_t t0 = now_ns();
+    conn *c = st->writer;
+    int rc = run(st, c, ST_BEGIN_IMMEDIATE, err, errlen);
+    if (rc) {
+        ret = fail_db(st, c->db, rc, err, errlen, "starting a transaction");
+        goto done;
+    }
+    sqlite3_stmt *s = stmt(st, c, ST_DELETE_SESSION, err, errlen);
+    if (!s) {
+        ret = MA_EIO;
+        goto done;
+    }
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    if (rc != SQLITE_DONE) {
+        ret = fail_db(st, c->db, rc, err, errlen, "deleting a session");
+        goto done;
+    }
+    if (sqlite3_changes(c->db) == 0) {
+        seterr(err, errlen, "session '%s' does not exist", id);
+        ret = MA_ENOTFOUND;
+        goto done;
+    }
+    if ((rc = run(st, c, ST_COMMIT, err, errlen)))
+        ret = fail_db(st, c->db, rc, err, errlen, "committing a session deletion");
+done:
+    if (ret)
+        rollback(st, c);
+    count_commit(st, t0, ret == MA_ENOTFOUND ? 0 : ret);
+    pthread_mutex_unlock(&st->wlock);
+    return ret;
+}
+
+static int check_delta(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen)
+{
+    if (!d) {
+        seterr(err, errlen, "store %s: session '%s': no delta", st->path, id);
+        return MA_EINVAL;
+    }
+    if (d->n_events > 0 && (!d->k || !d->v || d->k_floats == 0 || d->v_floats == 0 ||
+                            d->k_floats > INT32_MAX / 4 || d->v_floats > INT32_MAX / 4)) {
+        seterr(err, errlen, "store %s: session '%s': %zu events without keys/values (k_floats %zu, "
+               "v_floats %zu)", st->path, id, d->n_events, d->k_floats, d->v_floats);
+        return MA_EINVAL;
+    }
+    const ma_blob *b[N_BLOBS] = {&d->backbone, &d->slots_blob, &d->archive_meta};
+    for (int i = 0; i < N_BLOBS; i++) {
+        if (b[i]->data && b[i]->len > INT32_MAX) {
+            seterr(err, errlen, "store %s: session '%s': blob %d of %zu bytes exceeds 2 GiB", st->path, id,
+                   i, b[i]->len);
+            return MA_EINVAL;
+        }
+    }
+    return 0;
+}
+
+int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen)
+{
+    int ret = check_id(st, id, err, errlen);
+    if (ret || (ret = check_delta(st, id, d, err, errlen)))
+        return ret;
+    pthread_mutex_lock(&st->wlock);
+    uint64_t t0 = now_ns();
+    conn *c = st->writer;
+    sqlite3_stmt *s;
+    int rc = run(st, c, ST_BEGIN_IMMEDIATE, err, errlen);
+    if (rc) {
+        ret = fail_db(st, c->db, rc, err, errlen, "starting a transaction");
+        goto done;
+    }
+    /* Where the session stands: events must continue it exactly (events count == length, always). */
+    if (!(s = stmt(st, c, ST_SID, err, errlen))) {
+        ret = MA_EIO;
+        goto done;
+    }
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    int64_t sid = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+    uint64_t length = rc == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(s, 1) : 0;
+    sqlite3_reset(s);
+    if (rc == SQLITE_DONE) {
+        seterr(err, errlen, "session '%s' does not exist", id);
+        ret = MA_ENOTFOUND;
+        goto done;
+    }
+    if (rc != SQLITE_ROW) {
+        ret = fail_db(st, c->db, rc, err, errlen, "looking up a session");
+        goto done;
+    }
+    if ((d->n_events > 0 && d->first_event != length) || d->length != length + d->n_events) {
+        seterr(err, errlen, "store %s: session '%s' has %" PRIu64 " stored events; a commit of %zu events "
+               "from index %" PRIu64 " cannot give length %" PRIu64, st->path, id, length, d->n_events,
+               d->first_event, d->length);
+        ret = MA_EINVAL;
+        goto done;
+    }
+    if (d->n_events > 0) {
+        if (!(s = stmt(st, c, ST_INSERT_EVENT, err, errlen))) {
+            ret = MA_EIO;
+            goto done;
+        }
+        int kb = (int)(d->k_floats * sizeof(float)), vb = (int)(d->v_floats * sizeof(float));
+        sqlite3_bind_int64(s, 1, sid);
+        for (size_t i = 0; i < d->n_events; i++) {
+            const char *p = d->payloads ? d->payloads[i] : NULL;
+            sqlite3_bind_int64(s, 2, (int64_t)(length + i));
+            sqlite3_bind_blob(s, 3, d->k + i * d->k_floats, kb, SQLITE_STATIC);
+            sqlite3_bind_blob(s, 4, d->v + i * d->v_floats, vb, SQLITE_STATIC);
+            if (p)
+                sqlite3_bind_text(s, 5, p, -1, SQLITE_STATIC);
+            else
+                sqlite3_bind_null(s, 5);
+            rc = sqlite3_step(s);
+            sqlite3_reset(s);
+            if (rc != SQLITE_DONE) {
+                sqlite3_clear_bindings(s);
+                ret = fail_db(st, c->db, rc, err, errlen, "writing events");
+                goto done;
+            }
+        }
+        sqlite3_clear_bindings(s);
+    }
+    int64_t event_bytes = 0;
+    for (size_t i = 0; i < d->n_events; i++)
+        event_bytes += (int64_t)((d->k_floats + d->v_floats) * sizeof(float)) +
+                       (d->payloads && d->payloads[i] ? (int64_t)strlen(d->payloads[i]) : 0);
+    const ma_blob *b[N_BLOBS] = {&d->backbone, &d->slots_blob, &d->archive_meta};
+    for (int i = 0; i < N_BLOBS; i++) {
+        if (!b[i]->data)
+            continue;
+        if (!(s = stmt(st, c, ST_PUT_BLOB, err, errlen))) {
+            ret = MA_EIO;
+            goto done;
+        }
+        sqlite3_bind_int64(s, 1, sid);
+        sqlite3_bind_int(s, 2, i);
+        sqlite3_bind_blob(s, 3, b[i]->data, (int)b[i]->len, SQLITE_STATIC);
+        rc = sqlite3_step(s);
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+        if (rc != SQLITE_DONE) {
+            ret = fail_db(st, c->db, rc, err, errlen, "writing session state");
+            goto done;
+        }
+    }
+    if (!(s = stmt(st, c, ST_UPDATE_SESSION, err, errlen))) {
+        ret = MA_EIO;
+        goto done;
+    }
+    sqlite3_bind_int64(s, 1, sid);
+    sqlite3_bind_int64(s, 2, (int64_t)d->length);
+    sqlite3_bind_int64(s, 3, (int64_t)d->slots);
+    sqlite3_bind_int64(s, 4, d->updated_at);
+    sqlite3_bind_int64(s, 5, event_bytes);
+    rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    if (rc != SQLITE_DONE) {
+        ret = fail_db(st, c->db, rc, err, errlen, "updating the session row");
+        goto done;
+    }
+    if ((rc = run(st, c, ST_COMMIT, err, errlen))) {
+        ret = fail_db(st, c->db, rc, err, errlen, "committing");
+        goto done;
+    }
+    atomic_fetch_add(&st->events_written, d->n_events);
+done:
+    if (ret)
+        rollback(st, c);
+    count_commit(st, t0, ret == MA_ENOTFOUND || ret == MA_EINVAL ? 0 : ret);
+    pthread_mutex_unlock(&st->wlock);
+    return ret;
+}
+
+/* ---- reads ------------------------------------------------------------------------------------ */
+
+void ma_store_session_clear(ma_store_session *s)
+{
+    if (!s)
+        return;
+    free(s->id);
+    free(s->config_json);
+    free((void *)s->backbone.data);
+    free((void *)s->slots_blob.data);
+    free((void *)s->archive_meta.data);
+    memset(s, 0, sizeof *s);
+}
+
+/* Fills the row fields of out from a SESSION_COLS row; returns the stored blob byte total. */
+static int session_row(sqlite3_stmt *s, ma_store_session *out, int64_t *blob_bytes)
+{
+    memset(out, 0, sizeof *out);
+    out->id = xstrdup((const char *)sqlite3_column_text(s, 1));
+    out->config_json = xstrdup((const char *)sqlite3_column_text(s, 2));
+    if (!out->id || !out->config_json) {
+        ma_store_session_clear(out);
+        return MA_ENOMEM;
+    }
+    out->created_at = sqlite3_column_int64(s, 3);
+    out->updated_at = sqlite3_column_int64(s, 4);
+    out->length = (uint64_t)sqlite3_column_int64(s, 5);
+    out->slots = (size_t)sqlite3_column_int64(s, 6);
+    *blob_bytes = sqlite3_column_int64(s, 8);
+    out->stored_bytes = (size_t)(sqlite3_column_int64(s, 7) + *blob_bytes);
+    return 0;
+}
+
+int ma_store_session_load(ma_store *st, const char *id, ma_store_session *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    int ret = check_id(st, id, err, errlen);
+    if (ret)
+        return ret;
+    conn *c;
+    if ((ret = reader_get(st, &c, err, errlen)))
+        return ret;
+    sqlite3_stmt *s = NULL, *b = NULL;
+    int64_t blob_bytes = 0, sid = 0;
+    int rc = run(st, c, ST_BEGIN, err, errlen);   /* one snapshot for the row and its blobs */
+    if (rc) {
+        ret = fail_db(st, c->db, rc, err, errlen, "starting a read");
+        goto done;
+    }
+    if (!(s = stmt(st, c, ST_LOAD_SESSION, err, errlen)) || !(b = stmt(st, c, ST_LOAD_BLOBS, err, errlen))) {
+        ret = MA_EIO;
+        goto done;
+    }
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) {
+        seterr(err, errlen, "session '%s' does not exist", id);
+        ret = MA_ENOTFOUND;
+        goto done;
+    }
+    if (rc != SQLITE_ROW) {
+        ret = fail_db(st, c->db, rc, err, errlen, "loading a session");
+        goto done;
+    }
+    sid = sqlite3_column_int64(s, 0);
+    if ((ret = session_row(s, out, &blob_bytes))) {
+        seterr(err, errlen, "store %s: out of memory", st->path);
+        goto done;
+    }
+    sqlite3_bind_int64(b, 1, sid);
+    int64_t got = 0;
+    ma_blob *dst[N_BLOBS] = {&out->backbone, &out->slots_blob, &out->archive_meta};
+    while ((rc = sqlite3_step(b)) == SQLITE_ROW) {
+        int kind = sqlite3_column_int(b, 0);
+        int n = sqlite3_column_bytes(b, 1);
+        const void *p = sqlite3_column_blob(b, 1);
+        if (kind < 0 || kind >= N_BLOBS || dst[kind]->data) {
+            seterr(err, errlen, "store %s: session '%s': unexpected state blob of kind %d", st->path, id, kind);
+            ret = MA_ECORRUPT;
+            goto done;
+        }
+        void *copy = malloc(n > 0 ? (size_t)n : 1);
+        if (!copy) {
+            seterr(err, errlen, "store %s: out of memory loading %d bytes", st->path, n);
+            ret = MA_ENOMEM;
+            goto done;
+        }
+        if (n > 0)
+            memcpy(copy, p, (size_t)n);
+        dst[kind]->data = copy;
+        dst[kind]->len = (size_t)n;
+        got += n;
+    }
+    if (rc != SQLITE_DONE) {
+        ret = fail_db(st, c->db, rc, err, errlen, "loading session state");
+        goto done;
+    }
+    if (got != blob_bytes) {
+        seterr(err, errlen, "store %s: session '%s': state blobs hold %lld bytes, the session row says %lld",
+               st->path, id, (long long)got, (long long)blob_bytes);
+        ret = MA_ECORRUPT;
+    }
+done:
+    if (s)
+        sqlite3_reset(s);
+    if (b)
+        sqlite3_reset(b);
+    rollback(st, c);   /* ends the read transaction */
+    reader_put(st, c);
+    if (ret)
+        ma_store_session_clear(out);
+    return ret;
+}
+
+int ma_store_session_list(ma_store *st, const char *after, size_t limit, ma_store_session **out, size_t *n,
+                          char *err, size_t errlen)
+{
+    *out = NULL;
+    *n = 0;
+    if (limit == 0)
+        return 0;
+    conn *c;
+    int ret = reader_get(st, &c, err, errlen);
+    if (ret)
+        return ret;
+    size_t cap = limit < 64 ? limit : 64, len = 0;
+    ma_store_session *rows = calloc(cap, sizeof *rows);
+    sqlite3_stmt *s = stmt(st, c, ST_LIST, err, errlen);
+    int rc = SQLITE_DONE;
+    if (!rows) {
+        seterr(err, errlen, "store %s: out of memory", st->path);
+        ret = MA_ENOMEM;
+        goto done;
+    }
+    if (!s) {
+        ret = MA_EIO;
+        goto done;
+    }
+    sqlite3_bind_text(s, 1, after ? after : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, limit > INT64_MAX ? INT64_MAX : (int64_t)limit);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (len == cap) {
+            ma_store_session *more = realloc(rows, 2 * cap * sizeof *rows);
+            if (!more) {
+                seterr(err, errlen, "store %s: out of memory", st->path);
+                ret = MA_ENOMEM;
+                goto done;
+            }
+            rows = more;
+            cap *= 2;
+        }
+        int64_t blob_bytes;
+        if ((ret = session_row(s, &rows[len], &blob_bytes))) {
+            seterr(err, errlen, "store %s: out of memory", st->path);
+            goto done;
+        }
+        len++;
+    }
+    if (rc != SQLITE_DONE)
+        ret = fail_db(st, c->db, rc, err, errlen, "listing sessions");
+done:
+    if (s) {
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+    }
+    reader_put(st, c);
+    if (ret) {
+        for (size_t i = 0; i < len; i++)
+            ma_store_session_clear(&rows[i]);
+        free(rows);
+        return ret;
+    }
+    *out = rows;
+    *n = len;
+    return 0;
+}
+
+/* Why a range read came back short: no session, a range past the end, or missing rows (corruption). */
+static int explain_short(ma_store *st, conn *c, const char *id, uint64_t first, size_t n, uint64_t at,
+                         char *err, size_t errlen)
+{
+    sqlite3_stmt *s = stmt(st, c, ST_SID, err, errlen);
+    if (!s)
+        return MA_EIO;
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    uint64_t length = rc == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(s, 1) : 0;
+    sqlite3_reset(s);
+    if (rc == SQLITE_DONE) {
+        seterr(err, errlen, "session '%s' does not exist", id);
+        return MA_ENOTFOUND;
+    }
+    if (rc != SQLITE_ROW)
+        return fail_db(st, c->db, rc, err, errlen, "looking up a session");
+    if (first + n > length) {
+        seterr(err, errlen, "session '%s': events %" PRIu64 "..%" PRIu64 " requested, it has %" PRIu64,
+               id, first, first + n - 1, length);
+        return MA_ENOTFOUND;
+    }
+    seterr(err, errlen, "store %s: session '%s': event %" PRIu64 " is missing (length %" PRIu64 ")", st->path,
+           id, at, length);
+    return MA_ECORRUPT;
+}
+
+int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n, size_t k_floats,
+                         size_t v_floats, float *k, float *v, char **payloads, char *err, size_t errlen)
+{
+    int ret = check_id(st, id, err, errlen);
+    if (ret)
+        return ret;
+    if (payloads)
+        memset(payloads, 0, n * sizeof *payloads);
+    if (n == 0)
+        return 0;
+    if (first > INT64_MAX - n) {
+        seterr(err, errlen, "session '%s': event range from %" PRIu64 " out of range", id, first);
+        return MA_EINVAL;
+    }
+    conn *c;
+    if ((ret = reader_get(st, &c, err, errlen)))
+        return ret;
+    sqlite3_stmt *s = stmt(st, c, payloads ? ST_EVENTS_PAYLOAD : ST_EVENTS, err, errlen);
+    uint64_t at = first;
+    int rc = SQLITE_DONE;
+    if (!s) {
+        ret = MA_EIO;
+        goto done;
+    }
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, (int64_t)first);
+    sqlite3_bind_int64(s, 3, (int64_t)(first + n));
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        uint64_t idx = (uint64_t)sqlite3_column_int64(s, 0);
+        if (idx != at) {
+            rc = SQLITE_DONE;   /* a gap: explained below */
+            break;
+        }
+        size_t i = (size_t)(at - first);
+        size_t kb = (size_t)sqlite3_column_bytes(s, 1), vb = (size_t)sqlite3_column_bytes(s, 2);
+        if (kb != k_floats * sizeof(float) || vb != v_floats * sizeof(float)) {
+            seterr(err, errlen, "store %s: session '%s' event %" PRIu64 ": key/value of %zu/%zu bytes, expected "
+                   "%zu/%zu", st->path, id, at, kb, vb, k_floats * sizeof(float), v_floats * sizeof(float));
+            ret = MA_ECORRUPT;
+            goto done;
+        }
+        if (kb)
+            memcpy(k + i * k_floats, sqlite3_column_blob(s, 1), kb);
+        if (vb)
+            memcpy(v + i * v_floats, sqlite3_column_blob(s, 2), vb);
+        if (payloads && sqlite3_column_type(s, 3) != SQLITE_NULL) {
+            if (!(payloads[i] = xstrdup((const char *)sqlite3_column_text(s, 3)))) {
+                seterr(err, errlen, "store %s: out of memory", st->path);
+                ret = MA_ENOMEM;
+                goto done;
+            }
+        }
+        at++;
+    }
+    if (rc != SQLITE_DONE) {
+        ret = fail_db(st, c->db, rc, err, errlen, "reading events");
+        goto done;
+    }
+    if (at != first + n) {
+        sqlite3_reset(s);
+        ret = explain_short(st, c, id, first, n, at, err, errlen);
+    }
+done:
+    if (s) {
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+    }
+    reader_put(st, c);
+    if (ret && payloads) {
+        for (size_t i = 0; i < n; i++) {
+            free(payloads[i]);
+            payloads[i] = NULL;
+        }
+    }
+    if (!ret)
+        atomic_fetch_add(&st->events_read, n);
+    return ret;
+}
+
+int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **payload, char *err,
+                          size_t errlen)
+{
+    *payload = NULL;
+    int ret = check_id(st, id, err, errlen);
+    if (ret)
+        return ret;
+    if (event > INT64_MAX) {
+        seterr(err, errlen, "session '%s': event %" PRIu64 " out of range", id, event);
+        return MA_ENOTFOUND;
+    }
+    conn *c;
+    if ((ret = reader_get(st, &c, err, errlen)))
+        return ret;
+    sqlite3_stmt *s = stmt(st, c, ST_PAYLOAD, err, errlen);
+    if (!s) {
+        ret = MA_EIO;
+        goto done;
+    }
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, (int64_t)event);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        if (sqlite3_column_type(s, 0) != SQLITE_NULL &&
+            !(*payload = xstrdup((const char *)sqlite3_column_text(s, 0)))) {
+            seterr(err, errlen, "store %s: out of memory", st->path);
+            ret = MA_ENOMEM;
+        }
+    } else if (rc == SQLITE_DONE) {
+        sqlite3_reset(s);
+        ret = explain_short(st, c, id, event, 1, event, err, errlen);
+    } else {
+        ret = fail_db(st, c->db, rc, err, errlen, "reading a payload");
+    }
+done:
+    if (s) {
+        sqlite3_reset(s);
+        sqlite3_clear_bindings(s);
+    }
+    reader_put(st, c);
+    return ret;
+}
+
+int ma_store_pager_chunk(void *pager, uint32_t chunk, float *k, float *v, size_t n)
+{
+    ma_store_pager *pg = pager;
+    char err[sizeof pg->err];
+    int ret = ma_store_load_events(pg->st, pg->id, (uint64_t)chunk * pg->chunk, n, pg->k_floats, pg->v_floats,
+                                   k, v, NULL, err, sizeof err);
+    if (ret)
+        memcpy(pg->err, err, sizeof err);
+    return ret;
+}
+
+int ma_store_pager_payload(void *pager, uint64_t event, char **payload)
+{
+    ma_store_pager *pg = pager;
+    char err[sizeof pg->err];
+    int ret = ma_store_load_payload(pg->st, pg->id, event, payload, err, sizeof err);
+    if (ret)
+        memcpy(pg->err, err, sizeof err);
+    return ret;
+}
+
+/* ---- backup, size, stats ---------------------------------------------------------------------- */
+
+/* fsync of a file or directory by path. */
+static int sync_path(const char *path, bool dir)
+{
+    int fd = open(path, (dir ? O_DIRECTORY : 0) | O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int ma_store_backup(ma_store *st, const char *path, char *err, size_t errlen)
+{
+    if (!path || !*path) {
+        seterr(err, errlen, "store backup: no destination path");
+        return MA_EINVAL;
+    }
+    if (!st->opt.in_memory) {
+        char *a = realpath(st->path, NULL);
+        char *b = realpath(path, NULL);
+        bool same = a && b && !strcmp(a, b);
+        free(a);
+        free(b);
+        if (same) {
+            seterr(err, errlen, "store backup: %s is the live database", path);
+            return MA_EINVAL;
+        }
+    }
+    /* Copy into <path>.tmp, make it durable, then rename over <path>: a reader of <path> sees the old
+     * backup or the complete new one, never a partial file. */
+    size_t n = strlen(path) + sizeof ".tmp";
+    char *tmp = malloc(n), *dirbuf = strdup(path);
+    conn *c = NULL;
+    sqlite3 *dst = NULL;
+    int ret = 0, rc;
+    if (!tmp || !dirbuf) {
+        seterr(err, errlen, "store backup: out of memory");
+        ret = MA_ENOMEM;
+        goto done;
+    }
+    snprintf(tmp, n, "%s.tmp", path);
+    unlink(tmp);
+    if ((ret = reader_get(st, &c, err, errlen)))
+        goto done;
+    rc = sqlite3_open_v2(tmp, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(dst, "PRAGMA synchronous = FULL", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        seterr(err, errlen, "store backup: cannot create %s: %s", tmp, dst ? sqlite3_errmsg(dst) : sqlite3_errstr(rc));
+        ret = MA_EIO;
+        goto done;
+    }
+    /* One step over all pages: the source read transaction is one WAL snapshot, so the copy is
+     * consistent while the writer goes on committing (readers do not block it). */
+    sqlite3_backup *bk = sqlite3_backup_init(dst, "main", c->db, "main");
+    if (!bk) {
+        seterr(err, errlen, "store backup: %s", sqlite3_errmsg(dst));
+        ret = MA_EIO;
+        goto done;
+    }
+    rc = sqlite3_backup_step(bk, -1);
+    int rc2 = sqlite3_backup_finish(bk);
+    if (rc != SQLITE_DONE || rc2 != SQLITE_OK) {
+        seterr(err, errlen, "store backup to %s failed: %s", tmp, sqlite3_errmsg(dst));
+        ret = rc == SQLITE_CORRUPT || rc == SQLITE_NOTADB ? MA_ECORRUPT : MA_EIO;
+        goto done;
+    }
+    rc = sqlite3_close(dst);
+    dst = NULL;
+    if (rc != SQLITE_OK || sync_path(tmp, false) != 0 || rename(tmp, path) != 0 ||
+        sync_path(dirname(dirbuf), true) != 0) {
+        seterr(err, errlen, "store backup: cannot make %s durable: %s", path, strerror(errno));
+        ret = MA_EIO;
+    }
+done:
+    if (dst)
+        sqlite3_close(dst);
+    if (c)
+        reader_put(st, c);
+    if (ret && tmp)
+        unlink(tmp);
+    free(tmp);
+    free(dirbuf);
+    return ret;
+}
+
+size_t ma_store_bytes(ma_store *st)
+{
+    if (st->opt.in_memory) {
+        char buf[64];
+        size_t pages = 0, size = 0;
+        pthread_mutex_lock(&st->wlock);
+        if (!pragma_text(st, st->writer, "PRAGMA page_count", buf, sizeof buf, NULL, 0))
+            pages = strtoull(buf, NULL, 10);
+        if (!pragma_text(st, st->writer, "PRAGMA page_size", buf, sizeof buf, NULL, 0))
+            size = strtoull(buf, NULL, 10);
+        pthread_mutex_unlock(&st->wlock);
+        return pages * size;
+    }
+    size_t total = 0;
+    struct stat sb;
+    char wal[4096];
+    if (stat(st->path, &sb) == 0)
+        total += (size_t)sb.st_size;
+    snprintf(wal, sizeof wal, "%s-wal", st->path);
+    if (stat(wal, &sb) == 0)
+        total += (size_t)sb.st_size;
+    return total;
+}
+
+void ma_store_stats_get(ma_store *st, ma_store_stats *out)
+{
+    out->commits = atomic_load(&st->commits);
+    out->failures = atomic_load(&st->failures);
+    out->commit_ns = atomic_load(&st->commit_ns);
+    out->commit_ns_max = atomic_load(&st->commit_ns_max);
+    out->events_written = atomic_load(&st->events_written);
+    out->events_read = atomic_load(&st->events_read);
+}

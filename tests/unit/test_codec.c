@@ -1,0 +1,572 @@
+/*
+ * tests/unit/test_codec.c — server/codec.c: JSON <-> core structs, validation messages, base64.
+ *
+ * Every decoder is fed good input (checked value by value against what was encoded) and each class of
+ * bad input, checking the error code and that the message names the element and field. Float vectors
+ * are random with fixed seeds; exactness is checked bit for bit where the format promises it.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "server/codec.h"
+
+/* A deterministic stand-in for the featuriser: depends on every byte, L2 norm 1. */
+static void test_embed(const char *text, size_t len, int dim, float *out)
+{
+    double norm = 0;
+    for (int j = 0; j < dim; j++) {
+        uint32_t h = 2166136261u ^ (uint32_t)j;
+        for (size_t i = 0; i < len; i++)
+            h = (h ^ (unsigned char)text[i]) * 16777619u;
+        out[j] = (float)((int)(h % 2001) - 1000);
+        norm += (double)out[j] * out[j];
+    }
+    for (int j = 0; j < dim && norm > 0; j++)
+        out[j] = (float)(out[j] / sqrt(norm));
+}
+
+static uint64_t rng_state;
+static float frand(void)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static cJSON *parse(const char *s)
+{
+    cJSON *j = cJSON_Parse(s);
+    assert_non_null(j);
+    return j;
+}
+
+/* JSON text of an array of n floats printed with %.9g. */
+static char *floats_text(const float *x, size_t n)
+{
+    cJSON *a = codec_floats_to_json(x, n);
+    assert_non_null(a);
+    char *s = strdup(a->valuestring);
+    cJSON_Delete(a);
+    return s;
+}
+
+static char *floats_b64(const float *x, size_t n)
+{
+    char *s = malloc(4 * ((n * 4 + 2) / 3) + 1);
+    codec_b64_encode((const unsigned char *)x, n * 4, s);
+    return s;
+}
+
+static void assert_error(int rc, const codec_error *err, const char *code, const char *needle)
+{
+    assert_int_equal(rc, MA_EINVAL);
+    assert_string_equal(err->code, code);
+    if (!strstr(err->message, needle))
+        fail_msg("message \"%s\" lacks \"%s\"", err->message, needle);
+}
+
+/* ---- base64 --------------------------------------------------------------------------------- */
+
+static void test_b64_roundtrip(void **state)
+{
+    (void)state;
+    unsigned char src[64], dec[64];
+    char enc[100];
+    rng_state = 1;
+    for (size_t n = 0; n <= sizeof src; n++) {
+        for (size_t i = 0; i < n; i++)
+            src[i] = (unsigned char)(frand() * 127 + 128);
+        size_t el = codec_b64_encode(src, n, enc), dl = 0;
+        assert_int_equal(el, 4 * ((n + 2) / 3));
+        assert_int_equal(codec_b64_decode(enc, el, dec, &dl), 0);
+        assert_int_equal(dl, n);
+        assert_memory_equal(src, dec, n);
+    }
+    /* RFC 4648 test vectors */
+    size_t dl;
+    assert_int_equal(codec_b64_decode("Zm9vYmFy", 8, dec, &dl), 0);
+    assert_int_equal(dl, 6);
+    assert_memory_equal(dec, "foobar", 6);
+    assert_int_equal(codec_b64_decode("Zm9vYg==", 8, dec, &dl), 0);
+    assert_int_equal(dl, 4);
+    assert_memory_equal(dec, "foob", 4);
+    codec_b64_encode((const unsigned char *)"fooba", 5, enc);
+    assert_string_equal(enc, "Zm9vYmE=");
+}
+
+static void test_b64_rejects(void **state)
+{
+    (void)state;
+    unsigned char dec[16];
+    size_t dl;
+    assert_int_equal(codec_b64_decode("Zm9", 3, dec, &dl), MA_EINVAL);       /* length */
+    assert_int_equal(codec_b64_decode("Zm9v!mFy", 8, dec, &dl), MA_EINVAL);  /* foreign char */
+    assert_int_equal(codec_b64_decode("Zm==YmFy", 8, dec, &dl), MA_EINVAL);  /* padding not at the end */
+    assert_int_equal(codec_b64_decode("Zm9=", 4, dec, &dl), 0);
+    assert_int_equal(codec_b64_decode("Z=9v", 4, dec, &dl), MA_EINVAL);      /* data after padding */
+    assert_int_equal(codec_b64_decode("Zm9v YmF", 8, dec, &dl), MA_EINVAL);  /* whitespace */
+}
+
+/* ---- config ---------------------------------------------------------------------------------- */
+
+static void test_params_defaults(void **state)
+{
+    (void)state;
+    ma_params p, d;
+    codec_error err;
+    ma_params_default(&d);
+    assert_int_equal(codec_params_from_json(NULL, &p, &err), 0);
+    assert_true(ma_params_equal(&p, &d));
+    cJSON *j = parse("{}");
+    assert_int_equal(codec_params_from_json(j, &p, &err), 0);
+    assert_true(ma_params_equal(&p, &d));
+    cJSON_Delete(j);
+    /* value_dim follows dim unless given */
+    j = parse("{\"dim\":32}");
+    assert_int_equal(codec_params_from_json(j, &p, &err), 0);
+    assert_int_equal(p.dim, 32);
+    assert_int_equal(p.value_dim, 32);
+    cJSON_Delete(j);
+    j = parse("{\"dim\":32,\"value_dim\":8}");
+    assert_int_equal(codec_params_from_json(j, &p, &err), 0);
+    assert_int_equal(p.value_dim, 8);
+    cJSON_Delete(j);
+}
+
+static void test_params_roundtrip(void **state)
+{
+    (void)state;
+    codec_error err;
+    ma_params p, q;
+    cJSON *j = parse("{\"heads\":4,\"dim\":16,\"value_dim\":8,\"slots\":3,\"chunk\":7,\"topk\":5,\"window\":9,"
+                     "\"backbone\":\"delta\",\"vla\":{\"lambda0\":0.25,\"period\":3,\"refresh\":0,\"feature\":\"elu1\","
+                     "\"penalty_scale\":0.125},\"delta\":{\"beta\":0.5},\"route_threshold\":0.75,"
+                     "\"selector\":\"chunks\"}");
+    assert_int_equal(codec_params_from_json(j, &p, &err), 0);
+    assert_int_equal(p.heads, 4);
+    assert_int_equal(p.value_dim, 8);
+    assert_int_equal(p.backbone, MA_BACKBONE_DELTA);
+    assert_int_equal(p.vla.feature, MA_FEATURE_ELU1);
+    assert_int_equal(p.selector, MA_SELECTOR_CHUNKS);
+    assert_true(p.vla.lambda0 == 0.25 && p.vla.penalty_scale == 0.125 && p.delta.beta == 0.5);
+    cJSON *out = codec_params_to_json(&p);
+    assert_non_null(out);
+    assert_int_equal(codec_params_from_json(out, &q, &err), 0);
+    assert_true(ma_params_equal(&p, &q));
+    /* printed and parsed again (what the store keeps) */
+    char *text = cJSON_PrintUnformatted(out);
+    cJSON *back = parse(text);
+    assert_int_equal(codec_params_from_json(back, &q, &err), 0);
+    assert_true(ma_params_equal(&p, &q));
+    cJSON_free(text);
+    cJSON_Delete(back);
+    cJSON_Delete(out);
+    cJSON_Delete(j);
+}
+
+static void check_config_error(const char *json, const char *needle)
+{
+    codec_error err;
+    ma_params p;
+    ma_params_default(&p);
+    ma_params before = p;
+    cJSON *j = parse(json);
+    assert_error(codec_params_from_json(j, &p, &err), &err, "bad_config", needle);
+    assert_true(ma_params_equal(&p, &before));  /* untouched */
+    cJSON_Delete(j);
+}
+
+static void test_params_errors(void **state)
+{
+    (void)state;
+    check_config_error("{\"heads\":0}", "heads: 0 is out of range, expected an integer 1..64");
+    check_config_error("{\"heads\":65}", "heads: 65 is out of range");
+    check_config_error("{\"dim\":1.5}", "dim: expected an integer, got 1.5");
+    check_config_error("{\"dim\":\"64\"}", "dim: expected an integer, got a string");
+    check_config_error("{\"slots\":1e12}", "slots: 1e+12 is out of range");
+    check_config_error("{\"colour\":1}", "colour: unknown field");
+    check_config_error("{\"dim\":8,\"dim\":16}", "dim: field given twice");
+    check_config_error("{\"backbone\":\"lstm\"}", "backbone: \"lstm\" is not accepted, expected vla, linear");
+    check_config_error("{\"vla\":{\"feature\":\"relu\"}}", "vla.feature: \"relu\" is not accepted");
+    check_config_error("{\"vla\":{\"period\":0}}", "vla.period: 0 is out of range");
+    check_config_error("{\"vla\":{\"lambda\":1}}", "vla.lambda: unknown field");
+    check_config_error("{\"vla\":3}", "vla: expected an object, got a number");
+    check_config_error("{\"delta\":{\"beta\":0}}", "delta.beta: 0 is out of range");
+    check_config_error("{\"route_threshold\":1e999}", "route_threshold: expected a finite number");
+    check_config_error("{\"route_threshold\":3}", "route_threshold: 3 is out of range");
+    check_config_error("[1]", "expected an object, got an array");
+}
+
+/* ---- events ---------------------------------------------------------------------------------- */
+
+enum { H = 2, D = 4, DV = 3 };
+
+static const codec_shape shape = {H, D, DV, test_embed};
+
+/* A body with n events; event i has k_i, v_i of the fixed seed; b64 chooses the spelling. */
+static char *events_body(size_t n, bool b64, float *k, float *v, const char *extra)
+{
+    size_t cap = 256 + n * 512 + (extra ? strlen(extra) : 0), off = 0;
+    char *s = malloc(cap);
+    off += (size_t)snprintf(s + off, cap - off, "{\"events\":[");
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < H * D; j++)
+            k[i * H * D + j] = frand();
+        for (size_t j = 0; j < H * DV; j++)
+            v[i * H * DV + j] = frand();
+        char *ks = b64 ? floats_b64(k + i * H * D, H * D) : floats_text(k + i * H * D, H * D);
+        char *vs = b64 ? floats_b64(v + i * H * DV, H * DV) : floats_text(v + i * H * DV, H * DV);
+        off += (size_t)snprintf(s + off, cap - off, "%s{\"%s\":%s%s%s,\"%s\":%s%s%s}", i ? "," : "",
+                                b64 ? "k_b64" : "k", b64 ? "\"" : "", ks, b64 ? "\"" : "", b64 ? "v_b64" : "v",
+                                b64 ? "\"" : "", vs, b64 ? "\"" : "");
+        free(ks);
+        free(vs);
+    }
+    snprintf(s + off, cap - off, "%s]}", extra ? extra : "");
+    return s;
+}
+
+static void test_events_decode(void **state)
+{
+    (void)state;
+    for (int b64 = 0; b64 <= 1; b64++) {
+        float k[5 * H * D], v[5 * H * DV];
+        codec_events e;
+        codec_error err;
+        rng_state = 42 + (uint64_t)b64;
+        char *body = events_body(5, b64, k, v, NULL);
+        cJSON *j = parse(body);
+        assert_int_equal(codec_events_decode(j, &shape, 1024, &e, &err), 0);
+        assert_int_equal(e.n, 5);
+        for (size_t i = 0; i < 5; i++) {
+            /* bitwise: %.9g and base64 both carry float32 exactly */
+            assert_memory_equal(e.ev[i].k, k + i * H * D, sizeof(float) * H * D);
+            assert_memory_equal(e.ev[i].v, v + i * H * DV, sizeof(float) * H * DV);
+            assert_null(e.ev[i].payload);
+            assert_null(e.ev[i].slot);
+            assert_false(e.ev[i].protect);
+        }
+        codec_events_clear(&e);
+        cJSON_Delete(j);
+        free(body);
+    }
+}
+
+static void test_events_text_payload_slot(void **state)
+{
+    (void)state;
+    codec_events e;
+    codec_error err;
+    cJSON *j = parse("{\"events\":[{\"text\":\"capital of France\",\"payload\":\"Paris\",\"slot\":\"cap:fr\","
+                     "\"protect\":true},{\"text\":\"x\",\"v\":[1,2,3,4,5,6],\"payload\":{\"a\":[1,null]}}]}");
+    assert_int_equal(codec_events_decode(j, &shape, 16, &e, &err), 0);
+    assert_int_equal(e.n, 2);
+    float want[D];
+    test_embed("capital of France", 17, D, want);
+    for (int h = 0; h < H; h++)
+        assert_memory_equal(e.ev[0].k + h * D, want, sizeof want);
+    float wantv[DV];
+    test_embed("Paris", 5, DV, wantv);  /* string payload stands in for the missing value */
+    for (int h = 0; h < H; h++)
+        assert_memory_equal(e.ev[0].v + h * DV, wantv, sizeof wantv);
+    assert_string_equal(e.ev[0].payload, "\"Paris\"");
+    assert_string_equal(e.ev[0].slot, "cap:fr");
+    assert_true(e.ev[0].protect);
+    assert_string_equal(e.ev[1].payload, "{\"a\":[1,null]}");
+    assert_true(e.ev[1].v[5] == 6.0f);
+    codec_events_clear(&e);
+    cJSON_Delete(j);
+
+    /* empty batch */
+    j = parse("{\"events\":[]}");
+    assert_int_equal(codec_events_decode(j, &shape, 16, &e, &err), 0);
+    assert_int_equal(e.n, 0);
+    codec_events_clear(&e);
+    cJSON_Delete(j);
+}
+
+static void check_events_error(const char *json, const char *code, const char *needle)
+{
+    codec_events e;
+    codec_error err;
+    cJSON *j = parse(json);
+    assert_error(codec_events_decode(j, &shape, 4, &e, &err), &err, code, needle);
+    assert_int_equal(e.n, 0);
+    assert_null(e.ev);
+    cJSON_Delete(j);
+}
+
+#define K8 "[1,2,3,4,5,6,7,8]"
+#define V6 "[1,2,3,4,5,6]"
+#define OK_EV "{\"k\":" K8 ",\"v\":" V6 "}"
+
+static void test_events_errors(void **state)
+{
+    (void)state;
+    check_events_error("{\"events\":[" OK_EV "," OK_EV "," OK_EV ",{\"k\":[1,2,3,4,5,6,7],\"v\":" V6 "}]}",
+                       "dim_mismatch", "events[3].k: expected 8 numbers (heads*dim), got 7");
+    check_events_error("{\"events\":[" OK_EV ",{\"k\":" K8 ",\"v\":[1,2,3,4,5,6,7]}]}", "dim_mismatch",
+                       "events[1].v: expected 6 numbers (heads*value_dim), got 7");
+    check_events_error("{\"events\":[" OK_EV ",{\"k\":" K8 ",\"v\":[1,2,1e999,4,5,6]}]}", "non_finite",
+                       "events[1].v[2]: inf is not a finite float32");
+    check_events_error("{\"events\":[{\"k\":[1,2,3,4,5,6,7,1e39],\"v\":" V6 "}]}", "non_finite",
+                       "events[0].k[7]: 1e+39 is not a finite float32");
+    check_events_error("{\"events\":[{\"k\":[1,2,3,\"4\",5,6,7,8],\"v\":" V6 "}]}", "bad_request",
+                       "events[0].k[3]: expected a number, got a string");
+    check_events_error("{\"events\":[{\"k\":" K8 ",\"k_b64\":\"AAAA\",\"v\":" V6 "}]}", "bad_request",
+                       "events[0]: give only one of k, k_b64 or text");
+    check_events_error("{\"events\":[{\"v\":" V6 "}]}", "bad_request", "events[0]: missing key");
+    check_events_error("{\"events\":[{\"k\":" K8 "}]}", "bad_request", "events[0]: missing value");
+    check_events_error("{\"events\":[{\"k\":" K8 ",\"payload\":7}]}", "bad_request", "events[0]: missing value");
+    check_events_error("{\"events\":[" OK_EV ",{\"k\":" K8 ",\"v\":" V6 ",\"slot\":\"a b\"}]}", "bad_name",
+                       "events[1].slot: \"a b\" is not a valid name");
+    check_events_error("{\"events\":[{\"k\":" K8 ",\"v\":" V6 ",\"slot\":\"\"}]}", "bad_name", "events[0].slot");
+    check_events_error("{\"events\":[{\"k\":" K8 ",\"v\":" V6 ",\"slot\":7}]}", "bad_request",
+                       "events[0].slot: expected a string, got a number");
+    check_events_error("{\"events\":[{\"k\":" K8 ",\"v\":" V6 ",\"protect\":true}]}", "bad_request",
+                       "events[0].protect: needs slot");
+    check_events_error("{\"events\":[{\"k\":" K8 ",\"v\":" V6 ",\"slot\":\"a\",\"protect\":1}]}", "bad_request",
+                       "events[0].protect: expected true or false");
+    check_events_error("{\"events\":[{\"k\":" K8 ",\"v\":" V6 ",\"palyoad\":1}]}", "bad_request",
+                       "events[0].palyoad: unknown field");
+    check_events_error("{\"events\":[{\"k_b64\":\"AAAAAAAA\",\"v\":" V6 "}]}", "dim_mismatch",
+                       "events[0].k_b64: expected 32 bytes (8 little-endian float32, heads*dim), got 6");
+    check_events_error("{\"events\":[{\"k_b64\":\"AAA\",\"v\":" V6 "}]}", "bad_request",
+                       "events[0].k_b64: not valid base64");
+    check_events_error("{\"events\":[{\"text\":\"\",\"v\":" V6 "}]}", "bad_request", "events[0].text: empty");
+    check_events_error("{\"events\":[" OK_EV "," OK_EV "," OK_EV "," OK_EV "," OK_EV "]}", "bad_request",
+                       "events: 5 elements, at most 4");
+    check_events_error("{\"event\":[]}", "bad_request", "event: unknown field");
+    check_events_error("{}", "bad_request", "events: missing");
+    check_events_error("{\"events\":{}}", "bad_request", "events: expected an array, got an object");
+    check_events_error("{\"events\":[3]}", "bad_request", "events[0]: expected an object, got a number");
+
+    /* base64 carrying a NaN and an infinity */
+    float k[H * D] = {0}, v[H * DV] = {0};
+    k[5] = NAN;
+    char *kb = floats_b64(k, H * D), json[512];
+    snprintf(json, sizeof json, "{\"events\":[{\"k_b64\":\"%s\",\"v\":" V6 "}]}", kb);
+    check_events_error(json, "non_finite", "events[0].k_b64: float 5 is not finite");
+    free(kb);
+    v[0] = INFINITY;
+    char *vb = floats_b64(v, H * DV);
+    snprintf(json, sizeof json, "{\"events\":[{\"k\":" K8 ",\"v_b64\":\"%s\"}]}", vb);
+    check_events_error(json, "non_finite", "events[0].v_b64: float 0 is not finite");
+    free(vb);
+}
+
+/* ---- queries --------------------------------------------------------------------------------- */
+
+static void test_queries_decode(void **state)
+{
+    (void)state;
+    codec_queries q;
+    codec_error err;
+    cJSON *j = parse("{\"queries\":[{\"q\":" K8 "},{\"text\":\"hello\",\"route\":\"full\",\"topk\":3},"
+                     "{\"slot\":\"a\",\"version\":2},{\"slot\":\"b\",\"q\":" K8 ",\"route\":\"slot\"}]}");
+    assert_int_equal(codec_queries_decode(j, &shape, 8, &q, &err), 0);
+    assert_int_equal(q.n, 4);
+    assert_non_null(q.q[0].q);
+    assert_true(q.q[0].q[7] == 8.0f);
+    assert_int_equal(q.q[0].route, MA_ROUTE_AUTO);
+    assert_null(q.q[0].slot);
+    assert_int_equal(q.q[0].topk, 0);
+    assert_int_equal(q.q[1].route, MA_ROUTE_FULL);
+    assert_int_equal(q.q[1].topk, 3);
+    float want[D];
+    test_embed("hello", 5, D, want);
+    assert_memory_equal(q.q[1].q + D, want, sizeof want);
+    assert_null(q.q[2].q);
+    assert_string_equal(q.q[2].slot, "a");
+    assert_int_equal(q.q[2].version, 2);
+    assert_int_equal(q.q[3].route, MA_ROUTE_SLOT);
+    assert_string_equal(q.q[3].slot, "b");
+    codec_queries_clear(&q);
+    cJSON_Delete(j);
+}
+
+static void check_queries_error(const char *json, const char *code, const char *needle)
+{
+    codec_queries q;
+    codec_error err;
+    cJSON *j = parse(json);
+    assert_error(codec_queries_decode(j, &shape, 4, &q, &err), &err, code, needle);
+    assert_int_equal(q.n, 0);
+    cJSON_Delete(j);
+}
+
+static void test_queries_errors(void **state)
+{
+    (void)state;
+    check_queries_error("{\"queries\":[{\"q\":" K8 "},{}]}", "bad_request",
+                        "queries[1]: expected a query vector (q, q_b64 or text) or a slot name");
+    check_queries_error("{\"queries\":[{\"q\":[1,2]}]}", "dim_mismatch", "queries[0].q: expected 8 numbers");
+    check_queries_error("{\"queries\":[{\"q\":" K8 ",\"route\":\"fast\"}]}", "bad_request",
+                        "queries[0].route: \"fast\" is not a route");
+    check_queries_error("{\"queries\":[{\"q\":" K8 ",\"route\":1}]}", "bad_request",
+                        "queries[0].route: a number is not a route");
+    check_queries_error("{\"queries\":[{\"q\":" K8 ",\"version\":1}]}", "bad_request",
+                        "queries[0].version: needs slot");
+    check_queries_error("{\"queries\":[{\"slot\":\"a\",\"version\":0}]}", "bad_request",
+                        "queries[0].version: 0 is not an integer in 1..");
+    check_queries_error("{\"queries\":[{\"slot\":\"a\",\"version\":1.5}]}", "bad_request",
+                        "queries[0].version: 1.5 is not an integer");
+    check_queries_error("{\"queries\":[{\"q\":" K8 ",\"topk\":0}]}", "bad_request", "queries[0].topk");
+    check_queries_error("{\"queries\":[{\"slot\":\"a\",\"route\":\"sparse\"}]}", "bad_request",
+                        "queries[0]: route sparse needs a query vector");
+    check_queries_error("{\"queries\":[{\"slot\":\"a/b\"}]}", "bad_name", "queries[0].slot");
+    check_queries_error("{\"queries\":[{\"q\":" K8 ",\"k\":1}]}", "bad_request", "queries[0].k: unknown field");
+}
+
+/* ---- slot bodies ----------------------------------------------------------------------------- */
+
+static void test_slot_body(void **state)
+{
+    (void)state;
+    codec_slot_body b;
+    codec_error err;
+    cJSON *j = parse("{\"name\":\"capital_of_france\",\"payload\":\"Paris\",\"protect\":true}");
+    assert_int_equal(codec_slot_body_decode(j, NULL, false, &shape, &b, &err), 0);
+    assert_string_equal(b.name, "capital_of_france");
+    assert_null(b.k);  /* core embeds the name */
+    assert_null(b.v);  /* core embeds the string payload */
+    assert_string_equal(b.payload, "\"Paris\"");
+    assert_true(b.protect);
+    codec_slot_body_clear(&b);
+    cJSON_Delete(j);
+
+    j = parse("{\"k\":" K8 ",\"v\":" V6 ",\"version\":7,\"payload\":{\"x\":1}}");
+    assert_int_equal(codec_slot_body_decode(j, "s1", true, &shape, &b, &err), 0);
+    assert_string_equal(b.name, "s1");
+    assert_true(b.k[7] == 8.0f && b.v[5] == 6.0f);
+    assert_int_equal(b.version, 7);
+    codec_slot_body_clear(&b);
+    /* version only where allowed (PUT) */
+    assert_error(codec_slot_body_decode(j, NULL, false, &shape, &b, &err), &err, "bad_request",
+                 "version: unknown field");
+    cJSON_Delete(j);
+
+    j = parse("{\"payload\":\"x\"}");
+    assert_error(codec_slot_body_decode(j, NULL, false, &shape, &b, &err), &err, "bad_request", "name: missing");
+    cJSON_Delete(j);
+    j = parse("{\"name\":\"a\",\"payload\":\"x\"}");
+    assert_error(codec_slot_body_decode(j, "b", true, &shape, &b, &err), &err, "bad_request",
+                 "differs from the name in the path");
+    cJSON_Delete(j);
+    j = parse("{\"name\":\"a b\",\"payload\":\"x\"}");
+    assert_error(codec_slot_body_decode(j, NULL, false, &shape, &b, &err), &err, "bad_name", "name: \"a b\"");
+    cJSON_Delete(j);
+    j = parse("{\"name\":\"a\",\"payload\":[1]}");
+    assert_error(codec_slot_body_decode(j, NULL, false, &shape, &b, &err), &err, "bad_request", "v: missing");
+    cJSON_Delete(j);
+    j = parse("{\"name\":\"a\",\"v\":[1,2],\"payload\":\"x\"}");
+    assert_error(codec_slot_body_decode(j, NULL, false, &shape, &b, &err), &err, "dim_mismatch",
+                 "v: expected 6 numbers (heads*value_dim), got 2");
+    cJSON_Delete(j);
+    assert_error(codec_slot_body_decode(NULL, "a", true, &shape, &b, &err), &err, "bad_request", "v: missing");
+}
+
+/* ---- encoders -------------------------------------------------------------------------------- */
+
+static void test_floats_exact(void **state)
+{
+    (void)state;
+    float x[1000];
+    rng_state = 7;
+    for (size_t i = 0; i < 1000; i++)
+        x[i] = frand() * powf(10.0f, (float)((int)(frand() * 38)));
+    x[0] = 0.0f;
+    x[1] = -0.0f;
+    x[2] = 1e-45f;   /* denormal */
+    x[3] = 3.4028235e38f;
+    char *text = floats_text(x, 1000);
+    cJSON *a = parse(text);
+    assert_int_equal(cJSON_GetArraySize(a), 1000);
+    size_t i = 0;
+    for (cJSON *e = a->child; e; e = e->next, i++) {
+        float back = (float)e->valuedouble;
+        assert_memory_equal(&back, &x[i], sizeof back);
+    }
+    cJSON_Delete(a);
+    free(text);
+}
+
+static void test_answer_json(void **state)
+{
+    (void)state;
+    float v[H * DV] = {1, 2, 3, 4, 5, 0.5f};
+    uint32_t chunks[] = {3, 9};
+    ma_answer a = {.route = MA_ROUTE_SPARSE, .v = v, .score = 0.75, .has_slot = false, .event = 12,
+                   .payload = "{\"city\":\"Paris\"}", .chunks = chunks, .n_chunks = 2};
+    cJSON *o = codec_answer_to_json(&a, H * DV);
+    char *s = cJSON_PrintUnformatted(o);
+    assert_string_equal(s, "{\"route\":\"sparse\",\"v\":[1,2,3,4,5,0.5],\"score\":0.75,\"event\":12,"
+                           "\"payload\":{\"city\":\"Paris\"},\"chunks\":[3,9]}");
+    cJSON_free(s);
+    cJSON_Delete(o);
+
+    ma_answer b = {.route = MA_ROUTE_SLOT, .v = v, .score = 1, .has_slot = true, .version = 2, .event = -1,
+                   .payload = "\"Paris\""};
+    strcpy(b.slot, "capital_of_france");
+    o = codec_answer_to_json(&b, H * DV);
+    s = cJSON_PrintUnformatted(o);
+    assert_string_equal(s, "{\"route\":\"slot\",\"v\":[1,2,3,4,5,0.5],\"score\":1,\"slot\":\"capital_of_france\","
+                           "\"version\":2,\"payload\":\"Paris\"}");
+    cJSON_free(s);
+    cJSON_Delete(o);
+}
+
+static void test_report_json(void **state)
+{
+    (void)state;
+    ma_write_rec w[1] = {{"a", 3, 10}};
+    ma_void_rec vw[1] = {{"p", 11, "protected"}};
+    ma_name_rec ev[2] = {{"old1"}, {"old2"}};
+    ma_ingest_report r = {.length = 12, .appended = 2, .writes = w, .n_writes = 1, .voids = vw, .n_voids = 1,
+                          .evicted = ev, .n_evicted = 2};
+    cJSON *o = codec_ingest_report_to_json(&r);
+    char *s = cJSON_PrintUnformatted(o);
+    assert_string_equal(s, "{\"length\":12,\"appended\":2,\"writes\":[{\"slot\":\"a\",\"version\":3,\"event\":10}],"
+                           "\"void_writes\":[{\"slot\":\"p\",\"event\":11,\"reason\":\"protected\"}],"
+                           "\"evicted\":[\"old1\",\"old2\"]}");
+    cJSON_free(s);
+    cJSON_Delete(o);
+
+    ma_slot_info si = {.name = "n", .version = 4, .protect = true, .event = -1, .usage = 9,
+                       .updated_at = 1700000000123};
+    o = codec_slot_info_to_json(&si);
+    s = cJSON_PrintUnformatted(o);
+    assert_string_equal(s, "{\"name\":\"n\",\"version\":4,\"protected\":true,\"event\":null,\"usage\":9,"
+                           "\"updated_at\":\"2023-11-14T22:13:20.123Z\"}");
+    cJSON_free(s);
+    cJSON_Delete(o);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_b64_roundtrip),
+        cmocka_unit_test(test_b64_rejects),
+        cmocka_unit_test(test_params_defaults),
+        cmocka_unit_test(test_params_roundtrip),
+        cmocka_unit_test(test_params_errors),
+        cmocka_unit_test(test_events_decode),
+        cmocka_unit_test(test_events_text_payload_slot),
+        cmocka_unit_test(test_events_errors),
+        cmocka_unit_test(test_queries_decode),
+        cmocka_unit_test(test_queries_errors),
+        cmocka_unit_test(test_slot_body),
+        cmocka_unit_test(test_floats_exact),
+        cmocka_unit_test(test_answer_json),
+        cmocka_unit_test(test_report_json),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

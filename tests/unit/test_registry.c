@@ -1,0 +1,304 @@
+/*
+ * tests/unit/test_registry.c — server/registry.c over a real sqlite store (store/) and the real core:
+ * a failed commit (fault-injection VFS) leaves the session as stored (it is reloaded, the failed change
+ * is gone, the next change works); parallel readers of an unloaded session load it once; the memory
+ * budget pages out and unloads sessions without changing their answers.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "server/registry.h"
+#include "store/store.h"
+#include "store/store_fault.h"
+
+enum { D = 8 };
+
+typedef struct {
+    char dir[64];
+    ma_store *st;
+    reg_registry *reg;
+} fixture;
+
+static uint64_t rng = 99;
+static float frand(void)
+{
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static int open_fixture(fixture *f, size_t budget)
+{
+    char err[256];
+    snprintf(f->dir, sizeof f->dir, "/tmp/memattn-reg-XXXXXX");
+    if (!mkdtemp(f->dir))
+        return -1;
+    ma_store_options o;
+    ma_store_options_default(&o);
+    o.fault_vfs = 1;
+    o.synchronous = MA_STORE_SYNC_NORMAL;
+    if (ma_store_open_with(f->dir, &o, &f->st, err, sizeof err)) {
+        fprintf(stderr, "store: %s\n", err);
+        return -1;
+    }
+    reg_options ro = {.store = f->st, .memory_budget = budget, .cache_chunks = 4};
+    return reg_create(&ro, &f->reg);
+}
+
+static void close_fixture(fixture *f)
+{
+    char cmd[128];
+    reg_destroy(f->reg);
+    ma_store_close(f->st);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", f->dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static ma_params params(void)
+{
+    ma_params p;
+    ma_params_default(&p);
+    p.dim = p.value_dim = D;
+    p.chunk = 4;
+    return p;
+}
+
+/* Appends n random events (event i of the batch writes `slot` if given) and commits. */
+static int ingest(fixture *f, reg_session *s, size_t n, const char *slot)
+{
+    float k[64 * D], v[64 * D];
+    ma_event ev[64];
+    char err[256];
+    assert_true(n <= 64);
+    for (size_t i = 0; i < n * D; i++) {
+        k[i] = frand();
+        v[i] = frand();
+    }
+    for (size_t i = 0; i < n; i++)
+        ev[i] = (ma_event){.k = k + i * D, .v = v + i * D, .slot = i == 0 ? slot : NULL};
+    uint64_t first = ma_archive_length(ma_session_archive(reg_core(s)));
+    ma_ingest_report rep = {0};
+    assert_int_equal(ma_session_ingest(reg_core(s), n, ev, 1000, &rep), 0);
+    ma_ingest_report_clear(&rep);
+    reg_change c = {.first_event = first, .n_events = n, .k = k, .v = v, .backbone = true, .archive = true,
+                    .slots = slot != NULL};
+    return reg_commit(f->reg, s, &c, 2000, err, sizeof err);
+}
+
+/* The full-attention answer to a fixed query, as bits. */
+static void answer(reg_session *s, float out[D])
+{
+    float q[D];
+    for (int j = 0; j < D; j++)
+        q[j] = (float)(j + 1) / D;
+    ma_query qu = {.q = q, .route = MA_ROUTE_FULL};
+    ma_answer a = {.v = out};
+    assert_int_equal(ma_session_query(reg_core(s), &qu, &a), 0);
+    ma_answer_clear(&a);
+}
+
+static void test_failed_commit_reloads(void **state)
+{
+    (void)state;
+    fixture f;
+    reg_session *s;
+    reg_stats st;
+    char err[256];
+    ma_params p = params();
+    float before[D], after[D];
+    assert_int_equal(open_fixture(&f, 0), 0);
+    assert_int_equal(reg_create_session(f.reg, "a", &p, 1, &s, err, sizeof err), 0);
+    assert_int_equal(ingest(&f, s, 10, NULL), 0);
+    answer(s, before);
+    reg_release(f.reg, s);
+
+    /* an event batch with a slot write whose commit fails */
+    assert_int_equal(reg_acquire(f.reg, "a", &s, err, sizeof err), 0);
+    ma_store_fault_set(MA_FAULT_WRITE, 0);
+    int rc = ingest(&f, s, 5, "x");
+    ma_store_fault_set(MA_FAULT_NONE, 0);
+    assert_true(rc == MA_EIO || rc == MA_ECORRUPT);
+    assert_int_equal(ma_archive_length(ma_session_archive(reg_core(s))), 15);  /* ahead of the store ... */
+    reg_release(f.reg, s);                                                      /* ... so it is dropped */
+    reg_stats_get(f.reg, &st);
+    assert_int_equal(st.loaded, 0);
+
+    assert_int_equal(reg_acquire(f.reg, "a", &s, err, sizeof err), 0);
+    assert_int_equal(ma_archive_length(ma_session_archive(reg_core(s))), 10);
+    answer(s, after);
+    assert_memory_equal(before, after, sizeof before);
+    ma_slot_info *si;
+    size_t n;
+    assert_int_equal(ma_session_slot_list(reg_core(s), &si, &n), 0);
+    assert_int_equal(n, 0);
+    free(si);
+    /* and the session goes on from the stored state */
+    assert_int_equal(ingest(&f, s, 3, "y"), 0);
+    assert_int_equal(ma_archive_length(ma_session_archive(reg_core(s))), 13);
+    reg_release(f.reg, s);
+
+    /* a slot verb whose commit fails */
+    assert_int_equal(reg_acquire(f.reg, "a", &s, err, sizeof err), 0);
+    ma_slot_input in = {.name = "z", .payload = "\"zz\""};
+    ma_slot_result res;
+    assert_int_equal(ma_session_slot_write(reg_core(s), &in, 3000, &res), 0);
+    ma_store_fault_set(MA_FAULT_FULL, 0);
+    reg_change c = {.slots = true};
+    assert_int_not_equal(reg_commit(f.reg, s, &c, 3000, err, sizeof err), 0);
+    ma_store_fault_set(MA_FAULT_NONE, 0);
+    assert_true(strlen(err) > 0);
+    reg_release(f.reg, s);
+    assert_int_equal(reg_acquire(f.reg, "a", &s, err, sizeof err), 0);
+    ma_slot_value sv;
+    assert_int_equal(ma_session_slot_read(reg_core(s), "z", 0, &sv), MA_ENOTFOUND);
+    assert_int_equal(ma_session_slot_read(reg_core(s), "y", 0, &sv), 0);
+    ma_slot_value_clear(&sv);
+    reg_release(f.reg, s);
+
+    /* create and delete are durable too; unknown ids are not found */
+    assert_int_equal(reg_create_session(f.reg, "a", &p, 1, &s, err, sizeof err), MA_EEXISTS);
+    assert_int_equal(reg_delete(f.reg, "a", err, sizeof err), 0);
+    assert_int_equal(reg_acquire(f.reg, "a", &s, err, sizeof err), MA_ENOTFOUND);
+    assert_int_equal(reg_delete(f.reg, "a", err, sizeof err), MA_ENOTFOUND);
+    close_fixture(&f);
+}
+
+typedef struct {
+    fixture *f;
+    int rc;
+    float out[D];
+} reader;
+
+static void *read_one(void *arg)
+{
+    reader *r = arg;
+    reg_session *s;
+    char err[256];
+    r->rc = reg_acquire(r->f->reg, "b", &s, err, sizeof err);
+    if (r->rc == 0) {
+        float q[D];
+        for (int j = 0; j < D; j++)
+            q[j] = (float)(j + 1) / D;
+        ma_query qu = {.q = q, .route = MA_ROUTE_FULL};
+        ma_answer a = {.v = r->out};
+        r->rc = ma_session_query(reg_core(s), &qu, &a);
+        ma_answer_clear(&a);
+        reg_release(r->f->reg, s);
+    }
+    return NULL;
+}
+
+static void test_parallel_load_once(void **state)
+{
+    (void)state;
+    fixture f;
+    reg_session *s;
+    reg_stats st0, st1;
+    char err[256];
+    ma_params p = params();
+    float want[D];
+    assert_int_equal(open_fixture(&f, 0), 0);
+    assert_int_equal(reg_create_session(f.reg, "b", &p, 1, &s, err, sizeof err), 0);
+    assert_int_equal(ingest(&f, s, 40, NULL), 0);
+    answer(s, want);
+    reg_release(f.reg, s);
+    reg_destroy(f.reg);   /* a fresh registry: "b" is only in the store */
+    reg_options ro = {.store = f.st, .cache_chunks = 4};
+    assert_int_equal(reg_create(&ro, &f.reg), 0);
+    reg_stats_get(f.reg, &st0);
+
+    reader r[8];
+    pthread_t t[8];
+    for (int i = 0; i < 8; i++) {
+        r[i].f = &f;
+        assert_int_equal(pthread_create(&t[i], NULL, read_one, &r[i]), 0);
+    }
+    for (int i = 0; i < 8; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(r[i].rc, 0);
+        assert_memory_equal(r[i].out, want, sizeof want);
+    }
+    reg_stats_get(f.reg, &st1);
+    assert_int_equal(st1.loads - st0.loads, 1);
+    assert_int_equal(st1.loaded, 1);
+    close_fixture(&f);
+}
+
+static void test_budget(void **state)
+{
+    (void)state;
+    fixture f;
+    reg_session *s;
+    reg_stats st;
+    char err[256];
+    ma_params p = params();
+    p.dim = p.value_dim = 64;   /* a 64x64 backbone: tens of kB per session */
+    float want[6][D];
+    assert_int_equal(open_fixture(&f, 1), 0);   /* 1 byte: nothing fits but the session in use */
+    for (int i = 0; i < 6; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "m%d", i);
+        assert_int_equal(reg_create_session(f.reg, id, &p, 1, &s, err, sizeof err), 0);
+        float k[64 * 20], v[64 * 20];
+        ma_event ev[20];
+        for (int e = 0; e < 20 * 64; e++) {
+            k[e] = frand();
+            v[e] = frand();
+        }
+        for (int e = 0; e < 20; e++)
+            ev[e] = (ma_event){.k = k + e * 64, .v = v + e * 64};
+        ma_ingest_report rep = {0};
+        assert_int_equal(ma_session_ingest(reg_core(s), 20, ev, 1, &rep), 0);
+        ma_ingest_report_clear(&rep);
+        reg_change c = {.n_events = 20, .k = k, .v = v, .backbone = true, .archive = true};
+        assert_int_equal(reg_commit(f.reg, s, &c, 1, err, sizeof err), 0);
+        float q[64], out[64];
+        for (int j = 0; j < 64; j++)
+            q[j] = (float)j / 64;
+        ma_query qu = {.q = q, .route = MA_ROUTE_FULL};
+        ma_answer a = {.v = out};
+        assert_int_equal(ma_session_query(reg_core(s), &qu, &a), 0);
+        ma_answer_clear(&a);
+        memcpy(want[i], out, sizeof want[i]);
+        reg_release(f.reg, s);
+        reg_stats_get(f.reg, &st);
+        assert_int_equal(st.loaded, 1);   /* only the one just used */
+    }
+    for (int i = 5; i >= 0; i--) {
+        char id[16];
+        snprintf(id, sizeof id, "m%d", i);
+        assert_int_equal(reg_acquire(f.reg, id, &s, err, sizeof err), 0);
+        float q[64], out[64];
+        for (int j = 0; j < 64; j++)
+            q[j] = (float)j / 64;
+        ma_query qu = {.q = q, .route = MA_ROUTE_FULL};
+        ma_answer a = {.v = out};
+        assert_int_equal(ma_session_query(reg_core(s), &qu, &a), 0);
+        ma_answer_clear(&a);
+        assert_memory_equal(out, want[i], sizeof want[i]);
+        reg_release(f.reg, s);
+    }
+    reg_stats_get(f.reg, &st);
+    assert_true(st.unloads >= 10);
+    close_fixture(&f);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_failed_commit_reloads),
+        cmocka_unit_test(test_parallel_load_once),
+        cmocka_unit_test(test_budget),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
