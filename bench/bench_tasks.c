@@ -72,6 +72,8 @@ typedef struct {
     uint64_t length;
     int seeds, first_seed;
     bool chunks, verbose;
+    double query_cos;             /* cosine of the question's direction to the fact's key (1: the key) */
+    int topk;                     /* sparse reads: chunks or probed lists; 0 = the config default (16) */
     tally t[M_METHODS];
     double ingest_seconds;
     double part_seconds[5];       /* generate, session, linear, DeltaNet, chunks archive */
@@ -108,7 +110,7 @@ static void methods_destroy(methods_state *m)
     memset(m, 0, sizeof *m);
 }
 
-static int methods_create(const tg_config *c, bool chunks, methods_state *m)
+static int methods_create(const tg_config *c, bool chunks, int topk, methods_state *m)
 {
     memset(m, 0, sizeof *m);
     ma_params_default(&m->p);
@@ -118,6 +120,8 @@ static int methods_create(const tg_config *c, bool chunks, methods_state *m)
     m->p.slots = c->slots;
     m->p.backbone = MA_BACKBONE_VLA;
     m->p.selector = MA_SELECTOR_INDEX;
+    if (topk > 0)
+        m->p.topk = topk;
     ma_params lp = m->p, dp = m->p, cp = m->p;
     lp.backbone = MA_BACKBONE_LINEAR;
     dp.backbone = MA_BACKBONE_DELTA;
@@ -187,15 +191,16 @@ static void note_events(tally *t, uint64_t scored, uint64_t length)
 }
 
 /* Asks question q of every method and scores the answers. */
-static int ask(const tg_stream *st, methods_state *m, const tg_query *q, int seed_index, size_run *run,
-               uint64_t seed)
+static int ask(const tg_stream *st, methods_state *m, size_t qi, int seed_index, size_run *run, uint64_t seed)
 {
     const tg_config *c = tg_stream_config(st);
+    size_t nq;
+    const tg_query *q = &tg_queries(st, &nq)[qi];
     int d = c->dim, rc = 0;
     float qv[1024], out[1024];
-    const float *key = tg_anchor(st, q->key);
+    tg_query_direction(st, qi, run->query_cos, qv);
     for (int j = 0; j < d; j++)
-        qv[j] = (float)(ALPHA * sqrt((double)d)) * key[j];
+        qv[j] *= (float)(ALPHA * sqrt((double)d));
     uint64_t length = ma_archive_length(ma_session_archive(m->s));
 
     for (int mi = 0; mi < M_METHODS; mi++) {
@@ -222,6 +227,7 @@ static int ask(const tg_stream *st, methods_state *m, const tg_query *q, int see
                 rc = 0;
             } else if (rc) {
                 fprintf(stderr, "bench_tasks: %s query failed: %s\n", method_names[mi], ma_strerror(rc));
+                ma_answer_clear(&a);
                 return rc;
             } else {
                 pointer = a.event;
@@ -236,8 +242,10 @@ static int ask(const tg_stream *st, methods_state *m, const tg_query *q, int see
             ma_answer_clear(&a);
         } else if (mi == M_CHUNKS) {
             ma_read_result r = { .v = out };
-            if ((rc = ma_archive_read_sparse(m->chunks, qv, 0, &r)))
+            if ((rc = ma_archive_read_sparse(m->chunks, qv, 0, &r))) {
+                ma_read_result_clear(&r);
                 return rc;
+            }
             pointer = r.pointer;
             note_chunks(t, r.n_chunks);
             note_events(t, r.events_scored, length);
@@ -245,9 +253,10 @@ static int ask(const tg_stream *st, methods_state *m, const tg_query *q, int see
         } else if (mi == M_VLA) {
             ma_query mq = { .q = qv, .route = MA_ROUTE_STATE };
             ma_answer a = { .v = out };
-            if ((rc = ma_session_query(m->s, &mq, &a)))
-                return rc;
+            rc = ma_session_query(m->s, &mq, &a);
             ma_answer_clear(&a);
+            if (rc)
+                return rc;
         } else {
             /* raw reads: S·phi(q) (linear) and S·normalize(q) (DeltaNet); identity features make the
              * linear normalised read divide by z·q, which changes sign with q */
@@ -276,8 +285,10 @@ static int ask(const tg_stream *st, methods_state *m, const tg_query *q, int see
     }
     /* the sparse (index) read's scored events, straight from the session's archive */
     ma_read_result r = { .v = out };
-    if ((rc = ma_archive_read_sparse(ma_session_archive(m->s), qv, 0, &r)))
+    if ((rc = ma_archive_read_sparse(ma_session_archive(m->s), qv, 0, &r))) {
+        ma_read_result_clear(&r);
         return rc;
+    }
     note_events(&run->t[M_SPARSE], r.events_scored, length);
     ma_read_result_clear(&r);
     return 0;
@@ -313,7 +324,7 @@ static int run_stream(const tg_config *c, tg_stream_kind kind, uint64_t seed, in
         rc = MA_ENOMEM;
         goto done;
     }
-    if ((rc = methods_create(c, run->chunks, &m)))
+    if ((rc = methods_create(c, run->chunks, run->topk, &m)))
         goto done;
     if (tg_check_bounded(c, m.p.window, m.p.topk, m.p.chunk, err, sizeof err)) {
         fprintf(stderr, "bench_tasks: %s\n", err);
@@ -332,7 +343,7 @@ static int run_stream(const tg_config *c, tg_stream_kind kind, uint64_t seed, in
         while (qi < nq && qs[qi].at == at) {
             if (qs[qi].task == TG_PRESSURE)
                 check_evicted(&m, &qs[qi], run);
-            if ((rc = ask(st, &m, &qs[qi], seed_index, run, seed)))
+            if ((rc = ask(st, &m, qi, seed_index, run, seed)))
                 goto done_m;
             qi++;
         }
@@ -469,13 +480,16 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: bench_tasks [--quick] [--sizes T1,T2,...] [--seeds N] [--first-seed S] [--no-chunks]\n"
-            "                   [--dat FILE] [--verbose]\n"
+            "                   [--dat FILE] [--query-cos C] [--topk K] [--verbose]\n"
             "  EVAL.md A task table for every method. Default: T = 16384 and 2097152, seeds 1..5.\n"
             "  --quick        T = 16384 only, one seed (a smoke run)\n"
             "  --sizes LIST   comma-separated stream lengths\n"
             "  --seeds N      seeds first-seed..first-seed+N-1 (1..%d)\n"
             "  --no-chunks    skip the second archive with the chunks selector (saves its memory)\n"
             "  --dat FILE     append the stress totals per method to FILE (for docs/tasks.gp)\n"
+            "  --topk K       sparse reads: top-K chunks / K probed index lists (default 16, the config's)\n"
+            "  --query-cos C  paraphrased questions: the query direction at cosine C in (0, 1] to the key\n"
+            "                 (default 1: the key itself)\n"
             "  --verbose      one line per question and method\n", MAX_SEEDS);
 }
 
@@ -485,6 +499,8 @@ int main(int argc, char **argv)
     int n_sizes = 2, seeds = 5, first_seed = 1;
     bool chunks = true, verbose = false;
     const char *dat = NULL;
+    double query_cos = 1.0;
+    int topk = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--quick")) {
@@ -508,6 +524,19 @@ int main(int argc, char **argv)
             seeds = atoi(argv[++i]);
         } else if (!strcmp(a, "--first-seed") && i + 1 < argc) {
             first_seed = atoi(argv[++i]);
+        } else if (!strcmp(a, "--query-cos") && i + 1 < argc) {
+            char *end;
+            query_cos = strtod(argv[++i], &end);
+            if (*end || !(query_cos > 0 && query_cos <= 1)) {
+                fprintf(stderr, "bench_tasks: --query-cos %s: expected a number in (0, 1]\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(a, "--topk") && i + 1 < argc) {
+            topk = atoi(argv[++i]);
+            if (topk < 1 || topk > MA_MAX_TOPK) {
+                fprintf(stderr, "bench_tasks: --topk %s: expected 1..%d\n", argv[i], MA_MAX_TOPK);
+                return 2;
+            }
         } else if (!strcmp(a, "--dat") && i + 1 < argc) {
             dat = argv[++i];
         } else if (!strcmp(a, "--no-chunks")) {
@@ -529,8 +558,8 @@ int main(int argc, char **argv)
         return 2;
     }
     openblas_set_num_threads(1);
-    printf("# bench_tasks: EVAL.md A, H = 1, d = 64, M = 32 slots, C = 64, top-k 16, W = 256, "
-           "q = %.0f·sqrt(d)·key\n", ALPHA);
+    printf("# bench_tasks: EVAL.md A, H = 1, d = 64, M = 32 slots, C = 64, top-k %d, W = 256, "
+           "q = %.0f·sqrt(d)·direction, direction at cosine %.3g to the key\n", topk ? topk : 16, ALPHA, query_cos);
     int rc = 0;
     size_run *run = calloc(1, sizeof *run);
     if (!run)
@@ -542,6 +571,8 @@ int main(int argc, char **argv)
         run->first_seed = first_seed;
         run->chunks = chunks;
         run->verbose = verbose;
+        run->query_cos = query_cos;
+        run->topk = topk;
         tg_config c;
         char err[256];
         tg_config_default(&c, sizes[si]);

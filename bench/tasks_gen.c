@@ -682,6 +682,28 @@ int tg_events(const tg_stream *s, uint64_t start, size_t n, float *k, float *v, 
     return 0;
 }
 
+void tg_query_direction(const tg_stream *s, size_t i, double cos, float *out)
+{
+    int d = s->c.dim;
+    const float *key = tg_anchor(s, s->queries[i].key);
+    double x[1024];
+    if (cos >= 1) {
+        memcpy(out, key, (size_t)d * sizeof *out);
+        return;
+    }
+    rng r = rng_make(s->seed, s->kind, 3, i);
+    unit_vector(&r, x, d);
+    double pr = dot_fd(key, x, d);
+    for (int j = 0; j < d; j++)
+        x[j] -= pr * key[j];
+    normalize_d(x, d);
+    for (int j = 0; j < d; j++)
+        x[j] = cos * key[j] + sqrt(1 - cos * cos) * x[j];
+    normalize_d(x, d);
+    for (int j = 0; j < d; j++)
+        out[j] = (float)x[j];
+}
+
 int tg_decode(const tg_stream *s, const float *v)
 {
     int d = s->c.dim, best = -1;

@@ -123,6 +123,11 @@ const tg_query *tg_queries(const tg_stream *s, size_t *n); /* sorted by at, then
  * -2 out of memory. */
 int tg_events(const tg_stream *s, uint64_t start, size_t n, float *k, float *v, const tg_plant **plant);
 
+/* The direction of question i (an index into tg_queries) at cosine `cos` to its key: the key itself for
+ * cos >= 1, else normalize(cos·key + sqrt(1 - cos²)·r) with r a random unit vector orthogonal to the key,
+ * drawn from (seed, kind, i) — a paraphrased question. out: d floats, unit length. cos in (0, 1]. */
+void tg_query_direction(const tg_stream *s, size_t i, double cos, float *out);
+
 /* Nearest codebook row to v by cosine; -1 for a zero or non-finite vector. */
 int tg_decode(const tg_stream *s, const float *v);
 

@@ -419,6 +419,34 @@ static void test_needle_unique(void **state)
     tg_stream_destroy(s);
 }
 
+/* A paraphrased question is at the requested cosine to its key, unit, deterministic, and differs
+ * between questions; cos 1 is the key itself. */
+static void test_query_direction(void **state)
+{
+    (void)state;
+    tg_stream *s = make(16384, TG_STREAM_MAIN, 5);
+    int d = tg_stream_config(s)->dim;
+    size_t nq;
+    const tg_query *q = tg_queries(s, &nq);
+    float a[64], b[64], c[64];
+    assert_int_equal(d, 64);
+    for (size_t i = 0; i < nq; i++) {
+        const float *key = tg_anchor(s, q[i].key);
+        tg_query_direction(s, i, 1.0, a);
+        assert_memory_equal(a, key, sizeof a);
+        tg_query_direction(s, i, 0.9, a);
+        tg_query_direction(s, i, 0.9, b);
+        assert_memory_equal(a, b, sizeof a);
+        assert_true(fabs(dot_ff(a, a, d) - 1) < 1e-5);
+        assert_true(fabs(dot_ff(a, key, d) - 0.9) < 1e-5);
+        if (i > 0) {
+            tg_query_direction(s, i - 1, 0.9, c);
+            assert_memory_not_equal(a, c, sizeof a);
+        }
+    }
+    tg_stream_destroy(s);
+}
+
 static void test_decode(void **state)
 {
     (void)state;
@@ -455,6 +483,7 @@ int main(void)
         cmocka_unit_test(test_positions_cover_stream),
         cmocka_unit_test(test_queries_consistent),
         cmocka_unit_test(test_needle_unique),
+        cmocka_unit_test(test_query_direction),
         cmocka_unit_test(test_decode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
