@@ -221,14 +221,17 @@ static float dot_lanes(const float *a, const float *b, int n)
     return sum;
 }
 
-/* Mean over heads of cos(q_h, k_h), given the heads' norms; a zero head scores 0. */
+/* Mean over heads of cos(q_h, k_h), given the heads' norms; a zero head scores 0. The float dot product
+ * can land a few ulps outside [-1, 1] for parallel vectors: clamped, so clients see a true cosine. */
 static double score(const float *q, const double *qn, const float *k, const double *kn, int heads, int dim)
 {
     double sum = 0;
     for (int h = 0; h < heads; h++)
-        if (qn[h] > 0 && kn[h] > 0)
-            sum += (double)dot_lanes(q + (size_t)h * (size_t)dim, k + (size_t)h * (size_t)dim, dim) /
-                   (qn[h] * kn[h]);
+        if (qn[h] > 0 && kn[h] > 0) {
+            double c = (double)dot_lanes(q + (size_t)h * (size_t)dim, k + (size_t)h * (size_t)dim, dim) /
+                       (qn[h] * kn[h]);
+            sum += c > 1 ? 1 : c < -1 ? -1 : c;
+        }
     return sum / heads;
 }
 

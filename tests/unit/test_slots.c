@@ -416,8 +416,16 @@ static void test_match_and_cosine(void **state)
     assert_true(fabs(score - bs) < 1e-6);
     assert_true(score == ma_slots_cosine(q, w[best].k, H, D));   /* the scan and a named score agree */
 
-    /* A query equal to a key scores 1; a zero head scores 0 for that head. */
+    /* A query equal to a key scores 1 (never above: a cosine is clamped to [-1, 1] even when float
+     * rounding lands outside); a zero head scores 0 for that head. */
     assert_true(fabs(ma_slots_cosine(w[2].k, w[2].k, H, D) - 1.0) < 1e-6);
+    for (int i = 0; i < 6; i++) {
+        float neg[KN];
+        for (int j = 0; j < KN; j++)
+            neg[j] = -w[i].k[j];
+        assert_true(ma_slots_cosine(w[i].k, w[i].k, H, D) <= 1.0);
+        assert_true(ma_slots_cosine(neg, w[i].k, H, D) >= -1.0);
+    }
     float half[KN];
     memcpy(half, w[2].k, sizeof half);
     memset(half + D, 0, D * sizeof(float));
