@@ -210,13 +210,7 @@ static int payload_load(void *ctx, uint64_t event, char **payload)
 
 static size_t measure(ma_session *core)
 {
-    ma_session_stats st;
-    size_t bytes = 0;
-    if (ma_session_stats_get(core, &st) == 0) {
-        bytes = st.bytes;
-        ma_session_stats_clear(&st);
-    }
-    return bytes;
+    return ma_session_bytes(core);   /* cheap: called under mu at every release */
 }
 
 /* The chunk cache of one session of s->params: the configured cache_chunks, but at most an eighth of the
