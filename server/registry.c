@@ -33,7 +33,7 @@ struct reg_session {
     bool stale;                 /* in-memory state may differ from the store: drop at last release */
     bool linked;                /* in the map and LRU list */
     bool paged;                 /* archive chunks released to the store since the last append */
-    bool trimmed;               /* unused since its chunk cache was last emptied (budget remedy 1) */
+    bool emptied;               /* unused since its chunk cache was last emptied (budget remedy 1) */
     size_t cache_chunks;        /* this session's archive chunk cache (bounded by the budget) */
     int refs;                   /* under reg->mu */
     pthread_mutex_t load_mu;    /* serialises loading */
@@ -51,6 +51,7 @@ struct reg_registry {
     size_t loaded;
     uint64_t loads, unloads;
     uint64_t paged_out_bytes;   /* archive bytes dropped by budget remedy 1 */
+    size_t untrimmed;           /* bytes freed since the last malloc_trim */
     atomic_uint_fast64_t chunk_loads;   /* chunks read back from the store (any thread, no lock) */
 };
 
@@ -326,7 +327,7 @@ int reg_acquire(reg_registry *r, const char *id, reg_session **out, char *err, s
         link_session(r, s);
     }
     s->refs++;
-    s->trimmed = false;   /* the job may fill its chunk cache */
+    s->emptied = false;   /* the job may fill its chunk cache */
     pthread_mutex_unlock(&r->mu);
 
     pthread_mutex_lock(&s->load_mu);
@@ -399,8 +400,22 @@ fail:
     return rc;
 }
 
-/* Frees unloaded sessions outside mu, then gives the freed memory back to the OS: glibc keeps freed
- * memory in the arena of the thread that freed it (and in the arenas of the worker threads that
+/* Freed bytes worth a malloc_trim (which costs ~0.6 ms, up to a few ms, on this daemon's heap). */
+#define TRIM_BYTES ((size_t)1 << 20)
+
+/* Counts `bytes` freed (caller holds mu); true when the freed bytes since the last trim reach TRIM_BYTES,
+ * i.e. the caller should trim after unlocking. */
+static bool freed(reg_registry *r, size_t bytes)
+{
+    r->untrimmed += bytes;
+    if (r->untrimmed < TRIM_BYTES)
+        return false;
+    r->untrimmed = 0;
+    return true;
+}
+
+/* Frees unloaded sessions outside mu, then (trim) gives the freed memory back to the OS: glibc keeps
+ * freed memory in the arena of the thread that freed it (and in the arenas of the worker threads that
  * allocated it) unless asked; without this the process's RSS would not shrink when sessions are unloaded
  * (docs/STORE.md, "Memory budget", has the numbers). */
 static void free_dropped(reg_session *drop, bool trim)
@@ -440,18 +455,18 @@ void reg_release(reg_registry *r, reg_session *s)
      * meanwhile. 2: unload unused sessions from the cold end; the one just released stays loaded even if
      * alone it is over. */
     for (reg_session *c = r->lru_tail; c && over_budget(r); c = c->prev)
-        if (c->refs == 0 && c->core && !c->trimmed) {
+        if (c->refs == 0 && c->core && !c->emptied) {
             ma_archive *a = ma_session_archive(c->core);
             ma_archive_release(a);
             /* Setting the same source again empties the cache (no reader runs: refs == 0). */
             if (ma_archive_set_source(a, (ma_chunk_source){chunk_load, c}, c->cache_chunks) == 0)
-                c->trimmed = true;
+                c->emptied = true;
             c->paged = true;
             size_t before = c->bytes;
             remeasure(r, c);
             if (c->bytes < before) {
                 r->paged_out_bytes += before - c->bytes;
-                trim = true;
+                trim |= freed(r, before - c->bytes);
             }
         }
     for (reg_session *c = r->lru_tail, *prev; c && over_budget(r); c = prev) {
@@ -459,11 +474,12 @@ void reg_release(reg_registry *r, reg_session *s)
         if (c == s || c->refs > 0)
             continue;
         unlink_session(r, c);
+        trim |= freed(r, c->bytes);
         c->hnext = drop;
         drop = c;
     }
     pthread_mutex_unlock(&r->mu);
-    free_dropped(drop, trim || drop);
+    free_dropped(drop, trim);
 }
 
 int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
@@ -474,9 +490,11 @@ int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
         return rc;
     pthread_mutex_lock(&r->mu);
     reg_session *s = find(r, id);
+    bool trim = false;
     if (s) {
         if (s->refs == 0) {
             unlink_session(r, s);
+            trim = freed(r, s->bytes);
             drop = s;
         } else {
             s->stale = true;  /* cannot happen with per-id ordering; be safe: drop at last release */
@@ -486,7 +504,7 @@ int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
     pthread_mutex_unlock(&r->mu);
     if (drop)
         drop->hnext = NULL;
-    free_dropped(drop, drop != NULL);
+    free_dropped(drop, trim);
     return 0;
 }
 
