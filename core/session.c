@@ -491,9 +491,14 @@ int ma_session_stats_get(const ma_session *s, ma_session_stats *st)
     st->length = ma_archive_length(s->ar);
     st->chunks = ma_archive_chunks(s->ar);
     st->slots_resident = ma_slots_resident(s->slots);
-    st->bytes = sizeof *s + ma_backbone_bytes(s->bb) + ma_archive_bytes(s->ar) + ma_slots_bytes(s->slots) +
-                s->plcap * sizeof *s->pl + s->pl_bytes;
+    st->bytes = ma_session_bytes(s);
     return 0;
+}
+
+size_t ma_session_bytes(const ma_session *s)
+{
+    return sizeof *s + ma_backbone_bytes(s->bb) + ma_archive_bytes(s->ar) + ma_slots_bytes(s->slots) +
+           s->plcap * sizeof *s->pl + s->pl_bytes;
 }
 
 /* ---- persistence ------------------------------------------------------------------------------- */

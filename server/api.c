@@ -89,6 +89,7 @@ static struct {
     srv_metric_child *sessions_loaded, *memory_bytes, *events_ingested, *commit_seconds, *commit_failures;
     srv_metric_child *routes[MA_ROUTE_WINDOW + 1];
     srv_metric_child *loads, *unloads;
+    srv_metric_child *memory_budget, *chunk_loads, *paged_out;   /* the session cache (registry) */
 } api;
 
 /* ---- small helpers --------------------------------------------------------------------------- */
@@ -817,6 +818,9 @@ static void update_gauges(void)
     /* counters only grow: add the difference since the last update (loop thread only) */
     srv_metric_child_add(api.loads, (int64_t)st.loads - srv_metric_child_value(api.loads));
     srv_metric_child_add(api.unloads, (int64_t)st.unloads - srv_metric_child_value(api.unloads));
+    srv_metric_child_set(api.memory_budget, (int64_t)st.budget);
+    srv_metric_child_add(api.chunk_loads, (int64_t)st.chunk_loads - srv_metric_child_value(api.chunk_loads));
+    srv_metric_child_add(api.paged_out, (int64_t)st.paged_out_bytes - srv_metric_child_value(api.paged_out));
 }
 
 static void job_done(void *arg, int status)
@@ -1038,8 +1042,17 @@ static int register_metrics(srv_metrics *m)
     srv_metric *ld = srv_metric_counter(m, "memattn_session_loads_total", "Sessions loaded from the store", NULL);
     srv_metric *ul = srv_metric_counter(m, "memattn_session_unloads_total",
                                         "Sessions unloaded (memory budget, deletes, failed commits)", NULL);
-    if (!loaded || !mem || !ev || !rt || !cs || !cf || !ld || !ul)
+    srv_metric *mb = srv_metric_gauge(m, "memattn_memory_budget_bytes",
+                                      "The --memory budget for loaded sessions (0: unlimited)", NULL);
+    srv_metric *cl = srv_metric_counter(m, "memattn_archive_chunk_loads_total",
+                                        "Archive chunks read back from the store (pages in)", NULL);
+    srv_metric *po = srv_metric_counter(m, "memattn_archive_paged_out_bytes_total",
+                                        "Archive chunk bytes dropped from memory under the budget (pages out)", NULL);
+    if (!loaded || !mem || !ev || !rt || !cs || !cf || !ld || !ul || !mb || !cl || !po)
         return MA_ENOMEM;
+    api.memory_budget = srv_metric_child_get(mb, NULL);
+    api.chunk_loads = srv_metric_child_get(cl, NULL);
+    api.paged_out = srv_metric_child_get(po, NULL);
     api.sessions_loaded = srv_metric_child_get(loaded, NULL);
     api.memory_bytes = srv_metric_child_get(mem, NULL);
     api.events_ingested = srv_metric_child_get(ev, NULL);

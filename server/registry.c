@@ -9,7 +9,9 @@
  */
 #include "server/registry.h"
 
+#include <malloc.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +33,8 @@ struct reg_session {
     bool stale;                 /* in-memory state may differ from the store: drop at last release */
     bool linked;                /* in the map and LRU list */
     bool paged;                 /* archive chunks released to the store since the last append */
+    bool emptied;               /* unused since its chunk cache was last emptied (budget remedy 1) */
+    size_t cache_chunks;        /* this session's archive chunk cache (bounded by the budget) */
     int refs;                   /* under reg->mu */
     pthread_mutex_t load_mu;    /* serialises loading */
     reg_session *hnext;         /* hash chain */
@@ -46,6 +50,9 @@ struct reg_registry {
     size_t bytes;               /* sum of bytes of linked sessions */
     size_t loaded;
     uint64_t loads, unloads;
+    uint64_t paged_out_bytes;   /* archive bytes dropped by budget remedy 1 */
+    size_t untrimmed;           /* bytes freed since the last malloc_trim */
+    atomic_uint_fast64_t chunk_loads;   /* chunks read back from the store (any thread, no lock) */
 };
 
 static uint64_t hash_id(const char *s)
@@ -189,6 +196,7 @@ static int chunk_load(void *ctx, uint32_t chunk, float *k, float *v, size_t n)
 {
     reg_session *s = ctx;
     char err[256];
+    atomic_fetch_add_explicit(&s->reg->chunk_loads, 1, memory_order_relaxed);
     size_t kf = (size_t)s->params.heads * s->params.dim, vf = (size_t)s->params.heads * s->params.value_dim;
     return ma_store_load_events(s->reg->opt.store, s->id, (uint64_t)chunk * (uint64_t)s->params.chunk, n, kf, vf,
                                 k, v, NULL, err, sizeof err);
@@ -203,13 +211,31 @@ static int payload_load(void *ctx, uint64_t event, char **payload)
 
 static size_t measure(ma_session *core)
 {
-    ma_session_stats st;
-    size_t bytes = 0;
-    if (ma_session_stats_get(core, &st) == 0) {
-        bytes = st.bytes;
-        ma_session_stats_clear(&st);
+    return ma_session_bytes(core);   /* cheap: called under mu at every release */
+}
+
+/* The chunk cache of one session of s->params: the configured cache_chunks, but at most an eighth of the
+ * budget, so that the caches of the sessions that fit cannot by themselves exceed it (each read may still
+ * use more entries for its duration; they are freed when it ends). At least one chunk. */
+static size_t cache_chunks_for(const reg_registry *r, const ma_params *p)
+{
+    size_t n = r->opt.cache_chunks;
+    if (r->opt.memory_budget) {
+        size_t chunk_bytes = (size_t)p->chunk * (size_t)p->heads * (size_t)(p->dim + p->value_dim) * sizeof(float);
+        size_t fit = r->opt.memory_budget / 8 / chunk_bytes;
+        if (fit < n)
+            n = fit ? fit : 1;
     }
-    return bytes;
+    return n;
+}
+
+/* Re-measures the resident bytes of s (caller holds mu; s is loaded and not being mutated). */
+static void remeasure(reg_registry *r, reg_session *s)
+{
+    size_t bytes = measure(s->core);
+    if (s->linked)
+        r->bytes = r->bytes - s->bytes + bytes;
+    s->bytes = bytes;
 }
 
 /* A fresh core for s->params whose archive pages sealed chunks through the store. */
@@ -220,7 +246,8 @@ static int fresh_core(reg_registry *r, reg_session *s, ma_session **out)
     if (rc)
         return rc;
     ma_chunk_source src = {chunk_load, s};
-    if ((rc = ma_archive_set_source(ma_session_archive(core), src, r->opt.cache_chunks)) != 0) {
+    s->cache_chunks = cache_chunks_for(r, &s->params);
+    if ((rc = ma_archive_set_source(ma_session_archive(core), src, s->cache_chunks)) != 0) {
         ma_session_destroy(core);
         return rc;
     }
@@ -254,9 +281,10 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
     } else {
         ma_chunk_source chunks = {chunk_load, s};
         ma_payload_source payloads = {payload_load, s};
+        s->cache_chunks = cache_chunks_for(r, &s->params);
         rc = ma_session_restore(&s->params, row.backbone.data, row.backbone.len, row.slots_blob.data,
                                 row.slots_blob.len, row.archive_meta.data, row.archive_meta.len, chunks,
-                                r->opt.cache_chunks, payloads, &core);
+                                s->cache_chunks, payloads, &core);
         if (rc) {
             snprintf(err, errlen, "session %s: cannot restore the stored state: %s", s->id, ma_strerror(rc));
             goto done;
@@ -299,6 +327,7 @@ int reg_acquire(reg_registry *r, const char *id, reg_session **out, char *err, s
         link_session(r, s);
     }
     s->refs++;
+    s->emptied = false;   /* the job may fill its chunk cache */
     pthread_mutex_unlock(&r->mu);
 
     pthread_mutex_lock(&s->load_mu);
@@ -371,9 +400,39 @@ fail:
     return rc;
 }
 
+/* Freed bytes worth a malloc_trim (which costs ~0.6 ms, up to a few ms, on this daemon's heap). */
+#define TRIM_BYTES ((size_t)1 << 20)
+
+/* Counts `bytes` freed (caller holds mu); true when the freed bytes since the last trim reach TRIM_BYTES,
+ * i.e. the caller should trim after unlocking. */
+static bool freed(reg_registry *r, size_t bytes)
+{
+    r->untrimmed += bytes;
+    if (r->untrimmed < TRIM_BYTES)
+        return false;
+    r->untrimmed = 0;
+    return true;
+}
+
+/* Frees unloaded sessions outside mu, then (trim) gives the freed memory back to the OS: glibc keeps
+ * freed memory in the arena of the thread that freed it (and in the arenas of the worker threads that
+ * allocated it) unless asked; without this the process's RSS would not shrink when sessions are unloaded
+ * (docs/STORE.md, "Memory budget", has the numbers). */
+static void free_dropped(reg_session *drop, bool trim)
+{
+    while (drop) {
+        reg_session *n = drop->hnext;
+        session_free(drop);
+        drop = n;
+    }
+    if (trim)
+        malloc_trim(0);
+}
+
 void reg_release(reg_registry *r, reg_session *s)
 {
     reg_session *drop = NULL;   /* sessions to destroy after unlocking, chained through hnext */
+    bool trim = false;
 
     pthread_mutex_lock(&r->mu);
     s->refs--;
@@ -386,33 +445,41 @@ void reg_release(reg_registry *r, reg_session *s)
             unlink_session(r, s);
         s->hnext = drop;
         drop = s;
+    } else if (s->core && !s->stale) {
+        /* Reads fill the chunk cache of a paged archive: count what the job left resident. */
+        remeasure(r, s);
     }
     /* Budget, cheapest remedy first. 1: page out the archive chunks of unused sessions from the cold end
-     * (every event is in the store, and the summaries and index stay, so they still answer, reading
-     * chunks back on demand); done under mu so no job can acquire the session meanwhile. 2: unload unused
-     * sessions from the cold end; the one just released stays loaded even if alone it is over. */
+     * and empty their chunk caches (every event is in the store, and the summaries and index stay, so they
+     * still answer, reading chunks back on demand); done under mu so no job can acquire the session
+     * meanwhile. 2: unload unused sessions from the cold end; the one just released stays loaded even if
+     * alone it is over. */
     for (reg_session *c = r->lru_tail; c && over_budget(r); c = c->prev)
-        if (c->refs == 0 && c->core && !c->paged) {
-            ma_archive_release(ma_session_archive(c->core));
+        if (c->refs == 0 && c->core && !c->emptied) {
+            ma_archive *a = ma_session_archive(c->core);
+            ma_archive_release(a);
+            /* Setting the same source again empties the cache (no reader runs: refs == 0). */
+            if (ma_archive_set_source(a, (ma_chunk_source){chunk_load, c}, c->cache_chunks) == 0)
+                c->emptied = true;
             c->paged = true;
-            size_t bytes = measure(c->core);
-            r->bytes = r->bytes - c->bytes + bytes;
-            c->bytes = bytes;
+            size_t before = c->bytes;
+            remeasure(r, c);
+            if (c->bytes < before) {
+                r->paged_out_bytes += before - c->bytes;
+                trim |= freed(r, before - c->bytes);
+            }
         }
     for (reg_session *c = r->lru_tail, *prev; c && over_budget(r); c = prev) {
         prev = c->prev;
         if (c == s || c->refs > 0)
             continue;
         unlink_session(r, c);
+        trim |= freed(r, c->bytes);
         c->hnext = drop;
         drop = c;
     }
     pthread_mutex_unlock(&r->mu);
-    while (drop) {
-        reg_session *n = drop->hnext;
-        session_free(drop);
-        drop = n;
-    }
+    free_dropped(drop, trim);
 }
 
 int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
@@ -423,9 +490,11 @@ int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
         return rc;
     pthread_mutex_lock(&r->mu);
     reg_session *s = find(r, id);
+    bool trim = false;
     if (s) {
         if (s->refs == 0) {
             unlink_session(r, s);
+            trim = freed(r, s->bytes);
             drop = s;
         } else {
             s->stale = true;  /* cannot happen with per-id ordering; be safe: drop at last release */
@@ -433,7 +502,9 @@ int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
         }
     }
     pthread_mutex_unlock(&r->mu);
-    session_free(drop);
+    if (drop)
+        drop->hnext = NULL;
+    free_dropped(drop, trim);
     return 0;
 }
 
@@ -453,11 +524,8 @@ static double now_seconds(void)
 /* Re-measures the resident bytes of s (after a mutation). */
 static void touch_bytes(reg_registry *r, reg_session *s)
 {
-    size_t bytes = measure(s->core);
     pthread_mutex_lock(&r->mu);
-    if (s->linked)
-        r->bytes = r->bytes - s->bytes + bytes;
-    s->bytes = bytes;
+    remeasure(r, s);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -526,7 +594,10 @@ void reg_stats_get(reg_registry *r, reg_stats *st)
     st->bytes = r->bytes;
     st->loads = r->loads;
     st->unloads = r->unloads;
+    st->paged_out_bytes = r->paged_out_bytes;
+    st->budget = r->opt.memory_budget;
     pthread_mutex_unlock(&r->mu);
+    st->chunk_loads = atomic_load_explicit(&r->chunk_loads, memory_order_relaxed);
 }
 
 void reg_destroy(reg_registry *r)

@@ -5,9 +5,12 @@
  * in front of it. A session is loaded on first use (ma_session_restore over the stored blobs, with the
  * archive's chunks and the events' payloads paged from the store), reference-counted while a job uses
  * it, and kept resident while the resident bytes of all loaded sessions fit the memory budget (--memory).
- * Over budget, unused sessions first have their archive chunks paged out (they keep answering, reading
- * chunks back through a small cache), then are unloaded, least recently used first. Neither loses
- * anything: every mutation was committed before it was acknowledged.
+ * Resident bytes are what core counts (ma_session_stats.bytes: backbone, slots, archive with its chunk
+ * cache and index, payloads), re-measured whenever a job releases the session. Over budget, unused
+ * sessions first have their archive chunks paged out and their chunk caches emptied (they keep answering,
+ * reading chunks back through a small cache), then are unloaded, least recently used first; freed memory
+ * is handed back to the OS (malloc_trim). Neither loses anything: every mutation was committed before it
+ * was acknowledged.
  *
  * Mutations follow one protocol (the api's exclusive jobs):
  *   1. apply the change to the in-memory session (the core checks everything first, so a refused change
@@ -44,9 +47,10 @@ typedef struct reg_session reg_session;   /* one session known to the registry (
 typedef struct {
     ma_store *store;          /* borrowed; must outlive the registry */
     size_t memory_budget;     /* resident bytes of loaded sessions before LRU unloading; 0 = unlimited */
-    size_t cache_chunks;      /* archive chunks cached per session once chunks are paged (>= 1); this
-                                 cache is measured when a session is re-measured (commits, paging),
-                                 so the budget can be exceeded by up to one cache per loaded session */
+    size_t cache_chunks;      /* archive chunks cached per session once chunks are paged (>= 1); with a
+                                 budget, at most budget/8 bytes of chunks per session. A session is
+                                 re-measured at every release, so its cache is in the budget; a read
+                                 in progress may hold more chunks than that for its duration */
     /* Optional: called after every store commit with its duration and result (metrics). Any thread. */
     void (*on_commit)(void *ctx, double seconds, int rc);
     void *ctx;
@@ -100,8 +104,11 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
 
 typedef struct {
     size_t loaded;             /* sessions in memory */
-    size_t bytes;              /* their resident bytes (as last measured) */
+    size_t bytes;              /* their resident bytes (as last measured: load, commit, every release) */
+    size_t budget;             /* reg_options.memory_budget (0: none) */
     uint64_t loads, unloads;   /* since start */
+    uint64_t chunk_loads;      /* archive chunks read back from the store (pages in) since start */
+    uint64_t paged_out_bytes;  /* archive bytes dropped from RAM under the budget (pages out) since start */
 } reg_stats;
 
 void reg_stats_get(reg_registry *r, reg_stats *st);

@@ -293,12 +293,68 @@ static void test_budget(void **state)
     close_fixture(&f);
 }
 
+/* A restored session's chunk cache is in the registry's count once a read has filled it, and the budget
+ * empties it (pages out) before unloading anything. */
+static void test_cache_counted(void **state)
+{
+    (void)state;
+    fixture f;
+    reg_session *s;
+    reg_stats st;
+    char err[256];
+    ma_params p = params();
+    assert_int_equal(open_fixture(&f, 0), 0);
+    assert_int_equal(reg_create_session(f.reg, "c", &p, 1, &s, err, sizeof err), 0);
+    assert_int_equal(ingest(&f, s, 64, NULL), 0);   /* 16 chunks of 4 events */
+    float want[D], out[D];
+    answer(s, want);
+    reg_release(f.reg, s);
+
+    for (int round = 0; round < 2; round++) {
+        /* A new registry restores the session from the store: chunks are paged, the cache empty. */
+        reg_destroy(f.reg);
+        size_t empty = round == 0 ? 0 : st.bytes;   /* round 1: a budget that fits only the emptied session */
+        reg_options ro = {.store = f.st, .memory_budget = empty, .cache_chunks = 4};
+        assert_int_equal(reg_create(&ro, &f.reg), 0);
+        assert_int_equal(reg_acquire(f.reg, "c", &s, err, sizeof err), 0);
+        reg_stats_get(f.reg, &st);
+        size_t loaded_bytes = st.bytes;
+        answer(s, out);   /* a full read: every chunk through the cache, 4 stay */
+        assert_memory_equal(out, want, sizeof out);
+        reg_release(f.reg, s);
+        reg_stats_get(f.reg, &st);
+        assert_true(st.chunk_loads >= 16);   /* every chunk was paged in (some twice) */
+        ma_session_stats ss;
+        assert_int_equal(reg_acquire(f.reg, "c", &s, err, sizeof err), 0);
+        assert_int_equal(ma_session_stats_get(reg_core(s), &ss), 0);
+        assert_int_equal(st.bytes, ss.bytes);   /* the count is what core holds, cache included */
+        ma_session_stats_clear(&ss);
+        reg_release(f.reg, s);
+        if (round == 0) {
+            assert_true(st.bytes >= loaded_bytes + 4 * 4 * 2 * D * sizeof(float));
+            assert_int_equal(st.paged_out_bytes, 0);
+            st.bytes = loaded_bytes;
+        } else {
+            /* over the budget: the cache was emptied (its table of entries stays), the session stays loaded */
+            assert_true(st.bytes < loaded_bytes + 4 * 2 * D * sizeof(float));
+            /* the cache was bounded to budget/8 (~3 chunks of 256 bytes), filled, and emptied */
+            size_t chunk_bytes = 4 * 2 * D * sizeof(float), cap = st.budget / 8 / chunk_bytes;
+            assert_true(cap >= 1 && cap < 4);
+            assert_true(st.paged_out_bytes >= cap * chunk_bytes && st.paged_out_bytes < 4 * chunk_bytes + 1024);
+            assert_int_equal(st.loaded, 1);
+            assert_int_equal(st.unloads, 0);
+        }
+    }
+    close_fixture(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_failed_commit_reloads),
         cmocka_unit_test(test_parallel_load_once),
         cmocka_unit_test(test_budget),
+        cmocka_unit_test(test_cache_counted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
