@@ -1017,6 +1017,8 @@ int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, uin
         if (a->ivf && (rc = ma_ivf_add(a->ivf, ch->n, k)) != 0)
             goto fail;
     }
+    if (a->ivf)
+        ma_ivf_shrink(a->ivf);
     free(tk);
     free(tv);
     *out = a;

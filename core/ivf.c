@@ -225,7 +225,8 @@ static int list_reserve(const ma_ivf *x, ivlist *l, size_t need)
 {
     if (l->cap >= need)
         return 0;
-    size_t cap = l->cap ? l->cap * 2 : 16;
+    /* 1.5x: amortised O(1) appends with at most a third of a list unused (codes are most of the index). */
+    size_t cap = l->cap ? l->cap + l->cap / 2 : 16;
     if (cap < need)
         cap = need;
     /* Each array is replaced only when its realloc succeeds; cap rises when all three have. */
@@ -251,6 +252,32 @@ static void list_push(const ma_ivf *x, ivlist *l, uint64_t id, const float *k)
     l->ids[l->n] = (uint32_t)id;
     encode(x, k, l->scale + l->n * (size_t)x->H, l->codes + l->n * x->cb);
     l->n++;
+}
+
+/* Gives the lists' unused capacity back (a failed shrink keeps the larger, valid arrays). */
+static void shrink(const ma_ivf *x, ivlist *lists, uint32_t nlist)
+{
+    for (uint32_t c = 0; c < nlist; c++) {
+        ivlist *l = &lists[c];
+        if (l->n == l->cap || l->n == 0)
+            continue;
+        uint32_t *ids = realloc(l->ids, l->n * sizeof *ids);
+        float *sc = ids ? realloc(l->scale, l->n * (size_t)x->H * sizeof *sc) : NULL;
+        uint8_t *co = sc ? realloc(l->codes, l->n * x->cb) : NULL;
+        if (ids)
+            l->ids = ids;
+        if (sc)
+            l->scale = sc;
+        if (co) {
+            l->codes = co;
+            l->cap = l->n;
+        }
+    }
+}
+
+void ma_ivf_shrink(ma_ivf *x)
+{
+    shrink(x, x->lists, x->nlist);
 }
 
 static void lists_free(ivlist *l, uint32_t n)
@@ -521,23 +548,7 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
             list_push(x, l, first + i, B + i * D);
         }
     }
-    /* Lists grew by doubling: give the slack back (a failed shrink keeps the larger, valid arrays). */
-    for (uint32_t c = 0; c < nlist; c++) {
-        ivlist *l = &nl[c];
-        if (l->n == l->cap || l->n == 0)
-            continue;
-        uint32_t *ids = realloc(l->ids, l->n * sizeof *ids);
-        float *sc = ids ? realloc(l->scale, l->n * (size_t)x->H * sizeof *sc) : NULL;
-        uint8_t *co = sc ? realloc(l->codes, l->n * x->cb) : NULL;
-        if (ids)
-            l->ids = ids;
-        if (sc)
-            l->scale = sc;
-        if (co) {
-            l->codes = co;
-            l->cap = l->n;
-        }
-    }
+    shrink(x, nl, nlist);
 
     lists_free(x->lists, x->nlist);
     free(x->cent);

@@ -64,6 +64,9 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx);
 int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, uint64_t *ids, size_t *n_ids,
                   uint64_t *scored);
 
+/* Frees the lists' spare capacity (after a bulk add, e.g. a restore). Never fails. */
+void ma_ivf_shrink(ma_ivf *x);
+
 uint64_t ma_ivf_count(const ma_ivf *x);
 uint32_t ma_ivf_nlist(const ma_ivf *x);
 /* Builds so far: changes exactly when ma_ivf_serialize's output changes. */
