@@ -3,9 +3,10 @@
  *
  * Layout. Events are appended to chunks of C events (the last one may be partial). A chunk's keys and
  * values are two arrays in the archive's event-major, head-major layout, so a chunk is directly a segment
- * for the attention kernel (core/attn.c). Per chunk the archive keeps a summary — mean key, per-dimension
- * min and max, each H·d floats, in three flat arrays so that scoring every chunk is one or two sgemv —
- * and, for the `index` selector, an inverted-file index (core/ivf.c) with its own copy of the keys.
+ * for the attention kernel (core/attn.c). The `chunks` selector keeps per chunk a summary — mean key,
+ * per-dimension min and max, each H·d floats, in three flat arrays so that scoring every chunk is one or
+ * two sgemv; the `index` selector keeps instead an inverted-file index (core/ivf.c) of ids and 4-bit
+ * codes (no float keys), rebuilt from keys streamed out of the chunks.
  *
  * Paging. A chunk is either owned (resident, never evicted) or absent. With a chunk source set,
  * ma_archive_release() frees the owned storage of sealed (full) chunks; a read then gets them through a
@@ -15,12 +16,16 @@
  * small cache (it only costs memory for its duration). The tail (partial) chunk is always owned.
  *
  * Reads: full (every chunk), window (the last W events), sparse through the selector (chunks: top-k
- * chunks by summary score; index: probe the nearest clusters, attend over the best topk·C probed events).
- * Each ends in the exact kernel ma_attn over the selected events.
+ * chunks by summary score; index: probe the 4·topk nearest clusters, rank their events by code, attend
+ * exactly over the best 4·topk, loaded from their chunks). Each ends in the exact kernel ma_attn.
+ *
+ * Persistence. The meta blob holds only what cannot be recomputed (shape, index centroids and counters);
+ * restore streams every chunk through the source once to recompute summaries or index lists with the
+ * arithmetic of the appends, so a restored archive answers with the same bits.
  *
  * Not here: no online softmax over the chunk stream (a full read of a paged archive holds every chunk for
  * its duration), no eviction of the summaries or the index (they stay resident by design), no locking of
- * appends against reads (the session serialises mutations).
+ * appends against reads (the session serialises mutations), no background index rebuild.
  */
 #include "core/archive.h"
 

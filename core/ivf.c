@@ -32,16 +32,21 @@
 
 #define BLOCK MA_IVF_BLOCK
 
+/* A list is a sequence of fixed-size blocks of LB events, each one allocation holding ids[LB] (u32),
+ * scales[LB·H] (float) and codes[LB·H·hb]. Fixed-size blocks, never reallocated: growing lists (online or
+ * at restore) leave no holes in the heap, and the slack is under one block per list. */
+#define LB 128
+
 typedef struct {
-    uint32_t *ids;
-    float *scale;      /* n × H */
-    uint8_t *codes;    /* n × H·hb */
-    size_t n, cap;
+    unsigned char **blk;
+    size_t nblk, blk_alloc;
+    size_t n;
 } ivlist;
 
 struct ma_ivf {
     int H, d;
     size_t D, hb, cb;  /* floats per key; code bytes per head; code bytes per event */
+    size_t blk_bytes;  /* one list block */
     uint64_t count;
     uint64_t assigned; /* events [0, assigned) are in lists (a multiple of BLOCK); the rest pending */
     uint32_t nlist;    /* 0 before the first build */
@@ -205,11 +210,19 @@ static int qcode_make(const ma_ivf *x, const float *q, qcode *qc)
 }
 
 /* Estimates of q . k for the n events of a list into s. */
+static uint32_t *blk_ids(unsigned char *b) { return (uint32_t *)b; }
+static float *blk_scale(unsigned char *b) { return (float *)(b + LB * sizeof(uint32_t)); }
+static uint8_t *blk_codes(const ma_ivf *x, unsigned char *b)
+{
+    return b + LB * (sizeof(uint32_t) + (size_t)x->H * sizeof(float));
+}
+
 static void score_list(const ma_ivf *x, const ivlist *l, const qcode *qc, float *s)
 {
     for (size_t i = 0; i < l->n; i++) {
-        const uint8_t *c = l->codes + i * x->cb;
-        const float *sc = l->scale + i * (size_t)x->H;
+        unsigned char *b = l->blk[i / LB];
+        const uint8_t *c = blk_codes(x, b) + (i % LB) * x->cb;
+        const float *sc = blk_scale(b) + (i % LB) * (size_t)x->H;
         float acc = 0;
         for (int h = 0; h < x->H; h++) {
             const uint8_t *ch = c + (size_t)h * x->hb;
@@ -221,63 +234,57 @@ static void score_list(const ma_ivf *x, const ivlist *l, const qcode *qc, float 
     }
 }
 
+/* Ensures blocks for `need` events. MA_ENOMEM leaves the list valid (maybe with a spare block). */
 static int list_reserve(const ma_ivf *x, ivlist *l, size_t need)
 {
-    if (l->cap >= need)
-        return 0;
-    /* 1.5x: amortised O(1) appends with at most a third of a list unused (codes are most of the index). */
-    size_t cap = l->cap ? l->cap + l->cap / 2 : 16;
-    if (cap < need)
-        cap = need;
-    /* Each array is replaced only when its realloc succeeds; cap rises when all three have. */
-    uint32_t *ids = realloc(l->ids, cap * sizeof *ids);
-    if (!ids)
-        return MA_ENOMEM;
-    l->ids = ids;
-    float *sc = realloc(l->scale, cap * (size_t)x->H * sizeof *sc);
-    if (!sc)
-        return MA_ENOMEM;
-    l->scale = sc;
-    uint8_t *co = realloc(l->codes, cap * x->cb);
-    if (!co)
-        return MA_ENOMEM;
-    l->codes = co;
-    l->cap = cap;
+    while (l->nblk * LB < need) {
+        if (l->nblk == l->blk_alloc) {
+            size_t na = l->blk_alloc ? l->blk_alloc * 2 : 4;
+            unsigned char **p = realloc(l->blk, na * sizeof *p);
+            if (!p)
+                return MA_ENOMEM;
+            l->blk = p;
+            l->blk_alloc = na;
+        }
+        unsigned char *b = malloc(x->blk_bytes);
+        if (!b)
+            return MA_ENOMEM;
+        l->blk[l->nblk++] = b;
+    }
     return 0;
 }
 
 /* Appends event id (key k) to list l, which has room. */
 static void list_push(const ma_ivf *x, ivlist *l, uint64_t id, const float *k)
 {
-    l->ids[l->n] = (uint32_t)id;
-    encode(x, k, l->scale + l->n * (size_t)x->H, l->codes + l->n * x->cb);
+    unsigned char *b = l->blk[l->n / LB];
+    size_t r = l->n % LB;
+    blk_ids(b)[r] = (uint32_t)id;
+    encode(x, k, blk_scale(b) + r * (size_t)x->H, blk_codes(x, b) + r * x->cb);
     l->n++;
 }
 
-/* Gives the lists' unused capacity back (a failed shrink keeps the larger, valid arrays). */
-static void shrink(const ma_ivf *x, ivlist *lists, uint32_t nlist)
+/* Frees spare blocks (left by a failed add) and spare block pointers. */
+static void shrink(ivlist *lists, uint32_t nlist)
 {
     for (uint32_t c = 0; c < nlist; c++) {
         ivlist *l = &lists[c];
-        if (l->n == l->cap || l->n == 0)
-            continue;
-        uint32_t *ids = realloc(l->ids, l->n * sizeof *ids);
-        float *sc = ids ? realloc(l->scale, l->n * (size_t)x->H * sizeof *sc) : NULL;
-        uint8_t *co = sc ? realloc(l->codes, l->n * x->cb) : NULL;
-        if (ids)
-            l->ids = ids;
-        if (sc)
-            l->scale = sc;
-        if (co) {
-            l->codes = co;
-            l->cap = l->n;
+        size_t need = (l->n + LB - 1) / LB;
+        while (l->nblk > need)
+            free(l->blk[--l->nblk]);
+        if (l->blk_alloc > l->nblk && l->nblk) {
+            unsigned char **p = realloc(l->blk, l->nblk * sizeof *p);
+            if (p) {
+                l->blk = p;
+                l->blk_alloc = l->nblk;
+            }
         }
     }
 }
 
 void ma_ivf_shrink(ma_ivf *x)
 {
-    shrink(x, x->lists, x->nlist);
+    shrink(x->lists, x->nlist);
 }
 
 static void lists_free(ivlist *l, uint32_t n)
@@ -285,9 +292,9 @@ static void lists_free(ivlist *l, uint32_t n)
     if (!l)
         return;
     for (uint32_t i = 0; i < n; i++) {
-        free(l[i].ids);
-        free(l[i].scale);
-        free(l[i].codes);
+        for (size_t b = 0; b < l[i].nblk; b++)
+            free(l[i].blk[b]);
+        free(l[i].blk);
     }
     free(l);
 }
@@ -304,6 +311,7 @@ static ma_ivf *alloc_ivf(int H, int d)
     x->D = (size_t)H * d;
     x->hb = ((size_t)d + 1) / 2;
     x->cb = (size_t)H * x->hb;
+    x->blk_bytes = LB * (sizeof(uint32_t) + (size_t)H * sizeof(float) + x->cb);
     return x;
 }
 
@@ -347,7 +355,7 @@ size_t ma_ivf_bytes(const ma_ivf *x)
 {
     size_t b = sizeof *x + (size_t)x->nlist * (sizeof(ivlist) + x->D * sizeof(float));
     for (uint32_t i = 0; i < x->nlist; i++)
-        b += x->lists[i].cap * (sizeof(uint32_t) + (size_t)x->H * sizeof(float) + x->cb);
+        b += x->lists[i].nblk * x->blk_bytes + x->lists[i].blk_alloc * sizeof(unsigned char *);
     return b + x->pend_cap * x->D * sizeof(float);
 }
 
@@ -548,7 +556,7 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
             list_push(x, l, first + i, B + i * D);
         }
     }
-    shrink(x, nl, nlist);
+    shrink(nl, nlist);
 
     lists_free(x->lists, x->nlist);
     free(x->cent);
@@ -669,7 +677,8 @@ int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, u
             base += x->lists[probe[li]].n;
             li++;
         }
-        ids[i] = x->lists[probe[li]].ids[pick[i] - base];
+        size_t pos = pick[i] - base;
+        ids[i] = blk_ids(x->lists[probe[li]].blk[pos / LB])[pos % LB];
     }
     if (sort_ids(ids, n) != 0)
         goto done;
