@@ -2,9 +2,10 @@
  * core/ivf.c — inverted-file index over events' keys: spherical k-means, lists of ids and 4-bit codes
  * (core/ivf.h).
  *
- * Data: nlist unit centroids (row-major nlist × D, D = H·d) and per list, in id order, the ids (u32), the
- * per-head scales (float) and the codes (H·hb bytes, hb = ceil(d/2): the low nibble of byte j is dimension
- * j, the high nibble dimension j + hb, so both halves of a byte meet one contiguous half of the query).
+ * Data: nlist unit centroids (row-major nlist × D, D = H·d) and per list, in id order and in fixed blocks
+ * of LB events, the ids (u32), the per-head scales (float) and the codes (H·hb bytes, hb = ceil(d/2): the
+ * low nibble of byte j is dimension j, the high nibble dimension j + hb, so both halves of a byte meet one
+ * contiguous half of the query).
  * A code nibble u in 1..15 stands for (u − 8)·scale, scale = max_j |k_j| / 7 per head. Events of the
  * incomplete last block of MA_IVF_BLOCK ids are pending: raw keys, scored exactly. Before the first build
  * there are no lists (nlist = 0) and every event is pending.
