@@ -31,6 +31,10 @@
 #include "core/attn.h"
 #include "core/error.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #define BLOCK MA_IVF_BLOCK
 
 /* A list is a sequence of fixed-size blocks of LB events, each one allocation holding ids[LB] (u32),
@@ -166,6 +170,7 @@ static int32_t dot_32(const uint8_t *c, const int16_t *qlo, const int16_t *qhi)
 /* The query in the codes' terms, per head: int8 halves, the scale, and sum_j q8_j (for the −8 offset). */
 typedef struct {
     int16_t *lo, *hi;  /* H × hb each */
+    int8_t *lo8, *hi8; /* the same as bytes (for the AVX2 kernel) */
     float *qs;         /* H */
     int32_t *qsum;     /* H */
 } qcode;
@@ -174,6 +179,8 @@ static void qcode_free(qcode *qc)
 {
     free(qc->lo);
     free(qc->hi);
+    free(qc->lo8);
+    free(qc->hi8);
     free(qc->qs);
     free(qc->qsum);
 }
@@ -184,7 +191,9 @@ static int qcode_make(const ma_ivf *x, const float *q, qcode *qc)
     qc->hi = calloc((size_t)x->H * x->hb, sizeof *qc->hi);
     qc->qs = malloc((size_t)x->H * sizeof *qc->qs);
     qc->qsum = malloc((size_t)x->H * sizeof *qc->qsum);
-    if (!qc->lo || !qc->hi || !qc->qs || !qc->qsum) {
+    qc->lo8 = calloc((size_t)x->H * x->hb, 1);
+    qc->hi8 = calloc((size_t)x->H * x->hb, 1);
+    if (!qc->lo || !qc->hi || !qc->qs || !qc->qsum || !qc->lo8 || !qc->hi8) {
         qcode_free(qc);
         return MA_ENOMEM;
     }
@@ -199,10 +208,13 @@ static int qcode_make(const ma_ivf *x, const float *q, qcode *qc)
         for (int j = 0; j < x->d; j++) {
             long u = lrintf(qh[j] * inv);
             int16_t v = (int16_t)(u < -127 ? -127 : u > 127 ? 127 : u);
-            if ((size_t)j < x->hb)
+            if ((size_t)j < x->hb) {
                 qc->lo[(size_t)h * x->hb + j] = v;
-            else
+                qc->lo8[(size_t)h * x->hb + j] = (int8_t)v;
+            } else {
                 qc->hi[(size_t)h * x->hb + j - x->hb] = v;
+                qc->hi8[(size_t)h * x->hb + j - x->hb] = (int8_t)v;
+            }
             sum += v;
         }
         qc->qsum[h] = sum;
@@ -210,7 +222,6 @@ static int qcode_make(const ma_ivf *x, const float *q, qcode *qc)
     return 0;
 }
 
-/* Estimates of q . k for the n events of a list into s. */
 static uint32_t *blk_ids(unsigned char *b) { return (uint32_t *)b; }
 static float *blk_scale(unsigned char *b) { return (float *)(b + LB * sizeof(uint32_t)); }
 static uint8_t *blk_codes(const ma_ivf *x, unsigned char *b)
@@ -218,20 +229,63 @@ static uint8_t *blk_codes(const ma_ivf *x, unsigned char *b)
     return b + LB * (sizeof(uint32_t) + (size_t)x->H * sizeof(float));
 }
 
+#if defined(__AVX2__)
+/* The same integer as dot_32 (exact: no saturation, |products| <= 15·127, pair sums <= 3,810, the two
+ * halves' sum <= 7,620 in int16), with vpmaddubsw on 32 code bytes at once. */
+static inline int32_t dot_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
+{
+    const __m256i mask = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256i b = _mm256_loadu_si256((const __m256i *)c);
+    __m256i lo = _mm256_and_si256(b, mask), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
+    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ql), _mm256_maddubs_epi16(hi, qh));
+    __m256i w = _mm256_madd_epi16(p, ones);
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+    return _mm_cvtsi128_si32(t);
+}
+#endif
+
+/* Estimates of q . k for the n events of a list into s, block by block. The integer dot products are
+ * exact whichever kernel computes them, so every build answers with the same bits. */
 static void score_list(const ma_ivf *x, const ivlist *l, const qcode *qc, float *s)
 {
-    for (size_t i = 0; i < l->n; i++) {
-        unsigned char *b = l->blk[i / LB];
-        const uint8_t *c = blk_codes(x, b) + (i % LB) * x->cb;
-        const float *sc = blk_scale(b) + (i % LB) * (size_t)x->H;
-        float acc = 0;
-        for (int h = 0; h < x->H; h++) {
-            const uint8_t *ch = c + (size_t)h * x->hb;
-            const int16_t *lo = qc->lo + (size_t)h * x->hb, *hi = qc->hi + (size_t)h * x->hb;
-            int32_t dot = x->hb == 32 ? dot_32(ch, lo, hi) : dot_generic(ch, lo, hi, x->hb);
-            acc += qc->qs[h] * sc[h] * (float)(dot - 8 * qc->qsum[h]);
+    const int H = x->H;
+    for (size_t b0 = 0; b0 < l->n; b0 += LB) {
+        unsigned char *b = l->blk[b0 / LB];
+        const size_t m = l->n - b0 < LB ? l->n - b0 : LB;
+        const uint8_t *codes = blk_codes(x, b);
+        const float *sc = blk_scale(b);
+        float *out = s + b0;
+#if defined(__AVX2__)
+        if (x->hb == 32 && H == 1) {
+            const __m256i ql = _mm256_loadu_si256((const __m256i *)qc->lo8);
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)qc->hi8);
+            const float f = qc->qs[0];
+            const int32_t off = 8 * qc->qsum[0];
+            for (size_t i = 0; i < m; i++)
+                out[i] = f * sc[i] * (float)(dot_32_avx2(codes + i * 32, ql, qh) - off);
+            continue;
         }
-        s[i] = acc;
+#endif
+        for (size_t i = 0; i < m; i++) {
+            const uint8_t *c = codes + i * x->cb;
+            float acc = 0;
+            for (int h = 0; h < H; h++) {
+                const uint8_t *ch = c + (size_t)h * x->hb;
+                const int16_t *lo = qc->lo + (size_t)h * x->hb, *hi = qc->hi + (size_t)h * x->hb;
+                int32_t dot;
+#if defined(__AVX2__)
+                if (x->hb == 32)
+                    dot = dot_32_avx2(ch, _mm256_loadu_si256((const __m256i *)(qc->lo8 + (size_t)h * 32)),
+                                      _mm256_loadu_si256((const __m256i *)(qc->hi8 + (size_t)h * 32)));
+                else
+#endif
+                    dot = x->hb == 32 ? dot_32(ch, lo, hi) : dot_generic(ch, lo, hi, x->hb);
+                acc += qc->qs[h] * sc[i * (size_t)H + h] * (float)(dot - 8 * qc->qsum[h]);
+            }
+            out[i] = acc;
+        }
     }
 }
 
