@@ -232,13 +232,28 @@ static uint8_t *blk_codes(const ma_ivf *x, unsigned char *b)
 #if defined(__AVX2__)
 /* The same integer as dot_32 (exact: no saturation, |products| <= 15·127, pair sums <= 3,810, the two
  * halves' sum <= 7,620 in int16), with vpmaddubsw on 32 code bytes at once. */
-static inline int32_t dot_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
+/* Eight int32 partial sums of one event's dot product. */
+static inline __m256i part_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
 {
     const __m256i mask = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     __m256i b = _mm256_loadu_si256((const __m256i *)c);
     __m256i lo = _mm256_and_si256(b, mask), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
     __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ql), _mm256_maddubs_epi16(hi, qh));
-    __m256i w = _mm256_madd_epi16(p, ones);
+    return _mm256_madd_epi16(p, ones);
+}
+
+/* The dot products of four consecutive events (32 code bytes each), reduced together. */
+static inline __m128i dot4_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
+{
+    __m256i a = part_32_avx2(c, ql, qh), b = part_32_avx2(c + 32, ql, qh);
+    __m256i e = part_32_avx2(c + 64, ql, qh), d = part_32_avx2(c + 96, ql, qh);
+    __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(e, d));
+    return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+}
+
+static inline int32_t dot_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
+{
+    __m256i w = part_32_avx2(c, ql, qh);
     __m128i t = _mm_add_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
     t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
     t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
@@ -263,7 +278,16 @@ static void score_list(const ma_ivf *x, const ivlist *l, const qcode *qc, float 
             const __m256i qh = _mm256_loadu_si256((const __m256i *)qc->hi8);
             const float f = qc->qs[0];
             const int32_t off = 8 * qc->qsum[0];
-            for (size_t i = 0; i < m; i++)
+            const __m128i voff = _mm_set1_epi32(off);
+            const __m128 vf = _mm_set1_ps(f);
+            size_t i = 0;
+            /* Four at a time; the same IEEE operations in the same order as the scalar tail. */
+            for (; i + 4 <= m; i += 4) {
+                __m128i dot = _mm_sub_epi32(dot4_32_avx2(codes + i * 32, ql, qh), voff);
+                __m128 v = _mm_mul_ps(_mm_mul_ps(vf, _mm_loadu_ps(sc + i)), _mm_cvtepi32_ps(dot));
+                _mm_storeu_ps(out + i, v);
+            }
+            for (; i < m; i++)
                 out[i] = f * sc[i] * (float)(dot_32_avx2(codes + i * 32, ql, qh) - off);
             continue;
         }
@@ -672,6 +696,48 @@ static int sort_ids(uint64_t *a, size_t n)
     return 0;
 }
 
+/* A search candidate: its score, its position in probe order (for ties) and its id. */
+typedef struct {
+    float s;
+    uint64_t pos, id;
+} cand;
+
+/* a ranks below b: lower score, or equal score and later position. */
+static bool worse(const cand *a, const cand *b)
+{
+    return a->s < b->s || (a->s == b->s && a->pos > b->pos);
+}
+
+/* Min-heap (the worst at the root) of at most cap candidates: c enters if there is room, else replaces the
+ * root when better than it. */
+static void heap_put(cand *h, size_t *n, size_t cap, cand c)
+{
+    size_t i;
+    if (*n < cap) {
+        i = (*n)++;
+        while (i > 0 && worse(&c, &h[(i - 1) / 2])) {
+            h[i] = h[(i - 1) / 2];
+            i = (i - 1) / 2;
+        }
+        h[i] = c;
+        return;
+    }
+    i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, w = i;
+        const cand *wc = &c;
+        if (l < *n && worse(&h[l], wc))
+            w = l, wc = &h[l];
+        if (r < *n && worse(&h[r], wc))
+            w = r, wc = &h[r];
+        if (w == i)
+            break;
+        h[i] = h[w];
+        i = w;
+    }
+    h[i] = c;
+}
+
 int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, uint64_t *ids, size_t *n_ids,
                   uint64_t *scored)
 {
@@ -684,7 +750,7 @@ int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, u
     float *cs = malloc(((size_t)x->nlist + 1) * sizeof(float));
     size_t *probe = malloc((np + 1) * sizeof *probe);
     float *s = NULL;
-    size_t *pick = NULL;
+    cand *heap = NULL;
     qcode qc = {0};
     if (!qd || !cs || !probe || qcode_make(x, q, &qc) != 0)
         goto done;
@@ -701,40 +767,43 @@ int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, u
             goto done;
     }
 
+    /* Scores list by list into s, each fed to a bounded heap of the best max_ids (ties: the earlier
+     * position in probe order, then the pending events), so no array of every probed score is kept. */
     const size_t npend = (size_t)(x->count - x->assigned);
-    size_t listed = 0;
-    for (size_t i = 0; i < got; i++)
-        listed += x->lists[probe[i]].n;
-    size_t total = listed + npend;
-    s = malloc((total ? total : 1) * sizeof(float));
-    size_t keep = max_ids < total ? max_ids : total;
-    pick = malloc((keep ? keep : 1) * sizeof *pick);
-    if (!s || !pick)
-        goto done;
-    size_t off = 0;
+    size_t total = npend, longest = npend;
     for (size_t i = 0; i < got; i++) {
-        score_list(x, &x->lists[probe[i]], &qc, s + off);
-        off += x->lists[probe[i]].n;
+        total += x->lists[probe[i]].n;
+        if (x->lists[probe[i]].n > longest)
+            longest = x->lists[probe[i]].n;
     }
-    if (npend)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)npend, (int)D, 1.0f, x->pend, (int)D, q, 1, 0.0f, s + off, 1);
-    size_t n = 0;
-    if (ma_topk(s, total, keep, pick, &n) != 0)
+    size_t keep = max_ids < total ? max_ids : total;
+    s = malloc((longest ? longest : 1) * sizeof(float));
+    heap = malloc((keep ? keep : 1) * sizeof *heap);
+    if (!s || !heap)
         goto done;
-    /* Positions -> ids: walk the probed lists once (pick is ascending), then the pending events. */
-    size_t li = 0, base = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (pick[i] >= listed) {
-            ids[i] = x->assigned + (pick[i] - listed);
-            continue;
+    size_t n = 0;
+    uint64_t pos = 0;
+    for (size_t i = 0; i <= got; i++) {
+        size_t m;
+        const ivlist *l = i < got ? &x->lists[probe[i]] : NULL;
+        if (l) {
+            score_list(x, l, &qc, s);
+            m = l->n;
+        } else {
+            m = npend;
+            if (m)
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)m, (int)D, 1.0f, x->pend, (int)D, q, 1, 0.0f, s, 1);
         }
-        while (pick[i] >= base + x->lists[probe[li]].n) {
-            base += x->lists[probe[li]].n;
-            li++;
+        for (size_t j = 0; j < m && keep; j++, pos++) {
+            cand c = {isnan(s[j]) ? -INFINITY : s[j], pos, 0};
+            if (n == keep && !worse(&heap[0], &c))
+                continue;
+            c.id = l ? blk_ids(l->blk[j / LB])[j % LB] : x->assigned + j;
+            heap_put(heap, &n, keep, c);
         }
-        size_t pos = pick[i] - base;
-        ids[i] = blk_ids(x->lists[probe[li]].blk[pos / LB])[pos % LB];
     }
+    for (size_t i = 0; i < n; i++)
+        ids[i] = heap[i].id;
     if (sort_ids(ids, n) != 0)
         goto done;
     *n_ids = n;
@@ -747,7 +816,7 @@ done:
     free(cs);
     free(probe);
     free(s);
-    free(pick);
+    free(heap);
     return rc;
 }
 
