@@ -9,9 +9,10 @@
  * bits as the resident archive.
  *
  * Method: two archives (selector index and selector chunks) are grown with the same random N(0,1) keys and
- * values, a pure function of the event index (so the chunk source can regenerate any chunk). At each T the full read is timed on `full_reps` queries, the sparse reads on `queries` queries;
- * each query is the key of a random archived event (the needle: every event is a needle candidate among
- * T - 1 random fillers), so recall = fraction of reads whose pointer is that event. Times are medians of
+ * values, a pure function of the event index (so the chunk source can regenerate any chunk). At each T
+ * the full read is timed on `full_reps` queries, the sparse reads on `queries` queries; each query is the
+ * key of a random archived event (the needle: every event is a needle candidate among T - 1 random
+ * fillers), so recall = fraction of reads whose pointer is that event. Times are medians of
  * thread CPU time (CLOCK_THREAD_CPUTIME_ID) per query, single-threaded BLAS: the machine is shared and
  * wall-clock times of a preempted process would measure the neighbours. Ratios are within this run.
  *

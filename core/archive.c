@@ -687,7 +687,8 @@ static int read_index(const ma_archive *a, const float *q, int topk, ma_read_res
     uint64_t scored = 0;
     if (!ids || !k || !v || !cl)
         goto done;
-    rc = ma_ivf_search(a->ivf, q, topk > INT_MAX / INDEX_PROBES_PER_TOPK ? INT_MAX : topk * INDEX_PROBES_PER_TOPK, budget, ids, &n, &scored);
+    int nprobe = topk > INT_MAX / INDEX_PROBES_PER_TOPK ? INT_MAX : topk * INDEX_PROBES_PER_TOPK;
+    rc = ma_ivf_search(a->ivf, q, nprobe, budget, ids, &n, &scored);
     if (rc)
         goto done;
     /* ids ascending: events of one chunk are consecutive; hold one chunk at a time while copying. */

@@ -13,7 +13,8 @@
  *
  * Paging: a chunk's keys and values can live outside RAM. The archive asks a chunk source (set by the
  * store) for chunks it does not hold; summaries (chunks selector) or the index (index selector) stay
- * resident, so a read touches them plus only the chunks of the events it selected. Without a source every chunk is resident.
+ * resident, so a read touches them plus only the chunks of the events it selected. Without a source
+ * every chunk is resident.
  *
  * Threads: reads may run in parallel with each other (the chunk cache is internally locked); appends must
  * not run alongside anything else on the same handle.

@@ -5,8 +5,10 @@
  * fixed seeds: full and window reads, sparse reads that select everything (both selectors), chunk
  * selection that must find a planted needle, paging through a chunk source (bit-identical to the resident
  * archive, errors passed on, a cache smaller than a read, concurrent readers), meta serialisation
- * (restored archive answers with the same bits, before and after further appends; corrupt buffers refused)
- * and the needle test of the issue (index selector, 100,000 random-key fillers).
+ * (restored archive answers with the same bits, before and after further appends and an index rebuild;
+ * corrupt buffers refused; source errors at restore passed on), the meta generation (the blob changes
+ * exactly when it does), bytes accounting of a paged index archive, and the needle test of the issue
+ * (index selector, default topk, 100,000 random-key fillers, d = 64).
  */
 #include <stdarg.h>
 #include <stddef.h>
