@@ -3,9 +3,10 @@
  *
  * Layout. Events are appended to chunks of C events (the last one may be partial). A chunk's keys and
  * values are two arrays in the archive's event-major, head-major layout, so a chunk is directly a segment
- * for the attention kernel (core/attn.c). Per chunk the archive keeps a summary — mean key, per-dimension
- * min and max, each H·d floats, in three flat arrays so that scoring every chunk is one or two sgemv —
- * and, for the `index` selector, an inverted-file index (core/ivf.c) with its own copy of the keys.
+ * for the attention kernel (core/attn.c). The `chunks` selector keeps per chunk a summary — mean key,
+ * per-dimension min and max, each H·d floats, in three flat arrays so that scoring every chunk is one or
+ * two sgemv; the `index` selector keeps instead an inverted-file index (core/ivf.c) of ids and 4-bit
+ * codes (no float keys), rebuilt from keys streamed out of the chunks.
  *
  * Paging. A chunk is either owned (resident, never evicted) or absent. With a chunk source set,
  * ma_archive_release() frees the owned storage of sealed (full) chunks; a read then gets them through a
@@ -15,16 +16,21 @@
  * small cache (it only costs memory for its duration). The tail (partial) chunk is always owned.
  *
  * Reads: full (every chunk), window (the last W events), sparse through the selector (chunks: top-k
- * chunks by summary score; index: probe the nearest clusters, attend over the best topk·C probed events).
- * Each ends in the exact kernel ma_attn over the selected events.
+ * chunks by summary score; index: probe the 4·topk nearest clusters, rank their events by code, attend
+ * exactly over the best 4·topk, loaded from their chunks). Each ends in the exact kernel ma_attn.
+ *
+ * Persistence. The meta blob holds only what cannot be recomputed (shape, index centroids and counters);
+ * restore streams every chunk through the source once to recompute summaries or index lists with the
+ * arithmetic of the appends, so a restored archive answers with the same bits.
  *
  * Not here: no online softmax over the chunk stream (a full read of a paged archive holds every chunk for
  * its duration), no eviction of the summaries or the index (they stay resident by design), no locking of
- * appends against reads (the session serialises mutations).
+ * appends against reads (the session serialises mutations), no background index rebuild.
  */
 #include "core/archive.h"
 
 #include <cblas.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -34,6 +40,11 @@
 #include "core/attn.h"
 #include "core/error.h"
 #include "core/ivf.h"
+
+/* What topk means for the index selector (docs/ARCHIVE.md, "Choosing the probes"): clusters probed and
+ * candidates attended exactly, per unit of topk. */
+#define INDEX_PROBES_PER_TOPK     4
+#define INDEX_CANDIDATES_PER_TOPK 4
 
 typedef struct {
     float *k, *v;         /* owned storage, or NULL when the chunk is only in the source */
@@ -60,6 +71,7 @@ typedef struct {
 struct ma_archive {
     int H, d, dv, C, topk, window;
     ma_selector selector;
+    bool sums;                     /* chunk summaries kept (selector chunks only) */
     ma_chunk_score cscore;
     size_t kf, vf;                 /* floats per event: H·d and H·d_v */
     uint64_t length;
@@ -104,6 +116,7 @@ static ma_archive *alloc_archive(const ma_params *p)
     a->topk = p->topk;
     a->window = p->window;
     a->selector = p->selector;
+    a->sums = p->selector == MA_SELECTOR_CHUNKS;
     a->cscore = MA_CHUNK_SCORE_BOUND;
     a->kf = (size_t)a->H * a->d;
     a->vf = (size_t)a->H * a->dv;
@@ -199,7 +212,7 @@ static int grow_tables(ma_archive *a, uint32_t nc)
         a->ch_alloc = na;
     }
     float **arr[3] = {&a->mean, &a->mn, &a->mx};
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < (a->sums ? 3 : 0); i++) {
         if (nc <= a->sum_alloc[i])
             continue;
         size_t na = a->ch_alloc;
@@ -234,6 +247,46 @@ static int reserve_chunk(ma_archive *a, uint32_t c, uint32_t need)
     a->owned_bytes += (size_t)(cap - ch->cap) * (a->kf + a->vf) * sizeof(float);
     ch->cap = cap;
     return 0;
+}
+
+/* The index's key loader: keys of events [first, first+n), chunk by chunk, owned chunks copied, absent
+ * ones read through the source directly (not the cache: a rebuild streams every chunk once, and must not
+ * evict what readers use). */
+static int load_keys(void *ctx, uint64_t first, size_t n, float *k)
+{
+    const ma_archive *a = ctx;
+    const uint64_t C = (uint64_t)a->C;
+    float *tk = NULL, *tv = NULL;
+    int rc = 0;
+    for (uint64_t i = first; i < first + n;) {
+        uint32_t c = (uint32_t)(i / C);
+        const chunk *ch = &a->ch[c];
+        uint64_t c0 = (uint64_t)c * C, end = c0 + ch->n < first + n ? c0 + ch->n : first + n;
+        const float *src = ch->k;
+        if (!src) {
+            if (!tk) {
+                tk = malloc((size_t)a->C * a->kf * sizeof(float));
+                tv = malloc((size_t)a->C * a->vf * sizeof(float));
+                if (!tk || !tv) {
+                    rc = MA_ENOMEM;
+                    break;
+                }
+            }
+            if (!a->has_src) {
+                rc = MA_EIO;
+                break;
+            }
+            if ((rc = a->src.load(a->src.ctx, c, tk, tv, ch->n)) != 0)
+                break;
+            src = tk;
+        }
+        memcpy(k + (size_t)(i - first) * a->kf, src + (size_t)(i - c0) * a->kf,
+               (size_t)(end - i) * a->kf * sizeof(float));
+        i = end;
+    }
+    free(tk);
+    free(tv);
+    return rc;
 }
 
 int ma_archive_append(ma_archive *a, size_t n, const float *k, const float *v)
@@ -272,6 +325,8 @@ int ma_archive_append(ma_archive *a, size_t n, const float *k, const float *v)
         memcpy(ch->k + (size_t)r * a->kf, ki, a->kf * sizeof(float));
         memcpy(ch->v + (size_t)r * a->vf, v + i * a->vf, a->vf * sizeof(float));
         ch->n = r + 1;
+        if (!a->sums)
+            continue;
         float *mn = a->mn + (size_t)c * a->kf, *mx = a->mx + (size_t)c * a->kf;
         if (r == 0) {
             memset(a->tail_sum, 0, a->kf * sizeof(double));
@@ -293,6 +348,10 @@ int ma_archive_append(ma_archive *a, size_t n, const float *k, const float *v)
     }
     a->length = newlen;
     a->nchunks = nc;
+    /* The events are in their chunks now: a rebuild can stream them. A failed rebuild leaves the index
+     * valid with its old centroids; the next append retries. */
+    if (a->ivf && ma_ivf_want_rebuild(a->ivf))
+        (void)ma_ivf_rebuild(a->ivf, load_keys, a);
     return 0;
 
 fail:
@@ -618,7 +677,7 @@ fail:
 static int read_index(const ma_archive *a, const float *q, int topk, ma_read_result *r)
 {
     int rc = MA_ENOMEM;
-    uint64_t budget64 = (uint64_t)topk * (uint64_t)a->C;
+    uint64_t budget64 = (uint64_t)topk * INDEX_CANDIDATES_PER_TOPK;
     size_t budget = budget64 < a->length ? (size_t)budget64 : (size_t)a->length;
     uint64_t *ids = malloc(budget * sizeof *ids);
     float *k = malloc(budget * a->kf * sizeof(float));
@@ -628,7 +687,8 @@ static int read_index(const ma_archive *a, const float *q, int topk, ma_read_res
     uint64_t scored = 0;
     if (!ids || !k || !v || !cl)
         goto done;
-    rc = ma_ivf_search(a->ivf, q, topk, budget, ids, &n, &scored);
+    int nprobe = topk > INT_MAX / INDEX_PROBES_PER_TOPK ? INT_MAX : topk * INDEX_PROBES_PER_TOPK;
+    rc = ma_ivf_search(a->ivf, q, nprobe, budget, ids, &n, &scored);
     if (rc)
         goto done;
     /* ids ascending: events of one chunk are consecutive; hold one chunk at a time while copying. */
@@ -755,7 +815,7 @@ void ma_archive_release(ma_archive *a)
 /* ---- meta serialisation ---------------------------------------------------------------------- */
 
 #define META_MAGIC   "MAARCHV\0"
-#define META_VERSION 1u
+#define META_VERSION 2u
 #define META_ENDIAN  0x01020304u
 
 typedef struct {
@@ -832,6 +892,14 @@ static uint64_t fnv1a(const unsigned char *p, size_t n)
     return h;
 }
 
+uint64_t ma_archive_meta_generation(const ma_archive *a)
+{
+    return a->ivf ? ma_ivf_builds(a->ivf) : 0;
+}
+
+/* Layout: magic[8] version endian H d dv C selector (u32) index blob length (u64) index blob
+ *         checksum (u64, FNV-1a of everything before). No per-event or per-chunk data: the rest is
+ *         recomputed from the chunks at restore. */
 int ma_archive_serialize_meta(const ma_archive *a, void **buf, size_t *len)
 {
     wbuf w = {0};
@@ -847,15 +915,6 @@ int ma_archive_serialize_meta(const ma_archive *a, void **buf, size_t *len)
     put_u32(&w, (uint32_t)a->dv);
     put_u32(&w, (uint32_t)a->C);
     put_u32(&w, (uint32_t)a->selector);
-    put_u64(&w, a->length);
-    put_u32(&w, a->nchunks);
-    size_t rows = (size_t)a->nchunks * a->kf * sizeof(float);
-    if (a->nchunks) {
-        put(&w, a->mean, rows);
-        put(&w, a->mn, rows);
-        put(&w, a->mx, rows);
-    }
-    put(&w, a->tail_sum, a->kf * sizeof(double));
     put_u64(&w, ivf_len);
     if (ivf_len)
         put(&w, ivf, ivf_len);
@@ -871,28 +930,30 @@ int ma_archive_serialize_meta(const ma_archive *a, void **buf, size_t *len)
     return 0;
 }
 
-/* Feeds ma_ivf_restore the keys of events [first, first+n): one chunk per call. */
-typedef struct {
-    ma_archive *a;
-    float *vtmp;
-} restore_ctx;
-
-static int restore_load(void *ctx, uint64_t first, size_t n, float *k)
+/* Chunk c's summary from its n keys, with the same arithmetic as ma_archive_append (running double sum
+ * in event order, left in tail_sum). */
+static void summarise(ma_archive *a, uint32_t c, const float *k, uint32_t n)
 {
-    restore_ctx *rc = ctx;
-    ma_archive *a = rc->a;
-    uint32_t c = (uint32_t)(first / (uint64_t)a->C);
-    if (first % (uint64_t)a->C != 0 || n != a->ch[c].n)
-        return MA_ECORRUPT;
-    if (a->ch[c].k) {
-        memcpy(k, a->ch[c].k, n * a->kf * sizeof(float));
-        return 0;
+    float *mn = a->mn + (size_t)c * a->kf, *mx = a->mx + (size_t)c * a->kf, *mean = a->mean + (size_t)c * a->kf;
+    memset(a->tail_sum, 0, a->kf * sizeof(double));
+    memcpy(mn, k, a->kf * sizeof(float));
+    memcpy(mx, k, a->kf * sizeof(float));
+    for (uint32_t i = 0; i < n; i++) {
+        const float *ki = k + (size_t)i * a->kf;
+        for (size_t j = 0; j < a->kf; j++) {
+            a->tail_sum[j] += ki[j];
+            if (ki[j] < mn[j])
+                mn[j] = ki[j];
+            if (ki[j] > mx[j])
+                mx[j] = ki[j];
+        }
     }
-    return a->src.load(a->src.ctx, c, k, rc->vtmp, n);
+    for (size_t j = 0; j < a->kf; j++)
+        mean[j] = (float)(a->tail_sum[j] / n);
 }
 
-int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, ma_chunk_source src,
-                            size_t cache_chunks, ma_archive **out)
+int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, uint64_t length,
+                            ma_chunk_source src, size_t cache_chunks, ma_archive **out)
 {
     if (!p || !buf || !out || !src.load || cache_chunks < 1 || ma_params_validate(p, NULL, 0) != 0)
         return MA_EINVAL;
@@ -905,7 +966,7 @@ int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, ma_
 
     rbuf r = {.p = buf, .len = len - 8, .off = 8};
     ma_archive *a = NULL;
-    restore_ctx rctx = {0};
+    float *tk = NULL, *tv = NULL;
     int rc = MA_ECORRUPT;
     if (get_u32(&r) != META_VERSION || get_u32(&r) != META_ENDIAN)
         goto fail;
@@ -913,67 +974,64 @@ int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, ma_
     if (r.bad || H != (uint32_t)p->heads || d != (uint32_t)p->dim || dv != (uint32_t)p->value_dim ||
         C != (uint32_t)p->chunk || sel != (uint32_t)p->selector)
         goto fail;
-    uint64_t length = get_u64(&r);
-    uint32_t nchunks = get_u32(&r);
-    if (r.bad || (uint64_t)nchunks != (length + C - 1) / C)
+    uint64_t ivf_len = get_u64(&r);
+    const void *ivf = r.bad ? NULL : take(&r, (size_t)ivf_len);
+    if (r.bad || r.off != r.len || (ivf_len != 0) != (p->selector == MA_SELECTOR_INDEX))
         goto fail;
+    uint64_t nc64 = (length + C - 1) / C;
+    if (nc64 > UINT32_MAX) {
+        rc = MA_EINVAL;
+        goto fail;
+    }
+    uint32_t nchunks = (uint32_t)nc64;
 
     rc = MA_ENOMEM;
     a = alloc_archive(p);
     if (!a || grow_tables(a, nchunks ? nchunks : 1) != 0)
         goto fail;
-    rc = MA_ECORRUPT;
-    size_t rows = (size_t)nchunks * a->kf * sizeof(float);
-    const void *mean = take(&r, rows), *mn = take(&r, rows), *mx = take(&r, rows);
-    const void *ts = take(&r, a->kf * sizeof(double));
-    uint64_t ivf_len = get_u64(&r);
-    const void *ivf = r.bad ? NULL : take(&r, (size_t)ivf_len);
-    if (r.bad || r.off != r.len || (ivf_len != 0) != (p->selector == MA_SELECTOR_INDEX))
+    if (ivf_len && (rc = ma_ivf_restore(a->H, a->d, ivf, (size_t)ivf_len, &a->ivf)) != 0)
         goto fail;
-    if (rows) {
-        memcpy(a->mean, mean, rows);
-        memcpy(a->mn, mn, rows);
-        memcpy(a->mx, mx, rows);
-    }
-    memcpy(a->tail_sum, ts, a->kf * sizeof(double));
     a->length = length;
     a->nchunks = nchunks;
     for (uint32_t c = 0; c < nchunks; c++)
         a->ch[c].n = (uint32_t)(c + 1 < nchunks ? C : length - (uint64_t)c * C);
-
     rc = ma_archive_set_source(a, src, cache_chunks);
     if (rc)
         goto fail;
     /* The partial tail stays owned (appends continue it). */
     if (nchunks && a->ch[nchunks - 1].n < C) {
         chunk *t = &a->ch[nchunks - 1];
-        uint32_t n = t->n;
-        rc = reserve_chunk(a, nchunks - 1, n);
-        if (rc)
-            goto fail;
-        rc = src.load(src.ctx, nchunks - 1, t->k, t->v, n);
-        if (rc)
+        if ((rc = reserve_chunk(a, nchunks - 1, t->n)) != 0 || (rc = src.load(src.ctx, nchunks - 1, t->k, t->v, t->n)))
             goto fail;
     }
-    if (ivf_len) {
-        rc = MA_ENOMEM;
-        rctx.a = a;
-        rctx.vtmp = malloc((size_t)C * a->vf * sizeof(float));
-        if (!rctx.vtmp)
-            goto fail;
-        rc = ma_ivf_restore(a->H, a->d, ivf, (size_t)ivf_len, restore_load, &rctx, C, &a->ivf);
-        if (rc)
-            goto fail;
-        if (ma_ivf_count(a->ivf) != length) {
-            rc = MA_ECORRUPT;
-            goto fail;
+    /* Summaries and the index's lists: every chunk streamed once, in order, straight from the source. */
+    rc = MA_ENOMEM;
+    tk = malloc((size_t)C * a->kf * sizeof(float));
+    tv = malloc((size_t)C * a->vf * sizeof(float));
+    if (!tk || !tv)
+        goto fail;
+    for (uint32_t c = 0; c < nchunks; c++) {
+        const chunk *ch = &a->ch[c];
+        const float *k = ch->k;
+        if (!k) {
+            if ((rc = src.load(src.ctx, c, tk, tv, ch->n)) != 0)
+                goto fail;
+            k = tk;
         }
+        if (a->sums)
+            summarise(a, c, k, ch->n);
+        if (a->ivf && (rc = ma_ivf_add(a->ivf, ch->n, k)) != 0)
+            goto fail;
     }
-    free(rctx.vtmp);
+    if (a->ivf)
+        ma_ivf_shrink(a->ivf);
+    free(tk);
+    free(tv);
     *out = a;
     return 0;
 fail:
-    free(rctx.vtmp);
+    free(tk);
+    free(tv);
     ma_archive_destroy(a);
     return rc;
 }

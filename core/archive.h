@@ -7,13 +7,14 @@
  *  - chunks: per-chunk summaries (mean key, per-dimension min/max per head) score every chunk; the top-k
  *    chunks (ma_params.topk or the per-query override) are read exactly.
  *  - index: an inverted-file index over the keys (k-means centroids computed with OpenBLAS, an inverted
- *    list per cluster, grown online and rebuilt as the archive grows); a query probes the nearest clusters
- *    and scores their events exactly.
+ *    list per cluster of event ids and 4-bit key codes, grown online and rebuilt as the archive grows); a
+ *    query probes the nearest clusters, ranks their events by code, and reads the best candidates exactly.
  * Either way the read is exact softmax attention (scale 1/sqrt(d), per head) over the selected events.
  *
  * Paging: a chunk's keys and values can live outside RAM. The archive asks a chunk source (set by the
- * store) for chunks it does not hold; summaries and the index stay resident, so a read touches them plus
- * only the chunks of the events it selected. Without a source every chunk is resident.
+ * store) for chunks it does not hold; summaries (chunks selector) or the index (index selector) stay
+ * resident, so a read touches them plus only the chunks of the events it selected. Without a source
+ * every chunk is resident.
  *
  * Threads: reads may run in parallel with each other (the chunk cache is internally locked); appends must
  * not run alongside anything else on the same handle.
@@ -69,10 +70,11 @@ int ma_archive_read_window(const ma_archive *a, const float *q, int window, ma_r
 
 /* Sparse read through the session's selector; topk <= 0 means ma_params.topk. What topk means:
  *  - chunks: the topk best-scoring chunks are read (at most topk·C events attended);
- *  - index: the topk clusters nearest to q are probed, their events scored exactly, and the best topk·C
- *    of them attended (the same attention budget as the chunks selector).
- * events_scored counts the events of the selected chunks (chunks) or the events of the probed clusters
- * (index), each scored exactly. Paged archives: only the chunks of attended events are loaded. */
+ *  - index: the 4·topk clusters nearest to q are probed, their events ranked by their 4-bit codes (and
+ *    the < 1,024 not yet clustered events exactly), and the best 4·topk candidates attended exactly.
+ * events_scored counts the events of the selected chunks (chunks, exactly) or the events ranked (index).
+ * Paged archives: only the chunks of attended events are loaded; a paged or restored archive answers
+ * with the same bits as the original. */
 int ma_archive_read_sparse(const ma_archive *a, const float *q, int topk, ma_read_result *r);
 
 /* How the chunks selector scores a chunk against q (summed over heads):
@@ -95,10 +97,19 @@ size_t ma_archive_bytes_total(const ma_archive *a);
 int ma_archive_set_source(ma_archive *a, ma_chunk_source src, size_t cache_chunks);
 void ma_archive_release(ma_archive *a);
 
-/* Serialises / restores everything but the chunk contents (length, summaries, index) in a versioned,
- * checked format; a restored archive reads chunks through src. Truncated or foreign buffer: MA_ECORRUPT. */
+/* Serialises / restores what cannot be recomputed from the chunks (the shape, and for the index selector
+ * its centroids and build counters: a few hundred KiB at 2M events, nothing per event) in a versioned,
+ * checked format. Restore takes the archive's length (events), rebuilds summaries and the index by
+ * streaming every chunk once through src (identical to the original's), and keeps reading chunks through
+ * src. Truncated or foreign buffer: MA_ECORRUPT; a length of more than UINT32_MAX chunks: MA_EINVAL;
+ * src's errors are passed on. Changed by archive wave 2: `length` added, the blob no longer holds the
+ * length, summaries or per-event index data. */
 int ma_archive_serialize_meta(const ma_archive *a, void **buf, size_t *len);
-int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, ma_chunk_source src,
-                            size_t cache_chunks, ma_archive **out);
+int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, uint64_t length,
+                            ma_chunk_source src, size_t cache_chunks, ma_archive **out);
+
+/* Changes exactly when ma_archive_serialize_meta's output changes (at an index rebuild; never for the
+ * chunks selector), so a store need rewrite the blob only then. Added by archive wave 2 (additive). */
+uint64_t ma_archive_meta_generation(const ma_archive *a);
 
 #endif

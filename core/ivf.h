@@ -1,22 +1,28 @@
 /*
  * core/ivf.h — the inverted-file index behind the archive's `index` selector (DESIGN.md 3.3; FAISS's
- * IndexIVFFlat, RetrievalAttention's retrieval step).
+ * IndexIVFScalarQuantizer, RetrievalAttention's retrieval step), without resident float keys.
  *
  * Vectors are events' keys, H heads of d floats. Clustering runs on the direction of each key: the heads
  * normalised one by one and concatenated (scaled by 1/sqrt(H)), so the similarity of a query and a centroid
  * is the mean over heads of a cosine. Spherical k-means (dot products through OpenBLAS sgemm) gives nlist
- * unit centroids; every event lives in the inverted list of its nearest centroid, which holds a copy of
- * its raw key so that probed events are scored exactly (sum over heads of q_h . k_h, the attention
- * logit up to 1/sqrt(d)) without touching the archive's chunks.
+ * unit centroids. Every event lives in the inverted list of its nearest centroid, which keeps its id and a
+ * compact code: per head 4-bit symmetric scalar quantisation with one float scale (d/2 + 4 bytes per head).
+ * A search scores the probed lists' codes (integer dot products against the query quantised to 8 bits):
+ * an estimate of sum_h q_h . k_h. The caller (core/archive.c) reads the candidates' exact keys and values.
  *
- * Growth: events are assigned online to the current centroids. The index is (re)built when it has grown
- * to twice its size at the last build (first build at MA_IVF_MIN_BUILD events): nlist = round(sqrt(n)),
- * trained on at most MA_IVF_TRAIN_PER_LIST·nlist events, MA_IVF_ITERS iterations, then every event is
- * reassigned. Each event is rebuilt over O(1) times (amortised), and every list stays in event order.
- * Below the first build there is one list and a search scores every event.
+ * Assignment in blocks: events are assigned to lists in aligned blocks of MA_IVF_BLOCK ids, each with one
+ * sgemm of the same shape, so the assignment of an event does not depend on how events were batched and a
+ * restored index (the same centroids, the keys streamed again) is identical to the original. Events of
+ * the last, incomplete block are pending: their raw keys stay in a small buffer (< MA_IVF_BLOCK events)
+ * and a search scores them exactly.
  *
- * Determinism: k-means seeds from a fixed generator; the serialised state (centroids and every event's
- * list) restores lists identical in content and order to the original.
+ * Growth: ma_ivf_want_rebuild says when the index has grown to twice its size at the last build (first
+ * build at MA_IVF_MIN_BUILD events); ma_ivf_rebuild then streams every key through a loader twice (a
+ * training sample, then the reassignment), so no copy of all keys is ever held: nlist = round(sqrt(n)),
+ * trained on at most MA_IVF_TRAIN_PER_LIST·nlist events, MA_IVF_ITERS iterations.
+ *
+ * Determinism: k-means seeds from a fixed generator; the serialised state is only what cannot be
+ * recomputed (centroids and build counters). Same bits assume the same OpenBLAS build and thread count.
  *
  * Threads: searches may run in parallel with each other; add/rebuild must run alone.
  */
@@ -29,42 +35,51 @@
 #define MA_IVF_MIN_BUILD       1024
 #define MA_IVF_TRAIN_PER_LIST  64
 #define MA_IVF_ITERS           8
+#define MA_IVF_BLOCK           1024
 
 typedef struct ma_ivf ma_ivf;
+
+/* Reads the keys of events [first, first+n) (n·H·d floats into k); 0 or a negative MA_E* code. */
+typedef int (*ma_ivf_loader)(void *ctx, uint64_t first, size_t n, float *k);
 
 /* An empty index for H heads of dimension d. 0, MA_EINVAL, MA_ENOMEM. */
 int ma_ivf_create(int H, int d, ma_ivf **out);
 void ma_ivf_destroy(ma_ivf *x);
 
-/* Adds n keys (n·H·d floats); they get ids count..count+n-1. All-or-nothing: 0 or MA_ENOMEM with the index
- * unchanged. A rebuild the add triggers that fails for memory is skipped (the index stays valid with its
- * old centroids) and retried by the next add. */
+/* Adds n keys (n·H·d floats); they get ids count..count+n-1. Never rebuilds. All-or-nothing: 0, or
+ * MA_ENOMEM with the index unchanged (also when ids would pass UINT32_MAX). */
 int ma_ivf_add(ma_ivf *x, size_t n, const float *k);
 
-/* Rebuilds now (k-means on the current events, all reassigned). 0 or MA_ENOMEM (index unchanged). */
-int ma_ivf_rebuild(ma_ivf *x);
+/* True when the index should be rebuilt (it has doubled since the last build, first at MA_IVF_MIN_BUILD). */
+int ma_ivf_want_rebuild(const ma_ivf *x);
 
-/* Probes the nprobe non-empty lists whose centroids are nearest to q (H·d), scores each of their events
- * exactly (sum over heads of q_h . k_h) and writes the ids of the best max_ids (ties: the earlier in
- * probe order), in ascending id order, into ids (caller's buffer of max_ids); *n_ids gets their number
- * and *scored (if not NULL) the number of events scored. 0 or MA_ENOMEM. */
+/* Rebuilds now: k-means on a sample, every event reassigned. Keys come from load in runs of at most
+ * MA_IVF_BLOCK events. 0, MA_ENOMEM or load's error (the index is unchanged on any error). */
+int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx);
+
+/* Probes the nprobe non-empty lists whose centroids are nearest to q (H·d), scores their codes (an
+ * estimate of sum_h q_h . k_h) and the pending events (exactly), and writes the ids of the best max_ids
+ * (ties: the earlier position), in ascending id order, into ids (caller's buffer of max_ids); *n_ids gets
+ * their number and *scored (if not NULL) the number of events scored. 0 or MA_ENOMEM. */
 int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, uint64_t *ids, size_t *n_ids,
                   uint64_t *scored);
 
+/* Frees the lists' spare capacity (after a bulk add, e.g. a restore). Never fails. */
+void ma_ivf_shrink(ma_ivf *x);
+
 uint64_t ma_ivf_count(const ma_ivf *x);
 uint32_t ma_ivf_nlist(const ma_ivf *x);
+/* Builds so far: changes exactly when ma_ivf_serialize's output changes. */
+uint32_t ma_ivf_builds(const ma_ivf *x);
 size_t ma_ivf_bytes(const ma_ivf *x);
 
-/* The state without the key copies: centroids, build counters and every event's list number, in a
- * versioned, checksummed malloc'd buffer. */
+/* The state that cannot be recomputed (centroids, build counters; no per-event data) in a versioned,
+ * checksummed malloc'd buffer. */
 int ma_ivf_serialize(const ma_ivf *x, void **buf, size_t *len);
 
-/* Rebuilds an index from ma_ivf_serialize's buffer; the keys of its `count` events are read back in id
- * order through load(ctx, first, n, k) (n·H·d floats into k), at most `batch` events per call. The lists
- * come back identical in content and order. MA_ECORRUPT (foreign/truncated/inconsistent buffer, or other
- * H/d), MA_ENOMEM, or load's error. */
-int ma_ivf_restore(int H, int d, const void *buf, size_t len,
-                   int (*load)(void *ctx, uint64_t first, size_t n, float *k), void *ctx, size_t batch,
-                   ma_ivf **out);
+/* An index with no events and the serialised centroids and counters; adding the original's keys in id
+ * order (any batching) gives an index identical to the original. MA_ECORRUPT (foreign/truncated buffer,
+ * other H/d), MA_ENOMEM. */
+int ma_ivf_restore(int H, int d, const void *buf, size_t len, ma_ivf **out);
 
 #endif

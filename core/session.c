@@ -523,7 +523,8 @@ int ma_session_restore(const ma_params *p, const void *backbone, size_t backbone
     if ((rc = ma_backbone_restore(p, backbone, backbone_len, &s->bb)) ||
         (rc = ma_slots_restore_table(p->heads, p->dim, p->value_dim, p->slots, slots, slots_len,
                                      &s->slots)) ||
-        (rc = ma_archive_restore_meta(p, archive_meta, archive_meta_len, chunks, cache_chunks, &s->ar)))
+        (rc = ma_archive_restore_meta(p, archive_meta, archive_meta_len, ma_backbone_steps(s->bb), chunks,
+                                     cache_chunks, &s->ar)))
         goto fail;
     /* The three blobs must describe one session: every event went through the backbone. */
     rc = MA_ECORRUPT;

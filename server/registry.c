@@ -30,6 +30,7 @@ struct reg_session {
     int64_t created_at, updated_at;
     size_t bytes;               /* resident bytes as last measured (under reg->mu) */
     bool blobs_stored;          /* the store row holds all three blobs (else the next commit writes all) */
+    uint64_t meta_gen;          /* ma_archive_meta_generation of the stored archive blob */
     bool stale;                 /* in-memory state may differ from the store: drop at last release */
     bool linked;                /* in the map and LRU list */
     bool paged;                 /* archive chunks released to the store since the last append */
@@ -290,6 +291,7 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
             goto done;
         }
         s->blobs_stored = true;
+        s->meta_gen = ma_archive_meta_generation(ma_session_archive(core));
         s->paged = true;   /* a restored archive reads its chunks from the store on demand */
     }
     s->created_at = row.created_at;
@@ -534,12 +536,15 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
     void *bb = NULL, *sl = NULL, *am = NULL;
     size_t bbl = 0, sll = 0, aml = 0;
     bool all = !s->blobs_stored;
+    /* The archive blob changes only at an index rebuild: rewrite it only then. */
+    uint64_t gen = ma_archive_meta_generation(ma_session_archive(s->core));
+    bool meta = all || (c->archive && gen != s->meta_gen);
     ma_session_stats st = {0};
     int rc;
 
     if (((c->backbone || all) && (rc = ma_backbone_serialize(ma_session_backbone(s->core), &bb, &bbl)) != 0) ||
         ((c->slots || all) && (rc = ma_session_serialize_slots(s->core, &sl, &sll)) != 0) ||
-        ((c->archive || all) && (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0) ||
+        (meta && (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0) ||
         (rc = ma_session_stats_get(s->core, &st)) != 0) {
         snprintf(err, errlen, "session %s: cannot serialise the new state: %s", s->id, ma_strerror(rc));
         goto fail;
@@ -566,6 +571,8 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
     if (rc)
         goto fail;
     s->blobs_stored = true;
+    if (meta)
+        s->meta_gen = gen;
     s->updated_at = now;
     if (c->n_events)
         s->paged = false;   /* new chunks are resident; reg_release pages them out under memory pressure */
