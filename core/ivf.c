@@ -36,6 +36,9 @@
 #endif
 
 #define BLOCK MA_IVF_BLOCK
+/* The pending buffer starts this small and doubles: a session of a few events must not pay for a whole
+ * block of raw keys (BLOCK·H·d floats: 256 KiB at H = 1, d = 64, 256 MiB at H = 64, d = 1024). */
+#define PEND_MIN 16
 
 /* A list is a sequence of fixed-size blocks of LB events, each one allocation holding ids[LB] (u32),
  * scales[LB·H] (float) and codes[LB·H·hb]. Fixed-size blocks, never reallocated: growing lists (online or
@@ -455,7 +458,7 @@ int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
 
     /* Room for the new keys behind the pending ones (visible state changes only at the end). */
     if (np + n > x->pend_cap) {
-        size_t cap = x->pend_cap ? x->pend_cap * 2 : BLOCK;
+        size_t cap = x->pend_cap ? x->pend_cap * 2 : PEND_MIN;
         while (cap < np + n)
             cap *= 2;
         float *p = realloc(x->pend, cap * D * sizeof(float));
@@ -594,7 +597,7 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
     float *Bd = malloc((size_t)BLOCK * D * sizeof(float));
     float *S = malloc((size_t)BLOCK * nlist * sizeof(float));
     uint32_t *ba = malloc(BLOCK * sizeof *ba);
-    float *pend = malloc((np > BLOCK ? np : BLOCK) * D * sizeof(float));
+    float *pend = malloc((np > PEND_MIN ? np : PEND_MIN) * D * sizeof(float));
     ivlist *nl = calloc(nlist, sizeof *nl);
     if (!X || !cent || !B || !Bd || !S || !ba || !pend || !nl)
         goto fail;
@@ -644,7 +647,7 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
     x->cent = cent;
     x->nlist = nlist;
     x->pend = pend;
-    x->pend_cap = np > BLOCK ? np : BLOCK;
+    x->pend_cap = np > PEND_MIN ? np : PEND_MIN;
     x->assigned = A;
     x->built_at = T;
     x->builds++;

@@ -188,13 +188,20 @@ static void test_rebuild_schedule(void **state)
         assert_int_equal(ma_ivf_builds(x), steps[i].builds);
     }
     /* 4,096 events in lists (id, scale, 4 code bytes each) in blocks of 128 (at most one partly used block
-     * per list), 104 pending (raw keys, room for 1,024), 64 centroids. */
+     * per list), 104 pending (raw keys, room for at most 1,024), 64 centroids. */
     size_t b = ma_ivf_bytes(x), per = 4 + 4 + 4;
     assert_true(b >= 4096 * per + 104 * d * sizeof(float) + 64 * d * sizeof(float));
     assert_true(b <= (4096 / 128 + 64) * 128 * per + (1024 + 64) * d * sizeof(float) + 64 * 64 + 1024);
     assert_int_equal(ma_ivf_add(x, 0, NULL), 0);
     ma_ivf_destroy(x);
     ma_ivf_destroy(NULL);
+
+    /* A session of a few events pays for those events, not for a whole block of raw keys: the pending
+     * buffer grows by doubling from a small start (this caught 1,024 keys of room per fresh index). */
+    assert_int_equal(ma_ivf_create(1, d, &x), 0);
+    assert_int_equal(ma_ivf_add(x, 3, k), 0);
+    assert_true(ma_ivf_bytes(x) <= 16 * d * sizeof(float) + 1024);
+    ma_ivf_destroy(x);
     free(k);
 }
 
