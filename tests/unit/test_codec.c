@@ -34,12 +34,7 @@ static void test_embed(const char *text, size_t len, int dim, float *out)
         out[j] = (float)(out[j] / sqrt(norm));
 }
 
-static uint64_t rng_state;
-static float frand(void)
-{
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
+#include "tests/unit/testrand.h"
 
 static cJSON *parse(const char *s)
 {

@@ -22,28 +22,7 @@
 #include "core/error.h"
 #include "core/ivf.h"
 
-static uint64_t rng_state;
-
-static double urand(void)
-{
-    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (double)(rng_state >> 11) / 9007199254740992.0;
-}
-
-static float nrand(void)
-{
-    double u = urand(), v = urand();
-    return (float)(sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v));
-}
-
-static float *randv(size_t n)
-{
-    float *x = malloc(n * sizeof *x);
-    assert_non_null(x);
-    for (size_t i = 0; i < n; i++)
-        x[i] = nrand();
-    return x;
-}
+#include "tests/unit/testrand.h"
 
 /* ---- top-m ----------------------------------------------------------------------------------- */
 

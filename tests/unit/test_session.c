@@ -17,13 +17,7 @@
 
 enum { H = 2, D = 8, DV = 4, KN = H * D, VN = H * DV };
 
-static uint64_t rng_state;
-
-static float frand(void)
-{
-    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
+#include "tests/unit/testrand.h"
 
 static void fill(float *x, size_t n)
 {

@@ -16,13 +16,7 @@
 
 enum { H = 2, D = 4, DV = 3, KN = H * D, VN = H * DV };
 
-static uint64_t rng_state;
-
-static float frand(void)
-{
-    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
+#include "tests/unit/testrand.h"
 
 /* A write whose key and value are filled from `seed` (so two writes with one seed are equal). */
 typedef struct {
