@@ -346,19 +346,12 @@ static int conn_open(ma_store *st, bool reader, conn **out, char *err, size_t er
     sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
     /* Readers: a small page cache each (the OS caches the file; 16 readers x 512 KiB bounds what the
      * store adds to the daemon's resident memory). Writer: the WAL is truncated back to 64 MiB after a
-     * checkpoint that a long reader (a backup) let grow.
-     *
-     * Readers also map the file (mmap_size; sqlite caps it at its compile-time maximum, 2 GiB in Debian's
-     * build). An event block's keys and values live in overflow pages, which sqlite reads past its page
-     * cache (SQLITE_DIRECT_OVERFLOW_READ): without the map that is one pread per 4 KiB page, ~9 per
-     * block, and paging a chunk cost 4x schema 1; through the map those reads are memcpys. Not under the
-     * fault-injection VFS: mapped reads would bypass its read faults. */
-    char sql[320];
-    snprintf(sql, sizeof sql, "PRAGMA foreign_keys = ON; PRAGMA synchronous = %s;%s%s",
+     * checkpoint that a long reader (a backup) let grow. */
+    char sql[256];
+    snprintf(sql, sizeof sql, "PRAGMA foreign_keys = ON; PRAGMA synchronous = %s;%s",
              st->opt.synchronous == MA_STORE_SYNC_NORMAL ? "NORMAL" : "FULL",
              reader ? " PRAGMA query_only = ON; PRAGMA cache_size = -512;"
-                    : " PRAGMA journal_size_limit = 67108864;",
-             reader && !st->opt.fault_vfs ? " PRAGMA mmap_size = 2147418112;" : "");
+                    : " PRAGMA journal_size_limit = 67108864;");
     int ret = exec_sql(st, c, sql, err, errlen, "setting connection pragmas");
     if (ret) {
         conn_close(c);
