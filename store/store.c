@@ -8,7 +8,7 @@
  *                 event_bytes, blob_bytes)
  *        blobs(sid, kind, data)              kind 0 backbone, 1 slot table, 2 archive meta; one row each,
  *                                            so a commit rewrites only the blobs that changed
- *        event_blocks(sid, block, n, k, v)   WITHOUT ROWID, primary key (sid, block): events block·BLOCK ..
+ *        event_blocks(sid, block, n, k, v)   rowid table, primary key (sid, block): events  block·BLOCK ..
  *                                            block·BLOCK+n-1, keys and values back to back; all blocks
  *                                            full but a session's last. One row per 64 events, not per
  *                                            event: the per-row cost bounded durable ingest (schema 1)
@@ -108,7 +108,11 @@ static const struct {
     "  PRIMARY KEY (sid, idx)) WITHOUT ROWID;",
     NULL, NULL},
     /* 1 -> 2: events in blocks of BLOCK (one row per event made durable ingest row-bound), payloads in a
-     * table of their own holding only the events that have one. */
+     * table of their own holding only the events that have one. event_blocks is a rowid table with its
+     * key in a separate index, not WITHOUT ROWID: a block row (tens of KiB) overflows its leaf page, and
+     * seeking a WITHOUT ROWID b-tree compares whole records, so every cell the binary search touched
+     * read its entire overflow chain (~4x slower chunk paging than schema 1); the index's cells are small
+     * and the row is then found by rowid, reading the chain once. */
     {
     "CREATE TABLE event_blocks("
     "  sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
@@ -116,7 +120,7 @@ static const struct {
     "  n INTEGER NOT NULL CHECK (n BETWEEN 1 AND 64),"
     "  k BLOB NOT NULL,"
     "  v BLOB NOT NULL,"
-    "  PRIMARY KEY (sid, block)) WITHOUT ROWID;"
+    "  PRIMARY KEY (sid, block));"
     "CREATE TABLE payloads("
     "  sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
     "  idx INTEGER NOT NULL CHECK (idx >= 0),"
