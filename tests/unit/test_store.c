@@ -538,6 +538,10 @@ static void test_upgrade_from_v1(void **state)
     assert_int_equal(raw_int(dir, "PRAGMA user_version"), 2);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM sqlite_schema WHERE name = 'events'"), 0);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks"), 0 + 1 + 1 + 2 + 5);
+    /* event_blocks must stay a rowid table: a WITHOUT ROWID seek reads whole overflowing block rows for
+     * every key comparison (store.c, the 1 -> 2 step). wr = 1 means WITHOUT ROWID. */
+    assert_int_equal(raw_int(dir, "SELECT wr FROM pragma_table_list WHERE name = 'event_blocks'"), 0);
+    assert_int_equal(raw_int(dir, "SELECT wr FROM pragma_table_list WHERE name = 'payloads'"), 1);
     st = open_ok(dir);
     check_session(st, "u4", 4, 300);
     check_session(st, "u1", 1, 2);
