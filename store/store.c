@@ -8,8 +8,11 @@
  *                 event_bytes, blob_bytes)
  *        blobs(sid, kind, data)              kind 0 backbone, 1 slot table, 2 archive meta; one row each,
  *                                            so a commit rewrites only the blobs that changed
- *        events(sid, idx, k, v, payload)     WITHOUT ROWID, primary key (sid, idx): a range of a session's
- *                                            events is one contiguous b-tree scan (the archive's pages)
+ *        event_blocks(sid, block, n, k, v)   rowid table, primary key (sid, block): events  block·BLOCK ..
+ *                                            block·BLOCK+n-1, keys and values back to back; all blocks
+ *                                            full but a session's last. One row per 64 events, not per
+ *                                            event: the per-row cost bounded durable ingest (schema 1)
+ *        payloads(sid, idx, payload)         WITHOUT ROWID, only for the events that have one
  *    Children reference sessions(sid) ON DELETE CASCADE, so deleting a session is one statement.
  *    Floats are stored as little-endian float32 (static-asserted host order).
  *  - Durability: synchronous=FULL by default (a commit is fsync'd to the WAL before it returns; it
@@ -19,9 +22,13 @@
  *    keeps BEGIN IMMEDIATE from ever waiting on ourselves) and a pool of reader connections, created on
  *    demand up to MAX_READERS; in WAL a reader never blocks the writer nor the writer a reader. Every
  *    connection caches its prepared statements. Connections are opened NOMUTEX: our locks serialise them.
- *  - Integrity at open: quick_check, and beside it (second connection, own thread) the rows: no blobs or
- *    events of a missing session, every session's events exactly 0..length-1. At load: blob byte totals against the session row, each
- *    event's key/value byte length against what the caller expects, indices contiguous.
+ *  - A commit rewrites the session's partial last block (read, topped up) and inserts the remaining
+ *    events as new blocks bound straight from the caller's arrays: at most one block rewritten per commit.
+ *  - Integrity at open: quick_check, and beside it (second connection, own thread) the rows: no blobs,
+ *    blocks or payloads of a missing session or event, every session's blocks 0..count-1, full but the
+ *    last, summing to its length, blob sizes n times one per-session size. At load: blob byte totals
+ *    against the session row, each block's key/value bytes against what the caller expects, coverage.
+ *  - Schema 1 (one row per event) is upgraded at open in one transaction (blocks_from_rows).
  *  - One process per data directory (an flock on <dir>/memattn.lock); a second open fails with MA_EBUSY.
  *  - Failure: every write runs in one transaction; any error rolls it back and returns MA_EIO (or
  *    MA_ECORRUPT / MA_ENOMEM) with sqlite's message. A data directory that is not writable opens
@@ -56,17 +63,27 @@
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "events are stored as little-endian float32");
 
-#define MA_SCHEMA       1
+#define MA_SCHEMA       2
+#define BLOCK           64              /* events per row of event_blocks (part of the schema) */
 #define MA_APP_ID       0x6D41744E      /* 'mAtN' */
 #define MAX_READERS     16
 #define BUSY_TIMEOUT_MS 5000
 
 enum { BLOB_BACKBONE = 0, BLOB_SLOTS = 1, BLOB_ARCHIVE = 2, N_BLOBS };
 
-/* Migration i brings a database from user_version i to i+1. Append, never edit: a shipped step is
- * history. Each runs inside the open transaction of migrate(). */
-static const char *const migrations[MA_SCHEMA] = {
+typedef struct conn conn;
+static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen);
+
+/* Migration i brings a database from user_version i to i+1: sql, then fn (C code, may be NULL), then
+ * post (may be NULL). Append, never edit: a shipped step is history. Each runs inside the open
+ * transaction of migrate(). */
+static const struct {
+    const char *sql;
+    int (*fn)(ma_store *st, conn *c, char *err, size_t errlen);
+    const char *post;
+} migrations[MA_SCHEMA] = {
     /* 0 -> 1 */
+    {
     "CREATE TABLE sessions("
     "  sid INTEGER PRIMARY KEY,"
     "  id TEXT NOT NULL UNIQUE,"
@@ -89,12 +106,35 @@ static const char *const migrations[MA_SCHEMA] = {
     "  v BLOB NOT NULL,"
     "  payload TEXT,"
     "  PRIMARY KEY (sid, idx)) WITHOUT ROWID;",
+    NULL, NULL},
+    /* 1 -> 2: events in blocks of BLOCK (one row per event made durable ingest row-bound), payloads in a
+     * table of their own holding only the events that have one. event_blocks is a rowid table with its
+     * key in a separate index, not WITHOUT ROWID: a block row (tens of KiB) overflows its leaf page, and
+     * seeking a WITHOUT ROWID b-tree compares whole records, so every cell the binary search touched
+     * read its entire overflow chain (~4x slower chunk paging than schema 1); the index's cells are small
+     * and the row is then found by rowid, reading the chain once. */
+    {
+    "CREATE TABLE event_blocks("
+    "  sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  block INTEGER NOT NULL CHECK (block >= 0),"
+    "  n INTEGER NOT NULL CHECK (n BETWEEN 1 AND 64),"
+    "  k BLOB NOT NULL,"
+    "  v BLOB NOT NULL,"
+    "  PRIMARY KEY (sid, block));"
+    "CREATE TABLE payloads("
+    "  sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  idx INTEGER NOT NULL CHECK (idx >= 0),"
+    "  payload TEXT NOT NULL,"
+    "  PRIMARY KEY (sid, idx)) WITHOUT ROWID;",
+    blocks_from_rows,
+    "DROP TABLE events;"},
 };
+_Static_assert(BLOCK == 64, "the CHECK of event_blocks.n and the integrity query say 64");
 
 enum {
     ST_BEGIN, ST_BEGIN_IMMEDIATE, ST_COMMIT, ST_ROLLBACK,
-    ST_SID, ST_INSERT_SESSION, ST_INSERT_EVENT, ST_PUT_BLOB, ST_UPDATE_SESSION, ST_DELETE_SESSION,
-    ST_LOAD_SESSION, ST_LOAD_BLOBS, ST_LIST, ST_EVENTS, ST_EVENTS_PAYLOAD, ST_PAYLOAD,
+    ST_SID, ST_INSERT_SESSION, ST_PUT_BLOCK, ST_GET_BLOCK, ST_PUT_PAYLOAD, ST_PUT_BLOB, ST_UPDATE_SESSION,
+    ST_DELETE_SESSION, ST_LOAD_SESSION, ST_LOAD_BLOBS, ST_LIST, ST_BLOCKS, ST_PAYLOADS, ST_PAYLOAD,
     N_STMTS
 };
 
@@ -107,7 +147,9 @@ static const char *const stmt_sql[N_STMTS] = {
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_SID] = "SELECT sid, length FROM sessions WHERE id = ?1",
     [ST_INSERT_SESSION] = "INSERT INTO sessions(id, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
-    [ST_INSERT_EVENT] = "INSERT INTO events(sid, idx, k, v, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_PUT_BLOCK] = "INSERT OR REPLACE INTO event_blocks(sid, block, n, k, v) VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_GET_BLOCK] = "SELECT n, k, v FROM event_blocks WHERE sid = ?1 AND block = ?2",
+    [ST_PUT_PAYLOAD] = "INSERT INTO payloads(sid, idx, payload) VALUES (?1, ?2, ?3)",
     [ST_PUT_BLOB] = "INSERT OR REPLACE INTO blobs(sid, kind, data) VALUES (?1, ?2, ?3)",
     [ST_UPDATE_SESSION] =
         "UPDATE sessions SET length = ?2, slots = ?3, updated_at = ?4, event_bytes = event_bytes + ?5,"
@@ -116,19 +158,19 @@ static const char *const stmt_sql[N_STMTS] = {
     [ST_LOAD_SESSION] = "SELECT " SESSION_COLS " FROM sessions WHERE id = ?1",
     [ST_LOAD_BLOBS] = "SELECT kind, data FROM blobs WHERE sid = ?1",
     [ST_LIST] = "SELECT " SESSION_COLS " FROM sessions WHERE id > ?1 ORDER BY id LIMIT ?2",
-    [ST_EVENTS] = "SELECT idx, k, v FROM events WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
-                  " AND idx >= ?2 AND idx < ?3 ORDER BY idx",
-    [ST_EVENTS_PAYLOAD] = "SELECT idx, k, v, payload FROM events WHERE sid = (SELECT sid FROM sessions"
-                          " WHERE id = ?1) AND idx >= ?2 AND idx < ?3 ORDER BY idx",
-    [ST_PAYLOAD] = "SELECT payload FROM events WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
+    [ST_BLOCKS] = "SELECT block, n, k, v FROM event_blocks WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
+                  " AND block >= ?2 AND block <= ?3 ORDER BY block",
+    [ST_PAYLOADS] = "SELECT idx, payload FROM payloads WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
+                    " AND idx >= ?2 AND idx < ?3 ORDER BY idx",
+    [ST_PAYLOAD] = "SELECT payload FROM payloads WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
                    " AND idx = ?2",
 };
 
-typedef struct conn {
+struct conn {
     sqlite3 *db;
     sqlite3_stmt *st[N_STMTS];
     struct conn *next_free;
-} conn;
+};
 
 struct ma_store {
     char *path;                 /* the file (or memdb name) shown in messages */
@@ -371,6 +413,144 @@ static void reader_put(ma_store *st, conn *c)
 
 /* ---- open: schema and integrity ---------------------------------------------------------------- */
 
+/* Writes (or rewrites) block `block` of session sid: n events, kb/vb bytes each. */
+static int put_block(ma_store *st, conn *c, int64_t sid, uint64_t block, size_t n, const void *k, size_t kb,
+                     const void *v, size_t vb, char *err, size_t errlen)
+{
+    sqlite3_stmt *s = stmt(st, c, ST_PUT_BLOCK, err, errlen);
+    if (!s)
+        return MA_EIO;
+    sqlite3_bind_int64(s, 1, sid);
+    sqlite3_bind_int64(s, 2, (int64_t)block);
+    sqlite3_bind_int64(s, 3, (int64_t)n);
+    sqlite3_bind_blob64(s, 4, k, n * kb, SQLITE_STATIC);
+    sqlite3_bind_blob64(s, 5, v, n * vb, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc == SQLITE_DONE ? 0 : fail_db(st, c->db, rc, err, errlen, "writing event blocks");
+}
+
+static int put_payload(ma_store *st, conn *c, int64_t sid, uint64_t idx, const char *p, int len, char *err,
+                       size_t errlen)
+{
+    sqlite3_stmt *s = stmt(st, c, ST_PUT_PAYLOAD, err, errlen);
+    if (!s)
+        return MA_EIO;
+    sqlite3_bind_int64(s, 1, sid);
+    sqlite3_bind_int64(s, 2, (int64_t)idx);
+    sqlite3_bind_text(s, 3, p, len, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc == SQLITE_DONE ? 0 : fail_db(st, c->db, rc, err, errlen, "writing payloads");
+}
+
+/* Schema 1 -> 2: every session's per-event rows into blocks of BLOCK and payload rows. The rows must be
+ * exactly 0..length-1 with one key/value size per session (what version 1's integrity check enforced);
+ * anything else fails the upgrade as corrupt and the transaction leaves the file at version 1. */
+static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen)
+{
+    sqlite3_stmt *ss = NULL, *es = NULL;
+    unsigned char *kbuf = NULL, *vbuf = NULL;
+    size_t kcap = 0, vcap = 0;
+    int64_t converted = 0;
+    int ret = 0;
+    int rc = sqlite3_prepare_v2(c->db, "SELECT sid, id, length FROM sessions ORDER BY sid", -1, &ss, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(c->db, "SELECT idx, k, v, payload FROM events WHERE sid = ?1 ORDER BY idx", -1,
+                                &es, NULL);
+    if (rc != SQLITE_OK) {
+        ret = fail_db(st, c->db, rc, err, errlen, "schema upgrade 1 -> 2");
+        goto done;
+    }
+    while ((rc = sqlite3_step(ss)) == SQLITE_ROW) {
+        int64_t sid = sqlite3_column_int64(ss, 0);
+        uint64_t length = (uint64_t)sqlite3_column_int64(ss, 2);
+        size_t kb = 0, vb = 0, in_block = 0;
+        uint64_t at = 0;
+        sqlite3_bind_int64(es, 1, sid);
+        while ((rc = sqlite3_step(es)) == SQLITE_ROW) {
+            size_t k_len = (size_t)sqlite3_column_bytes(es, 1), v_len = (size_t)sqlite3_column_bytes(es, 2);
+            if (at == 0) {
+                kb = k_len;
+                vb = v_len;
+                if (kcap < BLOCK * kb || vcap < BLOCK * vb) {
+                    unsigned char *nk = realloc(kbuf, BLOCK * kb + 1), *nv;
+                    if (nk)
+                        kbuf = nk;
+                    nv = realloc(vbuf, BLOCK * vb + 1);
+                    if (nv)
+                        vbuf = nv;
+                    if (!nk || !nv) {
+                        seterr(err, errlen, "store %s: schema upgrade 1 -> 2: out of memory", st->path);
+                        ret = MA_ENOMEM;
+                        goto done;
+                    }
+                    kcap = BLOCK * kb;
+                    vcap = BLOCK * vb;
+                }
+            }
+            if ((uint64_t)sqlite3_column_int64(es, 0) != at || at >= length || k_len != kb || v_len != vb) {
+                seterr(err, errlen, "store %s: schema upgrade 1 -> 2: session '%s' (length %" PRIu64 "): event "
+                       "row %lld (key/value %zu/%zu bytes) does not continue rows 0..%" PRIu64 " of %zu/%zu "
+                       "bytes", st->path, (const char *)sqlite3_column_text(ss, 1), length,
+                       sqlite3_column_int64(es, 0), k_len, v_len, at, kb, vb);
+                ret = MA_ECORRUPT;
+                goto done;
+            }
+            if (kb)
+                memcpy(kbuf + in_block * kb, sqlite3_column_blob(es, 1), kb);
+            if (vb)
+                memcpy(vbuf + in_block * vb, sqlite3_column_blob(es, 2), vb);
+            if (sqlite3_column_type(es, 3) != SQLITE_NULL &&
+                (ret = put_payload(st, c, sid, at, (const char *)sqlite3_column_text(es, 3),
+                                   sqlite3_column_bytes(es, 3), err, errlen)))
+                goto done;
+            at++;
+            if (++in_block == BLOCK || at == length) {
+                if ((ret = put_block(st, c, sid, (at - 1) / BLOCK, in_block, kbuf, kb, vbuf, vb, err, errlen)))
+                    goto done;
+                in_block = 0;
+            }
+        }
+        sqlite3_reset(es);
+        if (rc != SQLITE_DONE) {
+            ret = fail_db(st, c->db, rc, err, errlen, "schema upgrade 1 -> 2: reading events");
+            goto done;
+        }
+        if (at != length) {
+            seterr(err, errlen, "store %s: schema upgrade 1 -> 2: session '%s' has length %" PRIu64 " but %"
+                   PRIu64 " event rows", st->path, (const char *)sqlite3_column_text(ss, 1), length, at);
+            ret = MA_ECORRUPT;
+            goto done;
+        }
+        converted += (int64_t)at;
+    }
+    if (rc != SQLITE_DONE) {
+        ret = fail_db(st, c->db, rc, err, errlen, "schema upgrade 1 -> 2: reading sessions");
+        goto done;
+    }
+    /* Rows of no session would be dropped silently with the table: refuse instead. */
+    sqlite3_finalize(es);
+    es = NULL;
+    rc = sqlite3_prepare_v2(c->db, "SELECT count(*) FROM events", -1, &es, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(es)) == SQLITE_ROW && sqlite3_column_int64(es, 0) != converted) {
+        seterr(err, errlen, "store %s: schema upgrade 1 -> 2: %lld event rows belong to no session", st->path,
+               sqlite3_column_int64(es, 0) - converted);
+        ret = MA_ECORRUPT;
+        goto done;
+    }
+    if (rc != SQLITE_ROW)
+        ret = fail_db(st, c->db, rc, err, errlen, "schema upgrade 1 -> 2: counting events");
+done:
+    sqlite3_finalize(ss);
+    sqlite3_finalize(es);
+    free(kbuf);
+    free(vbuf);
+    return ret;
+}
+
 static int migrate(ma_store *st, char *err, size_t errlen)
 {
     conn *c = st->writer;
@@ -412,7 +592,9 @@ static int migrate(ma_store *st, char *err, size_t errlen)
     for (long v = version; v < MA_SCHEMA; v++) {
         char what[64];
         snprintf(what, sizeof what, "schema upgrade %ld -> %ld", v, v + 1);
-        if ((ret = exec_sql(st, c, migrations[v], err, errlen, what)))
+        if ((ret = exec_sql(st, c, migrations[v].sql, err, errlen, what)) ||
+            (migrations[v].fn && (ret = migrations[v].fn(st, c, err, errlen))) ||
+            (migrations[v].post && (ret = exec_sql(st, c, migrations[v].post, err, errlen, what))))
             goto fail;
     }
     char sql[96];
@@ -461,30 +643,55 @@ static int check_rows(ma_store *st, conn *c, char *err, size_t errlen)
         goto done;
     }
     sqlite3_finalize(s);
-    /* One pass over the events, in primary-key order: every session's rows must be exactly
-     * 0..length-1 (the key rules out duplicates), and no rows may belong to a missing session. The
-     * second part finds sessions with a length but no rows at all (index probes only). */
+    /* One pass over the event blocks, in primary-key order: every session's blocks must be 0..count-1,
+     * all full but the last, their counts summing to the length, every key/value blob n times one
+     * per-session size; and no blocks may belong to a missing session. The second part finds sessions
+     * with a length but no blocks at all (index probes only). */
     rc = sqlite3_prepare_v2(c->db,
-        "SELECT s.id, e.sid, coalesce(s.length, -1), e.n, e.lo, e.hi FROM "
-        "(SELECT sid, count(*) AS n, min(idx) AS lo, max(idx) AS hi FROM events GROUP BY sid) e "
-        "LEFT JOIN sessions s ON s.sid = e.sid "
-        "WHERE s.sid IS NULL OR e.n != s.length OR e.lo != 0 OR e.hi != s.length - 1 "
-        "UNION ALL SELECT id, sid, length, 0, NULL, NULL FROM sessions s WHERE length > 0 AND "
-        "NOT EXISTS (SELECT 1 FROM events WHERE events.sid = s.sid) LIMIT 1", -1, &s, NULL);
+        "SELECT s.id, b.sid, coalesce(s.length, -1), b.total, b.cnt, b.lo, b.hi FROM "
+        "(SELECT sid, sum(n) AS total, count(*) AS cnt, min(block) AS lo, max(block) AS hi,"
+        "  min(CASE WHEN n != 64 THEN block END) AS part,"
+        "  sum(n < 1 OR n > 64 OR length(k) % n != 0 OR length(v) % n != 0) AS bad,"
+        "  min(length(k) / n) AS k0, max(length(k) / n) AS k1, min(length(v) / n) AS v0,"
+        "  max(length(v) / n) AS v1 FROM event_blocks GROUP BY sid) b "
+        "LEFT JOIN sessions s ON s.sid = b.sid "
+        "WHERE s.sid IS NULL OR b.total != s.length OR b.lo != 0 OR b.hi != b.cnt - 1 OR b.part != b.hi "
+        "OR b.bad != 0 OR b.k0 != b.k1 OR b.v0 != b.v1 "
+        "UNION ALL SELECT id, sid, length, 0, 0, NULL, NULL FROM sessions s WHERE length > 0 AND "
+        "NOT EXISTS (SELECT 1 FROM event_blocks b WHERE b.sid = s.sid) LIMIT 1", -1, &s, NULL);
     if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
         if (sqlite3_column_type(s, 0) == SQLITE_NULL)
-            seterr(err, errlen, "store %s: integrity check failed: %lld event rows of a missing session "
-                   "(sid %lld)", st->path, sqlite3_column_int64(s, 3), sqlite3_column_int64(s, 1));
+            seterr(err, errlen, "store %s: integrity check failed: %lld event blocks of a missing session "
+                   "(sid %lld)", st->path, sqlite3_column_int64(s, 4), sqlite3_column_int64(s, 1));
         else
             seterr(err, errlen, "store %s: integrity check failed: session '%s' has length %lld but %lld "
-                   "event rows (indices %lld..%lld)", st->path, (const char *)sqlite3_column_text(s, 0),
-                   sqlite3_column_int64(s, 2), sqlite3_column_int64(s, 3), sqlite3_column_int64(s, 4),
-                   sqlite3_column_int64(s, 5));
+                   "events in %lld blocks (%lld..%lld); expected blocks 0.. of %d events, only the last "
+                   "partial, each key/value blob n times one size", st->path,
+                   (const char *)sqlite3_column_text(s, 0), sqlite3_column_int64(s, 2),
+                   sqlite3_column_int64(s, 3), sqlite3_column_int64(s, 4), sqlite3_column_int64(s, 5),
+                   sqlite3_column_int64(s, 6), BLOCK);
+        ret = MA_ECORRUPT;
+        goto done;
+    }
+    if (rc != SQLITE_DONE && rc != SQLITE_OK) {
+        ret = fail_db(st, c->db, rc, err, errlen, "checking event blocks");
+        goto done;
+    }
+    sqlite3_finalize(s);
+    /* Payloads only of events that exist. */
+    rc = sqlite3_prepare_v2(c->db,
+        "SELECT p.sid, p.idx, s.id, s.length FROM payloads p LEFT JOIN sessions s ON s.sid = p.sid "
+        "WHERE s.sid IS NULL OR p.idx >= s.length LIMIT 1", -1, &s, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        seterr(err, errlen, "store %s: integrity check failed: a payload of event %lld of %s (sid %lld, "
+               "length %lld)", st->path, sqlite3_column_int64(s, 1),
+               sqlite3_column_type(s, 2) == SQLITE_NULL ? "a missing session" : (const char *)sqlite3_column_text(s, 2),
+               sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 3));
         ret = MA_ECORRUPT;
         goto done;
     }
     if (rc != SQLITE_DONE && rc != SQLITE_OK)
-        ret = fail_db(st, c->db, rc, err, errlen, "checking event counts");
+        ret = fail_db(st, c->db, rc, err, errlen, "checking payloads");
 done:
     sqlite3_finalize(s);
     return ret;
@@ -867,7 +1074,7 @@ static int check_delta(ma_store *st, const char *id, const ma_store_delta *d, ch
         return MA_EINVAL;
     }
     if (d->n_events > 0 && (!d->k || !d->v || d->k_floats == 0 || d->v_floats == 0 ||
-                            d->k_floats > INT32_MAX / 4 || d->v_floats > INT32_MAX / 4)) {
+                            d->k_floats > INT32_MAX / (4 * BLOCK) || d->v_floats > INT32_MAX / (4 * BLOCK))) {
         seterr(err, errlen, "store %s: session '%s': %zu events without keys/values (k_floats %zu, "
                "v_floats %zu)", st->path, id, d->n_events, d->k_floats, d->v_floats);
         return MA_EINVAL;
@@ -881,6 +1088,72 @@ static int check_delta(ma_store *st, const char *id, const ma_store_delta *d, ch
         }
     }
     return 0;
+}
+
+/* The delta's events after the `length` stored ones: the partial last block (if any) is read, topped up
+ * and rewritten, the rest written as new blocks straight from the caller's arrays; payloads as rows. */
+static int write_events(ma_store *st, conn *c, int64_t sid, uint64_t length, const ma_store_delta *d,
+                        char *err, size_t errlen)
+{
+    size_t kb = d->k_floats * sizeof(float), vb = d->v_floats * sizeof(float), i = 0;
+    size_t off = (size_t)(length % BLOCK);
+    unsigned char *kbuf = NULL, *vbuf = NULL;
+    int ret = 0;
+    if (off) {
+        sqlite3_stmt *s = stmt(st, c, ST_GET_BLOCK, err, errlen);
+        if (!s)
+            return MA_EIO;
+        sqlite3_bind_int64(s, 1, sid);
+        sqlite3_bind_int64(s, 2, (int64_t)(length / BLOCK));
+        int rc = sqlite3_step(s);
+        if (rc != SQLITE_ROW) {
+            ret = rc == SQLITE_DONE ? MA_ECORRUPT : fail_db(st, c->db, rc, err, errlen, "reading an event block");
+            if (rc == SQLITE_DONE)
+                seterr(err, errlen, "store %s: event block %" PRIu64 " of a session of length %" PRIu64
+                       " is missing", st->path, length / BLOCK, length);
+            goto done;
+        }
+        size_t n = (size_t)sqlite3_column_int64(s, 0);
+        size_t k_len = (size_t)sqlite3_column_bytes(s, 1), v_len = (size_t)sqlite3_column_bytes(s, 2);
+        if (n != off || k_len != off * kb || v_len != off * vb) {
+            seterr(err, errlen, "store %s: the stored events end in a block of %zu events with %zu/%zu key/value "
+                   "bytes; %zu events of %zu/%zu floats cannot continue it", st->path, n, k_len, v_len, off,
+                   d->k_floats, d->v_floats);
+            ret = n != off ? MA_ECORRUPT : MA_EINVAL;
+            goto done;
+        }
+        size_t take = d->n_events < BLOCK - off ? d->n_events : BLOCK - off;
+        if (!(kbuf = malloc((off + take) * kb)) || !(vbuf = malloc((off + take) * vb))) {
+            seterr(err, errlen, "store %s: out of memory", st->path);
+            ret = MA_ENOMEM;
+            goto done;
+        }
+        memcpy(kbuf, sqlite3_column_blob(s, 1), k_len);
+        memcpy(vbuf, sqlite3_column_blob(s, 2), v_len);
+        sqlite3_reset(s);
+        memcpy(kbuf + k_len, d->k, take * kb);
+        memcpy(vbuf + v_len, d->v, take * vb);
+        if ((ret = put_block(st, c, sid, length / BLOCK, off + take, kbuf, kb, vbuf, vb, err, errlen)))
+            goto done;
+        i = take;
+    }
+    while (i < d->n_events) {
+        size_t take = d->n_events - i < BLOCK ? d->n_events - i : BLOCK;
+        if ((ret = put_block(st, c, sid, (length + i) / BLOCK, take, d->k + i * d->k_floats, kb,
+                             d->v + i * d->v_floats, vb, err, errlen)))
+            goto done;
+        i += take;
+    }
+    for (i = 0; d->payloads && i < d->n_events; i++) {
+        if (d->payloads[i] && (ret = put_payload(st, c, sid, length + i, d->payloads[i], -1, err, errlen)))
+            goto done;
+    }
+done:
+    if (c->st[ST_GET_BLOCK])
+        sqlite3_reset(c->st[ST_GET_BLOCK]);
+    free(kbuf);
+    free(vbuf);
+    return ret;
 }
 
 int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen)
@@ -923,32 +1196,8 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
         ret = MA_EINVAL;
         goto done;
     }
-    if (d->n_events > 0) {
-        if (!(s = stmt(st, c, ST_INSERT_EVENT, err, errlen))) {
-            ret = MA_EIO;
-            goto done;
-        }
-        int kb = (int)(d->k_floats * sizeof(float)), vb = (int)(d->v_floats * sizeof(float));
-        sqlite3_bind_int64(s, 1, sid);
-        for (size_t i = 0; i < d->n_events; i++) {
-            const char *p = d->payloads ? d->payloads[i] : NULL;
-            sqlite3_bind_int64(s, 2, (int64_t)(length + i));
-            sqlite3_bind_blob(s, 3, d->k + i * d->k_floats, kb, SQLITE_STATIC);
-            sqlite3_bind_blob(s, 4, d->v + i * d->v_floats, vb, SQLITE_STATIC);
-            if (p)
-                sqlite3_bind_text(s, 5, p, -1, SQLITE_STATIC);
-            else
-                sqlite3_bind_null(s, 5);
-            rc = sqlite3_step(s);
-            sqlite3_reset(s);
-            if (rc != SQLITE_DONE) {
-                sqlite3_clear_bindings(s);
-                ret = fail_db(st, c->db, rc, err, errlen, "writing events");
-                goto done;
-            }
-        }
-        sqlite3_clear_bindings(s);
-    }
+    if (d->n_events > 0 && (ret = write_events(st, c, sid, length, d, err, errlen)))
+        goto done;
     int64_t event_bytes = 0;
     for (size_t i = 0; i < d->n_events; i++)
         event_bytes += (int64_t)((d->k_floats + d->v_floats) * sizeof(float)) +
@@ -1223,56 +1472,81 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
     conn *c;
     if ((ret = reader_get(st, &c, err, errlen)))
         return ret;
-    sqlite3_stmt *s = stmt(st, c, payloads ? ST_EVENTS_PAYLOAD : ST_EVENTS, err, errlen);
-    uint64_t at = first;
-    int rc = SQLITE_DONE;
-    if (!s) {
+    /* Blocks and payloads from one snapshot. */
+    bool txn = payloads != NULL;
+    int rc = txn ? run(st, c, ST_BEGIN, err, errlen) : 0;
+    sqlite3_stmt *s = NULL, *p = NULL;
+    uint64_t at = first, end = first + n;
+    size_t kb = k_floats * sizeof(float), vb = v_floats * sizeof(float);
+    if (rc) {
+        txn = false;
+        ret = fail_db(st, c->db, rc, err, errlen, "starting a read");
+        goto done;
+    }
+    if (!(s = stmt(st, c, ST_BLOCKS, err, errlen)) || (payloads && !(p = stmt(st, c, ST_PAYLOADS, err, errlen)))) {
         ret = MA_EIO;
         goto done;
     }
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 2, (int64_t)first);
-    sqlite3_bind_int64(s, 3, (int64_t)(first + n));
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        uint64_t idx = (uint64_t)sqlite3_column_int64(s, 0);
-        if (idx != at) {
+    sqlite3_bind_int64(s, 2, (int64_t)(first / BLOCK));
+    sqlite3_bind_int64(s, 3, (int64_t)((end - 1) / BLOCK));
+    rc = SQLITE_DONE;
+    while (at < end && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        uint64_t base = (uint64_t)sqlite3_column_int64(s, 0) * BLOCK;
+        size_t nb = (size_t)sqlite3_column_int64(s, 1);
+        if (base > at || base + nb <= at) {
             rc = SQLITE_DONE;   /* a gap: explained below */
             break;
         }
-        size_t i = (size_t)(at - first);
-        size_t kb = (size_t)sqlite3_column_bytes(s, 1), vb = (size_t)sqlite3_column_bytes(s, 2);
-        if (kb != k_floats * sizeof(float) || vb != v_floats * sizeof(float)) {
-            seterr(err, errlen, "store %s: session '%s' event %" PRIu64 ": key/value of %zu/%zu bytes, expected "
-                   "%zu/%zu", st->path, id, at, kb, vb, k_floats * sizeof(float), v_floats * sizeof(float));
+        size_t k_len = (size_t)sqlite3_column_bytes(s, 2), v_len = (size_t)sqlite3_column_bytes(s, 3);
+        if (k_len != nb * kb || v_len != nb * vb) {
+            seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 " (events %" PRIu64 "..%" PRIu64
+                   "): key/value of %zu/%zu bytes, expected %zu events of %zu/%zu", st->path, id, base / BLOCK,
+                   base, base + nb - 1, k_len, v_len, nb, kb, vb);
             ret = MA_ECORRUPT;
             goto done;
         }
-        if (kb)
-            memcpy(k + i * k_floats, sqlite3_column_blob(s, 1), kb);
-        if (vb)
-            memcpy(v + i * v_floats, sqlite3_column_blob(s, 2), vb);
-        if (payloads && sqlite3_column_type(s, 3) != SQLITE_NULL) {
-            if (!(payloads[i] = xstrdup((const char *)sqlite3_column_text(s, 3)))) {
+        uint64_t hi = base + nb < end ? base + nb : end;
+        size_t m = (size_t)(hi - at), from = (size_t)(at - base), to = (size_t)(at - first);
+        memcpy(k + to * k_floats, (const unsigned char *)sqlite3_column_blob(s, 2) + from * kb, m * kb);
+        memcpy(v + to * v_floats, (const unsigned char *)sqlite3_column_blob(s, 3) + from * vb, m * vb);
+        at = hi;
+    }
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        ret = fail_db(st, c->db, rc, err, errlen, "reading events");
+        goto done;
+    }
+    sqlite3_reset(s);
+    if (at != end) {
+        ret = explain_short(st, c, id, first, n, at, err, errlen);
+        goto done;
+    }
+    if (payloads) {
+        sqlite3_bind_text(p, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(p, 2, (int64_t)first);
+        sqlite3_bind_int64(p, 3, (int64_t)end);
+        while ((rc = sqlite3_step(p)) == SQLITE_ROW) {
+            size_t i = (size_t)((uint64_t)sqlite3_column_int64(p, 0) - first);
+            if (!(payloads[i] = xstrdup((const char *)sqlite3_column_text(p, 1)))) {
                 seterr(err, errlen, "store %s: out of memory", st->path);
                 ret = MA_ENOMEM;
                 goto done;
             }
         }
-        at++;
-    }
-    if (rc != SQLITE_DONE) {
-        ret = fail_db(st, c->db, rc, err, errlen, "reading events");
-        goto done;
-    }
-    if (at != first + n) {
-        sqlite3_reset(s);
-        ret = explain_short(st, c, id, first, n, at, err, errlen);
+        if (rc != SQLITE_DONE)
+            ret = fail_db(st, c->db, rc, err, errlen, "reading payloads");
     }
 done:
     if (s) {
         sqlite3_reset(s);
         sqlite3_clear_bindings(s);
     }
+    if (p) {
+        sqlite3_reset(p);
+        sqlite3_clear_bindings(p);
+    }
+    if (txn)
+        rollback(st, c);   /* ends the read transaction */
     reader_put(st, c);
     if (ret && payloads) {
         for (size_t i = 0; i < n; i++) {
@@ -1314,8 +1588,21 @@ int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **p
             ret = MA_ENOMEM;
         }
     } else if (rc == SQLITE_DONE) {
+        /* No payload row: an event without one, or no such event. */
         sqlite3_reset(s);
-        ret = explain_short(st, c, id, event, 1, event, err, errlen);
+        sqlite3_stmt *q = stmt(st, c, ST_SID, err, errlen);
+        if (!q) {
+            ret = MA_EIO;
+            goto done;
+        }
+        sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
+        rc = sqlite3_step(q);
+        bool exists = rc == SQLITE_ROW && event < (uint64_t)sqlite3_column_int64(q, 1);
+        sqlite3_reset(q);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            ret = fail_db(st, c->db, rc, err, errlen, "looking up a session");
+        else if (!exists)
+            ret = explain_short(st, c, id, event, 1, event, err, errlen);
     } else {
         ret = fail_db(st, c->db, rc, err, errlen, "reading a payload");
     }

@@ -3,8 +3,9 @@
  *
  * One database file <data>/memattn.db in WAL mode. What a session is made of on disk:
  *   sessions   (id, config JSON, created_at, updated_at, length, backbone blob, slots blob, archive-meta blob)
- *   events     (session, idx, k blob, v blob, payload JSON text or NULL)  — the archive's chunks are read
- *              back from here a chunk at a time (ma_store_load_events), so a large session is paged.
+ *   events     in blocks of 64 (keys, values) plus payload rows for the events that have one — the
+ *              archive's chunks are read back from here a chunk at a time (ma_store_load_events), so a
+ *              large session is paged.
  * (In store.c the three blobs live in a table of their own, one row per blob; docs/STORE.md.)
  * Blobs are the versioned, checked serialisations made by core/ (backbone, slots, archive meta).
  *

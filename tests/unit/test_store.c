@@ -349,7 +349,8 @@ static void test_create_delete_list(void **state)
     sqlite3 *db;
     sqlite3_stmt *s;
     assert_int_equal(sqlite3_open(db_path(dir), &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM blobs)",
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT (SELECT count(*) FROM event_blocks) + (SELECT count(*) FROM payloads),"
+                                        " (SELECT count(*) FROM blobs)",
                                         -1, &s, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(s), SQLITE_ROW);
     assert_int_equal(sqlite3_column_int(s, 0), 0);
@@ -423,6 +424,198 @@ static void test_schema_versions(void **state)
     raw_sql(dir, "PRAGMA user_version = 0");
     st = open_ok(dir);
     assert_int_equal(ma_store_session_create(st, "x", "{}", 0, errbuf, sizeof errbuf), 0);
+    ma_store_close(st);
+    rm_dir(dir);
+}
+
+/* Schema version 1 as memattnd wrote it (one row per event), to fabricate files for the upgrade test. */
+static const char v1_schema[] =
+    "CREATE TABLE sessions(sid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, config TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,"
+    "  length INTEGER NOT NULL DEFAULT 0 CHECK (length >= 0), slots INTEGER NOT NULL DEFAULT 0 CHECK (slots >= 0),"
+    "  event_bytes INTEGER NOT NULL DEFAULT 0, blob_bytes INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE blobs(sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  kind INTEGER NOT NULL CHECK (kind BETWEEN 0 AND 2), data BLOB NOT NULL, PRIMARY KEY (sid, kind));"
+    "CREATE TABLE events(sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  idx INTEGER NOT NULL CHECK (idx >= 0), k BLOB NOT NULL, v BLOB NOT NULL, payload TEXT,"
+    "  PRIMARY KEY (sid, idx)) WITHOUT ROWID;"
+    "PRAGMA user_version = 1; PRAGMA application_id = 1833006158;";
+
+/* A version-1 file in dir holding session "u<seed>" of length L[seed] for each seed (seed's data). */
+static void make_v1(const char *dir, const uint64_t *L, int n)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s, *b, *e;
+    assert_int_equal(sqlite3_open(db_path(dir), &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, v1_schema, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO sessions(sid, id, config, created_at, updated_at, length,"
+                                        " slots, event_bytes, blob_bytes) VALUES (?1, ?2, '{}', 0, 0, ?3, ?4, ?5, ?6)",
+                                        -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO blobs VALUES (?1, ?2, ?3)", -1, &b, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO events VALUES (?1, ?2, ?3, ?4, ?5)", -1, &e, NULL), SQLITE_OK);
+    for (int seed = 0; seed < n; seed++) {
+        char id[16], blob[3][96];
+        size_t blob_bytes = 0;
+        snprintf(id, sizeof id, "u%d", seed);
+        for (int i = 0; L[seed] > 0 && i < 3; i++) {
+            blob_of(seed, L[seed], i, blob[i], sizeof blob[i]);
+            blob_bytes += strlen(blob[i]);
+        }
+        sqlite3_bind_int(s, 1, seed + 1);
+        sqlite3_bind_text(s, 2, id, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(s, 3, (sqlite3_int64)L[seed]);
+        sqlite3_bind_int64(s, 4, (sqlite3_int64)(L[seed] % 7));
+        sqlite3_bind_int64(s, 5, (sqlite3_int64)(L[seed] * (KF + VF) * sizeof(float)));
+        sqlite3_bind_int64(s, 6, (sqlite3_int64)blob_bytes);
+        assert_int_equal(sqlite3_step(s), SQLITE_DONE);
+        sqlite3_reset(s);
+        for (int i = 0; L[seed] > 0 && i < 3; i++) {
+            sqlite3_bind_int(b, 1, seed + 1);
+            sqlite3_bind_int(b, 2, i);
+            sqlite3_bind_blob(b, 3, blob[i], (int)strlen(blob[i]), SQLITE_TRANSIENT);
+            assert_int_equal(sqlite3_step(b), SQLITE_DONE);
+            sqlite3_reset(b);
+        }
+        for (uint64_t i = 0; i < L[seed]; i++) {
+            float k[KF], v[VF];
+            for (int j = 0; j < KF; j++)
+                k[j] = kval(seed, i, j);
+            for (int j = 0; j < VF; j++)
+                v[j] = vval(seed, i, j);
+            char *p = payload_of(seed, i);
+            sqlite3_bind_int(e, 1, seed + 1);
+            sqlite3_bind_int64(e, 2, (sqlite3_int64)i);
+            sqlite3_bind_blob(e, 3, k, sizeof k, SQLITE_TRANSIENT);
+            sqlite3_bind_blob(e, 4, v, sizeof v, SQLITE_TRANSIENT);
+            if (p)
+                sqlite3_bind_text(e, 5, p, -1, SQLITE_TRANSIENT);
+            else
+                sqlite3_bind_null(e, 5);
+            assert_int_equal(sqlite3_step(e), SQLITE_DONE);
+            sqlite3_reset(e);
+            free(p);
+        }
+    }
+    sqlite3_finalize(s);
+    sqlite3_finalize(b);
+    sqlite3_finalize(e);
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+static int raw_int(const char *dir, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    assert_int_equal(sqlite3_open(db_path(dir), &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    int r = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return r;
+}
+
+static void test_upgrade_from_v1(void **state)
+{
+    (void)state;
+    /* Lengths around the block size: empty, one event, exactly one block, blocks plus a partial one. */
+    const uint64_t L[] = {0, 1, 64, 65, 200};
+    const int n = (int)(sizeof L / sizeof L[0]);
+    char *dir = fresh_dir();
+    make_v1(dir, L, n);
+    ma_store *st = open_ok(dir);
+    for (int seed = 0; seed < n; seed++) {
+        char id[16];
+        snprintf(id, sizeof id, "u%d", seed);
+        check_session(st, id, seed, L[seed]);
+    }
+    /* The upgraded sessions go on growing from their partial blocks. */
+    assert_int_equal(commit_batch(st, "u4", 4, 200, 100), 0);
+    assert_int_equal(commit_batch(st, "u1", 1, 1, 1), 0);
+    ma_store_close(st);
+    assert_int_equal(raw_int(dir, "PRAGMA user_version"), 2);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM sqlite_schema WHERE name = 'events'"), 0);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks"), 0 + 1 + 1 + 2 + 5);
+    /* event_blocks must stay a rowid table: a WITHOUT ROWID seek reads whole overflowing block rows for
+     * every key comparison (store.c, the 1 -> 2 step). wr = 1 means WITHOUT ROWID. */
+    assert_int_equal(raw_int(dir, "SELECT wr FROM pragma_table_list WHERE name = 'event_blocks'"), 0);
+    assert_int_equal(raw_int(dir, "SELECT wr FROM pragma_table_list WHERE name = 'payloads'"), 1);
+    st = open_ok(dir);
+    check_session(st, "u4", 4, 300);
+    check_session(st, "u1", 1, 2);
+    check_session(st, "u3", 3, 65);
+    ma_store_close(st);
+    rm_dir(dir);
+
+    /* A version-1 file with a hole in a session's rows is refused and stays at version 1, intact. */
+    dir = fresh_dir();
+    make_v1(dir, L, n);
+    raw_sql(dir, "DELETE FROM events WHERE sid = 5 AND idx = 130");
+    assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "session 'u4'"));
+    assert_int_equal(raw_int(dir, "PRAGMA user_version"), 1);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM events"), 1 + 64 + 65 + 199);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM sqlite_schema WHERE name = 'event_blocks'"), 0);
+    rm_dir(dir);
+}
+
+/* Commits of every size against the block boundaries, reads of ranges that straddle blocks, payload
+ * look-ups; a commit whose key size differs from the stored partial block is refused. */
+static void test_blocks_across_commits(void **state)
+{
+    (void)state;
+    char *dir = fresh_dir();
+    ma_store *st = open_ok(dir);
+    assert_int_equal(ma_store_session_create(st, "b", "{}", 0, errbuf, sizeof errbuf), 0);
+    const size_t sizes[] = {1, 62, 1, 64, 65, 3, 130, 0, 200};
+    uint64_t L = 0;
+    for (size_t t = 0; t < sizeof sizes / sizeof sizes[0]; t++) {
+        assert_int_equal(commit_batch(st, "b", 5, L, sizes[t]), 0);
+        L += sizes[t];
+        check_session(st, "b", 5, L);
+        const uint64_t firsts[] = {0, 1, 63, 64, 100, L - 1};
+        for (size_t f = 0; f < sizeof firsts / sizeof firsts[0]; f++) {
+            uint64_t first = firsts[f];
+            if (first >= L)
+                continue;
+            size_t m = L - first < 70 ? (size_t)(L - first) : 70;
+            float k[70 * KF], v[70 * VF];
+            char *pl[70];
+            assert_int_equal(ma_store_load_events(st, "b", first, m, KF, VF, k, v, pl, errbuf, sizeof errbuf), 0);
+            for (size_t i = 0; i < m; i++) {
+                assert_true(k[i * KF + KF - 1] == kval(5, first + i, KF - 1));
+                assert_true(v[i * VF] == vval(5, first + i, 0));
+                char *want = payload_of(5, first + i), *one = NULL;
+                assert_int_equal(ma_store_load_payload(st, "b", first + i, &one, errbuf, sizeof errbuf), 0);
+                if (want) {
+                    assert_string_equal(pl[i], want);
+                    assert_string_equal(one, want);
+                } else {
+                    assert_null(pl[i]);
+                    assert_null(one);
+                }
+                free(want);
+                free(one);
+                free(pl[i]);
+            }
+        }
+    }
+    assert_int_equal(L % 64, 14);
+    char *one = NULL;
+    assert_int_equal(ma_store_load_payload(st, "b", L, &one, errbuf, sizeof errbuf), MA_ENOTFOUND);
+    assert_int_equal(ma_store_load_payload(st, "nope", 0, &one, errbuf, sizeof errbuf), MA_ENOTFOUND);
+    float k[2 * KF], v[2 * VF];
+    assert_int_equal(ma_store_load_events(st, "b", L - 1, 2, KF, VF, k, v, NULL, errbuf, sizeof errbuf), MA_ENOTFOUND);
+    float k2[KF + 1] = {0}, v2[VF] = {0};
+    ma_store_delta d = {.first_event = L, .n_events = 1, .k_floats = KF + 1, .v_floats = VF, .k = k2, .v = v2,
+                        .length = L + 1};
+    assert_int_equal(ma_store_commit(st, "b", &d, errbuf, sizeof errbuf), MA_EINVAL);
+    assert_non_null(strstr(errbuf, "cannot continue it"));
+    ma_store_close(st);
+    st = open_ok(dir);
+    check_session(st, "b", 5, L);
     ma_store_close(st);
     rm_dir(dir);
 }
@@ -503,28 +696,48 @@ static void test_inconsistent_rows_are_refused(void **state)
     ma_store *st = NULL;
     /* A well-formed file whose event rows do not match the session's length. */
     char *dir = populated_dir();
-    raw_sql(dir, "DELETE FROM events WHERE idx = 500 AND sid = (SELECT sid FROM sessions WHERE id = 'p1')");
+    raw_sql(dir, "DELETE FROM event_blocks WHERE block = 7 AND sid = (SELECT sid FROM sessions WHERE id = 'p1')");
     assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
-    assert_non_null(strstr(errbuf, "session 'p1' has length 1000 but 999 event rows"));
-    raw_sql(dir, "UPDATE sessions SET length = 999 WHERE id = 'p1'");   /* count matches, a hole remains */
+    assert_non_null(strstr(errbuf, "session 'p1' has length 1000 but 936 events in 15 blocks"));
+    raw_sql(dir, "UPDATE sessions SET length = 936 WHERE id = 'p1'");   /* count matches, a hole remains */
     assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
-    raw_sql(dir, "DELETE FROM events WHERE sid = (SELECT sid FROM sessions WHERE id = 'p1')");
+    raw_sql(dir, "DELETE FROM event_blocks WHERE sid = (SELECT sid FROM sessions WHERE id = 'p1')");
     assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);   /* no rows at all */
-    assert_non_null(strstr(errbuf, "but 0 event rows"));
+    assert_non_null(strstr(errbuf, "but 0 events"));
     /* Rows of a session that is gone (foreign keys off, as another program might have them). */
     raw_sql(dir, "UPDATE sessions SET length = 0 WHERE id = 'p1'; DELETE FROM sessions WHERE id = 'p2'");
     assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
     assert_non_null(strstr(errbuf, "missing session"));
     rm_dir(dir);
 
+    /* A key blob of a size that is not n keys; a payload of an event past the end. */
+    dir = populated_dir();
+    raw_sql(dir, "UPDATE event_blocks SET k = x'00' WHERE block = 3 AND sid = (SELECT sid FROM sessions WHERE id = 'p2')");
+    assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "session 'p2'"));
+    rm_dir(dir);
+    dir = populated_dir();   /* a short block that is not the last, the length adjusted to match */
+    raw_sql(dir, "UPDATE event_blocks SET n = 40, k = substr(k, 1, 40 * 32), v = substr(v, 1, 40 * 24) "
+                 "WHERE block = 3 AND sid = (SELECT sid FROM sessions WHERE id = 'p2');"
+                 "UPDATE sessions SET length = 1000 - 24 WHERE id = 'p2';"
+                 "DELETE FROM payloads WHERE idx >= 976 AND sid = (SELECT sid FROM sessions WHERE id = 'p2')");
+    assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "session 'p2' has length 976 but 976 events in 16 blocks"));
+    rm_dir(dir);
+    dir = populated_dir();
+    raw_sql(dir, "INSERT INTO payloads SELECT sid, 1000, '{}' FROM sessions WHERE id = 'p0'");
+    assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "payload of event 1000 of p0"));
+    rm_dir(dir);
+
     /* What is loaded is checked too: a short key, state blobs that do not add up. */
     dir = populated_dir();
-    raw_sql(dir, "UPDATE events SET k = x'00' WHERE idx = 7 AND sid = (SELECT sid FROM sessions WHERE id = 'p2');"
-                 "UPDATE sessions SET blob_bytes = blob_bytes + 1 WHERE id = 'p0';");
+    raw_sql(dir, "UPDATE sessions SET blob_bytes = blob_bytes + 1 WHERE id = 'p0';");
     st = open_ok(dir);
-    float k[10 * KF], v[10 * VF];
-    assert_int_equal(ma_store_load_events(st, "p2", 0, 10, KF, VF, k, v, NULL, errbuf, sizeof errbuf), MA_ECORRUPT);
-    assert_non_null(strstr(errbuf, "event 7"));
+    float k[10 * (KF + 1)], v[10 * VF];
+    assert_int_equal(ma_store_load_events(st, "p2", 70, 10, KF + 1, VF, k, v, NULL, errbuf, sizeof errbuf),
+                     MA_ECORRUPT);   /* keys of another size than the caller's */
+    assert_non_null(strstr(errbuf, "event block 1 (events 64..127)"));
     ma_store_session s;
     assert_int_equal(ma_store_session_load(st, "p0", &s, errbuf, sizeof errbuf), MA_ECORRUPT);
     assert_null(s.id);
@@ -1001,6 +1214,8 @@ int main(void)
         cmocka_unit_test(test_create_delete_list),
         cmocka_unit_test(test_commit_must_continue_the_session),
         cmocka_unit_test(test_schema_versions),
+        cmocka_unit_test(test_upgrade_from_v1),
+        cmocka_unit_test(test_blocks_across_commits),
         cmocka_unit_test(test_corrupt_and_truncated_files_are_refused),
         cmocka_unit_test(test_inconsistent_rows_are_refused),
         cmocka_unit_test(test_full_database),
