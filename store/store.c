@@ -965,6 +965,33 @@ static void count_commit(ma_store *st, uint64_t t0, int ret)
         ;
 }
 
+/* Takes the writer lock and begins an immediate transaction. The lock is held whatever the result:
+ * every call is paired with write_end, which gets this result if it is an error. */
+static int write_begin(ma_store *st, uint64_t *t0, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&st->wlock);
+    *t0 = now_ns();
+    int rc = run(st, st->writer, ST_BEGIN_IMMEDIATE, err, errlen);
+    return rc ? fail_db(st, st->writer->db, rc, err, errlen, "starting a transaction") : 0;
+}
+
+/* Ends what write_begin started: commits when ret is 0 (a failed commit is reported as `what`), else rolls
+ * back and forgets the failed frames; counts the transaction and releases the lock. Returns the result. */
+static int write_end(ma_store *st, uint64_t t0, int ret, const char *what, char *err, size_t errlen)
+{
+    conn *c = st->writer;
+    int rc;
+    if (!ret && (rc = run(st, c, ST_COMMIT, err, errlen)))
+        ret = fail_db(st, c->db, rc, err, errlen, what);
+    if (ret) {
+        rollback(st, c);
+        forget_failed_frames(st, c, ret);
+    }
+    count_commit(st, t0, ret);
+    pthread_mutex_unlock(&st->wlock);
+    return ret;
+}
+
 static int check_id(ma_store *st, const char *id, char *err, size_t errlen)
 {
     if (!id || !*id) {
@@ -984,14 +1011,11 @@ int ma_store_session_create(ma_store *st, const char *id, const char *config_jso
         seterr(err, errlen, "store %s: session '%s': no config", st->path, id);
         return MA_EINVAL;
     }
-    pthread_mutex_lock(&st->wlock);
-    uint64_t t0 = now_ns();
+    uint64_t t0;
     conn *c = st->writer;
-    int rc = run(st, c, ST_BEGIN_IMMEDIATE, err, errlen);
-    if (rc) {
-        ret = fail_db(st, c->db, rc, err, errlen, "starting a transaction");
+    int rc;
+    if ((ret = write_begin(st, &t0, err, errlen)))
         goto done;
-    }
     sqlite3_stmt *s = stmt(st, c, ST_INSERT_SESSION, err, errlen);
     if (!s) {
         ret = MA_EIO;
@@ -1012,16 +1036,8 @@ int ma_store_session_create(ma_store *st, const char *id, const char *config_jso
         ret = fail_db(st, c->db, rc, err, errlen, "creating a session");
         goto done;
     }
-    if ((rc = run(st, c, ST_COMMIT, err, errlen)))
-        ret = fail_db(st, c->db, rc, err, errlen, "committing a session creation");
 done:
-    if (ret) {
-        rollback(st, c);
-        forget_failed_frames(st, c, ret);
-    }
-    count_commit(st, t0, ret);
-    pthread_mutex_unlock(&st->wlock);
-    return ret;
+    return write_end(st, t0, ret, "committing a session creation", err, errlen);
 }
 
 int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errlen)
@@ -1029,14 +1045,11 @@ int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errl
     int ret = check_id(st, id, err, errlen);
     if (ret)
         return ret;
-    pthread_mutex_lock(&st->wlock);
-    uint64_t t0 = now_ns();
+    uint64_t t0;
     conn *c = st->writer;
-    int rc = run(st, c, ST_BEGIN_IMMEDIATE, err, errlen);
-    if (rc) {
-        ret = fail_db(st, c->db, rc, err, errlen, "starting a transaction");
+    int rc;
+    if ((ret = write_begin(st, &t0, err, errlen)))
         goto done;
-    }
     sqlite3_stmt *s = stmt(st, c, ST_DELETE_SESSION, err, errlen);
     if (!s) {
         ret = MA_EIO;
@@ -1055,16 +1068,8 @@ int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errl
         ret = MA_ENOTFOUND;
         goto done;
     }
-    if ((rc = run(st, c, ST_COMMIT, err, errlen)))
-        ret = fail_db(st, c->db, rc, err, errlen, "committing a session deletion");
 done:
-    if (ret) {
-        rollback(st, c);
-        forget_failed_frames(st, c, ret);
-    }
-    count_commit(st, t0, ret);
-    pthread_mutex_unlock(&st->wlock);
-    return ret;
+    return write_end(st, t0, ret, "committing a session deletion", err, errlen);
 }
 
 static int check_delta(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen)
@@ -1161,15 +1166,12 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
     int ret = check_id(st, id, err, errlen);
     if (ret || (ret = check_delta(st, id, d, err, errlen)))
         return ret;
-    pthread_mutex_lock(&st->wlock);
-    uint64_t t0 = now_ns();
+    uint64_t t0;
     conn *c = st->writer;
     sqlite3_stmt *s;
-    int rc = run(st, c, ST_BEGIN_IMMEDIATE, err, errlen);
-    if (rc) {
-        ret = fail_db(st, c->db, rc, err, errlen, "starting a transaction");
+    int rc;
+    if ((ret = write_begin(st, &t0, err, errlen)))
         goto done;
-    }
     /* Where the session stands: events must continue it exactly (events count == length, always). */
     if (!(s = stmt(st, c, ST_SID, err, errlen))) {
         ret = MA_EIO;
@@ -1236,18 +1238,10 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
         ret = fail_db(st, c->db, rc, err, errlen, "updating the session row");
         goto done;
     }
-    if ((rc = run(st, c, ST_COMMIT, err, errlen))) {
-        ret = fail_db(st, c->db, rc, err, errlen, "committing");
-        goto done;
-    }
-    atomic_fetch_add(&st->events_written, d->n_events);
 done:
-    if (ret) {
-        rollback(st, c);
-        forget_failed_frames(st, c, ret);
-    }
-    count_commit(st, t0, ret);
-    pthread_mutex_unlock(&st->wlock);
+    ret = write_end(st, t0, ret, "committing", err, errlen);
+    if (!ret)
+        atomic_fetch_add(&st->events_written, d->n_events);
     return ret;
 }
 
