@@ -59,7 +59,6 @@
 #include <sqlite3.h>
 
 #include "core/error.h"
-#include "store/store_fault.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "events are stored as little-endian float32");
 
@@ -857,24 +856,7 @@ int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **ou
         snprintf(st->path, n, "%s/memattn.db", dir);
         if ((ret = choose_mode(st, dir, err, errlen)) || (!st->readonly && (ret = lock_dir(st, dir, err, errlen))))
             goto fail;
-        const char *spec = getenv("MEMATTN_STORE_FAULT");
-        if (spec && *spec) {
-            ma_store_fault_kind kind;
-            unsigned long after, count;
-            if (ma_store_fault_parse(spec, &kind, &after, &count)) {
-                seterr(err, errlen, "store: MEMATTN_STORE_FAULT=%s: expected <write|read|sync|full>:<n>[:<count>]",
-                       spec);
-                ret = MA_EINVAL;
-                goto fail;
-            }
-            ma_store_fault_set_limited(kind, after, count);
-            st->opt.fault_vfs = 1;
-        }
-        if (st->opt.fault_vfs && !(st->vfs = ma_store_fault_vfs())) {
-            seterr(err, errlen, "store: cannot register the fault-injection VFS");
-            ret = MA_EIO;
-            goto fail;
-        }
+        st->vfs = o->vfs;
     }
 
     if ((ret = conn_open(st, false, &st->writer, err, errlen)))

@@ -43,14 +43,15 @@ int ma_store_open(const char *dir, ma_store **out, char *err, size_t errlen);
  * in_memory: no file at all (benchmarks: the "store against an in-memory store" baseline); dir ignored.
  * quick_check: run PRAGMA quick_check at open (default true).
  * max_pages: > 0 caps the database at that many pages (PRAGMA max_page_count: a full disk, for tests).
- * fault_vfs: open through the fault-injection shim of store/store_fault.h (tests). */
+ * vfs: the name of a registered sqlite VFS to open the file through (NULL: sqlite's default). The
+ *   string must outlive the store. Tests pass the fault-injection shim's (tests/support/store_fault.h). */
 enum { MA_STORE_SYNC_FULL = 0, MA_STORE_SYNC_NORMAL = 1 };
 typedef struct {
     int synchronous;
     int in_memory;
     int quick_check;
     long long max_pages;
-    int fault_vfs;
+    const char *vfs;
 } ma_store_options;
 
 void ma_store_options_default(ma_store_options *o);

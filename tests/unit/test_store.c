@@ -5,7 +5,7 @@
  * of (session seed, event index, component), so any copy of the data — after a reopen, a crash, a backup
  * — can be checked against what must be there. Faults are real where the OS allows (a read-only bind
  * mount in a private mount namespace, a capped database, SIGKILL) and injected through the VFS shim of
- * store/store_fault.h otherwise (EIO on write/read/fsync, ENOSPC).
+ * tests/support/store_fault.h otherwise (EIO on write/read/fsync, ENOSPC).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -32,7 +32,7 @@
 
 #include "core/error.h"
 #include "store/store.h"
-#include "store/store_fault.h"
+#include "tests/support/store_fault.h"
 
 #define KF 8    /* floats per key (H·d) */
 #define VF 6    /* floats per value (H·d_v) */
@@ -785,7 +785,7 @@ static void fault_round(ma_store_fault_kind kind, unsigned long after)
     char *dir = populated_dir();
     ma_store_options o;
     ma_store_options_default(&o);
-    o.fault_vfs = 1;
+    o.vfs = ma_store_fault_vfs();
     ma_store *st;
     assert_int_equal(ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf), 0);
     uint64_t L = 1000;
@@ -837,7 +837,7 @@ static void test_sync_errors(void **state)
     char *dir = populated_dir();
     ma_store_options o;
     ma_store_options_default(&o);
-    o.fault_vfs = 1;
+    o.vfs = ma_store_fault_vfs();
     ma_store *st;
     assert_int_equal(ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf), 0);
     ma_store_fault_set(MA_FAULT_SYNC, 0);
@@ -870,7 +870,7 @@ static void test_sync_error_then_crash(void **state)
     if (pid == 0) {
         ma_store_options o;
         ma_store_options_default(&o);
-        o.fault_vfs = 1;
+        o.vfs = ma_store_fault_vfs();
         ma_store *st;
         if (ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf) || commit_batch(st, "p0", 0, 1000, 5))
             _exit(2);
@@ -912,7 +912,7 @@ static void test_read_errors(void **state)
     char *dir = populated_dir();
     ma_store_options o;
     ma_store_options_default(&o);
-    o.fault_vfs = 1;
+    o.vfs = ma_store_fault_vfs();
     ma_store *st;
     assert_int_equal(ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf), 0);
     float *k = malloc(1000 * KF * sizeof(float)), *v = malloc(1000 * VF * sizeof(float));
