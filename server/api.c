@@ -362,7 +362,7 @@ static int do_session_get(job *j)
         reg_release(api.reg, s);
         return job_fail(j, 503, "overloaded", "out of memory");
     }
-    rc = ma_store_session_load(api.store, j->id, &row, err, sizeof err);
+    rc = ma_store_session_summary(api.store, j->id, &row, err, sizeof err);
     if (rc) {
         ma_session_stats_clear(&st);
         reg_release(api.reg, s);

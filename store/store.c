@@ -84,6 +84,7 @@ static const char *const stmt_sql[N_STMTS] = {
     [ST_DELETE_SESSION] = "DELETE FROM sessions WHERE id = ?1",
     [ST_LOAD_SESSION] = "SELECT " SESSION_COLS " FROM sessions WHERE id = ?1",
     [ST_LOAD_BLOBS] = "SELECT kind, data FROM blobs WHERE sid = ?1",
+    [ST_BLOB_SIZES] = "SELECT kind, length(data) FROM blobs WHERE sid = ?1",
     [ST_LIST] = "SELECT " SESSION_COLS " FROM sessions WHERE id > ?1 ORDER BY id LIMIT ?2",
     [ST_BLOCKS] = "SELECT block, n, k, v FROM event_blocks WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
                   " AND block >= ?2 AND block <= ?3 ORDER BY block",
@@ -869,7 +870,10 @@ static int session_row(sqlite3_stmt *s, ma_store_session *out, int64_t *blob_byt
     return 0;
 }
 
-int ma_store_session_load(ma_store *st, const char *id, ma_store_session *out, char *err, size_t errlen)
+/* ma_store_session_load (with_data: the blobs copied) and ma_store_session_summary (only their sizes,
+ * length(data) in SQL, which sqlite answers from the record header without reading the blob). */
+static int load_session(ma_store *st, const char *id, bool with_data, ma_store_session *out, char *err,
+                        size_t errlen)
 {
     memset(out, 0, sizeof *out);
     int ret = check_id(st, id, err, errlen);
@@ -885,7 +889,8 @@ int ma_store_session_load(ma_store *st, const char *id, ma_store_session *out, c
         ret = st_fail_db(st, c->db, rc, err, errlen, "starting a read");
         goto done;
     }
-    if (!(s = st_stmt(st, c, ST_LOAD_SESSION, err, errlen)) || !(b = st_stmt(st, c, ST_LOAD_BLOBS, err, errlen))) {
+    if (!(s = st_stmt(st, c, ST_LOAD_SESSION, err, errlen)) ||
+        !(b = st_stmt(st, c, with_data ? ST_LOAD_BLOBS : ST_BLOB_SIZES, err, errlen))) {
         ret = MA_EIO;
         goto done;
     }
@@ -908,15 +913,21 @@ int ma_store_session_load(ma_store *st, const char *id, ma_store_session *out, c
     sqlite3_bind_int64(b, 1, sid);
     int64_t got = 0;
     ma_blob *dst[N_BLOBS] = {&out->backbone, &out->slots_blob, &out->archive_meta};
+    bool seen[N_BLOBS] = {false};
     while ((rc = sqlite3_step(b)) == SQLITE_ROW) {
         int kind = sqlite3_column_int(b, 0);
-        int n = sqlite3_column_bytes(b, 1);
-        const void *p = sqlite3_column_blob(b, 1);
-        if (kind < 0 || kind >= N_BLOBS || dst[kind]->data) {
+        int n = with_data ? sqlite3_column_bytes(b, 1) : sqlite3_column_int(b, 1);
+        if (kind < 0 || kind >= N_BLOBS || seen[kind]) {
             st_seterr(err, errlen, "store %s: session '%s': unexpected state blob of kind %d", st->path, id, kind);
             ret = MA_ECORRUPT;
             goto done;
         }
+        seen[kind] = true;
+        dst[kind]->len = (size_t)n;
+        got += n;
+        if (!with_data)
+            continue;
+        const void *p = sqlite3_column_blob(b, 1);
         void *copy = malloc(n > 0 ? (size_t)n : 1);
         if (!copy) {
             st_seterr(err, errlen, "store %s: out of memory loading %d bytes", st->path, n);
@@ -926,8 +937,6 @@ int ma_store_session_load(ma_store *st, const char *id, ma_store_session *out, c
         if (n > 0)
             memcpy(copy, p, (size_t)n);
         dst[kind]->data = copy;
-        dst[kind]->len = (size_t)n;
-        got += n;
     }
     if (rc != SQLITE_DONE) {
         ret = st_fail_db(st, c->db, rc, err, errlen, "loading session state");
@@ -948,6 +957,16 @@ done:
     if (ret)
         ma_store_session_clear(out);
     return ret;
+}
+
+int ma_store_session_load(ma_store *st, const char *id, ma_store_session *out, char *err, size_t errlen)
+{
+    return load_session(st, id, true, out, err, errlen);
+}
+
+int ma_store_session_summary(ma_store *st, const char *id, ma_store_session *out, char *err, size_t errlen)
+{
+    return load_session(st, id, false, out, err, errlen);
 }
 
 int ma_store_session_list(ma_store *st, const char *after, size_t limit, ma_store_session **out, size_t *n,

@@ -84,6 +84,13 @@ int ma_store_session_create(ma_store *st, const char *id, const char *config_jso
 /* Loads a session row (with blobs). MA_ENOTFOUND if absent. */
 int ma_store_session_load(ma_store *st, const char *id, ma_store_session *out, char *err, size_t errlen);
 
+/* The session row without its blobs, for listings and GET /v1/sessions/{id}: every field of
+ * ma_store_session_load but the blobs' data, which stay NULL while their len is the stored size (taken
+ * with SQL length(), no blob is read or copied); stored_bytes as ma_store_session_load. Same checks of
+ * the blob sizes against the row (MA_ECORRUPT). MA_ENOTFOUND if absent. Clear with
+ * ma_store_session_clear. */
+int ma_store_session_summary(ma_store *st, const char *id, ma_store_session *out, char *err, size_t errlen);
+
 /* Lists sessions ordered by id, after `after` (NULL: from the start), at most limit; blobs not loaded.
  * *out malloc'd array of n rows, each cleared with ma_store_session_clear, then free(*out). */
 int ma_store_session_list(ma_store *st, const char *after, size_t limit, ma_store_session **out, size_t *n,

@@ -144,6 +144,22 @@ static void check_session(ma_store *st, const char *id, int seed, uint64_t L)
         }
         assert_true(s.stored_bytes >= L * (KF + VF) * sizeof(float));
     }
+    /* The summary is the same row without the blobs' bytes, only their sizes. */
+    ma_store_session m;
+    rc = ma_store_session_summary(st, id, &m, errbuf, sizeof errbuf);
+    if (rc)
+        fail_msg("summary %s: %d %s", id, rc, errbuf);
+    assert_string_equal(m.id, s.id);
+    assert_string_equal(m.config_json, s.config_json);
+    assert_true(m.created_at == s.created_at && m.updated_at == s.updated_at);
+    assert_true(m.length == s.length && m.slots == s.slots && m.stored_bytes == s.stored_bytes);
+    const ma_blob *full[3] = {&s.backbone, &s.slots_blob, &s.archive_meta};
+    const ma_blob *sized[3] = {&m.backbone, &m.slots_blob, &m.archive_meta};
+    for (int i = 0; i < 3; i++) {
+        assert_null(sized[i]->data);
+        assert_int_equal(sized[i]->len, full[i]->len);
+    }
+    ma_store_session_clear(&m);
     ma_store_session_clear(&s);
     if (L == 0)
         return;
@@ -249,6 +265,8 @@ static void test_roundtrip_and_reopen(void **state)
     assert_int_equal(s.updated_at, 1011);
     ma_store_session_clear(&s);
     assert_int_equal(ma_store_session_load(st, "nope", &s, errbuf, sizeof errbuf), MA_ENOTFOUND);
+    assert_int_equal(ma_store_session_summary(st, "nope", &s, errbuf, sizeof errbuf), MA_ENOTFOUND);
+    assert_null(s.id);
 
     /* A commit without blobs leaves them as they were. */
     ma_store_delta d = {.length = 11, .slots = 4, .updated_at = 2000};
@@ -740,6 +758,9 @@ static void test_inconsistent_rows_are_refused(void **state)
     assert_non_null(strstr(errbuf, "event block 1 (events 64..127)"));
     ma_store_session s;
     assert_int_equal(ma_store_session_load(st, "p0", &s, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_null(s.id);
+    assert_int_equal(ma_store_session_summary(st, "p0", &s, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "the session row says"));
     assert_null(s.id);
     check_session(st, "p1", 1, 1000);   /* the others are still served */
     ma_store_close(st);
