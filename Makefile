@@ -5,6 +5,7 @@
 #   make test       install missing packages, build with address+undefined sanitizers, run every test
 #   make bench      build the benchmarks (build/bench/*); docs/RESULTS.md gives the command of each result
 #   make tsan       the end-to-end suite once more under ThreadSanitizer (build/tsan; CI runs it after make test)
+#   make check-layers  which directory may include which headers (tests/check_layers.sh; part of check)
 #   make bench-http wrk: memattnd's GET /healthz against nginx at 1, 64, 256 connections (~1 min)
 #   make deps       install the Debian packages the project needs (apt-get, as root)
 #   make V=1 ...    show the commands
@@ -71,7 +72,7 @@ BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 DEB_PKGS  = build-essential pkg-config libuv1-dev libcjson-dev libopenblas-dev libsqlite3-dev node-llhttp \
             libcmocka-dev libcurl4-openssl-dev curl wrk nginx-light gnuplot-nox sqlite3 python3
 
-.PHONY: all build run test check check-release unit e2e bench bench-http deps clean tsan
+.PHONY: all build run test check check-layers check-release unit e2e bench bench-http deps clean tsan
 # Keep the objects of test and bench binaries (make would delete them as intermediates and rebuild).
 .SECONDARY:
 all: build
@@ -120,10 +121,13 @@ run: deps
 test: deps
 	$(Q)$(MAKE) --no-print-directory SAN=1 check
 
-# The shipped daemon free of test code, then every unit and end-to-end test of $(BUILD); tests/run.sh
-# prints the totals.
-check: check-release $(UNIT_BIN) $(E2E_BIN) $(TEST_DAEMON)
+# The layering rules, the shipped daemon free of test code, then every unit and end-to-end test of
+# $(BUILD); tests/run.sh prints the totals.
+check: check-layers check-release $(UNIT_BIN) $(E2E_BIN) $(TEST_DAEMON)
 	$(Q)MEMATTN_BIN=$(abspath $(DAEMON)) MEMATTN_TEST_BIN=$(abspath $(TEST_DAEMON)) tests/run.sh $(UNIT_BIN) $(E2E_BIN)
+
+check-layers:
+	$(Q)tests/check_layers.sh
 
 # The daemon that ships must not contain the fault-injection VFS (tests/support/store_fault.c).
 check-release: $(DAEMON)
