@@ -1,5 +1,5 @@
 /*
- * server/api.c — the REST handlers of ../shared/design/API.md (/v1/...): sessions, events, queries,
+ * server/api.c — the REST handlers of docs/API.md (/v1/...): sessions, events, queries,
  * slot verbs, and POST /v1/admin/backup.
  *
  * Design. Every /v1 handler does only cheap work on the loop thread: it checks the path's id and slot
