@@ -5,6 +5,7 @@
 #   make test       install missing packages, build with address+undefined sanitizers, run every test
 #   make bench      build the benchmarks (build/bench/*); docs/RESULTS.md gives the command of each result
 #   make tsan       the end-to-end suite once more under ThreadSanitizer (build/tsan; CI runs it after make test)
+#   make check-layers  which directory may include which headers (tests/check_layers.sh; part of check)
 #   make bench-http wrk: memattnd's GET /healthz against nginx at 1, 64, 256 connections (~1 min)
 #   make deps       install the Debian packages the project needs (apt-get, as root)
 #   make V=1 ...    show the commands
@@ -12,6 +13,10 @@
 # Sources are found by directory: every core/*.c, config/*.c, store/*.c and server/*.c goes into
 # $(BUILD)/libmemattn.a (server/main.c only into the daemon), every tests/unit/test_*.c and
 # tests/e2e/test_*.c is its own test binary, every bench/*.c with a main() is its own benchmark.
+# Test-only code is in tests/support/: the fault-injection VFS (store_fault.c) is linked into the unit
+# tests and into $(BUILD)/memattnd-test, the daemon plus memattnd_test.c, which arms the VFS from
+# MEMATTN_STORE_FAULT (the e2e fault tests run it as $MEMATTN_TEST_BIN). $(BUILD)/memattnd, the daemon
+# that ships, contains neither; `make check` verifies with nm that no ma_store_fault symbol got in.
 # SAN=1 builds into build/san with -fsanitize=address,undefined; TSAN=1 into build/tsan.
 
 V       ?= 0
@@ -49,6 +54,9 @@ LIB_OBJ   = $(LIB_SRC:%.c=$(BUILD)/%.o)
 LLHTTP_OBJ= $(patsubst $(LLHTTP_DIR)/%.c,$(BUILD)/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c))
 LIB       = $(BUILD)/libmemattn.a
 DAEMON    = $(BUILD)/memattnd
+TEST_DAEMON = $(BUILD)/memattnd-test
+SUPPORT_SRC = $(filter-out tests/support/memattnd_test.c,$(wildcard tests/support/*.c))
+SUPPORT_OBJ = $(SUPPORT_SRC:%.c=$(BUILD)/%.o)
 
 UNIT_SRC  = $(wildcard tests/unit/test_*.c)
 UNIT_BIN  = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/unit/%)
@@ -64,13 +72,18 @@ BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 DEB_PKGS  = build-essential pkg-config libuv1-dev libcjson-dev libopenblas-dev libsqlite3-dev node-llhttp \
             libcmocka-dev libcurl4-openssl-dev curl wrk nginx-light gnuplot-nox sqlite3 python3
 
-.PHONY: all build run test check unit e2e bench bench-http deps clean tsan
+.PHONY: all build run test check check-layers check-release unit e2e bench bench-http deps clean tsan
 # Keep the objects of test and bench binaries (make would delete them as intermediates and rebuild).
 .SECONDARY:
 all: build
 build: $(DAEMON)
 
 $(DAEMON): $(BUILD)/server/main.o $(LIB) $(LLHTTP_OBJ)
+	@echo "  LD      $@"
+	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL)
+
+# The daemon with the test hooks: fault injection through MEMATTN_STORE_FAULT (tests/support/).
+$(TEST_DAEMON): $(BUILD)/server/main.o $(BUILD)/tests/support/memattnd_test.o $(SUPPORT_OBJ) $(LIB) $(LLHTTP_OBJ)
 	@echo "  LD      $@"
 	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL)
 
@@ -88,7 +101,7 @@ $(BUILD)/%.o: %.c
 	@echo "  CC      $@"
 	$(Q)$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
-$(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(LIB) $(LLHTTP_OBJ)
+$(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(SUPPORT_OBJ) $(LIB) $(LLHTTP_OBJ)
 	@echo "  LD      $@"
 	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL) -lcmocka
 
@@ -108,15 +121,25 @@ run: deps
 test: deps
 	$(Q)$(MAKE) --no-print-directory SAN=1 check
 
-# Build and run every unit and end-to-end test of $(BUILD); tests/run.sh prints the totals.
-check: $(DAEMON) $(UNIT_BIN) $(E2E_BIN)
-	$(Q)MEMATTN_BIN=$(abspath $(DAEMON)) tests/run.sh $(UNIT_BIN) $(E2E_BIN)
+# The layering rules, the shipped daemon free of test code, then every unit and end-to-end test of
+# $(BUILD); tests/run.sh prints the totals.
+check: check-layers check-release $(UNIT_BIN) $(E2E_BIN) $(TEST_DAEMON)
+	$(Q)MEMATTN_BIN=$(abspath $(DAEMON)) MEMATTN_TEST_BIN=$(abspath $(TEST_DAEMON)) tests/run.sh $(UNIT_BIN) $(E2E_BIN)
+
+check-layers:
+	$(Q)tests/check_layers.sh
+
+# The daemon that ships must not contain the fault-injection VFS (tests/support/store_fault.c).
+check-release: $(DAEMON)
+	$(Q)if nm $(DAEMON) | grep -q 'ma_store_fault'; then \
+	  echo "check-release: $(DAEMON) contains test code:"; nm $(DAEMON) | grep 'ma_store_fault'; exit 1; \
+	else echo "check-release: $(DAEMON) has no ma_store_fault symbol"; fi
 
 unit: $(UNIT_BIN)
 	$(Q)tests/run.sh $(UNIT_BIN)
 
-e2e: $(DAEMON) $(E2E_BIN)
-	$(Q)MEMATTN_BIN=$(abspath $(DAEMON)) tests/run.sh $(E2E_BIN)
+e2e: $(DAEMON) $(TEST_DAEMON) $(E2E_BIN)
+	$(Q)MEMATTN_BIN=$(abspath $(DAEMON)) MEMATTN_TEST_BIN=$(abspath $(TEST_DAEMON)) tests/run.sh $(E2E_BIN)
 
 # The end-to-end suite once more under ThreadSanitizer (a separate build; see docs/TESTING.md).
 tsan:
@@ -145,4 +168,4 @@ deps:
 clean:
 	rm -rf build
 
--include $(wildcard $(patsubst %.o,%.d,$(LIB_OBJ) $(BUILD)/server/main.o $(E2E_HOBJ) $(BENCH_HOBJ)) $(UNIT_BIN:=.d) $(E2E_BIN:=.d) $(BENCH_BIN:=.d))
+-include $(wildcard $(patsubst %.o,%.d,$(LIB_OBJ) $(BUILD)/server/main.o $(SUPPORT_OBJ) $(BUILD)/tests/support/memattnd_test.o $(E2E_HOBJ) $(BENCH_HOBJ)) $(UNIT_BIN:=.d) $(E2E_BIN:=.d) $(BENCH_BIN:=.d))

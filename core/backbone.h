@@ -2,7 +2,7 @@
  * core/backbone.h — the fixed-state memory every event updates: VLA, linear attention, DeltaNet.
  *
  * One opaque handle per session, H independent heads of key dim d and value dim d_v (ma_params).
- * Algorithms and constants: ../shared/design/DESIGN.md 3.1–3.2 and docs/BACKBONE.md.
+ * Algorithms and constants: docs/BACKBONE.md.
  *
  * Layout of every vector batch: event-major, then head-major: k[i*H*d + h*d + j] is component j of head h
  * of event i; v and outputs likewise with d_v. float32 in and out; accumulation where it matters in double.

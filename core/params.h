@@ -1,8 +1,8 @@
 /*
  * core/params.h — a session's configuration (the "config" object of the REST API).
  *
- * A plain value type: every module of core/ is created from one. Defaults and ranges are those of
- * ../shared/design/API.md and DESIGN.md 3.1; ma_params_validate() is the single place that checks them,
+ * A plain value type: every module of core/ is created from one. Defaults and ranges are those of the
+ * config object of docs/API.md (docs/openapi.yaml); ma_params_validate() is the single place that checks them,
  * so the server, the store and the tests agree on what a valid config is. JSON (de)coding of this struct
  * lives in the server; this header has no I/O.
  */

@@ -192,10 +192,10 @@ void ma_session_stats_clear(ma_session_stats *st);
 
 /* ma_session_stats.bytes alone: no allocation, no arithmetic over the state (the server's registry
  * re-measures a session at every release). May run alongside reads (the chunk cache is locked), not
- * alongside mutations. Added for the memory budget (additive). */
+ * alongside mutations. */
 size_t ma_session_bytes(const ma_session *s);
 
-/* Components, for the store and benchmarks (borrowed pointers, valid while the session lives). */
+/* Components, for the session registry and benchmarks (borrowed pointers, valid while the session lives). */
 ma_backbone *ma_session_backbone(ma_session *s);
 ma_archive *ma_session_archive(ma_session *s);
 

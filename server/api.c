@@ -1,5 +1,5 @@
 /*
- * server/api.c — the REST handlers of ../shared/design/API.md (/v1/...): sessions, events, queries,
+ * server/api.c — the REST handlers of docs/API.md (/v1/...): sessions, events, queries,
  * slot verbs, and POST /v1/admin/backup.
  *
  * Design. Every /v1 handler does only cheap work on the loop thread: it checks the path's id and slot
@@ -362,7 +362,7 @@ static int do_session_get(job *j)
         reg_release(api.reg, s);
         return job_fail(j, 503, "overloaded", "out of memory");
     }
-    rc = ma_store_session_load(api.store, j->id, &row, err, sizeof err);
+    rc = ma_store_session_summary(api.store, j->id, &row, err, sizeof err);
     if (rc) {
         ma_session_stats_clear(&st);
         reg_release(api.reg, s);

@@ -1,5 +1,5 @@
 /*
- * server/codec.h — JSON <-> core structs for the REST API (../shared/design/API.md).
+ * server/codec.h — JSON <-> core structs for the REST API (docs/API.md).
  *
  * Design: the codec is pure translation and validation. Decoders take a parsed cJSON tree and either
  * fill a core struct completely or fail with a codec_error that carries API.md's error code and a

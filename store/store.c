@@ -1,5 +1,7 @@
 /*
- * store/store.c — durable sessions in sqlite3 (store/store.h; docs/STORE.md).
+ * store/store.c — durable sessions in sqlite3 (store/store.h; docs/STORE.md): connections, open and close,
+ * the runtime reads and writes, backup and stats. The schema, its upgrades and the integrity checks are
+ * in store/schema.c; what the two share is store/store_int.h.
  *
  * Design
  *  - One database file <dir>/memattn.db in WAL mode. Schema (version MA_SCHEMA in PRAGMA user_version,
@@ -24,11 +26,9 @@
  *    connection caches its prepared statements. Connections are opened NOMUTEX: our locks serialise them.
  *  - A commit rewrites the session's partial last block (read, topped up) and inserts the remaining
  *    events as new blocks bound straight from the caller's arrays: at most one block rewritten per commit.
- *  - Integrity at open: quick_check, and beside it (second connection, own thread) the rows: no blobs,
- *    blocks or payloads of a missing session or event, every session's blocks 0..count-1, full but the
- *    last, summing to its length, blob sizes n times one per-session size. At load: blob byte totals
- *    against the session row, each block's key/value bytes against what the caller expects, coverage.
- *  - Schema 1 (one row per event) is upgraded at open in one transaction (blocks_from_rows).
+ *  - Integrity at open (quick_check beside the row checks) and the schema upgrades are in schema.c
+ *    (store/store_int.h). At load, here: blob byte totals against the session row, each block's
+ *    key/value bytes against what the caller expects, coverage.
  *  - One process per data directory (an flock on <dir>/memattn.lock); a second open fails with MA_EBUSY.
  *  - Failure: every write runs in one transaction; any error rolls it back and returns MA_EIO (or
  *    MA_ECORRUPT / MA_ENOMEM) with sqlite's message. A data directory that is not writable opens
@@ -59,84 +59,11 @@
 #include <sqlite3.h>
 
 #include "core/error.h"
-#include "store/store_fault.h"
+#include "store/store_int.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "events are stored as little-endian float32");
 
-#define MA_SCHEMA       2
-#define BLOCK           64              /* events per row of event_blocks (part of the schema) */
-#define MA_APP_ID       0x6D41744E      /* 'mAtN' */
-#define MAX_READERS     16
 #define BUSY_TIMEOUT_MS 5000
-
-enum { BLOB_BACKBONE = 0, BLOB_SLOTS = 1, BLOB_ARCHIVE = 2, N_BLOBS };
-
-typedef struct conn conn;
-static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen);
-
-/* Migration i brings a database from user_version i to i+1: sql, then fn (C code, may be NULL), then
- * post (may be NULL). Append, never edit: a shipped step is history. Each runs inside the open
- * transaction of migrate(). */
-static const struct {
-    const char *sql;
-    int (*fn)(ma_store *st, conn *c, char *err, size_t errlen);
-    const char *post;
-} migrations[MA_SCHEMA] = {
-    /* 0 -> 1 */
-    {
-    "CREATE TABLE sessions("
-    "  sid INTEGER PRIMARY KEY,"
-    "  id TEXT NOT NULL UNIQUE,"
-    "  config TEXT NOT NULL,"
-    "  created_at INTEGER NOT NULL,"
-    "  updated_at INTEGER NOT NULL,"
-    "  length INTEGER NOT NULL DEFAULT 0 CHECK (length >= 0),"
-    "  slots INTEGER NOT NULL DEFAULT 0 CHECK (slots >= 0),"
-    "  event_bytes INTEGER NOT NULL DEFAULT 0,"
-    "  blob_bytes INTEGER NOT NULL DEFAULT 0);"
-    "CREATE TABLE blobs("
-    "  sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
-    "  kind INTEGER NOT NULL CHECK (kind BETWEEN 0 AND 2),"
-    "  data BLOB NOT NULL,"
-    "  PRIMARY KEY (sid, kind));"
-    "CREATE TABLE events("
-    "  sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
-    "  idx INTEGER NOT NULL CHECK (idx >= 0),"
-    "  k BLOB NOT NULL,"
-    "  v BLOB NOT NULL,"
-    "  payload TEXT,"
-    "  PRIMARY KEY (sid, idx)) WITHOUT ROWID;",
-    NULL, NULL},
-    /* 1 -> 2: events in blocks of BLOCK (one row per event made durable ingest row-bound), payloads in a
-     * table of their own holding only the events that have one. event_blocks is a rowid table with its
-     * key in a separate index, not WITHOUT ROWID: a block row (tens of KiB) overflows its leaf page, and
-     * seeking a WITHOUT ROWID b-tree compares whole records, so every cell the binary search touched
-     * read its entire overflow chain (~4x slower chunk paging than schema 1); the index's cells are small
-     * and the row is then found by rowid, reading the chain once. */
-    {
-    "CREATE TABLE event_blocks("
-    "  sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
-    "  block INTEGER NOT NULL CHECK (block >= 0),"
-    "  n INTEGER NOT NULL CHECK (n BETWEEN 1 AND 64),"
-    "  k BLOB NOT NULL,"
-    "  v BLOB NOT NULL,"
-    "  PRIMARY KEY (sid, block));"
-    "CREATE TABLE payloads("
-    "  sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
-    "  idx INTEGER NOT NULL CHECK (idx >= 0),"
-    "  payload TEXT NOT NULL,"
-    "  PRIMARY KEY (sid, idx)) WITHOUT ROWID;",
-    blocks_from_rows,
-    "DROP TABLE events;"},
-};
-_Static_assert(BLOCK == 64, "the CHECK of event_blocks.n and the integrity query say 64");
-
-enum {
-    ST_BEGIN, ST_BEGIN_IMMEDIATE, ST_COMMIT, ST_ROLLBACK,
-    ST_SID, ST_INSERT_SESSION, ST_PUT_BLOCK, ST_GET_BLOCK, ST_PUT_PAYLOAD, ST_PUT_BLOB, ST_UPDATE_SESSION,
-    ST_DELETE_SESSION, ST_LOAD_SESSION, ST_LOAD_BLOBS, ST_LIST, ST_BLOCKS, ST_PAYLOADS, ST_PAYLOAD,
-    N_STMTS
-};
 
 #define SESSION_COLS "sid, id, config, created_at, updated_at, length, slots, event_bytes, blob_bytes"
 
@@ -157,6 +84,7 @@ static const char *const stmt_sql[N_STMTS] = {
     [ST_DELETE_SESSION] = "DELETE FROM sessions WHERE id = ?1",
     [ST_LOAD_SESSION] = "SELECT " SESSION_COLS " FROM sessions WHERE id = ?1",
     [ST_LOAD_BLOBS] = "SELECT kind, data FROM blobs WHERE sid = ?1",
+    [ST_BLOB_SIZES] = "SELECT kind, length(data) FROM blobs WHERE sid = ?1",
     [ST_LIST] = "SELECT " SESSION_COLS " FROM sessions WHERE id > ?1 ORDER BY id LIMIT ?2",
     [ST_BLOCKS] = "SELECT block, n, k, v FROM event_blocks WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
                   " AND block >= ?2 AND block <= ?3 ORDER BY block",
@@ -166,37 +94,9 @@ static const char *const stmt_sql[N_STMTS] = {
                    " AND idx = ?2",
 };
 
-struct conn {
-    sqlite3 *db;
-    sqlite3_stmt *st[N_STMTS];
-    struct conn *next_free;
-};
-
-struct ma_store {
-    char *path;                 /* the file (or memdb name) shown in messages */
-    char *uri;                  /* what sqlite3_open_v2 gets */
-    int open_flags;
-    const char *vfs;            /* NULL: default */
-    ma_store_options opt;
-    bool readonly;
-    int lock_fd;                /* <dir>/memattn.lock, flock'd while open (-1: none) */
-
-    pthread_mutex_t wlock;      /* the writer connection and its transaction */
-    conn *writer;
-
-    pthread_mutex_t rlock;      /* the reader pool */
-    pthread_cond_t rfree;
-    conn *readers[MAX_READERS];
-    size_t n_readers;
-    conn *free_list;
-
-    _Atomic uint64_t commits, failures, commit_ns, commit_ns_max, events_written, events_read;
-};
-
 /* ---- small helpers ---------------------------------------------------------------------------- */
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
+void st_seterr(char *err, size_t errlen, const char *fmt, ...)
 {
     if (!err || errlen == 0)
         return;
@@ -228,11 +128,11 @@ static int map_rc(int rc)
 }
 
 /* Records sqlite's message for a failed call `what` and returns the mapped code. */
-static int fail_db(ma_store *st, sqlite3 *db, int rc, char *err, size_t errlen, const char *what)
+int st_fail_db(ma_store *st, sqlite3 *db, int rc, char *err, size_t errlen, const char *what)
 {
     const char *msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-    seterr(err, errlen, "store %s: %s failed: %s (%s)%s", st->path, what, msg, sqlite3_errstr(rc),
-           st->readonly ? "; the data directory is read-only, the store serves reads only" : "");
+    st_seterr(err, errlen, "store %s: %s failed: %s (%s)%s", st->path, what, msg, sqlite3_errstr(rc),
+              st->readonly ? "; the data directory is read-only, the store serves reads only" : "");
     return map_rc(rc);
 }
 
@@ -264,7 +164,7 @@ static int sync_path(const char *path, bool dir);
 
 /* ---- connections ------------------------------------------------------------------------------ */
 
-static void conn_close(conn *c)
+void st_conn_close(conn *c)
 {
     if (!c)
         return;
@@ -275,12 +175,12 @@ static void conn_close(conn *c)
 }
 
 /* The cached prepared statement i of c (prepared on first use). NULL with the message in err. */
-static sqlite3_stmt *stmt(ma_store *st, conn *c, int i, char *err, size_t errlen)
+sqlite3_stmt *st_stmt(ma_store *st, conn *c, int i, char *err, size_t errlen)
 {
     if (!c->st[i]) {
         int rc = sqlite3_prepare_v3(c->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->st[i], NULL);
         if (rc != SQLITE_OK) {
-            fail_db(st, c->db, rc, err, errlen, "preparing a statement");
+            st_fail_db(st, c->db, rc, err, errlen, "preparing a statement");
             return NULL;
         }
     }
@@ -288,9 +188,9 @@ static sqlite3_stmt *stmt(ma_store *st, conn *c, int i, char *err, size_t errlen
 }
 
 /* Runs a statement that returns no rows (BEGIN/COMMIT/...). 0 or the sqlite code. */
-static int run(ma_store *st, conn *c, int i, char *err, size_t errlen)
+int st_run(ma_store *st, conn *c, int i, char *err, size_t errlen)
 {
-    sqlite3_stmt *s = stmt(st, c, i, err, errlen);
+    sqlite3_stmt *s = st_stmt(st, c, i, err, errlen);
     if (!s)
         return SQLITE_ERROR;
     int rc = sqlite3_step(s);
@@ -299,21 +199,21 @@ static int run(ma_store *st, conn *c, int i, char *err, size_t errlen)
 }
 
 /* Rolls back whatever transaction c has open (after a failure; its own failure is moot). */
-static void rollback(ma_store *st, conn *c)
+void st_rollback(ma_store *st, conn *c)
 {
     if (!sqlite3_get_autocommit(c->db))
-        run(st, c, ST_ROLLBACK, NULL, 0);
+        st_run(st, c, ST_ROLLBACK, NULL, 0);
 }
 
-static int exec_sql(ma_store *st, conn *c, const char *sql, char *err, size_t errlen, const char *what)
+int st_exec_sql(ma_store *st, conn *c, const char *sql, char *err, size_t errlen, const char *what)
 {
     int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
-    return rc == SQLITE_OK ? 0 : fail_db(st, c->db, rc, err, errlen, what);
+    return rc == SQLITE_OK ? 0 : st_fail_db(st, c->db, rc, err, errlen, what);
 }
 
 /* Runs a one-row, one-column pragma and copies its text result (NULL row: ""). */
-static int pragma_text(ma_store *st, conn *c, const char *sql, char *out, size_t outlen, char *err,
-                       size_t errlen)
+int st_pragma_text(ma_store *st, conn *c, const char *sql, char *out, size_t outlen, char *err,
+                   size_t errlen)
 {
     sqlite3_stmt *s = NULL;
     int rc = sqlite3_prepare_v2(c->db, sql, -1, &s, NULL);
@@ -328,22 +228,22 @@ static int pragma_text(ma_store *st, conn *c, const char *sql, char *out, size_t
             rc = SQLITE_OK;
         }
     }
-    int ret = rc == SQLITE_OK ? 0 : fail_db(st, c->db, rc, err, errlen, sql);
+    int ret = rc == SQLITE_OK ? 0 : st_fail_db(st, c->db, rc, err, errlen, sql);
     sqlite3_finalize(s);
     return ret;
 }
 
-static int conn_open(ma_store *st, bool reader, conn **out, char *err, size_t errlen)
+int st_conn_open(ma_store *st, bool reader, conn **out, char *err, size_t errlen)
 {
     conn *c = calloc(1, sizeof *c);
     if (!c) {
-        seterr(err, errlen, "store %s: out of memory", st->path);
+        st_seterr(err, errlen, "store %s: out of memory", st->path);
         return MA_ENOMEM;
     }
     int rc = sqlite3_open_v2(st->uri, &c->db, st->open_flags, st->vfs);
     if (rc != SQLITE_OK) {
-        int ret = fail_db(st, c->db, rc, err, errlen, "opening the database");
-        conn_close(c);
+        int ret = st_fail_db(st, c->db, rc, err, errlen, "opening the database");
+        st_conn_close(c);
         return ret;
     }
     sqlite3_extended_result_codes(c->db, 1);
@@ -356,9 +256,9 @@ static int conn_open(ma_store *st, bool reader, conn **out, char *err, size_t er
              st->opt.synchronous == MA_STORE_SYNC_NORMAL ? "NORMAL" : "FULL",
              reader ? " PRAGMA query_only = ON; PRAGMA cache_size = -512;"
                     : " PRAGMA journal_size_limit = 67108864;");
-    int ret = exec_sql(st, c, sql, err, errlen, "setting connection pragmas");
+    int ret = st_exec_sql(st, c, sql, err, errlen, "setting connection pragmas");
     if (ret) {
-        conn_close(c);
+        st_conn_close(c);
         return ret;
     }
     *out = c;
@@ -380,7 +280,7 @@ static int reader_get(ma_store *st, conn **out, char *err, size_t errlen)
             st->n_readers++;   /* reserve the slot, open outside the lock */
             pthread_mutex_unlock(&st->rlock);
             conn *c = NULL;
-            int ret = conn_open(st, true, &c, err, errlen);
+            int ret = st_conn_open(st, true, &c, err, errlen);
             pthread_mutex_lock(&st->rlock);
             if (ret) {
                 st->n_readers--;
@@ -411,13 +311,13 @@ static void reader_put(ma_store *st, conn *c)
     pthread_mutex_unlock(&st->rlock);
 }
 
-/* ---- open: schema and integrity ---------------------------------------------------------------- */
+/* ---- rows of event blocks and payloads (commits, and the schema upgrade in schema.c) ------------- */
 
 /* Writes (or rewrites) block `block` of session sid: n events, kb/vb bytes each. */
-static int put_block(ma_store *st, conn *c, int64_t sid, uint64_t block, size_t n, const void *k, size_t kb,
-                     const void *v, size_t vb, char *err, size_t errlen)
+int st_put_block(ma_store *st, conn *c, int64_t sid, uint64_t block, size_t n, const void *k, size_t kb,
+                 const void *v, size_t vb, char *err, size_t errlen)
 {
-    sqlite3_stmt *s = stmt(st, c, ST_PUT_BLOCK, err, errlen);
+    sqlite3_stmt *s = st_stmt(st, c, ST_PUT_BLOCK, err, errlen);
     if (!s)
         return MA_EIO;
     sqlite3_bind_int64(s, 1, sid);
@@ -428,13 +328,13 @@ static int put_block(ma_store *st, conn *c, int64_t sid, uint64_t block, size_t 
     int rc = sqlite3_step(s);
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
-    return rc == SQLITE_DONE ? 0 : fail_db(st, c->db, rc, err, errlen, "writing event blocks");
+    return rc == SQLITE_DONE ? 0 : st_fail_db(st, c->db, rc, err, errlen, "writing event blocks");
 }
 
-static int put_payload(ma_store *st, conn *c, int64_t sid, uint64_t idx, const char *p, int len, char *err,
-                       size_t errlen)
+int st_put_payload(ma_store *st, conn *c, int64_t sid, uint64_t idx, const char *p, int len, char *err,
+                   size_t errlen)
 {
-    sqlite3_stmt *s = stmt(st, c, ST_PUT_PAYLOAD, err, errlen);
+    sqlite3_stmt *s = st_stmt(st, c, ST_PUT_PAYLOAD, err, errlen);
     if (!s)
         return MA_EIO;
     sqlite3_bind_int64(s, 1, sid);
@@ -443,298 +343,7 @@ static int put_payload(ma_store *st, conn *c, int64_t sid, uint64_t idx, const c
     int rc = sqlite3_step(s);
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
-    return rc == SQLITE_DONE ? 0 : fail_db(st, c->db, rc, err, errlen, "writing payloads");
-}
-
-/* Schema 1 -> 2: every session's per-event rows into blocks of BLOCK and payload rows. The rows must be
- * exactly 0..length-1 with one key/value size per session (what version 1's integrity check enforced);
- * anything else fails the upgrade as corrupt and the transaction leaves the file at version 1. */
-static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen)
-{
-    sqlite3_stmt *ss = NULL, *es = NULL;
-    unsigned char *kbuf = NULL, *vbuf = NULL;
-    size_t kcap = 0, vcap = 0;
-    int64_t converted = 0;
-    int ret = 0;
-    int rc = sqlite3_prepare_v2(c->db, "SELECT sid, id, length FROM sessions ORDER BY sid", -1, &ss, NULL);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v2(c->db, "SELECT idx, k, v, payload FROM events WHERE sid = ?1 ORDER BY idx", -1,
-                                &es, NULL);
-    if (rc != SQLITE_OK) {
-        ret = fail_db(st, c->db, rc, err, errlen, "schema upgrade 1 -> 2");
-        goto done;
-    }
-    while ((rc = sqlite3_step(ss)) == SQLITE_ROW) {
-        int64_t sid = sqlite3_column_int64(ss, 0);
-        uint64_t length = (uint64_t)sqlite3_column_int64(ss, 2);
-        size_t kb = 0, vb = 0, in_block = 0;
-        uint64_t at = 0;
-        sqlite3_bind_int64(es, 1, sid);
-        while ((rc = sqlite3_step(es)) == SQLITE_ROW) {
-            size_t k_len = (size_t)sqlite3_column_bytes(es, 1), v_len = (size_t)sqlite3_column_bytes(es, 2);
-            if (at == 0) {
-                kb = k_len;
-                vb = v_len;
-                if (kcap < BLOCK * kb || vcap < BLOCK * vb) {
-                    unsigned char *nk = realloc(kbuf, BLOCK * kb + 1), *nv;
-                    if (nk)
-                        kbuf = nk;
-                    nv = realloc(vbuf, BLOCK * vb + 1);
-                    if (nv)
-                        vbuf = nv;
-                    if (!nk || !nv) {
-                        seterr(err, errlen, "store %s: schema upgrade 1 -> 2: out of memory", st->path);
-                        ret = MA_ENOMEM;
-                        goto done;
-                    }
-                    kcap = BLOCK * kb;
-                    vcap = BLOCK * vb;
-                }
-            }
-            if ((uint64_t)sqlite3_column_int64(es, 0) != at || at >= length || k_len != kb || v_len != vb) {
-                seterr(err, errlen, "store %s: schema upgrade 1 -> 2: session '%s' (length %" PRIu64 "): event "
-                       "row %lld (key/value %zu/%zu bytes) does not continue rows 0..%" PRIu64 " of %zu/%zu "
-                       "bytes", st->path, (const char *)sqlite3_column_text(ss, 1), length,
-                       sqlite3_column_int64(es, 0), k_len, v_len, at, kb, vb);
-                ret = MA_ECORRUPT;
-                goto done;
-            }
-            if (kb)
-                memcpy(kbuf + in_block * kb, sqlite3_column_blob(es, 1), kb);
-            if (vb)
-                memcpy(vbuf + in_block * vb, sqlite3_column_blob(es, 2), vb);
-            if (sqlite3_column_type(es, 3) != SQLITE_NULL &&
-                (ret = put_payload(st, c, sid, at, (const char *)sqlite3_column_text(es, 3),
-                                   sqlite3_column_bytes(es, 3), err, errlen)))
-                goto done;
-            at++;
-            if (++in_block == BLOCK || at == length) {
-                if ((ret = put_block(st, c, sid, (at - 1) / BLOCK, in_block, kbuf, kb, vbuf, vb, err, errlen)))
-                    goto done;
-                in_block = 0;
-            }
-        }
-        sqlite3_reset(es);
-        if (rc != SQLITE_DONE) {
-            ret = fail_db(st, c->db, rc, err, errlen, "schema upgrade 1 -> 2: reading events");
-            goto done;
-        }
-        if (at != length) {
-            seterr(err, errlen, "store %s: schema upgrade 1 -> 2: session '%s' has length %" PRIu64 " but %"
-                   PRIu64 " event rows", st->path, (const char *)sqlite3_column_text(ss, 1), length, at);
-            ret = MA_ECORRUPT;
-            goto done;
-        }
-        converted += (int64_t)at;
-    }
-    if (rc != SQLITE_DONE) {
-        ret = fail_db(st, c->db, rc, err, errlen, "schema upgrade 1 -> 2: reading sessions");
-        goto done;
-    }
-    /* Rows of no session would be dropped silently with the table: refuse instead. */
-    sqlite3_finalize(es);
-    es = NULL;
-    rc = sqlite3_prepare_v2(c->db, "SELECT count(*) FROM events", -1, &es, NULL);
-    if (rc == SQLITE_OK && (rc = sqlite3_step(es)) == SQLITE_ROW && sqlite3_column_int64(es, 0) != converted) {
-        seterr(err, errlen, "store %s: schema upgrade 1 -> 2: %lld event rows belong to no session", st->path,
-               sqlite3_column_int64(es, 0) - converted);
-        ret = MA_ECORRUPT;
-        goto done;
-    }
-    if (rc != SQLITE_ROW)
-        ret = fail_db(st, c->db, rc, err, errlen, "schema upgrade 1 -> 2: counting events");
-done:
-    sqlite3_finalize(ss);
-    sqlite3_finalize(es);
-    free(kbuf);
-    free(vbuf);
-    return ret;
-}
-
-static int migrate(ma_store *st, char *err, size_t errlen)
-{
-    conn *c = st->writer;
-    char buf[64];
-    int ret = pragma_text(st, c, "PRAGMA user_version", buf, sizeof buf, err, errlen);
-    if (ret)
-        return ret;
-    long version = strtol(buf, NULL, 10);
-    if (version > MA_SCHEMA) {
-        seterr(err, errlen, "store %s: schema version %ld is newer than this memattnd supports (%d); "
-               "use the memattnd that wrote it or another data directory", st->path, version, MA_SCHEMA);
-        return MA_ECORRUPT;
-    }
-    if ((ret = pragma_text(st, c, "PRAGMA application_id", buf, sizeof buf, err, errlen)))
-        return ret;
-    long app = strtol(buf, NULL, 10);
-    if (app != 0 && app != MA_APP_ID) {
-        seterr(err, errlen, "store %s: not a memattn database (application_id %ld)", st->path, app);
-        return MA_ECORRUPT;
-    }
-    if (version == MA_SCHEMA)
-        return 0;
-    if (version == 0) {
-        if ((ret = pragma_text(st, c, "SELECT count(*) FROM sqlite_schema", buf, sizeof buf, err, errlen)))
-            return ret;
-        if (strcmp(buf, "0") != 0) {
-            seterr(err, errlen, "store %s: not a memattn database (it has tables but no schema version)",
-                   st->path);
-            return MA_ECORRUPT;
-        }
-    }
-    if (st->readonly) {
-        seterr(err, errlen, "store %s: schema version %ld needs an upgrade to %d, but the data directory "
-               "is read-only", st->path, version, MA_SCHEMA);
-        return MA_EIO;
-    }
-    if ((ret = exec_sql(st, c, "BEGIN IMMEDIATE", err, errlen, "starting the schema upgrade")))
-        return ret;
-    for (long v = version; v < MA_SCHEMA; v++) {
-        char what[64];
-        snprintf(what, sizeof what, "schema upgrade %ld -> %ld", v, v + 1);
-        if ((ret = exec_sql(st, c, migrations[v].sql, err, errlen, what)) ||
-            (migrations[v].fn && (ret = migrations[v].fn(st, c, err, errlen))) ||
-            (migrations[v].post && (ret = exec_sql(st, c, migrations[v].post, err, errlen, what))))
-            goto fail;
-    }
-    char sql[96];
-    snprintf(sql, sizeof sql, "PRAGMA user_version = %d; PRAGMA application_id = %d;", MA_SCHEMA, MA_APP_ID);
-    if ((ret = exec_sql(st, c, sql, err, errlen, "recording the schema version")) ||
-        (ret = exec_sql(st, c, "COMMIT", err, errlen, "committing the schema upgrade")))
-        goto fail;
-    return 0;
-fail:
-    rollback(st, c);
-    return ret;
-}
-
-/* PRAGMA quick_check on c: the b-tree structure of every page. */
-static int check_pages(ma_store *st, conn *c, char *err, size_t errlen)
-{
-    char buf[512];
-    int ret = pragma_text(st, c, "PRAGMA quick_check(4)", buf, sizeof buf, err, errlen);
-    if (ret || strcmp(buf, "ok") == 0)
-        return ret;
-    /* quick_check reports pages it could not read as text ("error code=266"); a failing disk is an I/O
-     * error, not a corrupt file. */
-    const char *ec = strstr(buf, "error code=");
-    int code = ec ? atoi(ec + strlen("error code=")) : SQLITE_CORRUPT;
-    bool io = (code & 0xff) == SQLITE_IOERR || (code & 0xff) == SQLITE_NOMEM;
-    seterr(err, errlen, "store %s: integrity check %s: %s", st->path, io ? "could not read the file" : "failed", buf);
-    return io ? MA_EIO : MA_ECORRUPT;
-}
-
-/* The rows against each other: no state blobs or events of a missing session, and every session's events
- * exactly 0..length-1. */
-static int check_rows(ma_store *st, conn *c, char *err, size_t errlen)
-{
-    int ret = 0;
-    sqlite3_stmt *s = NULL;
-    /* Orphan state blobs (a small table). */
-    int rc = sqlite3_prepare_v2(c->db, "PRAGMA foreign_key_check(blobs)", -1, &s, NULL);
-    if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        seterr(err, errlen, "store %s: integrity check failed: state blobs of a missing session (sid %lld)",
-               st->path, sqlite3_column_int64(s, 1));
-        ret = MA_ECORRUPT;
-        goto done;
-    }
-    if (rc != SQLITE_DONE && rc != SQLITE_OK) {
-        ret = fail_db(st, c->db, rc, err, errlen, "foreign key check");
-        goto done;
-    }
-    sqlite3_finalize(s);
-    /* One pass over the event blocks, in primary-key order: every session's blocks must be 0..count-1,
-     * all full but the last, their counts summing to the length, every key/value blob n times one
-     * per-session size; and no blocks may belong to a missing session. The second part finds sessions
-     * with a length but no blocks at all (index probes only). */
-    rc = sqlite3_prepare_v2(c->db,
-        "SELECT s.id, b.sid, coalesce(s.length, -1), b.total, b.cnt, b.lo, b.hi FROM "
-        "(SELECT sid, sum(n) AS total, count(*) AS cnt, min(block) AS lo, max(block) AS hi,"
-        "  min(CASE WHEN n != 64 THEN block END) AS part,"
-        "  sum(n < 1 OR n > 64 OR length(k) % n != 0 OR length(v) % n != 0) AS bad,"
-        "  min(length(k) / n) AS k0, max(length(k) / n) AS k1, min(length(v) / n) AS v0,"
-        "  max(length(v) / n) AS v1 FROM event_blocks GROUP BY sid) b "
-        "LEFT JOIN sessions s ON s.sid = b.sid "
-        "WHERE s.sid IS NULL OR b.total != s.length OR b.lo != 0 OR b.hi != b.cnt - 1 OR b.part != b.hi "
-        "OR b.bad != 0 OR b.k0 != b.k1 OR b.v0 != b.v1 "
-        "UNION ALL SELECT id, sid, length, 0, 0, NULL, NULL FROM sessions s WHERE length > 0 AND "
-        "NOT EXISTS (SELECT 1 FROM event_blocks b WHERE b.sid = s.sid) LIMIT 1", -1, &s, NULL);
-    if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        if (sqlite3_column_type(s, 0) == SQLITE_NULL)
-            seterr(err, errlen, "store %s: integrity check failed: %lld event blocks of a missing session "
-                   "(sid %lld)", st->path, sqlite3_column_int64(s, 4), sqlite3_column_int64(s, 1));
-        else
-            seterr(err, errlen, "store %s: integrity check failed: session '%s' has length %lld but %lld "
-                   "events in %lld blocks (%lld..%lld); expected blocks 0.. of %d events, only the last "
-                   "partial, each key/value blob n times one size", st->path,
-                   (const char *)sqlite3_column_text(s, 0), sqlite3_column_int64(s, 2),
-                   sqlite3_column_int64(s, 3), sqlite3_column_int64(s, 4), sqlite3_column_int64(s, 5),
-                   sqlite3_column_int64(s, 6), BLOCK);
-        ret = MA_ECORRUPT;
-        goto done;
-    }
-    if (rc != SQLITE_DONE && rc != SQLITE_OK) {
-        ret = fail_db(st, c->db, rc, err, errlen, "checking event blocks");
-        goto done;
-    }
-    sqlite3_finalize(s);
-    /* Payloads only of events that exist. */
-    rc = sqlite3_prepare_v2(c->db,
-        "SELECT p.sid, p.idx, s.id, s.length FROM payloads p LEFT JOIN sessions s ON s.sid = p.sid "
-        "WHERE s.sid IS NULL OR p.idx >= s.length LIMIT 1", -1, &s, NULL);
-    if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        seterr(err, errlen, "store %s: integrity check failed: a payload of event %lld of %s (sid %lld, "
-               "length %lld)", st->path, sqlite3_column_int64(s, 1),
-               sqlite3_column_type(s, 2) == SQLITE_NULL ? "a missing session" : (const char *)sqlite3_column_text(s, 2),
-               sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 3));
-        ret = MA_ECORRUPT;
-        goto done;
-    }
-    if (rc != SQLITE_DONE && rc != SQLITE_OK)
-        ret = fail_db(st, c->db, rc, err, errlen, "checking payloads");
-done:
-    sqlite3_finalize(s);
-    return ret;
-}
-
-typedef struct {
-    ma_store *st;
-    conn *c;
-    int ret;
-    char err[512];
-} rows_job;
-
-static void *rows_main(void *p)
-{
-    rows_job *j = p;
-    j->ret = check_rows(j->st, j->c, j->err, sizeof j->err);
-    return NULL;
-}
-
-/* Both checks read the whole file; on a second connection the row check runs alongside quick_check
- * (restart time of a large store: docs/STORE.md). A corrupt page is reported before a row mismatch. */
-static int check_integrity(ma_store *st, char *err, size_t errlen)
-{
-    if (!st->opt.quick_check)
-        return check_rows(st, st->writer, err, errlen);
-    rows_job j = {.st = st};
-    pthread_t t;
-    bool threaded = !st->opt.in_memory && conn_open(st, true, &j.c, NULL, 0) == 0;
-    if (threaded && pthread_create(&t, NULL, rows_main, &j) != 0) {
-        conn_close(j.c);
-        threaded = false;
-    }
-    int ret = check_pages(st, st->writer, err, errlen);
-    if (threaded) {
-        pthread_join(t, NULL);
-        conn_close(j.c);
-        if (!ret && j.ret) {
-            seterr(err, errlen, "%s", j.err);
-            ret = j.ret;
-        }
-        return ret;
-    }
-    return ret ? ret : check_rows(st, st->writer, err, errlen);
+    return rc == SQLITE_DONE ? 0 : st_fail_db(st, c->db, rc, err, errlen, "writing payloads");
 }
 
 /* Decides how to open <dir>/memattn.db: read-write, or read-only when the directory or file is not
@@ -751,16 +360,16 @@ static int choose_mode(ma_store *st, const char *dir, char *err, size_t errlen)
         return st->uri ? 0 : MA_ENOMEM;
     }
     if (!file_exists) {
-        seterr(err, errlen, "store %s: cannot create the database: the data directory %s is not writable "
-               "(%s)", st->path, dir, strerror(dir_errno));
+        st_seterr(err, errlen, "store %s: cannot create the database: the data directory %s is not writable "
+                  "(%s)", st->path, dir, strerror(dir_errno));
         return MA_EIO;
     }
     char wal[4096];
     struct stat sb;
     snprintf(wal, sizeof wal, "%s-wal", st->path);
     if (!dir_rw && stat(wal, &sb) == 0 && sb.st_size > 0) {
-        seterr(err, errlen, "store %s: the data directory is read-only and %s holds commits that only a "
-               "writable directory can recover; make it writable and restart", st->path, wal);
+        st_seterr(err, errlen, "store %s: the data directory is read-only and %s holds commits that only a "
+                  "writable directory can recover; make it writable and restart", st->path, wal);
         return MA_EIO;
     }
     st->readonly = true;
@@ -778,7 +387,7 @@ static int lock_dir(ma_store *st, const char *dir, char *err, size_t errlen)
     snprintf(path, sizeof path, "%s/memattn.lock", dir);
     st->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (st->lock_fd < 0) {
-        seterr(err, errlen, "store: cannot create %s: %s", path, strerror(errno));
+        st_seterr(err, errlen, "store: cannot create %s: %s", path, strerror(errno));
         return MA_EIO;
     }
     if (flock(st->lock_fd, LOCK_EX | LOCK_NB) != 0) {
@@ -786,8 +395,8 @@ static int lock_dir(ma_store *st, const char *dir, char *err, size_t errlen)
         ssize_t n = pread(st->lock_fd, pid, sizeof pid - 1, 0);
         pid[n > 0 ? n : 0] = '\0';
         pid[strcspn(pid, "\n")] = '\0';
-        seterr(err, errlen, "store: the data directory %s is in use by another process (pid %s)", dir,
-               pid[0] ? pid : "unknown");
+        st_seterr(err, errlen, "store: the data directory %s is in use by another process (pid %s)", dir,
+                  pid[0] ? pid : "unknown");
         return MA_EBUSY;
     }
     char buf[32];
@@ -816,12 +425,12 @@ int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **ou
     int ret = MA_ENOMEM;
     *out = NULL;
     if (!o->in_memory && (!dir || !*dir)) {
-        seterr(err, errlen, "store: no data directory given");
+        st_seterr(err, errlen, "store: no data directory given");
         return MA_EINVAL;
     }
     ma_store *st = calloc(1, sizeof *st);
     if (!st) {
-        seterr(err, errlen, "store: out of memory");
+        st_seterr(err, errlen, "store: out of memory");
         return MA_ENOMEM;
     }
     st->opt = *o;
@@ -847,7 +456,7 @@ int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **ou
             sync_path(dirname(parent), true);
             free(parent);
         } else if (errno != EEXIST) {
-            seterr(err, errlen, "store: cannot create the data directory %s: %s", dir, strerror(errno));
+            st_seterr(err, errlen, "store: cannot create the data directory %s: %s", dir, strerror(errno));
             ret = MA_EIO;
             goto fail;
         }
@@ -857,53 +466,36 @@ int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **ou
         snprintf(st->path, n, "%s/memattn.db", dir);
         if ((ret = choose_mode(st, dir, err, errlen)) || (!st->readonly && (ret = lock_dir(st, dir, err, errlen))))
             goto fail;
-        const char *spec = getenv("MEMATTN_STORE_FAULT");
-        if (spec && *spec) {
-            ma_store_fault_kind kind;
-            unsigned long after, count;
-            if (ma_store_fault_parse(spec, &kind, &after, &count)) {
-                seterr(err, errlen, "store: MEMATTN_STORE_FAULT=%s: expected <write|read|sync|full>:<n>[:<count>]",
-                       spec);
-                ret = MA_EINVAL;
-                goto fail;
-            }
-            ma_store_fault_set_limited(kind, after, count);
-            st->opt.fault_vfs = 1;
-        }
-        if (st->opt.fault_vfs && !(st->vfs = ma_store_fault_vfs())) {
-            seterr(err, errlen, "store: cannot register the fault-injection VFS");
-            ret = MA_EIO;
-            goto fail;
-        }
+        st->vfs = o->vfs;
     }
 
-    if ((ret = conn_open(st, false, &st->writer, err, errlen)))
+    if ((ret = st_conn_open(st, false, &st->writer, err, errlen)))
         goto fail;
     /* The first read of the header: a file that is not a database fails here. */
     char buf[64];
-    if ((ret = pragma_text(st, st->writer, "PRAGMA user_version", buf, sizeof buf, err, errlen)))
+    if ((ret = st_pragma_text(st, st->writer, "PRAGMA user_version", buf, sizeof buf, err, errlen)))
         goto fail;
     if (!o->in_memory && !st->readonly) {
-        if ((ret = pragma_text(st, st->writer, "PRAGMA journal_mode = WAL", buf, sizeof buf, err, errlen)))
+        if ((ret = st_pragma_text(st, st->writer, "PRAGMA journal_mode = WAL", buf, sizeof buf, err, errlen)))
             goto fail;
         if (strcmp(buf, "wal") != 0) {
-            seterr(err, errlen, "store %s: cannot switch to WAL mode (journal_mode is %s)", st->path, buf);
+            st_seterr(err, errlen, "store %s: cannot switch to WAL mode (journal_mode is %s)", st->path, buf);
             ret = MA_EIO;
             goto fail;
         }
     }
-    if ((ret = migrate(st, err, errlen)) || (ret = check_integrity(st, err, errlen)))
+    if ((ret = st_migrate(st, err, errlen)) || (ret = st_check_integrity(st, err, errlen)))
         goto fail;
     if (o->max_pages > 0) {
         char sql[64];
         snprintf(sql, sizeof sql, "PRAGMA max_page_count = %lld", o->max_pages);
-        if ((ret = pragma_text(st, st->writer, sql, buf, sizeof buf, err, errlen)))
+        if ((ret = st_pragma_text(st, st->writer, sql, buf, sizeof buf, err, errlen)))
             goto fail;
     }
     *out = st;
     return 0;
 oom:
-    seterr(err, errlen, "store: out of memory");
+    st_seterr(err, errlen, "store: out of memory");
     ret = MA_ENOMEM;
 fail:
     ma_store_close(st);
@@ -915,8 +507,8 @@ void ma_store_close(ma_store *st)
     if (!st)
         return;
     for (size_t i = 0; i < MAX_READERS; i++)
-        conn_close(st->readers[i]);
-    conn_close(st->writer);   /* last: closing the last connection checkpoints and removes the WAL */
+        st_conn_close(st->readers[i]);
+    st_conn_close(st->writer);   /* last: closing the last connection checkpoints and removes the WAL */
     if (st->lock_fd >= 0)
         close(st->lock_fd);   /* after the checkpoint: the next owner finds a closed database */
     pthread_mutex_destroy(&st->wlock);
@@ -971,8 +563,8 @@ static int write_begin(ma_store *st, uint64_t *t0, char *err, size_t errlen)
 {
     pthread_mutex_lock(&st->wlock);
     *t0 = now_ns();
-    int rc = run(st, st->writer, ST_BEGIN_IMMEDIATE, err, errlen);
-    return rc ? fail_db(st, st->writer->db, rc, err, errlen, "starting a transaction") : 0;
+    int rc = st_run(st, st->writer, ST_BEGIN_IMMEDIATE, err, errlen);
+    return rc ? st_fail_db(st, st->writer->db, rc, err, errlen, "starting a transaction") : 0;
 }
 
 /* Ends what write_begin started: commits when ret is 0 (a failed commit is reported as `what`), else rolls
@@ -981,10 +573,10 @@ static int write_end(ma_store *st, uint64_t t0, int ret, const char *what, char 
 {
     conn *c = st->writer;
     int rc;
-    if (!ret && (rc = run(st, c, ST_COMMIT, err, errlen)))
-        ret = fail_db(st, c->db, rc, err, errlen, what);
+    if (!ret && (rc = st_run(st, c, ST_COMMIT, err, errlen)))
+        ret = st_fail_db(st, c->db, rc, err, errlen, what);
     if (ret) {
-        rollback(st, c);
+        st_rollback(st, c);
         forget_failed_frames(st, c, ret);
     }
     count_commit(st, t0, ret);
@@ -995,7 +587,7 @@ static int write_end(ma_store *st, uint64_t t0, int ret, const char *what, char 
 static int check_id(ma_store *st, const char *id, char *err, size_t errlen)
 {
     if (!id || !*id) {
-        seterr(err, errlen, "store %s: empty session id", st->path);
+        st_seterr(err, errlen, "store %s: empty session id", st->path);
         return MA_EINVAL;
     }
     return 0;
@@ -1008,7 +600,7 @@ int ma_store_session_create(ma_store *st, const char *id, const char *config_jso
     if (ret)
         return ret;
     if (!config_json) {
-        seterr(err, errlen, "store %s: session '%s': no config", st->path, id);
+        st_seterr(err, errlen, "store %s: session '%s': no config", st->path, id);
         return MA_EINVAL;
     }
     uint64_t t0;
@@ -1016,7 +608,7 @@ int ma_store_session_create(ma_store *st, const char *id, const char *config_jso
     int rc;
     if ((ret = write_begin(st, &t0, err, errlen)))
         goto done;
-    sqlite3_stmt *s = stmt(st, c, ST_INSERT_SESSION, err, errlen);
+    sqlite3_stmt *s = st_stmt(st, c, ST_INSERT_SESSION, err, errlen);
     if (!s) {
         ret = MA_EIO;
         goto done;
@@ -1028,12 +620,12 @@ int ma_store_session_create(ma_store *st, const char *id, const char *config_jso
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
     if (rc == SQLITE_CONSTRAINT_UNIQUE) {
-        seterr(err, errlen, "session '%s' already exists", id);
+        st_seterr(err, errlen, "session '%s' already exists", id);
         ret = MA_EEXISTS;
         goto done;
     }
     if (rc != SQLITE_DONE) {
-        ret = fail_db(st, c->db, rc, err, errlen, "creating a session");
+        ret = st_fail_db(st, c->db, rc, err, errlen, "creating a session");
         goto done;
     }
 done:
@@ -1050,7 +642,7 @@ int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errl
     int rc;
     if ((ret = write_begin(st, &t0, err, errlen)))
         goto done;
-    sqlite3_stmt *s = stmt(st, c, ST_DELETE_SESSION, err, errlen);
+    sqlite3_stmt *s = st_stmt(st, c, ST_DELETE_SESSION, err, errlen);
     if (!s) {
         ret = MA_EIO;
         goto done;
@@ -1060,11 +652,11 @@ int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errl
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
     if (rc != SQLITE_DONE) {
-        ret = fail_db(st, c->db, rc, err, errlen, "deleting a session");
+        ret = st_fail_db(st, c->db, rc, err, errlen, "deleting a session");
         goto done;
     }
     if (sqlite3_changes(c->db) == 0) {
-        seterr(err, errlen, "session '%s' does not exist", id);
+        st_seterr(err, errlen, "session '%s' does not exist", id);
         ret = MA_ENOTFOUND;
         goto done;
     }
@@ -1075,20 +667,20 @@ done:
 static int check_delta(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen)
 {
     if (!d) {
-        seterr(err, errlen, "store %s: session '%s': no delta", st->path, id);
+        st_seterr(err, errlen, "store %s: session '%s': no delta", st->path, id);
         return MA_EINVAL;
     }
     if (d->n_events > 0 && (!d->k || !d->v || d->k_floats == 0 || d->v_floats == 0 ||
                             d->k_floats > INT32_MAX / (4 * BLOCK) || d->v_floats > INT32_MAX / (4 * BLOCK))) {
-        seterr(err, errlen, "store %s: session '%s': %zu events without keys/values (k_floats %zu, "
-               "v_floats %zu)", st->path, id, d->n_events, d->k_floats, d->v_floats);
+        st_seterr(err, errlen, "store %s: session '%s': %zu events without keys/values (k_floats %zu, "
+                  "v_floats %zu)", st->path, id, d->n_events, d->k_floats, d->v_floats);
         return MA_EINVAL;
     }
     const ma_blob *b[N_BLOBS] = {&d->backbone, &d->slots_blob, &d->archive_meta};
     for (int i = 0; i < N_BLOBS; i++) {
         if (b[i]->data && b[i]->len > INT32_MAX) {
-            seterr(err, errlen, "store %s: session '%s': blob %d of %zu bytes exceeds 2 GiB", st->path, id,
-                   i, b[i]->len);
+            st_seterr(err, errlen, "store %s: session '%s': blob %d of %zu bytes exceeds 2 GiB", st->path, id,
+                      i, b[i]->len);
             return MA_EINVAL;
         }
     }
@@ -1105,31 +697,31 @@ static int write_events(ma_store *st, conn *c, int64_t sid, uint64_t length, con
     unsigned char *kbuf = NULL, *vbuf = NULL;
     int ret = 0;
     if (off) {
-        sqlite3_stmt *s = stmt(st, c, ST_GET_BLOCK, err, errlen);
+        sqlite3_stmt *s = st_stmt(st, c, ST_GET_BLOCK, err, errlen);
         if (!s)
             return MA_EIO;
         sqlite3_bind_int64(s, 1, sid);
         sqlite3_bind_int64(s, 2, (int64_t)(length / BLOCK));
         int rc = sqlite3_step(s);
         if (rc != SQLITE_ROW) {
-            ret = rc == SQLITE_DONE ? MA_ECORRUPT : fail_db(st, c->db, rc, err, errlen, "reading an event block");
+            ret = rc == SQLITE_DONE ? MA_ECORRUPT : st_fail_db(st, c->db, rc, err, errlen, "reading an event block");
             if (rc == SQLITE_DONE)
-                seterr(err, errlen, "store %s: event block %" PRIu64 " of a session of length %" PRIu64
-                       " is missing", st->path, length / BLOCK, length);
+                st_seterr(err, errlen, "store %s: event block %" PRIu64 " of a session of length %" PRIu64
+                          " is missing", st->path, length / BLOCK, length);
             goto done;
         }
         size_t n = (size_t)sqlite3_column_int64(s, 0);
         size_t k_len = (size_t)sqlite3_column_bytes(s, 1), v_len = (size_t)sqlite3_column_bytes(s, 2);
         if (n != off || k_len != off * kb || v_len != off * vb) {
-            seterr(err, errlen, "store %s: the stored events end in a block of %zu events with %zu/%zu key/value "
-                   "bytes; %zu events of %zu/%zu floats cannot continue it", st->path, n, k_len, v_len, off,
-                   d->k_floats, d->v_floats);
+            st_seterr(err, errlen, "store %s: the stored events end in a block of %zu events with %zu/%zu key/value "
+                      "bytes; %zu events of %zu/%zu floats cannot continue it", st->path, n, k_len, v_len, off,
+                      d->k_floats, d->v_floats);
             ret = n != off ? MA_ECORRUPT : MA_EINVAL;
             goto done;
         }
         size_t take = d->n_events < BLOCK - off ? d->n_events : BLOCK - off;
         if (!(kbuf = malloc((off + take) * kb)) || !(vbuf = malloc((off + take) * vb))) {
-            seterr(err, errlen, "store %s: out of memory", st->path);
+            st_seterr(err, errlen, "store %s: out of memory", st->path);
             ret = MA_ENOMEM;
             goto done;
         }
@@ -1138,19 +730,19 @@ static int write_events(ma_store *st, conn *c, int64_t sid, uint64_t length, con
         sqlite3_reset(s);
         memcpy(kbuf + k_len, d->k, take * kb);
         memcpy(vbuf + v_len, d->v, take * vb);
-        if ((ret = put_block(st, c, sid, length / BLOCK, off + take, kbuf, kb, vbuf, vb, err, errlen)))
+        if ((ret = st_put_block(st, c, sid, length / BLOCK, off + take, kbuf, kb, vbuf, vb, err, errlen)))
             goto done;
         i = take;
     }
     while (i < d->n_events) {
         size_t take = d->n_events - i < BLOCK ? d->n_events - i : BLOCK;
-        if ((ret = put_block(st, c, sid, (length + i) / BLOCK, take, d->k + i * d->k_floats, kb,
-                             d->v + i * d->v_floats, vb, err, errlen)))
+        if ((ret = st_put_block(st, c, sid, (length + i) / BLOCK, take, d->k + i * d->k_floats, kb,
+                                d->v + i * d->v_floats, vb, err, errlen)))
             goto done;
         i += take;
     }
     for (i = 0; d->payloads && i < d->n_events; i++) {
-        if (d->payloads[i] && (ret = put_payload(st, c, sid, length + i, d->payloads[i], -1, err, errlen)))
+        if (d->payloads[i] && (ret = st_put_payload(st, c, sid, length + i, d->payloads[i], -1, err, errlen)))
             goto done;
     }
 done:
@@ -1173,7 +765,7 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
     if ((ret = write_begin(st, &t0, err, errlen)))
         goto done;
     /* Where the session stands: events must continue it exactly (events count == length, always). */
-    if (!(s = stmt(st, c, ST_SID, err, errlen))) {
+    if (!(s = st_stmt(st, c, ST_SID, err, errlen))) {
         ret = MA_EIO;
         goto done;
     }
@@ -1183,18 +775,18 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
     uint64_t length = rc == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(s, 1) : 0;
     sqlite3_reset(s);
     if (rc == SQLITE_DONE) {
-        seterr(err, errlen, "session '%s' does not exist", id);
+        st_seterr(err, errlen, "session '%s' does not exist", id);
         ret = MA_ENOTFOUND;
         goto done;
     }
     if (rc != SQLITE_ROW) {
-        ret = fail_db(st, c->db, rc, err, errlen, "looking up a session");
+        ret = st_fail_db(st, c->db, rc, err, errlen, "looking up a session");
         goto done;
     }
     if ((d->n_events > 0 && d->first_event != length) || d->length != length + d->n_events) {
-        seterr(err, errlen, "store %s: session '%s' has %" PRIu64 " stored events; a commit of %zu events "
-               "from index %" PRIu64 " cannot give length %" PRIu64, st->path, id, length, d->n_events,
-               d->first_event, d->length);
+        st_seterr(err, errlen, "store %s: session '%s' has %" PRIu64 " stored events; a commit of %zu events "
+                  "from index %" PRIu64 " cannot give length %" PRIu64, st->path, id, length, d->n_events,
+                  d->first_event, d->length);
         ret = MA_EINVAL;
         goto done;
     }
@@ -1208,7 +800,7 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
     for (int i = 0; i < N_BLOBS; i++) {
         if (!b[i]->data)
             continue;
-        if (!(s = stmt(st, c, ST_PUT_BLOB, err, errlen))) {
+        if (!(s = st_stmt(st, c, ST_PUT_BLOB, err, errlen))) {
             ret = MA_EIO;
             goto done;
         }
@@ -1219,11 +811,11 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
         sqlite3_reset(s);
         sqlite3_clear_bindings(s);
         if (rc != SQLITE_DONE) {
-            ret = fail_db(st, c->db, rc, err, errlen, "writing session state");
+            ret = st_fail_db(st, c->db, rc, err, errlen, "writing session state");
             goto done;
         }
     }
-    if (!(s = stmt(st, c, ST_UPDATE_SESSION, err, errlen))) {
+    if (!(s = st_stmt(st, c, ST_UPDATE_SESSION, err, errlen))) {
         ret = MA_EIO;
         goto done;
     }
@@ -1235,7 +827,7 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
     rc = sqlite3_step(s);
     sqlite3_reset(s);
     if (rc != SQLITE_DONE) {
-        ret = fail_db(st, c->db, rc, err, errlen, "updating the session row");
+        ret = st_fail_db(st, c->db, rc, err, errlen, "updating the session row");
         goto done;
     }
 done:
@@ -1278,7 +870,10 @@ static int session_row(sqlite3_stmt *s, ma_store_session *out, int64_t *blob_byt
     return 0;
 }
 
-int ma_store_session_load(ma_store *st, const char *id, ma_store_session *out, char *err, size_t errlen)
+/* ma_store_session_load (with_data: the blobs copied) and ma_store_session_summary (only their sizes,
+ * length(data) in SQL, which sqlite answers from the record header without reading the blob). */
+static int load_session(ma_store *st, const char *id, bool with_data, ma_store_session *out, char *err,
+                        size_t errlen)
 {
     memset(out, 0, sizeof *out);
     int ret = check_id(st, id, err, errlen);
@@ -1289,62 +884,67 @@ int ma_store_session_load(ma_store *st, const char *id, ma_store_session *out, c
         return ret;
     sqlite3_stmt *s = NULL, *b = NULL;
     int64_t blob_bytes = 0, sid = 0;
-    int rc = run(st, c, ST_BEGIN, err, errlen);   /* one snapshot for the row and its blobs */
+    int rc = st_run(st, c, ST_BEGIN, err, errlen);   /* one snapshot for the row and its blobs */
     if (rc) {
-        ret = fail_db(st, c->db, rc, err, errlen, "starting a read");
+        ret = st_fail_db(st, c->db, rc, err, errlen, "starting a read");
         goto done;
     }
-    if (!(s = stmt(st, c, ST_LOAD_SESSION, err, errlen)) || !(b = stmt(st, c, ST_LOAD_BLOBS, err, errlen))) {
+    if (!(s = st_stmt(st, c, ST_LOAD_SESSION, err, errlen)) ||
+        !(b = st_stmt(st, c, with_data ? ST_LOAD_BLOBS : ST_BLOB_SIZES, err, errlen))) {
         ret = MA_EIO;
         goto done;
     }
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
     rc = sqlite3_step(s);
     if (rc == SQLITE_DONE) {
-        seterr(err, errlen, "session '%s' does not exist", id);
+        st_seterr(err, errlen, "session '%s' does not exist", id);
         ret = MA_ENOTFOUND;
         goto done;
     }
     if (rc != SQLITE_ROW) {
-        ret = fail_db(st, c->db, rc, err, errlen, "loading a session");
+        ret = st_fail_db(st, c->db, rc, err, errlen, "loading a session");
         goto done;
     }
     sid = sqlite3_column_int64(s, 0);
     if ((ret = session_row(s, out, &blob_bytes))) {
-        seterr(err, errlen, "store %s: out of memory", st->path);
+        st_seterr(err, errlen, "store %s: out of memory", st->path);
         goto done;
     }
     sqlite3_bind_int64(b, 1, sid);
     int64_t got = 0;
     ma_blob *dst[N_BLOBS] = {&out->backbone, &out->slots_blob, &out->archive_meta};
+    bool seen[N_BLOBS] = {false};
     while ((rc = sqlite3_step(b)) == SQLITE_ROW) {
         int kind = sqlite3_column_int(b, 0);
-        int n = sqlite3_column_bytes(b, 1);
-        const void *p = sqlite3_column_blob(b, 1);
-        if (kind < 0 || kind >= N_BLOBS || dst[kind]->data) {
-            seterr(err, errlen, "store %s: session '%s': unexpected state blob of kind %d", st->path, id, kind);
+        int n = with_data ? sqlite3_column_bytes(b, 1) : sqlite3_column_int(b, 1);
+        if (kind < 0 || kind >= N_BLOBS || seen[kind]) {
+            st_seterr(err, errlen, "store %s: session '%s': unexpected state blob of kind %d", st->path, id, kind);
             ret = MA_ECORRUPT;
             goto done;
         }
+        seen[kind] = true;
+        dst[kind]->len = (size_t)n;
+        got += n;
+        if (!with_data)
+            continue;
+        const void *p = sqlite3_column_blob(b, 1);
         void *copy = malloc(n > 0 ? (size_t)n : 1);
         if (!copy) {
-            seterr(err, errlen, "store %s: out of memory loading %d bytes", st->path, n);
+            st_seterr(err, errlen, "store %s: out of memory loading %d bytes", st->path, n);
             ret = MA_ENOMEM;
             goto done;
         }
         if (n > 0)
             memcpy(copy, p, (size_t)n);
         dst[kind]->data = copy;
-        dst[kind]->len = (size_t)n;
-        got += n;
     }
     if (rc != SQLITE_DONE) {
-        ret = fail_db(st, c->db, rc, err, errlen, "loading session state");
+        ret = st_fail_db(st, c->db, rc, err, errlen, "loading session state");
         goto done;
     }
     if (got != blob_bytes) {
-        seterr(err, errlen, "store %s: session '%s': state blobs hold %lld bytes, the session row says %lld",
-               st->path, id, (long long)got, (long long)blob_bytes);
+        st_seterr(err, errlen, "store %s: session '%s': state blobs hold %lld bytes, the session row says %lld",
+                  st->path, id, (long long)got, (long long)blob_bytes);
         ret = MA_ECORRUPT;
     }
 done:
@@ -1352,11 +952,21 @@ done:
         sqlite3_reset(s);
     if (b)
         sqlite3_reset(b);
-    rollback(st, c);   /* ends the read transaction */
+    st_rollback(st, c);   /* ends the read transaction */
     reader_put(st, c);
     if (ret)
         ma_store_session_clear(out);
     return ret;
+}
+
+int ma_store_session_load(ma_store *st, const char *id, ma_store_session *out, char *err, size_t errlen)
+{
+    return load_session(st, id, true, out, err, errlen);
+}
+
+int ma_store_session_summary(ma_store *st, const char *id, ma_store_session *out, char *err, size_t errlen)
+{
+    return load_session(st, id, false, out, err, errlen);
 }
 
 int ma_store_session_list(ma_store *st, const char *after, size_t limit, ma_store_session **out, size_t *n,
@@ -1372,10 +982,10 @@ int ma_store_session_list(ma_store *st, const char *after, size_t limit, ma_stor
         return ret;
     size_t cap = limit < 64 ? limit : 64, len = 0;
     ma_store_session *rows = calloc(cap, sizeof *rows);
-    sqlite3_stmt *s = stmt(st, c, ST_LIST, err, errlen);
+    sqlite3_stmt *s = st_stmt(st, c, ST_LIST, err, errlen);
     int rc = SQLITE_DONE;
     if (!rows) {
-        seterr(err, errlen, "store %s: out of memory", st->path);
+        st_seterr(err, errlen, "store %s: out of memory", st->path);
         ret = MA_ENOMEM;
         goto done;
     }
@@ -1389,7 +999,7 @@ int ma_store_session_list(ma_store *st, const char *after, size_t limit, ma_stor
         if (len == cap) {
             ma_store_session *more = realloc(rows, 2 * cap * sizeof *rows);
             if (!more) {
-                seterr(err, errlen, "store %s: out of memory", st->path);
+                st_seterr(err, errlen, "store %s: out of memory", st->path);
                 ret = MA_ENOMEM;
                 goto done;
             }
@@ -1398,13 +1008,13 @@ int ma_store_session_list(ma_store *st, const char *after, size_t limit, ma_stor
         }
         int64_t blob_bytes;
         if ((ret = session_row(s, &rows[len], &blob_bytes))) {
-            seterr(err, errlen, "store %s: out of memory", st->path);
+            st_seterr(err, errlen, "store %s: out of memory", st->path);
             goto done;
         }
         len++;
     }
     if (rc != SQLITE_DONE)
-        ret = fail_db(st, c->db, rc, err, errlen, "listing sessions");
+        ret = st_fail_db(st, c->db, rc, err, errlen, "listing sessions");
 done:
     if (s) {
         sqlite3_reset(s);
@@ -1426,7 +1036,7 @@ done:
 static int explain_short(ma_store *st, conn *c, const char *id, uint64_t first, size_t n, uint64_t at,
                          char *err, size_t errlen)
 {
-    sqlite3_stmt *s = stmt(st, c, ST_SID, err, errlen);
+    sqlite3_stmt *s = st_stmt(st, c, ST_SID, err, errlen);
     if (!s)
         return MA_EIO;
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
@@ -1434,18 +1044,18 @@ static int explain_short(ma_store *st, conn *c, const char *id, uint64_t first, 
     uint64_t length = rc == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(s, 1) : 0;
     sqlite3_reset(s);
     if (rc == SQLITE_DONE) {
-        seterr(err, errlen, "session '%s' does not exist", id);
+        st_seterr(err, errlen, "session '%s' does not exist", id);
         return MA_ENOTFOUND;
     }
     if (rc != SQLITE_ROW)
-        return fail_db(st, c->db, rc, err, errlen, "looking up a session");
+        return st_fail_db(st, c->db, rc, err, errlen, "looking up a session");
     if (first + n > length) {
-        seterr(err, errlen, "session '%s': events %" PRIu64 "..%" PRIu64 " requested, it has %" PRIu64,
-               id, first, first + n - 1, length);
+        st_seterr(err, errlen, "session '%s': events %" PRIu64 "..%" PRIu64 " requested, it has %" PRIu64,
+                  id, first, first + n - 1, length);
         return MA_ENOTFOUND;
     }
-    seterr(err, errlen, "store %s: session '%s': event %" PRIu64 " is missing (length %" PRIu64 ")", st->path,
-           id, at, length);
+    st_seterr(err, errlen, "store %s: session '%s': event %" PRIu64 " is missing (length %" PRIu64 ")", st->path,
+              id, at, length);
     return MA_ECORRUPT;
 }
 
@@ -1460,7 +1070,7 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
     if (n == 0)
         return 0;
     if (first > INT64_MAX - n) {
-        seterr(err, errlen, "session '%s': event range from %" PRIu64 " out of range", id, first);
+        st_seterr(err, errlen, "session '%s': event range from %" PRIu64 " out of range", id, first);
         return MA_EINVAL;
     }
     conn *c;
@@ -1468,16 +1078,17 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
         return ret;
     /* Blocks and payloads from one snapshot. */
     bool txn = payloads != NULL;
-    int rc = txn ? run(st, c, ST_BEGIN, err, errlen) : 0;
+    int rc = txn ? st_run(st, c, ST_BEGIN, err, errlen) : 0;
     sqlite3_stmt *s = NULL, *p = NULL;
     uint64_t at = first, end = first + n;
     size_t kb = k_floats * sizeof(float), vb = v_floats * sizeof(float);
     if (rc) {
         txn = false;
-        ret = fail_db(st, c->db, rc, err, errlen, "starting a read");
+        ret = st_fail_db(st, c->db, rc, err, errlen, "starting a read");
         goto done;
     }
-    if (!(s = stmt(st, c, ST_BLOCKS, err, errlen)) || (payloads && !(p = stmt(st, c, ST_PAYLOADS, err, errlen)))) {
+    if (!(s = st_stmt(st, c, ST_BLOCKS, err, errlen)) ||
+        (payloads && !(p = st_stmt(st, c, ST_PAYLOADS, err, errlen)))) {
         ret = MA_EIO;
         goto done;
     }
@@ -1494,9 +1105,9 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
         }
         size_t k_len = (size_t)sqlite3_column_bytes(s, 2), v_len = (size_t)sqlite3_column_bytes(s, 3);
         if (k_len != nb * kb || v_len != nb * vb) {
-            seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 " (events %" PRIu64 "..%" PRIu64
-                   "): key/value of %zu/%zu bytes, expected %zu events of %zu/%zu", st->path, id, base / BLOCK,
-                   base, base + nb - 1, k_len, v_len, nb, kb, vb);
+            st_seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 " (events %" PRIu64 "..%" PRIu64
+                      "): key/value of %zu/%zu bytes, expected %zu events of %zu/%zu", st->path, id, base / BLOCK,
+                      base, base + nb - 1, k_len, v_len, nb, kb, vb);
             ret = MA_ECORRUPT;
             goto done;
         }
@@ -1507,7 +1118,7 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
         at = hi;
     }
     if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
-        ret = fail_db(st, c->db, rc, err, errlen, "reading events");
+        ret = st_fail_db(st, c->db, rc, err, errlen, "reading events");
         goto done;
     }
     sqlite3_reset(s);
@@ -1522,13 +1133,13 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
         while ((rc = sqlite3_step(p)) == SQLITE_ROW) {
             size_t i = (size_t)((uint64_t)sqlite3_column_int64(p, 0) - first);
             if (!(payloads[i] = xstrdup((const char *)sqlite3_column_text(p, 1)))) {
-                seterr(err, errlen, "store %s: out of memory", st->path);
+                st_seterr(err, errlen, "store %s: out of memory", st->path);
                 ret = MA_ENOMEM;
                 goto done;
             }
         }
         if (rc != SQLITE_DONE)
-            ret = fail_db(st, c->db, rc, err, errlen, "reading payloads");
+            ret = st_fail_db(st, c->db, rc, err, errlen, "reading payloads");
     }
 done:
     if (s) {
@@ -1540,7 +1151,7 @@ done:
         sqlite3_clear_bindings(p);
     }
     if (txn)
-        rollback(st, c);   /* ends the read transaction */
+        st_rollback(st, c);   /* ends the read transaction */
     reader_put(st, c);
     if (ret && payloads) {
         for (size_t i = 0; i < n; i++) {
@@ -1561,13 +1172,13 @@ int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **p
     if (ret)
         return ret;
     if (event > INT64_MAX) {
-        seterr(err, errlen, "session '%s': event %" PRIu64 " out of range", id, event);
+        st_seterr(err, errlen, "session '%s': event %" PRIu64 " out of range", id, event);
         return MA_ENOTFOUND;
     }
     conn *c;
     if ((ret = reader_get(st, &c, err, errlen)))
         return ret;
-    sqlite3_stmt *s = stmt(st, c, ST_PAYLOAD, err, errlen);
+    sqlite3_stmt *s = st_stmt(st, c, ST_PAYLOAD, err, errlen);
     if (!s) {
         ret = MA_EIO;
         goto done;
@@ -1578,13 +1189,13 @@ int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **p
     if (rc == SQLITE_ROW) {
         if (sqlite3_column_type(s, 0) != SQLITE_NULL &&
             !(*payload = xstrdup((const char *)sqlite3_column_text(s, 0)))) {
-            seterr(err, errlen, "store %s: out of memory", st->path);
+            st_seterr(err, errlen, "store %s: out of memory", st->path);
             ret = MA_ENOMEM;
         }
     } else if (rc == SQLITE_DONE) {
         /* No payload row: an event without one, or no such event. */
         sqlite3_reset(s);
-        sqlite3_stmt *q = stmt(st, c, ST_SID, err, errlen);
+        sqlite3_stmt *q = st_stmt(st, c, ST_SID, err, errlen);
         if (!q) {
             ret = MA_EIO;
             goto done;
@@ -1594,11 +1205,11 @@ int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **p
         bool exists = rc == SQLITE_ROW && event < (uint64_t)sqlite3_column_int64(q, 1);
         sqlite3_reset(q);
         if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-            ret = fail_db(st, c->db, rc, err, errlen, "looking up a session");
+            ret = st_fail_db(st, c->db, rc, err, errlen, "looking up a session");
         else if (!exists)
             ret = explain_short(st, c, id, event, 1, event, err, errlen);
     } else {
-        ret = fail_db(st, c->db, rc, err, errlen, "reading a payload");
+        ret = st_fail_db(st, c->db, rc, err, errlen, "reading a payload");
     }
 done:
     if (s) {
@@ -1646,7 +1257,7 @@ static int sync_path(const char *path, bool dir)
 int ma_store_backup(ma_store *st, const char *path, char *err, size_t errlen)
 {
     if (!path || !*path) {
-        seterr(err, errlen, "store backup: no destination path");
+        st_seterr(err, errlen, "store backup: no destination path");
         return MA_EINVAL;
     }
     if (!st->opt.in_memory) {
@@ -1656,7 +1267,7 @@ int ma_store_backup(ma_store *st, const char *path, char *err, size_t errlen)
         free(a);
         free(b);
         if (same) {
-            seterr(err, errlen, "store backup: %s is the live database", path);
+            st_seterr(err, errlen, "store backup: %s is the live database", path);
             return MA_EINVAL;
         }
     }
@@ -1668,7 +1279,7 @@ int ma_store_backup(ma_store *st, const char *path, char *err, size_t errlen)
     sqlite3 *dst = NULL;
     int ret = 0, rc;
     if (!tmp || !dirbuf) {
-        seterr(err, errlen, "store backup: out of memory");
+        st_seterr(err, errlen, "store backup: out of memory");
         ret = MA_ENOMEM;
         goto done;
     }
@@ -1680,7 +1291,8 @@ int ma_store_backup(ma_store *st, const char *path, char *err, size_t errlen)
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(dst, "PRAGMA synchronous = FULL", NULL, NULL, NULL);
     if (rc != SQLITE_OK) {
-        seterr(err, errlen, "store backup: cannot create %s: %s", tmp, dst ? sqlite3_errmsg(dst) : sqlite3_errstr(rc));
+        st_seterr(err, errlen, "store backup: cannot create %s: %s", tmp,
+                  dst ? sqlite3_errmsg(dst) : sqlite3_errstr(rc));
         ret = MA_EIO;
         goto done;
     }
@@ -1688,14 +1300,14 @@ int ma_store_backup(ma_store *st, const char *path, char *err, size_t errlen)
      * consistent while the writer goes on committing (readers do not block it). */
     sqlite3_backup *bk = sqlite3_backup_init(dst, "main", c->db, "main");
     if (!bk) {
-        seterr(err, errlen, "store backup: %s", sqlite3_errmsg(dst));
+        st_seterr(err, errlen, "store backup: %s", sqlite3_errmsg(dst));
         ret = MA_EIO;
         goto done;
     }
     rc = sqlite3_backup_step(bk, -1);
     int rc2 = sqlite3_backup_finish(bk);
     if (rc != SQLITE_DONE || rc2 != SQLITE_OK) {
-        seterr(err, errlen, "store backup to %s failed: %s", tmp, sqlite3_errmsg(dst));
+        st_seterr(err, errlen, "store backup to %s failed: %s", tmp, sqlite3_errmsg(dst));
         ret = rc == SQLITE_CORRUPT || rc == SQLITE_NOTADB ? MA_ECORRUPT : MA_EIO;
         goto done;
     }
@@ -1703,7 +1315,7 @@ int ma_store_backup(ma_store *st, const char *path, char *err, size_t errlen)
     dst = NULL;
     if (rc != SQLITE_OK || sync_path(tmp, false) != 0 || rename(tmp, path) != 0 ||
         sync_path(dirname(dirbuf), true) != 0) {
-        seterr(err, errlen, "store backup: cannot make %s durable: %s", path, strerror(errno));
+        st_seterr(err, errlen, "store backup: cannot make %s durable: %s", path, strerror(errno));
         ret = MA_EIO;
     }
 done:
@@ -1724,9 +1336,9 @@ size_t ma_store_bytes(ma_store *st)
         char buf[64];
         size_t pages = 0, size = 0;
         pthread_mutex_lock(&st->wlock);
-        if (!pragma_text(st, st->writer, "PRAGMA page_count", buf, sizeof buf, NULL, 0))
+        if (!st_pragma_text(st, st->writer, "PRAGMA page_count", buf, sizeof buf, NULL, 0))
             pages = strtoull(buf, NULL, 10);
-        if (!pragma_text(st, st->writer, "PRAGMA page_size", buf, sizeof buf, NULL, 0))
+        if (!st_pragma_text(st, st->writer, "PRAGMA page_size", buf, sizeof buf, NULL, 0))
             size = strtoull(buf, NULL, 10);
         pthread_mutex_unlock(&st->wlock);
         return pages * size;

@@ -1,13 +1,14 @@
 /*
  * store/store.h — durable sessions in sqlite3 (the only module that includes sqlite3.h).
  *
- * One database file <data>/memattn.db in WAL mode. What a session is made of on disk:
- *   sessions   (id, config JSON, created_at, updated_at, length, backbone blob, slots blob, archive-meta blob)
+ * One database file <data>/memattn.db in WAL mode. What a session is made of on disk (docs/STORE.md):
+ *   a row      id, config JSON, created_at, updated_at, length, resident slots, byte counts;
+ *   3 blobs    backbone state, slot table, archive meta, one row each: the versioned, checked
+ *              serialisations made by core/, opaque here;
  *   events     in blocks of 64 (keys, values) plus payload rows for the events that have one — the
  *              archive's chunks are read back from here a chunk at a time (ma_store_load_events), so a
  *              large session is paged.
- * (In store.c the three blobs live in a table of their own, one row per blob; docs/STORE.md.)
- * Blobs are the versioned, checked serialisations made by core/ (backbone, slots, archive meta).
+ * Users: the session registry (loads, commits, pages chunks) and the server (listings, backup, stats).
  *
  * Durability: every function that changes the database returns only after its transaction committed
  * (synchronous chosen in store.c and documented in docs/STORE.md); a 2xx answer is sent after that.
@@ -15,8 +16,8 @@
  * message in err, and the database is unchanged (the transaction rolled back).
  *
  * Threads: one ma_store handle may be used from several worker threads at once; calls for one session
- * are made in order by the caller (per-session job ordering). Internally: one connection per thread or a
- * lock around the writer — see store.c.
+ * are made in order by the caller (per-session job ordering). Internally: one writer connection behind
+ * a lock and a pool of reader connections (store.c).
  */
 #ifndef MA_STORE_H
 #define MA_STORE_H
@@ -37,20 +38,21 @@ typedef struct {
  * message. */
 int ma_store_open(const char *dir, ma_store **out, char *err, size_t errlen);
 
-/* Options of ma_store_open_with (additive; ma_store_open uses the defaults of ma_store_options_default).
+/* Options of ma_store_open_with (ma_store_open uses the defaults of ma_store_options_default).
  * synchronous: the sqlite PRAGMA for the WAL: MA_STORE_SYNC_FULL (default: a commit survives power loss)
  *   or MA_STORE_SYNC_NORMAL (survives a crash of the process, not of the machine); docs/STORE.md.
  * in_memory: no file at all (benchmarks: the "store against an in-memory store" baseline); dir ignored.
  * quick_check: run PRAGMA quick_check at open (default true).
  * max_pages: > 0 caps the database at that many pages (PRAGMA max_page_count: a full disk, for tests).
- * fault_vfs: open through the fault-injection shim of store/store_fault.h (tests). */
+ * vfs: the name of a registered sqlite VFS to open the file through (NULL: sqlite's default). The
+ *   string must outlive the store. Tests pass the fault-injection shim's (tests/support/store_fault.h). */
 enum { MA_STORE_SYNC_FULL = 0, MA_STORE_SYNC_NORMAL = 1 };
 typedef struct {
     int synchronous;
     int in_memory;
     int quick_check;
     long long max_pages;
-    int fault_vfs;
+    const char *vfs;
 } ma_store_options;
 
 void ma_store_options_default(ma_store_options *o);
@@ -82,6 +84,13 @@ int ma_store_session_create(ma_store *st, const char *id, const char *config_jso
 
 /* Loads a session row (with blobs). MA_ENOTFOUND if absent. */
 int ma_store_session_load(ma_store *st, const char *id, ma_store_session *out, char *err, size_t errlen);
+
+/* The session row without its blobs, for listings and GET /v1/sessions/{id}: every field of
+ * ma_store_session_load but the blobs' data, which stay NULL while their len is the stored size (taken
+ * with SQL length(), no blob is read or copied); stored_bytes as ma_store_session_load. Same checks of
+ * the blob sizes against the row (MA_ECORRUPT). MA_ENOTFOUND if absent. Clear with
+ * ma_store_session_clear. */
+int ma_store_session_summary(ma_store *st, const char *id, ma_store_session *out, char *err, size_t errlen);
 
 /* Lists sessions ordered by id, after `after` (NULL: from the start), at most limit; blobs not loaded.
  * *out malloc'd array of n rows, each cleared with ma_store_session_clear, then free(*out). */
@@ -141,7 +150,7 @@ int ma_store_backup(ma_store *st, const char *path, char *err, size_t errlen);
 /* Bytes of the database file(s). */
 size_t ma_store_bytes(ma_store *st);
 
-/* Counters for /metrics (additive). Thread-safe; a snapshot. */
+/* Counters for /metrics. Thread-safe; a snapshot. */
 typedef struct {
     uint64_t commits;          /* successful write transactions (create, commit, delete) */
     uint64_t failures;         /* write transactions that failed and rolled back */

@@ -86,7 +86,18 @@ static void kill_leftovers(void)
     mh_teardown(NULL);
 }
 
+const char *mh_test_bin(void)
+{
+    const char *bin = getenv("MEMATTN_TEST_BIN");
+    return bin && *bin ? bin : "build/memattnd-test";
+}
+
 int mh_start(mh_daemon *d, const char *const *args, const char *const *env)
+{
+    return mh_start_bin(d, NULL, args, env);
+}
+
+int mh_start_bin(mh_daemon *d, const char *bin, const char *const *args, const char *const *env)
 {
     static bool registered;
     if (!registered) {
@@ -94,7 +105,8 @@ int mh_start(mh_daemon *d, const char *const *args, const char *const *env)
         registered = true;
     }
     memset(d, 0, sizeof(*d));
-    const char *bin = getenv("MEMATTN_BIN");
+    if (!bin)
+        bin = getenv("MEMATTN_BIN");
     if (!bin || !*bin)
         bin = "build/memattnd";
     snprintf(d->dir, sizeof d->dir, "/tmp/memattn-e2e-XXXXXX");

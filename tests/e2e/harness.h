@@ -42,6 +42,13 @@ typedef struct {
  * on stderr). */
 int mh_start(mh_daemon *d, const char *const *args, const char *const *env);
 
+/* mh_start with another daemon binary (NULL: $MEMATTN_BIN as mh_start). */
+int mh_start_bin(mh_daemon *d, const char *bin, const char *const *args, const char *const *env);
+
+/* The test daemon: memattnd with the test hooks of tests/support/ (fault injection through
+ * MEMATTN_STORE_FAULT), $MEMATTN_TEST_BIN or build/memattnd-test. The shipped daemon ignores it. */
+const char *mh_test_bin(void);
+
 /* SIGTERM, wait up to `timeout_ms` for the exit. Returns the exit status (0..255), 128+signal when
  * killed by a signal, or -1 when it had to be SIGKILLed after the timeout. Cleans up. */
 int mh_stop(mh_daemon *d, int timeout_ms);

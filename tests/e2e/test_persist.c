@@ -11,7 +11,8 @@
  *
  * The read-only and disk-full cases need a private mount namespace (a read-only bind mount, a small
  * tmpfs); they are skipped when the test cannot create one (not root). I/O errors are injected with the
- * store's VFS shim (MEMATTN_STORE_FAULT, docs/STORE.md).
+ * fault-injection VFS of the test daemon (mh_test_bin(): MEMATTN_STORE_FAULT, docs/STORE.md); the
+ * shipped daemon is shown to ignore the variable.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -133,14 +134,21 @@ static void rm_data(char *d)
     free(d);
 }
 
-static void start(mh_daemon *d, const char *dir, const char *const *extra, const char *const *env)
+/* Starts `bin` (NULL: the shipped daemon, $MEMATTN_BIN) on the data directory dir. */
+static void start_bin(mh_daemon *d, const char *bin, const char *dir, const char *const *extra,
+                      const char *const *env)
 {
     const char *args[16] = {"--data", dir};
     int n = 2;
     for (int i = 0; extra && extra[i] && n < 15; i++)
         args[n++] = extra[i];
     args[n] = NULL;
-    assert_int_equal(mh_start(d, args, env), 0);
+    assert_int_equal(mh_start_bin(d, bin, args, env), 0);
+}
+
+static void start(mh_daemon *d, const char *dir, const char *const *extra, const char *const *env)
+{
+    start_bin(d, NULL, dir, extra, env);
 }
 
 /* True once pid is a zombie (dead, not yet reaped). */
@@ -649,8 +657,9 @@ static void test_readonly_data_dir(void **state)
     rm_data(dir);
 }
 
-/* EIO and ENOSPC from the store's VFS shim: armed from the daemon's start, after the open (which only
- * reads an existing database), so every mutation fails. */
+/* EIO and ENOSPC from the test daemon's VFS shim: armed from the daemon's start, after the open (which
+ * only reads an existing database), so every mutation fails. The shipped daemon has no shim and ignores
+ * MEMATTN_STORE_FAULT: the same variable changes nothing there. */
 static void test_io_errors(void **state)
 {
     (void)state;
@@ -667,7 +676,7 @@ static void test_io_errors(void **state)
     };
     for (size_t f = 0; f < sizeof faults / sizeof faults[0]; f++) {
         const char *env[] = {faults[f].env, NULL};
-        start(&d, dir, NULL, env);
+        start_bin(&d, mh_test_bin(), dir, NULL, env);
         mutations_fail(&d, "io", faults[f].needle, before);
         kill9(&d);   /* no clean close: what is on disk is what the failed commits left */
         start(&d, dir, NULL, NULL);
@@ -676,6 +685,13 @@ static void test_io_errors(void **state)
         free(now);
         assert_int_equal(mh_stop(&d, 30000), 0);
     }
+    const char *env[] = {faults[0].env, NULL};
+    start(&d, dir, NULL, env);
+    cJSON_Delete(au_call(&d, "PUT", "/v1/sessions/io2", 201, "{\"dim\":8}"));
+    kill9(&d);
+    start(&d, dir, NULL, NULL);
+    cJSON_Delete(au_call(&d, "GET", "/v1/sessions/io2", 200, NULL));
+    assert_int_equal(mh_stop(&d, 30000), 0);
     free(before);
     rm_data(dir);
 }

@@ -20,7 +20,7 @@
 #include "core/error.h"
 #include "server/registry.h"
 #include "store/store.h"
-#include "store/store_fault.h"
+#include "tests/support/store_fault.h"
 
 enum { D = 8 };
 
@@ -45,7 +45,7 @@ static int open_fixture(fixture *f, size_t budget)
         return -1;
     ma_store_options o;
     ma_store_options_default(&o);
-    o.fault_vfs = 1;
+    o.vfs = ma_store_fault_vfs();
     o.synchronous = MA_STORE_SYNC_NORMAL;
     if (ma_store_open_with(f->dir, &o, &f->st, err, sizeof err)) {
         fprintf(stderr, "store: %s\n", err);

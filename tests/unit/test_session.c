@@ -673,7 +673,7 @@ static void test_serialize_restore(void **state)
         void *bb0;
         size_t bbn0;
         assert_int_equal(ma_backbone_serialize(ma_session_backbone(other), &bb0, &bbn0), 0);
-        /* The archive blob holds no length since archive wave 2 (the backbone's step count is the length, so
+        /* The archive blob holds no length (the backbone's step count is the length, so
          * the blob need not change with every event): a fresh backbone restores an empty archive. */
         assert_int_equal(ma_session_restore(&p, bb0, bbn0, sl, sln, am, amn, cs, 2, ps, &r), 0);
         assert_int_equal(ma_archive_length(ma_session_archive(r)), 0);

@@ -5,7 +5,7 @@
  * of (session seed, event index, component), so any copy of the data — after a reopen, a crash, a backup
  * — can be checked against what must be there. Faults are real where the OS allows (a read-only bind
  * mount in a private mount namespace, a capped database, SIGKILL) and injected through the VFS shim of
- * store/store_fault.h otherwise (EIO on write/read/fsync, ENOSPC).
+ * tests/support/store_fault.h otherwise (EIO on write/read/fsync, ENOSPC).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -32,7 +32,7 @@
 
 #include "core/error.h"
 #include "store/store.h"
-#include "store/store_fault.h"
+#include "tests/support/store_fault.h"
 
 #define KF 8    /* floats per key (H·d) */
 #define VF 6    /* floats per value (H·d_v) */
@@ -144,6 +144,22 @@ static void check_session(ma_store *st, const char *id, int seed, uint64_t L)
         }
         assert_true(s.stored_bytes >= L * (KF + VF) * sizeof(float));
     }
+    /* The summary is the same row without the blobs' bytes, only their sizes. */
+    ma_store_session m;
+    rc = ma_store_session_summary(st, id, &m, errbuf, sizeof errbuf);
+    if (rc)
+        fail_msg("summary %s: %d %s", id, rc, errbuf);
+    assert_string_equal(m.id, s.id);
+    assert_string_equal(m.config_json, s.config_json);
+    assert_true(m.created_at == s.created_at && m.updated_at == s.updated_at);
+    assert_true(m.length == s.length && m.slots == s.slots && m.stored_bytes == s.stored_bytes);
+    const ma_blob *full[3] = {&s.backbone, &s.slots_blob, &s.archive_meta};
+    const ma_blob *sized[3] = {&m.backbone, &m.slots_blob, &m.archive_meta};
+    for (int i = 0; i < 3; i++) {
+        assert_null(sized[i]->data);
+        assert_int_equal(sized[i]->len, full[i]->len);
+    }
+    ma_store_session_clear(&m);
     ma_store_session_clear(&s);
     if (L == 0)
         return;
@@ -249,6 +265,8 @@ static void test_roundtrip_and_reopen(void **state)
     assert_int_equal(s.updated_at, 1011);
     ma_store_session_clear(&s);
     assert_int_equal(ma_store_session_load(st, "nope", &s, errbuf, sizeof errbuf), MA_ENOTFOUND);
+    assert_int_equal(ma_store_session_summary(st, "nope", &s, errbuf, sizeof errbuf), MA_ENOTFOUND);
+    assert_null(s.id);
 
     /* A commit without blobs leaves them as they were. */
     ma_store_delta d = {.length = 11, .slots = 4, .updated_at = 2000};
@@ -741,6 +759,9 @@ static void test_inconsistent_rows_are_refused(void **state)
     ma_store_session s;
     assert_int_equal(ma_store_session_load(st, "p0", &s, errbuf, sizeof errbuf), MA_ECORRUPT);
     assert_null(s.id);
+    assert_int_equal(ma_store_session_summary(st, "p0", &s, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "the session row says"));
+    assert_null(s.id);
     check_session(st, "p1", 1, 1000);   /* the others are still served */
     ma_store_close(st);
     rm_dir(dir);
@@ -785,7 +806,7 @@ static void fault_round(ma_store_fault_kind kind, unsigned long after)
     char *dir = populated_dir();
     ma_store_options o;
     ma_store_options_default(&o);
-    o.fault_vfs = 1;
+    o.vfs = ma_store_fault_vfs();
     ma_store *st;
     assert_int_equal(ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf), 0);
     uint64_t L = 1000;
@@ -837,7 +858,7 @@ static void test_sync_errors(void **state)
     char *dir = populated_dir();
     ma_store_options o;
     ma_store_options_default(&o);
-    o.fault_vfs = 1;
+    o.vfs = ma_store_fault_vfs();
     ma_store *st;
     assert_int_equal(ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf), 0);
     ma_store_fault_set(MA_FAULT_SYNC, 0);
@@ -870,7 +891,7 @@ static void test_sync_error_then_crash(void **state)
     if (pid == 0) {
         ma_store_options o;
         ma_store_options_default(&o);
-        o.fault_vfs = 1;
+        o.vfs = ma_store_fault_vfs();
         ma_store *st;
         if (ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf) || commit_batch(st, "p0", 0, 1000, 5))
             _exit(2);
@@ -912,7 +933,7 @@ static void test_read_errors(void **state)
     char *dir = populated_dir();
     ma_store_options o;
     ma_store_options_default(&o);
-    o.fault_vfs = 1;
+    o.vfs = ma_store_fault_vfs();
     ma_store *st;
     assert_int_equal(ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf), 0);
     float *k = malloc(1000 * KF * sizeof(float)), *v = malloc(1000 * VF * sizeof(float));

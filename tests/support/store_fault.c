@@ -1,5 +1,5 @@
 /*
- * store/store_fault.c — the fault-injection VFS shim of store/store_fault.h.
+ * tests/support/store_fault.c — the fault-injection VFS shim of tests/support/store_fault.h (tests only).
  *
  * Design: a sqlite3_vfs whose xOpen opens the real file through the default VFS into the tail of our
  * own sqlite3_file, and whose io methods forward every call to it. Four of them (xWrite, xRead, xSync,
@@ -10,7 +10,7 @@
  * Deliberately not done: short writes, torn pages, or lying fsyncs — sqlite documents what it needs
  * from the OS, and this shim reproduces only the failures the OS reports.
  */
-#include "store/store_fault.h"
+#include "tests/support/store_fault.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -321,4 +321,12 @@ const char *ma_store_fault_vfs(void)
 {
     pthread_once(&shim_once, shim_register);
     return shim_ok ? SHIM_NAME : NULL;
+}
+
+int ma_store_fault_make_default(void)
+{
+    if (!ma_store_fault_vfs())
+        return MA_EIO;
+    /* Registering a registered VFS again with makeDflt moves it to the default position. */
+    return sqlite3_vfs_register(&shim_vfs, 1) == SQLITE_OK ? 0 : MA_EIO;
 }

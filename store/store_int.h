@@ -1,0 +1,115 @@
+/*
+ * store/store_int.h — what the files of the store share; internal to store/ (nothing outside includes it).
+ *
+ * The store is two files over one sqlite database:
+ *   store/store.c    connections (one writer behind a mutex, a pool of readers), open and close, the
+ *                    runtime reads and writes of store.h, backup, stats;
+ *   store/schema.c   the schema as a list of migrations (creation is migration 0 -> 1), the upgrades of
+ *                    older files, and the integrity checks run at open.
+ * Internal functions are prefixed st_. Every one that fails writes a message "store <file>: ..." into
+ * err (when err is not NULL) and returns an MA_E* code (core/error.h).
+ */
+#ifndef MA_STORE_INT_H
+#define MA_STORE_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <sqlite3.h>
+
+#include "store/store.h"
+
+#define MA_SCHEMA       2
+#define BLOCK           64              /* events per row of event_blocks (part of the schema) */
+#define MA_APP_ID       0x6D41744E      /* 'mAtN' */
+#define MAX_READERS     16
+
+enum { BLOB_BACKBONE = 0, BLOB_SLOTS = 1, BLOB_ARCHIVE = 2, N_BLOBS };
+
+/* The cached prepared statements of every connection (SQL in store.c's stmt_sql). */
+enum {
+    ST_BEGIN, ST_BEGIN_IMMEDIATE, ST_COMMIT, ST_ROLLBACK,
+    ST_SID, ST_INSERT_SESSION, ST_PUT_BLOCK, ST_GET_BLOCK, ST_PUT_PAYLOAD, ST_PUT_BLOB, ST_UPDATE_SESSION,
+    ST_DELETE_SESSION, ST_LOAD_SESSION, ST_LOAD_BLOBS, ST_BLOB_SIZES, ST_LIST, ST_BLOCKS, ST_PAYLOADS, ST_PAYLOAD,
+    N_STMTS
+};
+
+typedef struct conn conn;
+
+struct conn {
+    sqlite3 *db;
+    sqlite3_stmt *st[N_STMTS];
+    struct conn *next_free;
+};
+
+struct ma_store {
+    char *path;                 /* the file (or memdb name) shown in messages */
+    char *uri;                  /* what sqlite3_open_v2 gets */
+    int open_flags;
+    const char *vfs;            /* NULL: default */
+    ma_store_options opt;
+    bool readonly;
+    int lock_fd;                /* <dir>/memattn.lock, flock'd while open (-1: none) */
+
+    pthread_mutex_t wlock;      /* the writer connection and its transaction */
+    conn *writer;
+
+    pthread_mutex_t rlock;      /* the reader pool */
+    pthread_cond_t rfree;
+    conn *readers[MAX_READERS];
+    size_t n_readers;
+    conn *free_list;
+
+    _Atomic uint64_t commits, failures, commit_ns, commit_ns_max, events_written, events_read;
+};
+
+/* ---- store.c: helpers and connections ---- */
+
+/* printf into err (NULL or errlen 0: nothing). */
+void st_seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Records sqlite's message for a failed call `what` of db (NULL: from rc) and returns the MA_E* code. */
+int st_fail_db(ma_store *st, sqlite3 *db, int rc, char *err, size_t errlen, const char *what);
+
+/* Opens a connection with the store's URI, flags and VFS and sets its pragmas (reader: query_only and a
+ * small page cache). st_conn_close(NULL) is a no-op. */
+int st_conn_open(ma_store *st, bool reader, conn **out, char *err, size_t errlen);
+void st_conn_close(conn *c);
+
+/* The cached prepared statement i of c (prepared on first use); NULL with the message in err. */
+sqlite3_stmt *st_stmt(ma_store *st, conn *c, int i, char *err, size_t errlen);
+
+/* Runs cached statement i, which returns no rows (BEGIN/COMMIT/...). SQLITE_OK or the sqlite code. */
+int st_run(ma_store *st, conn *c, int i, char *err, size_t errlen);
+
+/* Rolls back whatever transaction c has open (after a failure; its own failure is moot). */
+void st_rollback(ma_store *st, conn *c);
+
+/* sqlite3_exec of sql on c; 0 or the mapped code with `what` in the message. */
+int st_exec_sql(ma_store *st, conn *c, const char *sql, char *err, size_t errlen, const char *what);
+
+/* Runs a one-row, one-column statement (a pragma) and copies its text result (no row: ""). */
+int st_pragma_text(ma_store *st, conn *c, const char *sql, char *out, size_t outlen, char *err, size_t errlen);
+
+/* Writes (or rewrites) block `block` of session sid: n events of kb key and vb value bytes each. */
+int st_put_block(ma_store *st, conn *c, int64_t sid, uint64_t block, size_t n, const void *k, size_t kb,
+                 const void *v, size_t vb, char *err, size_t errlen);
+
+/* Writes the payload row of event idx of session sid (len bytes of p, -1: up to its NUL). */
+int st_put_payload(ma_store *st, conn *c, int64_t sid, uint64_t idx, const char *p, int len, char *err,
+                   size_t errlen);
+
+/* ---- schema.c: schema, upgrades, integrity ---- */
+
+/* Brings the writer's database to schema MA_SCHEMA: creates it when empty, runs the missing
+ * migrations in one transaction; refuses a newer version or another application's file (MA_ECORRUPT),
+ * and an upgrade in a read-only directory (MA_EIO). */
+int st_migrate(ma_store *st, char *err, size_t errlen);
+
+/* The open-time integrity checks of docs/STORE.md (quick_check beside the row checks). MA_ECORRUPT for
+ * a damaged file, MA_EIO when it cannot be read. */
+int st_check_integrity(ma_store *st, char *err, size_t errlen);
+
+#endif
