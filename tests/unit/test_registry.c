@@ -1,5 +1,5 @@
 /*
- * tests/unit/test_registry.c — server/registry.c over a real sqlite store (store/) and the real core:
+ * tests/unit/test_registry.c — registry/registry.c over a real sqlite store (store/) and the real core:
  * a failed commit (fault-injection VFS) leaves the session as stored (it is reloaded, the failed change
  * is gone, the next change works); parallel readers of an unloaded session load it once; the memory
  * budget pages out and unloads sessions without changing their answers.
@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
-#include "server/registry.h"
+#include "registry/registry.h"
 #include "store/store.h"
 #include "store/store_fault.h"
 
