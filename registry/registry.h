@@ -6,11 +6,11 @@
  * computes. Handlers reach the store only through here (sessions, listings, summaries, deletes,
  * backups), and the registry never calls back up into server/: dependencies go one way,
  *   server -> registry -> store, core.
- * The registry is a cache of loaded sessions in front of the store. A session is loaded on first use (ma_session_restore over the stored blobs, with the
- * archive's chunks and the events' payloads paged from the store), reference-counted while a job uses
- * it, and kept resident while the resident bytes of all loaded sessions fit the memory budget (--memory).
- * Resident bytes are what core counts (ma_session_stats.bytes: backbone, slots, archive with its chunk
- * cache and index, payloads), re-measured whenever a job releases the session. Over budget, unused
+ * The registry is a cache of loaded sessions in front of the store. A session is loaded on first use
+ * (ma_session_restore over the stored blobs, with the archive's chunks and the events' payloads paged
+ * from the store), reference-counted while a job uses it, and kept resident while the resident bytes of
+ * all loaded sessions fit the memory budget (--memory). Resident bytes are what core counts
+ * (ma_session_stats.bytes: backbone, slots, archive with its chunk cache and index, payloads), re-measured whenever a job releases the session. Over budget, unused
  * sessions first have their archive chunks paged out and their chunk caches emptied (they keep answering,
  * reading chunks back through a small cache), then are unloaded, least recently used first; freed memory
  * is handed back to the OS (malloc_trim). Neither loses anything: every mutation was committed before it
@@ -29,8 +29,8 @@
  * Threads: every function may be called from any worker thread. The registry's map and LRU list are
  * under one mutex, never held across store I/O or compute; loading a session is serialised per session
  * (two parallel reads of an unloaded session load it once). The caller orders jobs per session id
- * (server/worker.h): mutations of one session never run alongside anything else of that session, which
- * is what the core requires.
+ * (in the daemon, the worker pool's per-key ordering): mutations of one session never run alongside
+ * anything else of that session, which is what the core requires.
  *
  * A session's config is stored as text written and read by registry/params_text.h (not by the REST
  * codec); archive chunks and payloads are paged back through registry/pager.h.
