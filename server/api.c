@@ -236,6 +236,7 @@ static int slot_error(job *j, int rc)
     case MA_EPRECOND:   return job_error(j, rc, NULL, "If-Match: slot %s's current version differs", j->name);
     case MA_EFULL:      return job_error(j, rc, NULL, "every resident slot is protected; unprotect or evict one first");
     case MA_EINVAL:     return job_error(j, rc, NULL, "slot %s: invalid input", j->name);
+    case MA_ENOMEM:     return job_error(j, rc, NULL, "out of memory");
     default:            return job_store_fail(j, rc, "reading the archive", NULL);
     }
 }
