@@ -21,6 +21,7 @@
 #include "core/error.h"
 #include "registry/pager.h"
 #include "registry/params_text.h"
+#include "store/store.h"
 
 struct reg_session {
     char id[MA_MAX_NAME + 1];

@@ -46,7 +46,9 @@
 
 #include "core/params.h"
 #include "core/session.h"
-#include "store/store.h"
+
+/* The store's handle (store/store.h), opaque here: users of the registry never see the store's API. */
+typedef struct ma_store ma_store;
 
 typedef struct reg_registry reg_registry;
 typedef struct reg_session reg_session;   /* one session known to the registry (loaded or loading) */
