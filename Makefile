@@ -10,7 +10,7 @@
 #   make deps       install the Debian packages the project needs (apt-get, as root)
 #   make V=1 ...    show the commands
 #
-# Sources are found by directory: every core/*.c, config/*.c, store/*.c and server/*.c goes into
+# Sources are found by directory: every core/*.c, config/*.c, store/*.c, registry/*.c and server/*.c goes into
 # $(BUILD)/libmemattn.a (server/main.c only into the daemon), every tests/unit/test_*.c and
 # tests/e2e/test_*.c is its own test binary, every bench/*.c with a main() is its own benchmark.
 # Test-only code is in tests/support/: the fault-injection VFS (store_fault.c) is linked into the unit
@@ -49,7 +49,7 @@ CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP $(OPT)
 CFLAGS_ALL  = $(CFLAGS_BASE) -I. -I$(LLHTTP_INC) $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS_ALL  = $(PKG_LIBS) -lm -lpthread $(LDSAN) $(LDLIBS)
 
-LIB_SRC   = $(filter-out server/main.c,$(wildcard core/*.c config/*.c store/*.c server/*.c))
+LIB_SRC   = $(filter-out server/main.c,$(wildcard core/*.c config/*.c store/*.c registry/*.c server/*.c))
 LIB_OBJ   = $(LIB_SRC:%.c=$(BUILD)/%.o)
 LLHTTP_OBJ= $(patsubst $(LLHTTP_DIR)/%.c,$(BUILD)/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c))
 LIB       = $(BUILD)/libmemattn.a

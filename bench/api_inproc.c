@@ -20,7 +20,7 @@
 
 #include "core/error.h"
 #include "core/session.h"
-#include "server/registry.h"
+#include "registry/registry.h"
 #include "store/store.h"
 
 static uint64_t rng = 42;

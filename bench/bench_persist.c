@@ -31,6 +31,7 @@
 #include "core/archive.h"
 #include "core/error.h"
 #include "core/session.h"
+#include "registry/pager.h"
 #include "store/store.h"
 
 #define DIM 64
@@ -126,9 +127,9 @@ static void build(const char *dir, uint64_t events, size_t batch, int meta_every
         die("create", rc, err);
     if ((rc = ma_session_create(&p, &s)))
         die("session", rc, NULL);
-    ma_store_pager pager = {.st = st, .id = "big", .chunk = (size_t)p.chunk, .k_floats = DIM, .v_floats = DIM};
-    ma_chunk_source src = {ma_store_pager_chunk, &pager};
-    if ((rc = ma_archive_set_source(ma_session_archive(s), src, 64)))
+    reg_pager pager;
+    reg_pager_init(&pager, st, "big", &p, NULL);
+    if ((rc = ma_archive_set_source(ma_session_archive(s), reg_pager_chunks(&pager), 64)))
         die("set_source", rc, NULL);
     float *k = malloc(batch * DIM * sizeof(float)), *v = malloc(batch * DIM * sizeof(float));
     ma_event *ev = calloc(batch, sizeof *ev);
@@ -202,9 +203,10 @@ static void restart(const char *dir, size_t cache, int queries)
     ma_store_session row;
     if ((rc = ma_store_session_load(st, "big", &row, err, sizeof err)))
         die("load", rc, err);
-    ma_store_pager pager = {.st = st, .id = "big", .chunk = (size_t)p.chunk, .k_floats = DIM, .v_floats = DIM};
-    ma_chunk_source chunks = {ma_store_pager_chunk, &pager};
-    ma_payload_source payloads = {ma_store_pager_payload, &pager};
+    reg_pager pager;
+    reg_pager_init(&pager, st, "big", &p, NULL);
+    ma_chunk_source chunks = reg_pager_chunks(&pager);
+    ma_payload_source payloads = reg_pager_payloads(&pager);
     ma_session *s;
     rc = ma_session_restore(&p, row.backbone.data, row.backbone.len, row.slots_blob.data, row.slots_blob.len,
                             row.archive_meta.data, row.archive_meta.len, chunks, cache, payloads, &s);

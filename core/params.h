@@ -2,9 +2,10 @@
  * core/params.h — a session's configuration (the "config" object of the REST API).
  *
  * A plain value type: every module of core/ is created from one. Defaults and ranges are those of the
- * config object of docs/API.md (docs/openapi.yaml); ma_params_validate() is the single place that checks them,
- * so the server, the store and the tests agree on what a valid config is. JSON (de)coding of this struct
- * lives in the server; this header has no I/O.
+ * "config" object of docs/API.md; ma_params_validate() is the single place that checks them, so the
+ * server, the registry and the tests agree on what a valid config is. Text forms live outside core: the
+ * REST codec (server/codec.c) decodes request bodies and encodes answers, the registry
+ * (registry/params_text.c) writes and reads the text stored with a session. This header has no I/O.
  */
 #ifndef MA_PARAMS_H
 #define MA_PARAMS_H

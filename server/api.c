@@ -1,28 +1,27 @@
 /*
- * server/api.c — the REST handlers of docs/API.md (/v1/...): sessions, events, queries,
- * slot verbs, and POST /v1/admin/backup.
+ * server/api.c — the REST handlers of docs/API.md (/v1/...): sessions, events, queries, slot verbs, and
+ * POST /v1/admin/backup.
  *
  * Design. Every /v1 handler does only cheap work on the loop thread: it checks the path's id and slot
  * name, reads query parameters and headers, and submits one job to the worker pool keyed by the session
  * id — SRV_JOB_SHARED for reads (GET, queries), SRV_JOB_EXCLUSIVE for mutations — so jobs of one session
  * take effect in arrival order, mutations alone, reads of different sessions in parallel. The job (a
- * worker thread) parses the JSON body, validates it whole through server/codec.c, takes the session
- * from the registry (loading it from the store on first use), calls the core, commits a mutation to the
- * store (reg_commit) and prints the response. The completion callback (loop thread) only sends it.
- * So JSON parsing, compute and store I/O never run on the loop thread, and a 2xx to a mutation is sent
- * after its transaction committed. A failed commit answers 503 `storage_error` and the session is reloaded
- * from the store on next use (server/registry.h), so memory never diverges from what is stored.
+ * worker thread) only orchestrates: the codec (server/codec.c) parses and validates the whole body, the
+ * registry (registry/registry.h) gives the session (loading it from the store on first use), the core
+ * computes, the registry commits a mutation to the store (reg_commit), the codec builds the answer. The
+ * completion callback (loop thread) only sends it. So JSON parsing, compute and store I/O never run on
+ * the loop thread, and a 2xx to a mutation is sent after its transaction committed. A failed commit
+ * answers 503 `storage_error` and the session is reloaded from the store on next use, so memory never
+ * diverges from what is stored. The registry is the handlers' only way to the store.
  *
- * Error codes: those of API.md; 503 `storage_error` for store failures (disk full, read-only, I/O, corrupt
- * data) is this implementation's addition to the 503 row.
+ * Errors: the status and API.md code of every failure of the core or the registry come from the codec's
+ * one table (codec_status_of); the handlers only word the message. 503 `storage_error` for store failures
+ * (disk full, read-only, I/O, corrupt data) is this implementation's addition to the 503 row.
  *
- * Bodies are parsed on the workers, not the loop thread, so a 1 MB batch does not stall every other
- * connection. One wart of that: libcjson records the position of a parse error in a process-wide
- * variable as well as in the return_parse_end pointer we use; two workers failing to parse at the same
- * moment both write it (a benign race on a value nobody reads).
+ * State: one `api` context, created by api_init and passed to every route as its user data; no globals.
  *
- * Not done here: HTTP parsing, limits, auth, Content-Type (server/), validation rules (codec.c), the
- * attention maths (core/), SQL (store/).
+ * Not done here: HTTP parsing, limits, auth, Content-Type (server/), JSON and validation rules (codec.c),
+ * the attention maths (core/), sessions and persistence (registry/, store/).
  */
 #include "server/api.h"
 
@@ -34,23 +33,20 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
 #include "core/error.h"
 #include "core/featurize.h"
 #include "core/session.h"
+#include "registry/registry.h"
 #include "server/codec.h"
 #include "server/log.h"
-#include "server/registry.h"
-#include "store/store.h"
 
 #define MAX_EVENTS_PER_BATCH  65536
 #define MAX_QUERIES_PER_BATCH 4096
 #define LIST_DEFAULT_LIMIT    100
 #define LIST_MAX_LIMIT        1000
-#define CACHE_CHUNKS          128     /* archive chunks cached per paged session */
 
 typedef enum {
     OP_SESSION_CREATE, OP_SESSION_PUT, OP_SESSION_LIST, OP_SESSION_GET, OP_SESSION_DELETE,
@@ -60,9 +56,19 @@ typedef enum {
     OP_BACKUP,
 } op_kind;
 
+struct api {
+    reg_registry *reg;                /* borrowed (main.c) */
+    srv_pool *pool;
+    srv_metric_child *sessions_loaded, *memory_bytes, *events_ingested, *commit_seconds, *commit_failures;
+    srv_metric_child *routes[MA_ROUTE_WINDOW + 1];
+    srv_metric_child *loads, *unloads;
+    srv_metric_child *memory_budget, *chunk_loads, *paged_out;   /* the session cache (registry) */
+};
+
 /* One request's work. Filled on the loop thread, run on a worker, answered and freed on the loop thread. */
 typedef struct {
     op_kind op;
+    api *api;
     srv_request *req;                 /* loop thread only */
     char id[MA_MAX_NAME + 1];         /* session id ("" for list/backup) */
     char name[MA_MAX_NAME + 1];       /* slot name */
@@ -82,16 +88,6 @@ typedef struct {
     char location[160];               /* Location of a created session, "" if none */
 } job;
 
-static struct {
-    ma_store *store;
-    reg_registry *reg;
-    srv_pool *pool;
-    srv_metric_child *sessions_loaded, *memory_bytes, *events_ingested, *commit_seconds, *commit_failures;
-    srv_metric_child *routes[MA_ROUTE_WINDOW + 1];
-    srv_metric_child *loads, *unloads;
-    srv_metric_child *memory_budget, *chunk_loads, *paged_out;   /* the session cache (registry) */
-} api;
-
 /* ---- small helpers --------------------------------------------------------------------------- */
 
 static int64_t now_ms(void)
@@ -101,15 +97,34 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static void job_vfail(job *j, int status, const char *code, const char *fmt, va_list ap)
+{
+    j->status = status;
+    j->code = code;
+    vsnprintf(j->message, sizeof j->message, fmt, ap);
+}
+
 static int job_fail(job *j, int status, const char *code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 static int job_fail(job *j, int status, const char *code, const char *fmt, ...)
 {
     va_list ap;
-    j->status = status;
-    j->code = code;
     va_start(ap, fmt);
-    vsnprintf(j->message, sizeof j->message, fmt, ap);
+    job_vfail(j, status, code, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Fails the job with the status and code of rc (codec_status_of; `missing` words an MA_ENOTFOUND). */
+static int job_error(job *j, int rc, const char *missing, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static int job_error(job *j, int rc, const char *missing, const char *fmt, ...)
+{
+    const char *code;
+    int status = codec_status_of(rc, missing, &code);
+    va_list ap;
+    va_start(ap, fmt);
+    job_vfail(j, status, code, fmt, ap);
     va_end(ap);
     return -1;
 }
@@ -119,12 +134,13 @@ static int job_codec_fail(job *j, const codec_error *e)
     return job_fail(j, 400, e->code, "%s", e->message);
 }
 
-/* Store and load failures: 503 with the store's message; out of memory: 503 overloaded. */
+/* A failure of the store (through the registry): 503 storage_error with the store's message, whatever
+ * the code, except out of memory (503 overloaded). */
 static int job_store_fail(job *j, int rc, const char *what, const char *msg)
 {
     if (rc == MA_ENOMEM)
-        return job_fail(j, 503, "overloaded", "%s: out of memory", what);
-    return job_fail(j, 503, "storage_error", "%s: %s", what, msg && *msg ? msg : ma_strerror(rc));
+        return job_error(j, rc, NULL, "%s: out of memory", what);
+    return job_error(j, MA_EIO, NULL, "%s: %s", what, msg && *msg ? msg : ma_strerror(rc));
 }
 
 /* Takes ownership of o; prints it as the response body. */
@@ -145,28 +161,12 @@ static void set_etag(job *j, uint64_t version)
     snprintf(j->etag, sizeof j->etag, "\"%llu\"", (unsigned long long)version);
 }
 
-/* Parses the body; an empty body gives *out NULL. */
+/* Parses the body (codec_parse_body); an empty body gives *out NULL. */
 static int parse_body(job *j, cJSON **out)
 {
-    const char *end = NULL;
-    *out = NULL;
-    size_t i = 0;
-    while (i < j->body_len && (j->body[i] == ' ' || j->body[i] == '\t' || j->body[i] == '\r' || j->body[i] == '\n'))
-        i++;
-    if (i == j->body_len)
-        return 0;
-    *out = cJSON_ParseWithLengthOpts(j->body, j->body_len, &end, 0);
-    if (!*out)
-        return job_fail(j, 400, "bad_json", "the body is not valid JSON (error at byte %zu)",
-                        end && end >= j->body ? (size_t)(end - j->body) : (size_t)0);
-    /* Only whitespace may follow the value. */
-    for (const char *p = end; p && p < j->body + j->body_len; p++)
-        if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
-            cJSON_Delete(*out);
-            *out = NULL;
-            return job_fail(j, 400, "bad_json", "the body is not valid JSON (trailing data at byte %zu)",
-                            (size_t)(p - j->body));
-        }
+    codec_error ce;
+    if (codec_parse_body(j->body, j->body_len, out, &ce))
+        return job_codec_fail(j, &ce);
     return 0;
 }
 
@@ -200,72 +200,52 @@ static void embed(const char *text, size_t len, int dim, float *out)
 static int acquire(job *j, reg_session **s)
 {
     char err[256] = "";
-    int rc = reg_acquire(api.reg, j->id, s, err, sizeof err);
+    int rc = reg_acquire(j->api->reg, j->id, s, err, sizeof err);
     if (rc == 0)
         return 0;
     if (rc == MA_ENOTFOUND)
-        return job_fail(j, 404, "no_session", "session %s does not exist", j->id);
+        return job_error(j, rc, "no_session", "session %s does not exist", j->id);
     return job_store_fail(j, rc, "loading the session", err);
+}
+
+static void release(job *j, reg_session *s)
+{
+    if (s)
+        reg_release(j->api->reg, s);
 }
 
 static int commit(job *j, reg_session *s, const reg_change *c)
 {
     char err[256] = "";
-    int rc = reg_commit(api.reg, s, c, now_ms(), err, sizeof err);
+    int rc = reg_commit(j->api->reg, s, c, now_ms(), err, sizeof err);
     if (rc == 0)
         return 0;
     srv_log(CFG_LOG_ERROR, "commit of session %s failed: %s", j->id, err);
     return job_store_fail(j, rc, "the change was not stored (nothing applied)", err);
 }
 
-/* Maps a core error of a slot verb. */
-static int slot_fail(job *j, int rc)
+/* Words the failure rc of a slot verb on slot j->name (status and code: job_error's table). */
+static int slot_error(job *j, int rc)
 {
     switch (rc) {
-    case MA_ENOTFOUND:  return job_fail(j, 404, "no_slot", "slot %s is not resident in session %s", j->name, j->id);
-    case MA_ENOVERSION: return job_fail(j, 404, "no_version", "slot %s has no such version", j->name);
-    case MA_EEXISTS:    return job_fail(j, 409, "exists", "slot %s exists (use PUT to overwrite it)", j->name);
-    case MA_EPROTECTED: return job_fail(j, 423, "protected", "slot %s is protected", j->name);
-    case MA_ECONFLICT:  return job_fail(j, 409, "version_conflict",
-                                        "version: must be greater than slot %s's current version", j->name);
-    case MA_EPRECOND:   return job_fail(j, 412, "precondition_failed",
-                                        "If-Match: slot %s's current version differs", j->name);
-    case MA_EFULL:      return job_fail(j, 409, "slots_full",
-                                        "every resident slot is protected; unprotect or evict one first");
-    case MA_EINVAL:     return job_fail(j, 400, "bad_request", "slot %s: invalid input", j->name);
-    case MA_ENOMEM:     return job_fail(j, 503, "overloaded", "out of memory");
+    case MA_ENOTFOUND:  return job_error(j, rc, "no_slot", "slot %s is not resident in session %s", j->name, j->id);
+    case MA_ENOVERSION: return job_error(j, rc, NULL, "slot %s has no such version", j->name);
+    case MA_EEXISTS:    return job_error(j, rc, NULL, "slot %s exists (use PUT to overwrite it)", j->name);
+    case MA_EPROTECTED: return job_error(j, rc, NULL, "slot %s is protected", j->name);
+    case MA_ECONFLICT:  return job_error(j, rc, NULL, "version: must be greater than slot %s's current version", j->name);
+    case MA_EPRECOND:   return job_error(j, rc, NULL, "If-Match: slot %s's current version differs", j->name);
+    case MA_EFULL:      return job_error(j, rc, NULL, "every resident slot is protected; unprotect or evict one first");
+    case MA_EINVAL:     return job_error(j, rc, NULL, "slot %s: invalid input", j->name);
+    case MA_ENOMEM:     return job_error(j, rc, NULL, "out of memory");
     default:            return job_store_fail(j, rc, "reading the archive", NULL);
     }
 }
 
-static cJSON *slot_result_json(const char *name, const ma_slot_result *res)
-{
-    cJSON *o = cJSON_CreateObject();
-    if (o && (!cJSON_AddStringToObject(o, "name", name) ||
-              !cJSON_AddNumberToObject(o, "version", (double)res->version) ||
-              (res->evicted && !cJSON_AddStringToObject(o, "evicted", res->evicted_name)))) {
-        cJSON_Delete(o);
-        return NULL;
-    }
-    return o;
-}
-
 /* ---- sessions -------------------------------------------------------------------------------- */
-
-static cJSON *session_created_json(const char *id, const ma_params *p)
-{
-    cJSON *o = cJSON_CreateObject(), *c = codec_params_to_json(p);
-    if (!o || !c || !cJSON_AddStringToObject(o, "id", id)) {
-        cJSON_Delete(o);
-        cJSON_Delete(c);
-        return NULL;
-    }
-    cJSON_AddItemToObject(o, "config", c);
-    return o;
-}
 
 static int do_session_create(job *j)
 {
+    reg_registry *reg = j->api->reg;
     cJSON *body = NULL;
     codec_error ce;
     ma_params p;
@@ -280,137 +260,66 @@ static int do_session_create(job *j)
     if (rc)
         return job_codec_fail(j, &ce);
     if (j->op == OP_SESSION_PUT) {
-        rc = reg_acquire(api.reg, j->id, &s, err, sizeof err);
+        rc = reg_acquire(reg, j->id, &s, err, sizeof err);
         if (rc == 0) {
             bool same = ma_params_equal(reg_params(s), &p);
-            cJSON *o = same ? session_created_json(j->id, reg_params(s)) : NULL;
-            reg_release(api.reg, s);
+            cJSON *o = same ? codec_session_to_json(j->id, reg_params(s)) : NULL;
+            reg_release(reg, s);
             if (!same)
-                return job_fail(j, 409, "exists", "session %s exists with another config", j->id);
+                return job_error(j, MA_EEXISTS, NULL, "session %s exists with another config", j->id);
             return job_ok(j, 200, o);
         }
         if (rc != MA_ENOTFOUND)
             return job_store_fail(j, rc, "loading the session", err);
     }
-    rc = reg_create_session(api.reg, j->id, &p, now_ms(), &s, err, sizeof err);
+    rc = reg_create_session(reg, j->id, &p, now_ms(), &s, err, sizeof err);
     if (rc == MA_EEXISTS)
-        return job_fail(j, 409, "exists", "session %s exists", j->id);
+        return job_error(j, rc, NULL, "session %s exists", j->id);
     if (rc)
         return job_store_fail(j, rc, "creating the session", err);
-    reg_release(api.reg, s);
+    reg_release(reg, s);
     snprintf(j->location, sizeof j->location, "/v1/sessions/%s", j->id);
-    return job_ok(j, 201, session_created_json(j->id, &p));
+    return job_ok(j, 201, codec_session_to_json(j->id, &p));
 }
 
 static int do_session_list(job *j)
 {
-    ma_store_session *rows = NULL;
+    reg_listing *l = NULL;
     size_t n = 0;
     char err[256] = "";
-    int rc = ma_store_session_list(api.store, j->after[0] ? j->after : NULL, j->limit, &rows, &n, err, sizeof err);
+    int rc = reg_list(j->api->reg, j->after, j->limit, &l, &n, err, sizeof err);
     if (rc)
         return job_store_fail(j, rc, "listing sessions", err);
-    cJSON *o = cJSON_CreateObject(), *a = o ? cJSON_AddArrayToObject(o, "sessions") : NULL;
-    bool ok = a != NULL;
-    for (size_t i = 0; i < n; i++) {
-        cJSON *x = ok ? cJSON_CreateObject() : NULL;
-        char t1[40], t2[40];
-        codec_time_format(rows[i].created_at, t1, sizeof t1);
-        codec_time_format(rows[i].updated_at, t2, sizeof t2);
-        ok = x && cJSON_AddItemToArray(a, x) && cJSON_AddStringToObject(x, "id", rows[i].id) &&
-             cJSON_AddNumberToObject(x, "length", (double)rows[i].length) &&
-             cJSON_AddNumberToObject(x, "slots", (double)rows[i].slots) &&
-             cJSON_AddStringToObject(x, "created_at", t1) && cJSON_AddStringToObject(x, "updated_at", t2);
-    }
     /* "next": pass as ?after= for the following page; present only when this page is full. */
-    if (ok && n == j->limit && n > 0)
-        ok = cJSON_AddStringToObject(o, "next", rows[n - 1].id) != NULL;
-    for (size_t i = 0; i < n; i++)
-        ma_store_session_clear(&rows[i]);
-    free(rows);
-    if (!ok) {
-        cJSON_Delete(o);
-        o = NULL;
-    }
-    return job_ok(j, 200, o);
-}
-
-static cJSON *doubles_json(const double *x, size_t n)
-{
-    cJSON *a = cJSON_CreateArray();
-    for (size_t i = 0; a && i < n; i++) {
-        cJSON *v = cJSON_CreateNumber(x[i]);
-        if (!v || !cJSON_AddItemToArray(a, v)) {
-            cJSON_Delete(v);
-            cJSON_Delete(a);
-            return NULL;
-        }
-    }
-    return a;
+    rc = job_ok(j, 200, codec_session_list_to_json(l, n, n == j->limit && n > 0 ? l[n - 1].id : NULL));
+    free(l);
+    return rc;
 }
 
 static int do_session_get(job *j)
 {
     reg_session *s;
-    ma_session_stats st;
-    ma_store_session row = {0};
+    reg_summary sm;
     char err[256] = "";
     if (acquire(j, &s))
         return -1;
-    int rc = ma_session_stats_get(reg_core(s), &st);
+    int rc = reg_summary_get(j->api->reg, s, &sm, err, sizeof err);
     if (rc) {
-        reg_release(api.reg, s);
-        return job_fail(j, 503, "overloaded", "out of memory");
-    }
-    rc = ma_store_session_summary(api.store, j->id, &row, err, sizeof err);
-    if (rc) {
-        ma_session_stats_clear(&st);
-        reg_release(api.reg, s);
+        release(j, s);
         return job_store_fail(j, rc, "reading the stored session", err);
     }
-    const ma_params *p = reg_params(s);
-    char t1[40], t2[40];
-    codec_time_format(reg_created_at(s), t1, sizeof t1);
-    codec_time_format(reg_updated_at(s), t2, sizeof t2);
-    cJSON *o = cJSON_CreateObject(), *cfg = codec_params_to_json(p), *bb = cJSON_CreateObject();
-    cJSON *sn = doubles_json(st.state_norm, (size_t)p->heads), *pn = doubles_json(st.penalty_norm, (size_t)p->heads);
-    bool ok = o && cfg && bb && sn && pn && cJSON_AddStringToObject(o, "id", j->id);
-    if (ok) {
-        cJSON_AddItemToObject(o, "config", cfg);
-        cfg = NULL;
-        ok = cJSON_AddNumberToObject(o, "length", (double)st.length) &&
-             cJSON_AddNumberToObject(o, "chunks", (double)st.chunks) &&
-             cJSON_AddNumberToObject(o, "slots_resident", (double)st.slots_resident) &&
-             cJSON_AddNumberToObject(o, "bytes", (double)st.bytes) &&
-             cJSON_AddNumberToObject(o, "stored_bytes", (double)row.stored_bytes);
-    }
-    if (ok) {
-        cJSON_AddItemToObject(bb, "state_norm", sn);
-        cJSON_AddItemToObject(bb, "penalty_norm", pn);
-        cJSON_AddItemToObject(o, "backbone", bb);
-        sn = pn = bb = NULL;
-        ok = cJSON_AddStringToObject(o, "created_at", t1) && cJSON_AddStringToObject(o, "updated_at", t2);
-    }
-    cJSON_Delete(cfg);
-    cJSON_Delete(bb);
-    cJSON_Delete(sn);
-    cJSON_Delete(pn);
-    if (!ok) {
-        cJSON_Delete(o);
-        o = NULL;
-    }
-    ma_store_session_clear(&row);
-    ma_session_stats_clear(&st);
-    reg_release(api.reg, s);
-    return job_ok(j, 200, o);
+    rc = job_ok(j, 200, codec_session_summary_to_json(j->id, &sm));
+    reg_summary_clear(&sm);
+    release(j, s);
+    return rc;
 }
 
 static int do_session_delete(job *j)
 {
     char err[256] = "";
-    int rc = reg_delete(api.reg, j->id, err, sizeof err);
+    int rc = reg_delete(j->api->reg, j->id, err, sizeof err);
     if (rc == MA_ENOTFOUND)
-        return job_fail(j, 404, "no_session", "session %s does not exist", j->id);
+        return job_error(j, rc, "no_session", "session %s does not exist", j->id);
     if (rc)
         return job_store_fail(j, rc, "deleting the session", err);
     j->status = 204;
@@ -442,13 +351,12 @@ static int do_events(job *j)
     uint64_t first = ma_archive_length(ma_session_archive(core));
     int irc = ma_session_ingest(core, ev.n, ev.ev, now_ms(), &rep);
     if (irc == MA_EFULL) {
-        rc = job_fail(j, 409, "slots_full", "a slot write in this batch needs a free slot, but every resident "
-                      "slot is protected; nothing was applied");
+        rc = job_error(j, irc, NULL, "a slot write in this batch needs a free slot, but every resident "
+                       "slot is protected; nothing was applied");
         goto done;
     }
     if (irc) {
-        rc = job_fail(j, irc == MA_ENOMEM ? 503 : 400, irc == MA_ENOMEM ? "overloaded" : "bad_request",
-                      "the batch was refused: %s; nothing was applied", ma_strerror(irc));
+        rc = job_error(j, irc, NULL, "the batch was refused: %s; nothing was applied", ma_strerror(irc));
         goto done;
     }
     if (ev.n) {
@@ -460,21 +368,40 @@ static int do_events(job *j)
                         .slots = slots};
         if (commit(j, s, &c))
             goto done;
-        srv_metric_child_add(api.events_ingested, (int64_t)ev.n);
+        srv_metric_child_add(j->api->events_ingested, (int64_t)ev.n);
     }
     rc = job_ok(j, 200, codec_ingest_report_to_json(&rep));
 done:
     ma_ingest_report_clear(&rep);
     codec_events_clear(&ev);
     cJSON_Delete(body);
-    if (s)
-        reg_release(api.reg, s);
+    release(j, s);
     return rc;
+}
+
+/* Words the failure qrc of queries[i]. */
+static int query_error(job *j, size_t i, const ma_query *q, int qrc)
+{
+    switch (qrc) {
+    case MA_ENOVERSION:
+        return job_error(j, qrc, NULL, "queries[%zu]: slot %s has no version %llu", i, q->slot,
+                         (unsigned long long)q->version);
+    case MA_ENOTFOUND:
+        if (q->route == MA_ROUTE_SLOT || !q->q)
+            return job_error(j, qrc, "no_slot", "queries[%zu]: no resident slot %s%s", i,
+                             q->slot ? q->slot : "matches the query",
+                             q->slot ? "" : " (cosine below route_threshold)");
+        return job_error(j, qrc, NULL, "queries[%zu]: the session has no events to attend over", i);
+    case MA_EINVAL:
+        return job_error(j, qrc, NULL, "queries[%zu]: this route needs a query vector", i);
+    default:
+        return job_store_fail(j, qrc, "reading the archive", NULL);
+    }
 }
 
 static int do_query(job *j)
 {
-    cJSON *body = NULL, *out = NULL, *arr;
+    cJSON *body = NULL, *out = NULL;
     codec_queries qs = {0};
     codec_shape sh;
     codec_error ce;
@@ -491,38 +418,24 @@ static int do_query(job *j)
         rc = job_codec_fail(j, &ce);
         goto done;
     }
-    if (!(vbuf = malloc(sizeof(float) * vn)) || !(out = cJSON_CreateObject()) ||
-        !(arr = cJSON_AddArrayToObject(out, "results"))) {
-        rc = job_fail(j, 503, "overloaded", "out of memory");
+    if (!(vbuf = malloc(sizeof(float) * vn)) || !(out = codec_results_new())) {
+        rc = job_error(j, MA_ENOMEM, NULL, "out of memory");
         goto done;
     }
     for (size_t i = 0; i < qs.n; i++) {
         ma_answer a = {.v = vbuf};
-        const ma_query *q = &qs.q[i];
-        int qrc = ma_session_query(reg_core(s), q, &a);
+        int qrc = ma_session_query(reg_core(s), &qs.q[i], &a);
         if (qrc) {
             ma_answer_clear(&a);
-            if (qrc == MA_ENOVERSION)
-                rc = job_fail(j, 404, "no_version", "queries[%zu]: slot %s has no version %llu", i, q->slot,
-                              (unsigned long long)q->version);
-            else if (qrc == MA_ENOTFOUND && (q->route == MA_ROUTE_SLOT || !q->q))
-                rc = job_fail(j, 404, "no_slot", "queries[%zu]: no resident slot %s%s", i,
-                              q->slot ? q->slot : "matches the query", q->slot ? "" : " (cosine below route_threshold)");
-            else if (qrc == MA_ENOTFOUND)
-                rc = job_fail(j, 404, "not_found", "queries[%zu]: the session has no events to attend over", i);
-            else if (qrc == MA_EINVAL)
-                rc = job_fail(j, 400, "bad_request", "queries[%zu]: this route needs a query vector", i);
-            else
-                rc = job_store_fail(j, qrc, "reading the archive", NULL);
+            rc = query_error(j, i, &qs.q[i], qrc);
             goto done;
         }
-        cJSON *r = codec_answer_to_json(&a, vn);
         if (a.route >= 0 && a.route <= MA_ROUTE_WINDOW)
-            srv_metric_child_add(api.routes[a.route], 1);
+            srv_metric_child_add(j->api->routes[a.route], 1);
+        qrc = codec_results_add(out, &a, vn);
         ma_answer_clear(&a);
-        if (!r || !cJSON_AddItemToArray(arr, r)) {
-            cJSON_Delete(r);
-            rc = job_fail(j, 503, "overloaded", "out of memory");
+        if (qrc) {
+            rc = job_error(j, qrc, NULL, "out of memory");
             goto done;
         }
     }
@@ -533,8 +446,7 @@ done:
     cJSON_Delete(out);
     codec_queries_clear(&qs);
     cJSON_Delete(body);
-    if (s)
-        reg_release(api.reg, s);
+    release(j, s);
     return rc;
 }
 
@@ -548,23 +460,12 @@ static int do_slot_list(job *j)
     if (acquire(j, &s))
         return -1;
     int rc = ma_session_slot_list(reg_core(s), &si, &n);
-    reg_release(api.reg, s);
+    release(j, s);
     if (rc)
-        return job_fail(j, 503, "overloaded", "out of memory");
-    cJSON *o = cJSON_CreateObject(), *a = o ? cJSON_AddArrayToObject(o, "slots") : NULL;
-    bool ok = a != NULL;
-    for (size_t i = 0; ok && i < n; i++) {
-        cJSON *x = codec_slot_info_to_json(&si[i]);
-        ok = x && cJSON_AddItemToArray(a, x);
-        if (!ok)
-            cJSON_Delete(x);
-    }
+        return job_error(j, rc, NULL, "out of memory");
+    rc = job_ok(j, 200, codec_slot_list_to_json(si, n));
     free(si);
-    if (!ok) {
-        cJSON_Delete(o);
-        o = NULL;
-    }
-    return job_ok(j, 200, o);
+    return rc;
 }
 
 /* write (POST .../slots) and overwrite (PUT .../slots/{name}) */
@@ -595,19 +496,18 @@ static int do_slot_write(job *j)
     int vrc = put ? ma_session_slot_overwrite(reg_core(s), &in, b.version, j->if_match, now_ms(), &res)
                   : ma_session_slot_write(reg_core(s), &in, now_ms(), &res);
     if (vrc) {
-        rc = slot_fail(j, vrc);
+        rc = slot_error(j, vrc);
         goto done;
     }
     reg_change c = {.slots = true};
     if (commit(j, s, &c))
         goto done;
     set_etag(j, res.version);
-    rc = job_ok(j, put && !res.created ? 200 : 201, slot_result_json(b.name, &res));
+    rc = job_ok(j, put && !res.created ? 200 : 201, codec_slot_result_to_json(b.name, &res));
 done:
     codec_slot_body_clear(&b);
     cJSON_Delete(body);
-    if (s)
-        reg_release(api.reg, s);
+    release(j, s);
     return rc;
 }
 
@@ -620,20 +520,20 @@ static int do_slot_get(job *j)
     const ma_params *p = reg_params(s);
     int rc = ma_session_slot_read(reg_core(s), j->name, j->version, &sv);
     if (rc) {
-        reg_release(api.reg, s);
+        release(j, s);
         if (rc == MA_ENOVERSION)
-            return job_fail(j, 404, "no_version", "slot %s has no version %llu (or it is an eviction marker)",
-                            j->name, (unsigned long long)j->version);
+            return job_error(j, rc, NULL, "slot %s has no version %llu (or it is an eviction marker)", j->name,
+                             (unsigned long long)j->version);
         if (rc == MA_ENOTFOUND)
-            return job_fail(j, 404, "no_slot", j->version ? "slot %s was never written in session %s"
+            return job_error(j, rc, "no_slot", j->version ? "slot %s was never written in session %s"
                                                           : "slot %s is not resident in session %s", j->name, j->id);
-        return slot_fail(j, rc);
+        return slot_error(j, rc);
     }
     cJSON *o = codec_slot_value_to_json(&sv, (size_t)p->heads * p->dim, (size_t)p->heads * p->value_dim);
     if (!j->version)
         set_etag(j, sv.info.version);
     ma_slot_value_clear(&sv);
-    reg_release(api.reg, s);
+    release(j, s);
     return job_ok(j, 200, o);
 }
 
@@ -645,25 +545,14 @@ static int do_slot_versions(job *j)
     if (acquire(j, &s))
         return -1;
     int rc = ma_session_slot_history(reg_core(s), j->name, &vi, &n);
-    reg_release(api.reg, s);
+    release(j, s);
     if (rc == MA_ENOTFOUND)
-        return job_fail(j, 404, "no_slot", "slot %s was never written in session %s", j->name, j->id);
+        return job_error(j, rc, "no_slot", "slot %s was never written in session %s", j->name, j->id);
     if (rc)
-        return slot_fail(j, rc);
-    cJSON *o = cJSON_CreateObject(), *a = o ? cJSON_AddArrayToObject(o, "versions") : NULL;
-    bool ok = a != NULL;
-    for (size_t i = 0; ok && i < n; i++) {
-        cJSON *x = codec_version_info_to_json(&vi[i]);
-        ok = x && cJSON_AddItemToArray(a, x);
-        if (!ok)
-            cJSON_Delete(x);
-    }
+        return slot_error(j, rc);
+    rc = job_ok(j, 200, codec_versions_to_json(vi, n));
     free(vi);
-    if (!ok) {
-        cJSON_Delete(o);
-        o = NULL;
-    }
-    return job_ok(j, 200, o);
+    return rc;
 }
 
 /* restore, protect/unprotect, evict: small bodies, one verb, a commit of the slot table. */
@@ -672,32 +561,24 @@ static int do_slot_verb(job *j)
     cJSON *body = NULL;
     reg_session *s = NULL;
     ma_slot_result res = {0};
+    codec_error ce;
     uint64_t version = 0;
     bool protect = false;
     int rc = -1, vrc;
 
-    if (j->op == OP_SLOT_RESTORE || j->op == OP_SLOT_PATCH) {
-        const char *field = j->op == OP_SLOT_RESTORE ? "version" : "protected";
-        char expected[64];
-        snprintf(expected, sizeof expected, "{\"%s\": %s}", field, j->op == OP_SLOT_RESTORE ? "n" : "true|false");
-        if (need_body(j, &body, expected))
+    if (j->op == OP_SLOT_RESTORE) {
+        if (need_body(j, &body, "{\"version\": n}"))
             goto done;
-        if (!cJSON_IsObject(body) || !body->child || body->child->next || strcmp(body->child->string, field) != 0) {
-            rc = job_fail(j, 400, "bad_request", "expected exactly %s", expected);
+        if (codec_restore_decode(body, &version, &ce)) {
+            rc = job_codec_fail(j, &ce);
             goto done;
         }
-        if (j->op == OP_SLOT_RESTORE) {
-            codec_error ce;
-            if (codec_get_uint(body, "version", 1, UINT64_MAX, "", &version, &ce) < 0) {
-                rc = job_codec_fail(j, &ce);
-                goto done;
-            }
-        } else {
-            if (!cJSON_IsBool(body->child)) {
-                rc = job_fail(j, 400, "bad_request", "protected: expected true or false");
-                goto done;
-            }
-            protect = cJSON_IsTrue(body->child);
+    } else if (j->op == OP_SLOT_PATCH) {
+        if (need_body(j, &body, "{\"protected\": true|false}"))
+            goto done;
+        if (codec_protect_decode(body, &protect, &ce)) {
+            rc = job_codec_fail(j, &ce);
+            goto done;
         }
     }
     if (acquire(j, &s))
@@ -710,12 +591,12 @@ static int do_slot_verb(job *j)
     }
     if (vrc) {
         if (vrc == MA_ENOVERSION)
-            rc = job_fail(j, 404, "no_version", "slot %s has no version %llu to restore (or it is an eviction "
-                          "marker)", j->name, (unsigned long long)version);
+            rc = job_error(j, vrc, NULL, "slot %s has no version %llu to restore (or it is an eviction "
+                           "marker)", j->name, (unsigned long long)version);
         else if (vrc == MA_ENOTFOUND && j->op == OP_SLOT_RESTORE)
-            rc = job_fail(j, 404, "no_slot", "slot %s was never written in session %s", j->name, j->id);
+            rc = job_error(j, vrc, "no_slot", "slot %s was never written in session %s", j->name, j->id);
         else
-            rc = slot_fail(j, vrc);
+            rc = slot_error(j, vrc);
         goto done;
     }
     reg_change c = {.slots = true};
@@ -726,23 +607,19 @@ static int do_slot_verb(job *j)
         rc = 0;
     } else if (j->op == OP_SLOT_RESTORE) {
         set_etag(j, res.version);
-        rc = job_ok(j, 200, slot_result_json(j->name, &res));
+        rc = job_ok(j, 200, codec_slot_result_to_json(j->name, &res));
     } else {
+        /* The change is committed; only the answer can still fail (then 503 overloaded, like any answer). */
         ma_slot_value sv = {0};
         cJSON *o = NULL;
-        if (ma_session_slot_read(reg_core(s), j->name, 0, &sv) == 0 && (o = cJSON_CreateObject())) {
-            cJSON_AddStringToObject(o, "name", j->name);
-            cJSON_AddNumberToObject(o, "version", (double)sv.info.version);
-            cJSON_AddBoolToObject(o, "protected", sv.info.protect);
+        if (ma_session_slot_read(reg_core(s), j->name, 0, &sv) == 0 && (o = codec_slot_protect_to_json(&sv.info)))
             set_etag(j, sv.info.version);
-        }
         ma_slot_value_clear(&sv);
         rc = job_ok(j, 200, o);
     }
 done:
     cJSON_Delete(body);
-    if (s)
-        reg_release(api.reg, s);
+    release(j, s);
     return rc;
 }
 
@@ -751,34 +628,23 @@ done:
 static int do_backup(job *j)
 {
     cJSON *body = NULL;
+    codec_error ce;
+    const char *path;
     char err[256] = "";
     int rc = -1;
     if (need_body(j, &body, "{\"path\": \"/absolute/file.db\"}"))
         goto done;
-    const cJSON *p = cJSON_GetObjectItemCaseSensitive(body, "path");
-    if (!cJSON_IsObject(body) || !cJSON_IsString(p) || body->child->next) {
-        rc = job_fail(j, 400, "bad_request", "expected exactly {\"path\": \"/absolute/file.db\"}");
+    if (codec_backup_decode(body, &path, &ce)) {
+        rc = job_codec_fail(j, &ce);
         goto done;
     }
-    if (p->valuestring[0] != '/') {
-        rc = job_fail(j, 400, "bad_request", "path: \"%.200s\" is not absolute", p->valuestring);
-        goto done;
-    }
-    if (access(p->valuestring, F_OK) == 0) {
-        rc = job_fail(j, 409, "exists", "path: %.200s exists; backups never overwrite a file", p->valuestring);
-        goto done;
-    }
-    int brc = ma_store_backup(api.store, p->valuestring, err, sizeof err);
-    if (brc) {
+    int brc = reg_backup(j->api->reg, path, err, sizeof err);
+    if (brc == MA_EEXISTS)
+        rc = job_error(j, brc, NULL, "%s", err);
+    else if (brc)
         rc = job_store_fail(j, brc, "backup", err);
-        goto done;
-    }
-    cJSON *o = cJSON_CreateObject();
-    if (o && (!cJSON_AddStringToObject(o, "path", p->valuestring))) {
-        cJSON_Delete(o);
-        o = NULL;
-    }
-    rc = job_ok(j, 200, o);
+    else
+        rc = job_ok(j, 200, codec_backup_to_json(path));
 done:
     cJSON_Delete(body);
     return rc;
@@ -809,18 +675,18 @@ static void job_work(void *arg)
     }
 }
 
-static void update_gauges(void)
+static void update_gauges(api *a)
 {
     reg_stats st;
-    reg_stats_get(api.reg, &st);
-    srv_metric_child_set(api.sessions_loaded, (int64_t)st.loaded);
-    srv_metric_child_set(api.memory_bytes, (int64_t)st.bytes);
+    reg_stats_get(a->reg, &st);
+    srv_metric_child_set(a->sessions_loaded, (int64_t)st.loaded);
+    srv_metric_child_set(a->memory_bytes, (int64_t)st.bytes);
     /* counters only grow: add the difference since the last update (loop thread only) */
-    srv_metric_child_add(api.loads, (int64_t)st.loads - srv_metric_child_value(api.loads));
-    srv_metric_child_add(api.unloads, (int64_t)st.unloads - srv_metric_child_value(api.unloads));
-    srv_metric_child_set(api.memory_budget, (int64_t)st.budget);
-    srv_metric_child_add(api.chunk_loads, (int64_t)st.chunk_loads - srv_metric_child_value(api.chunk_loads));
-    srv_metric_child_add(api.paged_out, (int64_t)st.paged_out_bytes - srv_metric_child_value(api.paged_out));
+    srv_metric_child_add(a->loads, (int64_t)st.loads - srv_metric_child_value(a->loads));
+    srv_metric_child_add(a->unloads, (int64_t)st.unloads - srv_metric_child_value(a->unloads));
+    srv_metric_child_set(a->memory_budget, (int64_t)st.budget);
+    srv_metric_child_add(a->chunk_loads, (int64_t)st.chunk_loads - srv_metric_child_value(a->chunk_loads));
+    srv_metric_child_add(a->paged_out, (int64_t)st.paged_out_bytes - srv_metric_child_value(a->paged_out));
 }
 
 static void job_done(void *arg, int status)
@@ -839,7 +705,7 @@ static void job_done(void *arg, int status)
             srv_resp_header(j->req, "Location", j->location);
         srv_respond_raw(j->req, j->status, "application/json", j->out, strlen(j->out));
     }
-    update_gauges();
+    update_gauges(j->api);
     cJSON_free(j->out);
     free(j);
 }
@@ -863,7 +729,7 @@ static int query_uint(srv_request *req, const char *name, uint64_t lo, uint64_t 
 }
 
 /* Creates the job for req with its path parameters checked; NULL when the request was answered. */
-static job *job_new(srv_request *req, op_kind op)
+static job *job_new(srv_request *req, void *ud, op_kind op)
 {
     const char *id = srv_req_param(req, "id"), *name = srv_req_param(req, "name");
     if (id && !ma_name_valid(id)) {
@@ -882,6 +748,7 @@ static job *job_new(srv_request *req, op_kind op)
         return NULL;
     }
     j->op = op;
+    j->api = ud;
     j->req = req;
     if (id)
         snprintf(j->id, sizeof j->id, "%s", id);
@@ -894,7 +761,7 @@ static job *job_new(srv_request *req, op_kind op)
 
 static void submit(job *j, srv_job_mode mode)
 {
-    int rc = srv_pool_submit(api.pool, j->id[0] ? j->id : NULL, mode, job_work, job_done, j);
+    int rc = srv_pool_submit(j->api->pool, j->id[0] ? j->id : NULL, mode, job_work, job_done, j);
     if (rc) {
         srv_respond_error(j->req, 503, "overloaded", "the work queue is full, retry later");
         free(j);
@@ -923,8 +790,7 @@ static int new_id(char *out, size_t len)
 
 static void h_session_create(srv_request *req, void *ud)
 {
-    (void)ud;
-    job *j = job_new(req, OP_SESSION_CREATE);
+    job *j = job_new(req, ud, OP_SESSION_CREATE);
     if (!j)
         return;
     if (new_id(j->id, sizeof j->id)) {
@@ -937,7 +803,6 @@ static void h_session_create(srv_request *req, void *ud)
 
 static void h_session_list(srv_request *req, void *ud)
 {
-    (void)ud;
     uint64_t limit = LIST_DEFAULT_LIMIT;
     if (query_uint(req, "limit", 1, LIST_MAX_LIMIT, &limit) < 0)
         return;
@@ -946,7 +811,7 @@ static void h_session_list(srv_request *req, void *ud)
         srv_respond_error(req, 400, "bad_name", "?after=%.64s is not a valid session id", after);
         return;
     }
-    job *j = job_new(req, OP_SESSION_LIST);
+    job *j = job_new(req, ud, OP_SESSION_LIST);
     if (!j)
         return;
     j->limit = (size_t)limit;
@@ -958,8 +823,7 @@ static void h_session_list(srv_request *req, void *ud)
 #define SIMPLE_HANDLER(fn, op, mode)                  \
     static void fn(srv_request *req, void *ud)        \
     {                                                 \
-        (void)ud;                                     \
-        job *j = job_new(req, op);                    \
+        job *j = job_new(req, ud, op);                \
         if (j)                                        \
             submit(j, mode);                          \
     }
@@ -979,7 +843,6 @@ SIMPLE_HANDLER(h_backup, OP_BACKUP, SRV_JOB_SHARED)
 
 static void h_slot_put(srv_request *req, void *ud)
 {
-    (void)ud;
     uint64_t if_match = 0;
     const char *im = srv_req_header(req, "If-Match");
     if (im) {
@@ -997,7 +860,7 @@ static void h_slot_put(srv_request *req, void *ud)
         }
         if_match = x;
     }
-    job *j = job_new(req, OP_SLOT_PUT);
+    job *j = job_new(req, ud, OP_SLOT_PUT);
     if (!j)
         return;
     j->if_match = if_match;
@@ -1006,11 +869,10 @@ static void h_slot_put(srv_request *req, void *ud)
 
 static void h_slot_get(srv_request *req, void *ud)
 {
-    (void)ud;
     uint64_t version = 0;
     if (query_uint(req, "version", 1, UINT64_MAX, &version) < 0)
         return;
-    job *j = job_new(req, OP_SLOT_GET);
+    job *j = job_new(req, ud, OP_SLOT_GET);
     if (!j)
         return;
     j->version = version;
@@ -1021,13 +883,13 @@ static void h_slot_get(srv_request *req, void *ud)
 
 static void on_commit(void *ctx, double seconds, int rc)
 {
-    (void)ctx;
-    srv_metric_child_observe(api.commit_seconds, seconds);
+    api *a = ctx;
+    srv_metric_child_observe(a->commit_seconds, seconds);
     if (rc)
-        srv_metric_child_add(api.commit_failures, 1);
+        srv_metric_child_add(a->commit_failures, 1);
 }
 
-static int register_metrics(srv_metrics *m)
+static int register_metrics(api *a, srv_metrics *m)
 {
     static const double commit_bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                            0.05, 0.1, 0.25, 1};
@@ -1050,22 +912,22 @@ static int register_metrics(srv_metrics *m)
                                         "Archive chunk bytes dropped from memory under the budget (pages out)", NULL);
     if (!loaded || !mem || !ev || !rt || !cs || !cf || !ld || !ul || !mb || !cl || !po)
         return MA_ENOMEM;
-    api.memory_budget = srv_metric_child_get(mb, NULL);
-    api.chunk_loads = srv_metric_child_get(cl, NULL);
-    api.paged_out = srv_metric_child_get(po, NULL);
-    api.sessions_loaded = srv_metric_child_get(loaded, NULL);
-    api.memory_bytes = srv_metric_child_get(mem, NULL);
-    api.events_ingested = srv_metric_child_get(ev, NULL);
-    api.commit_seconds = srv_metric_child_get(cs, NULL);
-    api.commit_failures = srv_metric_child_get(cf, NULL);
-    api.loads = srv_metric_child_get(ld, NULL);
-    api.unloads = srv_metric_child_get(ul, NULL);
+    a->memory_budget = srv_metric_child_get(mb, NULL);
+    a->chunk_loads = srv_metric_child_get(cl, NULL);
+    a->paged_out = srv_metric_child_get(po, NULL);
+    a->sessions_loaded = srv_metric_child_get(loaded, NULL);
+    a->memory_bytes = srv_metric_child_get(mem, NULL);
+    a->events_ingested = srv_metric_child_get(ev, NULL);
+    a->commit_seconds = srv_metric_child_get(cs, NULL);
+    a->commit_failures = srv_metric_child_get(cf, NULL);
+    a->loads = srv_metric_child_get(ld, NULL);
+    a->unloads = srv_metric_child_get(ul, NULL);
     for (int r = MA_ROUTE_SLOT; r <= MA_ROUTE_WINDOW; r++)
-        api.routes[r] = srv_metric_child_get(rt, ma_route_name((ma_route)r));
+        a->routes[r] = srv_metric_child_get(rt, ma_route_name((ma_route)r));
     return 0;
 }
 
-int api_init(const cfg_config *cfg, srv_server *srv, char *err, size_t errlen)
+int api_init(const api_deps *deps, api **out, char *err, size_t errlen)
 {
     static const struct {
         const char *method, *tmpl;
@@ -1088,36 +950,41 @@ int api_init(const cfg_config *cfg, srv_server *srv, char *err, size_t errlen)
         {"POST", "/v1/sessions/{id}/slots/{name}/restore", h_slot_restore},
         {"POST", "/v1/admin/backup", h_backup},
     };
+    api *a;
     int rc;
 
-    memset(&api, 0, sizeof api);
-    if ((rc = ma_store_open(cfg->data_dir, &api.store, err, errlen)) != 0)
-        goto fail;
-    reg_options ro = {.store = api.store, .memory_budget = cfg->memory, .cache_chunks = CACHE_CHUNKS,
-                      .on_commit = on_commit};
-    if ((rc = reg_create(&ro, &api.reg)) != 0) {
-        snprintf(err, errlen, "cannot create the session registry: %s", ma_strerror(rc));
-        goto fail;
+    *out = NULL;
+    if (!deps || !deps->srv || !deps->reg) {
+        snprintf(err, errlen, "the API needs a server and a session registry");
+        return MA_EINVAL;
     }
-    api.pool = srv_server_pool(srv);
-    if ((rc = register_metrics(srv_server_metrics(srv))) != 0) {
+    if (!(a = calloc(1, sizeof *a))) {
+        snprintf(err, errlen, "out of memory");
+        return MA_ENOMEM;
+    }
+    a->reg = deps->reg;
+    a->pool = srv_server_pool(deps->srv);
+    if ((rc = register_metrics(a, srv_server_metrics(deps->srv))) != 0) {
         snprintf(err, errlen, "cannot register the API's metrics");
         goto fail;
     }
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
-        if ((rc = srv_route_add(srv_server_router(srv), routes[i].method, routes[i].tmpl, routes[i].h, NULL)) != 0) {
+        if ((rc = srv_route_add(srv_server_router(deps->srv), routes[i].method, routes[i].tmpl, routes[i].h, a)) != 0) {
             snprintf(err, errlen, "cannot register %s %s: %s", routes[i].method, routes[i].tmpl, ma_strerror(rc));
             goto fail;
         }
+    reg_observe_commits(a->reg, on_commit, a);
+    *out = a;
     return 0;
 fail:
-    api_shutdown();
+    free(a);
     return rc;
 }
 
-void api_shutdown(void)
+void api_shutdown(api *a)
 {
-    reg_destroy(api.reg);
-    ma_store_close(api.store);
-    memset(&api, 0, sizeof api);
+    if (!a)
+        return;
+    reg_observe_commits(a->reg, NULL, NULL);
+    free(a);
 }

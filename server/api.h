@@ -1,23 +1,33 @@
 /*
  * server/api.h — the REST API of memattn (/v1/...), plugged into the server.
  *
- * main() calls api_init() once after the server is created and before it listens, and api_shutdown()
- * once after the server has drained (no request in flight, the worker pool stopped).
+ * main() builds what the API stands on (the store, the session registry over it) and hands it to
+ * api_init() once after the server is created and before it runs; api_shutdown() once after the server
+ * has drained (no request in flight, the worker pool stopped), before the registry and the store are
+ * closed. The API owns none of its dependencies.
  */
 #ifndef SRV_API_H
 #define SRV_API_H
 
 #include <stddef.h>
 
-#include "config/config.h"
+#include "registry/registry.h"
 #include "server/server.h"
 
-/* Opens what the API needs (the store under cfg->data_dir, the session cache of cfg->memory bytes),
- * registers the /v1 routes on srv_server_router(srv) and its metrics on srv_server_metrics(srv).
- * Returns 0, or a negative MA_E* code with a message in err (main exits with status 1). */
-int api_init(const cfg_config *cfg, srv_server *srv, char *err, size_t errlen);
+typedef struct api api;
 
-/* Releases everything api_init acquired (closes the store). Safe if api_init failed or never ran. */
-void api_shutdown(void);
+/* What the API uses; borrowed, and must outlive it. */
+typedef struct {
+    srv_server *srv;          /* routes go on srv_server_router, metrics on srv_server_metrics, jobs on its pool */
+    reg_registry *reg;        /* every session, listing, delete and backup goes through here */
+} api_deps;
+
+/* Registers the /v1 routes and the API's metrics, and observes the registry's commits (metrics).
+ * Returns 0 with *out the API's context (the routes' user data), or a negative MA_E* code with a
+ * message in err (main exits with status 1). */
+int api_init(const api_deps *deps, api **out, char *err, size_t errlen);
+
+/* Frees the API's context. NULL is a no-op. No request of the API may be in flight. */
+void api_shutdown(api *a);
 
 #endif

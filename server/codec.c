@@ -1,10 +1,12 @@
 /*
- * server/codec.c — JSON <-> core structs (see server/codec.h for the design and contracts).
+ * server/codec.c — the REST bodies: JSON <-> core and registry structs (see server/codec.h for the
+ * design and contracts).
  *
  * Every decoder follows one shape: check the object's members against the accepted names (unknown or
  * duplicate → 400), then each field's JSON type, then its value; the first problem found is reported
  * with its full path ("queries[2].route") and nothing is returned. Batch buffers are allocated once for
- * the whole batch.
+ * the whole batch. Every encoder checks every cJSON_Add* and returns NULL (freeing what it built) when
+ * one fails.
  */
 #include "server/codec.h"
 
@@ -34,6 +36,65 @@ int codec_fail(codec_error *err, const char *code, const char *fmt, ...)
         va_end(ap);
     }
     return MA_EINVAL;
+}
+
+/* ---- request bodies and errors ---------------------------------------------------------------- */
+
+static bool json_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+int codec_parse_body(const char *body, size_t len, cJSON **out, codec_error *err)
+{
+    const char *end = NULL;
+    size_t i = 0;
+    *out = NULL;
+    while (i < len && json_space(body[i]))
+        i++;
+    if (i == len)
+        return 0;
+    /* libcjson also records an error's position in a process-wide variable; two workers failing at once
+     * both write it (a benign race on a value nobody reads: `end` is ours). */
+    *out = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    if (!*out)
+        return codec_fail(err, "bad_json", "the body is not valid JSON (error at byte %zu)",
+                          end && end >= body ? (size_t)(end - body) : (size_t)0);
+    /* Only whitespace may follow the value. */
+    for (const char *p = end; p && p < body + len; p++)
+        if (!json_space(*p)) {
+            cJSON_Delete(*out);
+            *out = NULL;
+            return codec_fail(err, "bad_json", "the body is not valid JSON (trailing data at byte %zu)",
+                              (size_t)(p - body));
+        }
+    return 0;
+}
+
+static const struct {
+    int rc, status;
+    const char *code;
+} status_table[] = {
+    {MA_EINVAL, 400, "bad_request"},
+    {MA_ENOTFOUND, 404, "not_found"},
+    {MA_ENOVERSION, 404, "no_version"},
+    {MA_EEXISTS, 409, "exists"},
+    {MA_ECONFLICT, 409, "version_conflict"},
+    {MA_EFULL, 409, "slots_full"},
+    {MA_EPRECOND, 412, "precondition_failed"},
+    {MA_EPROTECTED, 423, "protected"},
+    {MA_ENOMEM, 503, "overloaded"},
+};
+
+int codec_status_of(int rc, const char *missing, const char **code)
+{
+    for (size_t i = 0; i < sizeof status_table / sizeof status_table[0]; i++)
+        if (status_table[i].rc == rc) {
+            *code = rc == MA_ENOTFOUND && missing ? missing : status_table[i].code;
+            return status_table[i].status;
+        }
+    *code = "storage_error";   /* MA_EIO, MA_ECORRUPT, MA_EBUSY, anything else: the store */
+    return 503;
 }
 
 void codec_shape_from_params(codec_shape *sh, const ma_params *p, codec_embed_fn embed)
@@ -914,4 +975,182 @@ fail:
     cJSON_Delete(empty);
     codec_slot_body_clear(&b);
     return MA_EINVAL;
+}
+
+/* ---- small bodies: restore, protect, backup ------------------------------------------------------ */
+
+/* body is exactly {"<field>": ...}; expected is the message's spelling of the whole body. */
+static int only_member(const cJSON *body, const char *field, const char *expected, codec_error *err)
+{
+    if (!cJSON_IsObject(body) || !body->child || body->child->next || !body->child->string ||
+        strcmp(body->child->string, field) != 0)
+        return codec_fail(err, "bad_request", "expected exactly %s", expected);
+    return 0;
+}
+
+int codec_restore_decode(const cJSON *body, uint64_t *version, codec_error *err)
+{
+    if (only_member(body, "version", "{\"version\": n}", err))
+        return MA_EINVAL;
+    return codec_get_uint(body, "version", 1, UINT64_MAX, "", version, err) < 0 ? MA_EINVAL : 0;
+}
+
+int codec_protect_decode(const cJSON *body, bool *protect, codec_error *err)
+{
+    if (only_member(body, "protected", "{\"protected\": true|false}", err))
+        return MA_EINVAL;
+    if (!cJSON_IsBool(body->child))
+        return codec_fail(err, "bad_request", "protected: expected true or false");
+    *protect = cJSON_IsTrue(body->child);
+    return 0;
+}
+
+int codec_backup_decode(const cJSON *body, const char **path, codec_error *err)
+{
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(body, "path");
+    if (!cJSON_IsObject(body) || !cJSON_IsString(p) || body->child->next)
+        return codec_fail(err, "bad_request", "expected exactly {\"path\": \"/absolute/file.db\"}");
+    if (p->valuestring[0] != '/')
+        return codec_fail(err, "bad_request", "path: \"%.200s\" is not absolute", p->valuestring);
+    *path = p->valuestring;
+    return 0;
+}
+
+/* ---- answers ------------------------------------------------------------------------------------- */
+
+/* Frees o and returns NULL unless ok. */
+static cJSON *built(cJSON *o, bool ok)
+{
+    if (ok)
+        return o;
+    cJSON_Delete(o);
+    return NULL;
+}
+
+/* Adds item to o as field (taking it); false, with item freed, if item is NULL or cannot be added. */
+static bool add_item(cJSON *o, const char *field, cJSON *item)
+{
+    if (!item)
+        return false;
+    if (!cJSON_AddItemToObject(o, field, item)) {
+        cJSON_Delete(item);
+        return false;
+    }
+    return true;
+}
+
+/* Appends item to array a (taking it); false, with item freed, if item is NULL or cannot be added. */
+static bool push(cJSON *a, cJSON *item)
+{
+    if (!item)
+        return false;
+    if (!cJSON_AddItemToArray(a, item)) {
+        cJSON_Delete(item);
+        return false;
+    }
+    return true;
+}
+
+static cJSON *doubles_json(const double *x, size_t n)
+{
+    cJSON *a = cJSON_CreateArray();
+    bool ok = a != NULL;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = push(a, cJSON_CreateNumber(x[i]));
+    return built(a, ok);
+}
+
+cJSON *codec_session_to_json(const char *id, const ma_params *p)
+{
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o && cJSON_AddStringToObject(o, "id", id) && add_item(o, "config", codec_params_to_json(p));
+    return built(o, ok);
+}
+
+cJSON *codec_session_list_to_json(const reg_listing *l, size_t n, const char *next)
+{
+    cJSON *o = cJSON_CreateObject(), *a = o ? cJSON_AddArrayToObject(o, "sessions") : NULL;
+    bool ok = a != NULL;
+    for (size_t i = 0; ok && i < n; i++) {
+        cJSON *x = cJSON_CreateObject();
+        ok = push(a, x) && cJSON_AddStringToObject(x, "id", l[i].id) &&
+             cJSON_AddNumberToObject(x, "length", (double)l[i].length) &&
+             cJSON_AddNumberToObject(x, "slots", (double)l[i].slots) && add_time(x, "created_at", l[i].created_at) &&
+             add_time(x, "updated_at", l[i].updated_at);
+    }
+    if (ok && next)
+        ok = cJSON_AddStringToObject(o, "next", next) != NULL;
+    return built(o, ok);
+}
+
+cJSON *codec_session_summary_to_json(const char *id, const reg_summary *sm)
+{
+    const ma_params *p = sm->params;
+    const ma_session_stats *st = &sm->stats;
+    cJSON *o = cJSON_CreateObject(), *bb = NULL;
+    bool ok = o && cJSON_AddStringToObject(o, "id", id) && add_item(o, "config", codec_params_to_json(p)) &&
+              cJSON_AddNumberToObject(o, "length", (double)st->length) &&
+              cJSON_AddNumberToObject(o, "chunks", (double)st->chunks) &&
+              cJSON_AddNumberToObject(o, "slots_resident", (double)st->slots_resident) &&
+              cJSON_AddNumberToObject(o, "bytes", (double)st->bytes) &&
+              cJSON_AddNumberToObject(o, "stored_bytes", (double)sm->stored_bytes) &&
+              (bb = cJSON_CreateObject()) && add_item(o, "backbone", bb) &&
+              add_item(bb, "state_norm", doubles_json(st->state_norm, (size_t)p->heads)) &&
+              add_item(bb, "penalty_norm", doubles_json(st->penalty_norm, (size_t)p->heads)) &&
+              add_time(o, "created_at", sm->created_at) && add_time(o, "updated_at", sm->updated_at);
+    return built(o, ok);
+}
+
+cJSON *codec_backup_to_json(const char *path)
+{
+    cJSON *o = cJSON_CreateObject();
+    return built(o, o && cJSON_AddStringToObject(o, "path", path));
+}
+
+cJSON *codec_results_new(void)
+{
+    cJSON *o = cJSON_CreateObject();
+    return built(o, o && cJSON_AddArrayToObject(o, "results"));
+}
+
+int codec_results_add(cJSON *results, const ma_answer *a, size_t value_len)
+{
+    cJSON *arr = cJSON_GetObjectItemCaseSensitive(results, "results");
+    return arr && push(arr, codec_answer_to_json(a, value_len)) ? 0 : MA_ENOMEM;
+}
+
+cJSON *codec_slot_list_to_json(const ma_slot_info *si, size_t n)
+{
+    cJSON *o = cJSON_CreateObject(), *a = o ? cJSON_AddArrayToObject(o, "slots") : NULL;
+    bool ok = a != NULL;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = push(a, codec_slot_info_to_json(&si[i]));
+    return built(o, ok);
+}
+
+cJSON *codec_versions_to_json(const ma_version_info *vi, size_t n)
+{
+    cJSON *o = cJSON_CreateObject(), *a = o ? cJSON_AddArrayToObject(o, "versions") : NULL;
+    bool ok = a != NULL;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = push(a, codec_version_info_to_json(&vi[i]));
+    return built(o, ok);
+}
+
+cJSON *codec_slot_result_to_json(const char *name, const ma_slot_result *res)
+{
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o && cJSON_AddStringToObject(o, "name", name) &&
+              cJSON_AddNumberToObject(o, "version", (double)res->version) &&
+              (!res->evicted || cJSON_AddStringToObject(o, "evicted", res->evicted_name));
+    return built(o, ok);
+}
+
+cJSON *codec_slot_protect_to_json(const ma_slot_info *si)
+{
+    cJSON *o = cJSON_CreateObject();
+    bool ok = o && cJSON_AddStringToObject(o, "name", si->name) &&
+              cJSON_AddNumberToObject(o, "version", (double)si->version) &&
+              cJSON_AddBoolToObject(o, "protected", si->protect);
+    return built(o, ok);
 }

@@ -1,7 +1,10 @@
 /*
- * server/codec.h — JSON <-> core structs for the REST API (docs/API.md).
+ * server/codec.h — the REST bodies: JSON <-> core and registry structs for the API of docs/API.md.
  *
- * Design: the codec is pure translation and validation. Decoders take a parsed cJSON tree and either
+ * Design: the codec is pure translation and validation, and everything of the API that is JSON: parsing
+ * a request body (codec_parse_body), decoding and validating it, building every answer, and the one table
+ * from MA_E* codes to HTTP statuses and API.md error codes (codec_status_of). server/api.c only
+ * orchestrates (decode -> registry/core -> encode). Decoders take a parsed cJSON tree and either
  * fill a core struct completely or fail with a codec_error that carries API.md's error code and a
  * message naming the element and field, what was wrong and what was expected, e.g.
  *   dim_mismatch  "events[3].k: expected 64 numbers (heads*dim), got 63".
@@ -16,8 +19,9 @@
  * round-trips float32 exactly, as one raw array (faster and shorter than cJSON's per-number printing).
  * Payloads are stored and returned as JSON text verbatim (cJSON raw items), never re-parsed.
  *
- * Not here: HTTP, sessions, the store. The codec allocates with malloc and does no I/O; all functions
- * are thread-safe (no shared state).
+ * Not here: HTTP framing, sessions, the store, and the config text stored with a session (that is the
+ * registry's, registry/params_text.h). The codec allocates with malloc and does no I/O; all functions are
+ * thread-safe (no shared state).
  */
 #ifndef SRV_CODEC_H
 #define SRV_CODEC_H
@@ -30,10 +34,11 @@
 
 #include "core/params.h"
 #include "core/session.h"
+#include "registry/registry.h"
 
 typedef struct {
-    const char *code;     /* API.md error code (static string): bad_request, dim_mismatch, non_finite,
-                             bad_name, bad_config */
+    const char *code;     /* API.md error code (static string): bad_json, bad_request, dim_mismatch,
+                             non_finite, bad_name, bad_config */
     char message[384];    /* what was wrong, where, what was expected */
 } codec_error;
 
@@ -47,6 +52,20 @@ typedef struct {
 } codec_shape;
 
 void codec_shape_from_params(codec_shape *sh, const ma_params *p, codec_embed_fn embed);
+
+/* ---- request bodies and errors ----------------------------------------------------------------- */
+
+/* Parses a request body (len bytes) as one JSON document. 0 with *out the document (cJSON_Delete it), or
+ * 0 with *out NULL when the body is empty or only whitespace; MA_EINVAL with bad_json and the byte offset
+ * of the error (or of data after the value). Non-finite numbers (1e999 parses as inf) are the decoders'
+ * to reject. */
+int codec_parse_body(const char *body, size_t len, cJSON **out, codec_error *err);
+
+/* The one table of the API's failures: the HTTP status of an MA_E* code from the core or the registry,
+ * with its API.md code in *code. MA_ENOTFOUND is 404 with the code `missing` names ("no_session",
+ * "no_slot"; NULL: "not_found"); MA_ENOMEM is 503 overloaded; MA_EIO, MA_ECORRUPT, MA_EBUSY and any
+ * unknown code are 503 storage_error (this implementation's addition to API.md's 503 row). */
+int codec_status_of(int rc, const char *missing, const char **code);
 
 /* ---- base64 (RFC 4648, standard alphabet, padding required) ------------------------------------ */
 
@@ -67,6 +86,25 @@ int codec_params_from_json(const cJSON *obj, ma_params *out, codec_error *err);
 
 /* The full config (every field, defaults included) as a new object; NULL on allocation failure. */
 cJSON *codec_params_to_json(const ma_params *p);
+
+/* ---- sessions (answers; NULL on allocation failure) -------------------------------------------- */
+
+/* {"id", "config"}: the answer to a create and to an idempotent PUT. */
+cJSON *codec_session_to_json(const char *id, const ma_params *p);
+
+/* {"sessions":[{"id","length","slots","created_at","updated_at"},...], "next"?}; next (the id to pass as
+ * ?after= for the following page) is present only when not NULL. */
+cJSON *codec_session_list_to_json(const reg_listing *l, size_t n, const char *next);
+
+/* {"id","config","length","chunks","slots_resident","bytes","stored_bytes","backbone":{"state_norm",
+ * "penalty_norm"},"created_at","updated_at"}: GET /v1/sessions/{id}. */
+cJSON *codec_session_summary_to_json(const char *id, const reg_summary *sm);
+
+/* {"path"}: the answer to a backup. */
+cJSON *codec_backup_to_json(const char *path);
+
+/* Decodes a backup body: exactly {"path": "/absolute/file.db"}. *path points into body. */
+int codec_backup_decode(const cJSON *body, const char **path, codec_error *err);
 
 /* ---- vectors --------------------------------------------------------------------------------- */
 
@@ -121,6 +159,12 @@ void codec_queries_clear(codec_queries *q);
 /* One result object R of API.md; value_len = H*d_v. NULL on allocation failure. */
 cJSON *codec_answer_to_json(const ma_answer *a, size_t value_len);
 
+/* The answer to a query batch, built one result at a time (a result's vector is only valid until the
+ * next query runs): codec_results_new gives {"results":[]} (NULL on allocation failure), and
+ * codec_results_add appends R of a: 0 or MA_ENOMEM. */
+cJSON *codec_results_new(void);
+int codec_results_add(cJSON *results, const ma_answer *a, size_t value_len);
+
 /* ---- slots ------------------------------------------------------------------------------------ */
 
 typedef struct {
@@ -138,10 +182,27 @@ int codec_slot_body_decode(const cJSON *body, const char *path_name, bool allow_
                            const codec_shape *sh, codec_slot_body *out, codec_error *err);
 void codec_slot_body_clear(codec_slot_body *b);
 
-/* Slot listings and reads; times are ms since the epoch, emitted as RFC 3339 UTC strings. */
+/* Decodes a restore body: exactly {"version": n}, n >= 1. */
+int codec_restore_decode(const cJSON *body, uint64_t *version, codec_error *err);
+
+/* Decodes a protect/unprotect (PATCH) body: exactly {"protected": true|false}. */
+int codec_protect_decode(const cJSON *body, bool *protect, codec_error *err);
+
+/* Slot listings and reads; times are ms since the epoch, emitted as RFC 3339 UTC strings. NULL on
+ * allocation failure. */
 cJSON *codec_slot_info_to_json(const ma_slot_info *si);
 cJSON *codec_slot_value_to_json(const ma_slot_value *sv, size_t key_len, size_t value_len);
 cJSON *codec_version_info_to_json(const ma_version_info *vi);
+
+/* {"slots":[I,...]} of n slot infos; {"versions":[V,...]} of n versions. */
+cJSON *codec_slot_list_to_json(const ma_slot_info *si, size_t n);
+cJSON *codec_versions_to_json(const ma_version_info *vi, size_t n);
+
+/* {"name","version","evicted"?}: the answer to a slot write, overwrite or restore. */
+cJSON *codec_slot_result_to_json(const char *name, const ma_slot_result *res);
+
+/* {"name","version","protected"}: the answer to a protect/unprotect. */
+cJSON *codec_slot_protect_to_json(const ma_slot_info *si);
 
 /* ---- small helpers shared by the handlers ----------------------------------------------------- */
 

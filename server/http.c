@@ -81,11 +81,9 @@ void srv_request_free(srv_request *req)
 
 /* ---- accessors ---- */
 
-const char *srv_req_method(const srv_request *req) { return req->method; }
 const char *srv_req_path(const srv_request *req) { return req->path ? req->path : ""; }
 const char *srv_req_route(const srv_request *req) { return req->route; }
 srv_server *srv_req_server(const srv_request *req) { return req->srv; }
-const char *srv_req_remote(const srv_request *req) { return req->conn ? req->conn->remote : "-"; }
 
 const char *srv_req_param(const srv_request *req, const char *name)
 {
@@ -176,33 +174,6 @@ const char *srv_req_query(const srv_request *req, const char *name)
     return NULL;
 }
 
-int srv_req_json(srv_request *req, cJSON **out)
-{
-    *out = NULL;
-    if (req->body.len == 0)
-        return 0;
-    const char *end = NULL;
-    cJSON *doc = cJSON_ParseWithLengthOpts(req->body.p, req->body.len, &end, 0);
-    if (!doc) {
-        size_t off = end && end >= req->body.p ? (size_t)(end - req->body.p) : 0;
-        srv_respond_error(req, 400, "bad_json", "request body is not valid JSON (error at byte %zu of %zu)", off,
-                          req->body.len);
-        return MA_EINVAL;
-    }
-    /* Trailing bytes after the value: the whole body must be one JSON document. */
-    while (end && end < req->body.p + req->body.len && isspace((unsigned char)*end))
-        end++;
-    if (end && end != req->body.p + req->body.len) {
-        size_t off = (size_t)(end - req->body.p);
-        cJSON_Delete(doc);
-        srv_respond_error(req, 400, "bad_json", "unexpected data after the JSON value at byte %zu of %zu", off,
-                          req->body.len);
-        return MA_EINVAL;
-    }
-    *out = doc;
-    return 0;
-}
-
 /* ---- answers ---- */
 
 static const char *reason_phrase(int status)
@@ -233,28 +204,6 @@ static const char *reason_phrase(int status)
     case 503: return "Service Unavailable";
     default: return "Unknown";
     }
-}
-
-int srv_status_of(int ma_err, const char **code)
-{
-    const char *c;
-    int st;
-    switch (ma_err) {
-    case MA_EINVAL:     st = 400; c = "bad_request"; break;
-    case MA_ENOTFOUND:  st = 404; c = "not_found"; break;
-    case MA_EEXISTS:    st = 409; c = "exists"; break;
-    case MA_EPROTECTED: st = 423; c = "protected"; break;
-    case MA_ECONFLICT:  st = 409; c = "version_conflict"; break;
-    case MA_EFULL:      st = 409; c = "slots_full"; break;
-    case MA_ENOVERSION: st = 404; c = "no_version"; break;
-    case MA_EPRECOND:   st = 412; c = "precondition_failed"; break;
-    case MA_ENOMEM:
-    case MA_EBUSY:      st = 503; c = "overloaded"; break;
-    default:            st = 500; c = "internal"; break;   /* MA_EIO, MA_ECORRUPT, unknown */
-    }
-    if (code)
-        *code = c;
-    return st;
 }
 
 static bool bad_header_text(const char *s)

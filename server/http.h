@@ -25,7 +25,6 @@ typedef struct srv_server srv_server;
 
 /* ---- reading the request (loop thread; the strings live until the request is answered) ---- */
 
-const char *srv_req_method(const srv_request *req);   /* "GET", "POST", ... */
 const char *srv_req_path(const srv_request *req);     /* request path without query, as sent */
 const char *srv_req_route(const srv_request *req);    /* matched template, e.g. "/v1/sessions/{id}" */
 
@@ -44,17 +43,8 @@ const char *srv_req_header(const srv_request *req, const char *name);
  * which may be 0. Never NULL. */
 const char *srv_req_body(const srv_request *req, size_t *len);
 
-/* The peer as "ip:port" ("[v6]:port" for IPv6). */
-const char *srv_req_remote(const srv_request *req);
-
 /* The server the request came from (for its pool and metrics). */
 srv_server *srv_req_server(const srv_request *req);
-
-/* Parses the body as JSON. Returns 0 with *out the document (caller frees with cJSON_Delete), or 0
- * with *out NULL when the body is empty. On invalid JSON, or bytes after the value, it ANSWERS the
- * request with 400 `bad_json` (the message gives the byte offset) and returns MA_EINVAL: the request
- * is then gone. Non-finite numbers (1e999 parses as inf) are the caller's to reject. */
-int srv_req_json(srv_request *req, cJSON **out);
 
 /* ---- answering (loop thread; exactly one of srv_respond_* per request) ---- */
 
@@ -77,9 +67,5 @@ int srv_respond_empty(srv_request *req, int status);
 /* Answers with an arbitrary body (copied) and Content-Type (e.g. Prometheus text). */
 int srv_respond_raw(srv_request *req, int status, const char *content_type, const char *body,
                     size_t len);
-
-/* Maps an MA_E* code to the HTTP status and API.md error code used for it when a handler has nothing
- * more specific (e.g. MA_ENOMEM -> 503 "overloaded", MA_EPROTECTED -> 423 "protected"). */
-int srv_status_of(int ma_err, const char **code);
 
 #endif

@@ -1,10 +1,14 @@
 /*
- * server/main.c — memattnd: configuration, logging, the server, the API, signals, graceful exit.
+ * server/main.c — memattnd: configuration, logging, the server, the store, the session registry, the
+ * API, signals, graceful exit. main builds every layer and wires them together:
+ *   server (HTTP, workers) -> api (handlers) -> registry (sessions) -> store (sqlite), core (compute)
  *
- * Order of start-up (API.md "Running"): parse the configuration (exit 2 on a bad value), bind, print
- * `listening on HOST:PORT` as the first line of standard output, open the API (store, routes), run.
- * SIGTERM / SIGINT start the drain; when it completes the server and the API are closed and the
- * process exits 0. A second signal during the drain shortens it: remaining connections are closed.
+ * Order of start-up (docs/API.md "Running"): parse the configuration (exit 2 on a bad value), bind,
+ * print `listening on HOST:PORT` as the first line of standard output, open the store under --data,
+ * create the registry over it (the --memory budget), plug the API in (routes, metrics), run.
+ * SIGTERM / SIGINT start the drain; when it completes everything is closed in reverse order (server and
+ * its workers first, then the API, the registry, the store) and the process exits 0. A second signal
+ * during the drain shortens it: remaining connections are closed.
  */
 #include <cblas.h>
 #include <signal.h>
@@ -16,9 +20,13 @@
 
 #include "config/config.h"
 #include "core/error.h"
+#include "registry/registry.h"
 #include "server/api.h"
 #include "server/log.h"
 #include "server/server.h"
+#include "store/store.h"
+
+#define CACHE_CHUNKS 128   /* archive chunks cached per paged session */
 
 extern char **environ;
 
@@ -72,7 +80,9 @@ int main(int argc, char **argv)
     uv_loop_t loop;
     app a = { 0 };
     int status = 1;
-    bool api_up = false;
+    ma_store *store = NULL;
+    reg_registry *reg = NULL;
+    api *rest = NULL;
     if ((rc = uv_loop_init(&loop)) < 0) {
         fprintf(stderr, "memattnd: %s\n", uv_strerror(rc));
         return 1;
@@ -84,9 +94,16 @@ int main(int argc, char **argv)
         goto fail;
     printf("listening on %s\n", bound);
     fflush(stdout);
-    if (api_init(&cfg, a.srv, err, sizeof err) < 0)
+    if (ma_store_open(cfg.data_dir, &store, err, sizeof err) < 0)
         goto fail;
-    api_up = true;
+    reg_options ro = {.store = store, .memory_budget = cfg.memory, .cache_chunks = CACHE_CHUNKS};
+    if ((rc = reg_create(&ro, &reg)) < 0) {
+        snprintf(err, sizeof err, "cannot create the session registry: %s", ma_strerror(rc));
+        goto fail;
+    }
+    api_deps deps = {.srv = a.srv, .reg = reg};
+    if (api_init(&deps, &rest, err, sizeof err) < 0)
+        goto fail;
     uv_signal_init(&loop, &a.sigterm);
     uv_signal_init(&loop, &a.sigint);
     a.sigterm.data = a.sigint.data = &a;
@@ -104,8 +121,9 @@ fail:
     if (status != 0)
         fprintf(stderr, "memattnd: %s\n", err);
     srv_server_destroy(a.srv);   /* stops the workers: no job runs after this */
-    if (api_up)
-        api_shutdown();
+    api_shutdown(rest);
+    reg_destroy(reg);
+    ma_store_close(store);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     srv_log(CFG_LOG_INFO, "exit %d", status);

@@ -114,7 +114,6 @@ srv_router *srv_server_router(srv_server *srv) { return srv->router; }
 srv_pool *srv_server_pool(srv_server *srv) { return srv->pool; }
 srv_metrics *srv_server_metrics(srv_server *srv) { return srv->metrics; }
 uv_loop_t *srv_server_loop(srv_server *srv) { return srv->loop; }
-size_t srv_server_connections(const srv_server *srv) { return srv->nconns; }
 
 const char *srv_server_date(srv_server *srv)
 {

@@ -51,7 +51,4 @@ void srv_server_drain_now(srv_server *srv);
  * router and metrics, closes every handle. Runs the loop until its handles are closed. */
 void srv_server_destroy(srv_server *srv);
 
-/* Open connections (metrics, tests). */
-size_t srv_server_connections(const srv_server *srv);
-
 #endif

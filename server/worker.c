@@ -297,11 +297,6 @@ size_t srv_pool_pending(const srv_pool *p)
     return atomic_load(&((srv_pool *)p)->pending);
 }
 
-int srv_pool_threads(const srv_pool *p)
-{
-    return p->nthreads;
-}
-
 static void on_close(uv_handle_t *h)
 {
     free(h->data);

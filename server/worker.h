@@ -51,9 +51,6 @@ int srv_pool_submit(srv_pool *p, const char *key, srv_job_mode mode, srv_work_fn
 size_t srv_pool_waiting(const srv_pool *p);
 size_t srv_pool_pending(const srv_pool *p);
 
-/* Number of worker threads. */
-int srv_pool_threads(const srv_pool *p);
-
 /* Stops the pool: jobs not yet started are cancelled (their `done` gets MA_EBUSY), running jobs are
  * waited for, every pending `done` is called, the threads are joined and the pool is freed. Call on
  * the loop thread, outside any `done` callback. NULL is a no-op. */

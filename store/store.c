@@ -1220,27 +1220,6 @@ done:
     return ret;
 }
 
-int ma_store_pager_chunk(void *pager, uint32_t chunk, float *k, float *v, size_t n)
-{
-    ma_store_pager *pg = pager;
-    char err[sizeof pg->err];
-    int ret = ma_store_load_events(pg->st, pg->id, (uint64_t)chunk * pg->chunk, n, pg->k_floats, pg->v_floats,
-                                   k, v, NULL, err, sizeof err);
-    if (ret)
-        memcpy(pg->err, err, sizeof err);
-    return ret;
-}
-
-int ma_store_pager_payload(void *pager, uint64_t event, char **payload)
-{
-    ma_store_pager *pg = pager;
-    char err[sizeof pg->err];
-    int ret = ma_store_load_payload(pg->st, pg->id, event, payload, err, sizeof err);
-    if (ret)
-        memcpy(pg->err, err, sizeof err);
-    return ret;
-}
-
 /* ---- backup, size, stats ---------------------------------------------------------------------- */
 
 /* fsync of a file or directory by path. */

@@ -128,21 +128,7 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
 int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **payload, char *err,
                           size_t errlen);
 
-/* Adapters for core's ma_chunk_source / ma_payload_source (core/archive.h, core/session.h): set
- * src.ctx = &pager (which must outlive the session) and src.load = ma_store_pager_chunk (or
- * ma_store_pager_payload). Chunk c holds events [c·chunk, c·chunk + n). Errors come back as MA_E* codes
- * only (the callbacks have no message buffer); the last message is kept in pager.err. Thread-safe for
- * concurrent reads of one session (err is then the message of one of them). */
-typedef struct {
-    ma_store *st;
-    char id[129];                     /* MA_MAX_NAME + 1 */
-    size_t chunk;                     /* events per chunk (ma_params.chunk) */
-    size_t k_floats, v_floats;        /* H·d, H·d_v */
-    char err[256];
-} ma_store_pager;
-
-int ma_store_pager_chunk(void *pager, uint32_t chunk, float *k, float *v, size_t n);
-int ma_store_pager_payload(void *pager, uint64_t event, char **payload);
+/* (core's chunk and payload sources are adapted to these two calls by registry/pager.h.) */
 
 /* Consistent online snapshot of the whole database into the file `path` (sqlite backup API). */
 int ma_store_backup(ma_store *st, const char *path, char *err, size_t errlen);

@@ -1,5 +1,6 @@
 /*
- * tests/unit/test_codec.c — server/codec.c: JSON <-> core structs, validation messages, base64.
+ * tests/unit/test_codec.c — server/codec.c: JSON <-> core structs, validation messages, base64, body
+ * parsing, the small restore/protect/backup bodies, the MA_E* status table and the answer builders.
  *
  * Every decoder is fed good input (checked value by value against what was encoded) and each class of
  * bad input, checking the error code and that the message names the element and field. Float vectors
@@ -610,6 +611,161 @@ static void test_mutated_bodies(void **state)
     }
 }
 
+static void printed(cJSON *o, const char *want)
+{
+    assert_non_null(o);
+    char *t = cJSON_PrintUnformatted(o);
+    assert_string_equal(t, want);
+    cJSON_free(t);
+    cJSON_Delete(o);
+}
+
+static void test_parse_body(void **state)
+{
+    (void)state;
+    cJSON *j;
+    codec_error err;
+    assert_int_equal(codec_parse_body(" \r\n\t", 4, &j, &err), 0);
+    assert_null(j);
+    assert_int_equal(codec_parse_body("", 0, &j, &err), 0);
+    assert_null(j);
+    assert_int_equal(codec_parse_body(" {\"a\":1}\n", 9, &j, &err), 0);
+    printed(j, "{\"a\":1}");
+    assert_int_equal(codec_parse_body("{\"n\":}", 6, &j, &err), MA_EINVAL);
+    assert_null(j);
+    assert_string_equal(err.code, "bad_json");
+    assert_non_null(strstr(err.message, "byte 5"));
+    assert_int_equal(codec_parse_body("{} x", 4, &j, &err), MA_EINVAL);
+    assert_null(j);
+    assert_string_equal(err.code, "bad_json");
+    assert_non_null(strstr(err.message, "trailing data at byte 3"));
+}
+
+static void test_status_table(void **state)
+{
+    (void)state;
+    const char *code;
+    assert_int_equal(codec_status_of(MA_EINVAL, NULL, &code), 400);
+    assert_string_equal(code, "bad_request");
+    assert_int_equal(codec_status_of(MA_ENOTFOUND, NULL, &code), 404);
+    assert_string_equal(code, "not_found");
+    assert_int_equal(codec_status_of(MA_ENOTFOUND, "no_slot", &code), 404);
+    assert_string_equal(code, "no_slot");
+    assert_int_equal(codec_status_of(MA_ENOVERSION, "no_slot", &code), 404);
+    assert_string_equal(code, "no_version");
+    assert_int_equal(codec_status_of(MA_EEXISTS, NULL, &code), 409);
+    assert_string_equal(code, "exists");
+    assert_int_equal(codec_status_of(MA_ECONFLICT, NULL, &code), 409);
+    assert_string_equal(code, "version_conflict");
+    assert_int_equal(codec_status_of(MA_EFULL, NULL, &code), 409);
+    assert_string_equal(code, "slots_full");
+    assert_int_equal(codec_status_of(MA_EPRECOND, NULL, &code), 412);
+    assert_string_equal(code, "precondition_failed");
+    assert_int_equal(codec_status_of(MA_EPROTECTED, NULL, &code), 423);
+    assert_string_equal(code, "protected");
+    assert_int_equal(codec_status_of(MA_ENOMEM, NULL, &code), 503);
+    assert_string_equal(code, "overloaded");
+    const int store[] = {MA_EIO, MA_ECORRUPT, MA_EBUSY, -1000};
+    for (size_t i = 0; i < sizeof store / sizeof store[0]; i++) {
+        assert_int_equal(codec_status_of(store[i], NULL, &code), 503);
+        assert_string_equal(code, "storage_error");
+    }
+}
+
+static void test_small_bodies(void **state)
+{
+    (void)state;
+    codec_error err;
+    uint64_t version = 0;
+    bool protect = false;
+    const char *path = NULL;
+    cJSON *j = parse("{\"version\":3}");
+    assert_int_equal(codec_restore_decode(j, &version, &err), 0);
+    assert_int_equal(version, 3);
+    cJSON_Delete(j);
+    const char *bad_restore[] = {"{\"version\":0}", "{\"version\":1.5}", "{\"version\":\"1\"}", "{}", "[1]",
+                                 "{\"version\":1,\"x\":1}", "{\"v\":1}"};
+    for (size_t i = 0; i < sizeof bad_restore / sizeof bad_restore[0]; i++) {
+        j = parse(bad_restore[i]);
+        assert_int_equal(codec_restore_decode(j, &version, &err), MA_EINVAL);
+        assert_string_equal(err.code, "bad_request");
+        cJSON_Delete(j);
+    }
+    j = parse("{\"protected\":true}");
+    assert_int_equal(codec_protect_decode(j, &protect, &err), 0);
+    assert_true(protect);
+    cJSON_Delete(j);
+    j = parse("{\"protected\":1}");
+    assert_int_equal(codec_protect_decode(j, &protect, &err), MA_EINVAL);
+    assert_string_equal(err.message, "protected: expected true or false");
+    cJSON_Delete(j);
+    j = parse("{\"protected\":false,\"x\":1}");
+    assert_int_equal(codec_protect_decode(j, &protect, &err), MA_EINVAL);
+    assert_string_equal(err.message, "expected exactly {\"protected\": true|false}");
+    cJSON_Delete(j);
+    j = parse("{\"path\":\"/tmp/x.db\"}");
+    assert_int_equal(codec_backup_decode(j, &path, &err), 0);
+    assert_string_equal(path, "/tmp/x.db");
+    cJSON_Delete(j);
+    j = parse("{\"path\":\"x.db\"}");
+    assert_int_equal(codec_backup_decode(j, &path, &err), MA_EINVAL);
+    assert_non_null(strstr(err.message, "is not absolute"));
+    cJSON_Delete(j);
+    j = parse("{\"path\":1}");
+    assert_int_equal(codec_backup_decode(j, &path, &err), MA_EINVAL);
+    cJSON_Delete(j);
+}
+
+static void test_answers(void **state)
+{
+    (void)state;
+    ma_params p;
+    ma_params_default(&p);
+    p.dim = p.value_dim = 4;
+    cJSON *c = codec_params_to_json(&p);
+    char *config = cJSON_PrintUnformatted(c);
+    cJSON_Delete(c);
+    char want[1024];
+    snprintf(want, sizeof want, "{\"id\":\"s\",\"config\":%s}", config);
+    printed(codec_session_to_json("s", &p), want);
+
+    reg_listing l[2] = {{.id = "a", .length = 3, .slots = 1, .created_at = 0, .updated_at = 1500},
+                        {.id = "b", .length = 0, .slots = 0, .created_at = 86400000, .updated_at = 86400000}};
+    printed(codec_session_list_to_json(l, 2, "b"),
+            "{\"sessions\":[{\"id\":\"a\",\"length\":3,\"slots\":1,\"created_at\":\"1970-01-01T00:00:00.000Z\","
+            "\"updated_at\":\"1970-01-01T00:00:01.500Z\"},{\"id\":\"b\",\"length\":0,\"slots\":0,"
+            "\"created_at\":\"1970-01-02T00:00:00.000Z\",\"updated_at\":\"1970-01-02T00:00:00.000Z\"}],\"next\":\"b\"}");
+    printed(codec_session_list_to_json(NULL, 0, NULL), "{\"sessions\":[]}");
+
+    double sn[1] = {2}, pn[1] = {0.5};
+    reg_summary sm = {.params = &p, .stats = {.length = 7, .chunks = 1, .slots_resident = 2, .bytes = 100,
+                                              .state_norm = sn, .penalty_norm = pn},
+                      .stored_bytes = 50, .created_at = 0, .updated_at = 0};
+    snprintf(want, sizeof want, "{\"id\":\"s\",\"config\":%s,\"length\":7,\"chunks\":1,\"slots_resident\":2,"
+             "\"bytes\":100,\"stored_bytes\":50,\"backbone\":{\"state_norm\":[2],\"penalty_norm\":[0.5]},"
+             "\"created_at\":\"1970-01-01T00:00:00.000Z\",\"updated_at\":\"1970-01-01T00:00:00.000Z\"}", config);
+    printed(codec_session_summary_to_json("s", &sm), want);
+    cJSON_free(config);
+
+    ma_slot_result res = {.version = 2, .evicted = true};
+    snprintf(res.evicted_name, sizeof res.evicted_name, "old");
+    printed(codec_slot_result_to_json("n", &res), "{\"name\":\"n\",\"version\":2,\"evicted\":\"old\"}");
+    res.evicted = false;
+    printed(codec_slot_result_to_json("n", &res), "{\"name\":\"n\",\"version\":2}");
+    ma_slot_info si = {.version = 4, .protect = true, .event = -1, .updated_at = 0};
+    snprintf(si.name, sizeof si.name, "n");
+    printed(codec_slot_protect_to_json(&si), "{\"name\":\"n\",\"version\":4,\"protected\":true}");
+    printed(codec_slot_list_to_json(&si, 1),
+            "{\"slots\":[{\"name\":\"n\",\"version\":4,\"protected\":true,\"event\":null,\"usage\":0,"
+            "\"updated_at\":\"1970-01-01T00:00:00.000Z\"}]}");
+    ma_version_info vi = {.version = 1, .event = 3, .at = 0, .tombstone = false};
+    printed(codec_versions_to_json(&vi, 1),
+            "{\"versions\":[{\"version\":1,\"event\":3,\"at\":\"1970-01-01T00:00:00.000Z\",\"tombstone\":false}]}");
+    printed(codec_backup_to_json("/x.db"), "{\"path\":\"/x.db\"}");
+    cJSON *r = codec_results_new();
+    printed(r, "{\"results\":[]}");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -628,6 +784,10 @@ int main(void)
         cmocka_unit_test(test_answer_json),
         cmocka_unit_test(test_report_json),
         cmocka_unit_test(test_mutated_bodies),
+        cmocka_unit_test(test_parse_body),
+        cmocka_unit_test(test_status_table),
+        cmocka_unit_test(test_small_bodies),
+        cmocka_unit_test(test_answers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,8 +1,10 @@
 /*
- * tests/unit/test_registry.c — server/registry.c over a real sqlite store (store/) and the real core:
+ * tests/unit/test_registry.c — registry/registry.c over a real sqlite store (store/) and the real core:
  * a failed commit (fault-injection VFS) leaves the session as stored (it is reloaded, the failed change
  * is gone, the next change works); parallel readers of an unloaded session load it once; the memory
- * budget pages out and unloads sessions without changing their answers.
+ * budget pages out and unloads sessions without changing their answers; the stored config text
+ * (registry/params_text.h) is the JSON earlier versions stored and reads their rows; the store pager
+ * (registry/pager.h) reads chunks and payloads back; listings, summaries and backups.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,7 +20,10 @@
 #include <unistd.h>
 
 #include "core/error.h"
-#include "server/registry.h"
+#include "registry/pager.h"
+#include "registry/params_text.h"
+#include "registry/registry.h"
+#include "server/codec.h"
 #include "store/store.h"
 #include "tests/support/store_fault.h"
 
@@ -348,9 +353,161 @@ static void test_cache_counted(void **state)
     close_fixture(&f);
 }
 
+/* The stored config text: what the daemon always stored (the REST codec's full config object, printed
+ * by cJSON) is written byte for byte, read back equal, and older or hand-made partial texts still load. */
+static void test_params_text(void **state)
+{
+    (void)state;
+    ma_params p, q;
+    char err[256], *text;
+    ma_params_default(&p);
+    p.heads = 2;
+    p.dim = 8;
+    p.value_dim = 16;
+    p.backbone = MA_BACKBONE_DELTA;
+    p.delta.beta = 0.25;
+    p.vla.feature = MA_FEATURE_ELU1;
+    p.route_threshold = 0.7;
+    p.selector = MA_SELECTOR_CHUNKS;
+    assert_int_equal(reg_params_encode(&p, &text), 0);
+    cJSON *legacy = codec_params_to_json(&p);
+    char *legacy_text = cJSON_PrintUnformatted(legacy);
+    assert_string_equal(text, legacy_text);   /* the stored format is unchanged */
+    assert_int_equal(reg_params_decode(text, &q, err, sizeof err), 0);
+    assert_true(ma_params_equal(&p, &q));
+    cJSON_free(legacy_text);
+    cJSON_Delete(legacy);
+    free(text);
+
+    /* missing fields take the defaults; value_dim follows dim */
+    assert_int_equal(reg_params_decode("{\"dim\":32}", &q, err, sizeof err), 0);
+    ma_params_default(&p);
+    p.dim = p.value_dim = 32;
+    assert_true(ma_params_equal(&p, &q));
+    assert_int_equal(reg_params_decode("{\"dim\":32,\"vla\":null}", &q, err, sizeof err), 0);
+
+    /* anything else is a corrupt row, with a message */
+    const char *bad[] = {"", "not json", "[1]", "{\"colour\":1}", "{\"vla\":{\"colour\":1}}", "{\"heads\":0}",
+                         "{\"heads\":1.5}", "{\"dim\":\"8\"}", "{\"backbone\":\"psychic\"}", "{\"vla\":3}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = '\0';
+        assert_int_equal(reg_params_decode(bad[i], &q, err, sizeof err), MA_ECORRUPT);
+        assert_true(strlen(err) > 0);
+    }
+    assert_int_equal(reg_params_decode(NULL, &q, err, sizeof err), MA_ECORRUPT);
+}
+
+/* The pager reads back exactly the events committed through the registry, a chunk at a time. */
+static void test_pager(void **state)
+{
+    (void)state;
+    fixture f;
+    reg_session *s;
+    char err[256];
+    ma_params p = params();
+    assert_int_equal(open_fixture(&f, 0), 0);
+    assert_int_equal(reg_create_session(f.reg, "pg", &p, 1, &s, err, sizeof err), 0);
+    float k[10 * D], v[10 * D];
+    ma_event ev[10];
+    for (size_t i = 0; i < 10 * D; i++) {
+        k[i] = frand();
+        v[i] = frand();
+    }
+    for (size_t i = 0; i < 10; i++)
+        ev[i] = (ma_event){.k = k + i * D, .v = v + i * D, .payload = i == 5 ? "\"five\"" : NULL};
+    ma_ingest_report rep = {0};
+    assert_int_equal(ma_session_ingest(reg_core(s), 10, ev, 1, &rep), 0);
+    ma_ingest_report_clear(&rep);
+    const char *pl[10] = {NULL, NULL, NULL, NULL, NULL, "\"five\""};
+    reg_change c = {.n_events = 10, .k = k, .v = v, .payloads = pl, .backbone = true, .archive = true};
+    assert_int_equal(reg_commit(f.reg, s, &c, 2, err, sizeof err), 0);
+    reg_release(f.reg, s);
+
+    atomic_uint_fast64_t loads;
+    atomic_init(&loads, 0);
+    reg_pager pg;
+    reg_pager_init(&pg, f.st, "pg", &p, &loads);
+    ma_chunk_source cs = reg_pager_chunks(&pg);
+    ma_payload_source ps = reg_pager_payloads(&pg);
+    float ck[4 * D], cv[4 * D];
+    assert_int_equal(cs.load(cs.ctx, 1, ck, cv, 4), 0);              /* events 4..7 */
+    assert_memory_equal(ck, k + 4 * D, sizeof ck);
+    assert_memory_equal(cv, v + 4 * D, sizeof cv);
+    assert_int_equal(cs.load(cs.ctx, 2, ck, cv, 2), 0);              /* the last, partial chunk */
+    assert_memory_equal(ck, k + 8 * D, 2 * D * sizeof(float));
+    assert_int_equal(atomic_load(&loads), 2);
+    char *payload = NULL;
+    assert_int_equal(ps.load(ps.ctx, 5, &payload), 0);
+    assert_string_equal(payload, "\"five\"");
+    free(payload);
+    assert_int_equal(ps.load(ps.ctx, 4, &payload), 0);
+    assert_null(payload);
+    assert_int_equal(pg.err[0], '\0');
+    assert_int_not_equal(cs.load(cs.ctx, 2, ck, cv, 3), 0);          /* past the end: refused, message kept */
+    assert_true(strlen(pg.err) > 0);
+    close_fixture(&f);
+}
+
+/* Listings page by id, summaries count what the store holds, backups never overwrite a file. */
+static void test_listing_summary_backup(void **state)
+{
+    (void)state;
+    fixture f;
+    reg_session *s;
+    char err[256];
+    ma_params p = params();
+    assert_int_equal(open_fixture(&f, 0), 0);
+    const char *ids[] = {"c", "a", "b"};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(reg_create_session(f.reg, ids[i], &p, 100 + i, &s, err, sizeof err), 0);
+        if (i == 2)
+            assert_int_equal(ingest(&f, s, 6, "x"), 0);
+        reg_release(f.reg, s);
+    }
+    reg_listing *l;
+    size_t n;
+    assert_int_equal(reg_list(f.reg, NULL, 2, &l, &n, err, sizeof err), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(l[0].id, "a");
+    assert_string_equal(l[1].id, "b");
+    assert_int_equal(l[1].length, 6);
+    assert_int_equal(l[1].slots, 1);
+    assert_int_equal(l[0].created_at, 101);
+    free(l);
+    assert_int_equal(reg_list(f.reg, "b", 2, &l, &n, err, sizeof err), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(l[0].id, "c");
+    free(l);
+    assert_int_equal(reg_list(f.reg, "c", 2, &l, &n, err, sizeof err), 0);
+    assert_int_equal(n, 0);
+    assert_null(l);
+
+    reg_summary sm;
+    assert_int_equal(reg_acquire(f.reg, "b", &s, err, sizeof err), 0);
+    assert_int_equal(reg_summary_get(f.reg, s, &sm, err, sizeof err), 0);
+    assert_true(ma_params_equal(sm.params, &p));
+    assert_int_equal(sm.stats.length, 6);
+    assert_true(sm.stored_bytes > 0);
+    assert_int_equal(sm.created_at, 102);
+    assert_int_equal(sm.updated_at, 2000);
+    reg_summary_clear(&sm);
+    reg_release(f.reg, s);
+
+    char path[128];
+    snprintf(path, sizeof path, "%s/backup.db", f.dir);
+    assert_int_equal(reg_backup(f.reg, path, err, sizeof err), 0);
+    assert_int_equal(access(path, F_OK), 0);
+    assert_int_equal(reg_backup(f.reg, path, err, sizeof err), MA_EEXISTS);
+    assert_non_null(strstr(err, "exists"));
+    close_fixture(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_params_text),
+        cmocka_unit_test(test_pager),
+        cmocka_unit_test(test_listing_summary_backup),
         cmocka_unit_test(test_failed_commit_reloads),
         cmocka_unit_test(test_parallel_load_once),
         cmocka_unit_test(test_budget),

@@ -2,7 +2,8 @@
  * tests/unit/test_server.c — the server in-process with test routes, for what the daemon's own routes
  * cannot show: asynchronous answers from worker jobs, pipelined answers kept in request order when
  * jobs finish out of order, a client leaving before its answer, 503 `overloaded` from a full queue,
- * path and query parameters, extra response headers, srv_req_json, and the drain waiting for a job.
+ * path and query parameters, extra response headers, a JSON body (parsed as the API does, with
+ * codec_parse_body), and the drain waiting for a job.
  * The server runs on its own loop in a thread; the test speaks HTTP over a socket.
  */
 #include <stdarg.h>
@@ -25,6 +26,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "server/codec.h"
 #include "server/log.h"
 #include "server/server.h"
 
@@ -94,8 +96,13 @@ static void h_echo(srv_request *req, void *ud)
 {
     (void)ud;
     cJSON *body;
-    if (srv_req_json(req, &body) < 0)
-        return;   /* already answered 400 */
+    codec_error ce;
+    size_t len;
+    const char *text = srv_req_body(req, &len);
+    if (codec_parse_body(text, len, &body, &ce) < 0) {
+        srv_respond_error(req, 400, ce.code, "%s", ce.message);
+        return;
+    }
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "a", srv_req_param(req, "a"));
     cJSON_AddStringToObject(o, "b", srv_req_param(req, "b"));

@@ -244,19 +244,6 @@ static void test_roundtrip_and_reopen(void **state)
                      MA_ECORRUPT);
     assert_non_null(strstr(errbuf, "expected"));
 
-    /* The pager adapters core's chunk and payload sources use. */
-    ma_store_pager pg = {.st = st, .id = "beta", .chunk = 64, .k_floats = KF, .v_floats = VF};
-    float ck[64 * KF], cv[64 * VF];
-    assert_int_equal(ma_store_pager_chunk(&pg, 2, ck, cv, 64), 0);
-    assert_true(ck[0] == kval(2, 128, 0) && cv[63 * VF] == vval(2, 191, 0));
-    assert_int_equal(ma_store_pager_chunk(&pg, 4, ck, cv, 44), 0);   /* the last, partial chunk */
-    assert_true(ck[43 * KF] == kval(2, 299, 0));
-    assert_int_equal(ma_store_pager_chunk(&pg, 4, ck, cv, 45), MA_ENOTFOUND);
-    assert_non_null(strstr(pg.err, "beta"));
-    assert_int_equal(ma_store_pager_payload(&pg, 0, &p), 0);
-    assert_string_equal(p, "{\"s\":2,\"i\":0}");
-    free(p);
-
     /* The config and times. */
     ma_store_session s;
     assert_int_equal(ma_store_session_load(st, "alpha", &s, errbuf, sizeof errbuf), 0);

@@ -1,5 +1,5 @@
 /*
- * server/registry.c — the session registry (see server/registry.h for the design).
+ * registry/registry.c — the session registry (see registry/registry.h for the design).
  *
  * Data structures: a chained hash table id -> reg_session and a doubly linked LRU list (most recently
  * released at the head), both under reg_registry.mu. A reg_session is created in the map before it is
@@ -7,7 +7,7 @@
  * two. Sessions unloaded by the budget or dropped as stale are unlinked under mu and destroyed after mu
  * is released (destroying a large session frees a lot of memory; nobody should wait for that).
  */
-#include "server/registry.h"
+#include "registry/registry.h"
 
 #include <malloc.h>
 #include <pthread.h>
@@ -16,11 +16,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#include <cjson/cJSON.h>
+#include <unistd.h>
 
 #include "core/error.h"
-#include "server/codec.h"
+#include "registry/pager.h"
+#include "registry/params_text.h"
+#include "store/store.h"
 
 struct reg_session {
     char id[MA_MAX_NAME + 1];
@@ -36,6 +37,7 @@ struct reg_session {
     bool paged;                 /* archive chunks released to the store since the last append */
     bool emptied;               /* unused since its chunk cache was last emptied (budget remedy 1) */
     size_t cache_chunks;        /* this session's archive chunk cache (bounded by the budget) */
+    reg_pager pager;            /* the archive's chunks and the events' payloads, from the store */
     int refs;                   /* under reg->mu */
     pthread_mutex_t load_mu;    /* serialises loading */
     reg_session *hnext;         /* hash chain */
@@ -44,6 +46,8 @@ struct reg_session {
 
 struct reg_registry {
     reg_options opt;
+    reg_commit_fn on_commit;    /* reg_observe_commits (set before concurrent use) */
+    void *on_commit_ctx;
     pthread_mutex_t mu;
     reg_session **buckets;
     size_t nbuckets, count;
@@ -191,23 +195,10 @@ static reg_session *session_new(reg_registry *r, const char *id)
     return s;
 }
 
-/* ---- paging callbacks: the archive and the payloads of a restored session live in the store ---- */
-
-static int chunk_load(void *ctx, uint32_t chunk, float *k, float *v, size_t n)
+/* s->params is set: the pager reads this session's chunks and payloads (counted in r->chunk_loads). */
+static void pager_init(reg_registry *r, reg_session *s)
 {
-    reg_session *s = ctx;
-    char err[256];
-    atomic_fetch_add_explicit(&s->reg->chunk_loads, 1, memory_order_relaxed);
-    size_t kf = (size_t)s->params.heads * s->params.dim, vf = (size_t)s->params.heads * s->params.value_dim;
-    return ma_store_load_events(s->reg->opt.store, s->id, (uint64_t)chunk * (uint64_t)s->params.chunk, n, kf, vf,
-                                k, v, NULL, err, sizeof err);
-}
-
-static int payload_load(void *ctx, uint64_t event, char **payload)
-{
-    reg_session *s = ctx;
-    char err[256];
-    return ma_store_load_payload(s->reg->opt.store, s->id, event, payload, err, sizeof err);
+    reg_pager_init(&s->pager, r->opt.store, s->id, &s->params, &r->chunk_loads);
 }
 
 static size_t measure(ma_session *core)
@@ -246,9 +237,8 @@ static int fresh_core(reg_registry *r, reg_session *s, ma_session **out)
     int rc = ma_session_create(&s->params, &core);
     if (rc)
         return rc;
-    ma_chunk_source src = {chunk_load, s};
     s->cache_chunks = cache_chunks_for(r, &s->params);
-    if ((rc = ma_archive_set_source(ma_session_archive(core), src, s->cache_chunks)) != 0) {
+    if ((rc = ma_archive_set_source(ma_session_archive(core), reg_pager_chunks(&s->pager), s->cache_chunks)) != 0) {
         ma_session_destroy(core);
         return rc;
     }
@@ -261,18 +251,15 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
 {
     ma_store_session row = {0};
     ma_session *core = NULL;
-    cJSON *cfg = NULL;
-    codec_error cerr;
+    char why[256];
     int rc = ma_store_session_load(r->opt.store, s->id, &row, err, errlen);
     if (rc)
         return rc;
-    cfg = cJSON_Parse(row.config_json ? row.config_json : "");
-    if (!cfg || codec_params_from_json(cfg, &s->params, &cerr) != 0) {
-        snprintf(err, errlen, "session %s: stored config is invalid: %s", s->id,
-                 cfg ? cerr.message : "not JSON");
-        rc = MA_ECORRUPT;
+    if ((rc = reg_params_decode(row.config_json, &s->params, why, sizeof why)) != 0) {
+        snprintf(err, errlen, "session %s: stored config is invalid: %s", s->id, why);
         goto done;
     }
+    pager_init(r, s);
     if (row.backbone.len == 0) {
         /* created but never mutated: nothing to restore */
         if ((rc = fresh_core(r, s, &core)) != 0) {
@@ -280,12 +267,11 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
             goto done;
         }
     } else {
-        ma_chunk_source chunks = {chunk_load, s};
-        ma_payload_source payloads = {payload_load, s};
         s->cache_chunks = cache_chunks_for(r, &s->params);
         rc = ma_session_restore(&s->params, row.backbone.data, row.backbone.len, row.slots_blob.data,
-                                row.slots_blob.len, row.archive_meta.data, row.archive_meta.len, chunks,
-                                s->cache_chunks, payloads, &core);
+                                row.slots_blob.len, row.archive_meta.data, row.archive_meta.len,
+                                reg_pager_chunks(&s->pager), s->cache_chunks, reg_pager_payloads(&s->pager),
+                                &core);
         if (rc) {
             snprintf(err, errlen, "session %s: cannot restore the stored state: %s", s->id, ma_strerror(rc));
             goto done;
@@ -309,7 +295,6 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
     core = NULL;
 done:
     ma_session_destroy(core);
-    cJSON_Delete(cfg);
     ma_store_session_clear(&row);
     return rc;
 }
@@ -348,7 +333,6 @@ int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int6
                        char *err, size_t errlen)
 {
     reg_session *s;
-    cJSON *cfg = NULL;
     char *cfg_text = NULL;
     int rc;
 
@@ -363,12 +347,13 @@ int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int6
     if (!(s = session_new(r, id)))
         return MA_ENOMEM;
     s->params = *p;
+    pager_init(r, s);
     s->created_at = s->updated_at = now;
     if ((rc = fresh_core(r, s, &s->core)) != 0) {
         snprintf(err, errlen, "cannot create the session: %s", ma_strerror(rc));
         goto fail;
     }
-    if (!(cfg = codec_params_to_json(p)) || !(cfg_text = cJSON_PrintUnformatted(cfg))) {
+    if (reg_params_encode(p, &cfg_text) != 0) {
         snprintf(err, errlen, "out of memory");
         rc = MA_ENOMEM;
         goto fail;
@@ -391,13 +376,11 @@ int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int6
     r->loads++;
     pthread_mutex_unlock(&r->mu);
     session_free(old);
-    cJSON_free(cfg_text);
-    cJSON_Delete(cfg);
+    free(cfg_text);
     *out = s;
     return 0;
 fail:
-    cJSON_free(cfg_text);
-    cJSON_Delete(cfg);
+    free(cfg_text);
     session_free(s);
     return rc;
 }
@@ -461,7 +444,7 @@ void reg_release(reg_registry *r, reg_session *s)
             ma_archive *a = ma_session_archive(c->core);
             ma_archive_release(a);
             /* Setting the same source again empties the cache (no reader runs: refs == 0). */
-            if (ma_archive_set_source(a, (ma_chunk_source){chunk_load, c}, c->cache_chunks) == 0)
+            if (ma_archive_set_source(a, reg_pager_chunks(&c->pager), c->cache_chunks) == 0)
                 c->emptied = true;
             c->paged = true;
             size_t before = c->bytes;
@@ -511,7 +494,6 @@ int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
 }
 
 ma_session *reg_core(reg_session *s) { return s->core; }
-const char *reg_id(const reg_session *s) { return s->id; }
 const ma_params *reg_params(const reg_session *s) { return &s->params; }
 int64_t reg_created_at(const reg_session *s) { return s->created_at; }
 int64_t reg_updated_at(const reg_session *s) { return s->updated_at; }
@@ -566,8 +548,8 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
     };
     double t0 = now_seconds();
     rc = ma_store_commit(r->opt.store, s->id, &d, err, errlen);
-    if (r->opt.on_commit)
-        r->opt.on_commit(r->opt.ctx, now_seconds() - t0, rc);
+    if (r->on_commit)
+        r->on_commit(r->on_commit_ctx, now_seconds() - t0, rc);
     if (rc)
         goto fail;
     s->blobs_stored = true;
@@ -592,6 +574,85 @@ fail:
     free(sl);
     free(am);
     return rc ? rc : MA_EIO;
+}
+
+void reg_observe_commits(reg_registry *r, reg_commit_fn fn, void *ctx)
+{
+    r->on_commit = fn;
+    r->on_commit_ctx = ctx;
+}
+
+/* ---- listings, summaries, backup ------------------------------------------------------------- */
+
+int reg_list(reg_registry *r, const char *after, size_t limit, reg_listing **out, size_t *n, char *err,
+             size_t errlen)
+{
+    ma_store_session *rows = NULL;
+    size_t count = 0;
+    int rc = ma_store_session_list(r->opt.store, after && *after ? after : NULL, limit, &rows, &count, err, errlen);
+    *out = NULL;
+    *n = 0;
+    if (rc)
+        return rc;
+    reg_listing *l = count ? calloc(count, sizeof *l) : NULL;
+    if (count && !l) {
+        snprintf(err, errlen, "out of memory");
+        rc = MA_ENOMEM;
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (l) {
+            snprintf(l[i].id, sizeof l[i].id, "%s", rows[i].id);
+            l[i].length = rows[i].length;
+            l[i].slots = rows[i].slots;
+            l[i].created_at = rows[i].created_at;
+            l[i].updated_at = rows[i].updated_at;
+        }
+        ma_store_session_clear(&rows[i]);
+    }
+    free(rows);
+    if (rc)
+        return rc;
+    *out = l;
+    *n = count;
+    return 0;
+}
+
+int reg_summary_get(reg_registry *r, reg_session *s, reg_summary *out, char *err, size_t errlen)
+{
+    ma_store_session row = {0};
+    memset(out, 0, sizeof *out);
+    int rc = ma_session_stats_get(s->core, &out->stats);
+    if (rc) {
+        snprintf(err, errlen, "%s", ma_strerror(rc));
+        return rc;
+    }
+    /* The row's size as the store counts it (sizes only: no blob bytes are read). */
+    if ((rc = ma_store_session_summary(r->opt.store, s->id, &row, err, errlen)) != 0) {
+        ma_session_stats_clear(&out->stats);
+        memset(out, 0, sizeof *out);
+        return rc;
+    }
+    out->params = &s->params;
+    out->stored_bytes = row.stored_bytes;
+    out->created_at = s->created_at;
+    out->updated_at = s->updated_at;
+    ma_store_session_clear(&row);
+    return 0;
+}
+
+void reg_summary_clear(reg_summary *sm)
+{
+    ma_session_stats_clear(&sm->stats);
+    memset(sm, 0, sizeof *sm);
+}
+
+int reg_backup(reg_registry *r, const char *path, char *err, size_t errlen)
+{
+    if (access(path, F_OK) == 0) {
+        snprintf(err, errlen, "path: %.200s exists; backups never overwrite a file", path);
+        return MA_EEXISTS;
+    }
+    return ma_store_backup(r->opt.store, path, err, errlen);
 }
 
 void reg_stats_get(reg_registry *r, reg_stats *st)

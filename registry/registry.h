@@ -1,12 +1,16 @@
 /*
- * server/registry.h — the session registry: id -> loaded session, backed by the sqlite store.
+ * registry/registry.h — the session registry: id -> loaded session, backed by the sqlite store.
  *
- * Design. The store (store/store.h) is the source of truth; the registry is a cache of loaded sessions
- * in front of it. A session is loaded on first use (ma_session_restore over the stored blobs, with the
- * archive's chunks and the events' payloads paged from the store), reference-counted while a job uses
- * it, and kept resident while the resident bytes of all loaded sessions fit the memory budget (--memory).
- * Resident bytes are what core counts (ma_session_stats.bytes: backbone, slots, archive with its chunk
- * cache and index, payloads), re-measured whenever a job releases the session. Over budget, unused
+ * Design. The registry is the layer between the REST handlers (server/api.c) and the two modules below
+ * it: the store (store/store.h), which is the source of truth, and the core (core/session.h), which
+ * computes. Handlers reach the store only through here (sessions, listings, summaries, deletes,
+ * backups), and the registry never calls back up into server/: dependencies go one way,
+ *   server -> registry -> store, core.
+ * The registry is a cache of loaded sessions in front of the store. A session is loaded on first use
+ * (ma_session_restore over the stored blobs, with the archive's chunks and the events' payloads paged
+ * from the store), reference-counted while a job uses it, and kept resident while the resident bytes of
+ * all loaded sessions fit the memory budget (--memory). Resident bytes are what core counts
+ * (ma_session_stats.bytes: backbone, slots, archive with its chunk cache and index, payloads), re-measured whenever a job releases the session. Over budget, unused
  * sessions first have their archive chunks paged out and their chunk caches emptied (they keep answering,
  * reading chunks back through a small cache), then are unloaded, least recently used first; freed memory
  * is handed back to the OS (malloc_trim). Neither loses anything: every mutation was committed before it
@@ -25,13 +29,16 @@
  * Threads: every function may be called from any worker thread. The registry's map and LRU list are
  * under one mutex, never held across store I/O or compute; loading a session is serialised per session
  * (two parallel reads of an unloaded session load it once). The caller orders jobs per session id
- * (server/worker.h): mutations of one session never run alongside anything else of that session, which
- * is what the core requires.
+ * (in the daemon, the worker pool's per-key ordering): mutations of one session never run alongside
+ * anything else of that session, which is what the core requires.
  *
- * Not done here: JSON, HTTP, id generation, validation of ids (callers pass valid names).
+ * A session's config is stored as text written and read by registry/params_text.h (not by the REST
+ * codec); archive chunks and payloads are paged back through registry/pager.h.
+ *
+ * Not done here: HTTP, REST bodies, id generation, validation of ids (callers pass valid names).
  */
-#ifndef SRV_REGISTRY_H
-#define SRV_REGISTRY_H
+#ifndef REG_REGISTRY_H
+#define REG_REGISTRY_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -39,7 +46,9 @@
 
 #include "core/params.h"
 #include "core/session.h"
-#include "store/store.h"
+
+/* The store's handle (store/store.h), opaque here: users of the registry never see the store's API. */
+typedef struct ma_store ma_store;
 
 typedef struct reg_registry reg_registry;
 typedef struct reg_session reg_session;   /* one session known to the registry (loaded or loading) */
@@ -51,16 +60,20 @@ typedef struct {
                                  budget, at most budget/8 bytes of chunks per session. A session is
                                  re-measured at every release, so its cache is in the budget; a read
                                  in progress may hold more chunks than that for its duration */
-    /* Optional: called after every store commit with its duration and result (metrics). Any thread. */
-    void (*on_commit)(void *ctx, double seconds, int rc);
-    void *ctx;
 } reg_options;
+
+/* Called after every reg_commit's store transaction with its duration and result (metrics). Any thread. */
+typedef void (*reg_commit_fn)(void *ctx, double seconds, int rc);
 
 /* Creates an empty registry. 0, MA_EINVAL (no store), MA_ENOMEM. */
 int reg_create(const reg_options *o, reg_registry **out);
 
 /* Unloads every session (none may be in use) and frees the registry. NULL is a no-op. */
 void reg_destroy(reg_registry *r);
+
+/* Installs the commit observer (NULL: none). Call before the registry is used by more than one thread
+ * (the daemon: from api_init, before the server runs). */
+void reg_observe_commits(reg_registry *r, reg_commit_fn fn, void *ctx);
 
 /* Gets the session `id`, loading it from the store if needed, and takes a reference (release with
  * reg_release). MA_ENOTFOUND if the store has no such session; MA_ECORRUPT / MA_EIO / MA_ENOMEM when
@@ -82,10 +95,43 @@ int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen);
 
 /* Accessors of an acquired session. */
 ma_session *reg_core(reg_session *s);
-const char *reg_id(const reg_session *s);
 const ma_params *reg_params(const reg_session *s);
 int64_t reg_created_at(const reg_session *s);
 int64_t reg_updated_at(const reg_session *s);
+
+/* ---- listings, summaries, backup: the handlers' only way to the store ------------------------- */
+
+/* One line of a session listing (what the store keeps per session; no session is loaded for it). */
+typedef struct {
+    char id[MA_MAX_NAME + 1];
+    uint64_t length;                  /* events */
+    size_t slots;                     /* resident slots */
+    int64_t created_at, updated_at;   /* ms since the epoch */
+} reg_listing;
+
+/* Sessions ordered by id, after `after` (NULL or "": from the start), at most limit of them. *out is a
+ * malloc'd array of *n entries (free with free(); NULL when *n is 0). MA_EIO, MA_ECORRUPT, MA_ENOMEM. */
+int reg_list(reg_registry *r, const char *after, size_t limit, reg_listing **out, size_t *n, char *err,
+             size_t errlen);
+
+/* What GET /v1/sessions/{id} shows of an acquired session: its config, the core's statistics and the
+ * bytes the store holds for it. Clear with reg_summary_clear. */
+typedef struct {
+    const ma_params *params;          /* the session's (valid while it is acquired) */
+    ma_session_stats stats;           /* owned (ma_session_stats_clear) */
+    size_t stored_bytes;
+    int64_t created_at, updated_at;
+} reg_summary;
+
+/* Fills *out for the acquired session s (caller holds a reference and runs no mutation of s alongside).
+ * MA_ENOMEM (statistics), MA_EIO / MA_ECORRUPT / MA_ENOTFOUND (reading the store; err says why). On
+ * failure *out holds nothing to clear. */
+int reg_summary_get(reg_registry *r, reg_session *s, reg_summary *out, char *err, size_t errlen);
+void reg_summary_clear(reg_summary *sm);
+
+/* Consistent online snapshot of the whole store into the new file `path` (absolute). MA_EEXISTS when
+ * path exists (a backup never overwrites a file), MA_EIO; err says why. */
+int reg_backup(reg_registry *r, const char *path, char *err, size_t errlen);
 
 /* What a mutation changed, for reg_commit. */
 typedef struct {

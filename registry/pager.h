@@ -1,0 +1,45 @@
+/*
+ * registry/pager.h — the one adapter from the store to core's paging callbacks.
+ *
+ * A restored (or budget-paged) session keeps only summaries of its archive in memory and reads archive
+ * chunks, and the payloads of archived events, back from the store when a query needs them. core/ asks
+ * through two callbacks (ma_chunk_source of core/archive.h, ma_payload_source of core/session.h); a
+ * reg_pager answers them from ma_store_load_events / ma_store_load_payload for one session. The registry
+ * embeds one in every session; benchmarks that restore a session without a registry use it directly.
+ *
+ * Chunk c holds events [c·chunk, c·chunk + n). The callbacks return MA_E* codes only (core has no message
+ * buffer); the message of the first failure is kept in pager.err (later ones are dropped, so concurrent
+ * readers never write it at the same time). Thread-safe for concurrent reads of one session; the pager
+ * must outlive every session reading through it.
+ */
+#ifndef REG_PAGER_H
+#define REG_PAGER_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/archive.h"
+#include "core/params.h"
+#include "core/session.h"
+#include "store/store.h"
+
+typedef struct {
+    ma_store *store;                  /* borrowed */
+    char id[MA_MAX_NAME + 1];
+    size_t chunk;                     /* events per chunk (ma_params.chunk) */
+    size_t k_floats, v_floats;        /* floats per event: H·d, H·d_v */
+    atomic_uint_fast64_t *chunk_loads;   /* optional: counts chunks read (NULL: not counted) */
+    atomic_int failed;                /* set by the first failure, which wrote err */
+    char err[256];
+} reg_pager;
+
+/* Sets pg up for session `id` of config p in store st; chunk_loads may be NULL. */
+void reg_pager_init(reg_pager *pg, ma_store *st, const char *id, const ma_params *p,
+                    atomic_uint_fast64_t *chunk_loads);
+
+/* The callbacks of pg, for ma_archive_set_source / ma_session_restore. */
+ma_chunk_source reg_pager_chunks(reg_pager *pg);
+ma_payload_source reg_pager_payloads(reg_pager *pg);
+
+#endif
