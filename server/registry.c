@@ -20,6 +20,7 @@
 #include <cjson/cJSON.h>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "server/codec.h"
 
 struct reg_session {
@@ -58,10 +59,7 @@ struct reg_registry {
 
 static uint64_t hash_id(const char *s)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-    return h;
+    return ma_fnv1a64(s, strlen(s));
 }
 
 int reg_create(const reg_options *o, reg_registry **out)
