@@ -25,6 +25,7 @@
 #include "core/archive.h"
 #include "core/backbone.h"
 #include "core/params.h"
+#include "core/slots.h"    /* the slot value types: ma_slot_info, ma_slot_value, ... */
 
 typedef struct ma_session ma_session;
 
@@ -62,47 +63,17 @@ void ma_ingest_report_clear(ma_ingest_report *r);
 /* ---- slots ----------------------------------------------------------------------------------- */
 
 typedef struct {
-    char name[MA_MAX_NAME + 1];
-    uint64_t version;          /* current version (>= 1) */
-    bool protect;              /* protected flag */
-    int64_t event;             /* source event, -1 if written through the slot verbs */
-    uint64_t usage;            /* how many queries this slot answered */
-    int64_t updated_at;        /* ms */
-} ma_slot_info;
-
-typedef struct {
-    uint64_t version;
-    int64_t event;
-    int64_t at;                /* ms */
-    bool tombstone;            /* an eviction marker: no value */
-} ma_version_info;
-
-typedef struct {
-    ma_slot_info info;         /* for an old version: version/event/updated_at of that version */
-    float *k;                  /* H·d, malloc'd */
-    float *v;                  /* H·d_v, malloc'd */
-    char *payload;             /* JSON text or NULL, malloc'd */
-} ma_slot_value;
-
-void ma_slot_value_clear(ma_slot_value *sv);
-
-typedef struct {
     const char *name;
     const float *k;            /* H·d; NULL: the name's text embedding (core/featurize.h) */
-    const float *v;            /* H·d_v; NULL: the payload's embedding if payload is a JSON string */
-    const char *payload;       /* JSON text or NULL */
+    const float *v;            /* H·d_v; NULL: the embedding of text */
+    const char *text;          /* with v NULL: the text whose embedding becomes the value (the caller
+                                  decodes it from a JSON string payload; core parses no JSON) */
+    const char *payload;       /* JSON text or NULL, stored as given */
     bool protect;              /* protect after writing */
 } ma_slot_input;
 
-typedef struct {
-    uint64_t version;          /* version now current */
-    bool created;              /* the verb created the slot */
-    bool evicted;              /* a capacity eviction happened ... */
-    char evicted_name[MA_MAX_NAME + 1];   /* ... of this slot */
-} ma_slot_result;
-
 /* write: create a slot. MA_EEXISTS if resident; MA_EFULL if at capacity and all resident are protected;
- * MA_EINVAL if v is NULL and the payload is not a JSON string. A name evicted earlier continues its
+ * MA_EINVAL if v and text are both NULL. A name evicted earlier continues its
  * version numbers (versions are never reused). */
 int ma_session_slot_write(ma_session *s, const ma_slot_input *in, int64_t now, ma_slot_result *res);
 
@@ -195,6 +166,15 @@ void ma_session_stats_clear(ma_session_stats *st);
  * alongside mutations. Added for the memory budget (additive). */
 size_t ma_session_bytes(const ma_session *s);
 
+/* The two counters the store keeps with a session (archive length, resident slots): no allocation, no
+ * arithmetic over the state (unlike ma_session_stats_get, which computes norms). Same threading as
+ * ma_session_bytes. */
+typedef struct {
+    uint64_t length;
+    size_t slots_resident;
+} ma_session_counts;
+void ma_session_counts_get(const ma_session *s, ma_session_counts *c);
+
 /* Components, for the store and benchmarks (borrowed pointers, valid while the session lives). */
 ma_backbone *ma_session_backbone(ma_session *s);
 ma_archive *ma_session_archive(ma_session *s);
@@ -212,12 +192,21 @@ typedef struct {
     void *ctx;
 } ma_payload_source;
 
-/* Rebuilds a session from the blobs of ma_backbone_serialize, ma_session_serialize_slots and
- * ma_archive_serialize_meta, reading archive chunks through chunks and payloads through payloads.
- * The restored session answers every query exactly as the original did (same bits). MA_ECORRUPT. */
-int ma_session_restore(const ma_params *p, const void *backbone, size_t backbone_len, const void *slots,
-                       size_t slots_len, const void *archive_meta, size_t archive_meta_len,
-                       ma_chunk_source chunks, size_t cache_chunks, ma_payload_source payloads,
-                       ma_session **out);
+/* What a session is restored from: the blobs of ma_backbone_serialize, ma_session_serialize_slots and
+ * ma_archive_serialize_meta (borrowed for the call), and where its archive chunks and event payloads
+ * are read (kept by the session). */
+typedef struct {
+    const void *backbone;      size_t backbone_len;
+    const void *slots;         size_t slots_len;
+    const void *archive_meta;  size_t archive_meta_len;
+    ma_chunk_source chunks;    /* archive chunks (the store) */
+    size_t cache_chunks;       /* chunks cached in RAM, >= 1 */
+    ma_payload_source payloads;
+} ma_session_saved;
+
+/* Rebuilds a session from what `from` describes. The restored session answers every query exactly as
+ * the original did (same bits). MA_ECORRUPT (a blob is damaged or the three disagree), MA_EINVAL,
+ * MA_ENOMEM, or a source's error. */
+int ma_session_restore(const ma_params *p, const ma_session_saved *from, ma_session **out);
 
 #endif

@@ -29,7 +29,41 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/session.h"   /* the value types shared with the session API: ma_slot_info, ... */
+#include "core/params.h"
+
+/* ---- value types (also those of the session API, core/session.h) ---------------------------- */
+
+typedef struct {
+    char name[MA_MAX_NAME + 1];
+    uint64_t version;          /* current version (>= 1) */
+    bool protect;              /* protected flag */
+    int64_t event;             /* source event, -1 if written through the slot verbs */
+    uint64_t usage;            /* how many queries this slot answered */
+    int64_t updated_at;        /* ms */
+} ma_slot_info;
+
+typedef struct {
+    uint64_t version;
+    int64_t event;
+    int64_t at;                /* ms */
+    bool tombstone;            /* an eviction marker: no value */
+} ma_version_info;
+
+typedef struct {
+    ma_slot_info info;         /* for an old version: version/event/updated_at of that version */
+    float *k;                  /* H·d, malloc'd */
+    float *v;                  /* H·d_v, malloc'd */
+    char *payload;             /* JSON text or NULL, malloc'd */
+} ma_slot_value;
+
+void ma_slot_value_clear(ma_slot_value *sv);
+
+typedef struct {
+    uint64_t version;          /* version now current */
+    bool created;              /* the verb created the slot */
+    bool evicted;              /* a capacity eviction happened ... */
+    char evicted_name[MA_MAX_NAME + 1];   /* ... of this slot */
+} ma_slot_result;
 
 typedef struct ma_slots ma_slots;
 

@@ -278,12 +278,12 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
             goto done;
         }
     } else {
-        ma_chunk_source chunks = {chunk_load, s};
-        ma_payload_source payloads = {payload_load, s};
         s->cache_chunks = cache_chunks_for(r, &s->params);
-        rc = ma_session_restore(&s->params, row.backbone.data, row.backbone.len, row.slots_blob.data,
-                                row.slots_blob.len, row.archive_meta.data, row.archive_meta.len, chunks,
-                                s->cache_chunks, payloads, &core);
+        ma_session_saved saved = {
+            row.backbone.data, row.backbone.len, row.slots_blob.data, row.slots_blob.len,
+            row.archive_meta.data, row.archive_meta.len, {chunk_load, s}, s->cache_chunks, {payload_load, s},
+        };
+        rc = ma_session_restore(&s->params, &saved, &core);
         if (rc) {
             snprintf(err, errlen, "session %s: cannot restore the stored state: %s", s->id, ma_strerror(rc));
             goto done;
@@ -537,13 +537,13 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
     /* The archive blob changes only at an index rebuild: rewrite it only then. */
     uint64_t gen = ma_archive_meta_generation(ma_session_archive(s->core));
     bool meta = all || (c->archive && gen != s->meta_gen);
-    ma_session_stats st = {0};
+    ma_session_counts st;
     int rc;
 
+    ma_session_counts_get(s->core, &st);
     if (((c->backbone || all) && (rc = ma_backbone_serialize(ma_session_backbone(s->core), &bb, &bbl)) != 0) ||
         ((c->slots || all) && (rc = ma_session_serialize_slots(s->core, &sl, &sll)) != 0) ||
-        (meta && (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0) ||
-        (rc = ma_session_stats_get(s->core, &st)) != 0) {
+        (meta && (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0)) {
         snprintf(err, errlen, "session %s: cannot serialise the new state: %s", s->id, ma_strerror(rc));
         goto fail;
     }
@@ -574,7 +574,6 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
     s->updated_at = now;
     if (c->n_events)
         s->paged = false;   /* new chunks are resident; reg_release pages them out under memory pressure */
-    ma_session_stats_clear(&st);
     free(bb);
     free(sl);
     free(am);
@@ -585,7 +584,6 @@ fail:
     pthread_mutex_lock(&r->mu);
     s->stale = true;
     pthread_mutex_unlock(&r->mu);
-    ma_session_stats_clear(&st);
     free(bb);
     free(sl);
     free(am);
