@@ -1,7 +1,7 @@
 /*
  * core/archive.h — every event's per-head key and value, kept in chunks of C events, and the reads over
  * them: full softmax attention (the exact reference), sparse top-k attention through a selector, and a
- * sliding window. DESIGN.md 3.3; docs/ARCHIVE.md.
+ * sliding window. docs/ARCHIVE.md.
  *
  * Selectors (ma_params.selector):
  *  - chunks: per-chunk summaries (mean key, per-dimension min/max per head) score every chunk; the top-k
@@ -82,7 +82,7 @@ int ma_archive_read_sparse(const ma_archive *a, const float *q, int topk, ma_rea
  *  - MEAN: q . (mean key of the chunk);
  *  - BOTH: half the chunks (rounded up) by BOUND, the rest by MEAN.
  * A runtime setting for comparisons (bench/); not part of the config nor of the serialised state. Must not
- * run alongside a read. Added to the agreed interface by the archive helper (additive). */
+ * run alongside a read. */
 typedef enum { MA_CHUNK_SCORE_BOUND = 0, MA_CHUNK_SCORE_MEAN, MA_CHUNK_SCORE_BOTH } ma_chunk_score;
 void ma_archive_set_chunk_score(ma_archive *a, ma_chunk_score s);
 
@@ -98,18 +98,17 @@ int ma_archive_set_source(ma_archive *a, ma_chunk_source src, size_t cache_chunk
 void ma_archive_release(ma_archive *a);
 
 /* Serialises / restores what cannot be recomputed from the chunks (the shape, and for the index selector
- * its centroids and build counters: a few hundred KiB at 2M events, nothing per event) in a versioned,
- * checked format. Restore takes the archive's length (events), rebuilds summaries and the index by
- * streaming every chunk once through src (identical to the original's), and keeps reading chunks through
- * src. Truncated or foreign buffer: MA_ECORRUPT; a length of more than UINT32_MAX chunks: MA_EINVAL;
- * src's errors are passed on. Changed by archive wave 2: `length` added, the blob no longer holds the
- * length, summaries or per-event index data. */
+ * its centroids and build counters: a few hundred KiB at 2M events, nothing per event) as a core/blob.h
+ * blob (docs/ARCHIVE.md has the sections); restore also reads the legacy format. Restore takes the
+ * archive's length (events), rebuilds summaries and the index by streaming every chunk once through src
+ * (identical to the original's), and keeps reading chunks through src. Truncated, corrupted or foreign
+ * buffer: MA_ECORRUPT; a length of more than UINT32_MAX chunks: MA_EINVAL; src's errors are passed on. */
 int ma_archive_serialize_meta(const ma_archive *a, void **buf, size_t *len);
 int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, uint64_t length,
                             ma_chunk_source src, size_t cache_chunks, ma_archive **out);
 
 /* Changes exactly when ma_archive_serialize_meta's output changes (at an index rebuild; never for the
- * chunks selector), so a store need rewrite the blob only then. Added by archive wave 2 (additive). */
+ * chunks selector), so a store need rewrite the blob only then. */
 uint64_t ma_archive_meta_generation(const ma_archive *a);
 
 #endif

@@ -36,7 +36,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 
-/* Constants of DESIGN.md 3.1–3.2 that are not configuration. */
+/* Constants of docs/BACKBONE.md that are not configuration. */
 #define NORM_EPS     1e-12  /* normalize(x) = x / max(|x|, NORM_EPS): zero vectors stay zero */
 #define DELTA_CLAMP  1e-4   /* VLA: delta = max(1 + uᵀA u, DELTA_CLAMP) */
 #define VLA_DEN_EPS  1e-4   /* VLA normalised read: S phi(q) / max(zᵀphi(q), VLA_DEN_EPS) */

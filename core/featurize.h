@@ -1,5 +1,5 @@
 /*
- * core/featurize.h — the built-in deterministic lexical text embedder (DESIGN.md 3.6).
+ * core/featurize.h — the built-in deterministic lexical text embedder (docs/SLOTS.md).
  *
  * Where the REST API expects a key, query or value vector, `text` may be given instead; a slot written
  * without a key is keyed by its name's embedding. This module turns text into a unit vector:

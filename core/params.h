@@ -2,7 +2,7 @@
  * core/params.h — a session's configuration (the "config" object of the REST API).
  *
  * A plain value type: every module of core/ is created from one. Defaults and ranges are those of
- * ../shared/design/API.md and DESIGN.md 3.1; ma_params_validate() is the single place that checks them,
+ * docs/API.md and docs/CONFIG.md; ma_params_validate() is the single place that checks them,
  * so the server, the store and the tests agree on what a valid config is. JSON (de)coding of this struct
  * lives in the server; this header has no I/O.
  */

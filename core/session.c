@@ -1,6 +1,6 @@
 /*
  * core/session.c — one session: backbone + archive + slots + payloads, the write controller and the
- * router (DESIGN.md 3; contract in core/session.h).
+ * router (contract in core/session.h).
  *
  * Design:
  *  - Composition only: the maths lives in core/backbone.c, core/archive.c, core/slots.c and
@@ -10,7 +10,7 @@
  *  - Payloads of events are JSON text kept in an array sorted by event index (events are appended in
  *    order, so appending keeps it sorted); events without a payload cost nothing. A restored session
  *    reads the payloads of events it did not ingest itself through its ma_payload_source (the store).
- *  - The router is the hard switch of DESIGN.md 3.5: a named resident slot, else the best cosine over
+ *  - The router is a hard switch: a named resident slot, else the best cosine over
  *    resident slot keys if it reaches route_threshold, else the sparse read. There is no mixed score.
  * Not done here: validation of dimensions, finiteness and names (the server's codec does that), locking
  * (the server orders jobs per session), I/O (the store, through the two source callbacks).

@@ -1,10 +1,11 @@
 /*
- * core/session.h — one session: backbone + archive + slots + router, the hybrid read of DESIGN.md 3.
+ * core/session.h — one session: backbone + archive + slots + router, the hybrid read (docs/SLOTS.md,
+ * docs/ARCHIVE.md).
  *
  * This is the object the server's worker threads call. It composes core/backbone.h (fixed-state memory),
  * core/archive.h (every event, sparse/full/window reads), core/slots.h (the editable, versioned slot
  * table) and core/featurize.h (text -> vector), and implements the write controller (an event carrying a
- * slot name writes that slot) and the router (memory first, hard switch, DESIGN.md 3.5).
+ * slot name writes that slot) and the router (memory first, hard switch).
  *
  * Contract:
  *  - Every mutation is all-or-nothing: it either applies whole and returns 0, or returns an error and the
@@ -14,6 +15,7 @@
  *  - Threads: no internal lock. Queries may run in parallel with each other (usage counters are atomic);
  *    mutations must be serialised by the caller and never run alongside a query of the same session.
  *  - Strings returned inside result structs are owned by the struct and freed by its *_clear function.
+ *  - No JSON parsing: payloads are JSON text, stored and returned verbatim (the server encodes them).
  */
 #ifndef MA_SESSION_H
 #define MA_SESSION_H
@@ -146,7 +148,9 @@ const ma_params *ma_session_params(const ma_session *s);
 
 /* Appends a batch of events: backbone update, archive append, payloads, write controller. MA_EFULL (and
  * nothing applied) if a slot write in the batch would need an eviction when every resident slot is
- * protected. */
+ * protected. Copies: when every ev[i].k is ev[0].k + i·H·d and every ev[i].v is ev[0].v + i·H·d_v (the
+ * codec's layout) the vectors are read in place and copied once, into the archive; otherwise they are
+ * first gathered into one array. */
 int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, ma_ingest_report *rep);
 
 typedef struct {
@@ -163,7 +167,7 @@ void ma_session_stats_clear(ma_session_stats *st);
 
 /* ma_session_stats.bytes alone: no allocation, no arithmetic over the state (the server's registry
  * re-measures a session at every release). May run alongside reads (the chunk cache is locked), not
- * alongside mutations. Added for the memory budget (additive). */
+ * alongside mutations. */
 size_t ma_session_bytes(const ma_session *s);
 
 /* The two counters the store keeps with a session (archive length, resident slots): no allocation, no
@@ -182,7 +186,7 @@ ma_archive *ma_session_archive(ma_session *s);
 /* ---- persistence (used by the server's session registry together with store/) ----------------- */
 
 /* Serialises the slot table (resident slots, full version history with values and payloads, usage,
- * eviction order state) in a versioned, checked format; *buf malloc'd. */
+ * eviction order state) as a core/blob.h blob (docs/SLOTS.md); *buf malloc'd. */
 int ma_session_serialize_slots(const ma_session *s, void **buf, size_t *len);
 
 /* Where a restored session finds the payload of an archived event (the store); payloads of events are

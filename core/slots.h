@@ -1,5 +1,5 @@
 /*
- * core/slots.h — the editable, versioned slot table of a session (DESIGN.md 3.4; docs/SLOTS.md).
+ * core/slots.h — the editable, versioned slot table of a session (docs/SLOTS.md).
  *
  * A slot is a named fact: key (H·d floats), value (H·d_v floats), optional JSON payload, its source event,
  * a protected flag and a usage count. Every name keeps its full, immutable version history; at most M
@@ -172,10 +172,12 @@ void ma_slots_count_use(const ma_slots *s, const char *name);
 /* --- persistence --- */
 
 /* Everything (every name's history with values and payloads, resident set and its update order,
- * protected flags, usage) in a versioned, checksummed, little-endian format; *buf malloc'd. */
+ * protected flags, usage) as a core/blob.h blob (little-endian, checksummed; docs/SLOTS.md); *buf
+ * malloc'd. */
 int ma_slots_serialize(const ma_slots *s, void **buf, size_t *len);
 
-/* Rebuilds a table from ma_slots_serialize's output for the given sizes. A truncated, foreign,
+/* Rebuilds a table from ma_slots_serialize's output (or the legacy format 1) for the given sizes. A
+ * truncated, foreign,
  * mismatching (dimensions, capacity) or inconsistent buffer gives MA_ECORRUPT; MA_ENOMEM. */
 int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, const void *buf, size_t len,
                            ma_slots **out);
