@@ -661,7 +661,9 @@ static void test_serialize_restore(void **state)
         ma_chunk_source cs = {load_chunk, &ctx};
         ma_payload_source ps = {load_payload, &ctx};
         ma_session *r;
-        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps}, &r), 0);
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps},
+                                            &r),
+                         0);
 
         ma_query qs[] = {
             {.q = e.k + 1 * KN},                                  /* sparse, payload through the source */
@@ -717,8 +719,12 @@ static void test_serialize_restore(void **state)
         unsigned char *bad = malloc(sln);
         memcpy(bad, sl, sln);
         bad[sln / 2] ^= 1;
-        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, bad, sln, am, amn, cs, 2, ps}, &r), MA_ECORRUPT);
-        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln - 1, am, amn, cs, 2, ps}, &r), MA_ECORRUPT);
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, bad, sln, am, amn, cs, 2, ps},
+                                            &r),
+                         MA_ECORRUPT);
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln - 1, am, amn, cs, 2, ps},
+                                            &r),
+                         MA_ECORRUPT);
         free(bad);
         ma_session *other;
         assert_int_equal(ma_session_create(&p, &other), 0);
@@ -727,14 +733,18 @@ static void test_serialize_restore(void **state)
         assert_int_equal(ma_backbone_serialize(ma_session_backbone(other), &bb0, &bbn0), 0);
         /* The archive blob holds no length since archive wave 2 (the backbone's step count is the length, so
          * the blob need not change with every event): a fresh backbone restores an empty archive. */
-        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb0, bbn0, sl, sln, am, amn, cs, 2, ps}, &r), 0);
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb0, bbn0, sl, sln, am, amn, cs, 2, ps},
+                                            &r),
+                         0);
         assert_int_equal(ma_archive_length(ma_session_archive(r)), 0);
         ma_session_destroy(r);
         free(bb0);
         ma_session_destroy(other);
         ma_params p2 = p;
         p2.slots = 4;
-        assert_int_equal(ma_session_restore(&p2, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps}, &r), MA_ECORRUPT);
+        assert_int_equal(ma_session_restore(&p2, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps},
+                                            &r),
+                         MA_ECORRUPT);
 
         free(bb);
         free(sl);
