@@ -208,8 +208,9 @@ static void restart(const char *dir, size_t cache, int queries)
     ma_chunk_source chunks = reg_pager_chunks(&pager);
     ma_payload_source payloads = reg_pager_payloads(&pager);
     ma_session *s;
-    rc = ma_session_restore(&p, row.backbone.data, row.backbone.len, row.slots_blob.data, row.slots_blob.len,
-                            row.archive_meta.data, row.archive_meta.len, chunks, cache, payloads, &s);
+    ma_session_saved saved = {row.backbone.data, row.backbone.len, row.slots_blob.data, row.slots_blob.len,
+                              row.archive_meta.data, row.archive_meta.len, chunks, cache, payloads};
+    rc = ma_session_restore(&p, &saved, &s);
     if (rc)
         die("restore", rc, pager.err);
     uint64_t length = row.length;

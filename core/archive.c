@@ -38,7 +38,9 @@
 #include <string.h>
 
 #include "core/attn.h"
+#include "core/blob.h"
 #include "core/error.h"
+#include "core/hash.h"
 #include "core/ivf.h"
 
 /* What topk means for the index selector (docs/ARCHIVE.md, "Choosing the probes"): clusters probed and
@@ -814,119 +816,78 @@ void ma_archive_release(ma_archive *a)
 
 /* ---- meta serialisation ---------------------------------------------------------------------- */
 
-#define META_MAGIC   "MAARCHV\0"
-#define META_VERSION 2u
-#define META_ENDIAN  0x01020304u
-
-typedef struct {
-    unsigned char *p;
-    size_t len, cap;
-    bool oom;
-} wbuf;
-
-static void put(wbuf *w, const void *src, size_t n)
-{
-    if (w->oom)
-        return;
-    if (w->len + n > w->cap) {
-        size_t nc = w->cap ? w->cap * 2 : 4096;
-        while (nc < w->len + n)
-            nc *= 2;
-        unsigned char *p = realloc(w->p, nc);
-        if (!p) {
-            w->oom = true;
-            return;
-        }
-        w->p = p;
-        w->cap = nc;
-    }
-    memcpy(w->p + w->len, src, n);
-    w->len += n;
-}
-
-static void put_u32(wbuf *w, uint32_t x) { put(w, &x, sizeof x); }
-static void put_u64(wbuf *w, uint64_t x) { put(w, &x, sizeof x); }
-
-typedef struct {
-    const unsigned char *p;
-    size_t len, off;
-    bool bad;
-} rbuf;
-
-static const void *take(rbuf *r, size_t n)
-{
-    if (r->bad || n > r->len - r->off) {
-        r->bad = true;
-        return NULL;
-    }
-    const void *p = r->p + r->off;
-    r->off += n;
-    return p;
-}
-
-static uint32_t get_u32(rbuf *r)
-{
-    uint32_t x = 0;
-    const void *p = take(r, sizeof x);
-    if (p)
-        memcpy(&x, p, sizeof x);
-    return x;
-}
-
-static uint64_t get_u64(rbuf *r)
-{
-    uint64_t x = 0;
-    const void *p = take(r, sizeof x);
-    if (p)
-        memcpy(&x, p, sizeof x);
-    return x;
-}
-
-static uint64_t fnv1a(const unsigned char *p, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
+/* A core/blob.h blob of kind "ARCM": section "SHAP" v1 (u32 H, d, dv, C, selector), then for the index
+ * selector section "INDX" v1 whose body is the index's own blob (ma_ivf_serialize). No per-event or
+ * per-chunk data: the rest is recomputed from the chunks at restore.
+ * Legacy format (read, never written): magic "MAARCHV\0", u32 version 2, u32 0x01020304 (host order: the
+ * reader accepts only the little-endian bytes), the SHAP fields, u64 index blob length, index blob,
+ * u64 FNV-1a 64 of everything before. */
+#define LEGACY_MAGIC   "MAARCHV\0"
+#define LEGACY_VERSION 2u
+#define LEGACY_ENDIAN  0x01020304u
+#define BLOB_KIND      MA_BLOB_TAG("ARCM")
 
 uint64_t ma_archive_meta_generation(const ma_archive *a)
 {
     return a->ivf ? ma_ivf_builds(a->ivf) : 0;
 }
 
-/* Layout: magic[8] version endian H d dv C selector (u32) index blob length (u64) index blob
- *         checksum (u64, FNV-1a of everything before). No per-event or per-chunk data: the rest is
- *         recomputed from the chunks at restore. */
 int ma_archive_serialize_meta(const ma_archive *a, void **buf, size_t *len)
 {
-    wbuf w = {0};
     void *ivf = NULL;
     size_t ivf_len = 0;
     if (a->ivf && ma_ivf_serialize(a->ivf, &ivf, &ivf_len) != 0)
         return MA_ENOMEM;
-    put(&w, META_MAGIC, 8);
-    put_u32(&w, META_VERSION);
-    put_u32(&w, META_ENDIAN);
-    put_u32(&w, (uint32_t)a->H);
-    put_u32(&w, (uint32_t)a->d);
-    put_u32(&w, (uint32_t)a->dv);
-    put_u32(&w, (uint32_t)a->C);
-    put_u32(&w, (uint32_t)a->selector);
-    put_u64(&w, ivf_len);
-    if (ivf_len)
-        put(&w, ivf, ivf_len);
-    free(ivf);
-    if (!w.oom)
-        put_u64(&w, fnv1a(w.p, w.len));
-    if (w.oom) {
-        free(w.p);
-        return MA_ENOMEM;
+    ma_blob_writer w;
+    ma_blob_begin(&w, BLOB_KIND);
+    ma_blob_section_begin(&w, MA_BLOB_TAG("SHAP"), 1);
+    ma_blob_put_u32(&w, (uint32_t)a->H);
+    ma_blob_put_u32(&w, (uint32_t)a->d);
+    ma_blob_put_u32(&w, (uint32_t)a->dv);
+    ma_blob_put_u32(&w, (uint32_t)a->C);
+    ma_blob_put_u32(&w, (uint32_t)a->selector);
+    ma_blob_section_end(&w);
+    if (a->ivf) {
+        ma_blob_section_begin(&w, MA_BLOB_TAG("INDX"), 1);
+        ma_blob_put_bytes(&w, ivf, ivf_len);
+        ma_blob_section_end(&w);
     }
-    *buf = w.p;
-    *len = w.len;
+    free(ivf);
+    return ma_blob_finish(&w, buf, len);
+}
+
+/* Opens either format: shape reads the SHAP fields; *ivf, *ivf_len the index blob (NULL, 0 if none). */
+static int open_meta(const void *buf, size_t len, ma_blob_reader *shape, const void **ivf, size_t *ivf_len)
+{
+    ma_blob_reader r, x;
+    *ivf = NULL;
+    *ivf_len = 0;
+    if (ma_blob_is_blob(buf, len)) {
+        if (ma_blob_open(&r, buf, len, BLOB_KIND) || ma_blob_section(&r, MA_BLOB_TAG("SHAP"), 1, shape))
+            return MA_ECORRUPT;
+        if (ma_blob_remaining(&r)) {
+            if (ma_blob_section(&r, MA_BLOB_TAG("INDX"), 1, &x) || !x.len)
+                return MA_ECORRUPT;
+            *ivf_len = x.len;
+            *ivf = ma_blob_take(&x, x.len);
+        }
+        return ma_blob_done(&r);
+    }
+    const unsigned char *b = buf;
+    if (len < 8 + 8 || memcmp(b, LEGACY_MAGIC, 8) != 0)
+        return MA_ECORRUPT;
+    ma_blob_reader_raw(&r, b + len - 8, 8);
+    if (ma_blob_get_u64(&r) != ma_fnv1a64(b, len - 8))
+        return MA_ECORRUPT;
+    ma_blob_reader_raw(&r, b + 8, len - 16);
+    if (ma_blob_get_u32(&r) != LEGACY_VERSION || ma_blob_get_u32(&r) != LEGACY_ENDIAN)
+        return MA_ECORRUPT;
+    ma_blob_reader_raw(shape, ma_blob_take(&r, 5 * 4), 5 * 4);
+    uint64_t n = ma_blob_get_u64(&r);
+    if (r.bad || n != ma_blob_remaining(&r))
+        return MA_ECORRUPT;
+    *ivf_len = (size_t)n;
+    *ivf = n ? ma_blob_take(&r, (size_t)n) : NULL;
     return 0;
 }
 
@@ -957,26 +918,19 @@ int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, uin
 {
     if (!p || !buf || !out || !src.load || cache_chunks < 1 || ma_params_validate(p, NULL, 0) != 0)
         return MA_EINVAL;
-    if (len < 8 + 8 || memcmp(buf, META_MAGIC, 8) != 0)
-        return MA_ECORRUPT;
-    uint64_t sum;
-    memcpy(&sum, (const unsigned char *)buf + len - 8, 8);
-    if (sum != fnv1a(buf, len - 8))
-        return MA_ECORRUPT;
-
-    rbuf r = {.p = buf, .len = len - 8, .off = 8};
+    ma_blob_reader shape;
+    const void *ivf;
+    size_t ivf_len;
     ma_archive *a = NULL;
     float *tk = NULL, *tv = NULL;
     int rc = MA_ECORRUPT;
-    if (get_u32(&r) != META_VERSION || get_u32(&r) != META_ENDIAN)
+    if (open_meta(buf, len, &shape, &ivf, &ivf_len))
         goto fail;
-    uint32_t H = get_u32(&r), d = get_u32(&r), dv = get_u32(&r), C = get_u32(&r), sel = get_u32(&r);
-    if (r.bad || H != (uint32_t)p->heads || d != (uint32_t)p->dim || dv != (uint32_t)p->value_dim ||
-        C != (uint32_t)p->chunk || sel != (uint32_t)p->selector)
-        goto fail;
-    uint64_t ivf_len = get_u64(&r);
-    const void *ivf = r.bad ? NULL : take(&r, (size_t)ivf_len);
-    if (r.bad || r.off != r.len || (ivf_len != 0) != (p->selector == MA_SELECTOR_INDEX))
+    uint32_t H = ma_blob_get_u32(&shape), d = ma_blob_get_u32(&shape), dv = ma_blob_get_u32(&shape),
+             C = ma_blob_get_u32(&shape), sel = ma_blob_get_u32(&shape);
+    if (ma_blob_done(&shape) || H != (uint32_t)p->heads || d != (uint32_t)p->dim ||
+        dv != (uint32_t)p->value_dim || C != (uint32_t)p->chunk || sel != (uint32_t)p->selector ||
+        (ivf_len != 0) != (p->selector == MA_SELECTOR_INDEX))
         goto fail;
     uint64_t nc64 = (length + C - 1) / C;
     if (nc64 > UINT32_MAX) {

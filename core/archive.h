@@ -1,7 +1,7 @@
 /*
  * core/archive.h — every event's per-head key and value, kept in chunks of C events, and the reads over
  * them: full softmax attention (the exact reference), sparse top-k attention through a selector, and a
- * sliding window. DESIGN.md 3.3; docs/ARCHIVE.md.
+ * sliding window. docs/ARCHIVE.md.
  *
  * Selectors (ma_params.selector):
  *  - chunks: per-chunk summaries (mean key, per-dimension min/max per head) score every chunk; the top-k
@@ -98,12 +98,11 @@ int ma_archive_set_source(ma_archive *a, ma_chunk_source src, size_t cache_chunk
 void ma_archive_release(ma_archive *a);
 
 /* Serialises / restores what cannot be recomputed from the chunks (the shape, and for the index selector
- * its centroids and build counters: a few hundred KiB at 2M events, nothing per event) in a versioned,
- * checked format. Restore takes the archive's length (events), rebuilds summaries and the index by
- * streaming every chunk once through src (identical to the original's), and keeps reading chunks through
- * src. Truncated or foreign buffer: MA_ECORRUPT; a length of more than UINT32_MAX chunks: MA_EINVAL;
- * src's errors are passed on. The blob holds neither the length (hence `length`) nor summaries nor
- * per-event index data. */
+ * its centroids and build counters: a few hundred KiB at 2M events, nothing per event) as a core/blob.h
+ * blob (docs/ARCHIVE.md has the sections); restore also reads the legacy format. Restore takes the
+ * archive's length (events), rebuilds summaries and the index by streaming every chunk once through src
+ * (identical to the original's), and keeps reading chunks through src. Truncated, corrupted or foreign
+ * buffer: MA_ECORRUPT; a length of more than UINT32_MAX chunks: MA_EINVAL; src's errors are passed on. */
 int ma_archive_serialize_meta(const ma_archive *a, void **buf, size_t *len);
 int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, uint64_t length,
                             ma_chunk_source src, size_t cache_chunks, ma_archive **out);

@@ -32,9 +32,11 @@
 #include <string.h>
 
 #include "core/bb_kernel.h"
+#include "core/blob.h"
 #include "core/error.h"
+#include "core/hash.h"
 
-/* Constants of DESIGN.md 3.1–3.2 that are not configuration. */
+/* Constants of docs/BACKBONE.md that are not configuration. */
 #define NORM_EPS     1e-12  /* normalize(x) = x / max(|x|, NORM_EPS): zero vectors stay zero */
 #define DELTA_CLAMP  1e-4   /* VLA: delta = max(1 + uᵀA u, DELTA_CLAMP) */
 #define VLA_DEN_EPS  1e-4   /* VLA normalised read: S phi(q) / max(zᵀphi(q), VLA_DEN_EPS) */
@@ -42,10 +44,6 @@
 #define LIN_GEMM_MIN 16     /* linear update: batches at least this long go through sgemm */
 #define READ_BLOCK   2048   /* floats of stack scratch for a block of normalised queries */
 #define READ_GEMM_MIN 4     /* reads of fewer queries per head use the row sweep instead of sgemm */
-
-#define FMT_MAGIC   0x4242414du  /* "MABB" little-endian */
-#define FMT_VERSION 1u
-#define FMT_HEADER  80u
 
 struct ma_backbone {
     ma_backbone_kind kind;
@@ -652,61 +650,18 @@ size_t ma_backbone_bytes(const ma_backbone *b)
 
 /* ---- serialisation ---------------------------------------------------------------------------- */
 /*
- * Format v1, all little-endian (docs/BACKBONE.md):
- *   0 u32 magic "MABB"   4 u32 version   8 u32 kind   12 u32 feature   16 u32 heads   20 u32 dim
- *  24 u32 value_dim     28 u32 period   32 f64 lambda0   40 f64 refresh   48 f64 penalty_scale
- *  56 f64 beta          64 u64 steps    72 u64 payload bytes
- *  80 payload: per head Sᵀ (dim × value_dim f32), then A (dim × dim f32, vla), then z (dim f64, vla/linear)
- *  end u64 FNV-1a 64 of every byte before it.
+ * A core/blob.h blob of kind "BKBN" (docs/BACKBONE.md, docs/STORE.md):
+ *   section "HEAD" v1: u32 kind, feature, heads, dim, value_dim, period | f64 lambda0, refresh,
+ *                      penalty_scale, beta | u64 steps
+ *   section "STAT" v1: per head Sᵀ (dim × value_dim f32), then A (dim × dim f32, vla), then z (dim f64,
+ *                      vla/linear)
+ * Legacy format v1 (read, never written): u32 magic "MABB", u32 version 1, the HEAD fields, u64 payload
+ * bytes, the STAT body, u64 FNV-1a 64 of every byte before it; all little-endian.
  */
-
-static void put32(unsigned char *p, uint32_t x)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (unsigned char)(x >> (8 * i));
-}
-static void put64(unsigned char *p, uint64_t x)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (unsigned char)(x >> (8 * i));
-}
-static uint32_t get32(const unsigned char *p)
-{
-    uint32_t x = 0;
-    for (int i = 0; i < 4; i++)
-        x |= (uint32_t)p[i] << (8 * i);
-    return x;
-}
-static uint64_t get64(const unsigned char *p)
-{
-    uint64_t x = 0;
-    for (int i = 0; i < 8; i++)
-        x |= (uint64_t)p[i] << (8 * i);
-    return x;
-}
-static void putf64(unsigned char *p, double x)
-{
-    uint64_t u;
-    memcpy(&u, &x, 8);
-    put64(p, u);
-}
-static double getf64(const unsigned char *p)
-{
-    uint64_t u = get64(p);
-    double x;
-    memcpy(&x, &u, 8);
-    return x;
-}
-
-static uint64_t fnv1a(const unsigned char *p, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
+#define LEGACY_MAGIC   0x4242414du  /* "MABB" little-endian */
+#define LEGACY_VERSION 1u
+#define LEGACY_HEADER  80u
+#define BLOB_KIND      MA_BLOB_TAG("BKBN")
 
 static size_t payload_bytes(const ma_backbone *b)
 {
@@ -721,59 +676,89 @@ static size_t payload_bytes(const ma_backbone *b)
     return H * per;
 }
 
-/* Copies `rows` rows of `cols` floats between a padded matrix and the little-endian stream. */
-static unsigned char *put_rows(unsigned char *p, const float *M, size_t rows, size_t cols, size_t ld)
-{
-    for (size_t i = 0; i < rows; i++)
-        for (size_t j = 0; j < cols; j++, p += 4) {
-            uint32_t u;
-            memcpy(&u, &M[i * ld + j], 4);
-            put32(p, u);
-        }
-    return p;
-}
-static const unsigned char *get_rows(const unsigned char *p, float *M, size_t rows, size_t cols, size_t ld)
-{
-    for (size_t i = 0; i < rows; i++)
-        for (size_t j = 0; j < cols; j++, p += 4) {
-            uint32_t u = get32(p);
-            memcpy(&M[i * ld + j], &u, 4);
-        }
-    return p;
-}
-
 int ma_backbone_serialize(const ma_backbone *b, void **buf, size_t *len)
 {
     const size_t H = (size_t)b->heads, d = (size_t)b->dim, dv = (size_t)b->vdim;
-    const size_t pay = payload_bytes(b), total = FMT_HEADER + pay + 8;
-    unsigned char *out = malloc(total), *p = out;
-    if (!out)
-        return MA_ENOMEM;
-    put32(p, FMT_MAGIC);
-    put32(p + 4, FMT_VERSION);
-    put32(p + 8, (uint32_t)b->kind);
-    put32(p + 12, (uint32_t)b->feature);
-    put32(p + 16, (uint32_t)b->heads);
-    put32(p + 20, (uint32_t)b->dim);
-    put32(p + 24, (uint32_t)b->vdim);
-    put32(p + 28, (uint32_t)b->period);
-    putf64(p + 32, b->lambda0);
-    putf64(p + 40, b->refresh);
-    putf64(p + 48, b->scale);
-    putf64(p + 56, b->beta);
-    put64(p + 64, b->steps);
-    put64(p + 72, (uint64_t)pay);
-    p += FMT_HEADER;
+    ma_blob_writer w;
+    ma_blob_begin(&w, BLOB_KIND);
+    ma_blob_section_begin(&w, MA_BLOB_TAG("HEAD"), 1);
+    ma_blob_put_u32(&w, (uint32_t)b->kind);
+    ma_blob_put_u32(&w, (uint32_t)b->feature);
+    ma_blob_put_u32(&w, (uint32_t)b->heads);
+    ma_blob_put_u32(&w, (uint32_t)b->dim);
+    ma_blob_put_u32(&w, (uint32_t)b->vdim);
+    ma_blob_put_u32(&w, (uint32_t)b->period);
+    ma_blob_put_f64(&w, b->lambda0);
+    ma_blob_put_f64(&w, b->refresh);
+    ma_blob_put_f64(&w, b->scale);
+    ma_blob_put_f64(&w, b->beta);
+    ma_blob_put_u64(&w, b->steps);
+    ma_blob_section_end(&w);
+    ma_blob_section_begin(&w, MA_BLOB_TAG("STAT"), 1);
     for (size_t h = 0; b->kind != MA_BACKBONE_NONE && h < H; h++) {
-        p = put_rows(p, b->S + h * d * b->ldv, d, dv, b->ldv);
-        if (b->A)
-            p = put_rows(p, b->A + h * d * b->ld, d, d, b->ld);
-        for (size_t j = 0; b->z && j < d; j++, p += 8)
-            putf64(p, b->z[h * b->ld + j]);
+        for (size_t i = 0; i < d; i++)
+            ma_blob_put_f32s(&w, b->S + (h * d + i) * b->ldv, dv);
+        for (size_t i = 0; b->A && i < d; i++)
+            ma_blob_put_f32s(&w, b->A + (h * d + i) * b->ld, d);
+        for (size_t j = 0; b->z && j < d; j++)
+            ma_blob_put_f64(&w, b->z[h * b->ld + j]);
     }
-    put64(p, fnv1a(out, FMT_HEADER + pay));
-    *buf = out;
-    *len = total;
+    ma_blob_section_end(&w);
+    return ma_blob_finish(&w, buf, len);
+}
+
+/* The HEAD fields (hd) and the STAT body (st) into b; both readers must end exactly. */
+static int read_state(ma_backbone *b, ma_blob_reader *hd, ma_blob_reader *st)
+{
+    uint32_t kind = ma_blob_get_u32(hd), feature = ma_blob_get_u32(hd), heads = ma_blob_get_u32(hd),
+             dim = ma_blob_get_u32(hd), vdim = ma_blob_get_u32(hd), period = ma_blob_get_u32(hd);
+    double lambda0 = ma_blob_get_f64(hd), refresh = ma_blob_get_f64(hd), scale = ma_blob_get_f64(hd),
+           beta = ma_blob_get_f64(hd);
+    uint64_t steps = ma_blob_get_u64(hd);
+    if (ma_blob_done(hd) || ma_blob_remaining(st) != payload_bytes(b))
+        return MA_ECORRUPT;
+    /* The buffer must describe this very backbone: kind, dims and the constants its kind uses. */
+    if (kind != (uint32_t)b->kind || heads != (uint32_t)b->heads || dim != (uint32_t)b->dim ||
+        vdim != (uint32_t)b->vdim)
+        return MA_ECORRUPT;
+    if ((b->kind == MA_BACKBONE_VLA || b->kind == MA_BACKBONE_LINEAR) && feature != (uint32_t)b->feature)
+        return MA_ECORRUPT;
+    if (b->kind == MA_BACKBONE_VLA &&
+        (period != (uint32_t)b->period || lambda0 != b->lambda0 || refresh != b->refresh || scale != b->scale))
+        return MA_ECORRUPT;
+    if (b->kind == MA_BACKBONE_DELTA && beta != b->beta)
+        return MA_ECORRUPT;
+    b->steps = steps;
+
+    const size_t H = (size_t)b->heads, d = (size_t)b->dim, dv = (size_t)b->vdim;
+    for (size_t h = 0; b->kind != MA_BACKBONE_NONE && h < H; h++) {
+        for (size_t i = 0; i < d; i++)
+            ma_blob_get_f32s(st, b->S + (h * d + i) * b->ldv, dv);
+        for (size_t i = 0; b->A && i < d; i++)
+            ma_blob_get_f32s(st, b->A + (h * d + i) * b->ld, d);
+        for (size_t j = 0; b->z && j < d; j++)
+            b->z[h * b->ld + j] = ma_blob_get_f64(st);
+    }
+    return ma_blob_done(st);
+}
+
+/* Splits a legacy v1 buffer into its HEAD fields and STAT body (after checking magic, version, payload
+ * length and checksum). */
+static int open_legacy(const unsigned char *in, size_t len, ma_blob_reader *hd, ma_blob_reader *st)
+{
+    ma_blob_reader r;
+    ma_blob_reader_raw(&r, in, len);
+    if (len < LEGACY_HEADER + 8 || ma_blob_get_u32(&r) != LEGACY_MAGIC || ma_blob_get_u32(&r) != LEGACY_VERSION)
+        return MA_ECORRUPT;
+    ma_blob_reader_raw(&r, in + 72, 8);
+    uint64_t pay = ma_blob_get_u64(&r);
+    if (pay != len - LEGACY_HEADER - 8)
+        return MA_ECORRUPT;
+    ma_blob_reader_raw(&r, in + len - 8, 8);
+    if (ma_blob_get_u64(&r) != ma_fnv1a64(in, len - 8))
+        return MA_ECORRUPT;
+    ma_blob_reader_raw(hd, in + 8, 64);
+    ma_blob_reader_raw(st, in + LEGACY_HEADER, (size_t)pay);
     return 0;
 }
 
@@ -781,45 +766,22 @@ int ma_backbone_restore(const ma_params *p, const void *buf, size_t len, ma_back
 {
     if (!p || !out || ma_params_validate(p, NULL, 0) != 0)
         return MA_EINVAL;
-    const unsigned char *in = buf;
-    if (!in || len < FMT_HEADER + 8 || get32(in) != FMT_MAGIC || get32(in + 4) != FMT_VERSION)
-        return MA_ECORRUPT;
-
+    ma_blob_reader r, hd, st;
+    int rc;
+    if (ma_blob_is_blob(buf, len))
+        rc = ma_blob_open(&r, buf, len, BLOB_KIND) || ma_blob_section(&r, MA_BLOB_TAG("HEAD"), 1, &hd) ||
+             ma_blob_section(&r, MA_BLOB_TAG("STAT"), 1, &st) || ma_blob_done(&r) ? MA_ECORRUPT : 0;
+    else
+        rc = buf ? open_legacy(buf, len, &hd, &st) : MA_ECORRUPT;
+    if (rc)
+        return rc;
     ma_backbone *b = alloc_backbone(p);
     if (!b)
         return MA_ENOMEM;
-    int rc = MA_ECORRUPT;
-    const size_t pay = payload_bytes(b);
-    if (get64(in + 72) != pay || len != FMT_HEADER + pay + 8)
-        goto fail;
-    if (get64(in + FMT_HEADER + pay) != fnv1a(in, FMT_HEADER + pay))
-        goto fail;
-    /* The buffer must describe this very backbone: kind, dims and the constants its kind uses. */
-    if (get32(in + 8) != (uint32_t)b->kind || get32(in + 16) != (uint32_t)b->heads ||
-        get32(in + 20) != (uint32_t)b->dim || get32(in + 24) != (uint32_t)b->vdim)
-        goto fail;
-    if ((b->kind == MA_BACKBONE_VLA || b->kind == MA_BACKBONE_LINEAR) && get32(in + 12) != (uint32_t)b->feature)
-        goto fail;
-    if (b->kind == MA_BACKBONE_VLA &&
-        (get32(in + 28) != (uint32_t)b->period || getf64(in + 32) != b->lambda0 ||
-         getf64(in + 40) != b->refresh || getf64(in + 48) != b->scale))
-        goto fail;
-    if (b->kind == MA_BACKBONE_DELTA && getf64(in + 56) != b->beta)
-        goto fail;
-    b->steps = get64(in + 64);
-
-    const size_t H = (size_t)b->heads, d = (size_t)b->dim, dv = (size_t)b->vdim;
-    const unsigned char *q = in + FMT_HEADER;
-    for (size_t h = 0; b->kind != MA_BACKBONE_NONE && h < H; h++) {
-        q = get_rows(q, b->S + h * d * b->ldv, d, dv, b->ldv);
-        if (b->A)
-            q = get_rows(q, b->A + h * d * b->ld, d, d, b->ld);
-        for (size_t j = 0; b->z && j < d; j++, q += 8)
-            b->z[h * b->ld + j] = getf64(q);
+    if ((rc = read_state(b, &hd, &st)) != 0) {
+        ma_backbone_destroy(b);
+        return rc;
     }
     *out = b;
     return 0;
-fail:
-    ma_backbone_destroy(b);
-    return rc;
 }

@@ -48,11 +48,12 @@ uint64_t ma_backbone_steps(const ma_backbone *b);
 /* Bytes of memory held by the handle. */
 size_t ma_backbone_bytes(const ma_backbone *b);
 
-/* Serialises the whole state into a malloc'd buffer (*buf, *len; caller frees). The format is versioned
- * and self-checking (magic, version, kind, dims, length, checksum). Returns 0 or MA_ENOMEM. */
+/* Serialises the whole state into a malloc'd buffer (*buf, *len; caller frees): a core/blob.h blob
+ * (little-endian, sectioned, checksummed; docs/BACKBONE.md §4). Returns 0 or MA_ENOMEM. */
 int ma_backbone_serialize(const ma_backbone *b, void **buf, size_t *len);
 
-/* Restores a backbone for config p from a buffer made by ma_backbone_serialize. A truncated, foreign,
+/* Restores a backbone for config p from a buffer made by ma_backbone_serialize (or the legacy v1 format
+ * of docs/BACKBONE.md). A truncated, foreign,
  * corrupted or mismatching (other kind or dims) buffer gives MA_ECORRUPT, never a crash. */
 int ma_backbone_restore(const ma_params *p, const void *buf, size_t len, ma_backbone **out);
 

@@ -15,26 +15,10 @@
 #include <string.h>
 
 #include "core/error.h"
-
-#define FNV_OFFSET 0xcbf29ce484222325ULL
-#define FNV_PRIME  0x100000001b3ULL
+#include "core/hash.h"
 
 #define WORD_WEIGHT    1.0
 #define TRIGRAM_WEIGHT 0.5
-
-static inline uint64_t fnv_byte(uint64_t h, unsigned char c)
-{
-    return (h ^ c) * FNV_PRIME;
-}
-
-uint64_t ma_fnv1a64(const void *data, size_t n)
-{
-    const unsigned char *p = data;
-    uint64_t h = FNV_OFFSET;
-    for (size_t i = 0; i < n; i++)
-        h = fnv_byte(h, p[i]);
-    return h;
-}
 
 /* Folded form of a byte: lower-case letter, digit or high byte; 0 for a separator. */
 static unsigned char fold(unsigned char c)
@@ -56,9 +40,9 @@ static void add_feature(double *acc, int dim, uint64_t h, double w)
 /* Adds the features of one folded word w[0..n). */
 static int add_word(double *acc, int dim, const unsigned char *w, size_t n)
 {
-    uint64_t h = fnv_byte(FNV_OFFSET, 'w');
+    uint64_t h = ma_fnv1a64_byte(MA_FNV_OFFSET, 'w');
     for (size_t i = 0; i < n; i++)
-        h = fnv_byte(h, w[i]);
+        h = ma_fnv1a64_byte(h, w[i]);
     add_feature(acc, dim, h, WORD_WEIGHT);
 
     /* Trigrams of " w ": n of them, the first and last include the boundary space. */
@@ -67,8 +51,8 @@ static int add_word(double *acc, int dim, const unsigned char *w, size_t n)
         tri[0] = i == 0 ? ' ' : w[i - 1];
         tri[1] = w[i];
         tri[2] = i + 1 == n ? ' ' : w[i + 1];
-        uint64_t t = fnv_byte(FNV_OFFSET, 't');
-        t = fnv_byte(fnv_byte(fnv_byte(t, tri[0]), tri[1]), tri[2]);
+        uint64_t t = ma_fnv1a64_byte(MA_FNV_OFFSET, 't');
+        t = ma_fnv1a64_byte(ma_fnv1a64_byte(ma_fnv1a64_byte(t, tri[0]), tri[1]), tri[2]);
         add_feature(acc, dim, t, TRIGRAM_WEIGHT);
     }
     return (int)(n + 1 > (size_t)INT32_MAX ? INT32_MAX : n + 1);

@@ -1,5 +1,5 @@
 /*
- * core/featurize.h — the built-in deterministic lexical text embedder (DESIGN.md 3.6).
+ * core/featurize.h — the built-in deterministic lexical text embedder (docs/SLOTS.md).
  *
  * Where the REST API expects a key, query or value vector, `text` may be given instead; a slot written
  * without a key is keyed by its name's embedding. This module turns text into a unit vector:
@@ -25,8 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* FNV-1a 64-bit hash of n bytes (offset basis 0xcbf29ce484222325, prime 0x100000001b3). */
-uint64_t ma_fnv1a64(const void *data, size_t n);
+#include "core/hash.h"   /* ma_fnv1a64, the hash of step 3 */
 
 /* Embeds text[0..len) (not necessarily NUL-terminated; any bytes) into out[0..dim), L2-normalised.
  * Returns the number of features hashed (>= 0; 0 means the text has no word characters and out is all

@@ -29,7 +29,9 @@
 #include <string.h>
 
 #include "core/attn.h"
+#include "core/blob.h"
 #include "core/error.h"
+#include "core/hash.h"
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -825,70 +827,67 @@ done:
 
 /* ---- serialisation --------------------------------------------------------------------------- */
 
-#define IVF_MAGIC   "MAIVFV2\0"
-#define IVF_VERSION 2u
-
-static uint64_t fnv1a(const unsigned char *p, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
-/* Layout: magic[8] version H d nlist builds (u32) built_at (u64) centroids (nlist·D f32)
- *         checksum (u64, FNV-1a of everything before). */
-#define IVF_HEAD (8 + 5 * 4 + 8)
+/* A core/blob.h blob of kind "IVFX" with one section "CENT" v1: u32 H, d, nlist, builds | u64 built_at |
+ * centroids (nlist·H·d f32). Legacy format (read, never written): magic "MAIVFV2\0", u32 version 2, the
+ * CENT fields, u64 FNV-1a 64 of everything before, in host order (little-endian on every machine the
+ * project ran on). */
+#define LEGACY_MAGIC   "MAIVFV2\0"
+#define LEGACY_VERSION 2u
+#define BLOB_KIND      MA_BLOB_TAG("IVFX")
 
 int ma_ivf_serialize(const ma_ivf *x, void **buf, size_t *len)
 {
-    const size_t cent = (size_t)x->nlist * x->D * sizeof(float);
-    const size_t n = IVF_HEAD + cent + 8;
-    unsigned char *b = malloc(n), *p = b;
-    if (!b)
-        return MA_ENOMEM;
-    uint32_t u[5] = {IVF_VERSION, (uint32_t)x->H, (uint32_t)x->d, x->nlist, x->builds};
-    memcpy(p, IVF_MAGIC, 8), p += 8;
-    memcpy(p, u, sizeof u), p += sizeof u;
-    memcpy(p, &x->built_at, 8), p += 8;
-    if (cent)
-        memcpy(p, x->cent, cent), p += cent;
-    uint64_t h = fnv1a(b, (size_t)(p - b));
-    memcpy(p, &h, 8);
-    *buf = b;
-    *len = n;
-    return 0;
+    ma_blob_writer w;
+    ma_blob_begin(&w, BLOB_KIND);
+    ma_blob_section_begin(&w, MA_BLOB_TAG("CENT"), 1);
+    ma_blob_put_u32(&w, (uint32_t)x->H);
+    ma_blob_put_u32(&w, (uint32_t)x->d);
+    ma_blob_put_u32(&w, x->nlist);
+    ma_blob_put_u32(&w, x->builds);
+    ma_blob_put_u64(&w, x->built_at);
+    ma_blob_put_f32s(&w, x->cent, (size_t)x->nlist * x->D);
+    ma_blob_section_end(&w);
+    return ma_blob_finish(&w, buf, len);
+}
+
+/* Opens either format; c then reads the CENT fields. */
+static int open_cent(const void *buf, size_t len, ma_blob_reader *c)
+{
+    ma_blob_reader r;
+    if (ma_blob_is_blob(buf, len))
+        return ma_blob_open(&r, buf, len, BLOB_KIND) || ma_blob_section(&r, MA_BLOB_TAG("CENT"), 1, c) ||
+                       ma_blob_done(&r) ? MA_ECORRUPT : 0;
+    const unsigned char *b = buf;
+    if (len < 8 + 4 + 8 || memcmp(b, LEGACY_MAGIC, 8) != 0)
+        return MA_ECORRUPT;
+    ma_blob_reader_raw(&r, b + len - 8, 8);
+    if (ma_blob_get_u64(&r) != ma_fnv1a64(b, len - 8))
+        return MA_ECORRUPT;
+    ma_blob_reader_raw(c, b + 8, len - 16);
+    return ma_blob_get_u32(c) == LEGACY_VERSION ? 0 : MA_ECORRUPT;
 }
 
 int ma_ivf_restore(int H, int d, const void *buf, size_t len, ma_ivf **out)
 {
-    const unsigned char *b = buf;
     if (!buf || !out || H < 1 || d < 1)
         return MA_EINVAL;
-    if (len < IVF_HEAD + 8 || memcmp(b, IVF_MAGIC, 8) != 0)
+    ma_blob_reader c;
+    if (open_cent(buf, len, &c))
         return MA_ECORRUPT;
-    uint64_t h;
-    memcpy(&h, b + len - 8, 8);
-    if (h != fnv1a(b, len - 8))
-        return MA_ECORRUPT;
-    uint32_t u[5];
-    uint64_t built_at;
-    memcpy(u, b + 8, sizeof u);
-    memcpy(&built_at, b + 8 + sizeof u, 8);
-    const uint32_t nlist = u[3];
+    uint32_t h = ma_blob_get_u32(&c), dd = ma_blob_get_u32(&c), nlist = ma_blob_get_u32(&c),
+             builds = ma_blob_get_u32(&c);
+    uint64_t built_at = ma_blob_get_u64(&c);
     const size_t D = (size_t)H * d;
     /* A build always leaves centroids, and happens at MA_IVF_MIN_BUILD events or more. */
-    if (u[0] != IVF_VERSION || u[1] != (uint32_t)H || u[2] != (uint32_t)d || (nlist == 0) != (u[4] == 0) ||
-        (nlist == 0) != (built_at == 0) || (nlist && built_at < MA_IVF_MIN_BUILD) || nlist > len / D ||
-        len != IVF_HEAD + (size_t)nlist * D * sizeof(float) + 8)
+    if (c.bad || h != (uint32_t)H || dd != (uint32_t)d || (nlist == 0) != (builds == 0) ||
+        (nlist == 0) != (built_at == 0) || (nlist && built_at < MA_IVF_MIN_BUILD) ||
+        ma_blob_remaining(&c) != (size_t)nlist * D * sizeof(float))
         return MA_ECORRUPT;
 
     ma_ivf *x = alloc_ivf(H, d);
     if (!x)
         return MA_ENOMEM;
-    x->builds = u[4];
+    x->builds = builds;
     x->built_at = built_at;
     if (nlist) {
         x->cent = malloc((size_t)nlist * D * sizeof(float));
@@ -898,7 +897,7 @@ int ma_ivf_restore(int H, int d, const void *buf, size_t len, ma_ivf **out)
             return MA_ENOMEM;
         }
         x->nlist = nlist;
-        memcpy(x->cent, b + IVF_HEAD, (size_t)nlist * D * sizeof(float));
+        ma_blob_get_f32s(&c, x->cent, (size_t)nlist * D);
     }
     *out = x;
     return 0;

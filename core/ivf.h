@@ -1,5 +1,5 @@
 /*
- * core/ivf.h — the inverted-file index behind the archive's `index` selector (DESIGN.md 3.3; FAISS's
+ * core/ivf.h — the inverted-file index behind the archive's `index` selector (docs/ARCHIVE.md; FAISS's
  * IndexIVFScalarQuantizer, RetrievalAttention's retrieval step), without resident float keys.
  *
  * Vectors are events' keys, H heads of d floats. Clustering runs on the direction of each key: the heads
@@ -73,8 +73,8 @@ uint32_t ma_ivf_nlist(const ma_ivf *x);
 uint32_t ma_ivf_builds(const ma_ivf *x);
 size_t ma_ivf_bytes(const ma_ivf *x);
 
-/* The state that cannot be recomputed (centroids, build counters; no per-event data) in a versioned,
- * checksummed malloc'd buffer. */
+/* The state that cannot be recomputed (centroids, build counters; no per-event data) as a core/blob.h
+ * blob in a malloc'd buffer (docs/ARCHIVE.md). ma_ivf_restore also reads the legacy format. */
 int ma_ivf_serialize(const ma_ivf *x, void **buf, size_t *len);
 
 /* An index with no events and the serialised centroids and counters; adding the original's keys in id

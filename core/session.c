@@ -1,6 +1,6 @@
 /*
  * core/session.c — one session: backbone + archive + slots + payloads, the write controller and the
- * router (DESIGN.md 3; contract in core/session.h).
+ * router (contract in core/session.h).
  *
  * Design:
  *  - Composition only: the maths lives in core/backbone.c, core/archive.c, core/slots.c and
@@ -10,14 +10,14 @@
  *  - Payloads of events are JSON text kept in an array sorted by event index (events are appended in
  *    order, so appending keeps it sorted); events without a payload cost nothing. A restored session
  *    reads the payloads of events it did not ingest itself through its ma_payload_source (the store).
- *  - The router is the hard switch of DESIGN.md 3.5: a named resident slot, else the best cosine over
+ *  - The router is a hard switch: a named resident slot, else the best cosine over
  *    resident slot keys if it reaches route_threshold, else the sparse read. There is no mixed score.
  * Not done here: validation of dimensions, finiteness and names (the server's codec does that), locking
  * (the server orders jobs per session), I/O (the store, through the two source callbacks).
  */
 #include "core/session.h"
 
-#include <cjson/cJSON.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -129,11 +129,6 @@ void ma_session_destroy(ma_session *s)
     free(s);
 }
 
-const ma_params *ma_session_params(const ma_session *s)
-{
-    return &s->p;
-}
-
 ma_backbone *ma_session_backbone(ma_session *s)
 {
     return s->bb;
@@ -166,14 +161,24 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
         npay += ev[i].payload != NULL;
     }
 
-    /* Everything that can fail, before anything changes. */
-    k = malloc(n * s->kn * sizeof *k);
-    v = malloc(n * s->vn * sizeof *v);
-    if (!k || !v)
-        goto fail;
-    for (size_t i = 0; i < n; i++) {
-        memcpy(k + i * s->kn, ev[i].k, s->kn * sizeof *k);
-        memcpy(v + i * s->vn, ev[i].v, s->vn * sizeof *v);
+    /* Everything that can fail, before anything changes. Keys and values that lie back to back in the
+     * caller's arrays (the codec's layout) are read in place; others are gathered once. */
+    const float *K = ev[0].k, *V = ev[0].v;
+    for (size_t i = 1; i < n && K; i++)
+        if ((uintptr_t)ev[i].k != (uintptr_t)ev[0].k + i * s->kn * sizeof *K ||
+            (uintptr_t)ev[i].v != (uintptr_t)ev[0].v + i * s->vn * sizeof *V)
+            K = V = NULL;
+    if (!K) {
+        k = malloc(n * s->kn * sizeof *k);
+        v = malloc(n * s->vn * sizeof *v);
+        if (!k || !v)
+            goto fail;
+        for (size_t i = 0; i < n; i++) {
+            memcpy(k + i * s->kn, ev[i].k, s->kn * sizeof *k);
+            memcpy(v + i * s->vn, ev[i].v, s->vn * sizeof *v);
+        }
+        K = k;
+        V = v;
     }
     if (nw) {
         w = malloc(nw * sizeof *w);
@@ -210,9 +215,9 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
     }
     /* The archive first: if the backbone then failed, the archive could not be rolled back. The backbone
      * update allocates nothing per event (its state is sized at creation), so it cannot fail here. */
-    if ((rc = ma_archive_append(s->ar, n, k, v)))
+    if ((rc = ma_archive_append(s->ar, n, K, V)))
         goto fail;
-    if ((rc = ma_backbone_update(s->bb, n, k, v)))
+    if ((rc = ma_backbone_update(s->bb, n, K, V)))
         goto fail;   /* not reached with the backbones of core/backbone.c; reported if it ever is */
 
     ma_slots_batch_commit(batch, now, res);
@@ -271,31 +276,20 @@ static int complete_input(const ma_session *s, const ma_slot_input *in, ma_slot_
     *w = (ma_slot_write){in->name, in->k, in->v, in->payload, -1, in->protect};
     if (in->k && in->v)
         return 0;
-    cJSON *js = NULL;
-    if (!in->v) {
-        /* Only a JSON string has text to embed. */
-        js = in->payload ? cJSON_Parse(in->payload) : NULL;
-        if (!cJSON_IsString(js)) {
-            cJSON_Delete(js);
-            return MA_EINVAL;
-        }
-    }
+    if (!in->v && !in->text)
+        return MA_EINVAL;
     float *b = malloc((s->kn + s->vn) * sizeof *b);
-    if (!b) {
-        cJSON_Delete(js);
+    if (!b)
         return MA_ENOMEM;
-    }
     int rc = 0;
     if (!in->k) {
         rc = ma_embed_text_heads(in->name, strlen(in->name), s->p.heads, s->p.dim, b);
         w->k = b;
     }
     if (rc >= 0 && !in->v) {
-        const char *t = cJSON_GetStringValue(js);
-        rc = ma_embed_text_heads(t, strlen(t), s->p.heads, s->p.value_dim, b + s->kn);
+        rc = ma_embed_text_heads(in->text, strlen(in->text), s->p.heads, s->p.value_dim, b + s->kn);
         w->v = b + s->kn;
     }
-    cJSON_Delete(js);
     if (rc < 0) {
         free(b);
         return rc;
@@ -501,6 +495,12 @@ size_t ma_session_bytes(const ma_session *s)
            s->plcap * sizeof *s->pl + s->pl_bytes;
 }
 
+void ma_session_counts_get(const ma_session *s, ma_session_counts *c)
+{
+    c->length = ma_archive_length(s->ar);
+    c->slots_resident = ma_slots_resident(s->slots);
+}
+
 /* ---- persistence ------------------------------------------------------------------------------- */
 
 int ma_session_serialize_slots(const ma_session *s, void **buf, size_t *len)
@@ -508,30 +508,27 @@ int ma_session_serialize_slots(const ma_session *s, void **buf, size_t *len)
     return ma_slots_serialize(s->slots, buf, len);
 }
 
-int ma_session_restore(const ma_params *p, const void *backbone, size_t backbone_len, const void *slots,
-                       size_t slots_len, const void *archive_meta, size_t archive_meta_len,
-                       ma_chunk_source chunks, size_t cache_chunks, ma_payload_source payloads,
-                       ma_session **out)
+int ma_session_restore(const ma_params *p, const ma_session_saved *from, ma_session **out)
 {
     *out = NULL;
-    if (ma_params_validate(p, NULL, 0))
+    if (!from || ma_params_validate(p, NULL, 0))
         return MA_EINVAL;
     ma_session *s = session_new(p);
     if (!s)
         return MA_ENOMEM;
     int rc;
-    if ((rc = ma_backbone_restore(p, backbone, backbone_len, &s->bb)) ||
-        (rc = ma_slots_restore_table(p->heads, p->dim, p->value_dim, p->slots, slots, slots_len,
+    if ((rc = ma_backbone_restore(p, from->backbone, from->backbone_len, &s->bb)) ||
+        (rc = ma_slots_restore_table(p->heads, p->dim, p->value_dim, p->slots, from->slots, from->slots_len,
                                      &s->slots)) ||
-        (rc = ma_archive_restore_meta(p, archive_meta, archive_meta_len, ma_backbone_steps(s->bb), chunks,
-                                     cache_chunks, &s->ar)))
+        (rc = ma_archive_restore_meta(p, from->archive_meta, from->archive_meta_len, ma_backbone_steps(s->bb),
+                                     from->chunks, from->cache_chunks, &s->ar)))
         goto fail;
     /* The three blobs must describe one session: every event went through the backbone. */
     rc = MA_ECORRUPT;
     if (ma_backbone_steps(s->bb) != ma_archive_length(s->ar))
         goto fail;
     s->first_local = ma_archive_length(s->ar);
-    s->psrc = payloads;
+    s->psrc = from->payloads;
     *out = s;
     return 0;
 fail:

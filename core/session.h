@@ -1,10 +1,11 @@
 /*
- * core/session.h — one session: backbone + archive + slots + router, the hybrid read of DESIGN.md 3.
+ * core/session.h — one session: backbone + archive + slots + router, the hybrid read (docs/SLOTS.md,
+ * docs/ARCHIVE.md).
  *
  * This is the object the server's worker threads call. It composes core/backbone.h (fixed-state memory),
  * core/archive.h (every event, sparse/full/window reads), core/slots.h (the editable, versioned slot
  * table) and core/featurize.h (text -> vector), and implements the write controller (an event carrying a
- * slot name writes that slot) and the router (memory first, hard switch, DESIGN.md 3.5).
+ * slot name writes that slot) and the router (memory first, hard switch).
  *
  * Contract:
  *  - Every mutation is all-or-nothing: it either applies whole and returns 0, or returns an error and the
@@ -14,6 +15,7 @@
  *  - Threads: no internal lock. Queries may run in parallel with each other (usage counters are atomic);
  *    mutations must be serialised by the caller and never run alongside a query of the same session.
  *  - Strings returned inside result structs are owned by the struct and freed by its *_clear function.
+ *  - No JSON parsing: payloads are JSON text, stored and returned verbatim (the server encodes them).
  */
 #ifndef MA_SESSION_H
 #define MA_SESSION_H
@@ -25,6 +27,7 @@
 #include "core/archive.h"
 #include "core/backbone.h"
 #include "core/params.h"
+#include "core/slots.h"    /* the slot value types: ma_slot_info, ma_slot_value, ... */
 
 typedef struct ma_session ma_session;
 
@@ -62,47 +65,17 @@ void ma_ingest_report_clear(ma_ingest_report *r);
 /* ---- slots ----------------------------------------------------------------------------------- */
 
 typedef struct {
-    char name[MA_MAX_NAME + 1];
-    uint64_t version;          /* current version (>= 1) */
-    bool protect;              /* protected flag */
-    int64_t event;             /* source event, -1 if written through the slot verbs */
-    uint64_t usage;            /* how many queries this slot answered */
-    int64_t updated_at;        /* ms */
-} ma_slot_info;
-
-typedef struct {
-    uint64_t version;
-    int64_t event;
-    int64_t at;                /* ms */
-    bool tombstone;            /* an eviction marker: no value */
-} ma_version_info;
-
-typedef struct {
-    ma_slot_info info;         /* for an old version: version/event/updated_at of that version */
-    float *k;                  /* H·d, malloc'd */
-    float *v;                  /* H·d_v, malloc'd */
-    char *payload;             /* JSON text or NULL, malloc'd */
-} ma_slot_value;
-
-void ma_slot_value_clear(ma_slot_value *sv);
-
-typedef struct {
     const char *name;
     const float *k;            /* H·d; NULL: the name's text embedding (core/featurize.h) */
-    const float *v;            /* H·d_v; NULL: the payload's embedding if payload is a JSON string */
-    const char *payload;       /* JSON text or NULL */
+    const float *v;            /* H·d_v; NULL: the embedding of text */
+    const char *text;          /* with v NULL: the text whose embedding becomes the value (the caller
+                                  decodes it from a JSON string payload; core parses no JSON) */
+    const char *payload;       /* JSON text or NULL, stored as given */
     bool protect;              /* protect after writing */
 } ma_slot_input;
 
-typedef struct {
-    uint64_t version;          /* version now current */
-    bool created;              /* the verb created the slot */
-    bool evicted;              /* a capacity eviction happened ... */
-    char evicted_name[MA_MAX_NAME + 1];   /* ... of this slot */
-} ma_slot_result;
-
 /* write: create a slot. MA_EEXISTS if resident; MA_EFULL if at capacity and all resident are protected;
- * MA_EINVAL if v is NULL and the payload is not a JSON string. A name evicted earlier continues its
+ * MA_EINVAL if v and text are both NULL. A name evicted earlier continues its
  * version numbers (versions are never reused). */
 int ma_session_slot_write(ma_session *s, const ma_slot_input *in, int64_t now, ma_slot_result *res);
 
@@ -171,11 +144,12 @@ int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a);
 
 int ma_session_create(const ma_params *p, ma_session **out);
 void ma_session_destroy(ma_session *s);
-const ma_params *ma_session_params(const ma_session *s);
 
 /* Appends a batch of events: backbone update, archive append, payloads, write controller. MA_EFULL (and
  * nothing applied) if a slot write in the batch would need an eviction when every resident slot is
- * protected. */
+ * protected. Copies: when every ev[i].k is ev[0].k + i·H·d and every ev[i].v is ev[0].v + i·H·d_v (the
+ * codec's layout) the vectors are read in place and copied once, into the archive; otherwise they are
+ * first gathered into one array. */
 int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, ma_ingest_report *rep);
 
 typedef struct {
@@ -195,6 +169,15 @@ void ma_session_stats_clear(ma_session_stats *st);
  * alongside mutations. */
 size_t ma_session_bytes(const ma_session *s);
 
+/* The two counters the store keeps with a session (archive length, resident slots): no allocation, no
+ * arithmetic over the state (unlike ma_session_stats_get, which computes norms). Same threading as
+ * ma_session_bytes. */
+typedef struct {
+    uint64_t length;
+    size_t slots_resident;
+} ma_session_counts;
+void ma_session_counts_get(const ma_session *s, ma_session_counts *c);
+
 /* Components, for the session registry and benchmarks (borrowed pointers, valid while the session lives). */
 ma_backbone *ma_session_backbone(ma_session *s);
 ma_archive *ma_session_archive(ma_session *s);
@@ -202,7 +185,7 @@ ma_archive *ma_session_archive(ma_session *s);
 /* ---- persistence (used by the server's session registry together with store/) ----------------- */
 
 /* Serialises the slot table (resident slots, full version history with values and payloads, usage,
- * eviction order state) in a versioned, checked format; *buf malloc'd. */
+ * eviction order state) as a core/blob.h blob (docs/SLOTS.md); *buf malloc'd. */
 int ma_session_serialize_slots(const ma_session *s, void **buf, size_t *len);
 
 /* Where a restored session finds the payload of an archived event (the store); payloads of events are
@@ -212,12 +195,21 @@ typedef struct {
     void *ctx;
 } ma_payload_source;
 
-/* Rebuilds a session from the blobs of ma_backbone_serialize, ma_session_serialize_slots and
- * ma_archive_serialize_meta, reading archive chunks through chunks and payloads through payloads.
- * The restored session answers every query exactly as the original did (same bits). MA_ECORRUPT. */
-int ma_session_restore(const ma_params *p, const void *backbone, size_t backbone_len, const void *slots,
-                       size_t slots_len, const void *archive_meta, size_t archive_meta_len,
-                       ma_chunk_source chunks, size_t cache_chunks, ma_payload_source payloads,
-                       ma_session **out);
+/* What a session is restored from: the blobs of ma_backbone_serialize, ma_session_serialize_slots and
+ * ma_archive_serialize_meta (borrowed for the call), and where its archive chunks and event payloads
+ * are read (kept by the session). */
+typedef struct {
+    const void *backbone;      size_t backbone_len;
+    const void *slots;         size_t slots_len;
+    const void *archive_meta;  size_t archive_meta_len;
+    ma_chunk_source chunks;    /* archive chunks (the store) */
+    size_t cache_chunks;       /* chunks cached in RAM, >= 1 */
+    ma_payload_source payloads;
+} ma_session_saved;
+
+/* Rebuilds a session from what `from` describes. The restored session answers every query exactly as
+ * the original did (same bits). MA_ECORRUPT (a blob is damaged or the three disagree), MA_EINVAL,
+ * MA_ENOMEM, or a source's error. */
+int ma_session_restore(const ma_params *p, const ma_session_saved *from, ma_session **out);
 
 #endif

@@ -28,8 +28,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/blob.h"
 #include "core/error.h"
-#include "core/featurize.h"
+#include "core/hash.h"
 
 typedef struct {
     uint64_t version;
@@ -822,140 +823,55 @@ void ma_slots_count_use(const ma_slots *s, const char *name)
 /* ---- persistence ------------------------------------------------------------------------------ */
 
 /*
- * Format 1, little-endian:
- *   "MASLOTS1" | u32 format | u32 heads, dim, value_dim, capacity | u64 records | u64 resident
+ * A core/blob.h blob of kind "SLOT" with one section "TABL" v1 (docs/SLOTS.md):
+ *   u32 heads, dim, value_dim, capacity | u64 records | u64 resident
  *   per record (name order): u32 name_len, name | u8 flags (1 resident, 2 protected) | u64 usage |
  *     u64 versions | per version: u64 version, i64 event, i64 at, u8 kind (0 tombstone, 1 value)
- *       [kind 1: H·d + H·d_v floats as IEEE-754 bits, u8 has_payload, [u64 len, bytes]]
+ *       [kind 1: H·d + H·d_v f32, u8 has_payload, [u64 len, bytes]]
  *   resident update order, least recent first: u64 record ordinal each
- *   u64 checksum (see checksum()) of every byte before it
+ * Legacy format 1 (read, never written): "MASLOTS1" | u32 format 1 | the TABL body | u64
+ * ma_blob_checksum of every byte before it; all little-endian.
  */
-#define SLOTS_MAGIC "MASLOTS1"
-#define SLOTS_FORMAT 1u
+#define LEGACY_MAGIC  "MASLOTS1"
+#define LEGACY_FORMAT 1u
+#define BLOB_KIND     MA_BLOB_TAG("SLOT")
 
-typedef struct {
-    unsigned char *p;                /* NULL: only count */
-    size_t n;
-} wbuf;
-
-static void put(wbuf *b, const void *src, size_t n)
+static void emit(const ma_slots *s, rec *const *recs, size_t nrec, ma_blob_writer *b)
 {
-    if (b->p)
-        memcpy(b->p + b->n, src, n);
-    b->n += n;
-}
-
-static void put_u64(wbuf *b, uint64_t x)
-{
-    unsigned char t[8];
-    for (int i = 0; i < 8; i++)
-        t[i] = (unsigned char)(x >> (8 * i));
-    put(b, t, 8);
-}
-
-static void put_u32(wbuf *b, uint32_t x)
-{
-    unsigned char t[4];
-    for (int i = 0; i < 4; i++)
-        t[i] = (unsigned char)(x >> (8 * i));
-    put(b, t, 4);
-}
-
-static void put_u8(wbuf *b, uint8_t x)
-{
-    put(b, &x, 1);
-}
-
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define HOST_LE 1
-#else
-#define HOST_LE 0
-#endif
-
-/* Floats are the bulk of a table: on a little-endian host their bytes are already the format's. */
-static void put_floats(wbuf *b, const float *f, size_t n)
-{
-    if (HOST_LE || !b->p) {
-        put(b, f, n * sizeof *f);
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &f[i], 4);
-        put_u32(b, u);
-    }
-}
-
-static void get_floats(const unsigned char *p, float *f, size_t n)
-{
-    if (HOST_LE) {
-        memcpy(f, p, n * sizeof *f);
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u = (uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 | (uint32_t)p[4 * i + 2] << 16 |
-                     (uint32_t)p[4 * i + 3] << 24;
-        memcpy(&f[i], &u, 4);
-    }
-}
-
-/* The trailer: FNV-1a's offset basis and prime applied to 8-byte little-endian words (the tail byte by
- * byte), with an xor-shift after each multiply so that high bits reach low ones. One multiply per 8 bytes
- * instead of per byte: the table is re-serialised on every commit. Detects corruption, not forgery. */
-static uint64_t checksum(const unsigned char *p, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w = 0;
-        for (int j = 0; j < 8; j++)
-            w |= (uint64_t)p[i + j] << (8 * j);
-        h = (h ^ w) * 0x100000001b3ULL;
-        h ^= h >> 29;
-    }
-    for (; i < n; i++)
-        h = (h ^ p[i]) * 0x100000001b3ULL;
-    return h;
-}
-
-static void emit(const ma_slots *s, rec *const *recs, size_t nrec, wbuf *b)
-{
-    put(b, SLOTS_MAGIC, 8);
-    put_u32(b, SLOTS_FORMAT);
-    put_u32(b, (uint32_t)s->heads);
-    put_u32(b, (uint32_t)s->dim);
-    put_u32(b, (uint32_t)s->value_dim);
-    put_u32(b, (uint32_t)s->capacity);
-    put_u64(b, nrec);
-    put_u64(b, s->nres);
+    ma_blob_put_u32(b, (uint32_t)s->heads);
+    ma_blob_put_u32(b, (uint32_t)s->dim);
+    ma_blob_put_u32(b, (uint32_t)s->value_dim);
+    ma_blob_put_u32(b, (uint32_t)s->capacity);
+    ma_blob_put_u64(b, nrec);
+    ma_blob_put_u64(b, s->nres);
     for (size_t i = 0; i < nrec; i++) {
         const rec *r = recs[i];
-        put_u32(b, (uint32_t)r->name_len);
-        put(b, r->name, r->name_len);
-        put_u8(b, (uint8_t)(r->resident | (r->protect << 1)));
-        put_u64(b, atomic_load_explicit(&((rec *)r)->usage, memory_order_relaxed));
-        put_u64(b, r->nver);
+        ma_blob_put_u32(b, (uint32_t)r->name_len);
+        ma_blob_put_bytes(b, r->name, r->name_len);
+        ma_blob_put_u8(b, (uint8_t)(r->resident | (r->protect << 1)));
+        ma_blob_put_u64(b, atomic_load_explicit(&((rec *)r)->usage, memory_order_relaxed));
+        ma_blob_put_u64(b, r->nver);
         for (size_t j = 0; j < r->nver; j++) {
             const slot_ver *v = &r->ver[j];
-            put_u64(b, v->version);
-            put_u64(b, (uint64_t)v->event);
-            put_u64(b, (uint64_t)v->at);
-            put_u8(b, v->kv != NULL);
+            ma_blob_put_u64(b, v->version);
+            ma_blob_put_u64(b, (uint64_t)v->event);
+            ma_blob_put_u64(b, (uint64_t)v->at);
+            ma_blob_put_u8(b, v->kv != NULL);
             if (!v->kv)
                 continue;
-            put_floats(b, v->kv, s->kn + s->vn);
-            put_u8(b, v->payload != NULL);
+            ma_blob_put_f32s(b, v->kv, s->kn + s->vn);
+            ma_blob_put_u8(b, v->payload != NULL);
             if (v->payload) {
                 size_t pn = strlen(v->payload);
-                put_u64(b, pn);
-                put(b, v->payload, pn);
+                ma_blob_put_u64(b, pn);
+                ma_blob_put_bytes(b, v->payload, pn);
             }
         }
     }
     /* A resident record's ordinal is its position in recs[], which is in name order. */
     for (const rec *r = s->head; r; r = r->next) {
         rec *const *pos = bsearch(&r, recs, nrec, sizeof *recs, by_name);
-        put_u64(b, (uint64_t)(pos - recs));
+        ma_blob_put_u64(b, (uint64_t)(pos - recs));
     }
 }
 
@@ -973,93 +889,46 @@ int ma_slots_serialize(const ma_slots *s, void **buf, size_t *len)
                 recs[nrec++] = r;
     qsort(recs, nrec, sizeof *recs, by_name);
 
-    wbuf b = {NULL, 0};
-    emit(s, recs, nrec, &b);
-    size_t total = b.n + 8;
-    unsigned char *out = malloc(total);
-    if (out) {
-        b = (wbuf){out, 0};
-        emit(s, recs, nrec, &b);
-        put_u64(&b, checksum(out, b.n));
-    }
+    ma_blob_writer w;
+    ma_blob_begin(&w, BLOB_KIND);
+    ma_blob_section_begin(&w, MA_BLOB_TAG("TABL"), 1);
+    emit(s, recs, nrec, &w);
+    ma_blob_section_end(&w);
     free(recs);
-    if (!out)
-        return MA_ENOMEM;
-    *buf = out;
-    *len = total;
-    return 0;
-}
-
-typedef struct {
-    const unsigned char *p;
-    size_t n, off;
-    bool bad;
-} rbuf;
-
-static const unsigned char *take(rbuf *b, size_t n)
-{
-    if (b->bad || b->n - b->off < n) {
-        b->bad = true;
-        return NULL;
-    }
-    const unsigned char *p = b->p + b->off;
-    b->off += n;
-    return p;
-}
-
-static uint64_t get_u64(rbuf *b)
-{
-    const unsigned char *p = take(b, 8);
-    uint64_t x = 0;
-    for (int i = 0; p && i < 8; i++)
-        x |= (uint64_t)p[i] << (8 * i);
-    return x;
-}
-
-static uint32_t get_u32(rbuf *b)
-{
-    const unsigned char *p = take(b, 4);
-    uint32_t x = 0;
-    for (int i = 0; p && i < 4; i++)
-        x |= (uint32_t)p[i] << (8 * i);
-    return x;
-}
-
-static uint8_t get_u8(rbuf *b)
-{
-    const unsigned char *p = take(b, 1);
-    return p ? *p : 0;
+    return ma_blob_finish(&w, buf, len);
 }
 
 /* Reads one record's versions; the record is already in the table. */
-static int read_versions(ma_slots *s, rbuf *b, rec *r, uint64_t nver)
+static int read_versions(ma_slots *s, ma_blob_reader *b, rec *r, uint64_t nver)
 {
     /* Each version takes at least 25 bytes: a count larger than the rest of the buffer is corrupt. */
-    if (nver == 0 || nver > (b->n - b->off) / 25)
+    if (nver == 0 || nver > ma_blob_remaining(b) / 25)
         return MA_ECORRUPT;
     if (reserve_versions(s, r, (size_t)nver + 1))
         return MA_ENOMEM;
     for (uint64_t j = 0; j < nver; j++) {
-        uint64_t version = get_u64(b);
-        int64_t event = (int64_t)get_u64(b), at = (int64_t)get_u64(b);
-        uint8_t kind = get_u8(b);
+        uint64_t version = ma_blob_get_u64(b);
+        int64_t event = (int64_t)ma_blob_get_u64(b), at = (int64_t)ma_blob_get_u64(b);
+        uint8_t kind = ma_blob_get_u8(b);
         if (b->bad || kind > 1 || version == 0 || version <= last_version(r) || event < -1)
             return MA_ECORRUPT;
         float *kv = NULL;
         char *pl = NULL;
         if (kind == 1) {
             size_t nf = s->kn + s->vn;
-            const unsigned char *fp = take(b, nf * 4);
-            uint8_t has = get_u8(b);
-            uint64_t pn = has ? get_u64(b) : 0;
-            const unsigned char *pp = has ? take(b, (size_t)pn) : NULL;
+            const void *fp = ma_blob_take(b, nf * 4);
+            uint8_t has = ma_blob_get_u8(b);
+            uint64_t pn = has ? ma_blob_get_u64(b) : 0;
+            const void *pp = has ? ma_blob_take(b, (size_t)pn) : NULL;
             if (b->bad || has > 1 || (has && memchr(pp, 0, (size_t)pn)))
                 return MA_ECORRUPT;
             if (!(kv = malloc(nf * sizeof *kv)) || (has && !(pl = malloc((size_t)pn + 1)))) {
                 free(kv);
                 return MA_ENOMEM;
             }
-            get_floats(fp, kv, nf);
+            ma_blob_reader fr;
+            ma_blob_reader_raw(&fr, fp, nf * 4);
+            ma_blob_get_f32s(&fr, kv, nf);
             if (has) {
                 memcpy(pl, pp, (size_t)pn);
                 pl[pn] = 0;
@@ -1068,6 +937,26 @@ static int read_versions(ma_slots *s, rbuf *b, rec *r, uint64_t nver)
         }
         append_version(r, version, event, at, kv, pl);
     }
+    return 0;
+}
+
+/* Opens either format; b then reads the TABL body. */
+static int open_table(const void *buf, size_t len, ma_blob_reader *b)
+{
+    ma_blob_reader r;
+    if (ma_blob_is_blob(buf, len))
+        return ma_blob_open(&r, buf, len, BLOB_KIND) || ma_blob_section(&r, MA_BLOB_TAG("TABL"), 1, b) ||
+                       ma_blob_done(&r) ? MA_ECORRUPT : 0;
+    const unsigned char *p = buf;
+    if (!p || len < 8 + 4 + 8 || memcmp(p, LEGACY_MAGIC, 8) != 0)
+        return MA_ECORRUPT;
+    ma_blob_reader_raw(&r, p + len - 8, 8);
+    if (ma_blob_get_u64(&r) != ma_blob_checksum(p, len - 8))
+        return MA_ECORRUPT;
+    ma_blob_reader_raw(&r, p + 8, 4);
+    if (ma_blob_get_u32(&r) != LEGACY_FORMAT)
+        return MA_ECORRUPT;
+    ma_blob_reader_raw(b, p + 12, len - 20);
     return 0;
 }
 
@@ -1081,20 +970,15 @@ int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, cons
     if (rc)
         return rc;
     rc = MA_ECORRUPT;
-    if (len < 8 + 4 * 5 + 16 + 8)
+    ma_blob_reader b;
+    if (open_table(buf, len, &b))
         goto fail;
-    uint64_t sum = 0;
-    for (int i = 0; i < 8; i++)
-        sum |= (uint64_t)((const unsigned char *)buf)[len - 8 + i] << (8 * i);
-    if (memcmp(buf, SLOTS_MAGIC, 8) != 0 || checksum(buf, len - 8) != sum)
+    if (ma_blob_get_u32(&b) != (uint32_t)heads || ma_blob_get_u32(&b) != (uint32_t)dim ||
+        ma_blob_get_u32(&b) != (uint32_t)value_dim || ma_blob_get_u32(&b) != (uint32_t)capacity)
         goto fail;
-    rbuf b = {buf, len - 8, 8, false};
-    if (get_u32(&b) != SLOTS_FORMAT || get_u32(&b) != (uint32_t)heads || get_u32(&b) != (uint32_t)dim ||
-        get_u32(&b) != (uint32_t)value_dim || get_u32(&b) != (uint32_t)capacity)
-        goto fail;
-    uint64_t nrec = get_u64(&b), nres = get_u64(&b);
+    uint64_t nrec = ma_blob_get_u64(&b), nres = ma_blob_get_u64(&b);
     /* A record takes at least 4 + 1 + 1 + 8 + 8 + 25 bytes. */
-    if (b.bad || nrec > (b.n - b.off) / 47 || nres > nrec || nres > (uint64_t)capacity)
+    if (b.bad || nrec > ma_blob_remaining(&b) / 47 || nres > nrec || nres > (uint64_t)capacity)
         goto fail;
     if (nrec && !(recs = calloc((size_t)nrec, sizeof *recs))) {
         rc = MA_ENOMEM;
@@ -1106,8 +990,8 @@ int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, cons
     }
     size_t resident = 0;
     for (uint64_t i = 0; i < nrec; i++) {
-        uint32_t nl = get_u32(&b);
-        const unsigned char *np = nl >= 1 && nl <= MA_MAX_NAME ? take(&b, nl) : NULL;
+        uint32_t nl = ma_blob_get_u32(&b);
+        const unsigned char *np = nl >= 1 && nl <= MA_MAX_NAME ? ma_blob_take(&b, nl) : NULL;
         if (!np)
             goto fail;
         char name[MA_MAX_NAME + 1];
@@ -1115,8 +999,8 @@ int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, cons
         name[nl] = 0;
         if (!ma_name_valid(name) || find(s, name) || (i > 0 && strcmp(recs[i - 1]->name, name) >= 0))
             goto fail;
-        uint8_t flags = get_u8(&b);
-        uint64_t usage = get_u64(&b), nver = get_u64(&b);
+        uint8_t flags = ma_blob_get_u8(&b);
+        uint64_t usage = ma_blob_get_u64(&b), nver = ma_blob_get_u64(&b);
         if (b.bad || flags > 3 || flags == 2)
             goto fail;
         rec *r = create_rec(s, name);
@@ -1139,7 +1023,7 @@ int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, cons
     if (resident != nres)
         goto fail;
     for (uint64_t i = 0; i < nres; i++) {
-        uint64_t ord = get_u64(&b);
+        uint64_t ord = ma_blob_get_u64(&b);
         if (b.bad || ord >= nrec || !recs[ord]->resident || recs[ord]->prev || recs[ord] == s->tail)
             goto fail;
         rec *r = recs[ord];
@@ -1148,7 +1032,7 @@ int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, cons
         set_row(s, r->row, r->ver[r->nver - 1].kv);
         lru_append(s, r);
     }
-    if (b.bad || b.off != b.n)
+    if (ma_blob_done(&b))
         goto fail;
     free(recs);
     *out = s;

@@ -1,5 +1,5 @@
 /*
- * core/slots.h — the editable, versioned slot table of a session (DESIGN.md 3.4; docs/SLOTS.md).
+ * core/slots.h — the editable, versioned slot table of a session (docs/SLOTS.md).
  *
  * A slot is a named fact: key (H·d floats), value (H·d_v floats), optional JSON payload, its source event,
  * a protected flag and a usage count. Every name keeps its full, immutable version history; at most M
@@ -29,7 +29,41 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/session.h"   /* the value types shared with the session API: ma_slot_info, ... */
+#include "core/params.h"
+
+/* ---- value types (also those of the session API, core/session.h) ---------------------------- */
+
+typedef struct {
+    char name[MA_MAX_NAME + 1];
+    uint64_t version;          /* current version (>= 1) */
+    bool protect;              /* protected flag */
+    int64_t event;             /* source event, -1 if written through the slot verbs */
+    uint64_t usage;            /* how many queries this slot answered */
+    int64_t updated_at;        /* ms */
+} ma_slot_info;
+
+typedef struct {
+    uint64_t version;
+    int64_t event;
+    int64_t at;                /* ms */
+    bool tombstone;            /* an eviction marker: no value */
+} ma_version_info;
+
+typedef struct {
+    ma_slot_info info;         /* for an old version: version/event/updated_at of that version */
+    float *k;                  /* H·d, malloc'd */
+    float *v;                  /* H·d_v, malloc'd */
+    char *payload;             /* JSON text or NULL, malloc'd */
+} ma_slot_value;
+
+void ma_slot_value_clear(ma_slot_value *sv);
+
+typedef struct {
+    uint64_t version;          /* version now current */
+    bool created;              /* the verb created the slot */
+    bool evicted;              /* a capacity eviction happened ... */
+    char evicted_name[MA_MAX_NAME + 1];   /* ... of this slot */
+} ma_slot_result;
 
 typedef struct ma_slots ma_slots;
 
@@ -138,10 +172,12 @@ void ma_slots_count_use(const ma_slots *s, const char *name);
 /* --- persistence --- */
 
 /* Everything (every name's history with values and payloads, resident set and its update order,
- * protected flags, usage) in a versioned, checksummed, little-endian format; *buf malloc'd. */
+ * protected flags, usage) as a core/blob.h blob (little-endian, checksummed; docs/SLOTS.md); *buf
+ * malloc'd. */
 int ma_slots_serialize(const ma_slots *s, void **buf, size_t *len);
 
-/* Rebuilds a table from ma_slots_serialize's output for the given sizes. A truncated, foreign,
+/* Rebuilds a table from ma_slots_serialize's output (or the legacy format 1) for the given sizes. A
+ * truncated, foreign,
  * mismatching (dimensions, capacity) or inconsistent buffer gives MA_ECORRUPT; MA_ENOMEM. */
 int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, const void *buf, size_t len,
                            ma_slots **out);

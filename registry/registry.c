@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "registry/pager.h"
 #include "registry/params_text.h"
 #include "store/store.h"
@@ -62,10 +63,7 @@ struct reg_registry {
 
 static uint64_t hash_id(const char *s)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-    return h;
+    return ma_fnv1a64(s, strlen(s));
 }
 
 int reg_create(const reg_options *o, reg_registry **out)
@@ -268,10 +266,12 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
         }
     } else {
         s->cache_chunks = cache_chunks_for(r, &s->params);
-        rc = ma_session_restore(&s->params, row.backbone.data, row.backbone.len, row.slots_blob.data,
-                                row.slots_blob.len, row.archive_meta.data, row.archive_meta.len,
-                                reg_pager_chunks(&s->pager), s->cache_chunks, reg_pager_payloads(&s->pager),
-                                &core);
+        ma_session_saved saved = {
+            row.backbone.data, row.backbone.len, row.slots_blob.data, row.slots_blob.len,
+            row.archive_meta.data, row.archive_meta.len, reg_pager_chunks(&s->pager), s->cache_chunks,
+            reg_pager_payloads(&s->pager),
+        };
+        rc = ma_session_restore(&s->params, &saved, &core);
         if (rc) {
             snprintf(err, errlen, "session %s: cannot restore the stored state: %s", s->id, ma_strerror(rc));
             goto done;
@@ -521,13 +521,13 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
     /* The archive blob changes only at an index rebuild: rewrite it only then. */
     uint64_t gen = ma_archive_meta_generation(ma_session_archive(s->core));
     bool meta = all || (c->archive && gen != s->meta_gen);
-    ma_session_stats st = {0};
+    ma_session_counts st;
     int rc;
 
+    ma_session_counts_get(s->core, &st);
     if (((c->backbone || all) && (rc = ma_backbone_serialize(ma_session_backbone(s->core), &bb, &bbl)) != 0) ||
         ((c->slots || all) && (rc = ma_session_serialize_slots(s->core, &sl, &sll)) != 0) ||
-        (meta && (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0) ||
-        (rc = ma_session_stats_get(s->core, &st)) != 0) {
+        (meta && (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0)) {
         snprintf(err, errlen, "session %s: cannot serialise the new state: %s", s->id, ma_strerror(rc));
         goto fail;
     }
@@ -558,7 +558,6 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
     s->updated_at = now;
     if (c->n_events)
         s->paged = false;   /* new chunks are resident; reg_release pages them out under memory pressure */
-    ma_session_stats_clear(&st);
     free(bb);
     free(sl);
     free(am);
@@ -569,7 +568,6 @@ fail:
     pthread_mutex_lock(&r->mu);
     s->stale = true;
     pthread_mutex_unlock(&r->mu);
-    ma_session_stats_clear(&st);
     free(bb);
     free(sl);
     free(am);

@@ -492,7 +492,8 @@ static int do_slot_write(job *j)
         goto done;
     }
     snprintf(j->name, sizeof j->name, "%s", b.name);
-    ma_slot_input in = {.name = b.name, .k = b.k, .v = b.v, .payload = b.payload, .protect = b.protect};
+    ma_slot_input in = {.name = b.name, .k = b.k, .v = b.v, .text = b.text, .payload = b.payload,
+                        .protect = b.protect};
     int vrc = put ? ma_session_slot_overwrite(reg_core(s), &in, b.version, j->if_match, now_ms(), &res)
                   : ma_session_slot_write(reg_core(s), &in, now_ms(), &res);
     if (vrc) {

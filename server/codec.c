@@ -896,6 +896,7 @@ void codec_slot_body_clear(codec_slot_body *b)
     free(b->k);
     free(b->v);
     cJSON_free(b->payload);
+    free(b->text);
     memset(b, 0, sizeof *b);
 }
 
@@ -961,6 +962,10 @@ int codec_slot_body_decode(const cJSON *body, const char *path_name, bool allow_
         if (!cJSON_IsString(p)) {
             codec_fail(err, "bad_request", "v: missing, expected v or v_b64 (or a string payload, whose "
                        "embedding becomes the value)");
+            goto fail;
+        }
+        if (!(b.text = strdup(p->valuestring))) {
+            codec_fail(err, "bad_request", "out of memory");
             goto fail;
         }
     }

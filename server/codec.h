@@ -171,6 +171,7 @@ typedef struct {
     char name[MA_MAX_NAME + 1];
     float *k, *v;          /* malloc'd, or NULL when absent (core then embeds the name / payload) */
     char *payload;         /* JSON text or NULL (owned) */
+    char *text;            /* v absent: the string payload's text, which core embeds (owned), else NULL */
     bool protect;
     uint64_t version;      /* explicit version (overwrite only), 0 if absent */
 } codec_slot_body;

@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "server/log.h"
 
 static void handle_healthz(srv_request *req, void *ud)
@@ -144,10 +145,7 @@ void srv_server_count(srv_server *srv, const char *method, const char *route, in
     sp[2] = (char)('0' + st3 % 10);
     sp[3] = '\0';
     int kl = (int)(sp + 3 - key);
-    uint64_t h = 1469598103934665603ull;   /* FNV-1a over the key, never 0 */
-    for (int i = 0; i < kl; i++)
-        h = (h ^ (uint8_t)key[i]) * 1099511628211ull;
-    h |= 1;
+    uint64_t h = ma_fnv1a64(key, (size_t)kl) | 1;   /* never 0 */
     srv_mcache_entry *e = NULL;
     for (size_t i = 0, slot = h % SRV_MCACHE; i < SRV_MCACHE; i++, slot = (slot + 1) % SRV_MCACHE) {
         srv_mcache_entry *s = &srv->mcache[slot];

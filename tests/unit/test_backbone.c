@@ -411,7 +411,8 @@ static void test_normalized_read(void **state)
 
 /* ---- VLA invariants ---------------------------------------------------------------------------- */
 
-/* Pulls head h's A (d × d) out of a serialised buffer (format v1 of docs/BACKBONE.md). */
+/* Pulls head h's A (d × d) out of a serialised buffer (docs/BACKBONE.md): the STAT section's body starts
+ * at 108 = blob header 12 + HEAD section header 16 + HEAD body 64 + STAT section header 16. */
 static void extract_A(const ma_backbone *b, const ma_params *p, int h, double *A)
 {
     void *buf;
@@ -419,7 +420,7 @@ static void extract_A(const ma_backbone *b, const ma_params *p, int h, double *A
     assert_int_equal(ma_backbone_serialize(b, &buf, &len), 0);
     const size_t d = (size_t)p->dim, dv = (size_t)p->value_dim;
     const size_t per = d * dv * 4 + d * d * 4 + d * 8;
-    const unsigned char *a = (const unsigned char *)buf + 80 + (size_t)h * per + d * dv * 4;
+    const unsigned char *a = (const unsigned char *)buf + 108 + (size_t)h * per + d * dv * 4;
     for (size_t i = 0; i < d * d; i++) {
         float f;
         memcpy(&f, a + 4 * i, 4);  /* little-endian host assumed by this test */

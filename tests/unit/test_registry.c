@@ -154,7 +154,7 @@ static void test_failed_commit_reloads(void **state)
 
     /* a slot verb whose commit fails */
     assert_int_equal(reg_acquire(f.reg, "a", &s, err, sizeof err), 0);
-    ma_slot_input in = {.name = "z", .payload = "\"zz\""};
+    ma_slot_input in = {.name = "z", .text = "zz", .payload = "\"zz\""};
     ma_slot_result res;
     assert_int_equal(ma_session_slot_write(reg_core(s), &in, 3000, &res), 0);
     ma_store_fault_set(MA_FAULT_FULL, 0);

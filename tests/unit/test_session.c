@@ -144,6 +144,57 @@ static void test_ingest_and_payloads(void **state)
     ma_session_destroy(s);
 }
 
+/* Events whose vectors lie back to back are read in place, others gathered: the same session either way. */
+static void test_ingest_packed_or_scattered(void **state)
+{
+    (void)state;
+    events e;
+    make_events(&e, 37, 21);
+    /* The same vectors in reverse order in memory: event i's k/v no longer follow event i-1's. */
+    float *rk = malloc(e.n * KN * sizeof *rk), *rv = malloc(e.n * VN * sizeof *rv);
+    ma_event *rev = calloc(e.n, sizeof *rev);
+    assert_non_null(rk);
+    assert_non_null(rv);
+    assert_non_null(rev);
+    for (size_t i = 0; i < e.n; i++) {
+        size_t j = e.n - 1 - i;
+        memcpy(rk + j * KN, e.k + i * KN, KN * sizeof *rk);
+        memcpy(rv + j * VN, e.v + i * VN, VN * sizeof *rv);
+        rev[i] = (ma_event){rk + j * KN, rv + j * VN, NULL, NULL, false};
+    }
+    ma_session *a = session(4), *b = session(4);
+    ma_ingest_report r1, r2;
+    assert_int_equal(ma_session_ingest(a, e.n, e.ev, 5, &r1), 0);
+    assert_int_equal(ma_session_ingest(b, e.n, rev, 5, &r2), 0);
+    void *x, *y;
+    size_t xl, yl;
+    assert_int_equal(ma_backbone_serialize(ma_session_backbone(a), &x, &xl), 0);
+    assert_int_equal(ma_backbone_serialize(ma_session_backbone(b), &y, &yl), 0);
+    assert_int_equal(xl, yl);
+    assert_memory_equal(x, y, xl);
+    free(x);
+    free(y);
+    float k[KN], v[VN], k2[KN], v2[VN];
+    for (uint64_t i = 0; i < e.n; i++) {
+        assert_int_equal(ma_archive_get(ma_session_archive(a), i, k, v), 0);
+        assert_int_equal(ma_archive_get(ma_session_archive(b), i, k2, v2), 0);
+        assert_memory_equal(k, k2, sizeof k);
+        assert_memory_equal(v, v2, sizeof v);
+    }
+    ma_session_counts c;
+    ma_session_counts_get(b, &c);
+    assert_int_equal(c.length, e.n);
+    assert_int_equal(c.slots_resident, 0);
+    ma_ingest_report_clear(&r1);
+    ma_ingest_report_clear(&r2);
+    ma_session_destroy(a);
+    ma_session_destroy(b);
+    free(rk);
+    free(rv);
+    free(rev);
+    free_events(&e);
+}
+
 static void test_write_controller(void **state)
 {
     (void)state;
@@ -418,7 +469,7 @@ static void test_text_slots(void **state)
     ma_session *s;
     assert_int_equal(ma_session_create(&p, &s), 0);
 
-    ma_slot_input in = {.name = "capital_of_france", .payload = "\"Paris\""};
+    ma_slot_input in = {.name = "capital_of_france", .text = "Paris", .payload = "\"Paris\""};
     ma_slot_result res;
     assert_int_equal(ma_session_slot_write(s, &in, 1, &res), 0);
     assert_int_equal(res.version, 1);
@@ -434,12 +485,13 @@ static void test_text_slots(void **state)
     assert_memory_equal(val.v, want, sizeof want);
     ma_slot_value_clear(&val);
 
-    /* Without a value vector the payload must be a JSON string. */
+    /* Without a value vector there must be text to embed (the caller's decoding of a string payload). */
     ma_slot_input bad = {.name = "n", .payload = "{\"a\":1}"};
     assert_int_equal(ma_session_slot_write(s, &bad, 1, NULL), MA_EINVAL);
     bad.payload = NULL;
     assert_int_equal(ma_session_slot_write(s, &bad, 1, NULL), MA_EINVAL);
     bad.payload = "\"ok\"";
+    bad.text = "ok";
     assert_int_equal(ma_session_slot_write(s, &bad, 1, NULL), 0);
 
     /* A text query lands on the slot through the cosine step. */
@@ -609,7 +661,9 @@ static void test_serialize_restore(void **state)
         ma_chunk_source cs = {load_chunk, &ctx};
         ma_payload_source ps = {load_payload, &ctx};
         ma_session *r;
-        assert_int_equal(ma_session_restore(&p, bb, bbn, sl, sln, am, amn, cs, 2, ps, &r), 0);
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps},
+                                            &r),
+                         0);
 
         ma_query qs[] = {
             {.q = e.k + 1 * KN},                                  /* sparse, payload through the source */
@@ -665,8 +719,12 @@ static void test_serialize_restore(void **state)
         unsigned char *bad = malloc(sln);
         memcpy(bad, sl, sln);
         bad[sln / 2] ^= 1;
-        assert_int_equal(ma_session_restore(&p, bb, bbn, bad, sln, am, amn, cs, 2, ps, &r), MA_ECORRUPT);
-        assert_int_equal(ma_session_restore(&p, bb, bbn, sl, sln - 1, am, amn, cs, 2, ps, &r), MA_ECORRUPT);
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, bad, sln, am, amn, cs, 2, ps},
+                                            &r),
+                         MA_ECORRUPT);
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln - 1, am, amn, cs, 2, ps},
+                                            &r),
+                         MA_ECORRUPT);
         free(bad);
         ma_session *other;
         assert_int_equal(ma_session_create(&p, &other), 0);
@@ -675,14 +733,18 @@ static void test_serialize_restore(void **state)
         assert_int_equal(ma_backbone_serialize(ma_session_backbone(other), &bb0, &bbn0), 0);
         /* The archive blob holds no length (the backbone's step count is the length, so
          * the blob need not change with every event): a fresh backbone restores an empty archive. */
-        assert_int_equal(ma_session_restore(&p, bb0, bbn0, sl, sln, am, amn, cs, 2, ps, &r), 0);
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb0, bbn0, sl, sln, am, amn, cs, 2, ps},
+                                            &r),
+                         0);
         assert_int_equal(ma_archive_length(ma_session_archive(r)), 0);
         ma_session_destroy(r);
         free(bb0);
         ma_session_destroy(other);
         ma_params p2 = p;
         p2.slots = 4;
-        assert_int_equal(ma_session_restore(&p2, bb, bbn, sl, sln, am, amn, cs, 2, ps, &r), MA_ECORRUPT);
+        assert_int_equal(ma_session_restore(&p2, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps},
+                                            &r),
+                         MA_ECORRUPT);
 
         free(bb);
         free(sl);
@@ -727,6 +789,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_route_names),
         cmocka_unit_test(test_ingest_and_payloads),
+        cmocka_unit_test(test_ingest_packed_or_scattered),
         cmocka_unit_test(test_write_controller),
         cmocka_unit_test(test_router),
         cmocka_unit_test(test_threshold),

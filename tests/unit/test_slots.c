@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/blob.h"
 #include "core/error.h"
 #include "core/slots.h"
 
@@ -656,22 +657,6 @@ static void test_batch_equals_sequential(void **state)
     assert_true(ok_seen > 10);
 }
 
-/* The format's trailer (core/slots.c, checksum()), written out again from its description. */
-static uint64_t trailer(const unsigned char *p, size_t n)
-{
-    uint64_t h = 0xcbf29ce484222325ULL;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);      /* the test runs on little-endian hosts */
-        h = (h ^ w) * 0x100000001b3ULL;
-        h ^= h >> 29;
-    }
-    for (; i < n; i++)
-        h = (h ^ p[i]) * 0x100000001b3ULL;
-    return h;
-}
-
 static void test_serialize_roundtrip_and_corruption(void **state)
 {
     (void)state;
@@ -730,7 +715,7 @@ static void test_serialize_roundtrip_and_corruption(void **state)
         for (int bit = 0; bit < 8; bit += 3) {
             memcpy(c, buf, len);
             c[i] ^= (unsigned char)(1u << bit);
-            uint64_t sum = trailer(c, len - 8);
+            uint64_t sum = ma_blob_checksum(c, len - 8);
             for (int j = 0; j < 8; j++)
                 c[len - 8 + j] = (unsigned char)(sum >> (8 * j));
             int rc = ma_slots_restore_table(H, D, DV, 3, c, len, &r);
