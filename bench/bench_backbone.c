@@ -1,6 +1,6 @@
 /*
  * bench/bench_backbone.c — ingest speed of the backbones (core/backbone.c) against the alternatives, in
- * one run on one core: a naive per-event version (the equations of DESIGN.md 3.1 as plain loops), a
+ * one run on one core: a naive per-event version (the equations of docs/DESIGN.md 3.1 as plain loops), a
  * per-event OpenBLAS version (ssymv/ssyr/sgemv/sger), and the machine's sgemm rate measured here.
  *
  *   build/bench/bench_backbone [seconds-per-measurement]     (default 0.25; best of 3 repeats each)
@@ -94,7 +94,7 @@ static void unit(float *dst, const float *x, int d)
         dst[j] = x[j] * inv;
 }
 
-/* The equations of DESIGN.md 3.1/3.2 for one event, written as plain loops (identity features, s = 1). */
+/* The equations of docs/DESIGN.md 3.1/3.2 for one event, written as plain loops (identity features, s = 1). */
 static void naive_event(naive_t *n, const float *k, const float *v)
 {
     const int d = n->d, dv = n->dv;

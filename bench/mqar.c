@@ -11,7 +11,7 @@
  *   build/bench/mqar [--seeds N] [--dat FILE] [--quick]
  *
  * Keys: "isotropic" k ~ N(0, I_d); "shared a" k = x + a·√d·m with x ~ N(0, I_d) and one fixed unit vector
- * m, for a = 0.5 (pairwise cosine about 0.2) and a = 1 (about 0.5). DESIGN.md's simulation does not say how
+ * m, for a = 0.5 (pairwise cosine about 0.2) and a = 1 (about 0.5). docs/DESIGN.md's simulation does not say how
  * strong its shared direction was; its DeltaNet row falls between our two. Values: rows of a codebook of
  * 128 random unit vectors (d_v = d), chosen at random per pair. The query is the key itself. With unit
  * codebook rows the nearest row is the one with the largest dot product, so any positive scaling of a read
@@ -234,7 +234,7 @@ static int cmp_d(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Replays VLA's A in double (DESIGN.md 3.1 steps 1–4) and records ‖I − k̂ α̂ᵀ‖₂ per event. */
+/* Replays VLA's A in double (docs/DESIGN.md 3.1 steps 1–4) and records ‖I − k̂ α̂ᵀ‖₂ per event. */
 static void jacobian(int d, int T, int elu, uint64_t sd, double *norms, double *cosines, double *max_check)
 {
     const double s = elu ? 1.0 / sqrt((double)d) : 1.0;

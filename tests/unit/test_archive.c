@@ -762,7 +762,7 @@ static void test_needle_chunks_rates(void **state)
     for (int m = 0; m < 3; m++) {
         int exact, near;
         needle_rates(MA_SELECTOR_CHUNKS, (ma_chunk_score)m, 20000, 20, 0, &exact, &near);
-        /* Reported, not required: chunk summaries of random keys carry little signal (DESIGN.md 3.3). */
+        /* Reported, not required: chunk summaries of random keys carry little signal (docs/DESIGN.md 3.3). */
         printf("needle, chunks selector (%s), 20,000 fillers, C = 64, topk 16: query = key %d/20, cos 0.9 %d/20\n",
                names[m], exact, near);
     }

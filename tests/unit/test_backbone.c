@@ -1,6 +1,6 @@
 /*
  * tests/unit/test_backbone.c — core/backbone: every backbone against a plain double-precision reference
- * written here from DESIGN.md 3.1–3.2, VLA's invariants over a million events, extreme inputs, the
+ * written here from docs/DESIGN.md 3.1–3.2, VLA's invariants over a million events, extreme inputs, the
  * state-norm property, and the serialised format (round trip, truncation, corruption, foreign buffers).
  *
  * The references are deliberately naive (one event at a time, full matrices, no fusion) so they share
