@@ -119,8 +119,10 @@ $(BUILD)/tests/e2e/%: $(BUILD)/tests/e2e/%.o $(E2E_HOBJ) $(LIB) $(LLHTTP_OBJ)
 	@echo "  LD      $@"
 	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL) -lcmocka -lcurl
 
-# The C client library (clients/c/) is linked into its end-to-end test.
+# The C client library (clients/c/) is linked into its end-to-end test and its benchmark.
 $(BUILD)/tests/e2e/test_client_c: $(BUILD)/clients/c/memattn_client.o
+$(BUILD)/bench/client_overhead: $(BUILD)/clients/c/memattn_client.o
+$(BUILD)/bench/client_overhead: LDLIBS_ALL += -lcurl
 
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BENCH_HOBJ) $(LIB) $(LLHTTP_OBJ)
 	@echo "  LD      $@"

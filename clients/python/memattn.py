@@ -54,6 +54,8 @@ DEFAULT_MAX_BODY = 1 << 20          # the daemon's --max-body default
 MAX_EVENTS_PER_BATCH = 65536        # the daemon's per-batch event cap
 _RETRY_AFTER_CAP = 5.0              # seconds: longest Retry-After we wait for
 
+_ENC = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)  # reused: cheaper than json.dumps(**opts)
+
 Vector = Union[Sequence[float], "array.array[float]", bytes, Any]
 JSON = Any
 
@@ -216,7 +218,7 @@ class Client:
             h["Authorization"] = "Bearer " + self.token
         data = raw_body
         if data is None and body is not None:
-            data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+            data = _ENC.encode(body).encode("utf-8")
         if data is not None:
             h["Content-Type"] = "application/json"
         if method not in ("GET", "HEAD") and idempotent_key:
@@ -364,9 +366,15 @@ class Session:
     # ---- events -------------------------------------------------------------------------------
     @staticmethod
     def _event_json(ev: Mapping[str, Any]) -> bytes:
-        d: Dict[str, Any] = {}
-        _vec_fields(d, ev, ("k", "v"))
-        return json.dumps(d, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        """One event's compact JSON; vectors packed (base64 needs no JSON escaping)."""
+        parts = []
+        for key, val in ev.items():
+            if key in ("k", "v") and val is not None:
+                b64 = val if isinstance(val, str) else pack_f32(val)
+                parts.append(f'"{key}_b64":"{b64}"')
+            elif val is not None or key == "payload":
+                parts.append(_ENC.encode(key) + ":" + _ENC.encode(val))
+        return ("{" + ",".join(parts) + "}").encode("utf-8")
 
     def append(self, events: Iterable[Mapping[str, Any]], max_body: Optional[int] = None) -> Dict[str, Any]:
         """Appends events (``{"k"|"text", "v"?, "payload"?, "slot"?, "protect"?}``; vectors packed as
