@@ -10,9 +10,12 @@
  *        client: mac_append() of the float arrays, `batch` events per request (max_body set to fit)
  * query  raw:    prebuilt one-query bodies, one POST per query
  *        client: mac_query_run() with one mac_query (packing, JSON, parsing the answer)
- * Rounds alternate raw and client; medians are printed. Each ingest uses a fresh session.
+ * Rounds alternate raw and client; medians are printed. Each ingest uses a fresh session; queries all
+ * go to one session ingested and warmed up before the rounds, raw first in even rounds, client first
+ * in odd ones (a freshly ingested session answers its first queries slower).
  */
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +29,13 @@ static double now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double cpu(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -144,9 +154,19 @@ int main(int argc, char **argv)
     mac_client *c;
     if (mac_open(&o, &c) != MAC_OK)
         return 1;
-    double ir[64], ic[64], qr[64], qc[64];
-    char url[512], sid[64];
+    double ir[64], ic[64], qr[64], qc[64], uir[64], uic[64], uqr[64], uqc[64];
+    char url[512], qurl[512], sid[64];
     int rc = 0;
+    mac_config qcfg = { .dim = dim };
+    if (mac_session_create(c, "cq", &qcfg, NULL) != MAC_OK)
+        return 1;
+    snprintf(url, sizeof url, "%s/v1/sessions/cq/events", base);
+    for (int b = 0; b < nb; b++)
+        if (post(h, url, bodies[b], strlen(bodies[b])) != 200)
+            return 1;
+    snprintf(qurl, sizeof qurl, "%s/v1/sessions/cq/query", base);
+    for (int i = 0; i < nq && i < 300; i++)
+        post(h, qurl, qb[i], strlen(qb[i]));
     for (int r = 0; r < rounds && rc == 0; r++) {
         mac_config cfg = { .dim = dim };
         snprintf(sid, sizeof sid, "craw%d", r);
@@ -155,43 +175,53 @@ int main(int argc, char **argv)
             return 1;
         }
         snprintf(url, sizeof url, "%s/v1/sessions/%s/events", base, sid);
-        double t = now();
+        double t = now(), p = cpu();
         for (int b = 0; b < nb; b++)
             if (post(h, url, bodies[b], strlen(bodies[b])) != 200)
                 rc = 1;
         ir[r] = nev / (now() - t);
+        uir[r] = (cpu() - p) / nev * 1e6;
         snprintf(sid, sizeof sid, "ccli%d", r);
         mac_session_create(c, sid, &cfg, NULL);
         mac_append_result ar;
         t = now();
+        p = cpu();
         if (mac_append(c, sid, ev, (size_t)nev, &ar) != MAC_OK || ar.batches != (size_t)nb)
             rc = 1;
         ic[r] = nev / (now() - t);
-        snprintf(url, sizeof url, "%s/v1/sessions/craw%d/query", base, r);
-        t = now();
-        for (int i = 0; i < nq; i++)
-            if (post(h, url, qb[i], strlen(qb[i])) != 200)
-                rc = 1;
-        qr[r] = (now() - t) / nq * 1e6;
-        t = now();
-        for (int i = 0; i < nq; i++) {
-            mac_query mq = { .q = q + (size_t)i * dim, .nq = (size_t)dim };
-            mac_result res;
-            if (mac_query_run(c, sid, &mq, 1, &res) != MAC_OK || !res.ok)
-                rc = 1;
-            mac_results_free(&res, 1);
+        uic[r] = (cpu() - p) / nev * 1e6;
+        for (int side = 0; side < 2; side++) {
+            bool raw = (side == 0) == (r % 2 == 0);
+            t = now();
+            p = cpu();
+            for (int i = 0; i < nq; i++) {
+                if (raw) {
+                    if (post(h, qurl, qb[i], strlen(qb[i])) != 200)
+                        rc = 1;
+                    continue;
+                }
+                mac_query mq = { .q = q + (size_t)i * dim, .nq = (size_t)dim };
+                mac_result res;
+                if (mac_query_run(c, "cq", &mq, 1, &res) != MAC_OK || !res.ok)
+                    rc = 1;
+                mac_results_free(&res, 1);
+            }
+            *(raw ? &qr[r] : &qc[r]) = (now() - t) / nq * 1e6;
+            *(raw ? &uqr[r] : &uqc[r]) = (cpu() - p) / nq * 1e6;
         }
-        qc[r] = (now() - t) / nq * 1e6;
     }
     if (rc) {
         fprintf(stderr, "a request failed: %s %s\n", mac_last_error(c)->code, mac_last_error(c)->message);
         return 1;
     }
     double mir = median(ir, rounds), mic = median(ic, rounds), mqr = median(qr, rounds), mqc = median(qc, rounds);
-    printf("ingest  raw libcurl      %10.0f events/s\n", mir);
-    printf("ingest  memattn_client   %10.0f events/s   (%.2f of raw)\n", mic, mic / mir);
-    printf("query   raw libcurl      %10.1f us/query\n", mqr);
-    printf("query   memattn_client   %10.1f us/query   (+%.1f us, %.2fx)\n", mqc, mqc - mqr, mqc / mqr);
+    double a = median(uir, rounds), b = median(uic, rounds), cq = median(uqr, rounds), d = median(uqc, rounds);
+    printf("ingest  raw libcurl      %10.0f events/s       %7.1f us/event\n", mir, a);
+    printf("ingest  memattn_client   %10.0f events/s       %7.1f us/event   (%.2f of raw throughput, +%.1f us CPU/event)\n",
+           mic, b, mic / mir, b - a);
+    printf("query   raw libcurl      %10.1f us/query       %7.1f us/query\n", mqr, cq);
+    printf("query   memattn_client   %10.1f us/query       %7.1f us/query   (%.2fx raw latency, +%.1f us CPU/query)\n",
+           mqc, d, mqc / mqr, d - cq);
     mac_close(c);
     curl_slist_free_all(hd);
     curl_easy_cleanup(h);

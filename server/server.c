@@ -1,6 +1,6 @@
 /*
  * server/server.c — the server's lifecycle (server/server.h): creation, listening, the service
- * endpoints /healthz and /metrics, the graceful drain, destruction.
+ * endpoints /healthz and /metrics (and the inspector's /ui, server/ui.c), the graceful drain, destruction.
  *
  * Design. Everything runs on the loop thread; the worker pool is the only other thread owner. The
  * drain closes the listener, lets requests already started finish (answers then carry
