@@ -99,11 +99,11 @@ $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
 
 # The inspector's static files (server/ui/), embedded into server/ui.o as byte arrays.
 UI_FILES  = $(sort $(wildcard server/ui/*.html server/ui/*.js server/ui/*.css))
-$(BUILD)/gen/ui_assets.h: $(UI_FILES) server/ui/embed.sh
+$(BUILD)/gen/server/ui_assets.h: $(UI_FILES) server/ui/embed.sh
 	@mkdir -p $(dir $@)
 	@echo "  GEN     $@"
 	$(Q)sh server/ui/embed.sh $(UI_FILES) > $@.tmp && mv $@.tmp $@
-$(BUILD)/server/ui.o: $(BUILD)/gen/ui_assets.h
+$(BUILD)/server/ui.o: $(BUILD)/gen/server/ui_assets.h
 $(BUILD)/server/ui.o: CFLAGS_ALL += -I$(BUILD)/gen
 
 $(BUILD)/%.o: %.c

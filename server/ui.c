@@ -1,7 +1,7 @@
 /*
  * server/ui.c — serves the inspector's static files (server/ui.h) from arrays compiled into the binary.
  *
- * Design. $(BUILD)/gen/ui_assets.h (made by server/ui/embed.sh from server/ui/) holds each file's
+ * Design. $(BUILD)/gen/server/ui_assets.h (made by server/ui/embed.sh from server/ui/) holds each file's
  * bytes, name, Content-Type and an ETag (CRC and length of the bytes). Answers carry
  * `Cache-Control: no-cache` (the browser keeps the file but revalidates each load, so an upgraded
  * daemon's page is never stale) and the ETag; a matching If-None-Match answers 304 with no body.
@@ -26,7 +26,7 @@ typedef struct {
     const char *etag;          /* quoted */
 } ui_asset;
 
-#include "ui_assets.h"
+#include "server/ui_assets.h"   /* generated: $(BUILD)/gen/server/ui_assets.h */
 
 #define UI_NASSETS (sizeof ui_assets / sizeof *ui_assets)
 
