@@ -2,7 +2,8 @@
 #
 #   make            build build/memattnd (release: -O2 -march=native)
 #   make run        install missing Debian packages, build, start with built-in defaults
-#   make test       install missing packages, build with address+undefined sanitizers, run every test
+#   make test       install missing packages (and the browser for the /ui test), build with
+#                   address+undefined sanitizers, run every test
 #   make bench      build the benchmarks (build/bench/*); docs/RESULTS.md gives the command of each result
 #   make tsan       the end-to-end suite once more under ThreadSanitizer (build/tsan; CI runs it after make test)
 #   make check-layers  which directory may include which headers (tests/check_layers.sh; part of check)
@@ -96,6 +97,15 @@ $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
 	@echo "  CC      $@"
 	$(Q)$(CC) -std=c11 -O2 -w $(filter -fsanitize%,$(OPT)) -I$(LLHTTP_INC) -c -o $@ $<
 
+# The inspector's static files (server/ui/), embedded into server/ui.o as byte arrays.
+UI_FILES  = $(sort $(wildcard server/ui/*.html server/ui/*.js server/ui/*.css))
+$(BUILD)/gen/server/ui_assets.h: $(UI_FILES) server/ui/embed.sh
+	@mkdir -p $(dir $@)
+	@echo "  GEN     $@"
+	$(Q)sh server/ui/embed.sh $(UI_FILES) > $@.tmp && mv $@.tmp $@
+$(BUILD)/server/ui.o: $(BUILD)/gen/server/ui_assets.h
+$(BUILD)/server/ui.o: CFLAGS_ALL += -I$(BUILD)/gen
+
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC      $@"
@@ -109,6 +119,11 @@ $(BUILD)/tests/e2e/%: $(BUILD)/tests/e2e/%.o $(E2E_HOBJ) $(LIB) $(LLHTTP_OBJ)
 	@echo "  LD      $@"
 	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL) -lcmocka -lcurl
 
+# The C client library (clients/c/) is linked into its end-to-end test and its benchmark.
+$(BUILD)/tests/e2e/test_client_c: $(BUILD)/clients/c/memattn_client.o
+$(BUILD)/bench/client_overhead: $(BUILD)/clients/c/memattn_client.o
+$(BUILD)/bench/client_overhead: LDLIBS_ALL += -lcurl
+
 $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BENCH_HOBJ) $(LIB) $(LLHTTP_OBJ)
 	@echo "  LD      $@"
 	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL)
@@ -118,7 +133,11 @@ run: deps
 	$(Q)$(MAKE) --no-print-directory build
 	./$(DAEMON)
 
-test: deps
+# The browser test of /ui (tests/e2e/test_ui.c) needs these too; `make run` does not.
+UI_TEST_PKGS = chromium chromium-driver python3-selenium
+
+test:
+	$(Q)$(MAKE) --no-print-directory deps DEB_PKGS="$(DEB_PKGS) $(UI_TEST_PKGS)"
 	$(Q)$(MAKE) --no-print-directory SAN=1 check
 
 # The layering rules, the shipped daemon free of test code, then every unit and end-to-end test of

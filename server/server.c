@@ -1,6 +1,6 @@
 /*
  * server/server.c — the server's lifecycle (server/server.h): creation, listening, the service
- * endpoints /healthz and /metrics, the graceful drain, destruction.
+ * endpoints /healthz and /metrics (and the inspector's /ui, server/ui.c), the graceful drain, destruction.
  *
  * Design. Everything runs on the loop thread; the worker pool is the only other thread owner. The
  * drain closes the listener, lets requests already started finish (answers then carry
@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "server/log.h"
+#include "server/ui.h"
 
 static void handle_healthz(srv_request *req, void *ud)
 {
@@ -89,7 +90,8 @@ int srv_server_create(uv_loop_t *loop, const cfg_config *cfg, srv_server **out, 
     if ((rc = srv_pool_create(loop, cfg->threads, cfg->queue_max, &srv->pool)) < 0)
         goto fail;
     if ((rc = srv_route_add(srv->router, "GET", "/healthz", handle_healthz, srv)) < 0 ||
-        (rc = srv_route_add(srv->router, "GET", "/metrics", handle_metrics, srv)) < 0)
+        (rc = srv_route_add(srv->router, "GET", "/metrics", handle_metrics, srv)) < 0 ||
+        (rc = ui_register(srv->router)) < 0)
         goto fail;
     uv_tcp_init(loop, &srv->listener);
     srv->listener.data = srv;

@@ -21,6 +21,7 @@ RULES=(
   "config   | config/ core/                           | sqlite3.h llhttp.h cjson/                                       | config/ knows no store, registry or server"
   "registry | registry/ core/ store/ config/          | sqlite3.h uv.h llhttp.h                                         | registry/ sits between server/ and core/+store/; it does not know the server"
   "server   | server/ registry/ store/ core/ config/  | sqlite3.h                                                       | server/ may use every layer, but reaches sqlite only through store/"
+  "clients  | clients/ memattn_client.h              | core/ config/ store/ registry/ server/ sqlite3.h uv.h llhttp.h   | clients/ are libraries for other programs: libcurl and cJSON, nothing of the daemon"
 )
 
 # "file:header | branch that removes it" — known violations, fixed on other branches.

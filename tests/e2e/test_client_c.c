@@ -1,0 +1,422 @@
+/*
+ * tests/e2e/test_client_c.c — the C client (clients/c/memattn_client.{c,h}) end to end against the
+ * real daemon: sessions, batched base64 event appends under a body limit, queries (per-query errors
+ * included), the slot verbs with If-Match, auth, and retries with one Idempotency-Key (against a
+ * scripted local server that answers 503 twice).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "clients/c/memattn_client.h"
+#include "tests/e2e/harness.h"
+
+static mh_daemon dmn;
+
+static int setup(void **state)
+{
+    (void)state;
+    return mh_start(&dmn, NULL, NULL) == 0 ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    return mh_stop(&dmn, 30000) == 0 ? 0 : -1;
+}
+
+static mac_client *open_client(const char *base, size_t max_body, const char *token)
+{
+    mac_options o;
+    mac_options_init(&o);
+    o.base_url = base;
+    o.max_body = max_body;
+    o.token = token;
+    mac_client *c = NULL;
+    assert_int_equal(mac_open(&o, &c), MAC_OK);
+    return c;
+}
+
+/* Asserts a MAC_EHTTP failure with this status and code. */
+#define assert_http_error(c, rc, st, cd)                                        \
+    do {                                                                        \
+        assert_int_equal((rc), MAC_EHTTP);                                      \
+        assert_int_equal(mac_last_error(c)->status, (st));                      \
+        assert_string_equal(mac_last_error(c)->code, (cd));                     \
+    } while (0)
+
+static void test_b64(void **state)
+{
+    (void)state;
+    const float x[] = { 1.0f, -2.5f, 0.0f, 3.25f };
+    char *b = mac_b64_f32(x, 4);
+    assert_string_equal(b, "AACAPwAAIMAAAAAAAABQQA==");
+    float *y;
+    size_t n;
+    assert_int_equal(mac_unb64_f32(b, &y, &n), MAC_OK);
+    assert_int_equal(n, 4);
+    assert_memory_equal(x, y, sizeof x);
+    free(b);
+    free(y);
+    const float z[] = { 0, 1, 1, 0 };   /* API.md's example */
+    b = mac_b64_f32(z, 4);
+    assert_string_equal(b, "AAAAAAAAgD8AAIA/AAAAAA==");
+    free(b);
+    assert_int_equal(mac_unb64_f32("abc", &y, &n), MAC_EINVAL);
+}
+
+static int count_ids(const mac_session *s, void *ud)
+{
+    int *n = ud;
+    if (strncmp(s->id, "c-", 2) == 0)
+        (*n)++;
+    return 0;
+}
+
+static void test_sessions(void **state)
+{
+    (void)state;
+    mac_client *c = open_client(dmn.base, 0, NULL);
+    mac_config cfg = { .heads = 2, .dim = 4, .slots = 4 };
+    mac_session s;
+    assert_int_equal(mac_session_create(c, "c-a", &cfg, &s), MAC_OK);
+    assert_string_equal(s.id, "c-a");
+    assert_int_equal(s.heads, 2);
+    assert_int_equal(s.value_dim, 4);
+    assert_int_equal(mac_session_create(c, "c-a", &cfg, NULL), MAC_OK);   /* idempotent */
+    cfg.dim = 8;
+    assert_http_error(c, mac_session_create(c, "c-a", &cfg, NULL), 409, "exists");
+    mac_config bad = { .json = "{\"heads\":0}" };
+    assert_http_error(c, mac_session_create(c, "c-b", &bad, NULL), 400, "bad_config");
+    mac_config notjson = { .json = "{heads" };
+    assert_int_equal(mac_session_create(c, "c-b", &notjson, NULL), MAC_EINVAL);
+    assert_int_equal(mac_session_create(c, "c-c", NULL, NULL), MAC_OK);
+    mac_session anon;
+    assert_int_equal(mac_session_create(c, NULL, NULL, &anon), MAC_OK);
+    assert_int_equal(strlen(anon.id), 32);
+    int n = 0;
+    assert_int_equal(mac_session_list(c, count_ids, &n), MAC_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(mac_session_get(c, "c-a", &s), MAC_OK);
+    assert_int_equal(s.length, 0);
+    assert_int_equal(s.nheads, 2);
+    assert_true(s.bytes > 0);
+    assert_int_equal(mac_session_delete(c, anon.id), MAC_OK);
+    assert_http_error(c, mac_session_get(c, anon.id, &s), 404, "no_session");
+    assert_int_equal(mac_session_get(c, "bad name", &s), MAC_EHTTP);   /* percent-encoded, refused by the daemon */
+    assert_string_equal(mac_last_error(c)->code, "bad_name");
+    mac_close(c);
+}
+
+/* Unit-norm keys per head: under full attention each key's best match is itself. */
+static void key_of(int i, float *k, int heads, int dim)
+{
+    for (int h = 0; h < heads; h++) {
+        double s = 0;
+        for (int j = 0; j < dim; j++) {
+            k[h * dim + j] = (float)sin(i * 0.37 + (h * dim + j) * (1 + i % 5));
+            s += (double)k[h * dim + j] * k[h * dim + j];
+        }
+        for (int j = 0; j < dim; j++)
+            k[h * dim + j] = (float)(k[h * dim + j] / sqrt(s));
+    }
+}
+
+static void test_append_batches_and_query(void **state)
+{
+    (void)state;
+    mac_client *c = open_client(dmn.base, 2048, NULL);   /* a 2 KiB client limit: many batches */
+    mac_config cfg = { .heads = 2, .dim = 4, .value_dim = 2, .slots = 8, .chunk = 16 };
+    assert_int_equal(mac_session_create(c, "c-ev", &cfg, NULL), MAC_OK);
+    enum { N = 300 };
+    static float keys[N][8], vals[N][4];
+    static char payloads[N][32];
+    mac_event ev[N];
+    memset(ev, 0, sizeof ev);
+    for (int i = 0; i < N; i++) {
+        key_of(i, keys[i], 2, 4);
+        vals[i][0] = (float)i / N;
+        vals[i][1] = -1;
+        vals[i][2] = 0.5f;
+        vals[i][3] = (float)(i % 7);
+        snprintf(payloads[i], sizeof payloads[i], "{\"i\":%d}", i);
+        ev[i] = (mac_event){ .k = keys[i], .nk = 8, .v = vals[i], .nv = 4, .payload_json = payloads[i] };
+    }
+    ev[123].slot = "one_two_three";
+    mac_append_result r;
+    assert_int_equal(mac_append(c, "c-ev", ev, N, &r), MAC_OK);
+    assert_int_equal(r.appended, N);
+    assert_int_equal(r.length, N);
+    assert_int_equal(r.writes, 1);
+    assert_true(r.batches > 10);
+    assert_true(mac_requests_sent(c) >= r.batches);
+
+    mac_query q[3] = {
+        { .q = keys[200], .nq = 8, .route = "full" },
+        { .slot = "one_two_three" },
+        { .text = "nothing like it", .route = "slot" },
+    };
+    mac_result res[3];
+    int rc = mac_query_run(c, "c-ev", q, 2, res);
+    assert_int_equal(rc, MAC_OK);
+    assert_true(res[0].ok);
+    assert_string_equal(res[0].route, "full");
+    assert_int_equal(res[0].event, 200);
+    assert_string_equal(res[0].payload_json, "{\"i\":200}");
+    assert_int_equal(res[0].nv, 4);
+    assert_true(res[0].nchunks >= 1);
+    assert_string_equal(res[1].route, "slot");
+    assert_string_equal(res[1].slot, "one_two_three");
+    assert_int_equal(res[1].version, 1);
+    assert_string_equal(res[1].payload_json, "{\"i\":123}");
+    mac_results_free(res, 2);
+    /* A forced slot route without a match: a per-query error on a daemon that has them, else the
+     * whole request fails with 404 no_slot. */
+    rc = mac_query_run(c, "c-ev", q, 3, res);
+    if (rc == MAC_OK) {
+        assert_true(res[0].ok);
+        assert_false(res[2].ok);
+        assert_string_equal(res[2].error.code, "no_slot");
+    } else {
+        assert_http_error(c, rc, 404, "no_slot");
+    }
+    mac_results_free(res, 3);
+
+    /* An event alone over the limit: refused before sending. */
+    static char big[3000];
+    memset(big, 'x', sizeof big - 1);
+    mac_event one = { .k = keys[0], .nk = 8, .v = vals[0], .nv = 4, .payload_text = big };
+    assert_int_equal(mac_append(c, "c-ev", &one, 1, &r), MAC_ETOOBIG);
+    assert_int_equal(r.appended, 0);
+    /* A bad event in a later batch: earlier batches stay applied, and the result says how many. */
+    mac_event bad[41];
+    memcpy(bad, ev, 40 * sizeof *ev);
+    bad[40] = (mac_event){ .k = keys[0], .nk = 2, .v = vals[0], .nv = 4 };
+    assert_http_error(c, mac_append(c, "c-ev", bad, 41, &r), 400, "dim_mismatch");
+    assert_true(r.appended > 0);
+    mac_session s;
+    assert_int_equal(mac_session_get(c, "c-ev", &s), MAC_OK);
+    assert_int_equal(s.length, N + r.appended);
+    mac_close(c);
+}
+
+static void test_body_limit_from_daemon(void **state)
+{
+    (void)state;
+    mh_daemon d;
+    const char *args[] = { "--max-body", "65536", NULL };
+    assert_int_equal(mh_start(&d, args, NULL), 0);
+    mac_client *c = open_client(d.base, 0, NULL);
+    size_t lim = mac_max_body(c);
+    if (lim != 65536) {      /* a daemon without GET /v1/info: the 1 MiB default, so say it */
+        assert_int_equal(lim, 1 << 20);
+        mac_close(c);
+        c = open_client(d.base, 65536, NULL);
+    }
+    mac_config cfg = { .dim = 64 };
+    assert_int_equal(mac_session_create(c, "big", &cfg, NULL), MAC_OK);
+    enum { N = 2000 };
+    static float k[N][64];
+    static mac_event ev[N];
+    for (int i = 0; i < N; i++) {
+        for (int j = 0; j < 64; j++)
+            k[i][j] = (float)((i * 31 + j) % 17);
+        ev[i] = (mac_event){ .k = k[i], .nk = 64, .payload_text = "p" };
+    }
+    mac_append_result r;
+    assert_int_equal(mac_append(c, "big", ev, N, &r), MAC_OK);
+    assert_int_equal(r.appended, N);
+    assert_true(r.batches >= 2);
+    mac_close(c);
+    assert_int_equal(mh_stop(&d, 30000), 0);
+}
+
+static void test_slot_verbs(void **state)
+{
+    (void)state;
+    mac_client *c = open_client(dmn.base, 0, NULL);
+    mac_config cfg = { .dim = 8, .slots = 2 };
+    assert_int_equal(mac_session_create(c, "c-slots", &cfg, NULL), MAC_OK);
+    uint64_t v = 0;
+    mac_slot_value w = { .payload_text = "Paris" };
+    assert_int_equal(mac_slot_create(c, "c-slots", "capital", &w, &v), MAC_OK);
+    assert_int_equal(v, 1);
+    assert_http_error(c, mac_slot_create(c, "c-slots", "capital", &w, &v), 409, "exists");
+    mac_slot s;
+    assert_int_equal(mac_slot_get(c, "c-slots", "capital", 0, &s), MAC_OK);
+    assert_string_equal(s.etag, "\"1\"");
+    assert_string_equal(s.payload_json, "\"Paris\"");
+    assert_int_equal(s.event, -1);
+    assert_int_equal(s.nv, 8);
+    mac_slot_free(&s);
+    w.payload_text = "Lyon";
+    assert_http_error(c, mac_slot_put(c, "c-slots", "capital", &w, 7, &v), 412, "precondition_failed");
+    w.payload_text = "Paris, France";
+    assert_int_equal(mac_slot_put(c, "c-slots", "capital", &w, 1, &v), MAC_OK);
+    assert_int_equal(v, 2);
+    w.version = 10;
+    assert_int_equal(mac_slot_put(c, "c-slots", "capital", &w, 0, &v), MAC_OK);
+    assert_int_equal(v, 10);
+    assert_int_equal(mac_slot_get(c, "c-slots", "capital", 2, &s), MAC_OK);
+    assert_string_equal(s.payload_json, "\"Paris, France\"");
+    mac_slot_free(&s);
+    assert_int_equal(mac_slot_protect(c, "c-slots", "capital", 1, 0), MAC_OK);
+    w.version = 0;
+    assert_http_error(c, mac_slot_put(c, "c-slots", "capital", &w, 0, &v), 423, "protected");
+    assert_http_error(c, mac_slot_evict(c, "c-slots", "capital", 0), 423, "protected");
+    assert_int_equal(mac_slot_protect(c, "c-slots", "capital", 0, 0), MAC_OK);
+
+    const float k[8] = { 1, 0, 0, 0, 0, 0, 0, 0 }, val[8] = { 0, 1, 0, 0, 0, 0, 0, 0 };
+    mac_slot_value wv = { .k = k, .nk = 8, .v = val, .nv = 8, .payload_json = "{\"n\":1}" };
+    assert_int_equal(mac_slot_create(c, "c-slots", "vec", &wv, &v), MAC_OK);
+    assert_int_equal(mac_slot_evict(c, "c-slots", "vec", 0), MAC_OK);
+    assert_http_error(c, mac_slot_get(c, "c-slots", "vec", 0, &s), 404, "no_slot");
+    mac_version *vs;
+    size_t n;
+    assert_int_equal(mac_slot_versions(c, "c-slots", "vec", &vs, &n), MAC_OK);
+    assert_int_equal(n, 2);
+    assert_false(vs[0].tombstone);
+    assert_true(vs[1].tombstone);
+    free(vs);
+    assert_int_equal(mac_slot_restore(c, "c-slots", "vec", 1, 0, &v), MAC_OK);
+    assert_int_equal(v, 3);
+    assert_int_equal(mac_slot_get(c, "c-slots", "vec", 0, &s), MAC_OK);
+    assert_string_equal(s.payload_json, "{\"n\":1}");
+    assert_int_equal(s.nv, 8);
+    assert_memory_equal(s.v, val, sizeof val);
+    mac_slot_free(&s);
+    mac_query q = { .q = k, .nq = 8 };
+    mac_result r;
+    assert_int_equal(mac_query_run(c, "c-slots", &q, 1, &r), MAC_OK);
+    assert_string_equal(r.route, "slot");
+    assert_string_equal(r.slot, "vec");
+    assert_int_equal(r.version, 3);
+    mac_results_free(&r, 1);
+    mac_close(c);
+}
+
+static void test_token(void **state)
+{
+    (void)state;
+    mh_daemon d;
+    const char *args[] = { "--token", "s3cret", NULL };
+    assert_int_equal(mh_start(&d, args, NULL), 0);
+    mac_client *c = open_client(d.base, 0, NULL);
+    mac_session s;
+    assert_http_error(c, mac_session_get(c, "x", &s), 401, "unauthorized");
+    mac_close(c);
+    c = open_client(d.base, 0, "s3cret");
+    assert_int_equal(mac_session_create(c, "t", NULL, NULL), MAC_OK);
+    mac_close(c);
+    assert_int_equal(mh_stop(&d, 30000), 0);
+}
+
+/* ---- retries: a scripted server answering 503 (Retry-After: 0) twice, then 201 ---- */
+
+typedef struct {
+    int fd;
+    int answered;
+    char keys[4][80];
+} flaky;
+
+static void *flaky_run(void *arg)
+{
+    flaky *f = arg;
+    for (f->answered = 0; f->answered < 3; f->answered++) {
+        int cfd = accept(f->fd, NULL, NULL);
+        if (cfd < 0)
+            break;
+        char req[8192];
+        size_t len = 0;
+        ssize_t r;
+        char *end = NULL;
+        while (len + 1 < sizeof req && (r = read(cfd, req + len, sizeof req - 1 - len)) > 0) {
+            len += (size_t)r;
+            req[len] = '\0';
+            if ((end = strstr(req, "\r\n\r\n"))) {
+                char *cl = strcasestr(req, "\r\nContent-Length:");
+                size_t want = (size_t)(end + 4 - req) + (cl && cl < end ? strtoul(cl + 17, NULL, 10) : 0);
+                if (len >= want)
+                    break;
+            }
+        }
+        char *k = strcasestr(req, "\r\nIdempotency-Key: ");
+        if (k)
+            sscanf(k + 19, "%79[^\r]", f->keys[f->answered]);
+        const char *ans = f->answered < 2
+            ? "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 0\r\n"
+              "Connection: close\r\nContent-Length: 48\r\n\r\n{\"error\":{\"code\":\"overloaded\",\"message\":\"busy\"}}"
+            : "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nConnection: close\r\n"
+              "Content-Length: 29\r\n\r\n{\"id\":\"x\",\"config\":{\"dim\":4}}";
+        ssize_t wr = write(cfd, ans, strlen(ans));
+        (void)wr;
+        close(cfd);
+    }
+    return NULL;
+}
+
+static void test_retries(void **state)
+{
+    (void)state;
+    flaky f = { 0 };
+    f.fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t al = sizeof a;
+    assert_int_equal(bind(f.fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(f.fd, 8), 0);
+    getsockname(f.fd, (struct sockaddr *)&a, &al);
+    char base[64];
+    snprintf(base, sizeof base, "http://127.0.0.1:%d", ntohs(a.sin_port));
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, flaky_run, &f), 0);
+    mac_options o;
+    mac_options_init(&o);
+    o.base_url = base;
+    o.backoff_ms = 1;
+    mac_client *c;
+    assert_int_equal(mac_open(&o, &c), MAC_OK);
+    mac_session s;
+    assert_int_equal(mac_session_create(c, "x", NULL, &s), MAC_OK);
+    assert_string_equal(s.id, "x");
+    pthread_join(t, NULL);
+    assert_int_equal(f.answered, 3);
+    assert_int_equal(mac_requests_sent(c), 3);
+    assert_int_equal(strlen(f.keys[0]), 32);
+    assert_string_equal(f.keys[0], f.keys[1]);   /* one key for every retry of the call */
+    assert_string_equal(f.keys[0], f.keys[2]);
+    mac_close(c);
+    close(f.fd);   /* now nobody listens there: connection errors, retried, then MAC_ECONN */
+    o.retries = 2;
+    assert_int_equal(mac_open(&o, &c), MAC_OK);
+    assert_int_equal(mac_session_get(c, "x", &s), MAC_ECONN);
+    assert_string_equal(mac_last_error(c)->code, "connection");
+    assert_int_equal(mac_requests_sent(c), 3);
+    mac_close(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_b64),
+        cmocka_unit_test(test_sessions),
+        cmocka_unit_test(test_append_batches_and_query),
+        cmocka_unit_test(test_body_limit_from_daemon),
+        cmocka_unit_test(test_slot_verbs),
+        cmocka_unit_test(test_token),
+        cmocka_unit_test(test_retries),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
