@@ -16,7 +16,8 @@
 //   * an operation's example names are those of its application/json request body examples and of
 //     its own (operation-level) parameters' examples, in document order; none = one run "default";
 //   * a parameter takes its example of the run's name; a path parameter without one takes its first;
-//   * the expected status is the response that has an example of the run's name, else the first 2xx;
+//   * the expected status is the response that has an example of the run's name (a response without a
+//     body lists its runs in x-contract-examples), else the first 2xx;
 //   * operations run in document order, DELETEs last in reverse document order (so slots go before
 //     their session); /tmp/memattn-backup.db in a body is replaced by a fresh temporary path.
 // The closing lines are cmocka's "[  PASSED  ] N test(s)." / "[  FAILED  ] N test(s)." so that
@@ -151,8 +152,10 @@ function runsOf(p, item, m) {
     let expect = null;
     const codes = Object.keys(op.responses);
     for (const st of codes) {
-      const c = deref(op.responses[st]).content || {};
-      if (Object.values(c).some((mt) => mt.examples && mt.examples[name])) expect = Number(st);
+      const rr = deref(op.responses[st]);
+      const c = rr.content || {};
+      if (Object.values(c).some((mt) => mt.examples && mt.examples[name]) ||
+          (rr['x-contract-examples'] || []).includes(name)) expect = Number(st);
     }
     if (expect === null) expect = Number(codes.filter((c) => /^2/.test(c)).sort()[0]);
     const ex = json && json.examples && json.examples[name];
