@@ -92,7 +92,7 @@ CONTRACT_BIN = $(CONTRACT_DIR)/node_modules/.bin
 ARGS ?=
 
 # The build string of GET /v1/info: rewritten only when `git describe` changes, so info.o is rebuilt then.
-BUILD_INFO = $(BUILD)/gen/build_info.h
+BUILD_INFO = $(BUILD)/gen/build_info.txt
 
 .PHONY: all build run test check check-layers check-release unit e2e bench bench-http deps deps-run deps-test deps-bench clean tsan \
         contract contract-deps lint-openapi install-pkgs FORCE
@@ -135,10 +135,10 @@ $(BUILD)/%.o: %.c
 
 $(BUILD_INFO): FORCE
 	@mkdir -p $(dir $@)
-	@v=$$(git describe --always --dirty 2>/dev/null || echo unknown); \
-	printf '#define MEMATTN_BUILD "%s"\n' "$$v" > $@.tmp; cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp
+	@v=$$(git describe --always --dirty 2>/dev/null | tr -cd 'A-Za-z0-9._-'); \
+	printf '%s\n' "$${v:-unknown}" > $@.tmp; cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp
 $(BUILD)/server/info.o: $(BUILD_INFO)
-$(BUILD)/server/info.o: CFLAGS_ALL += -I$(BUILD)/gen
+$(BUILD)/server/info.o: CFLAGS_ALL += -DMEMATTN_BUILD='"$(shell cat $(BUILD_INFO) 2>/dev/null)"'
 
 $(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(SUPPORT_OBJ) $(LIB) $(LLHTTP_OBJ)
 	@echo "  LD      $@"

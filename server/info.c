@@ -11,8 +11,8 @@
  *   {"events":[E,E,...]}   with E = {"k_b64":"<4*ceil(4*H*d/3) chars>","v_b64":"<... H*dv ...>"}
  * so n events take 13 + n*(|E|+1) - 1 bytes (11 before the first event, 2 after the last, n-1 commas).
  *
- * The build string comes from $(BUILD)/gen/build_info.h, written by the Makefile from
- * `git describe --always --dirty` ("unknown" outside a git tree).
+ * The build string is MEMATTN_BUILD, defined by the Makefile for this file only from
+ * `git describe --always --dirty` ($(BUILD)/gen/build_info.txt; "unknown" outside a git tree).
  *
  * Not done here: per-session shapes (?session=id would need the registry); live load figures (those
  * are in /metrics).
@@ -25,7 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "build_info.h"
 #include "core/error.h"
 #include "core/params.h"
 #include "server/limits.h"
