@@ -2,7 +2,7 @@
  * tests/e2e/test_conventions.c — the HTTP conventions around every route, against the real daemon:
  * HEAD for every GET (same headers, no body), OPTIONS (204 + Allow), CORS off by default and on with
  * --cors-origin (preflight, the headers of actual answers and errors, auth exemption of preflights
- * only), Retry-After on 503, GET /v1/info (limits, and the batch that exactly fits --max-body),
+ * only), Retry-After on 503 (connection limit, store failure), GET /v1/info (limits, and the batch that exactly fits --max-body),
  * unknown query parameters refused, and the warning when listening beyond loopback without a token.
  */
 #include <stdarg.h>
@@ -199,6 +199,34 @@ static void test_retry_after(void **state)
     stop_ok(&d);
 }
 
+/* A store failure's 503 carries Retry-After too: the test daemon's fault-injection VFS fails every
+ * write after the open of an existing store (MEMATTN_STORE_FAULT, tests/support/). */
+static void test_retry_after_storage_error(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/memattn-fault-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    mh_daemon d;
+    const char *args[] = { "--data", dir, NULL };
+    start(&d, args);
+    cJSON_Delete(au_call(&d, "PUT", "/v1/sessions/f", 201, "{\"dim\":4}"));
+    stop_ok(&d);
+    const char *env[] = { "MEMATTN_STORE_FAULT=write:0", NULL };
+    assert_int_equal(mh_start_bin(&d, mh_test_bin(), args, env), 0);
+    mh_resp r;
+    assert_int_equal(mh_request(&d, "PUT", "/v1/sessions/f/slots/a", "{\"payload\":\"x\"}", NULL, &r), 0);
+    assert_int_equal(r.status, 503);
+    assert_string_equal(mh_error_code(&r), "storage_error");
+    const char *ra = hdr(&r, "Retry-After");
+    assert_non_null(ra);
+    assert_true(atoi(ra) >= 1);
+    mh_resp_free(&r);
+    stop_ok(&d);
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 /* GET /v1/info: what the daemon is and the batch sizes that fit its body limit — exactly. */
 static void test_info(void **state)
 {
@@ -305,6 +333,7 @@ int main(void)
         cmocka_unit_test_teardown(test_options_and_cors_off, mh_teardown),
         cmocka_unit_test_teardown(test_cors_on, mh_teardown),
         cmocka_unit_test_teardown(test_retry_after, mh_teardown),
+        cmocka_unit_test_teardown(test_retry_after_storage_error, mh_teardown),
         cmocka_unit_test_teardown(test_info, mh_teardown),
         cmocka_unit_test_teardown(test_exposed_warning, mh_teardown),
     };
