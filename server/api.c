@@ -38,6 +38,7 @@
 
 #include "core/error.h"
 #include "core/featurize.h"
+#include "core/hash.h"
 #include "core/session.h"
 #include "registry/registry.h"
 #include "server/codec.h"
@@ -168,10 +169,7 @@ static void set_etag(job *j, uint64_t version)
  * (the session's description). Equal bytes, equal tag; any change of the answer changes it. */
 static void set_content_etag(job *j)
 {
-    uint64_t h = 1469598103934665603ull;
-    for (const unsigned char *p = (const unsigned char *)j->out; *p; p++)
-        h = (h ^ *p) * 1099511628211ull;
-    snprintf(j->etag, sizeof j->etag, "\"s-%016llx\"", (unsigned long long)h);
+    snprintf(j->etag, sizeof j->etag, "\"s-%016llx\"", (unsigned long long)ma_fnv1a64(j->out, strlen(j->out)));
 }
 
 /* Parses the body (codec_parse_body); an empty body gives *out NULL. */
