@@ -1,14 +1,18 @@
 # memattn — one plain Makefile.
 #
 #   make            build build/memattnd (release: -O2 -march=native)
-#   make run        install missing Debian packages, build, start with built-in defaults
-#   make test       install missing packages (and the browser for the /ui test), build with
-#                   address+undefined sanitizers, run every test
-#   make bench      build the benchmarks (build/bench/*); docs/RESULTS.md gives the command of each result
+#   make run        install the Debian packages the daemon needs (DEB_RUN), build, start it; flags with
+#                   ARGS='--data DIR --listen HOST:PORT ...'
+#   make test       install the run + test packages (DEB_TEST, with the browser for the /ui test) and the
+#                   pinned npm contract tools, build with address+undefined sanitizers, run every test
+#                   (unit, e2e, contract)
+#   make bench      install the benchmark packages (DEB_BENCH), build the benchmarks (build/bench/*);
+#                   docs/RESULTS.md gives the command of each result
+#   make contract   the OpenAPI contract check alone (tests/contract.sh; needs make contract-deps)
 #   make tsan       the end-to-end suite once more under ThreadSanitizer (build/tsan; CI runs it after make test)
 #   make check-layers  which directory may include which headers (tests/check_layers.sh; part of check)
 #   make bench-http wrk: memattnd's GET /healthz against nginx at 1, 64, 256 connections (~1 min)
-#   make deps       install the Debian packages the project needs (apt-get, as root)
+#   make deps       install every Debian package the project uses (run, test, bench; apt-get, as root)
 #   make V=1 ...    show the commands
 #
 # Sources are found by directory: every core/*.c, config/*.c, store/*.c, registry/*.c and server/*.c goes into
@@ -70,10 +74,28 @@ BENCH_HELP= $(filter-out $(BENCH_SRC),$(wildcard bench/*.c))
 BENCH_HOBJ= $(BENCH_HELP:%.c=$(BUILD)/%.o)
 BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-DEB_PKGS  = build-essential pkg-config libuv1-dev libcjson-dev libopenblas-dev libsqlite3-dev node-llhttp \
-            libcmocka-dev libcurl4-openssl-dev curl wrk nginx-light gnuplot-nox sqlite3 python3
+# Debian packages, by what needs them: `make run` installs DEB_RUN only, `make test` adds DEB_TEST,
+# `make bench` / `make bench-http` add DEB_BENCH. `make deps` installs all three.
+DEB_RUN   = build-essential pkg-config libuv1-dev libcjson-dev libopenblas-dev libsqlite3-dev node-llhttp
+# DEB_TEST includes the browser of the /ui test (tests/e2e/test_ui.c): chromium, its driver, selenium.
+DEB_TEST  = libcmocka-dev libcurl4-openssl-dev curl sqlite3 python3 nodejs npm \
+            chromium chromium-driver python3-selenium
+DEB_BENCH = wrk nginx-light gnuplot-nox
+DEB_PKGS  = $(DEB_RUN) $(DEB_TEST) $(DEB_BENCH)
 
-.PHONY: all build run test check check-layers check-release unit e2e bench bench-http deps clean tsan
+# Contract tooling from npm (pinned in tools/contract/package.json + package-lock.json), installed by
+# `make contract-deps` into tools/contract/node_modules.
+CONTRACT_DIR = tools/contract
+CONTRACT_BIN = $(CONTRACT_DIR)/node_modules/.bin
+
+# Extra daemon arguments of `make run`, e.g. make run ARGS='--data /var/lib/memattn --listen 0.0.0.0:8080'
+ARGS ?=
+
+# The build string of GET /v1/info: rewritten only when `git describe` changes, so info.o is rebuilt then.
+BUILD_INFO = $(BUILD)/gen/build_info.txt
+
+.PHONY: all build run test check check-layers check-release unit e2e bench bench-http deps deps-run deps-test deps-bench clean tsan \
+        contract contract-deps lint-openapi install-pkgs FORCE
 # Keep the objects of test and bench binaries (make would delete them as intermediates and rebuild).
 .SECONDARY:
 all: build
@@ -111,6 +133,13 @@ $(BUILD)/%.o: %.c
 	@echo "  CC      $@"
 	$(Q)$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
+$(BUILD_INFO): FORCE
+	@mkdir -p $(dir $@)
+	@v=$$(git describe --always --dirty 2>/dev/null | tr -cd 'A-Za-z0-9._-'); \
+	printf '%s\n' "$${v:-unknown}" > $@.tmp; cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp
+$(BUILD)/server/info.o: $(BUILD_INFO)
+$(BUILD)/server/info.o: CFLAGS_ALL += -DMEMATTN_BUILD='"$(shell cat $(BUILD_INFO) 2>/dev/null)"'
+
 $(BUILD)/tests/unit/%: $(BUILD)/tests/unit/%.o $(SUPPORT_OBJ) $(LIB) $(LLHTTP_OBJ)
 	@echo "  LD      $@"
 	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL) -lcmocka
@@ -129,21 +158,21 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BENCH_HOBJ) $(LIB) $(LLHTTP_OBJ)
 	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL)
 
 # ---- the two README commands ------------------------------------------------------------------
-run: deps
+run: deps-run
 	$(Q)$(MAKE) --no-print-directory build
-	./$(DAEMON)
+	./$(DAEMON) $(ARGS)
 
-# The browser test of /ui (tests/e2e/test_ui.c) needs these too; `make run` does not.
-UI_TEST_PKGS = chromium chromium-driver python3-selenium
-
-test:
-	$(Q)$(MAKE) --no-print-directory deps DEB_PKGS="$(DEB_PKGS) $(UI_TEST_PKGS)"
+test: deps-run deps-test
+	$(Q)$(MAKE) --no-print-directory contract-deps
 	$(Q)$(MAKE) --no-print-directory SAN=1 check
 
 # The layering rules, the shipped daemon free of test code, then every unit and end-to-end test of
-# $(BUILD); tests/run.sh prints the totals.
+# $(BUILD); tests/run.sh prints the totals. The contract check (lint, schemas, every example through
+# Prism's validating proxy) runs as one more "binary" when its tools are installed (make
+# contract-deps), and is skipped otherwise.
 check: check-layers check-release $(UNIT_BIN) $(E2E_BIN) $(TEST_DAEMON)
-	$(Q)MEMATTN_BIN=$(abspath $(DAEMON)) MEMATTN_TEST_BIN=$(abspath $(TEST_DAEMON)) tests/run.sh $(UNIT_BIN) $(E2E_BIN)
+	$(Q)MEMATTN_BIN=$(abspath $(DAEMON)) MEMATTN_TEST_BIN=$(abspath $(TEST_DAEMON)) tests/run.sh $(UNIT_BIN) $(E2E_BIN) \
+	  tests/contract.sh
 
 check-layers:
 	$(Q)tests/check_layers.sh
@@ -153,6 +182,21 @@ check-release: $(DAEMON)
 	$(Q)if nm $(DAEMON) | grep -q 'ma_store_fault'; then \
 	  echo "check-release: $(DAEMON) contains test code:"; nm $(DAEMON) | grep 'ma_store_fault'; exit 1; \
 	else echo "check-release: $(DAEMON) has no ma_store_fault symbol"; fi
+
+# docs/openapi.yaml: Redocly lint (config redocly.yaml), Ajv compile of every schema and example,
+# and every documented example through Prism's validating proxy against a live daemon.
+contract: $(DAEMON)
+	$(Q)MEMATTN_BIN=$(abspath $(DAEMON)) tests/contract.sh
+
+lint-openapi:
+	$(Q)$(CONTRACT_BIN)/redocly lint docs/openapi.yaml
+
+contract-deps: deps-test
+	$(Q)if [ ! -x $(CONTRACT_BIN)/prism ] || [ ! -x $(CONTRACT_BIN)/redocly ] || \
+	      [ $(CONTRACT_DIR)/package-lock.json -nt $(CONTRACT_DIR)/node_modules/.package-lock.json ]; then \
+	  echo "  NPM     $(CONTRACT_DIR) (npm ci)"; \
+	  cd $(CONTRACT_DIR) && npm ci --no-audit --no-fund --loglevel=error >/dev/null; \
+	fi
 
 unit: $(UNIT_BIN)
 	$(Q)tests/run.sh $(UNIT_BIN)
@@ -164,15 +208,24 @@ e2e: $(DAEMON) $(TEST_DAEMON) $(E2E_BIN)
 tsan:
 	$(Q)$(MAKE) --no-print-directory TSAN=1 e2e
 
-bench: $(BENCH_BIN)
+bench: deps-run deps-bench
+	$(Q)$(MAKE) --no-print-directory $(BENCH_BIN)
 
 # Needs both cores to itself for a meaningful ratio; see docs/RESULTS.md.
-bench-http: deps
+bench-http: deps-run deps-bench
 	$(Q)$(MAKE) --no-print-directory build
 	bench/http_bench.sh
 
-deps:
-	$(Q)missing=""; for p in $(DEB_PKGS); do \
+deps: deps-run deps-test deps-bench
+deps-run:
+	$(Q)$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(DEB_RUN)"
+deps-test:
+	$(Q)$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(DEB_TEST)"
+deps-bench:
+	$(Q)$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(DEB_BENCH)"
+
+install-pkgs:
+	$(Q)missing=""; for p in $(PKGS_WANTED); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \

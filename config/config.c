@@ -29,7 +29,7 @@
 
 #define MEMATTN_VERSION "0.1.0"
 
-typedef enum { T_STRING, T_ADDR, T_INT, T_SIZE, T_DURATION, T_LEVEL, T_FORMAT } opt_type;
+typedef enum { T_STRING, T_ADDR, T_INT, T_SIZE, T_DURATION, T_LEVEL, T_FORMAT, T_ORIGINS } opt_type;
 
 typedef struct {
     const char *name;      /* flag name without "--"; file key with '-' or '_'; env MEMATTN_ + upper */
@@ -60,6 +60,8 @@ static const option options[] = {
     { "max-connections", T_INT, F(max_connections), 1, 1000000, "open connections (503 and close beyond)" },
     { "drain-timeout", T_DURATION, F(drain_timeout_ms), 0, 3600000, "bound on the graceful stop" },
     { "queue", T_INT, F(queue_max), 1, 1000000, "worker jobs waiting (503 overloaded beyond)" },
+    { "cors-origin", T_ORIGINS, F(cors_origin), 0, 0,
+      "origin allowed to call the API from a browser (CORS), e.g. https://app.example; repeatable or a comma list; * = any" },
 };
 #define NOPTIONS (sizeof options / sizeof *options)
 
@@ -122,7 +124,7 @@ void cfg_usage(FILE *f)
         env_name(o, env, sizeof env);
         const char *field = (const char *)&d + o->off;
         switch (o->type) {
-        case T_STRING: case T_ADDR: snprintf(def, sizeof def, "%s", *field ? field : "none"); break;
+        case T_STRING: case T_ADDR: case T_ORIGINS: snprintf(def, sizeof def, "%s", *field ? field : "none"); break;
         case T_INT:
             if (strcmp(o->name, "threads") == 0)
                 snprintf(def, sizeof def, "online CPUs (%d here)", *(const int *)field);
@@ -202,11 +204,82 @@ static bool parse_scaled(const char *s, const unit *units, size_t nunits, uint64
     return true;
 }
 
-static int set_value(cfg_config *cfg, const option *o, const char *val, const char *src, errbuf *e)
+/* One origin as a browser sends it: "*", or http(s)://host[:port] with no path and no trailing slash. */
+static bool origin_valid(const char *s, size_t n)
+{
+    if (n == 1 && s[0] == '*')
+        return true;
+    size_t pre = n >= 7 && strncasecmp(s, "http://", 7) == 0 ? 7 : n >= 8 && strncasecmp(s, "https://", 8) == 0 ? 8 : 0;
+    if (!pre || pre == n)
+        return false;
+    for (size_t i = pre; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '-' ||
+              c == ':' || c == '[' || c == ']'))
+            return false;
+    }
+    return true;
+}
+
+/* Appends the comma list `val` to the origins field (cleared first when `fresh`), checked and trimmed. */
+static int set_origins(char *field, size_t size, const char *val, bool fresh, const char *src, const option *o,
+                       errbuf *e)
+{
+    char out[sizeof(((cfg_config *)0)->cors_origin)];
+    size_t n = fresh ? 0 : strlen(field);
+    memcpy(out, field, n);
+    for (const char *p = val;;) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if (len) {
+            if (!origin_valid(p, len))
+                return fail(e, src, o, "\"%.*s\" is not an origin; expected * or http(s)://host[:port] "
+                            "(no path, no trailing slash)", (int)(len < 200 ? len : 200), p);
+            if (n + len + 2 > size || n + len + 2 > sizeof out)
+                return fail(e, src, o, "the origins are longer than %zu bytes in total", size - 1);
+            if (n)
+                out[n++] = ',';
+            memcpy(out + n, p, len);
+            n += len;
+        }
+        if (!end)
+            break;
+        p = end + 1;
+    }
+    out[n] = '\0';
+    memcpy(field, out, n + 1);
+    return 0;
+}
+
+int cfg_cors_allows(const cfg_config *cfg, const char *origin)
+{
+    if (!origin || !*origin)
+        return 0;
+    size_t ol = strlen(origin);
+    for (const char *p = cfg->cors_origin; *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if ((len == 1 && *p == '*') || (len == ol && strncasecmp(p, origin, len) == 0))
+            return 1;
+        if (!end)
+            break;
+        p = end + 1;
+    }
+    return 0;
+}
+
+/* `fresh`: the first value of this option from the current source (lists start over; see cfg_load). */
+static int set_value(cfg_config *cfg, const option *o, const char *val, const char *src, bool fresh, errbuf *e)
 {
     char *field = (char *)cfg + o->off;
     uint64_t v = 0;
     switch (o->type) {
+    case T_ORIGINS:
+        return set_origins(field, o->size, val, fresh, src, o, e);
     case T_STRING:
         if (strlen(val) >= o->size)
             return fail(e, src, o, "value is %zu bytes long; expected at most %zu", strlen(val), o->size - 1);
@@ -317,8 +390,18 @@ static char *trim(char *s)
     return s;
 }
 
+/* Marks option o as seen in the current source; true the first time (lists then start over). */
+static bool first_seen(bool *seen, const option *o)
+{
+    size_t i = (size_t)(o - options);
+    bool first = !seen[i];
+    seen[i] = true;
+    return first;
+}
+
 static int load_file(cfg_config *cfg, const char *path, errbuf *e)
 {
+    bool seen[NOPTIONS] = { false };
     FILE *f = fopen(path, "r");
     if (!f) {
         if (e->errlen)
@@ -374,7 +457,7 @@ static int load_file(cfg_config *cfg, const char *path, errbuf *e)
             rc = fail(e, src, NULL, "unknown key \"%s\"; run memattnd --help for the accepted keys", key);
             goto out;
         }
-        if ((rc = set_value(cfg, o, val, src, e)) < 0)
+        if ((rc = set_value(cfg, o, val, src, first_seen(seen, o), e)) < 0)
             goto out;
     }
     if (ferror(f)) {
@@ -418,7 +501,7 @@ int cfg_load(cfg_config *cfg, int argc, char *const argv[], char *const envp[], 
     int rc;
     if (config_path && *config_path) {
         const option *o = find_option("config", 6);
-        if ((rc = set_value(cfg, o, config_path, config_flag ? "--config" : "MEMATTN_CONFIG", &e)) < 0)
+        if ((rc = set_value(cfg, o, config_path, config_flag ? "--config" : "MEMATTN_CONFIG", true, &e)) < 0)
             return rc;
         if ((rc = load_file(cfg, config_path, &e)) < 0)
             return rc;
@@ -432,12 +515,13 @@ int cfg_load(cfg_config *cfg, int argc, char *const argv[], char *const envp[], 
             env_name(&options[i], name, sizeof name);
             size_t nl = strlen(name);
             if (strncmp(*ep, name, nl) == 0 && (*ep)[nl] == '=' && strcmp(options[i].name, "config") != 0) {
-                if ((rc = set_value(cfg, &options[i], *ep + nl + 1, name, &e)) < 0)
+                if ((rc = set_value(cfg, &options[i], *ep + nl + 1, name, true, &e)) < 0)
                     return rc;
             }
         }
     }
 
+    bool seen[NOPTIONS] = { false };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strncmp(a, "--", 2) != 0)
@@ -456,7 +540,7 @@ int cfg_load(cfg_config *cfg, int argc, char *const argv[], char *const envp[], 
                 return fail(&e, flag, NULL, "missing value");
             val = argv[++i];
         }
-        if ((rc = set_value(cfg, o, val, flag, &e)) < 0)
+        if ((rc = set_value(cfg, o, val, flag, first_seen(seen, o), &e)) < 0)
             return rc;
     }
     return 0;

@@ -42,7 +42,13 @@ typedef struct cfg_config {
     unsigned max_connections;     /* --max-connections, default 1024; beyond: 503 and close */
     unsigned drain_timeout_ms;    /* --drain-timeout: graceful stop bound, default 30 s */
     unsigned queue_max;           /* --queue: worker jobs waiting, default 1024; beyond: 503 overloaded */
+    char cors_origin[2048];       /* --cors-origin: comma-separated origins allowed by CORS ("*" = any);
+                                     "" = CORS off. Repeating the option within one source appends. */
 } cfg_config;
+
+/* True when `origin` (an Origin request header) is one of cfg->cors_origin, or the list holds "*".
+ * Comparison is ASCII case-insensitive and exact otherwise (no trailing slash, no path). */
+int cfg_cors_allows(const cfg_config *cfg, const char *origin);
 
 /* Fills *cfg with the built-in defaults (threads = online CPUs). */
 void cfg_defaults(cfg_config *cfg);

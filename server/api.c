@@ -38,15 +38,18 @@
 
 #include "core/error.h"
 #include "core/featurize.h"
+#include "core/hash.h"
 #include "core/session.h"
 #include "registry/registry.h"
 #include "server/codec.h"
+#include "server/etag.h"
+#include "server/limits.h"
 #include "server/log.h"
 
-#define MAX_EVENTS_PER_BATCH  65536
-#define MAX_QUERIES_PER_BATCH 4096
-#define LIST_DEFAULT_LIMIT    100
-#define LIST_MAX_LIMIT        1000
+#define MAX_EVENTS_PER_BATCH  SRV_MAX_EVENTS_PER_BATCH     /* server/limits.h: GET /v1/info says them */
+#define MAX_QUERIES_PER_BATCH SRV_MAX_QUERIES_PER_BATCH
+#define LIST_DEFAULT_LIMIT    SRV_LIST_DEFAULT_LIMIT
+#define LIST_MAX_LIMIT        SRV_LIST_MAX_LIMIT
 
 typedef enum {
     OP_SESSION_CREATE, OP_SESSION_PUT, OP_SESSION_LIST, OP_SESSION_GET, OP_SESSION_DELETE,
@@ -76,7 +79,8 @@ typedef struct {
     size_t body_len;
     bool delimited;                   /* the request framed a body (Content-Length or chunked) */
     uint64_t version;                 /* ?version= of a slot read */
-    uint64_t if_match;                /* If-Match of an overwrite, 0 if absent */
+    srv_etag_list if_match;           /* If-Match of an overwrite (tags point into the request's header) */
+    srv_etag_list if_none_match;      /* If-None-Match of a slot or session read */
     size_t limit;                     /* ?limit= of the session list */
     char after[MA_MAX_NAME + 1];      /* ?after= of the session list, "" if absent */
     /* result */
@@ -84,8 +88,8 @@ typedef struct {
     const char *code;                 /* error code, or NULL on success */
     char message[512];
     char *out;                        /* response body (JSON text), cJSON-allocated */
-    char etag[32];                    /* "\"<version>\"" for slot answers, "" if none */
-    char location[160];               /* Location of a created session, "" if none */
+    char etag[40];                    /* "\"<version>\"" for slot answers, "\"s-<hash>\"" for a session, "" if none */
+    char location[320];               /* Location of a created session or slot, "" if none */
 } job;
 
 /* ---- small helpers --------------------------------------------------------------------------- */
@@ -159,6 +163,13 @@ static int job_ok(job *j, int status, cJSON *o)
 static void set_etag(job *j, uint64_t version)
 {
     snprintf(j->etag, sizeof j->etag, "\"%llu\"", (unsigned long long)version);
+}
+
+/* A strong entity tag of the answer's bytes (FNV-1a 64): for answers that have no version of their own
+ * (the session's description). Equal bytes, equal tag; any change of the answer changes it. */
+static void set_content_etag(job *j)
+{
+    snprintf(j->etag, sizeof j->etag, "\"s-%016llx\"", (unsigned long long)ma_fnv1a64(j->out, strlen(j->out)));
 }
 
 /* Parses the body (codec_parse_body); an empty body gives *out NULL. */
@@ -241,6 +252,32 @@ static int slot_error(job *j, int rc)
     }
 }
 
+/* The overwrite's If-Match, evaluated inside the session's exclusive job (so nothing changes between the
+ * check and the write): strong comparison with the resident version's tag; `*` matches any resident
+ * version; no resident slot matches nothing. 0 with *version the version to hand the core (0 = no
+ * condition), or -1 with 412 (or the read's error) set. */
+static int if_match_version(job *j, reg_session *s, uint64_t *version)
+{
+    *version = 0;
+    if (!j->if_match.present)
+        return 0;
+    ma_slot_value sv = {0};
+    int rc = ma_session_slot_read(reg_core(s), j->name, 0, &sv);
+    uint64_t cur = rc == 0 ? sv.info.version : 0;
+    ma_slot_value_clear(&sv);
+    if (rc && rc != MA_ENOTFOUND)
+        return slot_error(j, rc);
+    char tag[32];
+    snprintf(tag, sizeof tag, "\"%llu\"", (unsigned long long)cur);
+    if (!cur)
+        return job_fail(j, 412, "precondition_failed", "If-Match: slot %s is not resident in session %s", j->name,
+                        j->id);
+    if (!srv_etag_matches(&j->if_match, tag, false))
+        return job_fail(j, 412, "precondition_failed", "If-Match: slot %s's current version is %s", j->name, tag);
+    *version = cur;
+    return 0;
+}
+
 /* ---- sessions -------------------------------------------------------------------------------- */
 
 static int do_session_create(job *j)
@@ -309,6 +346,8 @@ static int do_session_get(job *j)
         return job_store_fail(j, rc, "reading the stored session", err);
     }
     rc = job_ok(j, 200, codec_session_summary_to_json(j->id, &sm));
+    if (rc == 0)
+        set_content_etag(j);
     reg_summary_clear(&sm);
     release(j, s);
     return rc;
@@ -494,7 +533,10 @@ static int do_slot_write(job *j)
     snprintf(j->name, sizeof j->name, "%s", b.name);
     ma_slot_input in = {.name = b.name, .k = b.k, .v = b.v, .text = b.text, .payload = b.payload,
                         .protect = b.protect};
-    int vrc = put ? ma_session_slot_overwrite(reg_core(s), &in, b.version, j->if_match, now_ms(), &res)
+    uint64_t if_match = 0;
+    if (put && if_match_version(j, s, &if_match))
+        goto done;
+    int vrc = put ? ma_session_slot_overwrite(reg_core(s), &in, b.version, if_match, now_ms(), &res)
                   : ma_session_slot_write(reg_core(s), &in, now_ms(), &res);
     if (vrc) {
         rc = slot_error(j, vrc);
@@ -504,6 +546,8 @@ static int do_slot_write(job *j)
     if (commit(j, s, &c))
         goto done;
     set_etag(j, res.version);
+    if (!put || res.created)
+        snprintf(j->location, sizeof j->location, "/v1/sessions/%s/slots/%s", j->id, b.name);
     rc = job_ok(j, put && !res.created ? 200 : 201, codec_slot_result_to_json(b.name, &res));
 done:
     codec_slot_body_clear(&b);
@@ -699,7 +743,11 @@ static void job_done(void *arg, int status)
         srv_respond_error(j->req, j->status, j->code, "%s", j->message);
     else if (!j->out)
         srv_respond_empty(j->req, j->status);
-    else {
+    else if (j->status == 200 && j->etag[0] && srv_etag_matches(&j->if_none_match, j->etag, true)) {
+        /* If-None-Match: weak comparison (RFC 9110 13.1.2); the client's copy is current. */
+        srv_resp_header(j->req, "ETag", j->etag);
+        srv_respond_empty(j->req, 304);
+    } else {
         if (j->etag[0])
             srv_resp_header(j->req, "ETag", j->etag);
         if (j->location[0])
@@ -729,9 +777,25 @@ static int query_uint(srv_request *req, const char *name, uint64_t lo, uint64_t 
     return 1;
 }
 
-/* Creates the job for req with its path parameters checked; NULL when the request was answered. */
+/* Creates the job for req with its query parameters, path parameters and conditional headers checked;
+ * NULL when the request was answered. */
 static job *job_new(srv_request *req, void *ud, op_kind op)
 {
+    /* Unknown query parameters are refused like unknown body fields. */
+    static const char *const none[] = {NULL}, *const list[] = {"limit", "after", NULL}, *const slot[] = {"version", NULL};
+    if (srv_req_query_check(req, op == OP_SESSION_LIST ? list : op == OP_SLOT_GET ? slot : none) < 0)
+        return NULL;
+    srv_etag_list inm = {0}, im = {0};
+    const char *inm_text = srv_req_header(req, "If-None-Match"), *im_text = srv_req_header(req, "If-Match");
+    if ((op == OP_SLOT_GET || op == OP_SESSION_GET) && srv_etag_parse(inm_text, &inm) < 0) {
+        srv_respond_error(req, 400, "bad_request", "If-None-Match: %.60s is not * or a list of entity tags (\"3\", W/\"3\")",
+                          inm_text);
+        return NULL;
+    }
+    if (op == OP_SLOT_PUT && srv_etag_parse(im_text, &im) < 0) {
+        srv_respond_error(req, 400, "bad_request", "If-Match: %.60s is not * or a list of entity tags (\"3\")", im_text);
+        return NULL;
+    }
     const char *id = srv_req_param(req, "id"), *name = srv_req_param(req, "name");
     if (id && !ma_name_valid(id)) {
         srv_respond_error(req, 400, "bad_name", "session id \"%.64s\" is not valid, expected 1-%d characters of "
@@ -751,6 +815,8 @@ static job *job_new(srv_request *req, void *ud, op_kind op)
     j->op = op;
     j->api = ud;
     j->req = req;
+    j->if_match = im;
+    j->if_none_match = inm;
     if (id)
         snprintf(j->id, sizeof j->id, "%s", id);
     if (name)
@@ -842,31 +908,7 @@ SIMPLE_HANDLER(h_slot_patch, OP_SLOT_PATCH, SRV_JOB_EXCLUSIVE)
 SIMPLE_HANDLER(h_slot_delete, OP_SLOT_DELETE, SRV_JOB_EXCLUSIVE)
 SIMPLE_HANDLER(h_backup, OP_BACKUP, SRV_JOB_SHARED)
 
-static void h_slot_put(srv_request *req, void *ud)
-{
-    uint64_t if_match = 0;
-    const char *im = srv_req_header(req, "If-Match");
-    if (im) {
-        /* "3" (an ETag as we send it) or a bare 3; W/ tags and lists are not versions. */
-        char *end;
-        const char *p = im + (*im == '"');
-        errno = 0;
-        unsigned long long x = strtoull(p, &end, 10);
-        bool ok = p[0] >= '0' && p[0] <= '9' && !errno && x >= 1 &&
-                  (*im == '"' ? (end[0] == '"' && end[1] == '\0') : *end == '\0');
-        if (!ok) {
-            srv_respond_error(req, 400, "bad_request", "If-Match: %.40s is not a version, expected \"<n>\" with n >= 1",
-                              im);
-            return;
-        }
-        if_match = x;
-    }
-    job *j = job_new(req, ud, OP_SLOT_PUT);
-    if (!j)
-        return;
-    j->if_match = if_match;
-    submit(j, SRV_JOB_EXCLUSIVE);
-}
+SIMPLE_HANDLER(h_slot_put, OP_SLOT_PUT, SRV_JOB_EXCLUSIVE)
 
 static void h_slot_get(srv_request *req, void *ud)
 {

@@ -264,6 +264,8 @@ static int finish(srv_request *req, int status, const char *ctype, const char *b
     if (c && (srv->draining || c->eof) && !req->next && !c->cur)
         req->close_after = true;
     bool close = req->close_after || !req->keep_alive;
+    if (status >= 200)
+        srv_conventions_finish(req, status);
     /* 1xx, 204 and 304 carry no body and no Content-Length; HEAD gets the length but no body. */
     bool no_length = status < 200 || status == 204 || status == 304;
     if (no_length)
@@ -405,8 +407,10 @@ static bool token_equal(const char *given, size_t glen, const char *token)
 void srv_request_dispatch(srv_request *req)
 {
     srv_server *srv = req->srv;
-    /* Auth before routing: without the token nothing under /v1/ is revealed, not even which paths exist. */
-    if (srv->cfg.token[0] && strncmp(req->path, "/v1/", 4) == 0) {
+    /* Auth before routing: without the token nothing under /v1/ is revealed, not even which paths exist.
+     * A CORS preflight from an allowed origin is the exception: browsers never send credentials with it. */
+    if (srv->cfg.token[0] && strncmp(req->path, "/v1/", 4) == 0 &&
+        !(srv_cors_is_preflight(req) && srv_cors_origin_allowed(req))) {
         const char *auth = srv_req_header(req, "Authorization");
         if (!auth || strncasecmp(auth, "Bearer ", 7) != 0 || !token_equal(auth + 7, strlen(auth + 7), srv->cfg.token)) {
             srv_resp_header(req, "WWW-Authenticate", "Bearer realm=\"memattn\"");
@@ -420,6 +424,11 @@ void srv_request_dispatch(srv_request *req)
                               allow, sizeof allow);
     if (rc == MA_ENOTFOUND) {
         srv_respond_error(req, 404, "not_found", "no resource at %s", req->path);
+        return;
+    }
+    if (rc == MA_ECONFLICT && strcmp(req->method, "OPTIONS") == 0) {
+        snprintf(req->route, sizeof req->route, "(options)");
+        srv_options_respond(req, allow);
         return;
     }
     if (rc == MA_ECONFLICT) {

@@ -36,6 +36,11 @@ const char *srv_req_param(const srv_request *req, const char *name);
  * allocated). */
 const char *srv_req_query(const srv_request *req, const char *name);
 
+/* Refuses unknown query parameters like unknown body fields: when the query string names a parameter
+ * not in `known` (NULL-terminated), ANSWERS 400 `bad_request` naming it and returns MA_EINVAL (the
+ * request is then gone); else 0. */
+int srv_req_query_check(srv_request *req, const char *const *known);
+
 /* First header named `name` (case-insensitive); NULL when absent. Repeated headers are not merged. */
 const char *srv_req_header(const srv_request *req, const char *name);
 

@@ -152,6 +152,19 @@ void srv_request_dispatch(srv_request *req);      /* route, auth, call the handl
 void srv_request_fail(srv_request *req, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* conventions.c */
+/* Adds Retry-After to a 503 without one, and the CORS headers of an allowed Origin; called by
+ * http.c just before an answer is serialised. */
+void srv_conventions_finish(srv_request *req, int status);
+/* Answers OPTIONS: 204 with `allow`, plus the Access-Control-Allow-* headers of a CORS preflight from
+ * an allowed origin. */
+void srv_options_respond(srv_request *req, const char *allow);
+bool srv_cors_origin_allowed(const srv_request *req);   /* Origin is in --cors-origin */
+bool srv_cors_is_preflight(const srv_request *req);     /* OPTIONS with Origin and A-C-Request-Method */
+
+/* info.c */
+int srv_info_register(srv_server *srv);   /* GET /v1/info */
+
 /* server.c */
 /* Counts an answered request in the request counter and latency histogram (loop thread). */
 void srv_server_count(srv_server *srv, const char *method, const char *route, int status, double seconds);

@@ -3,14 +3,18 @@
  * API, signals, graceful exit. main builds every layer and wires them together:
  *   server (HTTP, workers) -> api (handlers) -> registry (sessions) -> store (sqlite), core (compute)
  *
- * Order of start-up (docs/API.md "Running"): parse the configuration (exit 2 on a bad value), bind,
- * print `listening on HOST:PORT` as the first line of standard output, open the store under --data,
- * create the registry over it (the --memory budget), plug the API in (routes, metrics), run.
+ * Order of start-up (docs/SERVER.md "Logs"): parse the configuration (exit 2 on a bad value), create the
+ * server, open the store under --data, create the registry over it (the --memory budget), plug the API
+ * in (routes, metrics), install the signal handlers, bind, and only then print `listening on HOST:PORT`
+ * as the first line of standard output, and run. So every start-up failure (a data directory that
+ * cannot be created, a port in use) exits 1 before that line, and whoever waits for it knows the
+ * daemon is ready. The data directory is logged as an absolute path.
  * SIGTERM / SIGINT start the drain; when it completes everything is closed in reverse order (server and
  * its workers first, then the API, the registry, the store) and the process exits 0. A second signal
  * during the drain shortens it: remaining connections are closed.
  */
 #include <cblas.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -89,13 +93,12 @@ int main(int argc, char **argv)
     }
     if (srv_server_create(&loop, &cfg, &a.srv, err, sizeof err) < 0)
         goto fail;
-    char bound[128];
-    if (srv_server_listen(a.srv, bound, sizeof bound, err, sizeof err) < 0)
-        goto fail;
-    printf("listening on %s\n", bound);
-    fflush(stdout);
     if (ma_store_open(cfg.data_dir, &store, err, sizeof err) < 0)
         goto fail;
+    /* The store created the directory: its absolute path names where the data really goes. */
+    char data_abs[PATH_MAX];
+    if (!realpath(cfg.data_dir, data_abs))
+        snprintf(data_abs, sizeof data_abs, "%s", cfg.data_dir);
     reg_options ro = {.store = store, .memory_budget = cfg.memory, .cache_chunks = CACHE_CHUNKS};
     if ((rc = reg_create(&ro, &reg)) < 0) {
         snprintf(err, sizeof err, "cannot create the session registry: %s", ma_strerror(rc));
@@ -109,15 +112,22 @@ int main(int argc, char **argv)
     a.sigterm.data = a.sigint.data = &a;
     uv_signal_start(&a.sigterm, on_signal, SIGTERM);
     uv_signal_start(&a.sigint, on_signal, SIGINT);
+    char bound[128];
+    if (srv_server_listen(a.srv, bound, sizeof bound, err, sizeof err) < 0)
+        goto fail;
     srv_log(CFG_LOG_INFO, "memattnd %s listening on %s (threads %d, data %s, auth %s)", cfg_version(), bound,
-            cfg.threads, cfg.data_dir, cfg.token[0] ? "on" : "off");
+            cfg.threads, data_abs, cfg.token[0] ? "on" : "off");
+    printf("listening on %s\n", bound);
+    fflush(stdout);
 
     uv_run(&loop, UV_RUN_DEFAULT);
 
-    uv_close((uv_handle_t *)&a.sigterm, NULL);
-    uv_close((uv_handle_t *)&a.sigint, NULL);
     status = 0;
 fail:
+    if (uv_is_active((uv_handle_t *)&a.sigterm) || uv_is_active((uv_handle_t *)&a.sigint)) {
+        uv_close((uv_handle_t *)&a.sigterm, NULL);
+        uv_close((uv_handle_t *)&a.sigint, NULL);
+    }
     if (status != 0)
         fprintf(stderr, "memattnd: %s\n", err);
     srv_server_destroy(a.srv);   /* stops the workers: no job runs after this */

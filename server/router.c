@@ -7,7 +7,12 @@
  * bit masks of literal segments. The Allow list of a 405 collects, in registration order and without
  * duplicates, the methods of every template that matches the path.
  *
- * Not done here: wildcards, regex constraints, HEAD-from-GET or automatic OPTIONS.
+ * HEAD and OPTIONS. A HEAD request with no HEAD route of its own is matched as GET (the server sends
+ * the answer's headers without its body). OPTIONS is never routed unless registered: the match
+ * reports MA_ECONFLICT with the Allow list, and the server answers 204 with it (or a CORS preflight).
+ * The Allow list names HEAD after GET and OPTIONS last, as the server accepts both on every path.
+ *
+ * Not done here: wildcards, regex constraints.
  */
 #include "server/router.h"
 
@@ -248,10 +253,66 @@ static int decode_into(slice s, char *buf, size_t buflen, size_t *used, const ch
     return 0;
 }
 
+/* Adds `method` to the list (at most `max`) unless it is there. */
+static void method_add(const char **list, int *n, int max, const char *method)
+{
+    for (int i = 0; i < *n; i++)
+        if (strcmp(list[i], method) == 0)
+            return;
+    if (*n < max)
+        list[(*n)++] = method;
+}
+
+/* Writes "A, B, C" into allow: the methods in `list` (registration order), HEAD right after GET
+ * unless HEAD has routes of its own, and OPTIONS last. */
+static void allow_format(const char **list, int n, char *allow, size_t allowlen)
+{
+    const char *all[SRV_MAX_ALLOW + 2];
+    int na = 0;
+    bool has_head = false, has_options = false;
+    for (int i = 0; i < n; i++) {
+        has_head |= strcmp(list[i], "HEAD") == 0;
+        has_options |= strcmp(list[i], "OPTIONS") == 0;
+    }
+    for (int i = 0; i < n; i++) {
+        all[na++] = list[i];
+        if (strcmp(list[i], "GET") == 0 && !has_head)
+            all[na++] = "HEAD";
+    }
+    if (!has_options)
+        all[na++] = "OPTIONS";
+    size_t alen = 0;
+    allow[0] = '\0';
+    for (int i = 0; i < na; i++) {
+        size_t ml = strlen(all[i]);
+        if (alen + (alen ? 2 : 0) + ml + 1 > allowlen)
+            break;
+        if (alen) {
+            memcpy(allow + alen, ", ", 2);
+            alen += 2;
+        }
+        memcpy(allow + alen, all[i], ml + 1);
+        alen += ml;
+    }
+}
+
+/* The best route for method among those matching segs, or NULL. */
+static const route *best_route(const srv_router *r, const char *method, const slice *segs, int nseg)
+{
+    const route *best = NULL;
+    for (size_t i = 0; i < r->n; i++) {
+        const route *rt = &r->routes[i];
+        if (strcmp(rt->method, method) == 0 && route_matches(rt, segs, nseg) &&
+            (!best || rt->literal_mask > best->literal_mask))
+            best = rt;
+    }
+    return best;
+}
+
 int srv_router_match(const srv_router *r, const char *method, const char *path, srv_match *m,
                      char *buf, size_t buflen, char *allow, size_t allowlen)
 {
-    slice segs[SRV_MAX_SEGMENTS];
+    slice segs[SRV_MAX_SEGMENTS] = { { NULL, 0 } };
     int nseg;
     if (allow && allowlen)
         allow[0] = '\0';
@@ -259,39 +320,25 @@ int srv_router_match(const srv_router *r, const char *method, const char *path, 
     if (rc < 0)
         return rc;
 
-    const route *best = NULL;
-    bool any = false;
-    size_t alen = 0;
-    for (size_t i = 0; i < r->n; i++) {
-        const route *rt = &r->routes[i];
-        if (!route_matches(rt, segs, nseg))
-            continue;
-        any = true;
-        if (strcmp(rt->method, method) == 0) {
-            if (!best || rt->literal_mask > best->literal_mask)
-                best = rt;
-            continue;
-        }
-        if (!allow || !allowlen)
-            continue;
-        /* A method appears once even when several templates accept it. */
-        bool dup = false;
-        for (size_t j = 0; j < i && !dup; j++)
-            dup = strcmp(r->routes[j].method, rt->method) == 0 && route_matches(&r->routes[j], segs, nseg);
-        if (dup)
-            continue;
-        size_t ml = strlen(rt->method);
-        if (alen + (alen ? 2 : 0) + ml + 1 <= allowlen) {
-            if (alen) {
-                memcpy(allow + alen, ", ", 2);
-                alen += 2;
+    const route *best = best_route(r, method, segs, nseg);
+    /* HEAD is GET without the body (the server drops it): GET's handler answers. */
+    if (!best && strcmp(method, "HEAD") == 0)
+        best = best_route(r, "GET", segs, nseg);
+    if (!best) {
+        const char *list[SRV_MAX_ALLOW];
+        int n = 0;
+        bool any = false;
+        for (size_t i = 0; i < r->n; i++)
+            if (route_matches(&r->routes[i], segs, nseg)) {
+                any = true;
+                method_add(list, &n, SRV_MAX_ALLOW, r->routes[i].method);
             }
-            memcpy(allow + alen, rt->method, ml + 1);
-            alen += ml;
-        }
+        if (!any)
+            return MA_ENOTFOUND;
+        if (allow && allowlen)
+            allow_format(list, n, allow, allowlen);
+        return MA_ECONFLICT;
     }
-    if (!best)
-        return any ? MA_ECONFLICT : MA_ENOTFOUND;
 
     memset(m, 0, sizeof(*m));
     m->handler = best->handler;

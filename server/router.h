@@ -31,6 +31,7 @@ typedef void (*srv_handler)(srv_request *req, void *userdata);
 
 #define SRV_MAX_PARAMS   8      /* parameters per template */
 #define SRV_MAX_SEGMENTS 16     /* segments per template; longer paths never match */
+#define SRV_MAX_ALLOW    14     /* distinct methods listed in an Allow header */
 
 /* The result of a successful match. The strings point into the router (template) and into `buf`
  * handed to srv_router_match (parameter values); they live as long as both. */
@@ -61,7 +62,10 @@ int srv_route_add(srv_router *r, const char *method, const char *tmpl, srv_handl
  * percent-encoded). `buf` (of `buflen` bytes) receives the decoded parameter values.
  * Returns 0 and fills *m on a match.
  * MA_ENOTFOUND: no template matches the path (404).
- * MA_ECONFLICT: some template matches the path but not with this method (405); `allow` (if non-NULL) receives the comma-separated methods that do, e.g. "GET, PUT".
+ * A HEAD request matches the GET route of the path when no HEAD route is registered for it.
+ * MA_ECONFLICT: some template matches the path but not with this method (405, or the answer to
+ *   OPTIONS); `allow` (if non-NULL) receives the comma-separated methods that do, in registration
+ *   order, with HEAD after GET and OPTIONS last, e.g. "GET, HEAD, PUT, OPTIONS".
  * MA_EINVAL: the path is malformed (not absolute, bad percent-encoding, encoded NUL) or `buf` is too
  *   small for the decoded values (the server answers 400).
  */

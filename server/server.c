@@ -1,6 +1,11 @@
 /*
  * server/server.c — the server's lifecycle (server/server.h): creation, listening, the service
- * endpoints /healthz and /metrics (and the inspector's /ui, server/ui.c), the graceful drain, destruction.
+ * endpoints /healthz, /metrics and /v1/info (info.c) (and the inspector's /ui, server/ui.c), the
+ * graceful drain, destruction.
+ *
+ * Listening beyond loopback without --token logs a warning at error level (always shown): anyone who
+ * can reach the port can then read and change every session and write files through
+ * /v1/admin/backup.
  *
  * Design. Everything runs on the loop thread; the worker pool is the only other thread owner. The
  * drain closes the listener, lets requests already started finish (answers then carry
@@ -91,7 +96,8 @@ int srv_server_create(uv_loop_t *loop, const cfg_config *cfg, srv_server **out, 
         goto fail;
     if ((rc = srv_route_add(srv->router, "GET", "/healthz", handle_healthz, srv)) < 0 ||
         (rc = srv_route_add(srv->router, "GET", "/metrics", handle_metrics, srv)) < 0 ||
-        (rc = ui_register(srv->router)) < 0)
+        (rc = ui_register(srv->router)) < 0 ||
+        (rc = srv_info_register(srv)) < 0)
         goto fail;
     uv_tcp_init(loop, &srv->listener);
     srv->listener.data = srv;
@@ -197,6 +203,17 @@ static void on_connection(uv_stream_t *l, int status)
     srv_conn_accept(srv);
 }
 
+/* 127.0.0.0/8, ::1 or an IPv4-mapped loopback address. */
+static bool is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+    const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+    static const unsigned char lo6[16] = { [15] = 1 };
+    static const unsigned char mapped[12] = { [10] = 0xff, [11] = 0xff };
+    return memcmp(a, lo6, 16) == 0 || (memcmp(a, mapped, 12) == 0 && a->s6_addr[12] == 127);
+}
+
 int srv_server_listen(srv_server *srv, char *bound, size_t boundlen, char *err, size_t errlen)
 {
     char host[128];
@@ -236,6 +253,10 @@ int srv_server_listen(srv_server *srv, char *bound, size_t boundlen, char *err, 
         uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof ip);
         snprintf(bound, boundlen, "%s:%d", ip, ntohs(((struct sockaddr_in *)&ss)->sin_port));
     }
+    if (!srv->cfg.token[0] && !is_loopback(&ss))
+        srv_log(CFG_LOG_ERROR, "WARNING: listening on %s, beyond loopback, without --token: anyone who can reach "
+                "this port can read and change every session and write files with /v1/admin/backup; set --token "
+                "(or MEMATTN_TOKEN) or listen on 127.0.0.1", bound);
     return 0;
 }
 

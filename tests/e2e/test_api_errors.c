@@ -85,8 +85,10 @@ static void test_400s(void **state)
     UNCHANGED(au_error(&dmn, "GET", "/v1/sessions/s/slots/capital_of_france?version=abc", 400, "bad_request", NULL));
     UNCHANGED(au_error(&dmn, "POST", "/v1/sessions/s/slots", 400, "bad_request", "{\"name\":\"n\",\"payload\":[1]}"));
     UNCHANGED(au_error(&dmn, "PATCH", "/v1/sessions/s/slots/locked", 400, "bad_request", "{\"protected\":1}"));
-    const char *bad_ifm[] = {"If-Match: W/\"1\"", NULL};
+    const char *bad_ifm[] = {"If-Match: \"1", NULL};   /* malformed: 400; a weak tag is well formed (412, below) */
     UNCHANGED(cJSON_Delete(au_callh(&dmn, "PUT", "/v1/sessions/s/slots/capital_of_france", bad_ifm, 400, "{\"payload\":\"x\"}")));
+    const char *weak_ifm[] = {"If-Match: W/\"1\"", NULL};   /* strong comparison: never matches */
+    UNCHANGED(cJSON_Delete(au_callh(&dmn, "PUT", "/v1/sessions/s/slots/capital_of_france", weak_ifm, 412, "{\"payload\":\"x\"}")));
     m = au_error(&dmn, "PUT", "/v1/sessions/c", 400, "bad_config", "{\"dim\":2000}");
     assert_string_equal(m, "dim: 2000 is out of range, expected an integer 1..1024");
     au_error(&dmn, "PUT", "/v1/sessions/c", 400, "bad_config", "{\"delta\":{\"beta\":2}}");

@@ -226,12 +226,58 @@ static void test_usage_lists_everything(void **state)
     const char *names[] = { "--listen", "MEMATTN_LISTEN", "--data", "MEMATTN_DATA", "--config", "--token",
                             "--threads", "--max-body", "MEMATTN_MAX_BODY", "--memory", "--log-level", "--log-format",
                             "--max-header-bytes", "--max-uri", "--header-timeout", "--body-timeout",
-                            "--idle-timeout", "--max-connections", "--drain-timeout", "--queue", "--version",
+                            "--idle-timeout", "--max-connections", "--drain-timeout", "--queue", "--cors-origin",
+                            "MEMATTN_CORS_ORIGIN", "--version",
                             "--help", NULL };
     for (int i = 0; names[i]; i++)
         if (!strstr(buf, names[i]))
             fail_msg("--help lacks %s", names[i]);
     free(buf);
+}
+
+/* --cors-origin: a comma list, repeatable within one source (appends), replaced by a higher source;
+ * each origin checked; cfg_cors_allows compares whole origins. */
+static void test_cors_origin(void **state)
+{
+    (void)state;
+    cfg_config c;
+    char err[256];
+    assert_int_equal(load(&c, NULL, NULL, err, sizeof err), 0);
+    assert_string_equal(c.cors_origin, "");
+    assert_false(cfg_cors_allows(&c, "https://a.example"));
+
+    const char *file = write_conf("cors_origin = https://f1.example\ncors-origin = \"http://f2.example:8000\"\n");
+    const char *a1[] = { "--config", file, NULL };
+    assert_int_equal(load(&c, a1, NULL, err, sizeof err), 0);
+    assert_string_equal(c.cors_origin, "https://f1.example,http://f2.example:8000");
+
+    const char *env[] = { "MEMATTN_CORS_ORIGIN= https://e.example , http://localhost:3000", NULL };
+    assert_int_equal(load(&c, a1, env, err, sizeof err), 0);
+    assert_string_equal(c.cors_origin, "https://e.example,http://localhost:3000");
+
+    const char *a2[] = { "--config", file, "--cors-origin", "https://a.example", "--cors-origin=https://b.example,http://[::1]:8080",
+                         NULL };
+    assert_int_equal(load(&c, a2, env, err, sizeof err), 0);
+    assert_string_equal(c.cors_origin, "https://a.example,https://b.example,http://[::1]:8080");
+    assert_true(cfg_cors_allows(&c, "https://a.example"));
+    assert_true(cfg_cors_allows(&c, "HTTPS://B.example"));
+    assert_true(cfg_cors_allows(&c, "http://[::1]:8080"));
+    assert_false(cfg_cors_allows(&c, "https://a.example.evil"));
+    assert_false(cfg_cors_allows(&c, "https://a.exampl"));
+    assert_false(cfg_cors_allows(&c, "null"));
+    assert_false(cfg_cors_allows(&c, NULL));
+
+    const char *star[] = { "--cors-origin", "*", NULL };
+    assert_int_equal(load(&c, star, NULL, err, sizeof err), 0);
+    assert_true(cfg_cors_allows(&c, "https://anything.example"));
+
+    const char *bad[][3] = { { "--cors-origin", "https://a.example/", NULL }, { "--cors-origin", "a.example", NULL },
+                             { "--cors-origin", "ftp://a.example", NULL }, { "--cors-origin", "https://a.example/x", NULL } };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_int_equal(load(&c, bad[i], NULL, err, sizeof err), MA_EINVAL);
+        assert_non_null(strstr(err, "--cors-origin"));
+        assert_non_null(strstr(err, "is not an origin"));
+    }
 }
 
 int main(void)
@@ -244,6 +290,7 @@ int main(void)
         cmocka_unit_test(test_refusals),
         cmocka_unit_test_teardown(test_file_refusals, teardown_file),
         cmocka_unit_test(test_usage_lists_everything),
+        cmocka_unit_test_teardown(test_cors_origin, teardown_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -114,15 +114,43 @@ static void test_method_not_allowed(void **state)
     char buf[256], allow[64];
     assert_int_equal(srv_router_match(*state, "POST", "/v1/sessions/s", &m, buf, sizeof buf, allow, sizeof allow),
                      MA_ECONFLICT);
-    assert_string_equal(allow, "GET, DELETE");
+    assert_string_equal(allow, "GET, HEAD, DELETE, OPTIONS");
     /* Several templates match /v1/sessions/s/slots/x with GET: GET is listed once. */
     assert_int_equal(srv_router_match(*state, "DELETE", "/v1/sessions/s/slots/x", &m, buf, sizeof buf, allow,
                                       sizeof allow), MA_ECONFLICT);
-    assert_string_equal(allow, "GET, PUT");
+    assert_string_equal(allow, "GET, HEAD, PUT, OPTIONS");
     /* Methods are case-sensitive tokens. */
     assert_int_equal(srv_router_match(*state, "get", "/healthz", &m, buf, sizeof buf, allow, sizeof allow),
                      MA_ECONFLICT);
-    assert_string_equal(allow, "GET");
+    assert_string_equal(allow, "GET, HEAD, OPTIONS");
+}
+
+/* HEAD is answered by the GET route; OPTIONS is never routed: it gets the Allow list. */
+static void test_head_and_options(void **state)
+{
+    srv_router *r = *state;
+    srv_match m;
+    char buf[256], allow[64];
+    assert_int_equal(srv_router_match(r, "HEAD", "/v1/sessions/s1/slots/a", &m, buf, sizeof buf, allow,
+                                      sizeof allow), 0);
+    assert_ptr_equal(m.userdata, &tag_c);
+    assert_string_equal(param(&m, "name"), "a");
+    assert_int_equal(srv_router_match(r, "OPTIONS", "/v1/sessions/s1", &m, buf, sizeof buf, allow, sizeof allow),
+                     MA_ECONFLICT);
+    assert_string_equal(allow, "GET, HEAD, DELETE, OPTIONS");
+    assert_int_equal(srv_router_match(r, "OPTIONS", "/nope", &m, buf, sizeof buf, allow, sizeof allow),
+                     MA_ENOTFOUND);
+    /* A path without GET has no HEAD. */
+    assert_int_equal(srv_route_add(r, "POST", "/v1/sessions/{id}/events", h, &tag_d), 0);
+    assert_int_equal(srv_router_match(r, "HEAD", "/v1/sessions/s1/events", &m, buf, sizeof buf, allow,
+                                      sizeof allow), MA_ECONFLICT);
+    assert_string_equal(allow, "POST, OPTIONS");
+    /* A HEAD route of its own wins over GET and is listed once. */
+    assert_int_equal(srv_route_add(r, "HEAD", "/healthz", h, &tag_e), 0);
+    assert_int_equal(srv_router_match(r, "HEAD", "/healthz", &m, buf, sizeof buf, allow, sizeof allow), 0);
+    assert_ptr_equal(m.userdata, &tag_e);
+    assert_int_equal(srv_router_match(r, "PUT", "/healthz", &m, buf, sizeof buf, allow, sizeof allow), MA_ECONFLICT);
+    assert_string_equal(allow, "GET, HEAD, OPTIONS");
 }
 
 static void test_bad_templates(void **state)
@@ -158,6 +186,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_not_found, setup, teardown),
         cmocka_unit_test_setup_teardown(test_method_not_allowed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_templates, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_head_and_options, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
