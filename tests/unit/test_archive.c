@@ -212,9 +212,9 @@ static void test_empty_and_get(void **state)
     assert_int_equal(ma_archive_create(&p, &a), 0);
     float q[8] = {1, 0, 0, 0, 0, 1, 0, 0}, out[6], kk[8], vv[6];
     ma_read_result r = {.v = out};
-    assert_int_equal(ma_archive_read_full(a, q, &r), MA_ENOTFOUND);
-    assert_int_equal(ma_archive_read_window(a, q, 0, &r), MA_ENOTFOUND);
-    assert_int_equal(ma_archive_read_sparse(a, q, 0, &r), MA_ENOTFOUND);
+    assert_int_equal(ma_archive_read_full(a, q, &r), MA_EEMPTY);
+    assert_int_equal(ma_archive_read_window(a, q, 0, &r), MA_EEMPTY);
+    assert_int_equal(ma_archive_read_sparse(a, q, 0, &r), MA_EEMPTY);
     assert_null(r.chunks);
     assert_int_equal(ma_archive_get(a, 0, kk, vv), MA_ENOTFOUND);
     assert_int_equal(ma_archive_append(a, 0, NULL, NULL), 0);
