@@ -885,7 +885,8 @@ cJSON *codec_version_info_to_json(const ma_version_info *vi)
 {
     cJSON *o = cJSON_CreateObject();
     bool ok = o && cJSON_AddNumberToObject(o, "version", (double)vi->version) && add_event(o, "event", vi->event) &&
-              add_time(o, "at", vi->at) && cJSON_AddBoolToObject(o, "tombstone", vi->tombstone);
+              add_time(o, "at", vi->at) && cJSON_AddBoolToObject(o, "tombstone", vi->tombstone) &&
+              (!vi->forgotten || cJSON_AddBoolToObject(o, "forgotten", true));
     if (!ok) {
         cJSON_Delete(o);
         return NULL;
