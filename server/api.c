@@ -448,7 +448,7 @@ static int query_error(job *j, cJSON *out, size_t i, const ma_query *q, int qrc)
     default:
         return job_store_fail(j, qrc, "reading the archive", NULL);
     }
-    if (codec_results_add_error(out, code, msg))
+    if (codec_results_add_error(out, qrc == MA_EINVAL ? 400 : 404, code, msg))
         return job_error(j, MA_ENOMEM, NULL, "out of memory");
     return 0;
 }

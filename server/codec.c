@@ -1129,12 +1129,12 @@ int codec_results_add(cJSON *results, const ma_answer *a, size_t value_len)
     return arr && push(arr, codec_answer_to_json(a, value_len)) ? 0 : MA_ENOMEM;
 }
 
-int codec_results_add_error(cJSON *results, const char *code, const char *message)
+int codec_results_add_error(cJSON *results, int status, const char *code, const char *message)
 {
     cJSON *arr = cJSON_GetObjectItemCaseSensitive(results, "results");
     cJSON *o = cJSON_CreateObject(), *e = NULL;
     bool ok = o && (e = cJSON_AddObjectToObject(o, "error")) && cJSON_AddStringToObject(e, "code", code) &&
-              cJSON_AddStringToObject(e, "message", message);
+              cJSON_AddStringToObject(e, "message", message) && cJSON_AddNumberToObject(e, "status", status);
     return arr && push(arr, built(o, ok)) ? 0 : MA_ENOMEM;
 }
 

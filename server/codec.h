@@ -165,9 +165,10 @@ cJSON *codec_answer_to_json(const ma_answer *a, size_t value_len);
  * codec_results_add appends R of a: 0 or MA_ENOMEM. */
 cJSON *codec_results_new(void);
 int codec_results_add(cJSON *results, const ma_answer *a, size_t value_len);
-/* Appends {"error":{"code","message"}} in place of the result of a query that could not be answered
- * (the batch still answers 200). 0 or MA_ENOMEM. */
-int codec_results_add_error(cJSON *results, const char *code, const char *message);
+/* Appends {"error":{"code","message","status"}} in place of the result of a query that could not be
+ * answered (the batch still answers 200; status is what the query alone would have been). 0 or
+ * MA_ENOMEM. */
+int codec_results_add_error(cJSON *results, int status, const char *code, const char *message);
 
 /* ---- slots ------------------------------------------------------------------------------------ */
 
