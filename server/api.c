@@ -804,8 +804,10 @@ static int query_uint(srv_request *req, const char *name, uint64_t lo, uint64_t 
 static job *job_new(srv_request *req, void *ud, op_kind op)
 {
     /* Unknown query parameters are refused like unknown body fields. */
-    static const char *const none[] = {NULL}, *const list[] = {"limit", "after", NULL}, *const slot[] = {"version", NULL};
-    if (srv_req_query_check(req, op == OP_SESSION_LIST ? list : op == OP_SLOT_GET ? slot : none) < 0)
+    static const char *const none[] = {NULL}, *const list[] = {"limit", "after", NULL}, *const slot[] = {"version", NULL},
+                             *const del[] = {"forget", NULL};
+    if (srv_req_query_check(req, op == OP_SESSION_LIST ? list : op == OP_SLOT_GET ? slot
+                                 : op == OP_SLOT_DELETE ? del : none) < 0)
         return NULL;
     srv_etag_list inm = {0}, im = {0};
     const char *inm_text = srv_req_header(req, "If-None-Match"), *im_text = srv_req_header(req, "If-Match");
