@@ -87,6 +87,9 @@ struct ma_archive {
     bool has_src;
     ma_chunk_source src;
     ccache *cache;                 /* with a source */
+    uint8_t *mask;                 /* per event: MA_MASK_* bits (NULL until an event is masked) */
+    uint64_t mask_cap;             /* events mask can hold */
+    uint64_t n_masked;             /* events with any bit set (0: reads take the unmasked path) */
 };
 
 /* A reader's hold on one chunk's data. */
@@ -178,6 +181,7 @@ void ma_archive_destroy(ma_archive *a)
     free(a->tail_sum);
     ma_ivf_destroy(a->ivf);
     cache_free(a->cache);
+    free(a->mask);
     free(a);
 }
 
@@ -514,7 +518,47 @@ int ma_archive_get(const ma_archive *a, uint64_t i, float *k, float *v)
     return 0;
 }
 
+/* ---- masks ----------------------------------------------------------------------------------- */
+
+int ma_archive_mask_reserve(ma_archive *a, uint64_t n)
+{
+    if (n <= a->mask_cap)
+        return 0;
+    uint64_t cap = a->mask_cap ? a->mask_cap : 1024;
+    while (cap < n)
+        cap *= 2;
+    if (cap > SIZE_MAX)
+        return MA_ENOMEM;
+    uint8_t *m = realloc(a->mask, (size_t)cap);
+    if (!m)
+        return MA_ENOMEM;
+    memset(m + a->mask_cap, 0, (size_t)(cap - a->mask_cap));
+    a->mask = m;
+    a->mask_cap = cap;
+    return 0;
+}
+
+void ma_archive_mask_set(ma_archive *a, uint64_t i, unsigned bits, bool on)
+{
+    if (i >= a->mask_cap)
+        return;   /* not reserved: the caller's contract says it was */
+    uint8_t old = a->mask[i], now = on ? (uint8_t)(old | bits) : (uint8_t)(old & ~bits);
+    a->mask[i] = now;
+    a->n_masked += (now != 0) - (old != 0);
+}
+
+unsigned ma_archive_masked(const ma_archive *a, uint64_t i)
+{
+    return i < a->mask_cap ? a->mask[i] : 0;
+}
+
 /* ---- reads ----------------------------------------------------------------------------------- */
+
+/* Whether a read with skip bits `skip` must leave event i out. */
+static inline bool skipped(const ma_archive *a, uint64_t i, unsigned skip)
+{
+    return (ma_archive_masked(a, i) & skip) != 0;
+}
 
 static void fill_result(ma_read_result *r, const ma_attn_best *b, uint32_t *chunks, size_t n_chunks,
                         uint64_t scored)
@@ -533,9 +577,10 @@ static int attend_chunks(const ma_archive *a, const float *q, uint32_t *cl, size
                          uint64_t hi, ma_read_result *r)
 {
     int rc = MA_ENOMEM;
-    size_t held = 0;
+    size_t held = 0, nseg = 0, seg_cap = ncl ? ncl : 1;
+    bool masks = a->n_masked && r->skip;
     cref *refs = calloc(ncl ? ncl : 1, sizeof *refs);
-    ma_attn_seg *segs = calloc(ncl ? ncl : 1, sizeof *segs);
+    ma_attn_seg *segs = calloc(seg_cap, sizeof *segs);
     if (!refs || !segs)
         goto done;
     uint64_t scored = 0;
@@ -548,14 +593,38 @@ static int attend_chunks(const ma_archive *a, const float *q, uint32_t *cl, size
         uint64_t s0 = c0 > lo ? c0 : lo, s1 = c1 < hi ? c1 : hi;
         if (s1 < s0)
             s1 = s0;
-        segs[i].k = refs[i].k + (size_t)(s0 - c0) * a->kf;
-        segs[i].v = refs[i].v + (size_t)(s0 - c0) * a->vf;
-        segs[i].n = (size_t)(s1 - s0);
-        segs[i].first = s0;
-        scored += s1 - s0;
+        /* Runs of events the read may see: one segment per run (the whole range when nothing is masked). */
+        for (uint64_t e = s0; e < s1;) {
+            if (masks && skipped(a, e, r->skip)) {
+                e++;
+                continue;
+            }
+            uint64_t f = e + 1;
+            while (f < s1 && !(masks && skipped(a, f, r->skip)))
+                f++;
+            if (nseg == seg_cap) {
+                ma_attn_seg *g = realloc(segs, 2 * seg_cap * sizeof *segs);
+                rc = MA_ENOMEM;
+                if (!g)
+                    goto done;
+                segs = g;
+                seg_cap *= 2;
+            }
+            segs[nseg].k = refs[i].k + (size_t)(e - c0) * a->kf;
+            segs[nseg].v = refs[i].v + (size_t)(e - c0) * a->vf;
+            segs[nseg].n = (size_t)(f - e);
+            segs[nseg].first = e;
+            segs[nseg].ids = NULL;
+            nseg++;
+            scored += f - e;
+            e = f;
+        }
     }
+    rc = MA_EEMPTY;
+    if (scored == 0)
+        goto done;
     ma_attn_best best;
-    rc = ma_attn(segs, ncl, a->H, a->d, a->dv, q, r->v, &best);
+    rc = ma_attn(segs, nseg, a->H, a->d, a->dv, q, r->v, &best);
     if (rc == 0) {
         fill_result(r, &best, cl, ncl, scored);
         cl = NULL;
@@ -584,7 +653,7 @@ static int range_chunks(const ma_archive *a, uint64_t lo, uint64_t hi, uint32_t 
 int ma_archive_read_full(const ma_archive *a, const float *q, ma_read_result *r)
 {
     if (a->length == 0)
-        return MA_ENOTFOUND;
+        return MA_EEMPTY;
     uint32_t *cl;
     size_t ncl;
     int rc = range_chunks(a, 0, a->length, &cl, &ncl);
@@ -596,7 +665,7 @@ int ma_archive_read_full(const ma_archive *a, const float *q, ma_read_result *r)
 int ma_archive_read_window(const ma_archive *a, const float *q, int window, ma_read_result *r)
 {
     if (a->length == 0)
-        return MA_ENOTFOUND;
+        return MA_EEMPTY;
     uint64_t w = (uint64_t)(window > 0 ? window : a->window);
     uint64_t lo = a->length > w ? a->length - w : 0;
     uint32_t *cl;
@@ -693,6 +762,16 @@ static int read_index(const ma_archive *a, const float *q, int topk, ma_read_res
     rc = ma_ivf_search(a->ivf, q, nprobe, budget, ids, &n, &scored);
     if (rc)
         goto done;
+    if (a->n_masked && r->skip) {   /* one mask test per candidate; order (ascending) is kept */
+        size_t kept = 0;
+        for (size_t i = 0; i < n; i++)
+            if (!skipped(a, ids[i], r->skip))
+                ids[kept++] = ids[i];
+        n = kept;
+    }
+    rc = MA_EEMPTY;
+    if (n == 0)
+        goto done;
     /* ids ascending: events of one chunk are consecutive; hold one chunk at a time while copying. */
     for (size_t i = 0; i < n;) {
         uint32_t c = (uint32_t)(ids[i] / (uint64_t)a->C);
@@ -729,7 +808,7 @@ done:
 int ma_archive_read_sparse(const ma_archive *a, const float *q, int topk, ma_read_result *r)
 {
     if (a->length == 0)
-        return MA_ENOTFOUND;
+        return MA_EEMPTY;
     if (topk <= 0)
         topk = a->topk;
     if (a->selector == MA_SELECTOR_INDEX)

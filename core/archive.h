@@ -22,6 +22,7 @@
 #ifndef MA_ARCHIVE_H
 #define MA_ARCHIVE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +40,7 @@ typedef struct {
     uint32_t *chunks;        /* indices of the chunks the read touched, ascending */
     size_t n_chunks;
     uint64_t events_scored;  /* how many events' keys were scored exactly */
+    unsigned skip;           /* in: MA_MASK_* bits; events carrying any of them are not attended (0: all) */
 } ma_read_result;
 
 void ma_read_result_clear(ma_read_result *r);
@@ -49,6 +51,23 @@ typedef struct {
     int (*load)(void *ctx, uint32_t chunk, float *k, float *v, size_t n);
     void *ctx;
 } ma_chunk_source;
+
+/* Event masks (docs/SLOTS.md, "Supersession and forgetting"): per event a set of bits a read can skip
+ * (ma_read_result.skip). Every read — full, window, sparse through either selector — leaves out the
+ * events whose bits intersect skip, with one test per event or candidate (ma_archive_masked); when no
+ * event is masked the reads take their unmasked path. A read left with nothing to attend over returns
+ * MA_EEMPTY. Masks are not serialised: the owner (the session) re-derives them at restore. */
+#define MA_MASK_SUPERSEDED 1u  /* the event of a slot version that a newer version replaced */
+#define MA_MASK_FORGOTTEN  2u  /* the event of a forgotten slot: never read */
+#define MA_MASK_ALL        3u
+
+/* Makes room for the masks of events [0, n) (0 or MA_ENOMEM, archive unchanged). */
+int ma_archive_mask_reserve(ma_archive *a, uint64_t n);
+/* Sets (on) or clears bits of event i; i must be below a reserved n (else ignored). Cannot fail. Not
+ * alongside reads. */
+void ma_archive_mask_set(ma_archive *a, uint64_t i, unsigned bits, bool on);
+/* The bits of event i (0 if never set). The one mask test every read path uses. */
+unsigned ma_archive_masked(const ma_archive *a, uint64_t i);
 
 int ma_archive_create(const ma_params *p, ma_archive **out);
 void ma_archive_destroy(ma_archive *a);
@@ -62,7 +81,8 @@ uint32_t ma_archive_chunks(const ma_archive *a);
 /* Copies event i's k (H·d) and v (H·d_v); either may be NULL. 0, MA_ENOTFOUND, or a chunk-source error. */
 int ma_archive_get(const ma_archive *a, uint64_t i, float *k, float *v);
 
-/* Exact softmax attention over every event. q: H·d. 0, or MA_ENOTFOUND when the archive is empty. */
+/* Exact softmax attention over every event. q: H·d. 0, or MA_EEMPTY when the archive is empty (or every
+ * event is skipped by r->skip). */
 int ma_archive_read_full(const ma_archive *a, const float *q, ma_read_result *r);
 
 /* Exact softmax attention over the last `window` events. */

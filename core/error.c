@@ -17,6 +17,7 @@ const char *ma_strerror(int err)
     case MA_ENOVERSION: return "no such version";
     case MA_EPRECOND:   return "precondition failed";
     case MA_EBUSY:      return "overloaded";
+    case MA_EEMPTY:     return "nothing to attend over";
     default:            return "unknown error";
     }
 }

@@ -23,6 +23,7 @@ enum {
     MA_ENOVERSION = -10, /* slot exists but not that version */
     MA_EPRECOND   = -11, /* expected version (If-Match) differs from the current one */
     MA_EBUSY      = -12, /* queue full / overloaded */
+    MA_EEMPTY     = -13, /* nothing to attend over (no events, or every candidate masked) */
 };
 
 /* A static, never-NULL description of an MA_E* code ("unknown error" for anything else). */

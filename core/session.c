@@ -155,6 +155,7 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
     ma_slot_result *res = NULL;
     char **texts = NULL;
     ma_slots_batch *batch = NULL;
+    int64_t *before = NULL;            /* per write: its name's live event before the batch */
     size_t nw = 0, npay = 0;
     for (size_t i = 0; i < n; i++) {
         nw += ev[i].slot != NULL;
@@ -193,6 +194,12 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
                 w[j++] = (ma_slot_write){ev[i].slot, ev[i].k, ev[i].v, ev[i].payload, (int64_t)(first + i),
                                          ev[i].protect};
     }
+    if ((rc = ma_archive_mask_reserve(s->ar, first + n)))
+        goto fail;
+    if (nw && !(before = malloc(nw * sizeof *before)))
+        goto fail;
+    for (size_t j = 0; j < nw; j++)
+        before[j] = ma_slots_live_event(s->slots, w[j].name);
     if ((rc = ma_slots_batch_prepare(s->slots, nw, w, &batch)))
         goto fail;
     rc = MA_ENOMEM;
@@ -237,6 +244,12 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
             vr->reason = "protected";
             continue;
         }
+        /* Supersession: the name's earlier live event, and this write's event unless a later write of
+         * the batch replaced it, are masked for the archive reads. */
+        if (before[j] >= 0)
+            ma_archive_mask_set(s->ar, (uint64_t)before[j], MA_MASK_SUPERSEDED, true);
+        if (ma_slots_live_event(s->slots, w[j].name) != (int64_t)event)
+            ma_archive_mask_set(s->ar, event, MA_MASK_SUPERSEDED, true);
         ma_write_rec *wr = &rep->writes[rep->n_writes++];
         strcpy(wr->slot, w[j].name);
         wr->version = res[j].version;
@@ -246,6 +259,7 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
     }
     rep->length = first + n;
     rep->appended = n;
+    free(before);
     free(texts);
     free(k);
     free(v);
@@ -254,6 +268,7 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
     return 0;
 fail:
     ma_slots_batch_abort(batch);
+    free(before);
     for (size_t j = 0; texts && j < npay; j++)
         free(texts[j]);
     free(texts);
@@ -298,13 +313,30 @@ static int complete_input(const ma_session *s, const ma_slot_input *in, ma_slot_
     return 0;
 }
 
+/* After a verb changed name's versions: the live event before (`was`) is masked as superseded and the
+ * live event now is unmasked (a restore can make an old event live again). Masks of events below the
+ * archive's length were reserved by the ingest that appended them. */
+static void supersede(ma_session *s, const char *name, int64_t was)
+{
+    int64_t now = ma_slots_live_event(s->slots, name);
+    if (now == was)
+        return;
+    if (was >= 0)
+        ma_archive_mask_set(s->ar, (uint64_t)was, MA_MASK_SUPERSEDED, true);
+    if (now >= 0)
+        ma_archive_mask_set(s->ar, (uint64_t)now, MA_MASK_SUPERSEDED, false);
+}
+
 int ma_session_slot_write(ma_session *s, const ma_slot_input *in, int64_t now, ma_slot_result *res)
 {
     ma_slot_write w;
     float *buf;
+    int64_t was = ma_slots_live_event(s->slots, in->name);
     int rc = complete_input(s, in, &w, &buf);
     if (rc == 0)
         rc = ma_slots_put(s->slots, &w, true, 0, 0, now, res);
+    if (rc == 0)
+        supersede(s, in->name, was);
     free(buf);
     return rc;
 }
@@ -314,9 +346,12 @@ int ma_session_slot_overwrite(ma_session *s, const ma_slot_input *in, uint64_t e
 {
     ma_slot_write w;
     float *buf;
+    int64_t was = ma_slots_live_event(s->slots, in->name);
     int rc = complete_input(s, in, &w, &buf);
     if (rc == 0)
         rc = ma_slots_put(s->slots, &w, false, explicit_version, if_match, now, res);
+    if (rc == 0)
+        supersede(s, in->name, was);
     free(buf);
     return rc;
 }
@@ -334,7 +369,11 @@ int ma_session_slot_history(const ma_session *s, const char *name, ma_version_in
 int ma_session_slot_restore(ma_session *s, const char *name, uint64_t version, int64_t now,
                             ma_slot_result *res)
 {
-    return ma_slots_restore(s->slots, name, version, now, res);
+    int64_t was = ma_slots_live_event(s->slots, name);
+    int rc = ma_slots_restore(s->slots, name, version, now, res);
+    if (rc == 0)
+        supersede(s, name, was);
+    return rc;
 }
 
 /* Protecting is not an update of the value: it changes neither updated_at nor the eviction order, so
@@ -348,6 +387,36 @@ int ma_session_slot_protect(ma_session *s, const char *name, bool protect, int64
 int ma_session_slot_evict(ma_session *s, const char *name, int64_t now)
 {
     return ma_slots_evict(s->slots, name, now);
+}
+
+int ma_session_slot_forget(ma_session *s, const char *name, uint64_t **events, size_t *n)
+{
+    *events = NULL;
+    *n = 0;
+    ma_version_info *h;
+    size_t nh;
+    int rc = ma_slots_history(s->slots, name, &h, &nh);
+    if (rc)
+        return rc;
+    uint64_t *ev = malloc((nh ? nh : 1) * sizeof *ev);
+    if (!ev) {
+        free(h);
+        return MA_ENOMEM;
+    }
+    size_t ne = 0;
+    for (size_t i = 0; i < nh; i++)
+        if (h[i].event >= 0 && (ne == 0 || ev[ne - 1] != (uint64_t)h[i].event))
+            ev[ne++] = (uint64_t)h[i].event;
+    free(h);
+    if ((rc = ma_slots_forget(s->slots, name))) {
+        free(ev);
+        return rc;
+    }
+    for (size_t i = 0; i < ne; i++)
+        ma_archive_mask_set(s->ar, ev[i], MA_MASK_FORGOTTEN, true);
+    *events = ev;
+    *n = ne;
+    return 0;
 }
 
 int ma_session_slot_list(const ma_session *s, ma_slot_info **out, size_t *n)
@@ -394,8 +463,8 @@ static int answer_slot(const ma_session *s, const ma_slot_view *sv, double score
 static int answer_archive(const ma_session *s, ma_route route, const ma_query *q, ma_answer *a)
 {
     if (ma_archive_length(s->ar) == 0)
-        return MA_ENOTFOUND;
-    ma_read_result r = {.v = a->v};
+        return MA_EEMPTY;
+    ma_read_result r = {.v = a->v, .skip = q->include_superseded ? MA_MASK_FORGOTTEN : MA_MASK_ALL};
     int rc;
     switch (route) {
     case MA_ROUTE_FULL:   rc = ma_archive_read_full(s->ar, q->q, &r); break;
@@ -438,13 +507,17 @@ int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a)
     case MA_ROUTE_SLOT:
         if (!q->q && !q->slot)
             return MA_EINVAL;
-        if (q->slot && ma_slots_view(s->slots, q->slot, 0, &sv) == 0) {
-            /* Named and resident: that slot (and the requested version of it). */
-            int rc = q->version ? ma_slots_view(s->slots, q->slot, q->version, &sv) : 0;
-            if (rc)
+        if (q->slot) {
+            /* Named: the current version of a resident slot, or with a version any version of the
+             * history, resident or not. A name without history (or not resident, for the current
+             * version) falls through to the cosine and sparse steps. */
+            int rc = ma_slots_view(s->slots, q->slot, q->version, &sv);
+            if (rc == 0) {
+                score = q->q ? ma_slots_cosine(q->q, sv.k, s->p.heads, s->p.dim) : 1.0;
+                return answer_slot(s, &sv, score, a);
+            }
+            if (rc != MA_ENOTFOUND)
                 return rc;
-            score = q->q ? ma_slots_cosine(q->q, sv.k, s->p.heads, s->p.dim) : 1.0;
-            return answer_slot(s, &sv, score, a);
         }
         if (match_slot(s, q->q, &sv, &score))
             return answer_slot(s, &sv, score, a);
@@ -508,6 +581,19 @@ int ma_session_serialize_slots(const ma_session *s, void **buf, size_t *len)
     return ma_slots_serialize(s->slots, buf, len);
 }
 
+/* The archive masks are not serialised: they follow from the slot history (every version keeps its
+ * source event and whether it was forgotten). */
+static void restore_mask(void *ctx, uint64_t event, ma_slot_event_state st)
+{
+    ma_session *s = ctx;
+    if (event >= ma_archive_length(s->ar))
+        return;   /* cannot happen in a consistent store; never a reason to refuse it */
+    if (st == MA_SLOT_EVENT_FORGOTTEN)
+        ma_archive_mask_set(s->ar, event, MA_MASK_FORGOTTEN, true);
+    else if (st == MA_SLOT_EVENT_SUPERSEDED)
+        ma_archive_mask_set(s->ar, event, MA_MASK_SUPERSEDED, true);
+}
+
 int ma_session_restore(const ma_params *p, const ma_session_saved *from, ma_session **out)
 {
     *out = NULL;
@@ -527,6 +613,9 @@ int ma_session_restore(const ma_params *p, const ma_session_saved *from, ma_sess
     rc = MA_ECORRUPT;
     if (ma_backbone_steps(s->bb) != ma_archive_length(s->ar))
         goto fail;
+    if ((rc = ma_archive_mask_reserve(s->ar, ma_archive_length(s->ar))))
+        goto fail;
+    ma_slots_each_event(s->slots, restore_mask, s);
     s->first_local = ma_archive_length(s->ar);
     s->psrc = from->payloads;
     *out = s;

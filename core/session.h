@@ -104,6 +104,12 @@ int ma_session_slot_protect(ma_session *s, const char *name, bool protect, int64
 /* evict a resident slot: records a tombstone version. MA_ENOTFOUND, MA_EPROTECTED. */
 int ma_session_slot_evict(ma_session *s, const char *name, int64_t now);
 
+/* forget: every version of the name loses its key, value and payload (ma_slots_forget) and every event
+ * that was a version's source is masked from every archive read, for good. *events (malloc'd, *n
+ * entries, ascending by version) gets those events, whose stored payloads the caller erases.
+ * MA_ENOTFOUND (no history), MA_EPROTECTED, MA_ENOMEM (nothing changed). */
+int ma_session_slot_forget(ma_session *s, const char *name, uint64_t **events, size_t *n);
+
 /* resident slots in name order; *out malloc'd. */
 int ma_session_slot_list(const ma_session *s, ma_slot_info **out, size_t *n);
 
@@ -115,6 +121,8 @@ typedef struct {
     uint64_t version;          /* with slot: 0 = current */
     ma_route route;            /* MA_ROUTE_AUTO follows the router */
     int topk;                  /* 0 = config */
+    bool include_superseded;   /* archive reads also attend over superseded events (audit); forgotten
+                                  events are never read */
 } ma_query;
 
 typedef struct {
@@ -133,11 +141,14 @@ typedef struct {
 
 void ma_answer_clear(ma_answer *a);
 
-/* Answers one query. Router (auto): named resident slot -> slot; else best mean-over-heads cosine of q
- * against resident slot keys >= route_threshold -> slot; else sparse. A named slot that is not resident
- * falls through to the cosine/sparse steps when q is given. Forced routes: slot (MA_ENOTFOUND if no
- * resident match: named, or cosine >= threshold), sparse, full, window, state. A query that needs q and
- * has none: MA_EINVAL. Archive routes on an empty archive: MA_ENOTFOUND. */
+/* Answers one query. Router (auto): named resident slot (or, with a version, that version of the name's
+ * history, resident or not) -> slot; else best mean-over-heads cosine of q against resident slot keys >=
+ * route_threshold -> slot; else sparse. A named slot that is not resident falls through to the
+ * cosine/sparse steps when q is given. Forced routes: slot (MA_ENOTFOUND if no match: named, or cosine
+ * >= threshold; MA_ENOVERSION for a missing version), sparse, full, window, state. A query that needs q
+ * and has none: MA_EINVAL. Archive reads skip superseded and forgotten events (docs/SLOTS.md; with
+ * include_superseded only forgotten ones); nothing left to attend over (or an empty archive):
+ * MA_EEMPTY. */
 int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a);
 
 /* ---- the session itself ---------------------------------------------------------------------- */

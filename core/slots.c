@@ -36,8 +36,9 @@ typedef struct {
     uint64_t version;
     int64_t event;
     int64_t at;
-    float *kv;        /* H·d key, then H·d_v value; NULL: tombstone */
+    float *kv;        /* H·d key, then H·d_v value; NULL: tombstone (or forgotten) */
     char *payload;    /* JSON text or NULL */
+    bool forgotten;   /* erased by ma_slots_forget: no value, the event kept (its mask is derived) */
 } slot_ver;
 
 typedef struct rec {
@@ -308,13 +309,20 @@ static void lru_append(ma_slots *s, rec *r)
 
 static void append_version(rec *r, uint64_t version, int64_t event, int64_t at, float *kv, char *payload)
 {
-    r->ver[r->nver++] = (slot_ver){version, event, at, kv, payload};
+    r->ver[r->nver++] = (slot_ver){version, event, at, kv, payload, false};
 }
+
+static void leave_resident(ma_slots *s, rec *r);
 
 /* Records the tombstone and leaves the resident set. Room for the tombstone is the resident invariant. */
 static void evict_rec(ma_slots *s, rec *r, int64_t now)
 {
     append_version(r, last_version(r) + 1, -1, now, NULL, NULL);
+    leave_resident(s, r);
+}
+
+static void leave_resident(ma_slots *s, rec *r)
+{
     s->res[r->row] = s->res[--s->nres];
     s->res[r->row]->row = r->row;
     move_row(s, r->row, s->nres);
@@ -502,6 +510,58 @@ int ma_slots_evict(ma_slots *s, const char *name, int64_t now)
         return MA_EPROTECTED;
     evict_rec(s, r, now);
     return 0;
+}
+
+int ma_slots_forget(ma_slots *s, const char *name)
+{
+    rec *r = find(s, name);
+    if (!r || r->nver == 0)
+        return MA_ENOTFOUND;
+    if (r->resident && r->protect)
+        return MA_EPROTECTED;
+    if (r->resident)
+        leave_resident(s, r);
+    for (size_t i = 0; i < r->nver; i++) {
+        free_version(s, &r->ver[i]);
+        r->ver[i].kv = NULL;
+        r->ver[i].payload = NULL;
+        r->ver[i].forgotten = true;
+    }
+    return 0;
+}
+
+/* The newest version of r that has a value, or NULL. */
+static const slot_ver *live_version(const rec *r)
+{
+    for (size_t i = r->nver; i-- > 0;)
+        if (r->ver[i].kv)
+            return &r->ver[i];
+    return NULL;
+}
+
+int64_t ma_slots_live_event(const ma_slots *s, const char *name)
+{
+    const rec *r = find(s, name);
+    const slot_ver *v = r ? live_version(r) : NULL;
+    return v ? v->event : -1;
+}
+
+void ma_slots_each_event(const ma_slots *s, void (*fn)(void *ctx, uint64_t event, ma_slot_event_state st),
+                         void *ctx)
+{
+    for (size_t b = 0; b < s->nbucket; b++)
+        for (const rec *r = s->bucket[b]; r; r = r->hnext) {
+            const slot_ver *live = live_version(r);
+            for (size_t i = 0; i < r->nver; i++) {
+                const slot_ver *v = &r->ver[i];
+                if (v->event < 0 || (!v->kv && !v->forgotten))
+                    continue;
+                fn(ctx, (uint64_t)v->event,
+                   v->forgotten ? MA_SLOT_EVENT_FORGOTTEN
+                                : v == live || v->event == live->event ? MA_SLOT_EVENT_LIVE
+                                                                       : MA_SLOT_EVENT_SUPERSEDED);
+            }
+        }
 }
 
 /* ---- event batches ---------------------------------------------------------------------------- */
@@ -743,7 +803,8 @@ int ma_slots_history(const ma_slots *s, const char *name, ma_version_info **out,
     if (!h)
         return MA_ENOMEM;
     for (size_t i = 0; i < r->nver; i++)
-        h[i] = (ma_version_info){r->ver[i].version, r->ver[i].event, r->ver[i].at, r->ver[i].kv == NULL};
+        h[i] = (ma_version_info){r->ver[i].version, r->ver[i].event, r->ver[i].at, r->ver[i].kv == NULL,
+                                 r->ver[i].forgotten};
     *out = h;
     *n = r->nver;
     return 0;
@@ -856,7 +917,7 @@ static void emit(const ma_slots *s, rec *const *recs, size_t nrec, ma_blob_write
             ma_blob_put_u64(b, v->version);
             ma_blob_put_u64(b, (uint64_t)v->event);
             ma_blob_put_u64(b, (uint64_t)v->at);
-            ma_blob_put_u8(b, v->kv != NULL);
+            ma_blob_put_u8(b, v->forgotten ? 2 : v->kv != NULL);
             if (!v->kv)
                 continue;
             ma_blob_put_f32s(b, v->kv, s->kn + s->vn);
@@ -910,7 +971,7 @@ static int read_versions(ma_slots *s, ma_blob_reader *b, rec *r, uint64_t nver)
         uint64_t version = ma_blob_get_u64(b);
         int64_t event = (int64_t)ma_blob_get_u64(b), at = (int64_t)ma_blob_get_u64(b);
         uint8_t kind = ma_blob_get_u8(b);
-        if (b->bad || kind > 1 || version == 0 || version <= last_version(r) || event < -1)
+        if (b->bad || kind > 2 || version == 0 || version <= last_version(r) || event < -1)
             return MA_ECORRUPT;
         float *kv = NULL;
         char *pl = NULL;
@@ -936,6 +997,7 @@ static int read_versions(ma_slots *s, ma_blob_reader *b, rec *r, uint64_t nver)
             s->bytes += block_bytes(s) + (has ? (size_t)pn + 1 : 0);
         }
         append_version(r, version, event, at, kv, pl);
+        r->ver[r->nver - 1].forgotten = kind == 2;
     }
     return 0;
 }

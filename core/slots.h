@@ -46,7 +46,8 @@ typedef struct {
     uint64_t version;
     int64_t event;
     int64_t at;                /* ms */
-    bool tombstone;            /* an eviction marker: no value */
+    bool tombstone;            /* an eviction marker, or a forgotten version: no value */
+    bool forgotten;            /* erased by ma_slots_forget (the event number is kept) */
 } ma_version_info;
 
 typedef struct {
@@ -111,6 +112,29 @@ int ma_slots_protect(ma_slots *s, const char *name, bool protect);
 /* Evicts a resident slot: a tombstone version is recorded, the history stays. MA_ENOTFOUND if not
  * resident, MA_EPROTECTED. */
 int ma_slots_evict(ma_slots *s, const char *name, int64_t now);
+
+/* Forgets a name: every version's key, value and payload is freed (the versions stay as numbered
+ * markers with their source events, flagged forgotten: MA_ENOVERSION to reads), and the name leaves the
+ * resident set. Writing the name again continues its version numbers. MA_ENOTFOUND (no history),
+ * MA_EPROTECTED (resident and protected). Cannot fail otherwise. */
+int ma_slots_forget(ma_slots *s, const char *name);
+
+/* --- which archive events the table's versions make current (docs/SLOTS.md, supersession) --- */
+
+/* The source event of the name's newest version that has a value (-1: none, or written by a verb). */
+int64_t ma_slots_live_event(const ma_slots *s, const char *name);
+
+typedef enum {
+    MA_SLOT_EVENT_LIVE = 0,        /* the event of a name's newest valued version */
+    MA_SLOT_EVENT_SUPERSEDED,      /* the event of an older version */
+    MA_SLOT_EVENT_FORGOTTEN        /* the event of a forgotten version */
+} ma_slot_event_state;
+
+/* Calls fn once per version that has a source event (not for tombstones), in no particular order. An
+ * event that is a name's live event is reported LIVE for every version carrying it (a restore re-uses
+ * the event of the version it restores). */
+void ma_slots_each_event(const ma_slots *s, void (*fn)(void *ctx, uint64_t event, ma_slot_event_state st),
+                         void *ctx);
 
 /* --- event batches (the write controller) --- */
 

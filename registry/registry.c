@@ -545,6 +545,8 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
         .length = st.length,
         .slots = st.slots_resident,
         .updated_at = now,
+        .erase = c->erase,
+        .n_erase = c->n_erase,
     };
     double t0 = now_seconds();
     rc = ma_store_commit(r->opt.store, s->id, &d, err, errlen);

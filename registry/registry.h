@@ -140,6 +140,8 @@ typedef struct {
     const float *k, *v;
     const char *const *payloads;
     bool backbone, archive, slots;   /* components whose state changed */
+    const uint64_t *erase;     /* events whose stored payloads are erased (ma_session_slot_forget) */
+    size_t n_erase;
 } reg_change;
 
 /* Commits a change already applied to the acquired session s (caller runs exclusively for s): serialises

@@ -81,6 +81,7 @@ typedef struct {
     uint64_t version;                 /* ?version= of a slot read */
     srv_etag_list if_match;           /* If-Match of an overwrite (tags point into the request's header) */
     srv_etag_list if_none_match;      /* If-None-Match of a slot or session read */
+    bool forget;                      /* DELETE ...?forget=true */
     size_t limit;                     /* ?limit= of the session list */
     char after[MA_MAX_NAME + 1];      /* ?after= of the session list, "" if absent */
     /* result */
@@ -418,24 +419,38 @@ done:
     return rc;
 }
 
-/* Words the failure qrc of queries[i]. */
-static int query_error(job *j, size_t i, const ma_query *q, int qrc)
+/* Words the failure qrc of queries[i] as its own result: 0 (the error is in the batch's answer), or -1
+ * when the job failed as a whole (storage, memory). */
+static int query_error(job *j, cJSON *out, size_t i, const ma_query *q, int qrc)
 {
+    char msg[256];
+    const char *code;
     switch (qrc) {
     case MA_ENOVERSION:
-        return job_error(j, qrc, NULL, "queries[%zu]: slot %s has no version %llu", i, q->slot,
-                         (unsigned long long)q->version);
+        snprintf(msg, sizeof msg, "queries[%zu]: slot %s has no version %llu", i, q->slot,
+                 (unsigned long long)q->version);
+        code = "no_version";
+        break;
     case MA_ENOTFOUND:
-        if (q->route == MA_ROUTE_SLOT || !q->q)
-            return job_error(j, qrc, "no_slot", "queries[%zu]: no resident slot %s%s", i,
-                             q->slot ? q->slot : "matches the query",
-                             q->slot ? "" : " (cosine below route_threshold)");
-        return job_error(j, qrc, NULL, "queries[%zu]: the session has no events to attend over", i);
+        snprintf(msg, sizeof msg, "queries[%zu]: no %sslot %s%s", i, q->version ? "" : "resident ",
+                 q->slot ? q->slot : "matches the query", q->slot ? "" : " (cosine below route_threshold)");
+        code = "no_slot";
+        break;
+    case MA_EEMPTY:
+        snprintf(msg, sizeof msg, "queries[%zu]: nothing to attend over (no events%s)", i,
+                 q->include_superseded ? ", or every one forgotten" : ", or every one superseded or forgotten");
+        code = "empty_context";
+        break;
     case MA_EINVAL:
-        return job_error(j, qrc, NULL, "queries[%zu]: this route needs a query vector", i);
+        snprintf(msg, sizeof msg, "queries[%zu]: this route needs a query vector", i);
+        code = "bad_request";
+        break;
     default:
         return job_store_fail(j, qrc, "reading the archive", NULL);
     }
+    if (codec_results_add_error(out, qrc == MA_EINVAL ? 400 : 404, code, msg))
+        return job_error(j, MA_ENOMEM, NULL, "out of memory");
+    return 0;
 }
 
 static int do_query(job *j)
@@ -466,8 +481,9 @@ static int do_query(job *j)
         int qrc = ma_session_query(reg_core(s), &qs.q[i], &a);
         if (qrc) {
             ma_answer_clear(&a);
-            rc = query_error(j, i, &qs.q[i], qrc);
-            goto done;
+            if (query_error(j, out, i, &qs.q[i], qrc))
+                goto done;
+            continue;
         }
         if (a.route >= 0 && a.route <= MA_ROUTE_WINDOW)
             srv_metric_child_add(j->api->routes[a.route], 1);
@@ -609,6 +625,8 @@ static int do_slot_verb(job *j)
     codec_error ce;
     uint64_t version = 0;
     bool protect = false;
+    uint64_t *erased = NULL;
+    size_t n_erased = 0;
     int rc = -1, vrc;
 
     if (j->op == OP_SLOT_RESTORE) {
@@ -632,19 +650,22 @@ static int do_slot_verb(job *j)
     switch (j->op) {
     case OP_SLOT_RESTORE: vrc = ma_session_slot_restore(reg_core(s), j->name, version, now, &res); break;
     case OP_SLOT_PATCH:   vrc = ma_session_slot_protect(reg_core(s), j->name, protect, now); break;
-    default:              vrc = ma_session_slot_evict(reg_core(s), j->name, now); break;
+    default:
+        vrc = j->forget ? ma_session_slot_forget(reg_core(s), j->name, &erased, &n_erased)
+                        : ma_session_slot_evict(reg_core(s), j->name, now);
+        break;
     }
     if (vrc) {
         if (vrc == MA_ENOVERSION)
             rc = job_error(j, vrc, NULL, "slot %s has no version %llu to restore (or it is an eviction "
                            "marker)", j->name, (unsigned long long)version);
-        else if (vrc == MA_ENOTFOUND && j->op == OP_SLOT_RESTORE)
+        else if (vrc == MA_ENOTFOUND && (j->op == OP_SLOT_RESTORE || j->forget))
             rc = job_error(j, vrc, "no_slot", "slot %s was never written in session %s", j->name, j->id);
         else
             rc = slot_error(j, vrc);
         goto done;
     }
-    reg_change c = {.slots = true};
+    reg_change c = {.slots = true, .erase = erased, .n_erase = n_erased};
     if (commit(j, s, &c))
         goto done;
     if (j->op == OP_SLOT_DELETE) {
@@ -663,6 +684,7 @@ static int do_slot_verb(job *j)
         rc = job_ok(j, 200, o);
     }
 done:
+    free(erased);
     cJSON_Delete(body);
     release(j, s);
     return rc;
@@ -782,8 +804,10 @@ static int query_uint(srv_request *req, const char *name, uint64_t lo, uint64_t 
 static job *job_new(srv_request *req, void *ud, op_kind op)
 {
     /* Unknown query parameters are refused like unknown body fields. */
-    static const char *const none[] = {NULL}, *const list[] = {"limit", "after", NULL}, *const slot[] = {"version", NULL};
-    if (srv_req_query_check(req, op == OP_SESSION_LIST ? list : op == OP_SLOT_GET ? slot : none) < 0)
+    static const char *const none[] = {NULL}, *const list[] = {"limit", "after", NULL}, *const slot[] = {"version", NULL},
+                             *const del[] = {"forget", NULL};
+    if (srv_req_query_check(req, op == OP_SESSION_LIST ? list : op == OP_SLOT_GET ? slot
+                                 : op == OP_SLOT_DELETE ? del : none) < 0)
         return NULL;
     srv_etag_list inm = {0}, im = {0};
     const char *inm_text = srv_req_header(req, "If-None-Match"), *im_text = srv_req_header(req, "If-Match");
@@ -905,10 +929,23 @@ SIMPLE_HANDLER(h_slot_write, OP_SLOT_WRITE, SRV_JOB_EXCLUSIVE)
 SIMPLE_HANDLER(h_slot_versions, OP_SLOT_VERSIONS, SRV_JOB_SHARED)
 SIMPLE_HANDLER(h_slot_restore, OP_SLOT_RESTORE, SRV_JOB_EXCLUSIVE)
 SIMPLE_HANDLER(h_slot_patch, OP_SLOT_PATCH, SRV_JOB_EXCLUSIVE)
-SIMPLE_HANDLER(h_slot_delete, OP_SLOT_DELETE, SRV_JOB_EXCLUSIVE)
 SIMPLE_HANDLER(h_backup, OP_BACKUP, SRV_JOB_SHARED)
 
 SIMPLE_HANDLER(h_slot_put, OP_SLOT_PUT, SRV_JOB_EXCLUSIVE)
+
+static void h_slot_delete(srv_request *req, void *ud)
+{
+    const char *f = srv_req_query(req, "forget");
+    if (f && strcmp(f, "true") != 0 && strcmp(f, "false") != 0) {
+        srv_respond_error(req, 400, "bad_request", "?forget=%.40s: expected true or false", f);
+        return;
+    }
+    job *j = job_new(req, ud, OP_SLOT_DELETE);
+    if (!j)
+        return;
+    j->forget = f && strcmp(f, "true") == 0;
+    submit(j, SRV_JOB_EXCLUSIVE);
+}
 
 static void h_slot_get(srv_request *req, void *ud)
 {

@@ -78,6 +78,7 @@ static const struct {
     {MA_EINVAL, 400, "bad_request"},
     {MA_ENOTFOUND, 404, "not_found"},
     {MA_ENOVERSION, 404, "no_version"},
+    {MA_EEMPTY, 404, "empty_context"},
     {MA_EEXISTS, 409, "exists"},
     {MA_ECONFLICT, 409, "version_conflict"},
     {MA_EFULL, 409, "slots_full"},
@@ -661,7 +662,8 @@ void codec_queries_clear(codec_queries *q)
 int codec_queries_decode(const cJSON *body, const codec_shape *sh, size_t max_queries, codec_queries *out,
                          codec_error *err)
 {
-    static const char *const allowed[] = {"q", "q_b64", "text", "slot", "version", "route", "topk", NULL};
+    static const char *const allowed[] = {"q", "q_b64", "text", "slot", "version", "route", "topk",
+                                          "include_superseded", NULL};
     static const codec_vec_fields qf = {"q", "q_b64", "text"};
     const size_t qn = (size_t)sh->heads * sh->dim;
     codec_queries qs = {0};
@@ -707,6 +709,8 @@ int codec_queries_decode(const cJSON *body, const codec_shape *sh, size_t max_qu
         q->version = version;
         q->topk = (int)topk;
         q->route = MA_ROUTE_AUTO;
+        if (get_bool(it, "include_superseded", where, &q->include_superseded, err))
+            goto fail;
         const cJSON *rt = member(it, "route");
         if (rt) {
             if (!cJSON_IsString(rt) || ma_route_parse(rt->valuestring, &q->route) != 0) {
@@ -881,7 +885,8 @@ cJSON *codec_version_info_to_json(const ma_version_info *vi)
 {
     cJSON *o = cJSON_CreateObject();
     bool ok = o && cJSON_AddNumberToObject(o, "version", (double)vi->version) && add_event(o, "event", vi->event) &&
-              add_time(o, "at", vi->at) && cJSON_AddBoolToObject(o, "tombstone", vi->tombstone);
+              add_time(o, "at", vi->at) && cJSON_AddBoolToObject(o, "tombstone", vi->tombstone) &&
+              (!vi->forgotten || cJSON_AddBoolToObject(o, "forgotten", true));
     if (!ok) {
         cJSON_Delete(o);
         return NULL;
@@ -1124,6 +1129,15 @@ int codec_results_add(cJSON *results, const ma_answer *a, size_t value_len)
     return arr && push(arr, codec_answer_to_json(a, value_len)) ? 0 : MA_ENOMEM;
 }
 
+int codec_results_add_error(cJSON *results, int status, const char *code, const char *message)
+{
+    cJSON *arr = cJSON_GetObjectItemCaseSensitive(results, "results");
+    cJSON *o = cJSON_CreateObject(), *e = NULL;
+    bool ok = o && (e = cJSON_AddObjectToObject(o, "error")) && cJSON_AddStringToObject(e, "code", code) &&
+              cJSON_AddStringToObject(e, "message", message) && cJSON_AddNumberToObject(e, "status", status);
+    return arr && push(arr, built(o, ok)) ? 0 : MA_ENOMEM;
+}
+
 cJSON *codec_slot_list_to_json(const ma_slot_info *si, size_t n)
 {
     cJSON *o = cJSON_CreateObject(), *a = o ? cJSON_AddArrayToObject(o, "slots") : NULL;
@@ -1144,10 +1158,11 @@ cJSON *codec_versions_to_json(const ma_version_info *vi, size_t n)
 
 cJSON *codec_slot_result_to_json(const char *name, const ma_slot_result *res)
 {
-    cJSON *o = cJSON_CreateObject();
+    cJSON *o = cJSON_CreateObject(), *ev = NULL;
     bool ok = o && cJSON_AddStringToObject(o, "name", name) &&
               cJSON_AddNumberToObject(o, "version", (double)res->version) &&
-              (!res->evicted || cJSON_AddStringToObject(o, "evicted", res->evicted_name));
+              (ev = cJSON_AddArrayToObject(o, "evicted")) &&
+              (!res->evicted || push(ev, cJSON_CreateString(res->evicted_name)));
     return built(o, ok);
 }
 

@@ -63,7 +63,7 @@ int codec_parse_body(const char *body, size_t len, cJSON **out, codec_error *err
 
 /* The one table of the API's failures: the HTTP status of an MA_E* code from the core or the registry,
  * with its API.md code in *code. MA_ENOTFOUND is 404 with the code `missing` names ("no_session",
- * "no_slot"; NULL: "not_found"); MA_ENOMEM is 503 overloaded; MA_EIO, MA_ECORRUPT, MA_EBUSY and any
+ * "no_slot"; NULL: "not_found"); MA_ENOMEM is 503 overloaded; MA_EEMPTY is 404 empty_context (nothing to attend over); MA_EIO, MA_ECORRUPT, MA_EBUSY and any
  * unknown code are 503 storage_error (this implementation's addition to API.md's 503 row). */
 int codec_status_of(int rc, const char *missing, const char **code);
 
@@ -150,7 +150,8 @@ typedef struct {
     char **slots;        /* n names or NULLs (owned) */
 } codec_queries;
 
-/* Decodes {"queries":[Q,...]}; Q = {"q"|"q_b64"|"text"?, "slot"?, "version"?, "route"?, "topk"?}.
+/* Decodes {"queries":[Q,...]}; Q = {"q"|"q_b64"|"text"?, "slot"?, "version"?, "route"?, "topk"?,
+ * "include_superseded"?}.
  * A query needs a vector or a slot name; `version` needs `slot`. Errors name queries[i].field. */
 int codec_queries_decode(const cJSON *body, const codec_shape *sh, size_t max_queries, codec_queries *out,
                          codec_error *err);
@@ -164,6 +165,10 @@ cJSON *codec_answer_to_json(const ma_answer *a, size_t value_len);
  * codec_results_add appends R of a: 0 or MA_ENOMEM. */
 cJSON *codec_results_new(void);
 int codec_results_add(cJSON *results, const ma_answer *a, size_t value_len);
+/* Appends {"error":{"code","message","status"}} in place of the result of a query that could not be
+ * answered (the batch still answers 200; status is what the query alone would have been). 0 or
+ * MA_ENOMEM. */
+int codec_results_add_error(cJSON *results, int status, const char *code, const char *message);
 
 /* ---- slots ------------------------------------------------------------------------------------ */
 
@@ -199,7 +204,8 @@ cJSON *codec_version_info_to_json(const ma_version_info *vi);
 cJSON *codec_slot_list_to_json(const ma_slot_info *si, size_t n);
 cJSON *codec_versions_to_json(const ma_version_info *vi, size_t n);
 
-/* {"name","version","evicted"?}: the answer to a slot write, overwrite or restore. */
+/* {"name","version","evicted":[...]}: the answer to a slot write, overwrite or restore; evicted lists the
+ * slot names a capacity eviction removed (the same type as in the events answer; [] when none). */
 cJSON *codec_slot_result_to_json(const char *name, const ma_slot_result *res);
 
 /* {"name","version","protected"}: the answer to a protect/unprotect. */

@@ -92,6 +92,7 @@ static const char *const stmt_sql[N_STMTS] = {
                     " AND idx >= ?2 AND idx < ?3 ORDER BY idx",
     [ST_PAYLOAD] = "SELECT payload FROM payloads WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
                    " AND idx = ?2",
+    [ST_ERASE_PAYLOAD] = "DELETE FROM payloads WHERE sid = ?1 AND idx = ?2",
 };
 
 /* ---- small helpers ---------------------------------------------------------------------------- */
@@ -255,7 +256,7 @@ int st_conn_open(ma_store *st, bool reader, conn **out, char *err, size_t errlen
     snprintf(sql, sizeof sql, "PRAGMA foreign_keys = ON; PRAGMA synchronous = %s;%s",
              st->opt.synchronous == MA_STORE_SYNC_NORMAL ? "NORMAL" : "FULL",
              reader ? " PRAGMA query_only = ON; PRAGMA cache_size = -512;"
-                    : " PRAGMA journal_size_limit = 67108864;");
+                    : " PRAGMA journal_size_limit = 67108864; PRAGMA secure_delete = ON;");
     int ret = st_exec_sql(st, c, sql, err, errlen, "setting connection pragmas");
     if (ret) {
         st_conn_close(c);
@@ -792,6 +793,20 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
     }
     if (d->n_events > 0 && (ret = write_events(st, c, sid, length, d, err, errlen)))
         goto done;
+    for (size_t i = 0; i < d->n_erase; i++) {
+        if (!(s = st_stmt(st, c, ST_ERASE_PAYLOAD, err, errlen))) {
+            ret = MA_EIO;
+            goto done;
+        }
+        sqlite3_bind_int64(s, 1, sid);
+        sqlite3_bind_int64(s, 2, (int64_t)d->erase[i]);
+        rc = sqlite3_step(s);
+        sqlite3_reset(s);
+        if (rc != SQLITE_DONE) {
+            ret = st_fail_db(st, c->db, rc, err, errlen, "erasing payloads");
+            goto done;
+        }
+    }
     int64_t event_bytes = 0;
     for (size_t i = 0; i < d->n_events; i++)
         event_bytes += (int64_t)((d->k_floats + d->v_floats) * sizeof(float)) +
@@ -834,6 +849,13 @@ done:
     ret = write_end(st, t0, ret, "committing", err, errlen);
     if (!ret)
         atomic_fetch_add(&st->events_written, d->n_events);
+    /* Erased bytes also leave the WAL (best effort: a reader in progress can keep old frames until the
+     * next checkpoint; the database file itself was overwritten by secure_delete). */
+    if (!ret && d->n_erase && !st->opt.in_memory) {
+        pthread_mutex_lock(&st->wlock);
+        sqlite3_wal_checkpoint_v2(st->writer->db, "main", SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+        pthread_mutex_unlock(&st->wlock);
+    }
     return ret;
 }
 

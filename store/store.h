@@ -100,7 +100,8 @@ int ma_store_session_list(ma_store *st, const char *after, size_t limit, ma_stor
 /* Deletes the session and all its rows, durably. MA_ENOTFOUND if absent. */
 int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errlen);
 
-/* One mutation of a session, committed in one transaction:
+/* One mutation of a session, committed in one transaction (deleted content is overwritten: the writer runs
+ * with secure_delete, and a commit that erases payloads then truncates the WAL):
  *   - n_events new events with indices first_event .. first_event+n_events-1 (k: n·H·d floats, v: n·H·d_v
  *     floats, payloads: n JSON texts or NULLs; payloads may be NULL as a whole),
  *   - the new blobs (a NULL data pointer leaves that blob as it was),
@@ -115,6 +116,8 @@ typedef struct {
     uint64_t length;
     size_t slots;
     int64_t updated_at;
+    const uint64_t *erase;            /* events whose payload rows are deleted (a forgotten slot) */
+    size_t n_erase;
 } ma_store_delta;
 
 int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen);

@@ -144,7 +144,7 @@ def test_per_query_error():
 def test_slot_verbs():
     c = memattn.Client(D.base)
     s = c.create_session("py-slots", {"dim": 8, "slots": 2})
-    assert s.write_slot("capital", payload="Paris") == {"name": "capital", "version": 1}
+    assert s.write_slot("capital", payload="Paris") == {"name": "capital", "version": 1, "evicted": []}
     expect_error(lambda: s.write_slot("capital", payload="Lyon"), 409, "exists")
     got = s.slot("capital")
     assert got["etag"] == '"1"' and got["payload"] == "Paris" and got["protected"] is False

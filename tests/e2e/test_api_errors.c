@@ -55,6 +55,22 @@ static int teardown(void **state)
         free(after_);                                            \
     } while (0)
 
+/* A batch answered 200 in which queries[i] carries {"error":{"code":code,...}} and the others a route. */
+static void query_error_at(int i, const char *code, const char *body)
+{
+    cJSON *j = au_call(&dmn, "POST", "/v1/sessions/s/query", 200, "%s", body);
+    int n = au_len(j, "results");
+    for (int k = 0; k < n; k++) {
+        char path[64];
+        snprintf(path, sizeof path, k == i ? "results[%d].error.code" : "results[%d].route", k);
+        if (k == i)
+            assert_string_equal(au_str(j, path), code);
+        else
+            (void)au_str(j, path);
+    }
+    cJSON_Delete(j);
+}
+
 static void test_400s(void **state)
 {
     (void)state;
@@ -104,10 +120,9 @@ static void test_404s(void **state)
     UNCHANGED(au_error(&dmn, "PATCH", "/v1/sessions/s/slots/never", 404, "no_slot", "{\"protected\":true}"));
     UNCHANGED(au_error(&dmn, "DELETE", "/v1/sessions/s/slots/never", 404, "no_slot", NULL));
     UNCHANGED(au_error(&dmn, "POST", "/v1/sessions/s/slots/never/restore", 404, "no_slot", "{\"version\":1}"));
-    UNCHANGED(au_error(&dmn, "POST", "/v1/sessions/s/query", 404, "no_slot",
-                       "{\"queries\":[{\"q\":" K4 "},{\"q\":[0,0,1,0],\"route\":\"slot\"}]}"));
-    UNCHANGED(au_error(&dmn, "POST", "/v1/sessions/s/query", 404, "no_version",
-                       "{\"queries\":[{\"slot\":\"locked\",\"version\":9}]}"));
+    /* A query that cannot be answered gets its error in place of its result; the others are answered. */
+    UNCHANGED(query_error_at(1, "no_slot", "{\"queries\":[{\"q\":" K4 "},{\"q\":[0,0,1,0],\"route\":\"slot\"}]}"));
+    UNCHANGED(query_error_at(0, "no_version", "{\"queries\":[{\"slot\":\"locked\",\"version\":9},{\"slot\":\"locked\"}]}"));
     UNCHANGED(au_error(&dmn, "GET", "/v1/sessions/s/slots/locked?version=2", 404, "no_version", NULL));
     UNCHANGED(au_error(&dmn, "POST", "/v1/sessions/s/slots/locked/restore", 404, "no_version", "{\"version\":5}"));
     UNCHANGED(au_error(&dmn, "GET", "/v1/sessions/s/nothing", 404, "not_found", NULL));
@@ -115,7 +130,18 @@ static void test_404s(void **state)
     au_error(&dmn, "GET", "/v1/sessions/ghost/slots", 404, "no_session", NULL);
     /* an archive read of an empty session */
     cJSON_Delete(au_call(&dmn, "PUT", "/v1/sessions/empty", 201, "{\"dim\":4}"));
-    au_error(&dmn, "POST", "/v1/sessions/empty/query", 404, "not_found", "{\"queries\":[{\"q\":" K4 ",\"route\":\"full\"}]}");
+    cJSON *j = au_call(&dmn, "POST", "/v1/sessions/empty/query", 200, "{\"queries\":[{\"q\":" K4 ",\"route\":\"full\"}]}");
+    assert_string_equal(au_str(j, "results[0].error.code"), "empty_context");
+    cJSON_Delete(j);
+    /* Slots but no events: the slot question is answered, the other one is empty_context (not 404). */
+    cJSON_Delete(au_call(&dmn, "PUT", "/v1/sessions/facts", 201, "{\"dim\":64}"));
+    cJSON_Delete(au_call(&dmn, "PUT", "/v1/sessions/facts/slots/capital_of_france", 201, "{\"payload\":\"Paris\"}"));
+    j = au_call(&dmn, "POST", "/v1/sessions/facts/query", 200,
+                "{\"queries\":[{\"text\":\"capital of France\"},{\"text\":\"weather in Rome\"}]}");
+    assert_string_equal(au_str(j, "results[0].payload"), "Paris");
+    assert_string_equal(au_str(j, "results[1].error.code"), "empty_context");
+    assert_non_null(strstr(au_str(j, "results[1].error.message"), "queries[1]"));
+    cJSON_Delete(j);
 }
 
 static void test_409_412_423(void **state)

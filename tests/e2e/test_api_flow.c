@@ -443,7 +443,8 @@ static void test_capacity_eviction(void **state)
     cJSON_Delete(au_call(&dmn, "POST", "/v1/sessions/cap/slots", 201, "{\"name\":\"a\",\"payload\":\"A\",\"protect\":true}"));
     cJSON_Delete(au_call(&dmn, "POST", "/v1/sessions/cap/slots", 201, "{\"name\":\"b\",\"payload\":\"B\"}"));
     cJSON *j = au_call(&dmn, "POST", "/v1/sessions/cap/slots", 201, "{\"name\":\"c\",\"payload\":\"C\"}");
-    assert_string_equal(au_str(j, "evicted"), "b");  /* a is protected */
+    assert_int_equal(au_len(j, "evicted"), 1);
+    assert_string_equal(au_str(j, "evicted[0]"), "b");  /* a is protected */
     cJSON_Delete(j);
     j = au_call(&dmn, "POST", "/v1/sessions/cap/events", 200, "{\"events\":[{\"text\":\"d\",\"payload\":\"D\",\"slot\":\"d\"}]}");
     assert_int_equal(au_len(j, "evicted"), 1);
@@ -499,6 +500,114 @@ static void test_restart(void **state)
     assert_int_equal(mh_stop(&c, 30000), 0);
     free(before);
     free(after);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* ---- corrections under slot pressure, forgetting ------------------------------------------------ */
+
+/* Bytes of the data directory's database and WAL files that contain needle. */
+static bool store_contains(const char *dir, const char *needle)
+{
+    const char *files[] = {"memattn.db", "memattn.db-wal"};
+    bool found = false;
+    for (int f = 0; f < 2 && !found; f++) {
+        char path[400];
+        snprintf(path, sizeof path, "%s/%s", dir, files[f]);
+        FILE *fp = fopen(path, "rb");
+        if (!fp)
+            continue;
+        size_t cap = 1 << 20, len = 0, n;
+        char *buf = malloc(cap);
+        assert_non_null(buf);
+        while ((n = fread(buf + len, 1, cap - len, fp)) > 0) {
+            len += n;
+            if (len == cap) {
+                cap *= 2;
+                buf = realloc(buf, cap);
+                assert_non_null(buf);
+            }
+        }
+        fclose(fp);
+        size_t nl = strlen(needle);
+        for (size_t i = 0; i + nl <= len && !found; i++)
+            found = memcmp(buf + i, needle, nl) == 0;
+        free(buf);
+    }
+    return found;
+}
+
+/* The newest payload answers on every archive route, whatever the slot table holds. */
+static void newest_everywhere(mh_daemon *d, const char *want)
+{
+    cJSON *j = au_call(d, "POST", "/v1/sessions/fix/query", 200,
+                       "{\"queries\":[{\"text\":\"ceo\"},{\"text\":\"ceo\",\"route\":\"sparse\"},"
+                       "{\"text\":\"ceo\",\"route\":\"full\"},{\"text\":\"ceo\",\"route\":\"window\"},"
+                       "{\"text\":\"ceo\",\"route\":\"full\",\"include_superseded\":true}]}");
+    for (int i = 0; i < 4; i++) {
+        char path[40];
+        snprintf(path, sizeof path, "results[%d].payload", i);
+        assert_string_equal(au_str(j, path), want);
+    }
+    assert_string_equal(au_str(j, "results[4].payload"), "Ann");   /* audit: the first of equal keys */
+    cJSON_Delete(j);
+}
+
+static void test_corrections_and_forget(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/memattn-api-fixXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    const char *args[] = {"--data", dir, NULL};
+    mh_daemon a;
+    assert_int_equal(mh_start(&a, args, NULL), 0);
+    cJSON_Delete(au_call(&a, "PUT", "/v1/sessions/fix", 201, "{\"dim\":16,\"chunk\":2,\"slots\":2,\"window\":64}"));
+    /* ceo: Ann, corrected to Ben; then two other slots push ceo out of the table. */
+    cJSON *j = au_call(&a, "POST", "/v1/sessions/fix/events", 200,
+                       "{\"events\":[{\"text\":\"ceo\",\"payload\":\"Ann\",\"slot\":\"ceo\"},{\"text\":\"x\",\"payload\":\"X\"},"
+                       "{\"text\":\"ceo\",\"payload\":\"Ben\",\"slot\":\"ceo\"},{\"text\":\"y z\",\"payload\":\"YZ\"},"
+                       "{\"text\":\"alpha\",\"payload\":\"A\",\"slot\":\"a\"},{\"text\":\"beta\",\"payload\":\"B\",\"slot\":\"b\"},"
+                       "{\"text\":\"XYZZY\",\"payload\":\"XYZZY-SECRET-42\",\"slot\":\"secret\"}]}");
+    assert_int_equal(au_len(j, "evicted"), 2);
+    cJSON_Delete(j);
+    au_error(&a, "GET", "/v1/sessions/fix/slots/ceo", 404, "no_slot", NULL);
+    newest_everywhere(&a, "Ben");
+    /* A version of an evicted slot answers by name, as GET ?version= reads it. */
+    j = au_call(&a, "POST", "/v1/sessions/fix/query", 200, "{\"queries\":[{\"slot\":\"ceo\",\"version\":1}]}");
+    assert_string_equal(au_str(j, "results[0].payload"), "Ann");
+    cJSON_Delete(j);
+
+    /* Forget: the payload leaves every route and the database file. */
+    cJSON_Delete(au_call(&a, "PUT", "/v1/sessions/fix/slots/secret", 200, "{\"payload\":\"XYZZY-SECRET-43\"}"));
+    assert_true(store_contains(dir, "XYZZY-SECRET-42"));
+    au_error(&a, "DELETE", "/v1/sessions/fix/slots/secret?forget=maybe", 400, "bad_request", NULL);
+    assert_null(au_call(&a, "DELETE", "/v1/sessions/fix/slots/secret?forget=true", 204, NULL));
+    au_error(&a, "GET", "/v1/sessions/fix/slots/secret?version=1", 404, "no_version", NULL);
+    j = au_call(&a, "POST", "/v1/sessions/fix/query", 200,
+                "{\"queries\":[{\"text\":\"XYZZY\",\"route\":\"full\",\"include_superseded\":true},"
+                "{\"text\":\"XYZZY\",\"route\":\"sparse\"},{\"slot\":\"secret\",\"version\":2}]}");
+    char *t = cJSON_PrintUnformatted(j);
+    assert_null(strstr(t, "XYZZY-SECRET"));
+    free(t);
+    assert_string_equal(au_str(j, "results[2].error.code"), "no_version");
+    cJSON_Delete(j);
+    assert_false(store_contains(dir, "XYZZY-SECRET-42"));
+    assert_false(store_contains(dir, "XYZZY-SECRET-43"));
+    assert_int_equal(mh_stop(&a, 30000), 0);
+
+    /* After a restart: the same answers (masks come back with the slot history). */
+    mh_daemon b;
+    assert_int_equal(mh_start(&b, args, NULL), 0);
+    newest_everywhere(&b, "Ben");
+    j = au_call(&b, "POST", "/v1/sessions/fix/query", 200,
+                "{\"queries\":[{\"text\":\"XYZZY\",\"route\":\"full\",\"include_superseded\":true}]}");
+    t = cJSON_PrintUnformatted(j);
+    assert_null(strstr(t, "XYZZY-SECRET"));
+    free(t);
+    cJSON_Delete(j);
+    assert_int_equal(mh_stop(&b, 30000), 0);
+    assert_false(store_contains(dir, "XYZZY-SECRET-42"));
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     assert_int_equal(system(cmd), 0);
@@ -574,6 +683,7 @@ int main(void)
         cmocka_unit_test(test_protect_and_evict),
         cmocka_unit_test(test_capacity_eviction),
         cmocka_unit_test(test_restart),
+        cmocka_unit_test(test_corrections_and_forget),
         cmocka_unit_test(test_memory_budget),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -136,6 +136,82 @@ static ma_archive *filled(const ma_params *p, size_t T, float **k, float **v)
     return a;
 }
 
+/* ---- event masks ------------------------------------------------------------------------------- */
+
+/* Reads skip the events whose mask bits meet r.skip: full and window equal the reference over the
+ * events left, sparse (both selectors) never points at a skipped event, nothing left is MA_EEMPTY. */
+static void test_masks(void **state)
+{
+    (void)state;
+    for (int sel = 0; sel < 2; sel++) {
+        rng_state = 41;
+        ma_params p = mkparams(2, 8, 3, 4, 64, sel ? MA_SELECTOR_CHUNKS : MA_SELECTOR_INDEX);
+        p.window = 20;
+        float *k, *v;
+        const size_t T = 53;
+        ma_archive *a = filled(&p, T, &k, &v);
+        assert_int_equal(ma_archive_mask_reserve(a, T), 0);
+        for (size_t i = 0; i < T; i++) {
+            if (i % 3 == 0)
+                ma_archive_mask_set(a, i, MA_MASK_SUPERSEDED, true);
+            if (i % 7 == 0)
+                ma_archive_mask_set(a, i, MA_MASK_FORGOTTEN, true);
+        }
+        ma_archive_mask_set(a, 3, MA_MASK_SUPERSEDED, false);   /* cleared again */
+        assert_int_equal(ma_archive_masked(a, 3), 0);
+        assert_int_equal(ma_archive_masked(a, 21), MA_MASK_ALL);
+        assert_int_equal(ma_archive_masked(a, T + 100), 0);
+        const unsigned skips[] = {0, MA_MASK_FORGOTTEN, MA_MASK_ALL};
+        for (int si = 0; si < 3; si++) {
+            uint64_t ids[53], wids[53];
+            size_t n = 0, nw = 0;
+            for (size_t i = 0; i < T; i++)
+                if (!(ma_archive_masked(a, i) & skips[si])) {
+                    ids[n++] = i;
+                    if (i >= T - 20)
+                        wids[nw++] = i;
+                }
+            for (int trial = 0; trial < 3; trial++) {
+                float *q = randv(2 * 8);
+                float out[6];
+                double want[6];
+                ref_best rb;
+                ma_read_result r = {.v = out, .skip = skips[si]};
+                assert_int_equal(ma_archive_read_full(a, q, &r), 0);
+                reference(2, 8, 3, k, v, ids, 0, n, q, want, &rb);
+                expect_close(out, want, 6, 1e-5);
+                assert_int_equal(r.pointer, rb.pointer);
+                assert_int_equal(r.events_scored, n);
+                ma_read_result_clear(&r);
+                r = (ma_read_result){.v = out, .skip = skips[si]};
+                assert_int_equal(ma_archive_read_window(a, q, 0, &r), 0);
+                reference(2, 8, 3, k, v, wids, 0, nw, q, want, &rb);
+                expect_close(out, want, 6, 1e-5);
+                assert_int_equal(r.pointer, rb.pointer);
+                ma_read_result_clear(&r);
+                r = (ma_read_result){.v = out, .skip = skips[si]};
+                assert_int_equal(ma_archive_read_sparse(a, q, 0, &r), 0);
+                assert_true(r.pointer >= 0);
+                assert_int_equal(ma_archive_masked(a, (uint64_t)r.pointer) & skips[si], 0);
+                ma_read_result_clear(&r);
+                free(q);
+            }
+        }
+        /* Every event masked: nothing to attend over. */
+        for (size_t i = 0; i < T; i++)
+            ma_archive_mask_set(a, i, MA_MASK_FORGOTTEN, true);
+        float q[16] = {1}, out[6];
+        ma_read_result r = {.v = out, .skip = MA_MASK_FORGOTTEN};
+        assert_int_equal(ma_archive_read_full(a, q, &r), MA_EEMPTY);
+        assert_int_equal(ma_archive_read_window(a, q, 0, &r), MA_EEMPTY);
+        assert_int_equal(ma_archive_read_sparse(a, q, 0, &r), MA_EEMPTY);
+        assert_null(r.chunks);
+        ma_archive_destroy(a);
+        free(k);
+        free(v);
+    }
+}
+
 /* ---- kernel and exact reads ------------------------------------------------------------------ */
 
 static void test_full_matches_reference(void **state)
@@ -212,9 +288,9 @@ static void test_empty_and_get(void **state)
     assert_int_equal(ma_archive_create(&p, &a), 0);
     float q[8] = {1, 0, 0, 0, 0, 1, 0, 0}, out[6], kk[8], vv[6];
     ma_read_result r = {.v = out};
-    assert_int_equal(ma_archive_read_full(a, q, &r), MA_ENOTFOUND);
-    assert_int_equal(ma_archive_read_window(a, q, 0, &r), MA_ENOTFOUND);
-    assert_int_equal(ma_archive_read_sparse(a, q, 0, &r), MA_ENOTFOUND);
+    assert_int_equal(ma_archive_read_full(a, q, &r), MA_EEMPTY);
+    assert_int_equal(ma_archive_read_window(a, q, 0, &r), MA_EEMPTY);
+    assert_int_equal(ma_archive_read_sparse(a, q, 0, &r), MA_EEMPTY);
     assert_null(r.chunks);
     assert_int_equal(ma_archive_get(a, 0, kk, vv), MA_ENOTFOUND);
     assert_int_equal(ma_archive_append(a, 0, NULL, NULL), 0);
@@ -775,6 +851,7 @@ int main(void)
         cmocka_unit_test(test_full_matches_reference),
         cmocka_unit_test(test_window_matches_reference),
         cmocka_unit_test(test_empty_and_get),
+        cmocka_unit_test(test_masks),
         cmocka_unit_test(test_sparse_all_chunks_equals_full),
         cmocka_unit_test(test_sparse_chunks_exact_over_selection),
         cmocka_unit_test(test_chunks_selector_finds_structured_needle),

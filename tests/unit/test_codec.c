@@ -749,9 +749,9 @@ static void test_answers(void **state)
 
     ma_slot_result res = {.version = 2, .evicted = true};
     snprintf(res.evicted_name, sizeof res.evicted_name, "old");
-    printed(codec_slot_result_to_json("n", &res), "{\"name\":\"n\",\"version\":2,\"evicted\":\"old\"}");
+    printed(codec_slot_result_to_json("n", &res), "{\"name\":\"n\",\"version\":2,\"evicted\":[\"old\"]}");
     res.evicted = false;
-    printed(codec_slot_result_to_json("n", &res), "{\"name\":\"n\",\"version\":2}");
+    printed(codec_slot_result_to_json("n", &res), "{\"name\":\"n\",\"version\":2,\"evicted\":[]}");
     ma_slot_info si = {.version = 4, .protect = true, .event = -1, .updated_at = 0};
     snprintf(si.name, sizeof si.name, "n");
     printed(codec_slot_protect_to_json(&si), "{\"name\":\"n\",\"version\":4,\"protected\":true}");

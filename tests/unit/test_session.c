@@ -289,7 +289,7 @@ static void test_router(void **state)
 
     /* Empty archive, no slots. */
     ma_query mq = {.q = q};
-    assert_int_equal(ma_session_query(s, &mq, &a), MA_ENOTFOUND);
+    assert_int_equal(ma_session_query(s, &mq, &a), MA_EEMPTY);
     mq.route = MA_ROUTE_STATE;
     assert_int_equal(ma_session_query(s, &mq, &a), 0);      /* the backbone answers zeros */
     assert_int_equal(a.route, MA_ROUTE_STATE);
@@ -406,7 +406,17 @@ static void test_router(void **state)
     assert_int_equal(ma_session_slot_evict(s, "fact", 3001), 0);
     assert_int_equal(ma_session_query(s, &cq, &a), 0);
     assert_int_equal(a.route, MA_ROUTE_SPARSE);
-    assert_int_equal(a.event, 7);                           /* evicted content stays reachable */
+    assert_true(a.event != 7);                  /* event 7 was superseded by the overwrite: not read ... */
+    ma_answer_clear(&a);
+    cq.include_superseded = true;               /* ... unless the query asks for everything (audit) */
+    assert_int_equal(ma_session_query(s, &cq, &a), 0);
+    assert_int_equal(a.event, 7);
+    ma_answer_clear(&a);
+    /* A version of an evicted slot is still answered by name. */
+    nq.version = 1;
+    assert_int_equal(ma_session_query(s, &nq, &a), 0);
+    assert_int_equal(a.route, MA_ROUTE_SLOT);
+    assert_int_equal(a.event, 7);
     ma_answer_clear(&a);
     free_events(&e);
     ma_session_destroy(s);
@@ -755,6 +765,137 @@ static void test_serialize_restore(void **state)
 }
 
 /* The store pages a live session's archive (set_source + release): answers stay the same. */
+/* Supersession and forgetting (docs/SLOTS.md): a fact overwritten by later events answers with its newest
+ * version on every archive route, also after a capacity eviction and after a restore of the session;
+ * include_superseded sees everything; a forgotten slot's events are masked from every route. */
+static void archive_event(const ma_session *s, const float *q, ma_route route, bool all, int64_t *event)
+{
+    float out[VN];
+    ma_answer a = {.v = out};
+    ma_query mq = {.q = q, .route = route, .include_superseded = all};
+    assert_int_equal(ma_session_query(s, &mq, &a), 0);
+    *event = a.event;
+    ma_answer_clear(&a);
+}
+
+static void test_supersession(void **state)
+{
+    (void)state;
+    for (int sel = 0; sel < 2; sel++) {
+        ma_params p = params(2);
+        p.selector = sel ? MA_SELECTOR_INDEX : MA_SELECTOR_CHUNKS;
+        p.window = 40;
+        ma_session *s;
+        assert_int_equal(ma_session_create(&p, &s), 0);
+        events e;
+        make_events(&e, 40, 31);
+        /* The fact "f": version 1 at event 3, version 2 at event 10 (same key: a correction), then two
+         * other slots push it out of the table (capacity 2). */
+        memcpy(e.k + 10 * KN, e.k + 3 * KN, KN * sizeof(float));
+        e.ev[3].slot = e.ev[10].slot = "f";
+        e.ev[3].payload = "\"old\"";
+        e.ev[10].payload = "\"new\"";
+        e.ev[20].slot = "g";
+        e.ev[25].slot = "h";
+        e.ev[30].slot = "gone";
+        e.ev[30].payload = "\"secret\"";
+        ma_ingest_report rep;
+        ingest(s, &e, &rep);
+        assert_int_equal(rep.n_evicted, 2);
+        ma_ingest_report_clear(&rep);
+        const float *q = e.k + 3 * KN;
+        const ma_route routes[] = {MA_ROUTE_SPARSE, MA_ROUTE_FULL, MA_ROUTE_WINDOW, MA_ROUTE_AUTO};
+        for (size_t r = 0; r < 4; r++) {
+            int64_t ev;
+            archive_event(s, q, routes[r], false, &ev);
+            assert_int_equal(ev, 10);
+            archive_event(s, q, routes[r], true, &ev);
+            assert_true(ev == 3 || ev == 10);   /* equal keys: either, but event 3 is attended again */
+        }
+        assert_int_equal(ma_archive_masked(ma_session_archive(s), 3), MA_MASK_SUPERSEDED);
+        assert_int_equal(ma_archive_masked(ma_session_archive(s), 10), 0);
+
+        /* Restoring version 1 makes event 3 live again and supersedes event 10. */
+        ma_slot_result res;
+        assert_int_equal(ma_session_slot_restore(s, "f", 1, 100, &res), 0);
+        assert_int_equal(ma_archive_masked(ma_session_archive(s), 3), 0);
+        assert_int_equal(ma_archive_masked(ma_session_archive(s), 10), MA_MASK_SUPERSEDED);
+
+        /* Forget: the slot's events are never read, not even with include_superseded. */
+        uint64_t *fe;
+        size_t nfe;
+        assert_int_equal(ma_session_slot_forget(s, "gone", &fe, &nfe), 0);
+        assert_int_equal(nfe, 1);
+        assert_int_equal(fe[0], 30);
+        free(fe);
+        for (size_t r = 0; r < 3; r++) {
+            int64_t ev;
+            archive_event(s, e.k + 30 * KN, routes[r], true, &ev);
+            assert_true(ev != 30);
+        }
+        ma_slot_value sv;
+        assert_int_equal(ma_session_slot_read(s, "gone", 1, &sv), MA_ENOVERSION);
+        ma_version_info *vi;
+        size_t nvi;
+        assert_int_equal(ma_session_slot_history(s, "gone", &vi, &nvi), 0);
+        assert_true(vi[0].forgotten && vi[0].tombstone);
+        free(vi);
+
+        /* A restored session derives the same masks from the slot history and answers the same. */
+        void *bb, *sl, *am;
+        size_t bbn, sln, amn;
+        assert_int_equal(ma_backbone_serialize(ma_session_backbone(s), &bb, &bbn), 0);
+        assert_int_equal(ma_session_serialize_slots(s, &sl, &sln), 0);
+        assert_int_equal(ma_archive_serialize_meta(ma_session_archive(s), &am, &amn), 0);
+        src_ctx ctx = {&e, &p, 0};
+        ma_session *rs;
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln, am, amn,
+                                                                    {load_chunk, &ctx}, 2, {load_payload, &ctx}},
+                                            &rs),
+                         0);
+        for (uint64_t i = 0; i < e.n; i++)
+            assert_int_equal(ma_archive_masked(ma_session_archive(rs), i), ma_archive_masked(ma_session_archive(s), i));
+        for (size_t r = 0; r < 4; r++)
+            for (int all = 0; all < 2; all++) {
+                ma_query mq = {.q = q, .route = routes[r], .include_superseded = all};
+                same_answers(s, rs, &mq);
+                mq.q = e.k + 30 * KN;
+                same_answers(s, rs, &mq);
+            }
+        free(bb);
+        free(sl);
+        free(am);
+        ma_session_destroy(rs);
+        free_events(&e);
+        ma_session_destroy(s);
+    }
+}
+
+/* Nothing to attend over is its own error: every event masked. */
+static void test_empty_context(void **state)
+{
+    (void)state;
+    ma_session *s = session(4);
+    events e;
+    make_events(&e, 1, 3);
+    e.ev[0].slot = "only";
+    ma_ingest_report rep;
+    ingest(s, &e, &rep);
+    ma_ingest_report_clear(&rep);
+    uint64_t *fe;
+    size_t nfe;
+    assert_int_equal(ma_session_slot_forget(s, "only", &fe, &nfe), 0);
+    free(fe);
+    float out[VN];
+    ma_answer a = {.v = out};
+    ma_query mq = {.q = e.k, .route = MA_ROUTE_FULL, .include_superseded = true};
+    assert_int_equal(ma_session_query(s, &mq, &a), MA_EEMPTY);
+    mq.route = MA_ROUTE_SPARSE;
+    assert_int_equal(ma_session_query(s, &mq, &a), MA_EEMPTY);
+    free_events(&e);
+    ma_session_destroy(s);
+}
+
 static void test_paged_archive(void **state)
 {
     (void)state;
@@ -797,6 +938,8 @@ int main(void)
         cmocka_unit_test(test_parallel_queries_count_usage),
         cmocka_unit_test(test_serialize_restore),
         cmocka_unit_test(test_paged_archive),
+        cmocka_unit_test(test_supersession),
+        cmocka_unit_test(test_empty_context),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
