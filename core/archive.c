@@ -47,6 +47,7 @@
  * candidates attended exactly, per unit of topk. */
 #define INDEX_PROBES_PER_TOPK     4
 #define INDEX_CANDIDATES_PER_TOPK 4
+#define INDEX_PROBE_FRAC_DIV      160
 
 typedef struct {
     float *k, *v;         /* owned storage, or NULL when the chunk is only in the source */
@@ -689,7 +690,12 @@ static int read_index(const ma_archive *a, const float *q, int topk, ma_read_res
     uint64_t scored = 0;
     if (!ids || !k || !v || !cl)
         goto done;
-    int nprobe = topk > INT_MAX / INDEX_PROBES_PER_TOPK ? INT_MAX : topk * INDEX_PROBES_PER_TOPK;
+    /* Probes: a fraction topk/INDEX_PROBE_FRAC_DIV of the lists (a tenth at the default topk 16), at least
+     * INDEX_PROBES_PER_TOPK·topk. */
+    uint64_t np64 = ((uint64_t)ma_ivf_nlist(a->ivf) * (uint64_t)topk + INDEX_PROBE_FRAC_DIV - 1) / INDEX_PROBE_FRAC_DIV;
+    if (np64 < (uint64_t)topk * INDEX_PROBES_PER_TOPK)
+        np64 = (uint64_t)topk * INDEX_PROBES_PER_TOPK;
+    int nprobe = np64 > INT_MAX ? INT_MAX : (int)np64;
     rc = ma_ivf_search(a->ivf, q, nprobe, budget, ids, &n, &scored);
     if (rc)
         goto done;

@@ -27,6 +27,8 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <time.h>
 
 #include "core/attn.h"
 #include "core/blob.h"
@@ -46,6 +48,34 @@
  * scales[LB·H] (float) and codes[LB·H·hb]. Fixed-size blocks, never reallocated: growing lists (online or
  * at restore) leave no holes in the heap, and the slack is under one block per list. */
 #define LB 128
+/* Sign codes are stored in groups of G events (transposed: one byte position of G events is contiguous),
+ * the unit of the table-lookup kernel. LB is a multiple of G. */
+#define G 32
+/* Where event e of a group keeps its sign-code bytes within a row of G bytes: events 0..15 at the even
+ * positions, 16..31 at the odd ones, so the AVX2 kernel's two 16-bit accumulators (even and odd bytes)
+ * hold events 0..15 and 16..31 in order. */
+static size_t gpos(size_t e)
+{
+    return e < G / 2 ? 2 * e : 2 * (e - G / 2) + 1;
+}
+
+/* The stage-1 buffer holds up to BUF_FACTOR·keep candidates before it is cut back to the best keep. */
+#ifndef BUF_FACTOR
+#define BUF_FACTOR 4
+#endif
+
+/* Lines of each block's group records prefetched (the hardware prefetcher streams the rest). */
+#ifndef PF_LINES
+#define PF_LINES 64
+#endif
+
+/* Lists prefetched ahead of the scan. */
+#ifndef PF_AHEAD
+#define PF_AHEAD 2
+#endif
+
+/* Tests and benches: the portable kernels in place of the AVX2 ones (same integers, so same answers). */
+static int use_generic;
 
 typedef struct {
     unsigned char **blk;
@@ -53,15 +83,34 @@ typedef struct {
     size_t n;
 } ivlist;
 
+/* Where blocks come from: arenas of growing size (16 blocks, doubling up to ARENA_BYTES), the large ones
+ * aligned to and advised as transparent huge pages, blocks carved in order and reused through a free list.
+ * A scan visits the probed lists' blocks, scattered over the index: with 4 KiB pages every block was a TLB
+ * miss (a two-level page walk in a VM), which bound the scan; 2 MiB pages cover the index (~110 MiB at 2M
+ * events) with a few dozen TLB entries. The lists of one build share one pool; a rebuild makes a new pool
+ * and frees the old one with the old lists. */
+#define ARENA_BYTES ((size_t)2 << 20)
+typedef struct {
+    unsigned char **arena;
+    size_t narena, aalloc;
+    unsigned char *cur;     /* next unused block of the newest arena */
+    size_t left;            /* blocks left there */
+    size_t next;            /* blocks of the next arena */
+    unsigned char *freel;   /* returned blocks, linked through their first bytes */
+    size_t bytes;           /* held in arenas */
+} blkpool;
+
 struct ma_ivf {
     int H, d;
     size_t D, hb, cb;  /* floats per key; code bytes per head; code bytes per event */
+    size_t nbp;        /* sign-code bytes per head and event: ceil(d/8) (two nibbles of 4 dimensions each) */
     size_t blk_bytes;  /* one list block */
     uint64_t count;
     uint64_t assigned; /* events [0, assigned) are in lists (a multiple of BLOCK); the rest pending */
     uint32_t nlist;    /* 0 before the first build */
     float *cent;       /* nlist × D unit rows */
     ivlist *lists;
+    blkpool pool;      /* the lists' blocks */
     float *pend;       /* (count − assigned) × D raw keys */
     size_t pend_cap;   /* events */
     uint64_t built_at;
@@ -128,30 +177,57 @@ static void nearest(const float *cent, uint32_t nlist, size_t D, const float *X,
     }
 }
 
-/* The 4-bit code and the scale of one key (all heads). */
-static void encode(const ma_ivf *x, const float *k, float *scale, uint8_t *code)
+/* The 4-bit code and the scale of one head's vector r (d floats; the key's residual, see list_push). */
+static void encode4(const ma_ivf *x, const float *r, float *scale, uint8_t *ch)
 {
-    for (int h = 0; h < x->H; h++) {
-        const float *kh = k + (size_t)h * x->d;
-        uint8_t *ch = code + (size_t)h * x->hb;
-        float m = 0;
-        for (int j = 0; j < x->d; j++)
-            m = fabsf(kh[j]) > m ? fabsf(kh[j]) : m;
-        float inv = m > 0 ? 7.0f / m : 0.0f;
-        scale[h] = m / 7.0f;
-        for (size_t j = 0; j < x->hb; j++) {
-            int lo = 8, hi = 8;
-            if (j < (size_t)x->d) {
-                long u = lrintf(kh[j] * inv);
-                lo = (int)(u < -7 ? -7 : u > 7 ? 7 : u) + 8;
-            }
-            if (j + x->hb < (size_t)x->d) {
-                long u = lrintf(kh[j + x->hb] * inv);
-                hi = (int)(u < -7 ? -7 : u > 7 ? 7 : u) + 8;
-            }
-            ch[j] = (uint8_t)(lo | hi << 4);
+    float m = 0;
+    for (int j = 0; j < x->d; j++)
+        m = fabsf(r[j]) > m ? fabsf(r[j]) : m;
+    float inv = m > 0 ? 7.0f / m : 0.0f;
+    *scale = m / 7.0f;
+    for (size_t j = 0; j < x->hb; j++) {
+        int lo = 8, hi = 8;
+        if (j < (size_t)x->d) {
+            long u = lrintf(r[j] * inv);
+            lo = (int)(u < -7 ? -7 : u > 7 ? 7 : u) + 8;
         }
+        if (j + x->hb < (size_t)x->d) {
+            long u = lrintf(r[j + x->hb] * inv);
+            hi = (int)(u < -7 ? -7 : u > 7 ? 7 : u) + 8;
+        }
+        ch[j] = (uint8_t)(lo | hi << 4);
     }
+}
+
+/* The sign code of one head's vector r (d floats) at byte rows gb[p·G] (its group, head and event), and
+ * its factor |r|^2 / sum_j |r_j|: fac·(q . sign(r)) estimates q . r (exact for a vector of equal
+ * magnitudes; RaBitQ's estimator without the rotation). Bit t of byte p is r_8p+t > 0. */
+static void encode_bits(const ma_ivf *x, const float *r, float *fac, uint8_t *gb)
+{
+    double nn = 0, l1 = 0;
+    for (int j = 0; j < x->d; j++) {
+        nn += (double)r[j] * r[j];
+        l1 += fabs((double)r[j]);
+    }
+    *fac = l1 > 0 ? (float)(nn / l1) : 0.0f;
+    for (size_t p = 0; p < x->nbp; p++) {
+        unsigned v = 0;
+        for (int t = 0; t < 8; t++) {
+            size_t j = 8 * p + (size_t)t;
+            if (j < (size_t)x->d && r[j] > 0)
+                v |= 1u << t;
+        }
+        gb[p * G] = (uint8_t)v;
+    }
+}
+
+/* The norm of head h's slice of centroid row c (what a key's residual is taken against). */
+static double slice_norm(const ma_ivf *x, const float *c)
+{
+    double nn = 0;
+    for (int j = 0; j < x->d; j++)
+        nn += (double)c[j] * c[j];
+    return sqrt(nn);
 }
 
 /* sum_j qlo_j·(c_j & 15) + qhi_j·(c_j >> 4). Written so that GCC vectorises it at -O2 for the common
@@ -227,38 +303,48 @@ static int qcode_make(const ma_ivf *x, const float *q, qcode *qc)
     return 0;
 }
 
-static uint32_t *blk_ids(unsigned char *b) { return (uint32_t *)b; }
-static float *blk_scale(unsigned char *b) { return (float *)(b + LB * sizeof(uint32_t)); }
+/* Block layout: LB/G group records first (what a scan reads, contiguous: per group the sign codes, H·nbp·G
+ * bytes, then G·H factors and G·H alphas), then ids[LB], scales[LB·H], 4-bit codes[LB·cb] (read only for
+ * candidates). */
+static size_t grp_bytes(const ma_ivf *x)
+{
+    return G * (size_t)x->H * (x->nbp + 2 * sizeof(float));
+}
+static uint8_t *grp_bits(const ma_ivf *x, unsigned char *b, size_t g)
+{
+    return b + g * grp_bytes(x);
+}
+static float *grp_fac(const ma_ivf *x, unsigned char *b, size_t g)
+{
+    return (float *)(b + g * grp_bytes(x) + G * (size_t)x->H * x->nbp);
+}
+static float *grp_alpha(const ma_ivf *x, unsigned char *b, size_t g)
+{
+    return grp_fac(x, b, g) + G * (size_t)x->H;
+}
+static uint32_t *blk_ids(const ma_ivf *x, unsigned char *b)
+{
+    return (uint32_t *)(b + LB / G * grp_bytes(x));
+}
+static float *blk_scale(const ma_ivf *x, unsigned char *b)
+{
+    return (float *)(blk_ids(x, b) + LB);
+}
 static uint8_t *blk_codes(const ma_ivf *x, unsigned char *b)
 {
-    return b + LB * (sizeof(uint32_t) + (size_t)x->H * sizeof(float));
+    return (uint8_t *)(blk_scale(x, b) + LB * (size_t)x->H);
 }
 
 #if defined(__AVX2__)
 /* The same integer as dot_32 (exact: no saturation, |products| <= 15·127, pair sums <= 3,810, the two
  * halves' sum <= 7,620 in int16), with vpmaddubsw on 32 code bytes at once. */
-/* Eight int32 partial sums of one event's dot product. */
-static inline __m256i part_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
+static inline int32_t dot_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
 {
     const __m256i mask = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     __m256i b = _mm256_loadu_si256((const __m256i *)c);
     __m256i lo = _mm256_and_si256(b, mask), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
     __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ql), _mm256_maddubs_epi16(hi, qh));
-    return _mm256_madd_epi16(p, ones);
-}
-
-/* The dot products of four consecutive events (32 code bytes each), reduced together. */
-static inline __m128i dot4_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
-{
-    __m256i a = part_32_avx2(c, ql, qh), b = part_32_avx2(c + 32, ql, qh);
-    __m256i e = part_32_avx2(c + 64, ql, qh), d = part_32_avx2(c + 96, ql, qh);
-    __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(e, d));
-    return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-}
-
-static inline int32_t dot_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
-{
-    __m256i w = part_32_avx2(c, ql, qh);
+    __m256i w = _mm256_madd_epi16(p, ones);
     __m128i t = _mm_add_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
     t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
     t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
@@ -266,60 +352,253 @@ static inline int32_t dot_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
 }
 #endif
 
-/* Estimates of q . k for the n events of a list into s, block by block. The integer dot products are
- * exact whichever kernel computes them, so every build answers with the same bits. */
-static void score_list(const ma_ivf *x, const ivlist *l, const qcode *qc, float *s)
+/* The 4-bit estimate of q . k for event r of block b (the second stage: only for candidates). The integer
+ * dot products are exact whichever kernel computes them, so every build answers with the same bits. */
+static float code4_score(const ma_ivf *x, unsigned char *b, size_t r, const qcode *qc, const float *qcent)
 {
-    const int H = x->H;
-    for (size_t b0 = 0; b0 < l->n; b0 += LB) {
-        unsigned char *b = l->blk[b0 / LB];
-        const size_t m = l->n - b0 < LB ? l->n - b0 : LB;
-        const uint8_t *codes = blk_codes(x, b);
-        const float *sc = blk_scale(b);
-        float *out = s + b0;
+    const uint8_t *c = blk_codes(x, b) + r * x->cb;
+    const float *sc = blk_scale(x, b) + r * (size_t)x->H, *al = grp_alpha(x, b, r / G) + r % G * (size_t)x->H;
+    float acc = 0;
+    for (int h = 0; h < x->H; h++) {
+        const uint8_t *ch = c + (size_t)h * x->hb;
+        int32_t dot;
 #if defined(__AVX2__)
-        if (x->hb == 32 && H == 1) {
-            const __m256i ql = _mm256_loadu_si256((const __m256i *)qc->lo8);
-            const __m256i qh = _mm256_loadu_si256((const __m256i *)qc->hi8);
-            const float f = qc->qs[0];
-            const int32_t off = 8 * qc->qsum[0];
-            const __m128i voff = _mm_set1_epi32(off);
-            const __m128 vf = _mm_set1_ps(f);
-            size_t i = 0;
-            /* Four at a time; the same IEEE operations in the same order as the scalar tail. */
-            for (; i + 4 <= m; i += 4) {
-                __m128i dot = _mm_sub_epi32(dot4_32_avx2(codes + i * 32, ql, qh), voff);
-                __m128 v = _mm_mul_ps(_mm_mul_ps(vf, _mm_loadu_ps(sc + i)), _mm_cvtepi32_ps(dot));
-                _mm_storeu_ps(out + i, v);
-            }
-            for (; i < m; i++)
-                out[i] = f * sc[i] * (float)(dot_32_avx2(codes + i * 32, ql, qh) - off);
-            continue;
-        }
+        if (x->hb == 32 && !use_generic)
+            dot = dot_32_avx2(ch, _mm256_loadu_si256((const __m256i *)(qc->lo8 + (size_t)h * 32)),
+                              _mm256_loadu_si256((const __m256i *)(qc->hi8 + (size_t)h * 32)));
+        else
 #endif
-        for (size_t i = 0; i < m; i++) {
-            const uint8_t *c = codes + i * x->cb;
-            float acc = 0;
-            for (int h = 0; h < H; h++) {
-                const uint8_t *ch = c + (size_t)h * x->hb;
-                const int16_t *lo = qc->lo + (size_t)h * x->hb, *hi = qc->hi + (size_t)h * x->hb;
-                int32_t dot;
-#if defined(__AVX2__)
-                if (x->hb == 32)
-                    dot = dot_32_avx2(ch, _mm256_loadu_si256((const __m256i *)(qc->lo8 + (size_t)h * 32)),
-                                      _mm256_loadu_si256((const __m256i *)(qc->hi8 + (size_t)h * 32)));
-                else
-#endif
-                    dot = x->hb == 32 ? dot_32(ch, lo, hi) : dot_generic(ch, lo, hi, x->hb);
-                acc += qc->qs[h] * sc[i * (size_t)H + h] * (float)(dot - 8 * qc->qsum[h]);
-            }
-            out[i] = acc;
+            dot = x->hb == 32 ? dot_32(ch, qc->lo + (size_t)h * 32, qc->hi + (size_t)h * 32)
+                              : dot_generic(ch, qc->lo + (size_t)h * x->hb, qc->hi + (size_t)h * x->hb, x->hb);
+        acc += al[h] * qcent[h] + qc->qs[h] * sc[h] * (float)(dot - 8 * qc->qsum[h]);
+    }
+    return acc;
+}
+
+/* The query against sign codes, per head: a table of 16 entries (one per nibble value) for each of the
+ * 2·nbp nibble positions, lut[n][v] = round((sum_t q_4n+t·(±1 by bit t of v) − b_n) / delta) in 0..255 with
+ * b_n = −sum_t |q_4n+t|; so q_h . sign(k_h) ≈ delta·S + bias, S = sum_n lut[n][nibble n of the code] (exact
+ * in 16 bits: at most 256 positions of 255 for d <= 1024). FAISS's "fast scan" tables (PQ 4-bit), here
+ * over sign bits. */
+typedef struct {
+    uint8_t *lut;   /* H × 2·nbp × 16 */
+    float *delta;   /* H */
+    float *bias;    /* H */
+} qlut;
+
+static void qlut_free(qlut *t)
+{
+    free(t->lut);
+    free(t->delta);
+    free(t->bias);
+}
+
+static int qlut_make(const ma_ivf *x, const float *q, qlut *t)
+{
+    const size_t nn = 2 * x->nbp;
+    t->lut = malloc((size_t)x->H * nn * 16);
+    t->delta = malloc((size_t)x->H * sizeof(float));
+    t->bias = malloc((size_t)x->H * sizeof(float));
+    if (!t->lut || !t->delta || !t->bias) {
+        qlut_free(t);
+        return MA_ENOMEM;
+    }
+    for (int h = 0; h < x->H; h++) {
+        const float *qh = q + (size_t)h * x->d;
+        double range = 0, bias = 0;
+        for (size_t n = 0; n < nn; n++) {
+            double r = 0;
+            for (size_t u = 4 * n; u < 4 * n + 4 && u < (size_t)x->d; u++)
+                r += 2 * fabs((double)qh[u]);
+            range = r > range ? r : range;
         }
+        double delta = range > 0 ? range / 255 : 1;
+        for (size_t n = 0; n < nn; n++) {
+            double bn = 0;
+            for (size_t u = 4 * n; u < 4 * n + 4 && u < (size_t)x->d; u++)
+                bn -= fabs((double)qh[u]);
+            bias += bn;
+            uint8_t *L = t->lut + ((size_t)h * nn + n) * 16;
+            for (int v = 0; v < 16; v++) {
+                double val = 0;
+                for (size_t u = 4 * n; u < 4 * n + 4 && u < (size_t)x->d; u++)
+                    val += (v >> (u - 4 * n) & 1) ? qh[u] : -qh[u];
+                long l = lrint((val - bn) / delta);
+                L[v] = (uint8_t)(l < 0 ? 0 : l > 255 ? 255 : l);
+            }
+        }
+        t->delta[h] = (float)delta;
+        t->bias[h] = (float)bias;
+    }
+    return 0;
+}
+
+/* Benches: CPU time of the three phases of every search of the process (probe selection, sign-code scan,
+ * re-rank and sort) and the events scanned. */
+static int prof_on;
+static double prof_t[3];
+static uint64_t prof_n, prof_ev;
+
+static double prof_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+void ma_ivf_profile(int on, double t[3], uint64_t *searches, uint64_t *events)
+{
+    if (t)
+        memcpy(t, prof_t, sizeof prof_t);
+    if (searches)
+        *searches = prof_n;
+    if (events)
+        *events = prof_ev;
+    memset(prof_t, 0, sizeof prof_t);
+    prof_n = prof_ev = 0;
+    prof_on = on != 0;
+}
+
+void ma_ivf_set_generic_kernels(int on)
+{
+    use_generic = on != 0;
+}
+
+/* S for the G events of one group and one head (gb: its nbp·G bytes, lut: its 2·nbp tables). */
+static void group_sums_generic(const uint8_t *gb, const uint8_t *lut, size_t nbp, uint16_t *S)
+{
+    for (size_t e = 0; e < G; e++) {
+        uint32_t acc = 0;
+        for (size_t p = 0; p < nbp; p++) {
+            uint8_t v = gb[p * G + gpos(e)];
+            acc += (uint32_t)lut[32 * p + (v & 15)] + lut[32 * p + 16 + (v >> 4)];
+        }
+        S[e] = (uint16_t)acc;
     }
 }
 
+#if defined(__AVX2__)
+/* The same integers with vpshufb: 32 table lookups an instruction, sums in 16-bit lanes (even and odd
+ * events apart), exact (no overflow for d <= 1024). */
+static void group_sums_avx2(const uint8_t *gb, const uint8_t *lut, size_t nbp, uint16_t *S)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m8 = _mm256_set1_epi16(0x00ff);
+    __m256i ae = _mm256_setzero_si256(), ao = _mm256_setzero_si256();
+    for (size_t p = 0; p < nbp; p++) {
+        __m256i b = _mm256_loadu_si256((const __m256i *)(gb + p * G));
+        __m256i lo = _mm256_and_si256(b, m4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+        __m256i tl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(lut + 32 * p)));
+        __m256i th = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(lut + 32 * p + 16)));
+        __m256i r1 = _mm256_shuffle_epi8(tl, lo), r2 = _mm256_shuffle_epi8(th, hi);
+        ae = _mm256_add_epi16(ae, _mm256_add_epi16(_mm256_and_si256(r1, m8), _mm256_and_si256(r2, m8)));
+        ao = _mm256_add_epi16(ao, _mm256_add_epi16(_mm256_srli_epi16(r1, 8), _mm256_srli_epi16(r2, 8)));
+    }
+    _mm256_storeu_si256((__m256i *)S, ae);   /* events 0..15 (gpos) */
+    _mm256_storeu_si256((__m256i *)(S + 16), ao);
+}
+#endif
+
+/* Sign-code estimates of q . k for the G events of group g of block b into out: the sum over heads of
+ * alpha·(q_h . u_h) + fac·(delta·S + bias), in this order for every kernel (qcent: q_h . u_h of the list). */
+static void score_group(const ma_ivf *x, unsigned char *b, size_t g, const qlut *t, const float *qcent, float *out)
+{
+    const size_t H = (size_t)x->H, nn = 2 * x->nbp;
+    const uint8_t *grp = grp_bits(x, b, g);
+    const float *fac = grp_fac(x, b, g), *al = grp_alpha(x, b, g);
+    uint16_t S[G];
+    for (size_t h = 0; h < H; h++) {
+#if defined(__AVX2__)
+        if (!use_generic)
+            group_sums_avx2(grp + h * x->nbp * G, t->lut + h * nn * 16, x->nbp, S);
+        else
+#endif
+            group_sums_generic(grp + h * x->nbp * G, t->lut + h * nn * 16, x->nbp, S);
+        const float dl = t->delta[h], bs = t->bias[h], qch = qcent[h];
+        if (H == 1) {
+#if defined(__AVX2__)
+            /* The same operations in the same order as the loop below, 8 events at a time. */
+            const __m256 vd = _mm256_set1_ps(dl), vb = _mm256_set1_ps(bs), vq = _mm256_set1_ps(qch);
+            for (size_t e = 0; e < G; e += 8) {
+                __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(S + e))));
+                __m256 t = _mm256_mul_ps(_mm256_loadu_ps(fac + e), _mm256_add_ps(_mm256_mul_ps(f, vd), vb));
+                _mm256_storeu_ps(out + e, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(al + e), vq), t));
+            }
+#else
+            for (size_t e = 0; e < G; e++)
+                out[e] = al[e] * qch + fac[e] * ((float)S[e] * dl + bs);
+#endif
+        }
+        else if (h == 0)
+            for (size_t e = 0; e < G; e++)
+                out[e] = al[e * H] * qch + fac[e * H] * ((float)S[e] * dl + bs);
+        else
+            for (size_t e = 0; e < G; e++)
+                out[e] = out[e] + (al[e * H + h] * qch + fac[e * H + h] * ((float)S[e] * dl + bs));
+    }
+}
+
+/* A zeroed block (a group's unused sign codes are read by the scan), or NULL. */
+static unsigned char *pool_get(const ma_ivf *x, blkpool *p)
+{
+    unsigned char *b;
+    if (p->freel) {
+        b = p->freel;
+        memcpy(&p->freel, b, sizeof p->freel);
+        memset(b, 0, x->blk_bytes);
+        return b;
+    }
+    if (p->left == 0) {
+        if (p->narena == p->aalloc) {
+            size_t na = p->aalloc ? 2 * p->aalloc : 8;
+            unsigned char **a = realloc(p->arena, na * sizeof *a);
+            if (!a)
+                return NULL;
+            p->arena = a;
+            p->aalloc = na;
+        }
+        size_t nb = p->next ? p->next : 16, bytes = nb * x->blk_bytes;
+        unsigned char *a;
+        if (bytes >= ARENA_BYTES) {
+            bytes = (bytes + ARENA_BYTES - 1) / ARENA_BYTES * ARENA_BYTES;
+            nb = bytes / x->blk_bytes;
+            a = aligned_alloc(ARENA_BYTES, bytes);
+            if (a) {
+                (void)madvise(a, bytes, MADV_HUGEPAGE);   /* advice only: fine if refused */
+                memset(a, 0, bytes);
+            }
+        } else {
+            a = calloc(1, bytes);
+        }
+        if (!a)
+            return NULL;
+        p->arena[p->narena++] = a;
+        p->cur = a;
+        p->left = nb;
+        p->bytes += bytes;
+        p->next = nb * x->blk_bytes < ARENA_BYTES ? 2 * nb : nb;
+    }
+    b = p->cur;
+    p->cur += x->blk_bytes;
+    p->left--;
+    return b;
+}
+
+static void pool_put(blkpool *p, unsigned char *b)
+{
+    memcpy(b, &p->freel, sizeof p->freel);
+    p->freel = b;
+}
+
+static void pool_free(blkpool *p)
+{
+    for (size_t i = 0; i < p->narena; i++)
+        free(p->arena[i]);
+    free(p->arena);
+    memset(p, 0, sizeof *p);
+}
+
 /* Ensures blocks for `need` events. MA_ENOMEM leaves the list valid (maybe with a spare block). */
-static int list_reserve(const ma_ivf *x, ivlist *l, size_t need)
+static int list_reserve(const ma_ivf *x, blkpool *pool, ivlist *l, size_t need)
 {
     while (l->nblk * LB < need) {
         if (l->nblk == l->blk_alloc) {
@@ -330,7 +609,7 @@ static int list_reserve(const ma_ivf *x, ivlist *l, size_t need)
             l->blk = p;
             l->blk_alloc = na;
         }
-        unsigned char *b = malloc(x->blk_bytes);
+        unsigned char *b = pool_get(x, pool);
         if (!b)
             return MA_ENOMEM;
         l->blk[l->nblk++] = b;
@@ -338,24 +617,42 @@ static int list_reserve(const ma_ivf *x, ivlist *l, size_t need)
     return 0;
 }
 
-/* Appends event id (key k) to list l, which has room. */
-static void list_push(const ma_ivf *x, ivlist *l, uint64_t id, const float *k)
+/* Appends event id (key k) to list l (centroid row cent), which has room. Per head h the key is split
+ * into alpha·u + r, u the unit direction of the centroid's slice h and r orthogonal to it; alpha is kept
+ * as a float and r is coded twice (sign bits and 4 bits), so the codes spend no precision on what the
+ * list's events share (a dominant direction, a cluster's centre). */
+static void list_push(const ma_ivf *x, ivlist *l, const float *cent, uint64_t id, const float *k)
 {
     unsigned char *b = l->blk[l->n / LB];
     size_t r = l->n % LB;
-    blk_ids(b)[r] = (uint32_t)id;
-    encode(x, k, blk_scale(b) + r * (size_t)x->H, blk_codes(x, b) + r * x->cb);
+    const size_t H = (size_t)x->H, d = (size_t)x->d;
+    float res[MA_IVF_MAX_D];
+    blk_ids(x, b)[r] = (uint32_t)id;
+    for (size_t h = 0; h < H; h++) {
+        const float *kh = k + h * d, *ch = cent + h * d;
+        double nc = slice_norm(x, ch), al = 0;
+        if (nc > 0) {
+            for (size_t j = 0; j < d; j++)
+                al += (double)kh[j] * ch[j];
+            al /= nc;
+        }
+        for (size_t j = 0; j < d; j++)
+            res[j] = nc > 0 ? (float)(kh[j] - al * ch[j] / nc) : kh[j];
+        grp_alpha(x, b, r / G)[r % G * H + h] = (float)al;
+        encode4(x, res, blk_scale(x, b) + r * H + h, blk_codes(x, b) + r * x->cb + h * x->hb);
+        encode_bits(x, res, grp_fac(x, b, r / G) + r % G * H + h, grp_bits(x, b, r / G) + h * x->nbp * G + gpos(r % G));
+    }
     l->n++;
 }
 
-/* Frees spare blocks (left by a failed add) and spare block pointers. */
-static void shrink(ivlist *lists, uint32_t nlist)
+/* Returns spare blocks (left by a failed add) to the pool and frees spare block pointers. */
+static void shrink(blkpool *pool, ivlist *lists, uint32_t nlist)
 {
     for (uint32_t c = 0; c < nlist; c++) {
         ivlist *l = &lists[c];
         size_t need = (l->n + LB - 1) / LB;
         while (l->nblk > need)
-            free(l->blk[--l->nblk]);
+            pool_put(pool, l->blk[--l->nblk]);
         if (l->blk_alloc > l->nblk && l->nblk) {
             unsigned char **p = realloc(l->blk, l->nblk * sizeof *p);
             if (p) {
@@ -368,18 +665,16 @@ static void shrink(ivlist *lists, uint32_t nlist)
 
 void ma_ivf_shrink(ma_ivf *x)
 {
-    shrink(x->lists, x->nlist);
+    shrink(&x->pool, x->lists, x->nlist);
 }
 
+/* Frees the lists' block tables (the blocks belong to their pool). */
 static void lists_free(ivlist *l, uint32_t n)
 {
     if (!l)
         return;
-    for (uint32_t i = 0; i < n; i++) {
-        for (size_t b = 0; b < l[i].nblk; b++)
-            free(l[i].blk[b]);
+    for (uint32_t i = 0; i < n; i++)
         free(l[i].blk);
-    }
     free(l);
 }
 
@@ -395,13 +690,14 @@ static ma_ivf *alloc_ivf(int H, int d)
     x->D = (size_t)H * d;
     x->hb = ((size_t)d + 1) / 2;
     x->cb = (size_t)H * x->hb;
-    x->blk_bytes = LB * (sizeof(uint32_t) + (size_t)H * sizeof(float) + x->cb);
+    x->nbp = ((size_t)d + 7) / 8;
+    x->blk_bytes = LB * (sizeof(uint32_t) + 3 * (size_t)H * sizeof(float) + x->cb + (size_t)H * x->nbp);
     return x;
 }
 
 int ma_ivf_create(int H, int d, ma_ivf **out)
 {
-    if (H < 1 || d < 1 || !out)
+    if (H < 1 || d < 1 || d > MA_IVF_MAX_D || !out)
         return MA_EINVAL;
     ma_ivf *x = alloc_ivf(H, d);
     if (!x)
@@ -415,6 +711,7 @@ void ma_ivf_destroy(ma_ivf *x)
     if (!x)
         return;
     lists_free(x->lists, x->nlist);
+    pool_free(&x->pool);
     free(x->cent);
     free(x->pend);
     free(x);
@@ -439,8 +736,8 @@ size_t ma_ivf_bytes(const ma_ivf *x)
 {
     size_t b = sizeof *x + (size_t)x->nlist * (sizeof(ivlist) + x->D * sizeof(float));
     for (uint32_t i = 0; i < x->nlist; i++)
-        b += x->lists[i].nblk * x->blk_bytes + x->lists[i].blk_alloc * sizeof(unsigned char *);
-    return b + x->pend_cap * x->D * sizeof(float);
+        b += x->lists[i].blk_alloc * sizeof(unsigned char *);
+    return b + x->pool.bytes + x->pool.aalloc * sizeof(unsigned char *) + x->pend_cap * x->D * sizeof(float);
 }
 
 /* ---- add ------------------------------------------------------------------------------------- */
@@ -487,10 +784,10 @@ int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
         for (size_t i = 0; i < nb * BLOCK; i++)
             extra[asg[i]]++;
         for (uint32_t c = 0; c < x->nlist; c++)
-            if (extra[c] && list_reserve(x, &x->lists[c], x->lists[c].n + extra[c]) != 0)
+            if (extra[c] && list_reserve(x, &x->pool, &x->lists[c], x->lists[c].n + extra[c]) != 0)
                 goto done;
         for (size_t i = 0; i < nb * BLOCK; i++)
-            list_push(x, &x->lists[asg[i]], x->assigned + i, x->pend + i * D);
+            list_push(x, &x->lists[asg[i]], x->cent + (size_t)asg[i] * D, x->assigned + i, x->pend + i * D);
         memmove(x->pend, x->pend + nb * BLOCK * D, (np + n - nb * BLOCK) * D * sizeof(float));
         x->assigned += nb * BLOCK;
     }
@@ -583,7 +880,7 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
     if (T == 0)
         return 0;
     const size_t D = x->D;
-    uint32_t nlist = (uint32_t)llround(sqrt((double)T));
+    uint32_t nlist = (uint32_t)llround(MA_IVF_LISTS_PER_SQRT * sqrt((double)T));
     if (nlist < 1)
         nlist = 1;
     size_t m = (size_t)nlist * MA_IVF_TRAIN_PER_LIST;
@@ -601,6 +898,7 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
     uint32_t *ba = malloc(BLOCK * sizeof *ba);
     float *pend = malloc((np > PEND_MIN ? np : PEND_MIN) * D * sizeof(float));
     ivlist *nl = calloc(nlist, sizeof *nl);
+    blkpool npool = {0};
     if (!X || !cent || !B || !Bd || !S || !ba || !pend || !nl)
         goto fail;
 
@@ -635,14 +933,17 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
         rc = MA_ENOMEM;
         for (size_t i = 0; i < BLOCK; i++) {
             ivlist *l = &nl[ba[i]];
-            if (list_reserve(x, l, l->n + 1) != 0)
+            if (list_reserve(x, &npool, l, l->n + 1) != 0)
                 goto fail;
-            list_push(x, l, first + i, B + i * D);
+            list_push(x, l, cent + (size_t)ba[i] * D, first + i, B + i * D);
         }
     }
-    shrink(nl, nlist);
+    shrink(&npool, nl, nlist);
 
     lists_free(x->lists, x->nlist);
+    pool_free(&x->pool);
+    x->pool = npool;
+    memset(&npool, 0, sizeof npool);
     free(x->cent);
     free(x->pend);
     x->lists = nl;
@@ -659,6 +960,7 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
     rc = 0;
 fail:
     lists_free(nl, nlist);
+    pool_free(&npool);
     free(X);
     free(cent);
     free(B);
@@ -701,10 +1003,14 @@ static int sort_ids(uint64_t *a, size_t n)
     return 0;
 }
 
-/* A search candidate: its score, its position in probe order (for ties) and its id. */
+/* A search candidate: its score, its position in probe order (for ties), where its codes are (blk NULL: a
+ * pending event, scored exactly, id assigned + r) and the index of its list in probe order. The id is read
+ * only for the final candidates: reading it at every insertion was a cache miss each. */
 typedef struct {
     float s;
-    uint64_t pos, id;
+    uint32_t pos;      /* < 2^32: ids are 32-bit */
+    uint32_t r, pi;    /* row in the block (or pending index); index in probe order */
+    unsigned char *blk;
 } cand;
 
 /* a ranks below b: lower score, or equal score and later position. */
@@ -743,6 +1049,80 @@ static void heap_put(cand *h, size_t *n, size_t cap, cand c)
     h[i] = c;
 }
 
+/* The k-th largest of the n floats v (reorders v; 1 <= k <= n): quickselect, median-of-three pivot. */
+static float kth_largest(float *v, size_t n, size_t k)
+{
+    size_t lo = 0, hi = n, want = k - 1;   /* position of the answer in descending order */
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        float a = v[lo], b = v[mid], c = v[hi - 1];
+        float pv = a > b ? (b > c ? b : a > c ? c : a) : (a > c ? a : b > c ? c : b);
+        /* Three-way partition (> pv, == pv, < pv) in two branchless passes (a branch per element was
+         * mispredicted half the time). */
+        size_t lt = lo, gt;
+        for (size_t i = lo; i < hi; i++) {
+            float t = v[i];
+            v[i] = v[lt];
+            v[lt] = t;
+            lt += t > pv;
+        }
+        gt = lt;
+        for (size_t i = lt; i < hi; i++) {
+            float t = v[i];
+            v[i] = v[gt];
+            v[gt] = t;
+            gt += t == pv;
+        }
+        if (want < lt)
+            hi = lt;
+        else if (want >= gt)
+            lo = gt;
+        else
+            return pv;
+    }
+    return v[lo];
+}
+
+/* Keeps the best k of the n candidates c (in position order, which it preserves), best meaning a higher
+ * score, or an equal score and an earlier position; returns the k-th best score. tmp: n floats. */
+static float compact(cand *c, size_t *n, size_t k, float *tmp)
+{
+    for (size_t i = 0; i < *n; i++)
+        tmp[i] = c[i].s;
+    float t = kth_largest(tmp, *n, k);
+    size_t above = 0;
+    for (size_t i = 0; i < *n; i++)
+        above += c[i].s > t;
+    size_t ties = k - above, m = 0;
+    for (size_t i = 0; i < *n; i++)
+        if (c[i].s > t || (c[i].s == t && ties && ties--))
+            c[m++] = c[i];
+    *n = k;
+    return t;
+}
+
+/* q_h . u for the unit direction u of a centroid's head slice c (d floats), in float with 8 lanes. */
+static float slice_dot(const float *c, const float *q, size_t d)
+{
+    float a[8] = {0}, b[8] = {0};
+    size_t j = 0;
+    for (; j + 8 <= d; j += 8)
+        for (int l = 0; l < 8; l++) {
+            a[l] += q[j + l] * c[j + l];
+            b[l] += c[j + l] * c[j + l];
+        }
+    for (; j < d; j++) {
+        a[0] += q[j] * c[j];
+        b[0] += c[j] * c[j];
+    }
+    float dot = 0, nn = 0;
+    for (int l = 0; l < 8; l++) {
+        dot += a[l];
+        nn += b[l];
+    }
+    return nn > 0 ? dot / sqrtf(nn) : 0.0f;
+}
+
 int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, uint64_t *ids, size_t *n_ids,
                   uint64_t *scored)
 {
@@ -754,10 +1134,12 @@ int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, u
     float *qd = malloc(D * sizeof(float));
     float *cs = malloc(((size_t)x->nlist + 1) * sizeof(float));
     size_t *probe = malloc((np + 1) * sizeof *probe);
-    float *s = NULL;
-    cand *heap = NULL;
+    float *s = NULL, *qcent = NULL, *ctmp = NULL;
+    cand *heap = NULL, *fin = NULL;
     qcode qc = {0};
-    if (!qd || !cs || !probe || qcode_make(x, q, &qc) != 0)
+    qlut qt = {0};
+    double t0 = prof_on ? prof_now() : 0, t1 = 0, t2 = 0;
+    if (!qd || !cs || !probe || qcode_make(x, q, &qc) != 0 || qlut_make(x, q, &qt) != 0)
         goto done;
 
     size_t got = 0;
@@ -772,56 +1154,143 @@ int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, u
             goto done;
     }
 
-    /* Scores list by list into s, each fed to a bounded heap of the best max_ids (ties: the earlier
-     * position in probe order, then the pending events), so no array of every probed score is kept. */
+    /* Stage 1: the probed lists' sign codes, group by group, into a bounded heap of the best keep1 (ties:
+     * the earlier position in probe order, then the pending events, scored exactly). */
     const size_t npend = (size_t)(x->count - x->assigned);
-    size_t total = npend, longest = npend;
-    for (size_t i = 0; i < got; i++) {
+    size_t total = npend;
+    for (size_t i = 0; i < got; i++)
         total += x->lists[probe[i]].n;
-        if (x->lists[probe[i]].n > longest)
-            longest = x->lists[probe[i]].n;
-    }
     size_t keep = max_ids < total ? max_ids : total;
-    s = malloc((longest ? longest : 1) * sizeof(float));
-    heap = malloc((keep ? keep : 1) * sizeof *heap);
-    if (!s || !heap)
+    size_t keep1 = max_ids > SIZE_MAX / MA_IVF_RERANK ? SIZE_MAX : max_ids * MA_IVF_RERANK;
+    if (keep1 > total)
+        keep1 = total;
+    s = malloc((npend > G ? npend : G) * sizeof(float));
+    qcent = malloc((got ? got : 1) * (size_t)x->H * sizeof(float));
+    heap = malloc((BUF_FACTOR * keep1 + G + 1) * sizeof *heap);   /* the stage-1 buffer */
+    ctmp = malloc((BUF_FACTOR * keep1 + G + 1) * sizeof *ctmp);
+    fin = malloc((keep ? keep : 1) * sizeof *fin);
+    if (!s || !qcent || !heap || !ctmp || !fin)
         goto done;
+    /* q_h . u_h for every probed list: the part of the estimates the residual codes leave out. */
+    for (size_t i = 0; i < got; i++)
+        for (int h = 0; h < x->H; h++)
+            qcent[i * (size_t)x->H + (size_t)h] =
+                slice_dot(x->cent + probe[i] * D + (size_t)h * x->d, q + (size_t)h * x->d, (size_t)x->d);
     size_t n = 0;
     uint64_t pos = 0;
-    for (size_t i = 0; i <= got; i++) {
-        size_t m;
-        const ivlist *l = i < got ? &x->lists[probe[i]] : NULL;
-        if (l) {
-            score_list(x, l, &qc, s);
-            m = l->n;
-        } else {
-            m = npend;
-            if (m)
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)m, (int)D, 1.0f, x->pend, (int)D, q, 1, 0.0f, s, 1);
+    float thr = -INFINITY;   /* nothing at or below it can enter (valid once n >= keep1) */
+    if (prof_on)
+        t1 = prof_now();
+    /* The scan is bound by memory latency (lists are chains of separately allocated blocks): the probed
+     * lists' headers and block tables are requested up front, and every block of list i + PF_AHEAD while
+     * list i is scanned. */
+    const size_t rec = LB / G * grp_bytes(x);
+    for (size_t i = 0; i < got; i++)
+        __builtin_prefetch(&x->lists[probe[i]]);
+    for (size_t i = 0; i < got; i++)
+        __builtin_prefetch(x->lists[probe[i]].blk);
+    for (size_t i = 0; i < got && keep1; i++) {
+        const ivlist *l = &x->lists[probe[i]];
+        if (i + PF_AHEAD < got) {
+            const ivlist *pl = &x->lists[probe[i + PF_AHEAD]];
+            for (size_t b = 0; b < pl->nblk; b++)
+                for (size_t o = 0; o < rec && o < PF_LINES * 64; o += 64)
+                    __builtin_prefetch(pl->blk[b] + o);
         }
-        for (size_t j = 0; j < m && keep; j++, pos++) {
-            cand c = {isnan(s[j]) ? -INFINITY : s[j], pos, 0};
-            if (n == keep && !worse(&heap[0], &c))
-                continue;
-            c.id = l ? blk_ids(l->blk[j / LB])[j % LB] : x->assigned + j;
-            heap_put(heap, &n, keep, c);
+        for (size_t b0 = 0; b0 < l->n; b0 += LB) {
+            unsigned char *blk = l->blk[b0 / LB];
+            const size_t m = l->n - b0 < LB ? l->n - b0 : LB;
+            for (size_t g0 = 0; g0 < m; g0 += G) {
+                score_group(x, blk, g0 / G, &qt, qcent + i * (size_t)x->H, s);
+                const size_t mg = m - g0 < G ? m - g0 : G;
+                /* Candidates above the threshold (the keep1-th best so far once the buffer has been
+                 * compacted; a later position loses ties) go to the buffer, compacted when full; the
+                 * test is a bit mask over the group, the buffer written only for its set bits (a branch
+                 * per event mispredicted often). Before the buffer holds keep1, every event enters
+                 * (a NaN as -inf). */
+                uint32_t mask = 0;
+                if (n < keep1) {
+                    mask = mg == G ? 0xffffffffu : (1u << mg) - 1;
+                } else {
+                    for (size_t j = 0; j < G; j++)
+                        mask |= (uint32_t)(s[j] > thr) << j;
+                    if (mg < G)
+                        mask &= (1u << mg) - 1;
+                }
+                while (mask) {
+                    unsigned j = (unsigned)__builtin_ctz(mask);
+                    mask &= mask - 1;
+                    heap[n++] = (cand){isnan(s[j]) ? -INFINITY : s[j], (uint32_t)(pos + j), (uint32_t)(g0 + j),
+                                       (uint32_t)i, blk};
+                }
+                pos += mg;
+                if (n >= BUF_FACTOR * keep1)
+                    thr = compact(heap, &n, keep1, ctmp);
+            }
         }
     }
+    if (npend && keep1) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)npend, (int)D, 1.0f, x->pend, (int)D, q, 1, 0.0f, s, 1);
+        for (size_t j = 0; j < npend; j++, pos++) {
+            float v = isnan(s[j]) ? -INFINITY : s[j];
+            if (!(v > thr) && n >= keep1)
+                continue;
+            heap[n++] = (cand){v, (uint32_t)pos, (uint32_t)j, 0, NULL};
+            if (n >= BUF_FACTOR * keep1)
+                thr = compact(heap, &n, keep1, ctmp);
+        }
+    }
+    if (n > keep1)
+        (void)compact(heap, &n, keep1, ctmp);
+
+    /* Stage 2: the candidates re-ranked by their 4-bit codes (pending ones keep their exact score). */
+    if (prof_on)
+        t2 = prof_now();
+    size_t nf = 0;
     for (size_t i = 0; i < n; i++)
-        ids[i] = heap[i].id;
-    if (sort_ids(ids, n) != 0)
+        if (heap[i].blk) {
+            __builtin_prefetch(blk_codes(x, heap[i].blk) + heap[i].r * x->cb);
+            __builtin_prefetch(blk_ids(x, heap[i].blk) + heap[i].r);
+            __builtin_prefetch(grp_alpha(x, heap[i].blk, heap[i].r / G) + heap[i].r % G * (size_t)x->H);
+            __builtin_prefetch(blk_scale(x, heap[i].blk) + heap[i].r * (size_t)x->H);
+        }
+    for (size_t i = 0; i < n; i++) {
+        cand c = heap[i];
+        if (c.blk) {
+            float v = code4_score(x, c.blk, c.r, &qc, qcent + (size_t)c.pi * (size_t)x->H);
+            c.s = isnan(v) ? -INFINITY : v;
+        }
+        if (nf == keep && !worse(&fin[0], &c))
+            continue;
+        heap_put(fin, &nf, keep, c);
+    }
+    for (size_t i = 0; i < nf; i++)
+        ids[i] = fin[i].blk ? blk_ids(x, fin[i].blk)[fin[i].r] : x->assigned + fin[i].r;
+    if (sort_ids(ids, nf) != 0)
         goto done;
-    *n_ids = n;
+    *n_ids = nf;
     if (scored)
         *scored = total;
+    if (prof_on) {
+        double t3 = prof_now();
+        prof_t[0] += t1 - t0;
+        prof_t[1] += t2 - t1;
+        prof_t[2] += t3 - t2;
+        prof_n++;
+        prof_ev += total;
+    }
     rc = 0;
 done:
     qcode_free(&qc);
+    qlut_free(&qt);
     free(qd);
     free(cs);
     free(probe);
     free(s);
+    free(qcent);
+    free(ctmp);
     free(heap);
+    free(fin);
     return rc;
 }
 

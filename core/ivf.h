@@ -33,9 +33,14 @@
 #include <stdint.h>
 
 #define MA_IVF_MIN_BUILD       1024
-#define MA_IVF_TRAIN_PER_LIST  64
+#define MA_IVF_LISTS_PER_SQRT  2      /* nlist = round(2·sqrt(n)) */
+#define MA_IVF_TRAIN_PER_LIST  32
+#ifndef MA_IVF_RERANK
+#define MA_IVF_RERANK          8      /* sign-code candidates re-ranked by 4-bit codes, per id wanted */
+#endif
 #define MA_IVF_ITERS           8
 #define MA_IVF_BLOCK           1024
+#define MA_IVF_MAX_D           1024   /* largest d (MA_MAX_DIM) */
 
 typedef struct ma_ivf ma_ivf;
 
@@ -63,6 +68,16 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx);
  * their number and *scored (if not NULL) the number of events scored. 0 or MA_ENOMEM. */
 int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, uint64_t *ids, size_t *n_ids,
                   uint64_t *scored);
+
+/* Tests and benches: on != 0 makes every index of the process score with the portable kernels instead of
+ * the AVX2 ones (they compute the same integers: answers do not change). Not thread-safe against searches. */
+void ma_ivf_set_generic_kernels(int on);
+
+/* Benches: returns (and resets) the CPU seconds all searches of the process spent selecting the probes
+ * (query tables, centroid scores, top lists), scanning sign codes, and re-ranking (4-bit codes, sort), the
+ * searches and the events scanned since the last call, and switches the accounting on or off. Any
+ * argument may be NULL. Not thread-safe; for single-threaded benches only. */
+void ma_ivf_profile(int on, double t[3], uint64_t *searches, uint64_t *events);
 
 /* Frees the lists' spare capacity (after a bulk add, e.g. a restore). Never fails. */
 void ma_ivf_shrink(ma_ivf *x);

@@ -157,7 +157,7 @@ static void test_rebuild_schedule(void **state)
     assert_int_equal(ma_ivf_create(0, d, &x), MA_EINVAL);
     assert_int_equal(ma_ivf_create(1, d, &x), 0);
     const struct { size_t upto; uint32_t nlist, builds; } steps[] = {
-        {1023, 0, 0}, {1024, 32, 1}, {2047, 32, 1}, {2048, 45, 2}, {4095, 45, 2}, {4096, 64, 3}, {4200, 64, 3},
+        {1023, 0, 0}, {1024, 64, 1}, {2047, 64, 1}, {2048, 91, 2}, {4095, 91, 2}, {4096, 128, 3}, {4200, 128, 3},
     };
     size_t have = 0;
     for (size_t i = 0; i < sizeof steps / sizeof *steps; i++) {
@@ -166,11 +166,12 @@ static void test_rebuild_schedule(void **state)
         assert_int_equal(ma_ivf_nlist(x), steps[i].nlist);
         assert_int_equal(ma_ivf_builds(x), steps[i].builds);
     }
-    /* 4,096 events in lists (id, scale, 4 code bytes each) in blocks of 128 (at most one partly used block
-     * per list), 104 pending (raw keys, room for at most 1,024), 64 centroids. */
-    size_t b = ma_ivf_bytes(x), per = 4 + 4 + 4;
-    assert_true(b >= 4096 * per + 104 * d * sizeof(float) + 64 * d * sizeof(float));
-    assert_true(b <= (4096 / 128 + 64) * 128 * per + (1024 + 64) * d * sizeof(float) + 64 * 64 + 1024);
+    /* 4,096 events in lists (id, scale, 4 code bytes, alpha, sign-code factor and 1 sign byte each) in
+     * blocks of 128 (at most one partly used block per list) carved from arenas that at most double what
+     * is used, 104 pending (raw keys, room for at most 1,024), 128 centroids. */
+    size_t b = ma_ivf_bytes(x), per = 4 + 4 + 4 + 4 + 4 + 1;
+    assert_true(b >= 4096 * per + 104 * d * sizeof(float) + 128 * d * sizeof(float));
+    assert_true(b <= 2 * (4096 / 128 + 128) * 128 * per + (1024 + 128) * d * sizeof(float) + 128 * 64 + 4096);
     assert_int_equal(ma_ivf_add(x, 0, NULL), 0);
     ma_ivf_destroy(x);
     ma_ivf_destroy(NULL);
@@ -377,11 +378,11 @@ static void test_explicit_rebuild(void **state)
     assert_int_equal(ma_ivf_builds(x), 0);
     src.fail_at = -1;
     assert_int_equal(ma_ivf_rebuild(x, load_keys, &src), 0);
-    assert_int_equal(ma_ivf_nlist(x), 46);  /* round(sqrt(2100)) */
+    assert_int_equal(ma_ivf_nlist(x), 92);  /* round(2·sqrt(2100)) */
     assert_int_equal(ma_ivf_want_rebuild(x), 0);
     uint64_t *ids = malloc(n * sizeof *ids), scored;
     size_t got;
-    assert_int_equal(ma_ivf_search(x, k, 46, n, ids, &got, &scored), 0);
+    assert_int_equal(ma_ivf_search(x, k, 92, n, ids, &got, &scored), 0);
     assert_int_equal(got, n);
     for (size_t i = 0; i < n; i++)
         assert_int_equal(ids[i], i);
