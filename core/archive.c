@@ -47,7 +47,9 @@
  * candidates attended exactly, per unit of topk. */
 #define INDEX_PROBES_PER_TOPK     4
 #define INDEX_CANDIDATES_PER_TOPK 4
+#ifndef INDEX_PROBE_FRAC_DIV
 #define INDEX_PROBE_FRAC_DIV      160
+#endif
 
 typedef struct {
     float *k, *v;         /* owned storage, or NULL when the chunk is only in the source */

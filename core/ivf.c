@@ -35,8 +35,12 @@
 #include "core/error.h"
 #include "core/hash.h"
 
-#if defined(__AVX2__)
+/* The AVX2 kernels are compiled for x86-64 whatever the build's -march (target attribute) and chosen at
+ * run time, so every build, the sanitizer build of the tests included, runs and checks them. */
+#if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+#define HAVE_AVX2_KERNELS 1
+#define AVX2_FN __attribute__((target("avx2")))
 #endif
 
 #define BLOCK MA_IVF_BLOCK
@@ -47,7 +51,7 @@
 /* A list is a sequence of fixed-size blocks of LB events, each one allocation holding ids[LB] (u32),
  * scales[LB·H] (float) and codes[LB·H·hb]. Fixed-size blocks, never reallocated: growing lists (online or
  * at restore) leave no holes in the heap, and the slack is under one block per list. */
-#define LB 128
+#define LB 32
 /* Sign codes are stored in groups of G events (transposed: one byte position of G events is contiguous),
  * the unit of the table-lookup kernel. LB is a multiple of G. */
 #define G 32
@@ -335,12 +339,13 @@ static uint8_t *blk_codes(const ma_ivf *x, unsigned char *b)
     return (uint8_t *)(blk_scale(x, b) + LB * (size_t)x->H);
 }
 
-#if defined(__AVX2__)
+#if defined(HAVE_AVX2_KERNELS)
 /* The same integer as dot_32 (exact: no saturation, |products| <= 15·127, pair sums <= 3,810, the two
  * halves' sum <= 7,620 in int16), with vpmaddubsw on 32 code bytes at once. */
-static inline int32_t dot_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
+AVX2_FN static int32_t dot_32_avx2(const uint8_t *c, const int8_t *q_lo, const int8_t *q_hi)
 {
     const __m256i mask = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const __m256i ql = _mm256_loadu_si256((const __m256i *)q_lo), qh = _mm256_loadu_si256((const __m256i *)q_hi);
     __m256i b = _mm256_loadu_si256((const __m256i *)c);
     __m256i lo = _mm256_and_si256(b, mask), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
     __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ql), _mm256_maddubs_epi16(hi, qh));
@@ -352,20 +357,30 @@ static inline int32_t dot_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
 }
 #endif
 
+/* Whether the AVX2 kernels run: the CPU has AVX2 and no test asked for the portable ones. */
+static int use_avx2(void)
+{
+#if defined(HAVE_AVX2_KERNELS)
+    return !use_generic && __builtin_cpu_supports("avx2");
+#else
+    return 0;
+#endif
+}
+
 /* The 4-bit estimate of q . k for event r of block b (the second stage: only for candidates). The integer
  * dot products are exact whichever kernel computes them, so every build answers with the same bits. */
 static float code4_score(const ma_ivf *x, unsigned char *b, size_t r, const qcode *qc, const float *qcent)
 {
     const uint8_t *c = blk_codes(x, b) + r * x->cb;
     const float *sc = blk_scale(x, b) + r * (size_t)x->H, *al = grp_alpha(x, b, r / G) + r % G * (size_t)x->H;
+    const int avx2 = use_avx2();
     float acc = 0;
     for (int h = 0; h < x->H; h++) {
         const uint8_t *ch = c + (size_t)h * x->hb;
         int32_t dot;
-#if defined(__AVX2__)
-        if (x->hb == 32 && !use_generic)
-            dot = dot_32_avx2(ch, _mm256_loadu_si256((const __m256i *)(qc->lo8 + (size_t)h * 32)),
-                              _mm256_loadu_si256((const __m256i *)(qc->hi8 + (size_t)h * 32)));
+#if defined(HAVE_AVX2_KERNELS)
+        if (x->hb == 32 && avx2)
+            dot = dot_32_avx2(ch, qc->lo8 + (size_t)h * 32, qc->hi8 + (size_t)h * 32);
         else
 #endif
             dot = x->hb == 32 ? dot_32(ch, qc->lo + (size_t)h * 32, qc->hi + (size_t)h * 32)
@@ -477,10 +492,10 @@ static void group_sums_generic(const uint8_t *gb, const uint8_t *lut, size_t nbp
     }
 }
 
-#if defined(__AVX2__)
+#if defined(HAVE_AVX2_KERNELS)
 /* The same integers with vpshufb: 32 table lookups an instruction, sums in 16-bit lanes (even and odd
  * events apart), exact (no overflow for d <= 1024). */
-static void group_sums_avx2(const uint8_t *gb, const uint8_t *lut, size_t nbp, uint16_t *S)
+AVX2_FN static void group_sums_avx2(const uint8_t *gb, const uint8_t *lut, size_t nbp, uint16_t *S)
 {
     const __m256i m4 = _mm256_set1_epi8(0x0f), m8 = _mm256_set1_epi16(0x00ff);
     __m256i ae = _mm256_setzero_si256(), ao = _mm256_setzero_si256();
@@ -496,6 +511,19 @@ static void group_sums_avx2(const uint8_t *gb, const uint8_t *lut, size_t nbp, u
     _mm256_storeu_si256((__m256i *)S, ae);   /* events 0..15 (gpos) */
     _mm256_storeu_si256((__m256i *)(S + 16), ao);
 }
+
+/* One head's estimates of a group (H = 1): the operations of score_group's loop in the same order, 8
+ * events at a time. */
+AVX2_FN static void finish_avx2(const uint16_t *S, const float *fac, const float *al, float dl, float bs,
+                                float qch, float *out)
+{
+    const __m256 vd = _mm256_set1_ps(dl), vb = _mm256_set1_ps(bs), vq = _mm256_set1_ps(qch);
+    for (size_t e = 0; e < G; e += 8) {
+        __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(S + e))));
+        __m256 t = _mm256_mul_ps(_mm256_loadu_ps(fac + e), _mm256_add_ps(_mm256_mul_ps(f, vd), vb));
+        _mm256_storeu_ps(out + e, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(al + e), vq), t));
+    }
+}
 #endif
 
 /* Sign-code estimates of q . k for the G events of group g of block b into out: the sum over heads of
@@ -506,29 +534,25 @@ static void score_group(const ma_ivf *x, unsigned char *b, size_t g, const qlut 
     const uint8_t *grp = grp_bits(x, b, g);
     const float *fac = grp_fac(x, b, g), *al = grp_alpha(x, b, g);
     uint16_t S[G];
+    const int avx2 = use_avx2();
     for (size_t h = 0; h < H; h++) {
-#if defined(__AVX2__)
-        if (!use_generic)
+#if defined(HAVE_AVX2_KERNELS)
+        if (avx2)
             group_sums_avx2(grp + h * x->nbp * G, t->lut + h * nn * 16, x->nbp, S);
         else
 #endif
             group_sums_generic(grp + h * x->nbp * G, t->lut + h * nn * 16, x->nbp, S);
         const float dl = t->delta[h], bs = t->bias[h], qch = qcent[h];
         if (H == 1) {
-#if defined(__AVX2__)
-            /* The same operations in the same order as the loop below, 8 events at a time. */
-            const __m256 vd = _mm256_set1_ps(dl), vb = _mm256_set1_ps(bs), vq = _mm256_set1_ps(qch);
-            for (size_t e = 0; e < G; e += 8) {
-                __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(S + e))));
-                __m256 t = _mm256_mul_ps(_mm256_loadu_ps(fac + e), _mm256_add_ps(_mm256_mul_ps(f, vd), vb));
-                _mm256_storeu_ps(out + e, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(al + e), vq), t));
+#if defined(HAVE_AVX2_KERNELS)
+            if (avx2) {
+                finish_avx2(S, fac, al, dl, bs, qch, out);
+                continue;
             }
-#else
+#endif
             for (size_t e = 0; e < G; e++)
                 out[e] = al[e] * qch + fac[e] * ((float)S[e] * dl + bs);
-#endif
-        }
-        else if (h == 0)
+        } else if (h == 0)
             for (size_t e = 0; e < G; e++)
                 out[e] = al[e * H] * qch + fac[e * H] * ((float)S[e] * dl + bs);
         else
@@ -1292,6 +1316,48 @@ done:
     free(heap);
     free(fin);
     return rc;
+}
+
+/* ---- tests ----------------------------------------------------------------------------------- */
+
+int ma_ivf_debug_estimates(const ma_ivf *x, const float *q, uint64_t *ids, uint32_t *list, float *est1,
+                           float *est4, size_t *n)
+{
+    int rc = MA_ENOMEM;
+    qcode qc = {0};
+    qlut qt = {0};
+    float *qcent = malloc((size_t)x->H * sizeof(float)), s[G];
+    if (!qcent || qcode_make(x, q, &qc) != 0 || qlut_make(x, q, &qt) != 0)
+        goto done;
+    size_t m = 0;
+    for (uint32_t c = 0; c < x->nlist; c++) {
+        const ivlist *l = &x->lists[c];
+        for (int h = 0; h < x->H; h++)
+            qcent[h] = slice_dot(x->cent + (size_t)c * x->D + (size_t)h * x->d, q + (size_t)h * x->d, (size_t)x->d);
+        for (size_t j = 0; j < l->n; j++) {
+            unsigned char *b = l->blk[j / LB];
+            size_t r = j % LB;
+            if (r % G == 0)
+                score_group(x, b, r / G, &qt, qcent, s);
+            ids[m] = blk_ids(x, b)[r];
+            list[m] = c;
+            est1[m] = s[r % G];
+            est4[m] = code4_score(x, b, r, &qc, qcent);
+            m++;
+        }
+    }
+    *n = m;
+    rc = 0;
+done:
+    qcode_free(&qc);
+    qlut_free(&qt);
+    free(qcent);
+    return rc;
+}
+
+const float *ma_ivf_debug_centroid(const ma_ivf *x, uint32_t c)
+{
+    return c < x->nlist ? x->cent + (size_t)c * x->D : NULL;
 }
 
 /* ---- serialisation --------------------------------------------------------------------------- */

@@ -79,6 +79,15 @@ void ma_ivf_set_generic_kernels(int on);
  * argument may be NULL. Not thread-safe; for single-threaded benches only. */
 void ma_ivf_profile(int on, double t[3], uint64_t *searches, uint64_t *events);
 
+/* Tests: every listed (not pending) event's id, list and the two estimates of q . k a search computes for
+ * it (sign codes; 4-bit codes), list by list in list order; *n gets their number (buffers of count
+ * events). 0 or MA_ENOMEM. */
+int ma_ivf_debug_estimates(const ma_ivf *x, const float *q, uint64_t *ids, uint32_t *list, float *est1,
+                           float *est4, size_t *n);
+
+/* Tests: centroid c (H·d floats, a unit vector), or NULL if c >= nlist. */
+const float *ma_ivf_debug_centroid(const ma_ivf *x, uint32_t c);
+
 /* Frees the lists' spare capacity (after a bulk add, e.g. a restore). Never fails. */
 void ma_ivf_shrink(ma_ivf *x);
 

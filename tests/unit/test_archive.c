@@ -670,7 +670,7 @@ static void test_meta_generation_and_bytes(void **state)
         }
         /* Index: builds at ~1,024, ~2,048, ~4,096 events; the blob is the header and the centroids. */
         assert_int_equal(changes, sel ? 3 : 0);
-        assert_true(prevlen < (sel ? 100 + 4096 + 80 * kf * sizeof(float) : 100));
+        assert_true(prevlen < (sel ? 100 + 4096 + 140 * kf * sizeof(float) : 100));
         free(prev);
 
         mem_source ms = {.k = k, .v = v, .kf = kf, .vf = kf, .C = 16, .fail_chunk = UINT32_MAX};
@@ -678,10 +678,12 @@ static void test_meta_generation_and_bytes(void **state)
         ma_archive_release(a);
         size_t b = ma_archive_bytes(a);
         if (sel) {
-            /* Per event: id 4 + scale 4 + codes 8 bytes; at most 1,023 pending keys, the tail chunk, the
-             * centroids: well under the 64 bytes of each raw key. */
-            assert_true(b >= T * (4 + 4 + 8));
-            assert_true(b < T * (4 + 4 + 8) * 2 + 1024 * kf * sizeof(float) + 100 * kf * sizeof(float) + 8192);
+            /* Per event: id 4 + scale 4 + 4-bit codes 8 + alpha 4 + sign factor 4 + sign codes 2 bytes, in
+             * blocks of 32 (at most one partly used per list, 128 lists) from arenas that at most double
+             * what is used; at most 1,023 pending keys, the tail chunk, the centroids. */
+            const size_t per = 4 + 4 + 8 + 4 + 4 + 2;
+            assert_true(b >= T * per);
+            assert_true(b < (T + 128 * 32) * per * 2 + 1024 * kf * sizeof(float) + 140 * kf * sizeof(float) + 16384);
         } else {
             /* Summaries: 3 rows of H·d floats per chunk. */
             assert_true(b >= (T / 16) * 3 * kf * sizeof(float));
