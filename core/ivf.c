@@ -1107,20 +1107,34 @@ static float kth_largest(float *v, size_t n, size_t k)
     return v[lo];
 }
 
-/* Keeps the best k of the n candidates c (in position order, which it preserves), best meaning a higher
- * score, or an equal score and an earlier position; returns the k-th best score. tmp: n floats. */
+static int cmp_pos(const void *a, const void *b)
+{
+    uint32_t x = ((const cand *)a)->pos, y = ((const cand *)b)->pos;
+    return (x > y) - (x < y);
+}
+
+/* Keeps the best k of the n candidates c, best meaning a higher score, or an equal score and an earlier
+ * position (a total order: the kept set does not depend on the order of c); returns the k-th best score.
+ * tmp: n floats. */
 static float compact(cand *c, size_t *n, size_t k, float *tmp)
 {
     for (size_t i = 0; i < *n; i++)
         tmp[i] = c[i].s;
     float t = kth_largest(tmp, *n, k);
-    size_t above = 0;
+    size_t above = 0, m = 0, nt = 0;
     for (size_t i = 0; i < *n; i++)
         above += c[i].s > t;
-    size_t ties = k - above, m = 0;
+    /* Those above t, then the ties at t after them, the earliest positions kept. */
     for (size_t i = 0; i < *n; i++)
-        if (c[i].s > t || (c[i].s == t && ties && ties--))
+        if (c[i].s > t)
             c[m++] = c[i];
+    for (size_t i = 0; i < *n; i++)
+        if (c[i].s == t) {
+            cand e = c[i];
+            c[m + nt++] = e;
+        }
+    if (nt > k - above)
+        qsort(c + m, nt, sizeof *c, cmp_pos);
     *n = k;
     return t;
 }
@@ -1147,174 +1161,290 @@ static float slice_dot(const float *c, const float *q, size_t d)
     return nn > 0 ? dot / sqrtf(nn) : 0.0f;
 }
 
-int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, uint64_t *ids, size_t *n_ids,
-                  uint64_t *scored)
-{
-    const size_t D = x->D;
-    int rc = MA_ENOMEM;
-    size_t np = nprobe < 1 ? 1 : (size_t)nprobe;
-    if (np > x->nlist)
-        np = x->nlist;
-    float *qd = malloc(D * sizeof(float));
-    float *cs = malloc(((size_t)x->nlist + 1) * sizeof(float));
-    size_t *probe = malloc((np + 1) * sizeof *probe);
-    float *s = NULL, *qcent = NULL, *ctmp = NULL;
-    cand *heap = NULL, *fin = NULL;
-    qcode qc = {0};
-    qlut qt = {0};
-    double t0 = prof_on ? prof_now() : 0, t1 = 0, t2 = 0;
-    if (!qd || !cs || !probe || qcode_make(x, q, &qc) != 0 || qlut_make(x, q, &qt) != 0)
-        goto done;
+/* One query of a search: its tables, its probes and the state of its two stages. */
+typedef struct {
+    const float *q;
+    qcode qc;
+    qlut qt;
+    size_t *probe;     /* the probed lists, best first */
+    size_t got;
+    uint64_t *base;    /* got: position of each probed list's first event (in probe order) */
+    float *qcent;      /* got × H: q_h . u_h of each probed list */
+    size_t total, keep, keep1;
+    cand *buf;         /* stage 1: up to BUF_FACTOR·keep1 + G */
+    float *tmp;
+    size_t n;
+    float thr;         /* nothing below it can enter (once n >= keep1) */
+} qstate;
 
-    size_t got = 0;
+static void qstate_free(qstate *st)
+{
+    qcode_free(&st->qc);
+    qlut_free(&st->qt);
+    free(st->probe);
+    free(st->base);
+    free(st->qcent);
+    free(st->buf);
+    free(st->tmp);
+}
+
+/* Stage 1 for one group of list rank i (mg valid events of G, first at position pos): the events whose
+ * estimate is at or above the threshold (everything before the buffer first holds keep1; a NaN as -inf)
+ * enter the buffer, tested as a bit mask (a branch per event was mispredicted often), the buffer cut back
+ * to the best keep1 when full. An equal score may enter: its position decides at the cut. */
+static void stage1_group(qstate *st, const float *s, size_t mg, uint64_t pos, uint32_t r0, uint32_t i,
+                         unsigned char *blk)
+{
+    uint32_t mask = 0;
+    if (st->n < st->keep1) {
+        mask = mg == G ? 0xffffffffu : (1u << mg) - 1;
+    } else {
+        for (size_t j = 0; j < G; j++)
+            mask |= (uint32_t)(s[j] >= st->thr) << j;
+        if (mg < G)
+            mask &= (1u << mg) - 1;
+    }
+    while (mask) {
+        unsigned j = (unsigned)__builtin_ctz(mask);
+        mask &= mask - 1;
+        st->buf[st->n++] = (cand){isnan(s[j]) ? -INFINITY : s[j], (uint32_t)(pos + j), r0 + j, i, blk};
+    }
+    if (st->n >= BUF_FACTOR * st->keep1)
+        st->thr = compact(st->buf, &st->n, st->keep1, st->tmp);
+}
+
+/* Prepares st for query q: tables, the probed lists from the centroid scores cs (nlist floats, empty lists
+ * masked here), positions, budgets and buffers. */
+static int qstate_init(const ma_ivf *x, qstate *st, const float *q, float *cs, size_t np, size_t max_ids)
+{
+    st->q = q;
+    st->thr = -INFINITY;
+    st->probe = malloc((np + 1) * sizeof *st->probe);
+    st->base = malloc((np + 1) * sizeof *st->base);
+    st->qcent = malloc((np + 1) * (size_t)x->H * sizeof(float));
+    if (!st->probe || !st->base || !st->qcent || qcode_make(x, q, &st->qc) != 0 || qlut_make(x, q, &st->qt) != 0)
+        return MA_ENOMEM;
     if (x->nlist) {
-        direction(x, q, qd);
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)x->nlist, (int)D, 1.0f, x->cent, (int)D, qd, 1, 0.0f, cs, 1);
         /* An empty list (a centroid that won no event at reassignment) is never worth a probe. */
         for (uint32_t c = 0; c < x->nlist; c++)
             if (x->lists[c].n == 0)
                 cs[c] = -INFINITY;
-        if (ma_topk(cs, x->nlist, np, probe, &got) != 0)
-            goto done;
+        if (ma_topk(cs, x->nlist, np, st->probe, &st->got) != 0)
+            return MA_ENOMEM;
     }
-
-    /* Stage 1: the probed lists' sign codes, group by group, into a bounded heap of the best keep1 (ties:
-     * the earlier position in probe order, then the pending events, scored exactly). */
     const size_t npend = (size_t)(x->count - x->assigned);
-    size_t total = npend;
-    for (size_t i = 0; i < got; i++)
-        total += x->lists[probe[i]].n;
-    size_t keep = max_ids < total ? max_ids : total;
-    size_t keep1 = max_ids > SIZE_MAX / MA_IVF_RERANK ? SIZE_MAX : max_ids * MA_IVF_RERANK;
-    if (keep1 > total)
-        keep1 = total;
-    s = malloc((npend > G ? npend : G) * sizeof(float));
-    qcent = malloc((got ? got : 1) * (size_t)x->H * sizeof(float));
-    heap = malloc((BUF_FACTOR * keep1 + G + 1) * sizeof *heap);   /* the stage-1 buffer */
-    ctmp = malloc((BUF_FACTOR * keep1 + G + 1) * sizeof *ctmp);
-    fin = malloc((keep ? keep : 1) * sizeof *fin);
-    if (!s || !qcent || !heap || !ctmp || !fin)
-        goto done;
-    /* q_h . u_h for every probed list: the part of the estimates the residual codes leave out. */
-    for (size_t i = 0; i < got; i++)
+    st->total = 0;
+    for (size_t i = 0; i < st->got; i++) {
+        st->base[i] = st->total;
+        st->total += x->lists[st->probe[i]].n;
         for (int h = 0; h < x->H; h++)
-            qcent[i * (size_t)x->H + (size_t)h] =
-                slice_dot(x->cent + probe[i] * D + (size_t)h * x->d, q + (size_t)h * x->d, (size_t)x->d);
-    size_t n = 0;
-    uint64_t pos = 0;
-    float thr = -INFINITY;   /* nothing at or below it can enter (valid once n >= keep1) */
-    if (prof_on)
-        t1 = prof_now();
-    /* The scan is bound by memory latency (lists are chains of separately allocated blocks): the probed
-     * lists' headers and block tables are requested up front, and every block of list i + PF_AHEAD while
-     * list i is scanned. */
-    const size_t rec = LB / G * grp_bytes(x);
-    for (size_t i = 0; i < got; i++)
-        __builtin_prefetch(&x->lists[probe[i]]);
-    for (size_t i = 0; i < got; i++)
-        __builtin_prefetch(x->lists[probe[i]].blk);
-    for (size_t i = 0; i < got && keep1; i++) {
-        const ivlist *l = &x->lists[probe[i]];
-        if (i + PF_AHEAD < got) {
-            const ivlist *pl = &x->lists[probe[i + PF_AHEAD]];
-            for (size_t b = 0; b < pl->nblk; b++)
-                for (size_t o = 0; o < rec && o < PF_LINES * 64; o += 64)
-                    __builtin_prefetch(pl->blk[b] + o);
-        }
-        for (size_t b0 = 0; b0 < l->n; b0 += LB) {
-            unsigned char *blk = l->blk[b0 / LB];
-            const size_t m = l->n - b0 < LB ? l->n - b0 : LB;
-            for (size_t g0 = 0; g0 < m; g0 += G) {
-                score_group(x, blk, g0 / G, &qt, qcent + i * (size_t)x->H, s);
-                const size_t mg = m - g0 < G ? m - g0 : G;
-                /* Candidates above the threshold (the keep1-th best so far once the buffer has been
-                 * compacted; a later position loses ties) go to the buffer, compacted when full; the
-                 * test is a bit mask over the group, the buffer written only for its set bits (a branch
-                 * per event mispredicted often). Before the buffer holds keep1, every event enters
-                 * (a NaN as -inf). */
-                uint32_t mask = 0;
-                if (n < keep1) {
-                    mask = mg == G ? 0xffffffffu : (1u << mg) - 1;
-                } else {
-                    for (size_t j = 0; j < G; j++)
-                        mask |= (uint32_t)(s[j] > thr) << j;
-                    if (mg < G)
-                        mask &= (1u << mg) - 1;
-                }
-                while (mask) {
-                    unsigned j = (unsigned)__builtin_ctz(mask);
-                    mask &= mask - 1;
-                    heap[n++] = (cand){isnan(s[j]) ? -INFINITY : s[j], (uint32_t)(pos + j), (uint32_t)(g0 + j),
-                                       (uint32_t)i, blk};
-                }
-                pos += mg;
-                if (n >= BUF_FACTOR * keep1)
-                    thr = compact(heap, &n, keep1, ctmp);
-            }
-        }
+            st->qcent[i * (size_t)x->H + (size_t)h] =
+                slice_dot(x->cent + st->probe[i] * x->D + (size_t)h * x->d, q + (size_t)h * x->d, (size_t)x->d);
     }
-    if (npend && keep1) {
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)npend, (int)D, 1.0f, x->pend, (int)D, q, 1, 0.0f, s, 1);
-        for (size_t j = 0; j < npend; j++, pos++) {
-            float v = isnan(s[j]) ? -INFINITY : s[j];
-            if (!(v > thr) && n >= keep1)
-                continue;
-            heap[n++] = (cand){v, (uint32_t)pos, (uint32_t)j, 0, NULL};
-            if (n >= BUF_FACTOR * keep1)
-                thr = compact(heap, &n, keep1, ctmp);
-        }
-    }
-    if (n > keep1)
-        (void)compact(heap, &n, keep1, ctmp);
+    st->total += npend;
+    st->keep = max_ids < st->total ? max_ids : st->total;
+    st->keep1 = max_ids > SIZE_MAX / MA_IVF_RERANK ? SIZE_MAX : max_ids * MA_IVF_RERANK;
+    if (st->keep1 > st->total)
+        st->keep1 = st->total;
+    size_t cap = BUF_FACTOR * st->keep1 + G + 1;
+    st->buf = malloc(cap * sizeof *st->buf);
+    st->tmp = malloc(cap * sizeof *st->tmp);
+    return st->buf && st->tmp ? 0 : MA_ENOMEM;
+}
 
-    /* Stage 2: the candidates re-ranked by their 4-bit codes (pending ones keep their exact score). */
-    if (prof_on)
-        t2 = prof_now();
-    size_t nf = 0;
-    for (size_t i = 0; i < n; i++)
-        if (heap[i].blk) {
-            __builtin_prefetch(blk_codes(x, heap[i].blk) + heap[i].r * x->cb);
-            __builtin_prefetch(blk_ids(x, heap[i].blk) + heap[i].r);
-            __builtin_prefetch(grp_alpha(x, heap[i].blk, heap[i].r / G) + heap[i].r % G * (size_t)x->H);
-            __builtin_prefetch(blk_scale(x, heap[i].blk) + heap[i].r * (size_t)x->H);
+/* The pending events (exactly), the last cut, stage 2 (the candidates re-ranked by their 4-bit codes,
+ * pending ones keeping their exact score) and the answer. s: room for the pending events' scores. */
+static int qstate_finish(const ma_ivf *x, qstate *st, float *s, uint64_t *ids, size_t *n_ids, uint64_t *scored)
+{
+    const size_t npend = (size_t)(x->count - x->assigned);
+    if (npend && st->keep1) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)npend, (int)x->D, 1.0f, x->pend, (int)x->D, st->q, 1, 0.0f, s,
+                    1);
+        uint64_t pos = st->total - npend;
+        for (size_t j0 = 0; j0 < npend; j0 += G) {
+            size_t mg = npend - j0 < G ? npend - j0 : G;
+            float sg[G];
+            for (size_t j = 0; j < G; j++)
+                sg[j] = j < mg ? s[j0 + j] : -INFINITY;
+            stage1_group(st, sg, mg, pos + j0, (uint32_t)j0, 0, NULL);
         }
-    for (size_t i = 0; i < n; i++) {
-        cand c = heap[i];
+    }
+    if (st->n > st->keep1)
+        (void)compact(st->buf, &st->n, st->keep1, st->tmp);
+
+    cand *fin = malloc((st->keep ? st->keep : 1) * sizeof *fin);
+    if (!fin)
+        return MA_ENOMEM;
+    for (size_t i = 0; i < st->n; i++)
+        if (st->buf[i].blk) {
+            const cand *c = &st->buf[i];
+            __builtin_prefetch(blk_codes(x, c->blk) + c->r * x->cb);
+            __builtin_prefetch(blk_scale(x, c->blk) + c->r * (size_t)x->H);
+            __builtin_prefetch(blk_ids(x, c->blk) + c->r);
+            __builtin_prefetch(grp_alpha(x, c->blk, c->r / G) + c->r % G * (size_t)x->H);
+        }
+    size_t nf = 0;
+    for (size_t i = 0; i < st->n; i++) {
+        cand c = st->buf[i];
         if (c.blk) {
-            float v = code4_score(x, c.blk, c.r, &qc, qcent + (size_t)c.pi * (size_t)x->H);
+            float v = code4_score(x, c.blk, c.r, &st->qc, st->qcent + (size_t)c.pi * (size_t)x->H);
             c.s = isnan(v) ? -INFINITY : v;
         }
-        if (nf == keep && !worse(&fin[0], &c))
+        if (nf == st->keep && !worse(&fin[0], &c))
             continue;
-        heap_put(fin, &nf, keep, c);
+        heap_put(fin, &nf, st->keep, c);
     }
     for (size_t i = 0; i < nf; i++)
         ids[i] = fin[i].blk ? blk_ids(x, fin[i].blk)[fin[i].r] : x->assigned + fin[i].r;
+    free(fin);
     if (sort_ids(ids, nf) != 0)
-        goto done;
+        return MA_ENOMEM;
     *n_ids = nf;
     if (scored)
-        *scored = total;
+        *scored = st->total;
+    return 0;
+}
+
+/* Requests the group records of every block of list l (the scan is bound by memory latency: lists are
+ * chains of blocks spread over the arenas). */
+static void prefetch_list(const ma_ivf *x, const ivlist *l)
+{
+    const size_t rec = LB / G * grp_bytes(x);
+    for (size_t b = 0; b < l->nblk; b++)
+        for (size_t o = 0; o < rec && o < PF_LINES * 64; o += 64)
+            __builtin_prefetch(l->blk[b] + o);
+}
+
+int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, uint64_t *ids, size_t *n_ids,
+                  uint64_t *scored)
+{
+    return ma_ivf_search_batch(x, q, 1, nprobe, max_ids, ids, n_ids, scored);
+}
+
+int ma_ivf_search_batch(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
+                        size_t *n_ids, uint64_t *scored)
+{
+    const size_t D = x->D, NL = x->nlist;
+    int rc = MA_ENOMEM;
+    size_t np = nprobe < 1 ? 1 : (size_t)nprobe;
+    if (np > NL)
+        np = NL;
+    const size_t npend = (size_t)(x->count - x->assigned);
+    double t0 = prof_on ? prof_now() : 0, t1 = 0, t2 = 0;
+    qstate *st = calloc(nq ? nq : 1, sizeof *st);
+    float *qd = malloc((nq ? nq : 1) * D * sizeof(float));
+    float *cs = malloc((nq ? nq : 1) * (NL + 1) * sizeof(float));
+    float *s = malloc((npend > G ? npend : G) * sizeof(float));
+    size_t *cnt = NULL, *qr = NULL;
+    if (!st || !qd || !cs || !s)
+        goto done;
+
+    /* Probes: centroid scores of the queries' directions, one sgemv (one query) or one sgemm (a batch). */
+    if (NL) {
+        for (size_t k = 0; k < nq; k++)
+            direction(x, Q + k * D, qd + k * D);
+        if (nq == 1)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)NL, (int)D, 1.0f, x->cent, (int)D, qd, 1, 0.0f, cs, 1);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)NL, (int)D, 1.0f, qd, (int)D, x->cent,
+                        (int)D, 0.0f, cs, (int)(NL + 1));
+    }
+    for (size_t k = 0; k < nq; k++)
+        if ((rc = qstate_init(x, &st[k], Q + k * D, cs + k * (NL + 1), np, max_ids)) != 0)
+            goto done;
+    rc = MA_ENOMEM;
+    if (prof_on)
+        t1 = prof_now();
+
+    if (nq == 1) {
+        /* One query: its lists in probe order (the best first, so the threshold rises early). */
+        qstate *q0 = &st[0];
+        for (size_t i = 0; i < q0->got && i < PF_AHEAD; i++)
+            prefetch_list(x, &x->lists[q0->probe[i]]);
+        for (size_t i = 0; i < q0->got && q0->keep1; i++) {
+            const ivlist *l = &x->lists[q0->probe[i]];
+            if (i + PF_AHEAD < q0->got)
+                prefetch_list(x, &x->lists[q0->probe[i + PF_AHEAD]]);
+            for (size_t b0 = 0; b0 < l->n; b0 += LB) {
+                unsigned char *blk = l->blk[b0 / LB];
+                const size_t m = l->n - b0 < LB ? l->n - b0 : LB;
+                for (size_t g0 = 0; g0 < m; g0 += G) {
+                    float sg[G];
+                    score_group(x, blk, g0 / G, &q0->qt, q0->qcent + i * (size_t)x->H, sg);
+                    stage1_group(q0, sg, m - g0 < G ? m - g0 : G, q0->base[i] + b0 + g0, (uint32_t)g0, (uint32_t)i, blk);
+                }
+            }
+        }
+    } else {
+        /* A batch: list by list, each group's codes scanned for every query probing the list while they
+         * are in cache (a list is read once per batch, not once per query). */
+        cnt = calloc(NL + 1, sizeof *cnt);
+        size_t tot = 0;
+        for (size_t k = 0; k < nq; k++)
+            tot += st[k].got;
+        qr = malloc((tot ? tot : 1) * sizeof *qr);   /* (query, rank) pairs by list: k·np + i */
+        if (!cnt || !qr)
+            goto done;
+        for (size_t k = 0; k < nq; k++)
+            for (size_t i = 0; i < st[k].got; i++)
+                cnt[st[k].probe[i] + 1]++;
+        for (size_t c = 0; c < NL; c++)
+            cnt[c + 1] += cnt[c];
+        for (size_t k = 0; k < nq; k++)
+            for (size_t i = 0; i < st[k].got; i++)
+                qr[cnt[st[k].probe[i]]++] = k * np + i;
+        for (size_t c = NL; c > 0; c--)   /* cnt[c] is now the start of list c */
+            cnt[c] = cnt[c - 1];
+        cnt[0] = 0;
+        for (size_t c = 0; c < NL; c++) {
+            const ivlist *l = &x->lists[c];
+            if (cnt[c] == cnt[c + 1])
+                continue;
+            for (size_t c2 = c + 1; c2 < NL && c2 < c + 1 + PF_AHEAD; c2++)
+                if (cnt[c2] != cnt[c2 + 1])
+                    prefetch_list(x, &x->lists[c2]);
+            for (size_t b0 = 0; b0 < l->n; b0 += LB) {
+                unsigned char *blk = l->blk[b0 / LB];
+                const size_t m = l->n - b0 < LB ? l->n - b0 : LB;
+                for (size_t g0 = 0; g0 < m; g0 += G)
+                    for (size_t e = cnt[c]; e < cnt[c + 1]; e++) {
+                        qstate *qk = &st[qr[e] / np];
+                        size_t i = qr[e] % np;
+                        float sg[G];
+                        if (!qk->keep1)
+                            continue;
+                        score_group(x, blk, g0 / G, &qk->qt, qk->qcent + i * (size_t)x->H, sg);
+                        stage1_group(qk, sg, m - g0 < G ? m - g0 : G, qk->base[i] + b0 + g0, (uint32_t)g0, (uint32_t)i,
+                                     blk);
+                    }
+            }
+        }
+    }
+
+    if (prof_on)
+        t2 = prof_now();
+    for (size_t k = 0; k < nq; k++)
+        if ((rc = qstate_finish(x, &st[k], s, ids + k * max_ids, &n_ids[k], scored ? &scored[k] : NULL)) != 0)
+            goto done;
     if (prof_on) {
         double t3 = prof_now();
         prof_t[0] += t1 - t0;
         prof_t[1] += t2 - t1;
         prof_t[2] += t3 - t2;
-        prof_n++;
-        prof_ev += total;
+        prof_n += nq;
+        for (size_t k = 0; k < nq; k++)
+            prof_ev += st[k].total;
     }
     rc = 0;
 done:
-    qcode_free(&qc);
-    qlut_free(&qt);
+    for (size_t k = 0; st && k < nq; k++)
+        qstate_free(&st[k]);
+    free(st);
     free(qd);
     free(cs);
-    free(probe);
     free(s);
-    free(qcent);
-    free(ctmp);
-    free(heap);
-    free(fin);
+    free(cnt);
+    free(qr);
     return rc;
 }
 

@@ -88,6 +88,14 @@ int ma_ivf_debug_estimates(const ma_ivf *x, const float *q, uint64_t *ids, uint3
 /* Tests: centroid c (H·d floats, a unit vector), or NULL if c >= nlist. */
 const float *ma_ivf_debug_centroid(const ma_ivf *x, uint32_t c);
 
+/* ma_ivf_search for nq queries Q (nq × H·d): ids of query k at ids[k·max_ids], its count at n_ids[k], its
+ * scored at scored[k] (scored may be NULL). The centroid scores of the batch are one sgemm and the lists
+ * are scanned list by list, each once for all the queries probing it. Answers are those of nq calls of
+ * ma_ivf_search except where two centroid scores of a query tie within the rounding of sgemm against
+ * sgemv (the probes could differ). 0 or MA_ENOMEM. */
+int ma_ivf_search_batch(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
+                        size_t *n_ids, uint64_t *scored);
+
 /* Frees the lists' spare capacity (after a bulk add, e.g. a restore). Never fails. */
 void ma_ivf_shrink(ma_ivf *x);
 

@@ -615,6 +615,39 @@ static void test_recall_131072(void **state)
     free(k);
 }
 
+/* A batch answers as the queries one by one (the same ids, counts and scored), with and without pending
+ * events, for a batch of 64 and of 5, exact keys and random queries. */
+static void test_batch_equals_single(void **state)
+{
+    (void)state;
+    rng_state = 41;
+    const int H = 2, d = 16;
+    const size_t n = 9000, D = (size_t)H * d, nq = 64;
+    float *k = randv(n * D);
+    ma_ivf *x = build(H, d, k, n, 500);   /* 9,000 - 8,192 pending */
+    float *Q = randv(nq * D);
+    memcpy(Q, k + 17 * D, D * sizeof(float));
+    memcpy(Q + D, k + 8500 * D, D * sizeof(float));   /* a pending key */
+    const size_t mi = 40;
+    uint64_t *ids = malloc(nq * mi * sizeof *ids), one[40], sc[64], s1;
+    size_t cnt[64], n1;
+    for (int pass = 0; pass < 2; pass++) {
+        size_t m = pass ? 5 : nq;
+        int nprobe = pass ? 3 : 20;
+        assert_int_equal(ma_ivf_search_batch(x, Q, m, nprobe, mi, ids, cnt, sc), 0);
+        for (size_t i = 0; i < m; i++) {
+            assert_int_equal(ma_ivf_search(x, Q + i * D, nprobe, mi, one, &n1, &s1), 0);
+            assert_int_equal(cnt[i], n1);
+            assert_int_equal(sc[i], s1);
+            assert_memory_equal(ids + i * mi, one, n1 * sizeof *one);
+        }
+    }
+    free(ids);
+    free(Q);
+    ma_ivf_destroy(x);
+    free(k);
+}
+
 int main(void)
 {
     openblas_set_num_threads(1);   /* as the daemon does: one BLAS thread per worker */
@@ -626,6 +659,7 @@ int main(void)
         cmocka_unit_test(test_serialize_roundtrip),
         cmocka_unit_test(test_explicit_rebuild),
         cmocka_unit_test(test_kernels_match_reference),
+        cmocka_unit_test(test_batch_equals_single),
         cmocka_unit_test(test_recall_131072),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
