@@ -687,9 +687,43 @@ static void shrink(blkpool *pool, ivlist *lists, uint32_t nlist)
     }
 }
 
+/* Moves every list's blocks next to each other, list after list, into a new pool sized for them (the
+ * old pool is freed): a scan then reads a list's group records at a fixed stride instead of from blocks
+ * scattered over the arenas in the order the events arrived. Nothing changes if memory is short. */
+static void relayout(const ma_ivf *x, blkpool *pool, ivlist *lists, uint32_t nlist)
+{
+    blkpool np = {0};
+    size_t nb = 0;
+    for (uint32_t c = 0; c < nlist; c++)
+        nb += lists[c].nblk;
+    if (nb == 0)
+        return;
+    np.next = nb;   /* one arena for all (huge pages from 2 MiB on) */
+    unsigned char **nbk = malloc(nb * sizeof *nbk);
+    if (!nbk)
+        return;
+    for (size_t i = 0; i < nb; i++)
+        if (!(nbk[i] = pool_get(x, &np))) {
+            free(nbk);
+            pool_free(&np);
+            return;
+        }
+    np.next = 16;   /* later growth (appends) starts small again */
+    size_t i = 0;
+    for (uint32_t c = 0; c < nlist; c++)
+        for (size_t b = 0; b < lists[c].nblk; b++, i++) {
+            memcpy(nbk[i], lists[c].blk[b], x->blk_bytes);
+            lists[c].blk[b] = nbk[i];
+        }
+    free(nbk);
+    pool_free(pool);
+    *pool = np;
+}
+
 void ma_ivf_shrink(ma_ivf *x)
 {
     shrink(&x->pool, x->lists, x->nlist);
+    relayout(x, &x->pool, x->lists, x->nlist);
 }
 
 /* Frees the lists' block tables (the blocks belong to their pool). */
@@ -966,6 +1000,7 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
 
     lists_free(x->lists, x->nlist);
     pool_free(&x->pool);
+    relayout(x, &npool, nl, nlist);
     x->pool = npool;
     memset(&npool, 0, sizeof npool);
     free(x->cent);
