@@ -86,6 +86,7 @@ typedef struct {
     unsigned char **rst;   /* their other parts (ids, scales, 4-bit codes) */
     size_t nblk, blk_alloc;
     size_t n;
+    double *ksum;          /* D: the sum of the list's keys, in id order (its mean ranks the list) */
 } ivlist;
 
 /* Where blocks come from: arenas of growing size (16 blocks, doubling up to ARENA_BYTES), the large ones
@@ -115,6 +116,7 @@ struct ma_ivf {
     uint64_t assigned; /* events [0, assigned) are in lists (a multiple of BLOCK); the rest pending */
     uint32_t nlist;    /* 0 before the first build */
     float *cent;       /* nlist × D unit rows */
+    float *kmean;      /* nlist × D: each list's mean key (what a query's probes are ranked by) */
     ivlist *lists;
     blkpool pool;      /* the lists' blocks' scan parts */
     blkpool rpool;     /* and their other parts */
@@ -630,6 +632,8 @@ static void pool_free(blkpool *p)
 /* Ensures blocks for `need` events. MA_ENOMEM leaves the list valid (maybe with a spare block). */
 static int list_reserve(const ma_ivf *x, blkpool *pool, blkpool *rpool, ivlist *l, size_t need)
 {
+    if (!l->ksum && !(l->ksum = calloc(x->D, sizeof *l->ksum)))
+        return MA_ENOMEM;
     while (l->nblk * LB < need) {
         if (l->nblk == l->blk_alloc) {
             size_t na = l->blk_alloc ? l->blk_alloc * 2 : 4;
@@ -668,6 +672,8 @@ static void list_push(const ma_ivf *x, ivlist *l, const float *cent, uint64_t id
     const size_t H = (size_t)x->H, d = (size_t)x->d;
     float res[MA_IVF_MAX_D];
     blk_ids(x, rb)[r] = (uint32_t)id;
+    for (size_t j = 0; j < H * d; j++)
+        l->ksum[j] += k[j];
     for (size_t h = 0; h < H; h++) {
         const float *kh = k + h * d, *ch = cent + h * d;
         double nc = slice_norm(x, ch), al = 0;
@@ -768,6 +774,7 @@ static void lists_free(ivlist *l, uint32_t n)
     for (uint32_t i = 0; i < n; i++) {
         free(l[i].blk);
         free(l[i].rst);
+        free(l[i].ksum);
     }
     free(l);
 }
@@ -809,6 +816,7 @@ void ma_ivf_destroy(ma_ivf *x)
     pool_free(&x->pool);
     pool_free(&x->rpool);
     free(x->cent);
+    free(x->kmean);
     free(x->pend);
     free(x);
 }
@@ -830,7 +838,7 @@ uint32_t ma_ivf_builds(const ma_ivf *x)
 
 size_t ma_ivf_bytes(const ma_ivf *x)
 {
-    size_t b = sizeof *x + (size_t)x->nlist * (sizeof(ivlist) + x->D * sizeof(float));
+    size_t b = sizeof *x + (size_t)x->nlist * (sizeof(ivlist) + x->D * (2 * sizeof(float) + sizeof(double)));
     for (uint32_t i = 0; i < x->nlist; i++)
         b += 2 * x->lists[i].blk_alloc * sizeof(unsigned char *);
     return b + x->pool.bytes + x->rpool.bytes + (x->pool.aalloc + x->rpool.aalloc) * sizeof(unsigned char *) +
@@ -838,6 +846,13 @@ size_t ma_ivf_bytes(const ma_ivf *x)
 }
 
 /* ---- add ------------------------------------------------------------------------------------- */
+
+/* List c's mean key into row c of mean (zeros for an empty list). */
+static void list_mean(const ma_ivf *x, const ivlist *l, float *row)
+{
+    for (size_t j = 0; j < x->D; j++)
+        row[j] = l->n ? (float)(l->ksum[j] / (double)l->n) : 0.0f;
+}
 
 int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
 {
@@ -866,6 +881,8 @@ int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
     memcpy(x->pend + np * D, k, n * D * sizeof(float));
 
     size_t nb = x->cent ? (np + n) / BLOCK : 0;   /* complete blocks to assign */
+    if (nb && !x->kmean && !(x->kmean = calloc((size_t)x->nlist * D, sizeof *x->kmean)))   /* after a restore */
+        return MA_ENOMEM;
     if (nb) {
         asg = malloc(nb * BLOCK * sizeof *asg);
         extra = calloc(x->nlist, sizeof *extra);
@@ -885,6 +902,9 @@ int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
                 goto done;
         for (size_t i = 0; i < nb * BLOCK; i++)
             list_push(x, &x->lists[asg[i]], x->cent + (size_t)asg[i] * D, x->assigned + i, x->pend + i * D);
+        for (uint32_t c = 0; c < x->nlist; c++)
+            if (extra[c])
+                list_mean(x, &x->lists[c], x->kmean + (size_t)c * D);
         memmove(x->pend, x->pend + nb * BLOCK * D, (np + n - nb * BLOCK) * D * sizeof(float));
         x->assigned += nb * BLOCK;
     }
@@ -989,6 +1009,7 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
     int rc = MA_ENOMEM;
     float *X = malloc(m * D * sizeof(float));
     float *cent = malloc((size_t)nlist * D * sizeof(float));
+    float *kmean = malloc((size_t)nlist * D * sizeof(float));
     float *B = malloc((size_t)BLOCK * D * sizeof(float));
     float *Bd = malloc((size_t)BLOCK * D * sizeof(float));
     float *S = malloc((size_t)BLOCK * nlist * sizeof(float));
@@ -996,7 +1017,7 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
     float *pend = malloc((np > PEND_MIN ? np : PEND_MIN) * D * sizeof(float));
     ivlist *nl = calloc(nlist, sizeof *nl);
     blkpool npool = {0}, nrpool = {0};
-    if (!X || !cent || !B || !Bd || !S || !ba || !pend || !nl)
+    if (!X || !cent || !kmean || !B || !Bd || !S || !ba || !pend || !nl)
         goto fail;
 
     /* Pass 1, training sample: Knuth's selection sampling, m of T ids in increasing order. */
@@ -1036,6 +1057,8 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
         }
     }
     shrink(&npool, &nrpool, nl, nlist);
+    for (uint32_t c = 0; c < nlist; c++)
+        list_mean(x, &nl[c], kmean + (size_t)c * D);
 
     lists_free(x->lists, x->nlist);
     pool_free(&x->pool);
@@ -1046,9 +1069,12 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
     memset(&npool, 0, sizeof npool);
     memset(&nrpool, 0, sizeof nrpool);
     free(x->cent);
+    free(x->kmean);
     free(x->pend);
     x->lists = nl;
     x->cent = cent;
+    x->kmean = kmean;
+    kmean = NULL;
     x->nlist = nlist;
     x->pend = pend;
     x->pend_cap = np > PEND_MIN ? np : PEND_MIN;
@@ -1065,6 +1091,7 @@ fail:
     pool_free(&nrpool);
     free(X);
     free(cent);
+    free(kmean);
     free(B);
     free(Bd);
     free(S);
@@ -1410,22 +1437,22 @@ int ma_ivf_search_batch(const ma_ivf *x, const float *Q, size_t nq, int nprobe, 
     const size_t npend = (size_t)(x->count - x->assigned);
     double t0 = prof_on ? prof_now() : 0, t1 = 0, t2 = 0;
     qstate *st = calloc(nq ? nq : 1, sizeof *st);
-    float *qd = malloc((nq ? nq : 1) * D * sizeof(float));
     float *cs = malloc((nq ? nq : 1) * (NL + 1) * sizeof(float));
     float *s = malloc((npend > G ? npend : G) * sizeof(float));
     size_t *cnt = NULL, *qr = NULL;
-    if (!st || !qd || !cs || !s)
+    if (!st || !cs || !s)
         goto done;
 
-    /* Probes: centroid scores of the queries' directions, one sgemv (one query) or one sgemm (a batch). */
+    /* Probes: the lists whose mean key has the largest inner product with the query (the lists are made
+     * by direction, but attention ranks by q . k, norms included), one sgemv (one query) or one sgemm (a
+     * batch). Before the first add after a restore there are no means and no listed events. */
+    const float *pm = x->kmean ? x->kmean : x->cent;
     if (NL) {
-        for (size_t k = 0; k < nq; k++)
-            direction(x, Q + k * D, qd + k * D);
         if (nq == 1)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)NL, (int)D, 1.0f, x->cent, (int)D, qd, 1, 0.0f, cs, 1);
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)NL, (int)D, 1.0f, pm, (int)D, Q, 1, 0.0f, cs, 1);
         else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)NL, (int)D, 1.0f, qd, (int)D, x->cent,
-                        (int)D, 0.0f, cs, (int)(NL + 1));
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)NL, (int)D, 1.0f, Q, (int)D, pm, (int)D,
+                        0.0f, cs, (int)(NL + 1));
     }
     for (size_t k = 0; k < nq; k++)
         if ((rc = qstate_init(x, &st[k], Q + k * D, cs + k * (NL + 1), np, max_ids)) != 0)
@@ -1519,7 +1546,6 @@ done:
     for (size_t k = 0; st && k < nq; k++)
         qstate_free(&st[k]);
     free(st);
-    free(qd);
     free(cs);
     free(s);
     free(cnt);
