@@ -1,21 +1,29 @@
 /*
- * core/ivf.c — inverted-file index over events' keys: spherical k-means, lists of ids and 4-bit codes
- * (core/ivf.h).
+ * core/ivf.c — inverted-file index over events' keys: spherical k-means, lists of ids, residual sign codes
+ * and 4-bit codes, a two-stage search (core/ivf.h; docs/ARCHIVE.md).
  *
- * Data: nlist unit centroids (row-major nlist × D, D = H·d) and per list, in id order and in fixed blocks
- * of LB events, the ids (u32), the per-head scales (float) and the codes (H·hb bytes, hb = ceil(d/2): the
- * low nibble of byte j is dimension j, the high nibble dimension j + hb, so both halves of a byte meet one
- * contiguous half of the query).
- * A code nibble u in 1..15 stands for (u − 8)·scale, scale = max_j |k_j| / 7 per head. Events of the
+ * Data: nlist unit centroids (row-major nlist × D, D = H·d), each list's key sum (double) and mean key
+ * (float, what probes are ranked by), and per list, in id order and in fixed blocks of LB events: per
+ * event and head the split k_h = alpha·u_h + r_h (u_h the unit direction of the centroid's head slice),
+ * alpha (float), r_h's sign code (ceil(d/8) bytes, stored transposed in groups of G events) and its factor
+ * |r|²/sum|r_j| (float) — the scan part of a block — and the id (u32), r_h's 4-bit scale (float) and
+ * 4-bit code (ceil(d/2) bytes: low nibble dimension j, high nibble j + hb) — the other part. Events of the
  * incomplete last block of MA_IVF_BLOCK ids are pending: raw keys, scored exactly. Before the first build
  * there are no lists (nlist = 0) and every event is pending.
  *
- * Scoring a code: the query is quantised per head to int8 (scale max|q|/127); the estimate of q_h . k_h
- * is qscale·kscale·(sum_j q8_j u_j − 8·sum_j q8_j), the integer sum in a loop the compiler vectorises.
+ * Search: the lists of the largest q . mean are probed; stage 1 scores every probed event from its sign
+ * code, alpha·(q_h . u_h) + f·(q_h . sign(r_h)), with 16-entry byte tables per 4 dimensions (vpshufb, 32
+ * events at a time) and keeps the best MA_IVF_RERANK·max_ids; stage 2 re-scores those from their 4-bit
+ * codes, alpha·(q_h . u_h) + qscale·kscale·(sum_j q8_j u_j − 8·sum_j q8_j) (vpmaddubsw), and keeps max_ids.
+ * Both stages have an AVX2 kernel (target attribute, chosen at run time) and a portable one computing the
+ * same integers and the same float operations in the same order: answers do not depend on the kernel.
  *
  * k-means: training directions of a sample drawn by selection sampling (ordered, deterministic), initial
  * centroids a deterministic random subset, MA_IVF_ITERS Lloyd iterations with dot products from sgemm in
  * blocks, sums in double; an empty cluster is reseeded with a random training point.
+ *
+ * Memory: blocks come from arenas (huge pages when large); after a build the blocks are laid out list by
+ * list so a scan streams a list's sign codes.
  *
  * Not here: no exact re-ranking (the archive attends the candidates' exact keys), no removal of events
  * (the archive only appends), no background rebuild (the caller runs it when ma_ivf_want_rebuild says).

@@ -3,12 +3,14 @@
  * IndexIVFScalarQuantizer, RetrievalAttention's retrieval step), without resident float keys.
  *
  * Vectors are events' keys, H heads of d floats. Clustering runs on the direction of each key: the heads
- * normalised one by one and concatenated (scaled by 1/sqrt(H)), so the similarity of a query and a centroid
- * is the mean over heads of a cosine. Spherical k-means (dot products through OpenBLAS sgemm) gives nlist
- * unit centroids. Every event lives in the inverted list of its nearest centroid, which keeps its id and a
- * compact code: per head 4-bit symmetric scalar quantisation with one float scale (d/2 + 4 bytes per head).
- * A search scores the probed lists' codes (integer dot products against the query quantised to 8 bits):
- * an estimate of sum_h q_h . k_h. The caller (core/archive.c) reads the candidates' exact keys and values.
+ * normalised one by one and concatenated (scaled by 1/sqrt(H)). Spherical k-means (dot products through
+ * OpenBLAS sgemm) gives nlist unit centroids. Every event lives in the inverted list of its nearest
+ * centroid, which keeps its id and compact codes of the key's residual to the centroid's direction: per
+ * head a float alpha (the key's component along the centroid), a sign code (1 bit a dimension) with a
+ * float factor, and a 4-bit code with a float scale. A search probes the lists whose mean key has the
+ * largest inner product with the query, ranks their events by sign code (an estimate of sum_h q_h . k_h),
+ * re-ranks the best by 4-bit code, and returns the best ids. The caller (core/archive.c) reads the
+ * candidates' exact keys and values.
  *
  * Assignment in blocks: events are assigned to lists in aligned blocks of MA_IVF_BLOCK ids, each with one
  * sgemm of the same shape, so the assignment of an event does not depend on how events were batched and a
@@ -18,7 +20,7 @@
  *
  * Growth: ma_ivf_want_rebuild says when the index has grown to twice its size at the last build (first
  * build at MA_IVF_MIN_BUILD events); ma_ivf_rebuild then streams every key through a loader twice (a
- * training sample, then the reassignment), so no copy of all keys is ever held: nlist = round(sqrt(n)),
+ * training sample, then the reassignment), so no copy of all keys is ever held: nlist = round(2·sqrt(n)),
  * trained on at most MA_IVF_TRAIN_PER_LIST·nlist events, MA_IVF_ITERS iterations.
  *
  * Determinism: k-means seeds from a fixed generator; the serialised state is only what cannot be
@@ -62,9 +64,10 @@ int ma_ivf_want_rebuild(const ma_ivf *x);
  * MA_IVF_BLOCK events. 0, MA_ENOMEM or load's error (the index is unchanged on any error). */
 int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx);
 
-/* Probes the nprobe non-empty lists whose centroids are nearest to q (H·d), scores their codes (an
- * estimate of sum_h q_h . k_h) and the pending events (exactly), and writes the ids of the best max_ids
- * (ties: the earlier position), in ascending id order, into ids (caller's buffer of max_ids); *n_ids gets
+/* Probes the nprobe non-empty lists whose mean keys have the largest inner product with q (H·d), scores
+ * their events by sign code, the best MA_IVF_RERANK·max_ids again by 4-bit code (estimates of
+ * sum_h q_h . k_h), the pending events exactly, and writes the ids of the best max_ids (ties: the earlier
+ * position in probe order), in ascending id order, into ids (caller's buffer of max_ids); *n_ids gets
  * their number and *scored (if not NULL) the number of events scored. 0 or MA_ENOMEM. */
 int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, uint64_t *ids, size_t *n_ids,
                   uint64_t *scored);
