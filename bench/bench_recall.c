@@ -303,7 +303,7 @@ static double bandwidth(void)
 
 int main(int argc, char **argv)
 {
-    int min_log2 = 16, max_log2 = 21, needles = 1000, full_reps = 5, topk = 16, generic = 0;
+    int min_log2 = 16, max_log2 = 21, needles = 1000, full_reps = 5, topk = 16, generic = 0, paired = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--gen") && i + 1 < argc)
             clustered = !strcmp(argv[++i], "clu");
@@ -323,9 +323,11 @@ int main(int argc, char **argv)
             topk = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--generic"))
             generic = 1;
+        else if (!strcmp(argv[i], "--paired") && i + 1 < argc)
+            paired = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--gen iso|clu] [--heads H] [--min-log2 A] [--max-log2 B] [--needles N] "
-                            "[--seed S] [--full-reps R] [--topk K] [--generic]\n", argv[0]);
+                            "[--seed S] [--full-reps R] [--topk K] [--generic] [--paired ROUNDS]\n", argv[0]);
             return 2;
         }
     }
@@ -470,6 +472,40 @@ int main(int argc, char **argv)
                BATCH, nb ? bt / nb * 1e3 : 0.0, nb ? mean / (bt / nb) : 0.0, nb ? mf / (bt / nb) : 0.0, bsame, nb);
         printf("BATCH %s %d %llu %.5f %.5f %.1f\n", clustered ? "clu" : "iso", H, (unsigned long long)T,
                nb ? bt / nb * 1e3 : 0.0, mean * 1e3, nb ? mf / (bt / nb) : 0.0);
+        if (paired > 0) {
+            /* Paired rounds: a full read, then 64 sparse reads of the query set, so both see the same load
+             * of the shared machine; the ratio of each round, their median and range. */
+            double *pr = malloc(sizeof(double) * (size_t)paired), *pt = malloc(sizeof(double) * 64);
+            for (int rd = 0; rd < paired; rd++) {
+                int qi = (rd * 977) % nq;
+                ma_read_result r = {.v = out};
+                double t0 = cpu_now();
+                rc = ma_archive_read_full(a, Q + (size_t)qi * HD, &r);
+                double tfull = cpu_now() - t0;
+                if (rc)
+                    die("full read", rc);
+                ma_read_result_clear(&r);
+                for (int j = 0; j < 64; j++) {
+                    int qj = (qi + j * 61) % nq;
+                    r = (ma_read_result){.v = out};
+                    t0 = cpu_now();
+                    rc = ma_archive_read_sparse(a, Q + (size_t)qj * HD, 0, &r);
+                    pt[j] = cpu_now() - t0;
+                    if (rc)
+                        die("sparse read", rc);
+                    ma_read_result_clear(&r);
+                }
+                double ms = quantile(pt, 64, 0.5);
+                pr[rd] = tfull / ms;
+                printf("#   paired round %d: full %.3f ms, sparse median %.4f ms, ratio %.1f\n", rd, tfull * 1e3, ms * 1e3,
+                       pr[rd]);
+            }
+            double lo = quantile(pr, paired, 0.0), hi = quantile(pr, paired, 1.0), md = quantile(pr, paired, 0.5);
+            printf("PAIRED %s %d %llu %d %.1f %.1f %.1f\n", clustered ? "clu" : "iso", H, (unsigned long long)T, paired, md,
+                   lo, hi);
+            free(pr);
+            free(pt);
+        }
         free(sptr);
         fflush(stdout);
     }
