@@ -46,7 +46,9 @@
 /* What topk means for the index selector (docs/ARCHIVE.md, "Choosing the probes"): clusters probed and
  * candidates attended exactly, per unit of topk. */
 #define INDEX_PROBES_PER_TOPK     4
-#define INDEX_CANDIDATES_PER_TOPK 4
+#ifndef INDEX_CANDIDATES_PER_TOPK
+#define INDEX_CANDIDATES_PER_TOPK 8
+#endif
 #ifndef INDEX_PROBE_FRAC_DIV
 #define INDEX_PROBE_FRAC_DIV      160
 #endif
