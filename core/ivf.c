@@ -1647,7 +1647,7 @@ static int open_cent(const void *buf, size_t len, ma_blob_reader *c)
 
 int ma_ivf_restore(int H, int d, const void *buf, size_t len, ma_ivf **out)
 {
-    if (!buf || !out || H < 1 || d < 1)
+    if (!buf || !out || H < 1 || d < 1 || d > MA_IVF_MAX_D)
         return MA_EINVAL;
     ma_blob_reader c;
     if (open_cent(buf, len, &c))
