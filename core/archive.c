@@ -16,8 +16,8 @@
  * small cache (it only costs memory for its duration). The tail (partial) chunk is always owned.
  *
  * Reads: full (every chunk), window (the last W events), sparse through the selector (chunks: top-k
- * chunks by summary score; index: probe the 4·topk nearest clusters, rank their events by code, attend
- * exactly over the best 4·topk, loaded from their chunks). Each ends in the exact kernel ma_attn.
+ * chunks by summary score; index: probe a tenth of the clusters (at the default topk), rank their events
+ * by sign code then 4-bit code, attend exactly over the best 8·topk, loaded from their chunks). Each ends in the exact kernel ma_attn.
  *
  * Persistence. The meta blob holds only what cannot be recomputed (shape, index centroids and counters);
  * restore streams every chunk through the source once to recompute summaries or index lists with the
@@ -43,8 +43,10 @@
 #include "core/hash.h"
 #include "core/ivf.h"
 
-/* What topk means for the index selector (docs/ARCHIVE.md, "Choosing the probes"): clusters probed and
- * candidates attended exactly, per unit of topk. */
+/* What topk means for the index selector (docs/ARCHIVE.md, "Choosing the probes"): at least
+ * INDEX_PROBES_PER_TOPK·topk clusters probed, a fraction topk/INDEX_PROBE_FRAC_DIV of them, and
+ * INDEX_CANDIDATES_PER_TOPK·topk candidates attended exactly (overridable at compile time for
+ * experiments: bench/). */
 #define INDEX_PROBES_PER_TOPK     4
 #ifndef INDEX_CANDIDATES_PER_TOPK
 #define INDEX_CANDIDATES_PER_TOPK 8

@@ -71,8 +71,8 @@ int ma_archive_read_window(const ma_archive *a, const float *q, int window, ma_r
 /* Sparse read through the session's selector; topk <= 0 means ma_params.topk. What topk means:
  *  - chunks: the topk best-scoring chunks are read (at most topk·C events attended);
  *  - index: the max(4·topk, nlist·topk/160) clusters nearest to q are probed (a tenth of the lists at the
- *    default 16), their events ranked by their residual sign codes, the best 32·topk re-ranked by their
- *    4-bit codes (the < 1,024 not yet clustered events exactly), and the best 4·topk attended exactly.
+ *    default 16), their events ranked by their residual sign codes, the best 64·topk re-ranked by their
+ *    4-bit codes (the < 1,024 not yet clustered events exactly), and the best 8·topk attended exactly.
  * events_scored counts the events of the selected chunks (chunks, exactly) or the events ranked (index).
  * Paged archives: only the chunks of attended events are loaded; a paged or restored archive answers
  * with the same bits as the original. */
