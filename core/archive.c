@@ -16,8 +16,8 @@
  * small cache (it only costs memory for its duration). The tail (partial) chunk is always owned.
  *
  * Reads: full (every chunk), window (the last W events), sparse through the selector (chunks: top-k
- * chunks by summary score; index: probe the 4·topk nearest clusters, rank their events by code, attend
- * exactly over the best 4·topk, loaded from their chunks). Each ends in the exact kernel ma_attn.
+ * chunks by summary score; index: probe a tenth of the clusters (at the default topk), rank their events
+ * by sign code then 4-bit code, attend exactly over the best 8·topk, loaded from their chunks). Each ends in the exact kernel ma_attn.
  *
  * Persistence. The meta blob holds only what cannot be recomputed (shape, index centroids and counters);
  * restore streams every chunk through the source once to recompute summaries or index lists with the
@@ -43,10 +43,17 @@
 #include "core/hash.h"
 #include "core/ivf.h"
 
-/* What topk means for the index selector (docs/ARCHIVE.md, "Choosing the probes"): clusters probed and
- * candidates attended exactly, per unit of topk. */
+/* What topk means for the index selector (docs/ARCHIVE.md, "Choosing the probes"): at least
+ * INDEX_PROBES_PER_TOPK·topk clusters probed, a fraction topk/INDEX_PROBE_FRAC_DIV of them, and
+ * INDEX_CANDIDATES_PER_TOPK·topk candidates attended exactly (overridable at compile time for
+ * experiments: bench/). */
 #define INDEX_PROBES_PER_TOPK     4
-#define INDEX_CANDIDATES_PER_TOPK 4
+#ifndef INDEX_CANDIDATES_PER_TOPK
+#define INDEX_CANDIDATES_PER_TOPK 8
+#endif
+#ifndef INDEX_PROBE_FRAC_DIV
+#define INDEX_PROBE_FRAC_DIV      160
+#endif
 
 typedef struct {
     float *k, *v;         /* owned storage, or NULL when the chunk is only in the source */
@@ -745,22 +752,28 @@ fail:
     return rc;
 }
 
-static int read_index(const ma_archive *a, const float *q, int topk, ma_read_result *r)
+/* The index's probes for topk: a fraction topk/INDEX_PROBE_FRAC_DIV of the lists (a tenth at the default
+ * topk 16), at least INDEX_PROBES_PER_TOPK·topk; and its candidate budget. */
+static int index_budget(const ma_archive *a, int topk, size_t *budget)
+{
+    uint64_t b64 = (uint64_t)topk * INDEX_CANDIDATES_PER_TOPK;
+    *budget = b64 < a->length ? (size_t)b64 : (size_t)a->length;
+    uint64_t np64 = ((uint64_t)ma_ivf_nlist(a->ivf) * (uint64_t)topk + INDEX_PROBE_FRAC_DIV - 1) / INDEX_PROBE_FRAC_DIV;
+    if (np64 < (uint64_t)topk * INDEX_PROBES_PER_TOPK)
+        np64 = (uint64_t)topk * INDEX_PROBES_PER_TOPK;
+    return np64 > INT_MAX ? INT_MAX : (int)np64;
+}
+
+/* Exact attention over the n candidates ids (ascending) the index chose for q. */
+static int attend_ids(const ma_archive *a, const float *q, const uint64_t *ids, size_t n, uint64_t scored,
+                      ma_read_result *r)
 {
     int rc = MA_ENOMEM;
-    uint64_t budget64 = (uint64_t)topk * INDEX_CANDIDATES_PER_TOPK;
-    size_t budget = budget64 < a->length ? (size_t)budget64 : (size_t)a->length;
-    uint64_t *ids = malloc(budget * sizeof *ids);
-    float *k = malloc(budget * a->kf * sizeof(float));
-    float *v = malloc(budget * a->vf * sizeof(float));
-    uint32_t *cl = malloc(budget * sizeof *cl);
-    size_t n = 0, ncl = 0;
-    uint64_t scored = 0;
-    if (!ids || !k || !v || !cl)
-        goto done;
-    int nprobe = topk > INT_MAX / INDEX_PROBES_PER_TOPK ? INT_MAX : topk * INDEX_PROBES_PER_TOPK;
-    rc = ma_ivf_search(a->ivf, q, nprobe, budget, ids, &n, &scored);
-    if (rc)
+    float *k = malloc((n ? n : 1) * a->kf * sizeof(float));
+    float *v = malloc((n ? n : 1) * a->vf * sizeof(float));
+    uint32_t *cl = malloc((n ? n : 1) * sizeof *cl);
+    size_t ncl = 0;
+    if (!k || !v || !cl)
         goto done;
     if (a->n_masked && r->skip) {   /* one mask test per candidate; order (ascending) is kept */
         size_t kept = 0;
@@ -798,10 +811,65 @@ static int read_index(const ma_archive *a, const float *q, int topk, ma_read_res
     fill_result(r, &best, cl, ncl, scored);
     cl = NULL;
 done:
-    free(ids);
     free(k);
     free(v);
     free(cl);
+    return rc;
+}
+
+static int read_index(const ma_archive *a, const float *q, int topk, ma_read_result *r)
+{
+    size_t budget, n = 0;
+    uint64_t scored = 0;
+    int nprobe = index_budget(a, topk, &budget);
+    uint64_t *ids = malloc((budget ? budget : 1) * sizeof *ids);
+    if (!ids)
+        return MA_ENOMEM;
+    int rc = ma_ivf_search(a->ivf, q, nprobe, budget, ids, &n, &scored);
+    if (rc == 0)
+        rc = attend_ids(a, q, ids, n, scored, r);
+    free(ids);
+    return rc;
+}
+
+int ma_archive_read_sparse_batch(const ma_archive *a, const float *Q, size_t nq, int topk, ma_read_result *r)
+{
+    if (a->length == 0)
+        return MA_ENOTFOUND;
+    if (topk <= 0)
+        topk = a->topk;
+    if (a->selector != MA_SELECTOR_INDEX || nq < 2) {
+        for (size_t i = 0; i < nq; i++) {
+            int rc = ma_archive_read_sparse(a, Q + i * a->kf, topk, &r[i]);
+            if (rc) {
+                for (size_t j = 0; j < i; j++)
+                    ma_read_result_clear(&r[j]);
+                return rc;
+            }
+        }
+        return 0;
+    }
+    size_t budget, done = 0;
+    int nprobe = index_budget(a, topk, &budget), rc = MA_ENOMEM;
+    uint64_t *ids = malloc(nq * (budget ? budget : 1) * sizeof *ids), *scored = malloc(nq * sizeof *scored);
+    size_t *n = malloc(nq * sizeof *n);
+    if (!ids || !scored || !n)
+        goto fail;
+    if ((rc = ma_ivf_search_batch(a->ivf, Q, nq, nprobe, budget ? budget : 1, ids, n, scored)) != 0)
+        goto fail;
+    for (; done < nq; done++)
+        if ((rc = attend_ids(a, Q + done * a->kf, ids + done * (budget ? budget : 1), n[done], scored[done], &r[done])) != 0)
+            goto fail;
+    free(ids);
+    free(scored);
+    free(n);
+    return 0;
+fail:
+    for (size_t j = 0; j < done; j++)
+        ma_read_result_clear(&r[j]);
+    free(ids);
+    free(scored);
+    free(n);
     return rc;
 }
 

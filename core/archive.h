@@ -90,12 +90,19 @@ int ma_archive_read_window(const ma_archive *a, const float *q, int window, ma_r
 
 /* Sparse read through the session's selector; topk <= 0 means ma_params.topk. What topk means:
  *  - chunks: the topk best-scoring chunks are read (at most topk·C events attended);
- *  - index: the 4·topk clusters nearest to q are probed, their events ranked by their 4-bit codes (and
- *    the < 1,024 not yet clustered events exactly), and the best 4·topk candidates attended exactly.
+ *  - index: the max(4·topk, nlist·topk/160) clusters nearest to q are probed (a tenth of the lists at the
+ *    default 16), their events ranked by their residual sign codes, the best 64·topk re-ranked by their
+ *    4-bit codes (the < 1,024 not yet clustered events exactly), and the best 8·topk attended exactly.
  * events_scored counts the events of the selected chunks (chunks, exactly) or the events ranked (index).
  * Paged archives: only the chunks of attended events are loaded; a paged or restored archive answers
  * with the same bits as the original. */
 int ma_archive_read_sparse(const ma_archive *a, const float *q, int topk, ma_read_result *r);
+
+/* nq sparse reads at once (Q: nq × H·d, r: nq results with their v buffers); the same answers as nq calls of
+ * ma_archive_read_sparse, except that with the index selector the batch's centroid scores are one sgemm
+ * (the probes of a query could differ where two centroid scores tie within rounding) and every probed list
+ * is scanned once for the whole batch. On error no result is left filled. Added by issue 15 (additive). */
+int ma_archive_read_sparse_batch(const ma_archive *a, const float *Q, size_t nq, int topk, ma_read_result *r);
 
 /* How the chunks selector scores a chunk against q (summed over heads):
  *  - BOUND (default): Quest's upper bound of q.k over the chunk, sum_j max(q_j min_j, q_j max_j);

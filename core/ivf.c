@@ -1,21 +1,29 @@
 /*
- * core/ivf.c — inverted-file index over events' keys: spherical k-means, lists of ids and 4-bit codes
- * (core/ivf.h).
+ * core/ivf.c — inverted-file index over events' keys: spherical k-means, lists of ids, residual sign codes
+ * and 4-bit codes, a two-stage search (core/ivf.h; docs/ARCHIVE.md).
  *
- * Data: nlist unit centroids (row-major nlist × D, D = H·d) and per list, in id order and in fixed blocks
- * of LB events, the ids (u32), the per-head scales (float) and the codes (H·hb bytes, hb = ceil(d/2): the
- * low nibble of byte j is dimension j, the high nibble dimension j + hb, so both halves of a byte meet one
- * contiguous half of the query).
- * A code nibble u in 1..15 stands for (u − 8)·scale, scale = max_j |k_j| / 7 per head. Events of the
+ * Data: nlist unit centroids (row-major nlist × D, D = H·d), each list's key sum (double) and mean key
+ * (float, what probes are ranked by), and per list, in id order and in fixed blocks of LB events: per
+ * event and head the split k_h = alpha·u_h + r_h (u_h the unit direction of the centroid's head slice),
+ * alpha (float), r_h's sign code (ceil(d/8) bytes, stored transposed in groups of G events) and its factor
+ * |r|²/sum|r_j| (float) — the scan part of a block — and the id (u32), r_h's 4-bit scale (float) and
+ * 4-bit code (ceil(d/2) bytes: low nibble dimension j, high nibble j + hb) — the other part. Events of the
  * incomplete last block of MA_IVF_BLOCK ids are pending: raw keys, scored exactly. Before the first build
  * there are no lists (nlist = 0) and every event is pending.
  *
- * Scoring a code: the query is quantised per head to int8 (scale max|q|/127); the estimate of q_h . k_h
- * is qscale·kscale·(sum_j q8_j u_j − 8·sum_j q8_j), the integer sum in a loop the compiler vectorises.
+ * Search: the lists of the largest q . mean are probed; stage 1 scores every probed event from its sign
+ * code, alpha·(q_h . u_h) + f·(q_h . sign(r_h)), with 16-entry byte tables per 4 dimensions (vpshufb, 32
+ * events at a time) and keeps the best MA_IVF_RERANK·max_ids; stage 2 re-scores those from their 4-bit
+ * codes, alpha·(q_h . u_h) + qscale·kscale·(sum_j q8_j u_j − 8·sum_j q8_j) (vpmaddubsw), and keeps max_ids.
+ * Both stages have an AVX2 kernel (target attribute, chosen at run time) and a portable one computing the
+ * same integers and the same float operations in the same order: answers do not depend on the kernel.
  *
  * k-means: training directions of a sample drawn by selection sampling (ordered, deterministic), initial
  * centroids a deterministic random subset, MA_IVF_ITERS Lloyd iterations with dot products from sgemm in
  * blocks, sums in double; an empty cluster is reseeded with a random training point.
+ *
+ * Memory: blocks come from arenas (huge pages when large); after a build the blocks are laid out list by
+ * list so a scan streams a list's sign codes.
  *
  * Not here: no exact re-ranking (the archive attends the candidates' exact keys), no removal of events
  * (the archive only appends), no background rebuild (the caller runs it when ma_ivf_want_rebuild says).
@@ -27,14 +35,20 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <time.h>
 
 #include "core/attn.h"
 #include "core/blob.h"
 #include "core/error.h"
 #include "core/hash.h"
 
-#if defined(__AVX2__)
+/* The AVX2 kernels are compiled for x86-64 whatever the build's -march (target attribute) and chosen at
+ * run time, so every build, the sanitizer build of the tests included, runs and checks them. */
+#if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+#define HAVE_AVX2_KERNELS 1
+#define AVX2_FN __attribute__((target("avx2")))
 #endif
 
 #define BLOCK MA_IVF_BLOCK
@@ -45,23 +59,75 @@
 /* A list is a sequence of fixed-size blocks of LB events, each one allocation holding ids[LB] (u32),
  * scales[LB·H] (float) and codes[LB·H·hb]. Fixed-size blocks, never reallocated: growing lists (online or
  * at restore) leave no holes in the heap, and the slack is under one block per list. */
-#define LB 128
+#define LB 32
+/* Sign codes are stored in groups of G events (transposed: one byte position of G events is contiguous),
+ * the unit of the table-lookup kernel. LB is a multiple of G. */
+#define G 32
+/* Where event e of a group keeps its sign-code bytes within a row of G bytes: events 0..15 at the even
+ * positions, 16..31 at the odd ones, so the AVX2 kernel's two 16-bit accumulators (even and odd bytes)
+ * hold events 0..15 and 16..31 in order. */
+static size_t gpos(size_t e)
+{
+    return e < G / 2 ? 2 * e : 2 * (e - G / 2) + 1;
+}
+
+/* The stage-1 buffer holds up to BUF_FACTOR·keep candidates before it is cut back to the best keep. */
+#ifndef BUF_FACTOR
+#define BUF_FACTOR 4
+#endif
+
+/* Lines of each block's group records prefetched (the hardware prefetcher streams the rest). */
+#ifndef PF_LINES
+#define PF_LINES 64
+#endif
+
+/* Lists prefetched ahead of the scan. */
+#ifndef PF_AHEAD
+#define PF_AHEAD 2
+#endif
+
+/* Tests and benches: the portable kernels in place of the AVX2 ones (same integers, so same answers). */
+static int use_generic;
 
 typedef struct {
-    unsigned char **blk;
+    unsigned char **blk;   /* the blocks' scan parts (group records) */
+    unsigned char **rst;   /* their other parts (ids, scales, 4-bit codes) */
     size_t nblk, blk_alloc;
     size_t n;
+    double *ksum;          /* D: the sum of the list's keys, in id order (its mean ranks the list) */
 } ivlist;
+
+/* Where blocks come from: arenas of growing size (16 blocks, doubling up to ARENA_BYTES), the large ones
+ * aligned to and advised as transparent huge pages, blocks carved in order and reused through a free list.
+ * A scan visits the probed lists' blocks, scattered over the index: with 4 KiB pages every block was a TLB
+ * miss (a two-level page walk in a VM), which bound the scan; 2 MiB pages cover the index (~110 MiB at 2M
+ * events) with a few dozen TLB entries. The lists of one build share one pool; a rebuild makes a new pool
+ * and frees the old one with the old lists. */
+#define ARENA_BYTES ((size_t)2 << 20)
+typedef struct {
+    unsigned char **arena;
+    size_t narena, aalloc;
+    unsigned char *cur;     /* next unused block of the newest arena */
+    size_t left;            /* blocks left there */
+    size_t next;            /* blocks of the next arena */
+    unsigned char *freel;   /* returned blocks, linked through their first bytes */
+    size_t bytes;           /* held in arenas */
+} blkpool;
 
 struct ma_ivf {
     int H, d;
     size_t D, hb, cb;  /* floats per key; code bytes per head; code bytes per event */
-    size_t blk_bytes;  /* one list block */
+    size_t nbp;        /* sign-code bytes per head and event: ceil(d/8) (two nibbles of 4 dimensions each) */
+    size_t scan_bytes; /* a block's scan part: LB/G group records */
+    size_t rest_bytes; /* a block's other part: ids, scales, 4-bit codes */
     uint64_t count;
     uint64_t assigned; /* events [0, assigned) are in lists (a multiple of BLOCK); the rest pending */
     uint32_t nlist;    /* 0 before the first build */
     float *cent;       /* nlist × D unit rows */
+    float *kmean;      /* nlist × D: each list's mean key (what a query's probes are ranked by) */
     ivlist *lists;
+    blkpool pool;      /* the lists' blocks' scan parts */
+    blkpool rpool;     /* and their other parts */
     float *pend;       /* (count − assigned) × D raw keys */
     size_t pend_cap;   /* events */
     uint64_t built_at;
@@ -128,30 +194,57 @@ static void nearest(const float *cent, uint32_t nlist, size_t D, const float *X,
     }
 }
 
-/* The 4-bit code and the scale of one key (all heads). */
-static void encode(const ma_ivf *x, const float *k, float *scale, uint8_t *code)
+/* The 4-bit code and the scale of one head's vector r (d floats; the key's residual, see list_push). */
+static void encode4(const ma_ivf *x, const float *r, float *scale, uint8_t *ch)
 {
-    for (int h = 0; h < x->H; h++) {
-        const float *kh = k + (size_t)h * x->d;
-        uint8_t *ch = code + (size_t)h * x->hb;
-        float m = 0;
-        for (int j = 0; j < x->d; j++)
-            m = fabsf(kh[j]) > m ? fabsf(kh[j]) : m;
-        float inv = m > 0 ? 7.0f / m : 0.0f;
-        scale[h] = m / 7.0f;
-        for (size_t j = 0; j < x->hb; j++) {
-            int lo = 8, hi = 8;
-            if (j < (size_t)x->d) {
-                long u = lrintf(kh[j] * inv);
-                lo = (int)(u < -7 ? -7 : u > 7 ? 7 : u) + 8;
-            }
-            if (j + x->hb < (size_t)x->d) {
-                long u = lrintf(kh[j + x->hb] * inv);
-                hi = (int)(u < -7 ? -7 : u > 7 ? 7 : u) + 8;
-            }
-            ch[j] = (uint8_t)(lo | hi << 4);
+    float m = 0;
+    for (int j = 0; j < x->d; j++)
+        m = fabsf(r[j]) > m ? fabsf(r[j]) : m;
+    float inv = m > 0 ? 7.0f / m : 0.0f;
+    *scale = m / 7.0f;
+    for (size_t j = 0; j < x->hb; j++) {
+        int lo = 8, hi = 8;
+        if (j < (size_t)x->d) {
+            long u = lrintf(r[j] * inv);
+            lo = (int)(u < -7 ? -7 : u > 7 ? 7 : u) + 8;
         }
+        if (j + x->hb < (size_t)x->d) {
+            long u = lrintf(r[j + x->hb] * inv);
+            hi = (int)(u < -7 ? -7 : u > 7 ? 7 : u) + 8;
+        }
+        ch[j] = (uint8_t)(lo | hi << 4);
     }
+}
+
+/* The sign code of one head's vector r (d floats) at byte rows gb[p·G] (its group, head and event), and
+ * its factor |r|^2 / sum_j |r_j|: fac·(q . sign(r)) estimates q . r (exact for a vector of equal
+ * magnitudes; RaBitQ's estimator without the rotation). Bit t of byte p is r_8p+t > 0. */
+static void encode_bits(const ma_ivf *x, const float *r, float *fac, uint8_t *gb)
+{
+    double nn = 0, l1 = 0;
+    for (int j = 0; j < x->d; j++) {
+        nn += (double)r[j] * r[j];
+        l1 += fabs((double)r[j]);
+    }
+    *fac = l1 > 0 ? (float)(nn / l1) : 0.0f;
+    for (size_t p = 0; p < x->nbp; p++) {
+        unsigned v = 0;
+        for (int t = 0; t < 8; t++) {
+            size_t j = 8 * p + (size_t)t;
+            if (j < (size_t)x->d && r[j] > 0)
+                v |= 1u << t;
+        }
+        gb[p * G] = (uint8_t)v;
+    }
+}
+
+/* The norm of head h's slice of centroid row c (what a key's residual is taken against). */
+static double slice_norm(const ma_ivf *x, const float *c)
+{
+    double nn = 0;
+    for (int j = 0; j < x->d; j++)
+        nn += (double)c[j] * c[j];
+    return sqrt(nn);
 }
 
 /* sum_j qlo_j·(c_j & 15) + qhi_j·(c_j >> 4). Written so that GCC vectorises it at -O2 for the common
@@ -227,38 +320,51 @@ static int qcode_make(const ma_ivf *x, const float *q, qcode *qc)
     return 0;
 }
 
-static uint32_t *blk_ids(unsigned char *b) { return (uint32_t *)b; }
-static float *blk_scale(unsigned char *b) { return (float *)(b + LB * sizeof(uint32_t)); }
+/* A block is two allocations from two pools: its scan part, LB/G group records (what a scan reads: per
+ * group the sign codes, H·nbp·G bytes, then G·H factors and G·H alphas), and its other part, ids[LB],
+ * scales[LB·H], 4-bit codes[LB·cb] (read only for candidates). After a build the scan parts of a list are
+ * contiguous (relayout), so a scan streams them. */
+static size_t grp_bytes(const ma_ivf *x)
+{
+    return G * (size_t)x->H * (x->nbp + 2 * sizeof(float));
+}
+static uint8_t *grp_bits(const ma_ivf *x, unsigned char *b, size_t g)
+{
+    return b + g * grp_bytes(x);
+}
+static float *grp_fac(const ma_ivf *x, unsigned char *b, size_t g)
+{
+    return (float *)(b + g * grp_bytes(x) + G * (size_t)x->H * x->nbp);
+}
+static float *grp_alpha(const ma_ivf *x, unsigned char *b, size_t g)
+{
+    return grp_fac(x, b, g) + G * (size_t)x->H;
+}
+static uint32_t *blk_ids(const ma_ivf *x, unsigned char *rb)
+{
+    (void)x;
+    return (uint32_t *)rb;
+}
+static float *blk_scale(const ma_ivf *x, unsigned char *rb)
+{
+    return (float *)(blk_ids(x, rb) + LB);
+}
 static uint8_t *blk_codes(const ma_ivf *x, unsigned char *b)
 {
-    return b + LB * (sizeof(uint32_t) + (size_t)x->H * sizeof(float));
+    return (uint8_t *)(blk_scale(x, b) + LB * (size_t)x->H);
 }
 
-#if defined(__AVX2__)
+#if defined(HAVE_AVX2_KERNELS)
 /* The same integer as dot_32 (exact: no saturation, |products| <= 15·127, pair sums <= 3,810, the two
  * halves' sum <= 7,620 in int16), with vpmaddubsw on 32 code bytes at once. */
-/* Eight int32 partial sums of one event's dot product. */
-static inline __m256i part_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
+AVX2_FN static int32_t dot_32_avx2(const uint8_t *c, const int8_t *q_lo, const int8_t *q_hi)
 {
     const __m256i mask = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    const __m256i ql = _mm256_loadu_si256((const __m256i *)q_lo), qh = _mm256_loadu_si256((const __m256i *)q_hi);
     __m256i b = _mm256_loadu_si256((const __m256i *)c);
     __m256i lo = _mm256_and_si256(b, mask), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), mask);
     __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ql), _mm256_maddubs_epi16(hi, qh));
-    return _mm256_madd_epi16(p, ones);
-}
-
-/* The dot products of four consecutive events (32 code bytes each), reduced together. */
-static inline __m128i dot4_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
-{
-    __m256i a = part_32_avx2(c, ql, qh), b = part_32_avx2(c + 32, ql, qh);
-    __m256i e = part_32_avx2(c + 64, ql, qh), d = part_32_avx2(c + 96, ql, qh);
-    __m256i t = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(e, d));
-    return _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
-}
-
-static inline int32_t dot_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
-{
-    __m256i w = part_32_avx2(c, ql, qh);
+    __m256i w = _mm256_madd_epi16(p, ones);
     __m128i t = _mm_add_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
     t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
     t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
@@ -266,61 +372,276 @@ static inline int32_t dot_32_avx2(const uint8_t *c, __m256i ql, __m256i qh)
 }
 #endif
 
-/* Estimates of q . k for the n events of a list into s, block by block. The integer dot products are
- * exact whichever kernel computes them, so every build answers with the same bits. */
-static void score_list(const ma_ivf *x, const ivlist *l, const qcode *qc, float *s)
+/* Whether the AVX2 kernels run: the CPU has AVX2 and no test asked for the portable ones. */
+static int use_avx2(void)
 {
-    const int H = x->H;
-    for (size_t b0 = 0; b0 < l->n; b0 += LB) {
-        unsigned char *b = l->blk[b0 / LB];
-        const size_t m = l->n - b0 < LB ? l->n - b0 : LB;
-        const uint8_t *codes = blk_codes(x, b);
-        const float *sc = blk_scale(b);
-        float *out = s + b0;
-#if defined(__AVX2__)
-        if (x->hb == 32 && H == 1) {
-            const __m256i ql = _mm256_loadu_si256((const __m256i *)qc->lo8);
-            const __m256i qh = _mm256_loadu_si256((const __m256i *)qc->hi8);
-            const float f = qc->qs[0];
-            const int32_t off = 8 * qc->qsum[0];
-            const __m128i voff = _mm_set1_epi32(off);
-            const __m128 vf = _mm_set1_ps(f);
-            size_t i = 0;
-            /* Four at a time; the same IEEE operations in the same order as the scalar tail. */
-            for (; i + 4 <= m; i += 4) {
-                __m128i dot = _mm_sub_epi32(dot4_32_avx2(codes + i * 32, ql, qh), voff);
-                __m128 v = _mm_mul_ps(_mm_mul_ps(vf, _mm_loadu_ps(sc + i)), _mm_cvtepi32_ps(dot));
-                _mm_storeu_ps(out + i, v);
-            }
-            for (; i < m; i++)
-                out[i] = f * sc[i] * (float)(dot_32_avx2(codes + i * 32, ql, qh) - off);
-            continue;
-        }
+#if defined(HAVE_AVX2_KERNELS)
+    return !use_generic && __builtin_cpu_supports("avx2");
+#else
+    return 0;
 #endif
-        for (size_t i = 0; i < m; i++) {
-            const uint8_t *c = codes + i * x->cb;
-            float acc = 0;
-            for (int h = 0; h < H; h++) {
-                const uint8_t *ch = c + (size_t)h * x->hb;
-                const int16_t *lo = qc->lo + (size_t)h * x->hb, *hi = qc->hi + (size_t)h * x->hb;
-                int32_t dot;
-#if defined(__AVX2__)
-                if (x->hb == 32)
-                    dot = dot_32_avx2(ch, _mm256_loadu_si256((const __m256i *)(qc->lo8 + (size_t)h * 32)),
-                                      _mm256_loadu_si256((const __m256i *)(qc->hi8 + (size_t)h * 32)));
-                else
+}
+
+/* The 4-bit estimate of q . k for event r of block b (the second stage: only for candidates). The integer
+ * dot products are exact whichever kernel computes them, so every build answers with the same bits. */
+static float code4_score(const ma_ivf *x, unsigned char *b, unsigned char *rb, size_t r, const qcode *qc,
+                         const float *qcent)
+{
+    const uint8_t *c = blk_codes(x, rb) + r * x->cb;
+    const float *sc = blk_scale(x, rb) + r * (size_t)x->H, *al = grp_alpha(x, b, r / G) + r % G * (size_t)x->H;
+    const int avx2 = use_avx2();
+    float acc = 0;
+    for (int h = 0; h < x->H; h++) {
+        const uint8_t *ch = c + (size_t)h * x->hb;
+        int32_t dot;
+#if defined(HAVE_AVX2_KERNELS)
+        if (x->hb == 32 && avx2)
+            dot = dot_32_avx2(ch, qc->lo8 + (size_t)h * 32, qc->hi8 + (size_t)h * 32);
+        else
 #endif
-                    dot = x->hb == 32 ? dot_32(ch, lo, hi) : dot_generic(ch, lo, hi, x->hb);
-                acc += qc->qs[h] * sc[i * (size_t)H + h] * (float)(dot - 8 * qc->qsum[h]);
-            }
-            out[i] = acc;
+            dot = x->hb == 32 ? dot_32(ch, qc->lo + (size_t)h * 32, qc->hi + (size_t)h * 32)
+                              : dot_generic(ch, qc->lo + (size_t)h * x->hb, qc->hi + (size_t)h * x->hb, x->hb);
+        acc += al[h] * qcent[h] + qc->qs[h] * sc[h] * (float)(dot - 8 * qc->qsum[h]);
+    }
+    return acc;
+}
+
+/* The query against sign codes, per head: a table of 16 entries (one per nibble value) for each of the
+ * 2·nbp nibble positions, lut[n][v] = round((sum_t q_4n+t·(±1 by bit t of v) − b_n) / delta) in 0..255 with
+ * b_n = −sum_t |q_4n+t|; so q_h . sign(k_h) ≈ delta·S + bias, S = sum_n lut[n][nibble n of the code] (exact
+ * in 16 bits: at most 256 positions of 255 for d <= 1024). FAISS's "fast scan" tables (PQ 4-bit), here
+ * over sign bits. */
+typedef struct {
+    uint8_t *lut;   /* H × 2·nbp × 16 */
+    float *delta;   /* H */
+    float *bias;    /* H */
+} qlut;
+
+static void qlut_free(qlut *t)
+{
+    free(t->lut);
+    free(t->delta);
+    free(t->bias);
+}
+
+static int qlut_make(const ma_ivf *x, const float *q, qlut *t)
+{
+    const size_t nn = 2 * x->nbp;
+    t->lut = malloc((size_t)x->H * nn * 16);
+    t->delta = malloc((size_t)x->H * sizeof(float));
+    t->bias = malloc((size_t)x->H * sizeof(float));
+    if (!t->lut || !t->delta || !t->bias) {
+        qlut_free(t);
+        return MA_ENOMEM;
+    }
+    for (int h = 0; h < x->H; h++) {
+        const float *qh = q + (size_t)h * x->d;
+        double range = 0, bias = 0;
+        for (size_t n = 0; n < nn; n++) {
+            double r = 0;
+            for (size_t u = 4 * n; u < 4 * n + 4 && u < (size_t)x->d; u++)
+                r += 2 * fabs((double)qh[u]);
+            range = r > range ? r : range;
         }
+        double delta = range > 0 ? range / 255 : 1;
+        for (size_t n = 0; n < nn; n++) {
+            double bn = 0;
+            for (size_t u = 4 * n; u < 4 * n + 4 && u < (size_t)x->d; u++)
+                bn -= fabs((double)qh[u]);
+            bias += bn;
+            uint8_t *L = t->lut + ((size_t)h * nn + n) * 16;
+            for (int v = 0; v < 16; v++) {
+                double val = 0;
+                for (size_t u = 4 * n; u < 4 * n + 4 && u < (size_t)x->d; u++)
+                    val += (v >> (u - 4 * n) & 1) ? qh[u] : -qh[u];
+                long l = lrint((val - bn) / delta);
+                L[v] = (uint8_t)(l < 0 ? 0 : l > 255 ? 255 : l);
+            }
+        }
+        t->delta[h] = (float)delta;
+        t->bias[h] = (float)bias;
+    }
+    return 0;
+}
+
+/* Benches: CPU time of the three phases of every search of the process (probe selection, sign-code scan,
+ * re-rank and sort) and the events scanned. */
+static int prof_on;
+static double prof_t[3];
+static uint64_t prof_n, prof_ev;
+
+static double prof_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+void ma_ivf_profile(int on, double t[3], uint64_t *searches, uint64_t *events)
+{
+    if (t)
+        memcpy(t, prof_t, sizeof prof_t);
+    if (searches)
+        *searches = prof_n;
+    if (events)
+        *events = prof_ev;
+    memset(prof_t, 0, sizeof prof_t);
+    prof_n = prof_ev = 0;
+    prof_on = on != 0;
+}
+
+void ma_ivf_set_generic_kernels(int on)
+{
+    use_generic = on != 0;
+}
+
+/* S for the G events of one group and one head (gb: its nbp·G bytes, lut: its 2·nbp tables). */
+static void group_sums_generic(const uint8_t *gb, const uint8_t *lut, size_t nbp, uint16_t *S)
+{
+    for (size_t e = 0; e < G; e++) {
+        uint32_t acc = 0;
+        for (size_t p = 0; p < nbp; p++) {
+            uint8_t v = gb[p * G + gpos(e)];
+            acc += (uint32_t)lut[32 * p + (v & 15)] + lut[32 * p + 16 + (v >> 4)];
+        }
+        S[e] = (uint16_t)acc;
     }
 }
 
-/* Ensures blocks for `need` events. MA_ENOMEM leaves the list valid (maybe with a spare block). */
-static int list_reserve(const ma_ivf *x, ivlist *l, size_t need)
+#if defined(HAVE_AVX2_KERNELS)
+/* The same integers with vpshufb: 32 table lookups an instruction, sums in 16-bit lanes (even and odd
+ * events apart), exact (no overflow for d <= 1024). */
+AVX2_FN static void group_sums_avx2(const uint8_t *gb, const uint8_t *lut, size_t nbp, uint16_t *S)
 {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m8 = _mm256_set1_epi16(0x00ff);
+    __m256i ae = _mm256_setzero_si256(), ao = _mm256_setzero_si256();
+    for (size_t p = 0; p < nbp; p++) {
+        __m256i b = _mm256_loadu_si256((const __m256i *)(gb + p * G));
+        __m256i lo = _mm256_and_si256(b, m4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), m4);
+        __m256i tl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(lut + 32 * p)));
+        __m256i th = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(lut + 32 * p + 16)));
+        __m256i r1 = _mm256_shuffle_epi8(tl, lo), r2 = _mm256_shuffle_epi8(th, hi);
+        ae = _mm256_add_epi16(ae, _mm256_add_epi16(_mm256_and_si256(r1, m8), _mm256_and_si256(r2, m8)));
+        ao = _mm256_add_epi16(ao, _mm256_add_epi16(_mm256_srli_epi16(r1, 8), _mm256_srli_epi16(r2, 8)));
+    }
+    _mm256_storeu_si256((__m256i *)S, ae);   /* events 0..15 (gpos) */
+    _mm256_storeu_si256((__m256i *)(S + 16), ao);
+}
+
+/* One head's estimates of a group (H = 1): the operations of score_group's loop in the same order, 8
+ * events at a time. */
+AVX2_FN static void finish_avx2(const uint16_t *S, const float *fac, const float *al, float dl, float bs,
+                                float qch, float *out)
+{
+    const __m256 vd = _mm256_set1_ps(dl), vb = _mm256_set1_ps(bs), vq = _mm256_set1_ps(qch);
+    for (size_t e = 0; e < G; e += 8) {
+        __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(S + e))));
+        __m256 t = _mm256_mul_ps(_mm256_loadu_ps(fac + e), _mm256_add_ps(_mm256_mul_ps(f, vd), vb));
+        _mm256_storeu_ps(out + e, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(al + e), vq), t));
+    }
+}
+#endif
+
+/* Sign-code estimates of q . k for the G events of group g of block b into out: the sum over heads of
+ * alpha·(q_h . u_h) + fac·(delta·S + bias), in this order for every kernel (qcent: q_h . u_h of the list). */
+static void score_group(const ma_ivf *x, unsigned char *b, size_t g, const qlut *t, const float *qcent, float *out)
+{
+    const size_t H = (size_t)x->H, nn = 2 * x->nbp;
+    const uint8_t *grp = grp_bits(x, b, g);
+    const float *fac = grp_fac(x, b, g), *al = grp_alpha(x, b, g);
+    uint16_t S[G];
+    const int avx2 = use_avx2();
+    for (size_t h = 0; h < H; h++) {
+#if defined(HAVE_AVX2_KERNELS)
+        if (avx2)
+            group_sums_avx2(grp + h * x->nbp * G, t->lut + h * nn * 16, x->nbp, S);
+        else
+#endif
+            group_sums_generic(grp + h * x->nbp * G, t->lut + h * nn * 16, x->nbp, S);
+        const float dl = t->delta[h], bs = t->bias[h], qch = qcent[h];
+        if (H == 1) {
+#if defined(HAVE_AVX2_KERNELS)
+            if (avx2) {
+                finish_avx2(S, fac, al, dl, bs, qch, out);
+                continue;
+            }
+#endif
+            for (size_t e = 0; e < G; e++)
+                out[e] = al[e] * qch + fac[e] * ((float)S[e] * dl + bs);
+        } else if (h == 0)
+            for (size_t e = 0; e < G; e++)
+                out[e] = al[e * H] * qch + fac[e * H] * ((float)S[e] * dl + bs);
+        else
+            for (size_t e = 0; e < G; e++)
+                out[e] = out[e] + (al[e * H + h] * qch + fac[e * H + h] * ((float)S[e] * dl + bs));
+    }
+}
+
+/* A zeroed block (a group's unused sign codes are read by the scan), or NULL. */
+static unsigned char *pool_get(blkpool *p, size_t bsz)
+{
+    unsigned char *b;
+    if (p->freel) {
+        b = p->freel;
+        memcpy(&p->freel, b, sizeof p->freel);
+        memset(b, 0, bsz);
+        return b;
+    }
+    if (p->left == 0) {
+        if (p->narena == p->aalloc) {
+            size_t na = p->aalloc ? 2 * p->aalloc : 8;
+            unsigned char **a = realloc(p->arena, na * sizeof *a);
+            if (!a)
+                return NULL;
+            p->arena = a;
+            p->aalloc = na;
+        }
+        size_t nb = p->next ? p->next : 16, bytes = nb * bsz;
+        unsigned char *a;
+        if (bytes >= ARENA_BYTES) {
+            bytes = (bytes + ARENA_BYTES - 1) / ARENA_BYTES * ARENA_BYTES;
+            nb = bytes / bsz;
+            a = aligned_alloc(ARENA_BYTES, bytes);
+            if (a) {
+                (void)madvise(a, bytes, MADV_HUGEPAGE);   /* advice only: fine if refused */
+                memset(a, 0, bytes);
+            }
+        } else {
+            a = calloc(1, bytes);
+        }
+        if (!a)
+            return NULL;
+        p->arena[p->narena++] = a;
+        p->cur = a;
+        p->left = nb;
+        p->bytes += bytes;
+        p->next = nb * bsz < ARENA_BYTES ? 2 * nb : nb;
+    }
+    b = p->cur;
+    p->cur += bsz;
+    p->left--;
+    return b;
+}
+
+static void pool_put(blkpool *p, unsigned char *b)
+{
+    memcpy(b, &p->freel, sizeof p->freel);
+    p->freel = b;
+}
+
+static void pool_free(blkpool *p)
+{
+    for (size_t i = 0; i < p->narena; i++)
+        free(p->arena[i]);
+    free(p->arena);
+    memset(p, 0, sizeof *p);
+}
+
+/* Ensures blocks for `need` events. MA_ENOMEM leaves the list valid (maybe with a spare block). */
+static int list_reserve(const ma_ivf *x, blkpool *pool, blkpool *rpool, ivlist *l, size_t need)
+{
+    if (!l->ksum && !(l->ksum = calloc(x->D, sizeof *l->ksum)))
+        return MA_ENOMEM;
     while (l->nblk * LB < need) {
         if (l->nblk == l->blk_alloc) {
             size_t na = l->blk_alloc ? l->blk_alloc * 2 : 4;
@@ -328,57 +649,140 @@ static int list_reserve(const ma_ivf *x, ivlist *l, size_t need)
             if (!p)
                 return MA_ENOMEM;
             l->blk = p;
+            p = realloc(l->rst, na * sizeof *p);
+            if (!p)
+                return MA_ENOMEM;
+            l->rst = p;
             l->blk_alloc = na;
         }
-        unsigned char *b = malloc(x->blk_bytes);
+        unsigned char *b = pool_get(pool, x->scan_bytes);
         if (!b)
             return MA_ENOMEM;
-        l->blk[l->nblk++] = b;
+        unsigned char *rb = pool_get(rpool, x->rest_bytes);
+        if (!rb) {
+            pool_put(pool, b);
+            return MA_ENOMEM;
+        }
+        l->blk[l->nblk] = b;
+        l->rst[l->nblk++] = rb;
     }
     return 0;
 }
 
-/* Appends event id (key k) to list l, which has room. */
-static void list_push(const ma_ivf *x, ivlist *l, uint64_t id, const float *k)
+/* Appends event id (key k) to list l (centroid row cent), which has room. Per head h the key is split
+ * into alpha·u + r, u the unit direction of the centroid's slice h and r orthogonal to it; alpha is kept
+ * as a float and r is coded twice (sign bits and 4 bits), so the codes spend no precision on what the
+ * list's events share (a dominant direction, a cluster's centre). */
+static void list_push(const ma_ivf *x, ivlist *l, const float *cent, uint64_t id, const float *k)
 {
-    unsigned char *b = l->blk[l->n / LB];
+    unsigned char *b = l->blk[l->n / LB], *rb = l->rst[l->n / LB];
     size_t r = l->n % LB;
-    blk_ids(b)[r] = (uint32_t)id;
-    encode(x, k, blk_scale(b) + r * (size_t)x->H, blk_codes(x, b) + r * x->cb);
+    const size_t H = (size_t)x->H, d = (size_t)x->d;
+    float res[MA_IVF_MAX_D];
+    blk_ids(x, rb)[r] = (uint32_t)id;
+    for (size_t j = 0; j < H * d; j++)
+        l->ksum[j] += k[j];
+    for (size_t h = 0; h < H; h++) {
+        const float *kh = k + h * d, *ch = cent + h * d;
+        double nc = slice_norm(x, ch), al = 0;
+        if (nc > 0) {
+            for (size_t j = 0; j < d; j++)
+                al += (double)kh[j] * ch[j];
+            al /= nc;
+        }
+        for (size_t j = 0; j < d; j++)
+            res[j] = nc > 0 ? (float)(kh[j] - al * ch[j] / nc) : kh[j];
+        grp_alpha(x, b, r / G)[r % G * H + h] = (float)al;
+        encode4(x, res, blk_scale(x, rb) + r * H + h, blk_codes(x, rb) + r * x->cb + h * x->hb);
+        encode_bits(x, res, grp_fac(x, b, r / G) + r % G * H + h, grp_bits(x, b, r / G) + h * x->nbp * G + gpos(r % G));
+    }
     l->n++;
 }
 
-/* Frees spare blocks (left by a failed add) and spare block pointers. */
-static void shrink(ivlist *lists, uint32_t nlist)
+/* Returns spare blocks (left by a failed add) to the pool and frees spare block pointers. */
+static void shrink(blkpool *pool, blkpool *rpool, ivlist *lists, uint32_t nlist)
 {
     for (uint32_t c = 0; c < nlist; c++) {
         ivlist *l = &lists[c];
         size_t need = (l->n + LB - 1) / LB;
-        while (l->nblk > need)
-            free(l->blk[--l->nblk]);
+        while (l->nblk > need) {
+            l->nblk--;
+            pool_put(pool, l->blk[l->nblk]);
+            pool_put(rpool, l->rst[l->nblk]);
+        }
         if (l->blk_alloc > l->nblk && l->nblk) {
-            unsigned char **p = realloc(l->blk, l->nblk * sizeof *p);
-            if (p) {
+            unsigned char **p = realloc(l->blk, l->nblk * sizeof *p), **q;
+            if (p)
                 l->blk = p;
+            q = realloc(l->rst, l->nblk * sizeof *q);
+            if (q)
+                l->rst = q;
+            if (p && q)
                 l->blk_alloc = l->nblk;
-            }
         }
     }
 }
 
-void ma_ivf_shrink(ma_ivf *x)
+/* Moves every list's blocks next to each other, list after list, into a new pool sized for them (the
+ * old pool is freed): a scan then reads a list's group records at a fixed stride instead of from blocks
+ * scattered over the arenas in the order the events arrived. Nothing changes if memory is short. */
+/* One part of every block (scan parts: rest = 0; other parts: rest = 1) into a new pool, list after list;
+ * 0 or MA_ENOMEM (nothing changed). */
+static int relayout_part(blkpool *pool, ivlist *lists, uint32_t nlist, size_t nb, size_t bsz, int rest)
 {
-    shrink(x->lists, x->nlist);
+    blkpool np = {0};
+    np.next = nb;   /* one arena for all (huge pages from 2 MiB on) */
+    unsigned char **nbk = malloc(nb * sizeof *nbk);
+    if (!nbk)
+        return MA_ENOMEM;
+    for (size_t i = 0; i < nb; i++)
+        if (!(nbk[i] = pool_get(&np, bsz))) {
+            free(nbk);
+            pool_free(&np);
+            return MA_ENOMEM;
+        }
+    np.next = 16;   /* later growth (appends) starts small again */
+    size_t i = 0;
+    for (uint32_t c = 0; c < nlist; c++)
+        for (size_t b = 0; b < lists[c].nblk; b++, i++) {
+            unsigned char **slot = rest ? &lists[c].rst[b] : &lists[c].blk[b];
+            memcpy(nbk[i], *slot, bsz);
+            *slot = nbk[i];
+        }
+    free(nbk);
+    pool_free(pool);
+    *pool = np;
+    return 0;
 }
 
+/* Moves every list's blocks next to each other, list after list, into new pools sized for them (the old
+ * ones are freed): a scan then streams a list's group records instead of reading blocks scattered over
+ * the arenas in the order the events arrived (1.75x faster at 1M events grown by appends). Nothing
+ * changes if memory is short. */
+static void relayout(const ma_ivf *x, blkpool *pool, blkpool *rpool, ivlist *lists, uint32_t nlist)
+{
+    size_t nb = 0;
+    for (uint32_t c = 0; c < nlist; c++)
+        nb += lists[c].nblk;
+    if (nb && relayout_part(pool, lists, nlist, nb, x->scan_bytes, 0) == 0)
+        (void)relayout_part(rpool, lists, nlist, nb, x->rest_bytes, 1);
+}
+
+void ma_ivf_shrink(ma_ivf *x)
+{
+    shrink(&x->pool, &x->rpool, x->lists, x->nlist);
+    relayout(x, &x->pool, &x->rpool, x->lists, x->nlist);
+}
+
+/* Frees the lists' block tables (the blocks belong to their pool). */
 static void lists_free(ivlist *l, uint32_t n)
 {
     if (!l)
         return;
     for (uint32_t i = 0; i < n; i++) {
-        for (size_t b = 0; b < l[i].nblk; b++)
-            free(l[i].blk[b]);
         free(l[i].blk);
+        free(l[i].rst);
+        free(l[i].ksum);
     }
     free(l);
 }
@@ -395,13 +799,15 @@ static ma_ivf *alloc_ivf(int H, int d)
     x->D = (size_t)H * d;
     x->hb = ((size_t)d + 1) / 2;
     x->cb = (size_t)H * x->hb;
-    x->blk_bytes = LB * (sizeof(uint32_t) + (size_t)H * sizeof(float) + x->cb);
+    x->nbp = ((size_t)d + 7) / 8;
+    x->scan_bytes = LB / G * grp_bytes(x);
+    x->rest_bytes = LB * (sizeof(uint32_t) + (size_t)H * sizeof(float) + x->cb);
     return x;
 }
 
 int ma_ivf_create(int H, int d, ma_ivf **out)
 {
-    if (H < 1 || d < 1 || !out)
+    if (H < 1 || d < 1 || d > MA_IVF_MAX_D || !out)
         return MA_EINVAL;
     ma_ivf *x = alloc_ivf(H, d);
     if (!x)
@@ -415,7 +821,10 @@ void ma_ivf_destroy(ma_ivf *x)
     if (!x)
         return;
     lists_free(x->lists, x->nlist);
+    pool_free(&x->pool);
+    pool_free(&x->rpool);
     free(x->cent);
+    free(x->kmean);
     free(x->pend);
     free(x);
 }
@@ -437,13 +846,21 @@ uint32_t ma_ivf_builds(const ma_ivf *x)
 
 size_t ma_ivf_bytes(const ma_ivf *x)
 {
-    size_t b = sizeof *x + (size_t)x->nlist * (sizeof(ivlist) + x->D * sizeof(float));
+    size_t b = sizeof *x + (size_t)x->nlist * (sizeof(ivlist) + x->D * (2 * sizeof(float) + sizeof(double)));
     for (uint32_t i = 0; i < x->nlist; i++)
-        b += x->lists[i].nblk * x->blk_bytes + x->lists[i].blk_alloc * sizeof(unsigned char *);
-    return b + x->pend_cap * x->D * sizeof(float);
+        b += 2 * x->lists[i].blk_alloc * sizeof(unsigned char *);
+    return b + x->pool.bytes + x->rpool.bytes + (x->pool.aalloc + x->rpool.aalloc) * sizeof(unsigned char *) +
+           x->pend_cap * x->D * sizeof(float);
 }
 
 /* ---- add ------------------------------------------------------------------------------------- */
+
+/* List c's mean key into row c of mean (zeros for an empty list). */
+static void list_mean(const ma_ivf *x, const ivlist *l, float *row)
+{
+    for (size_t j = 0; j < x->D; j++)
+        row[j] = l->n ? (float)(l->ksum[j] / (double)l->n) : 0.0f;
+}
 
 int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
 {
@@ -472,6 +889,8 @@ int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
     memcpy(x->pend + np * D, k, n * D * sizeof(float));
 
     size_t nb = x->cent ? (np + n) / BLOCK : 0;   /* complete blocks to assign */
+    if (nb && !x->kmean && !(x->kmean = calloc((size_t)x->nlist * D, sizeof *x->kmean)))   /* after a restore */
+        return MA_ENOMEM;
     if (nb) {
         asg = malloc(nb * BLOCK * sizeof *asg);
         extra = calloc(x->nlist, sizeof *extra);
@@ -487,10 +906,13 @@ int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
         for (size_t i = 0; i < nb * BLOCK; i++)
             extra[asg[i]]++;
         for (uint32_t c = 0; c < x->nlist; c++)
-            if (extra[c] && list_reserve(x, &x->lists[c], x->lists[c].n + extra[c]) != 0)
+            if (extra[c] && list_reserve(x, &x->pool, &x->rpool, &x->lists[c], x->lists[c].n + extra[c]) != 0)
                 goto done;
         for (size_t i = 0; i < nb * BLOCK; i++)
-            list_push(x, &x->lists[asg[i]], x->assigned + i, x->pend + i * D);
+            list_push(x, &x->lists[asg[i]], x->cent + (size_t)asg[i] * D, x->assigned + i, x->pend + i * D);
+        for (uint32_t c = 0; c < x->nlist; c++)
+            if (extra[c])
+                list_mean(x, &x->lists[c], x->kmean + (size_t)c * D);
         memmove(x->pend, x->pend + nb * BLOCK * D, (np + n - nb * BLOCK) * D * sizeof(float));
         x->assigned += nb * BLOCK;
     }
@@ -583,7 +1005,7 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
     if (T == 0)
         return 0;
     const size_t D = x->D;
-    uint32_t nlist = (uint32_t)llround(sqrt((double)T));
+    uint32_t nlist = (uint32_t)llround(MA_IVF_LISTS_PER_SQRT * sqrt((double)T));
     if (nlist < 1)
         nlist = 1;
     size_t m = (size_t)nlist * MA_IVF_TRAIN_PER_LIST;
@@ -595,13 +1017,15 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
     int rc = MA_ENOMEM;
     float *X = malloc(m * D * sizeof(float));
     float *cent = malloc((size_t)nlist * D * sizeof(float));
+    float *kmean = malloc((size_t)nlist * D * sizeof(float));
     float *B = malloc((size_t)BLOCK * D * sizeof(float));
     float *Bd = malloc((size_t)BLOCK * D * sizeof(float));
     float *S = malloc((size_t)BLOCK * nlist * sizeof(float));
     uint32_t *ba = malloc(BLOCK * sizeof *ba);
     float *pend = malloc((np > PEND_MIN ? np : PEND_MIN) * D * sizeof(float));
     ivlist *nl = calloc(nlist, sizeof *nl);
-    if (!X || !cent || !B || !Bd || !S || !ba || !pend || !nl)
+    blkpool npool = {0}, nrpool = {0};
+    if (!X || !cent || !kmean || !B || !Bd || !S || !ba || !pend || !nl)
         goto fail;
 
     /* Pass 1, training sample: Knuth's selection sampling, m of T ids in increasing order. */
@@ -635,18 +1059,30 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
         rc = MA_ENOMEM;
         for (size_t i = 0; i < BLOCK; i++) {
             ivlist *l = &nl[ba[i]];
-            if (list_reserve(x, l, l->n + 1) != 0)
+            if (list_reserve(x, &npool, &nrpool, l, l->n + 1) != 0)
                 goto fail;
-            list_push(x, l, first + i, B + i * D);
+            list_push(x, l, cent + (size_t)ba[i] * D, first + i, B + i * D);
         }
     }
-    shrink(nl, nlist);
+    shrink(&npool, &nrpool, nl, nlist);
+    for (uint32_t c = 0; c < nlist; c++)
+        list_mean(x, &nl[c], kmean + (size_t)c * D);
 
     lists_free(x->lists, x->nlist);
+    pool_free(&x->pool);
+    pool_free(&x->rpool);
+    relayout(x, &npool, &nrpool, nl, nlist);
+    x->pool = npool;
+    x->rpool = nrpool;
+    memset(&npool, 0, sizeof npool);
+    memset(&nrpool, 0, sizeof nrpool);
     free(x->cent);
+    free(x->kmean);
     free(x->pend);
     x->lists = nl;
     x->cent = cent;
+    x->kmean = kmean;
+    kmean = NULL;
     x->nlist = nlist;
     x->pend = pend;
     x->pend_cap = np > PEND_MIN ? np : PEND_MIN;
@@ -659,8 +1095,11 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
     rc = 0;
 fail:
     lists_free(nl, nlist);
+    pool_free(&npool);
+    pool_free(&nrpool);
     free(X);
     free(cent);
+    free(kmean);
     free(B);
     free(Bd);
     free(S);
@@ -701,10 +1140,14 @@ static int sort_ids(uint64_t *a, size_t n)
     return 0;
 }
 
-/* A search candidate: its score, its position in probe order (for ties) and its id. */
+/* A search candidate: its score, its position in probe order (for ties), where its codes are (blk NULL: a
+ * pending event, scored exactly, id assigned + r) and the index of its list in probe order. The id is read
+ * only for the final candidates: reading it at every insertion was a cache miss each. */
 typedef struct {
     float s;
-    uint64_t pos, id;
+    uint32_t pos;      /* < 2^32: ids are 32-bit */
+    uint32_t r, pi;    /* row in the block (or pending index); index in probe order */
+    unsigned char *blk, *rb;   /* the block's scan part and other part */
 } cand;
 
 /* a ranks below b: lower score, or equal score and later position. */
@@ -743,86 +1186,421 @@ static void heap_put(cand *h, size_t *n, size_t cap, cand c)
     h[i] = c;
 }
 
-int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, uint64_t *ids, size_t *n_ids,
-                  uint64_t *scored)
+/* The k-th largest of the n floats v (reorders v; 1 <= k <= n): quickselect, median-of-three pivot. */
+static float kth_largest(float *v, size_t n, size_t k)
 {
-    const size_t D = x->D;
-    int rc = MA_ENOMEM;
-    size_t np = nprobe < 1 ? 1 : (size_t)nprobe;
-    if (np > x->nlist)
-        np = x->nlist;
-    float *qd = malloc(D * sizeof(float));
-    float *cs = malloc(((size_t)x->nlist + 1) * sizeof(float));
-    size_t *probe = malloc((np + 1) * sizeof *probe);
-    float *s = NULL;
-    cand *heap = NULL;
-    qcode qc = {0};
-    if (!qd || !cs || !probe || qcode_make(x, q, &qc) != 0)
-        goto done;
+    size_t lo = 0, hi = n, want = k - 1;   /* position of the answer in descending order */
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        float a = v[lo], b = v[mid], c = v[hi - 1];
+        float pv = a > b ? (b > c ? b : a > c ? c : a) : (a > c ? a : b > c ? c : b);
+        /* Three-way partition (> pv, == pv, < pv) in two branchless passes (a branch per element was
+         * mispredicted half the time). */
+        size_t lt = lo, gt;
+        for (size_t i = lo; i < hi; i++) {
+            float t = v[i];
+            v[i] = v[lt];
+            v[lt] = t;
+            lt += t > pv;
+        }
+        gt = lt;
+        for (size_t i = lt; i < hi; i++) {
+            float t = v[i];
+            v[i] = v[gt];
+            v[gt] = t;
+            gt += t == pv;
+        }
+        if (want < lt)
+            hi = lt;
+        else if (want >= gt)
+            lo = gt;
+        else
+            return pv;
+    }
+    return v[lo];
+}
 
-    size_t got = 0;
+static int cmp_pos(const void *a, const void *b)
+{
+    uint32_t x = ((const cand *)a)->pos, y = ((const cand *)b)->pos;
+    return (x > y) - (x < y);
+}
+
+/* Keeps the best k of the n candidates c, best meaning a higher score, or an equal score and an earlier
+ * position (a total order: the kept set does not depend on the order of c); returns the k-th best score.
+ * tmp: n floats. */
+static float compact(cand *c, size_t *n, size_t k, float *tmp)
+{
+    for (size_t i = 0; i < *n; i++)
+        tmp[i] = c[i].s;
+    float t = kth_largest(tmp, *n, k);
+    size_t above = 0, m = 0, nt = 0;
+    for (size_t i = 0; i < *n; i++)
+        above += c[i].s > t;
+    /* Those above t, then the ties at t after them, the earliest positions kept. */
+    for (size_t i = 0; i < *n; i++)
+        if (c[i].s > t)
+            c[m++] = c[i];
+    for (size_t i = 0; i < *n; i++)
+        if (c[i].s == t) {
+            cand e = c[i];
+            c[m + nt++] = e;
+        }
+    if (nt > k - above)
+        qsort(c + m, nt, sizeof *c, cmp_pos);
+    *n = k;
+    return t;
+}
+
+/* q_h . u for the unit direction u of a centroid's head slice c (d floats), in float with 8 lanes. */
+static float slice_dot(const float *c, const float *q, size_t d)
+{
+    float a[8] = {0}, b[8] = {0};
+    size_t j = 0;
+    for (; j + 8 <= d; j += 8)
+        for (int l = 0; l < 8; l++) {
+            a[l] += q[j + l] * c[j + l];
+            b[l] += c[j + l] * c[j + l];
+        }
+    for (; j < d; j++) {
+        a[0] += q[j] * c[j];
+        b[0] += c[j] * c[j];
+    }
+    float dot = 0, nn = 0;
+    for (int l = 0; l < 8; l++) {
+        dot += a[l];
+        nn += b[l];
+    }
+    return nn > 0 ? dot / sqrtf(nn) : 0.0f;
+}
+
+/* One query of a search: its tables, its probes and the state of its two stages. */
+typedef struct {
+    const float *q;
+    qcode qc;
+    qlut qt;
+    size_t *probe;     /* the probed lists, best first */
+    size_t got;
+    uint64_t *base;    /* got: position of each probed list's first event (in probe order) */
+    float *qcent;      /* got × H: q_h . u_h of each probed list */
+    size_t total, keep, keep1;
+    cand *buf;         /* stage 1: up to BUF_FACTOR·keep1 + G */
+    float *tmp;
+    size_t n;
+    float thr;         /* nothing below it can enter (once n >= keep1) */
+} qstate;
+
+static void qstate_free(qstate *st)
+{
+    qcode_free(&st->qc);
+    qlut_free(&st->qt);
+    free(st->probe);
+    free(st->base);
+    free(st->qcent);
+    free(st->buf);
+    free(st->tmp);
+}
+
+/* Stage 1 for one group of list rank i (mg valid events of G, first at position pos): the events whose
+ * estimate is at or above the threshold (everything before the buffer first holds keep1; a NaN as -inf)
+ * enter the buffer, tested as a bit mask (a branch per event was mispredicted often), the buffer cut back
+ * to the best keep1 when full. An equal score may enter: its position decides at the cut. */
+static void stage1_group(qstate *st, const float *s, size_t mg, uint64_t pos, uint32_t r0, uint32_t i,
+                         unsigned char *blk, unsigned char *rb)
+{
+    uint32_t mask = 0;
+    if (st->n < st->keep1) {
+        mask = mg == G ? 0xffffffffu : (1u << mg) - 1;
+    } else {
+        for (size_t j = 0; j < G; j++)
+            mask |= (uint32_t)(s[j] >= st->thr) << j;
+        if (mg < G)
+            mask &= (1u << mg) - 1;
+    }
+    while (mask) {
+        unsigned j = (unsigned)__builtin_ctz(mask);
+        mask &= mask - 1;
+        st->buf[st->n++] = (cand){isnan(s[j]) ? -INFINITY : s[j], (uint32_t)(pos + j), r0 + j, i, blk, rb};
+    }
+    if (st->n >= BUF_FACTOR * st->keep1)
+        st->thr = compact(st->buf, &st->n, st->keep1, st->tmp);
+}
+
+/* Prepares st for query q: tables, the probed lists from the centroid scores cs (nlist floats, empty lists
+ * masked here), positions, budgets and buffers. */
+static int qstate_init(const ma_ivf *x, qstate *st, const float *q, float *cs, size_t np, size_t max_ids)
+{
+    st->q = q;
+    st->thr = -INFINITY;
+    st->probe = malloc((np + 1) * sizeof *st->probe);
+    st->base = malloc((np + 1) * sizeof *st->base);
+    st->qcent = malloc((np + 1) * (size_t)x->H * sizeof(float));
+    if (!st->probe || !st->base || !st->qcent || qcode_make(x, q, &st->qc) != 0 || qlut_make(x, q, &st->qt) != 0)
+        return MA_ENOMEM;
     if (x->nlist) {
-        direction(x, q, qd);
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)x->nlist, (int)D, 1.0f, x->cent, (int)D, qd, 1, 0.0f, cs, 1);
         /* An empty list (a centroid that won no event at reassignment) is never worth a probe. */
         for (uint32_t c = 0; c < x->nlist; c++)
             if (x->lists[c].n == 0)
                 cs[c] = -INFINITY;
-        if (ma_topk(cs, x->nlist, np, probe, &got) != 0)
+        if (ma_topk(cs, x->nlist, np, st->probe, &st->got) != 0)
+            return MA_ENOMEM;
+    }
+    const size_t npend = (size_t)(x->count - x->assigned);
+    st->total = 0;
+    for (size_t i = 0; i < st->got; i++) {
+        st->base[i] = st->total;
+        st->total += x->lists[st->probe[i]].n;
+        for (int h = 0; h < x->H; h++)
+            st->qcent[i * (size_t)x->H + (size_t)h] =
+                slice_dot(x->cent + st->probe[i] * x->D + (size_t)h * x->d, q + (size_t)h * x->d, (size_t)x->d);
+    }
+    st->total += npend;
+    st->keep = max_ids < st->total ? max_ids : st->total;
+    st->keep1 = max_ids > SIZE_MAX / MA_IVF_RERANK ? SIZE_MAX : max_ids * MA_IVF_RERANK;
+    if (st->keep1 > st->total)
+        st->keep1 = st->total;
+    size_t cap = BUF_FACTOR * st->keep1 + G + 1;
+    st->buf = malloc(cap * sizeof *st->buf);
+    st->tmp = malloc(cap * sizeof *st->tmp);
+    return st->buf && st->tmp ? 0 : MA_ENOMEM;
+}
+
+/* The pending events (exactly), the last cut, stage 2 (the candidates re-ranked by their 4-bit codes,
+ * pending ones keeping their exact score) and the answer. s: room for the pending events' scores. */
+static int qstate_finish(const ma_ivf *x, qstate *st, float *s, uint64_t *ids, size_t *n_ids, uint64_t *scored)
+{
+    const size_t npend = (size_t)(x->count - x->assigned);
+    if (npend && st->keep1) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)npend, (int)x->D, 1.0f, x->pend, (int)x->D, st->q, 1, 0.0f, s,
+                    1);
+        uint64_t pos = st->total - npend;
+        for (size_t j0 = 0; j0 < npend; j0 += G) {
+            size_t mg = npend - j0 < G ? npend - j0 : G;
+            float sg[G];
+            for (size_t j = 0; j < G; j++)
+                sg[j] = j < mg ? s[j0 + j] : -INFINITY;
+            stage1_group(st, sg, mg, pos + j0, (uint32_t)j0, 0, NULL, NULL);
+        }
+    }
+    if (st->n > st->keep1)
+        (void)compact(st->buf, &st->n, st->keep1, st->tmp);
+
+    cand *fin = malloc((st->keep ? st->keep : 1) * sizeof *fin);
+    if (!fin)
+        return MA_ENOMEM;
+    for (size_t i = 0; i < st->n; i++)
+        if (st->buf[i].blk) {
+            const cand *c = &st->buf[i];
+            __builtin_prefetch(blk_codes(x, c->rb) + c->r * x->cb);
+            __builtin_prefetch(blk_scale(x, c->rb) + c->r * (size_t)x->H);
+            __builtin_prefetch(blk_ids(x, c->rb) + c->r);
+            __builtin_prefetch(grp_alpha(x, c->blk, c->r / G) + c->r % G * (size_t)x->H);
+        }
+    size_t nf = 0;
+    for (size_t i = 0; i < st->n; i++) {
+        cand c = st->buf[i];
+        if (c.blk) {
+            float v = code4_score(x, c.blk, c.rb, c.r, &st->qc, st->qcent + (size_t)c.pi * (size_t)x->H);
+            c.s = isnan(v) ? -INFINITY : v;
+        }
+        if (nf == st->keep && !worse(&fin[0], &c))
+            continue;
+        heap_put(fin, &nf, st->keep, c);
+    }
+    for (size_t i = 0; i < nf; i++)
+        ids[i] = fin[i].blk ? blk_ids(x, fin[i].rb)[fin[i].r] : x->assigned + fin[i].r;
+    free(fin);
+    if (sort_ids(ids, nf) != 0)
+        return MA_ENOMEM;
+    *n_ids = nf;
+    if (scored)
+        *scored = st->total;
+    return 0;
+}
+
+/* Requests the group records of every block of list l (the scan is bound by memory latency: lists are
+ * chains of blocks spread over the arenas). */
+static void prefetch_list(const ma_ivf *x, const ivlist *l)
+{
+    const size_t rec = LB / G * grp_bytes(x);
+    for (size_t b = 0; b < l->nblk; b++)
+        for (size_t o = 0; o < rec && o < PF_LINES * 64; o += 64)
+            __builtin_prefetch(l->blk[b] + o);
+}
+
+int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, uint64_t *ids, size_t *n_ids,
+                  uint64_t *scored)
+{
+    return ma_ivf_search_batch(x, q, 1, nprobe, max_ids, ids, n_ids, scored);
+}
+
+int ma_ivf_search_batch(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
+                        size_t *n_ids, uint64_t *scored)
+{
+    const size_t D = x->D, NL = x->nlist;
+    int rc = MA_ENOMEM;
+    size_t np = nprobe < 1 ? 1 : (size_t)nprobe;
+    if (np > NL)
+        np = NL;
+    const size_t npend = (size_t)(x->count - x->assigned);
+    double t0 = prof_on ? prof_now() : 0, t1 = 0, t2 = 0;
+    qstate *st = calloc(nq ? nq : 1, sizeof *st);
+    float *cs = malloc((nq ? nq : 1) * (NL + 1) * sizeof(float));
+    float *s = malloc((npend > G ? npend : G) * sizeof(float));
+    size_t *cnt = NULL, *qr = NULL;
+    if (!st || !cs || !s)
+        goto done;
+
+    /* Probes: the lists whose mean key has the largest inner product with the query (the lists are made
+     * by direction, but attention ranks by q . k, norms included), one sgemv (one query) or one sgemm (a
+     * batch). Before the first add after a restore there are no means and no listed events. */
+    const float *pm = x->kmean ? x->kmean : x->cent;
+    if (NL) {
+        if (nq == 1)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)NL, (int)D, 1.0f, pm, (int)D, Q, 1, 0.0f, cs, 1);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)NL, (int)D, 1.0f, Q, (int)D, pm, (int)D,
+                        0.0f, cs, (int)(NL + 1));
+    }
+    for (size_t k = 0; k < nq; k++)
+        if ((rc = qstate_init(x, &st[k], Q + k * D, cs + k * (NL + 1), np, max_ids)) != 0)
             goto done;
+    rc = MA_ENOMEM;
+    if (prof_on)
+        t1 = prof_now();
+
+    if (nq == 1) {
+        /* One query: its lists in probe order (the best first, so the threshold rises early). */
+        qstate *q0 = &st[0];
+        for (size_t i = 0; i < q0->got && i < PF_AHEAD; i++)
+            prefetch_list(x, &x->lists[q0->probe[i]]);
+        for (size_t i = 0; i < q0->got && q0->keep1; i++) {
+            const ivlist *l = &x->lists[q0->probe[i]];
+            if (i + PF_AHEAD < q0->got)
+                prefetch_list(x, &x->lists[q0->probe[i + PF_AHEAD]]);
+            for (size_t b0 = 0; b0 < l->n; b0 += LB) {
+                unsigned char *blk = l->blk[b0 / LB];
+                const size_t m = l->n - b0 < LB ? l->n - b0 : LB;
+                for (size_t g0 = 0; g0 < m; g0 += G) {
+                    float sg[G];
+                    score_group(x, blk, g0 / G, &q0->qt, q0->qcent + i * (size_t)x->H, sg);
+                    stage1_group(q0, sg, m - g0 < G ? m - g0 : G, q0->base[i] + b0 + g0, (uint32_t)g0, (uint32_t)i, blk,
+                                 l->rst[b0 / LB]);
+                }
+            }
+        }
+    } else {
+        /* A batch: list by list, each group's codes scanned for every query probing the list while they
+         * are in cache (a list is read once per batch, not once per query). */
+        cnt = calloc(NL + 1, sizeof *cnt);
+        size_t tot = 0;
+        for (size_t k = 0; k < nq; k++)
+            tot += st[k].got;
+        qr = malloc((tot ? tot : 1) * sizeof *qr);   /* (query, rank) pairs by list: k·np + i */
+        if (!cnt || !qr)
+            goto done;
+        for (size_t k = 0; k < nq; k++)
+            for (size_t i = 0; i < st[k].got; i++)
+                cnt[st[k].probe[i] + 1]++;
+        for (size_t c = 0; c < NL; c++)
+            cnt[c + 1] += cnt[c];
+        for (size_t k = 0; k < nq; k++)
+            for (size_t i = 0; i < st[k].got; i++)
+                qr[cnt[st[k].probe[i]]++] = k * np + i;
+        for (size_t c = NL; c > 0; c--)   /* cnt[c] is now the start of list c */
+            cnt[c] = cnt[c - 1];
+        cnt[0] = 0;
+        for (size_t c = 0; c < NL; c++) {
+            const ivlist *l = &x->lists[c];
+            if (cnt[c] == cnt[c + 1])
+                continue;
+            for (size_t c2 = c + 1; c2 < NL && c2 < c + 1 + PF_AHEAD; c2++)
+                if (cnt[c2] != cnt[c2 + 1])
+                    prefetch_list(x, &x->lists[c2]);
+            for (size_t b0 = 0; b0 < l->n; b0 += LB) {
+                unsigned char *blk = l->blk[b0 / LB];
+                const size_t m = l->n - b0 < LB ? l->n - b0 : LB;
+                for (size_t g0 = 0; g0 < m; g0 += G)
+                    for (size_t e = cnt[c]; e < cnt[c + 1]; e++) {
+                        qstate *qk = &st[qr[e] / np];
+                        size_t i = qr[e] % np;
+                        float sg[G];
+                        if (!qk->keep1)
+                            continue;
+                        score_group(x, blk, g0 / G, &qk->qt, qk->qcent + i * (size_t)x->H, sg);
+                        stage1_group(qk, sg, m - g0 < G ? m - g0 : G, qk->base[i] + b0 + g0, (uint32_t)g0, (uint32_t)i,
+                                     blk, l->rst[b0 / LB]);
+                    }
+            }
+        }
     }
 
-    /* Scores list by list into s, each fed to a bounded heap of the best max_ids (ties: the earlier
-     * position in probe order, then the pending events), so no array of every probed score is kept. */
-    const size_t npend = (size_t)(x->count - x->assigned);
-    size_t total = npend, longest = npend;
-    for (size_t i = 0; i < got; i++) {
-        total += x->lists[probe[i]].n;
-        if (x->lists[probe[i]].n > longest)
-            longest = x->lists[probe[i]].n;
+    if (prof_on)
+        t2 = prof_now();
+    for (size_t k = 0; k < nq; k++)
+        if ((rc = qstate_finish(x, &st[k], s, ids + k * max_ids, &n_ids[k], scored ? &scored[k] : NULL)) != 0)
+            goto done;
+    if (prof_on) {
+        double t3 = prof_now();
+        prof_t[0] += t1 - t0;
+        prof_t[1] += t2 - t1;
+        prof_t[2] += t3 - t2;
+        prof_n += nq;
+        for (size_t k = 0; k < nq; k++)
+            prof_ev += st[k].total;
     }
-    size_t keep = max_ids < total ? max_ids : total;
-    s = malloc((longest ? longest : 1) * sizeof(float));
-    heap = malloc((keep ? keep : 1) * sizeof *heap);
-    if (!s || !heap)
+    rc = 0;
+done:
+    for (size_t k = 0; st && k < nq; k++)
+        qstate_free(&st[k]);
+    free(st);
+    free(cs);
+    free(s);
+    free(cnt);
+    free(qr);
+    return rc;
+}
+
+/* ---- tests ----------------------------------------------------------------------------------- */
+
+int ma_ivf_debug_estimates(const ma_ivf *x, const float *q, uint64_t *ids, uint32_t *list, float *est1,
+                           float *est4, size_t *n)
+{
+    int rc = MA_ENOMEM;
+    qcode qc = {0};
+    qlut qt = {0};
+    float *qcent = malloc((size_t)x->H * sizeof(float)), s[G];
+    if (!qcent || qcode_make(x, q, &qc) != 0 || qlut_make(x, q, &qt) != 0)
         goto done;
-    size_t n = 0;
-    uint64_t pos = 0;
-    for (size_t i = 0; i <= got; i++) {
-        size_t m;
-        const ivlist *l = i < got ? &x->lists[probe[i]] : NULL;
-        if (l) {
-            score_list(x, l, &qc, s);
-            m = l->n;
-        } else {
-            m = npend;
-            if (m)
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)m, (int)D, 1.0f, x->pend, (int)D, q, 1, 0.0f, s, 1);
-        }
-        for (size_t j = 0; j < m && keep; j++, pos++) {
-            cand c = {isnan(s[j]) ? -INFINITY : s[j], pos, 0};
-            if (n == keep && !worse(&heap[0], &c))
-                continue;
-            c.id = l ? blk_ids(l->blk[j / LB])[j % LB] : x->assigned + j;
-            heap_put(heap, &n, keep, c);
+    size_t m = 0;
+    for (uint32_t c = 0; c < x->nlist; c++) {
+        const ivlist *l = &x->lists[c];
+        for (int h = 0; h < x->H; h++)
+            qcent[h] = slice_dot(x->cent + (size_t)c * x->D + (size_t)h * x->d, q + (size_t)h * x->d, (size_t)x->d);
+        for (size_t j = 0; j < l->n; j++) {
+            unsigned char *b = l->blk[j / LB], *rb = l->rst[j / LB];
+            size_t r = j % LB;
+            if (r % G == 0)
+                score_group(x, b, r / G, &qt, qcent, s);
+            ids[m] = blk_ids(x, rb)[r];
+            list[m] = c;
+            est1[m] = s[r % G];
+            est4[m] = code4_score(x, b, rb, r, &qc, qcent);
+            m++;
         }
     }
-    for (size_t i = 0; i < n; i++)
-        ids[i] = heap[i].id;
-    if (sort_ids(ids, n) != 0)
-        goto done;
-    *n_ids = n;
-    if (scored)
-        *scored = total;
+    *n = m;
     rc = 0;
 done:
     qcode_free(&qc);
-    free(qd);
-    free(cs);
-    free(probe);
-    free(s);
-    free(heap);
+    qlut_free(&qt);
+    free(qcent);
     return rc;
+}
+
+const float *ma_ivf_debug_centroid(const ma_ivf *x, uint32_t c)
+{
+    return c < x->nlist ? x->cent + (size_t)c * x->D : NULL;
 }
 
 /* ---- serialisation --------------------------------------------------------------------------- */
@@ -869,7 +1647,7 @@ static int open_cent(const void *buf, size_t len, ma_blob_reader *c)
 
 int ma_ivf_restore(int H, int d, const void *buf, size_t len, ma_ivf **out)
 {
-    if (!buf || !out || H < 1 || d < 1)
+    if (!buf || !out || H < 1 || d < 1 || d > MA_IVF_MAX_D)
         return MA_EINVAL;
     ma_blob_reader c;
     if (open_cent(buf, len, &c))

@@ -746,7 +746,7 @@ static void test_meta_generation_and_bytes(void **state)
         }
         /* Index: builds at ~1,024, ~2,048, ~4,096 events; the blob is the header and the centroids. */
         assert_int_equal(changes, sel ? 3 : 0);
-        assert_true(prevlen < (sel ? 100 + 4096 + 80 * kf * sizeof(float) : 100));
+        assert_true(prevlen < (sel ? 100 + 4096 + 140 * kf * sizeof(float) : 100));
         free(prev);
 
         mem_source ms = {.k = k, .v = v, .kf = kf, .vf = kf, .C = 16, .fail_chunk = UINT32_MAX};
@@ -754,10 +754,12 @@ static void test_meta_generation_and_bytes(void **state)
         ma_archive_release(a);
         size_t b = ma_archive_bytes(a);
         if (sel) {
-            /* Per event: id 4 + scale 4 + codes 8 bytes; at most 1,023 pending keys, the tail chunk, the
-             * centroids: well under the 64 bytes of each raw key. */
-            assert_true(b >= T * (4 + 4 + 8));
-            assert_true(b < T * (4 + 4 + 8) * 2 + 1024 * kf * sizeof(float) + 100 * kf * sizeof(float) + 8192);
+            /* Per event: id 4 + scale 4 + 4-bit codes 8 + alpha 4 + sign factor 4 + sign codes 2 bytes, in
+             * blocks of 32 (at most one partly used per list, 128 lists) from arenas that at most double
+             * what is used; at most 1,023 pending keys, the tail chunk, the centroids. */
+            const size_t per = 4 + 4 + 8 + 4 + 4 + 2;
+            assert_true(b >= T * per);
+            assert_true(b < (T + 128 * 32) * per * 2 + 1024 * kf * sizeof(float) + 140 * kf * sizeof(float) + 16384);
         } else {
             /* Summaries: 3 rows of H·d floats per chunk. */
             assert_true(b >= (T / 16) * 3 * kf * sizeof(float));
@@ -766,6 +768,45 @@ static void test_meta_generation_and_bytes(void **state)
     }
     free(k);
     free(v);
+}
+
+/* A batch of sparse reads answers as the reads one by one, bit for bit (both selectors). */
+static void test_sparse_batch_equals_single(void **state)
+{
+    (void)state;
+    rng_state = 15;
+    const size_t T = 6000, nq = 64;
+    float *k = randv(T * 16), *v = randv(T * 8), *Q = randv(nq * 16);
+    memcpy(Q, k + 100 * 16, 16 * sizeof(float));
+    for (int sel = 0; sel < 2; sel++) {
+        ma_params p = mkparams(2, 8, 4, 16, 4, sel ? MA_SELECTOR_INDEX : MA_SELECTOR_CHUNKS);
+        ma_archive *a;
+        assert_int_equal(ma_archive_create(&p, &a), 0);
+        assert_int_equal(ma_archive_append(a, T, k, v), 0);
+        float *ob = malloc(nq * 8 * sizeof(float)), o1[8];
+        ma_read_result *rb = calloc(nq, sizeof *rb);
+        for (size_t i = 0; i < nq; i++)
+            rb[i].v = ob + i * 8;
+        assert_int_equal(ma_archive_read_sparse_batch(a, Q, nq, 0, rb), 0);
+        for (size_t i = 0; i < nq; i++) {
+            ma_read_result r1 = {.v = o1};
+            assert_int_equal(ma_archive_read_sparse(a, Q + i * 16, 0, &r1), 0);
+            assert_memory_equal(o1, ob + i * 8, sizeof o1);
+            assert_int_equal(r1.pointer, rb[i].pointer);
+            assert_true(r1.score == rb[i].score && r1.weight == rb[i].weight);
+            assert_int_equal(r1.n_chunks, rb[i].n_chunks);
+            assert_memory_equal(r1.chunks, rb[i].chunks, r1.n_chunks * sizeof(uint32_t));
+            assert_int_equal(r1.events_scored, rb[i].events_scored);
+            ma_read_result_clear(&r1);
+            ma_read_result_clear(&rb[i]);
+        }
+        free(ob);
+        free(rb);
+        ma_archive_destroy(a);
+    }
+    free(k);
+    free(v);
+    free(Q);
 }
 
 /* ---- the needle ------------------------------------------------------------------------------ */
@@ -860,6 +901,7 @@ int main(void)
         cmocka_unit_test(test_concurrent_paged_reads),
         cmocka_unit_test(test_meta_roundtrip),
         cmocka_unit_test(test_meta_generation_and_bytes),
+        cmocka_unit_test(test_sparse_batch_equals_single),
         cmocka_unit_test(test_needle_index_100k),
         cmocka_unit_test(test_needle_chunks_rates),
     };
