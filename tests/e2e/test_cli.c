@@ -96,9 +96,15 @@ static void test_refusals_exit_2(void **state)
     assert_int_equal(mh_start(&d, NULL, NULL), 0);
     char listen[80];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", d.port);
-    assert_int_equal(run((const char *[]){ "--listen", listen, "--data", "/tmp", NULL }, NULL, out, sizeof out), 1);
+    /* Its own fresh data directory: a shared one (/tmp) may hold another daemon's database. */
+    char data[] = "/tmp/memattn-cli-data-XXXXXX";
+    assert_non_null(mkdtemp(data));
+    assert_int_equal(run((const char *[]){ "--listen", listen, "--data", data, NULL }, NULL, out, sizeof out), 1);
     assert_non_null(strstr(out, listen));
     assert_int_equal(mh_stop(&d, 20000), 0);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", data);
+    assert_int_equal(system(cmd), 0);
 }
 
 /* The shipped sample file is valid, and file < env < flag reach the running daemon. */
