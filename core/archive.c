@@ -764,8 +764,9 @@ static int index_budget(const ma_archive *a, int topk, size_t *budget)
     return np64 > INT_MAX ? INT_MAX : (int)np64;
 }
 
-/* Exact attention over the n candidates ids (ascending) the index chose for q. */
-static int attend_ids(const ma_archive *a, const float *q, const uint64_t *ids, size_t n, uint64_t scored,
+/* Exact attention over the n candidates ids (ascending) the index chose for q; masked candidates are
+ * dropped from ids in place first. */
+static int attend_ids(const ma_archive *a, const float *q, uint64_t *ids, size_t n, uint64_t scored,
                       ma_read_result *r)
 {
     int rc = MA_ENOMEM;
