@@ -5,8 +5,9 @@
  * containers (for an object, whether the next string is a field name and where the current name is in
  * the body; for an array, the current index), strings are checked byte by byte, everything else
  * (numbers, literals, whitespace) is skipped. The scanner does not validate syntax: the parser runs
- * right after and reports syntax errors with their own offset, so here anything unexpected simply
- * ends the scan with "nothing refused". The path of the first refused string is rendered from the
+ * right after and reports syntax errors with their own offset. The scan never stops early on
+ * unexpected structure (only at the end of the input inside a string): a string it skipped would be
+ * a string the parser might accept unchecked. The path of the first refused string is rendered from the
  * stack only when there is an error; field names appear in it as sent (escapes included), so the
  * path names exactly what the client wrote. The first JT_TRACK levels of nesting are tracked (deeper
  * ones still have their strings checked; their path ends with "...").
@@ -34,6 +35,7 @@ typedef struct {
 static const char WHAT_UTF8[] = "invalid UTF-8";
 static const char WHAT_NUL[] = "a NUL character (\\u0000)";
 static const char WHAT_SURROGATE[] = "a lone UTF-16 surrogate escape";
+static const char WHAT_ESCAPE[] = "a \\u escape without 4 hex digits";
 
 static int hexval(unsigned char c)
 {
@@ -79,7 +81,7 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
 }
 
 /* Scans the string whose opening quote is at s[*i]. 0: fine, *i past the closing quote; 1: refused,
- * *bad and *what set; -1: not a string the parser will accept (unterminated, bad escape). */
+ * *bad and *what set; -1: not a string the parser will accept (unterminated). */
 static int scan_string(const unsigned char *s, size_t len, size_t *i, size_t *bad, const char **what)
 {
     size_t p = *i + 1;
@@ -97,8 +99,12 @@ static int scan_string(const unsigned char *s, size_t len, size_t *i, size_t *ba
                 continue;
             }
             long u = hex4(s, len, p + 2);
-            if (u < 0)
-                return -1;
+            if (u < 0) {
+                /* libcjson does not refuse this: it decodes "\u000h" or "\uzzzz" as a NUL. */
+                *bad = p;
+                *what = WHAT_ESCAPE;
+                return 1;
+            }
             if (u == 0) {
                 *bad = p;
                 *what = WHAT_NUL;
@@ -217,9 +223,8 @@ int jt_check(const char *body, size_t len, jt_error *err)
             break;
         case '}':
         case ']':
-            if (!depth)
-                return 0;   /* not JSON: the parser says so */
-            depth--;
+            if (depth)   /* unbalanced: not JSON, the parser says so; strings after it are still checked */
+                depth--;
             i++;
             break;
         case ',':

@@ -13,10 +13,12 @@
  *     points above U+10FFFF (F4 90.., F5..FF);
  *   - the escape `\u0000` and a raw NUL byte (a string would be cut at it);
  *   - lone surrogate escapes: `\uD800`..`\uDBFF` not followed by `\uDC00`..`\uDFFF`, or a low
- *     surrogate escape on its own.
- * Everything else, syntax included, is the parser's business: at a byte the scan cannot follow
- * (bad syntax, a bad escape, the end inside a string) it stops and returns 0, and the parser then
- * reports the syntax error itself.
+ *     surrogate escape on its own;
+ *   - a `\u` escape without 4 hex digits (libcjson decodes `\u000h` as a NUL instead of refusing it:
+ *     found by tests/fuzz/fuzz_body.c).
+ * Everything else, syntax included, is the parser's business: the scan does not validate structure,
+ * and at the end of the input inside a string it stops and returns 0; the parser then reports the
+ * syntax error itself.
  *
  * Pure function of its input: no allocation, no state, thread-safe.
  */
@@ -30,7 +32,8 @@ typedef struct {
     char path[200];       /* "events[3].payload"; "body" for a top-level string */
     bool in_key;          /* the offending string is a field name (path ends with the name as sent) */
     size_t offset;        /* byte offset in the body of the offending byte or escape */
-    const char *what;     /* static: "invalid UTF-8", "a NUL character (\\u0000)", "a lone surrogate" */
+    const char *what;     /* static: "invalid UTF-8", "a NUL character (\\u0000)", "a lone UTF-16
+                             surrogate escape", "a \\u escape without 4 hex digits" */
     char message[512];    /* "events[3].payload: the string holds invalid UTF-8 (byte 0xff) at body
                              offset 57; strings must be valid UTF-8 without NUL..." */
 } jt_error;

@@ -67,6 +67,11 @@ static void test_nul_escapes(void **state)
     names(m, "name");
     assert_non_null(strstr(m, "NUL"));
     au_error(&dmn, "GET", "/v1/sessions/s/slots/zz", 404, "no_slot", NULL);
+    /* libcjson reads a \u escape with a non-hex digit as \u0000 (found by tests/fuzz/fuzz_body.c) */
+    UNCHANGED(m = au_error(&dmn, "POST", "/v1/sessions/s/slots", 400, "bad_request",
+                           "{\"name\":\"zz\\u000hevil\",\"payload\":\"x\"}"));
+    names(m, "name");
+    au_error(&dmn, "GET", "/v1/sessions/s/slots/zz", 404, "no_slot", NULL);
     /* the payload "abc\u0000def" was stored as "abc" */
     UNCHANGED(m = au_error(&dmn, "POST", "/v1/sessions/s/events", 400, "bad_request",
                            "{\"events\":[{\"k\":" K4 ",\"v\":" V4 "},{\"k\":" K4 ",\"v\":" V4

@@ -75,7 +75,6 @@ static void test_accepts_valid(void **state)
     /* Not JSON: left to the parser (which refuses it), never a false refusal here. */
     ok("{\"a\":\"unterminated");
     ok("\"bad escape \\x\"");
-    ok("\"\\u12\"");
     ok("}}}");
     ok("\xff");                                         /* outside a string: a syntax error */
 }
@@ -125,6 +124,20 @@ static void test_nul_forms(void **state)
     bad("\"a\\u0000b\"", "body", "a NUL", 2);
     ok("\"\\\\u0000\"");                  /* an escaped backslash, then the text u0000 */
     ok("\"\\u0100\\u1000\\u0010\"");
+}
+
+/* libcjson decodes a \u escape with a non-hex digit as NUL (found by fuzzing): refused. */
+static void test_bad_hex_escapes(void **state)
+{
+    (void)state;
+    bad("{\"name\":\"zz\\u000hevil\"}", "name", "a \\u escape", 11);
+    bad("\"\\uzzzz\"", "body", "a \\u escape", 1);
+    bad("\"\\u12\"", "body", "a \\u escape", 1);
+    bad("\"\\u", "body", "a \\u escape", 1);
+    bad("\"\\ud83d\\u12\"", "body", "a lone", 1);
+    /* Structure past an unbalanced bracket does not stop the checks. */
+    bad("]]{\"a\":\"\\u0000\"}", "a", "a NUL", -1);
+    bad("{\"a\":[\"\\u0000\"}", "a[0]", "a NUL", -1);
 }
 
 static void test_raw_nul_and_surrogates(void **state)
@@ -300,6 +313,7 @@ int main(void)
         cmocka_unit_test(test_issue_examples),
         cmocka_unit_test(test_key_paths),
         cmocka_unit_test(test_nul_forms),
+        cmocka_unit_test(test_bad_hex_escapes),
         cmocka_unit_test(test_raw_nul_and_surrogates),
         cmocka_unit_test(test_invalid_utf8_forms),
         cmocka_unit_test(test_utf8_exhaustive),
