@@ -2,7 +2,7 @@
  * tests/fuzz/fuzz_archive_meta.c — libFuzzer: ma_archive_restore_meta on untrusted bytes (a stored
  * archive meta blob), with a chunk source that serves the events fz_event makes (at most FZ_MAX_CHUNKS
  * chunks, as a store holding less than the blob claims). Input: byte 0 = config (bits 0-1) | fix the
- * checksum trailer (bit 7); bytes 1-2 = the archive length in events (u16, at most 300); the rest = the blob.
+ * checksum trailer (bit 7); bytes 1-2 = the archive length in events (u16, at most 2048); the rest = the blob.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -18,7 +18,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ma_params p;
     fz_params(data[0], &p);
     const uint8_t *q = data + 1, *end = data + size;
-    uint64_t length = fz_u16(&q, end) % 301;
+    uint64_t length = fz_u16(&q, end) % 2049;
     size_t n = (size_t)(end - q);
     uint8_t *b = malloc(n ? n : 1);
     if (!b)

@@ -22,7 +22,7 @@
 #include "core/session.h"
 
 #define FZ_VARIANTS 4
-#define FZ_MAX_CHUNKS 64     /* the chunk source serves at most this many chunks (a store holding less) */
+#define FZ_MAX_CHUNKS 512    /* the chunk source serves at most this many chunks (a store holding less) */
 
 /* Config number variant % FZ_VARIANTS: 0 VLA (H 2, d 4, index), 1 DeltaNet (H 1, d 8, d_v 3, chunks),
  * 2 linear (H 1, d 4, index), 3 no backbone (H 2, d 2, chunks). All small: chunk 4, slots 4. */

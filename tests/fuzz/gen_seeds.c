@@ -74,7 +74,7 @@ static int ivf_loader(void *ctx, uint64_t first, size_t n, float *k)
 
 static void blob_seeds(void)
 {
-    static const size_t lengths[] = { 0, 1, 9, 37 };
+    static const size_t lengths[] = { 0, 1, 9, 37, 1100 };   /* 1100: past MA_IVF_MIN_BUILD, an index is built */
     for (unsigned var = 0; var < FZ_VARIANTS; var++)
         for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) {
             ma_session *s = NULL;
@@ -114,17 +114,21 @@ static void blob_seeds(void)
             free(am);
             ma_session_destroy(s);
         }
-    /* ivf: an index built over 40 keys of each config, rebuilt once. */
+    /* ivf: an index built over NK keys of each config (at least MA_IVF_MIN_BUILD, or it never builds). */
     for (unsigned var = 0; var < FZ_VARIANTS; var++) {
         ma_params p;
         fz_params(var, &p);
         ma_ivf *x = NULL;
         if (ma_ivf_create(p.heads, p.dim, &x))
             exit(1);
-        float k[40 * 64], v[64];
-        for (int i = 0; i < 40; i++)
+        enum { NK = MA_IVF_MIN_BUILD + 100 };
+        float *k = malloc((size_t)NK * 64 * sizeof(float)), v[64];
+        if (!k)
+            exit(1);
+        for (int i = 0; i < NK; i++)
             fz_event(&p, (uint64_t)i, k + (size_t)i * (size_t)(p.heads * p.dim), v);
-        ma_ivf_add(x, 40, k);
+        ma_ivf_add(x, NK, k);
+        free(k);
         ma_ivf_rebuild(x, ivf_loader, &p);
         void *b = NULL;
         size_t n = 0;
