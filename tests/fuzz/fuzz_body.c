@@ -1,6 +1,6 @@
 /*
- * tests/fuzz/fuzz_body.c — libFuzzer: the request body decoder as server/api.c runs it: the strict string
- * pre-check (server/jsontext.c), cJSON, then every codec decoder (session config, event batch, query
+ * tests/fuzz/fuzz_body.c — libFuzzer: the request body decoder as server/api.c runs it: codec_parse_body
+ * (the strict string pre-check of server/jsontext.c, then cJSON), then every codec decoder (session config, event batch, query
  * batch, slot write and overwrite bodies) for each of fz_common's four shapes, and base64.
  * Input: the body bytes as sent.
  * Property checked: a body that passes jsontext and parses never yields a string holding invalid UTF-8
@@ -60,15 +60,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         codec_b64_decode(body, size, dst, &dl);
         free(dst);
     }
-    jt_error je;
-    if (jt_check(body, size, &je) != 0)
-        return 0;   /* refused before parsing, as in api.c */
-    const char *end = NULL;
-    cJSON *doc = cJSON_ParseWithLengthOpts(body, size, &end, 0);
-    if (!doc)
+    codec_error e;
+    cJSON *doc = NULL;
+    if (codec_parse_body(body, size, &doc, &e) != 0 || !doc)
         return 0;
     check_strings(doc);
-    codec_error e;
     ma_params params;
     codec_params_from_json(doc, &params, &e);
     for (unsigned v = 0; v < FZ_VARIANTS; v++) {

@@ -1,11 +1,12 @@
 /*
  * tests/fuzz/fuzz_http.c — libFuzzer: the whole HTTP request path in-process: a real srv_server with the
- * /v1 API (api_init: registry, store in a temporary directory) on a libuv loop in this thread, listening
+ * /v1 API (store in a temporary directory, registry, api_init: built as server/main.c builds them) on a
+ * libuv loop in this thread, listening
  * on 127.0.0.1:0. Each input is one client connection: the bytes are sent as they are (one or more
  * pipelined requests, any garbage), the client half-closes, and the loop runs until the daemon has
  * answered and closed. So every input goes through conn.c (reading, llhttp, the head checks, limits,
  * pipelining, the answer queue), http.c (dispatch, auth, answers), router.c and api.c + codec.c +
- * jsontext.c + registry.c + store.c for /v1 routes; worker jobs run on the pool's threads as in the daemon.
+ * jsontext.c + registry/ + store/ for /v1 routes; worker jobs run on the pool's threads as in the daemon.
  * Not covered: timeouts (a half-closed client never waits for one), signals and the drain.
  * Small limits (--max-body 64 KiB, --max-header-bytes 4 KiB, --max-uri 1 KiB) keep the limit paths
  * reachable with small inputs. Sessions created by earlier inputs persist (the store is shared), so
@@ -30,9 +31,12 @@
 
 #include <uv.h>
 
+#include "core/error.h"
+#include "registry/registry.h"
 #include "server/api.h"
 #include "server/log.h"
 #include "server/server.h"
+#include "store/store.h"
 
 static uv_loop_t loop;
 static srv_server *srv;
@@ -67,10 +71,22 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         die("uv_loop_init", "failed");
     if (srv_server_create(&loop, &cfg, &srv, err, sizeof err) < 0)
         die("srv_server_create", err);
+    ma_store_options so;
+    ma_store_options_default(&so);
+    so.synchronous = MA_STORE_SYNC_NORMAL;   /* no fsync per mutation: speed; durability is not fuzzed */
+    ma_store *store = NULL;
+    reg_registry *reg = NULL;
+    api *rest = NULL;
+    if (ma_store_open_with(cfg.data_dir, &so, &store, err, sizeof err) < 0)
+        die("ma_store_open_with", err);
+    reg_options ro = { .store = store, .memory_budget = 64 << 20, .cache_chunks = 16 };
+    if (reg_create(&ro, &reg) < 0)
+        die("reg_create", "failed");
+    api_deps deps = { .srv = srv, .reg = reg };
+    if (api_init(&deps, &rest, err, sizeof err) < 0)
+        die("api_init", err);
     if (srv_server_listen(srv, bound, sizeof bound, err, sizeof err) < 0)
         die("srv_server_listen", err);
-    if (api_init(&cfg, srv, err, sizeof err) < 0)
-        die("api_init", err);
     const char *colon = strrchr(bound, ':');
     port = colon ? atoi(colon + 1) : 0;
     return 0;

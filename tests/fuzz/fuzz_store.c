@@ -1,8 +1,9 @@
 /*
  * tests/fuzz/fuzz_store.c — libFuzzer: the store's open (schema check, upgrade 1 -> 2, integrity checks)
  * on a mutated database file, then what the daemon does with an opened store: list the sessions, load
- * each row, parse its config (codec), restore the session from its blobs with the store as chunk and
- * payload source (as server/registry.c does), read its first events, and one write (create + delete).
+ * each row, parse its config text (registry/params_text.c), restore the session from its blobs with the
+ * store as chunk and payload source (registry/pager.c, as the registry does), read its first events, and
+ * one write (create + delete).
  * Input: the bytes of <data>/memattn.db (seeds: a schema-1 and a schema-2 file made by gen_seeds).
  * Each input gets a fresh directory state: the -wal and -shm files of the previous one are removed.
  */
@@ -13,10 +14,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
-
 #include "core/session.h"
-#include "server/codec.h"
+#include "registry/pager.h"
+#include "registry/params_text.h"
 #include "store/store.h"
 #include "tests/fuzz/fuzz_common.h"
 
@@ -42,14 +42,11 @@ static void use_session(ma_store *st, const char *id)
     ma_store_session row = { 0 };
     if (ma_store_session_load(st, id, &row, err, sizeof err) != 0)
         return;
-    cJSON *cfg = cJSON_Parse(row.config_json ? row.config_json : "");
     ma_params p;
-    codec_error ce;
-    if (cfg && codec_params_from_json(cfg, &p, &ce) == 0 && p.heads * p.dim <= 4096 &&
-        p.heads * p.value_dim <= 4096) {
-        ma_store_pager pg = { .st = st, .chunk = (size_t)p.chunk, .k_floats = (size_t)p.heads * (size_t)p.dim,
-                              .v_floats = (size_t)p.heads * (size_t)p.value_dim };
-        snprintf(pg.id, sizeof pg.id, "%s", id);
+    if (reg_params_decode(row.config_json ? row.config_json : "", &p, err, sizeof err) == 0 &&
+        p.heads * p.dim <= 4096 && p.heads * p.value_dim <= 4096) {
+        reg_pager pg;
+        reg_pager_init(&pg, st, id, &p, NULL);
         size_t n = row.length < 8 ? (size_t)row.length : 8;
         float *k = malloc(8 * pg.k_floats * sizeof(float)), *v = malloc(8 * pg.v_floats * sizeof(float));
         char *payloads[8] = { 0 };
@@ -60,15 +57,13 @@ static void use_session(ma_store *st, const char *id)
         free(k);
         free(v);
         if (row.backbone.len && row.length <= 4096) {
-            ma_chunk_source chunks = { ma_store_pager_chunk, &pg };
-            ma_payload_source pays = { ma_store_pager_payload, &pg };
             ma_session *s = NULL;
             if (ma_session_restore(&p, row.backbone.data, row.backbone.len, row.slots_blob.data, row.slots_blob.len,
-                                   row.archive_meta.data, row.archive_meta.len, chunks, 2, pays, &s) == 0)
+                                   row.archive_meta.data, row.archive_meta.len, reg_pager_chunks(&pg), 2,
+                                   reg_pager_payloads(&pg), &s) == 0)
                 ma_session_destroy(s);
         }
     }
-    cJSON_Delete(cfg);
     ma_store_session_clear(&row);
 }
 

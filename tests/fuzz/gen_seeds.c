@@ -20,7 +20,7 @@
 #include "core/error.h"
 #include "core/ivf.h"
 #include "core/session.h"
-#include "server/codec.h"
+#include "registry/params_text.h"
 #include "store/store.h"
 #include "tests/fuzz/fuzz_common.h"
 
@@ -180,10 +180,8 @@ static char *config_json(unsigned var)
 {
     ma_params p;
     fz_params(var, &p);
-    cJSON *c = codec_params_to_json(&p);
-    char *s = cJSON_PrintUnformatted(c);
-    cJSON_Delete(c);
-    return s;
+    char *s = NULL;
+    return reg_params_encode(&p, &s) == 0 ? s : NULL;
 }
 
 static void store_seeds(void)
