@@ -4,10 +4,12 @@
 #include "tests/fuzz/fuzz_common.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/blob.h"
 #include "core/error.h"
 
 void fz_params(unsigned variant, ma_params *p)
@@ -119,9 +121,18 @@ static void put_le64(uint8_t *p, uint64_t h)
         p[i] = (uint8_t)(h >> (8 * i));
 }
 
+/* A blob in core/blob.h's format: its checksum is ma_blob_checksum whatever the module. */
+static bool fix_blob_format(uint8_t *buf, size_t len)
+{
+    if (len < 8 || memcmp(buf, "MABL", 4) != 0)
+        return false;
+    put_le64(buf + len - 8, ma_blob_checksum(buf, len - 8));
+    return true;
+}
+
 void fz_fix_fnv(uint8_t *buf, size_t len)
 {
-    if (len < 8)
+    if (len < 8 || fix_blob_format(buf, len))
         return;
     uint64_t h = 0xcbf29ce484222325ull;
     for (size_t i = 0; i < len - 8; i++) {
@@ -131,10 +142,11 @@ void fz_fix_fnv(uint8_t *buf, size_t len)
     put_le64(buf + len - 8, h);
 }
 
-/* core/slots.c's checksum(): FNV-1a's constants over 8-byte little-endian words with an xor-shift. */
+/* The legacy slot table's checksum (the same function as ma_blob_checksum, kept here for the legacy
+ * format's sake): FNV-1a's constants over 8-byte little-endian words with an xor-shift. */
 void fz_fix_slots(uint8_t *buf, size_t len)
 {
-    if (len < 8)
+    if (len < 8 || fix_blob_format(buf, len))
         return;
     size_t n = len - 8, i = 0;
     uint64_t h = 0xcbf29ce484222325ULL;

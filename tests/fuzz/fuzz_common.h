@@ -42,8 +42,10 @@ int fz_chunk_load(void *ctx, uint32_t chunk, float *k, float *v, size_t n);
 /* ma_payload_source.load: every third event has the payload {"i":N}. */
 int fz_payload_load(void *ctx, uint64_t event, char **payload);
 
-/* Rewrites the last 8 bytes of buf as the checksum of the bytes before them: FNV-1a byte by byte
- * (backbone, archive meta, ivf) or the slot table's word-wise variant. No-op when len < 8. */
+/* Rewrites the last 8 bytes of buf as the checksum of the bytes before them: ma_blob_checksum for a
+ * blob of core/blob.h's format ("MABL"), else the legacy format's: FNV-1a byte by byte (backbone,
+ * archive meta, ivf: fz_fix_fnv) or the slot table's word-wise variant (fz_fix_slots). No-op when
+ * len < 8. */
 void fz_fix_fnv(uint8_t *buf, size_t len);
 void fz_fix_slots(uint8_t *buf, size_t len);
 

@@ -42,10 +42,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fz_fix_slots(sl, ns);
         fz_fix_fnv(me, nm);
     }
-    ma_chunk_source chunks = { .load = fz_chunk_load, .ctx = &p };
-    ma_payload_source payloads = { .load = fz_payload_load, .ctx = NULL };
+    ma_session_saved saved = { .backbone = bb, .backbone_len = nb, .slots = sl, .slots_len = ns,
+                               .archive_meta = me, .archive_meta_len = nm,
+                               .chunks = { .load = fz_chunk_load, .ctx = &p }, .cache_chunks = 2,
+                               .payloads = { .load = fz_payload_load, .ctx = NULL } };
     ma_session *s = NULL;
-    if (ma_session_restore(&p, bb, nb, sl, ns, me, nm, chunks, 2, payloads, &s) == 0) {
+    if (ma_session_restore(&p, &saved, &s) == 0) {
         float qv[64], vv[64], out[64];
         fz_event(&p, 3, qv, vv);
         for (int r = 0; r <= MA_ROUTE_WINDOW; r++) {

@@ -57,10 +57,13 @@ static void use_session(ma_store *st, const char *id)
         free(k);
         free(v);
         if (row.backbone.len && row.length <= 4096) {
+            ma_session_saved saved = { .backbone = row.backbone.data, .backbone_len = row.backbone.len,
+                                       .slots = row.slots_blob.data, .slots_len = row.slots_blob.len,
+                                       .archive_meta = row.archive_meta.data,
+                                       .archive_meta_len = row.archive_meta.len, .chunks = reg_pager_chunks(&pg),
+                                       .cache_chunks = 2, .payloads = reg_pager_payloads(&pg) };
             ma_session *s = NULL;
-            if (ma_session_restore(&p, row.backbone.data, row.backbone.len, row.slots_blob.data, row.slots_blob.len,
-                                   row.archive_meta.data, row.archive_meta.len, reg_pager_chunks(&pg), 2,
-                                   reg_pager_payloads(&pg), &s) == 0)
+            if (ma_session_restore(&p, &saved, &s) == 0)
                 ma_session_destroy(s);
         }
     }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # tests/fuzz/run.sh SECONDS TARGET... — runs each libFuzzer target of build/fuzz (make fuzz / fuzz-smoke):
 # first every committed regression input of tests/fuzz/regress/TARGET/ once (a crash found once stays a
-# test), then fuzzing for SECONDS from the generated seeds (build/fuzz/seeds, gen_seeds) and the corpus
+# test), then fuzzing for SECONDS from the generated seeds (build/fuzz/seeds, gen_seeds), the committed
+# ones (tests/fuzz/seeds/TARGET: blobs in the legacy formats the core still reads) and the corpus
 # kept between runs (build/fuzz/corpus/TARGET, where new inputs go), with tests/fuzz/TARGET.dict.
 # Crashes, leaks, UBSan reports and timeouts (20 s per input) fail the run; the reproducer is written to
 # build/fuzz/artifacts/. Prints one line per target: executions, exec/s, coverage (libFuzzer's cov:
@@ -36,6 +37,7 @@ for t in "$@"; do
   corpus=build/fuzz/corpus/$t
   mkdir -p "$corpus"
   dirs=("$corpus" "build/fuzz/seeds/$t")
+  [ -d "tests/fuzz/seeds/$t" ] && dirs+=("tests/fuzz/seeds/$t")   # committed seeds (legacy blob formats)
   [ -d "$reg" ] && dirs+=("$reg")
   dict=()
   [ -f "tests/fuzz/$t.dict" ] && dict=("-dict=tests/fuzz/$t.dict")
