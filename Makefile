@@ -13,6 +13,9 @@
 #   make check-layers  which directory may include which headers (tests/check_layers.sh; part of check)
 #   make bench-http wrk: memattnd's GET /healthz against nginx at 1, 64, 256 connections (~1 min)
 #   make deps       install every Debian package the project uses (run, test, bench; apt-get, as root)
+#   make fuzz       libFuzzer + ASan + UBSan on every decoder of untrusted bytes (tests/fuzz/), FUZZ_SECONDS
+#                   (default 60) per target; installs clang and its fuzzer runtime (FUZZ_PKGS) first
+#   make fuzz-smoke the same for FUZZ_SMOKE_SECONDS (default 5) each, plus every regression input (CI)
 #   make V=1 ...    show the commands
 #
 # Sources are found by directory: every core/*.c, config/*.c, store/*.c, registry/*.c and server/*.c goes into
@@ -22,14 +25,21 @@
 # tests and into $(BUILD)/memattnd-test, the daemon plus memattnd_test.c, which arms the VFS from
 # MEMATTN_STORE_FAULT (the e2e fault tests run it as $MEMATTN_TEST_BIN). $(BUILD)/memattnd, the daemon
 # that ships, contains neither; `make check` verifies with nm that no ma_store_fault symbol got in.
-# SAN=1 builds into build/san with -fsanitize=address,undefined; TSAN=1 into build/tsan.
+# SAN=1 builds into build/san with -fsanitize=address,undefined; TSAN=1 into build/tsan; FUZZ=1 (make fuzz
+# does it) into build/fuzz with clang, -fsanitize=fuzzer-no-link,address,undefined: every tests/fuzz/fuzz_*.c
+# (but fuzz_common.c, a helper) is a libFuzzer target, tests/fuzz/gen_seeds.c writes their seed corpora.
 
 V       ?= 0
 Q        = $(if $(filter 1,$(V)),,@)
 CC      ?= cc
 ARCH    ?= -march=native
 
-ifeq ($(TSAN),1)
+ifeq ($(FUZZ),1)
+CC       = clang
+BUILD   ?= build/fuzz
+OPT      = -O1 -g $(ARCH) -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+LDSAN    = -fsanitize=address,undefined
+else ifeq ($(TSAN),1)
 BUILD   ?= build/tsan
 OPT      = -O1 -g -fsanitize=thread -fno-omit-frame-pointer
 LDSAN    = -fsanitize=thread
@@ -83,6 +93,13 @@ DEB_TEST  = libcmocka-dev libcurl4-openssl-dev curl sqlite3 python3 nodejs npm \
 DEB_BENCH = wrk nginx-light gnuplot-nox
 DEB_PKGS  = $(DEB_RUN) $(DEB_TEST) $(DEB_BENCH)
 
+FUZZ_PKGS = clang libclang-rt-14-dev
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 5
+FUZZ_TARGETS = $(patsubst tests/fuzz/%.c,%,$(filter-out tests/fuzz/fuzz_common.c,$(wildcard tests/fuzz/fuzz_*.c)))
+FUZZ_BIN  = $(FUZZ_TARGETS:%=$(BUILD)/tests/fuzz/%)
+FUZZ_HOBJ = $(BUILD)/tests/fuzz/fuzz_common.o
+
 # Contract tooling from npm (pinned in tools/contract/package.json + package-lock.json), installed by
 # `make contract-deps` into tools/contract/node_modules.
 CONTRACT_DIR = tools/contract
@@ -95,7 +112,8 @@ ARGS ?=
 BUILD_INFO = $(BUILD)/gen/build_info.txt
 
 .PHONY: all build run test check check-layers check-release unit e2e bench bench-http deps deps-run deps-test deps-bench clean tsan \
-        contract contract-deps lint-openapi install-pkgs FORCE
+        contract contract-deps lint-openapi install-pkgs FORCE \
+        fuzz fuzz-smoke fuzz-deps fuzz-build fuzz-bins
 # Keep the objects of test and bench binaries (make would delete them as intermediates and rebuild).
 .SECONDARY:
 all: build
@@ -157,6 +175,15 @@ $(BUILD)/bench/%: $(BUILD)/bench/%.o $(BENCH_HOBJ) $(LIB) $(LLHTTP_OBJ)
 	@echo "  LD      $@"
 	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL)
 
+# libFuzzer targets (FUZZ=1 builds only): the fuzzer runtime brings main().
+$(BUILD)/tests/fuzz/fuzz_%: $(BUILD)/tests/fuzz/fuzz_%.o $(FUZZ_HOBJ) $(LIB) $(LLHTTP_OBJ)
+	@echo "  LD      $@"
+	$(Q)$(CC) -fsanitize=fuzzer -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/tests/fuzz/gen_seeds: $(BUILD)/tests/fuzz/gen_seeds.o $(FUZZ_HOBJ) $(LIB) $(LLHTTP_OBJ)
+	@echo "  LD      $@"
+	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL)
+
 # ---- the two README commands ------------------------------------------------------------------
 run: deps-run
 	$(Q)$(MAKE) --no-print-directory build
@@ -215,6 +242,21 @@ bench: deps-run deps-bench
 bench-http: deps-run deps-bench
 	$(Q)$(MAKE) --no-print-directory build
 	bench/http_bench.sh
+
+# ---- fuzzing (tests/fuzz/run.sh; figures in docs/RESULTS.md) ----------------------------------------
+fuzz-deps:
+	$(Q)$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(FUZZ_PKGS)"
+
+fuzz-build: deps-run deps-test fuzz-deps
+	$(Q)$(MAKE) --no-print-directory FUZZ=1 fuzz-bins
+
+fuzz-bins: $(FUZZ_BIN) $(BUILD)/tests/fuzz/gen_seeds
+
+fuzz: fuzz-build
+	$(Q)tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-smoke: fuzz-build
+	$(Q)tests/fuzz/run.sh $(FUZZ_SMOKE_SECONDS) $(FUZZ_TARGETS)
 
 deps: deps-run deps-test deps-bench
 deps-run:

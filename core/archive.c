@@ -1087,6 +1087,21 @@ int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, uin
     }
     uint32_t nchunks = (uint32_t)nc64;
 
+    /* The length comes from another blob (the session passes the backbone's step count): before sizing
+     * the tables by it, the source must hold the last chunk it implies, so a damaged length fails here
+     * with the source's error rather than in an allocation of gigabytes (found by tests/fuzz). */
+    if (nchunks) {
+        size_t last = (size_t)(length - (uint64_t)(nchunks - 1) * C);
+        rc = MA_ENOMEM;
+        tk = malloc(last * (size_t)H * d * sizeof(float));
+        tv = malloc(last * (size_t)H * dv * sizeof(float));
+        if (!tk || !tv || (rc = src.load(src.ctx, nchunks - 1, tk, tv, last)) != 0)
+            goto fail;
+        free(tk);
+        free(tv);
+        tk = tv = NULL;
+    }
+
     rc = MA_ENOMEM;
     a = alloc_archive(p);
     if (!a || grow_tables(a, nchunks ? nchunks : 1) != 0)

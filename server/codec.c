@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "core/error.h"
+#include "server/jsontext.h"
 
 #if !defined(__BYTE_ORDER__) || (__BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__ && __BYTE_ORDER__ != __ORDER_BIG_ENDIAN__)
 #error "unknown byte order"
@@ -54,6 +55,9 @@ int codec_parse_body(const char *body, size_t len, cJSON **out, codec_error *err
         i++;
     if (i == len)
         return 0;
+    jt_error je;   /* strings cJSON would cut at a NUL or pass on as invalid UTF-8 (server/jsontext.h) */
+    if (jt_check(body, len, &je))
+        return codec_fail(err, "bad_request", "%s", je.message);
     /* libcjson also records an error's position in a process-wide variable; two workers failing at once
      * both write it (a benign race on a value nobody reads: `end` is ours). */
     *out = cJSON_ParseWithLengthOpts(body, len, &end, 0);

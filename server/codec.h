@@ -57,8 +57,9 @@ void codec_shape_from_params(codec_shape *sh, const ma_params *p, codec_embed_fn
 
 /* Parses a request body (len bytes) as one JSON document. 0 with *out the document (cJSON_Delete it), or
  * 0 with *out NULL when the body is empty or only whitespace; MA_EINVAL with bad_json and the byte offset
- * of the error (or of data after the value). Non-finite numbers (1e999 parses as inf) are the decoders'
- * to reject. */
+ * of the error (or of data after the value); MA_EINVAL with bad_request naming the string's path when
+ * a string holds a NUL, invalid UTF-8 or a lone surrogate (server/jsontext.h). Non-finite numbers
+ * (1e999 parses as inf) are the decoders' to reject. */
 int codec_parse_body(const char *body, size_t len, cJSON **out, codec_error *err);
 
 /* The one table of the API's failures: the HTTP status of an MA_E* code from the core or the registry,

@@ -8,10 +8,15 @@
  * reports), checking the head's syntax where llhttp 8 is lenient even in strict mode (bare LF,
  * obs-fold, whitespace before the colon are rejected: they enable request smuggling behind proxies
  * that read them differently), checking Content-Length against --max-body before any body byte is
- * read (413), the Content-Type rule (415), and queueing the complete request.
+ * read (413), the Content-Type rule (415), the HTTP version (llhttp takes a missing one for HTTP/0.9
+ * and accepts HTTP/2.0: 400 / 505), duplicates of framing, auth and precondition headers (400), and
+ * queueing the complete request.
  * Parsed requests are dispatched at once; their answers are written strictly in queue order (an answer
  * for a later request waits in memory). At most SRV_PIPELINE_MAX requests are queued per connection:
- * then reading stops and the unparsed input is stashed until answers drain the queue.
+ * then reading stops and the unparsed input is stashed until answers drain the queue. Reading also
+ * stops while answers handed to libuv but unwritten hold more than SRV_WRITE_BACKLOG bytes of memory
+ * (unsent_bytes; the request behind an answer is freed when the answer is handed over), so a client
+ * that pipelines and never reads holds a small, fixed amount of the daemon's memory.
  * One timer per connection: header timeout from connection start / request start, body timeout
  * between body bytes, idle timeout between requests, no timeout while requests are being worked on.
  * Any error answer closes the connection after it is written: shutdown (FIN), then read and discard
@@ -147,13 +152,13 @@ static size_t request_bytes(const srv_request *r)
     return r->url.len + r->hbuf.len + r->body.len;
 }
 
-/* True when the connection holds as many parsed requests, or as many unsent answer bytes (a client
- * that sends but does not read), as it may: stop reading until answers or writes make room. */
+/* True when the connection holds as many parsed requests, or as much memory in unsent answers (a
+ * client that sends but does not read), as it may: stop reading until answers or writes make room. */
 static bool queue_full(const srv_conn *c)
 {
     const cfg_config *cfg = &c->srv->cfg;
     return c->nqueued >= SRV_PIPELINE_MAX || c->queued_bytes > cfg->max_body + cfg->max_header_bytes ||
-           uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp) > SRV_WRITE_BACKLOG;
+           c->unsent_bytes > SRV_WRITE_BACKLOG;
 }
 
 static void enqueue_cur(srv_conn *c)
@@ -170,21 +175,29 @@ static void enqueue_cur(srv_conn *c)
     c->nqueued++;
 }
 
+/* An answer handed to libuv: only the serialised bytes stay (the request itself is freed at once),
+ * and their memory is counted in the connection's unsent_bytes until written. */
 typedef struct {
     uv_write_t w;
-    srv_request *req;
+    srv_conn *c;
+    char *resp;
+    size_t cost;        /* counted in c->unsent_bytes */
 } write_op;
+
+/* Memory an unsent answer of n bytes holds: the bytes, the write request, the allocator's headers. */
+#define WRITE_COST(n) ((n) + sizeof(write_op) + 32)
 
 static void resume_reading(srv_conn *c);
 
 static void on_write(uv_write_t *w, int status)
 {
     write_op *op = (write_op *)w;
-    srv_conn *c = op->req->conn;
-    srv_request_free(op->req);
+    /* The connection is still allocated: libuv runs (or cancels) write callbacks before the close
+     * callback that frees it. */
+    srv_conn *c = op->c;
+    c->unsent_bytes -= op->cost;
+    free(op->resp);
     free(op);
-    if (!c)
-        return;
     c->writes_pending--;
     if (c->closing)
         return;
@@ -230,14 +243,18 @@ void srv_conn_flush(srv_conn *c)
                 return;
             }
             write_op *op = malloc(sizeof(*op));
-            if (op)
-                op->req = r;
             if (!op || uv_write(&op->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
                 free(op);
                 srv_request_free(r);
                 srv_conn_close(c);
                 return;
             }
+            op->c = c;
+            op->resp = r->resp;
+            op->cost = WRITE_COST(b.len);
+            r->resp = NULL;
+            srv_request_free(r);
+            c->unsent_bytes += op->cost;
             c->writes_pending++;
         }
         if (last) {
@@ -409,6 +426,10 @@ static void fail_cur(srv_conn *c, int status, const char *why)
         srv_request_fail(r, 503, "overloaded", "too many open connections (limit %u, --max-connections)",
                          cfg->max_connections);
         break;
+    case 505:
+        srv_server_reject(srv, "http_version");
+        srv_request_fail(r, 505, "http_version_not_supported", "%s", why);
+        break;
     case 431:
         srv_server_reject(srv, "headers_too_large");
         srv_request_fail(r, 431, "headers_too_large",
@@ -433,11 +454,46 @@ static bool media_type_ok(const char *ct)
            (n == 33 && strncasecmp(ct, "application/x-www-form-urlencoded", n) == 0);
 }
 
+/* Headers that decide how a request is framed, who sent it or what it may change: a second copy
+ * is refused (400), since components that read the first and ones that read the last would disagree. */
+static const char *const single_headers[] = { "Authorization", "Content-Length", "Transfer-Encoding", "Host",
+                                              "Content-Type", "If-Match", "If-None-Match", "Expect",
+                                              "Upgrade", "Proxy-Authorization" };
+
+/* The name of the first header of single_headers sent twice, or NULL. */
+static const char *duplicate_header(const srv_request *r)
+{
+    for (size_t h = 0; h < sizeof single_headers / sizeof *single_headers; h++) {
+        int seen = 0;
+        for (size_t i = 0; i < r->nheaders; i++)
+            if (strcasecmp(r->hbuf.p + r->headers[i].name, single_headers[h]) == 0 && ++seen > 1)
+                return single_headers[h];
+    }
+    return NULL;
+}
+
 /* Headers complete: the checks that must happen before the body is read. 0 or a status. */
 static int on_head_done(srv_conn *c, const char **why)
 {
     srv_request *r = c->cur;
     const cfg_config *cfg = &c->srv->cfg;
+    /* llhttp reads a request line without a version as HTTP/0.9 and accepts any single-digit major:
+     * only HTTP/1.0 and HTTP/1.1 are served. */
+    if (c->parser.http_major == 0) {
+        *why = "the request line has no HTTP version (expected HTTP/1.1 or HTTP/1.0)";
+        return 400;
+    }
+    if (c->parser.http_major != 1 || c->parser.http_minor > 1) {
+        *why = "only HTTP/1.1 and HTTP/1.0 are served";
+        return 505;
+    }
+    const char *dup = duplicate_header(r);
+    if (dup) {
+        static __thread char msg[96];
+        snprintf(msg, sizeof msg, "the %s header is given more than once", dup);
+        *why = msg;
+        return 400;
+    }
     if (!r->url.p || r->url.p[0] != '/') {
         *why = "the request target must be an absolute path (origin-form)";
         return 400;
@@ -540,18 +596,21 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
                 srv_request_dispatch(r);
             if (c->closing || c->stop_parsing)
                 break;
-            if (queue_full(c) && len > 0) {
-                c->stash = malloc(len);
-                if (!c->stash) {
-                    srv_conn_close(c);
-                    break;
+            if (queue_full(c)) {
+                /* Stop reading, whether or not input is left in this read: otherwise the next read
+                 * would parse (and answer) one more request past the bound. */
+                if (len > 0) {
+                    c->stash = malloc(len);
+                    if (!c->stash) {
+                        srv_conn_close(c);
+                        break;
+                    }
+                    memcpy(c->stash, data, len);
+                    c->stash_len = len;
                 }
-                memcpy(c->stash, data, len);
-                c->stash_len = len;
                 c->pipeline_full = true;
                 srv_log(CFG_LOG_DEBUG, "%s: reading paused: %d requests, %zu request bytes, %zu answer bytes unsent",
-                        c->remote, c->nqueued, c->queued_bytes,
-                        uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp));
+                        c->remote, c->nqueued, c->queued_bytes, c->unsent_bytes);
                 uv_read_stop((uv_stream_t *)&c->tcp);
                 c->reading = false;
                 break;

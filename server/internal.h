@@ -18,7 +18,7 @@
 #include "server/server.h"
 
 #define SRV_PIPELINE_MAX 32     /* parsed requests queued per connection before reading pauses */
-#define SRV_WRITE_BACKLOG (1u << 20)  /* answer bytes waiting for a slow reader before reading pauses */
+#define SRV_WRITE_BACKLOG (64u << 10)  /* memory of unsent answers (srv_conn.unsent_bytes) before reading pauses */
 /* Reading also pauses when the queued requests hold more than --max-body + --max-header-bytes bytes,
  * so a pipelining client buffers about one maximal request, not SRV_PIPELINE_MAX of them. */
 
@@ -98,6 +98,7 @@ struct srv_conn {
     char *stash;                /* unparsed input kept while the pipeline is full */
     size_t stash_len;
     int writes_pending;
+    size_t unsent_bytes;        /* memory held by answers handed to uv_write and not yet written (conn.c) */
     uv_shutdown_t shutdown_req;
 };
 

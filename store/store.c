@@ -64,6 +64,9 @@
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "events are stored as little-endian float32");
 
 #define BUSY_TIMEOUT_MS 5000
+#define RESERVE_BYTES   (256 * 1024)    /* <dir>/memattn.reserve: disk space kept for deletes */
+
+static void reserve_make(ma_store *st);
 
 #define SESSION_COLS "sid, id, config, created_at, updated_at, length, slots, event_bytes, blob_bytes"
 
@@ -251,7 +254,9 @@ int st_conn_open(ma_store *st, bool reader, conn **out, char *err, size_t errlen
     sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
     /* Readers: a small page cache each (the OS caches the file; 16 readers x 512 KiB bounds what the
      * store adds to the daemon's resident memory). Writer: the WAL is truncated back to 64 MiB after a
-     * checkpoint that a long reader (a backup) let grow. */
+     * checkpoint that a long reader (a backup) let grow; secure_delete FAST (Debian's sqlite defaults to
+     * ON, which overwrites every freed page: deleting a session then writes its whole size into the WAL,
+     * and so fails on a full disk; FAST clears deleted content only in pages written anyway). */
     char sql[256];
     snprintf(sql, sizeof sql, "PRAGMA foreign_keys = ON; PRAGMA synchronous = %s;%s",
              st->opt.synchronous == MA_STORE_SYNC_NORMAL ? "NORMAL" : "FULL",
@@ -467,6 +472,13 @@ int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **ou
         snprintf(st->path, n, "%s/memattn.db", dir);
         if ((ret = choose_mode(st, dir, err, errlen)) || (!st->readonly && (ret = lock_dir(st, dir, err, errlen))))
             goto fail;
+        if (!st->readonly) {
+            n = strlen(dir) + sizeof "/memattn.reserve";
+            if (!(st->reserve_path = malloc(n)))
+                goto oom;
+            snprintf(st->reserve_path, n, "%s/memattn.reserve", dir);
+            reserve_make(st);   /* best effort: a disk already full opens without one */
+        }
         st->vfs = o->vfs;
     }
 
@@ -517,6 +529,7 @@ void ma_store_close(ma_store *st)
     pthread_cond_destroy(&st->rfree);
     free(st->path);
     free(st->uri);
+    free(st->reserve_path);   /* the file stays: the next open finds the space already held */
     free(st);
 }
 
@@ -633,16 +646,50 @@ done:
     return write_end(st, t0, ret, "committing a session creation", err, errlen);
 }
 
-int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errlen)
+/* ---- the disk-space reserve for deletes ------------------------------------------------------------
+ * A delete must work when the disk is full: it is how an operator makes room. Even with secure_delete
+ * FAST it appends a few pages to the WAL, and on a full file system that append fails. So a writable
+ * store keeps <dir>/memattn.reserve, RESERVE_BYTES allocated (posix_fallocate; less if the disk has
+ * less, down to 16 KiB) at open; a delete that fails with an I/O error while a reserve file exists
+ * removes it (its blocks go back to the file
+ * system) and runs once more; after a successful delete the reserve is allocated again if the space is
+ * there (a delete frees pages inside the database file, not on the disk: at worst the reserve comes
+ * back at the next open, after the close's checkpoint has removed the WAL). Under the writer lock. */
+
+static void reserve_make(ma_store *st)
 {
-    int ret = check_id(st, id, err, errlen);
-    if (ret)
-        return ret;
+    if (!st->reserve_path || st->reserve_held)
+        return;
+    int fd = open(st->reserve_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return;
+    /* As much of RESERVE_BYTES as the disk has (down to 16 KiB: a few WAL frames). */
+    for (off_t size = RESERVE_BYTES; size >= 16 * 1024 && !st->reserve_held; size /= 2)
+        st->reserve_held = posix_fallocate(fd, 0, size) == 0;
+    close(fd);
+}
+
+/* Gives the reserve's blocks back to the file system; true when there was a reserve file. */
+static bool reserve_release(ma_store *st)
+{
+    if (!st->reserve_path)
+        return false;
+    st->reserve_held = false;
+    return unlink(st->reserve_path) == 0;
+}
+
+static int delete_once(ma_store *st, const char *id, char *err, size_t errlen)
+{
+    int ret;
     uint64_t t0;
     conn *c = st->writer;
     int rc;
     if ((ret = write_begin(st, &t0, err, errlen)))
         goto done;
+    /* A whole session is deleted with secure_delete FAST (the writer's default is ON, for forgotten
+     * slots): ON would rewrite every freed page into the WAL, the session's whole size, so a delete could
+     * not run on a full disk. Its freed pages keep their bytes until reused (docs/STORE.md). */
+    (void)sqlite3_exec(c->db, "PRAGMA secure_delete = FAST", NULL, NULL, NULL);
     sqlite3_stmt *s = st_stmt(st, c, ST_DELETE_SESSION, err, errlen);
     if (!s) {
         ret = MA_EIO;
@@ -652,6 +699,7 @@ int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errl
     rc = sqlite3_step(s);
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
+    (void)sqlite3_exec(c->db, "PRAGMA secure_delete = ON", NULL, NULL, NULL);   /* the frees are done */
     if (rc != SQLITE_DONE) {
         ret = st_fail_db(st, c->db, rc, err, errlen, "deleting a session");
         goto done;
@@ -663,6 +711,25 @@ int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errl
     }
 done:
     return write_end(st, t0, ret, "committing a session deletion", err, errlen);
+}
+
+int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errlen)
+{
+    int ret = check_id(st, id, err, errlen);
+    if (ret)
+        return ret;
+    ret = delete_once(st, id, err, errlen);
+    pthread_mutex_lock(&st->wlock);
+    bool retry = ret == MA_EIO && reserve_release(st);
+    pthread_mutex_unlock(&st->wlock);
+    if (retry)   /* the disk is full: the reserve's blocks give the delete's WAL frames room */
+        ret = delete_once(st, id, err, errlen);
+    if (ret == 0) {
+        pthread_mutex_lock(&st->wlock);
+        reserve_make(st);
+        pthread_mutex_unlock(&st->wlock);
+    }
+    return ret;
 }
 
 static int check_delta(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen)

@@ -53,6 +53,8 @@ struct ma_store {
     ma_store_options opt;
     bool readonly;
     int lock_fd;                /* <dir>/memattn.lock, flock'd while open (-1: none) */
+    char *reserve_path;         /* <dir>/memattn.reserve, disk space kept for deletes (NULL: none) */
+    bool reserve_held;          /* the reserve file holds its full size */
 
     pthread_mutex_t wlock;      /* the writer connection and its transaction */
     conn *writer;
