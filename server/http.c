@@ -282,6 +282,7 @@ static int finish(srv_request *req, int status, const char *ctype, const char *b
     p = put(p, "\r\nDate: ");
     p = put(p, srv_server_date(srv));
     p = put(p, "\r\nServer: memattn\r\n");
+    p = put(p, srv->node_hdr);   /* at most 83 bytes: the head stays under its 512 */
     if (ctype && blen && strlen(ctype) < 200) {
         p = put(p, "Content-Type: ");
         p = put(p, ctype);

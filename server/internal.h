@@ -135,6 +135,9 @@ struct srv_server {
     char date[40];              /* cached Date header value */
     uint64_t date_sec;
     int closing_handles;
+    char health[128];           /* the /healthz body, with "node" when --node-id is set */
+    size_t health_len;
+    char node_hdr[96];          /* "X-Memattn-Node: ID\r\n" on every answer, "" without --node-id */
 };
 
 /* conn.c */

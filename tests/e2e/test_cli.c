@@ -145,6 +145,39 @@ static void test_sources_reach_the_server(void **state)
     assert_int_equal(mh_stop(&d, 20000), 0);
 }
 
+/* --node-id: in the /healthz body and an X-Memattn-Node header on every answer, errors included;
+ * neither without it. */
+static void test_node_id(void **state)
+{
+    (void)state;
+    mh_daemon d;
+    mh_resp r;
+    assert_int_equal(mh_start(&d, (const char *[]){ "--node-id", "n2", NULL }, NULL), 0);
+    assert_int_equal(mh_request(&d, "GET", "/healthz", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "{\"status\":\"ok\",\"node\":\"n2\"}");
+    assert_non_null(strstr(r.headers, "\r\nX-Memattn-Node: n2\r\n"));
+    mh_resp_free(&r);
+    const char *paths[] = { "/v1/nothing", "/v1/sessions/nope", "/metrics" };
+    for (size_t i = 0; i < sizeof paths / sizeof *paths; i++) {
+        assert_int_equal(mh_request(&d, "GET", paths[i], NULL, NULL, &r), 0);
+        assert_non_null(strstr(r.headers, "\r\nX-Memattn-Node: n2\r\n"));
+        mh_resp_free(&r);
+    }
+    assert_int_equal(mh_request(&d, "PUT", "/v1/sessions/s1", "{}", NULL, &r), 0);
+    assert_int_equal(r.status, 201);
+    assert_non_null(strstr(r.headers, "\r\nX-Memattn-Node: n2\r\n"));
+    mh_resp_free(&r);
+    assert_int_equal(mh_stop(&d, 20000), 0);
+
+    assert_int_equal(mh_start(&d, NULL, NULL), 0);
+    assert_int_equal(mh_request(&d, "GET", "/healthz", NULL, NULL, &r), 0);
+    assert_string_equal(r.body, "{\"status\":\"ok\"}");
+    assert_null(strstr(r.headers, "X-Memattn-Node"));
+    mh_resp_free(&r);
+    assert_int_equal(mh_stop(&d, 20000), 0);
+}
+
 static void test_ipv6(void **state)
 {
     (void)state;
@@ -172,6 +205,7 @@ int main(void)
         cmocka_unit_test_teardown(test_help_version, mh_teardown),
         cmocka_unit_test_teardown(test_refusals_exit_2, mh_teardown),
         cmocka_unit_test_teardown(test_sources_reach_the_server, mh_teardown),
+        cmocka_unit_test_teardown(test_node_id, mh_teardown),
         cmocka_unit_test_teardown(test_ipv6, mh_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
