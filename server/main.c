@@ -12,6 +12,8 @@
  * SIGTERM / SIGINT start the drain; when it completes everything is closed in reverse order (server and
  * its workers first, then the API, the registry, the store) and the process exits 0. A second signal
  * during the drain shortens it: remaining connections are closed.
+ * Under systemd (Type=notify, $NOTIFY_SOCKET set) READY=1 is sent once the API is plugged in (the store
+ * opened and checked) and STOPPING=1 when the drain starts.
  */
 #include <cblas.h>
 #include <limits.h>
@@ -27,6 +29,7 @@
 #include "registry/registry.h"
 #include "server/api.h"
 #include "server/log.h"
+#include "server/sdnotify.h"
 #include "server/server.h"
 #include "store/store.h"
 
@@ -52,6 +55,7 @@ static void on_signal(uv_signal_t *s, int signum)
     app *a = s->data;
     if (a->signals++ == 0) {
         srv_log(CFG_LOG_INFO, "%s received: draining", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+        srv_sd_notify("STOPPING=1");
         srv_server_drain(a->srv, on_drained, a);
         return;
     }
@@ -119,6 +123,9 @@ int main(int argc, char **argv)
             cfg.threads, data_abs, cfg.token[0] ? "on" : "off");
     printf("listening on %s\n", bound);
     fflush(stdout);
+    /* Ready for systemd (Type=notify) only now: the store is open and checked, the routes are in. */
+    if (srv_sd_notify("READY=1") < 0)
+        srv_log(CFG_LOG_WARN, "cannot notify systemd of readiness (NOTIFY_SOCKET=%s)", getenv("NOTIFY_SOCKET"));
 
     uv_run(&loop, UV_RUN_DEFAULT);
 

@@ -16,6 +16,8 @@
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -178,6 +180,42 @@ static void test_node_id(void **state)
     assert_int_equal(mh_stop(&d, 20000), 0);
 }
 
+/* systemd's readiness protocol: READY=1 once the daemon serves (store open), STOPPING=1 at SIGTERM. */
+static void test_sd_notify(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/memattn-notify-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s/notify", dir);
+    int s = socket(AF_UNIX, SOCK_DGRAM, 0);
+    assert_true(s >= 0);
+    assert_int_equal(bind(s, (struct sockaddr *)&sa, sizeof sa), 0);
+    struct timeval tv = { .tv_sec = 20 };
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char env[160];
+    snprintf(env, sizeof env, "NOTIFY_SOCKET=%s", sa.sun_path);
+    mh_daemon d;
+    assert_int_equal(mh_start(&d, NULL, (const char *[]){ env, NULL }), 0);
+    char buf[128];
+    ssize_t n = recv(s, buf, sizeof buf - 1, 0);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    assert_string_equal(buf, "READY=1");
+    mh_resp r;
+    assert_int_equal(mh_request(&d, "GET", "/healthz", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    mh_resp_free(&r);
+    assert_int_equal(mh_stop(&d, 20000), 0);
+    n = recv(s, buf, sizeof buf - 1, 0);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    assert_string_equal(buf, "STOPPING=1");
+    close(s);
+    unlink(sa.sun_path);
+    rmdir(dir);
+}
+
 static void test_ipv6(void **state)
 {
     (void)state;
@@ -206,6 +244,7 @@ int main(void)
         cmocka_unit_test_teardown(test_refusals_exit_2, mh_teardown),
         cmocka_unit_test_teardown(test_sources_reach_the_server, mh_teardown),
         cmocka_unit_test_teardown(test_node_id, mh_teardown),
+        cmocka_unit_test_teardown(test_sd_notify, mh_teardown),
         cmocka_unit_test_teardown(test_ipv6, mh_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
