@@ -28,6 +28,7 @@
 #include "core/error.h"
 #include "registry/registry.h"
 #include "server/api.h"
+#include "server/api_transfer.h"
 #include "server/log.h"
 #include "server/sdnotify.h"
 #include "server/server.h"
@@ -91,6 +92,7 @@ int main(int argc, char **argv)
     ma_store *store = NULL;
     reg_registry *reg = NULL;
     api *rest = NULL;
+    api_transfer *transfer = NULL;
     if ((rc = uv_loop_init(&loop)) < 0) {
         fprintf(stderr, "memattnd: %s\n", uv_strerror(rc));
         return 1;
@@ -110,6 +112,8 @@ int main(int argc, char **argv)
     }
     api_deps deps = {.srv = a.srv, .reg = reg};
     if (api_init(&deps, &rest, err, sizeof err) < 0)
+        goto fail;
+    if (api_transfer_init(a.srv, reg, cfg.data_dir, &transfer, err, sizeof err) < 0)
         goto fail;
     uv_signal_init(&loop, &a.sigterm);
     uv_signal_init(&loop, &a.sigint);
@@ -139,6 +143,7 @@ fail:
         fprintf(stderr, "memattnd: %s\n", err);
     srv_server_destroy(a.srv);   /* stops the workers: no job runs after this */
     api_shutdown(rest);
+    api_transfer_shutdown(transfer);
     reg_destroy(reg);
     ma_store_close(store);
     uv_run(&loop, UV_RUN_DEFAULT);

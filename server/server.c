@@ -316,8 +316,8 @@ void srv_server_drain(srv_server *srv, void (*on_drained)(srv_server *srv, void 
     }
     for (srv_conn *c = srv->conns, *next; c; c = next) {
         next = c->next;
-        if (c->cur || c->qhead || c->shutting)
-            continue;            /* in flight: its last answer closes it */
+        if (c->cur || c->qhead || c->shutting || c->pump)
+            continue;            /* in flight: its last answer (or the file being sent) closes it */
         if (c->writes_pending)
             srv_conn_shutdown(c);   /* an answer is still being written */
         else

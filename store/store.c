@@ -267,7 +267,7 @@ int st_conn_open(ma_store *st, bool reader, conn **out, char *err, size_t errlen
 }
 
 /* A reader connection for this thread's call, opened on demand; waits if MAX_READERS are busy. */
-static int reader_get(ma_store *st, conn **out, char *err, size_t errlen)
+int st_reader_get(ma_store *st, conn **out, char *err, size_t errlen)
 {
     pthread_mutex_lock(&st->rlock);
     for (;;) {
@@ -303,7 +303,7 @@ static int reader_get(ma_store *st, conn **out, char *err, size_t errlen)
     }
 }
 
-static void reader_put(ma_store *st, conn *c)
+void st_reader_put(ma_store *st, conn *c)
 {
     pthread_mutex_lock(&st->rlock);
     c->next_free = st->free_list;
@@ -559,8 +559,8 @@ static void count_commit(ma_store *st, uint64_t t0, int ret)
 }
 
 /* Takes the writer lock and begins an immediate transaction. The lock is held whatever the result:
- * every call is paired with write_end, which gets this result if it is an error. */
-static int write_begin(ma_store *st, uint64_t *t0, char *err, size_t errlen)
+ * every call is paired with st_write_end, which gets this result if it is an error. */
+int st_write_begin(ma_store *st, uint64_t *t0, char *err, size_t errlen)
 {
     pthread_mutex_lock(&st->wlock);
     *t0 = now_ns();
@@ -568,9 +568,9 @@ static int write_begin(ma_store *st, uint64_t *t0, char *err, size_t errlen)
     return rc ? st_fail_db(st, st->writer->db, rc, err, errlen, "starting a transaction") : 0;
 }
 
-/* Ends what write_begin started: commits when ret is 0 (a failed commit is reported as `what`), else rolls
+/* Ends what st_write_begin started: commits when ret is 0 (a failed commit is reported as `what`), else rolls
  * back and forgets the failed frames; counts the transaction and releases the lock. Returns the result. */
-static int write_end(ma_store *st, uint64_t t0, int ret, const char *what, char *err, size_t errlen)
+int st_write_end(ma_store *st, uint64_t t0, int ret, const char *what, char *err, size_t errlen)
 {
     conn *c = st->writer;
     int rc;
@@ -607,7 +607,7 @@ int ma_store_session_create(ma_store *st, const char *id, const char *config_jso
     uint64_t t0;
     conn *c = st->writer;
     int rc;
-    if ((ret = write_begin(st, &t0, err, errlen)))
+    if ((ret = st_write_begin(st, &t0, err, errlen)))
         goto done;
     sqlite3_stmt *s = st_stmt(st, c, ST_INSERT_SESSION, err, errlen);
     if (!s) {
@@ -630,7 +630,7 @@ int ma_store_session_create(ma_store *st, const char *id, const char *config_jso
         goto done;
     }
 done:
-    return write_end(st, t0, ret, "committing a session creation", err, errlen);
+    return st_write_end(st, t0, ret, "committing a session creation", err, errlen);
 }
 
 int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errlen)
@@ -641,7 +641,7 @@ int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errl
     uint64_t t0;
     conn *c = st->writer;
     int rc;
-    if ((ret = write_begin(st, &t0, err, errlen)))
+    if ((ret = st_write_begin(st, &t0, err, errlen)))
         goto done;
     sqlite3_stmt *s = st_stmt(st, c, ST_DELETE_SESSION, err, errlen);
     if (!s) {
@@ -662,7 +662,7 @@ int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errl
         goto done;
     }
 done:
-    return write_end(st, t0, ret, "committing a session deletion", err, errlen);
+    return st_write_end(st, t0, ret, "committing a session deletion", err, errlen);
 }
 
 static int check_delta(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen)
@@ -763,7 +763,7 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
     conn *c = st->writer;
     sqlite3_stmt *s;
     int rc;
-    if ((ret = write_begin(st, &t0, err, errlen)))
+    if ((ret = st_write_begin(st, &t0, err, errlen)))
         goto done;
     /* Where the session stands: events must continue it exactly (events count == length, always). */
     if (!(s = st_stmt(st, c, ST_SID, err, errlen))) {
@@ -846,7 +846,7 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
         goto done;
     }
 done:
-    ret = write_end(st, t0, ret, "committing", err, errlen);
+    ret = st_write_end(st, t0, ret, "committing", err, errlen);
     if (!ret)
         atomic_fetch_add(&st->events_written, d->n_events);
     /* Erased bytes also leave the WAL (best effort: a reader in progress can keep old frames until the
@@ -902,7 +902,7 @@ static int load_session(ma_store *st, const char *id, bool with_data, ma_store_s
     if (ret)
         return ret;
     conn *c;
-    if ((ret = reader_get(st, &c, err, errlen)))
+    if ((ret = st_reader_get(st, &c, err, errlen)))
         return ret;
     sqlite3_stmt *s = NULL, *b = NULL;
     int64_t blob_bytes = 0, sid = 0;
@@ -975,7 +975,7 @@ done:
     if (b)
         sqlite3_reset(b);
     st_rollback(st, c);   /* ends the read transaction */
-    reader_put(st, c);
+    st_reader_put(st, c);
     if (ret)
         ma_store_session_clear(out);
     return ret;
@@ -999,7 +999,7 @@ int ma_store_session_list(ma_store *st, const char *after, size_t limit, ma_stor
     if (limit == 0)
         return 0;
     conn *c;
-    int ret = reader_get(st, &c, err, errlen);
+    int ret = st_reader_get(st, &c, err, errlen);
     if (ret)
         return ret;
     size_t cap = limit < 64 ? limit : 64, len = 0;
@@ -1042,7 +1042,7 @@ done:
         sqlite3_reset(s);
         sqlite3_clear_bindings(s);
     }
-    reader_put(st, c);
+    st_reader_put(st, c);
     if (ret) {
         for (size_t i = 0; i < len; i++)
             ma_store_session_clear(&rows[i]);
@@ -1096,7 +1096,7 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
         return MA_EINVAL;
     }
     conn *c;
-    if ((ret = reader_get(st, &c, err, errlen)))
+    if ((ret = st_reader_get(st, &c, err, errlen)))
         return ret;
     /* Blocks and payloads from one snapshot. */
     bool txn = payloads != NULL;
@@ -1174,7 +1174,7 @@ done:
     }
     if (txn)
         st_rollback(st, c);   /* ends the read transaction */
-    reader_put(st, c);
+    st_reader_put(st, c);
     if (ret && payloads) {
         for (size_t i = 0; i < n; i++) {
             free(payloads[i]);
@@ -1198,7 +1198,7 @@ int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **p
         return MA_ENOTFOUND;
     }
     conn *c;
-    if ((ret = reader_get(st, &c, err, errlen)))
+    if ((ret = st_reader_get(st, &c, err, errlen)))
         return ret;
     sqlite3_stmt *s = st_stmt(st, c, ST_PAYLOAD, err, errlen);
     if (!s) {
@@ -1238,7 +1238,7 @@ done:
         sqlite3_reset(s);
         sqlite3_clear_bindings(s);
     }
-    reader_put(st, c);
+    st_reader_put(st, c);
     return ret;
 }
 
@@ -1286,7 +1286,7 @@ int ma_store_backup(ma_store *st, const char *path, char *err, size_t errlen)
     }
     snprintf(tmp, n, "%s.tmp", path);
     unlink(tmp);
-    if ((ret = reader_get(st, &c, err, errlen)))
+    if ((ret = st_reader_get(st, &c, err, errlen)))
         goto done;
     rc = sqlite3_open_v2(tmp, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
     if (rc == SQLITE_OK)
@@ -1323,7 +1323,7 @@ done:
     if (dst)
         sqlite3_close(dst);
     if (c)
-        reader_put(st, c);
+        st_reader_put(st, c);
     if (ret && tmp)
         unlink(tmp);
     free(tmp);

@@ -10,9 +10,11 @@
    queries) from two threads; every acknowledged write is recorded. Every session must then live on
    exactly one node, its owner (the fan-out list), and answer with what was acknowledged.
 3. A fourth node joins; `memattn-cluster rebalance` moves the sessions whose owner changed while a
-   writer keeps going through nginx (503 + Retry-After while a session is frozen: retried). After it
-   no acknowledged write is lost, every session is on exactly one node, its owner under four nodes,
-   and answers queries with the same bits as before the move.
+   writer keeps going through nginx (503 + Retry-After while a session is frozen: retried). First a
+   run crashes (simulated: MEMATTN_CLUSTER_CRASH=copied:2) — every session must still be complete on
+   some node — then a second run finishes: together they move exactly the sessions whose owner
+   changed. After it no acknowledged write is lost, every session is on exactly one node, its owner
+   under four nodes, and answers queries with the same bits as before the move.
 4. One node is killed (SIGKILL): its sessions answer 502 `node_unavailable` with Retry-After, the
    others 200; restarted on its port and data, its sessions answer as before.
 
@@ -179,6 +181,7 @@ class Ledger:
     def ack_slot(self, sid, name, version):
         with self.lock:
             self.slots[(sid, name)] = version
+            self.writes = getattr(self, 'writes', 0) + 1
 
 
 DIM = 8
@@ -362,7 +365,7 @@ def main():
                 wr = random.Random(99)
                 i = 0
                 while not stop.is_set() and i < 2000:
-                    sid = wr.choice(sids)
+                    sid = wr.choice(sids[::2])   # the other half stays untouched: compared whole
                     st, _, b = hw.retrying('PUT', '/v1/sessions/%s/slots/w' % sid,
                                            {'k': vec(wr, DIM), 'v': vec(wr, DIM), 'payload': 'x%d' % i})
                     check(st in (200, 201), 'write during the move: %s %d %s' % (sid, st, b))
@@ -372,9 +375,30 @@ def main():
             wt.start()
             time.sleep(0.3)
             t = time.monotonic()
-            rc = subprocess.call(gen + ['rebalance', nodes4, '--old', nodes3, '--nginx-conf', conf,
-                                        '--reload', reload_cmd, '--listen', '127.0.0.1:%d' % nport,
-                                        '--standalone', ndir])
+            # A crash after two copies: every session still complete on at least one node (the union of
+            # the nodes' lists is every session, each answering as before), two of them on two nodes.
+            env = dict(os.environ, MEMATTN_CLUSTER_CRASH='copied:2')
+            rc = subprocess.call(gen + ['rebalance', nodes4, '--old', nodes3, '--nginx-conf', conf, '--reload',
+                                        reload_cmd, '--listen', '127.0.0.1:%d' % nport, '--standalone', ndir],
+                                 env=env, stderr=subprocess.DEVNULL)
+            check(rc == 3, 'the simulated crash: exit %d' % rc)
+            where, down = mc.fan_out(mc.Client(), [mc.Node(d.nid, d.addr) for d in daemons])
+            check(sorted(where) == sorted(sids), 'after the crash: sessions missing: %s'
+                  % sorted(set(sids) - set(where)))
+            check(sum(len(v) > 1 for v in where.values()) == min(2, len(moving)), 'after the crash: copies %s'
+                  % {k: [n.id for n in v] for k, v in where.items() if len(v) > 1})
+            rb = subprocess.run(gen + ['rebalance', nodes4, '--old', nodes3, '--nginx-conf', conf,
+                                       '--reload', reload_cmd, '--listen', '127.0.0.1:%d' % nport,
+                                       '--standalone', ndir], stderr=subprocess.PIPE, text=True)
+            rc = rb.returncode
+            with open(os.path.join(root, 'rebalance.log'), 'w') as f:
+                f.write(rb.stderr)
+            import re
+            # The run after the crash finishes the two copies the crash left (their sources go) and moves
+            # the rest: together exactly the sessions whose owner changed.
+            m = re.search(r'done: (\d+) moved .* (\d+) stale copies removed', rb.stderr)
+            check(m and int(m.group(1)) + int(m.group(2)) == len(moving) and int(m.group(2)) == min(2, len(moving)),
+                  'rebalance: %s, %d owners changed:\n%s' % (m and m.group(0), len(moving), rb.stderr))
             moved_s = time.monotonic() - t
             time.sleep(0.3)
             stop.set()
@@ -390,12 +414,15 @@ def main():
             for sid in sids:
                 d0, q0, s0 = before[sid]
                 d1, q1, s1 = after[sid]
-                s1 = {'slots': [x for x in s1['slots'] if x['name'] != 'w']}
-                check(q0 == q1 or (sid, 'w') in wledger.slots, '%s: answers differ after the move' % sid)
-                check(s0['slots'] == [x for x in s1['slots']] or (sid, 'w') in wledger.slots,
-                      '%s: slots differ' % sid)
+                check(q0 == q1, '%s: probe answers differ after the move' % sid)
+                if (sid, 'w') in wledger.slots:
+                    # The writer's slot `w` changed the slot table (4 slots: it may evict one); its
+                    # writes are checked by the ledger, the archive and state by the probes.
+                    continue
+                check(d0 == d1, '%s: description differs after the move: %s / %s' % (sid, d0, d1))
+                check(s0 == s1, '%s: slots differ after the move' % sid)
             print('cluster-test: rebalance to 4 nodes moved %d sessions in %.2f s under traffic (%d writes)'
-                  % (len(moving), moved_s, sum(1 for _ in wledger.slots)), flush=True)
+                  % (len(moving), moved_s, getattr(wledger, 'writes', 0)), flush=True)
             ring, before = ring4, answers(nport, sids)
         else:
             print('cluster-test: SKIP rebalance: this daemon has no /export (issue 11 part 1 not in yet)', flush=True)
