@@ -82,6 +82,7 @@ void srv_conn_close(srv_conn *c)
     c->cur = NULL;
     free(c->stash);
     c->stash = NULL;
+    srv_conn_pump_closing(c);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
@@ -320,7 +321,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
          * abandoned, complete ones still get their answers, written ones are not cut short. */
         srv_request_free(c->cur);
         c->cur = NULL;
-        if (!c->qhead && !c->shutting)
+        if (!c->qhead && !c->shutting && !c->pump)   /* a file being sent shuts down when it ends */
             srv_conn_shutdown(c);
         return;
     }

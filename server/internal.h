@@ -159,7 +159,7 @@ void srv_settings_init(llhttp_settings_t *s);
 /* stream.c */
 srv_pump *srv_pump_new(srv_conn *c, int fd, uint64_t len);   /* takes fd; NULL: out of memory */
 void srv_pump_start(srv_conn *c);     /* sends c->pump after the queued writes, then shuts down */
-void srv_pump_abort(srv_pump *p);     /* frees one never started (closes its fd) */
+void srv_conn_pump_closing(srv_conn *c);   /* the connection closes: free a pump with no write in flight */
 bool srv_spool_wanted(const srv_request *r);   /* PUT /v1/sessions/{id}/import */
 int srv_spool_open(srv_request *r);   /* 0 or MA_EIO */
 int srv_spool_write(srv_request *r, const char *at, size_t len);   /* 0, or 413 / 507 (disk) for fail_cur */

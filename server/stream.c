@@ -36,6 +36,7 @@ struct srv_pump {
     srv_conn *c;
     int fd;
     uint64_t off, len;
+    bool writing;               /* a uv_write of buf is in flight (its callback frees a closed pump) */
     char buf[SRV_PUMP_CHUNK];
 };
 
@@ -48,6 +49,7 @@ srv_pump *srv_pump_new(srv_conn *c, int fd, uint64_t len)
     p->fd = fd;
     p->off = 0;
     p->len = len;
+    p->writing = false;
     return p;
 }
 
@@ -70,6 +72,7 @@ static void pump_next(srv_pump *p);
 static void on_pump_write(uv_write_t *w, int status)
 {
     srv_pump *p = (srv_pump *)w;
+    p->writing = false;
     p->c->writes_pending--;
     if (status < 0 || p->c->closing) {
         pump_end(p, false);
@@ -102,6 +105,7 @@ static void pump_next(srv_pump *p)
         pump_end(p, false);
         return;
     }
+    p->writing = true;
     c->writes_pending++;
     srv_conn_touch(c);
 }
@@ -112,12 +116,14 @@ void srv_pump_start(srv_conn *c)
     pump_next(c->pump);
 }
 
-void srv_pump_abort(srv_pump *p)
+void srv_conn_pump_closing(srv_conn *c)
 {
-    if (!p)
-        return;
+    srv_pump *p = c->pump;
+    if (!p || p->writing)
+        return;   /* none, or its cancelled write's callback ends it */
     close(p->fd);
     free(p);
+    c->pump = NULL;
 }
 
 /* ---- spooled request bodies ---- */
