@@ -12,6 +12,9 @@
 #   make tsan       the end-to-end suite once more under ThreadSanitizer (build/tsan; CI runs it after make test)
 #   make check-layers  which directory may include which headers (tests/check_layers.sh; part of check)
 #   make bench-http wrk: memattnd's GET /healthz against nginx at 1, 64, 256 connections (~1 min)
+#   make cluster-test three daemons + nginx on loopback: routing, placement, rebalance, a node killed
+#   make deb        the Debian package build/deb/memattnd_*.deb (dpkg-buildpackage -us -uc -b)
+#   make deb-test   make deb, install it (root), run the installed daemon as user memattn, verify the unit
 #   make deps       install every Debian package the project uses (run, test, bench; apt-get, as root)
 #   make fuzz       libFuzzer + ASan + UBSan on every decoder of untrusted bytes (tests/fuzz/), FUZZ_SECONDS
 #                   (default 60) per target; installs clang and its fuzzer runtime (FUZZ_PKGS) first
@@ -91,7 +94,9 @@ DEB_RUN   = build-essential pkg-config libuv1-dev libcjson-dev libopenblas-dev l
 DEB_TEST  = libcmocka-dev libcurl4-openssl-dev curl sqlite3 python3 nodejs npm \
             chromium chromium-driver python3-selenium
 DEB_BENCH = wrk nginx-light gnuplot-nox
-DEB_PKGS  = $(DEB_RUN) $(DEB_TEST) $(DEB_BENCH)
+# `make deb` / `make deb-test` (debian/): the packaging tools.
+DEB_DEPLOY = debhelper dpkg-dev
+DEB_PKGS  = $(DEB_RUN) $(DEB_TEST) $(DEB_BENCH) $(DEB_DEPLOY)
 
 FUZZ_PKGS = clang libclang-rt-14-dev
 FUZZ_SECONDS ?= 60
@@ -112,7 +117,7 @@ ARGS ?=
 BUILD_INFO = $(BUILD)/gen/build_info.txt
 
 .PHONY: all build run test check check-layers check-release unit e2e bench bench-http deps deps-run deps-test deps-bench clean tsan \
-        contract contract-deps lint-openapi install-pkgs FORCE \
+        contract contract-deps lint-openapi install-pkgs FORCE cluster-test deb deb-test deps-deploy \
         fuzz fuzz-smoke fuzz-deps fuzz-build fuzz-bins
 # Keep the objects of test and bench binaries (make would delete them as intermediates and rebuild).
 .SECONDARY:
@@ -258,13 +263,32 @@ fuzz: fuzz-build
 fuzz-smoke: fuzz-build
 	$(Q)tests/fuzz/run.sh $(FUZZ_SMOKE_SECONDS) $(FUZZ_TARGETS)
 
-deps: deps-run deps-test deps-bench
+
+# Three daemons and nginx on loopback ports (tests/cluster/cluster_test.py says what is checked).
+cluster-test: $(DAEMON)
+	$(Q)python3 tests/cluster/cluster_test.py $(abspath $(DAEMON))
+
+# The package is built from a copy of the tree (without build/, data/, .git) so the work tree's
+# build/ is left alone; debian/rules builds with ARCH= (portable code, no -march=native).
+DEB_DIR = build/deb
+deb:
+	$(Q)rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/memattn
+	$(Q)tar --exclude=./build --exclude=./data --exclude=./.git -cf - . | tar -xf - -C $(DEB_DIR)/memattn
+	$(Q)cd $(DEB_DIR)/memattn && dpkg-buildpackage -us -uc -b >../build.log 2>&1 || { tail -40 ../build.log; exit 1; }
+	$(Q)ls $(DEB_DIR)/*.deb
+
+deb-test: deb
+	$(Q)tests/deb_test.sh $(DEB_DIR)/memattnd_*.deb
+
+deps: deps-run deps-test deps-bench deps-deploy
 deps-run:
 	$(Q)$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(DEB_RUN)"
 deps-test:
 	$(Q)$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(DEB_TEST)"
 deps-bench:
 	$(Q)$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(DEB_BENCH)"
+deps-deploy:
+	$(Q)$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(DEB_DEPLOY)"
 
 install-pkgs:
 	$(Q)missing=""; for p in $(PKGS_WANTED); do \

@@ -62,6 +62,7 @@ static const option options[] = {
     { "queue", T_INT, F(queue_max), 1, 1000000, "worker jobs waiting (503 overloaded beyond)" },
     { "cors-origin", T_ORIGINS, F(cors_origin), 0, 0,
       "origin allowed to call the API from a browser (CORS), e.g. https://app.example; repeatable or a comma list; * = any" },
+    { "node-id", T_STRING, F(node_id), 0, 0, "this daemon's name in a cluster: X-Memattn-Node header and /healthz (empty: none)" },
 };
 #define NOPTIONS (sizeof options / sizeof *options)
 
@@ -289,6 +290,11 @@ static int set_value(cfg_config *cfg, const option *o, const char *val, const ch
                     return fail(e, src, o, "the token may only contain visible ASCII characters (no spaces)");
         if (strcmp(o->name, "data") == 0 && !*val)
             return fail(e, src, o, "empty; expected a directory path");
+        if (strcmp(o->name, "node-id") == 0)
+            for (const char *p = val; *p; p++)
+                if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+                      *p == '.' || *p == '_' || *p == ':' || *p == '-'))
+                    return fail(e, src, o, "\"%s\": expected 1-64 characters of [A-Za-z0-9._:-] (or empty)", val);
         memcpy(field, val, strlen(val) + 1);
         return 0;
     case T_ADDR: {

@@ -44,6 +44,8 @@ typedef struct cfg_config {
     unsigned queue_max;           /* --queue: worker jobs waiting, default 1024; beyond: 503 overloaded */
     char cors_origin[2048];       /* --cors-origin: comma-separated origins allowed by CORS ("*" = any);
                                      "" = CORS off. Repeating the option within one source appends. */
+    char node_id[65];             /* --node-id: this daemon's name in a cluster, 1..64 of [A-Za-z0-9._:-];
+                                   * "" (default) = none. Sent as X-Memattn-Node and in /healthz. */
 } cfg_config;
 
 /* True when `origin` (an Origin request header) is one of cfg->cors_origin, or the list holds "*".

@@ -59,6 +59,8 @@ struct reg_registry {
     uint64_t paged_out_bytes;   /* archive bytes dropped by budget remedy 1 */
     size_t untrimmed;           /* bytes freed since the last malloc_trim */
     atomic_uint_fast64_t chunk_loads;   /* chunks read back from the store (any thread, no lock) */
+    char (*frozen)[MA_MAX_NAME + 1];    /* ids frozen for a move (reg_freeze), under mu */
+    size_t nfrozen, capfrozen;
 };
 
 static uint64_t hash_id(const char *s)
@@ -467,6 +469,8 @@ void reg_release(reg_registry *r, reg_session *s)
     free_dropped(drop, trim);
 }
 
+static void unfreeze_locked(reg_registry *r, const char *id);
+
 int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
 {
     int rc = ma_store_session_delete(r->opt.store, id, err, errlen);
@@ -474,6 +478,7 @@ int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
     if (rc)
         return rc;
     pthread_mutex_lock(&r->mu);
+    unfreeze_locked(r, id);   /* a move ends with the delete of its source */
     reg_session *s = find(r, id);
     bool trim = false;
     if (s) {
@@ -678,6 +683,127 @@ void reg_destroy(reg_registry *r)
             session_free(s);
         }
     free(r->buckets);
+    free(r->frozen);
     pthread_mutex_destroy(&r->mu);
     free(r);
+}
+
+/* ---- moving sessions: snapshots and the freeze ---------------------------------------------------- */
+
+_Static_assert((int)REG_SNAP_CORRUPT == (int)MA_SNAP_CORRUPT && (int)REG_SNAP_TRUNCATED == (int)MA_SNAP_TRUNCATED &&
+                   (int)REG_SNAP_NEWER == (int)MA_SNAP_NEWER, "reg_import passes the store's reasons through");
+
+static void copy_stats(reg_snapshot_stats *out, const ma_store_snapshot_stats *in)
+{
+    if (out)
+        *out = (reg_snapshot_stats){ in->bytes, in->events, in->blocks, in->payloads };
+}
+
+int reg_export(reg_registry *r, const char *id, reg_write_fn write, void *ctx, reg_snapshot_stats *st,
+               char *err, size_t errlen)
+{
+    /* The store holds every acknowledged change (reg_commit before every 2xx): export straight from it,
+     * without loading the session. */
+    ma_store_snapshot_stats ss = {0};
+    int rc = ma_store_session_export(r->opt.store, id, write, ctx, &ss, err, errlen);
+    copy_stats(st, &ss);
+    return rc;
+}
+
+/* The snapshot's config must be one this daemon accepts, and its events must have the sizes it implies. */
+static int check_snapshot(void *ctx, const ma_store_snapshot_header *h, char *err, size_t errlen)
+{
+    (void)ctx;
+    ma_params p;
+    char why[256];
+    if (reg_params_decode(h->config, &p, why, sizeof why)) {
+        snprintf(err, errlen, "snapshot refused: its config: %s", why);
+        return MA_ECORRUPT;
+    }
+    uint64_t kb = 4ull * (uint64_t)p.heads * (uint64_t)p.dim, vb = 4ull * (uint64_t)p.heads * (uint64_t)p.value_dim;
+    if (h->length && (h->key_bytes != kb || h->value_bytes != vb)) {
+        snprintf(err, errlen, "snapshot refused: events of %llu+%llu bytes, its config implies %llu+%llu",
+                 (unsigned long long)h->key_bytes, (unsigned long long)h->value_bytes, (unsigned long long)kb,
+                 (unsigned long long)vb);
+        return MA_ECORRUPT;
+    }
+    return 0;
+}
+
+int reg_import(reg_registry *r, const char *id, reg_read_fn read, void *ctx, reg_snapshot_stats *st,
+               int *why, char *err, size_t errlen)
+{
+    /* A loaded session with this id would be one the store also has: the store refuses it (MA_EEXISTS).
+     * The new session is loaded on first use, from the imported rows. */
+    ma_store_snapshot_stats ss = {0};
+    int rc = ma_store_session_import(r->opt.store, id, read, ctx, check_snapshot, NULL, &ss, why, err, errlen);
+    copy_stats(st, &ss);
+    return rc;
+}
+
+static ssize_t frozen_index(const reg_registry *r, const char *id)
+{
+    for (size_t i = 0; i < r->nfrozen; i++)
+        if (strcmp(r->frozen[i], id) == 0)
+            return (ssize_t)i;
+    return -1;
+}
+
+static void unfreeze_locked(reg_registry *r, const char *id)
+{
+    ssize_t i = r->nfrozen ? frozen_index(r, id) : -1;
+    if (i >= 0)
+        memcpy(r->frozen[i], r->frozen[--r->nfrozen], MA_MAX_NAME + 1);
+}
+
+static int exists(reg_registry *r, const char *id, char *err, size_t errlen)
+{
+    ma_store_session row = {0};
+    int rc = ma_store_session_summary(r->opt.store, id, &row, err, errlen);
+    if (rc == 0)
+        ma_store_session_clear(&row);
+    return rc;
+}
+
+int reg_freeze(reg_registry *r, const char *id, bool on, char *err, size_t errlen)
+{
+    int rc = exists(r, id, err, errlen);
+    if (rc)
+        return rc;
+    pthread_mutex_lock(&r->mu);
+    ssize_t i = frozen_index(r, id);
+    if (on && i < 0) {
+        if (r->nfrozen == r->capfrozen) {
+            size_t cap = r->capfrozen ? 2 * r->capfrozen : 16;
+            char (*f)[MA_MAX_NAME + 1] = realloc(r->frozen, cap * sizeof *f);
+            if (!f) {
+                pthread_mutex_unlock(&r->mu);
+                return MA_ENOMEM;
+            }
+            r->frozen = f;
+            r->capfrozen = cap;
+        }
+        snprintf(r->frozen[r->nfrozen++], MA_MAX_NAME + 1, "%s", id);
+    } else if (!on) {
+        unfreeze_locked(r, id);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return 0;
+}
+
+int reg_frozen(reg_registry *r, const char *id, bool *frozen, char *err, size_t errlen)
+{
+    int rc = exists(r, id, err, errlen);
+    if (rc)
+        return rc;
+    *frozen = reg_is_frozen(r, id);
+    return 0;
+}
+
+bool reg_is_frozen(reg_registry *r, const char *id)
+{
+    pthread_mutex_lock(&r->mu);
+    bool f = r->nfrozen && frozen_index(r, id) >= 0;
+    pthread_mutex_unlock(&r->mu);
+    return f;
 }

@@ -161,4 +161,44 @@ typedef struct {
 
 void reg_stats_get(reg_registry *r, reg_stats *st);
 
+/* ---- moving sessions (server/api_transfer.c; docs/API.md, "Moving sessions") -------------------- */
+
+/* The snapshot's bytes go out through a reg_write_fn (0, or an MA_E* code that stops the export) and come
+ * in through a reg_read_fn (exactly len bytes: 0; MA_ENOTFOUND when the input ends first; MA_EIO). */
+typedef int (*reg_write_fn)(void *ctx, const void *data, size_t len);
+typedef int (*reg_read_fn)(void *ctx, void *buf, size_t len);
+
+typedef struct {
+    uint64_t bytes;                   /* of the snapshot (export) */
+    uint64_t events, blocks, payloads;
+} reg_snapshot_stats;
+
+/* Why an import was refused (with MA_ECORRUPT). */
+enum { REG_SNAP_CORRUPT = 1, REG_SNAP_TRUNCATED = 2, REG_SNAP_NEWER = 3 };
+
+/* Streams session `id` as a snapshot (docs/STORE.md, "Snapshots") to `write`, straight from the store: one
+ * event block in memory, the session need not be loaded. 0, MA_ENOTFOUND, MA_EIO / MA_ECORRUPT, or
+ * write's code. */
+int reg_export(reg_registry *r, const char *id, reg_write_fn write, void *ctx, reg_snapshot_stats *st,
+               char *err, size_t errlen);
+
+/* Creates session `id` from a snapshot read through `read`, in one store transaction, after checking that
+ * its config is valid here and matches its events' sizes. 0, MA_EEXISTS, MA_ECORRUPT with *why =
+ * REG_SNAP_* (err says what), MA_EIO, MA_ENOMEM. Nothing is left on failure. The caller runs
+ * exclusively for `id`. */
+int reg_import(reg_registry *r, const char *id, reg_read_fn read, void *ctx, reg_snapshot_stats *st,
+               int *why, char *err, size_t errlen);
+
+/* Marks session `id` frozen (on) or not. Frozen: the API refuses its mutations (503 `frozen`) while it is
+ * being moved; reads, export and delete go on. In memory only (a restart forgets it); a delete clears
+ * it. 0, MA_ENOTFOUND (no such session), MA_ENOMEM, MA_EIO. */
+int reg_freeze(reg_registry *r, const char *id, bool on, char *err, size_t errlen);
+
+/* *frozen = whether `id` is frozen. 0, MA_ENOTFOUND, MA_EIO. */
+int reg_frozen(reg_registry *r, const char *id, bool *frozen, char *err, size_t errlen);
+
+/* Whether `id` is frozen, without asking the store whether it exists (the API's check before a
+ * mutation). Any thread. */
+bool reg_is_frozen(reg_registry *r, const char *id);
+
 #endif

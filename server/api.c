@@ -719,9 +719,28 @@ done:
 
 /* ---- job plumbing ---------------------------------------------------------------------------- */
 
+/* Mutations of a session's content, refused while it is frozen for a move (api_transfer.c); a delete
+ * is not one of them (a move ends with it). */
+static bool frozen_out(job *j)
+{
+    switch (j->op) {
+    case OP_EVENTS: case OP_SLOT_WRITE: case OP_SLOT_PUT: case OP_SLOT_RESTORE: case OP_SLOT_PATCH:
+    case OP_SLOT_DELETE:
+        break;
+    default:
+        return false;
+    }
+    if (!reg_is_frozen(j->api->reg, j->id))
+        return false;
+    job_fail(j, 503, "frozen", "session %s is being moved to another node; retry in a moment", j->id);
+    return true;
+}
+
 static void job_work(void *arg)
 {
     job *j = arg;
+    if (frozen_out(j))
+        return;
     switch (j->op) {
     case OP_SESSION_CREATE:
     case OP_SESSION_PUT:    do_session_create(j); break;
@@ -761,9 +780,11 @@ static void job_done(void *arg, int status)
     job *j = arg;
     if (status == MA_EBUSY)
         srv_respond_error(j->req, 503, "shutting_down", "the server is shutting down");
-    else if (j->code)
+    else if (j->code) {
+        if (strcmp(j->code, "frozen") == 0)
+            srv_resp_header(j->req, "Retry-After", "1");
         srv_respond_error(j->req, j->status, j->code, "%s", j->message);
-    else if (!j->out)
+    } else if (!j->out)
         srv_respond_empty(j->req, j->status);
     else if (j->status == 200 && j->etag[0] && srv_etag_matches(&j->if_none_match, j->etag, true)) {
         /* If-None-Match: weak comparison (RFC 9110 13.1.2); the client's copy is current. */

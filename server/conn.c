@@ -87,6 +87,7 @@ void srv_conn_close(srv_conn *c)
     c->cur = NULL;
     free(c->stash);
     c->stash = NULL;
+    srv_conn_pump_closing(c);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
@@ -106,6 +107,12 @@ static void timer_start(srv_conn *c, unsigned ms)
         c->timer_armed = true;
         c->armed_at = c->deadline;
     }
+}
+
+void srv_conn_touch(srv_conn *c)
+{
+    c->deadline = 0;
+    timer_start(c, c->srv->cfg.idle_timeout_ms);
 }
 
 /* No deadline (a request is being worked on): the armed timer, if any, will find none and stop. */
@@ -227,6 +234,15 @@ void srv_conn_flush(srv_conn *c)
             srv_conn_close(c);
             return;
         }
+        if (r->file_fd >= 0) {   /* a file answer (stream.c): its body follows the head; always last */
+            c->pump = srv_pump_new(c, r->file_fd, r->file_len);
+            r->file_fd = -1;
+            if (!c->pump) {
+                srv_request_free(r);
+                srv_conn_close(c);
+                return;
+            }
+        }
         /* Most answers fit the socket buffer: write now and skip the write request and its deferred
          * callback. uv_try_write refuses (EAGAIN) while earlier writes are queued, keeping order. */
         uv_buf_t b = uv_buf_init(r->resp, (unsigned)r->resp_len);
@@ -272,7 +288,10 @@ void srv_conn_flush(srv_conn *c)
             c->qtail = NULL;
             c->nqueued = 0;
             c->queued_bytes = 0;
-            srv_conn_shutdown(c);
+            if (c->pump)
+                srv_pump_start(c);   /* shuts down when the file has been sent */
+            else
+                srv_conn_shutdown(c);
             return;
         }
     }
@@ -319,7 +338,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
          * abandoned, complete ones still get their answers, written ones are not cut short. */
         srv_request_free(c->cur);
         c->cur = NULL;
-        if (!c->qhead && !c->shutting)
+        if (!c->qhead && !c->shutting && !c->pump)   /* a file being sent shuts down when it ends */
             srv_conn_shutdown(c);
         return;
     }
@@ -408,6 +427,11 @@ static void fail_cur(srv_conn *c, int status, const char *why)
         break;
     case 413:
         srv_server_reject(srv, "body_too_large");
+        if (r->spool_fd >= 0 || srv_spool_wanted(r)) {
+            srv_request_fail(r, 413, "body_too_large", "an import body exceeds %llu bytes",
+                             (unsigned long long)SRV_SPOOL_MAX);
+            break;
+        }
         srv_request_fail(r, 413, "body_too_large", "request body exceeds the limit of %zu bytes (--max-body)",
                          cfg->max_body);
         break;
@@ -419,6 +443,9 @@ static void fail_cur(srv_conn *c, int status, const char *why)
     case 415:
         srv_server_reject(srv, "unsupported_media_type");
         srv_request_fail(r, 415, "unsupported_media_type", "%s", why);
+        break;
+    case 507:   /* a spooled body could not be written (stream.c): the daemon's disk, not the client */
+        srv_request_fail(r, 503, "storage_error", "%s", why ? why : "cannot write the request body to a temporary file");
         break;
     case 503:
         snprintf(r->route, sizeof r->route, "(rejected)");
@@ -505,6 +532,17 @@ static int on_head_done(srv_conn *c, const char **why)
     r->query = q ? q + 1 : NULL;
     bool has_length = c->parser.flags & F_CONTENT_LENGTH;
     bool chunked = c->parser.flags & F_CHUNKED;
+    if (srv_spool_wanted(r)) {   /* a session import: the body goes to a file, any size and type */
+        if (has_length && c->parser.content_length > SRV_SPOOL_MAX)
+            return 413;
+        if (srv_spool_open(r) < 0) {
+            *why = "cannot create a temporary file in the data directory for the body";
+            return 507;
+        }
+        c->in_body = true;
+        timer_start(c, cfg->body_timeout_ms);
+        return 0;
+    }
     if (has_length && c->parser.content_length > cfg->max_body)
         return 413;
     if ((chunked || (has_length && c->parser.content_length > 0)) && !media_type_ok(srv_req_header(r, "Content-Type"))) {
@@ -553,7 +591,7 @@ static void conn_feed(srv_conn *c, const char *data, size_t len)
             int st = c->user_status ? c->user_status : 400;
             if (!c->user_status)
                 why = llhttp_get_error_reason(&c->parser);
-            if (c->user_status == 431 || c->user_status == 414)
+            if (c->user_status == 431 || c->user_status == 414 || c->user_status == 507)
                 why = NULL;
             fail_cur(c, st, why ? why : "limit exceeded");
             break;
@@ -742,6 +780,15 @@ static int cb_body(llhttp_t *p, const char *at, size_t len)
 {
     srv_conn *c = p->data;
     srv_request *r = c->cur;
+    if (r->spool_fd >= 0) {
+        timer_start(c, c->srv->cfg.body_timeout_ms);
+        int st = srv_spool_write(r, at, len);
+        if (st) {
+            c->user_status = st;
+            return HPE_USER;
+        }
+        return 0;
+    }
     if (r->body.len + len > c->srv->cfg.max_body) {
         c->user_status = 413;
         return HPE_USER;

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "core/error.h"
 #include "server/log.h"
@@ -61,6 +62,7 @@ srv_request *srv_request_new(srv_server *srv)
         return NULL;
     req->srv = srv;
     req->t_start = uv_hrtime();
+    req->file_fd = req->spool_fd = -1;
     copy_str(req->route, sizeof req->route, "(unmatched)");
     return req;
 }
@@ -76,6 +78,10 @@ void srv_request_free(srv_request *req)
     free(req->headers);
     free(req->qbuf);
     free(req->resp);
+    if (req->file_fd >= 0)
+        close(req->file_fd);
+    if (req->spool_fd >= 0)
+        close(req->spool_fd);
     free(req);
 }
 
@@ -251,7 +257,9 @@ static char *put_uint(char *p, size_t v)
     return p;
 }
 
-/* Serialises and hands the answer to the connection (or frees it when the connection is gone). */
+/* Serialises and hands the answer to the connection (or frees it when the connection is gone). With
+ * req->file_fd set the body is that file (req->file_len bytes), sent by the connection after the head
+ * (stream.c); `body` is then NULL and nothing of it is copied. */
 static int finish(srv_request *req, int status, const char *ctype, const char *body, size_t blen)
 {
     if (req->answered) {
@@ -271,7 +279,7 @@ static int finish(srv_request *req, int status, const char *ctype, const char *b
     bool no_length = status < 200 || status == 204 || status == 304;
     if (no_length)
         blen = 0;
-    size_t send_blen = strcmp(req->method, "HEAD") == 0 ? 0 : blen;
+    size_t send_blen = strcmp(req->method, "HEAD") == 0 || req->file_fd >= 0 ? 0 : blen;
     /* Built with memcpy rather than snprintf: this runs once per request and printf's format parsing
      * showed up in profiles of the /healthz benchmark. */
     char head[512];
@@ -283,6 +291,7 @@ static int finish(srv_request *req, int status, const char *ctype, const char *b
     p = put(p, "\r\nDate: ");
     p = put(p, srv_server_date(srv));
     p = put(p, "\r\nServer: memattn\r\n");
+    p = put(p, srv->node_hdr);   /* at most 83 bytes: the head stays under its 512 */
     if (ctype && blen && strlen(ctype) < 200) {
         p = put(p, "Content-Type: ");
         p = put(p, ctype);
@@ -330,6 +339,18 @@ static int finish(srv_request *req, int status, const char *ctype, const char *b
     else
         srv_request_free(req);
     return rc;
+}
+
+int srv_respond_file(srv_request *req, int status, const char *content_type, int fd, uint64_t len)
+{
+    if (strcmp(req->method, "HEAD") == 0 || !req->conn) {
+        close(fd);   /* nothing to send: the head alone, or nobody to send it to */
+    } else {
+        req->file_fd = fd;
+        req->file_len = len;
+        req->close_after = true;
+    }
+    return finish(req, status, content_type, NULL, (size_t)len);
 }
 
 int srv_respond_raw(srv_request *req, int status, const char *content_type, const char *body, size_t len)

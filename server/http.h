@@ -12,12 +12,16 @@
  * is invalid. Responses of pipelined requests on one connection are sent in request order even when
  * they are answered out of order. Every answer is counted in the metrics and logged.
  *
- * Not done here: streaming responses, trailers, request bodies larger than --max-body, HTTP/2.
+ * Bodies too large for memory (session export and import) go through files: srv_respond_file, and the
+ * spooled body of PUT /v1/sessions/{id}/import (srv_req_body_fd); server/stream.c.
+ *
+ * Not done here: chunked (unknown-length) answers, trailers, HTTP/2.
  */
 #ifndef SRV_HTTP_H
 #define SRV_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <cjson/cJSON.h>
 
 typedef struct srv_request srv_request;
@@ -48,6 +52,13 @@ const char *srv_req_header(const srv_request *req, const char *name);
  * which may be 0. Never NULL. */
 const char *srv_req_body(const srv_request *req, size_t *len);
 
+/* The body of a spooled request (PUT /v1/sessions/{id}/import): an unlinked temporary file, owned by the
+ * request (closed when it is answered), positioned at its end — read it with pread from offset 0, from
+ * any thread, until the request is answered. *len (if non-NULL) gets its length. -1 for every other
+ * request (its body is srv_req_body's). Such a body is not limited by --max-body and may have any
+ * Content-Type. */
+int srv_req_body_fd(const srv_request *req, uint64_t *len);
+
 /* The server the request came from (for its pool and metrics). */
 srv_server *srv_req_server(const srv_request *req);
 
@@ -68,6 +79,12 @@ int srv_respond_error(srv_request *req, int status, const char *code, const char
 
 /* Answers `status` (typically 204) with no body. */
 int srv_respond_empty(srv_request *req, int status);
+
+/* Answers `status` with the first `len` bytes of the file `fd` as the body (Content-Length: len),
+ * e.g. an unlinked temporary file the handler wrote. Takes ownership of fd, even on error. The file is
+ * sent in pieces as the client reads (one piece in memory), and the connection closes after it. The
+ * file must not change until it is closed. Returns 0 or MA_ENOMEM. */
+int srv_respond_file(srv_request *req, int status, const char *content_type, int fd, uint64_t len);
 
 /* Answers with an arbitrary body (copied) and Content-Type (e.g. Prometheus text). */
 int srv_respond_raw(srv_request *req, int status, const char *content_type, const char *body,

@@ -23,6 +23,10 @@
  * so a pipelining client buffers about one maximal request, not SRV_PIPELINE_MAX of them. */
 
 typedef struct srv_conn srv_conn;
+typedef struct srv_pump srv_pump;   /* a file answer being sent (stream.c) */
+
+#define SRV_PUMP_CHUNK (256u << 10)          /* bytes of a file answer read and written at a time */
+#define SRV_SPOOL_MAX (256ull << 30)         /* largest spooled request body (PUT .../import) */
 
 /* A growable byte buffer. */
 typedef struct {
@@ -63,6 +67,10 @@ struct srv_request {
     srv_buf extra;              /* extra response headers, "Name: value\r\n"... */
     char *resp;                 /* the serialised answer */
     size_t resp_len, body_len;
+    int file_fd;                /* srv_respond_file: the body is this file (-1: none); owned */
+    uint64_t file_len;
+    int spool_fd;               /* spooled body (stream.c; -1: the body is in `body`); owned */
+    uint64_t spool_len;
 };
 
 struct srv_conn {
@@ -100,6 +108,7 @@ struct srv_conn {
     int writes_pending;
     size_t unsent_bytes;        /* memory held by answers handed to uv_write and not yet written (conn.c) */
     uv_shutdown_t shutdown_req;
+    srv_pump *pump;             /* a file answer is being sent: the connection closes after it */
 };
 
 /* The metric children of one (method, route, status), cached on the loop thread so answering a
@@ -136,6 +145,9 @@ struct srv_server {
     char date[40];              /* cached Date header value */
     uint64_t date_sec;
     int closing_handles;
+    char health[128];           /* the /healthz body, with "node" when --node-id is set */
+    size_t health_len;
+    char node_hdr[96];          /* "X-Memattn-Node: ID\r\n" on every answer, "" without --node-id */
 };
 
 /* conn.c */
@@ -144,6 +156,17 @@ void srv_conn_flush(srv_conn *c);          /* writes answered requests at the qu
 void srv_conn_close(srv_conn *c);
 void srv_conn_shutdown(srv_conn *c);      /* FIN after pending writes, then linger and close */
 void srv_settings_init(llhttp_settings_t *s);
+
+/* stream.c */
+srv_pump *srv_pump_new(srv_conn *c, int fd, uint64_t len);   /* takes fd; NULL: out of memory */
+void srv_pump_start(srv_conn *c);     /* sends c->pump after the queued writes, then shuts down */
+void srv_conn_pump_closing(srv_conn *c);   /* the connection closes: free a pump with no write in flight */
+bool srv_spool_wanted(const srv_request *r);   /* PUT /v1/sessions/{id}/import */
+int srv_spool_open(srv_request *r);   /* 0 or MA_EIO */
+int srv_spool_write(srv_request *r, const char *at, size_t len);   /* 0, or 413 / 507 (disk) for fail_cur */
+int srv_tmpfile(const char *dir);     /* an unlinked temporary file in dir, or -1 (errno) */
+/* conn.c */
+void srv_conn_touch(srv_conn *c);     /* the idle timeout from now (a file answer made progress) */
 
 /* http.c */
 srv_request *srv_request_new(srv_server *srv);

@@ -12,6 +12,8 @@
  * SIGTERM / SIGINT start the drain; when it completes everything is closed in reverse order (server and
  * its workers first, then the API, the registry, the store) and the process exits 0. A second signal
  * during the drain shortens it: remaining connections are closed.
+ * Under systemd (Type=notify, $NOTIFY_SOCKET set) READY=1 is sent once the API is plugged in (the store
+ * opened and checked) and STOPPING=1 when the drain starts.
  */
 #include <cblas.h>
 #include <limits.h>
@@ -26,7 +28,9 @@
 #include "core/error.h"
 #include "registry/registry.h"
 #include "server/api.h"
+#include "server/api_transfer.h"
 #include "server/log.h"
+#include "server/sdnotify.h"
 #include "server/server.h"
 #include "store/store.h"
 
@@ -52,6 +56,7 @@ static void on_signal(uv_signal_t *s, int signum)
     app *a = s->data;
     if (a->signals++ == 0) {
         srv_log(CFG_LOG_INFO, "%s received: draining", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+        srv_sd_notify("STOPPING=1");
         srv_server_drain(a->srv, on_drained, a);
         return;
     }
@@ -87,6 +92,7 @@ int main(int argc, char **argv)
     ma_store *store = NULL;
     reg_registry *reg = NULL;
     api *rest = NULL;
+    api_transfer *transfer = NULL;
     if ((rc = uv_loop_init(&loop)) < 0) {
         fprintf(stderr, "memattnd: %s\n", uv_strerror(rc));
         return 1;
@@ -107,6 +113,8 @@ int main(int argc, char **argv)
     api_deps deps = {.srv = a.srv, .reg = reg};
     if (api_init(&deps, &rest, err, sizeof err) < 0)
         goto fail;
+    if (api_transfer_init(a.srv, reg, cfg.data_dir, &transfer, err, sizeof err) < 0)
+        goto fail;
     uv_signal_init(&loop, &a.sigterm);
     uv_signal_init(&loop, &a.sigint);
     a.sigterm.data = a.sigint.data = &a;
@@ -119,6 +127,9 @@ int main(int argc, char **argv)
             cfg.threads, data_abs, cfg.token[0] ? "on" : "off");
     printf("listening on %s\n", bound);
     fflush(stdout);
+    /* Ready for systemd (Type=notify) only now: the store is open and checked, the routes are in. */
+    if (srv_sd_notify("READY=1") < 0)
+        srv_log(CFG_LOG_WARN, "cannot notify systemd of readiness (NOTIFY_SOCKET=%s)", getenv("NOTIFY_SOCKET"));
 
     uv_run(&loop, UV_RUN_DEFAULT);
 
@@ -132,6 +143,7 @@ fail:
         fprintf(stderr, "memattnd: %s\n", err);
     srv_server_destroy(a.srv);   /* stops the workers: no job runs after this */
     api_shutdown(rest);
+    api_transfer_shutdown(transfer);
     reg_destroy(reg);
     ma_store_close(store);
     uv_run(&loop, UV_RUN_DEFAULT);

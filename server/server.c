@@ -26,11 +26,12 @@
 #include "server/log.h"
 #include "server/ui.h"
 
+/* {"status":"ok"}, plus "node" when the daemon has a --node-id (a cluster's health checks and the
+ * rebalance tool read it to know which daemon answered). */
 static void handle_healthz(srv_request *req, void *ud)
 {
-    (void)ud;
-    static const char ok[] = "{\"status\":\"ok\"}";
-    srv_respond_raw(req, 200, "application/json", ok, sizeof ok - 1);
+    srv_server *srv = ud;
+    srv_respond_raw(req, 200, "application/json", srv->health, srv->health_len);
 }
 
 static void handle_metrics(srv_request *req, void *ud)
@@ -85,6 +86,14 @@ int srv_server_create(uv_loop_t *loop, const cfg_config *cfg, srv_server **out, 
         goto fail;
     srv->loop = loop;
     srv->cfg = *cfg;
+    /* node_id was checked by config/ ([A-Za-z0-9._:-], at most 64): no escaping needed. */
+    if (cfg->node_id[0]) {
+        snprintf(srv->health, sizeof srv->health, "{\"status\":\"ok\",\"node\":\"%s\"}", cfg->node_id);
+        snprintf(srv->node_hdr, sizeof srv->node_hdr, "X-Memattn-Node: %s\r\n", cfg->node_id);
+    } else {
+        snprintf(srv->health, sizeof srv->health, "{\"status\":\"ok\"}");
+    }
+    srv->health_len = strlen(srv->health);
     srv_settings_init(&srv->settings);
     srv->rbuf = malloc(65536);
     srv->mcache = calloc(SRV_MCACHE, sizeof(*srv->mcache));
@@ -307,8 +316,8 @@ void srv_server_drain(srv_server *srv, void (*on_drained)(srv_server *srv, void 
     }
     for (srv_conn *c = srv->conns, *next; c; c = next) {
         next = c->next;
-        if (c->cur || c->qhead || c->shutting)
-            continue;            /* in flight: its last answer closes it */
+        if (c->cur || c->qhead || c->shutting || c->pump)
+            continue;            /* in flight: its last answer (or the file being sent) closes it */
         if (c->writes_pending)
             srv_conn_shutdown(c);   /* an answer is still being written */
         else

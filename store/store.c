@@ -272,7 +272,7 @@ int st_conn_open(ma_store *st, bool reader, conn **out, char *err, size_t errlen
 }
 
 /* A reader connection for this thread's call, opened on demand; waits if MAX_READERS are busy. */
-static int reader_get(ma_store *st, conn **out, char *err, size_t errlen)
+int st_reader_get(ma_store *st, conn **out, char *err, size_t errlen)
 {
     pthread_mutex_lock(&st->rlock);
     for (;;) {
@@ -308,7 +308,7 @@ static int reader_get(ma_store *st, conn **out, char *err, size_t errlen)
     }
 }
 
-static void reader_put(ma_store *st, conn *c)
+void st_reader_put(ma_store *st, conn *c)
 {
     pthread_mutex_lock(&st->rlock);
     c->next_free = st->free_list;
@@ -572,8 +572,8 @@ static void count_commit(ma_store *st, uint64_t t0, int ret)
 }
 
 /* Takes the writer lock and begins an immediate transaction. The lock is held whatever the result:
- * every call is paired with write_end, which gets this result if it is an error. */
-static int write_begin(ma_store *st, uint64_t *t0, char *err, size_t errlen)
+ * every call is paired with st_write_end, which gets this result if it is an error. */
+int st_write_begin(ma_store *st, uint64_t *t0, char *err, size_t errlen)
 {
     pthread_mutex_lock(&st->wlock);
     *t0 = now_ns();
@@ -581,9 +581,9 @@ static int write_begin(ma_store *st, uint64_t *t0, char *err, size_t errlen)
     return rc ? st_fail_db(st, st->writer->db, rc, err, errlen, "starting a transaction") : 0;
 }
 
-/* Ends what write_begin started: commits when ret is 0 (a failed commit is reported as `what`), else rolls
+/* Ends what st_write_begin started: commits when ret is 0 (a failed commit is reported as `what`), else rolls
  * back and forgets the failed frames; counts the transaction and releases the lock. Returns the result. */
-static int write_end(ma_store *st, uint64_t t0, int ret, const char *what, char *err, size_t errlen)
+int st_write_end(ma_store *st, uint64_t t0, int ret, const char *what, char *err, size_t errlen)
 {
     conn *c = st->writer;
     int rc;
@@ -620,7 +620,7 @@ int ma_store_session_create(ma_store *st, const char *id, const char *config_jso
     uint64_t t0;
     conn *c = st->writer;
     int rc;
-    if ((ret = write_begin(st, &t0, err, errlen)))
+    if ((ret = st_write_begin(st, &t0, err, errlen)))
         goto done;
     sqlite3_stmt *s = st_stmt(st, c, ST_INSERT_SESSION, err, errlen);
     if (!s) {
@@ -643,7 +643,7 @@ int ma_store_session_create(ma_store *st, const char *id, const char *config_jso
         goto done;
     }
 done:
-    return write_end(st, t0, ret, "committing a session creation", err, errlen);
+    return st_write_end(st, t0, ret, "committing a session creation", err, errlen);
 }
 
 /* ---- the disk-space reserve for deletes ------------------------------------------------------------
@@ -684,7 +684,7 @@ static int delete_once(ma_store *st, const char *id, char *err, size_t errlen)
     uint64_t t0;
     conn *c = st->writer;
     int rc;
-    if ((ret = write_begin(st, &t0, err, errlen)))
+    if ((ret = st_write_begin(st, &t0, err, errlen)))
         goto done;
     /* A whole session is deleted with secure_delete FAST (the writer's default is ON, for forgotten
      * slots): ON would rewrite every freed page into the WAL, the session's whole size, so a delete could
@@ -710,7 +710,7 @@ static int delete_once(ma_store *st, const char *id, char *err, size_t errlen)
         goto done;
     }
 done:
-    return write_end(st, t0, ret, "committing a session deletion", err, errlen);
+    return st_write_end(st, t0, ret, "committing a session deletion", err, errlen);
 }
 
 int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errlen)
@@ -830,7 +830,7 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
     conn *c = st->writer;
     sqlite3_stmt *s;
     int rc;
-    if ((ret = write_begin(st, &t0, err, errlen)))
+    if ((ret = st_write_begin(st, &t0, err, errlen)))
         goto done;
     /* Where the session stands: events must continue it exactly (events count == length, always). */
     if (!(s = st_stmt(st, c, ST_SID, err, errlen))) {
@@ -913,7 +913,7 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
         goto done;
     }
 done:
-    ret = write_end(st, t0, ret, "committing", err, errlen);
+    ret = st_write_end(st, t0, ret, "committing", err, errlen);
     if (!ret)
         atomic_fetch_add(&st->events_written, d->n_events);
     /* Erased bytes also leave the WAL (best effort: a reader in progress can keep old frames until the
@@ -969,7 +969,7 @@ static int load_session(ma_store *st, const char *id, bool with_data, ma_store_s
     if (ret)
         return ret;
     conn *c;
-    if ((ret = reader_get(st, &c, err, errlen)))
+    if ((ret = st_reader_get(st, &c, err, errlen)))
         return ret;
     sqlite3_stmt *s = NULL, *b = NULL;
     int64_t blob_bytes = 0, sid = 0;
@@ -1042,7 +1042,7 @@ done:
     if (b)
         sqlite3_reset(b);
     st_rollback(st, c);   /* ends the read transaction */
-    reader_put(st, c);
+    st_reader_put(st, c);
     if (ret)
         ma_store_session_clear(out);
     return ret;
@@ -1066,7 +1066,7 @@ int ma_store_session_list(ma_store *st, const char *after, size_t limit, ma_stor
     if (limit == 0)
         return 0;
     conn *c;
-    int ret = reader_get(st, &c, err, errlen);
+    int ret = st_reader_get(st, &c, err, errlen);
     if (ret)
         return ret;
     size_t cap = limit < 64 ? limit : 64, len = 0;
@@ -1109,7 +1109,7 @@ done:
         sqlite3_reset(s);
         sqlite3_clear_bindings(s);
     }
-    reader_put(st, c);
+    st_reader_put(st, c);
     if (ret) {
         for (size_t i = 0; i < len; i++)
             ma_store_session_clear(&rows[i]);
@@ -1163,7 +1163,7 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
         return MA_EINVAL;
     }
     conn *c;
-    if ((ret = reader_get(st, &c, err, errlen)))
+    if ((ret = st_reader_get(st, &c, err, errlen)))
         return ret;
     /* Blocks and payloads from one snapshot. */
     bool txn = payloads != NULL;
@@ -1241,7 +1241,7 @@ done:
     }
     if (txn)
         st_rollback(st, c);   /* ends the read transaction */
-    reader_put(st, c);
+    st_reader_put(st, c);
     if (ret && payloads) {
         for (size_t i = 0; i < n; i++) {
             free(payloads[i]);
@@ -1265,7 +1265,7 @@ int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **p
         return MA_ENOTFOUND;
     }
     conn *c;
-    if ((ret = reader_get(st, &c, err, errlen)))
+    if ((ret = st_reader_get(st, &c, err, errlen)))
         return ret;
     sqlite3_stmt *s = st_stmt(st, c, ST_PAYLOAD, err, errlen);
     if (!s) {
@@ -1305,7 +1305,7 @@ done:
         sqlite3_reset(s);
         sqlite3_clear_bindings(s);
     }
-    reader_put(st, c);
+    st_reader_put(st, c);
     return ret;
 }
 
@@ -1353,7 +1353,7 @@ int ma_store_backup(ma_store *st, const char *path, char *err, size_t errlen)
     }
     snprintf(tmp, n, "%s.tmp", path);
     unlink(tmp);
-    if ((ret = reader_get(st, &c, err, errlen)))
+    if ((ret = st_reader_get(st, &c, err, errlen)))
         goto done;
     rc = sqlite3_open_v2(tmp, &dst, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
     if (rc == SQLITE_OK)
@@ -1390,7 +1390,7 @@ done:
     if (dst)
         sqlite3_close(dst);
     if (c)
-        reader_put(st, c);
+        st_reader_put(st, c);
     if (ret && tmp)
         unlink(tmp);
     free(tmp);

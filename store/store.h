@@ -151,4 +151,52 @@ typedef struct {
 
 void ma_store_stats_get(ma_store *st, ma_store_stats *out);
 
+/* ---- one session as a snapshot stream (store/transfer.c; docs/STORE.md, "Snapshots") ------------ */
+
+/* Receives the next `len` bytes of a snapshot; 0, or an MA_E* code that stops the export. */
+typedef int (*ma_store_write_fn)(void *ctx, const void *data, size_t len);
+
+/* Fills buf with exactly the next `len` bytes of the snapshot: 0; MA_ENOTFOUND when the input ends
+ * before `len` bytes (a truncated snapshot, or the end after the last record); MA_EIO when it cannot
+ * be read. */
+typedef int (*ma_store_read_fn)(void *ctx, void *buf, size_t len);
+
+typedef struct {
+    uint64_t bytes;          /* of the snapshot (export) */
+    uint64_t events, blocks, payloads;
+} ma_store_snapshot_stats;
+
+/* What a snapshot's header says, shown to the import's check before anything is written. */
+typedef struct {
+    char source_id[129];     /* the id it was exported as */
+    char *config;            /* the stored config text (owned by the import) */
+    int64_t created_at, updated_at;
+    uint64_t length, slots;
+    uint64_t key_bytes, value_bytes;   /* per event: 4·H·d and 4·H·d_v (0 for a session without events) */
+} ma_store_snapshot_header;
+
+/* The caller's check of a header (e.g. the config parses and matches the bytes per event): 0 to go on,
+ * or an MA_E* code with a message in err (the import is then refused as MA_SNAP_CORRUPT). */
+typedef int (*ma_store_snapshot_check)(void *ctx, const ma_store_snapshot_header *h, char *err, size_t errlen);
+
+/* Why an import was refused (ma_store_session_import's *why with MA_ECORRUPT). */
+enum { MA_SNAP_CORRUPT = 1, MA_SNAP_TRUNCATED = 2, MA_SNAP_NEWER = 3 };
+
+/* Streams session `id` as a snapshot (format in store/transfer.c: versioned, CRC-32 checked) to `write`,
+ * one record at a time, from one read transaction (consistent even while the session takes writes).
+ * Memory: one event block. 0, MA_ENOTFOUND (no such session), MA_EIO / MA_ECORRUPT (reading the store),
+ * or what `write` returned. stats (may be NULL) gets the snapshot's size and counts. */
+int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn write, void *ctx,
+                            ma_store_snapshot_stats *stats, char *err, size_t errlen);
+
+/* Creates session `id` (whatever id the snapshot was exported as) from the snapshot read through `read`,
+ * in one transaction: every record is checked against the store's rules and the checksum at the end;
+ * on any refusal nothing is written. 0; MA_EEXISTS (the id exists); MA_ECORRUPT with *why =
+ * MA_SNAP_CORRUPT / MA_SNAP_TRUNCATED / MA_SNAP_NEWER (the snapshot; err says what); MA_EIO (the store,
+ * or `read`); MA_ENOMEM. `check` (may be NULL) sees the header first. Holds the store's writer while it
+ * runs. */
+int ma_store_session_import(ma_store *st, const char *id, ma_store_read_fn read, void *ctx,
+                            ma_store_snapshot_check check, void *check_ctx, ma_store_snapshot_stats *stats,
+                            int *why, char *err, size_t errlen);
+
 #endif

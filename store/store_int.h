@@ -1,11 +1,12 @@
 /*
  * store/store_int.h — what the files of the store share; internal to store/ (nothing outside includes it).
  *
- * The store is two files over one sqlite database:
+ * The store is three files over one sqlite database:
  *   store/store.c    connections (one writer behind a mutex, a pool of readers), open and close, the
  *                    runtime reads and writes of store.h, backup, stats;
  *   store/schema.c   the schema as a list of migrations (creation is migration 0 -> 1), the upgrades of
- *                    older files, and the integrity checks run at open.
+ *                    older files, and the integrity checks run at open;
+ *   store/transfer.c one session as a snapshot stream: export and import.
  * Internal functions are prefixed st_. Every one that fails writes a message "store <file>: ..." into
  * err (when err is not NULL) and returns an MA_E* code (core/error.h).
  */
@@ -95,6 +96,17 @@ int st_exec_sql(ma_store *st, conn *c, const char *sql, char *err, size_t errlen
 
 /* Runs a one-row, one-column statement (a pragma) and copies its text result (no row: ""). */
 int st_pragma_text(ma_store *st, conn *c, const char *sql, char *out, size_t outlen, char *err, size_t errlen);
+
+/* A reader connection for this thread's call (opened on demand; waits while MAX_READERS are busy); give it
+ * back with st_reader_put. */
+int st_reader_get(ma_store *st, conn **out, char *err, size_t errlen);
+void st_reader_put(ma_store *st, conn *c);
+
+/* Takes the writer lock and begins an immediate transaction on st->writer; the lock is held whatever the
+ * result. Every call is paired with st_write_end, which commits when ret is 0 (a failed commit is
+ * reported as `what`), else rolls back; counts the transaction and releases the lock. Returns the result. */
+int st_write_begin(ma_store *st, uint64_t *t0, char *err, size_t errlen);
+int st_write_end(ma_store *st, uint64_t t0, int ret, const char *what, char *err, size_t errlen);
 
 /* Writes (or rewrites) block `block` of session sid: n events of kb key and vb value bytes each. */
 int st_put_block(ma_store *st, conn *c, int64_t sid, uint64_t block, size_t n, const void *k, size_t kb,

@@ -146,8 +146,9 @@ for lineno, cmd, status, kind, want in exs:
         passed += 1
         print(f"ok   {doc}:{lineno}: {cmd[:100]}")
 
-# docs/openapi.yaml against the implementation: the same (method, path) set as server/api.c's route
-# table, and every documented operation reaches a handler on the live daemon (no router 404/405).
+# docs/openapi.yaml against the implementation: the same (method, path) set as the route tables of
+# server/api.c and server/api_transfer.c, and every documented operation reaches a handler on the live
+# daemon (no router 404/405).
 spec = open("docs/openapi.yaml", encoding="utf-8").read()
 documented, path = set(), None
 for line in spec.split("\n"):
@@ -171,7 +172,7 @@ except ImportError:
 except Exception as e:
     failed += 1
     print(f"FAIL docs/openapi.yaml: {str(e)[:300]}")
-code = open("server/api.c", encoding="utf-8").read()
+code = open("server/api.c", encoding="utf-8").read() + open("server/api_transfer.c", encoding="utf-8").read()
 implemented = set(re.findall(r'\{"(GET|PUT|POST|PATCH|DELETE)", "(/v1/[^"]*)", h_\w+\}', code))
 implemented |= {("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/v1/info")}   # served by server/
 for op in sorted(documented ^ implemented):

@@ -16,6 +16,8 @@
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -145,6 +147,75 @@ static void test_sources_reach_the_server(void **state)
     assert_int_equal(mh_stop(&d, 20000), 0);
 }
 
+/* --node-id: in the /healthz body and an X-Memattn-Node header on every answer, errors included;
+ * neither without it. */
+static void test_node_id(void **state)
+{
+    (void)state;
+    mh_daemon d;
+    mh_resp r;
+    assert_int_equal(mh_start(&d, (const char *[]){ "--node-id", "n2", NULL }, NULL), 0);
+    assert_int_equal(mh_request(&d, "GET", "/healthz", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "{\"status\":\"ok\",\"node\":\"n2\"}");
+    assert_non_null(strstr(r.headers, "\r\nX-Memattn-Node: n2\r\n"));
+    mh_resp_free(&r);
+    const char *paths[] = { "/v1/nothing", "/v1/sessions/nope", "/metrics" };
+    for (size_t i = 0; i < sizeof paths / sizeof *paths; i++) {
+        assert_int_equal(mh_request(&d, "GET", paths[i], NULL, NULL, &r), 0);
+        assert_non_null(strstr(r.headers, "\r\nX-Memattn-Node: n2\r\n"));
+        mh_resp_free(&r);
+    }
+    assert_int_equal(mh_request(&d, "PUT", "/v1/sessions/s1", "{}", NULL, &r), 0);
+    assert_int_equal(r.status, 201);
+    assert_non_null(strstr(r.headers, "\r\nX-Memattn-Node: n2\r\n"));
+    mh_resp_free(&r);
+    assert_int_equal(mh_stop(&d, 20000), 0);
+
+    assert_int_equal(mh_start(&d, NULL, NULL), 0);
+    assert_int_equal(mh_request(&d, "GET", "/healthz", NULL, NULL, &r), 0);
+    assert_string_equal(r.body, "{\"status\":\"ok\"}");
+    assert_null(strstr(r.headers, "X-Memattn-Node"));
+    mh_resp_free(&r);
+    assert_int_equal(mh_stop(&d, 20000), 0);
+}
+
+/* systemd's readiness protocol: READY=1 once the daemon serves (store open), STOPPING=1 at SIGTERM. */
+static void test_sd_notify(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/memattn-notify-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s/notify", dir);
+    int s = socket(AF_UNIX, SOCK_DGRAM, 0);
+    assert_true(s >= 0);
+    assert_int_equal(bind(s, (struct sockaddr *)&sa, sizeof sa), 0);
+    struct timeval tv = { .tv_sec = 20 };
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char env[160];
+    snprintf(env, sizeof env, "NOTIFY_SOCKET=%s", sa.sun_path);
+    mh_daemon d;
+    assert_int_equal(mh_start(&d, NULL, (const char *[]){ env, NULL }), 0);
+    char buf[128];
+    ssize_t n = recv(s, buf, sizeof buf - 1, 0);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    assert_string_equal(buf, "READY=1");
+    mh_resp r;
+    assert_int_equal(mh_request(&d, "GET", "/healthz", NULL, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    mh_resp_free(&r);
+    assert_int_equal(mh_stop(&d, 20000), 0);
+    n = recv(s, buf, sizeof buf - 1, 0);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    assert_string_equal(buf, "STOPPING=1");
+    close(s);
+    unlink(sa.sun_path);
+    rmdir(dir);
+}
+
 static void test_ipv6(void **state)
 {
     (void)state;
@@ -172,6 +243,8 @@ int main(void)
         cmocka_unit_test_teardown(test_help_version, mh_teardown),
         cmocka_unit_test_teardown(test_refusals_exit_2, mh_teardown),
         cmocka_unit_test_teardown(test_sources_reach_the_server, mh_teardown),
+        cmocka_unit_test_teardown(test_node_id, mh_teardown),
+        cmocka_unit_test_teardown(test_sd_notify, mh_teardown),
         cmocka_unit_test_teardown(test_ipv6, mh_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -68,7 +68,7 @@ static void test_precedence(void **state)
 {
     (void)state;
     const char *file = write_conf("# comment\n\n  threads = 3   # trailing comment\nmax-body = 2K\n"
-                                  "max_uri=100\nlog_level = debug\ntoken = \"from#file\"  # c\n");
+                                  "max_uri=100\nlog_level = debug\ntoken = \"from#file\"  # c\nnode_id = n7\n");
     cfg_config c;
     char err[256];
     /* file only */
@@ -79,6 +79,7 @@ static void test_precedence(void **state)
     assert_int_equal(c.max_uri, 100);
     assert_int_equal(c.log_level, CFG_LOG_DEBUG);
     assert_string_equal(c.token, "from#file");
+    assert_string_equal(c.node_id, "n7");
     /* env over file; other MEMATTN_ variables and unrelated ones are ignored */
     const char *env[] = { "MEMATTN_THREADS=5", "MEMATTN_MAX_URI=200", "MEMATTN_BIN=/x", "PATH=/bin", NULL };
     assert_int_equal(load(&c, a1, env, err, sizeof err), 0);
@@ -121,6 +122,13 @@ static void test_value_syntax(void **state)
     assert_string_equal(c.data_dir, "/tmp/x y");
     const char *b[] = { "--listen", "localhost:9", NULL };
     assert_int_equal(load(&c, b, NULL, err, sizeof err), 0);
+    assert_string_equal(c.node_id, "");
+    /* --node-id: flag, environment and (test_precedence) file; the flag wins over the environment. */
+    const char *n[] = { "--node-id", "n1.rack-2:a_b", NULL };
+    assert_int_equal(load(&c, n, (const char *[]){ "MEMATTN_NODE_ID=env", NULL }, err, sizeof err), 0);
+    assert_string_equal(c.node_id, "n1.rack-2:a_b");
+    assert_int_equal(load(&c, NULL, (const char *[]){ "MEMATTN_NODE_ID=env", NULL }, err, sizeof err), 0);
+    assert_string_equal(c.node_id, "env");
 }
 
 static void test_help_version(void **state)
@@ -171,6 +179,12 @@ static void test_refusals(void **state)
                  (const char *[]){ "--listen", NULL });
     expect_error((const char *[]){ "--token", "a b", NULL }, NULL, MA_EINVAL,
                  (const char *[]){ "--token", "visible ASCII", NULL });
+    expect_error((const char *[]){ "--node-id", "a b", NULL }, NULL, MA_EINVAL,
+                 (const char *[]){ "--node-id", "[A-Za-z0-9._:-]", NULL });
+    expect_error((const char *[]){ "--node-id", "n\"1", NULL }, NULL, MA_EINVAL,
+                 (const char *[]){ "--node-id", NULL });
+    expect_error((const char *[]){ "--node-id", "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", NULL }, NULL,
+                 MA_EINVAL, (const char *[]){ "--node-id", "at most 64", NULL });
     expect_error((const char *[]){ "--nope", "1", NULL }, NULL, MA_EINVAL,
                  (const char *[]){ "--nope", "unknown option", NULL });
     expect_error((const char *[]){ "--max_body", "1", NULL }, NULL, MA_EINVAL,
