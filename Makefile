@@ -290,8 +290,12 @@ deps-bench:
 deps-deploy:
 	$(Q)$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(DEB_DEPLOY)"
 
+# A package counts as present when dpkg has it installed; nodejs and npm also when their command is on
+# PATH (a machine may carry Node.js from another Debian-format source whose nodejs conflicts with
+# Debian's npm: installing npm there fails with "held broken packages").
 install-pkgs:
 	$(Q)missing=""; for p in $(PKGS_WANTED); do \
+	  case $$p in nodejs|npm) command -v $$p >/dev/null 2>&1 && continue;; esac; \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
