@@ -290,22 +290,9 @@ deps-bench:
 deps-deploy:
 	$(Q)$(MAKE) --no-print-directory install-pkgs PKGS_WANTED="$(DEB_DEPLOY)"
 
-# A package counts as present when dpkg has it installed; nodejs and npm also when their command is on
-# PATH (a machine may carry Node.js from another Debian-format source whose nodejs conflicts with
-# Debian's npm: installing npm there fails with "held broken packages").
+# tools/install-pkgs.sh installs what of PKGS_WANTED is missing (apt-get as root; else prints the line).
 install-pkgs:
-	$(Q)missing=""; for p in $(PKGS_WANTED); do \
-	  case $$p in nodejs|npm) command -v $$p >/dev/null 2>&1 && continue;; esac; \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then \
-	  echo "  DEPS   $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	else \
-	  echo "missing Debian packages:$$missing"; \
-	  echo "run: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; \
-	fi
+	$(Q)tools/install-pkgs.sh $(PKGS_WANTED)
 
 clean:
 	rm -rf build

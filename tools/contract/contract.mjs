@@ -18,6 +18,7 @@
 //   * a parameter takes its example of the run's name; a path parameter without one takes its first;
 //   * the expected status is the response that has an example of the run's name (a response without a
 //     body lists its runs in x-contract-examples), else the first 2xx;
+//   * an operation whose required request body is not JSON (the import's snapshot stream) is not run;
 //   * operations run in document order, DELETEs last in reverse document order (so slots go before
 //     their session); /tmp/memattn-backup.db in a body is replaced by a fresh temporary path.
 // The closing lines are cmocka's "[  PASSED  ] N test(s)." / "[  FAILED  ] N test(s)." so that
@@ -132,6 +133,9 @@ function runsOf(p, item, m) {
   const add = (n) => { if (!names.includes(n)) names.push(n); };
   const body = op.requestBody ? deref(op.requestBody) : null;
   const json = body && body.content['application/json'];
+  // A required body that is not JSON (the import's snapshot stream) cannot be made from an example:
+  // such operations are not run here; tests/e2e/test_transfer.c runs the import end to end.
+  if (body && body.required && !json) return [];
   for (const n of Object.keys((json && json.examples) || {})) add(n);
   for (const prm of op.parameters || []) for (const n of Object.keys(deref(prm).examples || {})) add(n);
   if (!names.length) names.push('default');
