@@ -130,10 +130,12 @@ static int read_field(const cJSON *it, const field *f, char *base, char *err, si
 {
     void *v = base + f->off;
     int rc = 0;
+    char path[64];   /* "vla.period", "slot_policy.k", "heads" */
+    snprintf(path, sizeof path, "%s%s%s", f->group ? f->group : "", f->group ? "." : "", f->name);
     if (f->kind == F_INT || f->kind == F_REAL) {
         double x = cJSON_IsNumber(it) ? it->valuedouble : NAN;
         if (!isfinite(x) || (f->kind == F_INT && (x != floor(x) || x < -2147483648.0 || x > 2147483647.0)))
-            return corrupt(err, errlen, "%s: expected %s", f->name, f->kind == F_INT ? "an integer" : "a number");
+            return corrupt(err, errlen, "%s: expected %s", path, f->kind == F_INT ? "an integer" : "a number");
         if (f->kind == F_INT)
             *(int *)v = (int)x;
         else
@@ -149,7 +151,7 @@ static int read_field(const cJSON *it, const field *f, char *base, char *err, si
     case F_SLOT_READ: rc = ma_slot_read_parse(s, v); break;
     default:         rc = ma_selector_parse(s, v); break;
     }
-    return rc ? corrupt(err, errlen, "%s: expected a known name%s", f->name, "") : 0;
+    return rc ? corrupt(err, errlen, "%s: expected a known name%s", path, "") : 0;
 }
 
 int reg_params_decode(const char *text, ma_params *out, char *err, size_t errlen)
