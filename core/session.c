@@ -12,6 +12,8 @@
  *    reads the payloads of events it did not ingest itself through its ma_payload_source (the store).
  *  - The router is a hard switch: a named resident slot, else the best cosine over
  *    resident slot keys if it reaches route_threshold, else the sparse read. There is no mixed score.
+ *    With slot_policy.read topk the cosine step, once switched on by the best slot, answers with the
+ *    softmax-weighted mix of the k best slots' values (the switch itself stays hard: slot or sparse).
  * Not done here: validation of dimensions, finiteness and names (the server's codec does that), locking
  * (the server orders jobs per session), I/O (the store, through the two source callbacks).
  */
@@ -73,9 +75,12 @@ void ma_answer_clear(ma_answer *a)
 {
     free(a->payload);
     free(a->chunks);
+    free(a->contrib);
     a->payload = NULL;
     a->chunks = NULL;
     a->n_chunks = 0;
+    a->contrib = NULL;
+    a->n_contrib = 0;
 }
 
 void ma_session_stats_clear(ma_session_stats *st)
@@ -112,6 +117,7 @@ int ma_session_create(const ma_params *p, ma_session **out)
         ma_session_destroy(s);
         return rc;
     }
+    ma_slots_set_policy(s->slots, &p->slot_policy);
     *out = s;
     return 0;
 }
@@ -143,6 +149,12 @@ ma_archive *ma_session_archive(ma_session *s)
 
 int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, ma_ingest_report *rep)
 {
+    return ma_session_ingest_ex(s, n, ev, NULL, now, rep);
+}
+
+int ma_session_ingest_ex(ma_session *s, size_t n, const ma_event *ev, const double *importance, int64_t now,
+                         ma_ingest_report *rep)
+{
     memset(rep, 0, sizeof *rep);
     uint64_t first = ma_archive_length(s->ar);
     rep->length = first;
@@ -152,6 +164,7 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
     int rc = MA_ENOMEM;
     float *k = NULL, *v = NULL;
     ma_slot_write *w = NULL;
+    double *imp = NULL;                /* per write: its event's importance */
     ma_slot_result *res = NULL;
     char **texts = NULL;
     ma_slots_batch *batch = NULL;
@@ -187,12 +200,17 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
         rep->writes = malloc(nw * sizeof *rep->writes);
         rep->voids = malloc(nw * sizeof *rep->voids);
         rep->evicted = malloc(nw * sizeof *rep->evicted);
+        if (importance && !(imp = malloc(nw * sizeof *imp)))
+            goto fail;
         if (!w || !res || !rep->writes || !rep->voids || !rep->evicted)
             goto fail;
         for (size_t i = 0, j = 0; i < n; i++)
-            if (ev[i].slot)
+            if (ev[i].slot) {
+                if (imp)
+                    imp[j] = importance[i];
                 w[j++] = (ma_slot_write){ev[i].slot, ev[i].k, ev[i].v, ev[i].payload, (int64_t)(first + i),
                                          ev[i].protect};
+            }
     }
     if ((rc = ma_archive_mask_reserve(s->ar, first + n)))
         goto fail;
@@ -200,7 +218,7 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
         goto fail;
     for (size_t j = 0; j < nw; j++)
         before[j] = ma_slots_live_event(s->slots, w[j].name);
-    if ((rc = ma_slots_batch_prepare(s->slots, nw, w, &batch)))
+    if ((rc = ma_slots_batch_prepare_ex(s->slots, nw, w, imp, &batch)))
         goto fail;
     rc = MA_ENOMEM;
     if (npay) {
@@ -264,6 +282,7 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
     free(k);
     free(v);
     free(w);
+    free(imp);
     free(res);
     return 0;
 fail:
@@ -275,6 +294,7 @@ fail:
     free(k);
     free(v);
     free(w);
+    free(imp);
     free(res);
     ma_ingest_report_clear(rep);
     rep->length = first;
@@ -334,7 +354,8 @@ int ma_session_slot_write(ma_session *s, const ma_slot_input *in, int64_t now, m
     int64_t was = ma_slots_live_event(s->slots, in->name);
     int rc = complete_input(s, in, &w, &buf);
     if (rc == 0)
-        rc = ma_slots_put(s->slots, &w, true, 0, 0, now, res);
+        rc = ma_slots_put_ex(s->slots, &w, in->has_importance ? in->importance : MA_IMPORTANCE_NONE, true, 0, 0,
+                             now, res);
     if (rc == 0)
         supersede(s, in->name, was);
     free(buf);
@@ -349,7 +370,8 @@ int ma_session_slot_overwrite(ma_session *s, const ma_slot_input *in, uint64_t e
     int64_t was = ma_slots_live_event(s->slots, in->name);
     int rc = complete_input(s, in, &w, &buf);
     if (rc == 0)
-        rc = ma_slots_put(s->slots, &w, false, explicit_version, if_match, now, res);
+        rc = ma_slots_put_ex(s->slots, &w, in->has_importance ? in->importance : MA_IMPORTANCE_NONE, false,
+                             explicit_version, if_match, now, res);
     if (rc == 0)
         supersede(s, in->name, was);
     free(buf);
@@ -456,8 +478,63 @@ static int answer_slot(const ma_session *s, const ma_slot_view *sv, double score
     strcpy(a->slot, sv->name);
     a->version = sv->version;
     a->event = sv->event;
+    a->has_importance = sv->has_importance;
+    a->importance = sv->importance;
     ma_slots_count_use(s->slots, sv->name);
     return 0;
+}
+
+/* The cosine step under slot_policy.read topk: if the best resident slot reaches route_threshold
+ * (*matched), the answer mixes the values of the k best slots with softmax(score / temperature) weights,
+ * summed in double in rank order and rounded once. */
+static int answer_topk(const ma_session *s, const float *q, bool *matched, ma_answer *a)
+{
+    *matched = false;
+    size_t k = (size_t)s->p.slot_policy.k, n = 0;
+    ma_slot_view *sv = malloc(k * sizeof *sv);
+    double *sc = malloc(k * sizeof *sc), *w = malloc(k * sizeof *w);
+    ma_contrib *c = NULL;
+    int rc = MA_ENOMEM;
+    if (!sv || !sc || !w)
+        goto done;
+    rc = ma_slots_match_topk(s->slots, q, k, sv, sc, &n);
+    if (rc == MA_ENOTFOUND || (rc == 0 && sc[0] < s->p.route_threshold)) {
+        rc = 0;
+        goto done;
+    }
+    if (rc || !(c = calloc(n, sizeof *c))) {
+        rc = rc ? rc : MA_ENOMEM;
+        goto done;
+    }
+    if ((rc = answer_slot(s, &sv[0], sc[0], a)))
+        goto done;
+    *matched = true;
+    ma_slots_softmax(sc, n, s->p.slot_policy.temperature, w);
+    for (size_t j = 0; j < s->vn; j++) {
+        double acc = 0;
+        for (size_t i = 0; i < n; i++)
+            acc += w[i] * (double)sv[i].v[j];
+        a->v[j] = (float)acc;
+    }
+    for (size_t i = 0; i < n; i++) {
+        strcpy(c[i].slot, sv[i].name);
+        c[i].version = sv[i].version;
+        c[i].score = sc[i];
+        c[i].weight = w[i];
+        c[i].has_importance = sv[i].has_importance;
+        c[i].importance = sv[i].importance;
+        if (i > 0)
+            ma_slots_count_use(s->slots, sv[i].name);
+    }
+    a->contrib = c;
+    a->n_contrib = n;
+    c = NULL;
+done:
+    free(c);
+    free(sv);
+    free(sc);
+    free(w);
+    return rc;
 }
 
 static int answer_archive(const ma_session *s, ma_route route, const ma_query *q, ma_answer *a)
@@ -519,8 +596,14 @@ int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a)
             if (rc != MA_ENOTFOUND)
                 return rc;
         }
-        if (match_slot(s, q->q, &sv, &score))
+        if (q->q && s->p.slot_policy.read == MA_SLOT_READ_TOPK) {
+            bool matched;
+            int rc = answer_topk(s, q->q, &matched, a);
+            if (rc || matched)
+                return rc;
+        } else if (match_slot(s, q->q, &sv, &score)) {
             return answer_slot(s, &sv, score, a);
+        }
         if (q->route == MA_ROUTE_SLOT || !q->q)
             return MA_ENOTFOUND;
         return answer_archive(s, MA_ROUTE_SPARSE, q, a);
@@ -609,6 +692,7 @@ int ma_session_restore(const ma_params *p, const ma_session_saved *from, ma_sess
         (rc = ma_archive_restore_meta(p, from->archive_meta, from->archive_meta_len, ma_backbone_steps(s->bb),
                                      from->chunks, from->cache_chunks, &s->ar)))
         goto fail;
+    ma_slots_set_policy(s->slots, &p->slot_policy);
     /* The three blobs must describe one session: every event went through the backbone. */
     rc = MA_ECORRUPT;
     if (ma_backbone_steps(s->bb) != ma_archive_length(s->ar))

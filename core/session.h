@@ -72,6 +72,8 @@ typedef struct {
                                   decodes it from a JSON string payload; core parses no JSON) */
     const char *payload;       /* JSON text or NULL, stored as given */
     bool protect;              /* protect after writing */
+    bool has_importance;       /* importance given (else MA_IMPORTANCE_DEFAULT) */
+    double importance;         /* in [0, 1], stored with the version */
 } ma_slot_input;
 
 /* write: create a slot. MA_EEXISTS if resident; MA_EFULL if at capacity and all resident are protected;
@@ -79,7 +81,8 @@ typedef struct {
  * version numbers (versions are never reused). */
 int ma_session_slot_write(ma_session *s, const ma_slot_input *in, int64_t now, ma_slot_result *res);
 
-/* overwrite: new version (or create, res->created). explicit_version > 0 must be greater than the current
+/* overwrite: new version (or create, res->created). With the session's blend policy, overwriting a
+ * resident slot stores alpha·v + (1−alpha)·(its current value) (ma_slots_put). explicit_version > 0 must be greater than the current
  * version (else MA_ECONFLICT) and becomes the new version; if_match > 0 must equal the current version
  * (else MA_EPRECOND). MA_EPROTECTED if protected. */
 int ma_session_slot_overwrite(ma_session *s, const ma_slot_input *in, uint64_t explicit_version,
@@ -125,6 +128,16 @@ typedef struct {
                                   events are never read */
 } ma_query;
 
+/* One slot of a weighted (topk) read. */
+typedef struct {
+    char slot[MA_MAX_NAME + 1];
+    uint64_t version;
+    double score;              /* its cosine with q (mean over heads) */
+    double weight;             /* its softmax weight; the weights of a read sum to 1 */
+    bool has_importance;       /* that version's writer gave an importance */
+    double importance;         /* of that version (MA_IMPORTANCE_DEFAULT if not given) */
+} ma_contrib;
+
 typedef struct {
     ma_route route;            /* the route that answered (never AUTO) */
     float *v;                  /* in: caller's buffer of H·d_v; out: the answer */
@@ -137,13 +150,21 @@ typedef struct {
     char *payload;             /* JSON text of the slot's or pointer event's payload, or NULL */
     uint32_t *chunks;          /* chunks touched (archive routes) */
     size_t n_chunks;
+    bool has_importance;       /* slot route: the version that answered (the best one for a weighted
+                                  read) was given an importance by its writer ... */
+    double importance;         /* ... this one (else MA_IMPORTANCE_DEFAULT) */
+    ma_contrib *contrib;       /* weighted read (slot_policy.read topk, cosine step): the slots mixed, best
+                                  first; NULL otherwise */
+    size_t n_contrib;
 } ma_answer;
 
 void ma_answer_clear(ma_answer *a);
 
 /* Answers one query. Router (auto): named resident slot (or, with a version, that version of the name's
  * history, resident or not) -> slot; else best mean-over-heads cosine of q against resident slot keys >=
- * route_threshold -> slot; else sparse. A named slot that is not resident falls through to the
+ * route_threshold -> slot; else sparse. With slot_policy.read topk, the cosine step's answer is the
+ * softmax(score / temperature)-weighted mix of the values of the k best-matching resident slots (a->contrib
+ * lists them; slot, version, score, event, payload and importance are the best one's). A named slot that is not resident falls through to the
  * cosine/sparse steps when q is given. Forced routes: slot (MA_ENOTFOUND if no match: named, or cosine
  * >= threshold; MA_ENOVERSION for a missing version), sparse, full, window, state. A query that needs q
  * and has none: MA_EINVAL. Archive reads skip superseded and forgotten events (docs/SLOTS.md; with
@@ -162,6 +183,10 @@ void ma_session_destroy(ma_session *s);
  * codec's layout) the vectors are read in place and copied once, into the archive; otherwise they are
  * first gathered into one array. */
 int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, ma_ingest_report *rep);
+/* As ma_session_ingest; importance (NULL: none given) has n entries: for an event with a slot, the
+ * importance of the version it writes, in [0, 1], or MA_IMPORTANCE_NONE (ignored for other events). */
+int ma_session_ingest_ex(ma_session *s, size_t n, const ma_event *ev, const double *importance, int64_t now,
+                         ma_ingest_report *rep);
 
 typedef struct {
     uint64_t length;

@@ -13,6 +13,11 @@
  *    blocks, hash/array growth), then applies in code that cannot fail. The one allocation an apply step
  *    could still need — the tombstone of a slot evicted for capacity, which may be any resident slot — is
  *    covered by an invariant: a resident record always has room for one more version in its array.
+ *  - Policies (docs/SLOTS.md "Policies"): the eviction victim is the head of the update list (lru) or the
+ *    unprotected slot with the lowest score of importance, recency (its rank in the update list) and
+ *    usage, found by one walk of the list (score: O(M) per eviction); a blend overwrite mixes the
+ *    current value into the new version's block in the apply step (arithmetic on memory already
+ *    allocated, so it cannot fail). Each version carries the importance its writer gave.
  *  - The router's cosine scan is a plain loop rather than BLAS sgemv: each dot product is summed in a
  *    fixed order (8 independent float lanes, which the compiler vectorises, then the lanes in order) and
  *    norms in double, so a score depends only on q and the key — not on BLAS threading, nor on the row a
@@ -39,6 +44,8 @@ typedef struct {
     float *kv;        /* H·d key, then H·d_v value; NULL: tombstone (or forgotten) */
     char *payload;    /* JSON text or NULL */
     bool forgotten;   /* erased by ma_slots_forget: no value, the event kept (its mask is derived) */
+    bool has_importance; /* its writer gave the importance (else it is MA_IMPORTANCE_DEFAULT) */
+    double importance; /* [0, 1], of a version with a value (0 for a tombstone) */
 } slot_ver;
 
 typedef struct rec {
@@ -64,6 +71,7 @@ struct ma_slots {
     size_t nres, res_cap;
     rec *head, *tail;                /* update order */
     size_t bytes;                    /* running total of everything allocated for the table */
+    ma_slot_policy policy;           /* eviction and overwrite (the read policy is the router's) */
 };
 
 /* ---- records and the hash table --------------------------------------------------------------- */
@@ -307,9 +315,13 @@ static void lru_append(ma_slots *s, rec *r)
     s->tail = r;
 }
 
-static void append_version(rec *r, uint64_t version, int64_t event, int64_t at, float *kv, char *payload)
+/* importance < 0: not given (the version gets MA_IMPORTANCE_DEFAULT). */
+static void append_version(rec *r, uint64_t version, int64_t event, int64_t at, float *kv, char *payload,
+                           double importance)
 {
-    r->ver[r->nver++] = (slot_ver){version, event, at, kv, payload, false};
+    bool given = importance >= 0;
+    r->ver[r->nver++] = (slot_ver){version, event, at, kv, payload, false, given,
+                                   given ? importance : kv ? MA_IMPORTANCE_DEFAULT : 0};
 }
 
 static void leave_resident(ma_slots *s, rec *r);
@@ -317,7 +329,7 @@ static void leave_resident(ma_slots *s, rec *r);
 /* Records the tombstone and leaves the resident set. Room for the tombstone is the resident invariant. */
 static void evict_rec(ma_slots *s, rec *r, int64_t now)
 {
-    append_version(r, last_version(r) + 1, -1, now, NULL, NULL);
+    append_version(r, last_version(r) + 1, -1, now, NULL, NULL, -1);
     leave_resident(s, r);
 }
 
@@ -331,6 +343,8 @@ static void leave_resident(ma_slots *s, rec *r)
     r->protect = false;
 }
 
+/* The least recently updated unprotected resident slot; NULL if every one is protected (then no policy
+ * has a victim either). */
 static rec *lru_victim(const ma_slots *s)
 {
     for (rec *r = s->head; r; r = r->next)
@@ -339,15 +353,66 @@ static rec *lru_victim(const ma_slots *s)
     return NULL;
 }
 
+/* The score eviction's constants (docs/SLOTS.md "Policies"). */
+#define SCORE_W_IMPORTANCE 0.5
+#define SCORE_W_RECENCY    0.3
+#define SCORE_W_USAGE      0.2
+#define SCORE_USAGE_HALF   4.0     /* usage at which the usage term is half its weight */
+
+/* The score of resident r at rank `rank` (0 = least recently updated) of n resident slots:
+ * 0.5·importance + 0.3·rank/(n−1) + 0.2·usage/(usage + 4), every term in [0, 1] before its weight. */
+static double evict_score(const rec *r, size_t rank, size_t n)
+{
+    double recency = n > 1 ? (double)rank / (double)(n - 1) : 1.0;
+    double u = (double)atomic_load_explicit(&((rec *)r)->usage, memory_order_relaxed);
+    return SCORE_W_IMPORTANCE * r->ver[r->nver - 1].importance + SCORE_W_RECENCY * recency +
+           SCORE_W_USAGE * (u / (u + SCORE_USAGE_HALF));
+}
+
+/* The slot a capacity eviction removes under the table's policy: lru_victim, or the unprotected slot of
+ * lowest score (ties: the less recently updated). NULL exactly when lru_victim is NULL. */
+static rec *pick_victim(const ma_slots *s)
+{
+    if (s->policy.eviction != MA_EVICTION_SCORE)
+        return lru_victim(s);
+    rec *best = NULL;
+    double bs = 0;
+    size_t rank = 0;
+    for (rec *r = s->head; r; r = r->next, rank++) {
+        if (r->protect)
+            continue;
+        double sc = evict_score(r, rank, s->nres);
+        if (!best || sc < bs) {
+            best = r;
+            bs = sc;
+        }
+    }
+    return best;
+}
+
+/* Blend policy: the value of a new version block kv becomes alpha·new + (1−alpha)·old (old: the current
+ * value of the resident record), in double, rounded once to float. */
+static void blend_value(const ma_slots *s, float *kv, const float *old_kv)
+{
+    double a = s->policy.alpha, b = 1.0 - s->policy.alpha;
+    float *nv = kv + s->kn;
+    const float *ov = old_kv + s->kn;
+    for (size_t i = 0; i < s->vn; i++)
+        nv[i] = (float)(a * (double)nv[i] + b * (double)ov[i]);
+}
+
 /* Makes kv/payload the new current version of r. The caller checked that an eviction, if one is needed,
- * has a victim, and reserved room for the version and (for the resident invariant) one more. */
+ * has a victim, and reserved room for the version and (for the resident invariant) one more. blend: an
+ * overwrite that the blend policy applies to (not a restore). importance < 0: not given. */
 static void apply_write(ma_slots *s, rec *r, uint64_t version, int64_t event, float *kv, char *payload,
-                        bool protect, int64_t now, ma_slot_result *res)
+                        double importance, bool blend, bool protect, int64_t now, ma_slot_result *res)
 {
     ma_slot_result out = {0};
+    if (blend && r->resident && s->policy.overwrite == MA_OVERWRITE_BLEND)
+        blend_value(s, kv, r->ver[r->nver - 1].kv);
     if (!r->resident) {
         if (s->nres == (size_t)s->capacity) {
-            rec *victim = lru_victim(s);
+            rec *victim = pick_victim(s);
             evict_rec(s, victim, now);
             out.evicted = true;
             memcpy(out.evicted_name, victim->name, victim->name_len + 1);
@@ -361,7 +426,7 @@ static void apply_write(ma_slots *s, rec *r, uint64_t version, int64_t event, fl
         lru_unlink(s, r);
     }
     lru_append(s, r);
-    append_version(r, version, event, now, kv, payload);
+    append_version(r, version, event, now, kv, payload, importance);
     set_row(s, r->row, kv);
     if (protect)
         r->protect = true;
@@ -394,8 +459,16 @@ int ma_slots_create(int heads, int dim, int value_dim, int capacity, ma_slots **
         return MA_ENOMEM;
     }
     s->bytes = sizeof *s + s->nbucket * sizeof *s->bucket;
+    ma_params d;
+    ma_params_default(&d);
+    s->policy = d.slot_policy;
     *out = s;
     return 0;
+}
+
+void ma_slots_set_policy(ma_slots *s, const ma_slot_policy *p)
+{
+    s->policy = *p;
 }
 
 void ma_slots_destroy(ma_slots *s)
@@ -434,6 +507,12 @@ size_t ma_slots_bytes(const ma_slots *s)
 int ma_slots_put(ma_slots *s, const ma_slot_write *w, bool create_only, uint64_t explicit_version,
                  uint64_t if_match, int64_t now, ma_slot_result *res)
 {
+    return ma_slots_put_ex(s, w, MA_IMPORTANCE_NONE, create_only, explicit_version, if_match, now, res);
+}
+
+int ma_slots_put_ex(ma_slots *s, const ma_slot_write *w, double importance, bool create_only,
+                    uint64_t explicit_version, uint64_t if_match, int64_t now, ma_slot_result *res)
+{
     if (!ma_name_valid(w->name))
         return MA_EINVAL;     /* names are fixed-size fields of the result structs */
     rec *r = find(s, w->name);
@@ -467,7 +546,7 @@ int ma_slots_put(ma_slots *s, const ma_slot_write *w, bool create_only, uint64_t
         return MA_ENOMEM;
     }
     uint64_t version = explicit_version ? explicit_version : last_version(r) + 1;
-    apply_write(s, r, version, w->event, kv, pl, w->protect, now, res);
+    apply_write(s, r, version, w->event, kv, pl, importance, true, w->protect, now, res);
     return 0;
 }
 
@@ -488,7 +567,8 @@ int ma_slots_restore(ma_slots *s, const char *name, uint64_t version, int64_t no
     if (reserve_versions(s, r, r->nver + 2) || reserve_resident(s, s->nres + 1) ||
         make_block(s, old.k, old.v, old.payload, &kv, &pl))
         return MA_ENOMEM;
-    apply_write(s, r, last_version(r) + 1, old.event, kv, pl, false, now, res);
+    apply_write(s, r, last_version(r) + 1, old.event, kv, pl, old.has_importance ? old.importance : -1, false,
+                false, now, res);
     return 0;
 }
 
@@ -572,6 +652,7 @@ typedef struct {
     char *payload;
     int64_t event;
     bool protect;
+    double importance;               /* < 0: not given */
 } batch_op;
 
 struct ma_slots_batch {
@@ -624,6 +705,12 @@ void ma_slots_batch_abort(ma_slots_batch *b)
  * happened yet, so a name is resident iff it was resident before the batch or written earlier in it.
  */
 int ma_slots_batch_prepare(ma_slots *s, size_t n, const ma_slot_write *w, ma_slots_batch **out)
+{
+    return ma_slots_batch_prepare_ex(s, n, w, NULL, out);
+}
+
+int ma_slots_batch_prepare_ex(ma_slots *s, size_t n, const ma_slot_write *w, const double *importance,
+                              ma_slots_batch **out)
 {
     *out = NULL;
     int rc = MA_ENOMEM;
@@ -689,6 +776,7 @@ int ma_slots_batch_prepare(ma_slots *s, size_t n, const ma_slot_write *w, ma_slo
             goto fail;
         b->op[i].event = w[i].event;
         b->op[i].protect = w[i].protect;
+        b->op[i].importance = importance ? importance[i] : MA_IMPORTANCE_NONE;
     }
     free(map);
     *out = b;
@@ -712,7 +800,8 @@ void ma_slots_batch_commit(ma_slots_batch *b, int64_t now, ma_slot_result *out)
                 out[i] = (ma_slot_result){0};
             continue;
         }
-        apply_write(s, op->r, last_version(op->r) + 1, op->event, op->kv, op->payload, op->protect, now,
+        apply_write(s, op->r, last_version(op->r) + 1, op->event, op->kv, op->payload, op->importance, true,
+                    op->protect, now,
                     out ? &out[i] : NULL);
     }
     free(b->op);
@@ -746,6 +835,8 @@ static void fill_view(const ma_slots *s, const rec *r, const slot_ver *v, ma_slo
     out->k = v->kv;
     out->v = v->kv + s->kn;
     out->payload = v->payload;
+    out->has_importance = v->has_importance;
+    out->importance = v->importance;
 }
 
 int ma_slots_view(const ma_slots *s, const char *name, uint64_t version, ma_slot_view *out)
@@ -789,6 +880,8 @@ int ma_slots_read(const ma_slots *s, const char *name, uint64_t version, ma_slot
     out->info.event = v.event;
     out->info.usage = v.usage;
     out->info.updated_at = v.at;
+    out->info.has_importance = v.has_importance;
+    out->info.importance = v.importance;
     return 0;
 }
 
@@ -804,7 +897,8 @@ int ma_slots_history(const ma_slots *s, const char *name, ma_version_info **out,
         return MA_ENOMEM;
     for (size_t i = 0; i < r->nver; i++)
         h[i] = (ma_version_info){r->ver[i].version, r->ver[i].event, r->ver[i].at, r->ver[i].kv == NULL,
-                                 r->ver[i].forgotten};
+                                 r->ver[i].forgotten, r->ver[i].kv && r->ver[i].has_importance,
+                                 r->ver[i].kv ? r->ver[i].importance : 0};
     *out = h;
     *n = r->nver;
     return 0;
@@ -839,6 +933,8 @@ int ma_slots_list(const ma_slots *s, ma_slot_info **out, size_t *n)
         info[i].event = v->event;
         info[i].usage = atomic_load_explicit(&sorted[i]->usage, memory_order_relaxed);
         info[i].updated_at = v->at;
+        info[i].has_importance = v->has_importance;
+        info[i].importance = v->importance;
     }
     free(sorted);
     *out = info;
@@ -874,6 +970,107 @@ int ma_slots_match(const ma_slots *s, const float *q, ma_slot_view *best, double
     return 0;
 }
 
+/* A candidate of ma_slots_match_topk: its score and row. */
+typedef struct {
+    double score;
+    const rec *r;
+    size_t row;
+} cand;
+
+/* a ranks before b: a larger score, or an equal score and a smaller name (ma_slots_match's order). */
+static bool cand_better(const cand *a, const cand *b)
+{
+    return a->score > b->score || (a->score == b->score && strcmp(a->r->name, b->r->name) < 0);
+}
+
+/* Restores the heap property (the worst candidate at the root) below position i. */
+static void heap_down(cand *h, size_t n, size_t i)
+{
+    for (;;) {
+        size_t w = i, l = 2 * i + 1, r = l + 1;
+        if (l < n && cand_better(&h[w], &h[l]))
+            w = l;
+        if (r < n && cand_better(&h[w], &h[r]))
+            w = r;
+        if (w == i)
+            return;
+        cand t = h[i];
+        h[i] = h[w];
+        h[w] = t;
+        i = w;
+    }
+}
+
+int ma_slots_match_topk(const ma_slots *s, const float *q, size_t k, ma_slot_view *out, double *scores,
+                        size_t *n)
+{
+    *n = 0;
+    if (s->nres == 0)
+        return MA_ENOTFOUND;
+    if (k > s->nres)
+        k = s->nres;
+    if (k == 0)
+        return 0;
+    cand *h = malloc(k * sizeof *h);
+    if (!h)
+        return MA_ENOMEM;
+    double qn[MA_MAX_HEADS];
+    head_norms(q, s->heads, s->dim, qn);
+    /* A min-heap (worst at the root) of the best k seen so far: O(M log k). */
+    size_t m = 0;
+    for (size_t i = 0; i < s->nres; i++) {
+        cand c = {score(q, qn, s->rkey + i * s->kn, s->rnorm + i * (size_t)s->heads, s->heads, s->dim),
+                  s->res[i], i};
+        if (m < k) {
+            h[m++] = c;
+            for (size_t j = m - 1; j > 0 && cand_better(&h[(j - 1) / 2], &h[j]); j = (j - 1) / 2) {
+                cand t = h[j];
+                h[j] = h[(j - 1) / 2];
+                h[(j - 1) / 2] = t;
+            }
+        } else if (cand_better(&c, &h[0])) {
+            h[0] = c;
+            heap_down(h, m, 0);
+        }
+    }
+    /* Pop the worst to the back: h ends sorted best first. */
+    for (size_t end = m; end > 1; end--) {
+        cand t = h[0];
+        h[0] = h[end - 1];
+        h[end - 1] = t;
+        heap_down(h, end - 1, 0);
+    }
+    for (size_t i = 0; i < m; i++) {
+        fill_view(s, h[i].r, &h[i].r->ver[h[i].r->nver - 1], &out[i]);
+        scores[i] = h[i].score;
+    }
+    free(h);
+    *n = m;
+    return 0;
+}
+
+void ma_slots_softmax(const double *scores, size_t n, double temperature, double *w)
+{
+    double mx = scores[0], sum = 0;
+    for (size_t i = 1; i < n; i++)
+        if (scores[i] > mx)
+            mx = scores[i];
+    for (size_t i = 0; i < n; i++)
+        sum += w[i] = exp((scores[i] - mx) / temperature);
+    for (size_t i = 0; i < n; i++)
+        w[i] /= sum;
+}
+
+void ma_slots_eviction_scores(const ma_slots *s, double *scores, const char **names, size_t *n)
+{
+    size_t rank = 0;
+    for (const rec *r = s->head; r; r = r->next, rank++) {
+        scores[rank] = evict_score(r, rank, s->nres);
+        names[rank] = r->name;
+    }
+    *n = rank;
+}
+
 void ma_slots_count_use(const ma_slots *s, const char *name)
 {
     rec *r = find(s, name);
@@ -884,20 +1081,35 @@ void ma_slots_count_use(const ma_slots *s, const char *name)
 /* ---- persistence ------------------------------------------------------------------------------ */
 
 /*
- * A core/blob.h blob of kind "SLOT" with one section "TABL" v1 (docs/SLOTS.md):
+ * A core/blob.h blob of kind "SLOT" with one section "TABL" v1 or v2 (docs/SLOTS.md):
  *   u32 heads, dim, value_dim, capacity | u64 records | u64 resident
  *   per record (name order): u32 name_len, name | u8 flags (1 resident, 2 protected) | u64 usage |
- *     u64 versions | per version: u64 version, i64 event, i64 at, u8 kind (0 tombstone, 1 value)
- *       [kind 1: H·d + H·d_v f32, u8 has_payload, [u64 len, bytes]]
+ *     u64 versions | per version: u64 version, i64 event, i64 at, u8 kind (0 tombstone, 1 value,
+ *       2 forgotten) [kind 1: H·d + H·d_v f32, u8 has_payload, [u64 len, bytes],
+ *       v2 only: u8 has_importance, [f64 importance]]
  *   resident update order, least recent first: u64 record ordinal each
+ * v2 is written only when some version's writer gave an importance, so a table that never got one is
+ * byte for byte what earlier daemons wrote (and read); v1 reads as no importance given.
  * Legacy format 1 (read, never written): "MASLOTS1" | u32 format 1 | the TABL body | u64
  * ma_blob_checksum of every byte before it; all little-endian.
  */
 #define LEGACY_MAGIC  "MASLOTS1"
 #define LEGACY_FORMAT 1u
 #define BLOB_KIND     MA_BLOB_TAG("SLOT")
+#define TABL_V1       1u      /* without importances */
+#define TABL_V2       2u      /* with the importance of each value version */
 
-static void emit(const ma_slots *s, rec *const *recs, size_t nrec, ma_blob_writer *b)
+/* The TABL version the table needs: v2 when some value version's writer gave an importance. */
+static uint32_t tabl_version(rec *const *recs, size_t nrec)
+{
+    for (size_t i = 0; i < nrec; i++)
+        for (size_t j = 0; j < recs[i]->nver; j++)
+            if (recs[i]->ver[j].kv && recs[i]->ver[j].has_importance)
+                return TABL_V2;
+    return TABL_V1;
+}
+
+static void emit(const ma_slots *s, rec *const *recs, size_t nrec, uint32_t fmt, ma_blob_writer *b)
 {
     ma_blob_put_u32(b, (uint32_t)s->heads);
     ma_blob_put_u32(b, (uint32_t)s->dim);
@@ -927,6 +1139,11 @@ static void emit(const ma_slots *s, rec *const *recs, size_t nrec, ma_blob_write
                 ma_blob_put_u64(b, pn);
                 ma_blob_put_bytes(b, v->payload, pn);
             }
+            if (fmt >= TABL_V2) {
+                ma_blob_put_u8(b, v->has_importance);
+                if (v->has_importance)
+                    ma_blob_put_f64(b, v->importance);
+            }
         }
     }
     /* A resident record's ordinal is its position in recs[], which is in name order. */
@@ -952,15 +1169,16 @@ int ma_slots_serialize(const ma_slots *s, void **buf, size_t *len)
 
     ma_blob_writer w;
     ma_blob_begin(&w, BLOB_KIND);
-    ma_blob_section_begin(&w, MA_BLOB_TAG("TABL"), 1);
-    emit(s, recs, nrec, &w);
+    uint32_t fmt = tabl_version(recs, nrec);
+    ma_blob_section_begin(&w, MA_BLOB_TAG("TABL"), fmt);
+    emit(s, recs, nrec, fmt, &w);
     ma_blob_section_end(&w);
     free(recs);
     return ma_blob_finish(&w, buf, len);
 }
 
-/* Reads one record's versions; the record is already in the table. */
-static int read_versions(ma_slots *s, ma_blob_reader *b, rec *r, uint64_t nver)
+/* Reads one record's versions (TABL version fmt); the record is already in the table. */
+static int read_versions(ma_slots *s, ma_blob_reader *b, uint32_t fmt, rec *r, uint64_t nver)
 {
     /* Each version takes at least 25 bytes: a count larger than the rest of the buffer is corrupt. */
     if (nver == 0 || nver > ma_blob_remaining(b) / 25)
@@ -975,13 +1193,19 @@ static int read_versions(ma_slots *s, ma_blob_reader *b, rec *r, uint64_t nver)
             return MA_ECORRUPT;
         float *kv = NULL;
         char *pl = NULL;
+        double importance = -1;   /* not given */
+        uint8_t has_imp = 0;
         if (kind == 1) {
             size_t nf = s->kn + s->vn;
             const void *fp = ma_blob_take(b, nf * 4);
             uint8_t has = ma_blob_get_u8(b);
             uint64_t pn = has ? ma_blob_get_u64(b) : 0;
             const void *pp = has ? ma_blob_take(b, (size_t)pn) : NULL;
-            if (b->bad || has > 1 || (has && memchr(pp, 0, (size_t)pn)))
+            has_imp = fmt >= TABL_V2 ? ma_blob_get_u8(b) : 0;
+            if (has_imp == 1)
+                importance = ma_blob_get_f64(b);
+            if (b->bad || has > 1 || (has && memchr(pp, 0, (size_t)pn)) || has_imp > 1 ||
+                (has_imp && !(importance >= 0 && importance <= 1)))
                 return MA_ECORRUPT;
             if (!(kv = malloc(nf * sizeof *kv)) || (has && !(pl = malloc((size_t)pn + 1)))) {
                 free(kv);
@@ -996,19 +1220,30 @@ static int read_versions(ma_slots *s, ma_blob_reader *b, rec *r, uint64_t nver)
             }
             s->bytes += block_bytes(s) + (has ? (size_t)pn + 1 : 0);
         }
-        append_version(r, version, event, at, kv, pl);
+        append_version(r, version, event, at, kv, pl, importance);
         r->ver[r->nver - 1].forgotten = kind == 2;
     }
     return 0;
 }
 
-/* Opens either format; b then reads the TABL body. */
-static int open_table(const void *buf, size_t len, ma_blob_reader *b)
+/* Opens either format; b then reads the TABL body, of version *fmt. */
+static int open_table(const void *buf, size_t len, ma_blob_reader *b, uint32_t *fmt)
 {
     ma_blob_reader r;
-    if (ma_blob_is_blob(buf, len))
-        return ma_blob_open(&r, buf, len, BLOB_KIND) || ma_blob_section(&r, MA_BLOB_TAG("TABL"), 1, b) ||
-                       ma_blob_done(&r) ? MA_ECORRUPT : 0;
+    *fmt = TABL_V1;
+    if (ma_blob_is_blob(buf, len)) {
+        if (ma_blob_open(&r, buf, len, BLOB_KIND))
+            return MA_ECORRUPT;
+        ma_blob_reader at = r;   /* the section header is read again for the other version */
+        if (ma_blob_section(&r, MA_BLOB_TAG("TABL"), TABL_V2, b) == 0) {
+            *fmt = TABL_V2;
+        } else {
+            r = at;
+            if (ma_blob_section(&r, MA_BLOB_TAG("TABL"), TABL_V1, b))
+                return MA_ECORRUPT;
+        }
+        return ma_blob_done(&r) ? MA_ECORRUPT : 0;
+    }
     const unsigned char *p = buf;
     if (!p || len < 8 + 4 + 8 || memcmp(p, LEGACY_MAGIC, 8) != 0)
         return MA_ECORRUPT;
@@ -1033,7 +1268,8 @@ int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, cons
         return rc;
     rc = MA_ECORRUPT;
     ma_blob_reader b;
-    if (open_table(buf, len, &b))
+    uint32_t fmt;
+    if (open_table(buf, len, &b, &fmt))
         goto fail;
     if (ma_blob_get_u32(&b) != (uint32_t)heads || ma_blob_get_u32(&b) != (uint32_t)dim ||
         ma_blob_get_u32(&b) != (uint32_t)value_dim || ma_blob_get_u32(&b) != (uint32_t)capacity)
@@ -1072,7 +1308,7 @@ int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, cons
         }
         recs[i] = r;
         atomic_store(&r->usage, usage);
-        if ((rc = read_versions(s, &b, r, nver)))
+        if ((rc = read_versions(s, &b, fmt, r, nver)))
             goto fail;
         rc = MA_ECORRUPT;
         r->resident = flags & 1;

@@ -389,7 +389,7 @@ static int do_events(job *j)
     cJSON_Delete(body);
     body = NULL;
     uint64_t first = ma_archive_length(ma_session_archive(core));
-    int irc = ma_session_ingest(core, ev.n, ev.ev, now_ms(), &rep);
+    int irc = ma_session_ingest_ex(core, ev.n, ev.ev, ev.importance, now_ms(), &rep);
     if (irc == MA_EFULL) {
         rc = job_error(j, irc, NULL, "a slot write in this batch needs a free slot, but every resident "
                        "slot is protected; nothing was applied");
@@ -548,7 +548,7 @@ static int do_slot_write(job *j)
     }
     snprintf(j->name, sizeof j->name, "%s", b.name);
     ma_slot_input in = {.name = b.name, .k = b.k, .v = b.v, .text = b.text, .payload = b.payload,
-                        .protect = b.protect};
+                        .protect = b.protect, .has_importance = b.has_importance, .importance = b.importance};
     uint64_t if_match = 0;
     if (put && if_match_version(j, s, &if_match))
         goto done;

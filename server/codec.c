@@ -433,13 +433,18 @@ static int get_enum(const cJSON *obj, const char *field, const char *where, cons
 static int parse_backbone(const char *n, void *o) { return ma_backbone_parse(n, o); }
 static int parse_feature(const char *n, void *o) { return ma_feature_parse(n, o); }
 static int parse_selector(const char *n, void *o) { return ma_selector_parse(n, o); }
+static int parse_eviction(const char *n, void *o) { return ma_eviction_parse(n, o); }
+static int parse_overwrite(const char *n, void *o) { return ma_overwrite_parse(n, o); }
+static int parse_slot_read(const char *n, void *o) { return ma_slot_read_parse(n, o); }
 
 int codec_params_from_json(const cJSON *obj, ma_params *out, codec_error *err)
 {
     static const char *const top[] = {"heads", "dim", "value_dim", "slots", "chunk", "topk", "window",
-                                      "backbone", "vla", "delta", "route_threshold", "selector", NULL};
+                                      "backbone", "vla", "delta", "route_threshold", "selector", "slot_policy",
+                                      NULL};
     static const char *const vla[] = {"lambda0", "period", "refresh", "feature", "penalty_scale", NULL};
     static const char *const delta[] = {"beta", NULL};
+    static const char *const policy[] = {"eviction", "overwrite", "alpha", "read", "k", "temperature", NULL};
     ma_params p;
     int rc;
 
@@ -475,6 +480,20 @@ int codec_params_from_json(const cJSON *obj, ma_params *out, codec_error *err)
             if ((rc = get_real(d, "beta", "delta", &p.delta.beta, err)))
                 return rc;
         }
+        const cJSON *sp = member(obj, "slot_policy");
+        if (sp && !cJSON_IsNull(sp)) {
+            ma_slot_policy *pp = &p.slot_policy;
+            if (check_members(sp, policy, "slot_policy", err))
+                return err->code = "bad_config", MA_EINVAL;
+            if ((rc = get_enum(sp, "eviction", "slot_policy", "lru or score", parse_eviction, &pp->eviction, err)) ||
+                (rc = get_enum(sp, "overwrite", "slot_policy", "replace or blend", parse_overwrite, &pp->overwrite,
+                               err)) ||
+                (rc = get_real(sp, "alpha", "slot_policy", &pp->alpha, err)) ||
+                (rc = get_enum(sp, "read", "slot_policy", "best or topk", parse_slot_read, &pp->read, err)) ||
+                (rc = get_int(sp, "k", "slot_policy", &pp->k, err)) ||
+                (rc = get_real(sp, "temperature", "slot_policy", &pp->temperature, err)))
+                return rc;
+        }
     }
     char msg[256];
     if (ma_params_validate(&p, msg, sizeof msg) != 0)
@@ -485,7 +504,8 @@ int codec_params_from_json(const cJSON *obj, ma_params *out, codec_error *err)
 
 cJSON *codec_params_to_json(const ma_params *p)
 {
-    cJSON *o = cJSON_CreateObject(), *v = NULL, *d = NULL;
+    cJSON *o = cJSON_CreateObject(), *v = NULL, *d = NULL, *sp = NULL;
+    const ma_slot_policy *pp = &p->slot_policy;
     if (!o)
         return NULL;
     bool ok = cJSON_AddNumberToObject(o, "heads", p->heads) && cJSON_AddNumberToObject(o, "dim", p->dim) &&
@@ -500,7 +520,14 @@ cJSON *codec_params_to_json(const ma_params *p)
               cJSON_AddNumberToObject(v, "penalty_scale", p->vla.penalty_scale) &&
               (d = cJSON_AddObjectToObject(o, "delta")) && cJSON_AddNumberToObject(d, "beta", p->delta.beta) &&
               cJSON_AddNumberToObject(o, "route_threshold", p->route_threshold) &&
-              cJSON_AddStringToObject(o, "selector", ma_selector_name(p->selector));
+              cJSON_AddStringToObject(o, "selector", ma_selector_name(p->selector)) &&
+              (sp = cJSON_AddObjectToObject(o, "slot_policy")) &&
+              cJSON_AddStringToObject(sp, "eviction", ma_eviction_name(pp->eviction)) &&
+              cJSON_AddStringToObject(sp, "overwrite", ma_overwrite_name(pp->overwrite)) &&
+              cJSON_AddNumberToObject(sp, "alpha", pp->alpha) &&
+              cJSON_AddStringToObject(sp, "read", ma_slot_read_name(pp->read)) &&
+              cJSON_AddNumberToObject(sp, "k", pp->k) &&
+              cJSON_AddNumberToObject(sp, "temperature", pp->temperature);
     if (!ok) {
         cJSON_Delete(o);
         return NULL;
@@ -561,6 +588,24 @@ static int get_bool(const cJSON *obj, const char *field, const char *where, bool
     return 0;
 }
 
+/* An "importance" member: a number in [0, 1] (*has false when absent). */
+static int get_importance(const cJSON *obj, const char *where, bool *has, double *out, codec_error *err)
+{
+    const cJSON *it = member(obj, "importance");
+    char path[96];
+    if (!it)
+        return 0;
+    join(path, sizeof path, where, "importance");
+    if (!cJSON_IsNumber(it))
+        return codec_fail(err, "bad_request", "%s: expected a number in [0, 1], got %s", path, type_name(it));
+    if (!(it->valuedouble >= 0 && it->valuedouble <= 1))
+        return codec_fail(err, "bad_request", "%s: %g is out of range, expected a number in [0, 1]", path,
+                          it->valuedouble);
+    *has = true;
+    *out = it->valuedouble;
+    return 0;
+}
+
 /* A payload member as JSON text (NULL when absent or null). */
 static int get_payload(const cJSON *obj, const char *where, char **out, codec_error *err)
 {
@@ -582,6 +627,7 @@ void codec_events_clear(codec_events *e)
         free(e->slots[i]);
     free(e->payloads);
     free(e->slots);
+    free(e->importance);
     free(e->ev);
     free(e->k);
     free(e->v);
@@ -591,7 +637,8 @@ void codec_events_clear(codec_events *e)
 int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_events, codec_events *out,
                         codec_error *err)
 {
-    static const char *const allowed[] = {"k", "k_b64", "text", "v", "v_b64", "payload", "slot", "protect", NULL};
+    static const char *const allowed[] = {"k", "k_b64", "text", "v", "v_b64", "payload", "slot", "protect",
+                                          "importance", NULL};
     static const codec_vec_fields kf = {"k", "k_b64", "text"}, vf = {"v", "v_b64", NULL};
     const size_t kn = (size_t)sh->heads * sh->dim, vn = (size_t)sh->heads * sh->value_dim;
     codec_events e = {0};
@@ -607,14 +654,16 @@ int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_eve
     e.v = malloc(sizeof(float) * (n ? n * vn : 1));
     e.payloads = calloc(n ? n : 1, sizeof *e.payloads);
     e.slots = calloc(n ? n : 1, sizeof *e.slots);
-    if (!e.ev || !e.k || !e.v || !e.payloads || !e.slots) {
+    e.importance = malloc((n ? n : 1) * sizeof *e.importance);
+    if (!e.ev || !e.k || !e.v || !e.payloads || !e.slots || !e.importance) {
         codec_fail(err, "bad_request", "events: out of memory for %zu events", n);
         goto fail;
     }
     for (const cJSON *it = arr->child; it; it = it->next, i++) {
         char where[48];
         float *k = e.k + i * kn, *v = e.v + i * vn;
-        bool protect = false;
+        bool protect = false, has_importance = false;
+        double importance = 0;
         int r;
         snprintf(where, sizeof where, "events[%zu]", i);
         if (check_members(it, allowed, where, err))
@@ -644,6 +693,14 @@ int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_eve
             codec_fail(err, "bad_request", "%s.protect: needs slot (protect applies to the slot written)", where);
             goto fail;
         }
+        if (get_importance(it, where, &has_importance, &importance, err))
+            goto fail;
+        if (has_importance && !e.slots[i]) {
+            codec_fail(err, "bad_request", "%s.importance: needs slot (importance is the written slot version's)",
+                       where);
+            goto fail;
+        }
+        e.importance[i] = has_importance ? importance : MA_IMPORTANCE_NONE;
         e.ev[i] = (ma_event){.k = k, .v = v, .payload = e.payloads[i], .slot = e.slots[i], .protect = protect};
     }
     *out = e;
@@ -806,7 +863,21 @@ cJSON *codec_answer_to_json(const ma_answer *a, size_t value_len)
               add_floats(o, "v", a->v, value_len) &&
               cJSON_AddNumberToObject(o, "score", isfinite(a->score) ? a->score : 0.0);
     if (ok && a->has_slot)
-        ok = cJSON_AddStringToObject(o, "slot", a->slot) && cJSON_AddNumberToObject(o, "version", (double)a->version);
+        ok = cJSON_AddStringToObject(o, "slot", a->slot) && cJSON_AddNumberToObject(o, "version", (double)a->version) &&
+             (!a->has_importance || cJSON_AddNumberToObject(o, "importance", a->importance));
+    if (ok && a->n_contrib) {
+        cJSON *c = cJSON_AddArrayToObject(o, "contributions");
+        ok = c != NULL;
+        for (size_t i = 0; ok && i < a->n_contrib; i++) {
+            const ma_contrib *ci = &a->contrib[i];
+            cJSON *x = cJSON_CreateObject();
+            ok = x && cJSON_AddItemToArray(c, x) && cJSON_AddStringToObject(x, "slot", ci->slot) &&
+                 cJSON_AddNumberToObject(x, "version", (double)ci->version) &&
+                 cJSON_AddNumberToObject(x, "score", isfinite(ci->score) ? ci->score : 0.0) &&
+                 cJSON_AddNumberToObject(x, "weight", ci->weight) &&
+                 (!ci->has_importance || cJSON_AddNumberToObject(x, "importance", ci->importance));
+        }
+    }
     if (ok && a->event >= 0)
         ok = cJSON_AddNumberToObject(o, "event", (double)a->event) != NULL;
     if (ok && a->payload)
@@ -862,7 +933,8 @@ cJSON *codec_slot_info_to_json(const ma_slot_info *si)
     bool ok = o && cJSON_AddStringToObject(o, "name", si->name) &&
               cJSON_AddNumberToObject(o, "version", (double)si->version) &&
               cJSON_AddBoolToObject(o, "protected", si->protect) && add_event(o, "event", si->event) &&
-              cJSON_AddNumberToObject(o, "usage", (double)si->usage) && add_time(o, "updated_at", si->updated_at);
+              cJSON_AddNumberToObject(o, "usage", (double)si->usage) && add_time(o, "updated_at", si->updated_at) &&
+              (!si->has_importance || cJSON_AddNumberToObject(o, "importance", si->importance));
     if (!ok) {
         cJSON_Delete(o);
         return NULL;
@@ -877,7 +949,8 @@ cJSON *codec_slot_value_to_json(const ma_slot_value *sv, size_t key_len, size_t 
               cJSON_AddNumberToObject(o, "version", (double)sv->info.version) &&
               cJSON_AddBoolToObject(o, "protected", sv->info.protect) && add_floats(o, "k", sv->k, key_len) &&
               add_floats(o, "v", sv->v, value_len) && add_payload(o, sv->payload) &&
-              add_event(o, "event", sv->info.event) && add_time(o, "updated_at", sv->info.updated_at);
+              add_event(o, "event", sv->info.event) && add_time(o, "updated_at", sv->info.updated_at) &&
+              (!sv->info.has_importance || cJSON_AddNumberToObject(o, "importance", sv->info.importance));
     if (!ok) {
         cJSON_Delete(o);
         return NULL;
@@ -890,7 +963,8 @@ cJSON *codec_version_info_to_json(const ma_version_info *vi)
     cJSON *o = cJSON_CreateObject();
     bool ok = o && cJSON_AddNumberToObject(o, "version", (double)vi->version) && add_event(o, "event", vi->event) &&
               add_time(o, "at", vi->at) && cJSON_AddBoolToObject(o, "tombstone", vi->tombstone) &&
-              (!vi->forgotten || cJSON_AddBoolToObject(o, "forgotten", true));
+              (!vi->forgotten || cJSON_AddBoolToObject(o, "forgotten", true)) &&
+              (!vi->has_importance || cJSON_AddNumberToObject(o, "importance", vi->importance));
     if (!ok) {
         cJSON_Delete(o);
         return NULL;
@@ -912,9 +986,10 @@ void codec_slot_body_clear(codec_slot_body *b)
 int codec_slot_body_decode(const cJSON *body, const char *path_name, bool allow_version,
                            const codec_shape *sh, codec_slot_body *out, codec_error *err)
 {
-    static const char *const fields[] = {"name", "k", "k_b64", "text", "v", "v_b64", "payload", "protect", NULL};
+    static const char *const fields[] = {"name", "k", "k_b64", "text", "v", "v_b64", "payload", "protect",
+                                         "importance", NULL};
     static const char *const fields_v[] = {"name", "k", "k_b64", "text", "v", "v_b64", "payload", "protect",
-                                           "version", NULL};
+                                           "importance", "version", NULL};
     static const codec_vec_fields kf = {"k", "k_b64", "text"}, vf = {"v", "v_b64", NULL};
     codec_slot_body b = {0};
     cJSON *empty = NULL;   /* stands in for an absent body */
@@ -978,7 +1053,8 @@ int codec_slot_body_decode(const cJSON *body, const char *path_name, bool allow_
             goto fail;
         }
     }
-    if (get_payload(body, "", &b.payload, err) || get_bool(body, "protect", "", &b.protect, err))
+    if (get_payload(body, "", &b.payload, err) || get_bool(body, "protect", "", &b.protect, err) ||
+        get_importance(body, "", &b.has_importance, &b.importance, err))
         goto fail;
     if (allow_version && codec_get_uint(body, "version", 1, (uint64_t)MAX_EXACT_INT, "", &b.version, err) < 0)
         goto fail;

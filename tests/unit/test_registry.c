@@ -395,6 +395,35 @@ static void test_params_text(void **state)
         assert_true(strlen(err) > 0);
     }
     assert_int_equal(reg_params_decode(NULL, &q, err, sizeof err), MA_ECORRUPT);
+
+    /* Slot policies: stored, read back equal; a text without them (every earlier daemon's) reads as the
+     * defaults; a bad one is a corrupt row naming the field. */
+    ma_params_default(&p);
+    p.slot_policy.eviction = MA_EVICTION_SCORE;
+    p.slot_policy.overwrite = MA_OVERWRITE_BLEND;
+    p.slot_policy.alpha = 0.125;
+    p.slot_policy.read = MA_SLOT_READ_TOPK;
+    p.slot_policy.k = 7;
+    p.slot_policy.temperature = 0.3;
+    assert_int_equal(reg_params_encode(&p, &text), 0);
+    legacy = codec_params_to_json(&p);
+    legacy_text = cJSON_PrintUnformatted(legacy);
+    assert_string_equal(text, legacy_text);
+    assert_int_equal(reg_params_decode(text, &q, err, sizeof err), 0);
+    assert_true(ma_params_equal(&p, &q));
+    cJSON_free(legacy_text);
+    cJSON_Delete(legacy);
+    free(text);
+    assert_int_equal(reg_params_decode("{\"dim\":64}", &q, err, sizeof err), 0);
+    ma_params_default(&p);
+    assert_true(ma_params_equal(&p, &q));
+    const char *bad_policy[] = {"{\"slot_policy\":{\"eviction\":\"fifo\"}}", "{\"slot_policy\":{\"alpha\":0}}",
+                                "{\"slot_policy\":{\"colour\":1}}", "{\"slot_policy\":[]}"};
+    for (size_t i = 0; i < sizeof bad_policy / sizeof bad_policy[0]; i++) {
+        err[0] = '\0';
+        assert_int_equal(reg_params_decode(bad_policy[i], &q, err, sizeof err), MA_ECORRUPT);
+        assert_non_null(strstr(err, "slot_policy"));
+    }
 }
 
 /* The pager reads back exactly the events committed through the registry, a chunk at a time. */
