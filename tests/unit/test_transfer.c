@@ -231,7 +231,7 @@ static void test_refusals_leave_nothing(void **state)
     }
     /* a newer format */
     memcpy(bad, out.p, out.len);
-    bad[8] = 2;
+    bad[8] = 3;
     assert_int_equal(import_buf(b, "n", bad, out.len, &why), MA_ECORRUPT);
     assert_int_equal(why, MA_SNAP_NEWER);
     assert_absent(b, "n");
