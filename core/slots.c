@@ -13,13 +13,18 @@
  *    blocks, hash/array growth), then applies in code that cannot fail. The one allocation an apply step
  *    could still need — the tombstone of a slot evicted for capacity, which may be any resident slot — is
  *    covered by an invariant: a resident record always has room for one more version in its array.
+ *  - Persistence is incremental (docs/SLOTS.md, "Persistence"): the store keeps the table's small state
+ *    (ma_slots_serialize_state) and one row per version, written once. Records whose versions are not
+ *    stored yet are on an intrusive list (mark_dirty: set only in apply steps, so a failed call leaves it
+ *    alone); ma_slots_unsaved encodes just those versions, ma_slots_saved clears the list after the
+ *    commit. A forget marks the name's stored rows for rewriting. The whole history stays resident.
  *  - The router's cosine scan is a plain loop rather than BLAS sgemv: each dot product is summed in a
  *    fixed order (8 independent float lanes, which the compiler vectorises, then the lanes in order) and
  *    norms in double, so a score depends only on q and the key — not on BLAS threading, nor on the row a
  *    key sits in — and a restored table answers with the same bits. bench/bench_slots.c measures it
  *    against sgemv.
  * Not done here: validation of vectors (the server's; names are checked as they enter), text embedding,
- * I/O (the store keeps the serialised table).
+ * I/O (the store keeps the state blob and the version rows).
  */
 #include "core/slots.h"
 
