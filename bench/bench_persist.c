@@ -209,7 +209,8 @@ static void restart(const char *dir, size_t cache, int queries)
     ma_payload_source payloads = reg_pager_payloads(&pager);
     ma_session *s;
     ma_session_saved saved = {row.backbone.data, row.backbone.len, row.slots_blob.data, row.slots_blob.len,
-                              row.archive_meta.data, row.archive_meta.len, chunks, cache, payloads};
+                              row.archive_meta.data, row.archive_meta.len, chunks, cache, payloads,
+                              reg_pager_slot_rows(&pager)};
     rc = ma_session_restore(&p, &saved, &s);
     if (rc)
         die("restore", rc, pager.err);

@@ -145,6 +145,11 @@ ma_archive *ma_session_archive(ma_session *s)
     return s->ar;
 }
 
+ma_slots *ma_session_slots(ma_session *s)
+{
+    return s->slots;
+}
+
 /* ---- ingest: backbone, archive, payloads, write controller ------------------------------------- */
 
 int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, ma_ingest_report *rep)
@@ -687,8 +692,8 @@ int ma_session_restore(const ma_params *p, const ma_session_saved *from, ma_sess
         return MA_ENOMEM;
     int rc;
     if ((rc = ma_backbone_restore(p, from->backbone, from->backbone_len, &s->bb)) ||
-        (rc = ma_slots_restore_table(p->heads, p->dim, p->value_dim, p->slots, from->slots, from->slots_len,
-                                     &s->slots)) ||
+        (rc = ma_slots_restore_state(p->heads, p->dim, p->value_dim, p->slots, from->slots, from->slots_len,
+                                     &from->slot_rows, &s->slots)) ||
         (rc = ma_archive_restore_meta(p, from->archive_meta, from->archive_meta_len, ma_backbone_steps(s->bb),
                                      from->chunks, from->cache_chunks, &s->ar)))
         goto fail;

@@ -217,11 +217,14 @@ void ma_session_counts_get(const ma_session *s, ma_session_counts *c);
 /* Components, for the session registry and benchmarks (borrowed pointers, valid while the session lives). */
 ma_backbone *ma_session_backbone(ma_session *s);
 ma_archive *ma_session_archive(ma_session *s);
+ma_slots *ma_session_slots(ma_session *s);   /* the registry stores its state and unsaved version rows */
 
 /* ---- persistence (used by the server's session registry together with store/) ----------------- */
 
-/* Serialises the slot table (resident slots, full version history with values and payloads, usage,
- * eviction order state) as a core/blob.h blob (docs/SLOTS.md); *buf malloc'd. */
+/* Serialises the whole slot table (resident slots, full version history with values and payloads, usage,
+ * eviction order state) as one core/blob.h blob (docs/SLOTS.md): ma_slots_serialize. The store keeps the
+ * table as state + version rows instead (ma_session_slots, ma_slots_serialize_state, ma_slots_unsaved);
+ * this whole form is for tests and tools, and is still accepted by ma_session_restore. *buf malloc'd. */
 int ma_session_serialize_slots(const ma_session *s, void **buf, size_t *len);
 
 /* Where a restored session finds the payload of an archived event (the store); payloads of events are
@@ -231,9 +234,11 @@ typedef struct {
     void *ctx;
 } ma_payload_source;
 
-/* What a session is restored from: the blobs of ma_backbone_serialize, ma_session_serialize_slots and
+/* What a session is restored from: the blobs of ma_backbone_serialize, the slot table and
  * ma_archive_serialize_meta (borrowed for the call), and where its archive chunks and event payloads
- * are read (kept by the session). */
+ * are read (kept by the session). The slot table is either ma_slots_serialize_state's blob with its
+ * version rows read through slot_rows during the call (what the store keeps), or a whole-table blob
+ * (ma_session_serialize_slots, or a store of schema 2; slot_rows then gives no rows or is {NULL}). */
 typedef struct {
     const void *backbone;      size_t backbone_len;
     const void *slots;         size_t slots_len;
@@ -241,6 +246,7 @@ typedef struct {
     ma_chunk_source chunks;    /* archive chunks (the store) */
     size_t cache_chunks;       /* chunks cached in RAM, >= 1 */
     ma_payload_source payloads;
+    ma_slot_row_source slot_rows;   /* the slot table's version rows (the store), read during the call */
 } ma_session_saved;
 
 /* Rebuilds a session from what `from` describes. The restored session answers every query exactly as

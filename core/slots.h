@@ -245,17 +245,67 @@ void ma_slots_eviction_scores(const ma_slots *s, double *scores, const char **na
 /* Counts one answered query for a resident slot (atomic; may run alongside other const calls). */
 void ma_slots_count_use(const ma_slots *s, const char *name);
 
-/* --- persistence --- */
+/* --- persistence (docs/SLOTS.md, "Persistence") ---
+ *
+ * The store keeps a table as its state (ma_slots_serialize_state: names, flags, usage, version counts,
+ * resident order; small) plus one row per version, written once. A commit stores the rows of
+ * ma_slots_unsaved and the state, then calls ma_slots_saved. The whole table in one blob
+ * (ma_slots_serialize) is what schema 2 stored; it is still read, and tests compare tables with it. */
 
 /* Everything (every name's history with values and payloads, resident set and its update order,
- * protected flags, usage) as a core/blob.h blob (little-endian, checksummed; docs/SLOTS.md); *buf
- * malloc'd. */
+ * protected flags, usage) as one core/blob.h blob (little-endian, checksummed); *buf malloc'd. */
 int ma_slots_serialize(const ma_slots *s, void **buf, size_t *len);
+
+/* The table without its versions (each name's version count and last version instead) as a core/blob.h
+ * blob; *buf malloc'd. Its size grows with the names ever written, not with their versions. */
+int ma_slots_serialize_state(const ma_slots *s, void **buf, size_t *len);
 
 /* Rebuilds a table from ma_slots_serialize's output (or the legacy format 1) for the given sizes. A
  * truncated, foreign,
- * mismatching (dimensions, capacity) or inconsistent buffer gives MA_ECORRUPT; MA_ENOMEM. */
+ * mismatching (dimensions, capacity) or inconsistent buffer gives MA_ECORRUPT; MA_ENOMEM. Every version
+ * of the result is unsaved (ma_slots_unsaved lists them all). */
 int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, const void *buf, size_t len,
                            ma_slots **out);
+
+/* One version as a stored row: the key (name, version) and the record (a core/blob.h blob of kind SVER). */
+typedef struct {
+    const char *name;          /* borrowed from the table: valid until it next changes */
+    uint64_t version;
+    void *data;                /* malloc'd (ma_slot_rows_free) */
+    size_t len;
+    bool rewrite;              /* the row was stored before (its name was forgotten since): replace it */
+} ma_slot_row;
+
+/* Receives one stored row; 0 to go on, or an MA_E* code that stops the iteration. */
+typedef int (*ma_slot_row_fn)(void *arg, const char *name, uint64_t version, const void *data, size_t len);
+
+/* Where a restored table finds its version rows (the store): each calls fn for every row of the table in
+ * (name, version) order — names compared as bytes (strcmp) — stopping at (and returning) fn's first
+ * nonzero return; 0 or the source's own error. */
+typedef struct {
+    int (*each)(void *ctx, ma_slot_row_fn fn, void *arg);
+    void *ctx;
+} ma_slot_row_source;
+
+/* Rebuilds a table from ma_slots_serialize_state's output and the rows of `rows` (all saved), or from a
+ * whole-table blob as ma_slots_restore_table (all unsaved; `rows` must then give no row). MA_ECORRUPT
+ * when the rows do not match the state (missing, extra, out of order, a number that differs from its
+ * key, a damaged record) or when the state has versions and rows is NULL; MA_ENOMEM; the source's error. */
+int ma_slots_restore_state(int heads, int dim, int value_dim, int capacity, const void *buf, size_t len,
+                           const ma_slot_row_source *rows, ma_slots **out);
+
+/* True when some version is not stored yet (or must be rewritten): the next commit writes the state and
+ * ma_slots_unsaved's rows. */
+bool ma_slots_has_unsaved(const ma_slots *s);
+
+/* The rows to store: every version appended since the last ma_slots_saved (or since the table was created
+ * or restored from a whole-table blob), and every version of a name forgotten since (rewrite). *rows
+ * malloc'd (NULL when *n = 0), free with ma_slot_rows_free. MA_ENOMEM (nothing changed). Cost: the
+ * unsaved versions, not the history. */
+int ma_slots_unsaved(const ma_slots *s, ma_slot_row **rows, size_t *n);
+void ma_slot_rows_free(ma_slot_row *rows, size_t n);
+
+/* The rows of ma_slots_unsaved (and the state) are stored: clears the unsaved list. Cannot fail. */
+void ma_slots_saved(ma_slots *s);
 
 #endif

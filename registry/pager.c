@@ -1,8 +1,13 @@
-/* registry/pager.c — store-backed chunk and payload sources for core (see registry/pager.h). */
+/* registry/pager.c — store-backed chunk, payload and slot version sources for core, and the slot table
+ * converter of the store's schema 2 -> 3 upgrade (see registry/pager.h). */
 #include "registry/pager.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "core/error.h"
+#include "registry/params_text.h"
 
 void reg_pager_init(reg_pager *pg, ma_store *st, const char *id, const ma_params *p,
                     atomic_uint_fast64_t *chunk_loads)
@@ -53,4 +58,41 @@ ma_chunk_source reg_pager_chunks(reg_pager *pg)
 ma_payload_source reg_pager_payloads(reg_pager *pg)
 {
     return (ma_payload_source){load_payload, pg};
+}
+
+static int each_slot_row(void *ctx, ma_slot_row_fn fn, void *arg)
+{
+    reg_pager *pg = ctx;
+    char err[256] = "";
+    int rc = ma_store_slot_rows(pg->store, pg->id, fn, arg, err, sizeof err);
+    return rc ? failure(pg, rc, err) : 0;
+}
+
+ma_slot_row_source reg_pager_slot_rows(reg_pager *pg)
+{
+    return (ma_slot_row_source){each_slot_row, pg};
+}
+
+int reg_slots_split(const char *config, const void *table, size_t len, void **state, size_t *state_len,
+                    ma_store_slot_row_fn row, void *arg)
+{
+    ma_params p;
+    char why[256];
+    ma_slots *s = NULL;
+    ma_slot_row *rows = NULL;
+    size_t n = 0;
+    *state = NULL;
+    *state_len = 0;
+    if (!config || reg_params_decode(config, &p, why, sizeof why))
+        return MA_ECORRUPT;          /* the session cannot be loaded either; it says so then */
+    int rc = ma_slots_restore_table(p.heads, p.dim, p.value_dim, p.slots, table, len, &s);
+    if (!rc)
+        rc = ma_slots_unsaved(s, &rows, &n);     /* every version: a whole table is all unsaved */
+    for (size_t i = 0; !rc && i < n; i++)
+        rc = row(arg, rows[i].name, rows[i].version, rows[i].data, rows[i].len);
+    if (!rc)
+        rc = ma_slots_serialize_state(s, state, state_len);
+    ma_slot_rows_free(rows, n);
+    ma_slots_destroy(s);
+    return rc;
 }

@@ -4,7 +4,9 @@
  * A restored (or budget-paged) session keeps only summaries of its archive in memory and reads archive
  * chunks, and the payloads of archived events, back from the store when a query needs them. core/ asks
  * through two callbacks (ma_chunk_source of core/archive.h, ma_payload_source of core/session.h); a
- * reg_pager answers them from ma_store_load_events / ma_store_load_payload for one session. The registry
+ * reg_pager answers them from ma_store_load_events / ma_store_load_payload for one session. A third,
+ * ma_slot_row_source (core/slots.h), reads the slot table's version rows once, at restore
+ * (ma_store_slot_rows). The registry
  * embeds one in every session; benchmarks that restore a session without a registry use it directly.
  *
  * Chunk c holds events [c·chunk, c·chunk + n). The callbacks return MA_E* codes only (core has no message
@@ -41,5 +43,13 @@ void reg_pager_init(reg_pager *pg, ma_store *st, const char *id, const ma_params
 /* The callbacks of pg, for ma_archive_set_source / ma_session_restore. */
 ma_chunk_source reg_pager_chunks(reg_pager *pg);
 ma_payload_source reg_pager_payloads(reg_pager *pg);
+ma_slot_row_source reg_pager_slot_rows(reg_pager *pg);   /* the slot table's version rows, at restore */
+
+/* The store's schema 2 -> 3 converter (ma_store_options.slots_split; docs/STORE.md): a whole slot table
+ * (core's ma_slots_serialize format) of a session with stored config text `config` into its state blob
+ * (*state, malloc'd) and one row per version, handed to row(). MA_ECORRUPT (config or table unreadable),
+ * MA_ENOMEM, or row()'s error. */
+int reg_slots_split(const char *config, const void *table, size_t len, void **state, size_t *state_len,
+                    ma_store_slot_row_fn row, void *arg);
 
 #endif

@@ -271,7 +271,7 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
         ma_session_saved saved = {
             row.backbone.data, row.backbone.len, row.slots_blob.data, row.slots_blob.len,
             row.archive_meta.data, row.archive_meta.len, reg_pager_chunks(&s->pager), s->cache_chunks,
-            reg_pager_payloads(&s->pager),
+            reg_pager_payloads(&s->pager), reg_pager_slot_rows(&s->pager),
         };
         rc = ma_session_restore(&s->params, &saved, &core);
         if (rc) {
@@ -523,6 +523,12 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
     void *bb = NULL, *sl = NULL, *am = NULL;
     size_t bbl = 0, sll = 0, aml = 0;
     bool all = !s->blobs_stored;
+    /* The slot table: its small state and only the versions not stored yet (docs/STORE.md). */
+    ma_slots *tab = ma_session_slots(s->core);
+    bool slots = c->slots || all || ma_slots_has_unsaved(tab);
+    ma_slot_row *rows = NULL;
+    ma_store_slot_row *srows = NULL;
+    size_t nrows = 0;
     /* The archive blob changes only at an index rebuild: rewrite it only then. */
     uint64_t gen = ma_archive_meta_generation(ma_session_archive(s->core));
     bool meta = all || (c->archive && gen != s->meta_gen);
@@ -531,11 +537,15 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
 
     ma_session_counts_get(s->core, &st);
     if (((c->backbone || all) && (rc = ma_backbone_serialize(ma_session_backbone(s->core), &bb, &bbl)) != 0) ||
-        ((c->slots || all) && (rc = ma_session_serialize_slots(s->core, &sl, &sll)) != 0) ||
+        (slots && (rc = ma_slots_serialize_state(tab, &sl, &sll)) != 0) ||
+        (slots && (rc = ma_slots_unsaved(tab, &rows, &nrows)) != 0) ||
+        (nrows && !(srows = malloc(nrows * sizeof *srows)) && (rc = MA_ENOMEM) != 0) ||
         (meta && (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0)) {
         snprintf(err, errlen, "session %s: cannot serialise the new state: %s", s->id, ma_strerror(rc));
         goto fail;
     }
+    for (size_t i = 0; i < nrows; i++)
+        srows[i] = (ma_store_slot_row){rows[i].name, rows[i].version, rows[i].data, rows[i].len, rows[i].rewrite};
     ma_store_delta d = {
         .first_event = c->first_event,
         .n_events = c->n_events,
@@ -552,6 +562,8 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
         .updated_at = now,
         .erase = c->erase,
         .n_erase = c->n_erase,
+        .slot_rows = srows,
+        .n_slot_rows = nrows,
     };
     double t0 = now_seconds();
     rc = ma_store_commit(r->opt.store, s->id, &d, err, errlen);
@@ -560,6 +572,8 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
     if (rc)
         goto fail;
     s->blobs_stored = true;
+    if (slots)
+        ma_slots_saved(tab);
     if (meta)
         s->meta_gen = gen;
     s->updated_at = now;
@@ -568,6 +582,8 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
     free(bb);
     free(sl);
     free(am);
+    ma_slot_rows_free(rows, nrows);
+    free(srows);
     touch_bytes(r, s);
     return 0;
 fail:
@@ -578,6 +594,8 @@ fail:
     free(bb);
     free(sl);
     free(am);
+    ma_slot_rows_free(rows, nrows);
+    free(srows);
     return rc ? rc : MA_EIO;
 }
 

@@ -26,6 +26,7 @@
 
 #include "config/config.h"
 #include "core/error.h"
+#include "registry/pager.h"
 #include "registry/registry.h"
 #include "server/api.h"
 #include "server/api_transfer.h"
@@ -99,7 +100,10 @@ int main(int argc, char **argv)
     }
     if (srv_server_create(&loop, &cfg, &a.srv, err, sizeof err) < 0)
         goto fail;
-    if (ma_store_open(cfg.data_dir, &store, err, sizeof err) < 0)
+    ma_store_options so;
+    ma_store_options_default(&so);
+    so.slots_split = reg_slots_split;   /* a schema-2 store's slot tables become rows at the upgrade */
+    if (ma_store_open_with(cfg.data_dir, &so, &store, err, sizeof err) < 0)
         goto fail;
     /* The store created the directory: its absolute path names where the data really goes. */
     char data_abs[PATH_MAX];

@@ -10,6 +10,8 @@
  *    never edited.
  *  - Schema 1 -> 2 (blocks_from_rows) repacks one-row-per-event into blocks of BLOCK events and payload
  *    rows, refusing rows that do not form 0..length-1 with one key/value size per session.
+ *  - Schema 2 -> 3 (slots_to_rows) splits each whole slot table into its state and version rows through
+ *    the converter the store was opened with (the format is core's; the store keeps it opaque).
  *  - Integrity at open: PRAGMA quick_check (every page's b-tree structure) and, on a second connection
  *    in its own thread, the rows against each other (check_rows): both read the whole file, so they run
  *    side by side. A corrupt page is reported before a row mismatch.
@@ -29,6 +31,7 @@
 #include "store/store_int.h"
 
 static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen);
+static int slots_to_rows(ma_store *st, conn *c, char *err, size_t errlen);
 
 /* Migration i brings a database from user_version i to i+1: sql, then fn (C code, may be NULL), then
  * post (may be NULL). Append, never edit: a shipped step is history. Each runs inside the open
@@ -84,6 +87,19 @@ static const struct {
     "  PRIMARY KEY (sid, idx)) WITHOUT ROWID;",
     blocks_from_rows,
     "DROP TABLE events;"},
+    /* 2 -> 3: slot versions as rows of their own, written once, instead of inside the slot table blob
+     * that every slot commit rewrote whole (O(history) per commit); blobs kind 1 becomes the table's
+     * small state. slot_bytes keeps the rows' size for stored_bytes. A rowid table, for event_blocks'
+     * reason: a version row is H·(d + d_v)·4 bytes and more, which overflows a page at larger sizes. */
+    {
+    "CREATE TABLE slot_versions("
+    "  sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  name TEXT NOT NULL,"
+    "  version INTEGER NOT NULL CHECK (version >= 1),"
+    "  data BLOB NOT NULL,"
+    "  PRIMARY KEY (sid, name, version));"
+    "ALTER TABLE sessions ADD COLUMN slot_bytes INTEGER NOT NULL DEFAULT 0;",
+    slots_to_rows, NULL},
 };
 _Static_assert(BLOCK == 64, "the CHECK of event_blocks.n and the integrity query say 64");
 
@@ -189,6 +205,85 @@ done:
     sqlite3_finalize(es);
     free(kbuf);
     free(vbuf);
+    return ret;
+}
+
+/* Schema 2 -> 3: each session's whole slot table (blobs kind 1) split into its state and one row per
+ * version by the converter the store was opened with (ma_store_options.slots_split). Without one, or for a
+ * table the converter cannot read (MA_ECORRUPT: the session reports it when loaded, as before), the
+ * table stays whole; core reads it, and the session's next commit stores its rows. */
+typedef struct {
+    ma_store *st;
+    conn *c;
+    int64_t sid;
+    int64_t bytes;
+    char *err;
+    size_t errlen;
+} split_ctx;
+
+static int put_split_row(void *arg, const char *name, uint64_t version, const void *data, size_t len)
+{
+    split_ctx *x = arg;
+    x->bytes += (int64_t)len;
+    return st_put_slot_row(x->st, x->c, x->sid, name, -1, version, data, len, x->err, x->errlen);
+}
+
+static int slots_to_rows(ma_store *st, conn *c, char *err, size_t errlen)
+{
+    if (!st->opt.slots_split)
+        return 0;
+    sqlite3_stmt *q = NULL, *put = NULL;
+    int ret = 0;
+    int rc = sqlite3_prepare_v2(c->db, "SELECT s.sid, s.config, b.data FROM sessions s JOIN blobs b ON "
+                                "b.sid = s.sid AND b.kind = 1 ORDER BY s.sid", -1, &q, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(c->db, "UPDATE blobs SET data = ?2 WHERE sid = ?1 AND kind = 1; ", -1, &put, NULL);
+    if (rc != SQLITE_OK) {
+        ret = st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 2 -> 3");
+        goto done;
+    }
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        split_ctx x = {st, c, sqlite3_column_int64(q, 0), 0, err, errlen};
+        void *state = NULL;
+        size_t state_len = 0;
+        ret = st->opt.slots_split((const char *)sqlite3_column_text(q, 1), sqlite3_column_blob(q, 2),
+                                  (size_t)sqlite3_column_bytes(q, 2), &state, &state_len, put_split_row, &x);
+        if (ret == MA_ECORRUPT) {
+            /* Unreadable: left whole, with any rows the converter wrote before it noticed. */
+            free(state);
+            char sql[96];
+            snprintf(sql, sizeof sql, "DELETE FROM slot_versions WHERE sid = %lld", (long long)x.sid);
+            if ((ret = st_exec_sql(st, c, sql, err, errlen, "schema upgrade 2 -> 3")))
+                goto done;
+            continue;
+        }
+        if (ret) {
+            free(state);
+            if (err && errlen && !*err)
+                st_seterr(err, errlen, "store %s: schema upgrade 2 -> 3: %s", st->path, ma_strerror(ret));
+            goto done;
+        }
+        sqlite3_bind_int64(put, 1, x.sid);
+        sqlite3_bind_blob(put, 2, state, (int)state_len, free);
+        rc = sqlite3_step(put);
+        sqlite3_reset(put);
+        sqlite3_clear_bindings(put);
+        if (rc != SQLITE_DONE) {
+            ret = st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 2 -> 3: writing a slot state");
+            goto done;
+        }
+        char sql[160];
+        snprintf(sql, sizeof sql, "UPDATE sessions SET slot_bytes = %lld, blob_bytes = (SELECT coalesce(sum("
+                 "length(data)), 0) FROM blobs WHERE sid = %lld) WHERE sid = %lld", (long long)x.bytes,
+                 (long long)x.sid, (long long)x.sid);
+        if ((ret = st_exec_sql(st, c, sql, err, errlen, "schema upgrade 2 -> 3")))
+            goto done;
+    }
+    if (rc != SQLITE_DONE)
+        ret = st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 2 -> 3: reading slot tables");
+done:
+    sqlite3_finalize(q);
+    sqlite3_finalize(put);
     return ret;
 }
 
@@ -333,8 +428,30 @@ static int check_rows(ma_store *st, conn *c, char *err, size_t errlen)
         ret = MA_ECORRUPT;
         goto done;
     }
-    if (rc != SQLITE_DONE && rc != SQLITE_OK)
+    if (rc != SQLITE_DONE && rc != SQLITE_OK) {
         ret = st_fail_db(st, c->db, rc, err, errlen, "checking payloads");
+        goto done;
+    }
+    sqlite3_finalize(s);
+    /* Slot version rows only of existing sessions, their sizes adding up to the session's slot_bytes (one
+     * pass in key order; length() does not read the records). */
+    rc = sqlite3_prepare_v2(c->db,
+        "SELECT v.sid, s.id, s.slot_bytes, v.total FROM (SELECT sid, sum(length(data)) AS total FROM "
+        "slot_versions GROUP BY sid) v LEFT JOIN sessions s ON s.sid = v.sid "
+        "WHERE s.sid IS NULL OR s.slot_bytes != v.total "
+        "UNION ALL SELECT sid, id, slot_bytes, 0 FROM sessions s WHERE slot_bytes != 0 AND "
+        "NOT EXISTS (SELECT 1 FROM slot_versions v WHERE v.sid = s.sid) LIMIT 1", -1, &s, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        st_seterr(err, errlen, "store %s: integrity check failed: slot versions of %s (sid %lld) hold %lld "
+                  "bytes, the session row says %lld", st->path,
+                  sqlite3_column_type(s, 1) == SQLITE_NULL ? "a missing session"
+                                                           : (const char *)sqlite3_column_text(s, 1),
+                  sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 3), sqlite3_column_int64(s, 2));
+        ret = MA_ECORRUPT;
+        goto done;
+    }
+    if (rc != SQLITE_DONE && rc != SQLITE_OK)
+        ret = st_fail_db(st, c->db, rc, err, errlen, "checking slot versions");
 done:
     sqlite3_finalize(s);
     return ret;

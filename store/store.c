@@ -68,7 +68,7 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "events are stored as 
 
 static void reserve_make(ma_store *st);
 
-#define SESSION_COLS "sid, id, config, created_at, updated_at, length, slots, event_bytes, blob_bytes"
+#define SESSION_COLS "sid, id, config, created_at, updated_at, length, slots, event_bytes, blob_bytes, slot_bytes"
 
 static const char *const stmt_sql[N_STMTS] = {
     [ST_BEGIN] = "BEGIN",
@@ -83,7 +83,8 @@ static const char *const stmt_sql[N_STMTS] = {
     [ST_PUT_BLOB] = "INSERT OR REPLACE INTO blobs(sid, kind, data) VALUES (?1, ?2, ?3)",
     [ST_UPDATE_SESSION] =
         "UPDATE sessions SET length = ?2, slots = ?3, updated_at = ?4, event_bytes = event_bytes + ?5,"
-        " blob_bytes = (SELECT coalesce(sum(length(data)), 0) FROM blobs WHERE sid = ?1) WHERE sid = ?1",
+        " blob_bytes = (SELECT coalesce(sum(length(data)), 0) FROM blobs WHERE sid = ?1),"
+        " slot_bytes = slot_bytes + ?6 WHERE sid = ?1",
     [ST_DELETE_SESSION] = "DELETE FROM sessions WHERE id = ?1",
     [ST_LOAD_SESSION] = "SELECT " SESSION_COLS " FROM sessions WHERE id = ?1",
     [ST_LOAD_BLOBS] = "SELECT kind, data FROM blobs WHERE sid = ?1",
@@ -96,6 +97,10 @@ static const char *const stmt_sql[N_STMTS] = {
     [ST_PAYLOAD] = "SELECT payload FROM payloads WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
                    " AND idx = ?2",
     [ST_ERASE_PAYLOAD] = "DELETE FROM payloads WHERE sid = ?1 AND idx = ?2",
+    [ST_PUT_SLOT_ROW] = "INSERT OR REPLACE INTO slot_versions(sid, name, version, data) VALUES (?1, ?2, ?3, ?4)",
+    [ST_SLOT_ROW_SIZE] = "SELECT length(data) FROM slot_versions WHERE sid = ?1 AND name = ?2 AND version = ?3",
+    [ST_SLOT_ROWS] = "SELECT name, version, data FROM slot_versions WHERE sid = (SELECT sid FROM sessions WHERE"
+                     " id = ?1) ORDER BY name, version",
 };
 
 /* ---- small helpers ---------------------------------------------------------------------------- */
@@ -350,6 +355,22 @@ int st_put_payload(ma_store *st, conn *c, int64_t sid, uint64_t idx, const char 
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
     return rc == SQLITE_DONE ? 0 : st_fail_db(st, c->db, rc, err, errlen, "writing payloads");
+}
+
+int st_put_slot_row(ma_store *st, conn *c, int64_t sid, const char *name, int name_len, uint64_t version,
+                    const void *data, size_t len, char *err, size_t errlen)
+{
+    sqlite3_stmt *s = st_stmt(st, c, ST_PUT_SLOT_ROW, err, errlen);
+    if (!s)
+        return MA_EIO;
+    sqlite3_bind_int64(s, 1, sid);
+    sqlite3_bind_text(s, 2, name, name_len, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, (int64_t)version);
+    sqlite3_bind_blob(s, 4, data, (int)len, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc == SQLITE_DONE ? 0 : st_fail_db(st, c->db, rc, err, errlen, "writing slot versions");
 }
 
 /* Decides how to open <dir>/memattn.db: read-write, or read-only when the directory or file is not
@@ -829,6 +850,7 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
     uint64_t t0;
     conn *c = st->writer;
     sqlite3_stmt *s;
+    bool rewrote = false;   /* slot rows replaced: the commit also truncates the WAL */
     int rc;
     if ((ret = st_write_begin(st, &t0, err, errlen)))
         goto done;
@@ -874,6 +896,33 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
             goto done;
         }
     }
+    /* Slot version rows: new ones add their size; a rewrite (a forgotten slot) replaces a stored row. */
+    int64_t slot_bytes = 0;
+    for (size_t i = 0; i < d->n_slot_rows; i++) {
+        const ma_store_slot_row *r = &d->slot_rows[i];
+        if (r->rewrite) {
+            if (!(s = st_stmt(st, c, ST_SLOT_ROW_SIZE, err, errlen))) {
+                ret = MA_EIO;
+                goto done;
+            }
+            sqlite3_bind_int64(s, 1, sid);
+            sqlite3_bind_text(s, 2, r->name, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(s, 3, (int64_t)r->version);
+            rc = sqlite3_step(s);
+            if (rc == SQLITE_ROW)
+                slot_bytes -= sqlite3_column_int64(s, 0);
+            sqlite3_reset(s);
+            sqlite3_clear_bindings(s);
+            if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+                ret = st_fail_db(st, c->db, rc, err, errlen, "reading a slot version");
+                goto done;
+            }
+            rewrote = true;
+        }
+        if ((ret = st_put_slot_row(st, c, sid, r->name, -1, r->version, r->data, r->len, err, errlen)))
+            goto done;
+        slot_bytes += (int64_t)r->len;
+    }
     int64_t event_bytes = 0;
     for (size_t i = 0; i < d->n_events; i++)
         event_bytes += (int64_t)((d->k_floats + d->v_floats) * sizeof(float)) +
@@ -906,6 +955,7 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
     sqlite3_bind_int64(s, 3, (int64_t)d->slots);
     sqlite3_bind_int64(s, 4, d->updated_at);
     sqlite3_bind_int64(s, 5, event_bytes);
+    sqlite3_bind_int64(s, 6, slot_bytes);
     rc = sqlite3_step(s);
     sqlite3_reset(s);
     if (rc != SQLITE_DONE) {
@@ -916,9 +966,10 @@ done:
     ret = st_write_end(st, t0, ret, "committing", err, errlen);
     if (!ret)
         atomic_fetch_add(&st->events_written, d->n_events);
-    /* Erased bytes also leave the WAL (best effort: a reader in progress can keep old frames until the
-     * next checkpoint; the database file itself was overwritten by secure_delete). */
-    if (!ret && d->n_erase && !st->opt.in_memory) {
+    /* Erased bytes (payloads, rewritten slot versions) also leave the WAL (best effort: a reader in
+     * progress can keep old frames until the next checkpoint; the database file itself was overwritten
+     * by secure_delete). */
+    if (!ret && (d->n_erase || rewrote) && !st->opt.in_memory) {
         pthread_mutex_lock(&st->wlock);
         sqlite3_wal_checkpoint_v2(st->writer->db, "main", SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
         pthread_mutex_unlock(&st->wlock);
@@ -955,7 +1006,7 @@ static int session_row(sqlite3_stmt *s, ma_store_session *out, int64_t *blob_byt
     out->length = (uint64_t)sqlite3_column_int64(s, 5);
     out->slots = (size_t)sqlite3_column_int64(s, 6);
     *blob_bytes = sqlite3_column_int64(s, 8);
-    out->stored_bytes = (size_t)(sqlite3_column_int64(s, 7) + *blob_bytes);
+    out->stored_bytes = (size_t)(sqlite3_column_int64(s, 7) + *blob_bytes + sqlite3_column_int64(s, 9));
     return 0;
 }
 
@@ -1250,6 +1301,52 @@ done:
     }
     if (!ret)
         atomic_fetch_add(&st->events_read, n);
+    return ret;
+}
+
+int ma_store_slot_rows(ma_store *st, const char *id, ma_store_slot_row_fn fn, void *arg, char *err,
+                       size_t errlen)
+{
+    int ret = check_id(st, id, err, errlen);
+    if (ret)
+        return ret;
+    conn *c;
+    if ((ret = st_reader_get(st, &c, err, errlen)))
+        return ret;
+    sqlite3_stmt *s = NULL;
+    int rc = st_run(st, c, ST_BEGIN, err, errlen);   /* every row from one snapshot */
+    if (rc) {
+        ret = st_fail_db(st, c->db, rc, err, errlen, "starting a read");
+        goto done;
+    }
+    if (!(s = st_stmt(st, c, ST_SLOT_ROWS, err, errlen))) {
+        ret = MA_EIO;
+        goto done;
+    }
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        const char *name = (const char *)sqlite3_column_text(s, 0);
+        uint64_t version = (uint64_t)sqlite3_column_int64(s, 1);
+        const void *data = sqlite3_column_blob(s, 2);
+        size_t len = (size_t)sqlite3_column_bytes(s, 2);
+        if (!name) {
+            st_seterr(err, errlen, "store %s: out of memory", st->path);
+            ret = MA_ENOMEM;
+            goto done;
+        }
+        if ((ret = fn(arg, name, version, data, len))) {
+            st_seterr(err, errlen, "store %s: session '%s': slot '%s' version %" PRIu64 ": %s", st->path, id,
+                      name, version, ma_strerror(ret));
+            goto done;
+        }
+    }
+    if (rc != SQLITE_DONE)
+        ret = st_fail_db(st, c->db, rc, err, errlen, "reading slot versions");
+done:
+    if (s)
+        sqlite3_reset(s);
+    st_rollback(st, c);   /* ends the read transaction */
+    st_reader_put(st, c);
     return ret;
 }
 

@@ -3,8 +3,9 @@
  *
  * One database file <data>/memattn.db in WAL mode. What a session is made of on disk (docs/STORE.md):
  *   a row      id, config JSON, created_at, updated_at, length, resident slots, byte counts;
- *   3 blobs    backbone state, slot table, archive meta, one row each: the versioned, checked
+ *   3 blobs    backbone state, slot table state, archive meta, one row each: the versioned, checked
  *              serialisations made by core/, opaque here;
+ *   slot rows  one row per slot version, keyed (name, version), written once (opaque records of core's);
  *   events     in blocks of 64 (keys, values) plus payload rows for the events that have one — the
  *              archive's chunks are read back from here a chunk at a time (ma_store_load_events), so a
  *              large session is paged.
@@ -47,12 +48,29 @@ int ma_store_open(const char *dir, ma_store **out, char *err, size_t errlen);
  * vfs: the name of a registered sqlite VFS to open the file through (NULL: sqlite's default). The
  *   string must outlive the store. Tests pass the fault-injection shim's (tests/support/store_fault.h). */
 enum { MA_STORE_SYNC_FULL = 0, MA_STORE_SYNC_NORMAL = 1 };
+
+/* Receives one slot version row: its name, version and record bytes; 0 to go on, or an MA_E* code that
+ * stops (and is returned by) the caller. */
+typedef int (*ma_store_slot_row_fn)(void *arg, const char *name, uint64_t version, const void *data,
+                                    size_t len);
+
+/* Splits a slot table that schema 2 stored whole into what schema 3 stores: the table's state blob
+ * (*state, malloc'd) and one row per version, handed to row(). The format is core's (the store keeps
+ * both opaque), so the converter comes from above (the registry's reg_slots_split); config is the
+ * session's stored config text. 0; MA_ECORRUPT (this table cannot be read: it stays whole, and the
+ * session reports it when loaded); any other code stops the upgrade. */
+typedef int (*ma_store_slots_split_fn)(const char *config, const void *table, size_t len, void **state,
+                                       size_t *state_len, ma_store_slot_row_fn row, void *arg);
+
+/* slots_split: the converter of the schema 2 -> 3 upgrade. NULL: the whole tables stay as they are
+ *   (core still reads them) and each is split into rows by its session's next commit. */
 typedef struct {
     int synchronous;
     int in_memory;
     int quick_check;
     long long max_pages;
     const char *vfs;
+    ma_store_slots_split_fn slots_split;
 } ma_store_options;
 
 void ma_store_options_default(ma_store_options *o);
@@ -72,7 +90,8 @@ typedef struct {
     int64_t created_at, updated_at;   /* ms since epoch */
     uint64_t length;                  /* events */
     size_t slots;                     /* resident slots (for listings) */
-    ma_blob backbone, slots_blob, archive_meta;
+    ma_blob backbone, slots_blob, archive_meta;   /* slots_blob: the slot table's state (or, from
+                                                     schema 2 and not committed since, the whole table) */
     size_t stored_bytes;              /* bytes this session takes in the database (approximate) */
 } ma_store_session;
 
@@ -100,11 +119,22 @@ int ma_store_session_list(ma_store *st, const char *after, size_t limit, ma_stor
 /* Deletes the session and all its rows, durably. MA_ENOTFOUND if absent. */
 int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errlen);
 
+/* One slot version row of a commit: written once; `rewrite` replaces a stored row (a forgotten slot's
+ * versions, whose old bytes secure_delete zeroes; such a commit also truncates the WAL). */
+typedef struct {
+    const char *name;
+    uint64_t version;
+    const void *data;
+    size_t len;
+    int rewrite;
+} ma_store_slot_row;
+
 /* One mutation of a session, committed in one transaction (deleted content is overwritten: the writer runs
  * with secure_delete, and a commit that erases payloads then truncates the WAL):
  *   - n_events new events with indices first_event .. first_event+n_events-1 (k: n·H·d floats, v: n·H·d_v
  *     floats, payloads: n JSON texts or NULLs; payloads may be NULL as a whole),
  *   - the new blobs (a NULL data pointer leaves that blob as it was),
+ *   - slot version rows (n_slot_rows of slot_rows),
  *   - length, resident slot count and updated_at. */
 typedef struct {
     uint64_t first_event;
@@ -118,6 +148,8 @@ typedef struct {
     int64_t updated_at;
     const uint64_t *erase;            /* events whose payload rows are deleted (a forgotten slot) */
     size_t n_erase;
+    const ma_store_slot_row *slot_rows;   /* slot version rows to write (new ones, or rewrites) */
+    size_t n_slot_rows;
 } ma_store_delta;
 
 int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen);
@@ -126,6 +158,12 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
  * NULL) gets n malloc'd JSON texts or NULLs. Used as the archive's chunk source. */
 int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n, size_t k_floats,
                          size_t v_floats, float *k, float *v, char **payloads, char *err, size_t errlen);
+
+/* Calls fn for every slot version row of session id in (name, version) order (names compared as bytes),
+ * from one read transaction; fn's data is valid during the call. Stops at fn's first nonzero return and
+ * returns it (a missing session has no rows). MA_EIO, MA_ENOMEM. The restore's ma_slot_row_source (registry/pager.h). */
+int ma_store_slot_rows(ma_store *st, const char *id, ma_store_slot_row_fn fn, void *arg, char *err,
+                       size_t errlen);
 
 /* Reads one event's payload (malloc'd JSON text, or NULL when it has none). */
 int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **payload, char *err,
@@ -164,6 +202,7 @@ typedef int (*ma_store_read_fn)(void *ctx, void *buf, size_t len);
 typedef struct {
     uint64_t bytes;          /* of the snapshot (export) */
     uint64_t events, blocks, payloads;
+    uint64_t slot_rows;
 } ma_store_snapshot_stats;
 
 /* What a snapshot's header says, shown to the import's check before anything is written. */

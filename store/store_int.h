@@ -22,7 +22,7 @@
 
 #include "store/store.h"
 
-#define MA_SCHEMA       2
+#define MA_SCHEMA       3
 #define BLOCK           64              /* events per row of event_blocks (part of the schema) */
 #define MA_APP_ID       0x6D41744E      /* 'mAtN' */
 #define MAX_READERS     16
@@ -34,7 +34,7 @@ enum {
     ST_BEGIN, ST_BEGIN_IMMEDIATE, ST_COMMIT, ST_ROLLBACK,
     ST_SID, ST_INSERT_SESSION, ST_PUT_BLOCK, ST_GET_BLOCK, ST_PUT_PAYLOAD, ST_PUT_BLOB, ST_UPDATE_SESSION,
     ST_DELETE_SESSION, ST_LOAD_SESSION, ST_LOAD_BLOBS, ST_BLOB_SIZES, ST_LIST, ST_BLOCKS, ST_PAYLOADS, ST_PAYLOAD,
-    ST_ERASE_PAYLOAD,
+    ST_ERASE_PAYLOAD, ST_PUT_SLOT_ROW, ST_SLOT_ROW_SIZE, ST_SLOT_ROWS,
     N_STMTS
 };
 
@@ -115,6 +115,10 @@ int st_put_block(ma_store *st, conn *c, int64_t sid, uint64_t block, size_t n, c
 /* Writes the payload row of event idx of session sid (len bytes of p, -1: up to its NUL). */
 int st_put_payload(ma_store *st, conn *c, int64_t sid, uint64_t idx, const char *p, int len, char *err,
                    size_t errlen);
+
+/* Writes (or replaces) the slot version row (name, version) of session sid. */
+int st_put_slot_row(ma_store *st, conn *c, int64_t sid, const char *name, int name_len, uint64_t version,
+                    const void *data, size_t len, char *err, size_t errlen);
 
 /* ---- schema.c: schema, upgrades, integrity ---- */
 

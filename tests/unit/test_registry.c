@@ -112,6 +112,116 @@ static void answer(reg_session *s, float out[D])
     ma_answer_clear(&a);
 }
 
+static int count_rows(void *arg, const char *name, uint64_t version, const void *data, size_t len)
+{
+    (void)name, (void)version, (void)data, (void)len;
+    ++*(size_t *)arg;
+    return 0;
+}
+
+static size_t stored_rows(fixture *f, const char *id)
+{
+    size_t n = 0;
+    char err[256];
+    assert_int_equal(ma_store_slot_rows(f->st, id, count_rows, &n, err, sizeof err), 0);
+    return n;
+}
+
+/* The slot table's whole bytes, every version of every listed name, and a slot-route query's answer. */
+static void slot_fingerprint(reg_session *s, void **whole, size_t *n, float out[D])
+{
+    assert_int_equal(ma_session_serialize_slots(reg_core(s), whole, n), 0);
+    float q[D];
+    for (int j = 0; j < D; j++)
+        q[j] = (float)(j + 1) / D;
+    ma_query qu = {.q = q, .slot = "v", .version = 2, .route = MA_ROUTE_SLOT};
+    ma_answer a = {.v = out};
+    assert_int_equal(ma_session_query(reg_core(s), &qu, &a), 0);
+    ma_answer_clear(&a);
+}
+
+/* Slot versions are rows written once: a commit stores only the new versions (and a forget rewrites the
+ * forgotten name's), and a restarted registry restores the same table, bit for bit. */
+static void test_slot_rows_restart(void **state)
+{
+    (void)state;
+    fixture f;
+    reg_session *s;
+    char err[256];
+    ma_params p = params();
+    p.slots = 2;
+    assert_int_equal(open_fixture(&f, 0), 0);
+    assert_int_equal(reg_create_session(f.reg, "s", &p, 1, &s, err, sizeof err), 0);
+    for (int i = 0; i < 40; i++)
+        assert_int_equal(ingest(&f, s, 2, "h"), 0);                 /* 40 versions of h, one per commit */
+    assert_int_equal(stored_rows(&f, "s"), 40);
+    ma_slot_result res;
+    reg_change c = {.slots = true};
+    char pl[32];
+    for (int i = 0; i < 5; i++) {
+        snprintf(pl, sizeof pl, "\"v%d\"", i);
+        ma_slot_input in = {.name = "v", .text = pl, .payload = pl};
+        assert_int_equal(ma_session_slot_overwrite(reg_core(s), &in, 0, 0, 3000 + i, &res), 0);
+        assert_int_equal(reg_commit(f.reg, s, &c, 3000 + i, err, sizeof err), 0);
+        assert_int_equal(stored_rows(&f, "s"), 40 + 1 + (size_t)i);  /* one row per PUT, whatever the history */
+    }
+    ma_slot_input secret = {.name = "f", .text = "secret", .payload = "\"secret\""};
+    assert_int_equal(ma_session_slot_write(reg_core(s), &secret, 4000, &res), 0);
+    assert_int_equal(reg_commit(f.reg, s, &c, 4000, err, sizeof err), 0);   /* evicts h (LRU): 2 rows */
+    assert_true(res.evicted);
+    assert_int_equal(stored_rows(&f, "s"), 47);
+    assert_int_equal(ma_session_slot_protect(reg_core(s), "v", true, 4001), 0);
+    assert_int_equal(reg_commit(f.reg, s, &c, 4001, err, sizeof err), 0);
+    assert_int_equal(stored_rows(&f, "s"), 47);
+    assert_int_equal(ma_session_slot_restore(reg_core(s), "h", 3, 4002, &res), 0);
+    assert_int_equal(reg_commit(f.reg, s, &c, 4002, err, sizeof err), 0);
+    uint64_t *ev;
+    size_t nev;
+    assert_int_equal(ma_session_slot_forget(reg_core(s), "f", &ev, &nev), 0);
+    reg_change fc = {.slots = true, .erase = ev, .n_erase = nev};
+    size_t before = stored_rows(&f, "s");
+    assert_int_equal(reg_commit(f.reg, s, &fc, 4003, err, sizeof err), 0);
+    assert_int_equal(stored_rows(&f, "s"), before);                  /* rewritten in place */
+    free(ev);
+    void *w1;
+    size_t n1;
+    float a1[D];
+    slot_fingerprint(s, &w1, &n1, a1);
+    reg_release(f.reg, s);
+
+    /* restart: a new registry over a reopened store */
+    reg_destroy(f.reg);
+    ma_store_close(f.st);
+    ma_store_options o;
+    ma_store_options_default(&o);
+    o.synchronous = MA_STORE_SYNC_NORMAL;
+    assert_int_equal(ma_store_open_with(f.dir, &o, &f.st, err, sizeof err), 0);
+    reg_options ro = {.store = f.st, .cache_chunks = 4};
+    assert_int_equal(reg_create(&ro, &f.reg), 0);
+    assert_int_equal(reg_acquire(f.reg, "s", &s, err, sizeof err), 0);
+    void *w2;
+    size_t n2;
+    float a2[D];
+    slot_fingerprint(s, &w2, &n2, a2);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(w1, w2, n1);
+    assert_memory_equal(a1, a2, sizeof a1);
+    ma_slot_value sv;
+    assert_int_equal(ma_session_slot_read(reg_core(s), "f", 1, &sv), MA_ENOVERSION);   /* forgotten */
+    assert_int_equal(ma_session_slot_read(reg_core(s), "h", 17, &sv), 0);
+    ma_slot_value_clear(&sv);
+    /* and it goes on: one more PUT, one more row */
+    ma_slot_input in = {.name = "g", .text = "g", .payload = "\"g\""};
+    assert_int_equal(ma_session_slot_overwrite(reg_core(s), &in, 0, 0, 5000, &res), 0);
+    size_t rows = stored_rows(&f, "s");
+    assert_int_equal(reg_commit(f.reg, s, &c, 5000, err, sizeof err), 0);
+    assert_int_equal(stored_rows(&f, "s"), rows + 1 + res.evicted);
+    reg_release(f.reg, s);
+    free(w1);
+    free(w2);
+    close_fixture(&f);
+}
+
 static void test_failed_commit_reloads(void **state)
 {
     (void)state;
@@ -538,6 +648,7 @@ int main(void)
         cmocka_unit_test(test_pager),
         cmocka_unit_test(test_listing_summary_backup),
         cmocka_unit_test(test_failed_commit_reloads),
+        cmocka_unit_test(test_slot_rows_restart),
         cmocka_unit_test(test_parallel_load_once),
         cmocka_unit_test(test_budget),
         cmocka_unit_test(test_cache_counted),

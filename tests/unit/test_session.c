@@ -671,7 +671,7 @@ static void test_serialize_restore(void **state)
         ma_chunk_source cs = {load_chunk, &ctx};
         ma_payload_source ps = {load_payload, &ctx};
         ma_session *r;
-        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps},
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps, {0}},
                                             &r),
                          0);
 
@@ -729,10 +729,10 @@ static void test_serialize_restore(void **state)
         unsigned char *bad = malloc(sln);
         memcpy(bad, sl, sln);
         bad[sln / 2] ^= 1;
-        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, bad, sln, am, amn, cs, 2, ps},
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, bad, sln, am, amn, cs, 2, ps, {0}},
                                             &r),
                          MA_ECORRUPT);
-        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln - 1, am, amn, cs, 2, ps},
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln - 1, am, amn, cs, 2, ps, {0}},
                                             &r),
                          MA_ECORRUPT);
         free(bad);
@@ -743,7 +743,7 @@ static void test_serialize_restore(void **state)
         assert_int_equal(ma_backbone_serialize(ma_session_backbone(other), &bb0, &bbn0), 0);
         /* The archive blob holds no length (the backbone's step count is the length, so
          * the blob need not change with every event): a fresh backbone restores an empty archive. */
-        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb0, bbn0, sl, sln, am, amn, cs, 2, ps},
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb0, bbn0, sl, sln, am, amn, cs, 2, ps, {0}},
                                             &r),
                          0);
         assert_int_equal(ma_archive_length(ma_session_archive(r)), 0);
@@ -752,7 +752,7 @@ static void test_serialize_restore(void **state)
         ma_session_destroy(other);
         ma_params p2 = p;
         p2.slots = 4;
-        assert_int_equal(ma_session_restore(&p2, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps},
+        assert_int_equal(ma_session_restore(&p2, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps, {0}},
                                             &r),
                          MA_ECORRUPT);
 
@@ -850,7 +850,7 @@ static void test_supersession(void **state)
         src_ctx ctx = {&e, &p, 0};
         ma_session *rs;
         assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln, am, amn,
-                                                                    {load_chunk, &ctx}, 2, {load_payload, &ctx}},
+                                                                    {load_chunk, &ctx}, 2, {load_payload, &ctx}, {0}},
                                             &rs),
                          0);
         for (uint64_t i = 0; i < e.n; i++)
@@ -1132,7 +1132,7 @@ static void test_policy_restart(void **state)
     ma_chunk_source cs = {load_chunk, &ctx};
     ma_payload_source ps = {load_payload, &ctx};
     ma_session *r;
-    assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps}, &r), 0);
+    assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps, {0}}, &r), 0);
     for (size_t i = 0; i < e.n; i++) {
         ma_query q = {.q = e.k + i * KN};
         same_contrib(s, r, &q);

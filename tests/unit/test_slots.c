@@ -1179,6 +1179,224 @@ static void test_importance_persist(void **state)
     ma_slots_destroy(s);
 }
 
+/* ---- the table as state + version rows (what the store keeps) ---------------------------------- */
+
+/* A stand-in for the store's slot_versions table: rows keyed (name, version), kept sorted. */
+typedef struct {
+    char name[MA_MAX_NAME + 1];
+    uint64_t version;
+    void *data;
+    size_t len;
+} fake_row;
+
+typedef struct {
+    fake_row *r;
+    size_t n;
+    int skip, dup, swap, flip;   /* damage while reading: skip / duplicate / swap row i, flip a byte of it */
+} fake_rows;
+
+static int row_cmp(const void *a, const void *b)
+{
+    const fake_row *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : x->version < y->version ? -1 : x->version > y->version;
+}
+
+/* Stores what ma_slots_unsaved lists (a rewrite replaces its row); returns how many rows that was. */
+static size_t store_unsaved(ma_slots *s, fake_rows *fr)
+{
+    ma_slot_row *rows;
+    size_t n;
+    assert_int_equal(ma_slots_unsaved(s, &rows, &n), 0);
+    for (size_t i = 0; i < n; i++) {
+        fake_row key = {.version = rows[i].version};
+        snprintf(key.name, sizeof key.name, "%s", rows[i].name);
+        fake_row *old = fr->n ? bsearch(&key, fr->r, fr->n, sizeof key, row_cmp) : NULL;
+        assert_true((old != NULL) == rows[i].rewrite);
+        if (!old) {
+            fr->r = realloc(fr->r, (fr->n + 1) * sizeof *fr->r);
+            old = &fr->r[fr->n++];
+            *old = key;
+        } else {
+            free(old->data);
+        }
+        old->data = malloc(rows[i].len);
+        memcpy(old->data, rows[i].data, rows[i].len);
+        old->len = rows[i].len;
+        qsort(fr->r, fr->n, sizeof *fr->r, row_cmp);
+    }
+    ma_slot_rows_free(rows, n);
+    ma_slots_saved(s);
+    assert_false(ma_slots_has_unsaved(s));
+    return n;
+}
+
+static int fake_each(void *ctx, ma_slot_row_fn fn, void *arg)
+{
+    fake_rows *fr = ctx;
+    for (size_t i = 0; i < fr->n; i++) {
+        if ((int)i == fr->skip)
+            continue;
+        size_t j = (int)i == fr->swap && i + 1 < fr->n ? i + 1 : (int)i == fr->swap + 1 && i > 0 ? i - 1 : i;
+        fake_row *r = &fr->r[j];
+        unsigned char *d = malloc(r->len);
+        memcpy(d, r->data, r->len);
+        if ((int)i == fr->flip)
+            d[r->len / 2] ^= 0x10;
+        int rc = fn(arg, r->name, r->version, d, r->len);
+        if (!rc && (int)i == fr->dup)
+            rc = fn(arg, r->name, r->version, d, r->len);
+        free(d);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static void fake_free(fake_rows *fr)
+{
+    for (size_t i = 0; i < fr->n; i++)
+        free(fr->r[i].data);
+    free(fr->r);
+    memset(fr, 0, sizeof *fr);
+}
+
+/* Restores s from its state blob and the fake rows; the whole-table bytes must equal s's. */
+static int restore_from_rows(const ma_slots *s, fake_rows *fr, int capacity, bool expect_equal)
+{
+    void *st, *a, *b;
+    size_t stn, an, bn;
+    assert_int_equal(ma_slots_serialize_state(s, &st, &stn), 0);
+    ma_slot_row_source src = {fake_each, fr};
+    ma_slots *r = NULL;
+    int rc = ma_slots_restore_state(H, D, DV, capacity, st, stn, &src, &r);
+    if (rc == 0) {
+        assert_false(ma_slots_has_unsaved(r));
+        snapshot(s, &a, &an);
+        snapshot(r, &b, &bn);
+        if (expect_equal) {
+            assert_int_equal(an, bn);
+            assert_memory_equal(a, b, an);
+        }
+        free(a);
+        free(b);
+        ma_slots_destroy(r);
+    }
+    free(st);
+    return rc;
+}
+
+static void test_rows_written_once(void **state)
+{
+    (void)state;
+    ma_slots *s = table(3);
+    fake_rows fr = {.skip = -1, .dup = -1, .swap = -1, .flip = -1};
+    wr a;
+    /* a fresh table: nothing to store */
+    assert_false(ma_slots_has_unsaved(s));
+    assert_int_equal(store_unsaved(s, &fr), 0);
+    /* a history: every version is stored exactly once, whatever came before */
+    for (uint64_t i = 0; i < 200; i++)
+        assert_int_equal(ma_slots_put(s, mk(&a, "h", i, i % 2 ? "\"odd\"" : NULL), false, 0, 0, (int64_t)i, NULL), 0);
+    assert_int_equal(store_unsaved(s, &fr), 200);
+    assert_int_equal(ma_slots_put(s, mk(&a, "p", 1000, "{\"x\":1}"), false, 0, 0, 300, NULL), 0);
+    assert_true(ma_slots_has_unsaved(s));
+    assert_int_equal(store_unsaved(s, &fr), 1);          /* one PUT after 200 versions: one row */
+    assert_int_equal(ma_slots_protect(s, "p", true), 0);
+    assert_int_equal(store_unsaved(s, &fr), 0);          /* protect changes only the state */
+    assert_int_equal(ma_slots_put(s, mk(&a, "q", 2000, NULL), false, 0, 0, 301, NULL), 0);
+    /* a capacity eviction: the new version and the victim's tombstone */
+    ma_slot_result res;
+    assert_int_equal(ma_slots_put(s, mk(&a, "r", 3000, NULL), false, 0, 0, 302, &res), 0);
+    assert_true(res.evicted);
+    assert_int_equal(store_unsaved(s, &fr), 3);
+    assert_int_equal(ma_slots_restore(s, "h", 7, 303, NULL), 0);   /* evicts q: 2 rows */
+    assert_int_equal(ma_slots_evict(s, "r", 304), 0);              /* 1 row */
+    assert_int_equal(store_unsaved(s, &fr), 3);
+    /* a batch */
+    wr b[3];
+    ma_slot_write w[3] = {*mk(&b[0], "h", 5000, NULL), *mk(&b[1], "z", 5001, "\"z\""), *mk(&b[2], "h", 5002, NULL)};
+    w[0].event = 0, w[1].event = 1, w[2].event = 2;
+    ma_slots_batch *bt;
+    assert_int_equal(ma_slots_batch_prepare(s, 3, w, &bt), 0);
+    ma_slots_batch_commit(bt, 305, NULL);
+    size_t nb = store_unsaved(s, &fr);
+    assert_true(nb >= 3);
+    assert_int_equal(restore_from_rows(s, &fr, 3, true), 0);
+    /* forget: every stored version of the name is rewritten (values erased), nothing else */
+    assert_int_equal(ma_slots_put(s, mk(&a, "f", 6000, "\"secret\""), false, 0, 0, 306, NULL), 0);
+    assert_int_equal(ma_slots_put(s, mk(&a, "f", 6001, "\"secret2\""), false, 0, 0, 307, NULL), 0);
+    size_t nf = store_unsaved(s, &fr);
+    assert_int_equal(ma_slots_forget(s, "f"), 0);
+    ma_slot_row *rows;
+    size_t n;
+    assert_int_equal(ma_slots_unsaved(s, &rows, &n), 0);
+    size_t fv = 0;
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(rows[i].name, "f");
+        fv += rows[i].rewrite;
+        assert_null(memmem(rows[i].data, rows[i].len, "secret", 6));
+    }
+    assert_int_equal(fv, 2);
+    assert_true(n >= 2 && nf >= 2);
+    ma_slot_rows_free(rows, n);
+    store_unsaved(s, &fr);
+    for (size_t i = 0; i < fr.n; i++)
+        assert_null(memmem(fr.r[i].data, fr.r[i].len, "secret", 6));
+    assert_int_equal(restore_from_rows(s, &fr, 3, true), 0);
+
+    /* damaged rows are refused: one missing, one twice, two swapped, a flipped byte */
+    for (int i = 0; i < (int)fr.n; i += 7) {
+        fr.skip = i;
+        assert_int_equal(restore_from_rows(s, &fr, 3, false), MA_ECORRUPT);
+        fr.skip = -1;
+        fr.dup = i;
+        assert_int_equal(restore_from_rows(s, &fr, 3, false), MA_ECORRUPT);
+        fr.dup = -1;
+        if (i + 1 < (int)fr.n) {
+            fr.swap = i;
+            assert_int_equal(restore_from_rows(s, &fr, 3, false), MA_ECORRUPT);
+            fr.swap = -1;
+        }
+        fr.flip = i;
+        assert_int_equal(restore_from_rows(s, &fr, 3, false), MA_ECORRUPT);
+        fr.flip = -1;
+    }
+    /* a row under another version number than its record's */
+    fr.r[0].version += 1000;
+    assert_int_equal(restore_from_rows(s, &fr, 3, false), MA_ECORRUPT);
+    fr.r[0].version -= 1000;
+    /* a state blob with versions but no row source */
+    void *st;
+    size_t stn;
+    ma_slots *r;
+    assert_int_equal(ma_slots_serialize_state(s, &st, &stn), 0);
+    assert_int_equal(ma_slots_restore_state(H, D, DV, 3, st, stn, NULL, &r), MA_ECORRUPT);
+    /* and every truncation of the state blob */
+    ma_slot_row_source src = {fake_each, &fr};
+    for (size_t cut = 0; cut < stn; cut += 3)
+        assert_int_equal(ma_slots_restore_state(H, D, DV, 3, st, cut, &src, &r), MA_ECORRUPT);
+    free(st);
+    /* a whole table restores with every version unsaved, and refuses rows beside it */
+    void *whole;
+    size_t wn;
+    snapshot(s, &whole, &wn);
+    assert_int_equal(ma_slots_restore_state(H, D, DV, 3, whole, wn, &src, &r), MA_ECORRUPT);
+    fake_rows none = {.skip = -1, .dup = -1, .swap = -1, .flip = -1};
+    ma_slot_row_source empty = {fake_each, &none};
+    assert_int_equal(ma_slots_restore_state(H, D, DV, 3, whole, wn, &empty, &r), 0);
+    assert_true(ma_slots_has_unsaved(r));
+    fake_rows all = {.skip = -1, .dup = -1, .swap = -1, .flip = -1};
+    assert_int_equal(store_unsaved(r, &all), fr.n);
+    assert_int_equal(restore_from_rows(r, &all, 3, true), 0);
+    assert_unchanged(r, whole, wn);
+    ma_slots_destroy(r);
+    free(whole);
+    fake_free(&all);
+    fake_free(&fr);
+    ma_slots_destroy(s);
+}
+
 static void test_create_errors(void **state)
 {
     (void)state;
@@ -1228,6 +1446,7 @@ int main(void)
         cmocka_unit_test(test_policy_blend),
         cmocka_unit_test(test_topk_match_and_softmax),
         cmocka_unit_test(test_importance_persist),
+        cmocka_unit_test(test_rows_written_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,7 +31,11 @@
 #include <sqlite3.h>
 
 #include "core/error.h"
+#include "core/slots.h"
+#include "registry/pager.h"
+#include "registry/params_text.h"
 #include "store/store.h"
+#include "store/store_int.h"   /* MA_SCHEMA */
 #include "tests/support/store_fault.h"
 
 #define KF 8    /* floats per key (H·d) */
@@ -540,7 +544,7 @@ static void test_upgrade_from_v1(void **state)
     assert_int_equal(commit_batch(st, "u4", 4, 200, 100), 0);
     assert_int_equal(commit_batch(st, "u1", 1, 1, 1), 0);
     ma_store_close(st);
-    assert_int_equal(raw_int(dir, "PRAGMA user_version"), 2);
+    assert_int_equal(raw_int(dir, "PRAGMA user_version"), MA_SCHEMA);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM sqlite_schema WHERE name = 'events'"), 0);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks"), 0 + 1 + 1 + 2 + 5);
     /* event_blocks must stay a rowid table: a WITHOUT ROWID seek reads whole overflowing block rows for
@@ -564,6 +568,234 @@ static void test_upgrade_from_v1(void **state)
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM events"), 1 + 64 + 65 + 199);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM sqlite_schema WHERE name = 'event_blocks'"), 0);
     rm_dir(dir);
+}
+
+/* Schema version 2 as memattnd wrote it (events in blocks; the slot table whole in blobs kind 1). */
+static const char v2_schema[] =
+    "CREATE TABLE sessions(sid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, config TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,"
+    "  length INTEGER NOT NULL DEFAULT 0 CHECK (length >= 0), slots INTEGER NOT NULL DEFAULT 0 CHECK (slots >= 0),"
+    "  event_bytes INTEGER NOT NULL DEFAULT 0, blob_bytes INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE blobs(sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  kind INTEGER NOT NULL CHECK (kind BETWEEN 0 AND 2), data BLOB NOT NULL, PRIMARY KEY (sid, kind));"
+    "CREATE TABLE event_blocks(sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  block INTEGER NOT NULL CHECK (block >= 0), n INTEGER NOT NULL CHECK (n BETWEEN 1 AND 64),"
+    "  k BLOB NOT NULL, v BLOB NOT NULL, PRIMARY KEY (sid, block));"
+    "CREATE TABLE payloads(sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  idx INTEGER NOT NULL CHECK (idx >= 0), payload TEXT NOT NULL, PRIMARY KEY (sid, idx)) WITHOUT ROWID;"
+    "PRAGMA user_version = 2; PRAGMA application_id = 1833006158;";
+
+enum { SH = 2, SD = 3, SDV = 2, SM = 4 };   /* the slot tables of the upgrade test */
+
+/* A slot table with history: overwrites, payloads, a capacity eviction, a restore, a forgotten name. */
+static ma_slots *slot_history(int seed, int versions)
+{
+    ma_slots *s;
+    assert_int_equal(ma_slots_create(SH, SD, SDV, SM, &s), 0);
+    float k[SH * SD], v[SH * SDV];
+    for (int i = 0; i < versions; i++) {
+        for (int j = 0; j < SH * SD; j++)
+            k[j] = kval(seed, (uint64_t)i, j);
+        for (int j = 0; j < SH * SDV; j++)
+            v[j] = vval(seed, (uint64_t)i, j);
+        char name[16], pl[32];
+        snprintf(name, sizeof name, "n%d", i % 6);
+        snprintf(pl, sizeof pl, "{\"i\":%d}", i);
+        ma_slot_write w = {name, k, v, i % 2 ? pl : NULL, i, false};
+        assert_int_equal(ma_slots_put(s, &w, false, 0, 0, 1000 + i, NULL), 0);
+    }
+    if (versions > 6) {
+        assert_int_equal(ma_slots_restore(s, "n1", 1, 5000, NULL), 0);
+        assert_int_equal(ma_slots_forget(s, "n2"), 0);
+    }
+    return s;
+}
+
+static int count_row(void *arg, const char *name, uint64_t version, const void *data, size_t len)
+{
+    (void)name, (void)version, (void)data, (void)len;
+    ++*(size_t *)arg;
+    return 0;
+}
+
+typedef struct { ma_store *st; const char *id; } row_src;
+static int each_row(void *ctx, ma_slot_row_fn fn, void *arg)
+{
+    row_src *r = ctx;
+    return ma_store_slot_rows(r->st, r->id, fn, arg, errbuf, sizeof errbuf);
+}
+
+/* The stored slot table of session id, restored through its rows, as whole-table bytes. */
+static void stored_table(ma_store *st, const char *id, void **whole, size_t *n, bool *unsaved)
+{
+    ma_store_session row;
+    assert_int_equal(ma_store_session_load(st, id, &row, errbuf, sizeof errbuf), 0);
+    row_src rs = {st, id};
+    ma_slot_row_source src = {each_row, &rs};
+    ma_slots *t;
+    int rc = ma_slots_restore_state(SH, SD, SDV, SM, row.slots_blob.data, row.slots_blob.len, &src, &t);
+    if (rc)
+        fail_msg("restore %s: %d %s", id, rc, errbuf);
+    *unsaved = ma_slots_has_unsaved(t);
+    assert_int_equal(ma_slots_serialize(t, whole, n), 0);
+    ma_slots_destroy(t);
+    ma_store_session_clear(&row);
+}
+
+/* A version-2 file with sessions "v<seed>" holding slot tables of 0, 1, 40 and 300 versions whole, and one
+ * ("bad") whose table is damaged. */
+static void make_v2(const char *dir, const int *versions, int n, void **tables, size_t *lens)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s, *b;
+    ma_params p;
+    ma_params_default(&p);
+    p.heads = SH, p.dim = SD, p.value_dim = SDV, p.slots = SM;
+    char *cfg;
+    assert_int_equal(reg_params_encode(&p, &cfg), 0);
+    assert_int_equal(sqlite3_open(db_path(dir), &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, v2_schema, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO sessions(sid, id, config, created_at, updated_at, slots,"
+                                        " blob_bytes) VALUES (?1, ?2, ?3, 0, 0, 1, ?4)", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO blobs VALUES (?1, 1, ?2)", -1, &b, NULL), SQLITE_OK);
+    for (int i = 0; i <= n; i++) {
+        char id[16];
+        snprintf(id, sizeof id, i < n ? "v%d" : "bad", i);
+        if (i < n) {
+            ma_slots *t = slot_history(i, versions[i]);
+            assert_int_equal(ma_slots_serialize(t, &tables[i], &lens[i]), 0);
+            ma_slots_destroy(t);
+        } else {
+            ma_slots *t = slot_history(9, 10);
+            assert_int_equal(ma_slots_serialize(t, &tables[i], &lens[i]), 0);
+            ma_slots_destroy(t);
+            ((unsigned char *)tables[i])[lens[i] / 2] ^= 1;
+        }
+        sqlite3_bind_int(s, 1, i + 1);
+        sqlite3_bind_text(s, 2, id, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(s, 3, cfg, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(s, 4, (sqlite3_int64)lens[i]);
+        assert_int_equal(sqlite3_step(s), SQLITE_DONE);
+        sqlite3_reset(s);
+        sqlite3_bind_int(b, 1, i + 1);
+        sqlite3_bind_blob(b, 2, tables[i], (int)lens[i], SQLITE_TRANSIENT);
+        assert_int_equal(sqlite3_step(b), SQLITE_DONE);
+        sqlite3_reset(b);
+    }
+    sqlite3_finalize(s);
+    sqlite3_finalize(b);
+    sqlite3_close(db);
+    free(cfg);
+}
+
+static void test_upgrade_from_v2(void **state)
+{
+    (void)state;
+    const int versions[] = {0, 1, 40, 300};
+    enum { N = 4 };
+    void *tables[N + 1];
+    size_t lens[N + 1];
+    for (int with_split = 1; with_split >= 0; with_split--) {
+        char *dir = fresh_dir();
+        make_v2(dir, versions, N, tables, lens);
+        ma_store_options o;
+        ma_store_options_default(&o);
+        o.slots_split = with_split ? reg_slots_split : NULL;
+        ma_store *st;
+        if (ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf))
+            fail_msg("open: %s", errbuf);
+        for (int i = 0; i < N; i++) {
+            char id[16];
+            snprintf(id, sizeof id, "v%d", i);
+            /* the same table, bit for bit, restored from the upgraded rows (or from the whole blob) */
+            void *whole;
+            size_t wn;
+            bool unsaved;
+            stored_table(st, id, &whole, &wn, &unsaved);
+            assert_int_equal(wn, lens[i]);
+            assert_memory_equal(whole, tables[i], wn);
+            assert_int_equal(unsaved, !with_split && versions[i] > 0);
+            free(whole);
+            size_t rows = 0;
+            assert_int_equal(ma_store_slot_rows(st, id, count_row, &rows, errbuf, sizeof errbuf), 0);
+            assert_true(with_split ? rows >= (size_t)versions[i] : rows == 0);
+            /* what the session row says it stores includes the rows */
+            ma_store_session sm;
+            assert_int_equal(ma_store_session_summary(st, id, &sm, errbuf, sizeof errbuf), 0);
+            if (with_split && versions[i] > 40)
+                assert_true(sm.slots_blob.len < lens[i] / 10 && sm.stored_bytes > lens[i]);
+            ma_store_session_clear(&sm);
+        }
+        /* the damaged table stays whole and rowless: its session reports it when loaded */
+        ma_store_session row;
+        assert_int_equal(ma_store_session_load(st, "bad", &row, errbuf, sizeof errbuf), 0);
+        assert_int_equal(row.slots_blob.len, lens[N]);
+        assert_memory_equal(row.slots_blob.data, tables[N], lens[N]);
+        ma_store_session_clear(&row);
+        size_t rows = 0;
+        assert_int_equal(ma_store_slot_rows(st, "bad", count_row, &rows, errbuf, sizeof errbuf), 0);
+        assert_int_equal(rows, 0);
+        /* the upgraded table goes on: a commit of its state and one new version */
+        {
+            void *whole;
+            size_t wn;
+            bool unsaved;
+            stored_table(st, "v3", &whole, &wn, &unsaved);
+            ma_slots *t;
+            assert_int_equal(ma_slots_restore_table(SH, SD, SDV, SM, whole, wn, &t), 0);
+            if (!unsaved)
+                ma_slots_saved(t);
+            float k[SH * SD] = {1}, v[SH * SDV] = {2};
+            ma_slot_write w = {"n0", k, v, "\"new\"", -1, false};
+            ma_slot_result res;
+            assert_int_equal(ma_slots_put(t, &w, false, 0, 0, 9000, &res), 0);
+            ma_slot_row *r;
+            size_t nr;
+            assert_int_equal(ma_slots_unsaved(t, &r, &nr), 0);
+            if (unsaved)
+                assert_true(nr > 300);                       /* never split: every version */
+            else
+                assert_int_equal(nr, 1 + res.evicted);       /* the new version (and a victim's tombstone) */
+            ma_store_slot_row *sr = calloc(nr, sizeof *sr);
+            for (size_t j = 0; j < nr; j++)
+                sr[j] = (ma_store_slot_row){r[j].name, r[j].version, r[j].data, r[j].len, r[j].rewrite};
+            void *stb;
+            size_t stn;
+            assert_int_equal(ma_slots_serialize_state(t, &stb, &stn), 0);
+            ma_store_delta d = {.slots_blob = {stb, stn}, .slots = 1, .updated_at = 1, .slot_rows = sr,
+                                .n_slot_rows = nr};
+            assert_int_equal(ma_store_commit(st, "v3", &d, errbuf, sizeof errbuf), 0);
+            free(whole);
+            assert_int_equal(ma_slots_serialize(t, &whole, &wn), 0);
+            ma_store_close(st);
+            st = open_ok(dir);                    /* the integrity checks pass, slot_bytes included */
+            void *again;
+            size_t an;
+            stored_table(st, "v3", &again, &an, &unsaved);
+            assert_false(unsaved);
+            assert_int_equal(an, wn);
+            assert_memory_equal(again, whole, wn);
+            free(again);
+            free(whole);
+            free(stb);
+            free(sr);
+            ma_slot_rows_free(r, nr);
+            ma_slots_destroy(t);
+        }
+        ma_store_close(st);
+        assert_int_equal(raw_int(dir, "PRAGMA user_version"), MA_SCHEMA);
+        /* a row of no session, or slot_bytes that disagree with the rows, is refused at open */
+        raw_sql(dir, "PRAGMA foreign_keys = OFF; INSERT INTO slot_versions VALUES (99, 'x', 1, x'00')");
+        assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
+        assert_non_null(strstr(errbuf, "slot versions of a missing session"));
+        raw_sql(dir, "DELETE FROM slot_versions WHERE sid = 99; UPDATE sessions SET slot_bytes = slot_bytes + 1 "
+                     "WHERE id = 'v3'");
+        assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
+        assert_non_null(strstr(errbuf, "slot versions of v3"));
+        for (int i = 0; i <= N; i++)
+            free(tables[i]);
+        rm_dir(dir);
+    }
 }
 
 /* Commits of every size against the block boundaries, reads of ranges that straddle blocks, payload
@@ -1223,6 +1455,7 @@ int main(void)
         cmocka_unit_test(test_commit_must_continue_the_session),
         cmocka_unit_test(test_schema_versions),
         cmocka_unit_test(test_upgrade_from_v1),
+        cmocka_unit_test(test_upgrade_from_v2),
         cmocka_unit_test(test_blocks_across_commits),
         cmocka_unit_test(test_corrupt_and_truncated_files_are_refused),
         cmocka_unit_test(test_inconsistent_rows_are_refused),
