@@ -19,7 +19,8 @@
  * Mutations follow one protocol (the api's exclusive jobs):
  *   1. apply the change to the in-memory session (the core checks everything first, so a refused change
  *      leaves it untouched and needs no commit);
- *   2. reg_commit(): serialise what changed and commit it with the new events in one store transaction;
+ *   2. reg_commit(): serialise what changed and commit it with the new events (and the request's
+ *      Idempotency-Key record with its answer, reg_change.idem) in one store transaction;
  *   3. only then answer 2xx.
  * If the commit fails (disk full, read-only, I/O error) the in-memory session is ahead of the stored one;
  * reg_commit marks it stale, it is dropped when the job releases it, and the next use reloads it from the

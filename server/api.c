@@ -14,6 +14,12 @@
  * answers 503 `storage_error` and the session is reloaded from the store on next use, so memory never
  * diverges from what is stored. The registry is the handlers' only way to the store.
  *
+ * Safe retries (docs/API.md): a mutation with an Idempotency-Key looks its key up first, inside its
+ * exclusive job (idem_replay: the stored answer again, or 422 for another request), and builds its answer
+ * before the commit so that the registry commits the key and answer with the change (commit,
+ * idem_record); a 2xx that committed nothing records its key alone (idem_settle). `expect_length` on an
+ * event batch is checked against the archive's length before the batch is applied (409 length_mismatch).
+ *
  * Errors: the status and API.md code of every failure of the core or the registry come from the codec's
  * one table (codec_status_of); the handlers only word the message. 503 `storage_error` for store failures
  * (disk full, read-only, I/O, corrupt data) is this implementation's addition to the 503 row.
