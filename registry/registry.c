@@ -78,6 +78,10 @@ int reg_create(const reg_options *o, reg_registry **out)
     r->opt = *o;
     if (r->opt.cache_chunks < 1)
         r->opt.cache_chunks = 1;
+    if (r->opt.idem_keys == 0)
+        r->opt.idem_keys = REG_IDEM_KEYS;
+    if (r->opt.idem_window_ms <= 0)
+        r->opt.idem_window_ms = REG_IDEM_WINDOW_MS;
     r->nbuckets = 256;
     if (!(r->buckets = calloc(r->nbuckets, sizeof *r->buckets))) {
         free(r);
@@ -331,10 +335,27 @@ int reg_acquire(reg_registry *r, const char *id, reg_session **out, char *err, s
     return 0;
 }
 
+/* The store's record of k, stamped now, with the registry's window. */
+static ma_store_idem store_idem(const reg_registry *r, const reg_idem *k, int64_t now)
+{
+    return (ma_store_idem){
+        .scope = k->scope, .key = k->key, .fingerprint = k->fingerprint, .status = k->status, .body = k->body,
+        .etag = k->etag, .location = k->location, .created_at = now, .keep = r->opt.idem_keys,
+        .expire_before = now - r->opt.idem_window_ms,
+    };
+}
+
 int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int64_t now, reg_session **out,
                        char *err, size_t errlen)
 {
+    return reg_create_session_idem(r, id, p, now, NULL, out, err, errlen);
+}
+
+int reg_create_session_idem(reg_registry *r, const char *id, const ma_params *p, int64_t now, const reg_idem *k,
+                            reg_session **out, char *err, size_t errlen)
+{
     reg_session *s;
+    ma_store_idem ki = k ? store_idem(r, k, now) : (ma_store_idem){0};
     char *cfg_text = NULL;
     int rc;
 
@@ -360,7 +381,7 @@ int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int6
         rc = MA_ENOMEM;
         goto fail;
     }
-    if ((rc = ma_store_session_create(r->opt.store, id, cfg_text, now, err, errlen)) != 0)
+    if ((rc = ma_store_session_create_idem(r->opt.store, id, cfg_text, now, k ? &ki : NULL, err, errlen)) != 0)
         goto fail;
     s->bytes = measure(s->core);
     s->refs = 1;
@@ -473,7 +494,13 @@ static void unfreeze_locked(reg_registry *r, const char *id);
 
 int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
 {
-    int rc = ma_store_session_delete(r->opt.store, id, err, errlen);
+    return reg_delete_idem(r, id, NULL, 0, err, errlen);
+}
+
+int reg_delete_idem(reg_registry *r, const char *id, const reg_idem *k, int64_t now, char *err, size_t errlen)
+{
+    ma_store_idem ki = k ? store_idem(r, k, now) : (ma_store_idem){0};
+    int rc = ma_store_session_delete_idem(r->opt.store, id, k ? &ki : NULL, err, errlen);
     reg_session *drop = NULL;
     if (rc)
         return rc;
@@ -546,6 +573,7 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
     }
     for (size_t i = 0; i < nrows; i++)
         srows[i] = (ma_store_slot_row){rows[i].name, rows[i].version, rows[i].data, rows[i].len, rows[i].rewrite};
+    ma_store_idem ki = c->idem ? store_idem(r, c->idem, now) : (ma_store_idem){0};
     ma_store_delta d = {
         .first_event = c->first_event,
         .n_events = c->n_events,
@@ -564,6 +592,7 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
         .n_erase = c->n_erase,
         .slot_rows = srows,
         .n_slot_rows = nrows,
+        .idem = c->idem ? &ki : NULL,
     };
     double t0 = now_seconds();
     rc = ma_store_commit(r->opt.store, s->id, &d, err, errlen);
@@ -597,6 +626,44 @@ fail:
     ma_slot_rows_free(rows, nrows);
     free(srows);
     return rc ? rc : MA_EIO;
+}
+
+int reg_idem_find(reg_registry *r, const char *scope, const char *key, int64_t now, reg_idem_answer *out,
+                  char *err, size_t errlen)
+{
+    ma_store_idem_row row;
+    memset(out, 0, sizeof *out);
+    int rc = ma_store_idem_get(r->opt.store, scope, key, now - r->opt.idem_window_ms, &row, err, errlen);
+    if (rc)
+        return rc;
+    *out = (reg_idem_answer){.fingerprint = row.fingerprint, .status = row.status, .body = row.body,
+                             .etag = row.etag, .location = row.location, .created_at = row.created_at};
+    return 0;   /* the strings moved to *out */
+}
+
+void reg_idem_answer_clear(reg_idem_answer *a)
+{
+    if (!a)
+        return;
+    free(a->body);
+    free(a->etag);
+    free(a->location);
+    memset(a, 0, sizeof *a);
+}
+
+int reg_idem_record(reg_registry *r, const reg_idem *k, int64_t now, char *err, size_t errlen)
+{
+    if (!k)
+        return MA_EINVAL;
+    ma_store_idem ki = store_idem(r, k, now);
+    return ma_store_idem_put(r->opt.store, &ki, err, errlen);
+}
+
+void reg_invalidate(reg_registry *r, reg_session *s)
+{
+    pthread_mutex_lock(&r->mu);
+    s->stale = true;
+    pthread_mutex_unlock(&r->mu);
 }
 
 void reg_observe_commits(reg_registry *r, reg_commit_fn fn, void *ctx)

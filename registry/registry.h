@@ -19,7 +19,8 @@
  * Mutations follow one protocol (the api's exclusive jobs):
  *   1. apply the change to the in-memory session (the core checks everything first, so a refused change
  *      leaves it untouched and needs no commit);
- *   2. reg_commit(): serialise what changed and commit it with the new events in one store transaction;
+ *   2. reg_commit(): serialise what changed and commit it with the new events (and the request's
+ *      Idempotency-Key record with its answer, reg_change.idem) in one store transaction;
  *   3. only then answer 2xx.
  * If the commit fails (disk full, read-only, I/O error) the in-memory session is ahead of the stored one;
  * reg_commit marks it stale, it is dropped when the job releases it, and the next use reloads it from the
@@ -60,7 +61,12 @@ typedef struct {
                                  budget, at most budget/8 bytes of chunks per session. A session is
                                  re-measured at every release, so its cache is in the budget; a read
                                  in progress may hold more chunks than that for its duration */
+    size_t idem_keys;         /* Idempotency-Key records kept per key space (0: REG_IDEM_KEYS) */
+    int64_t idem_window_ms;   /* and for how long at most (0: REG_IDEM_WINDOW_MS) */
 } reg_options;
+
+#define REG_IDEM_KEYS      1000
+#define REG_IDEM_WINDOW_MS (24 * 3600 * 1000LL)
 
 /* Called after every reg_commit's store transaction with its duration and result (metrics). Any thread. */
 typedef void (*reg_commit_fn)(void *ctx, double seconds, int rc);
@@ -84,6 +90,46 @@ int reg_acquire(reg_registry *r, const char *id, reg_session **out, char *err, s
  * MA_EEXISTS if the id exists (loaded or stored), MA_EIO, MA_ENOMEM. */
 int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int64_t now, reg_session **out,
                        char *err, size_t errlen);
+
+/* ---- safe retries: Idempotency-Key (docs/API.md, "Safe retries"; docs/STORE.md) --------------------
+ * A request's key and the answer it got are committed in the same store transaction as its change
+ * (reg_change.idem, reg_create_session_idem, reg_delete_idem), so a retry after any crash finds the
+ * answer of a change that was committed and no answer for one that was not. Keys live in a space:
+ * the session id of the request's path, or "" (POST /v1/sessions). The registry applies the window of
+ * reg_options (the newest idem_keys records of a space, none older than idem_window_ms); a record
+ * beyond it is not found. Comparing fingerprints (same key, another request) is the caller's. */
+typedef struct {
+    const char *scope;        /* the key space: a session id, or "" */
+    const char *key;          /* the Idempotency-Key (1..255 bytes) */
+    uint64_t fingerprint;     /* of the request, as the caller computes it */
+    int status;               /* the answer to replay */
+    const char *body;         /* JSON text, NULL: none */
+    const char *etag, *location;   /* NULL or "": none */
+} reg_idem;
+
+/* A stored answer (reg_idem_find); clear with reg_idem_answer_clear. */
+typedef struct {
+    uint64_t fingerprint;
+    int status;
+    char *body, *etag, *location;   /* malloc'd, NULL when absent */
+    int64_t created_at;
+} reg_idem_answer;
+
+/* The record of (scope, key) within the window as of `now` (ms). 0; MA_ENOTFOUND (none: the request is
+ * new); MA_EIO / MA_ECORRUPT / MA_ENOMEM (err says why). */
+int reg_idem_find(reg_registry *r, const char *scope, const char *key, int64_t now, reg_idem_answer *out,
+                  char *err, size_t errlen);
+void reg_idem_answer_clear(reg_idem_answer *a);
+
+/* Records k, stamped `now`, in a transaction of its own: for an answer whose request changed nothing
+ * (a change commits its key with it). 0, MA_EINVAL, MA_EIO. */
+int reg_idem_record(reg_registry *r, const reg_idem *k, int64_t now, char *err, size_t errlen);
+
+/* reg_create_session / reg_delete with the key record k (NULL: none), stamped `now`, committed with the
+ * change. */
+int reg_create_session_idem(reg_registry *r, const char *id, const ma_params *p, int64_t now, const reg_idem *k,
+                            reg_session **out, char *err, size_t errlen);
+int reg_delete_idem(reg_registry *r, const char *id, const reg_idem *k, int64_t now, char *err, size_t errlen);
 
 /* Drops a reference. A stale session is unloaded when its last reference goes; then, while the budget
  * is exceeded, unused sessions are unloaded least recently used first (never the one just released). */
@@ -142,6 +188,7 @@ typedef struct {
     bool backbone, archive, slots;   /* components whose state changed */
     const uint64_t *erase;     /* events whose stored payloads are erased (ma_session_slot_forget) */
     size_t n_erase;
+    const reg_idem *idem;      /* the request's Idempotency-Key and answer, committed with it (NULL: none) */
 } reg_change;
 
 /* Commits a change already applied to the acquired session s (caller runs exclusively for s): serialises
@@ -149,6 +196,11 @@ typedef struct {
  * 0 once durable. On failure (MA_EIO, MA_ECORRUPT, MA_ENOMEM; err says why) the session is marked stale
  * and reloaded from the store on next use. */
 int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, char *err, size_t errlen);
+
+/* Marks the acquired session s stale: a change was applied to it in memory and will not be committed
+ * (the caller could not finish the request). It is dropped at its last release and reloaded from the
+ * store on next use, as after a failed reg_commit. */
+void reg_invalidate(reg_registry *r, reg_session *s);
 
 typedef struct {
     size_t loaded;             /* sessions in memory */

@@ -14,6 +14,12 @@
  * answers 503 `storage_error` and the session is reloaded from the store on next use, so memory never
  * diverges from what is stored. The registry is the handlers' only way to the store.
  *
+ * Safe retries (docs/API.md): a mutation with an Idempotency-Key looks its key up first, inside its
+ * exclusive job (idem_replay: the stored answer again, or 422 for another request), and builds its answer
+ * before the commit so that the registry commits the key and answer with the change (commit,
+ * idem_record); a 2xx that committed nothing records its key alone (idem_settle). `expect_length` on an
+ * event batch is checked against the archive's length before the batch is applied (409 length_mismatch).
+ *
  * Errors: the status and API.md code of every failure of the core or the registry come from the codec's
  * one table (codec_status_of); the handlers only word the message. 503 `storage_error` for store failures
  * (disk full, read-only, I/O, corrupt data) is this implementation's addition to the 503 row.
@@ -43,6 +49,7 @@
 #include "registry/registry.h"
 #include "server/codec.h"
 #include "server/etag.h"
+#include "server/idem.h"
 #include "server/limits.h"
 #include "server/log.h"
 
@@ -91,6 +98,13 @@ typedef struct {
     char *out;                        /* response body (JSON text), cJSON-allocated */
     char etag[40];                    /* "\"<version>\"" for slot answers, "\"s-<hash>\"" for a session, "" if none */
     char location[320];               /* Location of a created session or slot, "" if none */
+    /* Idempotency-Key of a mutation (docs/API.md "Safe retries"; idem_replay, idem_settle) */
+    char idem_key[SRV_IDEM_KEY_MAX + 1];   /* "" when the request has none */
+    const char *if_match_text;        /* If-Match as sent (part of the fingerprint), NULL if absent */
+    uint64_t fingerprint;
+    bool idem_stored;                 /* the key and this answer are committed */
+    bool replayed;                    /* the answer is the stored one of an earlier request with the key */
+    char pool_key[SRV_IDEM_KEY_MAX + 32];  /* the worker pool's ordering key when not the session id */
 } job;
 
 /* ---- small helpers --------------------------------------------------------------------------- */
@@ -226,12 +240,36 @@ static void release(job *j, reg_session *s)
         reg_release(j->api->reg, s);
 }
 
+/* The key record of j's answer (the job succeeded: status and body are final), or NULL when the request
+ * has no Idempotency-Key or failed (a failure changed nothing: its retry simply runs again). */
+static const reg_idem *idem_record(job *j, reg_idem *k)
+{
+    if (!j->idem_key[0] || j->code || j->status < 200 || j->status > 299)
+        return NULL;
+    *k = (reg_idem){.scope = j->op == OP_SESSION_CREATE ? "" : j->id, .key = j->idem_key,
+                    .fingerprint = j->fingerprint, .status = j->status, .body = j->out, .etag = j->etag,
+                    .location = j->location};
+    return k;
+}
+
+/* Commits a change applied to s, with the request's key and the answer already built (so a retry after a
+ * crash gets exactly this answer). When the answer could not be built (j failed: out of memory) nothing
+ * is committed and the in-memory change is dropped: the session is reloaded from the store. */
 static int commit(job *j, reg_session *s, const reg_change *c)
 {
     char err[256] = "";
-    int rc = reg_commit(j->api->reg, s, c, now_ms(), err, sizeof err);
-    if (rc == 0)
+    if (j->code) {
+        reg_invalidate(j->api->reg, s);
+        return -1;
+    }
+    reg_idem k;
+    reg_change cc = *c;
+    cc.idem = idem_record(j, &k);
+    int rc = reg_commit(j->api->reg, s, &cc, now_ms(), err, sizeof err);
+    if (rc == 0) {
+        j->idem_stored = cc.idem != NULL;
         return 0;
+    }
     srv_log(CFG_LOG_ERROR, "commit of session %s failed: %s", j->id, err);
     return job_store_fail(j, rc, "the change was not stored (nothing applied)", err);
 }
@@ -310,14 +348,20 @@ static int do_session_create(job *j)
         if (rc != MA_ENOTFOUND)
             return job_store_fail(j, rc, "loading the session", err);
     }
-    rc = reg_create_session(reg, j->id, &p, now_ms(), &s, err, sizeof err);
+    /* The answer first: it is committed with the session under the request's Idempotency-Key. */
+    snprintf(j->location, sizeof j->location, "/v1/sessions/%s", j->id);
+    if (job_ok(j, 201, codec_session_to_json(j->id, &p)))
+        return -1;
+    reg_idem k;
+    const reg_idem *kp = idem_record(j, &k);
+    rc = reg_create_session_idem(reg, j->id, &p, now_ms(), kp, &s, err, sizeof err);
     if (rc == MA_EEXISTS)
         return job_error(j, rc, NULL, "session %s exists", j->id);
     if (rc)
         return job_store_fail(j, rc, "creating the session", err);
+    j->idem_stored = kp != NULL;
     reg_release(reg, s);
-    snprintf(j->location, sizeof j->location, "/v1/sessions/%s", j->id);
-    return job_ok(j, 201, codec_session_to_json(j->id, &p));
+    return 0;
 }
 
 static int do_session_list(job *j)
@@ -357,16 +401,37 @@ static int do_session_get(job *j)
 static int do_session_delete(job *j)
 {
     char err[256] = "";
-    int rc = reg_delete(j->api->reg, j->id, err, sizeof err);
+    reg_idem k;
+    j->status = 204;   /* the answer, committed with the delete under the request's Idempotency-Key */
+    const reg_idem *kp = idem_record(j, &k);
+    int rc = reg_delete_idem(j->api->reg, j->id, kp, now_ms(), err, sizeof err);
     if (rc == MA_ENOTFOUND)
         return job_error(j, rc, "no_session", "session %s does not exist", j->id);
     if (rc)
         return job_store_fail(j, rc, "deleting the session", err);
-    j->status = 204;
+    j->idem_stored = kp != NULL;
     return 0;
 }
 
 /* ---- events and queries ---------------------------------------------------------------------- */
+
+/* 409 length_mismatch: the batch's expect_length is not the session's length (nothing applied). The
+ * error body carries the current length as a field, {"error":{"code","message","length"}}, so a writer
+ * can resume after it. */
+static int length_mismatch(job *j, uint64_t length, uint64_t expected)
+{
+    char msg[160];
+    snprintf(msg, sizeof msg, "expect_length: the session's length is %llu, not %llu; nothing was applied",
+             (unsigned long long)length, (unsigned long long)expected);
+    cJSON *o = cJSON_CreateObject(), *e = o ? cJSON_AddObjectToObject(o, "error") : NULL;
+    if (!e || !cJSON_AddStringToObject(e, "code", "length_mismatch") || !cJSON_AddStringToObject(e, "message", msg) ||
+        !cJSON_AddNumberToObject(e, "length", (double)length)) {
+        cJSON_Delete(o);
+        return job_fail(j, 409, "length_mismatch", "%s", msg);
+    }
+    job_ok(j, 409, o);
+    return -1;
+}
 
 static int do_events(job *j)
 {
@@ -389,6 +454,10 @@ static int do_events(job *j)
     cJSON_Delete(body);
     body = NULL;
     uint64_t first = ma_archive_length(ma_session_archive(core));
+    if (ev.has_expect_length && ev.expect_length != first) {
+        rc = length_mismatch(j, first, ev.expect_length);
+        goto done;
+    }
     int irc = ma_session_ingest_ex(core, ev.n, ev.ev, ev.importance, now_ms(), &rep);
     if (irc == MA_EFULL) {
         rc = job_error(j, irc, NULL, "a slot write in this batch needs a free slot, but every resident "
@@ -399,6 +468,7 @@ static int do_events(job *j)
         rc = job_error(j, irc, NULL, "the batch was refused: %s; nothing was applied", ma_strerror(irc));
         goto done;
     }
+    rc = job_ok(j, 200, codec_ingest_report_to_json(&rep));   /* committed with the batch (commit) */
     if (ev.n) {
         bool slots = false;
         for (size_t i = 0; i < ev.n && !slots; i++)
@@ -406,11 +476,10 @@ static int do_events(job *j)
         reg_change c = {.first_event = first, .n_events = ev.n, .k = ev.k, .v = ev.v,
                         .payloads = (const char *const *)ev.payloads, .backbone = true, .archive = true,
                         .slots = slots};
-        if (commit(j, s, &c))
+        if ((rc = commit(j, s, &c)) != 0)
             goto done;
         srv_metric_child_add(j->api->events_ingested, (int64_t)ev.n);
     }
-    rc = job_ok(j, 200, codec_ingest_report_to_json(&rep));
 done:
     ma_ingest_report_clear(&rep);
     codec_events_clear(&ev);
@@ -558,13 +627,12 @@ static int do_slot_write(job *j)
         rc = slot_error(j, vrc);
         goto done;
     }
-    reg_change c = {.slots = true};
-    if (commit(j, s, &c))
-        goto done;
     set_etag(j, res.version);
     if (!put || res.created)
         snprintf(j->location, sizeof j->location, "/v1/sessions/%s/slots/%s", j->id, b.name);
-    rc = job_ok(j, put && !res.created ? 200 : 201, codec_slot_result_to_json(b.name, &res));
+    job_ok(j, put && !res.created ? 200 : 201, codec_slot_result_to_json(b.name, &res));   /* committed with it */
+    reg_change c = {.slots = true};
+    rc = commit(j, s, &c);
 done:
     codec_slot_body_clear(&b);
     cJSON_Delete(body);
@@ -665,24 +733,22 @@ static int do_slot_verb(job *j)
             rc = slot_error(j, vrc);
         goto done;
     }
-    reg_change c = {.slots = true, .erase = erased, .n_erase = n_erased};
-    if (commit(j, s, &c))
-        goto done;
+    /* The answer first: it is committed with the change under the request's Idempotency-Key (commit). */
     if (j->op == OP_SLOT_DELETE) {
         j->status = 204;
-        rc = 0;
     } else if (j->op == OP_SLOT_RESTORE) {
         set_etag(j, res.version);
-        rc = job_ok(j, 200, codec_slot_result_to_json(j->name, &res));
+        job_ok(j, 200, codec_slot_result_to_json(j->name, &res));
     } else {
-        /* The change is committed; only the answer can still fail (then 503 overloaded, like any answer). */
         ma_slot_value sv = {0};
         cJSON *o = NULL;
         if (ma_session_slot_read(reg_core(s), j->name, 0, &sv) == 0 && (o = codec_slot_protect_to_json(&sv.info)))
             set_etag(j, sv.info.version);
         ma_slot_value_clear(&sv);
-        rc = job_ok(j, 200, o);
+        job_ok(j, 200, o);
     }
+    reg_change c = {.slots = true, .erase = erased, .n_erase = n_erased};
+    rc = commit(j, s, &c);
 done:
     free(erased);
     cJSON_Delete(body);
@@ -736,10 +802,90 @@ static bool frozen_out(job *j)
     return true;
 }
 
+/* "METHOD template" of a mutation that takes an Idempotency-Key, NULL for the other routes. Part of the
+ * stored fingerprint: never change a string (the enum's order may change). */
+static const char *idem_route(op_kind op)
+{
+    switch (op) {
+    case OP_SESSION_CREATE: return "POST /v1/sessions";
+    case OP_SESSION_PUT:    return "PUT /v1/sessions/{id}";
+    case OP_SESSION_DELETE: return "DELETE /v1/sessions/{id}";
+    case OP_EVENTS:         return "POST /v1/sessions/{id}/events";
+    case OP_SLOT_WRITE:     return "POST /v1/sessions/{id}/slots";
+    case OP_SLOT_PUT:       return "PUT /v1/sessions/{id}/slots/{name}";
+    case OP_SLOT_RESTORE:   return "POST /v1/sessions/{id}/slots/{name}/restore";
+    case OP_SLOT_PATCH:     return "PATCH /v1/sessions/{id}/slots/{name}";
+    case OP_SLOT_DELETE:    return "DELETE /v1/sessions/{id}/slots/{name}";
+    default:                return NULL;
+    }
+}
+
+/* Before a mutation with an Idempotency-Key runs (inside its exclusive job, so no change of its session
+ * can come between the look-up and the commit): when the key's record exists within the window, the
+ * same request gets the stored answer (marked replayed; nothing runs, nothing changes) and another
+ * request 422 idempotency_key_reused. True when the job is answered. */
+static bool idem_replay(job *j)
+{
+    if (!j->idem_key[0])
+        return false;
+    const char *parts[] = {idem_route(j->op), j->op == OP_SESSION_CREATE ? NULL : j->id, j->name[0] ? j->name : NULL,
+                           j->forget ? "forget=true" : NULL, j->if_match_text};
+    j->fingerprint = srv_idem_fingerprint(parts, sizeof parts / sizeof parts[0], j->body, j->body_len);
+    reg_idem_answer a;
+    char err[256] = "";
+    int rc = reg_idem_find(j->api->reg, j->op == OP_SESSION_CREATE ? "" : j->id, j->idem_key, now_ms(), &a, err,
+                           sizeof err);
+    if (rc == MA_ENOTFOUND)
+        return false;
+    if (rc) {
+        job_store_fail(j, rc, "reading the Idempotency-Key (nothing applied)", err);
+        return true;
+    }
+    if (a.fingerprint != j->fingerprint) {
+        job_fail(j, 422, "idempotency_key_reused", "Idempotency-Key %.64s%s was used for another request "
+                 "(another method, path or body) in this session; use a new key for a new request", j->idem_key,
+                 strlen(j->idem_key) > 64 ? "..." : "");
+    } else {
+        size_t n = a.body ? strlen(a.body) : 0;
+        if (a.body && !(j->out = cJSON_malloc(n + 1))) {
+            job_fail(j, 503, "overloaded", "out of memory replaying the answer");
+        } else {
+            if (a.body)
+                memcpy(j->out, a.body, n + 1);
+            j->status = a.status;
+            snprintf(j->etag, sizeof j->etag, "%s", a.etag ? a.etag : "");
+            snprintf(j->location, sizeof j->location, "%s", a.location ? a.location : "");
+            j->replayed = true;
+        }
+    }
+    reg_idem_answer_clear(&a);
+    return true;
+}
+
+/* After a mutation with an Idempotency-Key: a 2xx whose request changed nothing (a PUT of an existing
+ * session with its config, an empty batch) had no commit to carry its key; record it alone. If that
+ * fails the answer is 503 storage_error (nothing changed, the retry runs again). */
+static void idem_settle(job *j)
+{
+    reg_idem k;
+    if (j->replayed || j->idem_stored || !idem_record(j, &k))
+        return;
+    char err[256] = "";
+    int rc = reg_idem_record(j->api->reg, &k, now_ms(), err, sizeof err);
+    if (rc == 0) {
+        j->idem_stored = true;
+        return;
+    }
+    srv_log(CFG_LOG_ERROR, "storing an Idempotency-Key of session %s failed: %s", j->id, err);
+    cJSON_free(j->out);
+    j->out = NULL;
+    job_store_fail(j, rc, "the Idempotency-Key was not stored (nothing changed)", err);
+}
+
 static void job_work(void *arg)
 {
     job *j = arg;
-    if (frozen_out(j))
+    if (idem_replay(j) || frozen_out(j))
         return;
     switch (j->op) {
     case OP_SESSION_CREATE:
@@ -759,6 +905,8 @@ static void job_work(void *arg)
     case OP_SLOT_DELETE:    do_slot_verb(j); break;
     case OP_BACKUP:         do_backup(j); break;
     }
+    if (j->idem_key[0])
+        idem_settle(j);
 }
 
 static void update_gauges(api *a)
@@ -784,8 +932,11 @@ static void job_done(void *arg, int status)
         if (strcmp(j->code, "frozen") == 0)
             srv_resp_header(j->req, "Retry-After", "1");
         srv_respond_error(j->req, j->status, j->code, "%s", j->message);
-    } else if (!j->out)
+    } else if (!j->out) {
+        if (j->replayed)
+            srv_resp_header(j->req, "Idempotent-Replayed", "true");
         srv_respond_empty(j->req, j->status);
+    }
     else if (j->status == 200 && j->etag[0] && srv_etag_matches(&j->if_none_match, j->etag, true)) {
         /* If-None-Match: weak comparison (RFC 9110 13.1.2); the client's copy is current. */
         srv_resp_header(j->req, "ETag", j->etag);
@@ -795,6 +946,8 @@ static void job_done(void *arg, int status)
             srv_resp_header(j->req, "ETag", j->etag);
         if (j->location[0])
             srv_resp_header(j->req, "Location", j->location);
+        if (j->replayed)
+            srv_resp_header(j->req, "Idempotent-Replayed", "true");
         srv_respond_raw(j->req, j->status, "application/json", j->out, strlen(j->out));
     }
     update_gauges(j->api);
@@ -841,6 +994,13 @@ static job *job_new(srv_request *req, void *ud, op_kind op)
         srv_respond_error(req, 400, "bad_request", "If-Match: %.60s is not * or a list of entity tags (\"3\")", im_text);
         return NULL;
     }
+    /* Idempotency-Key: on the mutations of idem_route; other routes ignore it (reads are safe anyway). */
+    const char *idem = idem_route(op) ? srv_req_header(req, "Idempotency-Key") : NULL;
+    char why[160];
+    if (idem && srv_idem_key_check(idem, why, sizeof why) < 0) {
+        srv_respond_error(req, 400, "bad_request", "%s", why);
+        return NULL;
+    }
     const char *id = srv_req_param(req, "id"), *name = srv_req_param(req, "name");
     if (id && !ma_name_valid(id)) {
         srv_respond_error(req, 400, "bad_name", "session id \"%.64s\" is not valid, expected 1-%d characters of "
@@ -862,6 +1022,9 @@ static job *job_new(srv_request *req, void *ud, op_kind op)
     j->req = req;
     j->if_match = im;
     j->if_none_match = inm;
+    j->if_match_text = op == OP_SLOT_PUT ? im_text : NULL;
+    if (idem)
+        snprintf(j->idem_key, sizeof j->idem_key, "%s", idem);
     if (id)
         snprintf(j->id, sizeof j->id, "%s", id);
     if (name)
@@ -873,7 +1036,8 @@ static job *job_new(srv_request *req, void *ud, op_kind op)
 
 static void submit(job *j, srv_job_mode mode)
 {
-    int rc = srv_pool_submit(j->api->pool, j->id[0] ? j->id : NULL, mode, job_work, job_done, j);
+    const char *key = j->pool_key[0] ? j->pool_key : j->id[0] ? j->id : NULL;
+    int rc = srv_pool_submit(j->api->pool, key, mode, job_work, job_done, j);
     if (rc) {
         srv_respond_error(j->req, 503, "overloaded", "the work queue is full, retry later");
         free(j);
@@ -910,6 +1074,10 @@ static void h_session_create(srv_request *req, void *ud)
         free(j);
         return;
     }
+    /* Creates with one Idempotency-Key run one at a time (the key is looked up, then committed): ordered
+     * by a pool key that no session id can equal (ids have no space). */
+    if (j->idem_key[0])
+        snprintf(j->pool_key, sizeof j->pool_key, "POST /v1/sessions %s", j->idem_key);
     submit(j, SRV_JOB_EXCLUSIVE);
 }
 

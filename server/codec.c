@@ -538,10 +538,10 @@ cJSON *codec_params_to_json(const ma_params *p)
 /* ---- batches --------------------------------------------------------------------------------- */
 
 /* body = {"<field>": [...]} with nothing else; returns the array and its length. */
-static int batch_array(const cJSON *body, const char *field, size_t max, const cJSON **arr, size_t *n,
-                       codec_error *err)
+static int batch_array(const cJSON *body, const char *field, const char *other, size_t max, const cJSON **arr,
+                       size_t *n, codec_error *err)
 {
-    const char *const allowed[] = {field, NULL};
+    const char *const allowed[] = {field, other, NULL};   /* other: a second top-level member, or NULL */
     if (check_members(body, allowed, "", err))
         return MA_EINVAL;
     const cJSON *a = member(body, field);
@@ -646,8 +646,12 @@ int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_eve
     size_t n, i = 0;
 
     memset(out, 0, sizeof *out);
-    if (batch_array(body, "events", max_events, &arr, &n, err))
+    if (batch_array(body, "events", "expect_length", max_events, &arr, &n, err))
         return MA_EINVAL;
+    int has = codec_get_uint(body, "expect_length", 0, UINT64_MAX, "", &e.expect_length, err);
+    if (has < 0)
+        return MA_EINVAL;
+    e.has_expect_length = has == 1;
     e.n = n;
     e.ev = calloc(n ? n : 1, sizeof *e.ev);
     e.k = malloc(sizeof(float) * (n ? n * kn : 1));
@@ -732,7 +736,7 @@ int codec_queries_decode(const cJSON *body, const codec_shape *sh, size_t max_qu
     size_t n, i = 0;
 
     memset(out, 0, sizeof *out);
-    if (batch_array(body, "queries", max_queries, &arr, &n, err))
+    if (batch_array(body, "queries", NULL, max_queries, &arr, &n, err))
         return MA_EINVAL;
     qs.n = n;
     qs.q = calloc(n ? n : 1, sizeof *qs.q);

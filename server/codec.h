@@ -131,10 +131,13 @@ typedef struct {
     char **payloads;     /* n JSON texts or NULLs (owned) */
     char **slots;        /* n slot names or NULLs (owned) */
     double *importance;  /* n: an event's "importance", or MA_IMPORTANCE_NONE when absent */
+    bool has_expect_length;   /* the body's "expect_length": apply only if the session has that many events */
+    uint64_t expect_length;
 } codec_events;
 
-/* Decodes {"events":[E,...]}; E = {"k"|"k_b64"|"text", "v"|"v_b64", "payload"?, "slot"?, "protect"?,
- * "importance"?} (importance, a number in [0, 1], needs slot, like protect).
+/* Decodes {"events":[E,...], "expect_length"?: n}; E = {"k"|"k_b64"|"text", "v"|"v_b64", "payload"?, "slot"?,
+ * "protect"?, "importance"?} (importance, a number in [0, 1], needs slot, like protect); n an integer
+ * 0..2^53 (docs/API.md, "Safe retries").
  * A missing v is the embedding of the payload when the payload is a JSON string (as for slot writes);
  * otherwise 400. An empty batch is accepted (n = 0). On error *out is left empty. */
 int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_events, codec_events *out,

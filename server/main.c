@@ -109,7 +109,8 @@ int main(int argc, char **argv)
     char data_abs[PATH_MAX];
     if (!realpath(cfg.data_dir, data_abs))
         snprintf(data_abs, sizeof data_abs, "%s", cfg.data_dir);
-    reg_options ro = {.store = store, .memory_budget = cfg.memory, .cache_chunks = CACHE_CHUNKS};
+    reg_options ro = {.store = store, .memory_budget = cfg.memory, .cache_chunks = CACHE_CHUNKS,
+                      .idem_keys = cfg.idempotency_keys, .idem_window_ms = cfg.idempotency_window_ms};
     if ((rc = reg_create(&ro, &reg)) < 0) {
         snprintf(err, sizeof err, "cannot create the session registry: %s", ma_strerror(rc));
         goto fail;

@@ -100,6 +100,28 @@ static const struct {
     "  PRIMARY KEY (sid, name, version));"
     "ALTER TABLE sessions ADD COLUMN slot_bytes INTEGER NOT NULL DEFAULT 0;",
     slots_to_rows, NULL},
+    /* 3 -> 4: Idempotency-Key records (store/idem.c): a request's key and its answer, written in the
+     * transaction of its change. sid is the session named by scope when it exists (its records go with
+     * it), NULL for a detached record (a session delete's own key; POST /v1/sessions). seq numbers a
+     * scope's records so that keeping the newest N is one range delete; created_at is indexed for the
+     * age sweep; sid for the cascade of a session delete. A rowid table: a body may be large. */
+    {
+    "CREATE TABLE idempotency("
+    "  scope TEXT NOT NULL,"
+    "  key TEXT NOT NULL CHECK (length(key) BETWEEN 1 AND 255),"
+    "  seq INTEGER NOT NULL,"
+    "  sid INTEGER REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  fingerprint INTEGER NOT NULL,"
+    "  status INTEGER NOT NULL,"
+    "  etag TEXT,"
+    "  location TEXT,"
+    "  body BLOB,"
+    "  created_at INTEGER NOT NULL,"
+    "  UNIQUE (scope, key));"
+    "CREATE INDEX idempotency_seq ON idempotency(scope, seq);"
+    "CREATE INDEX idempotency_age ON idempotency(created_at);"
+    "CREATE INDEX idempotency_sid ON idempotency(sid);",
+    NULL, NULL},
 };
 _Static_assert(BLOCK == 64, "the CHECK of event_blocks.n and the integrity query say 64");
 

@@ -15,6 +15,7 @@
  *                                            full but a session's last. One row per 64 events, not per
  *                                            event: the per-row cost bounded durable ingest (schema 1)
  *        payloads(sid, idx, payload)         WITHOUT ROWID, only for the events that have one
+ *        idempotency(scope, key, ...)        Idempotency-Key records with their answers (store/idem.c)
  *    Children reference sessions(sid) ON DELETE CASCADE, so deleting a session is one statement.
  *    Floats are stored as little-endian float32 (static-asserted host order).
  *  - Durability: synchronous=FULL by default (a commit is fsync'd to the WAL before it returns; it
@@ -101,6 +102,16 @@ static const char *const stmt_sql[N_STMTS] = {
     [ST_SLOT_ROW_SIZE] = "SELECT length(data) FROM slot_versions WHERE sid = ?1 AND name = ?2 AND version = ?3",
     [ST_SLOT_ROWS] = "SELECT name, version, data FROM slot_versions WHERE sid = (SELECT sid FROM sessions WHERE"
                      " id = ?1) ORDER BY name, version",
+    /* Idempotency-Key records (store/idem.c): a record belongs to the session named by its scope, if any */
+    [ST_IDEM_PUT] =
+        "INSERT OR REPLACE INTO idempotency(scope, key, seq, sid, fingerprint, status, etag, location, body, created_at)"
+        " VALUES (?1, ?2, coalesce((SELECT max(seq) FROM idempotency WHERE scope = ?1), 0) + 1,"
+        " (SELECT sid FROM sessions WHERE id = ?1), ?3, ?4, ?5, ?6, ?7, ?8)",
+    [ST_IDEM_PRUNE_SCOPE] = "DELETE FROM idempotency WHERE scope = ?1"
+                            " AND seq <= (SELECT max(seq) FROM idempotency WHERE scope = ?1) - ?2",
+    [ST_IDEM_PRUNE_AGE] = "DELETE FROM idempotency WHERE created_at < ?1",
+    [ST_IDEM_GET] = "SELECT fingerprint, status, etag, location, body, created_at FROM idempotency"
+                    " WHERE scope = ?1 AND key = ?2 AND created_at >= ?3",
 };
 
 /* ---- small helpers ---------------------------------------------------------------------------- */
@@ -631,6 +642,12 @@ static int check_id(ma_store *st, const char *id, char *err, size_t errlen)
 int ma_store_session_create(ma_store *st, const char *id, const char *config_json, int64_t now,
                             char *err, size_t errlen)
 {
+    return ma_store_session_create_idem(st, id, config_json, now, NULL, err, errlen);
+}
+
+int ma_store_session_create_idem(ma_store *st, const char *id, const char *config_json, int64_t now,
+                                 const ma_store_idem *k, char *err, size_t errlen)
+{
     int ret = check_id(st, id, err, errlen);
     if (ret)
         return ret;
@@ -663,6 +680,8 @@ int ma_store_session_create(ma_store *st, const char *id, const char *config_jso
         ret = st_fail_db(st, c->db, rc, err, errlen, "creating a session");
         goto done;
     }
+    if (k)
+        ret = st_idem_write(st, c, k, err, errlen);
 done:
     return st_write_end(st, t0, ret, "committing a session creation", err, errlen);
 }
@@ -699,7 +718,7 @@ static bool reserve_release(ma_store *st)
     return unlink(st->reserve_path) == 0;
 }
 
-static int delete_once(ma_store *st, const char *id, char *err, size_t errlen)
+static int delete_once(ma_store *st, const char *id, const ma_store_idem *k, char *err, size_t errlen)
 {
     int ret;
     uint64_t t0;
@@ -730,21 +749,28 @@ static int delete_once(ma_store *st, const char *id, char *err, size_t errlen)
         ret = MA_ENOTFOUND;
         goto done;
     }
+    if (k)   /* after the delete: its session is gone, the record is detached (store/idem.c) */
+        ret = st_idem_write(st, c, k, err, errlen);
 done:
     return st_write_end(st, t0, ret, "committing a session deletion", err, errlen);
 }
 
 int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errlen)
 {
+    return ma_store_session_delete_idem(st, id, NULL, err, errlen);
+}
+
+int ma_store_session_delete_idem(ma_store *st, const char *id, const ma_store_idem *k, char *err, size_t errlen)
+{
     int ret = check_id(st, id, err, errlen);
     if (ret)
         return ret;
-    ret = delete_once(st, id, err, errlen);
+    ret = delete_once(st, id, k, err, errlen);
     pthread_mutex_lock(&st->wlock);
     bool retry = ret == MA_EIO && reserve_release(st);
     pthread_mutex_unlock(&st->wlock);
     if (retry)   /* the disk is full: the reserve's blocks give the delete's WAL frames room */
-        ret = delete_once(st, id, err, errlen);
+        ret = delete_once(st, id, k, err, errlen);
     if (ret == 0) {
         pthread_mutex_lock(&st->wlock);
         reserve_make(st);
@@ -962,6 +988,8 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
         ret = st_fail_db(st, c->db, rc, err, errlen, "updating the session row");
         goto done;
     }
+    if (d->idem)
+        ret = st_idem_write(st, c, d->idem, err, errlen);
 done:
     ret = st_write_end(st, t0, ret, "committing", err, errlen);
     if (!ret)

@@ -128,6 +128,52 @@ typedef struct {
     size_t len;
     int rewrite;
 } ma_store_slot_row;
+/* ---- safe retries: Idempotency-Key records (docs/STORE.md, "Idempotency keys") ------------------
+ * A record is a request's Idempotency-Key and the answer it got, written in the same transaction as the
+ * request's change, so a retry after a crash finds exactly the answers of the changes that were
+ * committed. Keys live in a space, `scope` (the API uses the session id of the request's path, or ""
+ * for POST /v1/sessions). A record belongs to the session whose id is its scope when that session
+ * exists at the end of the transaction (it is then deleted with it); otherwise it is detached (a
+ * session delete's own key, POST /v1/sessions) and lives until its window ends. Every insert applies
+ * the window: the scope keeps its newest `keep` records, and records created before `expire_before`
+ * are deleted store-wide. The store keeps the answer opaque. */
+typedef struct {
+    const char *scope;                /* "" or a session id */
+    const char *key;                  /* 1..255 bytes */
+    uint64_t fingerprint;             /* of the request (method, path, body): the caller's */
+    int status;
+    const char *body;                 /* answer body (NUL-terminated), NULL: none */
+    const char *etag, *location;      /* answer headers, NULL or "": none */
+    int64_t created_at;               /* ms since the epoch */
+    size_t keep;                      /* records kept per scope, this one included (0: no count limit) */
+    int64_t expire_before;            /* records created before this are deleted (ms; 0: none) */
+} ma_store_idem;
+
+/* A stored record (ma_store_idem_get). Strings are malloc'd (NULL when absent); ma_store_idem_row_clear. */
+typedef struct {
+    uint64_t fingerprint;
+    int status;
+    char *body, *etag, *location;
+    int64_t created_at;
+} ma_store_idem_row;
+
+void ma_store_idem_row_clear(ma_store_idem_row *r);
+
+/* The record of (scope, key) created at or after not_before (ms). 0; MA_ENOTFOUND (none, or older);
+ * MA_EIO / MA_ECORRUPT / MA_ENOMEM. */
+int ma_store_idem_get(ma_store *st, const char *scope, const char *key, int64_t not_before, ma_store_idem_row *out,
+                      char *err, size_t errlen);
+
+/* Writes one record (replacing an older one of the same scope and key) in a transaction of its own: the
+ * answer of a request that changed nothing (e.g. a PUT of an existing session with the same config).
+ * MA_EINVAL (no scope or key), MA_EIO. */
+int ma_store_idem_put(ma_store *st, const ma_store_idem *k, char *err, size_t errlen);
+
+/* ma_store_session_create and ma_store_session_delete with the record `k` (NULL: none) written in the
+ * same transaction as the change. */
+int ma_store_session_create_idem(ma_store *st, const char *id, const char *config_json, int64_t now,
+                                 const ma_store_idem *k, char *err, size_t errlen);
+int ma_store_session_delete_idem(ma_store *st, const char *id, const ma_store_idem *k, char *err, size_t errlen);
 
 /* One mutation of a session, committed in one transaction (deleted content is overwritten: the writer runs
  * with secure_delete, and a commit that erases payloads then truncates the WAL):
@@ -135,7 +181,8 @@ typedef struct {
  *     floats, payloads: n JSON texts or NULLs; payloads may be NULL as a whole),
  *   - the new blobs (a NULL data pointer leaves that blob as it was),
  *   - slot version rows (n_slot_rows of slot_rows),
- *   - length, resident slot count and updated_at. */
+ *   - length, resident slot count and updated_at,
+ *   - the request's Idempotency-Key record (idem, may be NULL; see ma_store_idem above). */
 typedef struct {
     uint64_t first_event;
     size_t n_events;
@@ -150,6 +197,7 @@ typedef struct {
     size_t n_erase;
     const ma_store_slot_row *slot_rows;   /* slot version rows to write (new ones, or rewrites) */
     size_t n_slot_rows;
+    const ma_store_idem *idem;        /* the request's Idempotency-Key record, written with it (NULL: none) */
 } ma_store_delta;
 
 int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen);

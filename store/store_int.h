@@ -6,7 +6,8 @@
  *                    runtime reads and writes of store.h, backup, stats;
  *   store/schema.c   the schema as a list of migrations (creation is migration 0 -> 1), the upgrades of
  *                    older files, and the integrity checks run at open;
- *   store/transfer.c one session as a snapshot stream: export and import.
+ *   store/transfer.c one session as a snapshot stream: export and import;
+ *   store/idem.c     the Idempotency-Key records written with the changes (docs/STORE.md).
  * Internal functions are prefixed st_. Every one that fails writes a message "store <file>: ..." into
  * err (when err is not NULL) and returns an MA_E* code (core/error.h).
  */
@@ -22,7 +23,7 @@
 
 #include "store/store.h"
 
-#define MA_SCHEMA       3
+#define MA_SCHEMA       4
 #define BLOCK           64              /* events per row of event_blocks (part of the schema) */
 #define MA_APP_ID       0x6D41744E      /* 'mAtN' */
 #define MAX_READERS     16
@@ -35,6 +36,7 @@ enum {
     ST_SID, ST_INSERT_SESSION, ST_PUT_BLOCK, ST_GET_BLOCK, ST_PUT_PAYLOAD, ST_PUT_BLOB, ST_UPDATE_SESSION,
     ST_DELETE_SESSION, ST_LOAD_SESSION, ST_LOAD_BLOBS, ST_BLOB_SIZES, ST_LIST, ST_BLOCKS, ST_PAYLOADS, ST_PAYLOAD,
     ST_ERASE_PAYLOAD, ST_PUT_SLOT_ROW, ST_SLOT_ROW_SIZE, ST_SLOT_ROWS,
+    ST_IDEM_PUT, ST_IDEM_PRUNE_SCOPE, ST_IDEM_PRUNE_AGE, ST_IDEM_GET,   /* store/idem.c */
     N_STMTS
 };
 
@@ -119,6 +121,10 @@ int st_put_payload(ma_store *st, conn *c, int64_t sid, uint64_t idx, const char 
 /* Writes (or replaces) the slot version row (name, version) of session sid. */
 int st_put_slot_row(ma_store *st, conn *c, int64_t sid, const char *name, int name_len, uint64_t version,
                     const void *data, size_t len, char *err, size_t errlen);
+/* ---- idem.c: Idempotency-Key records ---- */
+
+/* Writes record k (and applies its window) inside the writer's open transaction. 0 or MA_EINVAL / MA_EIO. */
+int st_idem_write(ma_store *st, conn *c, const ma_store_idem *k, char *err, size_t errlen);
 
 /* ---- schema.c: schema, upgrades, integrity ---- */
 

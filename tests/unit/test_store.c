@@ -35,7 +35,7 @@
 #include "registry/pager.h"
 #include "registry/params_text.h"
 #include "store/store.h"
-#include "store/store_int.h"   /* MA_SCHEMA */
+#include "store/store_int.h"   /* MA_SCHEMA: the version a file is upgraded to */
 #include "tests/support/store_fault.h"
 
 #define KF 8    /* floats per key (H·d) */
