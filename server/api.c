@@ -140,11 +140,17 @@ static int job_codec_fail(job *j, const codec_error *e)
 }
 
 /* A failure of the store (through the registry): 503 storage_error with the store's message, whatever
- * the code, except out of memory (503 overloaded). */
+ * the code, except out of memory (503 overloaded) and the memory budget's refusals: a session larger than
+ * the budget (422 session_too_large) and no room while every loaded session is in use (503 overloaded;
+ * Retry-After comes with every 503). */
 static int job_store_fail(job *j, int rc, const char *what, const char *msg)
 {
     if (rc == MA_ENOMEM)
         return job_error(j, rc, NULL, "%s: out of memory", what);
+    if (rc == MA_ETOOBIG)
+        return job_error(j, rc, NULL, "%s: %s", what, msg && *msg ? msg : ma_strerror(rc));
+    if (rc == MA_EBUSY)
+        return job_fail(j, 503, "overloaded", "%s: %s", what, msg && *msg ? msg : ma_strerror(rc));
     return job_error(j, MA_EIO, NULL, "%s: %s", what, msg && *msg ? msg : ma_strerror(rc));
 }
 
