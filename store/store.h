@@ -45,7 +45,11 @@ int ma_store_open(const char *dir, ma_store **out, char *err, size_t errlen);
  * quick_check: run PRAGMA quick_check at open (default true).
  * max_pages: > 0 caps the database at that many pages (PRAGMA max_page_count: a full disk, for tests).
  * vfs: the name of a registered sqlite VFS to open the file through (NULL: sqlite's default). The
- *   string must outlive the store. Tests pass the fault-injection shim's (tests/support/store_fault.h). */
+ *   string must outlive the store. Tests pass the fault-injection shim's (tests/support/store_fault.h).
+ * no_row_checksums: the checksum of every event block and payload row is written and checked unless this
+ *   is set (docs/STORE.md, "Row checksums"). For benchmarks measuring their cost only: rows are written
+ *   without one, nothing is checked, and such a store reads back only with it set (else every such row is
+ *   corrupt). */
 enum { MA_STORE_SYNC_FULL = 0, MA_STORE_SYNC_NORMAL = 1 };
 typedef struct {
     int synchronous;
@@ -53,6 +57,7 @@ typedef struct {
     int quick_check;
     long long max_pages;
     const char *vfs;
+    int no_row_checksums;
 } ma_store_options;
 
 void ma_store_options_default(ma_store_options *o);
