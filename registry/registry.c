@@ -362,7 +362,9 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
         };
         rc = ma_session_restore(&s->params, &saved, &core);
         if (rc) {
-            snprintf(err, errlen, "session %s: cannot restore the stored state: %s", s->id, ma_strerror(rc));
+            /* A page-in that failed (a damaged row, an I/O error) says which row. */
+            const char *why_pg = atomic_load(&s->pager.failed) ? s->pager.err : ma_strerror(rc);
+            snprintf(err, errlen, "session %s: cannot restore the stored state: %s", s->id, why_pg);
             goto done;
         }
         s->blobs_stored = true;
@@ -598,6 +600,11 @@ int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
 size_t reg_session_footprint(const reg_registry *r, const ma_params *p)
 {
     return ma_session_footprint(p, cache_chunks_for(r, p), NULL);
+}
+
+const char *reg_read_error(reg_session *s)
+{
+    return atomic_load(&s->pager.failed) ? s->pager.err : NULL;
 }
 
 ma_session *reg_core(reg_session *s) { return s->core; }

@@ -109,6 +109,10 @@ int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen);
  * the budget is refused (MA_ETOOBIG) by reg_create_session and reg_acquire. Any thread. */
 size_t reg_session_footprint(const reg_registry *r, const ma_params *p);
 
+/* The store's message of the first failed page-in (archive chunk or payload) of the acquired session s, or
+ * NULL: what a read that failed with a store error (MA_ECORRUPT, MA_EIO) met. */
+const char *reg_read_error(reg_session *s);
+
 /* Accessors of an acquired session. */
 ma_session *reg_core(reg_session *s);
 const ma_params *reg_params(const reg_session *s);

@@ -91,6 +91,7 @@ typedef struct {
     char *out;                        /* response body (JSON text), cJSON-allocated */
     char etag[40];                    /* "\"<version>\"" for slot answers, "\"s-<hash>\"" for a session, "" if none */
     char location[320];               /* Location of a created session or slot, "" if none */
+    reg_session *sess;                /* the session acquire() gave (while the job holds it) */
 } job;
 
 /* ---- small helpers --------------------------------------------------------------------------- */
@@ -217,10 +218,12 @@ static void embed(const char *text, size_t len, int dim, float *out)
 
 static int acquire(job *j, reg_session **s)
 {
-    char err[256] = "";
+    char err[512] = "";
     int rc = reg_acquire(j->api->reg, j->id, s, err, sizeof err);
-    if (rc == 0)
+    if (rc == 0) {
+        j->sess = *s;
         return 0;
+    }
     if (rc == MA_ENOTFOUND)
         return job_error(j, rc, "no_session", "session %s does not exist", j->id);
     return job_store_fail(j, rc, "loading the session", err);
@@ -230,6 +233,8 @@ static void release(job *j, reg_session *s)
 {
     if (s)
         reg_release(j->api->reg, s);
+    if (s == j->sess)
+        j->sess = NULL;
 }
 
 static int commit(job *j, reg_session *s, const reg_change *c)
@@ -255,7 +260,7 @@ static int slot_error(job *j, int rc)
     case MA_EFULL:      return job_error(j, rc, NULL, "every resident slot is protected; unprotect or evict one first");
     case MA_EINVAL:     return job_error(j, rc, NULL, "slot %s: invalid input", j->name);
     case MA_ENOMEM:     return job_error(j, rc, NULL, "out of memory");
-    default:            return job_store_fail(j, rc, "reading the archive", NULL);
+    default:            return job_store_fail(j, rc, "reading the archive", j->sess ? reg_read_error(j->sess) : NULL);
     }
 }
 
@@ -452,7 +457,7 @@ static int query_error(job *j, cJSON *out, size_t i, const ma_query *q, int qrc)
         code = "bad_request";
         break;
     default:
-        return job_store_fail(j, qrc, "reading the archive", NULL);
+        return job_store_fail(j, qrc, "reading the archive", j->sess ? reg_read_error(j->sess) : NULL);
     }
     if (codec_results_add_error(out, qrc == MA_EINVAL ? 400 : 404, code, msg))
         return job_error(j, MA_ENOMEM, NULL, "out of memory");

@@ -357,7 +357,7 @@ int st_block_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, ui
         return 0;
     if (!sum_matches(s, ck_col, st_block_sum(block, n, k, klen, v, vlen))) {
         st_seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 " (events %" PRIu64 "..%" PRIu64
-                  "): %s; the stored row is damaged and is not served", st->path, id, block,
+                  "): %s (a damaged row: not served)", st->path, id, block,
                   block * BLOCK, block * BLOCK + n - 1,
                   sqlite3_column_type(s, ck_col) == SQLITE_NULL ? "no checksum" : "checksum mismatch");
         return MA_ECORRUPT;
@@ -375,8 +375,8 @@ int st_payload_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, 
 {
     if (st->opt.no_row_checksums || sum_matches(s, ck_col, st_payload_sum(idx, text, len)))
         return 0;
-    st_seterr(err, errlen, "store %s: session '%s' payload of event %" PRIu64 ": %s; the stored row is damaged "
-              "and is not served", st->path, id, idx,
+    st_seterr(err, errlen, "store %s: session '%s' payload of event %" PRIu64 ": %s (a damaged row: not served)",
+              st->path, id, idx,
               sqlite3_column_type(s, ck_col) == SQLITE_NULL ? "no checksum" : "checksum mismatch");
     return MA_ECORRUPT;
 }
