@@ -28,19 +28,21 @@ static inline uint64_t load_le64(const unsigned char *p)
 uint64_t ma_checksum64(uint64_t seed, const void *data, size_t n)
 {
     const unsigned char *p = data;
-    uint64_t h0 = seed, h1 = seed ^ MA_FNV_PRIME, h2 = seed ^ (2 * MA_FNV_PRIME), h3 = seed ^ (3 * MA_FNV_PRIME);
+    uint64_t h[8];
+    for (int j = 0; j < 8; j++)
+        h[j] = seed ^ ((uint64_t)j * MA_FNV_PRIME);
     size_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        h0 = word_step(h0, load_le64(p + i));
-        h1 = word_step(h1, load_le64(p + i + 8));
-        h2 = word_step(h2, load_le64(p + i + 16));
-        h3 = word_step(h3, load_le64(p + i + 24));
-    }
+    for (; i + 64 <= n; i += 64)
+        for (int j = 0; j < 8; j++)
+            h[j] = word_step(h[j], load_le64(p + i + 8 * (size_t)j));
     for (; i + 8 <= n; i += 8)
-        h0 = word_step(h0, load_le64(p + i));
+        h[0] = word_step(h[0], load_le64(p + i));
     for (; i < n; i++)
-        h0 = ma_fnv1a64_byte(h0, p[i]);
-    return word_step(word_step(word_step(h0, h1), h2), h3);
+        h[0] = ma_fnv1a64_byte(h[0], p[i]);
+    uint64_t r = h[0];
+    for (int j = 1; j < 8; j++)
+        r = word_step(r, h[j]);
+    return r;
 }
 
 uint64_t ma_fnv1a64(const void *data, size_t n)
