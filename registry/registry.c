@@ -543,16 +543,19 @@ void reg_release(reg_registry *r, reg_session *s)
     for (reg_session *c = r->lru_tail; c && over_budget(r); c = c->prev)
         if (c->refs == 0 && c->core && !c->emptied) {
             ma_archive *a = ma_session_archive(c->core);
+            /* What is dropped from RAM is core's count before and after (the charge may not move: it
+             * never goes below the footprint, which includes a full cache). */
+            size_t held = measure(c->core);
             ma_archive_release(a);
             /* Setting the same source again empties the cache (no reader runs: refs == 0). */
             if (ma_archive_set_source(a, reg_pager_chunks(&c->pager), c->cache_chunks) == 0)
                 c->emptied = true;
             c->paged = true;
-            size_t before = c->bytes;
             remeasure(r, c);
-            if (c->bytes < before) {
-                r->paged_out_bytes += before - c->bytes;
-                trim |= freed(r, before - c->bytes);
+            size_t now_held = measure(c->core);
+            if (now_held < held) {
+                r->paged_out_bytes += held - now_held;
+                trim |= freed(r, held - now_held);
             }
         }
     for (reg_session *c = r->lru_tail, *prev; c && over_budget(r); c = prev) {
