@@ -908,6 +908,24 @@ size_t ma_archive_bytes(const ma_archive *a)
     return b;
 }
 
+size_t ma_archive_footprint(const ma_params *p, size_t cache_chunks)
+{
+    const size_t kf = (size_t)p->heads * (size_t)p->dim, vf = (size_t)p->heads * (size_t)p->value_dim;
+    const size_t chunk_data = (size_t)p->chunk * (kf + vf) * sizeof(float);
+    size_t b = sizeof(ma_archive) + kf * sizeof(double) + 16 * sizeof(chunk) + chunk_data;
+    if (p->selector == MA_SELECTOR_CHUNKS)
+        b += 3 * 16 * kf * sizeof(float);
+    if (p->selector == MA_SELECTOR_INDEX)
+        b += ma_ivf_footprint(p->heads, p->dim);
+    if (cache_chunks) {
+        size_t alloc = 8;
+        while (alloc < cache_chunks)
+            alloc *= 2;
+        b += sizeof(ccache) + alloc * sizeof(centry *) + cache_chunks * (chunk_data + sizeof(centry));
+    }
+    return b;
+}
+
 size_t ma_archive_bytes_total(const ma_archive *a)
 {
     return (size_t)a->length * (a->kf + a->vf) * sizeof(float);

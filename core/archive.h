@@ -117,6 +117,14 @@ void ma_archive_set_chunk_score(ma_archive *a, ma_chunk_score s);
 size_t ma_archive_bytes(const ma_archive *a);
 size_t ma_archive_bytes_total(const ma_archive *a);
 
+/* The part of ma_archive_bytes an archive for p holds whatever its length, once its chunks are paged
+ * (a source set with cache_chunks entries; 0: no source): the handle, the chunk table's first
+ * allocation (16 chunks, with their summaries for the chunks selector), the last chunk at its full C
+ * events, a full chunk cache, and the index's fixed part (ma_ivf_footprint). What grows with the length
+ * (owned sealed chunks until they are paged out, the table and summaries beyond 16 chunks, the index's
+ * lists and centroids, event masks) is counted by ma_archive_bytes when measured. p valid. */
+size_t ma_archive_footprint(const ma_params *p, size_t cache_chunks);
+
 /* --- paging and persistence (used by the session registry; the chunk source is store/'s pager) --- */
 
 /* Sets the source of non-resident chunks and the number of chunks to cache (>= 1). With a source set,

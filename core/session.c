@@ -656,6 +656,18 @@ size_t ma_session_bytes(const ma_session *s)
            s->plcap * sizeof *s->pl + s->pl_bytes;
 }
 
+size_t ma_session_footprint(const ma_params *p, size_t cache_chunks, ma_footprint *parts)
+{
+    ma_footprint f = {
+        .backbone = ma_backbone_footprint(p),
+        .slots = ma_slots_footprint(p->heads, p->dim, p->value_dim, p->slots),
+        .archive = ma_archive_footprint(p, cache_chunks),
+    };
+    if (parts)
+        *parts = f;
+    return sizeof(ma_session) + f.backbone + f.slots + f.archive;
+}
+
 void ma_session_counts_get(const ma_session *s, ma_session_counts *c)
 {
     c->length = ma_archive_length(s->ar);

@@ -200,6 +200,21 @@ typedef struct {
 int ma_session_stats_get(const ma_session *s, ma_session_stats *st);
 void ma_session_stats_clear(ma_session_stats *st);
 
+/* A session's fixed footprint: what a session of config p holds, at most, whatever its length, with
+ * its archive paged through a source caching cache_chunks chunks (0: no source) — the backbone state,
+ * the slot table at capacity (one version per slot, payloads not counted), the archive's last chunk
+ * full, the chunk cache full, the index's pending keys at their bound, and the handles. What grows
+ * with use is not in it: sealed chunks not yet paged out, summaries and index lists per event, event
+ * masks, slot history, payload texts (ma_session_bytes counts them when measured). Nor is what a
+ * request allocates for its duration (decoded bodies, read results, an index rebuild's scratch). The
+ * server's registry refuses a session whose footprint exceeds its memory budget and reserves it before
+ * creating or loading one. p must be valid (ma_params_validate). tests/unit/test_footprint.c checks it
+ * against the allocator's count. parts (may be NULL) gets the three components. */
+typedef struct {
+    size_t backbone, slots, archive;
+} ma_footprint;
+size_t ma_session_footprint(const ma_params *p, size_t cache_chunks, ma_footprint *parts);
+
 /* ma_session_stats.bytes alone: no allocation, no arithmetic over the state (the server's registry
  * re-measures a session at every release). May run alongside reads (the chunk cache is locked), not
  * alongside mutations. */

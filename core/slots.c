@@ -524,6 +524,19 @@ size_t ma_slots_bytes(const ma_slots *s)
     return s->bytes;
 }
 
+size_t ma_slots_footprint(int heads, int dim, int value_dim, int capacity)
+{
+    const size_t kn = (size_t)heads * (size_t)dim, vn = (size_t)heads * (size_t)value_dim, M = (size_t)capacity;
+    size_t nb = 16;
+    while (nb <= M)   /* grow_buckets doubles once the records reach the buckets */
+        nb *= 2;
+    /* A record's version array: a verb reserves 2 entries, a batch's write 3 (capacity 4). */
+    size_t rec_bytes = sizeof(rec) + MA_MAX_NAME + 1 + 4 * sizeof(slot_ver) + (kn + vn) * sizeof(float);
+    /* reserve_resident: capacities 8, 16, ... capped at the capacity */
+    size_t row_bytes = sizeof(rec *) + kn * sizeof(float) + (size_t)heads * sizeof(double);
+    return sizeof(ma_slots) + nb * sizeof(rec *) + M * (rec_bytes + row_bytes);
+}
+
 /* ---- verbs ------------------------------------------------------------------------------------ */
 
 int ma_slots_put(ma_slots *s, const ma_slot_write *w, bool create_only, uint64_t explicit_version,

@@ -103,6 +103,12 @@ size_t ma_slots_resident(const ma_slots *s);
 /* Bytes held: records, every version's key, value and payload, the resident index. */
 size_t ma_slots_bytes(const ma_slots *s);
 
+/* An upper bound of ma_slots_bytes for a table at capacity whose resident slots have one version each
+ * (names of MA_MAX_NAME characters), payloads not counted: the slot table's part of a session's fixed
+ * footprint (ma_session_footprint). History (older versions, evicted names) and payload texts grow with
+ * use and are counted when measured. Arguments as ma_slots_create's (valid). */
+size_t ma_slots_footprint(int heads, int dim, int value_dim, int capacity);
+
 /* One write: what a slot verb or an event with a write signal asks for. The module copies everything. */
 typedef struct {
     const char *name;

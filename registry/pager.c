@@ -34,7 +34,7 @@ static int failure(reg_pager *pg, int rc, const char *msg)
 static int load_chunk(void *ctx, uint32_t chunk, float *k, float *v, size_t n)
 {
     reg_pager *pg = ctx;
-    char err[256] = "";
+    char err[512] = "";
     if (pg->chunk_loads)
         atomic_fetch_add_explicit(pg->chunk_loads, 1, memory_order_relaxed);
     int rc = ma_store_load_events(pg->store, pg->id, (uint64_t)chunk * pg->chunk, n, pg->k_floats, pg->v_floats,
@@ -45,7 +45,7 @@ static int load_chunk(void *ctx, uint32_t chunk, float *k, float *v, size_t n)
 static int load_payload(void *ctx, uint64_t event, char **payload)
 {
     reg_pager *pg = ctx;
-    char err[256] = "";
+    char err[512] = "";
     int rc = ma_store_load_payload(pg->store, pg->id, event, payload, err, sizeof err);
     return rc ? failure(pg, rc, err) : 0;
 }

@@ -33,7 +33,7 @@ typedef struct {
     size_t k_floats, v_floats;        /* floats per event: H·d, H·d_v */
     atomic_uint_fast64_t *chunk_loads;   /* optional: counts chunks read (NULL: not counted) */
     atomic_int failed;                /* set by the first failure, which wrote err */
-    char err[256];
+    char err[512];
 } reg_pager;
 
 /* Sets pg up for session `id` of config p in store st; chunk_loads may be NULL. */

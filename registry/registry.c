@@ -30,7 +30,10 @@ struct reg_session {
     ma_params params;
     ma_session *core;           /* NULL until loaded */
     int64_t created_at, updated_at;
-    size_t bytes;               /* resident bytes as last measured (under reg->mu) */
+    size_t bytes;               /* what it counts against the budget (under reg->mu): its resident bytes as
+                                   last measured, at least its footprint; while it loads, the footprint
+                                   reserved for it */
+    size_t footprint;           /* ma_session_footprint of its params and chunk cache (0: not known yet) */
     bool blobs_stored;          /* the store row holds all three blobs (else the next commit writes all) */
     uint64_t meta_gen;          /* ma_archive_meta_generation of the stored archive blob */
     bool stale;                 /* in-memory state may differ from the store: drop at last release */
@@ -225,23 +228,102 @@ static size_t cache_chunks_for(const reg_registry *r, const ma_params *p)
     return n;
 }
 
+/* What a loaded session counts against the budget: what it holds, and never less than its fixed
+ * footprint (what it may come to hold without growing: the slot table fills, the last chunk fills, the
+ * chunk cache fills), so that the sessions admitted under the budget cannot outgrow it by using what they
+ * were admitted with. */
+static size_t charge(const reg_session *s, ma_session *core)
+{
+    size_t bytes = measure(core);
+    return bytes > s->footprint ? bytes : s->footprint;
+}
+
 /* Re-measures the resident bytes of s (caller holds mu; s is loaded and not being mutated). */
 static void remeasure(reg_registry *r, reg_session *s)
 {
-    size_t bytes = measure(s->core);
+    size_t bytes = charge(s, s->core);
     if (s->linked)
         r->bytes = r->bytes - s->bytes + bytes;
     s->bytes = bytes;
 }
 
-/* A fresh core for s->params whose archive pages sealed chunks through the store. */
-static int fresh_core(reg_registry *r, reg_session *s, ma_session **out)
+static bool freed(reg_registry *r, size_t bytes);
+static void free_dropped(reg_session *drop, bool trim);
+
+/* s->params is set: its chunk cache and fixed footprint (what admit() reserves). */
+static void size_session(reg_registry *r, reg_session *s, ma_footprint *parts)
+{
+    s->cache_chunks = cache_chunks_for(r, &s->params);
+    s->footprint = ma_session_footprint(&s->params, s->cache_chunks, parts);
+}
+
+/* Admission under the budget, before session s (s->footprint known) is created or loaded: reserves its
+ * footprint in r->bytes — in s->bytes too when s is in the map (a load), else the caller hands the
+ * reservation to s when it links it (a create) — so that parallel admissions cannot together exceed the
+ * budget. Makes room by unloading unused sessions, least recently used first (freed before the new session
+ * allocates anything). MA_ETOOBIG when the footprint alone exceeds the budget; MA_EBUSY when the sessions in
+ * use by running jobs leave no room (the caller answers 503 with Retry-After). Without a budget it only
+ * reserves. */
+static int admit(reg_registry *r, reg_session *s, const ma_footprint *parts, char *err, size_t errlen)
+{
+    const size_t budget = r->opt.memory_budget, need = s->footprint;
+    reg_session *drop = NULL;
+    bool trim = false, ok;
+    size_t busy;
+    if (budget && need > budget) {
+        snprintf(err, errlen, "session %s needs %zu bytes of memory (its fixed footprint: backbone %zu, slot "
+                 "table at capacity %zu, archive %zu) but the memory budget (--memory) is %zu bytes", s->id, need,
+                 parts->backbone, parts->slots, parts->archive, budget);
+        return MA_ETOOBIG;
+    }
+    pthread_mutex_lock(&r->mu);
+    for (reg_session *c = r->lru_tail, *prev; budget && c && r->bytes + need > budget; c = prev) {
+        prev = c->prev;
+        if (c == s || c->refs > 0 || !c->core)
+            continue;
+        unlink_session(r, c);
+        trim |= freed(r, c->bytes);
+        c->hnext = drop;
+        drop = c;
+    }
+    busy = r->bytes;
+    ok = !budget || busy + need <= budget;
+    if (ok) {
+        r->bytes += need;
+        if (s->linked)
+            s->bytes += need;
+    }
+    pthread_mutex_unlock(&r->mu);
+    free_dropped(drop, trim);
+    if (!ok) {
+        snprintf(err, errlen, "session %s needs %zu bytes of memory; %zu of the memory budget's %zu bytes are "
+                 "held by sessions that running requests use; retry in a moment", s->id, need, busy, budget);
+        return MA_EBUSY;
+    }
+    return 0;
+}
+
+/* Gives back what admit() reserved for s when its create or load failed (s->bytes for a session in the map,
+ * `floating` for one that is not). */
+static void unadmit(reg_registry *r, reg_session *s, size_t floating)
+{
+    pthread_mutex_lock(&r->mu);
+    if (s->linked) {
+        r->bytes -= s->bytes;
+        s->bytes = 0;
+    } else {
+        r->bytes -= floating;
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* A fresh core for s->params (s->cache_chunks set) whose archive pages sealed chunks through the store. */
+static int fresh_core(reg_session *s, ma_session **out)
 {
     ma_session *core;
     int rc = ma_session_create(&s->params, &core);
     if (rc)
         return rc;
-    s->cache_chunks = cache_chunks_for(r, &s->params);
     if ((rc = ma_archive_set_source(ma_session_archive(core), reg_pager_chunks(&s->pager), s->cache_chunks)) != 0) {
         ma_session_destroy(core);
         return rc;
@@ -255,6 +337,8 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
 {
     ma_store_session row = {0};
     ma_session *core = NULL;
+    ma_footprint parts;
+    bool admitted = false;
     char why[256];
     int rc = ma_store_session_load(r->opt.store, s->id, &row, err, errlen);
     if (rc)
@@ -263,15 +347,18 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
         snprintf(err, errlen, "session %s: stored config is invalid: %s", s->id, why);
         goto done;
     }
+    size_session(r, s, &parts);
+    if ((rc = admit(r, s, &parts, err, errlen)) != 0)
+        goto done;
+    admitted = true;
     pager_init(r, s);
     if (row.backbone.len == 0) {
         /* created but never mutated: nothing to restore */
-        if ((rc = fresh_core(r, s, &core)) != 0) {
+        if ((rc = fresh_core(s, &core)) != 0) {
             snprintf(err, errlen, "session %s: %s", s->id, ma_strerror(rc));
             goto done;
         }
     } else {
-        s->cache_chunks = cache_chunks_for(r, &s->params);
         ma_session_saved saved = {
             row.backbone.data, row.backbone.len, row.slots_blob.data, row.slots_blob.len,
             row.archive_meta.data, row.archive_meta.len, reg_pager_chunks(&s->pager), s->cache_chunks,
@@ -279,7 +366,9 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
         };
         rc = ma_session_restore(&s->params, &saved, &core);
         if (rc) {
-            snprintf(err, errlen, "session %s: cannot restore the stored state: %s", s->id, ma_strerror(rc));
+            /* A page-in that failed (a damaged row, an I/O error) says which row. */
+            const char *why_pg = atomic_load(&s->pager.failed) ? s->pager.err : ma_strerror(rc);
+            snprintf(err, errlen, "session %s: cannot restore the stored state: %s", s->id, why_pg);
             goto done;
         }
         s->blobs_stored = true;
@@ -288,19 +377,21 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
     }
     s->created_at = row.created_at;
     s->updated_at = row.updated_at;
-    size_t bytes = measure(core);
+    size_t bytes = charge(s, core);
     pthread_mutex_lock(&r->mu);
     s->core = core;
-    s->bytes = bytes;
-    if (s->linked) {
-        r->bytes += bytes;
+    if (s->linked) {   /* r->bytes holds the reservation, s->bytes */
+        r->bytes = r->bytes - s->bytes + bytes;
         r->loaded++;
         r->loads++;
     }
+    s->bytes = bytes;
     pthread_mutex_unlock(&r->mu);
     core = NULL;
 done:
     ma_session_destroy(core);
+    if (rc && admitted)
+        unadmit(r, s, 0);
     ma_store_session_clear(&row);
     return rc;
 }
@@ -357,6 +448,8 @@ int reg_create_session_idem(reg_registry *r, const char *id, const ma_params *p,
     reg_session *s;
     ma_store_idem ki = k ? store_idem(r, k, now) : (ma_store_idem){0};
     char *cfg_text = NULL;
+    ma_footprint parts;
+    size_t reserved = 0;
     int rc;
 
     pthread_mutex_lock(&r->mu);
@@ -372,7 +465,11 @@ int reg_create_session_idem(reg_registry *r, const char *id, const ma_params *p,
     s->params = *p;
     pager_init(r, s);
     s->created_at = s->updated_at = now;
-    if ((rc = fresh_core(r, s, &s->core)) != 0) {
+    size_session(r, s, &parts);
+    if ((rc = admit(r, s, &parts, err, errlen)) != 0)
+        goto fail;
+    reserved = s->footprint;
+    if ((rc = fresh_core(s, &s->core)) != 0) {
         snprintf(err, errlen, "cannot create the session: %s", ma_strerror(rc));
         goto fail;
     }
@@ -383,7 +480,7 @@ int reg_create_session_idem(reg_registry *r, const char *id, const ma_params *p,
     }
     if ((rc = ma_store_session_create_idem(r->opt.store, id, cfg_text, now, k ? &ki : NULL, err, errlen)) != 0)
         goto fail;
-    s->bytes = measure(s->core);
+    s->bytes = charge(s, s->core);
     s->refs = 1;
     pthread_mutex_lock(&r->mu);
     /* An entry for id may be in the map without a core: a failed or concurrent load of a missing id.
@@ -394,7 +491,7 @@ int reg_create_session_idem(reg_registry *r, const char *id, const ma_params *p,
     else
         old = NULL;
     link_session(r, s);
-    r->bytes += s->bytes;
+    r->bytes = r->bytes - reserved + s->bytes;   /* the reservation becomes the session's charge */
     r->loaded++;
     r->loads++;
     pthread_mutex_unlock(&r->mu);
@@ -403,6 +500,8 @@ int reg_create_session_idem(reg_registry *r, const char *id, const ma_params *p,
     *out = s;
     return 0;
 fail:
+    if (reserved)
+        unadmit(r, s, reserved);
     free(cfg_text);
     session_free(s);
     return rc;
@@ -465,16 +564,19 @@ void reg_release(reg_registry *r, reg_session *s)
     for (reg_session *c = r->lru_tail; c && over_budget(r); c = c->prev)
         if (c->refs == 0 && c->core && !c->emptied) {
             ma_archive *a = ma_session_archive(c->core);
+            /* What is dropped from RAM is core's count before and after (the charge may not move: it
+             * never goes below the footprint, which includes a full cache). */
+            size_t held = measure(c->core);
             ma_archive_release(a);
             /* Setting the same source again empties the cache (no reader runs: refs == 0). */
             if (ma_archive_set_source(a, reg_pager_chunks(&c->pager), c->cache_chunks) == 0)
                 c->emptied = true;
             c->paged = true;
-            size_t before = c->bytes;
             remeasure(r, c);
-            if (c->bytes < before) {
-                r->paged_out_bytes += before - c->bytes;
-                trim |= freed(r, before - c->bytes);
+            size_t now_held = measure(c->core);
+            if (now_held < held) {
+                r->paged_out_bytes += held - now_held;
+                trim |= freed(r, held - now_held);
             }
         }
     for (reg_session *c = r->lru_tail, *prev; c && over_budget(r); c = prev) {
@@ -523,6 +625,16 @@ int reg_delete_idem(reg_registry *r, const char *id, const reg_idem *k, int64_t 
         drop->hnext = NULL;
     free_dropped(drop, trim);
     return 0;
+}
+
+size_t reg_session_footprint(const reg_registry *r, const ma_params *p)
+{
+    return ma_session_footprint(p, cache_chunks_for(r, p), NULL);
+}
+
+const char *reg_read_error(reg_session *s)
+{
+    return atomic_load(&s->pager.failed) ? s->pager.err : NULL;
 }
 
 ma_session *reg_core(reg_session *s) { return s->core; }

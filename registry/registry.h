@@ -9,8 +9,14 @@
  * The registry is a cache of loaded sessions in front of the store. A session is loaded on first use
  * (ma_session_restore over the stored blobs, with the archive's chunks and the events' payloads paged
  * from the store), reference-counted while a job uses it, and kept resident while the resident bytes of
- * all loaded sessions fit the memory budget (--memory). Resident bytes are what core counts
- * (ma_session_stats.bytes: backbone, slots, archive with its chunk cache and index, payloads), re-measured whenever a job releases the session. Over budget, unused
+ * all loaded sessions fit the memory budget (--memory). What a session counts against the budget is what
+ * core counts (ma_session_stats.bytes: backbone, slots, archive with its chunk cache and index, payloads),
+ * re-measured whenever a job releases the session, and never less than its fixed footprint
+ * (ma_session_footprint: the backbone, the slot table at capacity, a full last chunk and chunk cache, the
+ * index's fixed part), so that sessions cannot outgrow the budget by filling what they hold. Admission:
+ * before a session is created or loaded its footprint is reserved, unloading unused sessions to make room;
+ * a session whose footprint exceeds the budget is refused (MA_ETOOBIG), and one that finds every other
+ * loaded session in use is refused for now (MA_EBUSY). Over budget, unused
  * sessions first have their archive chunks paged out and their chunk caches emptied (they keep answering,
  * reading chunks back through a small cache), then are unloaded, least recently used first; freed memory
  * is handed back to the OS (malloc_trim). Neither loses anything: every mutation was committed before it
@@ -83,11 +89,16 @@ void reg_observe_commits(reg_registry *r, reg_commit_fn fn, void *ctx);
 
 /* Gets the session `id`, loading it from the store if needed, and takes a reference (release with
  * reg_release). MA_ENOTFOUND if the store has no such session; MA_ECORRUPT / MA_EIO / MA_ENOMEM when
- * loading fails (err says why). */
+ * loading fails (err says why). Loading is admitted under the budget first (see reg_create_session):
+ * MA_ETOOBIG, MA_EBUSY. */
 int reg_acquire(reg_registry *r, const char *id, reg_session **out, char *err, size_t errlen);
 
 /* Creates session `id` with config p: durably in the store first, then in memory; returns it acquired.
- * MA_EEXISTS if the id exists (loaded or stored), MA_EIO, MA_ENOMEM. */
+ * MA_EEXISTS if the id exists (loaded or stored), MA_EIO, MA_ENOMEM. With a budget, the session is admitted
+ * first: its footprint (reg_session_footprint) is reserved before anything is allocated, unloading unused
+ * sessions least recently used first to make room; MA_ETOOBIG (nothing done) when the footprint alone
+ * exceeds the budget, MA_EBUSY when the sessions in use by other jobs leave no room (err gives the
+ * figures). */
 int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int64_t now, reg_session **out,
                        char *err, size_t errlen);
 
@@ -138,6 +149,15 @@ void reg_release(reg_registry *r, reg_session *s);
 /* Deletes session `id` from the store (durably) and unloads it. MA_ENOTFOUND, MA_EIO. The caller must
  * hold no reference to it. */
 int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen);
+
+/* What a session of config p counts against the memory budget at least: core's fixed footprint
+ * (ma_session_footprint) with the chunk cache this registry gives it. A session whose footprint exceeds
+ * the budget is refused (MA_ETOOBIG) by reg_create_session and reg_acquire. Any thread. */
+size_t reg_session_footprint(const reg_registry *r, const ma_params *p);
+
+/* The store's message of the first failed page-in (archive chunk or payload) of the acquired session s, or
+ * NULL: what a read that failed with a store error (MA_ECORRUPT, MA_EIO) met. */
+const char *reg_read_error(reg_session *s);
 
 /* Accessors of an acquired session. */
 ma_session *reg_core(reg_session *s);

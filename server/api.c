@@ -105,6 +105,7 @@ typedef struct {
     bool idem_stored;                 /* the key and this answer are committed */
     bool replayed;                    /* the answer is the stored one of an earlier request with the key */
     char pool_key[SRV_IDEM_KEY_MAX + 32];  /* the worker pool's ordering key when not the session id */
+    reg_session *sess;                /* the session acquire() gave (while the job holds it) */
 } job;
 
 /* ---- small helpers --------------------------------------------------------------------------- */
@@ -154,11 +155,17 @@ static int job_codec_fail(job *j, const codec_error *e)
 }
 
 /* A failure of the store (through the registry): 503 storage_error with the store's message, whatever
- * the code, except out of memory (503 overloaded). */
+ * the code, except out of memory (503 overloaded) and the memory budget's refusals: a session larger than
+ * the budget (422 session_too_large) and no room while every loaded session is in use (503 overloaded;
+ * Retry-After comes with every 503). */
 static int job_store_fail(job *j, int rc, const char *what, const char *msg)
 {
     if (rc == MA_ENOMEM)
         return job_error(j, rc, NULL, "%s: out of memory", what);
+    if (rc == MA_ETOOBIG)
+        return job_error(j, rc, NULL, "%s: %s", what, msg && *msg ? msg : ma_strerror(rc));
+    if (rc == MA_EBUSY)
+        return job_fail(j, 503, "overloaded", "%s: %s", what, msg && *msg ? msg : ma_strerror(rc));
     return job_error(j, MA_EIO, NULL, "%s: %s", what, msg && *msg ? msg : ma_strerror(rc));
 }
 
@@ -225,10 +232,12 @@ static void embed(const char *text, size_t len, int dim, float *out)
 
 static int acquire(job *j, reg_session **s)
 {
-    char err[256] = "";
+    char err[512] = "";
     int rc = reg_acquire(j->api->reg, j->id, s, err, sizeof err);
-    if (rc == 0)
+    if (rc == 0) {
+        j->sess = *s;
         return 0;
+    }
     if (rc == MA_ENOTFOUND)
         return job_error(j, rc, "no_session", "session %s does not exist", j->id);
     return job_store_fail(j, rc, "loading the session", err);
@@ -238,6 +247,8 @@ static void release(job *j, reg_session *s)
 {
     if (s)
         reg_release(j->api->reg, s);
+    if (s == j->sess)
+        j->sess = NULL;
 }
 
 /* The key record of j's answer (the job succeeded: status and body are final), or NULL when the request
@@ -287,7 +298,7 @@ static int slot_error(job *j, int rc)
     case MA_EFULL:      return job_error(j, rc, NULL, "every resident slot is protected; unprotect or evict one first");
     case MA_EINVAL:     return job_error(j, rc, NULL, "slot %s: invalid input", j->name);
     case MA_ENOMEM:     return job_error(j, rc, NULL, "out of memory");
-    default:            return job_store_fail(j, rc, "reading the archive", NULL);
+    default:            return job_store_fail(j, rc, "reading the archive", j->sess ? reg_read_error(j->sess) : NULL);
     }
 }
 
@@ -515,7 +526,7 @@ static int query_error(job *j, cJSON *out, size_t i, const ma_query *q, int qrc)
         code = "bad_request";
         break;
     default:
-        return job_store_fail(j, qrc, "reading the archive", NULL);
+        return job_store_fail(j, qrc, "reading the archive", j->sess ? reg_read_error(j->sess) : NULL);
     }
     if (codec_results_add_error(out, qrc == MA_EINVAL ? 400 : 404, code, msg))
         return job_error(j, MA_ENOMEM, NULL, "out of memory");

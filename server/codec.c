@@ -89,6 +89,7 @@ static const struct {
     {MA_EPRECOND, 412, "precondition_failed"},
     {MA_EPROTECTED, 423, "protected"},
     {MA_ENOMEM, 503, "overloaded"},
+    {MA_ETOOBIG, 422, "session_too_large"},
 };
 
 int codec_status_of(int rc, const char *missing, const char **code)

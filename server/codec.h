@@ -64,7 +64,8 @@ int codec_parse_body(const char *body, size_t len, cJSON **out, codec_error *err
 
 /* The one table of the API's failures: the HTTP status of an MA_E* code from the core or the registry,
  * with its API.md code in *code. MA_ENOTFOUND is 404 with the code `missing` names ("no_session",
- * "no_slot"; NULL: "not_found"); MA_ENOMEM is 503 overloaded; MA_EEMPTY is 404 empty_context (nothing to attend over); MA_EIO, MA_ECORRUPT, MA_EBUSY and any
+ * "no_slot"; NULL: "not_found"); MA_ENOMEM is 503 overloaded; MA_EEMPTY is 404 empty_context (nothing to attend over); MA_ETOOBIG is 422
+ * session_too_large (a session's fixed footprint exceeds --memory); MA_EIO, MA_ECORRUPT, MA_EBUSY and any
  * unknown code are 503 storage_error (this implementation's addition to API.md's 503 row). */
 int codec_status_of(int rc, const char *missing, const char **code);
 

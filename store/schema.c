@@ -12,6 +12,8 @@
  *    rows, refusing rows that do not form 0..length-1 with one key/value size per session.
  *  - Schema 2 -> 3 (slots_to_rows) splits each whole slot table into its state and version rows through
  *    the converter the store was opened with (the format is core's; the store keeps it opaque).
+ *  - Schema 3 -> 4 adds the Idempotency-Key records (store/idem.c); 4 -> 5 (sums_for_rows) a checksum
+ *    to every event block and payload row, computed for the rows there are.
  *  - Integrity at open: PRAGMA quick_check (every page's b-tree structure) and, on a second connection
  *    in its own thread, the rows against each other (check_rows): both read the whole file, so they run
  *    side by side. A corrupt page is reported before a row mismatch.
@@ -32,6 +34,7 @@
 
 static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen);
 static int slots_to_rows(ma_store *st, conn *c, char *err, size_t errlen);
+static int sums_for_rows(ma_store *st, conn *c, char *err, size_t errlen);
 
 /* Migration i brings a database from user_version i to i+1: sql, then fn (C code, may be NULL), then
  * post (may be NULL). Append, never edit: a shipped step is history. Each runs inside the open
@@ -122,15 +125,43 @@ static const struct {
     "CREATE INDEX idempotency_age ON idempotency(created_at);"
     "CREATE INDEX idempotency_sid ON idempotency(sid);",
     NULL, NULL},
+    /* 4 -> 5: a checksum per event block and payload row (st_block_sum, st_payload_sum; docs/STORE.md, "Row
+     * checksums"), checked whenever a row is read back; sums_for_rows computes them for the rows there are.
+     * NULL (no checksum) is refused when read, like a wrong one. */
+    {
+    "ALTER TABLE event_blocks ADD COLUMN ck INTEGER;"
+    "ALTER TABLE payloads ADD COLUMN ck INTEGER;",
+    sums_for_rows,
+    NULL},
 };
 _Static_assert(BLOCK == 64, "the CHECK of event_blocks.n and the integrity query say 64");
+
+/* Inserts one row of a version-2 table (no checksum column yet: the step 4 -> 5 adds it and computes it).
+ * Binds sid, index, then either (n, k, v) for a block or (payload text) for a payload. */
+static int put_v2(ma_store *st, conn *c, sqlite3_stmt *ins, int64_t sid, uint64_t i, size_t n, const void *a,
+                  size_t alen, const void *b, size_t blen, char *err, size_t errlen)
+{
+    sqlite3_bind_int64(ins, 1, sid);
+    sqlite3_bind_int64(ins, 2, (int64_t)i);
+    if (b) {
+        sqlite3_bind_int64(ins, 3, (int64_t)n);
+        sqlite3_bind_blob64(ins, 4, a, alen, SQLITE_STATIC);
+        sqlite3_bind_blob64(ins, 5, b, blen, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_text64(ins, 3, a, alen, SQLITE_STATIC, SQLITE_UTF8);
+    }
+    int rc = sqlite3_step(ins);
+    sqlite3_reset(ins);
+    sqlite3_clear_bindings(ins);
+    return rc == SQLITE_DONE ? 0 : st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 1 -> 2: writing rows");
+}
 
 /* Schema 1 -> 2: every session's per-event rows into blocks of BLOCK and payload rows. The rows must be
  * exactly 0..length-1 with one key/value size per session (what version 1's integrity check enforced);
  * anything else fails the upgrade as corrupt and the transaction leaves the file at version 1. */
 static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen)
 {
-    sqlite3_stmt *ss = NULL, *es = NULL;
+    sqlite3_stmt *ss = NULL, *es = NULL, *ib = NULL, *ip = NULL;
     unsigned char *kbuf = NULL, *vbuf = NULL;
     size_t kcap = 0, vcap = 0;
     int64_t converted = 0;
@@ -139,6 +170,11 @@ static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen)
     if (rc == SQLITE_OK)
         rc = sqlite3_prepare_v2(c->db, "SELECT idx, k, v, payload FROM events WHERE sid = ?1 ORDER BY idx", -1,
                                 &es, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(c->db, "INSERT INTO event_blocks(sid, block, n, k, v) VALUES (?1, ?2, ?3, ?4, ?5)",
+                                -1, &ib, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(c->db, "INSERT INTO payloads(sid, idx, payload) VALUES (?1, ?2, ?3)", -1, &ip, NULL);
     if (rc != SQLITE_OK) {
         ret = st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 1 -> 2");
         goto done;
@@ -183,12 +219,13 @@ static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen)
             if (vb)
                 memcpy(vbuf + in_block * vb, sqlite3_column_blob(es, 2), vb);
             if (sqlite3_column_type(es, 3) != SQLITE_NULL &&
-                (ret = st_put_payload(st, c, sid, at, (const char *)sqlite3_column_text(es, 3),
-                                      sqlite3_column_bytes(es, 3), err, errlen)))
+                (ret = put_v2(st, c, ip, sid, at, 0, sqlite3_column_text(es, 3),
+                              (size_t)sqlite3_column_bytes(es, 3), NULL, 0, err, errlen)))
                 goto done;
             at++;
             if (++in_block == BLOCK || at == length) {
-                if ((ret = st_put_block(st, c, sid, (at - 1) / BLOCK, in_block, kbuf, kb, vbuf, vb, err, errlen)))
+                if ((ret = put_v2(st, c, ib, sid, (at - 1) / BLOCK, in_block, kbuf, in_block * kb, vbuf,
+                                  in_block * vb, err, errlen)))
                     goto done;
                 in_block = 0;
             }
@@ -225,6 +262,8 @@ static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen)
 done:
     sqlite3_finalize(ss);
     sqlite3_finalize(es);
+    sqlite3_finalize(ib);
+    sqlite3_finalize(ip);
     free(kbuf);
     free(vbuf);
     return ret;
@@ -306,6 +345,47 @@ static int slots_to_rows(ma_store *st, conn *c, char *err, size_t errlen)
 done:
     sqlite3_finalize(q);
     sqlite3_finalize(put);
+    return ret;
+}
+
+/* SQL functions of the upgrade 4 -> 5: the checksums of a block row (block, n, k, v) and of a payload row
+ * (idx, payload), as the store writes them. */
+static void sql_block_sum(sqlite3_context *cx, int argc, sqlite3_value **a)
+{
+    (void)argc;
+    const void *k = sqlite3_value_blob(a[2]);
+    size_t kl = (size_t)sqlite3_value_bytes(a[2]);
+    const void *v = sqlite3_value_blob(a[3]);
+    size_t vl = (size_t)sqlite3_value_bytes(a[3]);
+    sqlite3_result_int64(cx, (int64_t)st_block_sum((uint64_t)sqlite3_value_int64(a[0]),
+                                                   (size_t)sqlite3_value_int64(a[1]), k, kl, v, vl));
+}
+
+static void sql_payload_sum(sqlite3_context *cx, int argc, sqlite3_value **a)
+{
+    (void)argc;
+    const unsigned char *t = sqlite3_value_text(a[1]);
+    size_t tl = (size_t)sqlite3_value_bytes(a[1]);
+    sqlite3_result_int64(cx, (int64_t)st_payload_sum((uint64_t)sqlite3_value_int64(a[0]), t ? t : (const unsigned char *)"", tl));
+}
+
+/* Schema 4 -> 5: the checksum of every existing block and payload row (each row is rewritten once, in the
+ * upgrade's transaction). Rows written before this version were never checked: what they hold now is
+ * what their checksum vouches for. */
+static int sums_for_rows(ma_store *st, conn *c, char *err, size_t errlen)
+{
+    int rc = sqlite3_create_function(c->db, "ma_block_sum", 4, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
+                                     sql_block_sum, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_create_function(c->db, "ma_payload_sum", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
+                                     sql_payload_sum, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 4 -> 5");
+    int ret = st_exec_sql(st, c, "UPDATE event_blocks SET ck = ma_block_sum(block, n, k, v);"
+                                 "UPDATE payloads SET ck = ma_payload_sum(idx, payload);",
+                          err, errlen, "schema upgrade 4 -> 5: computing row checksums");
+    sqlite3_create_function(c->db, "ma_block_sum", 4, SQLITE_UTF8, NULL, NULL, NULL, NULL);
+    sqlite3_create_function(c->db, "ma_payload_sum", 2, SQLITE_UTF8, NULL, NULL, NULL, NULL);
     return ret;
 }
 

@@ -60,6 +60,7 @@
 #include <sqlite3.h>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "store/store_int.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "events are stored as little-endian float32");
@@ -78,9 +79,9 @@ static const char *const stmt_sql[N_STMTS] = {
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_SID] = "SELECT sid, length FROM sessions WHERE id = ?1",
     [ST_INSERT_SESSION] = "INSERT INTO sessions(id, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
-    [ST_PUT_BLOCK] = "INSERT OR REPLACE INTO event_blocks(sid, block, n, k, v) VALUES (?1, ?2, ?3, ?4, ?5)",
-    [ST_GET_BLOCK] = "SELECT n, k, v FROM event_blocks WHERE sid = ?1 AND block = ?2",
-    [ST_PUT_PAYLOAD] = "INSERT INTO payloads(sid, idx, payload) VALUES (?1, ?2, ?3)",
+    [ST_PUT_BLOCK] = "INSERT OR REPLACE INTO event_blocks(sid, block, n, k, v, ck) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [ST_GET_BLOCK] = "SELECT n, k, v, ck FROM event_blocks WHERE sid = ?1 AND block = ?2",
+    [ST_PUT_PAYLOAD] = "INSERT INTO payloads(sid, idx, payload, ck) VALUES (?1, ?2, ?3, ?4)",
     [ST_PUT_BLOB] = "INSERT OR REPLACE INTO blobs(sid, kind, data) VALUES (?1, ?2, ?3)",
     [ST_UPDATE_SESSION] =
         "UPDATE sessions SET length = ?2, slots = ?3, updated_at = ?4, event_bytes = event_bytes + ?5,"
@@ -91,11 +92,11 @@ static const char *const stmt_sql[N_STMTS] = {
     [ST_LOAD_BLOBS] = "SELECT kind, data FROM blobs WHERE sid = ?1",
     [ST_BLOB_SIZES] = "SELECT kind, length(data) FROM blobs WHERE sid = ?1",
     [ST_LIST] = "SELECT " SESSION_COLS " FROM sessions WHERE id > ?1 ORDER BY id LIMIT ?2",
-    [ST_BLOCKS] = "SELECT block, n, k, v FROM event_blocks WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
+    [ST_BLOCKS] = "SELECT block, n, k, v, ck FROM event_blocks WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
                   " AND block >= ?2 AND block <= ?3 ORDER BY block",
-    [ST_PAYLOADS] = "SELECT idx, payload FROM payloads WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
+    [ST_PAYLOADS] = "SELECT idx, payload, ck FROM payloads WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
                     " AND idx >= ?2 AND idx < ?3 ORDER BY idx",
-    [ST_PAYLOAD] = "SELECT payload FROM payloads WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
+    [ST_PAYLOAD] = "SELECT payload, ck FROM payloads WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
                    " AND idx = ?2",
     [ST_ERASE_PAYLOAD] = "DELETE FROM payloads WHERE sid = ?1 AND idx = ?2",
     [ST_PUT_SLOT_ROW] = "INSERT OR REPLACE INTO slot_versions(sid, name, version, data) VALUES (?1, ?2, ?3, ?4)",
@@ -333,6 +334,69 @@ void st_reader_put(ma_store *st, conn *c)
     pthread_mutex_unlock(&st->rlock);
 }
 
+/* ---- row checksums (docs/STORE.md, "Row checksums") --------------------------------------------- */
+
+uint64_t st_block_sum(uint64_t block, size_t n, const void *k, size_t klen, const void *v, size_t vlen)
+{
+    uint64_t seed = ma_fnv1a64_byte(MA_FNV_OFFSET ^ block * MA_FNV_PRIME, (unsigned char)n);
+    return ma_checksum64(ma_checksum64(seed, k, klen), v, vlen);
+}
+
+uint64_t st_payload_sum(uint64_t idx, const void *text, size_t len)
+{
+    return ma_checksum64(MA_FNV_OFFSET ^ ~idx * MA_FNV_PRIME, text, len);
+}
+
+/* No NaN or infinity among the len/4 little-endian float32 of p (exponent bits all ones). */
+static bool all_finite(const void *p, size_t len)
+{
+    const unsigned char *b = p;
+    uint32_t bad = 0;
+    for (size_t i = 0; i + 4 <= len; i += 4) {
+        uint32_t w;
+        memcpy(&w, b + i, 4);
+        bad |= (uint32_t)((w & 0x7f800000u) == 0x7f800000u);
+    }
+    return !bad;
+}
+
+/* The stored checksum in column col of s against want. */
+static bool sum_matches(sqlite3_stmt *s, int col, uint64_t want)
+{
+    return sqlite3_column_type(s, col) == SQLITE_INTEGER && (uint64_t)sqlite3_column_int64(s, col) == want;
+}
+
+int st_block_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, uint64_t block, size_t n,
+                   const void *k, size_t klen, const void *v, size_t vlen, char *err, size_t errlen)
+{
+    if (st->opt.no_row_checksums)
+        return 0;
+    if (!sum_matches(s, ck_col, st_block_sum(block, n, k, klen, v, vlen))) {
+        st_seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 " (events %" PRIu64 "..%" PRIu64
+                  "): %s (a damaged row: not served)", st->path, id, block,
+                  block * BLOCK, block * BLOCK + n - 1,
+                  sqlite3_column_type(s, ck_col) == SQLITE_NULL ? "no checksum" : "checksum mismatch");
+        return MA_ECORRUPT;
+    }
+    if (!all_finite(k, klen) || !all_finite(v, vlen)) {
+        st_seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 " holds a NaN or infinity (it is not "
+                  "served)", st->path, id, block);
+        return MA_ECORRUPT;
+    }
+    return 0;
+}
+
+int st_payload_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, uint64_t idx, const void *text,
+                     size_t len, char *err, size_t errlen)
+{
+    if (st->opt.no_row_checksums || sum_matches(s, ck_col, st_payload_sum(idx, text, len)))
+        return 0;
+    st_seterr(err, errlen, "store %s: session '%s' payload of event %" PRIu64 ": %s (a damaged row: not served)",
+              st->path, id, idx,
+              sqlite3_column_type(s, ck_col) == SQLITE_NULL ? "no checksum" : "checksum mismatch");
+    return MA_ECORRUPT;
+}
+
 /* ---- rows of event blocks and payloads (commits, and the schema upgrade in schema.c) ------------- */
 
 /* Writes (or rewrites) block `block` of session sid: n events, kb/vb bytes each. */
@@ -347,6 +411,10 @@ int st_put_block(ma_store *st, conn *c, int64_t sid, uint64_t block, size_t n, c
     sqlite3_bind_int64(s, 3, (int64_t)n);
     sqlite3_bind_blob64(s, 4, k, n * kb, SQLITE_STATIC);
     sqlite3_bind_blob64(s, 5, v, n * vb, SQLITE_STATIC);
+    if (st->opt.no_row_checksums)
+        sqlite3_bind_null(s, 6);
+    else
+        sqlite3_bind_int64(s, 6, (int64_t)st_block_sum(block, n, k, n * kb, v, n * vb));
     int rc = sqlite3_step(s);
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
@@ -362,6 +430,10 @@ int st_put_payload(ma_store *st, conn *c, int64_t sid, uint64_t idx, const char 
     sqlite3_bind_int64(s, 1, sid);
     sqlite3_bind_int64(s, 2, (int64_t)idx);
     sqlite3_bind_text(s, 3, p, len, SQLITE_STATIC);
+    if (st->opt.no_row_checksums)
+        sqlite3_bind_null(s, 4);
+    else
+        sqlite3_bind_int64(s, 4, (int64_t)st_payload_sum(idx, p, len < 0 ? strlen(p) : (size_t)len));
     int rc = sqlite3_step(s);
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
@@ -804,8 +876,8 @@ static int check_delta(ma_store *st, const char *id, const ma_store_delta *d, ch
 
 /* The delta's events after the `length` stored ones: the partial last block (if any) is read, topped up
  * and rewritten, the rest written as new blocks straight from the caller's arrays; payloads as rows. */
-static int write_events(ma_store *st, conn *c, int64_t sid, uint64_t length, const ma_store_delta *d,
-                        char *err, size_t errlen)
+static int write_events(ma_store *st, conn *c, const char *id, int64_t sid, uint64_t length,
+                        const ma_store_delta *d, char *err, size_t errlen)
 {
     size_t kb = d->k_floats * sizeof(float), vb = d->v_floats * sizeof(float), i = 0;
     size_t off = (size_t)(length % BLOCK);
@@ -834,6 +906,11 @@ static int write_events(ma_store *st, conn *c, int64_t sid, uint64_t length, con
             ret = n != off ? MA_ECORRUPT : MA_EINVAL;
             goto done;
         }
+        /* The one block a commit rewrites is checked first: a damaged row is never rewritten with a fresh
+         * checksum of its damage. */
+        if ((ret = st_block_check(st, id, s, 3, length / BLOCK, n, sqlite3_column_blob(s, 1), k_len,
+                                  sqlite3_column_blob(s, 2), v_len, err, errlen)))
+            goto done;
         size_t take = d->n_events < BLOCK - off ? d->n_events : BLOCK - off;
         if (!(kbuf = malloc((off + take) * kb)) || !(vbuf = malloc((off + take) * vb))) {
             st_seterr(err, errlen, "store %s: out of memory", st->path);
@@ -906,7 +983,7 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
         ret = MA_EINVAL;
         goto done;
     }
-    if (d->n_events > 0 && (ret = write_events(st, c, sid, length, d, err, errlen)))
+    if (d->n_events > 0 && (ret = write_events(st, c, id, sid, length, d, err, errlen)))
         goto done;
     for (size_t i = 0; i < d->n_erase; i++) {
         if (!(s = st_stmt(st, c, ST_ERASE_PAYLOAD, err, errlen))) {
@@ -1279,10 +1356,13 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
             ret = MA_ECORRUPT;
             goto done;
         }
+        const unsigned char *bk = sqlite3_column_blob(s, 2), *bv = sqlite3_column_blob(s, 3);
+        if ((ret = st_block_check(st, id, s, 4, base / BLOCK, nb, bk, k_len, bv, v_len, err, errlen)))
+            goto done;
         uint64_t hi = base + nb < end ? base + nb : end;
         size_t m = (size_t)(hi - at), from = (size_t)(at - base), to = (size_t)(at - first);
-        memcpy(k + to * k_floats, (const unsigned char *)sqlite3_column_blob(s, 2) + from * kb, m * kb);
-        memcpy(v + to * v_floats, (const unsigned char *)sqlite3_column_blob(s, 3) + from * vb, m * vb);
+        memcpy(k + to * k_floats, bk + from * kb, m * kb);
+        memcpy(v + to * v_floats, bv + from * vb, m * vb);
         at = hi;
     }
     if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
@@ -1299,8 +1379,12 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
         sqlite3_bind_int64(p, 2, (int64_t)first);
         sqlite3_bind_int64(p, 3, (int64_t)end);
         while ((rc = sqlite3_step(p)) == SQLITE_ROW) {
-            size_t i = (size_t)((uint64_t)sqlite3_column_int64(p, 0) - first);
-            if (!(payloads[i] = xstrdup((const char *)sqlite3_column_text(p, 1)))) {
+            uint64_t idx = (uint64_t)sqlite3_column_int64(p, 0);
+            size_t i = (size_t)(idx - first);
+            const char *text = (const char *)sqlite3_column_text(p, 1);
+            if ((ret = st_payload_check(st, id, p, 2, idx, text, (size_t)sqlite3_column_bytes(p, 1), err, errlen)))
+                goto done;
+            if (!(payloads[i] = xstrdup(text))) {
                 st_seterr(err, errlen, "store %s: out of memory", st->path);
                 ret = MA_ENOMEM;
                 goto done;
@@ -1401,8 +1485,11 @@ int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **p
     sqlite3_bind_int64(s, 2, (int64_t)event);
     int rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
-        if (sqlite3_column_type(s, 0) != SQLITE_NULL &&
-            !(*payload = xstrdup((const char *)sqlite3_column_text(s, 0)))) {
+        const char *text = (const char *)sqlite3_column_text(s, 0);
+        if ((ret = st_payload_check(st, id, s, 1, event, text ? text : "", (size_t)sqlite3_column_bytes(s, 0), err,
+                                    errlen)))
+            goto done;
+        if (sqlite3_column_type(s, 0) != SQLITE_NULL && !(*payload = xstrdup(text))) {
             st_seterr(err, errlen, "store %s: out of memory", st->path);
             ret = MA_ENOMEM;
         }

@@ -46,7 +46,11 @@ int ma_store_open(const char *dir, ma_store **out, char *err, size_t errlen);
  * quick_check: run PRAGMA quick_check at open (default true).
  * max_pages: > 0 caps the database at that many pages (PRAGMA max_page_count: a full disk, for tests).
  * vfs: the name of a registered sqlite VFS to open the file through (NULL: sqlite's default). The
- *   string must outlive the store. Tests pass the fault-injection shim's (tests/support/store_fault.h). */
+ *   string must outlive the store. Tests pass the fault-injection shim's (tests/support/store_fault.h).
+ * no_row_checksums: the checksum of every event block and payload row is written and checked unless this
+ *   is set (docs/STORE.md, "Row checksums"). For benchmarks measuring their cost only: rows are written
+ *   without one, nothing is checked, and such a store reads back only with it set (else every such row is
+ *   corrupt). */
 enum { MA_STORE_SYNC_FULL = 0, MA_STORE_SYNC_NORMAL = 1 };
 
 /* Receives one slot version row: its name, version and record bytes; 0 to go on, or an MA_E* code that
@@ -71,6 +75,7 @@ typedef struct {
     long long max_pages;
     const char *vfs;
     ma_store_slots_split_fn slots_split;
+    int no_row_checksums;
 } ma_store_options;
 
 void ma_store_options_default(ma_store_options *o);

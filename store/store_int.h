@@ -23,7 +23,7 @@
 
 #include "store/store.h"
 
-#define MA_SCHEMA       4
+#define MA_SCHEMA       5
 #define BLOCK           64              /* events per row of event_blocks (part of the schema) */
 #define MA_APP_ID       0x6D41744E      /* 'mAtN' */
 #define MAX_READERS     16
@@ -110,11 +110,13 @@ void st_reader_put(ma_store *st, conn *c);
 int st_write_begin(ma_store *st, uint64_t *t0, char *err, size_t errlen);
 int st_write_end(ma_store *st, uint64_t t0, int ret, const char *what, char *err, size_t errlen);
 
-/* Writes (or rewrites) block `block` of session sid: n events of kb key and vb value bytes each. */
+/* Writes (or rewrites) block `block` of session sid: n events of kb key and vb value bytes each, with its
+ * checksum (st_block_sum). */
 int st_put_block(ma_store *st, conn *c, int64_t sid, uint64_t block, size_t n, const void *k, size_t kb,
                  const void *v, size_t vb, char *err, size_t errlen);
 
-/* Writes the payload row of event idx of session sid (len bytes of p, -1: up to its NUL). */
+/* Writes the payload row of event idx of session sid (len bytes of p, -1: up to its NUL), with its checksum
+ * (st_payload_sum). */
 int st_put_payload(ma_store *st, conn *c, int64_t sid, uint64_t idx, const char *p, int len, char *err,
                    size_t errlen);
 
@@ -125,6 +127,26 @@ int st_put_slot_row(ma_store *st, conn *c, int64_t sid, const char *name, int na
 
 /* Writes record k (and applies its window) inside the writer's open transaction. 0 or MA_EINVAL / MA_EIO. */
 int st_idem_write(ma_store *st, conn *c, const ma_store_idem *k, char *err, size_t errlen);
+
+/* ---- store.c: row checksums (docs/STORE.md, "Row checksums") ---- */
+
+/* The checksum column of an event_blocks row: ma_checksum64 of its key bytes then its value bytes, seeded
+ * with its block number and event count (a row moved to another place fails too). */
+uint64_t st_block_sum(uint64_t block, size_t n, const void *k, size_t klen, const void *v, size_t vlen);
+
+/* The checksum column of a payloads row: ma_checksum64 of its text, seeded with its event index. */
+uint64_t st_payload_sum(uint64_t idx, const void *text, size_t len);
+
+/* Checks one event block read back before anything of it is used: the stored checksum (ck of column
+ * ck_col of s; NULL counts as wrong) against the bytes, and every float of k and v finite. Whoever reads
+ * a block — a range read, the commit's partial block, the export — calls it on the whole row. 0, or
+ * MA_ECORRUPT with a message naming the session (id) and the block. */
+int st_block_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, uint64_t block, size_t n,
+                   const void *k, size_t klen, const void *v, size_t vlen, char *err, size_t errlen);
+
+/* The same for a payload row (text of len bytes; ck in column ck_col of s). */
+int st_payload_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, uint64_t idx, const void *text,
+                     size_t len, char *err, size_t errlen);
 
 /* ---- schema.c: schema, upgrades, integrity ---- */
 

@@ -166,8 +166,8 @@ int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn writ
     row = prepare(st, c, "SELECT sid, config, created_at, updated_at, length, slots FROM sessions WHERE id = ?1",
                   err, errlen);
     blobs = prepare(st, c, "SELECT kind, data FROM blobs WHERE sid = ?1 ORDER BY kind", err, errlen);
-    blocks = prepare(st, c, "SELECT block, n, k, v FROM event_blocks WHERE sid = ?1 ORDER BY block", err, errlen);
-    payloads = prepare(st, c, "SELECT idx, payload FROM payloads WHERE sid = ?1 ORDER BY idx", err, errlen);
+    blocks = prepare(st, c, "SELECT block, n, k, v, ck FROM event_blocks WHERE sid = ?1 ORDER BY block", err, errlen);
+    payloads = prepare(st, c, "SELECT idx, payload, ck FROM payloads WHERE sid = ?1 ORDER BY idx", err, errlen);
     slots = prepare(st, c, "SELECT name, version, data FROM slot_versions WHERE sid = ?1 ORDER BY name, version",
                     err, errlen);
     if (!row || !blobs || !blocks || !payloads || !slots) {
@@ -252,7 +252,10 @@ int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn writ
         size_t kn = (size_t)sqlite3_column_bytes(blocks, 2);
         const void *v = sqlite3_column_blob(blocks, 3);
         size_t vn = (size_t)sqlite3_column_bytes(blocks, 3);
-        if ((ret = emit_record(&o, 'E', bh, sizeof bh, k, kn, v, vn)))
+        /* Damaged rows are not exported (a snapshot's own checksum would make them look sound). */
+        if ((ret = st_block_check(st, id, blocks, 4, (uint64_t)sqlite3_column_int64(blocks, 0),
+                                  (size_t)sqlite3_column_int(blocks, 1), k, kn, v, vn, err, errlen)) ||
+            (ret = emit_record(&o, 'E', bh, sizeof bh, k, kn, v, vn)))
             goto done;
         nblocks++;
     }
@@ -267,7 +270,9 @@ int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn writ
         put_u64(idx, (uint64_t)sqlite3_column_int64(payloads, 0));
         const void *text = sqlite3_column_text(payloads, 1);
         size_t n = (size_t)sqlite3_column_bytes(payloads, 1);
-        if ((ret = emit_record(&o, 'P', idx, 8, text, n, NULL, 0)))
+        if ((ret = st_payload_check(st, id, payloads, 2, (uint64_t)sqlite3_column_int64(payloads, 0), text, n, err,
+                                    errlen)) ||
+            (ret = emit_record(&o, 'P', idx, 8, text, n, NULL, 0)))
             goto done;
         npayloads++;
     }

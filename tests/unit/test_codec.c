@@ -665,6 +665,8 @@ static void test_status_table(void **state)
     assert_string_equal(code, "protected");
     assert_int_equal(codec_status_of(MA_ENOMEM, NULL, &code), 503);
     assert_string_equal(code, "overloaded");
+    assert_int_equal(codec_status_of(MA_ETOOBIG, NULL, &code), 422);
+    assert_string_equal(code, "session_too_large");
     const int store[] = {MA_EIO, MA_ECORRUPT, MA_EBUSY, -1000};
     for (size_t i = 0; i < sizeof store / sizeof store[0]; i++) {
         assert_int_equal(codec_status_of(store[i], NULL, &code), 503);

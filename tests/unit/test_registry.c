@@ -349,21 +349,33 @@ static void test_parallel_load_once(void **state)
     close_fixture(&f);
 }
 
+/* Six sessions under a budget of one and a half footprints: creating or loading one unloads the
+ * previous (admission), answers do not change; a session larger than the budget is refused with the
+ * figures (MA_ETOOBIG), and one that finds the budget held by a session in use is refused for now
+ * (MA_EBUSY) until that session is released. */
 static void test_budget(void **state)
 {
     (void)state;
     fixture f;
-    reg_session *s;
+    reg_session *s, *held;
     reg_stats st;
-    char err[256];
+    char err[512];
     ma_params p = params();
     p.dim = p.value_dim = 64;   /* a 64x64 backbone: tens of kB per session */
     float want[6][D];
-    assert_int_equal(open_fixture(&f, 1), 0);   /* 1 byte: nothing fits but the session in use */
+    assert_int_equal(open_fixture(&f, 1 << 20), 0);
+    size_t fp = reg_session_footprint(f.reg, &p);
+    reg_destroy(f.reg);
+    reg_options ro = {.store = f.st, .memory_budget = fp * 3 / 2, .cache_chunks = 4};
+    assert_int_equal(reg_create(&ro, &f.reg), 0);
+    assert_int_equal(reg_session_footprint(f.reg, &p), fp);   /* the same cache bound at this budget */
     for (int i = 0; i < 6; i++) {
         char id[16];
         snprintf(id, sizeof id, "m%d", i);
         assert_int_equal(reg_create_session(f.reg, id, &p, 1, &s, err, sizeof err), 0);
+        reg_stats_get(f.reg, &st);
+        assert_int_equal(st.loaded, 1);   /* the previous one made room before this one was allocated */
+        assert_true(st.bytes <= st.budget);
         float k[64 * 20], v[64 * 20];
         ma_event ev[20];
         for (int e = 0; e < 20 * 64; e++) {
@@ -388,11 +400,14 @@ static void test_budget(void **state)
         reg_release(f.reg, s);
         reg_stats_get(f.reg, &st);
         assert_int_equal(st.loaded, 1);   /* only the one just used */
+        assert_true(st.bytes >= fp && st.bytes <= st.budget);   /* charged at least its footprint */
     }
     for (int i = 5; i >= 0; i--) {
         char id[16];
         snprintf(id, sizeof id, "m%d", i);
         assert_int_equal(reg_acquire(f.reg, id, &s, err, sizeof err), 0);
+        reg_stats_get(f.reg, &st);
+        assert_true(st.bytes <= st.budget);
         float q[64], out[64];
         for (int j = 0; j < 64; j++)
             q[j] = (float)j / 64;
@@ -405,11 +420,51 @@ static void test_budget(void **state)
     }
     reg_stats_get(f.reg, &st);
     assert_true(st.unloads >= 10);
+
+    /* Every loaded session in use: no room, for now (nothing loaded, nothing reserved). */
+    assert_int_equal(reg_acquire(f.reg, "m0", &held, err, sizeof err), 0);
+    reg_stats_get(f.reg, &st);
+    size_t before = st.bytes;
+    assert_int_equal(reg_acquire(f.reg, "m1", &s, err, sizeof err), MA_EBUSY);
+    assert_non_null(strstr(err, "retry"));
+    assert_int_equal(reg_create_session(f.reg, "new", &p, 1, &s, err, sizeof err), MA_EBUSY);
+    reg_stats_get(f.reg, &st);
+    assert_int_equal(st.bytes, before);
+    assert_int_equal(st.loaded, 1);
+    reg_release(f.reg, held);
+    assert_int_equal(reg_acquire(f.reg, "m1", &s, err, sizeof err), 0);   /* m0 is unused now: unloaded */
+    reg_release(f.reg, s);
+
+    /* Larger than the whole budget: refused with its footprint and the budget, nothing stored. */
+    ma_params big = p;
+    big.heads = 8;
+    big.dim = big.value_dim = 256;
+    size_t bfp = reg_session_footprint(f.reg, &big);
+    assert_true(bfp > st.budget);
+    assert_int_equal(reg_create_session(f.reg, "big", &big, 1, &s, err, sizeof err), MA_ETOOBIG);
+    char figure[64];
+    snprintf(figure, sizeof figure, "needs %zu bytes", bfp);
+    assert_non_null(strstr(err, figure));
+    snprintf(figure, sizeof figure, "is %zu bytes", st.budget);
+    assert_non_null(strstr(err, figure));
+    assert_int_equal(reg_acquire(f.reg, "big", &s, err, sizeof err), MA_ENOTFOUND);
+    reg_stats_get(f.reg, &st);
+    assert_true(st.bytes <= st.budget);
+
+    /* A stored session too large for a smaller budget (a restart with a lower --memory) is refused too. */
+    reg_destroy(f.reg);
+    ro.memory_budget = fp / 2;
+    assert_int_equal(reg_create(&ro, &f.reg), 0);
+    assert_int_equal(reg_acquire(f.reg, "m2", &s, err, sizeof err), MA_ETOOBIG);
+    reg_stats_get(f.reg, &st);
+    assert_int_equal(st.bytes, 0);
+    assert_int_equal(st.loaded, 0);
     close_fixture(&f);
 }
 
-/* A restored session's chunk cache is in the registry's count once a read has filled it, and the budget
- * empties it (pages out) before unloading anything. */
+/* A restored session's chunk cache is in core's count once a read has filled it, and the registry counts
+ * max(core's count, footprint); a session that holds more than its footprint (sealed chunks not paged out
+ * yet) and so goes over the budget is paged out before anything is unloaded. */
 static void test_cache_counted(void **state)
 {
     (void)state;
@@ -418,48 +473,55 @@ static void test_cache_counted(void **state)
     reg_stats st;
     char err[256];
     ma_params p = params();
+    p.selector = MA_SELECTOR_CHUNKS;
     assert_int_equal(open_fixture(&f, 0), 0);
     assert_int_equal(reg_create_session(f.reg, "c", &p, 1, &s, err, sizeof err), 0);
-    assert_int_equal(ingest(&f, s, 64, NULL), 0);   /* 16 chunks of 4 events */
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(ingest(&f, s, 64, NULL), 0);   /* 160 chunks of 4 events */
     float want[D], out[D];
     answer(s, want);
     reg_release(f.reg, s);
 
-    for (int round = 0; round < 2; round++) {
-        /* A new registry restores the session from the store: chunks are paged, the cache empty. */
-        reg_destroy(f.reg);
-        size_t empty = round == 0 ? 0 : st.bytes;   /* round 1: a budget that fits only the emptied session */
-        reg_options ro = {.store = f.st, .memory_budget = empty, .cache_chunks = 4};
-        assert_int_equal(reg_create(&ro, &f.reg), 0);
-        assert_int_equal(reg_acquire(f.reg, "c", &s, err, sizeof err), 0);
-        reg_stats_get(f.reg, &st);
-        size_t loaded_bytes = st.bytes;
-        answer(s, out);   /* a full read: every chunk through the cache, 4 stay */
-        assert_memory_equal(out, want, sizeof out);
-        reg_release(f.reg, s);
-        reg_stats_get(f.reg, &st);
-        assert_true(st.chunk_loads >= 16);   /* every chunk was paged in (some twice) */
-        ma_session_stats ss;
-        assert_int_equal(reg_acquire(f.reg, "c", &s, err, sizeof err), 0);
-        assert_int_equal(ma_session_stats_get(reg_core(s), &ss), 0);
-        assert_int_equal(st.bytes, ss.bytes);   /* the count is what core holds, cache included */
-        ma_session_stats_clear(&ss);
-        reg_release(f.reg, s);
-        if (round == 0) {
-            assert_true(st.bytes >= loaded_bytes + 4 * 4 * 2 * D * sizeof(float));
-            assert_int_equal(st.paged_out_bytes, 0);
-            st.bytes = loaded_bytes;
-        } else {
-            /* over the budget: the cache was emptied (its table of entries stays), the session stays loaded */
-            assert_true(st.bytes < loaded_bytes + 4 * 2 * D * sizeof(float));
-            /* the cache was bounded to budget/8 (~3 chunks of 256 bytes), filled, and emptied */
-            size_t chunk_bytes = 4 * 2 * D * sizeof(float), cap = st.budget / 8 / chunk_bytes;
-            assert_true(cap >= 1 && cap < 4);
-            assert_true(st.paged_out_bytes >= cap * chunk_bytes && st.paged_out_bytes < 4 * chunk_bytes + 1024);
-            assert_int_equal(st.loaded, 1);
-            assert_int_equal(st.unloads, 0);
-        }
-    }
+    /* A new registry restores the session from the store: chunks are paged, the cache empty. */
+    reg_destroy(f.reg);
+    reg_options ro = {.store = f.st, .cache_chunks = 4};
+    assert_int_equal(reg_create(&ro, &f.reg), 0);
+    size_t fp = reg_session_footprint(f.reg, &p);
+    assert_int_equal(reg_acquire(f.reg, "c", &s, err, sizeof err), 0);
+    size_t empty = ma_session_bytes(reg_core(s));
+    answer(s, out);   /* a full read: every chunk through the cache, 4 stay */
+    assert_memory_equal(out, want, sizeof out);
+    size_t full = ma_session_bytes(reg_core(s));
+    assert_true(full >= empty + 4 * 4 * 2 * D * sizeof(float));
+    reg_release(f.reg, s);
+    reg_stats_get(f.reg, &st);
+    assert_true(st.chunk_loads >= 160);   /* every chunk was paged in */
+    assert_int_equal(st.bytes, full > fp ? full : fp);
+    assert_int_equal(st.paged_out_bytes, 0);
+
+    /* Under a budget that fits the footprint, a fresh session grows past it with its sealed chunks (owned
+     * until paged out): at release they are paged out, and it stays loaded. */
+    reg_destroy(f.reg);
+    ro.memory_budget = fp + (8 << 10);   /* the footprint (the first registry's, same options) and a little */
+    assert_int_equal(reg_create(&ro, &f.reg), 0);
+    fp = reg_session_footprint(f.reg, &p);
+    assert_true(fp < ro.memory_budget);
+    assert_int_equal(reg_create_session(f.reg, "d", &p, 1, &s, err, sizeof err), 0);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(ingest(&f, s, 64, NULL), 0);
+    answer(s, want);
+    reg_stats_get(f.reg, &st);
+    assert_true(st.bytes > st.budget);   /* the session in use may exceed it */
+    reg_release(f.reg, s);
+    reg_stats_get(f.reg, &st);
+    assert_true(st.bytes <= st.budget);
+    assert_true(st.paged_out_bytes >= 100 * 4 * 2 * D * sizeof(float));
+    assert_int_equal(st.loaded, 1);
+    assert_int_equal(st.unloads, 0);
+    assert_int_equal(reg_acquire(f.reg, "d", &s, err, sizeof err), 0);
+    answer(s, out);   /* paged back in, same bits */
+    assert_memory_equal(out, want, sizeof out);
+    reg_release(f.reg, s);
     close_fixture(&f);
 }
 

@@ -546,6 +546,8 @@ static void test_upgrade_from_v1(void **state)
     ma_store_close(st);
     assert_int_equal(raw_int(dir, "PRAGMA user_version"), MA_SCHEMA);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM sqlite_schema WHERE name = 'events'"), 0);
+    /* Every row got its checksum on the way (steps 1 -> 2 -> 3 in one upgrade). */
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks WHERE ck IS NULL"), 0);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks"), 0 + 1 + 1 + 2 + 5);
     /* event_blocks must stay a rowid table: a WITHOUT ROWID seek reads whole overflowing block rows for
      * every key comparison (store.c, the 1 -> 2 step). wr = 1 means WITHOUT ROWID. */
@@ -962,7 +964,7 @@ static void test_inconsistent_rows_are_refused(void **state)
     assert_non_null(strstr(errbuf, "session 'p2' has length 976 but 976 events in 16 blocks"));
     rm_dir(dir);
     dir = populated_dir();
-    raw_sql(dir, "INSERT INTO payloads SELECT sid, 1000, '{}' FROM sessions WHERE id = 'p0'");
+    raw_sql(dir, "INSERT INTO payloads(sid, idx, payload) SELECT sid, 1000, '{}' FROM sessions WHERE id = 'p0'");
     assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
     assert_non_null(strstr(errbuf, "payload of event 1000 of p0"));
     rm_dir(dir);
@@ -983,6 +985,164 @@ static void test_inconsistent_rows_are_refused(void **state)
     assert_null(s.id);
     check_session(st, "p1", 1, 1000);   /* the others are still served */
     ma_store_close(st);
+    rm_dir(dir);
+}
+
+/* ---- row checksums ---------------------------------------------------------------------------- */
+
+/* Rewrites one stored row of session `id` under a closed store: column `col` ("k", "v" or "payload") of
+ * block / event `row`, with byte `off` xor'ed with `flip` (0: the column's bytes are zeroed); with
+ * nan_at >= 0 instead float nan_at of k becomes a NaN and the row's checksum is recomputed (so only the
+ * finiteness check can catch it). */
+static void damage(const char *dir, const char *id, const char *col, uint64_t row, size_t off, unsigned char flip,
+                   long nan_at)
+{
+    bool payload = strcmp(col, "payload") == 0;
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    char sql[256];
+    assert_int_equal(sqlite3_open(db_path(dir), &db), SQLITE_OK);
+    snprintf(sql, sizeof sql, payload ? "SELECT payload FROM payloads WHERE idx = ?1 AND sid = (SELECT sid FROM "
+                                        "sessions WHERE id = ?2)"
+                                      : "SELECT n, k, v FROM event_blocks WHERE block = ?1 AND sid = (SELECT sid "
+                                        "FROM sessions WHERE id = ?2)");
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    sqlite3_bind_int64(s, 1, (sqlite3_int64)row);
+    sqlite3_bind_text(s, 2, id, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    int c = payload ? 0 : strcmp(col, "k") == 0 ? 1 : 2;
+    size_t len = (size_t)sqlite3_column_bytes(s, c), kl = payload ? 0 : (size_t)sqlite3_column_bytes(s, 1);
+    size_t vl = payload ? 0 : (size_t)sqlite3_column_bytes(s, 2);
+    int n = payload ? 0 : sqlite3_column_int(s, 0);
+    unsigned char *buf = malloc(len), *k = malloc(kl + 1), *v = malloc(vl + 1);
+    memcpy(buf, sqlite3_column_blob(s, c), len);
+    if (!payload) {
+        memcpy(k, sqlite3_column_blob(s, 1), kl);
+        memcpy(v, sqlite3_column_blob(s, 2), vl);
+    }
+    sqlite3_finalize(s);
+    int64_t ck = 0;
+    if (nan_at >= 0) {
+        float nan = __builtin_nanf("");
+        memcpy(k + 4 * nan_at, &nan, 4);
+        memcpy(buf, k, kl);
+        ck = (int64_t)st_block_sum(row, (size_t)n, k, kl, v, vl);
+    } else if (flip) {
+        buf[off] ^= flip;
+    } else {
+        memset(buf, 0, len);
+    }
+    snprintf(sql, sizeof sql, "UPDATE %s SET %s = ?3%s WHERE %s = ?1 AND sid = (SELECT sid FROM sessions WHERE id = ?2)",
+             payload ? "payloads" : "event_blocks", col, nan_at >= 0 ? ", ck = ?4" : "", payload ? "idx" : "block");
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    sqlite3_bind_int64(s, 1, (sqlite3_int64)row);
+    sqlite3_bind_text(s, 2, id, -1, SQLITE_STATIC);
+    if (payload)
+        sqlite3_bind_text(s, 3, (const char *)buf, (int)len, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_blob(s, 3, buf, (int)len, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 4, ck);
+    assert_int_equal(sqlite3_step(s), SQLITE_DONE);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    free(buf);
+    free(k);
+    free(v);
+}
+
+static int discard(void *ctx, const void *data, size_t len)
+{
+    (void)ctx;
+    (void)data;
+    (void)len;
+    return 0;
+}
+
+/* Every stored block and payload row is checked when it is read back (range reads, single payloads, the
+ * commit's partial block, the export): a flipped byte, zeroed keys, a missing checksum, a NaN that
+ * carries a valid checksum are MA_ECORRUPT naming the row; the other rows are still served. */
+static void test_row_checksums(void **state)
+{
+    (void)state;
+    char *dir = populated_dir();
+    float k[64 * KF], v[64 * VF];
+    char *pl[64];
+    damage(dir, "p1", "k", 2, 37, 0x10, -1);          /* one bit of one key of block 2 */
+    damage(dir, "p1", "v", 5, 0, 0x01, -1);           /* one bit of a value of block 5 */
+    damage(dir, "p1", "k", 9, 0, 0, -1);              /* block 9's keys zeroed */
+    damage(dir, "p1", "payload", 700, 3, 0x20, -1);   /* a payload's text */
+    damage(dir, "p2", "k", 4, 0, 0, 13);              /* a NaN with a valid checksum */
+    damage(dir, "p2", "k", 15, 0, 0x80, -1);          /* the last, partial block (40 events) */
+    ma_store *st = open_ok(dir);   /* the open-time checks see structure, not contents */
+    const struct { const char *id; uint64_t first; const char *want; } bad[] = {
+        {"p1", 130, "event block 2 (events 128..191): checksum mismatch"},
+        {"p1", 5 * 64 + 10, "event block 5 (events 320..383): checksum mismatch"},
+        {"p1", 9 * 64, "event block 9"},
+        {"p2", 4 * 64 + 63, "event block 4 holds a NaN or infinity"},
+        {"p2", 960, "event block 15"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(ma_store_load_events(st, bad[i].id, bad[i].first, 1, KF, VF, k, v, NULL, errbuf,
+                                              sizeof errbuf), MA_ECORRUPT);
+        if (!strstr(errbuf, bad[i].want) || !strstr(errbuf, bad[i].id))
+            fail_msg("case %zu: %s", i, errbuf);
+    }
+    /* A range over a damaged block fails whole; the neighbours are served. */
+    assert_int_equal(ma_store_load_events(st, "p1", 100, 64, KF, VF, k, v, pl, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_events(st, "p1", 192, 64, KF, VF, k, v, pl, errbuf, sizeof errbuf), 0);
+    for (int i = 0; i < 64; i++)
+        free(pl[i]);
+    assert_true(k[0] == kval(1, 192, 0));
+    /* The payload: alone, and with its range. */
+    char *one = NULL;
+    assert_int_equal(ma_store_load_payload(st, "p1", 700, &one, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_null(one);
+    assert_non_null(strstr(errbuf, "payload of event 700: checksum mismatch"));
+    assert_int_equal(ma_store_load_payload(st, "p1", 701, &one, errbuf, sizeof errbuf), 0);
+    free(one);
+    assert_int_equal(ma_store_load_events(st, "p1", 690, 20, KF, VF, k, v, pl, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_events(st, "p1", 690, 20, KF, VF, k, v, NULL, errbuf, sizeof errbuf), 0);
+    /* A commit onto the damaged partial block is refused (never rewritten with a fresh checksum). */
+    assert_int_equal(commit_batch(st, "p2", 2, 1000, 5), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "event block 15"));
+    /* The export refuses too: a snapshot's own checksum would make damage look sound. */
+    assert_int_equal(ma_store_session_export(st, "p1", discard, NULL, NULL, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_session_export(st, "p0", discard, NULL, NULL, errbuf, sizeof errbuf), 0);
+    check_session(st, "p0", 0, 1000);   /* untouched sessions are served whole */
+    ma_store_close(st);
+    /* No checksum at all is no better than a wrong one. */
+    raw_sql(dir, "UPDATE event_blocks SET ck = NULL WHERE block = 0 AND sid = (SELECT sid FROM sessions WHERE id = 'p0')");
+    st = open_ok(dir);
+    assert_int_equal(ma_store_load_events(st, "p0", 0, 1, KF, VF, k, v, NULL, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "no checksum"));
+    ma_store_close(st);
+    rm_dir(dir);
+}
+
+/* A file of the schema before the checksums (this version's rows without the checksum column, the last
+ * migration undone: the checksum step must stay the last one, or this test undo the steps after it) is
+ * upgraded: every row gets its checksum in the upgrade's transaction and reads back checked and equal. */
+static void test_upgrade_to_checksums(void **state)
+{
+    (void)state;
+    char *dir = populated_dir();
+    char undo[160];
+    snprintf(undo, sizeof undo, "ALTER TABLE event_blocks DROP COLUMN ck; ALTER TABLE payloads DROP COLUMN ck; "
+             "PRAGMA user_version = %d;", MA_SCHEMA - 1);
+    raw_sql(dir, undo);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM pragma_table_info('event_blocks') WHERE name = 'ck'"), 0);
+    ma_store *st = open_ok(dir);
+    for (int s = 0; s < 3; s++) {
+        char id[16];
+        snprintf(id, sizeof id, "p%d", s);
+        check_session(st, id, s, 1000);
+    }
+    assert_int_equal(commit_batch(st, "p1", 1, 1000, 30), 0);   /* tops up its partial block, checked */
+    check_session(st, "p1", 1, 1030);
+    ma_store_close(st);
+    assert_int_equal(raw_int(dir, "PRAGMA user_version"), MA_SCHEMA);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks WHERE ck IS NULL"), 0);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM payloads WHERE ck IS NULL"), 0);
     rm_dir(dir);
 }
 
@@ -1459,6 +1619,8 @@ int main(void)
         cmocka_unit_test(test_blocks_across_commits),
         cmocka_unit_test(test_corrupt_and_truncated_files_are_refused),
         cmocka_unit_test(test_inconsistent_rows_are_refused),
+        cmocka_unit_test(test_row_checksums),
+        cmocka_unit_test(test_upgrade_to_checksums),
         cmocka_unit_test(test_full_database),
         cmocka_unit_test(test_write_errors),
         cmocka_unit_test(test_sync_errors),
