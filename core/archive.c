@@ -657,30 +657,166 @@ static int range_chunks(const ma_archive *a, uint64_t lo, uint64_t hi, uint32_t 
     return 0;
 }
 
-int ma_archive_read_full(const ma_archive *a, const float *q, ma_read_result *r)
+/* ---- streamed exact reads (full, window) ------------------------------------------------------ */
+
+/* Chunks per span of a streamed read (the granularity at which an H > 1 read revisits for its pointer). */
+#define STREAM_SPAN_CHUNKS 16
+
+/* Chunk c for a streamed read, leaving the cache as it is (a scan must not evict what sparse reads use):
+ * the owned arrays, a ready cache entry (held until chunk_release), or the chunk read straight from the
+ * source into kbuf/vbuf (C events each). */
+static int chunk_stream(const ma_archive *a, uint32_t c, float *kbuf, float *vbuf, cref *r)
 {
-    if (a->length == 0)
-        return MA_EEMPTY;
-    uint32_t *cl;
-    size_t ncl;
-    int rc = range_chunks(a, 0, a->length, &cl, &ncl);
+    const chunk *ch = &a->ch[c];
+    r->e = NULL;
+    if (ch->k) {
+        r->k = ch->k;
+        r->v = ch->v;
+        return 0;
+    }
+    if (!a->has_src)
+        return MA_EIO;   /* unreachable: chunks are only released with a source set */
+    ccache *cc = a->cache;
+    pthread_mutex_lock(&cc->mu);
+    for (size_t i = 0; i < cc->n; i++) {
+        centry *x = cc->e[i];
+        if (x->chunk == c && x->ready) {
+            x->refs++;
+            pthread_mutex_unlock(&cc->mu);
+            r->k = x->k;
+            r->v = x->v;
+            r->e = x;
+            return 0;
+        }
+    }
+    pthread_mutex_unlock(&cc->mu);
+    int rc = a->src.load(a->src.ctx, c, kbuf, vbuf, ch->n);
     if (rc)
         return rc;
-    return attend_chunks(a, q, cl, ncl, 0, a->length, r);
+    r->k = kbuf;
+    r->v = vbuf;
+    return 0;
+}
+
+/* The mask bytes of events [first, first + n) for a stream (NULL when nothing is masked). */
+static const uint8_t *block_mask(const ma_archive *a, uint64_t first, size_t n, size_t *mask_n)
+{
+    *mask_n = 0;
+    if (!a->n_masked || first >= a->mask_cap)
+        return NULL;
+    *mask_n = a->mask_cap - first < n ? (size_t)(a->mask_cap - first) : n;
+    return a->mask + first;
+}
+
+/* Streams the chunks of [lo, hi) once through an online softmax for nq queries (core/attn.h), holding one
+ * chunk at a time, then (H > 1) revisits the spans that may hold a pointer. */
+static int stream_exact(const ma_archive *a, const ma_attn_query *qs, size_t nq, ma_read_result *r, int *rcs)
+{
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (size_t i = 0; i < nq; i++) {
+        rcs[i] = MA_EEMPTY;
+        if (qs[i].lo < qs[i].hi) {
+            lo = qs[i].lo < lo ? qs[i].lo : lo;
+            hi = qs[i].hi > hi ? qs[i].hi : hi;
+        }
+    }
+    if (lo >= hi)
+        return 0;
+    const uint64_t C = (uint64_t)a->C;
+    uint32_t c0 = (uint32_t)(lo / C), c1 = (uint32_t)((hi - 1) / C);
+    size_t nspans = ((size_t)c1 - c0) / STREAM_SPAN_CHUNKS + 1, done = 0;
+    ma_attn_stream *st = NULL;
+    float *kbuf = malloc((size_t)a->C * a->kf * sizeof(float)), *vbuf = malloc((size_t)a->C * a->vf * sizeof(float));
+    int rc = MA_ENOMEM;
+    if (!kbuf || !vbuf)
+        goto fail;
+    if ((rc = ma_attn_stream_create(a->H, a->d, a->dv, qs, nq, (size_t)a->C, (uint64_t)c0 * C,
+                                    STREAM_SPAN_CHUNKS * C, nspans, &st)) != 0)
+        goto fail;
+    for (uint32_t c = c0; c <= c1; c++) {
+        uint64_t first = (uint64_t)c * C;
+        size_t n = a->ch[c].n, mask_n;
+        if (!ma_attn_stream_wants(st, first, n))
+            continue;
+        cref ref;
+        if ((rc = chunk_stream(a, c, kbuf, vbuf, &ref)) != 0)
+            goto fail;
+        const uint8_t *mask = block_mask(a, first, n, &mask_n);
+        ma_attn_stream_feed(st, ref.k, ref.v, n, first, mask, mask_n);
+        chunk_release(a, &ref);
+    }
+    ma_attn_stream_finish(st);
+    for (size_t sp = 0; sp < nspans; sp++) {
+        if (!ma_attn_stream_revisit(st, sp))
+            continue;
+        for (uint32_t c = c0 + (uint32_t)(sp * STREAM_SPAN_CHUNKS); c <= c1 && c < c0 + (sp + 1) * STREAM_SPAN_CHUNKS; c++) {
+            uint64_t first = (uint64_t)c * C;
+            size_t n = a->ch[c].n, mask_n;
+            cref ref;
+            if ((rc = chunk_stream(a, c, kbuf, vbuf, &ref)) != 0)
+                goto fail;
+            const uint8_t *mask = block_mask(a, first, n, &mask_n);
+            ma_attn_stream_refeed(st, ref.k, n, first, mask, mask_n);
+            chunk_release(a, &ref);
+        }
+    }
+    for (; done < nq; done++) {
+        ma_attn_best best;
+        uint64_t scored;
+        if (ma_attn_stream_result(st, done, r[done].v, &best, &scored) != 0)
+            continue;   /* rcs stays MA_EEMPTY */
+        uint32_t *cl;
+        size_t ncl;
+        if ((rc = range_chunks(a, qs[done].lo, qs[done].hi, &cl, &ncl)) != 0)
+            goto fail;
+        fill_result(&r[done], &best, cl, ncl, scored);
+        rcs[done] = 0;
+    }
+    rc = 0;
+    goto out;
+fail:
+    for (size_t j = 0; j < done; j++)
+        ma_read_result_clear(&r[j]);
+out:
+    ma_attn_stream_destroy(st);
+    free(kbuf);
+    free(vbuf);
+    return rc;
+}
+
+int ma_archive_read_exact_batch(const ma_archive *a, const float *Q, size_t nq, const int *windows,
+                                ma_read_result *r, int *rcs)
+{
+    if (nq == 0)
+        return 0;
+    ma_attn_query *qs = malloc(nq * sizeof *qs);
+    if (!qs)
+        return MA_ENOMEM;
+    for (size_t i = 0; i < nq; i++) {
+        uint64_t lo = 0;
+        if (windows && windows[i] >= 0) {
+            uint64_t w = (uint64_t)(windows[i] > 0 ? windows[i] : a->window);
+            lo = a->length > w ? a->length - w : 0;
+        }
+        qs[i] = (ma_attn_query){.q = Q + i * a->kf, .lo = lo, .hi = a->length, .skip = r[i].skip};
+    }
+    int rc = stream_exact(a, qs, nq, r, rcs);
+    free(qs);
+    return rc;
+}
+
+int ma_archive_read_full(const ma_archive *a, const float *q, ma_read_result *r)
+{
+    int one;
+    int rc = ma_archive_read_exact_batch(a, q, 1, NULL, r, &one);
+    return rc ? rc : one;
 }
 
 int ma_archive_read_window(const ma_archive *a, const float *q, int window, ma_read_result *r)
 {
-    if (a->length == 0)
-        return MA_EEMPTY;
-    uint64_t w = (uint64_t)(window > 0 ? window : a->window);
-    uint64_t lo = a->length > w ? a->length - w : 0;
-    uint32_t *cl;
-    size_t ncl;
-    int rc = range_chunks(a, lo, a->length, &cl, &ncl);
-    if (rc)
-        return rc;
-    return attend_chunks(a, q, cl, ncl, lo, a->length, r);
+    int one, w = window > 0 ? window : 0;
+    int rc = ma_archive_read_exact_batch(a, q, 1, &w, r, &one);
+    return rc ? rc : one;
 }
 
 /* Scores every chunk's summary against q into s (nchunks floats). */

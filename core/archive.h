@@ -85,8 +85,20 @@ int ma_archive_get(const ma_archive *a, uint64_t i, float *k, float *v);
  * event is skipped by r->skip). */
 int ma_archive_read_full(const ma_archive *a, const float *q, ma_read_result *r);
 
-/* Exact softmax attention over the last `window` events. */
+/* Exact softmax attention over the last `window` events (window <= 0: ma_params.window). */
 int ma_archive_read_window(const ma_archive *a, const float *q, int window, ma_read_result *r);
+
+/* Exact reads of nq queries in one pass over the archive (Q: nq × H·d; r: nq results with their v
+ * buffers and skip bits; windows: NULL for nq full reads, else per query < 0 full, 0 the config's window,
+ * > 0 that window). Streamed (docs/ARCHIVE.md, "Streamed exact reads"): the chunks are visited once in
+ * order through an online softmax, one chunk held at a time (a chunk not resident is read from the source
+ * without entering the cache), one sgemm per chunk, head and group of 8 queries; with H > 1 a few spans of
+ * 16 chunks are visited again to find the pointer. A query's answer has the same bits alone or in any
+ * batch, and paged or resident. rcs[i]: 0 (r[i] filled) or MA_EEMPTY (nothing to attend over). Returns 0,
+ * or MA_ENOMEM / a chunk-source error (then no result is filled). ma_archive_read_full and
+ * ma_archive_read_window are this with nq = 1. */
+int ma_archive_read_exact_batch(const ma_archive *a, const float *Q, size_t nq, const int *windows,
+                                ma_read_result *r, int *rcs);
 
 /* Sparse read through the session's selector; topk <= 0 means ma_params.topk. What topk means:
  *  - chunks: the topk best-scoring chunks are read (at most topk·C events attended);
