@@ -93,6 +93,7 @@ struct ma_archive {
     ma_ivf *ivf;                   /* selector index only */
     bool has_src;
     ma_chunk_source src;
+    ma_event_loader load_events;   /* optional: candidates read alone through src.ctx */
     ccache *cache;                 /* with a source */
     uint8_t *mask;                 /* per event: MA_MASK_* bits (NULL until an event is masked) */
     uint64_t mask_cap;             /* events mask can hold */
@@ -900,6 +901,97 @@ static int index_budget(const ma_archive *a, int topk, size_t *budget)
     return np64 > INT_MAX ? INT_MAX : (int)np64;
 }
 
+/* Chunk c's data if it is in RAM (owned, or a ready cache entry, then held), without loading it: 0, or
+ * MA_ENOTFOUND. */
+static int chunk_peek(const ma_archive *a, uint32_t c, cref *r)
+{
+    float kb[1], vb[1];
+    if (a->ch[c].k || !a->has_src)
+        return chunk_stream(a, c, kb, vb, r);   /* owned: never loads */
+    ccache *cc = a->cache;
+    int rc = MA_ENOTFOUND;
+    pthread_mutex_lock(&cc->mu);
+    for (size_t i = 0; i < cc->n; i++) {
+        centry *x = cc->e[i];
+        if (x->chunk == c && x->ready) {
+            x->refs++;
+            x->tick = ++cc->clock;
+            r->k = x->k;
+            r->v = x->v;
+            r->e = x;
+            rc = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&cc->mu);
+    return rc;
+}
+
+/* Copies the keys and values of events ids[0..n) (ascending) into k and v and lists their chunks in cl
+ * (ascending, *ncl of them). Events of chunks in RAM are copied from there; with a source that reads
+ * single events (load_events) the others are read alone, else their chunks are loaded through the cache.
+ * The bytes are the same either way. */
+static int gather_ids(const ma_archive *a, const uint64_t *ids, size_t n, float *k, float *v, uint32_t *cl,
+                      size_t *ncl)
+{
+    const uint64_t C = (uint64_t)a->C;
+    size_t nabs = 0;
+    uint64_t *abs_ids = NULL;
+    size_t *abs_at = NULL;
+    float *ak = NULL, *av = NULL;
+    int rc = 0;
+    bool single = a->has_src && a->load_events;
+    *ncl = 0;
+    /* ids ascending: events of one chunk are consecutive; hold one chunk at a time while copying. */
+    for (size_t i = 0; i < n;) {
+        uint32_t c = (uint32_t)(ids[i] / C);
+        size_t j = i;
+        while (j < n && ids[j] / C == c)
+            j++;
+        cref ref;
+        rc = single ? chunk_peek(a, c, &ref) : chunk_acquire(a, c, &ref);
+        if (rc == MA_ENOTFOUND) {   /* read alone below */
+            if (!abs_ids && (!(abs_ids = malloc(n * sizeof *abs_ids)) || !(abs_at = malloc(n * sizeof *abs_at)))) {
+                rc = MA_ENOMEM;
+                goto done;
+            }
+            for (; i < j; i++) {
+                abs_ids[nabs] = ids[i];
+                abs_at[nabs++] = i;
+            }
+        } else if (rc) {
+            goto done;
+        } else {
+            for (; i < j; i++) {
+                size_t row = (size_t)(ids[i] % C);
+                memcpy(k + i * a->kf, ref.k + row * a->kf, a->kf * sizeof(float));
+                memcpy(v + i * a->vf, ref.v + row * a->vf, a->vf * sizeof(float));
+            }
+            chunk_release(a, &ref);
+        }
+        cl[(*ncl)++] = c;
+    }
+    rc = 0;
+    if (nabs) {
+        if (!(ak = malloc(nabs * a->kf * sizeof(float))) || !(av = malloc(nabs * a->vf * sizeof(float)))) {
+            rc = MA_ENOMEM;
+            goto done;
+        }
+        if ((rc = a->load_events(a->src.ctx, abs_ids, nabs, ak, av)) != 0)
+            goto done;
+        for (size_t x = 0; x < nabs; x++) {
+            memcpy(k + abs_at[x] * a->kf, ak + x * a->kf, a->kf * sizeof(float));
+            memcpy(v + abs_at[x] * a->vf, av + x * a->vf, a->vf * sizeof(float));
+        }
+    }
+done:
+    free(abs_ids);
+    free(abs_at);
+    free(ak);
+    free(av);
+    return rc;
+}
+
 /* Exact attention over the n candidates ids (ascending) the index chose for q; masked candidates are
  * dropped from ids in place first. */
 static int attend_ids(const ma_archive *a, const float *q, uint64_t *ids, size_t n, uint64_t scored,
@@ -922,21 +1014,8 @@ static int attend_ids(const ma_archive *a, const float *q, uint64_t *ids, size_t
     rc = MA_EEMPTY;
     if (n == 0)
         goto done;
-    /* ids ascending: events of one chunk are consecutive; hold one chunk at a time while copying. */
-    for (size_t i = 0; i < n;) {
-        uint32_t c = (uint32_t)(ids[i] / (uint64_t)a->C);
-        cref ref;
-        rc = chunk_acquire(a, c, &ref);
-        if (rc)
-            goto done;
-        for (; i < n && ids[i] / (uint64_t)a->C == c; i++) {
-            size_t row = (size_t)(ids[i] % (uint64_t)a->C);
-            memcpy(k + i * a->kf, ref.k + row * a->kf, a->kf * sizeof(float));
-            memcpy(v + i * a->vf, ref.v + row * a->vf, a->vf * sizeof(float));
-        }
-        chunk_release(a, &ref);
-        cl[ncl++] = c;
-    }
+    if ((rc = gather_ids(a, ids, n, k, v, cl, &ncl)) != 0)
+        goto done;
     ma_attn_seg seg = {.k = k, .v = v, .n = n, .first = 0, .ids = ids};
     ma_attn_best best;
     rc = ma_attn(&seg, 1, a->H, a->d, a->dv, q, r->v, &best);
@@ -1080,6 +1159,11 @@ int ma_archive_set_source(ma_archive *a, ma_chunk_source src, size_t cache_chunk
     a->src = src;
     a->has_src = true;
     return 0;
+}
+
+void ma_archive_set_event_loader(ma_archive *a, ma_event_loader fn)
+{
+    a->load_events = fn;
 }
 
 void ma_archive_release(ma_archive *a)

@@ -52,6 +52,10 @@ typedef struct {
     void *ctx;
 } ma_chunk_source;
 
+/* Optional companion of a chunk source (ma_archive_set_event_loader): fills k and v with the keys and
+ * values of n events, indices strictly ascending, reading only those (called with the source's ctx). */
+typedef int (*ma_event_loader)(void *ctx, const uint64_t *events, size_t n, float *k, float *v);
+
 /* Event masks (docs/SLOTS.md, "Supersession and forgetting"): per event a set of bits a read can skip
  * (ma_read_result.skip). Every read — full, window, sparse through either selector — leaves out the
  * events whose bits intersect skip, with one test per event or candidate (ma_archive_masked); when no
@@ -135,6 +139,12 @@ size_t ma_archive_bytes_total(const ma_archive *a);
  * ma_archive_release() drops sealed (full) chunks from RAM; they are loaded on demand. */
 int ma_archive_set_source(ma_archive *a, ma_chunk_source src, size_t cache_chunks);
 void ma_archive_release(ma_archive *a);
+
+/* Sets (or with NULL clears) the event loader of the chunk source: the sparse read's candidates that are
+ * neither resident nor cached are then read alone through it instead of loading their chunks (the same
+ * bytes: the same answers; docs/ARCHIVE.md, "Paged sparse reads"). Kept across ma_archive_set_source.
+ * Must not run alongside a read. */
+void ma_archive_set_event_loader(ma_archive *a, ma_event_loader fn);
 
 /* Serialises / restores what cannot be recomputed from the chunks (the shape, and for the index selector
  * its centroids and build counters: a few hundred KiB at 2M events, nothing per event) as a core/blob.h

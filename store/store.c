@@ -96,6 +96,7 @@ static const char *const stmt_sql[N_STMTS] = {
     [ST_PAYLOAD] = "SELECT payload FROM payloads WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
                    " AND idx = ?2",
     [ST_ERASE_PAYLOAD] = "DELETE FROM payloads WHERE sid = ?1 AND idx = ?2",
+    [ST_BLOCK_ROW] = "SELECT rowid, n FROM event_blocks WHERE sid = ?1 AND block = ?2",
 };
 
 /* ---- small helpers ---------------------------------------------------------------------------- */
@@ -1248,6 +1249,147 @@ done:
             payloads[i] = NULL;
         }
     }
+    if (!ret)
+        atomic_fetch_add(&st->events_read, n);
+    return ret;
+}
+
+/* Verification hook for partial reads of a block row (ma_store_load_some): called with the row's
+ * identity and the byte ranges read, after they were read. Today it checks nothing beyond what the
+ * caller already did (the column sizes against n). A store that keeps a checksum per block row (the
+ * "harden2" work) must decide here how a partial read is verified: a whole-row checksum cannot be checked
+ * from 256 bytes — read and check the whole row once per (session, block) and remember it, or keep
+ * per-event checksums in the row. Returns 0 or MA_ECORRUPT with err set. */
+static int verify_partial(ma_store *st, const char *id, uint64_t block, int64_t rowid, const float *k,
+                          const float *v, size_t k_bytes, size_t v_bytes, char *err, size_t errlen)
+{
+    (void)st, (void)id, (void)block, (void)rowid, (void)k, (void)v, (void)k_bytes, (void)v_bytes;
+    (void)err, (void)errlen;
+    return 0;
+}
+
+int ma_store_load_some(ma_store *st, const char *id, const uint64_t *events, size_t n, size_t k_floats,
+                       size_t v_floats, float *k, float *v, char *err, size_t errlen)
+{
+    int ret = check_id(st, id, err, errlen);
+    if (ret)
+        return ret;
+    if (n == 0)
+        return 0;
+    for (size_t i = 1; i < n; i++)
+        if (events[i] <= events[i - 1] || events[i] > INT64_MAX) {
+            st_seterr(err, errlen, "session '%s': events to read are not ascending", id);
+            return MA_EINVAL;
+        }
+    conn *c;
+    if ((ret = st_reader_get(st, &c, err, errlen)))
+        return ret;
+    sqlite3_stmt *s = NULL, *b = NULL;
+    sqlite3_blob *bk = NULL, *bv = NULL;
+    const size_t kb = k_floats * sizeof(float), vb = v_floats * sizeof(float);
+    bool txn = false;
+    int rc = st_run(st, c, ST_BEGIN, err, errlen);   /* one snapshot for every block */
+    if (rc) {
+        ret = st_fail_db(st, c->db, rc, err, errlen, "starting a read");
+        goto done;
+    }
+    txn = true;
+    if (!(s = st_stmt(st, c, ST_SID, err, errlen)) || !(b = st_stmt(st, c, ST_BLOCK_ROW, err, errlen))) {
+        ret = MA_EIO;
+        goto done;
+    }
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    if ((rc = sqlite3_step(s)) != SQLITE_ROW) {
+        if (rc == SQLITE_DONE) {
+            st_seterr(err, errlen, "session '%s' does not exist", id);
+            ret = MA_ENOTFOUND;
+        } else {
+            ret = st_fail_db(st, c->db, rc, err, errlen, "looking up a session");
+        }
+        goto done;
+    }
+    int64_t sid = sqlite3_column_int64(s, 0);
+    uint64_t length = (uint64_t)sqlite3_column_int64(s, 1);
+    sqlite3_reset(s);
+    if (events[n - 1] >= length) {
+        st_seterr(err, errlen, "session '%s': event %" PRIu64 " requested, it has %" PRIu64, id, events[n - 1],
+                  length);
+        ret = MA_ENOTFOUND;
+        goto done;
+    }
+    /* Block by block (events ascending): the row's rowid from the key index, then only the events' bytes
+     * through the two columns' blob handles, reopened on each row. */
+    for (size_t i = 0; i < n;) {
+        uint64_t block = events[i] / BLOCK, base = block * BLOCK;
+        sqlite3_bind_int64(b, 1, sid);
+        sqlite3_bind_int64(b, 2, (int64_t)block);
+        rc = sqlite3_step(b);
+        int64_t rowid = rc == SQLITE_ROW ? sqlite3_column_int64(b, 0) : 0;
+        size_t nb = rc == SQLITE_ROW ? (size_t)sqlite3_column_int64(b, 1) : 0;
+        sqlite3_reset(b);
+        if (rc == SQLITE_DONE) {
+            st_seterr(err, errlen, "store %s: session '%s': event %" PRIu64 " is missing (length %" PRIu64 ")",
+                      st->path, id, events[i], length);
+            ret = MA_ECORRUPT;
+            goto done;
+        }
+        if (rc != SQLITE_ROW) {
+            ret = st_fail_db(st, c->db, rc, err, errlen, "reading events");
+            goto done;
+        }
+        if (bk) {
+            rc = sqlite3_blob_reopen(bk, rowid);
+            if (rc == SQLITE_OK)
+                rc = sqlite3_blob_reopen(bv, rowid);
+        } else {
+            rc = sqlite3_blob_open(c->db, "main", "event_blocks", "k", rowid, 0, &bk);
+            if (rc == SQLITE_OK)
+                rc = sqlite3_blob_open(c->db, "main", "event_blocks", "v", rowid, 0, &bv);
+        }
+        if (rc != SQLITE_OK) {
+            ret = st_fail_db(st, c->db, rc, err, errlen, "opening an event block");
+            goto done;
+        }
+        if ((size_t)sqlite3_blob_bytes(bk) != nb * kb || (size_t)sqlite3_blob_bytes(bv) != nb * vb) {
+            st_seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 ": key/value of %d/%d bytes, expected"
+                      " %zu events of %zu/%zu", st->path, id, block, sqlite3_blob_bytes(bk), sqlite3_blob_bytes(bv),
+                      nb, kb, vb);
+            ret = MA_ECORRUPT;
+            goto done;
+        }
+        size_t i0 = i;
+        for (; i < n && events[i] / BLOCK == block; i++) {
+            size_t row = (size_t)(events[i] - base);
+            if (row >= nb) {
+                st_seterr(err, errlen, "store %s: session '%s': event %" PRIu64 " is missing (length %" PRIu64 ")",
+                          st->path, id, events[i], length);
+                ret = MA_ECORRUPT;
+                goto done;
+            }
+            if ((rc = sqlite3_blob_read(bk, k + i * k_floats, (int)kb, (int)(row * kb))) != SQLITE_OK ||
+                (rc = sqlite3_blob_read(bv, v + i * v_floats, (int)vb, (int)(row * vb))) != SQLITE_OK) {
+                ret = st_fail_db(st, c->db, rc, err, errlen, "reading events");
+                goto done;
+            }
+        }
+        if ((ret = verify_partial(st, id, block, rowid, k + i0 * k_floats, v + i0 * v_floats, (i - i0) * kb,
+                                  (i - i0) * vb, err, errlen)) != 0)
+            goto done;
+    }
+done:
+    if (bk)
+        sqlite3_blob_close(bk);
+    if (bv)
+        sqlite3_blob_close(bv);
+    if (s)
+        sqlite3_reset(s);
+    if (b) {
+        sqlite3_reset(b);
+        sqlite3_clear_bindings(b);
+    }
+    if (txn)
+        st_rollback(st, c);   /* ends the read transaction */
+    st_reader_put(st, c);
     if (!ret)
         atomic_fetch_add(&st->events_read, n);
     return ret;

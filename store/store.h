@@ -127,6 +127,15 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
 int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n, size_t k_floats,
                          size_t v_floats, float *k, float *v, char **payloads, char *err, size_t errlen);
 
+/* Reads the keys and values of n events of a session, indices events[0..n) strictly ascending, into k
+ * (n·k_floats) and v (n·v_floats): only those bytes, with sqlite's incremental blob I/O on their block rows
+ * (one key-index lookup per block, then two small reads per event; docs/STORE.md, "Reading a few events").
+ * For the sparse read's candidates, which lie in ~one block each: a whole block row is 32 KiB at
+ * H·d = H·d_v = 64, one event's key and value 512 bytes. 0, MA_ENOTFOUND (no session, or an event past
+ * its length), MA_ECORRUPT, MA_EIO, MA_EINVAL (not ascending). */
+int ma_store_load_some(ma_store *st, const char *id, const uint64_t *events, size_t n, size_t k_floats,
+                       size_t v_floats, float *k, float *v, char *err, size_t errlen);
+
 /* Reads one event's payload (malloc'd JSON text, or NULL when it has none). */
 int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **payload, char *err,
                           size_t errlen);

@@ -447,6 +447,23 @@ static int mem_load(void *ctx, uint32_t chunk, float *k, float *v, size_t n)
     return 0;
 }
 
+/* The source's single-event reads (load_events), counted apart from chunk loads. */
+static int mem_events_loaded;
+static int mem_load_events(void *ctx, const uint64_t *ids, size_t n, float *k, float *v)
+{
+    mem_source *s = ctx;
+    for (size_t i = 0; i < n; i++) {
+        if (i && ids[i] <= ids[i - 1])
+            return MA_EINVAL;
+        if (ids[i] / (uint64_t)s->C == s->fail_chunk)
+            return MA_EIO;
+        memcpy(k + i * s->kf, s->k + ids[i] * s->kf, s->kf * sizeof(float));
+        memcpy(v + i * s->vf, s->v + ids[i] * s->vf, s->vf * sizeof(float));
+    }
+    __atomic_add_fetch(&mem_events_loaded, (int)n, __ATOMIC_RELAXED);
+    return 0;
+}
+
 /* Runs full, window and sparse reads of q on a and b and requires identical bits. */
 static void same_reads(const ma_archive *a, const ma_archive *b, const float *q, size_t vlen, int topk)
 {
@@ -858,6 +875,76 @@ static void needle_rates(ma_selector sel, ma_chunk_score cs, size_t N, int trial
     free(v);
 }
 
+/* A source that reads single events: a paged sparse read (index selector) reads its candidates alone,
+ * loads no chunk, and answers with the resident archive's bits; a candidate's chunk that is in the cache is
+ * used from there; a failing single read is passed on. */
+static void test_paged_sparse_reads_events(void **state)
+{
+    (void)state;
+    rng_state = 77;
+    ma_params p = mkparams(2, 8, 4, 16, 4, MA_SELECTOR_INDEX);
+    p.window = 40;
+    const size_t T = 3000;
+    float *k, *v;
+    ma_archive *ref = filled(&p, T, &k, &v), *a;
+    assert_int_equal(ma_archive_create(&p, &a), 0);
+    for (size_t i = 0; i < T;) {   /* the batches of filled(): the same index */
+        size_t n = 1 + (i * 7) % 11;
+        if (n > T - i)
+            n = T - i;
+        assert_int_equal(ma_archive_append(a, n, k + i * 16, v + i * 8), 0);
+        i += n;
+    }
+    mem_source ms = {.k = k, .v = v, .kf = 16, .vf = 8, .C = 16, .fail_chunk = UINT32_MAX};
+    assert_int_equal(ma_archive_set_source(a, (ma_chunk_source){mem_load, &ms}, 2), 0);
+    ma_archive_set_event_loader(a, mem_load_events);
+    ma_archive_release(a);
+    float oa[8], ob[8];
+    for (int t = 0; t < 6; t++) {
+        float *q = randv(16);
+        int before = ms.loads;
+        mem_events_loaded = 0;
+        ma_read_result ra = {.v = oa}, rb = {.v = ob};
+        assert_int_equal(ma_archive_read_sparse(ref, q, 0, &ra), 0);
+        assert_int_equal(ma_archive_read_sparse(a, q, 0, &rb), 0);
+        assert_memory_equal(oa, ob, sizeof oa);
+        assert_int_equal(ra.pointer, rb.pointer);
+        assert_true(ra.score == rb.score && ra.weight == rb.weight);
+        assert_int_equal(ra.n_chunks, rb.n_chunks);
+        assert_memory_equal(ra.chunks, rb.chunks, ra.n_chunks * sizeof(uint32_t));
+        assert_int_equal(ms.loads, before);          /* no chunk loaded ... */
+        assert_true(mem_events_loaded > 0);          /* ... the candidates read alone */
+        ma_read_result_clear(&ra);
+        ma_read_result_clear(&rb);
+        same_reads(ref, a, q, 8, 0);                 /* full and window too */
+        free(q);
+    }
+    /* A chunk in the cache (ma_archive_get loads through it) serves its candidates. */
+    float q[16], kk[16];
+    assert_int_equal(ma_archive_get(a, 1000, kk, NULL), 0);
+    memcpy(q, kk, sizeof q);
+    ma_read_result r = {.v = oa}, rr = {.v = ob};
+    assert_int_equal(ma_archive_read_sparse(a, q, 0, &r), 0);
+    assert_int_equal(ma_archive_read_sparse(ref, q, 0, &rr), 0);
+    assert_memory_equal(oa, ob, sizeof oa);
+    assert_int_equal(r.pointer, rr.pointer);
+    ma_read_result_clear(&r);
+    ma_read_result_clear(&rr);
+    /* A failing single read: the chunk of another read's pointer fails. */
+    memcpy(q, k + 323 * 16, sizeof q);
+    rr = (ma_read_result){.v = ob};
+    assert_int_equal(ma_archive_read_sparse(ref, q, 0, &rr), 0);
+    ms.fail_chunk = (uint32_t)(rr.pointer / 16);
+    ma_read_result_clear(&rr);
+    r = (ma_read_result){.v = oa};
+    assert_int_equal(ma_archive_read_sparse(a, q, 0, &r), MA_EIO);
+    assert_null(r.chunks);
+    ma_archive_destroy(a);
+    ma_archive_destroy(ref);
+    free(k);
+    free(v);
+}
+
 /* ---- streamed exact reads (issue 9 item 3) ----------------------------------------------------- */
 
 /* Scales every query so that the softmax is peaked (a pointer worth comparing) but not one-hot. */
@@ -1052,6 +1139,7 @@ int main(void)
         cmocka_unit_test(test_meta_generation_and_bytes),
         cmocka_unit_test(test_sparse_batch_equals_single),
         cmocka_unit_test(test_streamed_matches_reference),
+        cmocka_unit_test(test_paged_sparse_reads_events),
         cmocka_unit_test(test_exact_batch_equals_single),
         cmocka_unit_test(test_needle_index_100k),
         cmocka_unit_test(test_needle_chunks_rates),
