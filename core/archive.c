@@ -929,8 +929,8 @@ static int chunk_peek(const ma_archive *a, uint32_t c, cref *r)
 
 /* Copies the keys and values of events ids[0..n) (ascending) into k and v and lists their chunks in cl
  * (ascending, *ncl of them). Events of chunks in RAM are copied from there; with a source that reads
- * single events (load_events) the others are read alone, else their chunks are loaded through the cache.
- * The bytes are the same either way. */
+ * single events (load_events) the others are read alone (an id the index gave twice is read once), else
+ * their chunks are loaded through the cache. The bytes are the same either way. */
 static int gather_ids(const ma_archive *a, const uint64_t *ids, size_t n, float *k, float *v, uint32_t *cl,
                       size_t *ncl)
 {
@@ -951,13 +951,15 @@ static int gather_ids(const ma_archive *a, const uint64_t *ids, size_t n, float 
         cref ref;
         rc = single ? chunk_peek(a, c, &ref) : chunk_acquire(a, c, &ref);
         if (rc == MA_ENOTFOUND) {   /* read alone below */
-            if (!abs_ids && (!(abs_ids = malloc(n * sizeof *abs_ids)) || !(abs_at = malloc(n * sizeof *abs_at)))) {
+            if (!abs_ids && (!(abs_ids = malloc(n * sizeof *abs_ids)) || !(abs_at = calloc(n, sizeof *abs_at)))) {
                 rc = MA_ENOMEM;
                 goto done;
             }
-            for (; i < j; i++) {
-                abs_ids[nabs] = ids[i];
-                abs_at[nabs++] = i;
+            for (; i < j; i++) {   /* abs_at[i]: where candidate i is among the distinct ids read */
+                if (!nabs || abs_ids[nabs - 1] != ids[i])
+                    abs_ids[nabs++] = ids[i];
+                abs_at[i] = nabs - 1;
+                abs_at[i] |= (size_t)1 << (sizeof(size_t) * 8 - 1);   /* marks an absent candidate */
             }
         } else if (rc) {
             goto done;
@@ -979,9 +981,13 @@ static int gather_ids(const ma_archive *a, const uint64_t *ids, size_t n, float 
         }
         if ((rc = a->load_events(a->src.ctx, abs_ids, nabs, ak, av)) != 0)
             goto done;
-        for (size_t x = 0; x < nabs; x++) {
-            memcpy(k + abs_at[x] * a->kf, ak + x * a->kf, a->kf * sizeof(float));
-            memcpy(v + abs_at[x] * a->vf, av + x * a->vf, a->vf * sizeof(float));
+        const size_t mark = (size_t)1 << (sizeof(size_t) * 8 - 1);
+        for (size_t i = 0; i < n; i++) {
+            if (!(abs_at[i] & mark))
+                continue;
+            size_t x = abs_at[i] & ~mark;
+            memcpy(k + i * a->kf, ak + x * a->kf, a->kf * sizeof(float));
+            memcpy(v + i * a->vf, av + x * a->vf, a->vf * sizeof(float));
         }
     }
 done:
