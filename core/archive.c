@@ -15,17 +15,21 @@
  * entry is in use a read gets an extra entry, freed again when released, so a read never fails for a
  * small cache (it only costs memory for its duration). The tail (partial) chunk is always owned.
  *
- * Reads: full (every chunk), window (the last W events), sparse through the selector (chunks: top-k
- * chunks by summary score; index: probe a tenth of the clusters (at the default topk), rank their events
- * by sign code then 4-bit code, attend exactly over the best 8·topk, loaded from their chunks). Each ends in the exact kernel ma_attn.
+ * Reads: full (every chunk) and window (the last W events) are streamed: the chunks of the range are
+ * visited once in order, one held at a time (absent ones read from the source into the read's buffer, not
+ * the cache), through the online softmax of core/attn.h, for a whole batch of queries at once
+ * (ma_archive_read_exact_batch). Sparse through the selector (chunks: top-k chunks by summary score; index:
+ * probe a tenth of the clusters (at the default topk), rank their events by sign code then 4-bit code,
+ * attend exactly over the best 8·topk, copied from their chunks when in RAM, else read alone through the
+ * event loader, else loaded with their chunks) ends in the exact kernel ma_attn.
  *
  * Persistence. The meta blob holds only what cannot be recomputed (shape, index centroids and counters);
  * restore streams every chunk through the source once to recompute summaries or index lists with the
  * arithmetic of the appends, so a restored archive answers with the same bits.
  *
- * Not here: no online softmax over the chunk stream (a full read of a paged archive holds every chunk for
- * its duration), no eviction of the summaries or the index (they stay resident by design), no locking of
- * appends against reads (the session serialises mutations), no background index rebuild.
+ * Not here: no eviction of the summaries or the index (they stay resident by design), no locking of
+ * appends against reads (the session serialises mutations), no background index rebuild, no read-ahead of
+ * chunks for a streamed read.
  */
 #include "core/archive.h"
 

@@ -1,11 +1,14 @@
 /*
  * core/attn.c — exact softmax attention over a list of event segments (see core/attn.h).
  *
- * Three passes over the selected events: logits (sgemv per segment and head), per-head max and exp with
- * the normaliser summed in double, then the weighted sum of values (sgemv per segment into a float
- * partial, added into a double accumulator). The logits buffer is the only allocation: n·H floats.
- * Deliberately no fused/online softmax: two passes over the keys cost little next to the value pass and
- * keep the pointer (which needs every normalised weight) exact.
+ * ma_attn (the sparse reads: a few hundred events in RAM): three passes over the selected events: logits
+ * (sgemv per segment and head), per-head max and exp with the normaliser summed in double, then the
+ * weighted sum of values (sgemv per segment into a float partial, added into a double accumulator). The
+ * logits buffer is the only allocation: n·H floats.
+ *
+ * ma_attn_stream_* (the full and window reads: the whole archive, streamed chunk by chunk for a batch of
+ * queries): an online softmax, described before the code below; the pointer, which needs every final
+ * normalised weight, is kept exact by candidates and a bounded revisit of a few spans.
  */
 #include "core/attn.h"
 
