@@ -542,11 +542,35 @@ done:
     return rc;
 }
 
+/* The skip bits of q's archive reads. */
+static unsigned query_skip(const ma_query *q)
+{
+    return q->include_superseded ? MA_MASK_FORGOTTEN : MA_MASK_ALL;
+}
+
+/* Fills a from the archive read r of route (taking r's chunks) and looks up the pointer's payload. */
+static int answer_from_read(const ma_session *s, ma_route route, ma_read_result *r, ma_answer *a)
+{
+    a->route = route;
+    a->score = r->score;
+    a->event = r->pointer;
+    a->chunks = r->chunks;
+    a->n_chunks = r->n_chunks;
+    r->chunks = NULL;
+    r->n_chunks = 0;
+    int rc;
+    if (a->event >= 0 && (rc = event_payload(s, (uint64_t)a->event, &a->payload))) {
+        ma_answer_clear(a);
+        return rc;
+    }
+    return 0;
+}
+
 static int answer_archive(const ma_session *s, ma_route route, const ma_query *q, ma_answer *a)
 {
     if (ma_archive_length(s->ar) == 0)
         return MA_EEMPTY;
-    ma_read_result r = {.v = a->v, .skip = q->include_superseded ? MA_MASK_FORGOTTEN : MA_MASK_ALL};
+    ma_read_result r = {.v = a->v, .skip = query_skip(q)};
     int rc;
     switch (route) {
     case MA_ROUTE_FULL:   rc = ma_archive_read_full(s->ar, q->q, &r); break;
@@ -557,16 +581,7 @@ static int answer_archive(const ma_session *s, ma_route route, const ma_query *q
         ma_read_result_clear(&r);
         return rc;
     }
-    a->route = route;
-    a->score = r.score;
-    a->event = r.pointer;
-    a->chunks = r.chunks;
-    a->n_chunks = r.n_chunks;
-    if (r.pointer >= 0 && (rc = event_payload(s, (uint64_t)r.pointer, &a->payload))) {
-        ma_answer_clear(a);
-        return rc;
-    }
-    return 0;
+    return answer_from_read(s, route, &r, a);
 }
 
 /* Step 2 of the router: the best resident slot by cosine, if it reaches the threshold. */
@@ -575,12 +590,16 @@ static bool match_slot(const ma_session *s, const float *q, ma_slot_view *sv, do
     return q && ma_slots_match(s->slots, q, sv, score) == 0 && *score >= s->p.route_threshold;
 }
 
-int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a)
+/* Everything of a query but its archive read: answers slot and state routes (or fails) and returns with
+ * *archive = MA_ROUTE_AUTO, or leaves a cleared answer and sets *archive to the archive route (sparse, full,
+ * window) that must answer it. */
+static int route_query(const ma_session *s, const ma_query *q, ma_answer *a, ma_route *archive)
 {
     float *v = a->v;
     memset(a, 0, sizeof *a);
     a->v = v;
     a->event = -1;
+    *archive = MA_ROUTE_AUTO;
 
     ma_slot_view sv;
     double score;
@@ -611,13 +630,15 @@ int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a)
         }
         if (q->route == MA_ROUTE_SLOT || !q->q)
             return MA_ENOTFOUND;
-        return answer_archive(s, MA_ROUTE_SPARSE, q, a);
+        *archive = MA_ROUTE_SPARSE;
+        return 0;
     case MA_ROUTE_SPARSE:
     case MA_ROUTE_FULL:
     case MA_ROUTE_WINDOW:
         if (!q->q)
             return MA_EINVAL;
-        return answer_archive(s, q->route, q, a);
+        *archive = q->route;
+        return 0;
     case MA_ROUTE_STATE: {
         if (!q->q)
             return MA_EINVAL;
@@ -629,6 +650,100 @@ int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a)
     }
     }
     return MA_EINVAL;
+}
+
+int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a)
+{
+    ma_route archive;
+    int rc = route_query(s, q, a, &archive);
+    if (rc || archive == MA_ROUTE_AUTO)
+        return rc;
+    return answer_archive(s, archive, q, a);
+}
+
+static int cmp_topk(const void *x, const void *y, void *ctx)
+{
+    const ma_query *qs = ctx;
+    size_t i = *(const size_t *)x, j = *(const size_t *)y;
+    int a = qs[i].topk, b = qs[j].topk;
+    return a != b ? (a > b) - (a < b) : (i > j) - (i < j);
+}
+
+/* The sparse reads of the batch (indices idx[0..n), ordered by topk): one ma_archive_read_sparse_batch per
+ * topk; a group the batch cannot answer whole (a query with nothing to attend over, a failure) is read
+ * query by query, so each gets its own outcome. */
+static void batch_sparse(const ma_session *s, const ma_query *qs, const size_t *idx, size_t n, ma_answer *as,
+                         int *rcs, ma_read_result *r, float *Q)
+{
+    for (size_t g0 = 0, g1; g0 < n; g0 = g1) {
+        for (g1 = g0 + 1; g1 < n && qs[idx[g1]].topk == qs[idx[g0]].topk; g1++)
+            ;
+        for (size_t j = g0; j < g1; j++) {
+            r[j] = (ma_read_result){.v = as[idx[j]].v, .skip = query_skip(&qs[idx[j]])};
+            memcpy(Q + (j - g0) * s->kn, qs[idx[j]].q, s->kn * sizeof *Q);
+        }
+        if (ma_archive_read_sparse_batch(s->ar, Q, g1 - g0, qs[idx[g0]].topk, r + g0) == 0) {
+            for (size_t j = g0; j < g1; j++)
+                rcs[idx[j]] = answer_from_read(s, MA_ROUTE_SPARSE, &r[j], &as[idx[j]]);
+            continue;
+        }
+        for (size_t j = g0; j < g1; j++)
+            rcs[idx[j]] = answer_archive(s, MA_ROUTE_SPARSE, &qs[idx[j]], &as[idx[j]]);
+    }
+}
+
+int ma_session_query_batch(const ma_session *s, const ma_query *qs, size_t n, ma_answer *as, int *rcs)
+{
+    if (n == 0)
+        return 0;
+    int rc = MA_ENOMEM;
+    size_t *exact = malloc(n * sizeof *exact), *sparse = malloc(n * sizeof *sparse), ne = 0, ns = 0;
+    ma_route *route = malloc(n * sizeof *route);
+    int *windows = malloc(n * sizeof *windows), *erc = malloc(n * sizeof *erc);
+    ma_read_result *r = malloc(n * sizeof *r);
+    float *Q = malloc(n * s->kn * sizeof *Q);
+    if (!exact || !sparse || !route || !windows || !erc || !r || !Q)
+        goto done;
+    bool empty = ma_archive_length(s->ar) == 0;
+    for (size_t i = 0; i < n; i++) {
+        rcs[i] = route_query(s, &qs[i], &as[i], &route[i]);
+        if (rcs[i] || route[i] == MA_ROUTE_AUTO)
+            continue;
+        if (empty)
+            rcs[i] = MA_EEMPTY;
+        else if (route[i] == MA_ROUTE_SPARSE)
+            sparse[ns++] = i;
+        else
+            exact[ne++] = i;
+    }
+    /* Full and window reads: one streamed pass over the archive for all of them. */
+    for (size_t j = 0; j < ne; j++) {
+        size_t i = exact[j];
+        memcpy(Q + j * s->kn, qs[i].q, s->kn * sizeof *Q);
+        windows[j] = route[i] == MA_ROUTE_WINDOW ? s->p.window : -1;
+        r[j] = (ma_read_result){.v = as[i].v, .skip = query_skip(&qs[i])};
+    }
+    int xrc = ne ? ma_archive_read_exact_batch(s->ar, Q, ne, windows, r, erc) : 0;
+    for (size_t j = 0; j < ne; j++) {
+        size_t i = exact[j];
+        if (xrc || erc[j])
+            rcs[i] = xrc ? xrc : erc[j];
+        else
+            rcs[i] = answer_from_read(s, route[i], &r[j], &as[i]);
+    }
+    /* Sparse reads (forced, or the router's fallback), batched per topk. */
+    qsort_r(sparse, ns, sizeof *sparse, cmp_topk, (void *)qs);
+    batch_sparse(s, qs, sparse, ns, as, rcs, r, Q);
+    rc = 0;
+done:
+    free(exact);
+    free(sparse);
+    free(route);
+    free(windows);
+    free(erc);
+    free(r);
+    free(Q);
+    return rc;
 }
 
 /* ---- stats ------------------------------------------------------------------------------------- */

@@ -172,6 +172,14 @@ void ma_answer_clear(ma_answer *a);
  * MA_EEMPTY. */
 int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a);
 
+/* Answers n queries: rcs[i] and as[i] (its v the caller's buffer of H·d_v) get what ma_session_query gives
+ * for qs[i], with the archive reads of the batch made together: every full and window read in one
+ * streamed pass over the archive (ma_archive_read_exact_batch: the same bits as one by one), the sparse
+ * reads (forced or the router's fallback) by ma_archive_read_sparse_batch per topk (the same answers, except
+ * where two of a query's cluster scores tie within rounding: docs/ARCHIVE.md). Slot usage is counted as by
+ * single queries. Returns 0, or MA_ENOMEM with no query answered (as and rcs untouched). */
+int ma_session_query_batch(const ma_session *s, const ma_query *qs, size_t n, ma_answer *as, int *rcs);
+
 /* ---- the session itself ---------------------------------------------------------------------- */
 
 int ma_session_create(const ma_params *p, ma_session **out);

@@ -1,5 +1,5 @@
-/* registry/pager.c — store-backed chunk, payload and slot version sources for core, and the slot table
- * converter of the store's schema 2 -> 3 upgrade (see registry/pager.h). */
+/* registry/pager.c — store-backed chunk, event, payload and slot version sources for core, and the slot
+ * table converter of the store's schema 2 -> 3 upgrade (see registry/pager.h). */
 #include "registry/pager.h"
 
 #include <stdio.h>
@@ -18,6 +18,7 @@ void reg_pager_init(reg_pager *pg, ma_store *st, const char *id, const ma_params
     pg->k_floats = (size_t)p->heads * (size_t)p->dim;
     pg->v_floats = (size_t)p->heads * (size_t)p->value_dim;
     pg->chunk_loads = chunk_loads;
+    pg->event_loads = NULL;
     atomic_init(&pg->failed, 0);
     pg->err[0] = '\0';
 }
@@ -42,6 +43,17 @@ static int load_chunk(void *ctx, uint32_t chunk, float *k, float *v, size_t n)
     return rc ? failure(pg, rc, err) : 0;
 }
 
+/* A sparse read's candidates: only their keys and values (ma_store_load_some), not their chunks. */
+static int load_events(void *ctx, const uint64_t *events, size_t n, float *k, float *v)
+{
+    reg_pager *pg = ctx;
+    char err[256] = "";
+    if (pg->event_loads)
+        atomic_fetch_add_explicit(pg->event_loads, n, memory_order_relaxed);
+    int rc = ma_store_load_some(pg->store, pg->id, events, n, pg->k_floats, pg->v_floats, k, v, err, sizeof err);
+    return rc ? failure(pg, rc, err) : 0;
+}
+
 static int load_payload(void *ctx, uint64_t event, char **payload)
 {
     reg_pager *pg = ctx;
@@ -53,6 +65,11 @@ static int load_payload(void *ctx, uint64_t event, char **payload)
 ma_chunk_source reg_pager_chunks(reg_pager *pg)
 {
     return (ma_chunk_source){load_chunk, pg};
+}
+
+ma_event_loader reg_pager_event_loader(void)
+{
+    return load_events;
 }
 
 ma_payload_source reg_pager_payloads(reg_pager *pg)

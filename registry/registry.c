@@ -328,6 +328,7 @@ static int fresh_core(reg_session *s, ma_session **out)
         ma_session_destroy(core);
         return rc;
     }
+    ma_archive_set_event_loader(ma_session_archive(core), reg_pager_event_loader());
     *out = core;
     return 0;
 }
@@ -371,6 +372,7 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
             snprintf(err, errlen, "session %s: cannot restore the stored state: %s", s->id, why_pg);
             goto done;
         }
+        ma_archive_set_event_loader(ma_session_archive(core), reg_pager_event_loader());
         s->blobs_stored = true;
         s->meta_gen = ma_archive_meta_generation(ma_session_archive(core));
         s->paged = true;   /* a restored archive reads its chunks from the store on demand */

@@ -541,6 +541,9 @@ static int do_query(job *j)
     codec_error ce;
     reg_session *s = NULL;
     float *vbuf = NULL;
+    ma_answer *as = NULL;
+    int *qrcs = NULL;
+    size_t answered = 0;
     int rc = -1;
 
     if (need_body(j, &body, "{\"queries\":[...]}") || acquire(j, &s))
@@ -552,23 +555,32 @@ static int do_query(job *j)
         rc = job_codec_fail(j, &ce);
         goto done;
     }
-    if (!(vbuf = malloc(sizeof(float) * vn)) || !(out = codec_results_new())) {
+    /* All queries at once: the archive reads of the batch share one pass (ma_session_query_batch). */
+    size_t nq = qs.n ? qs.n : 1;
+    if (!(vbuf = malloc(sizeof(float) * vn * nq)) || !(as = calloc(nq, sizeof *as)) ||
+        !(qrcs = malloc(nq * sizeof *qrcs)) || !(out = codec_results_new())) {
         rc = job_error(j, MA_ENOMEM, NULL, "out of memory");
         goto done;
     }
+    for (size_t i = 0; i < qs.n; i++)
+        as[i].v = vbuf + i * vn;
+    if (ma_session_query_batch(reg_core(s), qs.q, qs.n, as, qrcs) != 0) {
+        rc = job_error(j, MA_ENOMEM, NULL, "out of memory");
+        goto done;
+    }
+    answered = qs.n;
     for (size_t i = 0; i < qs.n; i++) {
-        ma_answer a = {.v = vbuf};
-        int qrc = ma_session_query(reg_core(s), &qs.q[i], &a);
+        int qrc = qrcs[i];
         if (qrc) {
-            ma_answer_clear(&a);
             if (query_error(j, out, i, &qs.q[i], qrc))
                 goto done;
             continue;
         }
-        if (a.route >= 0 && a.route <= MA_ROUTE_WINDOW)
-            srv_metric_child_add(j->api->routes[a.route], 1);
-        qrc = codec_results_add(out, &a, vn);
-        ma_answer_clear(&a);
+        ma_answer *a = &as[i];
+        if (a->route >= 0 && a->route <= MA_ROUTE_WINDOW)
+            srv_metric_child_add(j->api->routes[a->route], 1);
+        qrc = codec_results_add(out, a, vn);
+        ma_answer_clear(a);
         if (qrc) {
             rc = job_error(j, qrc, NULL, "out of memory");
             goto done;
@@ -577,6 +589,10 @@ static int do_query(job *j)
     rc = job_ok(j, 200, out);
     out = NULL;
 done:
+    for (size_t i = 0; i < answered; i++)
+        ma_answer_clear(&as[i]);
+    free(as);
+    free(qrcs);
     free(vbuf);
     cJSON_Delete(out);
     codec_queries_clear(&qs);

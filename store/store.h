@@ -218,6 +218,15 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
 int ma_store_slot_rows(ma_store *st, const char *id, ma_store_slot_row_fn fn, void *arg, char *err,
                        size_t errlen);
 
+/* Reads the keys and values of n events of a session, indices events[0..n) strictly ascending, into k
+ * (n·k_floats) and v (n·v_floats), from one read transaction: each block row that holds one of them is
+ * read once and checked (checksum, finite floats; docs/STORE.md, "Reading a few events"), then only the
+ * events' bytes are copied out. For the sparse read's candidates (no chunk cache involved).
+ * 0, MA_ENOTFOUND (no session, or an event past its length), MA_ECORRUPT, MA_EIO, MA_EINVAL (not
+ * ascending). */
+int ma_store_load_some(ma_store *st, const char *id, const uint64_t *events, size_t n, size_t k_floats,
+                       size_t v_floats, float *k, float *v, char *err, size_t errlen);
+
 /* Reads one event's payload (malloc'd JSON text, or NULL when it has none). */
 int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **payload, char *err,
                           size_t errlen);

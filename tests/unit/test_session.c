@@ -1181,6 +1181,93 @@ static void test_policy_restart(void **state)
     ma_session_destroy(s);
 }
 
+/* ma_session_query_batch answers every query as ma_session_query does, bit for bit: slot, state, sparse
+ * (forced with several topk, and the router's fallback), full and window reads (more than one group of 8,
+ * with and without superseded events), and the failures (no query vector, no slot, nothing to attend over)
+ * each on its own; on a paged session too, and on an empty one. */
+static void test_query_batch(void **state)
+{
+    (void)state;
+    ma_params p = params(2);
+    ma_session *s;
+    assert_int_equal(ma_session_create(&p, &s), 0);
+    float va[64 * VN], vb[VN];
+    ma_answer as[64];
+    int rcs[64];
+    ma_query none[] = {{.q = va, .route = MA_ROUTE_FULL}, {.q = va}, {.slot = "x", .route = MA_ROUTE_SLOT}};
+    for (size_t i = 0; i < 3; i++)
+        as[i] = (ma_answer){.v = va + i * VN};
+    fill(va, KN);
+    assert_int_equal(ma_session_query_batch(s, none, 3, as, rcs), 0);
+    assert_int_equal(rcs[0], MA_EEMPTY);
+    assert_int_equal(rcs[1], MA_EEMPTY);
+    assert_int_equal(rcs[2], MA_ENOTFOUND);
+
+    events e;
+    make_events(&e, 150, 31);
+    e.ev[5].slot = "a";
+    e.ev[60].slot = "a";   /* supersedes event 5 */
+    e.ev[70].slot = "b";
+    e.ev[9].payload = "\"nine\"";
+    ma_ingest_report rep;
+    ingest(s, &e, &rep);
+    ma_ingest_report_clear(&rep);
+    src_ctx ctx = {&e, &p, 0};
+    ma_query qs[64];
+    size_t n = 0;
+    for (size_t i = 0; i < 20; i++)
+        qs[n++] = (ma_query){.q = e.k + (i * 7 % 150) * KN, .route = i % 3 ? MA_ROUTE_FULL : MA_ROUTE_WINDOW,
+                             .include_superseded = i % 4 == 0};
+    for (size_t i = 0; i < 10; i++)
+        qs[n++] = (ma_query){.q = e.k + (i * 13 % 150) * KN, .route = MA_ROUTE_SPARSE, .topk = (int)(i % 3)};
+    qs[n++] = (ma_query){.q = e.k + 9 * KN};                          /* auto: sparse fallback, payload */
+    qs[n++] = (ma_query){.q = e.k + 5 * KN, .route = MA_ROUTE_FULL};  /* a superseded event's key */
+    qs[n++] = (ma_query){.slot = "a"};
+    qs[n++] = (ma_query){.slot = "a", .version = 1, .route = MA_ROUTE_SLOT};
+    qs[n++] = (ma_query){.slot = "zz", .route = MA_ROUTE_SLOT};       /* MA_ENOTFOUND */
+    qs[n++] = (ma_query){.route = MA_ROUTE_FULL};                     /* MA_EINVAL */
+    qs[n++] = (ma_query){.q = e.k + 3 * KN, .route = MA_ROUTE_STATE};
+    qs[n++] = (ma_query){.q = e.k + 70 * KN};                         /* slot by cosine */
+    for (int paged = 0; paged < 2; paged++) {
+        if (paged) {
+            assert_int_equal(ma_archive_set_source(ma_session_archive(s), (ma_chunk_source){load_chunk, &ctx}, 2), 0);
+            ma_archive_release(ma_session_archive(s));
+        }
+        for (size_t i = 0; i < n; i++)
+            as[i] = (ma_answer){.v = va + i * VN};
+        assert_int_equal(ma_session_query_batch(s, qs, n, as, rcs), 0);
+        for (size_t i = 0; i < n; i++) {
+            ma_answer y = {.v = vb};
+            int rc = ma_session_query(s, &qs[i], &y);
+            assert_int_equal(rcs[i], rc);
+            if (rc == 0) {
+                const ma_answer *x = &as[i];
+                assert_int_equal(x->route, y.route);
+                assert_memory_equal(x->v, vb, sizeof vb);   /* same bits */
+                assert_true(x->score == y.score);
+                assert_int_equal(x->event, y.event);
+                assert_int_equal(x->has_slot, y.has_slot);
+                assert_string_equal(x->slot, y.slot);
+                assert_int_equal(x->version, y.version);
+                assert_int_equal(x->n_chunks, y.n_chunks);
+                if (x->n_chunks)
+                    assert_memory_equal(x->chunks, y.chunks, x->n_chunks * sizeof *x->chunks);
+                if (x->payload || y.payload)
+                    assert_string_equal(x->payload, y.payload);
+            }
+            ma_answer_clear(&y);
+            ma_answer_clear(&as[i]);
+        }
+        assert_int_equal(rcs[n - 3], MA_EINVAL);
+        assert_int_equal(rcs[n - 4], MA_ENOTFOUND);
+        assert_int_equal(rcs[30], 0);
+        assert_int_equal(as[30].event, 9);
+    }
+    assert_true(ctx.loads > 0);
+    free_events(&e);
+    ma_session_destroy(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1198,6 +1285,7 @@ int main(void)
         cmocka_unit_test(test_empty_context),
         cmocka_unit_test(test_policy_topk_read),
         cmocka_unit_test(test_policy_restart),
+        cmocka_unit_test(test_query_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -859,6 +859,48 @@ static void test_blocks_across_commits(void **state)
     rm_dir(dir);
 }
 
+/* ma_store_load_some (the sparse read's candidates through incremental blob I/O) returns the bytes
+ * ma_store_load_events does, for events spread over full blocks and the partial last one, after each of
+ * several commits (the partial block is rewritten by each); refuses unsorted or repeated events, events
+ * past the length and unknown sessions. */
+static void test_load_some(void **state)
+{
+    (void)state;
+    char *dir = fresh_dir();
+    ma_store *st = open_ok(dir);
+    assert_int_equal(ma_store_session_create(st, "s", "{}", 0, errbuf, sizeof errbuf), 0);
+    const size_t sizes[] = {5, 64, 200, 1, 77};
+    uint64_t L = 0;
+    for (size_t t = 0; t < sizeof sizes / sizeof sizes[0]; t++) {
+        assert_int_equal(commit_batch(st, "s", 7, L, sizes[t]), 0);
+        L += sizes[t];
+        uint64_t ids[40];
+        size_t n = 0;
+        for (uint64_t e = t; e < L && n < 40; e += 1 + (e * 7) % 19)
+            ids[n++] = e;
+        ids[n - 1] = L - 1;   /* the last event, in the partial block */
+        if (n > 1 && ids[n - 2] >= L - 1)
+            n--, ids[n - 1] = L - 1;
+        float k[40 * KF], v[40 * VF], k1[KF], v1[VF];
+        assert_int_equal(ma_store_load_some(st, "s", ids, n, KF, VF, k, v, errbuf, sizeof errbuf), 0);
+        for (size_t i = 0; i < n; i++) {
+            assert_int_equal(ma_store_load_events(st, "s", ids[i], 1, KF, VF, k1, v1, NULL, errbuf, sizeof errbuf), 0);
+            assert_memory_equal(k + i * KF, k1, sizeof k1);
+            assert_memory_equal(v + i * VF, v1, sizeof v1);
+        }
+    }
+    float k[2 * KF], v[2 * VF];
+    uint64_t unsorted[] = {9, 3}, twice[] = {4, 4}, past[] = {1, L}, one[] = {0};
+    assert_int_equal(ma_store_load_some(st, "s", unsorted, 2, KF, VF, k, v, errbuf, sizeof errbuf), MA_EINVAL);
+    assert_int_equal(ma_store_load_some(st, "s", twice, 2, KF, VF, k, v, errbuf, sizeof errbuf), MA_EINVAL);
+    assert_int_equal(ma_store_load_some(st, "s", past, 2, KF, VF, k, v, errbuf, sizeof errbuf), MA_ENOTFOUND);
+    assert_int_equal(ma_store_load_some(st, "nope", one, 1, KF, VF, k, v, errbuf, sizeof errbuf), MA_ENOTFOUND);
+    assert_int_equal(ma_store_load_some(st, "s", one, 1, KF + 1, VF, k, v, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_some(st, "s", one, 0, KF, VF, k, v, errbuf, sizeof errbuf), 0);
+    ma_store_close(st);
+    rm_dir(dir);
+}
+
 /* A store of a few sessions big enough to span many pages; closed (WAL checkpointed into the file). */
 static char *populated_dir(void)
 {
@@ -1617,6 +1659,7 @@ int main(void)
         cmocka_unit_test(test_upgrade_from_v1),
         cmocka_unit_test(test_upgrade_from_v2),
         cmocka_unit_test(test_blocks_across_commits),
+        cmocka_unit_test(test_load_some),
         cmocka_unit_test(test_corrupt_and_truncated_files_are_refused),
         cmocka_unit_test(test_inconsistent_rows_are_refused),
         cmocka_unit_test(test_row_checksums),
