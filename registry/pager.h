@@ -4,7 +4,8 @@
  * A restored (or budget-paged) session keeps only summaries of its archive in memory and reads archive
  * chunks, and the payloads of archived events, back from the store when a query needs them. core/ asks
  * through two callbacks (ma_chunk_source of core/archive.h, ma_payload_source of core/session.h); a
- * reg_pager answers them from ma_store_load_events / ma_store_load_payload for one session. The registry
+ * reg_pager answers them from ma_store_load_events / ma_store_load_payload for one session; it also gives
+ * the index's stored rows (ma_store_index_scan) and keys for a background index build. The registry
  * embeds one in every session; benchmarks that restore a session without a registry use it directly.
  *
  * Chunk c holds events [c·chunk, c·chunk + n). The callbacks return MA_E* codes only (core has no message
@@ -41,5 +42,12 @@ void reg_pager_init(reg_pager *pg, ma_store *st, const char *id, const ma_params
 /* The callbacks of pg, for ma_archive_set_source / ma_session_restore. */
 ma_chunk_source reg_pager_chunks(reg_pager *pg);
 ma_payload_source reg_pager_payloads(reg_pager *pg);
+
+/* The index's stored rows of this session (core/ivf.h's row source, ma_store_index_scan). */
+ma_ivf_rows reg_pager_rows(reg_pager *pg);
+
+/* Keys of events [first, first+n) straight from the store (core/ivf.h's loader; values read and dropped),
+ * in runs of at most MA_IVF_BLOCK events. */
+int reg_pager_keys(void *pg, uint64_t first, size_t n, float *k);
 
 #endif

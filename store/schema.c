@@ -84,6 +84,20 @@ static const struct {
     "  PRIMARY KEY (sid, idx)) WITHOUT ROWID;",
     blocks_from_rows,
     "DROP TABLE events;"},
+    /* 2 -> 3: the archive index's rows (store/index_rows.c): per session, build and aligned block of 1,024
+     * events, the events' lists and records, so that a restart reads the index instead of recomputing
+     * it. A rowid table for the reason event_blocks is one (rows of ~57 KiB overflow their page); `lists`
+     * first, so a scan of the lists alone reads only the start of each row. Sessions stored before have
+     * no rows: their index is recomputed from the events at their first load and its rows written then. */
+    {
+    "CREATE TABLE index_blocks("
+    "  sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  build INTEGER NOT NULL CHECK (build >= 1),"
+    "  block INTEGER NOT NULL CHECK (block >= 0),"
+    "  lists BLOB NOT NULL,"
+    "  codes BLOB NOT NULL,"
+    "  PRIMARY KEY (sid, build, block));",
+    NULL, NULL},
 };
 _Static_assert(BLOCK == 64, "the CHECK of event_blocks.n and the integrity query say 64");
 
@@ -317,6 +331,20 @@ static int check_rows(ma_store *st, conn *c, char *err, size_t errlen)
     }
     if (rc != SQLITE_DONE && rc != SQLITE_OK) {
         ret = st_fail_db(st, c->db, rc, err, errlen, "checking event blocks");
+        goto done;
+    }
+    sqlite3_finalize(s);
+    /* Index rows only of sessions that exist (the primary key's index answers it). */
+    rc = sqlite3_prepare_v2(c->db,
+        "SELECT DISTINCT sid FROM index_blocks WHERE sid NOT IN (SELECT sid FROM sessions) LIMIT 1", -1, &s, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        st_seterr(err, errlen, "store %s: integrity check failed: index rows of a missing session (sid %lld)",
+                  st->path, sqlite3_column_int64(s, 0));
+        ret = MA_ECORRUPT;
+        goto done;
+    }
+    if (rc != SQLITE_DONE && rc != SQLITE_OK) {
+        ret = st_fail_db(st, c->db, rc, err, errlen, "checking index rows");
         goto done;
     }
     sqlite3_finalize(s);

@@ -860,6 +860,8 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
     }
     if (d->n_events > 0 && (ret = write_events(st, c, sid, length, d, err, errlen)))
         goto done;
+    if (d->index.n && (ret = st_put_index_rows(st, c, sid, &d->index, err, errlen)))
+        goto done;
     for (size_t i = 0; i < d->n_erase; i++) {
         if (!(s = st_stmt(st, c, ST_ERASE_PAYLOAD, err, errlen))) {
             ret = MA_EIO;

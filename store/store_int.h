@@ -22,7 +22,7 @@
 
 #include "store/store.h"
 
-#define MA_SCHEMA       2
+#define MA_SCHEMA       3
 #define BLOCK           64              /* events per row of event_blocks (part of the schema) */
 #define MA_APP_ID       0x6D41744E      /* 'mAtN' */
 #define MAX_READERS     16
@@ -115,6 +115,11 @@ int st_put_block(ma_store *st, conn *c, int64_t sid, uint64_t block, size_t n, c
 /* Writes the payload row of event idx of session sid (len bytes of p, -1: up to its NUL). */
 int st_put_payload(ma_store *st, conn *c, int64_t sid, uint64_t idx, const char *p, int len, char *err,
                    size_t errlen);
+
+/* ---- index_rows.c ---- */
+
+/* Writes (or replaces) the index rows r of session sid on c, inside the caller's transaction. */
+int st_put_index_rows(ma_store *st, conn *c, int64_t sid, const ma_store_index_rows *r, char *err, size_t errlen);
 
 /* ---- schema.c: schema, upgrades, integrity ---- */
 

@@ -30,6 +30,8 @@
 
 #include <sqlite3.h>
 
+#include "store/store_int.h"   /* MA_SCHEMA */
+
 #include "core/error.h"
 #include "store/store.h"
 #include "tests/support/store_fault.h"
@@ -540,7 +542,7 @@ static void test_upgrade_from_v1(void **state)
     assert_int_equal(commit_batch(st, "u4", 4, 200, 100), 0);
     assert_int_equal(commit_batch(st, "u1", 1, 1, 1), 0);
     ma_store_close(st);
-    assert_int_equal(raw_int(dir, "PRAGMA user_version"), 2);
+    assert_int_equal(raw_int(dir, "PRAGMA user_version"), MA_SCHEMA);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM sqlite_schema WHERE name = 'events'"), 0);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks"), 0 + 1 + 1 + 2 + 5);
     /* event_blocks must stay a rowid table: a WITHOUT ROWID seek reads whole overflowing block rows for
