@@ -94,7 +94,8 @@ typedef struct {
     unsigned char **rst;   /* their other parts (ids, scales, 4-bit codes) */
     size_t nblk, blk_alloc;
     size_t n;
-    double *ksum;          /* D: the sum of the list's keys, in id order (its mean ranks the list) */
+    double *ksum;          /* D + H: the sums of the list's records' residuals (D) and alphas (H), in id
+                              order: its mean key (list_mean) ranks the list */
 } ivlist;
 
 /* Where blocks come from: arenas of growing size (16 blocks, doubling up to ARENA_BYTES), the large ones
@@ -646,7 +647,7 @@ static void pool_free(blkpool *p)
 /* Ensures blocks for `need` events. MA_ENOMEM leaves the list valid (maybe with a spare block). */
 static int list_reserve(const ma_ivf *x, blkpool *pool, blkpool *rpool, ivlist *l, size_t need)
 {
-    if (!l->ksum && !(l->ksum = calloc(x->D, sizeof *l->ksum)))
+    if (!l->ksum && !(l->ksum = calloc(x->D + (size_t)x->H, sizeof *l->ksum)))
         return MA_ENOMEM;
     while (l->nblk * LB < need) {
         if (l->nblk == l->blk_alloc) {
@@ -746,11 +747,12 @@ static void encode_rec(const ma_ivf *x, const float *cent, const float *k, unsig
     }
 }
 
-/* Appends event id with record rec to list l (centroid row cent), which has room, and adds the key the
- * record stands for (alpha·u + the 4-bit residual) to the list's sum: the list's mean key, what probes are
- * ranked by, is then a function of the records alone, so an index loaded from persisted records ranks its
- * lists with the same bits as the one that appended the keys. */
-static void push_rec(const ma_ivf *x, ivlist *l, const float *cent, uint64_t id, const unsigned char *rec)
+/* Appends event id with record rec to list l, which has room, and adds what the record says of the key to
+ * the list's sums: per head its alpha (ksum[D + h]) and its 4-bit residual (ksum[h·d + j]). The list's
+ * mean key, what probes are ranked by, is the mean of the keys the records stand for (list_mean), a
+ * function of the records alone, so an index loaded from persisted records ranks its lists with the same
+ * bits as the one that appended the keys. */
+static void push_rec(const ma_ivf *x, ivlist *l, uint64_t id, const unsigned char *rec)
 {
     unsigned char *b = l->blk[l->n / LB], *rb = l->rst[l->n / LB];
     size_t r = l->n % LB;
@@ -758,7 +760,7 @@ static void push_rec(const ma_ivf *x, ivlist *l, const float *cent, uint64_t id,
     blk_ids(x, rb)[r] = (uint32_t)id;
     for (size_t h = 0; h < H; h++) {
         const unsigned char *p = rec + h * rec_head(x), *bits = p + 12, *code = p + 12 + x->nbp;
-        const float al = get_f32(p), sc = get_f32(p + 8), *ch = cent + h * d;
+        const float al = get_f32(p), sc = get_f32(p + 8);
         grp_alpha(x, b, r / G)[r % G * H + h] = al;
         grp_fac(x, b, r / G)[r % G * H + h] = get_f32(p + 4);
         blk_scale(x, rb)[r * H + h] = sc;
@@ -766,13 +768,12 @@ static void push_rec(const ma_ivf *x, ivlist *l, const float *cent, uint64_t id,
         uint8_t *gb = grp_bits(x, b, r / G) + h * x->nbp * G + gpos(r % G);
         for (size_t q = 0; q < x->nbp; q++)
             gb[q * G] = bits[q];
-        double nc = slice_norm(x, ch), *ks = l->ksum + h * d;
-        for (size_t j = 0; j < d; j++) {
-            int u = j < hb ? (code[j] & 15) : (code[j - hb] >> 4);
-            double v = (double)(u - 8) * sc;
-            if (nc > 0)
-                v += (double)al * ch[j] / nc;
-            ks[j] += v;
+        double *ks = l->ksum + h * d;
+        l->ksum[x->D + h] += al;
+        for (size_t j = 0; j < hb; j++) {
+            ks[j] += (double)((code[j] & 15) - 8) * sc;
+            if (j + hb < d)
+                ks[j + hb] += (double)((code[j] >> 4) - 8) * sc;
         }
     }
     l->n++;
@@ -993,11 +994,18 @@ size_t ma_ivf_row_codes_bytes(int H, int d)
 
 /* ---- add ------------------------------------------------------------------------------------- */
 
-/* List c's mean key into row c of mean (zeros for an empty list). */
-static void list_mean(const ma_ivf *x, const ivlist *l, float *row)
+/* List l's mean key into row (zeros for an empty list): per head, the mean alpha along the unit direction
+ * of the centroid's slice (cent: the list's centroid row) plus the mean 4-bit residual. */
+static void list_mean(const ma_ivf *x, const ivlist *l, const float *cent, float *row)
 {
-    for (size_t j = 0; j < x->D; j++)
-        row[j] = l->n ? (float)(l->ksum[j] / (double)l->n) : 0.0f;
+    for (int h = 0; h < x->H; h++) {
+        const float *ch = cent + (size_t)h * x->d;
+        double nc = slice_norm(x, ch), a = l->n && nc > 0 ? l->ksum[x->D + (size_t)h] / nc : 0;
+        for (int j = 0; j < x->d; j++) {
+            size_t i = (size_t)h * x->d + (size_t)j;
+            row[i] = l->n ? (float)((a * ch[j] + l->ksum[i]) / (double)l->n) : 0.0f;
+        }
+    }
 }
 
 int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
@@ -1064,7 +1072,7 @@ int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
                 uint32_t c = asg[b * BLOCK + i];
                 const float *ce = x->cent + (size_t)c * D;
                 encode_rec(x, ce, x->pend + (b * BLOCK + i) * D, oc + i * rb);
-                push_rec(x, &x->lists[c], ce, x->assigned + b * BLOCK + i, oc + i * rb);
+                push_rec(x, &x->lists[c], x->assigned + b * BLOCK + i, oc + i * rb);
                 if (ol)
                     put_u32le(ol + i * 4, c);
             }
@@ -1073,7 +1081,7 @@ int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
             x->out_n += nb;
         for (uint32_t c = 0; c < x->nlist; c++)
             if (extra[c])
-                list_mean(x, &x->lists[c], x->kmean + (size_t)c * D);
+                list_mean(x, &x->lists[c], x->cent + (size_t)c * D, x->kmean + (size_t)c * D);
         memmove(x->pend, x->pend + nb * BLOCK * D, (np + n - nb * BLOCK) * D * sizeof(float));
         x->assigned += nb * BLOCK;
     }
@@ -1360,7 +1368,7 @@ static int push_block(relist_scan *c, uint64_t block, const unsigned char *lists
         ivlist *l = &c->nl[id < c->nlist ? id : 0];
         if (id >= c->nlist || l->n >= l->nblk * LB)
             return MA_ECORRUPT;   /* the rows changed between the two passes */
-        push_rec(x, l, c->cent + (size_t)id * x->D, block * BLOCK + i, codes + i * rb);
+        push_rec(x, l, block * BLOCK + i, codes + i * rb);
     }
     return 0;
 }
@@ -1388,7 +1396,7 @@ static int layout(const ma_ivf *x, ivlist *nl, uint32_t nlist, const size_t *cnt
         if (!need)
             continue;
         ivlist *l = &nl[c];
-        if (!(l->ksum = calloc(x->D, sizeof *l->ksum)) || !(l->blk = malloc(need * sizeof *l->blk)) ||
+        if (!(l->ksum = calloc(x->D + (size_t)x->H, sizeof *l->ksum)) || !(l->blk = malloc(need * sizeof *l->blk)) ||
             !(l->rst = malloc(need * sizeof *l->rst)))
             return MA_ENOMEM;
         l->blk_alloc = need;
@@ -1509,7 +1517,7 @@ static int relist(ma_ivf *x, float *cent, uint32_t nlist, uint32_t bno, uint64_t
     for (uint32_t c = 0; c < nlist; c++) {
         if (nl[c].n != cnt[c])
             goto fail;
-        list_mean(x, &nl[c], kmean + (size_t)c * D);
+        list_mean(x, &nl[c], cent + (size_t)c * D, kmean + (size_t)c * D);
     }
 
     /* Install. */
