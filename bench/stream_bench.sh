@@ -21,7 +21,8 @@ make -s build/bench/stream_client >/dev/null
 [ "$BIN" != build/memattnd ] || make -s build/memattnd >/dev/null
 TMP=$(mktemp -d /tmp/memattn-stream-XXXXXX)
 pid=
-trap '[ -n "$pid" ] && kill $pid 2>/dev/null; while [ -n "$pid" ] && kill -0 $pid 2>/dev/null; do sleep 0.05; done; rm -rf "$TMP"' EXIT
+# KEEP_DATA=1 keeps the data directory (its path is printed) for a look with sqlite3 or another restart.
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null; while [ -n "$pid" ] && kill -0 $pid 2>/dev/null; do sleep 0.05; done; if [ -n "${KEEP_DATA:-}" ]; then echo "data kept in $TMP/data"; else rm -rf "$TMP"; fi' EXIT
 
 start() {  # -> port; sets pid
   "$BIN" --listen 127.0.0.1:0 --data "$TMP/data" --max-body 64M --log-level warn --threads 2 --memory "$MEM" \
@@ -33,12 +34,12 @@ start() {  # -> port; sets pid
 hwm() { awk '/^VmHWM/ {printf "%.1f", $2/1024}' "/proc/$pid/status"; }
 rss() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$pid/status"; }
 
-echo "== $N events, --memory $MEM, $BIN ($(git describe --always --dirty 2>/dev/null || echo ?))"
+echo "== $N events, --memory $MEM, $BIN"
 P=$(start); pid=$(cat "$TMP/pid")
 build/bench/stream_client stream "$P" s "$N" 1024 1
 echo "daemon after the stream: VmRSS $(rss) MiB, VmHWM $(hwm) MiB"
 # Let a background build that is still running finish before the answers are taken (the main build has none).
-for _ in $(seq 600); do
+for _ in $(seq 3600); do
   b=$(curl -fs "127.0.0.1:$P/v1/sessions/s" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("index",{}).get("building",False))')
   [ "$b" = True ] || break; sleep 0.5
 done

@@ -702,9 +702,13 @@ static void put_f32(unsigned char *p, float f)
 }
 static float get_f32(const unsigned char *p)
 {
-    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
     float f;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(&f, p, 4);
+#else
+    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
     memcpy(&f, &u, 4);
+#endif
     return f;
 }
 static void put_u32le(unsigned char *p, uint32_t u)
@@ -716,7 +720,13 @@ static void put_u32le(unsigned char *p, uint32_t u)
 }
 static uint32_t get_u32le(const unsigned char *p)
 {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint32_t u;
+    memcpy(&u, p, 4);
+    return u;
+#else
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+#endif
 }
 
 /* The record of key k in the list of centroid row cent. Per head h the key is split into alpha·u + r, u
@@ -747,16 +757,35 @@ static void encode_rec(const ma_ivf *x, const float *cent, const float *k, unsig
     }
 }
 
-/* Appends event id with record rec to list l, which has room, and adds what the record says of the key to
- * the list's sums: per head its alpha (ksum[D + h]) and its 4-bit residual (ksum[h·d + j]). The list's
- * mean key, what probes are ranked by, is the mean of the keys the records stand for (list_mean), a
- * function of the records alone, so an index loaded from persisted records ranks its lists with the same
- * bits as the one that appended the keys. */
+/* Adds what the record of event r of list l says of its key to the list's sums: per head its alpha
+ * (ksum[D + h]) and its 4-bit residual (ksum[h·d + j]). The list's mean key, what probes are ranked by, is
+ * the mean of the keys the records stand for (list_mean): a function of the records alone, added in id
+ * order, so an index loaded from persisted records (which sums each list once it is filled, list by list:
+ * a streaming pass) ranks its lists with the same bits as the one that appended the keys. */
+static void sum_rec(const ma_ivf *x, ivlist *l, size_t r)
+{
+    const unsigned char *b = l->blk[r / LB], *rb = l->rst[r / LB];
+    const size_t H = (size_t)x->H, d = (size_t)x->d, hb = x->hb, e = r % LB;
+    const float *al = grp_alpha(x, (unsigned char *)b, e / G) + e % G * H;
+    const float *sc = blk_scale(x, (unsigned char *)rb) + e * H;
+    const uint8_t *codes = blk_codes(x, (unsigned char *)rb) + e * x->cb;
+    for (size_t h = 0; h < H; h++) {
+        double *ks = l->ksum + h * d, s = sc[h];
+        const uint8_t *code = codes + h * hb;
+        l->ksum[x->D + h] += al[h];
+        for (size_t j = 0; j < hb; j++)
+            ks[j] += (double)((code[j] & 15) - 8) * s;
+        for (size_t j = 0; j + hb < d; j++)
+            ks[j + hb] += (double)((code[j] >> 4) - 8) * s;
+    }
+}
+
+/* Appends event id with record rec to list l, which has room (the caller adds it to the sums: sum_rec). */
 static void push_rec(const ma_ivf *x, ivlist *l, uint64_t id, const unsigned char *rec)
 {
     unsigned char *b = l->blk[l->n / LB], *rb = l->rst[l->n / LB];
     size_t r = l->n % LB;
-    const size_t H = (size_t)x->H, d = (size_t)x->d, hb = x->hb;
+    const size_t H = (size_t)x->H, hb = x->hb;
     blk_ids(x, rb)[r] = (uint32_t)id;
     for (size_t h = 0; h < H; h++) {
         const unsigned char *p = rec + h * rec_head(x), *bits = p + 12, *code = p + 12 + x->nbp;
@@ -768,13 +797,6 @@ static void push_rec(const ma_ivf *x, ivlist *l, uint64_t id, const unsigned cha
         uint8_t *gb = grp_bits(x, b, r / G) + h * x->nbp * G + gpos(r % G);
         for (size_t q = 0; q < x->nbp; q++)
             gb[q * G] = bits[q];
-        double *ks = l->ksum + h * d;
-        l->ksum[x->D + h] += al;
-        for (size_t j = 0; j < hb; j++) {
-            ks[j] += (double)((code[j] & 15) - 8) * sc;
-            if (j + hb < d)
-                ks[j + hb] += (double)((code[j] >> 4) - 8) * sc;
-        }
     }
     l->n++;
 }
@@ -1073,6 +1095,7 @@ int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
                 const float *ce = x->cent + (size_t)c * D;
                 encode_rec(x, ce, x->pend + (b * BLOCK + i) * D, oc + i * rb);
                 push_rec(x, &x->lists[c], x->assigned + b * BLOCK + i, oc + i * rb);
+                sum_rec(x, &x->lists[c], x->lists[c].n - 1);
                 if (ol)
                     put_u32le(ol + i * 4, c);
             }
@@ -1517,6 +1540,8 @@ static int relist(ma_ivf *x, float *cent, uint32_t nlist, uint32_t bno, uint64_t
     for (uint32_t c = 0; c < nlist; c++) {
         if (nl[c].n != cnt[c])
             goto fail;
+        for (size_t r = 0; r < nl[c].n; r++)
+            sum_rec(x, &nl[c], r);
         list_mean(x, &nl[c], cent + (size_t)c * D, kmean + (size_t)c * D);
     }
 
