@@ -19,13 +19,19 @@
  * chunks by summary score; index: probe a tenth of the clusters (at the default topk), rank their events
  * by sign code then 4-bit code, attend exactly over the best 8·topk, loaded from their chunks). Each ends in the exact kernel ma_attn.
  *
- * Persistence. The meta blob holds only what cannot be recomputed (shape, index centroids and counters);
- * restore streams every chunk through the source once to recompute summaries or index lists with the
- * arithmetic of the appends, so a restored archive answers with the same bits.
+ * Persistence. The meta blob holds the shape and the index's centroids and counters; restore streams every
+ * chunk through the source once to recompute summaries, and reads the index's lists from its stored rows
+ * (ma_archive_restore_meta_rows; the blocks without a row, and every block without a row source, are
+ * encoded from keys streamed through the source), so a restored archive answers with the same bits.
+ *
+ * Index builds: an unmanaged archive builds in place when an append reaches a build point (core/ivf.h);
+ * a managed one (the registry's) leaves builds to its caller and keeps the rows of newly indexed blocks
+ * until they are persisted; ma_archive_index_adopt swaps a build made elsewhere in.
  *
  * Not here: no online softmax over the chunk stream (a full read of a paged archive holds every chunk for
  * its duration), no eviction of the summaries or the index (they stay resident by design), no locking of
- * appends against reads (the session serialises mutations), no background index rebuild.
+ * appends against reads (the session serialises mutations), no threads (a background build is the
+ * registry's: registry/registry.c).
  */
 #include "core/archive.h"
 

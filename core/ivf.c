@@ -18,19 +18,31 @@
  * Both stages have an AVX2 kernel (target attribute, chosen at run time) and a portable one computing the
  * same integers and the same float operations in the same order: answers do not depend on the kernel.
  *
- * k-means: training directions of a sample drawn by selection sampling (ordered, deterministic), initial
- * centroids a deterministic random subset, MA_IVF_ITERS Lloyd iterations with dot products from sgemm in
- * blocks, sums in double; an empty cluster is reseeded with a random training point.
+ * k-means: training directions of a sample of events [0, P) drawn by selection sampling (ordered,
+ * deterministic, seeded from the build point P), initial centroids a deterministic random subset,
+ * MA_IVF_ITERS Lloyd iterations with dot products from sgemm in blocks, sums in double; an empty cluster
+ * is reseeded with a random training point.
  *
- * Memory: blocks come from arenas (huge pages when large); after a build the blocks are laid out list by
- * list so a scan streams a list's sign codes.
+ * Builds in steps: train (k-means, no index needed), encode (rows of complete blocks: list ids and
+ * records), adopt (the index takes the centroids and lists made of stored rows plus blocks encoded from
+ * keys, in two passes: sizes, then records into lists laid out exactly). An event's record is a pure
+ * function of its key and its list's centroid and a list's mean key is the mean of what its records
+ * stand for, so an index made of persisted rows is the one that appended the keys, bit for bit.
+ *
+ * Memory: blocks come from arenas (huge pages when large); after a build or a load the blocks are laid out
+ * list by list so a scan streams a list's sign codes. A low-memory adopt frees the old lists before it
+ * allocates the new ones.
  *
  * Not here: no exact re-ranking (the archive attends the candidates' exact keys), no removal of events
- * (the archive only appends), no background rebuild (the caller runs it when ma_ivf_want_rebuild says).
+ * (the archive only appends), no threads (the registry runs the steps of a background build,
+ * registry/registry.c), no I/O (rows come and go through the caller's callbacks).
  */
 #include "core/ivf.h"
 
 #include <cblas.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -1506,6 +1518,11 @@ static int relist(ma_ivf *x, float *cent, uint32_t nlist, uint32_t bno, uint64_t
     if (low_mem) {
         drop_lists(x);
         freed_old = true;
+#if defined(__GLIBC__)
+        /* The old lists' smaller arenas sit in malloc's heaps: give them back before the new lists take
+         * their memory, or the process would hold both for the swap's duration (issue 9, item B). */
+        malloc_trim(0);
+#endif
     }
     rc = MA_ENOMEM;
     if (layout(x, nl, nlist, cnt, &np, &nrp) != 0)

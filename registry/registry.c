@@ -6,6 +6,14 @@
  * loaded; its own load_mu serialises the load so parallel readers wait for one load instead of doing
  * two. Sessions unloaded by the budget or dropped as stale are unlinked under mu and destroyed after mu
  * is released (destroying a large session frees a lot of memory; nobody should wait for that).
+ *
+ * Background index builds (end of the file): one maintenance thread (registry/maint.c) runs index_job for
+ * a session whose commit left a build due: it reads what it needs under the session's gate held
+ * exclusively (view), trains and stages the new build's rows from the store without holding anything of
+ * the session (the old index keeps answering; events appended meanwhile are listed by the old build and
+ * staged for the new one in later passes), then swaps under the gate held exclusively: adopt (the old
+ * lists freed first, the staged rows read back, the last blocks encoded from the archive's keys), one
+ * commit of the new archive meta and those rows, release; then drops the old build's rows.
  */
 #include "registry/registry.h"
 

@@ -15,6 +15,8 @@
  *                                            full but a session's last. One row per 64 events, not per
  *                                            event: the per-row cost bounded durable ingest (schema 1)
  *        payloads(sid, idx, payload)         WITHOUT ROWID, only for the events that have one
+ *        index_blocks(sid, build, block, lists, codes)   rowid table: the archive index's rows, one per
+ *                                            aligned block of 1,024 events and build (store/index_rows.c)
  *    Children reference sessions(sid) ON DELETE CASCADE, so deleting a session is one statement.
  *    Floats are stored as little-endian float32 (static-asserted host order).
  *  - Durability: synchronous=FULL by default (a commit is fsync'd to the WAL before it returns; it
