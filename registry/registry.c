@@ -489,6 +489,12 @@ void reg_release(reg_registry *r, reg_session *s)
     reg_session *drop = NULL;   /* sessions to destroy after unlocking, chained through hnext */
     bool trim = false;
 
+    /* Reads fill the chunk cache of a paged archive: count what the job left resident, while its gate is
+     * still held (the maintenance thread changes a session's index only with the gate held exclusively). */
+    pthread_mutex_lock(&r->mu);
+    if (s->core && !s->stale)
+        remeasure(r, s);
+    pthread_mutex_unlock(&r->mu);
     pthread_rwlock_unlock(&s->gate);
     pthread_mutex_lock(&r->mu);
     s->refs--;
@@ -501,9 +507,6 @@ void reg_release(reg_registry *r, reg_session *s)
             unlink_session(r, s);
         s->hnext = drop;
         drop = s;
-    } else if (s->core && !s->stale) {
-        /* Reads fill the chunk cache of a paged archive: count what the job left resident. */
-        remeasure(r, s);
     }
     /* Budget, cheapest remedy first. 1: page out the archive chunks of unused sessions from the cold end
      * and empty their chunk caches (every event is in the store, and the summaries and index stay, so they

@@ -12,6 +12,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <cblas.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -770,6 +771,7 @@ static void test_background_build_race(void **state)
 
 int main(void)
 {
+    openblas_set_num_threads(1);   /* as the daemon does (its index builds run sgemm on their own thread) */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_params_text),
         cmocka_unit_test(test_pager),
