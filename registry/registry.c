@@ -6,6 +6,14 @@
  * loaded; its own load_mu serialises the load so parallel readers wait for one load instead of doing
  * two. Sessions unloaded by the budget or dropped as stale are unlinked under mu and destroyed after mu
  * is released (destroying a large session frees a lot of memory; nobody should wait for that).
+ *
+ * Background index builds (end of the file): one maintenance thread (registry/maint.c) runs index_job for
+ * a session whose commit left a build due: it reads what it needs under the session's gate held
+ * exclusively (view), trains and stages the new build's rows from the store without holding anything of
+ * the session (the old index keeps answering; events appended meanwhile are listed by the old build and
+ * staged for the new one in later passes), then swaps under the gate held exclusively: adopt (the old
+ * lists freed first, the staged rows read back, the last blocks encoded from the archive's keys), one
+ * commit of the new archive meta and those rows, release; then drops the old build's rows.
  */
 #include "registry/registry.h"
 
@@ -20,6 +28,8 @@
 
 #include "core/error.h"
 #include "core/hash.h"
+#include "core/ivf.h"
+#include "registry/maint.h"
 #include "registry/pager.h"
 #include "registry/params_text.h"
 #include "store/store.h"
@@ -43,6 +53,8 @@ struct reg_session {
     size_t cache_chunks;        /* this session's archive chunk cache (bounded by the budget) */
     reg_pager pager;            /* the archive's chunks and the events' payloads, from the store */
     int refs;                   /* under reg->mu */
+    pthread_rwlock_t gate;      /* held shared by every job from acquire to release, exclusively by the
+                                   maintenance thread (index builds: snapshot and swap) */
     pthread_mutex_t load_mu;    /* serialises loading */
     reg_session *hnext;         /* hash chain */
     reg_session *prev, *next;   /* LRU list */
@@ -64,7 +76,11 @@ struct reg_registry {
     atomic_uint_fast64_t chunk_loads;   /* chunks read back from the store (any thread, no lock) */
     char (*frozen)[MA_MAX_NAME + 1];    /* ids frozen for a move (reg_freeze), under mu */
     size_t nfrozen, capfrozen;
+    reg_maint *maint;                   /* background index builds (index_job) */
+    atomic_uint_fast64_t index_builds, index_build_failures;
 };
+
+static void index_job(void *ctx, const char *id, const atomic_int *cancel);
 
 static uint64_t hash_id(const char *s)
 {
@@ -91,6 +107,12 @@ int reg_create(const reg_options *o, reg_registry **out)
         return MA_ENOMEM;
     }
     pthread_mutex_init(&r->mu, NULL);
+    if (reg_maint_create(index_job, r, &r->maint) != 0) {
+        pthread_mutex_destroy(&r->mu);
+        free(r->buckets);
+        free(r);
+        return MA_ENOMEM;
+    }
     *out = r;
     return 0;
 }
@@ -101,6 +123,7 @@ static void session_free(reg_session *s)
         return;
     ma_session_destroy(s->core);
     pthread_mutex_destroy(&s->load_mu);
+    pthread_rwlock_destroy(&s->gate);
     free(s);
 }
 
@@ -199,6 +222,13 @@ static reg_session *session_new(reg_registry *r, const char *id)
     snprintf(s->id, sizeof s->id, "%s", id);
     s->reg = r;
     pthread_mutex_init(&s->load_mu, NULL);
+    /* Writer-preferring: the maintenance thread's swap is not starved by a stream of reads. No job
+     * acquires the session it already holds, so a waiting writer never blocks a nested read. */
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&s->gate, &ra);
+    pthread_rwlockattr_destroy(&ra);
     return s;
 }
 
@@ -329,8 +359,28 @@ static int fresh_core(reg_session *s, ma_session **out)
         return rc;
     }
     ma_archive_set_event_loader(ma_session_archive(core), reg_pager_event_loader());
+    /* Index builds run on the maintenance thread; the index's rows are committed with the events. */
+    ma_archive_set_managed(ma_session_archive(core), true);
     *out = core;
     return 0;
+}
+
+/* The archive's kept index rows as the store's (n = 0: none). */
+static ma_store_index_rows index_rows_of(const reg_session *s, ma_session *core)
+{
+    ma_store_index_rows ir = {0};
+    ir.n = ma_archive_index_rows(ma_session_archive(core), &ir.build, &ir.first, &ir.lists, &ir.codes);
+    ir.lists_bytes = (size_t)MA_IVF_BLOCK * 4;
+    ir.codes_bytes = ma_ivf_row_codes_bytes(s->params.heads, s->params.dim);
+    return ir;
+}
+
+static void persist_restored_rows(reg_registry *r, reg_session *s, ma_session *core)
+{
+    char err[256];
+    ma_store_index_rows ir = index_rows_of(s, core);
+    if (ir.n && ma_store_index_put(r->opt.store, s->id, &ir, err, sizeof err) == 0)
+        ma_archive_index_rows_done(ma_session_archive(core));
 }
 
 /* Loads s from the store (called with s->load_mu held, s->core NULL). */
@@ -360,12 +410,14 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
             goto done;
         }
     } else {
+        s->cache_chunks = cache_chunks_for(r, &s->params);
+        ma_ivf_rows rows = reg_pager_rows(&s->pager);
         ma_session_saved saved = {
             row.backbone.data, row.backbone.len, row.slots_blob.data, row.slots_blob.len,
             row.archive_meta.data, row.archive_meta.len, reg_pager_chunks(&s->pager), s->cache_chunks,
             reg_pager_payloads(&s->pager), reg_pager_slot_rows(&s->pager),
         };
-        rc = ma_session_restore(&s->params, &saved, &core);
+        rc = ma_session_restore_rows(&s->params, &saved, &rows, &core);
         if (rc) {
             /* A page-in that failed (a damaged row, an I/O error) says which row. */
             const char *why_pg = atomic_load(&s->pager.failed) ? s->pager.err : ma_strerror(rc);
@@ -373,12 +425,18 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
             goto done;
         }
         ma_archive_set_event_loader(ma_session_archive(core), reg_pager_event_loader());
+        /* Index rows the store lacked (a session stored before index rows, or imported) were computed
+         * from the events: store them now (derived data, like a build's staged rows), so the next load
+         * reads them. A failure only means the next load computes them again. */
+        persist_restored_rows(r, s, core);
         s->blobs_stored = true;
         s->meta_gen = ma_archive_meta_generation(ma_session_archive(core));
         s->paged = true;   /* a restored archive reads its chunks from the store on demand */
     }
     s->created_at = row.created_at;
     s->updated_at = row.updated_at;
+    if (ma_archive_index_due(ma_session_archive(core), NULL, NULL))
+        reg_maint_enqueue(r->maint, s->id);   /* due, or in flight when the daemon stopped: redo it */
     size_t bytes = charge(s, core);
     pthread_mutex_lock(&r->mu);
     s->core = core;
@@ -398,7 +456,8 @@ done:
     return rc;
 }
 
-int reg_acquire(reg_registry *r, const char *id, reg_session **out, char *err, size_t errlen)
+/* reg_acquire, holding the session's gate shared (every job) or exclusively (the maintenance thread). */
+static int acquire(reg_registry *r, const char *id, bool excl, reg_session **out, char *err, size_t errlen)
 {
     reg_session *s;
     int rc = 0;
@@ -416,6 +475,10 @@ int reg_acquire(reg_registry *r, const char *id, reg_session **out, char *err, s
     s->emptied = false;   /* the job may fill its chunk cache */
     pthread_mutex_unlock(&r->mu);
 
+    if (excl)
+        pthread_rwlock_wrlock(&s->gate);
+    else
+        pthread_rwlock_rdlock(&s->gate);
     pthread_mutex_lock(&s->load_mu);
     if (!s->core)
         rc = load(r, s, err, errlen);
@@ -436,6 +499,11 @@ static ma_store_idem store_idem(const reg_registry *r, const reg_idem *k, int64_
         .etag = k->etag, .location = k->location, .created_at = now, .keep = r->opt.idem_keys,
         .expire_before = now - r->opt.idem_window_ms,
     };
+}
+
+int reg_acquire(reg_registry *r, const char *id, reg_session **out, char *err, size_t errlen)
+{
+    return acquire(r, id, false, out, err, errlen);
 }
 
 int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int64_t now, reg_session **out,
@@ -484,6 +552,7 @@ int reg_create_session_idem(reg_registry *r, const char *id, const ma_params *p,
         goto fail;
     s->bytes = charge(s, s->core);
     s->refs = 1;
+    pthread_rwlock_rdlock(&s->gate);   /* returned acquired, like reg_acquire */
     pthread_mutex_lock(&r->mu);
     /* An entry for id may be in the map without a core: a failed or concurrent load of a missing id.
      * The caller's per-id ordering means nobody uses it now; replace it. */
@@ -543,6 +612,13 @@ void reg_release(reg_registry *r, reg_session *s)
     reg_session *drop = NULL;   /* sessions to destroy after unlocking, chained through hnext */
     bool trim = false;
 
+    /* Reads fill the chunk cache of a paged archive: count what the job left resident, while its gate is
+     * still held (the maintenance thread changes a session's index only with the gate held exclusively). */
+    pthread_mutex_lock(&r->mu);
+    if (s->core && !s->stale)
+        remeasure(r, s);
+    pthread_mutex_unlock(&r->mu);
+    pthread_rwlock_unlock(&s->gate);
     pthread_mutex_lock(&r->mu);
     s->refs--;
     if (s->linked) {
@@ -554,9 +630,6 @@ void reg_release(reg_registry *r, reg_session *s)
             unlink_session(r, s);
         s->hnext = drop;
         drop = s;
-    } else if (s->core && !s->stale) {
-        /* Reads fill the chunk cache of a paged archive: count what the job left resident. */
-        remeasure(r, s);
     }
     /* Budget, cheapest remedy first. 1: page out the archive chunks of unused sessions from the cold end
      * and empty their chunk caches (every event is in the store, and the summaries and index stay, so they
@@ -603,6 +676,7 @@ int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
 
 int reg_delete_idem(reg_registry *r, const char *id, const reg_idem *k, int64_t now, char *err, size_t errlen)
 {
+    reg_maint_cancel(r->maint, id);   /* a build of it stops at its next step */
     ma_store_idem ki = k ? store_idem(r, k, now) : (ma_store_idem){0};
     int rc = ma_store_session_delete_idem(r->opt.store, id, k ? &ki : NULL, err, errlen);
     reg_session *drop = NULL;
@@ -707,6 +781,7 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
         .slot_rows = srows,
         .n_slot_rows = nrows,
         .idem = c->idem ? &ki : NULL,
+        .index = index_rows_of(s, s->core),
     };
     double t0 = now_seconds();
     rc = ma_store_commit(r->opt.store, s->id, &d, err, errlen);
@@ -722,6 +797,10 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
     s->updated_at = now;
     if (c->n_events)
         s->paged = false;   /* new chunks are resident; reg_release pages them out under memory pressure */
+    if (d.index.n)
+        ma_archive_index_rows_done(ma_session_archive(s->core));
+    if (ma_archive_index_due(ma_session_archive(s->core), NULL, NULL))
+        reg_maint_enqueue(r->maint, s->id);
     free(bb);
     free(sl);
     free(am);
@@ -838,6 +917,8 @@ int reg_summary_get(reg_registry *r, reg_session *s, reg_summary *out, char *err
     }
     out->params = &s->params;
     out->stored_bytes = row.stored_bytes;
+    ma_archive_index_state(ma_session_archive(s->core), &out->index);
+    out->index_building = s->params.selector == MA_SELECTOR_INDEX && reg_maint_busy(r->maint, s->id);
     out->created_at = s->created_at;
     out->updated_at = s->updated_at;
     ma_store_session_clear(&row);
@@ -876,6 +957,7 @@ void reg_destroy(reg_registry *r)
 {
     if (!r)
         return;
+    reg_maint_destroy(r->maint);   /* a build in progress stops at its next step; restarts redo it */
     for (size_t i = 0; i < r->nbuckets; i++)
         for (reg_session *s = r->buckets[i], *n; s; s = n) {
             n = s->hnext;
@@ -1005,4 +1087,164 @@ bool reg_is_frozen(reg_registry *r, const char *id)
     bool f = r->nfrozen && frozen_index(r, id) >= 0;
     pthread_mutex_unlock(&r->mu);
     return f;
+}
+
+/* ---- background index builds (docs/ARCHIVE.md, "Builds in the background") ------------------------ */
+
+/* Blocks staged per transaction, and how far behind the committed events the staging may stop before the
+ * swap encodes the rest under the session's exclusive gate. */
+#define STAGE_BLOCKS   4
+#define CATCHUP_SLACK  2
+
+typedef struct {
+    reg_pager *pg;
+    const atomic_int *cancel;
+} job_keys;
+
+static int keys_or_cancel(void *ctx, uint64_t first, size_t n, float *k)
+{
+    job_keys *jk = ctx;
+    return atomic_load(jk->cancel) ? MA_EBUSY : reg_pager_keys(jk->pg, first, n, k);
+}
+
+/* What the job needs to know of the session, read under its exclusive gate (no job of it runs). */
+typedef struct {
+    ma_params p;
+    bool due;
+    uint64_t point;
+    uint32_t build_no, base;   /* the build due; the one current */
+} job_view;
+
+static int view(reg_registry *r, const char *id, job_view *v)
+{
+    char err[256];
+    reg_session *s;
+    int rc = acquire(r, id, true, &s, err, sizeof err);
+    if (rc)
+        return rc;
+    ma_archive *a = ma_session_archive(s->core);
+    ma_index_state st;
+    v->p = s->params;
+    v->due = ma_archive_index_due(a, &v->point, &v->build_no);
+    ma_archive_index_state(a, &st);
+    v->base = st.build;
+    reg_release(r, s);
+    return 0;
+}
+
+/* Stages the rows of build b for blocks [*staged, upto) (keys read from the store). */
+static int stage(reg_registry *r, const char *id, ma_ivf_build *b, job_keys *jk, uint64_t *staged, uint64_t upto,
+                 const ma_params *p)
+{
+    const size_t D = (size_t)p->heads * p->dim, cb = ma_ivf_row_codes_bytes(p->heads, p->dim);
+    float *keys = malloc((size_t)STAGE_BLOCKS * MA_IVF_BLOCK * D * sizeof(float));
+    unsigned char *lists = malloc((size_t)STAGE_BLOCKS * MA_IVF_BLOCK * 4), *codes = malloc(STAGE_BLOCKS * cb);
+    char err[256];
+    int rc = keys && lists && codes ? 0 : MA_ENOMEM;
+    while (!rc && *staged < upto) {
+        size_t n = upto - *staged < STAGE_BLOCKS ? (size_t)(upto - *staged) : STAGE_BLOCKS;
+        for (size_t i = 0; !rc && i < n; i++)
+            rc = keys_or_cancel(jk, (*staged + i) * MA_IVF_BLOCK, MA_IVF_BLOCK, keys + i * MA_IVF_BLOCK * D);
+        if (!rc)
+            rc = ma_ivf_build_encode(b, keys, n, lists, codes);
+        ma_store_index_rows ir = {ma_ivf_build_number(b), *staged, n, lists, codes, (size_t)MA_IVF_BLOCK * 4, cb};
+        if (!rc)
+            rc = ma_store_index_put(r->opt.store, id, &ir, err, sizeof err);
+        if (!rc)
+            *staged += n;
+    }
+    free(keys);
+    free(lists);
+    free(codes);
+    return rc;
+}
+
+/* The committed length of session id (0 if it is gone). */
+static uint64_t committed(reg_registry *r, const char *id)
+{
+    ma_store_session row = {0};
+    char err[256];
+    uint64_t n = 0;
+    if (ma_store_session_summary(r->opt.store, id, &row, err, sizeof err) == 0)
+        n = row.length;
+    ma_store_session_clear(&row);
+    return n;
+}
+
+/* Takes build b into the session, under its exclusive gate: the archive adopts it (the staged rows read
+ * back, the blocks appended since encoded from its keys; the old lists freed first), then one commit
+ * writes the archive meta (the new centroids: the store names the build from then on) with those last
+ * rows. Nothing is visible before the commit (no job of the session runs); if either step fails the
+ * session is marked stale and reloaded from the store (the old build) at its next use. */
+static int swap(reg_registry *r, const char *id, ma_ivf_build *b, uint32_t base, const atomic_int *cancel)
+{
+    char err[256];
+    reg_session *s;
+    int rc = acquire(r, id, true, &s, err, sizeof err);
+    if (rc)
+        return rc;
+    ma_archive *a = ma_session_archive(s->core);
+    ma_index_state st;
+    ma_archive_index_state(a, &st);
+    if (atomic_load(cancel) || st.build != base) {
+        reg_release(r, s);
+        return MA_EBUSY;   /* deleted, or another build got there first */
+    }
+    ma_ivf_rows rows = reg_pager_rows(&s->pager);
+    rc = ma_archive_index_adopt(a, b, &rows);
+    if (rc) {
+        pthread_mutex_lock(&r->mu);
+        s->stale = true;
+        pthread_mutex_unlock(&r->mu);
+    } else {
+        reg_change c = {.first_event = ma_archive_length(a), .archive = true};
+        rc = reg_commit(r, s, &c, s->updated_at, err, sizeof err);   /* stale on failure */
+    }
+    reg_release(r, s);
+    return rc;
+}
+
+/* One build of session id at the point due (nothing if none is): train (keys from the store), stage the
+ * rows of every committed block, catch up with the blocks committed meanwhile, swap, drop the old rows.
+ * Repeats while another build is due (events kept coming). */
+static void index_job(void *ctx, const char *id, const atomic_int *cancel)
+{
+    reg_registry *r = ctx;
+    char err[256];
+    for (int round = 0; round < 64 && !atomic_load(cancel); round++) {
+        job_view v;
+        if (view(r, id, &v) != 0 || !v.due)
+            return;
+        reg_pager pg;
+        reg_pager_init(&pg, r->opt.store, id, &v.p, NULL);
+        job_keys jk = {&pg, cancel};
+        ma_ivf_build *b = NULL;
+        /* Rows of any other build than the current one are stale (an interrupted build) or old. */
+        int rc = ma_store_index_drop(r->opt.store, id, v.base, NULL, err, sizeof err);
+        if (!rc)
+            rc = ma_ivf_train(v.p.heads, v.p.dim, v.point, v.build_no, keys_or_cancel, &jk, cancel, &b);
+        uint64_t staged = 0;
+        for (int pass = 0; !rc && pass < 16; pass++) {
+            uint64_t upto = committed(r, id) / MA_IVF_BLOCK;
+            if (upto <= staged + CATCHUP_SLACK && pass > 0)
+                break;
+            rc = stage(r, id, b, &jk, &staged, upto, &v.p);
+        }
+        if (!rc)
+            rc = swap(r, id, b, v.base, cancel);
+        ma_ivf_build_free(b);
+        if (rc) {
+            if (rc != MA_EBUSY)
+                atomic_fetch_add(&r->index_build_failures, 1);
+            return;
+        }
+        atomic_fetch_add(&r->index_builds, 1);
+        (void)ma_store_index_drop(r->opt.store, id, v.build_no, NULL, err, sizeof err);
+        malloc_trim(0);   /* the old lists: ~56 bytes an event */
+    }
+}
+
+void reg_wait_maintenance(reg_registry *r)
+{
+    reg_maint_wait_idle(r->maint);
 }
