@@ -300,4 +300,4 @@ install-pkgs:
 clean:
 	rm -rf build
 
--include $(wildcard $(patsubst %.o,%.d,$(LIB_OBJ) $(BUILD)/server/main.o $(SUPPORT_OBJ) $(BUILD)/tests/support/memattnd_test.o $(E2E_HOBJ) $(BENCH_HOBJ)) $(UNIT_BIN:=.d) $(E2E_BIN:=.d) $(BENCH_BIN:=.d))
+-include $(wildcard $(patsubst %.o,%.d,$(LIB_OBJ) $(BUILD)/server/main.o $(SUPPORT_OBJ) $(BUILD)/tests/support/memattnd_test.o $(E2E_HOBJ) $(BENCH_HOBJ) $(FUZZ_HOBJ)) $(UNIT_BIN:=.d) $(E2E_BIN:=.d) $(BENCH_BIN:=.d) $(FUZZ_BIN:=.d) $(BUILD)/tests/fuzz/gen_seeds.d)
