@@ -6,6 +6,16 @@
  * loaded; its own load_mu serialises the load so parallel readers wait for one load instead of doing
  * two. Sessions unloaded by the budget or dropped as stale are unlinked under mu and destroyed after mu
  * is released (destroying a large session frees a lot of memory; nobody should wait for that).
+ *
+ * The commit queue (reg_commit_queue). A FIFO of serialised changes under cmu, written by one commit
+ * thread (started on first use, joined by reg_destroy after the queue drained). The thread takes every
+ * change queued (up to GROUP_MAX) and writes them in one store transaction (ma_store_commit_group): one
+ * fsync for all of them, and of several changes of one session only the last copy of each state blob.
+ * Each queued change holds a reference to its session and counts in its `pending`; a failed group marks
+ * every session in it stale and unlinks it from the map (the next acquire loads the stored state), and a
+ * change of a session already stale fails without being written (it was applied on top of a change that
+ * is not stored). reg_commit and reg_delete wait for a session's pending changes first, so the store sees
+ * one session's changes in the order they were made.
  */
 #include "registry/registry.h"
 
@@ -40,6 +50,7 @@ struct reg_session {
     size_t cache_chunks;        /* this session's archive chunk cache (bounded by the budget) */
     reg_pager pager;            /* the archive's chunks and the events' payloads, from the store */
     int refs;                   /* under reg->mu */
+    int pending;                /* changes in the commit queue (under reg->mu; pending_cv) */
     pthread_mutex_t load_mu;    /* serialises loading */
     reg_session *hnext;         /* hash chain */
     reg_session *prev, *next;   /* LRU list */
@@ -61,6 +72,13 @@ struct reg_registry {
     atomic_uint_fast64_t chunk_loads;   /* chunks read back from the store (any thread, no lock) */
     char (*frozen)[MA_MAX_NAME + 1];    /* ids frozen for a move (reg_freeze), under mu */
     size_t nfrozen, capfrozen;
+    pthread_cond_t pending_cv;  /* (with mu) a session's pending count dropped */
+    /* the commit queue, under cmu */
+    pthread_mutex_t cmu;
+    pthread_cond_t cwork;       /* an entry was queued, or stop */
+    struct qentry *qhead, *qtail;
+    bool cstarted, cstop;
+    pthread_t cthread;
 };
 
 static uint64_t hash_id(const char *s)
@@ -84,6 +102,9 @@ int reg_create(const reg_options *o, reg_registry **out)
         return MA_ENOMEM;
     }
     pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->pending_cv, NULL);
+    pthread_mutex_init(&r->cmu, NULL);
+    pthread_cond_init(&r->cwork, NULL);
     *out = r;
     return 0;
 }
@@ -182,6 +203,15 @@ static void unlink_session(reg_registry *r, reg_session *s)
         r->loaded--;
         r->unloads++;
     }
+}
+
+/* The in-memory s is ahead of the store (a failed commit): it is dropped at its last release, and taken
+ * out of the map now so that the next acquire loads the stored state. Caller holds mu. */
+static void mark_stale_locked(reg_registry *r, reg_session *s)
+{
+    s->stale = true;
+    if (s->linked)
+        unlink_session(r, s);
 }
 
 static reg_session *session_new(reg_registry *r, const char *id)
@@ -473,8 +503,13 @@ static void unfreeze_locked(reg_registry *r, const char *id);
 
 int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
 {
+    reg_session *drop = NULL, *q;
+    /* Changes of the session still in the commit queue are written (or failed) first. */
+    pthread_mutex_lock(&r->mu);
+    while ((q = find(r, id)) && q->pending)
+        pthread_cond_wait(&r->pending_cv, &r->mu);
+    pthread_mutex_unlock(&r->mu);
     int rc = ma_store_session_delete(r->opt.store, id, err, errlen);
-    reg_session *drop = NULL;
     if (rc)
         return rc;
     pthread_mutex_lock(&r->mu);
@@ -518,25 +553,31 @@ static void touch_bytes(reg_registry *r, reg_session *s)
     pthread_mutex_unlock(&r->mu);
 }
 
-int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, char *err, size_t errlen)
+/* Serialises what c changed in s into *d (blobs malloc'd: free d->backbone/slots_blob/archive_meta.data)
+ * with c's event arrays borrowed; *meta / *gen: whether the archive blob is in it, and its generation. */
+static int serialise(reg_session *s, const reg_change *c, int64_t now, ma_store_delta *d, bool *meta,
+                     uint64_t *gen, char *err, size_t errlen)
 {
     void *bb = NULL, *sl = NULL, *am = NULL;
     size_t bbl = 0, sll = 0, aml = 0;
     bool all = !s->blobs_stored;
     /* The archive blob changes only at an index rebuild: rewrite it only then. */
-    uint64_t gen = ma_archive_meta_generation(ma_session_archive(s->core));
-    bool meta = all || (c->archive && gen != s->meta_gen);
+    *gen = ma_archive_meta_generation(ma_session_archive(s->core));
+    *meta = all || (c->archive && *gen != s->meta_gen);
     ma_session_counts st;
     int rc;
 
     ma_session_counts_get(s->core, &st);
     if (((c->backbone || all) && (rc = ma_backbone_serialize(ma_session_backbone(s->core), &bb, &bbl)) != 0) ||
         ((c->slots || all) && (rc = ma_session_serialize_slots(s->core, &sl, &sll)) != 0) ||
-        (meta && (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0)) {
+        (*meta && (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0)) {
         snprintf(err, errlen, "session %s: cannot serialise the new state: %s", s->id, ma_strerror(rc));
-        goto fail;
+        free(bb);
+        free(sl);
+        free(am);
+        return rc;
     }
-    ma_store_delta d = {
+    *d = (ma_store_delta){
         .first_event = c->first_event,
         .n_events = c->n_events,
         .k_floats = (size_t)s->params.heads * s->params.dim,
@@ -553,32 +594,228 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
         .erase = c->erase,
         .n_erase = c->n_erase,
     };
-    double t0 = now_seconds();
-    rc = ma_store_commit(r->opt.store, s->id, &d, err, errlen);
-    if (r->on_commit)
-        r->on_commit(r->on_commit_ctx, now_seconds() - t0, rc);
-    if (rc)
-        goto fail;
+    return 0;
+}
+
+static void delta_free_blobs(ma_store_delta *d)
+{
+    free((void *)d->backbone.data);
+    free((void *)d->slots_blob.data);
+    free((void *)d->archive_meta.data);
+}
+
+/* What the session records once its change is stored (or queued to be: a failure later makes it stale). */
+static void note_stored(reg_registry *r, reg_session *s, const reg_change *c, bool meta, uint64_t gen, int64_t now)
+{
     s->blobs_stored = true;
     if (meta)
         s->meta_gen = gen;
     s->updated_at = now;
     if (c->n_events)
         s->paged = false;   /* new chunks are resident; reg_release pages them out under memory pressure */
-    free(bb);
-    free(sl);
-    free(am);
     touch_bytes(r, s);
+}
+
+/* Waits until s has no change in the commit queue (caller holds a reference). */
+static void wait_pending(reg_registry *r, reg_session *s)
+{
+    pthread_mutex_lock(&r->mu);
+    while (s->pending)
+        pthread_cond_wait(&r->pending_cv, &r->mu);
+    pthread_mutex_unlock(&r->mu);
+}
+
+int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, char *err, size_t errlen)
+{
+    ma_store_delta d;
+    bool meta, stale;
+    uint64_t gen;
+    int rc;
+
+    wait_pending(r, s);
+    pthread_mutex_lock(&r->mu);
+    stale = s->stale;
+    pthread_mutex_unlock(&r->mu);
+    if (stale) {
+        snprintf(err, errlen, "session %s: an earlier change failed to commit; this one was made after it", s->id);
+        return MA_EIO;
+    }
+    if ((rc = serialise(s, c, now, &d, &meta, &gen, err, errlen)) != 0)
+        goto fail;
+    double t0 = now_seconds();
+    rc = ma_store_commit(r->opt.store, s->id, &d, err, errlen);
+    if (r->on_commit)
+        r->on_commit(r->on_commit_ctx, now_seconds() - t0, rc);
+    delta_free_blobs(&d);
+    if (rc)
+        goto fail;
+    note_stored(r, s, c, meta, gen, now);
     return 0;
 fail:
     /* The in-memory session is ahead of the store: drop it at release, reload on next use. */
     pthread_mutex_lock(&r->mu);
-    s->stale = true;
+    mark_stale_locked(r, s);
     pthread_mutex_unlock(&r->mu);
-    free(bb);
-    free(sl);
-    free(am);
     return rc ? rc : MA_EIO;
+}
+
+/* ---- the commit queue -------------------------------------------------------------------------- */
+
+#define GROUP_MAX 64   /* changes per group transaction (32 MiB of events at 64 batches of 1024 x 2 x 256 B) */
+
+typedef struct qentry {
+    struct qentry *next;
+    reg_session *s;             /* a reference held until the change is answered */
+    ma_store_delta d;           /* blobs owned, event arrays borrowed from the caller */
+    const void *blobs[3];       /* the owned blobs (d's pointers may be cleared when a later change replaces them) */
+    bool stale;                 /* its session was stale when its group started: not written */
+    reg_committed_fn fn;
+    void *ctx;
+} qentry;
+
+/* Writes the group g (n entries, in queue order) in one transaction and answers every entry. */
+static void commit_group(reg_registry *r, qentry *g)
+{
+    const char *ids[GROUP_MAX];
+    const ma_store_delta *ds[GROUP_MAX];
+    qentry *live[GROUP_MAX];
+    size_t m = 0;
+    char err[256] = "", stale_err[256];
+    int rc = 0;
+
+    pthread_mutex_lock(&r->mu);
+    for (qentry *e = g; e; e = e->next)
+        e->stale = e->s->stale;
+    pthread_mutex_unlock(&r->mu);
+    for (qentry *e = g; e; e = e->next)
+        if (!e->stale) {
+            live[m] = e;
+            ids[m] = e->s->id;
+            ds[m++] = &e->d;
+        }
+    /* A state blob that a later change of the same session in this group writes again is not written. */
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = i + 1; j < m; j++)
+            if (live[j]->s == live[i]->s) {
+                if (live[j]->d.backbone.data)
+                    live[i]->d.backbone = (ma_blob){NULL, 0};
+                if (live[j]->d.slots_blob.data)
+                    live[i]->d.slots_blob = (ma_blob){NULL, 0};
+                if (live[j]->d.archive_meta.data)
+                    live[i]->d.archive_meta = (ma_blob){NULL, 0};
+            }
+    if (m) {
+        double t0 = now_seconds();
+        rc = ma_store_commit_group(r->opt.store, m, ids, ds, err, sizeof err);
+        if (r->on_commit)
+            r->on_commit(r->on_commit_ctx, now_seconds() - t0, rc);
+        if (rc) {
+            pthread_mutex_lock(&r->mu);
+            for (size_t i = 0; i < m; i++)
+                mark_stale_locked(r, live[i]->s);
+            pthread_mutex_unlock(&r->mu);
+        }
+    }
+    for (qentry *e = g, *next; e; e = next) {
+        next = e->next;
+        if (e->stale) {
+            snprintf(stale_err, sizeof stale_err, "session %s: an earlier change failed to commit; this one was "
+                     "made after it", e->s->id);
+            e->fn(e->ctx, MA_EIO, stale_err);
+        } else {
+            e->fn(e->ctx, rc, rc ? err : NULL);
+        }
+        for (int b = 0; b < 3; b++)
+            free((void *)e->blobs[b]);
+        pthread_mutex_lock(&r->mu);
+        e->s->pending--;
+        pthread_cond_broadcast(&r->pending_cv);
+        pthread_mutex_unlock(&r->mu);
+        reg_release(r, e->s);
+        free(e);
+    }
+}
+
+static void *committer_main(void *arg)
+{
+    reg_registry *r = arg;
+    pthread_mutex_lock(&r->cmu);
+    for (;;) {
+        while (!r->qhead && !r->cstop)
+            pthread_cond_wait(&r->cwork, &r->cmu);
+        if (!r->qhead)
+            break;   /* stopping and drained */
+        qentry *g = r->qhead, *last = g;
+        for (size_t n = 1; last->next && n < GROUP_MAX; n++)
+            last = last->next;
+        r->qhead = last->next;
+        if (!r->qhead)
+            r->qtail = NULL;
+        last->next = NULL;
+        pthread_mutex_unlock(&r->cmu);
+        commit_group(r, g);
+        pthread_mutex_lock(&r->cmu);
+    }
+    pthread_mutex_unlock(&r->cmu);
+    return NULL;
+}
+
+int reg_commit_queue(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, reg_committed_fn fn,
+                     void *ctx, char *err, size_t errlen)
+{
+    qentry *e = NULL;
+    bool meta;
+    uint64_t gen;
+    int rc = MA_ENOMEM;
+
+    pthread_mutex_lock(&r->cmu);
+    if (!r->cstarted && pthread_create(&r->cthread, NULL, committer_main, r) == 0)
+        r->cstarted = true;
+    bool started = r->cstarted;
+    pthread_mutex_unlock(&r->cmu);
+    if (!started || !(e = calloc(1, sizeof *e))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if ((rc = serialise(s, c, now, &e->d, &meta, &gen, err, errlen)) != 0)
+        goto fail;
+    e->blobs[0] = e->d.backbone.data;
+    e->blobs[1] = e->d.slots_blob.data;
+    e->blobs[2] = e->d.archive_meta.data;
+    e->s = s;
+    e->fn = fn;
+    e->ctx = ctx;
+    note_stored(r, s, c, meta, gen, now);
+    pthread_mutex_lock(&r->mu);
+    s->refs++;
+    s->pending++;
+    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_lock(&r->cmu);
+    if (r->qtail)
+        r->qtail->next = e;
+    else
+        r->qhead = e;
+    r->qtail = e;
+    pthread_cond_signal(&r->cwork);
+    pthread_mutex_unlock(&r->cmu);
+    return 0;
+fail:
+    free(e);
+    pthread_mutex_lock(&r->mu);
+    mark_stale_locked(r, s);
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
+bool reg_peek_params(reg_registry *r, const char *id, ma_params *out)
+{
+    pthread_mutex_lock(&r->mu);
+    reg_session *s = find(r, id);
+    bool ok = s && s->core && !s->stale;
+    if (ok)
+        *out = s->params;
+    pthread_mutex_unlock(&r->mu);
+    return ok;
 }
 
 void reg_observe_commits(reg_registry *r, reg_commit_fn fn, void *ctx)
@@ -677,6 +914,14 @@ void reg_destroy(reg_registry *r)
 {
     if (!r)
         return;
+    /* The commit thread writes what is queued, answers it, then stops. */
+    pthread_mutex_lock(&r->cmu);
+    r->cstop = true;
+    pthread_cond_signal(&r->cwork);
+    bool started = r->cstarted;
+    pthread_mutex_unlock(&r->cmu);
+    if (started)
+        pthread_join(r->cthread, NULL);
     for (size_t i = 0; i < r->nbuckets; i++)
         for (reg_session *s = r->buckets[i], *n; s; s = n) {
             n = s->hnext;
@@ -684,6 +929,9 @@ void reg_destroy(reg_registry *r)
         }
     free(r->buckets);
     free(r->frozen);
+    pthread_cond_destroy(&r->cwork);
+    pthread_mutex_destroy(&r->cmu);
+    pthread_cond_destroy(&r->pending_cv);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }

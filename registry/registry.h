@@ -22,9 +22,12 @@
  *   2. reg_commit(): serialise what changed and commit it with the new events in one store transaction;
  *   3. only then answer 2xx.
  * If the commit fails (disk full, read-only, I/O error) the in-memory session is ahead of the stored one;
- * reg_commit marks it stale, it is dropped when the job releases it, and the next use reloads it from the
- * store — so the in-memory state always equals the stored state as seen by any later request. (Applying
+ * reg_commit marks it stale and takes it out of the map, it is dropped when its last reference goes, and
+ * the next use reloads it from the store — so the in-memory state always equals the stored state as seen by any later request. (Applying
  * only after the commit is impossible here: the blobs to commit are serialisations of the new state.)
+ * reg_commit_queue splits step 2: the state is serialised at once, the transaction runs later on the
+ * registry's commit thread, grouped with other queued changes; step 3 waits for its callback. The caller
+ * may apply the session's next change meanwhile (the daemon's pipelined event batches).
  *
  * Threads: every function may be called from any worker thread. The registry's map and LRU list are
  * under one mutex, never held across store I/O or compute; loading a session is serialised per session
@@ -149,6 +152,32 @@ typedef struct {
  * 0 once durable. On failure (MA_EIO, MA_ECORRUPT, MA_ENOMEM; err says why) the session is marked stale
  * and reloaded from the store on next use. */
 int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, char *err, size_t errlen);
+
+/* The answer to a reg_commit_queue'd change: rc 0 once it is durable, else the failure (MA_EIO,
+ * MA_ECORRUPT, MA_ENOMEM, MA_EINVAL) with err saying why (valid during the call). Runs on the registry's
+ * commit thread: must not block for long, nor call reg_commit, reg_delete or reg_destroy. */
+typedef void (*reg_committed_fn)(void *ctx, int rc, const char *err);
+
+/* Pipelined, grouped commit of a change already applied to the acquired session s (caller runs
+ * exclusively for s). What changed is serialised now, so the caller may go on mutating s (and queue more
+ * changes) as soon as this returns; the store transaction runs later on the registry's commit thread,
+ * together with every change queued meanwhile, of s and of other sessions, in queue order (group commit:
+ * one transaction and one fsync for the group). c's event arrays (k, v, payloads, erase) must stay valid
+ * until `fn` has been called. The queued change holds its own reference to s.
+ * Failure: if the group's transaction fails, every change in it gets the error and every session in it is
+ * marked stale (dropped; the next reg_acquire loads what the store holds); a change of a session that was
+ * stale when its group started (applied after a change that is not stored) fails without being written.
+ * So a change answered 0 is stored, and memory never serves what the store lost to later requests.
+ * Returns 0 (fn will be called exactly once, from the commit thread, possibly before this returns) or
+ * MA_ENOMEM / the serialiser's code (fn will not be called; s is marked stale). reg_commit and reg_delete
+ * first wait for the session's queued changes. */
+int reg_commit_queue(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, reg_committed_fn fn,
+                     void *ctx, char *err, size_t errlen);
+
+/* The config of session `id` if it is loaded (and not stale), without loading it or taking a reference:
+ * true and *out, else false. For work done before a job's turn (decoding a batch for its shape); the
+ * session can be deleted and re-created before the turn, so the job checks the config again. */
+bool reg_peek_params(reg_registry *r, const char *id, ma_params *out);
 
 typedef struct {
     size_t loaded;             /* sessions in memory */

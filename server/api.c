@@ -91,6 +91,15 @@ typedef struct {
     char *out;                        /* response body (JSON text), cJSON-allocated */
     char etag[40];                    /* "\"<version>\"" for slot answers, "\"s-<hash>\"" for a session, "" if none */
     char location[320];               /* Location of a created session or slot, "" if none */
+    /* POST .../events: decoded before the session's turn (events_decode), applied in it (events_apply),
+     * answered when its commit is durable (events_committed) */
+    cJSON *ev_body;                   /* the parsed body, until decoded */
+    bool ev_decoded;                  /* ev / ev_rc hold the decode for ev_shape */
+    codec_shape ev_shape;
+    codec_events ev;                  /* owned until the commit's answer */
+    int ev_rc;                        /* the decode's result (0, or a failure described by ev_err) */
+    codec_error ev_err;
+    srv_hold *hold;                   /* the pool's hold, released by events_committed */
 } job;
 
 /* ---- small helpers --------------------------------------------------------------------------- */
@@ -368,55 +377,118 @@ static int do_session_delete(job *j)
 
 /* ---- events and queries ---------------------------------------------------------------------- */
 
-static int do_events(job *j)
+static bool frozen_out(job *j);
+
+/* The batch decoded for shape sh (the body parsed first if it is not yet): 0 with j->ev filled, or the
+ * decode's failure recorded in ev_rc / ev_err (reported by events_apply, not here), or -1 with the body's
+ * own failure set on the job. */
+static int events_decode_for(job *j, const codec_shape *sh)
 {
-    cJSON *body = NULL;
-    codec_events ev = {0};
+    if (j->ev_decoded && j->ev_shape.heads == sh->heads && j->ev_shape.dim == sh->dim &&
+        j->ev_shape.value_dim == sh->value_dim && j->ev_shape.embed == sh->embed)
+        return 0;
+    codec_events_clear(&j->ev);
+    j->ev_decoded = false;
+    if (!j->ev_body && need_body(j, &j->ev_body, "{\"events\":[...]}"))
+        return -1;
+    j->ev_shape = *sh;
+    j->ev_rc = codec_events_decode(j->ev_body, sh, MAX_EVENTS_PER_BATCH, &j->ev, &j->ev_err);
+    j->ev_decoded = true;
+    cJSON_Delete(j->ev_body);
+    j->ev_body = NULL;
+    return 0;
+}
+
+/* Prepare step of POST .../events (worker.h): runs on any worker as soon as the request is queued,
+ * alongside the session's earlier jobs. Parses the body and, if the session is loaded, decodes the batch
+ * for its config; touches no session state. Failures are only recorded: events_apply reports them in the
+ * order of the checks (frozen, body, session, batch). */
+static void events_decode(void *arg)
+{
+    job *j = arg;
+    ma_params p;
     codec_shape sh;
-    codec_error ce;
+    if (need_body(j, &j->ev_body, "{\"events\":[...]}"))
+        return;
+    if (!reg_peek_params(j->api->reg, j->id, &p))
+        return;   /* not loaded: decoded in the session's turn */
+    codec_shape_from_params(&sh, &p, embed);
+    events_decode_for(j, &sh);
+}
+
+/* The commit of the batch is durable (rc 0) or failed (registry's commit thread). */
+static void events_committed(void *ctx, int rc, const char *err)
+{
+    job *j = ctx;
+    if (rc) {
+        srv_log(CFG_LOG_ERROR, "commit of session %s failed: %s", j->id, err);
+        cJSON_free(j->out);
+        j->out = NULL;
+        job_store_fail(j, rc, "the change was not stored (nothing applied)", err);
+    } else {
+        srv_metric_child_add(j->api->events_ingested, (int64_t)j->ev.n);
+    }
+    codec_events_clear(&j->ev);
+    srv_pool_release(j->hold);   /* j belongs to the loop from here */
+}
+
+/* The session's turn of POST .../events (a pipelined exclusive step): applies the decoded batch to the
+ * core and queues its commit (reg_commit_queue); the answer, built here, is sent once events_committed
+ * ran, while the next batch of the session may already be applied. True when the job is held. */
+static bool events_apply(void *arg, srv_hold *h)
+{
+    job *j = arg;
     ma_ingest_report rep = {0};
     reg_session *s = NULL;
-    int rc = -1;
+    codec_shape sh;
+    char err[256] = "";
+    bool held = false;
 
-    if (need_body(j, &body, "{\"events\":[...]}") || acquire(j, &s))
+    /* j->code here is the body's failure (events_decode): reported after the frozen check */
+    if (frozen_out(j) || j->code || acquire(j, &s))
         goto done;
     ma_session *core = reg_core(s);
     codec_shape_from_params(&sh, reg_params(s), embed);
-    if (codec_events_decode(body, &sh, MAX_EVENTS_PER_BATCH, &ev, &ce)) {
-        rc = job_codec_fail(j, &ce);
+    if (events_decode_for(j, &sh))
+        goto done;
+    if (j->ev_rc) {
+        job_codec_fail(j, &j->ev_err);
         goto done;
     }
-    cJSON_Delete(body);
-    body = NULL;
     uint64_t first = ma_archive_length(ma_session_archive(core));
-    int irc = ma_session_ingest(core, ev.n, ev.ev, now_ms(), &rep);
+    int irc = ma_session_ingest(core, j->ev.n, j->ev.ev, now_ms(), &rep);
     if (irc == MA_EFULL) {
-        rc = job_error(j, irc, NULL, "a slot write in this batch needs a free slot, but every resident "
-                       "slot is protected; nothing was applied");
+        job_error(j, irc, NULL, "a slot write in this batch needs a free slot, but every resident "
+                  "slot is protected; nothing was applied");
         goto done;
     }
     if (irc) {
-        rc = job_error(j, irc, NULL, "the batch was refused: %s; nothing was applied", ma_strerror(irc));
+        job_error(j, irc, NULL, "the batch was refused: %s; nothing was applied", ma_strerror(irc));
         goto done;
     }
-    if (ev.n) {
-        bool slots = false;
-        for (size_t i = 0; i < ev.n && !slots; i++)
-            slots = ev.ev[i].slot != NULL;
-        reg_change c = {.first_event = first, .n_events = ev.n, .k = ev.k, .v = ev.v,
-                        .payloads = (const char *const *)ev.payloads, .backbone = true, .archive = true,
-                        .slots = slots};
-        if (commit(j, s, &c))
-            goto done;
-        srv_metric_child_add(j->api->events_ingested, (int64_t)ev.n);
+    /* The answer first: once the commit is queued, j is events_committed's. */
+    job_ok(j, 200, codec_ingest_report_to_json(&rep));
+    if (!j->ev.n)
+        goto done;
+    bool slots = false;
+    for (size_t i = 0; i < j->ev.n && !slots; i++)
+        slots = j->ev.ev[i].slot != NULL;
+    reg_change c = {.first_event = first, .n_events = j->ev.n, .k = j->ev.k, .v = j->ev.v,
+                    .payloads = (const char *const *)j->ev.payloads, .backbone = true, .archive = true,
+                    .slots = slots};
+    j->hold = h;
+    int qrc = reg_commit_queue(j->api->reg, s, &c, now_ms(), events_committed, j, err, sizeof err);
+    if (qrc) {
+        srv_log(CFG_LOG_ERROR, "commit of session %s failed: %s", j->id, err);
+        cJSON_free(j->out);
+        j->out = NULL;
+        job_store_fail(j, qrc, "the change was not stored (nothing applied)", err);
     }
-    rc = job_ok(j, 200, codec_ingest_report_to_json(&rep));
+    held = qrc == 0;
 done:
     ma_ingest_report_clear(&rep);
-    codec_events_clear(&ev);
-    cJSON_Delete(body);
     release(j, s);
-    return rc;
+    return held;
 }
 
 /* Words the failure qrc of queries[i] as its own result: 0 (the error is in the batch's answer), or -1
@@ -747,7 +819,7 @@ static void job_work(void *arg)
     case OP_SESSION_LIST:   do_session_list(j); break;
     case OP_SESSION_GET:    do_session_get(j); break;
     case OP_SESSION_DELETE: do_session_delete(j); break;
-    case OP_EVENTS:         do_events(j); break;
+    case OP_EVENTS:         break;   /* events_decode and events_apply (h_events) */
     case OP_QUERY:          do_query(j); break;
     case OP_SLOT_LIST:      do_slot_list(j); break;
     case OP_SLOT_WRITE:
@@ -799,6 +871,8 @@ static void job_done(void *arg, int status)
     }
     update_gauges(j->api);
     cJSON_free(j->out);
+    codec_events_clear(&j->ev);
+    cJSON_Delete(j->ev_body);
     free(j);
 }
 
@@ -943,7 +1017,6 @@ static void h_session_list(srv_request *req, void *ud)
 SIMPLE_HANDLER(h_session_put, OP_SESSION_PUT, SRV_JOB_EXCLUSIVE)
 SIMPLE_HANDLER(h_session_get, OP_SESSION_GET, SRV_JOB_SHARED)
 SIMPLE_HANDLER(h_session_delete, OP_SESSION_DELETE, SRV_JOB_EXCLUSIVE)
-SIMPLE_HANDLER(h_events, OP_EVENTS, SRV_JOB_EXCLUSIVE)
 SIMPLE_HANDLER(h_query, OP_QUERY, SRV_JOB_SHARED)
 SIMPLE_HANDLER(h_slot_list, OP_SLOT_LIST, SRV_JOB_SHARED)
 SIMPLE_HANDLER(h_slot_write, OP_SLOT_WRITE, SRV_JOB_EXCLUSIVE)
@@ -953,6 +1026,21 @@ SIMPLE_HANDLER(h_slot_patch, OP_SLOT_PATCH, SRV_JOB_EXCLUSIVE)
 SIMPLE_HANDLER(h_backup, OP_BACKUP, SRV_JOB_SHARED)
 
 SIMPLE_HANDLER(h_slot_put, OP_SLOT_PUT, SRV_JOB_EXCLUSIVE)
+
+/* POST .../events: decoded on any worker before the session's turn, applied in it, answered after its
+ * commit (events_decode, events_apply, events_committed). */
+static void h_events(srv_request *req, void *ud)
+{
+    job *j = job_new(req, ud, OP_EVENTS);
+    if (!j)
+        return;
+    srv_job_spec spec = {.mode = SRV_JOB_PIPELINED, .prepare = events_decode, .pipe = events_apply,
+                         .done = job_done, .arg = j};
+    if (srv_pool_submit_job(j->api->pool, j->id, &spec)) {
+        srv_respond_error(req, 503, "overloaded", "the work queue is full, retry later");
+        free(j);
+    }
+}
 
 static void h_slot_delete(srv_request *req, void *ud)
 {
