@@ -446,7 +446,9 @@ static void free_dropped(reg_session *drop, bool trim)
         malloc_trim(0);
 }
 
-void reg_release(reg_registry *r, reg_session *s)
+/* reg_release; from_queue: the commit thread drops a queued change's reference while the session's next
+ * change may be being applied, so it re-measures only a session nobody else holds. */
+static void release_ref(reg_registry *r, reg_session *s, bool from_queue)
 {
     reg_session *drop = NULL;   /* sessions to destroy after unlocking, chained through hnext */
     bool trim = false;
@@ -462,7 +464,7 @@ void reg_release(reg_registry *r, reg_session *s)
             unlink_session(r, s);
         s->hnext = drop;
         drop = s;
-    } else if (s->core && !s->stale) {
+    } else if (s->core && !s->stale && (!from_queue || s->refs == 0)) {
         /* Reads fill the chunk cache of a paged archive: count what the job left resident. */
         remeasure(r, s);
     }
@@ -497,6 +499,11 @@ void reg_release(reg_registry *r, reg_session *s)
     }
     pthread_mutex_unlock(&r->mu);
     free_dropped(drop, trim);
+}
+
+void reg_release(reg_registry *r, reg_session *s)
+{
+    release_ref(r, s, false);
 }
 
 static void unfreeze_locked(reg_registry *r, const char *id);
@@ -731,7 +738,7 @@ static void commit_group(reg_registry *r, qentry *g)
         e->s->pending--;
         pthread_cond_broadcast(&r->pending_cv);
         pthread_mutex_unlock(&r->mu);
-        reg_release(r, e->s);
+        release_ref(r, e->s, true);
         free(e);
     }
 }

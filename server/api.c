@@ -14,6 +14,14 @@
  * answers 503 `storage_error` and the session is reloaded from the store on next use, so memory never
  * diverges from what is stored. The registry is the handlers' only way to the store.
  *
+ * POST .../events is split in three so that a session's next batch is computed while this one is
+ * fsync'd (docs/STORE.md, "Pipelined and grouped commits"): events_decode (a prepare step, any worker, as
+ * soon as the request is queued: parse and decode for the session's config if it is loaded),
+ * events_apply (the session's turn, a SRV_JOB_PIPELINED step: checks in the usual order, apply, answer
+ * built, reg_commit_queue) and events_committed (the registry's commit thread: durable or failed, then
+ * srv_pool_release). Reads of the session wait for that release, so they never see a batch that could
+ * still fail.
+ *
  * Errors: the status and API.md code of every failure of the core or the registry come from the codec's
  * one table (codec_status_of); the handlers only word the message. 503 `storage_error` for store failures
  * (disk full, read-only, I/O, corrupt data) is this implementation's addition to the 503 row.

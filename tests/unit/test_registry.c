@@ -536,11 +536,12 @@ static void queued_answer(void *ctx, int rc, const char *err)
     qchange *c = ctx;
     (void)err;
     c->rc = rc;
-    c->order = atomic_fetch_add(&answers, 1);
+    c->order = atomic_load(&answers);   /* answers come from the one commit thread */
     free(c->k);
     free(c->v);
     c->k = c->v = NULL;
     c->answered = true;
+    atomic_fetch_add(&answers, 1);      /* publishes the fields above to wait_answers */
 }
 
 /* Applies n random events to s and queues their commit. */
