@@ -70,6 +70,7 @@ struct reg_registry {
     uint64_t paged_out_bytes;   /* archive bytes dropped by budget remedy 1 */
     size_t untrimmed;           /* bytes freed since the last malloc_trim */
     atomic_uint_fast64_t chunk_loads;   /* chunks read back from the store (any thread, no lock) */
+    atomic_uint_fast64_t queue_groups, queue_changes;   /* commit queue transactions and their changes */
     char (*frozen)[MA_MAX_NAME + 1];    /* ids frozen for a move (reg_freeze), under mu */
     size_t nfrozen, capfrozen;
     pthread_cond_t pending_cv;  /* (with mu) a session's pending count dropped */
@@ -714,6 +715,8 @@ static void commit_group(reg_registry *r, qentry *g)
     if (m) {
         double t0 = now_seconds();
         rc = ma_store_commit_group(r->opt.store, m, ids, ds, err, sizeof err);
+        atomic_fetch_add_explicit(&r->queue_groups, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&r->queue_changes, m, memory_order_relaxed);
         if (r->on_commit)
             r->on_commit(r->on_commit_ctx, now_seconds() - t0, rc);
         if (rc) {
@@ -915,6 +918,8 @@ void reg_stats_get(reg_registry *r, reg_stats *st)
     st->budget = r->opt.memory_budget;
     pthread_mutex_unlock(&r->mu);
     st->chunk_loads = atomic_load_explicit(&r->chunk_loads, memory_order_relaxed);
+    st->queue_groups = atomic_load_explicit(&r->queue_groups, memory_order_relaxed);
+    st->queue_changes = atomic_load_explicit(&r->queue_changes, memory_order_relaxed);
 }
 
 void reg_destroy(reg_registry *r)

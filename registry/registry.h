@@ -186,6 +186,8 @@ typedef struct {
     uint64_t loads, unloads;   /* since start */
     uint64_t chunk_loads;      /* archive chunks read back from the store (pages in) since start */
     uint64_t paged_out_bytes;  /* archive bytes dropped from RAM under the budget (pages out) since start */
+    uint64_t queue_groups;     /* group transactions of the commit queue (reg_commit_queue) since start */
+    uint64_t queue_changes;    /* changes they wrote (their mean group size: queue_changes / queue_groups) */
 } reg_stats;
 
 void reg_stats_get(reg_registry *r, reg_stats *st);

@@ -74,6 +74,7 @@ struct api {
     srv_metric_child *routes[MA_ROUTE_WINDOW + 1];
     srv_metric_child *loads, *unloads;
     srv_metric_child *memory_budget, *chunk_loads, *paged_out;   /* the session cache (registry) */
+    srv_metric_child *group_commits, *group_changes;              /* the commit queue (registry) */
 };
 
 /* One request's work. Filled on the loop thread, run on a worker, answered and freed on the loop thread. */
@@ -853,6 +854,8 @@ static void update_gauges(api *a)
     srv_metric_child_set(a->memory_budget, (int64_t)st.budget);
     srv_metric_child_add(a->chunk_loads, (int64_t)st.chunk_loads - srv_metric_child_value(a->chunk_loads));
     srv_metric_child_add(a->paged_out, (int64_t)st.paged_out_bytes - srv_metric_child_value(a->paged_out));
+    srv_metric_child_add(a->group_commits, (int64_t)st.queue_groups - srv_metric_child_value(a->group_commits));
+    srv_metric_child_add(a->group_changes, (int64_t)st.queue_changes - srv_metric_child_value(a->group_changes));
 }
 
 static void job_done(void *arg, int status)
@@ -1107,8 +1110,14 @@ static int register_metrics(api *a, srv_metrics *m)
                                         "Archive chunks read back from the store (pages in)", NULL);
     srv_metric *po = srv_metric_counter(m, "memattn_archive_paged_out_bytes_total",
                                         "Archive chunk bytes dropped from memory under the budget (pages out)", NULL);
-    if (!loaded || !mem || !ev || !rt || !cs || !cf || !ld || !ul || !mb || !cl || !po)
+    srv_metric *gc = srv_metric_counter(m, "memattn_store_group_commits_total",
+                                        "Transactions that wrote queued event batches (group commit)", NULL);
+    srv_metric *gb = srv_metric_counter(m, "memattn_store_group_commit_batches_total",
+                                        "Event batches written by those transactions", NULL);
+    if (!loaded || !mem || !ev || !rt || !cs || !cf || !ld || !ul || !mb || !cl || !po || !gc || !gb)
         return MA_ENOMEM;
+    a->group_commits = srv_metric_child_get(gc, NULL);
+    a->group_changes = srv_metric_child_get(gb, NULL);
     a->memory_budget = srv_metric_child_get(mb, NULL);
     a->chunk_loads = srv_metric_child_get(cl, NULL);
     a->paged_out = srv_metric_child_get(po, NULL);

@@ -336,6 +336,11 @@ static void test_concurrent_batches_keep_order(void **state)
     assert_int_equal(n1, 48);
     assert_int_equal(n2, 24);
     assert_true(metric(&d, "memattn_events_ingested_total") == 72 * B);
+    /* every batch went through the commit queue; several shared a transaction or not, as they came */
+    double groups = metric(&d, "memattn_store_group_commits_total");
+    assert_true(metric(&d, "memattn_store_group_commit_batches_total") == 72);
+    assert_true(groups >= 1 && groups <= 72);
+    print_message("72 batches in %.0f group transactions\n", groups);
     check_twin(&d, "one", o1, n1);
     check_twin(&d, "two", o2, n2);
     free(o1);
