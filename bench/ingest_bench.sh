@@ -48,7 +48,7 @@ point() {   # LABEL DAEMON SESSIONS CONNECTIONS -> appends "LABEL S C line hwm" 
   hwm=$(awk '/^VmHWM/ {print $2}' /proc/$DPID/status)
   # batches per group transaction (a daemon without group commit has no such metric: 1)
   grp=$(curl -sf "http://$addr/metrics" | awk '/^memattn_store_group_commits_total / {g=$2}
-        /^memattn_store_group_commit_batches_total / {b=$2} END {printf "%.2f", g > 0 ? b / g : 1}')
+        /^memattn_store_group_commit_batches_total / {b=$2} END {printf "%.2f", (g > 0) ? b / g : 1}')
   kill -TERM $DPID; wait $DPID || true; DPID=
   echo "$1 $line vmhwm_kib=$hwm group=$grp" | tee -a "$TMP/points.txt"
 }
