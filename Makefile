@@ -128,10 +128,12 @@ $(DAEMON): $(BUILD)/server/main.o $(LIB) $(LLHTTP_OBJ)
 	@echo "  LD      $@"
 	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL)
 
-# The daemon with the test hooks: fault injection through MEMATTN_STORE_FAULT (tests/support/).
+# The daemon with the test hooks: fault injection through MEMATTN_STORE_FAULT, and the kill after a
+# commit of MEMATTN_KILL_AFTER_COMMIT through the store calls wrapped here (tests/support/memattnd_test.c).
+TEST_DAEMON_WRAP = -Wl,--wrap=ma_store_commit,--wrap=ma_store_commit_group,--wrap=ma_store_session_create_idem,--wrap=ma_store_session_delete_idem
 $(TEST_DAEMON): $(BUILD)/server/main.o $(BUILD)/tests/support/memattnd_test.o $(SUPPORT_OBJ) $(LIB) $(LLHTTP_OBJ)
 	@echo "  LD      $@"
-	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL)
+	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL) $(TEST_DAEMON_WRAP)
 
 $(LIB): $(LIB_OBJ)
 	@echo "  AR      $@"
@@ -209,11 +211,12 @@ check: check-layers check-release $(UNIT_BIN) $(E2E_BIN) $(TEST_DAEMON)
 check-layers:
 	$(Q)tests/check_layers.sh
 
-# The daemon that ships must not contain the fault-injection VFS (tests/support/store_fault.c).
+# The daemon that ships must not contain the fault-injection VFS (tests/support/store_fault.c) nor the
+# kill-after-commit wrappers of the test daemon (tests/support/memattnd_test.c).
 check-release: $(DAEMON)
-	$(Q)if nm $(DAEMON) | grep -q 'ma_store_fault'; then \
-	  echo "check-release: $(DAEMON) contains test code:"; nm $(DAEMON) | grep 'ma_store_fault'; exit 1; \
-	else echo "check-release: $(DAEMON) has no ma_store_fault symbol"; fi
+	$(Q)if nm $(DAEMON) | grep -qE 'ma_store_fault|__wrap_|__real_'; then \
+	  echo "check-release: $(DAEMON) contains test code:"; nm $(DAEMON) | grep -E 'ma_store_fault|__wrap_|__real_'; exit 1; \
+	else echo "check-release: $(DAEMON) has no ma_store_fault, __wrap_ or __real_ symbol"; fi
 
 # docs/openapi.yaml: Redocly lint (config redocly.yaml), Ajv compile of every schema and example,
 # and every documented example through Prism's validating proxy against a live daemon.

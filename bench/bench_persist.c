@@ -4,7 +4,7 @@
  * while answering queries with the archive paged from the store.
  *
  *   build/bench/bench_persist [--events N] [--batch B] [--cache CHUNKS] [--queries Q] [--meta-every K]
- *                             [--selector index|chunks] [--dir DIR]
+ *                             [--selector index|chunks] [--dir DIR] [--compare N]
  *
  * Build (one process): a session (H = 1, d = d_v = 64, chunk 64, the given selector) ingests N random unit
  * events in batches of B; each batch's events are committed with ma_store_commit and the sealed chunks
@@ -15,6 +15,9 @@
  * checks), ma_store_session_load, ma_session_restore with the store as chunk and payload source and a
  * cache of CHUNKS chunks; then Q sparse queries for the keys of random events and Q at cosine 0.9 of them
  * (the needle must come back as the pointer) and the resident memory (VmRSS, VmHWM of /proc/self/status).
+ * --compare N (after those): N sparse reads at cosine 0.9, each paged (candidates read alone, as the daemon
+ * does), paged the way before (their chunks loaded whole) and on a resident twin built in this process (the
+ * same answers, checked bit for bit): p50 / p99 / max of each and the paged/resident ratios of one run.
  */
 #include <math.h>
 #include <stdio.h>
@@ -40,6 +43,14 @@ static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* This thread's CPU time (the machine is shared: wall times include waiting for a core). */
+static double cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -188,7 +199,128 @@ static void build(const char *dir, uint64_t events, size_t batch, int meta_every
     ma_store_close(st);
 }
 
-static void restart(const char *dir, size_t cache, int queries)
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* p50, p99 and max of n times (sorted in place), in ms. */
+static void tails(double *t, int n, double out[3])
+{
+    qsort(t, (size_t)n, sizeof *t, cmp_double);
+    out[0] = t[n / 2] * 1e3;
+    out[1] = t[(size_t)((n - 1) * 0.99)] * 1e3;
+    out[2] = t[n - 1] * 1e3;
+}
+
+/* The query at cosine 0.9 of event needle's key (0.9 k + sqrt(0.19) u, u a unit vector orthogonal to k). */
+static void near_query(uint64_t needle, uint64_t salt, float *q)
+{
+    float u[DIM], kk[DIM];
+    key_of(needle, kk);
+    key_of(salt, u);
+    double uk = 0, uu = 0;
+    for (int j = 0; j < DIM; j++)
+        uk += (double)u[j] * kk[j];
+    for (int j = 0; j < DIM; j++)
+        u[j] -= (float)(uk * kk[j]), uu += (double)u[j] * u[j];
+    for (int j = 0; j < DIM; j++)
+        q[j] = (float)(0.9 * kk[j] + sqrt(0.19) * u[j] / sqrt(uu));
+}
+
+/* --compare N: paged sparse reads (candidates read alone through ma_store_load_some; and, for reference,
+ * their chunks loaded whole, the path before) against a resident twin (the same events ingested in the
+ * same batches: the same index, the same answers, checked bit for bit), the three reads of each query
+ * back to back, N queries at cosine 0.9 of random needles. */
+static void compare_resident(ma_session *s, reg_pager *pager, uint64_t length, size_t batch, int n)
+{
+    ma_params p;
+    params(&p);
+    ma_session *res;
+    int rc = ma_session_create(&p, &res);
+    if (rc)
+        die("session", rc, NULL);
+    float *k = malloc(batch * DIM * sizeof(float)), *v = malloc(batch * DIM * sizeof(float));
+    ma_event *ev = calloc(batch, sizeof *ev);
+    double t0 = now_s();
+    for (uint64_t len = 0; len < length;) {
+        size_t m = length - len < batch ? (size_t)(length - len) : batch;
+        for (size_t i = 0; i < m; i++) {
+            key_of(len + i, k + i * DIM);
+            for (int j = 0; j < DIM; j++)
+                v[i * DIM + j] = k[i * DIM + (j + 1) % DIM];
+            ev[i] = (ma_event){.k = k + i * DIM, .v = v + i * DIM};
+        }
+        ma_ingest_report rep;
+        if ((rc = ma_session_ingest(res, m, ev, 1, &rep)))
+            die("ingest", rc, NULL);
+        ma_ingest_report_clear(&rep);
+        len += m;
+    }
+    printf("compare: resident twin built in %.1f s\n", now_s() - t0);
+    double *tn = malloc((size_t)n * sizeof *tn), *to = malloc((size_t)n * sizeof *to),
+           *tr = malloc((size_t)n * sizeof *tr), *cn = malloc((size_t)n * sizeof *cn),
+           *co = malloc((size_t)n * sizeof *co), *cr = malloc((size_t)n * sizeof *cr);
+    ma_archive *pa = ma_session_archive(s);
+    unsigned seed = 4242;
+    int same = 0;
+    for (int i = 0; i < n; i++) {
+        float q[DIM], o1[DIM], o2[DIM], o3[DIM];
+        uint64_t needle = ((uint64_t)rand_r(&seed) << 16 ^ (uint64_t)rand_r(&seed)) % length;
+        near_query(needle, length + 1000000 + (uint64_t)i, q);
+        ma_query mq = {.q = q, .route = MA_ROUTE_SPARSE};
+        ma_answer a1 = {.v = o1}, a2 = {.v = o2}, a3 = {.v = o3};
+        double x0 = now_s(), y0 = cpu_s();
+        if ((rc = ma_session_query(s, &mq, &a1)))
+            die("query", rc, pager->err);
+        double x1 = now_s(), y1 = cpu_s();
+        ma_archive_set_event_loader(pa, NULL);
+        if ((rc = ma_session_query(s, &mq, &a2)))
+            die("query", rc, pager->err);
+        ma_archive_set_event_loader(pa, reg_pager_event_loader());
+        double x2 = now_s(), y2 = cpu_s();
+        if ((rc = ma_session_query(res, &mq, &a3)))
+            die("query", rc, NULL);
+        double x3 = now_s(), y3 = cpu_s();
+        tn[i] = x1 - x0;
+        to[i] = x2 - x1;
+        tr[i] = x3 - x2;
+        cn[i] = y1 - y0;
+        co[i] = y2 - y1;
+        cr[i] = y3 - y2;
+        same += !memcmp(o1, o3, sizeof o1) && !memcmp(o2, o3, sizeof o2) && a1.event == a3.event &&
+                a2.event == a3.event;
+        ma_answer_clear(&a1);
+        ma_answer_clear(&a2);
+        ma_answer_clear(&a3);
+    }
+    for (int w = 0; w < 2; w++) {
+        double a[3], b[3], c[3];
+        tails(w ? cn : tn, n, a);
+        tails(w ? co : to, n, b);
+        tails(w ? cr : tr, n, c);
+        printf("compare: %d sparse reads at cosine 0.9, %llu events, %s ms p50 / p99 / max:\n"
+               "  paged, candidates read alone (ma_store_load_some)  %.3f / %.3f / %.3f\n"
+               "  paged, candidates' chunks loaded whole (before)    %.3f / %.3f / %.3f\n"
+               "  resident                                           %.3f / %.3f / %.3f\n"
+               "  paged/resident p50: %.2f now, %.2f before; p99: %.2f now, %.2f before; same bits %d/%d\n",
+               n, (unsigned long long)length, w ? "thread CPU" : "wall", a[0], a[1], a[2], b[0], b[1], b[2],
+               c[0], c[1], c[2], a[0] / c[0], b[0] / c[0], a[1] / c[1], b[1] / c[1], same, n);
+    }
+    free(tn);
+    free(to);
+    free(tr);
+    free(cn);
+    free(co);
+    free(cr);
+    free(k);
+    free(v);
+    free(ev);
+    ma_session_destroy(res);
+}
+
+static void restart(const char *dir, size_t cache, int queries, size_t batch, int compare)
 {
     ma_params p;
     params(&p);
@@ -209,10 +341,12 @@ static void restart(const char *dir, size_t cache, int queries)
     ma_payload_source payloads = reg_pager_payloads(&pager);
     ma_session *s;
     ma_session_saved saved = {row.backbone.data, row.backbone.len, row.slots_blob.data, row.slots_blob.len,
-                              row.archive_meta.data, row.archive_meta.len, chunks, cache, payloads};
+                              row.archive_meta.data, row.archive_meta.len, chunks, cache, payloads,
+                              reg_pager_slot_rows(&pager)};
     rc = ma_session_restore(&p, &saved, &s);
     if (rc)
         die("restore", rc, pager.err);
+    ma_archive_set_event_loader(ma_session_archive(s), reg_pager_event_loader());   /* as the registry does */
     uint64_t length = row.length;
     ma_store_session_clear(&row);
     double t2 = now_s();
@@ -258,6 +392,8 @@ static void restart(const char *dir, size_t cache, int queries)
     printf("queries: %d random needles, sparse reads for the key and at cosine 0.9: needle found %d/%d and "
            "%d/%d, %.2f ms per read, %.1f chunks touched per read\n", queries, found, queries, near, queries,
            tq / queries / 2 * 1e3, (double)touched / queries / 2);
+    if (compare > 0)
+        compare_resident(s, &pager, length, batch, compare);
     ma_session_stats ss;
     if (!ma_session_stats_get(s, &ss)) {
         printf("memory: session resident bytes %.1f MiB (archive in full would be %.1f MiB)\n",
@@ -281,7 +417,7 @@ int main(int argc, char **argv)
 {
     unsigned long long events = 2097152;
     size_t batch = 1024, cache = 16;
-    int queries = 200, meta_every = 256;
+    int queries = 200, meta_every = 256, compare = 0;
     const char *dir = NULL, *restart_dir = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--events") && i + 1 < argc)
@@ -292,6 +428,8 @@ int main(int argc, char **argv)
             cache = strtoul(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--queries") && i + 1 < argc)
             queries = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--compare") && i + 1 < argc)
+            compare = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--meta-every") && i + 1 < argc)
             meta_every = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--selector") && i + 1 < argc) {
@@ -305,13 +443,13 @@ int main(int argc, char **argv)
             restart_dir = argv[++i];
         else {
             fprintf(stderr, "usage: %s [--events N] [--batch B] [--cache CHUNKS] [--queries Q] [--meta-every K] "
-                    "[--selector index|chunks] [--dir DIR]\n", argv[0]);
+                    "[--selector index|chunks] [--dir DIR] [--compare N]\n", argv[0]);
             return 2;
         }
     }
     openblas_set_num_threads(1);
     if (restart_dir) {
-        restart(restart_dir, cache, queries);
+        restart(restart_dir, cache, queries, batch, compare);
         return 0;
     }
     if (events == 0 || batch == 0) {
@@ -332,11 +470,13 @@ int main(int argc, char **argv)
     /* The restart in a fresh process: its RSS is what a restarted daemon holds for this session. */
     pid_t pid = fork();
     if (pid == 0) {
-        char c[32], q[32];
+        char c[32], q[32], b[32], x[32];
         snprintf(c, sizeof c, "%zu", cache);
         snprintf(q, sizeof q, "%d", queries);
+        snprintf(b, sizeof b, "%zu", batch);
+        snprintf(x, sizeof x, "%d", compare);
         execl("/proc/self/exe", argv[0], "--restart-only", d, "--cache", c, "--queries", q, "--selector",
-              ma_selector_name(selector), (char *)NULL);
+              ma_selector_name(selector), "--batch", b, "--compare", x, (char *)NULL);
         _exit(127);
     }
     int status = 0;

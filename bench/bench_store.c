@@ -10,6 +10,10 @@
  *    per second (each one is a durable transaction: this is where fsync shows).
  * 3. --big EVENTS: a session of EVENTS events (e.g. 2097152) written with NORMAL, then the time to reopen
  *    the store (quick_check + per-session row counts) and to page random 64-event chunks back.
+ * 4. Row checksums (docs/STORE.md, "Row checksums"): two FULL stores, one writing and checking them and
+ *    one with no_row_checksums, fed the same batches alternately (--checksum-rounds R rounds of 4 batches
+ *    each, the order swapped every round), then random 64-event chunks paged from each alternately: per
+ *    batch and per chunk p50 / p99 / max and the ratios with/without, plus the checksum alone per block.
  * The data directory defaults to a fresh directory under $TMPDIR and is removed afterwards.
  */
 #include <ftw.h>
@@ -20,6 +24,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/hash.h"
 #include "store/store.h"
 
 #define DIM 64
@@ -80,18 +85,118 @@ static void workload_free(workload *w)
     free(w->blob);
 }
 
-static ma_store *open_store(const char *dir, int sync, int in_memory)
+static ma_store *open_store_with(const char *dir, int sync, int in_memory, int no_sums)
 {
     ma_store_options o;
     ma_store_options_default(&o);
     o.synchronous = sync;
     o.in_memory = in_memory;
+    o.no_row_checksums = no_sums;
     ma_store *st;
     char err[512];
     int rc = ma_store_open_with(dir, &o, &st, err, sizeof err);
     if (rc)
         die("open", rc, err);
     return st;
+}
+
+static ma_store *open_store(const char *dir, int sync, int in_memory)
+{
+    return open_store_with(dir, sync, in_memory, 0);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* p50, p99, max of n samples (sorted in place), in the samples' unit. */
+static void tails(double *x, size_t n, double out[3])
+{
+    qsort(x, n, sizeof *x, cmp_double);
+    out[0] = x[n / 2];
+    out[1] = x[(size_t)((double)(n - 1) * 0.99)];
+    out[2] = x[n - 1];
+}
+
+static double ingest(ma_store *st, const char *id, const workload *w, int n, uint64_t *length);
+
+/* 4: the row checksums' cost, with and without, interleaved in one run. */
+static void checksum_cost(const char *dir, const workload *w, int rounds)
+{
+    char err[512], sub[600];
+    ma_store *st[2];
+    uint64_t length[2] = {0, 0};
+    for (int m = 0; m < 2; m++) {
+        snprintf(sub, sizeof sub, "%s/sums%d", dir, m);
+        st[m] = open_store_with(sub, MA_STORE_SYNC_FULL, 0, m == 1);
+        int rc = ma_store_session_create(st[m], "s", "{}", 0, err, sizeof err);
+        if (rc)
+            die("create", rc, err);
+        ingest(st[m], "s", w, 2, &length[m]);   /* warm-up */
+    }
+    size_t nb = (size_t)rounds * 4;
+    double *bt[2] = {malloc(nb * sizeof(double)), malloc(nb * sizeof(double))};
+    size_t at[2] = {0, 0};
+    for (int r = 0; r < rounds; r++)
+        for (int i = 0; i < 2; i++) {
+            int m = (r + i) % 2;   /* swap who goes first every round */
+            for (int b = 0; b < 4; b++)
+                bt[m][at[m]++] = ingest(st[m], "s", w, 1, &length[m]);
+        }
+    enum { CHUNKS = 4000 };
+    double *ct[2] = {malloc(CHUNKS * sizeof(double)), malloc(CHUNKS * sizeof(double))};
+    float *k = malloc(64 * DIM * sizeof(float)), *v = malloc(64 * DIM * sizeof(float));
+    unsigned seed = 5;
+    for (int i = 0; i < 2 * CHUNKS; i++) {
+        int m = i % 2;
+        uint64_t c = (uint64_t)rand_r(&seed) % (length[m] / 64);
+        double t0 = now_s();
+        int rc = ma_store_load_events(st[m], "s", c * 64, 64, DIM, DIM, k, v, NULL, err, sizeof err);
+        ct[m][i / 2] = now_s() - t0;
+        if (rc)
+            die("load_events", rc, err);
+    }
+    /* The checksum and the finiteness pass alone, on one block row (64 events of k and v). */
+    size_t blk = 64 * DIM * sizeof(float);
+    uint64_t h = 0;
+    int reps = 20000;
+    double t0 = now_s();
+    for (int i = 0; i < reps; i++)
+        h ^= ma_checksum64(ma_checksum64((uint64_t)i, w->k, blk), w->v, blk);
+    double t_sum = (now_s() - t0) / reps;
+    double bsum[2] = {0, 0}, csum[2] = {0, 0}, bq[2][3], cq[2][3];
+    for (int m = 0; m < 2; m++) {
+        for (size_t i = 0; i < nb; i++)
+            bsum[m] += bt[m][i];
+        for (size_t i = 0; i < CHUNKS; i++)
+            csum[m] += ct[m][i];
+        tails(bt[m], nb, bq[m]);
+        tails(ct[m], CHUNKS, cq[m]);
+    }
+    printf("checksums: %d batches of %d events per store (FULL), %d random 64-event chunks paged per store, "
+           "interleaved\n", (int)nb, BATCH, CHUNKS);
+    printf("%-22s %10s %10s %10s %12s\n", "", "p50", "p99", "max", "mean");
+    const char *nm[2] = {"with", "without"};
+    for (int m = 0; m < 2; m++)
+        printf("ingest ms/batch %-7s %10.2f %10.2f %10.2f %12.2f\n", nm[m], bq[m][0] * 1e3, bq[m][1] * 1e3,
+               bq[m][2] * 1e3, bsum[m] / (double)nb * 1e3);
+    for (int m = 0; m < 2; m++)
+        printf("page-in us/chunk %-6s %10.1f %10.1f %10.1f %12.1f\n", nm[m], cq[m][0] * 1e6, cq[m][1] * 1e6,
+               cq[m][2] * 1e6, csum[m] / CHUNKS * 1e6);
+    printf("ratios with/without: ingest mean %.3f p50 %.3f p99 %.3f; page-in mean %.3f p50 %.3f p99 %.3f\n",
+           bsum[0] / bsum[1], bq[0][0] / bq[1][0], bq[0][1] / bq[1][1], csum[0] / csum[1], cq[0][0] / cq[1][0],
+           cq[0][1] / cq[1][1]);
+    printf("checksum of one 32 KiB block row alone: %.2f us (%.1f GB/s)%s\n", t_sum * 1e6, 2.0 * blk / t_sum / 1e9,
+           h == 42 ? " " : "");
+    for (int m = 0; m < 2; m++) {
+        ma_store_close(st[m]);
+        free(bt[m]);
+        free(ct[m]);
+    }
+    free(k);
+    free(v);
 }
 
 /* Ingests n batches into session id starting at *length; returns seconds. */
@@ -173,7 +278,7 @@ static void big(const char *dir, uint64_t events, const workload *w)
 int main(int argc, char **argv)
 {
     const char *dir = NULL;
-    int batches = 32, slots = 300;
+    int batches = 32, slots = 300, sum_rounds = 16;
     unsigned long long big_events = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dir") && i + 1 < argc)
@@ -184,8 +289,11 @@ int main(int argc, char **argv)
             slots = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--big") && i + 1 < argc)
             big_events = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--checksum-rounds") && i + 1 < argc)
+            sum_rounds = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--dir DIR] [--batches N] [--slot-writes N] [--big EVENTS]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--dir DIR] [--batches N] [--slot-writes N] [--big EVENTS] "
+                    "[--checksum-rounds R (0: skip)]\n", argv[0]);
             return 2;
         }
     }
@@ -227,6 +335,8 @@ int main(int argc, char **argv)
            ev[1] / ev[2], ev[0] / ev[1]);
     printf("ratios: slot commits FULL/memory %.3f, NORMAL/memory %.3f, FULL/NORMAL %.2f\n", sl[0] / sl[2],
            sl[1] / sl[2], sl[0] / sl[1]);
+    if (sum_rounds > 0)
+        checksum_cost(dir, &w, sum_rounds);
     if (big_events >= BATCH) {
         char sub[600];
         snprintf(sub, sizeof sub, "%s/big", dir);

@@ -1,9 +1,11 @@
 /*
  * bench/bench_tasks.c — the mechanism, measured: the task table of EVAL.md A for every method.
  *
- * For each size T and seed, two streams are generated (bench/tasks_gen.h): the main stream (recall
- * without write signal, overwrite, versioning, distractor pollution, streaming QA) and the slot pressure
- * stream. Each stream is ingested once, in order, into
+ * For each size T and seed, three streams are generated (bench/tasks_gen.h): the main stream (recall
+ * without write signal, overwrite, versioning, distractor pollution, streaming QA), the slot pressure
+ * stream and the corrections-under-slot-pressure stream (facts overwritten, then evicted: the newest
+ * value must answer; each of its questions is asked twice of the session's routes, by default and with
+ * include_superseded, to report the stale-answer rate after and before supersession masks). Each stream is ingested once, in order, into
  *   - one session (core/session.h: VLA backbone, archive with the `index` selector, slots M = 32), which
  *     answers as hybrid (router, auto), pure slots (forced slot route), sparse top-k (forced sparse),
  *     full softmax (forced full), sliding window (forced window) and VLA state (forced state);
@@ -20,7 +22,8 @@
  * ALPHA = 40), so full softmax can find it; the state backbones normalise q, the router uses cosines.
  *
  * Reported: per method and task correct/total, the five-scenario stress total (recall, overwrite,
- * versioning, distractor, pressure: 5 scenarios × seeds × trials), streaming separately, pointer hits,
+ * versioning, distractor, pressure: 5 scenarios × seeds × trials), streaming and corrections separately
+ * (with the corrections' stale answers before and after), pointer hits,
  * active chunks and scored events per query, per-seed totals, and timings (informational only).
  *
  * Not here: latency curves (another benchmark), HTTP, MQAR on the raw recurrences.
@@ -60,6 +63,8 @@ static const bool has_pointer[M_METHODS] = { true, true, true, true, true, true,
 
 typedef struct {
     int correct[TG_TASKS], total[TG_TASKS], pointer[TG_TASKS], no_answer[TG_TASKS];
+    int stale;                                              /* corrections answered with an older version */
+    int before_correct, before_stale, before_total;         /* the same with include_superseded (no masks) */
     int seed_correct[MAX_SEEDS], seed_total[MAX_SEEDS];    /* stress scenarios only */
     double chunks_sum, events_sum;
     long chunks_min, chunks_max, events_max, chunk_queries, event_queries, whole_scans;
@@ -79,6 +84,7 @@ typedef struct {
     double part_seconds[5];       /* generate, session, linear, DeltaNet, chunks archive */
     uint64_t archive_chunks;      /* chunks of a whole stream */
     long evictions_main, voids, voids_expected, pressure_not_evicted;
+    int overwrites_max;           /* the generator's: corrections overwrite 1..overwrites_max times */
 } size_run;
 
 static double now_s(void)
@@ -88,9 +94,22 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* The five scenarios of the paper's stress table; streaming and corrections are reported beside it. */
 static bool stress_task(tg_task t)
 {
-    return t != TG_STREAMING;
+    return t != TG_STREAMING && t != TG_CORRECTIONS;
+}
+
+/* For a corrections query: whether codebook row `row` is an older (overwritten) value of its fact. */
+static bool stale_row(const tg_stream *st, const tg_query *q, int row)
+{
+    size_t np;
+    const tg_plant *pl = tg_plants(st, &np);
+    for (size_t i = 0; i < np; i++)
+        if (pl[i].task == TG_CORRECTIONS && pl[i].trial == q->trial && pl[i].key == q->key &&
+            pl[i].value == row && pl[i].pos < q->event)
+            return true;
+    return false;
 }
 
 /* The objects one stream is ingested into. */
@@ -268,6 +287,25 @@ static int ask(const tg_stream *st, methods_state *m, size_t qi, int seed_index,
 
         int row = answered ? tg_decode(st, out) : -1;
         bool ok = row == q->value;
+        if (q->task == TG_CORRECTIONS) {
+            t->stale += answered && stale_row(st, q, row);
+            if (mi <= M_WINDOW && mi != M_CHUNKS) { /* "before": the archive reads without the masks */
+                static const ma_route routes[] = { MA_ROUTE_AUTO, MA_ROUTE_SLOT, MA_ROUTE_SPARSE, 0,
+                                                   MA_ROUTE_FULL, MA_ROUTE_WINDOW };
+                float bout[1024];
+                ma_query mq = { .q = qv, .route = routes[mi], .include_superseded = true };
+                ma_answer a = { .v = bout };
+                memset(bout, 0, sizeof bout);
+                int brc = ma_session_query(m->s, &mq, &a);
+                ma_answer_clear(&a);
+                if (brc && brc != MA_ENOTFOUND)
+                    return brc;
+                int brow = brc ? -1 : tg_decode(st, bout);
+                t->before_total++;
+                t->before_correct += brow == q->value;
+                t->before_stale += brc == 0 && stale_row(st, q, brow);
+            }
+        }
         bool pok = has_pointer[mi] && answered && pointer == (int64_t)q->event;
         t->total[q->task]++;
         t->correct[q->task] += ok;
@@ -341,7 +379,7 @@ static int run_stream(const tg_config *c, tg_stream_kind kind, uint64_t seed, in
     double t_ingest = 0;
     while (at <= c->length) {
         while (qi < nq && qs[qi].at == at) {
-            if (qs[qi].task == TG_PRESSURE)
+            if (qs[qi].task == TG_PRESSURE || qs[qi].task == TG_CORRECTIONS)
                 check_evicted(&m, &qs[qi], run);
             if ((rc = ask(st, &m, qi, seed_index, run, seed)))
                 goto done_m;
@@ -370,7 +408,8 @@ static int run_stream(const tg_config *c, tg_stream_kind kind, uint64_t seed, in
     run->archive_chunks = ma_archive_chunks(ma_session_archive(m.s));
     if (run->verbose)
         printf("  T=%llu seed=%llu %s stream: ingest %.1f s\n", (unsigned long long)c->length,
-               (unsigned long long)seed, kind == TG_STREAM_MAIN ? "main" : "pressure", t_ingest);
+               (unsigned long long)seed,
+               kind == TG_STREAM_MAIN ? "main" : kind == TG_STREAM_PRESSURE ? "pressure" : "corrections", t_ingest);
 done_m:
     methods_destroy(&m);
 done:
@@ -388,8 +427,9 @@ static void print_size(const size_run *run)
     printf("\n### T = %llu events, seeds %d..%d, %d trials per task per seed\n\n", (unsigned long long)run->length,
            run->first_seed, run->first_seed + run->seeds - 1, h->total[TG_RECALL] / (run->seeds ? run->seeds : 1));
     printf("| method | recall | overwrite | versioning | distractor | pressure | **stress total** | streaming |"
-           " pointer hits | active chunks / archive query: mean (min–max) of all | scored events / query (mean) | ms / query |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+           " corrections | pointer hits | active chunks / archive query: mean (min–max) of all |"
+           " scored events / query (mean) | ms / query |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int mi = 0; mi < M_METHODS; mi++) {
         const tally *t = &run->t[mi];
         if (!t->queries)
@@ -407,7 +447,8 @@ static void print_size(const size_run *run)
             pc += t->pointer[tk];
             pt += t->total[tk];
         }
-        printf(" **%d/%d** | %d/%d |", sc, st, t->correct[TG_STREAMING], t->total[TG_STREAMING]);
+        printf(" **%d/%d** | %d/%d | %d/%d |", sc, st, t->correct[TG_STREAMING], t->total[TG_STREAMING],
+               t->correct[TG_CORRECTIONS], t->total[TG_CORRECTIONS]);
         if (has_pointer[mi])
             printf(" %d/%d |", pc, pt);
         else
@@ -439,6 +480,23 @@ static void print_size(const size_run *run)
         for (int s = 0; s < run->seeds; s++)
             printf(" %d/%d |", t->seed_correct[s], t->seed_total[s]);
         printf("\n");
+    }
+    printf("\nCorrections under slot pressure (each target overwritten 1-%d times, then evicted; newest = the right "
+           "answer, stale = an overwritten version). Before: the same query with include_superseded (the reads "
+           "without the supersession masks, as before they existed); after: the default.\n\n"
+           "| method | before: newest | before: stale | after: newest | after: stale |\n|---|---|---|---|---|\n",
+           run->overwrites_max);
+    for (int mi = 0; mi < M_METHODS; mi++) {
+        const tally *t = &run->t[mi];
+        if (!t->total[TG_CORRECTIONS])
+            continue;
+        printf("| %s |", method_names[mi]);
+        if (t->before_total)
+            printf(" %d/%d | %d/%d |", t->before_correct, t->before_total, t->before_stale, t->before_total);
+        else
+            printf(" — | — |");
+        printf(" %d/%d | %d/%d |\n", t->correct[TG_CORRECTIONS], t->total[TG_CORRECTIONS], t->stale,
+               t->total[TG_CORRECTIONS]);
     }
     printf("\nhybrid routes: %ld slot (no chunk read), %ld sparse; pure slots without an answer: ", h->routed_slot,
            h->routed_sparse);
@@ -576,6 +634,7 @@ int main(int argc, char **argv)
         tg_config c;
         char err[256];
         tg_config_default(&c, sizes[si]);
+        run->overwrites_max = c.overwrites_max;
         if (tg_config_check(&c, err, sizeof err)) {
             fprintf(stderr, "bench_tasks: T = %llu: %s\n", (unsigned long long)sizes[si], err);
             rc = 2;
@@ -587,6 +646,8 @@ int main(int argc, char **argv)
             rc = run_stream(&c, TG_STREAM_MAIN, seed, s, run);
             if (!rc)
                 rc = run_stream(&c, TG_STREAM_PRESSURE, seed, s, run);
+            if (!rc)
+                rc = run_stream(&c, TG_STREAM_CORRECTIONS, seed, s, run);
             if (!rc) {
                 fprintf(stderr, "  T=%llu seed %llu done (%.0f s)\n", (unsigned long long)sizes[si],
                         (unsigned long long)seed, now_s() - t0);

@@ -114,7 +114,7 @@ struct tg_stream {
 };
 
 static const char *const task_names[TG_TASKS] = {
-    "recall", "overwrite", "versioning", "distractor", "streaming", "pressure",
+    "recall", "overwrite", "versioning", "distractor", "streaming", "pressure", "corrections",
 };
 
 const char *tg_task_name(tg_task t)
@@ -154,6 +154,11 @@ static int max_pressure_rows(const tg_config *c)
     return c->slots + c->pressure_extra;
 }
 
+static int max_corrections_rows(const tg_config *c)
+{
+    return c->trials * (1 + c->overwrites_max) + c->slots + c->pressure_extra;
+}
+
 int tg_config_check(const tg_config *c, char *err, size_t errlen)
 {
 #define BAD(...) do { if (errlen) snprintf(err, errlen, __VA_ARGS__); return -1; } while (0)
@@ -184,6 +189,7 @@ int tg_config_check(const tg_config *c, char *err, size_t errlen)
         BAD("pressure_extra: %d, expected >= trials (%d): each trial asks for a different evicted name",
             c->pressure_extra, c->trials);
     int need = max_main_rows(c) > max_pressure_rows(c) ? max_main_rows(c) : max_pressure_rows(c);
+    need = need > max_corrections_rows(c) ? need : max_corrections_rows(c);
     if (c->codebook < 2 * need)
         BAD("codebook: %d rows, expected at least %d (twice the planted values, so filler has its own rows)",
             c->codebook, 2 * need);
@@ -506,6 +512,39 @@ done:
     return rc;
 }
 
+/* Corrections under slot pressure: each trial's target name is written and overwritten 1..overwrites_max
+ * times (same key, a new value each time) at sorted uniform positions in [0, 0.9·usable); then M other
+ * names are written after the targets' last write, so every target is evicted (LRU needs M later writes)
+ * with all its versions in the archive; the remaining pressure_extra - trials names go anywhere. The
+ * query asks for the newest value (its evidence is the last write); an older value is a stale answer. */
+static int plan_corrections(tg_stream *s)
+{
+    const tg_config *c = &s->c;
+    uint64_t usable = c->length - (uint64_t)c->window, last = 0, pos[64];
+    char name[TG_NAME_MAX];
+    for (int t = 0; t < c->trials; t++) {
+        int n = 2 + (int)rng_below(&s->r, (uint64_t)c->overwrites_max), row = -1;
+        int key = add_anchor(s, -1, -1);
+        TRY(key);
+        snprintf(name, sizeof name, "co.%d", t);
+        sorted_positions(s, pos, n, 0, usable * 9 / 10);
+        for (int i = 0; i < n; i++) {
+            row = take_row(s);
+            TRY(add_plant(s, pos[i], key, row, name, false, TG_CORRECTIONS, t));
+        }
+        last = pos[n - 1] > last ? pos[n - 1] : last;
+        TRY(add_query(s, TG_CORRECTIONS, t, c->length, key, row, pos[n - 1], NULL, 0, pos[n - 1]));
+    }
+    for (int i = 0; i < c->slots + c->pressure_extra - c->trials; i++) {
+        int key = add_anchor(s, -1, -1);
+        TRY(key);
+        snprintf(name, sizeof name, "cx.%d", i);
+        uint64_t p = i < c->slots ? free_pos(s, last + 1, usable) : free_pos(s, 0, usable);
+        TRY(add_plant(s, p, key, take_row(s), name, false, TG_CORRECTIONS, -1));
+    }
+    return 0;
+}
+
 static int cmp_plant(const void *a, const void *b)
 {
     return cmp_u64(&((const tg_plant *)a)->pos, &((const tg_plant *)b)->pos);
@@ -526,9 +565,9 @@ int tg_stream_create(const tg_config *c, tg_stream_kind kind, uint64_t seed, tg_
 {
     if (tg_config_check(c, err, errlen))
         return -1;
-    if (kind != TG_STREAM_MAIN && kind != TG_STREAM_PRESSURE) {
+    if (kind < TG_STREAM_MAIN || kind >= TG_STREAM_KINDS) {
         if (errlen)
-            snprintf(err, errlen, "stream kind %d: expected main or pressure", (int)kind);
+            snprintf(err, errlen, "stream kind %d: expected main, pressure or corrections", (int)kind);
         return -1;
     }
     int d = c->dim, rc = -2;
@@ -556,7 +595,8 @@ int tg_stream_create(const tg_config *c, tg_stream_kind kind, uint64_t seed, tg_
         s->rows[i] = s->rows[j];
         s->rows[j] = tmp;
     }
-    if ((rc = kind == TG_STREAM_MAIN ? plan_main(s) : plan_pressure(s)) < 0)
+    rc = kind == TG_STREAM_MAIN ? plan_main(s) : kind == TG_STREAM_PRESSURE ? plan_pressure(s) : plan_corrections(s);
+    if (rc < 0)
         goto fail;
     qsort(s->plants, s->n_plants, sizeof *s->plants, cmp_plant);
     qsort(s->queries, s->n_queries, sizeof *s->queries, cmp_query);

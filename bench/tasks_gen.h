@@ -13,6 +13,9 @@
  *    names number at most M, so no slot is ever evicted in this stream.
  *  - TG_STREAM_PRESSURE carries the slot pressure task alone (M + pressure_extra written names), because
  *    its evictions would otherwise evict the slots of the other tasks.
+ *  - TG_STREAM_CORRECTIONS carries "corrections under slot pressure" alone: as pressure, but each target
+ *    fact is written and then overwritten 1..overwrites_max times (same name, same key, a new value each
+ *    time) before M other names evict it. The right answer is the newest value; an older one is stale.
  *
  * Guarantees (checked by tests/unit/test_tasks_gen.c):
  *  - filler keys never collide with fact keys: |cos(filler, any anchor key)| < filler_bound; filler values
@@ -41,10 +44,11 @@ typedef enum {
     TG_DISTRACTOR,   /* protected fact, similar-key distractor writes, rejected same-key writes */
     TG_STREAMING,    /* facts and queries interleaved: the value as of the query time */
     TG_PRESSURE,     /* more written names than slots: an evicted fact, via fallback */
+    TG_CORRECTIONS,  /* written, overwritten 1-3 times, then evicted: the latest value, via fallback */
     TG_TASKS
 } tg_task;
 
-typedef enum { TG_STREAM_MAIN = 0, TG_STREAM_PRESSURE } tg_stream_kind;
+typedef enum { TG_STREAM_MAIN = 0, TG_STREAM_PRESSURE, TG_STREAM_CORRECTIONS, TG_STREAM_KINDS } tg_stream_kind;
 
 #define TG_NAME_MAX 32
 

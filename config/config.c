@@ -63,6 +63,10 @@ static const option options[] = {
     { "cors-origin", T_ORIGINS, F(cors_origin), 0, 0,
       "origin allowed to call the API from a browser (CORS), e.g. https://app.example; repeatable or a comma list; * = any" },
     { "node-id", T_STRING, F(node_id), 0, 0, "this daemon's name in a cluster: X-Memattn-Node header and /healthz (empty: none)" },
+    { "idempotency-keys", T_INT, F(idempotency_keys), 1, 1000000,
+      "Idempotency-Key answers kept per session (the newest; docs/API.md \"Safe retries\")" },
+    { "idempotency-window", T_DURATION, F(idempotency_window_ms), 1, 2592000000u,
+      "how long an Idempotency-Key answer is kept at most" },
 };
 #define NOPTIONS (sizeof options / sizeof *options)
 
@@ -99,6 +103,8 @@ void cfg_defaults(cfg_config *cfg)
     cfg->max_connections = 1024;
     cfg->drain_timeout_ms = 30000;
     cfg->queue_max = 1024;
+    cfg->idempotency_keys = 1000;
+    cfg->idempotency_window_ms = 24u * 3600 * 1000;
 }
 
 static void env_name(const option *o, char *buf, size_t len)

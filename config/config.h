@@ -46,6 +46,8 @@ typedef struct cfg_config {
                                      "" = CORS off. Repeating the option within one source appends. */
     char node_id[65];             /* --node-id: this daemon's name in a cluster, 1..64 of [A-Za-z0-9._:-];
                                    * "" (default) = none. Sent as X-Memattn-Node and in /healthz. */
+    unsigned idempotency_keys;    /* --idempotency-keys: Idempotency-Key answers kept per session, default 1000 */
+    unsigned idempotency_window_ms; /* --idempotency-window: and for how long at most, default 24 h */
 } cfg_config;
 
 /* True when `origin` (an Origin request header) is one of cfg->cors_origin, or the list holds "*".

@@ -15,17 +15,21 @@
  * entry is in use a read gets an extra entry, freed again when released, so a read never fails for a
  * small cache (it only costs memory for its duration). The tail (partial) chunk is always owned.
  *
- * Reads: full (every chunk), window (the last W events), sparse through the selector (chunks: top-k
- * chunks by summary score; index: probe a tenth of the clusters (at the default topk), rank their events
- * by sign code then 4-bit code, attend exactly over the best 8·topk, loaded from their chunks). Each ends in the exact kernel ma_attn.
+ * Reads: full (every chunk) and window (the last W events) are streamed: the chunks of the range are
+ * visited once in order, one held at a time (absent ones read from the source into the read's buffer, not
+ * the cache), through the online softmax of core/attn.h, for a whole batch of queries at once
+ * (ma_archive_read_exact_batch). Sparse through the selector (chunks: top-k chunks by summary score; index:
+ * probe a tenth of the clusters (at the default topk), rank their events by sign code then 4-bit code,
+ * attend exactly over the best 8·topk, copied from their chunks when in RAM, else read alone through the
+ * event loader, else loaded with their chunks) ends in the exact kernel ma_attn.
  *
  * Persistence. The meta blob holds only what cannot be recomputed (shape, index centroids and counters);
  * restore streams every chunk through the source once to recompute summaries or index lists with the
  * arithmetic of the appends, so a restored archive answers with the same bits.
  *
- * Not here: no online softmax over the chunk stream (a full read of a paged archive holds every chunk for
- * its duration), no eviction of the summaries or the index (they stay resident by design), no locking of
- * appends against reads (the session serialises mutations), no background index rebuild.
+ * Not here: no eviction of the summaries or the index (they stay resident by design), no locking of
+ * appends against reads (the session serialises mutations), no background index rebuild, no read-ahead of
+ * chunks for a streamed read.
  */
 #include "core/archive.h"
 
@@ -93,6 +97,7 @@ struct ma_archive {
     ma_ivf *ivf;                   /* selector index only */
     bool has_src;
     ma_chunk_source src;
+    ma_event_loader load_events;   /* optional: candidates read alone through src.ctx */
     ccache *cache;                 /* with a source */
     uint8_t *mask;                 /* per event: MA_MASK_* bits (NULL until an event is masked) */
     uint64_t mask_cap;             /* events mask can hold */
@@ -657,30 +662,166 @@ static int range_chunks(const ma_archive *a, uint64_t lo, uint64_t hi, uint32_t 
     return 0;
 }
 
-int ma_archive_read_full(const ma_archive *a, const float *q, ma_read_result *r)
+/* ---- streamed exact reads (full, window) ------------------------------------------------------ */
+
+/* Chunks per span of a streamed read (the granularity at which an H > 1 read revisits for its pointer). */
+#define STREAM_SPAN_CHUNKS 16
+
+/* Chunk c for a streamed read, leaving the cache as it is (a scan must not evict what sparse reads use):
+ * the owned arrays, a ready cache entry (held until chunk_release), or the chunk read straight from the
+ * source into kbuf/vbuf (C events each). */
+static int chunk_stream(const ma_archive *a, uint32_t c, float *kbuf, float *vbuf, cref *r)
 {
-    if (a->length == 0)
-        return MA_EEMPTY;
-    uint32_t *cl;
-    size_t ncl;
-    int rc = range_chunks(a, 0, a->length, &cl, &ncl);
+    const chunk *ch = &a->ch[c];
+    r->e = NULL;
+    if (ch->k) {
+        r->k = ch->k;
+        r->v = ch->v;
+        return 0;
+    }
+    if (!a->has_src)
+        return MA_EIO;   /* unreachable: chunks are only released with a source set */
+    ccache *cc = a->cache;
+    pthread_mutex_lock(&cc->mu);
+    for (size_t i = 0; i < cc->n; i++) {
+        centry *x = cc->e[i];
+        if (x->chunk == c && x->ready) {
+            x->refs++;
+            pthread_mutex_unlock(&cc->mu);
+            r->k = x->k;
+            r->v = x->v;
+            r->e = x;
+            return 0;
+        }
+    }
+    pthread_mutex_unlock(&cc->mu);
+    int rc = a->src.load(a->src.ctx, c, kbuf, vbuf, ch->n);
     if (rc)
         return rc;
-    return attend_chunks(a, q, cl, ncl, 0, a->length, r);
+    r->k = kbuf;
+    r->v = vbuf;
+    return 0;
+}
+
+/* The mask bytes of events [first, first + n) for a stream (NULL when nothing is masked). */
+static const uint8_t *block_mask(const ma_archive *a, uint64_t first, size_t n, size_t *mask_n)
+{
+    *mask_n = 0;
+    if (!a->n_masked || first >= a->mask_cap)
+        return NULL;
+    *mask_n = a->mask_cap - first < n ? (size_t)(a->mask_cap - first) : n;
+    return a->mask + first;
+}
+
+/* Streams the chunks of [lo, hi) once through an online softmax for nq queries (core/attn.h), holding one
+ * chunk at a time, then (H > 1) revisits the spans that may hold a pointer. */
+static int stream_exact(const ma_archive *a, const ma_attn_query *qs, size_t nq, ma_read_result *r, int *rcs)
+{
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (size_t i = 0; i < nq; i++) {
+        rcs[i] = MA_EEMPTY;
+        if (qs[i].lo < qs[i].hi) {
+            lo = qs[i].lo < lo ? qs[i].lo : lo;
+            hi = qs[i].hi > hi ? qs[i].hi : hi;
+        }
+    }
+    if (lo >= hi)
+        return 0;
+    const uint64_t C = (uint64_t)a->C;
+    uint32_t c0 = (uint32_t)(lo / C), c1 = (uint32_t)((hi - 1) / C);
+    size_t nspans = ((size_t)c1 - c0) / STREAM_SPAN_CHUNKS + 1, done = 0;
+    ma_attn_stream *st = NULL;
+    float *kbuf = malloc((size_t)a->C * a->kf * sizeof(float)), *vbuf = malloc((size_t)a->C * a->vf * sizeof(float));
+    int rc = MA_ENOMEM;
+    if (!kbuf || !vbuf)
+        goto fail;
+    if ((rc = ma_attn_stream_create(a->H, a->d, a->dv, qs, nq, (size_t)a->C, (uint64_t)c0 * C,
+                                    STREAM_SPAN_CHUNKS * C, nspans, &st)) != 0)
+        goto fail;
+    for (uint32_t c = c0; c <= c1; c++) {
+        uint64_t first = (uint64_t)c * C;
+        size_t n = a->ch[c].n, mask_n;
+        if (!ma_attn_stream_wants(st, first, n))
+            continue;
+        cref ref;
+        if ((rc = chunk_stream(a, c, kbuf, vbuf, &ref)) != 0)
+            goto fail;
+        const uint8_t *mask = block_mask(a, first, n, &mask_n);
+        ma_attn_stream_feed(st, ref.k, ref.v, n, first, mask, mask_n);
+        chunk_release(a, &ref);
+    }
+    ma_attn_stream_finish(st);
+    for (size_t sp = 0; sp < nspans; sp++) {
+        if (!ma_attn_stream_revisit(st, sp))
+            continue;
+        for (uint32_t c = c0 + (uint32_t)(sp * STREAM_SPAN_CHUNKS); c <= c1 && c < c0 + (sp + 1) * STREAM_SPAN_CHUNKS; c++) {
+            uint64_t first = (uint64_t)c * C;
+            size_t n = a->ch[c].n, mask_n;
+            cref ref;
+            if ((rc = chunk_stream(a, c, kbuf, vbuf, &ref)) != 0)
+                goto fail;
+            const uint8_t *mask = block_mask(a, first, n, &mask_n);
+            ma_attn_stream_refeed(st, ref.k, n, first, mask, mask_n);
+            chunk_release(a, &ref);
+        }
+    }
+    for (; done < nq; done++) {
+        ma_attn_best best;
+        uint64_t scored;
+        if (ma_attn_stream_result(st, done, r[done].v, &best, &scored) != 0)
+            continue;   /* rcs stays MA_EEMPTY */
+        uint32_t *cl;
+        size_t ncl;
+        if ((rc = range_chunks(a, qs[done].lo, qs[done].hi, &cl, &ncl)) != 0)
+            goto fail;
+        fill_result(&r[done], &best, cl, ncl, scored);
+        rcs[done] = 0;
+    }
+    rc = 0;
+    goto out;
+fail:
+    for (size_t j = 0; j < done; j++)
+        ma_read_result_clear(&r[j]);
+out:
+    ma_attn_stream_destroy(st);
+    free(kbuf);
+    free(vbuf);
+    return rc;
+}
+
+int ma_archive_read_exact_batch(const ma_archive *a, const float *Q, size_t nq, const int *windows,
+                                ma_read_result *r, int *rcs)
+{
+    if (nq == 0)
+        return 0;
+    ma_attn_query *qs = malloc(nq * sizeof *qs);
+    if (!qs)
+        return MA_ENOMEM;
+    for (size_t i = 0; i < nq; i++) {
+        uint64_t lo = 0;
+        if (windows && windows[i] >= 0) {
+            uint64_t w = (uint64_t)(windows[i] > 0 ? windows[i] : a->window);
+            lo = a->length > w ? a->length - w : 0;
+        }
+        qs[i] = (ma_attn_query){.q = Q + i * a->kf, .lo = lo, .hi = a->length, .skip = r[i].skip};
+    }
+    int rc = stream_exact(a, qs, nq, r, rcs);
+    free(qs);
+    return rc;
+}
+
+int ma_archive_read_full(const ma_archive *a, const float *q, ma_read_result *r)
+{
+    int one;
+    int rc = ma_archive_read_exact_batch(a, q, 1, NULL, r, &one);
+    return rc ? rc : one;
 }
 
 int ma_archive_read_window(const ma_archive *a, const float *q, int window, ma_read_result *r)
 {
-    if (a->length == 0)
-        return MA_EEMPTY;
-    uint64_t w = (uint64_t)(window > 0 ? window : a->window);
-    uint64_t lo = a->length > w ? a->length - w : 0;
-    uint32_t *cl;
-    size_t ncl;
-    int rc = range_chunks(a, lo, a->length, &cl, &ncl);
-    if (rc)
-        return rc;
-    return attend_chunks(a, q, cl, ncl, lo, a->length, r);
+    int one, w = window > 0 ? window : 0;
+    int rc = ma_archive_read_exact_batch(a, q, 1, &w, r, &one);
+    return rc ? rc : one;
 }
 
 /* Scores every chunk's summary against q into s (nchunks floats). */
@@ -764,6 +905,103 @@ static int index_budget(const ma_archive *a, int topk, size_t *budget)
     return np64 > INT_MAX ? INT_MAX : (int)np64;
 }
 
+/* Chunk c's data if it is in RAM (owned, or a ready cache entry, then held), without loading it: 0, or
+ * MA_ENOTFOUND. */
+static int chunk_peek(const ma_archive *a, uint32_t c, cref *r)
+{
+    float kb[1], vb[1];
+    if (a->ch[c].k || !a->has_src)
+        return chunk_stream(a, c, kb, vb, r);   /* owned: never loads */
+    ccache *cc = a->cache;
+    int rc = MA_ENOTFOUND;
+    pthread_mutex_lock(&cc->mu);
+    for (size_t i = 0; i < cc->n; i++) {
+        centry *x = cc->e[i];
+        if (x->chunk == c && x->ready) {
+            x->refs++;
+            x->tick = ++cc->clock;
+            r->k = x->k;
+            r->v = x->v;
+            r->e = x;
+            rc = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&cc->mu);
+    return rc;
+}
+
+/* Copies the keys and values of events ids[0..n) (ascending) into k and v and lists their chunks in cl
+ * (ascending, *ncl of them). Events of chunks in RAM are copied from there; with a source that reads
+ * single events (load_events) the others are read alone (an id the index gave twice is read once), else
+ * their chunks are loaded through the cache. The bytes are the same either way. */
+static int gather_ids(const ma_archive *a, const uint64_t *ids, size_t n, float *k, float *v, uint32_t *cl,
+                      size_t *ncl)
+{
+    const uint64_t C = (uint64_t)a->C;
+    size_t nabs = 0;
+    uint64_t *abs_ids = NULL;
+    size_t *abs_at = NULL;
+    float *ak = NULL, *av = NULL;
+    int rc = 0;
+    bool single = a->has_src && a->load_events;
+    *ncl = 0;
+    /* ids ascending: events of one chunk are consecutive; hold one chunk at a time while copying. */
+    for (size_t i = 0; i < n;) {
+        uint32_t c = (uint32_t)(ids[i] / C);
+        size_t j = i;
+        while (j < n && ids[j] / C == c)
+            j++;
+        cref ref;
+        rc = single ? chunk_peek(a, c, &ref) : chunk_acquire(a, c, &ref);
+        if (rc == MA_ENOTFOUND) {   /* read alone below */
+            if (!abs_ids && (!(abs_ids = malloc(n * sizeof *abs_ids)) || !(abs_at = calloc(n, sizeof *abs_at)))) {
+                rc = MA_ENOMEM;
+                goto done;
+            }
+            for (; i < j; i++) {   /* abs_at[i]: where candidate i is among the distinct ids read */
+                if (!nabs || abs_ids[nabs - 1] != ids[i])
+                    abs_ids[nabs++] = ids[i];
+                abs_at[i] = nabs - 1;
+                abs_at[i] |= (size_t)1 << (sizeof(size_t) * 8 - 1);   /* marks an absent candidate */
+            }
+        } else if (rc) {
+            goto done;
+        } else {
+            for (; i < j; i++) {
+                size_t row = (size_t)(ids[i] % C);
+                memcpy(k + i * a->kf, ref.k + row * a->kf, a->kf * sizeof(float));
+                memcpy(v + i * a->vf, ref.v + row * a->vf, a->vf * sizeof(float));
+            }
+            chunk_release(a, &ref);
+        }
+        cl[(*ncl)++] = c;
+    }
+    rc = 0;
+    if (nabs) {
+        if (!(ak = malloc(nabs * a->kf * sizeof(float))) || !(av = malloc(nabs * a->vf * sizeof(float)))) {
+            rc = MA_ENOMEM;
+            goto done;
+        }
+        if ((rc = a->load_events(a->src.ctx, abs_ids, nabs, ak, av)) != 0)
+            goto done;
+        const size_t mark = (size_t)1 << (sizeof(size_t) * 8 - 1);
+        for (size_t i = 0; i < n; i++) {
+            if (!(abs_at[i] & mark))
+                continue;
+            size_t x = abs_at[i] & ~mark;
+            memcpy(k + i * a->kf, ak + x * a->kf, a->kf * sizeof(float));
+            memcpy(v + i * a->vf, av + x * a->vf, a->vf * sizeof(float));
+        }
+    }
+done:
+    free(abs_ids);
+    free(abs_at);
+    free(ak);
+    free(av);
+    return rc;
+}
+
 /* Exact attention over the n candidates ids (ascending) the index chose for q; masked candidates are
  * dropped from ids in place first. */
 static int attend_ids(const ma_archive *a, const float *q, uint64_t *ids, size_t n, uint64_t scored,
@@ -786,21 +1024,8 @@ static int attend_ids(const ma_archive *a, const float *q, uint64_t *ids, size_t
     rc = MA_EEMPTY;
     if (n == 0)
         goto done;
-    /* ids ascending: events of one chunk are consecutive; hold one chunk at a time while copying. */
-    for (size_t i = 0; i < n;) {
-        uint32_t c = (uint32_t)(ids[i] / (uint64_t)a->C);
-        cref ref;
-        rc = chunk_acquire(a, c, &ref);
-        if (rc)
-            goto done;
-        for (; i < n && ids[i] / (uint64_t)a->C == c; i++) {
-            size_t row = (size_t)(ids[i] % (uint64_t)a->C);
-            memcpy(k + i * a->kf, ref.k + row * a->kf, a->kf * sizeof(float));
-            memcpy(v + i * a->vf, ref.v + row * a->vf, a->vf * sizeof(float));
-        }
-        chunk_release(a, &ref);
-        cl[ncl++] = c;
-    }
+    if ((rc = gather_ids(a, ids, n, k, v, cl, &ncl)) != 0)
+        goto done;
     ma_attn_seg seg = {.k = k, .v = v, .n = n, .first = 0, .ids = ids};
     ma_attn_best best;
     rc = ma_attn(&seg, 1, a->H, a->d, a->dv, q, r->v, &best);
@@ -908,6 +1133,24 @@ size_t ma_archive_bytes(const ma_archive *a)
     return b;
 }
 
+size_t ma_archive_footprint(const ma_params *p, size_t cache_chunks)
+{
+    const size_t kf = (size_t)p->heads * (size_t)p->dim, vf = (size_t)p->heads * (size_t)p->value_dim;
+    const size_t chunk_data = (size_t)p->chunk * (kf + vf) * sizeof(float);
+    size_t b = sizeof(ma_archive) + kf * sizeof(double) + 16 * sizeof(chunk) + chunk_data;
+    if (p->selector == MA_SELECTOR_CHUNKS)
+        b += 3 * 16 * kf * sizeof(float);
+    if (p->selector == MA_SELECTOR_INDEX)
+        b += ma_ivf_footprint(p->heads, p->dim);
+    if (cache_chunks) {
+        size_t alloc = 8;
+        while (alloc < cache_chunks)
+            alloc *= 2;
+        b += sizeof(ccache) + alloc * sizeof(centry *) + cache_chunks * (chunk_data + sizeof(centry));
+    }
+    return b;
+}
+
 size_t ma_archive_bytes_total(const ma_archive *a)
 {
     return (size_t)a->length * (a->kf + a->vf) * sizeof(float);
@@ -944,6 +1187,11 @@ int ma_archive_set_source(ma_archive *a, ma_chunk_source src, size_t cache_chunk
     a->src = src;
     a->has_src = true;
     return 0;
+}
+
+void ma_archive_set_event_loader(ma_archive *a, ma_event_loader fn)
+{
+    a->load_events = fn;
 }
 
 void ma_archive_release(ma_archive *a)

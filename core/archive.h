@@ -52,6 +52,10 @@ typedef struct {
     void *ctx;
 } ma_chunk_source;
 
+/* Optional companion of a chunk source (ma_archive_set_event_loader): fills k and v with the keys and
+ * values of n events, indices strictly ascending, reading only those (called with the source's ctx). */
+typedef int (*ma_event_loader)(void *ctx, const uint64_t *events, size_t n, float *k, float *v);
+
 /* Event masks (docs/SLOTS.md, "Supersession and forgetting"): per event a set of bits a read can skip
  * (ma_read_result.skip). Every read — full, window, sparse through either selector — leaves out the
  * events whose bits intersect skip, with one test per event or candidate (ma_archive_masked); when no
@@ -85,8 +89,20 @@ int ma_archive_get(const ma_archive *a, uint64_t i, float *k, float *v);
  * event is skipped by r->skip). */
 int ma_archive_read_full(const ma_archive *a, const float *q, ma_read_result *r);
 
-/* Exact softmax attention over the last `window` events. */
+/* Exact softmax attention over the last `window` events (window <= 0: ma_params.window). */
 int ma_archive_read_window(const ma_archive *a, const float *q, int window, ma_read_result *r);
+
+/* Exact reads of nq queries in one pass over the archive (Q: nq × H·d; r: nq results with their v
+ * buffers and skip bits; windows: NULL for nq full reads, else per query < 0 full, 0 the config's window,
+ * > 0 that window). Streamed (docs/ARCHIVE.md, "Streamed exact reads"): the chunks are visited once in
+ * order through an online softmax, one chunk held at a time (a chunk not resident is read from the source
+ * without entering the cache), one sgemm per chunk, head and group of 8 queries; with H > 1 a few spans of
+ * 16 chunks are visited again to find the pointer. A query's answer has the same bits alone or in any
+ * batch, and paged or resident. rcs[i]: 0 (r[i] filled) or MA_EEMPTY (nothing to attend over). Returns 0,
+ * or MA_ENOMEM / a chunk-source error (then no result is filled). ma_archive_read_full and
+ * ma_archive_read_window are this with nq = 1. */
+int ma_archive_read_exact_batch(const ma_archive *a, const float *Q, size_t nq, const int *windows,
+                                ma_read_result *r, int *rcs);
 
 /* Sparse read through the session's selector; topk <= 0 means ma_params.topk. What topk means:
  *  - chunks: the topk best-scoring chunks are read (at most topk·C events attended);
@@ -117,12 +133,26 @@ void ma_archive_set_chunk_score(ma_archive *a, ma_chunk_score s);
 size_t ma_archive_bytes(const ma_archive *a);
 size_t ma_archive_bytes_total(const ma_archive *a);
 
+/* The part of ma_archive_bytes an archive for p holds whatever its length, once its chunks are paged
+ * (a source set with cache_chunks entries; 0: no source): the handle, the chunk table's first
+ * allocation (16 chunks, with their summaries for the chunks selector), the last chunk at its full C
+ * events, a full chunk cache, and the index's fixed part (ma_ivf_footprint). What grows with the length
+ * (owned sealed chunks until they are paged out, the table and summaries beyond 16 chunks, the index's
+ * lists and centroids, event masks) is counted by ma_archive_bytes when measured. p valid. */
+size_t ma_archive_footprint(const ma_params *p, size_t cache_chunks);
+
 /* --- paging and persistence (used by the session registry; the chunk source is store/'s pager) --- */
 
 /* Sets the source of non-resident chunks and the number of chunks to cache (>= 1). With a source set,
  * ma_archive_release() drops sealed (full) chunks from RAM; they are loaded on demand. */
 int ma_archive_set_source(ma_archive *a, ma_chunk_source src, size_t cache_chunks);
 void ma_archive_release(ma_archive *a);
+
+/* Sets (or with NULL clears) the event loader of the chunk source: the sparse read's candidates that are
+ * neither resident nor cached are then read alone through it instead of loading their chunks (the same
+ * bytes: the same answers; docs/ARCHIVE.md, "Paged sparse reads"). Kept across ma_archive_set_source.
+ * Must not run alongside a read. */
+void ma_archive_set_event_loader(ma_archive *a, ma_event_loader fn);
 
 /* Serialises / restores what cannot be recomputed from the chunks (the shape, and for the index selector
  * its centroids and build counters: a few hundred KiB at 2M events, nothing per event) as a core/blob.h

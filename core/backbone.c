@@ -648,6 +648,23 @@ size_t ma_backbone_bytes(const ma_backbone *b)
     return n;
 }
 
+size_t ma_backbone_footprint(const ma_params *p)
+{
+    /* The same layout as alloc_backbone and the same count as ma_backbone_bytes. */
+    ma_backbone b = {.kind = p->backbone, .feature = p->vla.feature, .heads = p->heads, .dim = p->dim,
+                     .vdim = p->value_dim, .ld = bb_pad((size_t)p->dim), .ldv = bb_pad((size_t)p->value_dim)};
+    const size_t H = (size_t)b.heads, d = (size_t)b.dim;
+    size_t n = sizeof b;
+    if (b.kind == MA_BACKBONE_NONE)
+        return n;
+    n += padded_bytes(H * d * b.ldv);
+    if (b.kind == MA_BACKBONE_VLA)
+        n += padded_bytes(H * d * b.ld);
+    if (b.kind == MA_BACKBONE_VLA || b.kind == MA_BACKBONE_LINEAR)
+        n += padded_bytes(2 * H * b.ld);
+    return n + padded_bytes(work_floats(&b));
+}
+
 /* ---- serialisation ---------------------------------------------------------------------------- */
 /*
  * A core/blob.h blob of kind "BKBN" (docs/BACKBONE.md, docs/STORE.md):

@@ -48,6 +48,10 @@ uint64_t ma_backbone_steps(const ma_backbone *b);
 /* Bytes of memory held by the handle. */
 size_t ma_backbone_bytes(const ma_backbone *b);
 
+/* ma_backbone_bytes of a backbone created for p, without creating it (the state is fixed-size: it never
+ * grows with events). p must be valid (ma_params_validate). */
+size_t ma_backbone_footprint(const ma_params *p);
+
 /* Serialises the whole state into a malloc'd buffer (*buf, *len; caller frees): a core/blob.h blob
  * (little-endian, sectioned, checksummed; docs/BACKBONE.md §4). Returns 0 or MA_ENOMEM. */
 int ma_backbone_serialize(const ma_backbone *b, void **buf, size_t *len);

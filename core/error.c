@@ -18,6 +18,7 @@ const char *ma_strerror(int err)
     case MA_EPRECOND:   return "precondition failed";
     case MA_EBUSY:      return "overloaded";
     case MA_EEMPTY:     return "nothing to attend over";
+    case MA_ETOOBIG:    return "larger than the memory budget";
     default:            return "unknown error";
     }
 }

@@ -24,6 +24,7 @@ enum {
     MA_EPRECOND   = -11, /* expected version (If-Match) differs from the current one */
     MA_EBUSY      = -12, /* queue full / overloaded */
     MA_EEMPTY     = -13, /* nothing to attend over (no events, or every candidate masked) */
+    MA_ETOOBIG    = -14, /* a session's fixed memory footprint exceeds the memory budget */
 };
 
 /* A static, never-NULL description of an MA_E* code ("unknown error" for anything else). */

@@ -853,6 +853,11 @@ size_t ma_ivf_bytes(const ma_ivf *x)
            x->pend_cap * x->D * sizeof(float);
 }
 
+size_t ma_ivf_footprint(int H, int d)
+{
+    return sizeof(ma_ivf) + 2 * (size_t)BLOCK * (size_t)H * (size_t)d * sizeof(float);
+}
+
 /* ---- add ------------------------------------------------------------------------------------- */
 
 /* List c's mean key into row c of mean (zeros for an empty list). */

@@ -108,6 +108,12 @@ uint32_t ma_ivf_nlist(const ma_ivf *x);
 uint32_t ma_ivf_builds(const ma_ivf *x);
 size_t ma_ivf_bytes(const ma_ivf *x);
 
+/* The part of ma_ivf_bytes that does not grow with the events: the handle and the pending keys of the
+ * incomplete last block, which an append of up to MA_IVF_BLOCK events grows to at most 2·MA_IVF_BLOCK
+ * keys (a larger batch leaves room for the whole batch until the next rebuild). Centroids, list means
+ * and the lists grow with the events (nlist = 2·sqrt(n)) and are not in it. */
+size_t ma_ivf_footprint(int H, int d);
+
 /* The state that cannot be recomputed (centroids, build counters; no per-event data) as a core/blob.h
  * blob in a malloc'd buffer (docs/ARCHIVE.md). ma_ivf_restore also reads the legacy format. */
 int ma_ivf_serialize(const ma_ivf *x, void **buf, size_t *len);

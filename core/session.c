@@ -12,6 +12,8 @@
  *    reads the payloads of events it did not ingest itself through its ma_payload_source (the store).
  *  - The router is a hard switch: a named resident slot, else the best cosine over
  *    resident slot keys if it reaches route_threshold, else the sparse read. There is no mixed score.
+ *    With slot_policy.read topk the cosine step, once switched on by the best slot, answers with the
+ *    softmax-weighted mix of the k best slots' values (the switch itself stays hard: slot or sparse).
  * Not done here: validation of dimensions, finiteness and names (the server's codec does that), locking
  * (the server orders jobs per session), I/O (the store, through the two source callbacks).
  */
@@ -73,9 +75,12 @@ void ma_answer_clear(ma_answer *a)
 {
     free(a->payload);
     free(a->chunks);
+    free(a->contrib);
     a->payload = NULL;
     a->chunks = NULL;
     a->n_chunks = 0;
+    a->contrib = NULL;
+    a->n_contrib = 0;
 }
 
 void ma_session_stats_clear(ma_session_stats *st)
@@ -112,6 +117,7 @@ int ma_session_create(const ma_params *p, ma_session **out)
         ma_session_destroy(s);
         return rc;
     }
+    ma_slots_set_policy(s->slots, &p->slot_policy);
     *out = s;
     return 0;
 }
@@ -139,9 +145,20 @@ ma_archive *ma_session_archive(ma_session *s)
     return s->ar;
 }
 
+ma_slots *ma_session_slots(ma_session *s)
+{
+    return s->slots;
+}
+
 /* ---- ingest: backbone, archive, payloads, write controller ------------------------------------- */
 
 int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, ma_ingest_report *rep)
+{
+    return ma_session_ingest_ex(s, n, ev, NULL, now, rep);
+}
+
+int ma_session_ingest_ex(ma_session *s, size_t n, const ma_event *ev, const double *importance, int64_t now,
+                         ma_ingest_report *rep)
 {
     memset(rep, 0, sizeof *rep);
     uint64_t first = ma_archive_length(s->ar);
@@ -152,6 +169,7 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
     int rc = MA_ENOMEM;
     float *k = NULL, *v = NULL;
     ma_slot_write *w = NULL;
+    double *imp = NULL;                /* per write: its event's importance */
     ma_slot_result *res = NULL;
     char **texts = NULL;
     ma_slots_batch *batch = NULL;
@@ -187,12 +205,17 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
         rep->writes = malloc(nw * sizeof *rep->writes);
         rep->voids = malloc(nw * sizeof *rep->voids);
         rep->evicted = malloc(nw * sizeof *rep->evicted);
+        if (importance && !(imp = malloc(nw * sizeof *imp)))
+            goto fail;
         if (!w || !res || !rep->writes || !rep->voids || !rep->evicted)
             goto fail;
         for (size_t i = 0, j = 0; i < n; i++)
-            if (ev[i].slot)
+            if (ev[i].slot) {
+                if (imp)
+                    imp[j] = importance[i];
                 w[j++] = (ma_slot_write){ev[i].slot, ev[i].k, ev[i].v, ev[i].payload, (int64_t)(first + i),
                                          ev[i].protect};
+            }
     }
     if ((rc = ma_archive_mask_reserve(s->ar, first + n)))
         goto fail;
@@ -200,7 +223,7 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
         goto fail;
     for (size_t j = 0; j < nw; j++)
         before[j] = ma_slots_live_event(s->slots, w[j].name);
-    if ((rc = ma_slots_batch_prepare(s->slots, nw, w, &batch)))
+    if ((rc = ma_slots_batch_prepare_ex(s->slots, nw, w, imp, &batch)))
         goto fail;
     rc = MA_ENOMEM;
     if (npay) {
@@ -264,6 +287,7 @@ int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, 
     free(k);
     free(v);
     free(w);
+    free(imp);
     free(res);
     return 0;
 fail:
@@ -275,6 +299,7 @@ fail:
     free(k);
     free(v);
     free(w);
+    free(imp);
     free(res);
     ma_ingest_report_clear(rep);
     rep->length = first;
@@ -334,7 +359,8 @@ int ma_session_slot_write(ma_session *s, const ma_slot_input *in, int64_t now, m
     int64_t was = ma_slots_live_event(s->slots, in->name);
     int rc = complete_input(s, in, &w, &buf);
     if (rc == 0)
-        rc = ma_slots_put(s->slots, &w, true, 0, 0, now, res);
+        rc = ma_slots_put_ex(s->slots, &w, in->has_importance ? in->importance : MA_IMPORTANCE_NONE, true, 0, 0,
+                             now, res);
     if (rc == 0)
         supersede(s, in->name, was);
     free(buf);
@@ -349,7 +375,8 @@ int ma_session_slot_overwrite(ma_session *s, const ma_slot_input *in, uint64_t e
     int64_t was = ma_slots_live_event(s->slots, in->name);
     int rc = complete_input(s, in, &w, &buf);
     if (rc == 0)
-        rc = ma_slots_put(s->slots, &w, false, explicit_version, if_match, now, res);
+        rc = ma_slots_put_ex(s->slots, &w, in->has_importance ? in->importance : MA_IMPORTANCE_NONE, false,
+                             explicit_version, if_match, now, res);
     if (rc == 0)
         supersede(s, in->name, was);
     free(buf);
@@ -456,7 +483,86 @@ static int answer_slot(const ma_session *s, const ma_slot_view *sv, double score
     strcpy(a->slot, sv->name);
     a->version = sv->version;
     a->event = sv->event;
+    a->has_importance = sv->has_importance;
+    a->importance = sv->importance;
     ma_slots_count_use(s->slots, sv->name);
+    return 0;
+}
+
+/* The cosine step under slot_policy.read topk: if the best resident slot reaches route_threshold
+ * (*matched), the answer mixes the values of the k best slots with softmax(score / temperature) weights,
+ * summed in double in rank order and rounded once. */
+static int answer_topk(const ma_session *s, const float *q, bool *matched, ma_answer *a)
+{
+    *matched = false;
+    size_t k = (size_t)s->p.slot_policy.k, n = 0;
+    ma_slot_view *sv = malloc(k * sizeof *sv);
+    double *sc = malloc(k * sizeof *sc), *w = malloc(k * sizeof *w);
+    ma_contrib *c = NULL;
+    int rc = MA_ENOMEM;
+    if (!sv || !sc || !w)
+        goto done;
+    rc = ma_slots_match_topk(s->slots, q, k, sv, sc, &n);
+    if (rc == MA_ENOTFOUND || (rc == 0 && sc[0] < s->p.route_threshold)) {
+        rc = 0;
+        goto done;
+    }
+    if (rc || !(c = calloc(n, sizeof *c))) {
+        rc = rc ? rc : MA_ENOMEM;
+        goto done;
+    }
+    if ((rc = answer_slot(s, &sv[0], sc[0], a)))
+        goto done;
+    *matched = true;
+    ma_slots_softmax(sc, n, s->p.slot_policy.temperature, w);
+    for (size_t j = 0; j < s->vn; j++) {
+        double acc = 0;
+        for (size_t i = 0; i < n; i++)
+            acc += w[i] * (double)sv[i].v[j];
+        a->v[j] = (float)acc;
+    }
+    for (size_t i = 0; i < n; i++) {
+        strcpy(c[i].slot, sv[i].name);
+        c[i].version = sv[i].version;
+        c[i].score = sc[i];
+        c[i].weight = w[i];
+        c[i].has_importance = sv[i].has_importance;
+        c[i].importance = sv[i].importance;
+        if (i > 0)
+            ma_slots_count_use(s->slots, sv[i].name);
+    }
+    a->contrib = c;
+    a->n_contrib = n;
+    c = NULL;
+done:
+    free(c);
+    free(sv);
+    free(sc);
+    free(w);
+    return rc;
+}
+
+/* The skip bits of q's archive reads. */
+static unsigned query_skip(const ma_query *q)
+{
+    return q->include_superseded ? MA_MASK_FORGOTTEN : MA_MASK_ALL;
+}
+
+/* Fills a from the archive read r of route (taking r's chunks) and looks up the pointer's payload. */
+static int answer_from_read(const ma_session *s, ma_route route, ma_read_result *r, ma_answer *a)
+{
+    a->route = route;
+    a->score = r->score;
+    a->event = r->pointer;
+    a->chunks = r->chunks;
+    a->n_chunks = r->n_chunks;
+    r->chunks = NULL;
+    r->n_chunks = 0;
+    int rc;
+    if (a->event >= 0 && (rc = event_payload(s, (uint64_t)a->event, &a->payload))) {
+        ma_answer_clear(a);
+        return rc;
+    }
     return 0;
 }
 
@@ -464,7 +570,7 @@ static int answer_archive(const ma_session *s, ma_route route, const ma_query *q
 {
     if (ma_archive_length(s->ar) == 0)
         return MA_EEMPTY;
-    ma_read_result r = {.v = a->v, .skip = q->include_superseded ? MA_MASK_FORGOTTEN : MA_MASK_ALL};
+    ma_read_result r = {.v = a->v, .skip = query_skip(q)};
     int rc;
     switch (route) {
     case MA_ROUTE_FULL:   rc = ma_archive_read_full(s->ar, q->q, &r); break;
@@ -475,16 +581,7 @@ static int answer_archive(const ma_session *s, ma_route route, const ma_query *q
         ma_read_result_clear(&r);
         return rc;
     }
-    a->route = route;
-    a->score = r.score;
-    a->event = r.pointer;
-    a->chunks = r.chunks;
-    a->n_chunks = r.n_chunks;
-    if (r.pointer >= 0 && (rc = event_payload(s, (uint64_t)r.pointer, &a->payload))) {
-        ma_answer_clear(a);
-        return rc;
-    }
-    return 0;
+    return answer_from_read(s, route, &r, a);
 }
 
 /* Step 2 of the router: the best resident slot by cosine, if it reaches the threshold. */
@@ -493,12 +590,16 @@ static bool match_slot(const ma_session *s, const float *q, ma_slot_view *sv, do
     return q && ma_slots_match(s->slots, q, sv, score) == 0 && *score >= s->p.route_threshold;
 }
 
-int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a)
+/* Everything of a query but its archive read: answers slot and state routes (or fails) and returns with
+ * *archive = MA_ROUTE_AUTO, or leaves a cleared answer and sets *archive to the archive route (sparse, full,
+ * window) that must answer it. */
+static int route_query(const ma_session *s, const ma_query *q, ma_answer *a, ma_route *archive)
 {
     float *v = a->v;
     memset(a, 0, sizeof *a);
     a->v = v;
     a->event = -1;
+    *archive = MA_ROUTE_AUTO;
 
     ma_slot_view sv;
     double score;
@@ -519,17 +620,25 @@ int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a)
             if (rc != MA_ENOTFOUND)
                 return rc;
         }
-        if (match_slot(s, q->q, &sv, &score))
+        if (q->q && s->p.slot_policy.read == MA_SLOT_READ_TOPK) {
+            bool matched;
+            int rc = answer_topk(s, q->q, &matched, a);
+            if (rc || matched)
+                return rc;
+        } else if (match_slot(s, q->q, &sv, &score)) {
             return answer_slot(s, &sv, score, a);
+        }
         if (q->route == MA_ROUTE_SLOT || !q->q)
             return MA_ENOTFOUND;
-        return answer_archive(s, MA_ROUTE_SPARSE, q, a);
+        *archive = MA_ROUTE_SPARSE;
+        return 0;
     case MA_ROUTE_SPARSE:
     case MA_ROUTE_FULL:
     case MA_ROUTE_WINDOW:
         if (!q->q)
             return MA_EINVAL;
-        return answer_archive(s, q->route, q, a);
+        *archive = q->route;
+        return 0;
     case MA_ROUTE_STATE: {
         if (!q->q)
             return MA_EINVAL;
@@ -541,6 +650,100 @@ int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a)
     }
     }
     return MA_EINVAL;
+}
+
+int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a)
+{
+    ma_route archive;
+    int rc = route_query(s, q, a, &archive);
+    if (rc || archive == MA_ROUTE_AUTO)
+        return rc;
+    return answer_archive(s, archive, q, a);
+}
+
+static int cmp_topk(const void *x, const void *y, void *ctx)
+{
+    const ma_query *qs = ctx;
+    size_t i = *(const size_t *)x, j = *(const size_t *)y;
+    int a = qs[i].topk, b = qs[j].topk;
+    return a != b ? (a > b) - (a < b) : (i > j) - (i < j);
+}
+
+/* The sparse reads of the batch (indices idx[0..n), ordered by topk): one ma_archive_read_sparse_batch per
+ * topk; a group the batch cannot answer whole (a query with nothing to attend over, a failure) is read
+ * query by query, so each gets its own outcome. */
+static void batch_sparse(const ma_session *s, const ma_query *qs, const size_t *idx, size_t n, ma_answer *as,
+                         int *rcs, ma_read_result *r, float *Q)
+{
+    for (size_t g0 = 0, g1; g0 < n; g0 = g1) {
+        for (g1 = g0 + 1; g1 < n && qs[idx[g1]].topk == qs[idx[g0]].topk; g1++)
+            ;
+        for (size_t j = g0; j < g1; j++) {
+            r[j] = (ma_read_result){.v = as[idx[j]].v, .skip = query_skip(&qs[idx[j]])};
+            memcpy(Q + (j - g0) * s->kn, qs[idx[j]].q, s->kn * sizeof *Q);
+        }
+        if (ma_archive_read_sparse_batch(s->ar, Q, g1 - g0, qs[idx[g0]].topk, r + g0) == 0) {
+            for (size_t j = g0; j < g1; j++)
+                rcs[idx[j]] = answer_from_read(s, MA_ROUTE_SPARSE, &r[j], &as[idx[j]]);
+            continue;
+        }
+        for (size_t j = g0; j < g1; j++)
+            rcs[idx[j]] = answer_archive(s, MA_ROUTE_SPARSE, &qs[idx[j]], &as[idx[j]]);
+    }
+}
+
+int ma_session_query_batch(const ma_session *s, const ma_query *qs, size_t n, ma_answer *as, int *rcs)
+{
+    if (n == 0)
+        return 0;
+    int rc = MA_ENOMEM;
+    size_t *exact = malloc(n * sizeof *exact), *sparse = malloc(n * sizeof *sparse), ne = 0, ns = 0;
+    ma_route *route = malloc(n * sizeof *route);
+    int *windows = malloc(n * sizeof *windows), *erc = malloc(n * sizeof *erc);
+    ma_read_result *r = malloc(n * sizeof *r);
+    float *Q = malloc(n * s->kn * sizeof *Q);
+    if (!exact || !sparse || !route || !windows || !erc || !r || !Q)
+        goto done;
+    bool empty = ma_archive_length(s->ar) == 0;
+    for (size_t i = 0; i < n; i++) {
+        rcs[i] = route_query(s, &qs[i], &as[i], &route[i]);
+        if (rcs[i] || route[i] == MA_ROUTE_AUTO)
+            continue;
+        if (empty)
+            rcs[i] = MA_EEMPTY;
+        else if (route[i] == MA_ROUTE_SPARSE)
+            sparse[ns++] = i;
+        else
+            exact[ne++] = i;
+    }
+    /* Full and window reads: one streamed pass over the archive for all of them. */
+    for (size_t j = 0; j < ne; j++) {
+        size_t i = exact[j];
+        memcpy(Q + j * s->kn, qs[i].q, s->kn * sizeof *Q);
+        windows[j] = route[i] == MA_ROUTE_WINDOW ? s->p.window : -1;
+        r[j] = (ma_read_result){.v = as[i].v, .skip = query_skip(&qs[i])};
+    }
+    int xrc = ne ? ma_archive_read_exact_batch(s->ar, Q, ne, windows, r, erc) : 0;
+    for (size_t j = 0; j < ne; j++) {
+        size_t i = exact[j];
+        if (xrc || erc[j])
+            rcs[i] = xrc ? xrc : erc[j];
+        else
+            rcs[i] = answer_from_read(s, route[i], &r[j], &as[i]);
+    }
+    /* Sparse reads (forced, or the router's fallback), batched per topk. */
+    qsort_r(sparse, ns, sizeof *sparse, cmp_topk, (void *)qs);
+    batch_sparse(s, qs, sparse, ns, as, rcs, r, Q);
+    rc = 0;
+done:
+    free(exact);
+    free(sparse);
+    free(route);
+    free(windows);
+    free(erc);
+    free(r);
+    free(Q);
+    return rc;
 }
 
 /* ---- stats ------------------------------------------------------------------------------------- */
@@ -566,6 +769,18 @@ size_t ma_session_bytes(const ma_session *s)
 {
     return sizeof *s + ma_backbone_bytes(s->bb) + ma_archive_bytes(s->ar) + ma_slots_bytes(s->slots) +
            s->plcap * sizeof *s->pl + s->pl_bytes;
+}
+
+size_t ma_session_footprint(const ma_params *p, size_t cache_chunks, ma_footprint *parts)
+{
+    ma_footprint f = {
+        .backbone = ma_backbone_footprint(p),
+        .slots = ma_slots_footprint(p->heads, p->dim, p->value_dim, p->slots),
+        .archive = ma_archive_footprint(p, cache_chunks),
+    };
+    if (parts)
+        *parts = f;
+    return sizeof(ma_session) + f.backbone + f.slots + f.archive;
 }
 
 void ma_session_counts_get(const ma_session *s, ma_session_counts *c)
@@ -604,11 +819,12 @@ int ma_session_restore(const ma_params *p, const ma_session_saved *from, ma_sess
         return MA_ENOMEM;
     int rc;
     if ((rc = ma_backbone_restore(p, from->backbone, from->backbone_len, &s->bb)) ||
-        (rc = ma_slots_restore_table(p->heads, p->dim, p->value_dim, p->slots, from->slots, from->slots_len,
-                                     &s->slots)) ||
+        (rc = ma_slots_restore_state(p->heads, p->dim, p->value_dim, p->slots, from->slots, from->slots_len,
+                                     &from->slot_rows, &s->slots)) ||
         (rc = ma_archive_restore_meta(p, from->archive_meta, from->archive_meta_len, ma_backbone_steps(s->bb),
                                      from->chunks, from->cache_chunks, &s->ar)))
         goto fail;
+    ma_slots_set_policy(s->slots, &p->slot_policy);
     /* The three blobs must describe one session: every event went through the backbone. */
     rc = MA_ECORRUPT;
     if (ma_backbone_steps(s->bb) != ma_archive_length(s->ar))

@@ -72,6 +72,8 @@ typedef struct {
                                   decodes it from a JSON string payload; core parses no JSON) */
     const char *payload;       /* JSON text or NULL, stored as given */
     bool protect;              /* protect after writing */
+    bool has_importance;       /* importance given (else MA_IMPORTANCE_DEFAULT) */
+    double importance;         /* in [0, 1], stored with the version */
 } ma_slot_input;
 
 /* write: create a slot. MA_EEXISTS if resident; MA_EFULL if at capacity and all resident are protected;
@@ -79,7 +81,8 @@ typedef struct {
  * version numbers (versions are never reused). */
 int ma_session_slot_write(ma_session *s, const ma_slot_input *in, int64_t now, ma_slot_result *res);
 
-/* overwrite: new version (or create, res->created). explicit_version > 0 must be greater than the current
+/* overwrite: new version (or create, res->created). With the session's blend policy, overwriting a
+ * resident slot stores alpha·v + (1−alpha)·(its current value) (ma_slots_put). explicit_version > 0 must be greater than the current
  * version (else MA_ECONFLICT) and becomes the new version; if_match > 0 must equal the current version
  * (else MA_EPRECOND). MA_EPROTECTED if protected. */
 int ma_session_slot_overwrite(ma_session *s, const ma_slot_input *in, uint64_t explicit_version,
@@ -125,6 +128,16 @@ typedef struct {
                                   events are never read */
 } ma_query;
 
+/* One slot of a weighted (topk) read. */
+typedef struct {
+    char slot[MA_MAX_NAME + 1];
+    uint64_t version;
+    double score;              /* its cosine with q (mean over heads) */
+    double weight;             /* its softmax weight; the weights of a read sum to 1 */
+    bool has_importance;       /* that version's writer gave an importance */
+    double importance;         /* of that version (MA_IMPORTANCE_DEFAULT if not given) */
+} ma_contrib;
+
 typedef struct {
     ma_route route;            /* the route that answered (never AUTO) */
     float *v;                  /* in: caller's buffer of H·d_v; out: the answer */
@@ -137,19 +150,35 @@ typedef struct {
     char *payload;             /* JSON text of the slot's or pointer event's payload, or NULL */
     uint32_t *chunks;          /* chunks touched (archive routes) */
     size_t n_chunks;
+    bool has_importance;       /* slot route: the version that answered (the best one for a weighted
+                                  read) was given an importance by its writer ... */
+    double importance;         /* ... this one (else MA_IMPORTANCE_DEFAULT) */
+    ma_contrib *contrib;       /* weighted read (slot_policy.read topk, cosine step): the slots mixed, best
+                                  first; NULL otherwise */
+    size_t n_contrib;
 } ma_answer;
 
 void ma_answer_clear(ma_answer *a);
 
 /* Answers one query. Router (auto): named resident slot (or, with a version, that version of the name's
  * history, resident or not) -> slot; else best mean-over-heads cosine of q against resident slot keys >=
- * route_threshold -> slot; else sparse. A named slot that is not resident falls through to the
+ * route_threshold -> slot; else sparse. With slot_policy.read topk, the cosine step's answer is the
+ * softmax(score / temperature)-weighted mix of the values of the k best-matching resident slots (a->contrib
+ * lists them; slot, version, score, event, payload and importance are the best one's). A named slot that is not resident falls through to the
  * cosine/sparse steps when q is given. Forced routes: slot (MA_ENOTFOUND if no match: named, or cosine
  * >= threshold; MA_ENOVERSION for a missing version), sparse, full, window, state. A query that needs q
  * and has none: MA_EINVAL. Archive reads skip superseded and forgotten events (docs/SLOTS.md; with
  * include_superseded only forgotten ones); nothing left to attend over (or an empty archive):
  * MA_EEMPTY. */
 int ma_session_query(const ma_session *s, const ma_query *q, ma_answer *a);
+
+/* Answers n queries: rcs[i] and as[i] (its v the caller's buffer of H·d_v) get what ma_session_query gives
+ * for qs[i], with the archive reads of the batch made together: every full and window read in one
+ * streamed pass over the archive (ma_archive_read_exact_batch: the same bits as one by one), the sparse
+ * reads (forced or the router's fallback) by ma_archive_read_sparse_batch per topk (the same answers, except
+ * where two of a query's cluster scores tie within rounding: docs/ARCHIVE.md). Slot usage is counted as by
+ * single queries. Returns 0, or MA_ENOMEM with no query answered (as and rcs untouched). */
+int ma_session_query_batch(const ma_session *s, const ma_query *qs, size_t n, ma_answer *as, int *rcs);
 
 /* ---- the session itself ---------------------------------------------------------------------- */
 
@@ -162,6 +191,10 @@ void ma_session_destroy(ma_session *s);
  * codec's layout) the vectors are read in place and copied once, into the archive; otherwise they are
  * first gathered into one array. */
 int ma_session_ingest(ma_session *s, size_t n, const ma_event *ev, int64_t now, ma_ingest_report *rep);
+/* As ma_session_ingest; importance (NULL: none given) has n entries: for an event with a slot, the
+ * importance of the version it writes, in [0, 1], or MA_IMPORTANCE_NONE (ignored for other events). */
+int ma_session_ingest_ex(ma_session *s, size_t n, const ma_event *ev, const double *importance, int64_t now,
+                         ma_ingest_report *rep);
 
 typedef struct {
     uint64_t length;
@@ -174,6 +207,21 @@ typedef struct {
 
 int ma_session_stats_get(const ma_session *s, ma_session_stats *st);
 void ma_session_stats_clear(ma_session_stats *st);
+
+/* A session's fixed footprint: what a session of config p holds, at most, whatever its length, with
+ * its archive paged through a source caching cache_chunks chunks (0: no source) — the backbone state,
+ * the slot table at capacity (one version per slot, payloads not counted), the archive's last chunk
+ * full, the chunk cache full, the index's pending keys at their bound, and the handles. What grows
+ * with use is not in it: sealed chunks not yet paged out, summaries and index lists per event, event
+ * masks, slot history, payload texts (ma_session_bytes counts them when measured). Nor is what a
+ * request allocates for its duration (decoded bodies, read results, an index rebuild's scratch). The
+ * server's registry refuses a session whose footprint exceeds its memory budget and reserves it before
+ * creating or loading one. p must be valid (ma_params_validate). tests/unit/test_footprint.c checks it
+ * against the allocator's count. parts (may be NULL) gets the three components. */
+typedef struct {
+    size_t backbone, slots, archive;
+} ma_footprint;
+size_t ma_session_footprint(const ma_params *p, size_t cache_chunks, ma_footprint *parts);
 
 /* ma_session_stats.bytes alone: no allocation, no arithmetic over the state (the server's registry
  * re-measures a session at every release). May run alongside reads (the chunk cache is locked), not
@@ -192,11 +240,14 @@ void ma_session_counts_get(const ma_session *s, ma_session_counts *c);
 /* Components, for the session registry and benchmarks (borrowed pointers, valid while the session lives). */
 ma_backbone *ma_session_backbone(ma_session *s);
 ma_archive *ma_session_archive(ma_session *s);
+ma_slots *ma_session_slots(ma_session *s);   /* the registry stores its state and unsaved version rows */
 
 /* ---- persistence (used by the server's session registry together with store/) ----------------- */
 
-/* Serialises the slot table (resident slots, full version history with values and payloads, usage,
- * eviction order state) as a core/blob.h blob (docs/SLOTS.md); *buf malloc'd. */
+/* Serialises the whole slot table (resident slots, full version history with values and payloads, usage,
+ * eviction order state) as one core/blob.h blob (docs/SLOTS.md): ma_slots_serialize. The store keeps the
+ * table as state + version rows instead (ma_session_slots, ma_slots_serialize_state, ma_slots_unsaved);
+ * this whole form is for tests and tools, and is still accepted by ma_session_restore. *buf malloc'd. */
 int ma_session_serialize_slots(const ma_session *s, void **buf, size_t *len);
 
 /* Where a restored session finds the payload of an archived event (the store); payloads of events are
@@ -206,9 +257,11 @@ typedef struct {
     void *ctx;
 } ma_payload_source;
 
-/* What a session is restored from: the blobs of ma_backbone_serialize, ma_session_serialize_slots and
+/* What a session is restored from: the blobs of ma_backbone_serialize, the slot table and
  * ma_archive_serialize_meta (borrowed for the call), and where its archive chunks and event payloads
- * are read (kept by the session). */
+ * are read (kept by the session). The slot table is either ma_slots_serialize_state's blob with its
+ * version rows read through slot_rows during the call (what the store keeps), or a whole-table blob
+ * (ma_session_serialize_slots, or a store of schema 2; slot_rows then gives no rows or is {NULL}). */
 typedef struct {
     const void *backbone;      size_t backbone_len;
     const void *slots;         size_t slots_len;
@@ -216,6 +269,7 @@ typedef struct {
     ma_chunk_source chunks;    /* archive chunks (the store) */
     size_t cache_chunks;       /* chunks cached in RAM, >= 1 */
     ma_payload_source payloads;
+    ma_slot_row_source slot_rows;   /* the slot table's version rows (the store), read during the call */
 } ma_session_saved;
 
 /* Rebuilds a session from what `from` describes. The restored session answers every query exactly as

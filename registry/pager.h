@@ -3,8 +3,11 @@
  *
  * A restored (or budget-paged) session keeps only summaries of its archive in memory and reads archive
  * chunks, and the payloads of archived events, back from the store when a query needs them. core/ asks
- * through two callbacks (ma_chunk_source of core/archive.h, ma_payload_source of core/session.h); a
- * reg_pager answers them from ma_store_load_events / ma_store_load_payload for one session. The registry
+ * through its callbacks (ma_chunk_source of core/archive.h: whole chunks, and single events for a sparse
+ * read's candidates; ma_payload_source of core/session.h); a reg_pager answers them from
+ * ma_store_load_events / ma_store_load_some / ma_store_load_payload for one session. A third,
+ * ma_slot_row_source (core/slots.h), reads the slot table's version rows once, at restore
+ * (ma_store_slot_rows). The registry
  * embeds one in every session; benchmarks that restore a session without a registry use it directly.
  *
  * Chunk c holds events [c·chunk, c·chunk + n). The callbacks return MA_E* codes only (core has no message
@@ -30,8 +33,9 @@ typedef struct {
     size_t chunk;                     /* events per chunk (ma_params.chunk) */
     size_t k_floats, v_floats;        /* floats per event: H·d, H·d_v */
     atomic_uint_fast64_t *chunk_loads;   /* optional: counts chunks read (NULL: not counted) */
+    atomic_uint_fast64_t *event_loads;   /* optional: counts events read alone (NULL: not counted) */
     atomic_int failed;                /* set by the first failure, which wrote err */
-    char err[256];
+    char err[512];
 } reg_pager;
 
 /* Sets pg up for session `id` of config p in store st; chunk_loads may be NULL. */
@@ -41,5 +45,17 @@ void reg_pager_init(reg_pager *pg, ma_store *st, const char *id, const ma_params
 /* The callbacks of pg, for ma_archive_set_source / ma_session_restore. */
 ma_chunk_source reg_pager_chunks(reg_pager *pg);
 ma_payload_source reg_pager_payloads(reg_pager *pg);
+ma_slot_row_source reg_pager_slot_rows(reg_pager *pg);   /* the slot table's version rows, at restore */
+
+/* The store's schema 2 -> 3 converter (ma_store_options.slots_split; docs/STORE.md): a whole slot table
+ * (core's ma_slots_serialize format) of a session with stored config text `config` into its state blob
+ * (*state, malloc'd) and one row per version, handed to row(). MA_ECORRUPT (config or table unreadable),
+ * MA_ENOMEM, or row()'s error. */
+int reg_slots_split(const char *config, const void *table, size_t len, void **state, size_t *state_len,
+                    ma_store_slot_row_fn row, void *arg);
+
+/* The event loader that goes with reg_pager_chunks(pg) (ma_archive_set_event_loader; its ctx is the
+ * chunk source's, pg): a sparse read's candidates through ma_store_load_some. */
+ma_event_loader reg_pager_event_loader(void);
 
 #endif

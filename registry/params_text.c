@@ -17,10 +17,10 @@
 
 #include "core/error.h"
 
-typedef enum { F_INT, F_REAL, F_BACKBONE, F_FEATURE, F_SELECTOR } field_kind;
+typedef enum { F_INT, F_REAL, F_BACKBONE, F_FEATURE, F_SELECTOR, F_EVICTION, F_OVERWRITE, F_SLOT_READ } field_kind;
 
 typedef struct {
-    const char *group;   /* enclosing object ("vla", "delta") or NULL for the top level */
+    const char *group;   /* enclosing object ("vla", "delta", "slot_policy") or NULL for the top level */
     const char *name;
     field_kind kind;
     size_t off;
@@ -45,10 +45,16 @@ static const field fields[] = {
     FLD("delta", "beta", F_REAL, delta.beta),
     FLD(NULL, "route_threshold", F_REAL, route_threshold),
     FLD(NULL, "selector", F_SELECTOR, selector),
+    FLD("slot_policy", "eviction", F_EVICTION, slot_policy.eviction),
+    FLD("slot_policy", "overwrite", F_OVERWRITE, slot_policy.overwrite),
+    FLD("slot_policy", "alpha", F_REAL, slot_policy.alpha),
+    FLD("slot_policy", "read", F_SLOT_READ, slot_policy.read),
+    FLD("slot_policy", "k", F_INT, slot_policy.k),
+    FLD("slot_policy", "temperature", F_REAL, slot_policy.temperature),
 };
 #define NFIELDS (sizeof fields / sizeof fields[0])
 
-static const char *const groups[] = {"vla", "delta"};
+static const char *const groups[] = {"vla", "delta", "slot_policy"};
 
 static cJSON *group_object(cJSON *root, const char *group)
 {
@@ -73,6 +79,9 @@ int reg_params_encode(const ma_params *p, char **out)
         case F_BACKBONE: ok = o && cJSON_AddStringToObject(o, f->name, ma_backbone_name(*(const ma_backbone_kind *)v)); break;
         case F_FEATURE:  ok = o && cJSON_AddStringToObject(o, f->name, ma_feature_name(*(const ma_feature *)v)); break;
         case F_SELECTOR: ok = o && cJSON_AddStringToObject(o, f->name, ma_selector_name(*(const ma_selector *)v)); break;
+        case F_EVICTION: ok = o && cJSON_AddStringToObject(o, f->name, ma_eviction_name(*(const ma_eviction *)v)); break;
+        case F_OVERWRITE: ok = o && cJSON_AddStringToObject(o, f->name, ma_overwrite_name(*(const ma_overwrite *)v)); break;
+        case F_SLOT_READ: ok = o && cJSON_AddStringToObject(o, f->name, ma_slot_read_name(*(const ma_slot_read *)v)); break;
         }
     }
     char *text = ok ? cJSON_PrintUnformatted(root) : NULL;
@@ -121,10 +130,12 @@ static int read_field(const cJSON *it, const field *f, char *base, char *err, si
 {
     void *v = base + f->off;
     int rc = 0;
+    char path[64];   /* "vla.period", "slot_policy.k", "heads" */
+    snprintf(path, sizeof path, "%s%s%s", f->group ? f->group : "", f->group ? "." : "", f->name);
     if (f->kind == F_INT || f->kind == F_REAL) {
         double x = cJSON_IsNumber(it) ? it->valuedouble : NAN;
         if (!isfinite(x) || (f->kind == F_INT && (x != floor(x) || x < -2147483648.0 || x > 2147483647.0)))
-            return corrupt(err, errlen, "%s: expected %s", f->name, f->kind == F_INT ? "an integer" : "a number");
+            return corrupt(err, errlen, "%s: expected %s", path, f->kind == F_INT ? "an integer" : "a number");
         if (f->kind == F_INT)
             *(int *)v = (int)x;
         else
@@ -135,9 +146,12 @@ static int read_field(const cJSON *it, const field *f, char *base, char *err, si
     switch (f->kind) {
     case F_BACKBONE: rc = ma_backbone_parse(s, v); break;
     case F_FEATURE:  rc = ma_feature_parse(s, v); break;
+    case F_EVICTION: rc = ma_eviction_parse(s, v); break;
+    case F_OVERWRITE: rc = ma_overwrite_parse(s, v); break;
+    case F_SLOT_READ: rc = ma_slot_read_parse(s, v); break;
     default:         rc = ma_selector_parse(s, v); break;
     }
-    return rc ? corrupt(err, errlen, "%s: expected a known name%s", f->name, "") : 0;
+    return rc ? corrupt(err, errlen, "%s: expected a known name%s", path, "") : 0;
 }
 
 int reg_params_decode(const char *text, ma_params *out, char *err, size_t errlen)

@@ -6,7 +6,8 @@
  * the same object every earlier version of the daemon stored: every field, nested "vla" and "delta"
  * objects, enums by name, e.g.
  *   {"heads":1,"dim":64,"value_dim":64,...,"vla":{"lambda0":0.1,...},"delta":{"beta":1},...}
- * so existing databases load unchanged. Reading is tolerant of fields an older writer left out (they take
+ * so existing databases load unchanged (a text without the later "slot_policy" object reads as the
+ * default policies). Reading is tolerant of fields an older writer left out (they take
  * ma_params_default's values, value_dim that of dim) and strict about everything else: an unknown field,
  * a value of the wrong JSON type or a config ma_params_validate refuses means the row is corrupt.
  *

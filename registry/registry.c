@@ -10,8 +10,9 @@
  * The commit queue (reg_commit_queue). A FIFO of serialised changes under cmu, written by one commit
  * thread (started on first use, joined by reg_destroy after the queue drained). The thread takes every
  * change queued (up to GROUP_MAX) and writes them in one store transaction (ma_store_commit_group): one
- * fsync for all of them, and of several changes of one session only the last copy of each state blob.
- * Each queued change holds a reference to its session and counts in its `pending`; a failed group marks
+ * fsync for all of them, and of several changes of one session only the last copy of each state blob
+ * (the slot version rows of every change are written: rows are increments, not state). A change's slot
+ * versions are marked saved when it is queued (note_stored). Each queued change holds a reference to its session and counts in its `pending`; a failed group marks
  * every session in it stale and unlinks it from the map (the next acquire loads the stored state), and a
  * change of a session already stale fails without being written (it was applied on top of a change that
  * is not stored). reg_commit and reg_delete wait for a session's pending changes first, so the store sees
@@ -40,7 +41,10 @@ struct reg_session {
     ma_params params;
     ma_session *core;           /* NULL until loaded */
     int64_t created_at, updated_at;
-    size_t bytes;               /* resident bytes as last measured (under reg->mu) */
+    size_t bytes;               /* what it counts against the budget (under reg->mu): its resident bytes as
+                                   last measured, at least its footprint; while it loads, the footprint
+                                   reserved for it */
+    size_t footprint;           /* ma_session_footprint of its params and chunk cache (0: not known yet) */
     bool blobs_stored;          /* the store row holds all three blobs (else the next commit writes all) */
     uint64_t meta_gen;          /* ma_archive_meta_generation of the stored archive blob */
     bool stale;                 /* in-memory state may differ from the store: drop at last release */
@@ -97,6 +101,10 @@ int reg_create(const reg_options *o, reg_registry **out)
     r->opt = *o;
     if (r->opt.cache_chunks < 1)
         r->opt.cache_chunks = 1;
+    if (r->opt.idem_keys == 0)
+        r->opt.idem_keys = REG_IDEM_KEYS;
+    if (r->opt.idem_window_ms <= 0)
+        r->opt.idem_window_ms = REG_IDEM_WINDOW_MS;
     r->nbuckets = 256;
     if (!(r->buckets = calloc(r->nbuckets, sizeof *r->buckets))) {
         free(r);
@@ -252,27 +260,107 @@ static size_t cache_chunks_for(const reg_registry *r, const ma_params *p)
     return n;
 }
 
+/* What a loaded session counts against the budget: what it holds, and never less than its fixed
+ * footprint (what it may come to hold without growing: the slot table fills, the last chunk fills, the
+ * chunk cache fills), so that the sessions admitted under the budget cannot outgrow it by using what they
+ * were admitted with. */
+static size_t charge(const reg_session *s, ma_session *core)
+{
+    size_t bytes = measure(core);
+    return bytes > s->footprint ? bytes : s->footprint;
+}
+
 /* Re-measures the resident bytes of s (caller holds mu; s is loaded and not being mutated). */
 static void remeasure(reg_registry *r, reg_session *s)
 {
-    size_t bytes = measure(s->core);
+    size_t bytes = charge(s, s->core);
     if (s->linked)
         r->bytes = r->bytes - s->bytes + bytes;
     s->bytes = bytes;
 }
 
-/* A fresh core for s->params whose archive pages sealed chunks through the store. */
-static int fresh_core(reg_registry *r, reg_session *s, ma_session **out)
+static bool freed(reg_registry *r, size_t bytes);
+static void free_dropped(reg_session *drop, bool trim);
+
+/* s->params is set: its chunk cache and fixed footprint (what admit() reserves). */
+static void size_session(reg_registry *r, reg_session *s, ma_footprint *parts)
+{
+    s->cache_chunks = cache_chunks_for(r, &s->params);
+    s->footprint = ma_session_footprint(&s->params, s->cache_chunks, parts);
+}
+
+/* Admission under the budget, before session s (s->footprint known) is created or loaded: reserves its
+ * footprint in r->bytes — in s->bytes too when s is in the map (a load), else the caller hands the
+ * reservation to s when it links it (a create) — so that parallel admissions cannot together exceed the
+ * budget. Makes room by unloading unused sessions, least recently used first (freed before the new session
+ * allocates anything). MA_ETOOBIG when the footprint alone exceeds the budget; MA_EBUSY when the sessions in
+ * use by running jobs leave no room (the caller answers 503 with Retry-After). Without a budget it only
+ * reserves. */
+static int admit(reg_registry *r, reg_session *s, const ma_footprint *parts, char *err, size_t errlen)
+{
+    const size_t budget = r->opt.memory_budget, need = s->footprint;
+    reg_session *drop = NULL;
+    bool trim = false, ok;
+    size_t busy;
+    if (budget && need > budget) {
+        snprintf(err, errlen, "session %s needs %zu bytes of memory (its fixed footprint: backbone %zu, slot "
+                 "table at capacity %zu, archive %zu) but the memory budget (--memory) is %zu bytes", s->id, need,
+                 parts->backbone, parts->slots, parts->archive, budget);
+        return MA_ETOOBIG;
+    }
+    pthread_mutex_lock(&r->mu);
+    for (reg_session *c = r->lru_tail, *prev; budget && c && r->bytes + need > budget; c = prev) {
+        prev = c->prev;
+        if (c == s || c->refs > 0 || !c->core)
+            continue;
+        unlink_session(r, c);
+        trim |= freed(r, c->bytes);
+        c->hnext = drop;
+        drop = c;
+    }
+    busy = r->bytes;
+    ok = !budget || busy + need <= budget;
+    if (ok) {
+        r->bytes += need;
+        if (s->linked)
+            s->bytes += need;
+    }
+    pthread_mutex_unlock(&r->mu);
+    free_dropped(drop, trim);
+    if (!ok) {
+        snprintf(err, errlen, "session %s needs %zu bytes of memory; %zu of the memory budget's %zu bytes are "
+                 "held by sessions that running requests use; retry in a moment", s->id, need, busy, budget);
+        return MA_EBUSY;
+    }
+    return 0;
+}
+
+/* Gives back what admit() reserved for s when its create or load failed (s->bytes for a session in the map,
+ * `floating` for one that is not). */
+static void unadmit(reg_registry *r, reg_session *s, size_t floating)
+{
+    pthread_mutex_lock(&r->mu);
+    if (s->linked) {
+        r->bytes -= s->bytes;
+        s->bytes = 0;
+    } else {
+        r->bytes -= floating;
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* A fresh core for s->params (s->cache_chunks set) whose archive pages sealed chunks through the store. */
+static int fresh_core(reg_session *s, ma_session **out)
 {
     ma_session *core;
     int rc = ma_session_create(&s->params, &core);
     if (rc)
         return rc;
-    s->cache_chunks = cache_chunks_for(r, &s->params);
     if ((rc = ma_archive_set_source(ma_session_archive(core), reg_pager_chunks(&s->pager), s->cache_chunks)) != 0) {
         ma_session_destroy(core);
         return rc;
     }
+    ma_archive_set_event_loader(ma_session_archive(core), reg_pager_event_loader());
     *out = core;
     return 0;
 }
@@ -282,6 +370,8 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
 {
     ma_store_session row = {0};
     ma_session *core = NULL;
+    ma_footprint parts;
+    bool admitted = false;
     char why[256];
     int rc = ma_store_session_load(r->opt.store, s->id, &row, err, errlen);
     if (rc)
@@ -290,44 +380,52 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
         snprintf(err, errlen, "session %s: stored config is invalid: %s", s->id, why);
         goto done;
     }
+    size_session(r, s, &parts);
+    if ((rc = admit(r, s, &parts, err, errlen)) != 0)
+        goto done;
+    admitted = true;
     pager_init(r, s);
     if (row.backbone.len == 0) {
         /* created but never mutated: nothing to restore */
-        if ((rc = fresh_core(r, s, &core)) != 0) {
+        if ((rc = fresh_core(s, &core)) != 0) {
             snprintf(err, errlen, "session %s: %s", s->id, ma_strerror(rc));
             goto done;
         }
     } else {
-        s->cache_chunks = cache_chunks_for(r, &s->params);
         ma_session_saved saved = {
             row.backbone.data, row.backbone.len, row.slots_blob.data, row.slots_blob.len,
             row.archive_meta.data, row.archive_meta.len, reg_pager_chunks(&s->pager), s->cache_chunks,
-            reg_pager_payloads(&s->pager),
+            reg_pager_payloads(&s->pager), reg_pager_slot_rows(&s->pager),
         };
         rc = ma_session_restore(&s->params, &saved, &core);
         if (rc) {
-            snprintf(err, errlen, "session %s: cannot restore the stored state: %s", s->id, ma_strerror(rc));
+            /* A page-in that failed (a damaged row, an I/O error) says which row. */
+            const char *why_pg = atomic_load(&s->pager.failed) ? s->pager.err : ma_strerror(rc);
+            snprintf(err, errlen, "session %s: cannot restore the stored state: %s", s->id, why_pg);
             goto done;
         }
+        ma_archive_set_event_loader(ma_session_archive(core), reg_pager_event_loader());
         s->blobs_stored = true;
         s->meta_gen = ma_archive_meta_generation(ma_session_archive(core));
         s->paged = true;   /* a restored archive reads its chunks from the store on demand */
     }
     s->created_at = row.created_at;
     s->updated_at = row.updated_at;
-    size_t bytes = measure(core);
+    size_t bytes = charge(s, core);
     pthread_mutex_lock(&r->mu);
     s->core = core;
-    s->bytes = bytes;
-    if (s->linked) {
-        r->bytes += bytes;
+    if (s->linked) {   /* r->bytes holds the reservation, s->bytes */
+        r->bytes = r->bytes - s->bytes + bytes;
         r->loaded++;
         r->loads++;
     }
+    s->bytes = bytes;
     pthread_mutex_unlock(&r->mu);
     core = NULL;
 done:
     ma_session_destroy(core);
+    if (rc && admitted)
+        unadmit(r, s, 0);
     ma_store_session_clear(&row);
     return rc;
 }
@@ -362,11 +460,30 @@ int reg_acquire(reg_registry *r, const char *id, reg_session **out, char *err, s
     return 0;
 }
 
+/* The store's record of k, stamped now, with the registry's window. */
+static ma_store_idem store_idem(const reg_registry *r, const reg_idem *k, int64_t now)
+{
+    return (ma_store_idem){
+        .scope = k->scope, .key = k->key, .fingerprint = k->fingerprint, .status = k->status, .body = k->body,
+        .etag = k->etag, .location = k->location, .created_at = now, .keep = r->opt.idem_keys,
+        .expire_before = now - r->opt.idem_window_ms,
+    };
+}
+
 int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int64_t now, reg_session **out,
                        char *err, size_t errlen)
 {
+    return reg_create_session_idem(r, id, p, now, NULL, out, err, errlen);
+}
+
+int reg_create_session_idem(reg_registry *r, const char *id, const ma_params *p, int64_t now, const reg_idem *k,
+                            reg_session **out, char *err, size_t errlen)
+{
     reg_session *s;
+    ma_store_idem ki = k ? store_idem(r, k, now) : (ma_store_idem){0};
     char *cfg_text = NULL;
+    ma_footprint parts;
+    size_t reserved = 0;
     int rc;
 
     pthread_mutex_lock(&r->mu);
@@ -382,7 +499,11 @@ int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int6
     s->params = *p;
     pager_init(r, s);
     s->created_at = s->updated_at = now;
-    if ((rc = fresh_core(r, s, &s->core)) != 0) {
+    size_session(r, s, &parts);
+    if ((rc = admit(r, s, &parts, err, errlen)) != 0)
+        goto fail;
+    reserved = s->footprint;
+    if ((rc = fresh_core(s, &s->core)) != 0) {
         snprintf(err, errlen, "cannot create the session: %s", ma_strerror(rc));
         goto fail;
     }
@@ -391,9 +512,9 @@ int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int6
         rc = MA_ENOMEM;
         goto fail;
     }
-    if ((rc = ma_store_session_create(r->opt.store, id, cfg_text, now, err, errlen)) != 0)
+    if ((rc = ma_store_session_create_idem(r->opt.store, id, cfg_text, now, k ? &ki : NULL, err, errlen)) != 0)
         goto fail;
-    s->bytes = measure(s->core);
+    s->bytes = charge(s, s->core);
     s->refs = 1;
     pthread_mutex_lock(&r->mu);
     /* An entry for id may be in the map without a core: a failed or concurrent load of a missing id.
@@ -404,7 +525,7 @@ int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int6
     else
         old = NULL;
     link_session(r, s);
-    r->bytes += s->bytes;
+    r->bytes = r->bytes - reserved + s->bytes;   /* the reservation becomes the session's charge */
     r->loaded++;
     r->loads++;
     pthread_mutex_unlock(&r->mu);
@@ -413,6 +534,8 @@ int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int6
     *out = s;
     return 0;
 fail:
+    if (reserved)
+        unadmit(r, s, reserved);
     free(cfg_text);
     session_free(s);
     return rc;
@@ -477,16 +600,19 @@ static void release_ref(reg_registry *r, reg_session *s, bool from_queue)
     for (reg_session *c = r->lru_tail; c && over_budget(r); c = c->prev)
         if (c->refs == 0 && c->core && !c->emptied) {
             ma_archive *a = ma_session_archive(c->core);
+            /* What is dropped from RAM is core's count before and after (the charge may not move: it
+             * never goes below the footprint, which includes a full cache). */
+            size_t held = measure(c->core);
             ma_archive_release(a);
             /* Setting the same source again empties the cache (no reader runs: refs == 0). */
             if (ma_archive_set_source(a, reg_pager_chunks(&c->pager), c->cache_chunks) == 0)
                 c->emptied = true;
             c->paged = true;
-            size_t before = c->bytes;
             remeasure(r, c);
-            if (c->bytes < before) {
-                r->paged_out_bytes += before - c->bytes;
-                trim |= freed(r, before - c->bytes);
+            size_t now_held = measure(c->core);
+            if (now_held < held) {
+                r->paged_out_bytes += held - now_held;
+                trim |= freed(r, held - now_held);
             }
         }
     for (reg_session *c = r->lru_tail, *prev; c && over_budget(r); c = prev) {
@@ -511,13 +637,19 @@ static void unfreeze_locked(reg_registry *r, const char *id);
 
 int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
 {
+    return reg_delete_idem(r, id, NULL, 0, err, errlen);
+}
+
+int reg_delete_idem(reg_registry *r, const char *id, const reg_idem *k, int64_t now, char *err, size_t errlen)
+{
     reg_session *drop = NULL, *q;
     /* Changes of the session still in the commit queue are written (or failed) first. */
     pthread_mutex_lock(&r->mu);
     while ((q = find(r, id)) && q->pending)
         pthread_cond_wait(&r->pending_cv, &r->mu);
     pthread_mutex_unlock(&r->mu);
-    int rc = ma_store_session_delete(r->opt.store, id, err, errlen);
+    ma_store_idem ki = k ? store_idem(r, k, now) : (ma_store_idem){0};
+    int rc = ma_store_session_delete_idem(r->opt.store, id, k ? &ki : NULL, err, errlen);
     if (rc)
         return rc;
     pthread_mutex_lock(&r->mu);
@@ -541,6 +673,16 @@ int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
     return 0;
 }
 
+size_t reg_session_footprint(const reg_registry *r, const ma_params *p)
+{
+    return ma_session_footprint(p, cache_chunks_for(r, p), NULL);
+}
+
+const char *reg_read_error(reg_session *s)
+{
+    return atomic_load(&s->pager.failed) ? s->pager.err : NULL;
+}
+
 ma_session *reg_core(reg_session *s) { return s->core; }
 const ma_params *reg_params(const reg_session *s) { return &s->params; }
 int64_t reg_created_at(const reg_session *s) { return s->created_at; }
@@ -561,31 +703,81 @@ static void touch_bytes(reg_registry *r, reg_session *s)
     pthread_mutex_unlock(&r->mu);
 }
 
-/* Serialises what c changed in s into *d (blobs malloc'd: free d->backbone/slots_blob/archive_meta.data)
- * with c's event arrays borrowed; *meta / *gen: whether the archive blob is in it, and its generation. */
-static int serialise(reg_session *s, const reg_change *c, int64_t now, ma_store_delta *d, bool *meta,
-                     uint64_t *gen, char *err, size_t errlen)
+/* One change serialised for the store: the delta and what it owns. Filled in place by serialise() (d
+ * points into it: keep it where it is until ser_free). */
+typedef struct {
+    ma_store_delta d;            /* blobs and slot rows owned; event arrays and idem strings borrowed from c */
+    const void *blobs[3];        /* the owned blobs (d's pointers may be cleared when a later change of the
+                                    same group replaces them) */
+    ma_slot_row *rows;           /* the slot table's unsaved rows (their data owned) */
+    size_t nrows;
+    ma_store_slot_row *srows;    /* d.slot_rows: rows with their names copied into `names` (a queued change
+                                    is written after the table may have changed) */
+    char *names;
+    ma_store_idem ki;            /* d.idem points here when the change carries a key */
+    bool slots, meta;            /* the slot state / archive blob is in it */
+    uint64_t gen;                /* the archive meta generation serialised */
+} ser_change;
+
+static void ser_free(ser_change *x)
+{
+    for (int b = 0; b < 3; b++)
+        free((void *)x->blobs[b]);
+    ma_slot_rows_free(x->rows, x->nrows);
+    free(x->srows);
+    free(x->names);
+    memset(x, 0, sizeof *x);
+}
+
+/* Serialises what c changed in s into *x: the blobs that changed, the slot table's state and its versions
+ * not stored yet (docs/STORE.md, schema 3), c's event arrays and Idempotency-Key record borrowed. 0, or
+ * the serialiser's code with err set (x then owns nothing). */
+static int serialise(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, ser_change *x, char *err,
+                     size_t errlen)
 {
     void *bb = NULL, *sl = NULL, *am = NULL;
     size_t bbl = 0, sll = 0, aml = 0;
     bool all = !s->blobs_stored;
-    /* The archive blob changes only at an index rebuild: rewrite it only then. */
-    *gen = ma_archive_meta_generation(ma_session_archive(s->core));
-    *meta = all || (c->archive && *gen != s->meta_gen);
+    /* The slot table: its small state and only the versions not stored yet (docs/STORE.md). */
+    ma_slots *tab = ma_session_slots(s->core);
     ma_session_counts st;
-    int rc;
+    int rc = 0;
 
+    memset(x, 0, sizeof *x);
+    x->slots = c->slots || all || ma_slots_has_unsaved(tab);
+    /* The archive blob changes only at an index rebuild: rewrite it only then. */
+    x->gen = ma_archive_meta_generation(ma_session_archive(s->core));
+    x->meta = all || (c->archive && x->gen != s->meta_gen);
     ma_session_counts_get(s->core, &st);
     if (((c->backbone || all) && (rc = ma_backbone_serialize(ma_session_backbone(s->core), &bb, &bbl)) != 0) ||
-        ((c->slots || all) && (rc = ma_session_serialize_slots(s->core, &sl, &sll)) != 0) ||
-        (*meta && (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0)) {
-        snprintf(err, errlen, "session %s: cannot serialise the new state: %s", s->id, ma_strerror(rc));
-        free(bb);
-        free(sl);
-        free(am);
-        return rc;
+        (x->slots && (rc = ma_slots_serialize_state(tab, &sl, &sll)) != 0) ||
+        (x->slots && (rc = ma_slots_unsaved(tab, &x->rows, &x->nrows)) != 0) ||
+        (x->meta && (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0))
+        goto fail;
+    x->blobs[0] = bb;
+    x->blobs[1] = sl;
+    x->blobs[2] = am;
+    bb = sl = am = NULL;
+    if (x->nrows) {
+        size_t chars = 0;
+        for (size_t i = 0; i < x->nrows; i++)
+            chars += strlen(x->rows[i].name) + 1;
+        if (!(x->srows = malloc(x->nrows * sizeof *x->srows)) || !(x->names = malloc(chars))) {
+            rc = MA_ENOMEM;
+            goto fail;
+        }
+        char *at = x->names;
+        for (size_t i = 0; i < x->nrows; i++) {
+            size_t len = strlen(x->rows[i].name) + 1;
+            memcpy(at, x->rows[i].name, len);
+            x->srows[i] = (ma_store_slot_row){at, x->rows[i].version, x->rows[i].data, x->rows[i].len,
+                                              x->rows[i].rewrite};
+            at += len;
+        }
     }
-    *d = (ma_store_delta){
+    if (c->idem)
+        x->ki = store_idem(r, c->idem, now);
+    x->d = (ma_store_delta){
         .first_event = c->first_event,
         .n_events = c->n_events,
         .k_floats = (size_t)s->params.heads * s->params.dim,
@@ -593,31 +785,40 @@ static int serialise(reg_session *s, const reg_change *c, int64_t now, ma_store_
         .k = c->k,
         .v = c->v,
         .payloads = c->payloads,
-        .backbone = {bb, bbl},
-        .slots_blob = {sl, sll},
-        .archive_meta = {am, aml},
+        .backbone = {x->blobs[0], bbl},
+        .slots_blob = {x->blobs[1], sll},
+        .archive_meta = {x->blobs[2], aml},
         .length = st.length,
         .slots = st.slots_resident,
         .updated_at = now,
         .erase = c->erase,
         .n_erase = c->n_erase,
+        .slot_rows = x->srows,
+        .n_slot_rows = x->nrows,
+        .idem = c->idem ? &x->ki : NULL,
     };
     return 0;
+fail:
+    snprintf(err, errlen, "session %s: cannot serialise the new state: %s", s->id, ma_strerror(rc));
+    free(bb);
+    free(sl);
+    free(am);
+    ser_free(x);
+    return rc;
 }
 
-static void delta_free_blobs(ma_store_delta *d)
-{
-    free((void *)d->backbone.data);
-    free((void *)d->slots_blob.data);
-    free((void *)d->archive_meta.data);
-}
-
-/* What the session records once its change is stored (or queued to be: a failure later makes it stale). */
-static void note_stored(reg_registry *r, reg_session *s, const reg_change *c, bool meta, uint64_t gen, int64_t now)
+/* What the session records once its change x is stored — or queued to be (reg_commit_queue): then the
+ * slot versions it carries are marked saved now, because the next change of the session may be serialised
+ * (and must not carry them again) before this one's group is written, and only the worker that holds the
+ * session may touch its slot table; a group that fails marks the session stale (it is dropped and
+ * reloaded from the store, which has none of them), and a change made after it is never written. */
+static void note_stored(reg_registry *r, reg_session *s, const reg_change *c, const ser_change *x, int64_t now)
 {
     s->blobs_stored = true;
-    if (meta)
-        s->meta_gen = gen;
+    if (x->slots)
+        ma_slots_saved(ma_session_slots(s->core));
+    if (x->meta)
+        s->meta_gen = x->gen;
     s->updated_at = now;
     if (c->n_events)
         s->paged = false;   /* new chunks are resident; reg_release pages them out under memory pressure */
@@ -635,9 +836,8 @@ static void wait_pending(reg_registry *r, reg_session *s)
 
 int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, char *err, size_t errlen)
 {
-    ma_store_delta d;
-    bool meta, stale;
-    uint64_t gen;
+    ser_change x;
+    bool stale;
     int rc;
 
     wait_pending(r, s);
@@ -648,16 +848,17 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
         snprintf(err, errlen, "session %s: an earlier change failed to commit; this one was made after it", s->id);
         return MA_EIO;
     }
-    if ((rc = serialise(s, c, now, &d, &meta, &gen, err, errlen)) != 0)
+    if ((rc = serialise(r, s, c, now, &x, err, errlen)) != 0)
         goto fail;
     double t0 = now_seconds();
-    rc = ma_store_commit(r->opt.store, s->id, &d, err, errlen);
+    rc = ma_store_commit(r->opt.store, s->id, &x.d, err, errlen);
     if (r->on_commit)
         r->on_commit(r->on_commit_ctx, now_seconds() - t0, rc);
-    delta_free_blobs(&d);
+    if (rc == 0)
+        note_stored(r, s, c, &x, now);   /* the slot versions are saved only once committed */
+    ser_free(&x);
     if (rc)
         goto fail;
-    note_stored(r, s, c, meta, gen, now);
     return 0;
 fail:
     /* The in-memory session is ahead of the store: drop it at release, reload on next use. */
@@ -674,8 +875,7 @@ fail:
 typedef struct qentry {
     struct qentry *next;
     reg_session *s;             /* a reference held until the change is answered */
-    ma_store_delta d;           /* blobs owned, event arrays borrowed from the caller */
-    const void *blobs[3];       /* the owned blobs (d's pointers may be cleared when a later change replaces them) */
+    ser_change x;               /* the serialised change (its blobs and slot rows owned) */
     bool stale;                 /* its session was stale when its group started: not written */
     reg_committed_fn fn;
     void *ctx;
@@ -699,18 +899,19 @@ static void commit_group(reg_registry *r, qentry *g)
         if (!e->stale) {
             live[m] = e;
             ids[m] = e->s->id;
-            ds[m++] = &e->d;
+            ds[m++] = &e->x.d;
         }
-    /* A state blob that a later change of the same session in this group writes again is not written. */
+    /* A state blob that a later change of the same session in this group writes again is not written.
+     * Slot version rows are not state: every change's rows are written. */
     for (size_t i = 0; i < m; i++)
         for (size_t j = i + 1; j < m; j++)
             if (live[j]->s == live[i]->s) {
-                if (live[j]->d.backbone.data)
-                    live[i]->d.backbone = (ma_blob){NULL, 0};
-                if (live[j]->d.slots_blob.data)
-                    live[i]->d.slots_blob = (ma_blob){NULL, 0};
-                if (live[j]->d.archive_meta.data)
-                    live[i]->d.archive_meta = (ma_blob){NULL, 0};
+                if (live[j]->x.d.backbone.data)
+                    live[i]->x.d.backbone = (ma_blob){NULL, 0};
+                if (live[j]->x.d.slots_blob.data)
+                    live[i]->x.d.slots_blob = (ma_blob){NULL, 0};
+                if (live[j]->x.d.archive_meta.data)
+                    live[i]->x.d.archive_meta = (ma_blob){NULL, 0};
             }
     if (m) {
         double t0 = now_seconds();
@@ -735,8 +936,7 @@ static void commit_group(reg_registry *r, qentry *g)
         } else {
             e->fn(e->ctx, rc, rc ? err : NULL);
         }
-        for (int b = 0; b < 3; b++)
-            free((void *)e->blobs[b]);
+        ser_free(&e->x);
         pthread_mutex_lock(&r->mu);
         e->s->pending--;
         pthread_cond_broadcast(&r->pending_cv);
@@ -774,8 +974,6 @@ int reg_commit_queue(reg_registry *r, reg_session *s, const reg_change *c, int64
                      void *ctx, char *err, size_t errlen)
 {
     qentry *e = NULL;
-    bool meta;
-    uint64_t gen;
     int rc = MA_ENOMEM;
 
     pthread_mutex_lock(&r->cmu);
@@ -787,15 +985,12 @@ int reg_commit_queue(reg_registry *r, reg_session *s, const reg_change *c, int64
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    if ((rc = serialise(s, c, now, &e->d, &meta, &gen, err, errlen)) != 0)
+    if ((rc = serialise(r, s, c, now, &e->x, err, errlen)) != 0)
         goto fail;
-    e->blobs[0] = e->d.backbone.data;
-    e->blobs[1] = e->d.slots_blob.data;
-    e->blobs[2] = e->d.archive_meta.data;
     e->s = s;
     e->fn = fn;
     e->ctx = ctx;
-    note_stored(r, s, c, meta, gen, now);
+    note_stored(r, s, c, &e->x, now);
     pthread_mutex_lock(&r->mu);
     s->refs++;
     s->pending++;
@@ -817,6 +1012,20 @@ fail:
     return rc;
 }
 
+int reg_settle(reg_registry *r, reg_session *s, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&r->mu);
+    while (s->pending)
+        pthread_cond_wait(&r->pending_cv, &r->mu);
+    bool stale = s->stale;
+    pthread_mutex_unlock(&r->mu);
+    if (stale) {
+        snprintf(err, errlen, "session %s: an earlier change failed to commit", s->id);
+        return MA_EIO;
+    }
+    return 0;
+}
+
 bool reg_peek_params(reg_registry *r, const char *id, ma_params *out)
 {
     pthread_mutex_lock(&r->mu);
@@ -826,6 +1035,45 @@ bool reg_peek_params(reg_registry *r, const char *id, ma_params *out)
         *out = s->params;
     pthread_mutex_unlock(&r->mu);
     return ok;
+}
+
+int reg_idem_find(reg_registry *r, const char *scope, const char *key, int64_t now, reg_idem_answer *out,
+                  char *err, size_t errlen)
+{
+    ma_store_idem_row row;
+    memset(out, 0, sizeof *out);
+    int rc = ma_store_idem_get(r->opt.store, scope, key, now - r->opt.idem_window_ms, &row, err, errlen);
+    if (rc)
+        return rc;
+    *out = (reg_idem_answer){.fingerprint = row.fingerprint, .status = row.status, .body = row.body,
+                             .etag = row.etag, .location = row.location, .created_at = row.created_at};
+    return 0;   /* the strings moved to *out */
+}
+
+void reg_idem_answer_clear(reg_idem_answer *a)
+{
+    if (!a)
+        return;
+    free(a->body);
+    free(a->etag);
+    free(a->location);
+    memset(a, 0, sizeof *a);
+}
+
+int reg_idem_record(reg_registry *r, const reg_idem *k, int64_t now, char *err, size_t errlen)
+{
+    if (!k)
+        return MA_EINVAL;
+    ma_store_idem ki = store_idem(r, k, now);
+    return ma_store_idem_put(r->opt.store, &ki, err, errlen);
+}
+
+void reg_invalidate(reg_registry *r, reg_session *s)
+{
+    /* Out of the map too: a change still queued may hold the session past the caller's release. */
+    pthread_mutex_lock(&r->mu);
+    mark_stale_locked(r, s);
+    pthread_mutex_unlock(&r->mu);
 }
 
 void reg_observe_commits(reg_registry *r, reg_commit_fn fn, void *ctx)

@@ -9,8 +9,14 @@
  * The registry is a cache of loaded sessions in front of the store. A session is loaded on first use
  * (ma_session_restore over the stored blobs, with the archive's chunks and the events' payloads paged
  * from the store), reference-counted while a job uses it, and kept resident while the resident bytes of
- * all loaded sessions fit the memory budget (--memory). Resident bytes are what core counts
- * (ma_session_stats.bytes: backbone, slots, archive with its chunk cache and index, payloads), re-measured whenever a job releases the session. Over budget, unused
+ * all loaded sessions fit the memory budget (--memory). What a session counts against the budget is what
+ * core counts (ma_session_stats.bytes: backbone, slots, archive with its chunk cache and index, payloads),
+ * re-measured whenever a job releases the session, and never less than its fixed footprint
+ * (ma_session_footprint: the backbone, the slot table at capacity, a full last chunk and chunk cache, the
+ * index's fixed part), so that sessions cannot outgrow the budget by filling what they hold. Admission:
+ * before a session is created or loaded its footprint is reserved, unloading unused sessions to make room;
+ * a session whose footprint exceeds the budget is refused (MA_ETOOBIG), and one that finds every other
+ * loaded session in use is refused for now (MA_EBUSY). Over budget, unused
  * sessions first have their archive chunks paged out and their chunk caches emptied (they keep answering,
  * reading chunks back through a small cache), then are unloaded, least recently used first; freed memory
  * is handed back to the OS (malloc_trim). Neither loses anything: every mutation was committed before it
@@ -19,7 +25,8 @@
  * Mutations follow one protocol (the api's exclusive jobs):
  *   1. apply the change to the in-memory session (the core checks everything first, so a refused change
  *      leaves it untouched and needs no commit);
- *   2. reg_commit(): serialise what changed and commit it with the new events in one store transaction;
+ *   2. reg_commit(): serialise what changed and commit it with the new events (and the request's
+ *      Idempotency-Key record with its answer, reg_change.idem) in one store transaction;
  *   3. only then answer 2xx.
  * If the commit fails (disk full, read-only, I/O error) the in-memory session is ahead of the stored one;
  * reg_commit marks it stale and takes it out of the map, it is dropped when its last reference goes, and
@@ -63,7 +70,12 @@ typedef struct {
                                  budget, at most budget/8 bytes of chunks per session. A session is
                                  re-measured at every release, so its cache is in the budget; a read
                                  in progress may hold more chunks than that for its duration */
+    size_t idem_keys;         /* Idempotency-Key records kept per key space (0: REG_IDEM_KEYS) */
+    int64_t idem_window_ms;   /* and for how long at most (0: REG_IDEM_WINDOW_MS) */
 } reg_options;
+
+#define REG_IDEM_KEYS      1000
+#define REG_IDEM_WINDOW_MS (24 * 3600 * 1000LL)
 
 /* Called after every reg_commit's store transaction with its duration and result (metrics). Any thread. */
 typedef void (*reg_commit_fn)(void *ctx, double seconds, int rc);
@@ -80,13 +92,58 @@ void reg_observe_commits(reg_registry *r, reg_commit_fn fn, void *ctx);
 
 /* Gets the session `id`, loading it from the store if needed, and takes a reference (release with
  * reg_release). MA_ENOTFOUND if the store has no such session; MA_ECORRUPT / MA_EIO / MA_ENOMEM when
- * loading fails (err says why). */
+ * loading fails (err says why). Loading is admitted under the budget first (see reg_create_session):
+ * MA_ETOOBIG, MA_EBUSY. */
 int reg_acquire(reg_registry *r, const char *id, reg_session **out, char *err, size_t errlen);
 
 /* Creates session `id` with config p: durably in the store first, then in memory; returns it acquired.
- * MA_EEXISTS if the id exists (loaded or stored), MA_EIO, MA_ENOMEM. */
+ * MA_EEXISTS if the id exists (loaded or stored), MA_EIO, MA_ENOMEM. With a budget, the session is admitted
+ * first: its footprint (reg_session_footprint) is reserved before anything is allocated, unloading unused
+ * sessions least recently used first to make room; MA_ETOOBIG (nothing done) when the footprint alone
+ * exceeds the budget, MA_EBUSY when the sessions in use by other jobs leave no room (err gives the
+ * figures). */
 int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int64_t now, reg_session **out,
                        char *err, size_t errlen);
+
+/* ---- safe retries: Idempotency-Key (docs/API.md, "Safe retries"; docs/STORE.md) --------------------
+ * A request's key and the answer it got are committed in the same store transaction as its change
+ * (reg_change.idem, reg_create_session_idem, reg_delete_idem), so a retry after any crash finds the
+ * answer of a change that was committed and no answer for one that was not. Keys live in a space:
+ * the session id of the request's path, or "" (POST /v1/sessions). The registry applies the window of
+ * reg_options (the newest idem_keys records of a space, none older than idem_window_ms); a record
+ * beyond it is not found. Comparing fingerprints (same key, another request) is the caller's. */
+typedef struct {
+    const char *scope;        /* the key space: a session id, or "" */
+    const char *key;          /* the Idempotency-Key (1..255 bytes) */
+    uint64_t fingerprint;     /* of the request, as the caller computes it */
+    int status;               /* the answer to replay */
+    const char *body;         /* JSON text, NULL: none */
+    const char *etag, *location;   /* NULL or "": none */
+} reg_idem;
+
+/* A stored answer (reg_idem_find); clear with reg_idem_answer_clear. */
+typedef struct {
+    uint64_t fingerprint;
+    int status;
+    char *body, *etag, *location;   /* malloc'd, NULL when absent */
+    int64_t created_at;
+} reg_idem_answer;
+
+/* The record of (scope, key) within the window as of `now` (ms). 0; MA_ENOTFOUND (none: the request is
+ * new); MA_EIO / MA_ECORRUPT / MA_ENOMEM (err says why). */
+int reg_idem_find(reg_registry *r, const char *scope, const char *key, int64_t now, reg_idem_answer *out,
+                  char *err, size_t errlen);
+void reg_idem_answer_clear(reg_idem_answer *a);
+
+/* Records k, stamped `now`, in a transaction of its own: for an answer whose request changed nothing
+ * (a change commits its key with it). 0, MA_EINVAL, MA_EIO. */
+int reg_idem_record(reg_registry *r, const reg_idem *k, int64_t now, char *err, size_t errlen);
+
+/* reg_create_session / reg_delete with the key record k (NULL: none), stamped `now`, committed with the
+ * change. */
+int reg_create_session_idem(reg_registry *r, const char *id, const ma_params *p, int64_t now, const reg_idem *k,
+                            reg_session **out, char *err, size_t errlen);
+int reg_delete_idem(reg_registry *r, const char *id, const reg_idem *k, int64_t now, char *err, size_t errlen);
 
 /* Drops a reference. A stale session is unloaded when its last reference goes; then, while the budget
  * is exceeded, unused sessions are unloaded least recently used first (never the one just released). */
@@ -95,6 +152,15 @@ void reg_release(reg_registry *r, reg_session *s);
 /* Deletes session `id` from the store (durably) and unloads it. MA_ENOTFOUND, MA_EIO. The caller must
  * hold no reference to it. */
 int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen);
+
+/* What a session of config p counts against the memory budget at least: core's fixed footprint
+ * (ma_session_footprint) with the chunk cache this registry gives it. A session whose footprint exceeds
+ * the budget is refused (MA_ETOOBIG) by reg_create_session and reg_acquire. Any thread. */
+size_t reg_session_footprint(const reg_registry *r, const ma_params *p);
+
+/* The store's message of the first failed page-in (archive chunk or payload) of the acquired session s, or
+ * NULL: what a read that failed with a store error (MA_ECORRUPT, MA_EIO) met. */
+const char *reg_read_error(reg_session *s);
 
 /* Accessors of an acquired session. */
 ma_session *reg_core(reg_session *s);
@@ -145,6 +211,7 @@ typedef struct {
     bool backbone, archive, slots;   /* components whose state changed */
     const uint64_t *erase;     /* events whose stored payloads are erased (ma_session_slot_forget) */
     size_t n_erase;
+    const reg_idem *idem;      /* the request's Idempotency-Key and answer, committed with it (NULL: none) */
 } reg_change;
 
 /* Commits a change already applied to the acquired session s (caller runs exclusively for s): serialises
@@ -162,8 +229,11 @@ typedef void (*reg_committed_fn)(void *ctx, int rc, const char *err);
  * exclusively for s). What changed is serialised now, so the caller may go on mutating s (and queue more
  * changes) as soon as this returns; the store transaction runs later on the registry's commit thread,
  * together with every change queued meanwhile, of s and of other sessions, in queue order (group commit:
- * one transaction and one fsync for the group). c's event arrays (k, v, payloads, erase) must stay valid
- * until `fn` has been called. The queued change holds its own reference to s.
+ * one transaction and one fsync for the group). c's event arrays (k, v, payloads, erase) and its idem
+ * record's strings must stay valid until `fn` has been called. The queued change holds its own reference
+ * to s. Its slot versions (schema 3 rows) are written with it — every change's, also when a later change
+ * of s in the same group writes the slot state blob instead of it — and are marked saved in s's table
+ * when it is queued (so that the next change does not carry them again; a failure makes s stale).
  * Failure: if the group's transaction fails, every change in it gets the error and every session in it is
  * marked stale (dropped; the next reg_acquire loads what the store holds); a change of a session that was
  * stale when its group started (applied after a change that is not stored) fails without being written.
@@ -174,10 +244,20 @@ typedef void (*reg_committed_fn)(void *ctx, int rc, const char *err);
 int reg_commit_queue(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, reg_committed_fn fn,
                      void *ctx, char *err, size_t errlen);
 
+/* Waits until the acquired session s has no change in the commit queue (a worker may block here: the
+ * commit thread needs none). 0: s equals what the store holds; MA_EIO (err set) when one of those changes
+ * failed (s is stale: answer the request as a failed commit). */
+int reg_settle(reg_registry *r, reg_session *s, char *err, size_t errlen);
+
 /* The config of session `id` if it is loaded (and not stale), without loading it or taking a reference:
  * true and *out, else false. For work done before a job's turn (decoding a batch for its shape); the
  * session can be deleted and re-created before the turn, so the job checks the config again. */
 bool reg_peek_params(reg_registry *r, const char *id, ma_params *out);
+
+/* Marks the acquired session s stale: a change was applied to it in memory and will not be committed
+ * (the caller could not finish the request). It is dropped at its last release and reloaded from the
+ * store on next use, as after a failed reg_commit (it is taken out of the map at once). */
+void reg_invalidate(reg_registry *r, reg_session *s);
 
 typedef struct {
     size_t loaded;             /* sessions in memory */

@@ -20,7 +20,15 @@
  * events_apply (the session's turn, a SRV_JOB_PIPELINED step: checks in the usual order, apply, answer
  * built, reg_commit_queue) and events_committed (the registry's commit thread: durable or failed, then
  * srv_pool_release). Reads of the session wait for that release, so they never see a batch that could
- * still fail.
+ * still fail. A batch with an Idempotency-Key or expect_length is not pipelined: it is an ordinary
+ * exclusive job (which waits for every held batch of the session), so that its key look-up and length
+ * check see only durable state, and it commits its key with it (reg_commit) before it answers.
+ *
+ * Safe retries (docs/API.md): a mutation with an Idempotency-Key looks its key up first, inside its
+ * exclusive job (idem_replay: the stored answer again, or 422 for another request), and builds its answer
+ * before the commit so that the registry commits the key and answer with the change (commit,
+ * idem_record); a 2xx that committed nothing records its key alone (idem_settle). `expect_length` on an
+ * event batch is checked against the archive's length before the batch is applied (409 length_mismatch).
  *
  * Errors: the status and API.md code of every failure of the core or the registry come from the codec's
  * one table (codec_status_of); the handlers only word the message. 503 `storage_error` for store failures
@@ -51,6 +59,7 @@
 #include "registry/registry.h"
 #include "server/codec.h"
 #include "server/etag.h"
+#include "server/idem.h"
 #include "server/limits.h"
 #include "server/log.h"
 
@@ -109,6 +118,14 @@ typedef struct {
     int ev_rc;                        /* the decode's result (0, or a failure described by ev_err) */
     codec_error ev_err;
     srv_hold *hold;                   /* the pool's hold, released by events_committed */
+    /* Idempotency-Key of a mutation (docs/API.md "Safe retries"; idem_replay, idem_settle) */
+    char idem_key[SRV_IDEM_KEY_MAX + 1];   /* "" when the request has none */
+    const char *if_match_text;        /* If-Match as sent (part of the fingerprint), NULL if absent */
+    uint64_t fingerprint;
+    bool idem_stored;                 /* the key and this answer are committed */
+    bool replayed;                    /* the answer is the stored one of an earlier request with the key */
+    char pool_key[SRV_IDEM_KEY_MAX + 32];  /* the worker pool's ordering key when not the session id */
+    reg_session *sess;                /* the session acquire() gave (while the job holds it) */
 } job;
 
 /* ---- small helpers --------------------------------------------------------------------------- */
@@ -158,11 +175,17 @@ static int job_codec_fail(job *j, const codec_error *e)
 }
 
 /* A failure of the store (through the registry): 503 storage_error with the store's message, whatever
- * the code, except out of memory (503 overloaded). */
+ * the code, except out of memory (503 overloaded) and the memory budget's refusals: a session larger than
+ * the budget (422 session_too_large) and no room while every loaded session is in use (503 overloaded;
+ * Retry-After comes with every 503). */
 static int job_store_fail(job *j, int rc, const char *what, const char *msg)
 {
     if (rc == MA_ENOMEM)
         return job_error(j, rc, NULL, "%s: out of memory", what);
+    if (rc == MA_ETOOBIG)
+        return job_error(j, rc, NULL, "%s: %s", what, msg && *msg ? msg : ma_strerror(rc));
+    if (rc == MA_EBUSY)
+        return job_fail(j, 503, "overloaded", "%s: %s", what, msg && *msg ? msg : ma_strerror(rc));
     return job_error(j, MA_EIO, NULL, "%s: %s", what, msg && *msg ? msg : ma_strerror(rc));
 }
 
@@ -229,10 +252,12 @@ static void embed(const char *text, size_t len, int dim, float *out)
 
 static int acquire(job *j, reg_session **s)
 {
-    char err[256] = "";
+    char err[512] = "";
     int rc = reg_acquire(j->api->reg, j->id, s, err, sizeof err);
-    if (rc == 0)
+    if (rc == 0) {
+        j->sess = *s;
         return 0;
+    }
     if (rc == MA_ENOTFOUND)
         return job_error(j, rc, "no_session", "session %s does not exist", j->id);
     return job_store_fail(j, rc, "loading the session", err);
@@ -242,14 +267,40 @@ static void release(job *j, reg_session *s)
 {
     if (s)
         reg_release(j->api->reg, s);
+    if (s == j->sess)
+        j->sess = NULL;
 }
 
+/* The key record of j's answer (the job succeeded: status and body are final), or NULL when the request
+ * has no Idempotency-Key or failed (a failure changed nothing: its retry simply runs again). */
+static const reg_idem *idem_record(job *j, reg_idem *k)
+{
+    if (!j->idem_key[0] || j->code || j->status < 200 || j->status > 299)
+        return NULL;
+    *k = (reg_idem){.scope = j->op == OP_SESSION_CREATE ? "" : j->id, .key = j->idem_key,
+                    .fingerprint = j->fingerprint, .status = j->status, .body = j->out, .etag = j->etag,
+                    .location = j->location};
+    return k;
+}
+
+/* Commits a change applied to s, with the request's key and the answer already built (so a retry after a
+ * crash gets exactly this answer). When the answer could not be built (j failed: out of memory) nothing
+ * is committed and the in-memory change is dropped: the session is reloaded from the store. */
 static int commit(job *j, reg_session *s, const reg_change *c)
 {
     char err[256] = "";
-    int rc = reg_commit(j->api->reg, s, c, now_ms(), err, sizeof err);
-    if (rc == 0)
+    if (j->code) {
+        reg_invalidate(j->api->reg, s);
+        return -1;
+    }
+    reg_idem k;
+    reg_change cc = *c;
+    cc.idem = idem_record(j, &k);
+    int rc = reg_commit(j->api->reg, s, &cc, now_ms(), err, sizeof err);
+    if (rc == 0) {
+        j->idem_stored = cc.idem != NULL;
         return 0;
+    }
     srv_log(CFG_LOG_ERROR, "commit of session %s failed: %s", j->id, err);
     return job_store_fail(j, rc, "the change was not stored (nothing applied)", err);
 }
@@ -267,7 +318,7 @@ static int slot_error(job *j, int rc)
     case MA_EFULL:      return job_error(j, rc, NULL, "every resident slot is protected; unprotect or evict one first");
     case MA_EINVAL:     return job_error(j, rc, NULL, "slot %s: invalid input", j->name);
     case MA_ENOMEM:     return job_error(j, rc, NULL, "out of memory");
-    default:            return job_store_fail(j, rc, "reading the archive", NULL);
+    default:            return job_store_fail(j, rc, "reading the archive", j->sess ? reg_read_error(j->sess) : NULL);
     }
 }
 
@@ -328,14 +379,20 @@ static int do_session_create(job *j)
         if (rc != MA_ENOTFOUND)
             return job_store_fail(j, rc, "loading the session", err);
     }
-    rc = reg_create_session(reg, j->id, &p, now_ms(), &s, err, sizeof err);
+    /* The answer first: it is committed with the session under the request's Idempotency-Key. */
+    snprintf(j->location, sizeof j->location, "/v1/sessions/%s", j->id);
+    if (job_ok(j, 201, codec_session_to_json(j->id, &p)))
+        return -1;
+    reg_idem k;
+    const reg_idem *kp = idem_record(j, &k);
+    rc = reg_create_session_idem(reg, j->id, &p, now_ms(), kp, &s, err, sizeof err);
     if (rc == MA_EEXISTS)
         return job_error(j, rc, NULL, "session %s exists", j->id);
     if (rc)
         return job_store_fail(j, rc, "creating the session", err);
+    j->idem_stored = kp != NULL;
     reg_release(reg, s);
-    snprintf(j->location, sizeof j->location, "/v1/sessions/%s", j->id);
-    return job_ok(j, 201, codec_session_to_json(j->id, &p));
+    return 0;
 }
 
 static int do_session_list(job *j)
@@ -375,12 +432,15 @@ static int do_session_get(job *j)
 static int do_session_delete(job *j)
 {
     char err[256] = "";
-    int rc = reg_delete(j->api->reg, j->id, err, sizeof err);
+    reg_idem k;
+    j->status = 204;   /* the answer, committed with the delete under the request's Idempotency-Key */
+    const reg_idem *kp = idem_record(j, &k);
+    int rc = reg_delete_idem(j->api->reg, j->id, kp, now_ms(), err, sizeof err);
     if (rc == MA_ENOTFOUND)
         return job_error(j, rc, "no_session", "session %s does not exist", j->id);
     if (rc)
         return job_store_fail(j, rc, "deleting the session", err);
-    j->status = 204;
+    j->idem_stored = kp != NULL;
     return 0;
 }
 
@@ -388,8 +448,26 @@ static int do_session_delete(job *j)
 
 static bool frozen_out(job *j);
 
+/* 409 length_mismatch: the batch's expect_length is not the session's length (nothing applied). The
+ * error body carries the current length as a field, {"error":{"code","message","length"}}, so a writer
+ * can resume after it. */
+static int length_mismatch(job *j, uint64_t length, uint64_t expected)
+{
+    char msg[160];
+    snprintf(msg, sizeof msg, "expect_length: the session's length is %llu, not %llu; nothing was applied",
+             (unsigned long long)length, (unsigned long long)expected);
+    cJSON *o = cJSON_CreateObject(), *e = o ? cJSON_AddObjectToObject(o, "error") : NULL;
+    if (!e || !cJSON_AddStringToObject(e, "code", "length_mismatch") || !cJSON_AddStringToObject(e, "message", msg) ||
+        !cJSON_AddNumberToObject(e, "length", (double)length)) {
+        cJSON_Delete(o);
+        return job_fail(j, 409, "length_mismatch", "%s", msg);
+    }
+    job_ok(j, 409, o);
+    return -1;
+}
+
 /* The batch decoded for shape sh (the body parsed first if it is not yet): 0 with j->ev filled, or the
- * decode's failure recorded in ev_rc / ev_err (reported by events_apply, not here), or -1 with the body's
+ * decode's failure recorded in ev_rc / ev_err (reported by events_run, not here), or -1 with the body's
  * own failure set on the job. */
 static int events_decode_for(job *j, const codec_shape *sh)
 {
@@ -408,10 +486,10 @@ static int events_decode_for(job *j, const codec_shape *sh)
     return 0;
 }
 
-/* Prepare step of POST .../events (worker.h): runs on any worker as soon as the request is queued,
- * alongside the session's earlier jobs. Parses the body and, if the session is loaded, decodes the batch
- * for its config; touches no session state. Failures are only recorded: events_apply reports them in the
- * order of the checks (frozen, body, session, batch). */
+/* Prepare step of a pipelined POST .../events (worker.h): runs on any worker as soon as the request is
+ * queued, alongside the session's earlier jobs. Parses the body and, if the session is loaded, decodes the
+ * batch for its config; touches no session state. Failures are only recorded: events_apply reports them
+ * in the order of the checks (frozen, body, session, batch). */
 static void events_decode(void *arg)
 {
     job *j = arg;
@@ -441,20 +519,23 @@ static void events_committed(void *ctx, int rc, const char *err)
     srv_pool_release(j->hold);   /* j belongs to the loop from here */
 }
 
-/* The session's turn of POST .../events (a pipelined exclusive step): applies the decoded batch to the
- * core and queues its commit (reg_commit_queue); the answer, built here, is sent once events_committed
- * ran, while the next batch of the session may already be applied. True when the job is held. */
-static bool events_apply(void *arg, srv_hold *h)
+/* The session's turn of POST .../events. h is the pool's hold of a pipelined job (a batch without
+ * Idempotency-Key and expect_length; h_events): the batch is applied and its commit queued
+ * (reg_commit_queue); the answer, built here, is sent once events_committed ran, while the next batch of
+ * the session may already be applied. h is NULL in an exclusive job (job_work: a batch with an
+ * Idempotency-Key or expect_length, which ran after every held batch of the session was released, so its
+ * key look-up and length check saw only durable state): the batch is committed before the answer, with
+ * its key and answer in the same transaction (commit). True when the job is held. */
+static bool events_run(job *j, srv_hold *h)
 {
-    job *j = arg;
     ma_ingest_report rep = {0};
     reg_session *s = NULL;
     codec_shape sh;
     char err[256] = "";
     bool held = false;
 
-    /* j->code here is the body's failure (events_decode): reported after the frozen check */
-    if (frozen_out(j) || j->code || acquire(j, &s))
+    /* j->code here is the body's failure (events_decode) */
+    if (j->code || acquire(j, &s))
         goto done;
     ma_session *core = reg_core(s);
     codec_shape_from_params(&sh, reg_params(s), embed);
@@ -464,8 +545,21 @@ static bool events_apply(void *arg, srv_hold *h)
         job_codec_fail(j, &j->ev_err);
         goto done;
     }
+    if (h && j->ev.has_expect_length) {
+        /* expect_length that h_events did not see in the raw body (an escaped key): the check must see
+         * only durable state, so the session's queued batches are written first. */
+        int wrc = reg_settle(j->api->reg, s, err, sizeof err);
+        if (wrc) {
+            job_store_fail(j, wrc, "an earlier batch of the session was not stored (nothing applied)", err);
+            goto done;
+        }
+    }
     uint64_t first = ma_archive_length(ma_session_archive(core));
-    int irc = ma_session_ingest(core, j->ev.n, j->ev.ev, now_ms(), &rep);
+    if (j->ev.has_expect_length && j->ev.expect_length != first) {
+        length_mismatch(j, first, j->ev.expect_length);
+        goto done;
+    }
+    int irc = ma_session_ingest_ex(core, j->ev.n, j->ev.ev, j->ev.importance, now_ms(), &rep);
     if (irc == MA_EFULL) {
         job_error(j, irc, NULL, "a slot write in this batch needs a free slot, but every resident "
                   "slot is protected; nothing was applied");
@@ -475,7 +569,8 @@ static bool events_apply(void *arg, srv_hold *h)
         job_error(j, irc, NULL, "the batch was refused: %s; nothing was applied", ma_strerror(irc));
         goto done;
     }
-    /* The answer first: once the commit is queued, j is events_committed's. */
+    /* The answer first: it is committed with the batch (commit), and once a commit is queued j is
+     * events_committed's. */
     job_ok(j, 200, codec_ingest_report_to_json(&rep));
     if (!j->ev.n)
         goto done;
@@ -485,6 +580,15 @@ static bool events_apply(void *arg, srv_hold *h)
     reg_change c = {.first_event = first, .n_events = j->ev.n, .k = j->ev.k, .v = j->ev.v,
                     .payloads = (const char *const *)j->ev.payloads, .backbone = true, .archive = true,
                     .slots = slots};
+    if (!h) {
+        if (commit(j, s, &c) == 0)
+            srv_metric_child_add(j->api->events_ingested, (int64_t)j->ev.n);
+        goto done;
+    }
+    if (j->code) {   /* the answer could not be built: nothing is committed (see commit) */
+        reg_invalidate(j->api->reg, s);
+        goto done;
+    }
     j->hold = h;
     int qrc = reg_commit_queue(j->api->reg, s, &c, now_ms(), events_committed, j, err, sizeof err);
     if (qrc) {
@@ -498,6 +602,15 @@ done:
     ma_ingest_report_clear(&rep);
     release(j, s);
     return held;
+}
+
+/* The ordered step of a pipelined POST .../events (SRV_JOB_PIPELINED). */
+static bool events_apply(void *arg, srv_hold *h)
+{
+    job *j = arg;
+    if (frozen_out(j))
+        return false;
+    return events_run(j, h);
 }
 
 /* Words the failure qrc of queries[i] as its own result: 0 (the error is in the batch's answer), or -1
@@ -527,7 +640,7 @@ static int query_error(job *j, cJSON *out, size_t i, const ma_query *q, int qrc)
         code = "bad_request";
         break;
     default:
-        return job_store_fail(j, qrc, "reading the archive", NULL);
+        return job_store_fail(j, qrc, "reading the archive", j->sess ? reg_read_error(j->sess) : NULL);
     }
     if (codec_results_add_error(out, qrc == MA_EINVAL ? 400 : 404, code, msg))
         return job_error(j, MA_ENOMEM, NULL, "out of memory");
@@ -542,6 +655,9 @@ static int do_query(job *j)
     codec_error ce;
     reg_session *s = NULL;
     float *vbuf = NULL;
+    ma_answer *as = NULL;
+    int *qrcs = NULL;
+    size_t answered = 0;
     int rc = -1;
 
     if (need_body(j, &body, "{\"queries\":[...]}") || acquire(j, &s))
@@ -553,23 +669,32 @@ static int do_query(job *j)
         rc = job_codec_fail(j, &ce);
         goto done;
     }
-    if (!(vbuf = malloc(sizeof(float) * vn)) || !(out = codec_results_new())) {
+    /* All queries at once: the archive reads of the batch share one pass (ma_session_query_batch). */
+    size_t nq = qs.n ? qs.n : 1;
+    if (!(vbuf = malloc(sizeof(float) * vn * nq)) || !(as = calloc(nq, sizeof *as)) ||
+        !(qrcs = malloc(nq * sizeof *qrcs)) || !(out = codec_results_new())) {
         rc = job_error(j, MA_ENOMEM, NULL, "out of memory");
         goto done;
     }
+    for (size_t i = 0; i < qs.n; i++)
+        as[i].v = vbuf + i * vn;
+    if (ma_session_query_batch(reg_core(s), qs.q, qs.n, as, qrcs) != 0) {
+        rc = job_error(j, MA_ENOMEM, NULL, "out of memory");
+        goto done;
+    }
+    answered = qs.n;
     for (size_t i = 0; i < qs.n; i++) {
-        ma_answer a = {.v = vbuf};
-        int qrc = ma_session_query(reg_core(s), &qs.q[i], &a);
+        int qrc = qrcs[i];
         if (qrc) {
-            ma_answer_clear(&a);
             if (query_error(j, out, i, &qs.q[i], qrc))
                 goto done;
             continue;
         }
-        if (a.route >= 0 && a.route <= MA_ROUTE_WINDOW)
-            srv_metric_child_add(j->api->routes[a.route], 1);
-        qrc = codec_results_add(out, &a, vn);
-        ma_answer_clear(&a);
+        ma_answer *a = &as[i];
+        if (a->route >= 0 && a->route <= MA_ROUTE_WINDOW)
+            srv_metric_child_add(j->api->routes[a->route], 1);
+        qrc = codec_results_add(out, a, vn);
+        ma_answer_clear(a);
         if (qrc) {
             rc = job_error(j, qrc, NULL, "out of memory");
             goto done;
@@ -578,6 +703,10 @@ static int do_query(job *j)
     rc = job_ok(j, 200, out);
     out = NULL;
 done:
+    for (size_t i = 0; i < answered; i++)
+        ma_answer_clear(&as[i]);
+    free(as);
+    free(qrcs);
     free(vbuf);
     cJSON_Delete(out);
     codec_queries_clear(&qs);
@@ -629,7 +758,7 @@ static int do_slot_write(job *j)
     }
     snprintf(j->name, sizeof j->name, "%s", b.name);
     ma_slot_input in = {.name = b.name, .k = b.k, .v = b.v, .text = b.text, .payload = b.payload,
-                        .protect = b.protect};
+                        .protect = b.protect, .has_importance = b.has_importance, .importance = b.importance};
     uint64_t if_match = 0;
     if (put && if_match_version(j, s, &if_match))
         goto done;
@@ -639,13 +768,12 @@ static int do_slot_write(job *j)
         rc = slot_error(j, vrc);
         goto done;
     }
-    reg_change c = {.slots = true};
-    if (commit(j, s, &c))
-        goto done;
     set_etag(j, res.version);
     if (!put || res.created)
         snprintf(j->location, sizeof j->location, "/v1/sessions/%s/slots/%s", j->id, b.name);
-    rc = job_ok(j, put && !res.created ? 200 : 201, codec_slot_result_to_json(b.name, &res));
+    job_ok(j, put && !res.created ? 200 : 201, codec_slot_result_to_json(b.name, &res));   /* committed with it */
+    reg_change c = {.slots = true};
+    rc = commit(j, s, &c);
 done:
     codec_slot_body_clear(&b);
     cJSON_Delete(body);
@@ -746,24 +874,22 @@ static int do_slot_verb(job *j)
             rc = slot_error(j, vrc);
         goto done;
     }
-    reg_change c = {.slots = true, .erase = erased, .n_erase = n_erased};
-    if (commit(j, s, &c))
-        goto done;
+    /* The answer first: it is committed with the change under the request's Idempotency-Key (commit). */
     if (j->op == OP_SLOT_DELETE) {
         j->status = 204;
-        rc = 0;
     } else if (j->op == OP_SLOT_RESTORE) {
         set_etag(j, res.version);
-        rc = job_ok(j, 200, codec_slot_result_to_json(j->name, &res));
+        job_ok(j, 200, codec_slot_result_to_json(j->name, &res));
     } else {
-        /* The change is committed; only the answer can still fail (then 503 overloaded, like any answer). */
         ma_slot_value sv = {0};
         cJSON *o = NULL;
         if (ma_session_slot_read(reg_core(s), j->name, 0, &sv) == 0 && (o = codec_slot_protect_to_json(&sv.info)))
             set_etag(j, sv.info.version);
         ma_slot_value_clear(&sv);
-        rc = job_ok(j, 200, o);
+        job_ok(j, 200, o);
     }
+    reg_change c = {.slots = true, .erase = erased, .n_erase = n_erased};
+    rc = commit(j, s, &c);
 done:
     free(erased);
     cJSON_Delete(body);
@@ -817,10 +943,90 @@ static bool frozen_out(job *j)
     return true;
 }
 
+/* "METHOD template" of a mutation that takes an Idempotency-Key, NULL for the other routes. Part of the
+ * stored fingerprint: never change a string (the enum's order may change). */
+static const char *idem_route(op_kind op)
+{
+    switch (op) {
+    case OP_SESSION_CREATE: return "POST /v1/sessions";
+    case OP_SESSION_PUT:    return "PUT /v1/sessions/{id}";
+    case OP_SESSION_DELETE: return "DELETE /v1/sessions/{id}";
+    case OP_EVENTS:         return "POST /v1/sessions/{id}/events";
+    case OP_SLOT_WRITE:     return "POST /v1/sessions/{id}/slots";
+    case OP_SLOT_PUT:       return "PUT /v1/sessions/{id}/slots/{name}";
+    case OP_SLOT_RESTORE:   return "POST /v1/sessions/{id}/slots/{name}/restore";
+    case OP_SLOT_PATCH:     return "PATCH /v1/sessions/{id}/slots/{name}";
+    case OP_SLOT_DELETE:    return "DELETE /v1/sessions/{id}/slots/{name}";
+    default:                return NULL;
+    }
+}
+
+/* Before a mutation with an Idempotency-Key runs (inside its exclusive job, so no change of its session
+ * can come between the look-up and the commit): when the key's record exists within the window, the
+ * same request gets the stored answer (marked replayed; nothing runs, nothing changes) and another
+ * request 422 idempotency_key_reused. True when the job is answered. */
+static bool idem_replay(job *j)
+{
+    if (!j->idem_key[0])
+        return false;
+    const char *parts[] = {idem_route(j->op), j->op == OP_SESSION_CREATE ? NULL : j->id, j->name[0] ? j->name : NULL,
+                           j->forget ? "forget=true" : NULL, j->if_match_text};
+    j->fingerprint = srv_idem_fingerprint(parts, sizeof parts / sizeof parts[0], j->body, j->body_len);
+    reg_idem_answer a;
+    char err[256] = "";
+    int rc = reg_idem_find(j->api->reg, j->op == OP_SESSION_CREATE ? "" : j->id, j->idem_key, now_ms(), &a, err,
+                           sizeof err);
+    if (rc == MA_ENOTFOUND)
+        return false;
+    if (rc) {
+        job_store_fail(j, rc, "reading the Idempotency-Key (nothing applied)", err);
+        return true;
+    }
+    if (a.fingerprint != j->fingerprint) {
+        job_fail(j, 422, "idempotency_key_reused", "Idempotency-Key %.64s%s was used for another request "
+                 "(another method, path or body) in this session; use a new key for a new request", j->idem_key,
+                 strlen(j->idem_key) > 64 ? "..." : "");
+    } else {
+        size_t n = a.body ? strlen(a.body) : 0;
+        if (a.body && !(j->out = cJSON_malloc(n + 1))) {
+            job_fail(j, 503, "overloaded", "out of memory replaying the answer");
+        } else {
+            if (a.body)
+                memcpy(j->out, a.body, n + 1);
+            j->status = a.status;
+            snprintf(j->etag, sizeof j->etag, "%s", a.etag ? a.etag : "");
+            snprintf(j->location, sizeof j->location, "%s", a.location ? a.location : "");
+            j->replayed = true;
+        }
+    }
+    reg_idem_answer_clear(&a);
+    return true;
+}
+
+/* After a mutation with an Idempotency-Key: a 2xx whose request changed nothing (a PUT of an existing
+ * session with its config, an empty batch) had no commit to carry its key; record it alone. If that
+ * fails the answer is 503 storage_error (nothing changed, the retry runs again). */
+static void idem_settle(job *j)
+{
+    reg_idem k;
+    if (j->replayed || j->idem_stored || !idem_record(j, &k))
+        return;
+    char err[256] = "";
+    int rc = reg_idem_record(j->api->reg, &k, now_ms(), err, sizeof err);
+    if (rc == 0) {
+        j->idem_stored = true;
+        return;
+    }
+    srv_log(CFG_LOG_ERROR, "storing an Idempotency-Key of session %s failed: %s", j->id, err);
+    cJSON_free(j->out);
+    j->out = NULL;
+    job_store_fail(j, rc, "the Idempotency-Key was not stored (nothing changed)", err);
+}
+
 static void job_work(void *arg)
 {
     job *j = arg;
-    if (frozen_out(j))
+    if (idem_replay(j) || frozen_out(j))
         return;
     switch (j->op) {
     case OP_SESSION_CREATE:
@@ -828,7 +1034,7 @@ static void job_work(void *arg)
     case OP_SESSION_LIST:   do_session_list(j); break;
     case OP_SESSION_GET:    do_session_get(j); break;
     case OP_SESSION_DELETE: do_session_delete(j); break;
-    case OP_EVENTS:         break;   /* events_decode and events_apply (h_events) */
+    case OP_EVENTS:         events_run(j, NULL); break;   /* a batch that is not pipelined (h_events) */
     case OP_QUERY:          do_query(j); break;
     case OP_SLOT_LIST:      do_slot_list(j); break;
     case OP_SLOT_WRITE:
@@ -840,6 +1046,8 @@ static void job_work(void *arg)
     case OP_SLOT_DELETE:    do_slot_verb(j); break;
     case OP_BACKUP:         do_backup(j); break;
     }
+    if (j->idem_key[0])
+        idem_settle(j);
 }
 
 static void update_gauges(api *a)
@@ -867,8 +1075,11 @@ static void job_done(void *arg, int status)
         if (strcmp(j->code, "frozen") == 0)
             srv_resp_header(j->req, "Retry-After", "1");
         srv_respond_error(j->req, j->status, j->code, "%s", j->message);
-    } else if (!j->out)
+    } else if (!j->out) {
+        if (j->replayed)
+            srv_resp_header(j->req, "Idempotent-Replayed", "true");
         srv_respond_empty(j->req, j->status);
+    }
     else if (j->status == 200 && j->etag[0] && srv_etag_matches(&j->if_none_match, j->etag, true)) {
         /* If-None-Match: weak comparison (RFC 9110 13.1.2); the client's copy is current. */
         srv_resp_header(j->req, "ETag", j->etag);
@@ -878,6 +1089,8 @@ static void job_done(void *arg, int status)
             srv_resp_header(j->req, "ETag", j->etag);
         if (j->location[0])
             srv_resp_header(j->req, "Location", j->location);
+        if (j->replayed)
+            srv_resp_header(j->req, "Idempotent-Replayed", "true");
         srv_respond_raw(j->req, j->status, "application/json", j->out, strlen(j->out));
     }
     update_gauges(j->api);
@@ -926,6 +1139,13 @@ static job *job_new(srv_request *req, void *ud, op_kind op)
         srv_respond_error(req, 400, "bad_request", "If-Match: %.60s is not * or a list of entity tags (\"3\")", im_text);
         return NULL;
     }
+    /* Idempotency-Key: on the mutations of idem_route; other routes ignore it (reads are safe anyway). */
+    const char *idem = idem_route(op) ? srv_req_header(req, "Idempotency-Key") : NULL;
+    char why[160];
+    if (idem && srv_idem_key_check(idem, why, sizeof why) < 0) {
+        srv_respond_error(req, 400, "bad_request", "%s", why);
+        return NULL;
+    }
     const char *id = srv_req_param(req, "id"), *name = srv_req_param(req, "name");
     if (id && !ma_name_valid(id)) {
         srv_respond_error(req, 400, "bad_name", "session id \"%.64s\" is not valid, expected 1-%d characters of "
@@ -947,6 +1167,9 @@ static job *job_new(srv_request *req, void *ud, op_kind op)
     j->req = req;
     j->if_match = im;
     j->if_none_match = inm;
+    j->if_match_text = op == OP_SLOT_PUT ? im_text : NULL;
+    if (idem)
+        snprintf(j->idem_key, sizeof j->idem_key, "%s", idem);
     if (id)
         snprintf(j->id, sizeof j->id, "%s", id);
     if (name)
@@ -958,7 +1181,8 @@ static job *job_new(srv_request *req, void *ud, op_kind op)
 
 static void submit(job *j, srv_job_mode mode)
 {
-    int rc = srv_pool_submit(j->api->pool, j->id[0] ? j->id : NULL, mode, job_work, job_done, j);
+    const char *key = j->pool_key[0] ? j->pool_key : j->id[0] ? j->id : NULL;
+    int rc = srv_pool_submit(j->api->pool, key, mode, job_work, job_done, j);
     if (rc) {
         srv_respond_error(j->req, 503, "overloaded", "the work queue is full, retry later");
         free(j);
@@ -995,6 +1219,10 @@ static void h_session_create(srv_request *req, void *ud)
         free(j);
         return;
     }
+    /* Creates with one Idempotency-Key run one at a time (the key is looked up, then committed): ordered
+     * by a pool key that no session id can equal (ids have no space). */
+    if (j->idem_key[0])
+        snprintf(j->pool_key, sizeof j->pool_key, "POST /v1/sessions %s", j->idem_key);
     submit(j, SRV_JOB_EXCLUSIVE);
 }
 
@@ -1039,12 +1267,20 @@ SIMPLE_HANDLER(h_backup, OP_BACKUP, SRV_JOB_SHARED)
 SIMPLE_HANDLER(h_slot_put, OP_SLOT_PUT, SRV_JOB_EXCLUSIVE)
 
 /* POST .../events: decoded on any worker before the session's turn, applied in it, answered after its
- * commit (events_decode, events_apply, events_committed). */
+ * commit (events_decode, events_apply, events_committed). A batch with an Idempotency-Key, or whose body
+ * names expect_length (a byte search: the loop thread does not parse bodies), is an ordinary exclusive
+ * job instead (job_work): it waits for every held batch of the session, so its key look-up and length
+ * check see only durable state, and its key record is committed with its events (docs/SERVER.md). */
 static void h_events(srv_request *req, void *ud)
 {
+    static const char expect[] = "expect_length";
     job *j = job_new(req, ud, OP_EVENTS);
     if (!j)
         return;
+    if (j->idem_key[0] || (j->body && memmem(j->body, j->body_len, expect, sizeof expect - 1))) {
+        submit(j, SRV_JOB_EXCLUSIVE);
+        return;
+    }
     srv_job_spec spec = {.mode = SRV_JOB_PIPELINED, .prepare = events_decode, .pipe = events_apply,
                          .done = job_done, .arg = j};
     if (srv_pool_submit_job(j->api->pool, j->id, &spec)) {

@@ -11,6 +11,7 @@
 #include "server/codec.h"
 
 #include <float.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -89,6 +90,7 @@ static const struct {
     {MA_EPRECOND, 412, "precondition_failed"},
     {MA_EPROTECTED, 423, "protected"},
     {MA_ENOMEM, 503, "overloaded"},
+    {MA_ETOOBIG, 422, "session_too_large"},
 };
 
 int codec_status_of(int rc, const char *missing, const char **code)
@@ -433,13 +435,18 @@ static int get_enum(const cJSON *obj, const char *field, const char *where, cons
 static int parse_backbone(const char *n, void *o) { return ma_backbone_parse(n, o); }
 static int parse_feature(const char *n, void *o) { return ma_feature_parse(n, o); }
 static int parse_selector(const char *n, void *o) { return ma_selector_parse(n, o); }
+static int parse_eviction(const char *n, void *o) { return ma_eviction_parse(n, o); }
+static int parse_overwrite(const char *n, void *o) { return ma_overwrite_parse(n, o); }
+static int parse_slot_read(const char *n, void *o) { return ma_slot_read_parse(n, o); }
 
 int codec_params_from_json(const cJSON *obj, ma_params *out, codec_error *err)
 {
     static const char *const top[] = {"heads", "dim", "value_dim", "slots", "chunk", "topk", "window",
-                                      "backbone", "vla", "delta", "route_threshold", "selector", NULL};
+                                      "backbone", "vla", "delta", "route_threshold", "selector", "slot_policy",
+                                      NULL};
     static const char *const vla[] = {"lambda0", "period", "refresh", "feature", "penalty_scale", NULL};
     static const char *const delta[] = {"beta", NULL};
+    static const char *const policy[] = {"eviction", "overwrite", "alpha", "read", "k", "temperature", NULL};
     ma_params p;
     int rc;
 
@@ -475,6 +482,20 @@ int codec_params_from_json(const cJSON *obj, ma_params *out, codec_error *err)
             if ((rc = get_real(d, "beta", "delta", &p.delta.beta, err)))
                 return rc;
         }
+        const cJSON *sp = member(obj, "slot_policy");
+        if (sp && !cJSON_IsNull(sp)) {
+            ma_slot_policy *pp = &p.slot_policy;
+            if (check_members(sp, policy, "slot_policy", err))
+                return err->code = "bad_config", MA_EINVAL;
+            if ((rc = get_enum(sp, "eviction", "slot_policy", "lru or score", parse_eviction, &pp->eviction, err)) ||
+                (rc = get_enum(sp, "overwrite", "slot_policy", "replace or blend", parse_overwrite, &pp->overwrite,
+                               err)) ||
+                (rc = get_real(sp, "alpha", "slot_policy", &pp->alpha, err)) ||
+                (rc = get_enum(sp, "read", "slot_policy", "best or topk", parse_slot_read, &pp->read, err)) ||
+                (rc = get_int(sp, "k", "slot_policy", &pp->k, err)) ||
+                (rc = get_real(sp, "temperature", "slot_policy", &pp->temperature, err)))
+                return rc;
+        }
     }
     char msg[256];
     if (ma_params_validate(&p, msg, sizeof msg) != 0)
@@ -485,7 +506,8 @@ int codec_params_from_json(const cJSON *obj, ma_params *out, codec_error *err)
 
 cJSON *codec_params_to_json(const ma_params *p)
 {
-    cJSON *o = cJSON_CreateObject(), *v = NULL, *d = NULL;
+    cJSON *o = cJSON_CreateObject(), *v = NULL, *d = NULL, *sp = NULL;
+    const ma_slot_policy *pp = &p->slot_policy;
     if (!o)
         return NULL;
     bool ok = cJSON_AddNumberToObject(o, "heads", p->heads) && cJSON_AddNumberToObject(o, "dim", p->dim) &&
@@ -500,7 +522,14 @@ cJSON *codec_params_to_json(const ma_params *p)
               cJSON_AddNumberToObject(v, "penalty_scale", p->vla.penalty_scale) &&
               (d = cJSON_AddObjectToObject(o, "delta")) && cJSON_AddNumberToObject(d, "beta", p->delta.beta) &&
               cJSON_AddNumberToObject(o, "route_threshold", p->route_threshold) &&
-              cJSON_AddStringToObject(o, "selector", ma_selector_name(p->selector));
+              cJSON_AddStringToObject(o, "selector", ma_selector_name(p->selector)) &&
+              (sp = cJSON_AddObjectToObject(o, "slot_policy")) &&
+              cJSON_AddStringToObject(sp, "eviction", ma_eviction_name(pp->eviction)) &&
+              cJSON_AddStringToObject(sp, "overwrite", ma_overwrite_name(pp->overwrite)) &&
+              cJSON_AddNumberToObject(sp, "alpha", pp->alpha) &&
+              cJSON_AddStringToObject(sp, "read", ma_slot_read_name(pp->read)) &&
+              cJSON_AddNumberToObject(sp, "k", pp->k) &&
+              cJSON_AddNumberToObject(sp, "temperature", pp->temperature);
     if (!ok) {
         cJSON_Delete(o);
         return NULL;
@@ -511,10 +540,10 @@ cJSON *codec_params_to_json(const ma_params *p)
 /* ---- batches --------------------------------------------------------------------------------- */
 
 /* body = {"<field>": [...]} with nothing else; returns the array and its length. */
-static int batch_array(const cJSON *body, const char *field, size_t max, const cJSON **arr, size_t *n,
-                       codec_error *err)
+static int batch_array(const cJSON *body, const char *field, const char *other, size_t max, const cJSON **arr,
+                       size_t *n, codec_error *err)
 {
-    const char *const allowed[] = {field, NULL};
+    const char *const allowed[] = {field, other, NULL};   /* other: a second top-level member, or NULL */
     if (check_members(body, allowed, "", err))
         return MA_EINVAL;
     const cJSON *a = member(body, field);
@@ -561,6 +590,24 @@ static int get_bool(const cJSON *obj, const char *field, const char *where, bool
     return 0;
 }
 
+/* An "importance" member: a number in [0, 1] (*has false when absent). */
+static int get_importance(const cJSON *obj, const char *where, bool *has, double *out, codec_error *err)
+{
+    const cJSON *it = member(obj, "importance");
+    char path[96];
+    if (!it)
+        return 0;
+    join(path, sizeof path, where, "importance");
+    if (!cJSON_IsNumber(it))
+        return codec_fail(err, "bad_request", "%s: expected a number in [0, 1], got %s", path, type_name(it));
+    if (!(it->valuedouble >= 0 && it->valuedouble <= 1))
+        return codec_fail(err, "bad_request", "%s: %g is out of range, expected a number in [0, 1]", path,
+                          it->valuedouble);
+    *has = true;
+    *out = it->valuedouble;
+    return 0;
+}
+
 /* A payload member as JSON text (NULL when absent or null). */
 static int get_payload(const cJSON *obj, const char *where, char **out, codec_error *err)
 {
@@ -582,6 +629,7 @@ void codec_events_clear(codec_events *e)
         free(e->slots[i]);
     free(e->payloads);
     free(e->slots);
+    free(e->importance);
     free(e->ev);
     free(e->k);
     free(e->v);
@@ -591,7 +639,8 @@ void codec_events_clear(codec_events *e)
 int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_events, codec_events *out,
                         codec_error *err)
 {
-    static const char *const allowed[] = {"k", "k_b64", "text", "v", "v_b64", "payload", "slot", "protect", NULL};
+    static const char *const allowed[] = {"k", "k_b64", "text", "v", "v_b64", "payload", "slot", "protect",
+                                          "importance", NULL};
     static const codec_vec_fields kf = {"k", "k_b64", "text"}, vf = {"v", "v_b64", NULL};
     const size_t kn = (size_t)sh->heads * sh->dim, vn = (size_t)sh->heads * sh->value_dim;
     codec_events e = {0};
@@ -599,22 +648,28 @@ int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_eve
     size_t n, i = 0;
 
     memset(out, 0, sizeof *out);
-    if (batch_array(body, "events", max_events, &arr, &n, err))
+    if (batch_array(body, "events", "expect_length", max_events, &arr, &n, err))
         return MA_EINVAL;
+    int has = codec_get_uint(body, "expect_length", 0, UINT64_MAX, "", &e.expect_length, err);
+    if (has < 0)
+        return MA_EINVAL;
+    e.has_expect_length = has == 1;
     e.n = n;
     e.ev = calloc(n ? n : 1, sizeof *e.ev);
     e.k = malloc(sizeof(float) * (n ? n * kn : 1));
     e.v = malloc(sizeof(float) * (n ? n * vn : 1));
     e.payloads = calloc(n ? n : 1, sizeof *e.payloads);
     e.slots = calloc(n ? n : 1, sizeof *e.slots);
-    if (!e.ev || !e.k || !e.v || !e.payloads || !e.slots) {
+    e.importance = malloc((n ? n : 1) * sizeof *e.importance);
+    if (!e.ev || !e.k || !e.v || !e.payloads || !e.slots || !e.importance) {
         codec_fail(err, "bad_request", "events: out of memory for %zu events", n);
         goto fail;
     }
     for (const cJSON *it = arr->child; it; it = it->next, i++) {
         char where[48];
         float *k = e.k + i * kn, *v = e.v + i * vn;
-        bool protect = false;
+        bool protect = false, has_importance = false;
+        double importance = 0;
         int r;
         snprintf(where, sizeof where, "events[%zu]", i);
         if (check_members(it, allowed, where, err))
@@ -644,6 +699,14 @@ int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_eve
             codec_fail(err, "bad_request", "%s.protect: needs slot (protect applies to the slot written)", where);
             goto fail;
         }
+        if (get_importance(it, where, &has_importance, &importance, err))
+            goto fail;
+        if (has_importance && !e.slots[i]) {
+            codec_fail(err, "bad_request", "%s.importance: needs slot (importance is the written slot version's)",
+                       where);
+            goto fail;
+        }
+        e.importance[i] = has_importance ? importance : MA_IMPORTANCE_NONE;
         e.ev[i] = (ma_event){.k = k, .v = v, .payload = e.payloads[i], .slot = e.slots[i], .protect = protect};
     }
     *out = e;
@@ -675,7 +738,7 @@ int codec_queries_decode(const cJSON *body, const codec_shape *sh, size_t max_qu
     size_t n, i = 0;
 
     memset(out, 0, sizeof *out);
-    if (batch_array(body, "queries", max_queries, &arr, &n, err))
+    if (batch_array(body, "queries", NULL, max_queries, &arr, &n, err))
         return MA_EINVAL;
     qs.n = n;
     qs.q = calloc(n ? n : 1, sizeof *qs.q);
@@ -799,6 +862,24 @@ static bool add_floats(cJSON *o, const char *field, const float *x, size_t n)
     return true;
 }
 
+/* "chunks": the array as one raw JSON text (the same bytes cJSON prints for an array of numbers): a full
+ * read of a 2M-event session lists 32,768 chunks, and one cJSON node each made a batch of 64 such answers
+ * ~170 MB of nodes, past any --memory budget; the text is ~200 KB an answer. */
+static bool add_chunks(cJSON *o, const uint32_t *chunks, size_t n)
+{
+    char *t = malloc(n * 11 + 3), *p = t;
+    if (!t)
+        return false;
+    *p++ = '[';
+    for (size_t i = 0; i < n; i++)
+        p += sprintf(p, i ? ",%" PRIu32 : "%" PRIu32, chunks[i]);
+    *p++ = ']';
+    *p = '\0';
+    bool ok = cJSON_AddRawToObject(o, "chunks", t) != NULL;
+    free(t);
+    return ok;
+}
+
 cJSON *codec_answer_to_json(const ma_answer *a, size_t value_len)
 {
     cJSON *o = cJSON_CreateObject();
@@ -806,19 +887,27 @@ cJSON *codec_answer_to_json(const ma_answer *a, size_t value_len)
               add_floats(o, "v", a->v, value_len) &&
               cJSON_AddNumberToObject(o, "score", isfinite(a->score) ? a->score : 0.0);
     if (ok && a->has_slot)
-        ok = cJSON_AddStringToObject(o, "slot", a->slot) && cJSON_AddNumberToObject(o, "version", (double)a->version);
+        ok = cJSON_AddStringToObject(o, "slot", a->slot) && cJSON_AddNumberToObject(o, "version", (double)a->version) &&
+             (!a->has_importance || cJSON_AddNumberToObject(o, "importance", a->importance));
+    if (ok && a->n_contrib) {
+        cJSON *c = cJSON_AddArrayToObject(o, "contributions");
+        ok = c != NULL;
+        for (size_t i = 0; ok && i < a->n_contrib; i++) {
+            const ma_contrib *ci = &a->contrib[i];
+            cJSON *x = cJSON_CreateObject();
+            ok = x && cJSON_AddItemToArray(c, x) && cJSON_AddStringToObject(x, "slot", ci->slot) &&
+                 cJSON_AddNumberToObject(x, "version", (double)ci->version) &&
+                 cJSON_AddNumberToObject(x, "score", isfinite(ci->score) ? ci->score : 0.0) &&
+                 cJSON_AddNumberToObject(x, "weight", ci->weight) &&
+                 (!ci->has_importance || cJSON_AddNumberToObject(x, "importance", ci->importance));
+        }
+    }
     if (ok && a->event >= 0)
         ok = cJSON_AddNumberToObject(o, "event", (double)a->event) != NULL;
     if (ok && a->payload)
         ok = add_payload(o, a->payload);
-    if (ok && (a->route == MA_ROUTE_SPARSE || a->route == MA_ROUTE_FULL || a->route == MA_ROUTE_WINDOW)) {
-        cJSON *c = cJSON_AddArrayToObject(o, "chunks");
-        for (size_t i = 0; ok && c && i < a->n_chunks; i++) {
-            cJSON *x = cJSON_CreateNumber(a->chunks[i]);
-            ok = x && cJSON_AddItemToArray(c, x);
-        }
-        ok = ok && c;
-    }
+    if (ok && (a->route == MA_ROUTE_SPARSE || a->route == MA_ROUTE_FULL || a->route == MA_ROUTE_WINDOW))
+        ok = add_chunks(o, a->chunks, a->n_chunks);
     if (!ok) {
         cJSON_Delete(o);
         return NULL;
@@ -862,7 +951,8 @@ cJSON *codec_slot_info_to_json(const ma_slot_info *si)
     bool ok = o && cJSON_AddStringToObject(o, "name", si->name) &&
               cJSON_AddNumberToObject(o, "version", (double)si->version) &&
               cJSON_AddBoolToObject(o, "protected", si->protect) && add_event(o, "event", si->event) &&
-              cJSON_AddNumberToObject(o, "usage", (double)si->usage) && add_time(o, "updated_at", si->updated_at);
+              cJSON_AddNumberToObject(o, "usage", (double)si->usage) && add_time(o, "updated_at", si->updated_at) &&
+              (!si->has_importance || cJSON_AddNumberToObject(o, "importance", si->importance));
     if (!ok) {
         cJSON_Delete(o);
         return NULL;
@@ -877,7 +967,8 @@ cJSON *codec_slot_value_to_json(const ma_slot_value *sv, size_t key_len, size_t 
               cJSON_AddNumberToObject(o, "version", (double)sv->info.version) &&
               cJSON_AddBoolToObject(o, "protected", sv->info.protect) && add_floats(o, "k", sv->k, key_len) &&
               add_floats(o, "v", sv->v, value_len) && add_payload(o, sv->payload) &&
-              add_event(o, "event", sv->info.event) && add_time(o, "updated_at", sv->info.updated_at);
+              add_event(o, "event", sv->info.event) && add_time(o, "updated_at", sv->info.updated_at) &&
+              (!sv->info.has_importance || cJSON_AddNumberToObject(o, "importance", sv->info.importance));
     if (!ok) {
         cJSON_Delete(o);
         return NULL;
@@ -890,7 +981,8 @@ cJSON *codec_version_info_to_json(const ma_version_info *vi)
     cJSON *o = cJSON_CreateObject();
     bool ok = o && cJSON_AddNumberToObject(o, "version", (double)vi->version) && add_event(o, "event", vi->event) &&
               add_time(o, "at", vi->at) && cJSON_AddBoolToObject(o, "tombstone", vi->tombstone) &&
-              (!vi->forgotten || cJSON_AddBoolToObject(o, "forgotten", true));
+              (!vi->forgotten || cJSON_AddBoolToObject(o, "forgotten", true)) &&
+              (!vi->has_importance || cJSON_AddNumberToObject(o, "importance", vi->importance));
     if (!ok) {
         cJSON_Delete(o);
         return NULL;
@@ -912,9 +1004,10 @@ void codec_slot_body_clear(codec_slot_body *b)
 int codec_slot_body_decode(const cJSON *body, const char *path_name, bool allow_version,
                            const codec_shape *sh, codec_slot_body *out, codec_error *err)
 {
-    static const char *const fields[] = {"name", "k", "k_b64", "text", "v", "v_b64", "payload", "protect", NULL};
+    static const char *const fields[] = {"name", "k", "k_b64", "text", "v", "v_b64", "payload", "protect",
+                                         "importance", NULL};
     static const char *const fields_v[] = {"name", "k", "k_b64", "text", "v", "v_b64", "payload", "protect",
-                                           "version", NULL};
+                                           "importance", "version", NULL};
     static const codec_vec_fields kf = {"k", "k_b64", "text"}, vf = {"v", "v_b64", NULL};
     codec_slot_body b = {0};
     cJSON *empty = NULL;   /* stands in for an absent body */
@@ -978,7 +1071,8 @@ int codec_slot_body_decode(const cJSON *body, const char *path_name, bool allow_
             goto fail;
         }
     }
-    if (get_payload(body, "", &b.payload, err) || get_bool(body, "protect", "", &b.protect, err))
+    if (get_payload(body, "", &b.payload, err) || get_bool(body, "protect", "", &b.protect, err) ||
+        get_importance(body, "", &b.has_importance, &b.importance, err))
         goto fail;
     if (allow_version && codec_get_uint(body, "version", 1, (uint64_t)MAX_EXACT_INT, "", &b.version, err) < 0)
         goto fail;

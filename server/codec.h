@@ -64,7 +64,8 @@ int codec_parse_body(const char *body, size_t len, cJSON **out, codec_error *err
 
 /* The one table of the API's failures: the HTTP status of an MA_E* code from the core or the registry,
  * with its API.md code in *code. MA_ENOTFOUND is 404 with the code `missing` names ("no_session",
- * "no_slot"; NULL: "not_found"); MA_ENOMEM is 503 overloaded; MA_EEMPTY is 404 empty_context (nothing to attend over); MA_EIO, MA_ECORRUPT, MA_EBUSY and any
+ * "no_slot"; NULL: "not_found"); MA_ENOMEM is 503 overloaded; MA_EEMPTY is 404 empty_context (nothing to attend over); MA_ETOOBIG is 422
+ * session_too_large (a session's fixed footprint exceeds --memory); MA_EIO, MA_ECORRUPT, MA_EBUSY and any
  * unknown code are 503 storage_error (this implementation's addition to API.md's 503 row). */
 int codec_status_of(int rc, const char *missing, const char **code);
 
@@ -130,9 +131,14 @@ typedef struct {
     float *k, *v;        /* n*H*d and n*H*d_v */
     char **payloads;     /* n JSON texts or NULLs (owned) */
     char **slots;        /* n slot names or NULLs (owned) */
+    double *importance;  /* n: an event's "importance", or MA_IMPORTANCE_NONE when absent */
+    bool has_expect_length;   /* the body's "expect_length": apply only if the session has that many events */
+    uint64_t expect_length;
 } codec_events;
 
-/* Decodes {"events":[E,...]}; E = {"k"|"k_b64"|"text", "v"|"v_b64", "payload"?, "slot"?, "protect"?}.
+/* Decodes {"events":[E,...], "expect_length"?: n}; E = {"k"|"k_b64"|"text", "v"|"v_b64", "payload"?, "slot"?,
+ * "protect"?, "importance"?} (importance, a number in [0, 1], needs slot, like protect); n an integer
+ * 0..2^53 (docs/API.md, "Safe retries").
  * A missing v is the embedding of the payload when the payload is a JSON string (as for slot writes);
  * otherwise 400. An empty batch is accepted (n = 0). On error *out is left empty. */
 int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_events, codec_events *out,
@@ -158,7 +164,10 @@ int codec_queries_decode(const cJSON *body, const codec_shape *sh, size_t max_qu
                          codec_error *err);
 void codec_queries_clear(codec_queries *q);
 
-/* One result object R of API.md; value_len = H*d_v. NULL on allocation failure. */
+/* One result object R of API.md; value_len = H*d_v. "importance" (of a slot answer, a contribution, a
+ * slot listing or read, a version) is present only when the version's writer gave one, so answers about
+ * slots written without it are what they always were. A weighted (topk) read adds "contributions":
+ * [{"slot","version","score","weight","importance"?}, ...]. NULL on allocation failure. */
 cJSON *codec_answer_to_json(const ma_answer *a, size_t value_len);
 
 /* The answer to a query batch, built one result at a time (a result's vector is only valid until the
@@ -180,6 +189,8 @@ typedef struct {
     char *text;            /* v absent: the string payload's text, which core embeds (owned), else NULL */
     bool protect;
     uint64_t version;      /* explicit version (overwrite only), 0 if absent */
+    bool has_importance;   /* "importance" given: a number in [0, 1] */
+    double importance;
 } codec_slot_body;
 
 /* Decodes a write/overwrite body. path_name: the {name} of the URL for PUT (the body's "name", if any,

@@ -485,7 +485,7 @@ static bool media_type_ok(const char *ct)
  * is refused (400), since components that read the first and ones that read the last would disagree. */
 static const char *const single_headers[] = { "Authorization", "Content-Length", "Transfer-Encoding", "Host",
                                               "Content-Type", "If-Match", "If-None-Match", "Expect",
-                                              "Upgrade", "Proxy-Authorization" };
+                                              "Upgrade", "Proxy-Authorization", "Idempotency-Key" };
 
 /* The name of the first header of single_headers sent twice, or NULL. */
 static const char *duplicate_header(const srv_request *r)

@@ -24,8 +24,8 @@
 #include <string.h>
 #include <strings.h>
 
-#define CORS_ALLOW_HEADERS  "Authorization, Content-Type, If-Match, If-None-Match"
-#define CORS_EXPOSE_HEADERS "ETag, Location, Retry-After, Allow"
+#define CORS_ALLOW_HEADERS  "Authorization, Content-Type, If-Match, If-None-Match, Idempotency-Key"
+#define CORS_EXPOSE_HEADERS "ETag, Location, Retry-After, Allow, Idempotent-Replayed"
 #define CORS_MAX_AGE        "600"
 #define RETRY_AFTER_S       "1"
 

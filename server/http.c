@@ -379,10 +379,8 @@ int srv_respond_json(srv_request *req, int status, cJSON *body)
     return rc;
 }
 
-static int verror(srv_request *req, int status, const char *code, const char *fmt, va_list ap)
+static int verror_text(srv_request *req, int status, const char *code, const char *msg)
 {
-    char msg[1024];
-    vsnprintf(msg, sizeof msg, fmt, ap);
     cJSON *root = cJSON_CreateObject();
     cJSON *err = cJSON_AddObjectToObject(root, "error");
     if (!err || !cJSON_AddStringToObject(err, "code", code) || !cJSON_AddStringToObject(err, "message", msg)) {
@@ -392,9 +390,28 @@ static int verror(srv_request *req, int status, const char *code, const char *fm
     return srv_respond_json(req, status, root);
 }
 
+static int verror(srv_request *req, int status, const char *code, const char *fmt, va_list ap)
+{
+    char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    return verror_text(req, status, code, msg);
+}
+
 int srv_respond_error(srv_request *req, int status, const char *code, const char *fmt, ...)
 {
     va_list ap;
+    if (strcmp(code, "storage_error") == 0) {
+        /* Every storage failure is counted and logged with its message, whichever route met it. */
+        char msg[1024];
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        if (req->srv && req->srv->c_storage_errors)
+            srv_metric_child_add(req->srv->c_storage_errors, 1);
+        srv_log(CFG_LOG_ERROR, "%s %s: %d storage_error: %s", req->method[0] ? req->method : "-",
+                req->path ? req->path : "-", status, msg);
+        return verror_text(req, status, code, msg);
+    }
     va_start(ap, fmt);
     int rc = verror(req, status, code, fmt, ap);
     va_end(ap);

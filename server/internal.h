@@ -140,6 +140,7 @@ struct srv_server {
     bool drained_called;
     srv_metric *m_requests, *m_latency, *m_conns, *m_queue, *m_rejected, *m_inflight;
     srv_metric_child *c_conns;
+    srv_metric_child *c_storage_errors;   /* answers 503 storage_error (http.c counts them) */
     srv_mcache_entry *mcache;   /* SRV_MCACHE entries, open addressing; full = fall back to lookups */
     char *rbuf;                 /* the read buffer: input is consumed (or copied) inside on_read */
     char date[40];              /* cached Date header value */

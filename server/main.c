@@ -26,6 +26,7 @@
 
 #include "config/config.h"
 #include "core/error.h"
+#include "registry/pager.h"
 #include "registry/registry.h"
 #include "server/api.h"
 #include "server/api_transfer.h"
@@ -99,13 +100,17 @@ int main(int argc, char **argv)
     }
     if (srv_server_create(&loop, &cfg, &a.srv, err, sizeof err) < 0)
         goto fail;
-    if (ma_store_open(cfg.data_dir, &store, err, sizeof err) < 0)
+    ma_store_options so;
+    ma_store_options_default(&so);
+    so.slots_split = reg_slots_split;   /* a schema-2 store's slot tables become rows at the upgrade */
+    if (ma_store_open_with(cfg.data_dir, &so, &store, err, sizeof err) < 0)
         goto fail;
     /* The store created the directory: its absolute path names where the data really goes. */
     char data_abs[PATH_MAX];
     if (!realpath(cfg.data_dir, data_abs))
         snprintf(data_abs, sizeof data_abs, "%s", cfg.data_dir);
-    reg_options ro = {.store = store, .memory_budget = cfg.memory, .cache_chunks = CACHE_CHUNKS};
+    reg_options ro = {.store = store, .memory_budget = cfg.memory, .cache_chunks = CACHE_CHUNKS,
+                      .idem_keys = cfg.idempotency_keys, .idem_window_ms = cfg.idempotency_window_ms};
     if ((rc = reg_create(&ro, &reg)) < 0) {
         snprintf(err, sizeof err, "cannot create the session registry: %s", ma_strerror(rc));
         goto fail;

@@ -70,9 +70,13 @@ static int register_metrics(srv_server *srv)
     srv->m_inflight = srv_metric_gauge(srv->metrics, "memattn_worker_jobs_pending",
                                        "Worker jobs queued or running whose completion has not run yet.", NULL);
     srv_metric *threads = srv_metric_gauge(srv->metrics, "memattn_worker_threads", "Worker threads.", NULL);
+    srv_metric *storage = srv_metric_counter(srv->metrics, "memattn_storage_errors_total",
+                                             "Answers 503 storage_error: the store failed, or stored data did not "
+                                             "pass its checks (checksum, finiteness) and was not served.", NULL);
     if (!srv->m_requests || !srv->m_latency || !srv->m_conns || !srv->m_rejected || !srv->m_queue ||
-        !srv->m_inflight || !threads)
+        !srv->m_inflight || !threads || !storage)
         return MA_ENOMEM;
+    srv->c_storage_errors = srv_metric_child_get(storage, NULL);
     srv_metric_set(threads, NULL, srv->cfg.threads);
     srv->c_conns = srv_metric_child_get(srv->m_conns, NULL);
     return 0;

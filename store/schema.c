@@ -10,6 +10,10 @@
  *    never edited.
  *  - Schema 1 -> 2 (blocks_from_rows) repacks one-row-per-event into blocks of BLOCK events and payload
  *    rows, refusing rows that do not form 0..length-1 with one key/value size per session.
+ *  - Schema 2 -> 3 (slots_to_rows) splits each whole slot table into its state and version rows through
+ *    the converter the store was opened with (the format is core's; the store keeps it opaque).
+ *  - Schema 3 -> 4 adds the Idempotency-Key records (store/idem.c); 4 -> 5 (sums_for_rows) a checksum
+ *    to every event block and payload row, computed for the rows there are.
  *  - Integrity at open: PRAGMA quick_check (every page's b-tree structure) and, on a second connection
  *    in its own thread, the rows against each other (check_rows): both read the whole file, so they run
  *    side by side. A corrupt page is reported before a row mismatch.
@@ -29,6 +33,8 @@
 #include "store/store_int.h"
 
 static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen);
+static int slots_to_rows(ma_store *st, conn *c, char *err, size_t errlen);
+static int sums_for_rows(ma_store *st, conn *c, char *err, size_t errlen);
 
 /* Migration i brings a database from user_version i to i+1: sql, then fn (C code, may be NULL), then
  * post (may be NULL). Append, never edit: a shipped step is history. Each runs inside the open
@@ -84,15 +90,78 @@ static const struct {
     "  PRIMARY KEY (sid, idx)) WITHOUT ROWID;",
     blocks_from_rows,
     "DROP TABLE events;"},
+    /* 2 -> 3: slot versions as rows of their own, written once, instead of inside the slot table blob
+     * that every slot commit rewrote whole (O(history) per commit); blobs kind 1 becomes the table's
+     * small state. slot_bytes keeps the rows' size for stored_bytes. A rowid table, for event_blocks'
+     * reason: a version row is H·(d + d_v)·4 bytes and more, which overflows a page at larger sizes. */
+    {
+    "CREATE TABLE slot_versions("
+    "  sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  name TEXT NOT NULL,"
+    "  version INTEGER NOT NULL CHECK (version >= 1),"
+    "  data BLOB NOT NULL,"
+    "  PRIMARY KEY (sid, name, version));"
+    "ALTER TABLE sessions ADD COLUMN slot_bytes INTEGER NOT NULL DEFAULT 0;",
+    slots_to_rows, NULL},
+    /* 3 -> 4: Idempotency-Key records (store/idem.c): a request's key and its answer, written in the
+     * transaction of its change. sid is the session named by scope when it exists (its records go with
+     * it), NULL for a detached record (a session delete's own key; POST /v1/sessions). seq numbers a
+     * scope's records so that keeping the newest N is one range delete; created_at is indexed for the
+     * age sweep; sid for the cascade of a session delete. A rowid table: a body may be large. */
+    {
+    "CREATE TABLE idempotency("
+    "  scope TEXT NOT NULL,"
+    "  key TEXT NOT NULL CHECK (length(key) BETWEEN 1 AND 255),"
+    "  seq INTEGER NOT NULL,"
+    "  sid INTEGER REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  fingerprint INTEGER NOT NULL,"
+    "  status INTEGER NOT NULL,"
+    "  etag TEXT,"
+    "  location TEXT,"
+    "  body BLOB,"
+    "  created_at INTEGER NOT NULL,"
+    "  UNIQUE (scope, key));"
+    "CREATE INDEX idempotency_seq ON idempotency(scope, seq);"
+    "CREATE INDEX idempotency_age ON idempotency(created_at);"
+    "CREATE INDEX idempotency_sid ON idempotency(sid);",
+    NULL, NULL},
+    /* 4 -> 5: a checksum per event block and payload row (st_block_sum, st_payload_sum; docs/STORE.md, "Row
+     * checksums"), checked whenever a row is read back; sums_for_rows computes them for the rows there are.
+     * NULL (no checksum) is refused when read, like a wrong one. */
+    {
+    "ALTER TABLE event_blocks ADD COLUMN ck INTEGER;"
+    "ALTER TABLE payloads ADD COLUMN ck INTEGER;",
+    sums_for_rows,
+    NULL},
 };
 _Static_assert(BLOCK == 64, "the CHECK of event_blocks.n and the integrity query say 64");
+
+/* Inserts one row of a version-2 table (no checksum column yet: the step 4 -> 5 adds it and computes it).
+ * Binds sid, index, then either (n, k, v) for a block or (payload text) for a payload. */
+static int put_v2(ma_store *st, conn *c, sqlite3_stmt *ins, int64_t sid, uint64_t i, size_t n, const void *a,
+                  size_t alen, const void *b, size_t blen, char *err, size_t errlen)
+{
+    sqlite3_bind_int64(ins, 1, sid);
+    sqlite3_bind_int64(ins, 2, (int64_t)i);
+    if (b) {
+        sqlite3_bind_int64(ins, 3, (int64_t)n);
+        sqlite3_bind_blob64(ins, 4, a, alen, SQLITE_STATIC);
+        sqlite3_bind_blob64(ins, 5, b, blen, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_text64(ins, 3, a, alen, SQLITE_STATIC, SQLITE_UTF8);
+    }
+    int rc = sqlite3_step(ins);
+    sqlite3_reset(ins);
+    sqlite3_clear_bindings(ins);
+    return rc == SQLITE_DONE ? 0 : st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 1 -> 2: writing rows");
+}
 
 /* Schema 1 -> 2: every session's per-event rows into blocks of BLOCK and payload rows. The rows must be
  * exactly 0..length-1 with one key/value size per session (what version 1's integrity check enforced);
  * anything else fails the upgrade as corrupt and the transaction leaves the file at version 1. */
 static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen)
 {
-    sqlite3_stmt *ss = NULL, *es = NULL;
+    sqlite3_stmt *ss = NULL, *es = NULL, *ib = NULL, *ip = NULL;
     unsigned char *kbuf = NULL, *vbuf = NULL;
     size_t kcap = 0, vcap = 0;
     int64_t converted = 0;
@@ -101,6 +170,11 @@ static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen)
     if (rc == SQLITE_OK)
         rc = sqlite3_prepare_v2(c->db, "SELECT idx, k, v, payload FROM events WHERE sid = ?1 ORDER BY idx", -1,
                                 &es, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(c->db, "INSERT INTO event_blocks(sid, block, n, k, v) VALUES (?1, ?2, ?3, ?4, ?5)",
+                                -1, &ib, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(c->db, "INSERT INTO payloads(sid, idx, payload) VALUES (?1, ?2, ?3)", -1, &ip, NULL);
     if (rc != SQLITE_OK) {
         ret = st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 1 -> 2");
         goto done;
@@ -145,12 +219,13 @@ static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen)
             if (vb)
                 memcpy(vbuf + in_block * vb, sqlite3_column_blob(es, 2), vb);
             if (sqlite3_column_type(es, 3) != SQLITE_NULL &&
-                (ret = st_put_payload(st, c, sid, at, (const char *)sqlite3_column_text(es, 3),
-                                      sqlite3_column_bytes(es, 3), err, errlen)))
+                (ret = put_v2(st, c, ip, sid, at, 0, sqlite3_column_text(es, 3),
+                              (size_t)sqlite3_column_bytes(es, 3), NULL, 0, err, errlen)))
                 goto done;
             at++;
             if (++in_block == BLOCK || at == length) {
-                if ((ret = st_put_block(st, c, sid, (at - 1) / BLOCK, in_block, kbuf, kb, vbuf, vb, err, errlen)))
+                if ((ret = put_v2(st, c, ib, sid, (at - 1) / BLOCK, in_block, kbuf, in_block * kb, vbuf,
+                                  in_block * vb, err, errlen)))
                     goto done;
                 in_block = 0;
             }
@@ -187,8 +262,130 @@ static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen)
 done:
     sqlite3_finalize(ss);
     sqlite3_finalize(es);
+    sqlite3_finalize(ib);
+    sqlite3_finalize(ip);
     free(kbuf);
     free(vbuf);
+    return ret;
+}
+
+/* Schema 2 -> 3: each session's whole slot table (blobs kind 1) split into its state and one row per
+ * version by the converter the store was opened with (ma_store_options.slots_split). Without one, or for a
+ * table the converter cannot read (MA_ECORRUPT: the session reports it when loaded, as before), the
+ * table stays whole; core reads it, and the session's next commit stores its rows. */
+typedef struct {
+    ma_store *st;
+    conn *c;
+    int64_t sid;
+    int64_t bytes;
+    char *err;
+    size_t errlen;
+} split_ctx;
+
+static int put_split_row(void *arg, const char *name, uint64_t version, const void *data, size_t len)
+{
+    split_ctx *x = arg;
+    x->bytes += (int64_t)len;
+    return st_put_slot_row(x->st, x->c, x->sid, name, -1, version, data, len, x->err, x->errlen);
+}
+
+static int slots_to_rows(ma_store *st, conn *c, char *err, size_t errlen)
+{
+    if (!st->opt.slots_split)
+        return 0;
+    sqlite3_stmt *q = NULL, *put = NULL;
+    int ret = 0;
+    int rc = sqlite3_prepare_v2(c->db, "SELECT s.sid, s.config, b.data FROM sessions s JOIN blobs b ON "
+                                "b.sid = s.sid AND b.kind = 1 ORDER BY s.sid", -1, &q, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(c->db, "UPDATE blobs SET data = ?2 WHERE sid = ?1 AND kind = 1; ", -1, &put, NULL);
+    if (rc != SQLITE_OK) {
+        ret = st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 2 -> 3");
+        goto done;
+    }
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        split_ctx x = {st, c, sqlite3_column_int64(q, 0), 0, err, errlen};
+        void *state = NULL;
+        size_t state_len = 0;
+        ret = st->opt.slots_split((const char *)sqlite3_column_text(q, 1), sqlite3_column_blob(q, 2),
+                                  (size_t)sqlite3_column_bytes(q, 2), &state, &state_len, put_split_row, &x);
+        if (ret == MA_ECORRUPT) {
+            /* Unreadable: left whole, with any rows the converter wrote before it noticed. */
+            free(state);
+            char sql[96];
+            snprintf(sql, sizeof sql, "DELETE FROM slot_versions WHERE sid = %lld", (long long)x.sid);
+            if ((ret = st_exec_sql(st, c, sql, err, errlen, "schema upgrade 2 -> 3")))
+                goto done;
+            continue;
+        }
+        if (ret) {
+            free(state);
+            if (err && errlen && !*err)
+                st_seterr(err, errlen, "store %s: schema upgrade 2 -> 3: %s", st->path, ma_strerror(ret));
+            goto done;
+        }
+        sqlite3_bind_int64(put, 1, x.sid);
+        sqlite3_bind_blob(put, 2, state, (int)state_len, free);
+        rc = sqlite3_step(put);
+        sqlite3_reset(put);
+        sqlite3_clear_bindings(put);
+        if (rc != SQLITE_DONE) {
+            ret = st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 2 -> 3: writing a slot state");
+            goto done;
+        }
+        char sql[160];
+        snprintf(sql, sizeof sql, "UPDATE sessions SET slot_bytes = %lld, blob_bytes = (SELECT coalesce(sum("
+                 "length(data)), 0) FROM blobs WHERE sid = %lld) WHERE sid = %lld", (long long)x.bytes,
+                 (long long)x.sid, (long long)x.sid);
+        if ((ret = st_exec_sql(st, c, sql, err, errlen, "schema upgrade 2 -> 3")))
+            goto done;
+    }
+    if (rc != SQLITE_DONE)
+        ret = st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 2 -> 3: reading slot tables");
+done:
+    sqlite3_finalize(q);
+    sqlite3_finalize(put);
+    return ret;
+}
+
+/* SQL functions of the upgrade 4 -> 5: the checksums of a block row (block, n, k, v) and of a payload row
+ * (idx, payload), as the store writes them. */
+static void sql_block_sum(sqlite3_context *cx, int argc, sqlite3_value **a)
+{
+    (void)argc;
+    const void *k = sqlite3_value_blob(a[2]);
+    size_t kl = (size_t)sqlite3_value_bytes(a[2]);
+    const void *v = sqlite3_value_blob(a[3]);
+    size_t vl = (size_t)sqlite3_value_bytes(a[3]);
+    sqlite3_result_int64(cx, (int64_t)st_block_sum((uint64_t)sqlite3_value_int64(a[0]),
+                                                   (size_t)sqlite3_value_int64(a[1]), k, kl, v, vl));
+}
+
+static void sql_payload_sum(sqlite3_context *cx, int argc, sqlite3_value **a)
+{
+    (void)argc;
+    const unsigned char *t = sqlite3_value_text(a[1]);
+    size_t tl = (size_t)sqlite3_value_bytes(a[1]);
+    sqlite3_result_int64(cx, (int64_t)st_payload_sum((uint64_t)sqlite3_value_int64(a[0]), t ? t : (const unsigned char *)"", tl));
+}
+
+/* Schema 4 -> 5: the checksum of every existing block and payload row (each row is rewritten once, in the
+ * upgrade's transaction). Rows written before this version were never checked: what they hold now is
+ * what their checksum vouches for. */
+static int sums_for_rows(ma_store *st, conn *c, char *err, size_t errlen)
+{
+    int rc = sqlite3_create_function(c->db, "ma_block_sum", 4, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
+                                     sql_block_sum, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_create_function(c->db, "ma_payload_sum", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
+                                     sql_payload_sum, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 4 -> 5");
+    int ret = st_exec_sql(st, c, "UPDATE event_blocks SET ck = ma_block_sum(block, n, k, v);"
+                                 "UPDATE payloads SET ck = ma_payload_sum(idx, payload);",
+                          err, errlen, "schema upgrade 4 -> 5: computing row checksums");
+    sqlite3_create_function(c->db, "ma_block_sum", 4, SQLITE_UTF8, NULL, NULL, NULL, NULL);
+    sqlite3_create_function(c->db, "ma_payload_sum", 2, SQLITE_UTF8, NULL, NULL, NULL, NULL);
     return ret;
 }
 
@@ -333,8 +530,30 @@ static int check_rows(ma_store *st, conn *c, char *err, size_t errlen)
         ret = MA_ECORRUPT;
         goto done;
     }
-    if (rc != SQLITE_DONE && rc != SQLITE_OK)
+    if (rc != SQLITE_DONE && rc != SQLITE_OK) {
         ret = st_fail_db(st, c->db, rc, err, errlen, "checking payloads");
+        goto done;
+    }
+    sqlite3_finalize(s);
+    /* Slot version rows only of existing sessions, their sizes adding up to the session's slot_bytes (one
+     * pass in key order; length() does not read the records). */
+    rc = sqlite3_prepare_v2(c->db,
+        "SELECT v.sid, s.id, s.slot_bytes, v.total FROM (SELECT sid, sum(length(data)) AS total FROM "
+        "slot_versions GROUP BY sid) v LEFT JOIN sessions s ON s.sid = v.sid "
+        "WHERE s.sid IS NULL OR s.slot_bytes != v.total "
+        "UNION ALL SELECT sid, id, slot_bytes, 0 FROM sessions s WHERE slot_bytes != 0 AND "
+        "NOT EXISTS (SELECT 1 FROM slot_versions v WHERE v.sid = s.sid) LIMIT 1", -1, &s, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        st_seterr(err, errlen, "store %s: integrity check failed: slot versions of %s (sid %lld) hold %lld "
+                  "bytes, the session row says %lld", st->path,
+                  sqlite3_column_type(s, 1) == SQLITE_NULL ? "a missing session"
+                                                           : (const char *)sqlite3_column_text(s, 1),
+                  sqlite3_column_int64(s, 0), sqlite3_column_int64(s, 3), sqlite3_column_int64(s, 2));
+        ret = MA_ECORRUPT;
+        goto done;
+    }
+    if (rc != SQLITE_DONE && rc != SQLITE_OK)
+        ret = st_fail_db(st, c->db, rc, err, errlen, "checking slot versions");
 done:
     sqlite3_finalize(s);
     return ret;

@@ -3,8 +3,9 @@
  *
  * One database file <data>/memattn.db in WAL mode. What a session is made of on disk (docs/STORE.md):
  *   a row      id, config JSON, created_at, updated_at, length, resident slots, byte counts;
- *   3 blobs    backbone state, slot table, archive meta, one row each: the versioned, checked
+ *   3 blobs    backbone state, slot table state, archive meta, one row each: the versioned, checked
  *              serialisations made by core/, opaque here;
+ *   slot rows  one row per slot version, keyed (name, version), written once (opaque records of core's);
  *   events     in blocks of 64 (keys, values) plus payload rows for the events that have one — the
  *              archive's chunks are read back from here a chunk at a time (ma_store_load_events), so a
  *              large session is paged.
@@ -45,14 +46,36 @@ int ma_store_open(const char *dir, ma_store **out, char *err, size_t errlen);
  * quick_check: run PRAGMA quick_check at open (default true).
  * max_pages: > 0 caps the database at that many pages (PRAGMA max_page_count: a full disk, for tests).
  * vfs: the name of a registered sqlite VFS to open the file through (NULL: sqlite's default). The
- *   string must outlive the store. Tests pass the fault-injection shim's (tests/support/store_fault.h). */
+ *   string must outlive the store. Tests pass the fault-injection shim's (tests/support/store_fault.h).
+ * no_row_checksums: the checksum of every event block and payload row is written and checked unless this
+ *   is set (docs/STORE.md, "Row checksums"). For benchmarks measuring their cost only: rows are written
+ *   without one, nothing is checked, and such a store reads back only with it set (else every such row is
+ *   corrupt). */
 enum { MA_STORE_SYNC_FULL = 0, MA_STORE_SYNC_NORMAL = 1 };
+
+/* Receives one slot version row: its name, version and record bytes; 0 to go on, or an MA_E* code that
+ * stops (and is returned by) the caller. */
+typedef int (*ma_store_slot_row_fn)(void *arg, const char *name, uint64_t version, const void *data,
+                                    size_t len);
+
+/* Splits a slot table that schema 2 stored whole into what schema 3 stores: the table's state blob
+ * (*state, malloc'd) and one row per version, handed to row(). The format is core's (the store keeps
+ * both opaque), so the converter comes from above (the registry's reg_slots_split); config is the
+ * session's stored config text. 0; MA_ECORRUPT (this table cannot be read: it stays whole, and the
+ * session reports it when loaded); any other code stops the upgrade. */
+typedef int (*ma_store_slots_split_fn)(const char *config, const void *table, size_t len, void **state,
+                                       size_t *state_len, ma_store_slot_row_fn row, void *arg);
+
+/* slots_split: the converter of the schema 2 -> 3 upgrade. NULL: the whole tables stay as they are
+ *   (core still reads them) and each is split into rows by its session's next commit. */
 typedef struct {
     int synchronous;
     int in_memory;
     int quick_check;
     long long max_pages;
     const char *vfs;
+    ma_store_slots_split_fn slots_split;
+    int no_row_checksums;
 } ma_store_options;
 
 void ma_store_options_default(ma_store_options *o);
@@ -72,7 +95,8 @@ typedef struct {
     int64_t created_at, updated_at;   /* ms since epoch */
     uint64_t length;                  /* events */
     size_t slots;                     /* resident slots (for listings) */
-    ma_blob backbone, slots_blob, archive_meta;
+    ma_blob backbone, slots_blob, archive_meta;   /* slots_blob: the slot table's state (or, from
+                                                     schema 2 and not committed since, the whole table) */
     size_t stored_bytes;              /* bytes this session takes in the database (approximate) */
 } ma_store_session;
 
@@ -100,12 +124,70 @@ int ma_store_session_list(ma_store *st, const char *after, size_t limit, ma_stor
 /* Deletes the session and all its rows, durably. MA_ENOTFOUND if absent. */
 int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errlen);
 
+/* One slot version row of a commit: written once; `rewrite` replaces a stored row (a forgotten slot's
+ * versions, whose old bytes secure_delete zeroes; such a commit also truncates the WAL). */
+typedef struct {
+    const char *name;
+    uint64_t version;
+    const void *data;
+    size_t len;
+    int rewrite;
+} ma_store_slot_row;
+/* ---- safe retries: Idempotency-Key records (docs/STORE.md, "Idempotency keys") ------------------
+ * A record is a request's Idempotency-Key and the answer it got, written in the same transaction as the
+ * request's change, so a retry after a crash finds exactly the answers of the changes that were
+ * committed. Keys live in a space, `scope` (the API uses the session id of the request's path, or ""
+ * for POST /v1/sessions). A record belongs to the session whose id is its scope when that session
+ * exists at the end of the transaction (it is then deleted with it); otherwise it is detached (a
+ * session delete's own key, POST /v1/sessions) and lives until its window ends. Every insert applies
+ * the window: the scope keeps its newest `keep` records, and records created before `expire_before`
+ * are deleted store-wide. The store keeps the answer opaque. */
+typedef struct {
+    const char *scope;                /* "" or a session id */
+    const char *key;                  /* 1..255 bytes */
+    uint64_t fingerprint;             /* of the request (method, path, body): the caller's */
+    int status;
+    const char *body;                 /* answer body (NUL-terminated), NULL: none */
+    const char *etag, *location;      /* answer headers, NULL or "": none */
+    int64_t created_at;               /* ms since the epoch */
+    size_t keep;                      /* records kept per scope, this one included (0: no count limit) */
+    int64_t expire_before;            /* records created before this are deleted (ms; 0: none) */
+} ma_store_idem;
+
+/* A stored record (ma_store_idem_get). Strings are malloc'd (NULL when absent); ma_store_idem_row_clear. */
+typedef struct {
+    uint64_t fingerprint;
+    int status;
+    char *body, *etag, *location;
+    int64_t created_at;
+} ma_store_idem_row;
+
+void ma_store_idem_row_clear(ma_store_idem_row *r);
+
+/* The record of (scope, key) created at or after not_before (ms). 0; MA_ENOTFOUND (none, or older);
+ * MA_EIO / MA_ECORRUPT / MA_ENOMEM. */
+int ma_store_idem_get(ma_store *st, const char *scope, const char *key, int64_t not_before, ma_store_idem_row *out,
+                      char *err, size_t errlen);
+
+/* Writes one record (replacing an older one of the same scope and key) in a transaction of its own: the
+ * answer of a request that changed nothing (e.g. a PUT of an existing session with the same config).
+ * MA_EINVAL (no scope or key), MA_EIO. */
+int ma_store_idem_put(ma_store *st, const ma_store_idem *k, char *err, size_t errlen);
+
+/* ma_store_session_create and ma_store_session_delete with the record `k` (NULL: none) written in the
+ * same transaction as the change. */
+int ma_store_session_create_idem(ma_store *st, const char *id, const char *config_json, int64_t now,
+                                 const ma_store_idem *k, char *err, size_t errlen);
+int ma_store_session_delete_idem(ma_store *st, const char *id, const ma_store_idem *k, char *err, size_t errlen);
+
 /* One mutation of a session, committed in one transaction (deleted content is overwritten: the writer runs
  * with secure_delete, and a commit that erases payloads then truncates the WAL):
  *   - n_events new events with indices first_event .. first_event+n_events-1 (k: n·H·d floats, v: n·H·d_v
  *     floats, payloads: n JSON texts or NULLs; payloads may be NULL as a whole),
  *   - the new blobs (a NULL data pointer leaves that blob as it was),
- *   - length, resident slot count and updated_at. */
+ *   - slot version rows (n_slot_rows of slot_rows),
+ *   - length, resident slot count and updated_at,
+ *   - the request's Idempotency-Key record (idem, may be NULL; see ma_store_idem above). */
 typedef struct {
     uint64_t first_event;
     size_t n_events;
@@ -118,14 +200,19 @@ typedef struct {
     int64_t updated_at;
     const uint64_t *erase;            /* events whose payload rows are deleted (a forgotten slot) */
     size_t n_erase;
+    const ma_store_slot_row *slot_rows;   /* slot version rows to write (new ones, or rewrites) */
+    size_t n_slot_rows;
+    const ma_store_idem *idem;        /* the request's Idempotency-Key record, written with it (NULL: none) */
 } ma_store_delta;
 
 int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen);
 
 /* Group commit: n deltas, deltas[i] of session ids[i], in one transaction (one fsync), written in order
- * with ma_store_commit's checks — several deltas of one session must continue each other. All or
- * nothing: 0 once every delta is durable; on any failure none is stored and err names the failure. The
- * arrays are only read during the call. ma_store_commit is this with n = 1. */
+ * with ma_store_commit's checks — several deltas of one session must continue each other. Each delta is
+ * written whole as ma_store_commit writes it (event blocks and payload rows with their checksums, its
+ * slot version rows, its Idempotency-Key record). All or nothing: 0 once every delta is durable; on any
+ * failure none is stored and err names the failure. The arrays are only read during the call.
+ * ma_store_commit is this with n = 1. */
 int ma_store_commit_group(ma_store *st, size_t n, const char *const *ids, const ma_store_delta *const *deltas,
                           char *err, size_t errlen);
 
@@ -133,6 +220,21 @@ int ma_store_commit_group(ma_store *st, size_t n, const char *const *ids, const 
  * NULL) gets n malloc'd JSON texts or NULLs. Used as the archive's chunk source. */
 int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n, size_t k_floats,
                          size_t v_floats, float *k, float *v, char **payloads, char *err, size_t errlen);
+
+/* Calls fn for every slot version row of session id in (name, version) order (names compared as bytes),
+ * from one read transaction; fn's data is valid during the call. Stops at fn's first nonzero return and
+ * returns it (a missing session has no rows). MA_EIO, MA_ENOMEM. The restore's ma_slot_row_source (registry/pager.h). */
+int ma_store_slot_rows(ma_store *st, const char *id, ma_store_slot_row_fn fn, void *arg, char *err,
+                       size_t errlen);
+
+/* Reads the keys and values of n events of a session, indices events[0..n) strictly ascending, into k
+ * (n·k_floats) and v (n·v_floats), from one read transaction: each block row that holds one of them is
+ * read once and checked (checksum, finite floats; docs/STORE.md, "Reading a few events"), then only the
+ * events' bytes are copied out. For the sparse read's candidates (no chunk cache involved).
+ * 0, MA_ENOTFOUND (no session, or an event past its length), MA_ECORRUPT, MA_EIO, MA_EINVAL (not
+ * ascending). */
+int ma_store_load_some(ma_store *st, const char *id, const uint64_t *events, size_t n, size_t k_floats,
+                       size_t v_floats, float *k, float *v, char *err, size_t errlen);
 
 /* Reads one event's payload (malloc'd JSON text, or NULL when it has none). */
 int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **payload, char *err,
@@ -171,6 +273,7 @@ typedef int (*ma_store_read_fn)(void *ctx, void *buf, size_t len);
 typedef struct {
     uint64_t bytes;          /* of the snapshot (export) */
     uint64_t events, blocks, payloads;
+    uint64_t slot_rows;
 } ma_store_snapshot_stats;
 
 /* What a snapshot's header says, shown to the import's check before anything is written. */

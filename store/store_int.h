@@ -6,7 +6,8 @@
  *                    runtime reads and writes of store.h, backup, stats;
  *   store/schema.c   the schema as a list of migrations (creation is migration 0 -> 1), the upgrades of
  *                    older files, and the integrity checks run at open;
- *   store/transfer.c one session as a snapshot stream: export and import.
+ *   store/transfer.c one session as a snapshot stream: export and import;
+ *   store/idem.c     the Idempotency-Key records written with the changes (docs/STORE.md).
  * Internal functions are prefixed st_. Every one that fails writes a message "store <file>: ..." into
  * err (when err is not NULL) and returns an MA_E* code (core/error.h).
  */
@@ -22,7 +23,7 @@
 
 #include "store/store.h"
 
-#define MA_SCHEMA       2
+#define MA_SCHEMA       5
 #define BLOCK           64              /* events per row of event_blocks (part of the schema) */
 #define MA_APP_ID       0x6D41744E      /* 'mAtN' */
 #define MAX_READERS     16
@@ -34,7 +35,8 @@ enum {
     ST_BEGIN, ST_BEGIN_IMMEDIATE, ST_COMMIT, ST_ROLLBACK,
     ST_SID, ST_INSERT_SESSION, ST_PUT_BLOCK, ST_GET_BLOCK, ST_PUT_PAYLOAD, ST_PUT_BLOB, ST_UPDATE_SESSION,
     ST_DELETE_SESSION, ST_LOAD_SESSION, ST_LOAD_BLOBS, ST_BLOB_SIZES, ST_LIST, ST_BLOCKS, ST_PAYLOADS, ST_PAYLOAD,
-    ST_ERASE_PAYLOAD,
+    ST_ERASE_PAYLOAD, ST_PUT_SLOT_ROW, ST_SLOT_ROW_SIZE, ST_SLOT_ROWS,
+    ST_IDEM_PUT, ST_IDEM_PRUNE_SCOPE, ST_IDEM_PRUNE_AGE, ST_IDEM_GET,   /* store/idem.c */
     N_STMTS
 };
 
@@ -108,13 +110,43 @@ void st_reader_put(ma_store *st, conn *c);
 int st_write_begin(ma_store *st, uint64_t *t0, char *err, size_t errlen);
 int st_write_end(ma_store *st, uint64_t t0, int ret, const char *what, char *err, size_t errlen);
 
-/* Writes (or rewrites) block `block` of session sid: n events of kb key and vb value bytes each. */
+/* Writes (or rewrites) block `block` of session sid: n events of kb key and vb value bytes each, with its
+ * checksum (st_block_sum). */
 int st_put_block(ma_store *st, conn *c, int64_t sid, uint64_t block, size_t n, const void *k, size_t kb,
                  const void *v, size_t vb, char *err, size_t errlen);
 
-/* Writes the payload row of event idx of session sid (len bytes of p, -1: up to its NUL). */
+/* Writes the payload row of event idx of session sid (len bytes of p, -1: up to its NUL), with its checksum
+ * (st_payload_sum). */
 int st_put_payload(ma_store *st, conn *c, int64_t sid, uint64_t idx, const char *p, int len, char *err,
                    size_t errlen);
+
+/* Writes (or replaces) the slot version row (name, version) of session sid. */
+int st_put_slot_row(ma_store *st, conn *c, int64_t sid, const char *name, int name_len, uint64_t version,
+                    const void *data, size_t len, char *err, size_t errlen);
+/* ---- idem.c: Idempotency-Key records ---- */
+
+/* Writes record k (and applies its window) inside the writer's open transaction. 0 or MA_EINVAL / MA_EIO. */
+int st_idem_write(ma_store *st, conn *c, const ma_store_idem *k, char *err, size_t errlen);
+
+/* ---- store.c: row checksums (docs/STORE.md, "Row checksums") ---- */
+
+/* The checksum column of an event_blocks row: ma_checksum64 of its key bytes then its value bytes, seeded
+ * with its block number and event count (a row moved to another place fails too). */
+uint64_t st_block_sum(uint64_t block, size_t n, const void *k, size_t klen, const void *v, size_t vlen);
+
+/* The checksum column of a payloads row: ma_checksum64 of its text, seeded with its event index. */
+uint64_t st_payload_sum(uint64_t idx, const void *text, size_t len);
+
+/* Checks one event block read back before anything of it is used: the stored checksum (ck of column
+ * ck_col of s; NULL counts as wrong) against the bytes, and every float of k and v finite. Whoever reads
+ * a block — a range read, the commit's partial block, the export — calls it on the whole row. 0, or
+ * MA_ECORRUPT with a message naming the session (id) and the block. */
+int st_block_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, uint64_t block, size_t n,
+                   const void *k, size_t klen, const void *v, size_t vlen, char *err, size_t errlen);
+
+/* The same for a payload row (text of len bytes; ck in column ck_col of s). */
+int st_payload_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, uint64_t idx, const void *text,
+                     size_t len, char *err, size_t errlen);
 
 /* ---- schema.c: schema, upgrades, integrity ---- */
 

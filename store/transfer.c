@@ -3,10 +3,10 @@
  * (store/store.h: ma_store_session_export, ma_store_session_import; docs/STORE.md, "Snapshots").
  *
  * Design. A snapshot is the session's rows as the store holds them — the session row, its state blobs,
- * its event blocks and payload rows — so an imported session restores from the same bytes and answers
- * with the same bits. The stream (all integers little-endian):
+ * its event blocks, payload rows and slot version rows — so an imported session restores from the same
+ * bytes and answers with the same bits. The stream (all integers little-endian):
  *
- *     magic "MAsnap\r\n" (8 bytes; the CR LF shows up text-mode mangling), u32 format version (1)
+ *     magic "MAsnap\r\n" (8 bytes; the CR LF shows up text-mode mangling), u32 format version (2)
  *     records: u8 tag, u32 length, length bytes
  *       'H'  the session: u32 id length, id, u32 config length, config text, i64 created_at,
  *            i64 updated_at, u64 length (events), u64 slots, u64 key bytes per event, u64 value bytes
@@ -14,9 +14,11 @@
  *       'O'  a state blob: u32 kind, the bytes
  *       'E'  an event block: u64 block, u32 n, n keys, n values (bytes per event from 'H')
  *       'P'  an event's payload: u64 event index, the JSON text
- *       'Z'  the end: u64 blobs, u64 blocks, u64 payloads, u32 CRC-32 (IEEE) of every byte before
- *            this record
- *     in this order: H, O*, E* (blocks 0, 1, ... in order), P* (ascending), Z.
+ *       'S'  a slot version row (format 2): u32 name length, name, u64 version, the record bytes
+ *       'Z'  the end: u64 blobs, u64 blocks, u64 payloads, [format 2: u64 slot rows,] u32 CRC-32 (IEEE)
+ *            of every byte before this record
+ *     in this order: H, O*, E* (blocks 0, 1, ... in order), P* (ascending), S* (by name as bytes, then
+ *     version), Z. Format 1 (schema 2: the slot table whole in its blob, no S records) is still read.
  *
  * Export reads inside one read transaction of a reader connection (a consistent snapshot even while
  * the session takes writes; WAL readers never block the writer) and hands the bytes to a callback one
@@ -46,7 +48,8 @@
 #include "store/store_int.h"
 
 #define SNAP_MAGIC "MAsnap\r\n"
-#define SNAP_FORMAT 1u
+#define SNAP_FORMAT 2u
+#define SNAP_NAME_MAX 128u            /* a slot name's bytes (MA_MAX_NAME of core/params.h) */
 #define SNAP_MAX_RECORD (80u << 20)   /* > the largest block: 64 events * 64 heads * 2048 floats * 4 B */
 
 /* ---- CRC-32 (IEEE 802.3, reflected, as zlib) ---------------------------------------------------- */
@@ -146,9 +149,9 @@ int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn writ
                             ma_store_snapshot_stats *stats, char *err, size_t errlen)
 {
     conn *c = NULL;
-    sqlite3_stmt *row = NULL, *blobs = NULL, *blocks = NULL, *payloads = NULL;
+    sqlite3_stmt *row = NULL, *blobs = NULL, *blocks = NULL, *payloads = NULL, *slots = NULL;
     out_stream o = { write, ctx, 0, 0 };
-    uint64_t nblobs = 0, nblocks = 0, npayloads = 0;
+    uint64_t nblobs = 0, nblocks = 0, npayloads = 0, nslots = 0;
     bool in_txn = false;
     int ret, rc;
     if (stats)
@@ -163,9 +166,11 @@ int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn writ
     row = prepare(st, c, "SELECT sid, config, created_at, updated_at, length, slots FROM sessions WHERE id = ?1",
                   err, errlen);
     blobs = prepare(st, c, "SELECT kind, data FROM blobs WHERE sid = ?1 ORDER BY kind", err, errlen);
-    blocks = prepare(st, c, "SELECT block, n, k, v FROM event_blocks WHERE sid = ?1 ORDER BY block", err, errlen);
-    payloads = prepare(st, c, "SELECT idx, payload FROM payloads WHERE sid = ?1 ORDER BY idx", err, errlen);
-    if (!row || !blobs || !blocks || !payloads) {
+    blocks = prepare(st, c, "SELECT block, n, k, v, ck FROM event_blocks WHERE sid = ?1 ORDER BY block", err, errlen);
+    payloads = prepare(st, c, "SELECT idx, payload, ck FROM payloads WHERE sid = ?1 ORDER BY idx", err, errlen);
+    slots = prepare(st, c, "SELECT name, version, data FROM slot_versions WHERE sid = ?1 ORDER BY name, version",
+                    err, errlen);
+    if (!row || !blobs || !blocks || !payloads || !slots) {
         ret = MA_EIO;
         goto done;
     }
@@ -247,7 +252,10 @@ int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn writ
         size_t kn = (size_t)sqlite3_column_bytes(blocks, 2);
         const void *v = sqlite3_column_blob(blocks, 3);
         size_t vn = (size_t)sqlite3_column_bytes(blocks, 3);
-        if ((ret = emit_record(&o, 'E', bh, sizeof bh, k, kn, v, vn)))
+        /* Damaged rows are not exported (a snapshot's own checksum would make them look sound). */
+        if ((ret = st_block_check(st, id, blocks, 4, (uint64_t)sqlite3_column_int64(blocks, 0),
+                                  (size_t)sqlite3_column_int(blocks, 1), k, kn, v, vn, err, errlen)) ||
+            (ret = emit_record(&o, 'E', bh, sizeof bh, k, kn, v, vn)))
             goto done;
         nblocks++;
     }
@@ -262,7 +270,9 @@ int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn writ
         put_u64(idx, (uint64_t)sqlite3_column_int64(payloads, 0));
         const void *text = sqlite3_column_text(payloads, 1);
         size_t n = (size_t)sqlite3_column_bytes(payloads, 1);
-        if ((ret = emit_record(&o, 'P', idx, 8, text, n, NULL, 0)))
+        if ((ret = st_payload_check(st, id, payloads, 2, (uint64_t)sqlite3_column_int64(payloads, 0), text, n, err,
+                                    errlen)) ||
+            (ret = emit_record(&o, 'P', idx, 8, text, n, NULL, 0)))
             goto done;
         npayloads++;
     }
@@ -271,13 +281,37 @@ int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn writ
         goto done;
     }
 
-    unsigned char z[5 + 28];
+    sqlite3_bind_int64(slots, 1, sid);
+    while ((rc = sqlite3_step(slots)) == SQLITE_ROW) {
+        unsigned char nl[4], ver[8];
+        const void *name = sqlite3_column_text(slots, 0);
+        size_t namelen = (size_t)sqlite3_column_bytes(slots, 0);
+        put_u32(nl, (uint32_t)namelen);
+        put_u64(ver, (uint64_t)sqlite3_column_int64(slots, 1));
+        const void *data = sqlite3_column_blob(slots, 2);
+        size_t n = (size_t)sqlite3_column_bytes(slots, 2);
+        /* 'S' = name length, name, version, record: one record of four pieces, in two writes. */
+        unsigned char sh[5];
+        sh[0] = 'S';
+        put_u32(sh + 1, (uint32_t)(4 + namelen + 8 + n));
+        if ((ret = emit(&o, sh, 5)) || (ret = emit(&o, nl, 4)) || (ret = emit(&o, name, namelen)) ||
+            (ret = emit(&o, ver, 8)) || (ret = emit(&o, data, n)))
+            goto done;
+        nslots++;
+    }
+    if (rc != SQLITE_DONE) {
+        ret = st_fail_db(st, c->db, rc, err, errlen, "reading the slot versions");
+        goto done;
+    }
+
+    unsigned char z[5 + 36];
     z[0] = 'Z';
-    put_u32(z + 1, 28);
+    put_u32(z + 1, 36);
     put_u64(z + 5, nblobs);
     put_u64(z + 13, nblocks);
     put_u64(z + 21, npayloads);
-    put_u32(z + 29, crc_update(o.crc, z, 29));   /* the checksum covers everything before its own 4 bytes */
+    put_u64(z + 29, nslots);
+    put_u32(z + 37, crc_update(o.crc, z, 37));   /* the checksum covers everything before its own 4 bytes */
     if ((ret = emit(&o, z, sizeof z)))
         goto done;
     if (stats) {
@@ -285,8 +319,10 @@ int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn writ
         stats->events = length;
         stats->blocks = nblocks;
         stats->payloads = npayloads;
+        stats->slot_rows = nslots;
     }
 done:
+    sqlite3_finalize(slots);
     sqlite3_finalize(row);
     sqlite3_finalize(blobs);
     sqlite3_finalize(blocks);
@@ -295,6 +331,17 @@ done:
         st_rollback(st, c);   /* a read transaction: nothing to keep */
     st_reader_put(st, c);
     return ret;
+}
+
+/* The order of slot version rows: name as bytes (a prefix first), then version; <0, 0, >0. */
+static int row_order(const char *a, size_t an, uint64_t av, const char *b, size_t bn, uint64_t bv)
+{
+    int c = memcmp(a, b, an < bn ? an : bn);
+    if (c)
+        return c;
+    if (an != bn)
+        return an < bn ? -1 : 1;
+    return av < bv ? -1 : av > bv;
 }
 
 /* ---- import --------------------------------------------------------------------------------------- */
@@ -370,6 +417,9 @@ int ma_store_session_import(ma_store *st, const char *id, ma_store_read_fn read,
     ma_store_snapshot_header h;
     memset(&h, 0, sizeof h);
     uint64_t t0 = 0, nblobs = 0, nblocks = 0, npayloads = 0, events = 0, event_bytes = 0, last_payload = 0;
+    uint64_t nslots = 0, slot_bytes = 0, last_version = 0;
+    char last_name[SNAP_NAME_MAX];
+    size_t last_len = 0;
     bool begun = false, any_payload = false;
     int ret, rc;
     if (why)
@@ -390,9 +440,10 @@ int ma_store_session_import(ma_store *st, const char *id, ma_store_read_fn read,
         ret = refuse(&in, MA_SNAP_CORRUPT, "not a memattn session snapshot (bad magic)");
         goto out;
     }
-    if (get_u32(magic + 8) != SNAP_FORMAT) {
+    uint32_t format = get_u32(magic + 8);
+    if (format != SNAP_FORMAT && format != 1) {
         ret = refuse(&in, get_u32(magic + 8) > SNAP_FORMAT ? MA_SNAP_NEWER : MA_SNAP_CORRUPT,
-                     "snapshot format %" PRIu32 " is not supported (this memattnd reads format %u)",
+                     "snapshot format %" PRIu32 " is not supported (this memattnd reads formats 1 to %u)",
                      get_u32(magic + 8), SNAP_FORMAT);
         goto out;
     }
@@ -462,8 +513,9 @@ int ma_store_session_import(ma_store *st, const char *id, ma_store_read_fn read,
     }
     int64_t sid = sqlite3_last_insert_rowid(c->db);
 
-    /* Records in the order of the format: O*, E*, P*, Z. */
-    int phase = 0;   /* 0 blobs, 1 blocks, 2 payloads */
+    /* Records in the order of the format: O*, E*, P*, S*, Z. */
+    int phase = 0;   /* 0 blobs, 1 blocks, 2 payloads, 3 slot rows */
+    uint32_t zlen = format == 1 ? 28 : 36;
     for (;;) {
         if ((ret = next_record(&in, &tag, &len)))
             goto out;
@@ -518,23 +570,42 @@ int ma_store_session_import(ma_store *st, const char *id, ma_store_read_fn read,
             any_payload = true;
             last_payload = idx;
             npayloads++;
-        } else if (tag == 'Z' && len == 28) {
-            unsigned char z[28];
-            if ((ret = take(&in, z, 24)))
+        } else if (tag == 'S' && format >= 2 && len >= 12) {
+            phase = 3;
+            uint32_t nl = get_u32(in.buf);
+            const char *name = (const char *)in.buf + 4;
+            uint64_t version = nl <= SNAP_NAME_MAX && len >= 12 + (uint64_t)nl ? get_u64(in.buf + 4 + nl) : 0;
+            if (!version || version > INT64_MAX || nl == 0 || memchr(name, 0, nl) ||
+                (nslots && row_order(name, nl, version, last_name, last_len, last_version) <= 0)) {
+                ret = refuse(&in, MA_SNAP_CORRUPT, "snapshot corrupt: slot version row %" PRIu64 " (out of order, "
+                             "or a bad name or number)", nslots);
+                goto out;
+            }
+            memcpy(last_name, name, nl);
+            last_len = nl;
+            last_version = version;
+            size_t n = len - 12 - nl;
+            if ((ret = st_put_slot_row(st, c, sid, name, (int)nl, version, in.buf + 12 + nl, n, err, errlen)))
+                goto out;
+            slot_bytes += n;
+            nslots++;
+        } else if (tag == 'Z' && len == zlen) {
+            unsigned char z[36];
+            if ((ret = take(&in, z, zlen - 4)))
                 goto out;
             uint32_t want = in.crc;
-            if ((ret = in.read(in.ctx, z + 24, 4)) == MA_ENOTFOUND) {
+            if ((ret = in.read(in.ctx, z + zlen - 4, 4)) == MA_ENOTFOUND) {
                 ret = refuse(&in, MA_SNAP_TRUNCATED, "snapshot truncated: the input ended inside it");
                 goto out;
             }
             if (ret)
                 goto out;
-            if (get_u32(z + 24) != want) {
+            if (get_u32(z + zlen - 4) != want) {
                 ret = refuse(&in, MA_SNAP_CORRUPT, "snapshot corrupt: checksum mismatch");
                 goto out;
             }
             if (get_u64(z) != nblobs || get_u64(z + 8) != nblocks || get_u64(z + 16) != npayloads ||
-                events != h.length) {
+                (format >= 2 && get_u64(z + 24) != nslots) || events != h.length) {
                 ret = refuse(&in, MA_SNAP_CORRUPT, "snapshot corrupt: counts differ from its contents");
                 goto out;
             }
@@ -567,6 +638,7 @@ int ma_store_session_import(ma_store *st, const char *id, ma_store_read_fn read,
     sqlite3_bind_int64(upd, 3, (int64_t)h.slots);
     sqlite3_bind_int64(upd, 4, h.updated_at);
     sqlite3_bind_int64(upd, 5, (int64_t)event_bytes);
+    sqlite3_bind_int64(upd, 6, (int64_t)slot_bytes);
     rc = sqlite3_step(upd);
     sqlite3_reset(upd);
     sqlite3_clear_bindings(upd);
@@ -578,6 +650,7 @@ int ma_store_session_import(ma_store *st, const char *id, ma_store_read_fn read,
         stats->events = h.length;
         stats->blocks = nblocks;
         stats->payloads = npayloads;
+        stats->slot_rows = nslots;
     }
 out:
     if (begun)

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.." || exit 2
 
 RULES=(
   "core     | core/                                   | config/ store/ registry/ server/ cjson/ uv.h llhttp.h sqlite3.h | core/ is the model: no I/O libraries, nothing of ours above it"
-  "store    | store/ core/error.h                     | cjson/ uv.h llhttp.h                                            | store/ sees only core's error codes (blobs are opaque bytes); the only user of sqlite3.h"
+  "store    | store/ core/error.h core/hash.h         | cjson/ uv.h llhttp.h                                            | store/ sees only core's error codes and hash (row checksums; blobs are opaque bytes); the only user of sqlite3.h"
   "config   | config/ core/                           | sqlite3.h llhttp.h cjson/                                       | config/ knows no store, registry or server"
   "registry | registry/ core/ store/ config/          | sqlite3.h uv.h llhttp.h                                         | registry/ sits between server/ and core/+store/; it does not know the server"
   "server   | server/ registry/ store/ core/ config/  | sqlite3.h                                                       | server/ may use every layer, but reaches sqlite only through store/"

@@ -348,6 +348,108 @@ static void test_concurrent_batches_keep_order(void **state)
     assert_int_equal(mh_stop(&d, 30000), 0);
 }
 
+/* body with "<field>":value added before "events" */
+static char *with_field(const char *body, const char *field, uint64_t value)
+{
+    size_t n = strlen(body) + 96;
+    char *s = malloc(n);
+    snprintf(s, n, "{\"%s\":%llu,%s", field, (unsigned long long)value, body + 1);
+    return s;
+}
+
+static uint64_t session_length(mh_daemon *d, const char *sess)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/v1/sessions/%s", sess);
+    cJSON *j = au_call(d, "GET", path, 200, NULL);
+    uint64_t length = (uint64_t)au_num(j, "length");
+    cJSON_Delete(j);
+    return length;
+}
+
+/* Batches with an Idempotency-Key are exclusive jobs among pipelined ones (docs/STORE.md, "Batches that
+ * are not pipelined"): sent while three clients pipeline keyless batches on the same session, each lands
+ * once where its answer said, is committed directly with its key (not through the commit queue), and
+ * its retry replays that answer. expect_length, spelled plainly or with a JSON escape (the pipelined
+ * path's own check), is checked against the durable length. */
+static void test_keyed_batches_among_pipelined(void **state)
+{
+    (void)state;
+    mh_daemon d;
+    assert_int_equal(mh_start(&d, NULL, NULL), 0);
+    cJSON_Delete(au_call(&d, "PUT", "/v1/sessions/m", 201, CONFIG));
+    static client cl[4];
+    memset(cl, 0, sizeof cl);
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++) {
+        cl[i] = (client){.d = &d, .sess = "m", .c = i, .from = 0, .to = 12};
+        assert_int_equal(pthread_create(&t[i], NULL, client_main, &cl[i]), 0);
+    }
+    cl[3] = (client){.d = &d, .sess = "m", .c = 3};
+    enum { NK = 8 };
+    for (int b = 0; b < NK; b++) {
+        char hdr[64], *body = batch_body(3, b);
+        snprintf(hdr, sizeof hdr, "Idempotency-Key: m-key-%d", b);
+        const char *h[] = {hdr, NULL};
+        cJSON *j = au_callh(&d, "POST", "/v1/sessions/m/events", h, 200, "%s", body);
+        assert_int_equal((int)au_num(j, "appended"), B);
+        cl[3].state[b] = B_ACKED;
+        cl[3].end[b] = (uint64_t)au_num(j, "length");
+        cJSON_Delete(j);
+        free(body);
+    }
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+    for (int i = 0; i < 3; i++) {
+        if (cl[i].err[0])
+            fail_msg("client %d: %s", i, cl[i].err);
+        for (int b = 0; b < 12; b++)
+            assert_int_equal(cl[i].state[b], B_ACKED);
+    }
+    int n;
+    batch_id *o = check_session(&d, "m", cl, 4, &n);
+    assert_int_equal(n, 36 + NK);
+    free(o);
+    assert_true(metric(&d, "memattn_events_ingested_total") == (36 + NK) * B);
+    assert_true(metric(&d, "memattn_store_group_commit_batches_total") == 36);
+    /* the retries replay the committed answers */
+    for (int b = 0; b < NK; b++) {
+        char hdr[64], v[16], *body = batch_body(3, b);
+        snprintf(hdr, sizeof hdr, "Idempotency-Key: m-key-%d", b);
+        const char *h[] = {hdr, NULL};
+        mh_resp r;
+        assert_int_equal(mh_request(&d, "POST", "/v1/sessions/m/events", body, h, &r), 0);
+        assert_int_equal(r.status, 200);
+        assert_non_null(mh_resp_header(&r, "Idempotent-Replayed", v, sizeof v));
+        cJSON *j = mh_resp_json(&r);
+        assert_true(au_num(j, "length") == (double)cl[3].end[b]);
+        cJSON_Delete(j);
+        mh_resp_free(&r);
+        free(body);
+    }
+    assert_int_equal(session_length(&d, "m"), (uint64_t)(36 + NK) * B);
+
+    /* expect_length: plainly (an exclusive job) and escaped (pipelined, settled first) */
+    uint64_t L = session_length(&d, "m");
+    const char *fields[] = {"expect_length", "expect\\u005flength"};
+    for (int f = 0; f < 2; f++) {
+        char *body = batch_body(4, f), *bad = with_field(body, fields[f], L + 1), *good = with_field(body, fields[f], L);
+        mh_resp r;
+        assert_int_equal(mh_request(&d, "POST", "/v1/sessions/m/events", bad, NULL, &r), 0);
+        assert_int_equal(r.status, 409);
+        assert_string_equal(mh_error_code(&r), "length_mismatch");
+        mh_resp_free(&r);
+        cJSON *j = au_call(&d, "POST", "/v1/sessions/m/events", 200, "%s", good);
+        L += B;
+        assert_true(au_num(j, "length") == (double)L);
+        cJSON_Delete(j);
+        free(body);
+        free(bad);
+        free(good);
+    }
+    assert_int_equal(mh_stop(&d, 30000), 0);
+}
+
 static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
 {
     (void)sb; (void)flag; (void)ftw;
@@ -502,6 +604,7 @@ int main(void)
         cmocka_unit_test_teardown(test_concurrent_batches_keep_order, mh_teardown),
         cmocka_unit_test_teardown(test_commit_failure_fails_the_group, mh_teardown),
         cmocka_unit_test_teardown(test_sigkill_under_concurrent_ingest, mh_teardown),
+        cmocka_unit_test_teardown(test_keyed_batches_among_pipelined, mh_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -174,7 +174,7 @@ static void test_export_import_same_bits(void **state)
     bad[len] = 'x';
     expect_refused(&b, "t4", bad, len + 1, 400, "bad_snapshot");         /* trailing garbage */
     memcpy(bad, snap, len);
-    bad[8] = 2;
+    bad[8] = 99;
     expect_refused(&b, "t5", bad, len, 422, "unsupported_snapshot");     /* a newer format */
     expect_refused(&b, "t6", "{\"dim\":8}", 9, 400, "bad_snapshot");     /* not a snapshot */
     expect_refused(&b, "t7", "", 0, 400, "bad_snapshot");                /* empty */

@@ -61,7 +61,8 @@ static void use_session(ma_store *st, const char *id)
                                        .slots = row.slots_blob.data, .slots_len = row.slots_blob.len,
                                        .archive_meta = row.archive_meta.data,
                                        .archive_meta_len = row.archive_meta.len, .chunks = reg_pager_chunks(&pg),
-                                       .cache_chunks = 2, .payloads = reg_pager_payloads(&pg) };
+                                       .cache_chunks = 2, .payloads = reg_pager_payloads(&pg),
+                                       .slot_rows = reg_pager_slot_rows(&pg) };
             ma_session *s = NULL;
             if (ma_session_restore(&p, &saved, &s) == 0)
                 ma_session_destroy(s);

@@ -447,6 +447,23 @@ static int mem_load(void *ctx, uint32_t chunk, float *k, float *v, size_t n)
     return 0;
 }
 
+/* The source's single-event reads (load_events), counted apart from chunk loads. */
+static int mem_events_loaded;
+static int mem_load_events(void *ctx, const uint64_t *ids, size_t n, float *k, float *v)
+{
+    mem_source *s = ctx;
+    for (size_t i = 0; i < n; i++) {
+        if (i && ids[i] <= ids[i - 1])
+            return MA_EINVAL;
+        if (ids[i] / (uint64_t)s->C == s->fail_chunk)
+            return MA_EIO;
+        memcpy(k + i * s->kf, s->k + ids[i] * s->kf, s->kf * sizeof(float));
+        memcpy(v + i * s->vf, s->v + ids[i] * s->vf, s->vf * sizeof(float));
+    }
+    __atomic_add_fetch(&mem_events_loaded, (int)n, __ATOMIC_RELAXED);
+    return 0;
+}
+
 /* Runs full, window and sparse reads of q on a and b and requires identical bits. */
 static void same_reads(const ma_archive *a, const ma_archive *b, const float *q, size_t vlen, int topk)
 {
@@ -858,6 +875,225 @@ static void needle_rates(ma_selector sel, ma_chunk_score cs, size_t N, int trial
     free(v);
 }
 
+/* A source that reads single events: a paged sparse read (index selector) reads its candidates alone,
+ * loads no chunk, and answers with the resident archive's bits; a candidate's chunk that is in the cache is
+ * used from there; a failing single read is passed on. */
+static void test_paged_sparse_reads_events(void **state)
+{
+    (void)state;
+    rng_state = 77;
+    ma_params p = mkparams(2, 8, 4, 16, 4, MA_SELECTOR_INDEX);
+    p.window = 40;
+    const size_t T = 3000;
+    float *k, *v;
+    ma_archive *ref = filled(&p, T, &k, &v), *a;
+    assert_int_equal(ma_archive_create(&p, &a), 0);
+    for (size_t i = 0; i < T;) {   /* the batches of filled(): the same index */
+        size_t n = 1 + (i * 7) % 11;
+        if (n > T - i)
+            n = T - i;
+        assert_int_equal(ma_archive_append(a, n, k + i * 16, v + i * 8), 0);
+        i += n;
+    }
+    mem_source ms = {.k = k, .v = v, .kf = 16, .vf = 8, .C = 16, .fail_chunk = UINT32_MAX};
+    assert_int_equal(ma_archive_set_source(a, (ma_chunk_source){mem_load, &ms}, 2), 0);
+    ma_archive_set_event_loader(a, mem_load_events);
+    ma_archive_release(a);
+    float oa[8], ob[8];
+    for (int t = 0; t < 6; t++) {
+        float *q = randv(16);
+        int before = ms.loads;
+        mem_events_loaded = 0;
+        ma_read_result ra = {.v = oa}, rb = {.v = ob};
+        assert_int_equal(ma_archive_read_sparse(ref, q, 0, &ra), 0);
+        assert_int_equal(ma_archive_read_sparse(a, q, 0, &rb), 0);
+        assert_memory_equal(oa, ob, sizeof oa);
+        assert_int_equal(ra.pointer, rb.pointer);
+        assert_true(ra.score == rb.score && ra.weight == rb.weight);
+        assert_int_equal(ra.n_chunks, rb.n_chunks);
+        assert_memory_equal(ra.chunks, rb.chunks, ra.n_chunks * sizeof(uint32_t));
+        assert_int_equal(ms.loads, before);          /* no chunk loaded ... */
+        assert_true(mem_events_loaded > 0);          /* ... the candidates read alone */
+        ma_read_result_clear(&ra);
+        ma_read_result_clear(&rb);
+        same_reads(ref, a, q, 8, 0);                 /* full and window too */
+        free(q);
+    }
+    /* A chunk in the cache (ma_archive_get loads through it) serves its candidates. */
+    float q[16], kk[16];
+    assert_int_equal(ma_archive_get(a, 1000, kk, NULL), 0);
+    memcpy(q, kk, sizeof q);
+    ma_read_result r = {.v = oa}, rr = {.v = ob};
+    assert_int_equal(ma_archive_read_sparse(a, q, 0, &r), 0);
+    assert_int_equal(ma_archive_read_sparse(ref, q, 0, &rr), 0);
+    assert_memory_equal(oa, ob, sizeof oa);
+    assert_int_equal(r.pointer, rr.pointer);
+    ma_read_result_clear(&r);
+    ma_read_result_clear(&rr);
+    /* A failing single read: the chunk of another read's pointer fails. */
+    memcpy(q, k + 323 * 16, sizeof q);
+    rr = (ma_read_result){.v = ob};
+    assert_int_equal(ma_archive_read_sparse(ref, q, 0, &rr), 0);
+    ms.fail_chunk = (uint32_t)(rr.pointer / 16);
+    ma_read_result_clear(&rr);
+    r = (ma_read_result){.v = oa};
+    assert_int_equal(ma_archive_read_sparse(a, q, 0, &r), MA_EIO);
+    assert_null(r.chunks);
+    ma_archive_destroy(a);
+    ma_archive_destroy(ref);
+    free(k);
+    free(v);
+}
+
+/* ---- streamed exact reads (issue 9 item 3) ----------------------------------------------------- */
+
+/* Scales every query so that the softmax is peaked (a pointer worth comparing) but not one-hot. */
+static float *sharp_query(size_t n, float gain)
+{
+    float *q = randv(n);
+    for (size_t j = 0; j < n; j++)
+        q[j] *= gain;
+    return q;
+}
+
+/* Streamed full and window reads of a paged archive (cache of 1, so every chunk comes from the source)
+ * equal the double reference on random inputs: several head counts (H > 1 finds its pointer by
+ * revisiting spans), chunk sizes (many spans of 16 chunks, a partial tail), masks and skip bits. */
+static void test_streamed_matches_reference(void **state)
+{
+    (void)state;
+    static const int shapes[][4] = {{1, 16, 8, 4}, {2, 8, 5, 3}, {3, 8, 4, 16}, {4, 4, 4, 5}, {1, 64, 64, 64}};
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        rng_state = 900 + si;
+        int H = shapes[si][0], d = shapes[si][1], dv = shapes[si][2], C = shapes[si][3];
+        ma_params p = mkparams(H, d, dv, C, 4, MA_SELECTOR_CHUNKS);
+        p.window = 77;
+        const size_t T = (size_t)C * 16 * 5 + 7, kf = (size_t)H * d, vf = (size_t)H * dv;
+        float *k, *v;
+        ma_archive *a = filled(&p, T, &k, &v);
+        mem_source ms = {.k = k, .v = v, .kf = kf, .vf = vf, .C = C, .fail_chunk = UINT32_MAX};
+        assert_int_equal(ma_archive_set_source(a, (ma_chunk_source){mem_load, &ms}, 1), 0);
+        ma_archive_release(a);
+        assert_int_equal(ma_archive_mask_reserve(a, T), 0);
+        for (size_t i = 0; i < T; i++)
+            if (i % 5 == 1 || i % 13 == 0)
+                ma_archive_mask_set(a, i, i % 13 == 0 ? MA_MASK_FORGOTTEN : MA_MASK_SUPERSEDED, true);
+        uint64_t *ids = malloc(T * sizeof *ids), *wids = malloc(T * sizeof *wids);
+        float *out = malloc(vf * sizeof *out);
+        double *want = malloc(vf * sizeof *want);
+        const unsigned skips[] = {0, MA_MASK_FORGOTTEN, MA_MASK_ALL};
+        for (int t = 0; t < 6; t++) {
+            unsigned skip = skips[t % 3];
+            size_t n = 0, nw = 0;
+            for (size_t i = 0; i < T; i++)
+                if (!(ma_archive_masked(a, i) & skip)) {
+                    ids[n++] = i;
+                    if (i >= T - 77)
+                        wids[nw++] = i;
+                }
+            float *q = sharp_query(kf, 2.0f + (float)t);
+            ref_best rb;
+            ma_read_result r = {.v = out, .skip = skip};
+            assert_int_equal(ma_archive_read_full(a, q, &r), 0);
+            reference(H, d, dv, k, v, ids, 0, n, q, want, &rb);
+            expect_close(out, want, vf, 1e-5);
+            assert_int_equal(r.pointer, rb.pointer);
+            assert_true(fabs(r.weight - rb.weight) < 1e-6);
+            assert_true(fabs(r.score - rb.score) < 1e-6);
+            assert_int_equal(r.events_scored, n);
+            assert_int_equal(r.n_chunks, ma_archive_chunks(a));
+            ma_read_result_clear(&r);
+            r = (ma_read_result){.v = out, .skip = skip};
+            assert_int_equal(ma_archive_read_window(a, q, 0, &r), 0);
+            reference(H, d, dv, k, v, wids, 0, nw, q, want, &rb);
+            expect_close(out, want, vf, 1e-5);
+            assert_int_equal(r.pointer, rb.pointer);
+            assert_true(fabs(r.weight - rb.weight) < 1e-6);
+            assert_int_equal(r.events_scored, nw);
+            assert_int_equal(r.chunks[0], (T - 77) / (size_t)C);
+            ma_read_result_clear(&r);
+            free(q);
+        }
+        /* The scan left the cache alone: it holds at most its one entry. */
+        size_t entry = (size_t)C * (kf + vf) * sizeof(float);
+        size_t idle = ma_archive_bytes(a);
+        float *q = randv(kf);
+        ma_read_result r = {.v = out};
+        assert_int_equal(ma_archive_read_full(a, q, &r), 0);
+        ma_read_result_clear(&r);
+        assert_true(ma_archive_bytes(a) <= idle + entry + 256);
+        free(q);
+        free(ids);
+        free(wids);
+        free(out);
+        free(want);
+        ma_archive_destroy(a);
+        free(k);
+        free(v);
+    }
+}
+
+/* A batch of exact reads (full and windows of every kind, every skip, more than one group of 8 queries)
+ * equals the same reads one by one, bit for bit, resident and paged; a query that has nothing to attend
+ * over is MA_EEMPTY on its own while the others are answered. */
+static void test_exact_batch_equals_single(void **state)
+{
+    (void)state;
+    for (int H = 1; H <= 3; H += 2) {
+        rng_state = 950 + (unsigned)H;
+        ma_params p = mkparams(H, 8, 6, 8, 4, MA_SELECTOR_INDEX);
+        p.window = 30;
+        const size_t T = 8 * 16 * 3 + 5, kf = (size_t)H * 8, vf = (size_t)H * 6, nq = 21;
+        float *k, *v;
+        ma_archive *a = filled(&p, T, &k, &v);
+        assert_int_equal(ma_archive_mask_reserve(a, T), 0);
+        for (size_t i = T - 12; i < T; i++)   /* the last 12 forgotten: a window of 10 is empty */
+            ma_archive_mask_set(a, i, MA_MASK_FORGOTTEN, true);
+        for (size_t i = 0; i < T; i += 4)
+            ma_archive_mask_set(a, i, MA_MASK_SUPERSEDED, true);
+        float *Q = randv(nq * kf), *ob = malloc(nq * vf * sizeof(float)), *os = malloc(vf * sizeof(float));
+        int windows[21], rcs[21];
+        ma_read_result rb[21];
+        for (int paged = 0; paged < 2; paged++) {
+            mem_source ms = {.k = k, .v = v, .kf = kf, .vf = vf, .C = 8, .fail_chunk = UINT32_MAX};
+            if (paged) {
+                assert_int_equal(ma_archive_set_source(a, (ma_chunk_source){mem_load, &ms}, 2), 0);
+                ma_archive_release(a);
+            }
+            for (size_t i = 0; i < nq; i++) {
+                windows[i] = (int[]){-1, 0, 5, 10, 200, 100000, -1}[i % 7];
+                rb[i] = (ma_read_result){.v = ob + i * vf, .skip = (unsigned[]){0, MA_MASK_FORGOTTEN, MA_MASK_ALL}[i % 3]};
+            }
+            assert_int_equal(ma_archive_read_exact_batch(a, Q, nq, windows, rb, rcs), 0);
+            for (size_t i = 0; i < nq; i++) {
+                ma_read_result rs = {.v = os, .skip = rb[i].skip};
+                int rc = windows[i] < 0 ? ma_archive_read_full(a, Q + i * kf, &rs)
+                                        : ma_archive_read_window(a, Q + i * kf, windows[i], &rs);
+                assert_int_equal(rcs[i], rc);
+                if (windows[i] == 10 && rb[i].skip)
+                    assert_int_equal(rc, MA_EEMPTY);
+                if (rc)
+                    continue;
+                assert_memory_equal(ob + i * vf, os, vf * sizeof(float));
+                assert_int_equal(rb[i].pointer, rs.pointer);
+                assert_true(rb[i].weight == rs.weight && rb[i].score == rs.score);
+                assert_int_equal(rb[i].events_scored, rs.events_scored);
+                assert_int_equal(rb[i].n_chunks, rs.n_chunks);
+                assert_memory_equal(rb[i].chunks, rs.chunks, rs.n_chunks * sizeof(uint32_t));
+                ma_read_result_clear(&rs);
+                ma_read_result_clear(&rb[i]);
+            }
+        }
+        free(Q);
+        free(ob);
+        free(os);
+        ma_archive_destroy(a);
+        free(k);
+        free(v);
+    }
+}
+
+
 static void test_needle_index_100k(void **state)
 {
     (void)state;
@@ -902,6 +1138,9 @@ int main(void)
         cmocka_unit_test(test_meta_roundtrip),
         cmocka_unit_test(test_meta_generation_and_bytes),
         cmocka_unit_test(test_sparse_batch_equals_single),
+        cmocka_unit_test(test_streamed_matches_reference),
+        cmocka_unit_test(test_paged_sparse_reads_events),
+        cmocka_unit_test(test_exact_batch_equals_single),
         cmocka_unit_test(test_needle_index_100k),
         cmocka_unit_test(test_needle_chunks_rates),
     };

@@ -665,6 +665,8 @@ static void test_status_table(void **state)
     assert_string_equal(code, "protected");
     assert_int_equal(codec_status_of(MA_ENOMEM, NULL, &code), 503);
     assert_string_equal(code, "overloaded");
+    assert_int_equal(codec_status_of(MA_ETOOBIG, NULL, &code), 422);
+    assert_string_equal(code, "session_too_large");
     const int store[] = {MA_EIO, MA_ECORRUPT, MA_EBUSY, -1000};
     for (size_t i = 0; i < sizeof store / sizeof store[0]; i++) {
         assert_int_equal(codec_status_of(store[i], NULL, &code), 503);
@@ -766,6 +768,157 @@ static void test_answers(void **state)
     printed(r, "{\"results\":[]}");
 }
 
+/* ---- slot policies and importance ---------------------------------------------------------------- */
+
+static void test_slot_policy_config(void **state)
+{
+    (void)state;
+    codec_error err;
+    ma_params p, q, d;
+    ma_params_default(&d);
+    /* absent: the defaults, printed in full */
+    cJSON *j = parse("{}");
+    assert_int_equal(codec_params_from_json(j, &p, &err), 0);
+    cJSON_Delete(j);
+    assert_int_equal(p.slot_policy.eviction, MA_EVICTION_LRU);
+    assert_int_equal(p.slot_policy.overwrite, MA_OVERWRITE_REPLACE);
+    assert_int_equal(p.slot_policy.read, MA_SLOT_READ_BEST);
+    assert_true(p.slot_policy.alpha == 0.5 && p.slot_policy.k == 4 && p.slot_policy.temperature == 0.1);
+    cJSON *o = codec_params_to_json(&p);
+    char *t = cJSON_PrintUnformatted(cJSON_GetObjectItem(o, "slot_policy"));
+    assert_string_equal(t, "{\"eviction\":\"lru\",\"overwrite\":\"replace\",\"alpha\":0.5,\"read\":\"best\",\"k\":4,"
+                           "\"temperature\":0.1}");
+    cJSON_free(t);
+    cJSON_Delete(o);
+
+    j = parse("{\"slot_policy\":{\"eviction\":\"score\",\"overwrite\":\"blend\",\"alpha\":0.25,\"read\":\"topk\","
+              "\"k\":8,\"temperature\":0.05}}");
+    assert_int_equal(codec_params_from_json(j, &p, &err), 0);
+    cJSON_Delete(j);
+    assert_int_equal(p.slot_policy.eviction, MA_EVICTION_SCORE);
+    assert_int_equal(p.slot_policy.overwrite, MA_OVERWRITE_BLEND);
+    assert_int_equal(p.slot_policy.read, MA_SLOT_READ_TOPK);
+    assert_true(p.slot_policy.alpha == 0.25 && p.slot_policy.k == 8 && p.slot_policy.temperature == 0.05);
+    assert_false(ma_params_equal(&p, &d));
+    o = codec_params_to_json(&p);
+    t = cJSON_PrintUnformatted(o);
+    cJSON *back = parse(t);
+    assert_int_equal(codec_params_from_json(back, &q, &err), 0);
+    assert_true(ma_params_equal(&p, &q));
+    cJSON_free(t);
+    cJSON_Delete(back);
+    cJSON_Delete(o);
+    /* a partial object keeps the other defaults; null is absent */
+    j = parse("{\"slot_policy\":{\"read\":\"topk\"},\"dim\":8}");
+    assert_int_equal(codec_params_from_json(j, &p, &err), 0);
+    assert_int_equal(p.slot_policy.read, MA_SLOT_READ_TOPK);
+    assert_int_equal(p.slot_policy.k, 4);
+    cJSON_Delete(j);
+    j = parse("{\"slot_policy\":null}");
+    assert_int_equal(codec_params_from_json(j, &p, &err), 0);
+    assert_true(ma_params_equal(&p, &d));
+    cJSON_Delete(j);
+
+    check_config_error("{\"slot_policy\":{\"eviction\":\"fifo\"}}",
+                       "slot_policy.eviction: \"fifo\" is not accepted, expected lru or score");
+    check_config_error("{\"slot_policy\":{\"overwrite\":\"average\"}}",
+                       "slot_policy.overwrite: \"average\" is not accepted, expected replace or blend");
+    check_config_error("{\"slot_policy\":{\"read\":\"all\"}}",
+                       "slot_policy.read: \"all\" is not accepted, expected best or topk");
+    check_config_error("{\"slot_policy\":{\"read\":1}}", "slot_policy.read: expected a string");
+    check_config_error("{\"slot_policy\":{\"alpha\":0}}", "slot_policy.alpha: 0 is out of range, expected a number in (0, 1]");
+    check_config_error("{\"slot_policy\":{\"alpha\":1.5}}", "slot_policy.alpha: 1.5 is out of range");
+    check_config_error("{\"slot_policy\":{\"alpha\":\"half\"}}", "slot_policy.alpha: expected a number, got a string");
+    check_config_error("{\"slot_policy\":{\"k\":0}}", "slot_policy.k: 0 is out of range, expected an integer 1..1024");
+    check_config_error("{\"slot_policy\":{\"k\":1025}}", "slot_policy.k: 1025 is out of range");
+    check_config_error("{\"slot_policy\":{\"k\":2.5}}", "slot_policy.k: expected an integer, got 2.5");
+    check_config_error("{\"slot_policy\":{\"temperature\":0}}", "slot_policy.temperature: 0 is out of range");
+    check_config_error("{\"slot_policy\":{\"temperature\":1e999}}", "slot_policy.temperature: expected a finite number");
+    check_config_error("{\"slot_policy\":{\"topk\":3}}", "slot_policy.topk: unknown field");
+    check_config_error("{\"slot_policy\":\"score\"}", "slot_policy: expected an object, got a string");
+}
+
+static void test_importance_fields(void **state)
+{
+    (void)state;
+    codec_events e;
+    codec_error err;
+    cJSON *j = parse("{\"events\":[{\"k\":" K8 ",\"v\":" V6 ",\"slot\":\"a\",\"importance\":0.75},"
+                     "{\"k\":" K8 ",\"v\":" V6 ",\"slot\":\"b\"},{\"k\":" K8 ",\"v\":" V6 ",\"slot\":\"c\",\"importance\":0}]}");
+    assert_int_equal(codec_events_decode(j, &shape, 4, &e, &err), 0);
+    assert_true(e.importance[0] == 0.75 && e.importance[1] == MA_IMPORTANCE_NONE && e.importance[2] == 0);
+    codec_events_clear(&e);
+    cJSON_Delete(j);
+    check_events_error("{\"events\":[{\"k\":" K8 ",\"v\":" V6 ",\"importance\":0.5}]}", "bad_request",
+                       "events[0].importance: needs slot");
+    check_events_error("{\"events\":[{\"k\":" K8 ",\"v\":" V6 ",\"slot\":\"a\",\"importance\":1.01}]}", "bad_request",
+                       "events[0].importance: 1.01 is out of range, expected a number in [0, 1]");
+    check_events_error("{\"events\":[{\"k\":" K8 ",\"v\":" V6 ",\"slot\":\"a\",\"importance\":-0.5}]}", "bad_request",
+                       "events[0].importance: -0.5 is out of range");
+    check_events_error("{\"events\":[{\"k\":" K8 ",\"v\":" V6 ",\"slot\":\"a\",\"importance\":\"high\"}]}",
+                       "bad_request", "events[0].importance: expected a number in [0, 1], got a string");
+
+    codec_slot_body b;
+    j = parse("{\"name\":\"a\",\"payload\":\"x\",\"importance\":1}");
+    assert_int_equal(codec_slot_body_decode(j, NULL, false, &shape, &b, &err), 0);
+    assert_true(b.has_importance && b.importance == 1.0);
+    codec_slot_body_clear(&b);
+    assert_int_equal(codec_slot_body_decode(j, "a", true, &shape, &b, &err), 0);
+    assert_true(b.has_importance && b.importance == 1.0);
+    codec_slot_body_clear(&b);
+    cJSON_Delete(j);
+    j = parse("{\"name\":\"a\",\"payload\":\"x\"}");
+    assert_int_equal(codec_slot_body_decode(j, NULL, false, &shape, &b, &err), 0);
+    assert_false(b.has_importance);
+    codec_slot_body_clear(&b);
+    cJSON_Delete(j);
+    j = parse("{\"name\":\"a\",\"payload\":\"x\",\"importance\":2}");
+    assert_error(codec_slot_body_decode(j, NULL, false, &shape, &b, &err), &err, "bad_request",
+                 "importance: 2 is out of range, expected a number in [0, 1]");
+    cJSON_Delete(j);
+    j = parse("{\"name\":\"a\",\"payload\":\"x\",\"importance\":null}");
+    assert_error(codec_slot_body_decode(j, NULL, false, &shape, &b, &err), &err, "bad_request",
+                 "importance: expected a number in [0, 1], got null");
+    cJSON_Delete(j);
+
+    /* Answers: importance only when given; a weighted read lists its contributions. */
+    float v[H * DV] = {1, 2, 3, 4, 5, 0.5f};
+    ma_contrib c[2] = {{"x", 3, 0.9, 0.75, true, 0.25}, {"y", 1, 0.5, 0.25, false, 0.5}};
+    ma_answer a = {.route = MA_ROUTE_SLOT, .v = v, .score = 0.9, .has_slot = true, .version = 3, .event = -1,
+                   .has_importance = true, .importance = 0.25, .contrib = c, .n_contrib = 2};
+    strcpy(a.slot, "x");
+    cJSON *o = codec_answer_to_json(&a, H * DV);
+    char *s = cJSON_PrintUnformatted(o);
+    assert_string_equal(s, "{\"route\":\"slot\",\"v\":[1,2,3,4,5,0.5],\"score\":0.9,\"slot\":\"x\",\"version\":3,"
+                           "\"importance\":0.25,\"contributions\":[{\"slot\":\"x\",\"version\":3,\"score\":0.9,"
+                           "\"weight\":0.75,\"importance\":0.25},{\"slot\":\"y\",\"version\":1,\"score\":0.5,"
+                           "\"weight\":0.25}]}");
+    cJSON_free(s);
+    cJSON_Delete(o);
+    ma_slot_info si = {.name = "n", .version = 4, .event = -1, .has_importance = true, .importance = 0.5};
+    o = codec_slot_info_to_json(&si);
+    s = cJSON_PrintUnformatted(o);
+    assert_non_null(strstr(s, "\"importance\":0.5"));
+    cJSON_free(s);
+    cJSON_Delete(o);
+    ma_version_info vi[2] = {{.version = 1, .event = 3, .has_importance = true, .importance = 1},
+                             {.version = 2, .event = -1, .tombstone = true}};
+    o = codec_versions_to_json(vi, 2);
+    s = cJSON_PrintUnformatted(o);
+    assert_string_equal(s, "{\"versions\":[{\"version\":1,\"event\":3,\"at\":\"1970-01-01T00:00:00.000Z\","
+                           "\"tombstone\":false,\"importance\":1},{\"version\":2,\"event\":null,"
+                           "\"at\":\"1970-01-01T00:00:00.000Z\",\"tombstone\":true}]}");
+    cJSON_free(s);
+    cJSON_Delete(o);
+    ma_slot_value sv = {.info = {.name = "n", .version = 1, .event = -1, .has_importance = true, .importance = 0},
+                        .k = v, .v = v};
+    o = codec_slot_value_to_json(&sv, 2, 2);
+    s = cJSON_PrintUnformatted(o);
+    assert_non_null(strstr(s, "\"importance\":0}"));
+    cJSON_free(s);
+    cJSON_Delete(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -788,6 +941,8 @@ int main(void)
         cmocka_unit_test(test_status_table),
         cmocka_unit_test(test_small_bodies),
         cmocka_unit_test(test_answers),
+        cmocka_unit_test(test_slot_policy_config),
+        cmocka_unit_test(test_importance_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

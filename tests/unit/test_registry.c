@@ -116,6 +116,116 @@ static void answer(reg_session *s, float out[D])
     ma_answer_clear(&a);
 }
 
+static int count_rows(void *arg, const char *name, uint64_t version, const void *data, size_t len)
+{
+    (void)name, (void)version, (void)data, (void)len;
+    ++*(size_t *)arg;
+    return 0;
+}
+
+static size_t stored_rows(fixture *f, const char *id)
+{
+    size_t n = 0;
+    char err[256];
+    assert_int_equal(ma_store_slot_rows(f->st, id, count_rows, &n, err, sizeof err), 0);
+    return n;
+}
+
+/* The slot table's whole bytes, every version of every listed name, and a slot-route query's answer. */
+static void slot_fingerprint(reg_session *s, void **whole, size_t *n, float out[D])
+{
+    assert_int_equal(ma_session_serialize_slots(reg_core(s), whole, n), 0);
+    float q[D];
+    for (int j = 0; j < D; j++)
+        q[j] = (float)(j + 1) / D;
+    ma_query qu = {.q = q, .slot = "v", .version = 2, .route = MA_ROUTE_SLOT};
+    ma_answer a = {.v = out};
+    assert_int_equal(ma_session_query(reg_core(s), &qu, &a), 0);
+    ma_answer_clear(&a);
+}
+
+/* Slot versions are rows written once: a commit stores only the new versions (and a forget rewrites the
+ * forgotten name's), and a restarted registry restores the same table, bit for bit. */
+static void test_slot_rows_restart(void **state)
+{
+    (void)state;
+    fixture f;
+    reg_session *s;
+    char err[256];
+    ma_params p = params();
+    p.slots = 2;
+    assert_int_equal(open_fixture(&f, 0), 0);
+    assert_int_equal(reg_create_session(f.reg, "s", &p, 1, &s, err, sizeof err), 0);
+    for (int i = 0; i < 40; i++)
+        assert_int_equal(ingest(&f, s, 2, "h"), 0);                 /* 40 versions of h, one per commit */
+    assert_int_equal(stored_rows(&f, "s"), 40);
+    ma_slot_result res;
+    reg_change c = {.slots = true};
+    char pl[32];
+    for (int i = 0; i < 5; i++) {
+        snprintf(pl, sizeof pl, "\"v%d\"", i);
+        ma_slot_input in = {.name = "v", .text = pl, .payload = pl};
+        assert_int_equal(ma_session_slot_overwrite(reg_core(s), &in, 0, 0, 3000 + i, &res), 0);
+        assert_int_equal(reg_commit(f.reg, s, &c, 3000 + i, err, sizeof err), 0);
+        assert_int_equal(stored_rows(&f, "s"), 40 + 1 + (size_t)i);  /* one row per PUT, whatever the history */
+    }
+    ma_slot_input secret = {.name = "f", .text = "secret", .payload = "\"secret\""};
+    assert_int_equal(ma_session_slot_write(reg_core(s), &secret, 4000, &res), 0);
+    assert_int_equal(reg_commit(f.reg, s, &c, 4000, err, sizeof err), 0);   /* evicts h (LRU): 2 rows */
+    assert_true(res.evicted);
+    assert_int_equal(stored_rows(&f, "s"), 47);
+    assert_int_equal(ma_session_slot_protect(reg_core(s), "v", true, 4001), 0);
+    assert_int_equal(reg_commit(f.reg, s, &c, 4001, err, sizeof err), 0);
+    assert_int_equal(stored_rows(&f, "s"), 47);
+    assert_int_equal(ma_session_slot_restore(reg_core(s), "h", 3, 4002, &res), 0);
+    assert_int_equal(reg_commit(f.reg, s, &c, 4002, err, sizeof err), 0);
+    uint64_t *ev;
+    size_t nev;
+    assert_int_equal(ma_session_slot_forget(reg_core(s), "f", &ev, &nev), 0);
+    reg_change fc = {.slots = true, .erase = ev, .n_erase = nev};
+    size_t before = stored_rows(&f, "s");
+    assert_int_equal(reg_commit(f.reg, s, &fc, 4003, err, sizeof err), 0);
+    assert_int_equal(stored_rows(&f, "s"), before);                  /* rewritten in place */
+    free(ev);
+    void *w1;
+    size_t n1;
+    float a1[D];
+    slot_fingerprint(s, &w1, &n1, a1);
+    reg_release(f.reg, s);
+
+    /* restart: a new registry over a reopened store */
+    reg_destroy(f.reg);
+    ma_store_close(f.st);
+    ma_store_options o;
+    ma_store_options_default(&o);
+    o.synchronous = MA_STORE_SYNC_NORMAL;
+    assert_int_equal(ma_store_open_with(f.dir, &o, &f.st, err, sizeof err), 0);
+    reg_options ro = {.store = f.st, .cache_chunks = 4};
+    assert_int_equal(reg_create(&ro, &f.reg), 0);
+    assert_int_equal(reg_acquire(f.reg, "s", &s, err, sizeof err), 0);
+    void *w2;
+    size_t n2;
+    float a2[D];
+    slot_fingerprint(s, &w2, &n2, a2);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(w1, w2, n1);
+    assert_memory_equal(a1, a2, sizeof a1);
+    ma_slot_value sv;
+    assert_int_equal(ma_session_slot_read(reg_core(s), "f", 1, &sv), MA_ENOVERSION);   /* forgotten */
+    assert_int_equal(ma_session_slot_read(reg_core(s), "h", 17, &sv), 0);
+    ma_slot_value_clear(&sv);
+    /* and it goes on: one more PUT, one more row */
+    ma_slot_input in = {.name = "g", .text = "g", .payload = "\"g\""};
+    assert_int_equal(ma_session_slot_overwrite(reg_core(s), &in, 0, 0, 5000, &res), 0);
+    size_t rows = stored_rows(&f, "s");
+    assert_int_equal(reg_commit(f.reg, s, &c, 5000, err, sizeof err), 0);
+    assert_int_equal(stored_rows(&f, "s"), rows + 1 + res.evicted);
+    reg_release(f.reg, s);
+    free(w1);
+    free(w2);
+    close_fixture(&f);
+}
+
 static void test_failed_commit_reloads(void **state)
 {
     (void)state;
@@ -243,21 +353,33 @@ static void test_parallel_load_once(void **state)
     close_fixture(&f);
 }
 
+/* Six sessions under a budget of one and a half footprints: creating or loading one unloads the
+ * previous (admission), answers do not change; a session larger than the budget is refused with the
+ * figures (MA_ETOOBIG), and one that finds the budget held by a session in use is refused for now
+ * (MA_EBUSY) until that session is released. */
 static void test_budget(void **state)
 {
     (void)state;
     fixture f;
-    reg_session *s;
+    reg_session *s, *held;
     reg_stats st;
-    char err[256];
+    char err[512];
     ma_params p = params();
     p.dim = p.value_dim = 64;   /* a 64x64 backbone: tens of kB per session */
     float want[6][D];
-    assert_int_equal(open_fixture(&f, 1), 0);   /* 1 byte: nothing fits but the session in use */
+    assert_int_equal(open_fixture(&f, 1 << 20), 0);
+    size_t fp = reg_session_footprint(f.reg, &p);
+    reg_destroy(f.reg);
+    reg_options ro = {.store = f.st, .memory_budget = fp * 3 / 2, .cache_chunks = 4};
+    assert_int_equal(reg_create(&ro, &f.reg), 0);
+    assert_int_equal(reg_session_footprint(f.reg, &p), fp);   /* the same cache bound at this budget */
     for (int i = 0; i < 6; i++) {
         char id[16];
         snprintf(id, sizeof id, "m%d", i);
         assert_int_equal(reg_create_session(f.reg, id, &p, 1, &s, err, sizeof err), 0);
+        reg_stats_get(f.reg, &st);
+        assert_int_equal(st.loaded, 1);   /* the previous one made room before this one was allocated */
+        assert_true(st.bytes <= st.budget);
         float k[64 * 20], v[64 * 20];
         ma_event ev[20];
         for (int e = 0; e < 20 * 64; e++) {
@@ -282,11 +404,14 @@ static void test_budget(void **state)
         reg_release(f.reg, s);
         reg_stats_get(f.reg, &st);
         assert_int_equal(st.loaded, 1);   /* only the one just used */
+        assert_true(st.bytes >= fp && st.bytes <= st.budget);   /* charged at least its footprint */
     }
     for (int i = 5; i >= 0; i--) {
         char id[16];
         snprintf(id, sizeof id, "m%d", i);
         assert_int_equal(reg_acquire(f.reg, id, &s, err, sizeof err), 0);
+        reg_stats_get(f.reg, &st);
+        assert_true(st.bytes <= st.budget);
         float q[64], out[64];
         for (int j = 0; j < 64; j++)
             q[j] = (float)j / 64;
@@ -299,11 +424,52 @@ static void test_budget(void **state)
     }
     reg_stats_get(f.reg, &st);
     assert_true(st.unloads >= 10);
+
+    /* Every loaded session in use: no room, for now (nothing loaded, nothing reserved). */
+    assert_int_equal(reg_acquire(f.reg, "m0", &held, err, sizeof err), 0);
+    reg_stats_get(f.reg, &st);
+    size_t before = st.bytes;
+    assert_int_equal(reg_acquire(f.reg, "m1", &s, err, sizeof err), MA_EBUSY);
+    assert_non_null(strstr(err, "retry"));
+    assert_int_equal(reg_create_session(f.reg, "new", &p, 1, &s, err, sizeof err), MA_EBUSY);
+    reg_stats_get(f.reg, &st);
+    assert_int_equal(st.bytes, before);
+    assert_int_equal(st.loaded, 1);
+    reg_release(f.reg, held);
+    assert_int_equal(reg_acquire(f.reg, "m1", &s, err, sizeof err), 0);   /* m0 is unused now: unloaded */
+    reg_release(f.reg, s);
+
+    /* Larger than the whole budget: refused with its footprint and the budget, nothing stored. */
+    ma_params big = p;
+    big.heads = 8;
+    big.dim = big.value_dim = 256;
+    size_t bfp = reg_session_footprint(f.reg, &big);
+    assert_true(bfp > st.budget);
+    assert_int_equal(reg_create_session(f.reg, "big", &big, 1, &s, err, sizeof err), MA_ETOOBIG);
+    char figure[64];
+    snprintf(figure, sizeof figure, "needs %zu bytes", bfp);
+    assert_non_null(strstr(err, figure));
+    snprintf(figure, sizeof figure, "is %zu bytes", st.budget);
+    assert_non_null(strstr(err, figure));
+    assert_int_equal(reg_acquire(f.reg, "big", &s, err, sizeof err), MA_ENOTFOUND);
+    reg_stats_get(f.reg, &st);
+    assert_true(st.bytes <= st.budget);
+
+    /* A stored session too large for a smaller budget (a restart with a lower --memory) is refused too. */
+    reg_destroy(f.reg);
+    ro.memory_budget = fp / 2;
+    assert_int_equal(reg_create(&ro, &f.reg), 0);
+    assert_int_equal(reg_acquire(f.reg, "m2", &s, err, sizeof err), MA_ETOOBIG);
+    reg_stats_get(f.reg, &st);
+    assert_int_equal(st.bytes, 0);
+    assert_int_equal(st.loaded, 0);
     close_fixture(&f);
 }
 
-/* A restored session's chunk cache is in the registry's count once a read has filled it, and the budget
- * empties it (pages out) before unloading anything. */
+/* A restored session's chunk cache is in core's count once a read has filled it (a full read streams past
+ * it; a sparse read of the chunks selector fills it), and the registry counts max(core's count,
+ * footprint); a session that holds more than its footprint (sealed chunks not paged out yet) and so goes
+ * over the budget is paged out before anything is unloaded. */
 static void test_cache_counted(void **state)
 {
     (void)state;
@@ -312,48 +478,63 @@ static void test_cache_counted(void **state)
     reg_stats st;
     char err[256];
     ma_params p = params();
+    p.selector = MA_SELECTOR_CHUNKS;
+    p.topk = 16;
     assert_int_equal(open_fixture(&f, 0), 0);
     assert_int_equal(reg_create_session(f.reg, "c", &p, 1, &s, err, sizeof err), 0);
-    assert_int_equal(ingest(&f, s, 64, NULL), 0);   /* 16 chunks of 4 events */
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(ingest(&f, s, 64, NULL), 0);   /* 160 chunks of 4 events */
     float want[D], out[D];
     answer(s, want);
     reg_release(f.reg, s);
 
-    for (int round = 0; round < 2; round++) {
-        /* A new registry restores the session from the store: chunks are paged, the cache empty. */
-        reg_destroy(f.reg);
-        size_t empty = round == 0 ? 0 : st.bytes;   /* round 1: a budget that fits only the emptied session */
-        reg_options ro = {.store = f.st, .memory_budget = empty, .cache_chunks = 4};
-        assert_int_equal(reg_create(&ro, &f.reg), 0);
-        assert_int_equal(reg_acquire(f.reg, "c", &s, err, sizeof err), 0);
-        reg_stats_get(f.reg, &st);
-        size_t loaded_bytes = st.bytes;
-        answer(s, out);   /* a full read: every chunk through the cache, 4 stay */
-        assert_memory_equal(out, want, sizeof out);
-        reg_release(f.reg, s);
-        reg_stats_get(f.reg, &st);
-        assert_true(st.chunk_loads >= 16);   /* every chunk was paged in (some twice) */
-        ma_session_stats ss;
-        assert_int_equal(reg_acquire(f.reg, "c", &s, err, sizeof err), 0);
-        assert_int_equal(ma_session_stats_get(reg_core(s), &ss), 0);
-        assert_int_equal(st.bytes, ss.bytes);   /* the count is what core holds, cache included */
-        ma_session_stats_clear(&ss);
-        reg_release(f.reg, s);
-        if (round == 0) {
-            assert_true(st.bytes >= loaded_bytes + 4 * 4 * 2 * D * sizeof(float));
-            assert_int_equal(st.paged_out_bytes, 0);
-            st.bytes = loaded_bytes;
-        } else {
-            /* over the budget: the cache was emptied (its table of entries stays), the session stays loaded */
-            assert_true(st.bytes < loaded_bytes + 4 * 2 * D * sizeof(float));
-            /* the cache was bounded to budget/8 (~3 chunks of 256 bytes), filled, and emptied */
-            size_t chunk_bytes = 4 * 2 * D * sizeof(float), cap = st.budget / 8 / chunk_bytes;
-            assert_true(cap >= 1 && cap < 4);
-            assert_true(st.paged_out_bytes >= cap * chunk_bytes && st.paged_out_bytes < 4 * chunk_bytes + 1024);
-            assert_int_equal(st.loaded, 1);
-            assert_int_equal(st.unloads, 0);
-        }
-    }
+    /* A new registry restores the session from the store: chunks are paged, the cache empty. */
+    reg_destroy(f.reg);
+    reg_options ro = {.store = f.st, .cache_chunks = 4};
+    assert_int_equal(reg_create(&ro, &f.reg), 0);
+    size_t fp = reg_session_footprint(f.reg, &p);
+    assert_int_equal(reg_acquire(f.reg, "c", &s, err, sizeof err), 0);
+    size_t empty = ma_session_bytes(reg_core(s));
+    answer(s, out);   /* a full read: every chunk streamed past the cache, which stays empty */
+    assert_memory_equal(out, want, sizeof out);
+    float q[D], sv[D];
+    for (int j = 0; j < D; j++)
+        q[j] = (float)(j + 1) / D;
+    ma_query qu = {.q = q, .route = MA_ROUTE_SPARSE};
+    ma_answer an = {.v = sv};
+    assert_int_equal(ma_session_query(reg_core(s), &qu, &an), 0);   /* 16 chunks through the cache, 4 stay */
+    ma_answer_clear(&an);
+    size_t full = ma_session_bytes(reg_core(s));
+    assert_true(full >= empty + 4 * 4 * 2 * D * sizeof(float));
+    reg_release(f.reg, s);
+    reg_stats_get(f.reg, &st);
+    assert_true(st.chunk_loads >= 16);   /* the sparse read's chunks were paged in */
+    assert_int_equal(st.bytes, full > fp ? full : fp);
+    assert_int_equal(st.paged_out_bytes, 0);
+
+    /* Under a budget that fits the footprint, a fresh session grows past it with its sealed chunks (owned
+     * until paged out): at release they are paged out, and it stays loaded. */
+    reg_destroy(f.reg);
+    ro.memory_budget = fp + (8 << 10);   /* the footprint (the first registry's, same options) and a little */
+    assert_int_equal(reg_create(&ro, &f.reg), 0);
+    fp = reg_session_footprint(f.reg, &p);
+    assert_true(fp < ro.memory_budget);
+    assert_int_equal(reg_create_session(f.reg, "d", &p, 1, &s, err, sizeof err), 0);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(ingest(&f, s, 64, NULL), 0);
+    answer(s, want);
+    reg_stats_get(f.reg, &st);
+    assert_true(st.bytes > st.budget);   /* the session in use may exceed it */
+    reg_release(f.reg, s);
+    reg_stats_get(f.reg, &st);
+    assert_true(st.bytes <= st.budget);
+    assert_true(st.paged_out_bytes >= 100 * 4 * 2 * D * sizeof(float));
+    assert_int_equal(st.loaded, 1);
+    assert_int_equal(st.unloads, 0);
+    assert_int_equal(reg_acquire(f.reg, "d", &s, err, sizeof err), 0);
+    answer(s, out);   /* paged back in, same bits */
+    assert_memory_equal(out, want, sizeof out);
+    reg_release(f.reg, s);
     close_fixture(&f);
 }
 
@@ -399,6 +580,35 @@ static void test_params_text(void **state)
         assert_true(strlen(err) > 0);
     }
     assert_int_equal(reg_params_decode(NULL, &q, err, sizeof err), MA_ECORRUPT);
+
+    /* Slot policies: stored, read back equal; a text without them (every earlier daemon's) reads as the
+     * defaults; a bad one is a corrupt row naming the field. */
+    ma_params_default(&p);
+    p.slot_policy.eviction = MA_EVICTION_SCORE;
+    p.slot_policy.overwrite = MA_OVERWRITE_BLEND;
+    p.slot_policy.alpha = 0.125;
+    p.slot_policy.read = MA_SLOT_READ_TOPK;
+    p.slot_policy.k = 7;
+    p.slot_policy.temperature = 0.3;
+    assert_int_equal(reg_params_encode(&p, &text), 0);
+    legacy = codec_params_to_json(&p);
+    legacy_text = cJSON_PrintUnformatted(legacy);
+    assert_string_equal(text, legacy_text);
+    assert_int_equal(reg_params_decode(text, &q, err, sizeof err), 0);
+    assert_true(ma_params_equal(&p, &q));
+    cJSON_free(legacy_text);
+    cJSON_Delete(legacy);
+    free(text);
+    assert_int_equal(reg_params_decode("{\"dim\":64}", &q, err, sizeof err), 0);
+    ma_params_default(&p);
+    assert_true(ma_params_equal(&p, &q));
+    const char *bad_policy[] = {"{\"slot_policy\":{\"eviction\":\"fifo\"}}", "{\"slot_policy\":{\"alpha\":0}}",
+                                "{\"slot_policy\":{\"colour\":1}}", "{\"slot_policy\":[]}"};
+    for (size_t i = 0; i < sizeof bad_policy / sizeof bad_policy[0]; i++) {
+        err[0] = '\0';
+        assert_int_equal(reg_params_decode(bad_policy[i], &q, err, sizeof err), MA_ECORRUPT);
+        assert_non_null(strstr(err, "slot_policy"));
+    }
 }
 
 /* The pager reads back exactly the events committed through the registry, a chunk at a time. */
@@ -544,8 +754,8 @@ static void queued_answer(void *ctx, int rc, const char *err)
     atomic_fetch_add(&answers, 1);      /* publishes the fields above to wait_answers */
 }
 
-/* Applies n random events to s and queues their commit. */
-static void queue_batch(fixture *f, reg_session *s, size_t n, qchange *c)
+/* Applies n random events to s, the first of them writing `slot` (NULL: none), and queues their commit. */
+static void queue_batch_slot(fixture *f, reg_session *s, size_t n, const char *slot, qchange *c)
 {
     char err[256];
     c->k = malloc(n * D * sizeof(float));
@@ -557,13 +767,19 @@ static void queue_batch(fixture *f, reg_session *s, size_t n, qchange *c)
         c->v[i] = frand();
     }
     for (size_t i = 0; i < n; i++)
-        ev[i] = (ma_event){.k = c->k + i * D, .v = c->v + i * D};
+        ev[i] = (ma_event){.k = c->k + i * D, .v = c->v + i * D, .slot = i == 0 ? slot : NULL};
     uint64_t first = ma_archive_length(ma_session_archive(reg_core(s)));
     ma_ingest_report rep = {0};
     assert_int_equal(ma_session_ingest(reg_core(s), n, ev, 1000, &rep), 0);
     ma_ingest_report_clear(&rep);
-    reg_change ch = {.first_event = first, .n_events = n, .k = c->k, .v = c->v, .backbone = true, .archive = true};
+    reg_change ch = {.first_event = first, .n_events = n, .k = c->k, .v = c->v, .backbone = true, .archive = true,
+                     .slots = slot != NULL};
     assert_int_equal(reg_commit_queue(f->reg, s, &ch, 2000, queued_answer, c, err, sizeof err), 0);
+}
+
+static void queue_batch(fixture *f, reg_session *s, size_t n, qchange *c)
+{
+    queue_batch_slot(f, s, n, NULL, c);
 }
 
 static void wait_answers(int n)
@@ -681,6 +897,111 @@ static void test_commit_queue_groups(void **state)
     close_fixture(&f);
 }
 
+/* A new registry over the fixture's store, reopened (the fault VFS kept). */
+static void restart(fixture *f)
+{
+    char err[256];
+    reg_destroy(f->reg);
+    ma_store_close(f->st);
+    ma_store_options o;
+    ma_store_options_default(&o);
+    o.vfs = ma_store_fault_vfs();
+    o.synchronous = MA_STORE_SYNC_NORMAL;
+    assert_int_equal(ma_store_open_with(f->dir, &o, &f->st, err, sizeof err), 0);
+    reg_options ro = {.store = f->st, .cache_chunks = 4};
+    assert_int_equal(reg_create(&ro, &f->reg), 0);
+}
+
+/* Slot versions (schema 3 rows) through the commit queue: several changes of one session in one group
+ * write the slot state blob once (the last) and the rows of every change, and the restored table equals
+ * the one in memory; a failed group stores none of its rows, the session is reloaded from the store and
+ * its next slot write stores its own rows. */
+static void test_commit_queue_slot_rows(void **state)
+{
+    (void)state;
+    fixture f;
+    reg_session *s;
+    char err[256];
+    ma_params p = params();
+    p.slots = 8;
+    qchange c[8] = {0};
+    assert_int_equal(open_fixture(&f, 0), 0);
+    reg_observe_commits(f.reg, observe, NULL);
+    atomic_store(&commits_seen, 0);
+    atomic_store(&answers, 0);
+    assert_int_equal(reg_create_session(f.reg, "qs", &p, 1, &s, err, sizeof err), 0);
+
+    /* c0 (h v1) holds the commit thread; c1 (h v2), c2 (g v1), c3 (no slot) form the next group */
+    atomic_store(&commit_gate, 0);
+    queue_batch_slot(&f, s, 3, "h", &c[0]);
+    for (int w = 0; w < 10000 && atomic_load(&commits_seen) < 1; w++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&commits_seen), 1);
+    queue_batch_slot(&f, s, 3, "h", &c[1]);
+    queue_batch_slot(&f, s, 3, "g", &c[2]);
+    queue_batch_slot(&f, s, 2, NULL, &c[3]);
+    atomic_store(&commit_gate, 1);
+    wait_answers(4);
+    assert_int_equal(atomic_load(&commits_seen), 2);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(c[i].rc, 0);
+    assert_int_equal(stored_rows(&f, "qs"), 3);
+    assert_false(ma_slots_has_unsaved(ma_session_slots(reg_core(s))));
+    void *w1, *w2;
+    size_t n1, n2;
+    assert_int_equal(ma_session_serialize_slots(reg_core(s), &w1, &n1), 0);
+    reg_release(f.reg, s);
+    reg_observe_commits(f.reg, NULL, NULL);
+
+    restart(&f);
+    assert_int_equal(reg_acquire(f.reg, "qs", &s, err, sizeof err), 0);
+    assert_int_equal(ma_session_serialize_slots(reg_core(s), &w2, &n2), 0);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(w1, w2, n1);
+    free(w1);
+    free(w2);
+
+    /* c4 (h v3) commits and holds the thread; c5 (k v1) fails with its group: not stored */
+    reg_observe_commits(f.reg, observe, NULL);
+    atomic_store(&commits_seen, 0);
+    atomic_store(&answers, 0);
+    atomic_store(&commit_gate, 0);
+    queue_batch_slot(&f, s, 2, "h", &c[4]);
+    for (int w = 0; w < 10000 && atomic_load(&commits_seen) < 1; w++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&commits_seen), 1);
+    queue_batch_slot(&f, s, 2, "k", &c[5]);
+    ma_store_fault_set(MA_FAULT_WRITE, 0);
+    atomic_store(&commit_gate, 1);
+    wait_answers(2);
+    ma_store_fault_set(MA_FAULT_NONE, 0);
+    assert_int_equal(c[4].rc, 0);
+    assert_int_not_equal(c[5].rc, 0);
+    assert_int_equal(stored_rows(&f, "qs"), 4);
+    reg_release(f.reg, s);
+    reg_observe_commits(f.reg, NULL, NULL);
+
+    /* acquired again: the stored table (no k), and a slot write of k stores its row */
+    assert_int_equal(reg_acquire(f.reg, "qs", &s, err, sizeof err), 0);
+    ma_slot_value sv;
+    assert_int_equal(ma_session_slot_read(reg_core(s), "h", 3, &sv), 0);
+    ma_slot_value_clear(&sv);
+    assert_int_not_equal(ma_session_slot_read(reg_core(s), "k", 1, &sv), 0);
+    assert_int_equal(ingest(&f, s, 2, "k"), 0);
+    assert_int_equal(stored_rows(&f, "qs"), 5);
+    assert_int_equal(ma_session_serialize_slots(reg_core(s), &w1, &n1), 0);
+    reg_release(f.reg, s);
+    restart(&f);
+    assert_int_equal(reg_acquire(f.reg, "qs", &s, err, sizeof err), 0);
+    assert_int_equal(ma_session_serialize_slots(reg_core(s), &w2, &n2), 0);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(w1, w2, n1);
+    free(w1);
+    free(w2);
+    reg_release(f.reg, s);
+    close_fixture(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -688,10 +1009,12 @@ int main(void)
         cmocka_unit_test(test_pager),
         cmocka_unit_test(test_listing_summary_backup),
         cmocka_unit_test(test_failed_commit_reloads),
+        cmocka_unit_test(test_slot_rows_restart),
         cmocka_unit_test(test_parallel_load_once),
         cmocka_unit_test(test_budget),
         cmocka_unit_test(test_cache_counted),
         cmocka_unit_test(test_commit_queue_groups),
+        cmocka_unit_test(test_commit_queue_slot_rows),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

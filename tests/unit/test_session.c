@@ -671,7 +671,7 @@ static void test_serialize_restore(void **state)
         ma_chunk_source cs = {load_chunk, &ctx};
         ma_payload_source ps = {load_payload, &ctx};
         ma_session *r;
-        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps},
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps, {0}},
                                             &r),
                          0);
 
@@ -729,10 +729,10 @@ static void test_serialize_restore(void **state)
         unsigned char *bad = malloc(sln);
         memcpy(bad, sl, sln);
         bad[sln / 2] ^= 1;
-        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, bad, sln, am, amn, cs, 2, ps},
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, bad, sln, am, amn, cs, 2, ps, {0}},
                                             &r),
                          MA_ECORRUPT);
-        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln - 1, am, amn, cs, 2, ps},
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln - 1, am, amn, cs, 2, ps, {0}},
                                             &r),
                          MA_ECORRUPT);
         free(bad);
@@ -743,7 +743,7 @@ static void test_serialize_restore(void **state)
         assert_int_equal(ma_backbone_serialize(ma_session_backbone(other), &bb0, &bbn0), 0);
         /* The archive blob holds no length (the backbone's step count is the length, so
          * the blob need not change with every event): a fresh backbone restores an empty archive. */
-        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb0, bbn0, sl, sln, am, amn, cs, 2, ps},
+        assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb0, bbn0, sl, sln, am, amn, cs, 2, ps, {0}},
                                             &r),
                          0);
         assert_int_equal(ma_archive_length(ma_session_archive(r)), 0);
@@ -752,7 +752,7 @@ static void test_serialize_restore(void **state)
         ma_session_destroy(other);
         ma_params p2 = p;
         p2.slots = 4;
-        assert_int_equal(ma_session_restore(&p2, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps},
+        assert_int_equal(ma_session_restore(&p2, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps, {0}},
                                             &r),
                          MA_ECORRUPT);
 
@@ -850,7 +850,7 @@ static void test_supersession(void **state)
         src_ctx ctx = {&e, &p, 0};
         ma_session *rs;
         assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln, am, amn,
-                                                                    {load_chunk, &ctx}, 2, {load_payload, &ctx}},
+                                                                    {load_chunk, &ctx}, 2, {load_payload, &ctx}, {0}},
                                             &rs),
                          0);
         for (uint64_t i = 0; i < e.n; i++)
@@ -925,6 +925,349 @@ static void test_paged_archive(void **state)
     ma_session_destroy(ref);
 }
 
+/* ---- slot policies (docs/SLOTS.md "Policies") ----------------------------------------------------- */
+
+/* Read topk: the cosine step answers with the softmax-weighted mix of the k best slots; the weights sum
+ * to 1 and equal a reference softmax of the cosines, the value is the weighted sum, each contributor's
+ * usage counts; named reads and the sparse fallback are unchanged; k = 1 is the best read. */
+static void test_policy_topk_read(void **state)
+{
+    (void)state;
+    enum { NS = 6, K = 3 };
+    const double T = 0.2;
+    ma_params p = params(8), pb = p, p1 = p;
+    p.slot_policy.read = MA_SLOT_READ_TOPK;
+    p.slot_policy.k = K;
+    p.slot_policy.temperature = T;
+    p1 = p;
+    p1.slot_policy.k = 1;
+    ma_session *s, *b, *one;
+    assert_int_equal(ma_session_create(&p, &s), 0);
+    assert_int_equal(ma_session_create(&pb, &b), 0);
+    assert_int_equal(ma_session_create(&p1, &one), 0);
+    events e;
+    make_events(&e, 12, 31);
+    /* Slot keys near each other so that several matter: f_i's key is k_2 plus a little of k_i. */
+    static char names[NS][8];
+    double imp[12];
+    for (size_t i = 0; i < 12; i++)
+        imp[i] = MA_IMPORTANCE_NONE;
+    for (int i = 0; i < NS; i++) {
+        snprintf(names[i], sizeof names[i], "f%d", i);
+        e.ev[i].slot = names[i];
+        if (i != 2)
+            for (int j = 0; j < KN; j++)
+                e.k[i * KN + j] = 0.8f * e.k[2 * KN + j] + 0.2f * e.k[i * KN + j];
+        imp[i] = i % 2 ? 0.1 * i : MA_IMPORTANCE_NONE;
+    }
+    ma_ingest_report rep;
+    ma_session *all[3] = {s, b, one};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(ma_session_ingest_ex(all[i], e.n, e.ev, imp, 9, &rep), 0);
+        assert_int_equal(rep.n_writes, NS);
+        ma_ingest_report_clear(&rep);
+    }
+
+    float q[KN];
+    memcpy(q, e.k + 3 * KN, sizeof q);
+    double cos[NS];
+    int order[NS];
+    for (int i = 0; i < NS; i++) {
+        cos[i] = ma_slots_cosine(q, e.k + i * KN, H, D);
+        order[i] = i;
+    }
+    for (int i = 0; i < NS; i++)            /* by cosine, then name */
+        for (int j = i + 1; j < NS; j++)
+            if (cos[order[j]] > cos[order[i]] || (cos[order[j]] == cos[order[i]] && order[j] < order[i])) {
+                int t = order[i];
+                order[i] = order[j];
+                order[j] = t;
+            }
+    assert_int_equal(order[0], 3);
+    long double z = 0, ref_w[K];
+    for (int i = 0; i < K; i++)
+        z += expl(((long double)cos[order[i]] - cos[order[0]]) / T);
+    for (int i = 0; i < K; i++)
+        ref_w[i] = expl(((long double)cos[order[i]] - cos[order[0]]) / T) / z;
+
+    float out[VN];
+    ma_answer a = {.v = out};
+    ma_query mq = {.q = q};
+    assert_int_equal(ma_session_query(s, &mq, &a), 0);
+    assert_int_equal(a.route, MA_ROUTE_SLOT);
+    assert_string_equal(a.slot, "f3");
+    assert_true(a.score == cos[3]);
+    assert_true(a.has_importance && a.importance == 0.1 * 3);
+    assert_int_equal(a.n_contrib, K);
+    long double sum = 0;
+    for (int i = 0; i < K; i++) {
+        assert_string_equal(a.contrib[i].slot, names[order[i]]);
+        assert_int_equal(a.contrib[i].version, 1);
+        assert_true(a.contrib[i].score == cos[order[i]]);
+        assert_true(fabsl(a.contrib[i].weight - ref_w[i]) <= 1e-14L);
+        assert_int_equal(a.contrib[i].has_importance, order[i] % 2 == 1);
+        sum += a.contrib[i].weight;
+    }
+    assert_true(fabsl(sum - 1) <= 1e-14L);
+    assert_true(a.contrib[1].weight > 1e-3);              /* several slots really contribute */
+    for (int j = 0; j < VN; j++) {
+        long double ref = 0;
+        for (int i = 0; i < K; i++)
+            ref += ref_w[i] * e.v[order[i] * VN + j];
+        assert_true(fabsl(out[j] - ref) <= 1e-6L * (1 + fabsl(ref)));
+    }
+    ma_answer_clear(&a);
+    ma_slot_info *li;
+    size_t ln;
+    assert_int_equal(ma_session_slot_list(s, &li, &ln), 0);
+    for (size_t i = 0; i < ln; i++) {
+        int id = atoi(li[i].name + 1);
+        bool in_top = id == order[0] || id == order[1] || id == order[2];
+        assert_int_equal(li[i].usage, in_top ? 1 : 0);
+    }
+    free(li);
+
+    /* best: f3's value exactly, no contributions; k = 1: the same bits with one weight of 1. */
+    float bo[VN];
+    ma_answer ba = {.v = bo};
+    assert_int_equal(ma_session_query(b, &mq, &ba), 0);
+    assert_string_equal(ba.slot, "f3");
+    assert_int_equal(ba.n_contrib, 0);
+    assert_null(ba.contrib);
+    assert_memory_equal(bo, e.v + 3 * VN, sizeof bo);
+    ma_answer_clear(&ba);
+    assert_int_equal(ma_session_query(one, &mq, &a), 0);
+    assert_int_equal(a.n_contrib, 1);
+    assert_true(a.contrib[0].weight == 1.0);
+    assert_memory_equal(out, e.v + 3 * VN, sizeof out);
+    ma_answer_clear(&a);
+
+    /* A named read is exact; a query below the threshold falls through to sparse. */
+    ma_query nq = {.slot = "f4", .q = q};
+    assert_int_equal(ma_session_query(s, &nq, &a), 0);
+    assert_int_equal(a.n_contrib, 0);
+    assert_memory_equal(out, e.v + 4 * VN, sizeof out);
+    ma_answer_clear(&a);
+    float neg[KN];
+    for (int j = 0; j < KN; j++)
+        neg[j] = -e.k[2 * KN + j];
+    ma_query sq = {.q = neg};
+    assert_int_equal(ma_session_query(s, &sq, &a), 0);
+    assert_int_equal(a.route, MA_ROUTE_SPARSE);
+    assert_int_equal(a.n_contrib, 0);
+    ma_answer_clear(&a);
+    free_events(&e);
+    ma_session_destroy(s);
+    ma_session_destroy(b);
+    ma_session_destroy(one);
+}
+
+static void same_contrib(const ma_session *a, const ma_session *b, const ma_query *q)
+{
+    same_answers(a, b, q);
+    float va[VN], vb[VN];
+    ma_answer x = {.v = va}, y = {.v = vb};
+    assert_int_equal(ma_session_query(a, q, &x), ma_session_query(b, q, &y));
+    assert_int_equal(x.n_contrib, y.n_contrib);
+    assert_int_equal(x.has_importance, y.has_importance);
+    assert_true(x.importance == y.importance);
+    for (size_t i = 0; i < x.n_contrib; i++) {
+        assert_string_equal(x.contrib[i].slot, y.contrib[i].slot);
+        assert_true(x.contrib[i].weight == y.contrib[i].weight);
+        assert_true(x.contrib[i].importance == y.contrib[i].importance);
+    }
+    ma_answer_clear(&x);
+    ma_answer_clear(&y);
+}
+
+/* Every policy together, with importance on events and verbs and blended overwrites: a restored session
+ * (its policies come from the config, its importances from the slot blob) answers with the same bits,
+ * picks the same eviction victims, and its slot blob stays equal to the original's. */
+static void test_policy_restart(void **state)
+{
+    (void)state;
+    ma_params p = params(3);
+    p.slot_policy.eviction = MA_EVICTION_SCORE;
+    p.slot_policy.overwrite = MA_OVERWRITE_BLEND;
+    p.slot_policy.alpha = 0.25;
+    p.slot_policy.read = MA_SLOT_READ_TOPK;
+    p.slot_policy.k = 2;
+    p.slot_policy.temperature = 0.5;
+    ma_session *s;
+    assert_int_equal(ma_session_create(&p, &s), 0);
+    events e;
+    make_events(&e, 30, 41);
+    double imp[30];
+    const char *nm[] = {"a", "b", "c", "a", "d", "b"};
+    for (size_t i = 0; i < 30; i++)
+        imp[i] = MA_IMPORTANCE_NONE;
+    for (int i = 0; i < 6; i++) {
+        e.ev[3 * i + 1].slot = nm[i];
+        imp[3 * i + 1] = i == 2 ? MA_IMPORTANCE_NONE : 0.15 * i;
+    }
+    ma_ingest_report rep;
+    assert_int_equal(ma_session_ingest_ex(s, e.n, e.ev, imp, 10, &rep), 0);
+    assert_true(rep.n_evicted >= 1);
+    ma_ingest_report_clear(&rep);
+    ma_slot_input in = {.name = "verb", .k = e.k + 25 * KN, .v = e.v + 26 * VN, .payload = "\"v\"",
+                        .has_importance = true, .importance = 0.9};
+    ma_slot_result sr;
+    assert_int_equal(ma_session_slot_write(s, &in, 11, &sr), 0);
+    in.v = e.v + 27 * VN;
+    in.importance = 0.95;
+    assert_int_equal(ma_session_slot_overwrite(s, &in, 0, 0, 12, &sr), 0);
+    ma_slot_value sv;
+    assert_int_equal(ma_session_slot_read(s, "verb", 0, &sv), 0);
+    for (int j = 0; j < VN; j++)                          /* blended by the verb */
+        assert_true(sv.v[j] == (float)(0.25 * (double)e.v[27 * VN + j] + 0.75 * (double)e.v[26 * VN + j]));
+    assert_true(sv.info.has_importance && sv.info.importance == 0.95);
+    ma_slot_value_clear(&sv);
+
+    void *bb, *sl, *am;
+    size_t bbn, sln, amn;
+    assert_int_equal(ma_backbone_serialize(ma_session_backbone(s), &bb, &bbn), 0);
+    assert_int_equal(ma_session_serialize_slots(s, &sl, &sln), 0);
+    assert_int_equal(ma_archive_serialize_meta(ma_session_archive(s), &am, &amn), 0);
+    src_ctx ctx = {&e, &p, 0};
+    ma_chunk_source cs = {load_chunk, &ctx};
+    ma_payload_source ps = {load_payload, &ctx};
+    ma_session *r;
+    assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps, {0}}, &r), 0);
+    for (size_t i = 0; i < e.n; i++) {
+        ma_query q = {.q = e.k + i * KN};
+        same_contrib(s, r, &q);
+    }
+    ma_query nq = {.slot = "verb"};
+    same_contrib(s, r, &nq);
+
+    /* Both continue identically: more writes (evictions by score, blends), then the same blobs. */
+    events f;
+    make_events(&f, 9, 42);
+    double imp2[9];
+    const char *nm2[] = {"x", "verb", "y", "a", "z"};
+    for (size_t i = 0; i < 9; i++)
+        imp2[i] = MA_IMPORTANCE_NONE;
+    for (int i = 0; i < 5; i++) {
+        f.ev[i + 2].slot = nm2[i];
+        imp2[i + 2] = 0.2 * i;
+    }
+    ma_ingest_report r1, r2;
+    assert_int_equal(ma_session_ingest_ex(s, f.n, f.ev, imp2, 13, &r1), 0);
+    assert_int_equal(ma_session_ingest_ex(r, f.n, f.ev, imp2, 13, &r2), 0);
+    assert_int_equal(r1.n_evicted, r2.n_evicted);
+    assert_true(r1.n_evicted >= 2);
+    for (size_t i = 0; i < r1.n_evicted; i++)
+        assert_string_equal(r1.evicted[i].slot, r2.evicted[i].slot);
+    ma_ingest_report_clear(&r1);
+    ma_ingest_report_clear(&r2);
+    void *s2, *s3;
+    size_t l2, l3;
+    assert_int_equal(ma_session_serialize_slots(s, &s2, &l2), 0);
+    assert_int_equal(ma_session_serialize_slots(r, &s3, &l3), 0);
+    assert_int_equal(l2, l3);
+    assert_memory_equal(s2, s3, l2);
+    for (size_t i = 0; i < f.n; i++) {
+        ma_query q = {.q = f.k + i * KN};
+        same_contrib(s, r, &q);
+    }
+    free(s2);
+    free(s3);
+    free(bb);
+    free(sl);
+    free(am);
+    free_events(&f);
+    free_events(&e);
+    ma_session_destroy(r);
+    ma_session_destroy(s);
+}
+
+/* ma_session_query_batch answers every query as ma_session_query does, bit for bit: slot, state, sparse
+ * (forced with several topk, and the router's fallback), full and window reads (more than one group of 8,
+ * with and without superseded events), and the failures (no query vector, no slot, nothing to attend over)
+ * each on its own; on a paged session too, and on an empty one. */
+static void test_query_batch(void **state)
+{
+    (void)state;
+    ma_params p = params(2);
+    ma_session *s;
+    assert_int_equal(ma_session_create(&p, &s), 0);
+    float va[64 * VN], vb[VN];
+    ma_answer as[64];
+    int rcs[64];
+    ma_query none[] = {{.q = va, .route = MA_ROUTE_FULL}, {.q = va}, {.slot = "x", .route = MA_ROUTE_SLOT}};
+    for (size_t i = 0; i < 3; i++)
+        as[i] = (ma_answer){.v = va + i * VN};
+    fill(va, KN);
+    assert_int_equal(ma_session_query_batch(s, none, 3, as, rcs), 0);
+    assert_int_equal(rcs[0], MA_EEMPTY);
+    assert_int_equal(rcs[1], MA_EEMPTY);
+    assert_int_equal(rcs[2], MA_ENOTFOUND);
+
+    events e;
+    make_events(&e, 150, 31);
+    e.ev[5].slot = "a";
+    e.ev[60].slot = "a";   /* supersedes event 5 */
+    e.ev[70].slot = "b";
+    e.ev[9].payload = "\"nine\"";
+    ma_ingest_report rep;
+    ingest(s, &e, &rep);
+    ma_ingest_report_clear(&rep);
+    src_ctx ctx = {&e, &p, 0};
+    ma_query qs[64];
+    size_t n = 0;
+    for (size_t i = 0; i < 20; i++)
+        qs[n++] = (ma_query){.q = e.k + (i * 7 % 150) * KN, .route = i % 3 ? MA_ROUTE_FULL : MA_ROUTE_WINDOW,
+                             .include_superseded = i % 4 == 0};
+    for (size_t i = 0; i < 10; i++)
+        qs[n++] = (ma_query){.q = e.k + (i * 13 % 150) * KN, .route = MA_ROUTE_SPARSE, .topk = (int)(i % 3)};
+    qs[n++] = (ma_query){.q = e.k + 9 * KN};                          /* auto: sparse fallback, payload */
+    qs[n++] = (ma_query){.q = e.k + 5 * KN, .route = MA_ROUTE_FULL};  /* a superseded event's key */
+    qs[n++] = (ma_query){.slot = "a"};
+    qs[n++] = (ma_query){.slot = "a", .version = 1, .route = MA_ROUTE_SLOT};
+    qs[n++] = (ma_query){.slot = "zz", .route = MA_ROUTE_SLOT};       /* MA_ENOTFOUND */
+    qs[n++] = (ma_query){.route = MA_ROUTE_FULL};                     /* MA_EINVAL */
+    qs[n++] = (ma_query){.q = e.k + 3 * KN, .route = MA_ROUTE_STATE};
+    qs[n++] = (ma_query){.q = e.k + 70 * KN};                         /* slot by cosine */
+    for (int paged = 0; paged < 2; paged++) {
+        if (paged) {
+            assert_int_equal(ma_archive_set_source(ma_session_archive(s), (ma_chunk_source){load_chunk, &ctx}, 2), 0);
+            ma_archive_release(ma_session_archive(s));
+        }
+        for (size_t i = 0; i < n; i++)
+            as[i] = (ma_answer){.v = va + i * VN};
+        assert_int_equal(ma_session_query_batch(s, qs, n, as, rcs), 0);
+        for (size_t i = 0; i < n; i++) {
+            ma_answer y = {.v = vb};
+            int rc = ma_session_query(s, &qs[i], &y);
+            assert_int_equal(rcs[i], rc);
+            if (rc == 0) {
+                const ma_answer *x = &as[i];
+                assert_int_equal(x->route, y.route);
+                assert_memory_equal(x->v, vb, sizeof vb);   /* same bits */
+                assert_true(x->score == y.score);
+                assert_int_equal(x->event, y.event);
+                assert_int_equal(x->has_slot, y.has_slot);
+                assert_string_equal(x->slot, y.slot);
+                assert_int_equal(x->version, y.version);
+                assert_int_equal(x->n_chunks, y.n_chunks);
+                if (x->n_chunks)
+                    assert_memory_equal(x->chunks, y.chunks, x->n_chunks * sizeof *x->chunks);
+                if (x->payload || y.payload)
+                    assert_string_equal(x->payload, y.payload);
+            }
+            ma_answer_clear(&y);
+            ma_answer_clear(&as[i]);
+        }
+        assert_int_equal(rcs[n - 3], MA_EINVAL);
+        assert_int_equal(rcs[n - 4], MA_ENOTFOUND);
+        assert_int_equal(rcs[30], 0);
+        assert_int_equal(as[30].event, 9);
+    }
+    assert_true(ctx.loads > 0);
+    free_events(&e);
+    ma_session_destroy(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -940,6 +1283,9 @@ int main(void)
         cmocka_unit_test(test_paged_archive),
         cmocka_unit_test(test_supersession),
         cmocka_unit_test(test_empty_context),
+        cmocka_unit_test(test_policy_topk_read),
+        cmocka_unit_test(test_policy_restart),
+        cmocka_unit_test(test_query_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

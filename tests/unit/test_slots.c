@@ -736,6 +736,667 @@ static void test_serialize_roundtrip_and_corruption(void **state)
     ma_slots_destroy(s);
 }
 
+/* ---- policies (docs/SLOTS.md "Policies") and importance ------------------------------------------ */
+
+static ma_slot_policy policy(ma_eviction e, ma_overwrite o, double alpha)
+{
+    ma_params p;
+    ma_params_default(&p);
+    p.slot_policy.eviction = e;
+    p.slot_policy.overwrite = o;
+    p.slot_policy.alpha = alpha;
+    return p.slot_policy;
+}
+
+/* The test's own model of the score eviction: names in update order (least recent first), each with its
+ * importance, usage and protected flag; the reference score is the documented formula. */
+typedef struct {
+    char name[8];
+    double importance;
+    uint64_t usage;
+    bool protect;
+} model_slot;
+
+static double ref_score(const model_slot *m, size_t rank, size_t n)
+{
+    double recency = n > 1 ? (double)rank / (double)(n - 1) : 1.0;
+    return 0.5 * m->importance + 0.3 * recency + 0.2 * ((double)m->usage / ((double)m->usage + 4.0));
+}
+
+static void model_touch(model_slot *m, size_t *n, const model_slot *x)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp(m[i].name, x->name) == 0) {
+            model_slot keep = m[i];
+            memmove(&m[i], &m[i + 1], (*n - i - 1) * sizeof *m);
+            keep.importance = x->importance;
+            m[*n - 1] = keep;
+            return;
+        }
+    m[(*n)++] = *x;
+}
+
+/* Score eviction evicts the lowest score — not the least recent — in a long random sequence of writes,
+ * overwrites, queries (usage) and protects, checked against the model; lru on the same sequence evicts
+ * the least recent. */
+static void test_policy_score_eviction(void **state)
+{
+    (void)state;
+    /* The hand-made case: a (least recent) is important, b is not. */
+    ma_slots *s = table(3), *l = table(3);
+    ma_slot_policy sp = policy(MA_EVICTION_SCORE, MA_OVERWRITE_REPLACE, 0.5);
+    ma_slots_set_policy(s, &sp);
+    wr a;
+    ma_slot_result res;
+    const double imp[3] = {1.0, 0.0, MA_IMPORTANCE_NONE};
+    const char *names[3] = {"a", "b", "c"};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(ma_slots_put_ex(s, mk(&a, names[i], (uint64_t)i + 1, NULL), imp[i], true, 0, 0, i, NULL), 0);
+        assert_int_equal(ma_slots_put_ex(l, mk(&a, names[i], (uint64_t)i + 1, NULL), imp[i], true, 0, 0, i, NULL), 0);
+    }
+    double sc[3];
+    const char *sn[3];
+    size_t n;
+    ma_slots_eviction_scores(s, sc, sn, &n);
+    assert_int_equal(n, 3);
+    assert_string_equal(sn[0], "a");
+    assert_true(sc[0] == 0.5 * 1.0 + 0.3 * 0.0 && sc[1] == 0.5 * 0.0 + 0.3 * 0.5 && sc[2] == 0.5 * 0.5 + 0.3 * 1.0);
+    assert_int_equal(ma_slots_put(s, mk(&a, "d", 4, NULL), true, 0, 0, 4, &res), 0);
+    assert_true(res.evicted);
+    assert_string_equal(res.evicted_name, "b");           /* lowest score, not the least recent a */
+    assert_int_equal(ma_slots_put(l, mk(&a, "d", 4, NULL), true, 0, 0, 4, &res), 0);
+    assert_string_equal(res.evicted_name, "a");           /* lru: the least recent */
+    ma_slots_destroy(l);
+    ma_slots_destroy(s);
+
+    /* Random sequences against the model. */
+    enum { M = 6, NAMES = 14, STEPS = 600 };
+    rng_state = 77;
+    s = table(M);
+    ma_slots_set_policy(s, &sp);
+    model_slot m[M];
+    uint64_t uses[NAMES] = {0};                           /* usage belongs to the name, across evictions */
+    size_t mn = 0;
+    int evictions = 0, not_lru = 0;
+    for (int step = 0; step < STEPS; step++) {
+        double u = (frand() + 1) / 2;
+        if (u < 0.25 && mn > 0) {                         /* a query answered by a resident slot */
+            size_t i = (size_t)((frand() + 1) / 2 * (double)mn) % mn;
+            ma_slots_count_use(s, m[i].name);
+            m[i].usage++;
+            uses[atoi(m[i].name + 1)]++;
+            continue;
+        }
+        if (u < 0.32 && mn > 0) {                         /* protect or unprotect */
+            size_t i = (size_t)((frand() + 1) / 2 * (double)mn) % mn;
+            bool pr = !m[i].protect && frand() > 0;
+            assert_int_equal(ma_slots_protect(s, m[i].name, pr), 0);
+            m[i].protect = pr;
+            continue;
+        }
+        model_slot x = {.usage = 0};
+        int id = (int)((frand() + 1) / 2 * NAMES) % NAMES;
+        snprintf(x.name, sizeof x.name, "n%d", id);
+        x.usage = uses[id];
+        bool given = frand() > -0.6;
+        x.importance = given ? (frand() + 1) / 2 : MA_IMPORTANCE_DEFAULT;
+        size_t at = SIZE_MAX;
+        for (size_t i = 0; i < mn; i++)
+            if (strcmp(m[i].name, x.name) == 0)
+                at = i;
+        if (at != SIZE_MAX && m[at].protect)
+            continue;
+        /* The model's victim: lowest score among unprotected, ties to the less recent. */
+        size_t want = SIZE_MAX, protected_n = 0;
+        double best = 0;
+        for (size_t i = 0; i < mn; i++) {
+            protected_n += m[i].protect;
+            if (m[i].protect)
+                continue;
+            double r = ref_score(&m[i], i, mn);
+            if (want == SIZE_MAX || r < best) {
+                want = i;
+                best = r;
+            }
+        }
+        int rc = ma_slots_put_ex(s, mk(&a, x.name, (uint64_t)step, NULL), given ? x.importance : MA_IMPORTANCE_NONE,
+                                 false, 0, 0, step, &res);
+        if (at == SIZE_MAX && mn == M && protected_n == M) {
+            assert_int_equal(rc, MA_EFULL);
+            continue;
+        }
+        assert_int_equal(rc, 0);
+        if (at == SIZE_MAX && mn == M) {
+            assert_true(res.evicted);
+            assert_string_equal(res.evicted_name, m[want].name);
+            evictions++;
+            size_t first_unprotected = 0;
+            while (m[first_unprotected].protect)
+                first_unprotected++;
+            not_lru += want != first_unprotected;
+            memmove(&m[want], &m[want + 1], (mn - want - 1) * sizeof *m);
+            mn--;
+        } else {
+            assert_false(res.evicted);
+        }
+        model_touch(m, &mn, &x);
+        /* The table's scores are the model's. */
+        double got[M];
+        const char *gn[M];
+        size_t gnn;
+        ma_slots_eviction_scores(s, got, gn, &gnn);
+        assert_int_equal(gnn, mn);
+        for (size_t i = 0; i < mn; i++) {
+            assert_string_equal(gn[i], m[i].name);
+            assert_true(got[i] == ref_score(&m[i], i, mn));
+        }
+    }
+    assert_true(evictions > 50 && not_lru > 10);          /* the policy decided, not the order */
+    ma_slots_destroy(s);
+}
+
+/* Blend: the new version's value is alpha·new + (1−alpha)·old exactly (double arithmetic, one rounding),
+ * the key and payload are the new ones, older versions are untouched; restore and a write to a name
+ * that is not resident are not blended; batches blend like the verbs one by one; alpha 1 is replace. */
+static void test_policy_blend(void **state)
+{
+    (void)state;
+    const double alpha = 0.3;
+    ma_slots *s = table(2);
+    ma_slot_policy bp = policy(MA_EVICTION_LRU, MA_OVERWRITE_BLEND, alpha);
+    ma_slots_set_policy(s, &bp);
+    wr a, b, c;
+    assert_int_equal(ma_slots_put(s, mk(&a, "x", 1, "\"one\""), true, 0, 0, 1, NULL), 0);
+    assert_int_equal(ma_slots_put(s, mk(&b, "x", 2, "\"two\""), false, 0, 0, 2, NULL), 0);
+    float want[VN];
+    for (int i = 0; i < VN; i++)
+        want[i] = (float)(alpha * (double)b.v[i] + (1.0 - alpha) * (double)a.v[i]);
+    ma_slot_value v2, v1;
+    assert_int_equal(ma_slots_read(s, "x", 0, &v2), 0);
+    assert_int_equal(v2.info.version, 2);
+    assert_memory_equal(v2.v, want, sizeof want);             /* bit for bit */
+    assert_memory_equal(v2.k, b.k, sizeof b.k);               /* the key is the new one */
+    assert_string_equal(v2.payload, "\"two\"");
+    assert_int_equal(ma_slots_read(s, "x", 1, &v1), 0);
+    assert_memory_equal(v1.v, a.v, sizeof a.v);               /* history untouched */
+    /* A third write blends with the blended value. */
+    assert_int_equal(ma_slots_put(s, mk(&c, "x", 3, NULL), false, 0, 0, 3, NULL), 0);
+    float want3[VN];
+    for (int i = 0; i < VN; i++)
+        want3[i] = (float)(alpha * (double)c.v[i] + (1.0 - alpha) * (double)want[i]);
+    ma_slot_value v3;
+    assert_int_equal(ma_slots_read(s, "x", 3, &v3), 0);
+    assert_memory_equal(v3.v, want3, sizeof want3);
+    /* Restore copies version 1 as it was. */
+    ma_slot_result res;
+    assert_int_equal(ma_slots_restore(s, "x", 1, 4, &res), 0);
+    ma_slot_value v4;
+    assert_int_equal(ma_slots_read(s, "x", 0, &v4), 0);
+    assert_memory_equal(v4.v, a.v, sizeof a.v);
+    /* Evicted, then written again: nothing to blend with. */
+    assert_int_equal(ma_slots_evict(s, "x", 5), 0);
+    assert_int_equal(ma_slots_put(s, mk(&c, "x", 9, NULL), false, 0, 0, 6, NULL), 0);
+    ma_slot_value v5;
+    assert_int_equal(ma_slots_read(s, "x", 0, &v5), 0);
+    assert_memory_equal(v5.v, c.v, sizeof c.v);
+    ma_slot_value_clear(&v1);
+    ma_slot_value_clear(&v2);
+    ma_slot_value_clear(&v3);
+    ma_slot_value_clear(&v4);
+    ma_slot_value_clear(&v5);
+
+    /* A batch writing y twice and x once equals the verbs one by one. */
+    ma_slots *t = table(2), *u = table(2);
+    ma_slots_set_policy(t, &bp);
+    ma_slots_set_policy(u, &bp);
+    wr w[4];
+    const char *nm[4] = {"y", "x", "y", "y"};
+    for (int i = 0; i < 4; i++)
+        mk(&w[i], nm[i], 20 + (uint64_t)i, NULL);
+    ma_slot_write ws[4] = {w[0].w, w[1].w, w[2].w, w[3].w};
+    ma_slots_batch *bt;
+    assert_int_equal(ma_slots_batch_prepare(t, 4, ws, &bt), 0);
+    ma_slots_batch_commit(bt, 7, NULL);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(ma_slots_put(u, &ws[i], false, 0, 0, 7, NULL), 0);
+    void *tb, *ub;
+    size_t tl, ul;
+    snapshot(t, &tb, &tl);
+    snapshot(u, &ub, &ul);
+    assert_int_equal(tl, ul);
+    assert_memory_equal(tb, ub, tl);
+    free(tb);
+    free(ub);
+
+    /* alpha = 1 is replace, bit for bit. */
+    ma_slot_policy one = policy(MA_EVICTION_LRU, MA_OVERWRITE_BLEND, 1.0);
+    ma_slots *r1 = table(2), *r2 = table(2);
+    ma_slots_set_policy(r1, &one);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(ma_slots_put(r1, &ws[i], false, 0, 0, 8, NULL), 0);
+        assert_int_equal(ma_slots_put(r2, &ws[i], false, 0, 0, 8, NULL), 0);
+    }
+    snapshot(r1, &tb, &tl);
+    assert_unchanged(r2, tb, tl);
+    free(tb);
+    ma_slots_destroy(r1);
+    ma_slots_destroy(r2);
+    ma_slots_destroy(t);
+    ma_slots_destroy(u);
+    ma_slots_destroy(s);
+}
+
+/* The top-k match is the k best cosines, best first, ties by name, its head is ma_slots_match's answer;
+ * the softmax weights sum to 1 and equal a reference softmax. */
+static void test_topk_match_and_softmax(void **state)
+{
+    (void)state;
+    enum { M = 9 };
+    ma_slots *s = table(M);
+    wr a;
+    char name[16];
+    for (int i = 0; i < M; i++) {
+        snprintf(name, sizeof name, "s%d", i);
+        assert_int_equal(ma_slots_put(s, mk(&a, name, 100 + (uint64_t)i, NULL), true, 0, 0, i, NULL), 0);
+    }
+    /* s7 gets s2's key: a tie, broken by name (s2 first). */
+    ma_slot_view v2;
+    assert_int_equal(ma_slots_view(s, "s2", 0, &v2), 0);
+    float k2[KN], v7[VN];
+    memcpy(k2, v2.k, sizeof k2);
+    memcpy(v7, a.v, sizeof v7);
+    ma_slot_write w7 = {"s7", k2, v7, NULL, -1, false};
+    assert_int_equal(ma_slots_put(s, &w7, false, 0, 0, 20, NULL), 0);
+    for (int trial = 0; trial < 20; trial++) {
+        float q[KN];
+        for (int i = 0; i < KN; i++)
+            q[i] = frand();
+        if (trial == 0)
+            memcpy(q, k2, sizeof q);
+        double ref[M];
+        for (int i = 0; i < M; i++) {
+            snprintf(name, sizeof name, "s%d", i);
+            ma_slot_view v;
+            assert_int_equal(ma_slots_view(s, name, 0, &v), 0);
+            ref[i] = ma_slots_cosine(q, v.k, H, D);
+        }
+        for (size_t k = 1; k <= M + 2; k += 3) {
+            ma_slot_view out[M + 2];
+            double sc[M + 2], w[M + 2];
+            size_t n;
+            assert_int_equal(ma_slots_match_topk(s, q, k, out, sc, &n), 0);
+            assert_int_equal(n, k < M ? k : M);
+            for (size_t i = 0; i < n; i++) {
+                int id = atoi(out[i].name + 1);
+                assert_true(sc[i] == ref[id]);
+                /* Exactly i slots rank before it. */
+                size_t before = 0;
+                for (int j = 0; j < M; j++) {
+                    char nj[16];
+                    snprintf(nj, sizeof nj, "s%d", j);
+                    before += ref[j] > ref[id] || (ref[j] == ref[id] && strcmp(nj, out[i].name) < 0);
+                }
+                assert_int_equal(before, i);
+            }
+            ma_slot_view best;
+            double bs;
+            assert_int_equal(ma_slots_match(s, q, &best, &bs), 0);
+            assert_string_equal(best.name, out[0].name);
+            assert_true(bs == sc[0]);
+            if (trial == 0 && n >= 2) {
+                assert_string_equal(out[0].name, "s2");
+                assert_string_equal(out[1].name, "s7");
+            }
+            const double temps[] = {0.01, 0.1, 1, 7};
+            for (int t = 0; t < 4; t++) {
+                ma_slots_softmax(sc, n, temps[t], w);
+                long double z = 0, sum = 0;
+                for (size_t i = 0; i < n; i++)
+                    z += expl(((long double)sc[i] - sc[0]) / temps[t]);
+                for (size_t i = 0; i < n; i++) {
+                    long double r = expl(((long double)sc[i] - sc[0]) / temps[t]) / z;
+                    assert_true(fabsl(w[i] - r) <= 1e-14L);
+                    assert_true(i == 0 || w[i] <= w[i - 1]);
+                    sum += w[i];
+                }
+                assert_true(fabsl(sum - 1) <= 1e-14L);
+            }
+        }
+    }
+    ma_slot_view out[2];
+    double sc[2];
+    size_t n;
+    ma_slots *e = table(2);
+    float q[KN] = {1};
+    assert_int_equal(ma_slots_match_topk(e, q, 2, out, sc, &n), MA_ENOTFOUND);
+    ma_slots_destroy(e);
+    ma_slots_destroy(s);
+}
+
+/* Importance: given per version, read back from views, reads, listings and history, kept by restore
+ * and by capacity-evicted histories, persisted (TABL v2 only when some version has one) and restored
+ * bit for bit; damage to a v2 table is refused. */
+static void test_importance_persist(void **state)
+{
+    (void)state;
+    ma_slots *s = table(3);
+    wr a;
+    assert_int_equal(ma_slots_put(s, mk(&a, "a", 1, "\"x\""), true, 0, 0, 1, NULL), 0);
+    void *buf;
+    size_t len;
+    snapshot(s, &buf, &len);
+    ma_blob_reader br;
+    ma_blob_reader_raw(&br, (const unsigned char *)buf + 12, 8);
+    assert_int_equal(ma_blob_get_u32(&br), MA_BLOB_TAG("TABL"));
+    assert_int_equal(ma_blob_get_u32(&br), 1);              /* no importance given: the format of before */
+    free(buf);
+
+    assert_int_equal(ma_slots_put_ex(s, mk(&a, "a", 2, NULL), 0.25, false, 0, 0, 2, NULL), 0);
+    assert_int_equal(ma_slots_put_ex(s, mk(&a, "b", 3, "[1]"), 1.0, true, 0, 0, 3, NULL), 0);
+    assert_int_equal(ma_slots_put_ex(s, mk(&a, "c", 4, NULL), 0.0, true, 0, 0, 4, NULL), 0);
+    assert_int_equal(ma_slots_restore(s, "a", 2, 5, NULL), 0);
+    assert_int_equal(ma_slots_evict(s, "c", 6), 0);
+    ma_slots_count_use(s, "b");
+
+    ma_slot_view v;
+    assert_int_equal(ma_slots_view(s, "a", 1, &v), 0);
+    assert_false(v.has_importance);
+    assert_true(v.importance == MA_IMPORTANCE_DEFAULT);
+    assert_int_equal(ma_slots_view(s, "a", 0, &v), 0);      /* version 3, restored from 2 */
+    assert_int_equal(v.version, 3);
+    assert_true(v.has_importance && v.importance == 0.25);
+    ma_slot_value val;
+    assert_int_equal(ma_slots_read(s, "c", 1, &val), 0);
+    assert_true(val.info.has_importance && val.info.importance == 0.0);
+    ma_slot_value_clear(&val);
+    ma_version_info *h;
+    size_t hn;
+    assert_int_equal(ma_slots_history(s, "c", &h, &hn), 0);
+    assert_int_equal(hn, 2);
+    assert_true(h[0].has_importance && h[0].importance == 0.0);
+    assert_true(h[1].tombstone && !h[1].has_importance);
+    free(h);
+    ma_slot_info *li;
+    size_t ln;
+    assert_int_equal(ma_slots_list(s, &li, &ln), 0);
+    assert_int_equal(ln, 2);
+    assert_true(li[0].has_importance && li[0].importance == 0.25 && li[1].importance == 1.0);
+    free(li);
+
+    snapshot(s, &buf, &len);
+    ma_blob_reader_raw(&br, (const unsigned char *)buf + 12, 8);
+    assert_int_equal(ma_blob_get_u32(&br), MA_BLOB_TAG("TABL"));
+    assert_int_equal(ma_blob_get_u32(&br), 2);
+    ma_slots *r;
+    assert_int_equal(ma_slots_restore_table(H, D, DV, 3, buf, len, &r), 0);
+    assert_unchanged(r, buf, len);
+    assert_int_equal(ma_slots_view(r, "a", 1, &v), 0);
+    assert_false(v.has_importance);
+    assert_int_equal(ma_slots_view(r, "b", 0, &v), 0);
+    assert_true(v.has_importance && v.importance == 1.0 && v.usage == 1);
+    ma_slots_destroy(r);
+
+    /* Every truncation and every checksum-fixed bit flip: refused, or a valid table that serialises
+     * back to the same bytes. An importance out of [0, 1] is refused. */
+    for (size_t n = 0; n < len; n++)
+        assert_int_equal(ma_slots_restore_table(H, D, DV, 3, buf, n, &r), MA_ECORRUPT);
+    unsigned char *c = malloc(len);
+    int accepted = 0, refused = 0;
+    for (size_t i = 8; i + 8 < len; i++)
+        for (int bit = 0; bit < 8; bit += 3) {
+            memcpy(c, buf, len);
+            c[i] ^= (unsigned char)(1u << bit);
+            uint64_t sum = ma_blob_checksum(c, len - 8);
+            for (int j = 0; j < 8; j++)
+                c[len - 8 + j] = (unsigned char)(sum >> (8 * j));
+            int rc = ma_slots_restore_table(H, D, DV, 3, c, len, &r);
+            if (rc == 0) {
+                accepted++;
+                assert_unchanged(r, c, len);
+                ma_slots_destroy(r);
+            } else {
+                assert_int_equal(rc, MA_ECORRUPT);
+                refused++;
+            }
+        }
+    assert_true(accepted > 0 && refused > 0);
+    /* The importance 1.0 (b's version) as 2.0: its f64 bits 0x3FF0.. -> 0x4000.. */
+    const unsigned char one[8] = {0, 0, 0, 0, 0, 0, 0xf0, 0x3f};
+    size_t found = 0, at = 0;
+    for (size_t i = 0; i + 8 <= len; i++)
+        if (memcmp((const unsigned char *)buf + i, one, 8) == 0)
+            found++, at = i;
+    assert_int_equal(found, 1);
+    memcpy(c, buf, len);
+    c[at + 6] = 0;
+    c[at + 7] = 0x40;
+    uint64_t sum = ma_blob_checksum(c, len - 8);
+    for (int j = 0; j < 8; j++)
+        c[len - 8 + j] = (unsigned char)(sum >> (8 * j));
+    assert_int_equal(ma_slots_restore_table(H, D, DV, 3, c, len, &r), MA_ECORRUPT);
+    free(c);
+    free(buf);
+    ma_slots_destroy(s);
+}
+
+/* ---- the table as state + version rows (what the store keeps) ---------------------------------- */
+
+/* A stand-in for the store's slot_versions table: rows keyed (name, version), kept sorted. */
+typedef struct {
+    char name[MA_MAX_NAME + 1];
+    uint64_t version;
+    void *data;
+    size_t len;
+} fake_row;
+
+typedef struct {
+    fake_row *r;
+    size_t n;
+    int skip, dup, swap, flip;   /* damage while reading: skip / duplicate / swap row i, flip a byte of it */
+} fake_rows;
+
+static int row_cmp(const void *a, const void *b)
+{
+    const fake_row *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : x->version < y->version ? -1 : x->version > y->version;
+}
+
+/* Stores what ma_slots_unsaved lists (a rewrite replaces its row); returns how many rows that was. */
+static size_t store_unsaved(ma_slots *s, fake_rows *fr)
+{
+    ma_slot_row *rows;
+    size_t n;
+    assert_int_equal(ma_slots_unsaved(s, &rows, &n), 0);
+    for (size_t i = 0; i < n; i++) {
+        fake_row key = {.version = rows[i].version};
+        snprintf(key.name, sizeof key.name, "%s", rows[i].name);
+        fake_row *old = fr->n ? bsearch(&key, fr->r, fr->n, sizeof key, row_cmp) : NULL;
+        assert_true((old != NULL) == rows[i].rewrite);
+        if (!old) {
+            fr->r = realloc(fr->r, (fr->n + 1) * sizeof *fr->r);
+            old = &fr->r[fr->n++];
+            *old = key;
+        } else {
+            free(old->data);
+        }
+        old->data = malloc(rows[i].len);
+        memcpy(old->data, rows[i].data, rows[i].len);
+        old->len = rows[i].len;
+        qsort(fr->r, fr->n, sizeof *fr->r, row_cmp);
+    }
+    ma_slot_rows_free(rows, n);
+    ma_slots_saved(s);
+    assert_false(ma_slots_has_unsaved(s));
+    return n;
+}
+
+static int fake_each(void *ctx, ma_slot_row_fn fn, void *arg)
+{
+    fake_rows *fr = ctx;
+    for (size_t i = 0; i < fr->n; i++) {
+        if ((int)i == fr->skip)
+            continue;
+        size_t j = (int)i == fr->swap && i + 1 < fr->n ? i + 1 : (int)i == fr->swap + 1 && i > 0 ? i - 1 : i;
+        fake_row *r = &fr->r[j];
+        unsigned char *d = malloc(r->len);
+        memcpy(d, r->data, r->len);
+        if ((int)i == fr->flip)
+            d[r->len / 2] ^= 0x10;
+        int rc = fn(arg, r->name, r->version, d, r->len);
+        if (!rc && (int)i == fr->dup)
+            rc = fn(arg, r->name, r->version, d, r->len);
+        free(d);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static void fake_free(fake_rows *fr)
+{
+    for (size_t i = 0; i < fr->n; i++)
+        free(fr->r[i].data);
+    free(fr->r);
+    memset(fr, 0, sizeof *fr);
+}
+
+/* Restores s from its state blob and the fake rows; the whole-table bytes must equal s's. */
+static int restore_from_rows(const ma_slots *s, fake_rows *fr, int capacity, bool expect_equal)
+{
+    void *st, *a, *b;
+    size_t stn, an, bn;
+    assert_int_equal(ma_slots_serialize_state(s, &st, &stn), 0);
+    ma_slot_row_source src = {fake_each, fr};
+    ma_slots *r = NULL;
+    int rc = ma_slots_restore_state(H, D, DV, capacity, st, stn, &src, &r);
+    if (rc == 0) {
+        assert_false(ma_slots_has_unsaved(r));
+        snapshot(s, &a, &an);
+        snapshot(r, &b, &bn);
+        if (expect_equal) {
+            assert_int_equal(an, bn);
+            assert_memory_equal(a, b, an);
+        }
+        free(a);
+        free(b);
+        ma_slots_destroy(r);
+    }
+    free(st);
+    return rc;
+}
+
+static void test_rows_written_once(void **state)
+{
+    (void)state;
+    ma_slots *s = table(3);
+    fake_rows fr = {.skip = -1, .dup = -1, .swap = -1, .flip = -1};
+    wr a;
+    /* a fresh table: nothing to store */
+    assert_false(ma_slots_has_unsaved(s));
+    assert_int_equal(store_unsaved(s, &fr), 0);
+    /* a history: every version is stored exactly once, whatever came before */
+    for (uint64_t i = 0; i < 200; i++)
+        assert_int_equal(ma_slots_put(s, mk(&a, "h", i, i % 2 ? "\"odd\"" : NULL), false, 0, 0, (int64_t)i, NULL), 0);
+    assert_int_equal(store_unsaved(s, &fr), 200);
+    assert_int_equal(ma_slots_put(s, mk(&a, "p", 1000, "{\"x\":1}"), false, 0, 0, 300, NULL), 0);
+    assert_true(ma_slots_has_unsaved(s));
+    assert_int_equal(store_unsaved(s, &fr), 1);          /* one PUT after 200 versions: one row */
+    assert_int_equal(ma_slots_protect(s, "p", true), 0);
+    assert_int_equal(store_unsaved(s, &fr), 0);          /* protect changes only the state */
+    assert_int_equal(ma_slots_put(s, mk(&a, "q", 2000, NULL), false, 0, 0, 301, NULL), 0);
+    /* a capacity eviction: the new version and the victim's tombstone */
+    ma_slot_result res;
+    assert_int_equal(ma_slots_put(s, mk(&a, "r", 3000, NULL), false, 0, 0, 302, &res), 0);
+    assert_true(res.evicted);
+    assert_int_equal(store_unsaved(s, &fr), 3);
+    assert_int_equal(ma_slots_restore(s, "h", 7, 303, NULL), 0);   /* evicts q: 2 rows */
+    assert_int_equal(ma_slots_evict(s, "r", 304), 0);              /* 1 row */
+    assert_int_equal(store_unsaved(s, &fr), 3);
+    /* a batch */
+    wr b[3];
+    ma_slot_write w[3] = {*mk(&b[0], "h", 5000, NULL), *mk(&b[1], "z", 5001, "\"z\""), *mk(&b[2], "h", 5002, NULL)};
+    w[0].event = 0, w[1].event = 1, w[2].event = 2;
+    ma_slots_batch *bt;
+    assert_int_equal(ma_slots_batch_prepare(s, 3, w, &bt), 0);
+    ma_slots_batch_commit(bt, 305, NULL);
+    size_t nb = store_unsaved(s, &fr);
+    assert_true(nb >= 3);
+    assert_int_equal(restore_from_rows(s, &fr, 3, true), 0);
+    /* forget: every stored version of the name is rewritten (values erased), nothing else */
+    assert_int_equal(ma_slots_put(s, mk(&a, "f", 6000, "\"secret\""), false, 0, 0, 306, NULL), 0);
+    assert_int_equal(ma_slots_put(s, mk(&a, "f", 6001, "\"secret2\""), false, 0, 0, 307, NULL), 0);
+    size_t nf = store_unsaved(s, &fr);
+    assert_int_equal(ma_slots_forget(s, "f"), 0);
+    ma_slot_row *rows;
+    size_t n;
+    assert_int_equal(ma_slots_unsaved(s, &rows, &n), 0);
+    size_t fv = 0;
+    for (size_t i = 0; i < n; i++) {
+        assert_string_equal(rows[i].name, "f");
+        fv += rows[i].rewrite;
+        assert_null(memmem(rows[i].data, rows[i].len, "secret", 6));
+    }
+    assert_int_equal(fv, 2);
+    assert_true(n >= 2 && nf >= 2);
+    ma_slot_rows_free(rows, n);
+    store_unsaved(s, &fr);
+    for (size_t i = 0; i < fr.n; i++)
+        assert_null(memmem(fr.r[i].data, fr.r[i].len, "secret", 6));
+    assert_int_equal(restore_from_rows(s, &fr, 3, true), 0);
+
+    /* damaged rows are refused: one missing, one twice, two swapped, a flipped byte */
+    for (int i = 0; i < (int)fr.n; i += 7) {
+        fr.skip = i;
+        assert_int_equal(restore_from_rows(s, &fr, 3, false), MA_ECORRUPT);
+        fr.skip = -1;
+        fr.dup = i;
+        assert_int_equal(restore_from_rows(s, &fr, 3, false), MA_ECORRUPT);
+        fr.dup = -1;
+        if (i + 1 < (int)fr.n) {
+            fr.swap = i;
+            assert_int_equal(restore_from_rows(s, &fr, 3, false), MA_ECORRUPT);
+            fr.swap = -1;
+        }
+        fr.flip = i;
+        assert_int_equal(restore_from_rows(s, &fr, 3, false), MA_ECORRUPT);
+        fr.flip = -1;
+    }
+    /* a row under another version number than its record's */
+    fr.r[0].version += 1000;
+    assert_int_equal(restore_from_rows(s, &fr, 3, false), MA_ECORRUPT);
+    fr.r[0].version -= 1000;
+    /* a state blob with versions but no row source */
+    void *st;
+    size_t stn;
+    ma_slots *r;
+    assert_int_equal(ma_slots_serialize_state(s, &st, &stn), 0);
+    assert_int_equal(ma_slots_restore_state(H, D, DV, 3, st, stn, NULL, &r), MA_ECORRUPT);
+    /* and every truncation of the state blob */
+    ma_slot_row_source src = {fake_each, &fr};
+    for (size_t cut = 0; cut < stn; cut += 3)
+        assert_int_equal(ma_slots_restore_state(H, D, DV, 3, st, cut, &src, &r), MA_ECORRUPT);
+    free(st);
+    /* a whole table restores with every version unsaved, and refuses rows beside it */
+    void *whole;
+    size_t wn;
+    snapshot(s, &whole, &wn);
+    assert_int_equal(ma_slots_restore_state(H, D, DV, 3, whole, wn, &src, &r), MA_ECORRUPT);
+    fake_rows none = {.skip = -1, .dup = -1, .swap = -1, .flip = -1};
+    ma_slot_row_source empty = {fake_each, &none};
+    assert_int_equal(ma_slots_restore_state(H, D, DV, 3, whole, wn, &empty, &r), 0);
+    assert_true(ma_slots_has_unsaved(r));
+    fake_rows all = {.skip = -1, .dup = -1, .swap = -1, .flip = -1};
+    assert_int_equal(store_unsaved(r, &all), fr.n);
+    assert_int_equal(restore_from_rows(r, &all, 3, true), 0);
+    assert_unchanged(r, whole, wn);
+    ma_slots_destroy(r);
+    free(whole);
+    fake_free(&all);
+    fake_free(&fr);
+    ma_slots_destroy(s);
+}
+
 static void test_create_errors(void **state)
 {
     (void)state;
@@ -781,6 +1442,11 @@ int main(void)
         cmocka_unit_test(test_batch_equals_sequential),
         cmocka_unit_test(test_serialize_roundtrip_and_corruption),
         cmocka_unit_test(test_create_errors),
+        cmocka_unit_test(test_policy_score_eviction),
+        cmocka_unit_test(test_policy_blend),
+        cmocka_unit_test(test_topk_match_and_softmax),
+        cmocka_unit_test(test_importance_persist),
+        cmocka_unit_test(test_rows_written_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

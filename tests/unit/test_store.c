@@ -31,7 +31,11 @@
 #include <sqlite3.h>
 
 #include "core/error.h"
+#include "core/slots.h"
+#include "registry/pager.h"
+#include "registry/params_text.h"
 #include "store/store.h"
+#include "store/store_int.h"   /* MA_SCHEMA: the version a file is upgraded to */
 #include "tests/support/store_fault.h"
 
 #define KF 8    /* floats per key (H·d) */
@@ -540,8 +544,10 @@ static void test_upgrade_from_v1(void **state)
     assert_int_equal(commit_batch(st, "u4", 4, 200, 100), 0);
     assert_int_equal(commit_batch(st, "u1", 1, 1, 1), 0);
     ma_store_close(st);
-    assert_int_equal(raw_int(dir, "PRAGMA user_version"), 2);
+    assert_int_equal(raw_int(dir, "PRAGMA user_version"), MA_SCHEMA);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM sqlite_schema WHERE name = 'events'"), 0);
+    /* Every row got its checksum on the way (steps 1 -> 2 -> 3 in one upgrade). */
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks WHERE ck IS NULL"), 0);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks"), 0 + 1 + 1 + 2 + 5);
     /* event_blocks must stay a rowid table: a WITHOUT ROWID seek reads whole overflowing block rows for
      * every key comparison (store.c, the 1 -> 2 step). wr = 1 means WITHOUT ROWID. */
@@ -564,6 +570,234 @@ static void test_upgrade_from_v1(void **state)
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM events"), 1 + 64 + 65 + 199);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM sqlite_schema WHERE name = 'event_blocks'"), 0);
     rm_dir(dir);
+}
+
+/* Schema version 2 as memattnd wrote it (events in blocks; the slot table whole in blobs kind 1). */
+static const char v2_schema[] =
+    "CREATE TABLE sessions(sid INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, config TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,"
+    "  length INTEGER NOT NULL DEFAULT 0 CHECK (length >= 0), slots INTEGER NOT NULL DEFAULT 0 CHECK (slots >= 0),"
+    "  event_bytes INTEGER NOT NULL DEFAULT 0, blob_bytes INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE blobs(sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  kind INTEGER NOT NULL CHECK (kind BETWEEN 0 AND 2), data BLOB NOT NULL, PRIMARY KEY (sid, kind));"
+    "CREATE TABLE event_blocks(sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  block INTEGER NOT NULL CHECK (block >= 0), n INTEGER NOT NULL CHECK (n BETWEEN 1 AND 64),"
+    "  k BLOB NOT NULL, v BLOB NOT NULL, PRIMARY KEY (sid, block));"
+    "CREATE TABLE payloads(sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  idx INTEGER NOT NULL CHECK (idx >= 0), payload TEXT NOT NULL, PRIMARY KEY (sid, idx)) WITHOUT ROWID;"
+    "PRAGMA user_version = 2; PRAGMA application_id = 1833006158;";
+
+enum { SH = 2, SD = 3, SDV = 2, SM = 4 };   /* the slot tables of the upgrade test */
+
+/* A slot table with history: overwrites, payloads, a capacity eviction, a restore, a forgotten name. */
+static ma_slots *slot_history(int seed, int versions)
+{
+    ma_slots *s;
+    assert_int_equal(ma_slots_create(SH, SD, SDV, SM, &s), 0);
+    float k[SH * SD], v[SH * SDV];
+    for (int i = 0; i < versions; i++) {
+        for (int j = 0; j < SH * SD; j++)
+            k[j] = kval(seed, (uint64_t)i, j);
+        for (int j = 0; j < SH * SDV; j++)
+            v[j] = vval(seed, (uint64_t)i, j);
+        char name[16], pl[32];
+        snprintf(name, sizeof name, "n%d", i % 6);
+        snprintf(pl, sizeof pl, "{\"i\":%d}", i);
+        ma_slot_write w = {name, k, v, i % 2 ? pl : NULL, i, false};
+        assert_int_equal(ma_slots_put(s, &w, false, 0, 0, 1000 + i, NULL), 0);
+    }
+    if (versions > 6) {
+        assert_int_equal(ma_slots_restore(s, "n1", 1, 5000, NULL), 0);
+        assert_int_equal(ma_slots_forget(s, "n2"), 0);
+    }
+    return s;
+}
+
+static int count_row(void *arg, const char *name, uint64_t version, const void *data, size_t len)
+{
+    (void)name, (void)version, (void)data, (void)len;
+    ++*(size_t *)arg;
+    return 0;
+}
+
+typedef struct { ma_store *st; const char *id; } row_src;
+static int each_row(void *ctx, ma_slot_row_fn fn, void *arg)
+{
+    row_src *r = ctx;
+    return ma_store_slot_rows(r->st, r->id, fn, arg, errbuf, sizeof errbuf);
+}
+
+/* The stored slot table of session id, restored through its rows, as whole-table bytes. */
+static void stored_table(ma_store *st, const char *id, void **whole, size_t *n, bool *unsaved)
+{
+    ma_store_session row;
+    assert_int_equal(ma_store_session_load(st, id, &row, errbuf, sizeof errbuf), 0);
+    row_src rs = {st, id};
+    ma_slot_row_source src = {each_row, &rs};
+    ma_slots *t;
+    int rc = ma_slots_restore_state(SH, SD, SDV, SM, row.slots_blob.data, row.slots_blob.len, &src, &t);
+    if (rc)
+        fail_msg("restore %s: %d %s", id, rc, errbuf);
+    *unsaved = ma_slots_has_unsaved(t);
+    assert_int_equal(ma_slots_serialize(t, whole, n), 0);
+    ma_slots_destroy(t);
+    ma_store_session_clear(&row);
+}
+
+/* A version-2 file with sessions "v<seed>" holding slot tables of 0, 1, 40 and 300 versions whole, and one
+ * ("bad") whose table is damaged. */
+static void make_v2(const char *dir, const int *versions, int n, void **tables, size_t *lens)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s, *b;
+    ma_params p;
+    ma_params_default(&p);
+    p.heads = SH, p.dim = SD, p.value_dim = SDV, p.slots = SM;
+    char *cfg;
+    assert_int_equal(reg_params_encode(&p, &cfg), 0);
+    assert_int_equal(sqlite3_open(db_path(dir), &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, v2_schema, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO sessions(sid, id, config, created_at, updated_at, slots,"
+                                        " blob_bytes) VALUES (?1, ?2, ?3, 0, 0, 1, ?4)", -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO blobs VALUES (?1, 1, ?2)", -1, &b, NULL), SQLITE_OK);
+    for (int i = 0; i <= n; i++) {
+        char id[16];
+        snprintf(id, sizeof id, i < n ? "v%d" : "bad", i);
+        if (i < n) {
+            ma_slots *t = slot_history(i, versions[i]);
+            assert_int_equal(ma_slots_serialize(t, &tables[i], &lens[i]), 0);
+            ma_slots_destroy(t);
+        } else {
+            ma_slots *t = slot_history(9, 10);
+            assert_int_equal(ma_slots_serialize(t, &tables[i], &lens[i]), 0);
+            ma_slots_destroy(t);
+            ((unsigned char *)tables[i])[lens[i] / 2] ^= 1;
+        }
+        sqlite3_bind_int(s, 1, i + 1);
+        sqlite3_bind_text(s, 2, id, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(s, 3, cfg, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(s, 4, (sqlite3_int64)lens[i]);
+        assert_int_equal(sqlite3_step(s), SQLITE_DONE);
+        sqlite3_reset(s);
+        sqlite3_bind_int(b, 1, i + 1);
+        sqlite3_bind_blob(b, 2, tables[i], (int)lens[i], SQLITE_TRANSIENT);
+        assert_int_equal(sqlite3_step(b), SQLITE_DONE);
+        sqlite3_reset(b);
+    }
+    sqlite3_finalize(s);
+    sqlite3_finalize(b);
+    sqlite3_close(db);
+    free(cfg);
+}
+
+static void test_upgrade_from_v2(void **state)
+{
+    (void)state;
+    const int versions[] = {0, 1, 40, 300};
+    enum { N = 4 };
+    void *tables[N + 1];
+    size_t lens[N + 1];
+    for (int with_split = 1; with_split >= 0; with_split--) {
+        char *dir = fresh_dir();
+        make_v2(dir, versions, N, tables, lens);
+        ma_store_options o;
+        ma_store_options_default(&o);
+        o.slots_split = with_split ? reg_slots_split : NULL;
+        ma_store *st;
+        if (ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf))
+            fail_msg("open: %s", errbuf);
+        for (int i = 0; i < N; i++) {
+            char id[16];
+            snprintf(id, sizeof id, "v%d", i);
+            /* the same table, bit for bit, restored from the upgraded rows (or from the whole blob) */
+            void *whole;
+            size_t wn;
+            bool unsaved;
+            stored_table(st, id, &whole, &wn, &unsaved);
+            assert_int_equal(wn, lens[i]);
+            assert_memory_equal(whole, tables[i], wn);
+            assert_int_equal(unsaved, !with_split && versions[i] > 0);
+            free(whole);
+            size_t rows = 0;
+            assert_int_equal(ma_store_slot_rows(st, id, count_row, &rows, errbuf, sizeof errbuf), 0);
+            assert_true(with_split ? rows >= (size_t)versions[i] : rows == 0);
+            /* what the session row says it stores includes the rows */
+            ma_store_session sm;
+            assert_int_equal(ma_store_session_summary(st, id, &sm, errbuf, sizeof errbuf), 0);
+            if (with_split && versions[i] > 40)
+                assert_true(sm.slots_blob.len < lens[i] / 10 && sm.stored_bytes > lens[i]);
+            ma_store_session_clear(&sm);
+        }
+        /* the damaged table stays whole and rowless: its session reports it when loaded */
+        ma_store_session row;
+        assert_int_equal(ma_store_session_load(st, "bad", &row, errbuf, sizeof errbuf), 0);
+        assert_int_equal(row.slots_blob.len, lens[N]);
+        assert_memory_equal(row.slots_blob.data, tables[N], lens[N]);
+        ma_store_session_clear(&row);
+        size_t rows = 0;
+        assert_int_equal(ma_store_slot_rows(st, "bad", count_row, &rows, errbuf, sizeof errbuf), 0);
+        assert_int_equal(rows, 0);
+        /* the upgraded table goes on: a commit of its state and one new version */
+        {
+            void *whole;
+            size_t wn;
+            bool unsaved;
+            stored_table(st, "v3", &whole, &wn, &unsaved);
+            ma_slots *t;
+            assert_int_equal(ma_slots_restore_table(SH, SD, SDV, SM, whole, wn, &t), 0);
+            if (!unsaved)
+                ma_slots_saved(t);
+            float k[SH * SD] = {1}, v[SH * SDV] = {2};
+            ma_slot_write w = {"n0", k, v, "\"new\"", -1, false};
+            ma_slot_result res;
+            assert_int_equal(ma_slots_put(t, &w, false, 0, 0, 9000, &res), 0);
+            ma_slot_row *r;
+            size_t nr;
+            assert_int_equal(ma_slots_unsaved(t, &r, &nr), 0);
+            if (unsaved)
+                assert_true(nr > 300);                       /* never split: every version */
+            else
+                assert_int_equal(nr, 1 + res.evicted);       /* the new version (and a victim's tombstone) */
+            ma_store_slot_row *sr = calloc(nr, sizeof *sr);
+            for (size_t j = 0; j < nr; j++)
+                sr[j] = (ma_store_slot_row){r[j].name, r[j].version, r[j].data, r[j].len, r[j].rewrite};
+            void *stb;
+            size_t stn;
+            assert_int_equal(ma_slots_serialize_state(t, &stb, &stn), 0);
+            ma_store_delta d = {.slots_blob = {stb, stn}, .slots = 1, .updated_at = 1, .slot_rows = sr,
+                                .n_slot_rows = nr};
+            assert_int_equal(ma_store_commit(st, "v3", &d, errbuf, sizeof errbuf), 0);
+            free(whole);
+            assert_int_equal(ma_slots_serialize(t, &whole, &wn), 0);
+            ma_store_close(st);
+            st = open_ok(dir);                    /* the integrity checks pass, slot_bytes included */
+            void *again;
+            size_t an;
+            stored_table(st, "v3", &again, &an, &unsaved);
+            assert_false(unsaved);
+            assert_int_equal(an, wn);
+            assert_memory_equal(again, whole, wn);
+            free(again);
+            free(whole);
+            free(stb);
+            free(sr);
+            ma_slot_rows_free(r, nr);
+            ma_slots_destroy(t);
+        }
+        ma_store_close(st);
+        assert_int_equal(raw_int(dir, "PRAGMA user_version"), MA_SCHEMA);
+        /* a row of no session, or slot_bytes that disagree with the rows, is refused at open */
+        raw_sql(dir, "PRAGMA foreign_keys = OFF; INSERT INTO slot_versions VALUES (99, 'x', 1, x'00')");
+        assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
+        assert_non_null(strstr(errbuf, "slot versions of a missing session"));
+        raw_sql(dir, "DELETE FROM slot_versions WHERE sid = 99; UPDATE sessions SET slot_bytes = slot_bytes + 1 "
+                     "WHERE id = 'v3'");
+        assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
+        assert_non_null(strstr(errbuf, "slot versions of v3"));
+        for (int i = 0; i <= N; i++)
+            free(tables[i]);
+        rm_dir(dir);
+    }
 }
 
 /* Commits of every size against the block boundaries, reads of ranges that straddle blocks, payload
@@ -621,6 +855,48 @@ static void test_blocks_across_commits(void **state)
     ma_store_close(st);
     st = open_ok(dir);
     check_session(st, "b", 5, L);
+    ma_store_close(st);
+    rm_dir(dir);
+}
+
+/* ma_store_load_some (the sparse read's candidates through incremental blob I/O) returns the bytes
+ * ma_store_load_events does, for events spread over full blocks and the partial last one, after each of
+ * several commits (the partial block is rewritten by each); refuses unsorted or repeated events, events
+ * past the length and unknown sessions. */
+static void test_load_some(void **state)
+{
+    (void)state;
+    char *dir = fresh_dir();
+    ma_store *st = open_ok(dir);
+    assert_int_equal(ma_store_session_create(st, "s", "{}", 0, errbuf, sizeof errbuf), 0);
+    const size_t sizes[] = {5, 64, 200, 1, 77};
+    uint64_t L = 0;
+    for (size_t t = 0; t < sizeof sizes / sizeof sizes[0]; t++) {
+        assert_int_equal(commit_batch(st, "s", 7, L, sizes[t]), 0);
+        L += sizes[t];
+        uint64_t ids[40];
+        size_t n = 0;
+        for (uint64_t e = t; e < L && n < 40; e += 1 + (e * 7) % 19)
+            ids[n++] = e;
+        ids[n - 1] = L - 1;   /* the last event, in the partial block */
+        if (n > 1 && ids[n - 2] >= L - 1)
+            n--, ids[n - 1] = L - 1;
+        float k[40 * KF], v[40 * VF], k1[KF], v1[VF];
+        assert_int_equal(ma_store_load_some(st, "s", ids, n, KF, VF, k, v, errbuf, sizeof errbuf), 0);
+        for (size_t i = 0; i < n; i++) {
+            assert_int_equal(ma_store_load_events(st, "s", ids[i], 1, KF, VF, k1, v1, NULL, errbuf, sizeof errbuf), 0);
+            assert_memory_equal(k + i * KF, k1, sizeof k1);
+            assert_memory_equal(v + i * VF, v1, sizeof v1);
+        }
+    }
+    float k[2 * KF], v[2 * VF];
+    uint64_t unsorted[] = {9, 3}, twice[] = {4, 4}, past[] = {1, L}, one[] = {0};
+    assert_int_equal(ma_store_load_some(st, "s", unsorted, 2, KF, VF, k, v, errbuf, sizeof errbuf), MA_EINVAL);
+    assert_int_equal(ma_store_load_some(st, "s", twice, 2, KF, VF, k, v, errbuf, sizeof errbuf), MA_EINVAL);
+    assert_int_equal(ma_store_load_some(st, "s", past, 2, KF, VF, k, v, errbuf, sizeof errbuf), MA_ENOTFOUND);
+    assert_int_equal(ma_store_load_some(st, "nope", one, 1, KF, VF, k, v, errbuf, sizeof errbuf), MA_ENOTFOUND);
+    assert_int_equal(ma_store_load_some(st, "s", one, 1, KF + 1, VF, k, v, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_some(st, "s", one, 0, KF, VF, k, v, errbuf, sizeof errbuf), 0);
     ma_store_close(st);
     rm_dir(dir);
 }
@@ -730,7 +1006,7 @@ static void test_inconsistent_rows_are_refused(void **state)
     assert_non_null(strstr(errbuf, "session 'p2' has length 976 but 976 events in 16 blocks"));
     rm_dir(dir);
     dir = populated_dir();
-    raw_sql(dir, "INSERT INTO payloads SELECT sid, 1000, '{}' FROM sessions WHERE id = 'p0'");
+    raw_sql(dir, "INSERT INTO payloads(sid, idx, payload) SELECT sid, 1000, '{}' FROM sessions WHERE id = 'p0'");
     assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
     assert_non_null(strstr(errbuf, "payload of event 1000 of p0"));
     rm_dir(dir);
@@ -751,6 +1027,164 @@ static void test_inconsistent_rows_are_refused(void **state)
     assert_null(s.id);
     check_session(st, "p1", 1, 1000);   /* the others are still served */
     ma_store_close(st);
+    rm_dir(dir);
+}
+
+/* ---- row checksums ---------------------------------------------------------------------------- */
+
+/* Rewrites one stored row of session `id` under a closed store: column `col` ("k", "v" or "payload") of
+ * block / event `row`, with byte `off` xor'ed with `flip` (0: the column's bytes are zeroed); with
+ * nan_at >= 0 instead float nan_at of k becomes a NaN and the row's checksum is recomputed (so only the
+ * finiteness check can catch it). */
+static void damage(const char *dir, const char *id, const char *col, uint64_t row, size_t off, unsigned char flip,
+                   long nan_at)
+{
+    bool payload = strcmp(col, "payload") == 0;
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    char sql[256];
+    assert_int_equal(sqlite3_open(db_path(dir), &db), SQLITE_OK);
+    snprintf(sql, sizeof sql, payload ? "SELECT payload FROM payloads WHERE idx = ?1 AND sid = (SELECT sid FROM "
+                                        "sessions WHERE id = ?2)"
+                                      : "SELECT n, k, v FROM event_blocks WHERE block = ?1 AND sid = (SELECT sid "
+                                        "FROM sessions WHERE id = ?2)");
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    sqlite3_bind_int64(s, 1, (sqlite3_int64)row);
+    sqlite3_bind_text(s, 2, id, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    int c = payload ? 0 : strcmp(col, "k") == 0 ? 1 : 2;
+    size_t len = (size_t)sqlite3_column_bytes(s, c), kl = payload ? 0 : (size_t)sqlite3_column_bytes(s, 1);
+    size_t vl = payload ? 0 : (size_t)sqlite3_column_bytes(s, 2);
+    int n = payload ? 0 : sqlite3_column_int(s, 0);
+    unsigned char *buf = malloc(len), *k = malloc(kl + 1), *v = malloc(vl + 1);
+    memcpy(buf, sqlite3_column_blob(s, c), len);
+    if (!payload) {
+        memcpy(k, sqlite3_column_blob(s, 1), kl);
+        memcpy(v, sqlite3_column_blob(s, 2), vl);
+    }
+    sqlite3_finalize(s);
+    int64_t ck = 0;
+    if (nan_at >= 0) {
+        float nan = __builtin_nanf("");
+        memcpy(k + 4 * nan_at, &nan, 4);
+        memcpy(buf, k, kl);
+        ck = (int64_t)st_block_sum(row, (size_t)n, k, kl, v, vl);
+    } else if (flip) {
+        buf[off] ^= flip;
+    } else {
+        memset(buf, 0, len);
+    }
+    snprintf(sql, sizeof sql, "UPDATE %s SET %s = ?3%s WHERE %s = ?1 AND sid = (SELECT sid FROM sessions WHERE id = ?2)",
+             payload ? "payloads" : "event_blocks", col, nan_at >= 0 ? ", ck = ?4" : "", payload ? "idx" : "block");
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    sqlite3_bind_int64(s, 1, (sqlite3_int64)row);
+    sqlite3_bind_text(s, 2, id, -1, SQLITE_STATIC);
+    if (payload)
+        sqlite3_bind_text(s, 3, (const char *)buf, (int)len, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_blob(s, 3, buf, (int)len, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(s, 4, ck);
+    assert_int_equal(sqlite3_step(s), SQLITE_DONE);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    free(buf);
+    free(k);
+    free(v);
+}
+
+static int discard(void *ctx, const void *data, size_t len)
+{
+    (void)ctx;
+    (void)data;
+    (void)len;
+    return 0;
+}
+
+/* Every stored block and payload row is checked when it is read back (range reads, single payloads, the
+ * commit's partial block, the export): a flipped byte, zeroed keys, a missing checksum, a NaN that
+ * carries a valid checksum are MA_ECORRUPT naming the row; the other rows are still served. */
+static void test_row_checksums(void **state)
+{
+    (void)state;
+    char *dir = populated_dir();
+    float k[64 * KF], v[64 * VF];
+    char *pl[64];
+    damage(dir, "p1", "k", 2, 37, 0x10, -1);          /* one bit of one key of block 2 */
+    damage(dir, "p1", "v", 5, 0, 0x01, -1);           /* one bit of a value of block 5 */
+    damage(dir, "p1", "k", 9, 0, 0, -1);              /* block 9's keys zeroed */
+    damage(dir, "p1", "payload", 700, 3, 0x20, -1);   /* a payload's text */
+    damage(dir, "p2", "k", 4, 0, 0, 13);              /* a NaN with a valid checksum */
+    damage(dir, "p2", "k", 15, 0, 0x80, -1);          /* the last, partial block (40 events) */
+    ma_store *st = open_ok(dir);   /* the open-time checks see structure, not contents */
+    const struct { const char *id; uint64_t first; const char *want; } bad[] = {
+        {"p1", 130, "event block 2 (events 128..191): checksum mismatch"},
+        {"p1", 5 * 64 + 10, "event block 5 (events 320..383): checksum mismatch"},
+        {"p1", 9 * 64, "event block 9"},
+        {"p2", 4 * 64 + 63, "event block 4 holds a NaN or infinity"},
+        {"p2", 960, "event block 15"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(ma_store_load_events(st, bad[i].id, bad[i].first, 1, KF, VF, k, v, NULL, errbuf,
+                                              sizeof errbuf), MA_ECORRUPT);
+        if (!strstr(errbuf, bad[i].want) || !strstr(errbuf, bad[i].id))
+            fail_msg("case %zu: %s", i, errbuf);
+    }
+    /* A range over a damaged block fails whole; the neighbours are served. */
+    assert_int_equal(ma_store_load_events(st, "p1", 100, 64, KF, VF, k, v, pl, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_events(st, "p1", 192, 64, KF, VF, k, v, pl, errbuf, sizeof errbuf), 0);
+    for (int i = 0; i < 64; i++)
+        free(pl[i]);
+    assert_true(k[0] == kval(1, 192, 0));
+    /* The payload: alone, and with its range. */
+    char *one = NULL;
+    assert_int_equal(ma_store_load_payload(st, "p1", 700, &one, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_null(one);
+    assert_non_null(strstr(errbuf, "payload of event 700: checksum mismatch"));
+    assert_int_equal(ma_store_load_payload(st, "p1", 701, &one, errbuf, sizeof errbuf), 0);
+    free(one);
+    assert_int_equal(ma_store_load_events(st, "p1", 690, 20, KF, VF, k, v, pl, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_events(st, "p1", 690, 20, KF, VF, k, v, NULL, errbuf, sizeof errbuf), 0);
+    /* A commit onto the damaged partial block is refused (never rewritten with a fresh checksum). */
+    assert_int_equal(commit_batch(st, "p2", 2, 1000, 5), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "event block 15"));
+    /* The export refuses too: a snapshot's own checksum would make damage look sound. */
+    assert_int_equal(ma_store_session_export(st, "p1", discard, NULL, NULL, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_session_export(st, "p0", discard, NULL, NULL, errbuf, sizeof errbuf), 0);
+    check_session(st, "p0", 0, 1000);   /* untouched sessions are served whole */
+    ma_store_close(st);
+    /* No checksum at all is no better than a wrong one. */
+    raw_sql(dir, "UPDATE event_blocks SET ck = NULL WHERE block = 0 AND sid = (SELECT sid FROM sessions WHERE id = 'p0')");
+    st = open_ok(dir);
+    assert_int_equal(ma_store_load_events(st, "p0", 0, 1, KF, VF, k, v, NULL, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "no checksum"));
+    ma_store_close(st);
+    rm_dir(dir);
+}
+
+/* A file of the schema before the checksums (this version's rows without the checksum column, the last
+ * migration undone: the checksum step must stay the last one, or this test undo the steps after it) is
+ * upgraded: every row gets its checksum in the upgrade's transaction and reads back checked and equal. */
+static void test_upgrade_to_checksums(void **state)
+{
+    (void)state;
+    char *dir = populated_dir();
+    char undo[160];
+    snprintf(undo, sizeof undo, "ALTER TABLE event_blocks DROP COLUMN ck; ALTER TABLE payloads DROP COLUMN ck; "
+             "PRAGMA user_version = %d;", MA_SCHEMA - 1);
+    raw_sql(dir, undo);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM pragma_table_info('event_blocks') WHERE name = 'ck'"), 0);
+    ma_store *st = open_ok(dir);
+    for (int s = 0; s < 3; s++) {
+        char id[16];
+        snprintf(id, sizeof id, "p%d", s);
+        check_session(st, id, s, 1000);
+    }
+    assert_int_equal(commit_batch(st, "p1", 1, 1000, 30), 0);   /* tops up its partial block, checked */
+    check_session(st, "p1", 1, 1030);
+    ma_store_close(st);
+    assert_int_equal(raw_int(dir, "PRAGMA user_version"), MA_SCHEMA);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks WHERE ck IS NULL"), 0);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM payloads WHERE ck IS NULL"), 0);
     rm_dir(dir);
 }
 
@@ -1311,6 +1745,25 @@ static void test_group_commit(void **state)
     check_session(st, "g2", 6, 15);
     gdelta_free(&g[0]);
     gdelta_free(&g[1]);
+
+    /* every delta's slot version rows and its Idempotency-Key record are written by the group */
+    ma_store_slot_row r1[2] = {{"a", 1, "x1", 2, 0}, {"b", 1, "y1", 2, 0}}, r2[1] = {{"a", 2, "x2", 2, 0}};
+    ma_store_idem k = {.scope = "g1", .key = "k1", .fingerprint = 7, .status = 200, .body = "{}", .created_at = 1,
+                       .keep = 10};
+    ma_store_delta s1 = {.length = 140, .updated_at = 2, .slot_rows = r1, .n_slot_rows = 2};
+    ma_store_delta s2 = {.length = 140, .updated_at = 3, .slot_rows = r2, .n_slot_rows = 1, .idem = &k};
+    const char *sids[2] = {"g1", "g1"};
+    const ma_store_delta *sds[2] = {&s1, &s2};
+    assert_int_equal(ma_store_commit_group(st, 2, sids, sds, errbuf, sizeof errbuf), 0);
+    size_t rows = 0;
+    assert_int_equal(ma_store_slot_rows(st, "g1", count_row, &rows, errbuf, sizeof errbuf), 0);
+    assert_int_equal(rows, 3);
+    ma_store_idem_row ir;
+    assert_int_equal(ma_store_idem_get(st, "g1", "k1", 0, &ir, errbuf, sizeof errbuf), 0);
+    assert_int_equal(ir.fingerprint, 7);
+    assert_int_equal(ir.status, 200);
+    ma_store_idem_row_clear(&ir);
+    check_session(st, "g1", 5, 140);
     ma_store_close(st);
     rm_dir(dir);
 }
@@ -1324,9 +1777,13 @@ int main(void)
         cmocka_unit_test(test_group_commit),
         cmocka_unit_test(test_schema_versions),
         cmocka_unit_test(test_upgrade_from_v1),
+        cmocka_unit_test(test_upgrade_from_v2),
         cmocka_unit_test(test_blocks_across_commits),
+        cmocka_unit_test(test_load_some),
         cmocka_unit_test(test_corrupt_and_truncated_files_are_refused),
         cmocka_unit_test(test_inconsistent_rows_are_refused),
+        cmocka_unit_test(test_row_checksums),
+        cmocka_unit_test(test_upgrade_to_checksums),
         cmocka_unit_test(test_full_database),
         cmocka_unit_test(test_write_errors),
         cmocka_unit_test(test_sync_errors),

@@ -93,7 +93,7 @@ static void test_filler_never_collides(void **state)
     (void)state;
     const size_t batch = 4096;
     for (uint64_t seed = 1; seed <= 2; seed++) {
-        for (int kind = TG_STREAM_MAIN; kind <= TG_STREAM_PRESSURE; kind++) {
+        for (int kind = TG_STREAM_MAIN; kind < TG_STREAM_KINDS; kind++) {
             tg_stream *s = make(16384, (tg_stream_kind)kind, seed);
             const tg_config *c = tg_stream_config(s);
             int d = c->dim, na = tg_anchors(s);
@@ -248,7 +248,7 @@ static void test_positions_cover_stream(void **state)
     for (int t = 0; t < TG_TASKS; t++)
         first[t] = UINT64_MAX;
     for (uint64_t seed = 1; seed <= 200; seed++) {
-        for (int kind = TG_STREAM_MAIN; kind <= TG_STREAM_PRESSURE; kind++) {
+        for (int kind = TG_STREAM_MAIN; kind < TG_STREAM_KINDS; kind++) {
             tg_stream *s = make(T, (tg_stream_kind)kind, seed);
             const tg_config *c = tg_stream_config(s);
             size_t nq;
@@ -257,7 +257,8 @@ static void test_positions_cover_stream(void **state)
             for (size_t i = 0; i < nq; i++) {
                 /* protected facts and pressure targets are drawn from the first 90 % so that writes
                  * can follow them; streaming facts from [0, T - 2W - 2) so that a question can follow */
-                uint64_t range = q[i].task == TG_DISTRACTOR || q[i].task == TG_PRESSURE ? usable * 9 / 10
+                uint64_t range = q[i].task == TG_DISTRACTOR || q[i].task == TG_PRESSURE ||
+                                         q[i].task == TG_CORRECTIONS ? usable * 9 / 10
                                : q[i].task == TG_STREAMING  ? T - 2 * (uint64_t)c->window - 2 : usable;
                 assert_true(q[i].event < range);
                 hit[q[i].task][q[i].event * 4 / range]++;
@@ -282,7 +283,7 @@ static void test_queries_consistent(void **state)
 {
     (void)state;
     for (uint64_t seed = 1; seed <= 20; seed++) {
-        for (int kind = TG_STREAM_MAIN; kind <= TG_STREAM_PRESSURE; kind++) {
+        for (int kind = TG_STREAM_MAIN; kind < TG_STREAM_KINDS; kind++) {
             tg_stream *s = make(16384, (tg_stream_kind)kind, seed);
             const tg_config *c = tg_stream_config(s);
             uint64_t W = (uint64_t)c->window;
@@ -326,6 +327,7 @@ static void test_queries_consistent(void **state)
                     assert_int_equal(same_key_before, 1);
                     break;
                 case TG_OVERWRITE: /* the latest of 2..1+overwrites_max versions */
+                case TG_CORRECTIONS:
                     assert_true(same_key_before >= 2 && same_key_before <= 1 + c->overwrites_max);
                     assert_int_equal(version, (uint64_t)same_key_before);
                     break;
@@ -363,8 +365,10 @@ static void test_queries_consistent(void **state)
                 for (int t = 0; t < TG_PRESSURE; t++)
                     assert_int_equal(per_task[t], c->trials);
             } else {
+                tg_task task = kind == TG_STREAM_PRESSURE ? TG_PRESSURE : TG_CORRECTIONS;
                 assert_int_equal(names, c->slots + c->pressure_extra);
-                assert_int_equal(per_task[TG_PRESSURE], c->trials);
+                assert_int_equal(per_task[task], c->trials);
+                assert_int_equal(per_task[TG_PRESSURE] + per_task[TG_CORRECTIONS], c->trials);
                 for (size_t i = 0; i < nq; i++) { /* M later writes: the LRU policy must evict it */
                     int later = 0;
                     for (size_t j = 0; j < np; j++)
