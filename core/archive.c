@@ -23,13 +23,18 @@
  * attend exactly over the best 8·topk, copied from their chunks when in RAM, else read alone through the
  * event loader, else loaded with their chunks) ends in the exact kernel ma_attn.
  *
- * Persistence. The meta blob holds only what cannot be recomputed (shape, index centroids and counters);
- * restore streams every chunk through the source once to recompute summaries or index lists with the
- * arithmetic of the appends, so a restored archive answers with the same bits.
+ * Persistence. The meta blob holds the shape and the index's centroids and counters; restore streams every
+ * chunk through the source once to recompute summaries, and reads the index's lists from its stored rows
+ * (ma_archive_restore_meta_rows; the blocks without a row, and every block without a row source, are
+ * encoded from keys streamed through the source), so a restored archive answers with the same bits.
+ *
+ * Index builds: an unmanaged archive builds in place when an append reaches a build point (core/ivf.h);
+ * a managed one (the registry's) leaves builds to its caller and keeps the rows of newly indexed blocks
+ * until they are persisted; ma_archive_index_adopt swaps a build made elsewhere in.
  *
  * Not here: no eviction of the summaries or the index (they stay resident by design), no locking of
- * appends against reads (the session serialises mutations), no background index rebuild, no read-ahead of
- * chunks for a streamed read.
+ * appends against reads (the session serialises mutations), no threads (a background build is the
+ * registry's: registry/registry.c), no read-ahead of chunks for a streamed read.
  */
 #include "core/archive.h"
 
@@ -95,6 +100,7 @@ struct ma_archive {
     double *tail_sum;              /* running sum of the last chunk's keys (its mean, exactly) */
     size_t owned_bytes;
     ma_ivf *ivf;                   /* selector index only */
+    bool managed;                  /* index builds left to the caller; index rows kept for it (set_managed) */
     bool has_src;
     ma_chunk_source src;
     ma_event_loader load_events;   /* optional: candidates read alone through src.ctx */
@@ -366,9 +372,9 @@ int ma_archive_append(ma_archive *a, size_t n, const float *k, const float *v)
     }
     a->length = newlen;
     a->nchunks = nc;
-    /* The events are in their chunks now: a rebuild can stream them. A failed rebuild leaves the index
-     * valid with its old centroids; the next append retries. */
-    if (a->ivf && ma_ivf_want_rebuild(a->ivf))
+    /* The events are in their chunks now: a build can stream them. A failed build leaves the index valid
+     * with its old centroids; the next append retries. A managed archive leaves builds to its caller. */
+    if (a->ivf && !a->managed && ma_ivf_want_rebuild(a->ivf))
         (void)ma_ivf_rebuild(a->ivf, load_keys, a);
     return 0;
 
@@ -1312,6 +1318,13 @@ static void summarise(ma_archive *a, uint32_t c, const float *k, uint32_t n)
 int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, uint64_t length,
                             ma_chunk_source src, size_t cache_chunks, ma_archive **out)
 {
+    return ma_archive_restore_meta_rows(p, buf, len, length, src, cache_chunks, NULL, out);
+}
+
+int ma_archive_restore_meta_rows(const ma_params *p, const void *buf, size_t len, uint64_t length,
+                                 ma_chunk_source src, size_t cache_chunks, const ma_ivf_rows *rows,
+                                 ma_archive **out)
+{
     if (!p || !buf || !out || !src.load || cache_chunks < 1 || ma_params_validate(p, NULL, 0) != 0)
         return MA_EINVAL;
     ma_blob_reader shape;
@@ -1369,13 +1382,24 @@ int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, uin
         if ((rc = reserve_chunk(a, nchunks - 1, t->n)) != 0 || (rc = src.load(src.ctx, nchunks - 1, t->k, t->v, t->n)))
             goto fail;
     }
-    /* Summaries and the index's lists: every chunk streamed once, in order, straight from the source. */
+    /* The index: its lists from the stored rows (the blocks without one encoded from keys streamed from
+     * the source), the pending keys from the last chunks. With rows, the archive is managed: its caller
+     * persists rows and runs builds. */
+    if (a->ivf) {
+        if (rows) {
+            a->managed = true;
+            ma_ivf_keep_rows(a->ivf, 1);
+        }
+        if ((rc = ma_ivf_restore_lists(a->ivf, length, rows, load_keys, a)) != 0)
+            goto fail;
+    }
+    /* Summaries: every chunk streamed once, in order, straight from the source. */
     rc = MA_ENOMEM;
     tk = malloc((size_t)C * a->kf * sizeof(float));
     tv = malloc((size_t)C * a->vf * sizeof(float));
     if (!tk || !tv)
         goto fail;
-    for (uint32_t c = 0; c < nchunks; c++) {
+    for (uint32_t c = 0; a->sums && c < nchunks; c++) {
         const chunk *ch = &a->ch[c];
         const float *k = ch->k;
         if (!k) {
@@ -1383,13 +1407,8 @@ int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, uin
                 goto fail;
             k = tk;
         }
-        if (a->sums)
-            summarise(a, c, k, ch->n);
-        if (a->ivf && (rc = ma_ivf_add(a->ivf, ch->n, k)) != 0)
-            goto fail;
+        summarise(a, c, k, ch->n);
     }
-    if (a->ivf)
-        ma_ivf_shrink(a->ivf);
     free(tk);
     free(tv);
     *out = a;
@@ -1399,4 +1418,49 @@ fail:
     free(tv);
     ma_archive_destroy(a);
     return rc;
+}
+
+/* ---- index builds and rows (a managing caller: registry/registry.c) ------------------------------- */
+
+void ma_archive_set_managed(ma_archive *a, bool on)
+{
+    a->managed = on;
+    if (a->ivf)
+        ma_ivf_keep_rows(a->ivf, on);
+}
+
+bool ma_archive_index_due(const ma_archive *a, uint64_t *point, uint32_t *build_no)
+{
+    return a->ivf && ma_ivf_build_due(a->ivf, point, build_no);
+}
+
+void ma_archive_index_state(const ma_archive *a, ma_index_state *st)
+{
+    memset(st, 0, sizeof *st);
+    if (!a->ivf)
+        return;
+    st->build = ma_ivf_builds(a->ivf);
+    st->nlist = ma_ivf_nlist(a->ivf);
+    st->events = ma_ivf_count(a->ivf);
+}
+
+int ma_archive_index_adopt(ma_archive *a, ma_ivf_build *b, const ma_ivf_rows *rows)
+{
+    if (!a->ivf)
+        return MA_EINVAL;
+    return ma_ivf_adopt(a->ivf, b, rows, load_keys, a, a->managed);
+}
+
+size_t ma_archive_index_rows(const ma_archive *a, uint32_t *build, uint64_t *first, const void **lists,
+                             const void **codes)
+{
+    if (!a->ivf || !a->managed)
+        return 0;
+    return ma_ivf_rows_pending(a->ivf, build, first, lists, codes);
+}
+
+void ma_archive_index_rows_done(ma_archive *a)
+{
+    if (a->ivf)
+        ma_ivf_rows_done(a->ivf);
 }

@@ -16,8 +16,14 @@
  * resident, so a read touches them plus only the chunks of the events it selected. Without a source
  * every chunk is resident.
  *
- * Threads: reads may run in parallel with each other (the chunk cache is internally locked); appends must
- * not run alongside anything else on the same handle.
+ * Index builds (docs/ARCHIVE.md, "Builds"): by default the append that reaches a build point builds the
+ * index in place. A managed archive (ma_archive_set_managed; a restore with a row source) leaves builds
+ * to its caller — which trains and encodes elsewhere (core/ivf.h's build steps, reading keys from the
+ * store) and hands the result to ma_archive_index_adopt — and keeps the rows of newly indexed blocks
+ * until the caller has persisted them (ma_archive_index_rows).
+ *
+ * Threads: reads may run in parallel with each other (the chunk cache is internally locked); appends,
+ * adopt and set_managed must not run alongside anything else on the same handle.
  */
 #ifndef MA_ARCHIVE_H
 #define MA_ARCHIVE_H
@@ -26,6 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/ivf.h"
 #include "core/params.h"
 
 typedef struct ma_archive ma_archive;
@@ -154,15 +161,56 @@ void ma_archive_release(ma_archive *a);
  * Must not run alongside a read. */
 void ma_archive_set_event_loader(ma_archive *a, ma_event_loader fn);
 
-/* Serialises / restores what cannot be recomputed from the chunks (the shape, and for the index selector
- * its centroids and build counters: a few hundred KiB at 2M events, nothing per event) as a core/blob.h
- * blob (docs/ARCHIVE.md has the sections); restore also reads the legacy format. Restore takes the
- * archive's length (events), rebuilds summaries and the index by streaming every chunk once through src
- * (identical to the original's), and keeps reading chunks through src. Truncated, corrupted or foreign
+/* Serialises / restores the shape, and for the index selector its centroids and build counters (a few
+ * hundred KiB at 2M events, nothing per event: the index's per-event records are rows, below) as a
+ * core/blob.h blob (docs/ARCHIVE.md has the sections); restore also reads the legacy format. Restore
+ * takes the archive's length (events), rebuilds summaries by streaming every chunk once through src and
+ * the index from keys streamed through src (ma_archive_restore_meta_rows: from its stored rows),
+ * identical to the original's, and keeps reading chunks through src. Truncated, corrupted or foreign
  * buffer: MA_ECORRUPT; a length of more than UINT32_MAX chunks: MA_EINVAL; src's errors are passed on. */
 int ma_archive_serialize_meta(const ma_archive *a, void **buf, size_t *len);
 int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, uint64_t length,
                             ma_chunk_source src, size_t cache_chunks, ma_archive **out);
+
+/* ma_archive_restore_meta with the index's stored rows (core/ivf.h, ma_ivf_rows; NULL: none): the index's
+ * lists are read from the rows of its build (no k-means, no key streaming) and only the blocks without a
+ * row are encoded from keys streamed through src (their rows are then kept for the caller to persist).
+ * With rows the restored archive is managed (ma_archive_set_managed). Same answers as the original. */
+int ma_archive_restore_meta_rows(const ma_params *p, const void *buf, size_t len, uint64_t length,
+                                 ma_chunk_source src, size_t cache_chunks, const ma_ivf_rows *rows,
+                                 ma_archive **out);
+
+/* --- index builds and rows, for a managing caller (registry/registry.c; docs/ARCHIVE.md, "Builds") --- */
+
+/* on: appends never build the index (the caller does, through ma_archive_index_adopt) and the rows of
+ * blocks the index lists are kept until ma_archive_index_rows_done. No effect without the index selector. */
+void ma_archive_set_managed(ma_archive *a, bool on);
+
+/* True when an index build is due (core/ivf.h, ma_ivf_build_due): *point, *build_no (either may be NULL). */
+bool ma_archive_index_due(const ma_archive *a, uint64_t *point, uint32_t *build_no);
+
+typedef struct {
+    uint32_t build;    /* builds so far (the current build's number; 0: none yet) */
+    uint32_t nlist;    /* lists */
+    uint64_t events;   /* events in the index (listed and pending) */
+} ma_index_state;
+
+/* The index's state (all zero without the index selector). */
+void ma_archive_index_state(const ma_archive *a, ma_index_state *st);
+
+/* The index takes build b (ma_ivf_adopt): the stored rows of b's build through rows (may be NULL), the
+ * blocks without a row encoded from the archive's keys (owned chunks, else the chunk source) and kept as
+ * rows to persist. A managed archive frees the old lists first (old and new are never both held); if it
+ * then fails the archive must be discarded. 0, MA_EINVAL (no index, or b not newer than the index or past
+ * its events), MA_ENOMEM, MA_ECORRUPT, a source's error. */
+int ma_archive_index_adopt(ma_archive *a, ma_ivf_build *b, const ma_ivf_rows *rows);
+
+/* The kept rows not yet persisted: their number (blocks *first, *first+1, ... of build *build) and their
+ * lists and codes (core/ivf.h). 0 for an archive that is not managed. Valid until the next mutation. */
+size_t ma_archive_index_rows(const ma_archive *a, uint32_t *build, uint64_t *first, const void **lists,
+                             const void **codes);
+/* The kept rows were persisted: forget them. */
+void ma_archive_index_rows_done(ma_archive *a);
 
 /* Changes exactly when ma_archive_serialize_meta's output changes (at an index rebuild; never for the
  * chunks selector), so a store need rewrite the blob only then. */

@@ -18,19 +18,31 @@
  * Both stages have an AVX2 kernel (target attribute, chosen at run time) and a portable one computing the
  * same integers and the same float operations in the same order: answers do not depend on the kernel.
  *
- * k-means: training directions of a sample drawn by selection sampling (ordered, deterministic), initial
- * centroids a deterministic random subset, MA_IVF_ITERS Lloyd iterations with dot products from sgemm in
- * blocks, sums in double; an empty cluster is reseeded with a random training point.
+ * k-means: training directions of a sample of events [0, P) drawn by selection sampling (ordered,
+ * deterministic, seeded from the build point P), initial centroids a deterministic random subset,
+ * MA_IVF_ITERS Lloyd iterations with dot products from sgemm in blocks, sums in double; an empty cluster
+ * is reseeded with a random training point.
  *
- * Memory: blocks come from arenas (huge pages when large); after a build the blocks are laid out list by
- * list so a scan streams a list's sign codes.
+ * Builds in steps: train (k-means, no index needed), encode (rows of complete blocks: list ids and
+ * records), adopt (the index takes the centroids and lists made of stored rows plus blocks encoded from
+ * keys, in two passes: sizes, then records into lists laid out exactly). An event's record is a pure
+ * function of its key and its list's centroid and a list's mean key is the mean of what its records
+ * stand for, so an index made of persisted rows is the one that appended the keys, bit for bit.
+ *
+ * Memory: blocks come from arenas (huge pages when large); after a build or a load the blocks are laid out
+ * list by list so a scan streams a list's sign codes. A low-memory adopt frees the old lists before it
+ * allocates the new ones.
  *
  * Not here: no exact re-ranking (the archive attends the candidates' exact keys), no removal of events
- * (the archive only appends), no background rebuild (the caller runs it when ma_ivf_want_rebuild says).
+ * (the archive only appends), no threads (the registry runs the steps of a background build,
+ * registry/registry.c), no I/O (rows come and go through the caller's callbacks).
  */
 #include "core/ivf.h"
 
 #include <cblas.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -94,7 +106,8 @@ typedef struct {
     unsigned char **rst;   /* their other parts (ids, scales, 4-bit codes) */
     size_t nblk, blk_alloc;
     size_t n;
-    double *ksum;          /* D: the sum of the list's keys, in id order (its mean ranks the list) */
+    double *ksum;          /* D + H: the sums of the list's records' residuals (D) and alphas (H), in id
+                              order: its mean key (list_mean) ranks the list */
 } ivlist;
 
 /* Where blocks come from: arenas of growing size (16 blocks, doubling up to ARENA_BYTES), the large ones
@@ -132,6 +145,12 @@ struct ma_ivf {
     size_t pend_cap;   /* events */
     uint64_t built_at;
     uint32_t builds;
+    int broken;        /* a low-memory adopt failed after freeing the old lists: searches fail (MA_EIO) */
+    int keep_rows;     /* rows of newly listed blocks are kept until ma_ivf_rows_done (ma_ivf_keep_rows) */
+    unsigned char *out_lists, *out_codes;  /* the kept rows: out_n blocks from out_first, of build out_build */
+    uint64_t out_first;
+    size_t out_n, out_cap;
+    uint32_t out_build;
 };
 
 /* ---- helpers --------------------------------------------------------------------------------- */
@@ -194,7 +213,7 @@ static void nearest(const float *cent, uint32_t nlist, size_t D, const float *X,
     }
 }
 
-/* The 4-bit code and the scale of one head's vector r (d floats; the key's residual, see list_push). */
+/* The 4-bit code and the scale of one head's vector r (d floats; the key's residual, see encode_rec). */
 static void encode4(const ma_ivf *x, const float *r, float *scale, uint8_t *ch)
 {
     float m = 0;
@@ -216,10 +235,10 @@ static void encode4(const ma_ivf *x, const float *r, float *scale, uint8_t *ch)
     }
 }
 
-/* The sign code of one head's vector r (d floats) at byte rows gb[p·G] (its group, head and event), and
+/* The sign code of one head's vector r (d floats) at gb[p·stride] (p = 0 .. nbp-1), and
  * its factor |r|^2 / sum_j |r_j|: fac·(q . sign(r)) estimates q . r (exact for a vector of equal
  * magnitudes; RaBitQ's estimator without the rotation). Bit t of byte p is r_8p+t > 0. */
-static void encode_bits(const ma_ivf *x, const float *r, float *fac, uint8_t *gb)
+static void encode_bits(const ma_ivf *x, const float *r, float *fac, uint8_t *gb, size_t stride)
 {
     double nn = 0, l1 = 0;
     for (int j = 0; j < x->d; j++) {
@@ -234,7 +253,7 @@ static void encode_bits(const ma_ivf *x, const float *r, float *fac, uint8_t *gb
             if (j < (size_t)x->d && r[j] > 0)
                 v |= 1u << t;
         }
-        gb[p * G] = (uint8_t)v;
+        gb[p * stride] = (uint8_t)v;
     }
 }
 
@@ -640,7 +659,7 @@ static void pool_free(blkpool *p)
 /* Ensures blocks for `need` events. MA_ENOMEM leaves the list valid (maybe with a spare block). */
 static int list_reserve(const ma_ivf *x, blkpool *pool, blkpool *rpool, ivlist *l, size_t need)
 {
-    if (!l->ksum && !(l->ksum = calloc(x->D, sizeof *l->ksum)))
+    if (!l->ksum && !(l->ksum = calloc(x->D + (size_t)x->H, sizeof *l->ksum)))
         return MA_ENOMEM;
     while (l->nblk * LB < need) {
         if (l->nblk == l->blk_alloc) {
@@ -669,21 +688,71 @@ static int list_reserve(const ma_ivf *x, blkpool *pool, blkpool *rpool, ivlist *
     return 0;
 }
 
-/* Appends event id (key k) to list l (centroid row cent), which has room. Per head h the key is split
- * into alpha·u + r, u the unit direction of the centroid's slice h and r orthogonal to it; alpha is kept
- * as a float and r is coded twice (sign bits and 4 bits), so the codes spend no precision on what the
- * list's events share (a dominant direction, a cluster's centre). */
-static void list_push(const ma_ivf *x, ivlist *l, const float *cent, uint64_t id, const float *k)
+/* ---- per-event records ---------------------------------------------------------------------- */
+
+/* An event's record: what its list keeps of it, in the persisted row format (docs/ARCHIVE.md,
+ * "Persistence"): per head h, f32 alpha, f32 sign-code factor, f32 4-bit scale (little-endian), the sign
+ * bytes (nbp) and the 4-bit code (hb). The list id is kept apart (a row's ids come first, so a reader can
+ * count the lists without the codes). */
+static size_t rec_head(const ma_ivf *x)
 {
-    unsigned char *b = l->blk[l->n / LB], *rb = l->rst[l->n / LB];
-    size_t r = l->n % LB;
-    const size_t H = (size_t)x->H, d = (size_t)x->d;
-    float res[MA_IVF_MAX_D];
-    blk_ids(x, rb)[r] = (uint32_t)id;
-    for (size_t j = 0; j < H * d; j++)
-        l->ksum[j] += k[j];
-    for (size_t h = 0; h < H; h++) {
+    return 12 + x->nbp + x->hb;
+}
+static size_t rec_bytes(const ma_ivf *x)
+{
+    return (size_t)x->H * rec_head(x);
+}
+
+static void put_f32(unsigned char *p, float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    p[0] = (unsigned char)u;
+    p[1] = (unsigned char)(u >> 8);
+    p[2] = (unsigned char)(u >> 16);
+    p[3] = (unsigned char)(u >> 24);
+}
+static float get_f32(const unsigned char *p)
+{
+    float f;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(&f, p, 4);
+#else
+    uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+    memcpy(&f, &u, 4);
+#endif
+    return f;
+}
+static void put_u32le(unsigned char *p, uint32_t u)
+{
+    p[0] = (unsigned char)u;
+    p[1] = (unsigned char)(u >> 8);
+    p[2] = (unsigned char)(u >> 16);
+    p[3] = (unsigned char)(u >> 24);
+}
+static uint32_t get_u32le(const unsigned char *p)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint32_t u;
+    memcpy(&u, p, 4);
+    return u;
+#else
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+#endif
+}
+
+/* The record of key k in the list of centroid row cent. Per head h the key is split into alpha·u + r, u
+ * the unit direction of the centroid's slice h and r orthogonal to it; alpha is kept as a float and r is
+ * coded twice (sign bits and 4 bits), so the codes spend no precision on what the list's events share (a
+ * dominant direction, a cluster's centre). A pure function of (k, cent): a record persisted and read back
+ * is the one an append computes. */
+static void encode_rec(const ma_ivf *x, const float *cent, const float *k, unsigned char *rec)
+{
+    const size_t d = (size_t)x->d;
+    float res[MA_IVF_MAX_D], fac, scale;
+    for (size_t h = 0; h < (size_t)x->H; h++) {
         const float *kh = k + h * d, *ch = cent + h * d;
+        unsigned char *p = rec + h * rec_head(x);
         double nc = slice_norm(x, ch), al = 0;
         if (nc > 0) {
             for (size_t j = 0; j < d; j++)
@@ -692,9 +761,54 @@ static void list_push(const ma_ivf *x, ivlist *l, const float *cent, uint64_t id
         }
         for (size_t j = 0; j < d; j++)
             res[j] = nc > 0 ? (float)(kh[j] - al * ch[j] / nc) : kh[j];
-        grp_alpha(x, b, r / G)[r % G * H + h] = (float)al;
-        encode4(x, res, blk_scale(x, rb) + r * H + h, blk_codes(x, rb) + r * x->cb + h * x->hb);
-        encode_bits(x, res, grp_fac(x, b, r / G) + r % G * H + h, grp_bits(x, b, r / G) + h * x->nbp * G + gpos(r % G));
+        encode_bits(x, res, &fac, p + 12, 1);
+        encode4(x, res, &scale, p + 12 + x->nbp);
+        put_f32(p, (float)al);
+        put_f32(p + 4, fac);
+        put_f32(p + 8, scale);
+    }
+}
+
+/* Adds what the record of event r of list l says of its key to the list's sums: per head its alpha
+ * (ksum[D + h]) and its 4-bit residual (ksum[h·d + j]). The list's mean key, what probes are ranked by, is
+ * the mean of the keys the records stand for (list_mean): a function of the records alone, added in id
+ * order, so an index loaded from persisted records (which sums each list once it is filled, list by list:
+ * a streaming pass) ranks its lists with the same bits as the one that appended the keys. */
+static void sum_rec(const ma_ivf *x, ivlist *l, size_t r)
+{
+    const unsigned char *b = l->blk[r / LB], *rb = l->rst[r / LB];
+    const size_t H = (size_t)x->H, d = (size_t)x->d, hb = x->hb, e = r % LB;
+    const float *al = grp_alpha(x, (unsigned char *)b, e / G) + e % G * H;
+    const float *sc = blk_scale(x, (unsigned char *)rb) + e * H;
+    const uint8_t *codes = blk_codes(x, (unsigned char *)rb) + e * x->cb;
+    for (size_t h = 0; h < H; h++) {
+        double *ks = l->ksum + h * d, s = sc[h];
+        const uint8_t *code = codes + h * hb;
+        l->ksum[x->D + h] += al[h];
+        for (size_t j = 0; j < hb; j++)
+            ks[j] += (double)((code[j] & 15) - 8) * s;
+        for (size_t j = 0; j + hb < d; j++)
+            ks[j + hb] += (double)((code[j] >> 4) - 8) * s;
+    }
+}
+
+/* Appends event id with record rec to list l, which has room (the caller adds it to the sums: sum_rec). */
+static void push_rec(const ma_ivf *x, ivlist *l, uint64_t id, const unsigned char *rec)
+{
+    unsigned char *b = l->blk[l->n / LB], *rb = l->rst[l->n / LB];
+    size_t r = l->n % LB;
+    const size_t H = (size_t)x->H, hb = x->hb;
+    blk_ids(x, rb)[r] = (uint32_t)id;
+    for (size_t h = 0; h < H; h++) {
+        const unsigned char *p = rec + h * rec_head(x), *bits = p + 12, *code = p + 12 + x->nbp;
+        const float al = get_f32(p), sc = get_f32(p + 8);
+        grp_alpha(x, b, r / G)[r % G * H + h] = al;
+        grp_fac(x, b, r / G)[r % G * H + h] = get_f32(p + 4);
+        blk_scale(x, rb)[r * H + h] = sc;
+        memcpy(blk_codes(x, rb) + r * x->cb + h * hb, code, hb);
+        uint8_t *gb = grp_bits(x, b, r / G) + h * x->nbp * G + gpos(r % G);
+        for (size_t q = 0; q < x->nbp; q++)
+            gb[q * G] = bits[q];
     }
     l->n++;
 }
@@ -826,6 +940,8 @@ void ma_ivf_destroy(ma_ivf *x)
     free(x->cent);
     free(x->kmean);
     free(x->pend);
+    free(x->out_lists);
+    free(x->out_codes);
     free(x);
 }
 
@@ -850,7 +966,64 @@ size_t ma_ivf_bytes(const ma_ivf *x)
     for (uint32_t i = 0; i < x->nlist; i++)
         b += 2 * x->lists[i].blk_alloc * sizeof(unsigned char *);
     return b + x->pool.bytes + x->rpool.bytes + (x->pool.aalloc + x->rpool.aalloc) * sizeof(unsigned char *) +
-           x->pend_cap * x->D * sizeof(float);
+           x->pend_cap * x->D * sizeof(float) + x->out_cap * (size_t)BLOCK * (4 + rec_bytes(x));
+}
+
+/* ---- kept rows (the outbox the caller persists) ---------------------------------------------- */
+
+/* Room for n kept rows. 0 or MA_ENOMEM (nothing lost). */
+static int out_reserve(ma_ivf *x, size_t n)
+{
+    if (n <= x->out_cap)
+        return 0;
+    size_t cap = x->out_cap ? 2 * x->out_cap : 4;
+    while (cap < n)
+        cap *= 2;
+    unsigned char *l = realloc(x->out_lists, cap * BLOCK * 4);
+    if (!l)
+        return MA_ENOMEM;
+    x->out_lists = l;
+    unsigned char *c = realloc(x->out_codes, cap * BLOCK * rec_bytes(x));
+    if (!c)
+        return MA_ENOMEM;
+    x->out_codes = c;
+    x->out_cap = cap;
+    return 0;
+}
+
+void ma_ivf_keep_rows(ma_ivf *x, int on)
+{
+    x->keep_rows = on != 0;
+    if (!on)
+        ma_ivf_rows_done(x);
+}
+
+size_t ma_ivf_rows_pending(const ma_ivf *x, uint32_t *build, uint64_t *first, const void **lists,
+                           const void **codes)
+{
+    *build = x->out_build;
+    *first = x->out_first;
+    *lists = x->out_lists;
+    *codes = x->out_codes;
+    return x->out_n;
+}
+
+void ma_ivf_rows_done(ma_ivf *x)
+{
+    x->out_n = 0;
+    /* A large outbox (a whole index's rows after a restore that computed them) is not kept around. */
+    if (x->out_cap > 16) {
+        free(x->out_lists);
+        free(x->out_codes);
+        x->out_lists = NULL;
+        x->out_codes = NULL;
+        x->out_cap = 0;
+    }
+}
+
+size_t ma_ivf_row_codes_bytes(int H, int d)
+{
+    return (size_t)BLOCK * (size_t)H * (12 + ((size_t)d + 7) / 8 + ((size_t)d + 1) / 2);
 }
 
 size_t ma_ivf_footprint(int H, int d)
@@ -860,17 +1033,26 @@ size_t ma_ivf_footprint(int H, int d)
 
 /* ---- add ------------------------------------------------------------------------------------- */
 
-/* List c's mean key into row c of mean (zeros for an empty list). */
-static void list_mean(const ma_ivf *x, const ivlist *l, float *row)
+/* List l's mean key into row (zeros for an empty list): per head, the mean alpha along the unit direction
+ * of the centroid's slice (cent: the list's centroid row) plus the mean 4-bit residual. */
+static void list_mean(const ma_ivf *x, const ivlist *l, const float *cent, float *row)
 {
-    for (size_t j = 0; j < x->D; j++)
-        row[j] = l->n ? (float)(l->ksum[j] / (double)l->n) : 0.0f;
+    for (int h = 0; h < x->H; h++) {
+        const float *ch = cent + (size_t)h * x->d;
+        double nc = slice_norm(x, ch), a = l->n && nc > 0 ? l->ksum[x->D + (size_t)h] / nc : 0;
+        for (int j = 0; j < x->d; j++) {
+            size_t i = (size_t)h * x->d + (size_t)j;
+            row[i] = l->n ? (float)((a * ch[j] + l->ksum[i]) / (double)l->n) : 0.0f;
+        }
+    }
 }
 
 int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
 {
     if (n == 0)
         return 0;
+    if (x->broken)
+        return MA_EIO;
     if (x->count + n > UINT32_MAX)
         return MA_ENOMEM;   /* ids are 32-bit */
     const size_t D = x->D;
@@ -879,6 +1061,7 @@ int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
     uint32_t *asg = NULL;
     size_t *extra = NULL;
     float *X = NULL, *S = NULL;
+    unsigned char *rec = NULL;
 
     /* Room for the new keys behind the pending ones (visible state changes only at the end). */
     if (np + n > x->pend_cap) {
@@ -897,11 +1080,13 @@ int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
     if (nb && !x->kmean && !(x->kmean = calloc((size_t)x->nlist * D, sizeof *x->kmean)))   /* after a restore */
         return MA_ENOMEM;
     if (nb) {
+        const size_t rb = rec_bytes(x);
         asg = malloc(nb * BLOCK * sizeof *asg);
         extra = calloc(x->nlist, sizeof *extra);
         X = malloc((size_t)BLOCK * D * sizeof(float));
         S = malloc((size_t)BLOCK * x->nlist * sizeof(float));
-        if (!asg || !extra || !X || !S)
+        rec = x->keep_rows ? NULL : malloc((size_t)BLOCK * rb);
+        if (!asg || !extra || !X || !S || (!x->keep_rows && !rec))
             goto done;
         for (size_t b = 0; b < nb; b++) {
             for (size_t i = 0; i < BLOCK; i++)
@@ -913,11 +1098,30 @@ int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
         for (uint32_t c = 0; c < x->nlist; c++)
             if (extra[c] && list_reserve(x, &x->pool, &x->rpool, &x->lists[c], x->lists[c].n + extra[c]) != 0)
                 goto done;
-        for (size_t i = 0; i < nb * BLOCK; i++)
-            list_push(x, &x->lists[asg[i]], x->cent + (size_t)asg[i] * D, x->assigned + i, x->pend + i * D);
+        if (x->keep_rows && out_reserve(x, x->out_n + nb) != 0)
+            goto done;
+        if (x->keep_rows && x->out_n == 0) {
+            x->out_first = x->assigned / BLOCK;
+            x->out_build = x->builds;
+        }
+        for (size_t b = 0; b < nb; b++) {
+            unsigned char *ol = x->keep_rows ? x->out_lists + (x->out_n + b) * BLOCK * 4 : NULL;
+            unsigned char *oc = x->keep_rows ? x->out_codes + (x->out_n + b) * BLOCK * rb : rec;
+            for (size_t i = 0; i < BLOCK; i++) {
+                uint32_t c = asg[b * BLOCK + i];
+                const float *ce = x->cent + (size_t)c * D;
+                encode_rec(x, ce, x->pend + (b * BLOCK + i) * D, oc + i * rb);
+                push_rec(x, &x->lists[c], x->assigned + b * BLOCK + i, oc + i * rb);
+                sum_rec(x, &x->lists[c], x->lists[c].n - 1);
+                if (ol)
+                    put_u32le(ol + i * 4, c);
+            }
+        }
+        if (x->keep_rows)
+            x->out_n += nb;
         for (uint32_t c = 0; c < x->nlist; c++)
             if (extra[c])
-                list_mean(x, &x->lists[c], x->kmean + (size_t)c * D);
+                list_mean(x, &x->lists[c], x->cent + (size_t)c * D, x->kmean + (size_t)c * D);
         memmove(x->pend, x->pend + nb * BLOCK * D, (np + n - nb * BLOCK) * D * sizeof(float));
         x->assigned += nb * BLOCK;
     }
@@ -928,19 +1132,16 @@ done:
     free(extra);
     free(X);
     free(S);
+    free(rec);
     return rc;
-}
-
-int ma_ivf_want_rebuild(const ma_ivf *x)
-{
-    return x->count >= MA_IVF_MIN_BUILD && x->count >= 2 * x->built_at;
 }
 
 /* ---- rebuild --------------------------------------------------------------------------------- */
 
 /* Lloyd iterations of spherical k-means on the m training directions X; cent (nlist × D) is initialised
  * here. */
-static int kmeans(const ma_ivf *x, const float *X, size_t m, uint32_t nlist, float *cent, uint64_t *rng)
+static int kmeans(const ma_ivf *x, const float *X, size_t m, uint32_t nlist, float *cent, uint64_t *rng,
+                  const atomic_int *stop)
 {
     const size_t D = x->D;
     int rc = MA_ENOMEM;
@@ -965,6 +1166,10 @@ static int kmeans(const ma_ivf *x, const float *X, size_t m, uint32_t nlist, flo
     }
 
     for (int it = 0; it < MA_IVF_ITERS; it++) {
+        if (stop && atomic_load(stop)) {
+            rc = MA_EBUSY;
+            goto done;
+        }
         for (size_t i0 = 0; i0 < m; i0 += bn) {
             size_t b = m - i0 < bn ? m - i0 : bn;
             nearest(cent, nlist, D, X + i0 * D, b, S, asg + i0);
@@ -1004,37 +1209,103 @@ done:
     return rc;
 }
 
-int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
+/* ---- builds: points, training, encoding, adopting --------------------------------------------- */
+
+/* The build points are fixed event counts, MA_IVF_MIN_BUILD·2^j: a build at point P trains on events
+ * [0, P) with nlist = round(2·sqrt(P)) and a generator seeded from P, so its centroids depend on the keys
+ * and P only — not on where batches ended, nor on when a background build ran. The point due is the
+ * largest one not above the count, at least twice the last build's (each event is rebuilt O(1) times). */
+int ma_ivf_build_due(const ma_ivf *x, uint64_t *point, uint32_t *build_no)
 {
-    const uint64_t T = x->count;
-    if (T == 0)
+    if (x->count < MA_IVF_MIN_BUILD)
         return 0;
-    const size_t D = x->D;
+    uint64_t p = MA_IVF_MIN_BUILD;
+    uint32_t j = 0;
+    while (p <= x->count / 2) {
+        p *= 2;
+        j++;
+    }
+    if (p < 2 * x->built_at)
+        return 0;
+    if (point)
+        *point = p;
+    if (build_no)
+        *build_no = x->builds + 1 > j + 1 ? x->builds + 1 : j + 1;
+    return 1;
+}
+
+int ma_ivf_want_rebuild(const ma_ivf *x)
+{
+    return ma_ivf_build_due(x, NULL, NULL);
+}
+
+struct ma_ivf_build {
+    ma_ivf *shape;        /* H, d and the code sizes (no lists) */
+    uint64_t point;
+    uint32_t build_no, nlist;
+    float *cent;          /* nlist × D unit rows; moved into the index by ma_ivf_adopt */
+    float *Bd, *S;        /* encoding scratch (BLOCK × D, BLOCK × nlist) */
+    uint32_t *asg;
+};
+
+void ma_ivf_build_free(ma_ivf_build *b)
+{
+    if (!b)
+        return;
+    ma_ivf_destroy(b->shape);
+    free(b->cent);
+    free(b->Bd);
+    free(b->S);
+    free(b->asg);
+    free(b);
+}
+
+uint64_t ma_ivf_build_point(const ma_ivf_build *b)
+{
+    return b->point;
+}
+
+uint32_t ma_ivf_build_number(const ma_ivf_build *b)
+{
+    return b->build_no;
+}
+
+uint32_t ma_ivf_build_nlist(const ma_ivf_build *b)
+{
+    return b->nlist;
+}
+
+int ma_ivf_train(int H, int d, uint64_t point, uint32_t build_no, ma_ivf_loader load, void *ctx,
+                 const atomic_int *stop, ma_ivf_build **out)
+{
+    if (H < 1 || d < 1 || d > MA_IVF_MAX_D || point == 0 || point > UINT32_MAX || build_no == 0 || !load || !out)
+        return MA_EINVAL;
+    int rc = MA_ENOMEM;
+    ma_ivf_build *b = calloc(1, sizeof *b);
+    float *X = NULL, *B = NULL;
+    if (!b || !(b->shape = alloc_ivf(H, d)))
+        goto fail;
+    const size_t D = b->shape->D;
+    const uint64_t T = point;
     uint32_t nlist = (uint32_t)llround(MA_IVF_LISTS_PER_SQRT * sqrt((double)T));
     if (nlist < 1)
         nlist = 1;
     size_t m = (size_t)nlist * MA_IVF_TRAIN_PER_LIST;
     if (m > T)
         m = (size_t)T;
-    const uint64_t A = T / BLOCK * BLOCK;   /* assigned after the rebuild */
-    const size_t np = (size_t)(T - A);
-
-    int rc = MA_ENOMEM;
-    float *X = malloc(m * D * sizeof(float));
-    float *cent = malloc((size_t)nlist * D * sizeof(float));
-    float *kmean = malloc((size_t)nlist * D * sizeof(float));
-    float *B = malloc((size_t)BLOCK * D * sizeof(float));
-    float *Bd = malloc((size_t)BLOCK * D * sizeof(float));
-    float *S = malloc((size_t)BLOCK * nlist * sizeof(float));
-    uint32_t *ba = malloc(BLOCK * sizeof *ba);
-    float *pend = malloc((np > PEND_MIN ? np : PEND_MIN) * D * sizeof(float));
-    ivlist *nl = calloc(nlist, sizeof *nl);
-    blkpool npool = {0}, nrpool = {0};
-    if (!X || !cent || !kmean || !B || !Bd || !S || !ba || !pend || !nl)
+    if (nlist > m)
+        nlist = (uint32_t)m;
+    b->point = point;
+    b->build_no = build_no;
+    b->nlist = nlist;
+    X = malloc(m * D * sizeof(float));
+    B = malloc((size_t)BLOCK * D * sizeof(float));
+    b->cent = malloc((size_t)nlist * D * sizeof(float));
+    if (!X || !B || !b->cent)
         goto fail;
 
-    /* Pass 1, training sample: Knuth's selection sampling, m of T ids in increasing order. */
-    uint64_t rng = 0x6d656d6174746e00ull ^ x->builds;
+    /* The training sample: Knuth's selection sampling, m of the T ids in increasing order. */
+    uint64_t rng = 0x6d656d6174746e00ull ^ point;
     size_t got = 0;
     for (uint64_t first = 0; first < T && got < m; first += BLOCK) {
         size_t n = T - first < BLOCK ? (size_t)(T - first) : BLOCK;
@@ -1042,74 +1313,368 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
             goto fail;
         for (size_t i = 0; i < n && got < m; i++)
             if (below(&rng, T - first - i) < m - got)
-                direction(x, B + i * D, X + got++ * D);
+                direction(b->shape, B + i * D, X + got++ * D);
     }
-    rc = kmeans(x, X, m, nlist, cent, &rng);
-    if (rc)
+    if ((rc = kmeans(b->shape, X, m, nlist, b->cent, &rng, stop)) != 0)
         goto fail;
+    free(X);
+    free(B);
+    *out = b;
+    return 0;
+fail:
+    free(X);
+    free(B);
+    ma_ivf_build_free(b);
+    return rc;
+}
 
-    /* Pass 2: every complete block assigned with the new centroids (the same sgemm shape as ma_ivf_add);
-     * the incomplete last block becomes the pending keys. */
-    for (uint64_t first = 0; first < T; first += BLOCK) {
-        size_t n = T - first < BLOCK ? (size_t)(T - first) : BLOCK;
-        if ((rc = load(ctx, first, n, B)) != 0)
-            goto fail;
-        if (first >= A) {
-            memcpy(pend, B, n * D * sizeof(float));
-            break;
-        }
-        for (size_t i = 0; i < BLOCK; i++)
-            direction(x, B + i * D, Bd + i * D);
-        nearest(cent, nlist, D, Bd, BLOCK, S, ba);
-        rc = MA_ENOMEM;
-        for (size_t i = 0; i < BLOCK; i++) {
-            ivlist *l = &nl[ba[i]];
-            if (list_reserve(x, &npool, &nrpool, l, l->n + 1) != 0)
-                goto fail;
-            list_push(x, l, cent + (size_t)ba[i] * D, first + i, B + i * D);
+/* The row of one aligned block of BLOCK keys against centroids cent (nlist rows): each event's list
+ * (u32 LE) into lists, its record into codes. Bd, S, asg: scratch of BLOCK × D, BLOCK × nlist, BLOCK. The
+ * same sgemm shape as ma_ivf_add's assignment, so the same lists. */
+static void encode_block(const ma_ivf *x, const float *cent, uint32_t nlist, const float *keys, float *Bd, float *S,
+                         uint32_t *asg, unsigned char *lists, unsigned char *codes)
+{
+    const size_t D = x->D, rb = rec_bytes(x);
+    for (size_t i = 0; i < BLOCK; i++)
+        direction(x, keys + i * D, Bd + i * D);
+    nearest(cent, nlist, D, Bd, BLOCK, S, asg);
+    for (size_t i = 0; i < BLOCK; i++) {
+        if (lists)
+            put_u32le(lists + i * 4, asg[i]);
+        if (codes)
+            encode_rec(x, cent + (size_t)asg[i] * D, keys + i * D, codes + i * rb);
+    }
+}
+
+int ma_ivf_build_encode(ma_ivf_build *b, const float *keys, size_t n_blocks, void *lists, void *codes)
+{
+    const size_t D = b->shape->D, rb = rec_bytes(b->shape);
+    if (!b->Bd) {
+        b->Bd = malloc((size_t)BLOCK * D * sizeof(float));
+        b->S = malloc((size_t)BLOCK * b->nlist * sizeof(float));
+        b->asg = malloc(BLOCK * sizeof *b->asg);
+        if (!b->Bd || !b->S || !b->asg) {
+            free(b->Bd);
+            free(b->S);
+            free(b->asg);
+            b->Bd = b->S = NULL;
+            b->asg = NULL;
+            return MA_ENOMEM;
         }
     }
-    shrink(&npool, &nrpool, nl, nlist);
-    for (uint32_t c = 0; c < nlist; c++)
-        list_mean(x, &nl[c], kmean + (size_t)c * D);
+    for (size_t k = 0; k < n_blocks; k++)
+        encode_block(b->shape, b->cent, b->nlist, keys + k * BLOCK * D, b->Bd, b->S, b->asg,
+                     (unsigned char *)lists + k * BLOCK * 4, (unsigned char *)codes + k * BLOCK * rb);
+    return 0;
+}
 
+/* What relist's two scans share. */
+typedef struct {
+    const ma_ivf *x;
+    uint32_t nlist;
+    uint64_t next, end;   /* the block expected next; rows end here */
+    size_t *cnt;          /* pass 1: events per list */
+    ivlist *nl;           /* pass 2: the lists being filled */
+    const float *cent;
+} relist_scan;
+
+/* Pass 1 over the stored rows: counts the events of each list; stops (1) at the first missing block. */
+static int count_row(void *arg, uint64_t block, const void *lists, size_t ll, const void *codes, size_t cl)
+{
+    relist_scan *c = arg;
+    (void)codes;
+    (void)cl;
+    if (block != c->next)
+        return 1;
+    if (ll != (size_t)BLOCK * 4)
+        return MA_ECORRUPT;
+    for (size_t i = 0; i < BLOCK; i++) {
+        uint32_t id = get_u32le((const unsigned char *)lists + i * 4);
+        if (id >= c->nlist)
+            return MA_ECORRUPT;
+        c->cnt[id]++;
+    }
+    c->next++;
+    return 0;
+}
+
+/* Pushes the BLOCK records of block `block` (lists, codes) into the lists being filled. */
+static int push_block(relist_scan *c, uint64_t block, const unsigned char *lists, const unsigned char *codes)
+{
+    const ma_ivf *x = c->x;
+    const size_t rb = rec_bytes(x);
+    for (size_t i = 0; i < BLOCK; i++) {
+        uint32_t id = get_u32le(lists + i * 4);
+        ivlist *l = &c->nl[id < c->nlist ? id : 0];
+        if (id >= c->nlist || l->n >= l->nblk * LB)
+            return MA_ECORRUPT;   /* the rows changed between the two passes */
+        push_rec(x, l, block * BLOCK + i, codes + i * rb);
+    }
+    return 0;
+}
+
+/* Pass 2: every stored row's records into their lists (the rows pass 1 counted, no more, no fewer). */
+static int push_row(void *arg, uint64_t block, const void *lists, size_t ll, const void *codes, size_t cl)
+{
+    relist_scan *c = arg;
+    if (block != c->next || block >= c->end || ll != (size_t)BLOCK * 4 || cl != (size_t)BLOCK * rec_bytes(c->x))
+        return MA_ECORRUPT;
+    c->next++;
+    return push_block(c, block, lists, codes);
+}
+
+/* Lists sized exactly for cnt, their blocks laid out list after list in one arena per pool (what
+ * relayout makes), so a scan streams a list's group records. 0 or MA_ENOMEM (caller frees nl, pools). */
+static int layout(const ma_ivf *x, ivlist *nl, uint32_t nlist, const size_t *cnt, blkpool *pool, blkpool *rpool)
+{
+    size_t nb = 0;
+    for (uint32_t c = 0; c < nlist; c++)
+        nb += (cnt[c] + LB - 1) / LB;
+    pool->next = rpool->next = nb ? nb : 16;
+    for (uint32_t c = 0; c < nlist; c++) {
+        size_t need = (cnt[c] + LB - 1) / LB;
+        if (!need)
+            continue;
+        ivlist *l = &nl[c];
+        if (!(l->ksum = calloc(x->D + (size_t)x->H, sizeof *l->ksum)) || !(l->blk = malloc(need * sizeof *l->blk)) ||
+            !(l->rst = malloc(need * sizeof *l->rst)))
+            return MA_ENOMEM;
+        l->blk_alloc = need;
+        for (; l->nblk < need; l->nblk++) {
+            if (!(l->blk[l->nblk] = pool_get(pool, x->scan_bytes)) || !(l->rst[l->nblk] = pool_get(rpool, x->rest_bytes)))
+                return MA_ENOMEM;
+        }
+    }
+    pool->next = rpool->next = 16;   /* later growth (appends) starts small again */
+    return 0;
+}
+
+/* Frees x's lists and their pools (the index then has none: nlist 0). */
+static void drop_lists(ma_ivf *x)
+{
     lists_free(x->lists, x->nlist);
     pool_free(&x->pool);
     pool_free(&x->rpool);
-    relayout(x, &npool, &nrpool, nl, nlist);
-    x->pool = npool;
-    x->rpool = nrpool;
-    memset(&npool, 0, sizeof npool);
-    memset(&nrpool, 0, sizeof nrpool);
-    free(x->cent);
-    free(x->kmean);
-    free(x->pend);
+    x->lists = NULL;
+    x->nlist = 0;
+}
+
+/* Replaces x's lists with those of centroids `cent` (nlist rows, build bno, trained at built_at) over the
+ * aligned blocks [0, A): the stored rows of build bno found contiguous from block 0 (through `rows`, may be
+ * NULL), the remaining blocks encoded from keys loaded through `load`. Two passes: the lists' sizes (the
+ * rows' list ids; the remaining blocks assigned), then the records, pushed into lists laid out exactly.
+ * With keep_rows the encoded rows become the kept rows (build bno), so the caller persists them.
+ * low_mem: the old lists are freed after the first pass, before the new ones are allocated (old and new
+ * are never both held); a failure after that leaves x broken (the caller discards it). Otherwise x is
+ * unchanged on failure. On success x owns cent (the old centroids are freed unless cent is them).
+ * Pending keys are the caller's. */
+static int relist(ma_ivf *x, float *cent, uint32_t nlist, uint32_t bno, uint64_t built_at, const ma_ivf_rows *rows,
+                  uint64_t A, ma_ivf_loader load, void *ctx, int low_mem)
+{
+    const size_t D = x->D, rb = rec_bytes(x);
+    int rc = MA_ENOMEM;
+    size_t *cnt = calloc(nlist, sizeof *cnt);
+    ivlist *nl = calloc(nlist, sizeof *nl);
+    float *kmean = malloc((size_t)nlist * D * sizeof(float));
+    float *B = malloc((size_t)BLOCK * D * sizeof(float)), *Bd = malloc((size_t)BLOCK * D * sizeof(float));
+    float *S = malloc((size_t)BLOCK * nlist * sizeof(float));
+    uint32_t *asg = malloc(BLOCK * sizeof *asg);
+    unsigned char *tl = NULL, *tc = NULL;   /* the encoded rows (kept rows, or a one-block buffer) */
+    uint32_t *eids = NULL;                  /* without keep_rows: the lists of the encoded blocks */
+    blkpool np = {0}, nrp = {0};
+    bool freed_old = false;
+    if (!cnt || !nl || !kmean || !B || !Bd || !S || !asg)
+        goto fail;
+
+    /* Pass 1: sizes. */
+    relist_scan sc = {x, nlist, 0, A, cnt, nl, cent};
+    if (rows && A && (rc = rows->scan(rows->ctx, bno, 0, A, 0, count_row, &sc)) < 0)
+        goto fail;
+    const uint64_t S0 = sc.next;   /* blocks read from the stored rows */
+    const size_t ne = (size_t)(A - S0);
+    rc = MA_ENOMEM;
+    if (x->keep_rows) {
+        x->out_n = 0;
+        if (out_reserve(x, ne) != 0)
+            goto fail;
+        tl = x->out_lists;
+        tc = x->out_codes;
+    } else if (ne) {
+        tl = malloc((size_t)BLOCK * 4);
+        tc = malloc((size_t)BLOCK * rb);
+        eids = malloc(ne * BLOCK * sizeof *eids);
+        if (!tl || !tc || !eids)
+            goto fail;
+    }
+    for (size_t k = 0; k < ne; k++) {
+        if ((rc = load(ctx, (S0 + k) * BLOCK, BLOCK, B)) != 0)
+            goto fail;
+        if (x->keep_rows) {
+            encode_block(x, cent, nlist, B, Bd, S, asg, tl + k * BLOCK * 4, tc + k * BLOCK * rb);
+        } else {
+            encode_block(x, cent, nlist, B, Bd, S, asg, NULL, NULL);
+            memcpy(eids + k * BLOCK, asg, BLOCK * sizeof *asg);
+        }
+        for (size_t i = 0; i < BLOCK; i++)
+            cnt[asg[i]]++;
+    }
+
+    /* The new lists, laid out for their sizes. */
+    if (low_mem) {
+        drop_lists(x);
+        freed_old = true;
+#if defined(__GLIBC__)
+        /* The old lists' smaller arenas sit in malloc's heaps: give them back before the new lists take
+         * their memory, or the process would hold both for the swap's duration (issue 9, item B). */
+        malloc_trim(0);
+#endif
+    }
+    rc = MA_ENOMEM;
+    if (layout(x, nl, nlist, cnt, &np, &nrp) != 0)
+        goto fail;
+
+    /* Pass 2: the records. */
+    sc.next = 0;
+    sc.end = S0;
+    if (S0 && (rc = rows->scan(rows->ctx, bno, 0, S0, 1, push_row, &sc)) != 0)
+        goto fail;
+    rc = MA_ECORRUPT;
+    if (sc.next != S0)
+        goto fail;
+    for (size_t k = 0; k < ne; k++) {
+        const unsigned char *l = tl, *c = tc;
+        if (x->keep_rows) {
+            l = tl + k * BLOCK * 4;
+            c = tc + k * BLOCK * rb;
+        } else {
+            if ((rc = load(ctx, (S0 + k) * BLOCK, BLOCK, B)) != 0)
+                goto fail;
+            for (size_t i = 0; i < BLOCK; i++) {
+                uint32_t id = eids[k * BLOCK + i];
+                put_u32le(tl + i * 4, id);
+                encode_rec(x, cent + (size_t)id * D, B + i * D, tc + i * rb);
+            }
+        }
+        if ((rc = push_block(&sc, S0 + k, l, c)) != 0)
+            goto fail;
+    }
+    rc = MA_ECORRUPT;
+    for (uint32_t c = 0; c < nlist; c++) {
+        if (nl[c].n != cnt[c])
+            goto fail;
+        for (size_t r = 0; r < nl[c].n; r++)
+            sum_rec(x, &nl[c], r);
+        list_mean(x, &nl[c], cent + (size_t)c * D, kmean + (size_t)c * D);
+    }
+
+    /* Install. */
+    if (!freed_old)
+        drop_lists(x);
     x->lists = nl;
-    x->cent = cent;
-    x->kmean = kmean;
-    kmean = NULL;
     x->nlist = nlist;
-    x->pend = pend;
-    x->pend_cap = np > PEND_MIN ? np : PEND_MIN;
-    x->assigned = A;
-    x->built_at = T;
-    x->builds++;
+    x->pool = np;
+    x->rpool = nrp;
+    memset(&np, 0, sizeof np);
+    memset(&nrp, 0, sizeof nrp);
+    if (x->cent != cent)
+        free(x->cent);
+    x->cent = cent;
+    free(x->kmean);
+    x->kmean = kmean;
+    x->builds = bno;
+    x->built_at = built_at;
+    x->broken = 0;
+    if (x->keep_rows) {
+        x->out_first = S0;
+        x->out_n = ne;
+        x->out_build = bno;
+    }
     nl = NULL;
-    cent = NULL;
-    pend = NULL;
+    kmean = NULL;
     rc = 0;
 fail:
+    if (rc && freed_old) {
+        x->broken = 1;
+        if (x->cent == cent)
+            x->cent = NULL;   /* the caller's, on failure */
+    }
+    if (rc && x->keep_rows)
+        x->out_n = 0;
     lists_free(nl, nlist);
-    pool_free(&npool);
-    pool_free(&nrpool);
-    free(X);
-    free(cent);
+    pool_free(&np);
+    pool_free(&nrp);
+    free(cnt);
     free(kmean);
     free(B);
     free(Bd);
     free(S);
-    free(ba);
-    free(pend);
+    free(asg);
+    free(eids);
+    if (!x->keep_rows) {
+        free(tl);
+        free(tc);
+    }
+    return rc;
+}
+
+int ma_ivf_adopt(ma_ivf *x, ma_ivf_build *b, const ma_ivf_rows *rows, ma_ivf_loader load, void *ctx, int low_memory)
+{
+    if (!b || !b->cent || b->shape->H != x->H || b->shape->d != x->d || b->build_no <= x->builds ||
+        b->point > x->count || x->broken)
+        return MA_EINVAL;
+    const uint64_t A = x->count / BLOCK, old = x->assigned;
+    int rc = relist(x, b->cent, b->nlist, b->build_no, b->point, rows, A, load, ctx, low_memory);
+    if (rc)
+        return rc;
+    b->cent = NULL;   /* the index's now */
+    /* Events [old, A·BLOCK) were pending (before the first build); the rest stay pending. */
+    if (A * BLOCK > old)
+        memmove(x->pend, x->pend + (size_t)(A * BLOCK - old) * x->D,
+                (size_t)(x->count - A * BLOCK) * x->D * sizeof(float));
+    x->assigned = A * BLOCK;
+    return 0;
+}
+
+int ma_ivf_restore_lists(ma_ivf *x, uint64_t count, const ma_ivf_rows *rows, ma_ivf_loader load, void *ctx)
+{
+    if (x->count != 0 || count > UINT32_MAX || !load)
+        return MA_EINVAL;
+    const uint64_t A = x->nlist ? count / BLOCK : 0;
+    const size_t np = (size_t)(count - A * BLOCK), cap = np > PEND_MIN ? np : PEND_MIN;
+    int rc;
+    if (x->nlist && (rc = relist(x, x->cent, x->nlist, x->builds, x->built_at, rows, A, load, ctx, 0)) != 0)
+        return rc;
+    float *p = realloc(x->pend, cap * x->D * sizeof(float));
+    if (!p)
+        return MA_ENOMEM;
+    x->pend = p;
+    x->pend_cap = cap;
+    for (size_t i = 0; i < np; i += BLOCK) {
+        size_t n = np - i < BLOCK ? np - i : BLOCK;
+        if ((rc = load(ctx, A * BLOCK + i, n, x->pend + i * x->D)) != 0)
+            return rc;
+    }
+    x->assigned = A * BLOCK;
+    x->count = count;
+    return 0;
+}
+
+int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
+{
+    uint64_t point;
+    uint32_t bno;
+    if (x->count == 0)
+        return 0;
+    if (!ma_ivf_build_due(x, &point, &bno)) {
+        point = x->count;   /* an explicit build, not at a build point */
+        bno = x->builds + 1;
+    }
+    ma_ivf_build *b;
+    int rc = ma_ivf_train(x->H, x->d, point, bno, load, ctx, NULL, &b);
+    if (rc)
+        return rc;
+    rc = ma_ivf_adopt(x, b, NULL, load, ctx, 0);
+    ma_ivf_build_free(b);
     return rc;
 }
 
@@ -1442,6 +2007,8 @@ int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, u
 int ma_ivf_search_batch(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
                         size_t *n_ids, uint64_t *scored)
 {
+    if (x->broken)
+        return MA_EIO;
     const size_t D = x->D, NL = x->nlist;
     int rc = MA_ENOMEM;
     size_t np = nprobe < 1 ? 1 : (size_t)nprobe;

@@ -18,19 +18,33 @@
  * the last, incomplete block are pending: their raw keys stay in a small buffer (< MA_IVF_BLOCK events)
  * and a search scores them exactly.
  *
- * Growth: ma_ivf_want_rebuild says when the index has grown to twice its size at the last build (first
- * build at MA_IVF_MIN_BUILD events); ma_ivf_rebuild then streams every key through a loader twice (a
- * training sample, then the reassignment), so no copy of all keys is ever held: nlist = round(2·sqrt(n)),
- * trained on at most MA_IVF_TRAIN_PER_LIST·nlist events, MA_IVF_ITERS iterations.
+ * Growth: builds happen at fixed build points, MA_IVF_MIN_BUILD·2^j events (ma_ivf_build_due): a build
+ * at point P trains on events [0, P) (nlist = round(2·sqrt(P)), at most MA_IVF_TRAIN_PER_LIST·nlist
+ * training events, MA_IVF_ITERS iterations, a generator seeded from P), then every complete block is
+ * assigned and coded with the new centroids. A build is three steps, so that a caller can run the
+ * expensive ones elsewhere (registry/maint.c runs them on a background thread while the old index keeps
+ * answering): ma_ivf_train (k-means on a sample streamed through a loader; needs no index),
+ * ma_ivf_build_encode (the rows of complete blocks: each event's list and record), ma_ivf_adopt (the
+ * index takes the new centroids and lists: stored rows read through a row source, the rest encoded from
+ * keys). ma_ivf_rebuild does the three in place (tests, benches, the archive without a managing caller).
  *
- * Determinism: k-means seeds from a fixed generator; the serialised state is only what cannot be
- * recomputed (centroids and build counters). Same bits assume the same OpenBLAS build and thread count.
+ * Records and rows (docs/ARCHIVE.md, "Persistence"): what a list keeps of an event is its record (per
+ * head alpha, sign-code factor, 4-bit scale, sign bytes, 4-bit code), a pure function of the key and its
+ * list's centroid; a row is the lists (u32 LE each) and the records of one aligned block of MA_IVF_BLOCK
+ * events. A list's mean key (what probes rank by) is the mean of the keys its records stand for, so an
+ * index loaded from rows (ma_ivf_restore_lists) is the index that appended the keys, bit for bit. With
+ * ma_ivf_keep_rows on, the rows of blocks the index lists are kept until the caller has persisted them.
  *
- * Threads: searches may run in parallel with each other; add/rebuild must run alone.
+ * Determinism: k-means seeds from the build point; the serialised state is only the centroids and build
+ * counters (per-event data is in the rows). Same bits assume the same OpenBLAS build and thread count.
+ *
+ * Threads: searches may run in parallel with each other; add, adopt, restore must run alone. A build
+ * object (train, encode) is independent of any index: one thread at a time.
  */
 #ifndef MA_IVF_H
 #define MA_IVF_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -57,12 +71,75 @@ void ma_ivf_destroy(ma_ivf *x);
  * MA_ENOMEM with the index unchanged (also when ids would pass UINT32_MAX). */
 int ma_ivf_add(ma_ivf *x, size_t n, const float *k);
 
-/* True when the index should be rebuilt (it has doubled since the last build, first at MA_IVF_MIN_BUILD). */
-int ma_ivf_want_rebuild(const ma_ivf *x);
+/* True when a build is due: the largest build point MA_IVF_MIN_BUILD·2^j not above the count is at least
+ * twice the last build's point. Then *point gets it (if not NULL) and *build_no the build's number,
+ * max(builds + 1, j + 1) (if not NULL). */
+int ma_ivf_build_due(const ma_ivf *x, uint64_t *point, uint32_t *build_no);
+int ma_ivf_want_rebuild(const ma_ivf *x);   /* ma_ivf_build_due(x, NULL, NULL) */
 
-/* Rebuilds now: k-means on a sample, every event reassigned. Keys come from load in runs of at most
- * MA_IVF_BLOCK events. 0, MA_ENOMEM or load's error (the index is unchanged on any error). */
+/* Builds now, in place: at the point due (else, an explicit build, at the current count), every complete
+ * block reassigned. Keys come from load in runs of at most MA_IVF_BLOCK events. 0, MA_ENOMEM or load's
+ * error (the index is unchanged on any error). Holds the old and the new lists at once. */
 int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx);
+
+/* ---- builds in steps (registry/maint.c) ---- */
+
+typedef struct ma_ivf_build ma_ivf_build;
+
+/* Trains the centroids of build number build_no at `point` events: k-means on a sample of events
+ * [0, point) read through load (runs of at most MA_IVF_BLOCK). Needs no index. stop (may be NULL) is
+ * looked at between k-means iterations: non-zero gives up with MA_EBUSY. 0, MA_EINVAL, MA_ENOMEM,
+ * MA_EBUSY or load's error. */
+int ma_ivf_train(int H, int d, uint64_t point, uint32_t build_no, ma_ivf_loader load, void *ctx,
+                 const atomic_int *stop, ma_ivf_build **out);
+void ma_ivf_build_free(ma_ivf_build *b);
+uint64_t ma_ivf_build_point(const ma_ivf_build *b);
+uint32_t ma_ivf_build_number(const ma_ivf_build *b);
+uint32_t ma_ivf_build_nlist(const ma_ivf_build *b);
+
+/* Bytes of a row's records (MA_IVF_BLOCK events) at H heads of d; a row's lists take MA_IVF_BLOCK·4. */
+size_t ma_ivf_row_codes_bytes(int H, int d);
+
+/* The rows of n_blocks aligned blocks of keys (n_blocks·MA_IVF_BLOCK·H·d floats) against the build's
+ * centroids: lists (n_blocks·MA_IVF_BLOCK u32 LE) and codes (n_blocks·ma_ivf_row_codes_bytes). Exactly
+ * what an index with these centroids lists for the same keys. 0 or MA_ENOMEM. */
+int ma_ivf_build_encode(ma_ivf_build *b, const float *keys, size_t n_blocks, void *lists, void *codes);
+
+/* A source of stored rows: scan calls each(arg, block, lists, lists_len, codes, codes_len) for the stored
+ * rows of build `build` with block in [first, first+n), ascending (codes NULL and codes_len 0 unless
+ * with_codes), stopping at the first non-zero return of each and returning it; 0 when all were visited,
+ * or a negative MA_E* code of its own. Missing blocks are simply not visited. */
+typedef int (*ma_ivf_row_fn)(void *arg, uint64_t block, const void *lists, size_t lists_len, const void *codes,
+                             size_t codes_len);
+typedef struct {
+    int (*scan)(void *ctx, uint32_t build, uint64_t first, uint64_t n, int with_codes, ma_ivf_row_fn each,
+                void *arg);
+    void *ctx;
+} ma_ivf_rows;
+
+/* The index takes build b: its centroids, and lists over every complete block of its events — the stored
+ * rows of b's build number contiguous from block 0 (rows may be NULL), the remaining blocks encoded from
+ * keys read through load. b's number must exceed the index's builds and its point must not exceed the
+ * count (else MA_EINVAL). With keep_rows the encoded rows become the kept rows. low_memory: the old lists
+ * are freed before the new ones are allocated; if it then fails the index is broken (searches and adds
+ * fail with MA_EIO; discard it). Otherwise any failure leaves the index unchanged. 0, MA_EINVAL,
+ * MA_ENOMEM, MA_ECORRUPT (a stored row is damaged, or the rows changed during the call), load's or
+ * scan's error. b is left without centroids on success (free it). */
+int ma_ivf_adopt(ma_ivf *x, ma_ivf_build *b, const ma_ivf_rows *rows, ma_ivf_loader load, void *ctx, int low_memory);
+
+/* After ma_ivf_restore: the index of `count` events — every complete block from the stored rows of the
+ * restored build (contiguous from block 0), the rest encoded from keys, the pending keys read through
+ * load. Identical to the index that was serialised. 0, MA_EINVAL (not a freshly restored index),
+ * MA_ENOMEM, MA_ECORRUPT, load's or scan's error. */
+int ma_ivf_restore_lists(ma_ivf *x, uint64_t count, const ma_ivf_rows *rows, ma_ivf_loader load, void *ctx);
+
+/* Kept rows (for a caller that persists the index): while on, the rows of every block the index lists
+ * (ma_ivf_add, adopt, restore_lists) are kept until ma_ivf_rows_done. ma_ivf_rows_pending gives them:
+ * their number (blocks first, first+1, ... of build *build) and the lists and codes, back to back. */
+void ma_ivf_keep_rows(ma_ivf *x, int on);
+size_t ma_ivf_rows_pending(const ma_ivf *x, uint32_t *build, uint64_t *first, const void **lists,
+                           const void **codes);
+void ma_ivf_rows_done(ma_ivf *x);
 
 /* Probes the nprobe non-empty lists whose mean keys have the largest inner product with q (H·d), scores
  * their events by sign code, the best MA_IVF_RERANK·max_ids again by 4-bit code (estimates of
@@ -114,13 +191,13 @@ size_t ma_ivf_bytes(const ma_ivf *x);
  * and the lists grow with the events (nlist = 2·sqrt(n)) and are not in it. */
 size_t ma_ivf_footprint(int H, int d);
 
-/* The state that cannot be recomputed (centroids, build counters; no per-event data) as a core/blob.h
- * blob in a malloc'd buffer (docs/ARCHIVE.md). ma_ivf_restore also reads the legacy format. */
+/* The centroids and build counters (no per-event data: that is in the rows) as a core/blob.h blob in a
+ * malloc'd buffer (docs/ARCHIVE.md). ma_ivf_restore also reads the legacy format. */
 int ma_ivf_serialize(const ma_ivf *x, void **buf, size_t *len);
 
-/* An index with no events and the serialised centroids and counters; adding the original's keys in id
- * order (any batching) gives an index identical to the original. MA_ECORRUPT (foreign/truncated buffer,
- * other H/d), MA_ENOMEM. */
+/* An index with no events and the serialised centroids and counters; ma_ivf_restore_lists, or adding the
+ * original's keys in id order (any batching), gives an index identical to the original. MA_ECORRUPT
+ * (foreign/truncated buffer, other H/d), MA_ENOMEM. */
 int ma_ivf_restore(int H, int d, const void *buf, size_t len, ma_ivf **out);
 
 #endif

@@ -811,6 +811,12 @@ static void restore_mask(void *ctx, uint64_t event, ma_slot_event_state st)
 
 int ma_session_restore(const ma_params *p, const ma_session_saved *from, ma_session **out)
 {
+    return ma_session_restore_rows(p, from, NULL, out);
+}
+
+int ma_session_restore_rows(const ma_params *p, const ma_session_saved *from, const ma_ivf_rows *rows,
+                            ma_session **out)
+{
     *out = NULL;
     if (!from || ma_params_validate(p, NULL, 0))
         return MA_EINVAL;
@@ -821,8 +827,9 @@ int ma_session_restore(const ma_params *p, const ma_session_saved *from, ma_sess
     if ((rc = ma_backbone_restore(p, from->backbone, from->backbone_len, &s->bb)) ||
         (rc = ma_slots_restore_state(p->heads, p->dim, p->value_dim, p->slots, from->slots, from->slots_len,
                                      &from->slot_rows, &s->slots)) ||
-        (rc = ma_archive_restore_meta(p, from->archive_meta, from->archive_meta_len, ma_backbone_steps(s->bb),
-                                     from->chunks, from->cache_chunks, &s->ar)))
+        (rc = ma_archive_restore_meta_rows(p, from->archive_meta, from->archive_meta_len,
+                                          ma_backbone_steps(s->bb), from->chunks, from->cache_chunks,
+                                          rows, &s->ar)))
         goto fail;
     ma_slots_set_policy(s->slots, &p->slot_policy);
     /* The three blobs must describe one session: every event went through the backbone. */

@@ -113,3 +113,30 @@ int reg_slots_split(const char *config, const void *table, size_t len, void **st
     ma_slots_destroy(s);
     return rc;
 }
+
+static int scan_rows(void *ctx, uint32_t build, uint64_t first, uint64_t n, int with_codes, ma_ivf_row_fn each,
+                     void *arg)
+{
+    reg_pager *pg = ctx;
+    char err[256] = "";
+    int rc = ma_store_index_scan(pg->store, pg->id, build, first, n, with_codes != 0, each, arg, err, sizeof err);
+    return rc < 0 && err[0] ? failure(pg, rc, err) : rc;
+}
+
+ma_ivf_rows reg_pager_rows(reg_pager *pg)
+{
+    return (ma_ivf_rows){scan_rows, pg};
+}
+
+int reg_pager_keys(void *ctx, uint64_t first, size_t n, float *k)
+{
+    reg_pager *pg = ctx;
+    char err[256] = "";
+    float *v = malloc((n ? n : 1) * pg->v_floats * sizeof(float));
+    if (!v)
+        return MA_ENOMEM;
+    int rc = ma_store_load_events(pg->store, pg->id, first, n, pg->k_floats, pg->v_floats, k, v, NULL, err,
+                                  sizeof err);
+    free(v);
+    return rc ? failure(pg, rc, err) : 0;
+}

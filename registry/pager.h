@@ -7,7 +7,8 @@
  * read's candidates; ma_payload_source of core/session.h); a reg_pager answers them from
  * ma_store_load_events / ma_store_load_some / ma_store_load_payload for one session. A third,
  * ma_slot_row_source (core/slots.h), reads the slot table's version rows once, at restore
- * (ma_store_slot_rows). The registry
+ * (ma_store_slot_rows); it also gives the index's stored rows (ma_store_index_scan) and keys for a
+ * background index build. The registry
  * embeds one in every session; benchmarks that restore a session without a registry use it directly.
  *
  * Chunk c holds events [c·chunk, c·chunk + n). The callbacks return MA_E* codes only (core has no message
@@ -57,5 +58,12 @@ int reg_slots_split(const char *config, const void *table, size_t len, void **st
 /* The event loader that goes with reg_pager_chunks(pg) (ma_archive_set_event_loader; its ctx is the
  * chunk source's, pg): a sparse read's candidates through ma_store_load_some. */
 ma_event_loader reg_pager_event_loader(void);
+
+/* The index's stored rows of this session (core/ivf.h's row source, ma_store_index_scan). */
+ma_ivf_rows reg_pager_rows(reg_pager *pg);
+
+/* Keys of events [first, first+n) straight from the store (core/ivf.h's loader; values read and dropped),
+ * in runs of at most MA_IVF_BLOCK events. */
+int reg_pager_keys(void *pg, uint64_t first, size_t n, float *k);
 
 #endif

@@ -7,16 +7,25 @@
  * two. Sessions unloaded by the budget or dropped as stale are unlinked under mu and destroyed after mu
  * is released (destroying a large session frees a lot of memory; nobody should wait for that).
  *
- * The commit queue (reg_commit_queue). A FIFO of serialised changes under cmu, written by one commit
- * thread (started on first use, joined by reg_destroy after the queue drained). The thread takes every
- * change queued (up to GROUP_MAX) and writes them in one store transaction (ma_store_commit_group): one
- * fsync for all of them, and of several changes of one session only the last copy of each state blob
- * (the slot version rows of every change are written: rows are increments, not state). A change's slot
- * versions are marked saved when it is queued (note_stored). Each queued change holds a reference to its session and counts in its `pending`; a failed group marks
- * every session in it stale and unlinks it from the map (the next acquire loads the stored state), and a
- * change of a session already stale fails without being written (it was applied on top of a change that
- * is not stored). reg_commit and reg_delete wait for a session's pending changes first, so the store sees
- * one session's changes in the order they were made.
+ * The commit queue (reg_commit_queue). A FIFO of serialised changes under cmu, written by one commit thread
+ * (started on first use, joined by reg_destroy after the queue drained). The thread takes every change queued
+ * (up to GROUP_MAX) and writes them in one store transaction (ma_store_commit_group): one fsync for all of
+ * them, and of several changes of one session only the last copy of each state blob (the slot version rows of
+ * every change are written: rows are increments, not state). A change's slot versions are marked saved when
+ * it is queued (note_stored). Each queued change holds a reference to its session and counts in its
+ * `pending`; a failed group marks every session in it stale and unlinks it from the map (the next acquire
+ * loads the stored state), and a change of a session already stale fails without being written (it was
+ * applied on top of a change that is not stored). reg_commit and reg_delete wait for a session's pending
+ * changes first, so the store sees one session's changes in the order they were made. The commit thread never
+ * takes a session's gate: a queued change's reference is dropped without it (release_ref, from_queue).
+ *
+ * Background index builds (end of the file): one maintenance thread (registry/maint.c) runs index_job for
+ * a session whose commit left a build due: it reads what it needs under the session's gate held
+ * exclusively (view), trains and stages the new build's rows from the store without holding anything of
+ * the session (the old index keeps answering; events appended meanwhile are listed by the old build and
+ * staged for the new one in later passes), then swaps under the gate held exclusively: adopt (the old
+ * lists freed first, the staged rows read back, the last blocks encoded from the archive's keys), one
+ * commit of the new archive meta and those rows, release; then drops the old build's rows.
  */
 #include "registry/registry.h"
 
@@ -31,6 +40,8 @@
 
 #include "core/error.h"
 #include "core/hash.h"
+#include "core/ivf.h"
+#include "registry/maint.h"
 #include "registry/pager.h"
 #include "registry/params_text.h"
 #include "store/store.h"
@@ -55,6 +66,8 @@ struct reg_session {
     reg_pager pager;            /* the archive's chunks and the events' payloads, from the store */
     int refs;                   /* under reg->mu */
     int pending;                /* changes in the commit queue (under reg->mu; pending_cv) */
+    pthread_rwlock_t gate;      /* held shared by every job from acquire to release, exclusively by the
+                                   maintenance thread (index builds: snapshot and swap) */
     pthread_mutex_t load_mu;    /* serialises loading */
     reg_session *hnext;         /* hash chain */
     reg_session *prev, *next;   /* LRU list */
@@ -62,8 +75,10 @@ struct reg_session {
 
 struct reg_registry {
     reg_options opt;
-    reg_commit_fn on_commit;    /* reg_observe_commits (set before concurrent use) */
+    reg_commit_fn on_commit;    /* reg_observe_commits, under obs: the commit and maintenance threads call it
+                                   while the server may unset it at shutdown */
     void *on_commit_ctx;
+    pthread_rwlock_t obs;       /* held shared while on_commit runs, exclusively to change it */
     pthread_mutex_t mu;
     reg_session **buckets;
     size_t nbuckets, count;
@@ -84,7 +99,11 @@ struct reg_registry {
     struct qentry *qhead, *qtail;
     bool cstarted, cstop;
     pthread_t cthread;
+    reg_maint *maint;                   /* background index builds (index_job) */
+    atomic_uint_fast64_t index_builds, index_build_failures;
 };
+
+static void index_job(void *ctx, const char *id, const atomic_int *cancel);
 
 static uint64_t hash_id(const char *s)
 {
@@ -111,9 +130,20 @@ int reg_create(const reg_options *o, reg_registry **out)
         return MA_ENOMEM;
     }
     pthread_mutex_init(&r->mu, NULL);
+    pthread_rwlock_init(&r->obs, NULL);
     pthread_cond_init(&r->pending_cv, NULL);
     pthread_mutex_init(&r->cmu, NULL);
     pthread_cond_init(&r->cwork, NULL);
+    if (reg_maint_create(index_job, r, &r->maint) != 0) {
+        pthread_cond_destroy(&r->cwork);
+        pthread_mutex_destroy(&r->cmu);
+        pthread_cond_destroy(&r->pending_cv);
+        pthread_rwlock_destroy(&r->obs);
+        pthread_mutex_destroy(&r->mu);
+        free(r->buckets);
+        free(r);
+        return MA_ENOMEM;
+    }
     *out = r;
     return 0;
 }
@@ -124,6 +154,7 @@ static void session_free(reg_session *s)
         return;
     ma_session_destroy(s->core);
     pthread_mutex_destroy(&s->load_mu);
+    pthread_rwlock_destroy(&s->gate);
     free(s);
 }
 
@@ -231,6 +262,13 @@ static reg_session *session_new(reg_registry *r, const char *id)
     snprintf(s->id, sizeof s->id, "%s", id);
     s->reg = r;
     pthread_mutex_init(&s->load_mu, NULL);
+    /* Writer-preferring: the maintenance thread's swap is not starved by a stream of reads. No job
+     * acquires the session it already holds, so a waiting writer never blocks a nested read. */
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&s->gate, &ra);
+    pthread_rwlockattr_destroy(&ra);
     return s;
 }
 
@@ -361,8 +399,28 @@ static int fresh_core(reg_session *s, ma_session **out)
         return rc;
     }
     ma_archive_set_event_loader(ma_session_archive(core), reg_pager_event_loader());
+    /* Index builds run on the maintenance thread; the index's rows are committed with the events. */
+    ma_archive_set_managed(ma_session_archive(core), true);
     *out = core;
     return 0;
+}
+
+/* The archive's kept index rows as the store's (n = 0: none). */
+static ma_store_index_rows index_rows_of(const reg_session *s, ma_session *core)
+{
+    ma_store_index_rows ir = {0};
+    ir.n = ma_archive_index_rows(ma_session_archive(core), &ir.build, &ir.first, &ir.lists, &ir.codes);
+    ir.lists_bytes = (size_t)MA_IVF_BLOCK * 4;
+    ir.codes_bytes = ma_ivf_row_codes_bytes(s->params.heads, s->params.dim);
+    return ir;
+}
+
+static void persist_restored_rows(reg_registry *r, reg_session *s, ma_session *core)
+{
+    char err[256];
+    ma_store_index_rows ir = index_rows_of(s, core);
+    if (ir.n && ma_store_index_put(r->opt.store, s->id, &ir, err, sizeof err) == 0)
+        ma_archive_index_rows_done(ma_session_archive(core));
 }
 
 /* Loads s from the store (called with s->load_mu held, s->core NULL). */
@@ -392,12 +450,14 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
             goto done;
         }
     } else {
+        s->cache_chunks = cache_chunks_for(r, &s->params);
+        ma_ivf_rows rows = reg_pager_rows(&s->pager);
         ma_session_saved saved = {
             row.backbone.data, row.backbone.len, row.slots_blob.data, row.slots_blob.len,
             row.archive_meta.data, row.archive_meta.len, reg_pager_chunks(&s->pager), s->cache_chunks,
             reg_pager_payloads(&s->pager), reg_pager_slot_rows(&s->pager),
         };
-        rc = ma_session_restore(&s->params, &saved, &core);
+        rc = ma_session_restore_rows(&s->params, &saved, &rows, &core);
         if (rc) {
             /* A page-in that failed (a damaged row, an I/O error) says which row. */
             const char *why_pg = atomic_load(&s->pager.failed) ? s->pager.err : ma_strerror(rc);
@@ -405,12 +465,18 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
             goto done;
         }
         ma_archive_set_event_loader(ma_session_archive(core), reg_pager_event_loader());
+        /* Index rows the store lacked (a session stored before index rows, or imported) were computed
+         * from the events: store them now (derived data, like a build's staged rows), so the next load
+         * reads them. A failure only means the next load computes them again. */
+        persist_restored_rows(r, s, core);
         s->blobs_stored = true;
         s->meta_gen = ma_archive_meta_generation(ma_session_archive(core));
         s->paged = true;   /* a restored archive reads its chunks from the store on demand */
     }
     s->created_at = row.created_at;
     s->updated_at = row.updated_at;
+    if (ma_archive_index_due(ma_session_archive(core), NULL, NULL))
+        reg_maint_enqueue(r->maint, s->id);   /* due, or in flight when the daemon stopped: redo it */
     size_t bytes = charge(s, core);
     pthread_mutex_lock(&r->mu);
     s->core = core;
@@ -430,7 +496,8 @@ done:
     return rc;
 }
 
-int reg_acquire(reg_registry *r, const char *id, reg_session **out, char *err, size_t errlen)
+/* reg_acquire, holding the session's gate shared (every job) or exclusively (the maintenance thread). */
+static int acquire(reg_registry *r, const char *id, bool excl, reg_session **out, char *err, size_t errlen)
 {
     reg_session *s;
     int rc = 0;
@@ -448,6 +515,10 @@ int reg_acquire(reg_registry *r, const char *id, reg_session **out, char *err, s
     s->emptied = false;   /* the job may fill its chunk cache */
     pthread_mutex_unlock(&r->mu);
 
+    if (excl)
+        pthread_rwlock_wrlock(&s->gate);
+    else
+        pthread_rwlock_rdlock(&s->gate);
     pthread_mutex_lock(&s->load_mu);
     if (!s->core)
         rc = load(r, s, err, errlen);
@@ -468,6 +539,11 @@ static ma_store_idem store_idem(const reg_registry *r, const reg_idem *k, int64_
         .etag = k->etag, .location = k->location, .created_at = now, .keep = r->opt.idem_keys,
         .expire_before = now - r->opt.idem_window_ms,
     };
+}
+
+int reg_acquire(reg_registry *r, const char *id, reg_session **out, char *err, size_t errlen)
+{
+    return acquire(r, id, false, out, err, errlen);
 }
 
 int reg_create_session(reg_registry *r, const char *id, const ma_params *p, int64_t now, reg_session **out,
@@ -516,6 +592,7 @@ int reg_create_session_idem(reg_registry *r, const char *id, const ma_params *p,
         goto fail;
     s->bytes = charge(s, s->core);
     s->refs = 1;
+    pthread_rwlock_rdlock(&s->gate);   /* returned acquired, like reg_acquire */
     pthread_mutex_lock(&r->mu);
     /* An entry for id may be in the map without a core: a failed or concurrent load of a missing id.
      * The caller's per-id ordering means nobody uses it now; replace it. */
@@ -570,13 +647,25 @@ static void free_dropped(reg_session *drop, bool trim)
         malloc_trim(0);
 }
 
-/* reg_release; from_queue: the commit thread drops a queued change's reference while the session's next
- * change may be being applied, so it re-measures only a session nobody else holds. */
+/* reg_release; from_queue: the commit thread drops a queued change's reference. That reference never
+ * held the gate (a queued change outlives its job's hold), so the gate is not unlocked, and the session
+ * may meanwhile be held by a job applying its next change or by the maintenance thread's swap: it is
+ * re-measured only when nobody else holds it (refs reaches 0 under mu, so nobody mutates it). */
 static void release_ref(reg_registry *r, reg_session *s, bool from_queue)
 {
     reg_session *drop = NULL;   /* sessions to destroy after unlocking, chained through hnext */
     bool trim = false;
 
+    if (!from_queue) {
+        /* Reads fill the chunk cache of a paged archive: count what the job left resident, while its gate
+         * is still held (the maintenance thread changes a session's index only with the gate held
+         * exclusively). */
+        pthread_mutex_lock(&r->mu);
+        if (s->core && !s->stale)
+            remeasure(r, s);
+        pthread_mutex_unlock(&r->mu);
+        pthread_rwlock_unlock(&s->gate);
+    }
     pthread_mutex_lock(&r->mu);
     s->refs--;
     if (s->linked) {
@@ -588,8 +677,7 @@ static void release_ref(reg_registry *r, reg_session *s, bool from_queue)
             unlink_session(r, s);
         s->hnext = drop;
         drop = s;
-    } else if (s->core && !s->stale && (!from_queue || s->refs == 0)) {
-        /* Reads fill the chunk cache of a paged archive: count what the job left resident. */
+    } else if (from_queue && s->refs == 0 && s->core && !s->stale) {
         remeasure(r, s);
     }
     /* Budget, cheapest remedy first. 1: page out the archive chunks of unused sessions from the cold end
@@ -643,6 +731,7 @@ int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
 int reg_delete_idem(reg_registry *r, const char *id, const reg_idem *k, int64_t now, char *err, size_t errlen)
 {
     reg_session *drop = NULL, *q;
+    reg_maint_cancel(r->maint, id);   /* a build of it stops at its next step */
     /* Changes of the session still in the commit queue are written (or failed) first. */
     pthread_mutex_lock(&r->mu);
     while ((q = find(r, id)) && q->pending)
@@ -695,6 +784,15 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Tells the observer (reg_observe_commits) how long a commit took. */
+static void observe(reg_registry *r, double seconds, int rc)
+{
+    pthread_rwlock_rdlock(&r->obs);
+    if (r->on_commit)
+        r->on_commit(r->on_commit_ctx, seconds, rc);
+    pthread_rwlock_unlock(&r->obs);
+}
+
 /* Re-measures the resident bytes of s (after a mutation). */
 static void touch_bytes(reg_registry *r, reg_session *s)
 {
@@ -714,6 +812,7 @@ typedef struct {
     ma_store_slot_row *srows;    /* d.slot_rows: rows with their names copied into `names` (a queued change
                                     is written after the table may have changed) */
     char *names;
+    void *ilists, *icodes;       /* d.index's rows, copied from the archive */
     ma_store_idem ki;            /* d.idem points here when the change carries a key */
     bool slots, meta;            /* the slot state / archive blob is in it */
     uint64_t gen;                /* the archive meta generation serialised */
@@ -726,6 +825,8 @@ static void ser_free(ser_change *x)
     ma_slot_rows_free(x->rows, x->nrows);
     free(x->srows);
     free(x->names);
+    free(x->ilists);
+    free(x->icodes);
     memset(x, 0, sizeof *x);
 }
 
@@ -797,6 +898,21 @@ static int serialise(reg_registry *r, reg_session *s, const reg_change *c, int64
         .n_slot_rows = x->nrows,
         .idem = c->idem ? &x->ki : NULL,
     };
+    /* The archive's kept index rows, copied: a queued change is written after the archive moved on (they
+     * are marked persisted when the change is stored or queued: note_stored). */
+    ma_store_index_rows ir = index_rows_of(s, s->core);
+    if (ir.n) {
+        size_t lb = ir.n * ir.lists_bytes, cb = ir.n * ir.codes_bytes;
+        if (!(x->ilists = malloc(lb ? lb : 1)) || !(x->icodes = malloc(cb ? cb : 1))) {
+            rc = MA_ENOMEM;
+            goto fail;
+        }
+        memcpy(x->ilists, ir.lists, lb);
+        memcpy(x->icodes, ir.codes, cb);
+        ir.lists = x->ilists;
+        ir.codes = x->icodes;
+        x->d.index = ir;
+    }
     return 0;
 fail:
     snprintf(err, errlen, "session %s: cannot serialise the new state: %s", s->id, ma_strerror(rc));
@@ -822,6 +938,8 @@ static void note_stored(reg_registry *r, reg_session *s, const reg_change *c, co
     s->updated_at = now;
     if (c->n_events)
         s->paged = false;   /* new chunks are resident; reg_release pages them out under memory pressure */
+    if (x->d.index.n)
+        ma_archive_index_rows_done(ma_session_archive(s->core));
     touch_bytes(r, s);
 }
 
@@ -852,13 +970,14 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
         goto fail;
     double t0 = now_seconds();
     rc = ma_store_commit(r->opt.store, s->id, &x.d, err, errlen);
-    if (r->on_commit)
-        r->on_commit(r->on_commit_ctx, now_seconds() - t0, rc);
+    observe(r, now_seconds() - t0, rc);
     if (rc == 0)
         note_stored(r, s, c, &x, now);   /* the slot versions are saved only once committed */
     ser_free(&x);
     if (rc)
         goto fail;
+    if (ma_archive_index_due(ma_session_archive(s->core), NULL, NULL))
+        reg_maint_enqueue(r->maint, s->id);
     return 0;
 fail:
     /* The in-memory session is ahead of the store: drop it at release, reload on next use. */
@@ -877,6 +996,8 @@ typedef struct qentry {
     reg_session *s;             /* a reference held until the change is answered */
     ser_change x;               /* the serialised change (its blobs and slot rows owned) */
     bool stale;                 /* its session was stale when its group started: not written */
+    bool due;                   /* an index build of its session is due once it is stored (known when queued:
+                                   the commit thread does not read the session's archive) */
     reg_committed_fn fn;
     void *ctx;
 } qentry;
@@ -918,13 +1039,16 @@ static void commit_group(reg_registry *r, qentry *g)
         rc = ma_store_commit_group(r->opt.store, m, ids, ds, err, sizeof err);
         atomic_fetch_add_explicit(&r->queue_groups, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&r->queue_changes, m, memory_order_relaxed);
-        if (r->on_commit)
-            r->on_commit(r->on_commit_ctx, now_seconds() - t0, rc);
+        observe(r, now_seconds() - t0, rc);
         if (rc) {
             pthread_mutex_lock(&r->mu);
             for (size_t i = 0; i < m; i++)
                 mark_stale_locked(r, live[i]->s);
             pthread_mutex_unlock(&r->mu);
+        } else {
+            for (size_t i = 0; i < m; i++)
+                if (live[i]->due)
+                    reg_maint_enqueue(r->maint, live[i]->s->id);
         }
     }
     for (qentry *e = g, *next; e; e = next) {
@@ -991,6 +1115,7 @@ int reg_commit_queue(reg_registry *r, reg_session *s, const reg_change *c, int64
     e->fn = fn;
     e->ctx = ctx;
     note_stored(r, s, c, &e->x, now);
+    e->due = ma_archive_index_due(ma_session_archive(s->core), NULL, NULL);
     pthread_mutex_lock(&r->mu);
     s->refs++;
     s->pending++;
@@ -1078,8 +1203,10 @@ void reg_invalidate(reg_registry *r, reg_session *s)
 
 void reg_observe_commits(reg_registry *r, reg_commit_fn fn, void *ctx)
 {
+    pthread_rwlock_wrlock(&r->obs);
     r->on_commit = fn;
     r->on_commit_ctx = ctx;
+    pthread_rwlock_unlock(&r->obs);
 }
 
 /* ---- listings, summaries, backup ------------------------------------------------------------- */
@@ -1134,6 +1261,8 @@ int reg_summary_get(reg_registry *r, reg_session *s, reg_summary *out, char *err
     }
     out->params = &s->params;
     out->stored_bytes = row.stored_bytes;
+    ma_archive_index_state(ma_session_archive(s->core), &out->index);
+    out->index_building = s->params.selector == MA_SELECTOR_INDEX && reg_maint_busy(r->maint, s->id);
     out->created_at = s->created_at;
     out->updated_at = s->updated_at;
     ma_store_session_clear(&row);
@@ -1174,7 +1303,8 @@ void reg_destroy(reg_registry *r)
 {
     if (!r)
         return;
-    /* The commit thread writes what is queued, answers it, then stops. */
+    /* The commit thread writes what is queued, answers it, then stops (before the maintenance thread:
+     * a build's swap may wait for a session's queued changes). */
     pthread_mutex_lock(&r->cmu);
     r->cstop = true;
     pthread_cond_signal(&r->cwork);
@@ -1182,6 +1312,7 @@ void reg_destroy(reg_registry *r)
     pthread_mutex_unlock(&r->cmu);
     if (started)
         pthread_join(r->cthread, NULL);
+    reg_maint_destroy(r->maint);   /* a build in progress stops at its next step; restarts redo it */
     for (size_t i = 0; i < r->nbuckets; i++)
         for (reg_session *s = r->buckets[i], *n; s; s = n) {
             n = s->hnext;
@@ -1192,6 +1323,7 @@ void reg_destroy(reg_registry *r)
     pthread_cond_destroy(&r->cwork);
     pthread_mutex_destroy(&r->cmu);
     pthread_cond_destroy(&r->pending_cv);
+    pthread_rwlock_destroy(&r->obs);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }
@@ -1314,4 +1446,170 @@ bool reg_is_frozen(reg_registry *r, const char *id)
     bool f = r->nfrozen && frozen_index(r, id) >= 0;
     pthread_mutex_unlock(&r->mu);
     return f;
+}
+
+/* ---- background index builds (docs/ARCHIVE.md, "Builds in the background") ------------------------ */
+
+/* Blocks staged per transaction, and how far behind the committed events the staging may stop before the
+ * swap encodes the rest under the session's exclusive gate. */
+#define STAGE_BLOCKS   4
+#define CATCHUP_SLACK  2
+
+typedef struct {
+    reg_pager *pg;
+    const atomic_int *cancel;
+} job_keys;
+
+static int keys_or_cancel(void *ctx, uint64_t first, size_t n, float *k)
+{
+    job_keys *jk = ctx;
+    return atomic_load(jk->cancel) ? MA_EBUSY : reg_pager_keys(jk->pg, first, n, k);
+}
+
+/* What the job needs to know of the session, read under its exclusive gate (no job of it runs). */
+typedef struct {
+    ma_params p;
+    bool due;
+    uint64_t point;
+    uint32_t build_no, base;   /* the build due; the one current */
+} job_view;
+
+static int view(reg_registry *r, const char *id, job_view *v)
+{
+    char err[256];
+    reg_session *s;
+    int rc = acquire(r, id, true, &s, err, sizeof err);
+    if (rc)
+        return rc;
+    /* The session's queued changes are stored first (the commit thread never takes the gate), so the
+     * build point's events are in the store when it is due. */
+    wait_pending(r, s);
+    ma_archive *a = ma_session_archive(s->core);
+    ma_index_state st;
+    v->p = s->params;
+    pthread_mutex_lock(&r->mu);
+    bool stale = s->stale;
+    pthread_mutex_unlock(&r->mu);
+    v->due = !stale && ma_archive_index_due(a, &v->point, &v->build_no);
+    ma_archive_index_state(a, &st);
+    v->base = st.build;
+    reg_release(r, s);
+    return 0;
+}
+
+/* Stages the rows of build b for blocks [*staged, upto) (keys read from the store). */
+static int stage(reg_registry *r, const char *id, ma_ivf_build *b, job_keys *jk, uint64_t *staged, uint64_t upto,
+                 const ma_params *p)
+{
+    const size_t D = (size_t)p->heads * p->dim, cb = ma_ivf_row_codes_bytes(p->heads, p->dim);
+    float *keys = malloc((size_t)STAGE_BLOCKS * MA_IVF_BLOCK * D * sizeof(float));
+    unsigned char *lists = malloc((size_t)STAGE_BLOCKS * MA_IVF_BLOCK * 4), *codes = malloc(STAGE_BLOCKS * cb);
+    char err[256];
+    int rc = keys && lists && codes ? 0 : MA_ENOMEM;
+    while (!rc && *staged < upto) {
+        size_t n = upto - *staged < STAGE_BLOCKS ? (size_t)(upto - *staged) : STAGE_BLOCKS;
+        for (size_t i = 0; !rc && i < n; i++)
+            rc = keys_or_cancel(jk, (*staged + i) * MA_IVF_BLOCK, MA_IVF_BLOCK, keys + i * MA_IVF_BLOCK * D);
+        if (!rc)
+            rc = ma_ivf_build_encode(b, keys, n, lists, codes);
+        ma_store_index_rows ir = {ma_ivf_build_number(b), *staged, n, lists, codes, (size_t)MA_IVF_BLOCK * 4, cb};
+        if (!rc)
+            rc = ma_store_index_put(r->opt.store, id, &ir, err, sizeof err);
+        if (!rc)
+            *staged += n;
+    }
+    free(keys);
+    free(lists);
+    free(codes);
+    return rc;
+}
+
+/* The committed length of session id (0 if it is gone). */
+static uint64_t committed(reg_registry *r, const char *id)
+{
+    ma_store_session row = {0};
+    char err[256];
+    uint64_t n = 0;
+    if (ma_store_session_summary(r->opt.store, id, &row, err, sizeof err) == 0)
+        n = row.length;
+    ma_store_session_clear(&row);
+    return n;
+}
+
+/* Takes build b into the session, under its exclusive gate: the archive adopts it (the staged rows read
+ * back, the blocks appended since encoded from its keys; the old lists freed first), then one commit
+ * writes the archive meta (the new centroids: the store names the build from then on) with those last
+ * rows. Nothing is visible before the commit (no job of the session runs); if either step fails the
+ * session is marked stale and reloaded from the store (the old build) at its next use. */
+static int swap(reg_registry *r, const char *id, ma_ivf_build *b, uint32_t base, const atomic_int *cancel)
+{
+    char err[256];
+    reg_session *s;
+    int rc = acquire(r, id, true, &s, err, sizeof err);
+    if (rc)
+        return rc;
+    ma_archive *a = ma_session_archive(s->core);
+    ma_index_state st;
+    ma_archive_index_state(a, &st);
+    if (atomic_load(cancel) || st.build != base) {
+        reg_release(r, s);
+        return MA_EBUSY;   /* deleted, or another build got there first */
+    }
+    ma_ivf_rows rows = reg_pager_rows(&s->pager);
+    rc = ma_archive_index_adopt(a, b, &rows);
+    if (rc) {
+        pthread_mutex_lock(&r->mu);
+        s->stale = true;
+        pthread_mutex_unlock(&r->mu);
+    } else {
+        reg_change c = {.first_event = ma_archive_length(a), .archive = true};
+        rc = reg_commit(r, s, &c, s->updated_at, err, sizeof err);   /* stale on failure */
+    }
+    reg_release(r, s);
+    return rc;
+}
+
+/* One build of session id at the point due (nothing if none is): train (keys from the store), stage the
+ * rows of every committed block, catch up with the blocks committed meanwhile, swap, drop the old rows.
+ * Repeats while another build is due (events kept coming). */
+static void index_job(void *ctx, const char *id, const atomic_int *cancel)
+{
+    reg_registry *r = ctx;
+    char err[256];
+    for (int round = 0; round < 64 && !atomic_load(cancel); round++) {
+        job_view v;
+        if (view(r, id, &v) != 0 || !v.due)
+            return;
+        reg_pager pg;
+        reg_pager_init(&pg, r->opt.store, id, &v.p, NULL);
+        job_keys jk = {&pg, cancel};
+        ma_ivf_build *b = NULL;
+        /* Rows of any other build than the current one are stale (an interrupted build) or old. */
+        int rc = ma_store_index_drop(r->opt.store, id, v.base, NULL, err, sizeof err);
+        if (!rc)
+            rc = ma_ivf_train(v.p.heads, v.p.dim, v.point, v.build_no, keys_or_cancel, &jk, cancel, &b);
+        uint64_t staged = 0;
+        for (int pass = 0; !rc && pass < 16; pass++) {
+            uint64_t upto = committed(r, id) / MA_IVF_BLOCK;
+            if (upto <= staged + CATCHUP_SLACK && pass > 0)
+                break;
+            rc = stage(r, id, b, &jk, &staged, upto, &v.p);
+        }
+        if (!rc)
+            rc = swap(r, id, b, v.base, cancel);
+        ma_ivf_build_free(b);
+        if (rc) {
+            if (rc != MA_EBUSY)
+                atomic_fetch_add(&r->index_build_failures, 1);
+            return;
+        }
+        atomic_fetch_add(&r->index_builds, 1);
+        (void)ma_store_index_drop(r->opt.store, id, v.build_no, NULL, err, sizeof err);
+        malloc_trim(0);   /* the old lists: ~56 bytes an event */
+    }
+}
+
+void reg_wait_maintenance(reg_registry *r)
+{
+    reg_maint_wait_idle(r->maint);
 }

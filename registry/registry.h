@@ -36,11 +36,21 @@
  * registry's commit thread, grouped with other queued changes; step 3 waits for its callback. The caller
  * may apply the session's next change meanwhile (the daemon's pipelined event batches).
  *
+ * Index builds (docs/ARCHIVE.md, "Builds in the background"): sessions' archives are managed — an append
+ * never builds the index; a commit that leaves a build due queues a job on the registry's maintenance
+ * thread (registry/maint.h), which trains and stages the new build's rows from the store without holding
+ * the session, then swaps it in under the session's exclusive gate and commits it before any job sees it.
+ * The index's rows are committed with the events that complete a block (ma_store_delta.index) and read
+ * back at load, so a load never recomputes the index.
+ *
  * Threads: every function may be called from any worker thread. The registry's map and LRU list are
  * under one mutex, never held across store I/O or compute; loading a session is serialised per session
  * (two parallel reads of an unloaded session load it once). The caller orders jobs per session id
  * (in the daemon, the worker pool's per-key ordering): mutations of one session never run alongside
- * anything else of that session, which is what the core requires.
+ * anything else of that session, which is what the core requires. Every acquired session also holds its
+ * gate (a rwlock) shared until released; the maintenance thread takes it exclusively to read the session
+ * and to swap a build in, so it never runs alongside any job of that session. A job must not acquire a
+ * session it already holds.
  *
  * A session's config is stored as text written and read by registry/params_text.h (not by the REST
  * codec); archive chunks and payloads are paged back through registry/pager.h.
@@ -86,8 +96,9 @@ int reg_create(const reg_options *o, reg_registry **out);
 /* Unloads every session (none may be in use) and frees the registry. NULL is a no-op. */
 void reg_destroy(reg_registry *r);
 
-/* Installs the commit observer (NULL: none). Call before the registry is used by more than one thread
- * (the daemon: from api_init, before the server runs). */
+/* Installs the commit observer (NULL: none). It is called from the thread that commits (a worker, the
+ * commit thread, the maintenance thread); a call that changes it returns once no call of the old one runs
+ * (the daemon unsets it at shutdown while a background build may still commit). */
 void reg_observe_commits(reg_registry *r, reg_commit_fn fn, void *ctx);
 
 /* Gets the session `id`, loading it from the store if needed, and takes a reference (release with
@@ -190,6 +201,8 @@ typedef struct {
     ma_session_stats stats;           /* owned (ma_session_stats_clear) */
     size_t stored_bytes;
     int64_t created_at, updated_at;
+    ma_index_state index;             /* the archive index's build, lists, events (zero: selector chunks) */
+    bool index_building;              /* a background build of it is queued or running */
 } reg_summary;
 
 /* Fills *out for the acquired session s (caller holds a reference and runs no mutation of s alongside).
@@ -271,6 +284,9 @@ typedef struct {
 } reg_stats;
 
 void reg_stats_get(reg_registry *r, reg_stats *st);
+
+/* Waits until no background index build is queued or running (tests, benches). */
+void reg_wait_maintenance(reg_registry *r);
 
 /* ---- moving sessions (server/api_transfer.c; docs/API.md, "Moving sessions") -------------------- */
 

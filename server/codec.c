@@ -1206,6 +1206,15 @@ cJSON *codec_session_summary_to_json(const char *id, const reg_summary *sm)
               add_item(bb, "state_norm", doubles_json(st->state_norm, (size_t)p->heads)) &&
               add_item(bb, "penalty_norm", doubles_json(st->penalty_norm, (size_t)p->heads)) &&
               add_time(o, "created_at", sm->created_at) && add_time(o, "updated_at", sm->updated_at);
+    /* The archive index (selector index only): the build answering reads, its lists, the events it holds,
+     * and whether a background build is queued or running (docs/ARCHIVE.md, "Builds in the background"). */
+    cJSON *ix = NULL;
+    if (ok && p->selector == MA_SELECTOR_INDEX)
+        ok = (ix = cJSON_CreateObject()) && add_item(o, "index", ix) &&
+             cJSON_AddNumberToObject(ix, "build", (double)sm->index.build) &&
+             cJSON_AddNumberToObject(ix, "lists", (double)sm->index.nlist) &&
+             cJSON_AddNumberToObject(ix, "events", (double)sm->index.events) &&
+             cJSON_AddBoolToObject(ix, "building", sm->index_building);
     return built(o, ok);
 }
 

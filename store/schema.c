@@ -12,7 +12,8 @@
  *    rows, refusing rows that do not form 0..length-1 with one key/value size per session.
  *  - Schema 2 -> 3 (slots_to_rows) splits each whole slot table into its state and version rows through
  *    the converter the store was opened with (the format is core's; the store keeps it opaque).
- *  - Schema 3 -> 4 adds the Idempotency-Key records (store/idem.c); 4 -> 5 (sums_for_rows) a checksum
+ *  - Schema 3 -> 4 adds the Idempotency-Key records (store/idem.c), 4 -> 5 the archive index's rows
+ *    (store/index_rows.c); 5 -> 6 (sums_for_rows) a checksum
  *    to every event block and payload row, computed for the rows there are.
  *  - Integrity at open: PRAGMA quick_check (every page's b-tree structure) and, on a second connection
  *    in its own thread, the rows against each other (check_rows): both read the whole file, so they run
@@ -125,7 +126,21 @@ static const struct {
     "CREATE INDEX idempotency_age ON idempotency(created_at);"
     "CREATE INDEX idempotency_sid ON idempotency(sid);",
     NULL, NULL},
-    /* 4 -> 5: a checksum per event block and payload row (st_block_sum, st_payload_sum; docs/STORE.md, "Row
+    /* 4 -> 5: the archive index's rows (store/index_rows.c): per session, build and aligned block of 1,024
+     * events, the events' lists and records, so that a restart reads the index instead of recomputing
+     * it. A rowid table for the reason event_blocks is one (rows of ~57 KiB overflow their page); `lists`
+     * first, so a scan of the lists alone reads only the start of each row. Sessions stored before have
+     * no rows: their index is recomputed from the events at their first load and its rows written then. */
+    {
+    "CREATE TABLE index_blocks("
+    "  sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  build INTEGER NOT NULL CHECK (build >= 1),"
+    "  block INTEGER NOT NULL CHECK (block >= 0),"
+    "  lists BLOB NOT NULL,"
+    "  codes BLOB NOT NULL,"
+    "  PRIMARY KEY (sid, build, block));",
+    NULL, NULL},
+    /* 5 -> 6: a checksum per event block and payload row (st_block_sum, st_payload_sum; docs/STORE.md, "Row
      * checksums"), checked whenever a row is read back; sums_for_rows computes them for the rows there are.
      * NULL (no checksum) is refused when read, like a wrong one. */
     {
@@ -136,7 +151,7 @@ static const struct {
 };
 _Static_assert(BLOCK == 64, "the CHECK of event_blocks.n and the integrity query say 64");
 
-/* Inserts one row of a version-2 table (no checksum column yet: the step 4 -> 5 adds it and computes it).
+/* Inserts one row of a version-2 table (no checksum column yet: the step 5 -> 6 adds it and computes it).
  * Binds sid, index, then either (n, k, v) for a block or (payload text) for a payload. */
 static int put_v2(ma_store *st, conn *c, sqlite3_stmt *ins, int64_t sid, uint64_t i, size_t n, const void *a,
                   size_t alen, const void *b, size_t blen, char *err, size_t errlen)
@@ -348,7 +363,7 @@ done:
     return ret;
 }
 
-/* SQL functions of the upgrade 4 -> 5: the checksums of a block row (block, n, k, v) and of a payload row
+/* SQL functions of the upgrade 5 -> 6: the checksums of a block row (block, n, k, v) and of a payload row
  * (idx, payload), as the store writes them. */
 static void sql_block_sum(sqlite3_context *cx, int argc, sqlite3_value **a)
 {
@@ -369,7 +384,7 @@ static void sql_payload_sum(sqlite3_context *cx, int argc, sqlite3_value **a)
     sqlite3_result_int64(cx, (int64_t)st_payload_sum((uint64_t)sqlite3_value_int64(a[0]), t ? t : (const unsigned char *)"", tl));
 }
 
-/* Schema 4 -> 5: the checksum of every existing block and payload row (each row is rewritten once, in the
+/* Schema 5 -> 6: the checksum of every existing block and payload row (each row is rewritten once, in the
  * upgrade's transaction). Rows written before this version were never checked: what they hold now is
  * what their checksum vouches for. */
 static int sums_for_rows(ma_store *st, conn *c, char *err, size_t errlen)
@@ -380,10 +395,10 @@ static int sums_for_rows(ma_store *st, conn *c, char *err, size_t errlen)
         rc = sqlite3_create_function(c->db, "ma_payload_sum", 2, SQLITE_UTF8 | SQLITE_DETERMINISTIC, NULL,
                                      sql_payload_sum, NULL, NULL);
     if (rc != SQLITE_OK)
-        return st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 4 -> 5");
+        return st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 5 -> 6");
     int ret = st_exec_sql(st, c, "UPDATE event_blocks SET ck = ma_block_sum(block, n, k, v);"
                                  "UPDATE payloads SET ck = ma_payload_sum(idx, payload);",
-                          err, errlen, "schema upgrade 4 -> 5: computing row checksums");
+                          err, errlen, "schema upgrade 5 -> 6: computing row checksums");
     sqlite3_create_function(c->db, "ma_block_sum", 4, SQLITE_UTF8, NULL, NULL, NULL, NULL);
     sqlite3_create_function(c->db, "ma_payload_sum", 2, SQLITE_UTF8, NULL, NULL, NULL, NULL);
     return ret;
@@ -514,6 +529,20 @@ static int check_rows(ma_store *st, conn *c, char *err, size_t errlen)
     }
     if (rc != SQLITE_DONE && rc != SQLITE_OK) {
         ret = st_fail_db(st, c->db, rc, err, errlen, "checking event blocks");
+        goto done;
+    }
+    sqlite3_finalize(s);
+    /* Index rows only of sessions that exist (the primary key's index answers it). */
+    rc = sqlite3_prepare_v2(c->db,
+        "SELECT DISTINCT sid FROM index_blocks WHERE sid NOT IN (SELECT sid FROM sessions) LIMIT 1", -1, &s, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        st_seterr(err, errlen, "store %s: integrity check failed: index rows of a missing session (sid %lld)",
+                  st->path, sqlite3_column_int64(s, 0));
+        ret = MA_ECORRUPT;
+        goto done;
+    }
+    if (rc != SQLITE_DONE && rc != SQLITE_OK) {
+        ret = st_fail_db(st, c->db, rc, err, errlen, "checking index rows");
         goto done;
     }
     sqlite3_finalize(s);

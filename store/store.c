@@ -16,6 +16,8 @@
  *                                            event: the per-row cost bounded durable ingest (schema 1)
  *        payloads(sid, idx, payload)         WITHOUT ROWID, only for the events that have one
  *        idempotency(scope, key, ...)        Idempotency-Key records with their answers (store/idem.c)
+ *        index_blocks(sid, build, block, lists, codes)   rowid table: the archive index's rows, one per
+ *                                            aligned block of 1,024 events and build (store/index_rows.c)
  *    Children reference sessions(sid) ON DELETE CASCADE, so deleting a session is one statement.
  *    Floats are stored as little-endian float32 (static-asserted host order).
  *  - Durability: synchronous=FULL by default (a commit is fsync'd to the WAL before it returns; it
@@ -980,6 +982,8 @@ static int apply_delta(ma_store *st, conn *c, const char *id, const ma_store_del
         goto done;
     }
     if (d->n_events > 0 && (ret = write_events(st, c, id, sid, length, d, err, errlen)))
+        goto done;
+    if (d->index.n && (ret = st_put_index_rows(st, c, sid, &d->index, err, errlen)))
         goto done;
     for (size_t i = 0; i < d->n_erase; i++) {
         if (!(s = st_stmt(st, c, ST_ERASE_PAYLOAD, err, errlen))) {

@@ -23,6 +23,7 @@
 #ifndef MA_STORE_H
 #define MA_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -180,6 +181,17 @@ int ma_store_session_create_idem(ma_store *st, const char *id, const char *confi
                                  const ma_store_idem *k, char *err, size_t errlen);
 int ma_store_session_delete_idem(ma_store *st, const char *id, const ma_store_idem *k, char *err, size_t errlen);
 
+/* Rows of the archive index (table index_blocks; docs/STORE.md, "Index rows"): n rows of blocks first,
+ * first+1, ... of build `build`, each lists_bytes of lists and codes_bytes of codes, back to back in two
+ * arrays. Opaque here (core/ivf.h makes and reads them). */
+typedef struct {
+    uint32_t build;
+    uint64_t first;
+    size_t n;
+    const void *lists, *codes;
+    size_t lists_bytes, codes_bytes;
+} ma_store_index_rows;
+
 /* One mutation of a session, committed in one transaction (deleted content is overwritten: the writer runs
  * with secure_delete, and a commit that erases payloads then truncates the WAL):
  *   - n_events new events with indices first_event .. first_event+n_events-1 (k: n·H·d floats, v: n·H·d_v
@@ -187,7 +199,8 @@ int ma_store_session_delete_idem(ma_store *st, const char *id, const ma_store_id
  *   - the new blobs (a NULL data pointer leaves that blob as it was),
  *   - slot version rows (n_slot_rows of slot_rows),
  *   - length, resident slot count and updated_at,
- *   - the request's Idempotency-Key record (idem, may be NULL; see ma_store_idem above). */
+ *   - the request's Idempotency-Key record (idem, may be NULL; see ma_store_idem above),
+ *   - index rows (written or replaced). */
 typedef struct {
     uint64_t first_event;
     size_t n_events;
@@ -203,6 +216,7 @@ typedef struct {
     const ma_store_slot_row *slot_rows;   /* slot version rows to write (new ones, or rewrites) */
     size_t n_slot_rows;
     const ma_store_idem *idem;        /* the request's Idempotency-Key record, written with it (NULL: none) */
+    ma_store_index_rows index;        /* index rows of this mutation (n = 0: none) */
 } ma_store_delta;
 
 int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen);
@@ -241,6 +255,27 @@ int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **p
                           size_t errlen);
 
 /* (core's chunk and payload sources are adapted to these two calls by registry/pager.h.) */
+
+/* ---- index rows (store/index_rows.c) ---- */
+
+/* Writes (or replaces) index rows of session id in a transaction of their own that is not fsync'd: they
+ * become durable with the next commit (a background build's staged rows; the build's swap is a commit).
+ * MA_ENOTFOUND, MA_EINVAL, MA_EIO. */
+int ma_store_index_put(ma_store *st, const char *id, const ma_store_index_rows *r, char *err, size_t errlen);
+
+/* Calls each(arg, block, lists, lists_len, codes, codes_len) for the stored rows of build `build` of
+ * session id with block in [first, first+n), ascending, from one read snapshot (codes NULL unless
+ * with_codes); stops at the first non-zero return of each and returns it. 0 otherwise (also when the
+ * session or the rows do not exist), MA_EIO. */
+typedef int (*ma_store_index_fn)(void *arg, uint64_t block, const void *lists, size_t lists_len, const void *codes,
+                                 size_t codes_len);
+int ma_store_index_scan(ma_store *st, const char *id, uint32_t build, uint64_t first, uint64_t n, bool with_codes,
+                        ma_store_index_fn each, void *arg, char *err, size_t errlen);
+
+/* Deletes every index row of session id whose build is not `keep`, a few rows per transaction (a
+ * mutation never waits long for the writer); *dropped (may be NULL) gets their number. 0 (also for a
+ * missing session), MA_EIO. */
+int ma_store_index_drop(ma_store *st, const char *id, uint32_t keep, size_t *dropped, char *err, size_t errlen);
 
 /* Consistent online snapshot of the whole database into the file `path` (sqlite backup API). */
 int ma_store_backup(ma_store *st, const char *path, char *err, size_t errlen);

@@ -23,7 +23,7 @@
 
 #include "store/store.h"
 
-#define MA_SCHEMA       5
+#define MA_SCHEMA       6
 #define BLOCK           64              /* events per row of event_blocks (part of the schema) */
 #define MA_APP_ID       0x6D41744E      /* 'mAtN' */
 #define MAX_READERS     16
@@ -147,6 +147,11 @@ int st_block_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, ui
 /* The same for a payload row (text of len bytes; ck in column ck_col of s). */
 int st_payload_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, uint64_t idx, const void *text,
                      size_t len, char *err, size_t errlen);
+
+/* ---- index_rows.c ---- */
+
+/* Writes (or replaces) the index rows r of session sid on c, inside the caller's transaction. */
+int st_put_index_rows(ma_store *st, conn *c, int64_t sid, const ma_store_index_rows *r, char *err, size_t errlen);
 
 /* ---- schema.c: schema, upgrades, integrity ---- */
 

@@ -148,9 +148,31 @@ static void strip(cJSON *j)
     }
 }
 
+void au_wait_index(mh_daemon *d, const char *id)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/v1/sessions/%s", id);
+    for (int i = 0; i < 6000; i++) {
+        mh_resp r;
+        if (mh_request(d, "GET", path, NULL, NULL, &r) != 0)
+            return;
+        cJSON *j = r.status == 200 ? mh_resp_json(&r) : NULL;
+        const cJSON *b = j ? cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "index"), "building")
+                           : NULL;
+        bool building = cJSON_IsTrue(b);
+        cJSON_Delete(j);
+        mh_resp_free(&r);
+        if (!building)
+            return;
+        mh_sleep_ms(10);
+    }
+    fail_msg("session %s: the index build did not finish within a minute", id);
+}
+
 char *au_snapshot(mh_daemon *d, const char *id, const char *queries_body)
 {
     char path[256];
+    au_wait_index(d, id);   /* a build in the background changes the answers: take the state after it */
     cJSON *snap = cJSON_CreateObject();
     snprintf(path, sizeof path, "/v1/sessions/%s", id);
     cJSON_AddItemToObject(snap, "session", au_call(d, "GET", path, 200, NULL));

@@ -39,9 +39,14 @@ int au_len(const cJSON *j, const char *path);          /* asserts an array; its 
 /* The canonical text of a JSON value (for comparing whole answers); caller frees with cJSON_free. */
 char *au_print(const cJSON *j);
 
+/* Waits (up to a minute, else fails the test) until session id has no index build queued or running
+ * (describe's index.building; docs/ARCHIVE.md, "Builds in the background"). */
+void au_wait_index(mh_daemon *d, const char *id);
+
 /* The session's state as seen through the API: describe + slot list + versions of the slots + the
  * answers of `queries_body` (a {"queries":[...]} text, or NULL), with volatile fields (times, usage,
- * bytes) removed. Two snapshots are equal when nothing changed. Caller frees. */
+ * bytes) removed, taken once no index build of it is pending (au_wait_index: the state then depends only
+ * on the events). Two snapshots are equal when nothing changed. Caller frees. */
 char *au_snapshot(mh_daemon *d, const char *id, const char *queries_body);
 
 /* A blocking client of its own (one libcurl handle), for use from a thread. */

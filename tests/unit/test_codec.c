@@ -742,10 +742,12 @@ static void test_answers(void **state)
     double sn[1] = {2}, pn[1] = {0.5};
     reg_summary sm = {.params = &p, .stats = {.length = 7, .chunks = 1, .slots_resident = 2, .bytes = 100,
                                               .state_norm = sn, .penalty_norm = pn},
-                      .stored_bytes = 50, .created_at = 0, .updated_at = 0};
+                      .stored_bytes = 50, .created_at = 0, .updated_at = 0,
+                      .index = {.build = 3, .nlist = 128, .events = 7}, .index_building = true};
     snprintf(want, sizeof want, "{\"id\":\"s\",\"config\":%s,\"length\":7,\"chunks\":1,\"slots_resident\":2,"
              "\"bytes\":100,\"stored_bytes\":50,\"backbone\":{\"state_norm\":[2],\"penalty_norm\":[0.5]},"
-             "\"created_at\":\"1970-01-01T00:00:00.000Z\",\"updated_at\":\"1970-01-01T00:00:00.000Z\"}", config);
+             "\"created_at\":\"1970-01-01T00:00:00.000Z\",\"updated_at\":\"1970-01-01T00:00:00.000Z\","
+             "\"index\":{\"build\":3,\"lists\":128,\"events\":7,\"building\":true}}", config);
     printed(codec_session_summary_to_json("s", &sm), want);
     cJSON_free(config);
 

@@ -426,11 +426,11 @@ static void test_explicit_rebuild(void **state)
     assert_int_equal(ma_ivf_builds(x), 0);
     src.fail_at = -1;
     assert_int_equal(ma_ivf_rebuild(x, load_keys, &src), 0);
-    assert_int_equal(ma_ivf_nlist(x), 92);  /* round(2·sqrt(2100)) */
+    assert_int_equal(ma_ivf_nlist(x), 91);  /* the build point due at 2,100 events is 2,048: round(2·sqrt(2048)) */
     assert_int_equal(ma_ivf_want_rebuild(x), 0);
     uint64_t *ids = malloc(n * sizeof *ids), scored;
     size_t got;
-    assert_int_equal(ma_ivf_search(x, k, 92, n, ids, &got, &scored), 0);
+    assert_int_equal(ma_ivf_search(x, k, 91, n, ids, &got, &scored), 0);
     assert_int_equal(got, n);
     for (size_t i = 0; i < n; i++)
         assert_int_equal(ids[i], i);
@@ -663,6 +663,331 @@ static void test_batch_equals_single(void **state)
     free(k);
 }
 
+
+/* ---- builds in steps, rows (docs/ARCHIVE.md, "Builds in the background", "Persistence") ------------- */
+
+/* An in-memory table of rows (build, block) -> lists, codes: what the store keeps. */
+typedef struct {
+    uint32_t build;
+    uint64_t block;
+    unsigned char *lists, *codes;
+} memrow;
+
+typedef struct {
+    memrow *r;
+    size_t n, cap, lb, cb;
+    int64_t skip;          /* a block scan does not see (-1: none) */
+    int fail_codes;        /* scans with codes fail with MA_EIO */
+} memrows;
+
+static void memrows_init(memrows *m, int H, int d)
+{
+    memset(m, 0, sizeof *m);
+    m->lb = MA_IVF_BLOCK * 4;
+    m->cb = ma_ivf_row_codes_bytes(H, d);
+    m->skip = -1;
+}
+
+static memrow *memrows_find(memrows *m, uint32_t build, uint64_t block)
+{
+    for (size_t i = 0; i < m->n; i++)
+        if (m->r[i].build == build && m->r[i].block == block)
+            return &m->r[i];
+    return NULL;
+}
+
+static void memrows_put(memrows *m, uint32_t build, uint64_t first, size_t n, const void *lists, const void *codes)
+{
+    for (size_t i = 0; i < n; i++) {
+        memrow *r = memrows_find(m, build, first + i);
+        if (!r) {
+            if (m->n == m->cap) {
+                m->cap = m->cap ? 2 * m->cap : 16;
+                m->r = realloc(m->r, m->cap * sizeof *m->r);
+            }
+            r = &m->r[m->n++];
+            r->build = build;
+            r->block = first + i;
+            r->lists = malloc(m->lb);
+            r->codes = malloc(m->cb);
+        }
+        memcpy(r->lists, (const unsigned char *)lists + i * m->lb, m->lb);
+        memcpy(r->codes, (const unsigned char *)codes + i * m->cb, m->cb);
+    }
+}
+
+static void memrows_free(memrows *m)
+{
+    for (size_t i = 0; i < m->n; i++) {
+        free(m->r[i].lists);
+        free(m->r[i].codes);
+    }
+    free(m->r);
+}
+
+static int memrows_scan(void *ctx, uint32_t build, uint64_t first, uint64_t n, int with_codes, ma_ivf_row_fn each,
+                        void *arg)
+{
+    memrows *m = ctx;
+    if (with_codes && m->fail_codes)
+        return MA_EIO;
+    for (uint64_t b = first; b < first + n; b++) {
+        memrow *r = memrows_find(m, build, b);
+        if (!r || (int64_t)b == m->skip)
+            continue;
+        int rc = each(arg, b, r->lists, m->lb, with_codes ? r->codes : NULL, with_codes ? m->cb : 0);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* Moves the index's kept rows into m. */
+static void drain(ma_ivf *x, memrows *m)
+{
+    uint32_t build;
+    uint64_t first;
+    const void *l, *c;
+    size_t n = ma_ivf_rows_pending(x, &build, &first, &l, &c);
+    if (n)
+        memrows_put(m, build, first, n, l, c);
+    ma_ivf_rows_done(x);
+}
+
+/* A build as the registry runs it: trained and staged from the keys (every complete block but the
+ * last), then `more` events appended to the old index (their rows under the old build), then adopted with
+ * the staged rows in low-memory mode; the catch-up rows go to m under the new build. Returns the count. */
+static size_t managed_build(ma_ivf *x, memrows *m, int H, int d, const float *k, size_t have, size_t more)
+{
+    const size_t D = (size_t)H * d;
+    uint64_t point;
+    uint32_t bno;
+    assert_true(ma_ivf_build_due(x, &point, &bno));
+    key_src src = {k, D, -1, 0};
+    ma_ivf_build *b;
+    assert_int_equal(ma_ivf_train(H, d, point, bno, load_keys, &src, NULL, &b), 0);
+    assert_int_equal(ma_ivf_build_point(b), point);
+    size_t staged = have / MA_IVF_BLOCK ? have / MA_IVF_BLOCK - 1 : 0;
+    unsigned char *l = malloc(MA_IVF_BLOCK * 4), *c = malloc(m->cb);
+    for (size_t blk = 0; blk < staged; blk++) {
+        assert_int_equal(ma_ivf_build_encode(b, k + blk * MA_IVF_BLOCK * D, 1, l, c), 0);
+        memrows_put(m, bno, blk, 1, l, c);
+    }
+    free(l);
+    free(c);
+    assert_int_equal(ma_ivf_add(x, more, k + have * D), 0);
+    drain(x, m);
+    ma_ivf_rows rows = {memrows_scan, m};
+    assert_int_equal(ma_ivf_adopt(x, b, &rows, load_keys, &src, 1), 0);
+    assert_int_equal(ma_ivf_builds(x), bno);
+    drain(x, m);
+    ma_ivf_build_free(b);
+    return have + more;
+}
+
+/* The state is a function of the events and the build point only: an index whose builds are trained,
+ * staged and adopted later (as the registry's background builds are) equals the one built in place at
+ * the same points — state, answers and codes bit for bit — and so does one fed in other batches; and a
+ * restore from the persisted rows equals both without reading any listed key. */
+static void test_managed_and_rows(void **state)
+{
+    (void)state;
+    rng_state = 11;
+    const int H = 2, d = 8;
+    const size_t D = (size_t)H * d, n = 9300;
+    float *k = randv(n * D);
+    ma_ivf *inplace = build(H, d, k, n, 333);
+    ma_ivf *other = build(H, d, k, n, 2900);   /* skips the points its batches jump over */
+    assert_same_state(inplace, other);
+    assert_same_answers(inplace, other, D, 7);
+    ma_ivf_destroy(other);
+
+    ma_ivf *x;
+    memrows m;
+    memrows_init(&m, H, d);
+    assert_int_equal(ma_ivf_create(H, d, &x), 0);
+    ma_ivf_keep_rows(x, 1);
+    size_t have = 0;
+    while (have < n) {
+        size_t b = n - have < 333 ? n - have : 333;
+        assert_int_equal(ma_ivf_add(x, b, k + have * D), 0);
+        have += b;
+        drain(x, &m);
+        if (ma_ivf_want_rebuild(x) && have + 333 <= n)
+            have = managed_build(x, &m, H, d, k, have, 333);
+    }
+    while (ma_ivf_want_rebuild(x))
+        managed_build(x, &m, H, d, k, have, 0);
+    assert_same_state(inplace, x);
+    assert_same_answers(inplace, x, D, 7);
+    assert_same_answers(inplace, x, D, 1000);
+    assert_same_codes(inplace, x, D);
+
+    /* Restore: centroids from the blob, lists from the current build's rows; only the pending keys are
+     * read (one run). */
+    void *blob;
+    size_t len;
+    assert_int_equal(ma_ivf_serialize(x, &blob, &len), 0);
+    ma_ivf *y;
+    assert_int_equal(ma_ivf_restore(H, d, blob, len, &y), 0);
+    key_src src = {k, D, -1, 0};
+    ma_ivf_rows rows = {memrows_scan, &m};
+    assert_int_equal(ma_ivf_restore_lists(y, n, &rows, load_keys, &src), 0);
+    assert_int_equal(src.calls, 1);
+    assert_same_state(x, y);
+    assert_same_answers(x, y, D, 7);
+    assert_same_codes(x, y, D);
+    /* ... and grows on like the original. */
+    float *more = randv(3000 * D), *all = malloc((n + 3000) * D * sizeof(float));
+    memcpy(all, k, n * D * sizeof(float));
+    memcpy(all + n * D, more, 3000 * D * sizeof(float));
+    grow(inplace, all, D, n, n + 3000, 500);
+    grow(y, all, D, n, n + 3000, 500);
+    assert_same_state(inplace, y);
+    assert_same_codes(inplace, y, D);
+    ma_ivf_destroy(y);
+
+    /* A missing row: its block and the ones after it are encoded from keys, kept as rows, and equal to
+     * the stored ones. */
+    m.skip = 3;
+    assert_int_equal(ma_ivf_restore(H, d, blob, len, &y), 0);
+    ma_ivf_keep_rows(y, 1);
+    src.calls = 0;
+    assert_int_equal(ma_ivf_restore_lists(y, n, &rows, load_keys, &src), 0);
+    assert_same_codes(x, y, D);
+    uint32_t build;
+    uint64_t first;
+    const void *l, *c;
+    size_t kept = ma_ivf_rows_pending(y, &build, &first, &l, &c);
+    assert_int_equal(first, 3);
+    assert_int_equal(kept, n / MA_IVF_BLOCK - 3);
+    assert_int_equal(build, ma_ivf_builds(x));
+    for (size_t i = 0; i < kept; i++) {
+        memrow *r = memrows_find(&m, build, first + i);
+        assert_non_null(r);
+        assert_memory_equal((const unsigned char *)l + i * m.lb, r->lists, m.lb);
+        assert_memory_equal((const unsigned char *)c + i * m.cb, r->codes, m.cb);
+    }
+    ma_ivf_destroy(y);
+    m.skip = -1;
+
+    /* Damaged rows are refused: a list beyond nlist, a short record array. */
+    memrow *r0 = memrows_find(&m, ma_ivf_builds(x), 0);
+    unsigned char save[4];
+    memcpy(save, r0->lists, 4);
+    memset(r0->lists, 0xff, 4);
+    assert_int_equal(ma_ivf_restore(H, d, blob, len, &y), 0);
+    assert_int_equal(ma_ivf_restore_lists(y, n, &rows, load_keys, &src), MA_ECORRUPT);
+    ma_ivf_destroy(y);
+    memcpy(r0->lists, save, 4);
+    m.cb--;
+    assert_int_equal(ma_ivf_restore(H, d, blob, len, &y), 0);
+    assert_int_equal(ma_ivf_restore_lists(y, n, &rows, load_keys, &src), MA_ECORRUPT);
+    ma_ivf_destroy(y);
+    m.cb++;
+
+    /* A low-memory adopt that fails after freeing the old lists leaves an index that refuses work. */
+    float *k2 = malloc((n + 8192) * D * sizeof(float));
+    memcpy(k2, all, (n + 3000) * D * sizeof(float));
+    float *tail = randv(5192 * D);
+    memcpy(k2 + (n + 3000) * D, tail, 5192 * D * sizeof(float));
+    assert_int_equal(ma_ivf_add(x, 8192, k2 + n * D), 0);
+    drain(x, &m);
+    uint64_t point;
+    uint32_t bno;
+    assert_true(ma_ivf_build_due(x, &point, &bno));
+    key_src s2 = {k2, D, -1, 0};
+    ma_ivf_build *b;
+    assert_int_equal(ma_ivf_train(H, d, point, bno, load_keys, &s2, NULL, &b), 0);
+    unsigned char *l0 = malloc(m.lb), *c0 = malloc(m.cb);
+    assert_int_equal(ma_ivf_build_encode(b, k2, 1, l0, c0), 0);
+    memrows_put(&m, bno, 0, 1, l0, c0);   /* a staged row, which the second pass cannot read */
+    free(l0);
+    free(c0);
+    m.fail_codes = 1;
+    assert_int_equal(ma_ivf_adopt(x, b, &rows, load_keys, &s2, 0), MA_EIO);   /* in place: unchanged */
+    assert_int_equal(ma_ivf_builds(x), ma_ivf_builds(inplace));
+    uint64_t ids[8], scored;
+    size_t got;
+    assert_int_equal(ma_ivf_search(x, k, 4, 8, ids, &got, &scored), 0);
+    assert_int_equal(ma_ivf_adopt(x, b, &rows, load_keys, &s2, 1), MA_EIO);   /* low memory: broken */
+    assert_int_equal(ma_ivf_search(x, k, 4, 8, ids, &got, &scored), MA_EIO);
+    assert_int_equal(ma_ivf_add(x, 1, k), MA_EIO);
+    ma_ivf_build_free(b);
+
+    free(blob);
+    free(k2);
+    free(tail);
+    free(more);
+    free(all);
+    memrows_free(&m);
+    ma_ivf_destroy(x);
+    ma_ivf_destroy(inplace);
+    free(k);
+}
+
+/* Build points are fixed counts: the point due is the largest MA_IVF_MIN_BUILD·2^j not above the count,
+ * at least twice the last build's; k-means is seeded from the point, so a build at the same point from
+ * the same keys gives the same centroids whenever it runs. */
+static void test_build_points(void **state)
+{
+    (void)state;
+    rng_state = 12;
+    const int d = 8;
+    float *k = randv(20000 * d);
+    ma_ivf *x;
+    uint64_t point;
+    uint32_t bno;
+    assert_int_equal(ma_ivf_create(1, d, &x), 0);
+    assert_int_equal(ma_ivf_add(x, 1023, k), 0);
+    assert_false(ma_ivf_build_due(x, &point, &bno));
+    assert_int_equal(ma_ivf_add(x, 5000 - 1023, k + 1023 * d), 0);
+    assert_true(ma_ivf_build_due(x, &point, &bno));
+    assert_int_equal(point, 4096);
+    assert_int_equal(bno, 3);   /* j + 1: the number of the point, whatever builds were skipped */
+    key_src src = {k, d, -1, 0};
+    assert_int_equal(ma_ivf_rebuild(x, load_keys, &src), 0);
+    assert_int_equal(ma_ivf_nlist(x), 128);   /* round(2·sqrt(4096)) */
+    assert_false(ma_ivf_want_rebuild(x));
+    assert_int_equal(ma_ivf_add(x, 8191 - 5000, k + 5000 * d), 0);
+    assert_false(ma_ivf_want_rebuild(x));
+    assert_int_equal(ma_ivf_add(x, 1, k + 8191 * d), 0);
+    assert_true(ma_ivf_build_due(x, &point, &bno));
+    assert_int_equal(point, 8192);
+    assert_int_equal(bno, 4);
+    /* Two trainings at the same point: the same centroids. */
+    ma_ivf_build *a, *b;
+    assert_int_equal(ma_ivf_train(1, d, 8192, 4, load_keys, &src, NULL, &a), 0);
+    assert_int_equal(ma_ivf_train(1, d, 8192, 4, load_keys, &src, NULL, &b), 0);
+    assert_int_equal(ma_ivf_build_nlist(a), ma_ivf_build_nlist(b));
+    unsigned char *la = malloc(MA_IVF_BLOCK * 4), *lb = malloc(MA_IVF_BLOCK * 4);
+    unsigned char *ca = malloc(ma_ivf_row_codes_bytes(1, d)), *cb = malloc(ma_ivf_row_codes_bytes(1, d));
+    assert_int_equal(ma_ivf_build_encode(a, k + 3 * MA_IVF_BLOCK * d, 1, la, ca), 0);
+    assert_int_equal(ma_ivf_build_encode(b, k + 3 * MA_IVF_BLOCK * d, 1, lb, cb), 0);
+    assert_memory_equal(la, lb, MA_IVF_BLOCK * 4);
+    assert_memory_equal(ca, cb, ma_ivf_row_codes_bytes(1, d));
+    /* A stop request ends a training early. */
+    atomic_int stop = 1;
+    ma_ivf_build *c = NULL;
+    assert_int_equal(ma_ivf_train(1, d, 8192, 4, load_keys, &src, &stop, &c), MA_EBUSY);
+    assert_null(c);
+    /* An adopt must be newer than the index and within its events. */
+    ma_ivf_build *old;
+    assert_int_equal(ma_ivf_train(1, d, 4096, 3, load_keys, &src, NULL, &old), 0);
+    assert_int_equal(ma_ivf_adopt(x, old, NULL, load_keys, &src, 0), MA_EINVAL);
+    ma_ivf_build_free(old);
+    assert_int_equal(ma_ivf_adopt(x, a, NULL, load_keys, &src, 0), 0);
+    assert_int_equal(ma_ivf_builds(x), 4);
+    free(la);
+    free(lb);
+    free(ca);
+    free(cb);
+    ma_ivf_build_free(a);
+    ma_ivf_build_free(b);
+    ma_ivf_destroy(x);
+    free(k);
+}
+
 int main(void)
 {
     openblas_set_num_threads(1);   /* as the daemon does: one BLAS thread per worker */
@@ -676,6 +1001,8 @@ int main(void)
         cmocka_unit_test(test_kernels_match_reference),
         cmocka_unit_test(test_batch_equals_single),
         cmocka_unit_test(test_recall_131072),
+        cmocka_unit_test(test_managed_and_rows),
+        cmocka_unit_test(test_build_points),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,6 +15,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <cblas.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -718,7 +719,7 @@ static void test_listing_summary_backup(void **state)
 
 /* ---- the commit queue ---------------------------------------------------------------------------- */
 
-static atomic_int commits_seen, commit_gate, answers;
+static atomic_int commits_seen, commit_gate, queue_answers;
 static int commit_rcs[16];
 
 /* The commit observer: counts the group transactions (and their results), and holds the commit thread
@@ -746,12 +747,12 @@ static void queued_answer(void *ctx, int rc, const char *err)
     qchange *c = ctx;
     (void)err;
     c->rc = rc;
-    c->order = atomic_load(&answers);   /* answers come from the one commit thread */
+    c->order = atomic_load(&queue_answers);   /* answers come from the one commit thread */
     free(c->k);
     free(c->v);
     c->k = c->v = NULL;
     c->answered = true;
-    atomic_fetch_add(&answers, 1);      /* publishes the fields above to wait_answers */
+    atomic_fetch_add(&queue_answers, 1);      /* publishes the fields above to wait_answers */
 }
 
 /* Applies n random events to s, the first of them writing `slot` (NULL: none), and queues their commit. */
@@ -784,9 +785,9 @@ static void queue_batch(fixture *f, reg_session *s, size_t n, qchange *c)
 
 static void wait_answers(int n)
 {
-    for (int w = 0; w < 10000 && atomic_load(&answers) < n; w++)
+    for (int w = 0; w < 10000 && atomic_load(&queue_answers) < n; w++)
         usleep(1000);
-    assert_int_equal(atomic_load(&answers), n);
+    assert_int_equal(atomic_load(&queue_answers), n);
 }
 
 static uint64_t stored_length(fixture *f, const char *id)
@@ -811,7 +812,7 @@ static void test_commit_queue_groups(void **state)
     assert_int_equal(open_fixture(&f, 0), 0);
     reg_observe_commits(f.reg, observe, NULL);
     atomic_store(&commits_seen, 0);
-    atomic_store(&answers, 0);
+    atomic_store(&queue_answers, 0);
     assert_int_equal(reg_create_session(f.reg, "qa", &p, 1, &a, err, sizeof err), 0);
     assert_int_equal(reg_create_session(f.reg, "qb", &p, 1, &b, err, sizeof err), 0);
 
@@ -928,7 +929,7 @@ static void test_commit_queue_slot_rows(void **state)
     assert_int_equal(open_fixture(&f, 0), 0);
     reg_observe_commits(f.reg, observe, NULL);
     atomic_store(&commits_seen, 0);
-    atomic_store(&answers, 0);
+    atomic_store(&queue_answers, 0);
     assert_int_equal(reg_create_session(f.reg, "qs", &p, 1, &s, err, sizeof err), 0);
 
     /* c0 (h v1) holds the commit thread; c1 (h v2), c2 (g v1), c3 (no slot) form the next group */
@@ -964,7 +965,7 @@ static void test_commit_queue_slot_rows(void **state)
     /* c4 (h v3) commits and holds the thread; c5 (k v1) fails with its group: not stored */
     reg_observe_commits(f.reg, observe, NULL);
     atomic_store(&commits_seen, 0);
-    atomic_store(&answers, 0);
+    atomic_store(&queue_answers, 0);
     atomic_store(&commit_gate, 0);
     queue_batch_slot(&f, s, 2, "h", &c[4]);
     for (int w = 0; w < 10000 && atomic_load(&commits_seen) < 1; w++)
@@ -1002,8 +1003,273 @@ static void test_commit_queue_slot_rows(void **state)
     close_fixture(&f);
 }
 
+/* ---- background index builds (docs/ARCHIVE.md, "Builds in the background") ----------------------- */
+
+/* Event i of seed: key and value, a function of (seed, i). */
+static void kv(unsigned seed, uint64_t i, float *k, float *v)
+{
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull ^ (i + 1) * 0xC2B2AE3D27D4EB4Full;
+    for (int j = 0; j < 2 * D; j++) {
+        x ^= x >> 31;
+        x *= 0xBF58476D1CE4E5B9ull;
+        x ^= x >> 29;
+        float f = (float)((double)(x >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+        if (j < D)
+            k[j] = f;
+        else
+            v[j - D] = f;
+    }
+}
+
+/* Appends events [length, length+n) of seed (n <= 256) and commits. */
+static int ingest_seq(fixture *f, reg_session *s, unsigned seed, size_t n)
+{
+    float k[256 * D], v[256 * D];
+    ma_event ev[256];
+    char err[256];
+    assert_true(n <= 256);
+    uint64_t first = ma_archive_length(ma_session_archive(reg_core(s)));
+    for (size_t i = 0; i < n; i++) {
+        kv(seed, first + i, k + i * D, v + i * D);
+        ev[i] = (ma_event){.k = k + i * D, .v = v + i * D};
+    }
+    ma_ingest_report rep = {0};
+    assert_int_equal(ma_session_ingest(reg_core(s), n, ev, 1000, &rep), 0);
+    ma_ingest_report_clear(&rep);
+    reg_change c = {.first_event = first, .n_events = n, .k = k, .v = v, .backbone = true, .archive = true};
+    return reg_commit(f->reg, s, &c, 2000, err, sizeof err);
+}
+
+/* The sparse answers of 16 queries near events of seed, as bits (output, pointer). */
+typedef struct {
+    float v[16][D];
+    int64_t event[16];
+} answers;
+
+static void sparse_answers(reg_session *s, unsigned seed, uint64_t n, answers *out)
+{
+    memset(out, 0, sizeof *out);
+    for (int t = 0; t < 16; t++) {
+        float q[D], v[D];
+        kv(seed, (uint64_t)t * 977 % n, q, v);
+        q[t % D] += 0.25f;
+        ma_query qu = {.q = q, .route = MA_ROUTE_SPARSE};
+        ma_answer a = {.v = out->v[t]};
+        assert_int_equal(ma_session_query(reg_core(s), &qu, &a), 0);
+        out->event[t] = a.event;
+        ma_answer_clear(&a);
+    }
+}
+
+static uint32_t build_of(reg_session *s)
+{
+    ma_index_state st;
+    ma_archive_index_state(ma_session_archive(reg_core(s)), &st);
+    return st.build;
+}
+
+/* Feeds session id events of seed up to n in batches of 96, waiting for the background builds after each
+ * batch but the last (so the last batch's build, if it makes one due, has not run when this returns:
+ * the caller holds the session). Returns the session acquired. */
+static reg_session *feed_then_hold(fixture *f, const char *id, unsigned seed, uint64_t n)
+{
+    ma_params p = params();
+    reg_session *s;
+    char err[256];
+    assert_int_equal(reg_create_session(f->reg, id, &p, 1, &s, err, sizeof err), 0);
+    reg_release(f->reg, s);
+    for (uint64_t have = 0; have < n;) {
+        assert_int_equal(reg_acquire(f->reg, id, &s, err, sizeof err), 0);
+        size_t b = n - have < 96 ? (size_t)(n - have) : 96;
+        assert_int_equal(ingest_seq(f, s, seed, b), 0);
+        have += b;
+        if (have == n)
+            return s;   /* held: its build (if due) waits for the gate */
+        reg_release(f->reg, s);
+        reg_wait_maintenance(f->reg);
+    }
+    return NULL;
+}
+
+/* A query answered before the swap and one after are each reproducible: two sessions fed the same events
+ * answer the same at the same (events, build); the swap happens only once the session is not held; a
+ * restarted registry reads the index from its rows (no k-means, no key streamed but the pending ones) and
+ * answers as before; a build in flight when the registry stops is redone at the next load. */
+static void test_background_build_states(void **state)
+{
+    (void)state;
+    fixture f;
+    char err[256];
+    const uint64_t N = 43 * 96, N2 = N + 17 * 256;   /* the last batch of 96 makes the build at 4,096 due */
+    assert_int_equal(open_fixture(&f, 0), 0);
+    answers before_a, before_b, after_a, after_b;
+    reg_session *a = feed_then_hold(&f, "a", 7, N), *b;
+    assert_int_equal(build_of(a), 2);                 /* the build at 2,048 answers until the swap */
+    sparse_answers(a, 7, N, &before_a);
+    reg_release(f.reg, a);
+    b = feed_then_hold(&f, "b", 7, N);
+    assert_int_equal(build_of(b), 2);
+    sparse_answers(b, 7, N, &before_b);
+    assert_memory_equal(&before_a, &before_b, sizeof before_a);
+    reg_release(f.reg, b);
+    reg_wait_maintenance(f.reg);
+
+    reg_summary sm;
+    assert_int_equal(reg_acquire(f.reg, "a", &a, err, sizeof err), 0);
+    assert_int_equal(build_of(a), 3);                 /* swapped in: the build at 4,096 */
+    assert_int_equal(reg_summary_get(f.reg, a, &sm, err, sizeof err), 0);
+    assert_int_equal(sm.index.build, 3);
+    assert_int_equal(sm.index.nlist, 128);
+    assert_int_equal(sm.index.events, N);
+    assert_false(sm.index_building);
+    reg_summary_clear(&sm);
+    sparse_answers(a, 7, N, &after_a);
+    assert_memory_not_equal(&before_a, &after_a, sizeof before_a);
+    reg_release(f.reg, a);
+    assert_int_equal(reg_acquire(f.reg, "b", &b, err, sizeof err), 0);
+    sparse_answers(b, 7, N, &after_b);
+    assert_memory_equal(&after_a, &after_b, sizeof after_a);
+    /* A build in flight when the registry stops: b's next batch makes the build at 8,192 due. */
+    for (int i = 0; i < 17; i++)
+        assert_int_equal(ingest_seq(&f, b, 7, 256), 0);
+    reg_release(f.reg, b);
+    reg_destroy(f.reg);   /* cancels it */
+
+    /* Restart: the rows of the current builds are read back, nothing else of the index recomputed. */
+    reg_options ro = {.store = f.st, .cache_chunks = 4};
+    assert_int_equal(reg_create(&ro, &f.reg), 0);
+    assert_int_equal(reg_acquire(f.reg, "a", &a, err, sizeof err), 0);
+    reg_stats st;
+    reg_stats_get(f.reg, &st);
+    assert_true(st.chunk_loads <= (N - 4096) / 4 + 1);   /* the pending events' chunks (chunk = 4), the tail */
+    answers again;
+    sparse_answers(a, 7, N, &again);
+    assert_memory_equal(&after_a, &again, sizeof again);
+    reg_release(f.reg, a);
+    assert_int_equal(reg_acquire(f.reg, "b", &b, err, sizeof err), 0);   /* the load finds the build due */
+    reg_release(f.reg, b);
+    reg_wait_maintenance(f.reg);
+    assert_int_equal(reg_acquire(f.reg, "b", &b, err, sizeof err), 0);
+    assert_int_equal(build_of(b), 4);
+    answers bb;
+    sparse_answers(b, 7, N2, &bb);
+    reg_release(f.reg, b);
+    /* ... equal to a session fed the same events here, in other batches. */
+    b = feed_then_hold(&f, "c", 7, N2);
+    reg_release(f.reg, b);
+    reg_wait_maintenance(f.reg);
+    assert_int_equal(reg_acquire(f.reg, "c", &b, err, sizeof err), 0);
+    answers cc;
+    sparse_answers(b, 7, N2, &cc);
+    assert_memory_equal(&bb, &cc, sizeof bb);
+    reg_release(f.reg, b);
+    close_fixture(&f);
+}
+
+/* What the daemon's worker pool guarantees, for the threads of this test: per session, mutations alone,
+ * queries side by side. */
+typedef struct {
+    fixture *f;
+    pthread_rwlock_t order;
+    atomic_int done;
+    uint64_t n;
+    atomic_int queries, failures;
+} race;
+
+static void *race_writer(void *arg)
+{
+    race *r = arg;
+    char err[256];
+    for (uint64_t have = 0; have < r->n; have += 128) {
+        reg_session *s;
+        pthread_rwlock_wrlock(&r->order);
+        assert_int_equal(reg_acquire(r->f->reg, "w", &s, err, sizeof err), 0);
+        if (ingest_seq(r->f, s, 9, 128) != 0)
+            r->failures++;
+        reg_release(r->f->reg, s);
+        pthread_rwlock_unlock(&r->order);
+    }
+    atomic_store(&r->done, 1);
+    return NULL;
+}
+
+static void *race_reader(void *arg)
+{
+    race *r = arg;
+    char err[256];
+    while (!atomic_load(&r->done)) {
+        reg_session *s;
+        pthread_rwlock_rdlock(&r->order);
+        assert_int_equal(reg_acquire(r->f->reg, "w", &s, err, sizeof err), 0);
+        uint64_t n = ma_archive_length(ma_session_archive(reg_core(s)));
+        if (n) {
+            float q[D], v[D], out[D];
+            kv(9, n / 2, q, v);
+            ma_query qu = {.q = q, .route = MA_ROUTE_SPARSE};
+            ma_answer a = {.v = out};
+            if (ma_session_query(reg_core(s), &qu, &a) != 0 || a.event < 0 || a.event >= (int64_t)n)
+                r->failures++;
+            ma_answer_clear(&a);
+            r->queries++;
+        }
+        reg_release(r->f->reg, s);
+        pthread_rwlock_unlock(&r->order);
+    }
+    return NULL;
+}
+
+/* Background builds racing mutations and queries: every query is answered (an exact key is found by
+ * whichever build answers), every commit succeeds, and the end state equals a session fed the same events
+ * without any concurrency (after both finished their builds). */
+static void test_background_build_race(void **state)
+{
+    (void)state;
+    fixture f;
+    char err[256];
+    ma_params p = params();
+    reg_session *s;
+    assert_int_equal(open_fixture(&f, 0), 0);
+    assert_int_equal(reg_create_session(f.reg, "w", &p, 1, &s, err, sizeof err), 0);
+    reg_release(f.reg, s);
+    race r = {.f = &f, .n = 20480};
+    pthread_rwlockattr_t ra;   /* the worker pool keeps arrival order: a waiting mutation is not starved */
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&r.order, &ra);
+    pthread_rwlockattr_destroy(&ra);
+    pthread_t w, q[2];
+    assert_int_equal(pthread_create(&w, NULL, race_writer, &r), 0);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&q[i], NULL, race_reader, &r), 0);
+    pthread_join(w, NULL);
+    for (int i = 0; i < 2; i++)
+        pthread_join(q[i], NULL);
+    pthread_rwlock_destroy(&r.order);
+    assert_int_equal(r.failures, 0);
+    assert_true(r.queries > 0);
+    reg_wait_maintenance(f.reg);
+
+    reg_session *t = feed_then_hold(&f, "twin", 9, r.n);
+    reg_release(f.reg, t);
+    reg_wait_maintenance(f.reg);
+    answers x, y;
+    assert_int_equal(reg_acquire(f.reg, "w", &s, err, sizeof err), 0);
+    assert_int_equal(reg_acquire(f.reg, "twin", &t, err, sizeof err), 0);
+    assert_int_equal(build_of(s), 5);   /* the build at 16,384 */
+    assert_int_equal(build_of(t), 5);
+    sparse_answers(s, 9, r.n, &x);
+    sparse_answers(t, 9, r.n, &y);
+    assert_memory_equal(&x, &y, sizeof x);
+    reg_release(f.reg, s);
+    reg_release(f.reg, t);
+    /* A deleted session's build is cancelled and its rows go with it. */
+    assert_int_equal(reg_delete(f.reg, "w", err, sizeof err), 0);
+    close_fixture(&f);
+}
+
 int main(void)
 {
+    openblas_set_num_threads(1);   /* as the daemon does (its index builds run sgemm on their own thread) */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_params_text),
         cmocka_unit_test(test_pager),
@@ -1015,6 +1281,8 @@ int main(void)
         cmocka_unit_test(test_cache_counted),
         cmocka_unit_test(test_commit_queue_groups),
         cmocka_unit_test(test_commit_queue_slot_rows),
+        cmocka_unit_test(test_background_build_states),
+        cmocka_unit_test(test_background_build_race),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

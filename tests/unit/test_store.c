@@ -30,6 +30,8 @@
 
 #include <sqlite3.h>
 
+#include "store/store_int.h"   /* MA_SCHEMA */
+
 #include "core/error.h"
 #include "core/slots.h"
 #include "registry/pager.h"

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# bench/stream_bench.sh — streaming ingest into one `index` session over REST, and the restart after it
+# (docs/RESULTS.md, "Index builds in the background"; issue 9).
+#
+#   bench/stream_bench.sh [EVENTS (default 2097152)] [MEMORY (default 134217728)] [DAEMON (default build/memattnd)]
+#
+# One daemon (release build, --threads 2, --memory MEMORY) gets a session (H = 1, d = d_v = 64, selector
+# index) and EVENTS events in batches of 1,024 base64 events over one keep-alive connection, every batch
+# acknowledged only once durable (bench/stream_client.c prints p50 / p99 / max per batch and the ratios).
+# VmHWM of the daemon is read from /proc after the stream and once its background index build is done.
+# The daemon is then stopped (SIGTERM) and started again on the same data directory; "restart" is the
+# time from the spawn to the answer of one sparse query, split into the store's open (until the daemon
+# listens) and the first answer (which loads the session). The answers of a batch of 8 sparse queries
+# before and after the restart are printed and compared.
+# DAEMON lets the same script measure another build (e.g. main's, built elsewhere) with the same client.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-2097152}
+MEM=${2:-134217728}
+BIN=${3:-build/memattnd}
+make -s build/bench/stream_client >/dev/null
+[ "$BIN" != build/memattnd ] || make -s build/memattnd >/dev/null
+TMP=$(mktemp -d /tmp/memattn-stream-XXXXXX)
+pid=
+# KEEP_DATA=1 keeps the data directory (its path is printed) for a look with sqlite3 or another restart.
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null; while [ -n "$pid" ] && kill -0 $pid 2>/dev/null; do sleep 0.05; done; if [ -n "${KEEP_DATA:-}" ]; then echo "data kept in $TMP/data"; else rm -rf "$TMP"; fi' EXIT
+
+start() {  # -> port; sets pid
+  "$BIN" --listen 127.0.0.1:0 --data "$TMP/data" --max-body 64M --log-level warn --threads 2 --memory "$MEM" \
+    >"$TMP/out" 2>"$TMP/err" &
+  echo $! >"$TMP/pid"
+  for _ in $(seq 6000); do grep -q '^listening on' "$TMP/out" 2>/dev/null && break; sleep 0.01; done
+  sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$TMP/out"
+}
+hwm() { awk '/^VmHWM/ {printf "%.1f", $2/1024}' "/proc/$pid/status"; }
+rss() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$pid/status"; }
+
+echo "== $N events, --memory $MEM, $BIN"
+P=$(start); pid=$(cat "$TMP/pid")
+build/bench/stream_client stream "$P" s "$N" 1024 1
+echo "daemon after the stream: VmRSS $(rss) MiB, VmHWM $(hwm) MiB"
+# Let a background build that is still running finish before the answers are taken (the main build has none).
+for _ in $(seq 3600); do
+  b=$(curl -fs "127.0.0.1:$P/v1/sessions/s" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("index",{}).get("building",False))')
+  [ "$b" = True ] || break; sleep 0.5
+done
+echo "daemon VmHWM $(hwm) MiB (after any build finished)"
+build/bench/stream_client query "$P" s "$N" 8 1 >"$TMP/before"
+head -1 "$TMP/before"
+kill -TERM $pid; while kill -0 $pid 2>/dev/null; do sleep 0.05; done; pid=
+
+t0=$(date +%s.%N)
+P=$(start); pid=$(cat "$TMP/pid")
+t1=$(date +%s.%N)
+build/bench/stream_client query "$P" s "$N" 1 1 | head -1   # the first answer: loads the session
+t2=$(date +%s.%N)
+build/bench/stream_client query "$P" s "$N" 8 1 >"$TMP/after"
+head -1 "$TMP/after"
+echo "restart: spawn to listening $(echo "$t1 - $t0" | bc) s (store open), first answer (session load + 1 query) $(echo "$t2 - $t1" | bc) s, total $(echo "$t2 - $t0" | bc) s; VmHWM $(hwm) MiB"
+if cmp -s <(tail -n +2 "$TMP/before") <(tail -n +2 "$TMP/after"); then
+  echo "answers after the restart: identical to before"
+else
+  echo "answers after the restart: DIFFERENT"; exit 1
+fi
