@@ -130,7 +130,7 @@ $(DAEMON): $(BUILD)/server/main.o $(LIB) $(LLHTTP_OBJ)
 
 # The daemon with the test hooks: fault injection through MEMATTN_STORE_FAULT, and the kill after a
 # commit of MEMATTN_KILL_AFTER_COMMIT through the store calls wrapped here (tests/support/memattnd_test.c).
-TEST_DAEMON_WRAP = -Wl,--wrap=ma_store_commit,--wrap=ma_store_session_create_idem,--wrap=ma_store_session_delete_idem
+TEST_DAEMON_WRAP = -Wl,--wrap=ma_store_commit,--wrap=ma_store_commit_group,--wrap=ma_store_session_create_idem,--wrap=ma_store_session_delete_idem
 $(TEST_DAEMON): $(BUILD)/server/main.o $(BUILD)/tests/support/memattnd_test.o $(SUPPORT_OBJ) $(LIB) $(LLHTTP_OBJ)
 	@echo "  LD      $@"
 	$(Q)$(CC) -o $@ $^ $(LDLIBS_ALL) $(TEST_DAEMON_WRAP)

@@ -8,7 +8,8 @@
  *   durable  ma_session_ingest + reg_commit into a real store (sqlite, synchronous FULL as the daemon
  *            runs it) — the daemon's work per batch minus HTTP and decoding.
  * Output: one line per (path, batch) "inproc <path> batch=<n> events=<N> seconds=<s> events_per_s=<r>",
- * parsed by api_bench.sh. Usage: api_inproc DATA_DIR [EVENTS]
+ * parsed by api_bench.sh and ingest_bench.sh. Usage: api_inproc DATA_DIR [EVENTS [BATCH,...]] (default
+ * 65536 events, batches 1,64,1024).
  */
 #include <math.h>
 #include <stdio.h>
@@ -54,11 +55,21 @@ int main(int argc, char **argv)
 {
     const int d = 64;
     const size_t total = argc > 2 ? (size_t)atol(argv[2]) : 65536;
-    const size_t batches[] = {1, 64, 1024};
+    size_t batches[8] = {1, 64, 1024}, nb = 3;
     char err[256];
     if (argc < 2) {
-        fprintf(stderr, "usage: %s DATA_DIR [EVENTS]\n", argv[0]);
+        fprintf(stderr, "usage: %s DATA_DIR [EVENTS [BATCH,...]]\n", argv[0]);
         return 2;
+    }
+    if (argc > 3) {
+        nb = 0;
+        for (char *p = argv[3]; *p && nb < 8; p += *p == ',') {
+            batches[nb] = strtoul(p, &p, 10);
+            if (batches[nb++] == 0) {
+                fprintf(stderr, "bad batch list %s\n", argv[3]);
+                return 2;
+            }
+        }
     }
     openblas_set_num_threads(1);
     float *k = malloc(sizeof(float) * total * d), *v = malloc(sizeof(float) * total * d);
@@ -85,7 +96,7 @@ int main(int argc, char **argv)
         return 1;
 
     for (int durable = 0; durable <= 1; durable++)
-        for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++) {
+        for (size_t b = 0; b < nb; b++) {
             size_t bs = batches[b];
             /* batch 1 with a commit each is slow: fewer events keep the run short */
             size_t n = durable && bs == 1 ? total / 16 : total;

@@ -7,6 +7,18 @@
  * two. Sessions unloaded by the budget or dropped as stale are unlinked under mu and destroyed after mu
  * is released (destroying a large session frees a lot of memory; nobody should wait for that).
  *
+ * The commit queue (reg_commit_queue). A FIFO of serialised changes under cmu, written by one commit thread
+ * (started on first use, joined by reg_destroy after the queue drained). The thread takes every change queued
+ * (up to GROUP_MAX) and writes them in one store transaction (ma_store_commit_group): one fsync for all of
+ * them, and of several changes of one session only the last copy of each state blob (the slot version rows of
+ * every change are written: rows are increments, not state). A change's slot versions are marked saved when
+ * it is queued (note_stored). Each queued change holds a reference to its session and counts in its
+ * `pending`; a failed group marks every session in it stale and unlinks it from the map (the next acquire
+ * loads the stored state), and a change of a session already stale fails without being written (it was
+ * applied on top of a change that is not stored). reg_commit and reg_delete wait for a session's pending
+ * changes first, so the store sees one session's changes in the order they were made. The commit thread never
+ * takes a session's gate: a queued change's reference is dropped without it (release_ref, from_queue).
+ *
  * Background index builds (end of the file): one maintenance thread (registry/maint.c) runs index_job for
  * a session whose commit left a build due: it reads what it needs under the session's gate held
  * exclusively (view), trains and stages the new build's rows from the store without holding anything of
@@ -53,6 +65,7 @@ struct reg_session {
     size_t cache_chunks;        /* this session's archive chunk cache (bounded by the budget) */
     reg_pager pager;            /* the archive's chunks and the events' payloads, from the store */
     int refs;                   /* under reg->mu */
+    int pending;                /* changes in the commit queue (under reg->mu; pending_cv) */
     pthread_rwlock_t gate;      /* held shared by every job from acquire to release, exclusively by the
                                    maintenance thread (index builds: snapshot and swap) */
     pthread_mutex_t load_mu;    /* serialises loading */
@@ -62,8 +75,10 @@ struct reg_session {
 
 struct reg_registry {
     reg_options opt;
-    reg_commit_fn on_commit;    /* reg_observe_commits (set before concurrent use) */
+    reg_commit_fn on_commit;    /* reg_observe_commits, under obs: the commit and maintenance threads call it
+                                   while the server may unset it at shutdown */
     void *on_commit_ctx;
+    pthread_rwlock_t obs;       /* held shared while on_commit runs, exclusively to change it */
     pthread_mutex_t mu;
     reg_session **buckets;
     size_t nbuckets, count;
@@ -74,8 +89,16 @@ struct reg_registry {
     uint64_t paged_out_bytes;   /* archive bytes dropped by budget remedy 1 */
     size_t untrimmed;           /* bytes freed since the last malloc_trim */
     atomic_uint_fast64_t chunk_loads;   /* chunks read back from the store (any thread, no lock) */
+    atomic_uint_fast64_t queue_groups, queue_changes;   /* commit queue transactions and their changes */
     char (*frozen)[MA_MAX_NAME + 1];    /* ids frozen for a move (reg_freeze), under mu */
     size_t nfrozen, capfrozen;
+    pthread_cond_t pending_cv;  /* (with mu) a session's pending count dropped */
+    /* the commit queue, under cmu */
+    pthread_mutex_t cmu;
+    pthread_cond_t cwork;       /* an entry was queued, or stop */
+    struct qentry *qhead, *qtail;
+    bool cstarted, cstop;
+    pthread_t cthread;
     reg_maint *maint;                   /* background index builds (index_job) */
     atomic_uint_fast64_t index_builds, index_build_failures;
 };
@@ -107,7 +130,15 @@ int reg_create(const reg_options *o, reg_registry **out)
         return MA_ENOMEM;
     }
     pthread_mutex_init(&r->mu, NULL);
+    pthread_rwlock_init(&r->obs, NULL);
+    pthread_cond_init(&r->pending_cv, NULL);
+    pthread_mutex_init(&r->cmu, NULL);
+    pthread_cond_init(&r->cwork, NULL);
     if (reg_maint_create(index_job, r, &r->maint) != 0) {
+        pthread_cond_destroy(&r->cwork);
+        pthread_mutex_destroy(&r->cmu);
+        pthread_cond_destroy(&r->pending_cv);
+        pthread_rwlock_destroy(&r->obs);
         pthread_mutex_destroy(&r->mu);
         free(r->buckets);
         free(r);
@@ -212,6 +243,15 @@ static void unlink_session(reg_registry *r, reg_session *s)
         r->loaded--;
         r->unloads++;
     }
+}
+
+/* The in-memory s is ahead of the store (a failed commit): it is dropped at its last release, and taken
+ * out of the map now so that the next acquire loads the stored state. Caller holds mu. */
+static void mark_stale_locked(reg_registry *r, reg_session *s)
+{
+    s->stale = true;
+    if (s->linked)
+        unlink_session(r, s);
 }
 
 static reg_session *session_new(reg_registry *r, const char *id)
@@ -607,18 +647,25 @@ static void free_dropped(reg_session *drop, bool trim)
         malloc_trim(0);
 }
 
-void reg_release(reg_registry *r, reg_session *s)
+/* reg_release; from_queue: the commit thread drops a queued change's reference. That reference never
+ * held the gate (a queued change outlives its job's hold), so the gate is not unlocked, and the session
+ * may meanwhile be held by a job applying its next change or by the maintenance thread's swap: it is
+ * re-measured only when nobody else holds it (refs reaches 0 under mu, so nobody mutates it). */
+static void release_ref(reg_registry *r, reg_session *s, bool from_queue)
 {
     reg_session *drop = NULL;   /* sessions to destroy after unlocking, chained through hnext */
     bool trim = false;
 
-    /* Reads fill the chunk cache of a paged archive: count what the job left resident, while its gate is
-     * still held (the maintenance thread changes a session's index only with the gate held exclusively). */
-    pthread_mutex_lock(&r->mu);
-    if (s->core && !s->stale)
-        remeasure(r, s);
-    pthread_mutex_unlock(&r->mu);
-    pthread_rwlock_unlock(&s->gate);
+    if (!from_queue) {
+        /* Reads fill the chunk cache of a paged archive: count what the job left resident, while its gate
+         * is still held (the maintenance thread changes a session's index only with the gate held
+         * exclusively). */
+        pthread_mutex_lock(&r->mu);
+        if (s->core && !s->stale)
+            remeasure(r, s);
+        pthread_mutex_unlock(&r->mu);
+        pthread_rwlock_unlock(&s->gate);
+    }
     pthread_mutex_lock(&r->mu);
     s->refs--;
     if (s->linked) {
@@ -630,6 +677,8 @@ void reg_release(reg_registry *r, reg_session *s)
             unlink_session(r, s);
         s->hnext = drop;
         drop = s;
+    } else if (from_queue && s->refs == 0 && s->core && !s->stale) {
+        remeasure(r, s);
     }
     /* Budget, cheapest remedy first. 1: page out the archive chunks of unused sessions from the cold end
      * and empty their chunk caches (every event is in the store, and the summaries and index stay, so they
@@ -667,6 +716,11 @@ void reg_release(reg_registry *r, reg_session *s)
     free_dropped(drop, trim);
 }
 
+void reg_release(reg_registry *r, reg_session *s)
+{
+    release_ref(r, s, false);
+}
+
 static void unfreeze_locked(reg_registry *r, const char *id);
 
 int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
@@ -676,10 +730,15 @@ int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
 
 int reg_delete_idem(reg_registry *r, const char *id, const reg_idem *k, int64_t now, char *err, size_t errlen)
 {
+    reg_session *drop = NULL, *q;
     reg_maint_cancel(r->maint, id);   /* a build of it stops at its next step */
+    /* Changes of the session still in the commit queue are written (or failed) first. */
+    pthread_mutex_lock(&r->mu);
+    while ((q = find(r, id)) && q->pending)
+        pthread_cond_wait(&r->pending_cv, &r->mu);
+    pthread_mutex_unlock(&r->mu);
     ma_store_idem ki = k ? store_idem(r, k, now) : (ma_store_idem){0};
     int rc = ma_store_session_delete_idem(r->opt.store, id, k ? &ki : NULL, err, errlen);
-    reg_session *drop = NULL;
     if (rc)
         return rc;
     pthread_mutex_lock(&r->mu);
@@ -725,6 +784,15 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* Tells the observer (reg_observe_commits) how long a commit took. */
+static void observe(reg_registry *r, double seconds, int rc)
+{
+    pthread_rwlock_rdlock(&r->obs);
+    if (r->on_commit)
+        r->on_commit(r->on_commit_ctx, seconds, rc);
+    pthread_rwlock_unlock(&r->obs);
+}
+
 /* Re-measures the resident bytes of s (after a mutation). */
 static void touch_bytes(reg_registry *r, reg_session *s)
 {
@@ -733,36 +801,84 @@ static void touch_bytes(reg_registry *r, reg_session *s)
     pthread_mutex_unlock(&r->mu);
 }
 
-int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, char *err, size_t errlen)
+/* One change serialised for the store: the delta and what it owns. Filled in place by serialise() (d
+ * points into it: keep it where it is until ser_free). */
+typedef struct {
+    ma_store_delta d;            /* blobs and slot rows owned; event arrays and idem strings borrowed from c */
+    const void *blobs[3];        /* the owned blobs (d's pointers may be cleared when a later change of the
+                                    same group replaces them) */
+    ma_slot_row *rows;           /* the slot table's unsaved rows (their data owned) */
+    size_t nrows;
+    ma_store_slot_row *srows;    /* d.slot_rows: rows with their names copied into `names` (a queued change
+                                    is written after the table may have changed) */
+    char *names;
+    void *ilists, *icodes;       /* d.index's rows, copied from the archive */
+    ma_store_idem ki;            /* d.idem points here when the change carries a key */
+    bool slots, meta;            /* the slot state / archive blob is in it */
+    uint64_t gen;                /* the archive meta generation serialised */
+} ser_change;
+
+static void ser_free(ser_change *x)
+{
+    for (int b = 0; b < 3; b++)
+        free((void *)x->blobs[b]);
+    ma_slot_rows_free(x->rows, x->nrows);
+    free(x->srows);
+    free(x->names);
+    free(x->ilists);
+    free(x->icodes);
+    memset(x, 0, sizeof *x);
+}
+
+/* Serialises what c changed in s into *x: the blobs that changed, the slot table's state and its versions
+ * not stored yet (docs/STORE.md, schema 3), c's event arrays and Idempotency-Key record borrowed. 0, or
+ * the serialiser's code with err set (x then owns nothing). */
+static int serialise(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, ser_change *x, char *err,
+                     size_t errlen)
 {
     void *bb = NULL, *sl = NULL, *am = NULL;
     size_t bbl = 0, sll = 0, aml = 0;
     bool all = !s->blobs_stored;
     /* The slot table: its small state and only the versions not stored yet (docs/STORE.md). */
     ma_slots *tab = ma_session_slots(s->core);
-    bool slots = c->slots || all || ma_slots_has_unsaved(tab);
-    ma_slot_row *rows = NULL;
-    ma_store_slot_row *srows = NULL;
-    size_t nrows = 0;
-    /* The archive blob changes only at an index rebuild: rewrite it only then. */
-    uint64_t gen = ma_archive_meta_generation(ma_session_archive(s->core));
-    bool meta = all || (c->archive && gen != s->meta_gen);
     ma_session_counts st;
-    int rc;
+    int rc = 0;
 
+    memset(x, 0, sizeof *x);
+    x->slots = c->slots || all || ma_slots_has_unsaved(tab);
+    /* The archive blob changes only at an index rebuild: rewrite it only then. */
+    x->gen = ma_archive_meta_generation(ma_session_archive(s->core));
+    x->meta = all || (c->archive && x->gen != s->meta_gen);
     ma_session_counts_get(s->core, &st);
     if (((c->backbone || all) && (rc = ma_backbone_serialize(ma_session_backbone(s->core), &bb, &bbl)) != 0) ||
-        (slots && (rc = ma_slots_serialize_state(tab, &sl, &sll)) != 0) ||
-        (slots && (rc = ma_slots_unsaved(tab, &rows, &nrows)) != 0) ||
-        (nrows && !(srows = malloc(nrows * sizeof *srows)) && (rc = MA_ENOMEM) != 0) ||
-        (meta && (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0)) {
-        snprintf(err, errlen, "session %s: cannot serialise the new state: %s", s->id, ma_strerror(rc));
+        (x->slots && (rc = ma_slots_serialize_state(tab, &sl, &sll)) != 0) ||
+        (x->slots && (rc = ma_slots_unsaved(tab, &x->rows, &x->nrows)) != 0) ||
+        (x->meta && (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0))
         goto fail;
+    x->blobs[0] = bb;
+    x->blobs[1] = sl;
+    x->blobs[2] = am;
+    bb = sl = am = NULL;
+    if (x->nrows) {
+        size_t chars = 0;
+        for (size_t i = 0; i < x->nrows; i++)
+            chars += strlen(x->rows[i].name) + 1;
+        if (!(x->srows = malloc(x->nrows * sizeof *x->srows)) || !(x->names = malloc(chars))) {
+            rc = MA_ENOMEM;
+            goto fail;
+        }
+        char *at = x->names;
+        for (size_t i = 0; i < x->nrows; i++) {
+            size_t len = strlen(x->rows[i].name) + 1;
+            memcpy(at, x->rows[i].name, len);
+            x->srows[i] = (ma_store_slot_row){at, x->rows[i].version, x->rows[i].data, x->rows[i].len,
+                                              x->rows[i].rewrite};
+            at += len;
+        }
     }
-    for (size_t i = 0; i < nrows; i++)
-        srows[i] = (ma_store_slot_row){rows[i].name, rows[i].version, rows[i].data, rows[i].len, rows[i].rewrite};
-    ma_store_idem ki = c->idem ? store_idem(r, c->idem, now) : (ma_store_idem){0};
-    ma_store_delta d = {
+    if (c->idem)
+        x->ki = store_idem(r, c->idem, now);
+    x->d = (ma_store_delta){
         .first_event = c->first_event,
         .n_events = c->n_events,
         .k_floats = (size_t)s->params.heads * s->params.dim,
@@ -770,55 +886,280 @@ int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now
         .k = c->k,
         .v = c->v,
         .payloads = c->payloads,
-        .backbone = {bb, bbl},
-        .slots_blob = {sl, sll},
-        .archive_meta = {am, aml},
+        .backbone = {x->blobs[0], bbl},
+        .slots_blob = {x->blobs[1], sll},
+        .archive_meta = {x->blobs[2], aml},
         .length = st.length,
         .slots = st.slots_resident,
         .updated_at = now,
         .erase = c->erase,
         .n_erase = c->n_erase,
-        .slot_rows = srows,
-        .n_slot_rows = nrows,
-        .idem = c->idem ? &ki : NULL,
-        .index = index_rows_of(s, s->core),
+        .slot_rows = x->srows,
+        .n_slot_rows = x->nrows,
+        .idem = c->idem ? &x->ki : NULL,
     };
-    double t0 = now_seconds();
-    rc = ma_store_commit(r->opt.store, s->id, &d, err, errlen);
-    if (r->on_commit)
-        r->on_commit(r->on_commit_ctx, now_seconds() - t0, rc);
-    if (rc)
-        goto fail;
-    s->blobs_stored = true;
-    if (slots)
-        ma_slots_saved(tab);
-    if (meta)
-        s->meta_gen = gen;
-    s->updated_at = now;
-    if (c->n_events)
-        s->paged = false;   /* new chunks are resident; reg_release pages them out under memory pressure */
-    if (d.index.n)
-        ma_archive_index_rows_done(ma_session_archive(s->core));
-    if (ma_archive_index_due(ma_session_archive(s->core), NULL, NULL))
-        reg_maint_enqueue(r->maint, s->id);
+    /* The archive's kept index rows, copied: a queued change is written after the archive moved on (they
+     * are marked persisted when the change is stored or queued: note_stored). */
+    ma_store_index_rows ir = index_rows_of(s, s->core);
+    if (ir.n) {
+        size_t lb = ir.n * ir.lists_bytes, cb = ir.n * ir.codes_bytes;
+        if (!(x->ilists = malloc(lb ? lb : 1)) || !(x->icodes = malloc(cb ? cb : 1))) {
+            rc = MA_ENOMEM;
+            goto fail;
+        }
+        memcpy(x->ilists, ir.lists, lb);
+        memcpy(x->icodes, ir.codes, cb);
+        ir.lists = x->ilists;
+        ir.codes = x->icodes;
+        x->d.index = ir;
+    }
+    return 0;
+fail:
+    snprintf(err, errlen, "session %s: cannot serialise the new state: %s", s->id, ma_strerror(rc));
     free(bb);
     free(sl);
     free(am);
-    ma_slot_rows_free(rows, nrows);
-    free(srows);
+    ser_free(x);
+    return rc;
+}
+
+/* What the session records once its change x is stored — or queued to be (reg_commit_queue): then the
+ * slot versions it carries are marked saved now, because the next change of the session may be serialised
+ * (and must not carry them again) before this one's group is written, and only the worker that holds the
+ * session may touch its slot table; a group that fails marks the session stale (it is dropped and
+ * reloaded from the store, which has none of them), and a change made after it is never written. */
+static void note_stored(reg_registry *r, reg_session *s, const reg_change *c, const ser_change *x, int64_t now)
+{
+    s->blobs_stored = true;
+    if (x->slots)
+        ma_slots_saved(ma_session_slots(s->core));
+    if (x->meta)
+        s->meta_gen = x->gen;
+    s->updated_at = now;
+    if (c->n_events)
+        s->paged = false;   /* new chunks are resident; reg_release pages them out under memory pressure */
+    if (x->d.index.n)
+        ma_archive_index_rows_done(ma_session_archive(s->core));
     touch_bytes(r, s);
+}
+
+/* Waits until s has no change in the commit queue (caller holds a reference). */
+static void wait_pending(reg_registry *r, reg_session *s)
+{
+    pthread_mutex_lock(&r->mu);
+    while (s->pending)
+        pthread_cond_wait(&r->pending_cv, &r->mu);
+    pthread_mutex_unlock(&r->mu);
+}
+
+int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, char *err, size_t errlen)
+{
+    ser_change x;
+    bool stale;
+    int rc;
+
+    wait_pending(r, s);
+    pthread_mutex_lock(&r->mu);
+    stale = s->stale;
+    pthread_mutex_unlock(&r->mu);
+    if (stale) {
+        snprintf(err, errlen, "session %s: an earlier change failed to commit; this one was made after it", s->id);
+        return MA_EIO;
+    }
+    if ((rc = serialise(r, s, c, now, &x, err, errlen)) != 0)
+        goto fail;
+    double t0 = now_seconds();
+    rc = ma_store_commit(r->opt.store, s->id, &x.d, err, errlen);
+    observe(r, now_seconds() - t0, rc);
+    if (rc == 0)
+        note_stored(r, s, c, &x, now);   /* the slot versions are saved only once committed */
+    ser_free(&x);
+    if (rc)
+        goto fail;
+    if (ma_archive_index_due(ma_session_archive(s->core), NULL, NULL))
+        reg_maint_enqueue(r->maint, s->id);
     return 0;
 fail:
     /* The in-memory session is ahead of the store: drop it at release, reload on next use. */
     pthread_mutex_lock(&r->mu);
-    s->stale = true;
+    mark_stale_locked(r, s);
     pthread_mutex_unlock(&r->mu);
-    free(bb);
-    free(sl);
-    free(am);
-    ma_slot_rows_free(rows, nrows);
-    free(srows);
     return rc ? rc : MA_EIO;
+}
+
+/* ---- the commit queue -------------------------------------------------------------------------- */
+
+#define GROUP_MAX 64   /* changes per group transaction (32 MiB of events at 64 batches of 1024 x 2 x 256 B) */
+
+typedef struct qentry {
+    struct qentry *next;
+    reg_session *s;             /* a reference held until the change is answered */
+    ser_change x;               /* the serialised change (its blobs and slot rows owned) */
+    bool stale;                 /* its session was stale when its group started: not written */
+    bool due;                   /* an index build of its session is due once it is stored (known when queued:
+                                   the commit thread does not read the session's archive) */
+    reg_committed_fn fn;
+    void *ctx;
+} qentry;
+
+/* Writes the group g (n entries, in queue order) in one transaction and answers every entry. */
+static void commit_group(reg_registry *r, qentry *g)
+{
+    const char *ids[GROUP_MAX];
+    const ma_store_delta *ds[GROUP_MAX];
+    qentry *live[GROUP_MAX];
+    size_t m = 0;
+    char err[256] = "", stale_err[256];
+    int rc = 0;
+
+    pthread_mutex_lock(&r->mu);
+    for (qentry *e = g; e; e = e->next)
+        e->stale = e->s->stale;
+    pthread_mutex_unlock(&r->mu);
+    for (qentry *e = g; e; e = e->next)
+        if (!e->stale) {
+            live[m] = e;
+            ids[m] = e->s->id;
+            ds[m++] = &e->x.d;
+        }
+    /* A state blob that a later change of the same session in this group writes again is not written.
+     * Slot version rows are not state: every change's rows are written. */
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = i + 1; j < m; j++)
+            if (live[j]->s == live[i]->s) {
+                if (live[j]->x.d.backbone.data)
+                    live[i]->x.d.backbone = (ma_blob){NULL, 0};
+                if (live[j]->x.d.slots_blob.data)
+                    live[i]->x.d.slots_blob = (ma_blob){NULL, 0};
+                if (live[j]->x.d.archive_meta.data)
+                    live[i]->x.d.archive_meta = (ma_blob){NULL, 0};
+            }
+    if (m) {
+        double t0 = now_seconds();
+        rc = ma_store_commit_group(r->opt.store, m, ids, ds, err, sizeof err);
+        atomic_fetch_add_explicit(&r->queue_groups, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&r->queue_changes, m, memory_order_relaxed);
+        observe(r, now_seconds() - t0, rc);
+        if (rc) {
+            pthread_mutex_lock(&r->mu);
+            for (size_t i = 0; i < m; i++)
+                mark_stale_locked(r, live[i]->s);
+            pthread_mutex_unlock(&r->mu);
+        } else {
+            for (size_t i = 0; i < m; i++)
+                if (live[i]->due)
+                    reg_maint_enqueue(r->maint, live[i]->s->id);
+        }
+    }
+    for (qentry *e = g, *next; e; e = next) {
+        next = e->next;
+        if (e->stale) {
+            snprintf(stale_err, sizeof stale_err, "session %s: an earlier change failed to commit; this one was "
+                     "made after it", e->s->id);
+            e->fn(e->ctx, MA_EIO, stale_err);
+        } else {
+            e->fn(e->ctx, rc, rc ? err : NULL);
+        }
+        ser_free(&e->x);
+        pthread_mutex_lock(&r->mu);
+        e->s->pending--;
+        pthread_cond_broadcast(&r->pending_cv);
+        pthread_mutex_unlock(&r->mu);
+        release_ref(r, e->s, true);
+        free(e);
+    }
+}
+
+static void *committer_main(void *arg)
+{
+    reg_registry *r = arg;
+    pthread_mutex_lock(&r->cmu);
+    for (;;) {
+        while (!r->qhead && !r->cstop)
+            pthread_cond_wait(&r->cwork, &r->cmu);
+        if (!r->qhead)
+            break;   /* stopping and drained */
+        qentry *g = r->qhead, *last = g;
+        for (size_t n = 1; last->next && n < GROUP_MAX; n++)
+            last = last->next;
+        r->qhead = last->next;
+        if (!r->qhead)
+            r->qtail = NULL;
+        last->next = NULL;
+        pthread_mutex_unlock(&r->cmu);
+        commit_group(r, g);
+        pthread_mutex_lock(&r->cmu);
+    }
+    pthread_mutex_unlock(&r->cmu);
+    return NULL;
+}
+
+int reg_commit_queue(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, reg_committed_fn fn,
+                     void *ctx, char *err, size_t errlen)
+{
+    qentry *e = NULL;
+    int rc = MA_ENOMEM;
+
+    pthread_mutex_lock(&r->cmu);
+    if (!r->cstarted && pthread_create(&r->cthread, NULL, committer_main, r) == 0)
+        r->cstarted = true;
+    bool started = r->cstarted;
+    pthread_mutex_unlock(&r->cmu);
+    if (!started || !(e = calloc(1, sizeof *e))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if ((rc = serialise(r, s, c, now, &e->x, err, errlen)) != 0)
+        goto fail;
+    e->s = s;
+    e->fn = fn;
+    e->ctx = ctx;
+    note_stored(r, s, c, &e->x, now);
+    e->due = ma_archive_index_due(ma_session_archive(s->core), NULL, NULL);
+    pthread_mutex_lock(&r->mu);
+    s->refs++;
+    s->pending++;
+    pthread_mutex_unlock(&r->mu);
+    pthread_mutex_lock(&r->cmu);
+    if (r->qtail)
+        r->qtail->next = e;
+    else
+        r->qhead = e;
+    r->qtail = e;
+    pthread_cond_signal(&r->cwork);
+    pthread_mutex_unlock(&r->cmu);
+    return 0;
+fail:
+    free(e);
+    pthread_mutex_lock(&r->mu);
+    mark_stale_locked(r, s);
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
+int reg_settle(reg_registry *r, reg_session *s, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&r->mu);
+    while (s->pending)
+        pthread_cond_wait(&r->pending_cv, &r->mu);
+    bool stale = s->stale;
+    pthread_mutex_unlock(&r->mu);
+    if (stale) {
+        snprintf(err, errlen, "session %s: an earlier change failed to commit", s->id);
+        return MA_EIO;
+    }
+    return 0;
+}
+
+bool reg_peek_params(reg_registry *r, const char *id, ma_params *out)
+{
+    pthread_mutex_lock(&r->mu);
+    reg_session *s = find(r, id);
+    bool ok = s && s->core && !s->stale;
+    if (ok)
+        *out = s->params;
+    pthread_mutex_unlock(&r->mu);
+    return ok;
 }
 
 int reg_idem_find(reg_registry *r, const char *scope, const char *key, int64_t now, reg_idem_answer *out,
@@ -854,15 +1195,18 @@ int reg_idem_record(reg_registry *r, const reg_idem *k, int64_t now, char *err, 
 
 void reg_invalidate(reg_registry *r, reg_session *s)
 {
+    /* Out of the map too: a change still queued may hold the session past the caller's release. */
     pthread_mutex_lock(&r->mu);
-    s->stale = true;
+    mark_stale_locked(r, s);
     pthread_mutex_unlock(&r->mu);
 }
 
 void reg_observe_commits(reg_registry *r, reg_commit_fn fn, void *ctx)
 {
+    pthread_rwlock_wrlock(&r->obs);
     r->on_commit = fn;
     r->on_commit_ctx = ctx;
+    pthread_rwlock_unlock(&r->obs);
 }
 
 /* ---- listings, summaries, backup ------------------------------------------------------------- */
@@ -951,12 +1295,23 @@ void reg_stats_get(reg_registry *r, reg_stats *st)
     st->budget = r->opt.memory_budget;
     pthread_mutex_unlock(&r->mu);
     st->chunk_loads = atomic_load_explicit(&r->chunk_loads, memory_order_relaxed);
+    st->queue_groups = atomic_load_explicit(&r->queue_groups, memory_order_relaxed);
+    st->queue_changes = atomic_load_explicit(&r->queue_changes, memory_order_relaxed);
 }
 
 void reg_destroy(reg_registry *r)
 {
     if (!r)
         return;
+    /* The commit thread writes what is queued, answers it, then stops (before the maintenance thread:
+     * a build's swap may wait for a session's queued changes). */
+    pthread_mutex_lock(&r->cmu);
+    r->cstop = true;
+    pthread_cond_signal(&r->cwork);
+    bool started = r->cstarted;
+    pthread_mutex_unlock(&r->cmu);
+    if (started)
+        pthread_join(r->cthread, NULL);
     reg_maint_destroy(r->maint);   /* a build in progress stops at its next step; restarts redo it */
     for (size_t i = 0; i < r->nbuckets; i++)
         for (reg_session *s = r->buckets[i], *n; s; s = n) {
@@ -965,6 +1320,10 @@ void reg_destroy(reg_registry *r)
         }
     free(r->buckets);
     free(r->frozen);
+    pthread_cond_destroy(&r->cwork);
+    pthread_mutex_destroy(&r->cmu);
+    pthread_cond_destroy(&r->pending_cv);
+    pthread_rwlock_destroy(&r->obs);
     pthread_mutex_destroy(&r->mu);
     free(r);
 }
@@ -1122,10 +1481,16 @@ static int view(reg_registry *r, const char *id, job_view *v)
     int rc = acquire(r, id, true, &s, err, sizeof err);
     if (rc)
         return rc;
+    /* The session's queued changes are stored first (the commit thread never takes the gate), so the
+     * build point's events are in the store when it is due. */
+    wait_pending(r, s);
     ma_archive *a = ma_session_archive(s->core);
     ma_index_state st;
     v->p = s->params;
-    v->due = ma_archive_index_due(a, &v->point, &v->build_no);
+    pthread_mutex_lock(&r->mu);
+    bool stale = s->stale;
+    pthread_mutex_unlock(&r->mu);
+    v->due = !stale && ma_archive_index_due(a, &v->point, &v->build_no);
     ma_archive_index_state(a, &st);
     v->base = st.build;
     reg_release(r, s);

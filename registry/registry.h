@@ -29,9 +29,12 @@
  *      Idempotency-Key record with its answer, reg_change.idem) in one store transaction;
  *   3. only then answer 2xx.
  * If the commit fails (disk full, read-only, I/O error) the in-memory session is ahead of the stored one;
- * reg_commit marks it stale, it is dropped when the job releases it, and the next use reloads it from the
- * store — so the in-memory state always equals the stored state as seen by any later request. (Applying
+ * reg_commit marks it stale and takes it out of the map, it is dropped when its last reference goes, and
+ * the next use reloads it from the store — so the in-memory state always equals the stored state as seen by any later request. (Applying
  * only after the commit is impossible here: the blobs to commit are serialisations of the new state.)
+ * reg_commit_queue splits step 2: the state is serialised at once, the transaction runs later on the
+ * registry's commit thread, grouped with other queued changes; step 3 waits for its callback. The caller
+ * may apply the session's next change meanwhile (the daemon's pipelined event batches).
  *
  * Index builds (docs/ARCHIVE.md, "Builds in the background"): sessions' archives are managed — an append
  * never builds the index; a commit that leaves a build due queues a job on the registry's maintenance
@@ -93,8 +96,9 @@ int reg_create(const reg_options *o, reg_registry **out);
 /* Unloads every session (none may be in use) and frees the registry. NULL is a no-op. */
 void reg_destroy(reg_registry *r);
 
-/* Installs the commit observer (NULL: none). Call before the registry is used by more than one thread
- * (the daemon: from api_init, before the server runs). */
+/* Installs the commit observer (NULL: none). It is called from the thread that commits (a worker, the
+ * commit thread, the maintenance thread); a call that changes it returns once no call of the old one runs
+ * (the daemon unsets it at shutdown while a background build may still commit). */
 void reg_observe_commits(reg_registry *r, reg_commit_fn fn, void *ctx);
 
 /* Gets the session `id`, loading it from the store if needed, and takes a reference (release with
@@ -229,9 +233,43 @@ typedef struct {
  * and reloaded from the store on next use. */
 int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, char *err, size_t errlen);
 
+/* The answer to a reg_commit_queue'd change: rc 0 once it is durable, else the failure (MA_EIO,
+ * MA_ECORRUPT, MA_ENOMEM, MA_EINVAL) with err saying why (valid during the call). Runs on the registry's
+ * commit thread: must not block for long, nor call reg_commit, reg_delete or reg_destroy. */
+typedef void (*reg_committed_fn)(void *ctx, int rc, const char *err);
+
+/* Pipelined, grouped commit of a change already applied to the acquired session s (caller runs
+ * exclusively for s). What changed is serialised now, so the caller may go on mutating s (and queue more
+ * changes) as soon as this returns; the store transaction runs later on the registry's commit thread,
+ * together with every change queued meanwhile, of s and of other sessions, in queue order (group commit:
+ * one transaction and one fsync for the group). c's event arrays (k, v, payloads, erase) and its idem
+ * record's strings must stay valid until `fn` has been called. The queued change holds its own reference
+ * to s. Its slot versions (schema 3 rows) are written with it — every change's, also when a later change
+ * of s in the same group writes the slot state blob instead of it — and are marked saved in s's table
+ * when it is queued (so that the next change does not carry them again; a failure makes s stale).
+ * Failure: if the group's transaction fails, every change in it gets the error and every session in it is
+ * marked stale (dropped; the next reg_acquire loads what the store holds); a change of a session that was
+ * stale when its group started (applied after a change that is not stored) fails without being written.
+ * So a change answered 0 is stored, and memory never serves what the store lost to later requests.
+ * Returns 0 (fn will be called exactly once, from the commit thread, possibly before this returns) or
+ * MA_ENOMEM / the serialiser's code (fn will not be called; s is marked stale). reg_commit and reg_delete
+ * first wait for the session's queued changes. */
+int reg_commit_queue(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, reg_committed_fn fn,
+                     void *ctx, char *err, size_t errlen);
+
+/* Waits until the acquired session s has no change in the commit queue (a worker may block here: the
+ * commit thread needs none). 0: s equals what the store holds; MA_EIO (err set) when one of those changes
+ * failed (s is stale: answer the request as a failed commit). */
+int reg_settle(reg_registry *r, reg_session *s, char *err, size_t errlen);
+
+/* The config of session `id` if it is loaded (and not stale), without loading it or taking a reference:
+ * true and *out, else false. For work done before a job's turn (decoding a batch for its shape); the
+ * session can be deleted and re-created before the turn, so the job checks the config again. */
+bool reg_peek_params(reg_registry *r, const char *id, ma_params *out);
+
 /* Marks the acquired session s stale: a change was applied to it in memory and will not be committed
  * (the caller could not finish the request). It is dropped at its last release and reloaded from the
- * store on next use, as after a failed reg_commit. */
+ * store on next use, as after a failed reg_commit (it is taken out of the map at once). */
 void reg_invalidate(reg_registry *r, reg_session *s);
 
 typedef struct {
@@ -241,6 +279,8 @@ typedef struct {
     uint64_t loads, unloads;   /* since start */
     uint64_t chunk_loads;      /* archive chunks read back from the store (pages in) since start */
     uint64_t paged_out_bytes;  /* archive bytes dropped from RAM under the budget (pages out) since start */
+    uint64_t queue_groups;     /* group transactions of the commit queue (reg_commit_queue) since start */
+    uint64_t queue_changes;    /* changes they wrote (their mean group size: queue_changes / queue_groups) */
 } reg_stats;
 
 void reg_stats_get(reg_registry *r, reg_stats *st);

@@ -14,6 +14,16 @@
  * answers 503 `storage_error` and the session is reloaded from the store on next use, so memory never
  * diverges from what is stored. The registry is the handlers' only way to the store.
  *
+ * POST .../events is split in three so that a session's next batch is computed while this one is
+ * fsync'd (docs/STORE.md, "Pipelined and grouped commits"): events_decode (a prepare step, any worker, as
+ * soon as the request is queued: parse and decode for the session's config if it is loaded),
+ * events_apply (the session's turn, a SRV_JOB_PIPELINED step: checks in the usual order, apply, answer
+ * built, reg_commit_queue) and events_committed (the registry's commit thread: durable or failed, then
+ * srv_pool_release). Reads of the session wait for that release, so they never see a batch that could
+ * still fail. A batch with an Idempotency-Key or expect_length is not pipelined: it is an ordinary
+ * exclusive job (which waits for every held batch of the session), so that its key look-up and length
+ * check see only durable state, and it commits its key with it (reg_commit) before it answers.
+ *
  * Safe retries (docs/API.md): a mutation with an Idempotency-Key looks its key up first, inside its
  * exclusive job (idem_replay: the stored answer again, or 422 for another request), and builds its answer
  * before the commit so that the registry commits the key and answer with the change (commit,
@@ -73,6 +83,7 @@ struct api {
     srv_metric_child *routes[MA_ROUTE_WINDOW + 1];
     srv_metric_child *loads, *unloads;
     srv_metric_child *memory_budget, *chunk_loads, *paged_out;   /* the session cache (registry) */
+    srv_metric_child *group_commits, *group_changes;              /* the commit queue (registry) */
 };
 
 /* One request's work. Filled on the loop thread, run on a worker, answered and freed on the loop thread. */
@@ -98,6 +109,15 @@ typedef struct {
     char *out;                        /* response body (JSON text), cJSON-allocated */
     char etag[40];                    /* "\"<version>\"" for slot answers, "\"s-<hash>\"" for a session, "" if none */
     char location[320];               /* Location of a created session or slot, "" if none */
+    /* POST .../events: decoded before the session's turn (events_decode), applied in it (events_apply),
+     * answered when its commit is durable (events_committed) */
+    cJSON *ev_body;                   /* the parsed body, until decoded */
+    bool ev_decoded;                  /* ev / ev_rc hold the decode for ev_shape */
+    codec_shape ev_shape;
+    codec_events ev;                  /* owned until the commit's answer */
+    int ev_rc;                        /* the decode's result (0, or a failure described by ev_err) */
+    codec_error ev_err;
+    srv_hold *hold;                   /* the pool's hold, released by events_committed */
     /* Idempotency-Key of a mutation (docs/API.md "Safe retries"; idem_replay, idem_settle) */
     char idem_key[SRV_IDEM_KEY_MAX + 1];   /* "" when the request has none */
     const char *if_match_text;        /* If-Match as sent (part of the fingerprint), NULL if absent */
@@ -426,6 +446,8 @@ static int do_session_delete(job *j)
 
 /* ---- events and queries ---------------------------------------------------------------------- */
 
+static bool frozen_out(job *j);
+
 /* 409 length_mismatch: the batch's expect_length is not the session's length (nothing applied). The
  * error body carries the current length as a field, {"error":{"code","message","length"}}, so a writer
  * can resume after it. */
@@ -444,59 +466,151 @@ static int length_mismatch(job *j, uint64_t length, uint64_t expected)
     return -1;
 }
 
-static int do_events(job *j)
+/* The batch decoded for shape sh (the body parsed first if it is not yet): 0 with j->ev filled, or the
+ * decode's failure recorded in ev_rc / ev_err (reported by events_run, not here), or -1 with the body's
+ * own failure set on the job. */
+static int events_decode_for(job *j, const codec_shape *sh)
 {
-    cJSON *body = NULL;
-    codec_events ev = {0};
+    if (j->ev_decoded && j->ev_shape.heads == sh->heads && j->ev_shape.dim == sh->dim &&
+        j->ev_shape.value_dim == sh->value_dim && j->ev_shape.embed == sh->embed)
+        return 0;
+    codec_events_clear(&j->ev);
+    j->ev_decoded = false;
+    if (!j->ev_body && need_body(j, &j->ev_body, "{\"events\":[...]}"))
+        return -1;
+    j->ev_shape = *sh;
+    j->ev_rc = codec_events_decode(j->ev_body, sh, MAX_EVENTS_PER_BATCH, &j->ev, &j->ev_err);
+    j->ev_decoded = true;
+    cJSON_Delete(j->ev_body);
+    j->ev_body = NULL;
+    return 0;
+}
+
+/* Prepare step of a pipelined POST .../events (worker.h): runs on any worker as soon as the request is
+ * queued, alongside the session's earlier jobs. Parses the body and, if the session is loaded, decodes the
+ * batch for its config; touches no session state. Failures are only recorded: events_apply reports them
+ * in the order of the checks (frozen, body, session, batch). */
+static void events_decode(void *arg)
+{
+    job *j = arg;
+    ma_params p;
     codec_shape sh;
-    codec_error ce;
+    if (need_body(j, &j->ev_body, "{\"events\":[...]}"))
+        return;
+    if (!reg_peek_params(j->api->reg, j->id, &p))
+        return;   /* not loaded: decoded in the session's turn */
+    codec_shape_from_params(&sh, &p, embed);
+    events_decode_for(j, &sh);
+}
+
+/* The commit of the batch is durable (rc 0) or failed (registry's commit thread). */
+static void events_committed(void *ctx, int rc, const char *err)
+{
+    job *j = ctx;
+    if (rc) {
+        srv_log(CFG_LOG_ERROR, "commit of session %s failed: %s", j->id, err);
+        cJSON_free(j->out);
+        j->out = NULL;
+        job_store_fail(j, rc, "the change was not stored (nothing applied)", err);
+    } else {
+        srv_metric_child_add(j->api->events_ingested, (int64_t)j->ev.n);
+    }
+    codec_events_clear(&j->ev);
+    srv_pool_release(j->hold);   /* j belongs to the loop from here */
+}
+
+/* The session's turn of POST .../events. h is the pool's hold of a pipelined job (a batch without
+ * Idempotency-Key and expect_length; h_events): the batch is applied and its commit queued
+ * (reg_commit_queue); the answer, built here, is sent once events_committed ran, while the next batch of
+ * the session may already be applied. h is NULL in an exclusive job (job_work: a batch with an
+ * Idempotency-Key or expect_length, which ran after every held batch of the session was released, so its
+ * key look-up and length check saw only durable state): the batch is committed before the answer, with
+ * its key and answer in the same transaction (commit). True when the job is held. */
+static bool events_run(job *j, srv_hold *h)
+{
     ma_ingest_report rep = {0};
     reg_session *s = NULL;
-    int rc = -1;
+    codec_shape sh;
+    char err[256] = "";
+    bool held = false;
 
-    if (need_body(j, &body, "{\"events\":[...]}") || acquire(j, &s))
+    /* j->code here is the body's failure (events_decode) */
+    if (j->code || acquire(j, &s))
         goto done;
     ma_session *core = reg_core(s);
     codec_shape_from_params(&sh, reg_params(s), embed);
-    if (codec_events_decode(body, &sh, MAX_EVENTS_PER_BATCH, &ev, &ce)) {
-        rc = job_codec_fail(j, &ce);
+    if (events_decode_for(j, &sh))
+        goto done;
+    if (j->ev_rc) {
+        job_codec_fail(j, &j->ev_err);
         goto done;
     }
-    cJSON_Delete(body);
-    body = NULL;
+    if (h && j->ev.has_expect_length) {
+        /* expect_length that h_events did not see in the raw body (an escaped key): the check must see
+         * only durable state, so the session's queued batches are written first. */
+        int wrc = reg_settle(j->api->reg, s, err, sizeof err);
+        if (wrc) {
+            job_store_fail(j, wrc, "an earlier batch of the session was not stored (nothing applied)", err);
+            goto done;
+        }
+    }
     uint64_t first = ma_archive_length(ma_session_archive(core));
-    if (ev.has_expect_length && ev.expect_length != first) {
-        rc = length_mismatch(j, first, ev.expect_length);
+    if (j->ev.has_expect_length && j->ev.expect_length != first) {
+        length_mismatch(j, first, j->ev.expect_length);
         goto done;
     }
-    int irc = ma_session_ingest_ex(core, ev.n, ev.ev, ev.importance, now_ms(), &rep);
+    int irc = ma_session_ingest_ex(core, j->ev.n, j->ev.ev, j->ev.importance, now_ms(), &rep);
     if (irc == MA_EFULL) {
-        rc = job_error(j, irc, NULL, "a slot write in this batch needs a free slot, but every resident "
-                       "slot is protected; nothing was applied");
+        job_error(j, irc, NULL, "a slot write in this batch needs a free slot, but every resident "
+                  "slot is protected; nothing was applied");
         goto done;
     }
     if (irc) {
-        rc = job_error(j, irc, NULL, "the batch was refused: %s; nothing was applied", ma_strerror(irc));
+        job_error(j, irc, NULL, "the batch was refused: %s; nothing was applied", ma_strerror(irc));
         goto done;
     }
-    rc = job_ok(j, 200, codec_ingest_report_to_json(&rep));   /* committed with the batch (commit) */
-    if (ev.n) {
-        bool slots = false;
-        for (size_t i = 0; i < ev.n && !slots; i++)
-            slots = ev.ev[i].slot != NULL;
-        reg_change c = {.first_event = first, .n_events = ev.n, .k = ev.k, .v = ev.v,
-                        .payloads = (const char *const *)ev.payloads, .backbone = true, .archive = true,
-                        .slots = slots};
-        if ((rc = commit(j, s, &c)) != 0)
-            goto done;
-        srv_metric_child_add(j->api->events_ingested, (int64_t)ev.n);
+    /* The answer first: it is committed with the batch (commit), and once a commit is queued j is
+     * events_committed's. */
+    job_ok(j, 200, codec_ingest_report_to_json(&rep));
+    if (!j->ev.n)
+        goto done;
+    bool slots = false;
+    for (size_t i = 0; i < j->ev.n && !slots; i++)
+        slots = j->ev.ev[i].slot != NULL;
+    reg_change c = {.first_event = first, .n_events = j->ev.n, .k = j->ev.k, .v = j->ev.v,
+                    .payloads = (const char *const *)j->ev.payloads, .backbone = true, .archive = true,
+                    .slots = slots};
+    if (!h) {
+        if (commit(j, s, &c) == 0)
+            srv_metric_child_add(j->api->events_ingested, (int64_t)j->ev.n);
+        goto done;
     }
+    if (j->code) {   /* the answer could not be built: nothing is committed (see commit) */
+        reg_invalidate(j->api->reg, s);
+        goto done;
+    }
+    j->hold = h;
+    int qrc = reg_commit_queue(j->api->reg, s, &c, now_ms(), events_committed, j, err, sizeof err);
+    if (qrc) {
+        srv_log(CFG_LOG_ERROR, "commit of session %s failed: %s", j->id, err);
+        cJSON_free(j->out);
+        j->out = NULL;
+        job_store_fail(j, qrc, "the change was not stored (nothing applied)", err);
+    }
+    held = qrc == 0;
 done:
     ma_ingest_report_clear(&rep);
-    codec_events_clear(&ev);
-    cJSON_Delete(body);
     release(j, s);
-    return rc;
+    return held;
+}
+
+/* The ordered step of a pipelined POST .../events (SRV_JOB_PIPELINED). */
+static bool events_apply(void *arg, srv_hold *h)
+{
+    job *j = arg;
+    if (frozen_out(j))
+        return false;
+    return events_run(j, h);
 }
 
 /* Words the failure qrc of queries[i] as its own result: 0 (the error is in the batch's answer), or -1
@@ -920,7 +1034,7 @@ static void job_work(void *arg)
     case OP_SESSION_LIST:   do_session_list(j); break;
     case OP_SESSION_GET:    do_session_get(j); break;
     case OP_SESSION_DELETE: do_session_delete(j); break;
-    case OP_EVENTS:         do_events(j); break;
+    case OP_EVENTS:         events_run(j, NULL); break;   /* a batch that is not pipelined (h_events) */
     case OP_QUERY:          do_query(j); break;
     case OP_SLOT_LIST:      do_slot_list(j); break;
     case OP_SLOT_WRITE:
@@ -948,6 +1062,8 @@ static void update_gauges(api *a)
     srv_metric_child_set(a->memory_budget, (int64_t)st.budget);
     srv_metric_child_add(a->chunk_loads, (int64_t)st.chunk_loads - srv_metric_child_value(a->chunk_loads));
     srv_metric_child_add(a->paged_out, (int64_t)st.paged_out_bytes - srv_metric_child_value(a->paged_out));
+    srv_metric_child_add(a->group_commits, (int64_t)st.queue_groups - srv_metric_child_value(a->group_commits));
+    srv_metric_child_add(a->group_changes, (int64_t)st.queue_changes - srv_metric_child_value(a->group_changes));
 }
 
 static void job_done(void *arg, int status)
@@ -979,6 +1095,8 @@ static void job_done(void *arg, int status)
     }
     update_gauges(j->api);
     cJSON_free(j->out);
+    codec_events_clear(&j->ev);
+    cJSON_Delete(j->ev_body);
     free(j);
 }
 
@@ -1138,7 +1256,6 @@ static void h_session_list(srv_request *req, void *ud)
 SIMPLE_HANDLER(h_session_put, OP_SESSION_PUT, SRV_JOB_EXCLUSIVE)
 SIMPLE_HANDLER(h_session_get, OP_SESSION_GET, SRV_JOB_SHARED)
 SIMPLE_HANDLER(h_session_delete, OP_SESSION_DELETE, SRV_JOB_EXCLUSIVE)
-SIMPLE_HANDLER(h_events, OP_EVENTS, SRV_JOB_EXCLUSIVE)
 SIMPLE_HANDLER(h_query, OP_QUERY, SRV_JOB_SHARED)
 SIMPLE_HANDLER(h_slot_list, OP_SLOT_LIST, SRV_JOB_SHARED)
 SIMPLE_HANDLER(h_slot_write, OP_SLOT_WRITE, SRV_JOB_EXCLUSIVE)
@@ -1148,6 +1265,29 @@ SIMPLE_HANDLER(h_slot_patch, OP_SLOT_PATCH, SRV_JOB_EXCLUSIVE)
 SIMPLE_HANDLER(h_backup, OP_BACKUP, SRV_JOB_SHARED)
 
 SIMPLE_HANDLER(h_slot_put, OP_SLOT_PUT, SRV_JOB_EXCLUSIVE)
+
+/* POST .../events: decoded on any worker before the session's turn, applied in it, answered after its
+ * commit (events_decode, events_apply, events_committed). A batch with an Idempotency-Key, or whose body
+ * names expect_length (a byte search: the loop thread does not parse bodies), is an ordinary exclusive
+ * job instead (job_work): it waits for every held batch of the session, so its key look-up and length
+ * check see only durable state, and its key record is committed with its events (docs/SERVER.md). */
+static void h_events(srv_request *req, void *ud)
+{
+    static const char expect[] = "expect_length";
+    job *j = job_new(req, ud, OP_EVENTS);
+    if (!j)
+        return;
+    if (j->idem_key[0] || (j->body && memmem(j->body, j->body_len, expect, sizeof expect - 1))) {
+        submit(j, SRV_JOB_EXCLUSIVE);
+        return;
+    }
+    srv_job_spec spec = {.mode = SRV_JOB_PIPELINED, .prepare = events_decode, .pipe = events_apply,
+                         .done = job_done, .arg = j};
+    if (srv_pool_submit_job(j->api->pool, j->id, &spec)) {
+        srv_respond_error(req, 503, "overloaded", "the work queue is full, retry later");
+        free(j);
+    }
+}
 
 static void h_slot_delete(srv_request *req, void *ud)
 {
@@ -1206,8 +1346,14 @@ static int register_metrics(api *a, srv_metrics *m)
                                         "Archive chunks read back from the store (pages in)", NULL);
     srv_metric *po = srv_metric_counter(m, "memattn_archive_paged_out_bytes_total",
                                         "Archive chunk bytes dropped from memory under the budget (pages out)", NULL);
-    if (!loaded || !mem || !ev || !rt || !cs || !cf || !ld || !ul || !mb || !cl || !po)
+    srv_metric *gc = srv_metric_counter(m, "memattn_store_group_commits_total",
+                                        "Transactions that wrote queued event batches (group commit)", NULL);
+    srv_metric *gb = srv_metric_counter(m, "memattn_store_group_commit_batches_total",
+                                        "Event batches written by those transactions", NULL);
+    if (!loaded || !mem || !ev || !rt || !cs || !cf || !ld || !ul || !mb || !cl || !po || !gc || !gb)
         return MA_ENOMEM;
+    a->group_commits = srv_metric_child_get(gc, NULL);
+    a->group_changes = srv_metric_child_get(gb, NULL);
     a->memory_budget = srv_metric_child_get(mb, NULL);
     a->chunk_loads = srv_metric_child_get(cl, NULL);
     a->paged_out = srv_metric_child_get(po, NULL);

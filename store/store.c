@@ -947,18 +947,14 @@ done:
     return ret;
 }
 
-int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen)
+/* Writes one delta of session `id` inside the writer's open transaction (the caller began it and ends it:
+ * commit on 0, rollback otherwise). Checks that its events continue what the transaction sees stored, so
+ * several deltas of one session in one transaction must come in order. */
+static int apply_delta(ma_store *st, conn *c, const char *id, const ma_store_delta *d, bool *rewrote, char *err,
+                       size_t errlen)
 {
-    int ret = check_id(st, id, err, errlen);
-    if (ret || (ret = check_delta(st, id, d, err, errlen)))
-        return ret;
-    uint64_t t0;
-    conn *c = st->writer;
     sqlite3_stmt *s;
-    bool rewrote = false;   /* slot rows replaced: the commit also truncates the WAL */
-    int rc;
-    if ((ret = st_write_begin(st, &t0, err, errlen)))
-        goto done;
+    int rc, ret = 0;
     /* Where the session stands: events must continue it exactly (events count == length, always). */
     if (!(s = st_stmt(st, c, ST_SID, err, errlen))) {
         ret = MA_EIO;
@@ -1024,7 +1020,7 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
                 ret = st_fail_db(st, c->db, rc, err, errlen, "reading a slot version");
                 goto done;
             }
-            rewrote = true;
+            *rewrote = true;   /* slot rows replaced: the commit also truncates the WAL */
         }
         if ((ret = st_put_slot_row(st, c, sid, r->name, -1, r->version, r->data, r->len, err, errlen)))
             goto done;
@@ -1072,13 +1068,43 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
     if (d->idem)
         ret = st_idem_write(st, c, d->idem, err, errlen);
 done:
+    return ret;
+}
+
+int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen)
+{
+    return ma_store_commit_group(st, 1, &id, &d, err, errlen);
+}
+
+int ma_store_commit_group(ma_store *st, size_t n, const char *const *ids, const ma_store_delta *const *deltas,
+                          char *err, size_t errlen)
+{
+    int ret = 0;
+    if (n == 0)
+        return 0;
+    for (size_t i = 0; i < n && !ret; i++)
+        if (!(ret = check_id(st, ids[i], err, errlen)))
+            ret = check_delta(st, ids[i], deltas[i], err, errlen);
+    if (ret)
+        return ret;
+    uint64_t t0;
+    size_t events = 0, erase = 0;
+    bool rewrote = false;
+    if ((ret = st_write_begin(st, &t0, err, errlen)))
+        goto done;
+    for (size_t i = 0; i < n && !ret; i++) {
+        ret = apply_delta(st, st->writer, ids[i], deltas[i], &rewrote, err, errlen);
+        events += deltas[i]->n_events;
+        erase += deltas[i]->n_erase;
+    }
+done:
     ret = st_write_end(st, t0, ret, "committing", err, errlen);
     if (!ret)
-        atomic_fetch_add(&st->events_written, d->n_events);
+        atomic_fetch_add(&st->events_written, events);
     /* Erased bytes (payloads, rewritten slot versions) also leave the WAL (best effort: a reader in
      * progress can keep old frames until the next checkpoint; the database file itself was overwritten
      * by secure_delete). */
-    if (!ret && (d->n_erase || rewrote) && !st->opt.in_memory) {
+    if (!ret && (erase || rewrote) && !st->opt.in_memory) {
         pthread_mutex_lock(&st->wlock);
         sqlite3_wal_checkpoint_v2(st->writer->db, "main", SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
         pthread_mutex_unlock(&st->wlock);

@@ -221,6 +221,15 @@ typedef struct {
 
 int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen);
 
+/* Group commit: n deltas, deltas[i] of session ids[i], in one transaction (one fsync), written in order
+ * with ma_store_commit's checks — several deltas of one session must continue each other. Each delta is
+ * written whole as ma_store_commit writes it (event blocks and payload rows with their checksums, its
+ * slot version rows, its Idempotency-Key record). All or nothing: 0 once every delta is durable; on any
+ * failure none is stored and err names the failure. The arrays are only read during the call.
+ * ma_store_commit is this with n = 1. */
+int ma_store_commit_group(ma_store *st, size_t n, const char *const *ids, const ma_store_delta *const *deltas,
+                          char *err, size_t errlen);
+
 /* Reads events [first, first+n) of a session into k (n·k_floats) and v (n·v_floats); payloads (if not
  * NULL) gets n malloc'd JSON texts or NULLs. Used as the archive's chunk source. */
 int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n, size_t k_floats,

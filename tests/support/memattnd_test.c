@@ -12,9 +12,10 @@
  *
  * Second fault point, "killed after the commit, before the answer" (docs/API.md, "Safe retries"):
  * MEMATTN_KILL_AFTER_COMMIT=<n> makes the n-th store change that succeeds — a session change
- * (ma_store_commit), a create or a delete (ma_store_session_create_idem / _delete_idem, the registry's
- * calls) — raise SIGKILL as soon as the store returns, so its transaction is durable and its client
- * gets no answer. The Makefile links the test daemon with `-Wl,--wrap=` for those three functions: the
+ * (ma_store_commit, or one of the changes of a group transaction, ma_store_commit_group: the commit
+ * queue's pipelined event batches), a create or a delete (ma_store_session_create_idem / _delete_idem, the
+ * registry's calls) — raise SIGKILL as soon as the store returns, so its transaction is durable and its
+ * client gets no answer. The Makefile links the test daemon with `-Wl,--wrap=` for those four functions: the
  * registry's calls land in the __wrap_ functions below, which call the store's (__real_). The shipped
  * daemon is linked without it and has none of this.
  */
@@ -30,11 +31,13 @@
 static atomic_ulong kill_after;   /* 0: off */
 static atomic_ulong changes;
 
-/* After a store change that succeeded: the n-th one kills the process (no answer is sent). */
-static int kill_point(int rc)
+/* After `count` store changes that succeeded (one transaction): the one that holds the n-th change kills
+ * the process (no answer is sent). */
+static int kill_point(int rc, unsigned long count)
 {
     unsigned long n = atomic_load(&kill_after);
-    if (rc == 0 && n && atomic_fetch_add(&changes, 1) + 1 == n) {
+    unsigned long before = rc == 0 && n && count ? atomic_fetch_add(&changes, count) : 0;
+    if (rc == 0 && n && count && before < n && before + count >= n) {
         fprintf(stderr, "memattnd-test: MEMATTN_KILL_AFTER_COMMIT=%lu: killed after the commit\n", n);
         raise(SIGKILL);
     }
@@ -43,6 +46,10 @@ static int kill_point(int rc)
 
 int __real_ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen);
 int __wrap_ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen);
+int __real_ma_store_commit_group(ma_store *st, size_t n, const char *const *ids, const ma_store_delta *const *deltas,
+                                 char *err, size_t errlen);
+int __wrap_ma_store_commit_group(ma_store *st, size_t n, const char *const *ids, const ma_store_delta *const *deltas,
+                                 char *err, size_t errlen);
 int __real_ma_store_session_create_idem(ma_store *st, const char *id, const char *config_json, int64_t now,
                                         const ma_store_idem *k, char *err, size_t errlen);
 int __wrap_ma_store_session_create_idem(ma_store *st, const char *id, const char *config_json, int64_t now,
@@ -54,19 +61,25 @@ int __wrap_ma_store_session_delete_idem(ma_store *st, const char *id, const ma_s
 
 int __wrap_ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char *err, size_t errlen)
 {
-    return kill_point(__real_ma_store_commit(st, id, d, err, errlen));
+    return kill_point(__real_ma_store_commit(st, id, d, err, errlen), 1);
+}
+
+int __wrap_ma_store_commit_group(ma_store *st, size_t n, const char *const *ids, const ma_store_delta *const *deltas,
+                                 char *err, size_t errlen)
+{
+    return kill_point(__real_ma_store_commit_group(st, n, ids, deltas, err, errlen), n);
 }
 
 int __wrap_ma_store_session_create_idem(ma_store *st, const char *id, const char *config_json, int64_t now,
                                         const ma_store_idem *k, char *err, size_t errlen)
 {
-    return kill_point(__real_ma_store_session_create_idem(st, id, config_json, now, k, err, errlen));
+    return kill_point(__real_ma_store_session_create_idem(st, id, config_json, now, k, err, errlen), 1);
 }
 
 int __wrap_ma_store_session_delete_idem(ma_store *st, const char *id, const ma_store_idem *k, char *err,
                                         size_t errlen)
 {
-    return kill_point(__real_ma_store_session_delete_idem(st, id, k, err, errlen));
+    return kill_point(__real_ma_store_session_delete_idem(st, id, k, err, errlen), 1);
 }
 
 __attribute__((constructor)) static void memattnd_test_arm_kill(void)

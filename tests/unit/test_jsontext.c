@@ -306,6 +306,34 @@ static void test_large_ascii_body(void **state)
     free(s);
 }
 
+/* The 8-bytes-at-a-time scan of ASCII runs: a bad byte, a raw NUL, an escape and the closing quote are
+ * each found at every position relative to the 8-byte windows. */
+static void test_ascii_run_boundaries(void **state)
+{
+    (void)state;
+    for (int pre = 0; pre < 20; pre++)
+        for (int post = 0; post < 12; post++) {
+            char s[96];
+            int o = snprintf(s, sizeof s, "{\"s\":\"");
+            memset(s + o, 'a', (size_t)pre);
+            int at = o + pre;
+            memset(s + at + 1, 'b', (size_t)post);
+            strcpy(s + at + 1 + post, "\"}");
+            size_t n = strlen(s + at + 1) + (size_t)at + 1;
+            s[at] = 'c';   /* plain ASCII: accepted */
+            assert_int_equal(jt_check(s, n, NULL), 0);
+            s[at] = (char)0xff;
+            bad_n(s, n, "s", "invalid UTF-8", at);
+            s[at] = '\0';
+            bad_n(s, n, "s", "a NUL", at);
+            s[at] = '"';   /* the string ends here: what follows is not JSON, but no string is refused */
+            assert_int_equal(jt_check(s, n, NULL), 0);
+        }
+    /* an escaped NUL after an ASCII run */
+    assert_int_equal(check("{\"s\":\"aaaaaaaaaaaaaaaaaaaaa\\u0000\"}", NULL), MA_EINVAL);
+    assert_int_equal(check("{\"s\":\"aaaaaaaaaaaaaaaaaaaaa\\\"aaaaaaaaaaa\"}", NULL), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -319,6 +347,7 @@ int main(void)
         cmocka_unit_test(test_utf8_exhaustive),
         cmocka_unit_test(test_deep_nesting),
         cmocka_unit_test(test_large_ascii_body),
+        cmocka_unit_test(test_ascii_run_boundaries),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,7 +4,10 @@
  * is gone, the next change works); parallel readers of an unloaded session load it once; the memory
  * budget pages out and unloads sessions without changing their answers; the stored config text
  * (registry/params_text.h) is the JSON earlier versions stored and reads their rows; the store pager
- * (registry/pager.h) reads chunks and payloads back; listings, summaries and backups.
+ * (registry/pager.h) reads chunks and payloads back; listings, summaries and backups; the commit
+ * queue (reg_commit_queue): changes queued together are written in one transaction and answered in
+ * order, a failed group fails every change in it and every later change of its sessions, and the
+ * sessions reload exactly what the store holds.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -714,6 +717,291 @@ static void test_listing_summary_backup(void **state)
     close_fixture(&f);
 }
 
+/* ---- the commit queue ---------------------------------------------------------------------------- */
+
+static atomic_int commits_seen, commit_gate, queue_answers;
+static int commit_rcs[16];
+
+/* The commit observer: counts the group transactions (and their results), and holds the commit thread
+ * (bounded) while the gate is closed, so that the changes queued meanwhile form the next group. */
+static void observe(void *ctx, double seconds, int rc)
+{
+    (void)ctx;
+    (void)seconds;
+    int i = atomic_fetch_add(&commits_seen, 1);
+    if (i < 16)
+        commit_rcs[i] = rc;
+    for (int w = 0; w < 10000 && !atomic_load(&commit_gate); w++)
+        usleep(1000);
+}
+
+typedef struct {
+    float *k, *v;
+    int rc;
+    int order;                /* answer's position among all answers */
+    bool answered;
+} qchange;
+
+static void queued_answer(void *ctx, int rc, const char *err)
+{
+    qchange *c = ctx;
+    (void)err;
+    c->rc = rc;
+    c->order = atomic_load(&queue_answers);   /* answers come from the one commit thread */
+    free(c->k);
+    free(c->v);
+    c->k = c->v = NULL;
+    c->answered = true;
+    atomic_fetch_add(&queue_answers, 1);      /* publishes the fields above to wait_answers */
+}
+
+/* Applies n random events to s, the first of them writing `slot` (NULL: none), and queues their commit. */
+static void queue_batch_slot(fixture *f, reg_session *s, size_t n, const char *slot, qchange *c)
+{
+    char err[256];
+    c->k = malloc(n * D * sizeof(float));
+    c->v = malloc(n * D * sizeof(float));
+    ma_event ev[64];
+    assert_true(n <= 64 && c->k && c->v);
+    for (size_t i = 0; i < n * D; i++) {
+        c->k[i] = frand();
+        c->v[i] = frand();
+    }
+    for (size_t i = 0; i < n; i++)
+        ev[i] = (ma_event){.k = c->k + i * D, .v = c->v + i * D, .slot = i == 0 ? slot : NULL};
+    uint64_t first = ma_archive_length(ma_session_archive(reg_core(s)));
+    ma_ingest_report rep = {0};
+    assert_int_equal(ma_session_ingest(reg_core(s), n, ev, 1000, &rep), 0);
+    ma_ingest_report_clear(&rep);
+    reg_change ch = {.first_event = first, .n_events = n, .k = c->k, .v = c->v, .backbone = true, .archive = true,
+                     .slots = slot != NULL};
+    assert_int_equal(reg_commit_queue(f->reg, s, &ch, 2000, queued_answer, c, err, sizeof err), 0);
+}
+
+static void queue_batch(fixture *f, reg_session *s, size_t n, qchange *c)
+{
+    queue_batch_slot(f, s, n, NULL, c);
+}
+
+static void wait_answers(int n)
+{
+    for (int w = 0; w < 10000 && atomic_load(&queue_answers) < n; w++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&queue_answers), n);
+}
+
+static uint64_t stored_length(fixture *f, const char *id)
+{
+    ma_store_session row;
+    char err[256];
+    assert_int_equal(ma_store_session_summary(f->st, id, &row, err, sizeof err), 0);
+    uint64_t L = row.length;
+    ma_store_session_clear(&row);
+    return L;
+}
+
+static void test_commit_queue_groups(void **state)
+{
+    (void)state;
+    fixture f;
+    reg_session *a, *b;
+    char err[256];
+    ma_params p = params();
+    float ans_a[D], ans_b[D], now[D];
+    qchange c[12] = {0};
+    assert_int_equal(open_fixture(&f, 0), 0);
+    reg_observe_commits(f.reg, observe, NULL);
+    atomic_store(&commits_seen, 0);
+    atomic_store(&queue_answers, 0);
+    assert_int_equal(reg_create_session(f.reg, "qa", &p, 1, &a, err, sizeof err), 0);
+    assert_int_equal(reg_create_session(f.reg, "qb", &p, 1, &b, err, sizeof err), 0);
+
+    /* c0 is committed alone and holds the commit thread in the observer; c1..c3 queue up meanwhile and
+     * are written by the next transaction, all of them. */
+    atomic_store(&commit_gate, 0);
+    queue_batch(&f, a, 5, &c[0]);
+    for (int w = 0; w < 10000 && atomic_load(&commits_seen) < 1; w++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&commits_seen), 1);
+    queue_batch(&f, a, 7, &c[1]);
+    queue_batch(&f, b, 3, &c[2]);
+    queue_batch(&f, a, 2, &c[3]);
+    atomic_store(&commit_gate, 1);
+    wait_answers(4);
+    assert_int_equal(atomic_load(&commits_seen), 2);   /* one transaction for the three */
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(c[i].rc, 0);
+        assert_int_equal(c[i].order, i);                /* answered in queue order */
+    }
+    assert_int_equal(commit_rcs[0], 0);
+    assert_int_equal(commit_rcs[1], 0);
+    assert_int_equal(stored_length(&f, "qa"), 14);
+    assert_int_equal(stored_length(&f, "qb"), 3);
+    answer(a, ans_a);
+    answer(b, ans_b);
+
+    /* A failing group: c4 commits (and holds the thread), c5 (a), c6 (b), c7 (a) queue up, the disk
+     * fails: all three get the error and both sessions are dropped; c8, applied to the dropped copy of a
+     * after the failure, fails without being written. */
+    atomic_store(&commit_gate, 0);
+    queue_batch(&f, a, 4, &c[4]);
+    for (int w = 0; w < 10000 && atomic_load(&commits_seen) < 3; w++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&commits_seen), 3);
+    answer(a, ans_a);                                   /* the state after c4 */
+    queue_batch(&f, a, 6, &c[5]);
+    queue_batch(&f, b, 6, &c[6]);
+    queue_batch(&f, a, 6, &c[7]);
+    ma_store_fault_set(MA_FAULT_WRITE, 0);
+    atomic_store(&commit_gate, 1);
+    wait_answers(8);
+    ma_store_fault_set(MA_FAULT_NONE, 0);
+    assert_int_equal(atomic_load(&commits_seen), 4);
+    assert_int_not_equal(commit_rcs[3], 0);
+    for (int i = 5; i < 8; i++)
+        assert_int_not_equal(c[i].rc, 0);
+    queue_batch(&f, a, 3, &c[8]);
+    wait_answers(9);
+    assert_int_equal(c[8].rc, MA_EIO);
+    assert_int_equal(atomic_load(&commits_seen), 4);   /* not written */
+    assert_int_equal(stored_length(&f, "qa"), 18);
+    assert_int_equal(stored_length(&f, "qb"), 3);
+    /* reg_commit of a dropped session refuses (it waits for the queue first) */
+    reg_change none = {.backbone = true};
+    assert_int_equal(reg_commit(f.reg, a, &none, 3000, err, sizeof err), MA_EIO);
+    reg_release(f.reg, a);
+    reg_release(f.reg, b);
+
+    /* Acquired again: what the store holds, answering as before the failure; and they go on. */
+    assert_int_equal(reg_acquire(f.reg, "qa", &a, err, sizeof err), 0);
+    assert_int_equal(reg_acquire(f.reg, "qb", &b, err, sizeof err), 0);
+    assert_int_equal(ma_archive_length(ma_session_archive(reg_core(a))), 18);
+    assert_int_equal(ma_archive_length(ma_session_archive(reg_core(b))), 3);
+    answer(a, now);
+    assert_memory_equal(now, ans_a, sizeof now);
+    answer(b, now);
+    assert_memory_equal(now, ans_b, sizeof now);
+    queue_batch(&f, a, 2, &c[9]);
+    queue_batch(&f, b, 2, &c[10]);
+    wait_answers(11);
+    assert_int_equal(c[9].rc, 0);
+    assert_int_equal(c[10].rc, 0);
+    /* reg_delete waits for queued changes, then deletes */
+    queue_batch(&f, b, 2, &c[11]);
+    reg_release(f.reg, b);
+    assert_int_equal(reg_delete(f.reg, "qb", err, sizeof err), 0);
+    assert_true(c[11].answered);
+    assert_int_equal(c[11].rc, 0);
+    assert_int_equal(stored_length(&f, "qa"), 20);
+    reg_release(f.reg, a);
+    reg_observe_commits(f.reg, NULL, NULL);
+    close_fixture(&f);
+}
+
+/* A new registry over the fixture's store, reopened (the fault VFS kept). */
+static void restart(fixture *f)
+{
+    char err[256];
+    reg_destroy(f->reg);
+    ma_store_close(f->st);
+    ma_store_options o;
+    ma_store_options_default(&o);
+    o.vfs = ma_store_fault_vfs();
+    o.synchronous = MA_STORE_SYNC_NORMAL;
+    assert_int_equal(ma_store_open_with(f->dir, &o, &f->st, err, sizeof err), 0);
+    reg_options ro = {.store = f->st, .cache_chunks = 4};
+    assert_int_equal(reg_create(&ro, &f->reg), 0);
+}
+
+/* Slot versions (schema 3 rows) through the commit queue: several changes of one session in one group
+ * write the slot state blob once (the last) and the rows of every change, and the restored table equals
+ * the one in memory; a failed group stores none of its rows, the session is reloaded from the store and
+ * its next slot write stores its own rows. */
+static void test_commit_queue_slot_rows(void **state)
+{
+    (void)state;
+    fixture f;
+    reg_session *s;
+    char err[256];
+    ma_params p = params();
+    p.slots = 8;
+    qchange c[8] = {0};
+    assert_int_equal(open_fixture(&f, 0), 0);
+    reg_observe_commits(f.reg, observe, NULL);
+    atomic_store(&commits_seen, 0);
+    atomic_store(&queue_answers, 0);
+    assert_int_equal(reg_create_session(f.reg, "qs", &p, 1, &s, err, sizeof err), 0);
+
+    /* c0 (h v1) holds the commit thread; c1 (h v2), c2 (g v1), c3 (no slot) form the next group */
+    atomic_store(&commit_gate, 0);
+    queue_batch_slot(&f, s, 3, "h", &c[0]);
+    for (int w = 0; w < 10000 && atomic_load(&commits_seen) < 1; w++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&commits_seen), 1);
+    queue_batch_slot(&f, s, 3, "h", &c[1]);
+    queue_batch_slot(&f, s, 3, "g", &c[2]);
+    queue_batch_slot(&f, s, 2, NULL, &c[3]);
+    atomic_store(&commit_gate, 1);
+    wait_answers(4);
+    assert_int_equal(atomic_load(&commits_seen), 2);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(c[i].rc, 0);
+    assert_int_equal(stored_rows(&f, "qs"), 3);
+    assert_false(ma_slots_has_unsaved(ma_session_slots(reg_core(s))));
+    void *w1, *w2;
+    size_t n1, n2;
+    assert_int_equal(ma_session_serialize_slots(reg_core(s), &w1, &n1), 0);
+    reg_release(f.reg, s);
+    reg_observe_commits(f.reg, NULL, NULL);
+
+    restart(&f);
+    assert_int_equal(reg_acquire(f.reg, "qs", &s, err, sizeof err), 0);
+    assert_int_equal(ma_session_serialize_slots(reg_core(s), &w2, &n2), 0);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(w1, w2, n1);
+    free(w1);
+    free(w2);
+
+    /* c4 (h v3) commits and holds the thread; c5 (k v1) fails with its group: not stored */
+    reg_observe_commits(f.reg, observe, NULL);
+    atomic_store(&commits_seen, 0);
+    atomic_store(&queue_answers, 0);
+    atomic_store(&commit_gate, 0);
+    queue_batch_slot(&f, s, 2, "h", &c[4]);
+    for (int w = 0; w < 10000 && atomic_load(&commits_seen) < 1; w++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&commits_seen), 1);
+    queue_batch_slot(&f, s, 2, "k", &c[5]);
+    ma_store_fault_set(MA_FAULT_WRITE, 0);
+    atomic_store(&commit_gate, 1);
+    wait_answers(2);
+    ma_store_fault_set(MA_FAULT_NONE, 0);
+    assert_int_equal(c[4].rc, 0);
+    assert_int_not_equal(c[5].rc, 0);
+    assert_int_equal(stored_rows(&f, "qs"), 4);
+    reg_release(f.reg, s);
+    reg_observe_commits(f.reg, NULL, NULL);
+
+    /* acquired again: the stored table (no k), and a slot write of k stores its row */
+    assert_int_equal(reg_acquire(f.reg, "qs", &s, err, sizeof err), 0);
+    ma_slot_value sv;
+    assert_int_equal(ma_session_slot_read(reg_core(s), "h", 3, &sv), 0);
+    ma_slot_value_clear(&sv);
+    assert_int_not_equal(ma_session_slot_read(reg_core(s), "k", 1, &sv), 0);
+    assert_int_equal(ingest(&f, s, 2, "k"), 0);
+    assert_int_equal(stored_rows(&f, "qs"), 5);
+    assert_int_equal(ma_session_serialize_slots(reg_core(s), &w1, &n1), 0);
+    reg_release(f.reg, s);
+    restart(&f);
+    assert_int_equal(reg_acquire(f.reg, "qs", &s, err, sizeof err), 0);
+    assert_int_equal(ma_session_serialize_slots(reg_core(s), &w2, &n2), 0);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(w1, w2, n1);
+    free(w1);
+    free(w2);
+    reg_release(f.reg, s);
+    close_fixture(&f);
+}
 
 /* ---- background index builds (docs/ARCHIVE.md, "Builds in the background") ----------------------- */
 
@@ -991,6 +1279,8 @@ int main(void)
         cmocka_unit_test(test_parallel_load_once),
         cmocka_unit_test(test_budget),
         cmocka_unit_test(test_cache_counted),
+        cmocka_unit_test(test_commit_queue_groups),
+        cmocka_unit_test(test_commit_queue_slot_rows),
         cmocka_unit_test(test_background_build_states),
         cmocka_unit_test(test_background_build_race),
     };

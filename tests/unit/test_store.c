@@ -1651,12 +1651,132 @@ static void test_in_memory(void **state)
     ma_store_close(b);
 }
 
+/* ---- group commit --------------------------------------------------------------------------------- */
+
+/* A delta of events [from, from+n) of seed, as commit_batch writes them, kept for a group. */
+typedef struct {
+    ma_store_delta d;
+    float *k, *v;
+    char **pl;
+    char b[3][96];
+} gdelta;
+
+static void gdelta_make(gdelta *g, int seed, uint64_t from, size_t n)
+{
+    g->k = malloc(n * KF * sizeof(float));
+    g->v = malloc(n * VF * sizeof(float));
+    g->pl = calloc(n, sizeof(char *));
+    for (size_t i = 0; i < n; i++) {
+        for (int j = 0; j < KF; j++)
+            g->k[i * KF + j] = kval(seed, from + i, j);
+        for (int j = 0; j < VF; j++)
+            g->v[i * VF + j] = vval(seed, from + i, j);
+        g->pl[i] = payload_of(seed, from + i);
+    }
+    for (int i = 0; i < 3; i++)
+        blob_of(seed, from + n, i, g->b[i], sizeof g->b[i]);
+    g->d = (ma_store_delta){
+        .first_event = from, .n_events = n, .k_floats = KF, .v_floats = VF, .k = g->k, .v = g->v,
+        .payloads = (const char *const *)g->pl,
+        .backbone = {g->b[0], strlen(g->b[0])}, .slots_blob = {g->b[1], strlen(g->b[1])},
+        .archive_meta = {g->b[2], strlen(g->b[2])},
+        .length = from + n, .slots = (size_t)(from + n) % 7, .updated_at = 1000 + (int64_t)(from + n),
+    };
+}
+
+static void gdelta_free(gdelta *g)
+{
+    for (size_t i = 0; i < g->d.n_events; i++)
+        free(g->pl[i]);
+    free(g->pl);
+    free(g->k);
+    free(g->v);
+}
+
+/* Several deltas of two sessions in one transaction: written in order (a session's deltas continue
+ * each other, its last blobs win); a group with one bad delta, or whose fsync fails, stores nothing. */
+static void test_group_commit(void **state)
+{
+    (void)state;
+    char *dir = fresh_dir();
+    ma_store_options o;
+    ma_store_options_default(&o);
+    o.vfs = ma_store_fault_vfs();
+    ma_store *st;
+    assert_int_equal(ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf), 0);
+    assert_int_equal(ma_store_session_create(st, "g1", "{}", 0, errbuf, sizeof errbuf), 0);
+    assert_int_equal(ma_store_session_create(st, "g2", "{}", 0, errbuf, sizeof errbuf), 0);
+    gdelta g[3];
+    gdelta_make(&g[0], 5, 0, 70);
+    gdelta_make(&g[1], 6, 0, 10);
+    gdelta_make(&g[2], 5, 70, 60);
+    const char *ids[3] = {"g1", "g2", "g1"};
+    const ma_store_delta *ds[3] = {&g[0].d, &g[1].d, &g[2].d};
+    ma_store_stats before, after;
+    ma_store_stats_get(st, &before);
+    assert_int_equal(ma_store_commit_group(st, 3, ids, ds, errbuf, sizeof errbuf), 0);
+    ma_store_stats_get(st, &after);
+    assert_int_equal(after.commits - before.commits, 1);
+    assert_int_equal(after.events_written - before.events_written, 140);
+    check_session(st, "g1", 5, 130);
+    check_session(st, "g2", 6, 10);
+    for (int i = 0; i < 3; i++)
+        gdelta_free(&g[i]);
+
+    /* a delta that does not continue its session: nothing of the group is stored */
+    gdelta_make(&g[0], 5, 130, 10);
+    gdelta_make(&g[1], 6, 11, 5);
+    assert_int_equal(ma_store_commit_group(st, 2, ids, ds, errbuf, sizeof errbuf), MA_EINVAL);
+    check_session(st, "g1", 5, 130);
+    check_session(st, "g2", 6, 10);
+    gdelta_free(&g[1]);
+    /* the fsync of the group fails: nothing stored, here or after a reopen; then it goes through */
+    gdelta_make(&g[1], 6, 10, 5);
+    ma_store_fault_set(MA_FAULT_SYNC, 0);
+    assert_int_equal(ma_store_commit_group(st, 2, ids, ds, errbuf, sizeof errbuf), MA_EIO);
+    ma_store_fault_set(MA_FAULT_NONE, 0);
+    check_session(st, "g1", 5, 130);
+    check_session(st, "g2", 6, 10);
+    ma_store_close(st);
+    st = open_ok(dir);
+    check_session(st, "g1", 5, 130);
+    check_session(st, "g2", 6, 10);
+    assert_int_equal(ma_store_commit_group(st, 2, ids, ds, errbuf, sizeof errbuf), 0);
+    assert_int_equal(ma_store_commit_group(st, 0, ids, ds, errbuf, sizeof errbuf), 0);
+    check_session(st, "g1", 5, 140);
+    check_session(st, "g2", 6, 15);
+    gdelta_free(&g[0]);
+    gdelta_free(&g[1]);
+
+    /* every delta's slot version rows and its Idempotency-Key record are written by the group */
+    ma_store_slot_row r1[2] = {{"a", 1, "x1", 2, 0}, {"b", 1, "y1", 2, 0}}, r2[1] = {{"a", 2, "x2", 2, 0}};
+    ma_store_idem k = {.scope = "g1", .key = "k1", .fingerprint = 7, .status = 200, .body = "{}", .created_at = 1,
+                       .keep = 10};
+    ma_store_delta s1 = {.length = 140, .updated_at = 2, .slot_rows = r1, .n_slot_rows = 2};
+    ma_store_delta s2 = {.length = 140, .updated_at = 3, .slot_rows = r2, .n_slot_rows = 1, .idem = &k};
+    const char *sids[2] = {"g1", "g1"};
+    const ma_store_delta *sds[2] = {&s1, &s2};
+    assert_int_equal(ma_store_commit_group(st, 2, sids, sds, errbuf, sizeof errbuf), 0);
+    size_t rows = 0;
+    assert_int_equal(ma_store_slot_rows(st, "g1", count_row, &rows, errbuf, sizeof errbuf), 0);
+    assert_int_equal(rows, 3);
+    ma_store_idem_row ir;
+    assert_int_equal(ma_store_idem_get(st, "g1", "k1", 0, &ir, errbuf, sizeof errbuf), 0);
+    assert_int_equal(ir.fingerprint, 7);
+    assert_int_equal(ir.status, 200);
+    ma_store_idem_row_clear(&ir);
+    check_session(st, "g1", 5, 140);
+    ma_store_close(st);
+    rm_dir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_and_reopen),
         cmocka_unit_test(test_create_delete_list),
         cmocka_unit_test(test_commit_must_continue_the_session),
+        cmocka_unit_test(test_group_commit),
         cmocka_unit_test(test_schema_versions),
         cmocka_unit_test(test_upgrade_from_v1),
         cmocka_unit_test(test_upgrade_from_v2),

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# bench/ingest_bench.sh — durable HTTP ingest against the in-process core, in one run
+# (docs/RESULTS.md, "HTTP ingest close to the core").
+#
+#   bench/ingest_bench.sh [BATCHES [ROUNDS]]   (default 256 batches of 1,024 events per HTTP point, 2 rounds)
+#
+# 1. In-process baselines (build/bench/api_inproc, one thread, BATCHES x 1024 events into one session),
+#    measured at the start and again at the end of the run: core = ma_session_ingest alone; durable =
+#    ma_session_ingest + reg_commit after every batch (sqlite synchronous=FULL, as the daemon). The
+#    ratios use the higher of the two measurements of each (the machine is shared: the less disturbed
+#    one; it makes the HTTP ratios conservative).
+# 2. Durable HTTP ingest (build/bench/ingest_http): BATCHES base64 batches of 1,024 events (H = 1,
+#    d = 64) over keep-alive connections, a fresh daemon (release build, default threads, --max-body 64M,
+#    fresh --data) per point: 1 connection on 1 session; 4 connections on 1 session; 8 connections on
+#    1 session; 4 connections on 4 sessions. Per point: events/s, request latency p50/p99/max, the
+#    daemon's peak RSS (VmHWM), the mean batches per commit transaction (/metrics) and the ratios to the
+#    in-process rates. Each point runs ROUNDS times; the
+#    table shows the round with the median rate (with 2 rounds: the lower one).
+# BEFORE=path/to/memattnd (e.g. main's build) runs every point with that daemon too, alternating with this
+# tree's, so a before/after comparison shares the machine's mood. DAEMON=path replaces this tree's daemon.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BATCHES=${1:-256}
+ROUNDS=${2:-2}
+make -s build/memattnd build/bench/api_inproc build/bench/ingest_http >/dev/null
+DAEMON=${DAEMON:-build/memattnd}
+BEFORE=${BEFORE:-}
+TMP=$(mktemp -d /tmp/memattn-ingestbench-XXXXXX)
+DPID=
+trap '[ -n "$DPID" ] && kill $DPID 2>/dev/null; wait 2>/dev/null || true; rm -rf "$TMP"' EXIT
+
+echo "== load average: $(cut -d' ' -f1-3 /proc/loadavg); daemon: $DAEMON${BEFORE:+; before: $BEFORE}"
+inproc() {
+  rm -rf "$TMP/inproc"
+  build/bench/api_inproc "$TMP/inproc" $((BATCHES * 1024)) 1024 | tee -a "$TMP/inproc.txt"
+}
+echo "== in-process baselines ($BATCHES batches of 1024)"
+inproc
+
+point() {   # LABEL DAEMON SESSIONS CONNECTIONS -> appends "LABEL S C line hwm" to points.txt
+  rm -rf "$TMP/data"
+  "$2" --listen 127.0.0.1:0 --data "$TMP/data" --max-body 64M --log-level warn >"$TMP/out" 2>"$TMP/err" &
+  DPID=$!
+  for _ in $(seq 100); do grep -q '^listening on' "$TMP/out" 2>/dev/null && break; sleep 0.1; done
+  local addr line hwm
+  addr=$(sed -n 's/^listening on //p' "$TMP/out")
+  line=$(build/bench/ingest_http "$addr" "$3" "$4" "$BATCHES")
+  hwm=$(awk '/^VmHWM/ {print $2}' /proc/$DPID/status)
+  # batches per group transaction (a daemon without group commit has no such metric: 1)
+  grp=$(curl -sf "http://$addr/metrics" | awk '/^memattn_store_group_commits_total / {g=$2}
+        /^memattn_store_group_commit_batches_total / {b=$2} END {printf "%.2f", (g > 0) ? b / g : 1}')
+  kill -TERM $DPID; wait $DPID || true; DPID=
+  echo "$1 $line vmhwm_kib=$hwm group=$grp" | tee -a "$TMP/points.txt"
+}
+echo
+echo "== durable HTTP ingest, $BATCHES base64 batches of 1024 per point, $ROUNDS rounds"
+for round in $(seq "$ROUNDS"); do
+  for sc in "1 1" "1 4" "1 8" "4 4"; do
+    set -- $sc
+    [ -n "$BEFORE" ] && point before "$BEFORE" "$1" "$2"
+    point after "$DAEMON" "$1" "$2"
+  done
+done
+echo
+echo "== in-process baselines again"
+inproc
+echo "== load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+python3 - "$TMP/inproc.txt" "$TMP/points.txt" <<'PY'
+import sys, statistics
+core, dur = [], []
+for l in open(sys.argv[1]):
+    kv = dict(x.split("=") for x in l.split()[2:])
+    (core if l.split()[1] == "core" else dur).append(float(kv["events_per_s"]))
+c, d = max(core), max(dur)
+fmt = lambda xs: ", ".join(format(x, ",.0f") for x in xs)
+print(f"in-process core {fmt(core)} events/s; durable {fmt(dur)} events/s; ratios use core {c:,.0f}, "
+      f"durable {d:,.0f} (durable/core {d / c:.2f})")
+pts = {}
+for l in open(sys.argv[2]):
+    f = l.split()
+    kv = dict(x.split("=") for x in f[2:])
+    pts.setdefault((f[0], kv["sessions"], kv["connections"]), []).append(kv)
+print()
+print("| daemon | sessions | connections | events/s | p50 ms | p99 ms | max ms | VmHWM MiB | batches per commit | vs core | vs durable | rounds (events/s) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for (lab, s, cn), runs in pts.items():
+    runs.sort(key=lambda kv: float(kv["events_per_s"]))
+    m = runs[(len(runs) - 1) // 2]
+    ev = float(m["events_per_s"])
+    print(f"| {lab} | {s} | {cn} | {ev:,.0f} | {m['p50_ms']} | {m['p99_ms']} | {m['max_ms']} | "
+          f"{int(m['vmhwm_kib']) / 1024:.0f} | {m['group']} | {ev / c:.2f} | {ev / d:.2f} | "
+          + ", ".join(format(float(r["events_per_s"]), ",.0f") for r in runs) + " |")
+PY
