@@ -15,6 +15,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -245,6 +246,30 @@ int mh_wait(mh_daemon *d, int timeout_ms)
         nftw(d->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     d->dir[0] = '\0';
     return status;
+}
+
+/* True once pid is a zombie (dead, not yet reaped) or gone. */
+static bool dead(pid_t pid)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    const char *rp = strrchr(buf, ')');
+    return !f || (rp && rp[1] == ' ' && rp[2] == 'Z');
+}
+
+int mh_kill9(mh_daemon *d)
+{
+    mh_signal(d, SIGKILL);
+    for (int i = 0; i < 500 && !dead(d->pid); i++)
+        mh_sleep_ms(10);
+    if (truncate(d->log_path, 0) != 0)
+        fprintf(stderr, "cannot empty %s: %s\n", d->log_path, strerror(errno));
+    return mh_wait(d, 30000);
 }
 
 int mh_stop(mh_daemon *d, int timeout_ms)

@@ -57,6 +57,11 @@ int mh_stop(mh_daemon *d, int timeout_ms);
 void mh_signal(mh_daemon *d, int sig);
 int mh_wait(mh_daemon *d, int timeout_ms);
 
+/* SIGKILL (no drain, no close of the store) and reap: waits until the process is dead, empties its log
+ * first (the harness prints the log of every daemon that did not exit 0, and such kills are intended),
+ * then mh_wait. Returns mh_wait's status: 128 + SIGKILL for a daemon that was running. */
+int mh_kill9(mh_daemon *d);
+
 /* A cmocka teardown: SIGKILLs and cleans up every daemon a failed test left running (also done at
  * exit). Use cmocka_unit_test_teardown(test, mh_teardown). Always returns 0. */
 int mh_teardown(void **state);

@@ -99,27 +99,9 @@ static void start_on(mh_daemon *d, const char *dir)
     assert_int_equal(mh_start(d, args, NULL), 0);
 }
 
-static bool dead(pid_t pid)
-{
-    char path[64], buf[256];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-    if (f)
-        fclose(f);
-    buf[n] = '\0';
-    const char *rp = strrchr(buf, ')');
-    return !f || (rp && rp[1] == ' ' && rp[2] == 'Z');
-}
-
 static void kill9(mh_daemon *d)
 {
-    mh_signal(d, SIGKILL);
-    for (int i = 0; i < 500 && !dead(d->pid); i++)
-        mh_sleep_ms(10);
-    if (truncate(d->log_path, 0) != 0)
-        fprintf(stderr, "cannot empty %s: %s\n", d->log_path, strerror(errno));
-    assert_int_equal(mh_wait(d, 30000), 128 + SIGKILL);
+    assert_int_equal(mh_kill9(d), 128 + SIGKILL);
 }
 
 /* Feeds events [from, to) of seed to session id in batches of BATCH (every one acknowledged). */

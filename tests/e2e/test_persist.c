@@ -151,30 +151,9 @@ static void start(mh_daemon *d, const char *dir, const char *const *extra, const
     start_bin(d, NULL, dir, extra, env);
 }
 
-/* True once pid is a zombie (dead, not yet reaped). */
-static bool dead(pid_t pid)
-{
-    char path[64], buf[256];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-    if (f)
-        fclose(f);
-    buf[n] = '\0';
-    const char *rp = strrchr(buf, ')');
-    return !f || (rp && rp[1] == ' ' && rp[2] == 'Z');
-}
-
-/* SIGKILL and reap (no drain, no close of the store). The killed daemon's log is emptied first: the
- * harness prints the log of every daemon that did not exit 0, and these kills are intended. */
 static void kill9(mh_daemon *d)
 {
-    mh_signal(d, SIGKILL);
-    for (int i = 0; i < 500 && !dead(d->pid); i++)
-        mh_sleep_ms(10);
-    if (truncate(d->log_path, 0) != 0)
-        fprintf(stderr, "cannot empty %s: %s\n", d->log_path, strerror(errno));
-    assert_int_equal(mh_wait(d, 30000), 128 + SIGKILL);
+    assert_int_equal(mh_kill9(d), 128 + SIGKILL);
 }
 
 /* A request whose status is checked by the caller; the body is printf-formatted. */
