@@ -210,6 +210,36 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
     return remove(path);
 }
 
+char *mh_data_dir(const char *name)
+{
+    char *d = malloc(strlen(name) + 32);
+    if (!d)
+        return NULL;
+    sprintf(d, "/tmp/memattn-%sXXXXXX", name);
+    if (!mkdtemp(d)) {
+        free(d);
+        return NULL;
+    }
+    return d;
+}
+
+void mh_rm_data(char *dir)
+{
+    if (dir)
+        nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(dir);
+}
+
+int mh_start_on(mh_daemon *d, const char *bin, const char *dir, const char *const *extra, const char *const *env)
+{
+    const char *args[16] = {"--data", dir};
+    int n = 2;
+    for (int i = 0; extra && extra[i] && n < 15; i++)
+        args[n++] = extra[i];
+    args[n] = NULL;
+    return mh_start_bin(d, bin, args, env);
+}
+
 void mh_signal(mh_daemon *d, int sig)
 {
     if (d->pid > 0)

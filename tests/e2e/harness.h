@@ -45,6 +45,14 @@ int mh_start(mh_daemon *d, const char *const *args, const char *const *env);
 /* mh_start with another daemon binary (NULL: $MEMATTN_BIN as mh_start). */
 int mh_start_bin(mh_daemon *d, const char *bin, const char *const *args, const char *const *env);
 
+/* A data directory of a test's own that outlives daemons (restart tests): mh_data_dir makes a fresh
+ * /tmp/memattn-<name>XXXXXX (malloc'd; NULL on failure), mh_rm_data removes it with its contents and
+ * frees the string. mh_start_on starts `bin` (NULL: the shipped daemon) with --data dir and up to 13
+ * extra arguments (NULL-terminated, may be NULL); as mh_start_bin. */
+char *mh_data_dir(const char *name);
+void mh_rm_data(char *dir);
+int mh_start_on(mh_daemon *d, const char *bin, const char *dir, const char *const *extra, const char *const *env);
+
 /* The test daemon: memattnd with the test hooks of tests/support/ (fault injection through
  * MEMATTN_STORE_FAULT), $MEMATTN_TEST_BIN or build/memattnd-test. The shipped daemon ignores it. */
 const char *mh_test_bin(void);

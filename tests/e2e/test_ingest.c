@@ -450,29 +450,21 @@ static void test_keyed_batches_among_pipelined(void **state)
     assert_int_equal(mh_stop(&d, 30000), 0);
 }
 
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb; (void)flag; (void)ftw;
-    return remove(p);
-}
-
 static char *data_dir(void)
 {
-    char *dir = strdup("/tmp/memattn-ingestXXXXXX");
-    assert_non_null(mkdtemp(dir));
+    char *dir = mh_data_dir("ingest");
+    assert_non_null(dir);
     return dir;
 }
 
 static void rm_data(char *dir)
 {
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-    free(dir);
+    mh_rm_data(dir);
 }
 
 static void start_on(mh_daemon *d, const char *bin, const char *dir, const char *const *env)
 {
-    const char *args[] = {"--data", dir, NULL};
-    assert_int_equal(mh_start_bin(d, bin, args, env), 0);
+    assert_int_equal(mh_start_on(d, bin, dir, NULL, env), 0);
 }
 
 static void kill9(mh_daemon *d)

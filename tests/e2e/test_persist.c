@@ -115,35 +115,23 @@ static char *events_body(unsigned seed, uint64_t first, int n, const event_style
     return b;
 }
 
-static int rm_one(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb; (void)flag; (void)ftw;
-    return remove(p);
-}
-
 static char *data_dir(void)
 {
-    char *d = strdup("/tmp/memattn-persistXXXXXX");
-    assert_non_null(mkdtemp(d));
+    char *d = mh_data_dir("persist");
+    assert_non_null(d);
     return d;
 }
 
 static void rm_data(char *d)
 {
-    nftw(d, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-    free(d);
+    mh_rm_data(d);
 }
 
 /* Starts `bin` (NULL: the shipped daemon, $MEMATTN_BIN) on the data directory dir. */
 static void start_bin(mh_daemon *d, const char *bin, const char *dir, const char *const *extra,
                       const char *const *env)
 {
-    const char *args[16] = {"--data", dir};
-    int n = 2;
-    for (int i = 0; extra && extra[i] && n < 15; i++)
-        args[n++] = extra[i];
-    args[n] = NULL;
-    assert_int_equal(mh_start_bin(d, bin, args, env), 0);
+    assert_int_equal(mh_start_on(d, bin, dir, extra, env), 0);
 }
 
 static void start(mh_daemon *d, const char *dir, const char *const *extra, const char *const *env)
