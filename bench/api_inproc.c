@@ -118,8 +118,7 @@ int main(int argc, char **argv)
                     return 1;
                 }
                 if (durable) {
-                    reg_change c = {.first_event = i, .n_events = m, .k = k + i * d, .v = v + i * d,
-                                    .backbone = true, .archive = true};
+                    reg_change c = {.first_event = i, .n_events = m, .k = k + i * d, .v = v + i * d};
                     if (reg_commit(reg, s, &c, 0, err, sizeof err)) {
                         fprintf(stderr, "commit: %s\n", err);
                         return 1;

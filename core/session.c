@@ -14,6 +14,10 @@
  *    resident slot keys if it reaches route_threshold, else the sparse read. There is no mixed score.
  *    With slot_policy.read topk the cosine step, once switched on by the best slot, answers with the
  *    softmax-weighted mix of the k best slots' values (the switch itself stays hard: slot or sparse).
+ *  - Change report: every mutation that succeeds sets the bits of the parts it changed (backbone,
+ *    events, slots); the index bit is the archive's meta generation compared with the one last saved.
+ *    The registry serialises only those parts (ma_session_changes) and says when they are stored
+ *    (ma_session_changes_saved).
  * Not done here: validation of dimensions, finiteness and names (the server's codec does that), locking
  * (the server orders jobs per session), I/O (the store, through the two source callbacks).
  */
@@ -42,6 +46,9 @@ struct ma_session {
     size_t npl, plcap, pl_bytes;
     uint64_t first_local;            /* events below this index had been ingested before a restore */
     ma_payload_source psrc;
+    unsigned changed;                /* MA_CHANGED_* set by mutations since the last ma_session_changes_saved
+                                        (the index's bit is computed: meta_gen) */
+    uint64_t meta_gen;               /* ma_archive_meta_generation at creation, restore or the last save */
 };
 
 static const char *const route_names[] = {"auto", "slot", "sparse", "full", "state", "window"};
@@ -118,6 +125,7 @@ int ma_session_create(const ma_params *p, ma_session **out)
         return rc;
     }
     ma_slots_set_policy(s->slots, &p->slot_policy);
+    s->meta_gen = ma_archive_meta_generation(s->ar);
     *out = s;
     return 0;
 }
@@ -282,6 +290,7 @@ int ma_session_ingest_ex(ma_session *s, size_t n, const ma_event *ev, const doub
     }
     rep->length = first + n;
     rep->appended = n;
+    s->changed |= MA_CHANGED_BACKBONE | MA_CHANGED_EVENTS | (nw ? MA_CHANGED_SLOTS : 0u);
     free(before);
     free(texts);
     free(k);
@@ -361,8 +370,10 @@ int ma_session_slot_write(ma_session *s, const ma_slot_input *in, int64_t now, m
     if (rc == 0)
         rc = ma_slots_put_ex(s->slots, &w, in->has_importance ? in->importance : MA_IMPORTANCE_NONE, true, 0, 0,
                              now, res);
-    if (rc == 0)
+    if (rc == 0) {
         supersede(s, in->name, was);
+        s->changed |= MA_CHANGED_SLOTS;
+    }
     free(buf);
     return rc;
 }
@@ -377,8 +388,10 @@ int ma_session_slot_overwrite(ma_session *s, const ma_slot_input *in, uint64_t e
     if (rc == 0)
         rc = ma_slots_put_ex(s->slots, &w, in->has_importance ? in->importance : MA_IMPORTANCE_NONE, false,
                              explicit_version, if_match, now, res);
-    if (rc == 0)
+    if (rc == 0) {
         supersede(s, in->name, was);
+        s->changed |= MA_CHANGED_SLOTS;
+    }
     free(buf);
     return rc;
 }
@@ -398,8 +411,10 @@ int ma_session_slot_restore(ma_session *s, const char *name, uint64_t version, i
 {
     int64_t was = ma_slots_live_event(s->slots, name);
     int rc = ma_slots_restore(s->slots, name, version, now, res);
-    if (rc == 0)
+    if (rc == 0) {
         supersede(s, name, was);
+        s->changed |= MA_CHANGED_SLOTS;
+    }
     return rc;
 }
 
@@ -408,12 +423,18 @@ int ma_session_slot_restore(ma_session *s, const char *name, uint64_t version, i
 int ma_session_slot_protect(ma_session *s, const char *name, bool protect, int64_t now)
 {
     (void)now;
-    return ma_slots_protect(s->slots, name, protect);
+    int rc = ma_slots_protect(s->slots, name, protect);
+    if (rc == 0)
+        s->changed |= MA_CHANGED_SLOTS;
+    return rc;
 }
 
 int ma_session_slot_evict(ma_session *s, const char *name, int64_t now)
 {
-    return ma_slots_evict(s->slots, name, now);
+    int rc = ma_slots_evict(s->slots, name, now);
+    if (rc == 0)
+        s->changed |= MA_CHANGED_SLOTS;
+    return rc;
 }
 
 int ma_session_slot_forget(ma_session *s, const char *name, uint64_t **events, size_t *n)
@@ -441,6 +462,7 @@ int ma_session_slot_forget(ma_session *s, const char *name, uint64_t **events, s
     }
     for (size_t i = 0; i < ne; i++)
         ma_archive_mask_set(s->ar, ev[i], MA_MASK_FORGOTTEN, true);
+    s->changed |= MA_CHANGED_SLOTS;
     *events = ev;
     *n = ne;
     return 0;
@@ -783,10 +805,22 @@ size_t ma_session_footprint(const ma_params *p, size_t cache_chunks, ma_footprin
     return sizeof(ma_session) + f.backbone + f.slots + f.archive;
 }
 
-void ma_session_counts_get(const ma_session *s, ma_session_counts *c)
+void ma_session_changes(const ma_session *s, ma_session_change *out)
 {
-    c->length = ma_archive_length(s->ar);
-    c->slots_resident = ma_slots_resident(s->slots);
+    out->parts = s->changed;
+    if (ma_slots_has_unsaved(s->slots))
+        out->parts |= MA_CHANGED_SLOTS;
+    if (ma_archive_meta_generation(s->ar) != s->meta_gen)
+        out->parts |= MA_CHANGED_INDEX;
+    out->length = ma_archive_length(s->ar);
+    out->slots_resident = ma_slots_resident(s->slots);
+}
+
+void ma_session_changes_saved(ma_session *s)
+{
+    s->changed = 0;
+    s->meta_gen = ma_archive_meta_generation(s->ar);
+    ma_slots_saved(s->slots);
 }
 
 /* ---- persistence ------------------------------------------------------------------------------- */
@@ -841,6 +875,7 @@ int ma_session_restore_rows(const ma_params *p, const ma_session_saved *from, co
     ma_slots_each_event(s->slots, restore_mask, s);
     s->first_local = ma_archive_length(s->ar);
     s->psrc = from->payloads;
+    s->meta_gen = ma_archive_meta_generation(s->ar);
     *out = s;
     return 0;
 fail:

@@ -228,14 +228,34 @@ size_t ma_session_footprint(const ma_params *p, size_t cache_chunks, ma_footprin
  * alongside mutations. */
 size_t ma_session_bytes(const ma_session *s);
 
-/* The two counters the store keeps with a session (archive length, resident slots): no allocation, no
- * arithmetic over the state (unlike ma_session_stats_get, which computes norms). Same threading as
- * ma_session_bytes. */
+/* ---- what the mutations changed (what the registry writes) ------------------------------------ */
+
+/* The parts of a session that mutations change, as bits of ma_session_change.parts. */
+enum {
+    MA_CHANGED_BACKBONE = 1u << 0,   /* the recurrent state (ma_backbone_serialize's blob): an ingest */
+    MA_CHANGED_EVENTS   = 1u << 1,   /* events appended to the archive (the caller holds their arrays): an
+                                        ingest */
+    MA_CHANGED_SLOTS    = 1u << 2,   /* the slot table (ma_slots_serialize_state's blob, ma_slots_unsaved's
+                                        rows): an ingest with a slot event, every slot verb that succeeds;
+                                        also a table restored whole whose versions are not rows yet */
+    MA_CHANGED_INDEX    = 1u << 3,   /* the archive index's build (ma_archive_serialize_meta's blob): a
+                                        rebuild, at an ingest or by ma_archive_index_adopt */
+};
+
+/* What changed since the session was created or restored, or since ma_session_changes_saved, and the
+ * two counters the store keeps with a session (archive length, resident slots). A mutation that fails
+ * changes nothing and adds no bit. No allocation, no arithmetic over the state (unlike
+ * ma_session_stats_get, which computes norms). Same threading as ma_session_bytes. */
 typedef struct {
+    unsigned parts;            /* MA_CHANGED_* */
     uint64_t length;
     size_t slots_resident;
-} ma_session_counts;
-void ma_session_counts_get(const ma_session *s, ma_session_counts *c);
+} ma_session_change;
+void ma_session_changes(const ma_session *s, ma_session_change *out);
+
+/* The changes reported by ma_session_changes are stored (or queued to be): parts start again from 0
+ * and the slot table's versions are marked saved (ma_slots_saved). Caller runs exclusively for s. */
+void ma_session_changes_saved(ma_session *s);
 
 /* Components, for the session registry and benchmarks (borrowed pointers, valid while the session lives). */
 ma_backbone *ma_session_backbone(ma_session *s);

@@ -57,7 +57,6 @@ struct reg_session {
                                    reserved for it */
     size_t footprint;           /* ma_session_footprint of its params and chunk cache (0: not known yet) */
     bool blobs_stored;          /* the store row holds all three blobs (else the next commit writes all) */
-    uint64_t meta_gen;          /* ma_archive_meta_generation of the stored archive blob */
     bool stale;                 /* in-memory state may differ from the store: drop at last release */
     bool linked;                /* in the map and LRU list */
     bool paged;                 /* archive chunks released to the store since the last append */
@@ -470,7 +469,6 @@ static int load(reg_registry *r, reg_session *s, char *err, size_t errlen)
          * reads them. A failure only means the next load computes them again. */
         persist_restored_rows(r, s, core);
         s->blobs_stored = true;
-        s->meta_gen = ma_archive_meta_generation(ma_session_archive(core));
         s->paged = true;   /* a restored archive reads its chunks from the store on demand */
     }
     s->created_at = row.created_at;
@@ -814,8 +812,6 @@ typedef struct {
     char *names;
     void *ilists, *icodes;       /* d.index's rows, copied from the archive */
     ma_store_idem ki;            /* d.idem points here when the change carries a key */
-    bool slots, meta;            /* the slot state / archive blob is in it */
-    uint64_t gen;                /* the archive meta generation serialised */
 } ser_change;
 
 static void ser_free(ser_change *x)
@@ -830,9 +826,10 @@ static void ser_free(ser_change *x)
     memset(x, 0, sizeof *x);
 }
 
-/* Serialises what c changed in s into *x: the blobs that changed, the slot table's state and its versions
- * not stored yet (docs/STORE.md, schema 3), c's event arrays and Idempotency-Key record borrowed. 0, or
- * the serialiser's code with err set (x then owns nothing). */
+/* Serialises what the core says changed in s (ma_session_changes; everything when the store row lacks
+ * the blobs) into *x: the blobs of the changed parts, the slot table's state and its versions not stored
+ * yet (docs/STORE.md, schema 3), c's event arrays and Idempotency-Key record borrowed. 0, or the
+ * serialiser's code with err set (x then owns nothing). */
 static int serialise(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, ser_change *x, char *err,
                      size_t errlen)
 {
@@ -841,19 +838,21 @@ static int serialise(reg_registry *r, reg_session *s, const reg_change *c, int64
     bool all = !s->blobs_stored;
     /* The slot table: its small state and only the versions not stored yet (docs/STORE.md). */
     ma_slots *tab = ma_session_slots(s->core);
-    ma_session_counts st;
+    ma_session_change st;
     int rc = 0;
 
     memset(x, 0, sizeof *x);
-    x->slots = c->slots || all || ma_slots_has_unsaved(tab);
-    /* The archive blob changes only at an index rebuild: rewrite it only then. */
-    x->gen = ma_archive_meta_generation(ma_session_archive(s->core));
-    x->meta = all || (c->archive && x->gen != s->meta_gen);
-    ma_session_counts_get(s->core, &st);
-    if (((c->backbone || all) && (rc = ma_backbone_serialize(ma_session_backbone(s->core), &bb, &bbl)) != 0) ||
-        (x->slots && (rc = ma_slots_serialize_state(tab, &sl, &sll)) != 0) ||
-        (x->slots && (rc = ma_slots_unsaved(tab, &x->rows, &x->nrows)) != 0) ||
-        (x->meta && (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0))
+    ma_session_changes(s->core, &st);
+    if (all)
+        st.parts |= MA_CHANGED_BACKBONE | MA_CHANGED_SLOTS | MA_CHANGED_INDEX;
+    bool slots = st.parts & MA_CHANGED_SLOTS;
+    /* The archive blob changes only at an index rebuild (MA_CHANGED_INDEX): rewritten only then. */
+    if (((st.parts & MA_CHANGED_BACKBONE) &&
+         (rc = ma_backbone_serialize(ma_session_backbone(s->core), &bb, &bbl)) != 0) ||
+        (slots && (rc = ma_slots_serialize_state(tab, &sl, &sll)) != 0) ||
+        (slots && (rc = ma_slots_unsaved(tab, &x->rows, &x->nrows)) != 0) ||
+        ((st.parts & MA_CHANGED_INDEX) &&
+         (rc = ma_archive_serialize_meta(ma_session_archive(s->core), &am, &aml)) != 0))
         goto fail;
     x->blobs[0] = bb;
     x->blobs[1] = sl;
@@ -931,10 +930,7 @@ fail:
 static void note_stored(reg_registry *r, reg_session *s, const reg_change *c, const ser_change *x, int64_t now)
 {
     s->blobs_stored = true;
-    if (x->slots)
-        ma_slots_saved(ma_session_slots(s->core));
-    if (x->meta)
-        s->meta_gen = x->gen;
+    ma_session_changes_saved(s->core);   /* what serialise wrote: nothing changed since (exclusive) */
     s->updated_at = now;
     if (c->n_events)
         s->paged = false;   /* new chunks are resident; reg_release pages them out under memory pressure */
@@ -1562,7 +1558,7 @@ static int swap(reg_registry *r, const char *id, ma_ivf_build *b, uint32_t base,
         s->stale = true;
         pthread_mutex_unlock(&r->mu);
     } else {
-        reg_change c = {.first_event = ma_archive_length(a), .archive = true};
+        reg_change c = {.first_event = ma_archive_length(a)};   /* the core reports the new build */
         rc = reg_commit(r, s, &c, s->updated_at, err, sizeof err);   /* stale on failure */
     }
     reg_release(r, s);

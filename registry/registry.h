@@ -215,20 +215,21 @@ void reg_summary_clear(reg_summary *sm);
  * path exists (a backup never overwrites a file), MA_EIO; err says why. */
 int reg_backup(reg_registry *r, const char *path, char *err, size_t errlen);
 
-/* What a mutation changed, for reg_commit. */
+/* What comes with a mutation's commit besides what the core reports changed (ma_session_changes: the
+ * registry serialises only the parts the core names): the new events' arrays, the payloads to erase,
+ * the key record. */
 typedef struct {
     uint64_t first_event;      /* index of the first new event */
     size_t n_events;           /* new events (k: n*H*d, v: n*H*d_v floats, payloads: n texts or NULLs) */
     const float *k, *v;
     const char *const *payloads;
-    bool backbone, archive, slots;   /* components whose state changed */
     const uint64_t *erase;     /* events whose stored payloads are erased (ma_session_slot_forget) */
     size_t n_erase;
     const reg_idem *idem;      /* the request's Idempotency-Key and answer, committed with it (NULL: none) */
 } reg_change;
 
 /* Commits a change already applied to the acquired session s (caller runs exclusively for s): serialises
- * the changed components and writes them with the new events in one transaction, stamped `now`.
+ * the components the core reports changed (ma_session_changes) and writes them with the new events in one transaction, stamped `now`.
  * 0 once durable. On failure (MA_EIO, MA_ECORRUPT, MA_ENOMEM; err says why) the session is marked stale
  * and reloaded from the store on next use. */
 int reg_commit(reg_registry *r, reg_session *s, const reg_change *c, int64_t now, char *err, size_t errlen);

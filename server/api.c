@@ -574,12 +574,8 @@ static bool events_run(job *j, srv_hold *h)
     job_ok(j, 200, codec_ingest_report_to_json(&rep));
     if (!j->ev.n)
         goto done;
-    bool slots = false;
-    for (size_t i = 0; i < j->ev.n && !slots; i++)
-        slots = j->ev.ev[i].slot != NULL;
     reg_change c = {.first_event = first, .n_events = j->ev.n, .k = j->ev.k, .v = j->ev.v,
-                    .payloads = (const char *const *)j->ev.payloads, .backbone = true, .archive = true,
-                    .slots = slots};
+                    .payloads = (const char *const *)j->ev.payloads};
     if (!h) {
         if (commit(j, s, &c) == 0)
             srv_metric_child_add(j->api->events_ingested, (int64_t)j->ev.n);
@@ -772,7 +768,7 @@ static int do_slot_write(job *j)
     if (!put || res.created)
         snprintf(j->location, sizeof j->location, "/v1/sessions/%s/slots/%s", j->id, b.name);
     job_ok(j, put && !res.created ? 200 : 201, codec_slot_result_to_json(b.name, &res));   /* committed with it */
-    reg_change c = {.slots = true};
+    reg_change c = {0};
     rc = commit(j, s, &c);
 done:
     codec_slot_body_clear(&b);
@@ -888,7 +884,7 @@ static int do_slot_verb(job *j)
         ma_slot_value_clear(&sv);
         job_ok(j, 200, o);
     }
-    reg_change c = {.slots = true, .erase = erased, .n_erase = n_erased};
+    reg_change c = {.erase = erased, .n_erase = n_erased};
     rc = commit(j, s, &c);
 done:
     free(erased);

@@ -309,7 +309,7 @@ static void test_registry_window(void **state)
     assert_int_equal(ma_session_ingest(reg_core(s), 1, &ev, 10100, &rep), 0);
     ma_ingest_report_clear(&rep);
     reg_idem ke = {.scope = "s", .key = "e1", .fingerprint = 7, .status = 200, .body = "{\"length\":1}"};
-    reg_change c = {.first_event = 0, .n_events = 1, .k = kv, .v = vv, .backbone = true, .archive = true, .idem = &ke};
+    reg_change c = {.first_event = 0, .n_events = 1, .k = kv, .v = vv, .idem = &ke};
     assert_int_equal(reg_commit(reg, s, &c, 10100, errbuf, sizeof errbuf), 0);
     reg_release(reg, s);
     assert_int_equal(reg_idem_find(reg, "s", "e1", 10100, &a, errbuf, sizeof errbuf), 0);

@@ -100,8 +100,7 @@ static int ingest(fixture *f, reg_session *s, size_t n, const char *slot)
     ma_ingest_report rep = {0};
     assert_int_equal(ma_session_ingest(reg_core(s), n, ev, 1000, &rep), 0);
     ma_ingest_report_clear(&rep);
-    reg_change c = {.first_event = first, .n_events = n, .k = k, .v = v, .backbone = true, .archive = true,
-                    .slots = slot != NULL};
+    reg_change c = {.first_event = first, .n_events = n, .k = k, .v = v};
     return reg_commit(f->reg, s, &c, 2000, err, sizeof err);
 }
 
@@ -161,7 +160,7 @@ static void test_slot_rows_restart(void **state)
         assert_int_equal(ingest(&f, s, 2, "h"), 0);                 /* 40 versions of h, one per commit */
     assert_int_equal(stored_rows(&f, "s"), 40);
     ma_slot_result res;
-    reg_change c = {.slots = true};
+    reg_change c = {0};
     char pl[32];
     for (int i = 0; i < 5; i++) {
         snprintf(pl, sizeof pl, "\"v%d\"", i);
@@ -183,7 +182,7 @@ static void test_slot_rows_restart(void **state)
     uint64_t *ev;
     size_t nev;
     assert_int_equal(ma_session_slot_forget(reg_core(s), "f", &ev, &nev), 0);
-    reg_change fc = {.slots = true, .erase = ev, .n_erase = nev};
+    reg_change fc = {.erase = ev, .n_erase = nev};
     size_t before = stored_rows(&f, "s");
     assert_int_equal(reg_commit(f.reg, s, &fc, 4003, err, sizeof err), 0);
     assert_int_equal(stored_rows(&f, "s"), before);                  /* rewritten in place */
@@ -273,7 +272,7 @@ static void test_failed_commit_reloads(void **state)
     ma_slot_result res;
     assert_int_equal(ma_session_slot_write(reg_core(s), &in, 3000, &res), 0);
     ma_store_fault_set(MA_FAULT_FULL, 0);
-    reg_change c = {.slots = true};
+    reg_change c = {0};
     assert_int_not_equal(reg_commit(f.reg, s, &c, 3000, err, sizeof err), 0);
     ma_store_fault_set(MA_FAULT_NONE, 0);
     assert_true(strlen(err) > 0);
@@ -392,7 +391,7 @@ static void test_budget(void **state)
         ma_ingest_report rep = {0};
         assert_int_equal(ma_session_ingest(reg_core(s), 20, ev, 1, &rep), 0);
         ma_ingest_report_clear(&rep);
-        reg_change c = {.n_events = 20, .k = k, .v = v, .backbone = true, .archive = true};
+        reg_change c = {.n_events = 20, .k = k, .v = v};
         assert_int_equal(reg_commit(f.reg, s, &c, 1, err, sizeof err), 0);
         float q[64], out[64];
         for (int j = 0; j < 64; j++)
@@ -634,7 +633,7 @@ static void test_pager(void **state)
     assert_int_equal(ma_session_ingest(reg_core(s), 10, ev, 1, &rep), 0);
     ma_ingest_report_clear(&rep);
     const char *pl[10] = {NULL, NULL, NULL, NULL, NULL, "\"five\""};
-    reg_change c = {.n_events = 10, .k = k, .v = v, .payloads = pl, .backbone = true, .archive = true};
+    reg_change c = {.n_events = 10, .k = k, .v = v, .payloads = pl};
     assert_int_equal(reg_commit(f.reg, s, &c, 2, err, sizeof err), 0);
     reg_release(f.reg, s);
 
@@ -773,8 +772,7 @@ static void queue_batch_slot(fixture *f, reg_session *s, size_t n, const char *s
     ma_ingest_report rep = {0};
     assert_int_equal(ma_session_ingest(reg_core(s), n, ev, 1000, &rep), 0);
     ma_ingest_report_clear(&rep);
-    reg_change ch = {.first_event = first, .n_events = n, .k = c->k, .v = c->v, .backbone = true, .archive = true,
-                     .slots = slot != NULL};
+    reg_change ch = {.first_event = first, .n_events = n, .k = c->k, .v = c->v};
     assert_int_equal(reg_commit_queue(f->reg, s, &ch, 2000, queued_answer, c, err, sizeof err), 0);
 }
 
@@ -867,7 +865,7 @@ static void test_commit_queue_groups(void **state)
     assert_int_equal(stored_length(&f, "qa"), 18);
     assert_int_equal(stored_length(&f, "qb"), 3);
     /* reg_commit of a dropped session refuses (it waits for the queue first) */
-    reg_change none = {.backbone = true};
+    reg_change none = {0};
     assert_int_equal(reg_commit(f.reg, a, &none, 3000, err, sizeof err), MA_EIO);
     reg_release(f.reg, a);
     reg_release(f.reg, b);
@@ -1036,7 +1034,7 @@ static int ingest_seq(fixture *f, reg_session *s, unsigned seed, size_t n)
     ma_ingest_report rep = {0};
     assert_int_equal(ma_session_ingest(reg_core(s), n, ev, 1000, &rep), 0);
     ma_ingest_report_clear(&rep);
-    reg_change c = {.first_event = first, .n_events = n, .k = k, .v = v, .backbone = true, .archive = true};
+    reg_change c = {.first_event = first, .n_events = n, .k = k, .v = v};
     return reg_commit(f->reg, s, &c, 2000, err, sizeof err);
 }
 

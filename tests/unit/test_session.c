@@ -181,8 +181,8 @@ static void test_ingest_packed_or_scattered(void **state)
         assert_memory_equal(k, k2, sizeof k);
         assert_memory_equal(v, v2, sizeof v);
     }
-    ma_session_counts c;
-    ma_session_counts_get(b, &c);
+    ma_session_change c;
+    ma_session_changes(b, &c);
     assert_int_equal(c.length, e.n);
     assert_int_equal(c.slots_resident, 0);
     ma_ingest_report_clear(&r1);
@@ -193,6 +193,92 @@ static void test_ingest_packed_or_scattered(void **state)
     free(rv);
     free(rev);
     free_events(&e);
+}
+
+/* The change report (ma_session_changes): each verb sets the parts it changed and only those, a failed
+ * verb and a query set nothing, ma_session_changes_saved starts again from nothing. */
+static unsigned parts_saved(ma_session *s)
+{
+    ma_session_change c;
+    ma_session_changes(s, &c);
+    ma_session_changes_saved(s);
+    return c.parts;
+}
+
+static void test_change_report(void **state)
+{
+    (void)state;
+    ma_session *s = session(4);
+    events e;
+    make_events(&e, MA_IVF_MIN_BUILD, 41);
+    ma_ingest_report rep;
+    ma_session_change c;
+    ma_session_changes(s, &c);
+    assert_int_equal(c.parts, 0);
+    assert_int_equal(c.length, 0);
+
+    const unsigned ingested = MA_CHANGED_BACKBONE | MA_CHANGED_EVENTS;
+    assert_int_equal(ma_session_ingest(s, 3, e.ev, 1, &rep), 0);
+    ma_ingest_report_clear(&rep);
+    ma_session_changes(s, &c);
+    assert_int_equal(c.length, 3);
+    assert_int_equal(c.slots_resident, 0);
+    assert_int_equal(parts_saved(s), ingested);
+    assert_int_equal(parts_saved(s), 0);
+    assert_int_equal(ma_session_ingest(s, 0, e.ev + 3, 1, &rep), 0);   /* an empty batch changes nothing */
+    ma_ingest_report_clear(&rep);
+    assert_int_equal(parts_saved(s), 0);
+    e.ev[3].slot = "ev";
+    assert_int_equal(ma_session_ingest(s, 2, e.ev + 3, 2, &rep), 0);
+    ma_ingest_report_clear(&rep);
+    ma_session_changes(s, &c);
+    assert_int_equal(c.slots_resident, 1);
+    assert_int_equal(parts_saved(s), ingested | MA_CHANGED_SLOTS);
+
+    ma_slot_input in = {.name = "a", .k = e.k, .v = e.v};
+    assert_int_equal(ma_session_slot_write(s, &in, 3, NULL), 0);
+    assert_int_equal(parts_saved(s), MA_CHANGED_SLOTS);
+    assert_int_equal(ma_session_slot_write(s, &in, 3, NULL), MA_EEXISTS);   /* failed: nothing */
+    assert_int_equal(parts_saved(s), 0);
+    assert_int_equal(ma_session_slot_overwrite(s, &in, 0, 0, 4, NULL), 0);
+    assert_int_equal(parts_saved(s), MA_CHANGED_SLOTS);
+    assert_int_equal(ma_session_slot_overwrite(s, &in, 0, 1, 4, NULL), MA_EPRECOND);
+    assert_int_equal(parts_saved(s), 0);
+    assert_int_equal(ma_session_slot_restore(s, "a", 1, 5, NULL), 0);
+    assert_int_equal(parts_saved(s), MA_CHANGED_SLOTS);
+    assert_int_equal(ma_session_slot_protect(s, "a", true, 6), 0);
+    assert_int_equal(parts_saved(s), MA_CHANGED_SLOTS);
+    assert_int_equal(ma_session_slot_evict(s, "a", 7), MA_EPROTECTED);
+    assert_int_equal(parts_saved(s), 0);
+    assert_int_equal(ma_session_slot_protect(s, "a", false, 8), 0);
+    assert_int_equal(parts_saved(s), MA_CHANGED_SLOTS);
+    assert_int_equal(ma_session_slot_evict(s, "a", 9), 0);
+    assert_int_equal(parts_saved(s), MA_CHANGED_SLOTS);
+    assert_int_equal(ma_session_slot_protect(s, "nope", true, 10), MA_ENOTFOUND);
+    assert_int_equal(parts_saved(s), 0);
+    uint64_t *ev;
+    size_t nev;
+    assert_int_equal(ma_session_slot_forget(s, "ev", &ev, &nev), 0);
+    free(ev);
+    assert_int_equal(parts_saved(s), MA_CHANGED_SLOTS);
+
+    /* Reads change nothing that is stored. */
+    float out[VN];
+    ma_answer a = {.v = out};
+    assert_int_equal(ma_session_query(s, &(ma_query){.q = e.k, .route = MA_ROUTE_FULL}, &a), 0);
+    ma_answer_clear(&a);
+    assert_int_equal(parts_saved(s), 0);
+
+    /* The batch that reaches the first index build point rebuilds the index: its blob changed too. */
+    uint64_t len = ma_archive_length(ma_session_archive(s));
+    assert_int_equal(ma_archive_meta_generation(ma_session_archive(s)), 0);
+    assert_int_equal(ma_session_ingest(s, MA_IVF_MIN_BUILD - len, e.ev + len, 11, &rep), 0);
+    ma_ingest_report_clear(&rep);
+    assert_true(ma_archive_meta_generation(ma_session_archive(s)) > 0);
+    assert_int_equal(parts_saved(s), ingested | MA_CHANGED_INDEX);
+    assert_int_equal(parts_saved(s), 0);
+    free_events(&e);
+    ma_session_destroy(s);
 }
 
 static void test_write_controller(void **state)
@@ -674,6 +760,13 @@ static void test_serialize_restore(void **state)
         assert_int_equal(ma_session_restore(&p, &(ma_session_saved){bb, bbn, sl, sln, am, amn, cs, 2, ps, {0}},
                                             &r),
                          0);
+        /* A table restored whole has its versions to store as rows: the first commit writes them. */
+        ma_session_change ch;
+        ma_session_changes(r, &ch);
+        assert_int_equal(ch.parts, MA_CHANGED_SLOTS);
+        ma_session_changes_saved(r);
+        ma_session_changes(r, &ch);
+        assert_int_equal(ch.parts, 0);
 
         ma_query qs[] = {
             {.q = e.k + 1 * KN},                                  /* sparse, payload through the source */
@@ -1286,6 +1379,7 @@ int main(void)
         cmocka_unit_test(test_policy_topk_read),
         cmocka_unit_test(test_policy_restart),
         cmocka_unit_test(test_query_batch),
+        cmocka_unit_test(test_change_report),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
