@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/hash.h"
 
 #define NBUCKETS 1024   /* keys with queued or running jobs; chains stay short at queue_max ~ 1e3 */
 
@@ -129,18 +130,16 @@ static job *f_pop(keyent *k)
     return j;
 }
 
-static uint32_t hash(const char *s)
+/* The hash chain of key `name` (core/hash.h's FNV-1a). */
+static size_t bucket(const char *name)
 {
-    uint32_t h = 2166136261u;   /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (uint8_t)*s) * 16777619u;
-    return h;
+    return (size_t)(ma_fnv1a64(name, strlen(name)) % NBUCKETS);
 }
 
 /* Finds (or with create, adds) the entry of `name`. Caller holds the lock. */
 static keyent *key_get(srv_pool *p, const char *name, bool create)
 {
-    keyent **b = &p->buckets[hash(name) % NBUCKETS];
+    keyent **b = &p->buckets[bucket(name)];
     for (keyent *k = *b; k; k = k->next)
         if (strcmp(k->name, name) == 0)
             return k;
@@ -163,7 +162,7 @@ static void key_free_if_idle(srv_pool *p, keyent *k)
 {
     if (k->fhead || k->shared_running || k->excl_running || k->holds)
         return;
-    keyent **b = &p->buckets[hash(k->name) % NBUCKETS];
+    keyent **b = &p->buckets[bucket(k->name)];
     while (*b != k)
         b = &(*b)->next;
     *b = k->next;
