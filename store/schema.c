@@ -301,7 +301,7 @@ static int put_split_row(void *arg, const char *name, uint64_t version, const vo
 {
     split_ctx *x = arg;
     x->bytes += (int64_t)len;
-    return st_put_slot_row(x->st, x->c, x->sid, name, -1, version, data, len, x->err, x->errlen);
+    return st_put_slot_row(x->st, x->c, x->sid, &(st_slot_row){name, -1, version, data, len}, x->err, x->errlen);
 }
 
 static int slots_to_rows(ma_store *st, conn *c, char *err, size_t errlen)
@@ -372,8 +372,8 @@ static void sql_block_sum(sqlite3_context *cx, int argc, sqlite3_value **a)
     size_t kl = (size_t)sqlite3_value_bytes(a[2]);
     const void *v = sqlite3_value_blob(a[3]);
     size_t vl = (size_t)sqlite3_value_bytes(a[3]);
-    sqlite3_result_int64(cx, (int64_t)st_block_sum((uint64_t)sqlite3_value_int64(a[0]),
-                                                   (size_t)sqlite3_value_int64(a[1]), k, kl, v, vl));
+    st_block b = {(uint64_t)sqlite3_value_int64(a[0]), (size_t)sqlite3_value_int64(a[1]), k, v, kl, vl};
+    sqlite3_result_int64(cx, (int64_t)st_block_sum(&b));
 }
 
 static void sql_payload_sum(sqlite3_context *cx, int argc, sqlite3_value **a)

@@ -82,7 +82,7 @@ static const char *const stmt_sql[N_STMTS] = {
     [ST_SID] = "SELECT sid, length FROM sessions WHERE id = ?1",
     [ST_INSERT_SESSION] = "INSERT INTO sessions(id, config, created_at, updated_at) VALUES (?1, ?2, ?3, ?3)",
     [ST_PUT_BLOCK] = "INSERT OR REPLACE INTO event_blocks(sid, block, n, k, v, ck) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    [ST_GET_BLOCK] = "SELECT n, k, v, ck FROM event_blocks WHERE sid = ?1 AND block = ?2",
+    [ST_GET_BLOCK] = "SELECT block, n, k, v, ck FROM event_blocks WHERE sid = ?1 AND block = ?2",
     [ST_PUT_PAYLOAD] = "INSERT INTO payloads(sid, idx, payload, ck) VALUES (?1, ?2, ?3, ?4)",
     [ST_PUT_BLOB] = "INSERT OR REPLACE INTO blobs(sid, kind, data) VALUES (?1, ?2, ?3)",
     [ST_UPDATE_SESSION] =
@@ -338,10 +338,22 @@ void st_reader_put(ma_store *st, conn *c)
 
 /* ---- row checksums (docs/STORE.md, "Row checksums") --------------------------------------------- */
 
-uint64_t st_block_sum(uint64_t block, size_t n, const void *k, size_t klen, const void *v, size_t vlen)
+uint64_t st_block_sum(const st_block *b)
 {
-    uint64_t seed = ma_fnv1a64_byte(MA_FNV_OFFSET ^ block * MA_FNV_PRIME, (unsigned char)n);
-    return ma_checksum64(ma_checksum64(seed, k, klen), v, vlen);
+    uint64_t seed = ma_fnv1a64_byte(MA_FNV_OFFSET ^ b->block * MA_FNV_PRIME, (unsigned char)b->n);
+    return ma_checksum64(ma_checksum64(seed, b->k, b->klen), b->v, b->vlen);
+}
+
+st_block st_block_at(sqlite3_stmt *s)
+{
+    return (st_block){
+        .block = (uint64_t)sqlite3_column_int64(s, 0),
+        .n = (size_t)sqlite3_column_int64(s, 1),
+        .k = sqlite3_column_blob(s, 2),
+        .klen = (size_t)sqlite3_column_bytes(s, 2),
+        .v = sqlite3_column_blob(s, 3),
+        .vlen = (size_t)sqlite3_column_bytes(s, 3),
+    };
 }
 
 uint64_t st_payload_sum(uint64_t idx, const void *text, size_t len)
@@ -368,55 +380,53 @@ static bool sum_matches(sqlite3_stmt *s, int col, uint64_t want)
     return sqlite3_column_type(s, col) == SQLITE_INTEGER && (uint64_t)sqlite3_column_int64(s, col) == want;
 }
 
-int st_block_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, uint64_t block, size_t n,
-                   const void *k, size_t klen, const void *v, size_t vlen, char *err, size_t errlen)
+int st_block_check(ma_store *st, const char *id, sqlite3_stmt *s, const st_block *b, char *err, size_t errlen)
 {
+    enum { CK_COL = 4 };
     if (st->opt.no_row_checksums)
         return 0;
-    if (!sum_matches(s, ck_col, st_block_sum(block, n, k, klen, v, vlen))) {
+    if (!sum_matches(s, CK_COL, st_block_sum(b))) {
         st_seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 " (events %" PRIu64 "..%" PRIu64
-                  "): %s (a damaged row: not served)", st->path, id, block,
-                  block * BLOCK, block * BLOCK + n - 1,
-                  sqlite3_column_type(s, ck_col) == SQLITE_NULL ? "no checksum" : "checksum mismatch");
+                  "): %s (a damaged row: not served)", st->path, id, b->block,
+                  b->block * BLOCK, b->block * BLOCK + b->n - 1,
+                  sqlite3_column_type(s, CK_COL) == SQLITE_NULL ? "no checksum" : "checksum mismatch");
         return MA_ECORRUPT;
     }
-    if (!all_finite(k, klen) || !all_finite(v, vlen)) {
+    if (!all_finite(b->k, b->klen) || !all_finite(b->v, b->vlen)) {
         st_seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 " holds a NaN or infinity (it is not "
-                  "served)", st->path, id, block);
+                  "served)", st->path, id, b->block);
         return MA_ECORRUPT;
     }
     return 0;
 }
 
-int st_payload_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, uint64_t idx, const void *text,
-                     size_t len, char *err, size_t errlen)
+int st_payload_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, const st_payload *p, char *err,
+                     size_t errlen)
 {
-    if (st->opt.no_row_checksums || sum_matches(s, ck_col, st_payload_sum(idx, text, len)))
+    if (st->opt.no_row_checksums || sum_matches(s, ck_col, st_payload_sum(p->idx, p->text, p->len)))
         return 0;
     st_seterr(err, errlen, "store %s: session '%s' payload of event %" PRIu64 ": %s (a damaged row: not served)",
-              st->path, id, idx,
+              st->path, id, p->idx,
               sqlite3_column_type(s, ck_col) == SQLITE_NULL ? "no checksum" : "checksum mismatch");
     return MA_ECORRUPT;
 }
 
 /* ---- rows of event blocks and payloads (commits, and the schema upgrade in schema.c) ------------- */
 
-/* Writes (or rewrites) block `block` of session sid: n events, kb/vb bytes each. */
-int st_put_block(ma_store *st, conn *c, int64_t sid, uint64_t block, size_t n, const void *k, size_t kb,
-                 const void *v, size_t vb, char *err, size_t errlen)
+int st_put_block(ma_store *st, conn *c, int64_t sid, const st_block *b, char *err, size_t errlen)
 {
     sqlite3_stmt *s = st_stmt(st, c, ST_PUT_BLOCK, err, errlen);
     if (!s)
         return MA_EIO;
     sqlite3_bind_int64(s, 1, sid);
-    sqlite3_bind_int64(s, 2, (int64_t)block);
-    sqlite3_bind_int64(s, 3, (int64_t)n);
-    sqlite3_bind_blob64(s, 4, k, n * kb, SQLITE_STATIC);
-    sqlite3_bind_blob64(s, 5, v, n * vb, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, (int64_t)b->block);
+    sqlite3_bind_int64(s, 3, (int64_t)b->n);
+    sqlite3_bind_blob64(s, 4, b->k, b->klen, SQLITE_STATIC);
+    sqlite3_bind_blob64(s, 5, b->v, b->vlen, SQLITE_STATIC);
     if (st->opt.no_row_checksums)
         sqlite3_bind_null(s, 6);
     else
-        sqlite3_bind_int64(s, 6, (int64_t)st_block_sum(block, n, k, n * kb, v, n * vb));
+        sqlite3_bind_int64(s, 6, (int64_t)st_block_sum(b));
     int rc = sqlite3_step(s);
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
@@ -442,16 +452,15 @@ int st_put_payload(ma_store *st, conn *c, int64_t sid, uint64_t idx, const char 
     return rc == SQLITE_DONE ? 0 : st_fail_db(st, c->db, rc, err, errlen, "writing payloads");
 }
 
-int st_put_slot_row(ma_store *st, conn *c, int64_t sid, const char *name, int name_len, uint64_t version,
-                    const void *data, size_t len, char *err, size_t errlen)
+int st_put_slot_row(ma_store *st, conn *c, int64_t sid, const st_slot_row *r, char *err, size_t errlen)
 {
     sqlite3_stmt *s = st_stmt(st, c, ST_PUT_SLOT_ROW, err, errlen);
     if (!s)
         return MA_EIO;
     sqlite3_bind_int64(s, 1, sid);
-    sqlite3_bind_text(s, 2, name, name_len, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 3, (int64_t)version);
-    sqlite3_bind_blob(s, 4, data, (int)len, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, r->name, r->name_len, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, (int64_t)r->version);
+    sqlite3_bind_blob(s, 4, r->data, (int)r->len, SQLITE_STATIC);
     int rc = sqlite3_step(s);
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
@@ -899,19 +908,17 @@ static int write_events(ma_store *st, conn *c, const char *id, int64_t sid, uint
                           " is missing", st->path, length / BLOCK, length);
             goto done;
         }
-        size_t n = (size_t)sqlite3_column_int64(s, 0);
-        size_t k_len = (size_t)sqlite3_column_bytes(s, 1), v_len = (size_t)sqlite3_column_bytes(s, 2);
-        if (n != off || k_len != off * kb || v_len != off * vb) {
+        st_block b = st_block_at(s);
+        if (b.n != off || b.klen != off * kb || b.vlen != off * vb) {
             st_seterr(err, errlen, "store %s: the stored events end in a block of %zu events with %zu/%zu key/value "
-                      "bytes; %zu events of %zu/%zu floats cannot continue it", st->path, n, k_len, v_len, off,
+                      "bytes; %zu events of %zu/%zu floats cannot continue it", st->path, b.n, b.klen, b.vlen, off,
                       d->k_floats, d->v_floats);
-            ret = n != off ? MA_ECORRUPT : MA_EINVAL;
+            ret = b.n != off ? MA_ECORRUPT : MA_EINVAL;
             goto done;
         }
         /* The one block a commit rewrites is checked first: a damaged row is never rewritten with a fresh
          * checksum of its damage. */
-        if ((ret = st_block_check(st, id, s, 3, length / BLOCK, n, sqlite3_column_blob(s, 1), k_len,
-                                  sqlite3_column_blob(s, 2), v_len, err, errlen)))
+        if ((ret = st_block_check(st, id, s, &b, err, errlen)))
             goto done;
         size_t take = d->n_events < BLOCK - off ? d->n_events : BLOCK - off;
         if (!(kbuf = malloc((off + take) * kb)) || !(vbuf = malloc((off + take) * vb))) {
@@ -919,19 +926,21 @@ static int write_events(ma_store *st, conn *c, const char *id, int64_t sid, uint
             ret = MA_ENOMEM;
             goto done;
         }
-        memcpy(kbuf, sqlite3_column_blob(s, 1), k_len);
-        memcpy(vbuf, sqlite3_column_blob(s, 2), v_len);
+        memcpy(kbuf, b.k, b.klen);
+        memcpy(vbuf, b.v, b.vlen);
         sqlite3_reset(s);
-        memcpy(kbuf + k_len, d->k, take * kb);
-        memcpy(vbuf + v_len, d->v, take * vb);
-        if ((ret = st_put_block(st, c, sid, length / BLOCK, off + take, kbuf, kb, vbuf, vb, err, errlen)))
+        memcpy(kbuf + b.klen, d->k, take * kb);
+        memcpy(vbuf + b.vlen, d->v, take * vb);
+        st_block nb = {length / BLOCK, off + take, kbuf, vbuf, (off + take) * kb, (off + take) * vb};
+        if ((ret = st_put_block(st, c, sid, &nb, err, errlen)))
             goto done;
         i = take;
     }
     while (i < d->n_events) {
         size_t take = d->n_events - i < BLOCK ? d->n_events - i : BLOCK;
-        if ((ret = st_put_block(st, c, sid, (length + i) / BLOCK, take, d->k + i * d->k_floats, kb,
-                                d->v + i * d->v_floats, vb, err, errlen)))
+        st_block nb = {(length + i) / BLOCK, take, d->k + i * d->k_floats, d->v + i * d->v_floats, take * kb,
+                       take * vb};
+        if ((ret = st_put_block(st, c, sid, &nb, err, errlen)))
             goto done;
         i += take;
     }
@@ -1022,7 +1031,8 @@ static int apply_delta(ma_store *st, conn *c, const char *id, const ma_store_del
             }
             *rewrote = true;   /* slot rows replaced: the commit also truncates the WAL */
         }
-        if ((ret = st_put_slot_row(st, c, sid, r->name, -1, r->version, r->data, r->len, err, errlen)))
+        if ((ret = st_put_slot_row(st, c, sid, &(st_slot_row){r->name, -1, r->version, r->data, r->len}, err,
+                                   errlen)))
             goto done;
         slot_bytes += (int64_t)r->len;
     }
@@ -1372,22 +1382,22 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
     sqlite3_bind_int64(s, 3, (int64_t)((end - 1) / BLOCK));
     rc = SQLITE_DONE;
     while (at < end && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        uint64_t base = (uint64_t)sqlite3_column_int64(s, 0) * BLOCK;
-        size_t nb = (size_t)sqlite3_column_int64(s, 1);
+        st_block b = st_block_at(s);
+        uint64_t base = b.block * BLOCK;
+        size_t nb = b.n;
         if (base > at || base + nb <= at) {
             rc = SQLITE_DONE;   /* a gap: explained below */
             break;
         }
-        size_t k_len = (size_t)sqlite3_column_bytes(s, 2), v_len = (size_t)sqlite3_column_bytes(s, 3);
-        if (k_len != nb * kb || v_len != nb * vb) {
+        if (b.klen != nb * kb || b.vlen != nb * vb) {
             st_seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 " (events %" PRIu64 "..%" PRIu64
-                      "): key/value of %zu/%zu bytes, expected %zu events of %zu/%zu", st->path, id, base / BLOCK,
-                      base, base + nb - 1, k_len, v_len, nb, kb, vb);
+                      "): key/value of %zu/%zu bytes, expected %zu events of %zu/%zu", st->path, id, b.block,
+                      base, base + nb - 1, b.klen, b.vlen, nb, kb, vb);
             ret = MA_ECORRUPT;
             goto done;
         }
-        const unsigned char *bk = sqlite3_column_blob(s, 2), *bv = sqlite3_column_blob(s, 3);
-        if ((ret = st_block_check(st, id, s, 4, base / BLOCK, nb, bk, k_len, bv, v_len, err, errlen)))
+        const unsigned char *bk = b.k, *bv = b.v;
+        if ((ret = st_block_check(st, id, s, &b, err, errlen)))
             goto done;
         uint64_t hi = base + nb < end ? base + nb : end;
         size_t m = (size_t)(hi - at), from = (size_t)(at - base), to = (size_t)(at - first);
@@ -1412,7 +1422,8 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
             uint64_t idx = (uint64_t)sqlite3_column_int64(p, 0);
             size_t i = (size_t)(idx - first);
             const char *text = (const char *)sqlite3_column_text(p, 1);
-            if ((ret = st_payload_check(st, id, p, 2, idx, text, (size_t)sqlite3_column_bytes(p, 1), err, errlen)))
+            if ((ret = st_payload_check(st, id, p, 2, &(st_payload){idx, text, (size_t)sqlite3_column_bytes(p, 1)},
+                                        err, errlen)))
                 goto done;
             if (!(payloads[i] = xstrdup(text))) {
                 st_seterr(err, errlen, "store %s: out of memory", st->path);
@@ -1541,16 +1552,16 @@ int ma_store_load_some(ma_store *st, const char *id, const uint64_t *events, siz
             ret = st_fail_db(st, c->db, rc, err, errlen, "reading events");
             goto done;
         }
-        size_t nb = (size_t)sqlite3_column_int64(s, 1);
-        size_t k_len = (size_t)sqlite3_column_bytes(s, 2), v_len = (size_t)sqlite3_column_bytes(s, 3);
-        if (k_len != nb * kb || v_len != nb * vb) {
+        st_block b = st_block_at(s);
+        size_t nb = b.n;
+        if (b.klen != nb * kb || b.vlen != nb * vb) {
             st_seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 ": key/value of %zu/%zu bytes, "
-                      "expected %zu events of %zu/%zu", st->path, id, block, k_len, v_len, nb, kb, vb);
+                      "expected %zu events of %zu/%zu", st->path, id, block, b.klen, b.vlen, nb, kb, vb);
             ret = MA_ECORRUPT;
             goto done;
         }
-        const unsigned char *bk = sqlite3_column_blob(s, 2), *bv = sqlite3_column_blob(s, 3);
-        if ((ret = st_block_check(st, id, s, 4, block, nb, bk, k_len, bv, v_len, err, errlen)))
+        const unsigned char *bk = b.k, *bv = b.v;
+        if ((ret = st_block_check(st, id, s, &b, err, errlen)))
             goto done;
         for (; i < n && events[i] / BLOCK == block; i++) {
             size_t row = (size_t)(events[i] - base);
@@ -1603,7 +1614,8 @@ int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **p
     int rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
         const char *text = (const char *)sqlite3_column_text(s, 0);
-        if ((ret = st_payload_check(st, id, s, 1, event, text ? text : "", (size_t)sqlite3_column_bytes(s, 0), err,
+        if ((ret = st_payload_check(st, id, s, 1,
+                                    &(st_payload){event, text ? text : "", (size_t)sqlite3_column_bytes(s, 0)}, err,
                                     errlen)))
             goto done;
         if (sqlite3_column_type(s, 0) != SQLITE_NULL && !(*payload = xstrdup(text))) {

@@ -110,19 +110,46 @@ void st_reader_put(ma_store *st, conn *c);
 int st_write_begin(ma_store *st, uint64_t *t0, char *err, size_t errlen);
 int st_write_end(ma_store *st, uint64_t t0, int ret, const char *what, char *err, size_t errlen);
 
-/* Writes (or rewrites) block `block` of session sid: n events of kb key and vb value bytes each, with its
- * checksum (st_block_sum). */
-int st_put_block(ma_store *st, conn *c, int64_t sid, uint64_t block, size_t n, const void *k, size_t kb,
-                 const void *v, size_t vb, char *err, size_t errlen);
+/* One row of event_blocks: block number, event count, and its key and value bytes (klen, vlen: the whole
+ * row's, n events of the same size each). */
+typedef struct {
+    uint64_t block;
+    size_t n;
+    const void *k, *v;
+    size_t klen, vlen;
+} st_block;
+
+/* The row of event_blocks that s stands on, from its columns 0..3 — every SELECT of blocks reads
+ * "block, n, k, v, ck" in that order (ck, column 4, is st_block_check's). The bytes are valid until s
+ * steps or resets. */
+st_block st_block_at(sqlite3_stmt *s);
+
+/* A payload row: its event index and JSON text (len bytes, no NUL needed). */
+typedef struct {
+    uint64_t idx;
+    const char *text;
+    size_t len;
+} st_payload;
+
+/* A slot version row: name (name_len bytes, -1: up to its NUL), version, record bytes. */
+typedef struct {
+    const char *name;
+    int name_len;
+    uint64_t version;
+    const void *data;
+    size_t len;
+} st_slot_row;
+
+/* Writes (or rewrites) block b of session sid with its checksum (st_block_sum). */
+int st_put_block(ma_store *st, conn *c, int64_t sid, const st_block *b, char *err, size_t errlen);
 
 /* Writes the payload row of event idx of session sid (len bytes of p, -1: up to its NUL), with its checksum
  * (st_payload_sum). */
 int st_put_payload(ma_store *st, conn *c, int64_t sid, uint64_t idx, const char *p, int len, char *err,
                    size_t errlen);
 
-/* Writes (or replaces) the slot version row (name, version) of session sid. */
-int st_put_slot_row(ma_store *st, conn *c, int64_t sid, const char *name, int name_len, uint64_t version,
-                    const void *data, size_t len, char *err, size_t errlen);
+/* Writes (or replaces) the slot version row r (name, version) of session sid. */
+int st_put_slot_row(ma_store *st, conn *c, int64_t sid, const st_slot_row *r, char *err, size_t errlen);
 /* ---- idem.c: Idempotency-Key records ---- */
 
 /* Writes record k (and applies its window) inside the writer's open transaction. 0 or MA_EINVAL / MA_EIO. */
@@ -132,21 +159,20 @@ int st_idem_write(ma_store *st, conn *c, const ma_store_idem *k, char *err, size
 
 /* The checksum column of an event_blocks row: ma_checksum64 of its key bytes then its value bytes, seeded
  * with its block number and event count (a row moved to another place fails too). */
-uint64_t st_block_sum(uint64_t block, size_t n, const void *k, size_t klen, const void *v, size_t vlen);
+uint64_t st_block_sum(const st_block *b);
 
 /* The checksum column of a payloads row: ma_checksum64 of its text, seeded with its event index. */
 uint64_t st_payload_sum(uint64_t idx, const void *text, size_t len);
 
-/* Checks one event block read back before anything of it is used: the stored checksum (ck of column
- * ck_col of s; NULL counts as wrong) against the bytes, and every float of k and v finite. Whoever reads
- * a block — a range read, the commit's partial block, the export — calls it on the whole row. 0, or
- * MA_ECORRUPT with a message naming the session (id) and the block. */
-int st_block_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, uint64_t block, size_t n,
-                   const void *k, size_t klen, const void *v, size_t vlen, char *err, size_t errlen);
+/* Checks one event block b read back from s (st_block_at) before anything of it is used: the stored
+ * checksum (ck, column 4 of s; NULL counts as wrong) against the bytes, and every float of k and v
+ * finite. Whoever reads a block — a range read, the commit's partial block, the export — calls it on the
+ * whole row. 0, or MA_ECORRUPT with a message naming the session (id) and the block. */
+int st_block_check(ma_store *st, const char *id, sqlite3_stmt *s, const st_block *b, char *err, size_t errlen);
 
-/* The same for a payload row (text of len bytes; ck in column ck_col of s). */
-int st_payload_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, uint64_t idx, const void *text,
-                     size_t len, char *err, size_t errlen);
+/* The same for a payload row p (its ck in column ck_col of s). */
+int st_payload_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, const st_payload *p, char *err,
+                     size_t errlen);
 
 /* ---- index_rows.c ---- */
 

@@ -245,17 +245,13 @@ int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn writ
     /* The blocks: the first row is already stepped. */
     for (rc = sqlite3_column_type(blocks, 0) == SQLITE_NULL ? SQLITE_DONE : SQLITE_ROW; rc == SQLITE_ROW;
          rc = sqlite3_step(blocks)) {
+        st_block b = st_block_at(blocks);
         unsigned char bh[12];
-        put_u64(bh, (uint64_t)sqlite3_column_int64(blocks, 0));
-        put_u32(bh + 8, (uint32_t)sqlite3_column_int(blocks, 1));
-        const void *k = sqlite3_column_blob(blocks, 2);
-        size_t kn = (size_t)sqlite3_column_bytes(blocks, 2);
-        const void *v = sqlite3_column_blob(blocks, 3);
-        size_t vn = (size_t)sqlite3_column_bytes(blocks, 3);
+        put_u64(bh, b.block);
+        put_u32(bh + 8, (uint32_t)b.n);
         /* Damaged rows are not exported (a snapshot's own checksum would make them look sound). */
-        if ((ret = st_block_check(st, id, blocks, 4, (uint64_t)sqlite3_column_int64(blocks, 0),
-                                  (size_t)sqlite3_column_int(blocks, 1), k, kn, v, vn, err, errlen)) ||
-            (ret = emit_record(&o, 'E', bh, sizeof bh, k, kn, v, vn)))
+        if ((ret = st_block_check(st, id, blocks, &b, err, errlen)) ||
+            (ret = emit_record(&o, 'E', bh, sizeof bh, b.k, b.klen, b.v, b.vlen)))
             goto done;
         nblocks++;
     }
@@ -270,7 +266,8 @@ int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn writ
         put_u64(idx, (uint64_t)sqlite3_column_int64(payloads, 0));
         const void *text = sqlite3_column_text(payloads, 1);
         size_t n = (size_t)sqlite3_column_bytes(payloads, 1);
-        if ((ret = st_payload_check(st, id, payloads, 2, (uint64_t)sqlite3_column_int64(payloads, 0), text, n, err,
+        if ((ret = st_payload_check(st, id, payloads, 2,
+                                    &(st_payload){(uint64_t)sqlite3_column_int64(payloads, 0), text, n}, err,
                                     errlen)) ||
             (ret = emit_record(&o, 'P', idx, 8, text, n, NULL, 0)))
             goto done;
@@ -552,8 +549,8 @@ int ma_store_session_import(ma_store *st, const char *id, ma_store_read_fn read,
                 goto out;
             }
             const unsigned char *k = in.buf + 12, *v = k + (size_t)n * h.key_bytes;
-            if ((ret = st_put_block(st, c, sid, block, n, k, (size_t)h.key_bytes, v, (size_t)h.value_bytes, err,
-                                    errlen)))
+            st_block b = {block, n, k, v, (size_t)n * h.key_bytes, (size_t)n * h.value_bytes};
+            if ((ret = st_put_block(st, c, sid, &b, err, errlen)))
                 goto out;
             events += n;
             event_bytes += (uint64_t)n * (h.key_bytes + h.value_bytes);
@@ -585,7 +582,8 @@ int ma_store_session_import(ma_store *st, const char *id, ma_store_read_fn read,
             last_len = nl;
             last_version = version;
             size_t n = len - 12 - nl;
-            if ((ret = st_put_slot_row(st, c, sid, name, (int)nl, version, in.buf + 12 + nl, n, err, errlen)))
+            if ((ret = st_put_slot_row(st, c, sid, &(st_slot_row){name, (int)nl, version, in.buf + 12 + nl, n}, err,
+                                       errlen)))
                 goto out;
             slot_bytes += n;
             nslots++;

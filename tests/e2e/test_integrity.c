@@ -140,7 +140,7 @@ static void nan_block(const char *dir, const char *id, int block)
     sqlite3_finalize(s);
     float nan = __builtin_nanf("");
     memcpy(k + 4 * 5, &nan, 4);
-    int64_t ck = (int64_t)st_block_sum((uint64_t)block, (size_t)n, k, (size_t)kl, v, (size_t)vl);
+    int64_t ck = (int64_t)st_block_sum(&(st_block){(uint64_t)block, (size_t)n, k, v, (size_t)kl, (size_t)vl});
     snprintf(q, sizeof q, "UPDATE event_blocks SET k = ?1, ck = ?2 WHERE block = %d AND sid = (SELECT sid FROM "
              "sessions WHERE id = '%s')", block, id);
     assert_int_equal(sqlite3_prepare_v2(db, q, -1, &s, NULL), SQLITE_OK);

@@ -1070,7 +1070,7 @@ static void damage(const char *dir, const char *id, const char *col, uint64_t ro
         float nan = __builtin_nanf("");
         memcpy(k + 4 * nan_at, &nan, 4);
         memcpy(buf, k, kl);
-        ck = (int64_t)st_block_sum(row, (size_t)n, k, kl, v, vl);
+        ck = (int64_t)st_block_sum(&(st_block){row, (size_t)n, k, v, kl, vl});
     } else if (flip) {
         buf[off] ^= flip;
     } else {
