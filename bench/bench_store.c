@@ -153,7 +153,8 @@ static void checksum_cost(const char *dir, const workload *w, int rounds)
         int m = i % 2;
         uint64_t c = (uint64_t)rand_r(&seed) % (length[m] / 64);
         double t0 = now_s();
-        int rc = ma_store_load_events(st[m], "s", c * 64, 64, DIM, DIM, k, v, NULL, err, sizeof err);
+        ma_store_events to = {DIM, DIM, k, v, NULL};
+        int rc = ma_store_load_events(st[m], "s", c * 64, 64, &to, err, sizeof err);
         ct[m][i / 2] = now_s() - t0;
         if (rc)
             die("load_events", rc, err);
@@ -264,7 +265,8 @@ static void big(const char *dir, uint64_t events, const workload *w)
     t0 = now_s();
     for (int i = 0; i < chunks; i++) {
         uint64_t c = (uint64_t)rand_r(&seed) % (length / 64);
-        if ((rc = ma_store_load_events(st, "big", c * 64, 64, DIM, DIM, k, v, NULL, err, sizeof err)))
+        ma_store_events to = {DIM, DIM, k, v, NULL};
+        if ((rc = ma_store_load_events(st, "big", c * 64, 64, &to, err, sizeof err)))
             die("load_events", rc, err);
     }
     t = now_s() - t0;

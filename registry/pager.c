@@ -38,8 +38,8 @@ static int load_chunk(void *ctx, uint32_t chunk, float *k, float *v, size_t n)
     char err[512] = "";
     if (pg->chunk_loads)
         atomic_fetch_add_explicit(pg->chunk_loads, 1, memory_order_relaxed);
-    int rc = ma_store_load_events(pg->store, pg->id, (uint64_t)chunk * pg->chunk, n, pg->k_floats, pg->v_floats,
-                                  k, v, NULL, err, sizeof err);
+    ma_store_events to = {pg->k_floats, pg->v_floats, k, v, NULL};
+    int rc = ma_store_load_events(pg->store, pg->id, (uint64_t)chunk * pg->chunk, n, &to, err, sizeof err);
     return rc ? failure(pg, rc, err) : 0;
 }
 
@@ -50,7 +50,8 @@ static int load_events(void *ctx, const uint64_t *events, size_t n, float *k, fl
     char err[256] = "";
     if (pg->event_loads)
         atomic_fetch_add_explicit(pg->event_loads, n, memory_order_relaxed);
-    int rc = ma_store_load_some(pg->store, pg->id, events, n, pg->k_floats, pg->v_floats, k, v, err, sizeof err);
+    ma_store_events to = {pg->k_floats, pg->v_floats, k, v, NULL};
+    int rc = ma_store_load_some(pg->store, pg->id, events, n, &to, err, sizeof err);
     return rc ? failure(pg, rc, err) : 0;
 }
 
@@ -119,7 +120,8 @@ static int scan_rows(void *ctx, uint32_t build, uint64_t first, uint64_t n, int 
 {
     reg_pager *pg = ctx;
     char err[256] = "";
-    int rc = ma_store_index_scan(pg->store, pg->id, build, first, n, with_codes != 0, each, arg, err, sizeof err);
+    ma_store_index_query q = {build, first, n, with_codes != 0, each, arg};
+    int rc = ma_store_index_scan(pg->store, pg->id, &q, err, sizeof err);
     return rc < 0 && err[0] ? failure(pg, rc, err) : rc;
 }
 
@@ -135,8 +137,8 @@ int reg_pager_keys(void *ctx, uint64_t first, size_t n, float *k)
     float *v = malloc((n ? n : 1) * pg->v_floats * sizeof(float));
     if (!v)
         return MA_ENOMEM;
-    int rc = ma_store_load_events(pg->store, pg->id, first, n, pg->k_floats, pg->v_floats, k, v, NULL, err,
-                                  sizeof err);
+    ma_store_events to = {pg->k_floats, pg->v_floats, k, v, NULL};
+    int rc = ma_store_load_events(pg->store, pg->id, first, n, &to, err, sizeof err);
     free(v);
     return rc ? failure(pg, rc, err) : 0;
 }

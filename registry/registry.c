@@ -1372,7 +1372,8 @@ int reg_import(reg_registry *r, const char *id, reg_read_fn read, void *ctx, reg
     /* A loaded session with this id would be one the store also has: the store refuses it (MA_EEXISTS).
      * The new session is loaded on first use, from the imported rows. */
     ma_store_snapshot_stats ss = {0};
-    int rc = ma_store_session_import(r->opt.store, id, read, ctx, check_snapshot, NULL, &ss, why, err, errlen);
+    ma_store_import_source src = {read, ctx, check_snapshot, NULL};
+    int rc = ma_store_session_import(r->opt.store, id, &src, &ss, why, err, errlen);
     copy_stats(st, &ss);
     return rc;
 }

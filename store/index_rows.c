@@ -123,9 +123,11 @@ int ma_store_index_put(ma_store *st, const char *id, const ma_store_index_rows *
     return relaxed_end(st, ret, err, errlen);
 }
 
-int ma_store_index_scan(ma_store *st, const char *id, uint32_t build, uint64_t first, uint64_t n, bool with_codes,
-                        ma_store_index_fn each, void *arg, char *err, size_t errlen)
+int ma_store_index_scan(ma_store *st, const char *id, const ma_store_index_query *q, char *err, size_t errlen)
 {
+    const uint32_t build = q->build;
+    const uint64_t first = q->first, n = q->n;
+    const bool with_codes = q->with_codes;
     conn *c;
     sqlite3_stmt *s = NULL;
     int ret = st_reader_get(st, &c, err, errlen);
@@ -150,7 +152,7 @@ int ma_store_index_scan(ma_store *st, const char *id, uint32_t build, uint64_t f
         size_t ll = (size_t)sqlite3_column_bytes(s, 1);
         const void *cd = with_codes ? sqlite3_column_blob(s, 2) : NULL;
         size_t cl = with_codes ? (size_t)sqlite3_column_bytes(s, 2) : 0;
-        ret = each(arg, (uint64_t)sqlite3_column_int64(s, 0), l, ll, cd, cl);
+        ret = q->each(q->arg, (uint64_t)sqlite3_column_int64(s, 0), l, ll, cd, cl);
     }
     if (!ret && rc != SQLITE_DONE)
         ret = st_fail_db(st, c->db, rc, err, errlen, "reading index rows");

@@ -1344,9 +1344,12 @@ static int explain_short(ma_store *st, conn *c, const char *id, uint64_t first, 
     return MA_ECORRUPT;
 }
 
-int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n, size_t k_floats,
-                         size_t v_floats, float *k, float *v, char **payloads, char *err, size_t errlen)
+int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n, const ma_store_events *to,
+                         char *err, size_t errlen)
 {
+    const size_t k_floats = to->k_floats, v_floats = to->v_floats;
+    float *k = to->k, *v = to->v;
+    char **payloads = to->payloads;
     int ret = check_id(st, id, err, errlen);
     if (ret)
         return ret;
@@ -1503,9 +1506,11 @@ done:
     return ret;
 }
 
-int ma_store_load_some(ma_store *st, const char *id, const uint64_t *events, size_t n, size_t k_floats,
-                       size_t v_floats, float *k, float *v, char *err, size_t errlen)
+int ma_store_load_some(ma_store *st, const char *id, const uint64_t *events, size_t n, const ma_store_events *to,
+                       char *err, size_t errlen)
 {
+    const size_t k_floats = to->k_floats, v_floats = to->v_floats;
+    float *k = to->k, *v = to->v;
     int ret = check_id(st, id, err, errlen);
     if (ret)
         return ret;

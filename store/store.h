@@ -230,10 +230,17 @@ int ma_store_commit(ma_store *st, const char *id, const ma_store_delta *d, char 
 int ma_store_commit_group(ma_store *st, size_t n, const char *const *ids, const ma_store_delta *const *deltas,
                           char *err, size_t errlen);
 
-/* Reads events [first, first+n) of a session into k (n·k_floats) and v (n·v_floats); payloads (if not
- * NULL) gets n malloc'd JSON texts or NULLs. Used as the archive's chunk source. */
-int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n, size_t k_floats,
-                         size_t v_floats, float *k, float *v, char **payloads, char *err, size_t errlen);
+/* Where a read of n events puts them. */
+typedef struct {
+    size_t k_floats, v_floats;   /* floats of one event's key and value (H·d, H·d_v) */
+    float *k, *v;                /* room for n·k_floats and n·v_floats */
+    char **payloads;             /* NULL, or room for n malloc'd JSON texts or NULLs (ma_store_load_events) */
+} ma_store_events;
+
+/* Reads events [first, first+n) of a session into to->k and to->v; to->payloads (if not NULL) gets n
+ * malloc'd JSON texts or NULLs. Used as the archive's chunk source. */
+int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n, const ma_store_events *to,
+                         char *err, size_t errlen);
 
 /* Calls fn for every slot version row of session id in (name, version) order (names compared as bytes),
  * from one read transaction; fn's data is valid during the call. Stops at fn's first nonzero return and
@@ -241,14 +248,14 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
 int ma_store_slot_rows(ma_store *st, const char *id, ma_store_slot_row_fn fn, void *arg, char *err,
                        size_t errlen);
 
-/* Reads the keys and values of n events of a session, indices events[0..n) strictly ascending, into k
- * (n·k_floats) and v (n·v_floats), from one read transaction: each block row that holds one of them is
+/* Reads the keys and values of n events of a session, indices events[0..n) strictly ascending, into to->k
+ * and to->v (to->payloads is not used), from one read transaction: each block row that holds one of them is
  * read once and checked (checksum, finite floats; docs/STORE.md, "Reading a few events"), then only the
  * events' bytes are copied out. For the sparse read's candidates (no chunk cache involved).
  * 0, MA_ENOTFOUND (no session, or an event past its length), MA_ECORRUPT, MA_EIO, MA_EINVAL (not
  * ascending). */
-int ma_store_load_some(ma_store *st, const char *id, const uint64_t *events, size_t n, size_t k_floats,
-                       size_t v_floats, float *k, float *v, char *err, size_t errlen);
+int ma_store_load_some(ma_store *st, const char *id, const uint64_t *events, size_t n, const ma_store_events *to,
+                       char *err, size_t errlen);
 
 /* Reads one event's payload (malloc'd JSON text, or NULL when it has none). */
 int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **payload, char *err,
@@ -263,14 +270,20 @@ int ma_store_load_payload(ma_store *st, const char *id, uint64_t event, char **p
  * MA_ENOTFOUND, MA_EINVAL, MA_EIO. */
 int ma_store_index_put(ma_store *st, const char *id, const ma_store_index_rows *r, char *err, size_t errlen);
 
-/* Calls each(arg, block, lists, lists_len, codes, codes_len) for the stored rows of build `build` of
- * session id with block in [first, first+n), ascending, from one read snapshot (codes NULL unless
- * with_codes); stops at the first non-zero return of each and returns it. 0 otherwise (also when the
- * session or the rows do not exist), MA_EIO. */
+/* Calls q->each(q->arg, block, lists, lists_len, codes, codes_len) for the stored rows of build q->build of
+ * session id with block in [q->first, q->first+q->n), ascending, from one read snapshot (codes NULL
+ * unless q->with_codes); stops at the first non-zero return of each and returns it. 0 otherwise (also
+ * when the session or the rows do not exist), MA_EIO. */
 typedef int (*ma_store_index_fn)(void *arg, uint64_t block, const void *lists, size_t lists_len, const void *codes,
                                  size_t codes_len);
-int ma_store_index_scan(ma_store *st, const char *id, uint32_t build, uint64_t first, uint64_t n, bool with_codes,
-                        ma_store_index_fn each, void *arg, char *err, size_t errlen);
+typedef struct {
+    uint32_t build;
+    uint64_t first, n;           /* blocks */
+    bool with_codes;
+    ma_store_index_fn each;
+    void *arg;
+} ma_store_index_query;
+int ma_store_index_scan(ma_store *st, const char *id, const ma_store_index_query *q, char *err, size_t errlen);
 
 /* Deletes every index row of session id whose build is not `keep`, a few rows per transaction (a
  * mutation never waits long for the writer); *dropped (may be NULL) gets their number. 0 (also for a
@@ -334,14 +347,21 @@ enum { MA_SNAP_CORRUPT = 1, MA_SNAP_TRUNCATED = 2, MA_SNAP_NEWER = 3 };
 int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn write, void *ctx,
                             ma_store_snapshot_stats *stats, char *err, size_t errlen);
 
-/* Creates session `id` (whatever id the snapshot was exported as) from the snapshot read through `read`,
- * in one transaction: every record is checked against the store's rules and the checksum at the end;
- * on any refusal nothing is written. 0; MA_EEXISTS (the id exists); MA_ECORRUPT with *why =
+/* Where an import reads its snapshot, and who checks its header. */
+typedef struct {
+    ma_store_read_fn read;
+    void *ctx;                        /* read's */
+    ma_store_snapshot_check check;    /* may be NULL: sees the header before anything is written */
+    void *check_ctx;
+} ma_store_import_source;
+
+/* Creates session `id` (whatever id the snapshot was exported as) from the snapshot read through
+ * src->read, in one transaction: every record is checked against the store's rules and the checksum at
+ * the end; on any refusal nothing is written. 0; MA_EEXISTS (the id exists); MA_ECORRUPT with *why =
  * MA_SNAP_CORRUPT / MA_SNAP_TRUNCATED / MA_SNAP_NEWER (the snapshot; err says what); MA_EIO (the store,
- * or `read`); MA_ENOMEM. `check` (may be NULL) sees the header first. Holds the store's writer while it
- * runs. */
-int ma_store_session_import(ma_store *st, const char *id, ma_store_read_fn read, void *ctx,
-                            ma_store_snapshot_check check, void *check_ctx, ma_store_snapshot_stats *stats,
-                            int *why, char *err, size_t errlen);
+ * or `read`); MA_ENOMEM; what src->check returned is refused as MA_SNAP_CORRUPT. Holds the store's
+ * writer while it runs. stats (may be NULL) gets the counts. */
+int ma_store_session_import(ma_store *st, const char *id, const ma_store_import_source *src,
+                            ma_store_snapshot_stats *stats, int *why, char *err, size_t errlen);
 
 #endif

@@ -404,11 +404,12 @@ static int next_record(in_stream *in, char *tag, uint32_t *len)
     return take(in, in->buf, *len);
 }
 
-int ma_store_session_import(ma_store *st, const char *id, ma_store_read_fn read, void *ctx,
-                            ma_store_snapshot_check check, void *check_ctx, ma_store_snapshot_stats *stats,
-                            int *why, char *err, size_t errlen)
+int ma_store_session_import(ma_store *st, const char *id, const ma_store_import_source *src,
+                            ma_store_snapshot_stats *stats, int *why, char *err, size_t errlen)
 {
-    in_stream in = { read, ctx, 0, NULL, 0, why, err, errlen, id };
+    ma_store_snapshot_check check = src->check;
+    void *check_ctx = src->check_ctx;
+    in_stream in = { src->read, src->ctx, 0, NULL, 0, why, err, errlen, id };
     conn *c = st->writer;
     sqlite3_stmt *upd = NULL, *s;
     ma_store_snapshot_header h;

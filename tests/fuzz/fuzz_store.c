@@ -50,8 +50,8 @@ static void use_session(ma_store *st, const char *id)
         size_t n = row.length < 8 ? (size_t)row.length : 8;
         float *k = malloc(8 * pg.k_floats * sizeof(float)), *v = malloc(8 * pg.v_floats * sizeof(float));
         char *payloads[8] = { 0 };
-        if (k && v && n && ma_store_load_events(st, id, 0, n, pg.k_floats, pg.v_floats, k, v, payloads, err,
-                                                sizeof err) == 0)
+        ma_store_events to = {pg.k_floats, pg.v_floats, k, v, payloads};
+        if (k && v && n && ma_store_load_events(st, id, 0, n, &to, err, sizeof err) == 0)
             for (size_t i = 0; i < n; i++)
                 free(payloads[i]);
         free(k);

@@ -42,6 +42,8 @@
 
 #define KF 8    /* floats per key (H·d) */
 #define VF 6    /* floats per value (H·d_v) */
+/* Where a read of events puts them: keys of kf floats into k, values into v, payloads into pl (or NULL). */
+#define INTO(kf, k, v, pl) (&(ma_store_events){(kf), VF, (k), (v), (pl)})
 
 static char errbuf[1024];
 
@@ -171,7 +173,7 @@ static void check_session(ma_store *st, const char *id, int seed, uint64_t L)
         return;
     float *k = malloc(L * KF * sizeof(float)), *v = malloc(L * VF * sizeof(float));
     char **pl = malloc(L * sizeof(char *));
-    rc = ma_store_load_events(st, id, 0, L, KF, VF, k, v, pl, errbuf, sizeof errbuf);
+    rc = ma_store_load_events(st, id, 0, L, INTO(KF, k, v, pl), errbuf, sizeof errbuf);
     if (rc)
         fail_msg("load_events %s: %d %s", id, rc, errbuf);
     for (uint64_t i = 0; i < L; i++) {
@@ -232,7 +234,7 @@ static void test_roundtrip_and_reopen(void **state)
 
     /* A sub-range and single payloads. */
     float k[5 * KF], v[5 * VF];
-    assert_int_equal(ma_store_load_events(st, "beta", 100, 5, KF, VF, k, v, NULL, errbuf, sizeof errbuf), 0);
+    assert_int_equal(ma_store_load_events(st, "beta", 100, 5, INTO(KF, k, v, NULL), errbuf, sizeof errbuf), 0);
     assert_true(k[0] == kval(2, 100, 0) && v[4 * VF + 5] == vval(2, 104, 5));
     char *p;
     assert_int_equal(ma_store_load_payload(st, "beta", 4, &p, errbuf, sizeof errbuf), 0);
@@ -241,12 +243,12 @@ static void test_roundtrip_and_reopen(void **state)
     assert_int_equal(ma_store_load_payload(st, "beta", 5, &p, errbuf, sizeof errbuf), 0);
     assert_null(p);
     assert_int_equal(ma_store_load_payload(st, "beta", 300, &p, errbuf, sizeof errbuf), MA_ENOTFOUND);
-    assert_int_equal(ma_store_load_events(st, "beta", 298, 5, KF, VF, k, v, NULL, errbuf, sizeof errbuf),
+    assert_int_equal(ma_store_load_events(st, "beta", 298, 5, INTO(KF, k, v, NULL), errbuf, sizeof errbuf),
                      MA_ENOTFOUND);
-    assert_int_equal(ma_store_load_events(st, "gamma", 0, 1, KF, VF, k, v, NULL, errbuf, sizeof errbuf),
+    assert_int_equal(ma_store_load_events(st, "gamma", 0, 1, INTO(KF, k, v, NULL), errbuf, sizeof errbuf),
                      MA_ENOTFOUND);
     /* The caller's idea of the dimensions is checked against what is stored. */
-    assert_int_equal(ma_store_load_events(st, "beta", 0, 1, KF + 1, VF, k, v, NULL, errbuf, sizeof errbuf),
+    assert_int_equal(ma_store_load_events(st, "beta", 0, 1, INTO(KF + 1, k, v, NULL), errbuf, sizeof errbuf),
                      MA_ECORRUPT);
     assert_non_null(strstr(errbuf, "expected"));
 
@@ -352,7 +354,7 @@ static void test_create_delete_list(void **state)
     assert_int_equal(ma_store_session_create(st, "s07", "{}", 0, errbuf, sizeof errbuf), 0);
     check_session(st, "s07", 7, 0);
     float k[KF], v[VF];
-    assert_int_equal(ma_store_load_events(st, "s07", 0, 1, KF, VF, k, v, NULL, errbuf, sizeof errbuf),
+    assert_int_equal(ma_store_load_events(st, "s07", 0, 1, INTO(KF, k, v, NULL), errbuf, sizeof errbuf),
                      MA_ENOTFOUND);
     ma_store_close(st);
 
@@ -824,7 +826,7 @@ static void test_blocks_across_commits(void **state)
             size_t m = L - first < 70 ? (size_t)(L - first) : 70;
             float k[70 * KF], v[70 * VF];
             char *pl[70];
-            assert_int_equal(ma_store_load_events(st, "b", first, m, KF, VF, k, v, pl, errbuf, sizeof errbuf), 0);
+            assert_int_equal(ma_store_load_events(st, "b", first, m, INTO(KF, k, v, pl), errbuf, sizeof errbuf), 0);
             for (size_t i = 0; i < m; i++) {
                 assert_true(k[i * KF + KF - 1] == kval(5, first + i, KF - 1));
                 assert_true(v[i * VF] == vval(5, first + i, 0));
@@ -848,7 +850,7 @@ static void test_blocks_across_commits(void **state)
     assert_int_equal(ma_store_load_payload(st, "b", L, &one, errbuf, sizeof errbuf), MA_ENOTFOUND);
     assert_int_equal(ma_store_load_payload(st, "nope", 0, &one, errbuf, sizeof errbuf), MA_ENOTFOUND);
     float k[2 * KF], v[2 * VF];
-    assert_int_equal(ma_store_load_events(st, "b", L - 1, 2, KF, VF, k, v, NULL, errbuf, sizeof errbuf), MA_ENOTFOUND);
+    assert_int_equal(ma_store_load_events(st, "b", L - 1, 2, INTO(KF, k, v, NULL), errbuf, sizeof errbuf), MA_ENOTFOUND);
     float k2[KF + 1] = {0}, v2[VF] = {0};
     ma_store_delta d = {.first_event = L, .n_events = 1, .k_floats = KF + 1, .v_floats = VF, .k = k2, .v = v2,
                         .length = L + 1};
@@ -884,21 +886,21 @@ static void test_load_some(void **state)
         if (n > 1 && ids[n - 2] >= L - 1)
             n--, ids[n - 1] = L - 1;
         float k[40 * KF], v[40 * VF], k1[KF], v1[VF];
-        assert_int_equal(ma_store_load_some(st, "s", ids, n, KF, VF, k, v, errbuf, sizeof errbuf), 0);
+        assert_int_equal(ma_store_load_some(st, "s", ids, n, INTO(KF, k, v, NULL), errbuf, sizeof errbuf), 0);
         for (size_t i = 0; i < n; i++) {
-            assert_int_equal(ma_store_load_events(st, "s", ids[i], 1, KF, VF, k1, v1, NULL, errbuf, sizeof errbuf), 0);
+            assert_int_equal(ma_store_load_events(st, "s", ids[i], 1, INTO(KF, k1, v1, NULL), errbuf, sizeof errbuf), 0);
             assert_memory_equal(k + i * KF, k1, sizeof k1);
             assert_memory_equal(v + i * VF, v1, sizeof v1);
         }
     }
     float k[2 * KF], v[2 * VF];
     uint64_t unsorted[] = {9, 3}, twice[] = {4, 4}, past[] = {1, L}, one[] = {0};
-    assert_int_equal(ma_store_load_some(st, "s", unsorted, 2, KF, VF, k, v, errbuf, sizeof errbuf), MA_EINVAL);
-    assert_int_equal(ma_store_load_some(st, "s", twice, 2, KF, VF, k, v, errbuf, sizeof errbuf), MA_EINVAL);
-    assert_int_equal(ma_store_load_some(st, "s", past, 2, KF, VF, k, v, errbuf, sizeof errbuf), MA_ENOTFOUND);
-    assert_int_equal(ma_store_load_some(st, "nope", one, 1, KF, VF, k, v, errbuf, sizeof errbuf), MA_ENOTFOUND);
-    assert_int_equal(ma_store_load_some(st, "s", one, 1, KF + 1, VF, k, v, errbuf, sizeof errbuf), MA_ECORRUPT);
-    assert_int_equal(ma_store_load_some(st, "s", one, 0, KF, VF, k, v, errbuf, sizeof errbuf), 0);
+    assert_int_equal(ma_store_load_some(st, "s", unsorted, 2, INTO(KF, k, v, NULL), errbuf, sizeof errbuf), MA_EINVAL);
+    assert_int_equal(ma_store_load_some(st, "s", twice, 2, INTO(KF, k, v, NULL), errbuf, sizeof errbuf), MA_EINVAL);
+    assert_int_equal(ma_store_load_some(st, "s", past, 2, INTO(KF, k, v, NULL), errbuf, sizeof errbuf), MA_ENOTFOUND);
+    assert_int_equal(ma_store_load_some(st, "nope", one, 1, INTO(KF, k, v, NULL), errbuf, sizeof errbuf), MA_ENOTFOUND);
+    assert_int_equal(ma_store_load_some(st, "s", one, 1, INTO(KF + 1, k, v, NULL), errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_some(st, "s", one, 0, INTO(KF, k, v, NULL), errbuf, sizeof errbuf), 0);
     ma_store_close(st);
     rm_dir(dir);
 }
@@ -1018,7 +1020,7 @@ static void test_inconsistent_rows_are_refused(void **state)
     raw_sql(dir, "UPDATE sessions SET blob_bytes = blob_bytes + 1 WHERE id = 'p0';");
     st = open_ok(dir);
     float k[10 * (KF + 1)], v[10 * VF];
-    assert_int_equal(ma_store_load_events(st, "p2", 70, 10, KF + 1, VF, k, v, NULL, errbuf, sizeof errbuf),
+    assert_int_equal(ma_store_load_events(st, "p2", 70, 10, INTO(KF + 1, k, v, NULL), errbuf, sizeof errbuf),
                      MA_ECORRUPT);   /* keys of another size than the caller's */
     assert_non_null(strstr(errbuf, "event block 1 (events 64..127)"));
     ma_store_session s;
@@ -1126,14 +1128,14 @@ static void test_row_checksums(void **state)
         {"p2", 960, "event block 15"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        assert_int_equal(ma_store_load_events(st, bad[i].id, bad[i].first, 1, KF, VF, k, v, NULL, errbuf,
+        assert_int_equal(ma_store_load_events(st, bad[i].id, bad[i].first, 1, INTO(KF, k, v, NULL), errbuf,
                                               sizeof errbuf), MA_ECORRUPT);
         if (!strstr(errbuf, bad[i].want) || !strstr(errbuf, bad[i].id))
             fail_msg("case %zu: %s", i, errbuf);
     }
     /* A range over a damaged block fails whole; the neighbours are served. */
-    assert_int_equal(ma_store_load_events(st, "p1", 100, 64, KF, VF, k, v, pl, errbuf, sizeof errbuf), MA_ECORRUPT);
-    assert_int_equal(ma_store_load_events(st, "p1", 192, 64, KF, VF, k, v, pl, errbuf, sizeof errbuf), 0);
+    assert_int_equal(ma_store_load_events(st, "p1", 100, 64, INTO(KF, k, v, pl), errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_events(st, "p1", 192, 64, INTO(KF, k, v, pl), errbuf, sizeof errbuf), 0);
     for (int i = 0; i < 64; i++)
         free(pl[i]);
     assert_true(k[0] == kval(1, 192, 0));
@@ -1144,8 +1146,8 @@ static void test_row_checksums(void **state)
     assert_non_null(strstr(errbuf, "payload of event 700: checksum mismatch"));
     assert_int_equal(ma_store_load_payload(st, "p1", 701, &one, errbuf, sizeof errbuf), 0);
     free(one);
-    assert_int_equal(ma_store_load_events(st, "p1", 690, 20, KF, VF, k, v, pl, errbuf, sizeof errbuf), MA_ECORRUPT);
-    assert_int_equal(ma_store_load_events(st, "p1", 690, 20, KF, VF, k, v, NULL, errbuf, sizeof errbuf), 0);
+    assert_int_equal(ma_store_load_events(st, "p1", 690, 20, INTO(KF, k, v, pl), errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_events(st, "p1", 690, 20, INTO(KF, k, v, NULL), errbuf, sizeof errbuf), 0);
     /* A commit onto the damaged partial block is refused (never rewritten with a fresh checksum). */
     assert_int_equal(commit_batch(st, "p2", 2, 1000, 5), MA_ECORRUPT);
     assert_non_null(strstr(errbuf, "event block 15"));
@@ -1157,7 +1159,7 @@ static void test_row_checksums(void **state)
     /* No checksum at all is no better than a wrong one. */
     raw_sql(dir, "UPDATE event_blocks SET ck = NULL WHERE block = 0 AND sid = (SELECT sid FROM sessions WHERE id = 'p0')");
     st = open_ok(dir);
-    assert_int_equal(ma_store_load_events(st, "p0", 0, 1, KF, VF, k, v, NULL, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_events(st, "p0", 0, 1, INTO(KF, k, v, NULL), errbuf, sizeof errbuf), MA_ECORRUPT);
     assert_non_null(strstr(errbuf, "no checksum"));
     ma_store_close(st);
     rm_dir(dir);
@@ -1361,7 +1363,7 @@ static void test_read_errors(void **state)
     assert_int_equal(ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf), 0);
     float *k = malloc(1000 * KF * sizeof(float)), *v = malloc(1000 * VF * sizeof(float));
     ma_store_fault_set(MA_FAULT_READ, 0);
-    int rc = ma_store_load_events(st, "p2", 0, 1000, KF, VF, k, v, NULL, errbuf, sizeof errbuf);
+    int rc = ma_store_load_events(st, "p2", 0, 1000, INTO(KF, k, v, NULL), errbuf, sizeof errbuf);
     unsigned long hits = ma_store_fault_hits();
     ma_store_fault_set(MA_FAULT_NONE, 0);
     /* Pages may all be in sqlite's cache; if any read reached the file it must have failed. */
@@ -1419,7 +1421,7 @@ static int readonly_child(const char *dir)
     }
     ma_store_session_clear(&s);
     float k[4 * KF], v[4 * VF];
-    bad |= ma_store_load_events(st, "p2", 996, 4, KF, VF, k, v, NULL, errbuf, sizeof errbuf) != 0 ||
+    bad |= ma_store_load_events(st, "p2", 996, 4, INTO(KF, k, v, NULL), errbuf, sizeof errbuf) != 0 ||
            k[0] != kval(2, 996, 0);
     ma_store_close(st);
     /* No database yet in a read-only directory: a clear refusal. */
@@ -1497,7 +1499,7 @@ static void *reader_main(void *p)
         int s = rand_r(&seed) % 3;
         char id[16];
         snprintf(id, sizeof id, "p%d", s);
-        if (ma_store_load_events(r->st, id, first, 100, KF, VF, k, v, NULL, NULL, 0) != 0 ||
+        if (ma_store_load_events(r->st, id, first, 100, INTO(KF, k, v, NULL), NULL, 0) != 0 ||
             k[0] != kval(s, first, 0) || v[99 * VF] != vval(s, first + 99, 0))
             r->errors++;
     }

@@ -144,8 +144,8 @@ static void assert_same_session(ma_store *a, const char *ida, ma_store *b, const
         return;
     float *k1 = malloc(n * KF * 4), *v1 = malloc(n * VF * 4), *k2 = malloc(n * KF * 4), *v2 = malloc(n * VF * 4);
     char **p1 = calloc(n, sizeof *p1), **p2 = calloc(n, sizeof *p2);
-    assert_int_equal(ma_store_load_events(a, ida, 0, n, KF, VF, k1, v1, p1, err, sizeof err), 0);
-    assert_int_equal(ma_store_load_events(b, idb, 0, n, KF, VF, k2, v2, p2, err, sizeof err), 0);
+    assert_int_equal(ma_store_load_events(a, ida, 0, n, &(ma_store_events){KF, VF, k1, v1, p1}, err, sizeof err), 0);
+    assert_int_equal(ma_store_load_events(b, idb, 0, n, &(ma_store_events){KF, VF, k2, v2, p2}, err, sizeof err), 0);
     assert_memory_equal(k1, k2, n * KF * 4);
     assert_memory_equal(v1, v2, n * VF * 4);
     for (size_t i = 0; i < n; i++) {
@@ -167,7 +167,8 @@ static void assert_absent(ma_store *st, const char *id)
 static int import_buf(ma_store *st, const char *id, const unsigned char *p, size_t len, int *why)
 {
     buf in = { (unsigned char *)p, len, len, 0, -1 };
-    return ma_store_session_import(st, id, buf_read, &in, NULL, NULL, NULL, why, err, sizeof err);
+    return ma_store_session_import(st, id, &(ma_store_import_source){buf_read, &in, NULL, NULL}, NULL, why, err,
+                                   sizeof err);
 }
 
 static void test_round_trip(void **state)
@@ -308,7 +309,8 @@ static void test_refusals_leave_nothing(void **state)
     /* the caller's check */
     int seen = -1;
     buf in = { out.p, out.len, out.len, 0, -1 };
-    assert_int_equal(ma_store_session_import(b, "c", buf_read, &in, refuse_header, &seen, NULL, &why, err, sizeof err),
+    ma_store_import_source src = {buf_read, &in, refuse_header, &seen};
+    assert_int_equal(ma_store_session_import(b, "c", &src, NULL, &why, err, sizeof err),
                      MA_ECORRUPT);
     assert_int_equal(seen, 70);
     assert_non_null(strstr(err, "no thanks"));
