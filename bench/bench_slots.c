@@ -189,7 +189,7 @@ static void bench_persist(int reps)
         ts[r] = now_s() - t;
         ma_slots *back;
         t = now_s();
-        if (ma_slots_restore_table(H, D, D, 64, buf, len, &back))
+        if (ma_slots_restore_table(&(ma_slots_shape){H, D, D, 64}, buf, len, &back))
             exit(1);
         tr[r] = now_s() - t;
         void *copy = malloc(len);

@@ -256,7 +256,8 @@ static void paged(ma_archive *a, const ma_params *p, int n)
         die("serialize", rc);
     ma_archive *b;
     double w0 = wall_now(), c0 = cpu_now();
-    if ((rc = ma_archive_restore_meta(p, buf, len, T, (ma_chunk_source){regen_load, &src}, CACHE, &b)) != 0)
+    ma_archive_saved saved = {buf, len, T, (ma_chunk_source){regen_load, &src}, CACHE, NULL};
+    if ((rc = ma_archive_restore_meta(p, &saved, &b)) != 0)
         die("restore", rc);
     double rw = wall_now() - w0, rcpu = cpu_now() - c0;
     (void)read_set(b, qs, needles, n, o1, p1, &h2);

@@ -25,7 +25,7 @@
  *
  * Persistence. The meta blob holds the shape and the index's centroids and counters; restore streams every
  * chunk through the source once to recompute summaries, and reads the index's lists from its stored rows
- * (ma_archive_restore_meta_rows; the blocks without a row, and every block without a row source, are
+ * (ma_archive_restore_meta with rows; the blocks without a row, and every block without a row source, are
  * encoded from keys streamed through the source), so a restored archive answers with the same bits.
  *
  * Index builds: an unmanaged archive builds in place when an append reaches a build point (core/ivf.h);
@@ -1315,18 +1315,16 @@ static void summarise(ma_archive *a, uint32_t c, const float *k, uint32_t n)
         mean[j] = (float)(a->tail_sum[j] / n);
 }
 
-int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, uint64_t length,
-                            ma_chunk_source src, size_t cache_chunks, ma_archive **out)
+int ma_archive_restore_meta(const ma_params *p, const ma_archive_saved *from, ma_archive **out)
 {
-    return ma_archive_restore_meta_rows(p, buf, len, length, src, cache_chunks, NULL, out);
-}
-
-int ma_archive_restore_meta_rows(const ma_params *p, const void *buf, size_t len, uint64_t length,
-                                 ma_chunk_source src, size_t cache_chunks, const ma_ivf_rows *rows,
-                                 ma_archive **out)
-{
-    if (!p || !buf || !out || !src.load || cache_chunks < 1 || ma_params_validate(p, NULL, 0) != 0)
+    if (!p || !from || !from->meta || !out || !from->chunks.load || from->cache_chunks < 1 ||
+        ma_params_validate(p, NULL, 0) != 0)
         return MA_EINVAL;
+    const void *buf = from->meta;
+    const size_t len = from->meta_len, cache_chunks = from->cache_chunks;
+    const uint64_t length = from->length;
+    const ma_chunk_source src = from->chunks;
+    const ma_ivf_rows *rows = from->rows;
     ma_blob_reader shape;
     const void *ivf;
     size_t ivf_len;

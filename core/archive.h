@@ -164,21 +164,26 @@ void ma_archive_set_event_loader(ma_archive *a, ma_event_loader fn);
 /* Serialises / restores the shape, and for the index selector its centroids and build counters (a few
  * hundred KiB at 2M events, nothing per event: the index's per-event records are rows, below) as a
  * core/blob.h blob (docs/ARCHIVE.md has the sections); restore also reads the legacy format. Restore
- * takes the archive's length (events), rebuilds summaries by streaming every chunk once through src and
- * the index from keys streamed through src (ma_archive_restore_meta_rows: from its stored rows),
- * identical to the original's, and keeps reading chunks through src. Truncated, corrupted or foreign
- * buffer: MA_ECORRUPT; a length of more than UINT32_MAX chunks: MA_EINVAL; src's errors are passed on. */
+ * takes the archive's length (events), rebuilds summaries by streaming every chunk once through the
+ * chunk source and the index from keys streamed through it, identical to the original's, and keeps
+ * reading chunks through it. With the index's stored rows (core/ivf.h, ma_ivf_rows) the index's lists
+ * are read from the rows of its build instead (no k-means, no key streaming) and only the blocks without
+ * a row are encoded from keys (their rows are then kept for the caller to persist); the restored archive
+ * is then managed (ma_archive_set_managed). Same answers as the original. Truncated, corrupted or
+ * foreign buffer: MA_ECORRUPT; a length of more than UINT32_MAX chunks: MA_EINVAL; the source's errors
+ * are passed on. */
 int ma_archive_serialize_meta(const ma_archive *a, void **buf, size_t *len);
-int ma_archive_restore_meta(const ma_params *p, const void *buf, size_t len, uint64_t length,
-                            ma_chunk_source src, size_t cache_chunks, ma_archive **out);
 
-/* ma_archive_restore_meta with the index's stored rows (core/ivf.h, ma_ivf_rows; NULL: none): the index's
- * lists are read from the rows of its build (no k-means, no key streaming) and only the blocks without a
- * row are encoded from keys streamed through src (their rows are then kept for the caller to persist).
- * With rows the restored archive is managed (ma_archive_set_managed). Same answers as the original. */
-int ma_archive_restore_meta_rows(const ma_params *p, const void *buf, size_t len, uint64_t length,
-                                 ma_chunk_source src, size_t cache_chunks, const ma_ivf_rows *rows,
-                                 ma_archive **out);
+/* What an archive is restored from (ma_archive_restore_meta). */
+typedef struct {
+    const void *meta;          /* ma_archive_serialize_meta's blob (borrowed for the call) */
+    size_t meta_len;
+    uint64_t length;           /* events */
+    ma_chunk_source chunks;    /* where its chunks are read (kept by the archive) */
+    size_t cache_chunks;       /* chunks cached in RAM, >= 1 */
+    const ma_ivf_rows *rows;   /* the index's stored rows (NULL: none, the index is computed from keys) */
+} ma_archive_saved;
+int ma_archive_restore_meta(const ma_params *p, const ma_archive_saved *from, ma_archive **out);
 
 /* --- index builds and rows, for a managing caller (registry/registry.c; docs/ARCHIVE.md, "Builds") --- */
 

@@ -859,11 +859,13 @@ int ma_session_restore_rows(const ma_params *p, const ma_session_saved *from, co
         return MA_ENOMEM;
     int rc;
     if ((rc = ma_backbone_restore(p, from->backbone, from->backbone_len, &s->bb)) ||
-        (rc = ma_slots_restore_state(p->heads, p->dim, p->value_dim, p->slots, from->slots, from->slots_len,
-                                     &from->slot_rows, &s->slots)) ||
-        (rc = ma_archive_restore_meta_rows(p, from->archive_meta, from->archive_meta_len,
-                                          ma_backbone_steps(s->bb), from->chunks, from->cache_chunks,
-                                          rows, &s->ar)))
+        (rc = ma_slots_restore_state(&(ma_slots_shape){p->heads, p->dim, p->value_dim, p->slots}, from->slots,
+                                     from->slots_len, &from->slot_rows, &s->slots)) ||
+        (rc = ma_archive_restore_meta(p,
+                                      &(ma_archive_saved){from->archive_meta, from->archive_meta_len,
+                                                          ma_backbone_steps(s->bb), from->chunks,
+                                                          from->cache_chunks, rows},
+                                      &s->ar)))
         goto fail;
     ma_slots_set_policy(s->slots, &p->slot_policy);
     /* The three blobs must describe one session: every event went through the backbone. */

@@ -297,7 +297,7 @@ typedef struct {
  * MA_ENOMEM, or a source's error. */
 int ma_session_restore(const ma_params *p, const ma_session_saved *from, ma_session **out);
 
-/* ma_session_restore reading the archive index's lists from its stored rows (ma_archive_restore_meta_rows;
+/* ma_session_restore reading the archive index's lists from its stored rows (ma_archive_saved.rows;
  * rows NULL: none, the index is recomputed from the chunks); with rows the archive is managed
  * (core/archive.h: its caller runs index builds and persists the rows). */
 int ma_session_restore_rows(const ma_params *p, const ma_session_saved *from, const ma_ivf_rows *rows,

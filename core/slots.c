@@ -1546,16 +1546,15 @@ fail:
     return rc ? rc : MA_ECORRUPT;
 }
 
-int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, const void *buf, size_t len,
-                           ma_slots **out)
+int ma_slots_restore_table(const ma_slots_shape *sh, const void *buf, size_t len, ma_slots **out)
 {
-    return restore(heads, dim, value_dim, capacity, buf, len, NULL, false, out);
+    return restore(sh->heads, sh->dim, sh->value_dim, sh->capacity, buf, len, NULL, false, out);
 }
 
-int ma_slots_restore_state(int heads, int dim, int value_dim, int capacity, const void *buf, size_t len,
-                           const ma_slot_row_source *rows, ma_slots **out)
+int ma_slots_restore_state(const ma_slots_shape *sh, const void *buf, size_t len, const ma_slot_row_source *rows,
+                           ma_slots **out)
 {
-    return restore(heads, dim, value_dim, capacity, buf, len, rows, true, out);
+    return restore(sh->heads, sh->dim, sh->value_dim, sh->capacity, buf, len, rows, true, out);
 }
 
 /* ---- incremental persistence: the versions not yet stored ---------------------------------------- */

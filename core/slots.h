@@ -266,12 +266,15 @@ int ma_slots_serialize(const ma_slots *s, void **buf, size_t *len);
  * blob; *buf malloc'd. Its size grows with the names ever written, not with their versions. */
 int ma_slots_serialize_state(const ma_slots *s, void **buf, size_t *len);
 
-/* Rebuilds a table from ma_slots_serialize's output (or the legacy format 1) for the given sizes. A
- * truncated, foreign,
- * mismatching (dimensions, capacity) or inconsistent buffer gives MA_ECORRUPT; MA_ENOMEM. Every version
- * of the result is unsaved (ma_slots_unsaved lists them all). */
-int ma_slots_restore_table(int heads, int dim, int value_dim, int capacity, const void *buf, size_t len,
-                           ma_slots **out);
+/* The sizes of a table (ma_slots_create's arguments), which a restored blob must match. */
+typedef struct {
+    int heads, dim, value_dim, capacity;
+} ma_slots_shape;
+
+/* Rebuilds a table of shape sh from ma_slots_serialize's output (or the legacy format 1). A truncated,
+ * foreign, mismatching (dimensions, capacity) or inconsistent buffer gives MA_ECORRUPT; MA_ENOMEM. Every
+ * version of the result is unsaved (ma_slots_unsaved lists them all). */
+int ma_slots_restore_table(const ma_slots_shape *sh, const void *buf, size_t len, ma_slots **out);
 
 /* One version as a stored row: the key (name, version) and the record (a core/blob.h blob of kind SVER). */
 typedef struct {
@@ -297,8 +300,8 @@ typedef struct {
  * whole-table blob as ma_slots_restore_table (all unsaved; `rows` must then give no row). MA_ECORRUPT
  * when the rows do not match the state (missing, extra, out of order, a number that differs from its
  * key, a damaged record) or when the state has versions and rows is NULL; MA_ENOMEM; the source's error. */
-int ma_slots_restore_state(int heads, int dim, int value_dim, int capacity, const void *buf, size_t len,
-                           const ma_slot_row_source *rows, ma_slots **out);
+int ma_slots_restore_state(const ma_slots_shape *sh, const void *buf, size_t len, const ma_slot_row_source *rows,
+                           ma_slots **out);
 
 /* True when some version is not stored yet (or must be rewritten): the next commit writes the state and
  * ma_slots_unsaved's rows. */

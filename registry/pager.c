@@ -103,7 +103,7 @@ int reg_slots_split(const char *config, const void *table, size_t len, void **st
     *state_len = 0;
     if (!config || reg_params_decode(config, &p, why, sizeof why))
         return MA_ECORRUPT;          /* the session cannot be loaded either; it says so then */
-    int rc = ma_slots_restore_table(p.heads, p.dim, p.value_dim, p.slots, table, len, &s);
+    int rc = ma_slots_restore_table(&(ma_slots_shape){p.heads, p.dim, p.value_dim, p.slots}, table, len, &s);
     if (!rc)
         rc = ma_slots_unsaved(s, &rows, &n);     /* every version: a whole table is all unsaved */
     for (size_t i = 0; !rc && i < n; i++)

@@ -28,7 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fz_fix_fnv(b, n);
     ma_chunk_source src = { .load = fz_chunk_load, .ctx = &p };
     ma_archive *a = NULL;
-    if (ma_archive_restore_meta(&p, b, n, length, src, 2, &a) == 0) {
+    if (ma_archive_restore_meta(&p, &(ma_archive_saved){b, n, length, src, 2, NULL}, &a) == 0) {
         void *o = NULL;
         size_t ol = 0;
         if (ma_archive_serialize_meta(a, &o, &ol) == 0)

@@ -24,7 +24,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (data[0] & 0x80)
         fz_fix_slots(b, n);
     ma_slots *s = NULL;
-    if (ma_slots_restore_table(p.heads, p.dim, p.value_dim, p.slots, b, n, &s) == 0) {
+    if (ma_slots_restore_table(&(ma_slots_shape){p.heads, p.dim, p.value_dim, p.slots}, b, n, &s) == 0) {
         ma_slot_info *info = NULL;
         size_t ni = 0;
         if (ma_slots_list(s, &info, &ni) == 0) {

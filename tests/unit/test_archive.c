@@ -650,7 +650,7 @@ static void meta_roundtrip(ma_selector sel, size_t T)
     mem_source ms = {.k = k, .v = v, .kf = 16, .vf = 8, .C = 16, .fail_chunk = UINT32_MAX};
     ma_chunk_source src = {mem_load, &ms};
     ma_archive *b;
-    assert_int_equal(ma_archive_restore_meta(&p, buf, len, T, src, 4, &b), 0);
+    assert_int_equal(ma_archive_restore_meta(&p, &(ma_archive_saved){buf, len, T, src, 4, NULL}, &b), 0);
     assert_int_equal(ma_archive_length(b), T);
     assert_int_equal(ma_archive_chunks(b), ma_archive_chunks(a));
 
@@ -690,25 +690,25 @@ static void meta_roundtrip(ma_selector sel, size_t T)
 
     /* Foreign, truncated, corrupted or mismatching buffers. */
     ma_archive *c = NULL;
-    assert_int_equal(ma_archive_restore_meta(&p, buf, len - 1, T, src, 4, &c), MA_ECORRUPT);
-    assert_int_equal(ma_archive_restore_meta(&p, buf, 12, T, src, 4, &c), MA_ECORRUPT);
+    assert_int_equal(ma_archive_restore_meta(&p, &(ma_archive_saved){buf, len - 1, T, src, 4, NULL}, &c), MA_ECORRUPT);
+    assert_int_equal(ma_archive_restore_meta(&p, &(ma_archive_saved){buf, 12, T, src, 4, NULL}, &c), MA_ECORRUPT);
     unsigned char *bad = malloc(len);
     memcpy(bad, buf, len);
     bad[len / 2] ^= 0x10;
-    assert_int_equal(ma_archive_restore_meta(&p, bad, len, T, src, 4, &c), MA_ECORRUPT);
+    assert_int_equal(ma_archive_restore_meta(&p, &(ma_archive_saved){bad, len, T, src, 4, NULL}, &c), MA_ECORRUPT);
     free(bad);
     ma_params other = p;
     other.dim = 9;
-    assert_int_equal(ma_archive_restore_meta(&other, buf, len, T, src, 4, &c), MA_ECORRUPT);
+    assert_int_equal(ma_archive_restore_meta(&other, &(ma_archive_saved){buf, len, T, src, 4, NULL}, &c), MA_ECORRUPT);
     other = p;
     other.selector = sel == MA_SELECTOR_INDEX ? MA_SELECTOR_CHUNKS : MA_SELECTOR_INDEX;
-    assert_int_equal(ma_archive_restore_meta(&other, buf, len, T, src, 4, &c), MA_ECORRUPT);
-    assert_int_equal(ma_archive_restore_meta(&p, buf, len, T, (ma_chunk_source){0}, 4, &c), MA_EINVAL);
+    assert_int_equal(ma_archive_restore_meta(&other, &(ma_archive_saved){buf, len, T, src, 4, NULL}, &c), MA_ECORRUPT);
+    assert_int_equal(ma_archive_restore_meta(&p, &(ma_archive_saved){buf, len, T, (ma_chunk_source){0}, 4, NULL}, &c), MA_EINVAL);
     assert_null(c);
     /* A source that fails during restore: its error, no archive. */
     for (uint32_t fc = 0; T > 0 && fc < 2; fc++) {   /* a sealed chunk, the tail chunk */
         ms.fail_chunk = fc == 0 ? 0 : (uint32_t)((T - 1) / 16);
-        assert_int_equal(ma_archive_restore_meta(&p, buf, len, T, src, 4, &c), MA_EIO);
+        assert_int_equal(ma_archive_restore_meta(&p, &(ma_archive_saved){buf, len, T, src, 4, NULL}, &c), MA_EIO);
         assert_null(c);
     }
 

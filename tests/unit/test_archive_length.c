@@ -57,12 +57,12 @@ static void test_length_beyond_the_source(void **state)
     /* 2^34 events: 2^32 chunks is refused as too long; 2^33 events (2^31 chunks) asks the source first. */
     max_chunk_seen = 0;
     a = NULL;
-    assert_int_equal(ma_archive_restore_meta(&p, buf, len, (uint64_t)1 << 33, src, 2, &a), MA_ENOTFOUND);
+    assert_int_equal(ma_archive_restore_meta(&p, &(ma_archive_saved){buf, len, (uint64_t)1 << 33, src, 2, NULL}, &a), MA_ENOTFOUND);
     assert_null(a);
     assert_int_equal(max_chunk_seen, ((uint32_t)1 << 31) - 1);   /* the last chunk, and nothing streamed */
-    assert_int_equal(ma_archive_restore_meta(&p, buf, len, 41, src, 2, &a), MA_ENOTFOUND);
+    assert_int_equal(ma_archive_restore_meta(&p, &(ma_archive_saved){buf, len, 41, src, 2, NULL}, &a), MA_ENOTFOUND);
     /* What the source holds restores. */
-    assert_int_equal(ma_archive_restore_meta(&p, buf, len, 40, src, 2, &a), 0);
+    assert_int_equal(ma_archive_restore_meta(&p, &(ma_archive_saved){buf, len, 40, src, 2, NULL}, &a), 0);
     assert_int_equal(ma_archive_length(a), 40);
     ma_archive_destroy(a);
     free(buf);

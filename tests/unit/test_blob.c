@@ -286,12 +286,12 @@ static void test_legacy_backbone_and_slots(void **state)
     add(&ls, tb, tn);
     add_le(&ls, ma_blob_checksum(ls.p, ls.n), 8);
     ma_slots *rs;
-    assert_int_equal(ma_slots_restore_table(2, 8, 4, 3, ls.p, ls.n, &rs), 0);
+    assert_int_equal(ma_slots_restore_table(&(ma_slots_shape){2, 8, 4, 3}, ls.p, ls.n, &rs), 0);
     assert_int_equal(ma_slots_serialize(rs, &again, &al), 0);
     assert_int_equal(al, nl);
     assert_memory_equal(again, nb, nl);
     ma_slots *y = NULL;
-    assert_int_equal(ma_slots_restore_table(2, 8, 4, 3, ls.p, ls.n - 1, &y), MA_ECORRUPT);
+    assert_int_equal(ma_slots_restore_table(&(ma_slots_shape){2, 8, 4, 3}, ls.p, ls.n - 1, &y), MA_ECORRUPT);
     free(again);
     free(ls.p);
     free(nb);
@@ -352,7 +352,7 @@ static void test_legacy_archive_and_ivf(void **state)
 
     mem_src ms = {k, v, 16, 8, 64};
     ma_archive *b;
-    assert_int_equal(ma_archive_restore_meta(&p, la.p, la.n, T, (ma_chunk_source){mem_load, &ms}, 4, &b), 0);
+    assert_int_equal(ma_archive_restore_meta(&p, &(ma_archive_saved){la.p, la.n, T, {mem_load, &ms}, 4, NULL}, &b), 0);
     void *again;
     size_t al;
     assert_int_equal(ma_archive_serialize_meta(b, &again, &al), 0);
@@ -374,7 +374,7 @@ static void test_legacy_archive_and_ivf(void **state)
     assert_int_equal(ma_ivf_restore(2, 8, li.p, li.n, &x), MA_ECORRUPT);
     la.p[20] ^= 1;
     b = NULL;
-    assert_int_equal(ma_archive_restore_meta(&p, la.p, la.n, T, (ma_chunk_source){mem_load, &ms}, 4, &b),
+    assert_int_equal(ma_archive_restore_meta(&p, &(ma_archive_saved){la.p, la.n, T, {mem_load, &ms}, 4, NULL}, &b),
                      MA_ECORRUPT);
     free(li.p);
     free(la.p);

@@ -597,7 +597,7 @@ static void test_batch_equals_sequential(void **state)
         size_t len;
         snapshot(s, &buf, &len);
         ma_slots *seq;
-        assert_int_equal(ma_slots_restore_table(H, D, DV, M, buf, len, &seq), 0);
+        assert_int_equal(ma_slots_restore_table(&(ma_slots_shape){H, D, DV, M}, buf, len, &seq), 0);
 
         int n = 1 + (int)((frand() + 1) * 3);
         wr e[8];
@@ -675,7 +675,7 @@ static void test_serialize_roundtrip_and_corruption(void **state)
     size_t len;
     snapshot(s, &buf, &len);
     ma_slots *r;
-    assert_int_equal(ma_slots_restore_table(H, D, DV, 3, buf, len, &r), 0);
+    assert_int_equal(ma_slots_restore_table(&(ma_slots_shape){H, D, DV, 3}, buf, len, &r), 0);
     assert_unchanged(r, buf, len);
 
     /* The restored table continues exactly: same eviction order, same versions. */
@@ -700,12 +700,12 @@ static void test_serialize_roundtrip_and_corruption(void **state)
 
     /* Every truncation, every single-byte change, and a config mismatch are refused. */
     for (size_t n = 0; n < len; n++)
-        assert_int_equal(ma_slots_restore_table(H, D, DV, 3, buf, n, &r), MA_ECORRUPT);
+        assert_int_equal(ma_slots_restore_table(&(ma_slots_shape){H, D, DV, 3}, buf, n, &r), MA_ECORRUPT);
     unsigned char *c = malloc(len);
     for (size_t i = 0; i < len; i++) {
         memcpy(c, buf, len);
         c[i] ^= 0x5a;
-        assert_int_equal(ma_slots_restore_table(H, D, DV, 3, c, len, &r), MA_ECORRUPT);
+        assert_int_equal(ma_slots_restore_table(&(ma_slots_shape){H, D, DV, 3}, c, len, &r), MA_ECORRUPT);
     }
     /* The checksum hides the structural checks from the test above: fix it up after each change, so the
      * parser itself must refuse the damage (or, for a change that leaves a valid table — a float, a
@@ -718,7 +718,7 @@ static void test_serialize_roundtrip_and_corruption(void **state)
             uint64_t sum = ma_blob_checksum(c, len - 8);
             for (int j = 0; j < 8; j++)
                 c[len - 8 + j] = (unsigned char)(sum >> (8 * j));
-            int rc = ma_slots_restore_table(H, D, DV, 3, c, len, &r);
+            int rc = ma_slots_restore_table(&(ma_slots_shape){H, D, DV, 3}, c, len, &r);
             if (rc == 0) {
                 accepted++;
                 assert_unchanged(r, c, len);
@@ -730,8 +730,8 @@ static void test_serialize_roundtrip_and_corruption(void **state)
         }
     assert_true(accepted > 0 && refused > 0);
     free(c);
-    assert_int_equal(ma_slots_restore_table(H, D + 1, DV, 3, buf, len, &r), MA_ECORRUPT);
-    assert_int_equal(ma_slots_restore_table(H, D, DV, 4, buf, len, &r), MA_ECORRUPT);
+    assert_int_equal(ma_slots_restore_table(&(ma_slots_shape){H, D + 1, DV, 3}, buf, len, &r), MA_ECORRUPT);
+    assert_int_equal(ma_slots_restore_table(&(ma_slots_shape){H, D, DV, 4}, buf, len, &r), MA_ECORRUPT);
     free(buf);
     ma_slots_destroy(s);
 }
@@ -1128,7 +1128,7 @@ static void test_importance_persist(void **state)
     assert_int_equal(ma_blob_get_u32(&br), MA_BLOB_TAG("TABL"));
     assert_int_equal(ma_blob_get_u32(&br), 2);
     ma_slots *r;
-    assert_int_equal(ma_slots_restore_table(H, D, DV, 3, buf, len, &r), 0);
+    assert_int_equal(ma_slots_restore_table(&(ma_slots_shape){H, D, DV, 3}, buf, len, &r), 0);
     assert_unchanged(r, buf, len);
     assert_int_equal(ma_slots_view(r, "a", 1, &v), 0);
     assert_false(v.has_importance);
@@ -1139,7 +1139,7 @@ static void test_importance_persist(void **state)
     /* Every truncation and every checksum-fixed bit flip: refused, or a valid table that serialises
      * back to the same bytes. An importance out of [0, 1] is refused. */
     for (size_t n = 0; n < len; n++)
-        assert_int_equal(ma_slots_restore_table(H, D, DV, 3, buf, n, &r), MA_ECORRUPT);
+        assert_int_equal(ma_slots_restore_table(&(ma_slots_shape){H, D, DV, 3}, buf, n, &r), MA_ECORRUPT);
     unsigned char *c = malloc(len);
     int accepted = 0, refused = 0;
     for (size_t i = 8; i + 8 < len; i++)
@@ -1149,7 +1149,7 @@ static void test_importance_persist(void **state)
             uint64_t sum = ma_blob_checksum(c, len - 8);
             for (int j = 0; j < 8; j++)
                 c[len - 8 + j] = (unsigned char)(sum >> (8 * j));
-            int rc = ma_slots_restore_table(H, D, DV, 3, c, len, &r);
+            int rc = ma_slots_restore_table(&(ma_slots_shape){H, D, DV, 3}, c, len, &r);
             if (rc == 0) {
                 accepted++;
                 assert_unchanged(r, c, len);
@@ -1173,7 +1173,7 @@ static void test_importance_persist(void **state)
     uint64_t sum = ma_blob_checksum(c, len - 8);
     for (int j = 0; j < 8; j++)
         c[len - 8 + j] = (unsigned char)(sum >> (8 * j));
-    assert_int_equal(ma_slots_restore_table(H, D, DV, 3, c, len, &r), MA_ECORRUPT);
+    assert_int_equal(ma_slots_restore_table(&(ma_slots_shape){H, D, DV, 3}, c, len, &r), MA_ECORRUPT);
     free(c);
     free(buf);
     ma_slots_destroy(s);
@@ -1269,7 +1269,7 @@ static int restore_from_rows(const ma_slots *s, fake_rows *fr, int capacity, boo
     assert_int_equal(ma_slots_serialize_state(s, &st, &stn), 0);
     ma_slot_row_source src = {fake_each, fr};
     ma_slots *r = NULL;
-    int rc = ma_slots_restore_state(H, D, DV, capacity, st, stn, &src, &r);
+    int rc = ma_slots_restore_state(&(ma_slots_shape){H, D, DV, capacity}, st, stn, &src, &r);
     if (rc == 0) {
         assert_false(ma_slots_has_unsaved(r));
         snapshot(s, &a, &an);
@@ -1371,20 +1371,20 @@ static void test_rows_written_once(void **state)
     size_t stn;
     ma_slots *r;
     assert_int_equal(ma_slots_serialize_state(s, &st, &stn), 0);
-    assert_int_equal(ma_slots_restore_state(H, D, DV, 3, st, stn, NULL, &r), MA_ECORRUPT);
+    assert_int_equal(ma_slots_restore_state(&(ma_slots_shape){H, D, DV, 3}, st, stn, NULL, &r), MA_ECORRUPT);
     /* and every truncation of the state blob */
     ma_slot_row_source src = {fake_each, &fr};
     for (size_t cut = 0; cut < stn; cut += 3)
-        assert_int_equal(ma_slots_restore_state(H, D, DV, 3, st, cut, &src, &r), MA_ECORRUPT);
+        assert_int_equal(ma_slots_restore_state(&(ma_slots_shape){H, D, DV, 3}, st, cut, &src, &r), MA_ECORRUPT);
     free(st);
     /* a whole table restores with every version unsaved, and refuses rows beside it */
     void *whole;
     size_t wn;
     snapshot(s, &whole, &wn);
-    assert_int_equal(ma_slots_restore_state(H, D, DV, 3, whole, wn, &src, &r), MA_ECORRUPT);
+    assert_int_equal(ma_slots_restore_state(&(ma_slots_shape){H, D, DV, 3}, whole, wn, &src, &r), MA_ECORRUPT);
     fake_rows none = {.skip = -1, .dup = -1, .swap = -1, .flip = -1};
     ma_slot_row_source empty = {fake_each, &none};
-    assert_int_equal(ma_slots_restore_state(H, D, DV, 3, whole, wn, &empty, &r), 0);
+    assert_int_equal(ma_slots_restore_state(&(ma_slots_shape){H, D, DV, 3}, whole, wn, &empty, &r), 0);
     assert_true(ma_slots_has_unsaved(r));
     fake_rows all = {.skip = -1, .dup = -1, .swap = -1, .flip = -1};
     assert_int_equal(store_unsaved(r, &all), fr.n);

@@ -639,7 +639,7 @@ static void stored_table(ma_store *st, const char *id, void **whole, size_t *n, 
     row_src rs = {st, id};
     ma_slot_row_source src = {each_row, &rs};
     ma_slots *t;
-    int rc = ma_slots_restore_state(SH, SD, SDV, SM, row.slots_blob.data, row.slots_blob.len, &src, &t);
+    int rc = ma_slots_restore_state(&(ma_slots_shape){SH, SD, SDV, SM}, row.slots_blob.data, row.slots_blob.len, &src, &t);
     if (rc)
         fail_msg("restore %s: %d %s", id, rc, errbuf);
     *unsaved = ma_slots_has_unsaved(t);
@@ -748,7 +748,7 @@ static void test_upgrade_from_v2(void **state)
             bool unsaved;
             stored_table(st, "v3", &whole, &wn, &unsaved);
             ma_slots *t;
-            assert_int_equal(ma_slots_restore_table(SH, SD, SDV, SM, whole, wn, &t), 0);
+            assert_int_equal(ma_slots_restore_table(&(ma_slots_shape){SH, SD, SDV, SM}, whole, wn, &t), 0);
             if (!unsaved)
                 ma_slots_saved(t);
             float k[SH * SD] = {1}, v[SH * SDV] = {2};
