@@ -342,7 +342,7 @@ static int qcode_make(const ma_ivf *x, const float *q, qcode *qc)
 /* A block is two allocations from two pools: its scan part, LB/G group records (what a scan reads: per
  * group the sign codes, H·nbp·G bytes, then G·H factors and G·H alphas), and its other part, ids[LB],
  * scales[LB·H], 4-bit codes[LB·cb] (read only for candidates). After a build the scan parts of a list are
- * contiguous (relayout), so a scan streams them. */
+ * contiguous (layout), so a scan streams them. */
 static size_t grp_bytes(const ma_ivf *x)
 {
     return G * (size_t)x->H * (x->nbp + 2 * sizeof(float));
@@ -811,81 +811,6 @@ static void push_rec(const ma_ivf *x, ivlist *l, uint64_t id, const unsigned cha
             gb[q * G] = bits[q];
     }
     l->n++;
-}
-
-/* Returns spare blocks (left by a failed add) to the pool and frees spare block pointers. */
-static void shrink(blkpool *pool, blkpool *rpool, ivlist *lists, uint32_t nlist)
-{
-    for (uint32_t c = 0; c < nlist; c++) {
-        ivlist *l = &lists[c];
-        size_t need = (l->n + LB - 1) / LB;
-        while (l->nblk > need) {
-            l->nblk--;
-            pool_put(pool, l->blk[l->nblk]);
-            pool_put(rpool, l->rst[l->nblk]);
-        }
-        if (l->blk_alloc > l->nblk && l->nblk) {
-            unsigned char **p = realloc(l->blk, l->nblk * sizeof *p), **q;
-            if (p)
-                l->blk = p;
-            q = realloc(l->rst, l->nblk * sizeof *q);
-            if (q)
-                l->rst = q;
-            if (p && q)
-                l->blk_alloc = l->nblk;
-        }
-    }
-}
-
-/* Moves every list's blocks next to each other, list after list, into a new pool sized for them (the
- * old pool is freed): a scan then reads a list's group records at a fixed stride instead of from blocks
- * scattered over the arenas in the order the events arrived. Nothing changes if memory is short. */
-/* One part of every block (scan parts: rest = 0; other parts: rest = 1) into a new pool, list after list;
- * 0 or MA_ENOMEM (nothing changed). */
-static int relayout_part(blkpool *pool, ivlist *lists, uint32_t nlist, size_t nb, size_t bsz, int rest)
-{
-    blkpool np = {0};
-    np.next = nb;   /* one arena for all (huge pages from 2 MiB on) */
-    unsigned char **nbk = malloc(nb * sizeof *nbk);
-    if (!nbk)
-        return MA_ENOMEM;
-    for (size_t i = 0; i < nb; i++)
-        if (!(nbk[i] = pool_get(&np, bsz))) {
-            free(nbk);
-            pool_free(&np);
-            return MA_ENOMEM;
-        }
-    np.next = 16;   /* later growth (appends) starts small again */
-    size_t i = 0;
-    for (uint32_t c = 0; c < nlist; c++)
-        for (size_t b = 0; b < lists[c].nblk; b++, i++) {
-            unsigned char **slot = rest ? &lists[c].rst[b] : &lists[c].blk[b];
-            memcpy(nbk[i], *slot, bsz);
-            *slot = nbk[i];
-        }
-    free(nbk);
-    pool_free(pool);
-    *pool = np;
-    return 0;
-}
-
-/* Moves every list's blocks next to each other, list after list, into new pools sized for them (the old
- * ones are freed): a scan then streams a list's group records instead of reading blocks scattered over
- * the arenas in the order the events arrived (1.75x faster at 1M events grown by appends). Nothing
- * changes if memory is short. */
-static void relayout(const ma_ivf *x, blkpool *pool, blkpool *rpool, ivlist *lists, uint32_t nlist)
-{
-    size_t nb = 0;
-    for (uint32_t c = 0; c < nlist; c++)
-        nb += lists[c].nblk;
-    if (nb && relayout_part(pool, lists, nlist, nb, x->scan_bytes, 0) == 0)
-        (void)relayout_part(rpool, lists, nlist, nb, x->rest_bytes, 1);
-}
-
-void ma_ivf_shrink(ma_ivf *x)
-{
-    shrink(&x->pool, &x->rpool, x->lists, x->nlist);
-    relayout(x, &x->pool, &x->rpool, x->lists, x->nlist);
 }
 
 /* Frees the lists' block tables (the blocks belong to their pool). */
@@ -1423,8 +1348,8 @@ static int push_row(void *arg, uint64_t block, const void *lists, size_t ll, con
     return push_block(c, block, lists, codes);
 }
 
-/* Lists sized exactly for cnt, their blocks laid out list after list in one arena per pool (what
- * relayout makes), so a scan streams a list's group records. 0 or MA_ENOMEM (caller frees nl, pools). */
+/* Lists sized exactly for cnt, their blocks laid out list after list in one arena per pool, so a scan
+ * streams a list's group records. 0 or MA_ENOMEM (caller frees nl, pools). */
 static int layout(const ma_ivf *x, ivlist *nl, uint32_t nlist, const size_t *cnt, blkpool *pool, blkpool *rpool)
 {
     size_t nb = 0;

@@ -176,9 +176,6 @@ const float *ma_ivf_debug_centroid(const ma_ivf *x, uint32_t c);
 int ma_ivf_search_batch(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
                         size_t *n_ids, uint64_t *scored);
 
-/* Frees the lists' spare capacity (after a bulk add, e.g. a restore). Never fails. */
-void ma_ivf_shrink(ma_ivf *x);
-
 uint64_t ma_ivf_count(const ma_ivf *x);
 uint32_t ma_ivf_nlist(const ma_ivf *x);
 /* Builds so far: changes exactly when ma_ivf_serialize's output changes. */

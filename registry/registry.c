@@ -772,8 +772,6 @@ const char *reg_read_error(reg_session *s)
 
 ma_session *reg_core(reg_session *s) { return s->core; }
 const ma_params *reg_params(const reg_session *s) { return &s->params; }
-int64_t reg_created_at(const reg_session *s) { return s->created_at; }
-int64_t reg_updated_at(const reg_session *s) { return s->updated_at; }
 
 static double now_seconds(void)
 {

@@ -176,8 +176,6 @@ const char *reg_read_error(reg_session *s);
 /* Accessors of an acquired session. */
 ma_session *reg_core(reg_session *s);
 const ma_params *reg_params(const reg_session *s);
-int64_t reg_created_at(const reg_session *s);
-int64_t reg_updated_at(const reg_session *s);
 
 /* ---- listings, summaries, backup: the handlers' only way to the store ------------------------- */
 
