@@ -448,20 +448,16 @@ static int do_session_delete(job *j)
 
 static bool frozen_out(job *j);
 
-/* 409 length_mismatch: the batch's expect_length is not the session's length (nothing applied). The
- * error body carries the current length as a field, {"error":{"code","message","length"}}, so a writer
- * can resume after it. */
+/* 409 length_mismatch: the batch's expect_length is not the session's length (nothing applied); the
+ * error body carries the current length (codec_length_mismatch_to_json). */
 static int length_mismatch(job *j, uint64_t length, uint64_t expected)
 {
     char msg[160];
     snprintf(msg, sizeof msg, "expect_length: the session's length is %llu, not %llu; nothing was applied",
              (unsigned long long)length, (unsigned long long)expected);
-    cJSON *o = cJSON_CreateObject(), *e = o ? cJSON_AddObjectToObject(o, "error") : NULL;
-    if (!e || !cJSON_AddStringToObject(e, "code", "length_mismatch") || !cJSON_AddStringToObject(e, "message", msg) ||
-        !cJSON_AddNumberToObject(e, "length", (double)length)) {
-        cJSON_Delete(o);
+    cJSON *o = codec_length_mismatch_to_json(msg, length);
+    if (!o)
         return job_fail(j, 409, "length_mismatch", "%s", msg);
-    }
     job_ok(j, 409, o);
     return -1;
 }

@@ -842,10 +842,10 @@ static bool add_time(cJSON *o, const char *field, int64_t ms)
 static bool add_payload(cJSON *o, const char *payload)
 {
     cJSON *p = payload ? cJSON_CreateRaw(payload) : cJSON_CreateNull();
-    if (!p)
-        return false;
-    cJSON_AddItemToObject(o, "payload", p);
-    return true;
+    if (p && cJSON_AddItemToObject(o, "payload", p))
+        return true;
+    cJSON_Delete(p);
+    return false;
 }
 
 static bool add_event(cJSON *o, const char *field, int64_t event)
@@ -856,10 +856,10 @@ static bool add_event(cJSON *o, const char *field, int64_t event)
 static bool add_floats(cJSON *o, const char *field, const float *x, size_t n)
 {
     cJSON *a = codec_floats_to_json(x, n);
-    if (!a)
-        return false;
-    cJSON_AddItemToObject(o, field, a);
-    return true;
+    if (a && cJSON_AddItemToObject(o, field, a))
+        return true;
+    cJSON_Delete(a);
+    return false;
 }
 
 /* "chunks": the array as one raw JSON text (the same bytes cJSON prints for an array of numbers): a full
@@ -1222,6 +1222,14 @@ cJSON *codec_backup_to_json(const char *path)
 {
     cJSON *o = cJSON_CreateObject();
     return built(o, o && cJSON_AddStringToObject(o, "path", path));
+}
+
+cJSON *codec_length_mismatch_to_json(const char *message, uint64_t length)
+{
+    cJSON *o = cJSON_CreateObject(), *e = o ? cJSON_AddObjectToObject(o, "error") : NULL;
+    return built(o, e && cJSON_AddStringToObject(e, "code", "length_mismatch") &&
+                        cJSON_AddStringToObject(e, "message", message) &&
+                        cJSON_AddNumberToObject(e, "length", (double)length));
 }
 
 cJSON *codec_results_new(void)

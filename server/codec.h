@@ -105,6 +105,10 @@ cJSON *codec_session_summary_to_json(const char *id, const reg_summary *sm);
 /* {"path"}: the answer to a backup. */
 cJSON *codec_backup_to_json(const char *path);
 
+/* {"error":{"code":"length_mismatch","message","length"}}: a batch's expect_length refused (409), with the
+ * session's length as a field so a writer can resume after it. NULL on allocation failure. */
+cJSON *codec_length_mismatch_to_json(const char *message, uint64_t length);
+
 /* Decodes a backup body: exactly {"path": "/absolute/file.db"}. *path points into body. */
 int codec_backup_decode(const cJSON *body, const char **path, codec_error *err);
 

@@ -766,6 +766,8 @@ static void test_answers(void **state)
     printed(codec_versions_to_json(&vi, 1),
             "{\"versions\":[{\"version\":1,\"event\":3,\"at\":\"1970-01-01T00:00:00.000Z\",\"tombstone\":false}]}");
     printed(codec_backup_to_json("/x.db"), "{\"path\":\"/x.db\"}");
+    printed(codec_length_mismatch_to_json("m", 7),
+            "{\"error\":{\"code\":\"length_mismatch\",\"message\":\"m\",\"length\":7}}");
     cJSON *r = codec_results_new();
     printed(r, "{\"results\":[]}");
 }
