@@ -8,7 +8,7 @@
  *
  * Build (one process): a session (H = 1, d = d_v = 64, chunk 64, the given selector) ingests N random unit
  * events in batches of B; each batch's events are committed with ma_store_commit and the sealed chunks
- * released (ma_archive_release), as server/registry.c does; the state blobs are serialised and committed
+ * released (ma_archive_release), as registry/registry.c does; the state blobs are serialised and committed
  * every `--meta-every` batches, whenever the archive's meta generation changes (an index rebuild: the
  * registry rewrites the archive blob only then), and at the end.
  * Restart (a fresh process, so its RSS holds only what the restart loads): ma_store_open (integrity

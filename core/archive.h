@@ -124,7 +124,7 @@ int ma_archive_read_sparse(const ma_archive *a, const float *q, int topk, ma_rea
 /* nq sparse reads at once (Q: nq × H·d, r: nq results with their v buffers); the same answers as nq calls of
  * ma_archive_read_sparse, except that with the index selector the batch's centroid scores are one sgemm
  * (the probes of a query could differ where two centroid scores tie within rounding) and every probed list
- * is scanned once for the whole batch. On error no result is left filled. Added by issue 15 (additive). */
+ * is scanned once for the whole batch. On error no result is left filled. */
 int ma_archive_read_sparse_batch(const ma_archive *a, const float *Q, size_t nq, int topk, ma_read_result *r);
 
 /* How the chunks selector scores a chunk against q (summed over heads):
@@ -148,7 +148,7 @@ size_t ma_archive_bytes_total(const ma_archive *a);
  * lists and centroids, event masks) is counted by ma_archive_bytes when measured. p valid. */
 size_t ma_archive_footprint(const ma_params *p, size_t cache_chunks);
 
-/* --- paging and persistence (used by the session registry; the chunk source is store/'s pager) --- */
+/* --- paging and persistence (used by the session registry; its chunk source is registry/pager.c) --- */
 
 /* Sets the source of non-resident chunks and the number of chunks to cache (>= 1). With a source set,
  * ma_archive_release() drops sealed (full) chunks from RAM; they are loaded on demand. */

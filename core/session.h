@@ -215,7 +215,7 @@ void ma_session_stats_clear(ma_session_stats *st);
  * with use is not in it: sealed chunks not yet paged out, summaries and index lists per event, event
  * masks, slot history, payload texts (ma_session_bytes counts them when measured). Nor is what a
  * request allocates for its duration (decoded bodies, read results, an index rebuild's scratch). The
- * server's registry refuses a session whose footprint exceeds its memory budget and reserves it before
+ * session registry (registry/) refuses a session whose footprint exceeds its memory budget and reserves it before
  * creating or loading one. p must be valid (ma_params_validate). tests/unit/test_footprint.c checks it
  * against the allocator's count. parts (may be NULL) gets the three components. */
 typedef struct {
@@ -223,7 +223,7 @@ typedef struct {
 } ma_footprint;
 size_t ma_session_footprint(const ma_params *p, size_t cache_chunks, ma_footprint *parts);
 
-/* ma_session_stats.bytes alone: no allocation, no arithmetic over the state (the server's registry
+/* ma_session_stats.bytes alone: no allocation, no arithmetic over the state (the session registry
  * re-measures a session at every release). May run alongside reads (the chunk cache is locked), not
  * alongside mutations. */
 size_t ma_session_bytes(const ma_session *s);
@@ -262,7 +262,7 @@ ma_backbone *ma_session_backbone(ma_session *s);
 ma_archive *ma_session_archive(ma_session *s);
 ma_slots *ma_session_slots(ma_session *s);   /* the registry stores its state and unsaved version rows */
 
-/* ---- persistence (used by the server's session registry together with store/) ----------------- */
+/* ---- persistence (used by the session registry, registry/, together with store/) --------------- */
 
 /* Serialises the whole slot table (resident slots, full version history with values and payloads, usage,
  * eviction order state) as one core/blob.h blob (docs/SLOTS.md): ma_slots_serialize. The store keeps the

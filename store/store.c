@@ -37,7 +37,7 @@
  *    MA_ECORRUPT / MA_ENOMEM) with sqlite's message. A data directory that is not writable opens
  *    read-only (immutable) so stored sessions are still served; every change then fails with MA_EIO.
  *
- * Deliberately not done: no caching of rows (the server caches sessions), no checksums inside blobs (the
+ * Deliberately not done: no caching of rows (the registry caches sessions), no checksums inside blobs (the
  * core's serialisations carry their own; sqlite has no page checksums, see docs/STORE.md), no vacuum
  * after deletes (freed pages are reused).
  */
