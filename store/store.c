@@ -336,6 +336,21 @@ void st_reader_put(ma_store *st, conn *c)
     pthread_mutex_unlock(&st->rlock);
 }
 
+int st_session_step(ma_store *st, conn *c, sqlite3_stmt *s, const char *id, const char *what, char *err,
+                    size_t errlen)
+{
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        return 0;
+    sqlite3_reset(s);
+    if (rc == SQLITE_DONE) {
+        st_seterr(err, errlen, "session '%s' does not exist", id);
+        return MA_ENOTFOUND;
+    }
+    return st_fail_db(st, c->db, rc, err, errlen, what);
+}
+
 /* ---- row checksums (docs/STORE.md, "Row checksums") --------------------------------------------- */
 
 uint64_t st_block_sum(const st_block *b)
@@ -969,20 +984,11 @@ static int apply_delta(ma_store *st, conn *c, const char *id, const ma_store_del
         ret = MA_EIO;
         goto done;
     }
-    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-    rc = sqlite3_step(s);
-    int64_t sid = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
-    uint64_t length = rc == SQLITE_ROW ? (uint64_t)sqlite3_column_int64(s, 1) : 0;
+    if ((ret = st_session_step(st, c, s, id, "looking up a session", err, errlen)))
+        goto done;
+    int64_t sid = sqlite3_column_int64(s, 0);
+    uint64_t length = (uint64_t)sqlite3_column_int64(s, 1);
     sqlite3_reset(s);
-    if (rc == SQLITE_DONE) {
-        st_seterr(err, errlen, "session '%s' does not exist", id);
-        ret = MA_ENOTFOUND;
-        goto done;
-    }
-    if (rc != SQLITE_ROW) {
-        ret = st_fail_db(st, c->db, rc, err, errlen, "looking up a session");
-        goto done;
-    }
     if ((d->n_events > 0 && d->first_event != length) || d->length != length + d->n_events) {
         st_seterr(err, errlen, "store %s: session '%s' has %" PRIu64 " stored events; a commit of %zu events "
                   "from index %" PRIu64 " cannot give length %" PRIu64, st->path, id, length, d->n_events,
@@ -1179,17 +1185,8 @@ static int load_session(ma_store *st, const char *id, bool with_data, ma_store_s
         ret = MA_EIO;
         goto done;
     }
-    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-    rc = sqlite3_step(s);
-    if (rc == SQLITE_DONE) {
-        st_seterr(err, errlen, "session '%s' does not exist", id);
-        ret = MA_ENOTFOUND;
+    if ((ret = st_session_step(st, c, s, id, "loading a session", err, errlen)))
         goto done;
-    }
-    if (rc != SQLITE_ROW) {
-        ret = st_fail_db(st, c->db, rc, err, errlen, "loading a session");
-        goto done;
-    }
     sid = sqlite3_column_int64(s, 0);
     if ((ret = session_row(s, out, &blob_bytes))) {
         st_seterr(err, errlen, "store %s: out of memory", st->path);

@@ -90,6 +90,11 @@ sqlite3_stmt *st_stmt(ma_store *st, conn *c, int i, char *err, size_t errlen);
 /* Runs cached statement i, which returns no rows (BEGIN/COMMIT/...). SQLITE_OK or the sqlite code. */
 int st_run(ma_store *st, conn *c, int i, char *err, size_t errlen);
 
+/* Binds session id to parameter 1 of s and steps it onto the session's row: 0 (s stands on the row),
+ * MA_ENOTFOUND ("session '<id>' does not exist"), or sqlite's failure reported as `what` (s then reset). */
+int st_session_step(ma_store *st, conn *c, sqlite3_stmt *s, const char *id, const char *what, char *err,
+                    size_t errlen);
+
 /* Rolls back whatever transaction c has open (after a failure; its own failure is moot). */
 void st_rollback(ma_store *st, conn *c);
 

@@ -174,17 +174,8 @@ int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn writ
         ret = MA_EIO;
         goto done;
     }
-    sqlite3_bind_text(row, 1, id, -1, SQLITE_STATIC);
-    rc = sqlite3_step(row);
-    if (rc == SQLITE_DONE) {
-        st_seterr(err, errlen, "session '%s' does not exist", id);
-        ret = MA_ENOTFOUND;
+    if ((ret = st_session_step(st, c, row, id, "reading the session row", err, errlen)))
         goto done;
-    }
-    if (rc != SQLITE_ROW) {
-        ret = st_fail_db(st, c->db, rc, err, errlen, "reading the session row");
-        goto done;
-    }
     int64_t sid = sqlite3_column_int64(row, 0);
     const char *config = (const char *)sqlite3_column_text(row, 1);
     uint32_t idlen = (uint32_t)strlen(id), cfglen = config ? (uint32_t)sqlite3_column_bytes(row, 1) : 0;
