@@ -605,36 +605,33 @@ static bool events_apply(void *arg, srv_hold *h)
     return events_run(j, h);
 }
 
-/* Words the failure qrc of queries[i] as its own result: 0 (the error is in the batch's answer), or -1
- * when the job failed as a whole (storage, memory). */
+/* Words the failure qrc of queries[i] as its own result, with the status and code of codec.c's table: 0
+ * (the error is in the batch's answer), or -1 when the job failed as a whole (storage, memory). */
 static int query_error(job *j, cJSON *out, size_t i, const ma_query *q, int qrc)
 {
     char msg[256];
-    const char *code;
     switch (qrc) {
     case MA_ENOVERSION:
         snprintf(msg, sizeof msg, "queries[%zu]: slot %s has no version %llu", i, q->slot,
                  (unsigned long long)q->version);
-        code = "no_version";
         break;
     case MA_ENOTFOUND:
         snprintf(msg, sizeof msg, "queries[%zu]: no %sslot %s%s", i, q->version ? "" : "resident ",
                  q->slot ? q->slot : "matches the query", q->slot ? "" : " (cosine below route_threshold)");
-        code = "no_slot";
         break;
     case MA_EEMPTY:
         snprintf(msg, sizeof msg, "queries[%zu]: nothing to attend over (no events%s)", i,
                  q->include_superseded ? ", or every one forgotten" : ", or every one superseded or forgotten");
-        code = "empty_context";
         break;
     case MA_EINVAL:
         snprintf(msg, sizeof msg, "queries[%zu]: this route needs a query vector", i);
-        code = "bad_request";
         break;
     default:
         return job_store_fail(j, qrc, "reading the archive", j->sess ? reg_read_error(j->sess) : NULL);
     }
-    if (codec_results_add_error(out, qrc == MA_EINVAL ? 400 : 404, code, msg))
+    const char *code;
+    int status = codec_status_of(qrc, "no_slot", &code);
+    if (codec_results_add_error(out, status, code, msg))
         return job_error(j, MA_ENOMEM, NULL, "out of memory");
     return 0;
 }

@@ -41,6 +41,7 @@
 
 #include "core/error.h"
 #include "core/params.h"
+#include "server/codec.h"
 #include "server/http.h"
 #include "server/log.h"
 #include "server/worker.h"
@@ -66,7 +67,7 @@ typedef struct {
     char message[512];
     int out_fd;                  /* export: the snapshot file, -1 if none */
     uint64_t out_len;
-    char json[256];              /* a small JSON answer */
+    char json[256];              /* a small JSON answer (codec.c's) */
 } t_job;
 
 static int fail(t_job *j, int status, const char *code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -79,6 +80,35 @@ static int fail(t_job *j, int status, const char *code, const char *fmt, ...)
     vsnprintf(j->message, sizeof j->message, fmt, ap);
     va_end(ap);
     return -1;
+}
+
+/* A refusal of the registry worded by the caller, with the status and code of codec.c's table
+ * (codec_status_of; MA_ENOTFOUND is `no_session`). */
+static int fail_rc(t_job *j, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail_rc(t_job *j, int rc, const char *fmt, ...)
+{
+    const char *code;
+    j->status = codec_status_of(rc, "no_session", &code);
+    j->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(j->message, sizeof j->message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* The answer o (owned) printed into j->json with status. */
+static void answer(t_job *j, int status, cJSON *o)
+{
+    char *text = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    if (!text || strlen(text) >= sizeof j->json)
+        fail(j, 503, "overloaded", "out of memory building the answer");
+    else {
+        strcpy(j->json, text);
+        j->status = status;
+    }
+    cJSON_free(text);
 }
 
 /* A store or registry failure other than the expected refusals. */
@@ -155,7 +185,7 @@ static void do_export(t_job *j)
     int rc = reg_export(j->t->reg, j->id, write_fd, &fd, &st, err, sizeof err);
     if (rc == MA_ENOTFOUND) {
         close(fd);
-        fail(j, 404, "no_session", "session %s does not exist", j->id);
+        fail_rc(j, rc, "session %s does not exist", j->id);
         return;
     }
     if (rc) {
@@ -180,13 +210,11 @@ static void do_import(t_job *j)
     reg_snapshot_stats st;
     int rc = reg_import(j->t->reg, j->id, read_fd, &r, &st, &why, err, sizeof err);
     if (rc == 0) {
-        j->status = 201;
-        snprintf(j->json, sizeof j->json, "{\"id\":\"%s\",\"length\":%llu,\"bytes\":%llu}", j->id,
-                 (unsigned long long)st.events, (unsigned long long)j->body_len);
+        answer(j, 201, codec_import_to_json(j->id, st.events, j->body_len));
         return;
     }
     if (rc == MA_EEXISTS)
-        fail(j, 409, "exists", "session %s exists; delete it first to replace it", j->id);
+        fail_rc(j, rc, "session %s exists; delete it first to replace it", j->id);
     else if (rc == MA_ECORRUPT && why == REG_SNAP_NEWER)
         fail(j, 422, "unsupported_snapshot", "%s", err);
     else if (rc == MA_ECORRUPT && why)
@@ -203,15 +231,14 @@ static void do_freeze(t_job *j, int on)
     if (rc == 0)
         rc = reg_frozen(j->t->reg, j->id, &frozen, err, sizeof err);
     if (rc == MA_ENOTFOUND) {
-        fail(j, 404, "no_session", "session %s does not exist", j->id);
+        fail_rc(j, rc, "session %s does not exist", j->id);
         return;
     }
     if (rc) {
         fail_store(j, rc, "freezing the session", err);
         return;
     }
-    j->status = 200;
-    snprintf(j->json, sizeof j->json, "{\"id\":\"%s\",\"frozen\":%s}", j->id, frozen ? "true" : "false");
+    answer(j, 200, codec_frozen_to_json(j->id, frozen));
 }
 
 static void work(void *arg)

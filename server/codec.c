@@ -1224,6 +1224,19 @@ cJSON *codec_backup_to_json(const char *path)
     return built(o, o && cJSON_AddStringToObject(o, "path", path));
 }
 
+cJSON *codec_import_to_json(const char *id, uint64_t length, uint64_t bytes)
+{
+    cJSON *o = cJSON_CreateObject();
+    return built(o, o && cJSON_AddStringToObject(o, "id", id) && cJSON_AddNumberToObject(o, "length", (double)length) &&
+                        cJSON_AddNumberToObject(o, "bytes", (double)bytes));
+}
+
+cJSON *codec_frozen_to_json(const char *id, bool frozen)
+{
+    cJSON *o = cJSON_CreateObject();
+    return built(o, o && cJSON_AddStringToObject(o, "id", id) && cJSON_AddBoolToObject(o, "frozen", frozen));
+}
+
 cJSON *codec_length_mismatch_to_json(const char *message, uint64_t length)
 {
     cJSON *o = cJSON_CreateObject(), *e = o ? cJSON_AddObjectToObject(o, "error") : NULL;

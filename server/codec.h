@@ -105,6 +105,12 @@ cJSON *codec_session_summary_to_json(const char *id, const reg_summary *sm);
 /* {"path"}: the answer to a backup. */
 cJSON *codec_backup_to_json(const char *path);
 
+/* {"id","length","bytes"}: the answer to an import (the events and the snapshot bytes it held). */
+cJSON *codec_import_to_json(const char *id, uint64_t length, uint64_t bytes);
+
+/* {"id","frozen"}: the answer to freeze, unfreeze and GET .../freeze. */
+cJSON *codec_frozen_to_json(const char *id, bool frozen);
+
 /* {"error":{"code":"length_mismatch","message","length"}}: a batch's expect_length refused (409), with the
  * session's length as a field so a writer can resume after it. NULL on allocation failure. */
 cJSON *codec_length_mismatch_to_json(const char *message, uint64_t length);

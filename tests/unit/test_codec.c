@@ -766,6 +766,9 @@ static void test_answers(void **state)
     printed(codec_versions_to_json(&vi, 1),
             "{\"versions\":[{\"version\":1,\"event\":3,\"at\":\"1970-01-01T00:00:00.000Z\",\"tombstone\":false}]}");
     printed(codec_backup_to_json("/x.db"), "{\"path\":\"/x.db\"}");
+    printed(codec_import_to_json("s", 70, 4321), "{\"id\":\"s\",\"length\":70,\"bytes\":4321}");
+    printed(codec_frozen_to_json("s", true), "{\"id\":\"s\",\"frozen\":true}");
+    printed(codec_frozen_to_json("s", false), "{\"id\":\"s\",\"frozen\":false}");
     printed(codec_length_mismatch_to_json("m", 7),
             "{\"error\":{\"code\":\"length_mismatch\",\"message\":\"m\",\"length\":7}}");
     cJSON *r = codec_results_new();
