@@ -75,9 +75,14 @@ static size_t batch_fit(size_t max_body, size_t wrapper, size_t per, size_t cap)
     return n < cap ? n : cap;
 }
 
-static cJSON *strings(const char *const *s, size_t n)
+/* Adds field `name` to o: the array of the n strings s. false (nothing left allocated) on failure. */
+static bool add_strings(cJSON *o, const char *name, const char *const *s, size_t n)
 {
-    return cJSON_CreateStringArray(s, (int)n);
+    cJSON *a = cJSON_CreateStringArray(s, (int)n);
+    if (a && cJSON_AddItemToObject(o, name, a))
+        return true;
+    cJSON_Delete(a);
+    return false;
 }
 
 static void handle_info(srv_request *req, void *ud)
@@ -119,11 +124,11 @@ static void handle_info(srv_request *req, void *ud)
               cJSON_AddStringToObject(build, "compiler", COMPILER) &&
               cJSON_AddBoolToObject(feat, "auth", cfg->token[0] != '\0') &&
               cJSON_AddBoolToObject(feat, "cors", cfg->cors_origin[0] != '\0') &&
-              cJSON_AddItemToObject(feat, "backbones", strings(backbones, 4)) &&
-              cJSON_AddItemToObject(feat, "selectors", strings(selectors, 2)) &&
-              cJSON_AddItemToObject(feat, "routes", strings(routes, 6)) &&
-              cJSON_AddItemToObject(feat, "vector_encodings", strings(encodings, 3)) &&
-              cJSON_AddItemToObject(feat, "request_media_types", strings(media, 2)) &&
+              add_strings(feat, "backbones", backbones, 4) &&
+              add_strings(feat, "selectors", selectors, 2) &&
+              add_strings(feat, "routes", routes, 6) &&
+              add_strings(feat, "vector_encodings", encodings, 3) &&
+              add_strings(feat, "request_media_types", media, 2) &&
               cJSON_AddNumberToObject(lim, "max_body", (double)cfg->max_body) &&
               cJSON_AddNumberToObject(lim, "max_header_bytes", (double)cfg->max_header_bytes) &&
               cJSON_AddNumberToObject(lim, "max_uri", (double)cfg->max_uri) &&
