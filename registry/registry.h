@@ -25,12 +25,14 @@
  * Mutations follow one protocol (the api's exclusive jobs):
  *   1. apply the change to the in-memory session (the core checks everything first, so a refused change
  *      leaves it untouched and needs no commit);
- *   2. reg_commit(): serialise what changed and commit it with the new events (and the request's
- *      Idempotency-Key record with its answer, reg_change.idem) in one store transaction;
+ *   2. reg_commit(): serialise what the core reports changed (ma_session_changes: backbone, slot table,
+ *      archive index; the handler knows nothing of it) and commit it with the new events (and the
+ *      request's Idempotency-Key record with its answer, reg_change.idem) in one store transaction;
  *   3. only then answer 2xx.
  * If the commit fails (disk full, read-only, I/O error) the in-memory session is ahead of the stored one;
  * reg_commit marks it stale and takes it out of the map, it is dropped when its last reference goes, and
- * the next use reloads it from the store — so the in-memory state always equals the stored state as seen by any later request. (Applying
+ * the next use reloads it from the store — so the in-memory state always equals the stored state as seen
+ * by any later request. (Applying
  * only after the commit is impossible here: the blobs to commit are serialisations of the new state.)
  * reg_commit_queue splits step 2: the state is serialised at once, the transaction runs later on the
  * registry's commit thread, grouped with other queued changes; step 3 waits for its callback. The caller
