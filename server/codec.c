@@ -631,9 +631,166 @@ void codec_events_clear(codec_events *e)
     free(e->slots);
     free(e->importance);
     free(e->ev);
-    free(e->k);
-    free(e->v);
+    if (!e->borrowed) {
+        free(e->k);
+        free(e->v);
+    }
     memset(e, 0, sizeof *e);
+}
+
+/* n float32 of src (little-endian, any alignment) into out in host order; the index of the first one that
+ * is not finite (exponent all ones: infinity or NaN), or n. */
+static size_t floats_le(const unsigned char *src, size_t n, float *out)
+{
+    size_t bad = n;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t w = (uint32_t)src[4 * i] | (uint32_t)src[4 * i + 1] << 8 | (uint32_t)src[4 * i + 2] << 16 |
+                     (uint32_t)src[4 * i + 3] << 24;
+        memcpy(out + i, &w, 4);
+        if ((w & 0x7f800000u) == 0x7f800000u && bad == n)
+            bad = i;
+    }
+    return bad;
+}
+
+/* The index of the first float of x[0..n) that is not finite, or n (the exponent bits: one pass without
+ * branches the compiler can vectorise). */
+static size_t floats_first_bad(const float *x, size_t n)
+{
+    const size_t step = 256;
+    for (size_t i = 0; i < n; i += step) {
+        size_t m = n - i < step ? n - i : step;
+        uint32_t any = 0;
+        for (size_t j = 0; j < m; j++) {
+            uint32_t w;
+            memcpy(&w, x + i + j, 4);
+            any |= (uint32_t)((w & 0x7f800000u) == 0x7f800000u);
+        }
+        if (any)
+            for (size_t j = 0; j < m; j++)
+                if (!isfinite(x[i + j]))
+                    return i + j;
+    }
+    return n;
+}
+
+static uint32_t le32(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    return (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
+}
+
+int codec_events_decode_binary(const char *body, size_t len, const codec_shape *sh, size_t max_events,
+                               codec_events *out, codec_error *err)
+{
+    codec_events e = {0};
+    memset(out, 0, sizeof *out);
+    if (len < CODEC_BIN_HEADER)
+        return codec_fail(err, "bad_request", "binary batch: the body has %zu bytes, expected at least the "
+                          "%d-byte header (\"%s\", then n, heads, dim, value_dim as little-endian uint32)", len,
+                          CODEC_BIN_HEADER, CODEC_BIN_MAGIC);
+    if (memcmp(body, CODEC_BIN_MAGIC, 4) != 0)
+        return codec_fail(err, "bad_request", "binary batch: bytes 0-3 are not the magic \"%s\" (the header "
+                          "is \"%s\", then n, heads, dim, value_dim as little-endian uint32)", CODEC_BIN_MAGIC,
+                          CODEC_BIN_MAGIC);
+    uint32_t n = le32(body + 4), heads = le32(body + 8), dim = le32(body + 12), value_dim = le32(body + 16);
+    if (n > max_events)
+        return codec_fail(err, "bad_request", "binary batch: n is %" PRIu32 " events, at most %zu per request", n,
+                          max_events);
+    if (heads != (uint32_t)sh->heads || dim != (uint32_t)sh->dim || value_dim != (uint32_t)sh->value_dim)
+        return codec_fail(err, "dim_mismatch", "binary batch: the header says heads %" PRIu32 ", dim %" PRIu32
+                          ", value_dim %" PRIu32 "; the session has heads %d, dim %d, value_dim %d", heads, dim,
+                          value_dim, sh->heads, sh->dim, sh->value_dim);
+    const size_t kn = (size_t)sh->heads * sh->dim, vn = (size_t)sh->heads * sh->value_dim;
+    const size_t want = CODEC_BIN_HEADER + sizeof(float) * (size_t)n * (kn + vn);
+    if (len != want)
+        return codec_fail(err, "bad_request", "binary batch: the body has %zu bytes, expected %zu for n = %" PRIu32
+                          " (20 + 4*n*heads*(dim+value_dim))", len, want, n);
+    const char *kb = body + CODEC_BIN_HEADER, *vb = kb + sizeof(float) * (size_t)n * kn;
+    e.n = n;
+    e.ev = calloc(n ? n : 1, sizeof *e.ev);
+    e.payloads = calloc(n ? n : 1, sizeof *e.payloads);
+    e.slots = calloc(n ? n : 1, sizeof *e.slots);
+    e.importance = malloc((n ? n : 1) * sizeof *e.importance);
+    if (!e.ev || !e.payloads || !e.slots || !e.importance) {
+        codec_fail(err, "bad_request", "binary batch: out of memory for %" PRIu32 " events", n);
+        goto fail;
+    }
+    size_t bad_k, bad_v;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if ((uintptr_t)kb % _Alignof(float) == 0) {   /* the floats as sent: read in place */
+        e.borrowed = true;
+        e.k = (float *)(uintptr_t)kb;
+        e.v = (float *)(uintptr_t)vb;
+        bad_k = floats_first_bad(e.k, (size_t)n * kn);
+        bad_v = floats_first_bad(e.v, (size_t)n * vn);
+    } else
+#endif
+    {
+        e.k = malloc(sizeof(float) * (n ? (size_t)n * kn : 1));
+        e.v = malloc(sizeof(float) * (n ? (size_t)n * vn : 1));
+        if (!e.k || !e.v) {
+            codec_fail(err, "bad_request", "binary batch: out of memory for %" PRIu32 " events", n);
+            goto fail;
+        }
+        bad_k = floats_le((const unsigned char *)kb, (size_t)n * kn, e.k);
+        bad_v = floats_le((const unsigned char *)vb, (size_t)n * vn, e.v);
+    }
+    if (bad_k < (size_t)n * kn || bad_v < (size_t)n * vn) {
+        bool in_k = bad_k < (size_t)n * kn;
+        size_t at = in_k ? bad_k : bad_v, per = in_k ? kn : vn;
+        codec_fail(err, "non_finite", "binary batch: %s of event %zu, float %zu is not finite (%g)", in_k ? "k" : "v",
+                   at / per, at % per, (double)(in_k ? e.k : e.v)[at]);
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        e.importance[i] = MA_IMPORTANCE_NONE;
+        e.ev[i] = (ma_event){.k = e.k + i * kn, .v = e.v + i * vn};
+    }
+    *out = e;
+    return 0;
+fail:
+    codec_events_clear(&e);
+    return MA_EINVAL;
+}
+
+/* Both strings of the common event {"k_b64": ..., "v_b64": ...}, decoded without the path texts that only
+ * errors need: true when s is a base64 string of exactly n finite float32, written to out. False for
+ * anything else (the general path then decodes the event again and words the problem). */
+static bool b64_floats_fast(const cJSON *s, size_t n, float *out)
+{
+    size_t got;
+    if (!cJSON_IsString(s))
+        return false;
+    size_t len = strlen(s->valuestring);
+    if (b64_decoded_len(s->valuestring, len) != (long)(n * sizeof(float)) ||
+        codec_b64_decode(s->valuestring, len, (unsigned char *)out, &got) != 0)
+        return false;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    for (size_t i = 0; i < n; i++) {
+        uint32_t w;
+        memcpy(&w, out + i, 4);
+        w = __builtin_bswap32(w);
+        memcpy(out + i, &w, 4);
+    }
+#endif
+    return floats_first_bad(out, n) == n;
+}
+
+/* An event that is exactly {"k_b64", "v_b64"} (either order), decoded: true; false when it is anything
+ * else or anything is wrong with it. */
+static bool event_b64_fast(const cJSON *it, size_t kn, size_t vn, float *k, float *v)
+{
+    const cJSON *a = cJSON_IsObject(it) ? it->child : NULL, *b = a ? a->next : NULL;
+    if (!b || b->next || !a->string || !b->string)
+        return false;
+    if (strcmp(a->string, "v_b64") == 0) {
+        const cJSON *t = a;
+        a = b;
+        b = t;
+    }
+    return strcmp(a->string, "k_b64") == 0 && strcmp(b->string, "v_b64") == 0 && b64_floats_fast(a, kn, k) &&
+           b64_floats_fast(b, vn, v);
 }
 
 int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_events, codec_events *out,
@@ -671,6 +828,11 @@ int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_eve
         bool protect = false, has_importance = false;
         double importance = 0;
         int r;
+        if (event_b64_fast(it, kn, vn, k, v)) {   /* the common shape: no path texts, no member look-ups */
+            e.importance[i] = MA_IMPORTANCE_NONE;
+            e.ev[i] = (ma_event){.k = k, .v = v};
+            continue;
+        }
         snprintf(where, sizeof where, "events[%zu]", i);
         if (check_members(it, allowed, where, err))
             goto fail;

@@ -134,6 +134,7 @@ typedef struct {
     double *importance;  /* n: an event's "importance", or MA_IMPORTANCE_NONE when absent */
     bool has_expect_length;   /* the body's "expect_length": apply only if the session has that many events */
     uint64_t expect_length;
+    bool borrowed;       /* k and v point into the request body (a binary batch): not freed by clear */
 } codec_events;
 
 /* Decodes {"events":[E,...], "expect_length"?: n}; E = {"k"|"k_b64"|"text", "v"|"v_b64", "payload"?, "slot"?,
@@ -144,6 +145,21 @@ typedef struct {
 int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_events, codec_events *out,
                         codec_error *err);
 void codec_events_clear(codec_events *e);
+
+/* The binary spelling of an event batch (Content-Type: application/octet-stream; docs/API.md, "Binary
+ * event batches"): a 20-byte header of the magic "MAEV" and four little-endian uint32 — n, heads, dim,
+ * value_dim — then the n*heads*dim keys and the n*heads*value_dim values as little-endian float32, event
+ * by event (head by head within an event). No payloads, slots, texts or expect_length. */
+#define CODEC_BIN_MAGIC "MAEV"
+#define CODEC_BIN_HEADER 20
+
+/* Decodes a binary batch of len bytes for shape sh (text embedding plays no part). Checks, in order: the
+ * header is there, the magic, n <= max_events, heads/dim/value_dim equal the session's (dim_mismatch),
+ * the length is exactly the header plus the floats, every float is finite (non_finite); the first
+ * problem is reported (bad_request unless named) and *out is left empty. On a little-endian host k and v
+ * point into body (out->borrowed): body must stay unchanged and alive until codec_events_clear. */
+int codec_events_decode_binary(const char *body, size_t len, const codec_shape *sh, size_t max_events,
+                               codec_events *out, codec_error *err);
 
 /* {"length","appended","writes":[...],"void_writes":[...],"evicted":[...]}; NULL on allocation failure. */
 cJSON *codec_ingest_report_to_json(const ma_ingest_report *r);

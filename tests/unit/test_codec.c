@@ -359,6 +359,177 @@ static void test_events_errors(void **state)
     free(vb);
 }
 
+/* Events spelled exactly {"k_b64", "v_b64"} take the decoder's fast path: the same floats as the general
+ * path, and every problem still reported by the general path's words. */
+static void test_events_b64_fast_path(void **state)
+{
+    (void)state;
+    float k[H * D], v[H * DV];
+    for (size_t j = 0; j < H * D; j++)
+        k[j] = frand();
+    for (size_t j = 0; j < H * DV; j++)
+        v[j] = frand();
+    char *kb = floats_b64(k, H * D), *vb = floats_b64(v, H * DV), json[1024];
+    /* both orders, and next to an event the general path decodes (payload: null) */
+    snprintf(json, sizeof json, "{\"events\":[{\"k_b64\":\"%s\",\"v_b64\":\"%s\"},{\"v_b64\":\"%s\",\"k_b64\":\"%s\"},"
+             "{\"k_b64\":\"%s\",\"v_b64\":\"%s\",\"payload\":null}]}", kb, vb, vb, kb, kb, vb);
+    codec_events e;
+    codec_error err;
+    cJSON *j = parse(json);
+    assert_int_equal(codec_events_decode(j, &shape, 16, &e, &err), 0);
+    assert_int_equal(e.n, 3);
+    for (size_t i = 0; i < 3; i++) {
+        assert_memory_equal(e.ev[i].k, k, sizeof k);
+        assert_memory_equal(e.ev[i].v, v, sizeof v);
+        assert_null(e.ev[i].payload);
+        assert_null(e.ev[i].slot);
+        assert_true(e.importance[i] == MA_IMPORTANCE_NONE);
+    }
+    codec_events_clear(&e);
+    cJSON_Delete(j);
+
+    /* a NaN, an infinity, a short vector, a bad character, a repeated field: the general path's messages */
+    float kn[H * D], vi[H * DV];
+    memcpy(kn, k, sizeof k);
+    memcpy(vi, v, sizeof v);
+    kn[6] = NAN;
+    vi[2] = -INFINITY;
+    char *knb = floats_b64(kn, H * D), *vib = floats_b64(vi, H * DV), *kshort = floats_b64(k, H * D - 1);
+    snprintf(json, sizeof json, "{\"events\":[{\"k_b64\":\"%s\",\"v_b64\":\"%s\"},{\"k_b64\":\"%s\",\"v_b64\":\"%s\"}]}",
+             kb, vb, knb, vb);
+    check_events_error(json, "non_finite", "events[1].k_b64: float 6 is not finite");
+    snprintf(json, sizeof json, "{\"events\":[{\"v_b64\":\"%s\",\"k_b64\":\"%s\"}]}", vib, kb);
+    check_events_error(json, "non_finite", "events[0].v_b64: float 2 is not finite");
+    snprintf(json, sizeof json, "{\"events\":[{\"k_b64\":\"%s\",\"v_b64\":\"%s\"}]}", kshort, vb);
+    check_events_error(json, "dim_mismatch", "events[0].k_b64: expected 32 bytes");
+    snprintf(json, sizeof json, "{\"events\":[{\"k_b64\":\"%s\",\"v_b64\":\"%s\"}]}", kb, vb);
+    json[strlen("{\"events\":[{\"k_b64\":\"") + 2] = '!';
+    check_events_error(json, "bad_request", "events[0].k_b64: not valid base64");
+    snprintf(json, sizeof json, "{\"events\":[{\"k_b64\":\"%s\",\"k_b64\":\"%s\"}]}", kb, kb);
+    check_events_error(json, "bad_request", "events[0].k_b64: field given twice");
+    snprintf(json, sizeof json, "{\"events\":[{\"k_b64\":\"%s\",\"v_b64\":7}]}", kb);
+    check_events_error(json, "bad_request", "events[0].v_b64: expected a base64 string, got a number");
+    free(kb);
+    free(vb);
+    free(knb);
+    free(vib);
+    free(kshort);
+}
+
+/* ---- binary batches -------------------------------------------------------------------------- */
+
+/* A binary batch ("MAEV", n, heads, dim, value_dim, keys, values) at offset `at` of a buffer (to test
+ * unaligned bodies); the floats are k and v. Returns the buffer; *body points at the batch. */
+static char *binary_batch(uint32_t n, uint32_t heads, uint32_t dim, uint32_t vdim, const float *k, const float *v,
+                          size_t at, const char **body, size_t *len)
+{
+    size_t kb = sizeof(float) * n * heads * dim, vb = sizeof(float) * n * heads * vdim;
+    char *buf = malloc(at + 20 + kb + vb + 1);
+    uint32_t hdr[4] = {n, heads, dim, vdim};
+    memcpy(buf + at, "MAEV", 4);
+    for (int i = 0; i < 4; i++)
+        for (int b = 0; b < 4; b++)
+            buf[at + 4 + 4 * (size_t)i + (size_t)b] = (char)(hdr[i] >> (8 * b));
+    for (size_t i = 0; i < (kb + vb) / 4; i++) {
+        float f = i < kb / 4 ? k[i] : v[i - kb / 4];
+        uint32_t w;
+        memcpy(&w, &f, 4);
+        for (int b = 0; b < 4; b++)
+            buf[at + 20 + 4 * i + (size_t)b] = (char)(w >> (8 * b));
+    }
+    *body = buf + at;
+    *len = 20 + kb + vb;
+    return buf;
+}
+
+static void test_events_binary(void **state)
+{
+    (void)state;
+    enum { N = 5 };
+    float k[N * H * D], v[N * H * DV];
+    for (size_t j = 0; j < N * H * D; j++)
+        k[j] = frand();
+    for (size_t j = 0; j < N * H * DV; j++)
+        v[j] = frand();
+    codec_events e;
+    codec_error err;
+    /* aligned (read in place) and unaligned (copied): the same events */
+    for (size_t at = 0; at < 2; at++) {
+        const char *body;
+        size_t len;
+        char *buf = binary_batch(N, H, D, DV, k, v, at ? 1 : 0, &body, &len);
+        assert_int_equal(codec_events_decode_binary(body, len, &shape, 16, &e, &err), 0);
+        assert_int_equal(e.n, N);
+        assert_int_equal(e.borrowed, at == 0);
+        for (size_t i = 0; i < N; i++) {
+            assert_memory_equal(e.ev[i].k, k + i * H * D, sizeof(float) * H * D);
+            assert_memory_equal(e.ev[i].v, v + i * H * DV, sizeof(float) * H * DV);
+            assert_null(e.ev[i].payload);
+            assert_null(e.ev[i].slot);
+            assert_false(e.ev[i].protect);
+            assert_true(e.importance[i] == MA_IMPORTANCE_NONE);
+        }
+        codec_events_clear(&e);
+        free(buf);
+    }
+    /* an empty batch */
+    const char *body;
+    size_t len;
+    char *buf = binary_batch(0, H, D, DV, k, v, 0, &body, &len);
+    assert_int_equal(codec_events_decode_binary(body, len, &shape, 16, &e, &err), 0);
+    assert_int_equal(e.n, 0);
+    codec_events_clear(&e);
+    free(buf);
+
+    /* each problem, in the order of the checks; nothing returned */
+    buf = binary_batch(N, H, D, DV, k, v, 0, &body, &len);
+    char *bad = malloc(len);
+#define BIN_ERROR(n_, code_, needle_)                                                     \
+    do {                                                                                  \
+        assert_error(codec_events_decode_binary(bad, n_, &shape, 4 + N, &e, &err), &err, code_, needle_); \
+        assert_int_equal(e.n, 0);                                                         \
+        assert_null(e.ev);                                                                \
+        memcpy(bad, body, len);                                                           \
+    } while (0)
+    memcpy(bad, body, len);
+    BIN_ERROR(0, "bad_request", "binary batch: the body has 0 bytes, expected at least the 20-byte header");
+    BIN_ERROR(19, "bad_request", "the body has 19 bytes");
+    bad[3] = 'X';
+    BIN_ERROR(len, "bad_request", "binary batch: bytes 0-3 are not the magic \"MAEV\"");
+    bad[4] = 10;
+    BIN_ERROR(len, "bad_request", "binary batch: n is 10 events, at most 9 per request");
+    bad[8] = 1;
+    BIN_ERROR(len, "dim_mismatch", "binary batch: the header says heads 1, dim 4, value_dim 3; the session has "
+              "heads 2, dim 4, value_dim 3");
+    bad[16] = 4;
+    BIN_ERROR(len, "dim_mismatch", "value_dim 4");
+    BIN_ERROR(len - 1, "bad_request", "binary batch: the body has 299 bytes, expected 300 for n = 5 "
+              "(20 + 4*n*heads*(dim+value_dim))");
+    free(buf);
+    /* a value that is not finite: the first one named, keys before values, on both decoding paths */
+    for (size_t at = 0; at < 2; at++) {
+        float kk[N * H * D], vv[N * H * DV];
+        memcpy(kk, k, sizeof k);
+        memcpy(vv, v, sizeof v);
+        vv[3 * H * DV + 4] = INFINITY;
+        buf = binary_batch(N, H, D, DV, kk, vv, at, &body, &len);
+        memcpy(bad, body, len);
+        BIN_ERROR(len, "non_finite", "binary batch: v of event 3, float 4 is not finite (inf)");
+        free(buf);
+        kk[2 * H * D + 7] = NAN;
+        buf = binary_batch(N, H, D, DV, kk, vv, at, &body, &len);
+        char *shifted = malloc(len + at);   /* the body at offset `at` of its buffer */
+        memcpy(shifted + at, body, len);
+        assert_error(codec_events_decode_binary(shifted + at, len, &shape, 16, &e, &err), &err, "non_finite",
+                     "binary batch: k of event 2, float 7 is not finite (nan)");
+        assert_null(e.ev);
+        free(shifted);
+        free(buf);
+    }
+#undef BIN_ERROR
+    free(bad);
+}
+
 /* ---- queries --------------------------------------------------------------------------------- */
 
 static void test_queries_decode(void **state)
@@ -932,6 +1103,8 @@ int main(void)
         cmocka_unit_test(test_events_decode),
         cmocka_unit_test(test_events_text_payload_slot),
         cmocka_unit_test(test_events_errors),
+        cmocka_unit_test(test_events_b64_fast_path),
+        cmocka_unit_test(test_events_binary),
         cmocka_unit_test(test_queries_decode),
         cmocka_unit_test(test_queries_errors),
         cmocka_unit_test(test_slot_body),
