@@ -2,16 +2,17 @@
  * bench/ingest_http.c — durable HTTP ingest under concurrent connections, a fixed amount of work
  * (bench/ingest_bench.sh runs it against a fresh daemon and compares with build/bench/api_inproc).
  *
- *   ingest_http HOST:PORT SESSIONS CONNECTIONS BATCHES [BATCH]
+ *   ingest_http HOST:PORT SESSIONS CONNECTIONS BATCHES [BATCH [ENCODING]]
  *
  * Creates SESSIONS sessions ("ih-0" .. , H = 1, d = d_v = 64), then CONNECTIONS keep-alive connections
  * (one thread each) send BATCHES POST /v1/sessions/{id}/events requests of BATCH (default 1024) events
- * between them, base64 keys and values (random unit vectors, fixed seed; 16 distinct bodies prebuilt
- * before the clock starts). Connection c writes to session c % SESSIONS; each connection takes the next
+ * between them, keys and values random unit vectors (fixed seed; 16 distinct bodies prebuilt before the
+ * clock starts) spelled as ENCODING says: b64 (default; JSON with k_b64 / v_b64) or binary (the
+ * application/octet-stream batch of docs/API.md, "Binary event batches": the same floats). Connection c writes to session c % SESSIONS; each connection takes the next
  * batch from a shared counter, so the work is exactly BATCHES batches whatever the connections' speeds.
  * Every answer must be 200 with the session's expected "appended"; anything else stops the run (exit 1).
  * Prints one line:
- *   http sessions=S connections=C batches=N events=E seconds=T events_per_s=R p50_ms=.. p99_ms=.. max_ms=..
+ *   http encoding=b64|binary sessions=S connections=C batches=N events=E seconds=T events_per_s=R p50_ms=.. p99_ms=.. max_ms=..
  * (request latency: from the first byte sent to the last byte of the answer read).
  * Raw sockets, no HTTP library: the client's own cost stays small next to the daemon's.
  */
@@ -34,7 +35,7 @@
 
 static struct sockaddr_in addr;
 static char host[64];
-static int nsessions, nconns, batch = 1024;
+static int nsessions, nconns, batch = 1024, binary;
 static long nbatches;
 static atomic_long next_batch;
 static char *bodies[NBODIES];
@@ -79,6 +80,30 @@ static void unit(float *x)
     }
     for (int j = 0; j < DIM; j++)
         x[j] = (float)(x[j] / sqrt(s));
+}
+
+/* The binary spelling: "MAEV", n, heads, dim, value_dim (little-endian uint32), then every key, then
+ * every value (float32; this bench runs on little-endian hosts). */
+static char *make_binary_body(size_t *len)
+{
+    size_t o = 20, cap = 20 + (size_t)batch * 2 * DIM * sizeof(float);
+    char *b = malloc(cap);
+    uint32_t hdr[4] = {(uint32_t)batch, 1, DIM, DIM};
+    if (!b)
+        return NULL;
+    float *k = (float *)(b + 20), *v = k + (size_t)batch * DIM;
+    memcpy(b, "MAEV", 4);
+    memcpy(b + 4, hdr, sizeof hdr);
+    for (int i = 0; i < batch; i++) {
+        float kk[DIM], vv[DIM];
+        unit(kk);
+        unit(vv);
+        memcpy(k + (size_t)i * DIM, kk, sizeof kk);
+        memcpy(v + (size_t)i * DIM, vv, sizeof vv);
+        o += sizeof kk + sizeof vv;
+    }
+    *len = o;
+    return b;
 }
 
 static char *make_body(size_t *len)
@@ -136,8 +161,9 @@ static int roundtrip(int fd, const char *method, const char *path, const char *b
                      size_t cap, int *status)
 {
     char head[512];
-    int hl = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                      "Content-Length: %zu\r\n\r\n", method, path, host, blen);
+    int hl = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\n"
+                      "Content-Length: %zu\r\n\r\n", method, path, host,
+                      binary && strcmp(method, "POST") == 0 ? "application/octet-stream" : "application/json", blen);
     if (send_all(fd, head, (size_t)hl) || (blen && send_all(fd, body, blen)))
         return -1;
     size_t got = 0;
@@ -212,7 +238,7 @@ static int cmp(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     if (argc < 5) {
-        fprintf(stderr, "usage: %s HOST:PORT SESSIONS CONNECTIONS BATCHES [BATCH]\n", argv[0]);
+        fprintf(stderr, "usage: %s HOST:PORT SESSIONS CONNECTIONS BATCHES [BATCH [b64|binary]]\n", argv[0]);
         return 2;
     }
     snprintf(host, sizeof host, "%s", argv[1]);
@@ -230,10 +256,13 @@ int main(int argc, char **argv)
     nbatches = atol(argv[4]);
     if (argc > 5)
         batch = atoi(argv[5]);
+    if (argc > 6 && strcmp(argv[6], "binary") != 0 && strcmp(argv[6], "b64") != 0)
+        return 2;
+    binary = argc > 6 && strcmp(argv[6], "binary") == 0;
     if (nsessions < 1 || nconns < 1 || nbatches < 1 || batch < 1)
         return 2;
     for (int i = 0; i < NBODIES; i++)
-        if (!(bodies[i] = make_body(&body_len[i])))
+        if (!(bodies[i] = binary ? make_binary_body(&body_len[i]) : make_body(&body_len[i])))
             return 1;
     if (!(lat = calloc((size_t)nbatches, sizeof *lat)))
         return 1;
@@ -266,8 +295,8 @@ int main(int argc, char **argv)
         return 1;
     qsort(lat, (size_t)nbatches, sizeof *lat, cmp);
     long events = nbatches * batch;
-    printf("http sessions=%d connections=%d batches=%ld events=%ld seconds=%.3f events_per_s=%.0f p50_ms=%.1f "
-           "p99_ms=%.1f max_ms=%.1f\n", nsessions, nconns, nbatches, events, dt, (double)events / dt,
+    printf("http encoding=%s sessions=%d connections=%d batches=%ld events=%ld seconds=%.3f events_per_s=%.0f p50_ms=%.1f "
+           "p99_ms=%.1f max_ms=%.1f\n", binary ? "binary" : "b64", nsessions, nconns, nbatches, events, dt, (double)events / dt,
            lat[nbatches / 2] * 1e3, lat[(size_t)((double)nbatches * 0.99)] * 1e3, lat[nbatches - 1] * 1e3);
     for (int i = 0; i < NBODIES; i++)
         free(bodies[i]);
