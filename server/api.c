@@ -483,6 +483,12 @@ static int events_decode_for(job *j, const codec_shape *sh)
         j->ev_decoded = true;
         return 0;
     }
+    if (!j->ev_body && codec_events_decode_simple(j->body, j->body_len, sh, MAX_EVENTS_PER_BATCH, &j->ev)) {
+        j->ev_shape = *sh;   /* {"events":[{"k_b64","v_b64"},...]} decoded from the raw body, no JSON tree */
+        j->ev_rc = 0;
+        j->ev_decoded = true;
+        return 0;
+    }
     if (!j->ev_body && need_body(j, &j->ev_body, "{\"events\":[...]}"))
         return -1;
     j->ev_shape = *sh;
@@ -494,18 +500,19 @@ static int events_decode_for(job *j, const codec_shape *sh)
 }
 
 /* Prepare step of a pipelined POST .../events (worker.h): runs on any worker as soon as the request is
- * queued, alongside the session's earlier jobs. Parses a JSON body (a binary one needs no parse) and, if
- * the session is loaded, decodes the batch for its config; touches no session state. Failures are only recorded: events_apply reports them
+ * queued, alongside the session's earlier jobs. If the session is loaded, decodes the batch for its config
+ * (events_decode_for), else parses a JSON body for the session's turn; touches no session state. Failures are only recorded: events_apply reports them
  * in the order of the checks (frozen, body, session, batch). */
 static void events_decode(void *arg)
 {
     job *j = arg;
     ma_params p;
     codec_shape sh;
-    if (!j->ev_binary && need_body(j, &j->ev_body, "{\"events\":[...]}"))
+    if (!reg_peek_params(j->api->reg, j->id, &p)) {   /* not loaded: parsed now, decoded in the session's turn */
+        if (!j->ev_binary)
+            need_body(j, &j->ev_body, "{\"events\":[...]}");
         return;
-    if (!reg_peek_params(j->api->reg, j->id, &p))
-        return;   /* not loaded: decoded in the session's turn */
+    }
     codec_shape_from_params(&sh, &p, embed);
     events_decode_for(j, &sh);
 }

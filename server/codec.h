@@ -146,6 +146,15 @@ int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_eve
                         codec_error *err);
 void codec_events_clear(codec_events *e);
 
+/* The fast path for the common body {"events":[{"k_b64":"...","v_b64":"..."},...]} (either order of the
+ * two fields, any JSON whitespace, base64 strings without escapes), decoded straight from the raw body
+ * (len bytes) without a JSON tree: 1 with *out filled exactly as codec_parse_body + codec_events_decode
+ * would fill it; 0 with *out empty for any other body, a bad value or more than max_events events — the
+ * caller then takes the general path, which accepts or words the problem. Such a body holds only ASCII,
+ * so it needs none of codec_parse_body's string checks. */
+int codec_events_decode_simple(const char *body, size_t len, const codec_shape *sh, size_t max_events,
+                               codec_events *out);
+
 /* The binary spelling of an event batch (Content-Type: application/octet-stream; docs/API.md, "Binary
  * event batches"): a 20-byte header of the magic "MAEV" and four little-endian uint32 — n, heads, dim,
  * value_dim — then the n*heads*dim keys and the n*heads*value_dim values as little-endian float32, event
