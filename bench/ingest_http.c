@@ -12,8 +12,10 @@
  * batch from a shared counter, so the work is exactly BATCHES batches whatever the connections' speeds.
  * Every answer must be 200 with the session's expected "appended"; anything else stops the run (exit 1).
  * Prints one line:
- *   http encoding=b64|binary sessions=S connections=C batches=N events=E seconds=T events_per_s=R p50_ms=.. p99_ms=.. max_ms=..
- * (request latency: from the first byte sent to the last byte of the answer read).
+ *   http encoding=b64|binary sessions=S connections=C batches=N events=E seconds=T events_per_s=R p50_ms=.. p99_ms=..
+ *        max_ms=.. client_cpu_s=..
+ * (request latency: from the first byte sent to the last byte of the answer read; client_cpu_s: this
+ * process's own user + system CPU time over the run, bodies prebuilt).
  * Raw sockets, no HTTP library: the client's own cost stays small next to the daemon's.
  */
 #include <arpa/inet.h>
@@ -26,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -285,19 +288,27 @@ int main(int argc, char **argv)
     close(fd);
 
     pthread_t *th = calloc((size_t)nconns, sizeof *th);
+    struct rusage ru0;
+    getrusage(RUSAGE_SELF, &ru0);
+    double cpu0 = (double)ru0.ru_utime.tv_sec + (double)ru0.ru_utime.tv_usec * 1e-6 + (double)ru0.ru_stime.tv_sec +
+                  (double)ru0.ru_stime.tv_usec * 1e-6;
     double t0 = now();
     for (long c = 0; c < nconns; c++)
         pthread_create(&th[c], NULL, conn_main, (void *)(intptr_t)c);
     for (int c = 0; c < nconns; c++)
         pthread_join(th[c], NULL);
     double dt = now() - t0;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
+                 (double)ru.ru_stime.tv_usec * 1e-6 - cpu0;
     if (atomic_load(&failed))
         return 1;
     qsort(lat, (size_t)nbatches, sizeof *lat, cmp);
     long events = nbatches * batch;
     printf("http encoding=%s sessions=%d connections=%d batches=%ld events=%ld seconds=%.3f events_per_s=%.0f p50_ms=%.1f "
-           "p99_ms=%.1f max_ms=%.1f\n", binary ? "binary" : "b64", nsessions, nconns, nbatches, events, dt, (double)events / dt,
-           lat[nbatches / 2] * 1e3, lat[(size_t)((double)nbatches * 0.99)] * 1e3, lat[nbatches - 1] * 1e3);
+           "p99_ms=%.1f max_ms=%.1f client_cpu_s=%.2f\n", binary ? "binary" : "b64", nsessions, nconns, nbatches, events, dt, (double)events / dt,
+           lat[nbatches / 2] * 1e3, lat[(size_t)((double)nbatches * 0.99)] * 1e3, lat[nbatches - 1] * 1e3, cpu);
     for (int i = 0; i < NBODIES; i++)
         free(bodies[i]);
     free(lat);

@@ -8,6 +8,10 @@
  * fill a core struct completely or fail with a codec_error that carries API.md's error code and a
  * message naming the element and field, what was wrong and what was expected, e.g.
  *   dim_mismatch  "events[3].k: expected 64 numbers (heads*dim), got 63".
+ * Two event-batch decoders read the raw body instead, for ingest speed: codec_events_decode_simple takes
+ * only the common all-base64 body (anything else, errors included, goes to the general path, so it
+ * never changes what is accepted or how an error is worded), and codec_events_decode_binary reads the
+ * application/octet-stream batch, its floats in place.
  * A batch (events, queries) is decoded whole before anything is handed to the core, so a request with one
  * bad element changes nothing. Vectors arrive as JSON arrays of numbers, as base64 of little-endian
  * float32 (`*_b64`), or as `text` (embedded by the caller-supplied embedder, the same vector per head);
