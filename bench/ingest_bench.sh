@@ -45,14 +45,18 @@ point() {   # LABEL DAEMON SESSIONS CONNECTIONS ENCODING -> appends "LABEL line 
   rm -rf "$TMP/data"
   "$2" --listen 127.0.0.1:0 --data "$TMP/data" --max-body 64M --log-level warn >"$TMP/out" 2>"$TMP/err" &
   DPID=$!
-  for _ in $(seq 100); do grep -q '^listening on' "$TMP/out" 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 300); do grep -q '^listening on' "$TMP/out" 2>/dev/null && break; sleep 0.1; done
   local addr line hwm
   addr=$(sed -n 's/^listening on //p' "$TMP/out")
-  line=$(build/bench/ingest_http "$addr" "$3" "$4" "$BATCHES" 1024 "$5")
+  if ! line=$(build/bench/ingest_http "$addr" "$3" "$4" "$BATCHES" 1024 "$5"); then
+    echo "point $1 $3 $4 $5 failed (daemon at '$addr'); its log:" >&2
+    cat "$TMP/err" >&2
+    exit 1
+  fi
   hwm=$(awk '/^VmHWM/ {print $2}' /proc/$DPID/status)
   cpu=$(awk -v t="$TICK" -v n="$BATCHES" '{printf "%.2f", ($14 + $15) / t * 1000 / n}' /proc/$DPID/stat)
   # batches per group transaction (a daemon without group commit has no such metric: 1)
-  grp=$(curl -sf "http://$addr/metrics" | awk '/^memattn_store_group_commits_total / {g=$2}
+  grp=$(curl -s "http://$addr/metrics" | awk '/^memattn_store_group_commits_total / {g=$2}
         /^memattn_store_group_commit_batches_total / {b=$2} END {printf "%.2f", (g > 0) ? b / g : 1}')
   kill -TERM $DPID; wait $DPID || true; DPID=
   echo "$1 $line vmhwm_kib=$hwm group=$grp cpu_ms_per_batch=$cpu" | tee -a "$TMP/points.txt"
