@@ -501,8 +501,8 @@ static int events_decode_for(job *j, const codec_shape *sh)
 
 /* Prepare step of a pipelined POST .../events (worker.h): runs on any worker as soon as the request is
  * queued, alongside the session's earlier jobs. If the session is loaded, decodes the batch for its config
- * (events_decode_for), else parses a JSON body for the session's turn; touches no session state. Failures are only recorded: events_apply reports them
- * in the order of the checks (frozen, body, session, batch). */
+ * (events_decode_for), else parses a JSON body for the session's turn; touches no session state. Failures
+ * are only recorded: events_apply reports them in the order of the checks (frozen, body, session, batch). */
 static void events_decode(void *arg)
 {
     job *j = arg;

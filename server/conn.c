@@ -558,7 +558,8 @@ static int on_head_done(srv_conn *c, const char **why)
                "application/octet-stream only for POST /v1/sessions/{id}/events)";
         return 415;
     }
-    /* The body's whole length at once: no growth by doubling (copies, fresh pages) under large batches. */
+    /* The body's whole length at once: no growth by doubling (copies, fresh pages) under large batches.
+     * Pages are touched only as body bytes arrive (a large reservation is a mapping, not resident). */
     if (has_length && c->parser.content_length > 0)
         (void)srv_buf_reserve(&r->body, c->parser.content_length);   /* on failure the appends grow it */
     const char *expect = srv_req_header(r, "Expect");
