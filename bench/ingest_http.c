@@ -2,17 +2,20 @@
  * bench/ingest_http.c — durable HTTP ingest under concurrent connections, a fixed amount of work
  * (bench/ingest_bench.sh runs it against a fresh daemon and compares with build/bench/api_inproc).
  *
- *   ingest_http HOST:PORT SESSIONS CONNECTIONS BATCHES [BATCH]
+ *   ingest_http HOST:PORT SESSIONS CONNECTIONS BATCHES [BATCH [ENCODING]]
  *
  * Creates SESSIONS sessions ("ih-0" .. , H = 1, d = d_v = 64), then CONNECTIONS keep-alive connections
  * (one thread each) send BATCHES POST /v1/sessions/{id}/events requests of BATCH (default 1024) events
- * between them, base64 keys and values (random unit vectors, fixed seed; 16 distinct bodies prebuilt
- * before the clock starts). Connection c writes to session c % SESSIONS; each connection takes the next
+ * between them, keys and values random unit vectors (fixed seed; 16 distinct bodies prebuilt before the
+ * clock starts) spelled as ENCODING says: b64 (default; JSON with k_b64 / v_b64) or binary (the
+ * application/octet-stream batch of docs/API.md, "Binary event batches": the same floats). Connection c writes to session c % SESSIONS; each connection takes the next
  * batch from a shared counter, so the work is exactly BATCHES batches whatever the connections' speeds.
  * Every answer must be 200 with the session's expected "appended"; anything else stops the run (exit 1).
  * Prints one line:
- *   http sessions=S connections=C batches=N events=E seconds=T events_per_s=R p50_ms=.. p99_ms=.. max_ms=..
- * (request latency: from the first byte sent to the last byte of the answer read).
+ *   http encoding=b64|binary sessions=S connections=C batches=N events=E seconds=T events_per_s=R p50_ms=.. p99_ms=..
+ *        max_ms=.. client_cpu_s=..
+ * (request latency: from the first byte sent to the last byte of the answer read; client_cpu_s: this
+ * process's own user + system CPU time over the run, bodies prebuilt).
  * Raw sockets, no HTTP library: the client's own cost stays small next to the daemon's.
  */
 #include <arpa/inet.h>
@@ -25,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,7 +38,7 @@
 
 static struct sockaddr_in addr;
 static char host[64];
-static int nsessions, nconns, batch = 1024;
+static int nsessions, nconns, batch = 1024, binary;
 static long nbatches;
 static atomic_long next_batch;
 static char *bodies[NBODIES];
@@ -79,6 +83,30 @@ static void unit(float *x)
     }
     for (int j = 0; j < DIM; j++)
         x[j] = (float)(x[j] / sqrt(s));
+}
+
+/* The binary spelling: "MAEV", n, heads, dim, value_dim (little-endian uint32), then every key, then
+ * every value (float32; this bench runs on little-endian hosts). */
+static char *make_binary_body(size_t *len)
+{
+    size_t o = 20, cap = 20 + (size_t)batch * 2 * DIM * sizeof(float);
+    char *b = malloc(cap);
+    uint32_t hdr[4] = {(uint32_t)batch, 1, DIM, DIM};
+    if (!b)
+        return NULL;
+    float *k = (float *)(b + 20), *v = k + (size_t)batch * DIM;
+    memcpy(b, "MAEV", 4);
+    memcpy(b + 4, hdr, sizeof hdr);
+    for (int i = 0; i < batch; i++) {
+        float kk[DIM], vv[DIM];
+        unit(kk);
+        unit(vv);
+        memcpy(k + (size_t)i * DIM, kk, sizeof kk);
+        memcpy(v + (size_t)i * DIM, vv, sizeof vv);
+        o += sizeof kk + sizeof vv;
+    }
+    *len = o;
+    return b;
 }
 
 static char *make_body(size_t *len)
@@ -136,8 +164,9 @@ static int roundtrip(int fd, const char *method, const char *path, const char *b
                      size_t cap, int *status)
 {
     char head[512];
-    int hl = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                      "Content-Length: %zu\r\n\r\n", method, path, host, blen);
+    int hl = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: %s\r\nContent-Type: %s\r\n"
+                      "Content-Length: %zu\r\n\r\n", method, path, host,
+                      binary && strcmp(method, "POST") == 0 ? "application/octet-stream" : "application/json", blen);
     if (send_all(fd, head, (size_t)hl) || (blen && send_all(fd, body, blen)))
         return -1;
     size_t got = 0;
@@ -212,7 +241,7 @@ static int cmp(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     if (argc < 5) {
-        fprintf(stderr, "usage: %s HOST:PORT SESSIONS CONNECTIONS BATCHES [BATCH]\n", argv[0]);
+        fprintf(stderr, "usage: %s HOST:PORT SESSIONS CONNECTIONS BATCHES [BATCH [b64|binary]]\n", argv[0]);
         return 2;
     }
     snprintf(host, sizeof host, "%s", argv[1]);
@@ -230,10 +259,13 @@ int main(int argc, char **argv)
     nbatches = atol(argv[4]);
     if (argc > 5)
         batch = atoi(argv[5]);
+    if (argc > 6 && strcmp(argv[6], "binary") != 0 && strcmp(argv[6], "b64") != 0)
+        return 2;
+    binary = argc > 6 && strcmp(argv[6], "binary") == 0;
     if (nsessions < 1 || nconns < 1 || nbatches < 1 || batch < 1)
         return 2;
     for (int i = 0; i < NBODIES; i++)
-        if (!(bodies[i] = make_body(&body_len[i])))
+        if (!(bodies[i] = binary ? make_binary_body(&body_len[i]) : make_body(&body_len[i])))
             return 1;
     if (!(lat = calloc((size_t)nbatches, sizeof *lat)))
         return 1;
@@ -256,19 +288,27 @@ int main(int argc, char **argv)
     close(fd);
 
     pthread_t *th = calloc((size_t)nconns, sizeof *th);
+    struct rusage ru0;
+    getrusage(RUSAGE_SELF, &ru0);
+    double cpu0 = (double)ru0.ru_utime.tv_sec + (double)ru0.ru_utime.tv_usec * 1e-6 + (double)ru0.ru_stime.tv_sec +
+                  (double)ru0.ru_stime.tv_usec * 1e-6;
     double t0 = now();
     for (long c = 0; c < nconns; c++)
         pthread_create(&th[c], NULL, conn_main, (void *)(intptr_t)c);
     for (int c = 0; c < nconns; c++)
         pthread_join(th[c], NULL);
     double dt = now() - t0;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
+                 (double)ru.ru_stime.tv_usec * 1e-6 - cpu0;
     if (atomic_load(&failed))
         return 1;
     qsort(lat, (size_t)nbatches, sizeof *lat, cmp);
     long events = nbatches * batch;
-    printf("http sessions=%d connections=%d batches=%ld events=%ld seconds=%.3f events_per_s=%.0f p50_ms=%.1f "
-           "p99_ms=%.1f max_ms=%.1f\n", nsessions, nconns, nbatches, events, dt, (double)events / dt,
-           lat[nbatches / 2] * 1e3, lat[(size_t)((double)nbatches * 0.99)] * 1e3, lat[nbatches - 1] * 1e3);
+    printf("http encoding=%s sessions=%d connections=%d batches=%ld events=%ld seconds=%.3f events_per_s=%.0f p50_ms=%.1f "
+           "p99_ms=%.1f max_ms=%.1f client_cpu_s=%.2f\n", binary ? "binary" : "b64", nsessions, nconns, nbatches, events, dt, (double)events / dt,
+           lat[nbatches / 2] * 1e3, lat[(size_t)((double)nbatches * 0.99)] * 1e3, lat[nbatches - 1] * 1e3, cpu);
     for (int i = 0; i < NBODIES; i++)
         free(bodies[i]);
     free(lat);

@@ -111,6 +111,7 @@ typedef struct {
     char location[320];               /* Location of a created session or slot, "" if none */
     /* POST .../events: decoded before the session's turn (events_decode), applied in it (events_apply),
      * answered when its commit is durable (events_committed) */
+    bool ev_binary;                   /* the body is a binary batch (application/octet-stream; codec.h) */
     cJSON *ev_body;                   /* the parsed body, until decoded */
     bool ev_decoded;                  /* ev / ev_rc hold the decode for ev_shape */
     codec_shape ev_shape;
@@ -472,6 +473,18 @@ static int events_decode_for(job *j, const codec_shape *sh)
         return 0;
     codec_events_clear(&j->ev);
     j->ev_decoded = false;
+    if (j->ev_binary) {   /* read in place from the body, which outlives the answer's commit */
+        j->ev_shape = *sh;
+        j->ev_rc = codec_events_decode_binary(j->body, j->body_len, sh, MAX_EVENTS_PER_BATCH, &j->ev, &j->ev_err);
+        j->ev_decoded = true;
+        return 0;
+    }
+    if (!j->ev_body && codec_events_decode_simple(j->body, j->body_len, sh, MAX_EVENTS_PER_BATCH, &j->ev)) {
+        j->ev_shape = *sh;   /* {"events":[{"k_b64","v_b64"},...]} decoded from the raw body, no JSON tree */
+        j->ev_rc = 0;
+        j->ev_decoded = true;
+        return 0;
+    }
     if (!j->ev_body && need_body(j, &j->ev_body, "{\"events\":[...]}"))
         return -1;
     j->ev_shape = *sh;
@@ -483,18 +496,19 @@ static int events_decode_for(job *j, const codec_shape *sh)
 }
 
 /* Prepare step of a pipelined POST .../events (worker.h): runs on any worker as soon as the request is
- * queued, alongside the session's earlier jobs. Parses the body and, if the session is loaded, decodes the
- * batch for its config; touches no session state. Failures are only recorded: events_apply reports them
- * in the order of the checks (frozen, body, session, batch). */
+ * queued, alongside the session's earlier jobs. If the session is loaded, decodes the batch for its config
+ * (events_decode_for), else parses a JSON body for the session's turn; touches no session state. Failures
+ * are only recorded: events_apply reports them in the order of the checks (frozen, body, session, batch). */
 static void events_decode(void *arg)
 {
     job *j = arg;
     ma_params p;
     codec_shape sh;
-    if (need_body(j, &j->ev_body, "{\"events\":[...]}"))
+    if (!reg_peek_params(j->api->reg, j->id, &p)) {   /* not loaded: parsed now, decoded in the session's turn */
+        if (!j->ev_binary)
+            need_body(j, &j->ev_body, "{\"events\":[...]}");
         return;
-    if (!reg_peek_params(j->api->reg, j->id, &p))
-        return;   /* not loaded: decoded in the session's turn */
+    }
     codec_shape_from_params(&sh, &p, embed);
     events_decode_for(j, &sh);
 }
@@ -1266,7 +1280,8 @@ static void h_events(srv_request *req, void *ud)
     job *j = job_new(req, ud, OP_EVENTS);
     if (!j)
         return;
-    if (j->idem_key[0] || (j->body && memmem(j->body, j->body_len, expect, sizeof expect - 1))) {
+    j->ev_binary = srv_req_media_type_is(req, "application/octet-stream");   /* only this route lets it in */
+    if (j->idem_key[0] || (!j->ev_binary && j->body && memmem(j->body, j->body_len, expect, sizeof expect - 1))) {
         submit(j, SRV_JOB_EXCLUSIVE);
         return;
     }

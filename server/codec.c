@@ -214,6 +214,24 @@ static const unsigned char b64_dec[256] = {
     ['5'] = 58, ['6'] = 59, ['7'] = 60, ['8'] = 61, ['9'] = 62, ['+'] = 63, ['/'] = 64
 };
 
+/* The main loop's tables: for each byte, its 6 bits already placed where they land in the 3 output bytes
+ * (little-endian in a 32-bit word: byte 0 | byte 1 << 8 | byte 2 << 16), one table per position in the
+ * quad; a foreign byte sets bit 24 instead, so OR-ing four entries decodes a quad and one compare
+ * checks it. Built at compile time from B64V (the value of a character, or -1). */
+#define B64V(c) ((c) >= 'A' && (c) <= 'Z' ? (c) - 'A' : (c) >= 'a' && (c) <= 'z' ? (c) - 'a' + 26 : \
+                 (c) >= '0' && (c) <= '9' ? (c) - '0' + 52 : (c) == '+' ? 62 : (c) == '/' ? 63 : -1)
+#define B64_BAD 0x01000000u
+#define B64T0(c) (B64V(c) < 0 ? B64_BAD : (uint32_t)B64V(c) << 2)
+#define B64T1(c) (B64V(c) < 0 ? B64_BAD : (uint32_t)B64V(c) >> 4 | ((uint32_t)B64V(c) & 15u) << 12)
+#define B64T2(c) (B64V(c) < 0 ? B64_BAD : ((uint32_t)B64V(c) >> 2) << 8 | ((uint32_t)B64V(c) & 3u) << 22)
+#define B64T3(c) (B64V(c) < 0 ? B64_BAD : (uint32_t)B64V(c) << 16)
+#define B64R4(T, i) T(i), T(i + 1), T(i + 2), T(i + 3)
+#define B64R16(T, i) B64R4(T, i), B64R4(T, i + 4), B64R4(T, i + 8), B64R4(T, i + 12)
+#define B64R64(T, i) B64R16(T, i), B64R16(T, i + 16), B64R16(T, i + 32), B64R16(T, i + 48)
+#define B64R256(T) B64R64(T, 0), B64R64(T, 64), B64R64(T, 128), B64R64(T, 192)
+static const uint32_t b64_t0[256] = {B64R256(B64T0)}, b64_t1[256] = {B64R256(B64T1)},
+                      b64_t2[256] = {B64R256(B64T2)}, b64_t3[256] = {B64R256(B64T3)};
+
 /* Decoded size of a well-formed base64 text of len chars, or -1 if len or padding is impossible. */
 static long b64_decoded_len(const char *src, size_t len)
 {
@@ -232,17 +250,15 @@ int codec_b64_decode(const char *src, size_t len, unsigned char *dst, size_t *ou
     size_t o = 0, full = len < 4 ? 0 : len - 4;   /* quads before the last one: no padding allowed */
     if (n < 0)
         return MA_EINVAL;
-    /* One table lookup per character; value - 1 wraps to a huge unsigned for a foreign byte, so one
-     * compare checks all four (this loop is the hot path of base64 ingest). */
+    /* Four look-ups OR-ed per quad, one compare for all four characters (the b64_t* tables above; this
+     * loop is the hot path of base64 ingest). */
     for (size_t i = 0; i < full; i += 4) {
-        uint32_t a = b64_dec[s[i]] - 1u, b = b64_dec[s[i + 1]] - 1u, c = b64_dec[s[i + 2]] - 1u,
-                 d = b64_dec[s[i + 3]] - 1u;
-        if ((a | b | c | d) > 63)
+        uint32_t w = b64_t0[s[i]] | b64_t1[s[i + 1]] | b64_t2[s[i + 2]] | b64_t3[s[i + 3]];
+        if (w & B64_BAD)
             return MA_EINVAL;
-        uint32_t w = a << 18 | b << 12 | c << 6 | d;
-        dst[o] = (unsigned char)(w >> 16);
+        dst[o] = (unsigned char)w;
         dst[o + 1] = (unsigned char)(w >> 8);
-        dst[o + 2] = (unsigned char)w;
+        dst[o + 2] = (unsigned char)(w >> 16);
         o += 3;
     }
     if (len) {
@@ -631,9 +647,291 @@ void codec_events_clear(codec_events *e)
     free(e->slots);
     free(e->importance);
     free(e->ev);
-    free(e->k);
-    free(e->v);
+    if (!e->borrowed) {
+        free(e->k);
+        free(e->v);
+    }
     memset(e, 0, sizeof *e);
+}
+
+/* n float32 of src (little-endian, any alignment) into out in host order; the index of the first one that
+ * is not finite (exponent all ones: infinity or NaN), or n. */
+static size_t floats_le(const unsigned char *src, size_t n, float *out)
+{
+    size_t bad = n;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t w = (uint32_t)src[4 * i] | (uint32_t)src[4 * i + 1] << 8 | (uint32_t)src[4 * i + 2] << 16 |
+                     (uint32_t)src[4 * i + 3] << 24;
+        memcpy(out + i, &w, 4);
+        if ((w & 0x7f800000u) == 0x7f800000u && bad == n)
+            bad = i;
+    }
+    return bad;
+}
+
+/* The index of the first float of x[0..n) that is not finite, or n (the exponent bits: one pass without
+ * branches the compiler can vectorise). */
+static size_t floats_first_bad(const float *x, size_t n)
+{
+    const size_t step = 256;
+    for (size_t i = 0; i < n; i += step) {
+        size_t m = n - i < step ? n - i : step;
+        uint32_t any = 0;
+        for (size_t j = 0; j < m; j++) {
+            uint32_t w;
+            memcpy(&w, x + i + j, 4);
+            any |= (uint32_t)((w & 0x7f800000u) == 0x7f800000u);
+        }
+        if (any)
+            for (size_t j = 0; j < m; j++)
+                if (!isfinite(x[i + j]))
+                    return i + j;
+    }
+    return n;
+}
+
+static uint32_t le32(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    return (uint32_t)u[0] | (uint32_t)u[1] << 8 | (uint32_t)u[2] << 16 | (uint32_t)u[3] << 24;
+}
+
+int codec_events_decode_binary(const char *body, size_t len, const codec_shape *sh, size_t max_events,
+                               codec_events *out, codec_error *err)
+{
+    codec_events e = {0};
+    memset(out, 0, sizeof *out);
+    if (len < CODEC_BIN_HEADER)
+        return codec_fail(err, "bad_request", "binary batch: the body has %zu bytes, expected at least the "
+                          "%d-byte header (\"%s\", then n, heads, dim, value_dim as little-endian uint32)", len,
+                          CODEC_BIN_HEADER, CODEC_BIN_MAGIC);
+    if (memcmp(body, CODEC_BIN_MAGIC, 4) != 0)
+        return codec_fail(err, "bad_request", "binary batch: bytes 0-3 are not the magic \"%s\" (the header "
+                          "is \"%s\", then n, heads, dim, value_dim as little-endian uint32)", CODEC_BIN_MAGIC,
+                          CODEC_BIN_MAGIC);
+    uint32_t n = le32(body + 4), heads = le32(body + 8), dim = le32(body + 12), value_dim = le32(body + 16);
+    if (n > max_events)
+        return codec_fail(err, "bad_request", "binary batch: n is %" PRIu32 " events, at most %zu per request", n,
+                          max_events);
+    if (heads != (uint32_t)sh->heads || dim != (uint32_t)sh->dim || value_dim != (uint32_t)sh->value_dim)
+        return codec_fail(err, "dim_mismatch", "binary batch: the header says heads %" PRIu32 ", dim %" PRIu32
+                          ", value_dim %" PRIu32 "; the session has heads %d, dim %d, value_dim %d", heads, dim,
+                          value_dim, sh->heads, sh->dim, sh->value_dim);
+    const size_t kn = (size_t)sh->heads * sh->dim, vn = (size_t)sh->heads * sh->value_dim;
+    const size_t want = CODEC_BIN_HEADER + sizeof(float) * (size_t)n * (kn + vn);
+    if (len != want)
+        return codec_fail(err, "bad_request", "binary batch: the body has %zu bytes, expected %zu for n = %" PRIu32
+                          " (20 + 4*n*heads*(dim+value_dim))", len, want, n);
+    const char *kb = body + CODEC_BIN_HEADER, *vb = kb + sizeof(float) * (size_t)n * kn;
+    e.n = n;
+    e.ev = calloc(n ? n : 1, sizeof *e.ev);
+    e.payloads = calloc(n ? n : 1, sizeof *e.payloads);
+    e.slots = calloc(n ? n : 1, sizeof *e.slots);
+    e.importance = malloc((n ? n : 1) * sizeof *e.importance);
+    if (!e.ev || !e.payloads || !e.slots || !e.importance) {
+        codec_fail(err, "bad_request", "binary batch: out of memory for %" PRIu32 " events", n);
+        goto fail;
+    }
+    size_t bad_k, bad_v;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    if ((uintptr_t)kb % _Alignof(float) == 0) {   /* the floats as sent: read in place */
+        e.borrowed = true;
+        e.k = (float *)(uintptr_t)kb;
+        e.v = (float *)(uintptr_t)vb;
+        bad_k = floats_first_bad(e.k, (size_t)n * kn);
+        bad_v = floats_first_bad(e.v, (size_t)n * vn);
+    } else
+#endif
+    {
+        e.k = malloc(sizeof(float) * (n ? (size_t)n * kn : 1));
+        e.v = malloc(sizeof(float) * (n ? (size_t)n * vn : 1));
+        if (!e.k || !e.v) {
+            codec_fail(err, "bad_request", "binary batch: out of memory for %" PRIu32 " events", n);
+            goto fail;
+        }
+        bad_k = floats_le((const unsigned char *)kb, (size_t)n * kn, e.k);
+        bad_v = floats_le((const unsigned char *)vb, (size_t)n * vn, e.v);
+    }
+    if (bad_k < (size_t)n * kn || bad_v < (size_t)n * vn) {
+        bool in_k = bad_k < (size_t)n * kn;
+        size_t at = in_k ? bad_k : bad_v, per = in_k ? kn : vn;
+        codec_fail(err, "non_finite", "binary batch: %s of event %zu, float %zu is not finite (%g)", in_k ? "k" : "v",
+                   at / per, at % per, (double)(in_k ? e.k : e.v)[at]);
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        e.importance[i] = MA_IMPORTANCE_NONE;
+        e.ev[i] = (ma_event){.k = e.k + i * kn, .v = e.v + i * vn};
+    }
+    *out = e;
+    return 0;
+fail:
+    codec_events_clear(&e);
+    return MA_EINVAL;
+}
+
+/* The len characters at s as base64 of exactly n finite float32, written to out: true; false for anything
+ * else (the general path then decodes the event again and words the problem). */
+static bool b64_floats(const char *s, size_t len, size_t n, float *out)
+{
+    size_t got;
+    if (b64_decoded_len(s, len) != (long)(n * sizeof(float)) || codec_b64_decode(s, len, (unsigned char *)out, &got) != 0)
+        return false;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    for (size_t i = 0; i < n; i++) {
+        uint32_t w;
+        memcpy(&w, out + i, 4);
+        w = __builtin_bswap32(w);
+        memcpy(out + i, &w, 4);
+    }
+#endif
+    return floats_first_bad(out, n) == n;
+}
+
+/* Both strings of the common event {"k_b64": ..., "v_b64": ...}, decoded without the path texts that only
+ * errors need (b64_floats). */
+static bool b64_floats_fast(const cJSON *s, size_t n, float *out)
+{
+    return cJSON_IsString(s) && b64_floats(s->valuestring, strlen(s->valuestring), n, out);
+}
+
+/* An event that is exactly {"k_b64", "v_b64"} (either order), decoded: true; false when it is anything
+ * else or anything is wrong with it. */
+static bool event_b64_fast(const cJSON *it, size_t kn, size_t vn, float *k, float *v)
+{
+    const cJSON *a = cJSON_IsObject(it) ? it->child : NULL, *b = a ? a->next : NULL;
+    if (!b || b->next || !a->string || !b->string)
+        return false;
+    if (strcmp(a->string, "v_b64") == 0) {
+        const cJSON *t = a;
+        a = b;
+        b = t;
+    }
+    return strcmp(a->string, "k_b64") == 0 && strcmp(b->string, "v_b64") == 0 && b64_floats_fast(a, kn, k) &&
+           b64_floats_fast(b, vn, v);
+}
+
+/* ---- the raw fast path of codec_events_decode_simple ---- */
+
+static const char *skip_space(const char *p, const char *end)
+{
+    while (p < end && json_space(*p))
+        p++;
+    return p;
+}
+
+/* p at `"name"` (exactly, no escapes): past it, else NULL. */
+static const char *quoted(const char *p, const char *end, const char *name)
+{
+    size_t n = strlen(name);
+    if ((size_t)(end - p) < n + 2 || p[0] != '"' || memcmp(p + 1, name, n) != 0 || p[n + 1] != '"')
+        return NULL;
+    return p + n + 2;
+}
+
+/* One event {"k_b64":"...","v_b64":"..."} (either order, any JSON whitespace) at p, decoded into k and v:
+ * past its '}', else NULL. The strings may hold only base64 characters (no escapes): the decoder refuses
+ * any other byte, a quote included. */
+static const char *raw_event(const char *p, const char *end, size_t kn, size_t vn, float *k, float *v)
+{
+    bool seen[2] = {false, false};
+    p = skip_space(p, end);
+    if (p >= end || *p++ != '{')
+        return NULL;
+    for (int f = 0; f < 2; f++) {
+        p = skip_space(p, end);
+        const char *q = quoted(p, end, "k_b64");
+        int which = 0;
+        if (!q) {
+            q = quoted(p, end, "v_b64");
+            which = 1;
+        }
+        if (!q || seen[which])
+            return NULL;
+        seen[which] = true;
+        p = skip_space(q, end);
+        if (p >= end || *p++ != ':')
+            return NULL;
+        p = skip_space(p, end);
+        if (p >= end || *p++ != '"')
+            return NULL;
+        /* the text of n floats has exactly 4*ceil(4n/3) characters; the decoder checks each of them */
+        size_t n = which ? vn : kn, tl = 4 * ((n * sizeof(float) + 2) / 3);
+        if ((size_t)(end - p) <= tl || p[tl] != '"' || !b64_floats(p, tl, n, which ? v : k))
+            return NULL;
+        p += tl;
+        p = skip_space(p + 1, end);
+        if (p >= end || *p++ != (f == 0 ? ',' : '}'))
+            return NULL;
+    }
+    return p;
+}
+
+int codec_events_decode_simple(const char *body, size_t len, const codec_shape *sh, size_t max_events,
+                               codec_events *out)
+{
+    const size_t kn = (size_t)sh->heads * sh->dim, vn = (size_t)sh->heads * sh->value_dim;
+    /* the shortest event: {"k_b64":"","v_b64":""} plus the two texts; it bounds the count */
+    const size_t least = 23 + 4 * ((kn * sizeof(float) + 2) / 3) + 4 * ((vn * sizeof(float) + 2) / 3);
+    const char *p = body, *end = body + len;
+    codec_events e = {0};
+    memset(out, 0, sizeof *out);
+    size_t cap = len / least + 1;
+    if (cap > max_events)
+        cap = max_events;
+    p = skip_space(p, end);
+    if (p >= end || *p++ != '{')
+        return 0;
+    p = skip_space(p, end);
+    if (!(p = quoted(p, end, "events")))
+        return 0;
+    p = skip_space(p, end);
+    if (p >= end || *p++ != ':')
+        return 0;
+    p = skip_space(p, end);
+    if (p >= end || *p++ != '[')
+        return 0;
+    e.ev = calloc(cap ? cap : 1, sizeof *e.ev);
+    e.k = malloc(sizeof(float) * (cap ? cap * kn : 1));
+    e.v = malloc(sizeof(float) * (cap ? cap * vn : 1));
+    e.payloads = calloc(cap ? cap : 1, sizeof *e.payloads);
+    e.slots = calloc(cap ? cap : 1, sizeof *e.slots);
+    e.importance = malloc((cap ? cap : 1) * sizeof *e.importance);
+    if (!e.ev || !e.k || !e.v || !e.payloads || !e.slots || !e.importance)
+        goto general;
+    p = skip_space(p, end);
+    if (p < end && *p == ']') {
+        p++;
+    } else {
+        for (;;) {
+            if (e.n == cap)
+                goto general;
+            float *k = e.k + e.n * kn, *v = e.v + e.n * vn;
+            if (!(p = raw_event(p, end, kn, vn, k, v)))
+                goto general;
+            e.importance[e.n] = MA_IMPORTANCE_NONE;
+            e.ev[e.n] = (ma_event){.k = k, .v = v};
+            e.n++;
+            p = skip_space(p, end);
+            if (p < end && *p == ',') {
+                p++;
+                continue;
+            }
+            if (p < end && *p == ']') {
+                p++;
+                break;
+            }
+            goto general;
+        }
+    }
+    p = skip_space(p, end);
+    if (p >= end || *p++ != '}' || skip_space(p, end) != end)
+        goto general;
+    *out = e;
+    return 1;
+general:
+    codec_events_clear(&e);
+    return 0;
 }
 
 int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_events, codec_events *out,
@@ -671,6 +969,11 @@ int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_eve
         bool protect = false, has_importance = false;
         double importance = 0;
         int r;
+        if (event_b64_fast(it, kn, vn, k, v)) {   /* the common shape: no path texts, no member look-ups */
+            e.importance[i] = MA_IMPORTANCE_NONE;
+            e.ev[i] = (ma_event){.k = k, .v = v};
+            continue;
+        }
         snprintf(where, sizeof where, "events[%zu]", i);
         if (check_members(it, allowed, where, err))
             goto fail;

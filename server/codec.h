@@ -8,6 +8,10 @@
  * fill a core struct completely or fail with a codec_error that carries API.md's error code and a
  * message naming the element and field, what was wrong and what was expected, e.g.
  *   dim_mismatch  "events[3].k: expected 64 numbers (heads*dim), got 63".
+ * Two event-batch decoders read the raw body instead, for ingest speed: codec_events_decode_simple takes
+ * only the common all-base64 body (anything else, errors included, goes to the general path, so it
+ * never changes what is accepted or how an error is worded), and codec_events_decode_binary reads the
+ * application/octet-stream batch, its floats in place.
  * A batch (events, queries) is decoded whole before anything is handed to the core, so a request with one
  * bad element changes nothing. Vectors arrive as JSON arrays of numbers, as base64 of little-endian
  * float32 (`*_b64`), or as `text` (embedded by the caller-supplied embedder, the same vector per head);
@@ -144,6 +148,7 @@ typedef struct {
     double *importance;  /* n: an event's "importance", or MA_IMPORTANCE_NONE when absent */
     bool has_expect_length;   /* the body's "expect_length": apply only if the session has that many events */
     uint64_t expect_length;
+    bool borrowed;       /* k and v point into the request body (a binary batch): not freed by clear */
 } codec_events;
 
 /* Decodes {"events":[E,...], "expect_length"?: n}; E = {"k"|"k_b64"|"text", "v"|"v_b64", "payload"?, "slot"?,
@@ -154,6 +159,30 @@ typedef struct {
 int codec_events_decode(const cJSON *body, const codec_shape *sh, size_t max_events, codec_events *out,
                         codec_error *err);
 void codec_events_clear(codec_events *e);
+
+/* The fast path for the common body {"events":[{"k_b64":"...","v_b64":"..."},...]} (either order of the
+ * two fields, any JSON whitespace, base64 strings without escapes), decoded straight from the raw body
+ * (len bytes) without a JSON tree: 1 with *out filled exactly as codec_parse_body + codec_events_decode
+ * would fill it; 0 with *out empty for any other body, a bad value or more than max_events events — the
+ * caller then takes the general path, which accepts or words the problem. Such a body holds only ASCII,
+ * so it needs none of codec_parse_body's string checks. */
+int codec_events_decode_simple(const char *body, size_t len, const codec_shape *sh, size_t max_events,
+                               codec_events *out);
+
+/* The binary spelling of an event batch (Content-Type: application/octet-stream; docs/API.md, "Binary
+ * event batches"): a 20-byte header of the magic "MAEV" and four little-endian uint32 — n, heads, dim,
+ * value_dim — then the n*heads*dim keys and the n*heads*value_dim values as little-endian float32, event
+ * by event (head by head within an event). No payloads, slots, texts or expect_length. */
+#define CODEC_BIN_MAGIC "MAEV"
+#define CODEC_BIN_HEADER 20
+
+/* Decodes a binary batch of len bytes for shape sh (text embedding plays no part). Checks, in order: the
+ * header is there, the magic, n <= max_events, heads/dim/value_dim equal the session's (dim_mismatch),
+ * the length is exactly the header plus the floats, every float is finite (non_finite); the first
+ * problem is reported (bad_request unless named) and *out is left empty. On a little-endian host k and v
+ * point into body (out->borrowed): body must stay unchanged and alive until codec_events_clear. */
+int codec_events_decode_binary(const char *body, size_t len, const codec_shape *sh, size_t max_events,
+                               codec_events *out, codec_error *err);
 
 /* {"length","appended","writes":[...],"void_writes":[...],"evicted":[...]}; NULL on allocation failure. */
 cJSON *codec_ingest_report_to_json(const ma_ingest_report *r);

@@ -470,15 +470,23 @@ static void fail_cur(srv_conn *c, int status, const char *why)
     }
 }
 
-static bool media_type_ok(const char *ct)
+/* POST /v1/sessions/{id}/events: the one route that also takes a binary body (docs/API.md, "Binary
+ * event batches"). */
+static bool binary_body_route(const srv_request *r)
 {
-    if (!ct)
-        return true;
-    while (*ct == ' ' || *ct == '\t')
-        ct++;
-    size_t n = strcspn(ct, "; \t");
-    return (n == 16 && strncasecmp(ct, "application/json", n) == 0) ||
-           (n == 33 && strncasecmp(ct, "application/x-www-form-urlencoded", n) == 0);
+    static const char pre[] = "/v1/sessions/", suf[] = "/events";
+    size_t n = strlen(r->path);
+    return strcmp(r->method, "POST") == 0 && n > sizeof pre - 1 + sizeof suf - 1 &&
+           strncmp(r->path, pre, sizeof pre - 1) == 0 && strcmp(r->path + n - (sizeof suf - 1), suf) == 0 &&
+           !memchr(r->path + sizeof pre - 1, '/', n - (sizeof pre - 1) - (sizeof suf - 1));
+}
+
+static bool media_type_ok(const srv_request *r)
+{
+    const char *ct = srv_req_header(r, "Content-Type");
+    return !ct || srv_media_type_is(ct, "application/json") ||
+           srv_media_type_is(ct, "application/x-www-form-urlencoded") ||
+           (srv_media_type_is(ct, "application/octet-stream") && binary_body_route(r));
 }
 
 /* Headers that decide how a request is framed, who sent it or what it may change: a second copy
@@ -545,10 +553,15 @@ static int on_head_done(srv_conn *c, const char **why)
     }
     if (has_length && c->parser.content_length > cfg->max_body)
         return 413;
-    if ((chunked || (has_length && c->parser.content_length > 0)) && !media_type_ok(srv_req_header(r, "Content-Type"))) {
-        *why = "request bodies must be application/json (or absent / application/x-www-form-urlencoded)";
+    if ((chunked || (has_length && c->parser.content_length > 0)) && !media_type_ok(r)) {
+        *why = "request bodies must be application/json (or absent / application/x-www-form-urlencoded; "
+               "application/octet-stream only for POST /v1/sessions/{id}/events)";
         return 415;
     }
+    /* The body's whole length at once: no growth by doubling (copies, fresh pages) under large batches.
+     * Pages are touched only as body bytes arrive (a large reservation is a mapping, not resident). */
+    if (has_length && c->parser.content_length > 0)
+        (void)srv_buf_reserve(&r->body, c->parser.content_length);   /* on failure the appends grow it */
     const char *expect = srv_req_header(r, "Expect");
     if (expect && strcasecmp(expect, "100-continue") == 0 && c->parser.http_minor == 1 && !c->qhead) {
         static char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";

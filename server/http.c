@@ -22,6 +22,19 @@
 #include "core/error.h"
 #include "server/log.h"
 
+int srv_buf_reserve(srv_buf *b, size_t n)
+{
+    if (b->len + n + 1 <= b->cap)
+        return 0;
+    char *p = realloc(b->p, b->len + n + 1);
+    if (!p)
+        return MA_ENOMEM;
+    b->p = p;
+    b->cap = b->len + n + 1;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
 int srv_buf_append(srv_buf *b, const void *data, size_t n)
 {
     if (b->len + n + 1 > b->cap) {
@@ -105,6 +118,21 @@ const char *srv_req_header(const srv_request *req, const char *name)
         if (strcasecmp(req->hbuf.p + req->headers[i].name, name) == 0)
             return req->hbuf.p + req->headers[i].value;
     return NULL;
+}
+
+bool srv_media_type_is(const char *ct, const char *type)
+{
+    if (!ct)
+        return false;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    size_t n = strcspn(ct, "; \t");
+    return n == strlen(type) && strncasecmp(ct, type, n) == 0;
+}
+
+bool srv_req_media_type_is(const srv_request *req, const char *type)
+{
+    return srv_media_type_is(srv_req_header(req, "Content-Type"), type);
 }
 
 const char *srv_req_body(const srv_request *req, size_t *len)

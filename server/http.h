@@ -20,6 +20,7 @@
 #ifndef SRV_HTTP_H
 #define SRV_HTTP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cjson/cJSON.h>
@@ -47,6 +48,13 @@ int srv_req_query_check(srv_request *req, const char *const *known);
 
 /* First header named `name` (case-insensitive); NULL when absent. Repeated headers are not merged. */
 const char *srv_req_header(const srv_request *req, const char *name);
+
+/* True when the request's Content-Type is the media type `type` (e.g. "application/octet-stream"),
+ * compared without case and without its parameters (";charset=..."); false when it has none. */
+bool srv_req_media_type_is(const srv_request *req, const char *type);
+
+/* The same test on a Content-Type value (NULL: false). */
+bool srv_media_type_is(const char *content_type, const char *type);
 
 /* The complete body (de-chunked), NUL-terminated for convenience; *len (if non-NULL) gets its length,
  * which may be 0. Never NULL. */

@@ -103,6 +103,8 @@ static void handle_info(srv_request *req, void *ud)
     size_t ev_b64 = 23 + b64_len(kf) + b64_len(vf);                              /* {"k_b64":"..","v_b64":".."} */
     size_t ev_json = 15 + JSON_NUMBER_BYTES * (kf + vf) - 2;                       /* {"k":[..],"v":[..]} */
     size_t q_b64 = 12 + b64_len(kf);                                               /* {"q_b64":".."} */
+    size_t ev_bin = sizeof(float) * (kf + vf);   /* a binary batch: 20 header bytes + this per event */
+    size_t n_bin = cfg->max_body < 20 + ev_bin ? 0 : (cfg->max_body - 20) / ev_bin;
     size_t q_json = 8 + JSON_NUMBER_BYTES * kf - 1;                                /* {"q":[..]} */
 
     static const char *const backbones[] = { "vla", "linear", "delta", "none" };
@@ -148,6 +150,8 @@ static void handle_info(srv_request *req, void *ud)
                                       (double)batch_fit(cfg->max_body, 13, ev_b64, SRV_MAX_EVENTS_PER_BATCH)) &&
               cJSON_AddNumberToObject(batch, "events_json",
                                       (double)batch_fit(cfg->max_body, 13, ev_json, SRV_MAX_EVENTS_PER_BATCH)) &&
+              cJSON_AddNumberToObject(batch, "events_binary",
+                                      (double)(n_bin < SRV_MAX_EVENTS_PER_BATCH ? n_bin : SRV_MAX_EVENTS_PER_BATCH)) &&
               cJSON_AddNumberToObject(batch, "queries_b64",
                                       (double)batch_fit(cfg->max_body, 14, q_b64, SRV_MAX_QUERIES_PER_BATCH)) &&
               cJSON_AddNumberToObject(batch, "queries_json",

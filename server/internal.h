@@ -35,6 +35,7 @@ typedef struct {
 } srv_buf;
 
 int srv_buf_append(srv_buf *b, const void *data, size_t n);   /* keeps p NUL-terminated; MA_ENOMEM */
+int srv_buf_reserve(srv_buf *b, size_t n);   /* room for n more bytes and the NUL; MA_ENOMEM */
 void srv_buf_free(srv_buf *b);
 
 typedef struct {

@@ -275,6 +275,36 @@ static void test_info(void **state)
         mh_resp_free(&r);
         free(body);
     }
+    /* The same for binary batches: events_binary fit; one more is refused with 413. */
+    j = au_call(&d, "GET", "/v1/info?heads=1&dim=4", 200, NULL);
+    int nb = (int)au_num(j, "batch.events_binary");
+    cJSON_Delete(j);
+    assert_int_equal(nb, (65536 - 20) / 32);
+    for (int extra = 0; extra < 2; extra++) {
+        int cnt = nb + extra;
+        size_t len = 20 + (size_t)cnt * 32;
+        char *body = calloc(1, len), head[256];
+        assert_non_null(body);
+        memcpy(body, "MAEV", 4);
+        uint32_t hdr[4] = {(uint32_t)cnt, 1, 4, 4};
+        for (int i = 0; i < 4; i++)
+            for (int b = 0; b < 4; b++)
+                body[4 + 4 * i + b] = (char)(hdr[i] >> (8 * b));
+        int fd = mh_connect(&d);
+        assert_true(fd >= 0);
+        int hl = snprintf(head, sizeof head, "POST /v1/sessions/b/events HTTP/1.1\r\nHost: t\r\n"
+                          "Content-Type: application/octet-stream\r\nContent-Length: %zu\r\n\r\n", len);
+        assert_int_equal(mh_send(fd, head, (size_t)hl), 0);
+        if (!extra)
+            assert_int_equal(mh_send(fd, body, len), 0);
+        mh_reader rb;
+        mh_reader_init(&rb, fd);
+        mh_resp r = {0};
+        assert_int_equal(mh_read_response(&rb, &r, 30000), extra ? 413 : 200);
+        mh_resp_free(&r);
+        close(fd);
+        free(body);
+    }
     /* The same for queries. */
     static const char q[] = "{\"q_b64\":\"AACAPwAAAAAAAAAAAAAAAA==\"}";
     for (int extra = 0; extra < 2; extra++) {

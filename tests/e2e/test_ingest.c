@@ -616,6 +616,224 @@ static void test_builds_race_pipelined_batches(void **state)
     assert_int_equal(mh_stop(&d, 30000), 0);
 }
 
+/* ---- binary batches (docs/API.md, "Binary event batches") ---------------------------------------- */
+
+enum { BIN_BATCHES = 12 };
+
+/* Batch b of the binary test: B events, event e's key and value the floats of num(9, b, e, .). */
+static float bin_float(int b, int e, int j)
+{
+    return (float)num(9, b, e, j);
+}
+
+/* The binary body of batch b for a session of 1 head, dim = value_dim = CD ("MAEV", n, heads, dim,
+ * value_dim, keys, values; little-endian); *len gets its length. */
+static char *bin_body(int b, size_t *len)
+{
+    size_t n = 20 + sizeof(float) * B * 2 * CD;
+    unsigned char *s = malloc(n);
+    uint32_t hdr[4] = {B, 1, CD, CD};
+    memcpy(s, "MAEV", 4);
+    for (int i = 0; i < 4; i++)
+        for (int k = 0; k < 4; k++)
+            s[4 + 4 * i + k] = (unsigned char)(hdr[i] >> (8 * k));
+    for (int e = 0; e < B; e++)
+        for (int j = 0; j < 2 * CD; j++) {
+            float f = bin_float(b, e, j);
+            uint32_t w;
+            memcpy(&w, &f, 4);
+            size_t at = 20 + 4 * (j < CD ? (size_t)e * CD + (size_t)j : (size_t)B * CD + (size_t)e * CD + (size_t)(j - CD));
+            for (int k = 0; k < 4; k++)
+                s[at + (size_t)k] = (unsigned char)(w >> (8 * k));
+        }
+    *len = n;
+    return (char *)s;
+}
+
+/* The same batch as JSON: number arrays (%.9g round-trips a float32) or base64 (the decoder's fast path). */
+static char *bin_as_json(int b, bool b64)
+{
+    size_t cap = 16384, pos = 0;
+    char *s = malloc(cap);
+    pos += (size_t)snprintf(s, cap, "{\"events\":[");
+    for (int e = 0; e < B; e++) {
+        float k[CD], v[CD];
+        for (int j = 0; j < CD; j++) {
+            k[j] = bin_float(b, e, j);
+            v[j] = bin_float(b, e, CD + j);
+        }
+        if (b64) {
+            char kb[64], vb[64];
+            static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            const unsigned char *src[2] = {(const unsigned char *)k, (const unsigned char *)v};
+            char *dst[2] = {kb, vb};
+            for (int x = 0; x < 2; x++) {
+                size_t o = 0, nb = sizeof k;
+                for (size_t i = 0; i < nb; i += 3) {
+                    uint32_t w = (uint32_t)src[x][i] << 16 | (i + 1 < nb ? (uint32_t)src[x][i + 1] << 8 : 0) |
+                                 (i + 2 < nb ? src[x][i + 2] : 0);
+                    dst[x][o++] = t[w >> 18 & 63];
+                    dst[x][o++] = t[w >> 12 & 63];
+                    dst[x][o++] = i + 1 < nb ? t[w >> 6 & 63] : '=';
+                    dst[x][o++] = i + 2 < nb ? t[w & 63] : '=';
+                }
+                dst[x][o] = 0;
+            }
+            pos += (size_t)snprintf(s + pos, cap - pos, "%s{\"v_b64\":\"%s\",\"k_b64\":\"%s\"}", e ? "," : "", vb, kb);
+            continue;
+        }
+        pos += (size_t)snprintf(s + pos, cap - pos, "%s{\"k\":[", e ? "," : "");
+        for (int j = 0; j < CD; j++)
+            pos += (size_t)snprintf(s + pos, cap - pos, "%s%.9g", j ? "," : "", (double)k[j]);
+        pos += (size_t)snprintf(s + pos, cap - pos, "],\"v\":[");
+        for (int j = 0; j < CD; j++)
+            pos += (size_t)snprintf(s + pos, cap - pos, "%s%.9g", j ? "," : "", (double)v[j]);
+        pos += (size_t)snprintf(s + pos, cap - pos, "]}");
+    }
+    snprintf(s + pos, cap - pos, "]}");
+    return s;
+}
+
+/* Sends one binary POST (extra: more header lines, "" for none) on fd. */
+static void send_binary(int fd, const char *path, const char *body, size_t len, const char *extra)
+{
+    char head[512];
+    int n = snprintf(head, sizeof head, "POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n"
+                     "Content-Length: %zu\r\n%s\r\n", path, len, extra);
+    assert_int_equal(mh_send(fd, head, (size_t)n), 0);
+    assert_int_equal(mh_send(fd, body, len), 0);
+}
+
+/* One binary POST on a fresh connection: its status, *msg the error message (static) or "". */
+static int binary_call(mh_daemon *d, const char *path, const char *body, size_t len, const char *extra,
+                       char *code, size_t code_len, char *msg, size_t msg_len)
+{
+    int fd = mh_connect(d);
+    assert_true(fd >= 0);
+    send_binary(fd, path, body, len, extra);
+    mh_reader rb;
+    mh_resp r = {0};
+    mh_reader_init(&rb, fd);
+    int st = mh_read_response(&rb, &r, 30000);
+    cJSON *j = mh_resp_json(&r);
+    const cJSON *c = j ? au_get(j, "error.code") : NULL, *m = j ? au_get(j, "error.message") : NULL;
+    snprintf(code, code_len, "%s", cJSON_IsString(c) ? c->valuestring : "");
+    snprintf(msg, msg_len, "%s", cJSON_IsString(m) ? m->valuestring : "");
+    if (extra[0] && st == 200)
+        snprintf(msg, msg_len, "%s", mh_resp_header(&r, "Idempotent-Replayed", (char[16]){0}, 16) ? "replayed" : "");
+    cJSON_Delete(j);
+    mh_resp_free(&r);
+    close(fd);
+    return st;
+}
+
+/* Binary batches pipelined on one connection land in order and leave the session exactly as the same
+ * floats sent as JSON arrays and as base64 do; each malformed binary batch is refused with its own
+ * error and changes nothing; an Idempotency-Key replays; another route refuses the Content-Type. */
+static void test_binary_batches(void **state)
+{
+    (void)state;
+    mh_daemon d;
+    assert_int_equal(mh_start(&d, NULL, NULL), 0);
+    const char *names[3] = {"bin", "arr", "b64"};
+    for (int i = 0; i < 3; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/v1/sessions/%s", names[i]);
+        cJSON_Delete(au_call(&d, "PUT", path, 201, CONFIG));
+    }
+    /* every binary batch sent before the first answer is read: pipelined through decode, apply, commit */
+    int fd = mh_connect(&d);
+    assert_true(fd >= 0);
+    for (int b = 0; b < BIN_BATCHES; b++) {
+        size_t len;
+        char *body = bin_body(b, &len);
+        send_binary(fd, "/v1/sessions/bin/events", body, len, "");
+        free(body);
+    }
+    mh_reader rb;
+    mh_reader_init(&rb, fd);
+    for (int b = 0; b < BIN_BATCHES; b++) {
+        mh_resp r = {0};
+        assert_int_equal(mh_read_response(&rb, &r, 30000), 200);
+        cJSON *j = mh_resp_json(&r);
+        assert_int_equal((uint64_t)au_num(j, "length"), (uint64_t)(b + 1) * B);
+        assert_int_equal((int)au_num(j, "appended"), B);
+        cJSON_Delete(j);
+        mh_resp_free(&r);
+    }
+    close(fd);
+    for (int b = 0; b < BIN_BATCHES; b++)
+        for (int x = 0; x < 2; x++) {
+            char *body = bin_as_json(b, x == 1), path[64];
+            snprintf(path, sizeof path, "/v1/sessions/%s/events", names[1 + x]);
+            cJSON_Delete(au_call(&d, "POST", path, 200, "%s", body));
+            free(body);
+        }
+    char *snap[3];
+    for (int i = 0; i < 3; i++) {
+        snap[i] = snapshot_anon(&d, names[i]);
+    }
+    assert_string_equal(snap[0], snap[1]);
+    assert_string_equal(snap[0], snap[2]);
+
+    /* malformed batches: each its own error, nothing applied */
+    size_t len;
+    char *good = bin_body(0, &len), *bad = malloc(len + 4), code[64], msg[512];
+    struct {
+        const char *what;
+        size_t len;
+        void (*edit)(char *);
+        int status;
+        const char *code, *msg;
+    } cases[] = {
+        {"short", 12, NULL, 400, "bad_request", "the body has 12 bytes, expected at least the 20-byte header"},
+        {"magic", 0, NULL, 400, "bad_request", "bytes 0-3 are not the magic \"MAEV\""},
+        {"shape", 0, NULL, 400, "dim_mismatch", "the header says heads 1, dim 9, value_dim 8; the session has heads 1, dim 8, value_dim 8"},
+        {"length", 0, NULL, 400, "bad_request", "expected 532 for n = 8"},
+        {"nan", 0, NULL, 400, "non_finite", "v of event 2, float 3 is not finite (nan)"},
+        {"count", 0, NULL, 400, "bad_request", "n is 70000 events, at most 65536 per request"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        size_t n = cases[c].len ? cases[c].len : len;
+        memcpy(bad, good, len);
+        if (c == 1)
+            bad[0] = 'X';
+        if (c == 2)
+            bad[12] = 9;
+        if (c == 3)
+            n = len - 4;
+        if (c == 4) {
+            float f = __builtin_nanf("");
+            memcpy(bad + 20 + 4 * (B * CD + 2 * CD + 3), &f, 4);
+        }
+        if (c == 5) {
+            uint32_t many = 70000;
+            for (int k = 0; k < 4; k++)
+                bad[4 + k] = (char)(many >> (8 * k));
+        }
+        int st = binary_call(&d, "/v1/sessions/bin/events", bad, n, "", code, sizeof code, msg, sizeof msg);
+        if (st != cases[c].status || strcmp(code, cases[c].code) != 0 || !strstr(msg, cases[c].msg))
+            fail_msg("%s: %d %s %s", cases[c].what, st, code, msg);
+    }
+    assert_int_equal(session_length(&d, "bin"), (uint64_t)BIN_BATCHES * B);
+    /* another route: 415 before the body is read */
+    assert_int_equal(binary_call(&d, "/v1/sessions/bin/query", good, len, "", code, sizeof code, msg, sizeof msg), 415);
+    assert_string_equal(code, "unsupported_media_type");
+    /* a keyed binary batch: applied once, replayed once */
+    assert_int_equal(binary_call(&d, "/v1/sessions/bin/events", good, len, "Idempotency-Key: bin-1\r\n", code,
+                                 sizeof code, msg, sizeof msg), 200);
+    assert_string_equal(msg, "");
+    assert_int_equal(binary_call(&d, "/v1/sessions/bin/events", good, len, "Idempotency-Key: bin-1\r\n", code,
+                                 sizeof code, msg, sizeof msg), 200);
+    assert_string_equal(msg, "replayed");
+    assert_int_equal(session_length(&d, "bin"), (uint64_t)(BIN_BATCHES + 1) * B);
+    for (int i = 0; i < 3; i++)
+        free(snap[i]);
+    free(good);
+    free(bad);
+    assert_int_equal(mh_stop(&d, 30000), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -624,6 +842,7 @@ int main(void)
         cmocka_unit_test_teardown(test_sigkill_under_concurrent_ingest, mh_teardown),
         cmocka_unit_test_teardown(test_keyed_batches_among_pipelined, mh_teardown),
         cmocka_unit_test_teardown(test_builds_race_pipelined_batches, mh_teardown),
+        cmocka_unit_test_teardown(test_binary_batches, mh_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -98,6 +98,92 @@ static void test_b64_roundtrip(void **state)
     assert_string_equal(enc, "Zm9vYmE=");
 }
 
+/* The reference decoder (RFC 4648, written for clarity): -1 for anything but canonical padded base64. */
+static long b64_reference(const char *s, size_t len, unsigned char *out)
+{
+    static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    if (len % 4)
+        return -1;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 4) {
+        int v[4], pads = 0;
+        for (int j = 0; j < 4; j++) {
+            const char *p = s[i + j] ? strchr(alpha, s[i + j]) : NULL;
+            if (s[i + j] == '=' && i + 4 == len && (j == 3 || (j == 2 && s[i + 3] == '='))) {
+                v[j] = 0;
+                pads++;
+            } else if (p) {
+                v[j] = (int)(p - alpha);
+            } else {
+                return -1;
+            }
+        }
+        if (pads > 2)
+            return -1;
+        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
+        out[o++] = (unsigned char)(w >> 16);
+        if (pads < 2)
+            out[o++] = (unsigned char)(w >> 8);
+        if (pads < 1)
+            out[o++] = (unsigned char)w;
+    }
+    return (long)o;
+}
+
+/* The table-driven decoder against the reference on random inputs: valid encodings of random bytes
+ * (every length 0..96, several times), the same with one character replaced by every byte value, and
+ * random text over the alphabet plus some foreign bytes. */
+static void test_b64_against_reference(void **state)
+{
+    (void)state;
+    unsigned char src[96], want[128], got[128];
+    char enc[160];
+    rng_state = 7;
+    for (int round = 0; round < 20; round++)
+        for (size_t n = 0; n <= sizeof src; n++) {
+            for (size_t i = 0; i < n; i++)
+                src[i] = (unsigned char)(frand() * 128 + 128);
+            size_t el = codec_b64_encode(src, n, enc), dl = 0;
+            long wl = b64_reference(enc, el, want);
+            assert_int_equal(wl, (long)n);
+            assert_int_equal(codec_b64_decode(enc, el, got, &dl), 0);
+            assert_int_equal(dl, n);
+            assert_memory_equal(got, src, n);
+            if (!el)
+                continue;
+            size_t at = (size_t)((frand() + 1) / 2 * (double)el) % el;
+            char keep = enc[at];
+            for (int c = 0; c < 256; c++) {   /* one character replaced by each byte value */
+                enc[at] = (char)c;
+                wl = b64_reference(enc, el, want);
+                int rc = codec_b64_decode(enc, el, got, &dl);
+                if (wl < 0) {
+                    if (rc != MA_EINVAL)
+                        fail_msg("accepted \"%.*s\" (byte %d at %zu)", (int)el, enc, c, at);
+                } else {
+                    assert_int_equal(rc, 0);
+                    assert_int_equal(dl, (size_t)wl);
+                    assert_memory_equal(got, want, dl);
+                }
+            }
+            enc[at] = keep;
+        }
+    static const char pool[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/==\x80\xff -_.\n";
+    for (int round = 0; round < 20000; round++) {
+        size_t el = 4 * (size_t)((frand() + 1) / 2 * 8);
+        for (size_t i = 0; i < el; i++)
+            enc[i] = pool[(size_t)((frand() + 1) / 2 * (sizeof pool - 1)) % (sizeof pool - 1)];
+        size_t dl = 0;
+        long wl = b64_reference(enc, el, want);
+        int rc = codec_b64_decode(enc, el, got, &dl);
+        assert_int_equal(rc == 0, wl >= 0);
+        if (wl >= 0) {
+            assert_int_equal(dl, (size_t)wl);
+            assert_memory_equal(got, want, dl);
+        }
+    }
+}
+
 static void test_b64_rejects(void **state)
 {
     (void)state;
@@ -357,6 +443,304 @@ static void test_events_errors(void **state)
     snprintf(json, sizeof json, "{\"events\":[{\"k\":" K8 ",\"v_b64\":\"%s\"}]}", vb);
     check_events_error(json, "non_finite", "events[0].v_b64: float 0 is not finite");
     free(vb);
+}
+
+/* Events spelled exactly {"k_b64", "v_b64"} take the decoder's fast path: the same floats as the general
+ * path, and every problem still reported by the general path's words. */
+static void test_events_b64_fast_path(void **state)
+{
+    (void)state;
+    float k[H * D], v[H * DV];
+    for (size_t j = 0; j < H * D; j++)
+        k[j] = frand();
+    for (size_t j = 0; j < H * DV; j++)
+        v[j] = frand();
+    char *kb = floats_b64(k, H * D), *vb = floats_b64(v, H * DV), json[1024];
+    /* both orders, and next to an event the general path decodes (payload: null) */
+    snprintf(json, sizeof json, "{\"events\":[{\"k_b64\":\"%s\",\"v_b64\":\"%s\"},{\"v_b64\":\"%s\",\"k_b64\":\"%s\"},"
+             "{\"k_b64\":\"%s\",\"v_b64\":\"%s\",\"payload\":null}]}", kb, vb, vb, kb, kb, vb);
+    codec_events e;
+    codec_error err;
+    cJSON *j = parse(json);
+    assert_int_equal(codec_events_decode(j, &shape, 16, &e, &err), 0);
+    assert_int_equal(e.n, 3);
+    for (size_t i = 0; i < 3; i++) {
+        assert_memory_equal(e.ev[i].k, k, sizeof k);
+        assert_memory_equal(e.ev[i].v, v, sizeof v);
+        assert_null(e.ev[i].payload);
+        assert_null(e.ev[i].slot);
+        assert_true(e.importance[i] == MA_IMPORTANCE_NONE);
+    }
+    codec_events_clear(&e);
+    cJSON_Delete(j);
+
+    /* a NaN, an infinity, a short vector, a bad character, a repeated field: the general path's messages */
+    float kn[H * D], vi[H * DV];
+    memcpy(kn, k, sizeof k);
+    memcpy(vi, v, sizeof v);
+    kn[6] = NAN;
+    vi[2] = -INFINITY;
+    char *knb = floats_b64(kn, H * D), *vib = floats_b64(vi, H * DV), *kshort = floats_b64(k, H * D - 1);
+    snprintf(json, sizeof json, "{\"events\":[{\"k_b64\":\"%s\",\"v_b64\":\"%s\"},{\"k_b64\":\"%s\",\"v_b64\":\"%s\"}]}",
+             kb, vb, knb, vb);
+    check_events_error(json, "non_finite", "events[1].k_b64: float 6 is not finite");
+    snprintf(json, sizeof json, "{\"events\":[{\"v_b64\":\"%s\",\"k_b64\":\"%s\"}]}", vib, kb);
+    check_events_error(json, "non_finite", "events[0].v_b64: float 2 is not finite");
+    snprintf(json, sizeof json, "{\"events\":[{\"k_b64\":\"%s\",\"v_b64\":\"%s\"}]}", kshort, vb);
+    check_events_error(json, "dim_mismatch", "events[0].k_b64: expected 32 bytes");
+    snprintf(json, sizeof json, "{\"events\":[{\"k_b64\":\"%s\",\"v_b64\":\"%s\"}]}", kb, vb);
+    json[strlen("{\"events\":[{\"k_b64\":\"") + 2] = '!';
+    check_events_error(json, "bad_request", "events[0].k_b64: not valid base64");
+    snprintf(json, sizeof json, "{\"events\":[{\"k_b64\":\"%s\",\"k_b64\":\"%s\"}]}", kb, kb);
+    check_events_error(json, "bad_request", "events[0].k_b64: field given twice");
+    snprintf(json, sizeof json, "{\"events\":[{\"k_b64\":\"%s\",\"v_b64\":7}]}", kb);
+    check_events_error(json, "bad_request", "events[0].v_b64: expected a base64 string, got a number");
+    free(kb);
+    free(vb);
+    free(knb);
+    free(vib);
+    free(kshort);
+}
+
+/* codec_events_decode_simple against the general path (codec_parse_body + codec_events_decode) on random
+ * bodies: plain {"events":[{"k_b64","v_b64"}...]} with random whitespace and field order must be taken
+ * and decoded exactly as the general path decodes them; each mutation (a NaN, a short vector, an escape,
+ * another field, expect_length, a repeated field, trailing bytes, a cut body, too many events) must either
+ * decode identically or be left to the general path (0) — never accepted when the general path refuses. */
+static void test_events_simple_path(void **state)
+{
+    (void)state;
+    static const char *const spaces[] = {"", "", " ", "\n", "\t ", "\r\n  "};
+    enum { MUTATIONS = 11 };
+    int taken = 0, plain = 0;
+    rng_state = 99;
+    for (int trial = 0; trial < 3000; trial++) {
+        int mutation = trial % 2 ? (int)((frand() + 1) / 2 * MUTATIONS) % MUTATIONS + 1 : 0;
+        size_t n = (size_t)((frand() + 1) / 2 * 5), cap = 8192, off = 0;
+        char *body = malloc(cap);
+#define SP() (off += (size_t)snprintf(body + off, cap - off, "%s", spaces[(size_t)((frand() + 1) / 2 * 6) % 6]))
+#define PUT(...) (off += (size_t)snprintf(body + off, cap - off, __VA_ARGS__))
+        SP();
+        PUT("{");
+        SP();
+        if (mutation == 5)
+            PUT("\"expect_length\":0,");
+        PUT("\"events\"");
+        SP();
+        PUT(":");
+        SP();
+        PUT("[");
+        for (size_t i = 0; i < n; i++) {
+            float k[H * D], v[H * DV];
+            for (size_t j = 0; j < H * D; j++)
+                k[j] = frand();
+            for (size_t j = 0; j < H * DV; j++)
+                v[j] = frand();
+            bool last = i + 1 == n;
+            if (mutation == 1 && last)
+                v[1] = NAN;
+            char *k0 = floats_b64(k, mutation == 2 && last ? H * D - 1 : H * D), *vb = floats_b64(v, H * DV);
+            char *kb = malloc(strlen(k0) + 2);   /* room for one escape */
+            strcpy(kb, k0);
+            free(k0);
+            if (mutation == 3 && last)   /* "\/" is "/" in JSON: the general path reads it, the simple one leaves it */
+                for (char *c = kb; *c; c++)
+                    if (*c == '/' || *c == 'A') {
+                        memmove(c + 1, c, strlen(c) + 1);
+                        *c = '\\';
+                        c[1] = '/';
+                        break;
+                    }
+            bool kfirst = frand() > 0;
+            SP();
+            PUT("%s{", i ? "," : "");
+            for (int f = 0; f < 2; f++) {
+                SP();
+                bool isk = (f == 0) == kfirst;
+                PUT("\"%s\"", isk ? "k_b64" : "v_b64");
+                SP();
+                PUT(":");
+                SP();
+                PUT("\"%s\"", isk ? kb : vb);
+                SP();
+                if (f == 0)
+                    PUT(",");
+            }
+            if (mutation == 4 && last)
+                PUT(",\"payload\":1");
+            if (mutation == 6 && last)
+                PUT(",\"k_b64\":\"%s\"", kb);
+            PUT("}");
+            free(kb);
+            free(vb);
+        }
+        SP();
+        PUT("]");
+        SP();
+        PUT("}");
+        if (mutation == 7)
+            PUT("x");
+        SP();
+        size_t len = off;
+        if (mutation == 8 && len > 2)
+            len -= 2;
+#undef SP
+#undef PUT
+        size_t max = mutation == 9 && n > 0 ? n - 1 : 16;
+        if (mutation == 10 && len > 10)   /* a NUL byte inside the body */
+            body[len / 2] = '\0';
+        codec_events fast, slow;
+        codec_error err;
+        cJSON *j = NULL;
+        int took = codec_events_decode_simple(body, len, &shape, max, &fast);
+        int rc = codec_parse_body(body, len, &j, &err);
+        if (rc == 0 && !j)
+            rc = MA_EINVAL;   /* an empty body: no batch */
+        if (rc == 0)
+            rc = codec_events_decode(j, &shape, max, &slow, &err);
+        if (took) {
+            taken++;
+            if (rc != 0)
+                fail_msg("trial %d (mutation %d): simple path took a body the general path refuses (%s): %.*s", trial,
+                         mutation, err.message, (int)len, body);
+            assert_int_equal(fast.n, slow.n);
+            for (size_t i = 0; i < fast.n; i++) {
+                assert_memory_equal(fast.ev[i].k, slow.ev[i].k, sizeof(float) * H * D);
+                assert_memory_equal(fast.ev[i].v, slow.ev[i].v, sizeof(float) * H * DV);
+                assert_null(fast.ev[i].payload);
+                assert_null(fast.ev[i].slot);
+                assert_false(fast.ev[i].protect);
+                assert_true(fast.importance[i] == slow.importance[i]);
+            }
+            assert_false(fast.has_expect_length);
+            codec_events_clear(&fast);
+        } else {
+            assert_int_equal(fast.n, 0);
+            assert_null(fast.ev);
+            if (mutation == 0)
+                fail_msg("trial %d: a plain body was not taken: %.*s", trial, (int)len, body);
+        }
+        plain += mutation == 0;
+        if (rc == 0)
+            codec_events_clear(&slow);
+        cJSON_Delete(j);
+        free(body);
+    }
+    print_message("simple path took %d of 3000 bodies (%d plain)\n", taken, plain);
+}
+
+/* ---- binary batches -------------------------------------------------------------------------- */
+
+/* A binary batch ("MAEV", n, heads, dim, value_dim, keys, values) at offset `at` of a buffer (to test
+ * unaligned bodies); the floats are k and v. Returns the buffer; *body points at the batch. */
+static char *binary_batch(uint32_t n, uint32_t heads, uint32_t dim, uint32_t vdim, const float *k, const float *v,
+                          size_t at, const char **body, size_t *len)
+{
+    size_t kb = sizeof(float) * n * heads * dim, vb = sizeof(float) * n * heads * vdim;
+    char *buf = malloc(at + 20 + kb + vb + 1);
+    uint32_t hdr[4] = {n, heads, dim, vdim};
+    memcpy(buf + at, "MAEV", 4);
+    for (int i = 0; i < 4; i++)
+        for (int b = 0; b < 4; b++)
+            buf[at + 4 + 4 * (size_t)i + (size_t)b] = (char)(hdr[i] >> (8 * b));
+    for (size_t i = 0; i < (kb + vb) / 4; i++) {
+        float f = i < kb / 4 ? k[i] : v[i - kb / 4];
+        uint32_t w;
+        memcpy(&w, &f, 4);
+        for (int b = 0; b < 4; b++)
+            buf[at + 20 + 4 * i + (size_t)b] = (char)(w >> (8 * b));
+    }
+    *body = buf + at;
+    *len = 20 + kb + vb;
+    return buf;
+}
+
+static void test_events_binary(void **state)
+{
+    (void)state;
+    enum { N = 5 };
+    float k[N * H * D], v[N * H * DV];
+    for (size_t j = 0; j < N * H * D; j++)
+        k[j] = frand();
+    for (size_t j = 0; j < N * H * DV; j++)
+        v[j] = frand();
+    codec_events e;
+    codec_error err;
+    /* aligned (read in place) and unaligned (copied): the same events */
+    for (size_t at = 0; at < 2; at++) {
+        const char *body;
+        size_t len;
+        char *buf = binary_batch(N, H, D, DV, k, v, at ? 1 : 0, &body, &len);
+        assert_int_equal(codec_events_decode_binary(body, len, &shape, 16, &e, &err), 0);
+        assert_int_equal(e.n, N);
+        assert_int_equal(e.borrowed, at == 0);
+        for (size_t i = 0; i < N; i++) {
+            assert_memory_equal(e.ev[i].k, k + i * H * D, sizeof(float) * H * D);
+            assert_memory_equal(e.ev[i].v, v + i * H * DV, sizeof(float) * H * DV);
+            assert_null(e.ev[i].payload);
+            assert_null(e.ev[i].slot);
+            assert_false(e.ev[i].protect);
+            assert_true(e.importance[i] == MA_IMPORTANCE_NONE);
+        }
+        codec_events_clear(&e);
+        free(buf);
+    }
+    /* an empty batch */
+    const char *body;
+    size_t len;
+    char *buf = binary_batch(0, H, D, DV, k, v, 0, &body, &len);
+    assert_int_equal(codec_events_decode_binary(body, len, &shape, 16, &e, &err), 0);
+    assert_int_equal(e.n, 0);
+    codec_events_clear(&e);
+    free(buf);
+
+    /* each problem, in the order of the checks; nothing returned */
+    buf = binary_batch(N, H, D, DV, k, v, 0, &body, &len);
+    char *bad = malloc(len);
+#define BIN_ERROR(n_, code_, needle_)                                                     \
+    do {                                                                                  \
+        assert_error(codec_events_decode_binary(bad, n_, &shape, 4 + N, &e, &err), &err, code_, needle_); \
+        assert_int_equal(e.n, 0);                                                         \
+        assert_null(e.ev);                                                                \
+        memcpy(bad, body, len);                                                           \
+    } while (0)
+    memcpy(bad, body, len);
+    BIN_ERROR(0, "bad_request", "binary batch: the body has 0 bytes, expected at least the 20-byte header");
+    BIN_ERROR(19, "bad_request", "the body has 19 bytes");
+    bad[3] = 'X';
+    BIN_ERROR(len, "bad_request", "binary batch: bytes 0-3 are not the magic \"MAEV\"");
+    bad[4] = 10;
+    BIN_ERROR(len, "bad_request", "binary batch: n is 10 events, at most 9 per request");
+    bad[8] = 1;
+    BIN_ERROR(len, "dim_mismatch", "binary batch: the header says heads 1, dim 4, value_dim 3; the session has "
+              "heads 2, dim 4, value_dim 3");
+    bad[16] = 4;
+    BIN_ERROR(len, "dim_mismatch", "value_dim 4");
+    BIN_ERROR(len - 1, "bad_request", "binary batch: the body has 299 bytes, expected 300 for n = 5 "
+              "(20 + 4*n*heads*(dim+value_dim))");
+    free(buf);
+    /* a value that is not finite: the first one named, keys before values, on both decoding paths */
+    for (size_t at = 0; at < 2; at++) {
+        float kk[N * H * D], vv[N * H * DV];
+        memcpy(kk, k, sizeof k);
+        memcpy(vv, v, sizeof v);
+        vv[3 * H * DV + 4] = INFINITY;
+        buf = binary_batch(N, H, D, DV, kk, vv, at, &body, &len);
+        memcpy(bad, body, len);
+        BIN_ERROR(len, "non_finite", "binary batch: v of event 3, float 4 is not finite (inf)");
+        free(buf);
+        kk[2 * H * D + 7] = NAN;
+        buf = binary_batch(N, H, D, DV, kk, vv, at, &body, &len);
+        char *shifted = malloc(len + at);   /* the body at offset `at` of its buffer */
+        memcpy(shifted + at, body, len);
+        assert_error(codec_events_decode_binary(shifted + at, len, &shape, 16, &e, &err), &err, "non_finite",
+                     "binary batch: k of event 2, float 7 is not finite (nan)");
+        assert_null(e.ev);
+        free(shifted);
+        free(buf);
+    }
+#undef BIN_ERROR
+    free(bad);
 }
 
 /* ---- queries --------------------------------------------------------------------------------- */
@@ -931,12 +1315,16 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_b64_roundtrip),
         cmocka_unit_test(test_b64_rejects),
+        cmocka_unit_test(test_b64_against_reference),
         cmocka_unit_test(test_params_defaults),
         cmocka_unit_test(test_params_roundtrip),
         cmocka_unit_test(test_params_errors),
         cmocka_unit_test(test_events_decode),
         cmocka_unit_test(test_events_text_payload_slot),
         cmocka_unit_test(test_events_errors),
+        cmocka_unit_test(test_events_b64_fast_path),
+        cmocka_unit_test(test_events_simple_path),
+        cmocka_unit_test(test_events_binary),
         cmocka_unit_test(test_queries_decode),
         cmocka_unit_test(test_queries_errors),
         cmocka_unit_test(test_slot_body),
