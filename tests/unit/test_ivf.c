@@ -220,6 +220,7 @@ static void test_rebuild_schedule(void **state)
 static void test_exhaustive_probe(void **state)
 {
     (void)state;
+    ma_ivf_set_legacy_shared(1);   /* H > 1: the shared layout (stored sessions of before issue 15) */
     rng_state = 3;
     const int H = 2, d = 6;
     const size_t n = 3000, D = (size_t)H * d;   /* 2,048 in lists, 952 pending */
@@ -292,6 +293,7 @@ static void test_exhaustive_probe(void **state)
     free(ids);
     ma_ivf_destroy(x);
     free(k);
+    ma_ivf_set_legacy_shared(0);
 }
 
 /* Separated blobs: lists do not mix blobs, a key's best list is of its blob, and a key finds the event of
@@ -352,6 +354,7 @@ static void test_cluster_quality(void **state)
 static void test_serialize_roundtrip(void **state)
 {
     (void)state;
+    ma_ivf_set_legacy_shared(1);   /* H > 1: the shared layout (stored sessions of before issue 15) */
     rng_state = 5;
     const int H = 2, d = 8;
     const size_t n = 2500, D = (size_t)H * d;
@@ -405,6 +408,7 @@ static void test_serialize_roundtrip(void **state)
     ma_ivf_destroy(x);
     ma_ivf_destroy(y);
     free(k);
+    ma_ivf_set_legacy_shared(0);
 }
 
 /* An explicit rebuild: every event findable; a loader error leaves the index as it was. */
@@ -549,8 +553,10 @@ static void test_kernels_match_reference(void **state)
 {
     (void)state;
     kernels_vs_reference(1, 64, 21);   /* the AVX2 paths */
+    ma_ivf_set_legacy_shared(1);       /* records of several heads: the shared layout */
     kernels_vs_reference(2, 64, 22);
     kernels_vs_reference(3, 20, 23);   /* partial sign-code bytes, odd 4-bit halves */
+    ma_ivf_set_legacy_shared(0);
     kernels_vs_reference(1, 7, 24);
 }
 
@@ -635,6 +641,7 @@ static void test_recall_131072(void **state)
 static void test_batch_equals_single(void **state)
 {
     (void)state;
+    ma_ivf_set_legacy_shared(1);   /* H > 1: the shared layout (stored sessions of before issue 15) */
     rng_state = 41;
     const int H = 2, d = 16;
     const size_t n = 9000, D = (size_t)H * d, nq = 64;
@@ -661,6 +668,7 @@ static void test_batch_equals_single(void **state)
     free(Q);
     ma_ivf_destroy(x);
     free(k);
+    ma_ivf_set_legacy_shared(0);
 }
 
 
@@ -792,6 +800,7 @@ static size_t managed_build(ma_ivf *x, memrows *m, int H, int d, const float *k,
 static void test_managed_and_rows(void **state)
 {
     (void)state;
+    ma_ivf_set_legacy_shared(1);   /* H > 1: the shared layout (stored sessions of before issue 15) */
     rng_state = 11;
     const int H = 2, d = 8;
     const size_t D = (size_t)H * d, n = 9300;
@@ -924,6 +933,7 @@ static void test_managed_and_rows(void **state)
     ma_ivf_destroy(x);
     ma_ivf_destroy(inplace);
     free(k);
+    ma_ivf_set_legacy_shared(0);
 }
 
 /* Build points are fixed counts: the point due is the largest MA_IVF_MIN_BUILD·2^j not above the count,
