@@ -196,8 +196,9 @@ static void make_query(const float *k, double c, uint64_t *s, float *q)
     }
 }
 
-/* Reference pointers of the full read for the nq queries Q (nq × H·D) over events [0, T). */
-static void reference(uint64_t T, const float *Q, int nq, int64_t *ptr)
+/* Reference pointers of the full read for the nq queries Q (nq × H·D) over events [0, T); hptr (nq × H):
+ * each head's own pointer, the first event of its largest logit (H > 1 only). */
+static void reference(uint64_t T, const float *Q, int nq, int64_t *ptr, int64_t *hptr)
 {
     enum { B = 2048 };
     const size_t HD = (size_t)H * D;
@@ -244,6 +245,7 @@ static void reference(uint64_t T, const float *Q, int nq, int64_t *ptr)
                             if (l > *m) {
                                 *z = *z * exp(*m - l) + 1;
                                 *m = l;
+                                hptr[i * H + h] = (int64_t)(b0 + (uint64_t)j);
                             } else {
                                 *z += exp(l - *m);
                             }
@@ -360,7 +362,7 @@ int main(int argc, char **argv)
     float *Q = malloc(sizeof(float) * (size_t)nq * HD), *k = malloc(sizeof(float) * HD);
     float *out = malloc(sizeof(float) * HD);
     uint64_t *need = malloc(sizeof(uint64_t) * (size_t)needles);
-    int64_t *ref = malloc(sizeof(int64_t) * (size_t)nq);
+    int64_t *ref = malloc(sizeof(int64_t) * (size_t)nq), *href = malloc(sizeof(int64_t) * (size_t)nq * H);
     double *ts = malloc(sizeof(double) * (size_t)nq), *tf = malloc(sizeof(double) * (size_t)full_reps);
 
     printf("# bench_recall: gen %s, H %d, d %d, topk %d, %d needles x cosines 1.0/0.9/0.8/0.7, seed %llu%s%s\n",
@@ -385,7 +387,7 @@ int main(int argc, char **argv)
                 make_query(k, COS[c], &qs, Q + ((size_t)c * needles + i) * HD);
             }
         double r0 = wall_now();
-        reference(T, Q, nq, ref);
+        reference(T, Q, nq, ref, href);
         double ref_s = wall_now() - r0;
 
         /* Sparse reads, the index's phases accounted. */
@@ -412,6 +414,42 @@ int main(int argc, char **argv)
         for (int i = 0; i < nq; i++)
             tsum += ts[i];
         ma_ivf_profile(0, prof, &nsearch, &nev);
+
+        /* H > 1: the index's candidates of each read (the same search the read makes): how often each
+         * head's own pointer is among them (then the read's head-h argmax is it: candidates are attended
+         * with their exact keys), and how often the full read's pointer is. */
+        if (H > 1) {
+            size_t mx;
+            const ma_ivf *ix = ma_archive_index(a);
+            int np = ma_archive_index_probes(a, topk, &mx);
+            size_t cap = ma_ivf_ids_cap(ix, mx), nc;
+            uint64_t *cand = malloc(sizeof(uint64_t) * cap);
+            int hin[NCOS] = {0}, rin[NCOS] = {0};
+            double csum = 0;
+            for (int c = 0; c < NCOS; c++)
+                for (int i = 0; i < needles; i++) {
+                    int qi = c * needles + i;
+                    rc = ma_ivf_search(ix, Q + (size_t)qi * HD, np, mx, cand, &nc, NULL);
+                    if (rc)
+                        die("index search", rc);
+                    csum += (double)nc;
+                    for (size_t j = 0; j < nc; j++) {
+                        rin[c] += (int64_t)cand[j] == ref[qi];
+                        for (int h = 0; h < H; h++)
+                            hin[c] += (int64_t)cand[j] == href[(size_t)qi * H + h];
+                    }
+                }
+            printf("#   candidates: %.0f a read (mean); each head's own pointer among them (all heads) %.4f / %.4f / "
+                   "%.4f / %.4f; the full read's pointer among them %.3f / %.3f / %.3f / %.3f (cos 1.0/0.9/0.8/0.7)\n",
+                   csum / nq, (double)hin[0] / needles / H, (double)hin[1] / needles / H, (double)hin[2] / needles / H,
+                   (double)hin[3] / needles / H, (double)rin[0] / needles, (double)rin[1] / needles,
+                   (double)rin[2] / needles, (double)rin[3] / needles);
+            printf("HEADS %s %d %llu %s %.4f %.4f %.4f %.4f %.4f %.4f %.4f %.4f\n", clustered ? "clu" : "iso", H,
+                   (unsigned long long)T, shared ? "shared" : "per-head", (double)hin[0] / needles / H,
+                   (double)hin[1] / needles / H, (double)hin[2] / needles / H, (double)hin[3] / needles / H,
+                   (double)rin[0] / needles, (double)rin[1] / needles, (double)rin[2] / needles, (double)rin[3] / needles);
+            free(cand);
+        }
 
         /* The same queries in batches of 64 (one sgemm for the centroid scores, each probed list scanned
          * once per batch): mean CPU per query, and the pointers against the single reads'. */
@@ -520,6 +558,7 @@ int main(int argc, char **argv)
     free(out);
     free(need);
     free(ref);
+    free(href);
     free(ts);
     free(tf);
     return 0;

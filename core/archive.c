@@ -1460,6 +1460,19 @@ size_t ma_archive_index_rows(const ma_archive *a, uint32_t *build, uint64_t *fir
     return ma_ivf_rows_pending(a->ivf, build, first, lists, codes);
 }
 
+const ma_ivf *ma_archive_index(const ma_archive *a)
+{
+    return a->ivf;
+}
+
+int ma_archive_index_probes(const ma_archive *a, int topk, size_t *max_ids)
+{
+    size_t budget;
+    int np = index_budget(a, topk > 0 ? topk : a->topk, &budget);
+    *max_ids = budget ? budget : 1;
+    return np;
+}
+
 size_t ma_archive_index_row_lists_bytes(const ma_archive *a)
 {
     return a->ivf ? ma_ivf_row_lists_bytes(a->ivf) : (size_t)MA_IVF_BLOCK * 4;

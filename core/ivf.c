@@ -2252,13 +2252,20 @@ typedef struct {
     ma_ivf_loader load;
     void *ctx;
     int H, d, h;
-    float *buf;   /* BLOCK·H·d */
+    float *buf;           /* BLOCK·H·d */
+    const float *pend;    /* events [pend_first, ...) already read, all heads (restore: the pending keys) */
+    uint64_t pend_first;
 } head_loader;
 
 static int head_load(void *ctx, uint64_t first, size_t n, float *k)
 {
     head_loader *l = ctx;
     const size_t D = (size_t)l->H * l->d, d = (size_t)l->d;
+    if (l->pend && first >= l->pend_first) {
+        for (size_t i = 0; i < n; i++)
+            memcpy(k + i * d, l->pend + (first - l->pend_first + i) * D + (size_t)l->h * d, d * sizeof(float));
+        return 0;
+    }
     for (size_t i0 = 0; i0 < n; i0 += BLOCK) {
         size_t m = n - i0 < BLOCK ? n - i0 : BLOCK;
         int rc = l->load(l->ctx, first + i0, m, l->buf);
@@ -2504,7 +2511,7 @@ static int heads_adopt(ma_ivf *x, ma_ivf_build *b, const ma_ivf_rows *rows, ma_i
     if (converted && heads_from_shared(x) != 0)
         return MA_ENOMEM;
     int rc = MA_ENOMEM;
-    head_loader hl = {load, ctx, x->H, x->d, 0, malloc((size_t)BLOCK * x->D * sizeof(float))};
+    head_loader hl = {load, ctx, x->H, x->d, 0, malloc((size_t)BLOCK * x->D * sizeof(float)), NULL, 0};
     if (!hl.buf) {
         if (converted)
             heads_free(x);
@@ -2550,10 +2557,18 @@ static int heads_adopt(ma_ivf *x, ma_ivf_build *b, const ma_ivf_rows *rows, ma_i
 
 static int heads_restore_lists(ma_ivf *x, uint64_t count, const ma_ivf_rows *rows, ma_ivf_loader load, void *ctx)
 {
-    head_loader hl = {load, ctx, x->H, x->d, 0, malloc((size_t)BLOCK * x->D * sizeof(float))};
+    /* The pending keys are read once, for every head. */
+    const uint64_t A = x->sub[0]->nlist ? count / BLOCK : 0;
+    const size_t np = (size_t)(count - A * BLOCK);
+    float *pend = malloc((np ? np : 1) * x->D * sizeof(float));
+    head_loader hl = {load, ctx, x->H, x->d, 0, malloc((size_t)BLOCK * x->D * sizeof(float)), pend, A * BLOCK};
     int rc = MA_ENOMEM;
-    if (!hl.buf)
+    if (!hl.buf || !pend)
         goto done;
+    for (size_t i = 0; i < np; i += BLOCK)
+        if ((rc = load(ctx, A * BLOCK + i, np - i < BLOCK ? np - i : BLOCK, pend + i * x->D)) != 0)
+            goto done;
+    rc = MA_ENOMEM;
     for (int h = 0; h < x->H; h++) {
         head_rows hr = {rows, x->H, h, rec_head(x->sub[h]), NULL, NULL};
         ma_ivf_rows sr = {head_scan, &hr};
@@ -2569,6 +2584,7 @@ static int heads_restore_lists(ma_ivf *x, uint64_t count, const ma_ivf_rows *row
         heads_gather(x);
     rc = 0;
 done:
+    free(pend);
     free(hl.buf);
     return rc;
 }
