@@ -29,6 +29,12 @@
  * function of its key and its list's centroid and a list's mean key is the mean of what its records
  * stand for, so an index made of persisted rows is the one that appended the keys, bit for bit.
  *
+ * Many heads (H > 1, issue 15): per-head mode, H indexes of one head (sub[h]) behind this handle, each
+ * with its own k-means, lists and codes; the steps above run per head through adapters that slice the
+ * heads' keys and rows; a search answers the union of the heads' candidates. The shared layout (one index
+ * over the concatenated directions) stays for H = 1 and for indexes of H > 1 stored before, until their
+ * next build makes them per-head (section "per-head indexes" below).
+ *
  * Memory: blocks come from arenas (huge pages when large); after a build or a load the blocks are laid out
  * list by list so a scan streams a list's sign codes. A low-memory adopt frees the old lists before it
  * allocates the new ones.
