@@ -8,7 +8,8 @@
  * (restored archive answers with the same bits, before and after further appends and an index rebuild;
  * corrupt buffers refused; source errors at restore passed on), the meta generation (the blob changes
  * exactly when it does), bytes accounting of a paged index archive, and the needle test of the issue
- * (index selector, default topk, 100,000 random-key fillers, d = 64).
+ * (index selector, default topk, 100,000 random-key fillers, d = 64), and the recall of 8 heads (one index
+ * per head) against the full read at 2^17 clustered events.
  */
 #include <stdarg.h>
 #include <stddef.h>

@@ -6,6 +6,9 @@
  * clustering quality on separated blobs (lists do not mix blobs; a key probing one list finds its own),
  * determinism, independence of batching between rebuilds, restore by re-adding the keys (same state,
  * same answers, same growth), loader errors leaving the index unchanged, refusal of corrupt buffers.
+ * H > 1 (issue 15): the tests of several heads run on the shared layout of before (ma_ivf_set_legacy_shared)
+ * and, where they apply, per head too; each head finds its own needle; a stored shared index restores,
+ * answers as before and becomes per-head at its next build.
  */
 #include <stdarg.h>
 #include <stddef.h>
