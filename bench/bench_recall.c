@@ -196,8 +196,9 @@ static void make_query(const float *k, double c, uint64_t *s, float *q)
     }
 }
 
-/* Reference pointers of the full read for the nq queries Q (nq × H·D) over events [0, T). */
-static void reference(uint64_t T, const float *Q, int nq, int64_t *ptr)
+/* Reference pointers of the full read for the nq queries Q (nq × H·D) over events [0, T); hptr (nq × H):
+ * each head's own pointer, the first event of its largest logit (H > 1 only). */
+static void reference(uint64_t T, const float *Q, int nq, int64_t *ptr, int64_t *hptr)
 {
     enum { B = 2048 };
     const size_t HD = (size_t)H * D;
@@ -244,6 +245,7 @@ static void reference(uint64_t T, const float *Q, int nq, int64_t *ptr)
                             if (l > *m) {
                                 *z = *z * exp(*m - l) + 1;
                                 *m = l;
+                                hptr[i * H + h] = (int64_t)(b0 + (uint64_t)j);
                             } else {
                                 *z += exp(l - *m);
                             }
@@ -303,7 +305,7 @@ static double bandwidth(void)
 
 int main(int argc, char **argv)
 {
-    int min_log2 = 16, max_log2 = 21, needles = 1000, full_reps = 5, topk = 16, generic = 0, paired = 0;
+    int min_log2 = 16, max_log2 = 21, needles = 1000, full_reps = 5, topk = 16, generic = 0, paired = 0, shared = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--gen") && i + 1 < argc)
             clustered = !strcmp(argv[++i], "clu");
@@ -323,11 +325,13 @@ int main(int argc, char **argv)
             topk = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--generic"))
             generic = 1;
+        else if (!strcmp(argv[i], "--shared"))
+            shared = 1;
         else if (!strcmp(argv[i], "--paired") && i + 1 < argc)
             paired = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--gen iso|clu] [--heads H] [--min-log2 A] [--max-log2 B] [--needles N] "
-                            "[--seed S] [--full-reps R] [--topk K] [--generic] [--paired ROUNDS]\n", argv[0]);
+                            "[--seed S] [--full-reps R] [--topk K] [--generic] [--paired ROUNDS] [--shared]\n", argv[0]);
             return 2;
         }
     }
@@ -337,6 +341,7 @@ int main(int argc, char **argv)
     }
     openblas_set_num_threads(1);
     ma_ivf_set_generic_kernels(generic);
+    ma_ivf_set_legacy_shared(shared);
     if (clustered)
         clusters_init();
 
@@ -357,12 +362,12 @@ int main(int argc, char **argv)
     float *Q = malloc(sizeof(float) * (size_t)nq * HD), *k = malloc(sizeof(float) * HD);
     float *out = malloc(sizeof(float) * HD);
     uint64_t *need = malloc(sizeof(uint64_t) * (size_t)needles);
-    int64_t *ref = malloc(sizeof(int64_t) * (size_t)nq);
+    int64_t *ref = malloc(sizeof(int64_t) * (size_t)nq), *href = malloc(sizeof(int64_t) * (size_t)nq * H);
     double *ts = malloc(sizeof(double) * (size_t)nq), *tf = malloc(sizeof(double) * (size_t)full_reps);
 
-    printf("# bench_recall: gen %s, H %d, d %d, topk %d, %d needles x cosines 1.0/0.9/0.8/0.7, seed %llu%s\n",
+    printf("# bench_recall: gen %s, H %d, d %d, topk %d, %d needles x cosines 1.0/0.9/0.8/0.7, seed %llu%s%s\n",
            clustered ? "clustered" : "isotropic", H, D, topk, needles, (unsigned long long)seed,
-           generic ? ", portable kernels" : "");
+           generic ? ", portable kernels" : "", H > 1 ? (shared ? ", one shared index" : ", one index per head") : "");
     printf("# recall = sparse pointer == exact full read's pointer; ms = thread CPU per read (sparse: median, p99)\n");
     printf("%8s %9s %8s %8s %7s | %6s %6s %6s %6s | %6s %6s %6s %6s | %7s %5s %5s %5s %5s | %6s %5s %6s %5s\n", "T",
            "full ms", "sp ms", "sp p99", "x full", "r1.0", "r0.9", "r0.8", "r0.7", "n1.0", "n0.9", "n0.8",
@@ -382,7 +387,7 @@ int main(int argc, char **argv)
                 make_query(k, COS[c], &qs, Q + ((size_t)c * needles + i) * HD);
             }
         double r0 = wall_now();
-        reference(T, Q, nq, ref);
+        reference(T, Q, nq, ref, href);
         double ref_s = wall_now() - r0;
 
         /* Sparse reads, the index's phases accounted. */
@@ -409,6 +414,42 @@ int main(int argc, char **argv)
         for (int i = 0; i < nq; i++)
             tsum += ts[i];
         ma_ivf_profile(0, prof, &nsearch, &nev);
+
+        /* H > 1: the index's candidates of each read (the same search the read makes): how often each
+         * head's own pointer is among them (then the read's head-h argmax is it: candidates are attended
+         * with their exact keys), and how often the full read's pointer is. */
+        if (H > 1) {
+            size_t mx;
+            const ma_ivf *ix = ma_archive_index(a);
+            int np = ma_archive_index_probes(a, topk, &mx);
+            size_t cap = ma_ivf_ids_cap(ix, mx), nc;
+            uint64_t *cand = malloc(sizeof(uint64_t) * cap);
+            int hin[NCOS] = {0}, rin[NCOS] = {0};
+            double csum = 0;
+            for (int c = 0; c < NCOS; c++)
+                for (int i = 0; i < needles; i++) {
+                    int qi = c * needles + i;
+                    rc = ma_ivf_search(ix, Q + (size_t)qi * HD, np, mx, cand, &nc, NULL);
+                    if (rc)
+                        die("index search", rc);
+                    csum += (double)nc;
+                    for (size_t j = 0; j < nc; j++) {
+                        rin[c] += (int64_t)cand[j] == ref[qi];
+                        for (int h = 0; h < H; h++)
+                            hin[c] += (int64_t)cand[j] == href[(size_t)qi * H + h];
+                    }
+                }
+            printf("#   candidates: %.0f a read (mean); each head's own pointer among them (all heads) %.4f / %.4f / "
+                   "%.4f / %.4f; the full read's pointer among them %.3f / %.3f / %.3f / %.3f (cos 1.0/0.9/0.8/0.7)\n",
+                   csum / nq, (double)hin[0] / needles / H, (double)hin[1] / needles / H, (double)hin[2] / needles / H,
+                   (double)hin[3] / needles / H, (double)rin[0] / needles, (double)rin[1] / needles,
+                   (double)rin[2] / needles, (double)rin[3] / needles);
+            printf("HEADS %s %d %llu %s %.4f %.4f %.4f %.4f %.4f %.4f %.4f %.4f\n", clustered ? "clu" : "iso", H,
+                   (unsigned long long)T, shared ? "shared" : "per-head", (double)hin[0] / needles / H,
+                   (double)hin[1] / needles / H, (double)hin[2] / needles / H, (double)hin[3] / needles / H,
+                   (double)rin[0] / needles, (double)rin[1] / needles, (double)rin[2] / needles, (double)rin[3] / needles);
+            free(cand);
+        }
 
         /* The same queries in batches of 64 (one sgemm for the centroid scores, each probed list scanned
          * once per batch): mean CPU per query, and the pointers against the single reads'. */
@@ -448,9 +489,11 @@ int main(int argc, char **argv)
         }
         double mf = quantile(tf, full_reps, 0.5), msp = quantile(ts, nq, 0.5), p99 = quantile(ts, nq, 0.99);
         double bw = bandwidth();
-        double mean = tsum / nq, ev = (double)nev / (double)nsearch;
-        double scan_bytes = ev * (double)H * (D / 8 + 2 * sizeof(float));
-        double scan_gbs = scan_bytes / (prof[1] / (double)nsearch) / 1e9;
+        /* Per read (a per-head index makes H searches a read, each over records of one head). */
+        (void)nsearch;
+        double mean = tsum / nq, ev = (double)nev / (double)nq;
+        double scan_bytes = ev * (double)(H > 1 && shared ? H : 1) * (D / 8 + 2 * sizeof(float));
+        double scan_gbs = scan_bytes / (prof[1] / (double)nq) / 1e9;
         size_t ab = ma_archive_bytes(a), tot = ma_archive_bytes_total(a);
         double idx_per_ev = (double)(ab > tot ? ab - tot : 0) / (double)T;
         printf("%8llu %9.3f %8.4f %8.4f %7.1f | %6.3f %6.3f %6.3f %6.3f | %6.3f %6.3f %6.3f %6.3f | %7.0f %5.3f "
@@ -458,8 +501,8 @@ int main(int argc, char **argv)
                (unsigned long long)T, mf * 1e3, msp * 1e3, p99 * 1e3, mf / msp, (double)hit[0] / needles,
                (double)hit[1] / needles, (double)hit[2] / needles, (double)hit[3] / needles,
                (double)nhit[0] / needles, (double)nhit[1] / needles, (double)nhit[2] / needles,
-               (double)nhit[3] / needles, ev, prof[0] / nsearch * 1e3, prof[1] / nsearch * 1e3,
-               prof[2] / nsearch * 1e3, (mean - (prof[0] + prof[1] + prof[2]) / nsearch) * 1e3, scan_gbs, bw,
+               (double)nhit[3] / needles, ev, prof[0] / nq * 1e3, prof[1] / nq * 1e3,
+               prof[2] / nq * 1e3, (mean - (prof[0] + prof[1] + prof[2]) / nq) * 1e3, scan_gbs, bw,
                scan_gbs / bw, idx_per_ev);
         printf("DATA %s %d %llu %.4f %.5f %.1f %.4f %.4f %.4f %.4f %.5f\n", clustered ? "clu" : "iso", H,
                (unsigned long long)T, mf * 1e3, msp * 1e3, mf / msp, (double)hit[0] / needles,
@@ -515,6 +558,7 @@ int main(int argc, char **argv)
     free(out);
     free(need);
     free(ref);
+    free(href);
     free(ts);
     free(tf);
     return 0;

@@ -1054,7 +1054,7 @@ static int read_index(const ma_archive *a, const float *q, int topk, ma_read_res
     size_t budget, n = 0;
     uint64_t scored = 0;
     int nprobe = index_budget(a, topk, &budget);
-    uint64_t *ids = malloc((budget ? budget : 1) * sizeof *ids);
+    uint64_t *ids = malloc(ma_ivf_ids_cap(a->ivf, budget ? budget : 1) * sizeof *ids);
     if (!ids)
         return MA_ENOMEM;
     int rc = ma_ivf_search(a->ivf, q, nprobe, budget, ids, &n, &scored);
@@ -1083,14 +1083,15 @@ int ma_archive_read_sparse_batch(const ma_archive *a, const float *Q, size_t nq,
     }
     size_t budget, done = 0;
     int nprobe = index_budget(a, topk, &budget), rc = MA_ENOMEM;
-    uint64_t *ids = malloc(nq * (budget ? budget : 1) * sizeof *ids), *scored = malloc(nq * sizeof *scored);
+    const size_t cap = ma_ivf_ids_cap(a->ivf, budget ? budget : 1);
+    uint64_t *ids = malloc(nq * cap * sizeof *ids), *scored = malloc(nq * sizeof *scored);
     size_t *n = malloc(nq * sizeof *n);
     if (!ids || !scored || !n)
         goto fail;
     if ((rc = ma_ivf_search_batch(a->ivf, Q, nq, nprobe, budget ? budget : 1, ids, n, scored)) != 0)
         goto fail;
     for (; done < nq; done++)
-        if ((rc = attend_ids(a, Q + done * a->kf, ids + done * (budget ? budget : 1), n[done], scored[done], &r[done])) != 0)
+        if ((rc = attend_ids(a, Q + done * a->kf, ids + done * cap, n[done], scored[done], &r[done])) != 0)
             goto fail;
     free(ids);
     free(scored);
@@ -1455,6 +1456,24 @@ size_t ma_archive_index_rows(const ma_archive *a, uint32_t *build, uint64_t *fir
     if (!a->ivf || !a->managed)
         return 0;
     return ma_ivf_rows_pending(a->ivf, build, first, lists, codes);
+}
+
+const ma_ivf *ma_archive_index(const ma_archive *a)
+{
+    return a->ivf;
+}
+
+int ma_archive_index_probes(const ma_archive *a, int topk, size_t *max_ids)
+{
+    size_t budget;
+    int np = index_budget(a, topk > 0 ? topk : a->topk, &budget);
+    *max_ids = budget ? budget : 1;
+    return np;
+}
+
+size_t ma_archive_index_row_lists_bytes(const ma_archive *a)
+{
+    return a->ivf ? ma_ivf_row_lists_bytes(a->ivf) : (size_t)MA_IVF_BLOCK * 4;
 }
 
 void ma_archive_index_rows_done(ma_archive *a)

@@ -216,6 +216,12 @@ size_t ma_archive_index_rows(const ma_archive *a, uint32_t *build, uint64_t *fir
                              const void **codes);
 /* The kept rows were persisted: forget them. */
 void ma_archive_index_rows_done(ma_archive *a);
+/* Benches and tests: the index (NULL without the index selector), and the probes and candidate budget a
+ * sparse read of topk (<= 0: the default) gives its search (*max_ids per head). */
+const ma_ivf *ma_archive_index(const ma_archive *a);
+int ma_archive_index_probes(const ma_archive *a, int topk, size_t *max_ids);
+/* The bytes of a kept row's lists (ma_ivf_row_lists_bytes: MA_IVF_BLOCK·4, times H for a per-head index). */
+size_t ma_archive_index_row_lists_bytes(const ma_archive *a);
 
 /* Changes exactly when ma_archive_serialize_meta's output changes (at an index rebuild; never for the
  * chunks selector), so a store need rewrite the blob only then. */

@@ -29,6 +29,12 @@
  * function of its key and its list's centroid and a list's mean key is the mean of what its records
  * stand for, so an index made of persisted rows is the one that appended the keys, bit for bit.
  *
+ * Many heads (H > 1, issue 15): per-head mode, H indexes of one head (sub[h]) behind this handle, each
+ * with its own k-means, lists and codes; the steps above run per head through adapters that slice the
+ * heads' keys and rows; a search answers the union of the heads' candidates. The shared layout (one index
+ * over the concatenated directions) stays for H = 1 and for indexes of H > 1 stored before, until their
+ * next build makes them per-head (section "per-head indexes" below).
+ *
  * Memory: blocks come from arenas (huge pages when large); after a build or a load the blocks are laid out
  * list by list so a scan streams a list's sign codes. A low-memory adopt frees the old lists before it
  * allocates the new ones.
@@ -100,6 +106,8 @@ static size_t gpos(size_t e)
 
 /* Tests and benches: the portable kernels in place of the AVX2 ones (same integers, so same answers). */
 static int use_generic;
+/* Tests and benches: new indexes and builds of H > 1 heads in the shared layout of before issue 15. */
+static int legacy_shared;
 
 typedef struct {
     unsigned char **blk;   /* the blocks' scan parts (group records) */
@@ -151,7 +159,26 @@ struct ma_ivf {
     uint64_t out_first;
     size_t out_n, out_cap;
     uint32_t out_build;
+    /* Per-head mode (H > 1, issue 15): one index of one head per head (sub[h], H = 1, dimension d), each
+     * with its own centroids, lists and codes; this handle then has no lists, centroids nor pending keys of
+     * its own: it keeps H, d, the counters (count, builds, built_at, equal to every head's) and the kept
+     * rows gathered from the heads (a row's lists and codes head after head). NULL: one index over the
+     * concatenated directions (H = 1, and H > 1 stored before issue 15 until its next build). */
+    ma_ivf **sub;
 };
+
+/* Per-head mode (the section "per-head indexes" below). */
+static int heads_add(ma_ivf *x, size_t n, const float *k);
+static int heads_adopt(ma_ivf *x, ma_ivf_build *b, const ma_ivf_rows *rows, ma_ivf_loader load, void *ctx,
+                       int low_memory);
+static int heads_restore_lists(ma_ivf *x, uint64_t count, const ma_ivf_rows *rows, ma_ivf_loader load, void *ctx);
+static int heads_train(int H, int d, uint64_t point, uint32_t build_no, ma_ivf_loader load, void *ctx,
+                       const atomic_int *stop, ma_ivf_build **out);
+static int heads_encode(ma_ivf_build *b, const float *keys, size_t n_blocks, void *lists, void *codes);
+static int heads_search(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
+                        size_t *n_ids, uint64_t *scored);
+static void heads_rows_done(ma_ivf *x);
+static void heads_free(ma_ivf *x);
 
 /* ---- helpers --------------------------------------------------------------------------------- */
 
@@ -509,6 +536,11 @@ void ma_ivf_profile(int on, double t[3], uint64_t *searches, uint64_t *events)
     prof_on = on != 0;
 }
 
+void ma_ivf_set_legacy_shared(int on)
+{
+    legacy_shared = on != 0;
+}
+
 void ma_ivf_set_generic_kernels(int on)
 {
     use_generic = on != 0;
@@ -844,6 +876,23 @@ static ma_ivf *alloc_ivf(int H, int d)
     return x;
 }
 
+/* x in per-head mode: H empty indexes of one head. 0 or MA_ENOMEM (x unchanged). */
+static int heads_make(ma_ivf *x)
+{
+    ma_ivf **sub = calloc((size_t)x->H, sizeof *sub);
+    if (!sub)
+        return MA_ENOMEM;
+    for (int h = 0; h < x->H; h++)
+        if (!(sub[h] = alloc_ivf(1, x->d))) {
+            for (int j = 0; j < h; j++)
+                ma_ivf_destroy(sub[j]);
+            free(sub);
+            return MA_ENOMEM;
+        }
+    x->sub = sub;
+    return 0;
+}
+
 int ma_ivf_create(int H, int d, ma_ivf **out)
 {
     if (H < 1 || d < 1 || d > MA_IVF_MAX_D || !out)
@@ -851,6 +900,10 @@ int ma_ivf_create(int H, int d, ma_ivf **out)
     ma_ivf *x = alloc_ivf(H, d);
     if (!x)
         return MA_ENOMEM;
+    if (H > 1 && !legacy_shared && heads_make(x) != 0) {
+        free(x);
+        return MA_ENOMEM;
+    }
     *out = x;
     return 0;
 }
@@ -859,6 +912,7 @@ void ma_ivf_destroy(ma_ivf *x)
 {
     if (!x)
         return;
+    heads_free(x);
     lists_free(x->lists, x->nlist);
     pool_free(&x->pool);
     pool_free(&x->rpool);
@@ -877,7 +931,27 @@ uint64_t ma_ivf_count(const ma_ivf *x)
 
 uint32_t ma_ivf_nlist(const ma_ivf *x)
 {
-    return x->nlist;
+    return x->sub ? x->sub[0]->nlist : x->nlist;
+}
+
+int ma_ivf_per_head(const ma_ivf *x)
+{
+    return x->sub != NULL;
+}
+
+const ma_ivf *ma_ivf_head(const ma_ivf *x, int h)
+{
+    return x->sub && h >= 0 && h < x->H ? x->sub[h] : NULL;
+}
+
+size_t ma_ivf_ids_cap(const ma_ivf *x, size_t max_ids)
+{
+    return x->sub ? (size_t)x->H * max_ids : max_ids;
+}
+
+size_t ma_ivf_row_lists_bytes(const ma_ivf *x)
+{
+    return (size_t)BLOCK * 4 * (x->sub ? (size_t)x->H : 1);
 }
 
 uint32_t ma_ivf_builds(const ma_ivf *x)
@@ -887,6 +961,12 @@ uint32_t ma_ivf_builds(const ma_ivf *x)
 
 size_t ma_ivf_bytes(const ma_ivf *x)
 {
+    if (x->sub) {
+        size_t b = sizeof *x + (size_t)x->H * sizeof *x->sub + x->out_cap * (size_t)BLOCK * ((size_t)x->H * 4 + rec_bytes(x));
+        for (int h = 0; h < x->H; h++)
+            b += ma_ivf_bytes(x->sub[h]);
+        return b;
+    }
     size_t b = sizeof *x + (size_t)x->nlist * (sizeof(ivlist) + x->D * (2 * sizeof(float) + sizeof(double)));
     for (uint32_t i = 0; i < x->nlist; i++)
         b += 2 * x->lists[i].blk_alloc * sizeof(unsigned char *);
@@ -919,6 +999,8 @@ static int out_reserve(ma_ivf *x, size_t n)
 void ma_ivf_keep_rows(ma_ivf *x, int on)
 {
     x->keep_rows = on != 0;
+    for (int h = 0; x->sub && h < x->H; h++)
+        ma_ivf_keep_rows(x->sub[h], on);
     if (!on)
         ma_ivf_rows_done(x);
 }
@@ -935,6 +1017,8 @@ size_t ma_ivf_rows_pending(const ma_ivf *x, uint32_t *build, uint64_t *first, co
 
 void ma_ivf_rows_done(ma_ivf *x)
 {
+    if (x->sub)
+        heads_rows_done(x);
     x->out_n = 0;
     /* A large outbox (a whole index's rows after a restore that computed them) is not kept around. */
     if (x->out_cap > 16) {
@@ -953,7 +1037,7 @@ size_t ma_ivf_row_codes_bytes(int H, int d)
 
 size_t ma_ivf_footprint(int H, int d)
 {
-    return sizeof(ma_ivf) + 2 * (size_t)BLOCK * (size_t)H * (size_t)d * sizeof(float);
+    return (H > 1 ? (size_t)(H + 1) : 1) * sizeof(ma_ivf) + 2 * (size_t)BLOCK * (size_t)H * (size_t)d * sizeof(float);
 }
 
 /* ---- add ------------------------------------------------------------------------------------- */
@@ -980,6 +1064,8 @@ int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
         return MA_EIO;
     if (x->count + n > UINT32_MAX)
         return MA_ENOMEM;   /* ids are 32-bit */
+    if (x->sub)
+        return heads_add(x, n, k);
     const size_t D = x->D;
     size_t np = (size_t)(x->count - x->assigned);
     int rc = MA_ENOMEM;
@@ -1171,12 +1257,18 @@ struct ma_ivf_build {
     float *cent;          /* nlist × D unit rows; moved into the index by ma_ivf_adopt */
     float *Bd, *S;        /* encoding scratch (BLOCK × D, BLOCK × nlist) */
     uint32_t *asg;
+    ma_ivf_build **sub;   /* per-head build (H > 1): one build of one head per head; cent NULL here */
+    float *hk;            /* its scratch: one head's keys of a block (BLOCK × d) */
 };
 
 void ma_ivf_build_free(ma_ivf_build *b)
 {
     if (!b)
         return;
+    for (int h = 0; b->sub && h < b->shape->H; h++)
+        ma_ivf_build_free(b->sub[h]);
+    free(b->sub);
+    free(b->hk);
     ma_ivf_destroy(b->shape);
     free(b->cent);
     free(b->Bd);
@@ -1197,7 +1289,12 @@ uint32_t ma_ivf_build_number(const ma_ivf_build *b)
 
 uint32_t ma_ivf_build_nlist(const ma_ivf_build *b)
 {
-    return b->nlist;
+    return b->sub ? b->sub[0]->nlist : b->nlist;
+}
+
+size_t ma_ivf_build_lists_bytes(const ma_ivf_build *b)
+{
+    return (size_t)BLOCK * 4 * (b->sub ? (size_t)b->shape->H : 1);
 }
 
 int ma_ivf_train(int H, int d, uint64_t point, uint32_t build_no, ma_ivf_loader load, void *ctx,
@@ -1205,6 +1302,8 @@ int ma_ivf_train(int H, int d, uint64_t point, uint32_t build_no, ma_ivf_loader 
 {
     if (H < 1 || d < 1 || d > MA_IVF_MAX_D || point == 0 || point > UINT32_MAX || build_no == 0 || !load || !out)
         return MA_EINVAL;
+    if (H > 1 && !legacy_shared)
+        return heads_train(H, d, point, build_no, load, ctx, stop, out);
     int rc = MA_ENOMEM;
     ma_ivf_build *b = calloc(1, sizeof *b);
     float *X = NULL, *B = NULL;
@@ -1273,6 +1372,8 @@ static void encode_block(const ma_ivf *x, const float *cent, uint32_t nlist, con
 
 int ma_ivf_build_encode(ma_ivf_build *b, const float *keys, size_t n_blocks, void *lists, void *codes)
 {
+    if (b->sub)
+        return heads_encode(b, keys, n_blocks, lists, codes);
     const size_t D = b->shape->D, rb = rec_bytes(b->shape);
     if (!b->Bd) {
         b->Bd = malloc((size_t)BLOCK * D * sizeof(float));
@@ -1544,6 +1645,8 @@ fail:
 
 int ma_ivf_adopt(ma_ivf *x, ma_ivf_build *b, const ma_ivf_rows *rows, ma_ivf_loader load, void *ctx, int low_memory)
 {
+    if (b && (b->sub || x->sub))
+        return heads_adopt(x, b, rows, load, ctx, low_memory);
     if (!b || !b->cent || b->shape->H != x->H || b->shape->d != x->d || b->build_no <= x->builds ||
         b->point > x->count || x->broken)
         return MA_EINVAL;
@@ -1564,6 +1667,8 @@ int ma_ivf_restore_lists(ma_ivf *x, uint64_t count, const ma_ivf_rows *rows, ma_
 {
     if (x->count != 0 || count > UINT32_MAX || !load)
         return MA_EINVAL;
+    if (x->sub)
+        return heads_restore_lists(x, count, rows, load, ctx);
     const uint64_t A = x->nlist ? count / BLOCK : 0;
     const size_t np = (size_t)(count - A * BLOCK), cap = np > PEND_MIN ? np : PEND_MIN;
     int rc;
@@ -1934,6 +2039,8 @@ int ma_ivf_search_batch(const ma_ivf *x, const float *Q, size_t nq, int nprobe, 
 {
     if (x->broken)
         return MA_EIO;
+    if (x->sub)
+        return heads_search(x, Q, nq, nprobe, max_ids, ids, n_ids, scored);
     const size_t D = x->D, NL = x->nlist;
     int rc = MA_ENOMEM;
     size_t np = nprobe < 1 ? 1 : (size_t)nprobe;
@@ -2058,11 +2165,415 @@ done:
     return rc;
 }
 
+/* ---- per-head indexes (H > 1, issue 15) -------------------------------------------------------- */
+
+/* With H > 1 heads, one index over the concatenated directions ranks events by sum_h q_h . k_h, so every
+ * head shares one candidate set: with clustered keys at H = 8 the event the full read points at was often
+ * not among them (recall 0.32). In per-head mode head h has its own index (sub[h]: one head of d, its own
+ * k-means, lists, codes and probes), built at the same build points with the same build numbers; a search
+ * asks every head's index with that head's query and answers the union of their ids. The caller attends
+ * the union exactly with every head (core/archive.c). A row holds the H heads' rows one after the other:
+ * lists H·BLOCK u32 (head-major), codes H·BLOCK records of one head. Every step below is the one-head step
+ * run per head through adapters that cut a head's slice out of the keys (loader) or out of a stored row. */
+
+/* A loader of head h's keys (n·d floats) over the caller's loader of all heads (n·H·d). */
+typedef struct {
+    ma_ivf_loader load;
+    void *ctx;
+    int H, d, h;
+    float *buf;           /* BLOCK·H·d */
+    const float *pend;    /* events [pend_first, ...) already read, all heads (restore: the pending keys) */
+    uint64_t pend_first;
+} head_loader;
+
+static int head_load(void *ctx, uint64_t first, size_t n, float *k)
+{
+    head_loader *l = ctx;
+    const size_t D = (size_t)l->H * l->d, d = (size_t)l->d;
+    if (l->pend && first >= l->pend_first) {
+        for (size_t i = 0; i < n; i++)
+            memcpy(k + i * d, l->pend + (first - l->pend_first + i) * D + (size_t)l->h * d, d * sizeof(float));
+        return 0;
+    }
+    for (size_t i0 = 0; i0 < n; i0 += BLOCK) {
+        size_t m = n - i0 < BLOCK ? n - i0 : BLOCK;
+        int rc = l->load(l->ctx, first + i0, m, l->buf);
+        if (rc)
+            return rc;
+        for (size_t i = 0; i < m; i++)
+            memcpy(k + (i0 + i) * d, l->buf + i * D + (size_t)l->h * d, d * sizeof(float));
+    }
+    return 0;
+}
+
+/* A row source of head h's rows over the caller's source of per-head rows. */
+typedef struct {
+    const ma_ivf_rows *rows;
+    int H, h;
+    size_t rb;             /* one head's record */
+    ma_ivf_row_fn each;    /* during a scan: the head index's callback */
+    void *arg;
+} head_rows;
+
+static int head_row(void *arg, uint64_t block, const void *lists, size_t ll, const void *codes, size_t cl)
+{
+    head_rows *r = arg;
+    if (ll != (size_t)BLOCK * 4 * (size_t)r->H || (codes && cl != (size_t)BLOCK * r->rb * (size_t)r->H))
+        return MA_ECORRUPT;   /* not a per-head row (a row of the shared layout, or damaged) */
+    return r->each(r->arg, block, (const unsigned char *)lists + (size_t)r->h * BLOCK * 4, (size_t)BLOCK * 4,
+                   codes ? (const unsigned char *)codes + (size_t)r->h * BLOCK * r->rb : NULL,
+                   codes ? (size_t)BLOCK * r->rb : 0);
+}
+
+static int head_scan(void *ctx, uint32_t build, uint64_t first, uint64_t n, int with_codes, ma_ivf_row_fn each,
+                     void *arg)
+{
+    head_rows *r = ctx;
+    r->each = each;
+    r->arg = arg;
+    return r->rows->scan(r->rows->ctx, build, first, n, with_codes, head_row, r);
+}
+
+static void heads_free(ma_ivf *x)
+{
+    for (int h = 0; x->sub && h < x->H; h++)
+        ma_ivf_destroy(x->sub[h]);
+    free(x->sub);
+    x->sub = NULL;
+}
+
+/* Room for n kept rows of H heads in x's outbox. 0 or MA_ENOMEM (nothing lost). */
+static int heads_out_reserve(ma_ivf *x, size_t n)
+{
+    if (n <= x->out_cap)
+        return 0;
+    size_t cap = x->out_cap ? 2 * x->out_cap : 4;
+    while (cap < n)
+        cap *= 2;
+    unsigned char *l = realloc(x->out_lists, cap * BLOCK * 4 * (size_t)x->H);
+    if (!l)
+        return MA_ENOMEM;
+    x->out_lists = l;
+    unsigned char *c = realloc(x->out_codes, cap * BLOCK * rec_bytes(x));
+    if (!c)
+        return MA_ENOMEM;
+    x->out_codes = c;
+    x->out_cap = cap;
+    return 0;
+}
+
+/* The heads' kept rows (all alike in number, first block and build) into x's outbox, a row's heads one
+ * after the other. The room must have been reserved. */
+static void heads_gather(ma_ivf *x)
+{
+    const ma_ivf *s0 = x->sub[0];
+    const size_t rb = rec_head(s0), H = (size_t)x->H;
+    x->out_n = s0->out_n;
+    x->out_first = s0->out_first;
+    x->out_build = s0->out_build;
+    for (size_t k = 0; k < x->out_n; k++)
+        for (size_t h = 0; h < H; h++) {
+            memcpy(x->out_lists + (k * H + h) * BLOCK * 4, x->sub[h]->out_lists + k * BLOCK * 4, (size_t)BLOCK * 4);
+            memcpy(x->out_codes + (k * H + h) * BLOCK * rb, x->sub[h]->out_codes + k * BLOCK * rb, (size_t)BLOCK * rb);
+        }
+}
+
+static void heads_rows_done(ma_ivf *x)
+{
+    for (int h = 0; h < x->H; h++)
+        ma_ivf_rows_done(x->sub[h]);
+}
+
+/* One head's keys of n events (n·H·d floats at k) into out (n·d). */
+static void head_slice(const ma_ivf *x, const float *k, size_t n, int h, float *out)
+{
+    const size_t d = (size_t)x->d;
+    for (size_t i = 0; i < n; i++)
+        memcpy(out + i * d, k + i * x->D + (size_t)h * d, d * sizeof(float));
+}
+
+/* ma_ivf_add per head. The kept rows' room is reserved first and a head's add fails only for want of
+ * memory before it changes anything; a failure of a later head than the first leaves the heads apart, so
+ * the index is then broken (MA_EIO from then on; the caller discards it). */
+static int heads_add(ma_ivf *x, size_t n, const float *k)
+{
+    const ma_ivf *s0 = x->sub[0];
+    size_t nb = s0->cent ? (size_t)((s0->count - s0->assigned + n) / BLOCK) : 0;
+    if (x->keep_rows && heads_out_reserve(x, x->out_n + nb) != 0)
+        return MA_ENOMEM;
+    float *kh = malloc(n * (size_t)x->d * sizeof(float));
+    if (!kh)
+        return MA_ENOMEM;
+    int rc = 0;
+    for (int h = 0; h < x->H && !rc; h++) {
+        head_slice(x, k, n, h, kh);
+        if ((rc = ma_ivf_add(x->sub[h], n, kh)) != 0 && h > 0)
+            x->broken = 1;
+    }
+    free(kh);
+    if (rc)
+        return rc;
+    x->count += n;
+    if (x->keep_rows)
+        heads_gather(x);
+    return 0;
+}
+
+static int heads_train(int H, int d, uint64_t point, uint32_t build_no, ma_ivf_loader load, void *ctx,
+                       const atomic_int *stop, ma_ivf_build **out)
+{
+    int rc = MA_ENOMEM;
+    ma_ivf_build *b = calloc(1, sizeof *b);
+    float *X = NULL, *B = NULL;
+    if (!b || !(b->shape = alloc_ivf(H, d)) || !(b->sub = calloc((size_t)H, sizeof *b->sub)))
+        goto fail;
+    const size_t D = b->shape->D, dd = (size_t)d;
+    const uint64_t T = point;
+    uint32_t nlist = (uint32_t)llround(MA_IVF_LISTS_PER_SQRT * sqrt((double)T));
+    if (nlist < 1)
+        nlist = 1;
+    size_t m = (size_t)nlist * MA_IVF_TRAIN_PER_LIST;
+    if (m > T)
+        m = (size_t)T;
+    if (nlist > m)
+        nlist = (uint32_t)m;
+    b->point = point;
+    b->build_no = build_no;
+    b->nlist = nlist;
+    for (int h = 0; h < H; h++) {
+        ma_ivf_build *s = b->sub[h] = calloc(1, sizeof *s);
+        if (!s || !(s->shape = alloc_ivf(1, d)) || !(s->cent = malloc((size_t)nlist * dd * sizeof(float))))
+            goto fail;
+        s->point = point;
+        s->build_no = build_no;
+        s->nlist = nlist;
+    }
+    X = malloc(m * D * sizeof(float));   /* head h's sample at X + h·m·d */
+    B = malloc((size_t)BLOCK * D * sizeof(float));
+    if (!X || !B)
+        goto fail;
+
+    /* One pass over [0, T): the sample of ma_ivf_train (the same selection), every head's direction. */
+    uint64_t rng = 0x6d656d6174746e00ull ^ point;
+    size_t got = 0;
+    for (uint64_t first = 0; first < T && got < m; first += BLOCK) {
+        size_t n = T - first < BLOCK ? (size_t)(T - first) : BLOCK;
+        if ((rc = load(ctx, first, n, B)) != 0)
+            goto fail;
+        for (size_t i = 0; i < n && got < m; i++)
+            if (below(&rng, T - first - i) < m - got) {
+                for (int h = 0; h < H; h++)
+                    direction(b->sub[h]->shape, B + i * D + (size_t)h * dd, X + ((size_t)h * m + got) * dd);
+                got++;
+            }
+    }
+    /* k-means per head, each from its own generator (the sampling's, then the head's number mixed in). */
+    for (int h = 0; h < H; h++) {
+        uint64_t r = rng ^ (0x9e3779b97f4a7c15ull * (uint64_t)(h + 1));
+        if ((rc = kmeans(b->sub[h]->shape, X + (size_t)h * m * dd, m, nlist, b->sub[h]->cent, &r, stop)) != 0)
+            goto fail;
+    }
+    free(X);
+    free(B);
+    *out = b;
+    return 0;
+fail:
+    free(X);
+    free(B);
+    ma_ivf_build_free(b);
+    return rc;
+}
+
+static int heads_encode(ma_ivf_build *b, const float *keys, size_t n_blocks, void *lists, void *codes)
+{
+    const ma_ivf *x = b->shape;
+    const size_t H = (size_t)x->H, rb = rec_head(x);
+    if (!b->hk && !(b->hk = malloc((size_t)BLOCK * (size_t)x->d * sizeof(float))))
+        return MA_ENOMEM;
+    for (size_t k = 0; k < n_blocks; k++)
+        for (size_t h = 0; h < H; h++) {
+            head_slice(x, keys + k * BLOCK * x->D, BLOCK, (int)h, b->hk);
+            int rc = ma_ivf_build_encode(b->sub[h], b->hk, 1, (unsigned char *)lists + (k * H + h) * BLOCK * 4,
+                                         (unsigned char *)codes + (k * H + h) * BLOCK * rb);
+            if (rc)
+                return rc;
+        }
+    return 0;
+}
+
+/* x (shared layout, H > 1) turned into H heads of count events, nothing listed, its pending keys
+ * [assigned, count) split by head, its counters kept: what a per-head build is then adopted into. The old
+ * lists are not freed here. 0 or MA_ENOMEM (x unchanged). */
+static int heads_from_shared(ma_ivf *x)
+{
+    const size_t np = (size_t)(x->count - x->assigned), cap = np > PEND_MIN ? np : PEND_MIN;
+    if (heads_make(x) != 0)
+        return MA_ENOMEM;
+    for (int h = 0; h < x->H; h++) {
+        ma_ivf *s = x->sub[h];
+        if (!(s->pend = malloc(cap * (size_t)x->d * sizeof(float)))) {
+            heads_free(x);
+            return MA_ENOMEM;
+        }
+        s->pend_cap = cap;
+        head_slice(x, x->pend, np, h, s->pend);
+        s->count = x->count;
+        s->assigned = x->assigned;
+        s->builds = x->builds;
+        s->built_at = x->built_at;
+        s->keep_rows = x->keep_rows;
+    }
+    return 0;
+}
+
+/* ma_ivf_adopt of a per-head build: each head adopts its own (through its slice of the rows and keys). A
+ * shared index (stored before issue 15) becomes per-head here: its lists are dropped (before the heads'
+ * lists are made) and its pending keys split. A failure after the first head has changed leaves the index
+ * broken (MA_EIO from then on; the caller discards it; in the daemon every adopt is low_memory). */
+static int heads_adopt(ma_ivf *x, ma_ivf_build *b, const ma_ivf_rows *rows, ma_ivf_loader load, void *ctx,
+                       int low_memory)
+{
+    if (!b->sub || b->shape->H != x->H || b->shape->d != x->d || b->build_no <= x->builds || b->point > x->count ||
+        x->broken || !load)
+        return MA_EINVAL;
+    const int converted = !x->sub;
+    if (converted && heads_from_shared(x) != 0)
+        return MA_ENOMEM;
+    int rc = MA_ENOMEM;
+    head_loader hl = {load, ctx, x->H, x->d, 0, malloc((size_t)BLOCK * x->D * sizeof(float)), NULL, 0};
+    if (!hl.buf) {
+        if (converted)
+            heads_free(x);
+        return MA_ENOMEM;
+    }
+    if (converted) {
+        /* The shared lists go first: old and new lists are never both held. The kept rows of the old
+         * build are of no use any more (the outbox's rows are laid out per head from now on). */
+        drop_lists(x);
+        free(x->cent);
+        free(x->kmean);
+        free(x->pend);
+        free(x->out_lists);
+        free(x->out_codes);
+        x->cent = x->kmean = x->pend = NULL;
+        x->out_lists = x->out_codes = NULL;
+        x->pend_cap = x->out_cap = x->out_n = 0;
+        x->assigned = 0;
+    }
+    for (int h = 0; h < x->H; h++) {
+        head_rows hr = {rows, x->H, h, rec_head(x->sub[h]), NULL, NULL};
+        ma_ivf_rows sr = {head_scan, &hr};
+        hl.h = h;
+        if ((rc = ma_ivf_adopt(x->sub[h], b->sub[h], rows ? &sr : NULL, head_load, &hl, low_memory)) != 0) {
+            if (h > 0 || converted || low_memory)
+                x->broken = 1;
+            free(hl.buf);
+            return rc;
+        }
+    }
+    free(hl.buf);
+    x->builds = b->build_no;
+    x->built_at = b->point;
+    if (x->keep_rows) {
+        if (heads_out_reserve(x, x->sub[0]->out_n) != 0) {
+            x->broken = 1;   /* the rows the caller must persist would be lost */
+            return MA_ENOMEM;
+        }
+        heads_gather(x);
+    }
+    return 0;
+}
+
+static int heads_restore_lists(ma_ivf *x, uint64_t count, const ma_ivf_rows *rows, ma_ivf_loader load, void *ctx)
+{
+    /* The pending keys are read once, for every head. */
+    const uint64_t A = x->sub[0]->nlist ? count / BLOCK : 0;
+    const size_t np = (size_t)(count - A * BLOCK);
+    float *pend = malloc((np ? np : 1) * x->D * sizeof(float));
+    head_loader hl = {load, ctx, x->H, x->d, 0, malloc((size_t)BLOCK * x->D * sizeof(float)), pend, A * BLOCK};
+    int rc = MA_ENOMEM;
+    if (!hl.buf || !pend)
+        goto done;
+    for (size_t i = 0; i < np; i += BLOCK)
+        if ((rc = load(ctx, A * BLOCK + i, np - i < BLOCK ? np - i : BLOCK, pend + i * x->D)) != 0)
+            goto done;
+    rc = MA_ENOMEM;
+    for (int h = 0; h < x->H; h++) {
+        head_rows hr = {rows, x->H, h, rec_head(x->sub[h]), NULL, NULL};
+        ma_ivf_rows sr = {head_scan, &hr};
+        hl.h = h;
+        if ((rc = ma_ivf_restore_lists(x->sub[h], count, rows ? &sr : NULL, head_load, &hl)) != 0)
+            goto done;
+    }
+    rc = MA_ENOMEM;
+    if (x->keep_rows && heads_out_reserve(x, x->sub[0]->out_n) != 0)
+        goto done;
+    x->count = count;
+    if (x->keep_rows)
+        heads_gather(x);
+    rc = 0;
+done:
+    free(pend);
+    free(hl.buf);
+    return rc;
+}
+
+/* Every head's search of its own query (the batch's head-h slices: one sgemm of centroid scores and one
+ * scan per head), then per query the union of the heads' ids, ascending, each once. */
+static int heads_search(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
+                        size_t *n_ids, uint64_t *scored)
+{
+    const size_t H = (size_t)x->H, cap = H * max_ids, d = (size_t)x->d;
+    int rc = MA_ENOMEM;
+    float *Qh = malloc((nq ? nq : 1) * d * sizeof(float));
+    uint64_t *hid = malloc((nq ? nq : 1) * (max_ids ? max_ids : 1) * sizeof *hid);
+    uint64_t *hsc = malloc((nq ? nq : 1) * sizeof *hsc);
+    size_t *hn = malloc((nq ? nq : 1) * sizeof *hn);
+    if (!Qh || !hid || !hsc || !hn)
+        goto done;
+    for (size_t k = 0; k < nq; k++) {
+        n_ids[k] = 0;
+        if (scored)
+            scored[k] = 0;
+    }
+    for (size_t h = 0; h < H; h++) {
+        head_slice(x, Q, nq, (int)h, Qh);
+        if ((rc = ma_ivf_search_batch(x->sub[h], Qh, nq, nprobe, max_ids, hid, hn, hsc)) != 0)
+            goto done;
+        for (size_t k = 0; k < nq; k++) {
+            memcpy(ids + k * cap + n_ids[k], hid + k * max_ids, hn[k] * sizeof *ids);
+            n_ids[k] += hn[k];
+            if (scored)
+                scored[k] += hsc[k];
+        }
+    }
+    rc = MA_ENOMEM;
+    for (size_t k = 0; k < nq; k++) {
+        uint64_t *a = ids + k * cap;
+        if (sort_ids(a, n_ids[k]) != 0)
+            goto done;
+        size_t u = 0;
+        for (size_t i = 0; i < n_ids[k]; i++)
+            if (u == 0 || a[i] != a[u - 1])
+                a[u++] = a[i];
+        n_ids[k] = u;
+    }
+    rc = 0;
+done:
+    free(Qh);
+    free(hid);
+    free(hsc);
+    free(hn);
+    return rc;
+}
+
 /* ---- tests ----------------------------------------------------------------------------------- */
 
 int ma_ivf_debug_estimates(const ma_ivf *x, const float *q, uint64_t *ids, uint32_t *list, float *est1,
                            float *est4, size_t *n)
 {
+    if (x->sub)
+        return MA_EINVAL;
     int rc = MA_ENOMEM;
     qcode qc = {0};
     qlut qt = {0};
@@ -2097,7 +2608,7 @@ done:
 
 const float *ma_ivf_debug_centroid(const ma_ivf *x, uint32_t c)
 {
-    return c < x->nlist ? x->cent + (size_t)c * x->D : NULL;
+    return !x->sub && c < x->nlist ? x->cent + (size_t)c * x->D : NULL;
 }
 
 /* ---- serialisation --------------------------------------------------------------------------- */
@@ -2114,6 +2625,19 @@ int ma_ivf_serialize(const ma_ivf *x, void **buf, size_t *len)
 {
     ma_blob_writer w;
     ma_blob_begin(&w, BLOB_KIND);
+    if (x->sub) {
+        const uint32_t nlist = x->sub[0]->nlist;
+        ma_blob_section_begin(&w, MA_BLOB_TAG("HEAD"), 1);
+        ma_blob_put_u32(&w, (uint32_t)x->H);
+        ma_blob_put_u32(&w, (uint32_t)x->d);
+        ma_blob_put_u32(&w, nlist);
+        ma_blob_put_u32(&w, x->builds);
+        ma_blob_put_u64(&w, x->built_at);
+        for (int h = 0; h < x->H; h++)
+            ma_blob_put_f32s(&w, x->sub[h]->cent, (size_t)nlist * x->d);
+        ma_blob_section_end(&w);
+        return ma_blob_finish(&w, buf, len);
+    }
     ma_blob_section_begin(&w, MA_BLOB_TAG("CENT"), 1);
     ma_blob_put_u32(&w, (uint32_t)x->H);
     ma_blob_put_u32(&w, (uint32_t)x->d);
@@ -2142,10 +2666,52 @@ static int open_cent(const void *buf, size_t len, ma_blob_reader *c)
     return ma_blob_get_u32(c) == LEGACY_VERSION ? 0 : MA_ECORRUPT;
 }
 
+/* The per-head blob's section HEAD v1 (u32 H, d, nlist, builds | u64 built_at | H × nlist·d f32, head
+ * after head), or MA_ENOTFOUND when buf is not a per-head blob. */
+static int restore_heads(int H, int d, const void *buf, size_t len, ma_ivf **out)
+{
+    ma_blob_reader r, c;
+    if (!ma_blob_is_blob(buf, len) || ma_blob_open(&r, buf, len, BLOB_KIND) ||
+        ma_blob_section(&r, MA_BLOB_TAG("HEAD"), 1, &c))
+        return MA_ENOTFOUND;
+    uint32_t h = ma_blob_get_u32(&c), dd = ma_blob_get_u32(&c), nlist = ma_blob_get_u32(&c),
+             builds = ma_blob_get_u32(&c);
+    uint64_t built_at = ma_blob_get_u64(&c);
+    if (ma_blob_done(&r) || c.bad || H < 2 || h != (uint32_t)H || dd != (uint32_t)d || (nlist == 0) != (builds == 0) ||
+        (nlist == 0) != (built_at == 0) || (nlist && built_at < MA_IVF_MIN_BUILD) ||
+        ma_blob_remaining(&c) != (size_t)H * nlist * (size_t)d * sizeof(float))
+        return MA_ECORRUPT;
+    ma_ivf *x = alloc_ivf(H, d);
+    if (!x || heads_make(x) != 0) {
+        free(x);
+        return MA_ENOMEM;
+    }
+    x->builds = builds;
+    x->built_at = built_at;
+    for (int k = 0; k < H; k++) {
+        ma_ivf *s = x->sub[k];
+        s->builds = builds;
+        s->built_at = built_at;
+        if (!nlist)
+            continue;
+        if (!(s->cent = malloc((size_t)nlist * d * sizeof(float))) || !(s->lists = calloc(nlist, sizeof *s->lists))) {
+            ma_ivf_destroy(x);
+            return MA_ENOMEM;
+        }
+        s->nlist = nlist;
+        ma_blob_get_f32s(&c, s->cent, (size_t)nlist * d);
+    }
+    *out = x;
+    return 0;
+}
+
 int ma_ivf_restore(int H, int d, const void *buf, size_t len, ma_ivf **out)
 {
     if (!buf || !out || H < 1 || d < 1 || d > MA_IVF_MAX_D)
         return MA_EINVAL;
+    int rh = restore_heads(H, d, buf, len, out);
+    if (rh != MA_ENOTFOUND)
+        return rh;
     ma_blob_reader c;
     if (open_cent(buf, len, &c))
         return MA_ECORRUPT;
@@ -2164,6 +2730,12 @@ int ma_ivf_restore(int H, int d, const void *buf, size_t len, ma_ivf **out)
         return MA_ENOMEM;
     x->builds = builds;
     x->built_at = built_at;
+    /* A shared blob of H > 1 heads (before issue 15): never built, nothing to keep — per-head at once;
+     * built, its index is kept (the shared layout) until its next build, which is per head. */
+    if (H > 1 && !nlist && !legacy_shared && heads_make(x) != 0) {
+        ma_ivf_destroy(x);
+        return MA_ENOMEM;
+    }
     if (nlist) {
         x->cent = malloc((size_t)nlist * D * sizeof(float));
         x->lists = calloc(nlist, sizeof *x->lists);

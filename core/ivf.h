@@ -35,6 +35,15 @@
  * index loaded from rows (ma_ivf_restore_lists) is the index that appended the keys, bit for bit. With
  * ma_ivf_keep_rows on, the rows of blocks the index lists are kept until the caller has persisted them.
  *
+ * Many heads (H > 1, issue 15; docs/ARCHIVE.md, "Many heads"): one index per head. Head h has its own
+ * k-means (on head h's key directions), lists and codes, built at the same build points with the same
+ * numbers; a search asks each head's index with that head's query (the batch's head-h queries: one sgemm
+ * of centroid scores, one scan) and answers the union of the heads' ids, each once (at most H·max_ids:
+ * ma_ivf_ids_cap). A row then holds the heads' rows one after the other: lists H·MA_IVF_BLOCK u32
+ * (ma_ivf_row_lists_bytes), codes the same bytes as before (ma_ivf_row_codes_bytes). An index of H > 1 heads
+ * stored before issue 15 (one index over the concatenated directions: "shared") restores as it was and
+ * answers as before until its next build, which makes it per-head (ma_ivf_adopt). H = 1 is unchanged.
+ *
  * Determinism: k-means seeds from the build point; the serialised state is only the centroids and build
  * counters (per-event data is in the rows). Same bits assume the same OpenBLAS build and thread count.
  *
@@ -70,6 +79,8 @@ void ma_ivf_destroy(ma_ivf *x);
 /* Adds n keys (n·H·d floats); they get ids count..count+n-1. Never rebuilds. All-or-nothing: 0, or
  * MA_ENOMEM with the index unchanged (also when ids would pass UINT32_MAX). */
 int ma_ivf_add(ma_ivf *x, size_t n, const float *k);
+/* (Per-head: a failure in a head after the first leaves the heads apart: the index is then broken,
+ * MA_EIO from then on, and the caller discards it. Heads fail only for want of memory.) */
 
 /* True when a build is due: the largest build point MA_IVF_MIN_BUILD·2^j not above the count is at least
  * twice the last build's point. Then *point gets it (if not NULL) and *build_no the build's number,
@@ -97,8 +108,12 @@ uint64_t ma_ivf_build_point(const ma_ivf_build *b);
 uint32_t ma_ivf_build_number(const ma_ivf_build *b);
 uint32_t ma_ivf_build_nlist(const ma_ivf_build *b);
 
-/* Bytes of a row's records (MA_IVF_BLOCK events) at H heads of d; a row's lists take MA_IVF_BLOCK·4. */
+/* Bytes of a row's records (MA_IVF_BLOCK events) at H heads of d; a row's lists take MA_IVF_BLOCK·4
+ * (shared layout) or H·MA_IVF_BLOCK·4 (per-head): ma_ivf_row_lists_bytes, ma_ivf_build_lists_bytes. */
 size_t ma_ivf_row_codes_bytes(int H, int d);
+/* The lists bytes of the rows of x's current layout / of build b: MA_IVF_BLOCK·4, times H when per-head. */
+size_t ma_ivf_row_lists_bytes(const ma_ivf *x);
+size_t ma_ivf_build_lists_bytes(const ma_ivf_build *b);
 
 /* The rows of n_blocks aligned blocks of keys (n_blocks·MA_IVF_BLOCK·H·d floats) against the build's
  * centroids: lists (n_blocks·MA_IVF_BLOCK u32 LE) and codes (n_blocks·ma_ivf_row_codes_bytes). Exactly
@@ -124,7 +139,9 @@ typedef struct {
  * are freed before the new ones are allocated; if it then fails the index is broken (searches and adds
  * fail with MA_EIO; discard it). Otherwise any failure leaves the index unchanged. 0, MA_EINVAL,
  * MA_ENOMEM, MA_ECORRUPT (a stored row is damaged, or the rows changed during the call), load's or
- * scan's error. b is left without centroids on success (free it). */
+ * scan's error. b is left without centroids on success (free it). Per-head builds (ma_ivf_train with
+ * H > 1): each head adopts its own; a shared index becomes per-head (its lists dropped first); a failure
+ * after the first head changed leaves the index broken, whatever low_memory. */
 int ma_ivf_adopt(ma_ivf *x, ma_ivf_build *b, const ma_ivf_rows *rows, ma_ivf_loader load, void *ctx, int low_memory);
 
 /* After ma_ivf_restore: the index of `count` events — every complete block from the stored rows of the
@@ -141,17 +158,32 @@ size_t ma_ivf_rows_pending(const ma_ivf *x, uint32_t *build, uint64_t *first, co
                            const void **codes);
 void ma_ivf_rows_done(ma_ivf *x);
 
+/* Per-head mode (H > 1, built or created after issue 15): 1, else 0. ma_ivf_head: head h's own index
+ * (one head of d; tests read its centroids and estimates), or NULL when not per-head. */
+int ma_ivf_per_head(const ma_ivf *x);
+const ma_ivf *ma_ivf_head(const ma_ivf *x, int h);
+
+/* The room a search of max_ids needs per query: max_ids, or H·max_ids per-head (the heads' union). */
+size_t ma_ivf_ids_cap(const ma_ivf *x, size_t max_ids);
+
 /* Probes the nprobe non-empty lists whose mean keys have the largest inner product with q (H·d), scores
  * their events by sign code, the best MA_IVF_RERANK·max_ids again by 4-bit code (estimates of
  * sum_h q_h . k_h), the pending events exactly, and writes the ids of the best max_ids (ties: the earlier
  * position in probe order), in ascending id order, into ids (caller's buffer of max_ids); *n_ids gets
- * their number and *scored (if not NULL) the number of events scored. 0 or MA_ENOMEM. */
+ * their number and *scored (if not NULL) the number of events scored. Per-head: every head's index
+ * searched so with q_h (nprobe lists and max_ids of each head), and ids gets the union, ascending, each id
+ * once (room: ma_ivf_ids_cap), *scored the sum over heads. 0 or MA_ENOMEM. */
 int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, uint64_t *ids, size_t *n_ids,
                   uint64_t *scored);
 
 /* Tests and benches: on != 0 makes every index of the process score with the portable kernels instead of
  * the AVX2 ones (they compute the same integers: answers do not change). Not thread-safe against searches. */
 void ma_ivf_set_generic_kernels(int on);
+
+/* Tests and benches: on != 0 makes the indexes created, restored unbuilt or trained from then on with H > 1
+ * heads use the shared layout of before issue 15 (one index over the concatenated directions): to make
+ * sessions as they were stored before, and to compare. Not thread-safe against index operations. */
+void ma_ivf_set_legacy_shared(int on);
 
 /* Benches: returns (and resets) the CPU seconds all searches of the process spent selecting the probes
  * (query tables, centroid scores, top lists), scanning sign codes, and re-ranking (4-bit codes, sort), the
@@ -163,12 +195,12 @@ void ma_ivf_profile(int on, double t[3], uint64_t *searches, uint64_t *events);
  * it (sign codes; 4-bit codes), list by list in list order; *n gets their number (buffers of count
  * events). 0 or MA_ENOMEM. */
 int ma_ivf_debug_estimates(const ma_ivf *x, const float *q, uint64_t *ids, uint32_t *list, float *est1,
-                           float *est4, size_t *n);
+                           float *est4, size_t *n);   /* MA_EINVAL per-head: ask ma_ivf_head(x, h) */
 
-/* Tests: centroid c (H·d floats, a unit vector), or NULL if c >= nlist. */
+/* Tests: centroid c (H·d floats, a unit vector), or NULL if c >= nlist or per-head (ma_ivf_head). */
 const float *ma_ivf_debug_centroid(const ma_ivf *x, uint32_t c);
 
-/* ma_ivf_search for nq queries Q (nq × H·d): ids of query k at ids[k·max_ids], its count at n_ids[k], its
+/* ma_ivf_search for nq queries Q (nq × H·d): ids of query k at ids[k·ma_ivf_ids_cap(x, max_ids)], its count at n_ids[k], its
  * scored at scored[k] (scored may be NULL). The centroid scores of the batch are one sgemm and the lists
  * are scanned list by list, each once for all the queries probing it. Answers are those of nq calls of
  * ma_ivf_search except where two centroid scores of a query tie within the rounding of sgemm against

@@ -409,7 +409,7 @@ static ma_store_index_rows index_rows_of(const reg_session *s, ma_session *core)
 {
     ma_store_index_rows ir = {0};
     ir.n = ma_archive_index_rows(ma_session_archive(core), &ir.build, &ir.first, &ir.lists, &ir.codes);
-    ir.lists_bytes = (size_t)MA_IVF_BLOCK * 4;
+    ir.lists_bytes = ma_archive_index_row_lists_bytes(ma_session_archive(core));
     ir.codes_bytes = ma_ivf_row_codes_bytes(s->params.heads, s->params.dim);
     return ir;
 }
@@ -1498,7 +1498,8 @@ static int stage(reg_registry *r, const char *id, ma_ivf_build *b, job_keys *jk,
 {
     const size_t D = (size_t)p->heads * p->dim, cb = ma_ivf_row_codes_bytes(p->heads, p->dim);
     float *keys = malloc((size_t)STAGE_BLOCKS * MA_IVF_BLOCK * D * sizeof(float));
-    unsigned char *lists = malloc((size_t)STAGE_BLOCKS * MA_IVF_BLOCK * 4), *codes = malloc(STAGE_BLOCKS * cb);
+    const size_t lb = ma_ivf_build_lists_bytes(b);
+    unsigned char *lists = malloc(STAGE_BLOCKS * lb), *codes = malloc(STAGE_BLOCKS * cb);
     char err[256];
     int rc = keys && lists && codes ? 0 : MA_ENOMEM;
     while (!rc && *staged < upto) {
@@ -1507,7 +1508,7 @@ static int stage(reg_registry *r, const char *id, ma_ivf_build *b, job_keys *jk,
             rc = keys_or_cancel(jk, (*staged + i) * MA_IVF_BLOCK, MA_IVF_BLOCK, keys + i * MA_IVF_BLOCK * D);
         if (!rc)
             rc = ma_ivf_build_encode(b, keys, n, lists, codes);
-        ma_store_index_rows ir = {ma_ivf_build_number(b), *staged, n, lists, codes, (size_t)MA_IVF_BLOCK * 4, cb};
+        ma_store_index_rows ir = {ma_ivf_build_number(b), *staged, n, lists, codes, lb, cb};
         if (!rc)
             rc = ma_store_index_put(r->opt.store, id, &ir, err, sizeof err);
         if (!rc)

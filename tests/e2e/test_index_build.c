@@ -4,6 +4,7 @@
  * build runs; a daemon killed (SIGKILL) or stopped (SIGTERM) right after the batch that makes a build due
  * loses nothing it acknowledged, and once the restarted daemon has redone the build the session answers
  * exactly as a twin session fed the same events in one daemon; GET /v1/sessions/{id} shows the index.
+ * The same for sessions of 8 heads (one index per head, issue 15: docs/ARCHIVE.md, "Many heads").
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,7 +26,8 @@
 #include "tests/e2e/api_util.h"
 #include "tests/e2e/harness.h"
 
-#define KD 16          /* key and value dimension of the sessions */
+#define KD 16          /* key and value dimension of the sessions (per head) */
+#define MAXH 8         /* the most heads of a session here */
 #define BATCH 512
 
 static float val(unsigned seed, uint64_t i, unsigned j)
@@ -37,15 +39,16 @@ static float val(unsigned seed, uint64_t i, unsigned j)
     return (float)((double)(x >> 11) / (double)(1ull << 53) * 2.0 - 1.0);
 }
 
-static void put_b64(char *buf, size_t cap, size_t *pos, const char *name, unsigned seed, uint64_t i, unsigned salt)
+static void put_b64(char *buf, size_t cap, size_t *pos, const char *name, unsigned seed, uint64_t i, unsigned salt,
+                    int heads)
 {
     static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    unsigned char raw[4 * KD];
-    for (int j = 0; j < KD; j++) {
+    unsigned char raw[4 * KD * MAXH];
+    for (int j = 0; j < KD * heads; j++) {
         float f = val(seed, i, salt * 1000 + (unsigned)j);
         memcpy(raw + 4 * j, &f, 4);
     }
-    size_t len = sizeof raw;
+    size_t len = (size_t)(4 * KD * heads);
     *pos += (size_t)snprintf(buf + *pos, cap - *pos, "\"%s\":\"", name);
     for (size_t k = 0; k < len; k += 3) {
         unsigned v = (unsigned)raw[k] << 16 | (k + 1 < len ? (unsigned)raw[k + 1] << 8 : 0) | (k + 2 < len ? raw[k + 2] : 0);
@@ -55,17 +58,17 @@ static void put_b64(char *buf, size_t cap, size_t *pos, const char *name, unsign
     *pos += (size_t)snprintf(buf + *pos, cap - *pos, "\"");
 }
 
-/* {"events":[...]} for events [first, first+n) of seed. Caller frees. */
-static char *events_body(unsigned seed, uint64_t first, int n)
+/* {"events":[...]} for events [first, first+n) of seed, keys and values of `heads` heads. Caller frees. */
+static char *events_body(unsigned seed, uint64_t first, int n, int heads)
 {
-    size_t cap = (size_t)n * (8 * KD * 2 + 64) + 64, pos = 0;
+    size_t cap = (size_t)n * (8 * KD * heads * 2 + 64) + 64, pos = 0;
     char *b = malloc(cap);
     pos += (size_t)snprintf(b, cap, "{\"events\":[");
     for (int e = 0; e < n; e++) {
         pos += (size_t)snprintf(b + pos, cap - pos, "%s{", e ? "," : "");
-        put_b64(b, cap, &pos, "k_b64", seed, first + (uint64_t)e, 1);
+        put_b64(b, cap, &pos, "k_b64", seed, first + (uint64_t)e, 1, heads);
         pos += (size_t)snprintf(b + pos, cap - pos, ",");
-        put_b64(b, cap, &pos, "v_b64", seed, first + (uint64_t)e, 2);
+        put_b64(b, cap, &pos, "v_b64", seed, first + (uint64_t)e, 2, heads);
         pos += (size_t)snprintf(b + pos, cap - pos, "}");
     }
     snprintf(b + pos, cap - pos, "]}");
@@ -73,14 +76,14 @@ static char *events_body(unsigned seed, uint64_t first, int n)
 }
 
 /* Sparse queries near events of seed, and a full read: what the snapshots compare. */
-static char *queries(unsigned seed, uint64_t n)
+static char *queries(unsigned seed, uint64_t n, int heads)
 {
-    size_t cap = 16384, pos = 0;
+    size_t cap = 16384 * (size_t)heads, pos = 0;
     char *q = malloc(cap);
     pos += (size_t)snprintf(q, cap, "{\"queries\":[");
     for (int t = 0; t < 8; t++) {
         pos += (size_t)snprintf(q + pos, cap - pos, "%s{\"route\":\"sparse\",", t ? "," : "");
-        put_b64(q, cap, &pos, "q_b64", seed, (uint64_t)t * 7919 % n, 1);
+        put_b64(q, cap, &pos, "q_b64", seed, (uint64_t)t * 7919 % n, 1, heads);
         pos += (size_t)snprintf(q + pos, cap - pos, "}");
     }
     snprintf(q + pos, cap - pos, "]}");
@@ -104,14 +107,16 @@ static void kill9(mh_daemon *d)
     assert_int_equal(mh_kill9(d), 128 + SIGKILL);
 }
 
-/* Feeds events [from, to) of seed to session id in batches of BATCH (every one acknowledged). */
+/* Feeds events [from, to) of seed to session id in batches of BATCH (every one acknowledged); sessions
+ * whose id ends in 8 have 8 heads. */
 static void feed(mh_daemon *d, const char *id, unsigned seed, uint64_t from, uint64_t to)
 {
+    const int heads = id[strlen(id) - 1] == '8' ? 8 : 1;
     char path[128];
     snprintf(path, sizeof path, "/v1/sessions/%s/events", id);
     for (uint64_t i = from; i < to; i += BATCH) {
         int n = to - i < BATCH ? (int)(to - i) : BATCH;
-        char *body = events_body(seed, i, n);
+        char *body = events_body(seed, i, n, heads);
         cJSON_Delete(au_call(d, "POST", path, 200, "%s", body));
         free(body);
     }
@@ -170,10 +175,12 @@ static void test_kill_and_stop_during_builds(void **state)
     start_on(&d, dir);
     cJSON_Delete(au_call(&d, "PUT", "/v1/sessions/a", 201, "{\"dim\":%d}", KD));
     cJSON_Delete(au_call(&d, "PUT", "/v1/sessions/t", 201, "{\"dim\":%d}", KD));
+    cJSON_Delete(au_call(&d, "PUT", "/v1/sessions/a8", 201, "{\"heads\":8,\"dim\":%d}", KD));
+    cJSON_Delete(au_call(&d, "PUT", "/v1/sessions/t8", 201, "{\"heads\":8,\"dim\":%d}", KD));
 
     /* Batches into a while queries of a run beside them and builds run in the background. */
     const uint64_t N1 = 16384 + BATCH;   /* the last batch makes the build at 16,384 due */
-    char *q1 = queries(5, 1024);
+    char *q1 = queries(5, 1024, 1);
     querier qr = {.d = &d, .body = q1};
     pthread_t th;
     feed(&d, "a", 5, 0, 1024);
@@ -185,14 +192,19 @@ static void test_kill_and_stop_during_builds(void **state)
     assert_true(qr.answered > 0);
     free(q1);
     feed(&d, "t", 5, 0, N1);
+    feed(&d, "a8", 6, 0, N1 - BATCH);
+    feed(&d, "t8", 6, 0, N1);
     au_wait_index(&d, "t");
     au_wait_index(&d, "a");
+    au_wait_index(&d, "t8");
+    au_wait_index(&d, "a8");
+    feed(&d, "a8", 6, N1 - BATCH, N1);
     feed(&d, "a", 5, N1 - BATCH, N1);
     kill9(&d);   /* right after the batch that made the build due (usually before it finished) */
 
     start_on(&d, dir);
     print_message("after SIGKILL: a build %s\n", building(&d, "a") ? "redone at the load" : "not needed");
-    char *q = queries(5, N1);
+    char *q = queries(5, N1, 1);
     cJSON *j = au_call(&d, "GET", "/v1/sessions/a", 200, NULL);
     assert_int_equal((int)au_num(j, "length"), (int)N1);   /* every acknowledged batch */
     cJSON_Delete(j);
@@ -206,6 +218,19 @@ static void test_kill_and_stop_during_builds(void **state)
     free(sa);
     free(st);
     free(q);
+    /* 8 heads: one index per head, the same build points; restarted, it answers as its twin. */
+    q = queries(6, N1, 8);
+    sa = snap(&d, "a8", q);
+    st = snap(&d, "t8", q);
+    assert_string_equal(sa, st);
+    j = au_call(&d, "GET", "/v1/sessions/a8", 200, NULL);
+    assert_int_equal((int)au_num(j, "length"), (int)N1);
+    assert_int_equal((int)au_num(j, "index.build"), 5);
+    assert_int_equal((int)au_num(j, "index.lists"), 256);   /* per head */
+    cJSON_Delete(j);
+    free(sa);
+    free(st);
+    free(q);
 
     /* The same with a clean stop (SIGTERM: the build is cancelled, the daemon exits 0). */
     const uint64_t N2 = 32768 + BATCH;
@@ -215,7 +240,7 @@ static void test_kill_and_stop_during_builds(void **state)
     assert_int_equal(mh_stop(&d, 60000), 0);
     start_on(&d, dir);
     print_message("after SIGTERM: a build %s\n", building(&d, "a") ? "redone at the load" : "not needed");
-    q = queries(5, N2);
+    q = queries(5, N2, 1);
     sa = snap(&d, "a", q);
     st = snap(&d, "t", q);
     assert_string_equal(sa, st);

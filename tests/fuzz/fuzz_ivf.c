@@ -29,11 +29,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         float k[N * 64], v[64];
         for (int i = 0; i < N; i++)
             fz_event(&p, (uint64_t)i, k + (size_t)i * (size_t)(p.heads * p.dim), v);
-        if (ma_ivf_add(x, N, k) == 0) {
-            uint64_t ids[N], scored = 0;
+        uint64_t *ids = malloc(ma_ivf_ids_cap(x, N) * sizeof *ids);   /* per-head: the heads' union */
+        if (ids && ma_ivf_add(x, N, k) == 0) {
+            uint64_t scored = 0;
             size_t nid = 0;
             ma_ivf_search(x, k, 2, N, ids, &nid, &scored);
         }
+        free(ids);
         void *o = NULL;
         size_t ol = 0;
         if (ma_ivf_serialize(x, &o, &ol) == 0)

@@ -8,7 +8,8 @@
  * (restored archive answers with the same bits, before and after further appends and an index rebuild;
  * corrupt buffers refused; source errors at restore passed on), the meta generation (the blob changes
  * exactly when it does), bytes accounting of a paged index archive, and the needle test of the issue
- * (index selector, default topk, 100,000 random-key fillers, d = 64).
+ * (index selector, default topk, 100,000 random-key fillers, d = 64), and the recall of 8 heads (one index
+ * per head) against the full read at 2^17 clustered events.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -26,6 +27,7 @@
 
 #include "core/archive.h"
 #include "core/error.h"
+#include "core/ivf.h"
 
 /* ---- helpers --------------------------------------------------------------------------------- */
 
@@ -1107,6 +1109,145 @@ static void test_needle_index_100k(void **state)
     assert_true(near >= 99);
 }
 
+/* ---- many heads (issue 15 item 3) ---------------------------------------------------------------- */
+
+#ifndef HEADS_RECALL_BOUND
+/* Measured here: 173 of 200 needles at cosine 0.9 (0.865; bench_recall's figures are in docs/RESULTS.md,
+ * "Many heads"); one shared index over the heads (before issue 15) is near 0.3. The bound leaves room for
+ * a change of rounding, not for a change of method. */
+#define HEADS_RECALL_BOUND 0.83
+#endif
+
+/* H = 8, d = 64, 2^17 events of clustered keys (bench_recall's generator: per head 64 clusters, a dominant
+ * direction of amplitude 3..9, cluster centres in a rank-8 subspace, spread 0.2..1 per cluster): 200
+ * needles queried at cosine 0.9 in every head; the sparse read's pointer must be the exact full read's in
+ * at least HEADS_RECALL_BOUND of them (one shared index over the heads: 0.24-0.32). The same sparse reads
+ * single and batched, paged (the candidates read alone) and resident, and from an archive restored from
+ * its meta blob have the same bits. */
+static void test_recall_heads_131072(void **state)
+{
+    (void)state;
+    enum { H = 8, d = 64, dv = 8, NCL = 64, RK = 8, NQ = 200 };
+    const size_t T = (size_t)1 << 17, KF = (size_t)H * d, VF = (size_t)H * dv;
+    rng_state = 1515;
+    float *u0 = randv((size_t)H * d), *U = randv((size_t)H * d * RK), *z = randv((size_t)H * NCL * RK);
+    float sc[H * NCL];
+    for (int h = 0; h < H; h++) {
+        double nn = 0;
+        for (int j = 0; j < d; j++)
+            nn += (double)u0[h * d + j] * u0[h * d + j];
+        for (int j = 0; j < d; j++)
+            u0[h * d + j] /= (float)sqrt(nn);
+        for (int c = 0; c < NCL; c++)
+            sc[h * NCL + c] = (float)(0.2 + 0.8 * urand());
+    }
+    for (size_t i = 0; i < (size_t)H * NCL * RK; i++)
+        z[i] *= 2.0f;
+    for (size_t i = 0; i < (size_t)H * d * RK; i++)
+        U[i] /= sqrtf((float)d);   /* centres of norm ~ 2·sqrt(RK)·1 */
+    float *k = malloc(T * KF * sizeof *k), *v = randv(T * VF);
+    assert_non_null(k);
+    for (size_t i = 0; i < T; i++)
+        for (int h = 0; h < H; h++) {
+            int c = (int)(urand() * NCL);
+            float a = (float)(3.0 + 6.0 * urand()), s = sc[h * NCL + c];
+            float *kh = k + i * KF + (size_t)h * d;
+            for (int j = 0; j < d; j++) {
+                float m = 0;
+                for (int r = 0; r < RK; r++)
+                    m += U[((size_t)h * d + (size_t)j) * RK + r] * z[((size_t)h * NCL + (size_t)c) * RK + r];
+                kh[j] = a * u0[h * d + j] + m + s * nrand();
+            }
+        }
+    ma_params p = mkparams(H, d, dv, 64, 16, MA_SELECTOR_INDEX);
+    ma_archive *a;
+    assert_int_equal(ma_archive_create(&p, &a), 0);
+    for (size_t i = 0; i < T; i += 4096)
+        assert_int_equal(ma_archive_append(a, 4096, k + i * KF, v + i * VF), 0);
+    assert_true(ma_ivf_per_head(ma_archive_index(a)));
+
+    /* Needles at cosine 0.9 in every head. */
+    float *Q = malloc(NQ * KF * sizeof *Q);
+    for (int t = 0; t < NQ; t++) {
+        size_t e = (size_t)(urand() * (double)T);
+        for (int h = 0; h < H; h++) {
+            const float *kh = k + e * KF + (size_t)h * d;
+            float *qh = Q + t * KF + (size_t)h * d, u[d];
+            double kk = 0, uk = 0, uu = 0;
+            for (int j = 0; j < d; j++) {
+                u[j] = nrand();
+                kk += (double)kh[j] * kh[j];
+                uk += (double)u[j] * kh[j];
+            }
+            for (int j = 0; j < d; j++) {
+                u[j] -= (float)(uk / kk * kh[j]);
+                uu += (double)u[j] * u[j];
+            }
+            for (int j = 0; j < d; j++)
+                qh[j] = (float)(0.9 * kh[j] + sqrt(1 - 0.81) * sqrt(kk) * u[j] / sqrt(uu));
+        }
+    }
+    float *of = malloc(NQ * VF * sizeof *of), *os = malloc(NQ * VF * sizeof *os), *ob = malloc(NQ * VF * sizeof *ob);
+    ma_read_result rf[NQ], rs[NQ], rb[NQ];
+    int rcs[NQ];
+    for (int t = 0; t < NQ; t++) {
+        rf[t] = (ma_read_result){.v = of + t * VF};
+        rs[t] = (ma_read_result){.v = os + t * VF};
+    }
+    assert_int_equal(ma_archive_read_exact_batch(a, Q, NQ, NULL, rf, rcs), 0);
+    assert_int_equal(ma_archive_read_sparse_batch(a, Q, NQ, 0, rs), 0);
+    int hit = 0;
+    for (int t = 0; t < NQ; t++) {
+        assert_int_equal(rcs[t], 0);
+        hit += rs[t].pointer == rf[t].pointer;
+    }
+    printf("recall at cosine 0.9, H = 8 clustered, 131,072 events: %d/%d (bound %.2f)\n", hit, NQ,
+           HEADS_RECALL_BOUND);
+    assert_true(hit >= HEADS_RECALL_BOUND * NQ);
+
+    /* Single reads equal the batch's; a paged archive and a restored one answer with the same bits. */
+    mem_source ms = {.k = k, .v = v, .kf = KF, .vf = VF, .C = 64, .fail_chunk = UINT32_MAX};
+    ma_chunk_source src = {mem_load, &ms};
+    void *meta;
+    size_t len;
+    assert_int_equal(ma_archive_serialize_meta(a, &meta, &len), 0);
+    ma_archive *b;
+    assert_int_equal(ma_archive_restore_meta(&p, meta, len, T, src, 4, &b), 0);
+    free(meta);
+    for (int pass = 0; pass < 3; pass++) {
+        if (pass == 1) {
+            assert_int_equal(ma_archive_set_source(a, src, 4), 0);
+            ma_archive_set_event_loader(a, mem_load_events);
+            ma_archive_release(a);
+        }
+        const ma_archive *x = pass == 2 ? b : a;
+        for (int t = 0; t < NQ; t += 25) {
+            rb[t] = (ma_read_result){.v = ob + t * VF};
+            assert_int_equal(ma_archive_read_sparse(x, Q + t * KF, 0, &rb[t]), 0);
+            assert_int_equal(rb[t].pointer, rs[t].pointer);
+            assert_true(rb[t].weight == rs[t].weight && rb[t].score == rs[t].score);
+            assert_int_equal(rb[t].events_scored, rs[t].events_scored);
+            assert_memory_equal(ob + t * VF, os + t * VF, VF * sizeof(float));
+            ma_read_result_clear(&rb[t]);
+        }
+    }
+    for (int t = 0; t < NQ; t++) {
+        ma_read_result_clear(&rf[t]);
+        ma_read_result_clear(&rs[t]);
+    }
+    ma_archive_destroy(a);
+    ma_archive_destroy(b);
+    free(of);
+    free(os);
+    free(ob);
+    free(Q);
+    free(k);
+    free(v);
+    free(u0);
+    free(U);
+    free(z);
+}
+
 static void test_needle_chunks_rates(void **state)
 {
     (void)state;
@@ -1143,6 +1284,7 @@ int main(void)
         cmocka_unit_test(test_exact_batch_equals_single),
         cmocka_unit_test(test_needle_index_100k),
         cmocka_unit_test(test_needle_chunks_rates),
+        cmocka_unit_test(test_recall_heads_131072),
     };
     /* e.g. MA_TEST_FILTER='*concurrent*' for a ThreadSanitizer run of the paging cache alone */
     if (getenv("MA_TEST_FILTER"))

@@ -317,6 +317,7 @@ static int mem_load(void *ctx, uint32_t chunk, float *k, float *v, size_t n)
 static void test_legacy_archive_and_ivf(void **state)
 {
     (void)state;
+    ma_ivf_set_legacy_shared(1);   /* the legacy formats are of the shared layout of two heads */
     rng_state = 11;
     ma_params p;
     ma_params_default(&p);
@@ -382,6 +383,7 @@ static void test_legacy_archive_and_ivf(void **state)
     ma_archive_destroy(a);
     free(k);
     free(v);
+    ma_ivf_set_legacy_shared(0);
 }
 
 int main(void)

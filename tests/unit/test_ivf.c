@@ -6,6 +6,9 @@
  * clustering quality on separated blobs (lists do not mix blobs; a key probing one list finds its own),
  * determinism, independence of batching between rebuilds, restore by re-adding the keys (same state,
  * same answers, same growth), loader errors leaving the index unchanged, refusal of corrupt buffers.
+ * H > 1 (issue 15): the tests of several heads run on the shared layout of before (ma_ivf_set_legacy_shared)
+ * and, where they apply, per head too; each head finds its own needle; a stored shared index restores,
+ * answers as before and becomes per-head at its next build.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -134,7 +137,7 @@ static void assert_same_state(const ma_ivf *x, const ma_ivf *y)
 /* Same answers, bit for bit: ids and number scored for the same queries and budgets. */
 static void assert_same_answers(const ma_ivf *x, const ma_ivf *y, size_t D, int nprobe)
 {
-    uint64_t a[200], b[200], sa, sb;
+    uint64_t a[8 * 200], b[8 * 200], sa, sb;   /* per-head: the union of up to 8 heads' 200 */
     size_t na, nb;
     for (int t = 0; t < 20; t++) {
         float *q = randv(D);
@@ -150,6 +153,16 @@ static void assert_same_answers(const ma_ivf *x, const ma_ivf *y, size_t D, int 
 /* Same codes, bit for bit: every listed event's id, list and both estimates for a few queries. */
 static void assert_same_codes(const ma_ivf *x, const ma_ivf *y, size_t D)
 {
+    if (ma_ivf_per_head(x)) {   /* head by head: each head's index is one of one head */
+        assert_true(ma_ivf_per_head(y));
+        size_t nh = 0;
+        while (ma_ivf_head(x, (int)nh))
+            nh++;
+        assert_null(ma_ivf_head(y, (int)nh));
+        for (size_t h = 0; h < nh; h++)
+            assert_same_codes(ma_ivf_head(x, (int)h), ma_ivf_head(y, (int)h), D / nh);
+        return;
+    }
     size_t n = (size_t)ma_ivf_count(x), na, nb;
     assert_int_equal(ma_ivf_count(y), n);
     uint64_t *ia = malloc(n * sizeof *ia), *ib = malloc(n * sizeof *ib);
@@ -220,6 +233,7 @@ static void test_rebuild_schedule(void **state)
 static void test_exhaustive_probe(void **state)
 {
     (void)state;
+    ma_ivf_set_legacy_shared(1);   /* H > 1: the shared layout (stored sessions of before issue 15) */
     rng_state = 3;
     const int H = 2, d = 6;
     const size_t n = 3000, D = (size_t)H * d;   /* 2,048 in lists, 952 pending */
@@ -292,6 +306,7 @@ static void test_exhaustive_probe(void **state)
     free(ids);
     ma_ivf_destroy(x);
     free(k);
+    ma_ivf_set_legacy_shared(0);
 }
 
 /* Separated blobs: lists do not mix blobs, a key's best list is of its blob, and a key finds the event of
@@ -349,9 +364,9 @@ static void test_cluster_quality(void **state)
 
 /* The state does not depend on batching; a restored index fed the same keys is the original, and both
  * grow the same way through the next rebuild. */
-static void test_serialize_roundtrip(void **state)
+static void serialize_roundtrip(int shared)
 {
-    (void)state;
+    ma_ivf_set_legacy_shared(shared);   /* H > 1: shared (stored before issue 15) or per head */
     rng_state = 5;
     const int H = 2, d = 8;
     const size_t n = 2500, D = (size_t)H * d;
@@ -405,6 +420,19 @@ static void test_serialize_roundtrip(void **state)
     ma_ivf_destroy(x);
     ma_ivf_destroy(y);
     free(k);
+    ma_ivf_set_legacy_shared(0);
+}
+
+static void test_serialize_roundtrip(void **state)
+{
+    (void)state;
+    serialize_roundtrip(1);
+}
+
+static void test_serialize_roundtrip_heads(void **state)
+{
+    (void)state;
+    serialize_roundtrip(0);
 }
 
 /* An explicit rebuild: every event findable; a loader error leaves the index as it was. */
@@ -549,8 +577,10 @@ static void test_kernels_match_reference(void **state)
 {
     (void)state;
     kernels_vs_reference(1, 64, 21);   /* the AVX2 paths */
+    ma_ivf_set_legacy_shared(1);       /* records of several heads: the shared layout */
     kernels_vs_reference(2, 64, 22);
     kernels_vs_reference(3, 20, 23);   /* partial sign-code bytes, odd 4-bit halves */
+    ma_ivf_set_legacy_shared(0);
     kernels_vs_reference(1, 7, 24);
 }
 
@@ -632,9 +662,9 @@ static void test_recall_131072(void **state)
 
 /* A batch answers as the queries one by one (the same ids, counts and scored), with and without pending
  * events, for a batch of 64 and of 5, exact keys and random queries. */
-static void test_batch_equals_single(void **state)
+static void batch_equals_single(int shared)
 {
-    (void)state;
+    ma_ivf_set_legacy_shared(shared);   /* H > 1: shared (stored before issue 15) or per head */
     rng_state = 41;
     const int H = 2, d = 16;
     const size_t n = 9000, D = (size_t)H * d, nq = 64;
@@ -643,8 +673,8 @@ static void test_batch_equals_single(void **state)
     float *Q = randv(nq * D);
     memcpy(Q, k + 17 * D, D * sizeof(float));
     memcpy(Q + D, k + 8500 * D, D * sizeof(float));   /* a pending key */
-    const size_t mi = 40;
-    uint64_t *ids = malloc(nq * mi * sizeof *ids), one[40], sc[64], s1;
+    const size_t mi = 40, cap = ma_ivf_ids_cap(x, mi);
+    uint64_t *ids = malloc(nq * cap * sizeof *ids), one[2 * 40], sc[64], s1;
     size_t cnt[64], n1;
     for (int pass = 0; pass < 2; pass++) {
         size_t m = pass ? 5 : nq;
@@ -654,13 +684,26 @@ static void test_batch_equals_single(void **state)
             assert_int_equal(ma_ivf_search(x, Q + i * D, nprobe, mi, one, &n1, &s1), 0);
             assert_int_equal(cnt[i], n1);
             assert_int_equal(sc[i], s1);
-            assert_memory_equal(ids + i * mi, one, n1 * sizeof *one);
+            assert_memory_equal(ids + i * cap, one, n1 * sizeof *one);
         }
     }
     free(ids);
     free(Q);
     ma_ivf_destroy(x);
     free(k);
+    ma_ivf_set_legacy_shared(0);
+}
+
+static void test_batch_equals_single(void **state)
+{
+    (void)state;
+    batch_equals_single(1);
+}
+
+static void test_batch_equals_single_heads(void **state)
+{
+    (void)state;
+    batch_equals_single(0);
 }
 
 
@@ -680,10 +723,10 @@ typedef struct {
     int fail_codes;        /* scans with codes fail with MA_EIO */
 } memrows;
 
-static void memrows_init(memrows *m, int H, int d)
+static void memrows_init(memrows *m, int H, int d, size_t lists_bytes)
 {
     memset(m, 0, sizeof *m);
-    m->lb = MA_IVF_BLOCK * 4;
+    m->lb = lists_bytes;
     m->cb = ma_ivf_row_codes_bytes(H, d);
     m->skip = -1;
 }
@@ -768,7 +811,7 @@ static size_t managed_build(ma_ivf *x, memrows *m, int H, int d, const float *k,
     assert_int_equal(ma_ivf_train(H, d, point, bno, load_keys, &src, NULL, &b), 0);
     assert_int_equal(ma_ivf_build_point(b), point);
     size_t staged = have / MA_IVF_BLOCK ? have / MA_IVF_BLOCK - 1 : 0;
-    unsigned char *l = malloc(MA_IVF_BLOCK * 4), *c = malloc(m->cb);
+    unsigned char *l = malloc(m->lb), *c = malloc(m->cb);
     for (size_t blk = 0; blk < staged; blk++) {
         assert_int_equal(ma_ivf_build_encode(b, k + blk * MA_IVF_BLOCK * D, 1, l, c), 0);
         memrows_put(m, bno, blk, 1, l, c);
@@ -789,9 +832,9 @@ static size_t managed_build(ma_ivf *x, memrows *m, int H, int d, const float *k,
  * staged and adopted later (as the registry's background builds are) equals the one built in place at
  * the same points — state, answers and codes bit for bit — and so does one fed in other batches; and a
  * restore from the persisted rows equals both without reading any listed key. */
-static void test_managed_and_rows(void **state)
+static void managed_and_rows(int shared)
 {
-    (void)state;
+    ma_ivf_set_legacy_shared(shared);   /* H > 1: shared (stored before issue 15) or per head */
     rng_state = 11;
     const int H = 2, d = 8;
     const size_t D = (size_t)H * d, n = 9300;
@@ -804,7 +847,7 @@ static void test_managed_and_rows(void **state)
 
     ma_ivf *x;
     memrows m;
-    memrows_init(&m, H, d);
+    memrows_init(&m, H, d, shared ? MA_IVF_BLOCK * 4 : (size_t)H * MA_IVF_BLOCK * 4);
     assert_int_equal(ma_ivf_create(H, d, &x), 0);
     ma_ivf_keep_rows(x, 1);
     size_t have = 0;
@@ -907,7 +950,7 @@ static void test_managed_and_rows(void **state)
     m.fail_codes = 1;
     assert_int_equal(ma_ivf_adopt(x, b, &rows, load_keys, &s2, 0), MA_EIO);   /* in place: unchanged */
     assert_int_equal(ma_ivf_builds(x), ma_ivf_builds(inplace));
-    uint64_t ids[8], scored;
+    uint64_t ids[2 * 8], scored;   /* per-head: the union of two heads' 8 */
     size_t got;
     assert_int_equal(ma_ivf_search(x, k, 4, 8, ids, &got, &scored), 0);
     assert_int_equal(ma_ivf_adopt(x, b, &rows, load_keys, &s2, 1), MA_EIO);   /* low memory: broken */
@@ -923,6 +966,209 @@ static void test_managed_and_rows(void **state)
     memrows_free(&m);
     ma_ivf_destroy(x);
     ma_ivf_destroy(inplace);
+    free(k);
+    ma_ivf_set_legacy_shared(0);
+}
+
+static void test_managed_and_rows(void **state)
+{
+    (void)state;
+    managed_and_rows(1);
+}
+
+static void test_managed_and_rows_heads(void **state)
+{
+    (void)state;
+    managed_and_rows(0);
+}
+
+/* ---- many heads (issue 15): one index per head ---------------------------------------------------- */
+
+/* Each head finds its own needle: head h's query is the key of event e_h (a different event per head,
+ * slightly perturbed), and the answer — the union of the heads' candidates — holds every e_h, each id once,
+ * ascending; it is the union of what each head's own index answers for its query. */
+static void test_heads_own_needles(void **state)
+{
+    (void)state;
+    rng_state = 51;
+    const int H = 4, d = 32;   /* |k|^2 = 32 stands out of the others' q.k (sd 5.7) */
+    const size_t n = 6000, D = (size_t)H * d, mi = 8;   /* 5,120 listed, 880 pending */
+    float *k = randv(n * D);
+    ma_ivf *x = build(H, d, k, n, 700);
+    assert_true(ma_ivf_per_head(x));
+    assert_int_equal(ma_ivf_ids_cap(x, mi), H * mi);
+    const int nprobe = (int)(ma_ivf_nlist(x) / 4);
+    uint64_t ids[4 * 8], hid[8], all[4 * 8];
+    float q[4 * 32];
+    for (int t = 0; t < 40; t++) {
+        uint64_t e[4];
+        for (int h = 0; h < H; h++) {
+            e[h] = (uint64_t)(urand() * (double)n) % n;
+            for (int j = 0; j < d; j++)
+                q[h * d + j] = k[e[h] * D + (size_t)h * d + (size_t)j] * (1.0f + 0.01f * (float)(urand() - 0.5));
+        }
+        size_t got, hn, na = 0;
+        uint64_t scored, hs, ssum = 0;
+        assert_int_equal(ma_ivf_search(x, q, nprobe, mi, ids, &got, &scored), 0);
+        for (size_t i = 1; i < got; i++)
+            assert_true(ids[i] > ids[i - 1]);
+        for (int h = 0; h < H; h++) {
+            int found = 0;
+            for (size_t i = 0; i < got; i++)
+                found |= ids[i] == e[h];
+            assert_true(found);
+            assert_int_equal(ma_ivf_search(ma_ivf_head(x, h), q + h * d, nprobe, mi, hid, &hn, &hs), 0);
+            memcpy(all + na, hid, hn * sizeof *hid);
+            na += hn;
+            ssum += hs;
+        }
+        assert_int_equal(scored, ssum);
+        /* the union of the heads' answers, each once, ascending */
+        size_t u = 0;
+        for (size_t i = 0; i < na; i++) {
+            size_t j = 0;
+            while (j < u && all[j] != all[i])
+                j++;
+            if (j == u)
+                all[u++] = all[i];
+        }
+        assert_int_equal(got, u);
+        for (size_t i = 0; i < got; i++) {
+            size_t j = 0;
+            while (j < u && all[j] != ids[i])
+                j++;
+            assert_true(j < u);
+        }
+    }
+    ma_ivf_destroy(x);
+    free(k);
+}
+
+/* A session stored before issue 15 (H > 1, one shared index, its rows): it restores as it was and
+ * answers as the original; at its next build it becomes per-head — the index is then the one built per
+ * head from the start at the same points (state, answers and codes bit for bit), its kept rows are
+ * per-head rows, and a restore from them equals it (restart after the upgrade). */
+static void test_heads_upgrade_shared(void **state)
+{
+    (void)state;
+    rng_state = 52;
+    const int H = 2, d = 8;
+    const size_t D = (size_t)H * d, n = 5000, n2 = 9000;
+    float *k = randv(n2 * D);
+    /* Before: shared, built at the points up to 4,096, rows kept as the registry stores them. */
+    ma_ivf_set_legacy_shared(1);
+    ma_ivf *old;
+    memrows m;
+    memrows_init(&m, H, d, MA_IVF_BLOCK * 4);
+    assert_int_equal(ma_ivf_create(H, d, &old), 0);
+    ma_ivf_keep_rows(old, 1);
+    key_src src = {k, D, -1, 0};
+    for (size_t i = 0; i < n; i += 500) {
+        assert_int_equal(ma_ivf_add(old, 500, k + i * D), 0);
+        drain(old, &m);
+        if (ma_ivf_want_rebuild(old)) {
+            assert_int_equal(ma_ivf_rebuild(old, load_keys, &src), 0);
+            drain(old, &m);
+        }
+    }
+    assert_false(ma_ivf_per_head(old));
+    void *blob;
+    size_t len;
+    assert_int_equal(ma_ivf_serialize(old, &blob, &len), 0);
+    ma_ivf_set_legacy_shared(0);
+
+    /* Now: the stored shared index restores shared and answers as before. */
+    ma_ivf *y;
+    assert_int_equal(ma_ivf_restore(H, d, blob, len, &y), 0);
+    assert_false(ma_ivf_per_head(y));
+    ma_ivf_rows rows = {memrows_scan, &m};
+    ma_ivf_keep_rows(y, 1);
+    assert_int_equal(ma_ivf_restore_lists(y, n, &rows, load_keys, &src), 0);
+    assert_same_state(old, y);
+    assert_same_answers(old, y, D, 5);
+    assert_same_codes(old, y, D);
+    assert_false(ma_ivf_want_rebuild(y));
+
+    /* Events come until the next build point (8,192): appends stay shared, their rows shared. */
+    memrows m2;   /* the per-head rows of the new build */
+    memrows_init(&m2, H, d, (size_t)H * MA_IVF_BLOCK * 4);
+    assert_int_equal(ma_ivf_add(y, n2 - n, k + n * D), 0);
+    drain(y, &m);
+    uint64_t point;
+    uint32_t bno;
+    assert_true(ma_ivf_build_due(y, &point, &bno));
+    assert_int_equal(point, 8192);
+    /* The build as the registry runs it: trained, a few rows staged, adopted in low-memory mode. */
+    ma_ivf_build *b;
+    assert_int_equal(ma_ivf_train(H, d, point, bno, load_keys, &src, NULL, &b), 0);
+    assert_int_equal(ma_ivf_build_lists_bytes(b), (size_t)H * MA_IVF_BLOCK * 4);
+    unsigned char *l = malloc(m2.lb), *c = malloc(m2.cb);
+    for (uint64_t blk = 0; blk < 5; blk++) {
+        assert_int_equal(ma_ivf_build_encode(b, k + blk * MA_IVF_BLOCK * D, 1, l, c), 0);
+        memrows_put(&m2, bno, blk, 1, l, c);
+    }
+    free(l);
+    free(c);
+    ma_ivf_rows rows2 = {memrows_scan, &m2};
+    assert_int_equal(ma_ivf_adopt(y, b, &rows2, load_keys, &src, 1), 0);
+    ma_ivf_build_free(b);
+    assert_true(ma_ivf_per_head(y));
+    assert_int_equal(ma_ivf_builds(y), bno);
+    assert_int_equal(ma_ivf_row_lists_bytes(y), (size_t)H * MA_IVF_BLOCK * 4);
+    uint32_t kb;
+    uint64_t kf;
+    const void *kl, *kc;
+    size_t kept = ma_ivf_rows_pending(y, &kb, &kf, &kl, &kc);
+    assert_int_equal(kb, bno);
+    assert_int_equal(kf, 5);
+    assert_int_equal(kept, n2 / MA_IVF_BLOCK - 5);   /* the blocks not staged, encoded at the adopt */
+    drain(y, &m2);
+
+    /* The same as per-head from the start, with builds at the same points. */
+    ma_ivf *fresh = build(H, d, k, n2, 500);
+    assert_true(ma_ivf_per_head(fresh));
+    assert_same_state(fresh, y);
+    assert_same_answers(fresh, y, D, 5);
+    assert_same_answers(fresh, y, D, 1000);
+    assert_same_codes(fresh, y, D);
+
+    /* Restart after the upgrade: the per-head blob and rows give the same index, reading the pending keys
+     * once. */
+    void *blob2;
+    size_t len2;
+    assert_int_equal(ma_ivf_serialize(y, &blob2, &len2), 0);
+    ma_ivf *z;
+    assert_int_equal(ma_ivf_restore(H, d, blob2, len2, &z), 0);
+    assert_true(ma_ivf_per_head(z));
+    src.calls = 0;
+    assert_int_equal(ma_ivf_restore_lists(z, n2, &rows2, load_keys, &src), 0);
+    assert_int_equal(src.calls, 1);
+    assert_same_state(y, z);
+    assert_same_answers(y, z, D, 5);
+    assert_same_codes(y, z, D);
+    ma_ivf_destroy(z);
+    /* A shared row where a per-head one is expected is refused. */
+    memrow *r0 = memrows_find(&m2, bno, 0);
+    size_t lb = m2.lb;
+    m2.lb = MA_IVF_BLOCK * 4;
+    assert_int_equal(ma_ivf_restore(H, d, blob2, len2, &z), 0);
+    assert_int_equal(ma_ivf_restore_lists(z, n2, &rows2, load_keys, &src), MA_ECORRUPT);
+    ma_ivf_destroy(z);
+    m2.lb = lb;
+    (void)r0;
+    /* The per-head blob is refused for a mismatching shape. */
+    z = NULL;
+    assert_int_equal(ma_ivf_restore(H + 1, d, blob2, len2, &z), MA_ECORRUPT);
+    assert_int_equal(ma_ivf_restore(1, d, blob2, len2, &z), MA_ECORRUPT);
+    assert_null(z);
+
+    free(blob);
+    free(blob2);
+    memrows_free(&m);
+    memrows_free(&m2);
+    ma_ivf_destroy(old);
+    ma_ivf_destroy(y);
+    ma_ivf_destroy(fresh);
     free(k);
 }
 
@@ -997,12 +1243,17 @@ int main(void)
         cmocka_unit_test(test_exhaustive_probe),
         cmocka_unit_test(test_cluster_quality),
         cmocka_unit_test(test_serialize_roundtrip),
+        cmocka_unit_test(test_serialize_roundtrip_heads),
         cmocka_unit_test(test_explicit_rebuild),
         cmocka_unit_test(test_kernels_match_reference),
         cmocka_unit_test(test_batch_equals_single),
+        cmocka_unit_test(test_batch_equals_single_heads),
         cmocka_unit_test(test_recall_131072),
         cmocka_unit_test(test_managed_and_rows),
+        cmocka_unit_test(test_managed_and_rows_heads),
         cmocka_unit_test(test_build_points),
+        cmocka_unit_test(test_heads_own_needles),
+        cmocka_unit_test(test_heads_upgrade_shared),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

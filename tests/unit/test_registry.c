@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "core/ivf.h"
 #include "registry/pager.h"
 #include "registry/params_text.h"
 #include "registry/registry.h"
@@ -1069,9 +1070,9 @@ static uint32_t build_of(reg_session *s)
 /* Feeds session id events of seed up to n in batches of 96, waiting for the background builds after each
  * batch but the last (so the last batch's build, if it makes one due, has not run when this returns:
  * the caller holds the session). Returns the session acquired. */
-static reg_session *feed_then_hold(fixture *f, const char *id, unsigned seed, uint64_t n)
+static reg_session *feed_then_hold_p(fixture *f, const char *id, unsigned seed, uint64_t n, const ma_params *pp)
 {
-    ma_params p = params();
+    ma_params p = *pp;
     reg_session *s;
     char err[256];
     assert_int_equal(reg_create_session(f->reg, id, &p, 1, &s, err, sizeof err), 0);
@@ -1087,6 +1088,12 @@ static reg_session *feed_then_hold(fixture *f, const char *id, unsigned seed, ui
         reg_wait_maintenance(f->reg);
     }
     return NULL;
+}
+
+static reg_session *feed_then_hold(fixture *f, const char *id, unsigned seed, uint64_t n)
+{
+    ma_params p = params();
+    return feed_then_hold_p(f, id, seed, n, &p);
 }
 
 /* A query answered before the swap and one after are each reproducible: two sessions fed the same events
@@ -1161,6 +1168,69 @@ static void test_background_build_states(void **state)
     sparse_answers(b, 7, N2, &cc);
     assert_memory_equal(&bb, &cc, sizeof bb);
     reg_release(f.reg, b);
+    close_fixture(&f);
+}
+
+/* Issue 15: a session of 2 heads stored with the shared index of before (one index over both heads)
+ * loads as it was and answers as before; its next background build makes the index per-head, after which
+ * it answers as a session per-head from the start fed the same events, and a restarted registry reads its
+ * per-head rows and answers the same. */
+static void test_shared_index_upgrade(void **state)
+{
+    (void)state;
+    fixture f;
+    char err[256];
+    const uint64_t N = 43 * 96, N2 = N + 17 * 256;   /* builds at 4,096, then at 8,192 */
+    ma_params p2 = params();
+    p2.heads = 2;
+    p2.dim = p2.value_dim = D / 2;   /* kv's D floats: 2 heads of D/2 */
+    assert_int_equal(open_fixture(&f, 0), 0);
+    ma_ivf_set_legacy_shared(1);   /* the daemon of before */
+    reg_session *s = feed_then_hold_p(&f, "old", 7, N, &p2);
+    reg_release(f.reg, s);
+    reg_wait_maintenance(f.reg);
+    assert_int_equal(reg_acquire(f.reg, "old", &s, err, sizeof err), 0);
+    assert_int_equal(build_of(s), 3);
+    assert_false(ma_ivf_per_head(ma_archive_index(ma_session_archive(reg_core(s)))));
+    answers before, again;
+    sparse_answers(s, 7, N, &before);
+    reg_release(f.reg, s);
+    reg_destroy(f.reg);
+    ma_ivf_set_legacy_shared(0);   /* this daemon */
+
+    reg_options ro = {.store = f.st, .cache_chunks = 4};
+    assert_int_equal(reg_create(&ro, &f.reg), 0);
+    assert_int_equal(reg_acquire(f.reg, "old", &s, err, sizeof err), 0);
+    assert_false(ma_ivf_per_head(ma_archive_index(ma_session_archive(reg_core(s)))));
+    sparse_answers(s, 7, N, &again);
+    assert_memory_equal(&before, &again, sizeof again);
+    for (int i = 0; i < 17; i++)
+        assert_int_equal(ingest_seq(&f, s, 7, 256), 0);
+    reg_release(f.reg, s);
+    reg_wait_maintenance(f.reg);
+    assert_int_equal(reg_acquire(f.reg, "old", &s, err, sizeof err), 0);
+    assert_int_equal(build_of(s), 4);
+    assert_true(ma_ivf_per_head(ma_archive_index(ma_session_archive(reg_core(s)))));
+    answers up, fresh;
+    sparse_answers(s, 7, N2, &up);
+    reg_release(f.reg, s);
+
+    s = feed_then_hold_p(&f, "new", 7, N2, &p2);
+    reg_release(f.reg, s);
+    reg_wait_maintenance(f.reg);
+    assert_int_equal(reg_acquire(f.reg, "new", &s, err, sizeof err), 0);
+    assert_int_equal(build_of(s), 4);
+    sparse_answers(s, 7, N2, &fresh);
+    assert_memory_equal(&up, &fresh, sizeof up);
+    reg_release(f.reg, s);
+    reg_destroy(f.reg);
+
+    assert_int_equal(reg_create(&ro, &f.reg), 0);
+    assert_int_equal(reg_acquire(f.reg, "old", &s, err, sizeof err), 0);
+    assert_true(ma_ivf_per_head(ma_archive_index(ma_session_archive(reg_core(s)))));
+    sparse_answers(s, 7, N2, &again);
+    assert_memory_equal(&up, &again, sizeof again);
+    reg_release(f.reg, s);
     close_fixture(&f);
 }
 
@@ -1280,6 +1350,7 @@ int main(void)
         cmocka_unit_test(test_commit_queue_groups),
         cmocka_unit_test(test_commit_queue_slot_rows),
         cmocka_unit_test(test_background_build_states),
+        cmocka_unit_test(test_shared_index_upgrade),
         cmocka_unit_test(test_background_build_race),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
