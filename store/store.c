@@ -10,10 +10,13 @@
  *                 event_bytes, blob_bytes)
  *        blobs(sid, kind, data)              kind 0 backbone, 1 slot table, 2 archive meta; one row each,
  *                                            so a commit rewrites only the blobs that changed
- *        event_blocks(sid, block, n, k, v)   rowid table, primary key (sid, block): events  block·BLOCK ..
- *                                            block·BLOCK+n-1, keys and values back to back; all blocks
- *                                            full but a session's last. One row per 64 events, not per
- *                                            event: the per-row cost bounded durable ingest (schema 1)
+ *        event_blocks(sid, block, n, k, v, ck)  rowid table, primary key (sid, block): events block·G ..
+ *                                            block·G+n-1, keys and values back to back, G = st_row_events
+ *                                            (as many as fit a 4 KiB page, at most 64: 7 at H·d = 64);
+ *                                            all blocks full but a session's last. A row per G events,
+ *                                            not per event: the per-row cost bounded durable ingest
+ *                                            (schema 1); no more than a page, so that reading one event
+ *                                            (a sparse read's candidate) reads one page (schema 7)
  *        payloads(sid, idx, payload)         WITHOUT ROWID, only for the events that have one
  *        idempotency(scope, key, ...)        Idempotency-Key records with their answers (store/idem.c)
  *        index_blocks(sid, build, block, lists, codes)   rowid table: the archive index's rows, one per
@@ -374,9 +377,10 @@ int st_block_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, ui
     if (st->opt.no_row_checksums)
         return 0;
     if (!sum_matches(s, ck_col, st_block_sum(block, n, k, klen, v, vlen))) {
+        uint64_t g = n ? st_row_events(klen / n, vlen / n) : BLOCK;   /* the callers checked klen, vlen */
         st_seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 " (events %" PRIu64 "..%" PRIu64
                   "): %s (a damaged row: not served)", st->path, id, block,
-                  block * BLOCK, block * BLOCK + n - 1,
+                  block * g, block * g + n - 1,
                   sqlite3_column_type(s, ck_col) == SQLITE_NULL ? "no checksum" : "checksum mismatch");
         return MA_ECORRUPT;
     }
@@ -882,7 +886,8 @@ static int write_events(ma_store *st, conn *c, const char *id, int64_t sid, uint
                         const ma_store_delta *d, char *err, size_t errlen)
 {
     size_t kb = d->k_floats * sizeof(float), vb = d->v_floats * sizeof(float), i = 0;
-    size_t off = (size_t)(length % BLOCK);
+    const size_t G = st_row_events(kb, vb);
+    size_t off = (size_t)(length % G);
     unsigned char *kbuf = NULL, *vbuf = NULL;
     int ret = 0;
     if (off) {
@@ -890,13 +895,13 @@ static int write_events(ma_store *st, conn *c, const char *id, int64_t sid, uint
         if (!s)
             return MA_EIO;
         sqlite3_bind_int64(s, 1, sid);
-        sqlite3_bind_int64(s, 2, (int64_t)(length / BLOCK));
+        sqlite3_bind_int64(s, 2, (int64_t)(length / G));
         int rc = sqlite3_step(s);
         if (rc != SQLITE_ROW) {
             ret = rc == SQLITE_DONE ? MA_ECORRUPT : st_fail_db(st, c->db, rc, err, errlen, "reading an event block");
             if (rc == SQLITE_DONE)
                 st_seterr(err, errlen, "store %s: event block %" PRIu64 " of a session of length %" PRIu64
-                          " is missing", st->path, length / BLOCK, length);
+                          " is missing", st->path, length / G, length);
             goto done;
         }
         size_t n = (size_t)sqlite3_column_int64(s, 0);
@@ -905,15 +910,16 @@ static int write_events(ma_store *st, conn *c, const char *id, int64_t sid, uint
             st_seterr(err, errlen, "store %s: the stored events end in a block of %zu events with %zu/%zu key/value "
                       "bytes; %zu events of %zu/%zu floats cannot continue it", st->path, n, k_len, v_len, off,
                       d->k_floats, d->v_floats);
-            ret = n != off ? MA_ECORRUPT : MA_EINVAL;
+            /* other sizes than the stored ones: the caller's mistake (and, since schema 7, another G) */
+            ret = k_len == n * kb && v_len == n * vb ? MA_ECORRUPT : MA_EINVAL;
             goto done;
         }
         /* The one block a commit rewrites is checked first: a damaged row is never rewritten with a fresh
          * checksum of its damage. */
-        if ((ret = st_block_check(st, id, s, 3, length / BLOCK, n, sqlite3_column_blob(s, 1), k_len,
+        if ((ret = st_block_check(st, id, s, 3, length / G, n, sqlite3_column_blob(s, 1), k_len,
                                   sqlite3_column_blob(s, 2), v_len, err, errlen)))
             goto done;
-        size_t take = d->n_events < BLOCK - off ? d->n_events : BLOCK - off;
+        size_t take = d->n_events < G - off ? d->n_events : G - off;
         if (!(kbuf = malloc((off + take) * kb)) || !(vbuf = malloc((off + take) * vb))) {
             st_seterr(err, errlen, "store %s: out of memory", st->path);
             ret = MA_ENOMEM;
@@ -924,13 +930,13 @@ static int write_events(ma_store *st, conn *c, const char *id, int64_t sid, uint
         sqlite3_reset(s);
         memcpy(kbuf + k_len, d->k, take * kb);
         memcpy(vbuf + v_len, d->v, take * vb);
-        if ((ret = st_put_block(st, c, sid, length / BLOCK, off + take, kbuf, kb, vbuf, vb, err, errlen)))
+        if ((ret = st_put_block(st, c, sid, length / G, off + take, kbuf, kb, vbuf, vb, err, errlen)))
             goto done;
         i = take;
     }
     while (i < d->n_events) {
-        size_t take = d->n_events - i < BLOCK ? d->n_events - i : BLOCK;
-        if ((ret = st_put_block(st, c, sid, (length + i) / BLOCK, take, d->k + i * d->k_floats, kb,
+        size_t take = d->n_events - i < G ? d->n_events - i : G;
+        if ((ret = st_put_block(st, c, sid, (length + i) / G, take, d->k + i * d->k_floats, kb,
                                 d->v + i * d->v_floats, vb, err, errlen)))
             goto done;
         i += take;
@@ -1357,6 +1363,7 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
     sqlite3_stmt *s = NULL, *p = NULL;
     uint64_t at = first, end = first + n;
     size_t kb = k_floats * sizeof(float), vb = v_floats * sizeof(float);
+    const uint64_t G = st_row_events(kb, vb);
     if (rc) {
         txn = false;
         ret = st_fail_db(st, c->db, rc, err, errlen, "starting a read");
@@ -1368,11 +1375,11 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
         goto done;
     }
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 2, (int64_t)(first / BLOCK));
-    sqlite3_bind_int64(s, 3, (int64_t)((end - 1) / BLOCK));
+    sqlite3_bind_int64(s, 2, (int64_t)(first / G));
+    sqlite3_bind_int64(s, 3, (int64_t)((end - 1) / G));
     rc = SQLITE_DONE;
     while (at < end && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        uint64_t base = (uint64_t)sqlite3_column_int64(s, 0) * BLOCK;
+        uint64_t base = (uint64_t)sqlite3_column_int64(s, 0) * G;
         size_t nb = (size_t)sqlite3_column_int64(s, 1);
         if (base > at || base + nb <= at) {
             rc = SQLITE_DONE;   /* a gap: explained below */
@@ -1381,13 +1388,13 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
         size_t k_len = (size_t)sqlite3_column_bytes(s, 2), v_len = (size_t)sqlite3_column_bytes(s, 3);
         if (k_len != nb * kb || v_len != nb * vb) {
             st_seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 " (events %" PRIu64 "..%" PRIu64
-                      "): key/value of %zu/%zu bytes, expected %zu events of %zu/%zu", st->path, id, base / BLOCK,
+                      "): key/value of %zu/%zu bytes, expected %zu events of %zu/%zu", st->path, id, base / G,
                       base, base + nb - 1, k_len, v_len, nb, kb, vb);
             ret = MA_ECORRUPT;
             goto done;
         }
         const unsigned char *bk = sqlite3_column_blob(s, 2), *bv = sqlite3_column_blob(s, 3);
-        if ((ret = st_block_check(st, id, s, 4, base / BLOCK, nb, bk, k_len, bv, v_len, err, errlen)))
+        if ((ret = st_block_check(st, id, s, 4, base / G, nb, bk, k_len, bv, v_len, err, errlen)))
             goto done;
         uint64_t hi = base + nb < end ? base + nb : end;
         size_t m = (size_t)(hi - at), from = (size_t)(at - base), to = (size_t)(at - first);
@@ -1510,26 +1517,42 @@ int ma_store_load_some(ma_store *st, const char *id, const uint64_t *events, siz
         return ret;
     sqlite3_stmt *s = NULL;
     const size_t kb = k_floats * sizeof(float), vb = v_floats * sizeof(float);
+    const uint64_t G = st_row_events(kb, vb);
     bool txn = false;
-    int rc = st_run(st, c, ST_BEGIN, err, errlen);   /* one snapshot for every block */
+    int rc = st_run(st, c, ST_BEGIN, err, errlen);   /* one snapshot for every row */
     if (rc) {
         ret = st_fail_db(st, c->db, rc, err, errlen, "starting a read");
         goto done;
     }
     txn = true;
-    if (!(s = st_stmt(st, c, ST_BLOCKS, err, errlen))) {
+    /* The session's sid once, then each row by (sid, block): one descent of the key's index each. */
+    if (!(s = st_stmt(st, c, ST_SID, err, errlen))) {
         ret = MA_EIO;
         goto done;
     }
-    /* Block by block (events ascending): the whole row, checked (st_block_check), then the events' bytes
-     * copied out. Reading only the events' bytes through incremental blob I/O was measured (docs/STORE.md,
-     * "Reading a few events"): sqlite walks a row's overflow chain from its start to reach an offset, so it
-     * saved ~10 % at 2M events, and a whole-row checksum cannot vouch for a part of the row. */
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    int64_t sid = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    if (rc != SQLITE_ROW) {
+        if (rc == SQLITE_DONE)
+            st_seterr(err, errlen, "session '%s' does not exist", id);
+        ret = rc == SQLITE_DONE ? MA_ENOTFOUND : st_fail_db(st, c->db, rc, err, errlen, "looking up a session");
+        goto done;
+    }
+    if (!(s = st_stmt(st, c, ST_GET_BLOCK, err, errlen))) {
+        ret = MA_EIO;
+        goto done;
+    }
+    /* Row by row (events ascending): the whole row, checked (st_block_check), then the events' bytes copied
+     * out. Since schema 7 a row is one leaf page (st_row_events), so this reads about one page per
+     * candidate; a 64-event row of schema 6 was a 32 KiB overflow chain (docs/STORE.md, "Reading a few
+     * events"). */
     for (size_t i = 0; i < n;) {
-        uint64_t block = events[i] / BLOCK, base = block * BLOCK;
-        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        uint64_t block = events[i] / G, base = block * G;
+        sqlite3_bind_int64(s, 1, sid);
         sqlite3_bind_int64(s, 2, (int64_t)block);
-        sqlite3_bind_int64(s, 3, (int64_t)block);
         rc = sqlite3_step(s);
         if (rc == SQLITE_DONE) {
             st_seterr(err, errlen, "store %s: session '%s': event %" PRIu64 " is missing (no event block %" PRIu64
@@ -1541,18 +1564,18 @@ int ma_store_load_some(ma_store *st, const char *id, const uint64_t *events, siz
             ret = st_fail_db(st, c->db, rc, err, errlen, "reading events");
             goto done;
         }
-        size_t nb = (size_t)sqlite3_column_int64(s, 1);
-        size_t k_len = (size_t)sqlite3_column_bytes(s, 2), v_len = (size_t)sqlite3_column_bytes(s, 3);
+        size_t nb = (size_t)sqlite3_column_int64(s, 0);
+        size_t k_len = (size_t)sqlite3_column_bytes(s, 1), v_len = (size_t)sqlite3_column_bytes(s, 2);
         if (k_len != nb * kb || v_len != nb * vb) {
             st_seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 ": key/value of %zu/%zu bytes, "
                       "expected %zu events of %zu/%zu", st->path, id, block, k_len, v_len, nb, kb, vb);
             ret = MA_ECORRUPT;
             goto done;
         }
-        const unsigned char *bk = sqlite3_column_blob(s, 2), *bv = sqlite3_column_blob(s, 3);
-        if ((ret = st_block_check(st, id, s, 4, block, nb, bk, k_len, bv, v_len, err, errlen)))
+        const unsigned char *bk = sqlite3_column_blob(s, 1), *bv = sqlite3_column_blob(s, 2);
+        if ((ret = st_block_check(st, id, s, 3, block, nb, bk, k_len, bv, v_len, err, errlen)))
             goto done;
-        for (; i < n && events[i] / BLOCK == block; i++) {
+        for (; i < n && events[i] / G == block; i++) {
             size_t row = (size_t)(events[i] - base);
             if (row >= nb) {
                 st_seterr(err, errlen, "store %s: session '%s': event %" PRIu64 " is missing (block %" PRIu64
