@@ -15,7 +15,7 @@
  *  - Schema 3 -> 4 adds the Idempotency-Key records (store/idem.c), 4 -> 5 the archive index's rows
  *    (store/index_rows.c); 5 -> 6 (sums_for_rows) a checksum
  *    to every event block and payload row, computed for the rows there are; 6 -> 7 (rows_for_pages)
- *    regroups every session's events into rows that fit a page (st_row_events), checked on the way.
+ *    regroups every session's events into rows of a page of events (st_row_events), checked on the way.
  *  - Integrity at open: PRAGMA quick_check (every page's b-tree structure) and, on a second connection
  *    in its own thread, the rows against each other (check_rows): both read the whole file, so they run
  *    side by side. A corrupt page is reported before a row mismatch.
@@ -153,9 +153,9 @@ static const struct {
     "ALTER TABLE payloads ADD COLUMN ck INTEGER;",
     sums_for_rows,
     NULL},
-    /* 6 -> 7: event rows that fit a page (st_row_events: 7 events at H·(d + d_v) = 128 instead of 64), so
-     * that a sparse read's candidate costs one leaf page instead of a 32 KiB overflow chain (docs/STORE.md,
-     * "Events in rows that fit a page"). rows_for_pages copies every session's events, regrouped, into a
+    /* 6 -> 7: event rows of a page of events (st_row_events: 8 events at H·(d + d_v) = 128 instead of 64),
+     * so that a sparse read's candidate costs a leaf and one overflow page instead of a 32 KiB overflow
+     * chain (docs/STORE.md, "Events in rows of a page"). rows_for_pages copies every session's events, regrouped, into a
      * new table of event_blocks' definition, which then takes its place. The old rows are dropped with
      * secure_delete FAST: their bytes are the new rows' bytes. */
     {

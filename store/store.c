@@ -12,11 +12,11 @@
  *                                            so a commit rewrites only the blobs that changed
  *        event_blocks(sid, block, n, k, v, ck)  rowid table, primary key (sid, block): events block·G ..
  *                                            block·G+n-1, keys and values back to back, G = st_row_events
- *                                            (as many as fit a 4 KiB page, at most 64: 7 at H·d = 64);
- *                                            all blocks full but a session's last. A row per G events,
- *                                            not per event: the per-row cost bounded durable ingest
- *                                            (schema 1); no more than a page, so that reading one event
- *                                            (a sparse read's candidate) reads one page (schema 7)
+ *                                            (as many as fit 4 KiB, at most 64: 8 at H·d = 64); all
+ *                                            blocks full but a session's last. A row per G events, not
+ *                                            per event: the per-row cost bounded durable ingest (schema
+ *                                            1); a page of events, so that reading one event (a sparse
+ *                                            read's candidate) reads a leaf and one overflow page (7)
  *        payloads(sid, idx, payload)         WITHOUT ROWID, only for the events that have one
  *        idempotency(scope, key, ...)        Idempotency-Key records with their answers (store/idem.c)
  *        index_blocks(sid, build, block, lists, codes)   rowid table: the archive index's rows, one per
@@ -1546,9 +1546,9 @@ int ma_store_load_some(ma_store *st, const char *id, const uint64_t *events, siz
         goto done;
     }
     /* Row by row (events ascending): the whole row, checked (st_block_check), then the events' bytes copied
-     * out. Since schema 7 a row is one leaf page (st_row_events), so this reads about one page per
-     * candidate; a 64-event row of schema 6 was a 32 KiB overflow chain (docs/STORE.md, "Reading a few
-     * events"). */
+     * out. Since schema 7 a row is a page of events (st_row_events), so this reads a leaf and one overflow
+     * page per candidate; a 64-event row of schema 6 was a 32 KiB overflow chain (docs/STORE.md, "Reading a
+     * few events"). */
     for (size_t i = 0; i < n;) {
         uint64_t block = events[i] / G, base = block * G;
         sqlite3_bind_int64(s, 1, sid);

@@ -25,15 +25,17 @@
 
 #define MA_SCHEMA       7
 #define BLOCK           64              /* at most this many events per row of event_blocks (schema 2..6: exactly) */
-#define ROW_BYTES       4000            /* key + value bytes a row of event_blocks holds at most (schema 7) */
+#define ROW_BYTES       4096            /* key + value bytes a row of event_blocks holds at most (schema 7) */
 #define MA_APP_ID       0x6D41744E      /* 'mAtN' */
 #define MAX_READERS     16
 
 /* Events per row of event_blocks for events of kb key and vb value bytes (schema 7; docs/STORE.md, "Events
- * in rows that fit a page"): as many as fit ROW_BYTES, so that a row with its few bytes of record header
- * stays in its 4 KiB leaf page (sqlite's largest local payload there is 4061 bytes) and reading one event
- * reads one page, not an overflow chain; at least 1 (an event larger than a page overflows alone), at most
- * BLOCK. Part of the schema: a session's rows are 0.. of exactly this many events but the last. */
+ * in rows of a page"): as many as fit ROW_BYTES, at least 1, at most BLOCK. A full row of 4 KiB of floats
+ * with its record header is just over what sqlite keeps in a 4 KiB leaf, so it keeps its minimum local
+ * part there (eight rows share a leaf) and the rest in one overflow page: reading one event reads two
+ * pages, not a 32 KiB chain, and deleting a session writes one leaf per eight rows to the WAL, not one
+ * per row (rows that fit a leaf whole did). Part of the schema: a session's rows are 0.. of exactly this
+ * many events but the last. */
 static inline size_t st_row_events(size_t kb, size_t vb)
 {
     size_t eb = kb + vb, g = eb ? ROW_BYTES / eb : BLOCK;

@@ -200,9 +200,8 @@ static void test_damaged_rows_are_not_served(void **state)
     snprintf(msg, sizeof msg, "payload of event %d: checksum mismatch", pointer[1]);
     refused(&d, "POST", "/v1/sessions/pay/query", query_body(1), msg);
     refused(&d, "GET", "/v1/sessions/pay/export", NULL, msg);
-    /* Zeroed keys: the session's index is rebuilt from its chunks when it is loaded; the load meets them.
-     * (Events of 64 bytes at d = 8: 62 to a row, docs/STORE.md "Events in rows that fit a page".) */
-    refused(&d, "POST", "/v1/sessions/zero/query", query_body(2), "event block 2 (events 124..185): checksum mismatch");
+    /* Zeroed keys: the session's index is rebuilt from its chunks when it is loaded; the load meets them. */
+    refused(&d, "POST", "/v1/sessions/zero/query", query_body(2), "event block 2 (events 128..191): checksum mismatch");
     refused(&d, "GET", "/v1/sessions/zero", NULL, "event block 2");
     /* A NaN behind a valid checksum. */
     refused(&d, "POST", "/v1/sessions/nan/query", query_body(3), "NaN or infinity");
