@@ -14,7 +14,8 @@
  *    the converter the store was opened with (the format is core's; the store keeps it opaque).
  *  - Schema 3 -> 4 adds the Idempotency-Key records (store/idem.c), 4 -> 5 the archive index's rows
  *    (store/index_rows.c); 5 -> 6 (sums_for_rows) a checksum
- *    to every event block and payload row, computed for the rows there are.
+ *    to every event block and payload row, computed for the rows there are; 6 -> 7 (rows_for_pages)
+ *    regroups every session's events into rows of a page of events (st_row_events), checked on the way.
  *  - Integrity at open: PRAGMA quick_check (every page's b-tree structure) and, on a second connection
  *    in its own thread, the rows against each other (check_rows): both read the whole file, so they run
  *    side by side. A corrupt page is reported before a row mismatch.
@@ -36,6 +37,10 @@
 static int blocks_from_rows(ma_store *st, conn *c, char *err, size_t errlen);
 static int slots_to_rows(ma_store *st, conn *c, char *err, size_t errlen);
 static int sums_for_rows(ma_store *st, conn *c, char *err, size_t errlen);
+static int rows_for_pages(ma_store *st, conn *c, char *err, size_t errlen);
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 /* Migration i brings a database from user_version i to i+1: sql, then fn (C code, may be NULL), then
  * post (may be NULL). Append, never edit: a shipped step is history. Each runs inside the open
@@ -148,6 +153,25 @@ static const struct {
     "ALTER TABLE payloads ADD COLUMN ck INTEGER;",
     sums_for_rows,
     NULL},
+    /* 6 -> 7: event rows of a page of events (st_row_events: 8 events at H·(d + d_v) = 128 instead of 64),
+     * so that a sparse read's candidate costs a leaf and one overflow page instead of a 32 KiB overflow
+     * chain (docs/STORE.md, "Events in rows of a page"). rows_for_pages copies every session's events, regrouped, into a
+     * new table of event_blocks' definition, which then takes its place. The old rows are dropped with
+     * secure_delete FAST: their bytes are the new rows' bytes. */
+    {
+    "CREATE TABLE event_rows("
+    "  sid INTEGER NOT NULL REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  block INTEGER NOT NULL CHECK (block >= 0),"
+    "  n INTEGER NOT NULL CHECK (n BETWEEN 1 AND 64),"
+    "  k BLOB NOT NULL,"
+    "  v BLOB NOT NULL,"
+    "  ck INTEGER,"
+    "  PRIMARY KEY (sid, block));",
+    rows_for_pages,
+    "PRAGMA secure_delete = FAST;"
+    "DROP TABLE event_blocks;"
+    "ALTER TABLE event_rows RENAME TO event_blocks;"
+    "PRAGMA secure_delete = ON;"},
 };
 _Static_assert(BLOCK == 64, "the CHECK of event_blocks.n and the integrity query say 64");
 
@@ -404,6 +428,119 @@ static int sums_for_rows(ma_store *st, conn *c, char *err, size_t errlen)
     return ret;
 }
 
+/* The row being assembled by the upgrade 6 -> 7 (rows_for_pages). */
+typedef struct {
+    sqlite3_stmt *ins;
+    int64_t sid;
+    uint64_t block;            /* its number among the session's new rows */
+    size_t kb, vb, g, have;    /* bytes per key and value, events per row, events held */
+    unsigned char *k, *v;      /* g keys, g values */
+    bool damaged;              /* holds an event of a row whose checksum is wrong or missing */
+} regroup;
+
+static int regroup_flush(ma_store *st, conn *c, regroup *r, char *err, size_t errlen)
+{
+    if (!r->have)
+        return 0;
+    sqlite3_stmt *ins = r->ins;
+    sqlite3_bind_int64(ins, 1, r->sid);
+    sqlite3_bind_int64(ins, 2, (int64_t)r->block);
+    sqlite3_bind_int64(ins, 3, (int64_t)r->have);
+    sqlite3_bind_blob64(ins, 4, r->k, r->have * r->kb, SQLITE_STATIC);
+    sqlite3_bind_blob64(ins, 5, r->v, r->have * r->vb, SQLITE_STATIC);
+    if (r->damaged || st->opt.no_row_checksums)
+        sqlite3_bind_null(ins, 6);
+    else
+        sqlite3_bind_int64(ins, 6, (int64_t)st_block_sum(&(st_block){r->block, r->have, r->k, r->v,
+                                                                     r->have * r->kb, r->have * r->vb}));
+    int rc = sqlite3_step(ins);
+    sqlite3_reset(ins);
+    sqlite3_clear_bindings(ins);
+    if (rc != SQLITE_DONE)
+        return st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 6 -> 7: writing event rows");
+    r->block++;
+    r->have = 0;
+    r->damaged = false;
+    return 0;
+}
+
+/* Schema 6 -> 7: every session's rows of 64 events (in key order) regrouped into rows of
+ * st_row_events(kb, vb) events, numbered 0.. again, each with its checksum. Every source row is checked
+ * (sizes, numbering, checksum) as it is read: rows that do not form blocks 0.. of one size per session
+ * refuse the upgrade (MA_ECORRUPT naming the session; the file stays at version 6), and a new row that
+ * holds any event of a source row whose checksum is wrong or missing gets no checksum (NULL), so the
+ * damage is still refused when it is read, as before the upgrade. */
+static int rows_for_pages(ma_store *st, conn *c, char *err, size_t errlen)
+{
+    sqlite3_stmt *q = NULL;
+    regroup r = {.sid = -1};
+    uint64_t next = 0;   /* the session's next source block */
+    int ret = 0;
+    int rc = sqlite3_prepare_v2(c->db, "SELECT sid, block, n, k, v, ck FROM event_blocks ORDER BY sid, block", -1,
+                                &q, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(c->db, "INSERT INTO event_rows(sid, block, n, k, v, ck) VALUES (?1, ?2, ?3, ?4, "
+                                "?5, ?6)", -1, &r.ins, NULL);
+    if (rc != SQLITE_OK) {
+        ret = st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 6 -> 7");
+        goto done;
+    }
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        int64_t sid = sqlite3_column_int64(q, 0), n = sqlite3_column_int64(q, 2);
+        uint64_t block = (uint64_t)sqlite3_column_int64(q, 1);
+        size_t kl = (size_t)sqlite3_column_bytes(q, 3), vl = (size_t)sqlite3_column_bytes(q, 4);
+        const unsigned char *k = sqlite3_column_blob(q, 3), *v = sqlite3_column_blob(q, 4);
+        if (sid != r.sid) {   /* a new session: the last row of the one before, then its sizes */
+            if ((ret = regroup_flush(st, c, &r, err, errlen)))
+                goto done;
+            r.sid = sid;
+            r.block = next = 0;
+            r.kb = n >= 1 && n <= BLOCK ? kl / (size_t)n : 0;
+            r.vb = n >= 1 && n <= BLOCK ? vl / (size_t)n : 0;
+            r.g = st_row_events(r.kb, r.vb);
+            free(r.k);
+            free(r.v);
+            r.v = NULL;
+            if (!(r.k = malloc(r.g * r.kb + 1)) || !(r.v = malloc(r.g * r.vb + 1))) {
+                st_seterr(err, errlen, "store %s: schema upgrade 6 -> 7: out of memory", st->path);
+                ret = MA_ENOMEM;
+                goto done;
+            }
+        }
+        if (n < 1 || n > BLOCK || block != next || !r.kb || !r.vb || kl != (size_t)n * r.kb ||
+            vl != (size_t)n * r.vb || !k || !v) {
+            st_seterr(err, errlen, "store %s: schema upgrade 6 -> 7: session sid %lld: event block %" PRIu64
+                      " (%lld events, %zu/%zu key/value bytes) does not continue its blocks 0.. of one size",
+                      st->path, (long long)sid, block, (long long)n, kl, vl);
+            ret = MA_ECORRUPT;
+            goto done;
+        }
+        bool bad = sqlite3_column_type(q, 5) != SQLITE_INTEGER ||
+                   (uint64_t)sqlite3_column_int64(q, 5) != st_block_sum(&(st_block){block, (size_t)n, k, v, kl, vl});
+        next++;
+        for (size_t at = 0; at < (size_t)n;) {   /* into the buffer, whole rows written on the way */
+            size_t take = (size_t)n - at < r.g - r.have ? (size_t)n - at : r.g - r.have;
+            memcpy(r.k + r.have * r.kb, k + at * r.kb, take * r.kb);
+            memcpy(r.v + r.have * r.vb, v + at * r.vb, take * r.vb);
+            r.have += take;
+            at += take;
+            r.damaged |= bad;
+            if (r.have == r.g && (ret = regroup_flush(st, c, &r, err, errlen)))
+                goto done;
+        }
+    }
+    if (rc != SQLITE_DONE)
+        ret = st_fail_db(st, c->db, rc, err, errlen, "schema upgrade 6 -> 7: reading event blocks");
+    else
+        ret = regroup_flush(st, c, &r, err, errlen);
+done:
+    sqlite3_finalize(q);
+    sqlite3_finalize(r.ins);
+    free(r.k);
+    free(r.v);
+    return ret;
+}
+
 int st_migrate(ma_store *st, char *err, size_t errlen)
 {
     conn *c = st->writer;
@@ -504,7 +641,8 @@ static int check_rows(ma_store *st, conn *c, char *err, size_t errlen)
     rc = sqlite3_prepare_v2(c->db,
         "SELECT s.id, b.sid, coalesce(s.length, -1), b.total, b.cnt, b.lo, b.hi FROM "
         "(SELECT sid, sum(n) AS total, count(*) AS cnt, min(block) AS lo, max(block) AS hi,"
-        "  min(CASE WHEN n != 64 THEN block END) AS part,"
+        "  min(CASE WHEN n != max(1, min(" STR(BLOCK) ", " STR(ROW_BYTES) " / ((length(k) + length(v)) / n)))"
+        "   THEN block END) AS part,"   /* st_row_events */
         "  sum(n < 1 OR n > 64 OR length(k) % n != 0 OR length(v) % n != 0) AS bad,"
         "  min(length(k) / n) AS k0, max(length(k) / n) AS k1, min(length(v) / n) AS v0,"
         "  max(length(v) / n) AS v1 FROM event_blocks GROUP BY sid) b "
@@ -519,11 +657,11 @@ static int check_rows(ma_store *st, conn *c, char *err, size_t errlen)
                       "(sid %lld)", st->path, sqlite3_column_int64(s, 4), sqlite3_column_int64(s, 1));
         else
             st_seterr(err, errlen, "store %s: integrity check failed: session '%s' has length %lld but %lld "
-                      "events in %lld blocks (%lld..%lld); expected blocks 0.. of %d events, only the last "
-                      "partial, each key/value blob n times one size", st->path,
+                      "events in %lld blocks (%lld..%lld); expected blocks 0.. of as many events as fit %d "
+                      "bytes (1 to %d), only the last partial, each key/value blob n times one size", st->path,
                       (const char *)sqlite3_column_text(s, 0), sqlite3_column_int64(s, 2),
                       sqlite3_column_int64(s, 3), sqlite3_column_int64(s, 4), sqlite3_column_int64(s, 5),
-                      sqlite3_column_int64(s, 6), BLOCK);
+                      sqlite3_column_int64(s, 6), ROW_BYTES, BLOCK);
         ret = MA_ECORRUPT;
         goto done;
     }

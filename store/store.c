@@ -10,10 +10,13 @@
  *                 event_bytes, blob_bytes)
  *        blobs(sid, kind, data)              kind 0 backbone, 1 slot table, 2 archive meta; one row each,
  *                                            so a commit rewrites only the blobs that changed
- *        event_blocks(sid, block, n, k, v)   rowid table, primary key (sid, block): events  block·BLOCK ..
- *                                            block·BLOCK+n-1, keys and values back to back; all blocks
- *                                            full but a session's last. One row per 64 events, not per
- *                                            event: the per-row cost bounded durable ingest (schema 1)
+ *        event_blocks(sid, block, n, k, v, ck)  rowid table, primary key (sid, block): events block·G ..
+ *                                            block·G+n-1, keys and values back to back, G = st_row_events
+ *                                            (as many as fit 4 KiB, at most 64: 8 at H·d = 64); all
+ *                                            blocks full but a session's last. A row per G events, not
+ *                                            per event: the per-row cost bounded durable ingest (schema
+ *                                            1); a page of events, so that reading one event (a sparse
+ *                                            read's candidate) reads a leaf and one overflow page (7)
  *        payloads(sid, idx, payload)         WITHOUT ROWID, only for the events that have one
  *        idempotency(scope, key, ...)        Idempotency-Key records with their answers (store/idem.c)
  *        index_blocks(sid, build, block, lists, codes)   rowid table: the archive index's rows, one per
@@ -401,9 +404,11 @@ int st_block_check(ma_store *st, const char *id, sqlite3_stmt *s, const st_block
     if (st->opt.no_row_checksums)
         return 0;
     if (!sum_matches(s, CK_COL, st_block_sum(b))) {
+        /* the events a row holds: st_row_events of the row's key/value sizes (the callers checked them) */
+        uint64_t g = b->n ? st_row_events(b->klen / b->n, b->vlen / b->n) : BLOCK;
         st_seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 " (events %" PRIu64 "..%" PRIu64
                   "): %s (a damaged row: not served)", st->path, id, b->block,
-                  b->block * BLOCK, b->block * BLOCK + b->n - 1,
+                  b->block * g, b->block * g + b->n - 1,
                   sqlite3_column_type(s, CK_COL) == SQLITE_NULL ? "no checksum" : "checksum mismatch");
         return MA_ECORRUPT;
     }
@@ -906,7 +911,8 @@ static int write_events(ma_store *st, conn *c, const char *id, int64_t sid, uint
                         const ma_store_delta *d, char *err, size_t errlen)
 {
     size_t kb = d->k_floats * sizeof(float), vb = d->v_floats * sizeof(float), i = 0;
-    size_t off = (size_t)(length % BLOCK);
+    const size_t G = st_row_events(kb, vb);
+    size_t off = (size_t)(length % G);
     unsigned char *kbuf = NULL, *vbuf = NULL;
     int ret = 0;
     if (off) {
@@ -914,13 +920,13 @@ static int write_events(ma_store *st, conn *c, const char *id, int64_t sid, uint
         if (!s)
             return MA_EIO;
         sqlite3_bind_int64(s, 1, sid);
-        sqlite3_bind_int64(s, 2, (int64_t)(length / BLOCK));
+        sqlite3_bind_int64(s, 2, (int64_t)(length / G));
         int rc = sqlite3_step(s);
         if (rc != SQLITE_ROW) {
             ret = rc == SQLITE_DONE ? MA_ECORRUPT : st_fail_db(st, c->db, rc, err, errlen, "reading an event block");
             if (rc == SQLITE_DONE)
                 st_seterr(err, errlen, "store %s: event block %" PRIu64 " of a session of length %" PRIu64
-                          " is missing", st->path, length / BLOCK, length);
+                          " is missing", st->path, length / G, length);
             goto done;
         }
         st_block b = st_block_at(s);
@@ -928,14 +934,15 @@ static int write_events(ma_store *st, conn *c, const char *id, int64_t sid, uint
             st_seterr(err, errlen, "store %s: the stored events end in a block of %zu events with %zu/%zu key/value "
                       "bytes; %zu events of %zu/%zu floats cannot continue it", st->path, b.n, b.klen, b.vlen, off,
                       d->k_floats, d->v_floats);
-            ret = b.n != off ? MA_ECORRUPT : MA_EINVAL;
+            /* other sizes than the stored ones: the caller's mistake (and, since schema 7, another G) */
+            ret = b.klen == b.n * kb && b.vlen == b.n * vb ? MA_ECORRUPT : MA_EINVAL;
             goto done;
         }
         /* The one block a commit rewrites is checked first: a damaged row is never rewritten with a fresh
          * checksum of its damage. */
         if ((ret = st_block_check(st, id, s, &b, err, errlen)))
             goto done;
-        size_t take = d->n_events < BLOCK - off ? d->n_events : BLOCK - off;
+        size_t take = d->n_events < G - off ? d->n_events : G - off;
         if (!(kbuf = malloc((off + take) * kb)) || !(vbuf = malloc((off + take) * vb))) {
             st_seterr(err, errlen, "store %s: out of memory", st->path);
             ret = MA_ENOMEM;
@@ -946,14 +953,14 @@ static int write_events(ma_store *st, conn *c, const char *id, int64_t sid, uint
         sqlite3_reset(s);
         memcpy(kbuf + b.klen, d->k, take * kb);
         memcpy(vbuf + b.vlen, d->v, take * vb);
-        st_block nb = {length / BLOCK, off + take, kbuf, vbuf, (off + take) * kb, (off + take) * vb};
+        st_block nb = {length / G, off + take, kbuf, vbuf, (off + take) * kb, (off + take) * vb};
         if ((ret = st_put_block(st, c, sid, &nb, err, errlen)))
             goto done;
         i = take;
     }
     while (i < d->n_events) {
-        size_t take = d->n_events - i < BLOCK ? d->n_events - i : BLOCK;
-        st_block nb = {(length + i) / BLOCK, take, d->k + i * d->k_floats, d->v + i * d->v_floats, take * kb,
+        size_t take = d->n_events - i < G ? d->n_events - i : G;
+        st_block nb = {(length + i) / G, take, d->k + i * d->k_floats, d->v + i * d->v_floats, take * kb,
                        take * vb};
         if ((ret = st_put_block(st, c, sid, &nb, err, errlen)))
             goto done;
@@ -1367,6 +1374,7 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
     sqlite3_stmt *s = NULL, *p = NULL;
     uint64_t at = first, end = first + n;
     size_t kb = k_floats * sizeof(float), vb = v_floats * sizeof(float);
+    const uint64_t G = st_row_events(kb, vb);
     if (rc) {
         txn = false;
         ret = st_fail_db(st, c->db, rc, err, errlen, "starting a read");
@@ -1378,12 +1386,12 @@ int ma_store_load_events(ma_store *st, const char *id, uint64_t first, size_t n,
         goto done;
     }
     sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 2, (int64_t)(first / BLOCK));
-    sqlite3_bind_int64(s, 3, (int64_t)((end - 1) / BLOCK));
+    sqlite3_bind_int64(s, 2, (int64_t)(first / G));
+    sqlite3_bind_int64(s, 3, (int64_t)((end - 1) / G));
     rc = SQLITE_DONE;
     while (at < end && (rc = sqlite3_step(s)) == SQLITE_ROW) {
         st_block b = st_block_at(s);
-        uint64_t base = b.block * BLOCK;
+        uint64_t base = b.block * G;
         size_t nb = b.n;
         if (base > at || base + nb <= at) {
             rc = SQLITE_DONE;   /* a gap: explained below */
@@ -1523,26 +1531,42 @@ int ma_store_load_some(ma_store *st, const char *id, const uint64_t *events, siz
         return ret;
     sqlite3_stmt *s = NULL;
     const size_t kb = k_floats * sizeof(float), vb = v_floats * sizeof(float);
+    const uint64_t G = st_row_events(kb, vb);
     bool txn = false;
-    int rc = st_run(st, c, ST_BEGIN, err, errlen);   /* one snapshot for every block */
+    int rc = st_run(st, c, ST_BEGIN, err, errlen);   /* one snapshot for every row */
     if (rc) {
         ret = st_fail_db(st, c->db, rc, err, errlen, "starting a read");
         goto done;
     }
     txn = true;
-    if (!(s = st_stmt(st, c, ST_BLOCKS, err, errlen))) {
+    /* The session's sid once, then each row by (sid, block): one descent of the key's index each. */
+    if (!(s = st_stmt(st, c, ST_SID, err, errlen))) {
         ret = MA_EIO;
         goto done;
     }
-    /* Block by block (events ascending): the whole row, checked (st_block_check), then the events' bytes
-     * copied out. Reading only the events' bytes through incremental blob I/O was measured (docs/STORE.md,
-     * "Reading a few events"): sqlite walks a row's overflow chain from its start to reach an offset, so it
-     * saved ~10 % at 2M events, and a whole-row checksum cannot vouch for a part of the row. */
+    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(s);
+    int64_t sid = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    if (rc != SQLITE_ROW) {
+        if (rc == SQLITE_DONE)
+            st_seterr(err, errlen, "session '%s' does not exist", id);
+        ret = rc == SQLITE_DONE ? MA_ENOTFOUND : st_fail_db(st, c->db, rc, err, errlen, "looking up a session");
+        goto done;
+    }
+    if (!(s = st_stmt(st, c, ST_GET_BLOCK, err, errlen))) {
+        ret = MA_EIO;
+        goto done;
+    }
+    /* Row by row (events ascending): the whole row, checked (st_block_check), then the events' bytes copied
+     * out. Since schema 7 a row is a page of events (st_row_events), so this reads a leaf and one overflow
+     * page per candidate; a 64-event row of schema 6 was a 32 KiB overflow chain (docs/STORE.md, "Reading a
+     * few events"). */
     for (size_t i = 0; i < n;) {
-        uint64_t block = events[i] / BLOCK, base = block * BLOCK;
-        sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
+        uint64_t block = events[i] / G, base = block * G;
+        sqlite3_bind_int64(s, 1, sid);
         sqlite3_bind_int64(s, 2, (int64_t)block);
-        sqlite3_bind_int64(s, 3, (int64_t)block);
         rc = sqlite3_step(s);
         if (rc == SQLITE_DONE) {
             st_seterr(err, errlen, "store %s: session '%s': event %" PRIu64 " is missing (no event block %" PRIu64
@@ -1565,7 +1589,7 @@ int ma_store_load_some(ma_store *st, const char *id, const uint64_t *events, siz
         const unsigned char *bk = b.k, *bv = b.v;
         if ((ret = st_block_check(st, id, s, &b, err, errlen)))
             goto done;
-        for (; i < n && events[i] / BLOCK == block; i++) {
+        for (; i < n && events[i] / G == block; i++) {
             size_t row = (size_t)(events[i] - base);
             if (row >= nb) {
                 st_seterr(err, errlen, "store %s: session '%s': event %" PRIu64 " is missing (block %" PRIu64

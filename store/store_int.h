@@ -23,10 +23,24 @@
 
 #include "store/store.h"
 
-#define MA_SCHEMA       6
-#define BLOCK           64              /* events per row of event_blocks (part of the schema) */
+#define MA_SCHEMA       7
+#define BLOCK           64              /* at most this many events per row of event_blocks (schema 2..6: exactly) */
+#define ROW_BYTES       4096            /* key + value bytes a row of event_blocks holds at most (schema 7) */
 #define MA_APP_ID       0x6D41744E      /* 'mAtN' */
 #define MAX_READERS     16
+
+/* Events per row of event_blocks for events of kb key and vb value bytes (schema 7; docs/STORE.md, "Events
+ * in rows of a page"): as many as fit ROW_BYTES, at least 1, at most BLOCK. A full row of 4 KiB of floats
+ * with its record header is just over what sqlite keeps in a 4 KiB leaf, so it keeps its minimum local
+ * part there (eight rows share a leaf) and the rest in one overflow page: reading one event reads two
+ * pages, not a 32 KiB chain, and deleting a session writes one leaf per eight rows to the WAL, not one
+ * per row (rows that fit a leaf whole did). Part of the schema: a session's rows are 0.. of exactly this
+ * many events but the last. */
+static inline size_t st_row_events(size_t kb, size_t vb)
+{
+    size_t eb = kb + vb, g = eb ? ROW_BYTES / eb : BLOCK;
+    return g < 1 ? 1 : g > BLOCK ? BLOCK : g;
+}
 
 enum { BLOB_BACKBONE = 0, BLOB_SLOTS = 1, BLOB_ARCHIVE = 2, N_BLOBS };
 

@@ -12,7 +12,8 @@
  *            i64 updated_at, u64 length (events), u64 slots, u64 key bytes per event, u64 value bytes
  *            per event
  *       'O'  a state blob: u32 kind, the bytes
- *       'E'  an event block: u64 block, u32 n, n keys, n values (bytes per event from 'H')
+ *       'E'  an event block: u64 block, u32 n, n keys, n values (bytes per event from 'H'); blocks of 64
+ *            events whatever the store's rows hold (schema 7 stores fewer per row: st_row_events)
  *       'P'  an event's payload: u64 event index, the JSON text
  *       'S'  a slot version row (format 2): u32 name length, name, u64 version, the record bytes
  *       'Z'  the end: u64 blobs, u64 blocks, u64 payloads, [format 2: u64 slot rows,] u32 CRC-32 (IEEE)
@@ -145,11 +146,22 @@ static sqlite3_stmt *prepare(ma_store *st, conn *c, const char *sql, char *err, 
     return s;
 }
 
+/* An 'E' record: block `block` of the snapshot, n events (n keys of kb bytes, then n values of vb). */
+static int emit_events(out_stream *o, uint64_t block, size_t n, const unsigned char *k, size_t kb,
+                       const unsigned char *v, size_t vb)
+{
+    unsigned char bh[12];
+    put_u64(bh, block);
+    put_u32(bh + 8, (uint32_t)n);
+    return emit_record(o, 'E', bh, sizeof bh, k, n * kb, v, n * vb);
+}
+
 int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn write, void *ctx,
                             ma_store_snapshot_stats *stats, char *err, size_t errlen)
 {
     conn *c = NULL;
     sqlite3_stmt *row = NULL, *blobs = NULL, *blocks = NULL, *payloads = NULL, *slots = NULL;
+    unsigned char *ek = NULL, *ev = NULL;   /* one record's keys and values */
     out_stream o = { write, ctx, 0, 0 };
     uint64_t nblobs = 0, nblocks = 0, npayloads = 0, nslots = 0;
     bool in_txn = false;
@@ -233,21 +245,53 @@ int ma_store_session_export(ma_store *st, const char *id, ma_store_write_fn writ
         goto done;
     }
 
-    /* The blocks: the first row is already stepped. */
+    /* The events, in records of BLOCK (64) events whatever the rows hold (schema 7 stores fewer per row:
+     * st_row_events), so that the format does not depend on the schema. The first row is already
+     * stepped. */
+    if (kb && vb && (!(ek = malloc(BLOCK * kb)) || !(ev = malloc(BLOCK * vb)))) {
+        st_seterr(err, errlen, "store %s: out of memory", st->path);
+        ret = MA_ENOMEM;
+        goto done;
+    }
+    uint64_t at = 0;   /* events exported */
+    size_t have = 0;   /* events in ek, ev */
     for (rc = sqlite3_column_type(blocks, 0) == SQLITE_NULL ? SQLITE_DONE : SQLITE_ROW; rc == SQLITE_ROW;
          rc = sqlite3_step(blocks)) {
         st_block b = st_block_at(blocks);
-        unsigned char bh[12];
-        put_u64(bh, b.block);
-        put_u32(bh + 8, (uint32_t)b.n);
-        /* Damaged rows are not exported (a snapshot's own checksum would make them look sound). */
-        if ((ret = st_block_check(st, id, blocks, &b, err, errlen)) ||
-            (ret = emit_record(&o, 'E', bh, sizeof bh, b.k, b.klen, b.v, b.vlen)))
+        if (b.n < 1 || b.n > BLOCK || b.klen != b.n * kb || b.vlen != b.n * vb) {
+            st_seterr(err, errlen, "store %s: session '%s' event block %" PRIu64 ": %zu events of %zu/%zu key/value "
+                      "bytes, expected %" PRIu64 "/%" PRIu64 " each", st->path, id, b.block, b.n, b.klen, b.vlen,
+                      (uint64_t)kb, (uint64_t)vb);
+            ret = MA_ECORRUPT;
             goto done;
-        nblocks++;
+        }
+        /* Damaged rows are not exported (a snapshot's own checksum would make them look sound). */
+        if ((ret = st_block_check(st, id, blocks, &b, err, errlen)))
+            goto done;
+        const unsigned char *k = b.k, *v = b.v;
+        const size_t n = b.n;
+        for (size_t i = 0; i < n;) {
+            size_t take = n - i < BLOCK - have ? n - i : BLOCK - have;
+            memcpy(ek + have * kb, k + i * kb, take * kb);
+            memcpy(ev + have * vb, v + i * vb, take * vb);
+            have += take;
+            i += take;
+            if (have == BLOCK && (ret = emit_events(&o, nblocks++, have, ek, kb, ev, vb)))
+                goto done;
+            have %= BLOCK;
+        }
+        at += n;
     }
     if (rc != SQLITE_DONE) {
         ret = st_fail_db(st, c->db, rc, err, errlen, "reading the event blocks");
+        goto done;
+    }
+    if (have && (ret = emit_events(&o, nblocks++, have, ek, kb, ev, vb)))
+        goto done;
+    if (at != length) {
+        st_seterr(err, errlen, "store %s: session '%s' has %" PRIu64 " events in its blocks, its length is %" PRIu64,
+                  st->path, id, at, length);
+        ret = MA_ECORRUPT;
         goto done;
     }
 
@@ -315,6 +359,8 @@ done:
     sqlite3_finalize(blobs);
     sqlite3_finalize(blocks);
     sqlite3_finalize(payloads);
+    free(ek);
+    free(ev);
     if (in_txn)
         st_rollback(st, c);   /* a read transaction: nothing to keep */
     st_reader_put(st, c);
@@ -395,6 +441,43 @@ static int next_record(in_stream *in, char *tag, uint32_t *len)
     return take(in, in->buf, *len);
 }
 
+/* The import's rows of event_blocks: a snapshot's records hold 64 events, a row st_row_events of them
+ * (schema 7), so the events of a record are written as whole rows, the rest kept for the next record. */
+typedef struct {
+    size_t g, kb, vb, have;    /* events per row, bytes per key and value, events kept */
+    unsigned char *k, *v;      /* the kept events (g of each) */
+} carry;
+
+/* Events [first, first + n) of the session (k: n keys, v: n values): whole rows written, the rest kept in r,
+ * or written too when last. */
+static int put_events(ma_store *st, conn *c, int64_t sid, carry *r, uint64_t first, size_t n,
+                      const unsigned char *k, const unsigned char *v, bool last, char *err, size_t errlen)
+{
+    int ret;
+    uint64_t row = first / r->g;   /* the row the kept events begin */
+    for (size_t i = 0; i < n;) {
+        size_t take = n - i < r->g - r->have ? n - i : r->g - r->have;
+        if (r->have == 0 && take == r->g) {   /* a whole row: straight from the record */
+            st_block b = {row++, take, k + i * r->kb, v + i * r->vb, take * r->kb, take * r->vb};
+            if ((ret = st_put_block(st, c, sid, &b, err, errlen)))
+                return ret;
+            i += take;
+            continue;
+        }
+        memcpy(r->k + r->have * r->kb, k + i * r->kb, take * r->kb);
+        memcpy(r->v + r->have * r->vb, v + i * r->vb, take * r->vb);
+        r->have += take;
+        i += take;
+        if (r->have == r->g || (last && i == n)) {
+            st_block b = {row++, r->have, r->k, r->v, r->have * r->kb, r->have * r->vb};
+            if ((ret = st_put_block(st, c, sid, &b, err, errlen)))
+                return ret;
+            r->have = 0;
+        }
+    }
+    return 0;
+}
+
 int ma_store_session_import(ma_store *st, const char *id, const ma_store_import_source *src,
                             ma_store_snapshot_stats *stats, int *why, char *err, size_t errlen)
 {
@@ -410,6 +493,7 @@ int ma_store_session_import(ma_store *st, const char *id, const ma_store_import_
     char last_name[SNAP_NAME_MAX];
     size_t last_len = 0;
     bool begun = false, any_payload = false;
+    carry rows = {0};
     int ret, rc;
     if (why)
         *why = 0;
@@ -501,6 +585,14 @@ int ma_store_session_import(ma_store *st, const char *id, const ma_store_import_
         goto out;
     }
     int64_t sid = sqlite3_last_insert_rowid(c->db);
+    rows.kb = (size_t)h.key_bytes;
+    rows.vb = (size_t)h.value_bytes;
+    rows.g = st_row_events(rows.kb, rows.vb);
+    if (!(rows.k = malloc(rows.g * rows.kb + 1)) || !(rows.v = malloc(rows.g * rows.vb + 1))) {
+        st_seterr(err, errlen, "store %s: out of memory", st->path);
+        ret = MA_ENOMEM;
+        goto out;
+    }
 
     /* Records in the order of the format: O*, E*, P*, S*, Z. */
     int phase = 0;   /* 0 blobs, 1 blocks, 2 payloads, 3 slot rows */
@@ -541,8 +633,7 @@ int ma_store_session_import(ma_store *st, const char *id, const ma_store_import_
                 goto out;
             }
             const unsigned char *k = in.buf + 12, *v = k + (size_t)n * h.key_bytes;
-            st_block b = {block, n, k, v, (size_t)n * h.key_bytes, (size_t)n * h.value_bytes};
-            if ((ret = st_put_block(st, c, sid, &b, err, errlen)))
+            if ((ret = put_events(st, c, sid, &rows, events, n, k, v, events + n == h.length, err, errlen)))
                 goto out;
             events += n;
             event_bytes += (uint64_t)n * (h.key_bytes + h.value_bytes);
@@ -647,5 +738,7 @@ out:
         ret = st_write_end(st, t0, ret, "committing an import", err, errlen);
     free(h.config);
     free(in.buf);
+    free(rows.k);
+    free(rows.v);
     return ret;
 }

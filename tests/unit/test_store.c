@@ -1165,16 +1165,19 @@ static void test_row_checksums(void **state)
     rm_dir(dir);
 }
 
-/* A file of the schema before the checksums (this version's rows without the checksum column, the last
- * migration undone: the checksum step must stay the last one, or this test undo the steps after it) is
- * upgraded: every row gets its checksum in the upgrade's transaction and reads back checked and equal. */
+/* A file of the schema before the checksums (schema 5: this version's rows without the checksum column)
+ * is upgraded: every row gets its checksum in the upgrade's transaction and reads back checked and equal.
+ * The two steps after 5 are undone: the checksum column dropped, and 6 -> 7 (rows that fit a page) needs
+ * no undoing at these sizes, whose rows hold 64 events as in schema 6 (checked). */
 static void test_upgrade_to_checksums(void **state)
 {
     (void)state;
     char *dir = populated_dir();
     char undo[160];
+    assert_int_equal(MA_SCHEMA, 7);   /* a later step must be undone here too */
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks WHERE n != 64 AND block < 15"), 0);
     snprintf(undo, sizeof undo, "ALTER TABLE event_blocks DROP COLUMN ck; ALTER TABLE payloads DROP COLUMN ck; "
-             "PRAGMA user_version = %d;", MA_SCHEMA - 1);
+             "PRAGMA user_version = %d;", MA_SCHEMA - 2);
     raw_sql(dir, undo);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM pragma_table_info('event_blocks') WHERE name = 'ck'"), 0);
     ma_store *st = open_ok(dir);
@@ -1190,6 +1193,245 @@ static void test_upgrade_to_checksums(void **state)
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks WHERE ck IS NULL"), 0);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM payloads WHERE ck IS NULL"), 0);
     rm_dir(dir);
+}
+
+/* ---- rows of a page of events (schema 7) ------------------------------------------------------- */
+
+#define KW 64   /* floats per key and per value of "wide" events: 512 bytes an event, 8 events a row */
+
+static float *wide_events(int seed, uint64_t from, size_t n, float **v)
+{
+    float *k = malloc((n ? n : 1) * KW * sizeof(float));
+    *v = malloc((n ? n : 1) * KW * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        for (int j = 0; j < KW; j++) {
+            k[i * KW + j] = kval(seed, from + i, j);
+            (*v)[i * KW + j] = vval(seed, from + i, j);
+        }
+    return k;
+}
+
+static int commit_wide(ma_store *st, const char *id, int seed, uint64_t from, size_t n)
+{
+    float *v, *k = wide_events(seed, from, n, &v);
+    ma_store_delta d = {.first_event = from, .n_events = n, .k_floats = KW, .v_floats = KW, .k = k, .v = v,
+                        .length = from + n, .updated_at = 1000};
+    int rc = ma_store_commit(st, id, &d, errbuf, sizeof errbuf);
+    free(k);
+    free(v);
+    return rc;
+}
+
+/* Session id holds events 0..L-1 of seed (wide): read as one range, and alone (ma_store_load_some) at a
+ * spread of events that includes every row's first and last and the partial last row. */
+static void check_wide(ma_store *st, const char *id, int seed, uint64_t L)
+{
+    float *v, *k = wide_events(seed, 0, L, &v);
+    float *gk = malloc(L * KW * sizeof(float)), *gv = malloc(L * KW * sizeof(float));
+    int rc = ma_store_load_events(st, id, 0, L, KW, KW, gk, gv, NULL, errbuf, sizeof errbuf);
+    if (rc)
+        fail_msg("load_events %s: %d %s", id, rc, errbuf);
+    assert_memory_equal(gk, k, L * KW * sizeof(float));
+    assert_memory_equal(gv, v, L * KW * sizeof(float));
+    uint64_t *ids = malloc(L * sizeof *ids);
+    size_t n = 0;
+    for (uint64_t e = 0; e < L; e++)
+        if (e % 7 == 0 || e % 7 == 6 || e % 5 == 2 || e == L - 1)
+            ids[n++] = e;
+    rc = ma_store_load_some(st, id, ids, n, KW, KW, gk, gv, errbuf, sizeof errbuf);
+    if (rc)
+        fail_msg("load_some %s: %d %s", id, rc, errbuf);
+    for (size_t i = 0; i < n; i++) {
+        assert_memory_equal(gk + i * KW, k + ids[i] * KW, KW * sizeof(float));
+        assert_memory_equal(gv + i * KW, v + ids[i] * KW, KW * sizeof(float));
+    }
+    free(ids);
+    free(gk);
+    free(gv);
+    free(k);
+    free(v);
+}
+
+/* Events of 512 bytes are stored 8 to a row (st_row_events: a page of events), whatever the commits' sizes
+ * (each tops up the partial last row): each full row is a small cell in a leaf page shared with other rows
+ * and one overflow page, no more; the reads return the events written; a row partial in the middle is
+ * refused at open; a damaged row is refused when read (by load_some too) while the others are served. */
+static void test_rows_of_a_page(void **state)
+{
+    (void)state;
+    assert_int_equal(st_row_events(KW * 4, KW * 4), 8);
+    assert_int_equal(st_row_events(KW * 4, KW * 2), 10);
+    assert_int_equal(st_row_events(KF * 4, VF * 4), 64);            /* small events: 64 a row, as schema 6 */
+    assert_int_equal(st_row_events(8192, 8192), 1);                  /* larger than a page: alone */
+    char *dir = fresh_dir();
+    ma_store *st = open_ok(dir);
+    assert_int_equal(ma_store_session_create(st, "w", "{}", 0, errbuf, sizeof errbuf), 0);
+    const size_t sizes[] = {3, 5, 64, 200, 1, 77, 7};
+    uint64_t L = 0;
+    for (size_t t = 0; t < sizeof sizes / sizeof sizes[0]; t++) {
+        assert_int_equal(commit_wide(st, "w", 3, L, sizes[t]), 0);
+        L += sizes[t];
+        check_wide(st, "w", 3, L);
+    }
+    ma_store_close(st);
+    assert_int_equal(L, 357);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks"), 45);   /* 44 of 8, one of 5 */
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks WHERE n != 8"), 1);
+    /* one overflow page per full row, and the rows' cells share their leaves (a session delete writes
+     * its leaves to the WAL: docs/STORE.md) */
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM dbstat WHERE name = 'event_blocks' AND pagetype = 'overflow'"), 44);
+    assert_true(raw_int(dir, "SELECT count(*) FROM dbstat WHERE name = 'event_blocks' AND pagetype = 'leaf'") <= 8);
+    st = open_ok(dir);
+    check_wide(st, "w", 3, L);
+    ma_store_close(st);
+    /* A damaged row: its events are refused, alone or in a range; the rows around it are served. */
+    damage(dir, "w", "v", 20, 100, 0x04, -1);   /* events 160..167 */
+    st = open_ok(dir);
+    float k[8 * KW], v[8 * KW];
+    uint64_t one[] = {3, 167}, other[] = {159, 168};
+    assert_int_equal(ma_store_load_some(st, "w", one, 2, KW, KW, k, v, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "event block 20 (events 160..167): checksum mismatch"));
+    assert_int_equal(ma_store_load_events(st, "w", 158, 4, KW, KW, k, v, NULL, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_some(st, "w", other, 2, KW, KW, k, v, errbuf, sizeof errbuf), 0);
+    assert_true(k[0] == kval(3, 159, 0) && v[KW] == vval(3, 168, 0));
+    ma_store_close(st);
+    /* A partial row in the middle: refused at open. */
+    raw_sql(dir, "UPDATE event_blocks SET n = 7, k = substr(k, 1, 7 * 256), v = substr(v, 1, 7 * 256) WHERE block = 4;"
+                 "UPDATE sessions SET length = 356");
+    assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "session 'w' has length 356 but 356 events in 45 blocks"));
+    rm_dir(dir);
+}
+
+/* A schema-6 file (rows of 64 events, made here from this version's rows) is upgraded at open: every
+ * session's events regrouped into rows of a page of events, read back equal and checked; a session whose
+ * events are 64 a row anyway (small events) is unchanged; a row damaged before the upgrade is still refused
+ * after it (its events' new rows have no checksum) while the rest is served; rows that do not form
+ * blocks 0.. refuse the upgrade and leave the file at version 6. */
+static void to_schema6(const char *dir, int damage_block)
+{
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(db_path(dir), &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "CREATE TABLE old(sid, block, n, k, v, ck)", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_stmt *q, *ins;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT sid, n, k, v FROM event_blocks ORDER BY sid, block", -1, &q, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "INSERT INTO old VALUES (?1, ?2, ?3, ?4, ?5, ?6)", -1, &ins, NULL),
+                     SQLITE_OK);
+    unsigned char *k = malloc(64 * KW * 4), *v = malloc(64 * KW * 4);
+    int64_t sid = -1, block = 0;
+    size_t have = 0, kb = 0, vb = 0;
+    for (int rc = sqlite3_step(q);; rc = sqlite3_step(q)) {
+        bool more = rc == SQLITE_ROW;
+        if (have && (!more || sqlite3_column_int64(q, 0) != sid || have == 64)) {
+            uint64_t ck = st_block_sum((uint64_t)block, have, k, have * kb, v, have * vb);
+            if (block == damage_block)
+                v[5] ^= 0x40;   /* after its checksum: a damaged row */
+            sqlite3_bind_int64(ins, 1, sid);
+            sqlite3_bind_int64(ins, 2, block++);
+            sqlite3_bind_int64(ins, 3, (int64_t)have);
+            sqlite3_bind_blob(ins, 4, k, (int)(have * kb), SQLITE_TRANSIENT);
+            sqlite3_bind_blob(ins, 5, v, (int)(have * vb), SQLITE_TRANSIENT);
+            sqlite3_bind_int64(ins, 6, (int64_t)ck);
+            assert_int_equal(sqlite3_step(ins), SQLITE_DONE);
+            sqlite3_reset(ins);
+            have = 0;
+        }
+        if (!more)
+            break;
+        if (sqlite3_column_int64(q, 0) != sid) {
+            sid = sqlite3_column_int64(q, 0);
+            block = 0;
+        }
+        size_t n = (size_t)sqlite3_column_int64(q, 1);
+        kb = (size_t)sqlite3_column_bytes(q, 2) / n;
+        vb = (size_t)sqlite3_column_bytes(q, 3) / n;
+        for (size_t i = 0; i < n; i++) {   /* n <= 64 - have except at a row of 64 (small events) */
+            if (have == 64) {
+                uint64_t ck = st_block_sum((uint64_t)block, have, k, have * kb, v, have * vb);
+                sqlite3_bind_int64(ins, 1, sid);
+                sqlite3_bind_int64(ins, 2, block++);
+                sqlite3_bind_int64(ins, 3, (int64_t)have);
+                sqlite3_bind_blob(ins, 4, k, (int)(have * kb), SQLITE_TRANSIENT);
+                sqlite3_bind_blob(ins, 5, v, (int)(have * vb), SQLITE_TRANSIENT);
+                sqlite3_bind_int64(ins, 6, (int64_t)ck);
+                assert_int_equal(sqlite3_step(ins), SQLITE_DONE);
+                sqlite3_reset(ins);
+                have = 0;
+            }
+            memcpy(k + have * kb, (const unsigned char *)sqlite3_column_blob(q, 2) + i * kb, kb);
+            memcpy(v + have * vb, (const unsigned char *)sqlite3_column_blob(q, 3) + i * vb, vb);
+            have++;
+        }
+    }
+    sqlite3_finalize(q);
+    sqlite3_finalize(ins);
+    free(k);
+    free(v);
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, "DELETE FROM event_blocks; INSERT INTO event_blocks SELECT * FROM old; DROP TABLE old; "
+                          "PRAGMA user_version = 6;", NULL, NULL, &msg);
+    if (rc)
+        fail_msg("%s", msg);
+    sqlite3_close(db);
+}
+
+static void test_upgrade_to_pages(void **state)
+{
+    (void)state;
+    char *dir = fresh_dir();
+    ma_store *st = open_ok(dir);
+    assert_int_equal(ma_store_session_create(st, "w", "{}", 0, errbuf, sizeof errbuf), 0);
+    assert_int_equal(ma_store_session_create(st, "x", "{}", 0, errbuf, sizeof errbuf), 0);
+    assert_int_equal(ma_store_session_create(st, "small", "{}", 0, errbuf, sizeof errbuf), 0);
+    assert_int_equal(commit_wide(st, "w", 4, 0, 300), 0);
+    assert_int_equal(commit_wide(st, "x", 5, 0, 64), 0);
+    assert_int_equal(commit_batch(st, "small", 6, 0, 150), 0);
+    ma_store_close(st);
+    char *copy = fresh_dir();
+    char cmd[1200];
+    to_schema6(dir, -1);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks"), 5 + 1 + 3);   /* 64 events a row */
+    snprintf(cmd, sizeof cmd, "cp %s/memattn.db %s/", dir, copy);
+    assert_int_equal(system(cmd), 0);
+    st = open_ok(dir);
+    check_wide(st, "w", 4, 300);
+    check_wide(st, "x", 5, 64);
+    check_session(st, "small", 6, 150);
+    assert_int_equal(commit_wide(st, "w", 4, 300, 10), 0);   /* tops up the partial row (300 = 37 * 8 + 4) */
+    check_wide(st, "w", 4, 310);
+    ma_store_close(st);
+    assert_int_equal(raw_int(dir, "PRAGMA user_version"), MA_SCHEMA);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks b JOIN sessions s USING (sid) WHERE s.id = 'w'"), 39);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks b JOIN sessions s USING (sid) WHERE s.id = 'small'"), 3);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks WHERE ck IS NULL"), 0);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM sqlite_schema WHERE name = 'event_rows'"), 0);
+    rm_dir(dir);
+
+    /* Damaged before the upgrade (block 2 of every session, events 128..191): still refused after it. */
+    dir = fresh_dir();
+    snprintf(cmd, sizeof cmd, "cp %s/memattn.db %s/", copy, dir);
+    assert_int_equal(system(cmd), 0);
+    to_schema6(dir, 2);   /* from the 64-event rows: regrouped as they are */
+    st = open_ok(dir);
+    float k[KW], v[KW];
+    uint64_t e[] = {127, 128};   /* rows 15 (120..127, of block 1) and 16 (128..135, of block 2) */
+    assert_int_equal(ma_store_load_some(st, "w", e, 2, KW, KW, k, v, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "no checksum"));
+    assert_int_equal(ma_store_load_events(st, "w", 191, 1, KW, KW, k, v, NULL, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_events(st, "w", 125, 1, KW, KW, k, v, NULL, errbuf, sizeof errbuf), 0);
+    assert_true(k[0] == kval(4, 125, 0));
+    assert_int_equal(ma_store_load_events(st, "w", 196, 1, KW, KW, k, v, NULL, errbuf, sizeof errbuf), 0);
+    assert_int_equal(ma_store_load_events(st, "x", 63, 1, KW, KW, k, v, NULL, errbuf, sizeof errbuf), 0);
+    ma_store_close(st);
+    rm_dir(dir);
+
+    /* A block missing: the upgrade is refused and the file stays at version 6. */
+    raw_sql(copy, "DELETE FROM event_blocks WHERE block = 1 AND sid = (SELECT sid FROM sessions WHERE id = 'w')");
+    assert_int_equal(ma_store_open(copy, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "schema upgrade 6 -> 7"));
+    assert_int_equal(raw_int(copy, "PRAGMA user_version"), 6);
+    rm_dir(copy);
 }
 
 /* ---- faults ------------------------------------------------------------------------------------ */
@@ -1784,6 +2026,8 @@ int main(void)
         cmocka_unit_test(test_upgrade_from_v2),
         cmocka_unit_test(test_blocks_across_commits),
         cmocka_unit_test(test_load_some),
+        cmocka_unit_test(test_rows_of_a_page),
+        cmocka_unit_test(test_upgrade_to_pages),
         cmocka_unit_test(test_corrupt_and_truncated_files_are_refused),
         cmocka_unit_test(test_inconsistent_rows_are_refused),
         cmocka_unit_test(test_row_checksums),
