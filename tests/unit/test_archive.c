@@ -1212,7 +1212,7 @@ static void test_recall_heads_131072(void **state)
     size_t len;
     assert_int_equal(ma_archive_serialize_meta(a, &meta, &len), 0);
     ma_archive *b;
-    assert_int_equal(ma_archive_restore_meta(&p, meta, len, T, src, 4, &b), 0);
+    assert_int_equal(ma_archive_restore_meta(&p, &(ma_archive_saved){meta, len, T, src, 4, NULL}, &b), 0);
     free(meta);
     for (int pass = 0; pass < 3; pass++) {
         if (pass == 1) {

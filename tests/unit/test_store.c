@@ -1198,6 +1198,7 @@ static void test_upgrade_to_checksums(void **state)
 /* ---- rows of a page of events (schema 7) ------------------------------------------------------- */
 
 #define KW 64   /* floats per key and per value of "wide" events: 512 bytes an event, 8 events a row */
+#define WIDE(k, v, pl) (&(ma_store_events){KW, KW, (k), (v), (pl)})
 
 static float *wide_events(int seed, uint64_t from, size_t n, float **v)
 {
@@ -1228,7 +1229,7 @@ static void check_wide(ma_store *st, const char *id, int seed, uint64_t L)
 {
     float *v, *k = wide_events(seed, 0, L, &v);
     float *gk = malloc(L * KW * sizeof(float)), *gv = malloc(L * KW * sizeof(float));
-    int rc = ma_store_load_events(st, id, 0, L, KW, KW, gk, gv, NULL, errbuf, sizeof errbuf);
+    int rc = ma_store_load_events(st, id, 0, L, WIDE(gk, gv, NULL), errbuf, sizeof errbuf);
     if (rc)
         fail_msg("load_events %s: %d %s", id, rc, errbuf);
     assert_memory_equal(gk, k, L * KW * sizeof(float));
@@ -1238,7 +1239,7 @@ static void check_wide(ma_store *st, const char *id, int seed, uint64_t L)
     for (uint64_t e = 0; e < L; e++)
         if (e % 7 == 0 || e % 7 == 6 || e % 5 == 2 || e == L - 1)
             ids[n++] = e;
-    rc = ma_store_load_some(st, id, ids, n, KW, KW, gk, gv, errbuf, sizeof errbuf);
+    rc = ma_store_load_some(st, id, ids, n, WIDE(gk, gv, NULL), errbuf, sizeof errbuf);
     if (rc)
         fail_msg("load_some %s: %d %s", id, rc, errbuf);
     for (size_t i = 0; i < n; i++) {
@@ -1289,10 +1290,10 @@ static void test_rows_of_a_page(void **state)
     st = open_ok(dir);
     float k[8 * KW], v[8 * KW];
     uint64_t one[] = {3, 167}, other[] = {159, 168};
-    assert_int_equal(ma_store_load_some(st, "w", one, 2, KW, KW, k, v, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_some(st, "w", one, 2, WIDE(k, v, NULL), errbuf, sizeof errbuf), MA_ECORRUPT);
     assert_non_null(strstr(errbuf, "event block 20 (events 160..167): checksum mismatch"));
-    assert_int_equal(ma_store_load_events(st, "w", 158, 4, KW, KW, k, v, NULL, errbuf, sizeof errbuf), MA_ECORRUPT);
-    assert_int_equal(ma_store_load_some(st, "w", other, 2, KW, KW, k, v, errbuf, sizeof errbuf), 0);
+    assert_int_equal(ma_store_load_events(st, "w", 158, 4, WIDE(k, v, NULL), errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_some(st, "w", other, 2, WIDE(k, v, NULL), errbuf, sizeof errbuf), 0);
     assert_true(k[0] == kval(3, 159, 0) && v[KW] == vval(3, 168, 0));
     ma_store_close(st);
     /* A partial row in the middle: refused at open. */
@@ -1324,7 +1325,7 @@ static void to_schema6(const char *dir, int damage_block)
     for (int rc = sqlite3_step(q);; rc = sqlite3_step(q)) {
         bool more = rc == SQLITE_ROW;
         if (have && (!more || sqlite3_column_int64(q, 0) != sid || have == 64)) {
-            uint64_t ck = st_block_sum((uint64_t)block, have, k, have * kb, v, have * vb);
+            uint64_t ck = st_block_sum(&(st_block){(uint64_t)block, have, k, v, have * kb, have * vb});
             if (block == damage_block)
                 v[5] ^= 0x40;   /* after its checksum: a damaged row */
             sqlite3_bind_int64(ins, 1, sid);
@@ -1348,7 +1349,7 @@ static void to_schema6(const char *dir, int damage_block)
         vb = (size_t)sqlite3_column_bytes(q, 3) / n;
         for (size_t i = 0; i < n; i++) {   /* n <= 64 - have except at a row of 64 (small events) */
             if (have == 64) {
-                uint64_t ck = st_block_sum((uint64_t)block, have, k, have * kb, v, have * vb);
+                uint64_t ck = st_block_sum(&(st_block){(uint64_t)block, have, k, v, have * kb, have * vb});
                 sqlite3_bind_int64(ins, 1, sid);
                 sqlite3_bind_int64(ins, 2, block++);
                 sqlite3_bind_int64(ins, 3, (int64_t)have);
@@ -1416,13 +1417,13 @@ static void test_upgrade_to_pages(void **state)
     st = open_ok(dir);
     float k[KW], v[KW];
     uint64_t e[] = {127, 128};   /* rows 15 (120..127, of block 1) and 16 (128..135, of block 2) */
-    assert_int_equal(ma_store_load_some(st, "w", e, 2, KW, KW, k, v, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_some(st, "w", e, 2, WIDE(k, v, NULL), errbuf, sizeof errbuf), MA_ECORRUPT);
     assert_non_null(strstr(errbuf, "no checksum"));
-    assert_int_equal(ma_store_load_events(st, "w", 191, 1, KW, KW, k, v, NULL, errbuf, sizeof errbuf), MA_ECORRUPT);
-    assert_int_equal(ma_store_load_events(st, "w", 125, 1, KW, KW, k, v, NULL, errbuf, sizeof errbuf), 0);
+    assert_int_equal(ma_store_load_events(st, "w", 191, 1, WIDE(k, v, NULL), errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_int_equal(ma_store_load_events(st, "w", 125, 1, WIDE(k, v, NULL), errbuf, sizeof errbuf), 0);
     assert_true(k[0] == kval(4, 125, 0));
-    assert_int_equal(ma_store_load_events(st, "w", 196, 1, KW, KW, k, v, NULL, errbuf, sizeof errbuf), 0);
-    assert_int_equal(ma_store_load_events(st, "x", 63, 1, KW, KW, k, v, NULL, errbuf, sizeof errbuf), 0);
+    assert_int_equal(ma_store_load_events(st, "w", 196, 1, WIDE(k, v, NULL), errbuf, sizeof errbuf), 0);
+    assert_int_equal(ma_store_load_events(st, "x", 63, 1, WIDE(k, v, NULL), errbuf, sizeof errbuf), 0);
     ma_store_close(st);
     rm_dir(dir);
 

@@ -245,11 +245,11 @@ static void test_round_trip_rows_of_a_page(void **state)
     int why = -1;
     assert_int_equal(import_buf(b, "copy", out.p, out.len, &why), 0);
     float *gk = malloc((N + 10) * W * sizeof *gk), *gv = malloc((N + 10) * WV * sizeof *gv);
-    assert_int_equal(ma_store_load_events(b, "copy", 0, N, W, WV, gk, gv, NULL, err, sizeof err), 0);
+    assert_int_equal(ma_store_load_events(b, "copy", 0, N, &(ma_store_events){W, WV, gk, gv, NULL}, err, sizeof err), 0);
     assert_memory_equal(gk, k, N * W * sizeof *k);
     assert_memory_equal(gv, v, N * WV * sizeof *v);
     uint64_t ids[] = {0, 9, 10, 63, 64, 69, 70, 199};
-    assert_int_equal(ma_store_load_some(b, "copy", ids, 8, W, WV, gk, gv, err, sizeof err), 0);
+    assert_int_equal(ma_store_load_some(b, "copy", ids, 8, &(ma_store_events){W, WV, gk, gv, NULL}, err, sizeof err), 0);
     for (int i = 0; i < 8; i++) {
         assert_memory_equal(gk + i * W, k + ids[i] * W, W * sizeof *k);
         assert_memory_equal(gv + i * WV, v + ids[i] * WV, WV * sizeof *v);
@@ -263,7 +263,7 @@ static void test_round_trip_rows_of_a_page(void **state)
     ma_store_delta d = {.first_event = N, .n_events = 10, .k_floats = W, .v_floats = WV, .k = k + N * W,
                         .v = v + N * WV, .length = N + 10, .updated_at = 3000};
     assert_int_equal(ma_store_commit(b, "copy", &d, err, sizeof err), 0);
-    assert_int_equal(ma_store_load_events(b, "copy", 0, N + 10, W, WV, gk, gv, NULL, err, sizeof err), 0);
+    assert_int_equal(ma_store_load_events(b, "copy", 0, N + 10, &(ma_store_events){W, WV, gk, gv, NULL}, err, sizeof err), 0);
     assert_memory_equal(gk, k, (N + 10) * W * sizeof *k);
     assert_memory_equal(gv, v, (N + 10) * WV * sizeof *v);
     free(out.p);
