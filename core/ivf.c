@@ -1659,6 +1659,43 @@ int ma_ivf_restore_lists(ma_ivf *x, uint64_t count, const ma_ivf_rows *rows, ma_
     return 0;
 }
 
+int ma_ivf_from_build(const ma_ivf_build *b, uint64_t count, const ma_ivf_rows *rows, ma_ivf_loader load,
+                      void *ctx, ma_ivf **out)
+{
+    if (!b || !b->cent || !out || !load || b->point > count || count > UINT32_MAX)
+        return MA_EINVAL;
+    ma_ivf *x = alloc_ivf(b->shape->H, b->shape->d);
+    const size_t cbytes = (size_t)b->nlist * b->shape->D * sizeof(float);
+    float *cent = malloc(cbytes);
+    int rc = MA_ENOMEM;
+    if (!x || !cent)
+        goto fail;
+    memcpy(cent, b->cent, cbytes);
+    x->keep_rows = 1;
+    const uint64_t A = count / BLOCK;
+    if ((rc = relist(x, cent, b->nlist, b->build_no, b->point, rows, A, load, ctx, 0)) != 0)
+        goto fail;
+    cent = NULL;   /* x's now */
+    const size_t np = (size_t)(count - A * BLOCK), cap = np > PEND_MIN ? np : PEND_MIN;
+    rc = MA_ENOMEM;
+    if (!(x->pend = malloc(cap * x->D * sizeof(float))))
+        goto fail;
+    x->pend_cap = cap;
+    for (size_t i = 0; i < np; i += BLOCK) {
+        size_t n = np - i < BLOCK ? np - i : BLOCK;
+        if ((rc = load(ctx, A * BLOCK + i, n, x->pend + i * x->D)) != 0)
+            goto fail;
+    }
+    x->assigned = A * BLOCK;
+    x->count = count;
+    *out = x;
+    return 0;
+fail:
+    free(cent);
+    ma_ivf_destroy(x);
+    return rc;
+}
+
 int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
 {
     uint64_t point;
