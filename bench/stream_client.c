@@ -12,7 +12,9 @@
  * base64 (k_b64, v_b64) in batches of BATCH events on one keep-alive connection; every 2xx was committed
  * durably (docs/STORE.md) before it arrived. Latencies are wall-clock per batch (send to whole answer).
  * Output of `stream`: batches, events/s, p50 / p99 / max milliseconds, max / p50, p99 / p50, the ten
- * slowest batches (index: ms), and one line per 64 batches if MEMATTN_STREAM_TRACE is set.
+ * slowest batches (index: ms), and one line per 64 batches if MEMATTN_STREAM_TRACE is set. With
+ * MEMATTN_STREAM_LOG=FILE every batch is written to FILE as a line "index send-time latency-ms" (send time
+ * in seconds of CLOCK_REALTIME), to line slow batches up with what the daemon did at that moment.
  */
 #include <arpa/inet.h>
 #include <math.h>
@@ -173,6 +175,7 @@ static int do_stream(int port, const char *id, uint64_t n, size_t batch, uint64_
     double *lat = malloc(nb * sizeof *lat), *sorted = malloc(nb * sizeof *sorted);
     float k[D], v[D];
     const char *trace = getenv("MEMATTN_STREAM_TRACE");
+    FILE *blog = getenv("MEMATTN_STREAM_LOG") ? fopen(getenv("MEMATTN_STREAM_LOG"), "w") : NULL;
     double t0 = now_s();
     for (size_t b = 0; b < nb; b++) {
         uint64_t first = (uint64_t)b * batch, m = n - first < batch ? n - first : batch;
@@ -189,6 +192,11 @@ static int do_stream(int port, const char *id, uint64_t n, size_t batch, uint64_
         double t = now_s();
         st = request(fd, "POST", path, body, o, &resp, &rlen);
         lat[b] = now_s() - t;
+        if (blog) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            fprintf(blog, "%zu %.6f %.2f\n", b, (double)ts.tv_sec + ts.tv_nsec * 1e-9 - lat[b], lat[b] * 1e3);
+        }
         if (st != 200) {
             fprintf(stderr, "batch %zu: %d %.*s\n", b, st, (int)rlen, resp);
             return 1;

@@ -30,7 +30,8 @@
  *
  * Index builds: an unmanaged archive builds in place when an append reaches a build point (core/ivf.h);
  * a managed one (the registry's) leaves builds to its caller and keeps the rows of newly indexed blocks
- * until they are persisted; ma_archive_index_adopt swaps a build made elsewhere in.
+ * until they are persisted; ma_archive_index_adopt takes a build made elsewhere, ma_archive_index_swap an
+ * index made elsewhere (after adding the events appended since it was made).
  *
  * Not here: no eviction of the summaries or the index (they stay resident by design), no locking of
  * appends against reads (the session serialises mutations), no threads (a background build is the
@@ -1448,6 +1449,31 @@ int ma_archive_index_adopt(ma_archive *a, ma_ivf_build *b, const ma_ivf_rows *ro
     if (!a->ivf)
         return MA_EINVAL;
     return ma_ivf_adopt(a->ivf, b, rows, load_keys, a, a->managed);
+}
+
+int ma_archive_index_swap(ma_archive *a, ma_ivf *x, ma_ivf **old)
+{
+    if (!a->ivf || !x || !old || ma_ivf_builds(x) <= ma_ivf_builds(a->ivf) || ma_ivf_count(x) > a->length)
+        return MA_EINVAL;
+    float *k = NULL;
+    int rc = 0;
+    for (uint64_t i = ma_ivf_count(x); !rc && i < a->length;) {
+        size_t n = a->length - i < MA_IVF_BLOCK ? (size_t)(a->length - i) : MA_IVF_BLOCK;
+        if (!k && !(k = malloc((size_t)MA_IVF_BLOCK * a->kf * sizeof(float))))
+            rc = MA_ENOMEM;
+        if (!rc)
+            rc = load_keys(a, i, n, k);
+        if (!rc)
+            rc = ma_ivf_add(x, n, k);
+        i += n;
+    }
+    free(k);
+    if (rc)
+        return rc;
+    ma_ivf_keep_rows(x, a->managed);
+    *old = a->ivf;
+    a->ivf = x;
+    return 0;
 }
 
 size_t ma_archive_index_rows(const ma_archive *a, uint32_t *build, uint64_t *first, const void **lists,

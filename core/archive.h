@@ -19,11 +19,12 @@
  * Index builds (docs/ARCHIVE.md, "Builds"): by default the append that reaches a build point builds the
  * index in place. A managed archive (ma_archive_set_managed; a restore with a row source) leaves builds
  * to its caller — which trains and encodes elsewhere (core/ivf.h's build steps, reading keys from the
- * store) and hands the result to ma_archive_index_adopt — and keeps the rows of newly indexed blocks
- * until the caller has persisted them (ma_archive_index_rows).
+ * store) and hands the result to ma_archive_index_adopt, or makes the whole new index beside this one and
+ * hands it to ma_archive_index_swap (the registry) — and keeps the rows of newly indexed blocks until the
+ * caller has persisted them (ma_archive_index_rows).
  *
  * Threads: reads may run in parallel with each other (the chunk cache is internally locked); appends,
- * adopt and set_managed must not run alongside anything else on the same handle.
+ * adopt, swap and set_managed must not run alongside anything else on the same handle.
  */
 #ifndef MA_ARCHIVE_H
 #define MA_ARCHIVE_H
@@ -209,6 +210,17 @@ void ma_archive_index_state(const ma_archive *a, ma_index_state *st);
  * then fails the archive must be discarded. 0, MA_EINVAL (no index, or b not newer than the index or past
  * its events), MA_ENOMEM, MA_ECORRUPT, a source's error. */
 int ma_archive_index_adopt(ma_archive *a, ma_ivf_build *b, const ma_ivf_rows *rows);
+
+/* Swaps in index x, built beside the archive's own over its first ma_ivf_count(x) events (core/ivf.h,
+ * ma_ivf_from_build and ma_ivf_add; a background build: docs/ARCHIVE.md): the events appended since are
+ * added to x from the archive's keys (owned chunks, else the chunk source), x takes the archive's kept-rows
+ * setting (a managed archive keeps x's kept rows — the blocks x listed that the caller has not persisted —
+ * and those this call listed, to persist) and becomes the index; the old one goes to *old, for the caller to
+ * destroy (outside any lock: freeing a large index takes time). Costs what adding those events costs, not
+ * the session's size. On failure the archive is unchanged and x (possibly grown) is still the caller's.
+ * 0, MA_EINVAL (no index; x not newer than the index, or longer than the archive), MA_ENOMEM, a source's
+ * error. */
+int ma_archive_index_swap(ma_archive *a, ma_ivf *x, ma_ivf **old);
 
 /* The kept rows not yet persisted: their number (blocks *first, *first+1, ... of build *build) and their
  * lists and codes (core/ivf.h). 0 for an archive that is not managed. Valid until the next mutation. */

@@ -144,6 +144,17 @@ typedef struct {
  * after the first head changed leaves the index broken, whatever low_memory. */
 int ma_ivf_adopt(ma_ivf *x, ma_ivf_build *b, const ma_ivf_rows *rows, ma_ivf_loader load, void *ctx, int low_memory);
 
+/* A new index of build b over events [0, count), made beside any other (b is not changed: its centroids are
+ * copied): every complete block listed from the stored rows of b's build contiguous from block 0 (rows may
+ * be NULL), the remaining complete blocks encoded from keys read through load, the pending keys read
+ * through load. Kept rows are on (ma_ivf_keep_rows): the blocks it encoded from keys are its first kept
+ * rows, for the caller to persist. Grown with ma_ivf_add it equals ma_ivf_adopt of b into an index of
+ * the same events, bit for bit (a background build makes it while the old index answers, then swaps it
+ * in: ma_archive_index_swap). b's point must not exceed count. 0, MA_EINVAL, MA_ENOMEM, MA_ECORRUPT,
+ * load's or scan's error (then *out is untouched). */
+int ma_ivf_from_build(const ma_ivf_build *b, uint64_t count, const ma_ivf_rows *rows, ma_ivf_loader load,
+                      void *ctx, ma_ivf **out);
+
 /* After ma_ivf_restore: the index of `count` events — every complete block from the stored rows of the
  * restored build (contiguous from block 0), the rest encoded from keys, the pending keys read through
  * load. Identical to the index that was serialised. 0, MA_EINVAL (not a freshly restored index),

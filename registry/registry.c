@@ -23,9 +23,12 @@
  * a session whose commit left a build due: it reads what it needs under the session's gate held
  * exclusively (view), trains and stages the new build's rows from the store without holding anything of
  * the session (the old index keeps answering; events appended meanwhile are listed by the old build and
- * staged for the new one in later passes), then swaps under the gate held exclusively: adopt (the old
- * lists freed first, the staged rows read back, the last blocks encoded from the archive's keys), one
- * commit of the new archive meta and those rows, release; then drops the old build's rows.
+ * staged for the new one in later passes), makes the new index from the staged rows beside the old one
+ * and grows it with the blocks committed since (catch_up; still without the session), then swaps under
+ * the gate held exclusively: the archive adds the last events (a few blocks) to the new index and takes
+ * it (ma_archive_index_swap), one commit of the new archive meta and those blocks' rows, release; then
+ * frees the old index and drops the old build's rows. Old and new lists are both held from the new
+ * index's making to the swap (docs/ARCHIVE.md, "Memory during a build").
  */
 #include "registry/registry.h"
 
@@ -1532,12 +1535,52 @@ static uint64_t committed(reg_registry *r, const char *id)
     return n;
 }
 
-/* Takes build b into the session, under its exclusive gate: the archive adopts it (the staged rows read
- * back, the blocks appended since encoded from its keys; the old lists freed first), then one commit
- * writes the archive meta (the new centroids: the store names the build from then on) with those last
- * rows. Nothing is visible before the commit (no job of the session runs); if either step fails the
- * session is marked stale and reloaded from the store (the old build) at its next use. */
-static int swap(reg_registry *r, const char *id, ma_ivf_build *b, uint32_t base, const atomic_int *cancel)
+/* Persists the kept rows of the build's index x as staged rows (nothing names them before the swap). */
+static int stage_kept(reg_registry *r, const char *id, ma_ivf *x, const ma_params *p)
+{
+    char err[256];
+    ma_store_index_rows ir = {.lists_bytes = (size_t)MA_IVF_BLOCK * 4,
+                              .codes_bytes = ma_ivf_row_codes_bytes(p->heads, p->dim)};
+    ir.n = ma_ivf_rows_pending(x, &ir.build, &ir.first, &ir.lists, &ir.codes);
+    int rc = ir.n ? ma_store_index_put(r->opt.store, id, &ir, err, sizeof err) : 0;
+    if (!rc)
+        ma_ivf_rows_done(x);
+    return rc;
+}
+
+/* Grows the build's index x with the blocks committed since it was made (keys from the store, STAGE_BLOCKS
+ * at a time, each step's rows staged), until at most CATCHUP_SLACK complete blocks are left for the swap
+ * (or CATCHUP_STEPS steps were taken: the swap adds whatever is left). */
+#define CATCHUP_STEPS 4096
+static int catch_up(reg_registry *r, const char *id, ma_ivf *x, job_keys *jk, const ma_params *p)
+{
+    const size_t D = (size_t)p->heads * p->dim;
+    float *keys = malloc((size_t)STAGE_BLOCKS * MA_IVF_BLOCK * D * sizeof(float));
+    int rc = keys ? stage_kept(r, id, x, p) : MA_ENOMEM;
+    for (int step = 0; !rc && step < CATCHUP_STEPS; step++) {
+        uint64_t have = ma_ivf_count(x) / MA_IVF_BLOCK, upto = committed(r, id) / MA_IVF_BLOCK;
+        if (upto <= have + CATCHUP_SLACK)
+            break;
+        size_t n = upto - have < STAGE_BLOCKS ? (size_t)(upto - have) : STAGE_BLOCKS;
+        for (size_t i = 0; !rc && i < n; i++)
+            rc = keys_or_cancel(jk, (have + i) * MA_IVF_BLOCK, MA_IVF_BLOCK, keys + i * MA_IVF_BLOCK * D);
+        if (!rc)
+            rc = ma_ivf_add(x, n * MA_IVF_BLOCK, keys);
+        if (!rc)
+            rc = stage_kept(r, id, x, p);
+    }
+    free(keys);
+    return rc;
+}
+
+/* Swaps the build's index x into the session, under its exclusive gate: the archive adds the events
+ * appended since x caught up (a few blocks) and takes x (ma_archive_index_swap), then one commit writes the
+ * archive meta (the new centroids: the store names the build from then on) with the rows of the blocks
+ * listed here. Nothing is visible before the commit (no job of the session runs); if the commit fails the
+ * session is marked stale and reloaded from the store (the old build) at its next use. Once the archive
+ * took x (even if the commit then failed) *old is the index it replaced, for the caller to free after the
+ * gate is released; while *old is NULL x is still the caller's. */
+static int swap(reg_registry *r, const char *id, ma_ivf *x, uint32_t base, const atomic_int *cancel, ma_ivf **old)
 {
     char err[256];
     reg_session *s;
@@ -1551,13 +1594,8 @@ static int swap(reg_registry *r, const char *id, ma_ivf_build *b, uint32_t base,
         reg_release(r, s);
         return MA_EBUSY;   /* deleted, or another build got there first */
     }
-    ma_ivf_rows rows = reg_pager_rows(&s->pager);
-    rc = ma_archive_index_adopt(a, b, &rows);
-    if (rc) {
-        pthread_mutex_lock(&r->mu);
-        s->stale = true;
-        pthread_mutex_unlock(&r->mu);
-    } else {
+    rc = ma_archive_index_swap(a, x, old);
+    if (!rc) {
         reg_change c = {.first_event = ma_archive_length(a)};   /* the core reports the new build */
         rc = reg_commit(r, s, &c, s->updated_at, err, sizeof err);   /* stale on failure */
     }
@@ -1566,8 +1604,10 @@ static int swap(reg_registry *r, const char *id, ma_ivf_build *b, uint32_t base,
 }
 
 /* One build of session id at the point due (nothing if none is): train (keys from the store), stage the
- * rows of every committed block, catch up with the blocks committed meanwhile, swap, drop the old rows.
- * Repeats while another build is due (events kept coming). */
+ * rows of every committed block, make the new index from them beside the old one (ma_ivf_from_build),
+ * grow it with the blocks committed meanwhile (catch_up), swap, free the old index, drop the old rows.
+ * Only the swap holds the session, for the last few blocks and one commit. Repeats while another build is
+ * due (events kept coming). */
 static void index_job(void *ctx, const char *id, const atomic_int *cancel)
 {
     reg_registry *r = ctx;
@@ -1580,6 +1620,7 @@ static void index_job(void *ctx, const char *id, const atomic_int *cancel)
         reg_pager_init(&pg, r->opt.store, id, &v.p, NULL);
         job_keys jk = {&pg, cancel};
         ma_ivf_build *b = NULL;
+        ma_ivf *x = NULL, *old = NULL;
         /* Rows of any other build than the current one are stale (an interrupted build) or old. */
         int rc = ma_store_index_drop(r->opt.store, id, v.base, NULL, err, sizeof err);
         if (!rc)
@@ -1591,9 +1632,15 @@ static void index_job(void *ctx, const char *id, const atomic_int *cancel)
                 break;
             rc = stage(r, id, b, &jk, &staged, upto, &v.p);
         }
+        ma_ivf_rows rows = reg_pager_rows(&pg);
         if (!rc)
-            rc = swap(r, id, b, v.base, cancel);
+            rc = ma_ivf_from_build(b, staged * MA_IVF_BLOCK, &rows, keys_or_cancel, &jk, &x);
         ma_ivf_build_free(b);
+        if (!rc)
+            rc = catch_up(r, id, x, &jk, &v.p);
+        if (!rc)
+            rc = swap(r, id, x, v.base, cancel, &old);
+        ma_ivf_destroy(old ? old : x);   /* the one not serving */
         if (rc) {
             if (rc != MA_EBUSY)
                 atomic_fetch_add(&r->index_build_failures, 1);

@@ -40,8 +40,9 @@
  *
  * Index builds (docs/ARCHIVE.md, "Builds in the background"): sessions' archives are managed — an append
  * never builds the index; a commit that leaves a build due queues a job on the registry's maintenance
- * thread (registry/maint.h), which trains and stages the new build's rows from the store without holding
- * the session, then swaps it in under the session's exclusive gate and commits it before any job sees it.
+ * thread (registry/maint.h), which trains and stages the new build's rows from the store and makes the new
+ * index from them beside the old one without holding the session, then swaps it in under the session's
+ * exclusive gate (the last few blocks and a pointer) and commits it before any job sees it.
  * The index's rows are committed with the events that complete a block (ma_store_delta.index) and read
  * back at load, so a load never recomputes the index.
  *

@@ -789,6 +789,88 @@ static void test_meta_generation_and_bytes(void **state)
     free(v);
 }
 
+/* Keys of k (kf floats an event) for ma_ivf_train / ma_ivf_from_build. */
+static int keys_of(void *ctx, uint64_t first, size_t n, float *out)
+{
+    memcpy(out, (const float *)ctx + first * 16, n * 16 * sizeof(float));
+    return 0;
+}
+
+/* A managed archive's build made beside its index and swapped in (ma_ivf_from_build over the first
+ * block, ma_archive_index_swap adding the events appended since from the archive's keys, paged chunks
+ * included) answers as the archive that built in place at the same point; it keeps the new build's rows
+ * of every block it listed, the old index is handed back, and a swap that is not newer is refused. */
+static void test_index_swap(void **state)
+{
+    (void)state;
+    rng_state = 19;
+    const size_t T1 = 2500, T = 3300;
+    float *k = randv(T * 16), *v = randv(T * 8);
+    ma_params p = mkparams(1, 16, 8, 16, 4, MA_SELECTOR_INDEX);
+    ma_archive *a, *ref;
+    assert_int_equal(ma_archive_create(&p, &a), 0);
+    assert_int_equal(ma_archive_create(&p, &ref), 0);
+    ma_archive_set_managed(a, true);
+    assert_int_equal(ma_archive_append(a, T1, k, v), 0);
+    assert_int_equal(ma_archive_append(ref, T1, k, v), 0);   /* builds in place at 1,024 and 2,048 */
+    ma_archive_index_rows_done(a);
+    uint64_t point;
+    uint32_t bno;
+    assert_true(ma_archive_index_due(a, &point, &bno));      /* managed: nothing built yet */
+    assert_int_equal(point, 2048);
+    ma_ivf_build *b;
+    assert_int_equal(ma_ivf_train(1, 16, point, bno, keys_of, k, NULL, &b), 0);
+    ma_ivf *y, *old = NULL;
+    assert_int_equal(ma_ivf_from_build(b, 2048, NULL, keys_of, k, &y), 0);
+    ma_ivf_rows_done(y);   /* as if staged */
+    ma_ivf_build_free(b);
+    /* Meanwhile the old index takes appends; its chunks are paged out. */
+    assert_int_equal(ma_archive_append(a, T - T1, k + T1 * 16, v + T1 * 8), 0);
+    assert_int_equal(ma_archive_append(ref, T - T1, k + T1 * 16, v + T1 * 8), 0);
+    ma_archive_index_rows_done(a);
+    mem_source ms = {.k = k, .v = v, .kf = 16, .vf = 8, .C = 16, .fail_chunk = UINT32_MAX};
+    assert_int_equal(ma_archive_set_source(a, (ma_chunk_source){mem_load, &ms}, 4), 0);
+    ma_archive_release(a);
+
+    assert_int_equal(ma_archive_index_swap(a, y, &old), 0);
+    assert_non_null(old);
+    assert_true(old != y);
+    ma_ivf_destroy(old);
+    ma_index_state st, sr;
+    ma_archive_index_state(a, &st);
+    ma_archive_index_state(ref, &sr);
+    assert_int_equal(st.build, sr.build);
+    assert_int_equal(st.nlist, sr.nlist);
+    assert_int_equal(st.events, T);
+    assert_false(ma_archive_index_due(a, NULL, NULL));
+    uint32_t rb;
+    uint64_t first;
+    const void *l, *c;
+    assert_int_equal(ma_archive_index_rows(a, &rb, &first, &l, &c), T / 1024 - 2);   /* block 2 */
+    assert_int_equal(first, 2);
+    assert_int_equal(rb, st.build);
+    same_reads(a, ref, k + 100 * 16, 8, 0);
+    same_reads(a, ref, k + 3000 * 16, 8, 0);   /* a pending event */
+    for (int t = 0; t < 4; t++) {
+        float *q = randv(16);
+        same_reads(a, ref, q, 8, 0);
+        free(q);
+    }
+    /* Not newer: refused, nothing changes. */
+    assert_int_equal(ma_ivf_train(1, 16, 2048, st.build, keys_of, k, NULL, &b), 0);
+    assert_int_equal(ma_ivf_from_build(b, 2048, NULL, keys_of, k, &y), 0);
+    old = NULL;
+    assert_int_equal(ma_archive_index_swap(a, y, &old), MA_EINVAL);
+    assert_null(old);
+    ma_ivf_destroy(y);
+    ma_ivf_build_free(b);
+    same_reads(a, ref, k + 100 * 16, 8, 0);
+    ma_archive_destroy(a);
+    ma_archive_destroy(ref);
+    free(k);
+    free(v);
+}
+
 /* A batch of sparse reads answers as the reads one by one, bit for bit (both selectors). */
 static void test_sparse_batch_equals_single(void **state)
 {
@@ -1277,6 +1359,7 @@ int main(void)
         cmocka_unit_test(test_paging_index),
         cmocka_unit_test(test_concurrent_paged_reads),
         cmocka_unit_test(test_meta_roundtrip),
+        cmocka_unit_test(test_index_swap),
         cmocka_unit_test(test_meta_generation_and_bytes),
         cmocka_unit_test(test_sparse_batch_equals_single),
         cmocka_unit_test(test_streamed_matches_reference),

@@ -1172,6 +1172,126 @@ static void test_heads_upgrade_shared(void **state)
     free(k);
 }
 
+/* A build as the registry runs it since the swap got short: trained, every complete block but one staged
+ * as rows (none for the first build: then the new index encodes them from keys, as kept rows), a new index
+ * made from the staged rows beside the old one (ma_ivf_from_build), the last complete block caught up
+ * from keys (its kept rows to m), `more` events appended to the old index meanwhile (their rows under the
+ * old build), then the swap: the rest added to the new index, which replaces the old. */
+static ma_ivf *beside_build(ma_ivf *x, memrows *m, int H, int d, const float *k, size_t have, size_t more)
+{
+    const size_t D = (size_t)H * d;
+    uint64_t point;
+    uint32_t bno;
+    assert_true(ma_ivf_build_due(x, &point, &bno));
+    key_src src = {k, D, -1, 0};
+    ma_ivf_build *b;
+    assert_int_equal(ma_ivf_train(H, d, point, bno, load_keys, &src, NULL, &b), 0);
+    size_t staged = have / MA_IVF_BLOCK;
+    if (staged > point / MA_IVF_BLOCK)
+        staged--;   /* one block left for the catch-up */
+    unsigned char *l = malloc(m->lb), *c = malloc(m->cb);
+    for (size_t blk = 0; bno > 1 && blk < staged; blk++) {
+        assert_int_equal(ma_ivf_build_encode(b, k + blk * MA_IVF_BLOCK * D, 1, l, c), 0);
+        memrows_put(m, bno, blk, 1, l, c);
+    }
+    free(l);
+    free(c);
+    ma_ivf_rows rows = {memrows_scan, m};
+    ma_ivf *y = NULL;
+    assert_int_equal(ma_ivf_from_build(b, point - 1, &rows, load_keys, &src, &y), MA_EINVAL);   /* before the point */
+    assert_null(y);
+    src.calls = 0;
+    assert_int_equal(ma_ivf_from_build(b, staged * MA_IVF_BLOCK, &rows, load_keys, &src, &y), 0);
+    /* keys only for the blocks without a row (per head: once a head) */
+    assert_int_equal(src.calls, bno > 1 ? 0 : (int)staged * (ma_ivf_per_head(y) ? H : 1));
+    assert_int_equal(ma_ivf_builds(y), bno);
+    assert_int_equal(ma_ivf_count(y), staged * MA_IVF_BLOCK);
+    assert_true(ma_ivf_builds(x) < bno);   /* the old one untouched */
+    uint32_t kb;
+    uint64_t kf;
+    const void *kl, *kc;
+    assert_int_equal(ma_ivf_rows_pending(y, &kb, &kf, &kl, &kc), bno > 1 ? 0 : staged);
+    drain(y, m);
+    if (ma_ivf_count(y) + MA_IVF_BLOCK <= have) {   /* catch-up from keys, beside */
+        assert_int_equal(ma_ivf_add(y, MA_IVF_BLOCK, k + ma_ivf_count(y) * D), 0);
+        drain(y, m);
+    }
+    assert_int_equal(ma_ivf_add(x, more, k + have * D), 0);   /* the old index still takes appends */
+    drain(x, m);
+    size_t rest = have + more - (size_t)ma_ivf_count(y);      /* the swap */
+    assert_int_equal(ma_ivf_add(y, rest, k + ma_ivf_count(y) * D), 0);
+    drain(y, m);
+    ma_ivf_build_free(b);
+    ma_ivf_destroy(x);
+    return y;
+}
+
+/* The new index made beside the old one and swapped in equals the one built in place at the same points
+ * (state, answers, codes), and its rows (staged, caught up, listed at the swap) restore it. */
+static void test_built_beside(void **state)
+{
+    (void)state;
+    rng_state = 11;
+    const int H = 2, d = 8;
+    const size_t D = (size_t)H * d, n = 9300;
+    float *k = randv(n * D);
+    ma_ivf *inplace = build(H, d, k, n, 333);
+    ma_ivf *x;
+    memrows m;
+    memrows_init(&m, H, d, (size_t)H * MA_IVF_BLOCK * 4);   /* per head (H > 1) */
+    assert_int_equal(ma_ivf_create(H, d, &x), 0);
+    ma_ivf_keep_rows(x, 1);
+    size_t have = 0;
+    int builds = 0;
+    while (have < n) {
+        size_t b = n - have < 333 ? n - have : 333;
+        assert_int_equal(ma_ivf_add(x, b, k + have * D), 0);
+        have += b;
+        drain(x, &m);
+        if (ma_ivf_want_rebuild(x) && have + 2048 + 333 <= n) {
+            /* A late build: the old index listed two more blocks before the build ran. */
+            assert_int_equal(ma_ivf_add(x, 2048, k + have * D), 0);
+            have += 2048;
+            drain(x, &m);
+            x = beside_build(x, &m, H, d, k, have, 333);
+            have += 333;
+            builds++;
+        }
+    }
+    while (ma_ivf_want_rebuild(x)) {
+        x = beside_build(x, &m, H, d, k, have, 0);
+        builds++;
+    }
+    assert_true(builds >= 3);
+    assert_same_state(inplace, x);
+    assert_same_answers(inplace, x, D, 7);
+    assert_same_answers(inplace, x, D, 1000);
+    assert_same_codes(inplace, x, D);
+
+    void *blob;
+    size_t len;
+    assert_int_equal(ma_ivf_serialize(x, &blob, &len), 0);
+    ma_ivf *y;
+    assert_int_equal(ma_ivf_restore(H, d, blob, len, &y), 0);
+    key_src src = {k, D, -1, 0};
+    ma_ivf_rows rows = {memrows_scan, &m};
+    assert_int_equal(ma_ivf_restore_lists(y, n, &rows, load_keys, &src), 0);
+    assert_int_equal(src.calls, 1);   /* the pending keys only: every listed block had its row */
+    assert_same_state(x, y);
+    assert_same_codes(x, y, D);
+
+    /* A build without centroids, or a count past UINT32_MAX, is refused. */
+    ma_ivf *z = NULL;
+    assert_int_equal(ma_ivf_from_build(NULL, 0, &rows, load_keys, &src, &z), MA_EINVAL);
+    assert_null(z);
+    free(blob);
+    ma_ivf_destroy(y);
+    memrows_free(&m);
+    ma_ivf_destroy(x);
+    ma_ivf_destroy(inplace);
+    free(k);
+}
+
 /* Build points are fixed counts: the point due is the largest MA_IVF_MIN_BUILD·2^j not above the count,
  * at least twice the last build's; k-means is seeded from the point, so a build at the same point from
  * the same keys gives the same centroids whenever it runs. */
@@ -1251,6 +1371,7 @@ int main(void)
         cmocka_unit_test(test_recall_131072),
         cmocka_unit_test(test_managed_and_rows),
         cmocka_unit_test(test_managed_and_rows_heads),
+        cmocka_unit_test(test_built_beside),
         cmocka_unit_test(test_build_points),
         cmocka_unit_test(test_heads_own_needles),
         cmocka_unit_test(test_heads_upgrade_shared),
