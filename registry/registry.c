@@ -102,7 +102,7 @@ struct reg_registry {
     bool cstarted, cstop;
     pthread_t cthread;
     reg_maint *maint;                   /* background index builds (index_job) */
-    atomic_uint_fast64_t index_builds, index_build_failures;
+    atomic_uint_fast64_t index_builds, index_builds_in_place, index_build_failures;
 };
 
 static void index_job(void *ctx, const char *id, const atomic_int *cancel);
@@ -1294,6 +1294,9 @@ void reg_stats_get(reg_registry *r, reg_stats *st)
     st->chunk_loads = atomic_load_explicit(&r->chunk_loads, memory_order_relaxed);
     st->queue_groups = atomic_load_explicit(&r->queue_groups, memory_order_relaxed);
     st->queue_changes = atomic_load_explicit(&r->queue_changes, memory_order_relaxed);
+    st->index_builds = atomic_load_explicit(&r->index_builds, memory_order_relaxed);
+    st->index_builds_in_place = atomic_load_explicit(&r->index_builds_in_place, memory_order_relaxed);
+    st->index_build_failures = atomic_load_explicit(&r->index_build_failures, memory_order_relaxed);
 }
 
 void reg_destroy(reg_registry *r)
@@ -1470,6 +1473,8 @@ typedef struct {
     bool due;
     uint64_t point;
     uint32_t build_no, base;   /* the build due; the one current */
+    size_t index_bytes;        /* what the current index holds (ma_ivf_bytes) ... */
+    uint64_t index_events;     /* ... for this many events */
 } job_view;
 
 static int view(reg_registry *r, const char *id, job_view *v)
@@ -1491,8 +1496,28 @@ static int view(reg_registry *r, const char *id, job_view *v)
     v->due = !stale && ma_archive_index_due(a, &v->point, &v->build_no);
     ma_archive_index_state(a, &st);
     v->base = st.build;
+    const ma_ivf *x = ma_archive_index(a);
+    v->index_bytes = x ? ma_ivf_bytes(x) : 0;
+    v->index_events = x ? ma_ivf_count(x) : 0;
     reg_release(r, s);
     return 0;
+}
+
+/* Whether the new index of a build may be made beside the old one: true without a budget, else when the
+ * budget holds what the sessions hold now plus a second index the size of the current one grown to the
+ * committed events (both are held until the swap). When it does not, the build is adopted in place under
+ * the session's gate (swap_in_place): the old lists are dropped as the new ones are made, so memory stays
+ * at one index, at the price of a longer pause of the session at the swap (docs/ARCHIVE.md). */
+static bool beside_fits(reg_registry *r, const job_view *v, uint64_t events)
+{
+    if (!r->opt.memory_budget)
+        return true;
+    double per_event = v->index_events ? (double)v->index_bytes / (double)v->index_events : 0;
+    double need = per_event * (double)events;
+    pthread_mutex_lock(&r->mu);
+    bool fits = (double)r->bytes + need <= (double)r->opt.memory_budget;
+    pthread_mutex_unlock(&r->mu);
+    return fits;
 }
 
 /* Stages the rows of build b for blocks [*staged, upto) (keys read from the store). */
@@ -1603,6 +1628,39 @@ static int swap(reg_registry *r, const char *id, ma_ivf *x, uint32_t base, const
     return rc;
 }
 
+/* Adopts build b into the session in place, under its exclusive gate (when a second index does not fit
+ * the budget: beside_fits): the archive's index takes b's centroids and relists every block from the
+ * staged rows (the rest from keys), then one commit writes the archive meta with the rows of the blocks
+ * not staged. Nothing is visible before the commit; if the adopt or the commit fails the session is
+ * marked stale and reloaded from the store (the old build) at its next use. */
+static int swap_in_place(reg_registry *r, const char *id, ma_ivf_build *b, uint32_t base, const atomic_int *cancel)
+{
+    char err[256];
+    reg_session *s;
+    int rc = acquire(r, id, true, &s, err, sizeof err);
+    if (rc)
+        return rc;
+    ma_archive *a = ma_session_archive(s->core);
+    ma_index_state st;
+    ma_archive_index_state(a, &st);
+    if (atomic_load(cancel) || st.build != base) {
+        reg_release(r, s);
+        return MA_EBUSY;   /* deleted, or another build got there first */
+    }
+    ma_ivf_rows rows = reg_pager_rows(&s->pager);
+    rc = ma_archive_index_adopt(a, b, &rows);
+    if (rc) {
+        pthread_mutex_lock(&r->mu);
+        s->stale = true;
+        pthread_mutex_unlock(&r->mu);
+    } else {
+        reg_change c = {.first_event = ma_archive_length(a)};   /* the core reports the new build */
+        rc = reg_commit(r, s, &c, s->updated_at, err, sizeof err);   /* stale on failure */
+    }
+    reg_release(r, s);
+    return rc;
+}
+
 /* One build of session id at the point due (nothing if none is): train (keys from the store), stage the
  * rows of every committed block, make the new index from them beside the old one (ma_ivf_from_build),
  * grow it with the blocks committed meanwhile (catch_up), swap, free the old index, drop the old rows.
@@ -1633,20 +1691,25 @@ static void index_job(void *ctx, const char *id, const atomic_int *cancel)
             rc = stage(r, id, b, &jk, &staged, upto, &v.p);
         }
         ma_ivf_rows rows = reg_pager_rows(&pg);
-        if (!rc)
+        const bool beside = !rc && beside_fits(r, &v, committed(r, id));
+        if (!rc && beside)
             rc = ma_ivf_from_build(b, staged * MA_IVF_BLOCK, &rows, keys_or_cancel, &jk, &x);
+        else if (!rc)
+            rc = swap_in_place(r, id, b, v.base, cancel);
         ma_ivf_build_free(b);
-        if (!rc)
+        if (!rc && beside)
             rc = catch_up(r, id, x, &jk, &v.p);
-        if (!rc)
+        if (!rc && beside)
             rc = swap(r, id, x, v.base, cancel, &old);
-        ma_ivf_destroy(old ? old : x);   /* the one not serving */
+        ma_ivf_destroy(old ? old : x);   /* the one not serving (NULL in place) */
         if (rc) {
             if (rc != MA_EBUSY)
                 atomic_fetch_add(&r->index_build_failures, 1);
             return;
         }
         atomic_fetch_add(&r->index_builds, 1);
+        if (!beside)
+            atomic_fetch_add(&r->index_builds_in_place, 1);
         (void)ma_store_index_drop(r->opt.store, id, v.build_no, NULL, err, sizeof err);
         malloc_trim(0);   /* the old lists: ~56 bytes an event */
     }

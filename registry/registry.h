@@ -283,6 +283,9 @@ typedef struct {
     uint64_t paged_out_bytes;  /* archive bytes dropped from RAM under the budget (pages out) since start */
     uint64_t queue_groups;     /* group transactions of the commit queue (reg_commit_queue) since start */
     uint64_t queue_changes;    /* changes they wrote (their mean group size: queue_changes / queue_groups) */
+    uint64_t index_builds;     /* background index builds swapped in since start ... */
+    uint64_t index_builds_in_place;   /* ... of which adopted in place (a second index did not fit the budget) */
+    uint64_t index_build_failures;    /* builds that failed (not counted: those cancelled or overtaken) */
 } reg_stats;
 
 void reg_stats_get(reg_registry *r, reg_stats *st);

@@ -84,6 +84,7 @@ struct api {
     srv_metric_child *loads, *unloads;
     srv_metric_child *memory_budget, *chunk_loads, *paged_out;   /* the session cache (registry) */
     srv_metric_child *group_commits, *group_changes;              /* the commit queue (registry) */
+    srv_metric_child *index_builds, *index_in_place, *index_failures;   /* background index builds */
 };
 
 /* One request's work. Filled on the loop thread, run on a worker, answered and freed on the loop thread. */
@@ -1067,6 +1068,11 @@ static void update_gauges(api *a)
     srv_metric_child_add(a->paged_out, (int64_t)st.paged_out_bytes - srv_metric_child_value(a->paged_out));
     srv_metric_child_add(a->group_commits, (int64_t)st.queue_groups - srv_metric_child_value(a->group_commits));
     srv_metric_child_add(a->group_changes, (int64_t)st.queue_changes - srv_metric_child_value(a->group_changes));
+    srv_metric_child_add(a->index_builds, (int64_t)st.index_builds - srv_metric_child_value(a->index_builds));
+    srv_metric_child_add(a->index_in_place,
+                         (int64_t)st.index_builds_in_place - srv_metric_child_value(a->index_in_place));
+    srv_metric_child_add(a->index_failures,
+                         (int64_t)st.index_build_failures - srv_metric_child_value(a->index_failures));
 }
 
 static void job_done(void *arg, int status)
@@ -1354,10 +1360,20 @@ static int register_metrics(api *a, srv_metrics *m)
                                         "Transactions that wrote queued event batches (group commit)", NULL);
     srv_metric *gb = srv_metric_counter(m, "memattn_store_group_commit_batches_total",
                                         "Event batches written by those transactions", NULL);
-    if (!loaded || !mem || !ev || !rt || !cs || !cf || !ld || !ul || !mb || !cl || !po || !gc || !gb)
+    srv_metric *ib = srv_metric_counter(m, "memattn_index_builds_total",
+                                        "Background index builds swapped in", NULL);
+    srv_metric *ip = srv_metric_counter(m, "memattn_index_builds_in_place_total",
+                                        "Of those, adopted in place: a second index did not fit --memory", NULL);
+    srv_metric *ifl = srv_metric_counter(m, "memattn_index_build_failures_total",
+                                        "Background index builds that failed", NULL);
+    if (!loaded || !mem || !ev || !rt || !cs || !cf || !ld || !ul || !mb || !cl || !po || !gc || !gb || !ib ||
+        !ip || !ifl)
         return MA_ENOMEM;
     a->group_commits = srv_metric_child_get(gc, NULL);
     a->group_changes = srv_metric_child_get(gb, NULL);
+    a->index_builds = srv_metric_child_get(ib, NULL);
+    a->index_in_place = srv_metric_child_get(ip, NULL);
+    a->index_failures = srv_metric_child_get(ifl, NULL);
     a->memory_budget = srv_metric_child_get(mb, NULL);
     a->chunk_loads = srv_metric_child_get(cl, NULL);
     a->paged_out = srv_metric_child_get(po, NULL);

@@ -1171,6 +1171,51 @@ static void test_background_build_states(void **state)
     close_fixture(&f);
 }
 
+/* Under a memory budget that holds the session but not a second index, a background build is adopted in
+ * place under the session's gate (one index held at a time) instead of being made beside the old one;
+ * either way the session answers with the same bits at the same (events, build). */
+static void test_build_in_place_under_budget(void **state)
+{
+    (void)state;
+    const uint64_t N = 43 * 96;   /* the last batch of 96 makes the build at 4,096 due */
+    fixture f;
+    char err[256];
+    reg_stats st;
+    answers beside, in_place;
+    /* No budget: made beside the old index. */
+    assert_int_equal(open_fixture(&f, 0), 0);
+    reg_session *a = feed_then_hold(&f, "a", 7, N);
+    reg_release(f.reg, a);
+    reg_wait_maintenance(f.reg);
+    reg_stats_get(f.reg, &st);
+    const uint64_t builds = st.index_builds;   /* at 1,024, 2,048 and 4,096 events */
+    assert_int_equal(builds, 3);
+    assert_int_equal(st.index_builds_in_place, 0);
+    assert_int_equal(reg_acquire(f.reg, "a", &a, err, sizeof err), 0);
+    assert_int_equal(build_of(a), 3);
+    sparse_answers(a, 7, N, &beside);
+    const size_t ix = ma_ivf_bytes(ma_archive_index(ma_session_archive(reg_core(a))));
+    reg_release(f.reg, a);
+    ma_params p = params();
+    const size_t fp = reg_session_footprint(f.reg, &p);
+    close_fixture(&f);
+    /* A budget of the footprint and half an index: adopted in place. */
+    assert_int_equal(open_fixture(&f, fp + ix / 2), 0);
+    a = feed_then_hold(&f, "a", 7, N);
+    reg_release(f.reg, a);
+    reg_wait_maintenance(f.reg);
+    reg_stats_get(f.reg, &st);
+    assert_int_equal(st.index_builds, builds);
+    assert_true(st.index_builds_in_place >= 1);   /* the last at least (the first may fit beside) */
+    assert_int_equal(st.index_build_failures, 0);
+    assert_int_equal(reg_acquire(f.reg, "a", &a, err, sizeof err), 0);
+    assert_int_equal(build_of(a), 3);
+    sparse_answers(a, 7, N, &in_place);
+    reg_release(f.reg, a);
+    assert_memory_equal(&beside, &in_place, sizeof beside);
+    close_fixture(&f);
+}
+
 /* Issue 15: a session of 2 heads stored with the shared index of before (one index over both heads)
  * loads as it was and answers as before; its next background build makes the index per-head, after which
  * it answers as a session per-head from the start fed the same events, and a restarted registry reads its
@@ -1350,6 +1395,7 @@ int main(void)
         cmocka_unit_test(test_commit_queue_groups),
         cmocka_unit_test(test_commit_queue_slot_rows),
         cmocka_unit_test(test_background_build_states),
+        cmocka_unit_test(test_build_in_place_under_budget),
         cmocka_unit_test(test_shared_index_upgrade),
         cmocka_unit_test(test_background_build_race),
     };
