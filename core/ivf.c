@@ -1299,6 +1299,22 @@ size_t ma_ivf_build_lists_bytes(const ma_ivf_build *b)
     return (size_t)BLOCK * 4 * (b->sub ? (size_t)b->shape->H : 1);
 }
 
+/* A build at point T: nlist = round(2·sqrt(T)) lists (at least 1) and a training sample of m =
+ * MA_IVF_TRAIN_PER_LIST·nlist events (at most T; nlist at most m). */
+static void train_size(uint64_t T, uint32_t *nlist, size_t *m)
+{
+    uint32_t n = (uint32_t)llround(MA_IVF_LISTS_PER_SQRT * sqrt((double)T));
+    if (n < 1)
+        n = 1;
+    size_t ms = (size_t)n * MA_IVF_TRAIN_PER_LIST;
+    if (ms > T)
+        ms = (size_t)T;
+    if (n > ms)
+        n = (uint32_t)ms;
+    *nlist = n;
+    *m = ms;
+}
+
 int ma_ivf_train(int H, int d, uint64_t point, uint32_t build_no, ma_ivf_loader load, void *ctx,
                  const atomic_int *stop, ma_ivf_build **out)
 {
@@ -1313,14 +1329,9 @@ int ma_ivf_train(int H, int d, uint64_t point, uint32_t build_no, ma_ivf_loader 
         goto fail;
     const size_t D = b->shape->D;
     const uint64_t T = point;
-    uint32_t nlist = (uint32_t)llround(MA_IVF_LISTS_PER_SQRT * sqrt((double)T));
-    if (nlist < 1)
-        nlist = 1;
-    size_t m = (size_t)nlist * MA_IVF_TRAIN_PER_LIST;
-    if (m > T)
-        m = (size_t)T;
-    if (nlist > m)
-        nlist = (uint32_t)m;
+    uint32_t nlist;
+    size_t m;
+    train_size(T, &nlist, &m);
     b->point = point;
     b->build_no = build_no;
     b->nlist = nlist;
@@ -2372,14 +2383,9 @@ static int heads_train(int H, int d, uint64_t point, uint32_t build_no, ma_ivf_l
         goto fail;
     const size_t D = b->shape->D, dd = (size_t)d;
     const uint64_t T = point;
-    uint32_t nlist = (uint32_t)llround(MA_IVF_LISTS_PER_SQRT * sqrt((double)T));
-    if (nlist < 1)
-        nlist = 1;
-    size_t m = (size_t)nlist * MA_IVF_TRAIN_PER_LIST;
-    if (m > T)
-        m = (size_t)T;
-    if (nlist > m)
-        nlist = (uint32_t)m;
+    uint32_t nlist;
+    size_t m;
+    train_size(T, &nlist, &m);
     b->point = point;
     b->build_no = build_no;
     b->nlist = nlist;

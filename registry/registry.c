@@ -1598,6 +1598,26 @@ static int catch_up(reg_registry *r, const char *id, ma_ivf *x, job_keys *jk, co
     return rc;
 }
 
+/* Acquires session id exclusively for a swap while its current build is still base: MA_EBUSY (nothing
+ * held) when the build was cancelled (the session deleted) or another build got there first. */
+static int acquire_current(reg_registry *r, const char *id, uint32_t base, const atomic_int *cancel,
+                           reg_session **out)
+{
+    char err[256];
+    reg_session *s;
+    int rc = acquire(r, id, true, &s, err, sizeof err);
+    if (rc)
+        return rc;
+    ma_index_state st;
+    ma_archive_index_state(ma_session_archive(s->core), &st);
+    if (atomic_load(cancel) || st.build != base) {
+        reg_release(r, s);
+        return MA_EBUSY;
+    }
+    *out = s;
+    return 0;
+}
+
 /* Swaps the build's index x into the session, under its exclusive gate: the archive adds the events
  * appended since x caught up (a few blocks) and takes x (ma_archive_index_swap), then one commit writes the
  * archive meta (the new centroids: the store names the build from then on) with the rows of the blocks
@@ -1609,16 +1629,10 @@ static int swap(reg_registry *r, const char *id, ma_ivf *x, uint32_t base, const
 {
     char err[256];
     reg_session *s;
-    int rc = acquire(r, id, true, &s, err, sizeof err);
+    int rc = acquire_current(r, id, base, cancel, &s);
     if (rc)
         return rc;
     ma_archive *a = ma_session_archive(s->core);
-    ma_index_state st;
-    ma_archive_index_state(a, &st);
-    if (atomic_load(cancel) || st.build != base) {
-        reg_release(r, s);
-        return MA_EBUSY;   /* deleted, or another build got there first */
-    }
     rc = ma_archive_index_swap(a, x, old);
     if (!rc) {
         reg_change c = {.first_event = ma_archive_length(a)};   /* the core reports the new build */
@@ -1637,16 +1651,10 @@ static int swap_in_place(reg_registry *r, const char *id, ma_ivf_build *b, uint3
 {
     char err[256];
     reg_session *s;
-    int rc = acquire(r, id, true, &s, err, sizeof err);
+    int rc = acquire_current(r, id, base, cancel, &s);
     if (rc)
         return rc;
     ma_archive *a = ma_session_archive(s->core);
-    ma_index_state st;
-    ma_archive_index_state(a, &st);
-    if (atomic_load(cancel) || st.build != base) {
-        reg_release(r, s);
-        return MA_EBUSY;   /* deleted, or another build got there first */
-    }
     ma_ivf_rows rows = reg_pager_rows(&s->pager);
     rc = ma_archive_index_adopt(a, b, &rows);
     if (rc) {
