@@ -3,8 +3,13 @@
  *
  * For batches of 1, 64 and 1024 events (H = 1, d = 64, random unit keys and values, fixed seed) it
  * measures, on one thread:
- *   core     ma_session_ingest alone (backbone update, archive append, index) — what the daemon's
- *            compute costs without HTTP, JSON or the store;
+ *   core     ma_session_ingest alone on a registry's session (backbone update, archive append, the
+ *            index's appends) — the compute of the daemon's request path without HTTP, JSON or the
+ *            store; the session is managed, so its index builds are the registry's background job, queued
+ *            by commits: this path never builds (the daemon does, on its maintenance thread);
+ *   core_built  the same on a session of the core alone (ma_session_create: unmanaged), whose appends
+ *            build the index in place at every build point — the daemon's whole compute, builds
+ *            included, on one thread;
  *   durable  ma_session_ingest + reg_commit into a real store (sqlite, synchronous FULL as the daemon
  *            runs it) — the daemon's work per batch minus HTTP and decoding.
  * Output: one line per (path, batch) "inproc <path> batch=<n> events=<N> seconds=<s> events_per_s=<r>",
@@ -95,6 +100,30 @@ int main(int argc, char **argv)
     if (reg_create(&ro, &reg))
         return 1;
 
+    for (size_t b = 0; b < nb; b++) {   /* core_built: a session of the core alone */
+        size_t bs = batches[b];
+        ma_session *cs;
+        if (ma_session_create(&p, &cs)) {
+            fprintf(stderr, "create: out of memory\n");
+            return 1;
+        }
+        double t0 = now();
+        for (size_t i = 0; i < total; i += bs) {
+            size_t m = i + bs <= total ? bs : total - i;
+            ma_ingest_report rep = {0};
+            int rc = ma_session_ingest(cs, m, ev + i, 0, &rep);
+            ma_ingest_report_clear(&rep);
+            if (rc) {
+                fprintf(stderr, "ingest: %s\n", ma_strerror(rc));
+                return 1;
+            }
+        }
+        double dt = now() - t0;
+        printf("inproc core_built batch=%zu events=%zu seconds=%.3f events_per_s=%.0f\n", bs, total, dt,
+               (double)total / dt);
+        fflush(stdout);
+        ma_session_destroy(cs);
+    }
     for (int durable = 0; durable <= 1; durable++)
         for (size_t b = 0; b < nb; b++) {
             size_t bs = batches[b];
