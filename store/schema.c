@@ -549,6 +549,10 @@ int st_migrate(ma_store *st, char *err, size_t errlen)
     if (ret)
         return ret;
     long version = strtol(buf, NULL, 10);
+    if (version < 0) {   /* no memattn writes one (found by fuzz_store: it indexed the migrations with it) */
+        st_seterr(err, errlen, "store %s: not a memattn database (schema version %ld)", st->path, version);
+        return MA_ECORRUPT;
+    }
     if (version > MA_SCHEMA) {
         st_seterr(err, errlen, "store %s: schema version %ld is newer than this memattnd supports (%d); "
                   "use the memattnd that wrote it or another data directory", st->path, version, MA_SCHEMA);

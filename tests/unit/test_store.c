@@ -419,6 +419,11 @@ static void test_schema_versions(void **state)
     assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
     assert_null(st);
     assert_non_null(strstr(errbuf, "newer than this memattnd supports"));
+    /* A negative version is no memattn's: refused, untouched. */
+    raw_sql(dir, "PRAGMA user_version = -805281247");
+    assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_null(st);
+    assert_non_null(strstr(errbuf, "not a memattn database (schema version -805281247)"));
     snprintf(sql, sizeof sql, "PRAGMA user_version = %d", current);
     raw_sql(dir, sql);
     st = open_ok(dir);
