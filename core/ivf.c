@@ -172,8 +172,6 @@ static int heads_add(ma_ivf *x, size_t n, const float *k);
 static int heads_adopt(ma_ivf *x, ma_ivf_build *b, const ma_ivf_rows *rows, ma_ivf_loader load, void *ctx,
                        int low_memory);
 static int heads_restore_lists(ma_ivf *x, uint64_t count, const ma_ivf_rows *rows, ma_ivf_loader load, void *ctx);
-static int heads_from_build(const ma_ivf_build *b, uint64_t count, const ma_ivf_rows *rows, ma_ivf_loader load,
-                            void *ctx, ma_ivf **out);
 static int heads_train(int H, int d, uint64_t point, uint32_t build_no, ma_ivf_loader load, void *ctx,
                        const atomic_int *stop, ma_ivf_build **out);
 static int heads_encode(ma_ivf_build *b, const float *keys, size_t n_blocks, void *lists, void *codes);
@@ -1702,45 +1700,49 @@ int ma_ivf_restore_lists(ma_ivf *x, uint64_t count, const ma_ivf_rows *rows, ma_
     return 0;
 }
 
+/* x (empty, of one head or shared) takes a copy of build b's centroids and its counters: what
+ * ma_ivf_restore_lists lists events against. 0 or MA_ENOMEM (the caller destroys x). */
+static int take_centroids(ma_ivf *x, const ma_ivf_build *b)
+{
+    const size_t bytes = (size_t)b->nlist * x->D * sizeof(float);
+    if (!(x->cent = malloc(bytes)) || !(x->lists = calloc(b->nlist, sizeof *x->lists)))
+        return MA_ENOMEM;
+    memcpy(x->cent, b->cent, bytes);
+    x->nlist = b->nlist;
+    x->builds = b->build_no;
+    x->built_at = b->point;
+    return 0;
+}
+
+/* An empty index with b's centroids (per head when b is), its rows kept, then listed as a restore lists a
+ * stored one (ma_ivf_restore_lists: the stored rows, the other blocks from keys, the pending keys read
+ * once for every head). */
 int ma_ivf_from_build(const ma_ivf_build *b, uint64_t count, const ma_ivf_rows *rows, ma_ivf_loader load,
                       void *ctx, ma_ivf **out)
 {
-    if (!b || !out || !load || b->point > count || count > UINT32_MAX)
-        return MA_EINVAL;
-    if (b->sub)
-        return heads_from_build(b, count, rows, load, ctx, out);
-    if (!b->cent)
+    if (!b || !out || !load || b->point > count || count > UINT32_MAX || (!b->sub && !b->cent))
         return MA_EINVAL;
     ma_ivf *x = alloc_ivf(b->shape->H, b->shape->d);
-    const size_t cbytes = (size_t)b->nlist * b->shape->D * sizeof(float);
-    float *cent = malloc(cbytes);
-    int rc = MA_ENOMEM;
-    if (!x || !cent)
-        goto fail;
-    memcpy(cent, b->cent, cbytes);
-    x->keep_rows = 1;
-    const uint64_t A = count / BLOCK;
-    if ((rc = relist(x, cent, b->nlist, b->build_no, b->point, rows, A, load, ctx, 0)) != 0)
-        goto fail;
-    cent = NULL;   /* x's now */
-    const size_t np = (size_t)(count - A * BLOCK), cap = np > PEND_MIN ? np : PEND_MIN;
-    rc = MA_ENOMEM;
-    if (!(x->pend = malloc(cap * x->D * sizeof(float))))
-        goto fail;
-    x->pend_cap = cap;
-    for (size_t i = 0; i < np; i += BLOCK) {
-        size_t n = np - i < BLOCK ? np - i : BLOCK;
-        if ((rc = load(ctx, A * BLOCK + i, n, x->pend + i * x->D)) != 0)
-            goto fail;
+    int rc = x ? 0 : MA_ENOMEM;
+    if (!rc && b->sub) {
+        rc = heads_make(x);
+        x->builds = b->build_no;
+        x->built_at = b->point;
+        for (int h = 0; !rc && h < x->H; h++)
+            rc = take_centroids(x->sub[h], b->sub[h]);
+    } else if (!rc) {
+        rc = take_centroids(x, b);
     }
-    x->assigned = A * BLOCK;
-    x->count = count;
+    if (!rc) {
+        ma_ivf_keep_rows(x, 1);
+        rc = ma_ivf_restore_lists(x, count, rows, load, ctx);
+    }
+    if (rc) {
+        ma_ivf_destroy(x);
+        return rc;
+    }
     *out = x;
     return 0;
-fail:
-    free(cent);
-    ma_ivf_destroy(x);
-    return rc;
 }
 
 int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
@@ -2564,43 +2566,6 @@ static int heads_restore_lists(ma_ivf *x, uint64_t count, const ma_ivf_rows *row
 done:
     free(pend);
     free(hl.buf);
-    return rc;
-}
-
-/* ma_ivf_from_build of a per-head build: H one-head indexes, each made from its head's build over that
- * head's slice of the rows and of the keys, the rows kept per head and gathered into x's outbox, as
- * heads_restore_lists does for stored centroids. */
-static int heads_from_build(const ma_ivf_build *b, uint64_t count, const ma_ivf_rows *rows, ma_ivf_loader load,
-                            void *ctx, ma_ivf **out)
-{
-    ma_ivf *x = alloc_ivf(b->shape->H, b->shape->d);
-    head_loader hl = {load, ctx, b->shape->H, b->shape->d, 0, NULL, NULL, 0};
-    int rc = MA_ENOMEM;
-    if (!x || heads_make(x) != 0 || !(hl.buf = malloc((size_t)BLOCK * x->D * sizeof(float))))
-        goto fail;
-    for (int h = 0; h < x->H; h++) {
-        head_rows hr = {rows, x->H, h, rec_head(x->sub[h]), NULL, NULL};
-        ma_ivf_rows sr = {head_scan, &hr};
-        hl.h = h;
-        ma_ivf_destroy(x->sub[h]);
-        x->sub[h] = NULL;
-        if ((rc = ma_ivf_from_build(b->sub[h], count, rows ? &sr : NULL, head_load, &hl, &x->sub[h])) != 0)
-            goto fail;
-    }
-    x->keep_rows = 1;
-    x->builds = b->build_no;
-    x->built_at = b->point;
-    x->count = count;
-    rc = MA_ENOMEM;
-    if (heads_out_reserve(x, x->sub[0]->out_n) != 0)
-        goto fail;
-    heads_gather(x);
-    free(hl.buf);
-    *out = x;
-    return 0;
-fail:
-    free(hl.buf);
-    ma_ivf_destroy(x);
     return rc;
 }
 
