@@ -72,8 +72,8 @@ echo
 echo "== ingest through HTTP (4 connections, ${SECS}s per point)"
 printf "| batch | encoding | requests/s | events/s | p50 ms | p99 ms | vs in-process core | vs in-process durable |\n|---|---|---|---|---|---|---|---|\n" >"$TMP/ingest.md"
 for n in 1 64 1024; do
-  core=$(sed -n "s/^inproc core batch=$n .*events_per_s=\([0-9]*\)/\1/p" "$TMP/inproc.txt")
-  dur=$(sed -n "s/^inproc durable batch=$n .*events_per_s=\([0-9]*\)/\1/p" "$TMP/inproc.txt")
+  core=$(sed -n "s/^inproc core batch=$n .*events_per_s=\([0-9]*\).*/\1/p" "$TMP/inproc.txt")
+  dur=$(sed -n "s/^inproc durable batch=$n .*events_per_s=\([0-9]*\).*/\1/p" "$TMP/inproc.txt")
   for enc in json b64; do
     sid=ingest-$enc-$n
     curl -sf -X PUT "$URL/v1/sessions/$sid" -d '{"dim":64}' >/dev/null
@@ -95,8 +95,8 @@ for i in $(seq 0 63); do args+=(--next -sf -o /dev/null --data-binary @"$TMP/loa
 t0=$(date +%s.%N)
 curl "${args[@]:1}"
 t1=$(date +%s.%N)
-core=$(sed -n "s/^inproc core batch=1024 .*events_per_s=\([0-9]*\)/\1/p" "$TMP/inproc.txt")
-dur=$(sed -n "s/^inproc durable batch=1024 .*events_per_s=\([0-9]*\)/\1/p" "$TMP/inproc.txt")
+core=$(sed -n "s/^inproc core batch=1024 .*events_per_s=\([0-9]*\).*/\1/p" "$TMP/inproc.txt")
+dur=$(sed -n "s/^inproc durable batch=1024 .*events_per_s=\([0-9]*\).*/\1/p" "$TMP/inproc.txt")
 python3 -c "
 ev=65536/($t1-$t0)
 print('| HTTP, 1 connection | %.0f events/s | vs in-process core %.2f | vs in-process durable %.2f |' % (ev, ev/$core, ev/$dur))"

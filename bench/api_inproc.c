@@ -11,16 +11,26 @@
  *            build the index in place at every build point — the daemon's whole compute, builds
  *            included, on one thread;
  *   durable  ma_session_ingest + reg_commit into a real store (sqlite, synchronous FULL as the daemon
- *            runs it) — the daemon's work per batch minus HTTP and decoding.
- * Output: one line per (path, batch) "inproc <path> batch=<n> events=<N> seconds=<s> events_per_s=<r>",
- * parsed by api_bench.sh and ingest_bench.sh. Usage: api_inproc DATA_DIR [EVENTS [BATCH,...]] (default
+ *            runs it) — the daemon's work per batch minus HTTP and decoding; its line also gives the
+ *            bytes the process wrote to storage per event (/proc/self/io write_bytes: the WAL, the
+ *            checkpoints into the database file, the index rows);
+ *   disk     the data directory's own rate for the durable path's pattern, with no sqlite: appends of
+ *            one batch's payload bytes (1024 events of d + d floats) each followed by fdatasync, as a
+ *            FULL commit is, over as many bytes as the largest durable run wrote. With the bytes per
+ *            event it bounds the durable rate any store design of the same write volume can reach on
+ *            this disk (ingest_bench.sh prints that bound).
+ * Output: one line per (path, batch) "inproc <path> batch=<n> events=<N> seconds=<s> events_per_s=<r>"
+ * (durable adds write_bytes_per_event=<b>; disk prints "inproc disk bytes=<n> chunk=<n> seconds=<s>
+ * bytes_per_s=<r>"), parsed by api_bench.sh and ingest_bench.sh. Usage: api_inproc DATA_DIR [EVENTS [BATCH,...]] (default
  * 65536 events, batches 1,64,1024).
  */
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cblas.h>
 
@@ -41,6 +51,51 @@ static double now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The bytes this process has caused to be written to storage (proc(5), /proc/self/io write_bytes); -1 if
+ * the kernel does not say. */
+static long long write_bytes(void)
+{
+    FILE *f = fopen("/proc/self/io", "r");
+    char line[128];
+    long long b = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "write_bytes: %lld", &b) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return b;
+}
+
+/* The disk line (see the top): `total` bytes appended to DIR/disk-probe in `chunk`-byte writes, each
+ * followed by fdatasync. Returns 0, or 1 if the file could not be written. */
+static int disk_probe(const char *dir, size_t total, size_t chunk)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/disk-probe", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    char *buf = calloc(1, chunk);
+    int ret = fd < 0 || !buf;
+    for (size_t i = 0; i < chunk; i++)
+        if (buf)
+            buf[i] = (char)(i * 131u);
+    double t0 = now();
+    size_t done = 0;
+    while (!ret && done < total) {
+        ret = write(fd, buf, chunk) != (ssize_t)chunk || fdatasync(fd) != 0;
+        done += chunk;
+    }
+    double dt = now() - t0;
+    if (!ret)
+        printf("inproc disk bytes=%zu chunk=%zu seconds=%.3f bytes_per_s=%.0f\n", done, chunk, dt, (double)done / dt);
+    else
+        fprintf(stderr, "disk probe: cannot write %s\n", path);
+    if (fd >= 0)
+        close(fd);
+    unlink(path);
+    free(buf);
+    return ret;
 }
 
 static void unit_rows(float *x, size_t n, int d)
@@ -124,6 +179,7 @@ int main(int argc, char **argv)
         fflush(stdout);
         ma_session_destroy(cs);
     }
+    long long most_written = 0;
     for (int durable = 0; durable <= 1; durable++)
         for (size_t b = 0; b < nb; b++) {
             size_t bs = batches[b];
@@ -136,6 +192,7 @@ int main(int argc, char **argv)
                 fprintf(stderr, "create: %s\n", err);
                 return 1;
             }
+            long long w0 = write_bytes();
             double t0 = now();
             for (size_t i = 0; i < n; i += bs) {
                 size_t m = i + bs <= n ? bs : n - i;
@@ -155,14 +212,23 @@ int main(int argc, char **argv)
                 }
             }
             double dt = now() - t0;
-            printf("inproc %s batch=%zu events=%zu seconds=%.3f events_per_s=%.0f\n", durable ? "durable" : "core",
-                   bs, n, dt, (double)n / dt);
+            long long w = write_bytes() - w0;
+            printf("inproc %s batch=%zu events=%zu seconds=%.3f events_per_s=%.0f", durable ? "durable" : "core", bs,
+                   n, dt, (double)n / dt);
+            if (durable && w0 >= 0) {
+                printf(" write_bytes_per_event=%.0f", (double)w / (double)n);
+                if (w > most_written)
+                    most_written = w;
+            }
+            printf("\n");
             fflush(stdout);
             reg_release(reg, s);
             reg_delete(reg, id, err, sizeof err);
         }
     reg_destroy(reg);
     ma_store_close(st);
+    if (most_written > 0 && disk_probe(argv[1], (size_t)most_written, 1024 * 2 * (size_t)d * sizeof(float)))
+        return 1;
     free(k);
     free(v);
     free(ev);

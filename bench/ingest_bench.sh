@@ -5,6 +5,8 @@
 #   bench/ingest_bench.sh [BATCHES [ROUNDS]]   (default 256 batches of 1,024 events per HTTP point, 2 rounds)
 #
 # 1. In-process baselines (build/bench/api_inproc, one thread, BATCHES x 1024 events into one session),
+#    with the bytes the durable path writes an event and the disk's own rate for that pattern (the bound
+#    any store of that write volume reaches here),
 #    measured at the start and again at the end of the run: core = ma_session_ingest alone (a managed
 #    session: no index builds, as the daemon's request path); core with builds = the same on a session of
 #    the core alone, which builds its index inline at every build point; durable =
@@ -80,28 +82,42 @@ echo
 python3 - "$TMP/inproc.txt" "$TMP/points.txt" <<'PY'
 import sys, statistics
 runs = {"core": [], "core_built": [], "durable": []}
+wpe, disk = [], []
 for l in open(sys.argv[1]):
     kv = dict(x.split("=") for x in l.split()[2:])
+    if l.split()[1] == "disk":
+        disk.append(float(kv["bytes_per_s"]))
+        continue
     runs[l.split()[1]].append(float(kv["events_per_s"]))
+    if "write_bytes_per_event" in kv:
+        wpe.append(float(kv["write_bytes_per_event"]))
 core, built, dur = runs["core"], runs["core_built"], runs["durable"]
 c, cb, d = max(core), max(built), max(dur)
 fmt = lambda xs: ", ".join(format(x, ",.0f") for x in xs)
 print(f"in-process core {fmt(core)} events/s (no index builds); core with its builds inline {fmt(built)}; "
       f"durable {fmt(dur)}; ratios use core {c:,.0f}, core with builds {cb:,.0f}, durable {d:,.0f} "
       f"(durable/core {d / c:.2f})")
+bound = None
+if wpe and disk:
+    # The disk's bound on any durable rate with the same bytes an event (bench/api_inproc.c, "disk").
+    w, dk = statistics.median(wpe), max(disk)
+    print(f"durable path writes {fmt(wpe)} bytes an event to storage (payload {2 * 64 * 4}); the data "
+          f"directory takes {fmt(x / 1e6 for x in disk)} MB/s of fdatasync'd batch appends: bound "
+          f"{dk / w:,.0f} events/s = {dk / w / c:.2f} of the core (durable reaches {d / (dk / w):.2f} of it)")
+    bound = dk / w
 pts = {}
 for l in open(sys.argv[2]):
     f = l.split()
     kv = dict(x.split("=") for x in f[2:])
     pts.setdefault((f[0], kv["encoding"], kv["sessions"], kv["connections"]), []).append(kv)
 print()
-print("| daemon | encoding | sessions | connections | events/s | p50 ms | p99 ms | max ms | VmHWM MiB | batches per commit | daemon CPU ms per batch | client CPU s | vs core | vs core with builds | vs durable | rounds (events/s) |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| daemon | encoding | sessions | connections | events/s | p50 ms | p99 ms | max ms | VmHWM MiB | batches per commit | daemon CPU ms per batch | client CPU s | vs core | vs core with builds | vs durable | vs disk bound | rounds (events/s) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for (lab, enc, s, cn), runs in sorted(pts.items(), key=lambda x: (int(x[0][2]), int(x[0][3]), x[0][0] != "before", x[0][1])):
     runs.sort(key=lambda kv: float(kv["events_per_s"]))
     m = runs[(len(runs) - 1) // 2]
     ev = float(m["events_per_s"])
     print(f"| {lab} | {enc} | {s} | {cn} | {ev:,.0f} | {m['p50_ms']} | {m['p99_ms']} | {m['max_ms']} | "
           f"{int(m['vmhwm_kib']) / 1024:.0f} | {m['group']} | {m['cpu_ms_per_batch']} | {m['client_cpu_s']} | "
-          f"{ev / c:.2f} | {ev / cb:.2f} | {ev / d:.2f} | " + ", ".join(format(float(r["events_per_s"]), ",.0f") for r in runs) + " |")
+          f"{ev / c:.2f} | {ev / cb:.2f} | {ev / d:.2f} | {(format(ev / bound, '.2f') if bound else '-')} | " + ", ".join(format(float(r["events_per_s"]), ",.0f") for r in runs) + " |")
 PY
