@@ -12,6 +12,9 @@
 # time from the spawn to the answer of one sparse query, split into the store's open (until the daemon
 # listens) and the first answer (which loads the session). The answers of a batch of 8 sparse queries
 # before and after the restart are printed and compared.
+# Then, for a daemon that has --store-check, REPS (default 3) more restarts with each of
+# `--store-check open` (the integrity check before listening) and `background` (beside serving), alternated,
+# each timed the same way; the medians and their ratio are printed (docs/STORE.md, "Integrity").
 # DAEMON lets the same script measure another build (e.g. main's, built elsewhere) with the same client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +28,8 @@ pid=
 # KEEP_DATA=1 keeps the data directory (its path is printed) for a look with sqlite3 or another restart.
 trap '[ -n "$pid" ] && kill $pid 2>/dev/null; while [ -n "$pid" ] && kill -0 $pid 2>/dev/null; do sleep 0.05; done; if [ -n "${KEEP_DATA:-}" ]; then echo "data kept in $TMP/data"; else rm -rf "$TMP"; fi' EXIT
 
-start() {  # -> port; sets pid
-  "$BIN" --listen 127.0.0.1:0 --data "$TMP/data" --max-body 64M --log-level warn --threads 2 --memory "$MEM" \
+start() {  # [EXTRA ARGS...] -> port; sets pid
+  "$BIN" --listen 127.0.0.1:0 --data "$TMP/data" --max-body 64M --log-level warn --threads 2 --memory "$MEM" "$@" \
     >"$TMP/out" 2>"$TMP/err" &
   echo $! >"$TMP/pid"
   for _ in $(seq 6000); do grep -q '^listening on' "$TMP/out" 2>/dev/null && break; sleep 0.01; done
@@ -62,3 +65,29 @@ if cmp -s <(tail -n +2 "$TMP/before") <(tail -n +2 "$TMP/after"); then
 else
   echo "answers after the restart: DIFFERENT"; exit 1
 fi
+
+"$BIN" --help | grep -q -- --store-check || exit 0
+REPS=${REPS:-3}
+kill -TERM $pid; while kill -0 $pid 2>/dev/null; do sleep 0.05; done; pid=
+for r in $(seq "$REPS"); do
+  for mode in open background; do
+    t0=$(date +%s.%N)
+    P=$(start --store-check $mode); pid=$(cat "$TMP/pid")
+    t1=$(date +%s.%N)
+    build/bench/stream_client query "$P" s "$N" 1 1 >/dev/null
+    t2=$(date +%s.%N)
+    echo "restart --store-check $mode: listening $(echo "$t1 - $t0" | bc) s, first answer $(echo "$t2 - $t1" | bc) s, total $(echo "$t2 - $t0" | bc) s" | tee -a "$TMP/restarts"
+    kill -TERM $pid; while kill -0 $pid 2>/dev/null; do sleep 0.05; done; pid=
+  done
+done
+python3 - "$TMP/restarts" <<'PY'
+import statistics, sys
+t = {}
+for l in open(sys.argv[1]):
+    f = l.split()
+    t.setdefault(f[2].rstrip(":"), []).append((float(f[4]), float(f[11])))
+med = {m: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for m, v in t.items()}
+for m, (lis, tot) in med.items():
+    print(f"restart medians --store-check {m}: listening {lis:.3f} s, spawn to first answer {tot:.3f} s ({len(t[m])} restarts)")
+print(f"spawn to first answer, open / background: {med['open'][1] / med['background'][1]:.2f}")
+PY

@@ -29,7 +29,7 @@
 
 #define MEMATTN_VERSION "0.1.0"
 
-typedef enum { T_STRING, T_ADDR, T_INT, T_SIZE, T_DURATION, T_LEVEL, T_FORMAT, T_ORIGINS } opt_type;
+typedef enum { T_STRING, T_ADDR, T_INT, T_SIZE, T_DURATION, T_LEVEL, T_FORMAT, T_ORIGINS, T_CHECK } opt_type;
 
 typedef struct {
     const char *name;      /* flag name without "--"; file key with '-' or '_'; env MEMATTN_ + upper */
@@ -67,11 +67,24 @@ static const option options[] = {
       "Idempotency-Key answers kept per session (the newest; docs/API.md \"Safe retries\")" },
     { "idempotency-window", T_DURATION, F(idempotency_window_ms), 1, 2592000000u,
       "how long an Idempotency-Key answer is kept at most" },
+    { "store-check", T_CHECK, F(store_check), 0, 0,
+      "when the store's integrity check (reads the whole file) runs: background (serve at once) or open (before serving)" },
 };
 #define NOPTIONS (sizeof options / sizeof *options)
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 static const char *const format_names[] = { "text", "json" };
+static const char *const check_names[] = { "background", "open" };
+
+/* The names an enumerated option accepts (its value is the index), their count and how to say them. */
+static const char *const *enum_names(opt_type t, int *n, const char **expected)
+{
+    switch (t) {
+    case T_LEVEL: *n = 4; *expected = "error, warn, info or debug"; return level_names;
+    case T_FORMAT: *n = 2; *expected = "text or json"; return format_names;
+    default: *n = 2; *expected = "background or open"; return check_names;
+    }
+}
 
 const char *cfg_version(void)
 {
@@ -142,6 +155,7 @@ void cfg_usage(FILE *f)
         case T_DURATION: snprintf(def, sizeof def, "%ums", *(const unsigned *)field); break;
         case T_LEVEL: snprintf(def, sizeof def, "%s", level_names[d.log_level]); break;
         case T_FORMAT: snprintf(def, sizeof def, "%s", format_names[d.log_format]); break;
+        case T_CHECK: snprintf(def, sizeof def, "%s", check_names[d.store_check]); break;
         }
         if (o->max)
             fprintf(f, "  --%-18s %-26s %s\n  %-20s %-26s default %s, accepted %llu..%llu%s\n", o->name, env,
@@ -361,16 +375,17 @@ static int set_value(cfg_config *cfg, const option *o, const char *val, const ch
         return 0;
     }
     case T_LEVEL:
-    case T_FORMAT: {
-        const char *const *names = o->type == T_LEVEL ? level_names : format_names;
-        int n = o->type == T_LEVEL ? 4 : 2;
+    case T_FORMAT:
+    case T_CHECK: {
+        int n;
+        const char *expected;
+        const char *const *names = enum_names(o->type, &n, &expected);
         for (int i = 0; i < n; i++)
             if (strcmp(val, names[i]) == 0) {
                 *(int *)field = i;
                 return 0;
             }
-        return fail(e, src, o, "\"%s\" is not accepted; expected %s", val,
-                    o->type == T_LEVEL ? "error, warn, info or debug" : "text or json");
+        return fail(e, src, o, "\"%s\" is not accepted; expected %s", val, expected);
     }
     }
     return MA_EINVAL;

@@ -19,6 +19,8 @@
 
 typedef enum { CFG_LOG_ERROR = 0, CFG_LOG_WARN, CFG_LOG_INFO, CFG_LOG_DEBUG } cfg_log_level;
 typedef enum { CFG_LOG_TEXT = 0, CFG_LOG_JSON } cfg_log_format;
+/* When the store's integrity checks run (docs/STORE.md, "Integrity"): beside serving, or before it. */
+typedef enum { CFG_CHECK_BACKGROUND = 0, CFG_CHECK_OPEN } cfg_store_check;
 typedef enum { CFG_RUN = 0, CFG_HELP, CFG_VERSION } cfg_action;
 
 #define CFG_PATH_MAX 4096
@@ -48,6 +50,8 @@ typedef struct cfg_config {
                                    * "" (default) = none. Sent as X-Memattn-Node and in /healthz. */
     unsigned idempotency_keys;    /* --idempotency-keys: Idempotency-Key answers kept per session, default 1000 */
     unsigned idempotency_window_ms; /* --idempotency-window: and for how long at most, default 24 h */
+    cfg_store_check store_check;  /* --store-check background|open: the store's integrity check runs beside
+                                   * serving (default) or before the daemon listens */
 } cfg_config;
 
 /* True when `origin` (an Origin request header) is one of cfg->cors_origin, or the list holds "*".

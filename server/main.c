@@ -13,7 +13,11 @@
  * its workers first, then the API, the registry, the store) and the process exits 0. A second signal
  * during the drain shortens it: remaining connections are closed.
  * Under systemd (Type=notify, $NOTIFY_SOCKET set) READY=1 is sent once the API is plugged in (the store
- * opened and checked) and STOPPING=1 when the drain starts.
+ * opened) and STOPPING=1 when the drain starts.
+ * The store's integrity check reads the whole file, so by default (--store-check background) it runs
+ * beside serving, on the store's own thread, and its end is logged (info when it passed; error when it
+ * failed: from then on the store refuses every call, so requests that need it answer 503
+ * storage_error naming what is wrong). --store-check open runs it before listening, as a failure to start.
  */
 #include <cblas.h>
 #include <limits.h>
@@ -65,6 +69,16 @@ static void on_signal(uv_signal_t *s, int signum)
     srv_server_drain_now(a->srv);
 }
 
+/* ma_store_options.on_checked: the background integrity check has ended (on the store's thread). */
+static void on_store_checked(void *arg, int rc, const char *msg, double seconds)
+{
+    (void)arg;
+    if (rc)
+        srv_log(CFG_LOG_ERROR, "%s; the store now refuses every request", msg);
+    else
+        srv_log(CFG_LOG_INFO, "store integrity check passed in %.2f s", seconds);
+}
+
 int main(int argc, char **argv)
 {
     cfg_config cfg;
@@ -103,6 +117,8 @@ int main(int argc, char **argv)
     ma_store_options so;
     ma_store_options_default(&so);
     so.slots_split = reg_slots_split;   /* a schema-2 store's slot tables become rows at the upgrade */
+    so.check_in_background = cfg.store_check == CFG_CHECK_BACKGROUND;
+    so.on_checked = on_store_checked;
     if (ma_store_open_with(cfg.data_dir, &so, &store, err, sizeof err) < 0)
         goto fail;
     /* The store created the directory: its absolute path names where the data really goes. */
@@ -132,7 +148,8 @@ int main(int argc, char **argv)
             cfg.threads, data_abs, cfg.token[0] ? "on" : "off");
     printf("listening on %s\n", bound);
     fflush(stdout);
-    /* Ready for systemd (Type=notify) only now: the store is open and checked, the routes are in. */
+    /* Ready for systemd (Type=notify) only now: the store is open (and checked, unless in the background),
+     * the routes are in. */
     if (srv_sd_notify("READY=1") < 0)
         srv_log(CFG_LOG_WARN, "cannot notify systemd of readiness (NOTIFY_SOCKET=%s)", getenv("NOTIFY_SOCKET"));
 

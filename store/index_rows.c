@@ -65,7 +65,9 @@ static int relaxed_begin(ma_store *st, char *err, size_t errlen)
 {
     pthread_mutex_lock(&st->wlock);
     conn *c = st->writer;
-    int ret = 0;
+    int ret = st_check_gate(st, err, errlen);
+    if (ret)
+        return ret;   /* relaxed_end still runs: it rolls back nothing and releases the lock */
     if (st->opt.synchronous != MA_STORE_SYNC_NORMAL)
         (void)sqlite3_exec(c->db, "PRAGMA synchronous = NORMAL", NULL, NULL, NULL);
     int rc = st_run(st, c, ST_BEGIN_IMMEDIATE, err, errlen);

@@ -19,11 +19,21 @@
  *  - Integrity at open: PRAGMA quick_check (every page's b-tree structure) and, on a second connection
  *    in its own thread, the rows against each other (check_rows): both read the whole file, so they run
  *    side by side. A corrupt page is reported before a row mismatch.
+ *  - Or in the background (ma_store_options.check_in_background, the daemon's default): the same checks
+ *    on a thread of the store's at nice +10, one after the other on one reader connection of its own,
+ *    inside one read transaction (one snapshot: commits go on beside it, and every statement's invariant
+ *    holds in any committed state), so that opening a store costs nothing that grows with the file. A
+ *    failure closes the store's gate (st_check_gate): every later call fails with the check's code and
+ *    message. ma_store_close interrupts a check still running (a progress handler reads check_stop).
  *
  * Deliberately not here: the runtime reads and writes and the connections (store.c).
  */
 #include <inttypes.h>
 #include <pthread.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -768,4 +778,88 @@ int st_check_integrity(ma_store *st, char *err, size_t errlen)
         return ret;
     }
     return ret ? ret : check_rows(st, st->writer, err, errlen);
+}
+
+/* ---- the check in the background ---------------------------------------------------------------- */
+
+/* sqlite's progress handler on the check's connection: non-zero interrupts the statement running. */
+static int check_progress(void *p)
+{
+    ma_store *st = p;
+    return atomic_load(&st->check_stop);
+}
+
+static double mono_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void *check_main(void *p)
+{
+    ma_store *st = p;
+    (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);   /* advice: fine if refused */
+    double t0 = mono_seconds();
+    char err[sizeof st->check_msg];
+    conn *c = NULL;
+    int ret = st_conn_open(st, true, &c, err, sizeof err);
+    if (!ret) {
+        sqlite3_progress_handler(c->db, 4096, check_progress, st);
+        if ((ret = st_exec_sql(st, c, "BEGIN", err, sizeof err, "starting the integrity check")) == 0) {
+            if (st->opt.quick_check)
+                ret = check_pages(st, c, err, sizeof err);
+            if (!ret)
+                ret = check_rows(st, c, err, sizeof err);
+            st_rollback(st, c);   /* a read transaction: ends it */
+        }
+        st_conn_close(c);
+    }
+    if (atomic_load(&st->check_stop))
+        return NULL;   /* interrupted by ma_store_close: neither passed nor failed */
+    if (ret)
+        snprintf(st->check_msg, sizeof st->check_msg, "%s", err);
+    atomic_store(&st->checked, ret);
+    if (st->opt.on_checked)
+        st->opt.on_checked(st->opt.on_checked_arg, ret, ret ? st->check_msg : "", mono_seconds() - t0);
+    return NULL;
+}
+
+int st_check_start(ma_store *st, char *err, size_t errlen)
+{
+    atomic_store(&st->checked, MA_STORE_CHECKING);
+    if (pthread_create(&st->check_thread, NULL, check_main, st) != 0) {
+        atomic_store(&st->checked, 0);
+        st_seterr(err, errlen, "store %s: cannot start the integrity check's thread", st->path);
+        return MA_ENOMEM;
+    }
+    st->check_started = true;
+    return 0;
+}
+
+void st_check_stop(ma_store *st)
+{
+    if (!st->check_started)
+        return;
+    atomic_store(&st->check_stop, 1);
+    pthread_join(st->check_thread, NULL);
+    st->check_started = false;
+}
+
+int st_check_gate(ma_store *st, char *err, size_t errlen)
+{
+    int rc = atomic_load(&st->checked);
+    if (rc >= 0)
+        return 0;
+    st_seterr(err, errlen, "%s (found by the integrity check after the store opened: it serves nothing until the "
+              "file is repaired or restored from a backup)", st->check_msg);
+    return rc;
+}
+
+int ma_store_check_state(ma_store *st, char *msg, size_t len)
+{
+    int rc = atomic_load(&st->checked);
+    if (rc < 0 && msg && len)
+        snprintf(msg, len, "%s", st->check_msg);
+    return rc;
 }

@@ -296,6 +296,9 @@ int st_conn_open(ma_store *st, bool reader, conn **out, char *err, size_t errlen
 /* A reader connection for this thread's call, opened on demand; waits if MAX_READERS are busy. */
 int st_reader_get(ma_store *st, conn **out, char *err, size_t errlen)
 {
+    int gate = st_check_gate(st, err, errlen);
+    if (gate)
+        return gate;
     pthread_mutex_lock(&st->rlock);
     for (;;) {
         if (st->free_list) {
@@ -632,7 +635,9 @@ int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **ou
             goto fail;
         }
     }
-    if ((ret = st_migrate(st, err, errlen)) || (ret = st_check_integrity(st, err, errlen)))
+    /* A store in memory or read-only (no concurrent readers to race, nothing to gain) checks at open. */
+    bool background = o->check_in_background && !o->in_memory && !st->readonly;
+    if ((ret = st_migrate(st, err, errlen)) || (!background && (ret = st_check_integrity(st, err, errlen))))
         goto fail;
     if (o->max_pages > 0) {
         char sql[64];
@@ -640,6 +645,8 @@ int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **ou
         if ((ret = st_pragma_text(st, st->writer, sql, buf, sizeof buf, err, errlen)))
             goto fail;
     }
+    if (background && (ret = st_check_start(st, err, errlen)))
+        goto fail;
     *out = st;
     return 0;
 oom:
@@ -654,6 +661,7 @@ void ma_store_close(ma_store *st)
 {
     if (!st)
         return;
+    st_check_stop(st);
     for (size_t i = 0; i < MAX_READERS; i++)
         st_conn_close(st->readers[i]);
     st_conn_close(st->writer);   /* last: closing the last connection checkpoints and removes the WAL */
@@ -712,6 +720,9 @@ int st_write_begin(ma_store *st, uint64_t *t0, char *err, size_t errlen)
 {
     pthread_mutex_lock(&st->wlock);
     *t0 = now_ns();
+    int gate = st_check_gate(st, err, errlen);
+    if (gate)
+        return gate;
     int rc = st_run(st, st->writer, ST_BEGIN_IMMEDIATE, err, errlen);
     return rc ? st_fail_db(st, st->writer->db, rc, err, errlen, "starting a transaction") : 0;
 }

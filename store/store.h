@@ -51,7 +51,15 @@ int ma_store_open(const char *dir, ma_store **out, char *err, size_t errlen);
  * no_row_checksums: the checksum of every event block and payload row is written and checked unless this
  *   is set (docs/STORE.md, "Row checksums"). For benchmarks measuring their cost only: rows are written
  *   without one, nothing is checked, and such a store reads back only with it set (else every such row is
- *   corrupt). */
+ *   corrupt).
+ * check_in_background: the integrity checks (docs/STORE.md, "Integrity"), which read the whole file, do
+ *   not run inside ma_store_open_with (which then costs the schema's upgrade, if any, and not the file's
+ *   size) but on a thread of the store's, at low priority, against one read snapshot, while every call
+ *   is served. If they fail, every later call fails with their code and message (ma_store_check_state);
+ *   a store opened in memory or read-only checks at open whatever this says.
+ * on_checked: with check_in_background, called once on the check's thread when the check ends (rc 0:
+ *   passed; else the failure and its message; seconds: how long it took), not when ma_store_close
+ *   interrupts it. May be NULL. */
 enum { MA_STORE_SYNC_FULL = 0, MA_STORE_SYNC_NORMAL = 1 };
 
 /* Receives one slot version row: its name, version and record bytes; 0 to go on, or an MA_E* code that
@@ -77,10 +85,19 @@ typedef struct {
     const char *vfs;
     ma_store_slots_split_fn slots_split;
     int no_row_checksums;
+    int check_in_background;
+    void (*on_checked)(void *arg, int rc, const char *msg, double seconds);
+    void *on_checked_arg;
 } ma_store_options;
 
 void ma_store_options_default(ma_store_options *o);
 int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **out, char *err, size_t errlen);
+
+/* Where the integrity checks stand: MA_STORE_CHECKING while a background check runs, 0 once they passed
+ * (always 0 for a store checked at open), or the failure's MA_E* code with its message copied to msg
+ * (NULL or len 0: not copied). Any thread. */
+enum { MA_STORE_CHECKING = 1 };
+int ma_store_check_state(ma_store *st, char *msg, size_t len);
 
 /* Closes every connection (checkpointing the WAL). NULL is a no-op. No call may be in flight. */
 void ma_store_close(ma_store *st);

@@ -15,6 +15,7 @@
 #define MA_STORE_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -83,6 +84,15 @@ struct ma_store {
     conn *free_list;
 
     _Atomic uint64_t commits, failures, commit_ns, commit_ns_max, events_written, events_read;
+
+    /* The integrity check in the background (ma_store_options.check_in_background; schema.c). `checked`
+     * is MA_STORE_CHECKING, 0, or the failure's code, whose message check_msg holds (written before
+     * `checked` is stored, read after it is loaded). check_stop interrupts it at close. */
+    pthread_t check_thread;
+    bool check_started;
+    atomic_int checked;
+    atomic_int check_stop;
+    char check_msg[512];
 };
 
 /* ---- store.c: helpers and connections ---- */
@@ -208,5 +218,14 @@ int st_migrate(ma_store *st, char *err, size_t errlen);
 /* The open-time integrity checks of docs/STORE.md (quick_check beside the row checks). MA_ECORRUPT for
  * a damaged file, MA_EIO when it cannot be read. */
 int st_check_integrity(ma_store *st, char *err, size_t errlen);
+
+/* Starts the background check (ma_store_options.check_in_background): 0, or the failure to start a thread
+ * (MA_ENOMEM). st_check_stop interrupts and joins it (a no-op when none was started). */
+int st_check_start(ma_store *st, char *err, size_t errlen);
+void st_check_stop(ma_store *st);
+
+/* 0, or — once a background check has failed — its code with its message in err: every call of the store
+ * starts with this gate (st_reader_get, st_write_begin, the index rows' writer). */
+int st_check_gate(ma_store *st, char *err, size_t errlen);
 
 #endif

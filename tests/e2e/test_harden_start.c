@@ -3,6 +3,9 @@
  * serve. A data directory whose store cannot be opened (a file that is not a database, a path that is
  * a file) makes the daemon exit 1 naming the store, without ever printing `listening on` or accepting a
  * connection; a good one prints it and answers at once.
+ * The store's integrity check reads the whole file: with --store-check open a store whose rows do not
+ * add up is such a failure to start; by default it runs beside serving, and once it fails every request
+ * that needs the store answers 503 storage_error naming what is wrong (docs/STORE.md, "Integrity").
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +19,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <sqlite3.h>
 
 #include "harness.h"
 
@@ -106,11 +111,74 @@ static void test_listening_means_serving(void **state)
     assert_int_equal(mh_stop(&d, 20000), 0);
 }
 
+static void test_store_check(void **state)
+{
+    (void)state;
+    char *dir = mh_data_dir("check");
+    assert_non_null(dir);
+    mh_daemon d;
+    assert_int_equal(mh_start_on(&d, NULL, dir, NULL, NULL), 0);
+    mh_resp r;
+    assert_int_equal(mh_request(&d, "PUT", "/v1/sessions/s", "{\"dim\":4}", NULL, &r), 0);
+    assert_int_equal(r.status, 201);
+    mh_resp_free(&r);
+    char body[32768];
+    size_t n = (size_t)snprintf(body, sizeof body, "{\"events\":[");
+    for (int i = 0; i < 300; i++)
+        n += (size_t)snprintf(body + n, sizeof body - n, "%s{\"k\":[%d,1,0,0],\"v\":[0,%d,1,0]}", i ? "," : "", i % 7,
+                              i % 5);
+    snprintf(body + n, sizeof body - n, "]}");
+    assert_int_equal(mh_request(&d, "POST", "/v1/sessions/s/events", body, NULL, &r), 0);
+    assert_int_equal(r.status, 200);
+    mh_resp_free(&r);
+    assert_int_equal(mh_stop(&d, 20000), 0);
+
+    /* The rows stop adding up: one event row of the session gone. */
+    char path[512];
+    snprintf(path, sizeof path, "%s/memattn.db", dir);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "DELETE FROM event_blocks WHERE block = 1", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_changes(db), 1);
+    sqlite3_close(db);
+
+    /* Checked before serving: a failure to start. */
+    char out[4096], err[8192];
+    int st = run((const char *[]){ "--listen", "127.0.0.1:0", "--data", dir, "--store-check", "open", NULL }, out,
+                 sizeof out, err, sizeof err);
+    if (st != 1 || strstr(out, "listening on") || !strstr(err, "integrity check failed"))
+        fail_msg("--store-check open: exit %d, stdout \"%s\", stderr \"%s\"", st, out, err);
+
+    /* Checked beside serving (the default): it listens at once, and the listing (which reads only the
+     * session rows, not the damaged events) is served until the check has failed; from then on every
+     * request that reads the store is refused naming the damage, and the log says so. */
+    assert_int_equal(mh_start_on(&d, NULL, dir, NULL, NULL), 0);
+    long status = 0;
+    for (int i = 0; i < 2000 && status != 503; i++) {
+        assert_int_equal(mh_request(&d, "GET", "/v1/sessions", NULL, NULL, &r), 0);
+        status = r.status;
+        if (status == 503) {
+            assert_string_equal(mh_error_code(&r), "storage_error");
+            if (!strstr(r.body, "integrity check failed") || !strstr(r.body, "session 's' has length 300"))
+                fail_msg("503 without the check's message: %s", r.body);
+        } else
+            assert_int_equal(status, 200);   /* served while the check runs */
+        mh_resp_free(&r);
+        if (status != 503)
+            mh_sleep_ms(10);
+    }
+    assert_int_equal(status, 503);
+    assert_true(mh_log_contains(&d, "the store now refuses every request"));
+    assert_int_equal(mh_stop(&d, 20000), 0);
+    mh_rm_data(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_no_listening_line_without_a_store),
         cmocka_unit_test_teardown(test_listening_means_serving, mh_teardown),
+        cmocka_unit_test_teardown(test_store_check, mh_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

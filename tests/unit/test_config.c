@@ -129,6 +129,12 @@ static void test_value_syntax(void **state)
     assert_string_equal(c.node_id, "n1.rack-2:a_b");
     assert_int_equal(load(&c, NULL, (const char *[]){ "MEMATTN_NODE_ID=env", NULL }, err, sizeof err), 0);
     assert_string_equal(c.node_id, "env");
+    /* --store-check: background by default, open when asked (flag or environment). */
+    assert_int_equal(c.store_check, CFG_CHECK_BACKGROUND);
+    assert_int_equal(load(&c, (const char *[]){ "--store-check", "open", NULL }, NULL, err, sizeof err), 0);
+    assert_int_equal(c.store_check, CFG_CHECK_OPEN);
+    assert_int_equal(load(&c, NULL, (const char *[]){ "MEMATTN_STORE_CHECK=background", NULL }, err, sizeof err), 0);
+    assert_int_equal(c.store_check, CFG_CHECK_BACKGROUND);
 }
 
 static void test_help_version(void **state)
@@ -171,6 +177,8 @@ static void test_refusals(void **state)
                  (const char *[]){ "--header-timeout", "duration", NULL });
     expect_error((const char *[]){ "--log-level", "loud", NULL }, NULL, MA_EINVAL,
                  (const char *[]){ "--log-level", "error, warn, info or debug", NULL });
+    expect_error((const char *[]){ "--store-check", "never", NULL }, NULL, MA_EINVAL,
+                 (const char *[]){ "--store-check", "\"never\"", "background or open", NULL });
     expect_error((const char *[]){ "--listen", "127.0.0.1", NULL }, NULL, MA_EINVAL,
                  (const char *[]){ "--listen", "PORT 0..65535", NULL });
     expect_error((const char *[]){ "--listen", "example.com:80", NULL }, NULL, MA_EINVAL,
@@ -241,7 +249,7 @@ static void test_usage_lists_everything(void **state)
                             "--threads", "--max-body", "MEMATTN_MAX_BODY", "--memory", "--log-level", "--log-format",
                             "--max-header-bytes", "--max-uri", "--header-timeout", "--body-timeout",
                             "--idle-timeout", "--max-connections", "--drain-timeout", "--queue", "--cors-origin",
-                            "MEMATTN_CORS_ORIGIN", "--version",
+                            "MEMATTN_CORS_ORIGIN", "--store-check", "MEMATTN_STORE_CHECK", "--version",
                             "--help", NULL };
     for (int i = 0; names[i]; i++)
         if (!strstr(buf, names[i]))

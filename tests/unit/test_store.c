@@ -1039,6 +1039,136 @@ static void test_inconsistent_rows_are_refused(void **state)
     rm_dir(dir);
 }
 
+/* ---- the integrity check in the background ------------------------------------------------------ */
+
+typedef struct {
+    pthread_mutex_t mu;
+    int calls, rc;
+    char msg[512];
+} checked_log;
+
+static void record_check(void *arg, int rc, const char *msg, double seconds)
+{
+    checked_log *l = arg;
+    assert_true(seconds >= 0);
+    pthread_mutex_lock(&l->mu);
+    l->calls++;
+    l->rc = rc;
+    snprintf(l->msg, sizeof l->msg, "%s", msg);
+    pthread_mutex_unlock(&l->mu);
+}
+
+static ma_store *open_checking(const char *dir, checked_log *l)
+{
+    ma_store_options o;
+    ma_store_options_default(&o);
+    o.check_in_background = 1;
+    o.on_checked = record_check;
+    o.on_checked_arg = l;
+    ma_store *st = NULL;
+    int rc = ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf);
+    if (rc)
+        fail_msg("open %s: %d %s", dir, rc, errbuf);
+    return st;
+}
+
+/* Waits (a bounded number of polls, not a time: the test never asserts one) until the check has ended. */
+static int check_end(ma_store *st, char *msg, size_t len)
+{
+    int rc = MA_STORE_CHECKING;
+    for (int i = 0; i < 20000 && (rc = ma_store_check_state(st, msg, len)) == MA_STORE_CHECKING; i++)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    return rc;
+}
+
+static void test_check_in_background(void **state)
+{
+    (void)state;
+    char msg[600];
+    /* A sound store: served while the check runs, commits beside it; the check passes, once. */
+    checked_log l = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    char *dir = populated_dir();
+    ma_store *st = open_checking(dir, &l);
+    assert_int_equal(ma_store_session_create(st, "beside", "{}", 0, errbuf, sizeof errbuf), 0);
+    uint64_t L = 0;
+    do {
+        assert_int_equal(commit_batch(st, "beside", 9, L, 100), 0);
+        L += 100;
+    } while (ma_store_check_state(st, NULL, 0) == MA_STORE_CHECKING && L < 100000);
+    assert_int_equal(check_end(st, msg, sizeof msg), 0);
+    pthread_mutex_lock(&l.mu);
+    assert_int_equal(l.calls, 1);
+    assert_int_equal(l.rc, 0);
+    pthread_mutex_unlock(&l.mu);
+    check_session(st, "p1", 1, 1000);
+    check_session(st, "beside", 9, L);
+    ma_store_close(st);
+    st = open_ok(dir);   /* the commits made beside the check pass the check at open */
+    check_session(st, "beside", 9, L);
+    ma_store_close(st);
+    rm_dir(dir);
+
+    /* Rows that do not add up: the open succeeds (it costs nothing that grows with the file), the check
+     * fails, and from then on every call fails with its code and message — reads, commits, index rows. */
+    l = (checked_log){.mu = PTHREAD_MUTEX_INITIALIZER};
+    dir = populated_dir();
+    raw_sql(dir, "DELETE FROM event_blocks WHERE block = 7 AND sid = (SELECT sid FROM sessions WHERE id = 'p1')");
+    st = open_checking(dir, &l);
+    assert_int_equal(check_end(st, msg, sizeof msg), MA_ECORRUPT);
+    assert_non_null(strstr(msg, "session 'p1' has length 1000 but 936 events in 15 blocks"));
+    pthread_mutex_lock(&l.mu);
+    assert_int_equal(l.calls, 1);
+    assert_int_equal(l.rc, MA_ECORRUPT);
+    assert_string_equal(l.msg, msg);
+    pthread_mutex_unlock(&l.mu);
+    ma_store_session s;
+    assert_int_equal(ma_store_session_load(st, "p0", &s, errbuf, sizeof errbuf), MA_ECORRUPT);
+    assert_non_null(strstr(errbuf, "session 'p1' has length 1000"));
+    assert_non_null(strstr(errbuf, "found by the integrity check after the store opened"));
+    assert_int_equal(commit_batch(st, "p0", 0, 1000, 10), MA_ECORRUPT);
+    assert_int_equal(ma_store_session_create(st, "new", "{}", 0, errbuf, sizeof errbuf), MA_ECORRUPT);
+    unsigned char lists[4] = {0}, codes[4] = {0};
+    ma_store_index_rows r = {.build = 1, .first = 0, .n = 1, .lists = lists, .lists_bytes = 4, .codes = codes,
+                             .codes_bytes = 4};
+    assert_int_equal(ma_store_index_put(st, "p0", &r, errbuf, sizeof errbuf), MA_ECORRUPT);
+    ma_store_close(st);
+    assert_int_equal(ma_store_open(dir, &st, errbuf, sizeof errbuf), MA_ECORRUPT);   /* nothing was written */
+    rm_dir(dir);
+
+    /* Pages overwritten in the middle: found by the open itself (if it reads them) or by the check. */
+    l = (checked_log){.mu = PTHREAD_MUTEX_INITIALIZER};
+    dir = populated_dir();
+    off_t size = file_size(db_path(dir));
+    overwrite(db_path(dir), size / 2 - 8192, 16384, 0xff);
+    ma_store_options o;
+    ma_store_options_default(&o);
+    o.check_in_background = 1;
+    st = NULL;
+    int rc = ma_store_open_with(dir, &o, &st, errbuf, sizeof errbuf);
+    if (rc == 0) {
+        assert_int_equal(check_end(st, msg, sizeof msg), MA_ECORRUPT);
+        assert_non_null(strstr(msg, "integrity check failed"));
+        ma_store_close(st);
+    } else
+        assert_int_equal(rc, MA_ECORRUPT);
+    rm_dir(dir);
+
+    /* Closed at once: the check is interrupted (or done); no callback after the close returns. */
+    l = (checked_log){.mu = PTHREAD_MUTEX_INITIALIZER};
+    dir = populated_dir();
+    st = open_checking(dir, &l);
+    ma_store_close(st);
+    pthread_mutex_lock(&l.mu);
+    int calls = l.calls;
+    assert_true(calls == 0 || (calls == 1 && l.rc == 0));
+    pthread_mutex_unlock(&l.mu);
+    nanosleep(&(struct timespec){0, 20000000}, NULL);
+    pthread_mutex_lock(&l.mu);
+    assert_int_equal(l.calls, calls);
+    pthread_mutex_unlock(&l.mu);
+    rm_dir(dir);
+}
+
 /* ---- row checksums ---------------------------------------------------------------------------- */
 
 /* Rewrites one stored row of session `id` under a closed store: column `col` ("k", "v" or "payload") of
@@ -2036,6 +2166,7 @@ int main(void)
         cmocka_unit_test(test_upgrade_to_pages),
         cmocka_unit_test(test_corrupt_and_truncated_files_are_refused),
         cmocka_unit_test(test_inconsistent_rows_are_refused),
+        cmocka_unit_test(test_check_in_background),
         cmocka_unit_test(test_row_checksums),
         cmocka_unit_test(test_upgrade_to_checksums),
         cmocka_unit_test(test_full_database),
