@@ -143,6 +143,22 @@ static void blob_seeds(void)
         free(b);
         ma_ivf_destroy(x);
     }
+    /* ivf rows (fuzz_ivf_rows makes its own reference index): every config clean, with a row missing, with
+     * short lists, and with a few flipped bytes in the lists and in the codes. */
+    for (unsigned var = 0; var < FZ_VARIANTS; var++) {
+        static const unsigned char flips[] = {0, 0, 0, 0, 0x01, 0x10, 0, 0, 0, 0x80, 0xff, 0x3f, 0, 0, 0x40};
+        unsigned char in[2 + sizeof flips] = {(unsigned char)var, 1};
+        memcpy(in + 2, flips, sizeof flips);
+        const struct { const char *name; unsigned char flag; size_t len; } v[] = {
+            {"clean", 0, 2}, {"missing", 4, 2}, {"short", 8, 2}, {"flips", 0, sizeof in},
+        };
+        for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+            char name[32];
+            snprintf(name, sizeof name, "v%u_%s", var, v[i].name);
+            in[0] = (unsigned char)(var | v[i].flag);
+            seed("fuzz_ivf_rows", name, NULL, 0, in, v[i].len);
+        }
+    }
 }
 
 /* Schema 1 as memattnd wrote it (tests/unit/test_store.c has the same text). */
