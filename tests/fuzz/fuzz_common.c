@@ -103,6 +103,15 @@ int fz_chunk_load(void *ctx, uint32_t chunk, float *k, float *v, size_t n)
     return 0;
 }
 
+int fz_key_load(void *ctx, uint64_t first, size_t n, float *k)
+{
+    const ma_params *p = ctx;
+    float v[64];
+    for (size_t i = 0; i < n; i++)
+        fz_event(p, first + i, k + i * (size_t)(p->heads * p->dim), v);
+    return 0;
+}
+
 int fz_payload_load(void *ctx, uint64_t event, char **payload)
 {
     (void)ctx;

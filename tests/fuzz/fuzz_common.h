@@ -39,6 +39,9 @@ int fz_session(unsigned variant, size_t n, ma_session **out);
  * FZ_MAX_CHUNKS and beyond are "not in the store" (MA_EIO). */
 int fz_chunk_load(void *ctx, uint32_t chunk, float *k, float *v, size_t n);
 
+/* ma_ivf_loader for ctx = a const ma_params *: the keys of events [first, first + n) by fz_event. */
+int fz_key_load(void *ctx, uint64_t first, size_t n, float *k);
+
 /* ma_payload_source.load: every third event has the payload {"i":N}. */
 int fz_payload_load(void *ctx, uint64_t event, char **payload);
 

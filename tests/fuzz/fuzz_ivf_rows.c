@@ -34,15 +34,6 @@ typedef struct {
 
 static reference refs[FZ_VARIANTS];
 
-static int load_keys(void *ctx, uint64_t first, size_t n, float *k)
-{
-    const ma_params *p = ctx;
-    float v[64];
-    for (size_t i = 0; i < n; i++)
-        fz_event(p, first + i, k + i * (size_t)(p->heads * p->dim), v);
-    return 0;
-}
-
 /* Copies the index's kept rows into r (rows of r->build only; later rows of a block replace earlier). */
 static void drain(ma_ivf *x, reference *r)
 {
@@ -67,7 +58,7 @@ static int make_reference(unsigned v, reference *r)
     ma_ivf *x = NULL;
     int rc = k && ma_ivf_create(r->p.heads, r->p.dim, &x) == 0 ? 0 : -1;
     if (!rc)
-        rc = load_keys(&r->p, 0, N, k);
+        rc = fz_key_load(&r->p, 0, N, k);
     if (!rc) {
         ma_ivf_keep_rows(x, 1);
         rc = ma_ivf_add(x, N, k);
@@ -75,10 +66,10 @@ static int make_reference(unsigned v, reference *r)
     uint64_t point;
     uint32_t bno;
     ma_ivf_build *b = NULL;
-    if (!rc && ma_ivf_build_due(x, &point, &bno) && (rc = ma_ivf_train(r->p.heads, r->p.dim, point, bno, load_keys,
+    if (!rc && ma_ivf_build_due(x, &point, &bno) && (rc = ma_ivf_train(r->p.heads, r->p.dim, point, bno, fz_key_load,
                                                                        &r->p, NULL, &b)) == 0) {
         ma_ivf_rows_done(x);   /* rows of build 0 (none listed yet) */
-        rc = ma_ivf_adopt(x, b, NULL, load_keys, &r->p, 0);
+        rc = ma_ivf_adopt(x, b, NULL, fz_key_load, &r->p, 0);
     }
     ma_ivf_build_free(b);
     if (!rc) {
@@ -144,7 +135,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ma_ivf *x = NULL;
     if (ma_ivf_restore(r->p.heads, r->p.dim, r->blob, r->blob_len, &x) == 0) {
         ma_ivf_rows rows = {scan, &d};
-        if (ma_ivf_restore_lists(x, N, &rows, load_keys, &r->p) == 0) {
+        if (ma_ivf_restore_lists(x, N, &rows, fz_key_load, &r->p) == 0) {
             const size_t D = (size_t)(r->p.heads * r->p.dim);
             float q[64], v[64], more[8 * 64];
             fz_event(&r->p, (uint64_t)data[1], q, v);

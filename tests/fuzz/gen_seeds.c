@@ -63,15 +63,6 @@ static void put32(unsigned char *p, uint32_t v)
         p[i] = (unsigned char)(v >> (8 * i));
 }
 
-static int ivf_loader(void *ctx, uint64_t first, size_t n, float *k)
-{
-    const ma_params *p = ctx;
-    float v[64];
-    for (size_t i = 0; i < n; i++)
-        fz_event(p, first + i, k + i * (size_t)(p->heads * p->dim), v);
-    return 0;
-}
-
 static void blob_seeds(void)
 {
     static const size_t lengths[] = { 0, 1, 9, 37, 1100 };   /* 1100: past MA_IVF_MIN_BUILD, an index is built */
@@ -129,7 +120,7 @@ static void blob_seeds(void)
             fz_event(&p, (uint64_t)i, k + (size_t)i * (size_t)(p.heads * p.dim), v);
         ma_ivf_add(x, NK, k);
         free(k);
-        ma_ivf_rebuild(x, ivf_loader, &p);
+        ma_ivf_rebuild(x, fz_key_load, &p);
         void *b = NULL;
         size_t n = 0;
         if (ma_ivf_serialize(x, &b, &n))
