@@ -15,6 +15,11 @@ Design
   has it, else 1 MiB). Each batch is applied whole or not at all by the daemon; batches are sent in
   order, so a failure in batch *i* leaves batches before it applied (the error says how many events
   were appended: ``MemattnError.appended``).
+* :meth:`Session.append_f32` takes the keys and values of many events as two float arrays and,
+  when the daemon takes binary batches (``GET /v1/info`` reports ``batch.events_binary``), sends
+  them as ``application/octet-stream`` bodies (docs/API.md "Binary event batches": ``MAEV``, n,
+  heads, dim, value_dim, then the float32 keys and values), as many events a body as the limit
+  holds; otherwise as JSON through :meth:`Session.append`. The same retries and keys apply.
 * Mutations carry an ``Idempotency-Key`` header (a fresh random key per logical request, the same
   key on each retry). Requests are retried only on connection errors and 503 answers, at most
   ``retries`` times, with exponential backoff (``Retry-After`` honoured, bounded).
@@ -37,6 +42,7 @@ import base64
 import http.client
 import json
 import random
+import struct
 import sys
 import time
 import urllib.parse
@@ -52,6 +58,8 @@ __all__ = ["Client", "Session", "Result", "MemattnError", "pack_f32", "unpack_f3
 
 DEFAULT_MAX_BODY = 1 << 20          # the daemon's --max-body default
 MAX_EVENTS_PER_BATCH = 65536        # the daemon's per-batch event cap
+_BIN_MAGIC = b"MAEV"                # a binary event batch: magic, then n, heads, dim, value_dim (<u32)
+_BIN_HEADER = 20
 _RETRY_AFTER_CAP = 5.0              # seconds: longest Retry-After we wait for
 
 _ENC = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)  # reused: cheaper than json.dumps(**opts)
@@ -118,6 +126,48 @@ def pack_f32(x: Vector) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+def _f32_bytes(x: Any) -> bytes:
+    """All the floats of ``x`` as little-endian float32 bytes: ``x`` is packed bytes (as is), a base64
+    ``str``, an ``array.array``, a NumPy array (flattened), a flat sequence of numbers, or a sequence of
+    per-event vectors (sequences, arrays or packed bytes)."""
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return bytes(x)
+    if isinstance(x, str):
+        return base64.b64decode(x)
+    if _np is not None and isinstance(x, _np.ndarray):
+        return _np.ascontiguousarray(x, dtype="<f4").tobytes()
+    if isinstance(x, array.array):
+        a = x if x.typecode == "f" else array.array("f", x)
+    else:
+        a = array.array("f")
+        for row in x:
+            if isinstance(row, (int, float)):
+                a.append(row)
+            elif isinstance(row, (bytes, bytearray, memoryview)):
+                a.frombytes(bytes(row) if sys.byteorder == "little" else _swapped(row))
+            else:
+                a.extend(row if isinstance(row, array.array) and row.typecode == "f" else array.array("f", _flat(row)))
+    if sys.byteorder == "big":
+        a = array.array("f", a)
+        a.byteswap()
+    return a.tobytes()
+
+
+def _flat(row: Any) -> Any:
+    """A NumPy row as a flat float32 array, anything else as it is."""
+    if _np is not None and isinstance(row, _np.ndarray):
+        return _np.asarray(row, dtype=_np.float32).ravel()
+    return row
+
+
+def _swapped(raw: Any) -> bytes:
+    """Little-endian float32 bytes in the host's (big-endian) order, for array.frombytes."""
+    a = array.array("f")
+    a.frombytes(bytes(raw))
+    a.byteswap()
+    return a.tobytes()
+
+
 def unpack_f32(b64: str) -> List[float]:
     """The inverse of :func:`pack_f32`."""
     a = array.array("f")
@@ -170,6 +220,8 @@ class Client:
         self.retries = max(0, int(retries))
         self.backoff = backoff
         self._max_body = max_body
+        self._info: Optional[Dict[str, Any]] = None
+        self._info_loaded = False
         self._conn: Optional[http.client.HTTPConnection] = None
         self.requests_sent = 0      # HTTP requests sent, retries included (for tests and benchmarks)
 
@@ -272,16 +324,28 @@ class Client:
                 return None
             raise
 
+    def _daemon_info(self) -> Optional[Dict[str, Any]]:
+        """``GET /v1/info``, asked once per client (None when the daemon has no such route)."""
+        if not self._info_loaded:
+            self._info = self.info()
+            self._info_loaded = True
+        return self._info
+
     @property
     def max_body(self) -> int:
         """The request body limit used to batch events (see the constructor)."""
         if self._max_body is None:
-            self._max_body = DEFAULT_MAX_BODY
-            info = self.info()
-            found = _find_limit(info) if info is not None else None
-            if found:
-                self._max_body = found
+            info = self._daemon_info()
+            self._max_body = (_find_limit(info) if info is not None else None) or DEFAULT_MAX_BODY
         return self._max_body
+
+    @property
+    def events_binary(self) -> bool:
+        """True when the daemon takes binary event batches: its ``GET /v1/info`` reports
+        ``batch.events_binary`` (asked once per client, with the body limit)."""
+        info = self._daemon_info()
+        batch = info.get("batch") if isinstance(info, dict) else None
+        return isinstance(batch, dict) and isinstance(batch.get("events_binary"), int)
 
     # ---- sessions -----------------------------------------------------------------------------
     def create_session(self, id: Optional[str] = None, config: Optional[Mapping[str, Any]] = None) -> "Session":
@@ -420,6 +484,89 @@ class Session:
             size += len(js) + (1 if parts else 0)
             parts.append(js)
         flush()
+        return out
+
+    def _shape(self, heads: Optional[int], dim: Optional[int], value_dim: Optional[int]) -> "tuple[int, int, int]":
+        """(heads, dim, value_dim): the arguments given, else this handle's config (set by
+        create_session), else the session's as ``GET /v1/sessions/{id}`` says (then kept)."""
+        if heads is None or dim is None:
+            if not self.config.get("dim"):
+                self.config = dict(self.info().get("config") or {})
+            heads = self.config.get("heads", 1) if heads is None else heads
+            dim = self.config.get("dim") if dim is None else dim
+            if value_dim is None:
+                value_dim = self.config.get("value_dim")
+        if value_dim is None:
+            value_dim = dim
+        shape = (heads, dim, value_dim)
+        if not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 65536 for x in shape):
+            raise MemattnError(0, "invalid", f"heads, dim, value_dim must be integers 1-65536, got {shape}")
+        return shape
+
+    def append_f32(self, k: Any, v: Any, *, heads: Optional[int] = None, dim: Optional[int] = None,
+                   value_dim: Optional[int] = None, binary: Optional[bool] = None,
+                   max_body: Optional[int] = None) -> Dict[str, Any]:
+        """Appends n events given as float arrays: ``k`` holds n*heads*dim floats and ``v``
+        n*heads*value_dim, event by event (head-major within an event, as an event's ``k`` / ``v``).
+        Each may be a NumPy array (any shape, flattened), an ``array.array``, packed little-endian
+        float32 ``bytes``, a flat list of numbers, or a list of per-event vectors. Such events have no
+        payload, slot or text (use :meth:`append` for those).
+
+        The shape is ``heads`` / ``dim`` / ``value_dim`` when given (sent as is: a shape that is not
+        the session's is the daemon's 400 ``dim_mismatch``), else the session's (this handle's config,
+        else ``GET /v1/sessions/{id}``). ``binary``: None sends binary batches when the daemon takes
+        them (:attr:`Client.events_binary`) and JSON (``k_b64``/``v_b64``) otherwise; True or False
+        forces one (a daemon without binary batches answers 415). Bodies are cut to the body limit
+        (``max_body``, else the client's) and the daemon's 65,536 events a batch; each carries its own
+        ``Idempotency-Key``, kept with its body on every retry.
+
+        Returns :meth:`append`'s merged answer plus ``binary`` (which encoding was sent). Raises
+        MemattnError: ``invalid`` (status 0, nothing sent) when the arrays do not hold a whole number
+        of events or disagree on it; ``body_too_large`` when one event alone exceeds the limit; the
+        daemon's errors with ``appended`` = events applied by earlier requests.
+        """
+        heads, dim, value_dim = self._shape(heads, dim, value_dim)
+        kb, vb = _f32_bytes(k), _f32_bytes(v)
+        kstride, vstride = 4 * heads * dim, 4 * heads * value_dim   # bytes of one event's key / value
+        n = len(kb) // kstride
+        if len(kb) % kstride or len(vb) != n * vstride:
+            raise MemattnError(0, "invalid",
+                               f"k has {len(kb) // 4} floats and v {len(vb) // 4}: not n events of heads {heads} "
+                               f"x dim {dim} and heads {heads} x value_dim {value_dim}")
+        if binary is None:
+            binary = n > 0 and self.client.events_binary
+        kv, vv = memoryview(kb), memoryview(vb)
+        if not binary:
+            out = self.append([{"k": kv[i * kstride:(i + 1) * kstride], "v": vv[i * vstride:(i + 1) * vstride]}
+                               for i in range(n)], max_body=max_body)
+            out["binary"] = False
+            return out
+        out: Dict[str, Any] = {"length": None, "appended": 0, "writes": [], "void_writes": [],
+                               "evicted": [], "batches": 0, "binary": True}
+        if n == 0:
+            return out
+        limit = max_body or self.client.max_body
+        per = kstride + vstride
+        cap = min(MAX_EVENTS_PER_BATCH, (limit - _BIN_HEADER) // per)
+        if cap < 1:
+            raise MemattnError(0, "body_too_large",
+                               f"one event is {per} bytes in a binary batch (after its {_BIN_HEADER}-byte header), "
+                               f"over the body limit of {limit}")
+        hdrs = {"Content-Type": "application/octet-stream"}
+        for i in range(0, n, cap):
+            m = min(cap, n - i)
+            body = b"".join((_BIN_MAGIC, struct.pack("<4I", m, heads, dim, value_dim),
+                             kv[i * kstride:(i + m) * kstride], vv[i * vstride:(i + m) * vstride]))
+            try:
+                doc = self.client.request("POST", self._path + "/events", raw_body=body, headers=hdrs)[2]
+            except MemattnError as e:
+                e.appended = out["appended"]
+                raise
+            out["length"] = doc.get("length")
+            out["appended"] += int(doc.get("appended", m))
+            for key in ("writes", "void_writes", "evicted"):
+                out[key].extend(doc.get(key) or [])
+            out["batches"] += 1
         return out
 
     # ---- queries ------------------------------------------------------------------------------
