@@ -40,6 +40,7 @@ from __future__ import annotations
 import array
 import base64
 import http.client
+import itertools
 import json
 import random
 import struct
@@ -136,17 +137,22 @@ def _f32_bytes(x: Any) -> bytes:
         return base64.b64decode(x)
     if _np is not None and isinstance(x, _np.ndarray):
         return _np.ascontiguousarray(x, dtype="<f4").tobytes()
-    if isinstance(x, array.array):
-        a = x if x.typecode == "f" else array.array("f", x)
-    else:
+    rows = x if isinstance(x, (list, tuple, array.array)) else list(x)
+    if isinstance(rows, array.array):
+        a = rows if rows.typecode == "f" else array.array("f", rows)
+    elif all(isinstance(r, (int, float)) for r in rows):               # a flat list of numbers
+        a = array.array("f", rows)
+    elif all(isinstance(r, (list, tuple)) for r in rows):              # per-event lists: the common case
+        a = array.array("f", itertools.chain.from_iterable(rows))
+    else:                                                              # mixed per-event vectors
         a = array.array("f")
-        for row in x:
-            if isinstance(row, (int, float)):
-                a.append(row)
-            elif isinstance(row, (bytes, bytearray, memoryview)):
+        for row in rows:
+            if isinstance(row, (bytes, bytearray, memoryview)):
                 a.frombytes(bytes(row) if sys.byteorder == "little" else _swapped(row))
+            elif isinstance(row, array.array) and row.typecode == "f":
+                a.extend(row)
             else:
-                a.extend(row if isinstance(row, array.array) and row.typecode == "f" else array.array("f", _flat(row)))
+                a.extend(array.array("f", _flat(row)))
     if sys.byteorder == "big":
         a = array.array("f", a)
         a.byteswap()

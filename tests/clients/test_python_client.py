@@ -276,6 +276,20 @@ def same_answers(c, a, b, keys):
     assert ra[0]["event"] == 0 and ra[2]["event"] == 200, (ra[0], ra[2])
 
 
+def test_f32_spellings():
+    # Every accepted spelling of the same floats packs to the same little-endian float32 bytes.
+    rows = [[0.5, -1.0, 3.25], [1e-3, 2.0, -0.0]]
+    want = struct.pack("<6f", *(x for r in rows for x in r))
+    flat = [x for r in rows for x in r]
+    spellings = [rows, tuple(tuple(r) for r in rows), iter(rows), flat, array.array("f", flat),
+                 want, bytearray(want), memoryview(want), memattn.pack_f32(flat),
+                 [array.array("f", r) for r in rows], [struct.pack("<3f", *r) for r in rows],
+                 [rows[0], array.array("f", rows[1])]]
+    for sp in spellings:
+        assert memattn._f32_bytes(sp) == want, sp
+    assert memattn._f32_bytes([]) == b""
+
+
 def test_binary_round_trip():
     keys, vals = bin_events()
     cj = memattn.Client(D.base, max_body=JSON_LIMIT)
