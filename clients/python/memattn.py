@@ -127,16 +127,17 @@ def pack_f32(x: Vector) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def _f32_bytes(x: Any) -> bytes:
-    """All the floats of ``x`` as little-endian float32 bytes: ``x`` is packed bytes (as is), a base64
-    ``str``, an ``array.array``, a NumPy array (flattened), a flat sequence of numbers, or a sequence of
-    per-event vectors (sequences, arrays or packed bytes)."""
+def _f32_view(x: Any) -> memoryview:
+    """All the floats of ``x`` as little-endian float32 bytes, viewed (no copy where ``x`` already is
+    such bytes or an array): ``x`` is packed bytes, a base64 ``str``, an ``array.array``, a NumPy array
+    (flattened), a flat sequence of numbers, or a sequence of per-event vectors (sequences, arrays or
+    packed bytes)."""
     if isinstance(x, (bytes, bytearray, memoryview)):
-        return bytes(x)
+        return memoryview(x).cast("B")
     if isinstance(x, str):
-        return base64.b64decode(x)
+        return memoryview(base64.b64decode(x))
     if _np is not None and isinstance(x, _np.ndarray):
-        return _np.ascontiguousarray(x, dtype="<f4").tobytes()
+        return memoryview(_np.ascontiguousarray(x, dtype="<f4").ravel()).cast("B")
     rows = x if isinstance(x, (list, tuple, array.array)) else list(x)
     if isinstance(rows, array.array):
         a = rows if rows.typecode == "f" else array.array("f", rows)
@@ -156,7 +157,16 @@ def _f32_bytes(x: Any) -> bytes:
     if sys.byteorder == "big":
         a = array.array("f", a)
         a.byteswap()
-    return a.tobytes()
+    return memoryview(a).cast("B")
+
+
+def _rows(x: Any, width: int, n: int) -> Optional[List[Any]]:
+    """``x`` as it is when it is a list or tuple of n per-event lists or tuples of ``width`` numbers
+    (:func:`pack_f32` packs each straight from them), else None."""
+    if isinstance(x, (list, tuple)) and len(x) == n and \
+            all(isinstance(r, (list, tuple)) and len(r) == width for r in x):
+        return list(x)
+    return None
 
 
 def _flat(row: Any) -> Any:
@@ -532,7 +542,7 @@ class Session:
         daemon's errors with ``appended`` = events applied by earlier requests.
         """
         heads, dim, value_dim = self._shape(heads, dim, value_dim)
-        kb, vb = _f32_bytes(k), _f32_bytes(v)
+        kb, vb = _f32_view(k), _f32_view(v)
         kstride, vstride = 4 * heads * dim, 4 * heads * value_dim   # bytes of one event's key / value
         n = len(kb) // kstride
         if len(kb) % kstride or len(vb) != n * vstride:
@@ -541,10 +551,13 @@ class Session:
                                f"x dim {dim} and heads {heads} x value_dim {value_dim}")
         if binary is None:
             binary = n > 0 and self.client.events_binary
-        kv, vv = memoryview(kb), memoryview(vb)
+        kv, vv = kb, vb
         if not binary:
-            out = self.append([{"k": kv[i * kstride:(i + 1) * kstride], "v": vv[i * vstride:(i + 1) * vstride]}
-                               for i in range(n)], max_body=max_body)
+            kr, vr = _rows(k, kstride // 4, n), _rows(v, vstride // 4, n)
+            if kr is None or vr is None:   # one event's floats, as bytes to base64
+                kr = [kv[i * kstride:(i + 1) * kstride] for i in range(n)]
+                vr = [vv[i * vstride:(i + 1) * vstride] for i in range(n)]
+            out = self.append([{"k": ki, "v": vi} for ki, vi in zip(kr, vr)], max_body=max_body)
             out["binary"] = False
             return out
         out: Dict[str, Any] = {"length": None, "appended": 0, "writes": [], "void_writes": [],

@@ -286,8 +286,8 @@ def test_f32_spellings():
                  [array.array("f", r) for r in rows], [struct.pack("<3f", *r) for r in rows],
                  [rows[0], array.array("f", rows[1])]]
     for sp in spellings:
-        assert memattn._f32_bytes(sp) == want, sp
-    assert memattn._f32_bytes([]) == b""
+        assert bytes(memattn._f32_view(sp)) == want, sp
+    assert bytes(memattn._f32_view([])) == b""
 
 
 def test_binary_round_trip():
