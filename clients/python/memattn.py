@@ -160,12 +160,11 @@ def _f32_view(x: Any) -> memoryview:
     return memoryview(a).cast("B")
 
 
-def _rows(x: Any, width: int, n: int) -> Optional[List[Any]]:
-    """``x`` as it is when it is a list or tuple of n per-event lists or tuples of ``width`` numbers
+def _rows(x: Any, width: int) -> Optional[Sequence[Any]]:
+    """``x`` when it is a list or tuple of per-event lists or tuples of ``width`` numbers each
     (:func:`pack_f32` packs each straight from them), else None."""
-    if isinstance(x, (list, tuple)) and len(x) == n and \
-            all(isinstance(r, (list, tuple)) and len(r) == width for r in x):
-        return list(x)
+    if isinstance(x, (list, tuple)) and all(isinstance(r, (list, tuple)) and len(r) == width for r in x):
+        return x
     return None
 
 
@@ -519,6 +518,19 @@ class Session:
             raise MemattnError(0, "invalid", f"heads, dim, value_dim must be integers 1-65536, got {shape}")
         return shape
 
+    @staticmethod
+    def _f32_events(k: Any, v: Any, heads: int, dim: int, value_dim: int) -> "tuple[memoryview, memoryview, int]":
+        """The keys' and values' float32 bytes and the number of events they hold; MemattnError
+        ``invalid`` when they do not hold a whole number of events or disagree on it."""
+        kb, vb = _f32_view(k), _f32_view(v)
+        kstride, vstride = 4 * heads * dim, 4 * heads * value_dim
+        n = len(kb) // kstride
+        if len(kb) % kstride or len(vb) != n * vstride:
+            raise MemattnError(0, "invalid",
+                               f"k has {len(kb) // 4} floats and v {len(vb) // 4}: not n events of heads {heads} "
+                               f"x dim {dim} and heads {heads} x value_dim {value_dim}")
+        return kb, vb, n
+
     def append_f32(self, k: Any, v: Any, *, heads: Optional[int] = None, dim: Optional[int] = None,
                    value_dim: Optional[int] = None, binary: Optional[bool] = None,
                    max_body: Optional[int] = None) -> Dict[str, Any]:
@@ -542,19 +554,19 @@ class Session:
         daemon's errors with ``appended`` = events applied by earlier requests.
         """
         heads, dim, value_dim = self._shape(heads, dim, value_dim)
-        kb, vb = _f32_view(k), _f32_view(v)
         kstride, vstride = 4 * heads * dim, 4 * heads * value_dim   # bytes of one event's key / value
-        n = len(kb) // kstride
-        if len(kb) % kstride or len(vb) != n * vstride:
-            raise MemattnError(0, "invalid",
-                               f"k has {len(kb) // 4} floats and v {len(vb) // 4}: not n events of heads {heads} "
-                               f"x dim {dim} and heads {heads} x value_dim {value_dim}")
-        if binary is None:
+        # Per-event lists go to JSON straight from the lists (pack_f32 packs each); anything else, and
+        # anything binary, through its float32 bytes, checked before any request.
+        kr, vr = _rows(k, kstride // 4), _rows(v, vstride // 4)
+        rows = kr is not None and vr is not None and len(kr) == len(vr)
+        if binary is False and rows:
+            n = len(kr)
+        else:
+            kv, vv, n = self._f32_events(k, v, heads, dim, value_dim)
+        if binary is None:   # (an empty batch sends nothing, not even GET /v1/info)
             binary = n > 0 and self.client.events_binary
-        kv, vv = kb, vb
         if not binary:
-            kr, vr = _rows(k, kstride // 4, n), _rows(v, vstride // 4, n)
-            if kr is None or vr is None:   # one event's floats, as bytes to base64
+            if not rows:
                 kr = [kv[i * kstride:(i + 1) * kstride] for i in range(n)]
                 vr = [vv[i * vstride:(i + 1) * vstride] for i in range(n)]
             out = self.append([{"k": ki, "v": vi} for ki, vi in zip(kr, vr)], max_body=max_body)

@@ -343,6 +343,7 @@ def test_binary_errors():
     # Refused by the client before anything is sent.
     sent = c.requests_sent
     expect_error(lambda: s.append_f32(keys[:3], vals[:2]), 0, "invalid")          # 3 keys, 2 values
+    expect_error(lambda: s.append_f32(keys[:3], vals[:2], binary=False), 0, "invalid")
     expect_error(lambda: s.append_f32([1.0] * 7, vals[:1]), 0, "invalid")         # not whole events
     expect_error(lambda: s.append_f32(keys[:1], vals[:1], dim=0), 0, "invalid")
     expect_error(lambda: s.append_f32(keys[:1], vals[:1], binary=True, max_body=40), 0, "body_too_large")
