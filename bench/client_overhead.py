@@ -173,7 +173,7 @@ def main() -> int:
           f"+{u['ingest_f32_bin'] - u['ingest_raw_bin']:.1f} us CPU/event)")
     print(f"ingest  append_f32 JSON  {m['ingest_f32_json']:10.0f} events/s       {u['ingest_f32_json']:7.1f} us/event"
           f"   (binary is {m['ingest_f32_bin'] / m['ingest_f32_json']:.2f}x this, "
-          f"-{u['ingest_f32_json'] - u['ingest_f32_bin']:.1f} us CPU/event)")
+          f"{u['ingest_f32_bin'] - u['ingest_f32_json']:+.1f} us CPU/event)")
     print(f"query   raw http.client  {m['query_raw']:10.1f} us/query       {u['query_raw']:7.1f} us/query")
     print(f"query   memattn.py       {m['query_client']:10.1f} us/query       {u['query_client']:7.1f} us/query"
           f"   ({m['query_client'] / m['query_raw']:.2f}x raw latency, "
