@@ -157,7 +157,8 @@ typedef struct {
  * `dim_mismatch`. Each request carries its own Idempotency-Key, kept with its body on every retry
  * (connection errors, 503). out->binary says which encoding was used; on failure out->appended
  * says how many events earlier requests applied. MAC_EINVAL: NULL arrays, a shape below 1 or over
- * the header's range, an unknown `how`; MAC_ETOOBIG: one event alone exceeds the body limit. */
+ * the header's range, an unknown `how` (nothing sent); MAC_ETOOBIG: one event alone exceeds the body
+ * limit. n = 0 sends nothing. */
 int mac_append_f32(mac_client *c, const char *session, const mac_batch *b, int how, mac_append_result *out);
 
 /* 1 when the daemon takes binary event batches (GET /v1/info reports batch.events_binary; asked
