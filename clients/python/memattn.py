@@ -502,17 +502,15 @@ class Session:
         return out
 
     def _shape(self, heads: Optional[int], dim: Optional[int], value_dim: Optional[int]) -> "tuple[int, int, int]":
-        """(heads, dim, value_dim): the arguments given, else this handle's config (set by
-        create_session), else the session's as ``GET /v1/sessions/{id}`` says (then kept)."""
-        if heads is None or dim is None:
+        """(heads, dim, value_dim): each as given, else the session's — this handle's config (set by
+        create_session), else ``GET /v1/sessions/{id}`` (asked once, then kept in ``config``)."""
+        if heads is None or dim is None or value_dim is None:
             if not self.config.get("dim"):
                 self.config = dict(self.info().get("config") or {})
             heads = self.config.get("heads", 1) if heads is None else heads
             dim = self.config.get("dim") if dim is None else dim
             if value_dim is None:
-                value_dim = self.config.get("value_dim")
-        if value_dim is None:
-            value_dim = dim
+                value_dim = self.config.get("value_dim") or dim
         shape = (heads, dim, value_dim)
         if not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 65536 for x in shape):
             raise MemattnError(0, "invalid", f"heads, dim, value_dim must be integers 1-65536, got {shape}")
