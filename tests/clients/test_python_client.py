@@ -10,6 +10,7 @@ from __future__ import annotations
 import array
 import http.client
 import http.server
+import json
 import math
 import os
 import struct
@@ -393,6 +394,57 @@ def test_binary_retries():
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+class _OldDaemon(http.server.BaseHTTPRequestHandler):
+    """A daemon whose GET /v1/info does not report batch.events_binary: records every request."""
+    seen: list = []
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self, ans):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(ans)))
+        self.end_headers()
+        self.wfile.write(ans)
+
+    def do_GET(self):
+        _OldDaemon.seen.append(("GET", self.path, None, None, None))
+        self._answer(b'{"name":"memattn","limits":{"max_body":4096}}')
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        _OldDaemon.seen.append(("POST", self.path, self.headers.get("Content-Type"),
+                                self.headers.get("Idempotency-Key"), body))
+        n = len(json.loads(body)["events"])
+        self._answer(json.dumps({"length": n, "appended": n, "writes": [], "void_writes": [], "evicted": []}).encode())
+
+    def log_message(self, *a):
+        pass
+
+
+def test_binary_auto_falls_back_to_json():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OldDaemon)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        c = memattn.Client("http://127.0.0.1:%d" % srv.server_address[1])
+        s = c.session("x")
+        k, v = [[1, 0], [0, 1], [-0.5, 2]], [[0.25], [-3], [1e-3]]
+        out = s.append_f32(k, v, heads=1, dim=2, value_dim=1)
+        assert out["binary"] is False and out["appended"] == 3, out
+        assert not c.events_binary and c.max_body == 4096
+        out = s.append_f32(array.array("f", [x for r in k for x in r]), [0.25, -3, 1e-3], heads=1, dim=2, value_dim=1)
+        assert out["binary"] is False and out["appended"] == 3, out
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    seen = _OldDaemon.seen
+    assert [x[0] for x in seen] == ["GET", "POST", "POST"], seen      # GET /v1/info once
+    want = [{"k_b64": memattn.pack_f32(a), "v_b64": memattn.pack_f32(b)} for a, b in zip(k, v)]
+    for _, path, ctype, key, body in seen[1:]:
+        assert path == "/v1/sessions/x/events" and ctype == "application/json", (path, ctype)
+        assert json.loads(body) == {"events": want}, body           # lists and arrays, the same JSON
+    assert seen[1][3] != seen[2][3]                                   # two calls: two keys
 
 
 class _Proxy(http.server.BaseHTTPRequestHandler):

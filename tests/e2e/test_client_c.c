@@ -5,7 +5,8 @@
  * scripted local server that answers 503 twice). Binary event batches (mac_append_f32): the same
  * batch sent binary and as JSON gives sessions that answer with the same bits; a wrong shape, a NaN
  * and bad arguments are refused with nothing applied; the 503 retries resend the same body with the
- * same key; and a binary batch whose answer is lost (a proxy drops it) is replayed, not applied twice.
+ * same key; a daemon whose GET /v1/info lacks batch.events_binary gets JSON; and a binary batch whose
+ * answer is lost (a proxy drops it) is replayed, not applied twice.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -335,6 +336,7 @@ typedef struct {
     int fd;
     int answered;
     const char *final;          /* the third answer (a whole HTTP response); NULL: a session's 201 */
+    const char *script[3];      /* when script[0] is set: the three answers, in order, instead */
     char keys[4][80];
     char ctype[4][64];
     unsigned char bodies[4][1024];
@@ -375,7 +377,8 @@ static void *flaky_run(void *arg)
             memcpy(f->bodies[f->answered], end + 4, bl);
             f->blen[f->answered] = bl;
         }
-        const char *ans = f->answered < 2
+        const char *ans = f->script[0] ? f->script[f->answered]
+            : f->answered < 2
             ? "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 0\r\n"
               "Connection: close\r\nContent-Length: 48\r\n\r\n{\"error\":{\"code\":\"overloaded\",\"message\":\"busy\"}}"
             : f->final ? f->final
@@ -655,6 +658,54 @@ static void test_binary_retries(void **state)
     close(f.fd);
 }
 
+/* A daemon whose GET /v1/info does not report batch.events_binary (an older one): MAC_SEND_AUTO
+ * sends JSON, and asks GET /v1/info only once per client. */
+static void test_binary_auto_falls_back_to_json(void **state)
+{
+    (void)state;
+    static const char events_ok[] =
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 67\r\n\r\n"
+        "{\"length\":3,\"appended\":3,\"writes\":[],\"void_writes\":[],\"evicted\":[]}";
+    flaky f = { .script = {
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 45\r\n\r\n"
+        "{\"name\":\"memattn\",\"limits\":{\"max_body\":4096}}",
+        events_ok, events_ok } };
+    char base[64];
+    f.fd = listen_local(base, sizeof base);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, flaky_run, &f), 0);
+    mac_options o;
+    mac_options_init(&o);
+    o.base_url = base;
+    mac_client *c;
+    assert_int_equal(mac_open(&o, &c), MAC_OK);
+    const float k[3][2] = { { 1, 0 }, { 0, 1 }, { -0.5f, 2 } }, v[3][1] = { { 0.25f }, { -3 }, { 1e-3f } };
+    mac_batch b = { .k = &k[0][0], .v = &v[0][0], .n = 3, .heads = 1, .dim = 2, .value_dim = 1 };
+    mac_append_result r;
+    assert_int_equal(mac_append_f32(c, "x", &b, MAC_SEND_AUTO, &r), MAC_OK);
+    assert_int_equal(r.binary, 0);
+    assert_int_equal(r.appended, 3);
+    assert_int_equal(mac_events_binary(c), 0);
+    assert_int_equal(mac_max_body(c), 4096);
+    assert_int_equal(mac_append_f32(c, "x", &b, MAC_SEND_AUTO, &r), MAC_OK);   /* no second GET /v1/info */
+    pthread_join(t, NULL);
+    assert_int_equal(f.answered, 3);
+    assert_int_equal(mac_requests_sent(c), 3);
+    char *kb = mac_b64_f32(k[0], 2), *vb = mac_b64_f32(v[0], 1), want[128];
+    snprintf(want, sizeof want, "{\"events\":[{\"k_b64\":\"%s\",\"v_b64\":\"%s\"},", kb, vb);
+    free(kb);
+    free(vb);
+    assert_string_equal(f.ctype[1], "application/json");
+    assert_string_equal(f.ctype[2], "application/json");
+    assert_true(f.blen[1] > strlen(want));
+    assert_memory_equal(f.bodies[1], want, strlen(want));
+    assert_int_equal(f.blen[2], f.blen[1]);
+    assert_memory_equal(f.bodies[2], f.bodies[1], f.blen[1]);
+    assert_string_not_equal(f.keys[1], f.keys[2]);   /* two calls: two keys */
+    mac_close(c);
+    close(f.fd);
+}
+
 /* ---- a proxy in front of the daemon that loses the answer to the first POST ---- */
 
 typedef struct {
@@ -784,6 +835,7 @@ int main(void)
         cmocka_unit_test(test_binary_round_trip),
         cmocka_unit_test(test_binary_errors),
         cmocka_unit_test(test_binary_retries),
+        cmocka_unit_test(test_binary_auto_falls_back_to_json),
         cmocka_unit_test(test_binary_idempotent_replay),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
