@@ -8,14 +8,21 @@
  * ingest raw:    one reused libcurl handle POSTing prebuilt {"events":[...]} bodies (k_b64/v_b64
  *                packed before the clock starts): HTTP + the daemon only
  *        client: mac_append() of the float arrays, `batch` events per request (max_body set to fit)
+ *        raw binary: prebuilt application/octet-stream bodies ("MAEV" header + float32 keys, values)
+ *        f32 binary: mac_append_f32(MAC_SEND_BINARY) of the two float arrays
+ *        f32 JSON:   mac_append_f32(MAC_SEND_JSON), the same arrays as {"k_b64","v_b64"} events
+ *                (the binary and f32 rows carry no payload, which binary batches cannot; every
+ *                variant sends `batch` events a request: each client's max_body is set to fit that)
  * query  raw:    prebuilt one-query bodies, one POST per query
  *        client: mac_query_run() with one mac_query (packing, JSON, parsing the answer)
- * Rounds alternate raw and client; medians are printed. Each ingest uses a fresh session; queries all
+ * The five ingests run in an order rotated each round, so drift hits them alike; medians are printed.
+ * Each ingest uses a fresh session; queries all
  * go to one session ingested and warmed up before the rounds, raw first in even rounds, client first
  * in odd ones (a freshly ingested session answers its first queries slower).
  */
 #include <math.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,6 +99,25 @@ static long post(CURL *h, const char *url, const char *body, size_t len)
     return st;
 }
 
+enum { ING_RAW, ING_CLIENT, ING_RAW_BIN, ING_F32_BIN, ING_F32_JSON, ING_N };
+
+/* A client whose body limit holds exactly `batch` events of this spelling. */
+static mac_client *client_for(const char *base, size_t max_body)
+{
+    mac_options o;
+    mac_options_init(&o);
+    o.base_url = base;
+    o.max_body = max_body;
+    mac_client *c = NULL;
+    return mac_open(&o, &c) == MAC_OK ? c : NULL;
+}
+
+static void put_u32(unsigned char *p, uint32_t x)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(x >> (8 * i));
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -133,6 +159,26 @@ int main(int argc, char **argv)
         if (o > maxlen)
             maxlen = o;
     }
+    /* binary bodies: "MAEV", n, heads 1, dim, value_dim = dim, then the keys, then the values (the
+     * benchmark runs on little-endian hosts: the floats are copied as they are) */
+    unsigned char **bbodies = calloc((size_t)nb, sizeof *bbodies);
+    size_t *blen = calloc((size_t)nb, sizeof *blen);
+    if (!bbodies || !blen)
+        return 1;
+    for (int b = 0; b < nb; b++) {
+        size_t i0 = (size_t)b * batch, m = (size_t)(nev - b * batch < batch ? nev - b * batch : batch);
+        size_t fl = m * (size_t)dim;
+        blen[b] = 20 + 2 * 4 * fl;
+        if (!(bbodies[b] = malloc(blen[b])))
+            return 1;
+        memcpy(bbodies[b], "MAEV", 4);
+        put_u32(bbodies[b] + 4, (uint32_t)m);
+        put_u32(bbodies[b] + 8, 1);
+        put_u32(bbodies[b] + 12, (uint32_t)dim);
+        put_u32(bbodies[b] + 16, (uint32_t)dim);
+        memcpy(bbodies[b] + 20, k + i0 * dim, 4 * fl);
+        memcpy(bbodies[b] + 20 + 4 * fl, v + i0 * dim, 4 * fl);
+    }
     for (int i = 0; i < nq; i++) {
         unit(q + (size_t)i * dim, dim);
         char *qb64 = mac_b64_f32(q + (size_t)i * dim, (size_t)dim);
@@ -154,7 +200,21 @@ int main(int argc, char **argv)
     mac_client *c;
     if (mac_open(&o, &c) != MAC_OK)
         return 1;
-    double ir[64], ic[64], qr[64], qc[64], uir[64], uic[64], uqr[64], uqc[64];
+    /* `batch` events a request: binary 20 + batch*8*dim bytes; f32 JSON {"k_b64":"..","v_b64":".."} */
+    size_t b64 = ((size_t)dim * 4 + 2) / 3 * 4;
+    mac_client *cbin = client_for(base, 20 + (size_t)batch * 8 * dim);
+    mac_client *cjs = client_for(base, 13 + (size_t)batch * (23 + 2 * b64 + 1) - 1);
+    CURL *hb = curl_easy_init();
+    struct curl_slist *hdb = curl_slist_append(NULL, "Content-Type: application/octet-stream");
+    hdb = curl_slist_append(hdb, "Expect:");
+    if (!cbin || !cjs || !hb || !hdb)
+        return 1;
+    curl_easy_setopt(hb, CURLOPT_HTTPHEADER, hdb);
+    curl_easy_setopt(hb, CURLOPT_WRITEFUNCTION, sink);
+    mac_batch fb = { .k = k, .v = v, .n = (size_t)nev, .heads = 1, .dim = dim, .value_dim = dim };
+    double ing[ING_N][64], uing[ING_N][64];
+    static const char *const ing_name[ING_N] = { "raw", "cli", "rawb", "f32b", "f32j" };
+    double qr[64], qc[64], uqr[64], uqc[64];
     char url[512], qurl[512], sid[64];
     int rc = 0;
     mac_config qcfg = { .dim = dim };
@@ -169,27 +229,49 @@ int main(int argc, char **argv)
         post(h, qurl, qb[i], strlen(qb[i]));
     for (int r = 0; r < rounds && rc == 0; r++) {
         mac_config cfg = { .dim = dim };
-        snprintf(sid, sizeof sid, "craw%d", r);
-        if (mac_session_create(c, sid, &cfg, NULL) != MAC_OK) {
-            fprintf(stderr, "create: %s\n", mac_last_error(c)->message);
-            return 1;
+        double t, p;
+        for (int j = 0; j < ING_N && rc == 0; j++) {
+            int which = (j + r) % ING_N;
+            snprintf(sid, sizeof sid, "c%s%d", ing_name[which], r);
+            if (mac_session_create(c, sid, &cfg, NULL) != MAC_OK) {
+                fprintf(stderr, "create: %s\n", mac_last_error(c)->message);
+                return 1;
+            }
+            snprintf(url, sizeof url, "%s/v1/sessions/%s/events", base, sid);
+            mac_append_result ar;
+            t = now();
+            p = cpu();
+            switch (which) {
+            case ING_RAW:
+                for (int b = 0; b < nb; b++)
+                    if (post(h, url, bodies[b], strlen(bodies[b])) != 200)
+                        rc = 1;
+                break;
+            case ING_RAW_BIN:
+                for (int b = 0; b < nb; b++)
+                    if (post(hb, url, (const char *)bbodies[b], blen[b]) != 200)
+                        rc = 1;
+                break;
+            case ING_CLIENT:
+                if (mac_append(c, sid, ev, (size_t)nev, &ar) != MAC_OK || ar.batches != (size_t)nb)
+                    rc = 1;
+                break;
+            case ING_F32_BIN:
+                if (mac_append_f32(cbin, sid, &fb, MAC_SEND_BINARY, &ar) != MAC_OK || ar.batches != (size_t)nb)
+                    rc = 1;
+                break;
+            default:
+                if (mac_append_f32(cjs, sid, &fb, MAC_SEND_JSON, &ar) != MAC_OK || ar.batches != (size_t)nb)
+                    rc = 1;
+                break;
+            }
+            ing[which][r] = nev / (now() - t);
+            uing[which][r] = (cpu() - p) / nev * 1e6;
+            if (rc)
+                fprintf(stderr, "ingest %s failed: [%s %s] [%s %s] [%s %s]\n", ing_name[which],
+                        mac_last_error(c)->code, mac_last_error(c)->message, mac_last_error(cbin)->code,
+                        mac_last_error(cbin)->message, mac_last_error(cjs)->code, mac_last_error(cjs)->message);
         }
-        snprintf(url, sizeof url, "%s/v1/sessions/%s/events", base, sid);
-        double t = now(), p = cpu();
-        for (int b = 0; b < nb; b++)
-            if (post(h, url, bodies[b], strlen(bodies[b])) != 200)
-                rc = 1;
-        ir[r] = nev / (now() - t);
-        uir[r] = (cpu() - p) / nev * 1e6;
-        snprintf(sid, sizeof sid, "ccli%d", r);
-        mac_session_create(c, sid, &cfg, NULL);
-        mac_append_result ar;
-        t = now();
-        p = cpu();
-        if (mac_append(c, sid, ev, (size_t)nev, &ar) != MAC_OK || ar.batches != (size_t)nb)
-            rc = 1;
-        ic[r] = nev / (now() - t);
-        uic[r] = (cpu() - p) / nev * 1e6;
         for (int side = 0; side < 2; side++) {
             bool raw = (side == 0) == (r % 2 == 0);
             t = now();
@@ -214,17 +296,35 @@ int main(int argc, char **argv)
         fprintf(stderr, "a request failed: %s %s\n", mac_last_error(c)->code, mac_last_error(c)->message);
         return 1;
     }
-    double mir = median(ir, rounds), mic = median(ic, rounds), mqr = median(qr, rounds), mqc = median(qc, rounds);
-    double a = median(uir, rounds), b = median(uic, rounds), cq = median(uqr, rounds), d = median(uqc, rounds);
-    printf("ingest  raw libcurl      %10.0f events/s       %7.1f us/event\n", mir, a);
+    double mi[ING_N], ui[ING_N];
+    for (int j = 0; j < ING_N; j++) {
+        mi[j] = median(ing[j], rounds);
+        ui[j] = median(uing[j], rounds);
+    }
+    double mqr = median(qr, rounds), mqc = median(qc, rounds), cq = median(uqr, rounds), d = median(uqc, rounds);
+    printf("ingest  raw libcurl      %10.0f events/s       %7.1f us/event\n", mi[ING_RAW], ui[ING_RAW]);
     printf("ingest  memattn_client   %10.0f events/s       %7.1f us/event   (%.2f of raw throughput, +%.1f us CPU/event)\n",
-           mic, b, mic / mir, b - a);
+           mi[ING_CLIENT], ui[ING_CLIENT], mi[ING_CLIENT] / mi[ING_RAW], ui[ING_CLIENT] - ui[ING_RAW]);
+    printf("ingest  raw libcurl bin  %10.0f events/s       %7.1f us/event   (%.2f of raw JSON throughput)\n",
+           mi[ING_RAW_BIN], ui[ING_RAW_BIN], mi[ING_RAW_BIN] / mi[ING_RAW]);
+    printf("ingest  append_f32 bin   %10.0f events/s       %7.1f us/event   (%.2f of raw binary, +%.1f us CPU/event)\n",
+           mi[ING_F32_BIN], ui[ING_F32_BIN], mi[ING_F32_BIN] / mi[ING_RAW_BIN], ui[ING_F32_BIN] - ui[ING_RAW_BIN]);
+    printf("ingest  append_f32 JSON  %10.0f events/s       %7.1f us/event   (binary is %.2fx this, %+.1f us CPU/event)\n",
+           mi[ING_F32_JSON], ui[ING_F32_JSON], mi[ING_F32_BIN] / mi[ING_F32_JSON], ui[ING_F32_BIN] - ui[ING_F32_JSON]);
     printf("query   raw libcurl      %10.1f us/query       %7.1f us/query\n", mqr, cq);
     printf("query   memattn_client   %10.1f us/query       %7.1f us/query   (%.2fx raw latency, +%.1f us CPU/query)\n",
            mqc, d, mqc / mqr, d - cq);
     mac_close(c);
+    mac_close(cbin);
+    mac_close(cjs);
     curl_slist_free_all(hd);
+    curl_slist_free_all(hdb);
     curl_easy_cleanup(h);
+    curl_easy_cleanup(hb);
+    for (int b = 0; b < nb; b++)
+        free(bbodies[b]);
+    free(bbodies);
+    free(blen);
     for (int b = 0; b < nb; b++)
         free(bodies[b]);
     for (int i = 0; i < nq; i++)

@@ -10,6 +10,11 @@
  *
  * mac_append() prints each event once, then packs the printed events into bodies
  * `{"events":[e1,e2,...]}` no larger than the body limit, one request per body, in order.
+ * mac_append_f32() takes the events as two float arrays and, when the daemon takes binary batches
+ * (GET /v1/info's batch.events_binary, asked once with the body limit: load_info), sends bodies of
+ * "MAEV", n, heads, dim, value_dim and the floats copied as they are (byte-swapped on a big-endian
+ * host), as many events a body as the limit holds; otherwise it hands the same events to
+ * mac_append's JSON path. Both go through call(), so retries and Idempotency-Keys are the same.
  *
  * Every public function has one cleanup path (`done:`) and sets c->err on failure.
  * Not done here: HTTPS options beyond libcurl's defaults, async requests, connection pools.
@@ -41,6 +46,8 @@ struct mac_client {
     char *base;                 /* without a trailing '/' */
     char *auth;                 /* "Authorization: Bearer <token>" or NULL */
     size_t max_body;            /* 0 until known */
+    bool info_loaded;           /* GET /v1/info asked (once, whatever it answered) */
+    bool events_binary;         /* it reported batch.events_binary */
     int retries;
     unsigned backoff_ms;
     long timeout_ms;
@@ -288,11 +295,12 @@ typedef struct {
     head_info head;
 } answer;
 
-/* One API request with retries. body may be NULL. mutation: send an Idempotency-Key. Returns MAC_OK
- * with a 2xx answer in *a (caller frees a->doc), MAC_EHTTP (c->err from the body), MAC_ECONN,
- * MAC_ENOMEM or MAC_EPROTO. */
-static int call(mac_client *c, const char *method, const char *path, const char *body, size_t blen,
-                uint64_t if_match, bool mutation, answer *a)
+/* One API request with retries. body may be NULL; ctype is its Content-Type. mutation: send an
+ * Idempotency-Key (one per call, the same on each retry, as is the body). Returns MAC_OK with a 2xx
+ * answer in *a (caller frees a->doc), MAC_EHTTP (c->err from the body), MAC_ECONN, MAC_ENOMEM or
+ * MAC_EPROTO. */
+static int call_ct(mac_client *c, const char *method, const char *path, const char *body, size_t blen,
+                   const char *ctype, uint64_t if_match, bool mutation, answer *a)
 {
     int rc = MAC_OK;
     struct curl_slist *hdrs = NULL;
@@ -307,8 +315,11 @@ static int call(mac_client *c, const char *method, const char *path, const char 
     char line[600];
     if (!(hdrs = curl_slist_append(hdrs, "Accept: application/json")))
         goto oom;
-    if (body && !(hdrs = curl_slist_append(hdrs, "Content-Type: application/json")))
-        goto oom;
+    if (body) {
+        snprintf(line, sizeof line, "Content-Type: %s", ctype);
+        if (!(hdrs = curl_slist_append(hdrs, line)))
+            goto oom;
+    }
     if (!(hdrs = curl_slist_append(hdrs, "Expect:")))   /* no 100-continue round trip */
         goto oom;
     if (c->auth && !(hdrs = curl_slist_append(hdrs, c->auth)))
@@ -401,6 +412,13 @@ done:
         a->doc = NULL;
     }
     return rc;
+}
+
+/* call_ct() with a JSON body (or none). */
+static int call(mac_client *c, const char *method, const char *path, const char *body, size_t blen,
+                uint64_t if_match, bool mutation, answer *a)
+{
+    return call_ct(c, method, path, body, blen, "application/json", if_match, mutation, a);
 }
 
 /* call() with a cJSON body (consumed). */
@@ -511,20 +529,39 @@ static size_t find_limit(const cJSON *info)
     return 0;
 }
 
-size_t mac_max_body(mac_client *c)
+/* Asks GET /v1/info once per client: the body limit (unless the options gave one; 1 MiB when the
+ * daemon does not say) and whether it takes binary event batches. A failed or missing GET /v1/info
+ * counts as asked: the defaults stay (and JSON batches). Leaves no error behind. */
+static void load_info(mac_client *c)
 {
-    if (c->max_body)
-        return c->max_body;
+    if (c->info_loaded)
+        return;
+    c->info_loaded = true;
     answer a;
-    c->max_body = DEFAULT_MAX_BODY;
     if (call(c, "GET", "/v1/info", NULL, 0, 0, false, &a) == MAC_OK) {
         size_t lim = find_limit(a.doc);
-        if (lim)
+        if (!c->max_body && lim)
             c->max_body = lim;
+        const cJSON *batch = cJSON_GetObjectItemCaseSensitive(a.doc, "batch");
+        c->events_binary = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(batch, "events_binary"));
         cJSON_Delete(a.doc);
     }
+    if (!c->max_body)
+        c->max_body = DEFAULT_MAX_BODY;
     clear_err(c);
+}
+
+size_t mac_max_body(mac_client *c)
+{
+    if (!c->max_body)
+        load_info(c);
     return c->max_body;
+}
+
+int mac_events_binary(mac_client *c)
+{
+    load_info(c);
+    return c->events_binary ? 1 : 0;
 }
 
 /* ---- sessions ---- */
@@ -730,11 +767,12 @@ done:
     return text;
 }
 
-/* Sends one batch body and adds its answer to out. */
-static int send_batch(mac_client *c, const char *path, buf *b, mac_append_result *out)
+/* Sends one batch body (of Content-Type ctype) and adds its answer to out. */
+static int send_batch(mac_client *c, const char *path, const char *body, size_t len, const char *ctype,
+                      mac_append_result *out)
 {
     answer a = { 0 };
-    int rc = call(c, "POST", path, b->p, b->len, 0, true, &a);
+    int rc = call_ct(c, "POST", path, body, len, ctype, 0, true, &a);
     if (rc == MAC_OK) {
         out->length = num_u64(a.doc, "length");
         out->appended += (size_t)num_u64(a.doc, "appended");
@@ -779,7 +817,7 @@ int mac_append(mac_client *c, const char *session, const mac_event *ev, size_t n
                 cJSON_free(js);
                 goto oom;
             }
-            if ((rc = send_batch(c, path, &b, out)) < 0) {
+            if ((rc = send_batch(c, path, b.p, b.len, "application/json", out)) < 0) {
                 cJSON_free(js);
                 goto done;
             }
@@ -795,13 +833,140 @@ int mac_append(mac_client *c, const char *session, const mac_event *ev, size_t n
     if (in_batch) {
         if (!buf_add(&b, tail, sizeof tail - 1))
             goto oom;
-        rc = send_batch(c, path, &b, out);
+        rc = send_batch(c, path, b.p, b.len, "application/json", out);
     }
     goto done;
 oom:
     rc = nomem(c);
 done:
     free(b.p);
+    return rc;
+}
+
+/* ---- events as float arrays: binary batches ---- */
+
+#define BIN_HEADER 20                /* "MAEV", n, heads, dim, value_dim */
+#define BIN_SHAPE_MAX 65536          /* heads, dim, value_dim above this are refused here (the daemon's are far lower) */
+
+static bool host_little_endian(void)
+{
+    const uint16_t one = 1;
+    unsigned char first;
+    memcpy(&first, &one, 1);
+    return first == 1;
+}
+
+static void put_u32(unsigned char *p, uint32_t x)
+{
+    p[0] = (unsigned char)x;
+    p[1] = (unsigned char)(x >> 8);
+    p[2] = (unsigned char)(x >> 16);
+    p[3] = (unsigned char)(x >> 24);
+}
+
+/* n floats as little-endian float32 at dst. */
+static void put_f32s(unsigned char *dst, const float *x, size_t n)
+{
+    if (host_little_endian()) {
+        memcpy(dst, x, n * sizeof *x);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        f32_le(x[i], dst + 4 * i);
+}
+
+/* The JSON path of mac_append_f32: one mac_event per event, pointing into the arrays. */
+static int append_f32_json(mac_client *c, const char *session, const float *k, const float *v, size_t n,
+                           size_t kf, size_t vf, mac_append_result *out)
+{
+    mac_event *ev = calloc(n, sizeof *ev);
+    if (!ev)
+        return nomem(c);
+    for (size_t i = 0; i < n; i++)
+        ev[i] = (mac_event){ .k = k + i * kf, .nk = kf, .v = v + i * vf, .nv = vf };
+    int rc = mac_append(c, session, ev, n, out);
+    free(ev);
+    return rc;
+}
+
+int mac_append_f32(mac_client *c, const char *session, const mac_batch *b, int how, mac_append_result *out)
+{
+    char path[512], sid[3 * MAC_NAME_MAX + 1];
+    mac_append_result dummy;
+    unsigned char *body = NULL;
+    int rc;
+    if (!out)
+        out = &dummy;
+    memset(out, 0, sizeof *out);
+    clear_err(c);
+    if ((rc = seg(c, sid, sizeof sid, session)) < 0)
+        goto done;
+    if (!b || (b->n && (!b->k || !b->v)) || (how != MAC_SEND_AUTO && how != MAC_SEND_BINARY && how != MAC_SEND_JSON)) {
+        rc = fail(c, MAC_EINVAL, 0, "invalid", "mac_append_f32: %s",
+                  !b ? "no batch" : (b->n && (!b->k || !b->v)) ? "k and v must both be given" : "unknown `how`");
+        goto done;
+    }
+    if (b->n == 0)   /* nothing to send: no request, not even for the shape */
+        goto done;
+    long heads = b->heads, dim = b->dim, vdim = b->value_dim;
+    if (heads == 0) {   /* the session's shape, from the daemon */
+        mac_session s;
+        if ((rc = mac_session_get(c, session, &s)) < 0)
+            goto done;
+        heads = s.heads;
+        dim = s.dim;
+        vdim = s.value_dim;
+    }
+    if (vdim == 0)
+        vdim = dim;
+    if (heads < 1 || dim < 1 || vdim < 1 || heads > BIN_SHAPE_MAX || dim > BIN_SHAPE_MAX || vdim > BIN_SHAPE_MAX) {
+        rc = fail(c, MAC_EINVAL, 0, "invalid", "mac_append_f32: heads %ld, dim %ld, value_dim %ld: each must be 1-%d",
+                  heads, dim, vdim, BIN_SHAPE_MAX);
+        goto done;
+    }
+    size_t kf = (size_t)(heads * dim), vf = (size_t)(heads * vdim), n = b->n;
+    size_t per = sizeof(float) * (kf + vf);   /* bytes of one event in a binary body */
+    if (n > SIZE_MAX / per) {
+        rc = fail(c, MAC_EINVAL, 0, "invalid", "mac_append_f32: %zu events of %zu bytes overflow", n, per);
+        goto done;
+    }
+    bool binary = how == MAC_SEND_BINARY || (how == MAC_SEND_AUTO && mac_events_binary(c));
+    if (!binary) {
+        rc = append_f32_json(c, session, b->k, b->v, n, kf, vf, out);
+        goto done;
+    }
+    out->binary = 1;
+    snprintf(path, sizeof path, "/v1/sessions/%s/events", sid);
+    size_t limit = mac_max_body(c);
+    if (limit < BIN_HEADER + per) {
+        rc = fail(c, MAC_ETOOBIG, 0, "too_large",
+                  "one event is %zu bytes in a binary batch (after its %d-byte header), over the body limit of %zu",
+                  per, BIN_HEADER, limit);
+        goto done;
+    }
+    size_t cap = (limit - BIN_HEADER) / per;
+    if (cap > MAX_EVENTS_PER_BATCH)
+        cap = MAX_EVENTS_PER_BATCH;
+    if (cap > n)
+        cap = n;
+    if (!(body = malloc(BIN_HEADER + cap * per))) {
+        rc = nomem(c);
+        goto done;
+    }
+    for (size_t i = 0; i < n; i += cap) {
+        size_t m = n - i < cap ? n - i : cap;
+        memcpy(body, "MAEV", 4);
+        put_u32(body + 4, (uint32_t)m);
+        put_u32(body + 8, (uint32_t)heads);
+        put_u32(body + 12, (uint32_t)dim);
+        put_u32(body + 16, (uint32_t)vdim);
+        put_f32s(body + BIN_HEADER, b->k + i * kf, m * kf);
+        put_f32s(body + BIN_HEADER + m * kf * sizeof(float), b->v + i * vf, m * vf);
+        if ((rc = send_batch(c, path, (const char *)body, BIN_HEADER + m * per, "application/octet-stream", out)) < 0)
+            goto done;
+    }
+done:
+    free(body);
     return rc;
 }
 

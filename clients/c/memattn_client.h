@@ -14,7 +14,9 @@
  * retried on connection errors and 503 answers only, at most `retries` times, with exponential
  * backoff from `backoff_ms` (capped at 2 s). mac_append() splits the events into batches whose JSON
  * body fits the daemon's body limit (`max_body`, else GET /v1/info when the daemon has it, else
- * 1 MiB); batches are applied in order, each whole or not at all.
+ * 1 MiB); batches are applied in order, each whole or not at all. mac_append_f32() sends events
+ * given as two float arrays (keys, values) as binary batches (`application/octet-stream`, docs/API.md
+ * "Binary event batches") when the daemon takes them, else as JSON; same batching, retries and keys.
  *
  * In a query batch, a per-query error (`{"error":{...}}` in place of a result) is reported in that
  * result (ok = 0, error filled), not as a failure of the call.
@@ -124,12 +126,44 @@ typedef struct {
     size_t appended;            /* events applied (also set when a later batch failed) */
     size_t writes, void_writes, evicted;   /* counts over all batches */
     size_t batches;             /* requests that succeeded */
+    int binary;                 /* mac_append_f32: 1 when the batches were sent binary, 0 as JSON */
 } mac_append_result;
 
 /* Appends n events in as many POST .../events batches as the body limit needs. On failure `out`
  * says how many events earlier batches applied. MAC_ETOOBIG: an event alone exceeds the limit
  * (checked before it is sent). */
 int mac_append(mac_client *c, const char *session, const mac_event *ev, size_t n, mac_append_result *out);
+
+/* A batch of events as float arrays, the fast way in: event i's key is k[i*heads*dim ...] and its
+ * value v[i*heads*value_dim ...] (head-major within an event, as the `k` / `v` of mac_event). Such
+ * events have no payload, slot or text (use mac_append for those). */
+typedef struct {
+    const float *k;             /* n*heads*dim floats */
+    const float *v;             /* n*heads*value_dim floats */
+    size_t n;
+    int heads, dim, value_dim;  /* the session's shape; heads 0: read by GET /v1/sessions/{id};
+                                 * value_dim 0: dim (the daemon's default) */
+} mac_batch;
+
+/* How mac_append_f32 sends a batch. */
+#define MAC_SEND_AUTO    0      /* binary when GET /v1/info reports batch.events_binary, else JSON */
+#define MAC_SEND_BINARY  1      /* binary bodies (a daemon without them answers 415) */
+#define MAC_SEND_JSON    2      /* {"events":[{"k_b64","v_b64"},...]} bodies */
+
+/* Appends b->n events in as many POST .../events requests as the body limit (and the daemon's
+ * 65,536-event cap) needs, sent as `how` says. A binary body is "MAEV", n, heads, dim, value_dim
+ * (little-endian uint32) then the n events' keys then their values (little-endian float32); the
+ * header carries the shape given here, so a shape that is not the session's is the daemon's 400
+ * `dim_mismatch`. Each request carries its own Idempotency-Key, kept with its body on every retry
+ * (connection errors, 503). out->binary says which encoding was used; on failure out->appended
+ * says how many events earlier requests applied. MAC_EINVAL: NULL arrays, a shape below 1 or over
+ * the header's range, an unknown `how` (nothing sent); MAC_ETOOBIG: one event alone exceeds the body
+ * limit. n = 0 sends nothing. */
+int mac_append_f32(mac_client *c, const char *session, const mac_batch *b, int how, mac_append_result *out);
+
+/* 1 when the daemon takes binary event batches (GET /v1/info reports batch.events_binary; asked
+ * once per client, together with the body limit), 0 when not or when it has no GET /v1/info. */
+int mac_events_binary(mac_client *c);
 
 /* ---- queries ---- */
 

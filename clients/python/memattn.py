@@ -15,6 +15,11 @@ Design
   has it, else 1 MiB). Each batch is applied whole or not at all by the daemon; batches are sent in
   order, so a failure in batch *i* leaves batches before it applied (the error says how many events
   were appended: ``MemattnError.appended``).
+* :meth:`Session.append_f32` takes the keys and values of many events as two float arrays and,
+  when the daemon takes binary batches (``GET /v1/info`` reports ``batch.events_binary``), sends
+  them as ``application/octet-stream`` bodies (docs/API.md "Binary event batches": ``MAEV``, n,
+  heads, dim, value_dim, then the float32 keys and values), as many events a body as the limit
+  holds; otherwise as JSON through :meth:`Session.append`. The same retries and keys apply.
 * Mutations carry an ``Idempotency-Key`` header (a fresh random key per logical request, the same
   key on each retry). Requests are retried only on connection errors and 503 answers, at most
   ``retries`` times, with exponential backoff (``Retry-After`` honoured, bounded).
@@ -35,8 +40,10 @@ from __future__ import annotations
 import array
 import base64
 import http.client
+import itertools
 import json
 import random
+import struct
 import sys
 import time
 import urllib.parse
@@ -52,6 +59,8 @@ __all__ = ["Client", "Session", "Result", "MemattnError", "pack_f32", "unpack_f3
 
 DEFAULT_MAX_BODY = 1 << 20          # the daemon's --max-body default
 MAX_EVENTS_PER_BATCH = 65536        # the daemon's per-batch event cap
+_BIN_MAGIC = b"MAEV"                # a binary event batch: magic, then n, heads, dim, value_dim (<u32)
+_BIN_HEADER = 20
 _RETRY_AFTER_CAP = 5.0              # seconds: longest Retry-After we wait for
 
 _ENC = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)  # reused: cheaper than json.dumps(**opts)
@@ -118,6 +127,62 @@ def pack_f32(x: Vector) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+def _f32_view(x: Any) -> memoryview:
+    """All the floats of ``x`` as little-endian float32 bytes, viewed (no copy where ``x`` already is
+    such bytes or an array): ``x`` is packed bytes, a base64 ``str``, an ``array.array``, a NumPy array
+    (flattened), a flat sequence of numbers, or a sequence of per-event vectors (sequences, arrays or
+    packed bytes)."""
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return memoryview(x).cast("B")
+    if isinstance(x, str):
+        return memoryview(base64.b64decode(x))
+    if _np is not None and isinstance(x, _np.ndarray):
+        return memoryview(_np.ascontiguousarray(x, dtype="<f4").ravel()).cast("B")
+    rows = x if isinstance(x, (list, tuple, array.array)) else list(x)
+    if isinstance(rows, array.array):
+        a = rows if rows.typecode == "f" else array.array("f", rows)
+    elif all(isinstance(r, (int, float)) for r in rows):               # a flat list of numbers
+        a = array.array("f", rows)
+    elif all(isinstance(r, (list, tuple)) for r in rows):              # per-event lists: the common case
+        a = array.array("f", itertools.chain.from_iterable(rows))
+    else:                                                              # mixed per-event vectors
+        a = array.array("f")
+        for row in rows:
+            if isinstance(row, (bytes, bytearray, memoryview)):
+                a.frombytes(bytes(row) if sys.byteorder == "little" else _swapped(row))
+            elif isinstance(row, array.array) and row.typecode == "f":
+                a.extend(row)
+            else:
+                a.extend(array.array("f", _flat(row)))
+    if sys.byteorder == "big":
+        a = array.array("f", a)
+        a.byteswap()
+    return memoryview(a).cast("B")
+
+
+def _rows(x: Any, width: int) -> Optional[Sequence[Any]]:
+    """``x`` when it is a list or tuple of per-event lists or tuples of ``width`` numbers each
+    (:func:`pack_f32` packs each straight from them), else None."""
+    if isinstance(x, (list, tuple)) and all(isinstance(r, (list, tuple)) and len(r) == width for r in x):
+        return x
+    return None
+
+
+def _flat(row: Any) -> Any:
+    """A NumPy row as a flat float32 array, anything else as it is."""
+    if _np is not None and isinstance(row, _np.ndarray):
+        return _np.asarray(row, dtype=_np.float32).ravel()
+    return row
+
+
+def _swapped(raw: Any) -> bytes:
+    """Little-endian float32 bytes in the host's (big-endian) order, for array.frombytes."""
+    a = array.array("f")
+    a.frombytes(bytes(raw))
+    a.byteswap()
+    return a.tobytes()
+
+
 def unpack_f32(b64: str) -> List[float]:
     """The inverse of :func:`pack_f32`."""
     a = array.array("f")
@@ -170,6 +235,8 @@ class Client:
         self.retries = max(0, int(retries))
         self.backoff = backoff
         self._max_body = max_body
+        self._info: Optional[Dict[str, Any]] = None
+        self._info_loaded = False
         self._conn: Optional[http.client.HTTPConnection] = None
         self.requests_sent = 0      # HTTP requests sent, retries included (for tests and benchmarks)
 
@@ -272,16 +339,28 @@ class Client:
                 return None
             raise
 
+    def _daemon_info(self) -> Optional[Dict[str, Any]]:
+        """``GET /v1/info``, asked once per client (None when the daemon has no such route)."""
+        if not self._info_loaded:
+            self._info = self.info()
+            self._info_loaded = True
+        return self._info
+
     @property
     def max_body(self) -> int:
         """The request body limit used to batch events (see the constructor)."""
         if self._max_body is None:
-            self._max_body = DEFAULT_MAX_BODY
-            info = self.info()
-            found = _find_limit(info) if info is not None else None
-            if found:
-                self._max_body = found
+            info = self._daemon_info()
+            self._max_body = (_find_limit(info) if info is not None else None) or DEFAULT_MAX_BODY
         return self._max_body
+
+    @property
+    def events_binary(self) -> bool:
+        """True when the daemon takes binary event batches: its ``GET /v1/info`` reports
+        ``batch.events_binary`` (asked once per client, with the body limit)."""
+        info = self._daemon_info()
+        batch = info.get("batch") if isinstance(info, dict) else None
+        return isinstance(batch, dict) and isinstance(batch.get("events_binary"), int)
 
     # ---- sessions -----------------------------------------------------------------------------
     def create_session(self, id: Optional[str] = None, config: Optional[Mapping[str, Any]] = None) -> "Session":
@@ -420,6 +499,103 @@ class Session:
             size += len(js) + (1 if parts else 0)
             parts.append(js)
         flush()
+        return out
+
+    def _shape(self, heads: Optional[int], dim: Optional[int], value_dim: Optional[int]) -> "tuple[int, int, int]":
+        """(heads, dim, value_dim): each as given, else the session's — this handle's config (set by
+        create_session), else ``GET /v1/sessions/{id}`` (asked once, then kept in ``config``)."""
+        if heads is None or dim is None or value_dim is None:
+            if not self.config.get("dim"):
+                self.config = dict(self.info().get("config") or {})
+            heads = self.config.get("heads", 1) if heads is None else heads
+            dim = self.config.get("dim") if dim is None else dim
+            if value_dim is None:
+                value_dim = self.config.get("value_dim") or dim
+        shape = (heads, dim, value_dim)
+        if not all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 65536 for x in shape):
+            raise MemattnError(0, "invalid", f"heads, dim, value_dim must be integers 1-65536, got {shape}")
+        return shape
+
+    @staticmethod
+    def _f32_events(k: Any, v: Any, heads: int, dim: int, value_dim: int) -> "tuple[memoryview, memoryview, int]":
+        """The keys' and values' float32 bytes and the number of events they hold; MemattnError
+        ``invalid`` when they do not hold a whole number of events or disagree on it."""
+        kb, vb = _f32_view(k), _f32_view(v)
+        kstride, vstride = 4 * heads * dim, 4 * heads * value_dim
+        n = len(kb) // kstride
+        if len(kb) % kstride or len(vb) != n * vstride:
+            raise MemattnError(0, "invalid",
+                               f"k has {len(kb) // 4} floats and v {len(vb) // 4}: not n events of heads {heads} "
+                               f"x dim {dim} and heads {heads} x value_dim {value_dim}")
+        return kb, vb, n
+
+    def append_f32(self, k: Any, v: Any, *, heads: Optional[int] = None, dim: Optional[int] = None,
+                   value_dim: Optional[int] = None, binary: Optional[bool] = None,
+                   max_body: Optional[int] = None) -> Dict[str, Any]:
+        """Appends n events given as float arrays: ``k`` holds n*heads*dim floats and ``v``
+        n*heads*value_dim, event by event (head-major within an event, as an event's ``k`` / ``v``).
+        Each may be a NumPy array (any shape, flattened), an ``array.array``, packed little-endian
+        float32 ``bytes``, a flat list of numbers, or a list of per-event vectors. Such events have no
+        payload, slot or text (use :meth:`append` for those).
+
+        The shape is ``heads`` / ``dim`` / ``value_dim`` when given (sent as is: a shape that is not
+        the session's is the daemon's 400 ``dim_mismatch``), else the session's (this handle's config,
+        else ``GET /v1/sessions/{id}``). ``binary``: None sends binary batches when the daemon takes
+        them (:attr:`Client.events_binary`) and JSON (``k_b64``/``v_b64``) otherwise; True or False
+        forces one (a daemon without binary batches answers 415). Bodies are cut to the body limit
+        (``max_body``, else the client's) and the daemon's 65,536 events a batch; each carries its own
+        ``Idempotency-Key``, kept with its body on every retry.
+
+        Returns :meth:`append`'s merged answer plus ``binary`` (which encoding was sent). Raises
+        MemattnError: ``invalid`` (status 0, nothing sent) when the arrays do not hold a whole number
+        of events or disagree on it; ``body_too_large`` when one event alone exceeds the limit; the
+        daemon's errors with ``appended`` = events applied by earlier requests.
+        """
+        heads, dim, value_dim = self._shape(heads, dim, value_dim)
+        kstride, vstride = 4 * heads * dim, 4 * heads * value_dim   # bytes of one event's key / value
+        # Per-event lists go to JSON straight from the lists (pack_f32 packs each); anything else, and
+        # anything binary, through its float32 bytes, checked before any request.
+        kr, vr = _rows(k, kstride // 4), _rows(v, vstride // 4)
+        rows = kr is not None and vr is not None and len(kr) == len(vr)
+        if binary is False and rows:
+            n = len(kr)
+        else:
+            kv, vv, n = self._f32_events(k, v, heads, dim, value_dim)
+        if binary is None:   # (an empty batch sends nothing, not even GET /v1/info)
+            binary = n > 0 and self.client.events_binary
+        if not binary:
+            if not rows:
+                kr = [kv[i * kstride:(i + 1) * kstride] for i in range(n)]
+                vr = [vv[i * vstride:(i + 1) * vstride] for i in range(n)]
+            out = self.append([{"k": ki, "v": vi} for ki, vi in zip(kr, vr)], max_body=max_body)
+            out["binary"] = False
+            return out
+        out: Dict[str, Any] = {"length": None, "appended": 0, "writes": [], "void_writes": [],
+                               "evicted": [], "batches": 0, "binary": True}
+        if n == 0:
+            return out
+        limit = max_body or self.client.max_body
+        per = kstride + vstride
+        cap = min(MAX_EVENTS_PER_BATCH, (limit - _BIN_HEADER) // per)
+        if cap < 1:
+            raise MemattnError(0, "body_too_large",
+                               f"one event is {per} bytes in a binary batch (after its {_BIN_HEADER}-byte header), "
+                               f"over the body limit of {limit}")
+        hdrs = {"Content-Type": "application/octet-stream"}
+        for i in range(0, n, cap):
+            m = min(cap, n - i)
+            body = b"".join((_BIN_MAGIC, struct.pack("<4I", m, heads, dim, value_dim),
+                             kv[i * kstride:(i + m) * kstride], vv[i * vstride:(i + m) * vstride]))
+            try:
+                doc = self.client.request("POST", self._path + "/events", raw_body=body, headers=hdrs)[2]
+            except MemattnError as e:
+                e.appended = out["appended"]
+                raise
+            out["length"] = doc.get("length")
+            out["appended"] += int(doc.get("appended", m))
+            for key in ("writes", "void_writes", "evicted"):
+                out[key].extend(doc.get(key) or [])
+            out["batches"] += 1
         return out
 
     # ---- queries ------------------------------------------------------------------------------

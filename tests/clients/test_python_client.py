@@ -7,9 +7,13 @@ exit status is 1 when anything failed.
 """
 from __future__ import annotations
 
+import array
+import http.client
 import http.server
+import json
 import math
 import os
+import struct
 import sys
 import threading
 import traceback
@@ -229,6 +233,276 @@ def test_token():
         s = c.create_session("t", {"dim": 4})
         s.write_slot("a", payload="b")
         assert s.slot("a")["payload"] == "b"
+
+
+# ---- binary event batches (Session.append_f32) ------------------------------------------------
+
+BH, BD, BV, BN = 2, 4, 2, 300   # the sessions' heads, dim, value_dim; events
+# Both spellings in requests of the same 22 events (the backbone's state depends on where batches
+# split the stream): a JSON event {"k_b64":"<44>","v_b64":"<24>"} is 91 bytes, 12 + 92*22 = 2036 <=
+# 2048; a binary one 48 bytes, 20 + 48*22 = 1076.
+PER_BODY, JSON_LIMIT, BIN_LIMIT = 22, 2048, 20 + 48 * 22
+
+
+def bin_events():
+    keys, vals = [], []
+    for i in range(BN):
+        k = [math.sin(i * 0.37 + j * (1 + i % 5)) for j in range(BH * BD)]
+        for h in range(BH):
+            n = math.sqrt(sum(x * x for x in k[h * BD:(h + 1) * BD]))
+            k[h * BD:(h + 1) * BD] = [x / n for x in k[h * BD:(h + 1) * BD]]
+        keys.append(k)
+        vals.append([math.sin(i * 0.11 + j * 1.7) * (1 + j) for j in range(BH * BV)])
+    return keys, vals
+
+
+BCFG = {"heads": BH, "dim": BD, "value_dim": BV, "slots": 8, "chunk": 16}
+
+
+def same_answers(c, a, b, keys):
+    """Sessions a and b answer full, window and state reads with the same bits, and have the same
+    length, chunks and backbone norms."""
+    ia, ib = c.get_session(a), c.get_session(b)
+    for key in ("length", "chunks", "backbone"):
+        assert ia[key] == ib[key], (key, ia[key], ib[key])
+    other = [math.cos(j * 0.3) for j in range(BH * BD)]
+    qs = [{"q": q, "route": r} for r in ("full", "window", "state")
+          for q in (keys[0], keys[17], keys[200], keys[-1], other)]
+    ra, rb = c.session(a).query(qs), c.session(b).query(qs)
+    assert len(ra) == len(rb) == len(qs)
+    for x, y in zip(ra, rb):
+        assert x.ok and y.ok, (x, y)
+        assert dict(x) == dict(y), (x, y)   # v (base64: bit for bit), event, score, chunks
+        assert len(memattn.unpack_f32(x["v"]) if isinstance(x["v"], str) else x["v"]) == BH * BV
+    assert ra[0]["event"] == 0 and ra[2]["event"] == 200, (ra[0], ra[2])
+
+
+def test_f32_spellings():
+    # Every accepted spelling of the same floats packs to the same little-endian float32 bytes.
+    rows = [[0.5, -1.0, 3.25], [1e-3, 2.0, -0.0]]
+    want = struct.pack("<6f", *(x for r in rows for x in r))
+    flat = [x for r in rows for x in r]
+    spellings = [rows, tuple(tuple(r) for r in rows), iter(rows), flat, array.array("f", flat),
+                 want, bytearray(want), memoryview(want), memattn.pack_f32(flat),
+                 [array.array("f", r) for r in rows], [struct.pack("<3f", *r) for r in rows],
+                 [rows[0], array.array("f", rows[1])]]
+    for sp in spellings:
+        assert bytes(memattn._f32_view(sp)) == want, sp
+    assert bytes(memattn._f32_view([])) == b""
+
+
+def test_binary_round_trip():
+    keys, vals = bin_events()
+    cj = memattn.Client(D.base, max_body=JSON_LIMIT)
+    cb = memattn.Client(D.base, max_body=BIN_LIMIT)
+    assert cb.events_binary                       # this daemon reports batch.events_binary
+    sb = cb.create_session("py-bin", BCFG)
+    sj = cj.create_session("py-json", BCFG)
+    bodies = (BN + PER_BODY - 1) // PER_BODY
+    out = sb.append_f32(keys, vals)               # lists of per-event lists; auto: binary
+    assert out["binary"] is True and out["appended"] == BN and out["length"] == BN, out
+    assert out["batches"] == bodies, out
+    out = sj.append_f32(keys, vals, binary=False)
+    assert out["binary"] is False and out["appended"] == BN and out["batches"] == bodies, out
+    same_answers(cb, "py-bin", "py-json", keys)
+    # Other spellings of the same floats: a flat array.array and packed bytes, the shape read from
+    # GET /v1/sessions/{id} (a handle without config).
+    cb.create_session("py-bin2", BCFG)
+    flat = array.array("f", [x for k in keys for x in k])
+    packed = array.array("f", [x for v in vals for x in v])
+    if sys.byteorder == "big":
+        packed.byteswap()
+    out = cb.session("py-bin2").append_f32(flat, packed.tobytes(), binary=True)
+    assert out["binary"] is True and out["appended"] == BN and out["batches"] == bodies, out
+    same_answers(cb, "py-bin2", "py-json", keys)
+    # Nothing to send: no request.
+    sent = cb.requests_sent
+    assert sb.append_f32([], [])["appended"] == 0 and cb.requests_sent == sent
+    cb.close()
+    cj.close()
+
+
+def test_binary_errors():
+    keys, vals = bin_events()
+    c = memattn.Client(D.base, max_body=BIN_LIMIT)
+    s = c.create_session("py-binerr", BCFG)
+    s.append_f32(keys[:100], vals[:100], binary=True)
+    # A shape that is not the session's: the daemon's 400 dim_mismatch, decoded; nothing applied.
+    e = expect_error(lambda: s.append_f32(keys[:10], vals[:10], heads=1, dim=8, value_dim=4, binary=True),
+                     400, "dim_mismatch")
+    assert "binary batch" in e.message and "heads 1, dim 8, value_dim 4" in e.message, e.message
+    assert e.appended == 0
+    expect_error(lambda: s.append_f32([k[:4] for k in keys[:10]], vals[:10], heads=1, dim=4, value_dim=4,
+                                      binary=False), 400, "dim_mismatch")
+    assert s.info()["length"] == 100
+    # A NaN in a later body: the bodies before it stay applied, the error says how many events.
+    bad = [list(k) for k in keys[:200]]
+    bad[150][3] = float("nan")
+    e = expect_error(lambda: s.append_f32(bad, vals[:200], binary=True), 400, "non_finite")
+    assert e.appended == 132, e.appended   # 6 bodies of 22; the 7th holds event 150
+    assert s.info()["length"] == 100 + 132
+    # Refused by the client before anything is sent.
+    sent = c.requests_sent
+    expect_error(lambda: s.append_f32(keys[:3], vals[:2]), 0, "invalid")          # 3 keys, 2 values
+    expect_error(lambda: s.append_f32(keys[:3], vals[:2], binary=False), 0, "invalid")
+    expect_error(lambda: s.append_f32([1.0] * 7, vals[:1]), 0, "invalid")         # not whole events
+    expect_error(lambda: s.append_f32(keys[:1], vals[:1], dim=0), 0, "invalid")
+    expect_error(lambda: s.append_f32(keys[:1], vals[:1], binary=True, max_body=40), 0, "body_too_large")
+    assert c.requests_sent == sent
+    assert s.info()["length"] == 100 + 132
+    c.close()
+
+
+class _FlakyEvents(http.server.BaseHTTPRequestHandler):
+    """POST: answers 503 twice, then 200; records each request's key, Content-Type and body."""
+    seen: list = []
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        _FlakyEvents.seen.append((self.headers.get("Idempotency-Key"), self.headers.get("Content-Type"), body))
+        if len(_FlakyEvents.seen) <= 2:
+            ans, status = b'{"error":{"code":"overloaded","message":"busy"}}', 503
+        else:
+            ans, status = b'{"length":3,"appended":3,"writes":[],"void_writes":[],"evicted":[]}', 200
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(ans)))
+        if status == 503:
+            self.send_header("Retry-After", "0")
+        self.end_headers()
+        self.wfile.write(ans)
+
+    def log_message(self, *a):
+        pass
+
+
+def test_binary_retries():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyEvents)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        c = memattn.Client("http://127.0.0.1:%d" % srv.server_address[1], retries=3, backoff=0.001, max_body=4096)
+        out = c.session("x").append_f32([[1, 0], [0, 1], [-0.5, 2]], [0.25, -3, 1e-3],
+                                        heads=1, dim=2, value_dim=1, binary=True)
+        assert out["appended"] == 3 and out["batches"] == 1 and out["binary"] is True, out
+        want = b"MAEV" + struct.pack("<4I9f", 3, 1, 2, 1, 1, 0, 0, 1, -0.5, 2, 0.25, -3, 1e-3)
+        seen = _FlakyEvents.seen
+        assert len(seen) == 3 and c.requests_sent == 3, seen
+        for key, ctype, body in seen:   # one key, one body, on every retry
+            assert key == seen[0][0] and len(key) == 32, seen
+            assert ctype == "application/octet-stream" and body == want, (ctype, body)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+class _OldDaemon(http.server.BaseHTTPRequestHandler):
+    """A daemon whose GET /v1/info does not report batch.events_binary: records every request."""
+    seen: list = []
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self, ans):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(ans)))
+        self.end_headers()
+        self.wfile.write(ans)
+
+    def do_GET(self):
+        _OldDaemon.seen.append(("GET", self.path, None, None, None))
+        self._answer(b'{"name":"memattn","limits":{"max_body":4096}}')
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        _OldDaemon.seen.append(("POST", self.path, self.headers.get("Content-Type"),
+                                self.headers.get("Idempotency-Key"), body))
+        n = len(json.loads(body)["events"])
+        self._answer(json.dumps({"length": n, "appended": n, "writes": [], "void_writes": [], "evicted": []}).encode())
+
+    def log_message(self, *a):
+        pass
+
+
+def test_binary_auto_falls_back_to_json():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OldDaemon)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        c = memattn.Client("http://127.0.0.1:%d" % srv.server_address[1])
+        s = c.session("x")
+        k, v = [[1, 0], [0, 1], [-0.5, 2]], [[0.25], [-3], [1e-3]]
+        out = s.append_f32(k, v, heads=1, dim=2, value_dim=1)
+        assert out["binary"] is False and out["appended"] == 3, out
+        assert not c.events_binary and c.max_body == 4096
+        out = s.append_f32(array.array("f", [x for r in k for x in r]), [0.25, -3, 1e-3], heads=1, dim=2, value_dim=1)
+        assert out["binary"] is False and out["appended"] == 3, out
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    seen = _OldDaemon.seen
+    assert [x[0] for x in seen] == ["GET", "POST", "POST"], seen      # GET /v1/info once
+    want = [{"k_b64": memattn.pack_f32(a), "v_b64": memattn.pack_f32(b)} for a, b in zip(k, v)]
+    for _, path, ctype, key, body in seen[1:]:
+        assert path == "/v1/sessions/x/events" and ctype == "application/json", (path, ctype)
+        assert json.loads(body) == {"events": want}, body           # lists and arrays, the same JSON
+    assert seen[1][3] != seen[2][3]                                   # two calls: two keys
+
+
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    """Forwards to the daemon (_Proxy.target); the answer to the first POST is lost (the connection
+    closed without it). Records each POST's key and whether the daemon's answer was a replay."""
+    target = ""
+    drop = 0
+    posts: list = []
+    protocol_version = "HTTP/1.1"
+
+    def _forward(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        host, port = _Proxy.target.rsplit(":", 1)
+        up = http.client.HTTPConnection(host, int(port), timeout=30)
+        hdrs = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+        up.request(self.command, self.path, body=body, headers=hdrs)
+        resp = up.getresponse()
+        data = resp.read()
+        up.close()
+        if self.command == "POST":
+            _Proxy.posts.append((self.headers.get("Idempotency-Key"), resp.getheader("Idempotent-Replayed")))
+            if _Proxy.drop > 0:   # the daemon applied it; the client never hears
+                _Proxy.drop -= 1
+                self.close_connection = True
+                return
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("connection", "content-length", "date", "server"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = _forward
+
+    def log_message(self, *a):
+        pass
+
+
+def test_binary_idempotent_replay():
+    keys, vals = bin_events()
+    memattn.Client(D.base).create_session("py-replay", BCFG)
+    _Proxy.target, _Proxy.drop, _Proxy.posts = D.addr, 1, []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        c = memattn.Client("http://127.0.0.1:%d" % srv.server_address[1], retries=3, backoff=0.001, max_body=4096)
+        out = c.session("py-replay").append_f32(keys[:20], vals[:20], heads=BH, dim=BD, value_dim=BV, binary=True)
+        assert out["appended"] == 20 and out["length"] == 20 and out["batches"] == 1, out
+        c.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    posts = _Proxy.posts
+    assert len(posts) == 2, posts                           # the lost answer's request, then its retry
+    assert posts[0][0] == posts[1][0] and len(posts[0][0]) == 32, posts
+    assert posts[0][1] is None and posts[1][1] == "true", posts   # the retry was answered from the record
+    assert memattn.Client(D.base).get_session("py-replay")["length"] == 20   # applied once
 
 
 def main() -> int:
