@@ -111,7 +111,9 @@ static void handle_info(srv_request *req, void *ud)
     static const char *const selectors[] = { "index", "chunks" };
     static const char *const routes[] = { "auto", "slot", "sparse", "full", "state", "window" };
     static const char *const encodings[] = { "json", "base64", "text" };
-    static const char *const media[] = { "application/json", "application/x-www-form-urlencoded" };
+    /* application/octet-stream: event batches only (docs/API.md, "Binary event batches"). */
+    static const char *const media[] = { "application/json", "application/x-www-form-urlencoded",
+                                         "application/octet-stream" };
 
     cJSON *o = cJSON_CreateObject();
     bool head = o && cJSON_AddStringToObject(o, "name", "memattn") &&
@@ -130,7 +132,7 @@ static void handle_info(srv_request *req, void *ud)
               add_strings(feat, "selectors", selectors, 2) &&
               add_strings(feat, "routes", routes, 6) &&
               add_strings(feat, "vector_encodings", encodings, 3) &&
-              add_strings(feat, "request_media_types", media, 2) &&
+              add_strings(feat, "request_media_types", media, 3) &&
               cJSON_AddNumberToObject(lim, "max_body", (double)cfg->max_body) &&
               cJSON_AddNumberToObject(lim, "max_header_bytes", (double)cfg->max_header_bytes) &&
               cJSON_AddNumberToObject(lim, "max_uri", (double)cfg->max_uri) &&

@@ -240,6 +240,12 @@ static void test_info(void **state)
     assert_non_null(au_str(j, "build.commit"));
     assert_false(au_bool(j, "features.auth"));
     assert_false(au_bool(j, "features.cors"));
+    /* Every Content-Type a body is accepted in, binary event batches' included. */
+    const cJSON *media = au_get(j, "features.request_media_types");
+    const char *want[] = { "application/json", "application/x-www-form-urlencoded", "application/octet-stream" };
+    assert_int_equal(cJSON_GetArraySize(media), 3);
+    for (int i = 0; i < 3; i++)
+        assert_string_equal(cJSON_GetArrayItem(media, i)->valuestring, want[i]);
     assert_int_equal((int)au_num(j, "limits.max_body"), 65536);
     assert_int_equal((int)au_num(j, "limits.max_events_per_batch"), 65536);
     assert_int_equal((int)au_num(j, "shape.dim"), 64);
