@@ -5,7 +5,8 @@
  * empty), the last step's failure, and the looks begun and ended (so a waiter can wait for a look that
  * began after it asked). The thread loops: look at the queue by stepping until a step says
  * nothing is left (or fails, or a stop comes), then wait — without a deadline when the queue is empty, for
- * the back-off delay after a failure. ma_store_purge_step runs outside the mutex. Priority: nice +10 for
+ * the back-off delay after a failure. ma_store_purge_step runs outside the mutex, PAUSE_US apart: the
+ * store's writer lock is a mutex, not fair, and a step right after a step would keep waiting commits out. Priority: nice +10 for
  * the thread (setpriority on its thread id, per thread on Linux), as registry/maint.c does and for its
  * reasons (SCHED_IDLE can starve it on a busy machine; a purge that never ends keeps the disk space).
  */
@@ -22,7 +23,8 @@
 
 #include "core/error.h"
 
-#define STEP_BYTES_DEFAULT (1024 * 1024)
+#define STEP_BYTES_DEFAULT (256 * 1024)
+#define PAUSE_US 2000   /* between two steps: a writer waiting for the store's lock gets it (mutexes are not fair) */
 #define BACKOFF_MIN_MS 1000
 #define BACKOFF_MAX_MS 30000
 
@@ -78,6 +80,8 @@ static void *purge_main(void *arg)
             if (stop)
                 break;
             ret = ma_store_purge_step(p->st, p->step_bytes, &r, err, sizeof err);
+            if (!ret && r.purging > 0)
+                usleep(PAUSE_US);
         }
         if (ret)
             fprintf(stderr, "memattnd: purging deleted sessions: %s (retrying in %ld ms)\n", err, backoff);

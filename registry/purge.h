@@ -4,7 +4,8 @@
  *
  * Design. One thread at low priority (nice +10, like the maintenance thread of registry/maint.h) runs
  * ma_store_purge_step until the store's purge queue is empty, then sleeps until kicked (a delete) or
- * stopped. A step is one small transaction, so a mutation waits at most one step for the store's writer.
+ * stopped. A step is one small transaction (256 KiB of rows), and steps are 2 ms apart, so a mutation
+ * waits at most about one step for the store's writer.
  * A step that fails (a full or failing disk) is retried after a delay that doubles from 1 s to 30 s; a
  * kick retries at once. At start the thread looks at the queue, so a purge interrupted by a stop or a
  * crash resumes when the daemon starts again.
@@ -21,7 +22,7 @@
 typedef struct reg_purge reg_purge;
 
 /* Starts the thread over st, which must outlive it; step_bytes is the byte budget of a step (0: the
- * default, 1 MiB). 0, MA_ENOMEM, MA_EIO (no thread). */
+ * default, 256 KiB). 0, MA_ENOMEM, MA_EIO (no thread). */
 int reg_purge_create(ma_store *st, size_t step_bytes, reg_purge **out);
 
 /* Stops the thread after its current step (the rest of the queue waits for the next start). NULL: no-op. */
