@@ -1,6 +1,8 @@
 /*
  * registry/purge.c — the purge thread of registry/purge.h.
  *
+ * Deferred jobs (reg_purge_defer) are a list run at the start of every look, before the steps.
+ *
  * State under one mutex: `kicked` (work may be there), `stopping`, `idle` (the last look found the queue
  * empty), the last step's failure, and the looks begun and ended (so a waiter can wait for a look that
  * began after it asked). The thread loops: look at the queue by stepping until a step says
@@ -28,8 +30,15 @@
 #define BACKOFF_MIN_MS 1000
 #define BACKOFF_MAX_MS 30000
 
+typedef struct deferred {
+    struct deferred *next;
+    void (*fn)(void *);
+    void *arg;
+} deferred;
+
 struct reg_purge {
     ma_store *st;
+    deferred *jobs;        /* reg_purge_defer's, oldest first */
     size_t step_bytes;
     pthread_mutex_t mu;
     pthread_cond_t work, done;
@@ -60,6 +69,23 @@ static void wait_work(reg_purge *p, long ms)
             break;
 }
 
+/* Runs the deferred jobs queued so far (mu held on entry and exit, released while they run). */
+static void run_deferred(reg_purge *p)
+{
+    while (p->jobs) {
+        deferred *list = p->jobs;
+        p->jobs = NULL;
+        pthread_mutex_unlock(&p->mu);
+        while (list) {
+            deferred *j = list;
+            list = j->next;
+            j->fn(j->arg);
+            free(j);
+        }
+        pthread_mutex_lock(&p->mu);
+    }
+}
+
 static void *purge_main(void *arg)
 {
     reg_purge *p = arg;
@@ -69,6 +95,7 @@ static void *purge_main(void *arg)
     while (!p->stopping) {
         p->kicked = false;
         p->started++;
+        run_deferred(p);
         pthread_mutex_unlock(&p->mu);
         int ret = 0;
         ma_store_purge_result r = {.purging = 1};
@@ -101,6 +128,7 @@ static void *purge_main(void *arg)
                 wait_work(p, -1);
         }
     }
+    run_deferred(p);   /* nothing is left behind at a stop */
     pthread_cond_broadcast(&p->done);
     pthread_mutex_unlock(&p->mu);
     return NULL;
@@ -140,6 +168,28 @@ void reg_purge_destroy(reg_purge *p)
     pthread_cond_destroy(&p->work);
     pthread_cond_destroy(&p->done);
     free(p);
+}
+
+bool reg_purge_defer(reg_purge *p, void (*fn)(void *), void *arg)
+{
+    deferred *j = p ? malloc(sizeof *j) : NULL;
+    if (!j)
+        return false;
+    *j = (deferred){.fn = fn, .arg = arg};
+    pthread_mutex_lock(&p->mu);
+    bool ok = !p->stopping;
+    if (ok) {
+        deferred **pp = &p->jobs;
+        while (*pp)
+            pp = &(*pp)->next;
+        *pp = j;
+        p->kicked = true;
+        pthread_cond_signal(&p->work);
+    }
+    pthread_mutex_unlock(&p->mu);
+    if (!ok)
+        free(j);
+    return ok;
 }
 
 void reg_purge_kick(reg_purge *p)

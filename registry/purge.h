@@ -15,6 +15,7 @@
 #ifndef REG_PURGE_H
 #define REG_PURGE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "store/store.h"
@@ -30,6 +31,11 @@ void reg_purge_destroy(reg_purge *p);
 
 /* A session was deleted: purge now (also retries at once after a failure). NULL: no-op. */
 void reg_purge_kick(reg_purge *p);
+
+/* Runs fn(arg) on the purge thread, before its next steps (the registry frees a deleted session's memory
+ * there: O(its size), so not in the request). false (nothing queued: the caller runs it) when p is NULL,
+ * stopping, or out of memory. Jobs still queued at reg_purge_destroy run before it returns. */
+bool reg_purge_defer(reg_purge *p, void (*fn)(void *), void *arg);
 
 /* Waits until the queue is empty or a step has failed since the call (tests, benches): 0 when empty,
  * else the failure's MA_E* code. */

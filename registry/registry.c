@@ -730,6 +730,19 @@ void reg_release(reg_registry *r, reg_session *s)
 
 static void unfreeze_locked(reg_registry *r, const char *id);
 
+/* A deleted session's memory, freed on the purge thread (reg_delete_idem). */
+typedef struct {
+    reg_session *drop;
+    bool trim;
+} dropped_free;
+
+static void free_dropped_job(void *arg)
+{
+    dropped_free *df = arg;
+    free_dropped(df->drop, df->trim);
+    free(df);
+}
+
 int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
 {
     return reg_delete_idem(r, id, NULL, 0, err, errlen);
@@ -765,6 +778,15 @@ int reg_delete_idem(reg_registry *r, const char *id, const reg_idem *k, int64_t 
     pthread_mutex_unlock(&r->mu);
     if (drop)
         drop->hnext = NULL;
+    /* Its memory is freed on the purge thread too (a loaded session's archive: O(its size), and then
+     * malloc_trim), its budget share already given back above; inline if that cannot be queued. */
+    dropped_free *df = drop ? malloc(sizeof *df) : NULL;
+    if (df)
+        *df = (dropped_free){drop, trim};
+    if (df && reg_purge_defer(r->purge, free_dropped_job, df))
+        drop = NULL;
+    else
+        free(df);
     free_dropped(drop, trim);
     reg_purge_kick(r->purge);   /* its rows go in the background (registry/purge.c) */
     return 0;

@@ -840,10 +840,14 @@ static int delete_once(ma_store *st, const char *id, const ma_store_idem *k, cha
         goto done;
     if (k)   /* after the delete: its session is gone, the record is detached (store/idem.c) */
         ret = st_idem_write(st, c, k, err, errlen);
-done:
-    ret = st_write_end(st, t0, ret, "committing a session deletion", err, errlen);
+    /* Counted under the writer lock, so a purge step (which takes it) never sees the row uncounted. */
     if (!ret)
         atomic_fetch_add(&st->purging, 1);
+done:;
+    int queued = !ret;
+    ret = st_write_end(st, t0, ret, "committing a session deletion", err, errlen);
+    if (ret && queued)   /* the commit failed: nothing was queued */
+        atomic_fetch_sub(&st->purging, 1);
     return ret;
 }
 
