@@ -45,6 +45,7 @@
 #include "core/hash.h"
 #include "core/ivf.h"
 #include "registry/maint.h"
+#include "registry/purge.h"
 #include "registry/pager.h"
 #include "registry/params_text.h"
 #include "store/store.h"
@@ -102,6 +103,7 @@ struct reg_registry {
     bool cstarted, cstop;
     pthread_t cthread;
     reg_maint *maint;                   /* background index builds (index_job) */
+    reg_purge *purge;                   /* deleted sessions' rows, purged in the background (NULL: read-only) */
     atomic_uint_fast64_t index_builds, index_builds_in_place, index_build_failures;
 };
 
@@ -136,7 +138,11 @@ int reg_create(const reg_options *o, reg_registry **out)
     pthread_cond_init(&r->pending_cv, NULL);
     pthread_mutex_init(&r->cmu, NULL);
     pthread_cond_init(&r->cwork, NULL);
-    if (reg_maint_create(index_job, r, &r->maint) != 0) {
+    int prc = 0;
+    if (reg_maint_create(index_job, r, &r->maint) != 0 ||
+        (!ma_store_readonly(o->store) && (prc = reg_purge_create(o->store, 0, &r->purge)) != 0)) {
+        if (prc)   /* the maintenance thread was started */
+            reg_maint_destroy(r->maint);
         pthread_cond_destroy(&r->cwork);
         pthread_mutex_destroy(&r->cmu);
         pthread_cond_destroy(&r->pending_cv);
@@ -724,6 +730,19 @@ void reg_release(reg_registry *r, reg_session *s)
 
 static void unfreeze_locked(reg_registry *r, const char *id);
 
+/* A deleted session's memory, freed on the purge thread (reg_delete_idem). */
+typedef struct {
+    reg_session *drop;
+    bool trim;
+} dropped_free;
+
+static void free_dropped_job(void *arg)
+{
+    dropped_free *df = arg;
+    free_dropped(df->drop, df->trim);
+    free(df);
+}
+
 int reg_delete(reg_registry *r, const char *id, char *err, size_t errlen)
 {
     return reg_delete_idem(r, id, NULL, 0, err, errlen);
@@ -759,7 +778,17 @@ int reg_delete_idem(reg_registry *r, const char *id, const reg_idem *k, int64_t 
     pthread_mutex_unlock(&r->mu);
     if (drop)
         drop->hnext = NULL;
+    /* Its memory is freed on the purge thread too (a loaded session's archive: O(its size), and then
+     * malloc_trim), its budget share already given back above; inline if that cannot be queued. */
+    dropped_free *df = drop ? malloc(sizeof *df) : NULL;
+    if (df)
+        *df = (dropped_free){drop, trim};
+    if (df && reg_purge_defer(r->purge, free_dropped_job, df))
+        drop = NULL;
+    else
+        free(df);
     free_dropped(drop, trim);
+    reg_purge_kick(r->purge);   /* its rows go in the background (registry/purge.c) */
     return 0;
 }
 
@@ -1297,6 +1326,10 @@ void reg_stats_get(reg_registry *r, reg_stats *st)
     st->index_builds = atomic_load_explicit(&r->index_builds, memory_order_relaxed);
     st->index_builds_in_place = atomic_load_explicit(&r->index_builds_in_place, memory_order_relaxed);
     st->index_build_failures = atomic_load_explicit(&r->index_build_failures, memory_order_relaxed);
+    ma_store_stats ss;
+    ma_store_stats_get(r->opt.store, &ss);
+    st->sessions_purging = ss.sessions_purging;
+    st->purged_rows = ss.purged_rows;
 }
 
 void reg_destroy(reg_registry *r)
@@ -1312,6 +1345,7 @@ void reg_destroy(reg_registry *r)
     pthread_mutex_unlock(&r->cmu);
     if (started)
         pthread_join(r->cthread, NULL);
+    reg_purge_destroy(r->purge);   /* stops after its step; the next start resumes the queue */
     reg_maint_destroy(r->maint);   /* a build in progress stops at its next step; restarts redo it */
     for (size_t i = 0; i < r->nbuckets; i++)
         for (reg_session *s = r->buckets[i], *n; s; s = n) {
@@ -1721,6 +1755,11 @@ static void index_job(void *ctx, const char *id, const atomic_int *cancel)
         (void)ma_store_index_drop(r->opt.store, id, v.build_no, NULL, err, sizeof err);
         malloc_trim(0);   /* the old lists: ~56 bytes an event */
     }
+}
+
+int reg_wait_purge(reg_registry *r)
+{
+    return r->purge ? reg_purge_wait_idle(r->purge) : 0;
 }
 
 void reg_wait_maintenance(reg_registry *r)

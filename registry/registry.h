@@ -286,9 +286,15 @@ typedef struct {
     uint64_t index_builds;     /* background index builds swapped in since start ... */
     uint64_t index_builds_in_place;   /* ... of which adopted in place (a second index did not fit the budget) */
     uint64_t index_build_failures;    /* builds that failed (not counted: those cancelled or overtaken) */
+    uint64_t sessions_purging;        /* deleted sessions whose rows are still being purged (registry/purge.h) */
+    uint64_t purged_rows;             /* rows the purge deleted since start */
 } reg_stats;
 
 void reg_stats_get(reg_registry *r, reg_stats *st);
+
+/* Waits until the background purge of deleted sessions' rows has emptied its queue (tests, benches): 0,
+ * or the MA_E* code of a purge step that failed meanwhile (it is retried later). */
+int reg_wait_purge(reg_registry *r);
 
 /* Waits until no background index build is queued or running (tests, benches). */
 void reg_wait_maintenance(reg_registry *r);

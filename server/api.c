@@ -85,6 +85,7 @@ struct api {
     srv_metric_child *memory_budget, *chunk_loads, *paged_out;   /* the session cache (registry) */
     srv_metric_child *group_commits, *group_changes;              /* the commit queue (registry) */
     srv_metric_child *index_builds, *index_in_place, *index_failures;   /* background index builds */
+    srv_metric_child *sessions_purging, *purged_rows;   /* deleted sessions' rows, purged in the background */
 };
 
 /* One request's work. Filled on the loop thread, run on a worker, answered and freed on the loop thread. */
@@ -1073,6 +1074,8 @@ static void update_gauges(api *a)
                          (int64_t)st.index_builds_in_place - srv_metric_child_value(a->index_in_place));
     srv_metric_child_add(a->index_failures,
                          (int64_t)st.index_build_failures - srv_metric_child_value(a->index_failures));
+    srv_metric_child_set(a->sessions_purging, (int64_t)st.sessions_purging);
+    srv_metric_child_add(a->purged_rows, (int64_t)st.purged_rows - srv_metric_child_value(a->purged_rows));
 }
 
 static void job_done(void *arg, int status)
@@ -1366,9 +1369,15 @@ static int register_metrics(api *a, srv_metrics *m)
                                         "Of those, adopted in place: a second index did not fit --memory", NULL);
     srv_metric *ifl = srv_metric_counter(m, "memattn_index_build_failures_total",
                                         "Background index builds that failed", NULL);
+    srv_metric *sp = srv_metric_gauge(m, "memattn_sessions_purging",
+                                      "Deleted sessions whose rows are still being purged in the background", NULL);
+    srv_metric *pr = srv_metric_counter(m, "memattn_purged_rows_total",
+                                        "Rows of deleted sessions purged from the store (secure_delete)", NULL);
     if (!loaded || !mem || !ev || !rt || !cs || !cf || !ld || !ul || !mb || !cl || !po || !gc || !gb || !ib ||
-        !ip || !ifl)
+        !ip || !ifl || !sp || !pr)
         return MA_ENOMEM;
+    a->sessions_purging = srv_metric_child_get(sp, NULL);
+    a->purged_rows = srv_metric_child_get(pr, NULL);
     a->group_commits = srv_metric_child_get(gc, NULL);
     a->group_changes = srv_metric_child_get(gb, NULL);
     a->index_builds = srv_metric_child_get(ib, NULL);

@@ -15,7 +15,8 @@
  *  - Schema 3 -> 4 adds the Idempotency-Key records (store/idem.c), 4 -> 5 the archive index's rows
  *    (store/index_rows.c); 5 -> 6 (sums_for_rows) a checksum
  *    to every event block and payload row, computed for the rows there are; 6 -> 7 (rows_for_pages)
- *    regroups every session's events into rows of a page of events (st_row_events), checked on the way.
+ *    regroups every session's events into rows of a page of events (st_row_events), checked on the way;
+ *    7 -> 8 adds the purge queue of deleted sessions (store/purge.c).
  *  - Integrity at open: PRAGMA quick_check (every page's b-tree structure) and, on a second connection
  *    in its own thread, the rows against each other (check_rows): both read the whole file, so they run
  *    side by side. A corrupt page is reported before a row mismatch.
@@ -182,6 +183,16 @@ static const struct {
     "DROP TABLE event_blocks;"
     "ALTER TABLE event_rows RENAME TO event_blocks;"
     "PRAGMA secure_delete = ON;"},
+    /* 7 -> 8: the purge queue (store/purge.c; docs/STORE.md, "Deleting a session"). A delete renames its
+     * session row to PURGE_PREFIX<sid> (the id is free at once) and lists the sid here, in one small
+     * transaction; the session's rows are deleted afterwards, a few at a time, and its session row last,
+     * whose cascade takes this row with it. The sid stays the session's key meanwhile, so a session
+     * created again with the same id gets a new sid and never meets the old rows. */
+    {
+    "CREATE TABLE purge("
+    "  sid INTEGER PRIMARY KEY REFERENCES sessions(sid) ON DELETE CASCADE,"
+    "  deleted_at INTEGER NOT NULL);",
+    NULL, NULL},
 };
 _Static_assert(BLOCK == 64, "the CHECK of event_blocks.n and the integrity query say 64");
 
@@ -661,9 +672,10 @@ static int check_rows(ma_store *st, conn *c, char *err, size_t errlen)
         "  min(length(k) / n) AS k0, max(length(k) / n) AS k1, min(length(v) / n) AS v0,"
         "  max(length(v) / n) AS v1 FROM event_blocks GROUP BY sid) b "
         "LEFT JOIN sessions s ON s.sid = b.sid "
-        "WHERE s.sid IS NULL OR b.total != s.length OR b.lo != 0 OR b.hi != b.cnt - 1 OR b.part != b.hi "
-        "OR b.bad != 0 OR b.k0 != b.k1 OR b.v0 != b.v1 "
+        "WHERE s.sid IS NULL OR (s.sid NOT IN (SELECT sid FROM purge) AND (b.total != s.length OR b.lo != 0 "
+        "OR b.hi != b.cnt - 1 OR b.part != b.hi OR b.bad != 0 OR b.k0 != b.k1 OR b.v0 != b.v1)) "
         "UNION ALL SELECT id, sid, length, 0, 0, NULL, NULL FROM sessions s WHERE length > 0 AND "
+        "sid NOT IN (SELECT sid FROM purge) AND "
         "NOT EXISTS (SELECT 1 FROM event_blocks b WHERE b.sid = s.sid) LIMIT 1", -1, &s, NULL);
     if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
         if (sqlite3_column_type(s, 0) == SQLITE_NULL)
@@ -701,7 +713,7 @@ static int check_rows(ma_store *st, conn *c, char *err, size_t errlen)
     /* Payloads only of events that exist. */
     rc = sqlite3_prepare_v2(c->db,
         "SELECT p.sid, p.idx, s.id, s.length FROM payloads p LEFT JOIN sessions s ON s.sid = p.sid "
-        "WHERE s.sid IS NULL OR p.idx >= s.length LIMIT 1", -1, &s, NULL);
+        "WHERE s.sid IS NULL OR (p.idx >= s.length AND s.sid NOT IN (SELECT sid FROM purge)) LIMIT 1", -1, &s, NULL);
     if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
         st_seterr(err, errlen, "store %s: integrity check failed: a payload of event %lld of %s (sid %lld, "
                   "length %lld)", st->path, sqlite3_column_int64(s, 1),
@@ -721,8 +733,9 @@ static int check_rows(ma_store *st, conn *c, char *err, size_t errlen)
     rc = sqlite3_prepare_v2(c->db,
         "SELECT v.sid, s.id, s.slot_bytes, v.total FROM (SELECT sid, sum(length(data)) AS total FROM "
         "slot_versions GROUP BY sid) v LEFT JOIN sessions s ON s.sid = v.sid "
-        "WHERE s.sid IS NULL OR s.slot_bytes != v.total "
+        "WHERE s.sid IS NULL OR (s.slot_bytes != v.total AND s.sid NOT IN (SELECT sid FROM purge)) "
         "UNION ALL SELECT sid, id, slot_bytes, 0 FROM sessions s WHERE slot_bytes != 0 AND "
+        "sid NOT IN (SELECT sid FROM purge) AND "
         "NOT EXISTS (SELECT 1 FROM slot_versions v WHERE v.sid = s.sid) LIMIT 1", -1, &s, NULL);
     if (rc == SQLITE_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
         st_seterr(err, errlen, "store %s: integrity check failed: slot versions of %s (sid %lld) hold %lld "

@@ -73,7 +73,6 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "events are stored as 
 #define BUSY_TIMEOUT_MS 5000
 #define RESERVE_BYTES   (256 * 1024)    /* <dir>/memattn.reserve: disk space kept for deletes */
 
-static void reserve_make(ma_store *st);
 
 #define SESSION_COLS "sid, id, config, created_at, updated_at, length, slots, event_bytes, blob_bytes, slot_bytes"
 
@@ -92,11 +91,11 @@ static const char *const stmt_sql[N_STMTS] = {
         "UPDATE sessions SET length = ?2, slots = ?3, updated_at = ?4, event_bytes = event_bytes + ?5,"
         " blob_bytes = (SELECT coalesce(sum(length(data)), 0) FROM blobs WHERE sid = ?1),"
         " slot_bytes = slot_bytes + ?6 WHERE sid = ?1",
-    [ST_DELETE_SESSION] = "DELETE FROM sessions WHERE id = ?1",
     [ST_LOAD_SESSION] = "SELECT " SESSION_COLS " FROM sessions WHERE id = ?1",
     [ST_LOAD_BLOBS] = "SELECT kind, data FROM blobs WHERE sid = ?1",
     [ST_BLOB_SIZES] = "SELECT kind, length(data) FROM blobs WHERE sid = ?1",
-    [ST_LIST] = "SELECT " SESSION_COLS " FROM sessions WHERE id > ?1 ORDER BY id LIMIT ?2",
+    [ST_LIST] = "SELECT " SESSION_COLS " FROM sessions WHERE id > ?1 AND sid NOT IN (SELECT sid FROM purge)"
+                " ORDER BY id LIMIT ?2",   /* a deleted session's row stays until purged (store/purge.c) */
     [ST_BLOCKS] = "SELECT block, n, k, v, ck FROM event_blocks WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
                   " AND block >= ?2 AND block <= ?3 ORDER BY block",
     [ST_PAYLOADS] = "SELECT idx, payload, ck FROM payloads WHERE sid = (SELECT sid FROM sessions WHERE id = ?1)"
@@ -615,7 +614,7 @@ int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **ou
             if (!(st->reserve_path = malloc(n)))
                 goto oom;
             snprintf(st->reserve_path, n, "%s/memattn.reserve", dir);
-            reserve_make(st);   /* best effort: a disk already full opens without one */
+            st_reserve_make(st, 0);   /* best effort: a disk already full opens without one */
         }
         st->vfs = o->vfs;
     }
@@ -637,7 +636,8 @@ int ma_store_open_with(const char *dir, const ma_store_options *o, ma_store **ou
     }
     /* A store in memory or read-only (no concurrent readers to race, nothing to gain) checks at open. */
     bool background = o->check_in_background && !o->in_memory && !st->readonly;
-    if ((ret = st_migrate(st, err, errlen)) || (!background && (ret = st_check_integrity(st, err, errlen))))
+    if ((ret = st_migrate(st, err, errlen)) || (!background && (ret = st_check_integrity(st, err, errlen))) ||
+        (ret = st_purge_count(st, err, errlen)))
         goto fail;
     if (o->max_pages > 0) {
         char sql[64];
@@ -750,6 +750,11 @@ static int check_id(ma_store *st, const char *id, char *err, size_t errlen)
         st_seterr(err, errlen, "store %s: empty session id", st->path);
         return MA_EINVAL;
     }
+    if (id[0] == PURGE_PREFIX[0]) {   /* the names of deleted sessions awaiting their purge */
+        st_seterr(err, errlen, "store %s: session id '%s' starts with '%c', which the store keeps for itself",
+                  st->path, id, PURGE_PREFIX[0]);
+        return MA_EINVAL;
+    }
     return 0;
 }
 
@@ -810,21 +815,22 @@ done:
  * there (a delete frees pages inside the database file, not on the disk: at worst the reserve comes
  * back at the next open, after the close's checkpoint has removed the WAL). Under the writer lock. */
 
-static void reserve_make(ma_store *st)
+void st_reserve_make(ma_store *st, size_t max_bytes)
 {
     if (!st->reserve_path || st->reserve_held)
         return;
     int fd = open(st->reserve_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
         return;
-    /* As much of RESERVE_BYTES as the disk has (down to 16 KiB: a few WAL frames). */
-    for (off_t size = RESERVE_BYTES; size >= 16 * 1024 && !st->reserve_held; size /= 2)
+    /* As much of RESERVE_BYTES (or max_bytes) as the disk has (down to 16 KiB: a few WAL frames). */
+    off_t first = max_bytes && max_bytes < RESERVE_BYTES ? (off_t)max_bytes : RESERVE_BYTES;
+    for (off_t size = first; size >= 16 * 1024 && !st->reserve_held; size /= 2)
         st->reserve_held = posix_fallocate(fd, 0, size) == 0;
     close(fd);
 }
 
 /* Gives the reserve's blocks back to the file system; true when there was a reserve file. */
-static bool reserve_release(ma_store *st)
+bool st_reserve_release(ma_store *st)
 {
     if (!st->reserve_path)
         return false;
@@ -837,36 +843,23 @@ static int delete_once(ma_store *st, const char *id, const ma_store_idem *k, cha
     int ret;
     uint64_t t0;
     conn *c = st->writer;
-    int rc;
     if ((ret = st_write_begin(st, &t0, err, errlen)))
         goto done;
-    /* A whole session is deleted with secure_delete FAST (the writer's default is ON, for forgotten
-     * slots): ON would rewrite every freed page into the WAL, the session's whole size, so a delete could
-     * not run on a full disk. Its freed pages keep their bytes until reused (docs/STORE.md). */
-    (void)sqlite3_exec(c->db, "PRAGMA secure_delete = FAST", NULL, NULL, NULL);
-    sqlite3_stmt *s = st_stmt(st, c, ST_DELETE_SESSION, err, errlen);
-    if (!s) {
-        ret = MA_EIO;
+    /* O(1) whatever the session's size: its row renamed and queued for the purge (store/purge.c), which
+     * deletes the rows afterwards, a few per transaction, with secure_delete ON. */
+    if ((ret = st_tombstone(st, c, id, err, errlen)))
         goto done;
-    }
-    sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-    rc = sqlite3_step(s);
-    sqlite3_reset(s);
-    sqlite3_clear_bindings(s);
-    (void)sqlite3_exec(c->db, "PRAGMA secure_delete = ON", NULL, NULL, NULL);   /* the frees are done */
-    if (rc != SQLITE_DONE) {
-        ret = st_fail_db(st, c->db, rc, err, errlen, "deleting a session");
-        goto done;
-    }
-    if (sqlite3_changes(c->db) == 0) {
-        st_seterr(err, errlen, "session '%s' does not exist", id);
-        ret = MA_ENOTFOUND;
-        goto done;
-    }
     if (k)   /* after the delete: its session is gone, the record is detached (store/idem.c) */
         ret = st_idem_write(st, c, k, err, errlen);
-done:
-    return st_write_end(st, t0, ret, "committing a session deletion", err, errlen);
+    /* Counted under the writer lock, so a purge step (which takes it) never sees the row uncounted. */
+    if (!ret)
+        atomic_fetch_add(&st->purging, 1);
+done:;
+    int queued = !ret;
+    ret = st_write_end(st, t0, ret, "committing a session deletion", err, errlen);
+    if (ret && queued)   /* the commit failed: nothing was queued */
+        atomic_fetch_sub(&st->purging, 1);
+    return ret;
 }
 
 int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errlen)
@@ -881,13 +874,15 @@ int ma_store_session_delete_idem(ma_store *st, const char *id, const ma_store_id
         return ret;
     ret = delete_once(st, id, k, err, errlen);
     pthread_mutex_lock(&st->wlock);
-    bool retry = ret == MA_EIO && reserve_release(st);
+    bool retry = ret == MA_EIO && st_reserve_release(st);
     pthread_mutex_unlock(&st->wlock);
     if (retry)   /* the disk is full: the reserve's blocks give the delete's WAL frames room */
         ret = delete_once(st, id, k, err, errlen);
     if (ret == 0) {
         pthread_mutex_lock(&st->wlock);
-        reserve_make(st);
+        st->reserve_lent |= retry;   /* the purge of a full disk needs that room: taken again when it is done */
+        if (!st->reserve_lent)
+            st_reserve_make(st, 0);
         pthread_mutex_unlock(&st->wlock);
     }
     return ret;
@@ -1808,4 +1803,7 @@ void ma_store_stats_get(ma_store *st, ma_store_stats *out)
     out->commit_ns_max = atomic_load(&st->commit_ns_max);
     out->events_written = atomic_load(&st->events_written);
     out->events_read = atomic_load(&st->events_read);
+    out->sessions_purging = atomic_load(&st->purging);
+    out->purged_rows = atomic_load(&st->purged_rows);
+    out->purged_fast_rows = atomic_load(&st->purged_fast_rows);
 }

@@ -139,8 +139,36 @@ int ma_store_session_summary(ma_store *st, const char *id, ma_store_session *out
 int ma_store_session_list(ma_store *st, const char *after, size_t limit, ma_store_session **out, size_t *n,
                           char *err, size_t errlen);
 
-/* Deletes the session and all its rows, durably. MA_ENOTFOUND if absent. */
+/* Deletes the session, durably, in one small transaction whatever its size (store/purge.c): from its
+ * commit no call finds the session (reads, listings, export) and its id can be created again at once, as
+ * a new session that never sees the old rows. The rows themselves stay in the file, unreachable, until
+ * ma_store_purge_step has deleted them (and overwritten their bytes); the purge queue survives restarts.
+ * MA_ENOTFOUND if absent. */
 int ma_store_session_delete(ma_store *st, const char *id, char *err, size_t errlen);
+
+/* What one purge step did. */
+typedef struct {
+    uint64_t rows;       /* rows deleted by the step (the session row included) */
+    int64_t sid;         /* the deleted session it worked on (0: the queue was empty) */
+    int finished;        /* that session's last row went: its purge is complete */
+    uint64_t purging;    /* deleted sessions whose rows are still (partly) in the file, after the step */
+    int fast;            /* the step ran with secure_delete FAST (the disk was full): see below */
+} ma_store_purge_result;
+
+/* One step of the purge of deleted sessions, in one transaction: the oldest deleted session's rows, up
+ * to about max_bytes of them (at least one row, at most 256), with secure_delete ON (freed pages are
+ * overwritten); the session's row last, and then a TRUNCATE checkpoint (best effort) so that the WAL
+ * keeps no old frame. Steps are not fsync'd (a step lost in a crash is done again). Call it until
+ * out->purging is 0; a step on an empty queue does nothing. 0; MA_EIO (nothing changed: the disk is full
+ * or failing, or the store is read-only; try again later). A step that fails (a full disk) gives the
+ * reserve file back and runs once more, deleting the whole session in one transaction with
+ * secure_delete FAST (only the b-tree pages it changes are written: the freed pages keep their bytes
+ * until reused, as with every session delete before the purge existed); out->fast says so. Takes the
+ * writer for the step's duration. */
+int ma_store_purge_step(ma_store *st, size_t max_bytes, ma_store_purge_result *out, char *err, size_t errlen);
+
+/* Deleted sessions awaiting (the end of) their purge: the purge queue's length. */
+uint64_t ma_store_purging(ma_store *st);
 
 /* One slot version row of a commit: written once; `rewrite` replaces a stored row (a forgotten slot's
  * versions, whose old bytes secure_delete zeroes; such a commit also truncates the WAL). */
@@ -321,6 +349,9 @@ typedef struct {
     uint64_t commit_ns_max;    /* the slowest one, ns */
     uint64_t events_written;
     uint64_t events_read;
+    uint64_t sessions_purging; /* deleted sessions whose rows are not all purged yet (ma_store_purging) */
+    uint64_t purged_rows;      /* rows deleted by purge steps since open (ma_store_purge_step) */
+    uint64_t purged_fast_rows; /* of those, by steps with secure_delete FAST (the disk was full) */
 } ma_store_stats;
 
 void ma_store_stats_get(ma_store *st, ma_store_stats *out);

@@ -24,10 +24,11 @@
 
 #include "store/store.h"
 
-#define MA_SCHEMA       7
+#define MA_SCHEMA       8
 #define BLOCK           64              /* at most this many events per row of event_blocks (schema 2..6: exactly) */
 #define ROW_BYTES       4096            /* key + value bytes a row of event_blocks holds at most (schema 7) */
 #define MA_APP_ID       0x6D41744E      /* 'mAtN' */
+#define PURGE_PREFIX    "#purge:"       /* a deleted session's row until purged: PURGE_PREFIX<sid> (purge.c) */
 #define MAX_READERS     16
 
 /* Events per row of event_blocks for events of kb key and vb value bytes (schema 7; docs/STORE.md, "Events
@@ -73,6 +74,8 @@ struct ma_store {
     int lock_fd;                /* <dir>/memattn.lock, flock'd while open (-1: none) */
     char *reserve_path;         /* <dir>/memattn.reserve, disk space kept for deletes (NULL: none) */
     bool reserve_held;          /* the reserve file holds its full size */
+    bool reserve_lent;          /* a delete or purge step on a full disk gave it back: made again when the
+                                   purge queue is empty (store/purge.c) */
 
     pthread_mutex_t wlock;      /* the writer connection and its transaction */
     conn *writer;
@@ -84,6 +87,8 @@ struct ma_store {
     conn *free_list;
 
     _Atomic uint64_t commits, failures, commit_ns, commit_ns_max, events_written, events_read;
+    _Atomic uint64_t purging, purged_rows;   /* the purge queue's length; rows purged since open */
+    _Atomic uint64_t purged_fast_rows;       /* of those, by steps with secure_delete FAST (a full disk) */
 
     /* The integrity check in the background (ma_store_options.check_in_background; schema.c). `checked`
      * is MA_STORE_CHECKING, 0, or the failure's code, whose message check_msg holds (written before
@@ -207,6 +212,24 @@ int st_payload_check(ma_store *st, const char *id, sqlite3_stmt *s, int ck_col, 
 
 /* Writes (or replaces) the index rows r of session sid on c, inside the caller's transaction. */
 int st_put_index_rows(ma_store *st, conn *c, int64_t sid, const ma_store_index_rows *r, char *err, size_t errlen);
+
+/* ---- store.c: the disk-space reserve for deletes (writer lock held) ---- */
+
+/* Allocates <dir>/memattn.reserve if it is not held: as much of its size (at most max_bytes unless 0) as
+ * the disk has, best effort. */
+void st_reserve_make(ma_store *st, size_t max_bytes);
+
+/* Gives the reserve's blocks back to the file system; true when there was a reserve file. */
+bool st_reserve_release(ma_store *st);
+
+/* ---- purge.c: deleted sessions ---- */
+
+/* The delete of session id inside the caller's write transaction on c: its row renamed PURGE_PREFIX<sid>,
+ * its sid queued in `purge`, its Idempotency-Key records deleted. MA_ENOTFOUND, MA_EIO. */
+int st_tombstone(ma_store *st, conn *c, const char *id, char *err, size_t errlen);
+
+/* Sets st->purging from the purge table (at open). */
+int st_purge_count(ma_store *st, char *err, size_t errlen);
 
 /* ---- schema.c: schema, upgrades, integrity ---- */
 

@@ -356,6 +356,10 @@ static void test_create_delete_list(void **state)
     float k[KF], v[VF];
     assert_int_equal(ma_store_load_events(st, "s07", 0, 1, INTO(KF, k, v, NULL), errbuf, sizeof errbuf),
                      MA_ENOTFOUND);
+    /* The old rows go with the purge (store/purge.c), the new session's stay. */
+    ma_store_purge_result pr = {.purging = 1};
+    while (pr.purging)
+        assert_int_equal(ma_store_purge_step(st, 1 << 20, &pr, errbuf, sizeof errbuf), 0);
     ma_store_close(st);
 
     /* Nothing of the deleted session is left in the file's tables. */
@@ -1302,17 +1306,18 @@ static void test_row_checksums(void **state)
 
 /* A file of the schema before the checksums (schema 5: this version's rows without the checksum column)
  * is upgraded: every row gets its checksum in the upgrade's transaction and reads back checked and equal.
- * The two steps after 5 are undone: the checksum column dropped, and 6 -> 7 (rows that fit a page) needs
- * no undoing at these sizes, whose rows hold 64 events as in schema 6 (checked). */
+ * The three steps after 5 are undone: the checksum column dropped, 6 -> 7 (rows that fit a page) needs
+ * no undoing at these sizes, whose rows hold 64 events as in schema 6 (checked), 7 -> 8's purge table
+ * dropped. */
 static void test_upgrade_to_checksums(void **state)
 {
     (void)state;
     char *dir = populated_dir();
     char undo[160];
-    assert_int_equal(MA_SCHEMA, 7);   /* a later step must be undone here too */
+    assert_int_equal(MA_SCHEMA, 8);   /* a later step must be undone here too (7 -> 8: the purge table) */
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks WHERE n != 64 AND block < 15"), 0);
     snprintf(undo, sizeof undo, "ALTER TABLE event_blocks DROP COLUMN ck; ALTER TABLE payloads DROP COLUMN ck; "
-             "PRAGMA user_version = %d;", MA_SCHEMA - 2);
+             "DROP TABLE purge; PRAGMA user_version = %d;", MA_SCHEMA - 3);
     raw_sql(dir, undo);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM pragma_table_info('event_blocks') WHERE name = 'ck'"), 0);
     ma_store *st = open_ok(dir);
@@ -1327,6 +1332,162 @@ static void test_upgrade_to_checksums(void **state)
     assert_int_equal(raw_int(dir, "PRAGMA user_version"), MA_SCHEMA);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks WHERE ck IS NULL"), 0);
     assert_int_equal(raw_int(dir, "SELECT count(*) FROM payloads WHERE ck IS NULL"), 0);
+    rm_dir(dir);
+}
+
+/* ---- deleting a session: a tombstone, then the purge in steps (store/purge.c) ------------------ */
+
+/* Whether the bytes of needle are anywhere in the file path (a missing file holds nothing). */
+static bool file_holds(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return false;
+    size_t n = strlen(needle), cap = 1 << 20, have = 0;
+    char *buf = malloc(cap + n);
+    bool found = false;
+    for (;;) {
+        size_t got = fread(buf + have, 1, cap, f);
+        if (got == 0)
+            break;
+        got += have;
+        for (size_t i = 0; i + n <= got && !found; i++)
+            found = memcmp(buf + i, needle, n) == 0;
+        have = got < n ? got : n - 1;   /* keep the tail: a match across two reads */
+        memmove(buf, buf + got - have, have);
+    }
+    free(buf);
+    fclose(f);
+    return found;
+}
+
+static bool store_holds(const char *dir, const char *needle)
+{
+    char wal[4200];
+    snprintf(wal, sizeof wal, "%s-wal", db_path(dir));
+    return file_holds(db_path(dir), needle) || file_holds(wal, needle);
+}
+
+static void purge_all(ma_store *st, int *steps, bool *finished)
+{
+    ma_store_purge_result pr = {.purging = 1};
+    while (pr.purging) {
+        assert_int_equal(ma_store_purge_step(st, 64 * 1024, &pr, errbuf, sizeof errbuf), 0);
+        assert_false(pr.fast);
+        (*steps)++;
+        *finished |= pr.finished;
+    }
+}
+
+/* A delete is one small transaction: the session is gone for every call at once and its id can be
+ * created again as a new session; its rows are purged afterwards in steps (a restart in the middle
+ * resumes, the open-time checks accept the half-purged rows), and when the purge is done its bytes are
+ * in neither the database file nor the WAL. */
+static void test_delete_purges_in_steps(void **state)
+{
+    (void)state;
+    char *dir = fresh_dir();
+    ma_store *st = open_ok(dir);
+    assert_int_equal(ma_store_session_create(st, "a", "{}", 0, errbuf, sizeof errbuf), 0);
+    for (uint64_t at = 0; at < 3000; at += 500)
+        assert_int_equal(commit_batch(st, "a", 77, at, 500), 0);
+    assert_int_equal(ma_store_session_create(st, "b", "{}", 0, errbuf, sizeof errbuf), 0);
+    assert_int_equal(commit_batch(st, "b", 5, 0, 300), 0);
+    assert_int_equal(ma_store_purging(st), 0);
+    ma_store_stats s0, s1;
+    ma_store_stats_get(st, &s0);
+
+    /* The tombstone: gone for every call, the id free at once. */
+    assert_int_equal(ma_store_session_delete(st, "a", errbuf, sizeof errbuf), 0);
+    assert_int_equal(ma_store_purging(st), 1);
+    ma_store_stats_get(st, &s1);
+    assert_int_equal(s1.sessions_purging, 1);
+    assert_int_equal(s1.commits, s0.commits + 1);
+    assert_int_equal(ma_store_session_delete(st, "a", errbuf, sizeof errbuf), MA_ENOTFOUND);
+    ma_store_session row;
+    assert_int_equal(ma_store_session_load(st, "a", &row, errbuf, sizeof errbuf), MA_ENOTFOUND);
+    assert_int_equal(ma_store_session_summary(st, "a", &row, errbuf, sizeof errbuf), MA_ENOTFOUND);
+    assert_int_equal(ma_store_session_export(st, "a", discard, NULL, NULL, errbuf, sizeof errbuf), MA_ENOTFOUND);
+    float k[KF], v[VF];
+    assert_int_equal(ma_store_load_events(st, "a", 0, 1, INTO(KF, k, v, NULL), errbuf, sizeof errbuf), MA_ENOTFOUND);
+    ma_store_session *rows;
+    size_t n;
+    assert_int_equal(ma_store_session_list(st, NULL, 100, &rows, &n, errbuf, sizeof errbuf), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(rows[0].id, "b");
+    ma_store_session_clear(&rows[0]);
+    free(rows);
+    /* The store keeps ids that start with '#' for its tombstones. */
+    assert_int_equal(ma_store_session_create(st, "#purge:1", "{}", 0, errbuf, sizeof errbuf), MA_EINVAL);
+    /* The same id again: a new session (a new sid), none of the old rows. */
+    assert_int_equal(ma_store_session_create(st, "a", "{}", 0, errbuf, sizeof errbuf), 0);
+    check_session(st, "a", 77, 0);
+    assert_int_equal(commit_batch(st, "a", 78, 0, 100), 0);
+    check_session(st, "a", 78, 100);
+    assert_true(store_holds(dir, "{\"s\":77,\"i\":2998}"));   /* the old rows: unreachable, still there */
+
+    /* One step of the purge, then a restart in the middle: the open's checks accept it, the queue resumes. */
+    ma_store_purge_result pr;
+    assert_int_equal(ma_store_purge_step(st, 64 * 1024, &pr, errbuf, sizeof errbuf), 0);
+    assert_true(pr.rows > 0);
+    assert_false(pr.finished);
+    assert_int_equal(pr.purging, 1);
+    ma_store_close(st);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM purge"), 1);
+    st = open_ok(dir);
+    assert_int_equal(ma_store_purging(st), 1);
+    check_session(st, "a", 78, 100);
+    check_session(st, "b", 5, 300);
+    int steps = 1;
+    bool finished = false;
+    purge_all(st, &steps, &finished);
+    assert_true(finished);
+    assert_true(steps > 2);   /* in steps: 3,000 events and their payloads at 64 KiB a step */
+    ma_store_stats_get(st, &s1);
+    assert_int_equal(s1.sessions_purging, 0);
+    assert_true(s1.purged_rows > 0);
+    assert_int_equal(s1.purged_fast_rows, 0);
+    check_session(st, "a", 78, 100);
+    check_session(st, "b", 5, 300);
+    /* A step on an empty queue does nothing. */
+    assert_int_equal(ma_store_purge_step(st, 64 * 1024, &pr, errbuf, sizeof errbuf), 0);
+    assert_int_equal(pr.rows, 0);
+    assert_int_equal(pr.sid, 0);
+    /* The bytes are gone: secure_delete zeroed the freed pages, the checkpoint put the zeros in the file. */
+    assert_false(store_holds(dir, "{\"s\":77,\"i\":2998}"));
+    assert_false(store_holds(dir, "{\"s\":77,\"i\":0}"));
+    assert_true(store_holds(dir, "{\"s\":78,\"i\":99}"));
+    ma_store_close(st);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM purge"), 0);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM sessions"), 2);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM event_blocks WHERE sid NOT IN (SELECT sid FROM sessions)"), 0);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM payloads WHERE sid NOT IN (SELECT sid FROM sessions)"), 0);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM blobs WHERE sid NOT IN (SELECT sid FROM sessions)"), 0);
+    st = open_ok(dir);
+    ma_store_close(st);
+    rm_dir(dir);
+}
+
+/* A file of schema 7 (this version's file with the purge table dropped) opens upgraded: the table is
+ * there and a delete and its purge work. */
+static void test_upgrade_to_purge(void **state)
+{
+    (void)state;
+    char *dir = populated_dir();
+    char undo[96];
+    snprintf(undo, sizeof undo, "DROP TABLE purge; PRAGMA user_version = %d;", MA_SCHEMA - 1);
+    raw_sql(dir, undo);
+    ma_store *st = open_ok(dir);
+    check_session(st, "p1", 1, 1000);
+    assert_int_equal(ma_store_session_delete(st, "p1", errbuf, sizeof errbuf), 0);
+    int steps = 0;
+    bool finished = false;
+    purge_all(st, &steps, &finished);
+    assert_true(finished);
+    check_session(st, "p0", 0, 1000);
+    ma_store_close(st);
+    assert_int_equal(raw_int(dir, "PRAGMA user_version"), MA_SCHEMA);
+    assert_int_equal(raw_int(dir, "SELECT count(*) FROM sessions"), 2);
     rm_dir(dir);
 }
 
@@ -1506,7 +1667,7 @@ static void to_schema6(const char *dir, int damage_block)
     free(v);
     char *msg = NULL;
     int rc = sqlite3_exec(db, "DELETE FROM event_blocks; INSERT INTO event_blocks SELECT * FROM old; DROP TABLE old; "
-                          "PRAGMA user_version = 6;", NULL, NULL, &msg);
+                          "DROP TABLE IF EXISTS purge; PRAGMA user_version = 6;", NULL, NULL, &msg);
     if (rc)
         fail_msg("%s", msg);
     sqlite3_close(db);
@@ -2157,6 +2318,8 @@ int main(void)
         cmocka_unit_test(test_create_delete_list),
         cmocka_unit_test(test_commit_must_continue_the_session),
         cmocka_unit_test(test_group_commit),
+        cmocka_unit_test(test_delete_purges_in_steps),
+        cmocka_unit_test(test_upgrade_to_purge),
         cmocka_unit_test(test_schema_versions),
         cmocka_unit_test(test_upgrade_from_v1),
         cmocka_unit_test(test_upgrade_from_v2),
