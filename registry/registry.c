@@ -28,7 +28,11 @@
  * the gate held exclusively: the archive adds the last events (a few blocks) to the new index and takes
  * it (ma_archive_index_swap), one commit of the new archive meta and those blocks' rows, release; then
  * frees the old index and drops the old build's rows. Old and new lists are both held from the new
- * index's making to the swap (docs/ARCHIVE.md, "Memory during a build").
+ * index's making to the swap (docs/ARCHIVE.md, "Memory during a build"), so the new index is made beside
+ * only when the budget holds it, and is then reserved in the registry's count until the old one is freed
+ * (reserve_beside); otherwise the build is adopted in place under the gate (swap_in_place), its counts and
+ * sums prepared before (ma_ivf_build_prepare). Both swaps run on the maintenance module's gate thread at
+ * normal priority (reg_maint_urgent), not on the niced build thread: every job of the session waits.
  */
 #include "registry/registry.h"
 
