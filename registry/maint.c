@@ -12,8 +12,9 @@
  * index swap: every request of the session waits for it) must not run at nice +10: on a loaded machine
  * the request path's threads, waiting on the gate, idle while everything else outruns the holder (a
  * priority inversion: an in-place swap at 1M events held the session 2.9-4.5 s at load 8-11, against
- * 0.24 s at 2M on a quiet machine). Nice cannot be lowered again without privilege, so those steps run on a second thread that
- * keeps the process's priority: the job hands it one call at a time and waits for its result.
+ * 0.24 s at 2M on a quiet machine). Nice cannot be lowered again without privilege, so those steps run
+ * on a second thread that keeps the process's priority: the job hands it one call at a time and waits
+ * for its result.
  */
 #include "registry/maint.h"
 

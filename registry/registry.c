@@ -1531,6 +1531,7 @@ static bool reserve_beside(reg_registry *r, const job_view *v, uint64_t events, 
     return fits;
 }
 
+/* Gives back what reserve_beside added to the count (0: nothing). */
 static void unreserve_beside(reg_registry *r, size_t reserved)
 {
     pthread_mutex_lock(&r->mu);

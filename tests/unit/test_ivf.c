@@ -799,7 +799,8 @@ static void drain(ma_ivf *x, memrows *m)
 
 /* A build as the registry runs it: trained and staged from the keys (every complete block but the
  * last), then `more` events appended to the old index (their rows under the old build), then adopted with
- * the staged rows in low-memory mode (odd build numbers prepared first: ma_ivf_build_prepare); the catch-up rows go to m under the new build. Returns the count. */
+ * the staged rows in low-memory mode (odd build numbers prepared first: ma_ivf_build_prepare); the
+ * catch-up rows go to m under the new build. Returns the count. */
 static size_t managed_build(ma_ivf *x, memrows *m, int H, int d, const float *k, size_t have, size_t more)
 {
     const size_t D = (size_t)H * d;
