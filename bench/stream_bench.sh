@@ -40,6 +40,14 @@ rss() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$pid/status"; }
 
 echo "== $N events, --memory $MEM, $BIN"
 P=$(start); pid=$(cat "$TMP/pid")
+# Every 0.2 s: the daemon's VmRSS and the registry's count (memattn_session_memory_bytes), so that what the
+# process holds beyond what the budget counts can be read over the run (the overhead's peak, below).
+( while kill -0 $pid 2>/dev/null; do
+    r=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null) || break
+    c=$(curl -fs "127.0.0.1:$P/metrics" 2>/dev/null | awk '/^memattn_session_memory_bytes / {print $2}')
+    echo "$(date +%s.%N) ${r:-0} ${c:-0}"; sleep 0.2
+  done ) >"$TMP/samples" &
+sampler=$!
 build/bench/stream_client stream "$P" s "$N" 1024 1
 echo "daemon after the stream: VmRSS $(rss) MiB, VmHWM $(hwm) MiB"
 # Let a background build that is still running finish before the answers are taken (the main build has none).
@@ -48,7 +56,15 @@ for _ in $(seq 3600); do
   [ "$b" = True ] || break; sleep 0.5
 done
 echo "daemon VmHWM $(hwm) MiB (after any build finished)"
+# The registry's count (what the budget holds) and the builds, beside or in place.
+curl -fs "127.0.0.1:$P/metrics" | awk '/^memattn_session_memory_bytes / {c=$2} /^memattn_index_builds_total / {b=$2}
+  /^memattn_index_builds_in_place_total / {p=$2} END {printf "registry count %.1f MiB; index builds %d (%d in place)\n", c/1048576, b, p}'
 build/bench/stream_client query "$P" s "$N" 8 1 >"$TMP/before"
+kill $sampler 2>/dev/null || true; wait $sampler 2>/dev/null || true
+awk '{c = $3 / 1048576; r = $2 / 1024; if (c > mc) mc = c; if (r > mr) {mr = r; rc = c}
+      if (c >= pc && r - c > mo) {mo = r - c; orr = r; oc = c}; pc = c}
+     END {f = "sampled every 0.2 s: registry count at most %.1f MiB; VmRSS at most %.1f MiB (count then %.1f); VmRSS beyond the count at most %.1f MiB (VmRSS %.1f, count %.1f; samples where the count had just dropped left out)\n"
+          printf f, mc, mr, rc, mo, orr, oc}' "$TMP/samples"
 head -1 "$TMP/before"
 kill -TERM $pid; while kill -0 $pid 2>/dev/null; do sleep 0.05; done; pid=
 

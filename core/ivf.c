@@ -211,32 +211,47 @@ static void direction(const ma_ivf *x, const float *k, float *out)
     }
 }
 
-/* Nearest centroid (largest dot product, first on ties) of each of n directions X (n × D) into a. */
+/* Rows of one sgemm of centroid scores against nlist centroids: a block of MA_IVF_BLOCK, or fewer so
+ * that the scores fit MA_IVF_SCORE_FLOATS (a build's scratch must not grow with the session: 12 MiB a
+ * block at 2M events otherwise). A pure function of nlist: every caller splits a block the same way. */
+static size_t score_rows(uint32_t nlist)
+{
+    size_t r = nlist ? MA_IVF_SCORE_FLOATS / nlist : BLOCK;
+    return r < 1 ? 1 : r > BLOCK ? BLOCK : r;
+}
+
+/* Nearest centroid (largest dot product, first on ties) of each of n directions X (n × D) into a. S:
+ * scratch of score_rows(nlist) × nlist floats; the rows go through sgemm score_rows(nlist) at a time. */
 static void nearest(const float *cent, uint32_t nlist, size_t D, const float *X, size_t n, float *S,
                     uint32_t *a)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)nlist, (int)D, 1.0f, X, (int)D, cent,
-                (int)D, 0.0f, S, (int)nlist);
-    for (size_t i = 0; i < n; i++) {
-        const float *s = S + i * nlist;
-        /* The maximum with 8 independent lanes (the compiler turns them into one vector max), then the
-         * first index holding it: the same answer as a scalar scan, several times faster at large nlist. */
-        float m8[8];
-        for (int l = 0; l < 8; l++)
-            m8[l] = s[0];
-        uint32_t c = 0;
-        for (; c + 8 <= nlist; c += 8)
+    const size_t R = score_rows(nlist);
+    for (size_t i0 = 0; i0 < n; i0 += R) {
+        const size_t rn = n - i0 < R ? n - i0 : R;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rn, (int)nlist, (int)D, 1.0f, X + i0 * D, (int)D,
+                    cent, (int)D, 0.0f, S, (int)nlist);
+        for (size_t i = 0; i < rn; i++) {
+            const float *s = S + i * nlist;
+            /* The maximum with 8 independent lanes (the compiler turns them into one vector max), then the
+             * first index holding it: the same answer as a scalar scan, several times faster at large
+             * nlist. */
+            float m8[8];
             for (int l = 0; l < 8; l++)
-                m8[l] = s[c + l] > m8[l] ? s[c + l] : m8[l];
-        float mx = m8[0];
-        for (int l = 1; l < 8; l++)
-            mx = m8[l] > mx ? m8[l] : mx;
-        for (; c < nlist; c++)
-            mx = s[c] > mx ? s[c] : mx;
-        uint32_t best = 0;
-        while (best < nlist && s[best] != mx)
-            best++;
-        a[i] = best < nlist ? best : 0;   /* only a NaN score (non-finite key) misses: list 0 */
+                m8[l] = s[0];
+            uint32_t c = 0;
+            for (; c + 8 <= nlist; c += 8)
+                for (int l = 0; l < 8; l++)
+                    m8[l] = s[c + l] > m8[l] ? s[c + l] : m8[l];
+            float mx = m8[0];
+            for (int l = 1; l < 8; l++)
+                mx = m8[l] > mx ? m8[l] : mx;
+            for (; c < nlist; c++)
+                mx = s[c] > mx ? s[c] : mx;
+            uint32_t best = 0;
+            while (best < nlist && s[best] != mx)
+                best++;
+            a[i0 + i] = best < nlist ? best : 0;   /* only a NaN score (non-finite key) misses: list 0 */
+        }
     }
 }
 
@@ -801,6 +816,18 @@ static void encode_rec(const ma_ivf *x, const float *cent, const float *k, unsig
     }
 }
 
+/* Head h's part of a record (alpha al, 4-bit scale s, 4-bit code) added to a list's sums ksum. */
+static void add_sums(const ma_ivf *x, double *ksum, size_t h, float al, float sc, const uint8_t *code)
+{
+    const size_t d = (size_t)x->d, hb = x->hb;
+    double *ks = ksum + h * d, s = sc;
+    ksum[x->D + h] += al;
+    for (size_t j = 0; j < hb; j++)
+        ks[j] += (double)((code[j] & 15) - 8) * s;
+    for (size_t j = 0; j + hb < d; j++)
+        ks[j + hb] += (double)((code[j] >> 4) - 8) * s;
+}
+
 /* Adds what the record of event r of list l says of its key to the list's sums: per head its alpha
  * (ksum[D + h]) and its 4-bit residual (ksum[h·d + j]). The list's mean key, what probes are ranked by, is
  * the mean of the keys the records stand for (list_mean): a function of the records alone, added in id
@@ -809,18 +836,20 @@ static void encode_rec(const ma_ivf *x, const float *cent, const float *k, unsig
 static void sum_rec(const ma_ivf *x, ivlist *l, size_t r)
 {
     const unsigned char *b = l->blk[r / LB], *rb = l->rst[r / LB];
-    const size_t H = (size_t)x->H, d = (size_t)x->d, hb = x->hb, e = r % LB;
+    const size_t H = (size_t)x->H, e = r % LB;
     const float *al = grp_alpha(x, (unsigned char *)b, e / G) + e % G * H;
     const float *sc = blk_scale(x, (unsigned char *)rb) + e * H;
     const uint8_t *codes = blk_codes(x, (unsigned char *)rb) + e * x->cb;
-    for (size_t h = 0; h < H; h++) {
-        double *ks = l->ksum + h * d, s = sc[h];
-        const uint8_t *code = codes + h * hb;
-        l->ksum[x->D + h] += al[h];
-        for (size_t j = 0; j < hb; j++)
-            ks[j] += (double)((code[j] & 15) - 8) * s;
-        for (size_t j = 0; j + hb < d; j++)
-            ks[j + hb] += (double)((code[j] >> 4) - 8) * s;
+    for (size_t h = 0; h < H; h++)
+        add_sums(x, l->ksum, h, al[h], sc[h], codes + h * x->hb);
+}
+
+/* sum_rec of a record as stored in a row (encode_rec's layout), into ksum (D + H doubles). */
+static void sum_stored_rec(const ma_ivf *x, double *ksum, const unsigned char *rec)
+{
+    for (size_t h = 0; h < (size_t)x->H; h++) {
+        const unsigned char *p = rec + h * rec_head(x);
+        add_sums(x, ksum, h, get_f32(p), get_f32(p + 8), p + 12 + x->nbp);
     }
 }
 
@@ -1095,7 +1124,7 @@ int ma_ivf_add(ma_ivf *x, size_t n, const float *k)
         asg = malloc(nb * BLOCK * sizeof *asg);
         extra = calloc(x->nlist, sizeof *extra);
         X = malloc((size_t)BLOCK * D * sizeof(float));
-        S = malloc((size_t)BLOCK * x->nlist * sizeof(float));
+        S = malloc(score_rows(x->nlist) * x->nlist * sizeof(float));
         rec = x->keep_rows ? NULL : malloc((size_t)BLOCK * rb);
         if (!asg || !extra || !X || !S || (!x->keep_rows && !rec))
             goto done;
@@ -1159,7 +1188,7 @@ static int kmeans(const ma_ivf *x, const float *X, size_t m, uint32_t nlist, flo
     size_t *perm = malloc(m * sizeof *perm);
     uint32_t *asg = malloc(m * sizeof *asg);
     size_t bn = m < BLOCK ? m : BLOCK;
-    float *S = malloc(bn * nlist * sizeof(float));
+    float *S = malloc(score_rows(nlist) * nlist * sizeof(float));
     double *sum = malloc((size_t)nlist * D * sizeof(double));
     size_t *cnt = malloc(nlist * sizeof *cnt);
     if (!perm || !asg || !S || !sum || !cnt)
@@ -1259,6 +1288,12 @@ struct ma_ivf_build {
     uint32_t *asg;
     ma_ivf_build **sub;   /* per-head build (H > 1): one build of one head per head; cent NULL here */
     float *hk;            /* its scratch: one head's keys of a block (BLOCK × d) */
+    /* ma_ivf_build_prepare: what the stored rows of blocks [0, pblocks) give each list — its count and
+     * its sums (nlist × (D + H), in id order) — so that an adopt reads those rows only once, to push
+     * their records (NULL: not prepared) */
+    size_t *pcnt;
+    double *psum;
+    uint64_t pblocks;
 };
 
 void ma_ivf_build_free(ma_ivf_build *b)
@@ -1270,6 +1305,8 @@ void ma_ivf_build_free(ma_ivf_build *b)
     free(b->sub);
     free(b->hk);
     ma_ivf_destroy(b->shape);
+    free(b->pcnt);
+    free(b->psum);
     free(b->cent);
     free(b->Bd);
     free(b->S);
@@ -1298,19 +1335,39 @@ size_t ma_ivf_build_lists_bytes(const ma_ivf_build *b)
 }
 
 /* A build at point T: nlist = round(2·sqrt(T)) lists (at least 1) and a training sample of m =
- * MA_IVF_TRAIN_PER_LIST·nlist events (at most T; nlist at most m). */
-static void train_size(uint64_t T, uint32_t *nlist, size_t *m)
+ * MA_IVF_TRAIN_PER_LIST·nlist events, at most T and at most MA_IVF_TRAIN_MAX (nlist at most m). The cap
+ * keeps the sample a fixed size (16 MiB at H·d = 64) whatever the session's length: builds past
+ * 1,048,576 events train fewer than MA_IVF_TRAIN_PER_LIST points a list (22.6 at 2M; recall measured in
+ * docs/RESULTS.md). */
+void ma_ivf_train_size(uint64_t T, uint32_t *nlist, size_t *m)
 {
     uint32_t n = (uint32_t)llround(MA_IVF_LISTS_PER_SQRT * sqrt((double)T));
     if (n < 1)
         n = 1;
     size_t ms = (size_t)n * MA_IVF_TRAIN_PER_LIST;
+    if (ms > MA_IVF_TRAIN_MAX)
+        ms = MA_IVF_TRAIN_MAX;
     if (ms > T)
         ms = (size_t)T;
     if (n > ms)
         n = (uint32_t)ms;
     *nlist = n;
     *m = ms;
+}
+
+size_t ma_ivf_build_scratch_bytes(int H, int d, uint64_t point)
+{
+    uint32_t nlist;
+    size_t m;
+    ma_ivf_train_size(point, &nlist, &m);
+    const size_t D = (size_t)H * (size_t)d, per_head = H > 1 ? (size_t)H : 1;
+    size_t b = m * D * sizeof(float)                              /* the sample */
+               + m * (sizeof(size_t) + sizeof(uint32_t))          /* k-means' permutation and assignments */
+               + (size_t)nlist * D * (sizeof(double) + 2 * sizeof(float))   /* sums, centroids, list means */
+               + per_head * score_rows(nlist) * nlist * sizeof(float)       /* scores (each head's build) */
+               + (size_t)nlist * (sizeof(size_t) + sizeof(ivlist))          /* counts, the new lists' heads */
+               + 3 * (size_t)BLOCK * D * sizeof(float);           /* a block of keys, its directions */
+    return b;
 }
 
 int ma_ivf_train(int H, int d, uint64_t point, uint32_t build_no, ma_ivf_loader load, void *ctx,
@@ -1329,7 +1386,7 @@ int ma_ivf_train(int H, int d, uint64_t point, uint32_t build_no, ma_ivf_loader 
     const uint64_t T = point;
     uint32_t nlist;
     size_t m;
-    train_size(T, &nlist, &m);
+    ma_ivf_train_size(T, &nlist, &m);
     b->point = point;
     b->build_no = build_no;
     b->nlist = nlist;
@@ -1388,7 +1445,7 @@ int ma_ivf_build_encode(ma_ivf_build *b, const float *keys, size_t n_blocks, voi
     const size_t D = b->shape->D, rb = rec_bytes(b->shape);
     if (!b->Bd) {
         b->Bd = malloc((size_t)BLOCK * D * sizeof(float));
-        b->S = malloc((size_t)BLOCK * b->nlist * sizeof(float));
+        b->S = malloc(score_rows(b->nlist) * b->nlist * sizeof(float));
         b->asg = malloc(BLOCK * sizeof *b->asg);
         if (!b->Bd || !b->S || !b->asg) {
             free(b->Bd);
@@ -1506,7 +1563,7 @@ static void drop_lists(ma_ivf *x)
  * unchanged on failure. On success x owns cent (the old centroids are freed unless cent is them).
  * Pending keys are the caller's. */
 static int relist(ma_ivf *x, float *cent, uint32_t nlist, uint32_t bno, uint64_t built_at, const ma_ivf_rows *rows,
-                  uint64_t A, ma_ivf_loader load, void *ctx, int low_mem)
+                  uint64_t A, ma_ivf_loader load, void *ctx, int low_mem, const ma_ivf_build *pre)
 {
     const size_t D = x->D, rb = rec_bytes(x);
     int rc = MA_ENOMEM;
@@ -1514,7 +1571,7 @@ static int relist(ma_ivf *x, float *cent, uint32_t nlist, uint32_t bno, uint64_t
     ivlist *nl = calloc(nlist, sizeof *nl);
     float *kmean = malloc((size_t)nlist * D * sizeof(float));
     float *B = malloc((size_t)BLOCK * D * sizeof(float)), *Bd = malloc((size_t)BLOCK * D * sizeof(float));
-    float *S = malloc((size_t)BLOCK * nlist * sizeof(float));
+    float *S = malloc(score_rows(nlist) * nlist * sizeof(float));
     uint32_t *asg = malloc(BLOCK * sizeof *asg);
     unsigned char *tl = NULL, *tc = NULL;   /* the encoded rows (kept rows, or a one-block buffer) */
     uint32_t *eids = NULL;                  /* without keep_rows: the lists of the encoded blocks */
@@ -1525,7 +1582,13 @@ static int relist(ma_ivf *x, float *cent, uint32_t nlist, uint32_t bno, uint64_t
 
     /* Pass 1: sizes. */
     relist_scan sc = {x, nlist, 0, A, cnt, nl, cent};
-    if (rows && A && (rc = rows->scan(rows->ctx, bno, 0, A, 0, count_row, &sc)) < 0)
+    if (pre && pre->pcnt && pre->pblocks <= A && rows) {   /* the prepared blocks' counts */
+        memcpy(cnt, pre->pcnt, nlist * sizeof *cnt);
+        sc.next = pre->pblocks;
+    } else {
+        pre = NULL;
+    }
+    if (rows && A > sc.next && (rc = rows->scan(rows->ctx, bno, sc.next, A - sc.next, 0, count_row, &sc)) < 0)
         goto fail;
     const uint64_t S0 = sc.next;   /* blocks read from the stored rows */
     const size_t ne = (size_t)(A - S0);
@@ -1599,7 +1662,12 @@ static int relist(ma_ivf *x, float *cent, uint32_t nlist, uint32_t bno, uint64_t
     for (uint32_t c = 0; c < nlist; c++) {
         if (nl[c].n != cnt[c])
             goto fail;
-        for (size_t r = 0; r < nl[c].n; r++)
+        size_t r = 0;
+        if (pre && pre->pcnt[c]) {   /* its first pcnt[c] records' sums, prepared */
+            memcpy(nl[c].ksum, pre->psum + (size_t)c * (D + (size_t)x->H), (D + (size_t)x->H) * sizeof(double));
+            r = pre->pcnt[c];
+        }
+        for (; r < nl[c].n; r++)
             sum_rec(x, &nl[c], r);
         list_mean(x, &nl[c], cent + (size_t)c * D, kmean + (size_t)c * D);
     }
@@ -1654,6 +1722,60 @@ fail:
     return rc;
 }
 
+/* ma_ivf_build_prepare's scan: each stored record's list count and sums; stops (1) at the first missing
+ * block. */
+typedef struct {
+    ma_ivf_build *b;
+    uint64_t next;
+} prep_scan;
+
+static int prep_row(void *arg, uint64_t block, const void *lists, size_t ll, const void *codes, size_t cl)
+{
+    prep_scan *c = arg;
+    const ma_ivf *x = c->b->shape;
+    const size_t rb = rec_bytes(x), DH = x->D + (size_t)x->H;
+    if (block != c->next)
+        return 1;
+    if (ll != (size_t)BLOCK * 4 || cl != (size_t)BLOCK * rb)
+        return MA_ECORRUPT;
+    for (size_t i = 0; i < BLOCK; i++) {
+        uint32_t id = get_u32le((const unsigned char *)lists + i * 4);
+        if (id >= c->b->nlist)
+            return MA_ECORRUPT;
+        c->b->pcnt[id]++;
+        sum_stored_rec(x, c->b->psum + (size_t)id * DH, (const unsigned char *)codes + i * rb);
+    }
+    c->next++;
+    return 0;
+}
+
+int ma_ivf_build_prepare(ma_ivf_build *b, const ma_ivf_rows *rows, uint64_t blocks)
+{
+    if (!b || !rows)
+        return MA_EINVAL;
+    if (b->sub || !b->cent)
+        return 0;   /* per-head builds are adopted without it */
+    free(b->pcnt);
+    free(b->psum);
+    b->pblocks = 0;
+    const size_t DH = b->shape->D + (size_t)b->shape->H;
+    b->pcnt = calloc(b->nlist, sizeof *b->pcnt);
+    b->psum = calloc((size_t)b->nlist * DH, sizeof *b->psum);
+    prep_scan sc = {b, 0};
+    int rc = b->pcnt && b->psum ? 0 : MA_ENOMEM;
+    if (!rc && blocks && (rc = rows->scan(rows->ctx, b->build_no, 0, blocks, 1, prep_row, &sc)) > 0)
+        rc = 0;   /* stopped at a missing block: what came before is prepared */
+    if (rc) {
+        free(b->pcnt);
+        free(b->psum);
+        b->pcnt = NULL;
+        b->psum = NULL;
+        return rc;
+    }
+    b->pblocks = sc.next;
+    return 0;
+}
+
 int ma_ivf_adopt(ma_ivf *x, ma_ivf_build *b, const ma_ivf_rows *rows, ma_ivf_loader load, void *ctx, int low_memory)
 {
     if (b && (b->sub || x->sub))
@@ -1662,7 +1784,7 @@ int ma_ivf_adopt(ma_ivf *x, ma_ivf_build *b, const ma_ivf_rows *rows, ma_ivf_loa
         b->point > x->count || x->broken)
         return MA_EINVAL;
     const uint64_t A = x->count / BLOCK, old = x->assigned;
-    int rc = relist(x, b->cent, b->nlist, b->build_no, b->point, rows, A, load, ctx, low_memory);
+    int rc = relist(x, b->cent, b->nlist, b->build_no, b->point, rows, A, load, ctx, low_memory, b);
     if (rc)
         return rc;
     b->cent = NULL;   /* the index's now */
@@ -1683,7 +1805,7 @@ int ma_ivf_restore_lists(ma_ivf *x, uint64_t count, const ma_ivf_rows *rows, ma_
     const uint64_t A = x->nlist ? count / BLOCK : 0;
     const size_t np = (size_t)(count - A * BLOCK), cap = np > PEND_MIN ? np : PEND_MIN;
     int rc;
-    if (x->nlist && (rc = relist(x, x->cent, x->nlist, x->builds, x->built_at, rows, A, load, ctx, 0)) != 0)
+    if (x->nlist && (rc = relist(x, x->cent, x->nlist, x->builds, x->built_at, rows, A, load, ctx, 0, NULL)) != 0)
         return rc;
     float *p = realloc(x->pend, cap * x->D * sizeof(float));
     if (!p)
@@ -2387,7 +2509,7 @@ static int heads_train(int H, int d, uint64_t point, uint32_t build_no, ma_ivf_l
     const uint64_t T = point;
     uint32_t nlist;
     size_t m;
-    train_size(T, &nlist, &m);
+    ma_ivf_train_size(T, &nlist, &m);
     b->point = point;
     b->build_no = build_no;
     b->nlist = nlist;

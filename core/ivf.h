@@ -19,8 +19,8 @@
  * and a search scores them exactly.
  *
  * Growth: builds happen at fixed build points, MA_IVF_MIN_BUILD·2^j events (ma_ivf_build_due): a build
- * at point P trains on events [0, P) (nlist = round(2·sqrt(P)), at most MA_IVF_TRAIN_PER_LIST·nlist
- * training events, MA_IVF_ITERS iterations, a generator seeded from P), then every complete block is
+ * at point P trains on events [0, P) (nlist = round(2·sqrt(P)), at most MA_IVF_TRAIN_PER_LIST·nlist and
+ * MA_IVF_TRAIN_MAX training events, MA_IVF_ITERS iterations, a generator seeded from P), then every complete block is
  * assigned and coded with the new centroids. A build is three steps, so that a caller can run the
  * expensive ones elsewhere (registry/maint.c runs them on a background thread while the old index keeps
  * answering): ma_ivf_train (k-means on a sample streamed through a loader; needs no index),
@@ -60,6 +60,13 @@
 #define MA_IVF_MIN_BUILD       1024
 #define MA_IVF_LISTS_PER_SQRT  2      /* nlist = round(2·sqrt(n)) */
 #define MA_IVF_TRAIN_PER_LIST  32
+/* A build's scratch does not grow with the session (issue 9, item 3; docs/ARCHIVE.md, "Memory during a
+ * build"): the training sample is at most MA_IVF_TRAIN_MAX events (the sample of a build at 1,048,576
+ * events; later builds train fewer points a list), and one sgemm of centroid scores at most
+ * MA_IVF_SCORE_FLOATS floats (its rows split into sub-blocks; the same split wherever events are assigned,
+ * so assignments do not depend on the caller). */
+#define MA_IVF_TRAIN_MAX       65536
+#define MA_IVF_SCORE_FLOATS    ((size_t)1 << 18)
 #ifndef MA_IVF_RERANK
 #define MA_IVF_RERANK          8      /* sign-code candidates re-ranked by 4-bit codes, per id wanted */
 #endif
@@ -97,6 +104,17 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx);
 
 typedef struct ma_ivf_build ma_ivf_build;
 
+/* The size of a build at `point` events: its lists (round(2·sqrt(point)), at least 1) and its training
+ * sample (MA_IVF_TRAIN_PER_LIST a list, at most point and at most MA_IVF_TRAIN_MAX events). */
+void ma_ivf_train_size(uint64_t point, uint32_t *nlist, size_t *sample);
+
+/* The most a build at `point` events holds besides the indexes, for H heads of dimension d (what
+ * ma_ivf_train, ma_ivf_build_encode and ma_ivf_adopt allocate for their duration): the training sample
+ * (bounded by MA_IVF_TRAIN_MAX events), k-means' double sums and assignments, one block of scores (bounded
+ * by MA_IVF_SCORE_FLOATS), a block of keys and directions, the new centroids. Only the centroid-sized
+ * parts (nlist·H·d floats and doubles: 2.2 MiB at 2M events, H·d = 64) grow with the point, as √point. */
+size_t ma_ivf_build_scratch_bytes(int H, int d, uint64_t point);
+
 /* Trains the centroids of build number build_no at `point` events: k-means on a sample of events
  * [0, point) read through load (runs of at most MA_IVF_BLOCK). Needs no index. stop (may be NULL) is
  * looked at between k-means iterations: non-zero gives up with MA_EBUSY. 0, MA_EINVAL, MA_ENOMEM,
@@ -131,6 +149,16 @@ typedef struct {
                 void *arg);
     void *ctx;
 } ma_ivf_rows;
+
+/* Reads the stored rows of b's build for blocks [0, blocks) once (with codes, through rows; stops at the
+ * first missing block) and keeps what they give each list: its count and the sums its records add to the
+ * list's mean key (nlist counts and nlist·(H·d + H) doubles: 1.5 MiB at 2M events, H·d = 64). A later
+ * ma_ivf_adopt of b then skips the counting pass over those rows and their sums (same bits), so an
+ * in-place adopt under the session's gate does less (registry/registry.c calls this before it takes the
+ * gate). The rows must not change in between (staged rows of one build do not; an adopt that finds them
+ * changed fails with MA_ECORRUPT). Per-head builds (H > 1) are left as they are (0). 0, MA_EINVAL,
+ * MA_ENOMEM, MA_ECORRUPT or the scan's error (b then unprepared). */
+int ma_ivf_build_prepare(ma_ivf_build *b, const ma_ivf_rows *rows, uint64_t blocks);
 
 /* The index takes build b: its centroids, and lists over every complete block of its events — the stored
  * rows of b's build number contiguous from block 0 (rows may be NULL), the remaining blocks encoded from

@@ -3,7 +3,8 @@
  * kind, the archive index build of registry/registry.c; docs/ARCHIVE.md, "Builds in the background").
  *
  * Design. One thread, one job at a time, at low priority (nice +10 for the thread: the request path's
- * workers come first on a busy machine). Jobs are session ids in a FIFO without duplicates: enqueuing an
+ * workers come first on a busy machine), and a second thread at normal priority for what a job does while
+ * it holds a session's gate (reg_maint_urgent). Jobs are session ids in a FIFO without duplicates: enqueuing an
  * id that is queued does nothing, enqueuing the id that is running queues it once more (the job looks
  * again when it ends). The job function gets a cancel flag, which reg_maint_cancel sets for its id and
  * reg_maint_destroy for any; a job checks it between its steps and returns early. Nothing here knows what
@@ -35,6 +36,11 @@ void reg_maint_enqueue(reg_maint *m, const char *id);
 
 /* Drops a queued job of id and cancels it if it runs (without waiting for it). */
 void reg_maint_cancel(reg_maint *m, const char *id);
+
+/* From the job only: runs fn(arg) on the maintenance module's second thread, which keeps the process's
+ * normal priority, and returns its result (for the steps that hold a session's gate exclusively: every
+ * request of that session waits for them, so they must not run at the job's nice +10). */
+int reg_maint_urgent(reg_maint *m, int (*fn)(void *), void *arg);
 
 /* True while a job of id is queued or running. */
 bool reg_maint_busy(reg_maint *m, const char *id);

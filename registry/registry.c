@@ -28,7 +28,11 @@
  * the gate held exclusively: the archive adds the last events (a few blocks) to the new index and takes
  * it (ma_archive_index_swap), one commit of the new archive meta and those blocks' rows, release; then
  * frees the old index and drops the old build's rows. Old and new lists are both held from the new
- * index's making to the swap (docs/ARCHIVE.md, "Memory during a build").
+ * index's making to the swap (docs/ARCHIVE.md, "Memory during a build"), so the new index is made beside
+ * only when the budget holds it, and is then reserved in the registry's count until the old one is freed
+ * (reserve_beside); otherwise the build is adopted in place under the gate (swap_in_place), its counts and
+ * sums prepared before (ma_ivf_build_prepare). Both swaps run on the maintenance module's gate thread at
+ * normal priority (reg_maint_urgent), not on the niced build thread: every job of the session waits.
  */
 #include "registry/registry.h"
 
@@ -1537,21 +1541,36 @@ static int view(reg_registry *r, const char *id, job_view *v)
     return 0;
 }
 
-/* Whether the new index of a build may be made beside the old one: true without a budget, else when the
- * budget holds what the sessions hold now plus a second index the size of the current one grown to the
- * committed events (both are held until the swap). When it does not, the build is adopted in place under
- * the session's gate (swap_in_place): the old lists are dropped as the new ones are made, so memory stays
- * at one index, at the price of a longer pause of the session at the swap (docs/ARCHIVE.md). */
-static bool beside_fits(reg_registry *r, const job_view *v, uint64_t events)
+/* Whether the new index of a build may be made beside the old one, and if so its reservation: without a
+ * budget always (nothing reserved); else when the budget holds what the sessions hold now plus a second
+ * index the size of the current one grown to the committed events (both are held until the swap). The
+ * estimate is added to the registry's count (r->bytes) at once, under mu, so that admissions made while
+ * the new index exists see it; unreserve_beside gives it back once the old index is freed. When it does
+ * not fit, the build is adopted in place under the session's gate (swap_in_place): the old lists are
+ * dropped as the new ones are made, so memory stays at one index (docs/ARCHIVE.md). */
+static bool reserve_beside(reg_registry *r, const job_view *v, uint64_t events, size_t *reserved)
 {
+    *reserved = 0;
     if (!r->opt.memory_budget)
         return true;
     double per_event = v->index_events ? (double)v->index_bytes / (double)v->index_events : 0;
     double need = per_event * (double)events;
     pthread_mutex_lock(&r->mu);
     bool fits = (double)r->bytes + need <= (double)r->opt.memory_budget;
+    if (fits) {
+        *reserved = (size_t)need;
+        r->bytes += *reserved;
+    }
     pthread_mutex_unlock(&r->mu);
     return fits;
+}
+
+/* Gives back what reserve_beside added to the count (0: nothing). */
+static void unreserve_beside(reg_registry *r, size_t reserved)
+{
+    pthread_mutex_lock(&r->mu);
+    r->bytes -= reserved;
+    pthread_mutex_unlock(&r->mu);
 }
 
 /* Stages the rows of build b for blocks [*staged, upto) (keys read from the store). */
@@ -1677,7 +1696,7 @@ static int swap(reg_registry *r, const char *id, ma_ivf *x, uint32_t base, const
 }
 
 /* Adopts build b into the session in place, under its exclusive gate (when a second index does not fit
- * the budget: beside_fits): the archive's index takes b's centroids and relists every block from the
+ * the budget: reserve_beside): the archive's index takes b's centroids and relists every block from the
  * staged rows (the rest from keys), then one commit writes the archive meta with the rows of the blocks
  * not staged. Nothing is visible before the commit; if the adopt or the commit fails the session is
  * marked stale and reloaded from the store (the old build) at its next use. */
@@ -1701,6 +1720,26 @@ static int swap_in_place(reg_registry *r, const char *id, ma_ivf_build *b, uint3
     }
     reg_release(r, s);
     return rc;
+}
+
+/* A swap, beside (x) or in place (b), run on the maintenance module's gate thread (reg_maint_urgent): it
+ * holds the session's gate exclusively, so it runs at normal priority, not at the build's nice +10. */
+typedef struct {
+    reg_registry *r;
+    const char *id;
+    ma_ivf *x;          /* beside: the new index; *old gets the one it replaced */
+    ma_ivf_build *b;    /* in place: the build */
+    uint32_t base;
+    const atomic_int *cancel;
+    ma_ivf **old;
+} swap_call;
+
+static int swap_urgent(void *arg)
+{
+    swap_call *c = arg;
+    if (c->b)
+        return swap_in_place(c->r, c->id, c->b, c->base, c->cancel);
+    return swap(c->r, c->id, c->x, c->base, c->cancel, c->old);
 }
 
 /* One build of session id at the point due (nothing if none is): train (keys from the store), stage the
@@ -1733,17 +1772,19 @@ static void index_job(void *ctx, const char *id, const atomic_int *cancel)
             rc = stage(r, id, b, &jk, &staged, upto, &v.p);
         }
         ma_ivf_rows rows = reg_pager_rows(&pg);
-        const bool beside = !rc && beside_fits(r, &v, committed(r, id));
+        size_t reserved = 0;
+        const bool beside = !rc && reserve_beside(r, &v, committed(r, id), &reserved);
         if (!rc && beside)
             rc = ma_ivf_from_build(b, staged * MA_IVF_BLOCK, &rows, keys_or_cancel, &jk, &x);
-        else if (!rc)
-            rc = swap_in_place(r, id, b, v.base, cancel);
+        else if (!rc && (rc = ma_ivf_build_prepare(b, &rows, staged)) == 0)   /* counts, sums: not under the gate */
+            rc = reg_maint_urgent(r->maint, swap_urgent, &(swap_call){r, id, NULL, b, v.base, cancel, NULL});
         ma_ivf_build_free(b);
         if (!rc && beside)
             rc = catch_up(r, id, x, &jk, &v.p);
         if (!rc && beside)
-            rc = swap(r, id, x, v.base, cancel, &old);
+            rc = reg_maint_urgent(r->maint, swap_urgent, &(swap_call){r, id, x, NULL, v.base, cancel, &old});
         ma_ivf_destroy(old ? old : x);   /* the one not serving (NULL in place) */
+        unreserve_beside(r, reserved);
         if (rc) {
             if (rc != MA_EBUSY)
                 atomic_fetch_add(&r->index_build_failures, 1);

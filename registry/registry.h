@@ -41,8 +41,10 @@
  * Index builds (docs/ARCHIVE.md, "Builds in the background"): sessions' archives are managed — an append
  * never builds the index; a commit that leaves a build due queues a job on the registry's maintenance
  * thread (registry/maint.h), which trains and stages the new build's rows from the store and makes the new
- * index from them beside the old one without holding the session, then swaps it in under the session's
- * exclusive gate (the last few blocks and a pointer) and commits it before any job sees it.
+ * index from them beside the old one without holding the session (when the memory budget holds both: the
+ * new one is then counted against it; else the build is adopted in place under the gate), then swaps it
+ * in under the session's exclusive gate (the last few blocks and a pointer; on a thread of normal
+ * priority) and commits it before any job sees it.
  * The index's rows are committed with the events that complete a block (ma_store_delta.index) and read
  * back at load, so a load never recomputes the index.
  *

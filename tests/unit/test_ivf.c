@@ -799,7 +799,8 @@ static void drain(ma_ivf *x, memrows *m)
 
 /* A build as the registry runs it: trained and staged from the keys (every complete block but the
  * last), then `more` events appended to the old index (their rows under the old build), then adopted with
- * the staged rows in low-memory mode; the catch-up rows go to m under the new build. Returns the count. */
+ * the staged rows in low-memory mode (odd build numbers prepared first: ma_ivf_build_prepare); the
+ * catch-up rows go to m under the new build. Returns the count. */
 static size_t managed_build(ma_ivf *x, memrows *m, int H, int d, const float *k, size_t have, size_t more)
 {
     const size_t D = (size_t)H * d;
@@ -821,6 +822,8 @@ static size_t managed_build(ma_ivf *x, memrows *m, int H, int d, const float *k,
     assert_int_equal(ma_ivf_add(x, more, k + have * D), 0);
     drain(x, m);
     ma_ivf_rows rows = {memrows_scan, m};
+    if (bno & 1)   /* every other build prepared as the registry does before an in-place adopt: same bits */
+        assert_int_equal(ma_ivf_build_prepare(b, &rows, staged), 0);
     assert_int_equal(ma_ivf_adopt(x, b, &rows, load_keys, &src, 1), 0);
     assert_int_equal(ma_ivf_builds(x), bno);
     drain(x, m);
@@ -1295,6 +1298,37 @@ static void test_built_beside(void **state)
 /* Build points are fixed counts: the point due is the largest MA_IVF_MIN_BUILD·2^j not above the count,
  * at least twice the last build's; k-means is seeded from the point, so a build at the same point from
  * the same keys gives the same centroids whenever it runs. */
+/* Issue 9 item 3: a build's scratch does not grow with the session past 1,048,576 events — the training
+ * sample is capped at MA_IVF_TRAIN_MAX events (32 a list below the cap), the scores at MA_IVF_SCORE_FLOATS —
+ * but for its centroid-sized parts (√point). */
+static void test_build_scratch_is_bounded(void **state)
+{
+    (void)state;
+    uint32_t nlist;
+    size_t m;
+    ma_ivf_train_size(4096, &nlist, &m);
+    assert_int_equal(nlist, 128);
+    assert_int_equal(m, 128 * MA_IVF_TRAIN_PER_LIST);
+    ma_ivf_train_size(1 << 20, &nlist, &m);
+    assert_int_equal(nlist, 2048);
+    assert_int_equal(m, MA_IVF_TRAIN_MAX);
+    ma_ivf_train_size(1 << 21, &nlist, &m);
+    assert_int_equal(nlist, 2896);
+    assert_int_equal(m, MA_IVF_TRAIN_MAX);
+    ma_ivf_train_size((uint64_t)1 << 32, &nlist, &m);
+    assert_int_equal(m, MA_IVF_TRAIN_MAX);
+    ma_ivf_train_size(100, &nlist, &m);   /* a small point: every event, nlist at most the sample */
+    assert_int_equal(m, 100);
+    assert_int_equal(nlist, 20);
+    const size_t s1 = ma_ivf_build_scratch_bytes(1, 64, 1 << 20), s2 = ma_ivf_build_scratch_bytes(1, 64, 1 << 21);
+    const size_t sample = (size_t)MA_IVF_TRAIN_MAX * 64 * sizeof(float);
+    assert_true(s1 > sample && s2 > sample);
+    /* From 1M to 2M only the centroid-sized parts grow: (2896 − 2048) lists × 64 × (8 + 4 + 4) bytes and a
+     * list head each; the sample and the scores stay. */
+    assert_true(s2 - s1 < (size_t)(2896 - 2048) * (64 * 16 + 128));
+    assert_true(s2 < sample + (8u << 20));
+}
+
 static void test_build_points(void **state)
 {
     (void)state;
@@ -1373,6 +1407,7 @@ int main(void)
         cmocka_unit_test(test_managed_and_rows_heads),
         cmocka_unit_test(test_built_beside),
         cmocka_unit_test(test_build_points),
+        cmocka_unit_test(test_build_scratch_is_bounded),
         cmocka_unit_test(test_heads_own_needles),
         cmocka_unit_test(test_heads_upgrade_shared),
     };

@@ -16,16 +16,20 @@
 #include <cmocka.h>
 
 #include <cblas.h>
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "core/error.h"
 #include "core/ivf.h"
+#include "registry/maint.h"
 #include "registry/pager.h"
 #include "registry/params_text.h"
 #include "registry/registry.h"
@@ -1180,6 +1184,50 @@ static void test_background_build_states(void **state)
 /* Under a memory budget that holds the session but not a second index, a background build is adopted in
  * place under the session's gate (one index held at a time) instead of being made beside the old one;
  * either way the session answers with the same bits at the same (events, build). */
+/* registry/maint.c: a job runs at nice +10, what it hands to reg_maint_urgent (the steps that hold a
+ * session's gate) at the process's own priority, and gets its result back. */
+typedef struct {
+    reg_maint *m;
+    int job_nice, urgent_nice, urgent_rc;
+} nice_seen;
+
+static int nice_of_this_thread(void)
+{
+    errno = 0;
+    return getpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid));
+}
+
+static int urgent_fn(void *arg)
+{
+    ((nice_seen *)arg)->urgent_nice = nice_of_this_thread();
+    return 42;
+}
+
+static void nice_job(void *ctx, const char *id, const atomic_int *cancel)
+{
+    (void)id;
+    (void)cancel;
+    nice_seen *n = ctx;
+    n->job_nice = nice_of_this_thread();
+    n->urgent_rc = reg_maint_urgent(n->m, urgent_fn, n);
+}
+
+static void test_maint_urgent_runs_at_normal_priority(void **state)
+{
+    (void)state;
+    nice_seen n = {NULL, -100, -100, 0};
+    reg_maint *m;
+    assert_int_equal(reg_maint_create(nice_job, &n, &m), 0);
+    n.m = m;
+    reg_maint_enqueue(m, "a");
+    reg_maint_wait_idle(m);
+    reg_maint_destroy(m);
+    const int mine = nice_of_this_thread();
+    assert_int_equal(n.urgent_rc, 42);
+    assert_int_equal(n.urgent_nice, mine);
+    assert_int_equal(n.job_nice, mine + 10 > 19 ? 19 : mine + 10);
+}
+
 static void test_build_in_place_under_budget(void **state)
 {
     (void)state;
@@ -1402,6 +1450,7 @@ int main(void)
         cmocka_unit_test(test_commit_queue_slot_rows),
         cmocka_unit_test(test_background_build_states),
         cmocka_unit_test(test_build_in_place_under_budget),
+        cmocka_unit_test(test_maint_urgent_runs_at_normal_priority),
         cmocka_unit_test(test_shared_index_upgrade),
         cmocka_unit_test(test_background_build_race),
     };
