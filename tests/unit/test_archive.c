@@ -1194,10 +1194,11 @@ static void test_needle_index_100k(void **state)
 /* ---- many heads (issue 15 item 3) ---------------------------------------------------------------- */
 
 #ifndef HEADS_RECALL_BOUND
-/* Measured here: 173 of 200 needles at cosine 0.9 (0.865; bench_recall's figures are in docs/RESULTS.md,
- * "Many heads"); one shared index over the heads (before issue 15) is near 0.3. The bound leaves room for
- * a change of rounding, not for a change of method. */
-#define HEADS_RECALL_BOUND 0.83
+/* Measured here: 197 of 200 needles at cosine 0.9 (0.985) with the index's estimate of each head's mass
+ * outside the candidates in the normalisers; 173 without it (0.865; bench_recall's figures are in
+ * docs/RESULTS.md, "Many heads"); one shared index over the heads (before issue 15) is near 0.3. The
+ * bound leaves room for a change of rounding, not for a change of method. */
+#define HEADS_RECALL_BOUND 0.97
 #endif
 
 /* H = 8, d = 64, 2^17 events of clustered keys (bench_recall's generator: per head 64 clusters, a dominant
