@@ -28,10 +28,19 @@
  * rank-8 subspace for the clusters' centres), z_c ~ N(0, 4·I_8), per-cluster spread s_c uniform in
  * [0.2, 1.0], g ~ N(0, I_64); the cluster of an event is a hash of its index.
  *
+ * Many heads, the mass outside the candidates (issue 15 item 3; docs/ARCHIVE.md "Many heads"): --mass MODE
+ * reads with that estimate (off, alone, unprobed, mean: ma_ivf_set_mass_mode; default mean); --compare
+ * M,M,... reads every query again under each mode in the same run (recall, median, p99: MASS lines);
+ * --mass-check N compares the estimate with the truth for N reads at cosine 0.9 (the reference's full
+ * normaliser less the candidates' exact mass); --out-reps N the output and the pointer's weight against N
+ * full reads, with the estimate in the output's normaliser and without (OUTERR); --mass-paired N times N
+ * reads with the estimate off and on, one after the other (MASSPAIRED: the paired ratio).
+ *
  * Output: a table, then one "DATA" line per T for bench/recall_plot.gp.
  *
  * Usage: bench_recall [--gen iso|clu] [--heads H] [--min-log2 A] [--max-log2 B] [--needles N] [--seed S]
- *                     [--full-reps R] [--topk K] [--generic]
+ *                     [--full-reps R] [--topk K] [--generic] [--paired R] [--shared] [--mass MODE]
+ *                     [--compare MODE,...] [--mass-check N] [--out-reps N] [--mass-paired N]
  */
 #include <cblas.h>
 #include <math.h>
@@ -349,6 +358,44 @@ static void mass_compare(ma_archive *a, int m, uint64_t T, const float *Q, int n
            (double)hit[3] / needles, md * 1e3, p99 * 1e3);
 }
 
+/* The cost of the estimate, paired: n queries (spread over the cosines) each read with the estimate off and
+ * on, one right after the other (the shared machine's load is the same for both); the median and p99 of
+ * each and the median of the per-query ratio on/off. */
+static void mass_paired(ma_archive *a, const float *Q, int needles, int n, uint64_t T, float *out)
+{
+    const size_t HD = (size_t)H * D;
+    double *t0s = malloc(sizeof(double) * (size_t)n), *t1s = malloc(sizeof(double) * (size_t)n);
+    double *rat = malloc(sizeof(double) * (size_t)n);
+    int prev = ma_ivf_mass_mode();
+    for (int i = 0; i < n; i++) {
+        int qi = (i % NCOS) * needles + (i / NCOS) % needles;
+        for (int m = 0; m < 2; m++) {
+            ma_ivf_set_mass_mode(m ? prev : MA_IVF_MASS_OFF);
+            ma_read_result r = {.v = out};
+            double t = cpu_now();
+            int rc = ma_archive_read_sparse(a, Q + (size_t)qi * HD, 0, &r);
+            t = cpu_now() - t;
+            if (rc)
+                die("sparse read", rc);
+            (m ? t1s : t0s)[i] = t;
+            ma_read_result_clear(&r);
+        }
+        rat[i] = t1s[i] / t0s[i];
+    }
+    ma_ivf_set_mass_mode(prev);
+    double r50 = quantile(rat, n, 0.5), r10 = quantile(rat, n, 0.1), r90 = quantile(rat, n, 0.9);
+    double a50 = quantile(t0s, n, 0.5), a99 = quantile(t0s, n, 0.99), b50 = quantile(t1s, n, 0.5),
+           b99 = quantile(t1s, n, 0.99);
+    printf("#   paired (%d reads): estimate off median %.4f ms p99 %.4f, %s median %.4f ms p99 %.4f; ratio on/off "
+           "median %.3f (10%% %.3f, 90%% %.3f)\n", n, a50 * 1e3, a99 * 1e3, MASS_NAMES[prev], b50 * 1e3, b99 * 1e3,
+           r50, r10, r90);
+    printf("MASSPAIRED %s %d %llu %d %.5f %.5f %.5f %.5f %.4f %.4f %.4f\n", clustered ? "clu" : "iso", H,
+           (unsigned long long)T, n, a50 * 1e3, a99 * 1e3, b50 * 1e3, b99 * 1e3, r50, r10, r90);
+    free(t0s);
+    free(t1s);
+    free(rat);
+}
+
 /* The index's estimate of each head's mass outside the candidates against the truth (the full normaliser
  * of the reference less the candidates' exact mass), for the first n queries at cosine 0.9: the median and
  * the 90th percentile of |log(estimate/truth)| over (query, head), and of its spread over the heads of a
@@ -454,7 +501,7 @@ static void output_error(ma_archive *a, const float *Q, int needles, int n)
 int main(int argc, char **argv)
 {
     int min_log2 = 16, max_log2 = 21, needles = 1000, full_reps = 5, topk = 16, generic = 0, paired = 0, shared = 0;
-    int mass = MA_IVF_MASS_DEFAULT, mass_check = 0, out_reps = 0;
+    int mass = MA_IVF_MASS_DEFAULT, mass_check = 0, out_reps = 0, mass_pairs = 0;
     const char *compare = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--gen") && i + 1 < argc)
@@ -487,10 +534,13 @@ int main(int argc, char **argv)
             mass_check = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--out-reps") && i + 1 < argc)
             out_reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--mass-paired") && i + 1 < argc)
+            mass_pairs = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--gen iso|clu] [--heads H] [--min-log2 A] [--max-log2 B] [--needles N] "
                             "[--seed S] [--full-reps R] [--topk K] [--generic] [--paired ROUNDS] [--shared] "
-                            "[--mass MODE] [--compare MODE,MODE,...] [--mass-check N] [--out-reps N]\n", argv[0]);
+                            "[--mass MODE] [--compare MODE,MODE,...] [--mass-check N] [--out-reps N] "
+                            "[--mass-paired N]\n", argv[0]);
             return 2;
         }
     }
@@ -596,6 +646,8 @@ int main(int argc, char **argv)
             mass_accuracy(a, Q, needles, mass_check, lzf, topk);
         if (out_reps > 0 && H > 1)
             output_error(a, Q, needles, out_reps);
+        if (mass_pairs > 0 && H > 1)
+            mass_paired(a, Q, needles, mass_pairs, T, out);
 
         /* H > 1: the index's candidates of each read (the same search the read makes): how often each
          * head's own pointer is among them (then the read's head-h argmax is it: candidates are attended
