@@ -21,7 +21,10 @@
  * (ma_archive_read_exact_batch). Sparse through the selector (chunks: top-k chunks by summary score; index:
  * probe a tenth of the clusters (at the default topk), rank their events by sign code then 4-bit code,
  * attend exactly over the best 8·topk, copied from their chunks when in RAM, else read alone through the
- * event loader, else loaded with their chunks) ends in the exact kernel ma_attn.
+ * event loader, else loaded with their chunks) ends in the exact kernel ma_attn. With H > 1 heads the
+ * index answers the union of the heads' candidates and, per head, an estimate of that head's softmax mass
+ * outside it (ma_ivf_search_mass), which ma_attn_mass adds to the head's normaliser: the pointer (largest
+ * weight summed over heads) then weighs the heads as the full read does (docs/ARCHIVE.md, "Many heads").
  *
  * Persistence. The meta blob holds the shape and the index's centroids and counters; restore streams every
  * chunk through the source once to recompute summaries, and reads the index's lists from its stored rows

@@ -4,7 +4,9 @@
  * ma_attn (the sparse reads: a few hundred events in RAM): three passes over the selected events: logits
  * (sgemv per segment and head), per-head max and exp with the normaliser summed in double, then the
  * weighted sum of values (sgemv per segment into a float partial, added into a double accumulator). The
- * logits buffer is the only allocation: n·H floats.
+ * logits buffer is the only allocation: n·H floats. ma_attn_mass is the same with, per head, a mass
+ * outside the events (a log, from the index's estimate) added to the normaliser the pointer's weights use
+ * (and the output's, if asked): ma_attn is ma_attn_mass without it, the same bits.
  *
  * ma_attn_stream_* (the full and window reads: the whole archive, streamed chunk by chunk for a batch of
  * queries): an online softmax, described before the code below; the pointer, which needs every final
