@@ -1768,20 +1768,6 @@ int ma_ivf_rebuild(ma_ivf *x, ma_ivf_loader load, void *ctx)
 
 /* LSD radix sort, 8 bits a pass, as many passes as the largest id needs (the picked ids are many and
  * small: a comparison sort was a third of a query's time). */
-/* Whether v is among a[0..n) (ascending). */
-static bool bsearch_u64(const uint64_t *a, size_t n, uint64_t v)
-{
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (a[mid] < v)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo < n && a[lo] == v;
-}
-
 static int sort_ids(uint64_t *a, size_t n)
 {
     uint64_t mx = 0;
@@ -2676,28 +2662,48 @@ done:
     return rc;
 }
 
-/* The outside mass of head h for a query whose union of candidates is u[0..nu) (ascending): its events
- * estimated alone that are not in the union (fixed point, 2^-40 of the largest: any order gives the same
- * sum) plus its lists' bulk; log of it in the attention's logit units (-inf: nothing outside). The union's
- * events are struck out of mp (its estimates set to -inf): one lookup each. */
-static double mass_outside(mass_part *mp, const uint64_t *u, size_t nu, double sc)
+/* The union of a query's candidates as an open-addressing set (a binary search per candidate cost as
+ * much as the rest of the estimate). slots: a power of two >= 2·n, each an id + 1 (0: empty). */
+static void idset_fill(uint64_t *slot, size_t cap, const uint64_t *u, size_t n)
 {
-    double im = -INFINITY;
+    memset(slot, 0, cap * sizeof *slot);
+    for (size_t i = 0; i < n; i++) {
+        size_t h = (size_t)((u[i] * 0x9e3779b97f4a7c15ull) >> 20) & (cap - 1);
+        while (slot[h])
+            h = (h + 1) & (cap - 1);
+        slot[h] = u[i] + 1;
+    }
+}
+
+static bool idset_has(const uint64_t *slot, size_t cap, uint64_t id)
+{
+    size_t h = (size_t)((id * 0x9e3779b97f4a7c15ull) >> 20) & (cap - 1);
+    for (; slot[h]; h = (h + 1) & (cap - 1))
+        if (slot[h] == id + 1)
+            return true;
+    return false;
+}
+
+/* The outside mass of head h for a query whose union of candidates is the set (slot, cap): its events
+ * estimated alone that are not in the union (expf of each relative to the largest, in 64-bit fixed point
+ * with 2^-40 of the largest: any order gives the same sum) plus its lists' bulk; log of it in the
+ * attention's logit units (-inf: nothing outside). The union's events are struck out of mp (their
+ * estimates set to -inf). */
+static double mass_outside(mass_part *mp, const uint64_t *slot, size_t cap, float sc)
+{
+    float im = -INFINITY;
     for (size_t i = 0; i < mp->n; i++) {
-        if (bsearch_u64(u, nu, mp->id[i]))
-            mp->s[i] = -INFINITY;
-        else if (sc * (double)mp->s[i] > im)
-            im = sc * (double)mp->s[i];
+        mp->s[i] = idset_has(slot, cap, mp->id[i]) ? -INFINITY : sc * mp->s[i];
+        im = mp->s[i] > im ? mp->s[i] : im;
     }
     uint64_t fx = 0;
     if (im > -INFINITY)
         for (size_t i = 0; i < mp->n; i++)
-            if (mp->s[i] > -INFINITY)
-                fx += (uint64_t)ldexp(exp(sc * (double)mp->s[i] - im), 40);
-    double iz = ldexp((double)fx, -40), M = im > mp->bm ? im : mp->bm;
+            fx += (uint64_t)ldexpf(expf(mp->s[i] - im), 40);   /* expf(-inf) = 0 */
+    double iz = ldexp((double)fx, -40), M = (double)im > mp->bm ? (double)im : mp->bm;
     if (M == -INFINITY)
         return -INFINITY;
-    double z = (iz > 0 ? iz * exp(im - M) : 0) + (mp->bz > 0 ? mp->bz * exp(mp->bm - M) : 0);
+    double z = (iz > 0 ? iz * exp((double)im - M) : 0) + (mp->bz > 0 ? mp->bz * exp(mp->bm - M) : 0);
     return z > 0 ? M + log(z) : -INFINITY;
 }
 
@@ -2720,7 +2726,10 @@ static int heads_search(const ma_ivf *x, const float *Q, size_t nq, int nprobe, 
     uint32_t *kc = NULL;
     float *cs = NULL;
     double *ex = NULL;
-    size_t mcap = 0, NL = 0;
+    size_t mcap = 0, NL = 0, setcap = 16;
+    uint64_t *set = NULL;   /* a query's union as a set (mass_outside) */
+    while (setcap < 2 * cap)
+        setcap *= 2;
     if (!Qh || !hid || !hsc || !hn)
         goto done;
     if (want) {
@@ -2734,7 +2743,8 @@ static int heads_search(const ma_ivf *x, const float *Q, size_t nq, int nprobe, 
         mcap = (max_ids > SIZE_MAX / MA_IVF_RERANK / 2 ? SIZE_MAX / 4 : max_ids * MA_IVF_RERANK) + npend;
         if (!(mp = calloc(H * nqa, sizeof *mp)) || !(mid = malloc(H * nqa * mcap * sizeof *mid)) ||
             !(ms = malloc(H * nqa * mcap * sizeof *ms)) || !(kc = malloc(nqa * (NL + 1) * sizeof *kc)) ||
-            !(cs = malloc(nqa * (NL + 1) * sizeof *cs)) || !(ex = malloc(nqa * (NL + 1) * sizeof *ex)))
+            !(cs = malloc(nqa * (NL + 1) * sizeof *cs)) || !(ex = malloc(nqa * (NL + 1) * sizeof *ex)) ||
+            !(set = malloc(setcap * sizeof *set)))
             goto done;
     }
     for (size_t k = 0; k < nq; k++) {
@@ -2771,8 +2781,10 @@ static int heads_search(const ma_ivf *x, const float *Q, size_t nq, int nprobe, 
             if (u == 0 || a[i] != a[u - 1])
                 a[u++] = a[i];
         n_ids[k] = u;
+        if (want)
+            idset_fill(set, setcap, a, u);
         for (size_t h = 0; lse && h < H; h++)
-            lse[k * H + h] = want ? mass_outside(&mp[h * nqa + k], a, u, 1.0 / sqrt((double)d)) : -INFINITY;
+            lse[k * H + h] = want ? mass_outside(&mp[h * nqa + k], set, setcap, 1.0f / sqrtf((float)d)) : -INFINITY;
     }
     rc = 0;
 done:
@@ -2786,6 +2798,7 @@ done:
     free(kc);
     free(cs);
     free(ex);
+    free(set);
     return rc;
 }
 
