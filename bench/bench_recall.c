@@ -28,10 +28,19 @@
  * rank-8 subspace for the clusters' centres), z_c ~ N(0, 4·I_8), per-cluster spread s_c uniform in
  * [0.2, 1.0], g ~ N(0, I_64); the cluster of an event is a hash of its index.
  *
+ * Many heads, the mass outside the candidates (issue 15 item 3; docs/ARCHIVE.md "Many heads"): --mass MODE
+ * reads with that estimate (off, alone, unprobed, mean: ma_ivf_set_mass_mode; default mean); --compare
+ * M,M,... reads every query again under each mode in the same run (recall, median, p99: MASS lines);
+ * --mass-check N compares the estimate with the truth for N reads at cosine 0.9 (the reference's full
+ * normaliser less the candidates' exact mass); --out-reps N the output and the pointer's weight against N
+ * full reads, with the estimate in the output's normaliser and without (OUTERR); --mass-paired N times N
+ * reads with the estimate off and on, one after the other (MASSPAIRED: the paired ratio).
+ *
  * Output: a table, then one "DATA" line per T for bench/recall_plot.gp.
  *
  * Usage: bench_recall [--gen iso|clu] [--heads H] [--min-log2 A] [--max-log2 B] [--needles N] [--seed S]
- *                     [--full-reps R] [--topk K] [--generic]
+ *                     [--full-reps R] [--topk K] [--generic] [--paired R] [--shared] [--mass MODE]
+ *                     [--compare MODE,...] [--mass-check N] [--out-reps N] [--mass-paired N]
  */
 #include <cblas.h>
 #include <math.h>
@@ -198,7 +207,7 @@ static void make_query(const float *k, double c, uint64_t *s, float *q)
 
 /* Reference pointers of the full read for the nq queries Q (nq × H·D) over events [0, T); hptr (nq × H):
  * each head's own pointer, the first event of its largest logit (H > 1 only). */
-static void reference(uint64_t T, const float *Q, int nq, int64_t *ptr, int64_t *hptr)
+static void reference(uint64_t T, const float *Q, int nq, int64_t *ptr, int64_t *hptr, double *lz)
 {
     enum { B = 2048 };
     const size_t HD = (size_t)H * D;
@@ -265,6 +274,8 @@ static void reference(uint64_t T, const float *Q, int nq, int64_t *ptr, int64_t 
                         }
         }
     }
+    for (int i = 0; lz && H > 1 && i < nq * H; i++)   /* each head's log normaliser over all events */
+        lz[i] = mx[i] + log(Z[i]);
     free(K);
     free(Kh);
     free(Qh);
@@ -303,9 +314,198 @@ static double bandwidth(void)
     return quantile(r, 3, 0.5);
 }
 
+static const char *const MASS_NAMES[] = {"off", "alone", "unprobed", "mean"};
+
+/* A --mass mode by name; -1 if unknown. */
+static int mass_mode(const char *name)
+{
+    for (int m = 0; m < 4; m++)
+        if (!strcmp(name, MASS_NAMES[m]))
+            return m;
+    return -1;
+}
+
+static void mass_accuracy(ma_archive *a, const float *Q, int needles, int n, const double *lzf, int topk);
+
+/* Recall per cosine of the sparse reads of all queries under mass mode m, and their median and p99 CPU;
+ * with check > 0 the estimate's accuracy under m (mass_accuracy). */
+static void mass_compare(ma_archive *a, int m, uint64_t T, const float *Q, int needles, const int64_t *ref,
+                         float *out, double *ts, int check, const double *lzf, int topk)
+{
+    const size_t HD = (size_t)H * D;
+    const int nq = needles * NCOS;
+    int hit[NCOS] = {0}, prev = ma_ivf_mass_mode();
+    ma_ivf_set_mass_mode(m);
+    for (int qi = 0; qi < nq; qi++) {
+        ma_read_result r = {.v = out};
+        double t0 = cpu_now();
+        int rc = ma_archive_read_sparse(a, Q + (size_t)qi * HD, 0, &r);
+        ts[qi] = cpu_now() - t0;
+        if (rc)
+            die("sparse read", rc);
+        hit[qi / needles] += r.pointer == ref[qi];
+        ma_read_result_clear(&r);
+    }
+    if (check > 0 && m != MA_IVF_MASS_OFF)
+        mass_accuracy(a, Q, needles, check, lzf, topk);
+    ma_ivf_set_mass_mode(prev);
+    double md = quantile(ts, nq, 0.5), p99 = quantile(ts, nq, 0.99);
+    printf("#   mass %-8s recall %.3f / %.3f / %.3f / %.3f, sparse median %.4f ms, p99 %.4f ms\n", MASS_NAMES[m],
+           (double)hit[0] / needles, (double)hit[1] / needles, (double)hit[2] / needles, (double)hit[3] / needles,
+           md * 1e3, p99 * 1e3);
+    printf("MASS %s %d %llu %s %.4f %.4f %.4f %.4f %.5f %.5f\n", clustered ? "clu" : "iso", H, (unsigned long long)T,
+           MASS_NAMES[m], (double)hit[0] / needles, (double)hit[1] / needles, (double)hit[2] / needles,
+           (double)hit[3] / needles, md * 1e3, p99 * 1e3);
+}
+
+/* The cost of the estimate, paired: n queries (spread over the cosines) each read with the estimate off and
+ * on, in two rounds interleaved in time (round 1: even reads off, odd on; round 2 swapped), so both modes
+ * see the same load of the shared machine and a query's two reads are n reads apart (read one right after
+ * the other, the second found the first's lists and candidates in cache: a first version measured that
+ * order, not the estimate). The median and p99 of each and the ratio of the medians on/off; the per-query
+ * ratio's median and 10 % / 90 %. */
+static void mass_paired(ma_archive *a, const float *Q, int needles, int n, uint64_t T, float *out)
+{
+    const size_t HD = (size_t)H * D;
+    double *t0s = malloc(sizeof(double) * (size_t)n), *t1s = malloc(sizeof(double) * (size_t)n);
+    double *rat = malloc(sizeof(double) * (size_t)n);
+    int prev = ma_ivf_mass_mode();
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < n; i++) {
+            int qi = (i % NCOS) * needles + (i / NCOS) % needles, m = (i + round) % 2;
+            ma_ivf_set_mass_mode(m ? prev : MA_IVF_MASS_OFF);
+            ma_read_result r = {.v = out};
+            double t = cpu_now();
+            int rc = ma_archive_read_sparse(a, Q + (size_t)qi * HD, 0, &r);
+            t = cpu_now() - t;
+            if (rc)
+                die("sparse read", rc);
+            (m ? t1s : t0s)[i] = t;
+            ma_read_result_clear(&r);
+        }
+    for (int i = 0; i < n; i++)
+        rat[i] = t1s[i] / t0s[i];
+    ma_ivf_set_mass_mode(prev);
+    double r50 = quantile(rat, n, 0.5), r10 = quantile(rat, n, 0.1), r90 = quantile(rat, n, 0.9);
+    double a50 = quantile(t0s, n, 0.5), a99 = quantile(t0s, n, 0.99), b50 = quantile(t1s, n, 0.5),
+           b99 = quantile(t1s, n, 0.99);
+    printf("#   paired (%d reads): estimate off median %.4f ms p99 %.4f, %s median %.4f ms p99 %.4f; medians' ratio "
+           "on/off %.3f; per-read ratio median %.3f (10%% %.3f, 90%% %.3f)\n", n, a50 * 1e3, a99 * 1e3, MASS_NAMES[prev],
+           b50 * 1e3, b99 * 1e3, b50 / a50, r50, r10, r90);
+    printf("MASSPAIRED %s %d %llu %d %.5f %.5f %.5f %.5f %.4f %.4f %.4f\n", clustered ? "clu" : "iso", H,
+           (unsigned long long)T, n, a50 * 1e3, a99 * 1e3, b50 * 1e3, b99 * 1e3, r50, r10, r90);
+    free(t0s);
+    free(t1s);
+    free(rat);
+}
+
+/* The index's estimate of each head's mass outside the candidates against the truth (the full normaliser
+ * of the reference less the candidates' exact mass), for the first n queries at cosine 0.9: the median and
+ * the 90th percentile of |log(estimate/truth)| over (query, head), and of its spread over the heads of a
+ * query (max − min: a factor common to all heads does not move the pointer). */
+static void mass_accuracy(ma_archive *a, const float *Q, int needles, int n, const double *lzf, int topk)
+{
+    const size_t HD = (size_t)H * D;
+    size_t mx;
+    const ma_ivf *ix = ma_archive_index(a);
+    int np = ma_archive_index_probes(a, topk, &mx);
+    size_t cap = ma_ivf_ids_cap(ix, mx), nc;
+    uint64_t *cand = malloc(sizeof(uint64_t) * cap);
+    double *lse = malloc(sizeof(double) * (size_t)H), *err = malloc(sizeof(double) * (size_t)n * H);
+    double *spread = malloc(sizeof(double) * (size_t)n);
+    float *k = malloc(sizeof(float) * HD);
+    int m = 0, inf = 0;
+    for (int i = 0; i < n && i < needles; i++) {
+        int qi = needles + i;   /* cosine 0.9 */
+        const float *q = Q + (size_t)qi * HD;
+        int rc = ma_ivf_search_mass(ix, q, 1, np, mx, cand, &nc, NULL, lse);
+        if (rc)
+            die("index search", rc);
+        double zu[64] = {0};
+        for (size_t j = 0; j < nc; j++) {
+            event_kv(cand[j], k, NULL);
+            for (int h = 0; h < H; h++) {
+                double dot = 0;
+                for (int t = 0; t < D; t++)
+                    dot += (double)q[h * D + t] * k[h * D + t];
+                zu[h] += exp(dot / sqrt((double)D) - lzf[(size_t)qi * H + h]);
+            }
+        }
+        double lo = INFINITY, hi = -INFINITY;
+        for (int h = 0; h < H; h++) {
+            double out = 1 - zu[h];   /* the true outside mass over the full normaliser */
+            if (out <= 0 || lse[h] == -INFINITY) {
+                inf++;
+                continue;
+            }
+            double e = lse[h] - lzf[(size_t)qi * H + h] - log(out);
+            err[m++] = fabs(e);
+            lo = e < lo ? e : lo;
+            hi = e > hi ? e : hi;
+        }
+        spread[i] = hi > lo ? hi - lo : 0;
+    }
+    int ns = n < needles ? n : needles;
+    printf("#   outside mass, estimate against truth (cos 0.9, %d reads): |log ratio| median %.3f, p90 %.3f, max %.3f; "
+           "spread over heads median %.3f, p90 %.3f; %d (read, head) without an estimate or without mass outside\n",
+           ns, m ? quantile(err, m, 0.5) : 0, m ? quantile(err, m, 0.9) : 0, m ? quantile(err, m, 1.0) : 0,
+           quantile(spread, ns, 0.5), quantile(spread, ns, 0.9), inf);
+    free(cand);
+    free(lse);
+    free(err);
+    free(spread);
+    free(k);
+}
+
+/* The sparse read's output and pointer weight against the full read's, for n queries (spread over the
+ * cosines), with the estimated outside mass in the output's normaliser and without: mean and max relative
+ * error |o − o_full| / |o_full|, and of the weight. */
+static void output_error(ma_archive *a, const float *Q, int needles, int n)
+{
+    const size_t HD = (size_t)H * D;
+    float *of = malloc(sizeof(float) * HD), *os = malloc(sizeof(float) * HD);
+    double sum[2] = {0}, mxe[2] = {0}, wsum[2] = {0}, wmx[2] = {0};
+    for (int i = 0; i < n; i++) {
+        int qi = (i % NCOS) * needles + i / NCOS;
+        ma_read_result rf = {.v = of};
+        int rc = ma_archive_read_full(a, Q + (size_t)qi * HD, &rf);
+        if (rc)
+            die("full read", rc);
+        double nf = 0;
+        for (size_t j = 0; j < HD; j++)
+            nf += (double)of[j] * of[j];
+        for (int w = 0; w < 2; w++) {
+            ma_archive_set_mass_in_output(w);
+            ma_read_result r = {.v = os};
+            if ((rc = ma_archive_read_sparse(a, Q + (size_t)qi * HD, 0, &r)) != 0)
+                die("sparse read", rc);
+            double ne = 0;
+            for (size_t j = 0; j < HD; j++)
+                ne += ((double)os[j] - of[j]) * ((double)os[j] - of[j]);
+            double e = sqrt(ne / nf), we = fabs(r.weight - rf.weight) / rf.weight;
+            sum[w] += e;
+            mxe[w] = e > mxe[w] ? e : mxe[w];
+            wsum[w] += we;
+            wmx[w] = we > wmx[w] ? we : wmx[w];
+            ma_read_result_clear(&r);
+        }
+        ma_read_result_clear(&rf);
+    }
+    ma_archive_set_mass_in_output(MA_ARCHIVE_MASS_IN_OUTPUT);
+    printf("#   output vs full read (%d reads): relative error mean %.4f max %.4f with the outside mass in the "
+           "output's normaliser, mean %.4f max %.4f without; pointer weight (relative) mean %.4f max %.4f\n",
+           n, sum[1] / n, mxe[1], sum[0] / n, mxe[0], wsum[1] / n, wmx[1]);
+    printf("OUTERR %s %d %d %.5f %.5f %.5f %.5f %.5f %.5f\n", clustered ? "clu" : "iso", H, n, sum[1] / n, mxe[1],
+           sum[0] / n, mxe[0], wsum[1] / n, wmx[1]);
+    free(of);
+    free(os);
+}
+
 int main(int argc, char **argv)
 {
     int min_log2 = 16, max_log2 = 21, needles = 1000, full_reps = 5, topk = 16, generic = 0, paired = 0, shared = 0;
+    int mass = MA_IVF_MASS_DEFAULT, mass_check = 0, out_reps = 0, mass_pairs = 0;
+    const char *compare = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--gen") && i + 1 < argc)
             clustered = !strcmp(argv[++i], "clu");
@@ -329,11 +529,27 @@ int main(int argc, char **argv)
             shared = 1;
         else if (!strcmp(argv[i], "--paired") && i + 1 < argc)
             paired = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--mass") && i + 1 < argc)
+            mass = mass_mode(argv[++i]);
+        else if (!strcmp(argv[i], "--compare") && i + 1 < argc)
+            compare = argv[++i];
+        else if (!strcmp(argv[i], "--mass-check") && i + 1 < argc)
+            mass_check = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--out-reps") && i + 1 < argc)
+            out_reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--mass-paired") && i + 1 < argc)
+            mass_pairs = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--gen iso|clu] [--heads H] [--min-log2 A] [--max-log2 B] [--needles N] "
-                            "[--seed S] [--full-reps R] [--topk K] [--generic] [--paired ROUNDS] [--shared]\n", argv[0]);
+                            "[--seed S] [--full-reps R] [--topk K] [--generic] [--paired ROUNDS] [--shared] "
+                            "[--mass MODE] [--compare MODE,MODE,...] [--mass-check N] [--out-reps N] "
+                            "[--mass-paired N]\n", argv[0]);
             return 2;
         }
+    }
+    if (mass < 0) {
+        fprintf(stderr, "bench_recall: --mass: off, alone, unprobed or mean\n");
+        return 2;
     }
     if (H < 1 || H > 64 || min_log2 < 10 || max_log2 > 24 || min_log2 > max_log2 || needles < 1 || full_reps < 1) {
         fprintf(stderr, "bench_recall: bad arguments\n");
@@ -342,6 +558,7 @@ int main(int argc, char **argv)
     openblas_set_num_threads(1);
     ma_ivf_set_generic_kernels(generic);
     ma_ivf_set_legacy_shared(shared);
+    ma_ivf_set_mass_mode(mass);
     if (clustered)
         clusters_init();
 
@@ -363,6 +580,7 @@ int main(int argc, char **argv)
     float *out = malloc(sizeof(float) * HD);
     uint64_t *need = malloc(sizeof(uint64_t) * (size_t)needles);
     int64_t *ref = malloc(sizeof(int64_t) * (size_t)nq), *href = malloc(sizeof(int64_t) * (size_t)nq * H);
+    double *lzf = malloc(sizeof(double) * (size_t)nq * H);
     double *ts = malloc(sizeof(double) * (size_t)nq), *tf = malloc(sizeof(double) * (size_t)full_reps);
 
     printf("# bench_recall: gen %s, H %d, d %d, topk %d, %d needles x cosines 1.0/0.9/0.8/0.7, seed %llu%s%s\n",
@@ -387,7 +605,7 @@ int main(int argc, char **argv)
                 make_query(k, COS[c], &qs, Q + ((size_t)c * needles + i) * HD);
             }
         double r0 = wall_now();
-        reference(T, Q, nq, ref, href);
+        reference(T, Q, nq, ref, href, lzf);
         double ref_s = wall_now() - r0;
 
         /* Sparse reads, the index's phases accounted. */
@@ -414,6 +632,25 @@ int main(int argc, char **argv)
         for (int i = 0; i < nq; i++)
             tsum += ts[i];
         ma_ivf_profile(0, prof, &nsearch, &nev);
+
+        /* Other outside-mass modes on the same archive and queries (before/after in the same run). */
+        if (compare && H > 1) {
+            double *tc = malloc(sizeof(double) * (size_t)nq);
+            char buf[128];
+            snprintf(buf, sizeof buf, "%s", compare);
+            for (char *t = strtok(buf, ","); t; t = strtok(NULL, ",")) {
+                int m = mass_mode(t);
+                if (m >= 0)
+                    mass_compare(a, m, T, Q, needles, ref, out, tc, mass_check, lzf, topk);
+            }
+            free(tc);
+        }
+        if (mass_check > 0 && H > 1 && !compare)
+            mass_accuracy(a, Q, needles, mass_check, lzf, topk);
+        if (out_reps > 0 && H > 1)
+            output_error(a, Q, needles, out_reps);
+        if (mass_pairs > 0 && H > 1)
+            mass_paired(a, Q, needles, mass_pairs, T, out);
 
         /* H > 1: the index's candidates of each read (the same search the read makes): how often each
          * head's own pointer is among them (then the read's head-h argmax is it: candidates are attended
@@ -559,6 +796,7 @@ int main(int argc, char **argv)
     free(need);
     free(ref);
     free(href);
+    free(lzf);
     free(ts);
     free(tf);
     return 0;

@@ -21,7 +21,10 @@
  * (ma_archive_read_exact_batch). Sparse through the selector (chunks: top-k chunks by summary score; index:
  * probe a tenth of the clusters (at the default topk), rank their events by sign code then 4-bit code,
  * attend exactly over the best 8·topk, copied from their chunks when in RAM, else read alone through the
- * event loader, else loaded with their chunks) ends in the exact kernel ma_attn.
+ * event loader, else loaded with their chunks) ends in the exact kernel ma_attn. With H > 1 heads the
+ * index answers the union of the heads' candidates and, per head, an estimate of that head's softmax mass
+ * outside it (ma_ivf_search_mass), which ma_attn_mass adds to the head's normaliser: the pointer (largest
+ * weight summed over heads) then weighs the heads as the full read does (docs/ARCHIVE.md, "Many heads").
  *
  * Persistence. The meta blob holds the shape and the index's centroids and counters; restore streams every
  * chunk through the source once to recompute summaries, and reads the index's lists from its stored rows
@@ -1009,10 +1012,21 @@ done:
     return rc;
 }
 
+/* Whether the outputs of sparse reads of many heads use the normalisers with the index's estimate of the
+ * mass outside the candidates (ma_archive_set_mass_in_output; benches compare). The pointer and its weight
+ * always do. */
+static int mass_in_output = MA_ARCHIVE_MASS_IN_OUTPUT;
+
+void ma_archive_set_mass_in_output(int on)
+{
+    mass_in_output = on != 0;
+}
+
 /* Exact attention over the n candidates ids (ascending) the index chose for q; masked candidates are
- * dropped from ids in place first. */
+ * dropped from ids in place first. outside (H, or NULL): per head the log of the mass the index estimates
+ * outside the candidates (ma_ivf_search_mass), added to the head's normaliser (ma_attn_mass). */
 static int attend_ids(const ma_archive *a, const float *q, uint64_t *ids, size_t n, uint64_t scored,
-                      ma_read_result *r)
+                      const double *outside, ma_read_result *r)
 {
     int rc = MA_ENOMEM;
     float *k = malloc((n ? n : 1) * a->kf * sizeof(float));
@@ -1035,7 +1049,7 @@ static int attend_ids(const ma_archive *a, const float *q, uint64_t *ids, size_t
         goto done;
     ma_attn_seg seg = {.k = k, .v = v, .n = n, .first = 0, .ids = ids};
     ma_attn_best best;
-    rc = ma_attn(&seg, 1, a->H, a->d, a->dv, q, r->v, &best);
+    rc = ma_attn_mass(&seg, 1, a->H, a->d, a->dv, q, outside, mass_in_output, r->v, &best);
     if (rc)
         goto done;
     uint32_t *shrunk = realloc(cl, (ncl ? ncl : 1) * sizeof *cl);
@@ -1056,12 +1070,12 @@ static int read_index(const ma_archive *a, const float *q, int topk, ma_read_res
     uint64_t scored = 0;
     int nprobe = index_budget(a, topk, &budget);
     uint64_t *ids = malloc(ma_ivf_ids_cap(a->ivf, budget ? budget : 1) * sizeof *ids);
-    if (!ids)
-        return MA_ENOMEM;
-    int rc = ma_ivf_search(a->ivf, q, nprobe, budget, ids, &n, &scored);
-    if (rc == 0)
-        rc = attend_ids(a, q, ids, n, scored, r);
+    double *outside = malloc((size_t)a->H * sizeof *outside);
+    int rc = MA_ENOMEM;
+    if (ids && outside && (rc = ma_ivf_search_mass(a->ivf, q, 1, nprobe, budget, ids, &n, &scored, outside)) == 0)
+        rc = attend_ids(a, q, ids, n, scored, outside, r);
     free(ids);
+    free(outside);
     return rc;
 }
 
@@ -1087,16 +1101,19 @@ int ma_archive_read_sparse_batch(const ma_archive *a, const float *Q, size_t nq,
     const size_t cap = ma_ivf_ids_cap(a->ivf, budget ? budget : 1);
     uint64_t *ids = malloc(nq * cap * sizeof *ids), *scored = malloc(nq * sizeof *scored);
     size_t *n = malloc(nq * sizeof *n);
-    if (!ids || !scored || !n)
+    double *outside = malloc(nq * (size_t)a->H * sizeof *outside);
+    if (!ids || !scored || !n || !outside)
         goto fail;
-    if ((rc = ma_ivf_search_batch(a->ivf, Q, nq, nprobe, budget ? budget : 1, ids, n, scored)) != 0)
+    if ((rc = ma_ivf_search_mass(a->ivf, Q, nq, nprobe, budget ? budget : 1, ids, n, scored, outside)) != 0)
         goto fail;
     for (; done < nq; done++)
-        if ((rc = attend_ids(a, Q + done * a->kf, ids + done * cap, n[done], scored[done], &r[done])) != 0)
+        if ((rc = attend_ids(a, Q + done * a->kf, ids + done * cap, n[done], scored[done],
+                             outside + done * (size_t)a->H, &r[done])) != 0)
             goto fail;
     free(ids);
     free(scored);
     free(n);
+    free(outside);
     return 0;
 fail:
     for (size_t j = 0; j < done; j++)
@@ -1104,6 +1121,7 @@ fail:
     free(ids);
     free(scored);
     free(n);
+    free(outside);
     return rc;
 }
 

@@ -128,6 +128,13 @@ int ma_archive_read_sparse(const ma_archive *a, const float *q, int topk, ma_rea
  * is scanned once for the whole batch. On error no result is left filled. */
 int ma_archive_read_sparse_batch(const ma_archive *a, const float *Q, size_t nq, int topk, ma_read_result *r);
 
+/* Sparse reads of the index selector with H > 1 heads add to each head's normaliser the index's estimate
+ * of that head's softmax mass outside the candidates (ma_ivf_search_mass; docs/ARCHIVE.md, "Many heads"):
+ * the pointer and its weight always; the output when on (default MA_ARCHIVE_MASS_IN_OUTPUT). A process-wide
+ * setting for comparisons (bench/); must not run alongside a read. H = 1 is not affected. */
+#define MA_ARCHIVE_MASS_IN_OUTPUT 1
+void ma_archive_set_mass_in_output(int on);
+
 /* How the chunks selector scores a chunk against q (summed over heads):
  *  - BOUND (default): Quest's upper bound of q.k over the chunk, sum_j max(q_j min_j, q_j max_j);
  *  - MEAN: q . (mean key of the chunk);

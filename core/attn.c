@@ -4,7 +4,9 @@
  * ma_attn (the sparse reads: a few hundred events in RAM): three passes over the selected events: logits
  * (sgemv per segment and head), per-head max and exp with the normaliser summed in double, then the
  * weighted sum of values (sgemv per segment into a float partial, added into a double accumulator). The
- * logits buffer is the only allocation: n·H floats.
+ * logits buffer is the only allocation: n·H floats. ma_attn_mass is the same with, per head, a mass
+ * outside the events (a log, from the index's estimate) added to the normaliser the pointer's weights use
+ * (and the output's, if asked): ma_attn is ma_attn_mass without it, the same bits.
  *
  * ma_attn_stream_* (the full and window reads: the whole archive, streamed chunk by chunk for a batch of
  * queries): an online softmax, described before the code below; the pointer, which needs every final
@@ -35,6 +37,12 @@ static double cosine(const float *a, const float *b, int d)
 int ma_attn(const ma_attn_seg *segs, size_t nseg, int H, int d, int dv, const float *q, float *out,
             ma_attn_best *best)
 {
+    return ma_attn_mass(segs, nseg, H, d, dv, q, NULL, 0, out, best);
+}
+
+int ma_attn_mass(const ma_attn_seg *segs, size_t nseg, int H, int d, int dv, const float *q, const double *outside,
+                 int outside_in_out, float *out, ma_attn_best *best)
+{
     size_t total = 0;
     for (size_t s = 0; s < nseg; s++)
         total += segs[s].n;
@@ -50,10 +58,11 @@ int ma_attn(const ma_attn_seg *segs, size_t nseg, int H, int d, int dv, const fl
 
     int rc = MA_ENOMEM;
     float *w = malloc(sizeof(float) * total * (size_t)H);   /* [h][i]: logits, then exp(logit - max) */
-    double *z = calloc((size_t)H, sizeof(double));
+    double *z = calloc((size_t)H, sizeof(double)), *zp = calloc((size_t)H, sizeof(double));
+    float *hmax = calloc((size_t)H, sizeof(float));
     double *acc = calloc((size_t)dv, sizeof(double));
     float *part = malloc(sizeof(float) * (size_t)dv);
-    if (!w || !z || !acc || !part)
+    if (!w || !z || !zp || !hmax || !acc || !part)
         goto done;
 
     const float scale = (float)(1.0 / sqrt((double)d));
@@ -81,6 +90,16 @@ int ma_attn(const ma_attn_seg *segs, size_t nseg, int H, int d, int dv, const fl
             sum += wh[i];
         }
         z[h] = sum;   /* >= 1: the maximum contributes exp(0) */
+        hmax[h] = mx;
+    }
+    /* The heads' normalisers with the mass estimated outside the events (the pointer and its weight; the
+     * output too with outside_in_out). */
+    for (int h = 0; h < H; h++) {
+        zp[h] = z[h];
+        if (outside && outside[h] > -INFINITY)
+            zp[h] += exp(outside[h] - (double)hmax[h]);
+        if (outside_in_out)
+            z[h] = zp[h];
     }
 
     /* The pointer: largest weight summed over heads; strict '>' keeps the first on ties. */
@@ -89,7 +108,7 @@ int ma_attn(const ma_attn_seg *segs, size_t nseg, int H, int d, int dv, const fl
     for (size_t i = 0; i < total; i++) {
         double sw = 0;
         for (int h = 0; h < H; h++)
-            sw += w[(size_t)h * total + i] / z[h];
+            sw += w[(size_t)h * total + i] / zp[h];
         if (sw > argw) {
             argw = sw;
             arg = i;
@@ -132,6 +151,8 @@ int ma_attn(const ma_attn_seg *segs, size_t nseg, int H, int d, int dv, const fl
 done:
     free(w);
     free(z);
+    free(zp);
+    free(hmax);
     free(acc);
     free(part);
     return rc;

@@ -38,6 +38,14 @@ typedef struct {
 int ma_attn(const ma_attn_seg *segs, size_t nseg, int H, int d, int dv, const float *q, float *out,
             ma_attn_best *best);
 
+/* ma_attn with, per head, the log of a softmax mass outside the events (outside[h], in logit units:
+ * log sum exp(q_h . k / sqrt(d)) over events not attended; -inf or outside NULL: none) added to that head's
+ * normaliser: the pointer and its weight use the normalisers with it, the output too when outside_in_out.
+ * With outside NULL it is ma_attn, bit for bit (docs/ARCHIVE.md, "Many heads": the sparse read of H > 1
+ * heads passes the index's estimate). */
+int ma_attn_mass(const ma_attn_seg *segs, size_t nseg, int H, int d, int dv, const float *q, const double *outside,
+                 int outside_in_out, float *out, ma_attn_best *best);
+
 /* ---- streamed exact attention for a batch of queries (docs/ARCHIVE.md, "Streamed exact reads") ---- */
 
 /* Queries are computed in groups of MA_ATTN_QGROUP rows per sgemm (the last group padded with zero rows),

@@ -176,7 +176,7 @@ static int heads_train(int H, int d, uint64_t point, uint32_t build_no, ma_ivf_l
                        const atomic_int *stop, ma_ivf_build **out);
 static int heads_encode(ma_ivf_build *b, const float *keys, size_t n_blocks, void *lists, void *codes);
 static int heads_search(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
-                        size_t *n_ids, uint64_t *scored);
+                        size_t *n_ids, uint64_t *scored, double *lse);
 static void heads_rows_done(ma_ivf *x);
 static void heads_free(ma_ivf *x);
 
@@ -2143,9 +2143,88 @@ static int qstate_init(const ma_ivf *x, qstate *st, const float *q, float *cs, s
     return st->buf && st->tmp ? 0 : MA_ENOMEM;
 }
 
+/* ---- the mass outside the candidates (per-head searches, issue 15) ------------------------------
+ *
+ * With H > 1 heads the archive attends the union of the heads' candidates, and the pointer is the event of
+ * largest weight summed over heads, w_h = exp(l_h - M_h) / Z_h. Each head's normaliser over the union
+ * misses that head's softmax mass outside it, which with clustered keys is large and differs from head to
+ * head, so the heads are reweighted in the sum. A search of one head's index (a sub-index, H = 1) estimates
+ * that mass from what it has at hand (s = 1/sqrt(d), the attention's scale):
+ *   * one by one, the events it re-ranked by 4-bit code (the 8·max_ids best by sign code: exp(s·estimate))
+ *     and the pending events (exact);
+ *   * in bulk, every list, less the events of it estimated one by one: n'·exp(s·q.mu), mu the list's mean
+ *     key (what probes rank by). The mean of exp over a list is above exp of the mean (Jensen), but the
+ *     events left in a probed list are those below the sign-code threshold: the two err in opposite
+ *     directions, and measured, this beats both leaving the probed lists out and a per-list spread
+ *     correction (docs/RESULTS.md, "Many heads: the mass outside the candidates").
+ * The caller (heads_search) leaves out the events of the union (the archive attends them exactly) and
+ * hands the archive log(mass) per head. The events estimated alone are summed in 64-bit fixed point
+ * (order-free: a batch meets them in another order than a single search) and the lists in list order
+ * with q . mu from one sgemv of the same shape in both, so single and batched reads give the same bits.
+ * mass_mode (ma_ivf_set_mass_mode; benches) chooses what is estimated. */
+
+static int mass_mode = MA_IVF_MASS_DEFAULT;
+
+void ma_ivf_set_mass_mode(int mode)
+{
+    mass_mode = mode;
+}
+
+int ma_ivf_mass_mode(void)
+{
+    return mass_mode;
+}
+
+typedef struct {
+    uint64_t *id;      /* the events estimated one by one ... */
+    float *s;          /* ... and their estimates of q . k (unscaled) */
+    size_t n, cap;
+    uint32_t *kc;      /* nlist: how many of each list's events are among them (NULL: mode without bulk) */
+    float *cs;         /* nlist: q . mu of each list (scratch) */
+    double *ex;        /* nlist: each list's exponent (scratch) */
+    double bm, bz;     /* the lists' bulk mass: bz·exp(bm) (bz = 0: none) */
+} mass_part;
+
+/* The bulk term of a query st (after its candidates were recorded in mp->kc): per list, the events not
+ * estimated one by one, n'·exp(s·q.mu) (probed lists left out with MA_IVF_MASS_UNPROBED); summed with
+ * their maximum factored out, in list order. */
+static void mass_bulk(const ma_ivf *x, const qstate *st, mass_part *mp)
+{
+    mp->bm = -INFINITY;
+    mp->bz = 0;
+    const size_t NL = x->nlist, d = (size_t)x->d;
+    if (!NL || !x->kmean || !mp->kc || mass_mode == MA_IVF_MASS_ALONE)
+        return;
+    const double sc = 1.0 / sqrt((double)d);
+    /* q . mu of every list: the same sgemv alone or in a batch (the batch's probes come from an sgemm,
+     * whose bits may differ). */
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)NL, (int)d, 1.0f, x->kmean, (int)d, st->q, 1, 0.0f, mp->cs, 1);
+    if (mass_mode == MA_IVF_MASS_UNPROBED)
+        for (size_t i = 0; i < st->got; i++)
+            mp->kc[st->probe[i]] = UINT32_MAX;   /* marks a probed list: left out */
+    double m = -INFINITY;
+    for (size_t c = 0; c < NL; c++) {
+        mp->ex[c] = -INFINITY;
+        if (mp->kc[c] == UINT32_MAX || x->lists[c].n <= mp->kc[c])
+            continue;
+        mp->ex[c] = sc * (double)mp->cs[c];
+        if (mp->ex[c] > m)
+            m = mp->ex[c];
+    }
+    if (m == -INFINITY)
+        return;
+    double z = 0;
+    for (size_t c = 0; c < NL; c++)
+        if (mp->ex[c] > -INFINITY)
+            z += (double)(x->lists[c].n - mp->kc[c]) * exp(mp->ex[c] - m);
+    mp->bm = m;
+    mp->bz = z;
+}
+
 /* The pending events (exactly), the last cut, stage 2 (the candidates re-ranked by their 4-bit codes,
  * pending ones keeping their exact score) and the answer. s: room for the pending events' scores. */
-static int qstate_finish(const ma_ivf *x, qstate *st, float *s, uint64_t *ids, size_t *n_ids, uint64_t *scored)
+static int qstate_finish(const ma_ivf *x, qstate *st, float *s, uint64_t *ids, size_t *n_ids, uint64_t *scored,
+                         mass_part *mp)
 {
     const size_t npend = (size_t)(x->count - x->assigned);
     if (npend && st->keep1) {
@@ -2181,9 +2260,22 @@ static int qstate_finish(const ma_ivf *x, qstate *st, float *s, uint64_t *ids, s
             float v = code4_score(x, c.blk, c.rb, c.r, &st->qc, st->qcent + (size_t)c.pi * (size_t)x->H);
             c.s = isnan(v) ? -INFINITY : v;
         }
+        if (mp && c.blk && mp->n < mp->cap) {   /* a listed stage-2 candidate: estimated alone */
+            mp->id[mp->n] = blk_ids(x, c.rb)[c.r];
+            mp->s[mp->n++] = c.s;
+            if (mp->kc)
+                mp->kc[st->probe[c.pi]]++;
+        }
         if (nf == st->keep && !worse(&fin[0], &c))
             continue;
         heap_put(fin, &nf, st->keep, c);
+    }
+    if (mp) {
+        for (size_t j = 0; j < npend && st->keep1 && mp->n < mp->cap; j++) {   /* the pending: exact */
+            mp->id[mp->n] = x->assigned + j;
+            mp->s[mp->n++] = isnan(s[j]) ? -INFINITY : s[j];
+        }
+        mass_bulk(x, st, mp);
     }
     for (size_t i = 0; i < nf; i++)
         ids[i] = fin[i].blk ? blk_ids(x, fin[i].rb)[fin[i].r] : x->assigned + fin[i].r;
@@ -2212,13 +2304,13 @@ int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, u
     return ma_ivf_search_batch(x, q, 1, nprobe, max_ids, ids, n_ids, scored);
 }
 
-int ma_ivf_search_batch(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
-                        size_t *n_ids, uint64_t *scored)
+/* ma_ivf_search_batch of an index that is not per-head; mp (NULL, or nq parts with room) gets each query's
+ * outside-mass parts (per-head searches ask their sub-indexes so). */
+static int search_lists(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
+                        size_t *n_ids, uint64_t *scored, mass_part *mp)
 {
     if (x->broken)
         return MA_EIO;
-    if (x->sub)
-        return heads_search(x, Q, nq, nprobe, max_ids, ids, n_ids, scored);
     const size_t D = x->D, NL = x->nlist;
     int rc = MA_ENOMEM;
     size_t np = nprobe < 1 ? 1 : (size_t)nprobe;
@@ -2320,7 +2412,8 @@ int ma_ivf_search_batch(const ma_ivf *x, const float *Q, size_t nq, int nprobe, 
     if (prof_on)
         t2 = prof_now();
     for (size_t k = 0; k < nq; k++)
-        if ((rc = qstate_finish(x, &st[k], s, ids + k * max_ids, &n_ids[k], scored ? &scored[k] : NULL)) != 0)
+        if ((rc = qstate_finish(x, &st[k], s, ids + k * max_ids, &n_ids[k], scored ? &scored[k] : NULL,
+                                mp ? &mp[k] : NULL)) != 0)
             goto done;
     if (prof_on) {
         double t3 = prof_now();
@@ -2691,27 +2784,107 @@ done:
     return rc;
 }
 
-/* Every head's search of its own query (the batch's head-h slices: one sgemm of centroid scores and one
- * scan per head), then per query the union of the heads' ids, ascending, each once. */
-static int heads_search(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
-                        size_t *n_ids, uint64_t *scored)
+/* The union of a query's candidates as an open-addressing set (a binary search per candidate cost as
+ * much as the rest of the estimate). slots: a power of two >= 2·n, each an id + 1 (0: empty). */
+static void idset_fill(uint64_t *slot, size_t cap, const uint64_t *u, size_t n)
 {
-    const size_t H = (size_t)x->H, cap = H * max_ids, d = (size_t)x->d;
+    memset(slot, 0, cap * sizeof *slot);
+    for (size_t i = 0; i < n; i++) {
+        size_t h = (size_t)((u[i] * 0x9e3779b97f4a7c15ull) >> 20) & (cap - 1);
+        while (slot[h])
+            h = (h + 1) & (cap - 1);
+        slot[h] = u[i] + 1;
+    }
+}
+
+static bool idset_has(const uint64_t *slot, size_t cap, uint64_t id)
+{
+    size_t h = (size_t)((id * 0x9e3779b97f4a7c15ull) >> 20) & (cap - 1);
+    for (; slot[h]; h = (h + 1) & (cap - 1))
+        if (slot[h] == id + 1)
+            return true;
+    return false;
+}
+
+/* The outside mass of head h for a query whose union of candidates is the set (slot, cap): its events
+ * estimated alone that are not in the union (expf of each relative to the largest, in 64-bit fixed point
+ * with 2^-40 of the largest: any order gives the same sum) plus its lists' bulk; log of it in the
+ * attention's logit units (-inf: nothing outside). The union's events are struck out of mp (their
+ * estimates set to -inf). */
+static double mass_outside(mass_part *mp, const uint64_t *slot, size_t cap, float sc)
+{
+    float im = -INFINITY;
+    for (size_t i = 0; i < mp->n; i++) {
+        mp->s[i] = idset_has(slot, cap, mp->id[i]) ? -INFINITY : sc * mp->s[i];
+        im = mp->s[i] > im ? mp->s[i] : im;
+    }
+    uint64_t fx = 0;
+    if (im > -INFINITY)
+        for (size_t i = 0; i < mp->n; i++)
+            fx += (uint64_t)ldexpf(expf(mp->s[i] - im), 40);   /* expf(-inf) = 0 */
+    double iz = ldexp((double)fx, -40), M = (double)im > mp->bm ? (double)im : mp->bm;
+    if (M == -INFINITY)
+        return -INFINITY;
+    double z = (iz > 0 ? iz * exp((double)im - M) : 0) + (mp->bz > 0 ? mp->bz * exp(mp->bm - M) : 0);
+    return z > 0 ? M + log(z) : -INFINITY;
+}
+
+/* Every head's search of its own query (the batch's head-h slices: one sgemm of centroid scores and one
+ * scan per head), then per query the union of the heads' ids, ascending, each once; with lse, per query
+ * and head the log of the estimated mass outside the union (mass_outside). */
+static int heads_search(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
+                        size_t *n_ids, uint64_t *scored, double *lse)
+{
+    const size_t H = (size_t)x->H, cap = H * max_ids, d = (size_t)x->d, nqa = nq ? nq : 1;
+    const int want = lse && mass_mode != MA_IVF_MASS_OFF;
     int rc = MA_ENOMEM;
-    float *Qh = malloc((nq ? nq : 1) * d * sizeof(float));
-    uint64_t *hid = malloc((nq ? nq : 1) * (max_ids ? max_ids : 1) * sizeof *hid);
-    uint64_t *hsc = malloc((nq ? nq : 1) * sizeof *hsc);
-    size_t *hn = malloc((nq ? nq : 1) * sizeof *hn);
+    float *Qh = malloc(nqa * d * sizeof(float));
+    uint64_t *hid = malloc(nqa * (max_ids ? max_ids : 1) * sizeof *hid);
+    uint64_t *hsc = malloc(nqa * sizeof *hsc);
+    size_t *hn = malloc(nqa * sizeof *hn);
+    mass_part *mp = NULL;
+    uint64_t *mid = NULL;
+    float *ms = NULL;
+    uint32_t *kc = NULL;
+    float *cs = NULL;
+    double *ex = NULL;
+    size_t mcap = 0, NL = 0, setcap = 16;
+    uint64_t *set = NULL;   /* a query's union as a set (mass_outside) */
+    while (setcap < 2 * cap)
+        setcap *= 2;
     if (!Qh || !hid || !hsc || !hn)
         goto done;
+    if (want) {
+        /* Room per (head, query) for the events estimated alone: the stage-2 candidates and the pending. */
+        size_t npend = 0;
+        for (size_t h = 0; h < H; h++) {
+            size_t p = (size_t)(x->sub[h]->count - x->sub[h]->assigned);
+            npend = p > npend ? p : npend;
+            NL = x->sub[h]->nlist > NL ? x->sub[h]->nlist : NL;
+        }
+        mcap = (max_ids > SIZE_MAX / MA_IVF_RERANK / 2 ? SIZE_MAX / 4 : max_ids * MA_IVF_RERANK) + npend;
+        if (!(mp = calloc(H * nqa, sizeof *mp)) || !(mid = malloc(H * nqa * mcap * sizeof *mid)) ||
+            !(ms = malloc(H * nqa * mcap * sizeof *ms)) || !(kc = malloc(nqa * (NL + 1) * sizeof *kc)) ||
+            !(cs = malloc(nqa * (NL + 1) * sizeof *cs)) || !(ex = malloc(nqa * (NL + 1) * sizeof *ex)) ||
+            !(set = malloc(setcap * sizeof *set)))
+            goto done;
+    }
     for (size_t k = 0; k < nq; k++) {
         n_ids[k] = 0;
         if (scored)
             scored[k] = 0;
     }
     for (size_t h = 0; h < H; h++) {
+        mass_part *mh = want ? mp + h * nqa : NULL;
+        if (mh) {
+            memset(kc, 0, nqa * (NL + 1) * sizeof *kc);
+            for (size_t k = 0; k < nq; k++)
+                mh[k] = (mass_part){.id = mid + (h * nqa + k) * mcap, .s = ms + (h * nqa + k) * mcap, .cap = mcap,
+                                    .kc = kc + k * (NL + 1), .cs = cs + k * (NL + 1), .ex = ex + k * (NL + 1),
+                                    .bm = -INFINITY};
+        }
         head_slice(x, Q, nq, (int)h, Qh);
-        if ((rc = ma_ivf_search_batch(x->sub[h], Qh, nq, nprobe, max_ids, hid, hn, hsc)) != 0)
+        if ((rc = search_lists(x->sub[h], Qh, nq, nprobe, max_ids, hid, hn, hsc, mh)) != 0)
             goto done;
         for (size_t k = 0; k < nq; k++) {
             memcpy(ids + k * cap + n_ids[k], hid + k * max_ids, hn[k] * sizeof *ids);
@@ -2730,6 +2903,10 @@ static int heads_search(const ma_ivf *x, const float *Q, size_t nq, int nprobe, 
             if (u == 0 || a[i] != a[u - 1])
                 a[u++] = a[i];
         n_ids[k] = u;
+        if (want)
+            idset_fill(set, setcap, a, u);
+        for (size_t h = 0; lse && h < H; h++)
+            lse[k * H + h] = want ? mass_outside(&mp[h * nqa + k], set, setcap, 1.0f / sqrtf((float)d)) : -INFINITY;
     }
     rc = 0;
 done:
@@ -2737,7 +2914,32 @@ done:
     free(hid);
     free(hsc);
     free(hn);
+    free(mp);
+    free(mid);
+    free(ms);
+    free(kc);
+    free(cs);
+    free(ex);
+    free(set);
     return rc;
+}
+
+int ma_ivf_search_batch(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
+                        size_t *n_ids, uint64_t *scored)
+{
+    return ma_ivf_search_mass(x, Q, nq, nprobe, max_ids, ids, n_ids, scored, NULL);
+}
+
+int ma_ivf_search_mass(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
+                       size_t *n_ids, uint64_t *scored, double *lse)
+{
+    if (x->broken)
+        return MA_EIO;
+    if (x->sub)
+        return heads_search(x, Q, nq, nprobe, max_ids, ids, n_ids, scored, lse);
+    for (size_t k = 0; lse && k < nq * (size_t)x->H; k++)
+        lse[k] = -INFINITY;
+    return search_lists(x, Q, nq, nprobe, max_ids, ids, n_ids, scored, NULL);
 }
 
 /* ---- tests ----------------------------------------------------------------------------------- */

@@ -215,6 +215,24 @@ size_t ma_ivf_ids_cap(const ma_ivf *x, size_t max_ids);
 int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, uint64_t *ids, size_t *n_ids,
                   uint64_t *scored);
 
+/* ma_ivf_search_batch, and per query and head the log of the estimated softmax mass of that head outside the
+ * answered ids, lse[k·H + h] = log sum_{i not in ids} exp(q_h . k_ih / sqrt(d)) (docs/ARCHIVE.md, "Many
+ * heads"): per-head indexes estimate it from their stage-2 candidates' 4-bit estimates, their pending
+ * keys (exact) and their lists' sizes and mean keys; -inf when nothing is estimated (an index that
+ * is not per-head, MA_IVF_MASS_OFF, nothing outside). The same bits for a query alone or in any batch.
+ * lse: nq·H doubles, or NULL (then exactly ma_ivf_search_batch). 0 or MA_ENOMEM (MA_EIO: broken). */
+int ma_ivf_search_mass(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
+                       size_t *n_ids, uint64_t *scored, double *lse);
+
+/* What ma_ivf_search_mass estimates (benches and tests compare; process-wide, not thread-safe against
+ * searches): OFF nothing (-inf: the archive's read of before); ALONE the stage-2 candidates and pending
+ * events outside the ids only; UNPROBED those and the lists not probed (by mean key); MEAN (the default)
+ * those and every list less its events estimated alone, by mean key. */
+enum { MA_IVF_MASS_OFF, MA_IVF_MASS_ALONE, MA_IVF_MASS_UNPROBED, MA_IVF_MASS_MEAN };
+#define MA_IVF_MASS_DEFAULT MA_IVF_MASS_MEAN
+void ma_ivf_set_mass_mode(int mode);
+int ma_ivf_mass_mode(void);
+
 /* Tests and benches: on != 0 makes every index of the process score with the portable kernels instead of
  * the AVX2 ones (they compute the same integers: answers do not change). Not thread-safe against searches. */
 void ma_ivf_set_generic_kernels(int on);
