@@ -201,6 +201,8 @@ void ma_ivf_set_legacy_shared(int on);
  * searches and the events scanned since the last call, and switches the accounting on or off. Any
  * argument may be NULL. Not thread-safe; for single-threaded benches only. */
 void ma_ivf_profile(int on, double t[3], uint64_t *searches, uint64_t *events);
+/* Benches: the lists the searches scanned since the last ma_ivf_profile call (read it before that call). */
+uint64_t ma_ivf_profile_lists(void);
 
 /* Tests: every listed (not pending) event's id, list and the two estimates of q . k a search computes for
  * it (sign codes; 4-bit codes), list by list in list order; *n gets their number (buffers of count
@@ -210,6 +212,19 @@ int ma_ivf_debug_estimates(const ma_ivf *x, const float *q, uint64_t *ids, uint3
 
 /* Tests: centroid c (H·d floats, a unit vector), or NULL if c >= nlist or per-head (ma_ivf_head). */
 const float *ma_ivf_debug_centroid(const ma_ivf *x, uint32_t c);
+
+/* Flags of ma_ivf_search_opt. MA_IVF_ADAPTIVE: adaptive probing — an index of one head (H = 1) scans its
+ * probed lists best first, in rounds of 8, and stops after a round once an event of the lists not yet
+ * scanned is unlikely to beat the best found (expected number above it <= 1e-3, under a Gaussian model of
+ * q . k around each list's mean with the spread the query saw in the lists it scanned; never before
+ * MA_IVF_RERANK·max_ids events were scanned); nprobe is then the most it probes. The decision is a function
+ * of the query and the index only: the same bits for the same state, batched or not. Ignored by per-head
+ * indexes (H > 1: every head probes nprobe lists). docs/ARCHIVE.md, "Adaptive probing". */
+#define MA_IVF_ADAPTIVE 1u
+
+/* ma_ivf_search_batch with flags (0: the same search). *scored / scored[k] counts the events scored. */
+int ma_ivf_search_opt(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, unsigned flags,
+                      uint64_t *ids, size_t *n_ids, uint64_t *scored);
 
 /* ma_ivf_search for nq queries Q (nq × H·d): ids of query k at ids[k·ma_ivf_ids_cap(x, max_ids)], its count at n_ids[k], its
  * scored at scored[k] (scored may be NULL). The centroid scores of the batch are one sgemm and the lists
