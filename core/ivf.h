@@ -10,7 +10,9 @@
  * float factor, and a 4-bit code with a float scale. A search probes the lists whose mean key has the
  * largest inner product with the query, ranks their events by sign code (an estimate of sum_h q_h . k_h),
  * re-ranks the best by 4-bit code, and returns the best ids. The caller (core/archive.c) reads the
- * candidates' exact keys and values.
+ * candidates' exact keys and values. With MA_IVF_ADAPTIVE (ma_ivf_search_opt; one head) the probes are a
+ * budget: the lists are scanned best first and the scan stops once the rest is unlikely to hold anything
+ * better than the best found (docs/ARCHIVE.md, "Adaptive probing").
  *
  * Assignment in blocks: events are assigned to lists in aligned blocks of MA_IVF_BLOCK ids, each with one
  * sgemm of the same shape, so the assignment of an event does not depend on how events were batched and a
