@@ -910,7 +910,7 @@ static void test_sparse_batch_equals_single(void **state)
     free(Q);
 }
 
-/* Adaptive probing (H = 1, the index selector's default; docs/ARCHIVE.md "Adaptive probing"): 2^15 random
+/* Adaptive probing (H = 1, ma_archive_set_adaptive; docs/ARCHIVE.md "Adaptive probing"): 2^15 random
  * keys of d = 64 (362 lists, 64 probed at topk 16), 48 queries near keys (cosines 1.0, 0.9, 0.8) and 16
  * random ones. Every read equals, bit for bit: the batch of the 64 against the reads one by one; a paged
  * archive (candidates read alone) against the resident one; an archive restored from its meta blob
@@ -938,6 +938,7 @@ static void test_adaptive_reads(void **state)
     }
     ma_archive *a;
     assert_int_equal(ma_archive_create(&p, &a), 0);
+    ma_archive_set_adaptive(a, true);   /* off by default */
     assert_int_equal(ma_archive_append(a, T, k, v), 0);
 
     /* A batch equals the single reads. */
@@ -996,7 +997,9 @@ static void test_adaptive_reads(void **state)
     ma_chunk_source src = {mem_load, &ms};
     ma_archive *b, *c;
     assert_int_equal(ma_archive_restore_meta(&p, &(ma_archive_saved){buf, len, T, src, 4, NULL}, &b), 0);
+    ma_archive_set_adaptive(b, true);
     assert_int_equal(ma_archive_create(&p, &c), 0);
+    ma_archive_set_adaptive(c, true);
     assert_int_equal(ma_archive_append(c, T, k, v), 0);
     assert_int_equal(ma_archive_set_source(c, src, 4), 0);
     ma_archive_set_event_loader(c, mem_load_events);
