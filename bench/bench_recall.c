@@ -28,10 +28,14 @@
  * rank-8 subspace for the clusters' centres), z_c ~ N(0, 4·I_8), per-cluster spread s_c uniform in
  * [0.2, 1.0], g ~ N(0, I_64); the cluster of an event is a hash of its index.
  *
- * Output: a table, then one "DATA" line per T for bench/recall_plot.gp.
+ * Probing: the reads probe adaptively (ma_archive_set_adaptive; --fixed: a fixed count), and each T
+ * measures the other probing on the same queries (recall, lists and events scanned, mean time: the "OTHER"
+ * line) and the index search alone; the paired rounds time both probings after each full read.
+ *
+ * Output: a table, then one "DATA" line per T for bench/recall.gp.
  *
  * Usage: bench_recall [--gen iso|clu] [--heads H] [--min-log2 A] [--max-log2 B] [--needles N] [--seed S]
- *                     [--full-reps R] [--topk K] [--generic]
+ *                     [--full-reps R] [--topk K] [--generic] [--paired ROUNDS] [--shared] [--fixed]
  */
 #include <cblas.h>
 #include <math.h>
