@@ -36,11 +36,17 @@
  * full reads, with the estimate in the output's normaliser and without (OUTERR); --mass-paired N times N
  * reads with the estimate off and on, one after the other (MASSPAIRED: the paired ratio).
  *
- * Output: a table, then one "DATA" line per T for bench/recall_plot.gp.
+ *
+ * Probing (H = 1): the reads probe adaptively (ma_archive_set_adaptive; --fixed: a fixed count, the
+ * archive's default), and each T measures the other probing on the same queries (recall, lists and
+ * events scanned, mean time: the "OTHER" line) and the index search alone; the paired rounds time both
+ * probings after each full read.
+ *
+ * Output: a table, then one "DATA" line per T for bench/recall.gp.
  *
  * Usage: bench_recall [--gen iso|clu] [--heads H] [--min-log2 A] [--max-log2 B] [--needles N] [--seed S]
- *                     [--full-reps R] [--topk K] [--generic] [--paired R] [--shared] [--mass MODE]
- *                     [--compare MODE,...] [--mass-check N] [--out-reps N] [--mass-paired N]
+ *                     [--full-reps R] [--topk K] [--generic] [--paired ROUNDS] [--shared] [--fixed]
+ *                     [--mass MODE] [--compare MODE,...] [--mass-check N] [--out-reps N] [--mass-paired N]
  */
 #include <cblas.h>
 #include <math.h>
@@ -418,7 +424,7 @@ static void mass_accuracy(ma_archive *a, const float *Q, int needles, int n, con
     for (int i = 0; i < n && i < needles; i++) {
         int qi = needles + i;   /* cosine 0.9 */
         const float *q = Q + (size_t)qi * HD;
-        int rc = ma_ivf_search_mass(ix, q, 1, np, mx, cand, &nc, NULL, lse);
+        int rc = ma_ivf_search_mass(ix, q, 1, np, mx, 0, cand, &nc, NULL, lse);
         if (rc)
             die("index search", rc);
         double zu[64] = {0};
@@ -500,6 +506,7 @@ static void output_error(ma_archive *a, const float *Q, int needles, int n)
     free(of);
     free(os);
 }
+static int fixed;   /* --fixed: the reads probe a fixed count (the comparison runs adaptive) */
 
 int main(int argc, char **argv)
 {
@@ -527,6 +534,8 @@ int main(int argc, char **argv)
             generic = 1;
         else if (!strcmp(argv[i], "--shared"))
             shared = 1;
+        else if (!strcmp(argv[i], "--fixed"))
+            fixed = 1;
         else if (!strcmp(argv[i], "--paired") && i + 1 < argc)
             paired = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--mass") && i + 1 < argc)
@@ -541,7 +550,7 @@ int main(int argc, char **argv)
             mass_pairs = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: %s [--gen iso|clu] [--heads H] [--min-log2 A] [--max-log2 B] [--needles N] "
-                            "[--seed S] [--full-reps R] [--topk K] [--generic] [--paired ROUNDS] [--shared] "
+                            "[--seed S] [--full-reps R] [--topk K] [--generic] [--paired ROUNDS] [--shared] [--fixed] "
                             "[--mass MODE] [--compare MODE,MODE,...] [--mass-check N] [--out-reps N] "
                             "[--mass-paired N]\n", argv[0]);
             return 2;
@@ -573,6 +582,7 @@ int main(int argc, char **argv)
     int rc = ma_archive_create(&p, &a);
     if (rc)
         die("create", rc);
+    ma_archive_set_adaptive(a, !fixed);
 
     const size_t HD = (size_t)H * D;
     const int nq = needles * NCOS;
@@ -627,7 +637,7 @@ int main(int argc, char **argv)
                 ma_read_result_clear(&r);
             }
         double prof[3];
-        uint64_t nsearch, nev;
+        uint64_t nsearch, nev, nlists = ma_ivf_profile_lists();
         double tsum = 0;
         for (int i = 0; i < nq; i++)
             tsum += ts[i];
@@ -651,6 +661,46 @@ int main(int argc, char **argv)
             output_error(a, Q, needles, out_reps);
         if (mass_pairs > 0 && H > 1)
             mass_paired(a, Q, needles, mass_pairs, T, out);
+
+        /* The other probing on the same queries (fixed when the reads above were adaptive, and the
+         * reverse): its recall and time, and the index search alone (the read's rest is gathering the
+         * candidates and attending them). */
+        int ohit[NCOS] = {0};
+        double otsum = 0, srch = 0;
+        uint64_t olists = 0, oev = 0;
+        {
+            double oprof[3];
+            ma_archive_set_adaptive(a, fixed);
+            ma_ivf_profile(1, NULL, NULL, NULL);
+            for (int c = 0; c < NCOS; c++)
+                for (int i = 0; i < needles; i++) {
+                    int qi = c * needles + i;
+                    ma_read_result r = {.v = out};
+                    double t0 = cpu_now();
+                    rc = ma_archive_read_sparse(a, Q + (size_t)qi * HD, 0, &r);
+                    otsum += cpu_now() - t0;
+                    if (rc)
+                        die("sparse read", rc);
+                    ohit[c] += r.pointer == ref[qi];
+                    ma_read_result_clear(&r);
+                }
+            olists = ma_ivf_profile_lists();
+            ma_ivf_profile(0, oprof, NULL, &oev);
+            ma_archive_set_adaptive(a, !fixed);
+            size_t mx;
+            int np = ma_archive_index_probes(a, topk, &mx);
+            const ma_ivf *ix = ma_archive_index(a);
+            uint64_t *cand = malloc(sizeof(uint64_t) * ma_ivf_ids_cap(ix, mx));
+            size_t nc;
+            for (int qi = 0; qi < nq; qi++) {
+                double t0 = cpu_now();
+                rc = ma_ivf_search_mass(ix, Q + (size_t)qi * HD, 1, np, mx, fixed ? 0 : MA_IVF_ADAPTIVE, cand, &nc, NULL, NULL);
+                srch += cpu_now() - t0;
+                if (rc)
+                    die("index search", rc);
+            }
+            free(cand);
+        }
 
         /* H > 1: the index's candidates of each read (the same search the read makes): how often each
          * head's own pointer is among them (then the read's head-h argmax is it: candidates are attended
@@ -744,6 +794,17 @@ int main(int argc, char **argv)
         printf("DATA %s %d %llu %.4f %.5f %.1f %.4f %.4f %.4f %.4f %.5f\n", clustered ? "clu" : "iso", H,
                (unsigned long long)T, mf * 1e3, msp * 1e3, mf / msp, (double)hit[0] / needles,
                (double)hit[1] / needles, (double)hit[2] / needles, (double)hit[3] / needles, p99 * 1e3);
+        printf("#   %s probing: %.1f lists and %.0f events scanned a read; search alone %.4f ms, rest (gather, "
+               "attend) %.4f ms (means)\n", fixed ? "fixed" : "adaptive", (double)nlists / nq, ev, srch / nq * 1e3,
+               (mean - srch / nq) * 1e3);
+        printf("#   %s probing, same queries: recall %.3f / %.3f / %.3f / %.3f, %.1f lists and %.0f events a read, "
+               "mean %.4f ms (%.2fx the %s mean)\n", fixed ? "adaptive" : "fixed", (double)ohit[0] / needles,
+               (double)ohit[1] / needles, (double)ohit[2] / needles, (double)ohit[3] / needles, (double)olists / nq,
+               (double)oev / nq, otsum / nq * 1e3, otsum / tsum, fixed ? "fixed" : "adaptive");
+        printf("OTHER %s %d %llu %s %.4f %.4f %.4f %.4f %.1f %.0f %.5f %.1f %.0f %.5f %.5f\n", clustered ? "clu" : "iso", H,
+               (unsigned long long)T, fixed ? "adaptive" : "fixed", (double)ohit[0] / needles, (double)ohit[1] / needles,
+               (double)ohit[2] / needles, (double)ohit[3] / needles, (double)olists / nq, (double)oev / nq,
+               otsum / nq * 1e3, (double)nlists / nq, ev, mean * 1e3, srch / nq * 1e3);
         printf("#   grow %.1f s wall, reference %.1f s wall, full reads agreeing with the reference %d/%d, "
                "sparse mean %.4f ms, index %.1f B/event (%.1f per head)\n",
                grow_s, ref_s, fagree, full_reps, mean * 1e3, idx_per_ev, idx_per_ev / H);
@@ -756,6 +817,7 @@ int main(int argc, char **argv)
             /* Paired rounds: a full read, then 64 sparse reads of the query set, so both see the same load
              * of the shared machine; the ratio of each round, their median and range. */
             double *pr = malloc(sizeof(double) * (size_t)paired), *pt = malloc(sizeof(double) * 64);
+            double *po = malloc(sizeof(double) * (size_t)paired), *pf = malloc(sizeof(double) * (size_t)paired);
             for (int rd = 0; rd < paired; rd++) {
                 int qi = (rd * 977) % nq;
                 ma_read_result r = {.v = out};
@@ -776,15 +838,35 @@ int main(int argc, char **argv)
                     ma_read_result_clear(&r);
                 }
                 double ms = quantile(pt, 64, 0.5);
+                /* The same 64 queries with the other probing. */
+                ma_archive_set_adaptive(a, fixed);
+                for (int j = 0; j < 64; j++) {
+                    int qj = (qi + j * 61) % nq;
+                    r = (ma_read_result){.v = out};
+                    t0 = cpu_now();
+                    rc = ma_archive_read_sparse(a, Q + (size_t)qj * HD, 0, &r);
+                    pt[j] = cpu_now() - t0;
+                    if (rc)
+                        die("sparse read", rc);
+                    ma_read_result_clear(&r);
+                }
+                ma_archive_set_adaptive(a, !fixed);
+                double mo = quantile(pt, 64, 0.5);
                 pr[rd] = tfull / ms;
-                printf("#   paired round %d: full %.3f ms, sparse median %.4f ms, ratio %.1f\n", rd, tfull * 1e3, ms * 1e3,
-                       pr[rd]);
+                po[rd] = tfull / mo;
+                pf[rd] = tfull;
+                printf("#   paired round %d: full %.3f ms, sparse median %.4f ms, ratio %.1f; %s probing median %.4f ms, "
+                       "ratio %.1f\n", rd, tfull * 1e3, ms * 1e3, pr[rd], fixed ? "adaptive" : "fixed", mo * 1e3, po[rd]);
             }
             double lo = quantile(pr, paired, 0.0), hi = quantile(pr, paired, 1.0), md = quantile(pr, paired, 0.5);
-            printf("PAIRED %s %d %llu %d %.1f %.1f %.1f\n", clustered ? "clu" : "iso", H, (unsigned long long)T, paired, md,
-                   lo, hi);
+            double olo = quantile(po, paired, 0.0), ohi = quantile(po, paired, 1.0), omd = quantile(po, paired, 0.5);
+            double fmd = quantile(pf, paired, 0.5);
+            printf("PAIRED %s %d %llu %d %.1f %.1f %.1f %s %.1f %.1f %.1f full_ms %.3f\n", clustered ? "clu" : "iso", H,
+                   (unsigned long long)T, paired, md, lo, hi, fixed ? "adaptive" : "fixed", omd, olo, ohi, fmd * 1e3);
             free(pr);
             free(pt);
+            free(po);
+            free(pf);
         }
         free(sptr);
         fflush(stdout);

@@ -95,6 +95,7 @@ struct ma_archive {
     ma_selector selector;
     bool sums;                     /* chunk summaries kept (selector chunks only) */
     ma_chunk_score cscore;
+    bool adaptive;                 /* index reads probe adaptively (MA_IVF_ADAPTIVE; set_adaptive) */
     size_t kf, vf;                 /* floats per event: H·d and H·d_v */
     uint64_t length;
     uint32_t nchunks;
@@ -145,6 +146,7 @@ static ma_archive *alloc_archive(const ma_params *p)
     a->selector = p->selector;
     a->sums = p->selector == MA_SELECTOR_CHUNKS;
     a->cscore = MA_CHUNK_SCORE_BOUND;
+    a->adaptive = false;   /* not yet shown faster than fixed probing (docs/RESULTS.md) */
     a->kf = (size_t)a->H * a->d;
     a->vf = (size_t)a->H * a->dv;
     a->tail_sum = calloc(a->kf, sizeof(double));
@@ -221,6 +223,11 @@ void ma_archive_set_chunk_score(ma_archive *a, ma_chunk_score s)
 {
     if (s == MA_CHUNK_SCORE_BOUND || s == MA_CHUNK_SCORE_MEAN || s == MA_CHUNK_SCORE_BOTH)
         a->cscore = s;
+}
+
+void ma_archive_set_adaptive(ma_archive *a, bool on)
+{
+    a->adaptive = on;
 }
 
 /* ---- append ---------------------------------------------------------------------------------- */
@@ -1072,7 +1079,8 @@ static int read_index(const ma_archive *a, const float *q, int topk, ma_read_res
     uint64_t *ids = malloc(ma_ivf_ids_cap(a->ivf, budget ? budget : 1) * sizeof *ids);
     double *outside = malloc((size_t)a->H * sizeof *outside);
     int rc = MA_ENOMEM;
-    if (ids && outside && (rc = ma_ivf_search_mass(a->ivf, q, 1, nprobe, budget, ids, &n, &scored, outside)) == 0)
+    if (ids && outside && (rc = ma_ivf_search_mass(a->ivf, q, 1, nprobe, budget, a->adaptive ? MA_IVF_ADAPTIVE : 0,
+                                                   ids, &n, &scored, outside)) == 0)
         rc = attend_ids(a, q, ids, n, scored, outside, r);
     free(ids);
     free(outside);
@@ -1104,7 +1112,8 @@ int ma_archive_read_sparse_batch(const ma_archive *a, const float *Q, size_t nq,
     double *outside = malloc(nq * (size_t)a->H * sizeof *outside);
     if (!ids || !scored || !n || !outside)
         goto fail;
-    if ((rc = ma_ivf_search_mass(a->ivf, Q, nq, nprobe, budget ? budget : 1, ids, n, scored, outside)) != 0)
+    if ((rc = ma_ivf_search_mass(a->ivf, Q, nq, nprobe, budget ? budget : 1, a->adaptive ? MA_IVF_ADAPTIVE : 0, ids,
+                                 n, scored, outside)) != 0)
         goto fail;
     for (; done < nq; done++)
         if ((rc = attend_ids(a, Q + done * a->kf, ids + done * cap, n[done], scored[done],

@@ -10,7 +10,9 @@
  * float factor, and a 4-bit code with a float scale. A search probes the lists whose mean key has the
  * largest inner product with the query, ranks their events by sign code (an estimate of sum_h q_h . k_h),
  * re-ranks the best by 4-bit code, and returns the best ids. The caller (core/archive.c) reads the
- * candidates' exact keys and values.
+ * candidates' exact keys and values. With MA_IVF_ADAPTIVE (ma_ivf_search_mass; one head) the probes are a
+ * budget: the lists are scanned best first and the scan stops once the rest is unlikely to hold anything
+ * better than the best found (docs/ARCHIVE.md, "Adaptive probing").
  *
  * Assignment in blocks: events are assigned to lists in aligned blocks of MA_IVF_BLOCK ids, each with one
  * sgemm of the same shape, so the assignment of an event does not depend on how events were batched and a
@@ -215,14 +217,6 @@ size_t ma_ivf_ids_cap(const ma_ivf *x, size_t max_ids);
 int ma_ivf_search(const ma_ivf *x, const float *q, int nprobe, size_t max_ids, uint64_t *ids, size_t *n_ids,
                   uint64_t *scored);
 
-/* ma_ivf_search_batch, and per query and head the log of the estimated softmax mass of that head outside the
- * answered ids, lse[k·H + h] = log sum_{i not in ids} exp(q_h . k_ih / sqrt(d)) (docs/ARCHIVE.md, "Many
- * heads"): per-head indexes estimate it from their stage-2 candidates' 4-bit estimates, their pending
- * keys (exact) and their lists' sizes and mean keys; -inf when nothing is estimated (an index that
- * is not per-head, MA_IVF_MASS_OFF, nothing outside). The same bits for a query alone or in any batch.
- * lse: nq·H doubles, or NULL (then exactly ma_ivf_search_batch). 0 or MA_ENOMEM (MA_EIO: broken). */
-int ma_ivf_search_mass(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, uint64_t *ids,
-                       size_t *n_ids, uint64_t *scored, double *lse);
 
 /* What ma_ivf_search_mass estimates (benches and tests compare; process-wide, not thread-safe against
  * searches): OFF nothing (-inf: the archive's read of before); ALONE the stage-2 candidates and pending
@@ -247,6 +241,8 @@ void ma_ivf_set_legacy_shared(int on);
  * searches and the events scanned since the last call, and switches the accounting on or off. Any
  * argument may be NULL. Not thread-safe; for single-threaded benches only. */
 void ma_ivf_profile(int on, double t[3], uint64_t *searches, uint64_t *events);
+/* Benches: the lists the searches scanned since the last ma_ivf_profile call (read it before that call). */
+uint64_t ma_ivf_profile_lists(void);
 
 /* Tests: every listed (not pending) event's id, list and the two estimates of q . k a search computes for
  * it (sign codes; 4-bit codes), list by list in list order; *n gets their number (buffers of count
@@ -256,6 +252,25 @@ int ma_ivf_debug_estimates(const ma_ivf *x, const float *q, uint64_t *ids, uint3
 
 /* Tests: centroid c (H·d floats, a unit vector), or NULL if c >= nlist or per-head (ma_ivf_head). */
 const float *ma_ivf_debug_centroid(const ma_ivf *x, uint32_t c);
+
+/* Flags of ma_ivf_search_mass. MA_IVF_ADAPTIVE: adaptive probing — an index of one head (H = 1) scans its
+ * probed lists best first, in rounds of 8, and stops after a round once an event of the lists not yet
+ * scanned is unlikely to beat the best found (expected number above it <= 1e-3, under a Gaussian model of
+ * q . k around each list's mean with the spread the query saw in the lists it scanned; never before
+ * MA_IVF_RERANK·max_ids events were scanned); nprobe is then the most it probes. The decision is a function
+ * of the query and the index only: the same bits for the same state, batched or not. Ignored by per-head
+ * indexes (H > 1: every head probes nprobe lists). docs/ARCHIVE.md, "Adaptive probing". */
+#define MA_IVF_ADAPTIVE 1u
+
+/* ma_ivf_search_batch with flags (0: the same search; MA_IVF_ADAPTIVE above), and per query and head the
+ * log of the estimated softmax mass of that head outside the answered ids, lse[k·H + h] =
+ * log sum_{i not in ids} exp(q_h . k_ih / sqrt(d)) (docs/ARCHIVE.md, "Many heads"): per-head indexes
+ * estimate it from their stage-2 candidates' 4-bit estimates, their pending keys (exact) and their lists'
+ * sizes and mean keys; -inf when nothing is estimated (an index that is not per-head, MA_IVF_MASS_OFF,
+ * nothing outside). The same bits for a query alone or in any batch. lse: nq·H doubles, or NULL.
+ * *scored / scored[k] counts the events scored. 0 or MA_ENOMEM (MA_EIO: broken). */
+int ma_ivf_search_mass(const ma_ivf *x, const float *Q, size_t nq, int nprobe, size_t max_ids, unsigned flags,
+                       uint64_t *ids, size_t *n_ids, uint64_t *scored, double *lse);
 
 /* ma_ivf_search for nq queries Q (nq × H·d): ids of query k at ids[k·ma_ivf_ids_cap(x, max_ids)], its count at n_ids[k], its
  * scored at scored[k] (scored may be NULL). The centroid scores of the batch are one sgemm and the lists

@@ -911,6 +911,117 @@ static void test_sparse_batch_equals_single(void **state)
     free(Q);
 }
 
+/* Adaptive probing (H = 1, ma_archive_set_adaptive; docs/ARCHIVE.md "Adaptive probing"): 2^15 random
+ * keys of d = 64 (362 lists, 64 probed at topk 16), 48 queries near keys (cosines 1.0, 0.9, 0.8) and 16
+ * random ones. Every read equals, bit for bit: the batch of the 64 against the reads one by one; a paged
+ * archive (candidates read alone) against the resident one; an archive restored from its meta blob
+ * (keys streamed again) against the original — so the stopping decision is a function of the query and
+ * the index. Against fixed probing (ma_archive_set_adaptive false) on the same archive: never more events
+ * scored, fewer for the queries near keys (the rule stops; disabling it fails here), and the same pointer
+ * as the exact full read for every query at cosine 1.0 and 0.9 that fixed probing got right. */
+static void test_adaptive_reads(void **state)
+{
+    (void)state;
+    rng_state = 91;
+    const int d = 64;
+    const size_t T = 32768, nq = 64, near = 48;
+    ma_params p = mkparams(1, d, 16, 64, 16, MA_SELECTOR_INDEX);
+    float *k = randv(T * d), *v = randv(T * 16), *Q = randv(nq * d);
+    for (size_t i = 0; i < near; i++) {   /* q = c·k + sqrt(1 − c²)·|k|·u, u a random unit vector */
+        const double c = i < 16 ? 1.0 : i < 32 ? 0.9 : 0.8;
+        const float *kn = k + ((i * 977 + 13) % T) * d;
+        float *q = Q + i * d;
+        double kk = 0, uu = 0;
+        for (int j = 0; j < d; j++)
+            kk += (double)kn[j] * kn[j], uu += (double)q[j] * q[j];
+        for (int j = 0; j < d; j++)
+            q[j] = (float)(c * kn[j] + sqrt(1 - c * c) * sqrt(kk / uu) * q[j]);
+    }
+    ma_archive *a;
+    assert_int_equal(ma_archive_create(&p, &a), 0);
+    ma_archive_set_adaptive(a, true);   /* off by default */
+    assert_int_equal(ma_archive_append(a, T, k, v), 0);
+
+    /* A batch equals the single reads. */
+    float *ob = malloc(nq * 16 * sizeof(float)), o1[16];
+    ma_read_result *rb = calloc(nq, sizeof *rb);
+    for (size_t i = 0; i < nq; i++)
+        rb[i].v = ob + i * 16;
+    assert_int_equal(ma_archive_read_sparse_batch(a, Q, nq, 0, rb), 0);
+    uint64_t *scored = malloc(nq * sizeof *scored);
+    int64_t *ptr = malloc(nq * sizeof *ptr);
+    for (size_t i = 0; i < nq; i++) {
+        ma_read_result r1 = {.v = o1};
+        assert_int_equal(ma_archive_read_sparse(a, Q + i * d, 0, &r1), 0);
+        assert_memory_equal(o1, ob + i * 16, sizeof o1);
+        assert_int_equal(r1.pointer, rb[i].pointer);
+        assert_true(r1.score == rb[i].score && r1.weight == rb[i].weight);
+        assert_int_equal(r1.n_chunks, rb[i].n_chunks);
+        assert_memory_equal(r1.chunks, rb[i].chunks, r1.n_chunks * sizeof(uint32_t));
+        assert_int_equal(r1.events_scored, rb[i].events_scored);
+        scored[i] = r1.events_scored;
+        ptr[i] = r1.pointer;
+        ma_read_result_clear(&r1);
+        ma_read_result_clear(&rb[i]);
+    }
+
+    /* Against fixed probing and the exact full read. */
+    ma_archive_set_adaptive(a, false);
+    size_t fewer = 0, fixed_right = 0, adaptive_right = 0;
+    for (size_t i = 0; i < nq; i++) {
+        ma_read_result rf = {.v = o1}, rx = {.v = o1};
+        assert_int_equal(ma_archive_read_sparse(a, Q + i * d, 0, &rf), 0);
+        assert_true(scored[i] <= rf.events_scored);
+        assert_true(scored[i] >= 1024);   /* never before stage 2 has its full set */
+        fewer += i < near && scored[i] < rf.events_scored;
+        if (i < 32) {
+            assert_int_equal(ma_archive_read_full(a, Q + i * d, &rx), 0);
+            if (rf.pointer == rx.pointer) {
+                fixed_right++;
+                adaptive_right += ptr[i] == rx.pointer;
+            }
+            ma_read_result_clear(&rx);
+        }
+        ma_read_result_clear(&rf);
+    }
+    ma_archive_set_adaptive(a, true);
+    printf("adaptive probing, 2^15 events: %zu of %zu queries near keys stopped early; pointer of the full read "
+           "%zu/%zu (fixed probing right on those)\n", fewer, near, adaptive_right, fixed_right);
+    assert_true(fewer >= near / 2);
+    assert_int_equal(adaptive_right, fixed_right);
+
+    /* Paged (candidates read alone) and restored archives answer with the same bits. */
+    void *buf;
+    size_t len;
+    assert_int_equal(ma_archive_serialize_meta(a, &buf, &len), 0);
+    mem_source ms = {.k = k, .v = v, .kf = (size_t)d, .vf = 16, .C = 64, .fail_chunk = UINT32_MAX};
+    ma_chunk_source src = {mem_load, &ms};
+    ma_archive *b, *c;
+    assert_int_equal(ma_archive_restore_meta(&p, &(ma_archive_saved){buf, len, T, src, 4, NULL}, &b), 0);
+    ma_archive_set_adaptive(b, true);
+    assert_int_equal(ma_archive_create(&p, &c), 0);
+    ma_archive_set_adaptive(c, true);
+    assert_int_equal(ma_archive_append(c, T, k, v), 0);
+    assert_int_equal(ma_archive_set_source(c, src, 4), 0);
+    ma_archive_set_event_loader(c, mem_load_events);
+    ma_archive_release(c);
+    for (size_t i = 0; i < nq; i += 3) {
+        same_reads(a, b, Q + i * d, 16, 0);
+        same_reads(a, c, Q + i * d, 16, 0);
+    }
+    free(buf);
+    ma_archive_destroy(a);
+    ma_archive_destroy(b);
+    ma_archive_destroy(c);
+    free(ob);
+    free(rb);
+    free(scored);
+    free(ptr);
+    free(k);
+    free(v);
+    free(Q);
+}
+
 /* ---- the needle ------------------------------------------------------------------------------ */
 
 /* Among N random-key fillers, plant a needle at a random position; query = its key, and a query at
@@ -1444,6 +1555,7 @@ int main(void)
         cmocka_unit_test(test_needle_chunks_rates),
         cmocka_unit_test(test_attn_mass_reference),
         cmocka_unit_test(test_recall_heads_131072),
+        cmocka_unit_test(test_adaptive_reads),
     };
     /* e.g. MA_TEST_FILTER='*concurrent*' for a ThreadSanitizer run of the paging cache alone */
     if (getenv("MA_TEST_FILTER"))

@@ -707,6 +707,98 @@ static void test_batch_equals_single_heads(void **state)
 }
 
 
+/* Adaptive probing (MA_IVF_ADAPTIVE, one head): 20,000 keys of d = 64 (256 lists, 64 probed, 128 ids), 40
+ * queries near keys and 24 random. The adaptive answers (ids, count, scored) are the same bits for: the
+ * batch of 64 and the queries one by one, the portable and the AVX2 kernels, an index restored from its
+ * blob and grown again by the same keys. They never score more than fixed probing and score fewer for
+ * queries at a key (the rule stops early: disabling it fails here), never fewer than the 8·128 stage 2
+ * wants; the exact keys' queries find their key. An index of two heads ignores the flag. */
+static void test_adaptive_search(void **state)
+{
+    (void)state;
+    rng_state = 57;
+    const int d = 64;
+    const size_t n = 20000, nq = 64, near = 40, mi = 128;
+    const int nprobe = 64;
+    float *k = randv(n * d), *Q = randv(nq * d);
+    for (size_t i = 0; i < near; i++) {
+        const float *kn = k + ((i * 4567 + 3) % 16384) * d;   /* listed events */
+        if (i < 20) {
+            memcpy(Q + i * d, kn, d * sizeof(float));
+        } else {
+            near_query(kn, d, 0.9, Q + i * d);
+        }
+    }
+    ma_ivf *x = build(1, d, k, n, 3000);
+    assert_int_equal(ma_ivf_nlist(x), 256);
+    uint64_t *ids = malloc(nq * mi * sizeof *ids), one[128], sc[64], s1, fixed[128], sf;
+    size_t cnt[64], n1, nf, fewer = 0;
+    assert_int_equal(ma_ivf_search_mass(x, Q, nq, nprobe, mi, MA_IVF_ADAPTIVE, ids, cnt, sc, NULL), 0);
+    for (size_t i = 0; i < nq; i++) {
+        assert_int_equal(ma_ivf_search_mass(x, Q + i * d, 1, nprobe, mi, MA_IVF_ADAPTIVE, one, &n1, &s1, NULL), 0);
+        assert_int_equal(cnt[i], n1);
+        assert_int_equal(sc[i], s1);
+        assert_memory_equal(ids + i * mi, one, n1 * sizeof *one);
+        ma_ivf_set_generic_kernels(1);
+        assert_int_equal(ma_ivf_search_mass(x, Q + i * d, 1, nprobe, mi, MA_IVF_ADAPTIVE, one, &n1, &s1, NULL), 0);
+        ma_ivf_set_generic_kernels(0);
+        assert_int_equal(sc[i], s1);
+        assert_memory_equal(ids + i * mi, one, n1 * sizeof *one);
+        assert_int_equal(ma_ivf_search(x, Q + i * d, nprobe, mi, fixed, &nf, &sf), 0);
+        assert_int_equal(nf, n1);
+        assert_true(s1 <= sf);
+        assert_true(s1 >= 8 * mi);
+        fewer += i < near && s1 < sf;
+        if (i < 20) {   /* a key's own query: the key is among the ids */
+            size_t key = (i * 4567 + 3) % 16384, found = 0;
+            for (size_t j = 0; j < n1; j++)
+                found += one[j] == key;
+            assert_int_equal(found, 1);
+        }
+    }
+    printf("adaptive search, 20,000 events: %zu of %zu queries near keys scored fewer events than fixed probing\n",
+           fewer, near);
+    assert_true(fewer >= near / 2);
+
+    /* Restored from its blob and grown again by the keys: the same answers. */
+    void *blob;
+    size_t len;
+    assert_int_equal(ma_ivf_serialize(x, &blob, &len), 0);
+    ma_ivf *y;
+    assert_int_equal(ma_ivf_restore(1, d, blob, len, &y), 0);
+    for (size_t i = 0; i < n; i += 777)
+        assert_int_equal(ma_ivf_add(y, n - i < 777 ? n - i : 777, k + i * d), 0);
+    for (size_t i = 0; i < nq; i++) {
+        assert_int_equal(ma_ivf_search_mass(y, Q + i * d, 1, nprobe, mi, MA_IVF_ADAPTIVE, one, &n1, &s1, NULL), 0);
+        assert_int_equal(cnt[i], n1);
+        assert_int_equal(sc[i], s1);
+        assert_memory_equal(ids + i * mi, one, n1 * sizeof *one);
+    }
+    free(blob);
+    ma_ivf_destroy(y);
+    ma_ivf_destroy(x);
+
+    /* Two heads (per-head indexes): the flag changes nothing. */
+    float *k2 = randv(6000 * 2 * 16);
+    x = build(2, 16, k2, 6000, 1000);
+    uint64_t a2[2 * 40], b2[2 * 40], sa, sb;
+    size_t na, nb;
+    for (int t = 0; t < 8; t++) {
+        float *q = randv(32);
+        assert_int_equal(ma_ivf_search_mass(x, q, 1, 12, 40, MA_IVF_ADAPTIVE, a2, &na, &sa, NULL), 0);
+        assert_int_equal(ma_ivf_search(x, q, 12, 40, b2, &nb, &sb), 0);
+        assert_int_equal(na, nb);
+        assert_int_equal(sa, sb);
+        assert_memory_equal(a2, b2, na * sizeof *a2);
+        free(q);
+    }
+    ma_ivf_destroy(x);
+    free(k2);
+    free(ids);
+    free(k);
+    free(Q);
+}
+
 /* ---- builds in steps, rows (docs/ARCHIVE.md, "Builds in the background", "Persistence") ------------- */
 
 /* An in-memory table of rows (build, block) -> lists, codes: what the store keeps. */
@@ -1121,12 +1213,12 @@ static void test_heads_outside_mass(void **state)
     uint64_t *ids = malloc(NQ * cap * sizeof *ids), *one = malloc(cap * sizeof *one);
     size_t nids[NQ], n1;
     double lse[NQ * H], l1[H], err[NQ * H];
-    assert_int_equal(ma_ivf_search_mass(x, Q, NQ, nprobe, mi, ids, nids, NULL, lse), 0);
+    assert_int_equal(ma_ivf_search_mass(x, Q, NQ, nprobe, mi, 0, ids, nids, NULL, lse), 0);
     char *in = calloc(n, 1);
     double worst = 0;
     for (int t = 0; t < NQ; t++) {
         /* alone: the same ids and bits */
-        assert_int_equal(ma_ivf_search_mass(x, Q + (size_t)t * D, 1, nprobe, mi, one, &n1, NULL, l1), 0);
+        assert_int_equal(ma_ivf_search_mass(x, Q + (size_t)t * D, 1, nprobe, mi, 0, one, &n1, NULL, l1), 0);
         assert_int_equal(n1, nids[t]);
         assert_memory_equal(one, ids + t * cap, n1 * sizeof *one);
         assert_memory_equal(l1, lse + t * H, sizeof l1);
@@ -1164,7 +1256,7 @@ static void test_heads_outside_mass(void **state)
     /* Switched off: -inf, the same ids. */
     int mode = ma_ivf_mass_mode();
     ma_ivf_set_mass_mode(MA_IVF_MASS_OFF);
-    assert_int_equal(ma_ivf_search_mass(x, Q, 1, nprobe, mi, one, &n1, NULL, l1), 0);
+    assert_int_equal(ma_ivf_search_mass(x, Q, 1, nprobe, mi, 0, one, &n1, NULL, l1), 0);
     assert_int_equal(n1, nids[0]);
     assert_memory_equal(one, ids, n1 * sizeof *one);
     for (int h = 0; h < H; h++)
@@ -1177,7 +1269,7 @@ static void test_heads_outside_mass(void **state)
     x = build(H, d, k, 4096, 4096);
     ma_ivf_set_legacy_shared(0);
     assert_false(ma_ivf_per_head(x));
-    assert_int_equal(ma_ivf_search_mass(x, Q, 1, 4, mi, one, &n1, NULL, l1), 0);
+    assert_int_equal(ma_ivf_search_mass(x, Q, 1, 4, mi, 0, one, &n1, NULL, l1), 0);
     for (int h = 0; h < H; h++)
         assert_true(l1[h] == -INFINITY);
     ma_ivf_destroy(x);
@@ -1547,6 +1639,7 @@ int main(void)
         cmocka_unit_test(test_batch_equals_single),
         cmocka_unit_test(test_batch_equals_single_heads),
         cmocka_unit_test(test_recall_131072),
+        cmocka_unit_test(test_adaptive_search),
         cmocka_unit_test(test_managed_and_rows),
         cmocka_unit_test(test_managed_and_rows_heads),
         cmocka_unit_test(test_built_beside),
