@@ -1341,9 +1341,9 @@ size_t ma_ivf_build_lists_bytes(const ma_ivf_build *b)
 
 /* A build at point T: nlist = round(2·sqrt(T)) lists (at least 1) and a training sample of m =
  * MA_IVF_TRAIN_PER_LIST·nlist events, at most T and at most MA_IVF_TRAIN_MAX (nlist at most m). The cap
- * keeps the sample a fixed size (16 MiB at H·d = 64) whatever the session's length: builds past
- * 1,048,576 events train fewer than MA_IVF_TRAIN_PER_LIST points a list (22.6 at 2M; recall measured in
- * docs/RESULTS.md). */
+ * keeps the sample a fixed size (32 MiB at H·d = 64) whatever the session's length: builds past
+ * 4,194,304 events train fewer than MA_IVF_TRAIN_PER_LIST points a list (recall against the cap:
+ * docs/RESULTS.md, "Memory within the budget while 2M events stream"). */
 void ma_ivf_train_size(uint64_t T, uint32_t *nlist, size_t *m)
 {
     uint32_t n = (uint32_t)llround(MA_IVF_LISTS_PER_SQRT * sqrt((double)T));

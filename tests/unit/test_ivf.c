@@ -1534,7 +1534,7 @@ static void test_built_beside(void **state)
 /* Build points are fixed counts: the point due is the largest MA_IVF_MIN_BUILD·2^j not above the count,
  * at least twice the last build's; k-means is seeded from the point, so a build at the same point from
  * the same keys gives the same centroids whenever it runs. */
-/* Issue 9 item 3: a build's scratch does not grow with the session past 1,048,576 events — the training
+/* Issue 9 item 3: a build's scratch does not grow with the session past 4,194,304 events — the training
  * sample is capped at MA_IVF_TRAIN_MAX events (32 a list below the cap), the scores at MA_IVF_SCORE_FLOATS —
  * but for its centroid-sized parts (√point). */
 static void test_build_scratch_is_bounded(void **state)
@@ -1545,24 +1545,27 @@ static void test_build_scratch_is_bounded(void **state)
     ma_ivf_train_size(4096, &nlist, &m);
     assert_int_equal(nlist, 128);
     assert_int_equal(m, 128 * MA_IVF_TRAIN_PER_LIST);
-    ma_ivf_train_size(1 << 20, &nlist, &m);
-    assert_int_equal(nlist, 2048);
-    assert_int_equal(m, MA_IVF_TRAIN_MAX);
-    ma_ivf_train_size(1 << 21, &nlist, &m);
+    ma_ivf_train_size(1 << 21, &nlist, &m);   /* below the cap: 32 a list, as before it */
     assert_int_equal(nlist, 2896);
+    assert_int_equal(m, 2896 * MA_IVF_TRAIN_PER_LIST);
+    ma_ivf_train_size(1 << 22, &nlist, &m);
+    assert_int_equal(nlist, 4096);
+    assert_int_equal(m, MA_IVF_TRAIN_MAX);
+    ma_ivf_train_size(1 << 23, &nlist, &m);
+    assert_int_equal(nlist, 5793);
     assert_int_equal(m, MA_IVF_TRAIN_MAX);
     ma_ivf_train_size((uint64_t)1 << 32, &nlist, &m);
     assert_int_equal(m, MA_IVF_TRAIN_MAX);
     ma_ivf_train_size(100, &nlist, &m);   /* a small point: every event, nlist at most the sample */
     assert_int_equal(m, 100);
     assert_int_equal(nlist, 20);
-    const size_t s1 = ma_ivf_build_scratch_bytes(1, 64, 1 << 20), s2 = ma_ivf_build_scratch_bytes(1, 64, 1 << 21);
+    const size_t s1 = ma_ivf_build_scratch_bytes(1, 64, 1 << 22), s2 = ma_ivf_build_scratch_bytes(1, 64, 1 << 23);
     const size_t sample = (size_t)MA_IVF_TRAIN_MAX * 64 * sizeof(float);
     assert_true(s1 > sample && s2 > sample);
-    /* From 1M to 2M only the centroid-sized parts grow: (2896 − 2048) lists × 64 × (8 + 4 + 4) bytes and a
+    /* From 4M to 8M only the centroid-sized parts grow: (5793 − 4096) lists × 64 × (8 + 4 + 4) bytes and a
      * list head each; the sample and the scores stay. */
-    assert_true(s2 - s1 < (size_t)(2896 - 2048) * (64 * 16 + 128));
-    assert_true(s2 < sample + (8u << 20));
+    assert_true(s2 - s1 < (size_t)(5793 - 4096) * (64 * 16 + 128));
+    assert_true(s2 < sample + (12u << 20));   /* the rest at 8M: 9.2 MiB (scores, k-means sums, centroids) */
 }
 
 static void test_build_points(void **state)
