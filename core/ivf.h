@@ -64,7 +64,7 @@
 #define MA_IVF_TRAIN_PER_LIST  32
 /* A build's scratch does not grow with the session (issue 9, item 3; docs/ARCHIVE.md, "Memory during a
  * build"): the training sample is at most MA_IVF_TRAIN_MAX events (the sample of a build at 4,194,304
- * events, so every build up to there trains 32 points a list as before the cap: a cap at the 1M build's
+ * events, so every build up to there trains 32 points a list, as before the cap: a cap at the 1M build's
  * sample, 22.6 points a list at 2M, cost clustered recall at cosine 0.9 0.996 -> 0.985; later builds train
  * fewer points a list), and one sgemm of centroid scores at most
  * MA_IVF_SCORE_FLOATS floats (its rows split into sub-blocks; the same split wherever events are assigned,
