@@ -152,22 +152,24 @@ static float val(unsigned s, uint64_t i, unsigned j)
     return (float)((double)(x >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 
-static void put_b64(char *b, size_t cap, size_t *pos, const char *name, unsigned s, uint64_t i, unsigned salt)
+/* Appends "name":"<base64 of n floats of event i>" (n <= KF). */
+static void put_b64(char *b, size_t cap, size_t *pos, const char *name, unsigned s, uint64_t i, unsigned salt, int n)
 {
     static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     unsigned char raw[4 * KF];
-    for (int j = 0; j < KF; j++) {
+    const size_t len = 4 * (size_t)n;
+    for (int j = 0; j < n; j++) {
         float f = val(s, i, salt * 100000 + (unsigned)j);
         memcpy(raw + 4 * j, &f, 4);
     }
     *pos += (size_t)snprintf(b + *pos, cap - *pos, "\"%s\":\"", name);
-    for (size_t k = 0; k < sizeof raw; k += 3) {
-        unsigned v = (unsigned)raw[k] << 16 | (k + 1 < sizeof raw ? (unsigned)raw[k + 1] << 8 : 0) |
-                     (k + 2 < sizeof raw ? raw[k + 2] : 0);
+    for (size_t k = 0; k < len; k += 3) {
+        unsigned v = (unsigned)raw[k] << 16 | (k + 1 < len ? (unsigned)raw[k + 1] << 8 : 0) |
+                     (k + 2 < len ? raw[k + 2] : 0);
         b[(*pos)++] = tab[v >> 18 & 63];
         b[(*pos)++] = tab[v >> 12 & 63];
-        b[(*pos)++] = k + 1 < sizeof raw ? tab[v >> 6 & 63] : '=';
-        b[(*pos)++] = k + 2 < sizeof raw ? tab[v & 63] : '=';
+        b[(*pos)++] = k + 1 < len ? tab[v >> 6 & 63] : '=';
+        b[(*pos)++] = k + 2 < len ? tab[v & 63] : '=';
     }
     *pos += (size_t)snprintf(b + *pos, cap - *pos, "\"");
 }
@@ -179,9 +181,9 @@ static char *events_body(unsigned s, uint64_t first, int n)
     pos += (size_t)snprintf(b, cap, "{\"events\":[");
     for (int e = 0; e < n; e++) {
         pos += (size_t)snprintf(b + pos, cap - pos, "%s{", e ? "," : "");
-        put_b64(b, cap, &pos, "k_b64", s, first + (uint64_t)e, 1);
+        put_b64(b, cap, &pos, "k_b64", s, first + (uint64_t)e, 1, KF);
         pos += (size_t)snprintf(b + pos, cap - pos, ",");
-        put_b64(b, cap, &pos, "v_b64", s, first + (uint64_t)e, 2);
+        put_b64(b, cap, &pos, "v_b64", s, first + (uint64_t)e, 2, KF);
         pos += (size_t)snprintf(b + pos, cap - pos, ",\"payload\":%llu}", (unsigned long long)(first + (uint64_t)e));
     }
     snprintf(b + pos, cap - pos, "]}");
@@ -193,9 +195,9 @@ static char *query_body(unsigned s)
     size_t cap = 3 * 4 * KF + 256, pos = 0;
     char *b = malloc(cap);
     pos += (size_t)snprintf(b, cap, "{\"queries\":[{\"route\":\"full\",");
-    put_b64(b, cap, &pos, "q_b64", s, 7, 3);
+    put_b64(b, cap, &pos, "q_b64", s, 7, 3, KF);
     pos += (size_t)snprintf(b + pos, cap - pos, "},{\"route\":\"window\",");
-    put_b64(b, cap, &pos, "q_b64", s, 8, 3);
+    put_b64(b, cap, &pos, "q_b64", s, 8, 3, KF);
     snprintf(b + pos, cap - pos, "}]}");
     return b;
 }
@@ -333,26 +335,7 @@ static void test_parallel_creates(void **state)
 /* ---- a stream that crosses index builds (issue 9 item 3) ------------------------------------------ */
 
 enum { SD = 64, STREAM = 65536, SBATCH = 1024 };
-
-static void put_b64_n(char *b, size_t cap, size_t *pos, const char *name, unsigned s, uint64_t i, unsigned salt)
-{
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    unsigned char raw[4 * SD];
-    for (int j = 0; j < SD; j++) {
-        float f = val(s, i, salt * 100000 + (unsigned)j);
-        memcpy(raw + 4 * j, &f, 4);
-    }
-    *pos += (size_t)snprintf(b + *pos, cap - *pos, "\"%s\":\"", name);
-    for (size_t k = 0; k < sizeof raw; k += 3) {
-        unsigned v = (unsigned)raw[k] << 16 | (k + 1 < sizeof raw ? (unsigned)raw[k + 1] << 8 : 0) |
-                     (k + 2 < sizeof raw ? raw[k + 2] : 0);
-        b[(*pos)++] = tab[v >> 18 & 63];
-        b[(*pos)++] = tab[v >> 12 & 63];
-        b[(*pos)++] = k + 1 < sizeof raw ? tab[v >> 6 & 63] : '=';
-        b[(*pos)++] = k + 2 < sizeof raw ? tab[v & 63] : '=';
-    }
-    *pos += (size_t)snprintf(b + *pos, cap - *pos, "\"");
-}
+_Static_assert((int)SD <= (int)KF, "put_b64 holds at most KF floats");
 
 static char *stream_body(uint64_t first, int n)
 {
@@ -361,9 +344,9 @@ static char *stream_body(uint64_t first, int n)
     pos += (size_t)snprintf(b, cap, "{\"events\":[");
     for (int e = 0; e < n; e++) {
         pos += (size_t)snprintf(b + pos, cap - pos, "%s{", e ? "," : "");
-        put_b64_n(b, cap, &pos, "k_b64", 5, first + (uint64_t)e, 1);
+        put_b64(b, cap, &pos, "k_b64", 5, first + (uint64_t)e, 1, SD);
         pos += (size_t)snprintf(b + pos, cap - pos, ",");
-        put_b64_n(b, cap, &pos, "v_b64", 5, first + (uint64_t)e, 2);
+        put_b64(b, cap, &pos, "v_b64", 5, first + (uint64_t)e, 2, SD);
         pos += (size_t)snprintf(b + pos, cap - pos, "}");
     }
     snprintf(b + pos, cap - pos, "]}");
@@ -415,9 +398,9 @@ static void stream_once(double budget, bool strict, stream_run *out)
     size_t cap = 8 * 4 * SD + 512, pos = 0;
     char *q = malloc(cap);
     pos += (size_t)snprintf(q, cap, "{\"queries\":[{\"route\":\"sparse\",");
-    put_b64_n(q, cap, &pos, "q_b64", 5, 4242, 1);
+    put_b64(q, cap, &pos, "q_b64", 5, 4242, 1, SD);
     pos += (size_t)snprintf(q + pos, cap - pos, "},{\"route\":\"full\",");
-    put_b64_n(q, cap, &pos, "q_b64", 5, 77, 1);
+    put_b64(q, cap, &pos, "q_b64", 5, 77, 1, SD);
     snprintf(q + pos, cap - pos, "}]}");
     cJSON *a = au_call(&d, "POST", "/v1/sessions/st/query", 200, "%s", q);
     free(q);
