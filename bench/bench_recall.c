@@ -506,6 +506,24 @@ static void output_error(ma_archive *a, const float *Q, int needles, int n)
     free(of);
     free(os);
 }
+/* A paired round's sparse reads: 64 queries of the set from qi on (stride 61), each timed (thread CPU) into
+ * pt[64]; returns their median. */
+static double paired_sparse_median(const ma_archive *a, const float *Q, size_t HD, int qi, int nq, float *out,
+                                   double *pt)
+{
+    for (int j = 0; j < 64; j++) {
+        int qj = (qi + j * 61) % nq;
+        ma_read_result r = {.v = out};
+        double t0 = cpu_now();
+        int rc = ma_archive_read_sparse(a, Q + (size_t)qj * HD, 0, &r);
+        pt[j] = cpu_now() - t0;
+        if (rc)
+            die("sparse read", rc);
+        ma_read_result_clear(&r);
+    }
+    return quantile(pt, 64, 0.5);
+}
+
 static int fixed;   /* --fixed: the reads probe a fixed count (the comparison runs adaptive) */
 
 int main(int argc, char **argv)
@@ -827,31 +845,11 @@ int main(int argc, char **argv)
                 if (rc)
                     die("full read", rc);
                 ma_read_result_clear(&r);
-                for (int j = 0; j < 64; j++) {
-                    int qj = (qi + j * 61) % nq;
-                    r = (ma_read_result){.v = out};
-                    t0 = cpu_now();
-                    rc = ma_archive_read_sparse(a, Q + (size_t)qj * HD, 0, &r);
-                    pt[j] = cpu_now() - t0;
-                    if (rc)
-                        die("sparse read", rc);
-                    ma_read_result_clear(&r);
-                }
-                double ms = quantile(pt, 64, 0.5);
+                double ms = paired_sparse_median(a, Q, HD, qi, nq, out, pt);
                 /* The same 64 queries with the other probing. */
                 ma_archive_set_adaptive(a, fixed);
-                for (int j = 0; j < 64; j++) {
-                    int qj = (qi + j * 61) % nq;
-                    r = (ma_read_result){.v = out};
-                    t0 = cpu_now();
-                    rc = ma_archive_read_sparse(a, Q + (size_t)qj * HD, 0, &r);
-                    pt[j] = cpu_now() - t0;
-                    if (rc)
-                        die("sparse read", rc);
-                    ma_read_result_clear(&r);
-                }
+                double mo = paired_sparse_median(a, Q, HD, qi, nq, out, pt);
                 ma_archive_set_adaptive(a, !fixed);
-                double mo = quantile(pt, 64, 0.5);
                 pr[rd] = tfull / ms;
                 po[rd] = tfull / mo;
                 pf[rd] = tfull;
